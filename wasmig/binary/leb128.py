@@ -1,0 +1,43 @@
+"""LEB128 encoders (the variable-length integers of the WebAssembly binary format).
+
+Only writers live here: the decoder keeps its own readers next to its cursor so it can report
+precise byte offsets and enforce the spec's per-type length limits.
+"""
+
+from __future__ import annotations
+
+#: single-byte results are by far the most common (indices, small constants): precompute them
+_SMALL_U = [bytes((i,)) for i in range(0x80)]
+_SMALL_S = {i: bytes((i & 0x7F,)) for i in range(-64, 64)}
+
+
+def encode_u(n: int) -> bytes:
+    """Unsigned LEB128 of ``n`` (minimal length). Raises ``ValueError`` for negative ``n``."""
+    if 0 <= n < 0x80:
+        return _SMALL_U[n]
+    if n < 0:
+        raise ValueError(f"unsigned LEB128 of a negative number: {n}")
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_s(n: int) -> bytes:
+    """Signed LEB128 of ``n`` (minimal length, two's complement)."""
+    small = _SMALL_S.get(n)
+    if small is not None:
+        return small
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7  # arithmetic shift: stays -1 for negative numbers
+        if (n == 0 and not byte & 0x40) or (n == -1 and byte & 0x40):
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
