@@ -1,0 +1,355 @@
+"""Encode the module IR back into a WebAssembly 2.0 binary (no SIMD).
+
+Used after instrumentation or any other IR rewrite, so the output must be exactly what the
+decoder reads back into an equal IR: sections in canonical order, custom sections kept at the
+place they were decoded from, locals kept in their original run-length grouping, and constants
+kept bit-exact. Malformed IR (unknown opcode, bad value type, ...) raises ``ValueError``: it is a
+bug in whoever built the IR, not a property of some input binary.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from wasmig.binary import opcodes
+from wasmig.binary.ir import (
+    Data,
+    Elem,
+    Export,
+    Expr,
+    Function,
+    FuncType,
+    Global,
+    GlobalType,
+    Import,
+    Instr,
+    Limits,
+    MemType,
+    Module,
+    NameSection,
+    TableType,
+    ValType,
+)
+from wasmig.binary.leb128 import encode_s, encode_u
+
+T = TypeVar("T")
+
+MAGIC = b"\0asm"
+VERSION = b"\1\0\0\0"
+
+VALTYPE_BYTES: dict[ValType, int] = {
+    "i32": 0x7F,
+    "i64": 0x7E,
+    "f32": 0x7D,
+    "f64": 0x7C,
+    "funcref": 0x70,
+    "externref": 0x6F,
+}
+EXTERN_KINDS: dict[str, int] = {"func": 0x00, "table": 0x01, "memory": 0x02, "global": 0x03}
+
+#: canonical section order; datacount (12) precedes code (10), so ids are not the order
+SECTION_ORDER = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 10, 11)
+#: section id -> rank in the canonical order (0 = "before every section", used by customs)
+_RANK = {sid: rank for rank, sid in enumerate(SECTION_ORDER, start=1)} | {0: 0}
+
+_END = 0x0B
+_REF_FUNC = 0xD2
+_FUNCIDX_ELEM_FLAGS = {"passive": 1, "declarative": 3}
+_EXPR_ELEM_FLAGS = {"passive": 5, "declarative": 7}
+
+
+def encode_module(module: Module) -> bytes:
+    """The binary encoding of ``module``; decoding it gives back an equal IR."""
+    # A custom section that followed a (then empty) vector section keeps that section as an
+    # empty anchor, so the decoder reads back the same ``after``: binaries such as the spec's
+    # custom.wast have customs between empty sections, and dropping those would move them.
+    anchors = {c.after for c in module.customs} & _VECTOR_SECTIONS
+    sections = _standard_sections(module, anchors)
+    out = bytearray(MAGIC + VERSION)
+
+    # Each custom section goes after the latest emitted section not later (in canonical order)
+    # than the one it followed originally. That is the section itself unless it cannot be
+    # emitted empty (start, datacount absent from the IR), in which case the custom section
+    # goes where that section would have been.
+    emitted_ranks = [_RANK[sid] for sid, _ in sections]
+    customs_after: dict[int, list[bytes]] = {}
+    for custom in module.customs:
+        rank = _RANK.get(custom.after)
+        if rank is None:
+            raise ValueError(f"custom section {custom.name!r}: unknown preceding section id {custom.after}")
+        anchor = max((r for r in emitted_ranks if r <= rank), default=0)
+        customs_after.setdefault(anchor, []).append(_section(0, _name(custom.name) + custom.data))
+
+    out += b"".join(customs_after.get(0, ()))
+    for (sid, payload), rank in zip(sections, emitted_ranks, strict=True):
+        out += _section(sid, payload)
+        out += b"".join(customs_after.get(rank, ()))
+
+    if module.names is not None and not any(c.name == "name" for c in module.customs):
+        out += _section(0, _name("name") + _name_section(module.names))
+    return bytes(out)
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+#: sections whose payload is a vector, so they can be emitted empty (``count = 0``)
+_VECTOR_SECTIONS = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11})
+
+
+def _standard_sections(module: Module, keep_empty: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, bytes]]:
+    """``(id, payload)`` of every standard section to emit, in canonical order.
+
+    Empty sections are omitted, except the vector sections in ``keep_empty``.
+    """
+    sections: list[tuple[int, bytes]] = []
+
+    def add(sid: int, payload: bytes | None) -> None:
+        if payload is not None:
+            sections.append((sid, payload))
+
+    def vec(sid: int, items: list[T], encode_item: Callable[[T], bytes]) -> None:
+        if items or sid in keep_empty:
+            sections.append((sid, _vec(items, encode_item)))
+
+    vec(1, module.types, _functype)
+    vec(2, module.imports, _import)
+    vec(3, module.funcs, lambda f: encode_u(f.type_idx))
+    vec(4, module.tables, _tabletype)
+    vec(5, module.mems, _memtype)
+    vec(6, module.globals, _global)
+    vec(7, module.exports, _export)
+    add(8, None if module.start is None else encode_u(module.start))
+    vec(9, module.elems, _elem)
+    add(12, None if module.data_count is None else encode_u(module.data_count))
+    vec(10, module.funcs, _code)
+    vec(11, module.datas, _data)
+    return sections
+
+
+def _section(sid: int, payload: bytes) -> bytes:
+    return bytes((sid,)) + encode_u(len(payload)) + payload
+
+
+def _vec(items: Iterable[T], encode_item: Callable[[T], bytes]) -> bytes:
+    parts = [encode_item(item) for item in items]
+    return encode_u(len(parts)) + b"".join(parts)
+
+
+
+def _name(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    return encode_u(len(raw)) + raw
+
+
+def _valtype(t: ValType) -> int:
+    try:
+        return VALTYPE_BYTES[t]
+    except KeyError:
+        raise ValueError(f"unknown value type {t!r}") from None
+
+
+def _reftype(t: ValType) -> int:
+    if t not in ("funcref", "externref"):
+        raise ValueError(f"{t!r} is not a reference type")
+    return VALTYPE_BYTES[t]
+
+
+def _resulttype(types: Iterable[ValType]) -> bytes:
+    vals = bytes(_valtype(t) for t in types)
+    return encode_u(len(vals)) + vals
+
+
+def _functype(ft: FuncType) -> bytes:
+    return b"\x60" + _resulttype(ft.params) + _resulttype(ft.results)
+
+
+def _limits(lim: Limits) -> bytes:
+    if lim.max is None:
+        return b"\x00" + encode_u(lim.min)
+    return b"\x01" + encode_u(lim.min) + encode_u(lim.max)
+
+
+def _tabletype(tt: TableType) -> bytes:
+    return bytes((_reftype(tt.elem),)) + _limits(tt.limits)
+
+
+def _memtype(mt: MemType) -> bytes:
+    return _limits(mt.limits)
+
+
+def _globaltype(gt: GlobalType) -> bytes:
+    return bytes((_valtype(gt.type), 1 if gt.mutable else 0))
+
+
+def _import(imp: Import) -> bytes:
+    head = _name(imp.module) + _name(imp.name)
+    desc = imp.desc
+    if imp.kind == "func" and isinstance(desc, int):
+        return head + b"\x00" + encode_u(desc)
+    if imp.kind == "table" and isinstance(desc, TableType):
+        return head + b"\x01" + _tabletype(desc)
+    if imp.kind == "memory" and isinstance(desc, MemType):
+        return head + b"\x02" + _memtype(desc)
+    if imp.kind == "global" and isinstance(desc, GlobalType):
+        return head + b"\x03" + _globaltype(desc)
+    raise ValueError(f"import {imp.module}.{imp.name}: kind {imp.kind!r} does not match descriptor {desc!r}")
+
+
+def _export(exp: Export) -> bytes:
+    try:
+        kind = EXTERN_KINDS[exp.kind]
+    except KeyError:
+        raise ValueError(f"export {exp.name!r}: unknown kind {exp.kind!r}") from None
+    return _name(exp.name) + bytes((kind,)) + encode_u(exp.index)
+
+
+def _global(g: Global) -> bytes:
+    return _globaltype(g.type) + encode_expr(g.init)
+
+
+def _active_offset(what: str, offset: Expr | None) -> bytes:
+    if offset is None:
+        raise ValueError(f"active {what} segment without an offset expression")
+    return encode_expr(offset)
+
+
+def _is_ref_func(expr: Expr) -> bool:
+    return len(expr) == 2 and expr[0].op == _REF_FUNC and expr[1].op == _END
+
+
+def _elem(e: Elem) -> bytes:
+    """Pick the most compact of the 8 element-segment encodings that can express ``e``."""
+    if e.mode not in ("active", "passive", "declarative"):
+        raise ValueError(f"unknown element segment mode {e.mode!r}")
+    if e.type == "funcref" and all(_is_ref_func(x) for x in e.init):
+        funcs = _vec(e.init, lambda x: encode_u(x[0].imm))
+        if e.mode != "active":
+            return bytes((_FUNCIDX_ELEM_FLAGS[e.mode], 0x00)) + funcs
+        if e.table == 0:
+            return b"\x00" + _active_offset("element", e.offset) + funcs
+        return b"\x02" + encode_u(e.table) + _active_offset("element", e.offset) + b"\x00" + funcs
+    exprs = _vec(e.init, encode_expr)
+    reftype = bytes((_reftype(e.type),))
+    if e.mode != "active":
+        return bytes((_EXPR_ELEM_FLAGS[e.mode],)) + reftype + exprs
+    if e.table == 0 and e.type == "funcref":
+        return b"\x04" + _active_offset("element", e.offset) + exprs
+    return b"\x06" + encode_u(e.table) + _active_offset("element", e.offset) + reftype + exprs
+
+
+def _data(d: Data) -> bytes:
+    init = encode_u(len(d.init)) + bytes(d.init)
+    if d.mode == "passive":
+        return b"\x01" + init
+    if d.mode != "active":
+        raise ValueError(f"unknown data segment mode {d.mode!r}")
+    if d.memory == 0:
+        return b"\x00" + _active_offset("data", d.offset) + init
+    return b"\x02" + encode_u(d.memory) + _active_offset("data", d.offset) + init
+
+
+def _code(f: Function) -> bytes:
+    body = bytearray(_vec(f.locals, lambda loc: encode_u(loc[0]) + bytes((_valtype(loc[1]),))))
+    encode_instrs(body, f.body)
+    return encode_u(len(body)) + body
+
+
+def _name_section(names: NameSection) -> bytes:
+    """Subsections 0 (module), 1 (functions) and 2 (locals), each only when it has content."""
+    out = bytearray()
+
+    def sub(sid: int, payload: bytes) -> None:
+        out.append(sid)
+        out.extend(encode_u(len(payload)))
+        out.extend(payload)
+
+    def namemap(m: dict[int, str]) -> bytes:
+        return _vec(sorted(m.items()), lambda kv: encode_u(kv[0]) + _name(kv[1]))
+
+    if names.module is not None:
+        sub(0, _name(names.module))
+    if names.functions:
+        sub(1, namemap(names.functions))
+    if names.locals:
+        sub(2, _vec(sorted(names.locals.items()), lambda kv: encode_u(kv[0]) + namemap(kv[1])))
+    return bytes(out)
+
+
+# --- instructions --------------------------------------------------------------------------------
+
+
+def encode_expr(expr: Expr) -> bytes:
+    """A constant expression (its final ``end`` included in ``expr``)."""
+    out = bytearray()
+    encode_instrs(out, expr)
+    return bytes(out)
+
+
+def _blocktype(bt: object) -> bytes:
+    if bt is None:
+        return b"\x40"
+    if isinstance(bt, str):
+        return bytes((_valtype(bt),))
+    if isinstance(bt, int) and bt >= 0:
+        return encode_s(bt)  # a type index is an s33, so it is signed-LEB encoded
+    raise ValueError(f"bad block type {bt!r}")
+
+
+def _to_signed(value: int, bits: int) -> int:
+    """The IR keeps integer constants as unsigned bit patterns; the binary wants signed LEB."""
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+def encode_instrs(out: bytearray, instrs: Iterable[Instr]) -> None:
+    """Append the encoding of ``instrs`` to ``out`` (a bytearray so bodies are built in place)."""
+    imm_kinds = opcodes.IMM
+    for ins in instrs:
+        op = ins.op
+        kind = imm_kinds.get(op)
+        if kind is None:
+            raise ValueError(f"unknown opcode {op:#x}")
+        if op < 0x100:
+            out.append(op)
+        else:  # 0xFC-prefixed: the table only has 0xFC00 | sub
+            out.append(op >> 8)
+            out += encode_u(op & 0xFF)
+        if kind == "none":
+            continue
+        imm = ins.imm
+        try:
+            if kind == "idx" or kind == "label" or kind == "mem":
+                out += encode_u(imm)
+            elif kind == "memarg":
+                out += encode_u(imm[0])
+                out += encode_u(imm[1])
+            elif kind == "i32":
+                out += encode_s(_to_signed(imm, 32))
+            elif kind == "i64":
+                out += encode_s(_to_signed(imm, 64))
+            elif kind == "block":
+                out += _blocktype(imm)
+            elif kind == "f32":
+                out += struct.pack("<I", imm)
+            elif kind == "f64":
+                out += struct.pack("<Q", imm)
+            elif kind == "br_table":
+                labels, default = imm
+                out += encode_u(len(labels))
+                for label in labels:
+                    out += encode_u(label)
+                out += encode_u(default)
+            elif kind in ("call_ind", "idx_mem", "mem_mem", "idx_idx"):
+                a, b = imm
+                out += encode_u(a)
+                out += encode_u(b)
+            elif kind == "reftype":
+                out.append(_reftype(imm))
+            elif kind == "select_t":
+                out += _resulttype(imm)
+            else:  # pragma: no cover - opcodes.IMM and this function are kept in step
+                raise ValueError(f"unknown immediate kind {kind!r}")
+        except (TypeError, ValueError, struct.error) as exc:
+            raise ValueError(f"{opcodes.name(op)}: bad immediate {imm!r}: {exc}") from exc

@@ -1,0 +1,73 @@
+"""``wasmig.Instance``: an instantiated module on an engine, and its exports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from wasmig.interp.instantiate import instantiate
+from wasmig.interp.machine import Machine
+from wasmig.interp.store import FuncInst, ModuleInstance, to_bits, to_internal, to_python
+from wasmig.module import Module
+
+ENGINES = ("interp",)
+
+
+class Exports(Mapping[str, Any]):
+    """Read-only view of an instance's exports: name -> function, table, memory or global."""
+
+    def __init__(self, inst: ModuleInstance) -> None:
+        self._inst = inst
+
+    def __getitem__(self, name: str) -> Any:
+        return self._inst.exports[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._inst.exports)
+
+    def __len__(self) -> int:
+        return len(self._inst.exports)
+
+
+class Instance:
+    """A running instance of a :class:`Module`.
+
+    ``imports`` maps module name -> field name -> extern (``HostFunc``, ``Global``, ``Memory``,
+    ``Table``, or any extern exported by another instance).
+    """
+
+    def __init__(self, module: Module, imports: Mapping[str, Mapping[str, Any]] | None = None,
+                 engine: str = "interp", *, max_frames: int | None = None) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
+        self.module = module
+        self.engine = engine
+        self.machine = Machine() if max_frames is None else Machine(max_frames)
+        self._inst = instantiate(module, imports, self.machine)
+        self.exports = Exports(self._inst)
+
+    def invoke(self, name: str, *args: Any, raw: bool = False) -> Any:
+        """Call the exported function ``name``.
+
+        With ``raw=True`` the result is a list of ``(type, bits)`` pairs (unsigned bit patterns,
+        references as themselves); otherwise ``None``, one Python value, or a tuple.
+        """
+        func = self._inst.exports.get(name)
+        if not isinstance(func, FuncInst):
+            raise KeyError(f"no exported function named {name!r}")
+        return call_function(self.machine, func, args, raw=raw)
+
+
+def call_function(machine: Machine, func: FuncInst, args: tuple[Any, ...], *, raw: bool = False) -> Any:
+    params = func.type.params
+    if len(args) != len(params):
+        raise TypeError(f"{func!r} takes {len(params)} arguments, {len(args)} given")
+    internal = [to_internal(t, a) for t, a in zip(params, args, strict=True)]
+    results = machine.invoke(func, internal)
+    types = func.type.results
+    if raw:
+        return [(t, to_bits(t, v)) for t, v in zip(types, results, strict=True)]
+    values = [to_python(t, v) for t, v in zip(types, results, strict=True)]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)

@@ -1,0 +1,494 @@
+"""The interpreter's execution loop: explicit frames, one value stack, no Python recursion.
+
+A wasm call pushes a :class:`Frame` onto ``Machine.frames`` and switches the loop's local
+variables to it; a return pops it. Python's own stack never grows with wasm call depth, so a
+guest recursing 100k frames deep is fine, and running out of frames is a wasm
+:class:`~wasmig.errors.Exhaustion` trap. All state lives in plain data — frames (function,
+pc, locals, stack base) and the shared operand stack — which is what a checkpoint captures.
+
+``Machine.steps`` counts stable points (function entries plus loop entries and re-entries),
+the engine-neutral logical clock that later checkpoint logic uses.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from wasmig.errors import Exhaustion, Trap
+from wasmig.interp import ops
+from wasmig.interp.numeric import M32, M64, f32_from_bytes, f32_into_bytes
+from wasmig.interp.store import PAGE_SIZE, FuncInst, HostFunc, ModuleInstance, WasmFunction
+
+DEFAULT_MAX_FRAMES = 150_000
+#: operand stack entries allowed in total; a runaway value stack is an exhaustion trap too
+DEFAULT_MAX_STACK = 20_000_000
+
+_OOB = "out of bounds memory access"
+_f64_pack_into = struct.Struct("<d").pack_into
+
+
+class Frame:
+    """One activation of a wasm function: what a canonical snapshot frame is made of."""
+
+    __slots__ = ("func", "pc", "locals", "base")
+
+    def __init__(self, func: WasmFunction, locals: list[Any], base: int) -> None:
+        self.func = func
+        self.pc = 0  # index of the next instruction to execute (saved while a callee runs)
+        self.locals = locals
+        self.base = base  # operand stack height at entry (after the arguments were taken)
+
+
+def ensure_compiled(f: WasmFunction) -> list[tuple]:
+    if f.code is None:
+        from wasmig.interp.compile import compile_function
+
+        inst = f.instance
+        info = inst.validation.functions[f.index - inst.module.num_imported_funcs()]
+        f.code = compile_function(f.ir, f.type, info.stack_before, info.unreachable, inst.types)
+    return f.code
+
+
+class Machine:
+    """Executes wasm functions of one or more module instances that share a call stack."""
+
+    def __init__(self, max_frames: int = DEFAULT_MAX_FRAMES) -> None:
+        self.frames: list[Frame] = []
+        self.stack: list[Any] = []
+        self.max_frames = max_frames
+        self.steps = 0
+
+    # ------------------------------------------------------------------------------------------
+    def invoke(self, func: FuncInst, args: list[Any]) -> list[Any]:
+        """Call ``func`` with internal values; return its results as internal values."""
+        if isinstance(func, HostFunc):
+            return func.call_internal(list(args))
+        assert isinstance(func, WasmFunction)
+        stack = self.stack
+        entry_depth = len(self.frames)
+        entry_height = len(stack)
+        try:
+            self._push_frame(func, list(args))
+            return self._run(entry_depth)
+        except RecursionError:
+            raise Exhaustion("call stack exhausted") from None
+        except MemoryError:
+            raise Exhaustion("call stack exhausted (out of memory)") from None
+        finally:
+            del self.frames[entry_depth:]
+            del stack[entry_height:]
+
+    def _push_frame(self, func: WasmFunction, args: list[Any]) -> Frame:
+        if len(self.frames) >= self.max_frames:
+            raise Exhaustion("call stack exhausted")
+        ensure_compiled(func)
+        frame = Frame(func, args + func.local_defaults, len(self.stack))
+        self.frames.append(frame)
+        self.steps += 1
+        return frame
+
+    def backtrace(self, pc: int | None = None) -> list[str]:
+        """Innermost-first description of the current frames (function names from the name section)."""
+        out = []
+        for i, fr in enumerate(reversed(self.frames)):
+            at = pc if (i == 0 and pc is not None) else fr.pc
+            ir = fr.func.ir
+            idx = max(0, min(at - (0 if i == 0 else 1), len(ir.body) - 1))
+            off = ir.body_offset + ir.body[idx].offset if ir.body else 0
+            out.append(f"{fr.func.name} (func {fr.func.index}) at offset {off:#x}")
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    def _run(self, entry_depth: int) -> list[Any]:  # noqa: C901 - the dispatch loop is one function on purpose
+        frames = self.frames
+        stack = self.stack
+        push = stack.append
+        pop = stack.pop
+        frame = frames[-1]
+        func = frame.func
+        code = func.code
+        locs = frame.locals
+        pc = frame.pc
+        inst: ModuleInstance = func.instance
+        funcs = inst.funcs
+        glob = inst.globals
+        mem = inst.mems[0].data if inst.mems else bytearray()
+        max_frames = self.max_frames
+        steps = self.steps
+
+        try:
+            while True:
+                ins = code[pc]
+                pc += 1
+                op = ins[0]
+                if op == 0x20:
+                    push(locs[ins[1]])
+                elif op == 0x21:
+                    locs[ins[1]] = pop()
+                elif op == ops.CONST:
+                    push(ins[1])
+                elif op == 0x6A:
+                    b = pop()
+                    stack[-1] = (stack[-1] + b) & M32
+                elif op == 0x22:
+                    locs[ins[1]] = stack[-1]
+                elif op == ops.BR_IF:
+                    if pop():
+                        pc = ins[1]
+                elif op == ops.LOAD:
+                    try:
+                        stack[-1] = ins[2](mem, stack[-1] + ins[1])[0]
+                    except struct.error:
+                        raise Trap(_OOB) from None
+                elif op == ops.STORE:
+                    v = pop()
+                    try:
+                        ins[2](mem, pop() + ins[1], v & ins[3])
+                    except struct.error:
+                        raise Trap(_OOB) from None
+                elif op == ops.NOP:
+                    pass
+                elif op == ops.JUMP:
+                    pc = ins[1]
+                elif op == ops.BINOP:
+                    b = pop()
+                    stack[-1] = ins[1](stack[-1], b)
+                elif op == ops.UNOP:
+                    stack[-1] = ins[1](stack[-1])
+                elif op == 0x71:
+                    b = pop()
+                    stack[-1] &= b
+                elif op == 0x6B:
+                    b = pop()
+                    stack[-1] = (stack[-1] - b) & M32
+                elif op == 0x45:
+                    stack[-1] = 1 if stack[-1] == 0 else 0
+                elif op == 0x23:
+                    push(glob[ins[1]].internal)
+                elif op == ops.LOOP:
+                    steps += 1
+                elif op == ops.IF:
+                    if not pop():
+                        pc = ins[1]
+                elif op == 0x74:
+                    b = pop()
+                    stack[-1] = (stack[-1] << (b & 31)) & M32
+                elif op == 0x46:
+                    b = pop()
+                    stack[-1] = 1 if stack[-1] == b else 0
+                elif op == 0x47:
+                    b = pop()
+                    stack[-1] = 1 if stack[-1] != b else 0
+                elif op == 0x49:
+                    b = pop()
+                    stack[-1] = 1 if stack[-1] < b else 0
+                elif op == 0x48:
+                    b = pop()
+                    a = stack[-1]
+                    stack[-1] = 1 if (a ^ 0x80000000) < (b ^ 0x80000000) else 0
+                elif op == 0x4B:
+                    b = pop()
+                    stack[-1] = 1 if stack[-1] > b else 0
+                elif op == 0x4D:
+                    b = pop()
+                    stack[-1] = 1 if stack[-1] <= b else 0
+                elif op == 0x4F:
+                    b = pop()
+                    stack[-1] = 1 if stack[-1] >= b else 0
+                elif op == 0x76:
+                    b = pop()
+                    stack[-1] >>= b & 31
+                elif op == 0x72:
+                    b = pop()
+                    stack[-1] |= b
+                elif op == 0x73:
+                    b = pop()
+                    stack[-1] ^= b
+                elif op == 0x6C:
+                    b = pop()
+                    stack[-1] = (stack[-1] * b) & M32
+                elif op == ops.LOAD8_U:
+                    try:
+                        stack[-1] = mem[stack[-1] + ins[1]]
+                    except IndexError:
+                        raise Trap(_OOB) from None
+                elif op == ops.STORE8:
+                    v = pop()
+                    try:
+                        mem[pop() + ins[1]] = v & 0xFF
+                    except IndexError:
+                        raise Trap(_OOB) from None
+                elif op == 0x7C:
+                    b = pop()
+                    stack[-1] = (stack[-1] + b) & M64
+                elif op == 0x7D:
+                    b = pop()
+                    stack[-1] = (stack[-1] - b) & M64
+                elif op == 0x7E:
+                    b = pop()
+                    stack[-1] = (stack[-1] * b) & M64
+                elif op == 0x83:
+                    b = pop()
+                    stack[-1] &= b
+                elif op == 0x84:
+                    b = pop()
+                    stack[-1] |= b
+                elif op == 0x86:
+                    b = pop()
+                    stack[-1] = (stack[-1] << (b & 63)) & M64
+                elif op == 0x88:
+                    b = pop()
+                    stack[-1] >>= b & 63
+                elif op == 0x50:
+                    stack[-1] = 1 if stack[-1] == 0 else 0
+                elif op == 0xA7:
+                    stack[-1] &= M32
+                elif op == 0xAD:
+                    pass
+                elif op == 0x24:
+                    glob[ins[1]].internal = pop()
+                elif op == ops.LOAD_S:
+                    try:
+                        stack[-1] = ins[2](mem, stack[-1] + ins[1])[0] & ins[3]
+                    except struct.error:
+                        raise Trap(_OOB) from None
+                elif op == ops.CALL or op == ops.CALL_INDIRECT:
+                    if op == ops.CALL:
+                        callee = funcs[ins[1]]
+                    else:
+                        i = pop()
+                        table = inst.tables[ins[2]].elements
+                        if i >= len(table):
+                            raise Trap("undefined element")
+                        callee = table[i]
+                        if callee is None:
+                            raise Trap("uninitialized element")
+                        if callee.type != ins[1]:
+                            raise Trap("indirect call type mismatch")
+                    if type(callee) is WasmFunction:
+                        if len(frames) >= max_frames:
+                            raise Exhaustion("call stack exhausted")
+                        np = callee.nparams
+                        if np:
+                            args = stack[-np:]
+                            del stack[-np:]
+                        else:
+                            args = []
+                        frame.pc = pc
+                        if callee.code is None:
+                            ensure_compiled(callee)
+                        frame = Frame(callee, args + callee.local_defaults, len(stack))
+                        frames.append(frame)
+                        func = callee
+                        code = callee.code
+                        locs = frame.locals
+                        pc = 0
+                        steps += 1
+                        if callee.instance is not inst:
+                            inst = callee.instance
+                            funcs = inst.funcs
+                            glob = inst.globals
+                            mem = inst.mems[0].data if inst.mems else bytearray()
+                    else:
+                        np = len(callee.type.params)
+                        if np:
+                            args = stack[-np:]
+                            del stack[-np:]
+                        else:
+                            args = []
+                        frame.pc = pc
+                        self.steps = steps
+                        stack.extend(callee.call_internal(args))
+                        steps = self.steps
+                        mem = inst.mems[0].data if inst.mems else bytearray()
+                elif op == ops.RETURN or op == ops.BR_IF_RET:
+                    if op == ops.BR_IF_RET and not pop():
+                        continue
+                    arity = ins[1]
+                    drop = ins[2]
+                    if drop:
+                        top = len(stack) - arity
+                        del stack[top - drop : top]
+                    frames.pop()
+                    if len(frames) == entry_depth:
+                        self.steps = steps
+                        if arity:
+                            res = stack[-arity:]
+                            del stack[-arity:]
+                            return res
+                        return []
+                    frame = frames[-1]
+                    func = frame.func
+                    code = func.code
+                    locs = frame.locals
+                    pc = frame.pc
+                    if func.instance is not inst:
+                        inst = func.instance
+                        funcs = inst.funcs
+                        glob = inst.globals
+                        mem = inst.mems[0].data if inst.mems else bytearray()
+                elif op == ops.BR_ADJ or op == ops.BR_IF_ADJ:
+                    if op == ops.BR_IF_ADJ and not pop():
+                        continue
+                    top = len(stack) - ins[2]
+                    del stack[top - ins[3] : top]
+                    pc = ins[1]
+                elif op == ops.BR_TABLE:
+                    i = pop()
+                    targets = ins[1]
+                    kind, target, arity, drop = targets[i] if i < len(targets) else ins[2]
+                    if drop:
+                        top = len(stack) - arity
+                        del stack[top - drop : top]
+                    if kind == "jump":
+                        pc = target
+                    else:
+                        frames.pop()
+                        if len(frames) == entry_depth:
+                            self.steps = steps
+                            if arity:
+                                res = stack[-arity:]
+                                del stack[-arity:]
+                                return res
+                            return []
+                        frame = frames[-1]
+                        func = frame.func
+                        code = func.code
+                        locs = frame.locals
+                        pc = frame.pc
+                        if func.instance is not inst:
+                            inst = func.instance
+                            funcs = inst.funcs
+                            glob = inst.globals
+                            mem = inst.mems[0].data if inst.mems else bytearray()
+                elif op == 0x1A:
+                    pop()
+                elif op == 0x1B or op == 0x1C:
+                    c = pop()
+                    b = pop()
+                    if not c:
+                        stack[-1] = b
+                elif op == ops.LOAD_F32:
+                    try:
+                        stack[-1] = f32_from_bytes(mem, stack[-1] + ins[1])
+                    except struct.error:
+                        raise Trap(_OOB) from None
+                elif op == ops.STORE_F32:
+                    v = pop()
+                    try:
+                        f32_into_bytes(mem, pop() + ins[1], v)
+                    except struct.error:
+                        raise Trap(_OOB) from None
+                elif op == ops.STORE_F64:
+                    v = pop()
+                    try:
+                        _f64_pack_into(mem, pop() + ins[1], v)
+                    except struct.error:
+                        raise Trap(_OOB) from None
+                elif op == 0x00:
+                    raise Trap("unreachable")
+                else:
+                    self.steps = steps
+                    frame.pc = pc
+                    mem = self._rare(op, ins, inst, mem)
+        except Trap as trap:
+            if not trap.backtrace:
+                frame.pc = pc
+                trap.backtrace = self.backtrace(pc)
+            self.steps = steps
+            raise
+
+    # ------------------------------------------------------------------------------------------
+    def _rare(self, op: int, ins: tuple, inst: ModuleInstance, mem: bytearray) -> bytearray:
+        """Less frequent instructions, out of the hot loop. Returns the (possibly new) memory."""
+        stack = self.stack
+        pop = stack.pop
+        if op == 0x3F:
+            stack.append(len(mem) // PAGE_SIZE)
+        elif op == 0x40:
+            delta = pop()
+            stack.append(inst.mems[0].grow(delta) & M32)
+            return inst.mems[0].data
+        elif op == 0xD0:
+            stack.append(None)
+        elif op == 0xD1:
+            stack[-1] = 1 if stack[-1] is None else 0
+        elif op == 0xD2:
+            stack.append(inst.funcs[ins[1]])
+        elif op == 0x25:
+            i = pop()
+            table = inst.tables[ins[1]].elements
+            if i >= len(table):
+                raise Trap("out of bounds table access")
+            stack.append(table[i])
+        elif op == 0x26:
+            v = pop()
+            i = pop()
+            table = inst.tables[ins[1]].elements
+            if i >= len(table):
+                raise Trap("out of bounds table access")
+            table[i] = v
+        elif op == 0xFC08:  # memory.init
+            n = pop()
+            s = pop()
+            d = pop()
+            seg = inst.datas[ins[1][0]]
+            if s + n > len(seg) or d + n > len(mem):
+                raise Trap(_OOB)
+            mem[d : d + n] = seg[s : s + n]
+        elif op == 0xFC09:
+            inst.datas[ins[1]] = b""
+        elif op == 0xFC0A:  # memory.copy
+            n = pop()
+            s = pop()
+            d = pop()
+            if s + n > len(mem) or d + n > len(mem):
+                raise Trap(_OOB)
+            mem[d : d + n] = mem[s : s + n]
+        elif op == 0xFC0B:  # memory.fill
+            n = pop()
+            val = pop()
+            d = pop()
+            if d + n > len(mem):
+                raise Trap(_OOB)
+            mem[d : d + n] = bytes((val & 0xFF,)) * n
+        elif op == 0xFC0C:  # table.init
+            n = pop()
+            s = pop()
+            d = pop()
+            elem_idx, table_idx = ins[1]
+            seg = inst.elems[elem_idx]
+            table = inst.tables[table_idx].elements
+            if s + n > len(seg) or d + n > len(table):
+                raise Trap("out of bounds table access")
+            table[d : d + n] = seg[s : s + n]
+        elif op == 0xFC0D:
+            inst.elems[ins[1]] = []
+        elif op == 0xFC0E:  # table.copy
+            n = pop()
+            s = pop()
+            d = pop()
+            dst_idx, src_idx = ins[1]
+            dst = inst.tables[dst_idx].elements
+            src = inst.tables[src_idx].elements
+            if s + n > len(src) or d + n > len(dst):
+                raise Trap("out of bounds table access")
+            dst[d : d + n] = src[s : s + n]
+        elif op == 0xFC0F:  # table.grow
+            n = pop()
+            init = pop()
+            stack.append(inst.tables[ins[1]].grow(n, init) & M32)
+        elif op == 0xFC10:
+            stack.append(len(inst.tables[ins[1]].elements))
+        elif op == 0xFC11:  # table.fill
+            n = pop()
+            v = pop()
+            i = pop()
+            table = inst.tables[ins[1]].elements
+            if i + n > len(table):
+                raise Trap("out of bounds table access")
+            table[i : i + n] = [v] * n
+        else:  # pragma: no cover
+            raise AssertionError(f"interpreter has no implementation for op {op:#x}")
+        return mem
