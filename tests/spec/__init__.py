@@ -1,0 +1,1 @@
+"""Helpers for running the WebAssembly spec testsuite (``.wast`` scripts) against wasmig."""
