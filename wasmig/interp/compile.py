@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from wasmig.binary.ir import FuncType, Function, Instr
+from wasmig.binary.ir import Function, FuncType, Instr
 from wasmig.interp import ops
 from wasmig.interp.numeric import f32_from_bits, f64_from_bits
 

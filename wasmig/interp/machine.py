@@ -21,8 +21,8 @@ from wasmig.interp.numeric import M32, M64, f32_from_bytes, f32_into_bytes
 from wasmig.interp.store import PAGE_SIZE, FuncInst, HostFunc, ModuleInstance, WasmFunction
 
 DEFAULT_MAX_FRAMES = 150_000
-#: operand stack entries allowed in total; a runaway value stack is an exhaustion trap too
-DEFAULT_MAX_STACK = 20_000_000
+#: locals (params included) summed over all live frames: bounds memory for frames with many locals
+DEFAULT_MAX_SLOTS = 4_000_000
 
 _OOB = "out of bounds memory access"
 _f64_pack_into = struct.Struct("<d").pack_into
@@ -31,13 +31,14 @@ _f64_pack_into = struct.Struct("<d").pack_into
 class Frame:
     """One activation of a wasm function: what a canonical snapshot frame is made of."""
 
-    __slots__ = ("func", "pc", "locals", "base")
+    __slots__ = ("func", "pc", "locals", "base", "slots")
 
-    def __init__(self, func: WasmFunction, locals: list[Any], base: int) -> None:
+    def __init__(self, func: WasmFunction, locals: list[Any], base: int, slots: int) -> None:
         self.func = func
         self.pc = 0  # index of the next instruction to execute (saved while a callee runs)
         self.locals = locals
         self.base = base  # operand stack height at entry (after the arguments were taken)
+        self.slots = slots  # locals in this frame and all frames below it (the stack-size measure)
 
 
 def ensure_compiled(f: WasmFunction) -> list[tuple]:
@@ -53,10 +54,11 @@ def ensure_compiled(f: WasmFunction) -> list[tuple]:
 class Machine:
     """Executes wasm functions of one or more module instances that share a call stack."""
 
-    def __init__(self, max_frames: int = DEFAULT_MAX_FRAMES) -> None:
+    def __init__(self, max_frames: int = DEFAULT_MAX_FRAMES, max_slots: int = DEFAULT_MAX_SLOTS) -> None:
         self.frames: list[Frame] = []
         self.stack: list[Any] = []
         self.max_frames = max_frames
+        self.max_slots = max_slots
         self.steps = 0
 
     # ------------------------------------------------------------------------------------------
@@ -83,7 +85,11 @@ class Machine:
         if len(self.frames) >= self.max_frames:
             raise Exhaustion("call stack exhausted")
         ensure_compiled(func)
-        frame = Frame(func, args + func.local_defaults, len(self.stack))
+        locals_ = args + func.local_defaults
+        below = self.frames[-1].slots if self.frames else 0
+        if below + len(locals_) > self.max_slots:
+            raise Exhaustion("call stack exhausted")
+        frame = Frame(func, locals_, len(self.stack), below + len(locals_))
         self.frames.append(frame)
         self.steps += 1
         return frame
@@ -115,6 +121,7 @@ class Machine:
         glob = inst.globals
         mem = inst.mems[0].data if inst.mems else bytearray()
         max_frames = self.max_frames
+        max_slots = self.max_slots
         steps = self.steps
 
         try:
@@ -278,7 +285,11 @@ class Machine:
                         frame.pc = pc
                         if callee.code is None:
                             ensure_compiled(callee)
-                        frame = Frame(callee, args + callee.local_defaults, len(stack))
+                        args += callee.local_defaults
+                        slots = frame.slots + len(args)
+                        if slots > max_slots:
+                            raise Exhaustion("call stack exhausted")
+                        frame = Frame(callee, args, len(stack), slots)
                         frames.append(frame)
                         func = callee
                         code = callee.code
