@@ -25,6 +25,7 @@ import hashlib
 import importlib.util
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,7 +122,7 @@ def default_cache_dir() -> Path:
 def _cache_key(source_bytes: bytes, flags: Sequence[str], version: str) -> str:
     h = hashlib.sha256()
     # Length-prefix every part so ("-O2", "x") and ("-O2x",) cannot collide.
-    for part in (b"wasmig-toolchain-v1", version.encode(), source_bytes, *(f.encode() for f in flags)):
+    for part in (b"wasmig-toolchain-v2", version.encode(), source_bytes, *(f.encode() for f in flags)):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
     return h.hexdigest()
@@ -187,10 +188,11 @@ def _compile(source: Path, flags: list[str], cache_dir: Path | None, strip_debug
         return out
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    # A unique temporary name in the same directory, so the final os.replace is atomic.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{source.stem}-", suffix=".tmp.wasm", dir=out_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Build in a private temporary directory inside the cache directory, so the final os.replace
+    # is an atomic same-filesystem rename. The file inside keeps the plain name ``<stem>.wasm``
+    # because the linker records it as the module name in the ``name`` section.
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{source.stem}-", suffix=".tmp", dir=out_dir))
+    tmp = tmp_dir / f"{source.stem}.wasm"
     cmd = [*zig, "cc", TARGET, *flags, "-o", str(tmp), str(source.resolve())]
     try:
         try:
@@ -209,7 +211,7 @@ def _compile(source: Path, flags: list[str], cache_dir: Path | None, strip_debug
             tmp.write_bytes(strip_debug_sections(tmp.read_bytes()))
         os.replace(tmp, out)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
 
 

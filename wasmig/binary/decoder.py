@@ -182,6 +182,7 @@ class Reader:
         append = out.append
         imm_kinds = opcodes.IMM
         depth = 0
+        open_kinds: list[int] = []
         data = self.data
         while True:
             start = self.pos
@@ -247,8 +248,15 @@ class Reader:
                 if depth == 0:
                     return out
                 depth -= 1
+                open_kinds.pop()
             elif op in (0x02, 0x03, 0x04):
                 depth += 1
+                open_kinds.append(op)
+            elif op == 0x05:
+                # `else` belongs to an `if` and may appear once in it: structure, hence malformed
+                if not open_kinds or open_kinds[-1] != 0x04:
+                    raise self.fail("else without matching if", start)
+                open_kinds[-1] = 0x05
 
     def const_expr(self) -> Expr:
         return self.instructions(self.pos, const_expr=True)

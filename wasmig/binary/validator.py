@@ -20,7 +20,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wasmig.binary import opcodes as ops
-from wasmig.binary.ir import REFTYPES, VALTYPES, Expr, Function, FuncType, GlobalType, Limits, Module, TableType
+from wasmig.binary.ir import (
+    REFTYPES,
+    VALTYPES,
+    Expr,
+    Function,
+    FuncType,
+    GlobalType,
+    Limits,
+    MemType,
+    Module,
+    TableType,
+)
 from wasmig.errors import ValidationError
 
 __all__ = ["FunctionInfo", "ModuleInfo", "validate_module", "validate_function"]
@@ -66,8 +77,9 @@ class FunctionInfo:
     ``stack_before[i]`` is the operand stack before ``body[i]``, bottom to top, for the whole
     function. In stack-polymorphic code (after ``unreachable``/``br``/``br_table``/``return`` in the
     same block) it holds only what is actually known and entries may be ``None`` ("any type").
-    Consecutive equal stacks share one tuple object, which keeps memory and time linear for
-    typical code.
+    Consecutive instructions that leave the stack unchanged share one tuple object; otherwise each
+    entry is a fresh tuple, so the cost is O(instructions x stack depth) -- linear for real code,
+    whose stacks are shallow.
 
     ``unreachable[i]`` is true when ``body[i]`` can never execute: it sits in stack-polymorphic code,
     or inside a block that was itself entered from such code (there the recorded stack is typed
@@ -604,7 +616,9 @@ def validate_module(module: Module) -> ModuleInfo:
         elif imp.kind == "table":
             tables.append(_check_table_type(imp.desc, what))
         elif imp.kind == "memory":
-            _check_limits(imp.desc.limits, MAX_PAGES, what, "memory size must be at most 65536 pages (4GiB)")  # type: ignore[union-attr]
+            if not isinstance(imp.desc, MemType):
+                raise _fail(f"malformed memory type {imp.desc!r} ({what})")
+            _check_limits(imp.desc.limits, MAX_PAGES, what, "memory size must be at most 65536 pages (4GiB)")
             mems += 1
         elif imp.kind == "global":
             if not isinstance(imp.desc, GlobalType) or imp.desc.type not in VALTYPES:

@@ -63,8 +63,11 @@ _STORE_STRUCTS = {
 
 
 def compile_function(func: Function, ftype: FuncType, stack_before: list[tuple], unreachable: list[bool],
-                     types: list[FuncType]) -> list[tuple]:
-    """Translate ``func.body`` into flat code (see module docstring and :mod:`wasmig.interp.ops`)."""
+                     types: list[FuncType], funcs: list[Any]) -> list[tuple]:
+    """Translate ``func.body`` into flat code (see module docstring and :mod:`wasmig.interp.ops`).
+
+    ``funcs`` is the instance's function index space, so direct calls embed their callee.
+    """
     body = func.body
     end_of, else_of = match_blocks(body)
     n_results = len(ftype.results)
@@ -133,7 +136,7 @@ def compile_function(func: Function, ftype: FuncType, stack_before: list[tuple],
             drop = height - n_results if not unreachable[i] else 0
             emit((ops.RETURN, n_results, max(drop, 0)))
         elif op == 0x10:
-            emit((ops.CALL, imm))
+            emit((ops.CALL, funcs[imm]))  # the callee object itself: no lookup at run time
         elif op == 0x11:
             emit((ops.CALL_INDIRECT, types[imm[0]], imm[1]))
         elif op in _LOAD_STRUCTS:

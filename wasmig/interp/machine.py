@@ -47,7 +47,7 @@ def ensure_compiled(f: WasmFunction) -> list[tuple]:
 
         inst = f.instance
         info = inst.validation.functions[f.index - inst.module.num_imported_funcs()]
-        f.code = compile_function(f.ir, f.type, info.stack_before, info.unreachable, inst.types)
+        f.code = compile_function(f.ir, f.type, info.stack_before, info.unreachable, inst.types, inst.funcs)
     return f.code
 
 
@@ -117,7 +117,6 @@ class Machine:
         locs = frame.locals
         pc = frame.pc
         inst: ModuleInstance = func.instance
-        funcs = inst.funcs
         glob = inst.globals
         mem = inst.mems[0].data if inst.mems else bytearray()
         max_frames = self.max_frames
@@ -262,7 +261,7 @@ class Machine:
                         raise Trap(_OOB) from None
                 elif op == ops.CALL or op == ops.CALL_INDIRECT:
                     if op == ops.CALL:
-                        callee = funcs[ins[1]]
+                        callee = ins[1]
                     else:
                         i = pop()
                         table = inst.tables[ins[2]].elements
@@ -298,7 +297,6 @@ class Machine:
                         steps += 1
                         if callee.instance is not inst:
                             inst = callee.instance
-                            funcs = inst.funcs
                             glob = inst.globals
                             mem = inst.mems[0].data if inst.mems else bytearray()
                     else:
@@ -336,7 +334,6 @@ class Machine:
                     pc = frame.pc
                     if func.instance is not inst:
                         inst = func.instance
-                        funcs = inst.funcs
                         glob = inst.globals
                         mem = inst.mems[0].data if inst.mems else bytearray()
                 elif op == ops.BR_ADJ or op == ops.BR_IF_ADJ:
@@ -370,7 +367,6 @@ class Machine:
                         pc = frame.pc
                         if func.instance is not inst:
                             inst = func.instance
-                            funcs = inst.funcs
                             glob = inst.globals
                             mem = inst.mems[0].data if inst.mems else bytearray()
                 elif op == 0x1A:
