@@ -527,3 +527,16 @@ def test_spec_validation(wast: Path) -> None:
                 continue
             problems.append(f"{where}: invalid module accepted (expected {cmd['text']!r})")
     assert not problems, "\n".join(problems)
+
+
+def test_pathologically_deep_stack_is_refused_cleanly() -> None:
+    """A hostile function piling up 30k values would record ~450M stack entries: refuse it."""
+    from wasmig.binary.ir import Function, FuncType, Instr, Module
+    from wasmig.binary.validator import validate_module
+    from wasmig.errors import ValidationError
+
+    n = 30_000
+    body = [Instr(0x41, 0)] * n + [Instr(0x1A)] * n + [Instr(0x0B)]
+    module = Module(types=[FuncType((), ())], funcs=[Function(0, [], body)])
+    with pytest.raises(ValidationError, match="implementation limit"):
+        validate_module(module)

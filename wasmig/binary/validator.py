@@ -70,6 +70,11 @@ _PLAIN: dict[int, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
 }
 
 
+
+#: ``stack_before`` costs O(instructions x stack depth); real compilers keep stacks shallow, so a
+#: function that would record more entries than this is refused instead of exhausting memory
+MAX_RECORDED_STACK_ENTRIES = 20_000_000
+
 @dataclass
 class FunctionInfo:
     """What validation learned about one defined function.
@@ -265,6 +270,7 @@ def _check_function(ctx: _Context, func: Function) -> FunctionInfo:
     snap: tuple[str | None, ...] = ()
     dirty = False
     max_stack = 0
+    recorded = 0
     i = -1
     try:
         for i, ins in enumerate(func.body):  # noqa: B007 -- i is read by the except clause
@@ -275,6 +281,10 @@ def _check_function(ctx: _Context, func: Function) -> FunctionInfo:
                 snap = tuple(vals)
                 if len(snap) > max_stack:
                     max_stack = len(snap)
+                recorded += len(snap)
+                if recorded > MAX_RECORDED_STACK_ENTRIES:
+                    raise _Invalid("implementation limit exceeded: operand stacks too deep for this function size "
+                                   f"(more than {MAX_RECORDED_STACK_ENTRIES} recorded stack entries)")
                 dirty = False
             stack_before.append(snap)
             unreachable.append(frame.unreachable or frame.dead)
