@@ -162,7 +162,7 @@ def test_simd_is_a_clear_unsupported_feature() -> None:
             + b"\x0a" + bytes([len(body) + 2, 1, len(body)]) + body)
     with pytest.raises(wasmig.UnsupportedFeature) as info:
         wasmig.Module.from_bytes(data)
-    assert "SIMD" in str(info.value)
+    assert "SIMD" in str(info.value) and "0xfd 0xc" in str(info.value)
     assert info.value.offset == data.index(b"\xfd\x0c")
 
 

@@ -199,7 +199,11 @@ class Reader:
             if kind is None:
                 feature = opcodes.UNSUPPORTED_PREFIXES.get(op)
                 if feature is not None:
-                    raise UnsupportedFeature(f"{feature} instruction (prefix {op:#x}) is not supported", start)
+                    try:
+                        opcode = f"{op:#x} {self.u32():#x}"
+                    except DecodeError:
+                        opcode = f"{op:#x}"
+                    raise UnsupportedFeature(f"{feature} instruction {opcode} is not supported", start)
                 raise self.fail(f"illegal opcode {op:#x}", start)
             if kind == "none":
                 imm = None
