@@ -142,6 +142,86 @@ class Machine:
                 elif op == ops.BR_IF:
                     if pop():
                         pc = ins[1]
+                elif op == ops.CALL or op == ops.CALL_INDIRECT:
+                    if op == ops.CALL:
+                        callee = ins[1]
+                    else:
+                        i = pop()
+                        table = inst.tables[ins[2]].elements
+                        if i >= len(table):
+                            raise Trap("undefined element")
+                        callee = table[i]
+                        if callee is None:
+                            raise Trap("uninitialized element")
+                        if callee.type != ins[1]:
+                            raise Trap("indirect call type mismatch")
+                    if type(callee) is WasmFunction:
+                        if len(frames) >= max_frames:
+                            raise Exhaustion("call stack exhausted")
+                        np = callee.nparams
+                        if np:
+                            args = stack[-np:]
+                            del stack[-np:]
+                        else:
+                            args = []
+                        frame.pc = pc
+                        if callee.code is None:
+                            ensure_compiled(callee)
+                        args += callee.local_defaults
+                        slots = frame.slots + len(args)
+                        if slots > max_slots:
+                            raise Exhaustion("call stack exhausted")
+                        frame = Frame(callee, args, len(stack), slots)
+                        frames.append(frame)
+                        func = callee
+                        code = callee.code
+                        locs = frame.locals
+                        pc = 0
+                        steps += 1
+                        if callee.instance is not inst:
+                            inst = callee.instance
+                            glob = inst.globals
+                            mem = inst.mems[0].data if inst.mems else bytearray()
+                    else:
+                        np = len(callee.type.params)
+                        if np:
+                            args = stack[-np:]
+                            del stack[-np:]
+                        else:
+                            args = []
+                        frame.pc = pc
+                        self.steps = steps
+                        stack.extend(callee.call_internal(args))
+                        steps = self.steps
+                        mem = inst.mems[0].data if inst.mems else bytearray()
+                elif op == ops.RETURN or op == ops.BR_IF_RET:
+                    if op == ops.BR_IF_RET and not pop():
+                        continue
+                    arity = ins[1]
+                    drop = ins[2]
+                    if drop:
+                        top = len(stack) - arity
+                        del stack[top - drop : top]
+                    frames.pop()
+                    if len(frames) == entry_depth:
+                        self.steps = steps
+                        if arity:
+                            res = stack[-arity:]
+                            del stack[-arity:]
+                            return res
+                        return []
+                    frame = frames[-1]
+                    func = frame.func
+                    code = func.code
+                    locs = frame.locals
+                    pc = frame.pc
+                    if func.instance is not inst:
+                        inst = func.instance
+                        glob = inst.globals
+                        mem = inst.mems[0].data if inst.mems else bytearray()
+                elif op == ops.IF:
+                    if not pop():
+                        pc = ins[1]
                 elif op == ops.LOAD:
                     try:
                         stack[-1] = ins[2](mem, stack[-1] + ins[1])[0]
@@ -174,9 +254,6 @@ class Machine:
                     push(glob[ins[1]].internal)
                 elif op == ops.LOOP:
                     steps += 1
-                elif op == ops.IF:
-                    if not pop():
-                        pc = ins[1]
                 elif op == 0x74:
                     b = pop()
                     stack[-1] = (stack[-1] << (b & 31)) & M32
@@ -259,83 +336,6 @@ class Machine:
                         stack[-1] = ins[2](mem, stack[-1] + ins[1])[0] & ins[3]
                     except struct.error:
                         raise Trap(_OOB) from None
-                elif op == ops.CALL or op == ops.CALL_INDIRECT:
-                    if op == ops.CALL:
-                        callee = ins[1]
-                    else:
-                        i = pop()
-                        table = inst.tables[ins[2]].elements
-                        if i >= len(table):
-                            raise Trap("undefined element")
-                        callee = table[i]
-                        if callee is None:
-                            raise Trap("uninitialized element")
-                        if callee.type != ins[1]:
-                            raise Trap("indirect call type mismatch")
-                    if type(callee) is WasmFunction:
-                        if len(frames) >= max_frames:
-                            raise Exhaustion("call stack exhausted")
-                        np = callee.nparams
-                        if np:
-                            args = stack[-np:]
-                            del stack[-np:]
-                        else:
-                            args = []
-                        frame.pc = pc
-                        if callee.code is None:
-                            ensure_compiled(callee)
-                        args += callee.local_defaults
-                        slots = frame.slots + len(args)
-                        if slots > max_slots:
-                            raise Exhaustion("call stack exhausted")
-                        frame = Frame(callee, args, len(stack), slots)
-                        frames.append(frame)
-                        func = callee
-                        code = callee.code
-                        locs = frame.locals
-                        pc = 0
-                        steps += 1
-                        if callee.instance is not inst:
-                            inst = callee.instance
-                            glob = inst.globals
-                            mem = inst.mems[0].data if inst.mems else bytearray()
-                    else:
-                        np = len(callee.type.params)
-                        if np:
-                            args = stack[-np:]
-                            del stack[-np:]
-                        else:
-                            args = []
-                        frame.pc = pc
-                        self.steps = steps
-                        stack.extend(callee.call_internal(args))
-                        steps = self.steps
-                        mem = inst.mems[0].data if inst.mems else bytearray()
-                elif op == ops.RETURN or op == ops.BR_IF_RET:
-                    if op == ops.BR_IF_RET and not pop():
-                        continue
-                    arity = ins[1]
-                    drop = ins[2]
-                    if drop:
-                        top = len(stack) - arity
-                        del stack[top - drop : top]
-                    frames.pop()
-                    if len(frames) == entry_depth:
-                        self.steps = steps
-                        if arity:
-                            res = stack[-arity:]
-                            del stack[-arity:]
-                            return res
-                        return []
-                    frame = frames[-1]
-                    func = frame.func
-                    code = func.code
-                    locs = frame.locals
-                    pc = frame.pc
-                    if func.instance is not inst:
-                        inst = func.instance
-                        glob = inst.globals
-                        mem = inst.mems[0].data if inst.mems else bytearray()
                 elif op == ops.BR_ADJ or op == ops.BR_IF_ADJ:
                     if op == ops.BR_IF_ADJ and not pop():
                         continue

@@ -93,7 +93,7 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-class ProcExit(Exception):  # noqa: N818 - the name mirrors the WASI call, it is not an error
+class ProcExit(Exception):
     """Raised by ``proc_exit`` to unwind the whole wasm call stack; ``code`` is the exit status.
 
     Deliberately not a :class:`wasmig.errors.WasmError`: exiting is not a failure, and code that
@@ -409,7 +409,18 @@ class MinimalWasi:
             module = wasmig.Module.from_bytes(bytes(module_or_path))
         instance_kwargs.setdefault("engine", "interp")
         inst = wasmig.Instance(module, imports=self.imports_for(module), **instance_kwargs)
-        self.bind(inst)
+        return self.run_instance(inst)
+
+    def run_instance(self, inst: Any) -> tuple[int, bytes, bytes]:
+        """Call ``_start`` of an instance created with :meth:`imports_for`; see :meth:`run`.
+
+        For callers that need the instance itself afterwards (its memory, its machine's
+        counters); binds the instance if that has not been done yet.
+        """
+        import wasmig
+
+        if self.memory is None:
+            self.bind(inst)
         code = 0
         try:
             inst.exports["_start"]()
