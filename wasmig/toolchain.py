@@ -8,14 +8,14 @@ Why a cache: the first build of wasi-libc inside zig's own cache takes tens of s
 later compile still costs a process start; test suites compile the same handful of programs
 over and over. Outputs are keyed by the sha256 of (source bytes, every flag, the zig version),
 so editing a program or upgrading zig rebuilds it and nothing else does. Only the source file
-itself is hashed: a program that ``#include``\\ s a local header must pass that header's bytes
-through ``extra_flags`` (e.g. ``-DHEADER_HASH=...``) or live in a single file, which all of
-wasmig's programs do.
+itself is hashed: a program that includes a local header must fold that header into the key
+through ``extra_flags`` (e.g. ``-DHEADER_HASH=...``) or be a single file, as all of wasmig's
+programs are.
 
 Why atomic renames: ``pytest -n 2`` runs two workers that may want the same program at the same
-time. Each compiles into its own temporary file in the cache directory and ``os.replace``\\ s it
-onto the final name; both results are identical, so whichever rename lands last is fine and no
-reader ever sees a half-written module.
+time. Each compiles in its own temporary directory inside the cache directory and renames the
+result onto the final name with ``os.replace``; both results are identical, so whichever rename
+lands last is fine and no reader ever sees a half-written module.
 """
 
 from __future__ import annotations

@@ -139,6 +139,8 @@ class Reader:
 
     def limits(self, what: str) -> Limits:
         flag = self.byte()
+        if flag & 0x80:  # a flag byte with a continuation bit: an over-long encoding of a limits flag
+            raise self.fail("integer representation too long: malformed limits flag", self.pos - 1)
         if flag == 0:
             return Limits(self.u32())
         if flag == 1:
@@ -300,9 +302,13 @@ def _decode_names(data: bytes) -> NameSection | None:
 def decode_module(data: bytes) -> Module:
     """Decode ``data`` (a complete ``.wasm`` binary) into a :class:`Module`."""
     data = bytes(data)
-    if len(data) < 4 or data[:4] != MAGIC:
+    if len(data) < 4:
+        raise DecodeError("unexpected end: not a wasm module (shorter than its magic header)", len(data))
+    if data[:4] != MAGIC:
         raise DecodeError("magic header not detected", 0)
-    if len(data) < 8 or data[4:8] != VERSION:
+    if len(data) < 8:
+        raise DecodeError("unexpected end: truncated binary version", len(data))
+    if data[4:8] != VERSION:
         raise DecodeError("unknown binary version", 4)
     r = Reader(data, 8)
     m = Module()

@@ -149,10 +149,10 @@ class Machine:
                         i = pop()
                         table = inst.tables[ins[2]].elements
                         if i >= len(table):
-                            raise Trap("undefined element")
+                            raise Trap(f"undefined element {i}")
                         callee = table[i]
                         if callee is None:
-                            raise Trap("uninitialized element")
+                            raise Trap(f"uninitialized element {i}")
                         if callee.type != ins[1]:
                             raise Trap("indirect call type mismatch")
                     if type(callee) is WasmFunction:

@@ -179,7 +179,10 @@ class MinimalWasi:
                 fn = self._guard(imp.name, impl)
             else:
                 fn = self._enosys(imp.name, ftype)
-            funcs[imp.name] = HostFunc(list(ftype.params), list(ftype.results), fn)
+            host = HostFunc(list(ftype.params), list(ftype.results), fn)
+            if hasattr(host, "name"):  # wasmig's HostFunc names itself in trap messages
+                host.name = f"{WASI_MODULE}.{imp.name}"
+            funcs[imp.name] = host
         return {WASI_MODULE: funcs}
 
     def bind(self, instance: Any) -> None:

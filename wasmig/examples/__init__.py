@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m wasmig.examples.demo`` (also ``make demo``)."""
