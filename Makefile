@@ -21,7 +21,7 @@ demo: $(STAMP)
 	@$(PY) -m wasmig.examples.demo
 
 lint: $(STAMP)
-	@$(VENV)/bin/ruff check wasmig tests benchmarks scripts
+	@$(VENV)/bin/ruff check wasmig tests benchmarks
 
 test: $(STAMP) wabt lint
 	@$(PY) -m pytest -n 2 -q -rs
