@@ -130,8 +130,13 @@ def compile_function(func: Function, ftype: FuncType, stack_before: list[tuple],
                 emit((ops.BR_IF, target))
         elif op == 0x0E:
             labels, default = imm
-            targets = tuple(branch(d, height - 1, i) for d in labels)
-            emit((ops.BR_TABLE, targets, branch(default, height - 1, i)))
+            # an arm that leaves the function drops its extra values, then jumps to the
+            # function's final `end`, which is the RETURN: the loop needs no second return path
+            final_end = len(body) - 1
+            arms = [branch(d, height - 1, i) for d in (*labels, default)]
+            arms = [(final_end, arity, drop) if kind == "ret" else (target, arity, drop)
+                    for kind, target, arity, drop in arms]
+            emit((ops.BR_TABLE, tuple(arms[:-1]), arms[-1]))
         elif op == 0x0F:
             drop = height - n_results if not unreachable[i] else 0
             emit((ops.RETURN, n_results, max(drop, 0)))

@@ -345,30 +345,11 @@ class Machine:
                 elif op == ops.BR_TABLE:
                     i = pop()
                     targets = ins[1]
-                    kind, target, arity, drop = targets[i] if i < len(targets) else ins[2]
+                    target, arity, drop = targets[i] if i < len(targets) else ins[2]
                     if drop:
                         top = len(stack) - arity
                         del stack[top - drop : top]
-                    if kind == "jump":
-                        pc = target
-                    else:
-                        frames.pop()
-                        if len(frames) == entry_depth:
-                            self.steps = steps
-                            if arity:
-                                res = stack[-arity:]
-                                del stack[-arity:]
-                                return res
-                            return []
-                        frame = frames[-1]
-                        func = frame.func
-                        code = func.code
-                        locs = frame.locals
-                        pc = frame.pc
-                        if func.instance is not inst:
-                            inst = func.instance
-                            glob = inst.globals
-                            mem = inst.mems[0].data if inst.mems else bytearray()
+                    pc = target
                 elif op == 0x1A:
                     pop()
                 elif op == 0x1B or op == 0x1C:
