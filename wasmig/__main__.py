@@ -1,0 +1,5 @@
+"""``python -m wasmig``: the command line."""
+
+from wasmig.cli import main
+
+main()

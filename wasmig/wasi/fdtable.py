@@ -1,0 +1,146 @@
+"""The guest's file-descriptor table.
+
+Each :class:`FdEntry` separates *plain data* (what a snapshot records: kind, paths, flags,
+rights, offset, readdir cursor, preopen name) from *runtime handles* (the host fd, socket or
+Python stream, which are re-created on restore). ``FdEntry.describe()`` returns just the plain
+data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from wasmig.wasi.errno import Errno, WasiError
+
+#: kinds of descriptor
+STDIO = "stdio"
+FILE = "file"
+DIR = "dir"
+TCP_LISTENER = "tcp_listener"
+TCP_STREAM = "tcp_stream"
+
+
+@dataclass
+class FdState:
+    """The plain, serialisable description of one open descriptor."""
+
+    fd: int
+    kind: str
+    filetype: int
+    rights_base: int
+    rights_inheriting: int
+    fdflags: int = 0
+    guest_path: str | None = None
+    host_path: str | None = None
+    preopen: str | None = None
+    readable: bool = False
+    writable: bool = False
+    offset: int = 0
+    readdir_cookie: int = 0
+    peer: str | None = None  # "host:port" of a TCP stream's peer, or of a listener's address
+
+
+@dataclass
+class FdEntry:
+    kind: str
+    filetype: int
+    rights_base: int
+    rights_inheriting: int
+    fdflags: int = 0
+    guest_path: str | None = None
+    host_path: str | None = None
+    preopen: str | None = None
+    readable: bool = False
+    writable: bool = False
+    readdir_cookie: int = 0
+    # --- runtime only ---------------------------------------------------------------------------
+    host_fd: int | None = field(default=None, repr=False)
+    sock: socket.socket | None = field(default=None, repr=False)
+    stream: BinaryIO | None = field(default=None, repr=False)
+    dir_entries: list[tuple[str, int, int]] | None = field(default=None, repr=False)
+    owns_host_fd: bool = field(default=True, repr=False)
+
+    def fileno(self) -> int:
+        if self.sock is not None:
+            return self.sock.fileno()
+        if self.host_fd is None:
+            raise WasiError(Errno.BADF, "descriptor has no host handle")
+        return self.host_fd
+
+    def offset(self) -> int:
+        if self.kind != FILE or self.host_fd is None:
+            return 0
+        try:
+            return os.lseek(self.host_fd, 0, os.SEEK_CUR)
+        except OSError:
+            return 0
+
+    def describe(self, fd: int) -> FdState:
+        peer = None
+        if self.sock is not None:
+            try:
+                addr: Any = self.sock.getpeername() if self.kind == TCP_STREAM else self.sock.getsockname()
+                peer = f"{addr[0]}:{addr[1]}"
+            except OSError:
+                peer = None
+        return FdState(fd, self.kind, self.filetype, self.rights_base, self.rights_inheriting, self.fdflags,
+                       self.guest_path, self.host_path, self.preopen, self.readable, self.writable,
+                       self.offset(), self.readdir_cookie, peer)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        elif self.host_fd is not None and self.owns_host_fd:
+            try:
+                os.close(self.host_fd)
+            except OSError:
+                pass
+        self.host_fd = None
+
+
+class FdTable:
+    """fd number -> entry, allocating the lowest free number as POSIX (and wasi-libc) expect."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, FdEntry] = {}
+
+    def get(self, fd: int) -> FdEntry:
+        entry = self.entries.get(fd)
+        if entry is None:
+            raise WasiError(Errno.BADF, f"fd {fd} is not open")
+        return entry
+
+    def add(self, entry: FdEntry) -> int:
+        fd = 0
+        while fd in self.entries:
+            fd += 1
+        if fd > 0xFFFFFFFF:
+            raise WasiError(Errno.NFILE)
+        self.entries[fd] = entry
+        return fd
+
+    def set(self, fd: int, entry: FdEntry) -> None:
+        self.entries[fd] = entry
+
+    def remove(self, fd: int) -> FdEntry:
+        entry = self.get(fd)
+        del self.entries[fd]
+        return entry
+
+    def renumber(self, src: int, dst: int) -> None:
+        entry = self.get(src)
+        old = self.get(dst)
+        if src == dst:
+            return
+        old.close()
+        self.entries[dst] = entry
+        del self.entries[src]
+
+    def close_all(self) -> None:
+        for entry in self.entries.values():
+            entry.close()
+        self.entries.clear()

@@ -1,0 +1,48 @@
+"""Run a WASI command module (``_start``) on an engine with wasmig's own WASI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wasmig.errors import LinkError
+from wasmig.instance import Instance
+from wasmig.interp.store import HostFunc, Memory
+from wasmig.module import Module
+from wasmig.wasi.memory import GuestMemory
+from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi
+
+
+def _host_func(params: tuple[str, ...], results: tuple[str, ...], fn: Any, name: str) -> HostFunc:
+    return HostFunc(params, results, fn, raw=True, name=f"{WASI_MODULE}.{name}")
+
+
+def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp") -> Instance:
+    """Instantiate ``module`` with ``wasi`` as its ``wasi_snapshot_preview1`` and bind its memory."""
+    wanted = [imp.name for imp in module.ir.imports if imp.module == WASI_MODULE and imp.kind == "func"]
+    unknown = [name for name in wanted if name not in wasi.imports(_host_func, [name])[WASI_MODULE]]
+    if unknown:
+        raise LinkError(f"unknown import: {WASI_MODULE}.{unknown[0]} is not a WASI preview1 function")
+    others = sorted({imp.module for imp in module.ir.imports if imp.module != WASI_MODULE})
+    if others:
+        first = next(imp for imp in module.ir.imports if imp.module != WASI_MODULE)
+        raise LinkError(f"unknown import: {first.module}.{first.name} (only {WASI_MODULE} is provided)")
+    inst = Instance(module, wasi.imports(_host_func, wanted), engine)
+    memory = inst.exports.get("memory")
+    if isinstance(memory, Memory):
+        wasi.bind_memory(GuestMemory(lambda: memory.data))
+    return inst
+
+
+def run_command(module: Module, wasi: Wasi, engine: str = "interp") -> int:
+    """Run ``_start`` to completion and return the exit code (``proc_exit``'s, else 0).
+
+    Traps propagate as :class:`wasmig.Trap` (the caller reports them)."""
+    inst = instantiate_with_wasi(module, wasi, engine)
+    start = inst.exports.get("_start")
+    if start is None:
+        raise LinkError("the module has no `_start` export: it is not a WASI command")
+    try:
+        inst.invoke("_start")
+    except ProcExit as e:
+        return e.code
+    return 0
