@@ -550,11 +550,16 @@ class Wasi:
         return path
 
     def _resolve(self, fd: int, path_ptr: int, path_len: int, *, follow: bool) -> tuple[int, str]:
+        return self._resolve_str(fd, self._path(path_ptr, path_len), follow=follow)
+
+    def _resolve_str(self, fd: int, path: str, *, follow: bool) -> tuple[int, str]:
         entry = self._dir(fd)
-        return sandbox.resolve(entry.fileno(), self._path(path_ptr, path_len), follow_final=follow)
+        return sandbox.resolve(entry.fileno(), path, follow_final=follow)
 
     def path_create_directory(self, fd: int, path: int, path_len: int) -> None:
-        parent, name = self._resolve(fd, path, path_len, follow=False)
+        # a trailing '/' names the directory to create ("newdir/" works, as under wasmtime)
+        guest = self._path(path, path_len)
+        parent, name = self._resolve_str(fd, guest.rstrip("/") or guest, follow=False)
         try:
             if name == ".":
                 raise WasiError(Errno.EXIST)
@@ -581,7 +586,9 @@ class Wasi:
 
     def path_link(self, old_fd: int, old_flags: int, old_path: int, old_len: int, new_fd: int, new_path: int,
                   new_len: int) -> None:
-        src_parent, src = self._resolve(old_fd, old_path, old_len, follow=bool(old_flags & C.LOOKUP_SYMLINK_FOLLOW))
+        if old_flags & C.LOOKUP_SYMLINK_FOLLOW:
+            raise WasiError(Errno.INVAL, "path_link does not follow symlinks")
+        src_parent, src = self._resolve(old_fd, old_path, old_len, follow=False)
         try:
             dst_parent, dst = self._resolve(new_fd, new_path, new_len, follow=False)
             try:
@@ -649,9 +656,12 @@ class Wasi:
     def path_readlink(self, fd: int, path: int, path_len: int, buf: int, buf_len: int, bufused_ptr: int) -> None:
         parent, name = self._resolve(fd, path, path_len, follow=False)
         try:
-            target = os.readlink(name, dir_fd=parent).encode("utf-8", "surrogateescape")
+            target_text = os.readlink(name, dir_fd=parent)
         finally:
             os.close(parent)
+        if target_text.startswith("/"):
+            raise WasiError(Errno.PERM, "the link's target is an absolute host path")
+        target = target_text.encode("utf-8", "surrogateescape")
         data = target[:buf_len]
         self.mem.write(buf, data)
         self.mem.set_u32(bufused_ptr, len(data))
@@ -666,13 +676,18 @@ class Wasi:
             os.close(parent)
 
     def path_rename(self, fd: int, old_path: int, old_len: int, new_fd: int, new_path: int, new_len: int) -> None:
-        src_parent, src = self._resolve(fd, old_path, old_len, follow=False)
+        # resolve without trailing slashes, then keep them on the names so renameat checks "is a directory"
+        old_guest, new_guest = self._path(old_path, old_len), self._path(new_path, new_len)
+        old_base, new_base = old_guest.rstrip("/") or old_guest, new_guest.rstrip("/") or new_guest
+        src_parent, src = self._resolve_str(fd, old_base, follow=False)
         try:
-            dst_parent, dst = self._resolve(new_fd, new_path, new_len, follow=False)
+            dst_parent, dst = self._resolve_str(new_fd, new_base, follow=False)
             try:
                 if "." in (src, dst):
                     raise WasiError(Errno.BUSY)
-                os.rename(src, dst, src_dir_fd=src_parent, dst_dir_fd=dst_parent)
+                src_name = src + "/" if old_base != old_guest else src
+                dst_name = dst + "/" if new_base != new_guest else dst
+                os.rename(src_name, dst_name, src_dir_fd=src_parent, dst_dir_fd=dst_parent)
             finally:
                 os.close(dst_parent)
         finally:
@@ -680,6 +695,8 @@ class Wasi:
 
     def path_symlink(self, old_path: int, old_len: int, fd: int, new_path: int, new_len: int) -> None:
         target = self._path(old_path, old_len)
+        if target.startswith("/"):
+            raise WasiError(Errno.PERM, "absolute symlink targets are not allowed in the sandbox")
         parent, name = self._resolve(fd, new_path, new_len, follow=False)
         try:
             os.symlink(target, name, dir_fd=parent)
