@@ -92,7 +92,7 @@ def main() -> None:
 @click.option("--env", "envs", multiple=True, metavar="NAME[=VALUE]", help="Set (or inherit) an environment variable.")
 @click.option("--tcplisten", "listens", multiple=True, metavar="HOST:PORT",
               help="Preopen a listening TCP socket (fds 3, 4, ... before the directories).")
-@click.argument("program", type=click.Path(dir_okay=False))
+@click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...], program: str,
         args: tuple[str, ...]) -> None:
@@ -103,6 +103,8 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
 
     listeners: list[socket.socket] = []
     try:
+        if os.path.isdir(program):
+            raise UserError(f"{program}: is a directory, not a WebAssembly module")
         preopens = [parse_dir(d) for d in dirs]
         env = parse_env(envs)
         listeners = [open_listener(spec) for spec in listens]

@@ -98,9 +98,10 @@ class Machine:
         """Innermost-first description of the current frames (function names from the name section)."""
         out = []
         for i, fr in enumerate(reversed(self.frames)):
+            # pc is always one past the instruction being executed: the trapping one, or the call
             at = pc if (i == 0 and pc is not None) else fr.pc
             ir = fr.func.ir
-            idx = max(0, min(at - (0 if i == 0 else 1), len(ir.body) - 1))
+            idx = max(0, min(at - 1, len(ir.body) - 1))
             off = ir.body_offset + ir.body[idx].offset if ir.body else 0
             out.append(f"{fr.func.name} (func {fr.func.index}) at offset {off:#x}")
         return out

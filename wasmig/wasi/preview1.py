@@ -368,7 +368,7 @@ class Wasi:
         if entry.kind != FILE:
             raise WasiError(Errno.BADF)
         if not entry.writable:
-            raise WasiError(Errno.BADF)
+            raise WasiError(Errno.INVAL, "not open for writing")  # Linux's (and wasmtime's) answer
         os.ftruncate(entry.fileno(), size)
 
     @staticmethod
@@ -421,7 +421,7 @@ class Wasi:
 
     def _read_entry(self, entry: FdEntry, n: int) -> bytes:
         if entry.kind == DIR:
-            raise WasiError(Errno.ISDIR)
+            raise WasiError(Errno.BADF, "cannot read a directory as a file")
         if not entry.readable:
             raise WasiError(Errno.BADF, "not open for reading")
         if entry.stream is not None:
@@ -440,7 +440,7 @@ class Wasi:
     def fd_pread(self, fd: int, iovs_ptr: int, iovs_len: int, offset: int, nread_ptr: int) -> None:
         entry = self.fds.get(fd)
         if entry.kind == DIR:
-            raise WasiError(Errno.ISDIR)
+            raise WasiError(Errno.BADF)
         if entry.kind != FILE:
             raise WasiError(Errno.SPIPE)
         if not entry.readable:
