@@ -1,22 +1,25 @@
-"""Real C programs, compiled with zig to wasm32-wasi, run on wasmig's interpreter with the minimal
-WASI and compared with the same module on wasmtime (the reference, via its own WASI).
+"""Real C programs, compiled with zig to wasm32-wasi, run on wasmig's interpreter with wasmig's
+WASI preview1 and compared with the same module on wasmtime (the reference, via its own WASI).
 
 Why C programs: they execute what compilers actually emit (wasi-libc's printf, qsort, malloc,
 bulk memory, call_indirect, i64 and f64 arithmetic), which hand-written tests never cover as
 densely. Why wasmtime as the oracle: the expected output then never has to be written down by
 hand, and any divergence is an interpreter (or WASI) bug.
 
-Also here: the toolchain's cache and error behaviour, the minimal WASI's error paths, and the
-guarantee that deep wasm recursion is not Python recursion.
+Also here: the toolchain's cache and error behaviour, WASI error paths as seen from wasm (bad
+pointers, bad descriptors, link errors), and the guarantee that deep wasm recursion is not Python
+recursion.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,9 @@ import pytest
 import wasmig
 from wasmig import toolchain
 from wasmig.toolchain import ToolchainError, compile_c, strip_debug_sections
-from wasmig.wasi.minimal import Errno, MinimalWasi, ProcExit, run
+from wasmig.wasi.errno import Errno
+from wasmig.wasi.preview1 import ProcExit, Wasi
+from wasmig.wasi.run import instantiate_with_wasi, run_command
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 
@@ -41,6 +46,27 @@ def wat(text: str, tmp_path: Path) -> bytes:
     src.write_text(text)
     assert WAT2WASM is not None
     return subprocess.run([WAT2WASM, str(src), "--output=-"], capture_output=True, check=True).stdout
+
+
+def run(
+    program: Path | wasmig.Module,
+    args: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes = b"",
+) -> tuple[int, bytes, bytes]:
+    """``(exit_code, stdout, stderr)`` of a WASI command on wasmig's interpreter, stdio captured.
+
+    ``args`` defaults to just the program's file name."""
+    module = program if isinstance(program, wasmig.Module) else wasmig.Module.from_file(program)
+    if args is None:
+        args = [program.name if isinstance(program, Path) else "main"]
+    out, err = io.BytesIO(), io.BytesIO()
+    wasi = Wasi(args, env, stdin=stdin, stdout=out, stderr=err)
+    try:
+        code = run_command(module, wasi, engine="interp")
+    finally:
+        wasi.close()
+    return code, out.getvalue(), err.getvalue()
 
 
 def run_wasmtime(path: Path, args: list[str], env: dict[str, str], stdin: bytes, tmp: Path) -> tuple[int, bytes, bytes]:
@@ -109,12 +135,12 @@ def test_checksum_output_is_complete() -> None:
 
 
 @needs_zig
-def test_run_accepts_module_objects_and_counts_calls() -> None:
-    path = compile_c(PROGRAMS / "hello.c")
-    module = wasmig.Module.from_file(path)
-    wasi = MinimalWasi(["hello", "x"], {"WASMIG_GREETING": "g"})
-    code, out, _ = wasi.run(module)
-    assert code == 0 and b"argv[1]=x" in out and b"WASMIG_GREETING=g" in out
+def test_run_command_counts_calls() -> None:
+    module = wasmig.Module.from_file(compile_c(PROGRAMS / "hello.c"))
+    out = io.BytesIO()
+    wasi = Wasi(["hello", "x"], {"WASMIG_GREETING": "g"}, stdin=b"", stdout=out, stderr=io.BytesIO())
+    code = run_command(module, wasi)
+    assert code == 0 and b"argv[1]=x" in out.getvalue() and b"WASMIG_GREETING=g" in out.getvalue()
     assert wasi.calls["args_get"] == 1 and wasi.calls["fd_write"] >= 1
 
 
@@ -193,7 +219,7 @@ def test_library_builds_export_functions(tmp_path: Path) -> None:
     inst = wasmig.Instance(bare, imports={})
     assert inst.exports["square"](-12) == 144 and inst.exports["twice"](21) == 42
     reactor = wasmig.Module.from_file(toolchain.compile_c_library(src, ["square"], cache_dir=tmp_path))
-    inst = wasmig.Instance(reactor, imports=MinimalWasi().imports_for(reactor))
+    inst = instantiate_with_wasi(reactor, Wasi())
     inst.exports["_initialize"]()
     assert inst.exports["square"](9) == 81
 
@@ -217,7 +243,7 @@ def test_strip_debug_sections_unit() -> None:
     assert strip_debug_sections(wasm) == header + type_section + custom(b"name", b"")
 
 
-# --- minimal WASI error paths ------------------------------------------------------------------
+# --- WASI error paths, seen from wasm ----------------------------------------------------------
 WASI_PROBE = """
 (module
   (import "wasi_snapshot_preview1" "path_open"
@@ -227,8 +253,8 @@ WASI_PROBE = """
   (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_seek" (func $seek (param i32 i64 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_raise" (func $raise (param i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (import "wasi_snapshot_preview1" "not_a_real_call" (func $odd (param f64) (result i64 f32)))
   (memory (export "memory") 1)
   (data (i32.const 16) "\\20\\00\\00\\00\\05\\00\\00\\00")  ;; an iovec {buf=32, len=5} at 16
   (func (export "open") (result i32)
@@ -243,48 +269,60 @@ WASI_PROBE = """
   (func (export "seek") (param $fd i32) (result i32)
     (call $seek (local.get $fd) (i64.const 0) (i32.const 0) (i32.const 0)))
   (func (export "prestat") (result i32) (call $prestat (i32.const 3) (i32.const 0)))
-  (func (export "odd") (result i64 f32) (call $odd (f64.const 1)))
+  (func (export "raise") (param i32) (result i32) (call $raise (local.get 0)))
   (func (export "exit") (param i32) (call $exit (local.get 0)))
 )
 """
 
 
 @needs_wat2wasm
-def test_minimal_wasi_error_paths(tmp_path: Path) -> None:
+def test_wasi_error_paths(tmp_path: Path) -> None:
     module = wasmig.Module.from_bytes(wat(WASI_PROBE, tmp_path))
-    wasi = MinimalWasi()
-    inst = wasmig.Instance(module, imports=wasi.imports_for(module))
-    wasi.bind(inst)
+    out = io.BytesIO()
+    wasi = Wasi(stdout=out, stderr=io.BytesIO())
+    inst = instantiate_with_wasi(module, wasi)
     ex = inst.exports
     mem = ex["memory"]
     mem.write(32, b"hello")
-    assert ex["open"]() == Errno.NOSYS  # unimplemented: links, answers ENOSYS
-    assert ex["odd"]() == (0, 0.0)  # a non-preview1 shape still links
-    assert ex["write"](1, 16) == Errno.SUCCESS and bytes(wasi.stdout) == b"hello"
+    assert ex["open"]() == Errno.BADF  # no preopens: fd 3 is not open
+    assert ex["write"](1, 16) == Errno.SUCCESS and out.getvalue() == b"hello"
     assert int.from_bytes(mem.read(8, 4), "little") == 5
     assert ex["write"](5, 16) == Errno.BADF
     mem.write(40, (65534).to_bytes(4, "little") + (10).to_bytes(4, "little"))  # iovec past the end
     assert ex["write"](1, 40) == Errno.FAULT
     assert ex["write"](1, 65535 * 1) == Errno.FAULT  # the iovec array itself is out of bounds
+    assert out.getvalue() == b"hello"  # nothing of the failed writes got through
     assert ex["clock"](1) == Errno.SUCCESS and int.from_bytes(mem.read(0, 8), "little") > 0
     assert ex["clock"](99) == Errno.INVAL
     assert ex["random"](100, 64) == Errno.SUCCESS and mem.read(100, 64) != bytes(64)
     assert ex["random"](65530, 64) == Errno.FAULT
+    assert mem.read(65530, 6) == bytes(6)  # no partial write on EFAULT
     assert ex["seek"](1) == Errno.SPIPE and ex["seek"](9) == Errno.BADF
     assert ex["prestat"]() == Errno.BADF
+    assert ex["raise"](6) == Errno.NOSYS
     with pytest.raises(ProcExit) as info:
         ex["exit"](17)
-    assert info.value.code == 17
-    assert wasi.calls["path_open"] == 1 and wasi.calls["not_a_real_call"] == 1
+    assert info.value.code == 17 and wasi.exit_code == 17
+    assert wasi.calls["path_open"] == 1 and wasi.calls["fd_write"] == 4 and wasi.calls["proc_raise"] == 1
 
 
 @needs_wat2wasm
-def test_wrong_signature_for_an_implemented_call_is_a_link_error(tmp_path: Path) -> None:
+def test_wrong_signature_for_a_wasi_call_is_a_link_error(tmp_path: Path) -> None:
     module = wasmig.Module.from_bytes(
         wat('(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32) (result i32))))', tmp_path)
     )
     with pytest.raises(wasmig.LinkError, match="fd_write"):
-        MinimalWasi().imports_for(module)
+        instantiate_with_wasi(module, Wasi())
+
+
+@needs_wat2wasm
+def test_import_that_is_not_a_wasi_call_is_a_link_error(tmp_path: Path) -> None:
+    module = wasmig.Module.from_bytes(
+        wat('(module (import "wasi_snapshot_preview1" "not_a_real_call" (func (param f64) (result i64 f32))))',
+            tmp_path)
+    )
+    with pytest.raises(wasmig.LinkError, match="not_a_real_call"):
+        instantiate_with_wasi(module, Wasi())
 
 
 # --- deep recursion is not Python recursion ----------------------------------------------------

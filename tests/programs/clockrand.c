@@ -85,6 +85,61 @@ int main(void) {
     errno = 0;
     check("nanosleep(tv_nsec out of range) is EINVAL", nanosleep(&bad, NULL) == -1 && errno == EINVAL);
 
+    /* absolute-deadline sleep: a clock subscription with the ABSTIME flag */
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    struct timespec deadline = a;
+    deadline.tv_nsec += 5 * 1000 * 1000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000;
+    }
+    check("clock_nanosleep(TIMER_ABSTIME) returns 0", clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, NULL) == 0);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    check("... and woke at or after the deadline", ns(b) >= ns(deadline));
+
+    /* poll_oneoff directly: two clock subscriptions, the shorter one fires first */
+    __wasi_subscription_t subs[2];
+    memset(subs, 0, sizeof subs);
+    subs[0].userdata = 111;
+    subs[0].u.tag = __WASI_EVENTTYPE_CLOCK;
+    subs[0].u.u.clock.id = __WASI_CLOCKID_MONOTONIC;
+    subs[0].u.u.clock.timeout = 200 * 1000 * 1000;
+    subs[1].userdata = 222;
+    subs[1].u.tag = __WASI_EVENTTYPE_CLOCK;
+    subs[1].u.u.clock.id = __WASI_CLOCKID_MONOTONIC;
+    subs[1].u.u.clock.timeout = 2 * 1000 * 1000;
+    __wasi_event_t events[2];
+    __wasi_size_t nevents = 0;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    err = __wasi_poll_oneoff(subs, events, 2, &nevents);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    check("poll_oneoff(2 clocks) succeeds", err == 0);
+    check("... one event, from the 2 ms clock", nevents == 1 && events[0].userdata == 222 && events[0].error == 0 &&
+                                                    events[0].type == __WASI_EVENTTYPE_CLOCK);
+    check("... after >= 2 ms and well before 200 ms", ns(b) - ns(a) >= 2000000 && ns(b) - ns(a) < 150000000);
+    subs[0].u.u.clock.timeout = 0;
+    err = __wasi_poll_oneoff(subs, events, 1, &nevents);
+    check("poll_oneoff(clock timeout 0) fires at once", err == 0 && nevents == 1 && events[0].userdata == 111);
+    err = __wasi_poll_oneoff(subs, events, 0, &nevents);
+    printf("poll_oneoff(0 subscriptions) errno=%d\n", err);
+
+    /* an fd_read subscription on stdin (empty): ready at once, at end of file */
+    memset(subs, 0, sizeof subs);
+    subs[0].userdata = 7;
+    subs[0].u.tag = __WASI_EVENTTYPE_FD_READ;
+    subs[0].u.u.fd_read.file_descriptor = 0;
+    subs[1].userdata = 8;
+    subs[1].u.tag = __WASI_EVENTTYPE_CLOCK;
+    subs[1].u.u.clock.id = __WASI_CLOCKID_MONOTONIC;
+    subs[1].u.u.clock.timeout = 5000000000ull;
+    err = __wasi_poll_oneoff(subs, events, 2, &nevents);
+    check("poll_oneoff(stdin read, 5 s clock) succeeds", err == 0);
+    check("... stdin is ready before the clock", nevents >= 1 && events[0].userdata == 7);
+    subs[0].u.u.fd_read.file_descriptor = 99;
+    err = __wasi_poll_oneoff(subs, events, 1, &nevents);
+    if (err) printf("poll_oneoff(bad fd): call failed, errno=%d\n", err);
+    else printf("poll_oneoff(bad fd): call succeeded, nevents=%d event.error=%d\n", (int)nevents, events[0].error);
+
     unsigned char r1[256], r2[256], big[4096];
     memset(r1, 0, sizeof r1);
     memset(r2, 0, sizeof r2);

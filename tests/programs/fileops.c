@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
+#include <wasi/api.h>
 
 static const char *root;
 static char pbuf[3][512];
@@ -54,6 +55,12 @@ static long report(const char *label, long ret) {
     int e = ret < 0 ? errno : 0;
     printf("%-30s ret=%ld errno=%s(%d)\n", label, ret, ename(e), e);
     return ret;
+}
+
+/* The same line for a raw WASI call, which returns its errno instead of setting errno. */
+static void wasi_report(const char *label, int err) {
+    errno = err;
+    report(label, err ? -1 : 0);
 }
 
 static const char *ftype(mode_t m) {
@@ -337,6 +344,22 @@ int main(int argc, char **argv) {
     report("open name of 299 bytes", open(P(longname), O_CREAT | O_WRONLY, 0644));
     report("rmdir .", rmdir(P(".")));
     report("mkdir root itself", mkdir(root, 0755));
+
+    /* --- fd-level calls: fdstat, advise, allocate, renumber --- */
+    fd = open(P("b.txt"), O_RDWR | O_APPEND);
+    __wasi_fdstat_t fds;
+    wasi_report("fd_fdstat_get", __wasi_fd_fdstat_get(fd, &fds));
+    printf("  filetype=%d flags=%d\n", fds.fs_filetype, fds.fs_flags);
+    wasi_report("posix_fadvise SEQUENTIAL", posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL));
+    wasi_report("fd_allocate", __wasi_fd_allocate(fd, 0, 4));
+    int fd2 = open(P("log.txt"), O_RDONLY);
+    wasi_report("fd_renumber onto open fd", __wasi_fd_renumber(fd2, fd));
+    n = read(fd, buf, 3);
+    printf("  renumbered fd reads \"%.*s\"\n", (int)(n > 0 ? n : 0), buf);
+    report("old fd closed after renumber", close(fd2));
+    wasi_report("fd_renumber from bad fd", __wasi_fd_renumber(77, fd));
+    close(fd);
+    wasi_report("fd_fdstat_get bad fd", __wasi_fd_fdstat_get(77, &fds));
 
     /* --- files left behind: b.txt log.txt sparse.bin victim.txt sub2/inner.txt soft.txt softdir d3 --- */
     report("unlink log.txt/x", unlink(P("log.txt/x")));

@@ -3,8 +3,9 @@ wasmig's pure-Python interpreter.
 
 What it shows, end to end: ``demo.c`` (a prime sieve) is compiled with zig (``wasmig.toolchain``,
 cached under ``.cache/wasm``), decoded and validated (``wasmig.Module``), instantiated on the
-interpreter with the minimal WASI (``wasmig.wasi.minimal``) and run from ``_start``. The
-program's own output is printed as it is produced, followed by a summary line.
+interpreter with wasmig's WASI preview1 (``wasmig.wasi.preview1.Wasi``, linked by
+``wasmig.wasi.run.instantiate_with_wasi``) and run from ``_start``. The program's own output is
+printed as it is produced, followed by a summary line.
 
 If the ``wasmtime`` package is installed, the same module also runs there, as a cross-check of
 the output and to count the executed wasm instructions with wasmtime's fuel meter -- wasmig's
@@ -15,16 +16,32 @@ iterations, its checkpoint clock), so this is how the demo can quote instruction
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import wasmig
 from wasmig.toolchain import ToolchainError, compile_c
-from wasmig.wasi.minimal import MinimalWasi
+from wasmig.wasi.preview1 import ProcExit, Wasi
+from wasmig.wasi.run import instantiate_with_wasi
 
 DEMO_C = Path(__file__).resolve().with_name("demo.c")
+
+
+class EchoedOutput(io.BytesIO):
+    """The guest's stdout: passed on to ``target`` as it is written, and also kept (``getvalue()``)
+    so that it can be compared with wasmtime's."""
+
+    def __init__(self, target: BinaryIO) -> None:
+        super().__init__()
+        self.target = target
+
+    def write(self, data: Any, /) -> int:
+        self.target.write(data)
+        self.target.flush()
+        return super().write(data)
 
 
 def wasmtime_reference(path: Path, args: list[str]) -> tuple[int, bytes, int] | None:
@@ -84,13 +101,24 @@ def main(argv: list[str] | None = None) -> int:
           f"compile/cache {t_compile:.2f} s, decode+validate {t_load:.2f} s")
 
     args = ["demo", str(opts.limit)]
-    wasi = MinimalWasi(args, {}, echo_stdout=sys.stdout.buffer, echo_stderr=sys.stderr.buffer)
+    # stdout is echoed live and kept for the wasmtime cross-check; stderr passes straight through to
+    # this process's fd 2 (os.write), so Python's own buffered streams are flushed first.
+    stdout = EchoedOutput(sys.stdout.buffer)
+    wasi = Wasi(args, {}, stdout=stdout, stderr=None)
     print(f"running `{' '.join(args)}` on wasmig's interpreter:\n", flush=True)
-    inst = wasmig.Instance(module, imports=wasi.imports_for(module), engine="interp")
-    wasi.bind(inst)
-    t0 = time.perf_counter()
-    code, out, _err = wasi.run_instance(inst)
-    wall = time.perf_counter() - t0
+    sys.stderr.flush()
+    try:
+        inst = instantiate_with_wasi(module, wasi, engine="interp")
+        t0 = time.perf_counter()
+        code = 0
+        try:
+            inst.invoke("_start")  # what run_command does; done here to keep the instance's counters
+        except ProcExit as exc:
+            code = exc.code
+        wall = time.perf_counter() - t0
+    finally:
+        wasi.close()
+    out = stdout.getvalue()
 
     machine: Any = getattr(inst, "machine", None)
     steps = getattr(machine, "steps", None)

@@ -304,12 +304,11 @@ class Wasi:
         os.posix_fadvise(entry.fileno(), offset, length, advices[advice])
 
     def fd_allocate(self, fd: int, offset: int, length: int) -> None:
+        """Unsupported, as in wasmtime (preview2 dropped it): ``ENOTSUP`` for files."""
         entry = self._file(fd)
         if entry.kind != FILE:
             raise WasiError(Errno.BADF)
-        if not entry.writable:
-            raise WasiError(Errno.BADF)
-        os.posix_fallocate(entry.fileno(), offset, length)
+        raise WasiError(Errno.NOTSUP, "fd_allocate is not supported")
 
     def fd_datasync(self, fd: int) -> None:
         entry = self.fds.get(fd)
@@ -424,8 +423,9 @@ class Wasi:
             raise WasiError(Errno.BADF, "cannot read a directory as a file")
         if not entry.readable:
             raise WasiError(Errno.BADF, "not open for reading")
-        if entry.stream is not None:
-            return entry.stream.read(n) or b""
+        if entry.stream is not None:  # read1: what is available now, as a read(2) on a pipe would
+            read1 = getattr(entry.stream, "read1", None)
+            return (read1(n) if read1 is not None else entry.stream.read(n)) or b""
         if entry.kind == TCP_LISTENER:
             raise WasiError(Errno.NOTCONN)
         return os.read(entry.fileno(), n)
@@ -739,9 +739,8 @@ class Wasi:
             elif tag in (C.EVENTTYPE_FD_READ, C.EVENTTYPE_FD_WRITE):
                 (fd,) = struct.unpack_from("<I", raw, body)
                 entry = self.fds.entries.get(fd)
-                if entry is None:
-                    events.append(struct.pack("<QHB5xQH6x", userdata, Errno.BADF, tag, 0, 0))
-                    continue
+                if entry is None:  # wasmtime fails the whole call, rather than reporting an event
+                    raise WasiError(Errno.BADF, f"poll_oneoff on fd {fd}, which is not open")
                 (readers if tag == C.EVENTTYPE_FD_READ else writers).append((userdata, entry, fd))
             else:
                 raise WasiError(Errno.INVAL, f"unknown subscription type {tag}")
