@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.wasi_harness import (
+    REPO,
     DirSpec,
     RunResult,
     compare,
@@ -262,7 +263,7 @@ def test_tcp_echo_serves_clients_one_after_another(tmp_path: Path) -> None:
     # A --dir too: listening sockets must come first (fd 3), before the preopened directory.
     cmd = [*wasmig_command(), "--tcplisten", f"127.0.0.1:{port}", "--dir", f"{tmp_path / 'dir'}::/d", str(wasm), "3"]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(_repo())}
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}
     )
     try:
         deadline = time.monotonic() + 30
@@ -285,10 +286,6 @@ def test_tcp_echo_serves_clients_one_after_another(tmp_path: Path) -> None:
     assert err.decode().count("bytes echoed") == 3 and "connection 3 done" in err.decode()
 
 
-def _repo() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
 # --- CLI contract ------------------------------------------------------------------------------
 def _cli(*args: str, cwd: Path | None = None, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
@@ -297,7 +294,7 @@ def _cli(*args: str, cwd: Path | None = None, stdin: bytes = b"") -> subprocess.
         capture_output=True,
         timeout=60,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(_repo())},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 
@@ -324,6 +321,22 @@ def test_malformed_module_is_a_one_line_error(content: bytes, tmp_path: Path) ->
     bad.write_bytes(content)
     err = _one_line_error(_cli(str(bad)))
     assert "bad.wasm" in err
+
+
+EMPTY_MODULE = b"\0asm\x01\0\0\0"
+#: A valid module whose only content is an import of ``env.foo: () -> ()``.
+IMPORTS_ENV_FOO = EMPTY_MODULE + b"\x01\x04\x01\x60\x00\x00" + b"\x02\x0b\x01\x03env\x03foo\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"), [(EMPTY_MODULE, "_start"), (IMPORTS_ENV_FOO, "foo")], ids=["no-start", "unknown-import"]
+)
+def test_valid_module_that_cannot_run_is_a_one_line_error(content: bytes, needle: str, tmp_path: Path) -> None:
+    """Valid wasm that is not a runnable WASI command: still one line, naming what is missing."""
+    mod = tmp_path / "mod.wasm"
+    mod.write_bytes(content)
+    err = _one_line_error(_cli(str(mod)))
+    assert needle in err
 
 
 def test_directory_as_program_is_a_one_line_error(tmp_path: Path) -> None:
