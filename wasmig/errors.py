@@ -45,3 +45,9 @@ class Trap(WasmError):
 
 class Exhaustion(Trap):
     """The call stack (or the value stack) ran out: still a trap, never a Python RecursionError."""
+
+
+class HostCallInterrupted(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by a host function that was blocked (stdin, sleep, accept) when a checkpoint was
+    requested, *before* it did anything: the engine abandons the call and re-executes it on
+    restore. Not a WasmError: it never reaches a user."""

@@ -37,14 +37,20 @@ class Instance:
     """
 
     def __init__(self, module: Module, imports: Mapping[str, Mapping[str, Any]] | None = None,
-                 engine: str = "interp", *, max_frames: int | None = None) -> None:
+                 engine: str = "interp", *, max_frames: int | None = None, initialize: bool = True) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
         self.module = module
         self.engine = engine
         self.machine = Machine() if max_frames is None else Machine(max_frames)
-        self._inst = instantiate(module, imports, self.machine)
+        self._inst = instantiate(module, imports, self.machine, initialize=initialize)
         self.exports = Exports(self._inst)
+        self.wasi: Any = None  # the WASI state, when instantiated with wasmig's WASI
+
+    @property
+    def store(self) -> ModuleInstance:
+        """The interpreter's runtime objects (functions, memories, tables, globals) of this instance."""
+        return self._inst
 
     def invoke(self, name: str, *args: Any, raw: bool = False) -> Any:
         """Call the exported function ``name``.

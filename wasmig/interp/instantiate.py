@@ -72,8 +72,13 @@ def eval_const(expr: Expr, inst: ModuleInstance) -> Any:
     return value
 
 
-def instantiate(module: Any, imports: Mapping[str, Mapping[str, Any]] | None, machine: Machine) -> ModuleInstance:
-    """Create a :class:`ModuleInstance` for ``module`` (a :class:`wasmig.Module`) on ``machine``."""
+def instantiate(module: Any, imports: Mapping[str, Mapping[str, Any]] | None, machine: Machine, *,
+                initialize: bool = True) -> ModuleInstance:
+    """Create a :class:`ModuleInstance` for ``module`` (a :class:`wasmig.Module`) on ``machine``.
+
+    ``initialize=False`` allocates everything but applies no segments and runs no start function:
+    a restore overwrites memories, tables and globals from a snapshot instead.
+    """
     ir = module.ir
     imports = imports or {}
     inst = ModuleInstance(ir)
@@ -101,6 +106,8 @@ def instantiate(module: Any, imports: Mapping[str, Mapping[str, Any]] | None, ma
         inst.exports[exp.name] = space[exp.index]
     inst.elems = [[eval_const(e, inst) for e in seg.init] for seg in ir.elems]
     inst.datas = [seg.init for seg in ir.datas]
+    if not initialize:
+        return inst
 
     for i, seg in enumerate(ir.elems):
         if seg.mode == "active":

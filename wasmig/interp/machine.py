@@ -15,17 +15,30 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from wasmig.errors import Exhaustion, Trap
+from wasmig.errors import Exhaustion, HostCallInterrupted, Trap
 from wasmig.interp import ops
 from wasmig.interp.numeric import M32, M64, f32_from_bytes, f32_into_bytes
 from wasmig.interp.store import PAGE_SIZE, FuncInst, HostFunc, ModuleInstance, WasmFunction
 
+NEVER = 1 << 62
 DEFAULT_MAX_FRAMES = 150_000
 #: locals (params included) summed over all live frames: bounds memory for frames with many locals
 DEFAULT_MAX_SLOTS = 4_000_000
 
 _OOB = "out of bounds memory access"
 _f64_pack_into = struct.Struct("<d").pack_into
+
+
+class Suspended(Exception):
+    """The machine stopped at a checkpointable point; its frames and stack are left in place.
+
+    ``point`` is ``entry``, ``loop``, ``import_call`` or ``instruction`` (see docs/snapshot-format.md).
+    Not a WasmError: it is control flow between the machine and whoever asked for the stop.
+    """
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+        super().__init__(f"suspended at a {point} point")
 
 
 class Frame:
@@ -60,26 +73,63 @@ class Machine:
         self.max_frames = max_frames
         self.max_slots = max_slots
         self.steps = 0
+        #: instructions executed, counted only by the counting loop (None once uncounted code ran)
+        self.instructions: int | None = 0
+        #: stop at the first stable point at which steps >= stop_at_step (set to 0 to stop asap)
+        self.stop_at_step = NEVER
+        #: with the counting loop: stop before executing instruction number stop_at_instruction + 1
+        self.stop_at_instruction = NEVER
+        self.counting = False
+        self.point: str | None = None  # set when suspended
+        self._entry_depth = 0
 
     # ------------------------------------------------------------------------------------------
     def invoke(self, func: FuncInst, args: list[Any]) -> list[Any]:
-        """Call ``func`` with internal values; return its results as internal values."""
+        """Call ``func`` with internal values; return its results as internal values.
+
+        Raises :class:`Suspended` (frames left in place, see :meth:`resume`) when a requested
+        stop point is reached during an outermost invocation.
+        """
         if isinstance(func, HostFunc):
             return func.call_internal(list(args))
         assert isinstance(func, WasmFunction)
-        stack = self.stack
         entry_depth = len(self.frames)
-        entry_height = len(stack)
+        entry_height = len(self.stack)
+        self._push_frame(func, list(args))
+        if entry_depth == 0 and self.steps >= self.stop_at_step:
+            self.point = "entry"
+            self._entry_depth = 0
+            raise Suspended("entry")
+        return self._execute(entry_depth, entry_height)
+
+    def resume(self) -> list[Any]:
+        """Continue a suspended (or restored) machine until the outermost invocation returns."""
+        if not self.frames:
+            raise RuntimeError("nothing to resume: the machine has no frames")
+        self.point = None
+        return self._execute(self._entry_depth, 0)
+
+    def _execute(self, entry_depth: int, entry_height: int) -> list[Any]:
+        suspended = False
         try:
-            self._push_frame(func, list(args))
+            if self.counting:
+                return self._run_counted(entry_depth)
+            self.instructions = None
             return self._run(entry_depth)
+        except Suspended:
+            if entry_depth != 0:  # a host function re-entered the guest: not a capturable state
+                raise Trap("cannot checkpoint while a host function is calling back into wasm") from None
+            suspended = True
+            self._entry_depth = entry_depth
+            raise
         except RecursionError:
             raise Exhaustion("call stack exhausted") from None
         except MemoryError:
             raise Exhaustion("call stack exhausted (out of memory)") from None
         finally:
-            del self.frames[entry_depth:]
-            del stack[entry_height:]
+            if not suspended:
+                del self.frames[entry_depth:]
+                del self.stack[entry_height:]
 
     def _push_frame(self, func: WasmFunction, args: list[Any]) -> Frame:
         if len(self.frames) >= self.max_frames:
@@ -123,9 +173,12 @@ class Machine:
         max_frames = self.max_frames
         max_slots = self.max_slots
         steps = self.steps
+        icount = self.instructions or 0  # noqa: F841 - used by the counting variant
+        stop_icount = self.stop_at_instruction  # noqa: F841 - used by the counting variant
 
         try:
             while True:
+                # @count
                 ins = code[pc]
                 pc += 1
                 op = ins[0]
@@ -179,6 +232,11 @@ class Machine:
                         locs = frame.locals
                         pc = 0
                         steps += 1
+                        if steps >= self.stop_at_step:
+                            self.steps = steps
+                            # @sync
+                            self.point = "entry"
+                            raise Suspended("entry")
                         if callee.instance is not inst:
                             inst = callee.instance
                             glob = inst.globals
@@ -192,7 +250,18 @@ class Machine:
                             args = []
                         frame.pc = pc
                         self.steps = steps
-                        stack.extend(callee.call_internal(args))
+                        # @sync
+                        try:
+                            results = callee.call_internal(args)
+                        except HostCallInterrupted:
+                            # nothing happened yet: put the arguments back and stand at the call again
+                            stack.extend(args)
+                            frame.pc = pc - 1
+                            # @uncount
+                            # @sync
+                            self.point = "import_call"
+                            raise Suspended("import_call") from None
+                        stack.extend(results)
                         steps = self.steps
                         mem = inst.mems[0].data if inst.mems else bytearray()
                 elif op == ops.RETURN or op == ops.BR_IF_RET:
@@ -206,6 +275,7 @@ class Machine:
                     frames.pop()
                     if len(frames) == entry_depth:
                         self.steps = steps
+                        # @sync
                         if arity:
                             res = stack[-arity:]
                             del stack[-arity:]
@@ -255,6 +325,12 @@ class Machine:
                     push(glob[ins[1]].internal)
                 elif op == ops.LOOP:
                     steps += 1
+                    if steps >= self.stop_at_step:
+                        frame.pc = pc
+                        self.steps = steps
+                        # @sync
+                        self.point = "loop"
+                        raise Suspended("loop")
                 elif op == 0x74:
                     b = pop()
                     stack[-1] = (stack[-1] << (b & 31)) & M32
@@ -386,6 +462,7 @@ class Machine:
                 frame.pc = pc
                 trap.backtrace = self.backtrace(pc)
             self.steps = steps
+            # @sync
             raise
 
     # ------------------------------------------------------------------------------------------
@@ -481,3 +558,44 @@ class Machine:
         else:  # pragma: no cover
             raise AssertionError(f"interpreter has no implementation for op {op:#x}")
         return mem
+
+
+# --- the counting variant of the loop -------------------------------------------------------------
+_COUNT = """if icount >= stop_icount:
+    frame.pc = pc
+    self.steps = steps
+    self.instructions = icount
+    self.point = "instruction"
+    raise Suspended("instruction")
+icount += 1"""
+
+
+def _make_counted_run() -> Any:
+    """Build ``Machine._run_counted`` from the source of ``Machine._run``.
+
+    One source of truth for the semantics: the counting variant is the same loop with the
+    ``# @count`` / ``# @sync`` / ``# @uncount`` marker comments expanded into instruction
+    counting, so checkpoint-at-instruction costs nothing when it is not used.
+    """
+    import inspect
+    import textwrap
+
+    src = textwrap.dedent(inspect.getsource(Machine._run)).replace("def _run(", "def _run_counted(", 1)
+    out = []
+    for line in src.splitlines():
+        stripped = line.strip()
+        indent = line[: len(line) - len(line.lstrip())]
+        if stripped == "# @count":
+            out.extend(indent + part for part in _COUNT.splitlines())
+        elif stripped == "# @sync":
+            out.append(indent + "self.instructions = icount")
+        elif stripped == "# @uncount":
+            out.append(indent + "icount -= 1")
+        else:
+            out.append(line)
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(out), __file__, "exec"), globals(), namespace)  # noqa: S102 - our own source
+    return namespace["_run_counted"]
+
+
+Machine._run_counted = _make_counted_run()  # type: ignore[attr-defined]

@@ -13,7 +13,6 @@ either into the errno the guest receives, so no host exception reaches the guest
 from __future__ import annotations
 
 import os
-import select
 import socket
 import stat as stat_mod
 import struct
@@ -24,6 +23,7 @@ from typing import Any, BinaryIO
 
 from wasmig.wasi import constants as C
 from wasmig.wasi import sandbox
+from wasmig.wasi.blocking import Waiter
 from wasmig.wasi.errno import Errno, WasiError, from_oserror
 from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEntry, FdState, FdTable
 from wasmig.wasi.memory import GuestMemory
@@ -124,6 +124,7 @@ class Wasi:
         self.exit_code: int | None = None
         self.monotonic_base_ns = 0  # added to the host's monotonic clock (restores keep it increasing)
         self.calls: dict[str, int] = {}
+        self.waiter = Waiter()  # every blocking wait goes through it, so a checkpoint can end it
         self._init_stdio(stdin, stdout, stderr)
         try:
             for sock in listeners:
@@ -165,6 +166,7 @@ class Wasi:
 
     def close(self) -> None:
         self.fds.close_all()
+        self.waiter.close()
 
     def export_state(self) -> WasiState:
         """The plain-data state (for snapshots): re-reads file offsets from the host."""
@@ -428,7 +430,12 @@ class Wasi:
             return (read1(n) if read1 is not None else entry.stream.read(n)) or b""
         if entry.kind == TCP_LISTENER:
             raise WasiError(Errno.NOTCONN)
-        return os.read(entry.fileno(), n)
+        if entry.kind == TCP_STREAM and entry.sock is None:
+            return b""  # a connection that did not survive a restore: end of stream
+        host = entry.fileno()
+        if entry.kind != FILE and not entry.fdflags & C.FDFLAGS_NONBLOCK:
+            self.waiter.wait_readable(host)  # a terminal, pipe or socket may block: wait interruptibly
+        return os.read(host, n)
 
     def fd_read(self, fd: int, iovs_ptr: int, iovs_len: int, nread_ptr: int) -> None:
         entry = self.fds.get(fd)
@@ -461,6 +468,8 @@ class Wasi:
             return len(data)
         if entry.kind == TCP_LISTENER:
             raise WasiError(Errno.NOTCONN)
+        if entry.kind == TCP_STREAM and entry.sock is None:
+            raise WasiError(Errno.PIPE, "the connection did not survive the restore")
         host = entry.fileno()
         if entry.kind == STDIO:  # a terminal or pipe may take less per write: pass everything on
             view = memoryview(data)
@@ -761,7 +770,7 @@ class Wasi:
             if deadline is not None and now >= deadline:
                 return [struct.pack("<QHB5xQH6x", u, 0, C.EVENTTYPE_CLOCK, 0, 0) for u, d in clocks if d <= now]
             if not readers and not writers and deadline is not None:
-                time.sleep((deadline - now) / 1e9)
+                self.waiter.sleep((deadline - now) / 1e9)
 
     def _ready_fds(self, readers: list[tuple[int, FdEntry, int]], writers: list[tuple[int, FdEntry, int]],
                    deadline: int | None) -> list[bytes]:
@@ -785,8 +794,8 @@ class Wasi:
         if events:
             return events
         timeout = None if deadline is None else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-        r_ready, w_ready, _ = select.select([e.fileno() for _, e in selectable_r],
-                                            [e.fileno() for _, e in selectable_w], [], timeout)
+        r_ready, w_ready = self.waiter.wait([e.fileno() for _, e in selectable_r],
+                                            [e.fileno() for _, e in selectable_w], timeout)
         for userdata, entry in selectable_r:
             if entry.fileno() in r_ready:
                 events.append(struct.pack("<QHB5xQH6x", userdata, 0, C.EVENTTYPE_FD_READ, 1, 0))
@@ -802,6 +811,8 @@ class Wasi:
             raise WasiError(Errno.NOTSOCK if entry.kind != TCP_STREAM else Errno.INVAL)
         if flags & ~C.FDFLAGS_NONBLOCK:
             raise WasiError(Errno.INVAL)
+        if not flags & C.FDFLAGS_NONBLOCK and not entry.fdflags & C.FDFLAGS_NONBLOCK:
+            self.waiter.wait_readable(entry.sock.fileno())
         try:
             conn, _addr = entry.sock.accept()
         except BlockingIOError:
@@ -814,8 +825,10 @@ class Wasi:
 
     def _stream(self, fd: int) -> socket.socket:
         entry = self.fds.get(fd)
-        if entry.kind != TCP_STREAM or entry.sock is None:
-            raise WasiError(Errno.NOTSOCK if entry.kind not in (TCP_LISTENER,) else Errno.NOTCONN)
+        if entry.kind not in (TCP_STREAM, TCP_LISTENER):
+            raise WasiError(Errno.NOTSOCK)
+        if entry.kind == TCP_LISTENER or entry.sock is None:
+            raise WasiError(Errno.NOTCONN)
         return entry.sock
 
     def sock_recv(self, fd: int, ri_data: int, ri_len: int, ri_flags: int, ro_len_ptr: int,
@@ -825,6 +838,9 @@ class Wasi:
         total = sum(length for _, length in iovs)
         flags = (socket.MSG_PEEK if ri_flags & C.RECV_PEEK else 0) | (
             socket.MSG_WAITALL if ri_flags & C.RECV_WAITALL else 0)
+        entry = self.fds.get(fd)
+        if total and not entry.fdflags & C.FDFLAGS_NONBLOCK and not ri_flags & C.RECV_WAITALL:
+            self.waiter.wait_readable(sock.fileno())
         try:
             data = sock.recv(total, flags) if total else b""
         except BlockingIOError:

@@ -1,0 +1,227 @@
+"""Capture a suspended interpreter instance into the canonical :class:`Snapshot`, and rebuild a
+running interpreter instance from one.
+
+The interpreter keeps pcs as instruction indices and values in its internal representation;
+this module is the one place that translates them to canonical byte offsets and ``(type, bits)``
+values and back, using the validator's operand-stack types for the type of every stack slot.
+Restoring checks every frame against the module (function, pc, locals and stack types), so a
+snapshot that does not fit the module is refused instead of running into undefined behaviour.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from wasmig.instance import Instance
+from wasmig.interp.machine import Frame, ensure_compiled
+from wasmig.interp.store import WasmFunction, from_bits, to_bits
+from wasmig.module import Module
+from wasmig.snapshot.state import (
+    FrameState,
+    GlobalState,
+    MemoryState,
+    Snapshot,
+    SnapshotError,
+    TableState,
+    Value,
+)
+
+_CALLS = (0x10, 0x11)
+
+
+def _value(t: str, v: Any, func_index: dict[int, int]) -> Value:
+    if t == "funcref":
+        if v is None:
+            return (t, None)
+        idx = func_index.get(id(v))
+        if idx is None:
+            raise SnapshotError("cannot checkpoint: a function reference from another instance is live")
+        return (t, idx)
+    if t == "externref":
+        if v is not None:
+            raise SnapshotError("cannot checkpoint: a host (externref) value is live")
+        return (t, None)
+    return (t, to_bits(t, v))
+
+
+def capture(instance: Instance) -> Snapshot:
+    """The canonical state of a suspended instance (its machine must be stopped at a point)."""
+    machine = instance.machine
+    inst = instance.store
+    module = instance.module
+    if machine.point is None or not machine.frames:
+        raise SnapshotError("cannot checkpoint: the instance is not suspended at a checkpointable point")
+    func_index = {id(f): i for i, f in enumerate(inst.funcs)}
+    n_imported = module.ir.num_imported_funcs()
+    frames: list[FrameState] = []
+    all_frames = machine.frames
+    for depth, fr in enumerate(all_frames):
+        func = fr.func
+        if func.instance is not inst:
+            raise SnapshotError("cannot checkpoint: frames of another module instance are on the stack")
+        body = func.ir.body
+        info = inst.validation.functions[func.index - n_imported]
+        innermost = depth == len(all_frames) - 1
+        end = all_frames[depth + 1].base if not innermost else len(machine.stack)
+        values = machine.stack[fr.base:end]
+        if not innermost:
+            at = fr.pc - 1  # suspended in the call at pc - 1
+            callee = all_frames[depth + 1].func
+            types = info.stack_before[at][: len(info.stack_before[at]) - len(callee.type.params)]
+        elif machine.point == "loop":
+            at = fr.pc - 1  # the loop instruction, already entered
+            types = info.stack_before[at]
+        else:  # entry, import_call, instruction: pc is the instruction to execute next
+            at = fr.pc
+            types = info.stack_before[at]
+        if len(types) != len(values) or any(t is None for t in types):
+            raise SnapshotError(f"internal error: operand stack of {func.name} does not match the validator "
+                                f"({len(values)} values, {len(types)} types)")
+        local_types = info.local_types
+        frames.append(FrameState(
+            func.index, body[at].offset,
+            [_value(t, v, func_index) for t, v in zip(local_types, fr.locals, strict=True)],
+            [_value(t, v, func_index) for t, v in zip(types, values, strict=True)],  # type: ignore[arg-type]
+        ))
+    memories = [MemoryState(mdesc.limits.min, m.max_pages, bytes(m.data))
+                for m, mdesc in zip(inst.mems, module.ir.all_mems(), strict=True)]
+    tables = []
+    for t, tdesc in zip(inst.tables, module.ir.all_tables(), strict=True):
+        tables.append(TableState(t.elem_type, tdesc.limits.min, t.max,
+                                 [_value(t.elem_type, e, func_index)[1] for e in t.elements]))
+    globals_ = [GlobalState(g.type, g.mutable, _value(g.type, g.internal, func_index)) for g in inst.globals]
+    wasi_state = None
+    if instance.wasi is not None:
+        from wasmig.wasi.snapshot import capture_wasi
+
+        wasi_state = capture_wasi(instance.wasi)
+    return Snapshot(
+        module_sha256=module.sha256 or "", steps=machine.steps, point=machine.point, frames=frames,
+        memories=memories, tables=tables, globals=globals_,
+        dropped_data=[len(d) == 0 for d in inst.datas], dropped_elems=[len(e) == 0 for e in inst.elems],
+        wasi=wasi_state, instructions=machine.instructions, engine="interp", created_ns=time.time_ns(),
+    )
+
+
+def _internal(value: Value, want: str, inst: Any, what: str) -> Any:
+    t, bits = value
+    if t != want:
+        raise SnapshotError(f"snapshot does not fit the module: {what} is {t}, the module says {want}")
+    if t == "funcref":
+        if bits is None:
+            return None
+        if bits >= len(inst.funcs):
+            raise SnapshotError(f"snapshot does not fit the module: {what} refers to function {bits}")
+        return inst.funcs[bits]
+    return from_bits(t, bits)
+
+
+def restore(module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, Any]] | None = None,
+            engine: str = "interp") -> Instance:
+    """An interpreter instance in the snapshot's state, ready for ``instance.machine.resume()``."""
+    if module.sha256 != snap.module_sha256:
+        raise SnapshotError(f"the snapshot is of another module (sha256 {snap.module_sha256[:16]}..., "
+                            f"this module is {str(module.sha256)[:16]}...)")
+    instance = Instance(module, imports, engine, initialize=False)
+    inst = instance.store
+    machine = instance.machine
+    ir = module.ir
+    if (len(snap.memories), len(snap.tables), len(snap.globals)) != (len(inst.mems), len(inst.tables),
+                                                                       len(inst.globals)):
+        raise SnapshotError("snapshot does not fit the module: memory, table or global counts differ")
+    if (len(snap.dropped_data), len(snap.dropped_elems)) != (len(inst.datas), len(inst.elems)):
+        raise SnapshotError("snapshot does not fit the module: segment counts differ")
+    for i, (m, ms) in enumerate(zip(inst.mems, snap.memories, strict=True)):
+        pages = len(ms.data) // 65536
+        cap = 65536 if m.max_pages is None else m.max_pages
+        if pages > cap or pages < ir.all_mems()[i].limits.min:
+            raise SnapshotError(f"snapshot does not fit the module: memory {i} has {pages} pages")
+        m.data[:] = ms.data  # in place: the bytearray object stays the one everything refers to
+    for i, (t, ts) in enumerate(zip(inst.tables, snap.tables, strict=True)):
+        if ts.elem_type != t.elem_type or len(ts.elements) < t.limits.min:
+            raise SnapshotError(f"snapshot does not fit the module: table {i}")
+        t.elements[:] = [_internal((ts.elem_type, e), t.elem_type, inst, f"table {i} element") for e in ts.elements]
+    for i, (g, gs) in enumerate(zip(inst.globals, snap.globals, strict=True)):
+        if gs.type != g.type or gs.mutable != g.mutable:
+            raise SnapshotError(f"snapshot does not fit the module: global {i}")
+        g.internal = _internal(gs.value, g.type, inst, f"global {i}")
+    for i, dropped in enumerate(snap.dropped_data):
+        if dropped:
+            inst.datas[i] = b""
+    for i, dropped in enumerate(snap.dropped_elems):
+        if dropped:
+            inst.elems[i] = []
+    _restore_frames(instance, snap)
+    machine.steps = snap.steps
+    machine.instructions = snap.instructions
+    machine.point = snap.point
+    return instance
+
+
+def _restore_frames(instance: Instance, snap: Snapshot) -> None:
+    inst = instance.store
+    machine = instance.machine
+    ir = instance.module.ir
+    n_imported = ir.num_imported_funcs()
+    if not snap.frames:
+        raise SnapshotError("corrupt snapshot: no frames")
+    slots = 0
+    for depth, fs in enumerate(snap.frames):
+        innermost = depth == len(snap.frames) - 1
+        if not n_imported <= fs.func < len(inst.funcs):
+            raise SnapshotError(f"snapshot does not fit the module: frame {depth} is in function {fs.func}")
+        func = inst.funcs[fs.func]
+        assert isinstance(func, WasmFunction)
+        ensure_compiled(func)
+        body = func.ir.body
+        index = {ins.offset: i for i, ins in enumerate(body)}
+        at = index.get(fs.pc)
+        info = inst.validation.functions[fs.func - n_imported]
+        if at is None or info.unreachable[at]:
+            raise SnapshotError(f"snapshot does not fit the module: frame {depth} pc {fs.pc:#x} is not a live "
+                                f"instruction of {func.name}")
+        op = body[at].op
+        if not innermost:
+            if op not in _CALLS:
+                raise SnapshotError(f"snapshot does not fit the module: frame {depth} is not at a call")
+            callee_idx = snap.frames[depth + 1].func
+            callee = inst.funcs[callee_idx] if callee_idx < len(inst.funcs) else None
+            if op == 0x10 and body[at].imm != callee_idx:
+                raise SnapshotError(f"snapshot does not fit the module: frame {depth} calls another function")
+            if callee is None:
+                raise SnapshotError("snapshot does not fit the module: unknown callee")
+            types = info.stack_before[at][: len(info.stack_before[at]) - len(callee.type.params)]
+            resume = at + 1
+        elif snap.point == "loop":
+            if op != 0x03:
+                raise SnapshotError("snapshot does not fit the module: a loop point that is not at a loop")
+            types, resume = info.stack_before[at], at + 1
+        elif snap.point == "import_call":
+            target = body[at].imm if op == 0x10 else None
+            if target is None or target >= n_imported:
+                raise SnapshotError("snapshot does not fit the module: an import_call point not at an import call")
+            types, resume = info.stack_before[at], at
+        elif snap.point == "entry":
+            if at != 0:
+                raise SnapshotError("snapshot does not fit the module: an entry point not at a function's start")
+            types, resume = info.stack_before[at], at
+        else:
+            types, resume = info.stack_before[at], at
+        if len(fs.locals) != len(info.local_types) or len(fs.stack) != len(types):
+            raise SnapshotError(f"snapshot does not fit the module: frame {depth} ({func.name}) has "
+                                f"{len(fs.locals)} locals and {len(fs.stack)} stack values, expected "
+                                f"{len(info.local_types)} and {len(types)}")
+        locals_ = [_internal(v, t, inst, f"frame {depth} local {i}")
+                   for i, (v, t) in enumerate(zip(fs.locals, info.local_types, strict=True))]
+        base = len(machine.stack)
+        machine.stack.extend(_internal(v, t, inst, f"frame {depth} stack slot {i}")  # type: ignore[arg-type]
+                             for i, (v, t) in enumerate(zip(fs.stack, types, strict=True)))
+        slots += len(locals_)
+        frame = Frame(func, locals_, base, slots)
+        frame.pc = resume
+        machine.frames.append(frame)
+    if len(machine.frames) > machine.max_frames or slots > machine.max_slots:
+        raise SnapshotError("snapshot's call stack is deeper than this machine allows")
+

@@ -1,0 +1,65 @@
+"""How the WASI layer waits, so that a checkpoint request can end any wait safely.
+
+A blocked host call (reading a terminal or pipe, ``poll_oneoff`` sleeping, ``sock_accept``)
+must be checkpointable. Raising from a signal handler into ``os.read`` could lose data that the
+read had already consumed, so the WASI layer never blocks in the syscall itself: it waits in
+``select`` on the fd *and* a wakeup pipe, and only then does the (now non-blocking) operation.
+:meth:`Waiter.request` (called from a signal handler or timer) writes to the pipe; a wait that
+sees a pending request raises :class:`HostCallInterrupted` before anything was consumed, and the
+engine re-executes the call after the restore.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+
+from wasmig.errors import HostCallInterrupted
+
+
+class Waiter:
+    def __init__(self) -> None:
+        self.requested = False
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def request(self) -> None:
+        """Ask every current and future wait to give up (async-signal-safe enough for Python handlers)."""
+        self.requested = True
+        try:
+            os.write(self._w, b"!")
+        except (BlockingIOError, OSError):
+            pass
+
+    def clear(self) -> None:
+        self.requested = False
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _check(self) -> None:
+        if self.requested:
+            raise HostCallInterrupted()
+
+    def wait_readable(self, fd: int, timeout: float | None = None) -> bool:
+        """True when ``fd`` is readable, False on timeout; raises HostCallInterrupted on a request."""
+        return self.wait([fd], [], timeout) != ([], [])
+
+    def wait(self, readers: list[int], writers: list[int], timeout: float | None) -> tuple[list[int], list[int]]:
+        self._check()
+        r, w, _ = select.select([*readers, self._r], writers, [], timeout)
+        self._check()
+        return [fd for fd in r if fd != self._r], w
+
+    def sleep(self, seconds: float) -> None:
+        self.wait([], [], max(0.0, seconds))
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,180 @@
+"""Capture the WASI state into the canonical snapshot, and re-create it on restore.
+
+Capture re-reads everything from the host at checkpoint time (current path of every open file via
+``/proc/self/fd``, offsets, sizes, mtimes), and records each opened file or directory as a path
+*relative to the preopen it lives beneath*, so a restore can re-open it beneath a preopen that
+``--dir`` re-mapped to another host directory, through the same sandbox resolver as ``path_open``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+
+from wasmig.snapshot.state import FdSnapshot, SnapshotError, WasiSnapshot
+from wasmig.wasi import constants as C
+from wasmig.wasi import sandbox
+from wasmig.wasi.errno import WasiError
+from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEntry
+from wasmig.wasi.preview1 import Wasi
+
+STDIO_TAGS = {0: "<stdin>", 1: "<stdout>", 2: "<stderr>"}
+FILE_CHANGE_POLICIES = ("fail", "warn", "ignore")
+
+
+def _current_host_path(host_fd: int) -> str:
+    path = os.readlink(f"/proc/self/fd/{host_fd}")
+    if path.endswith(" (deleted)"):
+        raise SnapshotError(f"cannot checkpoint: an open file was deleted ({path[:-10]})")
+    return path
+
+
+def _beneath(path: str, root: str) -> str | None:
+    """``path`` relative to ``root`` if it lies beneath it (component-wise), else None."""
+    if path == root:
+        return "."
+    prefix = root if root.endswith("/") else root + "/"
+    return path[len(prefix):] if path.startswith(prefix) else None
+
+
+def capture_wasi(wasi: Wasi) -> WasiSnapshot:
+    preopens = {e.preopen: e.host_path for e in wasi.fds.entries.values() if e.preopen is not None and e.host_path}
+    fds = []
+    for fd, e in sorted(wasi.fds.entries.items()):
+        snap = FdSnapshot(fd, e.kind, e.filetype, e.rights_base, e.rights_inheriting, e.fdflags, e.readable,
+                          e.writable, readdir_cookie=e.readdir_cookie, preopen=e.preopen, guest_path=e.guest_path)
+        if e.kind == STDIO:
+            if e.stream is not None or e.host_fd not in STDIO_TAGS:
+                raise SnapshotError(f"cannot checkpoint fd {fd}: stdio redirected to a Python stream")
+            snap.guest_path = STDIO_TAGS[e.host_fd]
+        elif e.kind in (FILE, DIR) and e.preopen is None:
+            host = _current_host_path(e.fileno())
+            best: tuple[str, str] | None = None
+            for name, root in preopens.items():
+                rel = _beneath(host, root)
+                if rel is not None and (best is None or len(root) > len(preopens[best[0]])):
+                    best = (name, rel)
+            if best is None:
+                raise SnapshotError(f"cannot checkpoint fd {fd}: {host} is no longer beneath any preopened directory")
+            snap.base_preopen, snap.relpath = best
+            snap.host_path = host
+            st = os.fstat(e.fileno())
+            if e.kind == FILE:
+                snap.offset = e.offset()
+                snap.size, snap.mtime_ns = st.st_size, st.st_mtime_ns
+        elif e.kind == DIR:
+            snap.host_path = e.host_path
+        elif e.kind in (TCP_LISTENER, TCP_STREAM) and e.sock is not None:
+            try:
+                addr = e.sock.getsockname() if e.kind == TCP_LISTENER else e.sock.getpeername()
+                snap.address = f"{addr[0]}:{addr[1]}"
+            except OSError:
+                snap.address = None
+        fds.append(snap)
+    return WasiSnapshot(list(wasi.args), dict(wasi.env), wasi.now_ns(C.CLOCK_MONOTONIC), fds)
+
+
+def _open_flags(snap: FdSnapshot) -> int:
+    flags = os.O_CLOEXEC | (os.O_RDWR if snap.readable and snap.writable else
+                            os.O_WRONLY if snap.writable else os.O_RDONLY)
+    if snap.fdflags & C.FDFLAGS_APPEND:
+        flags |= os.O_APPEND
+    if snap.fdflags & C.FDFLAGS_NONBLOCK:
+        flags |= os.O_NONBLOCK
+    return flags
+
+
+def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_file_change: str = "fail") -> Wasi:
+    """A :class:`Wasi` in the snapshot's state. ``dirs`` maps guest preopen names to host
+    directories (default: where they were when checkpointed)."""
+    if on_file_change not in FILE_CHANGE_POLICIES:
+        raise ValueError(f"on_file_change must be one of {FILE_CHANGE_POLICIES}")
+    dirs = dict(dirs or {})
+    wasi = Wasi(ws.args, ws.env)
+    wasi.fds.entries.clear()  # stdio defaults are replaced by what the snapshot says
+    wasi.monotonic_base_ns = ws.monotonic_ns - time.monotonic_ns()  # the guest's clock continues
+    try:
+        preopen_fds: dict[str, int] = {}
+        for snap in ws.fds:  # preopens first: files are re-opened beneath them
+            if snap.preopen is not None:
+                host = dirs.get(snap.preopen, snap.host_path)
+                if host is None:
+                    raise SnapshotError(f"no host directory for preopen {snap.preopen!r}: "
+                                        f"use --dir HOST::{snap.preopen}")
+                try:
+                    host_fd = os.open(host, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError as e:
+                    raise SnapshotError(f"cannot re-open preopen {snap.preopen!r} at {host}: {e.strerror}") from None
+                entry = _entry(snap)
+                entry.host_fd, entry.host_path = host_fd, os.path.realpath(host)
+                wasi.fds.set(snap.fd, entry)
+                preopen_fds[snap.preopen] = host_fd
+        for snap in ws.fds:
+            if snap.preopen is None:
+                wasi.fds.set(snap.fd, _restore_entry(snap, preopen_fds, on_file_change))
+    except BaseException:
+        wasi.close()
+        raise
+    return wasi
+
+
+def _entry(snap: FdSnapshot) -> FdEntry:
+    return FdEntry(snap.kind, snap.filetype, snap.rights_base, snap.rights_inheriting, snap.fdflags,
+                   guest_path=snap.guest_path, preopen=snap.preopen, readable=snap.readable, writable=snap.writable,
+                   readdir_cookie=snap.readdir_cookie)
+
+
+def _restore_entry(snap: FdSnapshot, preopen_fds: dict[str, int], on_file_change: str) -> FdEntry:
+    entry = _entry(snap)
+    if snap.kind == STDIO:
+        tags = {v: k for k, v in STDIO_TAGS.items()}
+        if snap.guest_path not in tags:
+            raise SnapshotError(f"corrupt snapshot: fd {snap.fd} is stdio of unknown origin")
+        entry.host_fd, entry.owns_host_fd = tags[snap.guest_path], False
+        return entry
+    if snap.kind in (FILE, DIR):
+        if snap.base_preopen not in preopen_fds or snap.relpath is None:
+            raise SnapshotError(f"corrupt snapshot: fd {snap.fd} is not beneath a preopen")
+        where = f"{snap.base_preopen}/{snap.relpath}"
+        try:
+            if snap.kind == DIR:
+                host_fd = sandbox.open_dir_beneath(preopen_fds[snap.base_preopen], snap.relpath, follow_final=False)
+            else:
+                host_fd = sandbox.open_beneath(preopen_fds[snap.base_preopen], snap.relpath, _open_flags(snap),
+                                               follow_final=False)
+        except (WasiError, OSError) as e:
+            raise SnapshotError(f"cannot re-open fd {snap.fd} ({where}): {e}") from None
+        entry.host_fd = host_fd
+        entry.host_path = os.readlink(f"/proc/self/fd/{host_fd}")
+        if snap.kind == FILE:
+            st = os.fstat(host_fd)
+            if (snap.size, snap.mtime_ns) != (st.st_size, st.st_mtime_ns):
+                message = (f"file {where} changed since the checkpoint (size {snap.size} -> {st.st_size}, "
+                           f"mtime {snap.mtime_ns} -> {st.st_mtime_ns})")
+                if on_file_change == "fail":
+                    os.close(host_fd)
+                    raise SnapshotError(message + "; use --on-file-change warn|ignore to restore anyway")
+                if on_file_change == "warn":
+                    print(f"wasmig: warning: {message}", file=sys.stderr)
+            os.lseek(host_fd, snap.offset, os.SEEK_SET)
+        return entry
+    if snap.kind == TCP_LISTENER:
+        host, _, port = (snap.address or "").rpartition(":")
+        if not host or not port.isdigit():
+            raise SnapshotError(f"fd {snap.fd}: listening socket without an address")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+            sock.listen(128)
+        except OSError as e:
+            sock.close()
+            raise SnapshotError(f"cannot listen again on {snap.address} for fd {snap.fd}: {e.strerror}") from None
+        entry.sock = sock
+        return entry
+    # a connected TCP stream cannot follow the program by itself (the gateway of a later issue
+    # carries connections over); it comes back closed: reads see end-of-stream, writes EPIPE
+    return entry
