@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -84,6 +85,64 @@ def main() -> None:
     """Checkpoint, restore and live-migrate running WebAssembly (WASI) programs."""
 
 
+def checkpoint_options(f: Any) -> Any:
+    """The checkpoint options shared by ``run`` and ``restore``."""
+    options = [
+        click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+                     help="Write snapshots here (several snapshots of one run share its page store)."),
+        click.option("--checkpoint-at-step", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Checkpoint at the N-th stable point (function entries + loop entries); engine-neutral."),
+        click.option("--checkpoint-at-instruction", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="Checkpoint after exactly N instructions (interpreter only)."),
+        click.option("--checkpoint-every", type=click.FloatRange(min=0.001), default=None, metavar="SECONDS",
+                     help="Checkpoint periodically."),
+        click.option("--checkpoint-then", type=click.Choice(["continue", "exit"]), default="continue",
+                     show_default=True, help="After a checkpoint: keep running, or stop."),
+        click.option("--stable-only", is_flag=True,
+                     help="Advance an instruction-precise stop to the next stable point (portable snapshot)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction: int | None, every: float | None,
+                then: str, stable_only: bool) -> Any:
+    from pathlib import Path
+
+    from wasmig.snapshot.session import CheckpointPolicy
+
+    if checkpoint_dir is None and (at_step is not None or at_instruction is not None or every is not None):
+        raise UserError("--checkpoint-at-step/--checkpoint-at-instruction/--checkpoint-every need --checkpoint-dir")
+    return CheckpointPolicy(Path(checkpoint_dir) if checkpoint_dir else None, at_step, at_instruction, every, then,
+                            stable_only)
+
+
+def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, *, resume: bool) -> int:
+    """Run to the end under ``policy``; returns the process exit code (traps and errors reported)."""
+    from wasmig.snapshot.session import CheckpointExit, Session
+    from wasmig.snapshot.state import SnapshotError
+
+    session = Session(instance, wasi, policy, module_path)
+    try:
+        return session.run(resume=resume)
+    except CheckpointExit:
+        click.echo(f"wasmig: checkpoint written to {policy.written[-1]}; exiting", err=True)
+        return 0
+    except Trap as trap:
+        report_trap(trap)
+        return TRAP_EXIT_CODE
+    except SnapshotError as e:
+        _fail(str(e))
+    except WasmError as e:
+        _fail(f"{module_path or 'program'}: {e}")
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        wasi.close()
+    return ERROR_EXIT_CODE
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--engine", type=click.Choice(["interp"]), default="interp", show_default=True,
               help="Execution engine.")
@@ -92,14 +151,17 @@ def main() -> None:
 @click.option("--env", "envs", multiple=True, metavar="NAME[=VALUE]", help="Set (or inherit) an environment variable.")
 @click.option("--tcplisten", "listens", multiple=True, metavar="HOST:PORT",
               help="Preopen a listening TCP socket (fds 3, 4, ... before the directories).")
+@checkpoint_options
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...], program: str,
+def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
+        checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
+        checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, program: str,
         args: tuple[str, ...]) -> None:
     """Run a WASI program: PROGRAM.wasm [ARGS...]."""
     from wasmig.module import Module
     from wasmig.wasi.preview1 import Wasi
-    from wasmig.wasi.run import run_command
+    from wasmig.wasi.run import instantiate_with_wasi
 
     listeners: list[socket.socket] = []
     try:
@@ -107,6 +169,8 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
             raise UserError(f"{program}: is a directory, not a WebAssembly module")
         preopens = [parse_dir(d) for d in dirs]
         env = parse_env(envs)
+        policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
+                             checkpoint_then, stable_only)
         listeners = [open_listener(spec) for spec in listens]
         module = Module.from_file(program)
     except UserError as e:
@@ -120,18 +184,135 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
         return
     wasi = Wasi([program, *args], env, preopens=preopens, listeners=listeners)
     try:
-        code = run_command(module, wasi, engine)
-    except Trap as trap:
-        report_trap(trap)
-        code = TRAP_EXIT_CODE
-    except LinkError as e:
-        _fail(f"{program}: {e}")
-        return
-    except WasmError as e:
-        _fail(f"{program}: {e}")
-        return
-    except KeyboardInterrupt:
-        code = 130
-    finally:
+        instance = instantiate_with_wasi(module, wasi, engine)
+        if "_start" not in instance.exports:
+            raise LinkError("the module has no `_start` export: it is not a WASI command")
+    except (LinkError, Trap, WasmError) as e:
         wasi.close()
+        if isinstance(e, Trap):
+            report_trap(e)
+            sys.exit(TRAP_EXIT_CODE)
+        _fail(f"{program}: {e}")
+        return
+    instance.wasi = wasi
+    code = run_session(instance, wasi, policy, os.path.abspath(program), resume=False)
     sys.exit(code & 0xFF)
+
+
+@main.command()
+@click.option("--engine", type=click.Choice(["interp"]), default="interp", show_default=True)
+@click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]",
+              help="Map a preopened guest directory to a host directory (default: where it was).")
+@click.option("--module", "module_path", default=None, help="The .wasm the snapshot was taken of (default: the "
+              "copy kept in the checkpoint directory).")
+@click.option("--on-file-change", type=click.Choice(["fail", "warn", "ignore"]), default="fail", show_default=True,
+              help="What to do when an open file's size or mtime changed since the checkpoint.")
+@checkpoint_options
+@click.argument("snapshot")
+def restore(engine: str, dirs: tuple[str, ...], module_path: str | None, on_file_change: str,
+            checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
+            checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, snapshot: str) -> None:
+    """Restore SNAPSHOT (a snapshot file, or a checkpoint directory: its latest) and continue it."""
+    from pathlib import Path
+
+    from wasmig.snapshot.capture import restore as restore_instance
+    from wasmig.snapshot.session import find_module_for
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.store import load_snapshot
+    from wasmig.wasi.memory import GuestMemory
+    from wasmig.wasi.run import wasi_imports
+    from wasmig.wasi.snapshot import restore_wasi
+
+    try:
+        mapping = {}
+        for d in dirs:
+            host, guest = parse_dir(d)
+            mapping[guest] = host
+        policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
+                             checkpoint_then, stable_only)
+        snap = load_snapshot(Path(snapshot))
+        module = find_module_for(Path(snapshot), snap, module_path)
+        if snap.wasi is None:
+            raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
+        wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
+    except UserError as e:
+        _fail(str(e))
+        return
+    except (SnapshotError, DecodeError, ValidationError) as e:
+        _fail(f"{snapshot}: {e}")
+        return
+    try:
+        instance = restore_instance(module, snap, wasi_imports(module, wasi), engine)
+    except (SnapshotError, LinkError) as e:
+        wasi.close()
+        _fail(f"{snapshot}: {e}")
+        return
+    memory = instance.exports.get("memory")
+    if memory is not None:
+        wasi.bind_memory(GuestMemory(lambda: memory.data))
+    instance.wasi = wasi
+    code = run_session(instance, wasi, policy, snap.meta.get("module_path"), resume=True)
+    sys.exit(code & 0xFF)
+
+
+@main.command("checkpoint")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the snapshot.")
+@click.argument("pid", type=int)
+def checkpoint_cmd(timeout: float, pid: int) -> None:
+    """Ask a running `wasmig run --checkpoint-dir ...` (process PID) for a snapshot now."""
+    from wasmig.snapshot.session import wait_for_snapshot
+    from wasmig.snapshot.state import SnapshotError
+
+    try:
+        path = wait_for_snapshot(pid, timeout)
+    except SnapshotError as e:
+        _fail(str(e))
+        return
+    click.echo(str(path))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--module", "module_path", default=None, help="The .wasm, for function names.")
+@click.argument("snapshot")
+def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
+    """Summarise a snapshot: call stack, memory, open files."""
+    import json
+    from pathlib import Path
+
+    from wasmig.snapshot.inspect import format_summary, summarize
+    from wasmig.snapshot.session import find_module_for
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.store import load_snapshot
+
+    try:
+        snap = load_snapshot(Path(snapshot))
+    except SnapshotError as e:
+        _fail(f"{snapshot}: {e}")
+        return
+    try:
+        ir = find_module_for(Path(snapshot), snap, module_path).ir
+    except (SnapshotError, WasmError):
+        ir = None
+    summary = summarize(snap, ir)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+def diff(a: str, b: str) -> None:
+    """List what changed between two snapshots."""
+    from pathlib import Path
+
+    from wasmig.snapshot.inspect import diff as diff_snapshots
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.store import load_snapshot
+
+    try:
+        snaps = [load_snapshot(Path(a)), load_snapshot(Path(b))]
+    except SnapshotError as e:
+        _fail(str(e))
+        return
+    for line in diff_snapshots(*snaps):
+        click.echo(line)

@@ -69,7 +69,8 @@ def capture(instance: Instance) -> Snapshot:
         if not innermost:
             at = fr.pc - 1  # suspended in the call at pc - 1
             callee = all_frames[depth + 1].func
-            types = info.stack_before[at][: len(info.stack_before[at]) - len(callee.type.params)]
+            consumed = len(callee.type.params) + (1 if body[at].op == 0x11 else 0)  # + call_indirect's index
+            types = info.stack_before[at][: len(info.stack_before[at]) - consumed]
         elif machine.point == "loop":
             at = fr.pc - 1  # the loop instruction, already entered
             types = info.stack_before[at]
@@ -192,7 +193,8 @@ def _restore_frames(instance: Instance, snap: Snapshot) -> None:
                 raise SnapshotError(f"snapshot does not fit the module: frame {depth} calls another function")
             if callee is None:
                 raise SnapshotError("snapshot does not fit the module: unknown callee")
-            types = info.stack_before[at][: len(info.stack_before[at]) - len(callee.type.params)]
+            consumed = len(callee.type.params) + (1 if op == 0x11 else 0)  # + call_indirect's table index
+            types = info.stack_before[at][: len(info.stack_before[at]) - consumed]
             resume = at + 1
         elif snap.point == "loop":
             if op != 0x03:

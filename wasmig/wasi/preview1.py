@@ -29,6 +29,8 @@ from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEn
 from wasmig.wasi.memory import GuestMemory
 
 WASI_MODULE = "wasi_snapshot_preview1"
+#: how stdio entries name the standard stream they are (kept through renumbering and snapshots)
+STDIO_NAMES = ("<stdin>", "<stdout>", "<stderr>")
 
 I32, I64 = "i32", "i64"
 #: every preview1 function: parameter types (results are always one i32 errno, except proc_exit)
@@ -144,7 +146,7 @@ class Wasi:
                                           stdout, stderr]
         for fd, stream in enumerate(streams):
             entry = FdEntry(STDIO, C.FILETYPE_CHARACTER_DEVICE, C.RIGHTS_TTY, 0, readable=fd == 0,
-                            writable=fd != 0, owns_host_fd=False)
+                            writable=fd != 0, owns_host_fd=False, guest_path=STDIO_NAMES[fd])
             if stream is None:
                 entry.host_fd = fd
             else:

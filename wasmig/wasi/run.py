@@ -16,8 +16,8 @@ def _host_func(params: tuple[str, ...], results: tuple[str, ...], fn: Any, name:
     return HostFunc(params, results, fn, raw=True, name=f"{WASI_MODULE}.{name}")
 
 
-def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp") -> Instance:
-    """Instantiate ``module`` with ``wasi`` as its ``wasi_snapshot_preview1`` and bind its memory."""
+def wasi_imports(module: Module, wasi: Wasi) -> dict[str, dict[str, Any]]:
+    """The import object for ``module``: the WASI functions it imports, nothing else (LinkError otherwise)."""
     wanted = [imp.name for imp in module.ir.imports if imp.module == WASI_MODULE and imp.kind == "func"]
     unknown = [name for name in wanted if name not in wasi.imports(_host_func, [name])[WASI_MODULE]]
     if unknown:
@@ -26,7 +26,13 @@ def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp") ->
     if others:
         first = next(imp for imp in module.ir.imports if imp.module != WASI_MODULE)
         raise LinkError(f"unknown import: {first.module}.{first.name} (only {WASI_MODULE} is provided)")
-    inst = Instance(module, wasi.imports(_host_func, wanted), engine)
+    return wasi.imports(_host_func, wanted)
+
+
+def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp") -> Instance:
+    """Instantiate ``module`` with ``wasi`` as its ``wasi_snapshot_preview1`` and bind its memory."""
+    inst = Instance(module, wasi_imports(module, wasi), engine)
+    inst.wasi = wasi
     memory = inst.exports.get("memory")
     if isinstance(memory, Memory):
         wasi.bind_memory(GuestMemory(lambda: memory.data))

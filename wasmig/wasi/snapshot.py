@@ -13,15 +13,15 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
+from typing import BinaryIO
 
 from wasmig.snapshot.state import FdSnapshot, SnapshotError, WasiSnapshot
 from wasmig.wasi import constants as C
 from wasmig.wasi import sandbox
 from wasmig.wasi.errno import WasiError
 from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEntry
-from wasmig.wasi.preview1 import Wasi
+from wasmig.wasi.preview1 import STDIO_NAMES, Wasi
 
-STDIO_TAGS = {0: "<stdin>", 1: "<stdout>", 2: "<stderr>"}
 FILE_CHANGE_POLICIES = ("fail", "warn", "ignore")
 
 
@@ -47,9 +47,8 @@ def capture_wasi(wasi: Wasi) -> WasiSnapshot:
         snap = FdSnapshot(fd, e.kind, e.filetype, e.rights_base, e.rights_inheriting, e.fdflags, e.readable,
                           e.writable, readdir_cookie=e.readdir_cookie, preopen=e.preopen, guest_path=e.guest_path)
         if e.kind == STDIO:
-            if e.stream is not None or e.host_fd not in STDIO_TAGS:
-                raise SnapshotError(f"cannot checkpoint fd {fd}: stdio redirected to a Python stream")
-            snap.guest_path = STDIO_TAGS[e.host_fd]
+            if e.guest_path not in STDIO_NAMES:
+                raise SnapshotError(f"cannot checkpoint fd {fd}: a standard stream of unknown origin")
         elif e.kind in (FILE, DIR) and e.preopen is None:
             host = _current_host_path(e.fileno())
             best: tuple[str, str] | None = None
@@ -87,14 +86,18 @@ def _open_flags(snap: FdSnapshot) -> int:
     return flags
 
 
-def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_file_change: str = "fail") -> Wasi:
+def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_file_change: str = "fail",
+                 stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
+                 stderr: BinaryIO | None = None) -> Wasi:
     """A :class:`Wasi` in the snapshot's state. ``dirs`` maps guest preopen names to host
-    directories (default: where they were when checkpointed)."""
+    directories (default: where they were when checkpointed); the standard streams are the host's
+    own unless given, as for :class:`Wasi`."""
     if on_file_change not in FILE_CHANGE_POLICIES:
         raise ValueError(f"on_file_change must be one of {FILE_CHANGE_POLICIES}")
     dirs = dict(dirs or {})
-    wasi = Wasi(ws.args, ws.env)
-    wasi.fds.entries.clear()  # stdio defaults are replaced by what the snapshot says
+    wasi = Wasi(ws.args, ws.env, stdin=stdin, stdout=stdout, stderr=stderr)
+    standard = {e.guest_path: e for e in wasi.fds.entries.values()}  # fresh stdio, by stream name
+    wasi.fds.entries.clear()  # the snapshot says which fds exist
     wasi.monotonic_base_ns = ws.monotonic_ns - time.monotonic_ns()  # the guest's clock continues
     try:
         preopen_fds: dict[str, int] = {}
@@ -113,7 +116,14 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_
                 wasi.fds.set(snap.fd, entry)
                 preopen_fds[snap.preopen] = host_fd
         for snap in ws.fds:
-            if snap.preopen is None:
+            if snap.kind == STDIO:
+                if snap.guest_path not in standard:
+                    raise SnapshotError(f"corrupt snapshot: fd {snap.fd} is stdio of unknown origin")
+                entry = standard[snap.guest_path]
+                entry.fdflags, entry.rights_base, entry.rights_inheriting = (snap.fdflags, snap.rights_base,
+                                                                             snap.rights_inheriting)
+                wasi.fds.set(snap.fd, entry)
+            elif snap.preopen is None:
                 wasi.fds.set(snap.fd, _restore_entry(snap, preopen_fds, on_file_change))
     except BaseException:
         wasi.close()
@@ -129,12 +139,6 @@ def _entry(snap: FdSnapshot) -> FdEntry:
 
 def _restore_entry(snap: FdSnapshot, preopen_fds: dict[str, int], on_file_change: str) -> FdEntry:
     entry = _entry(snap)
-    if snap.kind == STDIO:
-        tags = {v: k for k, v in STDIO_TAGS.items()}
-        if snap.guest_path not in tags:
-            raise SnapshotError(f"corrupt snapshot: fd {snap.fd} is stdio of unknown origin")
-        entry.host_fd, entry.owns_host_fd = tags[snap.guest_path], False
-        return entry
     if snap.kind in (FILE, DIR):
         if snap.base_preopen not in preopen_fds or snap.relpath is None:
             raise SnapshotError(f"corrupt snapshot: fd {snap.fd} is not beneath a preopen")

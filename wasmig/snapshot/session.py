@@ -1,0 +1,254 @@
+"""Run (or continue) a WASI program with checkpoints: the engine-side loop behind
+``wasmig run --checkpoint-...`` and ``wasmig restore``.
+
+Triggers, any combination:
+- ``at_step=N``: at the N-th stable point (function entries + loop entries), deterministic and
+  engine-neutral; ``at_instruction=N``: after exactly N instructions (interpreter only);
+- ``every=S`` seconds (a timer) and on demand (``SIGUSR1``, e.g. from ``wasmig checkpoint PID``):
+  at the next stable point, or at once if the program is blocked in a host call.
+Then ``then="continue"`` or ``"exit"``. With ``stable_only`` an instruction-precise stop first
+advances to the next stable point, so the snapshot is portable to the compiled engine.
+
+Requests arrive asynchronously (signal handlers run in the main thread between bytecodes); they
+only set flags: the machine stops at its next stable point, and a blocked WASI wait gives up via
+the :class:`~wasmig.wasi.blocking.Waiter` pipe, so no host call is ever half done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wasmig.instance import Instance
+from wasmig.interp.machine import NEVER, Suspended
+from wasmig.module import Module
+from wasmig.snapshot.capture import capture
+from wasmig.snapshot.state import Snapshot, SnapshotError
+from wasmig.wasi.preview1 import ProcExit, Wasi
+
+RUNTIME_DIR = Path(os.environ.get("WASMIG_RUNTIME_DIR", "/tmp/wasmig-run"))
+MODULE_FILE_PREFIX = "module-"
+
+
+@dataclass
+class CheckpointPolicy:
+    directory: Path | None = None
+    at_step: int | None = None
+    at_instruction: int | None = None
+    every: float | None = None
+    then: str = "continue"  # or "exit"
+    stable_only: bool = False
+    on_signal: bool = True
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.directory is not None
+
+
+class CheckpointExit(Exception):  # noqa: N818 - control flow
+    """``--checkpoint-then exit``: the program stops after its snapshot was written."""
+
+
+def store_module(directory: Path, module: Module) -> Path:
+    """Keep the module's bytes beside its snapshots (once, atomically), so a restore — possibly on
+    another machine — finds exactly the module the snapshot belongs to."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{MODULE_FILE_PREFIX}{module.sha256}.wasm"
+    if not path.exists() and module.data is not None:
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(module.data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return path
+
+
+class Session:
+    """One program run under a checkpoint policy, on one instance."""
+
+    def __init__(self, instance: Instance, wasi: Wasi, policy: CheckpointPolicy, module_path: str | None = None):
+        self.instance = instance
+        self.wasi = wasi
+        self.policy = policy
+        self.module_path = module_path
+        self.machine = instance.machine
+        self._store: Any = None
+        self._status_file: Path | None = None
+        self._old_handlers: dict[int, Any] = {}
+
+    # --- triggers -----------------------------------------------------------------------------
+    def request(self, *_: Any) -> None:
+        """Checkpoint as soon as possible (signal handler / timer)."""
+        self.machine.stop_at_step = 0
+        self.wasi.waiter.request()
+
+    def _arm(self) -> None:
+        p = self.policy
+        m = self.machine
+        m.stop_at_step = p.at_step if p.at_step is not None and p.at_step > m.steps else NEVER
+        if p.at_instruction is not None and (m.instructions or 0) < p.at_instruction:
+            m.counting = True
+            m.stop_at_instruction = p.at_instruction
+        else:
+            m.counting = False
+            m.stop_at_instruction = NEVER
+        self.wasi.waiter.clear()
+
+    def _install(self) -> None:
+        if threading_main():
+            self._old_handlers[signal.SIGUSR1] = signal.signal(
+                signal.SIGUSR1, self.request if self.policy.active else _no_checkpoint_dir)
+            if self.policy.every:
+                self._old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self.request)
+                signal.setitimer(signal.ITIMER_REAL, self.policy.every, self.policy.every)
+        if self.policy.active:
+            RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
+            self._status_file = RUNTIME_DIR / f"{os.getpid()}.json"
+            self._write_status()
+
+    def _uninstall(self) -> None:
+        if self.policy.every and threading_main():
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        if self._status_file is not None:
+            self._status_file.unlink(missing_ok=True)
+
+    def _write_status(self) -> None:
+        if self._status_file is None:
+            return
+        status = {"pid": os.getpid(), "checkpoint_dir": str(self.policy.directory),
+                  "snapshots": [str(p) for p in self.policy.written]}
+        tmp = self._status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self._status_file)
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self, *, resume: bool) -> int:
+        """Run ``_start`` (or resume a restored machine) to the end; return the exit code."""
+        self._install()
+        try:
+            self._arm()
+            first = not resume
+            while True:
+                try:
+                    if first:
+                        first = False
+                        self.instance.invoke("_start")
+                    else:
+                        self.machine.resume()
+                    return 0
+                except ProcExit as e:
+                    return e.code
+                except Suspended:
+                    if self._advance_to_stable():
+                        continue
+                    self._checkpoint()
+                    if self.policy.then == "exit":
+                        raise CheckpointExit() from None
+                    self._arm()  # triggers that fired stay off: _arm only re-arms those still ahead
+        finally:
+            self._uninstall()
+
+    def _advance_to_stable(self) -> bool:
+        """With stable_only, an instruction stop continues to the next stable point first."""
+        m = self.machine
+        if m.point == "instruction" and self.policy.stable_only:
+            m.counting = False
+            m.stop_at_instruction = NEVER
+            m.stop_at_step = m.steps + 1
+            return True
+        return False
+
+    def checkpoint_now(self) -> Snapshot:
+        return capture(self.instance)
+
+    def _checkpoint(self) -> None:
+        directory = self.policy.directory
+        if directory is None:
+            return
+        from wasmig.snapshot.store import CheckpointDir
+
+        snap = capture(self.instance)
+        module_file = store_module(directory, self.instance.module)
+        snap.meta.update({"module_file": module_file.name, "module_path": self.module_path,
+                          "host": os.uname().nodename, "pid": os.getpid()})
+        if self._store is None:
+            self._store = CheckpointDir(directory)
+        path = self._store.write(snap)
+        self.policy.written.append(path)
+        self._write_status()
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _no_checkpoint_dir(*_: Any) -> None:
+    print("wasmig: checkpoint requested, but this run has no --checkpoint-dir; ignoring", file=sys.stderr)
+
+
+def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None) -> Module:
+    """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots,
+    else the path recorded at checkpoint time. Always verified by sha256."""
+    candidates: list[Path] = []
+    if explicit:
+        candidates.append(Path(explicit))
+    else:
+        base = snapshot_path if snapshot_path.is_dir() else snapshot_path.parent.parent
+        candidates.append(base / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
+        candidates.append(snapshot_path.parent / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
+        recorded = snap.meta.get("module_path")
+        if isinstance(recorded, str):
+            candidates.append(Path(recorded))
+    for path in candidates:
+        if path.is_file():
+            module = Module.from_file(path)
+            if module.sha256 != snap.module_sha256:
+                if explicit:
+                    raise SnapshotError(f"{path} is not the module this snapshot was taken of "
+                                        f"(sha256 {module.sha256[:16]}..., expected {snap.module_sha256[:16]}...)")
+                continue
+            return module
+    raise SnapshotError("cannot find the module this snapshot was taken of; give it with --module PATH")
+
+
+def wait_for_snapshot(pid: int, timeout: float) -> Path:
+    """For ``wasmig checkpoint PID``: signal a running ``wasmig run`` and wait for its new snapshot."""
+    status_file = RUNTIME_DIR / f"{pid}.json"
+    try:
+        before = json.loads(status_file.read_text())
+    except (OSError, ValueError):
+        raise SnapshotError(f"process {pid} is not a wasmig run with --checkpoint-dir (no {status_file})") from None
+    count = len(before.get("snapshots", []))
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        raise SnapshotError(f"no process {pid}") from None
+    except PermissionError:
+        raise SnapshotError(f"not allowed to signal process {pid}") from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            status = None
+        if status is None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                raise SnapshotError(f"process {pid} exited before writing a snapshot") from None
+        elif len(status.get("snapshots", [])) > count:
+            return Path(status["snapshots"][-1])
+        time.sleep(0.02)
+    raise SnapshotError(f"process {pid} wrote no snapshot within {timeout:g} s")

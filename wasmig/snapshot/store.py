@@ -1,0 +1,655 @@
+"""Snapshots on disk: checkpoint directories with a shared page store, and single files.
+
+The layout and the byte format are specified in docs/snapshot-format.md; this module is the only
+code that reads or writes them. Three properties drive the design:
+
+- **Crash safety.** A checkpoint is taken from a running program that may be killed (or whose
+  host may lose power) at any moment, and the previous checkpoint is often the only copy of the
+  program's state. So nothing is ever written in place: every file is written to a temporary
+  name in its final directory, fsynced, renamed, and the directory fsynced. Pages go first, the
+  snapshot file that references them last, so a snapshot file that exists is always complete and
+  every page it names is on disk. Snapshot numbers are claimed with ``os.link`` (which, unlike
+  ``rename``, refuses to replace an existing name), so concurrent writers never overwrite each
+  other; page files are content-addressed, so two writers storing the same page write the same
+  bytes and either copy is correct.
+- **Untrusted input.** A snapshot may come over a wire, from a full disk or from a newer wasmig.
+  Every failure while reading (I/O, msgpack, zstd, a hash mismatch, a missing page, a malformed
+  manifest) is reported as a one-line :class:`SnapshotError` naming the file; decompression is
+  bounded to one page so a crafted page cannot exhaust memory.
+- **Speed.** A checkpoint pauses the guest, so the page loop is kept tight: zero pages are found
+  with ``bytes.startswith`` (a ``memcmp``, no copy), pages are hashed and compressed from
+  ``memoryview`` slices with reused zstd contexts, pages already in the store cost one ``stat``,
+  and the per-file ``fsync`` is the dominant remaining cost (measured by
+  ``benchmarks/snapshot_speed.py``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zstandard
+from blake3 import blake3
+
+from wasmig.snapshot.state import FORMAT_VERSION, PAGE_SIZE, Snapshot, SnapshotError, from_plain, to_plain
+
+MAGIC = b"WASMIGSNAP"
+_HEADER = struct.Struct("<10sII")  # magic, format version, manifest length
+HEADER_SIZE = _HEADER.size
+HASH_SIZE = 32
+ZERO_PAGE = bytes(PAGE_SIZE)
+ZSTD_LEVEL = 1  # level 1 compresses typical wasm heaps nearly as well as 3 at about twice the speed
+# zstd's worst case for one incompressible 64 KiB page is a few bytes over the page; anything much
+# larger is not a page we wrote, and reading it whole would let a corrupt store exhaust memory.
+_MAX_COMPRESSED_PAGE = 2 * PAGE_SIZE
+_MAX_MANIFEST = 0xFFFFFFFF  # the header's u32 length
+_HASH_RE = re.compile(r"[0-9a-f]{64}")  # also what keeps a manifest from naming a path outside pages/
+_SNAP_RE = re.compile(r"(\d{6,})\.snap")
+_FIRST_NUMBER = 1
+
+_tls = threading.local()  # zstd contexts are not thread-safe; one set per thread, reused across calls
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache: dict[int, zstandard.ZstdCompressor] = _tls.__dict__.setdefault("cctx", {})
+    cctx = cache.get(level)
+    if cctx is None:
+        cctx = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return cctx
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx = getattr(_tls, "dctx", None)
+    if dctx is None:
+        dctx = _tls.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+# --- statistics -----------------------------------------------------------------------------------
+@dataclass
+class WriteStats:
+    """What one write did (``wasmig checkpoint``/``inspect`` show it; the benchmark measures it)."""
+
+    pages_total: int = 0  # 64 KiB pages across all memories
+    pages_zero: int = 0  # all-zero pages: not stored
+    pages_new: int = 0  # pages compressed and written by this write
+    pages_deduplicated: int = 0  # non-zero pages already stored (earlier snapshot, other writer, same snapshot)
+    page_bytes_written: int = 0  # compressed bytes of the new pages
+    snapshot_bytes: int = 0  # size of the snapshot file
+    seconds: float = 0.0
+
+    @property
+    def bytes_written(self) -> int:
+        return self.page_bytes_written + self.snapshot_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bytes_written"] = self.bytes_written
+        return d
+
+
+# --- small helpers ----------------------------------------------------------------------------------
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+# Everything a malformed file can make the libraries below raise. SnapshotError passes through.
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError, RecursionError,
+    zstandard.ZstdError, msgpack.UnpackException,
+)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable. No-op where directories can't be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some filesystems refuse fsync on directories; nothing more can be done there
+        if e.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _mkdirs_durable(path: Path) -> None:
+    """Create ``path`` (and parents) and fsync each new entry's parent, so the directory survives a crash."""
+    if path.is_dir():
+        return
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for m in reversed(missing):
+        _fsync_dir(m.parent)
+
+
+def _temp_name(final: Path) -> Path:
+    # Same directory as the final name (rename is only atomic within a filesystem); unique per writer.
+    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
+
+def _write_temp(final: Path, chunks: list[bytes | memoryview]) -> Path:
+    """Write ``chunks`` to a new temporary file next to ``final``, fsynced. Returns the temp path."""
+    tmp = _temp_name(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        with open(fd, "wb", closefd=True) as f:
+            for c in chunks:
+                f.write(c)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _atomic_write(final: Path, chunks: list[bytes | memoryview], sync_dir: bool = True) -> None:
+    """Temp file, write, fsync, rename over ``final``, fsync the directory: ``final`` is old or new, never partial."""
+    tmp = _write_temp(final, chunks)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    if sync_dir:
+        _fsync_dir(final.parent)
+
+
+def _iter_pages(data: bytes | bytearray) -> Iterator[memoryview | None]:
+    """The memory's pages as zero-copy views, ``None`` for an all-zero page."""
+    mv = memoryview(data)
+    for off in range(0, len(data), PAGE_SIZE):
+        # startswith is a memcmp against the shared zero page: no slice copy, ~50x faster than
+        # comparing memoryviews, which goes element by element.
+        yield None if data.startswith(ZERO_PAGE, off) else mv[off:off + PAGE_SIZE]
+
+
+def _memory_bytes(snapshot: Snapshot) -> list[bytes | bytearray]:
+    out = []
+    for i, m in enumerate(snapshot.memories):
+        data = m.data if isinstance(m.data, (bytes, bytearray)) else bytes(m.data)
+        if len(data) % PAGE_SIZE:
+            raise SnapshotError(f"cannot write snapshot: memory {i} is {len(data)} bytes, not a whole number of pages")
+        out.append(data)
+    return out
+
+
+def _validate_for_write(manifest: dict[str, Any]) -> None:
+    """Refuse to write what could not be read back: run the reader's validation on everything but the pages."""
+    try:
+        from_plain(dict(manifest, memories=[]))
+    except SnapshotError as e:
+        raise SnapshotError(f"refusing to write an invalid snapshot: {_one_line(str(e))}") from None
+    for i, m in enumerate(manifest["memories"]):
+        for key in ("min", "max"):
+            v = m[key]
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 65536):
+                raise SnapshotError(f"refusing to write an invalid snapshot: memory {i} {key} is {v!r}")
+
+
+def _encode(manifest: dict[str, Any]) -> list[bytes]:
+    """Header, msgpack manifest and trailing BLAKE3 of both, as chunks (a single file's manifest can be large)."""
+    try:
+        body = msgpack.packb(manifest, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise SnapshotError(f"cannot encode snapshot: {_describe(e)}") from None
+    if len(body) > _MAX_MANIFEST:
+        raise SnapshotError(f"snapshot manifest is {len(body)} bytes, more than the format's 4 GiB limit; "
+                            "use a checkpoint directory instead of a single file")
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body))
+    h = blake3(header)
+    h.update(body)
+    return [header, body, h.digest()]
+
+
+def _decompress_page(comp: bytes, what: str) -> bytes:
+    """One stored page, bounded to PAGE_SIZE of output whatever its frame header claims."""
+    if len(comp) > _MAX_COMPRESSED_PAGE:
+        raise SnapshotError(f"{what} is {len(comp)} bytes compressed, too large for a 64 KiB page")
+    # python-zstandard trusts the frame's content size and allocates it before decompressing, so a
+    # crafted header could claim gigabytes: check the claim first, then cap the output anyway.
+    claimed = zstandard.frame_content_size(comp)
+    if claimed not in (PAGE_SIZE, -1):
+        raise SnapshotError(f"{what} decompresses to {claimed} bytes, not {PAGE_SIZE}")
+    page = _decompressor().decompress(comp, max_output_size=PAGE_SIZE, allow_extra_data=False)
+    if len(page) != PAGE_SIZE:
+        raise SnapshotError(f"{what} decompresses to {len(page)} bytes, not {PAGE_SIZE}")
+    return page
+
+
+# --- reading ----------------------------------------------------------------------------------------
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """Read and verify a snapshot file's container (magic, version, length, hash); return the manifest."""
+    with open(path, "rb") as f:
+        header = f.read(HEADER_SIZE)
+        if header[:len(MAGIC)] != MAGIC:
+            if header and MAGIC.startswith(header):
+                raise SnapshotError(f"truncated snapshot ({len(header)} bytes)")
+            raise SnapshotError("not a wasmig snapshot (bad magic)")
+        if len(header) < HEADER_SIZE:
+            raise SnapshotError(f"truncated snapshot ({len(header)} bytes, shorter than the header)")
+        magic, version, length = _HEADER.unpack(header)
+        if magic != MAGIC:
+            raise SnapshotError("not a wasmig snapshot (bad magic)")
+        if version > FORMAT_VERSION:
+            raise SnapshotError(f"snapshot has newer format version {version}, this wasmig reads {FORMAT_VERSION}; "
+                                "upgrade wasmig to restore it")
+        if version != FORMAT_VERSION:
+            raise SnapshotError(f"unknown snapshot format version {version}")
+        size = os.fstat(f.fileno()).st_size
+        expected = HEADER_SIZE + length + HASH_SIZE
+        if size < expected:
+            raise SnapshotError(f"truncated snapshot ({size} bytes, the header says {expected})")
+        if size > expected:
+            raise SnapshotError(f"snapshot has {size - expected} unexpected trailing bytes")
+        rest = f.read(length + HASH_SIZE + 1)
+    if len(rest) != length + HASH_SIZE:
+        raise SnapshotError("snapshot changed size while being read")
+    body = memoryview(rest)[:length]
+    h = blake3(header)
+    h.update(body)
+    if h.digest() != rest[length:]:
+        raise SnapshotError("snapshot is corrupt (checksum mismatch)")
+    manifest = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+    if not isinstance(manifest, dict):
+        raise SnapshotError("corrupt snapshot: manifest is not a map")
+    if manifest.get("format_version") != version:
+        raise SnapshotError("corrupt snapshot: manifest and header disagree on the format version")
+    return manifest
+
+
+class _PageSource:
+    """Resolves a manifest's page entries: ``None`` (zero), a hash (page store) or bytes (embedded)."""
+
+    def __init__(self, pages_dir: Path | None) -> None:
+        self.pages_dir = pages_dir
+        self._cache: dict[str, bytes] = {}
+
+    def stored(self, h: str) -> bytes:
+        page = self._cache.get(h)
+        if page is not None:
+            return page
+        if self.pages_dir is None or not self.pages_dir.is_dir():
+            raise SnapshotError(f"page {h} is missing: this snapshot references a page store and "
+                                f"{self.pages_dir or 'its pages/ directory'} does not exist")
+        p = self.pages_dir / h[:2] / h
+        try:
+            with open(p, "rb") as f:
+                comp = f.read(_MAX_COMPRESSED_PAGE + 1)
+        except FileNotFoundError:
+            raise SnapshotError(f"page {h} is missing from the page store ({p})") from None
+        page = _decompress_page(comp, f"page file {p}")
+        if blake3(page).hexdigest() != h:
+            raise SnapshotError(f"page file {p} is corrupt (hash mismatch)")
+        self._cache[h] = page
+        return page
+
+    def memory(self, index: int, raw: Any, size_pages: int) -> bytes:
+        if not isinstance(raw, list) or len(raw) != size_pages:
+            raise SnapshotError(f"corrupt snapshot: memory {index} page list does not match its size")
+        pages: list[bytes] = []
+        for j, entry in enumerate(raw):
+            if entry is None:
+                pages.append(ZERO_PAGE)
+            elif isinstance(entry, str):
+                if not _HASH_RE.fullmatch(entry):
+                    raise SnapshotError(f"corrupt snapshot: memory {index} page {j} has an invalid hash")
+                pages.append(self.stored(entry))
+            elif isinstance(entry, bytes):
+                pages.append(_decompress_page(entry, f"embedded page {j} of memory {index}"))
+            else:
+                raise SnapshotError(f"corrupt snapshot: memory {index} page {j} is neither a hash nor a page")
+        return b"".join(pages)
+
+
+def _load_file(path: Path, pages_dir: Path | None) -> Snapshot:
+    manifest = _read_manifest(path)
+    return from_plain(manifest, _PageSource(pages_dir).memory)
+
+
+def _guarded(path: Path, what: str, fn: Any, *args: Any) -> Any:
+    """Run a read, turning *every* failure into a one-line SnapshotError that names ``path``.
+
+    Callers (the CLI, a migration receiver) rely on "a snapshot either loads or raises
+    SnapshotError": a malformed file must never surface as a msgpack/zstd/KeyError traceback.
+    The final ``except Exception`` is that contract's backstop; its message says "unexpected" and
+    keeps the exception type so a real bug stays recognisable (the corruption tests assert it is
+    never reached).
+    """
+    try:
+        return fn(*args)
+    except SnapshotError as e:
+        raise SnapshotError(f"{path}: {_one_line(str(e))}") from None
+    except _READ_ERRORS as e:
+        raise SnapshotError(f"{path}: cannot {what}: {_describe(e)}") from None
+    except Exception as e:  # the backstop: see the docstring
+        raise SnapshotError(f"{path}: cannot {what}: unexpected {type(e).__name__}: {_describe(e)}") from None
+
+
+def _pages_dir_for(file: Path) -> Path:
+    return file.parent.parent / "pages"
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    """Load a snapshot from a checkpoint directory (its latest), a snapshot file in one, or a single file."""
+    path = Path(path)
+    if path.is_dir():
+        latest = CheckpointDir(path).latest()
+        if latest is None:
+            if not (path / "snapshots").is_dir():
+                raise SnapshotError(f"{path}: not a checkpoint directory (no snapshots/ in it)")
+            raise SnapshotError(f"{path}: checkpoint directory has no snapshots")
+        path = latest
+    return _guarded(path, "read snapshot", _load_file, path, _pages_dir_for(path))
+
+
+def storage_stats(path: str | Path) -> dict[str, Any]:
+    """How a snapshot file stores its memory, from its manifest alone (``wasmig inspect``).
+
+    ``pages_total``/``pages_zero``/``pages_distinct`` (distinct non-zero contents),
+    ``pages_repeated`` (non-zero pages identical to another page of the same snapshot),
+    ``stored_bytes`` (compressed size of its distinct pages), ``snapshot_bytes``, ``layout``
+    (``checkpoint-dir`` or ``single-file``) and, in a checkpoint directory,
+    ``pages_shared_with_previous``: distinct pages the previous snapshot also references, i.e.
+    what this snapshot did not have to write.
+    """
+    path = Path(path)
+
+    def compute() -> dict[str, Any]:
+        manifest = _read_manifest(path)
+        entries = [e for m in _list_memories(manifest) for e in m]
+        distinct = {e if isinstance(e, str) else blake3(e).hexdigest() for e in entries if e is not None}
+        embedded = any(isinstance(e, bytes) for e in entries)
+        in_dir = path.parent.name == "snapshots" and not embedded
+        stats: dict[str, Any] = {
+            "layout": "checkpoint-dir" if in_dir else "single-file",
+            "pages_total": len(entries),
+            "pages_zero": sum(e is None for e in entries),
+            "pages_distinct": len(distinct),
+            "pages_repeated": sum(e is not None for e in entries) - len(distinct),
+            "snapshot_bytes": os.path.getsize(path),
+        }
+        if embedded:
+            stats["stored_bytes"] = sum(len(e) for e in entries if isinstance(e, bytes))
+            return stats
+        pages_dir = _pages_dir_for(path)
+        stored = 0
+        for h in distinct:
+            try:
+                stored += os.path.getsize(pages_dir / h[:2] / h)
+            except OSError:
+                pass
+        stats["stored_bytes"] = stored
+        if in_dir:
+            prev = _previous(path)
+            if prev is not None:
+                prev_hashes = {e for m in _list_memories(_read_manifest(prev)) for e in m if isinstance(e, str)}
+                stats["pages_shared_with_previous"] = len(distinct & prev_hashes)
+        return stats
+
+    return _guarded(path, "read snapshot", compute)
+
+
+def _list_memories(manifest: dict[str, Any]) -> list[list[Any]]:
+    mems = manifest.get("memories")
+    if not isinstance(mems, list) or not all(isinstance(m, dict) and isinstance(m.get("data"), list) for m in mems):
+        raise SnapshotError("corrupt snapshot: malformed memories")
+    return [m["data"] for m in mems]
+
+
+def _previous(path: Path) -> Path | None:
+    m = _SNAP_RE.fullmatch(path.name)
+    if not m:
+        return None
+    earlier = [p for p in CheckpointDir(path.parent.parent).snapshots() if _number(p) < int(m.group(1))]
+    return earlier[-1] if earlier else None
+
+
+def _number(p: Path) -> int:
+    m = _SNAP_RE.fullmatch(p.name)
+    return int(m.group(1)) if m else -1
+
+
+# --- writing ----------------------------------------------------------------------------------------
+def write_single_file(snapshot: Snapshot, path: str | Path, level: int = ZSTD_LEVEL) -> WriteStats:
+    """Write a self-contained snapshot (pages embedded) atomically to ``path``; replaces an existing file."""
+    t0 = time.perf_counter()
+    path = Path(path)
+    stats = WriteStats()
+    memories = _memory_bytes(snapshot)
+    _validate_for_write(to_plain(snapshot, lambda i, _data: []))
+    cctx = _compressor(level)
+    lists: list[list[bytes | None]] = []
+    for data in memories:
+        entries: list[bytes | None] = []
+        for page in _iter_pages(data):
+            stats.pages_total += 1
+            if page is None:
+                stats.pages_zero += 1
+                entries.append(None)
+            else:
+                stats.pages_new += 1
+                entries.append(cctx.compress(page))
+        lists.append(entries)
+    chunks = _encode(to_plain(snapshot, lambda i, _data: lists[i]))
+    try:
+        _mkdirs_durable(path.parent)
+        _atomic_write(path, chunks)
+    except OSError as e:
+        raise SnapshotError(f"{path}: cannot write snapshot: {_describe(e)}") from None
+    stats.snapshot_bytes = sum(len(c) for c in chunks)  # the pages are inside it: page_bytes_written stays 0
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+class CheckpointDir:
+    """A directory of numbered snapshots of one program sharing a content-addressed page store.
+
+    Safe to use from several processes at once (each snapshot gets its own number, pages are
+    idempotent); one instance is not meant to be shared between threads while writing.
+    """
+
+    def __init__(self, path: str | Path, level: int = ZSTD_LEVEL) -> None:
+        self.path = Path(path)
+        self.snapshots_dir = self.path / "snapshots"
+        self.pages_dir = self.path / "pages"
+        self.level = level
+        self.last_stats: WriteStats | None = None
+        self._made_dirs: set[str] = set()  # page subdirectories known to exist (saves a stat per page)
+        # Pages whose directory entry this process has made durable. A page found on disk but not in
+        # here may have been renamed into place by a writer that died before fsyncing the directory,
+        # so its directory is fsynced before a snapshot starts depending on it.
+        self._durable: set[str] = set()
+
+    # reading
+    def snapshots(self) -> list[Path]:
+        """The snapshot files, oldest (lowest number) first. Temporary files are never listed."""
+        try:
+            names = os.listdir(self.snapshots_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as e:
+            raise SnapshotError(f"{self.snapshots_dir}: cannot list snapshots: {_describe(e)}") from None
+        found = [(int(m.group(1)), n) for n in names if (m := _SNAP_RE.fullmatch(n))]
+        return [self.snapshots_dir / n for _, n in sorted(found)]
+
+    def latest(self) -> Path | None:
+        snaps = self.snapshots()
+        return snaps[-1] if snaps else None
+
+    def load(self, which: str | Path | int | None = None) -> Snapshot:
+        """Load a snapshot of this directory: a path, a snapshot number, or (default) the latest."""
+        if which is None:
+            latest = self.latest()
+            if latest is None:
+                raise SnapshotError(f"{self.path}: checkpoint directory has no snapshots")
+            path = latest
+        elif isinstance(which, int):
+            path = self.snapshots_dir / f"{which:06d}.snap"
+        else:
+            path = Path(which)
+        return _guarded(path, "read snapshot", _load_file, path, self.pages_dir)
+
+    # writing
+    def write(self, snapshot: Snapshot) -> Path:
+        """Store ``snapshot`` (new pages first, then the snapshot file) and return the snapshot file's path.
+
+        Statistics of the write are left in :attr:`last_stats`.
+        """
+        try:
+            return self._write(snapshot)
+        except OSError as e:
+            raise SnapshotError(f"{self.path}: cannot write snapshot: {_describe(e)}") from None
+
+    def _write(self, snapshot: Snapshot) -> Path:
+        t0 = time.perf_counter()
+        stats = WriteStats()
+        memories = _memory_bytes(snapshot)
+        # Validate before touching the disk: an invalid snapshot must not leave pages behind either.
+        _validate_for_write(to_plain(snapshot, lambda i, _data: []))
+        _mkdirs_durable(self.pages_dir)
+        _mkdirs_durable(self.snapshots_dir)
+        cctx = _compressor(self.level)
+        pages_dir = str(self.pages_dir)
+        seen: set[str] = set()
+        sync_dirs: set[str] = set()
+        lists: list[list[str | None]] = []
+        for data in memories:
+            hashes: list[str | None] = []
+            for page in _iter_pages(data):
+                stats.pages_total += 1
+                if page is None:
+                    stats.pages_zero += 1
+                    hashes.append(None)
+                    continue
+                h = blake3(page).hexdigest()
+                hashes.append(h)
+                if h in seen:
+                    stats.pages_deduplicated += 1
+                    continue
+                seen.add(h)
+                sub = h[:2]
+                subdir = f"{pages_dir}/{sub}"
+                final = f"{subdir}/{h}"
+                if sub not in self._made_dirs:
+                    _mkdirs_durable(Path(subdir))
+                    self._made_dirs.add(sub)
+                if os.path.exists(final):
+                    stats.pages_deduplicated += 1
+                    if h not in self._durable:
+                        sync_dirs.add(subdir)
+                    continue
+                comp = cctx.compress(page)
+                _atomic_write(Path(final), [comp], sync_dir=False)
+                sync_dirs.add(subdir)
+                stats.pages_new += 1
+                stats.page_bytes_written += len(comp)
+            lists.append(hashes)
+        for d in sorted(sync_dirs):  # the pages' names are durable before a snapshot names them
+            _fsync_dir(Path(d))
+        self._durable |= seen
+        chunks = _encode(to_plain(snapshot, lambda i, _data: lists[i]))
+        path = self._install(chunks)
+        stats.snapshot_bytes = sum(len(c) for c in chunks)
+        stats.seconds = time.perf_counter() - t0
+        self.last_stats = stats
+        return path
+
+    def _next_number(self) -> int:
+        snaps = self.snapshots()
+        return _number(snaps[-1]) + 1 if snaps else _FIRST_NUMBER
+
+    def _install(self, chunks: list[bytes]) -> Path:
+        """Give the fsynced snapshot the next free number without ever replacing another writer's file.
+
+        ``os.link`` fails with EEXIST instead of replacing, so two writers racing for a number both
+        succeed with different numbers, and the file appears under its final name complete.
+        """
+        tmp = _write_temp(self.snapshots_dir / "snapshot", chunks)
+        try:
+            n = self._next_number()
+            while True:
+                final = self.snapshots_dir / f"{n:06d}.snap"
+                try:
+                    os.link(tmp, final)
+                    break
+                except FileExistsError:
+                    n = max(n + 1, self._next_number())
+                except OSError as e:
+                    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                        raise
+                    return self._install_locked(tmp)  # a filesystem without hard links
+        finally:
+            _unlink_quietly(tmp)
+        _fsync_dir(self.snapshots_dir)
+        return final
+
+    def _install_locked(self, tmp: Path) -> Path:
+        import fcntl  # POSIX only, like hard-link-less filesystems on POSIX hosts that need this path
+
+        with open(self.snapshots_dir / ".lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            final = self.snapshots_dir / f"{self._next_number():06d}.snap"
+            os.replace(tmp, final)
+            _fsync_dir(self.snapshots_dir)
+            return final
+
+    def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> int:
+        """Delete temporary files left by writers that were killed mid-write; returns how many.
+
+        Only files older than ``older_than_s`` are touched, so a concurrent writer's live temp file
+        is never removed from under it. Temporary files are never read, so leaving them is safe;
+        this only reclaims space.
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        dirs = [self.snapshots_dir]
+        if self.pages_dir.is_dir():
+            dirs += [p for p in self.pages_dir.iterdir() if p.is_dir()]
+        for d in dirs:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                if e.name.startswith(".") and e.name.endswith(".tmp"):
+                    try:
+                        if e.stat().st_mtime < cutoff:
+                            os.unlink(e.path)
+                            removed += 1
+                    except OSError:
+                        pass
+        return removed
