@@ -52,6 +52,31 @@ class Instance:
         """The interpreter's runtime objects (functions, memories, tables, globals) of this instance."""
         return self._inst
 
+    def checkpoint(self) -> Any:
+        """The canonical state (:class:`wasmig.snapshot.state.Snapshot`) of this instance: suspended
+        at a point (after :class:`wasmig.Suspended` was raised) or idle between calls."""
+        from wasmig.snapshot.capture import capture
+
+        return capture(self)
+
+    def stop_at(self, *, step: int | None = None, instruction: int | None = None) -> None:
+        """Make the running program suspend (raise :class:`wasmig.Suspended`) at stable point number
+        ``step``, or after exactly ``instruction`` instructions (interpreter)."""
+        from wasmig.interp.machine import NEVER
+
+        self.machine.stop_at_step = NEVER if step is None else step
+        self.machine.counting = instruction is not None
+        self.machine.stop_at_instruction = NEVER if instruction is None else instruction
+
+    def resume(self, *, raw: bool = False) -> Any:
+        """Continue a suspended or restored program; returns what the interrupted export returns
+        (a WASI command's ``_start`` ends in ``ProcExit`` or returns ``None``)."""
+        if not self.machine.frames:
+            raise RuntimeError("nothing to resume: the instance is not suspended")
+        types = self.machine.frames[0].func.type.results
+        results = self.machine.resume()
+        return convert_results(types, results, raw)
+
     def invoke(self, name: str, *args: Any, raw: bool = False) -> Any:
         """Call the exported function ``name``.
 
@@ -69,8 +94,10 @@ def call_function(machine: Machine, func: FuncInst, args: tuple[Any, ...], *, ra
     if len(args) != len(params):
         raise TypeError(f"{func!r} takes {len(params)} arguments, {len(args)} given")
     internal = [to_internal(t, a) for t, a in zip(params, args, strict=True)]
-    results = machine.invoke(func, internal)
-    types = func.type.results
+    return convert_results(func.type.results, machine.invoke(func, internal), raw)
+
+
+def convert_results(types: tuple[str, ...], results: list[Any], raw: bool) -> Any:
     if raw:
         return [(t, to_bits(t, v)) for t, v in zip(types, results, strict=True)]
     values = [to_python(t, v) for t, v in zip(types, results, strict=True)]

@@ -51,8 +51,9 @@ def capture(instance: Instance) -> Snapshot:
     machine = instance.machine
     inst = instance.store
     module = instance.module
-    if machine.point is None or not machine.frames:
-        raise SnapshotError("cannot checkpoint: the instance is not suspended at a checkpointable point")
+    if machine.frames and machine.point is None:
+        raise SnapshotError("cannot checkpoint: the instance is running and not suspended at a checkpointable point")
+    point = machine.point if machine.frames else "idle"  # idle: between calls, no frames at all
     func_index = {id(f): i for i, f in enumerate(inst.funcs)}
     n_imported = module.ir.num_imported_funcs()
     frames: list[FrameState] = []
@@ -99,7 +100,7 @@ def capture(instance: Instance) -> Snapshot:
 
         wasi_state = capture_wasi(instance.wasi)
     return Snapshot(
-        module_sha256=module.sha256 or "", steps=machine.steps, point=machine.point, frames=frames,
+        module_sha256=module.sha256 or "", steps=machine.steps, point=point, frames=frames,
         memories=memories, tables=tables, globals=globals_,
         dropped_data=[len(d) == 0 for d in inst.datas], dropped_elems=[len(e) == 0 for e in inst.elems],
         wasi=wasi_state, instructions=machine.instructions, engine="interp", created_ns=time.time_ns(),
@@ -157,7 +158,7 @@ def restore(module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, A
     _restore_frames(instance, snap)
     machine.steps = snap.steps
     machine.instructions = snap.instructions
-    machine.point = snap.point
+    machine.point = snap.point if snap.frames else None
     return instance
 
 
@@ -166,8 +167,8 @@ def _restore_frames(instance: Instance, snap: Snapshot) -> None:
     machine = instance.machine
     ir = instance.module.ir
     n_imported = ir.num_imported_funcs()
-    if not snap.frames:
-        raise SnapshotError("corrupt snapshot: no frames")
+    if (snap.point == "idle") != (not snap.frames):
+        raise SnapshotError("corrupt snapshot: an idle snapshot has no frames, any other has some")
     slots = 0
     for depth, fs in enumerate(snap.frames):
         innermost = depth == len(snap.frames) - 1

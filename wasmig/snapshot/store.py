@@ -32,7 +32,9 @@ import secrets
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ _MAX_MANIFEST = 0xFFFFFFFF  # the header's u32 length
 _HASH_RE = re.compile(r"[0-9a-f]{64}")  # also what keeps a manifest from naming a path outside pages/
 _SNAP_RE = re.compile(r"(\d{6,})\.snap")
 _FIRST_NUMBER = 1
+_IO_THREADS = 8
 
 _tls = threading.local()  # zstd contexts are not thread-safe; one set per thread, reused across calls
 
@@ -475,6 +478,39 @@ def write_single_file(snapshot: Snapshot, path: str | Path, level: int = ZSTD_LE
     return stats
 
 
+class _PageWriter:
+    """Writes page files on a few threads, because a checkpoint's time is mostly ``fsync`` latency.
+
+    Hashing and compressing stay on the caller's thread (they are fast); each page file's
+    write + fsync + rename runs on a small pool, which lets the filesystem overlap the flushes
+    (about 1.5-2x faster than one at a time on the ext4 disk measured). At most ``window``
+    compressed pages wait in memory, so a slow disk does not make a copy of the whole heap.
+    """
+
+    def __init__(self, threads: int = _IO_THREADS, window: int = 128) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wasmig-pages")
+        self._pending: deque[Future[None]] = deque()
+        self._window = window
+
+    def submit(self, final: Path, data: bytes) -> None:
+        while len(self._pending) >= self._window:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(_atomic_write, final, [data], False))
+
+    def finish(self) -> None:
+        """Wait for every submitted page; re-raise the first failure."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> _PageWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in self._pending:
+            f.cancel()
+        self._pool.shutdown(wait=True)  # no page write may outlive the call that started it
+
+
 class CheckpointDir:
     """A directory of numbered snapshots of one program sharing a content-addressed page store.
 
@@ -542,6 +578,22 @@ class CheckpointDir:
         _validate_for_write(to_plain(snapshot, lambda i, _data: []))
         _mkdirs_durable(self.pages_dir)
         _mkdirs_durable(self.snapshots_dir)
+        with _PageWriter() as writer:
+            lists, sync_dirs, seen = self._store_pages(memories, writer, stats)
+            writer.finish()  # every new page file is complete and fsynced ...
+        for d in sorted(sync_dirs):  # ... and its name durable, before a snapshot names it
+            _fsync_dir(Path(d))
+        self._durable |= seen
+        chunks = _encode(to_plain(snapshot, lambda i, _data: lists[i]))
+        path = self._install(chunks)
+        stats.snapshot_bytes = sum(len(c) for c in chunks)
+        stats.seconds = time.perf_counter() - t0
+        self.last_stats = stats
+        return path
+
+    def _store_pages(self, memories: list[bytes | bytearray], writer: _PageWriter,
+                     stats: WriteStats) -> tuple[list[list[str | None]], set[str], set[str]]:
+        """Hash every page, hand the ones not yet stored to ``writer``; the manifest's page lists."""
         cctx = _compressor(self.level)
         pages_dir = str(self.pages_dir)
         seen: set[str] = set()
@@ -573,20 +625,12 @@ class CheckpointDir:
                         sync_dirs.add(subdir)
                     continue
                 comp = cctx.compress(page)
-                _atomic_write(Path(final), [comp], sync_dir=False)
+                writer.submit(Path(final), comp)
                 sync_dirs.add(subdir)
                 stats.pages_new += 1
                 stats.page_bytes_written += len(comp)
             lists.append(hashes)
-        for d in sorted(sync_dirs):  # the pages' names are durable before a snapshot names them
-            _fsync_dir(Path(d))
-        self._durable |= seen
-        chunks = _encode(to_plain(snapshot, lambda i, _data: lists[i]))
-        path = self._install(chunks)
-        stats.snapshot_bytes = sum(len(c) for c in chunks)
-        stats.seconds = time.perf_counter() - t0
-        self.last_stats = stats
-        return path
+        return lists, sync_dirs, seen
 
     def _next_number(self) -> int:
         snaps = self.snapshots()

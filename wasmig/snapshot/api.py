@@ -1,0 +1,61 @@
+"""``wasmig.restore``: the Python entry point for restoring a snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from wasmig.instance import Instance
+from wasmig.module import Module
+from wasmig.snapshot.capture import restore as restore_instance
+from wasmig.snapshot.state import Snapshot, SnapshotError
+
+
+def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
+            imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
+            on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
+            stderr: BinaryIO | None = None) -> Instance:
+    """Re-create an instance from a snapshot (a :class:`Snapshot`, a snapshot file or a checkpoint
+    directory). Continue it with ``instance.resume()``.
+
+    The module is ``module`` (a :class:`Module` or a path), else the copy kept beside the snapshots.
+    A snapshot of a WASI program gets its WASI state back (files re-opened, ``dirs`` re-mapping
+    guest preopen names to host directories); otherwise ``imports`` are used as for ``Instance``.
+    """
+    from wasmig.snapshot.session import find_module_for
+
+    if isinstance(state_or_path, Snapshot):
+        snap, where = state_or_path, None
+    else:
+        from wasmig.snapshot.store import load_snapshot
+
+        where = Path(state_or_path)
+        snap = load_snapshot(where)
+    if isinstance(module, Module):
+        mod = module
+    elif where is not None or module is not None:
+        mod = find_module_for(where or Path("."), snap, str(module) if module is not None else None)
+    else:
+        raise SnapshotError("restore needs the module: pass module=Module or a path")
+    wasi = None
+    if snap.wasi is not None:
+        from wasmig.wasi.memory import GuestMemory
+        from wasmig.wasi.run import wasi_imports
+        from wasmig.wasi.snapshot import restore_wasi
+
+        wasi = restore_wasi(snap.wasi, dirs=dirs, on_file_change=on_file_change, stdin=stdin, stdout=stdout,
+                            stderr=stderr)
+        imports = wasi_imports(mod, wasi)
+    try:
+        instance = restore_instance(mod, snap, imports, engine)
+    except BaseException:
+        if wasi is not None:
+            wasi.close()
+        raise
+    if wasi is not None:
+        memory = instance.exports.get("memory")
+        if memory is not None:
+            wasi.bind_memory(GuestMemory(lambda: memory.data))
+        instance.wasi = wasi
+    return instance
