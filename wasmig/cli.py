@@ -31,6 +31,12 @@ def _fail(message: str, code: int = ERROR_EXIT_CODE) -> None:
     sys.exit(code)
 
 
+def _about(path: str, e: Exception) -> str:
+    """``path: message``, unless the message already names the path (store errors do)."""
+    text = str(e)
+    return text if path in text else f"{path}: {text}"
+
+
 def parse_dir(spec: str) -> tuple[str, str]:
     """``HOST[::GUEST]`` -> (host, guest); the guest name defaults to HOST as written."""
     host, sep, guest = spec.partition("::")
@@ -239,13 +245,13 @@ def restore(engine: str, dirs: tuple[str, ...], module_path: str | None, on_file
         _fail(str(e))
         return
     except (SnapshotError, DecodeError, ValidationError) as e:
-        _fail(f"{snapshot}: {e}")
+        _fail(_about(snapshot, e))
         return
     try:
         instance = restore_instance(module, snap, wasi_imports(module, wasi), engine)
     except (SnapshotError, LinkError) as e:
         wasi.close()
-        _fail(f"{snapshot}: {e}")
+        _fail(_about(snapshot, e))
         return
     memory = instance.exports.get("memory")
     if memory is not None:
@@ -283,18 +289,19 @@ def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
     from wasmig.snapshot.inspect import format_summary, summarize
     from wasmig.snapshot.session import find_module_for
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import load_snapshot
+    from wasmig.snapshot.store import load_snapshot, storage_stats
 
     try:
         snap = load_snapshot(Path(snapshot))
+        stats = storage_stats(snapshot)
     except SnapshotError as e:
-        _fail(f"{snapshot}: {e}")
+        _fail(_about(snapshot, e))
         return
     try:
         ir = find_module_for(Path(snapshot), snap, module_path).ir
     except (SnapshotError, WasmError):
         ir = None
-    summary = summarize(snap, ir)
+    summary = summarize(snap, ir, stats)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 

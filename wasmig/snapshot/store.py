@@ -102,8 +102,10 @@ class WriteStats:
 
 
 # --- small helpers ----------------------------------------------------------------------------------
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def _one_line(text: str, limit: int = 500) -> str:
+    """Error text for a terminal: one line, and bounded (validation messages may quote file contents)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _describe(exc: BaseException) -> str:
@@ -244,10 +246,13 @@ def _decompress_page(comp: bytes, what: str) -> bytes:
         raise SnapshotError(f"{what} is {len(comp)} bytes compressed, too large for a 64 KiB page")
     # python-zstandard trusts the frame's content size and allocates it before decompressing, so a
     # crafted header could claim gigabytes: check the claim first, then cap the output anyway.
-    claimed = zstandard.frame_content_size(comp)
-    if claimed not in (PAGE_SIZE, -1):
-        raise SnapshotError(f"{what} decompresses to {claimed} bytes, not {PAGE_SIZE}")
-    page = _decompressor().decompress(comp, max_output_size=PAGE_SIZE, allow_extra_data=False)
+    try:
+        claimed = zstandard.frame_content_size(comp)
+        if claimed not in (PAGE_SIZE, -1):
+            raise SnapshotError(f"{what} decompresses to {claimed} bytes, not {PAGE_SIZE}")
+        page = _decompressor().decompress(comp, max_output_size=PAGE_SIZE, allow_extra_data=False)
+    except zstandard.ZstdError as e:  # includes output that would exceed one page
+        raise SnapshotError(f"{what} is not a valid compressed 64 KiB page ({_describe(e)})") from None
     if len(page) != PAGE_SIZE:
         raise SnapshotError(f"{what} decompresses to {len(page)} bytes, not {PAGE_SIZE}")
     return page
@@ -264,9 +269,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             raise SnapshotError("not a wasmig snapshot (bad magic)")
         if len(header) < HEADER_SIZE:
             raise SnapshotError(f"truncated snapshot ({len(header)} bytes, shorter than the header)")
-        magic, version, length = _HEADER.unpack(header)
-        if magic != MAGIC:
-            raise SnapshotError("not a wasmig snapshot (bad magic)")
+        _, version, length = _HEADER.unpack(header)
         if version > FORMAT_VERSION:
             raise SnapshotError(f"snapshot has newer format version {version}, this wasmig reads {FORMAT_VERSION}; "
                                 "upgrade wasmig to restore it")
@@ -277,7 +280,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         if size < expected:
             raise SnapshotError(f"truncated snapshot ({size} bytes, the header says {expected})")
         if size > expected:
-            raise SnapshotError(f"snapshot has {size - expected} unexpected trailing bytes")
+            raise SnapshotError(f"snapshot has {size - expected} bytes of trailing garbage")
         rest = f.read(length + HASH_SIZE + 1)
     if len(rest) != length + HASH_SIZE:
         raise SnapshotError("snapshot changed size while being read")
@@ -299,15 +302,19 @@ class _PageSource:
 
     def __init__(self, pages_dir: Path | None) -> None:
         self.pages_dir = pages_dir
-        self._cache: dict[str, bytes] = {}
+        self._cache: dict[str, bytes] = {}  # repeated pages are read and verified once
+        self._store_checked = False
 
     def stored(self, h: str) -> bytes:
         page = self._cache.get(h)
         if page is not None:
             return page
-        if self.pages_dir is None or not self.pages_dir.is_dir():
-            raise SnapshotError(f"page {h} is missing: this snapshot references a page store and "
-                                f"{self.pages_dir or 'its pages/ directory'} does not exist")
+        if not self._store_checked:
+            if self.pages_dir is None or not self.pages_dir.is_dir():
+                raise SnapshotError(f"page {h} is missing: this snapshot references a page store and "
+                                    f"{self.pages_dir or 'its pages/ directory'} does not exist")
+            self._store_checked = True
+        assert self.pages_dir is not None
         p = self.pages_dir / h[:2] / h
         try:
             with open(p, "rb") as f:
@@ -348,7 +355,7 @@ def _guarded(path: Path, what: str, fn: Any, *args: Any) -> Any:
 
     Callers (the CLI, a migration receiver) rely on "a snapshot either loads or raises
     SnapshotError": a malformed file must never surface as a msgpack/zstd/KeyError traceback.
-    The final ``except Exception`` is that contract's backstop; its message says "unexpected" and
+    The final ``except Exception`` is that contract's backstop; its message says "internal error" and
     keeps the exception type so a real bug stays recognisable (the corruption tests assert it is
     never reached).
     """
@@ -359,7 +366,7 @@ def _guarded(path: Path, what: str, fn: Any, *args: Any) -> Any:
     except _READ_ERRORS as e:
         raise SnapshotError(f"{path}: cannot {what}: {_describe(e)}") from None
     except Exception as e:  # the backstop: see the docstring
-        raise SnapshotError(f"{path}: cannot {what}: unexpected {type(e).__name__}: {_describe(e)}") from None
+        raise SnapshotError(f"{path}: cannot {what}: internal error {type(e).__name__}: {_describe(e)}") from e
 
 
 def _pages_dir_for(file: Path) -> Path:
@@ -369,19 +376,26 @@ def _pages_dir_for(file: Path) -> Path:
 def load_snapshot(path: str | Path) -> Snapshot:
     """Load a snapshot from a checkpoint directory (its latest), a snapshot file in one, or a single file."""
     path = Path(path)
-    if path.is_dir():
-        latest = CheckpointDir(path).latest()
-        if latest is None:
-            if not (path / "snapshots").is_dir():
-                raise SnapshotError(f"{path}: not a checkpoint directory (no snapshots/ in it)")
-            raise SnapshotError(f"{path}: checkpoint directory has no snapshots")
-        path = latest
-    return _guarded(path, "read snapshot", _load_file, path, _pages_dir_for(path))
+    file = _guarded(path, "read snapshot", _resolve, path)
+    return _guarded(file, "read snapshot", _load_file, file, _pages_dir_for(file))
+
+
+def _resolve(path: Path) -> Path:
+    """A checkpoint directory means its latest snapshot; anything else is taken as a snapshot file."""
+    if not os.path.isdir(path):
+        return path
+    latest = CheckpointDir(path).latest()
+    if latest is None:
+        if not os.path.isdir(path / "snapshots"):
+            raise SnapshotError("not a checkpoint directory (no snapshots/ in it)")
+        raise SnapshotError("checkpoint directory has no snapshots")
+    return latest
 
 
 def storage_stats(path: str | Path) -> dict[str, Any]:
-    """How a snapshot file stores its memory, from its manifest alone (``wasmig inspect``).
+    """How a snapshot file (or a checkpoint directory's latest) stores its memory, from its manifest alone.
 
+    For ``wasmig inspect``: pass the result to :func:`wasmig.snapshot.inspect.summarize`. Keys:
     ``pages_total``/``pages_zero``/``pages_distinct`` (distinct non-zero contents),
     ``pages_repeated`` (non-zero pages identical to another page of the same snapshot),
     ``stored_bytes`` (compressed size of its distinct pages), ``snapshot_bytes``, ``layout``
@@ -389,11 +403,14 @@ def storage_stats(path: str | Path) -> dict[str, Any]:
     ``pages_shared_with_previous``: distinct pages the previous snapshot also references, i.e.
     what this snapshot did not have to write.
     """
-    path = Path(path)
+    path = _guarded(Path(path), "read snapshot", _resolve, Path(path))
 
     def compute() -> dict[str, Any]:
         manifest = _read_manifest(path)
         entries = [e for m in _list_memories(manifest) for e in m]
+        for e in entries:
+            if not (e is None or isinstance(e, bytes) or isinstance(e, str) and _HASH_RE.fullmatch(e)):
+                raise SnapshotError("corrupt snapshot: a page entry is neither a hash nor a page")
         distinct = {e if isinstance(e, str) else blake3(e).hexdigest() for e in entries if e is not None}
         embedded = any(isinstance(e, bytes) for e in entries)
         in_dir = path.parent.name == "snapshots" and not embedded
@@ -487,8 +504,8 @@ class _PageWriter:
     compressed pages wait in memory, so a slow disk does not make a copy of the whole heap.
     """
 
-    def __init__(self, threads: int = _IO_THREADS, window: int = 128) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wasmig-pages")
+    def __init__(self, threads: int | None = None, window: int = 128) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads or _IO_THREADS, thread_name_prefix="wasmig-pages")
         self._pending: deque[Future[None]] = deque()
         self._window = window
 
@@ -581,7 +598,9 @@ class CheckpointDir:
         with _PageWriter() as writer:
             lists, sync_dirs, seen = self._store_pages(memories, writer, stats)
             writer.finish()  # every new page file is complete and fsynced ...
-        for d in sorted(sync_dirs):  # ... and its name durable, before a snapshot names it
+        # ... and its name durable (page directories first, then pages/ for any new page
+        # directory), before a snapshot names it.
+        for d in sorted(sync_dirs, key=lambda d: (len(d), d), reverse=True):
             _fsync_dir(Path(d))
         self._durable |= seen
         chunks = _encode(to_plain(snapshot, lambda i, _data: lists[i]))
@@ -617,7 +636,11 @@ class CheckpointDir:
                 subdir = f"{pages_dir}/{sub}"
                 final = f"{subdir}/{h}"
                 if sub not in self._made_dirs:
-                    _mkdirs_durable(Path(subdir))
+                    try:
+                        os.mkdir(subdir)
+                        sync_dirs.add(pages_dir)  # its new entry is made durable with the pages
+                    except FileExistsError:
+                        pass
                     self._made_dirs.add(sub)
                 if os.path.exists(final):
                     stats.pages_deduplicated += 1

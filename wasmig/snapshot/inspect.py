@@ -1,0 +1,367 @@
+"""Human- and machine-readable views of snapshots: ``wasmig inspect`` and ``wasmig diff``.
+
+A snapshot is opaque bytes on disk; when a migration goes wrong, the first questions are "where
+was the program?", "what did it have open?" and "what changed between these two checkpoints?".
+:func:`summarize` answers the first two as a JSON-able dict (``--json`` output, stable enough for
+scripts), :func:`format_summary` renders that dict for people, and :func:`diff` lists changes.
+Values stay as ``[type, bits]`` in the JSON (exact, and NaN payloads survive JSON); only the
+text rendering decodes them into signed integers and floats.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+from wasmig.snapshot.state import PAGE_SIZE, FdSnapshot, Snapshot, Value
+
+_STDIO_NAMES = {0: "<stdin>", 1: "<stdout>", 2: "<stderr>"}
+_MAX_RANGES = 20  # page/element index ranges listed in a diff line before "..."
+
+
+# --- values ----------------------------------------------------------------------------------------
+def format_value(v: Value | list[Any]) -> str:
+    """``i32 -1``, ``f64 0.5``, ``f32 nan:0x7fc00001``, ``funcref 3``, ``externref null``."""
+    t, bits = v[0], v[1]
+    if bits is None:
+        return f"{t} null"
+    if t in ("i32", "i64"):
+        width = 32 if t == "i32" else 64
+        signed = bits - (1 << width) if bits >> (width - 1) else bits
+        return f"{t} {signed}"
+    if t in ("f32", "f64"):
+        fmt, size = ("<f", 4) if t == "f32" else ("<d", 8)
+        x = struct.unpack(fmt, bits.to_bytes(size, "little"))[0]
+        if math.isnan(x):
+            return f"{t} {'-' if bits >> (size * 8 - 1) else ''}nan:{bits:#x}"
+        return f"{t} {x!r}"
+    return f"{t} {bits}"
+
+
+def _jsonable(x: Any) -> Any:
+    """``meta`` is free-form: make sure ``json.dumps`` accepts whatever a capture put there."""
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else repr(x)
+    if isinstance(x, (bytes, bytearray)):
+        return x.hex()
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return repr(x)
+
+
+def _zero_pages(data: bytes) -> int:
+    zero = bytes(PAGE_SIZE)
+    return sum(data.startswith(zero, off) for off in range(0, len(data), PAGE_SIZE))
+
+
+def _fd_path(fd: FdSnapshot) -> str | None:
+    if fd.kind == "stdio":
+        return _STDIO_NAMES.get(fd.fd, fd.guest_path)
+    if fd.kind in ("tcp_listener", "tcp_stream"):
+        return fd.address
+    return fd.guest_path or fd.preopen or fd.relpath or fd.host_path
+
+
+# --- summary ---------------------------------------------------------------------------------------
+def summarize(snapshot: Snapshot, module_ir: Any = None, stats: Any = None) -> dict[str, Any]:
+    """A JSON-able description of ``snapshot``.
+
+    ``module_ir`` (a ``wasmig.binary.ir.Module``) adds function names; ``stats`` (a
+    :class:`~wasmig.snapshot.store.WriteStats`, or the dict from
+    :func:`~wasmig.snapshot.store.storage_stats`) adds how the pages were stored.
+    """
+    def name(i: int) -> str | None:
+        if module_ir is None:
+            return None
+        try:
+            return module_ir.func_name(i)
+        except (IndexError, AttributeError, KeyError):
+            return None
+
+    frames = []
+    for depth, f in enumerate(reversed(snapshot.frames)):
+        frames.append({"depth": depth, "func": f.func, "name": name(f.func), "pc": f.pc,
+                       "locals": [list(v) for v in f.locals], "stack": [list(v) for v in f.stack]})
+    memories = []
+    for i, m in enumerate(snapshot.memories):
+        pages = len(m.data) // PAGE_SIZE
+        zero = _zero_pages(m.data)
+        memories.append({"index": i, "min": m.min, "max": m.max, "size_pages": pages, "size_bytes": len(m.data),
+                         "zero_pages": zero, "nonzero_pages": pages - zero})
+    summary: dict[str, Any] = {
+        "format_version": snapshot.format_version,
+        "module_sha256": snapshot.module_sha256,
+        "engine": snapshot.engine,
+        "created_ns": snapshot.created_ns,
+        "point": snapshot.point,
+        "stable": snapshot.stable,
+        "steps": snapshot.steps,
+        "instructions": snapshot.instructions,
+        "call_stack": frames,
+        "memories": memories,
+        "pages": _stats_dict(stats),
+        "tables": [{"index": i, "elem_type": t.elem_type, "min": t.min, "max": t.max, "size": len(t.elements),
+                    "non_null": sum(e is not None for e in t.elements)} for i, t in enumerate(snapshot.tables)],
+        "globals": [{"index": i, "type": g.type, "mutable": g.mutable, "value": list(g.value)}
+                    for i, g in enumerate(snapshot.globals)],
+        "dropped_data": [i for i, d in enumerate(snapshot.dropped_data) if d],
+        "dropped_elems": [i for i, d in enumerate(snapshot.dropped_elems) if d],
+        "wasi": None,
+        "meta": _jsonable(snapshot.meta),
+    }
+    w = snapshot.wasi
+    if w is not None:
+        summary["wasi"] = {
+            "args": list(w.args),
+            "env": dict(w.env),
+            "monotonic_ns": w.monotonic_ns,
+            "fds": [{"fd": fd.fd, "kind": fd.kind, "path": _fd_path(fd), "offset": fd.offset,
+                     "readable": fd.readable, "writable": fd.writable, "preopen": fd.preopen,
+                     "base_preopen": fd.base_preopen, "relpath": fd.relpath, "host_path": fd.host_path,
+                     "size": fd.size, "mtime_ns": fd.mtime_ns} for fd in w.fds],
+        }
+    return summary
+
+
+def _stats_dict(stats: Any) -> dict[str, Any] | None:
+    if stats is None:
+        return None
+    if hasattr(stats, "as_dict"):
+        stats = stats.as_dict()
+    return _jsonable(dict(stats))
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    x = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        x /= 1024
+        if x < 1024 or unit == "GiB":
+            break
+    return f"{x:.1f} {unit}"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Render :func:`summarize`'s dict as text for a terminal."""
+    s = summary
+    out = [
+        f"snapshot format {s['format_version']}, engine {s['engine']}, module sha256 {s['module_sha256']}",
+        f"point: {s['point']} ({'stable: portable to every engine' if s['stable'] else 'interpreter only'})",
+        f"steps: {s['steps']}" + (f", instructions: {s['instructions']}" if s["instructions"] is not None else ""),
+        f"call stack ({len(s['call_stack'])} frames, innermost first):",
+    ]
+    for f in s["call_stack"]:
+        label = f"func {f['func']}" + (f" <{f['name']}>" if f["name"] else "")
+        out.append(f"  #{f['depth']} {label} at pc {f['pc']:#x}")
+        if f["locals"]:
+            out.append("      locals: " + ", ".join(format_value(v) for v in f["locals"]))
+        if f["stack"]:
+            out.append("      stack:  " + ", ".join(format_value(v) for v in f["stack"]))
+    for m in s["memories"]:
+        limits = f"min {m['min']}" + (f", max {m['max']}" if m["max"] is not None else "")
+        out.append(f"memory {m['index']}: {m['size_pages']} pages ({_size(m['size_bytes'])}; {limits}), "
+                   f"{m['nonzero_pages']} non-zero, {m['zero_pages']} zero")
+    p = s.get("pages")
+    if p:
+        parts = [f"{k.replace('_', ' ')} {v}" for k, v in p.items() if k != "seconds"]
+        out.append("pages: " + ", ".join(parts))
+    for t in s["tables"]:
+        out.append(f"table {t['index']}: {t['elem_type']}, {t['size']} elements ({t['non_null']} non-null)")
+    if s["globals"]:
+        out.append("globals:")
+        for g in s["globals"]:
+            out.append(f"  {g['index']}: {'mut ' if g['mutable'] else ''}{format_value(g['value'])}")
+    if s["dropped_data"]:
+        out.append("dropped data segments: " + ", ".join(map(str, s["dropped_data"])))
+    if s["dropped_elems"]:
+        out.append("dropped element segments: " + ", ".join(map(str, s["dropped_elems"])))
+    w = s.get("wasi")
+    if w:
+        out.append("args: " + " ".join(_quote(a) for a in w["args"]))
+        if w["env"]:
+            out.append("env: " + " ".join(f"{k}={_quote(v)}" for k, v in w["env"].items()))
+        out.append(f"monotonic clock: {w['monotonic_ns'] / 1e9:.6f} s")
+        out.append(f"open fds ({len(w['fds'])}):")
+        for fd in w["fds"]:
+            mode = ("r" if fd["readable"] else "-") + ("w" if fd["writable"] else "-")
+            extra = f" offset {fd['offset']}" if fd["kind"] == "file" else ""
+            if fd["preopen"]:
+                extra += f" (preopen {fd['preopen']})"
+            out.append(f"  {fd['fd']:>3} {fd['kind']:<12} {mode} {fd['path'] or '?'}{extra}")
+    return "\n".join(out)
+
+
+def _quote(s: str) -> str:
+    return repr(s) if not s or any(c.isspace() or not c.isprintable() or c in "'\"" for c in s) else s
+
+
+# --- diff ------------------------------------------------------------------------------------------
+def _ranges(indices: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``; long lists are cut after ``_MAX_RANGES`` ranges."""
+    spans: list[tuple[int, int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], i)
+        else:
+            spans.append((i, i))
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans[:_MAX_RANGES])
+    return text + (", ..." if len(spans) > _MAX_RANGES else "")
+
+
+def _values(vs: list[Value]) -> str:
+    return "[" + ", ".join(format_value(v) for v in vs) + "]"
+
+
+def _changed(label: str, a: Any, b: Any) -> list[str]:
+    return [] if a == b else [f"{label}: {a} -> {b}"]
+
+
+def diff(a: Snapshot, b: Snapshot) -> list[str]:
+    """What changed from ``a`` to ``b``, one line per difference; ``[]`` if they are the same state.
+
+    Frames are numbered from the outermost (0). ``created_ns`` and ``meta`` are bookkeeping, not
+    program state, and are not compared.
+    """
+    out: list[str] = []
+    out += _changed("module", a.module_sha256, b.module_sha256)
+    out += _changed("engine", a.engine, b.engine)
+    if a.steps != b.steps:
+        out.append(f"steps: {a.steps} -> {b.steps} ({b.steps - a.steps:+d})")
+    if a.instructions != b.instructions:
+        delta = (f" ({b.instructions - a.instructions:+d})"
+                 if a.instructions is not None and b.instructions is not None else "")
+        out.append(f"instructions: {a.instructions} -> {b.instructions}{delta}")
+    out += _changed("point", a.point, b.point)
+    out += _diff_frames(a, b)
+    out += _diff_memories(a, b)
+    out += _diff_tables(a, b)
+    for i in range(max(len(a.globals), len(b.globals))):
+        ga = a.globals[i] if i < len(a.globals) else None
+        gb = b.globals[i] if i < len(b.globals) else None
+        if ga is None or gb is None:
+            out.append(f"global {i}: {'added' if ga is None else 'removed'}")
+        elif ga != gb:
+            out.append(f"global {i}: {format_value(ga.value)} -> {format_value(gb.value)}")
+    for what, da, db in (("data", a.dropped_data, b.dropped_data), ("element", a.dropped_elems, b.dropped_elems)):
+        newly = [i for i, d in enumerate(db) if d and not (i < len(da) and da[i])]
+        if newly:
+            out.append(f"{what} segments dropped: {', '.join(map(str, newly))}")
+        if len(da) != len(db) or any(x and not y for x, y in zip(da, db, strict=False)):
+            out.append(f"{what} segment drop flags: {da} -> {db}")
+    out += _diff_wasi(a, b)
+    return out
+
+
+def _diff_frames(a: Snapshot, b: Snapshot) -> list[str]:
+    out: list[str] = []
+    fa, fb = a.frames, b.frames
+    if len(fa) != len(fb):
+        out.append(f"call stack depth: {len(fa)} -> {len(fb)} frames")
+    # Frames are compared and numbered from the outermost (0): a deeper call shares its outer
+    # frames, so numbering from the innermost would make every frame look changed.
+    for i in range(max(len(fa), len(fb))):
+        if i >= len(fa):
+            out.append(f"frame {i}: new call into func {fb[i].func} (pc {fb[i].pc:#x})")
+            continue
+        if i >= len(fb):
+            out.append(f"frame {i}: func {fa[i].func} returned")
+            continue
+        x, y = fa[i], fb[i]
+        if x.func != y.func:
+            out.append(f"frame {i}: func {x.func} -> func {y.func} (pc {y.pc:#x})")
+            continue
+        where = f"frame {i} (func {x.func})"
+        if x.pc != y.pc:
+            out.append(f"{where}: pc {x.pc:#x} -> {y.pc:#x}")
+        changed = [j for j in range(max(len(x.locals), len(y.locals)))
+                   if (x.locals[j] if j < len(x.locals) else None) != (y.locals[j] if j < len(y.locals) else None)]
+        if changed:
+            detail = "; ".join(
+                f"{j}: {format_value(x.locals[j]) if j < len(x.locals) else '-'} -> "
+                f"{format_value(y.locals[j]) if j < len(y.locals) else '-'}" for j in changed[:8])
+            out.append(f"{where}: {len(changed)} locals changed ({detail}"
+                       f"{'; ...' if len(changed) > 8 else ''})")
+        if x.stack != y.stack:
+            out.append(f"{where}: stack {_values(x.stack)} -> {_values(y.stack)}")
+    return out
+
+
+def _diff_memories(a: Snapshot, b: Snapshot) -> list[str]:
+    out: list[str] = []
+    for i in range(max(len(a.memories), len(b.memories))):
+        if i >= len(a.memories) or i >= len(b.memories):
+            out.append(f"memory {i}: {'added' if i >= len(a.memories) else 'removed'}")
+            continue
+        ma, mb = a.memories[i], b.memories[i]
+        pa, pb = len(ma.data) // PAGE_SIZE, len(mb.data) // PAGE_SIZE
+        if pa != pb:
+            out.append(f"memory {i}: size {pa} -> {pb} pages ({pb - pa:+d})")
+        if (ma.min, ma.max) != (mb.min, mb.max):
+            out.append(f"memory {i}: limits min {ma.min} max {ma.max} -> min {mb.min} max {mb.max}")
+        if ma.data == mb.data:
+            continue
+        common = min(pa, pb)
+        changed = [p for p in range(common)
+                   if ma.data[p * PAGE_SIZE:(p + 1) * PAGE_SIZE] != mb.data[p * PAGE_SIZE:(p + 1) * PAGE_SIZE]]
+        if changed:
+            out.append(f"memory {i}: {len(changed)} of {common} pages changed: {_ranges(changed)}")
+    return out
+
+
+def _diff_tables(a: Snapshot, b: Snapshot) -> list[str]:
+    out: list[str] = []
+    for i in range(max(len(a.tables), len(b.tables))):
+        if i >= len(a.tables) or i >= len(b.tables):
+            out.append(f"table {i}: {'added' if i >= len(a.tables) else 'removed'}")
+            continue
+        ta, tb = a.tables[i], b.tables[i]
+        if len(ta.elements) != len(tb.elements):
+            out.append(f"table {i}: size {len(ta.elements)} -> {len(tb.elements)}")
+        changed = [j for j, (x, y) in enumerate(zip(ta.elements, tb.elements, strict=False)) if x != y]
+        if changed:
+            out.append(f"table {i}: {len(changed)} elements changed: {_ranges(changed)}")
+        if (ta.elem_type, ta.min, ta.max) != (tb.elem_type, tb.min, tb.max):
+            out.append(f"table {i}: type/limits {ta.elem_type} {ta.min} {ta.max} -> {tb.elem_type} {tb.min} {tb.max}")
+    return out
+
+
+def _diff_wasi(a: Snapshot, b: Snapshot) -> list[str]:
+    wa, wb = a.wasi, b.wasi
+    if wa is None or wb is None:
+        return [] if wa is wb else [f"wasi state: {'added' if wa is None else 'removed'}"]
+    out: list[str] = []
+    if wa.args != wb.args:
+        out.append(f"args: {wa.args} -> {wb.args}")
+    for k in sorted(set(wa.env) | set(wb.env)):
+        if k not in wb.env:
+            out.append(f"env {k}: removed")
+        elif k not in wa.env:
+            out.append(f"env {k}: added ({wb.env[k]!r})")
+        elif wa.env[k] != wb.env[k]:
+            out.append(f"env {k}: {wa.env[k]!r} -> {wb.env[k]!r}")
+    if wa.monotonic_ns != wb.monotonic_ns:
+        out.append(f"monotonic clock: {wa.monotonic_ns} -> {wb.monotonic_ns} ns "
+                   f"({(wb.monotonic_ns - wa.monotonic_ns) / 1e9:+.6f} s)")
+    fa = {fd.fd: fd for fd in wa.fds}
+    fb = {fd.fd: fd for fd in wb.fds}
+    for n in sorted(set(fa) | set(fb)):
+        x, y = fa.get(n), fb.get(n)
+        if x is None and y is not None:
+            out.append(f"fd {n}: opened ({y.kind} {_fd_path(y) or '?'})")
+        elif y is None and x is not None:
+            out.append(f"fd {n}: closed ({x.kind} {_fd_path(x) or '?'})")
+        elif x is not None and y is not None and x != y:
+            if (x.kind, _fd_path(x)) != (y.kind, _fd_path(y)):
+                out.append(f"fd {n}: now {y.kind} {_fd_path(y) or '?'} (was {x.kind} {_fd_path(x) or '?'})")
+                continue
+            fields = [k for k in x.__dict__ if getattr(x, k) != getattr(y, k)]
+            detail = ", ".join(f"{k} {getattr(x, k)} -> {getattr(y, k)}" for k in fields)
+            out.append(f"fd {n} ({_fd_path(y) or y.kind}): {detail}")
+    return out
