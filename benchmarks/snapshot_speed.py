@@ -146,6 +146,43 @@ def median_measurement(runs: list[StoreMeasurement]) -> StoreMeasurement:
                                for f in fields})
 
 
+def engine_module() -> object:
+    """A module that is all memory (exported, growable): the guest state the engine captures."""
+    import wasmig
+    from wasmig.binary.encoder import encode_module
+    from wasmig.binary.ir import Export, Limits, MemType
+    from wasmig.binary.ir import Module as IRModule
+
+    ir = IRModule(mems=[MemType(Limits(1))], exports=[Export("memory", "memory", 0)])
+    return wasmig.Module.from_bytes(encode_module(ir))
+
+
+def measure_engine(size_mib: int, kind: str, workdir: Path, rng: random.Random) -> tuple[float, float]:
+    """(checkpoint s, restore s) through the interpreter engine: ``inst.checkpoint()`` + the store
+    write, and the store load + ``wasmig.restore`` (memory copied back into a fresh instance)."""
+    import wasmig
+    from wasmig.snapshot.store import CheckpointDir, load_snapshot
+
+    module = engine_module()
+    inst = wasmig.Instance(module)  # type: ignore[arg-type]
+    memory = inst.exports["memory"]
+    memory.grow(size_mib * 16 - 1)
+    template = synthetic_snapshot(size_mib, kind, rng)
+    memory.write(0, template.memories[0].data)
+    del template
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    os.sync()
+    start = time.perf_counter()
+    path = CheckpointDir(workdir).write(inst.checkpoint())
+    checkpoint_s = time.perf_counter() - start
+    start = time.perf_counter()
+    restored = wasmig.restore(load_snapshot(path), module=module)  # type: ignore[arg-type]
+    restore_s = time.perf_counter() - start
+    assert restored.exports["memory"].size_pages == memory.size_pages
+    return checkpoint_s, restore_s
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="16,64,256", help="memory sizes in MiB (default: %(default)s)")
@@ -168,6 +205,14 @@ def main() -> int:
                     del snap
                 rows.append((size, kind, runs, median_measurement(results)))
                 print(f"  measured {size} MiB {kind} ({runs} runs)", file=sys.stderr, flush=True)
+        engine_rows = []
+        for size in (int(s) for s in args.sizes.split(",")):
+            for kind in args.kinds.split(","):
+                runs = args.big_runs if size >= 256 else args.runs
+                pairs = [measure_engine(size, kind, base / "engine", rng) for _ in range(runs)]
+                engine_rows.append((size, kind, runs, statistics.median(p[0] for p in pairs),
+                                    statistics.median(p[1] for p in pairs)))
+                print(f"  measured engine {size} MiB {kind} ({runs} runs)", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -185,6 +230,11 @@ def main() -> int:
               f"{m.single_write_s:5.2f} s {m.single_load_s:5.2f} s {m.single_bytes / MiB:6.1f} MiB")
     print("\nMiB/s is guest memory per second. Incremental: time and bytes written when the given number of "
           "pages changed.")
+    print("\nwhole engine path (interpreter): capture + write, load + restore into a fresh instance")
+    print(f"{'memory':>8} {'contents':<10} {'runs':>4} | {'checkpoint':>16} | {'restore':>16}")
+    for size, kind, runs, ck, rs in engine_rows:
+        print(f"{size:>4} MiB {kind:<10} {runs:>4} | {ck:6.2f} s {size / ck:5.0f} MiB/s | "
+              f"{rs:6.2f} s {size / rs:5.0f} MiB/s")
     return 0
 
 
