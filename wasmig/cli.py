@@ -237,6 +237,13 @@ def restore(engine: str, dirs: tuple[str, ...], module_path: str | None, on_file
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only)
         snap = load_snapshot(Path(snapshot))
+        if checkpoint_at_step is not None and checkpoint_at_step <= snap.steps:
+            raise UserError(f"--checkpoint-at-step {checkpoint_at_step} is not ahead of the snapshot "
+                            f"(it is at step {snap.steps})")
+        if checkpoint_at_instruction is not None and snap.instructions is not None and \
+                checkpoint_at_instruction < snap.instructions:
+            raise UserError(f"--checkpoint-at-instruction {checkpoint_at_instruction} is not ahead of the snapshot "
+                            f"(it is at instruction {snap.instructions})")
         module = find_module_for(Path(snapshot), snap, module_path)
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")

@@ -254,8 +254,11 @@ class Machine:
                         try:
                             results = callee.call_internal(args)
                         except HostCallInterrupted:
-                            # nothing happened yet: put the arguments back and stand at the call again
+                            # nothing happened yet: put the arguments (and call_indirect's table index)
+                            # back and stand at the call again
                             stack.extend(args)
+                            if op == ops.CALL_INDIRECT:
+                                push(i)
                             frame.pc = pc - 1
                             # @uncount
                             # @sync

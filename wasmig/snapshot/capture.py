@@ -194,6 +194,8 @@ def _restore_frames(instance: Instance, snap: Snapshot) -> None:
                 raise SnapshotError(f"snapshot does not fit the module: frame {depth} calls another function")
             if callee is None:
                 raise SnapshotError("snapshot does not fit the module: unknown callee")
+            if op == 0x11 and callee.type != ir.types[body[at].imm[0]]:
+                raise SnapshotError(f"snapshot does not fit the module: frame {depth}'s indirect call has another type")
             consumed = len(callee.type.params) + (1 if op == 0x11 else 0)  # + call_indirect's table index
             types = info.stack_before[at][: len(info.stack_before[at]) - consumed]
             resume = at + 1
@@ -202,10 +204,18 @@ def _restore_frames(instance: Instance, snap: Snapshot) -> None:
                 raise SnapshotError("snapshot does not fit the module: a loop point that is not at a loop")
             types, resume = info.stack_before[at], at + 1
         elif snap.point == "import_call":
-            target = body[at].imm if op == 0x10 else None
+            types, resume = info.stack_before[at], at
+            if op == 0x10:
+                target = body[at].imm
+            elif op == 0x11 and fs.stack and fs.stack[-1][0] == "i32":  # the table index is on top
+                table_idx = body[at].imm[1]
+                elements = snap.tables[table_idx].elements if table_idx < len(snap.tables) else []
+                slot = fs.stack[-1][1]
+                target = elements[slot] if isinstance(slot, int) and slot < len(elements) else None
+            else:
+                target = None
             if target is None or target >= n_imported:
                 raise SnapshotError("snapshot does not fit the module: an import_call point not at an import call")
-            types, resume = info.stack_before[at], at
         elif snap.point == "entry":
             if at != 0:
                 raise SnapshotError("snapshot does not fit the module: an entry point not at a function's start")

@@ -83,6 +83,8 @@ class Session:
         self._store: Any = None
         self._status_file: Path | None = None
         self._old_handlers: dict[int, Any] = {}
+        self._instruction_done = False  # the instruction trigger fires once
+        self._advancing = False  # between an instruction stop and the stable point it advances to
 
     # --- triggers -----------------------------------------------------------------------------
     def request(self, *_: Any) -> None:
@@ -94,7 +96,10 @@ class Session:
         p = self.policy
         m = self.machine
         m.stop_at_step = p.at_step if p.at_step is not None and p.at_step > m.steps else NEVER
-        if p.at_instruction is not None and (m.instructions or 0) < p.at_instruction:
+        if p.at_instruction is not None and not self._instruction_done:
+            if m.instructions is None:
+                raise SnapshotError("cannot checkpoint at an instruction count: this program's instruction count is "
+                                    "unknown (its snapshot was taken by a run that did not count instructions)")
             m.counting = True
             m.stop_at_instruction = p.at_instruction
         else:
@@ -149,11 +154,19 @@ class Session:
                 except ProcExit as e:
                     return e.code
                 except Suspended:
+                    if self.machine.point == "instruction" or self._advancing:
+                        self._instruction_done = True
                     if self._advance_to_stable():
                         continue
-                    self._checkpoint()
-                    if self.policy.then == "exit":
-                        raise CheckpointExit() from None
+                    self._advancing = False
+                    try:
+                        self._checkpoint()
+                    except (SnapshotError, OSError) as e:
+                        # a checkpoint that cannot be taken is refused; the program itself goes on
+                        print(f"wasmig: warning: checkpoint failed, continuing: {e}", file=sys.stderr)
+                    else:
+                        if self.policy.then == "exit":
+                            raise CheckpointExit() from None
                     self._arm()  # triggers that fired stay off: _arm only re-arms those still ahead
         finally:
             self._uninstall()
@@ -162,9 +175,10 @@ class Session:
         """With stable_only, an instruction stop continues to the next stable point first."""
         m = self.machine
         if m.point == "instruction" and self.policy.stable_only:
-            m.counting = False
+            m.counting = True  # keep counting: the snapshot still knows its exact instruction count
             m.stop_at_instruction = NEVER
             m.stop_at_step = m.steps + 1
+            self._advancing = True
             return True
         return False
 
@@ -231,6 +245,16 @@ def wait_for_snapshot(pid: int, timeout: float) -> Path:
     except (OSError, ValueError):
         raise SnapshotError(f"process {pid} is not a wasmig run with --checkpoint-dir (no {status_file})") from None
     count = len(before.get("snapshots", []))
+    directory = Path(str(before.get("checkpoint_dir", "")))
+    on_disk = _snapshot_files(directory)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        status_file.unlink(missing_ok=True)  # a stale status file of a process that is gone
+        raise SnapshotError(f"no process {pid}") from None
+    if b"wasmig" not in cmdline:  # the pid was reused: never signal an unrelated process
+        status_file.unlink(missing_ok=True)
+        raise SnapshotError(f"process {pid} is not a wasmig run")
     try:
         os.kill(pid, signal.SIGUSR1)
     except ProcessLookupError:
@@ -243,12 +267,29 @@ def wait_for_snapshot(pid: int, timeout: float) -> Path:
             status = json.loads(status_file.read_text())
         except (OSError, ValueError):
             status = None
-        if status is None:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                raise SnapshotError(f"process {pid} exited before writing a snapshot") from None
-        elif len(status.get("snapshots", [])) > count:
+        if status is not None and len(status.get("snapshots", [])) > count:
             return Path(status["snapshots"][-1])
+        # the run may have exited right after its snapshot (--checkpoint-then exit): look on disk
+        newer = [p for p in _snapshot_files(directory) if p not in on_disk]
+        if newer:
+            return newer[-1]
+        if status is None and not _alive(pid):
+            raise SnapshotError(f"process {pid} exited before writing a snapshot")
         time.sleep(0.02)
     raise SnapshotError(f"process {pid} wrote no snapshot within {timeout:g} s")
+
+
+def _snapshot_files(directory: Path) -> list[Path]:
+    try:
+        return sorted((directory / "snapshots").glob("*.snap"))
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -259,6 +259,7 @@ def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
             for name in ("size", "mtime_ns"):
                 _opt_int(getattr(entry, name), f"fd {entry.fd} {name}")
             fds.append(entry)
+        _check(len({f.fd for f in fds}) == len(fds), "duplicate fd numbers")
         wasi = WasiSnapshot([_str(a, "wasi arg") for a in _list(w.get("args"), "wasi args")], dict(env),
                             _int(w.get("monotonic_ns"), "wasi monotonic clock"), fds)
     dropped_data = [_bool(x, "dropped data flag") for x in _list(d.get("dropped_data"), "dropped_data")]
