@@ -48,7 +48,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
-from tests.test_wasi_programs import FILTER_INPUT, SANDBOX, data_tree, empty_sandbox
+from tests.test_wasi_programs import FILTER_INPUT, SANDBOX, data_tree, empty_sandbox, escape_tree
 from tests.wasi_harness import REPO, DirSpec, program, snapshot
 from wasmig import toolchain
 
@@ -162,6 +162,9 @@ CASES = [
     Case("exitcode", "exitcode", ("42", "exit")),
     Case("checksum", "checksum"),
     Case("trap", "trap", ("divzero",)),
+    Case("sandbox_escape", "sandbox_escape", ("/sandbox",), dirs=(SANDBOX,), prepare=escape_tree),
+    Case("clockrand", "clockrand"),
+    Case("hello", "hello", ("x", "two words"), env=(("WASMIG_GREETING", "hi"),), stdin=b"some input\nmore\n"),
 ]
 CASE_IDS = [c.name for c in CASES]
 

@@ -86,6 +86,7 @@ class WasiSnapshot:
     env: dict[str, str]
     monotonic_ns: int  # the guest's monotonic clock reading at checkpoint time
     fds: list[FdSnapshot]
+    cputime_ns: int = 0  # the guest's process CPU-time clock at checkpoint time (continues after a restore)
 
 
 @dataclass
@@ -188,6 +189,7 @@ def to_plain(s: Snapshot, memory_repr: Any = None) -> dict[str, Any]:
         "dropped_elems": s.dropped_elems,
         "wasi": None if s.wasi is None else {
             "args": s.wasi.args, "env": s.wasi.env, "monotonic_ns": s.wasi.monotonic_ns,
+            "cputime_ns": s.wasi.cputime_ns,
             "fds": [fd.__dict__.copy() for fd in s.wasi.fds],
         },
         "meta": s.meta,
@@ -261,7 +263,8 @@ def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
             fds.append(entry)
         _check(len({f.fd for f in fds}) == len(fds), "duplicate fd numbers")
         wasi = WasiSnapshot([_str(a, "wasi arg") for a in _list(w.get("args"), "wasi args")], dict(env),
-                            _int(w.get("monotonic_ns"), "wasi monotonic clock"), fds)
+                            _int(w.get("monotonic_ns"), "wasi monotonic clock"), fds,
+                            _int(w.get("cputime_ns", 0), "wasi cputime clock"))
     dropped_data = [_bool(x, "dropped data flag") for x in _list(d.get("dropped_data"), "dropped_data")]
     dropped_elems = [_bool(x, "dropped elem flag") for x in _list(d.get("dropped_elems"), "dropped_elems")]
     meta = d.get("meta") or {}

@@ -125,6 +125,7 @@ class Wasi:
         self.memory: GuestMemory | None = None
         self.exit_code: int | None = None
         self.monotonic_base_ns = 0  # added to the host's monotonic clock (restores keep it increasing)
+        self.cputime_base_ns = 0  # added to the CPU-time clocks, likewise
         self.calls: dict[str, int] = {}
         self.waiter = Waiter()  # every blocking wait goes through it, so a checkpoint can end it
         self._init_stdio(stdin, stdout, stderr)
@@ -249,9 +250,9 @@ class Wasi:
         if clock_id == C.CLOCK_MONOTONIC:
             return time.monotonic_ns() + self.monotonic_base_ns
         if clock_id == C.CLOCK_PROCESS_CPUTIME:
-            return time.process_time_ns()
+            return time.process_time_ns() + self.cputime_base_ns
         if clock_id == C.CLOCK_THREAD_CPUTIME:
-            return time.thread_time_ns()
+            return time.thread_time_ns() + self.cputime_base_ns
         raise WasiError(Errno.INVAL, f"unknown clock {clock_id}")
 
     def clock_res_get(self, clock_id: int, res_ptr: int) -> None:

@@ -73,7 +73,8 @@ def capture_wasi(wasi: Wasi) -> WasiSnapshot:
             except OSError:
                 snap.address = None
         fds.append(snap)
-    return WasiSnapshot(list(wasi.args), dict(wasi.env), wasi.now_ns(C.CLOCK_MONOTONIC), fds)
+    return WasiSnapshot(list(wasi.args), dict(wasi.env), wasi.now_ns(C.CLOCK_MONOTONIC), fds,
+                        wasi.now_ns(C.CLOCK_PROCESS_CPUTIME))
 
 
 def _open_flags(snap: FdSnapshot) -> int:
@@ -98,7 +99,8 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_
     wasi = Wasi(ws.args, ws.env, stdin=stdin, stdout=stdout, stderr=stderr)
     standard = {e.guest_path: e for e in wasi.fds.entries.values()}  # fresh stdio, by stream name
     wasi.fds.entries.clear()  # the snapshot says which fds exist
-    wasi.monotonic_base_ns = ws.monotonic_ns - time.monotonic_ns()  # the guest's clock continues
+    wasi.monotonic_base_ns = ws.monotonic_ns - time.monotonic_ns()  # the guest's clocks continue
+    wasi.cputime_base_ns = max(0, ws.cputime_ns - time.process_time_ns())
     try:
         preopen_fds: dict[str, int] = {}
         for snap in ws.fds:  # preopens first: files are re-opened beneath them
