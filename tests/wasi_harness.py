@@ -142,9 +142,9 @@ def snapshot(root: Path, *, modes: bool = False, mtimes: bool = False) -> dict[s
 
 
 # --- the two engines ---------------------------------------------------------------------------
-def wasmig_command() -> list[str]:
-    """``python -m wasmig run --engine interp``: the CLI from this checkout, on this interpreter."""
-    return [sys.executable, "-m", "wasmig", "run", "--engine", WASMIG_ENGINE]
+def wasmig_command(engine: str = WASMIG_ENGINE) -> list[str]:
+    """``python -m wasmig run --engine ENGINE``: the CLI from this checkout, on this interpreter."""
+    return [sys.executable, "-m", "wasmig", "run", "--engine", engine]
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -169,14 +169,17 @@ def run_wasmig(
     timeout: float = 60.0,
     extra_options: Sequence[str] = (),
     argv0: str | None = None,
+    engine: str = WASMIG_ENGINE,
 ) -> RunResult:
-    """Run ``wasmig run`` on ``wasm`` in a subprocess; ``tree`` is the root the DirSpecs refer to.
+    """Run ``wasmig run --engine ENGINE`` on ``wasm`` in a subprocess; ``tree`` is the root the
+    DirSpecs refer to.
 
     ``argv0`` is the program path as passed on the command line (and therefore the guest's
     ``argv[0]``); by default the module's path as given. The tree is snapshotted afterwards.
     Raises ``subprocess.TimeoutExpired`` (after killing the child) when ``timeout`` passes.
+    The result's ``engine`` is ``"wasmig"`` for the interpreter, ``"wasmig-ENGINE"`` otherwise.
     """
-    cmd = [*wasmig_command(), *extra_options]
+    cmd = [*wasmig_command(engine), *extra_options]
     for d in dirs:
         if d.guest is None:
             cmd += ["--dir", d.host]
@@ -192,7 +195,12 @@ def run_wasmig(
     )
     wall = time.perf_counter() - start
     return RunResult(
-        "wasmig", proc.returncode, proc.stdout, proc.stderr, snapshot(tree) if tree is not None else {}, wall
+        "wasmig" if engine == "interp" else f"wasmig-{engine}",
+        proc.returncode,
+        proc.stdout,
+        proc.stderr,
+        snapshot(tree) if tree is not None else {},
+        wall,
     )
 
 
@@ -261,40 +269,43 @@ def _show(data: bytes, limit: int = 3000) -> str:
     return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
 
 
-def _line_diff(a: bytes, b: bytes) -> str:
+def _line_diff(a: bytes, b: bytes, names: tuple[str, str] = ("wasmtime", "wasmig")) -> str:
     import difflib
 
     diff = difflib.unified_diff(
         a.decode("utf-8", "backslashreplace").splitlines(),
         b.decode("utf-8", "backslashreplace").splitlines(),
-        "wasmtime",
-        "wasmig",
+        *names,
         lineterm="",
         n=1,
     )
     return "\n".join(diff)
 
 
-def compare(expected: RunResult, got: RunResult, *, files: bool = True) -> list[str]:
+def compare(
+    expected: RunResult, got: RunResult, *, files: bool = True, names: tuple[str, str] = ("wasmtime", "wasmig")
+) -> list[str]:
     """Human-readable differences between the reference run and wasmig's; empty when they agree.
 
     Returned as text rather than asserted here so a test can fail with every difference at
     once (exit code, both streams as a unified diff, and each differing path of the tree).
+    ``names`` labels the two runs in the text.
     """
+    ref, new = names
     problems: list[str] = []
     if expected.exit_code != got.exit_code:
-        problems.append(f"exit code: wasmtime {expected.exit_code}, wasmig {got.exit_code}")
+        problems.append(f"exit code: {ref} {expected.exit_code}, {new} {got.exit_code}")
     for stream in ("stdout", "stderr"):
         a, b = getattr(expected, stream), getattr(got, stream)
         if a != b:
-            problems.append(f"{stream} differs:\n{_line_diff(a, b)}")
+            problems.append(f"{stream} differs:\n{_line_diff(a, b, names)}")
     if files and expected.files != got.files:
         for path in sorted(set(expected.files) | set(got.files)):
             a, b = expected.files.get(path), got.files.get(path)
             if a != b:
-                problems.append(f"file {path!r}: wasmtime {a!r}, wasmig {b!r}")
+                problems.append(f"file {path!r}: {ref} {a!r}, {new} {b!r}")
     if problems and got.stderr and "stderr differs" not in "".join(problems):
-        problems.append(f"wasmig stderr:\n{_show(got.stderr)}")
+        problems.append(f"{new} stderr:\n{_show(got.stderr)}")
     return problems
 
 

@@ -20,6 +20,11 @@ from wasmig.errors import DecodeError, LinkError, Trap, ValidationError, WasmErr
 
 TRAP_EXIT_CODE = 134
 ERROR_EXIT_CODE = 1
+ENGINES = ["interp", "wasmtime"]
+NO_WASMTIME_CHECKPOINTS = ("checkpointing on the wasmtime engine needs the instrumentation pass (not yet available); "
+                           "use --engine interp")
+NO_WASMTIME_RESTORE = ("restoring on the wasmtime engine needs the instrumentation pass (not yet available); "
+                       "use --engine interp")
 
 
 class UserError(Exception):
@@ -85,6 +90,19 @@ def report_trap(trap: Trap) -> None:
             click.echo(f"  {i:>3}: {line}", err=True)
 
 
+def check_wasmtime(ctx: click.Context) -> None:
+    """``run --engine wasmtime``: refuse any checkpoint option (it cannot checkpoint yet), and say so
+    when wasmtime is not installed."""
+    import importlib.util
+
+    options = ("checkpoint_dir", "checkpoint_at_step", "checkpoint_at_instruction", "checkpoint_every",
+               "checkpoint_then", "stable_only")
+    if any(ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT for name in options):
+        raise UserError(NO_WASMTIME_CHECKPOINTS)
+    if importlib.util.find_spec("wasmtime") is None:
+        raise UserError("--engine wasmtime needs the wasmtime package (pip install wasmtime)")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wasmig")
 def main() -> None:
@@ -128,10 +146,11 @@ def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, 
     """Run to the end under ``policy``; returns the process exit code (traps and errors reported)."""
     from wasmig.snapshot.session import CheckpointExit, Session
     from wasmig.snapshot.state import SnapshotError
+    from wasmig.wasi.run import run_start
 
-    session = Session(instance, wasi, policy, module_path)
+    session = Session(instance, wasi, policy, module_path) if instance.engine == "interp" else None
     try:
-        return session.run(resume=resume)
+        return session.run(resume=resume) if session is not None else run_start(instance)  # wasmtime: no checkpoints
     except CheckpointExit:
         click.echo(f"wasmig: checkpoint written to {policy.written[-1]}; exiting", err=True)
         return 0
@@ -150,8 +169,8 @@ def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, 
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--engine", type=click.Choice(["interp"]), default="interp", show_default=True,
-              help="Execution engine.")
+@click.option("--engine", type=click.Choice(ENGINES), default="interp", show_default=True,
+              help="Execution engine: the interpreter, or wasmtime (compiled; no checkpoints yet).")
 @click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]",
               help="Preopen a host directory, optionally under another guest name.")
 @click.option("--env", "envs", multiple=True, metavar="NAME[=VALUE]", help="Set (or inherit) an environment variable.")
@@ -175,6 +194,8 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
             raise UserError(f"{program}: is a directory, not a WebAssembly module")
         preopens = [parse_dir(d) for d in dirs]
         env = parse_env(envs)
+        if engine == "wasmtime":
+            check_wasmtime(click.get_current_context())
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only)
         listeners = [open_listener(spec) for spec in listens]
@@ -206,7 +227,8 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
 
 
 @main.command()
-@click.option("--engine", type=click.Choice(["interp"]), default="interp", show_default=True)
+@click.option("--engine", type=click.Choice(ENGINES), default="interp", show_default=True,
+              help="Execution engine (restoring on wasmtime is not available yet).")
 @click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]",
               help="Map a preopened guest directory to a host directory (default: where it was).")
 @click.option("--module", "module_path", default=None, help="The .wasm the snapshot was taken of (default: the "
@@ -230,6 +252,8 @@ def restore(engine: str, dirs: tuple[str, ...], module_path: str | None, on_file
     from wasmig.wasi.snapshot import restore_wasi
 
     try:
+        if engine == "wasmtime":
+            raise UserError(NO_WASMTIME_RESTORE)
         mapping = {}
         for d in dirs:
             host, guest = parse_dir(d)

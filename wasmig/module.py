@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
 from wasmig.binary.decoder import decode_module
+from wasmig.binary.features import check as check_features
 from wasmig.binary.ir import Module as IRModule
 from wasmig.binary.validator import ModuleInfo, validate_module
 from wasmig.errors import DecodeError
@@ -14,29 +16,37 @@ from wasmig.errors import DecodeError
 
 class Module:
     """A module that decoded and validated. ``ir`` is the typed IR, ``validation`` the
-    validator's per-instruction operand-stack types (which the interpreter compiles from)."""
+    validator's per-instruction operand-stack types (which the interpreter compiles from),
+    ``features`` the opt-in proposals it was decoded and validated with (see
+    :mod:`wasmig.binary.features`; empty means plain WebAssembly 2.0)."""
 
-    def __init__(self, ir: IRModule, validation: ModuleInfo, data: bytes | None = None) -> None:
+    def __init__(self, ir: IRModule, validation: ModuleInfo, data: bytes | None = None, *,
+                 features: frozenset[str] = frozenset()) -> None:
         self.ir = ir
         self.validation = validation
         self.data = data
+        self.features = frozenset(features)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Module:
-        """Decode and validate; raises :class:`DecodeError` or :class:`ValidationError`."""
+    def from_bytes(cls, data: bytes, *, features: Iterable[str] = frozenset()) -> Module:
+        """Decode and validate; raises :class:`DecodeError` or :class:`ValidationError`.
+
+        ``features`` opts in to proposals beyond WebAssembly 2.0, e.g. ``{"multi-memory"}``.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("Module.from_bytes expects bytes")
         data = bytes(data)
-        ir = decode_module(data)
-        return cls(ir, validate_module(ir), data)
+        features = check_features(features)
+        ir = decode_module(data, features=features)
+        return cls(ir, validate_module(ir, features=features), data, features=features)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Module:
+    def from_file(cls, path: str | Path, *, features: Iterable[str] = frozenset()) -> Module:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise DecodeError(f"cannot read module {path}: {e.strerror or e}") from None
-        return cls.from_bytes(data)
+        return cls.from_bytes(data, features=features)
 
     @cached_property
     def sha256(self) -> str | None:

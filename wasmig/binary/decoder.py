@@ -4,10 +4,19 @@ Everything the spec calls *malformed* raises :class:`DecodeError` with the byte 
 opcodes of proposals wasmig does not implement (SIMD, threads, ...) raise
 :class:`UnsupportedFeature` naming the opcode and where it sits. Typing rules are the
 validator's job, not the decoder's: a module that decodes may still be invalid.
+
+By default the decoder reads exactly the WebAssembly 2.0 binary format. ``features`` opts in
+to proposals (:mod:`wasmig.binary.features`): with ``"multi-memory"`` a memarg whose alignment
+field has bit 6 set carries a memory index, and the memory indices of ``memory.size``,
+``memory.grow``, ``memory.fill``, ``memory.init`` and ``memory.copy`` are u32 LEBs instead of
+the ``0x00`` byte wasm 2.0 requires.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from wasmig.binary import features as _features
 from wasmig.binary import opcodes
 from wasmig.binary.ir import (
     CustomSection,
@@ -45,12 +54,14 @@ _MAX_LOCALS = 0xFFFFFFFF
 class Reader:
     """A cursor over the module bytes with the LEB128 and vector primitives of the binary format."""
 
-    __slots__ = ("data", "pos", "end")
+    __slots__ = ("data", "pos", "end", "multi_memory")
 
-    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None, *, multi_memory: bool = False) -> None:
         self.data = data
         self.pos = pos
         self.end = len(data) if end is None else end
+        #: the multi-memory proposal: memory indices are u32s, memargs may carry one
+        self.multi_memory = multi_memory
 
     def fail(self, message: str, offset: int | None = None) -> DecodeError:
         return DecodeError(message, self.pos if offset is None else offset)
@@ -156,6 +167,21 @@ class Reader:
             raise self.fail("zero byte expected", self.pos - 1)
         return 0
 
+    def memidx(self) -> int:
+        """A memory index in an instruction: a u32 with multi-memory, else the byte 0x00 of wasm 2.0."""
+        return self.u32() if self.multi_memory else self.zero_byte()
+
+    def indexed_memarg(self, align: int, start: int) -> tuple[int, int] | tuple[int, int, int]:
+        """The rest of a multi-memory memarg whose alignment field ``align`` (read from ``start``) has
+        bit 6 set: the memory index, then the offset. Memory 0 gives the canonical ``(align, offset)``."""
+        if align >= 2 * opcodes.MEMARG_MEMIDX_FLAG:
+            # the proposal leaves bits 7 and up undefined: 2.0 read them as (invalid) alignment
+            raise self.fail(f"malformed memop flags {align:#x}", start)
+        mem = self.u32()
+        align -= opcodes.MEMARG_MEMIDX_FLAG
+        offset = self.u32()
+        return (align, offset) if mem == 0 else (align, offset, mem)
+
     # --- instructions -------------------------------------------------------------------------
     def block_type(self) -> str | int | None:
         b = self.data[self.pos] if self.pos < self.end else None
@@ -186,6 +212,7 @@ class Reader:
         depth = 0
         open_kinds: list[int] = []
         data = self.data
+        multi_memory = self.multi_memory
         while True:
             start = self.pos
             if start >= self.end:
@@ -215,7 +242,10 @@ class Reader:
                 imm = self.sleb(32) & 0xFFFFFFFF
             elif kind == "memarg":
                 align = self.u32()
-                imm = (align, self.u32())
+                if align < 0x40 or not multi_memory:  # 0x40: opcodes.MEMARG_MEMIDX_FLAG
+                    imm = (align, self.u32())
+                else:  # loads and stores are one-byte opcodes: the alignment field starts at start + 1
+                    imm = self.indexed_memarg(align, start + 1)
             elif kind == "block":
                 imm = self.block_type()
             elif kind == "i64":
@@ -232,7 +262,7 @@ class Reader:
                 ti = self.u32()
                 imm = (ti, self.u32())
             elif kind == "mem":
-                imm = self.zero_byte()
+                imm = self.memidx()
             elif kind == "reftype":
                 imm = self.reftype()
             elif kind == "select_t":
@@ -240,10 +270,10 @@ class Reader:
                 imm = tuple(self.valtype() for _ in range(n))
             elif kind == "idx_mem":
                 di = self.u32()
-                imm = (di, self.zero_byte())
+                imm = (di, self.memidx())
             elif kind == "mem_mem":
-                d = self.zero_byte()
-                imm = (d, self.zero_byte())
+                d = self.memidx()
+                imm = (d, self.memidx())
             elif kind == "idx_idx":
                 a = self.u32()
                 imm = (a, self.u32())
@@ -299,8 +329,13 @@ def _decode_names(data: bytes) -> NameSection | None:
     return names
 
 
-def decode_module(data: bytes) -> Module:
-    """Decode ``data`` (a complete ``.wasm`` binary) into a :class:`Module`."""
+def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Module:
+    """Decode ``data`` (a complete ``.wasm`` binary) into a :class:`Module`.
+
+    ``features`` names opt-in proposals (:mod:`wasmig.binary.features`); the default is exactly
+    WebAssembly 2.0 (no SIMD).
+    """
+    multi_memory = _features.MULTI_MEMORY in _features.check(features)
     data = bytes(data)
     if len(data) < 4:
         raise DecodeError("unexpected end: not a wasm module (shorter than its magic header)", len(data))
@@ -310,7 +345,7 @@ def decode_module(data: bytes) -> Module:
         raise DecodeError("unexpected end: truncated binary version", len(data))
     if data[4:8] != VERSION:
         raise DecodeError("unknown binary version", 4)
-    r = Reader(data, 8)
+    r = Reader(data, 8, multi_memory=multi_memory)
     m = Module()
     func_type_indices: list[int] = []
     last_order = 0
@@ -325,7 +360,7 @@ def decode_module(data: bytes) -> Module:
         body_start = r.pos
         if body_start + size > len(data):
             raise DecodeError("length out of bounds: section size exceeds the module", sid_pos)
-        s = Reader(data, body_start, body_start + size)
+        s = Reader(data, body_start, body_start + size, multi_memory=multi_memory)
         if sid == 0:
             name = s.name()
             payload = s.bytes(s.end - s.pos)
@@ -486,7 +521,7 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
     start = s.pos
     if start + size > s.end:
         raise DecodeError("unexpected end of section or function", start)
-    body = Reader(s.data, start, start + size)
+    body = Reader(s.data, start, start + size, multi_memory=s.multi_memory)
     locals_decl: list[tuple[int, str]] = []
     total = 0
     for _ in range(body.u32()):

@@ -1,5 +1,10 @@
 """Encode the module IR back into a WebAssembly 2.0 binary (no SIMD).
 
+Memory indices are encoded as the IR gives them, with no feature flag: a module with several
+memories or memory-indexed instructions comes out in the multi-memory proposal's encoding (a
+memarg for memory ``x != 0`` is ``align|0x40, x, offset``; the other memory indices are u32s,
+which for memory 0 is the single byte 0x00 wasm 2.0 requires). See :mod:`wasmig.binary.opcodes`.
+
 Used after instrumentation or any other IR rewrite, so the output must be exactly what the
 decoder reads back into an equal IR: sections in canonical order, custom sections kept at the
 place they were decoded from, locals kept in their original run-length grouping, and constants
@@ -303,6 +308,23 @@ def _to_signed(value: int, bits: int) -> int:
     return value - (1 << bits) if value >> (bits - 1) else value
 
 
+def _memarg(out: bytearray, imm: tuple[int, ...]) -> None:
+    """``(align, offset)`` (memory 0), or ``(align, offset, memidx)`` with the memidx flag in the alignment."""
+    if len(imm) == 2:
+        align, offset = imm
+        mem = 0
+    else:
+        align, offset, mem = imm
+    if mem == 0:
+        out += encode_u(align)
+    else:
+        if not 0 <= align < opcodes.MEMARG_MEMIDX_FLAG:
+            raise ValueError(f"alignment {align} cannot be combined with a memory index")
+        out += encode_u(align | opcodes.MEMARG_MEMIDX_FLAG)
+        out += encode_u(mem)
+    out += encode_u(offset)
+
+
 def encode_instrs(out: bytearray, instrs: Iterable[Instr]) -> None:
     """Append the encoding of ``instrs`` to ``out`` (a bytearray so bodies are built in place)."""
     imm_kinds = opcodes.IMM
@@ -323,8 +345,7 @@ def encode_instrs(out: bytearray, instrs: Iterable[Instr]) -> None:
             if kind == "idx" or kind == "label" or kind == "mem":
                 out += encode_u(imm)
             elif kind == "memarg":
-                out += encode_u(imm[0])
-                out += encode_u(imm[1])
+                _memarg(out, imm)
             elif kind == "i32":
                 out += encode_s(_to_signed(imm, 32))
             elif kind == "i64":

@@ -1,4 +1,4 @@
-"""The instruction set wasmig supports: WebAssembly 2.0 without SIMD.
+"""The instruction set wasmig supports: WebAssembly 2.0 without SIMD (plus opt-in multi-memory).
 
 Every opcode is an ``int``. Single-byte opcodes are their byte (``0x6A`` is ``i32.add``);
 ``0xFC``-prefixed opcodes are ``0xFC00 | subopcode`` (``0xFC0A`` is ``memory.copy``), so
@@ -14,7 +14,8 @@ decoder, encoder, validator and interpreter.
 - ``idx``       one index ``int`` (function, local, global, table, data or element)
 - ``call_ind``  ``(type_index, table_index)``
 - ``select_t``  tuple of value types (the typed ``select``)
-- ``memarg``    ``(align_log2, offset)``
+- ``memarg``    ``(align_log2, offset)`` for memory 0, ``(align_log2, offset, memidx)`` for any other
+  memory (multi-memory proposal; see below)
 - ``mem``       memory index ``int`` (always 0 in wasm 2.0)
 - ``i32``/``i64`` the constant as an *unsigned* int (two's complement bit pattern)
 - ``f32``/``f64`` the constant's raw IEEE bit pattern as an int (exact, NaN payloads kept)
@@ -22,6 +23,24 @@ decoder, encoder, validator and interpreter.
 - ``idx_mem``   ``(index, memory_index)`` (``memory.init``)
 - ``mem_mem``   ``(dst_memory, src_memory)`` (``memory.copy``)
 - ``idx_idx``   ``(a, b)``: ``table.init`` is ``(elem, table)``, ``table.copy`` is ``(dst, src)``
+
+Memory indices (the multi-memory proposal, opt-in through ``features={"multi-memory"}`` in the
+decoder and validator, see :mod:`wasmig.binary.features`):
+
+- ``memarg``: the two-tuple ``(align, offset)`` means memory 0 -- every wasm 2.0 module and every
+  existing test keeps that form -- and ``(align, offset, memidx)`` names memory ``memidx != 0``.
+  The decoder always produces the two-tuple for memory 0 (even when the binary spelled the index
+  out), so that form is canonical; the encoder and validator also accept ``(align, offset, 0)``
+  as memory 0, but such IR does not compare equal to its decoded form. Use :func:`memarg` to
+  build the canonical form and :func:`memarg_memidx` to read the index.
+  Binary: ``align`` as a u32, then ``offset`` as a u32; for memidx != 0 the alignment field has
+  bit 6 (0x40) set and the memory index follows it as a u32 before the offset
+  (``align|0x40  memidx  offset``).
+- ``mem`` (``memory.size``, ``memory.grow``, ``memory.fill``), ``idx_mem`` (``memory.init`` is
+  ``(dataidx, memidx)``) and ``mem_mem`` (``memory.copy`` is ``(dst, src)``) always carry their
+  memory indices as ints. Binary: each memory index is a u32 LEB; wasm 2.0 requires the single
+  byte 0x00 there, and the decoder without the feature still rejects anything else as
+  ``zero byte expected``.
 
 ``SIG`` gives the fixed operand signature ``(params, results)`` of every opcode whose typing
 does not depend on its immediate or context; the validator handles the rest explicitly.
@@ -179,6 +198,20 @@ CONST_OPS = frozenset({0x41, 0x42, 0x43, 0x44, 0xD0, 0xD2, 0x23, 0x0B})
 
 #: prefixes of proposals wasmig does not implement, for a clear UnsupportedFeature message
 UNSUPPORTED_PREFIXES = {0xFD: "SIMD (v128)", 0xFE: "threads (atomics)", 0xFB: "GC"}
+
+
+#: bit 6 of a memarg's alignment field: a memory index follows (multi-memory proposal)
+MEMARG_MEMIDX_FLAG = 0x40
+
+
+def memarg(align: int, offset: int, memidx: int = 0) -> tuple[int, int] | tuple[int, int, int]:
+    """The canonical ``memarg`` immediate: ``(align, offset)`` for memory 0, else a three-tuple."""
+    return (align, offset) if memidx == 0 else (align, offset, memidx)
+
+
+def memarg_memidx(imm: tuple[int, ...]) -> int:
+    """The memory index of a ``memarg`` immediate (0 for the two-tuple form)."""
+    return imm[2] if len(imm) > 2 else 0
 
 
 def name(op: int) -> str:

@@ -9,16 +9,22 @@ instrumentation pass and the interpreter's branch compiler need exact label heig
 param count (minus one more for the ``if`` condition).
 
 Module-level rules follow the spec's *Modules* validation section, with the wasm 2.0 restrictions
-(one memory at most, constant expressions may only ``global.get`` imported immutable globals,
-``ref.func`` in code only on *declared* functions, ``memory.init``/``data.drop`` need a data count
-section). Error messages start with the spec testsuite's wording (``type mismatch``, ``unknown
-global 3``, ...) so a spec-test runner can compare prefixes; the rest of the message says where.
+(one memory at most unless ``features`` has ``"multi-memory"``, constant expressions may only
+``global.get`` imported immutable globals, ``ref.func`` in code only on *declared* functions,
+``memory.init``/``data.drop`` need a data count section). With the multi-memory feature any number
+of memories (imported and defined) is allowed, and every memory instruction, data segment and
+memory export must name one that exists (``unknown memory N``); everything else, alignment
+included, is checked as in wasm 2.0. Error messages start with the spec testsuite's wording
+(``type mismatch``, ``unknown global 3``, ...) so a spec-test runner can compare prefixes; the
+rest of the message says where.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from wasmig.binary import features as _features
 from wasmig.binary import opcodes as ops
 from wasmig.binary.ir import (
     REFTYPES,
@@ -140,6 +146,7 @@ class _Context:
     data_count: int | None  # None: no data count section, memory.init/data.drop are invalid
     ndatas: int  # number of data segments, only for error messages
     refs: frozenset[int]  # C.refs: functions ref.func may name inside code
+    multi_memory: bool = False  # memargs may name a memory (the multi-memory proposal)
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -238,10 +245,14 @@ def _label(ctrls: list[_Frame], n: object) -> _Frame:
 
 def _mem_access(ctx: _Context, op: int, imm: object) -> None:
     """A load/store: the memory must exist and the alignment must not exceed the access width."""
-    if ctx.mems == 0:
-        raise _Invalid("unknown memory 0")
+    if ctx.multi_memory and isinstance(imm, tuple | list) and len(imm) == 3:
+        align, _offset, mem = imm
+        _memory(ctx, mem)
+    else:
+        align, _offset = _pair(imm, "memarg")
+        if ctx.mems == 0:
+            raise _Invalid("unknown memory 0")
     width = ops.LOADS[op][1] if op in ops.LOADS else ops.STORES[op][1]
-    align, _offset = _pair(imm, "memarg")
     if not isinstance(align, int) or align < 0 or (1 << min(align, 64)) > width:
         raise _Invalid("alignment must not be larger than natural")
 
@@ -602,11 +613,13 @@ def _declared_refs(module: Module) -> frozenset[int]:
     return frozenset(refs)
 
 
-def validate_module(module: Module) -> ModuleInfo:
+def validate_module(module: Module, *, features: Iterable[str] = frozenset()) -> ModuleInfo:
     """Validate ``module`` per the WebAssembly 2.0 spec (without SIMD) and return per-function stack info.
 
-    Raises :class:`ValidationError` naming the first violation found.
+    ``features`` names opt-in proposals (:mod:`wasmig.binary.features`); only ``"multi-memory"``
+    changes validation. Raises :class:`ValidationError` naming the first violation found.
     """
+    multi_memory = _features.MULTI_MEMORY in _features.check(features)
     types = module.types
     for k, ft in enumerate(types):
         for t in (*ft.params, *ft.results):
@@ -648,7 +661,7 @@ def validate_module(module: Module) -> ModuleInfo:
     for k, mt in enumerate(module.mems):
         _check_limits(mt.limits, MAX_PAGES, f"memory {k}", "memory size must be at most 65536 pages (4GiB)")
         mems += 1
-    if mems > 1:
+    if mems > 1 and not multi_memory:
         raise _fail("multiple memories")
     nfuncs = len(funcs)
 
@@ -717,6 +730,7 @@ def validate_module(module: Module) -> ModuleInfo:
         data_count=module.data_count,
         ndatas=len(module.datas),
         refs=_declared_refs(module),
+        multi_memory=multi_memory,
     )
     infos = [_validate_function_in(ctx, module, k, f) for k, f in enumerate(module.funcs)]
     return ModuleInfo(infos)
@@ -736,28 +750,34 @@ def _validate_function_in(ctx: _Context, module: Module, k: int, func: Function)
         raise ValidationError(f"{message} [in {where}]") from None
 
 
-def validate_function(module: Module, func_idx: int) -> FunctionInfo:
+def validate_function(module: Module, func_idx: int, *, features: Iterable[str] = frozenset()) -> FunctionInfo:
     """Validate only the body of defined function ``func_idx`` (in the function index space).
 
     Useful after a pass rewrote one function; module-level declarations are assumed valid (call
-    :func:`validate_module` for the full check).
+    :func:`validate_module` for the full check), except that several memories still need the
+    ``"multi-memory"`` feature. ``features`` is as for :func:`validate_module`.
     """
+    multi_memory = _features.MULTI_MEMORY in _features.check(features)
     k = func_idx - module.num_imported_funcs()
     if not 0 <= k < len(module.funcs):
         raise ValidationError(f"unknown function {func_idx}")
-    return _validate_function_in(_context_of(module), module, k, module.funcs[k])
+    return _validate_function_in(_context_of(module, multi_memory), module, k, module.funcs[k])
 
 
-def _context_of(module: Module) -> _Context:
-    """Build C for ``module`` without re-checking its declarations."""
+def _context_of(module: Module, multi_memory: bool = False) -> _Context:
+    """Build C for ``module`` without re-checking its declarations (but the memory count)."""
+    mems = len(module.all_mems())
+    if mems > 1 and not multi_memory:
+        raise ValidationError("multiple memories")
     return _Context(
         types=module.types,
         funcs=[module.types[t] for t in module.func_type_indices()],
         tables=module.all_tables(),
-        mems=len(module.all_mems()),
+        mems=mems,
         globals=module.all_globals(),
         elems=[e.type for e in module.elems],
         data_count=module.data_count,
         ndatas=len(module.datas),
         refs=_declared_refs(module),
+        multi_memory=multi_memory,
     )

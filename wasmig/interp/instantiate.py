@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from wasmig.binary.ir import Expr, GlobalType, Limits, MemType, TableType
-from wasmig.errors import LinkError, Trap
+from wasmig.errors import LinkError, Trap, UnsupportedFeature
 from wasmig.interp.machine import Machine
 from wasmig.interp.numeric import f32_from_bits, f64_from_bits
 from wasmig.interp.store import FuncInst, Global, Memory, ModuleInstance, Table, WasmFunction
@@ -80,6 +80,11 @@ def instantiate(module: Any, imports: Mapping[str, Mapping[str, Any]] | None, ma
     a restore overwrites memories, tables and globals from a snapshot instead.
     """
     ir = module.ir
+    if len(ir.all_mems()) > 1:
+        # only validates with the opt-in multi-memory feature; the interpreter addresses memory 0
+        # only, so running it would silently mix the memories up
+        raise UnsupportedFeature("the interpreter does not implement multi-memory (module has "
+                                 f"{len(ir.all_mems())} memories)")
     imports = imports or {}
     inst = ModuleInstance(ir)
     inst.validation = module.validation  # type: ignore[attr-defined]

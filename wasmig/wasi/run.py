@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import LinkError
 from wasmig.instance import Instance
@@ -10,6 +10,9 @@ from wasmig.interp.store import HostFunc, Memory
 from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi
+
+if TYPE_CHECKING:
+    from wasmig.engines.wasmtime import WasmtimeInstance
 
 
 def _host_func(params: tuple[str, ...], results: tuple[str, ...], fn: Any, name: str) -> HostFunc:
@@ -29,8 +32,13 @@ def wasi_imports(module: Module, wasi: Wasi) -> dict[str, dict[str, Any]]:
     return wasi.imports(_host_func, wanted)
 
 
-def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp") -> Instance:
-    """Instantiate ``module`` with ``wasi`` as its ``wasi_snapshot_preview1`` and bind its memory."""
+def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp") -> Instance | WasmtimeInstance:
+    """Instantiate ``module`` with ``wasi`` as its ``wasi_snapshot_preview1`` and bind its memory:
+    an :class:`Instance` (``interp``) or a :class:`wasmig.engines.wasmtime.WasmtimeInstance`."""
+    if engine == "wasmtime":
+        from wasmig.engines.wasmtime import WasmtimeInstance
+
+        return WasmtimeInstance(module, wasi)
     inst = Instance(module, wasi_imports(module, wasi), engine)
     inst.wasi = wasi
     memory = inst.exports.get("memory")
@@ -43,7 +51,11 @@ def run_command(module: Module, wasi: Wasi, engine: str = "interp") -> int:
     """Run ``_start`` to completion and return the exit code (``proc_exit``'s, else 0).
 
     Traps propagate as :class:`wasmig.Trap` (the caller reports them)."""
-    inst = instantiate_with_wasi(module, wasi, engine)
+    return run_start(instantiate_with_wasi(module, wasi, engine))
+
+
+def run_start(inst: Instance | WasmtimeInstance) -> int:
+    """Run an instance's ``_start`` (any engine) to completion; the exit code as for :func:`run_command`."""
     start = inst.exports.get("_start")
     if start is None:
         raise LinkError("the module has no `_start` export: it is not a WASI command")

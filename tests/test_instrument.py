@@ -1,0 +1,188 @@
+"""The instrumentation pass (unwind half): instrumented modules validate (wasmig's validator with
+multi-memory, and wasmtime), behave exactly like the originals, and — stopped at the same step —
+write frame records that translate into the very canonical state the interpreter captures."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import wasmig
+from wasmig.binary.encoder import encode_module
+from wasmig.binary.validator import validate_module
+from wasmig.instrument.records import frames_from_records
+from wasmig.instrument.unwind import instrument
+from wasmig.snapshot.capture import capture
+from wasmig.toolchain import compile_c
+from wasmig.wasi.preview1 import ProcExit, Wasi
+from wasmig.wasi.run import instantiate_with_wasi
+
+wasmtime_engine = pytest.importorskip("wasmig.engines.wasmtime")
+PROGRAMS = Path(__file__).parent / "programs"
+
+# folded code on purpose: values buried beneath blocks, loops with parameters, multi-value,
+# call_indirect, recursion, and calls inside expressions
+WAT = """
+(module
+  (type $bin (func (param i32 i32) (result i32)))
+  (type $pair (func (param i32) (result i32 i32)))
+  (memory (export "memory") 1)
+  (global $g (mut i32) (i32.const 7))
+  (table 2 funcref)
+  (elem (i32.const 0) $add $mul)
+  (func $add (type $bin) (i32.add (local.get 0) (local.get 1)))
+  (func $mul (type $bin) (i32.mul (local.get 0) (local.get 1)))
+  (func $split (type $pair) (local.get 0) (i32.add (local.get 0) (i32.const 1)))
+  (func $fact (param i64) (result i64)
+    (if (result i64) (i64.eqz (local.get 0)) (then (i64.const 1))
+      (else (i64.mul (local.get 0) (call $fact (i64.sub (local.get 0) (i64.const 1)))))))
+  (func $work (export "work") (param $n i32) (result i32) (local $i i32) (local $acc i32)
+    (local.set $acc
+      (i32.add (i32.const 1000)                       ;; buried beneath the block below
+        (block (result i32)
+          (i32.const 0)
+          (loop $l (param i32) (result i32)            ;; a loop with a parameter
+            (call_indirect (type $bin)
+              (call $split (local.get $i)) (i32.and (local.get $i) (i32.const 1)))
+            (i32.add)
+            (global.set $g (i32.add (global.get $g) (i32.wrap_i64 (call $fact (i64.const 5)))))
+            (i32.store (i32.mul (local.get $i) (i32.const 4)) (global.get $g))
+            (local.tee $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $n)))
+            (drop (i32.const 0)) (i32.const 0) (i32.add)))))
+    (local.get $acc))
+  (func (export "_start") (drop (call $work (i32.const 30)))))
+"""
+
+
+def _wat(tmp: Path) -> wasmig.Module:
+    if shutil.which("wat2wasm") is None:
+        pytest.skip("wat2wasm missing")
+    (tmp / "m.wat").write_text(WAT)
+    subprocess.run(["wat2wasm", "--debug-names", str(tmp / "m.wat"), "-o", str(tmp / "m.wasm")], check=True)
+    return wasmig.Module.from_file(tmp / "m.wasm")
+
+
+def instrumented_module(module: wasmig.Module) -> tuple[wasmig.Module, object]:
+    ins = instrument(module)
+    data = encode_module(ins.ir)
+    return wasmig.Module.from_bytes(data, features={"multi-memory"}), ins.sitemap
+
+
+def interp_state(module: wasmig.Module, args: list[str], k: int) -> object:
+    wasi = Wasi(args, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+    inst = instantiate_with_wasi(module, wasi)
+    inst.stop_at(step=k)
+    try:
+        inst.invoke("_start")
+    except (wasmig.Suspended, ProcExit):
+        pass
+    if inst.machine.point is None:
+        return None
+    s = capture(inst)
+    return s.frames, s.point, s.steps, s.memories[0].data, [g.value[1] for g in s.globals]
+
+
+def wasmtime_state(imod: wasmig.Module, sitemap: object, n_globals: int, args: list[str], k: int) -> object:
+    wasi = Wasi(args, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+    inst = wasmtime_engine.WasmtimeInstance(imod, wasi)
+    store, ex = inst.store, inst.exports
+    ex["wasmig:stop_at"].set_value(store, k)
+    try:
+        inst.invoke("_start")
+    except ProcExit:
+        return None
+    if ex["wasmig:state"].value(store) != 1:
+        return None
+    ctl = ex["wasmig:ctl"]
+    frames, point = frames_from_records(bytes(ctl.read(store, 0, ctl.data_len(store))), sitemap)  # type: ignore[arg-type]
+    mem = ex["memory"]
+    globs = [ex[f"wasmig:g{i}"].value(store) & 0xFFFFFFFFFFFFFFFF for i in range(n_globals)]
+    return frames, point, ex["wasmig:steps"].value(store), bytes(mem.read(store, 0, mem.data_len(store))), globs
+
+
+def test_instrumented_modules_validate_and_keep_their_behaviour(tmp_path: Path) -> None:
+    for name, args in (("checksum", []), ("hello", ["x"]), ("exitcode", ["9"])):
+        module = wasmig.Module.from_file(compile_c(PROGRAMS / f"{name}.c"))
+        imod, _ = instrumented_module(module)
+        validate_module(imod.ir, features={"multi-memory"})
+        outputs = []
+        for mod in (module, imod):
+            out = io.BytesIO()
+            code = wasmtime_engine.run_command(mod, Wasi([name, *args], stdin=b"in\n", stdout=out,
+                                                         stderr=io.BytesIO()))
+            outputs.append((code, out.getvalue()))
+        assert outputs[0] == outputs[1], name
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 13, 40, 77, 150, 300, 499])
+def test_hand_written_code_stops_like_the_interpreter(tmp_path: Path, k: int) -> None:
+    module = _wat(tmp_path)
+    imod, sitemap = instrumented_module(module)
+    n_globals = len(module.ir.all_globals())
+    expected = interp_state(module, ["m"], k)
+    got = wasmtime_state(imod, sitemap, n_globals, ["m"], k)
+    assert (expected is None) == (got is None)
+    if expected is not None:
+        assert got[:3] == expected[:3]  # type: ignore[index]
+        assert got[3] == expected[3]  # type: ignore[index]
+        assert [g & 0xFFFFFFFF for g in got[4]] == [g & 0xFFFFFFFF for g in expected[4]]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 1000, 3168, 9890, 14074, 21226, 33259, 38197])
+def test_c_program_stops_like_the_interpreter(k: int) -> None:
+    module = wasmig.Module.from_file(compile_c(PROGRAMS / "checksum.c"))
+    imod, sitemap = instrumented_module(module)
+    expected = interp_state(module, ["checksum"], k)
+    got = wasmtime_state(imod, sitemap, len(module.ir.all_globals()), ["checksum"], k)
+    assert expected is not None and got is not None
+    frames, point, steps, memory, globs = got  # type: ignore[misc]
+    assert (frames, point, steps) == expected[:3]  # type: ignore[index]
+    assert memory == expected[3]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("k", [1, 5, 500, 3000, 9000, 20000, 39000])
+def test_wasmtime_snapshot_equals_interpreter_and_restores_there(k: int) -> None:
+    """The whole canonical snapshot, taken on wasmtime, equals the interpreter's at the same step
+    (WASI state included), and restoring it on the interpreter finishes the program exactly."""
+    from wasmig.snapshot.capture_wasmtime import capture_wasmtime
+    from wasmig.snapshot.state import from_plain, to_plain
+
+    module = wasmig.Module.from_file(compile_c(PROGRAMS / "checksum.c"))
+    ins = instrument(module)
+    imod = wasmig.Module.from_bytes(encode_module(ins.ir), features={"multi-memory"})
+    reference = io.BytesIO()
+    try:
+        instantiate_with_wasi(module, Wasi(["checksum"], stdin=b"", stdout=reference, stderr=io.BytesIO())).invoke(
+            "_start")
+    except ProcExit:
+        pass
+
+    out = io.BytesIO()
+    wasi = Wasi(["checksum"], stdin=b"", stdout=out, stderr=io.BytesIO())
+    inst = wasmtime_engine.WasmtimeInstance(imod, wasi)
+    inst.exports["wasmig:stop_at"].set_value(inst.store, k)
+    inst.invoke("_start")
+    snap = from_plain(to_plain(capture_wasmtime(inst, module, ins.sitemap)))
+    wasi.close()
+
+    interp = instantiate_with_wasi(module, Wasi(["checksum"], stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO()))
+    interp.stop_at(step=k)
+    with pytest.raises(wasmig.Suspended):
+        interp.invoke("_start")
+    expected = capture(interp)
+    for name in ("frames", "point", "steps", "memories", "globals", "tables", "dropped_data", "dropped_elems"):
+        assert getattr(snap, name) == getattr(expected, name), name
+    assert snap.wasi is not None and expected.wasi is not None
+    assert [f.__dict__ for f in snap.wasi.fds] == [f.__dict__ for f in expected.wasi.fds]
+
+    restored = wasmig.restore(snap, module=module, stdin=b"", stdout=out, stderr=io.BytesIO())
+    try:
+        restored.resume()
+    except ProcExit:
+        pass
+    assert out.getvalue() == reference.getvalue()

@@ -1,0 +1,32 @@
+"""Opt-in WebAssembly proposals of the binary layer.
+
+By default the decoder and validator implement exactly WebAssembly 2.0 (without SIMD). A caller
+that needs a post-2.0 proposal passes its name in ``features`` (any iterable of names; a
+``frozenset`` by convention) to :func:`wasmig.binary.decoder.decode_module`,
+:func:`wasmig.binary.validator.validate_module` or :meth:`wasmig.Module.from_bytes`. The encoder
+needs no flag: it encodes whatever the IR says.
+
+- ``"multi-memory"`` -- the multi-memory proposal: several memories (imported and defined),
+  memory indices in every memory instruction (see :mod:`wasmig.binary.opcodes` for the IR), in
+  data segments, imports and exports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+MULTI_MEMORY = "multi-memory"
+
+#: every feature name the binary layer understands
+SUPPORTED = frozenset({MULTI_MEMORY})
+
+
+def check(features: Iterable[str]) -> frozenset[str]:
+    """``features`` as a frozenset; ``ValueError`` for a name not in :data:`SUPPORTED`."""
+    if isinstance(features, str | bytes):  # "multi-memory" would otherwise be a set of letters
+        raise TypeError(f"features must be a collection of names, not the string {features!r}")
+    out = frozenset(features)
+    unknown = out - SUPPORTED
+    if unknown:
+        raise ValueError(f"unknown feature(s) {', '.join(sorted(unknown))} (supported: {', '.join(sorted(SUPPORTED))})")
+    return out

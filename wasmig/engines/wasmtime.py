@@ -1,0 +1,580 @@
+"""The compiled engine: wasmtime (the ``wasmtime`` PyPI package) running a module natively,
+with wasmig's own Python WASI (:class:`wasmig.wasi.preview1.Wasi`), not wasmtime's.
+
+Why wasmig's WASI: the WASI state (fd table, preopens, offsets, clocks) is what a snapshot
+captures and a restore rebuilds, so it must live in Python and be the same on every engine.
+wasmtime only runs the guest's code; every WASI import is a Python host function.
+
+The pieces:
+
+- one process-wide :func:`engine` (``wasm_multi_memory`` on: the instrumentation pass that makes
+  a module checkpointable adds a second memory) and a compiled-artifact cache
+  (:func:`compile_module`): ``Module.serialize()`` output keyed by the sha256 of (module bytes,
+  wasmtime version, engine settings, host), each entry checksummed so a damaged entry is
+  recompiled, never loaded;
+- :class:`WasmtimeInstance`: links the WASI imports with their exact preview1 types, converts
+  wasmtime-py's signed integers to the unsigned bit patterns the WASI layer expects, binds the
+  WASI :class:`~wasmig.wasi.memory.GuestMemory` to the exported ``memory`` through a ctypes view
+  of wasmtime's linear memory (re-derived whenever its base or length changes), and turns
+  wasmtime traps into :class:`wasmig.Trap` with the spec's wording and the interpreter's
+  backtrace format;
+- :func:`run_command`: ``_start`` to completion, like :func:`wasmig.wasi.run.run_command`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import struct
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from wasmtime import _ffi
+
+from wasmig.errors import Exhaustion, LinkError, Trap, ValidationError, WasmError
+from wasmig.module import Module
+from wasmig.wasi.memory import GuestMemory
+from wasmig.wasi.preview1 import SIGNATURES, WASI_MODULE, ProcExit, Wasi
+
+#: Engine settings: applied to the ``wasmtime.Config`` and part of the artifact cache key.
+ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True}
+
+CACHE_ENV = "WASMIG_CACHE"
+#: A cache entry: this magic, the sha256 of the payload, then ``Module.serialize()``'s bytes.
+CACHE_MAGIC = b"wasmig-cwasm-v1\n"
+
+_MASK = {"i32": 0xFFFFFFFF, "i64": 0xFFFF_FFFF_FFFF_FFFF}
+#: One ``wasmtime_val_raw_t`` slot (16 bytes) per value; integers little-endian at its start
+#: (wasmtime runs on little-endian x86-64 and aarch64 only).
+_RAW_SLOT = {"i32": "I12x", "i64": "Q8x", "f32": "f12x", "f64": "d8x"}
+_RAW_RESULT = {"i32": ctypes.c_uint32, "i64": ctypes.c_uint64, "f32": ctypes.c_float, "f64": ctypes.c_double}
+#: ``wasmtime_func_unchecked_callback_t`` with the slots as a plain address.
+_RAW_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()  # a NULL finalizer: the instance owns the callbacks
+_HOST_EXCEPTION = b"wasmig: a host function raised a Python exception"
+#: The fast host-call path needs these from wasmtime-py's ctypes bindings; without them (another
+#: wasmtime-py layout) host functions go through the public, slower ``Linker.define_func``.
+_RAW_CALLS = all(hasattr(_ffi, name) for name in (
+    "wasmtime_linker_define_func_unchecked", "wasmtime_func_unchecked_callback_t", "wasmtime_trap_new"))
+_VALTYPE = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64,
+            "f32": wasmtime.ValType.f32, "f64": wasmtime.ValType.f64}
+
+# --- the engine and the artifact cache ---------------------------------------------------------
+_ENGINE: wasmtime.Engine | None = None
+
+
+def engine() -> wasmtime.Engine:
+    """The process-wide wasmtime engine (compiled modules are only valid with the engine, or an
+    identically configured one, that made them)."""
+    global _ENGINE
+    if _ENGINE is None:
+        config = wasmtime.Config()
+        for name, value in ENGINE_SETTINGS.items():
+            setattr(config, name, value)
+        _ENGINE = wasmtime.Engine(config)
+    return _ENGINE
+
+
+def wasmtime_version() -> str:
+    try:
+        return metadata.version("wasmtime")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a wasmtime not installed by pip
+        return getattr(wasmtime, "__version__", "unknown")
+
+
+def config_description() -> str:
+    """Everything besides the module bytes that decides what the compiled artifact is."""
+    settings = ",".join(f"{k}={v!r}" for k, v in sorted(ENGINE_SETTINGS.items()))
+    return f"{settings};{platform.system()}-{platform.machine()}"
+
+
+def default_cache_dir() -> Path:
+    """``$WASMIG_CACHE/wasmtime``, else ``<repo>/.cache/wasmtime`` in a source checkout, else
+    ``~/.cache/wasmig/wasmtime`` (the same rules as the C toolchain's cache)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser() / "wasmtime"
+    repo = Path(__file__).resolve().parent.parent.parent
+    if (repo / "pyproject.toml").is_file():
+        return repo / ".cache" / "wasmtime"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "wasmig" / "wasmtime"
+
+
+def cache_key(data: bytes) -> str:
+    h = hashlib.sha256()
+    for part in (b"wasmig-wasmtime-artifact-v1", data, wasmtime_version().encode(), config_description().encode()):
+        h.update(len(part).to_bytes(8, "little"))  # length-prefixed: no two part lists collide
+        h.update(part)
+    return h.hexdigest()
+
+
+#: What :func:`compile_module` did, per outcome ("hit", "miss", "corrupt", "unwritable"): for tests
+#: and for anyone wondering whether the cache works.
+cache_stats: dict[str, int] = {"hit": 0, "miss": 0, "corrupt": 0, "unwritable": 0}
+
+
+def compile_module(data: bytes, cache_dir: Path | None = None, *, use_cache: bool = True) -> wasmtime.Module:
+    """Compile ``data`` for :func:`engine`, through the artifact cache.
+
+    A cache entry that is truncated, fails its checksum, or that wasmtime refuses to deserialize
+    (another wasmtime build, another CPU) is counted as ``corrupt``, recompiled and replaced. A
+    cache directory that cannot be written only costs the compile next time. Raises
+    :class:`ValidationError` when wasmtime rejects the module.
+    """
+    if not use_cache:
+        return _compile(data)
+    path = (cache_dir if cache_dir is not None else default_cache_dir()) / f"{cache_key(data)}.cwasm"
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        blob = None
+    if blob is not None:
+        compiled = _load(blob)
+        if compiled is not None:
+            cache_stats["hit"] += 1
+            return compiled
+        cache_stats["corrupt"] += 1
+    else:
+        cache_stats["miss"] += 1
+    compiled = _compile(data)
+    try:
+        _write_atomically(path, _entry(bytes(compiled.serialize())))
+    except OSError:
+        cache_stats["unwritable"] += 1
+    return compiled
+
+
+def _compile(data: bytes) -> wasmtime.Module:
+    try:
+        return wasmtime.Module(engine(), data)
+    except wasmtime.WasmtimeError as e:
+        raise ValidationError(f"wasmtime cannot compile the module: {_one_line(e)}") from None
+
+
+def _entry(payload: bytes) -> bytes:
+    return CACHE_MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def _load(blob: bytes) -> wasmtime.Module | None:
+    """The module in a cache entry, or None when the entry is damaged or not for this engine.
+
+    The checksum matters: deserializing is only safe for artifacts wasmtime itself produced, so
+    a flipped bit must never reach ``Module.deserialize``."""
+    head = len(CACHE_MAGIC)
+    if not blob.startswith(CACHE_MAGIC) or len(blob) < head + 32:
+        return None
+    digest, payload = blob[head : head + 32], blob[head + 32 :]
+    if hashlib.sha256(payload).digest() != digest:
+        return None
+    try:
+        return wasmtime.Module.deserialize(engine(), payload)
+    except wasmtime.WasmtimeError:
+        return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Readers see the old entry, no entry or the whole new one, never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _one_line(e: BaseException) -> str:
+    """wasmtime's error text (often several lines: ``Caused by: ...``) as one line."""
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+
+
+# --- guest memory ------------------------------------------------------------------------------
+class LinearMemoryView:
+    """The ``source`` of a :class:`GuestMemory` over a wasmtime memory: a writable ``memoryview``
+    of the live linear memory, rebuilt (base address asked again) whenever its length changed:
+    a memory moves only when ``memory.grow`` grows it, so the WASI layer never touches a stale
+    mapping.
+
+    Asking wasmtime for the length is a foreign call, so during one host call (bracketed by
+    :meth:`enter`/:meth:`leave`, in which the guest cannot run and so cannot grow its memory) it
+    is asked once; outside host calls, on every access."""
+
+    __slots__ = ("_store", "_memory", "_addr", "_len", "_view", "_in_call", "_fresh")
+
+    def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
+        self._store = store
+        self._memory = memory
+        self._addr = -1
+        self._len = -1
+        self._view: memoryview = memoryview(bytearray())
+        self._in_call = False
+        self._fresh = False
+
+    def __call__(self) -> memoryview:
+        if self._fresh:
+            return self._view
+        n = self._memory.data_len(self._store)
+        if n != self._len:  # a memory moves only when it grows
+            addr = ctypes.addressof(self._memory.data_ptr(self._store).contents) if n else 0
+            self._view = memoryview((ctypes.c_ubyte * n).from_address(addr)).cast("B") if n else memoryview(bytearray())
+            self._addr, self._len = addr, n
+        self._fresh = self._in_call
+        return self._view
+
+    def enter(self) -> None:
+        self._in_call, self._fresh = True, False
+
+    def leave(self) -> None:
+        self._in_call, self._fresh = False, False
+
+
+# --- traps -------------------------------------------------------------------------------------
+_TC = wasmtime.TrapCode
+#: wasmtime trap code -> the spec's wording (what the interpreter says).
+TRAP_REASONS: dict[Any, str] = {
+    _TC.UNREACHABLE: "unreachable",
+    _TC.INTEGER_DIVISION_BY_ZERO: "integer divide by zero",
+    _TC.INTEGER_OVERFLOW: "integer overflow",
+    _TC.BAD_CONVERSION_TO_INTEGER: "invalid conversion to integer",
+    _TC.MEMORY_OUT_OF_BOUNDS: "out of bounds memory access",
+    _TC.HEAP_MISALIGNED: "unaligned atomic",
+    _TC.TABLE_OUT_OF_BOUNDS: "out of bounds table access",  # "undefined element" for call_indirect
+    _TC.INDIRECT_CALL_TO_NULL: "uninitialized element",
+    _TC.BAD_SIGNATURE: "indirect call type mismatch",
+    _TC.STACK_OVERFLOW: "call stack exhausted",
+    _TC.NULL_REFERENCE: "null reference",
+    _TC.INTERRUPT: "interrupt",
+    _TC.OUT_OF_FUEL: "all fuel consumed",
+}
+#: Message fragments for traps that carry no code (older wasmtime builds, host-made traps).
+_MESSAGE_REASONS = [
+    ("call stack exhausted", "call stack exhausted"), ("integer divide by zero", "integer divide by zero"),
+    ("integer overflow", "integer overflow"), ("out of bounds memory access", "out of bounds memory access"),
+    ("wasm `unreachable` instruction executed", "unreachable"), ("indirect call type mismatch",
+    "indirect call type mismatch"), ("undefined element", "undefined element"),
+    ("uninitialized element", "uninitialized element"), ("invalid conversion to integer",
+    "invalid conversion to integer"), ("out of bounds table access", "out of bounds table access"),
+]
+
+_NO_OFFSET = 0xFFFFFFFF  # wasmtime reports SIZE_MAX for a frame without a code offset
+_CALL_INDIRECT, _BLOCK, _LOOP, _IF, _ELSE, _END, _BR_IF, _UNREACHABLE = 0x11, 0x02, 0x03, 0x04, 0x05, 0x0B, 0x0D, 0x00
+
+
+class _Code:
+    """Instruction lookup by absolute module offset, for one module (built on first trap)."""
+
+    def __init__(self, module: Module) -> None:
+        self.ir = module.ir
+        self.imported = module.ir.num_imported_funcs()
+        self.total = self.imported + len(module.ir.funcs)
+        self._index: dict[int, dict[int, int]] = {}
+
+    def locate(self, func_index: int, offset: int) -> tuple[Any, int] | None:
+        """(IR function, instruction index) of the instruction at ``offset``, if any."""
+        defined = func_index - self.imported
+        if not 0 <= defined < len(self.ir.funcs):
+            return None
+        func = self.ir.funcs[defined]
+        index = self._index.get(defined)
+        if index is None:
+            index = self._index[defined] = {func.body_offset + ins.offset: i for i, ins in enumerate(func.body)}
+        i = index.get(offset)
+        return None if i is None else (func, i)
+
+
+def _folded_trap(body: list[Any], i: int) -> int | None:
+    """The ``unreachable`` a trap reported at a branch really is.
+
+    Cranelift folds "branch to a block that only traps" into a conditional trap placed at the
+    branch, so wasmtime reports the ``br_if`` (or ``if``) while the interpreter — executing one
+    instruction at a time — reports the ``unreachable`` the branch led to. Returns that
+    instruction's index when the branch leads straight to an ``unreachable``; else None."""
+    ins = body[i]
+    candidates: list[int] = []
+    if ins.op == _BR_IF:
+        enclosing, ends = _structure(body, i)
+        depth = ins.imm
+        if depth < len(enclosing):
+            opener = enclosing[-1 - depth]
+            if body[opener].op != _LOOP:
+                candidates.append(ends[opener] + 1)
+        candidates.append(i + 1)  # not taken
+    elif ins.op == _IF:
+        _, ends = _structure(body, i + 1)
+        candidates.append(i + 1)  # the then-branch
+        end = ends.get(i)
+        if end is not None:
+            else_at = next((j for j in range(i + 1, end) if body[j].op == _ELSE and _depth_between(body, i, j) == 0),
+                           None)
+            candidates.append(else_at + 1 if else_at is not None else end + 1)
+    last = len(body) - 1
+    for k in candidates:
+        while k < last and body[k].op == _END:  # falling out of enclosing blocks
+            k += 1
+        if k < last and body[k].op == _UNREACHABLE:
+            return k
+    return None
+
+
+def _structure(body: list[Any], upto: int) -> tuple[list[int], dict[int, int]]:
+    """The openers (block/loop/if) enclosing instruction ``upto``, and every opener's ``end``."""
+    stack: list[int] = []
+    enclosing: list[int] = []
+    ends: dict[int, int] = {}
+    for j, ins in enumerate(body):
+        if j == upto:
+            enclosing = list(stack)
+        if ins.op in (_BLOCK, _LOOP, _IF):
+            stack.append(j)
+        elif ins.op == _END and stack:
+            ends[stack.pop()] = j
+    return enclosing, ends
+
+
+def _depth_between(body: list[Any], start: int, j: int) -> int:
+    depth = 0
+    for ins in body[start + 1 : j]:
+        if ins.op in (_BLOCK, _LOOP, _IF):
+            depth += 1
+        elif ins.op == _END:
+            depth -= 1
+    return depth
+
+
+def convert_trap(trap: wasmtime.Trap, module: Module, code: _Code | None = None) -> Trap:
+    """A wasmtime trap as :class:`wasmig.Trap` (:class:`wasmig.Exhaustion` for stack overflow):
+    the spec's reason and the interpreter's backtrace lines, innermost first."""
+    code = code or _Code(module)
+    trap_code = trap.trap_code
+    reason = TRAP_REASONS.get(trap_code) if trap_code is not None else None
+    if reason is None:
+        message = trap.message
+        reason = next((r for needle, r in _MESSAGE_REASONS if needle in message), None) or _one_line(trap)
+    frames = trap.frames
+    if frames and trap_code == _TC.STACK_OVERFLOW and frames[0].module_offset >= _NO_OFFSET:
+        # overflow is detected in the callee's prologue, before any of its instructions; the
+        # interpreter refuses to enter the callee, so its innermost frame is the caller's call
+        frames = frames[1:]
+    lines = []
+    for depth, frame in enumerate(frames):
+        index, offset = frame.func_index, frame.module_offset
+        if depth == 0:
+            found = code.locate(index, offset)
+            if found is not None:
+                func, i = found
+                if trap_code == _TC.UNREACHABLE and func.body[i].op != _UNREACHABLE:
+                    k = _folded_trap(func.body, i)
+                    if k is not None:
+                        offset = func.body_offset + func.body[k].offset
+                elif trap_code == _TC.TABLE_OUT_OF_BOUNDS and func.body[i].op == _CALL_INDIRECT:
+                    reason = "undefined element"
+        # wasmig's naming (name section, else export or import name, else func[i]) is exactly
+        # what the interpreter prints; wasmtime's own name only for an index wasmig does not know
+        name = module.ir.func_name(index) if index < code.total else (frame.func_name or f"func[{index}]")
+        lines.append(f"{name} (func {index}) at offset {offset:#x}")
+    cls = Exhaustion if reason == "call stack exhausted" else Trap
+    return cls(reason, lines)
+
+
+# --- instances ---------------------------------------------------------------------------------
+class Exports(Mapping[str, Any]):
+    """The instance's exports by name: wasmtime ``Func``/``Memory``/``Table``/``Global`` objects
+    (use them with :attr:`WasmtimeInstance.store`; call functions through ``invoke``)."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        self._items = items
+
+    def __getitem__(self, name: str) -> Any:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _check_wasi_imports(module: Module) -> list[Any]:
+    """The module's imports, all of which must be WASI preview1 functions of the exact preview1
+    type; LinkError (with the interpreter's wording) otherwise."""
+    wanted = []
+    for imp in module.ir.imports:
+        where = f"{imp.module}.{imp.name}"
+        if imp.module != WASI_MODULE:
+            raise LinkError(f"unknown import: {where} (only {WASI_MODULE} is provided)")
+        if imp.kind != "func":
+            raise LinkError(f"unknown import: {where} was not provided")
+        if imp.name not in SIGNATURES:
+            raise LinkError(f"unknown import: {where} is not a WASI preview1 function")
+        want = module.ir.types[imp.desc]
+        params = SIGNATURES[imp.name]
+        results = () if imp.name == "proc_exit" else ("i32",)
+        if tuple(want.params) != params or tuple(want.results) != results:
+            have = f"[{' '.join(params)}] -> [{' '.join(results)}]"
+            raise LinkError(f"incompatible import type: {where} is {have}, the module expects {want}")
+        wanted.append(imp)
+    return wanted
+
+
+class WasmtimeInstance:
+    """A module instantiated on wasmtime, with ``wasi`` (wasmig's own WASI) as its
+    ``wasi_snapshot_preview1``; the WASI memory is bound to the exported ``memory``.
+
+    A Python exception raised by a host function (``ProcExit``, ``HostCallInterrupted``, a
+    ``KeyboardInterrupt``...) comes out of :meth:`invoke` as itself; a trap as :class:`wasmig.Trap`.
+    """
+
+    engine = "wasmtime"
+
+    def __init__(self, module: Module, wasi: Wasi | None = None, *, cache_dir: Path | None = None,
+                 use_cache: bool = True, fast_host_calls: bool | None = None) -> None:
+        self.module = module
+        self.wasi = wasi
+        self._code = _Code(module)
+        self._raised: list[BaseException] = []  # what host functions raised, newest last
+        imports = _check_wasi_imports(module)
+        if imports and wasi is None:
+            raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")
+        data = module.data
+        if data is None:
+            from wasmig.binary.encoder import encode_module
+
+            data = encode_module(module.ir)
+        compiled = compile_module(data, cache_dir, use_cache=use_cache)
+        self.store = wasmtime.Store(engine())
+        linker = wasmtime.Linker(engine())
+        self.memory_view: LinearMemoryView | None = None
+        self._callbacks: list[Any] = []  # the ctypes callbacks wasmtime calls: alive as long as the store
+        fast = _RAW_CALLS if fast_host_calls is None else fast_host_calls
+        if wasi is not None:
+            host = wasi.imports(lambda params, results, fn, name: fn, [imp.name for imp in imports])[WASI_MODULE]
+            for imp in imports:
+                ft = module.ir.types[imp.desc]
+                ty = wasmtime.FuncType([_VALTYPE[t]() for t in ft.params], [_VALTYPE[t]() for t in ft.results])
+                if fast:
+                    self._define_raw(linker, imp.name, ty, host[imp.name], ft.params, ft.results)
+                else:
+                    linker.define_func(WASI_MODULE, imp.name, ty, self._host_func(host[imp.name], ft.params))
+        self._instance = self._guard(lambda: linker.instantiate(self.store, compiled), instantiating=True)
+        self.exports = Exports(dict(self._instance.exports(self.store).items()))
+        memory = self.exports.get("memory")
+        self.memory_view = LinearMemoryView(self.store, memory) if isinstance(memory, wasmtime.Memory) else None
+        if wasi is not None and self.memory_view is not None:
+            wasi.bind_memory(GuestMemory(self.memory_view))
+
+    def _define_raw(self, linker: wasmtime.Linker, name: str, ty: wasmtime.FuncType, fn: Callable[..., Any],
+                    params: tuple[str, ...], results: tuple[str, ...]) -> None:
+        """Define ``fn`` through wasmtime's unchecked C callback: arguments are read straight from
+        the raw value slots as unsigned ints (one ``struct.unpack``) and the result written back,
+        instead of wasmtime-py's per-value ``Val`` conversions (several times slower per call)."""
+        args_format = struct.Struct("<" + "".join(_RAW_SLOT[t] for t in params))
+        result = _RAW_RESULT[results[0]] if results else None
+        size = args_format.size
+        raised = self._raised
+        inst = self
+
+        def callback(env: Any, caller: Any, slots: int, count: int) -> int:
+            view = inst.memory_view
+            if view is not None:
+                view.enter()
+            try:
+                out = fn(*args_format.unpack(ctypes.string_at(slots, size))) if size else fn()
+                if result is not None:
+                    result.from_address(slots).value = out
+                return 0
+            except BaseException as e:  # a ctypes callback must not raise: hand it over as a trap
+                raised.append(e)
+                return ctypes.cast(_ffi.wasmtime_trap_new(_HOST_EXCEPTION, len(_HOST_EXCEPTION)), ctypes.c_void_p).value
+            finally:
+                if view is not None:
+                    view.leave()
+
+        raw = _RAW_CALLBACK(callback)
+        self._callbacks.append(raw)
+        module_name, field = WASI_MODULE.encode(), name.encode()
+        error = _ffi.wasmtime_linker_define_func_unchecked(
+            linker.ptr(), ctypes.create_string_buffer(module_name), len(module_name),
+            ctypes.create_string_buffer(field), len(field), ty.ptr(),
+            ctypes.cast(raw, _ffi.wasmtime_func_unchecked_callback_t), None, _NO_FINALIZER)
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+
+    def _host_func(self, fn: Callable[..., Any], params: tuple[str, ...]) -> Callable[..., Any]:
+        """The portable path (wasmtime-py's public ``Linker.define_func``): ``fn`` (raw unsigned
+        ints in, errno out) as a callback that receives signed ints."""
+        raised = self._raised
+        masks = tuple(_MASK[t] for t in params)
+
+        def call(*args: int) -> Any:
+            view = self.memory_view
+            if view is not None:
+                view.enter()
+            try:
+                return fn(*[a & m for a, m in zip(args, masks, strict=True)])
+            except BaseException as e:
+                raised.append(e)
+                raise
+            finally:
+                if view is not None:
+                    view.leave()
+        return call
+
+    def _guard(self, thunk: Callable[[], Any], *, instantiating: bool = False) -> Any:
+        """Run wasm: a host function's exception comes out as itself, a trap as wasmig.Trap."""
+        self._raised.clear()
+        try:
+            return thunk()
+        except BaseException as e:
+            original = self._raised[-1] if self._raised else None
+            self._raised.clear()
+            if original is not None:
+                if original is e:
+                    raise
+                raise original from None  # wasmtime-py wrapped it into a trap
+            if isinstance(e, wasmtime.Trap):
+                raise convert_trap(e, self.module, self._code) from None
+            if isinstance(e, wasmtime.WasmtimeError):
+                if instantiating:
+                    raise LinkError(f"cannot instantiate on wasmtime: {_one_line(e)}") from None
+                raise WasmError(_one_line(e)) from None
+            raise
+
+    def invoke(self, name: str, *args: Any) -> Any:
+        """Call the exported function ``name``: ``None``, one value or a list (wasmtime-py's
+        conventions: integers come back signed)."""
+        func = self.exports.get(name)
+        if not isinstance(func, wasmtime.Func):
+            raise KeyError(f"no exported function named {name!r}")
+        wanted = len(func.type(self.store).params)
+        if len(args) != wanted:
+            raise TypeError(f"{name} takes {wanted} arguments, {len(args)} given")
+        return self._guard(lambda: func(self.store, *args))
+
+
+def instantiate_with_wasi(module: Module, wasi: Wasi, **options: Any) -> WasmtimeInstance:
+    return WasmtimeInstance(module, wasi, **options)
+
+
+def run_start(instance: WasmtimeInstance) -> int:
+    """Run ``_start`` to completion: ``proc_exit``'s code, else 0. Traps raise :class:`wasmig.Trap`."""
+    if not isinstance(instance.exports.get("_start"), wasmtime.Func):
+        raise LinkError("the module has no `_start` export: it is not a WASI command")
+    try:
+        instance.invoke("_start")
+    except ProcExit as e:
+        return e.code
+    return 0
+
+
+def run_command(module: Module, wasi: Wasi, **options: Any) -> int:
+    """Like :func:`wasmig.wasi.run.run_command`, on wasmtime."""
+    return run_start(WasmtimeInstance(module, wasi, **options))

@@ -1,0 +1,59 @@
+"""The site map: what the instrumentation pass records about every place a frame can stop.
+
+A *site* is a function entry, a ``loop`` header or a call. For each, the map keeps what the
+host needs to turn a frame record written by the instrumented module into a canonical frame:
+the function, the canonical pc (byte offset in the original body), the kind, and for every
+value live on the operand stack at that site (bottom to top) its type and the spill local
+holding it. The map travels inside the instrumented module as the custom section
+``wasmig.sitemap`` (JSON), so an instrumented module is self-describing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+SECTION_NAME = "wasmig.sitemap"
+KINDS = ("entry", "loop", "call", "import_call")
+
+
+@dataclass
+class Site:
+    id: int
+    func: int  # function index (module index space)
+    pc: int  # canonical pc: byte offset of the instruction in the original function body
+    kind: str  # entry | loop | call | import_call
+    stack: list[str]  # live operand-stack types at the site (canonical frame stack), bottom to top
+    spills: list[int]  # the local index holding each of them, same order
+    #: import and indirect call sites: the call's operands (arguments, and call_indirect's table
+    #: index) and their spill locals — part of the frame's stack only when a host call was interrupted
+    args: list[str] = field(default_factory=list)
+    arg_spills: list[int] = field(default_factory=list)
+
+
+@dataclass
+class FunctionLayout:
+    func: int
+    num_locals: int  # original params + declared locals (the canonical frame's locals)
+    local_types: list[str]  # types of every local of the instrumented function, record order
+    record_size: int
+
+
+@dataclass
+class SiteMap:
+    ctl_memory: int  # index of the control memory
+    globals_base: int  # index of the first global the pass added
+    sites: list[Site] = field(default_factory=list)
+    functions: dict[int, FunctionLayout] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        data = {"ctl_memory": self.ctl_memory, "globals_base": self.globals_base,
+                "sites": [asdict(s) for s in self.sites],
+                "functions": {str(k): asdict(v) for k, v in self.functions.items()}}
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SiteMap:
+        data = json.loads(raw)
+        return cls(data["ctl_memory"], data["globals_base"], [Site(**s) for s in data["sites"]],
+                   {int(k): FunctionLayout(**v) for k, v in data["functions"].items()})
