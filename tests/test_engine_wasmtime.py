@@ -509,3 +509,26 @@ def test_unrunnable_module_is_a_one_line_error_on_wasmtime(content: bytes, needl
     err = proc.stderr.decode()
     assert proc.returncode == 1 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert err == _wasmig("run", "--engine", "interp", str(mod)).stderr.decode()
+
+
+def test_ctrl_c_ends_a_guest_that_never_calls_the_host(tmp_path: Path) -> None:
+    """Python only sees SIGINT when it runs again; a guest spinning in compiled code never lets it,
+    so on wasmtime the CLI gives SIGINT its default action (as ``wasmtime run`` has)."""
+    import signal
+
+    import wasmtime
+
+    spin = tmp_path / "spin.wasm"
+    spin.write_bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start") loop br 0 end))'))
+    proc = subprocess.Popen([*wasmig_command("wasmtime"), str(spin)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        time.sleep(2)  # started and spinning
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGINT

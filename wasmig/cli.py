@@ -146,11 +146,10 @@ def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, 
     """Run to the end under ``policy``; returns the process exit code (traps and errors reported)."""
     from wasmig.snapshot.session import CheckpointExit, Session
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.wasi.run import run_start
 
     session = Session(instance, wasi, policy, module_path) if instance.engine == "interp" else None
     try:
-        return session.run(resume=resume) if session is not None else run_start(instance)  # wasmtime: no checkpoints
+        return session.run(resume=resume) if session is not None else run_compiled(instance)
     except CheckpointExit:
         click.echo(f"wasmig: checkpoint written to {policy.written[-1]}; exiting", err=True)
         return 0
@@ -166,6 +165,22 @@ def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, 
     finally:
         wasi.close()
     return ERROR_EXIT_CODE
+
+
+def run_compiled(instance: Any) -> int:
+    """``_start`` on the wasmtime engine (no checkpoints yet). Python sees Ctrl-C only when it runs
+    again, i.e. at the guest's next host call, so a guest computing without any would ignore it:
+    SIGINT gets its default action instead and ends the process at once, as it ends ``wasmtime run``."""
+    import signal
+
+    from wasmig.wasi.run import run_start
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # a checkpoint request must not kill the program (SIGUSR1's default action): say no instead
+    signal.signal(signal.SIGUSR1, lambda *_: click.echo(
+        "wasmig: checkpoint requested, but the wasmtime engine cannot checkpoint yet; ignoring", err=True))
+    return run_start(instance)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -12,12 +12,14 @@ The pieces:
   (:func:`compile_module`): ``Module.serialize()`` output keyed by the sha256 of (module bytes,
   wasmtime version, engine settings, host), each entry checksummed so a damaged entry is
   recompiled, never loaded;
-- :class:`WasmtimeInstance`: links the WASI imports with their exact preview1 types, converts
-  wasmtime-py's signed integers to the unsigned bit patterns the WASI layer expects, binds the
-  WASI :class:`~wasmig.wasi.memory.GuestMemory` to the exported ``memory`` through a ctypes view
-  of wasmtime's linear memory (re-derived whenever its base or length changes), and turns
-  wasmtime traps into :class:`wasmig.Trap` with the spec's wording and the interpreter's
-  backtrace format;
+- :class:`WasmtimeInstance`: links the WASI imports with their exact preview1 types (through
+  wasmtime's raw C callback, arguments read as the unsigned bit patterns the WASI layer expects;
+  wasmtime-py's public ``define_func``, whose signed ints are masked, as the fallback), re-raises
+  host functions' exceptions as themselves, binds the WASI
+  :class:`~wasmig.wasi.memory.GuestMemory` to the exported ``memory`` through a ctypes view of
+  wasmtime's linear memory (re-derived whenever its length changes: ``memory.grow`` may move it),
+  and turns wasmtime traps into :class:`wasmig.Trap` with the spec's wording and the
+  interpreter's backtrace format;
 - :func:`run_command`: ``_start`` to completion, like :func:`wasmig.wasi.run.run_command`.
 """
 
@@ -35,7 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
-from wasmtime import _ffi
+
+try:  # wasmtime-py's ctypes bindings, for the fast host-call path
+    from wasmtime import _ffi
+except ImportError:  # pragma: no cover - another wasmtime-py layout
+    _ffi = None
 
 from wasmig.errors import Exhaustion, LinkError, Trap, ValidationError, WasmError
 from wasmig.module import Module
@@ -60,7 +66,7 @@ _NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()  # a NULL finalizer: t
 _HOST_EXCEPTION = b"wasmig: a host function raised a Python exception"
 #: The fast host-call path needs these from wasmtime-py's ctypes bindings; without them (another
 #: wasmtime-py layout) host functions go through the public, slower ``Linker.define_func``.
-_RAW_CALLS = all(hasattr(_ffi, name) for name in (
+_RAW_CALLS = _ffi is not None and all(hasattr(_ffi, name) for name in (
     "wasmtime_linker_define_func_unchecked", "wasmtime_func_unchecked_callback_t", "wasmtime_trap_new"))
 _VALTYPE = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64,
             "f32": wasmtime.ValType.f32, "f64": wasmtime.ValType.f64}

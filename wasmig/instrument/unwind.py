@@ -240,8 +240,11 @@ class _FunctionRewriter:
         self.emit(0x0C, 1)  # the body's results to $done
         self.emit(0x0B)  # end $unwind
         self._write_record()
-        for t in results:
-            self.emit(_CONST[t], 0)
+        for t in results:  # dummy results: the caller is unwinding and never looks at them
+            if t in _CONST:
+                self.emit(_CONST[t], 0)
+            else:
+                self.emit(0xD0, t)  # ref.null
         self.emit(0x0B)  # end $done
         self.emit(0x0B)  # end of function
         added = [(1, t) for t in self.local_types[self.num_locals:]]
