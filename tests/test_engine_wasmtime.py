@@ -475,6 +475,7 @@ def _wasmig(*args: str) -> subprocess.CompletedProcess[bytes]:
 @pytest.mark.parametrize(
     "options",
     [["--checkpoint-dir", "CKPT"], ["--checkpoint-dir", "CKPT", "--checkpoint-at-step", "5"],
+     ["--checkpoint-dir", "CKPT", "--checkpoint-every", "1", "--checkpoint-then", "exit"],
      ["--checkpoint-at-step", "5"], ["--checkpoint-at-instruction", "9"], ["--checkpoint-every", "1"],
      ["--checkpoint-then", "exit"], ["--checkpoint-then", "continue"], ["--stable-only"]],
     ids=lambda o: " ".join(o),
@@ -484,9 +485,33 @@ def test_checkpoint_options_are_refused_on_wasmtime(options: list[str], tmp_path
     proc = _wasmig("run", "--engine", "wasmtime", *options, str(program("exitcode")))
     err = proc.stderr.decode()
     assert (proc.returncode, proc.stdout) == (1, b"")
-    assert err == ("wasmig: error: checkpointing on the wasmtime engine needs the instrumentation pass "
-                   "(not yet available); use --engine interp\n")
+    from wasmig.snapshot.wasmtime_session import UNSUPPORTED
+
+    assert err == f"wasmig: error: {UNSUPPORTED}\n"
     assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("step", [1, 2, 700, 3000, 12000])
+def test_checkpoint_on_wasmtime_restores_on_the_interpreter(step: int, tmp_path: Path) -> None:
+    """``run --engine wasmtime --checkpoint-at-step N --checkpoint-then exit`` then ``restore
+    --engine interp``: the two halves together print exactly what one uninterrupted run prints,
+    and leave the same files (open files resumed at their offsets)."""
+    wasm = str(program("fileops"))
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "split").mkdir()
+    whole = _wasmig("run", "--dir", f"{tmp_path / 'whole'}::/data", wasm, "/data")
+    first = _wasmig("run", "--engine", "wasmtime", "--dir", f"{tmp_path / 'split'}::/data", "--checkpoint-dir",
+                    str(tmp_path / "ck"), "--checkpoint-at-step", str(step), "--checkpoint-then", "exit", wasm, "/data")
+    assert first.returncode == 0, first.stderr
+    assert b"checkpoint written to" in first.stderr
+    second = _wasmig("restore", "--engine", "interp", str(tmp_path / "ck"))
+    assert second.returncode == whole.returncode, second.stderr
+    assert first.stdout + second.stdout == whole.stdout
+    for path in (tmp_path / "whole").rglob("*"):
+        twin = tmp_path / "split" / path.relative_to(tmp_path / "whole")
+        assert twin.is_symlink() == path.is_symlink()
+        if path.is_file() and not path.is_symlink():
+            assert twin.read_bytes() == path.read_bytes(), path.name
 
 
 def test_restore_is_refused_on_wasmtime(tmp_path: Path) -> None:

@@ -21,8 +21,6 @@ from wasmig.errors import DecodeError, LinkError, Trap, ValidationError, WasmErr
 TRAP_EXIT_CODE = 134
 ERROR_EXIT_CODE = 1
 ENGINES = ["interp", "wasmtime"]
-NO_WASMTIME_CHECKPOINTS = ("checkpointing on the wasmtime engine needs the instrumentation pass (not yet available); "
-                           "use --engine interp")
 NO_WASMTIME_RESTORE = ("restoring on the wasmtime engine needs the instrumentation pass (not yet available); "
                        "use --engine interp")
 
@@ -95,10 +93,14 @@ def check_wasmtime(ctx: click.Context) -> None:
     when wasmtime is not installed."""
     import importlib.util
 
+    from wasmig.snapshot.wasmtime_session import UNSUPPORTED
+
     options = ("checkpoint_dir", "checkpoint_at_step", "checkpoint_at_instruction", "checkpoint_every",
                "checkpoint_then", "stable_only")
-    if any(ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT for name in options):
-        raise UserError(NO_WASMTIME_CHECKPOINTS)
+    given = {name for name in options if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    if given and not (given == {"checkpoint_dir", "checkpoint_at_step", "checkpoint_then"}
+                      and ctx.params["checkpoint_then"] == "exit"):
+        raise UserError(UNSUPPORTED)
     if importlib.util.find_spec("wasmtime") is None:
         raise UserError("--engine wasmtime needs the wasmtime package (pip install wasmtime)")
 
@@ -237,8 +239,31 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
         _fail(f"{program}: {e}")
         return
     instance.wasi = wasi
-    code = run_session(instance, wasi, policy, os.path.abspath(program), resume=False)
+    if engine == "wasmtime" and policy.at_step is not None:
+        code = checkpoint_on_wasmtime(module, wasi, policy, os.path.abspath(program))
+    else:
+        code = run_session(instance, wasi, policy, os.path.abspath(program), resume=False)
     sys.exit(code & 0xFF)
+
+
+def checkpoint_on_wasmtime(module: Any, wasi: Any, policy: Any, module_path: str) -> int:
+    """``run --engine wasmtime --checkpoint-at-step N --checkpoint-then exit``."""
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.wasmtime_session import run_until_step
+
+    try:
+        code, path = run_until_step(module, wasi, policy.directory, policy.at_step, module_path)
+    except Trap as trap:
+        report_trap(trap)
+        return TRAP_EXIT_CODE
+    except (SnapshotError, WasmError) as e:
+        _fail(f"{module_path}: {e}")
+        return ERROR_EXIT_CODE
+    finally:
+        wasi.close()
+    if path is not None:
+        click.echo(f"wasmig: checkpoint written to {path}; exiting", err=True)
+    return code
 
 
 @main.command()

@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""What does the checkpointing instrumentation cost on wasmtime, in run time and code size?
+
+The instrumentation pass (``wasmig.instrument.unwind.instrument``, see docs/instrument.md)
+rewrites a module so wasmtime can checkpoint it: a poll at every function entry and loop header
+(which also counts steps), a state check after every call, and the unwind code paths. This
+benchmark measures what that costs a program that is never checkpointed -- the hot-path
+overhead every migratable program pays.
+
+Workloads: the small C kernels in ``benchmarks/kernels/*.c`` (dense matmul on doubles, a prime
+sieve, n-body, SHA-256, libc ``qsort`` through a comparison function pointer, recursive fib, an
+open-addressing hash table, an LZ77 round trip), each compiled once with
+``wasmig.toolchain.compile_c`` at ``-O2`` (zig, wasm32-wasi, cached) and sized to run roughly
+0.2-1 s on wasmtime. Each prints a checksum.
+
+Variants of each kernel:
+
+- ``plain``: the module as compiled;
+- ``instr``: ``instrument(Module.from_file(path)).ir`` encoded with ``encode_module``;
+- ``asyncify`` (when binaryen's ``wasm-opt`` is on PATH, e.g. Debian's ``binaryen`` package):
+  ``wasm-opt --asyncify -O2``, the usual alternative for unwinding a wasm stack. It only adds
+  exports, so it runs as an ordinary WASI command. (Retried with ``--all-features`` when
+  binaryen does not infer every feature of zig's output, e.g. bulk memory in Debian's 108.)
+  Without ``wasm-opt`` the column is skipped with a note.
+
+Every variant runs on wasmtime (wasmtime-py) with wasmtime's *own* WASI (``Linker.define_wasi``,
+stdout to a temp file), not wasmig's host layer, so only the guest code differs. Each module is
+compiled once per variant (``wasm_multi_memory`` on, as the instrumented module needs a second
+memory); every run makes a fresh store and instance and times only the ``_start`` call. After
+one untimed warm-up run of the plain module, runs are interleaved (plain, instr, asyncify, then
+instr, asyncify, plain, ...: the order rotates each round) so drift in machine load and cache
+warmth hit all variants alike; the median of ``--runs`` (default 5) is reported. Every run's
+stdout must equal the plain module's (the checksums agree) or the script fails.
+
+Output: per kernel the median times and their ratios to plain; the ``.wasm`` sizes and growth
+(the instrumented file carries the ``wasmig.sitemap`` custom section, and ``wasm-opt`` drops the
+``name`` section, so whole files are not like for like); the code-section sizes and growth (the
+fair comparison of generated code). Then, per variant, the geometric mean and the worst time
+ratio and the mean size growth. The whole run takes about 1-2 minutes; ``--kernels fib,sieve`` for a
+subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import wasmtime
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+from wasmig import Module  # noqa: E402
+from wasmig.binary.encoder import encode_module  # noqa: E402
+from wasmig.instrument.unwind import instrument  # noqa: E402
+from wasmig.toolchain import compile_c  # noqa: E402
+
+KERNELS_DIR = HERE / "kernels"
+
+
+@dataclass
+class Variant:
+    name: str
+    wasm: bytes
+    module: wasmtime.Module
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def make_engine() -> wasmtime.Engine:
+    config = wasmtime.Config()
+    config.wasm_multi_memory = True
+    return wasmtime.Engine(config)
+
+
+def run_once(engine: wasmtime.Engine, module: wasmtime.Module, argv: list[str], tmp: Path) -> tuple[float, str]:
+    """Instantiate *module* with wasmtime's WASI, time its ``_start``; return (seconds, stdout)."""
+    out = tmp / "stdout.txt"
+    out.unlink(missing_ok=True)
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = argv
+    wasi.stdout_file = str(out)
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasi)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    instance = linker.instantiate(store, module)
+    start = instance.exports(store)["_start"]
+    t0 = time.perf_counter()
+    try:
+        start(store)
+    except wasmtime.ExitTrap as e:
+        if e.code != 0:
+            raise
+    elapsed = time.perf_counter() - t0
+    del instance, store  # closes the stdout file
+    return elapsed, out.read_text()
+
+
+def asyncify(src: Path, dst: Path) -> bytes:
+    """``wasm-opt --asyncify -O2 src -o dst``; return the result's bytes."""
+    cmd = ["wasm-opt", "--asyncify", "-O2", str(src), "-o", str(dst)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:  # older binaryen may not infer every feature zig's output uses
+        proc = subprocess.run([*cmd, "--all-features"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wasm-opt failed on {src.name}: {proc.stderr.strip()}")
+    return dst.read_bytes()
+
+
+def measure_kernel(engine: wasmtime.Engine, src: Path, runs: int, use_asyncify: bool, tmp: Path) -> list[Variant]:
+    path = compile_c(src, opt="-O2")
+    wasm = path.read_bytes()
+    blobs = [("plain", wasm), ("instr", encode_module(instrument(Module.from_file(path)).ir))]
+    if use_asyncify:
+        blobs.append(("asyncify", asyncify(path, tmp / f"{src.stem}.asyncify.wasm")))
+    variants = [Variant(name, blob, wasmtime.Module(engine, blob)) for name, blob in blobs]
+    argv = [src.stem]
+    expected = run_once(engine, variants[0].module, argv, tmp)[1]  # untimed warm-up; the reference
+    for k in range(runs):
+        for v in variants[k % len(variants):] + variants[:k % len(variants)]:  # rotate who goes first
+            elapsed, stdout = run_once(engine, v.module, argv, tmp)
+            if stdout != expected:
+                raise SystemExit(f"{src.stem}: {v.name} printed {stdout!r}, plain printed {expected!r}")
+            v.times.append(elapsed)
+    return variants
+
+
+def code_size(wasm: bytes) -> int:
+    """Bytes of the code section (id 10) of a module's binary."""
+    pos = 8
+    while pos < len(wasm):
+        section_id = wasm[pos]
+        pos += 1
+        size = shift = 0
+        while True:
+            byte = wasm[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        if section_id == 10:
+            return size
+        pos += size
+    return 0
+
+
+def geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per variant (default 5)")
+    ap.add_argument("--kernels", default="", help="comma-separated subset (default: all in kernels/)")
+    ap.add_argument("--no-asyncify", action="store_true", help="skip the wasm-opt --asyncify column")
+    args = ap.parse_args(argv)
+
+    sources = sorted(KERNELS_DIR.glob("*.c"))
+    if args.kernels:
+        wanted = set(args.kernels.split(","))
+        sources = [s for s in sources if s.stem in wanted]
+    use_asyncify = not args.no_asyncify and shutil.which("wasm-opt") is not None
+    note = None
+    if args.no_asyncify:
+        note = "asyncify column skipped (--no-asyncify)"
+    elif not use_asyncify:
+        note = "asyncify column skipped: binaryen's wasm-opt is not on PATH (apt-get install binaryen)"
+
+    engine = make_engine()
+    others = ["instr", "asyncify"] if use_asyncify else ["instr"]
+    header = f"{'kernel':<10} {'plain s':>8}"
+    for name in others:
+        header += f" {name[:5] + ' s':>8} {'ratio':>6}"
+    header += f" | {'.wasm plain':>11}"
+    for name in others:
+        header += f" {name[:5]:>8} {'x':>5}"
+    header += f" | {'code plain':>10}"
+    for name in others:
+        header += f" {name[:5]:>8} {'x':>5}"
+    print(header)
+    print("-" * len(header))
+    ratios: dict[str, list[float]] = {name: [] for name in others}
+    growth: dict[str, list[float]] = {name: [] for name in others}
+    code_growth: dict[str, list[float]] = {name: [] for name in others}
+    names: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="wasmig-overhead-") as d:
+        for src in sources:
+            plain, *rest = measure_kernel(engine, src, args.runs, use_asyncify, Path(d))
+            names.append(src.stem)
+            times = f"{src.stem:<10} {plain.median:>8.3f}"
+            sizes = f" | {len(plain.wasm):>11}"
+            codes = f" | {code_size(plain.wasm):>10}"
+            for v in rest:
+                r = v.median / plain.median
+                g = len(v.wasm) / len(plain.wasm)
+                cg = code_size(v.wasm) / code_size(plain.wasm)
+                ratios[v.name].append(r)
+                growth[v.name].append(g)
+                code_growth[v.name].append(cg)
+                times += f" {v.median:>8.3f} {r:>5.2f}x"
+                sizes += f" {len(v.wasm):>8} {g:>4.2f}x"
+                codes += f" {code_size(v.wasm):>8} {cg:>4.2f}x"
+            print(times + sizes + codes, flush=True)
+    print()
+    for name in others:
+        worst = max(range(len(names)), key=lambda i: ratios[name][i])
+        print(f"{name:<9} time: geomean {geomean(ratios[name]):.2f}x, worst {ratios[name][worst]:.2f}x "
+              f"({names[worst]}); .wasm size: geomean {geomean(growth[name]):.2f}x; "
+              f"code section: geomean {geomean(code_growth[name]):.2f}x")
+    if note:
+        print(note)
+    print(f"(median of {args.runs} interleaved runs, order rotated each round; times are the _start call "
+          "only; all checksums agree. instr's .wasm includes the wasmig.sitemap custom section; "
+          "wasm-opt drops the name section, so compare code sections across tools.)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
