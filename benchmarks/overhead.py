@@ -21,7 +21,10 @@ Variants of each kernel:
   ``wasm-opt --asyncify -O2``, the usual alternative for unwinding a wasm stack. It only adds
   exports, so it runs as an ordinary WASI command. (Retried with ``--all-features`` when
   binaryen does not infer every feature of zig's output, e.g. bulk memory in Debian's 108.)
-  Without ``wasm-opt`` the column is skipped with a note.
+  Without ``wasm-opt`` the column is skipped with a note. Not like for like: asyncify only
+  instruments functions that may reach an import (where it assumes an unwind can start), so
+  pure compute loops stay untouched and cannot be interrupted, whereas ``instr`` polls in every
+  loop; ``wasm-opt -O2`` also re-optimizes the whole module, which can make it faster than plain.
 
 Every variant runs on wasmtime (wasmtime-py) with wasmtime's *own* WASI (``Linker.define_wasi``,
 stdout to a temp file), not wasmig's host layer, so only the guest code differs. Each module is

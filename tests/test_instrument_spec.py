@@ -8,7 +8,15 @@ validates is instrumented (:func:`wasmig.instrument.unwind.instrument`), encoded
 3. when the original instantiates on wasmtime, so does the instrumented module, and every
    following ``action``/``assert_return``/``assert_trap``/``assert_exhaustion`` (and every
    ``assert_uninstantiable``) has the same outcome on both: the same result bits — NaN payloads
-   included, the pass must not touch a float — or a trap of the same kind.
+   included, the pass must not touch a float — or a trap of the same trap code. wasmtime was
+   never seen to differ in NaN bits between the two, so there is no canonical/arithmetic-class
+   leniency; a difference says "only NaN bits differ" when that is all it is. When the next
+   module comes, the exported state of the previous one (memories byte for byte, globals bit for
+   bit, table sizes) must be equal too.
+
+The original's outcomes are also checked against the script's expectations (``assert_return``
+values, traps, stack exhaustion): a mismatch there is a harness bug (values not seen bit-exactly),
+not a bug of the pass, and fails the test as well.
 
 Both modules run on wasmtime, each in its own *world* (a store with its own ``spectest`` externs
 and its own registry of ``register``-ed exports): originals link against originals, instrumented
