@@ -125,9 +125,12 @@ def test_files_offsets_renumber_and_state(tree: Path) -> None:
     assert g.write(fd, b"0123456789") == 10
     assert (tree / "new.txt").read_bytes() == b"0123456789"
     assert g.call("fd_seek", fd, 3, C.WHENCE_SET, out) == 0 and g.u64(out) == 3
-    state = wasi.export_state()
+    from wasmig.wasi.snapshot import capture_wasi
+
+    state = capture_wasi(wasi)
     entry = next(f for f in state.fds if f.fd == fd)
     assert (entry.kind, entry.offset, entry.guest_path) == ("file", 3, "/data/new.txt")
+    assert (entry.base_preopen, entry.relpath) == ("/data", "new.txt")
     assert entry.host_path == str(tree / "new.txt")
     assert g.read(fd, 2) == b"34"
     other = g.open(pre, "a.txt")

@@ -2,8 +2,8 @@
 
 Each :class:`FdEntry` separates *plain data* (what a snapshot records: kind, paths, flags,
 rights, offset, readdir cursor, preopen name) from *runtime handles* (the host fd, socket or
-Python stream, which are re-created on restore). ``FdEntry.describe()`` returns just the plain
-data.
+Python stream, which are re-created on restore). :func:`wasmig.wasi.snapshot.capture_wasi`
+turns the table into the snapshot's plain form.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from wasmig.wasi.errno import Errno, WasiError
 
@@ -21,26 +21,6 @@ FILE = "file"
 DIR = "dir"
 TCP_LISTENER = "tcp_listener"
 TCP_STREAM = "tcp_stream"
-
-
-@dataclass
-class FdState:
-    """The plain, serialisable description of one open descriptor."""
-
-    fd: int
-    kind: str
-    filetype: int
-    rights_base: int
-    rights_inheriting: int
-    fdflags: int = 0
-    guest_path: str | None = None
-    host_path: str | None = None
-    preopen: str | None = None
-    readable: bool = False
-    writable: bool = False
-    offset: int = 0
-    readdir_cookie: int = 0
-    peer: str | None = None  # "host:port" of a TCP stream's peer, or of a listener's address
 
 
 @dataclass
@@ -77,18 +57,6 @@ class FdEntry:
             return os.lseek(self.host_fd, 0, os.SEEK_CUR)
         except OSError:
             return 0
-
-    def describe(self, fd: int) -> FdState:
-        peer = None
-        if self.sock is not None:
-            try:
-                addr: Any = self.sock.getpeername() if self.kind == TCP_STREAM else self.sock.getsockname()
-                peer = f"{addr[0]}:{addr[1]}"
-            except OSError:
-                peer = None
-        return FdState(fd, self.kind, self.filetype, self.rights_base, self.rights_inheriting, self.fdflags,
-                       self.guest_path, self.host_path, self.preopen, self.readable, self.writable,
-                       self.offset(), self.readdir_cookie, peer)
 
     def close(self) -> None:
         if self.sock is not None:

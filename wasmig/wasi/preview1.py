@@ -18,14 +18,13 @@ import stat as stat_mod
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from wasmig.wasi import constants as C
 from wasmig.wasi import sandbox
 from wasmig.wasi.blocking import Waiter
 from wasmig.wasi.errno import Errno, WasiError, from_oserror
-from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEntry, FdState, FdTable
+from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEntry, FdTable
 from wasmig.wasi.memory import GuestMemory
 
 WASI_MODULE = "wasi_snapshot_preview1"
@@ -65,17 +64,6 @@ class ProcExit(Exception):
     def __init__(self, code: int) -> None:
         self.code = code
         super().__init__(f"proc_exit({code})")
-
-
-@dataclass
-class WasiState:
-    """Everything the WASI layer holds, as plain data (what a snapshot serialises)."""
-
-    args: list[str]
-    env: dict[str, str]
-    fds: list[FdState]
-    monotonic_base_ns: int
-    exit_code: int | None = None
 
 
 def _signed64(v: int) -> int:
@@ -170,11 +158,6 @@ class Wasi:
     def close(self) -> None:
         self.fds.close_all()
         self.waiter.close()
-
-    def export_state(self) -> WasiState:
-        """The plain-data state (for snapshots): re-reads file offsets from the host."""
-        fds = [entry.describe(fd) for fd, entry in sorted(self.fds.entries.items())]
-        return WasiState(list(self.args), dict(self.env), fds, self.monotonic_base_ns, self.exit_code)
 
     @property
     def mem(self) -> GuestMemory:
@@ -868,4 +851,4 @@ class Wasi:
         sock.shutdown(modes[how])
 
 
-__all__ = ["ProcExit", "SIGNATURES", "WASI_MODULE", "Wasi", "WasiState"]
+__all__ = ["ProcExit", "SIGNATURES", "WASI_MODULE", "Wasi"]
