@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,9 +27,6 @@ import pytest
 from tests.test_wasi_programs import (
     CASES,
     SANDBOX,
-    _connect,
-    _free_port,
-    _recv_exactly,
     empty_sandbox,
     escape_tree,
 )
@@ -433,37 +429,6 @@ def test_cli_uses_the_cache_under_wasmig_cache(tmp_path: Path) -> None:
     third = run()
     assert (third.returncode, third.stdout, third.stderr) == (first.returncode, first.stdout, first.stderr)
     assert entries[0].stat().st_size > 1000, "the damaged entry was not replaced"
-
-
-# --- TCP ------------------------------------------------------------------------------------------
-def test_tcp_echo_on_wasmtime(tmp_path: Path) -> None:
-    wasm = program("tcp_echo")
-    port = _free_port()
-    (tmp_path / "dir").mkdir()
-    cmd = [*wasmig_command("wasmtime"), "--tcplisten", f"127.0.0.1:{port}", "--dir", f"{tmp_path / 'dir'}::/d",
-           str(wasm), "3"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}
-    )
-    try:
-        deadline = time.monotonic() + 30
-        for client in range(3):
-            with _connect(port, deadline) as sock:
-                messages = [f"client {client} message {i}\n".encode() for i in range(3)]
-                messages.append(bytes(range(256)) * 256)  # 64 KiB of every byte value
-                for msg in messages:
-                    sock.sendall(msg)
-                    assert _recv_exactly(sock, len(msg)) == msg
-                sock.shutdown(socket.SHUT_WR)
-                assert sock.recv(1) == b"", "the server did not close after the client shut down"
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err.decode(errors="replace")
-    assert out == b""
-    assert err.decode().count("bytes echoed") == 3 and "connection 3 done" in err.decode()
 
 
 # --- the CLI ------------------------------------------------------------------------------------------
