@@ -17,6 +17,8 @@ Variants of each kernel:
 
 - ``plain``: the module as compiled;
 - ``instr``: ``instrument(Module.from_file(path)).ir`` encoded with ``encode_module``;
+- ``poll``: the same pass with ``count_steps=False`` (stable points only test the poll byte):
+  what the canonical step count costs is the difference between ``instr`` and ``poll``;
 - ``asyncify`` (when binaryen's ``wasm-opt`` is on PATH, e.g. Debian's ``binaryen`` package):
   ``wasm-opt --asyncify -O2``, the usual alternative for unwinding a wasm stack. It only adds
   exports, so it runs as an ordinary WASI command. (Retried with ``--all-features`` when
@@ -125,7 +127,9 @@ def asyncify(src: Path, dst: Path) -> bytes:
 def measure_kernel(engine: wasmtime.Engine, src: Path, runs: int, use_asyncify: bool, tmp: Path) -> list[Variant]:
     path = compile_c(src, opt="-O2")
     wasm = path.read_bytes()
-    blobs = [("plain", wasm), ("instr", encode_module(instrument(Module.from_file(path)).ir))]
+    module = Module.from_file(path)
+    blobs = [("plain", wasm), ("instr", encode_module(instrument(module).ir)),
+             ("poll", encode_module(instrument(module, count_steps=False).ir))]
     if use_asyncify:
         blobs.append(("asyncify", asyncify(path, tmp / f"{src.stem}.asyncify.wasm")))
     variants = [Variant(name, blob, wasmtime.Module(engine, blob)) for name, blob in blobs]
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         note = "asyncify column skipped: binaryen's wasm-opt is not on PATH (apt-get install binaryen)"
 
     engine = make_engine()
-    others = ["instr", "asyncify"] if use_asyncify else ["instr"]
+    others = ["instr", "poll", "asyncify"] if use_asyncify else ["instr", "poll"]
     header = f"{'kernel':<10} {'plain s':>8}"
     for name in others:
         header += f" {name[:5] + ' s':>8} {'ratio':>6}"

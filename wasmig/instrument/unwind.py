@@ -152,16 +152,18 @@ class _FunctionRewriter:
     def stable_point(self, site_id: int, params: list[str], base: int, open_constructs: int) -> None:
         g = self.p.globals_base
         steps, stop = g + 1, g + 2
-        self.emit(0x23, steps)
-        self.emit(0x42, 1)
-        self.emit(0x7C)
-        self.emit(0x24, steps)
-        self.emit(0x23, steps)
-        self.emit(0x23, stop)
-        self.emit(0x5A)  # i64.ge_u
+        if self.p.count_steps:
+            self.emit(0x23, steps)
+            self.emit(0x42, 1)
+            self.emit(0x7C)
+            self.emit(0x24, steps)
+            self.emit(0x23, steps)
+            self.emit(0x23, stop)
+            self.emit(0x5A)  # i64.ge_u
         self.emit(0x41, 0)
         self.emit(0x2D, self.ctl_memarg(0, POLL))  # i32.load8_u $ctl
-        self.emit(0x72)  # i32.or
+        if self.p.count_steps:
+            self.emit(0x72)  # i32.or
         self.emit(0x04, self.p.block_type(params, params))
         self.pop_into(params, base)
         self.unwind_branch(site_id, open_constructs)
@@ -340,6 +342,7 @@ class _Pass:
         self.ctl = len(ir.all_mems())
         self.globals_base = len(ir.all_globals())
         self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
+        self.count_steps = True
 
     def block_type(self, params: list[str], results: list[str]) -> object:
         if not params and not results:
@@ -365,13 +368,19 @@ class _Pass:
         return len(ft.params), list(ft.results), list(ft.params)
 
 
-def instrument(module: object) -> Instrumented:
-    """Instrument a validated :class:`wasmig.Module` for checkpointing on a compiled engine."""
+def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
+    """Instrument a validated :class:`wasmig.Module` for checkpointing on a compiled engine.
+
+    ``count_steps=False`` builds the poll-only variant: stable points test the poll byte but keep
+    no step count (no ``--checkpoint-at-step``, and snapshots without a canonical step number);
+    it exists to measure what the count costs (benchmarks/overhead.py).
+    """
     ir: IRModule = copy.deepcopy(module.ir)  # type: ignore[attr-defined]
     validation = module.validation  # type: ignore[attr-defined]
     if len(ir.all_mems()) > 1:
         raise InstrumentError("modules with several memories are not supported")
     p = _Pass(ir)
+    p.count_steps = count_steps
     n_imported = p.n_imported
     new_funcs = [_FunctionRewriter(p, n_imported + k, f, validation.functions[k]).rewrite()
                  for k, f in enumerate(ir.funcs)]
