@@ -227,6 +227,8 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
         _fail(f"{program}: {kind}: {str(e).replace(f'cannot read module {program}: ', '')}")
         return
     wasi = Wasi([program, *args], env, preopens=preopens, listeners=listeners)
+    if engine == "wasmtime" and policy.at_step is not None:  # runs the instrumented module instead
+        sys.exit(checkpoint_on_wasmtime(module, wasi, policy, os.path.abspath(program)) & 0xFF)
     try:
         instance = instantiate_with_wasi(module, wasi, engine)
         if "_start" not in instance.exports:
@@ -239,10 +241,7 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
         _fail(f"{program}: {e}")
         return
     instance.wasi = wasi
-    if engine == "wasmtime" and policy.at_step is not None:
-        code = checkpoint_on_wasmtime(module, wasi, policy, os.path.abspath(program))
-    else:
-        code = run_session(instance, wasi, policy, os.path.abspath(program), resume=False)
+    code = run_session(instance, wasi, policy, os.path.abspath(program), resume=False)
     sys.exit(code & 0xFF)
 
 

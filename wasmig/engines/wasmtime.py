@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - another wasmtime-py layout
 from wasmig.errors import Exhaustion, LinkError, Trap, ValidationError, WasmError
 from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
-from wasmig.wasi.preview1 import SIGNATURES, WASI_MODULE, ProcExit, Wasi
+from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi, check_wasi_imports
 
 #: Engine settings: applied to the ``wasmtime.Config`` and part of the artifact cache key.
 ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True}
@@ -409,28 +409,6 @@ class Exports(Mapping[str, Any]):
         return len(self._items)
 
 
-def _check_wasi_imports(module: Module) -> list[Any]:
-    """The module's imports, all of which must be WASI preview1 functions of the exact preview1
-    type; LinkError (with the interpreter's wording) otherwise."""
-    wanted = []
-    for imp in module.ir.imports:
-        where = f"{imp.module}.{imp.name}"
-        if imp.module != WASI_MODULE:
-            raise LinkError(f"unknown import: {where} (only {WASI_MODULE} is provided)")
-        if imp.kind != "func":
-            raise LinkError(f"unknown import: {where} was not provided")
-        if imp.name not in SIGNATURES:
-            raise LinkError(f"unknown import: {where} is not a WASI preview1 function")
-        want = module.ir.types[imp.desc]
-        params = SIGNATURES[imp.name]
-        results = () if imp.name == "proc_exit" else ("i32",)
-        if tuple(want.params) != params or tuple(want.results) != results:
-            have = f"[{' '.join(params)}] -> [{' '.join(results)}]"
-            raise LinkError(f"incompatible import type: {where} is {have}, the module expects {want}")
-        wanted.append(imp)
-    return wanted
-
-
 class WasmtimeInstance:
     """A module instantiated on wasmtime, with ``wasi`` (wasmig's own WASI) as its
     ``wasi_snapshot_preview1``; the WASI memory is bound to the exported ``memory``.
@@ -447,7 +425,7 @@ class WasmtimeInstance:
         self.wasi = wasi
         self._code = _Code(module)
         self._raised: list[BaseException] = []  # what host functions raised, newest last
-        imports = _check_wasi_imports(module)
+        imports = check_wasi_imports(module.ir)
         if imports and wasi is None:
             raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")
         data = module.data

@@ -58,6 +58,30 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_wasi_imports(ir: Any) -> list[Any]:
+    """The module's imports (``ir`` is its IR), all of which must be WASI preview1 functions of the
+    exact preview1 type; a LinkError otherwise. One check for every engine."""
+    from wasmig.errors import LinkError
+
+    wanted = []
+    for imp in ir.imports:
+        where = f"{imp.module}.{imp.name}"
+        if imp.module != WASI_MODULE:
+            raise LinkError(f"unknown import: {where} (only {WASI_MODULE} is provided)")
+        if imp.kind != "func":
+            raise LinkError(f"unknown import: {where} was not provided")
+        if imp.name not in SIGNATURES:
+            raise LinkError(f"unknown import: {where} is not a WASI preview1 function")
+        want = ir.types[imp.desc]
+        params = SIGNATURES[imp.name]
+        results = () if imp.name == "proc_exit" else (I32,)
+        if tuple(want.params) != params or tuple(want.results) != results:
+            have = f"[{' '.join(params)}] -> [{' '.join(results)}]"
+            raise LinkError(f"incompatible import type: {where} is {have}, the module expects {want}")
+        wanted.append(imp)
+    return wanted
+
+
 class ProcExit(Exception):
     """The guest called ``proc_exit``: unwinds the engine; ``code`` is the exit status."""
 
@@ -423,6 +447,15 @@ class Wasi:
             self.waiter.wait_readable(host)  # a terminal, pipe or socket may block: wait interruptibly
         return os.read(host, n)
 
+    def _positioned(self, fd: int) -> FdEntry:
+        """A regular file (the only kind with an offset): a directory is EBADF, a stream ESPIPE."""
+        entry = self.fds.get(fd)
+        if entry.kind == DIR:
+            raise WasiError(Errno.BADF)
+        if entry.kind != FILE:
+            raise WasiError(Errno.SPIPE)
+        return entry
+
     def fd_read(self, fd: int, iovs_ptr: int, iovs_len: int, nread_ptr: int) -> None:
         entry = self.fds.get(fd)
         iovs = self.mem.iovecs(iovs_ptr, iovs_len)
@@ -431,11 +464,7 @@ class Wasi:
         self.mem.set_u32(nread_ptr, self._scatter(iovs, data))
 
     def fd_pread(self, fd: int, iovs_ptr: int, iovs_len: int, offset: int, nread_ptr: int) -> None:
-        entry = self.fds.get(fd)
-        if entry.kind == DIR:
-            raise WasiError(Errno.BADF)
-        if entry.kind != FILE:
-            raise WasiError(Errno.SPIPE)
+        entry = self._positioned(fd)
         if not entry.readable:
             raise WasiError(Errno.BADF)
         iovs = self.mem.iovecs(iovs_ptr, iovs_len)
@@ -470,33 +499,21 @@ class Wasi:
         self.mem.set_u32(nwritten_ptr, self._write_entry(entry, data) if data else 0)
 
     def fd_pwrite(self, fd: int, iovs_ptr: int, iovs_len: int, offset: int, nwritten_ptr: int) -> None:
-        entry = self.fds.get(fd)
-        if entry.kind == DIR:
-            raise WasiError(Errno.BADF)
-        if entry.kind != FILE:
-            raise WasiError(Errno.SPIPE)
+        entry = self._positioned(fd)
         if not entry.writable:
             raise WasiError(Errno.BADF)
         data = self._gather(self.mem.iovecs(iovs_ptr, iovs_len))
         self.mem.set_u32(nwritten_ptr, os.pwrite(entry.fileno(), data, offset) if data else 0)
 
     def fd_seek(self, fd: int, offset: int, whence: int, newoffset_ptr: int) -> None:
-        entry = self.fds.get(fd)
-        if entry.kind == DIR:
-            raise WasiError(Errno.BADF)
-        if entry.kind != FILE:
-            raise WasiError(Errno.SPIPE)
+        entry = self._positioned(fd)
         if whence not in (C.WHENCE_SET, C.WHENCE_CUR, C.WHENCE_END):
             raise WasiError(Errno.INVAL)
         host_whence = (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END)[whence]
         self.mem.set_u64(newoffset_ptr, os.lseek(entry.fileno(), _signed64(offset), host_whence))
 
     def fd_tell(self, fd: int, offset_ptr: int) -> None:
-        entry = self.fds.get(fd)
-        if entry.kind == DIR:
-            raise WasiError(Errno.BADF)
-        if entry.kind != FILE:
-            raise WasiError(Errno.SPIPE)
+        entry = self._positioned(fd)
         self.mem.set_u64(offset_ptr, os.lseek(entry.fileno(), 0, os.SEEK_CUR))
 
     # --- directories ---------------------------------------------------------------------------------
@@ -851,4 +868,4 @@ class Wasi:
         sock.shutdown(modes[how])
 
 
-__all__ = ["ProcExit", "SIGNATURES", "WASI_MODULE", "Wasi"]
+__all__ = ["ProcExit", "SIGNATURES", "WASI_MODULE", "Wasi", "check_wasi_imports"]

@@ -9,7 +9,7 @@ from wasmig.instance import Instance
 from wasmig.interp.store import HostFunc, Memory
 from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
-from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi
+from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi, check_wasi_imports
 
 if TYPE_CHECKING:
     from wasmig.engines.wasmtime import WasmtimeInstance
@@ -21,15 +21,7 @@ def _host_func(params: tuple[str, ...], results: tuple[str, ...], fn: Any, name:
 
 def wasi_imports(module: Module, wasi: Wasi) -> dict[str, dict[str, Any]]:
     """The import object for ``module``: the WASI functions it imports, nothing else (LinkError otherwise)."""
-    wanted = [imp.name for imp in module.ir.imports if imp.module == WASI_MODULE and imp.kind == "func"]
-    unknown = [name for name in wanted if name not in wasi.imports(_host_func, [name])[WASI_MODULE]]
-    if unknown:
-        raise LinkError(f"unknown import: {WASI_MODULE}.{unknown[0]} is not a WASI preview1 function")
-    others = sorted({imp.module for imp in module.ir.imports if imp.module != WASI_MODULE})
-    if others:
-        first = next(imp for imp in module.ir.imports if imp.module != WASI_MODULE)
-        raise LinkError(f"unknown import: {first.module}.{first.name} (only {WASI_MODULE} is provided)")
-    return wasi.imports(_host_func, wanted)
+    return wasi.imports(_host_func, [imp.name for imp in check_wasi_imports(module.ir)])
 
 
 def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp") -> Instance | WasmtimeInstance:
