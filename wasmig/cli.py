@@ -282,13 +282,10 @@ def restore(engine: str, dirs: tuple[str, ...], module_path: str | None, on_file
     """Restore SNAPSHOT (a snapshot file, or a checkpoint directory: its latest) and continue it."""
     from pathlib import Path
 
-    from wasmig.snapshot.capture import restore as restore_instance
+    from wasmig.snapshot.api import restore as restore_instance
     from wasmig.snapshot.session import find_module_for
     from wasmig.snapshot.state import SnapshotError
     from wasmig.snapshot.store import load_snapshot
-    from wasmig.wasi.memory import GuestMemory
-    from wasmig.wasi.run import wasi_imports
-    from wasmig.wasi.snapshot import restore_wasi
 
     try:
         if engine == "wasmtime":
@@ -310,24 +307,14 @@ def restore(engine: str, dirs: tuple[str, ...], module_path: str | None, on_file
         module = find_module_for(Path(snapshot), snap, module_path)
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
-        wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
+        instance = restore_instance(snap, engine, module=module, dirs=mapping, on_file_change=on_file_change)
     except UserError as e:
         _fail(str(e))
         return
-    except (SnapshotError, DecodeError, ValidationError) as e:
+    except (SnapshotError, DecodeError, ValidationError, LinkError) as e:
         _fail(_about(snapshot, e))
         return
-    try:
-        instance = restore_instance(module, snap, wasi_imports(module, wasi), engine)
-    except (SnapshotError, LinkError) as e:
-        wasi.close()
-        _fail(_about(snapshot, e))
-        return
-    memory = instance.exports.get("memory")
-    if memory is not None:
-        wasi.bind_memory(GuestMemory(lambda: memory.data))
-    instance.wasi = wasi
-    code = run_session(instance, wasi, policy, snap.meta.get("module_path"), resume=True)
+    code = run_session(instance, instance.wasi, policy, snap.meta.get("module_path"), resume=True)
     sys.exit(code & 0xFF)
 
 

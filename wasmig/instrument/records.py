@@ -13,11 +13,12 @@ from wasmig.instrument.sites import SiteMap
 from wasmig.instrument.unwind import RECORDS_BASE, WRITE_PTR
 from wasmig.snapshot.state import FrameState, SnapshotError, Value
 
-_MASK = {"i32": 0xFFFFFFFF, "i64": 0xFFFFFFFFFFFFFFFF, "f32": 0xFFFFFFFF, "f64": 0xFFFFFFFFFFFFFFFF}
+#: bit masks of the numeric value types
+MASKS = {"i32": 0xFFFFFFFF, "i64": 0xFFFFFFFFFFFFFFFF, "f32": 0xFFFFFFFF, "f64": 0xFFFFFFFFFFFFFFFF}
 
 
 def _value(t: str, raw: bytes, offset: int) -> Value:
-    return (t, int.from_bytes(raw[offset : offset + 8], "little") & _MASK[t])
+    return (t, int.from_bytes(raw[offset : offset + 8], "little") & MASKS[t])
 
 
 def frames_from_records(ctl: bytes, sitemap: SiteMap) -> tuple[list[FrameState], str]:

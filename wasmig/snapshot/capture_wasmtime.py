@@ -12,7 +12,7 @@ import struct
 import time
 from typing import Any
 
-from wasmig.instrument.records import frames_from_records
+from wasmig.instrument.records import MASKS, frames_from_records
 from wasmig.instrument.sites import SiteMap
 from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
 from wasmig.module import Module
@@ -21,7 +21,6 @@ from wasmig.snapshot.state import GlobalState, MemoryState, Snapshot, SnapshotEr
 #: instructions that change a table at run time: wasmtime's tables cannot be read back as
 #: function indices, so their contents are derived from the module (correct only without these)
 _TABLE_MUTATORS = frozenset({0x26, 0xFC0C, 0xFC0E, 0xFC0F, 0xFC11})
-_MASK = {"i32": 0xFFFFFFFF, "i64": 0xFFFFFFFFFFFFFFFF, "f32": 0xFFFFFFFF, "f64": 0xFFFFFFFFFFFFFFFF}
 
 
 def static_tables(module: Module) -> list[TableState]:
@@ -56,9 +55,9 @@ def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap) -> Snapsho
     ir = module.ir
     globals_ = []
     for i, gt in enumerate(ir.all_globals()):
-        if gt.type not in _MASK:
+        if gt.type not in MASKS:
             raise SnapshotError("cannot checkpoint on wasmtime: reference-typed globals")
-        bits = struct.unpack_from("<Q", ctl, GLOBALS_BASE + 8 * i)[0] & _MASK[gt.type]
+        bits = struct.unpack_from("<Q", ctl, GLOBALS_BASE + 8 * i)[0] & MASKS[gt.type]
         globals_.append(GlobalState(gt.type, gt.mutable, (gt.type, bits)))
     memories = []
     for i, mt in enumerate(ir.all_mems()):
@@ -72,7 +71,7 @@ def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap) -> Snapsho
         from wasmig.wasi.snapshot import capture_wasi
 
         wasi_state = capture_wasi(instance.wasi)
-    return Snapshot(module_sha256=module.sha256 or "", steps=ex["wasmig:steps"].value(store) & _MASK["i64"],
+    return Snapshot(module_sha256=module.sha256 or "", steps=ex["wasmig:steps"].value(store) & MASKS["i64"],
                     point=point, frames=frames, memories=memories, tables=static_tables(module), globals=globals_,
                     dropped_data=dropped_data, dropped_elems=dropped_elems, wasi=wasi_state, instructions=None,
                     engine="wasmtime", created_ns=time.time_ns())
