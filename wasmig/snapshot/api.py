@@ -38,9 +38,10 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         mod = find_module_for(where or Path("."), snap, str(module) if module is not None else None)
     else:
         raise SnapshotError("restore needs the module: pass module=Module or a path")
+    from wasmig.wasi.run import bind_wasi
+
     wasi = None
     if snap.wasi is not None:
-        from wasmig.wasi.memory import GuestMemory
         from wasmig.wasi.run import wasi_imports
         from wasmig.wasi.snapshot import restore_wasi
 
@@ -54,8 +55,5 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
             wasi.close()
         raise
     if wasi is not None:
-        memory = instance.exports.get("memory")
-        if memory is not None:
-            wasi.bind_memory(GuestMemory(lambda: memory.data))
-        instance.wasi = wasi
+        bind_wasi(instance, wasi)
     return instance

@@ -31,7 +31,12 @@ def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp") ->
         from wasmig.engines.wasmtime import WasmtimeInstance
 
         return WasmtimeInstance(module, wasi)
-    inst = Instance(module, wasi_imports(module, wasi), engine)
+    return bind_wasi(Instance(module, wasi_imports(module, wasi), engine), wasi)
+
+
+def bind_wasi(inst: Instance, wasi: Wasi) -> Instance:
+    """Attach ``wasi`` to an interpreter instance: WASI reaches the exported ``memory`` (the live
+    bytearray, so growth is seen) and the instance knows its WASI state (for checkpoints)."""
     inst.wasi = wasi
     memory = inst.exports.get("memory")
     if isinstance(memory, Memory):
