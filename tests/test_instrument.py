@@ -14,7 +14,7 @@ import pytest
 import wasmig
 from wasmig.binary.encoder import encode_module
 from wasmig.binary.validator import validate_module
-from wasmig.instrument.records import frames_from_records
+from wasmig.snapshot.records import frames_from_records
 from wasmig.instrument.unwind import instrument
 from wasmig.snapshot.capture import capture
 from wasmig.toolchain import compile_c

@@ -235,7 +235,11 @@ class World:
                 raise Unsatisfiable(f"{imp.module}.{imp.name}")
             externs.append(provider[imp.name])
         inst = wasmtime.Instance(self.store, module, externs)
-        return Loaded(inst, dict(inst.exports(self.store)), instrumented)
+        exports = dict(inst.exports(self.store))
+        start = exports.get("wasmig:start")
+        if isinstance(start, wasmtime.Func):  # the pass turns a start section into this export:
+            start(self.store)  # the host runs it on a fresh instantiation (never on a restore)
+        return Loaded(inst, exports, instrumented)
 
     def target(self, name: str | None) -> Loaded | None:
         return self.named.get(name) if name else self.current

@@ -536,3 +536,37 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
     s.pos = body.end
     uses_data_count = any(i.op in (0xFC08, 0xFC09) for i in instrs)
     return Function(type_idx, locals_decl, instrs, start, size), uses_data_count
+
+
+def read_custom_section(data: bytes, name: str) -> bytes | None:
+    """The payload of the first custom section called ``name``, found by walking the section
+    headers only (no decoding): how a cached instrumented module's site map is read back."""
+    pos = 8
+    n = len(data)
+    if data[:4] != b"\0asm":
+        raise DecodeError("not a wasm module")
+    while pos < n:
+        section_id = data[pos]
+        size, pos = _uleb(data, pos + 1)
+        end = pos + size
+        if end > n:
+            raise DecodeError("section extends past the end of the module")
+        if section_id == 0:
+            length, p = _uleb(data, pos)
+            if data[p : p + length] == name.encode():
+                return data[p + length : end]
+        pos = end
+    return None
+
+
+def _uleb(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 35:
+            raise DecodeError("bad LEB128 in a section header")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return result, pos

@@ -43,13 +43,15 @@ try:  # wasmtime-py's ctypes bindings, for the fast host-call path
 except ImportError:  # pragma: no cover - another wasmtime-py layout
     _ffi = None
 
-from wasmig.errors import Exhaustion, LinkError, Trap, ValidationError, WasmError
+from wasmig.errors import Exhaustion, HostCallInterrupted, LinkError, Trap, ValidationError, WasmError
 from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi, check_wasi_imports
 
 #: Engine settings: applied to the ``wasmtime.Config`` and part of the artifact cache key.
-ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True}
+#: ``memory_may_move`` off: a linear memory keeps its address when it grows (it is reserved up
+#: front), so another thread may write the control memory's poll byte at any time.
+ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "memory_may_move": False}
 
 CACHE_ENV = "WASMIG_CACHE"
 #: A cache entry: this magic, the sha256 of the payload, then ``Module.serialize()``'s bytes.
@@ -420,15 +422,21 @@ class WasmtimeInstance:
     engine = "wasmtime"
 
     def __init__(self, module: Module, wasi: Wasi | None = None, *, cache_dir: Path | None = None,
-                 use_cache: bool = True, fast_host_calls: bool | None = None) -> None:
+                 use_cache: bool = True, fast_host_calls: bool | None = None, code: bytes | None = None) -> None:
+        """``code``: the bytes to run instead of ``module``'s own — the instrumented module, which
+        has the same imports and function indices (traps then name the original's functions)."""
         self.module = module
         self.wasi = wasi
         self._code = _Code(module)
         self._raised: list[BaseException] = []  # what host functions raised, newest last
+        #: set by the checkpointing layer on an instrumented module: a host call that raises
+        #: HostCallInterrupted then sets this global (``wasmig:state``) to 1 and returns at once,
+        #: so the guest unwinds from the import call site instead of trapping
+        self.interrupt_state: wasmtime.Global | None = None
         imports = check_wasi_imports(module.ir)
         if imports and wasi is None:
             raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")
-        data = module.data
+        data = code if code is not None else module.data
         if data is None:
             from wasmig.binary.encoder import encode_module
 
@@ -447,7 +455,8 @@ class WasmtimeInstance:
                 if fast:
                     self._define_raw(linker, imp.name, ty, host[imp.name], ft.params, ft.results)
                 else:
-                    linker.define_func(WASI_MODULE, imp.name, ty, self._host_func(host[imp.name], ft.params))
+                    linker.define_func(WASI_MODULE, imp.name, ty,
+                                       self._host_func(host[imp.name], ft.params, ft.results))
         self._instance = self._guard(lambda: linker.instantiate(self.store, compiled), instantiating=True)
         self.exports = Exports(dict(self._instance.exports(self.store).items()))
         memory = self.exports.get("memory")
@@ -475,6 +484,15 @@ class WasmtimeInstance:
                 if result is not None:
                     result.from_address(slots).value = out
                 return 0
+            except HostCallInterrupted as e:
+                if inst.interrupt_state is None:
+                    raised.append(e)
+                    return ctypes.cast(_ffi.wasmtime_trap_new(_HOST_EXCEPTION, len(_HOST_EXCEPTION)),
+                                       ctypes.c_void_p).value
+                inst.interrupt_state.set_value(inst.store, 1)
+                if result is not None:
+                    result.from_address(slots).value = 0
+                return 0
             except BaseException as e:  # a ctypes callback must not raise: hand it over as a trap
                 raised.append(e)
                 return ctypes.cast(_ffi.wasmtime_trap_new(_HOST_EXCEPTION, len(_HOST_EXCEPTION)), ctypes.c_void_p).value
@@ -492,7 +510,8 @@ class WasmtimeInstance:
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
 
-    def _host_func(self, fn: Callable[..., Any], params: tuple[str, ...]) -> Callable[..., Any]:
+    def _host_func(self, fn: Callable[..., Any], params: tuple[str, ...], results: tuple[str, ...]
+                   ) -> Callable[..., Any]:
         """The portable path (wasmtime-py's public ``Linker.define_func``): ``fn`` (raw unsigned
         ints in, errno out) as a callback that receives signed ints."""
         raised = self._raised
@@ -504,6 +523,12 @@ class WasmtimeInstance:
                 view.enter()
             try:
                 return fn(*[a & m for a, m in zip(args, masks, strict=True)])
+            except HostCallInterrupted as e:
+                if self.interrupt_state is None:
+                    raised.append(e)
+                    raise
+                self.interrupt_state.set_value(self.store, 1)
+                return 0 if results else None
             except BaseException as e:
                 raised.append(e)
                 raise

@@ -18,6 +18,8 @@ snapshot taken on wasmtime restores on the interpreter.
 from __future__ import annotations
 
 import copy
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wasmig.binary.ir import (
@@ -51,7 +53,9 @@ STATE_RUNNING, STATE_UNWINDING, STATE_REWINDING = 0, 1, 2
 
 _STORE = {"i32": (0x36, 2), "i64": (0x37, 3), "f32": (0x38, 2), "f64": (0x39, 3)}
 _CONST = {"i32": 0x41, "i64": 0x42, "f32": 0x43, "f64": 0x44}
+_LOAD = {"i32": (0x28, 2), "i64": (0x29, 3), "f32": (0x2A, 2), "f64": (0x2B, 3)}
 _NUMERIC = ("i32", "i64", "f32", "f64")
+_UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's arm, ...)
 
 
 class InstrumentError(WasmError):
@@ -73,8 +77,20 @@ class _Ctl:
     result_types: tuple[str, ...] = ()
 
 
+@dataclass
+class _CopyLevel:
+    """A construct holding a site, entered by the rewind copy (inside its skip guard)."""
+
+    ctl: _Ctl
+
+    @property
+    def base(self) -> int:
+        return self.ctl.base
+
+
 class _FunctionRewriter:
-    """Rewrites one function body; see the module docstring and docs/instrument.md."""
+    """Rewrites one function: the normal body (with polls, post-call checks and spills) and its
+    rewind copy; see the module docstring and docs/instrument.md."""
 
     def __init__(self, pass_: _Pass, func_idx: int, func: Function, info: object) -> None:
         self.p = pass_
@@ -91,9 +107,18 @@ class _FunctionRewriter:
         self.num_locals = len(self.local_types)
         self.site_local = self._new_local("i32")
         self.addr_local = self._new_local("i32")
+        self.skip_local = self._new_local("i32")  # rewind copy: 1 while skipping to the resume site
         self.spills: dict[tuple[int, str], int] = {}
         self.temps: dict[str, list[int]] = {}
         self.out: list[Instr] = []
+        #: the labels of the code being emitted, outermost first: True for a label of the original
+        #: body (branches are renumbered through it), False for one the pass added
+        self.labels: list[bool] = []
+        self.site_at: dict[tuple[int, str], int] = {}  # (instruction index, kind) -> site id
+        body = func.body
+        self.stack_before = info.stack_before  # type: ignore[attr-defined]
+        self.unreachable = info.unreachable  # type: ignore[attr-defined]
+        self.end_of, self.else_of = match_blocks(body)
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -113,8 +138,31 @@ class _FunctionRewriter:
         return pool[k]
 
     # --- emission helpers ---------------------------------------------------------------------
-    def emit(self, op: int, imm: object = None) -> None:
-        self.out.append(Instr(op, imm))
+    def emit(self, op: int, imm: object = None) -> Instr:
+        ins = Instr(op, imm)
+        self.out.append(ins)
+        return ins
+
+    def open(self, op: int, imm: object, original: bool) -> Instr:
+        self.labels.append(original)
+        return self.emit(op, imm)
+
+    def close(self) -> None:
+        self.labels.pop()
+        self.emit(0x0B)
+
+    def label(self, depth: int) -> int:
+        """The new relative depth of the original body's label ``depth``."""
+        seen = -1
+        for k in range(len(self.labels) - 1, -1, -1):
+            if self.labels[k]:
+                seen += 1
+                if seen == depth:
+                    return len(self.labels) - 1 - k
+        raise InstrumentError(f"internal error: branch depth {depth} out of range")  # pragma: no cover
+
+    def unwind_depth(self) -> int:
+        return len(self.labels) - 1 - _UNWIND_LABEL
 
     def ctl_memarg(self, align: int, offset: int) -> tuple[int, ...]:
         return memarg(align, offset, self.p.ctl)
@@ -126,6 +174,11 @@ class _FunctionRewriter:
                                       "operand stack cannot be checkpointed on the compiled engine")
         return list(types)  # type: ignore[arg-type]
 
+    def known_types(self, types: tuple[str | None, ...] | list[str | None]) -> list[str]:
+        if any(t is None for t in types):  # pragma: no cover - only unreachable code has unknown types
+            raise InstrumentError(f"internal error: unknown operand type in {self.p.ir.func_name(self.func_idx)}")
+        return list(types)  # type: ignore[arg-type]
+
     def pop_into(self, types: list[str], base_depth: int) -> None:
         """Pop values of canonical depths base_depth.. (top first) into their spill locals."""
         for k in range(len(types) - 1, -1, -1):
@@ -135,21 +188,34 @@ class _FunctionRewriter:
         for k, t in enumerate(types):
             self.emit(0x20, self.spill(base_depth + k, t))
 
-    def add_site(self, kind: str, pc: int, stack: list[str], args: list[str] | None = None) -> int:
+    def drop(self, n: int) -> None:
+        for _ in range(n):
+            self.emit(0x1A)
+
+    def zeros(self, types: list[str]) -> None:
+        for t in types:
+            if t in _CONST:
+                self.emit(_CONST[t], 0)
+            else:
+                self.emit(0xD0, t)  # ref.null
+
+    def add_site(self, key: tuple[int, str], kind: str, pc: int, stack: list[str],
+                 args: list[str] | None = None) -> int:
         site_id = len(self.p.sites)
         args = args or []
         self.p.sites.append(Site(site_id, self.func_idx, pc, kind, stack,
                                  [self.spill(d, t) for d, t in enumerate(stack)], args,
                                  [self.spill(len(stack) + k, t) for k, t in enumerate(args)]))
+        self.site_at[key] = site_id
         return site_id
 
-    def unwind_branch(self, site_id: int, open_constructs: int) -> None:
+    def unwind_branch(self, site_id: int) -> None:
         """Inside a cold `if`: set $site and branch to $unwind."""
         self.emit(0x41, site_id)
         self.emit(0x21, self.site_local)
-        self.emit(0x0C, open_constructs + 1)  # 0 = the cold if, 1..n = open constructs, n+1 = $unwind
+        self.emit(0x0C, self.unwind_depth())
 
-    def stable_point(self, site_id: int, params: list[str], base: int, open_constructs: int) -> None:
+    def stable_point(self, site_id: int, params: list[str], base: int) -> None:
         g = self.p.globals_base
         steps, stop = g + 1, g + 2
         if self.p.count_steps:
@@ -164,89 +230,65 @@ class _FunctionRewriter:
         self.emit(0x2D, self.ctl_memarg(0, POLL))  # i32.load8_u $ctl
         if self.p.count_steps:
             self.emit(0x72)  # i32.or
-        self.emit(0x04, self.p.block_type(params, params))
+        self.open(0x04, self.p.block_type(params, params), False)
         self.pop_into(params, base)
-        self.unwind_branch(site_id, open_constructs)
-        self.emit(0x0B)
+        self.unwind_branch(site_id)
+        self.close()
 
-    # --- the walk -----------------------------------------------------------------------------
+    def post_call_check(self, site_id: int, level: list[str], results: list[str], base: int) -> None:
+        carried = level + results
+        self.emit(0x23, self.p.globals_base)  # $state
+        self.emit(0x41, STATE_UNWINDING)
+        self.emit(0x46)  # i32.eq
+        self.open(0x04, self.p.block_type(carried, carried), False)
+        self.drop(len(results))
+        self.pop_into(level, base)
+        self.unwind_branch(site_id)
+        self.close()
+
+    def plain(self, ins: Instr) -> None:
+        """An instruction that is neither a site nor a construct holding one: copied, with its
+        branch depths renumbered and segment drops recorded."""
+        op, imm = ins.op, ins.imm
+        if op in (0x02, 0x03, 0x04):
+            self.open(op, imm, True)
+        elif op == 0x0B:
+            self.close()
+        elif op in (0x0C, 0x0D):
+            self.emit(op, self.label(imm))
+        elif op == 0x0E:
+            labels, default = imm
+            self.emit(op, (tuple(self.label(x) for x in labels), self.label(default)))
+        elif op in (0xFC09, 0xFC0D):
+            self.emit(op, imm)
+            slot = DROPS_BASE + (imm if op == 0xFC09 else len(self.p.ir.datas) + imm)
+            self.emit(0x41, 0)
+            self.emit(0x41, 1)
+            self.emit(0x3A, self.ctl_memarg(0, slot))  # i32.store8 $ctl
+        else:
+            self.emit(op, imm)
+
+    # --- the function -------------------------------------------------------------------------
     def rewrite(self) -> Function:
         p = self.p
-        body = self.func.body
-        info = self.info
-        stack_before = info.stack_before  # type: ignore[attr-defined]
-        unreachable = info.unreachable  # type: ignore[attr-defined]
-        end_of, _else_of = match_blocks(body)
-        has_site = self._constructs_with_sites(body, end_of)
-        ctl: list[_Ctl] = []
         results = list(self.ftype.results)
-
+        normal = self._normal_body()
+        rewind = self._rewind_body()
+        self.out = []
         self.emit(0x02, p.block_type([], results))  # $done
         self.emit(0x02, None)  # $unwind
-        entry = self.add_site("entry", body[0].offset, [])
-        self.stable_point(entry, [], 0, 0)
-
-        for i, ins in enumerate(body[:-1]):
-            op, imm = ins.op, ins.imm
-            live = not unreachable[i]
-            open_n = len(ctl)
-            base = ctl[-1].base if ctl else 0
-            if op in (0x02, 0x03, 0x04):
-                nparams, result_types, _ = p.block_arity(imm)
-                stack = list(stack_before[i])
-                cond = 1 if op == 0x04 else 0
-                entry_height = len(stack) - nparams - cond
-                buried: list[tuple[int, str]] = []
-                if live and has_site.get(i) and entry_height > base:
-                    buried_types = self.check_types(stack[base:entry_height], "a value beneath a block")
-                    top = self.check_types(stack[entry_height:], "a block parameter")
-                    for k in range(len(top) - 1, -1, -1):
-                        self.emit(0x21, self.temp(top[k], k))
-                    self.pop_into(buried_types, base)
-                    for k, t in enumerate(top):
-                        self.emit(0x20, self.temp(t, k))
-                    buried = [(base + k, t) for k, t in enumerate(buried_types)]
-                self.out.append(Instr(op, imm))
-                ctl.append(_Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types)))
-                if op == 0x03 and live:
-                    params = self.check_types(stack[entry_height:], "a loop parameter")
-                    site = self.add_site("loop", ins.offset, self.check_types(stack, "a value at a loop"))
-                    self.stable_point(site, params, entry_height, len(ctl))
-            elif op == 0x0B:
-                done = ctl.pop()
-                self.out.append(Instr(op, imm))
-                if done.buried:
-                    rtypes = list(done.result_types)
-                    for k in range(len(rtypes) - 1, -1, -1):
-                        self.emit(0x21, self.temp(rtypes[k], k))
-                    for depth, t in done.buried:
-                        self.emit(0x20, self.spill(depth, t))
-                    for k, t in enumerate(rtypes):
-                        self.emit(0x20, self.temp(t, k))
-            elif op in (0x0C, 0x0D):
-                self.out.append(Instr(op, imm + 2 if imm == open_n else imm))
-            elif op == 0x0E:
-                labels, default = imm
-                fixed = tuple(label + 2 if label == open_n else label for label in (*labels, default))
-                self.out.append(Instr(op, (fixed[:-1], fixed[-1])))
-            elif op in (0x10, 0x11) and live:
-                self._call_site(i, ins, list(stack_before[i]), base, open_n)
-            elif op in (0xFC09, 0xFC0D):
-                self.out.append(Instr(op, imm))
-                slot = DROPS_BASE + (imm if op == 0xFC09 else len(p.ir.datas) + imm)
-                self.emit(0x41, 0)
-                self.emit(0x41, 1)
-                self.emit(0x3A, self.ctl_memarg(0, slot))  # i32.store8 $ctl
-            else:
-                self.out.append(Instr(op, imm))
-        self.emit(0x0C, 1)  # the body's results to $done
+        self.emit(0x23, p.globals_base)
+        self.emit(0x41, STATE_REWINDING)
+        self.emit(0x46)
+        self.emit(0x04, p.block_type([], results))  # rewinding? the copy : the body
+        self.out += rewind
+        self.emit(0x05)
+        self.out += normal
+        self.emit(0x0B)
+        self.emit(0x0C, 1)  # the results to $done
         self.emit(0x0B)  # end $unwind
         self._write_record()
-        for t in results:  # dummy results: the caller is unwinding and never looks at them
-            if t in _CONST:
-                self.emit(_CONST[t], 0)
-            else:
-                self.emit(0xD0, t)  # ref.null
+        self.zeros(results)  # dummy results: the caller is unwinding and never looks at them
         self.emit(0x0B)  # end $done
         self.emit(0x0B)  # end of function
         added = [(1, t) for t in self.local_types[self.num_locals:]]
@@ -255,13 +297,90 @@ class _FunctionRewriter:
                                                   8 + 8 * len(self.local_types))
         return new
 
-    def _constructs_with_sites(self, body: list[Instr], end_of: dict[int, int]) -> dict[int, bool]:
+    def _normal_body(self) -> list[Instr]:
+        """The original body with polls, post-call checks and spills (allocates the sites)."""
+        self.out = []
+        self.labels = [False, False, True]  # $done, $unwind, the arm that is the function's label
+        body = self.func.body
+        stack_before, unreachable = self.stack_before, self.unreachable
+        has_site = self._constructs_with_sites(body)
+        ctl: list[_Ctl] = []
+        entry = self.add_site((-1, "entry"), "entry", body[0].offset, [])
+        self.stable_point(entry, [], 0)
+        for i, ins in enumerate(body[:-1]):
+            op = ins.op
+            live = not unreachable[i]
+            base = ctl[-1].base if ctl else 0
+            if op in (0x02, 0x03, 0x04):
+                nparams, result_types, _ = self.p.block_arity(ins.imm)
+                stack = list(stack_before[i])
+                entry_height = len(stack) - nparams - (1 if op == 0x04 else 0)
+                buried: list[tuple[int, str]] = []
+                if live and has_site.get(i) and entry_height > base:
+                    buried = self._spill_buried(stack, base, entry_height, guarded=False)
+                self.open(op, ins.imm, True)
+                ctl.append(_Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types)))
+                if op == 0x03 and live:
+                    params = self.check_types(stack[entry_height:], "a loop parameter")
+                    site = self.add_site((i, "loop"), "loop", ins.offset, self.check_types(stack, "a value at a loop"))
+                    self.stable_point(site, params, entry_height)
+            elif op == 0x0B:
+                done = ctl.pop()
+                self.close()
+                self._push_back_buried(done)
+            elif op in (0x10, 0x11) and live:
+                stack = list(stack_before[i])
+                kind, below, args, callee = self._call_shape(ins, stack)
+                if args:
+                    self.pop_into(args, len(below))
+                    self.push_from(args, len(below))
+                self.emit(ins.op, ins.imm)
+                site = self.add_site((i, "call"), kind, ins.offset, below, args)
+                self.post_call_check(site, below[base:], list(callee.results), base)
+            else:
+                self.plain(ins)
+        return self.out
+
+    def _spill_buried(self, stack: list[str | None], base: int, entry_height: int, *, guarded: bool
+                      ) -> list[tuple[int, str]]:
+        """Values of the enclosing level beneath a construct holding a site go to their spill
+        locals (in the rewind copy, only when not skipping: there they already hold the record's)."""
+        buried_types = self.check_types(stack[base:entry_height], "a value beneath a block")
+        top = self.check_types(stack[entry_height:], "a block parameter")
+        for k in range(len(top) - 1, -1, -1):
+            self.emit(0x21, self.temp(top[k], k))
+        if guarded:
+            self.emit(0x20, self.skip_local)
+            self.open(0x04, self.p.block_type(buried_types, []), False)
+            self.drop(len(buried_types))
+            self.emit(0x05)
+            self.pop_into(buried_types, base)
+            self.close()
+        else:
+            self.pop_into(buried_types, base)
+        for k, t in enumerate(top):
+            self.emit(0x20, self.temp(t, k))
+        return [(base + k, t) for k, t in enumerate(buried_types)]
+
+    def _push_back_buried(self, done: _Ctl) -> None:
+        if not done.buried:
+            return
+        rtypes = list(done.result_types)
+        for k in range(len(rtypes) - 1, -1, -1):
+            self.emit(0x21, self.temp(rtypes[k], k))
+        for depth, t in done.buried:
+            self.emit(0x20, self.spill(depth, t))
+        for k, t in enumerate(rtypes):
+            self.emit(0x20, self.temp(t, k))
+
+    def _constructs_with_sites(self, body: list[Instr]) -> dict[int, bool]:
         out: dict[int, bool] = {}
-        for start, end in end_of.items():
+        for start, end in self.end_of.items():
             out[start] = body[start].op == 0x03 or any(body[k].op in (0x03, 0x10, 0x11) for k in range(start + 1, end))
         return out
 
-    def _call_site(self, i: int, ins: Instr, stack: list[str | None], base: int, open_n: int) -> None:
+    def _call_shape(self, ins: Instr, stack: list[str | None]) -> tuple[str, list[str], list[str], FuncType]:
+        """(site kind, the stack beneath the call's operands, the operands kept in spill locals, callee type)."""
         p = self.p
         if ins.op == 0x10:
             callee = p.ir.func_type(ins.imm)
@@ -273,26 +392,279 @@ class _FunctionRewriter:
             kind = "call"
         full = self.check_types(stack, "a value live across a call")
         below = full[: len(full) - consumed]
+        # import and indirect calls keep their operands (and the table index) in spill locals: an
+        # interrupted host call is recorded with them and re-executed on restore
+        args = full[len(below):] if kind == "import_call" or ins.op == 0x11 else []
+        return kind, below, args, callee
+
+    # --- the rewind copy ------------------------------------------------------------------------
+    def _rewind_body(self) -> list[Instr]:
+        """The copy run by a frame being rewound: it reloads the frame's locals from its record,
+        skips (without side effects) to the site the record names, re-enters the call there (or,
+        innermost, ends the rewind) and from then on runs as the normal body does."""
+        self.out = []
+        self.labels = [False, False, True]
+        body = self.func.body
+        stack_before, unreachable = self.stack_before, self.unreachable
+        sites = sorted((i, sid) for (i, _kind), sid in self.site_at.items() if i >= 0)
+        positions = [i for i, _ in sites]
+
+        def site_range(start: int, end: int) -> tuple[int, int] | None:
+            lo = bisect_left(positions, start)
+            hi = bisect_left(positions, end + 1)
+            if lo == hi:
+                return None
+            return sites[lo][1], sites[hi - 1][1]
+
+        levels: list[_CopyLevel] = []
+        segment: list[object] | None = None  # [the guard `if`, its params] while a segment is open
+        plain_depth = 0  # plain constructs open inside the current segment
+        raw_depth = -1  # >= 0: copying dead code after an unconditional branch, at that nesting
+
+        def base() -> int:
+            return levels[-1].base if levels else 0
+
+        def open_segment(i: int) -> None:
+            nonlocal segment
+            if segment is None:
+                params = self.known_types(stack_before[i][base():])
+                self.emit(0x20, self.skip_local)
+                self.emit(0x45)  # i32.eqz: not skipping -> run the segment
+                guard = self.open(0x04, None, False)
+                segment = [guard, params]
+
+        def close_segment(j: int) -> None:
+            nonlocal segment
+            if segment is None:
+                return
+            guard, params = segment
+            results = self.known_types(stack_before[j][base():])
+            guard.imm = self.p.block_type(params, results)  # type: ignore[union-attr, arg-type]
+            self.emit(0x05)
+            self.drop(len(params))  # type: ignore[arg-type]
+            self.zeros(results)
+            self.close()
+            segment = None
+
+        for i, ins in enumerate(body[:-1]):
+            op = ins.op
+            if raw_depth >= 0:
+                if op in (0x05, 0x0B) and raw_depth == 0:
+                    raw_depth = -1  # the dead code ends with its construct's arm
+                else:
+                    if op in (0x02, 0x03, 0x04):
+                        raw_depth += 1
+                    elif op == 0x0B:
+                        raw_depth -= 1
+                    self.plain(ins)
+                    continue
+            if plain_depth > 0:
+                if op in (0x02, 0x03, 0x04):
+                    plain_depth += 1
+                elif op == 0x0B:
+                    plain_depth -= 1
+                self.plain(ins)
+                continue
+            if op in (0x02, 0x03, 0x04):
+                rng = site_range(i, self.end_of[i]) if not unreachable[i] else None
+                if rng is None:
+                    open_segment(i)
+                    plain_depth = 1
+                    self.plain(ins)
+                    continue
+                close_segment(i)
+                levels.append(self._enter_construct(i, ins, base(), rng, site_range))
+            elif op == 0x05:
+                close_segment(i)
+                self.emit(0x05)
+            elif op == 0x0B:
+                close_segment(i)
+                done = levels.pop()
+                self.close()  # the construct
+                self.close()  # its skip guard
+                self._push_back_buried(done.ctl)
+            elif op in (0x10, 0x11) and not unreachable[i]:
+                close_segment(i)
+                self._rewind_call(i, ins, base())
+            elif op in (0x00, 0x0C, 0x0E, 0x0F) and not unreachable[i]:
+                # an unconditional branch: the rest of this arm is dead code, copied as it is; a
+                # frame skipping to its site never gets here (its site would be dead code too)
+                close_segment(i)
+                self.plain(ins)
+                raw_depth = 0
+            elif unreachable[i]:
+                close_segment(i)
+                self.plain(ins)
+                raw_depth = 0
+            else:
+                open_segment(i)
+                self.plain(ins)
+        close_segment(len(body) - 1)
+        walked = self.out
+        self.out = []  # the prologue last: it reloads every local the walk may have added
+        self._rewind_prologue()
+        self.emit(0x20, self.site_local)
+        self.emit(0x41, self.site_at[(-1, "entry")])
+        self.emit(0x46)
+        self.open(0x04, None, False)
+        self._finish_rewind()
+        self.close()
+        return self.out + walked
+
+    def _rewind_prologue(self) -> None:
+        """Pop this frame's record: $site and every canonical local and spill local."""
+        a = self.addr_local
+        self.emit(0x41, 0)
+        self.emit(0x28, self.ctl_memarg(2, READ_PTR))
+        self.emit(0x21, a)
+        self.emit(0x20, a)
+        self.emit(0x28, self.ctl_memarg(2, 4))
+        self.emit(0x41, self.func_idx)
+        self.emit(0x47)  # i32.ne: a record of another function -> trap rather than run garbage
+        self.open(0x04, None, False)
+        self.emit(0x00)
+        self.close()
+        self.emit(0x20, a)
+        self.emit(0x28, self.ctl_memarg(2, 0))
+        self.emit(0x21, self.site_local)
+        scratch = {self.site_local, self.addr_local, self.skip_local}
+        for j, t in enumerate(self.local_types):
+            if j in scratch:
+                continue
+            self.emit(0x20, a)
+            op, align = _LOAD[t]
+            self.emit(op, self.ctl_memarg(align, 8 + 8 * j))
+            self.emit(0x21, j)
+        self.emit(0x41, 0)
+        self.emit(0x20, a)
+        self.emit(0x41, 8 + 8 * len(self.local_types))
+        self.emit(0x6A)
+        self.emit(0x36, self.ctl_memarg(2, READ_PTR))
+        self.emit(0x41, 1)
+        self.emit(0x21, self.skip_local)
+
+    def _finish_rewind(self) -> None:
+        """The innermost frame reached its site: the stack is rebuilt, run normally from here."""
+        self.emit(0x41, STATE_RUNNING)
+        self.emit(0x24, self.p.globals_base)
+        for ptr in (WRITE_PTR, READ_PTR):
+            self.emit(0x41, 0)
+            self.emit(0x41, RECORDS_BASE)
+            self.emit(0x36, self.ctl_memarg(2, ptr))
+        self.emit(0x41, 0)
+        self.emit(0x21, self.skip_local)
+
+    def _skip_test(self, lo: int, hi: int, *, inside: bool) -> None:
+        """Push whether $site lies in [lo, hi] (inside) or outside it."""
+        self.emit(0x20, self.site_local)
+        self.emit(0x41, lo)
+        self.emit(0x6B)  # i32.sub
+        self.emit(0x41, hi - lo)
+        self.emit(0x4D if inside else 0x4B)  # i32.le_u / i32.gt_u
+
+    def _enter_construct(self, i: int, ins: Instr, base: int, rng: tuple[int, int],
+                         site_range: Callable[[int, int], tuple[int, int] | None]) -> _CopyLevel:
+        """A block/loop/if holding a site: skipped whole (zeros for its results) when skipping to a
+        site outside it, else entered — an `if` taking the arm that holds the site."""
+        op = ins.op
+        nparams, result_types, _ = self.p.block_arity(ins.imm)
+        stack = list(self.stack_before[i])
+        entry_height = len(stack) - nparams - (1 if op == 0x04 else 0)
+        buried: list[tuple[int, str]] = []
+        if entry_height > base:
+            buried = self._spill_buried(stack, base, entry_height, guarded=True)
+        top = self.known_types(stack[entry_height:])
+        self.emit(0x20, self.skip_local)
+        self._skip_test(*rng, inside=False)
+        self.emit(0x71)  # i32.and
+        self.open(0x04, self.p.block_type(top, list(result_types)), False)
+        self.drop(len(top))
+        self.zeros(list(result_types))
+        self.emit(0x05)
+        if op == 0x04:  # skipping: the condition is "the site is in the then arm"
+            else_at = self.else_of.get(i)
+            then = site_range(i + 1, else_at if else_at is not None else self.end_of[i])
+            self.emit(0x20, self.skip_local)
+            self.open(0x04, self.p.block_type(["i32"], ["i32"]), False)
+            self.emit(0x1A)
+            if then is None:
+                self.emit(0x41, 0)
+            else:
+                self._skip_test(*then, inside=True)
+            self.close()
+        self.open(op, ins.imm, True)
+        level = _CopyLevel(_Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types)))
+        if op == 0x03:
+            params = self.check_types(stack[entry_height:], "a loop parameter")
+            site = self.site_at[(i, "loop")]
+            self.emit(0x20, self.skip_local)
+            self.open(0x04, self.p.block_type(params, params), False)
+            self.emit(0x20, self.site_local)
+            self.emit(0x41, site)
+            self.emit(0x46)
+            self.open(0x04, self.p.block_type(params, params), False)
+            self.drop(len(params))
+            self.push_from(params, entry_height)
+            self._finish_rewind()
+            self.close()
+            self.emit(0x05)
+            self.stable_point(site, params, entry_height)
+            self.close()
+        return level
+
+    def _rewind_call(self, i: int, ins: Instr, base: int) -> None:
+        """A call site in the copy: skipped (zeros for its results) when skipping past it; when it
+        is the record's site, the live values come back from their spill locals and the call is
+        re-issued (a wasm callee rewinds itself; an import runs again for real)."""
+        stack = list(self.stack_before[i])
+        kind, below, args, callee = self._call_shape(ins, stack)
+        site = self.site_at[(i, "call")]
         level = below[base:]
-        args: list[str] = []
-        if kind == "import_call" or ins.op == 0x11:
-            # keep the arguments (and the table index) in their spill locals: an interrupted host
-            # call is recorded with them and re-executed on restore
-            args = full[len(below):]
+        operands = stack[len(below):]
+        results = list(callee.results)
+        if args:  # only when running: while skipping, the spill locals hold the record's operands
+            self.emit(0x20, self.skip_local)
+            self.emit(0x45)
+            self.open(0x04, self.p.block_type(args, args), False)
             self.pop_into(args, len(below))
             self.push_from(args, len(below))
-        self.out.append(Instr(ins.op, ins.imm))
-        site = self.add_site(kind, ins.offset, below, args)
-        carried = level + list(callee.results)
-        self.emit(0x23, p.globals_base)  # $state
-        self.emit(0x41, STATE_UNWINDING)
-        self.emit(0x46)  # i32.eq
-        self.emit(0x04, p.block_type(carried, carried))
-        for _ in callee.results:
-            self.emit(0x1A)
-        self.pop_into(level, base)
-        self.unwind_branch(site, open_n)
-        self.emit(0x0B)
+            self.close()
+        carried_in = level + self.known_types(operands)
+        carried_out = level + results
+        self.emit(0x20, self.skip_local)
+        self.open(0x04, self.p.block_type(carried_in, carried_out), False)
+        self.emit(0x20, self.site_local)
+        self.emit(0x41, site)
+        self.emit(0x46)
+        self.open(0x04, self.p.block_type(carried_in, carried_out), False)
+        self.drop(len(carried_in))
+        self.push_from(level, base)
+        if args:
+            self.push_from(args, len(below))
+        else:
+            self.zeros(self.known_types(operands))  # the callee takes its arguments from its record
+        self.emit(0x41, 0)
+        self.emit(0x21, self.skip_local)
+        if kind == "import_call":
+            self._finish_rewind()
+        elif ins.op == 0x11:  # the innermost frame when its callee is an import (no record left)
+            self.emit(0x41, 0)
+            self.emit(0x28, self.ctl_memarg(2, READ_PTR))
+            self.emit(0x41, 0)
+            self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
+            self.emit(0x46)
+            self.open(0x04, None, False)
+            self._finish_rewind()
+            self.close()
+        self.emit(ins.op, ins.imm)
+        self.emit(0x05)
+        self.drop(len(carried_in))
+        self.zeros(carried_out)
+        self.close()
+        self.emit(0x05)
+        self.emit(ins.op, ins.imm)
+        self.close()
+        self.post_call_check(site, level, results, base)
 
     def _write_record(self) -> None:
         a = self.addr_local
@@ -394,17 +766,24 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
     if g * 8 > RECORDS_BASE - GLOBALS_BASE:
         raise InstrumentError(f"too many globals ({g}) for the control memory layout")
     ir.funcs.append(_dump_globals(ir, p))
+    ir.funcs.append(_load_state(ir, p))
+    if any(seg.mode == "passive" for seg in ir.datas) and ir.data_count is None:
+        ir.data_count = len(ir.datas)  # wasmig:load drops passive data segments
     ir.globals += [Global(GlobalType("i32", True), [Instr(0x41, 0), Instr(0x0B)]),
                    Global(GlobalType("i64", True), [Instr(0x42, 0), Instr(0x0B)]),
                    Global(GlobalType("i64", True), [Instr(0x42, NEVER), Instr(0x0B)])]
     taken = {e.name for e in ir.exports}
-    dump_index = n_imported + len(ir.funcs) - 1
-    extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:ctl", "memory", p.ctl),
+    dump_index = n_imported + len(ir.funcs) - 2
+    extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:load", "func", dump_index + 1),
+             Export("wasmig:ctl", "memory", p.ctl),
              Export("wasmig:state", "global", g),
              Export("wasmig:steps", "global", g + 1), Export("wasmig:stop_at", "global", g + 2)]
     extra += [Export(f"wasmig:g{i}", "global", i) for i in range(g)]
     if p.ctl > 0:
         extra.append(Export("wasmig:mem0", "memory", 0))
+    if ir.start is not None:  # run by the host on a fresh start only, never again on a restore
+        extra.append(Export("wasmig:start", "func", ir.start))
+        ir.start = None
     for e in extra:
         if e.name in taken:
             raise InstrumentError(f"the module already exports {e.name!r}")
@@ -428,6 +807,36 @@ def _dump_globals(ir: IRModule, p: _Pass) -> Function:
         if conv is not None:
             body.append(Instr(conv))
         body.append(Instr(store, memarg(align, GLOBALS_BASE + 8 * i, p.ctl)))
+    body.append(Instr(0x0B))
+    ft = FuncType((), ())
+    if ft not in ir.types:
+        ir.types.append(ft)
+    return Function(ir.types.index(ft), [], body)
+
+
+def _load_state(ir: IRModule, p: _Pass) -> Function:
+    """``wasmig:load``: the inverse of ``wasmig:dump`` for a restore — every mutable numeric global
+    from its bits in $ctl, and ``data.drop``/``elem.drop`` for each passive segment whose byte
+    in $ctl is set (the host writes both before calling it)."""
+    body: list[Instr] = []
+    reinterpret = {"f32": (0x28, 0xBE, 2), "f64": (0x29, 0xBF, 3), "i32": (0x28, None, 2), "i64": (0x29, None, 3)}
+    for i, gt in enumerate(ir.all_globals()[: p.globals_base]):
+        if gt.type not in reinterpret or not gt.mutable:
+            continue
+        load, conv, align = reinterpret[gt.type]
+        body += [Instr(0x41, 0), Instr(load, memarg(align, GLOBALS_BASE + 8 * i, p.ctl))]
+        if conv is not None:
+            body.append(Instr(conv))
+        body.append(Instr(0x24, i))
+    n_data = len(ir.datas) - 1  # the control memory's own segment is last
+    for i, seg in enumerate(ir.datas[:n_data]):
+        if seg.mode == "passive":
+            body += [Instr(0x41, 0), Instr(0x2D, memarg(0, DROPS_BASE + i, p.ctl)), Instr(0x04, None),
+                     Instr(0xFC09, i), Instr(0x0B)]
+    for i, seg in enumerate(ir.elems):
+        if seg.mode == "passive":
+            body += [Instr(0x41, 0), Instr(0x2D, memarg(0, DROPS_BASE + n_data + i, p.ctl)), Instr(0x04, None),
+                     Instr(0xFC0D, i), Instr(0x0B)]
     body.append(Instr(0x0B))
     ft = FuncType((), ())
     if ft not in ir.types:

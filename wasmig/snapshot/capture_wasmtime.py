@@ -12,10 +12,10 @@ import struct
 import time
 from typing import Any
 
-from wasmig.instrument.records import MASKS, frames_from_records
 from wasmig.instrument.sites import SiteMap
 from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
 from wasmig.module import Module
+from wasmig.snapshot.records import MASKS, frames_from_records
 from wasmig.snapshot.state import GlobalState, MemoryState, Snapshot, SnapshotError, TableState
 
 #: instructions that change a table at run time: wasmtime's tables cannot be read back as

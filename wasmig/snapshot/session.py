@@ -71,41 +71,21 @@ def store_module(directory: Path, module: Module) -> Path:
     return path
 
 
-class Session:
-    """One program run under a checkpoint policy, on one instance."""
+class SessionBase:
+    """What a checkpointing run does the same on every engine: the signal and timer triggers,
+    the status file ``wasmig checkpoint PID`` reads, and writing snapshots."""
 
-    def __init__(self, instance: Instance, wasi: Wasi, policy: CheckpointPolicy, module_path: str | None = None):
-        self.instance = instance
+    def __init__(self, wasi: Wasi, policy: CheckpointPolicy, module: Module, module_path: str | None = None):
         self.wasi = wasi
         self.policy = policy
+        self.module = module
         self.module_path = module_path
-        self.machine = instance.machine
         self._store: Any = None
         self._status_file: Path | None = None
         self._old_handlers: dict[int, Any] = {}
-        self._instruction_done = False  # the instruction trigger fires once
-        self._advancing = False  # between an instruction stop and the stable point it advances to
 
-    # --- triggers -----------------------------------------------------------------------------
-    def request(self, *_: Any) -> None:
-        """Checkpoint as soon as possible (signal handler / timer)."""
-        self.machine.stop_at_step = 0
-        self.wasi.waiter.request()
-
-    def _arm(self) -> None:
-        p = self.policy
-        m = self.machine
-        m.stop_at_step = p.at_step if p.at_step is not None and p.at_step > m.steps else NEVER
-        if p.at_instruction is not None and not self._instruction_done:
-            if m.instructions is None:
-                raise SnapshotError("cannot checkpoint at an instruction count: this program's instruction count is "
-                                    "unknown (its snapshot was taken by a run that did not count instructions)")
-            m.counting = True
-            m.stop_at_instruction = p.at_instruction
-        else:
-            m.counting = False
-            m.stop_at_instruction = NEVER
-        self.wasi.waiter.clear()
+    def request(self, *_: Any) -> None:  # pragma: no cover - each engine has its own
+        raise NotImplementedError
 
     def _install(self) -> None:
         if threading_main():
@@ -135,6 +115,54 @@ class Session:
         tmp = self._status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         os.replace(tmp, self._status_file)
+
+    def _save(self, snap: Snapshot) -> None:
+        """Write ``snap`` (and the module beside it, once) into the checkpoint directory."""
+        directory = self.policy.directory
+        if directory is None:
+            return
+        from wasmig.snapshot.store import CheckpointDir
+
+        module_file = store_module(directory, self.module)
+        snap.meta.update({"module_file": module_file.name, "module_path": self.module_path,
+                          "host": os.uname().nodename, "pid": os.getpid()})
+        if self._store is None:
+            self._store = CheckpointDir(directory)
+        path = self._store.write(snap)
+        self.policy.written.append(path)
+        self._write_status()
+
+
+class Session(SessionBase):
+    """One program run under a checkpoint policy, on one interpreter instance."""
+
+    def __init__(self, instance: Instance, wasi: Wasi, policy: CheckpointPolicy, module_path: str | None = None):
+        super().__init__(wasi, policy, instance.module, module_path)
+        self.instance = instance
+        self.machine = instance.machine
+        self._instruction_done = False  # the instruction trigger fires once
+        self._advancing = False  # between an instruction stop and the stable point it advances to
+
+    # --- triggers -----------------------------------------------------------------------------
+    def request(self, *_: Any) -> None:
+        """Checkpoint as soon as possible (signal handler / timer)."""
+        self.machine.stop_at_step = 0
+        self.wasi.waiter.request()
+
+    def _arm(self) -> None:
+        p = self.policy
+        m = self.machine
+        m.stop_at_step = p.at_step if p.at_step is not None and p.at_step > m.steps else NEVER
+        if p.at_instruction is not None and not self._instruction_done:
+            if m.instructions is None:
+                raise SnapshotError("cannot checkpoint at an instruction count: this program's instruction count is "
+                                    "unknown (its snapshot was taken by a run that did not count instructions)")
+            m.counting = True
+            m.stop_at_instruction = p.at_instruction
+        else:
+            m.counting = False
+            m.stop_at_instruction = NEVER
+        self.wasi.waiter.clear()
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self, *, resume: bool) -> int:
@@ -186,20 +214,8 @@ class Session:
         return capture(self.instance)
 
     def _checkpoint(self) -> None:
-        directory = self.policy.directory
-        if directory is None:
-            return
-        from wasmig.snapshot.store import CheckpointDir
-
-        snap = capture(self.instance)
-        module_file = store_module(directory, self.instance.module)
-        snap.meta.update({"module_file": module_file.name, "module_path": self.module_path,
-                          "host": os.uname().nodename, "pid": os.getpid()})
-        if self._store is None:
-            self._store = CheckpointDir(directory)
-        path = self._store.write(snap)
-        self.policy.written.append(path)
-        self._write_status()
+        if self.policy.directory is not None:
+            self._save(capture(self.instance))
 
 
 def threading_main() -> bool:

@@ -1,27 +1,330 @@
-"""Checkpointing a run on the wasmtime engine (through the instrumentation pass).
+"""Checkpointing on the wasmtime engine, through the instrumentation pass (docs/instrument.md).
 
-Today: a deterministic checkpoint at stable point N, then exit — the unwind half of the pass.
-The snapshot is the canonical one (equal to the interpreter's at the same step) and restores
-on the interpreter. Continuing on wasmtime after a checkpoint, restoring onto wasmtime, and
-signal/timer checkpoints need the rewind half and the asynchronous poll (docs/instrument.md).
+:class:`Checkpointable` runs the *instrumented* module on wasmtime with wasmig's WASI and gives
+it the interpreter's checkpoint vocabulary:
+
+- run ``_start`` from the beginning, or *rewind* a canonical snapshot's frames into it (a restore,
+  or going on after a checkpoint);
+- stop deterministically at stable point N (``wasmig:stop_at``), or asynchronously: the guest runs
+  in a worker thread (ctypes releases the GIL while wasm runs) and :meth:`request` — safe from a
+  signal handler in the main thread — writes the control memory's poll byte, which the guest
+  tests at its next function entry or loop header, and wakes a blocked WASI call, which returns
+  at once with ``$state = unwinding`` so the guest unwinds from that import call;
+- capture the canonical :class:`Snapshot` once the guest unwound (:func:`capture_wasmtime`), equal
+  to the interpreter's at the same step.
+
+:class:`WasmtimeSession` is :class:`~wasmig.snapshot.session.Session`'s counterpart: the same
+policy (step, timer, SIGUSR1, then exit/continue), the same status file and snapshot files.
 """
 
 from __future__ import annotations
 
-import os
+import ctypes
+import hashlib
+import struct
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
-from wasmig.binary.encoder import encode_module
-from wasmig.instrument.unwind import instrument
+from wasmig.errors import WasmError
+from wasmig.instrument.sites import SECTION_NAME, SiteMap
+from wasmig.instrument.unwind import (
+    DROPS_BASE,
+    GLOBALS_BASE,
+    NEVER,
+    POLL,
+    READ_PTR,
+    RECORDS_BASE,
+    STATE_REWINDING,
+    STATE_UNWINDING,
+    WRITE_PTR,
+    instrument,
+)
 from wasmig.module import Module
-from wasmig.snapshot.capture_wasmtime import capture_wasmtime
-from wasmig.snapshot.session import store_module
-from wasmig.wasi.preview1 import Wasi
-from wasmig.wasi.run import run_start
+from wasmig.snapshot.capture_wasmtime import capture_wasmtime, static_tables
+from wasmig.snapshot.records import MASKS, records_from_frames
+from wasmig.snapshot.session import CheckpointExit, CheckpointPolicy, SessionBase
+from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
+from wasmig.wasi.preview1 import ProcExit, Wasi
 
-UNSUPPORTED = ("on the wasmtime engine only --checkpoint-dir DIR --checkpoint-at-step N --checkpoint-then exit is "
-               "available yet (continuing, restoring, signal and timer checkpoints there need the rewind half of the "
-               "instrumentation); use --engine interp for the rest")
+#: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
+PASS_VERSION = "wasmig-instrument-3"
+_ZERO = {"i32": 0, "i64": 0, "f32": 0.0, "f64": 0.0}
+
+
+def _pass_fingerprint() -> bytes:
+    """The pass version and its source, so an edited pass never reuses a stale cached module."""
+    import wasmig.instrument.sites as sites_mod
+    import wasmig.instrument.unwind as unwind_mod
+
+    h = hashlib.sha256(PASS_VERSION.encode())
+    for mod in (unwind_mod, sites_mod):
+        h.update(Path(mod.__file__ or "").read_bytes())
+    return h.digest()
+
+
+_FINGERPRINT: bytes | None = None
+
+
+def instrumented_bytes(module: Module, cache_dir: Path | None = None) -> tuple[bytes, SiteMap]:
+    """The instrumented module's bytes and site map, through a cache keyed by the original
+    module's sha256 and the pass's fingerprint (the pass is pure Python and costs seconds on big
+    modules; a restore should not pay it). A damaged entry is rebuilt."""
+    global _FINGERPRINT
+    from wasmig.binary.decoder import read_custom_section
+    from wasmig.binary.encoder import encode_module
+    from wasmig.engines.wasmtime import _write_atomically, default_cache_dir
+
+    if _FINGERPRINT is None:
+        _FINGERPRINT = _pass_fingerprint()
+    key = hashlib.sha256(_FINGERPRINT + (module.sha256 or hashlib.sha256(encode_module(module.ir)).hexdigest())
+                         .encode()).hexdigest()
+    path = (cache_dir if cache_dir is not None else default_cache_dir()) / f"instrumented-{key}.wasm"
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        blob = None
+    if blob is not None and len(blob) > 32 and hashlib.sha256(blob[32:]).digest() == blob[:32]:
+        data = blob[32:]
+        try:
+            raw = read_custom_section(data, SECTION_NAME)
+            if raw is not None:
+                return data, SiteMap.from_bytes(raw)
+        except (WasmError, ValueError, TypeError, KeyError):  # a damaged entry is rebuilt
+            pass
+    done = instrument(module)
+    data = encode_module(done.ir)
+    try:
+        _write_atomically(path, hashlib.sha256(data).digest() + data)
+    except OSError:
+        pass
+    return data, done.sitemap
+
+
+class Checkpointable:
+    """The instrumented module on wasmtime, able to stop, be captured and be rewound."""
+
+    def __init__(self, module: Module, wasi: Wasi | None) -> None:
+        from wasmig.engines.wasmtime import WasmtimeInstance
+
+        self.module = module
+        self.wasi = wasi
+        code, self.sitemap = instrumented_bytes(module)
+        self.instance = WasmtimeInstance(module, wasi, code=code)
+        ex = self.instance.exports
+        self.store = self.instance.store
+        self._state = ex["wasmig:state"]
+        self._steps = ex["wasmig:steps"]
+        self._stop_at = ex["wasmig:stop_at"]
+        self.ctl = ex["wasmig:ctl"]
+        self.instance.interrupt_state = self._state
+        # the control memory never moves (memory_may_move is off): a plain address, writable
+        # from any thread
+        self._poll = ctypes.c_uint8.from_address(ctypes.addressof(self.ctl.data_ptr(self.store).contents) + POLL)
+        self._export: str | None = None  # the export the outermost frame runs in
+        self._tables: list[Any] | None = None
+
+    # --- control ---------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        return self._steps.value(self.store) & MASKS["i64"]
+
+    @property
+    def unwound(self) -> bool:
+        return self._state.value(self.store) == STATE_UNWINDING
+
+    def request(self) -> None:
+        """Stop at the next stable point, or now if blocked in a WASI call (any thread)."""
+        self._poll.value = 1
+        if self.wasi is not None:
+            self.wasi.waiter.request()
+
+    def arm(self, at_step: int | None) -> None:
+        """Clear any pending request; stop at stable point ``at_step`` if it is still ahead."""
+        self._poll.value = 0
+        if self.wasi is not None:
+            self.wasi.waiter.clear()
+        self._stop_at.set_value(self.store, at_step if at_step is not None and at_step > self.steps else NEVER)
+
+    # --- running -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run the program from the beginning (its start function, then ``_start``)."""
+        from wasmig.errors import LinkError
+
+        if "_start" not in self.instance.exports:
+            raise LinkError("the module has no `_start` export: it is not a WASI command")
+        self._export = "_start"
+        if "wasmig:start" in self.instance.exports:
+            self._call("wasmig:start")
+            if self.unwound:
+                raise SnapshotError("cannot checkpoint inside the module's start function")
+        self._call("_start")
+
+    def resume(self, frames: list[FrameState], point: str) -> None:
+        """Rewind ``frames`` (canonical, outermost first) and run on from there."""
+        if not frames:  # an idle snapshot: nothing was running
+            return
+        records = records_from_frames(frames, point, self.sitemap, self._indirect_slot)
+        name = self._export_of(frames[0].func)
+        need = RECORDS_BASE + len(records)
+        have = self.ctl.data_len(self.store)
+        if need > have:
+            self.ctl.grow(self.store, (need - have + 65535) // 65536)
+        self.ctl.write(self.store, records, RECORDS_BASE)
+        self.ctl.write(self.store, struct.pack("<II", need, RECORDS_BASE), WRITE_PTR)
+        assert READ_PTR == WRITE_PTR + 4
+        self._state.set_value(self.store, STATE_REWINDING)
+        self._export = name
+        func = self.instance.exports[name]
+        args = [_ZERO[str(t)] for t in func.type(self.store).params]
+        self._call(name, *args)
+        if self._state.value(self.store) == STATE_REWINDING:
+            raise SnapshotError("internal error: the rewind did not reach the snapshot's innermost frame")
+
+    def _indirect_slot(self, func: int, pc: int, callee: int) -> int:
+        """A slot of the table a ``call_indirect`` at (func, pc) uses that holds ``callee``."""
+        ir = self.module.ir
+        body = ir.funcs[func - ir.num_imported_funcs()].body
+        ins = next((x for x in body if x.offset == pc), None)
+        if ins is None or ins.op != 0x11:
+            raise SnapshotError(f"snapshot does not fit the module: no indirect call at {pc:#x} in function {func}")
+        if self._tables is None:
+            self._tables = static_tables(self.module)
+        elements = self._tables[ins.imm[1]].elements
+        try:
+            return elements.index(callee)
+        except ValueError:
+            raise SnapshotError(f"snapshot does not fit the module: function {callee} is not in table "
+                                f"{ins.imm[1]}") from None
+
+    def _export_of(self, func: int) -> str:
+        names = [e.name for e in self.module.ir.exports if e.kind == "func" and e.index == func]
+        if not names:
+            raise SnapshotError(f"cannot resume on wasmtime: the outermost frame's function {func} is not exported")
+        return "_start" if "_start" in names else names[0]
+
+    def _call(self, name: str, *args: Any) -> None:
+        """Call an export in a worker thread, so the main thread stays free for signals and timers
+        (a guest spinning in compiled code would never let a handler run otherwise)."""
+        outcome: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.instance.invoke(name, *args)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller as itself
+                outcome.append(e)
+
+        worker = threading.Thread(target=work, name="wasmig-guest", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.25)  # signal handlers run between the waits
+        if outcome:
+            raise outcome[0]
+
+    # --- state -----------------------------------------------------------------------------------
+    def capture(self) -> Snapshot:
+        """The canonical snapshot, after the guest unwound."""
+        return capture_wasmtime(self.instance, self.module, self.sitemap)
+
+    def load(self, snap: Snapshot) -> None:
+        """Put a snapshot's memory, globals, tables, dropped segments and step count into this
+        (fresh) instance; the frames follow with :meth:`resume`."""
+        module = self.module
+        ir = module.ir
+        store = self.store
+        ex = self.instance.exports
+        if module.sha256 != snap.module_sha256:
+            raise SnapshotError(f"the snapshot is of another module (sha256 {snap.module_sha256[:16]}..., "
+                                f"this module is {str(module.sha256)[:16]}...)")
+        mems, globals_ = ir.all_mems(), ir.all_globals()
+        if (len(snap.memories), len(snap.globals), len(snap.tables)) != (len(mems), len(globals_),
+                                                                          len(ir.all_tables())):
+            raise SnapshotError("snapshot does not fit the module: memory, table or global counts differ")
+        if (len(snap.dropped_data), len(snap.dropped_elems)) != (len(ir.datas), len(ir.elems)):
+            raise SnapshotError("snapshot does not fit the module: segment counts differ")
+        for i, ms in enumerate(snap.memories):
+            mem = ex["memory"] if i == 0 and "memory" in ex else ex.get(f"wasmig:mem{i}")
+            pages = len(ms.data) // 65536
+            have = mem.size(store)
+            limit = mems[i].limits.max if mems[i].limits.max is not None else 65536
+            if pages < have or pages > limit:
+                raise SnapshotError(f"snapshot does not fit the module: memory {i} has {pages} pages")
+            if pages > have:
+                mem.grow(store, pages - have)
+            if ms.data:
+                ctypes.memmove(ctypes.addressof(mem.data_ptr(store).contents), ms.data, len(ms.data))
+        if snap.tables != static_tables(module):
+            raise SnapshotError("cannot restore on wasmtime: the snapshot's tables differ from the module's element "
+                                "segments (a table changed at run time); restore it on the interpreter")
+        self.instance.invoke("wasmig:dump")
+        ctl_view = bytes(self.ctl.read(store, GLOBALS_BASE, GLOBALS_BASE + 8 * len(globals_)))
+        for i, (gt, gs) in enumerate(zip(globals_, snap.globals, strict=True)):
+            t, bits = gs.value
+            if gs.type != gt.type or gs.mutable != gt.mutable or t != gt.type or t not in MASKS \
+                    or not isinstance(bits, int) or not 0 <= bits <= MASKS[t]:
+                raise SnapshotError(f"snapshot does not fit the module: global {i}")
+            if gt.mutable:
+                self.ctl.write(store, struct.pack("<Q", bits), GLOBALS_BASE + 8 * i)
+            elif struct.unpack_from("<Q", ctl_view, 8 * i)[0] & MASKS[t] != bits:
+                raise SnapshotError(f"snapshot does not fit the module: immutable global {i} has another value")
+        n_data = len(ir.datas)
+        flags = bytearray(n_data + len(ir.elems))
+        for i, (seg, dropped) in enumerate(zip(ir.datas, snap.dropped_data, strict=True)):
+            flags[i] = seg.mode == "passive" and dropped
+        for i, (seg, dropped) in enumerate(zip(ir.elems, snap.dropped_elems, strict=True)):
+            flags[n_data + i] = seg.mode == "passive" and dropped
+        if flags:
+            self.ctl.write(store, bytes(flags), DROPS_BASE)
+        self.instance.invoke("wasmig:load")
+        if flags:
+            self.ctl.write(store, bytes(len(flags)), DROPS_BASE)  # the guest's own drops start from zero
+        self._steps.set_value(store, snap.steps)
+
+
+class WasmtimeSession(SessionBase):
+    """A run on wasmtime under a checkpoint policy: the counterpart of the interpreter's Session."""
+
+    def __init__(self, runner: Checkpointable, wasi: Wasi, policy: CheckpointPolicy, module_path: str | None = None):
+        super().__init__(wasi, policy, runner.module, module_path)
+        self.runner = runner
+
+    def request(self, *_: Any) -> None:
+        """Checkpoint as soon as possible (signal handler / timer)."""
+        self.runner.request()
+
+    def run(self, snapshot: Snapshot | None = None) -> int:
+        """Run ``_start`` from the beginning (or on from ``snapshot``, already loaded) to the end;
+        return the exit code."""
+        runner = self.runner
+        self._install()
+        try:
+            runner.arm(self.policy.at_step)
+            frames, point = (snapshot.frames, snapshot.point) if snapshot is not None else ([], "idle")
+            first = snapshot is None
+            while True:
+                try:
+                    if first:
+                        first = False
+                        runner.start()
+                    else:
+                        runner.resume(frames, point)
+                except ProcExit as e:
+                    return e.code
+                if not runner.unwound:
+                    return 0
+                snap = runner.capture()
+                frames, point = snap.frames, snap.point
+                try:
+                    self._save(snap)
+                except (SnapshotError, OSError) as e:
+                    print(f"wasmig: warning: checkpoint failed, continuing: {e}", file=sys.stderr)
+                else:
+                    if self.policy.then == "exit":
+                        raise CheckpointExit() from None
+                runner.arm(self.policy.at_step)  # a step already passed stays off
+        finally:
+            self._uninstall()
 
 
 def run_until_step(module: Module, wasi: Wasi, directory: Path, step: int,
@@ -29,18 +332,10 @@ def run_until_step(module: Module, wasi: Wasi, directory: Path, step: int,
     """Run on wasmtime; at stable point ``step`` write a snapshot into ``directory`` and stop.
 
     Returns (exit code, snapshot path): the path is None when the program ended first."""
-    from wasmig.engines.wasmtime import WasmtimeInstance
-    from wasmig.snapshot.store import CheckpointDir
+    policy = CheckpointPolicy(directory=directory, at_step=step, then="exit", on_signal=False)
+    session = WasmtimeSession(Checkpointable(module, wasi), wasi, policy, module_path)
+    try:
+        return session.run(), None
+    except CheckpointExit:
+        return 0, policy.written[-1]
 
-    instrumented = instrument(module)
-    imod = Module.from_bytes(encode_module(instrumented.ir), features={"multi-memory"})
-    instance = WasmtimeInstance(imod, wasi)
-    instance.exports["wasmig:stop_at"].set_value(instance.store, step)
-    code = run_start(instance)
-    if instance.exports["wasmig:state"].value(instance.store) != 1:
-        return code, None
-    snap = capture_wasmtime(instance, module, instrumented.sitemap)
-    module_file = store_module(directory, module)
-    snap.meta.update({"module_file": module_file.name, "module_path": module_path, "host": os.uname().nodename,
-                      "pid": os.getpid()})
-    return 0, CheckpointDir(directory).write(snap)

@@ -1,0 +1,110 @@
+"""Translate the frame records an instrumented module wrote into its control memory into
+canonical frames (engine-independent: works on the raw bytes of ``$ctl``).
+
+A record is ``u32 site, u32 func, then 8 bytes per local`` of the instrumented function, in the
+layout the site map gives; records are appended innermost frame first.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from wasmig.instrument.sites import Site, SiteMap
+from wasmig.instrument.unwind import RECORDS_BASE, WRITE_PTR
+from wasmig.snapshot.state import FrameState, SnapshotError, Value
+
+#: bit masks of the numeric value types
+MASKS = {"i32": 0xFFFFFFFF, "i64": 0xFFFFFFFFFFFFFFFF, "f32": 0xFFFFFFFF, "f64": 0xFFFFFFFFFFFFFFFF}
+
+
+def _value(t: str, raw: bytes, offset: int) -> Value:
+    return (t, int.from_bytes(raw[offset : offset + 8], "little") & MASKS[t])
+
+
+def frames_from_records(ctl: bytes, sitemap: SiteMap) -> tuple[list[FrameState], str]:
+    """(canonical frames outermost first, the point of the innermost frame)."""
+    end = struct.unpack_from("<I", ctl, WRITE_PTR)[0]
+    if not RECORDS_BASE <= end <= len(ctl):
+        raise SnapshotError("control memory holds no valid frame records")
+    frames: list[FrameState] = []
+    kinds: list[str] = []
+    pos = RECORDS_BASE
+    sites = sitemap.sites
+    while pos < end:
+        site_id, func = struct.unpack_from("<II", ctl, pos)
+        if site_id >= len(sites) or sites[site_id].func != func or func not in sitemap.functions:
+            raise SnapshotError(f"corrupt frame record at {pos:#x} (site {site_id}, function {func})")
+        site = sites[site_id]
+        layout = sitemap.functions[func]
+        types = layout.local_types
+        slot = pos + 8
+        locals_ = [_value(types[j], ctl, slot + 8 * j) for j in range(layout.num_locals)]
+        stack = [_value(t, ctl, slot + 8 * local) for t, local in zip(site.stack, site.spills, strict=True)]
+        if not frames and site.args:  # innermost at a call site: a host call was interrupted
+            stack += [_value(t, ctl, slot + 8 * local) for t, local in zip(site.args, site.arg_spills, strict=True)]
+        frames.append(FrameState(func, site.pc, locals_, stack))
+        kinds.append(site.kind)
+        pos += layout.record_size
+    if pos != end or not frames:
+        raise SnapshotError("frame records do not end where the control memory says")
+    innermost = kinds[0]
+    if any(kind not in ("call", "import_call") for kind in kinds[1:]):
+        raise SnapshotError("an outer frame record is not at a call site")
+    if innermost == "call" and not sites[struct.unpack_from("<I", ctl, RECORDS_BASE)[0]].args:
+        raise SnapshotError("the innermost frame record is at a call to a wasm function that wrote no record")
+    frames.reverse()
+    return frames, "import_call" if innermost == "call" else innermost
+
+
+def records_from_frames(frames: list[FrameState], point: str, sitemap: SiteMap,
+                        indirect_slot: Callable[[int, int, int], int] | None = None) -> bytes:
+    """The frame records that rewind ``frames`` (canonical, outermost first) into the instrumented
+    module: outermost record first (each rewinding function pops the next one), to be written at
+    ``RECORDS_BASE``. The inverse of :func:`frames_from_records`; every frame is checked against
+    the site map, so a snapshot that does not fit the module is refused here, not run.
+
+    A frame suspended in a ``call_indirect`` re-issues that call on rewind, so its record needs a
+    table index that reaches the callee (the canonical frame no longer holds the operand):
+    ``indirect_slot(func, pc, callee)`` gives one."""
+    by_key: dict[tuple[int, int, str], Site] = {}
+    for site in sitemap.sites:
+        by_key.setdefault((site.func, site.pc, "call" if site.kind == "import_call" else site.kind), site)
+    out = bytearray()
+    for depth, frame in enumerate(frames):
+        innermost = depth == len(frames) - 1
+        kind = point if innermost and point in ("entry", "loop") else "call"
+        if innermost and point not in ("entry", "loop", "import_call"):
+            raise SnapshotError(f"a snapshot taken at an {point!r} point cannot be resumed on the compiled engine "
+                                "(it resumes at stable points only: take it with --checkpoint-stable-only)")
+        site = by_key.get((frame.func, frame.pc, kind))
+        layout = sitemap.functions.get(frame.func)
+        if site is None or layout is None:
+            raise SnapshotError(f"snapshot does not fit the module: frame {depth} (function {frame.func}, pc "
+                                f"{frame.pc:#x}) is at no {kind} site")
+        if innermost and point == "import_call" and not site.args:
+            raise SnapshotError(f"snapshot does not fit the module: frame {depth} is not at an import call")
+        stack_types = site.stack + site.args if innermost and point == "import_call" else site.stack
+        slots = site.spills + site.arg_spills if innermost and point == "import_call" else site.spills
+        if len(frame.locals) != layout.num_locals or len(frame.stack) != len(stack_types):
+            raise SnapshotError(f"snapshot does not fit the module: frame {depth} has {len(frame.locals)} locals and "
+                                f"{len(frame.stack)} stack values, expected {layout.num_locals} and {len(stack_types)}")
+        values = [0] * len(layout.local_types)
+        for j, (value, want) in enumerate(zip(frame.locals, layout.local_types, strict=False)):
+            values[j] = _bits(value, want, f"frame {depth} local {j}")
+        for k, (value, want, slot) in enumerate(zip(frame.stack, stack_types, slots, strict=True)):
+            values[slot] = _bits(value, want, f"frame {depth} stack slot {k}")
+        if not innermost and site.args:  # suspended in a call_indirect: its table index
+            if indirect_slot is None:
+                raise SnapshotError("internal error: no table lookup for an indirect call")
+            values[site.arg_spills[-1]] = indirect_slot(frame.func, frame.pc, frames[depth + 1].func)
+        out += struct.pack("<II", site.id, frame.func)
+        out += struct.pack(f"<{len(values)}Q", *values)
+    return bytes(out)
+
+
+def _bits(value: Value, want: str, what: str) -> int:
+    t, bits = value
+    if t != want or not isinstance(bits, int) or not 0 <= bits <= MASKS[want]:
+        raise SnapshotError(f"snapshot does not fit the module: {what} is {t}, the module says {want}")
+    return bits
