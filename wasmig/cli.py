@@ -21,8 +21,7 @@ from wasmig.errors import DecodeError, LinkError, Trap, ValidationError, WasmErr
 TRAP_EXIT_CODE = 134
 ERROR_EXIT_CODE = 1
 ENGINES = ["interp", "wasmtime"]
-NO_WASMTIME_RESTORE = ("restoring on the wasmtime engine needs the instrumentation pass (not yet available); "
-                       "use --engine interp")
+INTERP_ONLY = "--checkpoint-at-instruction is available on the interpreter only (use --engine interp)"
 
 
 class UserError(Exception):
@@ -88,21 +87,23 @@ def report_trap(trap: Trap) -> None:
             click.echo(f"  {i:>3}: {line}", err=True)
 
 
-def check_wasmtime(ctx: click.Context) -> None:
-    """``run --engine wasmtime``: refuse any checkpoint option (it cannot checkpoint yet), and say so
-    when wasmtime is not installed."""
+def wasmtime_available() -> bool:
     import importlib.util
 
-    from wasmig.snapshot.wasmtime_session import UNSUPPORTED
+    return importlib.util.find_spec("wasmtime") is not None
 
-    options = ("checkpoint_dir", "checkpoint_at_step", "checkpoint_at_instruction", "checkpoint_every",
-               "checkpoint_then", "stable_only")
-    given = {name for name in options if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
-    if given and not (given == {"checkpoint_dir", "checkpoint_at_step", "checkpoint_then"}
-                      and ctx.params["checkpoint_then"] == "exit"):
-        raise UserError(UNSUPPORTED)
-    if importlib.util.find_spec("wasmtime") is None:
-        raise UserError("--engine wasmtime needs the wasmtime package (pip install wasmtime)")
+
+def pick_engine(engine: str | None, *, interp_only: bool) -> str:
+    """``--engine``, or by default wasmtime (compiled) when installed and nothing asks for what only
+    the interpreter does; then the interpreter."""
+    if engine is None:
+        return "wasmtime" if wasmtime_available() and not interp_only else "interp"
+    if engine == "wasmtime":
+        if not wasmtime_available():
+            raise UserError("--engine wasmtime needs the wasmtime package (pip install wasmtime)")
+        if interp_only:
+            raise UserError(INTERP_ONLY)
+    return engine
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,12 +147,21 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
 
 def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, *, resume: bool) -> int:
     """Run to the end under ``policy``; returns the process exit code (traps and errors reported)."""
-    from wasmig.snapshot.session import CheckpointExit, Session
+    from wasmig.snapshot.session import Session
+
+    if instance.engine == "interp":
+        session = Session(instance, wasi, policy, module_path)
+        return guarded(lambda: session.run(resume=resume), wasi, policy, module_path)
+    return guarded(lambda: run_compiled(instance), wasi, policy, module_path)
+
+
+def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
+    """``body()``'s exit code, with a checkpoint-and-exit, traps and errors reported as the CLI does."""
+    from wasmig.snapshot.session import CheckpointExit
     from wasmig.snapshot.state import SnapshotError
 
-    session = Session(instance, wasi, policy, module_path) if instance.engine == "interp" else None
     try:
-        return session.run(resume=resume) if session is not None else run_compiled(instance)
+        return body()
     except CheckpointExit:
         click.echo(f"wasmig: checkpoint written to {policy.written[-1]}; exiting", err=True)
         return 0
@@ -169,25 +179,40 @@ def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, 
     return ERROR_EXIT_CODE
 
 
+def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | None, snapshot: Any = None) -> int:
+    """A run (or, with ``snapshot``, a restore) on wasmtime with checkpoints: the instrumented module
+    in a worker thread, signals and timers in this one."""
+    from wasmig.snapshot.wasmtime_session import Checkpointable, WasmtimeSession
+
+    def body() -> int:
+        runner = Checkpointable(module, wasi)
+        if snapshot is not None:
+            runner.load(snapshot)
+        return WasmtimeSession(runner, wasi, policy, module_path).run(snapshot)
+
+    return guarded(body, wasi, policy, module_path)
+
+
 def run_compiled(instance: Any) -> int:
-    """``_start`` on the wasmtime engine (no checkpoints yet). Python sees Ctrl-C only when it runs
-    again, i.e. at the guest's next host call, so a guest computing without any would ignore it:
-    SIGINT gets its default action instead and ends the process at once, as it ends ``wasmtime run``."""
+    """``_start`` on the wasmtime engine, without checkpoints (no --checkpoint-dir: the plain module,
+    at full speed). Python sees Ctrl-C only when it runs again, i.e. at the guest's next host call,
+    so a guest computing without any would ignore it: SIGINT gets its default action instead and
+    ends the process at once, as it ends ``wasmtime run``."""
     import signal
 
+    from wasmig.snapshot.session import _no_checkpoint_dir
     from wasmig.wasi.run import run_start
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     # a checkpoint request must not kill the program (SIGUSR1's default action): say no instead
-    signal.signal(signal.SIGUSR1, lambda *_: click.echo(
-        "wasmig: checkpoint requested, but the wasmtime engine cannot checkpoint yet; ignoring", err=True))
+    signal.signal(signal.SIGUSR1, _no_checkpoint_dir)
     return run_start(instance)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--engine", type=click.Choice(ENGINES), default="interp", show_default=True,
-              help="Execution engine: the interpreter, or wasmtime (compiled; no checkpoints yet).")
+@click.option("--engine", type=click.Choice(ENGINES), default=None,
+              help="Execution engine: wasmtime (compiled; the default when installed) or the interpreter.")
 @click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]",
               help="Preopen a host directory, optionally under another guest name.")
 @click.option("--env", "envs", multiple=True, metavar="NAME[=VALUE]", help="Set (or inherit) an environment variable.")
@@ -196,7 +221,7 @@ def run_compiled(instance: Any) -> int:
 @checkpoint_options
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
+def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
         checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
         checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, program: str,
         args: tuple[str, ...]) -> None:
@@ -211,8 +236,7 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
             raise UserError(f"{program}: is a directory, not a WebAssembly module")
         preopens = [parse_dir(d) for d in dirs]
         env = parse_env(envs)
-        if engine == "wasmtime":
-            check_wasmtime(click.get_current_context())
+        engine = pick_engine(engine, interp_only=checkpoint_at_instruction is not None)
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only)
         listeners = [open_listener(spec) for spec in listens]
@@ -227,8 +251,8 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
         _fail(f"{program}: {kind}: {str(e).replace(f'cannot read module {program}: ', '')}")
         return
     wasi = Wasi([program, *args], env, preopens=preopens, listeners=listeners)
-    if engine == "wasmtime" and policy.at_step is not None:  # runs the instrumented module instead
-        sys.exit(checkpoint_on_wasmtime(module, wasi, policy, os.path.abspath(program)) & 0xFF)
+    if engine == "wasmtime" and policy.active:  # the instrumented module, which can checkpoint
+        sys.exit(run_checkpointable(module, wasi, policy, os.path.abspath(program)) & 0xFF)
     try:
         instance = instantiate_with_wasi(module, wasi, engine)
         if "_start" not in instance.exports:
@@ -245,29 +269,10 @@ def run(engine: str, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tupl
     sys.exit(code & 0xFF)
 
 
-def checkpoint_on_wasmtime(module: Any, wasi: Any, policy: Any, module_path: str) -> int:
-    """``run --engine wasmtime --checkpoint-at-step N --checkpoint-then exit``."""
-    from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.wasmtime_session import run_until_step
-
-    try:
-        code, path = run_until_step(module, wasi, policy.directory, policy.at_step, module_path)
-    except Trap as trap:
-        report_trap(trap)
-        return TRAP_EXIT_CODE
-    except (SnapshotError, WasmError) as e:
-        _fail(f"{module_path}: {e}")
-        return ERROR_EXIT_CODE
-    finally:
-        wasi.close()
-    if path is not None:
-        click.echo(f"wasmig: checkpoint written to {path}; exiting", err=True)
-    return code
-
-
 @main.command()
-@click.option("--engine", type=click.Choice(ENGINES), default="interp", show_default=True,
-              help="Execution engine (restoring on wasmtime is not available yet).")
+@click.option("--engine", type=click.Choice(ENGINES), default=None,
+              help="Execution engine: wasmtime (the default when installed, for snapshots at a stable point) or "
+                   "the interpreter.")
 @click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]",
               help="Map a preopened guest directory to a host directory (default: where it was).")
 @click.option("--module", "module_path", default=None, help="The .wasm the snapshot was taken of (default: the "
@@ -276,7 +281,7 @@ def checkpoint_on_wasmtime(module: Any, wasi: Any, policy: Any, module_path: str
               help="What to do when an open file's size or mtime changed since the checkpoint.")
 @checkpoint_options
 @click.argument("snapshot")
-def restore(engine: str, dirs: tuple[str, ...], module_path: str | None, on_file_change: str,
+def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, on_file_change: str,
             checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
             checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, snapshot: str) -> None:
     """Restore SNAPSHOT (a snapshot file, or a checkpoint directory: its latest) and continue it."""
@@ -288,8 +293,6 @@ def restore(engine: str, dirs: tuple[str, ...], module_path: str | None, on_file
     from wasmig.snapshot.store import load_snapshot
 
     try:
-        if engine == "wasmtime":
-            raise UserError(NO_WASMTIME_RESTORE)
         mapping = {}
         for d in dirs:
             host, guest = parse_dir(d)
@@ -304,9 +307,15 @@ def restore(engine: str, dirs: tuple[str, ...], module_path: str | None, on_file
                 checkpoint_at_instruction < snap.instructions:
             raise UserError(f"--checkpoint-at-instruction {checkpoint_at_instruction} is not ahead of the snapshot "
                             f"(it is at instruction {snap.instructions})")
+        engine = pick_engine(engine, interp_only=checkpoint_at_instruction is not None or not snap.stable)
         module = find_module_for(Path(snapshot), snap, module_path)
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
+        if engine == "wasmtime":
+            from wasmig.wasi.snapshot import restore_wasi
+
+            wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
+            sys.exit(run_checkpointable(module, wasi, policy, snap.meta.get("module_path"), snap) & 0xFF)
         instance = restore_instance(snap, engine, module=module, dirs=mapping, on_file_change=on_file_change)
     except UserError as e:
         _fail(str(e))

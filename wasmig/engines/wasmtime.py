@@ -280,11 +280,25 @@ _CALL_INDIRECT, _BLOCK, _LOOP, _IF, _ELSE, _END, _BR_IF, _UNREACHABLE = 0x11, 0x
 class _Code:
     """Instruction lookup by absolute module offset, for one module (built on first trap)."""
 
-    def __init__(self, module: Module) -> None:
+    def __init__(self, module: Module, instrumented: bytes | None = None) -> None:
         self.ir = module.ir
         self.imported = module.ir.num_imported_funcs()
         self.total = self.imported + len(module.ir.funcs)
         self._index: dict[int, dict[int, int]] = {}
+        self._instrumented = instrumented
+        self._origins: Any = None
+
+    def original_offset(self, func_index: int, offset: int) -> int:
+        """For a run of the instrumented module: the offset of the original instruction that
+        ``offset`` was copied from (unchanged when there is none, or no instrumentation)."""
+        if self._instrumented is None:
+            return offset
+        if self._origins is None:
+            from wasmig.instrument.origins import OriginMap
+
+            self._origins = OriginMap(self._instrumented, self.ir)
+        found = self._origins.translate(func_index, offset)
+        return offset if found is None else found
 
     def locate(self, func_index: int, offset: int) -> tuple[Any, int] | None:
         """(IR function, instruction index) of the instruction at ``offset``, if any."""
@@ -375,6 +389,8 @@ def convert_trap(trap: wasmtime.Trap, module: Module, code: _Code | None = None)
     lines = []
     for depth, frame in enumerate(frames):
         index, offset = frame.func_index, frame.module_offset
+        if offset < _NO_OFFSET:
+            offset = code.original_offset(index, offset)
         if depth == 0:
             found = code.locate(index, offset)
             if found is not None:
@@ -427,7 +443,7 @@ class WasmtimeInstance:
         has the same imports and function indices (traps then name the original's functions)."""
         self.module = module
         self.wasi = wasi
-        self._code = _Code(module)
+        self._code = _Code(module, code)
         self._raised: list[BaseException] = []  # what host functions raised, newest last
         #: set by the checkpointing layer on an instrumented module: a host call that raises
         #: HostCallInterrupted then sets this global (``wasmig:state``) to 1 and returns at once,

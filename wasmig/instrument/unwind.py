@@ -37,6 +37,8 @@ from wasmig.binary.ir import (
 from wasmig.binary.ir import Module as IRModule
 from wasmig.binary.opcodes import memarg
 from wasmig.errors import WasmError
+from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
+from wasmig.instrument.origins import encode_origins
 from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
 from wasmig.interp.compile import match_blocks
 
@@ -138,8 +140,10 @@ class _FunctionRewriter:
         return pool[k]
 
     # --- emission helpers ---------------------------------------------------------------------
-    def emit(self, op: int, imm: object = None) -> Instr:
-        ins = Instr(op, imm)
+    def emit(self, op: int, imm: object = None, origin: int = -1) -> Instr:
+        """Append an instruction; ``origin``: the offset of the original instruction it copies
+        (-1 for one the pass adds), kept for trap reports (:mod:`wasmig.instrument.origins`)."""
+        ins = Instr(op, imm, origin)
         self.out.append(ins)
         return ins
 
@@ -250,6 +254,7 @@ class _FunctionRewriter:
         """An instruction that is neither a site nor a construct holding one: copied, with its
         branch depths renumbered and segment drops recorded."""
         op, imm = ins.op, ins.imm
+        first = len(self.out)
         if op in (0x02, 0x03, 0x04):
             self.open(op, imm, True)
         elif op == 0x0B:
@@ -260,13 +265,14 @@ class _FunctionRewriter:
             labels, default = imm
             self.emit(op, (tuple(self.label(x) for x in labels), self.label(default)))
         elif op in (0xFC09, 0xFC0D):
-            self.emit(op, imm)
+            self.emit(op, imm, ins.offset)
             slot = DROPS_BASE + (imm if op == 0xFC09 else len(self.p.ir.datas) + imm)
             self.emit(0x41, 0)
             self.emit(0x41, 1)
             self.emit(0x3A, self.ctl_memarg(0, slot))  # i32.store8 $ctl
         else:
             self.emit(op, imm)
+        self.out[first].offset = ins.offset
 
     # --- the function -------------------------------------------------------------------------
     def rewrite(self) -> Function:
@@ -334,7 +340,7 @@ class _FunctionRewriter:
                 if args:
                     self.pop_into(args, len(below))
                     self.push_from(args, len(below))
-                self.emit(ins.op, ins.imm)
+                self.emit(ins.op, ins.imm, ins.offset)
                 site = self.add_site((i, "call"), kind, ins.offset, below, args)
                 self.post_call_check(site, below[base:], list(callee.results), base)
             else:
@@ -656,13 +662,13 @@ class _FunctionRewriter:
             self.open(0x04, None, False)
             self._finish_rewind()
             self.close()
-        self.emit(ins.op, ins.imm)
+        self.emit(ins.op, ins.imm, ins.offset)
         self.emit(0x05)
         self.drop(len(carried_in))
         self.zeros(carried_out)
         self.close()
         self.emit(0x05)
-        self.emit(ins.op, ins.imm)
+        self.emit(ins.op, ins.imm, ins.offset)
         self.close()
         self.post_call_check(site, level, results, base)
 
@@ -789,8 +795,9 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
             raise InstrumentError(f"the module already exports {e.name!r}")
     ir.exports += extra
     sitemap = SiteMap(p.ctl, g, p.sites, p.layouts)
-    ir.customs = [c for c in ir.customs if c.name != SECTION_NAME]
+    ir.customs = [c for c in ir.customs if c.name not in (SECTION_NAME, ORIGINS_SECTION)]
     ir.customs.append(CustomSection(SECTION_NAME, sitemap.to_bytes(), 11))
+    ir.customs.append(CustomSection(ORIGINS_SECTION, encode_origins([f.body for f in new_funcs]), 11))
     return Instrumented(ir, sitemap)
 
 

@@ -1,0 +1,80 @@
+"""Where each instruction of an instrumented function came from, so a trap in the instrumented
+module is reported at the original module's byte offsets (as the interpreter reports it).
+
+The pass tags every instruction it copies from the original body with that instruction's
+canonical offset and every instruction it adds with -1; this module stores the tags, per
+defined function in emission order, as the custom section ``wasmig.origins`` (zlib-compressed
+LEB128 of ``offset + 1``, 0 for an added instruction). On a trap, the instrumented module is
+decoded once and its instruction list — the same list, in the same order — aligned with them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from wasmig.binary.leb128 import encode_u
+
+SECTION_NAME = "wasmig.origins"
+
+
+def encode_origins(bodies: list[list[Any]]) -> bytes:
+    out = bytearray(encode_u(len(bodies)))
+    for body in bodies:
+        out += encode_u(len(body))
+        for ins in body:
+            out += encode_u(ins.offset + 1 if ins.offset >= 0 else 0)
+    return zlib.compress(bytes(out), 6)
+
+
+def _read_u(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return result, pos
+
+
+def decode_origins(raw: bytes) -> list[list[int]]:
+    data = zlib.decompress(raw)
+    n, pos = _read_u(data, 0)
+    bodies = []
+    for _ in range(n):
+        count, pos = _read_u(data, pos)
+        tags = []
+        for _ in range(count):
+            tag, pos = _read_u(data, pos)
+            tags.append(tag - 1)
+        bodies.append(tags)
+    return bodies
+
+
+class OriginMap:
+    """Translate (function index, absolute offset in the instrumented module) into the absolute
+    offset of the original instruction it was copied from (None for an added instruction)."""
+
+    def __init__(self, instrumented: bytes, original: Any) -> None:
+        from wasmig.binary.decoder import decode_module, read_custom_section
+
+        raw = read_custom_section(instrumented, SECTION_NAME)
+        self._tags = decode_origins(raw) if raw is not None else []
+        self._ir = decode_module(instrumented, features={"multi-memory"})
+        self._original = original  # the original module's IR
+        self._index: dict[int, dict[int, int]] = {}
+
+    def translate(self, func_index: int, offset: int) -> int | None:
+        defined = func_index - self._ir.num_imported_funcs()
+        if not 0 <= defined < min(len(self._tags), len(self._original.funcs)):
+            return None
+        index = self._index.get(defined)
+        if index is None:
+            func = self._ir.funcs[defined]
+            index = self._index[defined] = {func.body_offset + ins.offset: i for i, ins in enumerate(func.body)}
+        i = index.get(offset)
+        tags = self._tags[defined]
+        if i is None or i >= len(tags) or tags[i] < 0:
+            return None
+        return self._original.funcs[defined].body_offset + tags[i]
