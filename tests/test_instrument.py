@@ -14,9 +14,9 @@ import pytest
 import wasmig
 from wasmig.binary.encoder import encode_module
 from wasmig.binary.validator import validate_module
-from wasmig.snapshot.records import frames_from_records
 from wasmig.instrument.unwind import instrument
 from wasmig.snapshot.capture import capture
+from wasmig.snapshot.records import frames_from_records
 from wasmig.toolchain import compile_c
 from wasmig.wasi.preview1 import ProcExit, Wasi
 from wasmig.wasi.run import instantiate_with_wasi
