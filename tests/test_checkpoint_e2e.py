@@ -334,6 +334,10 @@ def _say(text: str) -> None:
 
 
 # --- 1. checkpoint anywhere, restore in a fresh process -------------------------------------------
+#: (checkpointing engine, restoring engine): the cross-engine matrix
+ENGINE_PAIRS = [(a, b) for a in ("interp", "wasmtime") for b in ("interp", "wasmtime")]
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 @E2E
 @given(data=st.data())
@@ -341,11 +345,12 @@ def test_checkpoint_at_step_then_restore(case: Case, data: st.DataObject,
                                          tmp_path_factory: pytest.TempPathFactory) -> None:
     total = totals(case, tmp_path_factory).steps
     k = data.draw(anywhere(1, total), label="k")
-    what = f"{case.name}: checkpoint at step {k} of {total}, restore"
+    engine_a, engine_b = data.draw(st.sampled_from(ENGINE_PAIRS), label="engines")
+    what = f"{case.name}: checkpoint at step {k} of {total} on {engine_a}, restore on {engine_b}"
     _say(what)
     run = Run(case, _work(tmp_path_factory, f"step-{case.name}-{k}"))
-    got = run.stages(["--checkpoint-dir", str(run.ck), "--checkpoint-at-step", str(k), "--checkpoint-then", "exit"],
-                     [[]])
+    got = run.stages(["--engine", engine_a, "--checkpoint-dir", str(run.ck), "--checkpoint-at-step", str(k),
+                      "--checkpoint-then", "exit"], [["--engine", engine_b]])
     assert len(got.snapshots) == 1, f"{what}: no snapshot at a step within the run\n" + "\n".join(got.log)
     snap = _load(got.snapshots[0])
     assert (snap.steps, snap.stable) == (k, True), f"{what}: the snapshot is at step {snap.steps} ({snap.point})"
@@ -465,6 +470,9 @@ def test_instruction_stop_after_a_step_snapshot_is_not_mislabelled(tmp_path_fact
 
 
 # --- 2. blocked in a host call, timer checkpoints ---------------------------------------------------
+#: (run on, restore on) for the blocked-call tests: both directions across engines, and wasmtime alone
+CROSS_PAIRS = [("interp", "wasmtime"), ("wasmtime", "interp"), ("wasmtime", "wasmtime")]
+
 class Proc:
     """A ``wasmig run`` in the background with its stdout read incrementally (never blocking the test)."""
 
@@ -527,12 +535,16 @@ def _wait_for_status(pid: int, runtime_dir: Path, timeout: float = 60.0) -> None
         time.sleep(0.05)
 
 
-def test_checkpoint_while_blocked_reading_stdin(tmp_path: Path, runtime_dir: Path) -> None:
+@pytest.mark.parametrize(("engine_a", "engine_b"), CROSS_PAIRS)
+def test_checkpoint_while_blocked_reading_stdin(tmp_path: Path, runtime_dir: Path, engine_a: str,
+                                                engine_b: str) -> None:
+    """Blocked in a read of stdin on engine A, checkpointed; restored on engine B, blocked there
+    again and checkpointed again; both snapshots finish on either engine."""
     wasm = program("stdin_wait")
     full = wasmig(["run", wasm], stdin=b"hello\n")
     assert (full.returncode, full.stdout) == (0, b"name? hello, hello (5 bytes)\n"), full.stderr
     ck = tmp_path / "ck"
-    with background(["run", "--checkpoint-dir", ck, wasm], runtime_dir) as proc:
+    with background(["run", "--engine", engine_a, "--checkpoint-dir", ck, wasm], runtime_dir) as proc:
         proc.wait_for_output(b"name? ")
         time.sleep(0.2)  # well inside the read by now
         path = checkpoint_pid(proc.p.pid, runtime_dir)
@@ -543,14 +555,14 @@ def test_checkpoint_while_blocked_reading_stdin(tmp_path: Path, runtime_dir: Pat
     snap = _load(path)
     assert snap.point == "import_call", f"a checkpoint while blocked should re-execute the read, got {snap.point}"
     # a restored run blocks in the same read again, and can itself be checkpointed there
-    with background(["restore", "--checkpoint-dir", ck, ck], runtime_dir) as again:
+    with background(["restore", "--engine", engine_b, "--checkpoint-dir", ck, ck], runtime_dir) as again:
         _wait_for_status(again.p.pid, runtime_dir)
         time.sleep(0.3)
         path2 = checkpoint_pid(again.p.pid, runtime_dir)
         assert path2 != path and again.p.poll() is None
     assert _load(path2).point == "import_call" and _load(path2).steps == snap.steps
-    for target in (path, ck):  # the first snapshot, and the latest (the restored run's)
-        restored = wasmig(["restore", target], stdin=b"hello\n")
+    for target, engine in ((path, engine_b), (ck, engine_a)):  # the first snapshot, the restored run's
+        restored = wasmig(["restore", "--engine", engine, target], stdin=b"hello\n")
         assert restored.returncode == 0, restored.stderr
         assert b"name? " + restored.stdout == full.stdout
         assert restored.stderr == full.stderr
@@ -682,14 +694,23 @@ def test_checkpoint_pid_of_a_run_that_exits_after_it(tmp_path: Path, runtime_dir
     assert (cp.returncode, cp.stdout.decode().strip()) == (0, str(written[0])), cp.stderr
 
 
+def _bigmem_args(mib: int, rounds: int, stride: int) -> list[str]:
+    return [str(mib), str(rounds), str(stride)]
+
+
+#: bigmem arguments for a run that computes for a few seconds on each engine (wasmtime is ~100x faster)
+COMPUTING = {"interp": _bigmem_args(1, 12, 64), "wasmtime": _bigmem_args(1, 20000, 8)}
+
+
 @pytest.mark.slow
-def test_checkpoint_pid_of_a_computing_program(tmp_path: Path, runtime_dir: Path) -> None:
+@pytest.mark.parametrize("engine", ["interp", "wasmtime"])
+def test_checkpoint_pid_of_a_computing_program(tmp_path: Path, runtime_dir: Path, engine: str) -> None:
     """On demand while computing (not blocked): at the next stable point; the run goes on unchanged."""
     wasm = program("bigmem")
-    args = _bigmem_args(1, 12, 64)
+    args = COMPUTING[engine]
     full = wasmig(["run", wasm, *args])
     ck = tmp_path / "ck"
-    with background(["run", "--checkpoint-dir", ck, wasm, *args], runtime_dir) as proc:
+    with background(["run", "--engine", engine, "--checkpoint-dir", ck, wasm, *args], runtime_dir) as proc:
         proc.wait_for_output(b"round 2 ")
         paths = [checkpoint_pid(proc.p.pid, runtime_dir)]
         proc.wait_for_output(b"round 6 ")
@@ -704,11 +725,12 @@ def test_checkpoint_pid_of_a_computing_program(tmp_path: Path, runtime_dir: Path
         assert (restored.returncode, prefix + restored.stdout) == (0, full.stdout), restored.stderr
 
 
-def test_checkpoint_while_sleeping(tmp_path: Path, runtime_dir: Path) -> None:
+@pytest.mark.parametrize(("engine_a", "engine_b"), CROSS_PAIRS)
+def test_checkpoint_while_sleeping(tmp_path: Path, runtime_dir: Path, engine_a: str, engine_b: str) -> None:
     wasm = program("stdin_wait")
     ck = tmp_path / "ck"
     expected = b"sleeping 2 s\nwoke up, 0 s left\n"
-    with background(["run", "--checkpoint-dir", ck, wasm, "sleep", "2"], runtime_dir) as proc:
+    with background(["run", "--engine", engine_a, "--checkpoint-dir", ck, wasm, "sleep", "2"], runtime_dir) as proc:
         proc.wait_for_output(b"sleeping 2 s\n")
         time.sleep(0.3)
         path = checkpoint_pid(proc.p.pid, runtime_dir)
@@ -716,7 +738,7 @@ def test_checkpoint_while_sleeping(tmp_path: Path, runtime_dir: Path) -> None:
     # in the call, not after it: the sleep was cut short, to be slept again after the restore
     assert _load(path).point == "import_call"
     t0 = time.monotonic()
-    restored = wasmig(["restore", ck])
+    restored = wasmig(["restore", "--engine", engine_b, ck])
     assert (restored.returncode, b"sleeping 2 s\n" + restored.stdout, restored.stderr) == (0, expected, b"")
     assert time.monotonic() - t0 >= 1.5, "the restored program did not sleep again"
 
@@ -766,7 +788,9 @@ def _echo_client(port: int, message: bytes, deadline: float) -> None:
         assert sock.recv(1) == b""
 
 
-def test_tcp_server_checkpointed_in_accept_serves_on_after_restore(tmp_path: Path, runtime_dir: Path) -> None:
+@pytest.mark.parametrize(("engine_a", "engine_b"), CROSS_PAIRS)
+def test_tcp_server_checkpointed_in_accept_serves_on_after_restore(tmp_path: Path, runtime_dir: Path, engine_a: str,
+                                                                   engine_b: str) -> None:
     """A server blocked in accept: checkpointed, killed, restored; the restore listens on the same
     address again and serves the next client."""
     from tests.test_wasi_programs import _free_port
@@ -775,14 +799,15 @@ def test_tcp_server_checkpointed_in_accept_serves_on_after_restore(tmp_path: Pat
     port = _free_port()
     ck = tmp_path / "ck"
     deadline = time.monotonic() + 60
-    with background(["run", "--tcplisten", f"127.0.0.1:{port}", "--checkpoint-dir", ck, wasm, "2"],
-                    runtime_dir) as proc:
+    with background(["run", "--engine", engine_a, "--tcplisten", f"127.0.0.1:{port}", "--checkpoint-dir", ck, wasm,
+                     "2"], runtime_dir) as proc:
         _echo_client(port, b"first client\n", deadline)
         time.sleep(0.3)  # back in accept (or its poll) for the second client
         path = checkpoint_pid(proc.p.pid, runtime_dir)
         proc.kill()  # frees the port
     assert _load(path).point == "import_call"
-    restored = subprocess.Popen([sys.executable, "-m", "wasmig", "restore", str(ck)], stdout=subprocess.PIPE,
+    restored = subprocess.Popen([sys.executable, "-m", "wasmig", "restore", "--engine", engine_b, str(ck)],
+                                stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=_env(runtime_dir))
     try:
         _echo_client(port, bytes(range(256)) * 64, deadline)
@@ -793,10 +818,6 @@ def test_tcp_server_checkpointed_in_accept_serves_on_after_restore(tmp_path: Pat
             restored.communicate()
     assert restored.returncode == 0, err
     assert (out, err) == (b"", b"tcp_echo: connection 2 done, 16384 bytes echoed\n")
-
-
-def _bigmem_args(mib: int, rounds: int, stride: int) -> list[str]:
-    return [str(mib), str(rounds), str(stride)]
 
 
 def _same_state(a: Any, b: Any) -> list[str]:
@@ -819,13 +840,14 @@ def _prefix_at_step(wasm: Path, args: Sequence[str], steps: int, work: Path) -> 
 
 
 @pytest.mark.slow
-def test_periodic_checkpoints_each_restore_to_the_same_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["interp", "wasmtime"])
+def test_periodic_checkpoints_each_restore_to_the_same_end(tmp_path: Path, engine: str) -> None:
     wasm = program("bigmem")
-    args = _bigmem_args(1, 12, 64)
+    args = COMPUTING[engine]
     full = wasmig(["run", wasm, *args])
     assert full.returncode == 0 and full.stdout.endswith(b"done\n")
     ck = tmp_path / "ck"
-    run = wasmig(["run", "--checkpoint-dir", ck, "--checkpoint-every", "0.2", wasm, *args])
+    run = wasmig(["run", "--engine", engine, "--checkpoint-dir", ck, "--checkpoint-every", "0.2", wasm, *args])
     assert (run.returncode, run.stdout, run.stderr) == (0, full.stdout, b"")
     from wasmig.snapshot.store import CheckpointDir
 
@@ -1160,9 +1182,10 @@ def test_crafted_call_indirect_callee_of_another_type_is_refused(tmp_path: Path,
 
 # --- 4. kill -9 while checkpointing ---------------------------------------------------------------
 @pytest.mark.slow
-def test_kill_9_during_checkpoints_leaves_loadable_snapshots(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["interp", "wasmtime"])
+def test_kill_9_during_checkpoints_leaves_loadable_snapshots(tmp_path: Path, engine: str) -> None:
     wasm = program("bigmem")
-    args = _bigmem_args(64, 8, 4096)
+    args = _bigmem_args(64, 8, 4096) if engine == "interp" else _bigmem_args(64, 100000, 4096)
     full = wasmig(["run", wasm, *args])
     assert full.returncode == 0 and full.stdout.endswith(b"done\n")
     ck = tmp_path / "ck"
@@ -1171,7 +1194,8 @@ def test_kill_9_during_checkpoints_leaves_loadable_snapshots(tmp_path: Path) -> 
     for _ in range(10):
         delay = rng.uniform(0.4, 1.6)
         delays.append(round(delay, 2))
-        p = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--checkpoint-dir", str(ck), "--checkpoint-every",
+        p = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", engine, "--checkpoint-dir", str(ck),
+                              "--checkpoint-every",
                               "0.05", str(wasm), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
         try:
             time.sleep(delay)

@@ -51,7 +51,9 @@ from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi, check_wasi_imports
 #: Engine settings: applied to the ``wasmtime.Config`` and part of the artifact cache key.
 #: ``memory_may_move`` off: a linear memory keeps its address when it grows (it is reserved up
 #: front), so another thread may write the control memory's poll byte at any time.
-ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "memory_may_move": False}
+#: ``max_wasm_stack`` 2 MiB (wasmtime's default is 512 KiB; 2 MiB, its async stack size, is the most
+#: it accepts): room for 10,000-frame recursions of ordinary C code.
+ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "memory_may_move": False, "max_wasm_stack": 2 << 20}
 
 CACHE_ENV = "WASMIG_CACHE"
 #: A cache entry: this magic, the sha256 of the payload, then ``Module.serialize()``'s bytes.

@@ -43,13 +43,14 @@ from wasmig.instrument.unwind import (
 )
 from wasmig.module import Module
 from wasmig.snapshot.capture_wasmtime import capture_wasmtime, static_tables
-from wasmig.snapshot.records import MASKS, records_from_frames
+from wasmig.snapshot.records import MASKS, frames_from_records, records_from_frames
 from wasmig.snapshot.session import CheckpointExit, CheckpointPolicy, SessionBase
 from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
 PASS_VERSION = "wasmig-instrument-3"
+WORKER_STACK = 64 << 20
 _ZERO = {"i32": 0, "i64": 0, "f32": 0.0, "f64": 0.0}
 
 
@@ -215,14 +216,23 @@ class Checkpointable:
             except BaseException as e:  # noqa: BLE001 - handed to the caller as itself
                 outcome.append(e)
 
-        worker = threading.Thread(target=work, name="wasmig-guest", daemon=True)
-        worker.start()
+        old_size = threading.stack_size(WORKER_STACK)  # room for wasmtime's max_wasm_stack and the host calls
+        try:
+            worker = threading.Thread(target=work, name="wasmig-guest", daemon=True)
+            worker.start()
+        finally:
+            threading.stack_size(old_size)
         while worker.is_alive():
             worker.join(0.25)  # signal handlers run between the waits
         if outcome:
             raise outcome[0]
 
     # --- state -----------------------------------------------------------------------------------
+    def frames(self) -> tuple[list[FrameState], str]:
+        """The canonical frames and point, after the guest unwound."""
+        ctl = bytes(self.ctl.read(self.store, 0, self.ctl.data_len(self.store)))
+        return frames_from_records(ctl, self.sitemap)
+
     def capture(self) -> Snapshot:
         """The canonical snapshot, after the guest unwound."""
         return capture_wasmtime(self.instance, self.module, self.sitemap)
@@ -313,10 +323,9 @@ class WasmtimeSession(SessionBase):
                     return e.code
                 if not runner.unwound:
                     return 0
-                snap = runner.capture()
-                frames, point = snap.frames, snap.point
+                frames, point = runner.frames()  # what the run goes on from, whatever happens next
                 try:
-                    self._save(snap)
+                    self._save(runner.capture())
                 except (SnapshotError, OSError) as e:
                     print(f"wasmig: warning: checkpoint failed, continuing: {e}", file=sys.stderr)
                 else:

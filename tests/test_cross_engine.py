@@ -1,0 +1,237 @@
+"""The cross-engine matrix, in process: checkpoint on engine A at step k, restore on engine B and
+finish, for A, B in {interp, wasmtime} — all four pairs — and the canonical snapshots the two
+engines take at the same k are equal.
+
+The programs cover deep recursion through function pointers with floating point (``deeprec``,
+10,000 frames: k values at its deepest point are included), hashing, qsort through a function
+pointer, matrix arithmetic and fib (``checksum``), and hand-written folded code (values buried
+beneath blocks, loops with parameters, multi-value, call_indirect, recursion) at *every* stable
+point. The CLI-level matrix with files, stdin, sleep and accept is in test_checkpoint_e2e.py.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import wasmig
+from wasmig.snapshot.capture import capture
+from wasmig.snapshot.state import Snapshot, from_plain, to_plain
+from wasmig.toolchain import compile_c
+from wasmig.wasi.preview1 import ProcExit, Wasi
+from wasmig.wasi.run import instantiate_with_wasi
+from wasmig.wasi.snapshot import restore_wasi
+
+pytest.importorskip("wasmtime")
+from wasmig.snapshot.wasmtime_session import Checkpointable  # noqa: E402
+
+PROGRAMS = Path(__file__).parent / "programs"
+ENGINES = ("interp", "wasmtime")
+PAIRS = [(a, b) for a in ENGINES for b in ENGINES]
+#: compared between the engines' snapshots; only created_ns, engine, instructions and meta may differ
+COMPARED = ("module_sha256", "steps", "point", "frames", "memories", "tables", "globals", "dropped_data",
+            "dropped_elems")
+
+
+@dataclass
+class Stopped:
+    snapshot: Snapshot
+    stdout: bytes  # what the run printed before it stopped
+
+
+def _wasi(args: list[str], out: io.BytesIO) -> Wasi:
+    return Wasi(args, stdin=b"", stdout=out, stderr=io.BytesIO())
+
+
+def stop(engine: str, module: wasmig.Module, args: list[str], k: int) -> Stopped | None:
+    """Run on ``engine`` until stable point k; None when the program ends first."""
+    out = io.BytesIO()
+    wasi = _wasi(args, out)
+    try:
+        if engine == "interp":
+            inst = instantiate_with_wasi(module, wasi)
+            inst.stop_at(step=k)
+            try:
+                inst.invoke("_start")
+                return None
+            except wasmig.Suspended:
+                snap = capture(inst)
+            except ProcExit:
+                return None
+        else:
+            runner = Checkpointable(module, wasi)
+            runner.arm(k)
+            try:
+                runner.start()
+            except ProcExit:
+                return None
+            if not runner.unwound:
+                return None
+            snap = runner.capture()
+    finally:
+        wasi.close()
+    return Stopped(from_plain(to_plain(snap)), out.getvalue())  # through the on-disk form
+
+
+def finish(engine: str, module: wasmig.Module, snap: Snapshot) -> tuple[int, bytes]:
+    """Restore ``snap`` on ``engine`` and run it to the end: (exit code, what it printed)."""
+    out = io.BytesIO()
+    assert snap.wasi is not None
+    if engine == "interp":
+        inst = wasmig.restore(snap, module=module, stdin=b"", stdout=out, stderr=io.BytesIO())
+        try:
+            inst.resume()
+            code = 0
+        except ProcExit as e:
+            code = e.code
+        inst.wasi.close()
+        return code, out.getvalue()
+    wasi = restore_wasi(snap.wasi, stdin=b"", stdout=out, stderr=io.BytesIO())
+    try:
+        runner = Checkpointable(module, wasi)
+        runner.load(snap)
+        runner.arm(None)
+        try:
+            runner.resume(snap.frames, snap.point)
+            code = 0
+        except ProcExit as e:
+            code = e.code
+    finally:
+        wasi.close()
+    return code, out.getvalue()
+
+
+_reference: dict[tuple[str, ...], tuple[int, bytes, int]] = {}
+
+
+def reference(module: wasmig.Module, args: list[str]) -> tuple[int, bytes, int]:
+    """(exit code, stdout, total stable points) of the uninterrupted run on the interpreter."""
+    key = tuple(args)
+    if key not in _reference:
+        out = io.BytesIO()
+        inst = instantiate_with_wasi(module, _wasi(args, out))
+        try:
+            inst.invoke("_start")
+            code = 0
+        except ProcExit as e:
+            code = e.code
+        _reference[key] = (code, out.getvalue(), inst.machine.steps)
+    return _reference[key]
+
+
+def assert_same_snapshot(a: Snapshot, b: Snapshot, what: str) -> None:
+    for name in COMPARED:
+        assert getattr(a, name) == getattr(b, name), f"{what}: the engines' snapshots differ in {name}"
+    assert a.wasi is not None and b.wasi is not None
+    assert (a.wasi.args, a.wasi.env) == (b.wasi.args, b.wasi.env)
+    assert [f.__dict__ for f in a.wasi.fds] == [f.__dict__ for f in b.wasi.fds], f"{what}: WASI fds differ"
+
+
+def _cases() -> list[tuple[str, list[str], int]]:
+    rng = random.Random(20261121)
+    cases = [("deeprec", ["deeprec", "10000"], k) for k in (10_030, 10_040)]  # 10,000 frames deep
+    cases += [("deeprec", ["deeprec", "10000"], rng.randint(1, 60_000)) for _ in range(2)]
+    cases += [("checksum", ["checksum"], k) for k in (1, 2, 9000)]
+    cases += [("checksum", ["checksum"], rng.randint(3, 40_000)) for _ in range(3)]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "args", "k"), _cases(), ids=lambda v: str(v) if not isinstance(v, list) else "")
+def test_checkpoint_on_either_engine_finishes_on_either(name: str, args: list[str], k: int) -> None:
+    module = wasmig.Module.from_file(compile_c(PROGRAMS / f"{name}.c"))
+    code, expected, total = reference(module, args)
+    stopped = {engine: stop(engine, module, args, k) for engine in ENGINES}
+    if k > total:
+        assert stopped == {"interp": None, "wasmtime": None}
+        return
+    a, b = stopped["interp"], stopped["wasmtime"]
+    assert a is not None and b is not None, f"{name} at step {k} of {total}: an engine did not stop"
+    assert a.stdout == b.stdout
+    assert_same_snapshot(a.snapshot, b.snapshot, f"{name} at step {k}")
+    if k in (10_030, 10_040) and name == "deeprec":
+        assert len(a.snapshot.frames) > 10_000, "not as deep as intended"
+    for engine_a, engine_b in PAIRS:
+        got = finish(engine_b, module, stopped[engine_a].snapshot)  # type: ignore[union-attr]
+        assert got == (code, expected[len(a.stdout):]), f"{name}: checkpoint at {k} on {engine_a}, " \
+                                                        f"finish on {engine_b}"
+        assert a.stdout + got[1] == expected
+
+
+def test_chained_across_engines() -> None:
+    """interp -> wasmtime -> interp -> wasmtime, a checkpoint at each hop, one program run."""
+    module = wasmig.Module.from_file(compile_c(PROGRAMS / "checksum.c"))
+    code, expected, total = reference(module, ["checksum"])
+    out = io.BytesIO()
+    first = stop("interp", module, ["checksum"], 5000)
+    assert first is not None
+    printed = first.stdout
+    snap = first.snapshot
+    for engine, k in (("wasmtime", 15_000), ("interp", 25_000), ("wasmtime", 33_000)):
+        assert snap.wasi is not None
+        wasi = restore_wasi(snap.wasi, stdin=b"", stdout=out, stderr=io.BytesIO())
+        if engine == "wasmtime":
+            runner = Checkpointable(module, wasi)
+            runner.load(snap)
+            runner.arm(k)
+            runner.resume(snap.frames, snap.point)
+            assert runner.unwound
+            snap = from_plain(to_plain(runner.capture()))
+        else:
+            from wasmig.snapshot.capture import restore as restore_instance
+            from wasmig.wasi.run import bind_wasi, wasi_imports
+
+            inst = restore_instance(module, snap, wasi_imports(module, wasi))
+            bind_wasi(inst, wasi)
+            inst.stop_at(step=k)
+            with pytest.raises(wasmig.Suspended):
+                inst.resume()
+            snap = from_plain(to_plain(capture(inst)))
+        wasi.close()
+        assert snap.steps == k
+    got = finish("interp", module, snap)
+    assert got[0] == code and printed + out.getvalue() + got[1] == expected
+
+
+WAT = (Path(__file__).parent / "test_instrument.py").read_text().split('WAT = """', 1)[1].split('"""', 1)[0]
+
+
+def test_every_stable_point_of_folded_code_round_trips() -> None:
+    """The hand-written module (buried values, loop parameters, multi-value, call_indirect,
+    recursion): at every one of its stable points, both engines take the same snapshot and
+    each finishes from either engine's snapshot with the same memory and globals."""
+    if shutil.which("wat2wasm") is None:
+        pytest.skip("wat2wasm missing")
+    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=WAT.encode(),
+                          capture_output=True, check=True).stdout
+    module = wasmig.Module.from_bytes(data)
+    ref = instantiate_with_wasi(module, _wasi(["m"], io.BytesIO()))
+    ref.invoke("_start")
+    want = (bytes(ref.store.mems[0].data), ref.store.globals[0].internal & 0xFFFFFFFF)
+    k = 0
+    while True:
+        k += 1
+        stopped = {engine: stop(engine, module, ["m"], k) for engine in ENGINES}
+        if stopped["interp"] is None:
+            assert stopped["wasmtime"] is None
+            break
+        assert stopped["wasmtime"] is not None
+        assert_same_snapshot(stopped["interp"].snapshot, stopped["wasmtime"].snapshot, f"step {k}")
+        snap = stopped["wasmtime"].snapshot
+        runner = Checkpointable(module, restore_wasi(snap.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO()))
+        runner.load(stopped["interp"].snapshot)
+        runner.arm(None)
+        runner.resume(snap.frames, snap.point)
+        ex = runner.instance.exports
+        assert (bytes(ex["memory"].read(runner.store, 0, 65536)), ex["wasmig:g0"].value(runner.store) & 0xFFFFFFFF) \
+            == want, f"interp -> wasmtime at step {k}"
+        inst = wasmig.restore(snap, module=module, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+        inst.resume()
+        assert (bytes(inst.store.mems[0].data), inst.store.globals[0].internal & 0xFFFFFFFF) == want, \
+            f"wasmtime -> interp at step {k}"
+    assert k > 250
