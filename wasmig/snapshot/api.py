@@ -19,6 +19,10 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     """Re-create an instance from a snapshot (a :class:`Snapshot`, a snapshot file or a checkpoint
     directory). Continue it with ``instance.resume()``.
 
+    ``engine="wasmtime"`` gives a :class:`~wasmig.snapshot.wasmtime_session.Checkpointable` (the
+    instrumented module on wasmtime, the snapshot loaded; WASI programs only): ``resume()`` runs
+    on, ``arm(step)``/``request()`` stop it again, ``capture()`` takes the next snapshot.
+
     The module is ``module`` (a :class:`Module` or a path), else the copy kept beside the snapshots.
     A snapshot of a WASI program gets its WASI state back (files re-opened, ``dirs`` re-mapping
     guest preopen names to host directories); otherwise ``imports`` are used as for ``Instance``.
@@ -48,6 +52,18 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         wasi = restore_wasi(snap.wasi, dirs=dirs, on_file_change=on_file_change, stdin=stdin, stdout=stdout,
                             stderr=stderr)
         imports = wasi_imports(mod, wasi)
+    if engine == "wasmtime":
+        if wasi is None:
+            raise SnapshotError("restoring on wasmtime is for WASI programs (the snapshot has no WASI state)")
+        from wasmig.snapshot.wasmtime_session import Checkpointable
+
+        try:
+            runner = Checkpointable(mod, wasi)
+            runner.load(snap)
+        except BaseException:
+            wasi.close()
+            raise
+        return runner  # type: ignore[return-value]
     try:
         instance = restore_instance(mod, snap, imports, engine)
     except BaseException:

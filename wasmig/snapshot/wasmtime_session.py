@@ -125,6 +125,7 @@ class Checkpointable:
         self._poll = ctypes.c_uint8.from_address(ctypes.addressof(self.ctl.data_ptr(self.store).contents) + POLL)
         self._export: str | None = None  # the export the outermost frame runs in
         self._tables: list[Any] | None = None
+        self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
 
     # --- control ---------------------------------------------------------------------------
     @property
@@ -162,8 +163,16 @@ class Checkpointable:
                 raise SnapshotError("cannot checkpoint inside the module's start function")
         self._call("_start")
 
-    def resume(self, frames: list[FrameState], point: str) -> None:
-        """Rewind ``frames`` (canonical, outermost first) and run on from there."""
+    def resume(self, frames: list[FrameState] | None = None, point: str | None = None) -> None:
+        """Rewind ``frames`` (canonical, outermost first; default: those of the snapshot given to
+        :meth:`load`, else of the last unwind) and run on from there until the program ends
+        (``ProcExit``), unwinds again (:attr:`unwound`) or traps."""
+        if frames is None:
+            if self._pending is None:
+                raise SnapshotError("nothing to resume: no snapshot loaded and no unwind taken")
+            frames, point = self._pending
+        self._pending = None
+        assert point is not None
         if not frames:  # an idle snapshot: nothing was running
             return
         records = records_from_frames(frames, point, self.sitemap, self._indirect_slot)
@@ -231,11 +240,14 @@ class Checkpointable:
     def frames(self) -> tuple[list[FrameState], str]:
         """The canonical frames and point, after the guest unwound."""
         ctl = bytes(self.ctl.read(self.store, 0, self.ctl.data_len(self.store)))
-        return frames_from_records(ctl, self.sitemap)
+        self._pending = frames_from_records(ctl, self.sitemap)
+        return self._pending
 
     def capture(self) -> Snapshot:
         """The canonical snapshot, after the guest unwound."""
-        return capture_wasmtime(self.instance, self.module, self.sitemap)
+        snap = capture_wasmtime(self.instance, self.module, self.sitemap)
+        self._pending = (snap.frames, snap.point)
+        return snap
 
     def load(self, snap: Snapshot) -> None:
         """Put a snapshot's memory, globals, tables, dropped segments and step count into this
@@ -290,6 +302,7 @@ class Checkpointable:
         if flags:
             self.ctl.write(store, bytes(len(flags)), DROPS_BASE)  # the guest's own drops start from zero
         self._steps.set_value(store, snap.steps)
+        self._pending = (snap.frames, snap.point)
 
 
 class WasmtimeSession(SessionBase):
