@@ -42,7 +42,9 @@ wasi-libc's malloc grows memory by about twice a large request.)
 An untimed calibration run per size stops it on request right after ``ready`` to learn the
 step count there (and warms the instrumented-module and compiled-artifact caches); every timed
 run then stops deterministically at that step + 1000 (``arm(step)``), so the run to the
-checkpoint is not timed. Phases, median over ``runs``:
+checkpoint is not timed. Phases, median over ``runs`` (at most ``big_runs``, default 3, from
+256 MiB up: a 256 MiB cycle writes and then deletes 4096 fsynced page files, ~15 s in all on a
+disk mounted with online discard):
 
 - checkpoint: ``capture`` (``Checkpointable.capture()``: globals dump, frame records decoded,
   memory copied out, WASI state) and ``write`` (``CheckpointDir.write`` into a fresh directory:
@@ -69,8 +71,8 @@ cache (the files were just written), not a cold disk. Every timed step runs in t
 process with warm caches; a restore in a fresh process also pays interpreter start-up and
 imports. The unwind itself is independent of memory size (memory is not copied by it), so part
 b does not time it; part a does. The default invocation (``--runs 7 --sizes 16,64,256``) takes
-about 2.5 minutes on 2 shared cores with a slow fsync (mostly the 256 MiB writes) and needs about
-1.5 GiB of RAM at 256 MiB; ``--sizes 16 --runs 3 --requests 20`` for a quick look.
+about 2 minutes on 2 shared cores with a slow fsync and needs about 1.5 GiB of RAM at 256 MiB;
+``--sizes 16 --runs 3 --requests 20`` for a quick look.
 """
 
 from __future__ import annotations
@@ -119,6 +121,9 @@ BIGHEAP_FLAGS = ("-Wl,-z,stack-size=1048576",)
 #: hello.c as a small module in memory too (its default build has zig's 16 MiB stack)
 SMALL_STACK_FLAGS = ("-Wl,-z,stack-size=65536",)
 _yield: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
+#: from this size up part b does at most ``big_runs`` runs: each costs ~15 s on a disk where
+#: deleting the 4096 fsynced page files is slow (ext4 with online discard: ~10 s)
+BIG_MIB = 256
 #: timed runs of part b stop this many stable points after the calibration run's "ready"
 STEPS_AFTER_READY = 1000
 
@@ -226,9 +231,11 @@ def latency_report(requests: int, rng: random.Random, log: Callable[[str], None]
         frames = [s.frames for s in samples]
         p99 = _quantile(uw, 0.99)
         verdict = "within" if p99 <= SAFEPOINT_TARGET_MS else "ABOVE"
+        over = sum(x > SAFEPOINT_TARGET_MS for x in uw)
         lines.append(f"   {name:<9} {statistics.median(frames):>5.0f}/{max(frames):<5d} | "
                      f"{_quantile(sp, 0.5):8.3f} {_quantile(sp, 0.99):8.3f} {max(sp):9.3f} | "
-                     f"{_quantile(uw, 0.5):8.3f} {p99:8.3f} {max(uw):11.3f} | {verdict} ({what})")
+                     f"{_quantile(uw, 0.5):8.3f} {p99:8.3f} {max(uw):11.3f} | {verdict}, {over}/{len(uw)} over "
+                     f"({what})")
     return lines
 
 
@@ -302,6 +309,7 @@ def measure_cycle(module: wasmig.Module, module_path: Path, args: Sequence[str],
     """Checkpoint at ``step``, write, read back, restore into a new instance, resume one step."""
     runner = _run_to_step(module, args, step)  # the run itself is not timed
     gc.collect()
+    os.sync()  # writeback (and discards) left over from the previous run are not charged to this one
     t0 = time.perf_counter()
     snap = runner.capture()
     t1 = time.perf_counter()
@@ -364,11 +372,12 @@ def small_program_cycle(runs: int, workdir: Path, extra_flags: Sequence[str] = (
     return _median_sample(samples), step
 
 
-def size_report(runs: int, sizes_mib: Sequence[int], workdir: Path, log: Callable[[str], None]) -> list[str]:
+def size_report(runs: int, sizes_mib: Sequence[int], workdir: Path, log: Callable[[str], None],
+                big_runs: int = 3) -> list[str]:
     module_path = compile_c(KERNELS / "bigheap.c", extra_flags=BIGHEAP_FLAGS)
     module = wasmig.Module.from_file(module_path)
     lines = [f"b) checkpoint and restore on wasmtime against guest memory size (kernels/bigheap.c), median of "
-             f"{runs} runs, ms",
+             f"runs (at most {big_runs} from {BIG_MIB} MiB up), ms",
              f"   restore target for a small module: <= {SMALL_RESTORE_TARGET_MS:g} ms with a cached artifact",
              f"   {'':<12} {'memory':>7} {'':>4} | {'checkpoint':^26} | "
              f"{'restore (until the guest could resume)':^53} |",
@@ -379,9 +388,10 @@ def size_report(runs: int, sizes_mib: Sequence[int], workdir: Path, log: Callabl
         args = ["bigheap", str(size)]
         ready = calibrate_ready_step(module, args)
         gc.collect()
-        samples = [measure_cycle(module, module_path, args, ready + STEPS_AFTER_READY, workdir) for _ in range(runs)]
-        log(f"  measured checkpoint/restore: bigheap {size} MiB ({runs} runs)")
-        lines.append(_cycle_row(f"bigheap {size}", runs, _median_sample(samples)))
+        n = min(runs, big_runs) if size >= BIG_MIB else runs
+        samples = [measure_cycle(module, module_path, args, ready + STEPS_AFTER_READY, workdir) for _ in range(n)]
+        log(f"  measured checkpoint/restore: bigheap {size} MiB ({n} runs)")
+        lines.append(_cycle_row(f"bigheap {size}", n, _median_sample(samples)))
     for label, flags in (("hello.c", ()), ("hello.c 64K", SMALL_STACK_FLAGS)):
         small, step = small_program_cycle(runs, workdir, flags)
         log(f"  measured checkpoint/restore: {label} ({runs} runs)")
@@ -398,12 +408,12 @@ def size_report(runs: int, sizes_mib: Sequence[int], workdir: Path, log: Callabl
 
 # --- entry points -----------------------------------------------------------------------------------
 def report(runs: int = 7, sizes_mib: tuple[int, ...] = (16, 64, 256), *, requests: int = 50,
-           directory: str | Path | None = None, seed: int = 1,
+           big_runs: int = 3, directory: str | Path | None = None, seed: int = 1,
            log: Callable[[str], None] | None = None) -> list[str]:
     """Measure (a) time to safepoint and (b) checkpoint/restore time per memory size; return the
     printable lines. ``directory``: where snapshots are written (default: the system temp dir)."""
-    if runs < 1 or requests < 1:
-        raise ValueError("runs and requests must be at least 1")
+    if runs < 1 or requests < 1 or big_runs < 1:
+        raise ValueError("runs, big_runs and requests must be at least 1")
     say = log if log is not None else (lambda msg: print(msg, file=sys.stderr, flush=True))
     rng = random.Random(seed)
     base = Path(tempfile.mkdtemp(prefix="wasmig-cktiming-", dir=directory))
@@ -412,7 +422,7 @@ def report(runs: int = 7, sizes_mib: tuple[int, ...] = (16, 64, 256), *, request
     try:
         lines += latency_report(requests, rng, say)
         lines.append("")
-        lines += size_report(runs, sizes_mib, base / "ck", say)
+        lines += size_report(runs, sizes_mib, base / "ck", say, big_runs)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     lines.append(f"{_load_average()} at the end")
@@ -422,7 +432,9 @@ def report(runs: int = 7, sizes_mib: tuple[int, ...] = (16, 64, 256), *, request
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--runs", type=int, default=7, help="runs per memory size (default: %(default)s)")
-    ap.add_argument("--sizes", default="16,64,256", help="guest heap sizes in MiB (default: %(default)s)")
+    ap.add_argument("--big-runs", type=int, default=3,
+                    help=f"at most this many runs for sizes of {BIG_MIB} MiB and more (default: %(default)s)")
+    ap.add_argument("--sizes", default="16,64,256", help="guest memory sizes in MiB (default: %(default)s)")
     ap.add_argument("--requests", type=int, default=50,
                     help="checkpoint requests per time-to-safepoint workload (default: %(default)s)")
     ap.add_argument("--dir", default=None, help="where snapshots are written (default: the system temp dir)")
@@ -433,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"--sizes: not a comma-separated list of integers: {args.sizes!r}")
     if any(s < 1 for s in sizes):
         ap.error("--sizes: every size must be at least 1 MiB")
-    for line in report(args.runs, sizes, requests=args.requests, directory=args.dir):
+    for line in report(args.runs, sizes, requests=args.requests, big_runs=args.big_runs, directory=args.dir):
         print(line)
     return 0
 
