@@ -8,6 +8,8 @@ interpreter produces for the same program at the same step.
 
 from __future__ import annotations
 
+import copy
+import ctypes
 import struct
 import time
 from typing import Any
@@ -23,8 +25,24 @@ from wasmig.snapshot.state import GlobalState, MemoryState, Snapshot, SnapshotEr
 _TABLE_MUTATORS = frozenset({0x26, 0xFC0C, 0xFC0E, 0xFC0F, 0xFC11})
 
 
+_STATIC_TABLES: dict[str, list[TableState]] = {}
+
+
 def static_tables(module: Module) -> list[TableState]:
-    """The tables as the module's active element segments leave them (there is no table write)."""
+    """The tables as the module's active element segments leave them (there is no table write);
+    remembered per module (by sha256): it scans every instruction."""
+    key = module.sha256
+    if key is not None and key in _STATIC_TABLES:
+        return copy.deepcopy(_STATIC_TABLES[key])
+    tables = _static_tables(module)
+    if key is not None:
+        if len(_STATIC_TABLES) > 16:
+            _STATIC_TABLES.clear()
+        _STATIC_TABLES[key] = copy.deepcopy(tables)
+    return tables
+
+
+def _static_tables(module: Module) -> list[TableState]:
     ir = module.ir
     for f in ir.funcs:
         if any(ins.op in _TABLE_MUTATORS for ins in f.body):
@@ -62,7 +80,9 @@ def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap) -> Snapsho
     memories = []
     for i, mt in enumerate(ir.all_mems()):
         mem = ex["memory"] if i == 0 and "memory" in ex else ex[f"wasmig:mem{i}"]
-        memories.append(MemoryState(mt.limits.min, mt.limits.max, bytes(mem.read(store, 0, mem.data_len(store)))))
+        size = mem.data_len(store)
+        data = ctypes.string_at(ctypes.addressof(mem.data_ptr(store).contents), size) if size else b""  # one copy
+        memories.append(MemoryState(mt.limits.min, mt.limits.max, data))
     n_data = len(ir.datas)
     dropped_data = [seg.mode == "active" or ctl[DROPS_BASE + i] != 0 for i, seg in enumerate(ir.datas)]
     dropped_elems = [seg.mode != "passive" or ctl[DROPS_BASE + n_data + i] != 0 for i, seg in enumerate(ir.elems)]

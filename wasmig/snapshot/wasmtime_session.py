@@ -275,7 +275,7 @@ class Checkpointable:
             if pages > have:
                 mem.grow(store, pages - have)
             if ms.data:
-                ctypes.memmove(ctypes.addressof(mem.data_ptr(store).contents), ms.data, len(ms.data))
+                _copy_pages(ctypes.addressof(mem.data_ptr(store).contents), ms.data, _data_pages(module, i))
         if snap.tables != static_tables(module):
             raise SnapshotError("cannot restore on wasmtime: the snapshot's tables differ from the module's element "
                                 "segments (a table changed at run time); restore it on the interpreter")
@@ -303,6 +303,39 @@ class Checkpointable:
             self.ctl.write(store, bytes(len(flags)), DROPS_BASE)  # the guest's own drops start from zero
         self._steps.set_value(store, snap.steps)
         self._pending = (snap.frames, snap.point)
+
+
+_PAGE = 65536
+_ZERO_PAGE = bytes(_PAGE)
+
+
+def _copy_pages(address: int, data: bytes, dirty: set[int] | None) -> None:
+    """Copy ``data`` over a fresh memory at ``address``, skipping pages that are zero in both (most
+    of a C program's memory: its stack and unused heap). ``dirty``: the fresh memory's pages that
+    may be non-zero (its data segments'; None: any)."""
+    run_start = None
+    n = len(data)
+    for page in range(n // _PAGE + 1):
+        lo = page * _PAGE
+        copy = lo < n and (data.count(0, lo, lo + _PAGE) != _PAGE or dirty is None or page in dirty)
+        if copy and run_start is None:
+            run_start = lo
+        elif not copy and run_start is not None:
+            ctypes.memmove(address + run_start, data[run_start:lo], lo - run_start)
+            run_start = None
+
+
+def _data_pages(module: Module, memory: int) -> set[int] | None:
+    """The pages of ``memory`` that its active data segments initialise (None: not known)."""
+    pages: set[int] = set()
+    for seg in module.ir.datas:
+        if seg.mode != "active" or seg.memory != memory or not seg.init:
+            continue
+        if not seg.offset or seg.offset[0].op != 0x41:
+            return None
+        start = seg.offset[0].imm
+        pages.update(range(start // _PAGE, (start + len(seg.init) - 1) // _PAGE + 1))
+    return pages
 
 
 class WasmtimeSession(SessionBase):
