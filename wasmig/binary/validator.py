@@ -22,7 +22,7 @@ rest of the message says where.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wasmig.binary import features as _features
 from wasmig.binary import opcodes as ops
@@ -102,6 +102,9 @@ class FunctionInfo:
     unreachable: list[bool]
     max_stack: int
     local_types: tuple[str, ...]
+    #: locals live before each instruction (bit j = local j), computed on first use by
+    #: :func:`wasmig.instrument.liveness.live_locals_of`
+    live: list[int] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

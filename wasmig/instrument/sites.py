@@ -29,6 +29,9 @@ class Site:
     #: index) and their spill locals — part of the frame's stack only when a host call was interrupted
     args: list[str] = field(default_factory=list)
     arg_spills: list[int] = field(default_factory=list)
+    #: the original locals live at the site (ascending): only their slots of a record are written;
+    #: the others are dead, and zero in the canonical frame (docs/snapshot-format.md)
+    live: list[int] = field(default_factory=list)
 
 
 @dataclass

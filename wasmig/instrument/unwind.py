@@ -37,6 +37,7 @@ from wasmig.binary.ir import (
 from wasmig.binary.ir import Module as IRModule
 from wasmig.binary.opcodes import memarg
 from wasmig.errors import WasmError
+from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
 from wasmig.instrument.origins import encode_origins
 from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
@@ -121,6 +122,7 @@ class _FunctionRewriter:
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
         self.unreachable = info.unreachable  # type: ignore[attr-defined]
         self.end_of, self.else_of = match_blocks(body)
+        self.live = live_locals_of(info, body)  # locals live before each instruction (bit sets)
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -207,14 +209,34 @@ class _FunctionRewriter:
                  args: list[str] | None = None) -> int:
         site_id = len(self.p.sites)
         args = args or []
+        bits = self.live[max(key[0], 0)]
+        live = [j for j in range(self.num_locals) if bits >> j & 1]
         self.p.sites.append(Site(site_id, self.func_idx, pc, kind, stack,
                                  [self.spill(d, t) for d, t in enumerate(stack)], args,
-                                 [self.spill(len(stack) + k, t) for k, t in enumerate(args)]))
+                                 [self.spill(len(stack) + k, t) for k, t in enumerate(args)], live))
         self.site_at[key] = site_id
         return site_id
 
     def unwind_branch(self, site_id: int) -> None:
-        """Inside a cold `if`: set $site and branch to $unwind."""
+        """Inside a cold `if`: write this site's slots of the frame record, set $site and branch
+        to $unwind (which writes the record's header).
+
+        Only the slots the host reads are written: the original locals live at the site and the
+        spill locals of the site's stack (and operands). A shared writer after $unwind reading
+        every local would make every local live at every site: Cranelift then merges all of a
+        local's values into one register-allocation bundle reaching the unwind path, and spills
+        and reloads loop variables inside hot loops (matmul 3x). Stores in the cold arm keep each
+        value's live range where the original program has it."""
+        site = self.p.sites[site_id]
+        a = self.addr_local
+        self.emit(0x41, 0)
+        self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
+        self.emit(0x21, a)
+        for j in sorted({*site.live, *site.spills, *site.arg_spills}):
+            op, align = _STORE[self.local_types[j]]
+            self.emit(0x20, a)
+            self.emit(0x20, j)
+            self.emit(op, self.ctl_memarg(align, 8 + 8 * j))
         self.emit(0x41, site_id)
         self.emit(0x21, self.site_local)
         self.emit(0x0C, self.unwind_depth())
@@ -673,42 +695,40 @@ class _FunctionRewriter:
         self.post_call_check(site, level, results, base)
 
     def _write_record(self) -> None:
+        """After $unwind: the cold arm wrote this record's slots; write its header (site,
+        function), advance the write pointer and make sure a record of the largest size still
+        fits after this one (the cold arms store without checking; the control memory's initial
+        size fits the first record)."""
         a = self.addr_local
         size = 8 + 8 * len(self.local_types)
         self.emit(0x41, STATE_UNWINDING)  # callers see it after their call returns, and unwind too
         self.emit(0x24, self.p.globals_base)
         self.emit(0x41, 0)
         self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
-        self.emit(0x21, a)
-        # grow the control memory when the record would not fit
+        self.emit(0x22, a)
+        self.emit(0x20, self.site_local)
+        self.emit(0x36, self.ctl_memarg(2, 0))
+        self.emit(0x20, a)
+        self.emit(0x41, self.func_idx)
+        self.emit(0x36, self.ctl_memarg(2, 4))
+        self.emit(0x41, 0)
         self.emit(0x20, a)
         self.emit(0x41, size)
+        self.emit(0x6A)
+        self.emit(0x22, a)
+        self.emit(0x36, self.ctl_memarg(2, WRITE_PTR))
+        self.emit(0x20, a)
+        self.out.append(self.p.max_record_const())
         self.emit(0x6A)
         self.emit(0x3F, self.p.ctl)
         self.emit(0x41, 16)
         self.emit(0x74)
         self.emit(0x4B)  # i32.gt_u
         self.emit(0x04, None)
-        self.emit(0x41, size // 65536 + 1)
+        self.out.append(self.p.max_record_pages_const())
         self.emit(0x40, self.p.ctl)
         self.emit(0x1A)
         self.emit(0x0B)
-        self.emit(0x20, a)
-        self.emit(0x20, self.site_local)
-        self.emit(0x36, self.ctl_memarg(2, 0))
-        self.emit(0x20, a)
-        self.emit(0x41, self.func_idx)
-        self.emit(0x36, self.ctl_memarg(2, 4))
-        for j, t in enumerate(self.local_types):
-            op, align = _STORE[t]
-            self.emit(0x20, a)
-            self.emit(0x20, j)
-            self.emit(op, self.ctl_memarg(align, 8 + 8 * j))
-        self.emit(0x41, 0)
-        self.emit(0x20, a)
-        self.emit(0x41, size)
-        self.emit(0x6A)
-        self.emit(0x36, self.ctl_memarg(2, WRITE_PTR))
 
 
 class _Pass:
@@ -721,6 +741,25 @@ class _Pass:
         self.globals_base = len(ir.all_globals())
         self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
         self.count_steps = True
+        self._patch: list[tuple[Instr, bool]] = []  # constants that depend on the largest record
+
+    def max_record_const(self) -> Instr:
+        ins = Instr(0x41, 0, -1)
+        self._patch.append((ins, False))
+        return ins
+
+    def max_record_pages_const(self) -> Instr:
+        ins = Instr(0x41, 0, -1)
+        self._patch.append((ins, True))
+        return ins
+
+    def max_record(self) -> int:
+        return max((layout.record_size for layout in self.layouts.values()), default=8)
+
+    def patch_record_sizes(self) -> None:
+        size = self.max_record()
+        for ins, pages in self._patch:
+            ins.imm = size // 65536 + 1 if pages else size
 
     def block_type(self, params: list[str], results: list[str]) -> object:
         if not params and not results:
@@ -763,7 +802,8 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
     new_funcs = [_FunctionRewriter(p, n_imported + k, f, validation.functions[k]).rewrite()
                  for k, f in enumerate(ir.funcs)]
     ir.funcs = new_funcs
-    ir.mems.append(MemType(Limits(1)))
+    p.patch_record_sizes()
+    ir.mems.append(MemType(Limits((RECORDS_BASE + p.max_record()) // 65536 + 1)))
     ir.datas.append(Data("active", RECORDS_BASE.to_bytes(4, "little") * 2, p.ctl, [Instr(0x41, WRITE_PTR),
                                                                                         Instr(0x0B)]))
     if ir.data_count is not None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from wasmig.instance import Instance
+from wasmig.instrument.liveness import dead_value, live_locals_of
 from wasmig.interp.machine import Frame, ensure_compiled
 from wasmig.interp.store import WasmFunction, from_bits, to_bits
 from wasmig.module import Module
@@ -82,9 +83,11 @@ def capture(instance: Instance) -> Snapshot:
             raise SnapshotError(f"internal error: operand stack of {func.name} does not match the validator "
                                 f"({len(values)} values, {len(types)} types)")
         local_types = info.local_types
+        live = live_locals_of(info, body)[at]  # dead locals are canonically zero (snapshot-format.md)
         frames.append(FrameState(
             func.index, body[at].offset,
-            [_value(t, v, func_index) for t, v in zip(local_types, fr.locals, strict=True)],
+            [_value(t, v, func_index) if live >> j & 1 else dead_value(t)
+             for j, (t, v) in enumerate(zip(local_types, fr.locals, strict=True))],
             [_value(t, v, func_index) for t, v in zip(types, values, strict=True)],  # type: ignore[arg-type]
         ))
     memories = [MemoryState(mdesc.limits.min, m.max_pages, bytes(m.data))

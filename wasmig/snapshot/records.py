@@ -2,7 +2,9 @@
 canonical frames (engine-independent: works on the raw bytes of ``$ctl``).
 
 A record is ``u32 site, u32 func, then 8 bytes per local`` of the instrumented function, in the
-layout the site map gives; records are appended innermost frame first.
+layout the site map gives; records are appended innermost frame first. Only the slots the site
+needs are written (its live original locals, its stack and argument spill locals); the others
+hold garbage and are not read: a dead local is zero in the canonical frame.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from wasmig.instrument.liveness import dead_value
 from wasmig.instrument.sites import Site, SiteMap
 from wasmig.instrument.unwind import RECORDS_BASE, WRITE_PTR
 from wasmig.snapshot.state import FrameState, SnapshotError, Value
@@ -39,7 +42,9 @@ def frames_from_records(ctl: bytes, sitemap: SiteMap) -> tuple[list[FrameState],
         layout = sitemap.functions[func]
         types = layout.local_types
         slot = pos + 8
-        locals_ = [_value(types[j], ctl, slot + 8 * j) for j in range(layout.num_locals)]
+        live = set(site.live)  # dead locals were not written: canonically zero
+        locals_ = [_value(types[j], ctl, slot + 8 * j) if j in live else dead_value(types[j])
+                   for j in range(layout.num_locals)]
         stack = [_value(t, ctl, slot + 8 * local) for t, local in zip(site.stack, site.spills, strict=True)]
         if not frames and site.args:  # innermost at a call site: a host call was interrupted
             stack += [_value(t, ctl, slot + 8 * local) for t, local in zip(site.args, site.arg_spills, strict=True)]
