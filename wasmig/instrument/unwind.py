@@ -59,6 +59,7 @@ _CONST = {"i32": 0x41, "i64": 0x42, "f32": 0x43, "f64": 0x44}
 _LOAD = {"i32": (0x28, 2), "i64": (0x29, 3), "f32": (0x2A, 2), "f64": (0x2B, 3)}
 _NUMERIC = ("i32", "i64", "f32", "f64")
 _UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's arm, ...)
+_COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the arm, $copy_unwind
 
 
 class InstrumentError(WasmError):
@@ -118,6 +119,7 @@ class _FunctionRewriter:
         #: body (branches are renumbered through it), False for one the pass added
         self.labels: list[bool] = []
         self.site_at: dict[tuple[int, str], int] = {}  # (instruction index, kind) -> site id
+        self.unwind_label = _UNWIND_LABEL  # index in self.labels of the block unwind branches leave
         body = func.body
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
         self.unreachable = info.unreachable  # type: ignore[attr-defined]
@@ -168,7 +170,7 @@ class _FunctionRewriter:
         raise InstrumentError(f"internal error: branch depth {depth} out of range")  # pragma: no cover
 
     def unwind_depth(self) -> int:
-        return len(self.labels) - 1 - _UNWIND_LABEL
+        return len(self.labels) - 1 - self.unwind_label
 
     def ctl_memarg(self, align: int, offset: int) -> tuple[int, ...]:
         return memarg(align, offset, self.p.ctl)
@@ -229,6 +231,11 @@ class _FunctionRewriter:
         value's live range where the original program has it."""
         site = self.p.sites[site_id]
         a = self.addr_local
+        if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
+            self.emit(0x41, site_id)
+            self.emit(0x21, self.site_local)
+            self.emit(0x0C, self.unwind_depth())
+            return
         self.emit(0x41, 0)
         self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
         self.emit(0x21, a)
@@ -309,7 +316,12 @@ class _FunctionRewriter:
         self.emit(0x41, STATE_REWINDING)
         self.emit(0x46)
         self.emit(0x04, p.block_type([], results))  # rewinding? the copy : the body
+        self.emit(0x02, None)  # $copy_unwind: where the copy's unwind branches go
         self.out += rewind
+        self.emit(0x0C, 3)  # the copy's results straight to $done
+        self.emit(0x0B)
+        self._write_all_slots()  # the copy is cold: one writer for all its sites keeps it small
+        self.emit(0x0C, 1)  # to $unwind (the record's header)
         self.emit(0x05)
         self.out += normal
         self.emit(0x0B)
@@ -329,6 +341,7 @@ class _FunctionRewriter:
         """The original body with polls, post-call checks and spills (allocates the sites)."""
         self.out = []
         self.labels = [False, False, True]  # $done, $unwind, the arm that is the function's label
+        self.unwind_label = _UNWIND_LABEL
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
         has_site = self._constructs_with_sites(body)
@@ -426,12 +439,27 @@ class _FunctionRewriter:
         return kind, below, args, callee
 
     # --- the rewind copy ------------------------------------------------------------------------
+    def _write_all_slots(self) -> None:
+        """Every local into the record slots at the write pointer (the rewind copy's writer)."""
+        a = self.addr_local
+        self.emit(0x41, 0)
+        self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
+        self.emit(0x21, a)
+        for j, t in enumerate(self.local_types):
+            if j == a:
+                continue
+            op, align = _STORE[t]
+            self.emit(0x20, a)
+            self.emit(0x20, j)
+            self.emit(op, self.ctl_memarg(align, 8 + 8 * j))
+
     def _rewind_body(self) -> list[Instr]:
         """The copy run by a frame being rewound: it reloads the frame's locals from its record,
         skips (without side effects) to the site the record names, re-enters the call there (or,
         innermost, ends the rewind) and from then on runs as the normal body does."""
         self.out = []
-        self.labels = [False, False, True]
+        self.labels = [False, False, True, False]  # ..., the arm, $copy_unwind
+        self.unwind_label = _COPY_UNWIND_LABEL
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
         sites = sorted((i, sid) for (i, _kind), sid in self.site_at.items() if i >= 0)
