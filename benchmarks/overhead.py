@@ -41,8 +41,10 @@ Output: per kernel the median times and their ratios to plain; the ``.wasm`` siz
 (the instrumented file carries the ``wasmig.sitemap`` custom section, and ``wasm-opt`` drops the
 ``name`` section, so whole files are not like for like); the code-section sizes and growth (the
 fair comparison of generated code). Then, per variant, the geometric mean and the worst time
-ratio and the mean size growth. The whole run takes about 1-2 minutes; ``--kernels fib,sieve`` for a
-subset.
+ratio and the mean size growth. Then (unless ``--no-timing``) the time to safepoint, checkpoint
+and restore times at 16/64/256 MiB of guest memory (``benchmarks/checkpoint_timing.py``, whose
+docstring explains the method). The whole run takes about 3-5 minutes; ``--kernels fib,sieve``
+for a subset.
 """
 
 from __future__ import annotations
@@ -173,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="timed runs per variant (default 5)")
     ap.add_argument("--kernels", default="", help="comma-separated subset (default: all in kernels/)")
     ap.add_argument("--no-asyncify", action="store_true", help="skip the wasm-opt --asyncify column")
+    ap.add_argument("--no-timing", action="store_true",
+                    help="skip the time-to-safepoint and checkpoint/restore times (checkpoint_timing.py)")
+    ap.add_argument("--sizes", default="16,64,256", help="guest memory sizes in MiB for the checkpoint/restore "
+                    "times (default: %(default)s)")
     args = ap.parse_args(argv)
 
     sources = sorted(KERNELS_DIR.glob("*.c"))
@@ -232,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(median of {args.runs} interleaved runs, order rotated each round; times are the _start call "
           "only; all checksums agree. instr's .wasm includes the wasmig.sitemap custom section; "
           "wasm-opt drops the name section, so compare code sections across tools.)")
+    if not args.no_timing:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from checkpoint_timing import report
+
+        print()
+        for line in report(sizes_mib=tuple(int(x) for x in args.sizes.split(",") if x.strip())):
+            print(line, flush=True)
     return 0
 
 
