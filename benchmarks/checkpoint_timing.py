@@ -29,11 +29,11 @@ a precise quantile. On a loaded machine with few cores a single descheduling of 
 the waiting thread shows up as a multi-millisecond sample (the output starts and ends with the
 load average for that reason). Workloads (C, compiled with ``wasmig.toolchain.compile_c`` at
 -O2): ``matmul`` (``kernels/matmul.c``, a dense compute loop nest, 3 frames deep) with enough
-repetitions to outlast the request, and ``deeprec`` (``kernels/deeprec.c``, a recursion 3000
+repetitions to outlast the request, and ``deeprec`` (``timing/deeprec.c``, a recursion 3000
 levels deep, so a request lands at a random depth and up to ~3000 frame records are written).
 
 **b) Checkpoint and restore time against guest memory size** (target for a small module:
-restore <= 20 ms with a cached compiled artifact). ``kernels/bigheap.c``, built with a 1 MiB
+restore <= 20 ms with a cached compiled artifact). ``timing/bigheap.c``, built with a 1 MiB
 stack, grows its linear memory to N MiB in total and fills all of it above the initial memory
 with an index-derived pattern (no page is zero or a duplicate, so the page store can neither
 elide nor deduplicate anything; only the ~15 pages of the mostly unused stack are zero), prints
@@ -107,6 +107,7 @@ from wasmig.wasi.preview1 import ProcExit, Wasi  # noqa: E402
 from wasmig.wasi.snapshot import restore_wasi  # noqa: E402
 
 KERNELS = HERE / "kernels"
+TIMING = HERE / "timing"  # programs that run until stopped (not overhead.py kernels)
 SMALL_PROGRAM = HERE.parent / "tests" / "programs" / "hello.c"
 MiB = 1 << 20
 SAFEPOINT_TARGET_MS = 1.0
@@ -114,7 +115,7 @@ SMALL_RESTORE_TARGET_MS = 20.0
 #: (name, source, argv, what it is): each runs far longer than the longest pre-request sleep
 LATENCY_WORKLOADS = (
     ("matmul", KERNELS / "matmul.c", ["matmul", "1000000"], "compute loop nest, 3 frames"),
-    ("deeprec", KERNELS / "deeprec.c", ["deeprec", "2000000000", "3000"], "recursion, up to ~3000 frames"),
+    ("deeprec", TIMING / "deeprec.c", ["deeprec", "2000000000", "3000"], "recursion, up to ~3000 frames"),
 )
 #: bigheap's memory should be its filled region, not zig's default 16 MiB stack
 BIGHEAP_FLAGS = ("-Wl,-z,stack-size=1048576",)
@@ -374,9 +375,9 @@ def small_program_cycle(runs: int, workdir: Path, extra_flags: Sequence[str] = (
 
 def size_report(runs: int, sizes_mib: Sequence[int], workdir: Path, log: Callable[[str], None],
                 big_runs: int = 3) -> list[str]:
-    module_path = compile_c(KERNELS / "bigheap.c", extra_flags=BIGHEAP_FLAGS)
+    module_path = compile_c(TIMING / "bigheap.c", extra_flags=BIGHEAP_FLAGS)
     module = wasmig.Module.from_file(module_path)
-    lines = [f"b) checkpoint and restore on wasmtime against guest memory size (kernels/bigheap.c), median of "
+    lines = [f"b) checkpoint and restore on wasmtime against guest memory size (timing/bigheap.c), median of "
              f"runs (at most {big_runs} from {BIG_MIB} MiB up), ms",
              f"   restore target for a small module: <= {SMALL_RESTORE_TARGET_MS:g} ms with a cached artifact",
              f"   {'':<12} {'memory':>7} {'':>4} | {'checkpoint':^26} | "
