@@ -317,7 +317,7 @@ def _copy_pages(address: int, data: bytes, dirty: set[int] | None) -> None:
     n = len(data)
     for page in range(n // _PAGE + 1):
         lo = page * _PAGE
-        copy = lo < n and (data.count(0, lo, lo + _PAGE) != _PAGE or dirty is None or page in dirty)
+        copy = lo < n and (not data.startswith(_ZERO_PAGE, lo) or dirty is None or page in dirty)  # memcmp
         if copy and run_start is None:
             run_start = lo
         elif not copy and run_start is not None:
