@@ -182,8 +182,8 @@ class Checkpointable:
         if need > have:
             self.ctl.grow(self.store, (need - have + 65535) // 65536)
         self.ctl.write(self.store, records, RECORDS_BASE)
-        self.ctl.write(self.store, struct.pack("<II", need, RECORDS_BASE), WRITE_PTR)
-        assert READ_PTR == WRITE_PTR + 4
+        self.ctl.write(self.store, struct.pack("<I", need), WRITE_PTR)
+        self.ctl.write(self.store, struct.pack("<I", RECORDS_BASE), READ_PTR)
         self._state.set_value(self.store, STATE_REWINDING)
         self._export = name
         func = self.instance.exports[name]
