@@ -59,7 +59,8 @@ _CONST = {"i32": 0x41, "i64": 0x42, "f32": 0x43, "f64": 0x44}
 _LOAD = {"i32": (0x28, 2), "i64": (0x29, 3), "f32": (0x2A, 2), "f64": (0x2B, 3)}
 _NUMERIC = ("i32", "i64", "f32", "f64")
 _UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's arm, ...)
-_COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the arm, $copy_unwind
+_COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the copy's function label, $copy_unwind
+_REWIND_LABEL = 2  # in the normal body: $done, $unwind, $rewind, the function's label
 
 
 class InstrumentError(WasmError):
@@ -120,6 +121,7 @@ class _FunctionRewriter:
         self.labels: list[bool] = []
         self.site_at: dict[tuple[int, str], int] = {}  # (instruction index, kind) -> site id
         self.unwind_label = _UNWIND_LABEL  # index in self.labels of the block unwind branches leave
+        self.entry_site = -1
         body = func.body
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
         self.unreachable = info.unreachable  # type: ignore[attr-defined]
@@ -264,6 +266,13 @@ class _FunctionRewriter:
         if self.p.count_steps:
             self.emit(0x72)  # i32.or
         self.open(0x04, self.p.block_type(params, params), False)
+        if site_id == self.entry_site and self.unwind_label == _UNWIND_LABEL:
+            # a restore rewinds this frame: the host made the entry poll fire ($stop_at = 0); the
+            # rewind test costs nothing on the hot path, being inside the poll's cold arm
+            self.emit(0x23, self.p.globals_base)
+            self.emit(0x41, STATE_REWINDING)
+            self.emit(0x46)
+            self.emit(0x0D, len(self.labels) - 1 - _REWIND_LABEL)  # br_if $rewind
         self.pop_into(params, base)
         self.unwind_branch(site_id)
         self.close()
@@ -312,18 +321,25 @@ class _FunctionRewriter:
         self.out = []
         self.emit(0x02, p.block_type([], results))  # $done
         self.emit(0x02, None)  # $unwind
-        self.emit(0x23, p.globals_base)
-        self.emit(0x41, STATE_REWINDING)
-        self.emit(0x46)
-        self.emit(0x04, p.block_type([], results))  # rewinding? the copy : the body
+        self.emit(0x02, None)  # $rewind: the entry poll's cold arm branches here when $state == 2
+        self.emit(0x02, p.block_type([], results))  # the function's own label
+        self.out += normal
+        self.emit(0x0B)
+        self.emit(0x0C, 2)  # the body's results to $done
+        self.emit(0x0B)  # end $rewind
+        if p.count_steps:  # the entry poll counted a step the frame had counted before its unwind
+            g = p.globals_base
+            self.emit(0x23, g + 1)
+            self.emit(0x42, 1)
+            self.emit(0x7D)  # i64.sub
+            self.emit(0x24, g + 1)
+        self.emit(0x02, p.block_type([], results))  # the copy's function label
         self.emit(0x02, None)  # $copy_unwind: where the copy's unwind branches go
         self.out += rewind
         self.emit(0x0C, 3)  # the copy's results straight to $done
         self.emit(0x0B)
         self._write_all_slots()  # the copy is cold: one writer for all its sites keeps it small
         self.emit(0x0C, 1)  # to $unwind (the record's header)
-        self.emit(0x05)
-        self.out += normal
         self.emit(0x0B)
         self.emit(0x0C, 1)  # the results to $done
         self.emit(0x0B)  # end $unwind
@@ -340,13 +356,13 @@ class _FunctionRewriter:
     def _normal_body(self) -> list[Instr]:
         """The original body with polls, post-call checks and spills (allocates the sites)."""
         self.out = []
-        self.labels = [False, False, True]  # $done, $unwind, the arm that is the function's label
+        self.labels = [False, False, False, True]  # $done, $unwind, $rewind, the function's label
         self.unwind_label = _UNWIND_LABEL
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
         has_site = self._constructs_with_sites(body)
         ctl: list[_Ctl] = []
-        entry = self.add_site((-1, "entry"), "entry", body[0].offset, [])
+        entry = self.entry_site = self.add_site((-1, "entry"), "entry", body[0].offset, [])
         self.stable_point(entry, [], 0)
         for i, ins in enumerate(body[:-1]):
             op = ins.op
@@ -600,9 +616,19 @@ class _FunctionRewriter:
         self.emit(0x21, self.skip_local)
 
     def _finish_rewind(self) -> None:
-        """The innermost frame reached its site: the stack is rebuilt, run normally from here."""
+        """The innermost frame reached its site: the stack is rebuilt, run normally from here
+        (with the stop step the host meant: during the rewind $stop_at was 0, so that every
+        rewinding function's entry poll fired; without a step count the host set the poll byte)."""
         self.emit(0x41, STATE_RUNNING)
         self.emit(0x24, self.p.globals_base)
+        g = self.p.globals_base
+        if self.p.count_steps:
+            self.emit(0x23, g + 3)  # $resume_stop_at
+            self.emit(0x24, g + 2)  # $stop_at
+        else:
+            self.emit(0x41, 0)
+            self.emit(0x41, 0)
+            self.emit(0x3A, self.ctl_memarg(0, POLL))
         for ptr in (WRITE_PTR, READ_PTR):
             self.emit(0x41, 0)
             self.emit(0x41, RECORDS_BASE)
@@ -845,13 +871,15 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
         ir.data_count = len(ir.datas)  # wasmig:load drops passive data segments
     ir.globals += [Global(GlobalType("i32", True), [Instr(0x41, 0), Instr(0x0B)]),
                    Global(GlobalType("i64", True), [Instr(0x42, 0), Instr(0x0B)]),
-                   Global(GlobalType("i64", True), [Instr(0x42, NEVER), Instr(0x0B)])]
+                   Global(GlobalType("i64", True), [Instr(0x42, NEVER), Instr(0x0B)]),
+                   Global(GlobalType("i64", True), [Instr(0x42, NEVER), Instr(0x0B)])]  # $resume_stop_at
     taken = {e.name for e in ir.exports}
     dump_index = n_imported + len(ir.funcs) - 2
     extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:load", "func", dump_index + 1),
              Export("wasmig:ctl", "memory", p.ctl),
              Export("wasmig:state", "global", g),
-             Export("wasmig:steps", "global", g + 1), Export("wasmig:stop_at", "global", g + 2)]
+             Export("wasmig:steps", "global", g + 1), Export("wasmig:stop_at", "global", g + 2),
+             Export("wasmig:resume_stop_at", "global", g + 3)]
     extra += [Export(f"wasmig:g{i}", "global", i) for i in range(g)]
     if p.ctl > 0:
         extra.append(Export("wasmig:mem0", "memory", 0))

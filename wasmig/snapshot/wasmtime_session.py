@@ -118,6 +118,7 @@ class Checkpointable:
         self._state = ex["wasmig:state"]
         self._steps = ex["wasmig:steps"]
         self._stop_at = ex["wasmig:stop_at"]
+        self._resume_stop_at = ex["wasmig:resume_stop_at"]
         self.ctl = ex["wasmig:ctl"]
         self.instance.interrupt_state = self._state
         # the control memory never moves (memory_may_move is off): a plain address, writable
@@ -185,6 +186,10 @@ class Checkpointable:
         self.ctl.write(self.store, struct.pack("<I", need), WRITE_PTR)
         self.ctl.write(self.store, struct.pack("<I", RECORDS_BASE), READ_PTR)
         self._state.set_value(self.store, STATE_REWINDING)
+        # every rewinding function enters through its entry poll's cold arm: make it fire, and
+        # keep the stop step for when the rewind ends (the innermost frame moves it back)
+        self._resume_stop_at.set_value(self.store, self._stop_at.value(self.store) & MASKS["i64"])
+        self._stop_at.set_value(self.store, 0)
         self._export = name
         func = self.instance.exports[name]
         args = [_ZERO[str(t)] for t in func.type(self.store).params]
