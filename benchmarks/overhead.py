@@ -148,22 +148,9 @@ def measure_kernel(engine: wasmtime.Engine, src: Path, runs: int, use_asyncify: 
 
 def code_size(wasm: bytes) -> int:
     """Bytes of the code section (id 10) of a module's binary."""
-    pos = 8
-    while pos < len(wasm):
-        section_id = wasm[pos]
-        pos += 1
-        size = shift = 0
-        while True:
-            byte = wasm[pos]
-            pos += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        if section_id == 10:
-            return size
-        pos += size
-    return 0
+    from wasmig.binary.decoder import sections
+
+    return next((end - start for section_id, start, end in sections(wasm) if section_id == 10), 0)
 
 
 def geomean(xs: list[float]) -> float:

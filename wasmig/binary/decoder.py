@@ -14,7 +14,7 @@ the ``0x00`` byte wasm 2.0 requires.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from wasmig.binary import features as _features
 from wasmig.binary import opcodes
@@ -36,6 +36,7 @@ from wasmig.binary.ir import (
     NameSection,
     TableType,
 )
+from wasmig.binary.leb128 import decode_u
 from wasmig.errors import DecodeError, UnsupportedFeature
 
 MAGIC = b"\x00asm"
@@ -538,35 +539,35 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
     return Function(type_idx, locals_decl, instrs, start, size), uses_data_count
 
 
-def read_custom_section(data: bytes, name: str) -> bytes | None:
-    """The payload of the first custom section called ``name``, found by walking the section
-    headers only (no decoding): how a cached instrumented module's site map is read back."""
-    pos = 8
-    n = len(data)
+
+def sections(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(section id, payload start, payload end) of each section, walking the headers only (no
+    decoding). Raises :class:`DecodeError` on a bad header or a section past the end."""
     if data[:4] != b"\0asm":
         raise DecodeError("not a wasm module")
+    pos = 8
+    n = len(data)
     while pos < n:
-        section_id = data[pos]
-        size, pos = _uleb(data, pos + 1)
-        end = pos + size
-        if end > n:
-            raise DecodeError("section extends past the end of the module")
+        try:
+            size, start = decode_u(data, pos + 1)
+        except ValueError:
+            raise DecodeError("bad LEB128 in a section header", pos) from None
+        if start + size > n:
+            raise DecodeError("section extends past the end of the module", pos)
+        yield data[pos], start, start + size
+        pos = start + size
+
+
+def read_custom_section(data: bytes, name: str) -> bytes | None:
+    """The payload of the first custom section called ``name`` (found by :func:`sections`): how a
+    cached instrumented module's site map is read back."""
+    wanted = name.encode()
+    for section_id, start, end in sections(data):
         if section_id == 0:
-            length, p = _uleb(data, pos)
-            if data[p : p + length] == name.encode():
+            try:
+                length, p = decode_u(data, start)
+            except ValueError:
+                raise DecodeError("bad custom section name", start) from None
+            if data[p : p + length] == wanted:
                 return data[p + length : end]
-        pos = end
     return None
-
-
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 35:
-            raise DecodeError("bad LEB128 in a section header")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return result, pos

@@ -1,7 +1,9 @@
-"""LEB128 encoders (the variable-length integers of the WebAssembly binary format).
+"""LEB128 encoders (the variable-length integers of the WebAssembly binary format), and one
+plain unsigned reader.
 
-Only writers live here: the decoder keeps its own readers next to its cursor so it can report
-precise byte offsets and enforce the spec's per-type length limits.
+The decoder keeps its own readers next to its cursor so it can report precise byte offsets and
+enforce the spec's per-type length limits; :func:`decode_u` is for walking section headers and
+reading wasmig's own custom sections, where neither matters.
 """
 
 from __future__ import annotations
@@ -41,3 +43,18 @@ def encode_s(n: int) -> bytes:
             out.append(byte)
             return bytes(out)
         out.append(byte | 0x80)
+
+
+def decode_u(data: bytes, pos: int) -> tuple[int, int]:
+    """(the unsigned LEB128 at ``pos``, the position after it). Raises ``ValueError`` when it runs
+    past the end of ``data`` or is longer than a u64's ten bytes."""
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("bad or truncated unsigned LEB128")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return result, pos

@@ -13,7 +13,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from wasmig.binary.leb128 import encode_u
+from wasmig.binary.leb128 import decode_u, encode_u
 
 SECTION_NAME = "wasmig.origins"
 
@@ -27,26 +27,15 @@ def encode_origins(bodies: list[list[Any]]) -> bytes:
     return zlib.compress(bytes(out), 6)
 
 
-def _read_u(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return result, pos
-
-
 def decode_origins(raw: bytes) -> list[list[int]]:
     data = zlib.decompress(raw)
-    n, pos = _read_u(data, 0)
+    n, pos = decode_u(data, 0)
     bodies = []
     for _ in range(n):
-        count, pos = _read_u(data, pos)
+        count, pos = decode_u(data, pos)
         tags = []
         for _ in range(count):
-            tag, pos = _read_u(data, pos)
+            tag, pos = decode_u(data, pos)
             tags.append(tag - 1)
         bodies.append(tags)
     return bodies
