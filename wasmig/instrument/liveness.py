@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from wasmig.binary.ir import Instr
+from wasmig.interp.compile import match_blocks
 
 
 def live_locals_of(info: Any, body: list[Instr]) -> list[int]:
@@ -34,17 +35,7 @@ def live_locals(body: list[Instr]) -> list[int]:
     n = len(body)
     # successors of every instruction; -1 = the function's exit
     succ: list[tuple[int, ...]] = [()] * n
-    open_: list[int] = []  # indices of the open block/loop/if
-    end_of: dict[int, int] = {}
-    else_of: dict[int, int] = {}
-    for i, ins in enumerate(body):
-        op = ins.op
-        if op in (0x02, 0x03, 0x04):
-            open_.append(i)
-        elif op == 0x05:
-            else_of[open_[-1]] = i
-        elif op == 0x0B and open_:
-            end_of[open_.pop()] = i
+    end_of, else_of = match_blocks(body)
 
     def label(depth: int, stack: list[int]) -> int:
         if depth >= len(stack):
