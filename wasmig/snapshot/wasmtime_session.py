@@ -124,8 +124,8 @@ class Checkpointable:
         # the control memory never moves (memory_may_move is off): a plain address, writable
         # from any thread
         self._poll = ctypes.c_uint8.from_address(ctypes.addressof(self.ctl.data_ptr(self.store).contents) + POLL)
-        self._export: str | None = None  # the export the outermost frame runs in
         self._tables: list[Any] | None = None
+        self._slots: dict[tuple[int, int, int], int] = {}
         self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
 
     # --- control ---------------------------------------------------------------------------
@@ -157,7 +157,6 @@ class Checkpointable:
 
         if "_start" not in self.instance.exports:
             raise LinkError("the module has no `_start` export: it is not a WASI command")
-        self._export = "_start"
         if "wasmig:start" in self.instance.exports:
             self._call("wasmig:start")
             if self.unwound:
@@ -190,7 +189,6 @@ class Checkpointable:
         # keep the stop step for when the rewind ends (the innermost frame moves it back)
         self._resume_stop_at.set_value(self.store, self._stop_at.value(self.store) & MASKS["i64"])
         self._stop_at.set_value(self.store, 0)
-        self._export = name
         func = self.instance.exports[name]
         args = [_ZERO[str(t)] for t in func.type(self.store).params]
         self._call(name, *args)
@@ -198,7 +196,15 @@ class Checkpointable:
             raise SnapshotError("internal error: the rewind did not reach the snapshot's innermost frame")
 
     def _indirect_slot(self, func: int, pc: int, callee: int) -> int:
-        """A slot of the table a ``call_indirect`` at (func, pc) uses that holds ``callee``."""
+        """A slot of the table a ``call_indirect`` at (func, pc) uses that holds ``callee``
+        (remembered: a deep recursion through one function pointer asks the same thing per frame)."""
+        key = (func, pc, callee)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = self._find_indirect_slot(func, pc, callee)
+        return slot
+
+    def _find_indirect_slot(self, func: int, pc: int, callee: int) -> int:
         ir = self.module.ir
         body = ir.funcs[func - ir.num_imported_funcs()].body
         ins = next((x for x in body if x.offset == pc), None)
@@ -374,10 +380,14 @@ class WasmtimeSession(SessionBase):
                     return e.code
                 if not runner.unwound:
                     return 0
-                frames, point = runner.frames()  # what the run goes on from, whatever happens next
+                snap = None
                 try:
-                    self._save(runner.capture())
+                    snap = runner.capture()
+                    frames, point = snap.frames, snap.point
+                    self._save(snap)
                 except (SnapshotError, OSError) as e:
+                    if snap is None:  # the capture failed (e.g. the WASI state): go on from the frames alone
+                        frames, point = runner.frames()
                     print(f"wasmig: warning: checkpoint failed, continuing: {e}", file=sys.stderr)
                 else:
                     if self.policy.then == "exit":
