@@ -115,12 +115,15 @@ def reference(module: wasmig.Module, args: list[str]) -> tuple[int, bytes, int]:
     key = tuple(args)
     if key not in _reference:
         out = io.BytesIO()
-        inst = instantiate_with_wasi(module, _wasi(args, out))
+        wasi = _wasi(args, out)
+        inst = instantiate_with_wasi(module, wasi)
         try:
             inst.invoke("_start")
             code = 0
         except ProcExit as e:
             code = e.code
+        finally:
+            wasi.close()
         _reference[key] = (code, out.getvalue(), inst.machine.steps)
     return _reference[key]
 
@@ -210,8 +213,10 @@ def test_every_stable_point_of_folded_code_round_trips() -> None:
     data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=WAT.encode(),
                           capture_output=True, check=True).stdout
     module = wasmig.Module.from_bytes(data)
-    ref = instantiate_with_wasi(module, _wasi(["m"], io.BytesIO()))
+    ref_wasi = _wasi(["m"], io.BytesIO())
+    ref = instantiate_with_wasi(module, ref_wasi)
     ref.invoke("_start")
+    ref_wasi.close()
     want = (bytes(ref.store.mems[0].data), ref.store.globals[0].internal & 0xFFFFFFFF)
     k = 0
     while True:
@@ -223,15 +228,22 @@ def test_every_stable_point_of_folded_code_round_trips() -> None:
         assert stopped["wasmtime"] is not None
         assert_same_snapshot(stopped["interp"].snapshot, stopped["wasmtime"].snapshot, f"step {k}")
         snap = stopped["wasmtime"].snapshot
-        runner = Checkpointable(module, restore_wasi(snap.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO()))
-        runner.load(stopped["interp"].snapshot)
-        runner.arm(None)
-        runner.resume(snap.frames, snap.point)
-        ex = runner.instance.exports
-        assert (bytes(ex["memory"].read(runner.store, 0, 65536)), ex["wasmig:g0"].value(runner.store) & 0xFFFFFFFF) \
-            == want, f"interp -> wasmtime at step {k}"
+        wasi = restore_wasi(snap.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+        try:
+            runner = Checkpointable(module, wasi)
+            runner.load(stopped["interp"].snapshot)
+            runner.arm(None)
+            runner.resume(snap.frames, snap.point)
+            ex = runner.instance.exports
+            got = (bytes(ex["memory"].read(runner.store, 0, 65536)), ex["wasmig:g0"].value(runner.store) & 0xFFFFFFFF)
+        finally:
+            wasi.close()  # its waiter's pipe: hundreds of steps must not leak descriptors
+        assert got == want, f"interp -> wasmtime at step {k}"
         inst = wasmig.restore(snap, module=module, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
-        inst.resume()
+        try:
+            inst.resume()
+        finally:
+            inst.wasi.close()
         assert (bytes(inst.store.mems[0].data), inst.store.globals[0].internal & 0xFFFFFFFF) == want, \
             f"wasmtime -> interp at step {k}"
     assert k > 250

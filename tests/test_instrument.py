@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,21 @@ from wasmig.wasi.run import instantiate_with_wasi
 
 wasmtime_engine = pytest.importorskip("wasmig.engines.wasmtime")
 PROGRAMS = Path(__file__).parent / "programs"
+_opened: list[Wasi] = []
+
+
+def new_wasi(*args: object, **kwargs: object) -> Wasi:
+    """A Wasi closed when the test ends (each holds a wakeup pipe: many steps must not leak fds)."""
+    wasi = Wasi(*args, **kwargs)  # type: ignore[arg-type]
+    _opened.append(wasi)
+    return wasi
+
+
+@pytest.fixture(autouse=True)
+def _close_wasi() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
 
 # folded code on purpose: values buried beneath blocks, loops with parameters, multi-value,
 # call_indirect, recursion, and calls inside expressions
@@ -74,7 +90,7 @@ def instrumented_module(module: wasmig.Module) -> tuple[wasmig.Module, object]:
 
 
 def interp_state(module: wasmig.Module, args: list[str], k: int) -> object:
-    wasi = Wasi(args, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+    wasi = new_wasi(args, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
     inst = instantiate_with_wasi(module, wasi)
     inst.stop_at(step=k)
     try:
@@ -88,7 +104,7 @@ def interp_state(module: wasmig.Module, args: list[str], k: int) -> object:
 
 
 def wasmtime_state(imod: wasmig.Module, sitemap: object, n_globals: int, args: list[str], k: int) -> object:
-    wasi = Wasi(args, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+    wasi = new_wasi(args, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
     inst = wasmtime_engine.WasmtimeInstance(imod, wasi)
     store, ex = inst.store, inst.exports
     ex["wasmig:stop_at"].set_value(store, k)
@@ -113,7 +129,7 @@ def test_instrumented_modules_validate_and_keep_their_behaviour(tmp_path: Path) 
         outputs = []
         for mod in (module, imod):
             out = io.BytesIO()
-            code = wasmtime_engine.run_command(mod, Wasi([name, *args], stdin=b"in\n", stdout=out,
+            code = wasmtime_engine.run_command(mod, new_wasi([name, *args], stdin=b"in\n", stdout=out,
                                                          stderr=io.BytesIO()))
             outputs.append((code, out.getvalue()))
         assert outputs[0] == outputs[1], name
@@ -157,20 +173,20 @@ def test_wasmtime_snapshot_equals_interpreter_and_restores_there(k: int) -> None
     imod = wasmig.Module.from_bytes(encode_module(ins.ir), features={"multi-memory"})
     reference = io.BytesIO()
     try:
-        instantiate_with_wasi(module, Wasi(["checksum"], stdin=b"", stdout=reference, stderr=io.BytesIO())).invoke(
+        instantiate_with_wasi(module, new_wasi(["checksum"], stdin=b"", stdout=reference, stderr=io.BytesIO())).invoke(
             "_start")
     except ProcExit:
         pass
 
     out = io.BytesIO()
-    wasi = Wasi(["checksum"], stdin=b"", stdout=out, stderr=io.BytesIO())
+    wasi = new_wasi(["checksum"], stdin=b"", stdout=out, stderr=io.BytesIO())
     inst = wasmtime_engine.WasmtimeInstance(imod, wasi)
     inst.exports["wasmig:stop_at"].set_value(inst.store, k)
     inst.invoke("_start")
     snap = from_plain(to_plain(capture_wasmtime(inst, module, ins.sitemap)))
     wasi.close()
 
-    interp = instantiate_with_wasi(module, Wasi(["checksum"], stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO()))
+    interp = instantiate_with_wasi(module, new_wasi(["checksum"], stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO()))
     interp.stop_at(step=k)
     with pytest.raises(wasmig.Suspended):
         interp.invoke("_start")
@@ -181,6 +197,7 @@ def test_wasmtime_snapshot_equals_interpreter_and_restores_there(k: int) -> None
     assert [f.__dict__ for f in snap.wasi.fds] == [f.__dict__ for f in expected.wasi.fds]
 
     restored = wasmig.restore(snap, module=module, stdin=b"", stdout=out, stderr=io.BytesIO())
+    _opened.append(restored.wasi)
     try:
         restored.resume()
     except ProcExit:
