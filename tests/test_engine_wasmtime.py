@@ -379,7 +379,7 @@ def test_artifact_cache_hit_is_much_faster_and_damage_is_recompiled(tmp_path: Pa
         "empty": b"",
         "garbage": os.urandom(4096),
         # a valid checksum over bytes wasmtime refuses (as an entry of another wasmtime build would be)
-        "refused payload": engine._entry(b"\x7fELF not really a compiled module" * 10),
+        "refused payload": engine.cache_entry(b"\x7fELF not really a compiled module" * 10),
     }
     for what, blob in damaged.items():
         entries[0].write_bytes(blob)

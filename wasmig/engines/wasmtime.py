@@ -155,7 +155,7 @@ def compile_module(data: bytes, cache_dir: Path | None = None, *, use_cache: boo
         cache_stats["miss"] += 1
     compiled = _compile(data)
     try:
-        _write_atomically(path, _entry(bytes(compiled.serialize())))
+        write_atomically(path, cache_entry(bytes(compiled.serialize())))
     except OSError:
         cache_stats["unwritable"] += 1
     return compiled
@@ -168,8 +168,18 @@ def _compile(data: bytes) -> wasmtime.Module:
         raise ValidationError(f"wasmtime cannot compile the module: {_one_line(e)}") from None
 
 
-def _entry(payload: bytes) -> bytes:
+def cache_entry(payload: bytes) -> bytes:
+    """A cache file's contents: :data:`CACHE_MAGIC`, the payload's sha256, the payload."""
     return CACHE_MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def cache_payload(blob: bytes) -> bytes | None:
+    """The payload of a :func:`cache_entry`, or None when it is truncated or fails its checksum."""
+    head = len(CACHE_MAGIC)
+    if not blob.startswith(CACHE_MAGIC) or len(blob) < head + 32:
+        return None
+    digest, payload = blob[head : head + 32], blob[head + 32 :]
+    return payload if hashlib.sha256(payload).digest() == digest else None
 
 
 def _load(blob: bytes) -> wasmtime.Module | None:
@@ -177,11 +187,8 @@ def _load(blob: bytes) -> wasmtime.Module | None:
 
     The checksum matters: deserializing is only safe for artifacts wasmtime itself produced, so
     a flipped bit must never reach ``Module.deserialize``."""
-    head = len(CACHE_MAGIC)
-    if not blob.startswith(CACHE_MAGIC) or len(blob) < head + 32:
-        return None
-    digest, payload = blob[head : head + 32], blob[head + 32 :]
-    if hashlib.sha256(payload).digest() != digest:
+    payload = cache_payload(blob)
+    if payload is None:
         return None
     try:
         return wasmtime.Module.deserialize(engine(), payload)
@@ -189,7 +196,7 @@ def _load(blob: bytes) -> wasmtime.Module | None:
         return None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Readers see the old entry, no entry or the whole new one, never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -55,13 +55,14 @@ _ZERO = {"i32": 0, "i64": 0, "f32": 0.0, "f64": 0.0}
 
 
 def _pass_fingerprint() -> bytes:
-    """The pass version and its source, so an edited pass never reuses a stale cached module."""
-    import wasmig.instrument.sites as sites_mod
-    import wasmig.instrument.unwind as unwind_mod
+    """The pass version and the source of every module of the pass, so an edited pass never
+    reuses a stale cached module."""
+    import wasmig.instrument as package
 
     h = hashlib.sha256(PASS_VERSION.encode())
-    for mod in (unwind_mod, sites_mod):
-        h.update(Path(mod.__file__ or "").read_bytes())
+    for path in sorted(Path(package.__path__[0]).glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
     return h.digest()
 
 
@@ -75,7 +76,7 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None) -> tuple[b
     global _FINGERPRINT
     from wasmig.binary.decoder import read_custom_section
     from wasmig.binary.encoder import encode_module
-    from wasmig.engines.wasmtime import _write_atomically, default_cache_dir
+    from wasmig.engines.wasmtime import cache_entry, cache_payload, default_cache_dir, write_atomically
 
     if _FINGERPRINT is None:
         _FINGERPRINT = _pass_fingerprint()
@@ -86,8 +87,8 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None) -> tuple[b
         blob = path.read_bytes()
     except OSError:
         blob = None
-    if blob is not None and len(blob) > 32 and hashlib.sha256(blob[32:]).digest() == blob[:32]:
-        data = blob[32:]
+    data = cache_payload(blob) if blob is not None else None
+    if data is not None:
         try:
             raw = read_custom_section(data, SECTION_NAME)
             if raw is not None:
@@ -97,7 +98,7 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None) -> tuple[b
     done = instrument(module)
     data = encode_module(done.ir)
     try:
-        _write_atomically(path, hashlib.sha256(data).digest() + data)
+        write_atomically(path, cache_entry(data))
     except OSError:
         pass
     return data, done.sitemap
@@ -395,17 +396,4 @@ class WasmtimeSession(SessionBase):
                 runner.arm(self.policy.at_step)  # a step already passed stays off
         finally:
             self._uninstall()
-
-
-def run_until_step(module: Module, wasi: Wasi, directory: Path, step: int,
-                   module_path: str | None) -> tuple[int, Path | None]:
-    """Run on wasmtime; at stable point ``step`` write a snapshot into ``directory`` and stop.
-
-    Returns (exit code, snapshot path): the path is None when the program ended first."""
-    policy = CheckpointPolicy(directory=directory, at_step=step, then="exit", on_signal=False)
-    session = WasmtimeSession(Checkpointable(module, wasi), wasi, policy, module_path)
-    try:
-        return session.run(), None
-    except CheckpointExit:
-        return 0, policy.written[-1]
 
