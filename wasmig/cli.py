@@ -200,13 +200,13 @@ def run_compiled(instance: Any) -> int:
     ends the process at once, as it ends ``wasmtime run``."""
     import signal
 
-    from wasmig.snapshot.session import _no_checkpoint_dir
+    from wasmig.snapshot.session import ignore_checkpoint_request
     from wasmig.wasi.run import run_start
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     # a checkpoint request must not kill the program (SIGUSR1's default action): say no instead
-    signal.signal(signal.SIGUSR1, _no_checkpoint_dir)
+    signal.signal(signal.SIGUSR1, ignore_checkpoint_request)
     return run_start(instance)
 
 

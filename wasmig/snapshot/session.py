@@ -90,7 +90,7 @@ class SessionBase:
     def _install(self) -> None:
         if threading_main():
             self._old_handlers[signal.SIGUSR1] = signal.signal(
-                signal.SIGUSR1, self.request if self.policy.active else _no_checkpoint_dir)
+                signal.SIGUSR1, self.request if self.policy.active else ignore_checkpoint_request)
             if self.policy.every:
                 self._old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self.request)
                 signal.setitimer(signal.ITIMER_REAL, self.policy.every, self.policy.every)
@@ -224,7 +224,7 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _no_checkpoint_dir(*_: Any) -> None:
+def ignore_checkpoint_request(*_: Any) -> None:
     print("wasmig: checkpoint requested, but this run has no --checkpoint-dir; ignoring", file=sys.stderr)
 
 
