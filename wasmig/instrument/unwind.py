@@ -82,17 +82,6 @@ class _Ctl:
     result_types: tuple[str, ...] = ()
 
 
-@dataclass
-class _CopyLevel:
-    """A construct holding a site, entered by the rewind copy (inside its skip guard)."""
-
-    ctl: _Ctl
-
-    @property
-    def base(self) -> int:
-        return self.ctl.base
-
-
 class _FunctionRewriter:
     """Rewrites one function: the normal body (with polls, post-call checks and spills) and its
     rewind copy; see the module docstring and docs/instrument.md."""
@@ -488,7 +477,7 @@ class _FunctionRewriter:
                 return None
             return sites[lo][1], sites[hi - 1][1]
 
-        levels: list[_CopyLevel] = []
+        levels: list[_Ctl] = []  # the constructs holding a site the copy is inside
         segment: list[object] | None = None  # [the guard `if`, its params] while a segment is open
         plain_depth = 0  # plain constructs open inside the current segment
         raw_depth = -1  # >= 0: copying dead code after an unconditional branch, at that nesting
@@ -554,7 +543,7 @@ class _FunctionRewriter:
                 done = levels.pop()
                 self.close()  # the construct
                 self.close()  # its skip guard
-                self._push_back_buried(done.ctl)
+                self._push_back_buried(done)
             elif op in (0x10, 0x11) and not unreachable[i]:
                 close_segment(i)
                 self._rewind_call(i, ins, base())
@@ -645,7 +634,7 @@ class _FunctionRewriter:
         self.emit(0x4D if inside else 0x4B)  # i32.le_u / i32.gt_u
 
     def _enter_construct(self, i: int, ins: Instr, base: int, rng: tuple[int, int],
-                         site_range: Callable[[int, int], tuple[int, int] | None]) -> _CopyLevel:
+                         site_range: Callable[[int, int], tuple[int, int] | None]) -> _Ctl:
         """A block/loop/if holding a site: skipped whole (zeros for its results) when skipping to a
         site outside it, else entered — an `if` taking the arm that holds the site."""
         op = ins.op
@@ -675,7 +664,7 @@ class _FunctionRewriter:
                 self._skip_test(*then, inside=True)
             self.close()
         self.open(op, ins.imm, True)
-        level = _CopyLevel(_Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types)))
+        level = _Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types))
         if op == 0x03:
             params = self.check_types(stack[entry_height:], "a loop parameter")
             site = self.site_at[(i, "loop")]
