@@ -668,12 +668,7 @@ class _FunctionRewriter:
         if op == 0x03:
             params = self.check_types(stack[entry_height:], "a loop parameter")
             site = self.site_at[(i, "loop")]
-            self.emit(0x20, self.skip_local)
-            self.open(0x04, self.p.block_type(params, params), False)
-            self.emit(0x20, self.site_local)
-            self.emit(0x41, site)
-            self.emit(0x46)
-            self.open(0x04, self.p.block_type(params, params), False)
+            self._open_resume_test(site, params, params)
             self.drop(len(params))
             self.push_from(params, entry_height)
             self._finish_rewind()
@@ -682,6 +677,16 @@ class _FunctionRewriter:
             self.stable_point(site, params, entry_height)
             self.close()
         return level
+
+    def _open_resume_test(self, site: int, params: list[str], results: list[str]) -> None:
+        """Open ``if $skip`` and, inside it, ``if $site == site`` (both ``(param params) (result
+        results)``): the code up to the inner ``else`` runs only where this frame resumes."""
+        self.emit(0x20, self.skip_local)
+        self.open(0x04, self.p.block_type(params, results), False)
+        self.emit(0x20, self.site_local)
+        self.emit(0x41, site)
+        self.emit(0x46)
+        self.open(0x04, self.p.block_type(params, results), False)
 
     def _rewind_call(self, i: int, ins: Instr, base: int) -> None:
         """A call site in the copy: skipped (zeros for its results) when skipping past it; when it
@@ -702,12 +707,7 @@ class _FunctionRewriter:
             self.close()
         carried_in = level + self.known_types(operands)
         carried_out = level + results
-        self.emit(0x20, self.skip_local)
-        self.open(0x04, self.p.block_type(carried_in, carried_out), False)
-        self.emit(0x20, self.site_local)
-        self.emit(0x41, site)
-        self.emit(0x46)
-        self.open(0x04, self.p.block_type(carried_in, carried_out), False)
+        self._open_resume_test(site, carried_in, carried_out)
         self.drop(len(carried_in))
         self.push_from(level, base)
         if args:
