@@ -7,10 +7,11 @@ memory's poll byte, the guest notices it at its next function entry or loop head
 point), writes every frame of its call stack as a record into the control memory (``wasmig:ctl``)
 and returns from the export. This benchmark measures two things.
 
-**a) Time to safepoint** (target: p99 <= 1 ms). Per request: a fresh ``Checkpointable`` is
-instantiated (untimed), ``start()`` runs ``_start`` in a background Python thread (which itself
-runs the export in ``Checkpointable``'s worker thread), the main thread sleeps a random 20-200 ms,
-takes ``t0 = time.perf_counter()`` and calls ``request()``. Two end points are recorded:
+**a) Time to safepoint** (target: p99 <= 1 ms). Per request: a fresh ``Checkpointable`` (the fast
+variant, which every ``wasmig run`` on wasmtime uses) is instantiated (untimed), ``start()`` runs
+``_start`` in a background Python thread (which itself runs the export in ``Checkpointable``'s
+worker thread), the main thread sleeps a random 20-200 ms, takes ``t0 = time.perf_counter()`` and
+calls ``request()``. Two end points are recorded:
 
 - ``safepoint``: the first frame record is in the control memory, i.e. the guest reached a
   stable point and started unwinding. The main thread spins on the control memory's WRITE_PTR
@@ -39,10 +40,12 @@ with an index-derived pattern (no page is zero or a duplicate, so the page store
 elide nor deduplicate anything; only the ~15 pages of the mostly unused stack are zero), prints
 ``ready`` and then loops forever on light work without I/O. (It grows memory directly because
 wasi-libc's malloc grows memory by about twice a large request.)
-An untimed calibration run per size stops it on request right after ``ready`` to learn the
-step count there (and warms the instrumented-module and compiled-artifact caches); every timed
-run then stops deterministically at that step + 1000 (``arm(step)``), so the run to the
-checkpoint is not timed. Phases, median over ``runs`` (at most ``big_runs``, default 3, from
+These runs use the deterministic variant (``count_steps=True``), so that each can stop at a chosen
+step; restore costs the same in both variants. An untimed calibration run per size stops it on
+request right after ``ready`` to learn the step count there (and warms the instrumented-module and
+compiled-artifact caches); every timed run then stops deterministically at that step + 1000
+(``arm(step)``), so the run to the checkpoint
+is not timed. Phases, median over ``runs`` (at most ``big_runs``, default 3, from
 256 MiB up: a 256 MiB cycle writes and then deletes 4096 fsynced page files, ~15 s in all on a
 disk mounted with online discard):
 
@@ -282,7 +285,7 @@ class _ReadyOut(io.RawIOBase):
 def calibrate_ready_step(module: wasmig.Module, args: Sequence[str]) -> int:
     """The step count a request right after the guest printed ``ready`` stops at (untimed)."""
     out = _ReadyOut()
-    runner = Checkpointable(module, _wasi(args, stdout=out))
+    runner = Checkpointable(module, _wasi(args, stdout=out), count_steps=True)
     runner.arm(None)
     bg = _Background(runner)
     if not out.ready.wait(300):
@@ -296,7 +299,7 @@ def calibrate_ready_step(module: wasmig.Module, args: Sequence[str]) -> int:
 
 
 def _run_to_step(module: wasmig.Module, args: Sequence[str], step: int) -> Checkpointable:
-    runner = Checkpointable(module, _wasi(args))
+    runner = Checkpointable(module, _wasi(args), count_steps=True)
     runner.arm(step)
     runner.start()
     if not runner.unwound or runner.steps != step:
@@ -327,7 +330,7 @@ def measure_cycle(module: wasmig.Module, module_path: Path, args: Sequence[str],
     t5 = time.perf_counter()
     fresh_module = wasmig.Module.from_file(module_path)
     t6 = time.perf_counter()
-    restored = Checkpointable(fresh_module, wasi)
+    restored = Checkpointable(fresh_module, wasi, count_steps=True)
     t7 = time.perf_counter()
     restored.load(loaded)
     t8 = time.perf_counter()
@@ -362,7 +365,7 @@ def small_program_cycle(runs: int, workdir: Path, extra_flags: Sequence[str] = (
     module_path = compile_c(SMALL_PROGRAM, extra_flags=extra_flags)
     module = wasmig.Module.from_file(module_path)
     args = ["hello", "a", "b"]
-    runner = Checkpointable(module, _wasi(args))  # also warms the caches
+    runner = Checkpointable(module, _wasi(args), count_steps=True)  # also warms the caches
     runner.arm(None)
     try:
         runner.start()

@@ -539,12 +539,14 @@ def _wait_for_status(pid: int, runtime_dir: Path, timeout: float = 60.0) -> None
 def test_checkpoint_while_blocked_reading_stdin(tmp_path: Path, runtime_dir: Path, engine_a: str,
                                                 engine_b: str) -> None:
     """Blocked in a read of stdin on engine A, checkpointed; restored on engine B, blocked there
-    again and checkpointed again; both snapshots finish on either engine."""
+    again and checkpointed again; both snapshots finish on either engine. With --count-steps (the
+    deterministic variant on wasmtime) both snapshots carry the same step number."""
     wasm = program("stdin_wait")
     full = wasmig(["run", wasm], stdin=b"hello\n")
     assert (full.returncode, full.stdout) == (0, b"name? hello, hello (5 bytes)\n"), full.stderr
     ck = tmp_path / "ck"
-    with background(["run", "--engine", engine_a, "--checkpoint-dir", ck, wasm], runtime_dir) as proc:
+    with background(["run", "--engine", engine_a, "--count-steps", "--checkpoint-dir", ck, wasm],
+                    runtime_dir) as proc:
         proc.wait_for_output(b"name? ")
         time.sleep(0.2)  # well inside the read by now
         path = checkpoint_pid(proc.p.pid, runtime_dir)
@@ -555,11 +557,13 @@ def test_checkpoint_while_blocked_reading_stdin(tmp_path: Path, runtime_dir: Pat
     snap = _load(path)
     assert snap.point == "import_call", f"a checkpoint while blocked should re-execute the read, got {snap.point}"
     # a restored run blocks in the same read again, and can itself be checkpointed there
-    with background(["restore", "--engine", engine_b, "--checkpoint-dir", ck, ck], runtime_dir) as again:
+    with background(["restore", "--engine", engine_b, "--count-steps", "--checkpoint-dir", ck, ck],
+                    runtime_dir) as again:
         _wait_for_status(again.p.pid, runtime_dir)
         time.sleep(0.3)
         path2 = checkpoint_pid(again.p.pid, runtime_dir)
         assert path2 != path and again.p.poll() is None
+    assert snap.steps is not None
     assert _load(path2).point == "import_call" and _load(path2).steps == snap.steps
     for target, engine in ((path, engine_b), (ck, engine_a)):  # the first snapshot, the restored run's
         restored = wasmig(["restore", "--engine", engine, target], stdin=b"hello\n")
@@ -701,6 +705,10 @@ def _bigmem_args(mib: int, rounds: int, stride: int) -> list[str]:
 #: bigmem arguments for a run that computes for a few seconds on each engine (wasmtime is ~100x faster),
 #: printing little: an unread stdout pipe that fills up blocks the guest in a write no checkpoint interrupts
 COMPUTING = {"interp": _bigmem_args(1, 12, 64), "wasmtime": _bigmem_args(16, 600, 8)}
+#: flags that make a run count steps on each engine (wasmtime's deterministic variant), for the tests
+#: that check a snapshot against a fresh run stopped at the snapshot's step;
+#: test_fast_variant_snapshots_have_no_step_and_restore_on_both_engines covers the default, fast one
+STEP_COUNTING = {"interp": [], "wasmtime": ["--count-steps"]}
 
 
 @pytest.mark.slow
@@ -711,7 +719,8 @@ def test_checkpoint_pid_of_a_computing_program(tmp_path: Path, runtime_dir: Path
     args = COMPUTING[engine]
     full = wasmig(["run", wasm, *args])
     ck = tmp_path / "ck"
-    with background(["run", "--engine", engine, "--checkpoint-dir", ck, wasm, *args], runtime_dir) as proc:
+    with background(["run", "--engine", engine, *STEP_COUNTING[engine], "--checkpoint-dir", ck, wasm, *args],
+                    runtime_dir) as proc:
         proc.wait_for_output(b"round 2 ")
         paths = [checkpoint_pid(proc.p.pid, runtime_dir)]
         proc.wait_for_output(b"round 6 ")
@@ -848,7 +857,8 @@ def test_periodic_checkpoints_each_restore_to_the_same_end(tmp_path: Path, engin
     full = wasmig(["run", wasm, *args])
     assert full.returncode == 0 and full.stdout.endswith(b"done\n")
     ck = tmp_path / "ck"
-    run = wasmig(["run", "--engine", engine, "--checkpoint-dir", ck, "--checkpoint-every", "0.2", wasm, *args])
+    run = wasmig(["run", "--engine", engine, *STEP_COUNTING[engine], "--checkpoint-dir", ck, "--checkpoint-every",
+                  "0.2", wasm, *args])
     assert (run.returncode, run.stdout, run.stderr) == (0, full.stdout, b"")
     from wasmig.snapshot.store import CheckpointDir
 
@@ -872,6 +882,57 @@ def test_periodic_checkpoints_each_restore_to_the_same_end(tmp_path: Path, engin
             f"{_same_state(loaded[i], same_point)}")
         assert prefix + restored.stdout == full.stdout, f"restoring {snaps[i].name} gives the wrong output"
         assert restored.stderr == b""
+
+
+@pytest.mark.slow
+def test_fast_variant_snapshots_have_no_step_and_restore_on_both_engines(tmp_path: Path, runtime_dir: Path) -> None:
+    """The default wasmtime run (the fast variant, no step count): timer and on-demand snapshots
+    say ``steps: null``; each restores on both engines to the same rest of the output, which the
+    uninterrupted run ends with; a step-based option on such a snapshot is a one-line error."""
+    wasm = program("bigmem")
+    args = COMPUTING["wasmtime"]
+    full = wasmig(["run", wasm, *args])
+    assert full.returncode == 0 and full.stdout.endswith(b"done\n")
+    ck = tmp_path / "ck"
+    with background(["run", "--engine", "wasmtime", "--checkpoint-dir", ck, "--checkpoint-every", "0.3", wasm,
+                     *args], runtime_dir) as proc:
+        proc.wait_for_output(b"round 3 ")
+        checkpoint_pid(proc.p.pid, runtime_dir)
+        code, out, err = proc.finish()
+        assert (code, out, err) == (0, full.stdout, b"")
+    from wasmig.snapshot.store import CheckpointDir
+
+    snaps = CheckpointDir(ck).snapshots()
+    assert len(snaps) >= 3, f"only {len(snaps)} snapshots"
+    loaded = [_load(s) for s in snaps]
+    assert all(s.steps is None and s.stable for s in loaded), [(s.steps, s.point) for s in loaded]
+    inspected = wasmig(["inspect", snaps[0]])
+    assert inspected.returncode == 0 and b"steps: not counted" in inspected.stdout, inspected.stdout
+    rng = random.Random(11)
+    for i in sorted({0, len(snaps) - 1, rng.randrange(len(snaps))}):
+        outs = {}
+        for engine in ("wasmtime", "interp"):
+            ck2 = tmp_path / f"again-{i}-{engine}"
+            # the interpreter is ~100x slower: it checkpoints (and stops) 2 s in, the rest runs on wasmtime
+            extra = ["--checkpoint-dir", ck2, "--checkpoint-every", "2", "--checkpoint-then", "exit"] \
+                if engine == "interp" else []
+            restored = wasmig(["restore", "--engine", engine, *extra, snaps[i]])
+            assert restored.returncode == 0, restored.stderr
+            rest = restored.stdout
+            if engine == "interp" and list(ck2.glob("snapshots/*.snap")):
+                again = _load(CheckpointDir(ck2).snapshots()[-1])
+                assert again.steps is None, "a restore of an uncounted snapshot must not invent a step count"
+                finished = wasmig(["restore", "--engine", "wasmtime", ck2])
+                assert finished.returncode == 0, finished.stderr
+                rest += finished.stdout
+            outs[engine] = rest
+        assert outs["interp"] == outs["wasmtime"], f"snapshot {snaps[i].name}: the engines disagree"
+        head = full.stdout[: len(full.stdout) - len(outs["wasmtime"])]
+        assert full.stdout.endswith(outs["wasmtime"]) and (head == b"" or head.endswith(b"\n")), \
+            f"snapshot {snaps[i].name}: the restored run's output is not the rest of the full run's"
+    for flags in (["--checkpoint-at-step", "5"], ["--count-steps"]):
+        bad = wasmig(["restore", "--checkpoint-dir", tmp_path / "bad", *flags, snaps[0]])
+        assert bad.returncode != 0 and b"no step count" in bad.stderr and bad.stderr.count(b"\n") == 1, bad.stderr
 
 
 # --- 3. corrupt snapshots are one-line errors -------------------------------------------------------
@@ -1195,7 +1256,8 @@ def test_kill_9_during_checkpoints_leaves_loadable_snapshots(tmp_path: Path, eng
     for _ in range(10):
         delay = rng.uniform(0.4, 1.6)
         delays.append(round(delay, 2))
-        p = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", engine, "--checkpoint-dir", str(ck),
+        p = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", engine, *STEP_COUNTING[engine],
+                              "--checkpoint-dir", str(ck),
                               "--checkpoint-every",
                               "0.05", str(wasm), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
         try:

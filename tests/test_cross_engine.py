@@ -22,7 +22,7 @@ import pytest
 
 import wasmig
 from wasmig.snapshot.capture import capture
-from wasmig.snapshot.state import Snapshot, from_plain, to_plain
+from wasmig.snapshot.state import Snapshot, SnapshotError, from_plain, to_plain
 from wasmig.toolchain import compile_c
 from wasmig.wasi.preview1 import ProcExit, Wasi
 from wasmig.wasi.run import instantiate_with_wasi
@@ -65,7 +65,7 @@ def stop(engine: str, module: wasmig.Module, args: list[str], k: int) -> Stopped
             except ProcExit:
                 return None
         else:
-            runner = Checkpointable(module, wasi)
+            runner = Checkpointable(module, wasi, count_steps=True)
             runner.arm(k)
             try:
                 runner.start()
@@ -94,7 +94,7 @@ def finish(engine: str, module: wasmig.Module, snap: Snapshot) -> tuple[int, byt
         return code, out.getvalue()
     wasi = restore_wasi(snap.wasi, stdin=b"", stdout=out, stderr=io.BytesIO())
     try:
-        runner = Checkpointable(module, wasi)
+        runner = Checkpointable(module, wasi)  # the fast variant: it rewinds the same records
         runner.load(snap)
         runner.arm(None)
         try:
@@ -179,7 +179,7 @@ def test_chained_across_engines() -> None:
         assert snap.wasi is not None
         wasi = restore_wasi(snap.wasi, stdin=b"", stdout=out, stderr=io.BytesIO())
         if engine == "wasmtime":
-            runner = Checkpointable(module, wasi)
+            runner = Checkpointable(module, wasi, count_steps=True)
             runner.load(snap)
             runner.arm(k)
             runner.resume(snap.frames, snap.point)
@@ -230,7 +230,7 @@ def test_every_stable_point_of_folded_code_round_trips() -> None:
         snap = stopped["wasmtime"].snapshot
         wasi = restore_wasi(snap.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
         try:
-            runner = Checkpointable(module, wasi)
+            runner = Checkpointable(module, wasi)  # the fast variant rewinds every stable point too
             runner.load(stopped["interp"].snapshot)
             runner.arm(None)
             runner.resume(snap.frames, snap.point)
@@ -247,3 +247,64 @@ def test_every_stable_point_of_folded_code_round_trips() -> None:
         assert (bytes(inst.store.mems[0].data), inst.store.globals[0].internal & 0xFFFFFFFF) == want, \
             f"wasmtime -> interp at step {k}"
     assert k > 250
+
+
+@pytest.mark.parametrize("k", [1, 2, 777, 9000, 23_456])
+def test_fast_variant_stops_at_the_next_stable_point_after_a_rewind(k: int) -> None:
+    """The fast variant (no step count): a checkpoint requested before a restore's rewind is kept
+    through it (the rewind byte is not the poll byte), so the guest stops at the very next stable
+    point: its snapshot equals the interpreter's at step k + 1, except for the step count it does
+    not keep. Either engine finishes it."""
+    module = wasmig.Module.from_file(compile_c(PROGRAMS / "checksum.c"))
+    code, expected, _ = reference(module, ["checksum"])
+    at_k, at_next = stop("interp", module, ["checksum"], k), stop("interp", module, ["checksum"], k + 1)
+    assert at_k is not None and at_next is not None and at_k.snapshot.wasi is not None
+    out = io.BytesIO()
+    wasi = restore_wasi(at_k.snapshot.wasi, stdin=b"", stdout=out, stderr=io.BytesIO())
+    try:
+        runner = Checkpointable(module, wasi)
+        assert runner.steps is None
+        with pytest.raises(SnapshotError, match="step count"):
+            runner.arm(k + 5)
+        runner.load(at_k.snapshot)
+        runner.arm(None)
+        runner.request()
+        runner.resume()
+        assert runner.unwound, "the request made before the rewind was lost"
+        snap = from_plain(to_plain(runner.capture()))
+    finally:
+        wasi.close()
+    assert snap.steps is None
+    want = at_next.snapshot
+    want.steps = None
+    assert at_k.stdout + out.getvalue() == at_next.stdout
+    assert_same_snapshot(want, snap, f"fast variant, one stable point after step {k}")
+    for engine in ENGINES:
+        got = finish(engine, module, snap)
+        assert got == (code, expected[len(at_next.stdout):]), f"finishing the fast snapshot on {engine}"
+
+
+def test_a_snapshot_without_a_step_count_stays_without_one() -> None:
+    """An uncounted snapshot cannot feed a step count: the deterministic variant refuses to load
+    it, and the interpreter, which counts anyway, writes no step number into its next snapshot."""
+    module = wasmig.Module.from_file(compile_c(PROGRAMS / "checksum.c"))
+    stopped = stop("interp", module, ["checksum"], 4000)
+    assert stopped is not None and stopped.snapshot.wasi is not None
+    uncounted = stopped.snapshot
+    uncounted.steps = None
+    uncounted = from_plain(to_plain(uncounted))  # the on-disk form takes a null step count
+    assert uncounted.steps is None
+    wasi = restore_wasi(uncounted.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+    try:
+        with pytest.raises(SnapshotError, match="no step count"):
+            Checkpointable(module, wasi, count_steps=True).load(uncounted)
+    finally:
+        wasi.close()
+    inst = wasmig.restore(uncounted, module=module, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+    try:
+        inst.stop_at(step=100)  # 100 stable points after the restore: the machine counts internally
+        with pytest.raises(wasmig.Suspended):
+            inst.resume()
+        assert capture(inst).steps is None
+    finally:
+        inst.wasi.close()

@@ -127,6 +127,9 @@ def checkpoint_options(f: Any) -> Any:
                      show_default=True, help="After a checkpoint: keep running, or stop."),
         click.option("--stable-only", is_flag=True,
                      help="Advance an instruction-precise stop to the next stable point (portable snapshot)."),
+        click.option("--count-steps", is_flag=True,
+                     help="On wasmtime, count stable points as the interpreter does, so snapshots carry the step "
+                          "number (slower: the deterministic variant; implied by --checkpoint-at-step)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -134,7 +137,7 @@ def checkpoint_options(f: Any) -> Any:
 
 
 def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction: int | None, every: float | None,
-                then: str, stable_only: bool) -> Any:
+                then: str, stable_only: bool, count_steps: bool = False) -> Any:
     from pathlib import Path
 
     from wasmig.snapshot.session import CheckpointPolicy
@@ -142,7 +145,7 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
     if checkpoint_dir is None and (at_step is not None or at_instruction is not None or every is not None):
         raise UserError("--checkpoint-at-step/--checkpoint-at-instruction/--checkpoint-every need --checkpoint-dir")
     return CheckpointPolicy(Path(checkpoint_dir) if checkpoint_dir else None, at_step, at_instruction, every, then,
-                            stable_only)
+                            stable_only, count_steps or at_step is not None)
 
 
 def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, *, resume: bool) -> int:
@@ -185,7 +188,7 @@ def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | N
     from wasmig.snapshot.wasmtime_session import Checkpointable, WasmtimeSession
 
     def body() -> int:
-        runner = Checkpointable(module, wasi)
+        runner = Checkpointable(module, wasi, count_steps=policy.count_steps)
         if snapshot is not None:
             runner.load(snapshot)
         return WasmtimeSession(runner, wasi, policy, module_path).run(snapshot)
@@ -223,7 +226,7 @@ def run_compiled(instance: Any) -> int:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
         checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
-        checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, program: str,
+        checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, count_steps: bool, program: str,
         args: tuple[str, ...]) -> None:
     """Run a WASI program: PROGRAM.wasm [ARGS...]."""
     from wasmig.module import Module
@@ -238,7 +241,7 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
         env = parse_env(envs)
         engine = pick_engine(engine, interp_only=checkpoint_at_instruction is not None)
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
-                             checkpoint_then, stable_only)
+                             checkpoint_then, stable_only, count_steps)
         listeners = [open_listener(spec) for spec in listens]
         module = Module.from_file(program)
     except UserError as e:
@@ -283,7 +286,8 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
 @click.argument("snapshot")
 def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, on_file_change: str,
             checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
-            checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, snapshot: str) -> None:
+            checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, count_steps: bool,
+            snapshot: str) -> None:
     """Restore SNAPSHOT (a snapshot file, or a checkpoint directory: its latest) and continue it."""
     from pathlib import Path
 
@@ -298,8 +302,12 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
             host, guest = parse_dir(d)
             mapping[guest] = host
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
-                             checkpoint_then, stable_only)
+                             checkpoint_then, stable_only, count_steps)
         snap = load_snapshot(Path(snapshot))
+        if policy.count_steps and snap.steps is None:
+            raise UserError("the snapshot has no step count (its run did not count steps), so "
+                            f"{'--checkpoint-at-step' if checkpoint_at_step is not None else '--count-steps'} "
+                            "cannot go on from it")
         if checkpoint_at_step is not None and checkpoint_at_step <= snap.steps:
             raise UserError(f"--checkpoint-at-step {checkpoint_at_step} is not ahead of the snapshot "
                             f"(it is at step {snap.steps})")

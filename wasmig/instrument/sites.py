@@ -48,9 +48,11 @@ class SiteMap:
     globals_base: int  # index of the first global the pass added
     sites: list[Site] = field(default_factory=list)
     functions: dict[int, FunctionLayout] = field(default_factory=dict)
+    #: the deterministic variant: ``$steps`` counts stable points (the canonical step count)
+    counts_steps: bool = True
 
     def to_bytes(self) -> bytes:
-        data = {"ctl_memory": self.ctl_memory, "globals_base": self.globals_base,
+        data = {"ctl_memory": self.ctl_memory, "globals_base": self.globals_base, "counts_steps": self.counts_steps,
                 "sites": [asdict(s) for s in self.sites],
                 "functions": {str(k): asdict(v) for k, v in self.functions.items()}}
         return json.dumps(data, separators=(",", ":")).encode()
@@ -59,4 +61,4 @@ class SiteMap:
     def from_bytes(cls, raw: bytes) -> SiteMap:
         data = json.loads(raw)
         return cls(data["ctl_memory"], data["globals_base"], [Site(**s) for s in data["sites"]],
-                   {int(k): FunctionLayout(**v) for k, v in data["functions"].items()})
+                   {int(k): FunctionLayout(**v) for k, v in data["functions"].items()}, bool(data["counts_steps"]))

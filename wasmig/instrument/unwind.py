@@ -1,18 +1,18 @@
-"""The instrumentation pass, unwind half: make a module able to stop at any stable point and write
-its whole call stack, as frame records, into a control memory (see docs/instrument.md).
+"""The instrumentation pass: make a module able to stop at any stable point and write its whole
+call stack, as frame records, into a control memory, and to rebuild such a stack on restore (see
+docs/instrument.md).
 
 What it adds (none of it part of the canonical state):
 
 - memory ``$ctl`` (exported ``wasmig:ctl``), globals ``$state``/``$steps``/``$stop_at`` (exported),
   every original global and memory 0 exported (``wasmig:g<i>``, ``wasmig:mem0``) so the host can
   read them, and a byte per passive segment recording ``data.drop``/``elem.drop``;
-- per function: a poll at entry and at every ``loop`` header (count a step, test the stop
-  condition), a state test after every call, spill locals, and an unwind path that appends the
-  frame record ``(site, func, all locals)`` and returns dummy results;
-- the site map (``wasmig.sitemap`` custom section) to translate records into canonical frames.
-
-The rewind half (restoring a stack into wasmtime) is the next piece of work; until then a
-snapshot taken on wasmtime restores on the interpreter.
+- per function: a poll at entry and at every ``loop`` header (test the poll bytes; in the
+  deterministic variant also count a step and test the stop step), a state test after every
+  call, spill locals, an unwind path that appends the frame record ``(site, func, live locals)``
+  and returns dummy results, and a rewind copy that pops such a record and re-enters the frame;
+- the site map (``wasmig.sitemap`` custom section) to translate records into canonical frames,
+  and the origin map (``wasmig.origins``) to report traps at the original offsets.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
 from wasmig.interp.compile import match_blocks
 
 # control memory layout
-POLL = 0
+POLL = 0  # the host's checkpoint request (any thread writes 1)
+REWIND = 1  # 1 while a restore rewinds the stack: every rewinding frame's entry poll must fire
 WRITE_PTR = 8
 READ_PTR = 12
 DROPS_BASE = 1024
@@ -251,13 +252,13 @@ class _FunctionRewriter:
             self.emit(0x23, stop)
             self.emit(0x5A)  # i64.ge_u
         self.emit(0x41, 0)
-        self.emit(0x2D, self.ctl_memarg(0, POLL))  # i32.load8_u $ctl
+        self.emit(0x2F, self.ctl_memarg(0, POLL))  # i32.load16_u $ctl: the request and the rewind byte
         if self.p.count_steps:
             self.emit(0x72)  # i32.or
         self.open(0x04, self.p.block_type(params, params), False)
         if site_id == self.entry_site and self.unwind_label == _UNWIND_LABEL:
-            # a restore rewinds this frame: the host made the entry poll fire ($stop_at = 0); the
-            # rewind test costs nothing on the hot path, being inside the poll's cold arm
+            # a restore rewinds this frame: the host made the entry poll fire (the REWIND byte);
+            # the rewind test costs nothing on the hot path, being inside the poll's cold arm
             self.emit(0x23, self.p.globals_base)
             self.emit(0x41, STATE_REWINDING)
             self.emit(0x46)
@@ -605,19 +606,13 @@ class _FunctionRewriter:
         self.emit(0x21, self.skip_local)
 
     def _finish_rewind(self) -> None:
-        """The innermost frame reached its site: the stack is rebuilt, run normally from here
-        (with the stop step the host meant: during the rewind $stop_at was 0, so that every
-        rewinding function's entry poll fired; without a step count the host set the poll byte)."""
+        """The innermost frame reached its site: the stack is rebuilt, run normally from here.
+        Clearing only the REWIND byte keeps a checkpoint request the host made meanwhile."""
         self.emit(0x41, STATE_RUNNING)
         self.emit(0x24, self.p.globals_base)
-        g = self.p.globals_base
-        if self.p.count_steps:
-            self.emit(0x23, g + 3)  # $resume_stop_at
-            self.emit(0x24, g + 2)  # $stop_at
-        else:
-            self.emit(0x41, 0)
-            self.emit(0x41, 0)
-            self.emit(0x3A, self.ctl_memarg(0, POLL))
+        self.emit(0x41, 0)
+        self.emit(0x41, 0)
+        self.emit(0x3A, self.ctl_memarg(0, REWIND))
         for ptr in (WRITE_PTR, READ_PTR):
             self.emit(0x41, 0)
             self.emit(0x41, RECORDS_BASE)
@@ -831,9 +826,12 @@ class _Pass:
 def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
     """Instrument a validated :class:`wasmig.Module` for checkpointing on a compiled engine.
 
-    ``count_steps=False`` builds the poll-only variant: stable points test the poll byte but keep
-    no step count (no ``--checkpoint-at-step``, and snapshots without a canonical step number);
-    it exists to measure what the count costs (benchmarks/overhead.py).
+    ``count_steps=True`` builds the deterministic variant: every stable point also counts a step
+    in the global ``$steps`` and stops when it reaches ``$stop_at`` -- the interpreter's count, so
+    ``--checkpoint-at-step`` and step-exact cross-engine comparisons work. That count is a load,
+    add and store of a global per loop iteration, a chain through memory that costs tight loops
+    ~40% (benchmarks/overhead.py), so ``count_steps=False``, the fast variant, only tests the
+    poll byte; its snapshots carry no step number. Both have the same sites and frame records.
     """
     ir: IRModule = copy.deepcopy(module.ir)  # type: ignore[attr-defined]
     validation = module.validation  # type: ignore[attr-defined]
@@ -860,15 +858,13 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
         ir.data_count = len(ir.datas)  # wasmig:load drops passive data segments
     ir.globals += [Global(GlobalType("i32", True), [Instr(0x41, 0), Instr(0x0B)]),
                    Global(GlobalType("i64", True), [Instr(0x42, 0), Instr(0x0B)]),
-                   Global(GlobalType("i64", True), [Instr(0x42, NEVER), Instr(0x0B)]),
-                   Global(GlobalType("i64", True), [Instr(0x42, NEVER), Instr(0x0B)])]  # $resume_stop_at
+                   Global(GlobalType("i64", True), [Instr(0x42, NEVER), Instr(0x0B)])]
     taken = {e.name for e in ir.exports}
     dump_index = n_imported + len(ir.funcs) - 2
     extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:load", "func", dump_index + 1),
              Export("wasmig:ctl", "memory", p.ctl),
              Export("wasmig:state", "global", g),
-             Export("wasmig:steps", "global", g + 1), Export("wasmig:stop_at", "global", g + 2),
-             Export("wasmig:resume_stop_at", "global", g + 3)]
+             Export("wasmig:steps", "global", g + 1), Export("wasmig:stop_at", "global", g + 2)]
     extra += [Export(f"wasmig:g{i}", "global", i) for i in range(g)]
     if p.ctl > 0:
         extra.append(Export("wasmig:mem0", "memory", 0))
@@ -879,7 +875,7 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
         if e.name in taken:
             raise InstrumentError(f"the module already exports {e.name!r}")
     ir.exports += extra
-    sitemap = SiteMap(p.ctl, g, p.sites, p.layouts)
+    sitemap = SiteMap(p.ctl, g, p.sites, p.layouts, count_steps)
     ir.customs = [c for c in ir.customs if c.name not in (SECTION_NAME, ORIGINS_SECTION)]
     ir.customs.append(CustomSection(SECTION_NAME, sitemap.to_bytes(), 11))
     ir.customs.append(CustomSection(ORIGINS_SECTION, encode_origins([f.body for f in new_funcs]), 11))

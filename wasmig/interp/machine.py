@@ -73,6 +73,9 @@ class Machine:
         self.max_frames = max_frames
         self.max_slots = max_slots
         self.steps = 0
+        #: False after restoring a snapshot that has no step count: ``steps`` then counts from the
+        #: restore, which is not the canonical number, so snapshots say None
+        self.steps_counted = True
         #: instructions executed, counted only by the counting loop (None once uncounted code ran)
         self.instructions: int | None = 0
         #: stop at the first stable point at which steps >= stop_at_step (set to 0 to stop asap)

@@ -15,13 +15,15 @@ from wasmig.snapshot.state import Snapshot, SnapshotError
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
-            stderr: BinaryIO | None = None) -> Instance:
+            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance:
     """Re-create an instance from a snapshot (a :class:`Snapshot`, a snapshot file or a checkpoint
     directory). Continue it with ``instance.resume()``.
 
     ``engine="wasmtime"`` gives a :class:`~wasmig.snapshot.wasmtime_session.Checkpointable` (the
     instrumented module on wasmtime, the snapshot loaded; WASI programs only): ``resume()`` runs
-    on, ``arm(step)``/``request()`` stop it again, ``capture()`` takes the next snapshot.
+    on, ``arm(step)``/``request()`` stop it again, ``capture()`` takes the next snapshot. It runs
+    the fast variant of the instrumented module unless ``count_steps`` asks for the deterministic
+    one, which keeps the canonical step count (needed by ``arm(step)``; the snapshot must have one).
 
     The module is ``module`` (a :class:`Module` or a path), else the copy kept beside the snapshots.
     A snapshot of a WASI program gets its WASI state back (files re-opened, ``dirs`` re-mapping
@@ -58,7 +60,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         from wasmig.snapshot.wasmtime_session import Checkpointable
 
         try:
-            runner = Checkpointable(mod, wasi)
+            runner = Checkpointable(mod, wasi, count_steps=count_steps)
             runner.load(snap)
         except BaseException:
             wasi.close()

@@ -103,7 +103,8 @@ def capture(instance: Instance) -> Snapshot:
 
         wasi_state = capture_wasi(instance.wasi)
     return Snapshot(
-        module_sha256=module.sha256 or "", steps=machine.steps, point=point, frames=frames,
+        module_sha256=module.sha256 or "", steps=machine.steps if machine.steps_counted else None, point=point,
+        frames=frames,
         memories=memories, tables=tables, globals=globals_,
         dropped_data=[len(d) == 0 for d in inst.datas], dropped_elems=[len(e) == 0 for e in inst.elems],
         wasi=wasi_state, instructions=machine.instructions, engine="interp", created_ns=time.time_ns(),
@@ -159,7 +160,10 @@ def restore(module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, A
         if dropped:
             inst.elems[i] = []
     _restore_frames(instance, snap)
-    machine.steps = snap.steps
+    # a snapshot without a step count (wasmtime's fast variant) continues without one: the
+    # machine counts from 0 internally but its snapshots say None
+    machine.steps = snap.steps or 0
+    machine.steps_counted = snap.steps is not None
     machine.instructions = snap.instructions
     machine.point = snap.point if snap.frames else None
     return instance

@@ -91,7 +91,8 @@ def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap) -> Snapsho
         from wasmig.wasi.snapshot import capture_wasi
 
         wasi_state = capture_wasi(instance.wasi)
-    return Snapshot(module_sha256=module.sha256 or "", steps=ex["wasmig:steps"].value(store) & MASKS["i64"],
+    steps = ex["wasmig:steps"].value(store) & MASKS["i64"] if sitemap.counts_steps else None
+    return Snapshot(module_sha256=module.sha256 or "", steps=steps,
                     point=point, frames=frames, memories=memories, tables=static_tables(module), globals=globals_,
                     dropped_data=dropped_data, dropped_elems=dropped_elems, wasi=wasi_state, instructions=None,
                     engine="wasmtime", created_ns=time.time_ns())

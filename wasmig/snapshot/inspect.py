@@ -154,7 +154,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     out = [
         f"snapshot format {s['format_version']}, engine {s['engine']}, module sha256 {s['module_sha256']}",
         f"point: {s['point']} ({'stable: portable to every engine' if s['stable'] else 'interpreter only'})",
-        f"steps: {s['steps']}" + (f", instructions: {s['instructions']}" if s["instructions"] is not None else ""),
+        f"steps: {'not counted' if s['steps'] is None else s['steps']}"
+        + (f", instructions: {s['instructions']}" if s["instructions"] is not None else ""),
         f"call stack ({len(s['call_stack'])} frames, innermost first):",
     ]
     for f in s["call_stack"]:
@@ -233,7 +234,8 @@ def diff(a: Snapshot, b: Snapshot) -> list[str]:
     out += _changed("module", a.module_sha256, b.module_sha256)
     out += _changed("engine", a.engine, b.engine)
     if a.steps != b.steps:
-        out.append(f"steps: {a.steps} -> {b.steps} ({b.steps - a.steps:+d})")
+        delta = f" ({b.steps - a.steps:+d})" if a.steps is not None and b.steps is not None else ""
+        out.append(f"steps: {a.steps} -> {b.steps}{delta}")
     if a.instructions != b.instructions:
         delta = (f" ({b.instructions - a.instructions:+d})"
                  if a.instructions is not None and b.instructions is not None else "")

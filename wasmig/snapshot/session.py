@@ -44,6 +44,8 @@ class CheckpointPolicy:
     every: float | None = None
     then: str = "continue"  # or "exit"
     stable_only: bool = False
+    #: on wasmtime, run the deterministic variant that counts steps (the interpreter always counts)
+    count_steps: bool = False
     on_signal: bool = True
     written: list[Path] = field(default_factory=list)
 
@@ -152,6 +154,9 @@ class Session(SessionBase):
     def _arm(self) -> None:
         p = self.policy
         m = self.machine
+        if p.at_step is not None and not m.steps_counted:
+            raise SnapshotError("cannot checkpoint at a step: this program's step count is unknown (its snapshot "
+                                "was taken by a run that did not count steps)")
         m.stop_at_step = p.at_step if p.at_step is not None and p.at_step > m.steps else NEVER
         if p.at_instruction is not None and not self._instruction_done:
             if m.instructions is None:

@@ -92,7 +92,8 @@ class WasiSnapshot:
 @dataclass
 class Snapshot:
     module_sha256: str
-    steps: int
+    #: stable points executed; None when the run did not count them (wasmtime's fast variant)
+    steps: int | None
     point: str
     frames: list[FrameState]
     memories: list[MemoryState]
@@ -271,6 +272,6 @@ def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
     _check(isinstance(meta, dict), "meta is not a map")
     sha = _str(d.get("module_sha256"), "module_sha256")
     _check(len(sha) == 64 and all(c in "0123456789abcdef" for c in sha), "module_sha256 is not a sha256")
-    return Snapshot(sha, _int(d.get("steps"), "steps"), point, frames, memories, tables, globals_, dropped_data,
+    return Snapshot(sha, _opt_int(d.get("steps"), "steps"), point, frames, memories, tables, globals_, dropped_data,
                     dropped_elems, wasi, _opt_int(d.get("instructions"), "instructions"),
                     _str(d.get("engine"), "engine"), _int(d.get("created_ns"), "created_ns"), version, meta)

@@ -5,13 +5,14 @@ it the interpreter's checkpoint vocabulary:
 
 - run ``_start`` from the beginning, or *rewind* a canonical snapshot's frames into it (a restore,
   or going on after a checkpoint);
-- stop deterministically at stable point N (``wasmig:stop_at``), or asynchronously: the guest runs
+- stop deterministically at stable point N (``wasmig:stop_at``; only the deterministic variant of
+  the pass, ``count_steps=True``, counts steps), or asynchronously: the guest runs
   in a worker thread (ctypes releases the GIL while wasm runs) and :meth:`request` — safe from a
   signal handler in the main thread — writes the control memory's poll byte, which the guest
   tests at its next function entry or loop header, and wakes a blocked WASI call, which returns
   at once with ``$state = unwinding`` so the guest unwinds from that import call;
 - capture the canonical :class:`Snapshot` once the guest unwound (:func:`capture_wasmtime`), equal
-  to the interpreter's at the same step.
+  to the interpreter's at the same step (the fast variant's snapshots have ``steps = None``).
 
 :class:`WasmtimeSession` is :class:`~wasmig.snapshot.session.Session`'s counterpart: the same
 policy (step, timer, SIGUSR1, then exit/continue), the same status file and snapshot files.
@@ -36,6 +37,7 @@ from wasmig.instrument.unwind import (
     POLL,
     READ_PTR,
     RECORDS_BASE,
+    REWIND,
     STATE_REWINDING,
     STATE_UNWINDING,
     WRITE_PTR,
@@ -49,7 +51,7 @@ from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
-PASS_VERSION = "wasmig-instrument-5"
+PASS_VERSION = "wasmig-instrument-6"
 WORKER_STACK = 64 << 20
 _ZERO = {"i32": 0, "i64": 0, "f32": 0.0, "f64": 0.0}
 
@@ -69,10 +71,12 @@ def _pass_fingerprint() -> bytes:
 _FINGERPRINT: bytes | None = None
 
 
-def instrumented_bytes(module: Module, cache_dir: Path | None = None) -> tuple[bytes, SiteMap]:
-    """The instrumented module's bytes and site map, through a cache keyed by the original
-    module's sha256 and the pass's fingerprint (the pass is pure Python and costs seconds on big
-    modules; a restore should not pay it). A damaged entry is rebuilt."""
+def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False
+                       ) -> tuple[bytes, SiteMap]:
+    """The instrumented module's bytes and site map (the fast variant, or with ``count_steps``
+    the deterministic one), through a cache keyed by the original module's sha256, the variant
+    and the pass's fingerprint (the pass is pure Python and costs seconds on big modules; a
+    restore should not pay it). A damaged entry is rebuilt."""
     global _FINGERPRINT
     from wasmig.binary.decoder import read_custom_section
     from wasmig.binary.encoder import encode_module
@@ -81,7 +85,7 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None) -> tuple[b
     if _FINGERPRINT is None:
         _FINGERPRINT = _pass_fingerprint()
     key = hashlib.sha256(_FINGERPRINT + (module.sha256 or hashlib.sha256(encode_module(module.ir)).hexdigest())
-                         .encode()).hexdigest()
+                         .encode() + (b"/steps" if count_steps else b"/fast")).hexdigest()
     path = (cache_dir if cache_dir is not None else default_cache_dir()) / f"instrumented-{key}.wasm"
     try:
         blob = path.read_bytes()
@@ -92,10 +96,12 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None) -> tuple[b
         try:
             raw = read_custom_section(data, SECTION_NAME)
             if raw is not None:
-                return data, SiteMap.from_bytes(raw)
+                sitemap = SiteMap.from_bytes(raw)
+                if sitemap.counts_steps == count_steps:
+                    return data, sitemap
         except (WasmError, ValueError, TypeError, KeyError):  # a damaged entry is rebuilt
             pass
-    done = instrument(module)
+    done = instrument(module, count_steps=count_steps)
     data = encode_module(done.ir)
     try:
         write_atomically(path, cache_entry(data))
@@ -105,34 +111,41 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None) -> tuple[b
 
 
 class Checkpointable:
-    """The instrumented module on wasmtime, able to stop, be captured and be rewound."""
+    """The instrumented module on wasmtime, able to stop, be captured and be rewound.
 
-    def __init__(self, module: Module, wasi: Wasi | None) -> None:
+    ``count_steps``: run the deterministic variant, which counts stable points like the
+    interpreter (needed by :meth:`arm` with a step, and for snapshots with a step number); the
+    default fast variant only polls, at a fraction of the cost (docs/instrument.md)."""
+
+    def __init__(self, module: Module, wasi: Wasi | None, *, count_steps: bool = False) -> None:
         from wasmig.engines.wasmtime import WasmtimeInstance
 
         self.module = module
         self.wasi = wasi
-        code, self.sitemap = instrumented_bytes(module)
+        self.count_steps = count_steps
+        code, self.sitemap = instrumented_bytes(module, count_steps=count_steps)
         self.instance = WasmtimeInstance(module, wasi, code=code)
         ex = self.instance.exports
         self.store = self.instance.store
         self._state = ex["wasmig:state"]
         self._steps = ex["wasmig:steps"]
         self._stop_at = ex["wasmig:stop_at"]
-        self._resume_stop_at = ex["wasmig:resume_stop_at"]
         self.ctl = ex["wasmig:ctl"]
         self.instance.interrupt_state = self._state
         # the control memory never moves (memory_may_move is off): a plain address, writable
         # from any thread
-        self._poll = ctypes.c_uint8.from_address(ctypes.addressof(self.ctl.data_ptr(self.store).contents) + POLL)
+        ctl_base = ctypes.addressof(self.ctl.data_ptr(self.store).contents)
+        self._poll = ctypes.c_uint8.from_address(ctl_base + POLL)
+        self._rewind = ctypes.c_uint8.from_address(ctl_base + REWIND)
         self._tables: list[Any] | None = None
         self._slots: dict[tuple[int, int, int], int] = {}
         self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
 
     # --- control ---------------------------------------------------------------------------
     @property
-    def steps(self) -> int:
-        return self._steps.value(self.store) & MASKS["i64"]
+    def steps(self) -> int | None:
+        """Stable points executed (the canonical step count); None in the fast variant."""
+        return self._steps.value(self.store) & MASKS["i64"] if self.count_steps else None
 
     @property
     def unwound(self) -> bool:
@@ -145,11 +158,18 @@ class Checkpointable:
             self.wasi.waiter.request()
 
     def arm(self, at_step: int | None) -> None:
-        """Clear any pending request; stop at stable point ``at_step`` if it is still ahead."""
+        """Clear any pending request; stop at stable point ``at_step`` if it is still ahead (the
+        deterministic variant only)."""
         self._poll.value = 0
         if self.wasi is not None:
             self.wasi.waiter.clear()
-        self._stop_at.set_value(self.store, at_step if at_step is not None and at_step > self.steps else NEVER)
+        if not self.count_steps:
+            if at_step is not None:
+                raise SnapshotError("stopping at a step needs the step count: "
+                                    "Checkpointable(..., count_steps=True)")
+            return
+        steps = self._steps.value(self.store) & MASKS["i64"]
+        self._stop_at.set_value(self.store, at_step if at_step is not None and at_step > steps else NEVER)
 
     # --- running -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,10 +206,9 @@ class Checkpointable:
         self.ctl.write(self.store, struct.pack("<I", need), WRITE_PTR)
         self.ctl.write(self.store, struct.pack("<I", RECORDS_BASE), READ_PTR)
         self._state.set_value(self.store, STATE_REWINDING)
-        # every rewinding function enters through its entry poll's cold arm: make it fire, and
-        # keep the stop step for when the rewind ends (the innermost frame moves it back)
-        self._resume_stop_at.set_value(self.store, self._stop_at.value(self.store) & MASKS["i64"])
-        self._stop_at.set_value(self.store, 0)
+        # every rewinding function enters through its entry poll's cold arm: make it fire (the
+        # innermost frame clears the byte when the stack is rebuilt)
+        self._rewind.value = 1
         func = self.instance.exports[name]
         args = [_ZERO[str(t)] for t in func.type(self.store).params]
         self._call(name, *args)
@@ -313,7 +332,11 @@ class Checkpointable:
         self.instance.invoke("wasmig:load")
         if flags:
             self.ctl.write(store, bytes(len(flags)), DROPS_BASE)  # the guest's own drops start from zero
-        self._steps.set_value(store, snap.steps)
+        if self.count_steps:
+            if snap.steps is None:
+                raise SnapshotError("the snapshot has no step count (it was taken without counting steps): "
+                                    "it cannot continue a step count")
+            self._steps.set_value(store, snap.steps)
         self._pending = (snap.frames, snap.point)
 
 
