@@ -53,8 +53,9 @@ disk mounted with online discard):
   memory copied out, WASI state) and ``write`` (``CheckpointDir.write`` into a fresh directory:
   hash, zstd-compress and fsync every page, then the snapshot file);
 - restore, up to the point the guest could resume: ``read`` (``load_snapshot``: pages read,
-  decompressed, hash-verified), ``wasi`` (``restore_wasi``), ``parse`` (``Module.from_file``, which
-  a restore in a new process also pays), ``inst`` (a new ``Checkpointable``: instrumented bytes
+  decompressed, hash-verified), ``wasi`` (``restore_wasi``), ``parse`` (``Module.from_file(validate=False)``:
+  the decode a restore in a new process also pays; ``wasmig restore`` on wasmtime defers
+  validation, which a cached instrumented module never needs), ``inst`` (a new ``Checkpointable``: instrumented bytes
   and compiled artifact from the on-disk caches, instantiation) and ``load``
   (``Checkpointable.load``: memory copied in, globals, segments, step count); ``total`` is their
   sum;
@@ -328,7 +329,7 @@ def measure_cycle(module: wasmig.Module, module_path: Path, args: Sequence[str],
     assert loaded.wasi is not None
     wasi = restore_wasi(loaded.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
     t5 = time.perf_counter()
-    fresh_module = wasmig.Module.from_file(module_path)
+    fresh_module = wasmig.Module.from_file(module_path, validate=False)  # as `wasmig restore` on wasmtime
     t6 = time.perf_counter()
     restored = Checkpointable(fresh_module, wasi, count_steps=True)
     t7 = time.perf_counter()

@@ -203,3 +203,24 @@ def test_wasmtime_snapshot_equals_interpreter_and_restores_there(k: int) -> None
     except ProcExit:
         pass
     assert out.getvalue() == reference.getvalue()
+
+
+#: decodes, but is invalid: a function of type () -> i32 whose body leaves nothing on the stack
+_INVALID = bytes.fromhex("0061736d01000000" "010501600001" "7f" "03020100" "0a040102000b")
+
+
+def test_deferred_validation_still_refuses_an_invalid_module(tmp_path: Path) -> None:
+    """A restore on wasmtime loads its module without validating it (a cached instrumented module
+    proves the same bytes were valid); an uncached one is validated by the pass, so an invalid
+    module is still refused with ValidationError, never instrumented."""
+    from wasmig.errors import ValidationError
+    from wasmig.snapshot.wasmtime_session import instrumented_bytes
+
+    with pytest.raises(ValidationError):
+        wasmig.Module.from_bytes(_INVALID)
+    module = wasmig.Module.from_bytes(_INVALID, validate=False)
+    with pytest.raises(ValidationError):
+        instrumented_bytes(module, tmp_path)
+    assert list(tmp_path.iterdir()) == [], "nothing may be cached for an invalid module"
+    with pytest.raises(ValidationError):
+        module.validation  # noqa: B018 - the property validates

@@ -316,7 +316,9 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
             raise UserError(f"--checkpoint-at-instruction {checkpoint_at_instruction} is not ahead of the snapshot "
                             f"(it is at instruction {snap.instructions})")
         engine = pick_engine(engine, interp_only=checkpoint_at_instruction is not None or not snap.stable)
-        module = find_module_for(Path(snapshot), snap, module_path)
+        # on wasmtime, validation waits until the instrumentation pass needs it, which a cached
+        # instrumented module spares (a restore's largest cost for a small module)
+        module = find_module_for(Path(snapshot), snap, module_path, validate=engine != "wasmtime")
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
         if engine == "wasmtime":

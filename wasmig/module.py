@@ -18,35 +18,48 @@ class Module:
     """A module that decoded and validated. ``ir`` is the typed IR, ``validation`` the
     validator's per-instruction operand-stack types (which the interpreter compiles from),
     ``features`` the opt-in proposals it was decoded and validated with (see
-    :mod:`wasmig.binary.features`; empty means plain WebAssembly 2.0)."""
+    :mod:`wasmig.binary.features`; empty means plain WebAssembly 2.0).
 
-    def __init__(self, ir: IRModule, validation: ModuleInfo, data: bytes | None = None, *,
+    ``validation`` may be deferred (``from_bytes(..., validate=False)``): it is then computed,
+    raising :class:`ValidationError` for an invalid module, the first time something needs it.
+    A restore on wasmtime whose instrumented module is cached never does: that cache entry exists
+    only for bytes (same sha256) that were validated when they were instrumented, and validating
+    is about half of loading a module in pure Python."""
+
+    def __init__(self, ir: IRModule, validation: ModuleInfo | None, data: bytes | None = None, *,
                  features: frozenset[str] = frozenset()) -> None:
         self.ir = ir
-        self.validation = validation
+        self._validation = validation
         self.data = data
         self.features = frozenset(features)
 
+    @property
+    def validation(self) -> ModuleInfo:
+        if self._validation is None:
+            self._validation = validate_module(self.ir, features=self.features)
+        return self._validation
+
     @classmethod
-    def from_bytes(cls, data: bytes, *, features: Iterable[str] = frozenset()) -> Module:
+    def from_bytes(cls, data: bytes, *, features: Iterable[str] = frozenset(), validate: bool = True) -> Module:
         """Decode and validate; raises :class:`DecodeError` or :class:`ValidationError`.
 
         ``features`` opts in to proposals beyond WebAssembly 2.0, e.g. ``{"multi-memory"}``.
+        ``validate=False`` defers validation until :attr:`validation` is first used.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("Module.from_bytes expects bytes")
         data = bytes(data)
         features = check_features(features)
         ir = decode_module(data, features=features)
-        return cls(ir, validate_module(ir, features=features), data, features=features)
+        return cls(ir, validate_module(ir, features=features) if validate else None, data, features=features)
 
     @classmethod
-    def from_file(cls, path: str | Path, *, features: Iterable[str] = frozenset()) -> Module:
+    def from_file(cls, path: str | Path, *, features: Iterable[str] = frozenset(), validate: bool = True) -> Module:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise DecodeError(f"cannot read module {path}: {e.strerror or e}") from None
-        return cls.from_bytes(data, features=features)
+        return cls.from_bytes(data, features=features, validate=validate)
 
     @cached_property
     def sha256(self) -> str | None:

@@ -233,9 +233,10 @@ def ignore_checkpoint_request(*_: Any) -> None:
     print("wasmig: checkpoint requested, but this run has no --checkpoint-dir; ignoring", file=sys.stderr)
 
 
-def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None) -> Module:
+def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True) -> Module:
     """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots,
-    else the path recorded at checkpoint time. Always verified by sha256."""
+    else the path recorded at checkpoint time. Always verified by sha256. ``validate=False``
+    defers validation to first use (see :class:`Module`)."""
     candidates: list[Path] = []
     if explicit:
         candidates.append(Path(explicit))
@@ -248,7 +249,7 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None) -
             candidates.append(Path(recorded))
     for path in candidates:
         if path.is_file():
-            module = Module.from_file(path)
+            module = Module.from_file(path, validate=validate)
             if module.sha256 != snap.module_sha256:
                 if explicit:
                     raise SnapshotError(f"{path} is not the module this snapshot was taken of "
