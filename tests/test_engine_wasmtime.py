@@ -160,8 +160,9 @@ def test_memory_grow_keeps_the_wasi_view_valid(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fast", [True, False], ids=["raw-callback", "public-api"])
 def test_memory_view_in_process_after_growth(fast: bool) -> None:
     from wasmig import Module
-    from wasmig.engines.wasmtime import WasmtimeInstance, run_start
+    from wasmig.engines.wasmtime import WasmtimeInstance
     from wasmig.wasi.preview1 import Wasi
+    from wasmig.wasi.run import run_start
 
     module = Module.from_file(program("bigmem"))
     out = io.BytesIO()
@@ -220,13 +221,14 @@ def test_memory_view_follows_a_memory_that_moves() -> None:
 @pytest.mark.parametrize("fast", [True, False], ids=["raw-callback", "public-api"])
 def test_host_exceptions_come_out_as_themselves(fast: bool) -> None:
     from wasmig import Module
-    from wasmig.engines.wasmtime import WasmtimeInstance, run_command
+    from wasmig.engines.wasmtime import WasmtimeInstance
     from wasmig.errors import HostCallInterrupted
     from wasmig.wasi.preview1 import ProcExit, Wasi
+    from wasmig.wasi.run import run_command
 
     out = io.BytesIO()
     assert run_command(Module.from_file(program("exitcode")), Wasi(["exitcode", "42", "exit"], stdout=out),
-                       fast_host_calls=fast) == 42
+                       "wasmtime", fast_host_calls=fast) == 42
     assert out.getvalue() == b"exiting with 42\n"
     inst = WasmtimeInstance(Module.from_file(program("exitcode")), Wasi(["exitcode", "7"], stdout=io.BytesIO()),
                             fast_host_calls=fast)
@@ -396,13 +398,14 @@ def test_unwritable_cache_is_not_fatal(tmp_path: Path) -> None:
     from wasmig import Module
     from wasmig.engines import wasmtime as engine
     from wasmig.wasi.preview1 import Wasi
+    from wasmig.wasi.run import run_command
 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     unwritable = engine.cache_stats["unwritable"]
     out = io.BytesIO()
-    code = engine.run_command(Module.from_file(program("exitcode")), Wasi(["exitcode", "3"], stdout=out),
-                              cache_dir=blocker / "cache")
+    code = run_command(Module.from_file(program("exitcode")), Wasi(["exitcode", "3"], stdout=out), "wasmtime",
+                       cache_dir=blocker / "cache")
     assert code == 3 and out.getvalue() == b"exiting with 3\n"
     assert engine.cache_stats["unwritable"] == unwritable + 1
 

@@ -20,7 +20,7 @@ from wasmig.snapshot.capture import capture
 from wasmig.snapshot.records import frames_from_records
 from wasmig.toolchain import compile_c
 from wasmig.wasi.preview1 import ProcExit, Wasi
-from wasmig.wasi.run import instantiate_with_wasi
+from wasmig.wasi.run import instantiate_with_wasi, run_command
 
 wasmtime_engine = pytest.importorskip("wasmig.engines.wasmtime")
 PROGRAMS = Path(__file__).parent / "programs"
@@ -129,8 +129,8 @@ def test_instrumented_modules_validate_and_keep_their_behaviour(tmp_path: Path) 
         outputs = []
         for mod in (module, imod):
             out = io.BytesIO()
-            code = wasmtime_engine.run_command(mod, new_wasi([name, *args], stdin=b"in\n", stdout=out,
-                                                         stderr=io.BytesIO()))
+            code = run_command(mod, new_wasi([name, *args], stdin=b"in\n", stdout=out, stderr=io.BytesIO()),
+                               "wasmtime")
             outputs.append((code, out.getvalue()))
         assert outputs[0] == outputs[1], name
 

@@ -19,8 +19,10 @@ The pieces:
   :class:`~wasmig.wasi.memory.GuestMemory` to the exported ``memory`` through a ctypes view of
   wasmtime's linear memory (re-derived whenever its length changes: ``memory.grow`` may move it),
   and turns wasmtime traps into :class:`wasmig.Trap` with the spec's wording and the
-  interpreter's backtrace format;
-- :func:`run_command`: ``_start`` to completion, like :func:`wasmig.wasi.run.run_command`.
+  interpreter's backtrace format.
+
+Running a command (``_start`` to completion) is :func:`wasmig.wasi.run.run_command` with
+``engine="wasmtime"``, for every engine alike.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ except ImportError:  # pragma: no cover - another wasmtime-py layout
 from wasmig.errors import Exhaustion, HostCallInterrupted, LinkError, Trap, ValidationError, WasmError
 from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
-from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi, check_wasi_imports
+from wasmig.wasi.preview1 import WASI_MODULE, Wasi, check_wasi_imports
 
 #: Engine settings: applied to the ``wasmtime.Config`` and part of the artifact cache key.
 #: ``memory_may_move`` off: a linear memory keeps its address when it grows (it is reserved up
@@ -593,22 +595,3 @@ class WasmtimeInstance:
             raise TypeError(f"{name} takes {wanted} arguments, {len(args)} given")
         return self._guard(lambda: func(self.store, *args))
 
-
-def instantiate_with_wasi(module: Module, wasi: Wasi, **options: Any) -> WasmtimeInstance:
-    return WasmtimeInstance(module, wasi, **options)
-
-
-def run_start(instance: WasmtimeInstance) -> int:
-    """Run ``_start`` to completion: ``proc_exit``'s code, else 0. Traps raise :class:`wasmig.Trap`."""
-    if not isinstance(instance.exports.get("_start"), wasmtime.Func):
-        raise LinkError("the module has no `_start` export: it is not a WASI command")
-    try:
-        instance.invoke("_start")
-    except ProcExit as e:
-        return e.code
-    return 0
-
-
-def run_command(module: Module, wasi: Wasi, **options: Any) -> int:
-    """Like :func:`wasmig.wasi.run.run_command`, on wasmtime."""
-    return run_start(WasmtimeInstance(module, wasi, **options))

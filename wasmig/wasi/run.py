@@ -24,13 +24,17 @@ def wasi_imports(module: Module, wasi: Wasi) -> dict[str, dict[str, Any]]:
     return wasi.imports(_host_func, [imp.name for imp in check_wasi_imports(module.ir)])
 
 
-def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp") -> Instance | WasmtimeInstance:
+def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp",
+                          **wasmtime_options: Any) -> Instance | WasmtimeInstance:
     """Instantiate ``module`` with ``wasi`` as its ``wasi_snapshot_preview1`` and bind its memory:
-    an :class:`Instance` (``interp``) or a :class:`wasmig.engines.wasmtime.WasmtimeInstance`."""
+    an :class:`Instance` (``interp``) or a :class:`wasmig.engines.wasmtime.WasmtimeInstance`
+    (``wasmtime_options``: its keyword arguments, e.g. ``cache_dir``)."""
     if engine == "wasmtime":
         from wasmig.engines.wasmtime import WasmtimeInstance
 
-        return WasmtimeInstance(module, wasi)
+        return WasmtimeInstance(module, wasi, **wasmtime_options)
+    if wasmtime_options:
+        raise TypeError(f"options {sorted(wasmtime_options)} are for the wasmtime engine")
     return bind_wasi(Instance(module, wasi_imports(module, wasi), engine), wasi)
 
 
@@ -44,11 +48,11 @@ def bind_wasi(inst: Instance, wasi: Wasi) -> Instance:
     return inst
 
 
-def run_command(module: Module, wasi: Wasi, engine: str = "interp") -> int:
+def run_command(module: Module, wasi: Wasi, engine: str = "interp", **wasmtime_options: Any) -> int:
     """Run ``_start`` to completion and return the exit code (``proc_exit``'s, else 0).
 
     Traps propagate as :class:`wasmig.Trap` (the caller reports them)."""
-    return run_start(instantiate_with_wasi(module, wasi, engine))
+    return run_start(instantiate_with_wasi(module, wasi, engine, **wasmtime_options))
 
 
 def run_start(inst: Instance | WasmtimeInstance) -> int:
