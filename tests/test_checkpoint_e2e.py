@@ -735,6 +735,38 @@ def test_checkpoint_pid_of_a_computing_program(tmp_path: Path, runtime_dir: Path
         assert (restored.returncode, prefix + restored.stdout) == (0, full.stdout), restored.stderr
 
 
+def test_a_loop_that_stores_nothing_still_sees_a_checkpoint_request(tmp_path: Path, runtime_dir: Path) -> None:
+    """spin's inner loop stores nothing, and a poll dominates its header (the outer loop's, and
+    the function's entry poll before that). With a plain load of the poll byte Cranelift reused
+    the dominating poll's value, so the request was seen only when the inner loop ended (after
+    a second here, after the whole call for a loop entered once). The poll is an atomic load:
+    the stop is in the inner loop, in the first of the two rounds."""
+    from wasmig import Module
+
+    wasm = program("spin")
+    args = ["2", "3000000000"]  # two rounds of a second or more each on wasmtime
+    module = Module.from_file(wasm)
+    n_imported = module.ir.num_imported_funcs()
+    spin = next(i for i in range(n_imported, n_imported + len(module.ir.funcs))
+                if module.ir.func_name(i) == "spin")
+    body = module.ir.funcs[spin - n_imported].body
+    loops = [ins.offset for ins in body if ins.op == 0x03]
+    assert len(loops) >= 2, "spin has no nested loop"
+    ck = tmp_path / "ck"
+    with background(["run", "--engine", "wasmtime", "--checkpoint-dir", ck, wasm, *args], runtime_dir) as proc:
+        proc.wait_for_output(b"spinning 2 x 3000000000\n")
+        time.sleep(0.2)
+        path = checkpoint_pid(proc.p.pid, runtime_dir)
+        code, out, err = proc.finish()
+    assert (code, err) == (0, b""), err
+    snap = _load(path)
+    innermost = snap.frames[-1]  # frames are outermost first
+    assert innermost.func == spin and innermost.pc in loops[1:], (innermost.func, innermost.pc, loops)
+    assert innermost.pc != loops[0], "stopped at the outer loop: the inner loop's polls never read the request"
+    restored = wasmig(["restore", path])
+    assert (restored.returncode, b"spinning 2 x 3000000000\n" + restored.stdout) == (0, out), restored.stderr
+
+
 @pytest.mark.parametrize(("engine_a", "engine_b"), CROSS_PAIRS)
 def test_checkpoint_while_sleeping(tmp_path: Path, runtime_dir: Path, engine_a: str, engine_b: str) -> None:
     wasm = program("stdin_wait")

@@ -15,6 +15,7 @@ import io
 import random
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -308,3 +309,28 @@ def test_a_snapshot_without_a_step_count_stays_without_one() -> None:
         assert capture(inst).steps is None
     finally:
         inst.wasi.close()
+
+
+def _trap_of(run: Callable[[], object]) -> tuple[str, list[str]]:
+    with pytest.raises(wasmig.Trap) as caught:
+        run()
+    return caught.value.reason, caught.value.backtrace
+
+
+def test_a_trap_after_a_restore_is_reported_as_in_an_uninterrupted_run() -> None:
+    """After a restore on wasmtime the rewound frames run in their functions' rewind copies (own
+    functions, entered by return_call): a trap there still names the original functions and
+    offsets, exactly as the interpreter reports it, with no frame more or less."""
+    module = wasmig.Module.from_file(compile_c(PROGRAMS / "trap.c"))
+    args = ["trap", "divzero"]
+    inst = instantiate_with_wasi(module, _wasi(args, io.BytesIO()))
+    expected = _trap_of(lambda: inst.invoke("_start"))
+    total = inst.machine.steps
+    assert expected[0] == "integer divide by zero" and len(expected[1]) >= 6
+    for k in (total - 1, total - 3, total // 2):
+        stopped = stop("interp", module, args, k)
+        assert stopped is not None
+        assert len(stopped.snapshot.frames) >= 2
+        snap = stopped.snapshot
+        for engine in ENGINES:
+            assert _trap_of(lambda e=engine, s=snap: finish(e, module, s)) == expected, (k, engine)

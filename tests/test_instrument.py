@@ -14,6 +14,7 @@ import pytest
 
 import wasmig
 from wasmig.binary.encoder import encode_module
+from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.validator import validate_module
 from wasmig.instrument.unwind import instrument
 from wasmig.snapshot.capture import capture
@@ -86,7 +87,7 @@ def _wat(tmp: Path) -> wasmig.Module:
 def instrumented_module(module: wasmig.Module) -> tuple[wasmig.Module, object]:
     ins = instrument(module)
     data = encode_module(ins.ir)
-    return wasmig.Module.from_bytes(data, features={"multi-memory"}), ins.sitemap
+    return wasmig.Module.from_bytes(data, features=INSTRUMENTED), ins.sitemap
 
 
 def interp_state(module: wasmig.Module, args: list[str], k: int) -> object:
@@ -125,7 +126,7 @@ def test_instrumented_modules_validate_and_keep_their_behaviour(tmp_path: Path) 
     for name, args in (("checksum", []), ("hello", ["x"]), ("exitcode", ["9"])):
         module = wasmig.Module.from_file(compile_c(PROGRAMS / f"{name}.c"))
         imod, _ = instrumented_module(module)
-        validate_module(imod.ir, features={"multi-memory"})
+        validate_module(imod.ir, features=INSTRUMENTED)
         outputs = []
         for mod in (module, imod):
             out = io.BytesIO()
@@ -170,7 +171,7 @@ def test_wasmtime_snapshot_equals_interpreter_and_restores_there(k: int) -> None
 
     module = wasmig.Module.from_file(compile_c(PROGRAMS / "checksum.c"))
     ins = instrument(module)
-    imod = wasmig.Module.from_bytes(encode_module(ins.ir), features={"multi-memory"})
+    imod = wasmig.Module.from_bytes(encode_module(ins.ir), features=INSTRUMENTED)
     reference = io.BytesIO()
     try:
         instantiate_with_wasi(module, new_wasi(["checksum"], stdin=b"", stdout=reference, stderr=io.BytesIO())).invoke(

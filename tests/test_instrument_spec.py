@@ -48,6 +48,7 @@ import wasmig
 from tests.spec.convert import DEFAULT_CACHE_ROOT, convert_wast, find_testsuite, wast2json
 from tests.spec.runner import results_match
 from wasmig.binary.encoder import encode_module
+from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.ir import Instr
 from wasmig.instrument.unwind import InstrumentError, instrument
 
@@ -80,6 +81,8 @@ def engine() -> Any:
     if _ENGINE is None:
         config = wasmtime.Config()
         config.wasm_multi_memory = True
+        config.wasm_tail_call = True
+        config.wasm_threads = True
         _ENGINE = wasmtime.Engine(config)
     return _ENGINE
 
@@ -363,7 +366,7 @@ class ScriptCheck:
             return standin
         data2 = encode_module(ir)
         try:
-            wasmig.Module.from_bytes(data2, features={"multi-memory"})
+            wasmig.Module.from_bytes(data2, features=INSTRUMENTED)
         except wasmig.WasmError as exc:
             self.problem(f"wasmig rejects the instrumented module: {type(exc).__name__}: {exc}")
             return standin

@@ -77,6 +77,10 @@ _op(0x0E, "br_table", "br_table")
 _op(0x0F, "return")
 _op(0x10, "call", "idx")
 _op(0x11, "call_indirect", "call_ind")
+#: the tail-call proposal (decoded and validated only with the "tail-call" feature)
+_op(0x12, "return_call", "idx")
+_op(0x13, "return_call_indirect", "call_ind")
+TAIL_CALLS = frozenset({0x12, 0x13})
 # --- reference -----------------------------------------------------------------------------
 _op(0xD0, "ref.null", "reftype")
 _op(0xD1, "ref.is_null")
@@ -120,6 +124,17 @@ for _c, (_t, _w, _s) in LOADS.items():
     _op(_c, _LOAD_NAMES[_c], "memarg", ((I32,), (_t,)))
 for _c, (_t, _w) in STORES.items():
     _op(_c, _STORE_NAMES[_c], "memarg", ((I32, _t), ()))
+#: the threads proposal's atomic loads (0xFE-prefixed; decoded and validated only with the
+#: "atomic-loads" feature): opcode -> (value type, access width in bytes, name). Their alignment
+#: must be exactly the width.
+ATOMIC_LOADS: dict[int, tuple[str, int, str]] = {
+    0xFE10: (I32, 4, "i32.atomic.load"), 0xFE11: (I64, 8, "i64.atomic.load"),
+    0xFE12: (I32, 1, "i32.atomic.load8_u"), 0xFE13: (I32, 2, "i32.atomic.load16_u"),
+    0xFE14: (I64, 1, "i64.atomic.load8_u"), 0xFE15: (I64, 2, "i64.atomic.load16_u"),
+    0xFE16: (I64, 4, "i64.atomic.load32_u"),
+}
+for _c, (_t, _w, _n) in ATOMIC_LOADS.items():
+    _op(_c, _n, "memarg", ((I32,), (_t,)))
 _op(0x3F, "memory.size", "mem", ((), (I32,)))
 _op(0x40, "memory.grow", "mem", ((I32,), (I32,)))
 # --- constants -----------------------------------------------------------------------------

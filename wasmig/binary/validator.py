@@ -50,6 +50,7 @@ MAX_TABLE_SIZE = 2**32 - 1
 # --- opcodes the checker handles by name (the table in opcodes.py is the single source) ------
 UNREACHABLE, NOP, BLOCK, LOOP, IF, ELSE, END = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x0B
 BR, BR_IF, BR_TABLE, RETURN, CALL, CALL_INDIRECT = 0x0C, 0x0D, 0x0E, 0x0F, 0x10, 0x11
+RETURN_CALL, RETURN_CALL_INDIRECT = 0x12, 0x13
 REF_NULL, REF_IS_NULL, REF_FUNC = 0xD0, 0xD1, 0xD2
 DROP, SELECT, SELECT_T = 0x1A, 0x1B, 0x1C
 LOCAL_GET, LOCAL_SET, LOCAL_TEE, GLOBAL_GET, GLOBAL_SET = 0x20, 0x21, 0x22, 0x23, 0x24
@@ -65,7 +66,7 @@ _NUMTYPES = frozenset({"i32", "i64", "f32", "f64"})
 #: opcodes whose typing is exactly their fixed ``SIG`` (no immediate or context to check). Memory and
 #: table instructions also have a ``SIG`` but need their index/alignment checked first.
 _NEEDS_CONTEXT = (
-    set(ops.LOADS) | set(ops.STORES)
+    set(ops.LOADS) | set(ops.STORES) | set(ops.ATOMIC_LOADS)
     | {MEMORY_SIZE, MEMORY_GROW, MEMORY_INIT, DATA_DROP, MEMORY_COPY, MEMORY_FILL}
     | {TABLE_INIT, ELEM_DROP, TABLE_COPY, TABLE_SIZE}
 )
@@ -150,9 +151,19 @@ class _Context:
     ndatas: int  # number of data segments, only for error messages
     refs: frozenset[int]  # C.refs: functions ref.func may name inside code
     multi_memory: bool = False  # memargs may name a memory (the multi-memory proposal)
+    tail_call: bool = False  # return_call and return_call_indirect (the tail-call proposal)
+    atomic_loads: bool = False  # the threads proposal's atomic loads
 
 
 # --- small helpers -----------------------------------------------------------------------------
+
+
+def _indirect_callee(ctx: _Context, imm: object, what: str) -> FuncType:
+    """The type an indirect call's immediate names, its table checked to hold functions."""
+    type_idx, table_idx = _pair(imm, what)
+    if _table(ctx, table_idx).elem != "funcref":
+        raise _Invalid(f"type mismatch: {what} through table {table_idx} which is not funcref")
+    return ctx.types[_index(type_idx, len(ctx.types), "type")]
 
 
 def _fmt(types: tuple[str | None, ...] | list[str | None]) -> str:
@@ -255,6 +266,10 @@ def _mem_access(ctx: _Context, op: int, imm: object) -> None:
         align, _offset = _pair(imm, "memarg")
         if ctx.mems == 0:
             raise _Invalid("unknown memory 0")
+    if op in ops.ATOMIC_LOADS:
+        if not isinstance(align, int) or align < 0 or (1 << min(align, 64)) != ops.ATOMIC_LOADS[op][1]:
+            raise _Invalid("alignment must be equal to natural (an atomic access)")
+        return
     width = ops.LOADS[op][1] if op in ops.LOADS else ops.STORES[op][1]
     if not isinstance(align, int) or align < 0 or (1 << min(align, 64)) > width:
         raise _Invalid("alignment must not be larger than natural")
@@ -351,6 +366,13 @@ def _check_function(ctx: _Context, func: Function) -> FunctionInfo:
                 params, results = ops.SIG[op]
                 _pop_vals(vals, frame, params)
                 vals.extend(results)
+            elif op in ops.ATOMIC_LOADS:
+                if not ctx.atomic_loads:
+                    raise _Invalid(f"illegal opcode {op:#x} ({ops.name(op)} needs the atomic-loads feature)")
+                _mem_access(ctx, op, imm)
+                params, results = ops.SIG[op]
+                _pop_vals(vals, frame, params)
+                vals.extend(results)
             elif op == BLOCK or op == LOOP or op == IF:
                 params, results = _block_type(ctx, imm)
                 if op == IF:
@@ -418,13 +440,24 @@ def _check_function(ctx: _Context, func: Function) -> FunctionInfo:
                 _pop_vals(vals, frame, ft.params)
                 vals.extend(ft.results)
             elif op == CALL_INDIRECT:
-                type_idx, table_idx = _pair(imm, "call_indirect")
-                if _table(ctx, table_idx).elem != "funcref":
-                    raise _Invalid(f"type mismatch: call_indirect through table {table_idx} which is not funcref")
-                ft = ctx.types[_index(type_idx, len(ctx.types), "type")]
+                ft = _indirect_callee(ctx, imm, "call_indirect")
                 _pop(vals, frame, _I32)
                 _pop_vals(vals, frame, ft.params)
                 vals.extend(ft.results)
+            elif op == RETURN_CALL or op == RETURN_CALL_INDIRECT:
+                if not ctx.tail_call:
+                    raise _Invalid(f"illegal opcode {op:#x} (return_call needs the tail-call feature)")
+                if op == RETURN_CALL:
+                    ft = funcs[_index(imm, len(funcs), "function")]
+                else:
+                    ft = _indirect_callee(ctx, imm, "return_call_indirect")
+                    _pop(vals, frame, _I32)
+                if tuple(ft.results) != tuple(ctrls[0].end):
+                    raise _Invalid(f"type mismatch: tail call returns {_fmt(list(ft.results))}, "
+                                   f"the function returns {_fmt(list(ctrls[0].end))}")
+                _pop_vals(vals, frame, ft.params)
+                del vals[frame.height:]
+                frame.unreachable = True
             elif op == DROP:
                 _pop(vals, frame, None)
             elif op == SELECT:
@@ -619,10 +652,12 @@ def _declared_refs(module: Module) -> frozenset[int]:
 def validate_module(module: Module, *, features: Iterable[str] = frozenset()) -> ModuleInfo:
     """Validate ``module`` per the WebAssembly 2.0 spec (without SIMD) and return per-function stack info.
 
-    ``features`` names opt-in proposals (:mod:`wasmig.binary.features`); only ``"multi-memory"``
-    changes validation. Raises :class:`ValidationError` naming the first violation found.
+    ``features`` names opt-in proposals (:mod:`wasmig.binary.features`): ``"multi-memory"``,
+    ``"tail-call"`` and ``"atomic-loads"`` change validation. Raises :class:`ValidationError`
+    naming the first violation found.
     """
-    multi_memory = _features.MULTI_MEMORY in _features.check(features)
+    wanted = _features.check(features)
+    multi_memory = _features.MULTI_MEMORY in wanted
     types = module.types
     for k, ft in enumerate(types):
         for t in (*ft.params, *ft.results):
@@ -734,6 +769,8 @@ def validate_module(module: Module, *, features: Iterable[str] = frozenset()) ->
         ndatas=len(module.datas),
         refs=_declared_refs(module),
         multi_memory=multi_memory,
+        tail_call=_features.TAIL_CALL in wanted,
+        atomic_loads=_features.ATOMIC_LOADS in wanted,
     )
     infos = [_validate_function_in(ctx, module, k, f) for k, f in enumerate(module.funcs)]
     return ModuleInfo(infos)
@@ -760,14 +797,17 @@ def validate_function(module: Module, func_idx: int, *, features: Iterable[str] 
     :func:`validate_module` for the full check), except that several memories still need the
     ``"multi-memory"`` feature. ``features`` is as for :func:`validate_module`.
     """
-    multi_memory = _features.MULTI_MEMORY in _features.check(features)
+    wanted = _features.check(features)
     k = func_idx - module.num_imported_funcs()
     if not 0 <= k < len(module.funcs):
         raise ValidationError(f"unknown function {func_idx}")
-    return _validate_function_in(_context_of(module, multi_memory), module, k, module.funcs[k])
+    context = _context_of(module, _features.MULTI_MEMORY in wanted, _features.TAIL_CALL in wanted,
+                          _features.ATOMIC_LOADS in wanted)
+    return _validate_function_in(context, module, k, module.funcs[k])
 
 
-def _context_of(module: Module, multi_memory: bool = False) -> _Context:
+def _context_of(module: Module, multi_memory: bool = False, tail_call: bool = False,
+                atomic_loads: bool = False) -> _Context:
     """Build C for ``module`` without re-checking its declarations (but the memory count)."""
     mems = len(module.all_mems())
     if mems > 1 and not multi_memory:
@@ -783,4 +823,6 @@ def _context_of(module: Module, multi_memory: bool = False) -> _Context:
         ndatas=len(module.datas),
         refs=_declared_refs(module),
         multi_memory=multi_memory,
+        tail_call=tail_call,
+        atomic_loads=atomic_loads,
     )

@@ -7,8 +7,9 @@ wasmtime only runs the guest's code; every WASI import is a Python host function
 
 The pieces:
 
-- one process-wide :func:`engine` (``wasm_multi_memory`` on: the instrumentation pass that makes
-  a module checkpointable adds a second memory) and a compiled-artifact cache
+- one process-wide :func:`engine` (``wasm_multi_memory``, ``wasm_tail_call`` and ``wasm_threads``
+  on: the instrumentation pass that makes a module checkpointable adds a second memory, enters
+  its rewind copies by ``return_call`` and polls with an atomic load) and a compiled-artifact cache
   (:func:`compile_module`): ``Module.serialize()`` output keyed by the sha256 of (module bytes,
   wasmtime version, engine settings, host), each entry checksummed so a damaged entry is
   recompiled, never loaded;
@@ -55,7 +56,8 @@ from wasmig.wasi.preview1 import WASI_MODULE, Wasi, check_wasi_imports
 #: front), so another thread may write the control memory's poll byte at any time.
 #: ``max_wasm_stack`` 2 MiB (wasmtime's default is 512 KiB; 2 MiB, its async stack size, is the most
 #: it accepts): room for 10,000-frame recursions of ordinary C code.
-ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "memory_may_move": False, "max_wasm_stack": 2 << 20}
+ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "wasm_tail_call": True, "wasm_threads": True,
+                                   "memory_may_move": False, "max_wasm_stack": 2 << 20}
 
 CACHE_ENV = "WASMIG_CACHE"
 #: A cache entry: this magic, the sha256 of the payload, then ``Module.serialize()``'s bytes.
@@ -311,6 +313,16 @@ class _Code:
         found = self._origins.translate(func_index, offset)
         return offset if found is None else found
 
+    def canonical_index(self, func_index: int) -> int:
+        """For a run of the instrumented module: the original function whose code ``func_index``
+        runs (a rewind copy stands for its function)."""
+        if self._instrumented is None:
+            return func_index
+        from wasmig.instrument.origins import canonical_defined
+
+        original = canonical_defined(func_index - self.imported, len(self.ir.funcs))
+        return func_index if original is None else self.imported + original
+
     def locate(self, func_index: int, offset: int) -> tuple[Any, int] | None:
         """(IR function, instruction index) of the instruction at ``offset``, if any."""
         defined = func_index - self.imported
@@ -402,6 +414,7 @@ def convert_trap(trap: wasmtime.Trap, module: Module, code: _Code | None = None)
         index, offset = frame.func_index, frame.module_offset
         if offset < _NO_OFFSET:
             offset = code.original_offset(index, offset)
+        index = code.canonical_index(index)
         if depth == 0:
             found = code.locate(index, offset)
             if found is not None:

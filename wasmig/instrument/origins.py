@@ -3,9 +3,10 @@ module is reported at the original module's byte offsets (as the interpreter rep
 
 The pass tags every instruction it copies from the original body with that instruction's
 canonical offset and every instruction it adds with -1; this module stores the tags, per
-defined function in emission order, as the custom section ``wasmig.origins`` (zlib-compressed
-LEB128 of ``offset + 1``, 0 for an added instruction). On a trap, the instrumented module is
-decoded once and its instruction list — the same list, in the same order — aligned with them.
+defined function (the rewind copies after the functions) in emission order, as the custom
+section ``wasmig.origins`` (zlib-compressed LEB128 of ``offset + 1``, 0 for an added
+instruction). On a trap, the instrumented module is decoded once and its instruction list
+— the same list, in the same order — aligned with them.
 """
 
 from __future__ import annotations
@@ -41,22 +42,37 @@ def decode_origins(raw: bytes) -> list[list[int]]:
     return bodies
 
 
+def canonical_defined(defined: int, n_original: int) -> int | None:
+    """The original defined function whose code instrumented defined function ``defined`` runs:
+    itself, or for a rewind copy (``n_original + k``) function ``k``; None for the pass's own
+    functions (``wasmig:dump``, ``wasmig:load``)."""
+    if 0 <= defined < n_original:
+        return defined
+    if n_original <= defined < 2 * n_original:
+        return defined - n_original
+    return None
+
+
 class OriginMap:
     """Translate (function index, absolute offset in the instrumented module) into the absolute
     offset of the original instruction it was copied from (None for an added instruction)."""
 
     def __init__(self, instrumented: bytes, original: Any) -> None:
         from wasmig.binary.decoder import decode_module, read_custom_section
+        from wasmig.binary.features import INSTRUMENTED
 
         raw = read_custom_section(instrumented, SECTION_NAME)
         self._tags = decode_origins(raw) if raw is not None else []
-        self._ir = decode_module(instrumented, features={"multi-memory"})
+        self._ir = decode_module(instrumented, features=INSTRUMENTED)
         self._original = original  # the original module's IR
         self._index: dict[int, dict[int, int]] = {}
 
     def translate(self, func_index: int, offset: int) -> int | None:
         defined = func_index - self._ir.num_imported_funcs()
-        if not 0 <= defined < min(len(self._tags), len(self._original.funcs)):
+        if not 0 <= defined < len(self._tags):
+            return None
+        original = canonical_defined(defined, len(self._original.funcs))
+        if original is None:
             return None
         index = self._index.get(defined)
         if index is None:
@@ -66,4 +82,4 @@ class OriginMap:
         tags = self._tags[defined]
         if i is None or i >= len(tags) or tags[i] < 0:
             return None
-        return self._original.funcs[defined].body_offset + tags[i]
+        return self._original.funcs[original].body_offset + tags[i]

@@ -252,7 +252,10 @@ class _FunctionRewriter:
             self.emit(0x23, stop)
             self.emit(0x5A)  # i64.ge_u
         self.emit(0x41, 0)
-        self.emit(0x2F, self.ctl_memarg(0, POLL))  # i32.load16_u $ctl: the request and the rewind byte
+        # i32.atomic.load16_u $ctl: the request and the rewind byte. Atomic, so that the compiler
+        # never merges it with an earlier poll's load: with a plain load, Cranelift reused the
+        # entry poll's value in every loop without stores, which then never saw a request
+        self.emit(0xFE13, self.ctl_memarg(1, POLL))
         if self.p.count_steps:
             self.emit(0x72)  # i32.or
         self.open(0x04, self.p.block_type(params, params), False)
@@ -303,7 +306,14 @@ class _FunctionRewriter:
         self.out[first].offset = ins.offset
 
     # --- the function -------------------------------------------------------------------------
-    def rewrite(self) -> Function:
+    def rewrite(self, copy_index: int) -> tuple[Function, Function]:
+        """The instrumented function and its rewind copy (function ``copy_index``).
+
+        The copy is a function of its own, entered by a ``return_call`` from the entry poll's cold
+        arm: inline, it made every function several times larger and Cranelift then kept the VM
+        context and loop values on the stack in the normal body too (recursive fib 1.33x -> 1.09x
+        without it). A tail call replaces the frame, so a rewound stack is no deeper than the
+        original; the copy writes and reads the same frame record as the function."""
         p = self.p
         results = list(self.ftype.results)
         normal = self._normal_body()
@@ -323,6 +333,17 @@ class _FunctionRewriter:
             self.emit(0x42, 1)
             self.emit(0x7D)  # i64.sub
             self.emit(0x24, g + 1)
+        self.emit(0x12, copy_index)  # return_call: the copy takes its locals from the record
+        self.emit(0x0B)  # end $unwind
+        self._write_record()
+        self.zeros(results)  # dummy results: the caller is unwinding and never looks at them
+        self.emit(0x0B)  # end $done
+        self.emit(0x0B)  # end of function
+        body = self.out
+
+        self.out = []
+        self.emit(0x02, p.block_type([], results))  # $done
+        self.emit(0x02, None)  # $unwind
         self.emit(0x02, p.block_type([], results))  # the copy's function label
         self.emit(0x02, None)  # $copy_unwind: where the copy's unwind branches go
         self.out += rewind
@@ -334,14 +355,18 @@ class _FunctionRewriter:
         self.emit(0x0C, 1)  # the results to $done
         self.emit(0x0B)  # end $unwind
         self._write_record()
-        self.zeros(results)  # dummy results: the caller is unwinding and never looks at them
+        self.zeros(results)
         self.emit(0x0B)  # end $done
         self.emit(0x0B)  # end of function
+        copy_body = self.out
+
         added = [(1, t) for t in self.local_types[self.num_locals:]]
-        new = Function(self.func.type_idx, list(self.func.locals) + added, self.out)
+        new = Function(self.func.type_idx, list(self.func.locals) + added, body)
+        # the copy has no parameters (it reloads every local): the function's are its first locals
+        rewind_copy = Function(p.func_type_index([], results), _grouped(self.local_types), copy_body)
         p.layouts[self.func_idx] = FunctionLayout(self.func_idx, self.num_locals, list(self.local_types),
                                                   8 + 8 * len(self.local_types))
-        return new
+        return new, rewind_copy
 
     def _normal_body(self) -> list[Instr]:
         """The original body with polls, post-call checks and spills (allocates the sites)."""
@@ -769,6 +794,17 @@ class _FunctionRewriter:
         self.emit(0x0B)
 
 
+def _grouped(types: list[str]) -> list[tuple[int, str]]:
+    """Local declarations: runs of one type as (count, type)."""
+    out: list[tuple[int, str]] = []
+    for t in types:
+        if out and out[-1][1] == t:
+            out[-1] = (out[-1][0] + 1, t)
+        else:
+            out.append((1, t))
+    return out
+
+
 class _Pass:
     def __init__(self, ir: IRModule) -> None:
         self.ir = ir
@@ -814,6 +850,12 @@ class _Pass:
                 self._block_types[key] = len(self.ir.types) - 1
         return self._block_types[key]
 
+    def func_type_index(self, params: list[str], results: list[str]) -> int:
+        ft = FuncType(tuple(params), tuple(results))
+        if ft not in self.ir.types:
+            self.ir.types.append(ft)
+        return self.ir.types.index(ft)
+
     def block_arity(self, bt: object) -> tuple[int, list[str], list[str]]:
         if bt is None:
             return 0, [], []
@@ -840,9 +882,11 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
     p = _Pass(ir)
     p.count_steps = count_steps
     n_imported = p.n_imported
-    new_funcs = [_FunctionRewriter(p, n_imported + k, f, validation.functions[k]).rewrite()
-                 for k, f in enumerate(ir.funcs)]
-    ir.funcs = new_funcs
+    n_defined = len(ir.funcs)
+    pairs = [_FunctionRewriter(p, n_imported + k, f, validation.functions[k]).rewrite(n_imported + n_defined + k)
+             for k, f in enumerate(ir.funcs)]
+    new_funcs = [f for f, _ in pairs] + [c for _, c in pairs]  # function k's rewind copy is n_defined + k
+    ir.funcs = list(new_funcs)
     p.patch_record_sizes()
     ir.mems.append(MemType(Limits((RECORDS_BASE + p.max_record()) // 65536 + 1)))
     ir.datas.append(Data("active", RECORDS_BASE.to_bytes(4, "little") * 2, p.ctl, [Instr(0x41, WRITE_PTR),

@@ -51,7 +51,7 @@ from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
-PASS_VERSION = "wasmig-instrument-6"
+PASS_VERSION = "wasmig-instrument-7"
 WORKER_STACK = 64 << 20
 _ZERO = {"i32": 0, "i64": 0, "f32": 0.0, "f64": 0.0}
 
