@@ -15,6 +15,7 @@ import io
 import random
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,3 +335,191 @@ def test_a_trap_after_a_restore_is_reported_as_in_an_uninterrupted_run() -> None
         snap = stopped.snapshot
         for engine in ENGINES:
             assert _trap_of(lambda e=engine, s=snap: finish(e, module, s)) == expected, (k, engine)
+
+
+# --- where the fast variant stops ------------------------------------------------------------------
+#: Each phase calls $mark (WASI sched_yield, where the test requests a checkpoint) and then runs a
+#: loop of one shape: an innermost loop without calls is unrolled (four copies of its body per
+#: poll), a loop with a br_table back to it too, a loop nest is not.
+FAST_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "sched_yield" (func $mark (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $acc (mut i32) (i32.const 0))
+  (func $mix (param i32) (global.set $acc (i32.add (i32.mul (global.get $acc) (i32.const 31)) (local.get 0))))
+  (func $sum (param $n i32) (result i32) (local $i i32) (local $s i32)   ;; unrolled; a value beneath it
+    (drop (call $mark))
+    (i32.add (i32.const 100)
+      (block (result i32)
+        (loop $l
+          (local.set $s (i32.add (local.get $s) (i32.mul (local.get $i) (local.get $i))))
+          (i32.store (i32.and (i32.mul (local.get $i) (i32.const 4)) (i32.const 1023)) (local.get $s))
+          (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $n))))
+        (local.get $s))))
+  (func $fib (param $n i32) (result i32) (local $a i32) (local $b i32)   ;; parameters; br from an if
+    (drop (call $mark))
+    (i32.const 0) (i32.const 1)
+    (loop $l (param i32 i32) (result i32 i32)
+      (local.set $b) (local.set $a)
+      (local.get $b) (i32.add (local.get $a) (local.get $b))
+      (if (param i32 i32) (result i32 i32) (local.tee $n (i32.sub (local.get $n) (i32.const 1)))
+        (then (br $l))))
+    (drop))
+  (func $countdown (param $n i32) (result i32) (local $s i32)   ;; br_table back to the loop
+    (drop (call $mark))
+    (block $out
+      (loop $l
+        (local.set $s (i32.add (local.get $s) (local.get $n)))
+        (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+        (br_table $out $l (i32.ne (local.get $n) (i32.const 0)))))
+    (local.get $s))
+  (func $nest (param $n i32) (result i32) (local $i i32) (local $j i32) (local $s i32)   ;; not unrolled
+    (drop (call $mark))
+    (loop $outer
+      (local.set $j (i32.const 0))
+      (loop $inner
+        (local.set $s (i32.add (local.get $s) (i32.xor (local.get $i) (local.get $j))))
+        (br_if $inner (i32.lt_u (local.tee $j (i32.add (local.get $j) (i32.const 1))) (i32.const 3))))
+      (local.set $s (i32.mul (local.get $s) (i32.const 3)))
+      (br_if $outer (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $n))))
+    (local.get $s))
+  (func $once (result i32) (local $i i32)   ;; run once
+    (drop (call $mark))
+    (loop $l (local.set $i (i32.add (local.get $i) (i32.const 5))) (br_if $l (i32.const 0)))
+    (local.get $i))
+  (func (export "_start")
+    (call $mix (call $sum (i32.const 10)))
+    (call $mix (call $fib (i32.const 12)))
+    (call $mix (call $countdown (i32.const 9)))
+    (call $mix (call $nest (i32.const 5)))
+    (call $mix (call $once))
+    (call $mix (call $sum (i32.const 3)))   ;; fewer iterations than a round of copies
+    (i32.store (i32.const 2048) (global.get $acc))
+    (i32.store (i32.const 2052) (i32.const 2048))
+    (i32.store (i32.const 2056) (i32.const 4))
+    (drop (call $fd_write (i32.const 1) (i32.const 2052) (i32.const 1) (i32.const 2060)))))
+"""
+
+#: for a request made in the j-th $mark: (function, point, {local index: value}) of the stop: the
+#: header poll of the loop that follows, on its first entry
+FAST_STOPS = [
+    ("sum", "loop", {1: 0, 2: 0}),
+    ("fib", "loop", {0: 12}),
+    ("countdown", "loop", {0: 9, 1: 0}),
+    ("nest", "loop", {1: 0}),  # the outer loop
+    ("once", "loop", {0: 0}),
+    ("sum", "loop", {0: 3, 1: 0}),
+]
+
+
+def test_where_the_fast_variant_stops_and_that_it_is_a_state_of_the_interpreter() -> None:
+    """A request made before each loop: the fast variant stops at the loop's header (above),
+    its snapshot equals the interpreter's at some stable point, and both engines finish it; the
+    unrolled loops run every trip count (10 and 3, not multiples of four) as the original."""
+    if shutil.which("wat2wasm") is None:
+        pytest.skip("wat2wasm missing")
+    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=FAST_WAT.encode(),
+                          capture_output=True, check=True).stdout
+    module = wasmig.Module.from_bytes(data)
+    code, expected, total = reference(module, ["fast"])
+    assert len(expected) == 4
+    states = [stop("interp", module, ["fast"], k) for k in range(1, total + 1)]
+    for j, (name, point, locals_) in enumerate(FAST_STOPS, start=1):
+        snap, printed = _fast_stop(module, j)
+        innermost = snap.frames[-1]
+        assert (module.ir.func_name(innermost.func), snap.point) == (name, point), f"request {j}"
+        for index, value in locals_.items():
+            assert innermost.locals[index] == ("i32", value), f"request {j}: local {index}"
+        same = [k for k, s in enumerate(states, start=1) if s is not None and s.stdout == printed
+                and _same_but_steps(s.snapshot, snap)]
+        assert len(same) == 1, f"request {j}: the stop is not a state of the interpreter ({same})"
+        for engine in ENGINES:
+            assert finish(engine, module, snap) == (code, expected), f"request {j}: finishing on {engine}"
+
+
+def _fast_stop(module: wasmig.Module, j: int) -> tuple[Snapshot, bytes]:
+    """Run the fast variant with a checkpoint requested in the j-th $mark: (its snapshot, what
+    the run printed)."""
+    out = io.BytesIO()
+    wasi = _wasi(["fast"], out)
+    marks = [0]
+    runner: Checkpointable | None = None
+
+    def mark() -> None:
+        marks[0] += 1
+        if marks[0] == j and runner is not None:
+            runner.request()
+
+    wasi.sched_yield = mark  # type: ignore[method-assign]
+    try:
+        runner = Checkpointable(module, wasi)
+        runner.start()
+        assert runner.unwound, f"request {j}: no stop"
+        return from_plain(to_plain(runner.capture())), out.getvalue()
+    finally:
+        wasi.close()
+
+
+def _same_but_steps(a: Snapshot, b: Snapshot) -> bool:
+    return all(getattr(a, name) == getattr(b, name) for name in COMPARED if name != "steps")
+
+
+LONG_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "sched_yield" (func $mark (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $long (param $n i32) (result i32) (local $i i32) (local $x i32)
+    (drop (call $mark))
+    (loop $l
+      (local.set $x (i32.add (i32.mul (local.get $x) (i32.const 1664525)) (i32.const 1013904223)))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $n))))
+    (local.get $x))
+  (func (export "_start")
+    (i32.store (i32.const 0) (call $long (i32.const 400000001)))
+    (i32.store (i32.const 4) (i32.const 0))
+    (i32.store (i32.const 8) (i32.const 4))
+    (drop (call $fd_write (i32.const 1) (i32.const 4) (i32.const 1) (i32.const 12)))))
+"""
+
+
+def test_an_unrolled_loop_stops_between_rounds_of_copies() -> None:
+    """A request from another thread while an unrolled loop runs: the stop is at the loop's
+    header after a whole number of rounds of four iterations (the only poll), and the snapshot
+    finishes with the uninterrupted run's result (400,000,001 iterations: not a whole round)."""
+    if shutil.which("wat2wasm") is None:
+        pytest.skip("wat2wasm missing")
+    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=LONG_WAT.encode(),
+                          capture_output=True, check=True).stdout
+    module = wasmig.Module.from_bytes(data)
+    out = io.BytesIO()
+    wasi = _wasi(["long"], out)
+    try:
+        Checkpointable(module, wasi).start()
+    except ProcExit:
+        pass
+    finally:
+        wasi.close()
+    expected = out.getvalue()
+    assert len(expected) == 4
+    runner: Checkpointable | None = None
+
+    def mark() -> None:  # the loop starts right after: request a stop 50 ms into it
+        assert runner is not None
+        threading.Timer(0.05, runner.request).start()
+
+    wasi = _wasi(["long"], io.BytesIO())
+    wasi.sched_yield = mark  # type: ignore[method-assign]
+    try:
+        runner = Checkpointable(module, wasi)
+        runner.start()
+        assert runner.unwound, "the loop ended before the request"
+        snap = from_plain(to_plain(runner.capture()))
+    finally:
+        wasi.close()
+    innermost = snap.frames[-1]
+    assert (module.ir.func_name(innermost.func), snap.point) == ("long", "loop")
+    done = innermost.locals[1][1]
+    assert 0 < done < 400_000_001 and done % 4 == 0, done
+    assert finish("wasmtime", module, snap) == (0, expected)

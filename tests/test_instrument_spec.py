@@ -33,6 +33,7 @@ global reads use wasmtime's C API (``wasmtime._ffi``) with the bits in the value
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import re
 import time
@@ -510,13 +511,18 @@ class ScriptCheck:
 # The tests
 # --------------------------------------------------------------------------------------------
 
-_RESULTS: dict[str, FileStats] = {}  # per process: the overall test reuses what this worker already ran
+_RESULTS: dict[tuple[str, str], FileStats] = {}  # per process: the overall test reuses what this worker ran
+#: both variants of the pass: the deterministic one counts steps at every loop header; the fast
+#: one unrolls innermost loops without calls (docs/instrument.md)
+VARIANTS: dict[str, Any] = {"deterministic": functools.partial(instrument, count_steps=True),
+                            "fast": functools.partial(instrument, count_steps=False)}
 
 
-def check_script(wast: Path) -> FileStats:
-    if wast.stem not in _RESULTS:
-        _RESULTS[wast.stem] = ScriptCheck(convert_wast(wast, DEFAULT_CACHE_ROOT)).run()
-    return _RESULTS[wast.stem]
+def check_script(wast: Path, variant: str) -> FileStats:
+    key = (wast.stem, variant)
+    if key not in _RESULTS:
+        _RESULTS[key] = ScriptCheck(convert_wast(wast, DEFAULT_CACHE_ROOT), VARIANTS[variant]).run()
+    return _RESULTS[key]
 
 
 needs_suite = pytest.mark.skipif(not WASTS or wast2json() is None,
@@ -530,27 +536,31 @@ def _failures(st: FileStats) -> list[str]:
     return out
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("wast", WASTS, ids=[w.stem for w in WASTS])
 @needs_suite
-def test_instrumented_spec_modules_behave_like_the_originals(wast: Path, request: pytest.FixtureRequest) -> None:
+def test_instrumented_spec_modules_behave_like_the_originals(wast: Path, variant: str,
+                                                             request: pytest.FixtureRequest) -> None:
     start = time.perf_counter()
-    st = check_script(wast)
+    st = check_script(wast, variant)
     print(f"{st.line()}  [{time.perf_counter() - start:.2f}s]")
     request.node.user_properties.append(("instrument_spec", st.summary()))
     failures = _failures(st)
     assert not failures, f"{len(failures)} failure(s):\n" + "\n".join(failures[:60])
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @needs_suite
-def test_instrumented_spec_totals() -> None:
+def test_instrumented_spec_totals(variant: str) -> None:
     """The overall bound: nothing differs, refusals are documented, and the run really covered the suite."""
-    stats = [check_script(w) for w in WASTS]
+    stats = [check_script(w, variant) for w in WASTS]
     refused: Counter[str] = Counter()
     for st in stats:
         refused.update(st.refused)
     totals = {k: sum(getattr(st, k) for st in stats)
               for k in ("modules", "instrumented", "compared", "differing", "standin", "uncompared", "states")}
-    print(f"TOTAL {totals}, refused {dict(refused)}, skipped {sum(sum(st.skipped.values()) for st in stats)}")
+    skipped = sum(sum(st.skipped.values()) for st in stats)
+    print(f"TOTAL ({variant}) {totals}, refused {dict(refused)}, skipped {skipped}")
     for st in stats:
         for r in st.refusals:
             print(f"  refusal {r}")

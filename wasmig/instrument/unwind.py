@@ -52,6 +52,9 @@ DROPS_BASE = 1024
 GLOBALS_BASE = 16384  # wasmig:dump writes global i's bits at GLOBALS_BASE + 8 * i
 RECORDS_BASE = 32768
 NEVER = 1 << 62
+#: the fast variant copies an innermost loop without calls this many times, one poll per round
+UNROLL = 4
+UNROLL_MAX_BODY = 96  # instructions: larger loops are not unrolled (their poll weighs less)
 
 STATE_RUNNING, STATE_UNWINDING, STATE_REWINDING = 0, 1, 2
 
@@ -379,7 +382,10 @@ class _FunctionRewriter:
         ctl: list[_Ctl] = []
         entry = self.entry_site = self.add_site((-1, "entry"), "entry", body[0].offset, [])
         self.stable_point(entry, [], 0)
+        emitted_to = -1  # an unrolled loop emitted body[..emitted_to] at once
         for i, ins in enumerate(body[:-1]):
+            if i <= emitted_to:
+                continue
             op = ins.op
             live = not unreachable[i]
             base = ctl[-1].base if ctl else 0
@@ -390,6 +396,11 @@ class _FunctionRewriter:
                 buried: list[tuple[int, str]] = []
                 if live and has_site.get(i) and entry_height > base:
                     buried = self._spill_buried(stack, base, entry_height, guarded=False)
+                if op == 0x03 and live and self._unrollable(i):
+                    self._unrolled_loop(i, ins, stack, entry_height)
+                    self._push_back_buried(_Ctl("loop", i, entry_height, buried, tuple(result_types)))
+                    emitted_to = self.end_of[i]
+                    continue
                 self.open(op, ins.imm, True)
                 ctl.append(_Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types)))
                 if op == 0x03 and live:
@@ -412,6 +423,57 @@ class _FunctionRewriter:
             else:
                 self.plain(ins)
         return self.out
+
+    def _unrollable(self, i: int) -> bool:
+        """A loop the fast variant unrolls: innermost, with no call and a small body."""
+        if self.p.unroll < 2:
+            return False
+        end = self.end_of[i]
+        if end - i - 1 > UNROLL_MAX_BODY:
+            return False
+        return not any(ins.op in (0x03, 0x10, 0x11) for ins in self.func.body[i + 1:end])
+
+    def _unrolled_loop(self, i: int, ins: Instr, stack: list[str | None], entry_height: int) -> None:
+        """An innermost loop without calls, its body copied ``unroll`` times and one poll per
+        round of copies (the fast variant; see docs/instrument.md):
+
+            block $exit (P -> R)                      ;; the loop's own block type
+              loop $L (P -> R)
+                poll (the loop's site)
+                block $c1 (P -> P)  body, a branch to the loop going to $c1's end; br $exit  end
+                ...
+                body                                  ;; the last copy: branches to $L, as written
+              end
+            end
+
+        Every copy keeps its own exit test, so any trip count runs exactly as the original: only
+        the poll is taken once per ``unroll`` iterations instead of every one. A tight loop's
+        three poll instructions cost it up to 40%; a quarter of them costs ~10%. The loop holds
+        no site but its header, so its frames, records and rewind are those of the plain loop.
+        """
+        body = self.func.body
+        end = self.end_of[i]
+        params = self.check_types(stack[entry_height:], "a loop parameter")
+        site = self.add_site((i, "loop"), "loop", ins.offset, self.check_types(stack, "a value at a loop"))
+        self.open(0x02, ins.imm, False)  # $exit
+        exit_label = len(self.labels) - 1
+        self.open(0x03, ins.imm, False)  # $L: the label of the last copy's branches
+        loop_label = len(self.labels) - 1
+        self.stable_point(site, params, entry_height)
+        rounds = self.p.unroll
+        for k in range(rounds):
+            last = k == rounds - 1
+            if last:
+                self.labels[loop_label] = True
+            else:
+                self.open(0x02, self.p.block_type(params, params), True)  # $c: the next copy
+            for inner in body[i + 1:end]:
+                self.plain(inner)
+            if not last:
+                self.emit(0x0C, len(self.labels) - 1 - exit_label)  # the loop ended: its results out
+                self.close()
+        self.close()  # $L
+        self.close()  # $exit
 
     def _spill_buried(self, stack: list[str | None], base: int, entry_height: int, *, guarded: bool
                       ) -> list[tuple[int, str]]:
@@ -815,6 +877,7 @@ class _Pass:
         self.globals_base = len(ir.all_globals())
         self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
         self.count_steps = True
+        self.unroll = 1  # copies of an innermost call-free loop's body per poll (fast variant: UNROLL)
         self._patch: list[tuple[Instr, bool]] = []  # constants that depend on the largest record
 
     def max_record_const(self) -> Instr:
@@ -881,6 +944,7 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
         raise InstrumentError("modules with several memories are not supported")
     p = _Pass(ir)
     p.count_steps = count_steps
+    p.unroll = 1 if count_steps else UNROLL  # the deterministic variant counts every iteration
     n_imported = p.n_imported
     n_defined = len(ir.funcs)
     pairs = [_FunctionRewriter(p, n_imported + k, f, validation.functions[k]).rewrite(n_imported + n_defined + k)
