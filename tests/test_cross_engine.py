@@ -340,7 +340,8 @@ def test_a_trap_after_a_restore_is_reported_as_in_an_uninterrupted_run() -> None
 # --- where the fast variant stops ------------------------------------------------------------------
 #: Each phase calls $mark (WASI sched_yield, where the test requests a checkpoint) and then runs a
 #: loop of one shape: an innermost loop without calls is unrolled (four copies of its body per
-#: poll), a loop with a br_table back to it too, a loop nest is not.
+#: poll), a loop with a br_table back to it too, a loop nest is not; a loop that calls a function
+#: of the module in every iteration has no poll of its own (the callee's entry polls).
 FAST_WAT = """
 (module
   (import "wasi_snapshot_preview1" "sched_yield" (func $mark (result i32)))
@@ -388,6 +389,19 @@ FAST_WAT = """
     (drop (call $mark))
     (loop $l (local.set $i (i32.add (local.get $i) (i32.const 5))) (br_if $l (i32.const 0)))
     (local.get $i))
+  (func $calls (param $n i32) (result i32) (local $i i32)   ;; every iteration calls: no header poll
+    (drop (call $mark))
+    (loop $l
+      (call $mix (local.get $i))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $n))))
+    (local.get $i))
+  (func $skips (param $n i32) (result i32) (local $i i32)   ;; a branch back skips the call: polls
+    (drop (call $mark))
+    (loop $l
+      (br_if $l (i32.and (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 1)))
+      (call $mix (local.get $i))
+      (br_if $l (i32.lt_u (local.get $i) (local.get $n))))
+    (local.get $i))
   (func (export "_start")
     (call $mix (call $sum (i32.const 10)))
     (call $mix (call $fib (i32.const 12)))
@@ -395,6 +409,8 @@ FAST_WAT = """
     (call $mix (call $nest (i32.const 5)))
     (call $mix (call $once))
     (call $mix (call $sum (i32.const 3)))   ;; fewer iterations than a round of copies
+    (call $mix (call $calls (i32.const 4)))
+    (call $mix (call $skips (i32.const 6)))
     (i32.store (i32.const 2048) (global.get $acc))
     (i32.store (i32.const 2052) (i32.const 2048))
     (i32.store (i32.const 2056) (i32.const 4))
@@ -410,6 +426,8 @@ FAST_STOPS = [
     ("nest", "loop", {1: 0}),  # the outer loop
     ("once", "loop", {0: 0}),
     ("sum", "loop", {0: 3, 1: 0}),
+    ("mix", "entry", {0: 0}),  # called by $calls, whose loop does not poll
+    ("skips", "loop", {1: 0}),
 ]
 
 

@@ -406,7 +406,8 @@ class _FunctionRewriter:
                 if op == 0x03 and live:
                     params = self.check_types(stack[entry_height:], "a loop parameter")
                     site = self.add_site((i, "loop"), "loop", ins.offset, self.check_types(stack, "a value at a loop"))
-                    self.stable_point(site, params, entry_height)
+                    if not self._every_iteration_calls(i):
+                        self.stable_point(site, params, entry_height)
             elif op == 0x0B:
                 done = ctl.pop()
                 self.close()
@@ -423,6 +424,33 @@ class _FunctionRewriter:
             else:
                 self.plain(ins)
         return self.out
+
+    def _every_iteration_calls(self, i: int) -> bool:
+        """Whether the fast variant may leave loop ``i`` without a header poll: every iteration
+        calls a function of the module, whose entry poll then bounds the time to a stop.
+
+        That holds when a direct call to a defined function sits at the top level of the loop's
+        body with no branch back to the loop before it: code after it can only be reached
+        through it (a branch from before it can only leave the loop, restart it, or stay in a
+        construct that ends before it). Recursive fib loses a third of its overhead. The
+        deterministic variant counts every header, as the interpreter does, and keeps them all."""
+        if self.p.count_steps:
+            return False
+        body = self.func.body
+        depth = 0  # constructs open inside the loop's body
+        for k in range(i + 1, self.end_of[i]):
+            op = body[k].op
+            if op in (0x02, 0x03, 0x04):
+                depth += 1
+            elif op == 0x0B:
+                depth -= 1
+            elif op in (0x0C, 0x0D) and body[k].imm == depth:
+                return False  # a branch back to the loop before any call
+            elif op == 0x0E and depth in (*body[k].imm[0], body[k].imm[1]):
+                return False
+            elif op == 0x10 and depth == 0 and body[k].imm >= self.p.n_imported and not self.unreachable[k]:
+                return True
+        return False
 
     def _unrollable(self, i: int) -> bool:
         """A loop the fast variant unrolls: innermost, with no call and a small body."""
