@@ -108,7 +108,6 @@ class Variant:
 def make_engine() -> wasmtime.Engine:
     config = wasmtime.Config()
     config.wasm_multi_memory = True
-    config.wasm_tail_call = True
     config.wasm_threads = True
     return wasmtime.Engine(config)
 

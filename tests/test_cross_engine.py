@@ -319,9 +319,9 @@ def _trap_of(run: Callable[[], object]) -> tuple[str, list[str]]:
 
 
 def test_a_trap_after_a_restore_is_reported_as_in_an_uninterrupted_run() -> None:
-    """After a restore on wasmtime the rewound frames run in their functions' rewind copies (own
-    functions, entered by return_call): a trap there still names the original functions and
-    offsets, exactly as the interpreter reports it, with no frame more or less."""
+    """After a restore on wasmtime the rewound frames run in their functions' rewind copies
+    (functions of their own): a trap there still names the original functions and offsets,
+    exactly as the interpreter reports it, with no frame more or less."""
     module = wasmig.Module.from_file(compile_c(PROGRAMS / "trap.c"))
     args = ["trap", "divzero"]
     inst = instantiate_with_wasi(module, _wasi(args, io.BytesIO()))

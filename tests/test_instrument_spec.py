@@ -82,7 +82,6 @@ def engine() -> Any:
     if _ENGINE is None:
         config = wasmtime.Config()
         config.wasm_multi_memory = True
-        config.wasm_tail_call = True
         config.wasm_threads = True
         _ENGINE = wasmtime.Engine(config)
     return _ENGINE

@@ -55,17 +55,15 @@ _MAX_LOCALS = 0xFFFFFFFF
 class Reader:
     """A cursor over the module bytes with the LEB128 and vector primitives of the binary format."""
 
-    __slots__ = ("data", "pos", "end", "multi_memory", "tail_call", "atomic_loads")
+    __slots__ = ("data", "pos", "end", "multi_memory", "atomic_loads")
 
     def __init__(self, data: bytes, pos: int = 0, end: int | None = None, *, multi_memory: bool = False,
-                 tail_call: bool = False, atomic_loads: bool = False) -> None:
+                 atomic_loads: bool = False) -> None:
         self.data = data
         self.pos = pos
         self.end = len(data) if end is None else end
         #: the multi-memory proposal: memory indices are u32s, memargs may carry one
         self.multi_memory = multi_memory
-        #: the tail-call proposal: return_call and return_call_indirect are instructions
-        self.tail_call = tail_call
         #: the threads proposal's atomic loads (0xFE 0x10-0x16) are instructions
         self.atomic_loads = atomic_loads
 
@@ -237,8 +235,6 @@ class Reader:
                                              "(only the atomic loads are)", start)
                 op = 0xFE00 | sub
             kind = imm_kinds.get(op)
-            if op in opcodes.TAIL_CALLS and not self.tail_call:
-                kind = None
             if kind is None:
                 feature = opcodes.UNSUPPORTED_PREFIXES.get(op)
                 if feature is not None:
@@ -351,7 +347,6 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
     """
     wanted = _features.check(features)
     multi_memory = _features.MULTI_MEMORY in wanted
-    tail_call = _features.TAIL_CALL in wanted
     atomic_loads = _features.ATOMIC_LOADS in wanted
     data = bytes(data)
     if len(data) < 4:
@@ -362,7 +357,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
         raise DecodeError("unexpected end: truncated binary version", len(data))
     if data[4:8] != VERSION:
         raise DecodeError("unknown binary version", 4)
-    r = Reader(data, 8, multi_memory=multi_memory, tail_call=tail_call,
+    r = Reader(data, 8, multi_memory=multi_memory,
                                   atomic_loads=atomic_loads)
     m = Module()
     func_type_indices: list[int] = []
@@ -378,7 +373,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
         body_start = r.pos
         if body_start + size > len(data):
             raise DecodeError("length out of bounds: section size exceeds the module", sid_pos)
-        s = Reader(data, body_start, body_start + size, multi_memory=multi_memory, tail_call=tail_call,
+        s = Reader(data, body_start, body_start + size, multi_memory=multi_memory,
                                   atomic_loads=atomic_loads)
         if sid == 0:
             name = s.name()
@@ -540,7 +535,7 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
     start = s.pos
     if start + size > s.end:
         raise DecodeError("unexpected end of section or function", start)
-    body = Reader(s.data, start, start + size, multi_memory=s.multi_memory, tail_call=s.tail_call,
+    body = Reader(s.data, start, start + size, multi_memory=s.multi_memory,
                   atomic_loads=s.atomic_loads)
     locals_decl: list[tuple[int, str]] = []
     total = 0

@@ -9,9 +9,6 @@ needs no flag: it encodes whatever the IR says.
 - ``"multi-memory"`` -- the multi-memory proposal: several memories (imported and defined),
   memory indices in every memory instruction (see :mod:`wasmig.binary.opcodes` for the IR), in
   data segments, imports and exports.
-- ``"tail-call"`` -- the tail-call proposal: ``return_call`` and ``return_call_indirect``. The
-  instrumentation pass uses them to leave a function for its out-of-line rewind copy; the
-  interpreter does not run them (modules it loads are decoded without the feature).
 - ``"atomic-loads"`` -- the seven atomic loads of the threads proposal (``i32.atomic.load``,
   ``i64.atomic.load32_u``, ...: 0xFE 0x10-0x16), on any memory; every other threads instruction
   (and shared memories) stays unsupported. The instrumentation pass's polls read the checkpoint
@@ -24,14 +21,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 MULTI_MEMORY = "multi-memory"
-TAIL_CALL = "tail-call"
 ATOMIC_LOADS = "atomic-loads"
 
 #: what a module made by the instrumentation pass (:mod:`wasmig.instrument.unwind`) uses
-INSTRUMENTED = frozenset({MULTI_MEMORY, TAIL_CALL, ATOMIC_LOADS})
+INSTRUMENTED = frozenset({MULTI_MEMORY, ATOMIC_LOADS})
 
 #: every feature name the binary layer understands
-SUPPORTED = frozenset({MULTI_MEMORY, TAIL_CALL, ATOMIC_LOADS})
+SUPPORTED = frozenset({MULTI_MEMORY, ATOMIC_LOADS})
 
 
 def check(features: Iterable[str]) -> frozenset[str]:

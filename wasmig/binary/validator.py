@@ -50,7 +50,6 @@ MAX_TABLE_SIZE = 2**32 - 1
 # --- opcodes the checker handles by name (the table in opcodes.py is the single source) ------
 UNREACHABLE, NOP, BLOCK, LOOP, IF, ELSE, END = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x0B
 BR, BR_IF, BR_TABLE, RETURN, CALL, CALL_INDIRECT = 0x0C, 0x0D, 0x0E, 0x0F, 0x10, 0x11
-RETURN_CALL, RETURN_CALL_INDIRECT = 0x12, 0x13
 REF_NULL, REF_IS_NULL, REF_FUNC = 0xD0, 0xD1, 0xD2
 DROP, SELECT, SELECT_T = 0x1A, 0x1B, 0x1C
 LOCAL_GET, LOCAL_SET, LOCAL_TEE, GLOBAL_GET, GLOBAL_SET = 0x20, 0x21, 0x22, 0x23, 0x24
@@ -151,7 +150,6 @@ class _Context:
     ndatas: int  # number of data segments, only for error messages
     refs: frozenset[int]  # C.refs: functions ref.func may name inside code
     multi_memory: bool = False  # memargs may name a memory (the multi-memory proposal)
-    tail_call: bool = False  # return_call and return_call_indirect (the tail-call proposal)
     atomic_loads: bool = False  # the threads proposal's atomic loads
 
 
@@ -444,20 +442,6 @@ def _check_function(ctx: _Context, func: Function) -> FunctionInfo:
                 _pop(vals, frame, _I32)
                 _pop_vals(vals, frame, ft.params)
                 vals.extend(ft.results)
-            elif op == RETURN_CALL or op == RETURN_CALL_INDIRECT:
-                if not ctx.tail_call:
-                    raise _Invalid(f"illegal opcode {op:#x} (return_call needs the tail-call feature)")
-                if op == RETURN_CALL:
-                    ft = funcs[_index(imm, len(funcs), "function")]
-                else:
-                    ft = _indirect_callee(ctx, imm, "return_call_indirect")
-                    _pop(vals, frame, _I32)
-                if tuple(ft.results) != tuple(ctrls[0].end):
-                    raise _Invalid(f"type mismatch: tail call returns {_fmt(list(ft.results))}, "
-                                   f"the function returns {_fmt(list(ctrls[0].end))}")
-                _pop_vals(vals, frame, ft.params)
-                del vals[frame.height:]
-                frame.unreachable = True
             elif op == DROP:
                 _pop(vals, frame, None)
             elif op == SELECT:
@@ -652,8 +636,8 @@ def _declared_refs(module: Module) -> frozenset[int]:
 def validate_module(module: Module, *, features: Iterable[str] = frozenset()) -> ModuleInfo:
     """Validate ``module`` per the WebAssembly 2.0 spec (without SIMD) and return per-function stack info.
 
-    ``features`` names opt-in proposals (:mod:`wasmig.binary.features`): ``"multi-memory"``,
-    ``"tail-call"`` and ``"atomic-loads"`` change validation. Raises :class:`ValidationError`
+    ``features`` names opt-in proposals (:mod:`wasmig.binary.features`): ``"multi-memory"``
+    and ``"atomic-loads"`` change validation. Raises :class:`ValidationError`
     naming the first violation found.
     """
     wanted = _features.check(features)
@@ -769,7 +753,6 @@ def validate_module(module: Module, *, features: Iterable[str] = frozenset()) ->
         ndatas=len(module.datas),
         refs=_declared_refs(module),
         multi_memory=multi_memory,
-        tail_call=_features.TAIL_CALL in wanted,
         atomic_loads=_features.ATOMIC_LOADS in wanted,
     )
     infos = [_validate_function_in(ctx, module, k, f) for k, f in enumerate(module.funcs)]
@@ -801,13 +784,11 @@ def validate_function(module: Module, func_idx: int, *, features: Iterable[str] 
     k = func_idx - module.num_imported_funcs()
     if not 0 <= k < len(module.funcs):
         raise ValidationError(f"unknown function {func_idx}")
-    context = _context_of(module, _features.MULTI_MEMORY in wanted, _features.TAIL_CALL in wanted,
-                          _features.ATOMIC_LOADS in wanted)
+    context = _context_of(module, _features.MULTI_MEMORY in wanted, _features.ATOMIC_LOADS in wanted)
     return _validate_function_in(context, module, k, module.funcs[k])
 
 
-def _context_of(module: Module, multi_memory: bool = False, tail_call: bool = False,
-                atomic_loads: bool = False) -> _Context:
+def _context_of(module: Module, multi_memory: bool = False, atomic_loads: bool = False) -> _Context:
     """Build C for ``module`` without re-checking its declarations (but the memory count)."""
     mems = len(module.all_mems())
     if mems > 1 and not multi_memory:
@@ -823,6 +804,5 @@ def _context_of(module: Module, multi_memory: bool = False, tail_call: bool = Fa
         ndatas=len(module.datas),
         refs=_declared_refs(module),
         multi_memory=multi_memory,
-        tail_call=tail_call,
         atomic_loads=atomic_loads,
     )

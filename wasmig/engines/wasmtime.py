@@ -7,9 +7,9 @@ wasmtime only runs the guest's code; every WASI import is a Python host function
 
 The pieces:
 
-- one process-wide :func:`engine` (``wasm_multi_memory``, ``wasm_tail_call`` and ``wasm_threads``
-  on: the instrumentation pass that makes a module checkpointable adds a second memory, enters
-  its rewind copies by ``return_call`` and polls with an atomic load) and a compiled-artifact cache
+- one process-wide :func:`engine` (``wasm_multi_memory`` and ``wasm_threads`` on: the
+  instrumentation pass that makes a module checkpointable adds a second memory and polls with an
+  atomic load) and a compiled-artifact cache
   (:func:`compile_module`): ``Module.serialize()`` output keyed by the sha256 of (module bytes,
   wasmtime version, engine settings, host), each entry checksummed so a damaged entry is
   recompiled, never loaded;
@@ -56,7 +56,7 @@ from wasmig.wasi.preview1 import WASI_MODULE, Wasi, check_wasi_imports
 #: front), so another thread may write the control memory's poll byte at any time.
 #: ``max_wasm_stack`` 2 MiB (wasmtime's default is 512 KiB; 2 MiB, its async stack size, is the most
 #: it accepts): room for 10,000-frame recursions of ordinary C code.
-ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "wasm_tail_call": True, "wasm_threads": True,
+ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "wasm_threads": True,
                                    "memory_may_move": False, "max_wasm_stack": 2 << 20}
 
 CACHE_ENV = "WASMIG_CACHE"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from wasmig.binary.ir import (
     CustomSection,
     Data,
+    Elem,
     Export,
     Function,
     FuncType,
@@ -33,6 +34,7 @@ from wasmig.binary.ir import (
     Instr,
     Limits,
     MemType,
+    TableType,
 )
 from wasmig.binary.ir import Module as IRModule
 from wasmig.binary.opcodes import memarg
@@ -45,7 +47,6 @@ from wasmig.interp.compile import match_blocks
 
 # control memory layout
 POLL = 0  # the host's checkpoint request (any thread writes 1)
-REWIND = 1  # 1 while a restore rewinds the stack: every rewinding frame's entry poll must fire
 WRITE_PTR = 8
 READ_PTR = 12
 DROPS_BASE = 1024
@@ -62,9 +63,8 @@ _STORE = {"i32": (0x36, 2), "i64": (0x37, 3), "f32": (0x38, 2), "f64": (0x39, 3)
 _CONST = {"i32": 0x41, "i64": 0x42, "f32": 0x43, "f64": 0x44}
 _LOAD = {"i32": (0x28, 2), "i64": (0x29, 3), "f32": (0x2A, 2), "f64": (0x2B, 3)}
 _NUMERIC = ("i32", "i64", "f32", "f64")
-_UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's arm, ...)
+_UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's label, ...)
 _COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the copy's function label, $copy_unwind
-_REWIND_LABEL = 2  # in the normal body: $done, $unwind, $rewind, the function's label
 
 
 class InstrumentError(WasmError):
@@ -255,20 +255,13 @@ class _FunctionRewriter:
             self.emit(0x23, stop)
             self.emit(0x5A)  # i64.ge_u
         self.emit(0x41, 0)
-        # i32.atomic.load16_u $ctl: the request and the rewind byte. Atomic, so that the compiler
-        # never merges it with an earlier poll's load: with a plain load, Cranelift reused the
-        # entry poll's value in every loop without stores, which then never saw a request
-        self.emit(0xFE13, self.ctl_memarg(1, POLL))
+        # i32.atomic.load8_u $ctl: the request. Atomic, so that the compiler never merges it
+        # with an earlier poll's load: with a plain load, Cranelift reused the entry poll's
+        # value in every loop without stores, which then never saw a request
+        self.emit(0xFE12, self.ctl_memarg(0, POLL))
         if self.p.count_steps:
             self.emit(0x72)  # i32.or
         self.open(0x04, self.p.block_type(params, params), False)
-        if site_id == self.entry_site and self.unwind_label == _UNWIND_LABEL:
-            # a restore rewinds this frame: the host made the entry poll fire (the REWIND byte);
-            # the rewind test costs nothing on the hot path, being inside the poll's cold arm
-            self.emit(0x23, self.p.globals_base)
-            self.emit(0x41, STATE_REWINDING)
-            self.emit(0x46)
-            self.emit(0x0D, len(self.labels) - 1 - _REWIND_LABEL)  # br_if $rewind
         self.pop_into(params, base)
         self.unwind_branch(site_id)
         self.close()
@@ -309,14 +302,16 @@ class _FunctionRewriter:
         self.out[first].offset = ins.offset
 
     # --- the function -------------------------------------------------------------------------
-    def rewrite(self, copy_index: int) -> tuple[Function, Function]:
-        """The instrumented function and its rewind copy (function ``copy_index``).
+    def rewrite(self) -> tuple[Function, Function]:
+        """The instrumented function and its rewind copy.
 
-        The copy is a function of its own, entered by a ``return_call`` from the entry poll's cold
-        arm: inline, it made every function several times larger and Cranelift then kept the VM
-        context and loop values on the stack in the normal body too (recursive fib 1.33x -> 1.09x
-        without it). A tail call replaces the frame, so a rewound stack is no deeper than the
-        original; the copy writes and reads the same frame record as the function."""
+        The copy is a function of its own (type ``[] -> results``, every local of the function
+        a local), called directly by its caller's rewind copy at the record's call site — or
+        through the table ``$rewinds`` for a ``call_indirect``, by the host for the outermost
+        frame. Inline, the copy made every function several times larger and Cranelift then kept
+        the VM context and loop values on the stack in the normal body too (recursive fib 1.4x
+        -> 1.1x out of line); and since a rewind never enters the function itself, its entry
+        poll needs no rewind test. The copy writes and reads the same frame records."""
         p = self.p
         results = list(self.ftype.results)
         normal = self._normal_body()
@@ -324,19 +319,10 @@ class _FunctionRewriter:
         self.out = []
         self.emit(0x02, p.block_type([], results))  # $done
         self.emit(0x02, None)  # $unwind
-        self.emit(0x02, None)  # $rewind: the entry poll's cold arm branches here when $state == 2
         self.emit(0x02, p.block_type([], results))  # the function's own label
         self.out += normal
         self.emit(0x0B)
-        self.emit(0x0C, 2)  # the body's results to $done
-        self.emit(0x0B)  # end $rewind
-        if p.count_steps:  # the entry poll counted a step the frame had counted before its unwind
-            g = p.globals_base
-            self.emit(0x23, g + 1)
-            self.emit(0x42, 1)
-            self.emit(0x7D)  # i64.sub
-            self.emit(0x24, g + 1)
-        self.emit(0x12, copy_index)  # return_call: the copy takes its locals from the record
+        self.emit(0x0C, 1)  # the body's results to $done
         self.emit(0x0B)  # end $unwind
         self._write_record()
         self.zeros(results)  # dummy results: the caller is unwinding and never looks at them
@@ -374,7 +360,7 @@ class _FunctionRewriter:
     def _normal_body(self) -> list[Instr]:
         """The original body with polls, post-call checks and spills (allocates the sites)."""
         self.out = []
-        self.labels = [False, False, False, True]  # $done, $unwind, $rewind, the function's label
+        self.labels = [False, False, True]  # $done, $unwind, the function's label
         self.unwind_label = _UNWIND_LABEL
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
@@ -721,13 +707,10 @@ class _FunctionRewriter:
         self.emit(0x21, self.skip_local)
 
     def _finish_rewind(self) -> None:
-        """The innermost frame reached its site: the stack is rebuilt, run normally from here.
-        Clearing only the REWIND byte keeps a checkpoint request the host made meanwhile."""
+        """The innermost frame reached its site: the stack is rebuilt, run normally from here (a
+        checkpoint request the host made meanwhile is still in the poll byte)."""
         self.emit(0x41, STATE_RUNNING)
         self.emit(0x24, self.p.globals_base)
-        self.emit(0x41, 0)
-        self.emit(0x41, 0)
-        self.emit(0x3A, self.ctl_memarg(0, REWIND))
         for ptr in (WRITE_PTR, READ_PTR):
             self.emit(0x41, 0)
             self.emit(0x41, RECORDS_BASE)
@@ -820,24 +803,30 @@ class _FunctionRewriter:
         self._open_resume_test(site, carried_in, carried_out)
         self.drop(len(carried_in))
         self.push_from(level, base)
-        if args:
-            self.push_from(args, len(below))
-        else:
-            self.zeros(self.known_types(operands))  # the callee takes its arguments from its record
         self.emit(0x41, 0)
         self.emit(0x21, self.skip_local)
-        if kind == "import_call":
+        if kind == "import_call":  # the innermost frame: the host call runs again, for real
             self._finish_rewind()
-        elif ins.op == 0x11:  # the innermost frame when its callee is an import (no record left)
+            self.push_from(args, len(below))
+            self.emit(ins.op, ins.imm, ins.offset)
+        elif ins.op == 0x10:  # the callee's rewind copy takes its locals from its own record
+            self.emit(0x10, self.p.copy_base + ins.imm - self.p.n_imported, ins.offset)
+        else:  # call_indirect: the next record names the callee; none left: it calls an import
             self.emit(0x41, 0)
             self.emit(0x28, self.ctl_memarg(2, READ_PTR))
             self.emit(0x41, 0)
             self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
             self.emit(0x46)
-            self.open(0x04, None, False)
+            self.open(0x04, self.p.block_type([], results), False)
             self._finish_rewind()
+            self.push_from(args, len(below))
+            self.emit(ins.op, ins.imm, ins.offset)
+            self.emit(0x05)
+            self.emit(0x41, 0)
+            self.emit(0x28, self.ctl_memarg(2, READ_PTR))
+            self.emit(0x28, self.ctl_memarg(2, 4))  # the record's function
+            self.emit(0x11, (self.p.func_type_index([], results), self.p.rewinds_table), ins.offset)
             self.close()
-        self.emit(ins.op, ins.imm, ins.offset)
         self.emit(0x05)
         self.drop(len(carried_in))
         self.zeros(carried_out)
@@ -906,6 +895,8 @@ class _Pass:
         self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
         self.count_steps = True
         self.unroll = 1  # copies of an innermost call-free loop's body per poll (fast variant: UNROLL)
+        self.copy_base = 0  # function index of defined function 0's rewind copy
+        self.rewinds_table = 0  # index of the table $rewinds
         self._patch: list[tuple[Instr, bool]] = []  # constants that depend on the largest record
 
     def max_record_const(self) -> Instr:
@@ -975,10 +966,16 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
     p.unroll = 1 if count_steps else UNROLL  # the deterministic variant counts every iteration
     n_imported = p.n_imported
     n_defined = len(ir.funcs)
-    pairs = [_FunctionRewriter(p, n_imported + k, f, validation.functions[k]).rewrite(n_imported + n_defined + k)
+    p.copy_base = n_imported + n_defined  # function f's rewind copy is function f + n_defined
+    p.rewinds_table = len(ir.all_tables())
+    pairs = [_FunctionRewriter(p, n_imported + k, f, validation.functions[k]).rewrite()
              for k, f in enumerate(ir.funcs)]
-    new_funcs = [f for f, _ in pairs] + [c for _, c in pairs]  # function k's rewind copy is n_defined + k
+    new_funcs = [f for f, _ in pairs] + [c for _, c in pairs]
     ir.funcs = list(new_funcs)
+    # $rewinds: entry f holds f's rewind copy (null for an import), for call_indirect's rewind
+    ir.tables.append(TableType("funcref", Limits(n_imported + n_defined, n_imported + n_defined)))
+    ir.elems.append(Elem("active", "funcref", [[Instr(0xD2, p.copy_base + k), Instr(0x0B)] for k in range(n_defined)],
+                         p.rewinds_table, [Instr(0x41, n_imported), Instr(0x0B)]))
     p.patch_record_sizes()
     ir.mems.append(MemType(Limits((RECORDS_BASE + p.max_record()) // 65536 + 1)))
     ir.datas.append(Data("active", RECORDS_BASE.to_bytes(4, "little") * 2, p.ctl, [Instr(0x41, WRITE_PTR),
@@ -1004,6 +1001,9 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
     extra += [Export(f"wasmig:g{i}", "global", i) for i in range(g)]
     if p.ctl > 0:
         extra.append(Export("wasmig:mem0", "memory", 0))
+    # the host rewinds the outermost frame, which runs an exported function, through its copy
+    exported = sorted({e.index for e in ir.exports if e.kind == "func" and e.index >= n_imported})
+    extra += [Export(f"wasmig:rewind{f}", "func", p.copy_base + f - n_imported) for f in exported]
     if ir.start is not None:  # run by the host on a fresh start only, never again on a restore
         extra.append(Export("wasmig:start", "func", ir.start))
         ir.start = None

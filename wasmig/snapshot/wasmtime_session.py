@@ -37,7 +37,6 @@ from wasmig.instrument.unwind import (
     POLL,
     READ_PTR,
     RECORDS_BASE,
-    REWIND,
     STATE_REWINDING,
     STATE_UNWINDING,
     WRITE_PTR,
@@ -51,9 +50,8 @@ from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
-PASS_VERSION = "wasmig-instrument-7"
+PASS_VERSION = "wasmig-instrument-8"
 WORKER_STACK = 64 << 20
-_ZERO = {"i32": 0, "i64": 0, "f32": 0.0, "f64": 0.0}
 
 
 def _pass_fingerprint() -> bytes:
@@ -136,7 +134,6 @@ class Checkpointable:
         # from any thread
         ctl_base = ctypes.addressof(self.ctl.data_ptr(self.store).contents)
         self._poll = ctypes.c_uint8.from_address(ctl_base + POLL)
-        self._rewind = ctypes.c_uint8.from_address(ctl_base + REWIND)
         self._tables: list[Any] | None = None
         self._slots: dict[tuple[int, int, int], int] = {}
         self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
@@ -206,12 +203,8 @@ class Checkpointable:
         self.ctl.write(self.store, struct.pack("<I", need), WRITE_PTR)
         self.ctl.write(self.store, struct.pack("<I", RECORDS_BASE), READ_PTR)
         self._state.set_value(self.store, STATE_REWINDING)
-        # every rewinding function enters through its entry poll's cold arm: make it fire (the
-        # innermost frame clears the byte when the stack is rebuilt)
-        self._rewind.value = 1
-        func = self.instance.exports[name]
-        args = [_ZERO[str(t)] for t in func.type(self.store).params]
-        self._call(name, *args)
+        # the outermost frame's rewind copy: it pops its record and calls the next frame's copy
+        self._call(name)
         if self._state.value(self.store) == STATE_REWINDING:
             raise SnapshotError("internal error: the rewind did not reach the snapshot's innermost frame")
 
@@ -240,10 +233,11 @@ class Checkpointable:
                                 f"{ins.imm[1]}") from None
 
     def _export_of(self, func: int) -> str:
-        names = [e.name for e in self.module.ir.exports if e.kind == "func" and e.index == func]
-        if not names:
+        """The export of the rewind copy of ``func``, the outermost frame's function."""
+        name = f"wasmig:rewind{func}"
+        if name not in self.instance.exports:
             raise SnapshotError(f"cannot resume on wasmtime: the outermost frame's function {func} is not exported")
-        return "_start" if "_start" in names else names[0]
+        return name
 
     def _call(self, name: str, *args: Any) -> None:
         """Call an export in a worker thread, so the main thread stays free for signals and timers
