@@ -39,6 +39,7 @@ from wasmig.binary.ir import (
 from wasmig.binary.ir import Module as IRModule
 from wasmig.binary.opcodes import memarg
 from wasmig.errors import WasmError
+from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
 from wasmig.instrument.origins import encode_origins
@@ -367,7 +368,8 @@ class _FunctionRewriter:
         has_site = self._constructs_with_sites(body)
         ctl: list[_Ctl] = []
         entry = self.entry_site = self.add_site((-1, "entry"), "entry", body[0].offset, [])
-        self.stable_point(entry, [], 0)
+        if self.p.entry_polled(self.func_idx):
+            self.stable_point(entry, [], 0)
         emitted_to = -1  # an unrolled loop emitted body[..emitted_to] at once
         for i, ins in enumerate(body[:-1]):
             if i <= emitted_to:
@@ -406,16 +408,18 @@ class _FunctionRewriter:
                     self.push_from(args, len(below))
                 self.emit(ins.op, ins.imm, ins.offset)
                 site = self.add_site((i, "call"), kind, ins.offset, below, args)
-                self.post_call_check(site, below[base:], list(callee.results), base)
+                if self.p.call_may_unwind(ins):
+                    self.post_call_check(site, below[base:], list(callee.results), base)
             else:
                 self.plain(ins)
         return self.out
 
     def _every_iteration_calls(self, i: int) -> bool:
         """Whether the fast variant may leave loop ``i`` without a header poll: every iteration
-        calls a function of the module, whose entry poll then bounds the time to a stop.
+        calls a function of the module that polls at its entry (a recursive one), which then
+        bounds the time to a stop.
 
-        That holds when a direct call to a defined function sits at the top level of the loop's
+        That holds when a direct call to such a function sits at the top level of the loop's
         body with no branch back to the loop before it: code after it can only be reached
         through it (a branch from before it can only leave the loop, restart it, or stay in a
         construct that ends before it). Recursive fib loses a third of its overhead. The
@@ -434,7 +438,8 @@ class _FunctionRewriter:
                 return False  # a branch back to the loop before any call
             elif op == 0x0E and depth in (*body[k].imm[0], body[k].imm[1]):
                 return False
-            elif op == 0x10 and depth == 0 and body[k].imm >= self.p.n_imported and not self.unreachable[k]:
+            elif op == 0x10 and depth == 0 and body[k].imm >= self.p.n_imported and not self.unreachable[k] \
+                    and self.p.entry_polled(body[k].imm):
                 return True
         return False
 
@@ -834,7 +839,8 @@ class _FunctionRewriter:
         self.emit(0x05)
         self.emit(ins.op, ins.imm, ins.offset)
         self.close()
-        self.post_call_check(site, level, results, base)
+        if self.p.call_may_unwind(ins):
+            self.post_call_check(site, level, results, base)
 
     def _write_record(self) -> None:
         """After $unwind: the cold arm wrote this record's slots; write its header (site,
@@ -896,6 +902,7 @@ class _Pass:
         self.count_steps = True
         self.unroll = 1  # copies of an innermost call-free loop's body per poll (fast variant: UNROLL)
         self.copy_base = 0  # function index of defined function 0's rewind copy
+        self.graph = call_graph(ir)  # of the original module: who recurses, who can unwind
         self.rewinds_table = 0  # index of the table $rewinds
         self._patch: list[tuple[Instr, bool]] = []  # constants that depend on the largest record
 
@@ -931,6 +938,20 @@ class _Pass:
                 self.ir.types.append(ft)
                 self._block_types[key] = len(self.ir.types) - 1
         return self._block_types[key]
+
+    def entry_polled(self, func: int) -> bool:
+        """Whether function ``func`` polls at its entry: in the deterministic variant every
+        function (it counts entries); in the fast one only a function on a call cycle (the
+        others run a bounded time between the polls of their loops and callees)."""
+        return self.count_steps or func in self.graph.recursive
+
+    def call_may_unwind(self, ins: Instr) -> bool:
+        """Whether the callee of a call can unwind (so the call needs its post-call check)."""
+        if self.count_steps or ins.op == 0x10 and ins.imm < self.n_imported:
+            return True
+        if ins.op == 0x10:
+            return ins.imm in self.graph.may_unwind
+        return self.graph.indirect_may_unwind(self.ir.types[ins.imm[0]])
 
     def func_type_index(self, params: list[str], results: list[str]) -> int:
         ft = FuncType(tuple(params), tuple(results))

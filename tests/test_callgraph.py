@@ -1,0 +1,94 @@
+"""The call graph facts the fast variant's poll and check elision rests on
+(wasmig/instrument/callgraph.py): who is on a call cycle, who can unwind, what a call_indirect
+can reach. A mistake here would leave a cycle without a poll (a request never seen) or a call
+without its post-call check (a stack unwound half-way), so each rule is pinned down."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+import wasmig
+from wasmig.binary.ir import FuncType
+from wasmig.instrument.callgraph import CallGraph, call_graph
+
+WAT = """
+(module
+  (import "env" "host" (func $host))
+  (type $t (func (param i32) (result i32)))
+  (table 4 funcref)
+  (elem (i32.const 0) $viaTable $other)
+  (func $leaf (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+  (func $self (param i32) (result i32)
+    (if (result i32) (local.get 0) (then (call $self (i32.const 0))) (else (i32.const 1))))
+  (func $ping (param i32) (result i32) (call $pong (local.get 0)))
+  (func $pong (param i32) (result i32)
+    (if (result i32) (local.get 0) (then (call $ping (i32.const 0))) (else (i32.const 2))))
+  (func $looper (loop $l (br_if $l (i32.const 0))))
+  (func $callsLooper (call $looper))
+  (func $callsLeaf (result i32) (call $leaf (i32.const 1)))
+  (func $callsHost (call $host))
+  (func $viaTable (param i32) (result i32) (call_indirect (type $t) (local.get 0) (i32.const 0)))
+  (func $other (param i32) (result i32) (local.get 0))
+  (func $indirectOther (result i32) (call_indirect (type $t) (i32.const 0) (i32.const 1)))
+  (func $refd (result i32) (i32.const 3))
+  (elem declare func $refd)
+  (func $takesRef (drop (ref.func $refd)))
+  (func $exported (result i32) (i32.const 4))
+  (export "exported" (func $exported)))
+"""
+
+
+@pytest.fixture(scope="module")
+def graph() -> tuple[CallGraph, dict[str, int]]:
+    if shutil.which("wat2wasm") is None:
+        pytest.skip("wat2wasm missing")
+    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=WAT.encode(),
+                          capture_output=True, check=True).stdout
+    module = wasmig.Module.from_bytes(data)
+    ir = module.ir
+    names = {ir.func_name(i): i for i in range(ir.num_imported_funcs() + len(ir.funcs))}
+    return call_graph(ir), names
+
+
+def test_recursion_direct_mutual_and_through_a_table(graph: tuple[CallGraph, dict[str, int]]) -> None:
+    g, n = graph
+    named = {name for name, i in n.items() if i in g.recursive}
+    # $viaTable calls, through the table, every function of its type that a table can hold:
+    # itself (in the elem segment) and $other; so it is on a cycle
+    assert named == {"self", "ping", "pong", "viaTable"}
+
+
+def test_who_can_unwind(graph: tuple[CallGraph, dict[str, int]]) -> None:
+    g, n = graph
+    unwinds = {name for name, i in n.items() if i in g.may_unwind}
+    assert {"self", "ping", "pong", "looper", "callsLooper", "callsHost", "viaTable"} <= unwinds
+    # $indirectOther's call_indirect may reach $viaTable, which recurses
+    assert "indirectOther" in unwinds
+    assert not unwinds & {"leaf", "callsLeaf", "other", "refd", "takesRef", "exported"}
+
+
+def test_indirect_candidates_are_every_function_a_table_could_hold(graph: tuple[CallGraph, dict[str, int]]) -> None:
+    g, n = graph
+    t = FuncType(("i32",), ("i32",))
+    assert set(g.indirect[t]) == {n["viaTable"], n["other"]}  # $leaf is in no table
+    unit = set(g.indirect[FuncType((), ("i32",))])
+    assert unit == {n["refd"], n["exported"]}  # a ref.func and an export
+    assert g.indirect_may_unwind(t)
+    assert not g.indirect_may_unwind(FuncType((), ("i32",)))
+    assert not g.indirect_may_unwind(FuncType(("f64",), ()))  # nothing of that type in reach
+
+
+def test_an_import_in_a_table_is_a_host_call() -> None:
+    if shutil.which("wat2wasm") is None:
+        pytest.skip("wat2wasm missing")
+    wat = """(module (import "env" "f" (func $f (param i32) (result i32)))
+      (table 1 funcref) (elem (i32.const 0) $f)
+      (func $g (result i32) (call_indirect (param i32) (result i32) (i32.const 0) (i32.const 0))))"""
+    data = subprocess.run(["wat2wasm", "-", "-o", "/dev/stdout"], input=wat.encode(), capture_output=True,
+                          check=True).stdout
+    g = call_graph(wasmig.Module.from_bytes(data).ir)
+    assert g.calls_host == {1} and g.may_unwind == {1}
+    assert g.indirect_may_unwind(FuncType(("i32",), ("i32",)))

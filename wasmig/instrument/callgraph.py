@@ -1,0 +1,147 @@
+"""Which functions of a module can recurse, and which can unwind: what lets the fast variant of
+the instrumentation pass leave out polls and post-call checks (docs/instrument.md).
+
+A checkpoint request must be seen within a bounded time. Every cycle of execution runs through
+a loop header or a call cycle; loops poll at their headers, so only functions on a *call cycle*
+(recursion, direct or through ``call_indirect``) need a poll at their entry. A function off
+every cycle runs, between two polls, at most its own code and that of the acyclic calls below it.
+
+And a call needs its post-call check (is the callee unwinding?) only if the callee *can* unwind:
+it polls, has a loop, calls an import (a host call blocked when a checkpoint is requested
+returns unwinding) or calls, directly or indirectly, a function that can.
+
+``call_indirect`` is taken to reach every function of its type that could be in a table: those
+named by an element segment, a ``ref.func`` (in code or a global's initializer) or an export (the
+host could store an exported function in a table); an imported function among them makes it a
+host call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wasmig.binary.ir import FuncType
+from wasmig.binary.ir import Module as IRModule
+
+_CALL, _CALL_INDIRECT, _LOOP, _REF_FUNC = 0x10, 0x11, 0x03, 0xD2
+
+
+@dataclass
+class CallGraph:
+    """Per defined function (by function index): its callees, and the facts the pass needs."""
+
+    n_imported: int
+    callees: dict[int, set[int]] = field(default_factory=dict)  # defined callees only
+    calls_host: set[int] = field(default_factory=set)  # calls an import (directly or indirectly)
+    has_loop: set[int] = field(default_factory=set)
+    recursive: set[int] = field(default_factory=set)  # on a call cycle
+    may_unwind: set[int] = field(default_factory=set)
+    indirect: dict[FuncType, list[int]] = field(default_factory=dict)  # candidates per type
+
+    def indirect_may_unwind(self, ft: FuncType) -> bool:
+        """Whether a ``call_indirect`` of type ``ft`` can reach a function that unwinds or an import."""
+        return any(f < self.n_imported or f in self.may_unwind for f in self.indirect.get(ft, []))
+
+
+def call_graph(ir: IRModule) -> CallGraph:
+    n_imported = ir.num_imported_funcs()
+    g = CallGraph(n_imported)
+    types = ir.func_type_indices()
+    for f in _table_candidates(ir):
+        g.indirect.setdefault(ir.types[types[f]], []).append(f)
+    for k, func in enumerate(ir.funcs):
+        f = n_imported + k
+        callees = g.callees[f] = set()
+        for ins in func.body:
+            if ins.op == _CALL:
+                if ins.imm < n_imported:
+                    g.calls_host.add(f)
+                else:
+                    callees.add(ins.imm)
+            elif ins.op == _CALL_INDIRECT:
+                for target in g.indirect.get(ir.types[ins.imm[0]], []):
+                    if target < n_imported:
+                        g.calls_host.add(f)
+                    else:
+                        callees.add(target)
+            elif ins.op == _LOOP:
+                g.has_loop.add(f)
+    g.recursive = _on_cycles(g.callees)
+    g.may_unwind = _callers_closure(g.callees, g.recursive | g.has_loop | g.calls_host)
+    return g
+
+
+def _table_candidates(ir: IRModule) -> set[int]:
+    out: set[int] = set()
+    for seg in ir.elems:
+        for expr in seg.init:
+            out.update(ins.imm for ins in expr if ins.op == _REF_FUNC)
+    for func in ir.funcs:
+        out.update(ins.imm for ins in func.body if ins.op == _REF_FUNC)
+    for glob in ir.globals:
+        out.update(ins.imm for ins in glob.init if ins.op == _REF_FUNC)
+    out.update(e.index for e in ir.exports if e.kind == "func")
+    return out
+
+
+def _on_cycles(callees: dict[int, set[int]]) -> set[int]:
+    """The nodes on some cycle: in a strongly connected component of two or more, or calling
+    themselves (Tarjan's algorithm, iterative: call graphs of big modules are deep)."""
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    on_stack: set[int] = set()
+    stack: list[int] = []
+    out: set[int] = set()
+    counter = 0
+    for root in callees:
+        if root in index:
+            continue
+        work: list[tuple[int, list[int]]] = [(root, sorted(callees[root]))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, pending = work[-1]
+            if pending:
+                nxt = pending.pop()
+                if nxt not in index:
+                    index[nxt] = low[nxt] = counter
+                    counter += 1
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, sorted(callees.get(nxt, ()))))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in callees.get(node, ()):
+                    out.update(component)
+    return out
+
+
+def _callers_closure(callees: dict[int, set[int]], seeds: set[int]) -> set[int]:
+    """``seeds`` and every function that calls, directly or transitively, one of them."""
+    callers: dict[int, set[int]] = {}
+    for f, cs in callees.items():
+        for c in cs:
+            callers.setdefault(c, set()).add(f)
+    out = set(seeds)
+    todo = list(seeds)
+    while todo:
+        for caller in callers.get(todo.pop(), ()):
+            if caller not in out:
+                out.add(caller)
+                todo.append(caller)
+    return out
