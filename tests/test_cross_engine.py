@@ -343,8 +343,9 @@ def test_a_trap_after_a_restore_is_reported_as_in_an_uninterrupted_run() -> None
 
 # --- where the fast variant stops ------------------------------------------------------------------
 #: Each phase calls $mark (WASI sched_yield, where the test requests a checkpoint) and then runs a
-#: loop of one shape: an innermost loop without calls is unrolled (four copies of its body per
-#: poll), a loop with a br_table back to it too, a loop nest is not; a loop that calls a recursive
+#: loop of one shape: a small loop without calls is unrolled (four copies of its body per poll),
+#: a loop with a br_table back to it too, and a small loop nest (each copy of the inner loop in
+#: turn); a loop that calls a recursive
 #: function in every iteration has no poll of its own (the callee's entry polls); only recursive
 #: functions poll at their entry.
 FAST_WAT = """
@@ -380,7 +381,7 @@ FAST_WAT = """
         (local.set $n (i32.sub (local.get $n) (i32.const 1)))
         (br_table $out $l (i32.ne (local.get $n) (i32.const 0)))))
     (local.get $s))
-  (func $nest (param $n i32) (result i32) (local $i i32) (local $j i32) (local $s i32)   ;; not unrolled
+  (func $nest (param $n i32) (result i32) (local $i i32) (local $j i32) (local $s i32)   ;; unrolled, inner loop too
     (drop (call $mark))
     (loop $outer
       (local.set $j (i32.const 0))
@@ -511,13 +512,26 @@ LONG_WAT = """
 """
 
 
-def test_an_unrolled_loop_stops_between_rounds_of_copies() -> None:
-    """A request from another thread while an unrolled loop runs: the stop is at the loop's
-    header after a whole number of rounds of four iterations (the only poll), and the snapshot
-    finishes with the uninterrupted run's result (400,000,001 iterations: not a whole round)."""
+NESTED_WAT = LONG_WAT.replace("(call $long (i32.const 400000001))", "(call $nested (i32.const 50000001))").replace(
+    "  (func (export \"_start\")", """  (func $nested (param $n i32) (result i32)
+    (local $i i32) (local $j i32) (local $x i32)
+    (drop (call $mark))
+    (loop $outer
+      (local.set $j (i32.const 0))
+      (loop $inner
+        (local.set $x (i32.add (i32.mul (local.get $x) (i32.const 1664525)) (local.get $j)))
+        (br_if $inner (i32.lt_u (local.tee $j (i32.add (local.get $j) (i32.const 1))) (i32.const 7))))
+      (br_if $outer (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $n))))
+    (local.get $x))
+  (func (export \"_start\")""")
+
+
+def _stop_mid_loop(wat: str) -> tuple[wasmig.Module, Snapshot, bytes]:
+    """Run ``wat``'s _start on the fast variant, a request made by another thread 50 ms after
+    $mark (a loop starts right after it): (the module, the snapshot, the uninterrupted output)."""
     if shutil.which("wat2wasm") is None:
         pytest.skip("wat2wasm missing")
-    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=LONG_WAT.encode(),
+    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=wat.encode(),
                           capture_output=True, check=True).stdout
     module = wasmig.Module.from_bytes(data)
     out = io.BytesIO()
@@ -532,7 +546,7 @@ def test_an_unrolled_loop_stops_between_rounds_of_copies() -> None:
     assert len(expected) == 4
     runner: Checkpointable | None = None
 
-    def mark() -> None:  # the loop starts right after: request a stop 50 ms into it
+    def mark() -> None:
         assert runner is not None
         threading.Timer(0.05, runner.request).start()
 
@@ -542,11 +556,37 @@ def test_an_unrolled_loop_stops_between_rounds_of_copies() -> None:
         runner = Checkpointable(module, wasi)
         runner.start()
         assert runner.unwound, "the loop ended before the request"
-        snap = from_plain(to_plain(runner.capture()))
+        return module, from_plain(to_plain(runner.capture())), expected
     finally:
         wasi.close()
+
+
+def test_an_unrolled_loop_stops_between_rounds_of_copies() -> None:
+    """A request from another thread while an unrolled loop runs: the stop is at the loop's
+    header after a whole number of rounds of four iterations (the only poll), and the snapshot
+    finishes with the uninterrupted run's result (400,000,001 iterations: not a whole round)."""
+    module, snap, expected = _stop_mid_loop(LONG_WAT)
     innermost = snap.frames[-1]
     assert (module.ir.func_name(innermost.func), snap.point) == ("long", "loop")
     done = innermost.locals[1][1]
     assert 0 < done < 400_000_001 and done % 4 == 0, done
+    assert finish("wasmtime", module, snap) == (0, expected)
+
+
+def test_an_unrolled_loop_nest_stops_at_a_header_of_either_loop() -> None:
+    """The same for a small loop nest, both loops unrolled (the inner one in each copy of the
+    outer): a stop at the inner header comes after whole rounds of the inner loop (7 iterations:
+    after 0 or 4), one at the outer header after whole rounds of the outer loop."""
+    module, snap, expected = _stop_mid_loop(NESTED_WAT)
+    innermost = snap.frames[-1]
+    assert (module.ir.func_name(innermost.func), snap.point) == ("nested", "loop")
+    outer_done, inner_done = innermost.locals[1][1], innermost.locals[2][1]
+    body = module.ir.funcs[innermost.func - module.ir.num_imported_funcs()].body
+    outer_pc, inner_pc = [ins.offset for ins in body if ins.op == 0x03]
+    assert innermost.pc in (outer_pc, inner_pc)
+    if innermost.pc == inner_pc:
+        assert inner_done in (0, 4), inner_done
+    else:
+        assert outer_done % 4 == 0, outer_done
+    assert 0 < outer_done < 50_000_001
     assert finish("wasmtime", module, snap) == (0, expected)

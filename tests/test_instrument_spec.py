@@ -512,7 +512,7 @@ class ScriptCheck:
 
 _RESULTS: dict[tuple[str, str], FileStats] = {}  # per process: the overall test reuses what this worker ran
 #: both variants of the pass: the deterministic one counts steps at every loop header; the fast
-#: one unrolls innermost loops without calls (docs/instrument.md)
+#: one unrolls small loops without calls (docs/instrument.md)
 VARIANTS: dict[str, Any] = {"deterministic": functools.partial(instrument, count_steps=True),
                             "fast": functools.partial(instrument, count_steps=False)}
 

@@ -54,7 +54,7 @@ DROPS_BASE = 1024
 GLOBALS_BASE = 16384  # wasmig:dump writes global i's bits at GLOBALS_BASE + 8 * i
 RECORDS_BASE = 32768
 NEVER = 1 << 62
-#: the fast variant copies an innermost loop without calls this many times, one poll per round
+#: the fast variant copies a small loop without calls this many times, one poll per round
 UNROLL = 4
 UNROLL_MAX_BODY = 96  # instructions: larger loops are not unrolled (their poll weighs less)
 
@@ -121,6 +121,7 @@ class _FunctionRewriter:
         self.unreachable = info.unreachable  # type: ignore[attr-defined]
         self.end_of, self.else_of = match_blocks(body)
         self.live = live_locals_of(info, body)  # locals live before each instruction (bit sets)
+        self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -205,6 +206,9 @@ class _FunctionRewriter:
 
     def add_site(self, key: tuple[int, str], kind: str, pc: int, stack: list[str],
                  args: list[str] | None = None) -> int:
+        """The site of instruction ``key`` (made once: an unrolled loop emits its body again)."""
+        if key in self.site_at:
+            return self.site_at[key]
         site_id = len(self.p.sites)
         args = args or []
         bits = self.live[max(key[0], 0)]
@@ -364,16 +368,23 @@ class _FunctionRewriter:
         self.labels = [False, False, True]  # $done, $unwind, the function's label
         self.unwind_label = _UNWIND_LABEL
         body = self.func.body
-        stack_before, unreachable = self.stack_before, self.unreachable
-        has_site = self._constructs_with_sites(body)
-        ctl: list[_Ctl] = []
+        self.has_site = self._constructs_with_sites(body)
         entry = self.entry_site = self.add_site((-1, "entry"), "entry", body[0].offset, [])
         if self.p.entry_polled(self.func_idx):
             self.stable_point(entry, [], 0)
+        self._emit_range(0, len(body) - 1, [])
+        return self.out
+
+    def _emit_range(self, start: int, end: int, ctl: list[_Ctl]) -> None:
+        """body[start:end] as the normal body has it; ``ctl``: the constructs open around it."""
+        body = self.func.body
+        stack_before, unreachable = self.stack_before, self.unreachable
+        has_site = self.has_site
         emitted_to = -1  # an unrolled loop emitted body[..emitted_to] at once
-        for i, ins in enumerate(body[:-1]):
+        for i in range(start, end):
             if i <= emitted_to:
                 continue
+            ins = body[i]
             op = ins.op
             live = not unreachable[i]
             base = ctl[-1].base if ctl else 0
@@ -385,7 +396,7 @@ class _FunctionRewriter:
                 if live and has_site.get(i) and entry_height > base:
                     buried = self._spill_buried(stack, base, entry_height, guarded=False)
                 if op == 0x03 and live and self._unrollable(i):
-                    self._unrolled_loop(i, ins, stack, entry_height)
+                    self._unrolled_loop(i, ins, stack, entry_height, ctl)
                     self._push_back_buried(_Ctl("loop", i, entry_height, buried, tuple(result_types)))
                     emitted_to = self.end_of[i]
                     continue
@@ -412,7 +423,6 @@ class _FunctionRewriter:
                     self.post_call_check(site, below[base:], list(callee.results), base)
             else:
                 self.plain(ins)
-        return self.out
 
     def _every_iteration_calls(self, i: int) -> bool:
         """Whether the fast variant may leave loop ``i`` without a header poll: every iteration
@@ -444,17 +454,18 @@ class _FunctionRewriter:
         return False
 
     def _unrollable(self, i: int) -> bool:
-        """A loop the fast variant unrolls: innermost, with no call and a small body."""
+        """A loop the fast variant unrolls: one with no call and a small body (loops inside it
+        are unrolled in turn, in each copy: a tight loop nest keeps at most 16 copies of its
+        innermost body, as sieve's outer loop and its inner one do)."""
         if self.p.unroll < 2:
             return False
-        end = self.end_of[i]
-        if end - i - 1 > UNROLL_MAX_BODY:
-            return False
-        return not any(ins.op in (0x03, 0x10, 0x11) for ins in self.func.body[i + 1:end])
+        inner = self.func.body[i + 1:self.end_of[i]]
+        return len(inner) <= UNROLL_MAX_BODY and not any(ins.op in (0x10, 0x11) for ins in inner)
 
-    def _unrolled_loop(self, i: int, ins: Instr, stack: list[str | None], entry_height: int) -> None:
-        """An innermost loop without calls, its body copied ``unroll`` times and one poll per
-        round of copies (the fast variant; see docs/instrument.md):
+    def _unrolled_loop(self, i: int, ins: Instr, stack: list[str | None], entry_height: int,
+                       ctl: list[_Ctl]) -> None:
+        """A loop without calls, its body copied ``unroll`` times and one poll per round of
+        copies (the fast variant; see docs/instrument.md):
 
             block $exit (P -> R)                      ;; the loop's own block type
               loop $L (P -> R)
@@ -468,9 +479,9 @@ class _FunctionRewriter:
         Every copy keeps its own exit test, so any trip count runs exactly as the original: only
         the poll is taken once per ``unroll`` iterations instead of every one. A tight loop's
         three poll instructions cost it up to 40%; a quarter of them costs ~10%. The loop holds
-        no site but its header, so its frames, records and rewind are those of the plain loop.
+        no site but its header and those of its inner loops (whose every copy polls as theirs),
+        so its frames, records and rewind are those of the plain loop.
         """
-        body = self.func.body
         end = self.end_of[i]
         params = self.check_types(stack[entry_height:], "a loop parameter")
         site = self.add_site((i, "loop"), "loop", ins.offset, self.check_types(stack, "a value at a loop"))
@@ -486,8 +497,8 @@ class _FunctionRewriter:
                 self.labels[loop_label] = True
             else:
                 self.open(0x02, self.p.block_type(params, params), True)  # $c: the next copy
-            for inner in body[i + 1:end]:
-                self.plain(inner)
+            level = _Ctl("loop", i, entry_height, [], ())
+            self._emit_range(i + 1, end, [*ctl, level])
             if not last:
                 self.emit(0x0C, len(self.labels) - 1 - exit_label)  # the loop ended: its results out
                 self.close()
@@ -900,7 +911,7 @@ class _Pass:
         self.globals_base = len(ir.all_globals())
         self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
         self.count_steps = True
-        self.unroll = 1  # copies of an innermost call-free loop's body per poll (fast variant: UNROLL)
+        self.unroll = 1  # copies of a small call-free loop's body per poll (fast variant: UNROLL)
         self.copy_base = 0  # function index of defined function 0's rewind copy
         self.graph = call_graph(ir)  # of the original module: who recurses, who can unwind
         self.rewinds_table = 0  # index of the table $rewinds

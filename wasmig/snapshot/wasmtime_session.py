@@ -50,7 +50,7 @@ from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
-PASS_VERSION = "wasmig-instrument-9"
+PASS_VERSION = "wasmig-instrument-10"
 WORKER_STACK = 64 << 20
 
 
