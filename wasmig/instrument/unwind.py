@@ -454,13 +454,19 @@ class _FunctionRewriter:
         return False
 
     def _unrollable(self, i: int) -> bool:
-        """A loop the fast variant unrolls: one with no call and a small body (loops inside it
-        are unrolled in turn, in each copy: a tight loop nest keeps at most 16 copies of its
-        innermost body, as sieve's outer loop and its inner one do)."""
+        """A loop the fast variant unrolls: one with no call, a small body and at most one level
+        of loops inside (unrolled in turn, in each copy: a two-deep nest such as sieve's keeps
+        16 copies of its innermost body)."""
         if self.p.unroll < 2:
             return False
-        inner = self.func.body[i + 1:self.end_of[i]]
-        return len(inner) <= UNROLL_MAX_BODY and not any(ins.op in (0x10, 0x11) for ins in inner)
+        end = self.end_of[i]
+        body = self.func.body
+        if end - i - 1 > UNROLL_MAX_BODY or any(body[k].op in (0x10, 0x11) for k in range(i + 1, end)):
+            return False
+        # at most one level of loops inside: deeper nests would multiply their innermost body
+        # by 4 per level, for outer loops that run rarely
+        return not any(body[k].op == 0x03 and any(body[j].op == 0x03 for j in range(k + 1, self.end_of[k]))
+                       for k in range(i + 1, end))
 
     def _unrolled_loop(self, i: int, ins: Instr, stack: list[str | None], entry_height: int,
                        ctl: list[_Ctl]) -> None:
