@@ -263,7 +263,7 @@ class _FunctionRewriter:
         # i32.atomic.load8_u $ctl: the request. Atomic, so that the compiler never merges it
         # with an earlier poll's load: with a plain load, Cranelift reused the entry poll's
         # value in every loop without stores, which then never saw a request
-        self.emit(0xFE12, self.ctl_memarg(0, POLL))
+        self.emit(0xFE12, memarg(0, POLL, self.p.poll_mem))
         if self.p.count_steps:
             self.emit(0x72)  # i32.or
         self.open(0x04, self.p.block_type(params, params), False)
@@ -914,6 +914,7 @@ class _Pass:
         self.sites: list[Site] = []
         self.layouts: dict[int, FunctionLayout] = {}
         self.ctl = len(ir.all_mems())
+        self.poll_mem = self.ctl + 1  # a memory of its own: see instrument()
         self.globals_base = len(ir.all_globals())
         self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
         self.count_steps = True
@@ -1016,6 +1017,10 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
                          p.rewinds_table, [Instr(0x41, n_imported), Instr(0x0B)]))
     p.patch_record_sizes()
     ir.mems.append(MemType(Limits((RECORDS_BASE + p.max_record()) // 65536 + 1)))
+    # the poll byte lives in a memory of its own: a poll then needs that memory's base only for
+    # itself, and the control memory's base is loaded by the cold arms that write records, so
+    # neither stays in a register across the calls of a recursive function
+    ir.mems.append(MemType(Limits(1, 1)))
     ir.datas.append(Data("active", RECORDS_BASE.to_bytes(4, "little") * 2, p.ctl, [Instr(0x41, WRITE_PTR),
                                                                                         Instr(0x0B)]))
     if ir.data_count is not None:
@@ -1033,7 +1038,7 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
     taken = {e.name for e in ir.exports}
     dump_index = n_imported + len(ir.funcs) - 2
     extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:load", "func", dump_index + 1),
-             Export("wasmig:ctl", "memory", p.ctl),
+             Export("wasmig:ctl", "memory", p.ctl), Export("wasmig:poll", "memory", p.poll_mem),
              Export("wasmig:state", "global", g),
              Export("wasmig:steps", "global", g + 1), Export("wasmig:stop_at", "global", g + 2)]
     extra += [Export(f"wasmig:g{i}", "global", i) for i in range(g)]

@@ -50,7 +50,7 @@ from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
-PASS_VERSION = "wasmig-instrument-10"
+PASS_VERSION = "wasmig-instrument-11"
 WORKER_STACK = 64 << 20
 
 
@@ -132,8 +132,8 @@ class Checkpointable:
         self.instance.interrupt_state = self._state
         # the control memory never moves (memory_may_move is off): a plain address, writable
         # from any thread
-        ctl_base = ctypes.addressof(self.ctl.data_ptr(self.store).contents)
-        self._poll = ctypes.c_uint8.from_address(ctl_base + POLL)
+        poll_base = ctypes.addressof(ex["wasmig:poll"].data_ptr(self.store).contents)
+        self._poll = ctypes.c_uint8.from_address(poll_base + POLL)
         self._tables: list[Any] | None = None
         self._slots: dict[tuple[int, int, int], int] = {}
         self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
