@@ -4,13 +4,20 @@ docs/instrument.md).
 
 What it adds (none of it part of the canonical state):
 
-- memory ``$ctl`` (exported ``wasmig:ctl``), globals ``$state``/``$steps``/``$stop_at`` (exported),
-  every original global and memory 0 exported (``wasmig:g<i>``, ``wasmig:mem0``) so the host can
-  read them, and a byte per passive segment recording ``data.drop``/``elem.drop``;
-- per function: a poll at entry and at every ``loop`` header (test the poll bytes; in the
-  deterministic variant also count a step and test the stop step), a state test after every
-  call, spill locals, an unwind path that appends the frame record ``(site, func, live locals)``
-  and returns dummy results, and a rewind copy that pops such a record and re-enters the frame;
+- memory ``$ctl`` (exported ``wasmig:ctl``) for the frame records, memory ``$poll`` (exported
+  ``wasmig:poll``) whose byte 0 the host sets to request a checkpoint, globals
+  ``$state``/``$steps``/``$stop_at`` (exported), every original global and memory 0 exported
+  (``wasmig:g<i>``, ``wasmig:mem0``) so the host can read them, and a byte per passive segment
+  recording ``data.drop``/``elem.drop``;
+- per function: polls (an atomic load of the poll byte; in the deterministic variant also a
+  step count and a test of the stop step) at its entry and at every ``loop`` header -- the fast
+  variant leaves out those it can (see :meth:`_Pass.entry_polled`,
+  :meth:`_FunctionRewriter._every_iteration_calls`, :meth:`_FunctionRewriter._unrolled_loop`) --,
+  a state test after every call whose callee can unwind, spill locals, an unwind path that
+  appends the frame record ``(site, func, live locals)`` and returns dummy results;
+- per function a rewind copy, a function of its own that pops such a record and re-enters the
+  frame, the table ``$rewinds`` of the copies and an export ``wasmig:rewind<f>`` of the copy of
+  every exported function;
 - the site map (``wasmig.sitemap`` custom section) to translate records into canonical frames,
   and the origin map (``wasmig.origins``) to report traps at the original offsets.
 """
