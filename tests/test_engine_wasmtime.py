@@ -505,8 +505,15 @@ def test_ctrl_c_ends_a_guest_that_never_calls_the_host(tmp_path: Path) -> None:
 
     spin = tmp_path / "spin.wasm"
     spin.write_bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start") loop br 0 end))'))
+    def as_from_a_terminal() -> None:
+        # a shell starts a foreground command with SIGINT at its default and unblocked; the test
+        # process may have inherited it otherwise (a fresh-clone suite run once timed out here,
+        # the child never seeing the signal, while the test passes alone)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
     proc = subprocess.Popen([*wasmig_command("wasmtime"), str(spin)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=as_from_a_terminal)
     try:
         time.sleep(2)  # started and spinning
         assert proc.poll() is None
