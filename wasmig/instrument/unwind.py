@@ -923,7 +923,7 @@ class _Pass:
         self.ctl = len(ir.all_mems())
         self.poll_mem = self.ctl + 1  # a memory of its own: see instrument()
         self.globals_base = len(ir.all_globals())
-        self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
+        self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}  # type indices
         self.count_steps = True
         self.unroll = 1  # copies of a small call-free loop's body per poll (fast variant: UNROLL)
         self.copy_base = 0  # function index of defined function 0's rewind copy
@@ -954,15 +954,7 @@ class _Pass:
             return None
         if not params and len(results) == 1:
             return results[0]
-        key = (tuple(params), tuple(results))
-        if key not in self._block_types:
-            ft = FuncType(*key)
-            if ft in self.ir.types:
-                self._block_types[key] = self.ir.types.index(ft)
-            else:
-                self.ir.types.append(ft)
-                self._block_types[key] = len(self.ir.types) - 1
-        return self._block_types[key]
+        return self.func_type_index(params, results)
 
     def entry_polled(self, func: int) -> bool:
         """Whether function ``func`` polls at its entry: in the deterministic variant every
@@ -979,10 +971,16 @@ class _Pass:
         return self.graph.indirect_may_unwind(self.ir.types[ins.imm[0]])
 
     def func_type_index(self, params: list[str], results: list[str]) -> int:
-        ft = FuncType(tuple(params), tuple(results))
-        if ft not in self.ir.types:
-            self.ir.types.append(ft)
-        return self.ir.types.index(ft)
+        """The index of the type ``params -> results``, added to the module if it has none."""
+        key = (tuple(params), tuple(results))
+        if key not in self._block_types:
+            ft = FuncType(*key)
+            if ft in self.ir.types:
+                self._block_types[key] = self.ir.types.index(ft)
+            else:
+                self.ir.types.append(ft)
+                self._block_types[key] = len(self.ir.types) - 1
+        return self._block_types[key]
 
     def block_arity(self, bt: object) -> tuple[int, list[str], list[str]]:
         if bt is None:
