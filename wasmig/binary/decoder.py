@@ -357,8 +357,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
         raise DecodeError("unexpected end: truncated binary version", len(data))
     if data[4:8] != VERSION:
         raise DecodeError("unknown binary version", 4)
-    r = Reader(data, 8, multi_memory=multi_memory,
-                                  atomic_loads=atomic_loads)
+    r = Reader(data, 8, multi_memory=multi_memory, atomic_loads=atomic_loads)
     m = Module()
     func_type_indices: list[int] = []
     last_order = 0
@@ -373,8 +372,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
         body_start = r.pos
         if body_start + size > len(data):
             raise DecodeError("length out of bounds: section size exceeds the module", sid_pos)
-        s = Reader(data, body_start, body_start + size, multi_memory=multi_memory,
-                                  atomic_loads=atomic_loads)
+        s = Reader(data, body_start, body_start + size, multi_memory=multi_memory, atomic_loads=atomic_loads)
         if sid == 0:
             name = s.name()
             payload = s.bytes(s.end - s.pos)
@@ -551,7 +549,6 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
     s.pos = body.end
     uses_data_count = any(i.op in (0xFC08, 0xFC09) for i in instrs)
     return Function(type_idx, locals_decl, instrs, start, size), uses_data_count
-
 
 
 def sections(data: bytes) -> Iterator[tuple[int, int, int]]:

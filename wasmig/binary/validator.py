@@ -156,14 +156,6 @@ class _Context:
 # --- small helpers -----------------------------------------------------------------------------
 
 
-def _indirect_callee(ctx: _Context, imm: object, what: str) -> FuncType:
-    """The type an indirect call's immediate names, its table checked to hold functions."""
-    type_idx, table_idx = _pair(imm, what)
-    if _table(ctx, table_idx).elem != "funcref":
-        raise _Invalid(f"type mismatch: {what} through table {table_idx} which is not funcref")
-    return ctx.types[_index(type_idx, len(ctx.types), "type")]
-
-
 def _fmt(types: tuple[str | None, ...] | list[str | None]) -> str:
     return "[" + " ".join(t or "?" for t in types) + "]"
 
@@ -359,13 +351,8 @@ def _check_function(ctx: _Context, func: Function) -> FunctionInfo:
                 if not g.mutable:
                     raise _Invalid(f"global is immutable: global {imm}")
                 _pop(vals, frame, g.type)
-            elif op in ops.LOADS or op in ops.STORES:
-                _mem_access(ctx, op, imm)
-                params, results = ops.SIG[op]
-                _pop_vals(vals, frame, params)
-                vals.extend(results)
-            elif op in ops.ATOMIC_LOADS:
-                if not ctx.atomic_loads:
+            elif op in ops.LOADS or op in ops.STORES or op in ops.ATOMIC_LOADS:
+                if op in ops.ATOMIC_LOADS and not ctx.atomic_loads:
                     raise _Invalid(f"illegal opcode {op:#x} ({ops.name(op)} needs the atomic-loads feature)")
                 _mem_access(ctx, op, imm)
                 params, results = ops.SIG[op]
@@ -438,7 +425,10 @@ def _check_function(ctx: _Context, func: Function) -> FunctionInfo:
                 _pop_vals(vals, frame, ft.params)
                 vals.extend(ft.results)
             elif op == CALL_INDIRECT:
-                ft = _indirect_callee(ctx, imm, "call_indirect")
+                type_idx, table_idx = _pair(imm, "call_indirect")
+                if _table(ctx, table_idx).elem != "funcref":
+                    raise _Invalid(f"type mismatch: call_indirect through table {table_idx} which is not funcref")
+                ft = ctx.types[_index(type_idx, len(ctx.types), "type")]
                 _pop(vals, frame, _I32)
                 _pop_vals(vals, frame, ft.params)
                 vals.extend(ft.results)
@@ -636,9 +626,9 @@ def _declared_refs(module: Module) -> frozenset[int]:
 def validate_module(module: Module, *, features: Iterable[str] = frozenset()) -> ModuleInfo:
     """Validate ``module`` per the WebAssembly 2.0 spec (without SIMD) and return per-function stack info.
 
-    ``features`` names opt-in proposals (:mod:`wasmig.binary.features`): ``"multi-memory"``
-    and ``"atomic-loads"`` change validation. Raises :class:`ValidationError`
-    naming the first violation found.
+    ``features`` names opt-in proposals (:mod:`wasmig.binary.features`): ``"multi-memory"`` and
+    ``"atomic-loads"`` change validation. Raises :class:`ValidationError` naming the first
+    violation found.
     """
     wanted = _features.check(features)
     multi_memory = _features.MULTI_MEMORY in wanted
