@@ -224,6 +224,14 @@ def _changed(label: str, a: Any, b: Any) -> list[str]:
     return [] if a == b else [f"{label}: {a} -> {b}"]
 
 
+def _count_changed(label: str, a: int | None, b: int | None) -> list[str]:
+    """:func:`_changed` for a count that may be unknown (None): with the difference when both are known."""
+    if a == b:
+        return []
+    delta = f" ({b - a:+d})" if a is not None and b is not None else ""
+    return [f"{label}: {a} -> {b}{delta}"]
+
+
 def diff(a: Snapshot, b: Snapshot) -> list[str]:
     """What changed from ``a`` to ``b``, one line per difference; ``[]`` if they are the same state.
 
@@ -233,13 +241,8 @@ def diff(a: Snapshot, b: Snapshot) -> list[str]:
     out: list[str] = []
     out += _changed("module", a.module_sha256, b.module_sha256)
     out += _changed("engine", a.engine, b.engine)
-    if a.steps != b.steps:
-        delta = f" ({b.steps - a.steps:+d})" if a.steps is not None and b.steps is not None else ""
-        out.append(f"steps: {a.steps} -> {b.steps}{delta}")
-    if a.instructions != b.instructions:
-        delta = (f" ({b.instructions - a.instructions:+d})"
-                 if a.instructions is not None and b.instructions is not None else "")
-        out.append(f"instructions: {a.instructions} -> {b.instructions}{delta}")
+    out += _count_changed("steps", a.steps, b.steps)
+    out += _count_changed("instructions", a.instructions, b.instructions)
     out += _changed("point", a.point, b.point)
     out += _diff_frames(a, b)
     out += _diff_memories(a, b)

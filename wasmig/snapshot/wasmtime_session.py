@@ -120,7 +120,6 @@ class Checkpointable:
 
         self.module = module
         self.wasi = wasi
-        self.count_steps = count_steps
         code, self.sitemap = instrumented_bytes(module, count_steps=count_steps)
         self.instance = WasmtimeInstance(module, wasi, code=code)
         ex = self.instance.exports
@@ -139,6 +138,11 @@ class Checkpointable:
         self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
 
     # --- control ---------------------------------------------------------------------------
+    @property
+    def count_steps(self) -> bool:
+        """Whether this is the deterministic variant (its site map says so)."""
+        return self.sitemap.counts_steps
+
     @property
     def steps(self) -> int | None:
         """Stable points executed (the canonical step count); None in the fast variant."""
@@ -194,7 +198,7 @@ class Checkpointable:
         if not frames:  # an idle snapshot: nothing was running
             return
         records = records_from_frames(frames, point, self.sitemap, self._indirect_slot)
-        name = self._export_of(frames[0].func)
+        name = self._rewind_export(frames[0].func)
         need = RECORDS_BASE + len(records)
         have = self.ctl.data_len(self.store)
         if need > have:
@@ -232,7 +236,7 @@ class Checkpointable:
             raise SnapshotError(f"snapshot does not fit the module: function {callee} is not in table "
                                 f"{ins.imm[1]}") from None
 
-    def _export_of(self, func: int) -> str:
+    def _rewind_export(self, func: int) -> str:
         """The export of the rewind copy of ``func``, the outermost frame's function."""
         name = f"wasmig:rewind{func}"
         if name not in self.instance.exports:
