@@ -41,14 +41,17 @@ WAT = """
 """
 
 
-@pytest.fixture(scope="module")
-def graph() -> tuple[CallGraph, dict[str, int]]:
+def _assemble(text: str) -> wasmig.Module:
     if shutil.which("wat2wasm") is None:
         pytest.skip("wat2wasm missing")
-    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=WAT.encode(),
+    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=text.encode(),
                           capture_output=True, check=True).stdout
-    module = wasmig.Module.from_bytes(data)
-    ir = module.ir
+    return wasmig.Module.from_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def graph() -> tuple[CallGraph, dict[str, int]]:
+    ir = _assemble(WAT).ir
     names = {ir.func_name(i): i for i in range(ir.num_imported_funcs() + len(ir.funcs))}
     return call_graph(ir), names
 
@@ -82,13 +85,9 @@ def test_indirect_candidates_are_every_function_a_table_could_hold(graph: tuple[
 
 
 def test_an_import_in_a_table_is_a_host_call() -> None:
-    if shutil.which("wat2wasm") is None:
-        pytest.skip("wat2wasm missing")
     wat = """(module (import "env" "f" (func $f (param i32) (result i32)))
       (table 1 funcref) (elem (i32.const 0) $f)
       (func $g (result i32) (call_indirect (param i32) (result i32) (i32.const 0) (i32.const 0))))"""
-    data = subprocess.run(["wat2wasm", "-", "-o", "/dev/stdout"], input=wat.encode(), capture_output=True,
-                          check=True).stdout
-    g = call_graph(wasmig.Module.from_bytes(data).ir)
+    g = call_graph(_assemble(wat).ir)
     assert g.calls_host == {1} and g.may_unwind == {1}
     assert g.indirect_may_unwind(FuncType(("i32",), ("i32",)))

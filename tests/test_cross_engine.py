@@ -206,15 +206,20 @@ def test_chained_across_engines() -> None:
 WAT = (Path(__file__).parent / "test_instrument.py").read_text().split('WAT = """', 1)[1].split('"""', 1)[0]
 
 
+def _wat_module(text: str) -> wasmig.Module:
+    """``text`` assembled by wabt's wat2wasm (names kept), as a module."""
+    if shutil.which("wat2wasm") is None:
+        pytest.skip("wat2wasm missing")
+    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=text.encode(),
+                          capture_output=True, check=True).stdout
+    return wasmig.Module.from_bytes(data)
+
+
 def test_every_stable_point_of_folded_code_round_trips() -> None:
     """The hand-written module (buried values, loop parameters, multi-value, call_indirect,
     recursion): at every one of its stable points, both engines take the same snapshot and
     each finishes from either engine's snapshot with the same memory and globals."""
-    if shutil.which("wat2wasm") is None:
-        pytest.skip("wat2wasm missing")
-    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=WAT.encode(),
-                          capture_output=True, check=True).stdout
-    module = wasmig.Module.from_bytes(data)
+    module = _wat_module(WAT)
     ref_wasi = _wasi(["m"], io.BytesIO())
     ref = instantiate_with_wasi(module, ref_wasi)
     ref.invoke("_start")
@@ -445,11 +450,7 @@ def test_where_the_fast_variant_stops_and_that_it_is_a_state_of_the_interpreter(
     """A request made before each loop: the fast variant stops at the loop's header (above),
     its snapshot equals the interpreter's at some stable point, and both engines finish it; the
     unrolled loops run every trip count (10 and 3, not multiples of four) as the original."""
-    if shutil.which("wat2wasm") is None:
-        pytest.skip("wat2wasm missing")
-    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=FAST_WAT.encode(),
-                          capture_output=True, check=True).stdout
-    module = wasmig.Module.from_bytes(data)
+    module = _wat_module(FAST_WAT)
     code, expected, total = reference(module, ["fast"])
     assert len(expected) == 4
     states = [stop("interp", module, ["fast"], k) for k in range(1, total + 1)]
@@ -469,21 +470,33 @@ def test_where_the_fast_variant_stops_and_that_it_is_a_state_of_the_interpreter(
 def _fast_stop(module: wasmig.Module, j: int) -> tuple[Snapshot, bytes]:
     """Run the fast variant with a checkpoint requested in the j-th $mark: (its snapshot, what
     the run printed)."""
+    marks = [0]
+
+    def mark(runner: Checkpointable) -> None:
+        marks[0] += 1
+        if marks[0] == j:
+            runner.request()
+
+    return _stop_on_mark(module, mark, f"request {j}: no stop")
+
+
+def _stop_on_mark(module: wasmig.Module, on_mark: Callable[[Checkpointable], None], no_stop: str
+                  ) -> tuple[Snapshot, bytes]:
+    """Run the fast variant, ``on_mark(runner)`` called in every $mark (WASI sched_yield), until
+    it unwinds (else fail with ``no_stop``): (its snapshot, what the run printed)."""
     out = io.BytesIO()
     wasi = _wasi(["fast"], out)
-    marks = [0]
     runner: Checkpointable | None = None
 
     def mark() -> None:
-        marks[0] += 1
-        if marks[0] == j and runner is not None:
-            runner.request()
+        assert runner is not None
+        on_mark(runner)
 
     wasi.sched_yield = mark  # type: ignore[method-assign]
     try:
         runner = Checkpointable(module, wasi)
         runner.start()
-        assert runner.unwound, f"request {j}: no stop"
+        assert runner.unwound, no_stop
         return from_plain(to_plain(runner.capture())), out.getvalue()
     finally:
         wasi.close()
@@ -529,13 +542,9 @@ NESTED_WAT = LONG_WAT.replace("(call $long (i32.const 400000001))", "(call $nest
 def _stop_mid_loop(wat: str) -> tuple[wasmig.Module, Snapshot, bytes]:
     """Run ``wat``'s _start on the fast variant, a request made by another thread 50 ms after
     $mark (a loop starts right after it): (the module, the snapshot, the uninterrupted output)."""
-    if shutil.which("wat2wasm") is None:
-        pytest.skip("wat2wasm missing")
-    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=wat.encode(),
-                          capture_output=True, check=True).stdout
-    module = wasmig.Module.from_bytes(data)
+    module = _wat_module(wat)
     out = io.BytesIO()
-    wasi = _wasi(["long"], out)
+    wasi = _wasi(["fast"], out)  # the argv _stop_on_mark runs with
     try:
         Checkpointable(module, wasi).start()
     except ProcExit:
@@ -544,21 +553,12 @@ def _stop_mid_loop(wat: str) -> tuple[wasmig.Module, Snapshot, bytes]:
         wasi.close()
     expected = out.getvalue()
     assert len(expected) == 4
-    runner: Checkpointable | None = None
 
-    def mark() -> None:
-        assert runner is not None
+    def mark(runner: Checkpointable) -> None:
         threading.Timer(0.05, runner.request).start()
 
-    wasi = _wasi(["long"], io.BytesIO())
-    wasi.sched_yield = mark  # type: ignore[method-assign]
-    try:
-        runner = Checkpointable(module, wasi)
-        runner.start()
-        assert runner.unwound, "the loop ended before the request"
-        return module, from_plain(to_plain(runner.capture())), expected
-    finally:
-        wasi.close()
+    snap, _ = _stop_on_mark(module, mark, "the loop ended before the request")
+    return module, snap, expected
 
 
 def test_an_unrolled_loop_stops_between_rounds_of_copies() -> None:
