@@ -5,12 +5,9 @@ without its post-call check (a stack unwound half-way), so each rule is pinned d
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 
-import wasmig
+from tests.wat import wat_module
 from wasmig.binary.ir import FuncType
 from wasmig.instrument.callgraph import CallGraph, call_graph
 
@@ -41,17 +38,9 @@ WAT = """
 """
 
 
-def _assemble(text: str) -> wasmig.Module:
-    if shutil.which("wat2wasm") is None:
-        pytest.skip("wat2wasm missing")
-    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=text.encode(),
-                          capture_output=True, check=True).stdout
-    return wasmig.Module.from_bytes(data)
-
-
 @pytest.fixture(scope="module")
 def graph() -> tuple[CallGraph, dict[str, int]]:
-    ir = _assemble(WAT).ir
+    ir = wat_module(WAT).ir
     names = {ir.func_name(i): i for i in range(ir.num_imported_funcs() + len(ir.funcs))}
     return call_graph(ir), names
 
@@ -88,6 +77,6 @@ def test_an_import_in_a_table_is_a_host_call() -> None:
     wat = """(module (import "env" "f" (func $f (param i32) (result i32)))
       (table 1 funcref) (elem (i32.const 0) $f)
       (func $g (result i32) (call_indirect (param i32) (result i32) (i32.const 0) (i32.const 0))))"""
-    g = call_graph(_assemble(wat).ir)
+    g = call_graph(wat_module(wat).ir)
     assert g.calls_host == {1} and g.may_unwind == {1}
     assert g.indirect_may_unwind(FuncType(("i32",), ("i32",)))

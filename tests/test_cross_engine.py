@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import io
 import random
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import wasmig
+from tests.wat import wat_module
 from wasmig.snapshot.capture import capture
 from wasmig.snapshot.state import Snapshot, SnapshotError, from_plain, to_plain
 from wasmig.toolchain import compile_c
@@ -206,20 +205,11 @@ def test_chained_across_engines() -> None:
 WAT = (Path(__file__).parent / "test_instrument.py").read_text().split('WAT = """', 1)[1].split('"""', 1)[0]
 
 
-def _wat_module(text: str) -> wasmig.Module:
-    """``text`` assembled by wabt's wat2wasm (names kept), as a module."""
-    if shutil.which("wat2wasm") is None:
-        pytest.skip("wat2wasm missing")
-    data = subprocess.run(["wat2wasm", "--debug-names", "-", "-o", "/dev/stdout"], input=text.encode(),
-                          capture_output=True, check=True).stdout
-    return wasmig.Module.from_bytes(data)
-
-
 def test_every_stable_point_of_folded_code_round_trips() -> None:
     """The hand-written module (buried values, loop parameters, multi-value, call_indirect,
     recursion): at every one of its stable points, both engines take the same snapshot and
     each finishes from either engine's snapshot with the same memory and globals."""
-    module = _wat_module(WAT)
+    module = wat_module(WAT)
     ref_wasi = _wasi(["m"], io.BytesIO())
     ref = instantiate_with_wasi(module, ref_wasi)
     ref.invoke("_start")
@@ -450,7 +440,7 @@ def test_where_the_fast_variant_stops_and_that_it_is_a_state_of_the_interpreter(
     """A request made before each loop: the fast variant stops at the loop's header (above),
     its snapshot equals the interpreter's at some stable point, and both engines finish it; the
     unrolled loops run every trip count (10 and 3, not multiples of four) as the original."""
-    module = _wat_module(FAST_WAT)
+    module = wat_module(FAST_WAT)
     code, expected, total = reference(module, ["fast"])
     assert len(expected) == 4
     states = [stop("interp", module, ["fast"], k) for k in range(1, total + 1)]
@@ -542,7 +532,7 @@ NESTED_WAT = LONG_WAT.replace("(call $long (i32.const 400000001))", "(call $nest
 def _stop_mid_loop(wat: str) -> tuple[wasmig.Module, Snapshot, bytes]:
     """Run ``wat``'s _start on the fast variant, a request made by another thread 50 ms after
     $mark (a loop starts right after it): (the module, the snapshot, the uninterrupted output)."""
-    module = _wat_module(wat)
+    module = wat_module(wat)
     out = io.BytesIO()
     wasi = _wasi(["fast"], out)  # the argv _stop_on_mark runs with
     try:
