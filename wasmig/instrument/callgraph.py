@@ -32,7 +32,7 @@ class CallGraph:
 
     n_imported: int
     callees: dict[int, set[int]] = field(default_factory=dict)  # defined callees only
-    calls_host: set[int] = field(default_factory=set)  # calls an import (directly or indirectly)
+    calls_host: set[int] = field(default_factory=set)  # calls an import itself (call, or a call_indirect that may)
     has_loop: set[int] = field(default_factory=set)
     recursive: set[int] = field(default_factory=set)  # on a call cycle
     may_unwind: set[int] = field(default_factory=set)
