@@ -80,3 +80,44 @@ def test_an_import_in_a_table_is_a_host_call() -> None:
     g = call_graph(wat_module(wat).ir)
     assert g.calls_host == {1} and g.may_unwind == {1}
     assert g.indirect_may_unwind(FuncType(("i32",), ("i32",)))
+
+
+def _calls(ir: object, caller: int) -> list[object]:
+    return [ins for ins in ir.funcs[caller - ir.num_imported_funcs()].body if ins.op in (0x10, 0x11)]  # type: ignore[attr-defined]
+
+
+def test_the_fast_variant_polls_where_recursive_calls_return_not_at_entries(
+        graph: tuple[CallGraph, dict[str, int]]) -> None:
+    """The fast variant's post-call check polls after a call that can unwind (so no function
+    needs an entry poll), except after a direct host call; the deterministic variant polls at
+    every entry and never after a call (it counts steps at entries)."""
+    from wasmig.instrument.unwind import _Pass
+
+    _, n = graph
+    ir = wat_module(WAT).ir
+    fast, steps = _Pass(ir), _Pass(ir)
+    fast.count_steps = False
+    assert not any(fast.entry_polled(f) for f in n.values() if f >= 1)
+    assert all(steps.entry_polled(f) for f in n.values() if f >= 1)
+    after = {name: [fast.polls_after(ins) for ins in _calls(ir, n[name])]
+             for name in ("self", "ping", "callsLooper", "callsLeaf", "callsHost", "viaTable", "indirectOther")}
+    assert after == {"self": [True], "ping": [True], "callsLooper": [True], "callsLeaf": [False],
+                     "callsHost": [False], "viaTable": [True], "indirectOther": [True]}
+    assert not any(steps.polls_after(ins) for name in after for ins in _calls(ir, n[name]))
+
+
+def test_a_recursive_function_whose_call_cannot_poll_polls_at_its_entry() -> None:
+    """A call returning a reference cannot stop just after it (a frame record holds numbers
+    only), so a recursive function making one keeps its entry poll: every cycle still polls."""
+    from wasmig.instrument.unwind import _Pass
+
+    wat = """(module
+      (func $r (param i32) (result funcref)
+        (if (result funcref) (local.get 0) (then (call $r (i32.const 0))) (else (ref.null func))))
+      (func $s (param i32) (result i32)
+        (if (result i32) (local.get 0) (then (call $s (i32.const 0))) (else (i32.const 0)))))"""
+    ir = wat_module(wat).ir
+    fast = _Pass(ir)
+    fast.count_steps = False
+    assert [fast.entry_polled(f) for f in (0, 1)] == [True, False]
+    assert [fast.polls_after(ins) for f in (0, 1) for ins in _calls(ir, f)] == [False, True]

@@ -121,6 +121,9 @@ def test_refuses_snapshots_that_do_not_fit(module: wasmig.Module, tmp_path: Path
         wasmig.restore(replace(snap, frames=snap.frames[:-1]), module=module)
     with pytest.raises(SnapshotError):
         wasmig.restore(replace(snap, globals=[]), module=module)
+    # a stable point at a loop or entry is no place just after a call
+    with pytest.raises(SnapshotError, match="after_call point not just after a call"):
+        wasmig.restore(replace(snap, point="after_call"), module=module)
 
 
 def test_host_reentry_is_not_checkpointable(tmp_path: Path) -> None:

@@ -54,10 +54,15 @@ from wasmig.wasi.preview1 import WASI_MODULE, Wasi, check_wasi_imports
 #: Engine settings: applied to the ``wasmtime.Config`` and part of the artifact cache key.
 #: ``memory_may_move`` off: a linear memory keeps its address when it grows (it is reserved up
 #: front), so another thread may write the control memory's poll byte at any time.
-#: ``max_wasm_stack`` 2 MiB (wasmtime's default is 512 KiB; 2 MiB, its async stack size, is the most
-#: it accepts): room for 10,000-frame recursions of ordinary C code.
+#: ``max_wasm_stack`` 4 MiB (wasmtime's default is 512 KiB): room for 10,000-frame recursions of
+#: ordinary C code *and* their rewind copies, whose frames hold every local (deeprec.c's take 240
+#: bytes each), still well inside a main thread's usual 8 MiB stack (the session's worker thread
+#: has 64 MiB). wasmtime refuses a wasm stack above its async stack size (2 MiB), which it uses
+#: only for async calls (wasmig makes none): that is raised to match through the C API.
 ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "wasm_threads": True,
-                                   "memory_may_move": False, "max_wasm_stack": 2 << 20}
+                                   "memory_may_move": False, "max_wasm_stack": 4 << 20}
+#: wasmtime's own limit where its C API cannot raise the async stack size
+_DEFAULT_ASYNC_STACK = 2 << 20
 
 CACHE_ENV = "WASMIG_CACHE"
 #: A cache entry: this magic, the sha256 of the payload, then ``Module.serialize()``'s bytes.
@@ -89,7 +94,13 @@ def engine() -> wasmtime.Engine:
     global _ENGINE
     if _ENGINE is None:
         config = wasmtime.Config()
-        for name, value in ENGINE_SETTINGS.items():
+        settings = dict(ENGINE_SETTINGS)
+        setter = getattr(_ffi, "wasmtime_config_async_stack_size_set", None) if _ffi is not None else None
+        if setter is not None:
+            setter(config.ptr(), settings["max_wasm_stack"])
+        else:  # pragma: no cover - another wasmtime-py layout
+            settings["max_wasm_stack"] = min(settings["max_wasm_stack"], _DEFAULT_ASYNC_STACK)
+        for name, value in settings.items():
             setattr(config, name, value)
         _ENGINE = wasmtime.Engine(config)
     return _ENGINE
@@ -473,6 +484,8 @@ class WasmtimeInstance:
         #: HostCallInterrupted then sets this global (``wasmig:state``) to 1 and returns at once,
         #: so the guest unwinds from the import call site instead of trapping
         self.interrupt_state: wasmtime.Global | None = None
+        #: and this byte (the poll byte) to 1: the fast variant's post-call checks test it first
+        self.interrupt_flag: ctypes.c_uint8 | None = None
         imports = check_wasi_imports(module.ir)
         if imports and wasi is None:
             raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")
@@ -530,6 +543,8 @@ class WasmtimeInstance:
                     return ctypes.cast(_ffi.wasmtime_trap_new(_HOST_EXCEPTION, len(_HOST_EXCEPTION)),
                                        ctypes.c_void_p).value
                 inst.interrupt_state.set_value(inst.store, 1)
+                if inst.interrupt_flag is not None:
+                    inst.interrupt_flag.value = 1
                 if result is not None:
                     result.from_address(slots).value = 0
                 return 0
@@ -568,6 +583,8 @@ class WasmtimeInstance:
                     raised.append(e)
                     raise
                 self.interrupt_state.set_value(self.store, 1)
+                if self.interrupt_flag is not None:
+                    self.interrupt_flag.value = 1
                 return 0 if results else None
             except BaseException as e:
                 raised.append(e)

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 SECTION_NAME = "wasmig.sitemap"
-KINDS = ("entry", "loop", "call", "import_call")
+KINDS = ("entry", "loop", "call", "import_call", "after_call")
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Site:
     id: int
     func: int  # function index (module index space)
     pc: int  # canonical pc: byte offset of the instruction in the original function body
-    kind: str  # entry | loop | call | import_call
+    kind: str  # entry | loop | call | import_call | after_call (the fast variant: just after a call returned)
     stack: list[str]  # live operand-stack types at the site (canonical frame stack), bottom to top
     spills: list[int]  # the local index holding each of them, same order
     #: import and indirect call sites: the call's operands (arguments, and call_indirect's table

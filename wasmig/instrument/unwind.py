@@ -212,13 +212,14 @@ class _FunctionRewriter:
                 self.emit(0xD0, t)  # ref.null
 
     def add_site(self, key: tuple[int, str], kind: str, pc: int, stack: list[str],
-                 args: list[str] | None = None) -> int:
-        """The site of instruction ``key`` (made once: an unrolled loop emits its body again)."""
+                 args: list[str] | None = None, live_at: int | None = None) -> int:
+        """The site of instruction ``key`` (made once: an unrolled loop emits its body again);
+        ``live_at``: the instruction whose live locals the site keeps (default: ``key``'s)."""
         if key in self.site_at:
             return self.site_at[key]
         site_id = len(self.p.sites)
         args = args or []
-        bits = self.live[max(key[0], 0)]
+        bits = self.live[max(key[0] if live_at is None else live_at, 0)]
         live = [j for j in range(self.num_locals) if bits >> j & 1]
         self.p.sites.append(Site(site_id, self.func_idx, pc, kind, stack,
                                  [self.spill(d, t) for d, t in enumerate(stack)], args,
@@ -278,8 +279,20 @@ class _FunctionRewriter:
         self.unwind_branch(site_id)
         self.close()
 
-    def post_call_check(self, site_id: int, level: list[str], results: list[str], base: int) -> None:
+    def post_call_check(self, site_id: int, level: list[str], results: list[str], base: int,
+                        after: int | None = None) -> None:
+        """After a call whose callee can unwind: if it did, unwind this frame at the call site.
+
+        With ``after`` (an ``after_call`` site, the fast variant), the check is also a poll: it
+        tests the poll byte, which a pending request and every unwind set, and only in that cold
+        arm tells the two apart -- a request with the call done unwinds at ``after``, keeping the
+        call's results. That one load replaces the entry poll of a recursive function (see
+        :meth:`_Pass.entry_polled`)."""
         carried = level + results
+        if after is not None:
+            self.emit(0x41, 0)
+            self.emit(0xFE12, memarg(0, POLL, self.p.poll_mem))  # i32.atomic.load8_u $poll
+            self.open(0x04, self.p.block_type(carried, carried), False)
         self.emit(0x23, self.p.globals_base)  # $state
         self.emit(0x41, STATE_UNWINDING)
         self.emit(0x46)  # i32.eq
@@ -288,6 +301,33 @@ class _FunctionRewriter:
         self.pop_into(level, base)
         self.unwind_branch(site_id)
         self.close()
+        if after is None:
+            return
+        # a request, the call completed: stop just after it -- unless a rewind copy is still
+        # skipping to its site (the call was not made; $state is rewinding). The normal body
+        # never runs while rewinding, and there the cold arm must not fall back into the hot
+        # path: a join there costs Cranelift moves and jumps on every call (fib 1.1x -> 1.25x)
+        copy = self.unwind_label == _COPY_UNWIND_LABEL
+        if copy:
+            self.emit(0x23, self.p.globals_base)
+            self.emit(0x45)  # i32.eqz: running
+            self.open(0x04, self.p.block_type(carried, carried), False)
+        self.pop_into(carried, base)
+        self.unwind_branch(after)
+        if copy:
+            self.close()
+        self.close()
+
+    def call_sites(self, i: int, ins: Instr, kind: str, below: list[str], args: list[str],
+                   results: list[str]) -> tuple[int, int | None]:
+        """The call site of call ``i`` and, where its check polls, its ``after_call`` site: the
+        frame just after the call returned, its results on the stack (canonical pc: the next
+        instruction's)."""
+        site = self.add_site((i, "call"), kind, ins.offset, below, args)
+        if not self.p.polls_after(ins):
+            return site, None
+        nxt = self.func.body[i + 1]
+        return site, self.add_site((i, "after_call"), "after_call", nxt.offset, below + results, live_at=i + 1)
 
     def plain(self, ins: Instr) -> None:
         """An instruction that is neither a site nor a construct holding one: copied, with its
@@ -425,22 +465,22 @@ class _FunctionRewriter:
                     self.pop_into(args, len(below))
                     self.push_from(args, len(below))
                 self.emit(ins.op, ins.imm, ins.offset)
-                site = self.add_site((i, "call"), kind, ins.offset, below, args)
+                site, after = self.call_sites(i, ins, kind, below, args, list(callee.results))
                 if self.p.call_may_unwind(ins):
-                    self.post_call_check(site, below[base:], list(callee.results), base)
+                    self.post_call_check(site, below[base:], list(callee.results), base, after)
             else:
                 self.plain(ins)
 
     def _every_iteration_calls(self, i: int) -> bool:
         """Whether the fast variant may leave loop ``i`` without a header poll: every iteration
-        calls a function of the module that polls at its entry (a recursive one), which then
-        bounds the time to a stop.
+        makes a call whose post-call check polls (:meth:`post_call_check`), which then bounds
+        the time to a stop (the callee itself polls while it runs).
 
-        That holds when a direct call to such a function sits at the top level of the loop's
-        body with no branch back to the loop before it: code after it can only be reached
-        through it (a branch from before it can only leave the loop, restart it, or stay in a
-        construct that ends before it). Recursive fib loses a third of its overhead. The
-        deterministic variant counts every header, as the interpreter does, and keeps them all."""
+        That holds when such a call sits at the top level of the loop's body with no branch
+        back to the loop before it: code after it can only be reached through it (a branch from
+        before it can only leave the loop, restart it, or stay in a construct that ends before
+        it). Recursive fib loses a third of its overhead. The deterministic variant counts every
+        header, as the interpreter does, and keeps them all."""
         if self.p.count_steps:
             return False
         body = self.func.body
@@ -455,25 +495,20 @@ class _FunctionRewriter:
                 return False  # a branch back to the loop before any call
             elif op == 0x0E and depth in (*body[k].imm[0], body[k].imm[1]):
                 return False
-            elif op == 0x10 and depth == 0 and body[k].imm >= self.p.n_imported and not self.unreachable[k] \
-                    and self.p.entry_polled(body[k].imm):
+            elif op in (0x10, 0x11) and depth == 0 and not self.unreachable[k] and self.p.polls_after(body[k]):
                 return True
         return False
 
     def _unrollable(self, i: int) -> bool:
-        """A loop the fast variant unrolls: one with no call, a small body and at most one level
-        of loops inside (unrolled in turn, in each copy: a two-deep nest such as sieve's keeps
-        16 copies of its innermost body)."""
+        """A loop the fast variant unrolls: an innermost loop (no loop inside) with no call and a
+        small body. Unrolling an outer loop too (its inner loop in turn, in each copy) was tried:
+        sieve's two-deep nest then kept 16 copies of its innermost body, and Cranelift spilled
+        the outer loop's values to the stack (sieve 1.22x plain against 1.06x)."""
         if self.p.unroll < 2:
             return False
         end = self.end_of[i]
         body = self.func.body
-        if end - i - 1 > UNROLL_MAX_BODY or any(body[k].op in (0x10, 0x11) for k in range(i + 1, end)):
-            return False
-        # at most one level of loops inside: deeper nests would multiply their innermost body
-        # by 4 per level, for outer loops that run rarely
-        return not any(body[k].op == 0x03 and any(body[j].op == 0x03 for j in range(k + 1, self.end_of[k]))
-                       for k in range(i + 1, end))
+        return end - i - 1 <= UNROLL_MAX_BODY and not any(body[k].op in (0x03, 0x10, 0x11) for k in range(i + 1, end))
 
     def _unrolled_loop(self, i: int, ins: Instr, stack: list[str | None], entry_height: int,
                        ctl: list[_Ctl]) -> None:
@@ -492,8 +527,7 @@ class _FunctionRewriter:
         Every copy keeps its own exit test, so any trip count runs exactly as the original: only
         the poll is taken once per ``unroll`` iterations instead of every one. A tight loop's
         three poll instructions cost it up to 40%; a quarter of them costs ~10%. The loop holds
-        no site but its header and those of its inner loops (whose every copy polls as theirs),
-        so its frames, records and rewind are those of the plain loop.
+        no site but its header, so its frames, records and rewind are those of the plain loop.
         """
         end = self.end_of[i]
         params = self.check_types(stack[entry_height:], "a loop parameter")
@@ -817,6 +851,7 @@ class _FunctionRewriter:
         stack = list(self.stack_before[i])
         kind, below, args, callee = self._call_shape(ins, stack)
         site = self.site_at[(i, "call")]
+        after = self.site_at.get((i, "after_call"))
         level = below[base:]
         operands = stack[len(below):]
         results = list(callee.results)
@@ -857,14 +892,25 @@ class _FunctionRewriter:
             self.emit(0x11, (self.p.func_type_index([], results), self.p.rewinds_table), ins.offset)
             self.close()
         self.emit(0x05)
+        if after is not None:  # stopped just after the call: its results come back from the record
+            self.emit(0x20, self.site_local)
+            self.emit(0x41, after)
+            self.emit(0x46)
+            self.open(0x04, self.p.block_type(carried_in, carried_out), False)
+            self.drop(len(carried_in))
+            self.push_from(carried_out, base)
+            self._finish_rewind()
+            self.emit(0x05)
         self.drop(len(carried_in))
         self.zeros(carried_out)
+        if after is not None:
+            self.close()
         self.close()
         self.emit(0x05)
         self.emit(ins.op, ins.imm, ins.offset)
         self.close()
         if self.p.call_may_unwind(ins):
-            self.post_call_check(site, level, results, base)
+            self.post_call_check(site, level, results, base, after)
 
     def _write_record(self) -> None:
         """After $unwind: the cold arm wrote this record's slots; write its header (site,
@@ -875,6 +921,10 @@ class _FunctionRewriter:
         size = 8 + 8 * len(self.local_types)
         self.emit(0x41, STATE_UNWINDING)  # callers see it after their call returns, and unwind too
         self.emit(0x24, self.p.globals_base)
+        if not self.p.count_steps:  # the fast variant's post-call checks test the poll byte first
+            self.emit(0x41, 0)
+            self.emit(0x41, 1)
+            self.emit(0x3A, memarg(0, POLL, self.p.poll_mem))
         self.emit(0x41, 0)
         self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
         self.emit(0x22, a)
@@ -929,6 +979,7 @@ class _Pass:
         self.copy_base = 0  # function index of defined function 0's rewind copy
         self.graph = call_graph(ir)  # of the original module: who recurses, who can unwind
         self.rewinds_table = 0  # index of the table $rewinds
+        self._entry_polled: dict[int, bool] = {}
         self._patch: list[tuple[Instr, bool]] = []  # constants that depend on the largest record
 
     def max_record_const(self) -> Instr:
@@ -958,9 +1009,20 @@ class _Pass:
 
     def entry_polled(self, func: int) -> bool:
         """Whether function ``func`` polls at its entry: in the deterministic variant every
-        function (it counts entries); in the fast one only a function on a call cycle (the
-        others run a bounded time between the polls of their loops and callees)."""
-        return self.count_steps or func in self.graph.recursive
+        function (it counts entries). In the fast one, hardly any: a function off every call
+        cycle runs a bounded time between the polls of its loops and callees, and a recursive
+        one polls when its calls return (:meth:`polls_after`) -- a descent without returns ends
+        at the stack limit. Only a recursive function with a call that cannot poll on return
+        (its results are references, which a frame record cannot hold) polls at its entry."""
+        if self.count_steps:
+            return True
+        if func not in self.graph.recursive:
+            return False
+        if func not in self._entry_polled:
+            body = self.ir.funcs[func - self.n_imported].body
+            self._entry_polled[func] = any(ins.op in (0x10, 0x11) and self.call_may_unwind(ins)
+                                           and not self.polls_after(ins) for ins in body)
+        return self._entry_polled[func]
 
     def call_may_unwind(self, ins: Instr) -> bool:
         """Whether the callee of a call can unwind (so the call needs its post-call check)."""
@@ -969,6 +1031,16 @@ class _Pass:
         if ins.op == 0x10:
             return ins.imm in self.graph.may_unwind
         return self.graph.indirect_may_unwind(self.ir.types[ins.imm[0]])
+
+    def polls_after(self, ins: Instr) -> bool:
+        """Whether a call's post-call check also polls: in the fast variant, a call of the
+        module's own code (not a direct import call: a host call returns at once, and a request
+        it saw stops the guest at the next poll, as in the deterministic variant) that can
+        unwind, with results a frame record can hold."""
+        if self.count_steps or not self.call_may_unwind(ins) or ins.op == 0x10 and ins.imm < self.n_imported:
+            return False
+        ft = self.ir.func_type(ins.imm) if ins.op == 0x10 else self.ir.types[ins.imm[0]]
+        return all(t in _NUMERIC for t in ft.results)
 
     def func_type_index(self, params: list[str], results: list[str]) -> int:
         """The index of the type ``params -> results``, added to the module if it has none."""

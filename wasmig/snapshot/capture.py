@@ -223,6 +223,10 @@ def _restore_frames(instance: Instance, snap: Snapshot) -> None:
                 target = None
             if target is None or target >= n_imported:
                 raise SnapshotError("snapshot does not fit the module: an import_call point not at an import call")
+        elif snap.point == "after_call":  # the fast variant stopped just after a call returned
+            if at == 0 or body[at - 1].op not in _CALLS or info.unreachable[at - 1]:
+                raise SnapshotError("snapshot does not fit the module: an after_call point not just after a call")
+            types, resume = info.stack_before[at], at
         elif snap.point == "entry":
             if at != 0:
                 raise SnapshotError("snapshot does not fit the module: an entry point not at a function's start")

@@ -78,12 +78,15 @@ def records_from_frames(frames: list[FrameState], point: str, sitemap: SiteMap,
     out = bytearray()
     for depth, frame in enumerate(frames):
         innermost = depth == len(frames) - 1
-        kind = point if innermost and point in ("entry", "loop") else "call"
-        if innermost and point not in ("entry", "loop", "import_call"):
+        kind = point if innermost and point in ("entry", "loop", "after_call") else "call"
+        if innermost and point not in ("entry", "loop", "import_call", "after_call"):
             raise SnapshotError(f"a snapshot taken at an {point!r} point cannot be resumed on the compiled engine "
                                 "(it resumes at stable points only: take it with --checkpoint-stable-only)")
         site = by_key.get((frame.func, frame.pc, kind))
         layout = sitemap.functions.get(frame.func)
+        if site is None and kind == "after_call" and layout is not None:
+            raise SnapshotError(f"a snapshot taken just after a call (function {frame.func}, pc {frame.pc:#x}) "
+                                "resumes on the compiled engine's fast variant only, not the step-counting one")
         if site is None or layout is None:
             raise SnapshotError(f"snapshot does not fit the module: frame {depth} (function {frame.func}, pc "
                                 f"{frame.pc:#x}) is at no {kind} site")

@@ -16,8 +16,8 @@ from wasmig.errors import WasmError
 
 FORMAT_VERSION = 1
 PAGE_SIZE = 65536
-POINTS = ("entry", "loop", "import_call", "instruction", "idle")
-STABLE_POINTS = ("entry", "loop", "import_call", "idle")
+POINTS = ("entry", "loop", "import_call", "after_call", "instruction", "idle")
+STABLE_POINTS = ("entry", "loop", "import_call", "after_call", "idle")
 VALUE_TYPES = ("i32", "i64", "f32", "f64", "funcref", "externref")
 _BITS = {"i32": 32, "i64": 64, "f32": 32, "f64": 64}
 

@@ -50,7 +50,7 @@ from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
-PASS_VERSION = "wasmig-instrument-11"
+PASS_VERSION = "wasmig-instrument-12"
 WORKER_STACK = 64 << 20
 
 
@@ -133,6 +133,7 @@ class Checkpointable:
         # from any thread
         poll_base = ctypes.addressof(ex["wasmig:poll"].data_ptr(self.store).contents)
         self._poll = ctypes.c_uint8.from_address(poll_base + POLL)
+        self.instance.interrupt_flag = self._poll
         self._tables: list[Any] | None = None
         self._slots: dict[tuple[int, int, int], int] = {}
         self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
