@@ -3,9 +3,10 @@
 
 The instrumentation pass (``wasmig.instrument.unwind.instrument``, see docs/instrument.md)
 rewrites a module so wasmtime can checkpoint it: a poll at every function entry and loop header
-(the fast variant: once per four iterations of an unrolled small loop, none in a loop that
-calls a function every iteration), a state check after every call, and the unwind and rewind
-code paths. This benchmark measures
+and a state check after every call (the fast variant: no entry polls, a poll after each call
+that can unwind instead, once per four iterations of an unrolled small innermost loop, none in
+a loop that makes such a call every iteration), and the unwind and rewind code paths. This
+benchmark measures
 what that costs a program that is never checkpointed -- the hot-path overhead every migratable
 program pays.
 

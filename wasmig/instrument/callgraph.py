@@ -3,8 +3,9 @@ the instrumentation pass leave out polls and post-call checks (docs/instrument.m
 
 A checkpoint request must be seen within a bounded time. Every cycle of execution runs through
 a loop header or a call cycle; loops poll at their headers, so only functions on a *call cycle*
-(recursion, direct or through ``call_indirect``) need a poll at their entry. A function off
-every cycle runs, between two polls, at most its own code and that of the acyclic calls below it.
+(recursion, direct or through ``call_indirect``) need more: the fast variant polls when their
+calls return (a descent without returns ends at the stack limit). A function off every cycle
+runs, between two polls, at most its own code and that of the acyclic calls below it.
 
 And a call needs its post-call check (is the callee unwinding?) only if the callee *can* unwind:
 it polls, has a loop, calls an import (a host call blocked when a checkpoint is requested

@@ -13,7 +13,8 @@ What it adds (none of it part of the canonical state):
   step count and a test of the stop step) at its entry and at every ``loop`` header -- the fast
   variant leaves out those it can (see :meth:`_Pass.entry_polled`,
   :meth:`_FunctionRewriter._every_iteration_calls`, :meth:`_FunctionRewriter._unrolled_loop`) --,
-  a state test after every call whose callee can unwind, spill locals, an unwind path that
+  a state test after every call whose callee can unwind (in the fast variant also a poll, and
+  a second site just after the call, ``after_call``), spill locals, an unwind path that
   appends the frame record ``(site, func, live locals)`` and returns dummy results;
 - per function a rewind copy, a function of its own that pops such a record and re-enters the
   frame, the table ``$rewinds`` of the copies and an export ``wasmig:rewind<f>`` of the copy of
@@ -1071,7 +1072,8 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
     ``--checkpoint-at-step`` and step-exact cross-engine comparisons work. That count is a load,
     add and store of a global per loop iteration, a chain through memory that costs tight loops
     ~40% (benchmarks/overhead.py), so ``count_steps=False``, the fast variant, only tests the
-    poll byte; its snapshots carry no step number. Both have the same sites and frame records.
+    poll byte; its snapshots carry no step number. Both have the same sites and frame records,
+    but for the fast variant's ``after_call`` sites (its post-call checks are its polls).
     """
     ir: IRModule = copy.deepcopy(module.ir)  # type: ignore[attr-defined]
     validation = module.validation  # type: ignore[attr-defined]
