@@ -35,6 +35,7 @@ from wasmig.snapshot.store import (
     HEADER_SIZE,
     MAGIC,
     CheckpointDir,
+    checkpoint_chain,
     load_snapshot,
     storage_stats,
     write_single_file,
@@ -175,6 +176,103 @@ def test_one_percent_incremental(tmp_path: Path) -> None:
     assert store.last_stats is not None
     assert (store.last_stats.pages_new, store.last_stats.pages_deduplicated) == (4, 396)
     assert store.last_stats.page_bytes_written < 5 * PAGE_SIZE
+
+
+def _three_snapshots(tmp_path: Path) -> tuple[CheckpointDir, list[Path], list[Snapshot]]:
+    """Three snapshots of one directory, each changing 4 of 64 random pages."""
+    rng = random.Random(21)
+    store = CheckpointDir(tmp_path)
+    data = bytearray(rng.randbytes(64 * PAGE_SIZE))
+    paths, snaps = [], []
+    for k in range(3):
+        if k:
+            for p in rng.sample(range(64), 4):
+                data[p * PAGE_SIZE] ^= 0xFF
+        snap = make_snapshot(30 + k)
+        snap.memories = [MemoryState(1, None, bytes(data))]
+        paths.append(store.write(snap))
+        snaps.append(snap)
+    return store, paths, snaps
+
+
+def test_deleting_an_older_snapshot_never_breaks_a_newer_and_gc_frees_its_pages(tmp_path: Path) -> None:
+    store, paths, snaps = _three_snapshots(tmp_path)
+    assert len(page_files(store)) == 64 + 4 + 4
+    chain = checkpoint_chain(tmp_path)
+    assert chain is not None and [c["snapshot"] for c in chain] == [p.name for p in paths]
+    assert [c["pages_new"] for c in chain] == [64, 4, 4] and [c["this"] for c in chain] == [False, False, True]
+    assert chain[1]["new_bytes"] < chain[0]["new_bytes"] / 10
+    assert checkpoint_chain(paths[1]) is not None and checkpoint_chain(paths[1])[1]["this"]  # type: ignore[index]
+
+    assert store.gc() == {"snapshots": 3, "pages_kept": 72, "pages_removed": 0, "bytes_removed": 0,
+                          "temp_files_removed": 0}
+    paths[0].unlink()
+    assert load_snapshot(paths[1]) == snaps[1] and load_snapshot(paths[2]) == snaps[2]
+    dry = store.gc(dry_run=True)
+    assert (dry["pages_removed"], dry["pages_kept"]) == (4, 68) and len(page_files(store)) == 72
+    done = CheckpointDir(tmp_path).gc()
+    assert (done["pages_removed"], done["pages_kept"]) == (4, 68) and done["bytes_removed"] > 4 * PAGE_SIZE
+    assert len(page_files(store)) == 68
+    assert load_snapshot(paths[1]) == snaps[1] and load_snapshot(paths[2]) == snaps[2]
+    chain = checkpoint_chain(paths[2])
+    assert chain is not None and [c["pages_new"] for c in chain] == [64, 4]
+
+
+def test_gc_refuses_while_a_snapshot_is_unreadable(tmp_path: Path) -> None:
+    """A damaged snapshot's pages may be all that is left of it: gc deletes nothing then."""
+    store, paths, _ = _three_snapshots(tmp_path)
+    paths[0].unlink()
+    raw = bytearray(paths[1].read_bytes())
+    raw[HEADER_SIZE + 5] ^= 0xFF
+    paths[1].write_bytes(bytes(raw))
+    with pytest.raises(SnapshotError, match=paths[1].name):
+        store.gc()
+    assert len(page_files(store)) == 72
+
+
+def test_gc_waits_for_a_snapshot_being_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer's new pages are unreferenced until its snapshot file is installed; a gc started
+    in between waits for it (the directory's lock) instead of deleting them."""
+    import threading
+
+    store, paths, snaps = _three_snapshots(tmp_path)
+    paths[0].unlink()
+    pages_written = threading.Event()
+    original = CheckpointDir._install
+
+    def slow_install(self: CheckpointDir, chunks: list[bytes]) -> Path:
+        pages_written.set()
+        time.sleep(0.5)
+        return original(self, chunks)
+
+    monkeypatch.setattr(CheckpointDir, "_install", slow_install)
+    snap = make_snapshot(40)
+    snap.memories = [MemoryState(1, None, random.Random(5).randbytes(8 * PAGE_SIZE))]
+    writer = threading.Thread(target=lambda: store.write(snap))
+    writer.start()
+    assert pages_written.wait(10)
+    stats = CheckpointDir(tmp_path).gc()  # blocks until the writer is done
+    writer.join()
+    assert stats["snapshots"] == 3 and stats["pages_removed"] == 4
+    assert load_snapshot(CheckpointDir(tmp_path).latest()) == snap  # type: ignore[arg-type]
+
+
+def test_gc_and_chain_on_the_command_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from wasmig.cli import main
+
+    _, paths, _ = _three_snapshots(tmp_path / "ck")
+    runner = CliRunner()
+    shown = runner.invoke(main, ["inspect", str(tmp_path / "ck")])
+    assert shown.exit_code == 0, shown.output
+    assert "checkpoint directory (3 snapshots" in shown.output and "* 000003.snap" in shown.output
+    assert "4 new" in shown.output
+    paths[0].unlink()
+    done = runner.invoke(main, ["gc", str(tmp_path / "ck")])
+    assert done.exit_code == 0 and "removed 4 unreferenced pages" in done.output, done.output
+    bad = runner.invoke(main, ["gc", str(tmp_path)])
+    assert bad.exit_code == 1 and "not a checkpoint directory" in bad.output
 
 
 # --- errors ------------------------------------------------------------------------------------------

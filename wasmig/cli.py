@@ -365,11 +365,12 @@ def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
     from wasmig.snapshot.inspect import format_summary, summarize
     from wasmig.snapshot.session import find_module_for
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import load_snapshot, storage_stats
+    from wasmig.snapshot.store import checkpoint_chain, load_snapshot, storage_stats
 
     try:
         snap = load_snapshot(Path(snapshot))
         stats = storage_stats(snapshot)
+        chain = checkpoint_chain(snapshot)
     except SnapshotError as e:
         _fail(_about(snapshot, e))
         return
@@ -377,8 +378,30 @@ def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
         ir = find_module_for(Path(snapshot), snap, module_path).ir
     except (SnapshotError, WasmError):
         ir = None
-    summary = summarize(snap, ir, stats)
+    summary = summarize(snap, ir, stats, chain)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@click.argument("directory")
+def gc(dry_run: bool, directory: str) -> None:
+    """Remove the pages of a checkpoint DIRECTORY that no snapshot names any more."""
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.store import CheckpointDir
+
+    if not os.path.isdir(os.path.join(directory, "snapshots")):
+        _fail(f"{directory}: not a checkpoint directory (no snapshots/ in it)")
+        return
+    try:
+        stats = CheckpointDir(directory).gc(dry_run=dry_run)
+    except SnapshotError as e:
+        _fail(_about(directory, e))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{directory}: {stats['snapshots']} snapshots, {stats['pages_kept']} pages kept; {verb} "
+               f"{stats['pages_removed']} unreferenced pages ({stats['bytes_removed']} bytes)"
+               + (f" and {stats['temp_files_removed']} stale temporary files" if stats["temp_files_removed"] else ""))
 
 
 @main.command()

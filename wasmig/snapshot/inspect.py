@@ -69,12 +69,14 @@ def _fd_path(fd: FdSnapshot) -> str | None:
 
 
 # --- summary ---------------------------------------------------------------------------------------
-def summarize(snapshot: Snapshot, module_ir: Any = None, stats: Any = None) -> dict[str, Any]:
+def summarize(snapshot: Snapshot, module_ir: Any = None, stats: Any = None,
+              chain: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A JSON-able description of ``snapshot``.
 
     ``module_ir`` (a ``wasmig.binary.ir.Module``) adds function names; ``stats`` (a
     :class:`~wasmig.snapshot.store.WriteStats`, or the dict from
-    :func:`~wasmig.snapshot.store.storage_stats`) adds how the pages were stored.
+    :func:`~wasmig.snapshot.store.storage_stats`) adds how the pages were stored; ``chain``
+    (:func:`~wasmig.snapshot.store.checkpoint_chain`) the snapshots of its checkpoint directory.
     """
     def name(i: int) -> str | None:
         if module_ir is None:
@@ -106,6 +108,7 @@ def summarize(snapshot: Snapshot, module_ir: Any = None, stats: Any = None) -> d
         "call_stack": frames,
         "memories": memories,
         "pages": _stats_dict(stats),
+        "chain": chain,
         "tables": [{"index": i, "elem_type": t.elem_type, "min": t.min, "max": t.max, "size": len(t.elements),
                     "non_null": sum(e is not None for e in t.elements)} for i, t in enumerate(snapshot.tables)],
         "globals": [{"index": i, "type": g.type, "mutable": g.mutable, "value": list(g.value)}
@@ -173,6 +176,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     if p:
         parts = [f"{k.replace('_', ' ')} {v}" for k, v in p.items() if k != "seconds"]
         out.append("pages: " + ", ".join(parts))
+    chain = s.get("chain")
+    if chain:
+        out.append(f"checkpoint directory ({len(chain)} snapshots, oldest first; each names the pages it shares "
+                   "with earlier ones and adds the rest):")
+        for c in chain:
+            steps = "" if c["steps"] is None else f"step {c['steps']}, "
+            out.append(f"  {'*' if c['this'] else ' '} {c['snapshot']}: {steps}{c['pages_total']} pages, "
+                       f"{c['pages_new']} new ({_size(c['new_bytes'])}), file {_size(c['snapshot_bytes'])}")
     for t in s["tables"]:
         out.append(f"table {t['index']}: {t['elem_type']}, {t['size']} elements ({t['non_null']} non-null)")
     if s["globals"]:

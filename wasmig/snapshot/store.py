@@ -25,7 +25,9 @@ code that reads or writes them. Three properties drive the design:
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import re
 import secrets
@@ -59,6 +61,9 @@ _HASH_RE = re.compile(r"[0-9a-f]{64}")  # also what keeps a manifest from naming
 _SNAP_RE = re.compile(r"(\d{6,})\.snap")
 _FIRST_NUMBER = 1
 _IO_THREADS = 8
+#: in a checkpoint directory: writers hold it shared while they write, ``gc`` exclusively, so a
+#: collection never deletes a page that a snapshot being written is about to name
+GC_LOCK = ".gc-lock"
 
 _tls = threading.local()  # zstd contexts are not thread-safe; one set per thread, reused across calls
 
@@ -443,6 +448,40 @@ def storage_stats(path: str | Path) -> dict[str, Any]:
     return _guarded(path, "read snapshot", compute)
 
 
+def checkpoint_chain(path: str | Path) -> list[dict[str, Any]] | None:
+    """The snapshots of the checkpoint directory that ``path`` is (or holds a snapshot of), oldest
+    first: per snapshot its number, steps, pages, the distinct pages that no earlier snapshot
+    still in the directory names (what it added to the store) and their stored bytes; None for a
+    single-file snapshot. Each references the pages it shares with earlier ones, so deleting any
+    snapshot file leaves the others whole (``wasmig gc`` then frees the pages nobody names)."""
+    path = _guarded(Path(path), "read snapshot", _resolve, Path(path))
+    if path.parent.name != "snapshots" or not _SNAP_RE.fullmatch(path.name):
+        return None
+    store = CheckpointDir(path.parent.parent)
+
+    def compute() -> list[dict[str, Any]]:
+        seen: set[str] = set()
+        chain = []
+        for snap in store.snapshots():
+            manifest = _read_manifest(snap)
+            entries = [e for m in _list_memories(manifest) for e in m]
+            hashes = {e for e in entries if isinstance(e, str)}
+            new = hashes - seen
+            new_bytes = 0
+            for h in new:
+                if _HASH_RE.fullmatch(h):
+                    with contextlib.suppress(OSError):
+                        new_bytes += os.path.getsize(store.pages_dir / h[:2] / h)
+            steps = manifest.get("steps")
+            chain.append({"snapshot": snap.name, "steps": steps if isinstance(steps, int) else None,
+                          "pages_total": len(entries), "pages_new": len(new), "new_bytes": new_bytes,
+                          "snapshot_bytes": os.path.getsize(snap), "this": snap == path})
+            seen |= hashes
+        return chain
+
+    return _guarded(path, "read snapshot", compute)
+
+
 def _list_memories(manifest: dict[str, Any]) -> list[list[Any]]:
     mems = manifest.get("memories")
     if not isinstance(mems, list) or not all(isinstance(m, dict) and isinstance(m.get("data"), list) for m in mems):
@@ -583,9 +622,17 @@ class CheckpointDir:
         Statistics of the write are left in :attr:`last_stats`.
         """
         try:
-            return self._write(snapshot)
+            _mkdirs_durable(self.path)
+            with self._gc_lock(fcntl.LOCK_SH):
+                return self._write(snapshot)
         except OSError as e:
             raise SnapshotError(f"{self.path}: cannot write snapshot: {_describe(e)}") from None
+
+    @contextlib.contextmanager
+    def _gc_lock(self, mode: int) -> Iterator[None]:
+        with open(self.path / GC_LOCK, "a+b") as lock:
+            fcntl.flock(lock.fileno(), mode)
+            yield  # closing the file releases the lock
 
     def _write(self, snapshot: Snapshot) -> Path:
         t0 = time.perf_counter()
@@ -693,6 +740,57 @@ class CheckpointDir:
             os.replace(tmp, final)
             _fsync_dir(self.snapshots_dir)
             return final
+
+    # collecting
+    def referenced_pages(self) -> dict[Path, set[str]]:
+        """Each snapshot's page hashes. A snapshot that cannot be read stops everything: its pages
+        may be all that is left of it, so nothing may be collected on a guess."""
+        out: dict[Path, set[str]] = {}
+        for snap in self.snapshots():
+            memories = _guarded(snap, "read snapshot", lambda p=snap: _list_memories(_read_manifest(p)))
+            hashes = {e for m in memories for e in m if isinstance(e, str)}
+            if any(not _HASH_RE.fullmatch(h) for h in hashes):
+                raise SnapshotError(f"{snap}: corrupt snapshot: a page entry is not a hash")
+            out[snap] = hashes
+        return out
+
+    def gc(self, *, dry_run: bool = False) -> dict[str, int]:
+        """Delete the page files no snapshot of the directory names any more (after snapshots were
+        deleted) and writers' stale temporary files; return counts and bytes.
+
+        Deleting a snapshot file never breaks another: pages are shared by content and only this
+        removes them. Writers hold :data:`GC_LOCK` shared while they write pages and install the
+        snapshot naming them; this holds it exclusively, so it never sees a page that a
+        snapshot being written is about to name as unreferenced."""
+        if not self.path.is_dir():
+            raise SnapshotError(f"{self.path}: not a checkpoint directory")
+        try:
+            with self._gc_lock(fcntl.LOCK_EX):
+                referenced = set().union(*self.referenced_pages().values())
+                stats = {"snapshots": len(self.snapshots()), "pages_kept": 0, "pages_removed": 0,
+                         "bytes_removed": 0, "temp_files_removed": 0}
+                subdirs = sorted(p for p in self.pages_dir.iterdir() if p.is_dir()) if self.pages_dir.is_dir() else []
+                for sub in subdirs:
+                    removed_here = False
+                    for entry in os.scandir(sub):
+                        if not _HASH_RE.fullmatch(entry.name):
+                            continue  # temp files below; anything else is not ours to delete
+                        if entry.name in referenced:
+                            stats["pages_kept"] += 1
+                            continue
+                        stats["pages_removed"] += 1
+                        stats["bytes_removed"] += entry.stat().st_size
+                        if not dry_run:
+                            os.unlink(entry.path)
+                            removed_here = True
+                    if removed_here:
+                        _fsync_dir(sub)
+                if not dry_run:
+                    stats["temp_files_removed"] = self.remove_stale_temp_files()
+                    self._durable.clear()
+                return stats
+        except OSError as e:
+            raise SnapshotError(f"{self.path}: cannot collect pages: {_describe(e)}") from None
 
     def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> int:
         """Delete temporary files left by writers that were killed mid-write; returns how many.
