@@ -137,7 +137,7 @@ def checkpoint_options(f: Any) -> Any:
 
 
 def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction: int | None, every: float | None,
-                then: str, stable_only: bool, count_steps: bool = False) -> Any:
+                then: str, stable_only: bool, count_steps: bool = False, migratable: bool = False) -> Any:
     from pathlib import Path
 
     from wasmig.snapshot.session import CheckpointPolicy
@@ -145,7 +145,7 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
     if checkpoint_dir is None and (at_step is not None or at_instruction is not None or every is not None):
         raise UserError("--checkpoint-at-step/--checkpoint-at-instruction/--checkpoint-every need --checkpoint-dir")
     return CheckpointPolicy(Path(checkpoint_dir) if checkpoint_dir else None, at_step, at_instruction, every, then,
-                            stable_only, count_steps or at_step is not None)
+                            stable_only, count_steps or at_step is not None, migratable=migratable)
 
 
 def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, *, resume: bool) -> int:
@@ -154,19 +154,35 @@ def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, 
 
     if instance.engine == "interp":
         session = Session(instance, wasi, policy, module_path)
-        return guarded(lambda: session.run(resume=resume), wasi, policy, module_path)
+        return guarded(lambda: with_control(session, lambda: session.run(resume=resume)), wasi, policy, module_path)
     return guarded(lambda: run_compiled(instance), wasi, policy, module_path)
+
+
+def with_control(session: Any, body: Any) -> int:
+    """``body()``, with the control socket ``wasmig migrate PID`` talks to when the run is migratable."""
+    if not session.policy.migratable:
+        return body()
+    from wasmig.migrate.control import serve_control
+
+    control = serve_control(session)
+    try:
+        return body()
+    finally:
+        control.close()
 
 
 def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
     """``body()``'s exit code, with a checkpoint-and-exit, traps and errors reported as the CLI does."""
-    from wasmig.snapshot.session import CheckpointExit
+    from wasmig.snapshot.session import CheckpointExit, MigratedAway
     from wasmig.snapshot.state import SnapshotError
 
     try:
         return body()
     except CheckpointExit:
         click.echo(f"wasmig: checkpoint written to {policy.written[-1]}; exiting", err=True)
+        return 0
+    except MigratedAway:
+        click.echo("wasmig: the program moved to another machine; exiting", err=True)
         return 0
     except Trap as trap:
         report_trap(trap)
@@ -191,7 +207,8 @@ def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | N
         runner = Checkpointable(module, wasi, count_steps=policy.count_steps)
         if snapshot is not None:
             runner.load(snapshot)
-        return WasmtimeSession(runner, wasi, policy, module_path).run(snapshot)
+        session = WasmtimeSession(runner, wasi, policy, module_path)
+        return with_control(session, lambda: session.run(snapshot))
 
     return guarded(body, wasi, policy, module_path)
 
@@ -221,13 +238,15 @@ def run_compiled(instance: Any) -> int:
 @click.option("--env", "envs", multiple=True, metavar="NAME[=VALUE]", help="Set (or inherit) an environment variable.")
 @click.option("--tcplisten", "listens", multiple=True, metavar="HOST:PORT",
               help="Preopen a listening TCP socket (fds 3, 4, ... before the directories).")
+@click.option("--migratable", is_flag=True,
+              help="Run so that `wasmig migrate PID` can move it (on wasmtime: the checkpointable variant).")
 @checkpoint_options
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
-        checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
-        checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, count_steps: bool, program: str,
-        args: tuple[str, ...]) -> None:
+        migratable: bool, checkpoint_dir: str | None, checkpoint_at_step: int | None,
+        checkpoint_at_instruction: int | None, checkpoint_every: float | None, checkpoint_then: str,
+        stable_only: bool, count_steps: bool, program: str, args: tuple[str, ...]) -> None:
     """Run a WASI program: PROGRAM.wasm [ARGS...]."""
     from wasmig.module import Module
     from wasmig.wasi.preview1 import Wasi
@@ -241,7 +260,7 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
         env = parse_env(envs)
         engine = pick_engine(engine, interp_only=checkpoint_at_instruction is not None)
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
-                             checkpoint_then, stable_only, count_steps)
+                             checkpoint_then, stable_only, count_steps, migratable)
         listeners = [open_listener(spec) for spec in listens]
         module = Module.from_file(program)
     except UserError as e:
@@ -254,7 +273,7 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
         _fail(f"{program}: {kind}: {str(e).replace(f'cannot read module {program}: ', '')}")
         return
     wasi = Wasi([program, *args], env, preopens=preopens, listeners=listeners)
-    if engine == "wasmtime" and policy.active:  # the instrumented module, which can checkpoint
+    if engine == "wasmtime" and (policy.active or policy.migratable):  # the instrumented module
         sys.exit(run_checkpointable(module, wasi, policy, os.path.abspath(program)) & 0xFF)
     try:
         instance = instantiate_with_wasi(module, wasi, engine)
@@ -422,3 +441,72 @@ def diff(a: str, b: str) -> None:
         return
     for line in diff_snapshots(*snaps):
         click.echo(line)
+
+
+@main.command()
+@click.option("--listen", required=True, metavar="HOST:PORT", help="Where to accept migrations.")
+@click.option("--token-file", required=True, type=click.Path(dir_okay=False),
+              help="The shared secret (at least 16 bytes, mode 600) sources must prove they hold.")
+@click.option("--dir", "dirs", multiple=True, metavar="GUEST=HOST",
+              help="Map a migrated program's preopened guest directory to a host directory here.")
+@click.option("--engine", type=click.Choice(ENGINES), default=None,
+              help="The engine migrated programs run on here (default: wasmtime when installed).")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="Where received modules are cached (default: ~/.cache/wasmig/serve).")
+def serve(listen: str, token_file: str, dirs: tuple[str, ...], engine: str | None, state_dir: str | None) -> None:
+    """Receive migrating programs, restore them and run them here."""
+    from pathlib import Path
+
+    from wasmig.migrate.protocol import MigrationError, parse_address, read_token
+    from wasmig.migrate.target import serve as serve_forever
+
+    try:
+        token = read_token(token_file)
+        host, port = parse_address(listen, "--listen")
+        mapping: dict[str, str] = {}
+        for d in dirs:
+            guest, sep, host_dir = d.partition("=")
+            if not sep or not guest or not host_dir:
+                raise UserError(f"bad --dir {d!r}: expected GUEST=HOST")
+            if not os.path.isdir(host_dir):
+                raise UserError(f"--dir {host_dir!r}: not a directory")
+            mapping[guest] = host_dir
+        engine = pick_engine(engine, interp_only=False)
+        state = Path(state_dir) if state_dir else Path.home() / ".cache" / "wasmig" / "serve"
+        sock = open_listener(f"{host}:{port}")
+    except (UserError, MigrationError) as e:
+        _fail(str(e).replace("--tcplisten", "--listen"))
+        return
+    try:
+        serve_forever(sock, token, engine=engine, dirs=mapping, state_dir=state)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command("migrate")
+@click.option("--to", "to", required=True, metavar="HOST:PORT", help="The `wasmig serve` daemon to move to.")
+@click.option("--token-file", required=True, type=click.Path(dir_okay=False), help="The daemon's shared secret.")
+@click.option("--quiet", is_flag=True, help="No progress bar, only the summary line.")
+@click.argument("pid", type=int)
+def migrate_cmd(to: str, token_file: str, quiet: bool, pid: int) -> None:
+    """Move the running `wasmig run --migratable` process PID to another machine."""
+    from wasmig.migrate.control import request_migration
+    from wasmig.migrate.progress import ProgressView
+    from wasmig.migrate.protocol import MigrationError, parse_address, read_token
+
+    try:
+        parse_address(to, "--to")
+        token = read_token(token_file)
+        with ProgressView(enabled=not quiet) as view:
+            for msg in request_migration(pid, to, token):
+                if "progress" in msg:
+                    view.update(msg["progress"])
+                elif "done" in msg:
+                    view.finish()
+                    click.echo(f"wasmig: {msg['done']['summary']}")
+                    return
+                elif "error" in msg:
+                    raise MigrationError(f"migration failed, the program goes on in process {pid}: {msg['error']}")
+        raise MigrationError(f"process {pid} ended the request without an answer")
+    except MigrationError as e:
+        _fail(str(e))

@@ -60,9 +60,10 @@ def _static_tables(module: Module) -> list[TableState]:
     return tables
 
 
-def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap) -> Snapshot:
+def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap, *, with_memory: bool = True) -> Snapshot:
     """``instance``: a :class:`wasmig.engines.wasmtime.WasmtimeInstance` of the instrumented module,
-    just unwound; ``module``: the original module; ``sitemap``: the pass's site map."""
+    just unwound; ``module``: the original module; ``sitemap``: the pass's site map.
+    ``with_memory=False`` leaves the memories' bytes empty (see :func:`wasmig.snapshot.capture.capture`)."""
     store, ex = instance.store, instance.exports
     if ex["wasmig:state"].value(store) != 1:
         raise SnapshotError("internal error: the instrumented module has not unwound")
@@ -80,7 +81,7 @@ def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap) -> Snapsho
     memories = []
     for i, mt in enumerate(ir.all_mems()):
         mem = ex["memory"] if i == 0 and "memory" in ex else ex[f"wasmig:mem{i}"]
-        size = mem.data_len(store)
+        size = mem.data_len(store) if with_memory else 0
         data = ctypes.string_at(ctypes.addressof(mem.data_ptr(store).contents), size) if size else b""  # one copy
         memories.append(MemoryState(mt.limits.min, mt.limits.max, data))
     n_data = len(ir.datas)

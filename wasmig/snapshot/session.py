@@ -20,7 +20,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,8 @@ class CheckpointPolicy:
     count_steps: bool = False
     on_signal: bool = True
     written: list[Path] = field(default_factory=list)
+    #: accept ``wasmig migrate PID`` (the control socket; on wasmtime, the checkpointable variant)
+    migratable: bool = False
 
     @property
     def active(self) -> bool:
@@ -56,6 +60,63 @@ class CheckpointPolicy:
 
 class CheckpointExit(Exception):  # noqa: N818 - control flow
     """``--checkpoint-then exit``: the program stops after its snapshot was written."""
+
+
+class MigratedAway(Exception):  # noqa: N818 - control flow
+    """The program now runs on another machine: this run ends (exit code 0)."""
+
+
+class StopHandoff:
+    """Where a live migration (in a thread of its own) and the run loop that owns the guest meet.
+
+    The migration calls :meth:`stop`: the run loop stops the guest at its next stable point,
+    captures its state without the memory (which the migration reads page by page, in place)
+    and hands it over in :meth:`take`, then waits, the guest still stopped, for
+    :meth:`decide`: ``True`` ends the run (:class:`MigratedAway`), ``False`` lets it go on as if
+    nothing happened. If the program ends or fails first, :meth:`stop` raises."""
+
+    def __init__(self) -> None:
+        self.want_stop = False
+        self._stopped = threading.Event()
+        self._decided = threading.Event()
+        self._snapshot: Snapshot | None = None
+        self._failure: str | None = None
+        self._commit = False
+
+    # the migration's side
+    def stop(self, request: Callable[[], None], timeout: float = 30.0) -> Snapshot:
+        self.want_stop = True
+        request()
+        if not self._stopped.wait(timeout):
+            self.want_stop = False
+            raise SnapshotError(f"the program did not stop within {timeout:g} s")
+        if self._snapshot is None:
+            raise SnapshotError(self._failure or "the program ended before it could stop")
+        return self._snapshot
+
+    def decide(self, commit: bool) -> None:
+        self._commit = commit
+        self._decided.set()
+
+    # the run loop's side
+    def take(self, capture: Callable[[], Snapshot]) -> bool:
+        """The guest stopped for the migration: hand over its state, wait for the decision."""
+        self.want_stop = False
+        try:
+            self._snapshot = capture()
+        except (SnapshotError, OSError) as e:
+            self._failure = f"cannot capture the program's state: {e}"
+            self._stopped.set()
+            return False
+        self._stopped.set()
+        self._decided.wait()
+        return self._commit
+
+    def ended(self, why: str = "the program ended before it could stop") -> None:
+        """The run is over: a migration still waiting for the stop gives up."""
+        if not self._stopped.is_set():
+            self._failure = why
+            self._stopped.set()
 
 
 def store_module(directory: Path, module: Module) -> Path:
@@ -85,6 +146,20 @@ class SessionBase:
         self._store: Any = None
         self._status_file: Path | None = None
         self._old_handlers: dict[int, Any] = {}
+        self.handoff: StopHandoff | None = None  # set while a live migration runs
+
+    def guest_memories(self) -> list[tuple[int, Callable[[int], bytes | memoryview]]]:  # pragma: no cover
+        """Per memory: its size in bytes and a function reading page ``i`` as it is now."""
+        raise NotImplementedError
+
+    def _hand_over(self, capture: Callable[[], Snapshot]) -> bool:
+        """At a stop: if a migration asked for it, hand the guest over; True if it moved away."""
+        handoff = self.handoff
+        if handoff is None or not handoff.want_stop:
+            return False
+        if handoff.take(capture):
+            raise MigratedAway()
+        return True
 
     def request(self, *_: Any) -> None:  # pragma: no cover - each engine has its own
         raise NotImplementedError
@@ -169,10 +244,25 @@ class Session(SessionBase):
             m.stop_at_instruction = NEVER
         self.wasi.waiter.clear()
 
+    def guest_memories(self) -> list[tuple[int, Callable[[int], bytes | memoryview]]]:
+        from wasmig.snapshot.state import PAGE_SIZE
+
+        def reader(data: bytearray) -> Callable[[int], bytes]:
+            return lambda i: bytes(data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])  # a copy: the guest may grow it
+
+        return [(len(m.data), reader(m.data)) for m in self.instance.store.mems]
+
     # --- the loop -------------------------------------------------------------------------------
     def run(self, *, resume: bool) -> int:
         """Run ``_start`` (or resume a restored machine) to the end; return the exit code."""
         self._install()
+        try:
+            return self._run(resume)
+        finally:
+            if self.handoff is not None:
+                self.handoff.ended()
+
+    def _run(self, resume: bool) -> int:
         try:
             self._arm()
             first = not resume
@@ -192,6 +282,9 @@ class Session(SessionBase):
                     if self._advance_to_stable():
                         continue
                     self._advancing = False
+                    if self._hand_over(lambda: capture(self.instance, with_memory=False)):
+                        self._arm()
+                        continue
                     try:
                         self._checkpoint()
                     except (SnapshotError, OSError) as e:

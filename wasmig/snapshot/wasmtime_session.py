@@ -273,9 +273,9 @@ class Checkpointable:
         self._pending = frames_from_records(ctl, self.sitemap)
         return self._pending
 
-    def capture(self) -> Snapshot:
+    def capture(self, *, with_memory: bool = True) -> Snapshot:
         """The canonical snapshot, after the guest unwound."""
-        snap = capture_wasmtime(self.instance, self.module, self.sitemap)
+        snap = capture_wasmtime(self.instance, self.module, self.sitemap, with_memory=with_memory)
         self._pending = (snap.frames, snap.point)
         return snap
 
@@ -383,9 +383,29 @@ class WasmtimeSession(SessionBase):
         """Checkpoint as soon as possible (signal handler / timer)."""
         self.runner.request()
 
+    def guest_memories(self) -> list[tuple[int, Any]]:
+        """Live views of the guest's memories (read while it runs: a migration's pre-copy
+        rounds; a memory never moves, see ``memory_may_move``)."""
+        out = []
+        ex, store = self.runner.instance.exports, self.runner.store
+        for i in range(len(self.module.ir.all_mems())):
+            mem = ex["memory"] if i == 0 and "memory" in ex else ex[f"wasmig:mem{i}"]
+            size = mem.data_len(store)
+            view = memoryview((ctypes.c_ubyte * size).from_address(
+                ctypes.addressof(mem.data_ptr(store).contents))).cast("B") if size else memoryview(b"")
+            out.append((size, lambda k, v=view: v[k * _PAGE:(k + 1) * _PAGE]))
+        return out
+
     def run(self, snapshot: Snapshot | None = None) -> int:
         """Run ``_start`` from the beginning (or on from ``snapshot``, already loaded) to the end;
         return the exit code."""
+        try:
+            return self._run(snapshot)
+        finally:
+            if self.handoff is not None:
+                self.handoff.ended()
+
+    def _run(self, snapshot: Snapshot | None) -> int:
         runner = self.runner
         self._install()
         try:
@@ -403,6 +423,10 @@ class WasmtimeSession(SessionBase):
                     return e.code
                 if not runner.unwound:
                     return 0
+                if self._hand_over(lambda: runner.capture(with_memory=False)):
+                    frames, point = runner.frames()
+                    runner.arm(self.policy.at_step)
+                    continue
                 snap = None
                 try:
                     snap = runner.capture()

@@ -1,0 +1,231 @@
+"""Moving a running program to a target daemon: the source's side (docs/migration.md).
+
+:func:`migrate` runs in a thread of its own beside the session that runs the guest. Pre-copy
+rounds send the pages that changed since the last round while the guest keeps running; when a
+round has little left (or the rounds stop shrinking), the guest is stopped through the
+session's :class:`~wasmig.snapshot.session.StopHandoff`, the last changed pages go with the
+frames, globals and WASI state, and the target restores it all (``prepared``). Only then does
+the source commit; it ends only when the target confirms the commit, and the target starts the
+guest only after it. Any failure before the commit leaves the guest running here.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zstandard
+
+from wasmig.migrate.pages import ChangedPage, PageTracker
+from wasmig.migrate.protocol import PAGE_BATCH, Channel, MigrationError, PeerGone, connect
+from wasmig.snapshot.session import SessionBase, StopHandoff
+from wasmig.snapshot.state import PAGE_SIZE, SnapshotError, to_plain
+
+#: stop pre-copy when a round has at most this many bytes of changed pages left
+STOP_COPY_BYTES = 1 << 20
+MAX_ROUNDS = 12
+PREPARE_TIMEOUT = 120.0  # the target restores a large guest before it answers
+
+
+@dataclass
+class Progress:
+    """What a progress display shows; passed to the ``progress`` callback after every step."""
+
+    phase: str = "connecting"  # connecting, pre-copy, stop-and-copy, restoring, committing, done, aborted
+    round: int = 0
+    pages_total: int = 0
+    pages_sent: int = 0  # pages whose contents went over the wire
+    pages_known: int = 0  # changed pages the target already held (same contents): not resent
+    bytes_sent: int = 0
+    round_pages: int = 0  # changed pages in the current round
+    round_done: int = 0
+
+
+@dataclass
+class MigrationResult:
+    target: str
+    migration_id: str
+    total_s: float
+    downtime_s: float  # the guest's last instruction here -> the target's confirmation of its start
+    bytes_sent: int
+    rounds: int
+    pages_sent: int
+    pages_known: int
+    target_pid: int | None = None
+    log: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"migrated to {self.target} in {self.total_s:.2f} s: downtime {self.downtime_s * 1000:.1f} ms, "
+                f"{self.bytes_sent / 1e6:.2f} MB sent, {self.rounds} rounds, {self.pages_sent} pages sent, "
+                f"{self.pages_known} already on the target")
+
+
+def migrate(session: SessionBase, target: str, token: bytes, *, progress: Callable[[Progress], None] | None = None,
+            on_done: Callable[[MigrationResult], None] | None = None, stop_copy_bytes: int = STOP_COPY_BYTES,
+            max_rounds: int = MAX_ROUNDS, precopy: bool = True, stop_timeout: float = 30.0) -> MigrationResult:
+    """Move the program ``session`` runs to the daemon at ``target``. On success the session's
+    run ends with :class:`~wasmig.snapshot.session.MigratedAway` (``on_done`` is called first,
+    while this process surely still runs); on any failure before the target committed, the
+    program goes on here and :class:`MigrationError` says why. ``precopy=False``: stop-and-copy
+    only (the guest stops at once and everything goes while it is stopped)."""
+    source = _Source(session, target, token, progress or (lambda p: None), stop_copy_bytes, max_rounds, precopy,
+                     stop_timeout)
+    source.on_done = on_done
+    return source.run()
+
+
+class _Source:
+    def __init__(self, session: SessionBase, target: str, token: bytes, progress: Callable[[Progress], None],
+                 stop_copy_bytes: int, max_rounds: int, precopy: bool, stop_timeout: float) -> None:
+        self.session = session
+        self.target = target
+        self.token = token
+        self.report = progress
+        self.p = Progress()
+        self.stop_copy_bytes = stop_copy_bytes
+        self.max_rounds = max_rounds if precopy else 0
+        self.stop_timeout = stop_timeout
+        self.id = secrets.token_hex(8)
+        self.tracker = PageTracker()
+        self.cctx = zstandard.ZstdCompressor(level=1)
+        self.ch: Channel | None = None
+        self.on_done: Callable[[MigrationResult], None] | None = None
+
+    def run(self) -> MigrationResult:
+        t0 = time.perf_counter()
+        handoff = StopHandoff()
+        if self.session.handoff is not None:
+            raise MigrationError("a migration of this program is already running")
+        self.session.handoff = handoff
+        stopped = committed = False
+        try:
+            self.ch = ch = connect(self.target, self.token)
+            module = self.session.module
+            ch.send("offer", id=self.id, module_sha256=module.sha256, module_size=len(module.data or b""))
+            if ch.recv(expect=("offer_ok",)).get("need_module"):
+                ch.send("module", data=module.data)
+            ch.recv(PREPARE_TIMEOUT, expect=("module_ok",))
+            self.p.phase = "pre-copy"
+            last = None
+            for _ in range(self.max_rounds):
+                changed = self._round(final=False)
+                size = sum(len(c.data) for c in changed if c.id is not None)
+                if size <= self.stop_copy_bytes or (last is not None and size >= last):
+                    break  # little left, or the guest dirties as fast as the rounds go
+                last = size
+            self.p.phase = "stop-and-copy"
+            self.report(self.p)
+            snap = handoff.stop(self.session.request, self.stop_timeout)
+            stopped = True
+            t_stop = time.perf_counter()
+            memories = self.session.guest_memories()
+            self._round(final=True)
+            plain = to_plain(snap, lambda i, _data: None)
+            for i, (size, _page) in enumerate(memories):
+                plain["memories"][i]["size_pages"] = size // PAGE_SIZE
+            plain["meta"] = {**snap.meta, "migrated_from": _host()}
+            ch.send("state", snapshot=plain)
+            self.p.phase = "restoring"
+            self.report(self.p)
+            ch.recv(PREPARE_TIMEOUT, expect=("prepared",))
+            self.p.phase = "committing"
+            self.report(self.p)
+            ch.send("commit")
+            committed = True
+            msg = self._await_commit(ch)
+            downtime = time.perf_counter() - t_stop
+            self.p.phase = "done"
+            self.report(self.p)
+            result = MigrationResult(self.target, self.id, time.perf_counter() - t0, downtime,
+                                     ch.bytes_sent, self.p.round, self.p.pages_sent, self.p.pages_known,
+                                     msg.get("pid") if isinstance(msg.get("pid"), int) else None)
+            if self.on_done is not None:
+                self.on_done(result)
+            handoff.decide(True)
+            return result
+        except InDoubt:
+            self.p.phase = "in doubt"
+            self.report(self.p)
+            handoff.decide(True)  # never resume: the target may be running it
+            raise
+        except (MigrationError, SnapshotError, OSError) as e:
+            self.p.phase = "aborted"
+            self.report(self.p)
+            if self.ch is not None and not committed:
+                self.ch.error(f"the source aborted: {e}")
+            if stopped:
+                handoff.decide(False)  # the guest goes on here, as if nothing happened
+            if isinstance(e, MigrationError):
+                raise
+            raise MigrationError(str(e)) from None
+        finally:
+            if not stopped:
+                self.session.handoff = None
+                handoff.ended("the migration gave up")
+            elif not committed:
+                self.session.handoff = None
+            if self.ch is not None:
+                self.ch.close()
+
+    def _await_commit(self, ch: Channel) -> dict[str, Any]:
+        """The target's confirmation; a source never resumes once it sent ``commit`` (the target
+        may have started): without one it stops for good and says so."""
+        try:
+            return ch.recv(30.0, expect=("committed",))
+        except PeerGone as e:
+            raise InDoubt(f"the target did not confirm the commit ({e}): it may be running the program; "
+                          "this copy stays stopped") from None
+
+    def _round(self, *, final: bool) -> list[ChangedPage]:
+        """Send the pages changed since the last round: their ids first; the target copies those
+        it already holds and asks for the rest."""
+        assert self.ch is not None
+        ch = self.ch
+        memories = self.session.guest_memories()
+        self.p.pages_total = sum(size // PAGE_SIZE for size, _ in memories)
+        changed = self.tracker.changed(memories)
+        self.p.round += 1
+        self.p.round_pages, self.p.round_done = len(changed), 0
+        self.report(self.p)
+        ch.send("pages", round=self.p.round, final=final,
+                entries=[[c.memory, c.index, c.id] for c in changed])
+        need = ch.recv(expect=("need",)).get("positions")
+        if not isinstance(need, list) or any(not isinstance(k, int) or not 0 <= k < len(changed) for k in need):
+            raise MigrationError(f"{ch.peer}: malformed need message")
+        self.p.pages_known += sum(1 for c in changed if c.id is not None) - len(need)
+        batch: list[list[Any]] = []
+        size = 0
+        for k in need:
+            data = self.cctx.compress(changed[k].data)
+            batch.append([k, data])
+            size += len(data)
+            if size >= PAGE_BATCH:
+                ch.send("page_data", pages=batch)
+                self.p.pages_sent += len(batch)
+                self.p.round_done += len(batch)
+                batch, size = [], 0
+                self.p.bytes_sent = ch.bytes_sent
+                self.report(self.p)
+        if batch:
+            ch.send("page_data", pages=batch)
+            self.p.pages_sent += len(batch)
+        ch.send("pages_end")
+        ch.recv(expect=("pages_ok",))
+        self.p.round_done = self.p.round_pages
+        self.p.bytes_sent = ch.bytes_sent
+        self.report(self.p)
+        return changed
+
+
+class InDoubt(MigrationError):
+    """``commit`` was sent but not confirmed: the program may run on the target, so it must not
+    resume here."""
+
+
+def _host() -> str:
+    import os
+
+    return os.uname().nodename

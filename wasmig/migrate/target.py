@@ -1,0 +1,314 @@
+"""``wasmig serve``: the daemon that receives migrations, restores them and runs them.
+
+Every accepted connection is handled by a child process of its own (``fork`` right after
+``accept``, before anything is read): it authenticates the peer, receives the module (unless
+its cache has it) and the pages, restores the program on this daemon's engine and tells the
+source ``prepared``, and only after the source's ``commit`` does it start the program, which
+then runs in that child (its stdio: the daemon's). A peer that fails authentication is logged
+and dropped before it can send anything else, so it never makes the daemon run anything; a
+connection that ends before the commit leaves nothing running (docs/migration.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from wasmig.errors import WasmError
+from wasmig.migrate.pages import ZERO_PAGE, page_id
+from wasmig.migrate.protocol import Channel, MigrationError, authenticate_as_server
+from wasmig.module import Module
+from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain
+
+#: for the tests that kill the target at each protocol step: the step after which a child kills
+#: itself (SIGKILL), named by this environment variable
+FAULT_ENV = "WASMIG_SERVE_FAULT"
+FAULT_STEPS = ("auth", "offer", "module", "pages", "state", "prepared", "commit")
+
+
+def log(message: str) -> None:
+    print(f"wasmig serve[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+def _fault(step: str) -> None:
+    if os.environ.get(FAULT_ENV) == step:
+        log(f"fault injection: killed after {step}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def serve(listener: socket.socket, token: bytes, *, engine: str, dirs: Mapping[str, str], state_dir: Path) -> None:
+    """Accept migrations forever (until SIGINT/SIGTERM)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    host, port = listener.getsockname()[:2]
+    log(f"listening on {host}:{port} (engine {engine})")
+    while True:
+        try:
+            conn, addr = listener.accept()
+        except InterruptedError:  # pragma: no cover
+            continue
+        peer = f"{addr[0]}:{addr[1]}"
+        pid = os.fork()
+        if pid == 0:  # the child: this migration, then the program it brings
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            listener.close()
+            code = 1
+            try:
+                code = _Target(Channel(conn, f"source {peer}"), token, engine, dirs, state_dir).run()
+            except BaseException as e:  # noqa: BLE001 - a child must never return into the accept loop
+                log(f"{peer}: internal error: {e!r}")
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code & 0xFF)
+        conn.close()
+
+
+class _Target:
+    def __init__(self, ch: Channel, token: bytes, engine: str, dirs: Mapping[str, str], state_dir: Path) -> None:
+        self.ch = ch
+        self.token = token
+        self.engine = engine
+        self.dirs = dirs
+        self.state_dir = state_dir
+        self.images: list[bytearray] = []
+        self.held: dict[bytes, tuple[int, int] | bytes] = {}  # page id -> where its contents are
+        self.dctx = zstandard.ZstdDecompressor()
+        self.id = "?"
+
+    def run(self) -> int:
+        ch = self.ch
+        try:
+            authenticate_as_server(ch, self.token)
+        except MigrationError as e:
+            log(f"rejected {e}")
+            ch.close()
+            return 1
+        _fault("auth")
+        try:
+            module = self._receive_module()
+            prepared = self._receive_state(module)
+            ch.send("prepared")
+            _fault("prepared")
+            ch.recv(60.0, expect=("commit",))
+        except (MigrationError, SnapshotError, WasmError, OSError) as e:
+            log(f"migration {self.id} from {ch.peer} aborted, nothing runs: {e}")
+            ch.error(str(e))
+            ch.close()
+            return 1
+        _fault("commit")
+        # committed: from here on the program runs here, whatever happens to the connection
+        try:
+            ch.send("committed", pid=os.getpid())
+        except MigrationError:
+            pass
+        ch.close()
+        log(f"migration {self.id} committed: running as pid {os.getpid()}")
+        return prepared()
+
+    # --- the module -----------------------------------------------------------------------------
+    def _receive_module(self) -> Module:
+        ch = self.ch
+        offer = ch.recv(expect=("offer",))
+        sha, self.id = offer.get("module_sha256"), str(offer.get("id", "?"))[:32]
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise MigrationError("malformed offer: bad module_sha256")
+        cached = self.state_dir / "modules" / f"{sha}.wasm"
+        have = cached.is_file()
+        ch.send("offer_ok", need_module=not have)
+        _fault("offer")
+        if have:
+            data = cached.read_bytes()
+        else:
+            data = ch.recv(expect=("module",)).get("data")
+            if not isinstance(data, bytes):
+                raise MigrationError("malformed module message")
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise MigrationError("the module's bytes do not match its sha256")
+        module = Module.from_bytes(data)
+        if not have:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+        self._hold_data_segments(module)
+        ch.send("module_ok")
+        _fault("module")
+        return module
+
+    def _hold_data_segments(self, module: Module) -> None:
+        """Pages the module's active data segments make: the target holds them already."""
+        ir = module.ir
+        if not ir.all_mems():
+            return
+        image = bytearray(ir.all_mems()[0].limits.min * PAGE_SIZE)
+        for seg in ir.datas:
+            if seg.mode != "active" or seg.memory != 0 or len(seg.offset) != 2 or seg.offset[0].op != 0x41:
+                continue
+            start = seg.offset[0].imm
+            if 0 <= start and start + len(seg.init) <= len(image):
+                image[start:start + len(seg.init)] = seg.init
+        for i in range(0, len(image), PAGE_SIZE):
+            page = bytes(image[i:i + PAGE_SIZE])
+            pid = page_id(page)
+            if pid is not None:
+                self.held[pid] = page
+
+    # --- pages and state ------------------------------------------------------------------------
+    def _receive_state(self, module: Module) -> Any:
+        """Page rounds until the state arrives; restore it; return the function that runs it."""
+        ch = self.ch
+        first = True
+        while True:
+            msg = ch.recv(expect=("pages", "state"))
+            if msg["t"] == "state":
+                _fault("state")
+                return self._restore(module, msg.get("snapshot"))
+            self._pages(msg)
+            if first:
+                _fault("pages")
+                first = False
+
+    def _image(self, m: int, index: int) -> bytearray:
+        while len(self.images) <= m:
+            self.images.append(bytearray())
+        image = self.images[m]
+        need = (index + 1) * PAGE_SIZE
+        if len(image) < need:
+            image.extend(bytes(need - len(image)))
+        return image
+
+    def _pages(self, msg: dict[str, Any]) -> None:
+        ch = self.ch
+        entries = msg.get("entries")
+        if not isinstance(entries, list):
+            raise MigrationError("malformed pages message")
+        need: list[int] = []
+        wanted: dict[int, tuple[int, int, bytes]] = {}
+        for pos, e in enumerate(entries):
+            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], int) and isinstance(e[1], int)
+                    and 0 <= e[0] < 16 and 0 <= e[1] < 65536 and (e[2] is None or isinstance(e[2], bytes)
+                                                                   and len(e[2]) == 32)):
+                raise MigrationError("malformed pages message: bad entry")
+            m, i, pid = e
+            image = self._image(m, i)
+            at = i * PAGE_SIZE
+            if pid is None:
+                image[at:at + PAGE_SIZE] = ZERO_PAGE
+                continue
+            data = self._held(pid)
+            if data is None:
+                need.append(pos)
+                wanted[pos] = (m, i, pid)
+            else:
+                image[at:at + PAGE_SIZE] = data
+                self.held[pid] = (m, i)
+        ch.send("need", positions=need)
+        while True:
+            msg = ch.recv(expect=("page_data", "pages_end"))
+            if msg["t"] == "pages_end":
+                break
+            pages = msg.get("pages")
+            if not isinstance(pages, list):
+                raise MigrationError("malformed page_data message")
+            for item in pages:
+                if not (isinstance(item, list) and len(item) == 2 and item[0] in wanted and isinstance(item[1], bytes)):
+                    raise MigrationError("malformed page_data message: a page that was not asked for")
+                m, i, pid = wanted.pop(item[0])
+                try:
+                    data = self.dctx.decompress(item[1], max_output_size=PAGE_SIZE)
+                except zstandard.ZstdError as e:
+                    raise MigrationError(f"a page does not decompress: {e}") from None
+                if len(data) != PAGE_SIZE or page_id(data) != pid:
+                    raise MigrationError("a page does not match its id")
+                self.images[m][i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = data
+                self.held[pid] = (m, i)
+        if wanted:
+            raise MigrationError(f"{len(wanted)} pages asked for were not sent")
+        ch.send("pages_ok")
+
+    def _held(self, pid: bytes) -> bytes | None:
+        where = self.held.get(pid)
+        if where is None:
+            return None
+        if isinstance(where, bytes):
+            return where
+        m, i = where
+        data = bytes(self.images[m][i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
+        if page_id(data) != pid:  # overwritten since: no longer held there
+            del self.held[pid]
+            return None
+        return data
+
+    def _restore(self, module: Module, plain: Any) -> Any:
+        """Restore on this daemon's engine, without running anything; the returned function
+        runs the program (after the commit) and returns its exit code."""
+        def memory(i: int, _repr: Any, size_pages: int) -> bytearray:
+            image = self._image(i, size_pages - 1) if size_pages else bytearray()
+            del image[size_pages * PAGE_SIZE:]
+            return image
+
+        try:
+            snap = from_plain(plain, memory)
+        except SnapshotError as e:
+            raise MigrationError(f"malformed state: {e}") from None
+        if snap.module_sha256 != module.sha256:
+            raise MigrationError("the state is of another module than the one offered")
+        if snap.wasi is None:
+            raise MigrationError("the state has no WASI state: only WASI programs migrate")
+        snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
+        return _prepare(module, snap, self.engine, self.dirs)
+
+
+def _prepare(module: Module, snap: Snapshot, engine: str, dirs: Mapping[str, str]) -> Any:
+    from wasmig.snapshot.session import CheckpointPolicy
+    from wasmig.wasi.snapshot import restore_wasi
+
+    policy = CheckpointPolicy()
+    if engine == "wasmtime":
+        from wasmig.snapshot.wasmtime_session import Checkpointable, WasmtimeSession
+
+        wasi = restore_wasi(snap.wasi, dirs=dirs)  # type: ignore[arg-type]
+        try:
+            runner = Checkpointable(module, wasi)
+            runner.load(snap)
+        except BaseException:
+            wasi.close()
+            raise
+        session: Any = WasmtimeSession(runner, wasi, policy, None)
+        return lambda: _run(session, lambda: session.run(snap), wasi)
+    from wasmig.snapshot.api import restore
+    from wasmig.snapshot.session import Session
+
+    instance = restore(snap, "interp", module=module, dirs=dirs)
+    session = Session(instance, instance.wasi, policy, None)
+    return lambda: _run(session, lambda: session.run(resume=True), instance.wasi)
+
+
+def _run(session: Any, body: Any, wasi: Any) -> int:
+    from wasmig.errors import Trap
+    from wasmig.migrate.control import serve_control
+    from wasmig.snapshot.session import MigratedAway
+
+    control = serve_control(session)
+    try:
+        code = body()
+        log(f"program exited with code {code}")
+        return int(code)
+    except MigratedAway:
+        log("program migrated away")
+        return 0
+    except Trap as trap:
+        log(f"program trapped: {trap.reason}")
+        return 134
+    finally:
+        control.close()
+        wasi.close()
