@@ -173,7 +173,7 @@ def with_control(session: Any, body: Any) -> int:
 
 def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
     """``body()``'s exit code, with a checkpoint-and-exit, traps and errors reported as the CLI does."""
-    from wasmig.snapshot.session import CheckpointExit, MigratedAway
+    from wasmig.snapshot.session import CheckpointExit, MigratedAway, MigrationInDoubt
     from wasmig.snapshot.state import SnapshotError
 
     try:
@@ -181,6 +181,10 @@ def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
     except CheckpointExit:
         click.echo(f"wasmig: checkpoint written to {policy.written[-1]}; exiting", err=True)
         return 0
+    except MigrationInDoubt as e:
+        click.echo(f"wasmig: error: the migration target did not confirm the commit; the program may run there, "
+                   f"so it stops here; its state is in {e.path}", err=True)
+        return 75
     except MigratedAway:
         click.echo("wasmig: the program moved to another machine; exiting", err=True)
         return 0

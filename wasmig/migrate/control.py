@@ -80,10 +80,14 @@ class ControlServer:
             pass
 
     def close(self) -> None:
+        """Stop listening; a migration still running (the program just ended under it) gets a
+        moment to tell its client why it failed."""
         try:
             self.sock.close()
         finally:
             self.path.unlink(missing_ok=True)
+        if self._busy.acquire(timeout=5.0):
+            self._busy.release()
 
 
 def serve_control(session: SessionBase) -> ControlServer:

@@ -28,6 +28,7 @@ from wasmig.snapshot.state import PAGE_SIZE, SnapshotError, to_plain
 STOP_COPY_BYTES = 1 << 20
 MAX_ROUNDS = 12
 PREPARE_TIMEOUT = 120.0  # the target restores a large guest before it answers
+RESOLVE_TIMEOUT = 10.0  # how long a source that lost the commit's answer keeps asking the daemon
 
 
 @dataclass
@@ -146,9 +147,16 @@ class _Source:
                 self.on_done(result)
             handoff.decide(True)
             return result
-        except InDoubt:
+        except InDoubt as e:
             self.p.phase = "in doubt"
             self.report(self.p)
+            try:
+                saved = self._save_in_doubt(snap)
+                e.args = (f"{e} -- its state is saved in {saved}: restore it with `wasmig restore --module "
+                          f"PROGRAM.wasm {saved}` if the target did not start it",)
+            except (SnapshotError, OSError) as save_error:
+                saved = f"(not saved: {save_error})"
+            handoff.in_doubt = saved
             handoff.decide(True)  # never resume: the target may be running it
             raise
         except (MigrationError, SnapshotError, OSError) as e:
@@ -171,13 +179,50 @@ class _Source:
                 self.ch.close()
 
     def _await_commit(self, ch: Channel) -> dict[str, Any]:
-        """The target's confirmation; a source never resumes once it sent ``commit`` (the target
-        may have started): without one it stops for good and says so."""
+        """The target's confirmation. Without one (the connection broke), the daemon is asked
+        what it decided: a commit that never arrived is aborted by the asking, so the answer is
+        final. Only if the daemon cannot be reached does the migration stay in doubt: the source
+        never resumes once it sent ``commit`` unless the target says it will never run it."""
         try:
             return ch.recv(30.0, expect=("committed",))
         except PeerGone as e:
-            raise InDoubt(f"the target did not confirm the commit ({e}): it may be running the program; "
-                          "this copy stays stopped") from None
+            lost = e
+        deadline = time.monotonic() + RESOLVE_TIMEOUT
+        while True:
+            try:
+                probe = connect(self.target, self.token, timeout=2.0)
+                try:
+                    probe.send("status", id=self.id)
+                    decision = probe.recv(10.0, expect=("status",)).get("decision")
+                finally:
+                    probe.close()
+            except MigrationError:
+                if time.monotonic() >= deadline:
+                    raise InDoubt(f"the target did not confirm the commit ({lost}) and cannot be asked: it may be "
+                                  "running the program, so this copy stays stopped") from None
+                time.sleep(0.2)
+                continue
+            if decision == "committed":
+                return {}
+            raise MigrationError(f"the connection broke before the target got the commit ({lost}); it will not "
+                                 "run the program")
+
+    def _save_in_doubt(self, snap: Any) -> str:
+        """The stopped program's whole state, as a single-file snapshot in the runtime directory."""
+        from dataclasses import replace
+
+        from wasmig.snapshot.session import RUNTIME_DIR
+        from wasmig.snapshot.state import MemoryState
+        from wasmig.snapshot.store import write_single_file
+
+        memories = []
+        for (size, page), m in zip(self.session.guest_memories(), snap.memories, strict=True):
+            data = b"".join(bytes(page(i)) for i in range(size // PAGE_SIZE))
+            memories.append(MemoryState(m.min, m.max, data))
+        RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
+        path = RUNTIME_DIR / f"in-doubt-{self.id}.snap"
+        write_single_file(replace(snap, memories=memories), path)
+        return str(path)
 
     def _round(self, *, final: bool) -> list[ChangedPage]:
         """Send the pages changed since the last round: their ids first; the target copies those

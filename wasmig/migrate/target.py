@@ -30,9 +30,11 @@ from wasmig.module import Module
 from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain
 
 #: for the tests that kill the target at each protocol step: the step after which a child kills
-#: itself (SIGKILL), named by this environment variable
+#: itself (SIGKILL), named by this environment variable; "daemon" kills the whole daemon (its
+#: process group) when the commit arrives, so nobody can tell the source what became of it
 FAULT_ENV = "WASMIG_SERVE_FAULT"
 FAULT_STEPS = ("auth", "offer", "module", "pages", "state", "prepared", "commit")
+_ID_CHARS = frozenset("0123456789abcdef")
 
 
 def log(message: str) -> None:
@@ -40,9 +42,30 @@ def log(message: str) -> None:
 
 
 def _fault(step: str) -> None:
-    if os.environ.get(FAULT_ENV) == step:
+    fault = os.environ.get(FAULT_ENV)
+    if fault == step:
         log(f"fault injection: killed after {step}")
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "daemon" and step == "commit":
+        log("fault injection: the whole daemon killed after commit")
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def decide(state_dir: Path, migration_id: str, decision: str) -> str:
+    """Record the fate of a migration, once: the first of the child that got the commit
+    ("committed") and a source asking after a lost connection ("aborted") wins, and both then
+    act on what was recorded (``O_EXCL``: atomic on the daemon's own filesystem)."""
+    path = state_dir / "decisions" / migration_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip() or "aborted"
+    with os.fdopen(fd, "w") as f:
+        f.write(decision)
+        f.flush()
+        os.fsync(f.fileno())
+    return decision
 
 
 def serve(listener: socket.socket, token: bytes, *, engine: str, dirs: Mapping[str, str], state_dir: Path) -> None:
@@ -94,17 +117,22 @@ class _Target:
             return 1
         _fault("auth")
         try:
-            module = self._receive_module()
+            first = ch.recv(expect=("offer", "status"))
+            if first["t"] == "status":
+                return self._status(first)
+            module = self._receive_module(first)
             prepared = self._receive_state(module)
             ch.send("prepared")
             _fault("prepared")
             ch.recv(60.0, expect=("commit",))
+            _fault("commit")
+            if decide(self.state_dir, self.id, "committed") != "committed":
+                raise MigrationError("the source gave the migration up before its commit arrived")
         except (MigrationError, SnapshotError, WasmError, OSError) as e:
             log(f"migration {self.id} from {ch.peer} aborted, nothing runs: {e}")
             ch.error(str(e))
             ch.close()
             return 1
-        _fault("commit")
         # committed: from here on the program runs here, whatever happens to the connection
         try:
             ch.send("committed", pid=os.getpid())
@@ -114,12 +142,26 @@ class _Target:
         log(f"migration {self.id} committed: running as pid {os.getpid()}")
         return prepared()
 
+    def _status(self, msg: dict[str, Any]) -> int:
+        """A source that lost its connection after sending the commit asks what became of it:
+        committed (the program runs here) or, if not yet, never (it is aborted now)."""
+        mid = msg.get("id")
+        if not isinstance(mid, str) or not 1 <= len(mid) <= 32 or not set(mid) <= _ID_CHARS:
+            raise MigrationError("malformed status request")
+        decision = decide(self.state_dir, mid, "aborted")
+        log(f"migration {mid}: asked after it by {self.ch.peer}: {decision}")
+        self.ch.send("status", decision=decision)
+        self.ch.close()
+        return 0
+
     # --- the module -----------------------------------------------------------------------------
-    def _receive_module(self) -> Module:
+    def _receive_module(self, offer: dict[str, Any]) -> Module:
         ch = self.ch
-        offer = ch.recv(expect=("offer",))
-        sha, self.id = offer.get("module_sha256"), str(offer.get("id", "?"))[:32]
-        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        sha, mid = offer.get("module_sha256"), offer.get("id")
+        if not isinstance(mid, str) or not 1 <= len(mid) <= 32 or not set(mid) <= _ID_CHARS:
+            raise MigrationError("malformed offer: bad id")
+        self.id = mid
+        if not isinstance(sha, str) or len(sha) != 64 or not set(sha) <= _ID_CHARS:
             raise MigrationError("malformed offer: bad module_sha256")
         cached = self.state_dir / "modules" / f"{sha}.wasm"
         have = cached.is_file()

@@ -66,6 +66,15 @@ class MigratedAway(Exception):  # noqa: N818 - control flow
     """The program now runs on another machine: this run ends (exit code 0)."""
 
 
+class MigrationInDoubt(MigratedAway):
+    """The target was sent the commit but never confirmed it: the program may run there, so it
+    must not go on here; its state was saved for a manual restore (``path``)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
 class StopHandoff:
     """Where a live migration (in a thread of its own) and the run loop that owns the guest meet.
 
@@ -82,6 +91,7 @@ class StopHandoff:
         self._snapshot: Snapshot | None = None
         self._failure: str | None = None
         self._commit = False
+        self.in_doubt: str | None = None  # set with decide(True): the program did not surely move
 
     # the migration's side
     def stop(self, request: Callable[[], None], timeout: float = 30.0) -> Snapshot:
@@ -110,6 +120,8 @@ class StopHandoff:
             return False
         self._stopped.set()
         self._decided.wait()
+        if self._commit and self.in_doubt is not None:
+            raise MigrationInDoubt(self.in_doubt)
         return self._commit
 
     def ended(self, why: str = "the program ended before it could stop") -> None:

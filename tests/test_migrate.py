@@ -1,0 +1,240 @@
+"""Live migration end to end, with real processes: `wasmig run --migratable` moved by `wasmig
+migrate PID --to` to `wasmig serve` daemons, across engines, three hops in a row; a wrong token;
+and the target killed at every protocol step (the source must go on, the program must run
+exactly once). The program prints a numbered line per round; the lines of every process that
+ran it, put together, must be the uninterrupted run's lines, each exactly once."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from wasmig.migrate.target import FAULT_ENV, FAULT_STEPS
+from wasmig.toolchain import compile_c
+
+pytest.importorskip("wasmtime")
+
+PROGRAMS = Path(__file__).parent / "programs"
+ARGS = ["30", "256", "40"]  # rounds, KiB of heap, ms of sleep per round
+
+
+def wasmig(*args: str) -> list[str]:
+    return [sys.executable, "-m", "wasmig", *args]
+
+
+@pytest.fixture(scope="module")
+def program() -> Path:
+    return compile_c(PROGRAMS / "migrate_work.c")
+
+
+def reference_of(program: Path, args: list[str]) -> list[str]:
+    out = subprocess.run(wasmig("run", "--engine", "wasmtime", str(program), *args[:2], "0"), capture_output=True,
+                         check=True).stdout.decode()
+    return out.splitlines()
+
+
+@pytest.fixture(scope="module")
+def reference(program: Path) -> list[str]:
+    return reference_of(program, ARGS)
+
+
+@pytest.fixture()
+def token(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(os.urandom(24).hex())
+    path.chmod(0o600)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Daemon:
+    address: str
+    out: Path
+    err: Path
+    proc: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        return self.err.read_text()
+
+    def pid_of(self, migration_number: int = 1, timeout: float = 30.0) -> int:
+        """The pid of the process running the program of its n-th committed migration."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = re.findall(r"committed: running as pid (\d+)", self.log())
+            if len(pids) >= migration_number:
+                return int(pids[migration_number - 1])
+            time.sleep(0.05)
+        raise AssertionError(f"no committed migration #{migration_number}: {self.log()}")
+
+
+@contextmanager
+def daemon(tmp_path: Path, name: str, engine: str, token: Path, fault: str | None = None) -> Iterator[Daemon]:
+    address = f"127.0.0.1:{free_port()}"
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    env = {**os.environ, **({FAULT_ENV: fault} if fault else {})}
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen(wasmig("serve", "--listen", address, "--token-file", str(token), "--engine", engine,
+                                       "--state-dir", str(tmp_path / f"{name}-state")),
+                                stdout=o, stderr=e, env=env, start_new_session=True)
+    d = Daemon(address, out, err, proc)
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in d.log():
+            assert proc.poll() is None and time.monotonic() < deadline, d.log()
+            time.sleep(0.05)
+        yield d
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the daemon and the programs it runs
+        proc.wait()
+
+
+@contextmanager
+def source(tmp_path: Path, program: Path, engine: str, args: list[str] = ARGS
+           ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    out = tmp_path / "source.out"
+    with open(out, "wb") as o, open(tmp_path / "source.err", "wb") as e:
+        proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", engine, str(program), *args),
+                                stdout=o, stderr=e)
+    try:
+        wait_for(lambda: "round 2 " in out.read_text(), f"the program did not start: {(tmp_path / 'source.err')}")
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def wait_for(cond: object, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def migrate(pid: int, to: str, token: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(wasmig("migrate", str(pid), "--to", to, "--token-file", str(token), "--quiet"),
+                          capture_output=True, text=True, timeout=120)
+
+
+def lines_of(*files: Path) -> list[str]:
+    return [line for f in files for line in f.read_text().splitlines()]
+
+
+def assert_ran_exactly_once(reference: list[str], *outputs: Path) -> None:
+    """Every line of the uninterrupted run, each once, and in order within each process (a
+    daemon's output may hold two stretches, of its first and its third hop)."""
+    got = lines_of(*outputs)
+    assert sorted(got) == sorted(reference), f"lost or doubled lines:\n{got}"
+    for f in outputs:
+        rounds = [int(line.split()[1]) for line in lines_of(f) if line.startswith("round")]
+        assert rounds == sorted(rounds), f"out of order in {f.name}: {rounds}"
+
+
+@pytest.mark.parametrize("engines", [("wasmtime", "interp"), ("interp", "wasmtime")], ids=lambda e: "->".join(e))
+def test_live_migration_across_engines(tmp_path: Path, program: Path, reference: list[str], token: Path,
+                                       engines: tuple[str, str]) -> None:
+    src, dst = engines
+    with daemon(tmp_path, "target", dst, token) as d, source(tmp_path, program, src) as (proc, out):
+        done = migrate(proc.pid, d.address, token)
+        assert done.returncode == 0, done.stderr
+        assert re.search(r"migrated to 127\.0\.0\.1:\d+ in [\d.]+ s: downtime [\d.]+ ms, [\d.]+ MB sent", done.stdout)
+        assert proc.wait(30) == 0
+        pid = d.pid_of()
+        wait_for(lambda: "program exited with code 0" in d.log(), f"the program did not finish: {d.log()}")
+        assert "moved to another machine" in (tmp_path / "source.err").read_text()
+        assert_ran_exactly_once(reference, out, d.out)
+        assert f"running as pid {pid}" in d.log()
+
+
+def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, token: Path) -> None:
+    """wasmtime -> interp -> wasmtime -> interp: each target's program is itself migratable."""
+    args = ["100", "256", "40"]
+    reference = reference_of(program, args)
+    with daemon(tmp_path, "a", "interp", token) as a, daemon(tmp_path, "b", "wasmtime", token) as b, \
+            source(tmp_path, program, "wasmtime", args) as (proc, out):
+        assert migrate(proc.pid, a.address, token).returncode == 0
+        first = a.pid_of(1)
+        wait_for(lambda: len(lines_of(a.out)) >= 3, "no progress on a")
+        hop = migrate(first, b.address, token)
+        assert hop.returncode == 0, hop.stderr
+        second = b.pid_of(1)
+        wait_for(lambda: len(lines_of(b.out)) >= 3, "no progress on b")
+        hop = migrate(second, a.address, token)
+        assert hop.returncode == 0, hop.stderr
+        a.pid_of(2)
+        wait_for(lambda: a.log().count("program exited with code 0") == 1, f"not finished: {a.log()}")
+        assert a.log().count("program migrated away") == 1 and b.log().count("program migrated away") == 1
+        assert_ran_exactly_once(reference, out, a.out, b.out)
+
+
+def test_a_wrong_token_is_rejected_and_the_program_goes_on(tmp_path: Path, program: Path, reference: list[str],
+                                                           token: Path) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text(os.urandom(24).hex())
+    wrong.chmod(0o600)
+    with daemon(tmp_path, "target", "wasmtime", token) as d, source(tmp_path, program, "wasmtime") as (proc, out):
+        failed = migrate(proc.pid, d.address, wrong)
+        assert failed.returncode == 1 and "authentication failed" in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert proc.wait(60) == 0
+        assert "rejected" in d.log() and "committed" not in d.log()
+        assert_ran_exactly_once(reference, out)
+        assert d.out.read_text() == ""
+
+
+@pytest.mark.parametrize("step", FAULT_STEPS)
+def test_killing_the_target_at_a_step_leaves_the_source_running(tmp_path: Path, program: Path,
+                                                                reference: list[str], token: Path, step: str) -> None:
+    """Up to and including the commit's arrival (before the daemon records it): the source goes
+    on (after "prepared" and "commit" it learns so by asking the daemon, whose asking aborts the
+    migration for good), and the program never runs on the target."""
+    with daemon(tmp_path, "target", "wasmtime", token, fault=step) as d, \
+            source(tmp_path, program, "wasmtime") as (proc, out):
+        failed = migrate(proc.pid, d.address, token)
+        assert failed.returncode == 1, failed.stdout
+        assert "the program goes on" in failed.stderr and "Traceback" not in failed.stderr
+        assert proc.wait(60) == 0  # it finished here
+        assert f"killed after {step}" in d.log()
+        if step in ("prepared", "commit"):
+            assert "asked after it" in d.log() and ": aborted" in d.log()
+        assert_ran_exactly_once(reference, out)
+        assert d.out.read_text() == ""  # never ran there
+
+
+def test_a_daemon_gone_after_the_commit_leaves_the_program_stopped_and_saved(
+        tmp_path: Path, program: Path, reference: list[str], token: Path) -> None:
+    """In doubt (commit sent, never confirmed, nobody left to ask): the program may run on the
+    target, so the source must not resume it; it exits with 75 and keeps its state for a manual
+    restore, which then finishes the program."""
+    with daemon(tmp_path, "target", "wasmtime", token, fault="daemon") as d, \
+            source(tmp_path, program, "wasmtime") as (proc, out):
+        failed = migrate(proc.pid, d.address, token)
+        assert failed.returncode == 1 and "did not confirm" in failed.stderr, failed.stderr
+        assert proc.wait(60) == 75
+        err = (tmp_path / "source.err").read_text()
+        saved = re.search(r"its state is in (\S+\.snap)", err)
+        assert saved, err
+        assert "whole daemon killed" in d.log()
+        restored = subprocess.run(wasmig("restore", "--module", str(program), saved.group(1)), capture_output=True,
+                                  text=True, timeout=120)
+        Path(saved.group(1)).unlink()
+        assert restored.returncode == 0, restored.stderr
+        (tmp_path / "restored.out").write_text(restored.stdout)
+        assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
