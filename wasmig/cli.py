@@ -491,8 +491,9 @@ def serve(listen: str, token_file: str, dirs: tuple[str, ...], engine: str | Non
 @click.option("--to", "to", required=True, metavar="HOST:PORT", help="The `wasmig serve` daemon to move to.")
 @click.option("--token-file", required=True, type=click.Path(dir_okay=False), help="The daemon's shared secret.")
 @click.option("--quiet", is_flag=True, help="No progress bar, only the summary line.")
+@click.option("--no-precopy", is_flag=True, help="Stop the program at once and send everything while it is stopped.")
 @click.argument("pid", type=int)
-def migrate_cmd(to: str, token_file: str, quiet: bool, pid: int) -> None:
+def migrate_cmd(to: str, token_file: str, quiet: bool, no_precopy: bool, pid: int) -> None:
     """Move the running `wasmig run --migratable` process PID to another machine."""
     from wasmig.migrate.control import request_migration
     from wasmig.migrate.progress import ProgressView
@@ -502,7 +503,7 @@ def migrate_cmd(to: str, token_file: str, quiet: bool, pid: int) -> None:
         parse_address(to, "--to")
         token = read_token(token_file)
         with ProgressView(enabled=not quiet) as view:
-            for msg in request_migration(pid, to, token):
+            for msg in request_migration(pid, to, token, precopy=not no_precopy):
                 if "progress" in msg:
                     view.update(msg["progress"])
                 elif "done" in msg:

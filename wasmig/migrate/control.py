@@ -63,6 +63,7 @@ class ControlServer:
                 try:
                     req = json.loads(line)["migrate"]
                     to, token = str(req["to"]), bytes.fromhex(req["token"])
+                    precopy = bool(req.get("precopy", True))
                 except (ValueError, KeyError, TypeError):
                     send({"error": "malformed request"})
                     return
@@ -70,7 +71,7 @@ class ControlServer:
                     send({"error": "a migration of this program is already running"})
                     return
                 try:
-                    migrate(self.session, to, token, progress=lambda p: send({"progress": asdict(p)}),
+                    migrate(self.session, to, token, precopy=precopy, progress=lambda p: send({"progress": asdict(p)}),
                             on_done=lambda r: send({"done": {**asdict(r), "summary": r.summary()}}))
                 except MigrationError as e:
                     send({"error": str(e)})
@@ -94,7 +95,7 @@ def serve_control(session: SessionBase) -> ControlServer:
     return ControlServer(session)
 
 
-def request_migration(pid: int, to: str, token: bytes) -> Any:
+def request_migration(pid: int, to: str, token: bytes, *, precopy: bool = True) -> Any:
     """For ``wasmig migrate PID``: connect to the run's control socket and yield its messages."""
     path = socket_path(pid)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -105,7 +106,7 @@ def request_migration(pid: int, to: str, token: bytes) -> Any:
         raise MigrationError(f"process {pid} is not a migratable wasmig run (no control socket {path}: "
                              f"{e.strerror or e})") from None
     with sock, sock.makefile("rb") as f:
-        sock.sendall(json.dumps({"migrate": {"to": to, "token": token.hex()}}).encode() + b"\n")
+        sock.sendall(json.dumps({"migrate": {"to": to, "token": token.hex(), "precopy": precopy}}).encode() + b"\n")
         for line in f:
             try:
                 yield json.loads(line)

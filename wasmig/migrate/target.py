@@ -11,6 +11,7 @@ connection that ends before the commit leaves nothing running (docs/migration.md
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import signal
@@ -102,7 +103,7 @@ class _Target:
         self.engine = engine
         self.dirs = dirs
         self.state_dir = state_dir
-        self.images: list[bytearray] = []
+        self.landing: _Landing | None = None
         self.held: dict[bytes, tuple[int, int] | bytes] = {}  # page id -> where its contents are
         self.dctx = zstandard.ZstdDecompressor()
         self.id = "?"
@@ -181,15 +182,24 @@ class _Target:
             tmp = cached.with_suffix(f".tmp{os.getpid()}")
             tmp.write_bytes(data)
             os.replace(tmp, cached)
+        self.landing = _InstanceLanding(module) if self.engine == "wasmtime" else _ImageLanding()
         self._hold_data_segments(module)
         ch.send("module_ok")
         _fault("module")
         return module
 
     def _hold_data_segments(self, module: Module) -> None:
-        """Pages the module's active data segments make: the target holds them already."""
+        """Pages the module's active data segments make: the target holds them already (an
+        instance prepared in advance has them in place)."""
         ir = module.ir
         if not ir.all_mems():
+            return
+        assert self.landing is not None
+        if isinstance(self.landing, _InstanceLanding):
+            for i in range(self.landing.pages(0)):
+                pid = page_id(self.landing.read(0, i))
+                if pid is not None:
+                    self.held[pid] = (0, i)
             return
         image = bytearray(ir.all_mems()[0].limits.min * PAGE_SIZE)
         for seg in ir.datas:
@@ -219,15 +229,6 @@ class _Target:
                 _fault("pages")
                 first = False
 
-    def _image(self, m: int, index: int) -> bytearray:
-        while len(self.images) <= m:
-            self.images.append(bytearray())
-        image = self.images[m]
-        need = (index + 1) * PAGE_SIZE
-        if len(image) < need:
-            image.extend(bytes(need - len(image)))
-        return image
-
     def _pages(self, msg: dict[str, Any]) -> None:
         ch = self.ch
         entries = msg.get("entries")
@@ -241,17 +242,19 @@ class _Target:
                                                                    and len(e[2]) == 32)):
                 raise MigrationError("malformed pages message: bad entry")
             m, i, pid = e
-            image = self._image(m, i)
-            at = i * PAGE_SIZE
+            landing = self.landing
+            assert landing is not None
             if pid is None:
-                image[at:at + PAGE_SIZE] = ZERO_PAGE
+                landing.write(m, i, ZERO_PAGE)
                 continue
+            if self.held.get(pid) == (m, i) and page_id(landing.read(m, i)) == pid:
+                continue  # already in place (a data segment's page)
             data = self._held(pid)
             if data is None:
                 need.append(pos)
                 wanted[pos] = (m, i, pid)
             else:
-                image[at:at + PAGE_SIZE] = data
+                landing.write(m, i, data)
                 self.held[pid] = (m, i)
         ch.send("need", positions=need)
         while True:
@@ -271,7 +274,7 @@ class _Target:
                     raise MigrationError(f"a page does not decompress: {e}") from None
                 if len(data) != PAGE_SIZE or page_id(data) != pid:
                     raise MigrationError("a page does not match its id")
-                self.images[m][i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = data
+                self.landing.write(m, i, data)  # type: ignore[union-attr]
                 self.held[pid] = (m, i)
         if wanted:
             raise MigrationError(f"{len(wanted)} pages asked for were not sent")
@@ -284,7 +287,7 @@ class _Target:
         if isinstance(where, bytes):
             return where
         m, i = where
-        data = bytes(self.images[m][i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
+        data = self.landing.read(m, i)  # type: ignore[union-attr]
         if page_id(data) != pid:  # overwritten since: no longer held there
             del self.held[pid]
             return None
@@ -293,13 +296,10 @@ class _Target:
     def _restore(self, module: Module, plain: Any) -> Any:
         """Restore on this daemon's engine, without running anything; the returned function
         runs the program (after the commit) and returns its exit code."""
-        def memory(i: int, _repr: Any, size_pages: int) -> bytearray:
-            image = self._image(i, size_pages - 1) if size_pages else bytearray()
-            del image[size_pages * PAGE_SIZE:]
-            return image
-
+        landing = self.landing
+        assert landing is not None
         try:
-            snap = from_plain(plain, memory)
+            snap = from_plain(plain, landing.memory)
         except SnapshotError as e:
             raise MigrationError(f"malformed state: {e}") from None
         if snap.module_sha256 != module.sha256:
@@ -307,32 +307,104 @@ class _Target:
         if snap.wasi is None:
             raise MigrationError("the state has no WASI state: only WASI programs migrate")
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
-        return _prepare(module, snap, self.engine, self.dirs)
+        return landing.prepare(module, snap, self.dirs)
 
 
-def _prepare(module: Module, snap: Snapshot, engine: str, dirs: Mapping[str, str]) -> Any:
-    from wasmig.snapshot.session import CheckpointPolicy
-    from wasmig.wasi.snapshot import restore_wasi
+class _Landing:
+    """Where the pages of a migration land until the program is restored."""
 
-    policy = CheckpointPolicy()
-    if engine == "wasmtime":
-        from wasmig.snapshot.wasmtime_session import Checkpointable, WasmtimeSession
+    def write(self, m: int, i: int, data: bytes) -> None:  # pragma: no cover - see the subclasses
+        raise NotImplementedError
 
-        wasi = restore_wasi(snap.wasi, dirs=dirs)  # type: ignore[arg-type]
-        try:
-            runner = Checkpointable(module, wasi)
-            runner.load(snap)
-        except BaseException:
-            wasi.close()
-            raise
-        session: Any = WasmtimeSession(runner, wasi, policy, None)
+    def read(self, m: int, i: int) -> bytes:  # pragma: no cover
+        raise NotImplementedError
+
+    def memory(self, i: int, _repr: Any, size_pages: int) -> bytes | bytearray | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _InstanceLanding(_Landing):
+    """wasmtime: the instance is made when the module arrives, and every page is written straight
+    into its memory, so the restore after the stop only loads globals, WASI state and frames
+    (the downtime of a large guest does not depend on its size)."""
+
+    def __init__(self, module: Module) -> None:
+        from wasmig.snapshot.wasmtime_session import Checkpointable
+        from wasmig.wasi.preview1 import Wasi
+
+        self.wasi = Wasi()  # re-initialised in place with the program's WASI state at the end
+        self.runner = Checkpointable(module, self.wasi)
+        self.addresses: dict[int, tuple[int, int]] = {}  # memory -> (address, pages)
+
+    def pages(self, m: int) -> int:
+        return self.runner.memory_pages(m)
+
+    def _at(self, m: int, i: int) -> int:
+        address, pages = self.addresses.get(m, (0, 0))
+        if i >= pages:
+            pages = self.runner.memory_pages(m)
+            address = self.runner.memory_address(m, max(pages, i + 1))
+            self.addresses[m] = (address, self.runner.memory_pages(m))
+        return address + i * PAGE_SIZE
+
+    def write(self, m: int, i: int, data: bytes) -> None:
+        ctypes.memmove(self._at(m, i), data, PAGE_SIZE)
+
+    def read(self, m: int, i: int) -> bytes:
+        return ctypes.string_at(self._at(m, i), PAGE_SIZE)
+
+    def memory(self, i: int, _repr: Any, size_pages: int) -> None:
+        if self.runner.memory_pages(i) > size_pages:
+            raise MigrationError(f"memory {i} is larger here than the program's")
+        self.runner.memory_address(i, size_pages)
+        return None
+
+    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> Any:
+        from wasmig.snapshot.session import CheckpointPolicy
+        from wasmig.snapshot.wasmtime_session import WasmtimeSession
+        from wasmig.wasi.snapshot import restore_wasi
+
+        wasi = restore_wasi(snap.wasi, dirs=dirs, into=self.wasi)  # type: ignore[arg-type]
+        self.runner.load(snap, memory_in_place=True)
+        session = WasmtimeSession(self.runner, wasi, CheckpointPolicy(), None)
         return lambda: _run(session, lambda: session.run(snap), wasi)
-    from wasmig.snapshot.api import restore
-    from wasmig.snapshot.session import Session
 
-    instance = restore(snap, "interp", module=module, dirs=dirs)
-    session = Session(instance, instance.wasi, policy, None)
-    return lambda: _run(session, lambda: session.run(resume=True), instance.wasi)
+
+class _ImageLanding(_Landing):
+    """The interpreter: pages land in a byte image per memory, restored as a whole at the end."""
+
+    def __init__(self) -> None:
+        self.images: list[bytearray] = []
+
+    def _image(self, m: int, i: int) -> bytearray:
+        while len(self.images) <= m:
+            self.images.append(bytearray())
+        image = self.images[m]
+        if len(image) < (i + 1) * PAGE_SIZE:
+            image.extend(bytes((i + 1) * PAGE_SIZE - len(image)))
+        return image
+
+    def write(self, m: int, i: int, data: bytes) -> None:
+        self._image(m, i)[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = data
+
+    def read(self, m: int, i: int) -> bytes:
+        return bytes(self._image(m, i)[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
+
+    def memory(self, i: int, _repr: Any, size_pages: int) -> bytearray:
+        image = self._image(i, size_pages - 1) if size_pages else bytearray()
+        del image[size_pages * PAGE_SIZE:]
+        return image
+
+    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> Any:
+        from wasmig.snapshot.api import restore
+        from wasmig.snapshot.session import CheckpointPolicy, Session
+
+        instance = restore(snap, "interp", module=module, dirs=dirs)
+        session = Session(instance, instance.wasi, CheckpointPolicy(), None)
+        return lambda: _run(session, lambda: session.run(resume=True), instance.wasi)
 
 
 def _run(session: Any, body: Any, wasi: Any) -> int:

@@ -198,7 +198,9 @@ def to_plain(s: Snapshot, memory_repr: Any = None) -> dict[str, Any]:
 
 
 def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
-    """Inverse of :func:`to_plain`; ``memory_data(mem_index, repr, size_pages)`` rebuilds each memory's bytes."""
+    """Inverse of :func:`to_plain`; ``memory_data(mem_index, repr, size_pages)`` rebuilds each memory's bytes
+    (or returns None: the memory is kept elsewhere, as a live migration's target writes it in place;
+    its bytes are then left empty)."""
     d = _dict(d, "manifest")
     version = _int(d.get("format_version"), "format_version")
     if version > FORMAT_VERSION:
@@ -219,8 +221,11 @@ def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
         size_pages = _int(m.get("size_pages"), f"memory {i} size", hi=65536)
         raw = m.get("data")
         data = memory_data(i, raw, size_pages) if memory_data else raw
-        _check(isinstance(data, (bytes, bytearray)) and len(data) == size_pages * PAGE_SIZE,
-               f"memory {i} has the wrong size")
+        if data is None and memory_data:
+            data = b""
+        else:
+            _check(isinstance(data, (bytes, bytearray)) and len(data) == size_pages * PAGE_SIZE,
+                   f"memory {i} has the wrong size")
         memories.append(MemoryState(_int(m.get("min"), f"memory {i} min", hi=65536),
                                     _opt_int(m.get("max"), f"memory {i} max"), bytes(data)))
     tables = []

@@ -213,6 +213,26 @@ class Checkpointable:
         if self._state.value(self.store) == STATE_REWINDING:
             raise SnapshotError("internal error: the rewind did not reach the snapshot's innermost frame")
 
+    # --- memory in place (a live migration's target) ------------------------------------------
+    def _memory(self, i: int) -> Any:
+        ex = self.instance.exports
+        return ex["memory"] if i == 0 and "memory" in ex else ex[f"wasmig:mem{i}"]
+
+    def memory_pages(self, i: int) -> int:
+        return self._memory(i).size(self.store)
+
+    def memory_address(self, i: int, pages: int) -> int:
+        """The address of memory ``i``, grown first to at least ``pages`` pages (the guest is
+        not running; a memory never moves, see ``memory_may_move``)."""
+        mem = self._memory(i)
+        have = mem.size(self.store)
+        if pages > have:
+            try:
+                mem.grow(self.store, pages - have)
+            except Exception as e:  # noqa: BLE001 - wasmtime's error for a limit or an allocation failure
+                raise SnapshotError(f"memory {i} cannot grow to {pages} pages: {e}") from None
+        return ctypes.addressof(mem.data_ptr(self.store).contents)
+
     def _indirect_slot(self, func: int, pc: int, callee: int) -> int:
         """A slot of the table a ``call_indirect`` at (func, pc) uses that holds ``callee``
         (remembered: a deep recursion through one function pointer asks the same thing per frame)."""
@@ -279,9 +299,11 @@ class Checkpointable:
         self._pending = (snap.frames, snap.point)
         return snap
 
-    def load(self, snap: Snapshot) -> None:
+    def load(self, snap: Snapshot, *, memory_in_place: bool = False) -> None:
         """Put a snapshot's memory, globals, tables, dropped segments and step count into this
-        (fresh) instance; the frames follow with :meth:`resume`."""
+        (fresh) instance; the frames follow with :meth:`resume`. ``memory_in_place``: the
+        memories already hold the snapshot's contents (a live migration's target wrote them
+        page by page, see :meth:`memory_address`)."""
         module = self.module
         ir = module.ir
         store = self.store
@@ -295,7 +317,7 @@ class Checkpointable:
             raise SnapshotError("snapshot does not fit the module: memory, table or global counts differ")
         if (len(snap.dropped_data), len(snap.dropped_elems)) != (len(ir.datas), len(ir.elems)):
             raise SnapshotError("snapshot does not fit the module: segment counts differ")
-        for i, ms in enumerate(snap.memories):
+        for i, ms in enumerate(snap.memories if not memory_in_place else ()):
             mem = ex["memory"] if i == 0 and "memory" in ex else ex.get(f"wasmig:mem{i}")
             pages = len(ms.data) // 65536
             have = mem.size(store)
@@ -306,6 +328,10 @@ class Checkpointable:
                 mem.grow(store, pages - have)
             if ms.data:
                 _copy_pages(ctypes.addressof(mem.data_ptr(store).contents), ms.data, _data_pages(module, i))
+        if memory_in_place and snap.memories:
+            for i, mt in enumerate(mems):
+                if mt.limits.max is not None and self.memory_pages(i) > mt.limits.max:
+                    raise SnapshotError(f"snapshot does not fit the module: memory {i} is too large")
         if snap.tables != static_tables(module):
             raise SnapshotError("cannot restore on wasmtime: the snapshot's tables differ from the module's element "
                                 "segments (a table changed at run time); restore it on the interpreter")

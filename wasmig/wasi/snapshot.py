@@ -89,14 +89,22 @@ def _open_flags(snap: FdSnapshot) -> int:
 
 def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_file_change: str = "fail",
                  stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
-                 stderr: BinaryIO | None = None) -> Wasi:
+                 stderr: BinaryIO | None = None, into: Wasi | None = None) -> Wasi:
     """A :class:`Wasi` in the snapshot's state. ``dirs`` maps guest preopen names to host
     directories (default: where they were when checkpointed); the standard streams are the host's
-    own unless given, as for :class:`Wasi`."""
+    own unless given, as for :class:`Wasi`. ``into``: put the state into this (fresh, unused)
+    Wasi instead of a new one -- the one an instance was already made with, as a live
+    migration's target prepares the instance before the WASI state arrives."""
     if on_file_change not in FILE_CHANGE_POLICIES:
         raise ValueError(f"on_file_change must be one of {FILE_CHANGE_POLICIES}")
     dirs = dict(dirs or {})
-    wasi = Wasi(ws.args, ws.env, stdin=stdin, stdout=stdout, stderr=stderr)
+    if into is None:
+        wasi = Wasi(ws.args, ws.env, stdin=stdin, stdout=stdout, stderr=stderr)
+    else:  # the instance's host functions are bound to this object: re-initialise it in place
+        wasi, memory, calls = into, into.memory, into.calls
+        wasi.close()
+        Wasi.__init__(wasi, ws.args, ws.env, stdin=stdin, stdout=stdout, stderr=stderr)
+        wasi.memory, wasi.calls = memory, calls
     standard = {e.guest_path: e for e in wasi.fds.entries.values()}  # fresh stdio, by stream name
     wasi.fds.entries.clear()  # the snapshot says which fds exist
     wasi.monotonic_base_ns = ws.monotonic_ns - time.monotonic_ns()  # the guest's clocks continue
