@@ -1,9 +1,7 @@
-"""The migration wire protocol: framing, messages and mutual authentication (docs/migration.md).
+"""The migration wire protocol: messages and mutual authentication (docs/migration.md), over
+the frames of :mod:`wasmig.wire`.
 
-A connection carries *frames*: a 4-byte big-endian length, then that many bytes of msgpack: a
-map with at least ``"t"`` (the message type, a short string). Frames are bounded
-(:data:`MAX_FRAME`), so a hostile peer cannot make the other side allocate without limit, and
-every read has a deadline, so a silent peer cannot hang it. Before anything else both sides
+Before anything else both sides
 prove they hold the shared token, without sending it: HMAC-SHA256 over both sides' random
 nonces, in both directions (a source never sends a program to a target that does not know the
 token either). An unauthenticated peer gets one ``error`` frame and is disconnected.
@@ -14,30 +12,22 @@ from __future__ import annotations
 import hmac
 import secrets
 import socket
-import struct
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
-from wasmig.errors import WasmError
+from wasmig.wire import Channel, PeerGone, WireError
 
 PROTOCOL = "wasmig-migrate"
 VERSION = 1
-MAX_FRAME = 32 << 20  # a page batch is at most PAGE_BATCH bytes of pages plus framing
-PAGE_BATCH = 4 << 20
+PAGE_BATCH = 4 << 20  # bytes of pages per frame (wire.MAX_FRAME bounds a frame)
 NONCE_SIZE = 32
-_LENGTH = struct.Struct(">I")
 AUTH_TIMEOUT = 10.0  # seconds a peer has to authenticate
 
 
-class MigrationError(WasmError):
-    """A migration could not be done: the peer, the network, or what was sent is at fault."""
-
-
-class PeerGone(MigrationError):
-    """The connection closed or timed out."""
+MigrationError = WireError  # a migration could not be done: the peer, the network, or what was sent
+__all__ = ["Channel", "MigrationError", "PeerGone", "authenticate_as_client", "authenticate_as_server", "connect",
+           "parse_address", "read_token"]
 
 
 def read_token(path: str | Path) -> bytes:
@@ -54,74 +44,6 @@ def read_token(path: str | Path) -> bytes:
     if st.st_mode & 0o077:
         raise MigrationError(f"token file {path}: readable by others (chmod 600 it)")
     return token
-
-
-class Channel:
-    """Frames over a connected socket."""
-
-    def __init__(self, sock: socket.socket, peer: str = "peer") -> None:
-        self.sock = sock
-        self.peer = peer
-        self.bytes_sent = 0
-        self.bytes_received = 0
-
-    def send(self, t: str, **fields: Any) -> None:
-        body = msgpack.packb({"t": t, **fields}, use_bin_type=True)
-        if len(body) > MAX_FRAME:  # pragma: no cover - callers batch below the limit
-            raise MigrationError(f"internal error: a {t} frame of {len(body)} bytes")
-        try:
-            self.sock.sendall(_LENGTH.pack(len(body)) + body)
-        except OSError as e:
-            raise PeerGone(f"{self.peer}: connection lost while sending ({e.strerror or e})") from None
-        self.bytes_sent += _LENGTH.size + len(body)
-
-    def recv(self, timeout: float | None = 60.0, expect: tuple[str, ...] | None = None) -> dict[str, Any]:
-        """The next message; an ``error`` message from the peer is raised as MigrationError."""
-        self.sock.settimeout(timeout)
-        (length,) = _LENGTH.unpack(self._exactly(_LENGTH.size))
-        if length > MAX_FRAME:
-            raise MigrationError(f"{self.peer}: a frame of {length} bytes (at most {MAX_FRAME})")
-        body = self._exactly(length)
-        self.bytes_received += _LENGTH.size + length
-        try:
-            msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-            raise MigrationError(f"{self.peer}: malformed frame ({e})") from None
-        if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
-            raise MigrationError(f"{self.peer}: malformed frame (no message type)")
-        if msg["t"] == "error":
-            raise MigrationError(f"{self.peer}: {msg.get('message', 'error')}")
-        if expect is not None and msg["t"] not in expect:
-            raise MigrationError(f"{self.peer}: expected {' or '.join(expect)}, got {msg['t']!r}")
-        return msg
-
-    def _exactly(self, n: int) -> bytes:
-        chunks = []
-        while n:
-            try:
-                chunk = self.sock.recv(min(n, 1 << 20))
-            except TimeoutError:
-                raise PeerGone(f"{self.peer}: timed out") from None
-            except OSError as e:
-                raise PeerGone(f"{self.peer}: connection lost ({e.strerror or e})") from None
-            if not chunk:
-                raise PeerGone(f"{self.peer}: connection closed")
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
-
-    def error(self, message: str) -> None:
-        """Tell the peer why, as far as it still listens."""
-        try:
-            self.send("error", message=message)
-        except MigrationError:
-            pass
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:  # pragma: no cover
-            pass
 
 
 def _mac(token: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
