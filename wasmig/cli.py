@@ -79,6 +79,20 @@ def open_listener(spec: str) -> socket.socket:
     return sock
 
 
+def register_with_gateway(address: str, token_file: str | None) -> tuple[str, bytes]:
+    """(control address, key) of a fresh registration with the gateway at ``address``."""
+    from wasmig.migrate.gateway import register
+    from wasmig.migrate.protocol import parse_address, read_token
+
+    if token_file is None:
+        raise UserError("--gateway needs --gateway-token-file")
+    try:
+        parse_address(address, "--gateway")
+        return address, register(address, read_token(token_file))
+    except WasmError as e:
+        raise UserError(str(e)) from None
+
+
 def report_trap(trap: Trap) -> None:
     click.echo(f"Error: wasm trap: {trap.reason}", err=True)
     if trap.backtrace:
@@ -244,11 +258,17 @@ def run_compiled(instance: Any) -> int:
               help="Preopen a listening TCP socket (fds 3, 4, ... before the directories).")
 @click.option("--migratable", is_flag=True,
               help="Run so that `wasmig migrate PID` can move it (on wasmtime: the checkpointable variant).")
+@click.option("--gateway", "gateway_address", default=None, metavar="HOST:PORT",
+              help="Preopen a listening socket held by `wasmig gateway` (its control address), after the "
+                   "--tcplisten ones: its connections survive migrations.")
+@click.option("--gateway-token-file", default=None, type=click.Path(dir_okay=False),
+              help="The gateway's shared secret (needed with --gateway).")
 @checkpoint_options
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
-        migratable: bool, checkpoint_dir: str | None, checkpoint_at_step: int | None,
+        migratable: bool, gateway_address: str | None, gateway_token_file: str | None,
+        checkpoint_dir: str | None, checkpoint_at_step: int | None,
         checkpoint_at_instruction: int | None, checkpoint_every: float | None, checkpoint_then: str,
         stable_only: bool, count_steps: bool, program: str, args: tuple[str, ...]) -> None:
     """Run a WASI program: PROGRAM.wasm [ARGS...]."""
@@ -266,6 +286,7 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only, count_steps, migratable)
         listeners = [open_listener(spec) for spec in listens]
+        gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
         module = Module.from_file(program)
     except UserError as e:
         for sock in listeners:
@@ -276,7 +297,11 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
         kind = "cannot read" if "cannot read module" in str(e) else "not a valid WebAssembly module"
         _fail(f"{program}: {kind}: {str(e).replace(f'cannot read module {program}: ', '')}")
         return
-    wasi = Wasi([program, *args], env, preopens=preopens, listeners=listeners)
+    try:
+        wasi = Wasi([program, *args], env, preopens=preopens, listeners=listeners, gateway_listeners=gateways)
+    except WasmError as e:
+        _fail(f"--gateway {gateway_address}: {e}")
+        return
     if engine == "wasmtime" and (policy.active or policy.migratable):  # the instrumented module
         sys.exit(run_checkpointable(module, wasi, policy, os.path.abspath(program)) & 0xFF)
     try:
@@ -515,3 +540,28 @@ def migrate_cmd(to: str, token_file: str, quiet: bool, no_precopy: bool, pid: in
         raise MigrationError(f"process {pid} ended the request without an answer")
     except MigrationError as e:
         _fail(str(e))
+
+
+@main.command()
+@click.option("--listen", required=True, metavar="HOST:PORT", help="Where clients connect.")
+@click.option("--control", required=True, metavar="HOST:PORT",
+              help="Where programs (`wasmig run --gateway`) register and attach their connections.")
+@click.option("--token-file", required=True, type=click.Path(dir_okay=False),
+              help="The shared secret a program must prove it holds to register (at least 16 bytes, mode 600).")
+def gateway(listen: str, control: str, token_file: str) -> None:
+    """Front a program's listening socket, so its TCP connections survive its migrations."""
+    from wasmig.migrate.gateway import Gateway, log
+    from wasmig.migrate.protocol import MigrationError, read_token
+
+    try:
+        token = read_token(token_file)
+        public = open_listener(listen)
+        ctl = open_listener(control)
+    except (UserError, MigrationError) as e:
+        _fail(str(e).replace("--tcplisten", "--listen/--control"))
+        return
+    log(f"clients on {listen}, programs on {control}")
+    try:
+        Gateway(public, ctl, token).serve()
+    except KeyboardInterrupt:
+        sys.exit(130)

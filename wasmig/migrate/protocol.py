@@ -69,9 +69,10 @@ def authenticate_as_client(ch: Channel, token: bytes) -> None:
         raise MigrationError(f"{ch.peer}: the target does not know the token")
 
 
-def authenticate_as_server(ch: Channel, token: bytes) -> None:
-    """The daemon's side; raises MigrationError (after telling the peer) on a bad peer."""
-    msg = ch.recv(AUTH_TIMEOUT, expect=("hello",))
+def authenticate_as_server(ch: Channel, token: bytes, hello: dict[str, Any] | None = None) -> None:
+    """The daemon's side; raises MigrationError (after telling the peer) on a bad peer.
+    ``hello``: the peer's first message, if the caller already read it."""
+    msg = hello if hello is not None else ch.recv(AUTH_TIMEOUT, expect=("hello",))
     if msg.get("protocol") != PROTOCOL or msg.get("version") != VERSION:
         ch.error(f"unsupported protocol {msg.get('protocol')!r} version {msg.get('version')!r} "
                  f"(this target speaks {PROTOCOL} {VERSION})")

@@ -111,10 +111,12 @@ class StopHandoff:
     # the run loop's side
     def take(self, capture: Callable[[], Snapshot]) -> bool:
         """The guest stopped for the migration: hand over its state, wait for the decision."""
+        from wasmig.errors import WasmError
+
         self.want_stop = False
         try:
             self._snapshot = capture()
-        except (SnapshotError, OSError) as e:
+        except (SnapshotError, OSError, WasmError) as e:
             self._failure = f"cannot capture the program's state: {e}"
             self._stopped.set()
             return False
@@ -169,14 +171,21 @@ class SessionBase:
         handoff = self.handoff
         if handoff is None or not handoff.want_stop:
             return False
-        if handoff.take(capture):
+
+        def detached() -> Snapshot:  # connections through a gateway are quiesced first
+            self.wasi.detach_gateway()
+            return capture()
+
+        if handoff.take(detached):
             raise MigratedAway()
+        self.wasi.reattach_gateway()  # the migration gave up: the connections come back here
         return True
 
     def request(self, *_: Any) -> None:  # pragma: no cover - each engine has its own
         raise NotImplementedError
 
     def _install(self) -> None:
+        self.wasi.reattach_gateway()  # a restored program behind a gateway takes its connections back
         if threading_main():
             self._old_handlers[signal.SIGUSR1] = signal.signal(
                 signal.SIGUSR1, self.request if self.policy.active else ignore_checkpoint_request)

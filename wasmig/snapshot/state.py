@@ -78,6 +78,10 @@ class FdSnapshot:
     size: int | None = None  # files: size and mtime at checkpoint time (change detection)
     mtime_ns: int | None = None
     address: str | None = None  # tcp: "host:port" listened on / peer
+    gateway: str | None = None  # behind a socket gateway: its control address
+    gateway_key: bytes | None = None  # the capability the gateway issued the program
+    gateway_conn: int | None = None  # a connection: the gateway's id of it
+    pending: bytes = b""  # received, not yet read (in flight when the connection was quiesced)
 
 
 @dataclass
@@ -264,8 +268,11 @@ def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
                 _bool(getattr(entry, name), f"fd {entry.fd} {name}")
             for name in ("preopen", "guest_path", "base_preopen", "relpath", "host_path", "address"):
                 _opt_str(getattr(entry, name), f"fd {entry.fd} {name}")
-            for name in ("size", "mtime_ns"):
+            for name in ("size", "mtime_ns", "gateway_conn"):
                 _opt_int(getattr(entry, name), f"fd {entry.fd} {name}")
+            _opt_str(entry.gateway, f"fd {entry.fd} gateway")
+            _check(entry.gateway_key is None or isinstance(entry.gateway_key, bytes), f"fd {entry.fd} gateway key")
+            _check(isinstance(entry.pending, bytes), f"fd {entry.fd} pending bytes")
             fds.append(entry)
         _check(len({f.fd for f in fds}) == len(fds), "duplicate fd numbers")
         wasi = WasiSnapshot([_str(a, "wasi arg") for a in _list(w.get("args"), "wasi args")], dict(env),

@@ -36,6 +36,13 @@ class FdEntry:
     readable: bool = False
     writable: bool = False
     readdir_cookie: int = 0
+    #: behind a socket gateway (wasmig/wasi/gateway.py): its control address, the capability key
+    #: and, for a connection, the gateway's id of it; bytes received but not yet read (drained
+    #: from the data connection when the program was quiesced for a migration)
+    gateway: str | None = None
+    gateway_key: bytes | None = None
+    gateway_conn: int | None = None
+    pending: bytes = b""
     # --- runtime only ---------------------------------------------------------------------------
     host_fd: int | None = field(default=None, repr=False)
     sock: socket.socket | None = field(default=None, repr=False)

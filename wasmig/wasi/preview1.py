@@ -21,11 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from wasmig.wasi import constants as C
-from wasmig.wasi import sandbox
+from wasmig.wasi import gateway, sandbox
 from wasmig.wasi.blocking import Waiter
 from wasmig.wasi.errno import Errno, WasiError, from_oserror
 from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEntry, FdTable
 from wasmig.wasi.memory import GuestMemory
+from wasmig.wire import WireError
 
 WASI_MODULE = "wasi_snapshot_preview1"
 #: how stdio entries name the standard stream they are (kept through renumbering and snapshots)
@@ -130,7 +131,7 @@ class Wasi:
     def __init__(self, args: Sequence[str] = ("main",), env: Mapping[str, str] | None = None, *,
                  preopens: Sequence[tuple[str, str]] = (), listeners: Sequence[socket.socket] = (),
                  stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
-                 stderr: BinaryIO | None = None) -> None:
+                 stderr: BinaryIO | None = None, gateway_listeners: Sequence[tuple[str, bytes]] = ()) -> None:
         self.args = list(args)
         self.env = dict(env or {})
         self.fds = FdTable()
@@ -145,6 +146,10 @@ class Wasi:
             for sock in listeners:
                 self.fds.add(FdEntry(TCP_LISTENER, C.FILETYPE_SOCKET_STREAM, C.RIGHTS_SOCKET, 0,
                                      readable=True, writable=True, sock=sock))
+            for address, key in gateway_listeners:  # a listening socket a gateway holds for us
+                self.fds.add(FdEntry(TCP_LISTENER, C.FILETYPE_SOCKET_STREAM, C.RIGHTS_SOCKET, 0, readable=True,
+                                     writable=True, sock=gateway.connect_listener(address, key), gateway=address,
+                                     gateway_key=key))
             for host, guest in preopens:
                 self.add_preopen(host, guest)
         except BaseException:
@@ -440,6 +445,8 @@ class Wasi:
             return (read1(n) if read1 is not None else entry.stream.read(n)) or b""
         if entry.kind == TCP_LISTENER:
             raise WasiError(Errno.NOTCONN)
+        if entry.pending:
+            return self._take_pending(entry, n)
         if entry.kind == TCP_STREAM and entry.sock is None:
             return b""  # a connection that did not survive a restore: end of stream
         host = entry.fileno()
@@ -782,8 +789,8 @@ class Wasi:
         events: list[bytes] = []
         selectable_r, selectable_w = [], []
         for userdata, entry, _fd in readers:
-            if entry.kind in (FILE, DIR) or entry.stream is not None:
-                nbytes = 0
+            if entry.kind in (FILE, DIR) or entry.stream is not None or entry.pending:
+                nbytes = len(entry.pending)
                 if entry.kind == FILE:
                     nbytes = max(0, os.fstat(entry.fileno()).st_size - entry.offset())
                 events.append(struct.pack("<QHB5xQH6x", userdata, 0, C.EVENTTYPE_FD_READ, nbytes, 0))
@@ -816,15 +823,67 @@ class Wasi:
             raise WasiError(Errno.INVAL)
         if not flags & C.FDFLAGS_NONBLOCK and not entry.fdflags & C.FDFLAGS_NONBLOCK:
             self.waiter.wait_readable(entry.sock.fileno())
-        try:
-            conn, _addr = entry.sock.accept()
-        except BlockingIOError:
-            raise WasiError(Errno.AGAIN) from None
+        extra: dict[str, Any] = {}
+        if entry.gateway is not None:  # a client announced by the gateway: attach a data connection
+            if not self.waiter.wait_readable(entry.sock.fileno(), 0):
+                raise WasiError(Errno.AGAIN)
+            try:
+                conn_id = gateway.next_connection(entry.sock, entry.gateway)
+                conn = gateway.attach(entry.gateway, entry.gateway_key or b"", conn_id)
+            except WireError as e:
+                raise WasiError(Errno.CONNABORTED, str(e)) from None
+            extra = {"gateway": entry.gateway, "gateway_key": entry.gateway_key, "gateway_conn": conn_id}
+        else:
+            try:
+                conn, _addr = entry.sock.accept()
+            except BlockingIOError:
+                raise WasiError(Errno.AGAIN) from None
         conn.setblocking(not flags & C.FDFLAGS_NONBLOCK)
         new = FdEntry(TCP_STREAM, C.FILETYPE_SOCKET_STREAM, C.RIGHTS_SOCKET & ~C.RIGHT_SOCK_ACCEPT, 0,
-                      fdflags=flags & C.FDFLAGS_NONBLOCK, readable=True, writable=True, sock=conn)
+                      fdflags=flags & C.FDFLAGS_NONBLOCK, readable=True, writable=True, sock=conn, **extra)
         new_fd = self.fds.add(new)
         self.mem.set_u32(fd_ptr, new_fd)
+
+    @staticmethod
+    def _take_pending(entry: FdEntry, n: int, peek: bool = False) -> bytes:
+        data = entry.pending[:n]
+        if not peek:
+            entry.pending = entry.pending[n:]
+        return data
+
+    # --- the socket gateway: migrating connections ----------------------------------------------
+    def detach_gateway(self) -> None:
+        """Before a migration stops for good: quiesce every connection that goes through a
+        gateway, read what was in flight into its fd's pending bytes, and let go of the data
+        and control connections (the fds stay, with what the target needs to re-attach)."""
+        streams = [e for e in self.fds.entries.values()
+                   if e.kind == TCP_STREAM and e.gateway is not None and e.sock is not None]
+        by_gateway: dict[tuple[str, bytes], list[FdEntry]] = {}
+        for e in streams:
+            by_gateway.setdefault((e.gateway, e.gateway_key or b""), []).append(e)  # type: ignore[arg-type]
+        for (address, key), entries in by_gateway.items():
+            gateway.quiesce(address, key, [e.gateway_conn for e in entries if e.gateway_conn is not None])
+            for e in entries:
+                assert e.sock is not None
+                e.pending += gateway.drain(e.sock)
+                e.sock.close()
+                e.sock = None
+        for e in self.fds.entries.values():
+            if e.kind == TCP_LISTENER and e.gateway is not None and e.sock is not None:
+                e.sock.close()
+                e.sock = None
+
+    def reattach_gateway(self) -> None:
+        """Connect every detached gateway fd again (after a restore, or a migration given up)."""
+        for e in self.fds.entries.values():
+            if e.gateway is None or e.sock is not None:
+                continue
+            key = e.gateway_key or b""
+            if e.kind == TCP_LISTENER:
+                e.sock = gateway.connect_listener(e.gateway, key)
+            elif e.kind == TCP_STREAM and e.gateway_conn is not None:
+                e.sock = gateway.attach(e.gateway, key, e.gateway_conn)
+                e.sock.setblocking(not e.fdflags & C.FDFLAGS_NONBLOCK)
 
     def _stream(self, fd: int) -> socket.socket:
         entry = self.fds.get(fd)
@@ -836,12 +895,17 @@ class Wasi:
 
     def sock_recv(self, fd: int, ri_data: int, ri_len: int, ri_flags: int, ro_len_ptr: int,
                   ro_flags_ptr: int) -> None:
-        sock = self._stream(fd)
+        entry = self.fds.get(fd)
         iovs = self.mem.iovecs(ri_data, ri_len)
         total = sum(length for _, length in iovs)
+        if entry.pending and entry.kind == TCP_STREAM:
+            data = self._take_pending(entry, total, peek=bool(ri_flags & C.RECV_PEEK))
+            self.mem.set_u32(ro_len_ptr, self._scatter(iovs, data))
+            self.mem.set_u16(ro_flags_ptr, 0)
+            return
+        sock = self._stream(fd)
         flags = (socket.MSG_PEEK if ri_flags & C.RECV_PEEK else 0) | (
             socket.MSG_WAITALL if ri_flags & C.RECV_WAITALL else 0)
-        entry = self.fds.get(fd)
         if total and not entry.fdflags & C.FDFLAGS_NONBLOCK and not ri_flags & C.RECV_WAITALL:
             self.waiter.wait_readable(sock.fileno())
         try:

@@ -66,6 +66,9 @@ def capture_wasi(wasi: Wasi) -> WasiSnapshot:
                 snap.size, snap.mtime_ns = st.st_size, st.st_mtime_ns
         elif e.kind == DIR:
             snap.host_path = e.host_path
+        snap.pending = bytes(e.pending)
+        if e.gateway is not None:  # its address is the gateway's
+            snap.gateway, snap.gateway_key, snap.gateway_conn = e.gateway, e.gateway_key, e.gateway_conn
         elif e.kind in (TCP_LISTENER, TCP_STREAM) and e.sock is not None:
             try:
                 addr = e.sock.getsockname() if e.kind == TCP_LISTENER else e.sock.getpeername()
@@ -144,7 +147,8 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_
 def _entry(snap: FdSnapshot) -> FdEntry:
     return FdEntry(snap.kind, snap.filetype, snap.rights_base, snap.rights_inheriting, snap.fdflags,
                    guest_path=snap.guest_path, preopen=snap.preopen, readable=snap.readable, writable=snap.writable,
-                   readdir_cookie=snap.readdir_cookie)
+                   readdir_cookie=snap.readdir_cookie, gateway=snap.gateway, gateway_key=snap.gateway_key,
+                   gateway_conn=snap.gateway_conn, pending=snap.pending)
 
 
 def _restore_entry(snap: FdSnapshot, preopen_fds: dict[str, int], on_file_change: str) -> FdEntry:
@@ -175,6 +179,8 @@ def _restore_entry(snap: FdSnapshot, preopen_fds: dict[str, int], on_file_change
                     print(f"wasmig: warning: {message}", file=sys.stderr)
             os.lseek(host_fd, snap.offset, os.SEEK_SET)
         return entry
+    if snap.gateway is not None:
+        return entry  # re-attached through the gateway when the program starts (Wasi.reattach_gateway)
     if snap.kind == TCP_LISTENER:
         host, _, port = (snap.address or "").rpartition(":")
         if not host or not port.isdigit():
