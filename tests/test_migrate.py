@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -238,3 +239,88 @@ def test_a_daemon_gone_after_the_commit_leaves_the_program_stopped_and_saved(
         assert restored.returncode == 0, restored.stderr
         (tmp_path / "restored.out").write_text(restored.stdout)
         assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
+
+
+# --- connections through the gateway ------------------------------------------------------------
+@contextmanager
+def gateway(tmp_path: Path, token: Path) -> Iterator[tuple[str, str, Path]]:
+    """(client address, control address, its log)."""
+    public, control = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    err = tmp_path / "gateway.err"
+    with open(err, "wb") as e:
+        proc = subprocess.Popen(wasmig("gateway", "--listen", public, "--control", control, "--token-file",
+                                       str(token)), stdout=subprocess.DEVNULL, stderr=e, start_new_session=True)
+    try:
+        wait_for(lambda: "programs on" in err.read_text(), f"the gateway did not start: {err.read_text()}")
+        yield public, control, err
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+class Client(threading.Thread):
+    """Sends numbered requests (INCR of its own counter) until told to stop, checking that the
+    n-th reply is n: a lost or repeated request, or any error, fails it."""
+
+    def __init__(self, address: str, name: str, minimum: int) -> None:
+        super().__init__(daemon=True)
+        self.address, self.name, self.minimum = address, name, minimum
+        self.stop = threading.Event()
+        self.sent = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        host, port = self.address.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=60) as s, s.makefile("rb") as f:
+                while not self.stop.is_set() or self.sent < self.minimum:
+                    s.sendall(f"INCR {self.name}\n".encode())
+                    self.sent += 1
+                    reply = f.readline().decode()
+                    if reply != f"{self.name} {self.sent}\n":
+                        self.error = f"request {self.sent}: got {reply!r}"
+                        return
+                    time.sleep(0.005)
+                s.shutdown(socket.SHUT_WR)
+                if f.read():
+                    self.error = "bytes after the last reply"
+        except OSError as e:
+            self.error = f"after {self.sent} requests: {e!r}"
+
+
+def test_a_server_keeps_its_clients_through_three_migrations(tmp_path: Path, token: Path) -> None:
+    """The key-value server behind the gateway, 8 clients sending numbered requests, moved three
+    times between two daemons (wasmtime -> interp -> wasmtime -> interp): every request gets
+    exactly one correct reply, in order, and no client sees an error."""
+    server = compile_c(PROGRAMS / "kv_server.c")
+    with gateway(tmp_path, token) as (public, control, gw_log), daemon(tmp_path, "a", "interp", token) as a, \
+            daemon(tmp_path, "b", "wasmtime", token) as b:
+        out = tmp_path / "source.out"
+        with open(out, "wb") as o, open(tmp_path / "source.err", "wb") as e:
+            proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", "wasmtime", "--gateway", control,
+                                           "--gateway-token-file", str(token), str(server), "8"), stdout=o, stderr=e)
+        try:
+            wait_for(lambda: "program registered" in gw_log.read_text(), "the server did not register")
+            clients = [Client(public, f"c{i}", 40) for i in range(8)]
+            for c in clients:
+                c.start()
+            wait_for(lambda: all(c.sent >= 5 for c in clients), "the clients did not start")
+            where = proc.pid  # the process the server runs in
+            for target, nth in ((a, 1), (b, 1), (a, 2)):  # the n-th program that target received
+                before = [c.sent for c in clients]
+                done = migrate(where, target.address, token)
+                assert done.returncode == 0, done.stderr
+                where = target.pid_of(nth)
+                wait_for(lambda b4=before: all(c.sent >= n + 5 for c, n in zip(clients, b4, strict=True)),
+                         f"the clients made no progress after the move to {target.address}")
+            for c in clients:
+                c.stop.set()
+            for c in clients:
+                c.join(60)
+            assert [c.error for c in clients] == [None] * 8
+            wait_for(lambda: "program exited with code 0" in a.log(), f"the server did not finish: {a.log()}")
+            assert proc.wait(30) == 0
+            assert "served 8 clients, 8 keys" in a.out.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
