@@ -179,6 +179,9 @@ def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, token: Pa
         wait_for(lambda: len(lines_of(b.out)) >= 3, "no progress on b")
         hop = migrate(second, a.address, token)
         assert hop.returncode == 0, hop.stderr
+        # back where it was: the pages a kept from the first hop (unchanged since) are not resent
+        known = re.search(r"(\d+) pages sent, (\d+) already on the target", hop.stdout)
+        assert known and int(known.group(2)) > 0, hop.stdout
         a.pid_of(2)
         wait_for(lambda: a.log().count("program exited with code 0") == 1, f"not finished: {a.log()}")
         assert a.log().count("program migrated away") == 1 and b.log().count("program migrated away") == 1

@@ -69,9 +69,65 @@ def decide(state_dir: Path, migration_id: str, decision: str) -> str:
     return decision
 
 
+class PageCache:
+    """The pages this daemon received in earlier migrations, by content id (``STATE_DIR/pages/
+    ab/abcd...``, zstd as they came), so a program that comes back, or another one with the same
+    pages, does not send them again. A cache: written without fsync, checked on every read (a
+    damaged entry is dropped and asked for), entries unused for :data:`PAGE_CACHE_DAYS` removed
+    when the daemon starts."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dctx = zstandard.ZstdDecompressor()
+
+    def _path(self, pid: bytes) -> Path:
+        h = pid.hex()
+        return self.root / h[:2] / h
+
+    def get(self, pid: bytes) -> bytes | None:
+        path = self._path(pid)
+        try:
+            data = self.dctx.decompress(path.read_bytes(), max_output_size=PAGE_SIZE)
+        except (OSError, zstandard.ZstdError):
+            return None
+        if page_id(data) != pid:
+            path.unlink(missing_ok=True)
+            return None
+        os.utime(path)  # recently used: kept by the pruning
+        return data
+
+    def put(self, pid: bytes, compressed: bytes) -> None:
+        path = self._path(pid)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(compressed)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a cache: a page not kept is sent again next time
+
+    def prune(self, max_age_s: float) -> int:
+        cutoff, removed = time.time() - max_age_s, 0
+        for sub in self.root.glob("??"):
+            for entry in os.scandir(sub):
+                try:
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except OSError:
+                    pass
+        return removed
+
+
+PAGE_CACHE_DAYS = 7
+
+
 def serve(listener: socket.socket, token: bytes, *, engine: str, dirs: Mapping[str, str], state_dir: Path) -> None:
     """Accept migrations forever (until SIGINT/SIGTERM)."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    removed = PageCache(state_dir / "pages").prune(PAGE_CACHE_DAYS * 86400)
+    if removed:
+        log(f"removed {removed} cached pages unused for {PAGE_CACHE_DAYS} days")
     host, port = listener.getsockname()[:2]
     log(f"listening on {host}:{port} (engine {engine})")
     while True:
@@ -105,6 +161,7 @@ class _Target:
         self.state_dir = state_dir
         self.landing: _Landing | None = None
         self.held: dict[bytes, tuple[int, int] | bytes] = {}  # page id -> where its contents are
+        self.cache = PageCache(state_dir / "pages")
         self.dctx = zstandard.ZstdDecompressor()
         self.id = "?"
 
@@ -232,6 +289,7 @@ class _Target:
     def _pages(self, msg: dict[str, Any]) -> None:
         ch = self.ch
         entries = msg.get("entries")
+        final = msg.get("final") is True
         if not isinstance(entries, list):
             raise MigrationError("malformed pages message")
         need: list[int] = []
@@ -276,6 +334,8 @@ class _Target:
                     raise MigrationError("a page does not match its id")
                 self.landing.write(m, i, data)  # type: ignore[union-attr]
                 self.held[pid] = (m, i)
+                if not final:  # the last round's few pages would lengthen the stop
+                    self.cache.put(pid, item[1])
         if wanted:
             raise MigrationError(f"{len(wanted)} pages asked for were not sent")
         ch.send("pages_ok")
@@ -283,7 +343,7 @@ class _Target:
     def _held(self, pid: bytes) -> bytes | None:
         where = self.held.get(pid)
         if where is None:
-            return None
+            return self.cache.get(pid)
         if isinstance(where, bytes):
             return where
         m, i = where
