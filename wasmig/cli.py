@@ -527,8 +527,9 @@ def migrate_cmd(to: str, token_file: str, quiet: bool, no_precopy: bool, pid: in
     try:
         parse_address(to, "--to")
         token = read_token(token_file)
+        messages = request_migration(pid, to, token, precopy=not no_precopy)
         with ProgressView(enabled=not quiet) as view:
-            for msg in request_migration(pid, to, token, precopy=not no_precopy):
+            for msg in messages:
                 if "progress" in msg:
                     view.update(msg["progress"])
                 elif "done" in msg:

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,9 @@ def serve_control(session: SessionBase) -> ControlServer:
     return ControlServer(session)
 
 
-def request_migration(pid: int, to: str, token: bytes, *, precopy: bool = True) -> Any:
-    """For ``wasmig migrate PID``: connect to the run's control socket and yield its messages."""
+def request_migration(pid: int, to: str, token: bytes, *, precopy: bool = True) -> Iterator[Any]:
+    """For ``wasmig migrate PID``: connect to the run's control socket (raising at once if there
+    is none) and return an iterator over its messages."""
     path = socket_path(pid)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -105,6 +107,10 @@ def request_migration(pid: int, to: str, token: bytes, *, precopy: bool = True) 
         sock.close()
         raise MigrationError(f"process {pid} is not a migratable wasmig run (no control socket {path}: "
                              f"{e.strerror or e})") from None
+    return _messages(pid, sock, to, token, precopy)
+
+
+def _messages(pid: int, sock: socket.socket, to: str, token: bytes, precopy: bool) -> Iterator[Any]:
     with sock, sock.makefile("rb") as f:
         sock.sendall(json.dumps({"migrate": {"to": to, "token": token.hex(), "precopy": precopy}}).encode() + b"\n")
         for line in f:
