@@ -113,8 +113,9 @@ def incremental(program: Path, tmp: Path) -> list[str]:
              f"full snapshot {full / 2**20:.1f} MiB ({chain[0]['pages_new']} pages)"]
     for c in chain[1:]:
         wrote = c["new_bytes"] + c["snapshot_bytes"]
-        lines.append(f"  {c['snapshot']}: {c['pages_new']} new pages ({100 * c['pages_new'] / chain[0]['pages_new']:.2f}% "
-                     f"of the pages), wrote {wrote / 2**20:.2f} MiB = {100 * wrote / full:.2f}% of the full one")
+        share = 100 * c["pages_new"] / chain[0]["pages_new"]
+        lines.append(f"  {c['snapshot']}: {c['pages_new']} new pages ({share:.2f}% of the pages), "
+                     f"wrote {wrote / 2**20:.2f} MiB = {100 * wrote / full:.2f}% of the full one")
     return lines
 
 
