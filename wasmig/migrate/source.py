@@ -121,7 +121,7 @@ class _Source:
             self.report(self.p)
             snap = handoff.stop(self.session.request, self.stop_timeout)
             stopped = True
-            t_stop = time.perf_counter()
+            t_stop = handoff.stopped_at or time.perf_counter()  # the program's last instruction here
             memories = self.session.guest_memories()
             self._round(final=True)
             plain = to_plain(snap, lambda i, _data: None)
@@ -169,6 +169,13 @@ class _Source:
             if isinstance(e, MigrationError):
                 raise
             raise MigrationError(str(e)) from None
+        except BaseException:  # a bug or an interrupt: never leave the stopped program waiting
+            if stopped and not committed:
+                handoff.decide(False)
+            elif committed:
+                handoff.in_doubt = "(not saved: the migration failed unexpectedly after its commit)"
+                handoff.decide(True)
+            raise
         finally:
             if not stopped:
                 self.session.handoff = None

@@ -92,6 +92,7 @@ class StopHandoff:
         self._failure: str | None = None
         self._commit = False
         self.in_doubt: str | None = None  # set with decide(True): the program did not surely move
+        self.stopped_at: float | None = None  # time.perf_counter() when the program had stopped
 
     # the migration's side
     def stop(self, request: Callable[[], None], timeout: float = 30.0) -> Snapshot:
@@ -114,6 +115,7 @@ class StopHandoff:
         from wasmig.errors import WasmError
 
         self.want_stop = False
+        self.stopped_at = time.perf_counter()
         try:
             self._snapshot = capture()
         except (SnapshotError, OSError, WasmError) as e:
