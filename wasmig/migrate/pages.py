@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from blake3 import blake3
-
+from wasmig.hashing import blake3
 from wasmig.snapshot.state import PAGE_SIZE
 
 try:

@@ -43,8 +43,8 @@ from typing import Any
 
 import msgpack
 import zstandard
-from blake3 import blake3
 
+from wasmig.hashing import blake3
 from wasmig.snapshot.state import FORMAT_VERSION, PAGE_SIZE, Snapshot, SnapshotError, from_plain, to_plain
 
 MAGIC = b"WASMIGSNAP"
