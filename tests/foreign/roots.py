@@ -18,11 +18,14 @@ back to its pure-Python BLAKE3), not wasmtime (the interpreter runs there), not 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +43,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WASMIG_FOREIGN_CACHE", Path.home() / ".cache" / "wasmig" / "foreign"))
 
 
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One builder (or qemu installer) at a time: test workers run in parallel."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / ".lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
+
+
 def _run(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -52,7 +64,9 @@ def qemu(arch: str) -> str:
     name = f"qemu-{ARCHES[arch]}-static"
     found = shutil.which(name)
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        _run(["apt-get", "install", "-y", "-qq", "qemu-user-static"], "apt-get install qemu-user-static")
+        with _locked():
+            if shutil.which(name) is None:
+                _run(["apt-get", "install", "-y", "-qq", "qemu-user-static"], "apt-get install qemu-user-static")
         found = shutil.which(name)
     if found is None:
         raise Unavailable(f"{name} is not installed and cannot be (apt-get install qemu-user-static as root)")
@@ -67,6 +81,13 @@ def root(arch: str) -> Path:
     where = cache_dir() / f"{arch}-{key}"
     if (where / ".ready").exists():
         return where / "root"
+    with _locked():
+        if not (where / ".ready").exists():
+            _build(arch, where)
+    return where / "root"
+
+
+def _build(arch: str, where: Path) -> None:
     if not SOURCES.exists() or shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise Unavailable("no apt-get/dpkg-deb or Debian sources on this host")
     shutil.rmtree(where, ignore_errors=True)
@@ -89,7 +110,6 @@ def root(arch: str) -> Path:
         _run(["dpkg-deb", "-x", str(deb), str(where / "root")], f"dpkg-deb -x {deb.name}")
     shutil.rmtree(apt / "cache", ignore_errors=True)
     (where / ".ready").touch()
-    return where / "root"
 
 
 def python(arch: str) -> list[str]:
