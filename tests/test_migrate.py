@@ -164,6 +164,22 @@ def test_live_migration_across_engines(tmp_path: Path, program: Path, reference:
         assert f"running as pid {pid}" in d.log()
 
 
+def test_run_migrate_to_moves_the_program_after_a_while(tmp_path: Path, program: Path, reference: list[str],
+                                                        token: Path) -> None:
+    """``wasmig run --migrate-to`` (no `wasmig migrate` needed): the program moves after the
+    given time, the summary goes to the source's stderr."""
+    with daemon(tmp_path, "target", "interp", token) as d:
+        out, err = tmp_path / "source.out", tmp_path / "source.err"
+        with open(out, "wb") as o, open(err, "wb") as e:
+            proc = subprocess.Popen(wasmig("run", "--engine", "wasmtime", "--migrate-to", d.address,
+                                           "--migrate-token-file", str(token), "--migrate-after", "0.3",
+                                           str(program), *ARGS), stdout=o, stderr=e)
+        assert proc.wait(60) == 0, err.read_text()
+        assert re.search(r"migrated to 127\.0\.0\.1:\d+ in [\d.]+ s: downtime", err.read_text())
+        wait_for(lambda: "program exited with code 0" in d.log(), f"the program did not finish: {d.log()}")
+        assert_ran_exactly_once(reference, out, d.out)
+
+
 def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, token: Path) -> None:
     """wasmtime -> interp -> wasmtime -> interp: each target's program is itself migratable."""
     args = ["100", "256", "40"]

@@ -79,6 +79,18 @@ def open_listener(spec: str) -> socket.socket:
     return sock
 
 
+def parse_migrate_to(target: str, token_file: str | None, after: float) -> tuple[str, bytes, float]:
+    from wasmig.migrate.protocol import parse_address, read_token
+
+    if token_file is None:
+        raise UserError("--migrate-to needs --migrate-token-file")
+    try:
+        parse_address(target, "--migrate-to")
+        return target, read_token(token_file), after
+    except WasmError as e:
+        raise UserError(str(e)) from None
+
+
 def register_with_gateway(address: str, token_file: str | None) -> tuple[str, bytes]:
     """(control address, key) of a fresh registration with the gateway at ``address``."""
     from wasmig.migrate.gateway import register
@@ -173,16 +185,38 @@ def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, 
 
 
 def with_control(session: Any, body: Any) -> int:
-    """``body()``, with the control socket ``wasmig migrate PID`` talks to when the run is migratable."""
+    """``body()``, with the control socket ``wasmig migrate PID`` talks to when the run is
+    migratable, and the migration ``--migrate-to`` asks for."""
     if not session.policy.migratable:
         return body()
     from wasmig.migrate.control import serve_control
 
     control = serve_control(session)
+    if session.policy.migrate_to is not None:
+        migrate_later(session, *session.policy.migrate_to)
     try:
         return body()
     finally:
         control.close()
+
+
+def migrate_later(session: Any, target: str, token: bytes, after: float) -> None:
+    """``--migrate-to``: move the program ``after`` seconds into the run (a thread of its own);
+    the summary, or why it stayed, goes to stderr."""
+    import threading
+
+    from wasmig.migrate.protocol import MigrationError
+    from wasmig.migrate.source import migrate
+
+    def move() -> None:
+        try:
+            migrate(session, target, token, on_done=lambda r: click.echo(f"wasmig: {r.summary()}", err=True))
+        except MigrationError as e:
+            click.echo(f"wasmig: warning: migration to {target} failed, the program goes on here: {e}", err=True)
+
+    timer = threading.Timer(after, move)
+    timer.daemon = True
+    timer.start()
 
 
 def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
@@ -263,11 +297,18 @@ def run_compiled(instance: Any) -> int:
                    "--tcplisten ones: its connections survive migrations.")
 @click.option("--gateway-token-file", default=None, type=click.Path(dir_okay=False),
               help="The gateway's shared secret (needed with --gateway).")
+@click.option("--migrate-to", default=None, metavar="HOST:PORT",
+              help="Move the program to this `wasmig serve` daemon once it ran --migrate-after seconds.")
+@click.option("--migrate-token-file", default=None, type=click.Path(dir_okay=False),
+              help="The daemon's shared secret (needed with --migrate-to).")
+@click.option("--migrate-after", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
+              help="When --migrate-to moves the program.")
 @checkpoint_options
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
-        migratable: bool, gateway_address: str | None, gateway_token_file: str | None,
+        migratable: bool, gateway_address: str | None, gateway_token_file: str | None, migrate_to: str | None,
+        migrate_token_file: str | None, migrate_after: float,
         checkpoint_dir: str | None, checkpoint_at_step: int | None,
         checkpoint_at_instruction: int | None, checkpoint_every: float | None, checkpoint_then: str,
         stable_only: bool, count_steps: bool, program: str, args: tuple[str, ...]) -> None:
@@ -284,7 +325,9 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
         env = parse_env(envs)
         engine = pick_engine(engine, interp_only=checkpoint_at_instruction is not None)
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
-                             checkpoint_then, stable_only, count_steps, migratable)
+                             checkpoint_then, stable_only, count_steps, migratable or migrate_to is not None)
+        if migrate_to is not None:
+            policy.migrate_to = parse_migrate_to(migrate_to, migrate_token_file, migrate_after)
         listeners = [open_listener(spec) for spec in listens]
         gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
         module = Module.from_file(program)

@@ -52,6 +52,8 @@ class CheckpointPolicy:
     written: list[Path] = field(default_factory=list)
     #: accept ``wasmig migrate PID`` (the control socket; on wasmtime, the checkpointable variant)
     migratable: bool = False
+    #: ``wasmig run --migrate-to``: (target HOST:PORT, token, seconds after the start)
+    migrate_to: tuple[str, bytes, float] | None = None
 
     @property
     def active(self) -> bool:
