@@ -524,3 +524,28 @@ def test_ctrl_c_ends_a_guest_that_never_calls_the_host(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == -signal.SIGINT
+
+
+def test_the_instrumented_module_publishes_its_memory_size_for_other_threads() -> None:
+    """After every memory.grow the instrumented module stores memory 0's size in the poll
+    memory, so a migration's thread reads the live memory without calling into wasmtime."""
+    import io
+
+    from tests.wat import wat_module
+    from wasmig.snapshot.wasmtime_session import Checkpointable
+    from wasmig.wasi.preview1 import Wasi
+
+    module = wat_module("""(module (memory (export "memory") 2)
+      (func (export "_start") (drop (memory.grow (i32.const 3))) (drop (memory.grow (i32.const 0)))
+        (i32.store (i32.const 327676) (i32.const 7))))""")
+    wasi = Wasi(["m"], stdout=io.BytesIO(), stderr=io.BytesIO())
+    try:
+        runner = Checkpointable(module, wasi)
+        address, size = runner.live_memory()
+        assert size == 2 * 65536 and address
+        runner.start()
+        address2, size = runner.live_memory()
+        assert (address2, size) == (address, 5 * 65536)  # grown, never moved
+        assert runner.memory_pages(0) == 5
+    finally:
+        wasi.close()

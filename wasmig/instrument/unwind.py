@@ -56,6 +56,9 @@ from wasmig.interp.compile import match_blocks
 
 # control memory layout
 POLL = 0  # the host's checkpoint request (any thread writes 1)
+#: in the poll memory: memory 0's size in pages, as a u32, stored after every memory.grow, so the
+#: host can read it from another thread while the guest runs (no call into wasmtime's store)
+MEMORY_PAGES = 8
 WRITE_PTR = 8
 READ_PTR = 12
 DROPS_BASE = 1024
@@ -344,6 +347,11 @@ class _FunctionRewriter:
         elif op == 0x0E:
             labels, default = imm
             self.emit(op, (tuple(self.label(x) for x in labels), self.label(default)))
+        elif op == 0x40:  # memory.grow: publish the new size (the old one stays the result)
+            self.emit(op, imm, ins.offset)
+            self.emit(0x41, 0)
+            self.emit(0x3F, imm)
+            self.emit(0x36, memarg(2, MEMORY_PAGES, self.p.poll_mem))
         elif op in (0xFC09, 0xFC0D):
             self.emit(op, imm, ins.offset)
             slot = DROPS_BASE + (imm if op == 0xFC09 else len(self.p.ir.datas) + imm)

@@ -33,6 +33,7 @@ from wasmig.instrument.sites import SECTION_NAME, SiteMap
 from wasmig.instrument.unwind import (
     DROPS_BASE,
     GLOBALS_BASE,
+    MEMORY_PAGES,
     NEVER,
     POLL,
     READ_PTR,
@@ -50,7 +51,7 @@ from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
-PASS_VERSION = "wasmig-instrument-12"
+PASS_VERSION = "wasmig-instrument-13"
 WORKER_STACK = 64 << 20
 
 
@@ -134,6 +135,14 @@ class Checkpointable:
         poll_base = ctypes.addressof(ex["wasmig:poll"].data_ptr(self.store).contents)
         self._poll = ctypes.c_uint8.from_address(poll_base + POLL)
         self.instance.interrupt_flag = self._poll
+        # memory 0's size, which the module itself keeps up to date after every memory.grow, and
+        # its address (it never moves): another thread reads the live memory through these two
+        # without calling into wasmtime's store while the guest runs (a migration's pre-copy)
+        self._pages = ctypes.c_uint32.from_address(poll_base + MEMORY_PAGES)  # wasmtime hosts are little-endian
+        self._memory_base = 0
+        if module.ir.all_mems():
+            self._memory_base = ctypes.addressof(self._memory(0).data_ptr(self.store).contents)
+            self._publish_pages()
         self._tables: list[Any] | None = None
         self._slots: dict[tuple[int, int, int], int] = {}
         self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
@@ -221,6 +230,16 @@ class Checkpointable:
     def memory_pages(self, i: int) -> int:
         return self._memory(i).size(self.store)
 
+    def _publish_pages(self) -> None:
+        """Tell :meth:`live_memory` the size after the host grew the memory itself."""
+        self._pages.value = self._memory(0).size(self.store)
+
+    def live_memory(self) -> tuple[int, int]:
+        """(address, size in bytes) of memory 0, safe to call from any thread while the guest
+        runs: both come from plain memory, not from wasmtime (whose store belongs to the thread
+        running the guest)."""
+        return self._memory_base, self._pages.value * 65536
+
     def memory_address(self, i: int, pages: int) -> int:
         """The address of memory ``i``, grown first to at least ``pages`` pages (the guest is
         not running; a memory never moves, see ``memory_may_move``)."""
@@ -231,6 +250,7 @@ class Checkpointable:
                 mem.grow(self.store, pages - have)
             except Exception as e:  # noqa: BLE001 - wasmtime's error for a limit or an allocation failure
                 raise SnapshotError(f"memory {i} cannot grow to {pages} pages: {e}") from None
+            self._publish_pages()
         return ctypes.addressof(mem.data_ptr(self.store).contents)
 
     def _indirect_slot(self, func: int, pc: int, callee: int) -> int:
@@ -328,6 +348,8 @@ class Checkpointable:
                 mem.grow(store, pages - have)
             if ms.data:
                 _copy_pages(ctypes.addressof(mem.data_ptr(store).contents), ms.data, _data_pages(module, i))
+        if mems:
+            self._publish_pages()
         if memory_in_place and snap.memories:
             for i, mt in enumerate(mems):
                 if mt.limits.max is not None and self.memory_pages(i) > mt.limits.max:
@@ -410,17 +432,14 @@ class WasmtimeSession(SessionBase):
         self.runner.request()
 
     def guest_memories(self) -> list[tuple[int, Any]]:
-        """Live views of the guest's memories (read while it runs: a migration's pre-copy
-        rounds; a memory never moves, see ``memory_may_move``)."""
-        out = []
-        ex, store = self.runner.instance.exports, self.runner.store
-        for i in range(len(self.module.ir.all_mems())):
-            mem = ex["memory"] if i == 0 and "memory" in ex else ex[f"wasmig:mem{i}"]
-            size = mem.data_len(store)
-            view = memoryview((ctypes.c_ubyte * size).from_address(
-                ctypes.addressof(mem.data_ptr(store).contents))).cast("B") if size else memoryview(b"")
-            out.append((size, lambda k, v=view: v[k * _PAGE:(k + 1) * _PAGE]))
-        return out
+        """A live view of the guest's memory (read while it runs: a migration's pre-copy rounds),
+        made without calling into wasmtime (see :meth:`Checkpointable.live_memory`). The pass
+        refuses modules with more than one memory."""
+        if not self.module.ir.all_mems():
+            return []
+        address, size = self.runner.live_memory()
+        view = memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B") if size else memoryview(b"")
+        return [(size, lambda k: view[k * _PAGE:(k + 1) * _PAGE])]
 
     def run(self, snapshot: Snapshot | None = None) -> int:
         """Run ``_start`` from the beginning (or on from ``snapshot``, already loaded) to the end;
