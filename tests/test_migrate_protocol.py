@@ -132,3 +132,27 @@ def test_the_command_line_refuses_bad_arguments_in_one_line(tmp_path: Path, args
     assert done.returncode == 1, done
     assert message in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_the_daemons_page_cache_keeps_what_was_used_last(tmp_path: Path) -> None:
+    import time as _time
+
+    import zstandard
+
+    from wasmig.migrate.pages import page_id
+    from wasmig.migrate.target import PageCache
+
+    cache = PageCache(tmp_path / "pages")
+    pages = [bytes([i]) * 65536 for i in range(1, 5)]
+    ids = [page_id(p) for p in pages]
+    for pid, page in zip(ids, pages, strict=True):
+        cache.put(pid, zstandard.ZstdCompressor().compress(page))  # type: ignore[arg-type]
+    size = sum(f.stat().st_size for f in (tmp_path / "pages").rglob("*") if f.is_file())
+    old = _time.time() - 100
+    for k, pid in enumerate(ids):  # page 0 used longest ago, page 3 last
+        os.utime(cache._path(pid), (old + k, old + k))  # type: ignore[arg-type]
+    assert cache.get(ids[1]) == pages[1]  # a use makes it the newest
+    assert cache.prune(3600, size // 2) == 2
+    assert [cache.get(pid) is not None for pid in ids] == [False, True, False, True]
+    assert cache.get(b"\0" * 32) is None
+    assert cache.prune(0, size) == 2  # too old

@@ -524,8 +524,11 @@ def diff(a: str, b: str) -> None:
 @click.option("--engine", type=click.Choice(ENGINES), default=None,
               help="The engine migrated programs run on here (default: wasmtime when installed).")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
-              help="Where received modules are cached (default: ~/.cache/wasmig/serve).")
-def serve(listen: str, token_file: str, dirs: tuple[str, ...], engine: str | None, state_dir: str | None) -> None:
+              help="Where received modules and pages are cached (default: ~/.cache/wasmig/serve).")
+@click.option("--page-cache-mb", type=click.IntRange(min=0), default=2048, show_default=True,
+              help="Keep at most this much of earlier migrations' pages (trimmed when the daemon starts).")
+def serve(listen: str, token_file: str, dirs: tuple[str, ...], engine: str | None, state_dir: str | None,
+          page_cache_mb: int) -> None:
     """Receive migrating programs, restore them and run them here."""
     from pathlib import Path
 
@@ -550,7 +553,7 @@ def serve(listen: str, token_file: str, dirs: tuple[str, ...], engine: str | Non
         _fail(str(e).replace("--tcplisten", "--listen"))
         return
     try:
-        serve_forever(sock, token, engine=engine, dirs=mapping, state_dir=state)
+        serve_forever(sock, token, engine=engine, dirs=mapping, state_dir=state, page_cache_mb=page_cache_mb)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -73,8 +73,8 @@ class PageCache:
     """The pages this daemon received in earlier migrations, by content id (``STATE_DIR/pages/
     ab/abcd...``, zstd as they came), so a program that comes back, or another one with the same
     pages, does not send them again. A cache: written without fsync, checked on every read (a
-    damaged entry is dropped and asked for), entries unused for :data:`PAGE_CACHE_DAYS` removed
-    when the daemon starts."""
+    damaged entry is dropped and asked for). When the daemon starts, entries unused for
+    :data:`PAGE_CACHE_DAYS` are removed, then the least recently used ones beyond its size limit."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -106,28 +106,46 @@ class PageCache:
         except OSError:
             pass  # a cache: a page not kept is sent again next time
 
-    def prune(self, max_age_s: float) -> int:
+    def prune(self, max_age_s: float, max_bytes: int) -> int:
+        """Remove entries unused for ``max_age_s``, then the least recently used beyond
+        ``max_bytes``; how many were removed."""
         cutoff, removed = time.time() - max_age_s, 0
+        kept: list[tuple[float, int, str]] = []
         for sub in self.root.glob("??"):
             for entry in os.scandir(sub):
                 try:
-                    if entry.stat().st_mtime < cutoff:
+                    st = entry.stat()
+                    if st.st_mtime < cutoff:
                         os.unlink(entry.path)
                         removed += 1
+                    else:
+                        kept.append((st.st_mtime, st.st_size, entry.path))
                 except OSError:
                     pass
+        total = sum(size for _, size, _ in kept)
+        for _, size, path in sorted(kept):  # oldest use first
+            if total <= max_bytes:
+                break
+            try:
+                os.unlink(path)
+                removed += 1
+                total -= size
+            except OSError:
+                pass
         return removed
 
 
 PAGE_CACHE_DAYS = 7
+PAGE_CACHE_MB = 2048
 
 
-def serve(listener: socket.socket, token: bytes, *, engine: str, dirs: Mapping[str, str], state_dir: Path) -> None:
+def serve(listener: socket.socket, token: bytes, *, engine: str, dirs: Mapping[str, str], state_dir: Path,
+          page_cache_mb: int = PAGE_CACHE_MB) -> None:
     """Accept migrations forever (until SIGINT/SIGTERM)."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    removed = PageCache(state_dir / "pages").prune(PAGE_CACHE_DAYS * 86400)
+    removed = PageCache(state_dir / "pages").prune(PAGE_CACHE_DAYS * 86400, page_cache_mb << 20)
     if removed:
-        log(f"removed {removed} cached pages unused for {PAGE_CACHE_DAYS} days")
+        log(f"removed {removed} cached pages (unused for {PAGE_CACHE_DAYS} days, or beyond {page_cache_mb} MB)")
     host, port = listener.getsockname()[:2]
     log(f"listening on {host}:{port} (engine {engine})")
     while True:
