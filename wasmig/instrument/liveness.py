@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from wasmig.binary.blocks import match_blocks
 from wasmig.binary.ir import Instr
-from wasmig.interp.compile import match_blocks
 
 
 def live_locals_of(info: Any, body: list[Instr]) -> list[int]:

@@ -30,6 +30,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from wasmig.binary.blocks import match_blocks
 from wasmig.binary.ir import (
     CustomSection,
     Data,
@@ -52,7 +53,6 @@ from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
 from wasmig.instrument.origins import encode_origins
 from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
-from wasmig.interp.compile import match_blocks
 
 # control memory layout
 POLL = 0  # the host's checkpoint request (any thread writes 1)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from wasmig.binary.ir import Function, FuncType, Instr
+from wasmig.binary.blocks import match_blocks
+from wasmig.binary.ir import Function, FuncType
 from wasmig.interp import ops
 from wasmig.interp.numeric import f32_from_bits, f64_from_bits
 
@@ -32,22 +33,6 @@ def _block_arity(bt: Any, types: list[FuncType]) -> tuple[int, int]:
         return 0, 1
     ft = types[bt]
     return len(ft.params), len(ft.results)
-
-
-def match_blocks(body: list[Instr]) -> tuple[dict[int, int], dict[int, int]]:
-    """Map each block/loop/if index to its ``end`` index, and each ``if`` to its ``else`` (if any)."""
-    end_of: dict[int, int] = {}
-    else_of: dict[int, int] = {}
-    open_blocks: list[int] = []
-    for i, ins in enumerate(body):
-        op = ins.op
-        if op in (0x02, 0x03, 0x04):
-            open_blocks.append(i)
-        elif op == 0x05:
-            else_of[open_blocks[-1]] = i
-        elif op == 0x0B and open_blocks:
-            end_of[open_blocks.pop()] = i
-    return end_of, else_of
 
 
 _LOAD_STRUCTS = {
