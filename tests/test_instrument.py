@@ -5,14 +5,13 @@ write frame records that translate into the very canonical state the interpreter
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import wasmig
+from tests.wat import wat_module
 from wasmig.binary.encoder import encode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.validator import validate_module
@@ -76,14 +75,6 @@ WAT = """
 """
 
 
-def _wat(tmp: Path) -> wasmig.Module:
-    if shutil.which("wat2wasm") is None:
-        pytest.skip("wat2wasm missing")
-    (tmp / "m.wat").write_text(WAT)
-    subprocess.run(["wat2wasm", "--debug-names", str(tmp / "m.wat"), "-o", str(tmp / "m.wasm")], check=True)
-    return wasmig.Module.from_file(tmp / "m.wasm")
-
-
 def instrumented_module(module: wasmig.Module) -> tuple[wasmig.Module, object]:
     ins = instrument(module)
     data = encode_module(ins.ir)
@@ -138,7 +129,7 @@ def test_instrumented_modules_validate_and_keep_their_behaviour(tmp_path: Path) 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 13, 40, 77, 150, 300, 499])
 def test_hand_written_code_stops_like_the_interpreter(tmp_path: Path, k: int) -> None:
-    module = _wat(tmp_path)
+    module = wat_module(WAT)
     imod, sitemap = instrumented_module(module)
     n_globals = len(module.ir.all_globals())
     expected = interp_state(module, ["m"], k)
