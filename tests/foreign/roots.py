@@ -66,7 +66,11 @@ def qemu(arch: str) -> str:
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         with _locked():
             if shutil.which(name) is None:
-                _run(["apt-get", "install", "-y", "-qq", "qemu-user-static"], "apt-get install qemu-user-static")
+                try:
+                    _run(["apt-get", "install", "-y", "-qq", "qemu-user-static"], "apt-get install qemu-user-static")
+                except Unavailable:  # a fresh machine may have no package lists yet
+                    _run(["apt-get", "update", "-qq"], "apt-get update")
+                    _run(["apt-get", "install", "-y", "-qq", "qemu-user-static"], "apt-get install qemu-user-static")
         found = shutil.which(name)
     if found is None:
         raise Unavailable(f"{name} is not installed and cannot be (apt-get install qemu-user-static as root)")
