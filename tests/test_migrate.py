@@ -86,13 +86,14 @@ class Daemon:
 
 
 @contextmanager
-def daemon(tmp_path: Path, name: str, engine: str, token: Path, fault: str | None = None) -> Iterator[Daemon]:
+def daemon(tmp_path: Path, name: str, engine: str, token: Path, fault: str | None = None,
+           extra: list[str] | None = None) -> Iterator[Daemon]:
     address = f"127.0.0.1:{free_port()}"
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     env = {**os.environ, **({FAULT_ENV: fault} if fault else {})}
     with open(out, "wb") as o, open(err, "wb") as e:
         proc = subprocess.Popen(wasmig("serve", "--listen", address, "--token-file", str(token), "--engine", engine,
-                                       "--state-dir", str(tmp_path / f"{name}-state")),
+                                       "--state-dir", str(tmp_path / f"{name}-state"), *(extra or [])),
                                 stdout=o, stderr=e, env=env, start_new_session=True)
     d = Daemon(address, out, err, proc)
     try:
@@ -258,6 +259,48 @@ def test_a_daemon_gone_after_the_commit_leaves_the_program_stopped_and_saved(
         assert restored.returncode == 0, restored.stderr
         (tmp_path / "restored.out").write_text(restored.stdout)
         assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
+
+
+def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, token: Path) -> None:
+    """A program with a preopened directory: a daemon that does not map it refuses (the program
+    goes on at the source: never a host path the source names); one that maps it (--dir
+    GUEST=HOST; here the same directory, as shared storage would give) re-opens the open files
+    at their offsets and carries on, so they end byte for byte as the uninterrupted run's."""
+    journal = compile_c(PROGRAMS / "journal.c")
+    ref_dir, src_dir = tmp_path / "ref", tmp_path / "src"
+    for d in (ref_dir, src_dir):
+        d.mkdir()
+    args = ["/d", "60", "30"]  # 60 rounds, 30 ms apart
+    reference = subprocess.run(wasmig("run", "--engine", "wasmtime", "--dir", f"{ref_dir}::/d", str(journal),
+                                      *args[:2]), capture_output=True, check=True).stdout.decode().splitlines()
+    def start(engine: str, out: Path) -> subprocess.Popen[bytes]:
+        with open(out, "wb") as o:
+            proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", engine, "--dir", f"{src_dir}::/d",
+                                           str(journal), *args), stdout=o, stderr=subprocess.DEVNULL)
+        wait_for(lambda: "round 3 " in out.read_text(), "the program did not start")
+        return proc
+
+    with daemon(tmp_path, "plain", "interp", token) as unmapped:
+        out = tmp_path / "first.out"
+        proc = start("wasmtime", out)
+        refused = migrate(proc.pid, unmapped.address, token)
+        assert refused.returncode == 1 and "does not map" in refused.stderr and "'/d'" in refused.stderr, \
+            refused.stderr
+        assert proc.wait(60) == 0
+        assert "does not map" in unmapped.log()
+        assert_ran_exactly_once(reference, out)
+    for f in src_dir.iterdir():
+        f.unlink()
+    daemon_dirs = ["--dir", f"/d={src_dir}"]
+    with daemon(tmp_path, "mapped", "wasmtime", token, extra=daemon_dirs) as mapped:
+        out = tmp_path / "second.out"
+        proc = start("interp", out)
+        moved = migrate(proc.pid, mapped.address, token)
+        assert moved.returncode == 0, moved.stderr
+        wait_for(lambda: "program exited with code 0" in mapped.log(), f"not finished: {mapped.log()}")
+        assert_ran_exactly_once(reference, out, mapped.out)
+    for name in ("journal.dat", "log.txt"):  # open, half written, when the program moved
+        assert (src_dir / name).read_bytes() == (ref_dir / name).read_bytes(), name
 
 
 # --- connections through the gateway ------------------------------------------------------------

@@ -2,7 +2,8 @@
  * for the whole run, and for ROUNDS rounds (argv[2], default 40) appends a record, re-reads the
  * journal from an earlier offset with lseek + read, rewrites one earlier record in place
  * (pwrite) and keeps a second file's offset moving (a log it only appends to). Prints a line per
- * round; the files left behind are compared too. An open fd's offset must survive every move. */
+ * round; the files left behind are compared too. An open fd's offset must survive every move.
+ * argv[3]: milliseconds to sleep after each round (default 0), to give a migration time. */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     int rounds = argc > 2 ? atoi(argv[2]) : 40;
+    int sleep_ms = argc > 3 ? atoi(argv[3]) : 0;
     char path[256];
     snprintf(path, sizeof path, "%s/journal.dat", argv[1]);
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
@@ -37,6 +39,8 @@ int main(int argc, char **argv) {
         int k = snprintf(line, sizeof line, "round %d at %lld hash %08x\n", r, (long long)end, h);
         if (write(log, line, (size_t)k) != k) return 8;
         printf("round %d %08x\n", r, h);
+        fflush(stdout);
+        if (sleep_ms) usleep((useconds_t)sleep_ms * 1000);
     }
     close(fd);
     close(log);

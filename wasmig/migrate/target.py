@@ -384,6 +384,11 @@ class _Target:
             raise MigrationError("the state is of another module than the one offered")
         if snap.wasi is None:
             raise MigrationError("the state has no WASI state: only WASI programs migrate")
+        # a program sees only the directories this daemon maps: never a host path the source names
+        for fd in snap.wasi.fds:
+            if fd.preopen is not None and fd.preopen not in self.dirs:
+                raise MigrationError(f"the program has directory {fd.preopen!r} preopened, which this daemon does "
+                                     f"not map (start it with --dir {fd.preopen}=HOST-DIRECTORY)")
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
         return landing.prepare(module, snap, self.dirs)
 
