@@ -94,3 +94,21 @@ class Channel:
             self.sock.close()
         except OSError:  # pragma: no cover
             pass
+
+
+def parse_address(spec: str, what: str = "address") -> tuple[str, int]:
+    host, sep, port = spec.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise WireError(f"bad {what} {spec!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def open_channel(spec: str, what: str, timeout: float = 10.0) -> Channel:
+    """A connection to ``spec`` (HOST:PORT), named ``"{what} {spec}"`` in errors."""
+    host, port = parse_address(spec, what)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as e:
+        raise PeerGone(f"{what} {spec}: cannot connect ({e.strerror or e})") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Channel(sock, f"{what} {spec}")

@@ -232,16 +232,10 @@ def _shutdown(sock: socket.socket, how: int) -> None:
 
 def register(address: str, token: bytes) -> bytes:
     """Register a program with the gateway at ``address`` (its control address); the key."""
-    from wasmig.migrate.protocol import authenticate_as_client, parse_address
+    from wasmig.migrate.protocol import connect
 
-    host, port = parse_address(address, "gateway")
+    ch = connect(address, token, what="gateway")
     try:
-        sock = socket.create_connection((host, port), timeout=10.0)
-    except OSError as e:
-        raise WireError(f"gateway {address}: cannot connect ({e.strerror or e})") from None
-    ch = Channel(sock, f"gateway {address}")
-    try:
-        authenticate_as_client(ch, token)
         ch.send("register")
         key = ch.recv(10.0, expect=("registered",)).get("key")
     finally:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import socket
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from wasmig.wire import Channel, PeerGone, WireError
+from wasmig.wire import Channel, PeerGone, WireError, open_channel, parse_address
 
 PROTOCOL = "wasmig-migrate"
 VERSION = 1
@@ -87,21 +86,9 @@ def authenticate_as_server(ch: Channel, token: bytes, hello: dict[str, Any] | No
     ch.send("welcome", mac=_mac(token, b"server", client_nonce, server_nonce))
 
 
-def parse_address(spec: str, what: str = "address") -> tuple[str, int]:
-    host, sep, port = spec.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise MigrationError(f"bad {what} {spec!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def connect(spec: str, token: bytes, timeout: float = 10.0) -> Channel:
-    host, port = parse_address(spec, "target")
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as e:
-        raise PeerGone(f"target {spec}: cannot connect ({e.strerror or e})") from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    ch = Channel(sock, f"target {spec}")
+def connect(spec: str, token: bytes, timeout: float = 10.0, what: str = "target") -> Channel:
+    """An authenticated connection to the daemon (or gateway) at ``spec``."""
+    ch = open_channel(spec, what, timeout)
     try:
         authenticate_as_client(ch, token)
     except BaseException:

@@ -18,43 +18,27 @@ from __future__ import annotations
 
 import socket
 
-from wasmig.wire import Channel, WireError
+from wasmig.wire import Channel, WireError, open_channel
 
 TIMEOUT = 10.0
 
 
-def parse(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise WireError(f"bad gateway address {address!r}")
-    return host.strip("[]"), int(port)
-
-
-def _open(address: str, first: str, **fields: object) -> Channel:
-    try:
-        sock = socket.create_connection(parse(address), timeout=TIMEOUT)
-    except OSError as e:
-        raise WireError(f"gateway {address}: cannot connect ({e.strerror or e})") from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    ch = Channel(sock, f"gateway {address}")
+def _request(address: str, first: str, reply: str, **fields: object) -> Channel:
+    """A new connection to the gateway: ``first`` sent, ``reply`` received (closed on failure)."""
+    ch = open_channel(address, "gateway", TIMEOUT)
     try:
         ch.send(first, **fields)
+        ch.recv(TIMEOUT, expect=(reply,))
     except WireError:
         ch.close()
         raise
+    ch.sock.settimeout(None)
     return ch
 
 
 def connect_listener(address: str, key: bytes) -> socket.socket:
     """The listening fd's control connection: announcements of new clients arrive on it."""
-    ch = _open(address, "backend", key=key)
-    try:
-        ch.recv(TIMEOUT, expect=("backend_ok",))
-    except WireError:
-        ch.close()
-        raise
-    ch.sock.settimeout(None)
-    return ch.sock
+    return _request(address, "backend", "backend_ok", key=key).sock
 
 
 def next_connection(listener: socket.socket, address: str) -> int:
@@ -69,24 +53,13 @@ def next_connection(listener: socket.socket, address: str) -> int:
 
 def attach(address: str, key: bytes, conn: int) -> socket.socket:
     """A data connection for client connection ``conn``: the client's bytes from here on."""
-    ch = _open(address, "attach", key=key, id=conn)
-    try:
-        ch.recv(TIMEOUT, expect=("attached",))
-    except WireError:
-        ch.close()
-        raise
-    ch.sock.settimeout(None)
-    return ch.sock
+    return _request(address, "attach", "attached", key=key, id=conn).sock
 
 
 def quiesce(address: str, key: bytes, conns: list[int]) -> None:
     """Ask the gateway to stop relaying these connections' client bytes and end their data
     streams (the caller then reads each to its end)."""
-    ch = _open(address, "quiesce", key=key, ids=conns)
-    try:
-        ch.recv(TIMEOUT, expect=("quiesced",))
-    finally:
-        ch.close()
+    _request(address, "quiesce", "quiesced", key=key, ids=conns).close()
 
 
 def drain(sock: socket.socket) -> bytes:
