@@ -33,7 +33,6 @@ import hashlib
 import os
 import platform
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +46,7 @@ except ImportError:  # pragma: no cover - another wasmtime-py layout
     _ffi = None
 
 from wasmig.errors import Exhaustion, HostCallInterrupted, LinkError, Trap, ValidationError, WasmError
+from wasmig.files import write_atomically
 from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import WASI_MODULE, Wasi, check_wasi_imports
@@ -209,19 +209,6 @@ def _load(blob: bytes) -> wasmtime.Module | None:
         return wasmtime.Module.deserialize(engine(), payload)
     except wasmtime.WasmtimeError:
         return None
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old entry, no entry or the whole new one, never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _one_line(e: BaseException) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import zstandard
 
 from wasmig.errors import WasmError
+from wasmig.files import write_atomically
 from wasmig.migrate.pages import ZERO_PAGE, page_id
 from wasmig.migrate.protocol import Channel, MigrationError, authenticate_as_server
 from wasmig.module import Module
@@ -50,6 +51,13 @@ def _fault(step: str) -> None:
     if fault == "daemon" and step == "commit":
         log("fault injection: the whole daemon killed after commit")
         os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def _migration_id(msg: dict[str, Any]) -> str:
+    mid = msg.get("id")
+    if not isinstance(mid, str) or not 1 <= len(mid) <= 32 or not set(mid) <= _ID_CHARS:
+        raise MigrationError(f"malformed {msg.get('t')} message: bad id")
+    return mid
 
 
 def decide(state_dir: Path, migration_id: str, decision: str) -> str:
@@ -97,12 +105,8 @@ class PageCache:
         return data
 
     def put(self, pid: bytes, compressed: bytes) -> None:
-        path = self._path(pid)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(compressed)
-            os.replace(tmp, path)
+            write_atomically(self._path(pid), compressed)
         except OSError:
             pass  # a cache: a page not kept is sent again next time
 
@@ -178,7 +182,7 @@ class _Target:
         self.dirs = dirs
         self.state_dir = state_dir
         self.landing: _Landing | None = None
-        self.held: dict[bytes, tuple[int, int] | bytes] = {}  # page id -> where its contents are
+        self.held: dict[bytes, tuple[int, int]] = {}  # page id -> (memory, page) where it was last put
         self.cache = PageCache(state_dir / "pages")
         self.dctx = zstandard.ZstdDecompressor()
         self.id = "?"
@@ -221,9 +225,7 @@ class _Target:
     def _status(self, msg: dict[str, Any]) -> int:
         """A source that lost its connection after sending the commit asks what became of it:
         committed (the program runs here) or, if not yet, never (it is aborted now)."""
-        mid = msg.get("id")
-        if not isinstance(mid, str) or not 1 <= len(mid) <= 32 or not set(mid) <= _ID_CHARS:
-            raise MigrationError("malformed status request")
+        mid = _migration_id(msg)
         decision = decide(self.state_dir, mid, "aborted")
         log(f"migration {mid}: asked after it by {self.ch.peer}: {decision}")
         self.ch.send("status", decision=decision)
@@ -233,10 +235,8 @@ class _Target:
     # --- the module -----------------------------------------------------------------------------
     def _receive_module(self, offer: dict[str, Any]) -> Module:
         ch = self.ch
-        sha, mid = offer.get("module_sha256"), offer.get("id")
-        if not isinstance(mid, str) or not 1 <= len(mid) <= 32 or not set(mid) <= _ID_CHARS:
-            raise MigrationError("malformed offer: bad id")
-        self.id = mid
+        sha = offer.get("module_sha256")
+        self.id = _migration_id(offer)
         if not isinstance(sha, str) or len(sha) != 64 or not set(sha) <= _ID_CHARS:
             raise MigrationError("malformed offer: bad module_sha256")
         cached = self.state_dir / "modules" / f"{sha}.wasm"
@@ -253,41 +253,15 @@ class _Target:
             raise MigrationError("the module's bytes do not match its sha256")
         module = Module.from_bytes(data)
         if not have:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, cached)
-        self.landing = _InstanceLanding(module) if self.engine == "wasmtime" else _ImageLanding()
-        self._hold_data_segments(module)
+            write_atomically(cached, data)
+        self.landing = _InstanceLanding(module) if self.engine == "wasmtime" else _ImageLanding(module)
+        for i in range(self.landing.pages(0)):  # the module's data segments: in place already
+            pid = page_id(self.landing.read(0, i))
+            if pid is not None:
+                self.held[pid] = (0, i)
         ch.send("module_ok")
         _fault("module")
         return module
-
-    def _hold_data_segments(self, module: Module) -> None:
-        """Pages the module's active data segments make: the target holds them already (an
-        instance prepared in advance has them in place)."""
-        ir = module.ir
-        if not ir.all_mems():
-            return
-        assert self.landing is not None
-        if isinstance(self.landing, _InstanceLanding):
-            for i in range(self.landing.pages(0)):
-                pid = page_id(self.landing.read(0, i))
-                if pid is not None:
-                    self.held[pid] = (0, i)
-            return
-        image = bytearray(ir.all_mems()[0].limits.min * PAGE_SIZE)
-        for seg in ir.datas:
-            if seg.mode != "active" or seg.memory != 0 or len(seg.offset) != 2 or seg.offset[0].op != 0x41:
-                continue
-            start = seg.offset[0].imm
-            if 0 <= start and start + len(seg.init) <= len(image):
-                image[start:start + len(seg.init)] = seg.init
-        for i in range(0, len(image), PAGE_SIZE):
-            page = bytes(image[i:i + PAGE_SIZE])
-            pid = page_id(page)
-            if pid is not None:
-                self.held[pid] = page
 
     # --- pages and state ------------------------------------------------------------------------
     def _receive_state(self, module: Module) -> Any:
@@ -312,24 +286,23 @@ class _Target:
             raise MigrationError("malformed pages message")
         need: list[int] = []
         wanted: dict[int, tuple[int, int, bytes]] = {}
+        landing = self.landing
+        assert landing is not None
         for pos, e in enumerate(entries):
             if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], int) and isinstance(e[1], int)
                     and 0 <= e[0] < 16 and 0 <= e[1] < 65536 and (e[2] is None or isinstance(e[2], bytes)
                                                                    and len(e[2]) == 32)):
                 raise MigrationError("malformed pages message: bad entry")
             m, i, pid = e
-            landing = self.landing
-            assert landing is not None
             if pid is None:
                 landing.write(m, i, ZERO_PAGE)
                 continue
-            if self.held.get(pid) == (m, i) and page_id(landing.read(m, i)) == pid:
-                continue  # already in place (a data segment's page)
+            where = self.held.get(pid)
             data = self._held(pid)
             if data is None:
                 need.append(pos)
                 wanted[pos] = (m, i, pid)
-            else:
+            elif where != (m, i) or pid not in self.held:  # unless it is in place already
                 landing.write(m, i, data)
                 self.held[pid] = (m, i)
         ch.send("need", positions=need)
@@ -350,7 +323,7 @@ class _Target:
                     raise MigrationError(f"a page does not decompress: {e}") from None
                 if len(data) != PAGE_SIZE or page_id(data) != pid:
                     raise MigrationError("a page does not match its id")
-                self.landing.write(m, i, data)  # type: ignore[union-attr]
+                landing.write(m, i, data)
                 self.held[pid] = (m, i)
                 if not final:  # the last round's few pages would lengthen the stop
                     self.cache.put(pid, item[1])
@@ -359,17 +332,15 @@ class _Target:
         ch.send("pages_ok")
 
     def _held(self, pid: bytes) -> bytes | None:
+        """The contents of page ``pid`` if this daemon has them: where it last put them (checked:
+        a later page may have overwritten them), else in its cache of earlier migrations."""
         where = self.held.get(pid)
-        if where is None:
-            return self.cache.get(pid)
-        if isinstance(where, bytes):
-            return where
-        m, i = where
-        data = self.landing.read(m, i)  # type: ignore[union-attr]
-        if page_id(data) != pid:  # overwritten since: no longer held there
-            del self.held[pid]
-            return None
-        return data
+        if where is not None:
+            data = self.landing.read(*where)  # type: ignore[union-attr]
+            if page_id(data) == pid:
+                return data
+            del self.held[pid]  # overwritten since
+        return self.cache.get(pid)
 
     def _restore(self, module: Module, plain: Any) -> Any:
         """Restore on this daemon's engine, without running anything; the returned function
@@ -396,7 +367,10 @@ class _Target:
 class _Landing:
     """Where the pages of a migration land until the program is restored."""
 
-    def write(self, m: int, i: int, data: bytes) -> None:  # pragma: no cover - see the subclasses
+    def pages(self, m: int) -> int:  # pragma: no cover - see the subclasses
+        raise NotImplementedError
+
+    def write(self, m: int, i: int, data: bytes) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def read(self, m: int, i: int) -> bytes:  # pragma: no cover
@@ -457,10 +431,25 @@ class _InstanceLanding(_Landing):
 
 
 class _ImageLanding(_Landing):
-    """The interpreter: pages land in a byte image per memory, restored as a whole at the end."""
+    """The interpreter: pages land in a byte image per memory, restored as a whole at the end.
+    Memory 0's image starts as the module's initial memory (its constant-offset data segments),
+    as a prepared instance's would."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: Module) -> None:
         self.images: list[bytearray] = []
+        mems = module.ir.all_mems()
+        if not mems:
+            return
+        image = self._image(0, mems[0].limits.min - 1)
+        for seg in module.ir.datas:
+            if seg.mode != "active" or seg.memory != 0 or len(seg.offset) != 2 or seg.offset[0].op != 0x41:
+                continue
+            start = seg.offset[0].imm
+            if 0 <= start and start + len(seg.init) <= len(image):
+                image[start:start + len(seg.init)] = seg.init
+
+    def pages(self, m: int) -> int:
+        return len(self.images[m]) // PAGE_SIZE if m < len(self.images) else 0
 
     def _image(self, m: int, i: int) -> bytearray:
         while len(self.images) <= m:

@@ -79,7 +79,8 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_s
     global _FINGERPRINT
     from wasmig.binary.decoder import read_custom_section
     from wasmig.binary.encoder import encode_module
-    from wasmig.engines.wasmtime import cache_entry, cache_payload, default_cache_dir, write_atomically
+    from wasmig.engines.wasmtime import cache_entry, cache_payload, default_cache_dir
+    from wasmig.files import write_atomically
 
     if _FINGERPRINT is None:
         _FINGERPRINT = _pass_fingerprint()
