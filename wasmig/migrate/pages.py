@@ -26,7 +26,6 @@ except ImportError:  # pragma: no cover - a platform without the compiled packag
         return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 ZERO_PAGE = bytes(PAGE_SIZE)
-ZERO_HASH = _fast_hash(ZERO_PAGE)
 
 
 def page_id(data: bytes | memoryview) -> bytes | None:
@@ -70,7 +69,7 @@ class PageTracker:
                 if h == known[i]:
                     continue
                 known[i] = h
-                out.append(ChangedPage(m, i, None if h == ZERO_HASH and data == ZERO_PAGE else page_id(data), data))
+                out.append(ChangedPage(m, i, page_id(data), data))
         return out
 
     def forget(self, pages: list[ChangedPage]) -> None:

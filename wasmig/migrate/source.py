@@ -11,6 +11,7 @@ guest only after it. Any failure before the commit leaves the guest running here
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -112,7 +113,7 @@ class _Source:
             self.p.phase = "pre-copy"
             last = None
             for _ in range(self.max_rounds):
-                changed = self._round(final=False)
+                changed = self._round(self.session.guest_memories(), final=False)
                 size = sum(len(c.data) for c in changed if c.id is not None)
                 if size <= self.stop_copy_bytes or (last is not None and size >= last):
                     break  # little left, or the guest dirties as fast as the rounds go
@@ -123,7 +124,7 @@ class _Source:
             stopped = True
             t_stop = handoff.stopped_at or time.perf_counter()  # the program's last instruction here
             memories = self.session.guest_memories()
-            self._round(final=True)
+            self._round(memories, final=True)
             plain = to_plain(snap, lambda i, _data: None)
             for i, (size, _page) in enumerate(memories):
                 plain["memories"][i]["size_pages"] = size // PAGE_SIZE
@@ -231,12 +232,11 @@ class _Source:
         write_single_file(replace(snap, memories=memories), path)
         return str(path)
 
-    def _round(self, *, final: bool) -> list[ChangedPage]:
-        """Send the pages changed since the last round: their ids first; the target copies those
-        it already holds and asks for the rest."""
+    def _round(self, memories: list[tuple[int, Any]], *, final: bool) -> list[ChangedPage]:
+        """Send the pages of ``memories`` (the session's :meth:`guest_memories`) changed since the
+        last round: their ids first; the target copies those it already holds and asks for the rest."""
         assert self.ch is not None
         ch = self.ch
-        memories = self.session.guest_memories()
         self.p.pages_total = sum(size // PAGE_SIZE for size, _ in memories)
         changed = self.tracker.changed(memories)
         self.p.round += 1
@@ -250,20 +250,23 @@ class _Source:
         self.p.pages_known += sum(1 for c in changed if c.id is not None) - len(need)
         batch: list[list[Any]] = []
         size = 0
+
+        def flush() -> None:
+            ch.send("page_data", pages=batch)
+            self.p.pages_sent += len(batch)
+            self.p.round_done += len(batch)
+            self.p.bytes_sent = ch.bytes_sent
+            self.report(self.p)
+
         for k in need:
             data = self.cctx.compress(changed[k].data)
             batch.append([k, data])
             size += len(data)
             if size >= PAGE_BATCH:
-                ch.send("page_data", pages=batch)
-                self.p.pages_sent += len(batch)
-                self.p.round_done += len(batch)
+                flush()
                 batch, size = [], 0
-                self.p.bytes_sent = ch.bytes_sent
-                self.report(self.p)
         if batch:
-            ch.send("page_data", pages=batch)
-            self.p.pages_sent += len(batch)
+            flush()
         ch.send("pages_end")
         ch.recv(expect=("pages_ok",))
         self.p.round_done = self.p.round_pages
@@ -278,6 +281,4 @@ class InDoubt(MigrationError):
 
 
 def _host() -> str:
-    import os
-
     return os.uname().nodename
