@@ -60,6 +60,12 @@ def _static_tables(module: Module) -> list[TableState]:
     return tables
 
 
+def memory_export(exports: Any, i: int) -> Any:
+    """Memory ``i`` of an instrumented instance: memory 0 under its own export name when the
+    module exports it so, else as the pass exports every memory (``wasmig:mem<i>``)."""
+    return exports["memory"] if i == 0 and "memory" in exports else exports[f"wasmig:mem{i}"]
+
+
 def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap, *, with_memory: bool = True) -> Snapshot:
     """``instance``: a :class:`wasmig.engines.wasmtime.WasmtimeInstance` of the instrumented module,
     just unwound; ``module``: the original module; ``sitemap``: the pass's site map.
@@ -80,7 +86,7 @@ def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap, *, with_me
         globals_.append(GlobalState(gt.type, gt.mutable, (gt.type, bits)))
     memories = []
     for i, mt in enumerate(ir.all_mems()):
-        mem = ex["memory"] if i == 0 and "memory" in ex else ex[f"wasmig:mem{i}"]
+        mem = memory_export(ex, i)
         size = mem.data_len(store) if with_memory else 0
         data = ctypes.string_at(ctypes.addressof(mem.data_ptr(store).contents), size) if size else b""  # one copy
         memories.append(MemoryState(mt.limits.min, mt.limits.max, data))

@@ -44,7 +44,7 @@ from wasmig.instrument.unwind import (
     instrument,
 )
 from wasmig.module import Module
-from wasmig.snapshot.capture_wasmtime import capture_wasmtime, static_tables
+from wasmig.snapshot.capture_wasmtime import capture_wasmtime, memory_export, static_tables
 from wasmig.snapshot.records import MASKS, frames_from_records, records_from_frames
 from wasmig.snapshot.session import CheckpointExit, CheckpointPolicy, SessionBase
 from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
@@ -225,8 +225,7 @@ class Checkpointable:
 
     # --- memory in place (a live migration's target) ------------------------------------------
     def _memory(self, i: int) -> Any:
-        ex = self.instance.exports
-        return ex["memory"] if i == 0 and "memory" in ex else ex[f"wasmig:mem{i}"]
+        return memory_export(self.instance.exports, i)
 
     def memory_pages(self, i: int) -> int:
         return self._memory(i).size(self.store)
@@ -328,7 +327,6 @@ class Checkpointable:
         module = self.module
         ir = module.ir
         store = self.store
-        ex = self.instance.exports
         if module.sha256 != snap.module_sha256:
             raise SnapshotError(f"the snapshot is of another module (sha256 {snap.module_sha256[:16]}..., "
                                 f"this module is {str(module.sha256)[:16]}...)")
@@ -339,7 +337,7 @@ class Checkpointable:
         if (len(snap.dropped_data), len(snap.dropped_elems)) != (len(ir.datas), len(ir.elems)):
             raise SnapshotError("snapshot does not fit the module: segment counts differ")
         for i, ms in enumerate(snap.memories if not memory_in_place else ()):
-            mem = ex["memory"] if i == 0 and "memory" in ex else ex.get(f"wasmig:mem{i}")
+            mem = self._memory(i)
             pages = len(ms.data) // 65536
             have = mem.size(store)
             limit = mems[i].limits.max if mems[i].limits.max is not None else 65536
