@@ -430,19 +430,11 @@ def storage_stats(path: str | Path) -> dict[str, Any]:
         if embedded:
             stats["stored_bytes"] = sum(len(e) for e in entries if isinstance(e, bytes))
             return stats
-        pages_dir = _pages_dir_for(path)
-        stored = 0
-        for h in distinct:
-            try:
-                stored += os.path.getsize(pages_dir / h[:2] / h)
-            except OSError:
-                pass
-        stats["stored_bytes"] = stored
+        stats["stored_bytes"] = _stored_bytes(_pages_dir_for(path), distinct)
         if in_dir:
             prev = _previous(path)
             if prev is not None:
-                prev_hashes = {e for m in _list_memories(_read_manifest(prev)) for e in m if isinstance(e, str)}
-                stats["pages_shared_with_previous"] = len(distinct & prev_hashes)
+                stats["pages_shared_with_previous"] = len(distinct & _page_hashes(_read_manifest(prev)))
         return stats
 
     return _guarded(path, "read snapshot", compute)
@@ -464,22 +456,31 @@ def checkpoint_chain(path: str | Path) -> list[dict[str, Any]] | None:
         chain = []
         for snap in store.snapshots():
             manifest = _read_manifest(snap)
-            entries = [e for m in _list_memories(manifest) for e in m]
-            hashes = {e for e in entries if isinstance(e, str)}
+            hashes = _page_hashes(manifest)
             new = hashes - seen
-            new_bytes = 0
-            for h in new:
-                if _HASH_RE.fullmatch(h):
-                    with contextlib.suppress(OSError):
-                        new_bytes += os.path.getsize(store.pages_dir / h[:2] / h)
             steps = manifest.get("steps")
             chain.append({"snapshot": snap.name, "steps": steps if isinstance(steps, int) else None,
-                          "pages_total": len(entries), "pages_new": len(new), "new_bytes": new_bytes,
+                          "pages_total": sum(len(m) for m in _list_memories(manifest)), "pages_new": len(new),
+                          "new_bytes": _stored_bytes(store.pages_dir, {h for h in new if _HASH_RE.fullmatch(h)}),
                           "snapshot_bytes": os.path.getsize(snap), "this": snap == path})
             seen |= hashes
         return chain
 
     return _guarded(path, "read snapshot", compute)
+
+
+def _page_hashes(manifest: dict[str, Any]) -> set[str]:
+    """The page-store hashes a manifest names (not its zero or embedded pages)."""
+    return {e for m in _list_memories(manifest) for e in m if isinstance(e, str)}
+
+
+def _stored_bytes(pages_dir: Path, hashes: set[str]) -> int:
+    """What these pages take in the page store (a missing one counts nothing)."""
+    total = 0
+    for h in hashes:
+        with contextlib.suppress(OSError):
+            total += os.path.getsize(pages_dir / h[:2] / h)
+    return total
 
 
 def _list_memories(manifest: dict[str, Any]) -> list[list[Any]]:
@@ -747,8 +748,7 @@ class CheckpointDir:
         may be all that is left of it, so nothing may be collected on a guess."""
         out: dict[Path, set[str]] = {}
         for snap in self.snapshots():
-            memories = _guarded(snap, "read snapshot", lambda p=snap: _list_memories(_read_manifest(p)))
-            hashes = {e for m in memories for e in m if isinstance(e, str)}
+            hashes = _guarded(snap, "read snapshot", lambda p=snap: _page_hashes(_read_manifest(p)))
             if any(not _HASH_RE.fullmatch(h) for h in hashes):
                 raise SnapshotError(f"{snap}: corrupt snapshot: a page entry is not a hash")
             out[snap] = hashes
@@ -766,8 +766,9 @@ class CheckpointDir:
             raise SnapshotError(f"{self.path}: not a checkpoint directory")
         try:
             with self._gc_lock(fcntl.LOCK_EX):
-                referenced = set().union(*self.referenced_pages().values())
-                stats = {"snapshots": len(self.snapshots()), "pages_kept": 0, "pages_removed": 0,
+                refs = self.referenced_pages()
+                referenced = set().union(*refs.values())
+                stats = {"snapshots": len(refs), "pages_kept": 0, "pages_removed": 0,
                          "bytes_removed": 0, "temp_files_removed": 0}
                 subdirs = sorted(p for p in self.pages_dir.iterdir() if p.is_dir()) if self.pages_dir.is_dir() else []
                 for sub in subdirs:
