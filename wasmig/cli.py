@@ -79,14 +79,15 @@ def open_listener(spec: str) -> socket.socket:
     return sock
 
 
-def parse_migrate_to(target: str, token_file: str | None, after: float) -> tuple[str, bytes, float]:
+def address_and_token(address: str, option: str, token_file: str | None, token_option: str) -> bytes:
+    """The token for ``option ADDRESS`` (checked), read from ``token_option``'s file."""
     from wasmig.migrate.protocol import parse_address, read_token
 
     if token_file is None:
-        raise UserError("--migrate-to needs --migrate-token-file")
+        raise UserError(f"{option} needs {token_option}")
     try:
-        parse_address(target, "--migrate-to")
-        return target, read_token(token_file), after
+        parse_address(address, option)
+        return read_token(token_file)
     except WasmError as e:
         raise UserError(str(e)) from None
 
@@ -94,13 +95,10 @@ def parse_migrate_to(target: str, token_file: str | None, after: float) -> tuple
 def register_with_gateway(address: str, token_file: str | None) -> tuple[str, bytes]:
     """(control address, key) of a fresh registration with the gateway at ``address``."""
     from wasmig.migrate.gateway import register
-    from wasmig.migrate.protocol import parse_address, read_token
 
-    if token_file is None:
-        raise UserError("--gateway needs --gateway-token-file")
+    token = address_and_token(address, "--gateway", token_file, "--gateway-token-file")
     try:
-        parse_address(address, "--gateway")
-        return address, register(address, read_token(token_file))
+        return address, register(address, token)
     except WasmError as e:
         raise UserError(str(e)) from None
 
@@ -327,7 +325,8 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only, count_steps, migratable or migrate_to is not None)
         if migrate_to is not None:
-            policy.migrate_to = parse_migrate_to(migrate_to, migrate_token_file, migrate_after)
+            token = address_and_token(migrate_to, "--migrate-to", migrate_token_file, "--migrate-token-file")
+            policy.migrate_to = (migrate_to, token, migrate_after)
         listeners = [open_listener(spec) for spec in listens]
         gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
         module = Module.from_file(program)
