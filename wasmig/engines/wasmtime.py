@@ -525,13 +525,10 @@ class WasmtimeInstance:
                     result.from_address(slots).value = out
                 return 0
             except HostCallInterrupted as e:
-                if inst.interrupt_state is None:
+                if not inst._interrupt():
                     raised.append(e)
                     return ctypes.cast(_ffi.wasmtime_trap_new(_HOST_EXCEPTION, len(_HOST_EXCEPTION)),
                                        ctypes.c_void_p).value
-                inst.interrupt_state.set_value(inst.store, 1)
-                if inst.interrupt_flag is not None:
-                    inst.interrupt_flag.value = 1
                 if result is not None:
                     result.from_address(slots).value = 0
                 return 0
@@ -566,12 +563,9 @@ class WasmtimeInstance:
             try:
                 return fn(*[a & m for a, m in zip(args, masks, strict=True)])
             except HostCallInterrupted as e:
-                if self.interrupt_state is None:
+                if not self._interrupt():
                     raised.append(e)
                     raise
-                self.interrupt_state.set_value(self.store, 1)
-                if self.interrupt_flag is not None:
-                    self.interrupt_flag.value = 1
                 return 0 if results else None
             except BaseException as e:
                 raised.append(e)
@@ -580,6 +574,17 @@ class WasmtimeInstance:
                 if view is not None:
                     view.leave()
         return call
+
+    def _interrupt(self) -> bool:
+        """A host call gave up for a checkpoint: make the instrumented module unwind from its
+        call site (``$state`` = 1, and the poll byte, which the fast variant tests first).
+        False when the module cannot unwind (not instrumented)."""
+        if self.interrupt_state is None:
+            return False
+        self.interrupt_state.set_value(self.store, 1)
+        if self.interrupt_flag is not None:
+            self.interrupt_flag.value = 1
+        return True
 
     def _guard(self, thunk: Callable[[], Any], *, instantiating: bool = False) -> Any:
         """Run wasm: a host function's exception comes out as itself, a trap as wasmig.Trap."""
