@@ -821,12 +821,13 @@ class Wasi:
             raise WasiError(Errno.NOTSOCK if entry.kind != TCP_STREAM else Errno.INVAL)
         if flags & ~C.FDFLAGS_NONBLOCK:
             raise WasiError(Errno.INVAL)
-        if not flags & C.FDFLAGS_NONBLOCK and not entry.fdflags & C.FDFLAGS_NONBLOCK:
+        blocking = not flags & C.FDFLAGS_NONBLOCK and not entry.fdflags & C.FDFLAGS_NONBLOCK
+        if blocking:
             self.waiter.wait_readable(entry.sock.fileno())
         extra: dict[str, Any] = {}
         if entry.gateway is not None:  # a client announced by the gateway: attach a data connection
-            if not self.waiter.wait_readable(entry.sock.fileno(), 0):
-                raise WasiError(Errno.AGAIN)
+            if not blocking and not self.waiter.wait_readable(entry.sock.fileno(), 0):
+                raise WasiError(Errno.AGAIN)  # (a blocking accept has just waited for it)
             try:
                 conn_id = gateway.next_connection(entry.sock, entry.gateway)
                 conn = gateway.attach(entry.gateway, entry.gateway_key or b"", conn_id)
