@@ -112,26 +112,61 @@ def report_trap(trap: Trap) -> None:
 
 
 def wasmtime_available() -> bool:
-    import importlib.util
+    from wasmig.engines import wasmtime_missing
 
-    return importlib.util.find_spec("wasmtime") is not None
+    return wasmtime_missing() is None
+
+
+_fallback_noted = False
+
+
+def note_fallback() -> None:
+    """Say once per process that the default engine fell back to the interpreter, and why: a
+    program that silently runs 50-100x slower looks like a hang."""
+    global _fallback_noted
+    if not _fallback_noted:
+        from wasmig.engines import wasmtime_missing
+
+        _fallback_noted = True
+        click.echo(f"wasmig: note: running on wasmig's interpreter (much slower than compiled code): "
+                   f"{wasmtime_missing()}", err=True)
 
 
 def pick_engine(engine: str | None, *, interp_only: bool) -> str:
     """``--engine``, or by default wasmtime (compiled) when installed and nothing asks for what only
-    the interpreter does; then the interpreter."""
+    the interpreter does; then the interpreter (with a note when only wasmtime's absence chose it)."""
     if engine is None:
-        return "wasmtime" if wasmtime_available() and not interp_only else "interp"
+        if interp_only:
+            return "interp"
+        if wasmtime_available():
+            return "wasmtime"
+        note_fallback()
+        return "interp"
     if engine == "wasmtime":
+        from wasmig.engines import wasmtime_missing
+
         if not wasmtime_available():
-            raise UserError("--engine wasmtime needs the wasmtime package (pip install wasmtime)")
+            raise UserError(f"--engine wasmtime is not available: {wasmtime_missing()}")
         if interp_only:
             raise UserError(INTERP_ONLY)
     return engine
 
 
+def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--version``: wasmig's version and the engines this host can run (the default marked)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib import metadata
+
+    from wasmig.engines import describe_engines
+
+    click.echo(f"wasmig {metadata.version('wasmig')}, Python {sys.version.split()[0]}\nengines:\n{describe_engines()}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="wasmig")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show_version,
+              help="Show the version and the engines available, then exit.")
 def main() -> None:
     """Checkpoint, restore and live-migrate running WebAssembly (WASI) programs."""
 
@@ -263,6 +298,30 @@ def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | N
     return guarded(body, wasi, policy, module_path)
 
 
+def invoke_arguments(module: Any, name: str, args: Sequence[str]) -> list[tuple[str, int]]:
+    """``--invoke NAME ARGS``: the arguments, parsed by the types of NAME's parameters (checked)."""
+    from wasmig.invoke import InvokeError, func_type, parse_args
+
+    try:
+        return parse_args(func_type(module, name), list(args))
+    except InvokeError as e:
+        raise UserError(f"--invoke {name}: {e}") from None
+
+
+def invoke_function(instance: Any, name: str, args: list[tuple[str, int]]) -> int:
+    """``--invoke NAME``: call it, print its results one per line; the exit code (0, or proc_exit's)."""
+    from wasmig.invoke import call, func_type
+    from wasmig.wasi.preview1 import ProcExit
+
+    try:
+        lines = call(instance, name, args, func_type(instance.module, name).results)
+    except ProcExit as e:
+        return e.code
+    for line in lines:
+        click.echo(line)
+    return 0
+
+
 def run_compiled(instance: Any) -> int:
     """``_start`` on the wasmtime engine, without checkpoints (no --checkpoint-dir: the plain module,
     at full speed). Python sees Ctrl-C only when it runs again, i.e. at the guest's next host call,
@@ -280,9 +339,12 @@ def run_compiled(instance: Any) -> int:
     return run_start(instance)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@main.command(context_settings={"allow_interspersed_args": False})
 @click.option("--engine", type=click.Choice(ENGINES), default=None,
               help="Execution engine: wasmtime (compiled; the default when installed) or the interpreter.")
+@click.option("--invoke", default=None, metavar="NAME",
+              help="Call the exported function NAME with ARGS (parsed by its parameter types) instead of "
+                   "_start, and print its results, one per line (as `wasmtime run --invoke`).")
 @click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]",
               help="Preopen a host directory, optionally under another guest name.")
 @click.option("--env", "envs", multiple=True, metavar="NAME[=VALUE]", help="Set (or inherit) an environment variable.")
@@ -304,13 +366,15 @@ def run_compiled(instance: Any) -> int:
 @checkpoint_options
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
+def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
         migratable: bool, gateway_address: str | None, gateway_token_file: str | None, migrate_to: str | None,
         migrate_token_file: str | None, migrate_after: float,
         checkpoint_dir: str | None, checkpoint_at_step: int | None,
         checkpoint_at_instruction: int | None, checkpoint_every: float | None, checkpoint_then: str,
         stable_only: bool, count_steps: bool, program: str, args: tuple[str, ...]) -> None:
-    """Run a WASI program: PROGRAM.wasm [ARGS...]."""
+    """Run a WASI program: PROGRAM.wasm [ARGS...].
+
+    Options go before PROGRAM; everything after it is the program's (its arguments)."""
     from wasmig.module import Module
     from wasmig.wasi.preview1 import Wasi
     from wasmig.wasi.run import instantiate_with_wasi
@@ -324,12 +388,15 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
         engine = pick_engine(engine, interp_only=checkpoint_at_instruction is not None)
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only, count_steps, migratable or migrate_to is not None)
+        if invoke is not None and (policy.active or policy.migratable):
+            raise UserError("--invoke cannot be combined with --checkpoint-dir, --migratable or --migrate-to")
         if migrate_to is not None:
             token = address_and_token(migrate_to, "--migrate-to", migrate_token_file, "--migrate-token-file")
             policy.migrate_to = (migrate_to, token, migrate_after)
         listeners = [open_listener(spec) for spec in listens]
         gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
         module = Module.from_file(program)
+        invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
     except UserError as e:
         for sock in listeners:
             sock.close()
@@ -348,8 +415,9 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
         sys.exit(run_checkpointable(module, wasi, policy, os.path.abspath(program)) & 0xFF)
     try:
         instance = instantiate_with_wasi(module, wasi, engine)
-        if "_start" not in instance.exports:
-            raise LinkError("the module has no `_start` export: it is not a WASI command")
+        if invoke is None and "_start" not in instance.exports:
+            raise LinkError("the module has no `_start` export: it is not a WASI command (to call one of its "
+                            "functions, use --invoke NAME)")
     except (LinkError, Trap, WasmError) as e:
         wasi.close()
         if isinstance(e, Trap):
@@ -358,6 +426,8 @@ def run(engine: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listen
         _fail(f"{program}: {e}")
         return
     instance.wasi = wasi
+    if invoke is not None:
+        sys.exit(guarded(lambda: invoke_function(instance, invoke, invoke_args), wasi, policy, program) & 0xFF)
     code = run_session(instance, wasi, policy, os.path.abspath(program), resume=False)
     sys.exit(code & 0xFF)
 
