@@ -1,146 +1,430 @@
-"""``python -m wasmig.examples.demo [LIMIT]``: compile a C program to wasm32-wasi and run it on
-wasmig's pure-Python interpreter.
+"""``python -m wasmig.examples.demo`` (``make demo``): checkpoint, restore and live-migrate a
+running WebAssembly program between wasmtime and wasmig's interpreter, then prove that nothing
+changed its result.
 
-What it shows, end to end: ``demo.c`` (a prime sieve) is compiled with zig (``wasmig.toolchain``,
-cached under ``.cache/wasm``), decoded and validated (``wasmig.Module``), instantiated on the
-interpreter with wasmig's WASI preview1 (``wasmig.wasi.preview1.Wasi``, linked by
-``wasmig.wasi.run.instantiate_with_wasi``) and run from ``_start``. The program's own output is
-printed as it is produced, followed by a summary line.
+The program is ``pi.c`` (the first 1000 digits of pi, 20 a round, each round printed and appended
+to ``pi.txt``, a file it keeps open for the whole run and reads back at the end), compiled to
+wasm32-wasi with zig (``wasmig.toolchain.compile_c``, cached under ``.cache/wasm``). Everything
+else is the real command line, run as subprocesses (``python -m wasmig ...``) in a temporary
+directory, each command printed before it runs:
 
-If the ``wasmtime`` package is installed, the same module also runs there, as a cross-check of
-the output and to count the executed wasm instructions with wasmtime's fuel meter -- wasmig's
-interpreter deliberately does not count instructions (it counts only function entries and loop
-iterations, its checkpoint clock), so this is how the demo can quote instructions per second.
+1. build the module;
+2. an uninterrupted ``wasmig run``: the reference output and file;
+3. ``wasmig run --engine wasmtime --checkpoint-dir ck --checkpoint-then exit``, checkpointed
+   part-way by ``wasmig checkpoint PID``: the snapshot is written and that process exits;
+4. ``wasmig restore --engine interp`` of that snapshot, which runs a few rounds on the
+   interpreter and is checkpointed again the same way (the second, incremental snapshot);
+5. ``wasmig restore --engine wasmtime`` of the second snapshot, which runs to the end;
+6. a second run, ``wasmig run --migratable`` on wasmtime, live-migrated by ``wasmig migrate PID
+   --to`` to a ``wasmig serve --engine interp`` daemon and from there to a ``wasmig serve
+   --engine wasmtime`` daemon (both on 127.0.0.1, free ports, a mode-600 token file), where it
+   finishes; the daemons map the program's directory, so its open file moves with it;
+7. the proof: the stdout of each interrupted run (its processes' outputs put together) and its
+   ``pi.txt`` are byte for byte those of the uninterrupted run (sha256s printed).
+
+Figures printed on the way: how long each ``wasmig checkpoint`` took (signal to snapshot on
+disk), each snapshot's size (file bytes, new page bytes, memory pages), how long each restore took
+to its first new line of output, and each migration's summary (total time, downtime, bytes sent).
+Exit 0 when everything matched; otherwise 1 with a one-line reason (no traceback), and 130 on
+Ctrl-C. Every wait is bounded, and every process the demo started (daemons and the programs they
+run included) is killed on the way out. It needs the ``wasmtime`` and ``ziglang`` packages (the
+``dev`` extra); after the first build it takes about 20 s.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
 
-import wasmig
-from wasmig.toolchain import ToolchainError, compile_c
-from wasmig.wasi.preview1 import ProcExit, Wasi
-from wasmig.wasi.run import instantiate_with_wasi
-
-DEMO_C = Path(__file__).resolve().with_name("demo.c")
-
-
-class EchoedOutput(io.BytesIO):
-    """The guest's stdout: passed on to ``target`` as it is written, and also kept (``getvalue()``)
-    so that it can be compared with wasmtime's."""
-
-    def __init__(self, target: BinaryIO) -> None:
-        super().__init__()
-        self.target = target
-
-    def write(self, data: Any, /) -> int:
-        self.target.write(data)
-        self.target.flush()
-        return super().write(data)
+PI_C = Path(__file__).resolve().with_name("pi.c")
+DIGITS = 1000  # 50 rounds of 20 digits
+SLEEP_MS = 80  # per round: about 4 s on wasmtime, so that there is a middle to catch
+GUEST_DIR = "/out"
+STEPS = 7
+PROOF_LINE = "identical: every interrupted run printed and wrote exactly what the uninterrupted run did"
 
 
-def wasmtime_reference(path: Path, args: list[str]) -> tuple[int, bytes, int] | None:
-    """(exit code, stdout, fuel consumed) on wasmtime, or None when wasmtime is not installed.
+class DemoError(Exception):
+    """A step failed: the message says which and why."""
 
-    wasmtime's fuel is one unit per executed instruction except ``nop drop block loop end else``
-    (and ``return``/``unreachable``), plus one per function return.
-    """
-    try:
-        import wasmtime
-    except ImportError:
-        return None
-    import tempfile
 
-    cfg = wasmtime.Config()
-    cfg.consume_fuel = True
-    engine = wasmtime.Engine(cfg)
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    store = wasmtime.Store(engine)
-    budget = 10**15
-    store.set_fuel(budget)
-    with tempfile.TemporaryDirectory() as tmp:
-        wasi = wasmtime.WasiConfig()
-        wasi.argv = args
-        wasi.stdout_file = str(Path(tmp) / "stdout")
-        store.set_wasi(wasi)
-        inst = linker.instantiate(store, wasmtime.Module.from_file(engine, str(path)))
-        code = 0
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM."""
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def header(n: int, title: str) -> None:
+    say(f"\n[{n}/{STEPS}] {title}")
+
+
+def figure(label: str, value: str) -> None:
+    say(f"    {label:<12} {value}")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rounds_of(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^round +(\d+)/", text, re.M)]
+
+
+def span(text: str) -> str:
+    r = rounds_of(text)
+    return f"rounds {r[0]}-{r[-1]}" if r else "no rounds"
+
+
+@dataclass
+class Proc:
+    """A ``wasmig`` subprocess started in the work directory, its stdout and stderr in files."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+    started: float = field(default_factory=time.monotonic)
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def last_error(self) -> str:
+        lines = [line for line in self.stderr().splitlines() if line.strip()]
+        return lines[-1] if lines else "(nothing on stderr)"
+
+
+class Demo:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[Proc] = []
+        self.seq = 0
+        env = dict(os.environ)
+        # the control sockets and checkpoint status files of `wasmig run` go in the work directory
+        env["WASMIG_RUNTIME_DIR"] = str(work / "run")
+        # `python -m wasmig` in the work directory finds this very package, installed or not
+        package_root = str(Path(__file__).resolve().parent.parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        self.env = env
+
+    # --- processes ------------------------------------------------------------------------------
+    def start(self, args: list[str], name: str, *, show: bool = True, background: bool = True) -> Proc:
+        if show:
+            say(f"  $ wasmig {shlex.join(args)}{' &' if background else ''}")
+        self.seq += 1
+        out, err = self.work / f"{self.seq:02d}-{name}.out", self.work / f"{self.seq:02d}-{name}.err"
+        with open(out, "wb") as o, open(err, "wb") as e:
+            popen = subprocess.Popen([sys.executable, "-m", "wasmig", *args], cwd=self.work, env=self.env,
+                                     stdin=subprocess.DEVNULL, stdout=o, stderr=e, start_new_session=True)
+        proc = Proc(name, popen, out, err)
+        self.procs.append(proc)
+        return proc
+
+    def finish(self, proc: Proc, timeout: float, what: str) -> int:
         try:
-            inst.exports(store)["_start"](store)
-        except wasmtime.ExitTrap as exc:
-            code = exc.code
-        out = (Path(tmp) / "stdout").read_bytes()
-    return code, out, budget - store.get_fuel()
+            return proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(proc)
+            raise DemoError(f"{what}: still running after {timeout:g} s") from None
+
+    def run(self, args: list[str], name: str, timeout: float, *, show: bool = True) -> tuple[Proc, float]:
+        """Run to the end; (the process, its wall time). A non-zero exit is an error."""
+        proc = self.start(args, name, show=show, background=False)
+        code = self.finish(proc, timeout, f"`wasmig {args[0]}`")
+        took = time.monotonic() - proc.started
+        if code != 0:
+            raise DemoError(f"`wasmig {args[0]}` failed (exit {code}): {proc.last_error()}")
+        return proc, took
+
+    def kill(self, proc: Proc) -> None:
+        """The process and everything in its process group (a daemon's programs)."""
+        if proc.popen.poll() is None:
+            try:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            self.kill(proc)
+
+    def wait_until(self, cond: Callable[[], bool], what: str, timeout: float = 60.0,
+                   watch: Proc | None = None) -> float:
+        """Poll ``cond`` until it holds; its time. Fails when ``watch`` ends first or time is up."""
+        start = time.monotonic()
+        while not cond():
+            if watch is not None and watch.popen.poll() is not None and not cond():
+                raise DemoError(f"{what}: `{watch.name}` ended (exit {watch.popen.returncode}): "
+                                f"{watch.last_error()}")
+            if time.monotonic() - start > timeout:
+                raise DemoError(f"{what}: nothing after {timeout:g} s")
+            time.sleep(0.01)
+        return time.monotonic() - start
+
+    # --- showing the program's output -------------------------------------------------------------
+    @staticmethod
+    def show_output(text: str, *, tail: int = 0) -> None:
+        """The first and last progress lines of ``text`` (and ``tail`` more lines after them)."""
+        lines = text.splitlines()
+        progress = [line for line in lines if line.startswith("round")]
+        rest = lines[len(progress):]
+        shown = progress if len(progress) <= 3 else [progress[0], f"  ... {len(progress) - 2} more rounds ...",
+                                                      progress[-1]]
+        for line in shown + rest[:tail]:
+            say(f"      | {line}")
+
+    # --- snapshots --------------------------------------------------------------------------------
+    def describe_snapshot(self, path: str) -> None:
+        proc, _ = self.run(["inspect", "--json", path], "inspect", 60)
+        try:
+            info = json.loads(proc.stdout())
+            mem = info["memories"][0]
+            this = next(c for c in info["chain"] if c.get("this"))
+            files = [f for f in info["wasi"]["fds"] if f.get("kind") == "file"]
+        except (ValueError, KeyError, IndexError, StopIteration) as e:
+            raise DemoError(f"`wasmig inspect --json {path}`: unexpected output ({e!r})") from None
+        reused = this["pages_total"] - mem["zero_pages"] - this["pages_new"]
+        figure("snapshot", f"{this['snapshot_bytes']:,} B file + {this['new_bytes']:,} B of new pages "
+                           f"({this['pages_new']} new, {max(reused, 0)} shared with the previous snapshot)")
+        figure("memory", f"{mem['size_pages']} pages of 64 KiB ({mem['size_bytes'] / 2**20:.1f} MiB): "
+                         f"{mem['nonzero_pages']} non-zero, the rest zero and not stored")
+        for f in files:
+            figure("open file", f"fd {f['fd']} {f['path']} at offset {f['offset']}")
+
+    def checkpoint(self, proc: Proc, what: str) -> str:
+        """``wasmig checkpoint PID`` of a run started with --checkpoint-then exit; the snapshot."""
+        ck, took = self.run(["checkpoint", str(proc.popen.pid)], "checkpoint", 60)
+        snap = ck.stdout().strip()
+        code = self.finish(proc, 60, what)
+        if code != 0:
+            raise DemoError(f"{what} exited with {code} after the checkpoint: {proc.last_error()}")
+        say(f"    {snap} written; the process then exited (--checkpoint-then exit). It had printed:")
+        self.show_output(proc.stdout())
+        figure("checkpoint", f"{took:.2f} s  (`wasmig checkpoint`: signal, stop, capture, write)")
+        return snap
+
+    # --- the steps --------------------------------------------------------------------------------
+    def build(self) -> Path:
+        from wasmig.toolchain import ToolchainError, compile_c
+
+        header(1, "Build: a C program that computes pi, keeps a file open, prints a line per round")
+        say(f"  compiling {PI_C.name} to wasm32-wasi with zig (cached; a first build on a machine also builds "
+            "wasi-libc, ~30 s)")
+        t0 = time.monotonic()
+        try:
+            wasm = compile_c(PI_C)
+        except ToolchainError as e:
+            raise DemoError(f"cannot build {PI_C.name}: {str(e).splitlines()[0]}") from None
+        shutil.copyfile(wasm, self.work / "pi.wasm")
+        say(f"    pi.wasm: {wasm.stat().st_size:,} bytes ({time.monotonic() - t0:.1f} s; cache: {wasm})")
+        return self.work / "pi.wasm"
+
+    def program(self, out_dir: str) -> list[str]:
+        (self.work / out_dir).mkdir()
+        return ["--dir", f"{out_dir}::{GUEST_DIR}", "pi.wasm", GUEST_DIR, str(DIGITS), str(SLEEP_MS)]
+
+    def reference(self) -> tuple[bytes, bytes]:
+        header(2, "Reference: one uninterrupted run")
+        proc, took = self.run(["run", *self.program("ref")], "reference", 120)
+        self.show_output(proc.stdout(), tail=2)
+        figure("took", f"{took:.1f} s ({DIGITS // 20} rounds, {SLEEP_MS} ms pause each)")
+        return proc.out.read_bytes(), (self.work / "ref" / "pi.txt").read_bytes()
+
+    def checkpoint_restore(self) -> tuple[bytes, bytes]:
+        header(3, "Run on wasmtime, checkpoint it part-way")
+        first = self.start(["run", "--engine", "wasmtime", "--checkpoint-dir", "ck", "--checkpoint-then", "exit",
+                            *self.program("cr")], "run-wasmtime")
+        self.wait_until(lambda: len(rounds_of(first.stdout())) >= 8, "the program on wasmtime", watch=first)
+        snap1 = self.checkpoint(first, "the run on wasmtime")
+        self.describe_snapshot(snap1)
+
+        header(4, "Restore it on the interpreter, let it run, checkpoint it again")
+        second = self.start(["restore", "--engine", "interp", "--checkpoint-dir", "ck", "--checkpoint-then", "exit",
+                             snap1], "restore-interp")
+        took = self.wait_until(lambda: rounds_of(second.stdout()) != [], "the restore on the interpreter",
+                               watch=second)
+        self.wait_until(lambda: len(rounds_of(second.stdout())) >= 5, "the program on the interpreter",
+                        watch=second)
+        snap2 = self.checkpoint(second, "the run on the interpreter")
+        figure("restore", f"{took:.2f} s  (from `wasmig restore` to the program's first new line)")
+        self.describe_snapshot(snap2)
+
+        header(5, "Restore that on wasmtime and run it to the end")
+        third = self.start(["restore", "--engine", "wasmtime", snap2], "restore-wasmtime", background=False)
+        took = self.wait_until(lambda: rounds_of(third.stdout()) != [], "the restore on wasmtime", watch=third)
+        code = self.finish(third, 120, "the restored run on wasmtime")
+        if code != 0:
+            raise DemoError(f"the restored run on wasmtime exited with {code}: {third.last_error()}")
+        self.show_output(third.stdout(), tail=2)
+        figure("restore", f"{took:.2f} s  (from `wasmig restore` to the program's first new line)")
+        out = first.out.read_bytes() + second.out.read_bytes() + third.out.read_bytes()
+        say(f"    3 processes on 2 engines: wasmtime {span(first.stdout())}, interpreter {span(second.stdout())}, "
+            f"wasmtime {span(third.stdout())}")
+        return out, (self.work / "cr" / "pi.txt").read_bytes()
+
+    def serve_dir_option(self, host_dir: str) -> list[str]:
+        """``--dir`` for `wasmig serve` mapping GUEST_DIR to ``host_dir``, in the syntax its --help shows."""
+        proc, _ = self.run(["serve", "--help"], "serve-help", 60, show=False)
+        m = re.search(r"--dir\s+(\S+)", proc.stdout())
+        metavar = m.group(1) if m else ""
+        if "::" in metavar:
+            return ["--dir", f"{host_dir}::{GUEST_DIR}"]
+        if "=" in metavar:
+            return ["--dir", f"{GUEST_DIR}={host_dir}"]
+        raise DemoError(f"cannot tell the syntax of `wasmig serve --dir` from its --help (metavar {metavar!r})")
+
+    def daemon(self, name: str, engine: str, dir_option: list[str]) -> tuple[Proc, str]:
+        for _attempt in range(3):  # a free port can be taken before the daemon binds it
+            address = f"127.0.0.1:{free_port()}"
+            proc = self.start(["serve", "--listen", address, "--token-file", "token", "--engine", engine,
+                               "--state-dir", f"state-{name}", *dir_option], f"serve-{name}")
+            try:
+                self.wait_until(lambda p=proc: "listening on" in p.stderr(), f"daemon {name}", 60, watch=proc)
+                return proc, address
+            except DemoError:
+                if proc.popen.poll() is None or "address" not in proc.stderr().lower():
+                    raise
+        raise DemoError(f"daemon {name}: could not bind a free port on 127.0.0.1")
+
+    def migrate(self, pid: int, address: str) -> None:
+        proc, _ = self.run(["migrate", str(pid), "--to", address, "--token-file", "token", "--quiet"], "migrate", 120)
+        summary = proc.stdout().strip().splitlines()[-1] if proc.stdout().strip() else ""
+        say(f"    {summary}")
+        m = re.search(r"in ([\d.]+) s: downtime ([\d.]+) ms, ([\d.]+) MB sent, (\d+) rounds?, (\d+) pages? sent",
+                      summary)
+        if not m:
+            raise DemoError(f"`wasmig migrate` printed no summary line: {summary!r}")
+        total, downtime, mb, rounds, pages = m.groups()
+        figure("migration", f"{float(total):.2f} s in all, {rounds} pre-copy rounds; program stopped for {downtime} ms")
+        figure("sent", f"{mb} MB ({pages} pages, zstd)")
+
+    @staticmethod
+    def running_pid(daemon: Proc) -> int | None:
+        m = re.search(r"committed: running as pid (\d+)", daemon.stderr())
+        return int(m.group(1)) if m else None
+
+    def live_migration(self) -> tuple[bytes, bytes]:
+        header(6, "Live-migrate a second run: wasmtime -> daemon A (interpreter) -> daemon B (wasmtime)")
+        token = self.work / "token"
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(24).hex())
+        say("  token: 48 random hex digits in ./token, mode 600 (the daemons' shared secret)")
+        program = self.program("live")
+        dir_option = self.serve_dir_option("live")  # shared storage: both daemons map /out to ./live
+        a, a_address = self.daemon("A", "interp", dir_option)
+        b, b_address = self.daemon("B", "wasmtime", dir_option)
+        source = self.start(["run", "--migratable", "--engine", "wasmtime", *program], "run-migratable")
+        self.wait_until(lambda: len(rounds_of(source.stdout())) >= 6, "the program on wasmtime", watch=source)
+        self.migrate(source.popen.pid, a_address)
+        code = self.finish(source, 60, "the source run")
+        if code != 0:
+            raise DemoError(f"the source run exited with {code} after migrating: {source.last_error()}")
+        self.show_output(source.stdout())
+        pid = self.running_pid(a)
+        if pid is None:
+            raise DemoError(f"daemon A logged no committed migration: {a.last_error()}")
+        say(f"    the source process exited; daemon A runs the program as pid {pid}, on the interpreter")
+        self.wait_until(lambda: len(rounds_of(a.stdout())) >= 4, "the program on daemon A", watch=a)
+        self.migrate(pid, b_address)
+        self.show_output(a.stdout())
+        self.wait_until(lambda: "program exited with code" in b.stderr(), "the program on daemon B", 120, watch=b)
+        if "program exited with code 0" not in b.stderr():
+            raise DemoError(f"the program failed on daemon B: {b.last_error()}")
+        say(f"    daemon B ran it on wasmtime as pid {self.running_pid(b)} to the end:")
+        self.show_output(b.stdout(), tail=2)
+        say(f"    3 processes on 2 engines: wasmtime {span(source.stdout())}, daemon A {span(a.stdout())}, "
+            f"daemon B {span(b.stdout())}")
+        return source.out.read_bytes() + a.out.read_bytes() + b.out.read_bytes(), \
+            (self.work / "live" / "pi.txt").read_bytes()
+
+    def prove(self, ref: tuple[bytes, bytes], runs: dict[str, tuple[bytes, bytes]]) -> bool:
+        header(7, "Proof: the interrupted runs against the uninterrupted one")
+        ok = True
+        for i, what in enumerate(("stdout", "pi.txt")):
+            say(f"  {what}:")
+            say(f"    {'uninterrupted':<20} {len(ref[i]):>5} B  sha256 {sha256(ref[i])}")
+            for name, data in runs.items():
+                same = data[i] == ref[i]
+                ok &= same
+                say(f"    {name:<20} {len(data[i]):>5} B  sha256 {sha256(data[i])}  "
+                    f"{'identical' if same else 'DIFFERENT'}")
+        return ok
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m wasmig.examples.demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("limit", nargs="?", default="10000", help="find the primes below this (default 10000)")
-    ap.add_argument("--no-reference", action="store_true", help="do not cross-check with wasmtime")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (its path is printed)")
     opts = ap.parse_args(argv)
 
-    print(f"compiling {DEMO_C.name} to wasm32-wasi with zig (cached; a first build on a machine also builds "
-          "wasi-libc, ~30 s) ...", flush=True)
-    t0 = time.perf_counter()
+    def interrupted(signum: int, _frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    t_start = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="wasmig-demo-"))
+    demo = Demo(work)
     try:
-        wasm = compile_c(DEMO_C)
-    except ToolchainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say("wasmig demo: checkpoint, restore and live-migrate a running WebAssembly program between wasmtime "
+            "and wasmig's interpreter")
+        say(f"(commands run in {work}; `wasmig` is `{Path(sys.executable).name} -m wasmig`)")
+        for package in ("wasmtime", "ziglang"):
+            if importlib.util.find_spec(package) is None:
+                raise DemoError(f"this demo needs the '{package}' package: pip install -e '.[dev]' (or `make demo`)")
+        demo.build()
+        ref = demo.reference()
+        runs = {"checkpoint/restore": demo.checkpoint_restore(), "live migration": demo.live_migration()}
+        if not demo.prove(ref, runs):
+            say("\nDIFFERENT: an interrupted run's output or file is not the uninterrupted run's")
+            return 1
+        say(f"\n{PROOF_LINE} ({time.monotonic() - t_start:.1f} s in all)")
+        return 0
+    except DemoError as e:
+        print(f"\ndemo failed: {e}", file=sys.stderr, flush=True)
         return 1
-    t_compile = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    module = wasmig.Module.from_file(wasm)
-    t_load = time.perf_counter() - t0
-    print(f"  {wasm} ({wasm.stat().st_size:,} bytes, {len(module.ir.funcs)} functions): "
-          f"compile/cache {t_compile:.2f} s, decode+validate {t_load:.2f} s")
-
-    args = ["demo", str(opts.limit)]
-    # stdout is echoed live and kept for the wasmtime cross-check; stderr passes straight through to
-    # this process's fd 2 (os.write), so Python's own buffered streams are flushed first.
-    stdout = EchoedOutput(sys.stdout.buffer)
-    wasi = Wasi(args, {}, stdout=stdout, stderr=None)
-    print(f"running `{' '.join(args)}` on wasmig's interpreter:\n", flush=True)
-    sys.stderr.flush()
-    try:
-        inst = instantiate_with_wasi(module, wasi, engine="interp")
-        t0 = time.perf_counter()
-        code = 0
-        try:
-            inst.invoke("_start")  # what run_command does; done here to keep the instance's counters
-        except ProcExit as exc:
-            code = exc.code
-        wall = time.perf_counter() - t0
+    except (KeyboardInterrupt, Interrupted):
+        print("\ndemo interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a demo ends with one line, not a traceback
+        print(f"\ndemo failed: unexpected {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
     finally:
-        wasi.close()
-    out = stdout.getvalue()
-
-    machine: Any = getattr(inst, "machine", None)
-    steps = getattr(machine, "steps", None)
-    calls = sum(wasi.calls.values())
-    summary = f"\nresult: exit code {code}, {wall:.2f} s wall"
-    if steps is not None:
-        summary += f", {steps:,} steps (function entries + loop iterations)"
-    summary += f", {calls} WASI calls"
-    print(summary)
-
-    if not opts.no_reference:
-        ref = wasmtime_reference(wasm, args)
-        if ref is None:
-            print("(install the 'wasmtime' package to cross-check the output and count instructions)")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        demo.cleanup()
+        if opts.keep:
+            print(f"(work directory kept: {work})", file=sys.stderr)
         else:
-            ref_code, ref_out, fuel = ref
-            same = ref_code == code and ref_out == out
-            print(f"wasmtime: {'identical output and exit code' if same else 'DIFFERENT RESULT'}; "
-                  f"~{fuel:,} wasm instructions (wasmtime fuel) = {fuel / wall / 1e6:.2f} M instr/s on wasmig")
-            if not same:
-                return 1
-    return code
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
