@@ -12,7 +12,6 @@ import importlib.util
 import platform
 import sys
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 
 #: Every engine wasmig has, in the order of preference for a default.
@@ -46,6 +45,8 @@ def available_engines() -> list[str]:
 
 def describe_engines() -> str:
     """One line per engine for ``wasmig --version``: its version, whether it runs here, which is the default."""
+    from importlib import metadata  # 20 ms to import: only --version needs it
+
     default = available_engines()[0]
     lines = []
     for name in ENGINES:
