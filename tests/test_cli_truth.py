@@ -117,3 +117,19 @@ def test_invoke_refuses_what_it_cannot_call_in_one_line(tmp_path: Path, args: li
     module = wat(tmp_path, FUNCS)
     err = one_line_error(wasmig("run", "--engine", "interp", *(a.format(m=module, tmp=tmp_path) for a in args)))
     assert needle in err, err
+
+
+# --- 2. one --dir syntax: HOST::GUEST on run, restore and serve -------------------------------------
+def test_serve_takes_dir_as_host_then_guest(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t" * 32)
+    token.chmod(0o600)
+    serve = ["serve", "--listen", "127.0.0.1:1", "--token-file", token]
+    err = one_line_error(wasmig(*serve, "--dir", f"/data={tmp_path}"))
+    assert f"--dir takes HOST::GUEST (host directory first); write --dir {tmp_path}::/data" in err, err
+    err = one_line_error(wasmig(*serve, "--dir", f"{tmp_path / 'missing'}::/data"))
+    assert "not a directory" in err and "missing" in err, err
+    assert "HOST::GUEST" in wasmig("serve", "--help").stdout
+    # run (and restore) say the same about the old form
+    err = one_line_error(wasmig("run", "--dir", f"/data={tmp_path}", tmp_path / "x.wasm"))
+    assert f"write --dir {tmp_path}::/data" in err, err

@@ -291,7 +291,7 @@ def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, token:
         assert_ran_exactly_once(reference, out)
     for f in src_dir.iterdir():
         f.unlink()
-    daemon_dirs = ["--dir", f"/d={src_dir}"]
+    daemon_dirs = ["--dir", f"{src_dir}::/d"]
     with daemon(tmp_path, "mapped", "wasmtime", token, extra=daemon_dirs) as mapped:
         out = tmp_path / "second.out"
         proc = start("interp", out)

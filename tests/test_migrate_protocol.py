@@ -117,7 +117,9 @@ def test_an_unknown_protocol_version_is_refused() -> None:
 @pytest.mark.parametrize("args, message", [
     (["serve", "--listen", "nowhere", "--token-file", "{token}"], "bad --listen"),
     (["serve", "--listen", "127.0.0.1:1", "--token-file", "{tmp}/none"], "token file"),
-    (["serve", "--listen", "127.0.0.1:1", "--token-file", "{token}", "--dir", "x"], "expected GUEST=HOST"),
+    (["serve", "--listen", "127.0.0.1:1", "--token-file", "{token}", "--dir", "{tmp}/none"], "not a directory"),
+    (["serve", "--listen", "127.0.0.1:1", "--token-file", "{token}", "--dir", "/d={tmp}"],
+     "--dir takes HOST::GUEST (host directory first); write --dir {tmp}::/d"),
     (["migrate", "999999", "--to", "127.0.0.1:1", "--token-file", "{token}"], "not a migratable wasmig run"),
     (["migrate", "1", "--to", "nohost", "--token-file", "{token}"], "bad --to"),
     (["gateway", "--listen", "127.0.0.1:0", "--control", "bad", "--token-file", "{token}"], "bad"),
@@ -130,7 +132,7 @@ def test_the_command_line_refuses_bad_arguments_in_one_line(tmp_path: Path, args
     argv = [a.format(token=token, tmp=tmp_path) for a in args]
     done = subprocess.run([sys.executable, "-m", "wasmig", *argv], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done
-    assert message in done.stderr and "Traceback" not in done.stderr
+    assert message.format(tmp=tmp_path) in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
 
 

@@ -40,7 +40,13 @@ def _about(path: str, e: Exception) -> str:
 
 
 def parse_dir(spec: str) -> tuple[str, str]:
-    """``HOST[::GUEST]`` -> (host, guest); the guest name defaults to HOST as written."""
+    """``HOST[::GUEST]`` -> (host, guest); the guest name defaults to HOST as written. The same
+    syntax on every command (``run``, ``restore``, ``serve``)."""
+    if "::" not in spec and "=" in spec and not os.path.isdir(spec):
+        guest, _, host = spec.partition("=")
+        if guest and host:  # `serve --dir GUEST=HOST`, the old form
+            raise UserError(f"bad --dir {spec!r}: --dir takes HOST::GUEST (host directory first); "
+                            f"write --dir {host}::{guest}")
     host, sep, guest = spec.partition("::")
     if not host or (sep and not guest):
         raise UserError(f"bad --dir {spec!r}: expected HOST or HOST::GUEST")
@@ -588,8 +594,8 @@ def diff(a: str, b: str) -> None:
 @click.option("--listen", required=True, metavar="HOST:PORT", help="Where to accept migrations.")
 @click.option("--token-file", required=True, type=click.Path(dir_okay=False),
               help="The shared secret (at least 16 bytes, mode 600) sources must prove they hold.")
-@click.option("--dir", "dirs", multiple=True, metavar="GUEST=HOST",
-              help="Map a migrated program's preopened guest directory to a host directory here.")
+@click.option("--dir", "dirs", multiple=True, metavar="HOST::GUEST",
+              help="Map a migrated program's preopened guest directory GUEST to host directory HOST here.")
 @click.option("--engine", type=click.Choice(ENGINES), default=None,
               help="The engine migrated programs run on here (default: wasmtime when installed).")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
@@ -607,14 +613,7 @@ def serve(listen: str, token_file: str, dirs: tuple[str, ...], engine: str | Non
     try:
         token = read_token(token_file)
         host, port = parse_address(listen, "--listen")
-        mapping: dict[str, str] = {}
-        for d in dirs:
-            guest, sep, host_dir = d.partition("=")
-            if not sep or not guest or not host_dir:
-                raise UserError(f"bad --dir {d!r}: expected GUEST=HOST")
-            if not os.path.isdir(host_dir):
-                raise UserError(f"--dir {host_dir!r}: not a directory")
-            mapping[guest] = host_dir
+        mapping = {guest: host_dir for host_dir, guest in map(parse_dir, dirs)}
         engine = pick_engine(engine, interp_only=False)
         state = Path(state_dir) if state_dir else Path.home() / ".cache" / "wasmig" / "serve"
         sock = open_listener(f"{host}:{port}")

@@ -359,7 +359,7 @@ class _Target:
         for fd in snap.wasi.fds:
             if fd.preopen is not None and fd.preopen not in self.dirs:
                 raise MigrationError(f"the program has directory {fd.preopen!r} preopened, which this daemon does "
-                                     f"not map (start it with --dir {fd.preopen}=HOST-DIRECTORY)")
+                                     f"not map (start it with --dir HOST-DIRECTORY::{fd.preopen})")
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
         return landing.prepare(module, snap, self.dirs)
 
