@@ -3,9 +3,19 @@
 The embedding API::
 
     m = wasmig.Module.from_file("prog.wasm")
-    inst = wasmig.Instance(m, imports={"env": {"f": wasmig.HostFunc(["i32"], ["i32"], fn)}})
+    imports = {"env": {"f": wasmig.HostFunc(["i32"], ["i32"], fn)}}
+    inst = wasmig.Instance(m, imports)                    # wasmig's interpreter
     inst.exports["add"](1, 2)
+    fast = wasmig.Instance(m, imports, engine="wasmtime")  # the same API, compiled by wasmtime
+
+``wasmig.restore`` continues a snapshot (see README.md's "Using it from Python").
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from wasmig.errors import DecodeError, Exhaustion, LinkError, Trap, UnsupportedFeature, ValidationError, WasmError
 from wasmig.instance import Instance
@@ -13,12 +23,40 @@ from wasmig.interp.machine import Suspended
 from wasmig.interp.store import Global, HostFunc, Memory, Table, Val
 from wasmig.module import Module
 
+if TYPE_CHECKING:
+    from wasmig.snapshot.state import Snapshot
+    from wasmig.snapshot.wasmtime_session import Checkpointable
 
-def restore(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """Re-create an instance from a snapshot; see :func:`wasmig.snapshot.api.restore`."""
+
+def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
+            imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
+            on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
+            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance | Checkpointable:
+    """Re-create a program from a snapshot — a ``Snapshot`` (``Instance.checkpoint()``'s), a
+    snapshot file or a checkpoint directory (its latest snapshot) — and return it ready to
+    continue with ``.resume()``.
+
+    - ``engine="interp"``: an :class:`Instance` on the interpreter, suspended where the snapshot
+      was taken; ``resume()`` returns what the interrupted export returns.
+    - ``engine="wasmtime"`` (WASI programs only): a
+      :class:`~wasmig.snapshot.wasmtime_session.Checkpointable`, the instrumented module on
+      wasmtime with the snapshot loaded; ``resume()`` runs on (a nonzero exit raises
+      ``wasmig.wasi.preview1.ProcExit``), ``request()``/``arm(step)`` stop it again and
+      ``capture()`` takes the next snapshot. ``count_steps`` selects the deterministic variant of
+      the instrumented module, which keeps the step count (the snapshot must have one).
+
+    ``module``: the :class:`Module` or its path; by default the copy kept beside the snapshots (a
+    ``Snapshot`` object needs it given). A WASI program gets its WASI state back: files re-opened
+    (``on_file_change``: ``"fail"``, ``"warn"`` or ``"ignore"`` when one changed since),
+    ``dirs`` re-mapping guest preopen names to host directories, ``stdin``/``stdout``/``stderr``
+    instead of the process's. Any other module needs its ``imports``, as for :class:`Instance`.
+    Raises ``SnapshotError`` for a snapshot that does not fit the module, ``ValueError`` for an
+    unknown engine. (Implemented by :func:`wasmig.snapshot.api.restore`, imported on first use.)
+    """
     from wasmig.snapshot.api import restore as _restore
 
-    return _restore(*args, **kwargs)
+    return _restore(state_or_path, engine, module=module, imports=imports, dirs=dirs, on_file_change=on_file_change,
+                    stdin=stdin, stdout=stdout, stderr=stderr, count_steps=count_steps)
 
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -10,7 +11,25 @@ from wasmig.interp.machine import Machine
 from wasmig.interp.store import FuncInst, ModuleInstance, to_bits, to_internal, to_python
 from wasmig.module import Module
 
-ENGINES = ("interp",)
+#: The engines ``Instance`` and ``wasmig.restore`` know; :func:`available_engines` says which can run here.
+ENGINES = ("interp", "wasmtime")
+
+
+def available_engines() -> list[str]:
+    """The engines usable in this Python: ``interp`` always, ``wasmtime`` when its package is installed."""
+    return [e for e in ENGINES if e == "interp" or importlib.util.find_spec(e) is not None]
+
+
+def check_engine(engine: str) -> None:
+    """A ValueError unless ``engine`` can run here, listing those that can (and saying so when
+    it is wasmtime whose package is missing)."""
+    available = available_engines()
+    if engine in available:
+        return
+    if engine in ENGINES:
+        raise ValueError(f"engine {engine!r} needs the {engine} Python package, which is not installed "
+                         f"(pip install {engine}); available: {', '.join(available)}")
+    raise ValueError(f"unknown engine {engine!r} (available: {', '.join(available)})")
 
 
 class Exports(Mapping[str, Any]):
@@ -34,12 +53,31 @@ class Instance:
 
     ``imports`` maps module name -> field name -> extern (``HostFunc``, ``Global``, ``Memory``,
     ``Table``, or any extern exported by another instance).
+
+    ``engine="interp"`` (the default) is wasmig's interpreter, with everything below.
+    ``engine="wasmtime"`` gives a :class:`wasmig.engines.wasmtime_api.WasmtimeApiInstance` (a
+    subclass): the module compiled by wasmtime with the same ``exports``/``invoke`` conventions,
+    host functions and immutable globals as imports, traps as :class:`wasmig.Trap`; ``stop_at``,
+    ``checkpoint`` and ``resume`` are the interpreter's and raise ``NotImplementedError`` there
+    (checkpointing on wasmtime: ``wasmig.restore(..., engine="wasmtime")`` and
+    :class:`wasmig.snapshot.wasmtime_session.Checkpointable`, for WASI programs). Another engine,
+    or wasmtime without its package, is a ``ValueError`` naming the available ones.
     """
+
+    def __new__(cls, module: Module, imports: Mapping[str, Mapping[str, Any]] | None = None,
+                engine: str = "interp", **options: Any) -> Instance:
+        if cls is Instance and engine != "interp":
+            check_engine(engine)
+            from wasmig.engines.wasmtime_api import WasmtimeApiInstance
+
+            return object.__new__(WasmtimeApiInstance)  # Python then calls its __init__
+        return object.__new__(cls)
 
     def __init__(self, module: Module, imports: Mapping[str, Mapping[str, Any]] | None = None,
                  engine: str = "interp", *, max_frames: int | None = None, initialize: bool = True) -> None:
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
+        if engine != "interp":
+            check_engine(engine)
+            raise ValueError(f"{type(self).__name__} is the interpreter's; use wasmig.Instance for {engine!r}")
         self.module = module
         self.engine = engine
         self.machine = Machine() if max_frames is None else Machine(max_frames)

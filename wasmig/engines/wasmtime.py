@@ -460,9 +460,13 @@ class WasmtimeInstance:
     engine = "wasmtime"
 
     def __init__(self, module: Module, wasi: Wasi | None = None, *, cache_dir: Path | None = None,
-                 use_cache: bool = True, fast_host_calls: bool | None = None, code: bytes | None = None) -> None:
+                 use_cache: bool = True, fast_host_calls: bool | None = None, code: bytes | None = None,
+                 host_imports: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         """``code``: the bytes to run instead of ``module``'s own — the instrumented module, which
-        has the same imports and function indices (traps then name the original's functions)."""
+        has the same imports and function indices (traps then name the original's functions).
+        ``host_imports``: wasmig externs (``HostFunc``, immutable ``Global``) by module and field,
+        for imports ``wasi`` does not serve (``wasmig.Instance(..., engine="wasmtime")``, see
+        :mod:`wasmig.engines.wasmtime_api`)."""
         self.module = module
         self.wasi = wasi
         self._code = _Code(module, code)
@@ -473,7 +477,12 @@ class WasmtimeInstance:
         self.interrupt_state: wasmtime.Global | None = None
         #: and this byte (the poll byte) to 1: the fast variant's post-call checks test it first
         self.interrupt_flag: ctypes.c_uint8 | None = None
-        imports = check_wasi_imports(module.ir)
+        ir = module.ir
+        if host_imports:  # the embedding API's imports; the module's others must be WASI's
+            from wasmig.engines.wasmtime_api import without_provided
+
+            ir = without_provided(ir, host_imports)
+        imports = check_wasi_imports(ir)
         if imports and wasi is None:
             raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")
         data = code if code is not None else module.data
@@ -497,6 +506,10 @@ class WasmtimeInstance:
                 else:
                     linker.define_func(WASI_MODULE, imp.name, ty,
                                        self._host_func(host[imp.name], ft.params, ft.results))
+        if host_imports:
+            from wasmig.engines.wasmtime_api import define_host_imports
+
+            define_host_imports(self, linker, host_imports)
         self._instance = self._guard(lambda: linker.instantiate(self.store, compiled), instantiating=True)
         self.exports = Exports(dict(self._instance.exports(self.store).items()))
         memory = self.exports.get("memory")

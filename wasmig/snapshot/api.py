@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from wasmig.instance import Instance
+from wasmig.instance import Instance, check_engine
 from wasmig.module import Module
 from wasmig.snapshot.capture import restore as restore_instance
 from wasmig.snapshot.state import Snapshot, SnapshotError
+
+if TYPE_CHECKING:
+    from wasmig.snapshot.wasmtime_session import Checkpointable
 
 
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
-            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance:
+            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance | Checkpointable:
     """Re-create an instance from a snapshot (a :class:`Snapshot`, a snapshot file or a checkpoint
     directory). Continue it with ``instance.resume()``.
 
@@ -31,6 +34,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     """
     from wasmig.snapshot.session import find_module_for
 
+    check_engine(engine)
     if isinstance(state_or_path, Snapshot):
         snap, where = state_or_path, None
     else:
@@ -66,7 +70,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         except BaseException:
             wasi.close()
             raise
-        return runner  # type: ignore[return-value]
+        return runner
     try:
         instance = restore_instance(mod, snap, imports, engine)
     except BaseException:

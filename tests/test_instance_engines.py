@@ -1,0 +1,166 @@
+"""``wasmig.Instance(..., engine="wasmtime")`` and ``wasmig.restore``'s signature: the embedding
+API on wasmtime gives what the interpreter gives for the same calls — export callables with the
+same value conventions, ``invoke(raw=True)`` bits, memory and global views, host functions and
+immutable globals as imports (and functions exported by an instance of the other engine), traps
+as ``wasmig.Trap`` with the same reason and backtrace, host exceptions as themselves, the same
+``LinkError`` messages — and says clearly what it does not do (checkpointing, shared memories,
+unknown or uninstalled engines)."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+import wasmig
+from tests.wat import wat_module
+from wasmig.snapshot import api
+
+pytest.importorskip("wasmtime")
+
+WAT = """
+(module
+  (import "env" "log" (func $log (param i32)))
+  (import "env" "scale" (global $scale i32))
+  (import "env" "twice" (func $twice (param f64) (result f64)))
+  (memory (export "memory") 1)
+  (global (export "g") (mut i64) (i64.const -5))
+  (data (i32.const 0) "hello")
+  (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+  (func (export "f32") (param f32) (result f32) local.get 0)
+  (func (export "pair") (result i32 i64) i32.const -1 i64.const 7)
+  (func (export "say") (param i32) (call $log (i32.mul (local.get 0) (global.get $scale))))
+  (func (export "twice") (param f64) (result f64) (call $twice (local.get 0)))
+  (func $inner (param i32) (result i32) (i32.div_s (i32.const 1) (local.get 0)))
+  (func (export "div") (param i32) (result i32) (call $inner (local.get 0))))
+"""
+
+
+@pytest.fixture(scope="module")
+def module() -> wasmig.Module:
+    return wat_module(WAT)
+
+
+def imports(log: list[int]) -> dict[str, dict[str, object]]:
+    return {"env": {"log": wasmig.HostFunc(["i32"], [], log.append), "scale": wasmig.Global("i32", 3),
+                    "twice": wasmig.HostFunc(["f64"], ["f64"], lambda x: 2 * x)}}
+
+
+def observe(inst: wasmig.Instance, log: list[int]) -> list[object]:
+    """Everything the API shows for a run of the module, comparable across engines."""
+    out: list[object] = [
+        inst.exports["add"](2, 3), inst.exports["add"](2**31 - 1, 1), inst.invoke("add", -1, 0, raw=True),
+        inst.invoke("f32", 1.5), inst.invoke("f32", wasmig.Val("f32", 0x7FC00123), raw=True),
+        inst.invoke("pair"), inst.invoke("pair", raw=True), inst.exports["twice"](1.25),
+        inst.exports["memory"].read(0, 5), inst.exports["memory"].size_pages,
+        inst.exports["g"].value, inst.exports["g"].raw, sorted(inst.exports),
+    ]
+    inst.exports["say"](-7)
+    out.append(list(log))
+    inst.exports["g"].value = 9
+    inst.exports["memory"].write(1, b"ELL")
+    out += [inst.exports["g"].value, inst.exports["memory"].read(0, 5), inst.exports["memory"].grow(1),
+            inst.exports["memory"].size_pages]
+    with pytest.raises(wasmig.Trap) as trap:
+        inst.invoke("div", 0)
+    out.append((trap.value.reason, trap.value.backtrace))
+    for bad in (lambda: inst.exports["memory"].read(2 * 65536 - 2, 4), lambda: inst.invoke("nope"),
+                lambda: inst.invoke("add", 1)):
+        with pytest.raises((IndexError, KeyError, TypeError)) as info:
+            bad()
+        out.append(type(info.value).__name__)
+    return out
+
+
+def test_wasmtime_instance_matches_the_interpreter(module: wasmig.Module) -> None:
+    seen = {}
+    for engine in ("interp", "wasmtime"):
+        log: list[int] = []
+        inst = wasmig.Instance(module, imports(log), engine=engine)
+        assert isinstance(inst, wasmig.Instance) and inst.engine == engine
+        seen[engine] = observe(inst, log)
+    assert seen["wasmtime"] == seen["interp"]
+    assert seen["interp"][:3] == [5, -(2**31), [("i32", 0xFFFFFFFF)]]
+    assert seen["interp"][13] == [-21]
+
+
+def test_functions_cross_engines(module: wasmig.Module) -> None:
+    """An export of an instance on one engine is an import of an instance on the other."""
+    for first, second in (("interp", "wasmtime"), ("wasmtime", "interp")):
+        env = imports([])["env"]
+        a = wasmig.Instance(module, {"env": {**env, "twice": wasmig.HostFunc(["f64"], ["f64"], lambda x: x + 0.5)}},
+                            engine=first)
+        b = wasmig.Instance(module, {"env": {**env, "twice": a.exports["twice"]}}, engine=second)
+        assert b.exports["twice"](3.0) == 3.5  # b's import is a's export, which calls a's host function
+
+
+def test_host_exceptions_come_out_as_themselves(module: wasmig.Module) -> None:
+    class Boom(Exception):
+        pass
+
+    def fail(x: float) -> float:
+        raise Boom(x)
+
+    inst = wasmig.Instance(module, {"env": {**imports([])["env"], "twice": wasmig.HostFunc(["f64"], ["f64"], fail)}},
+                           engine="wasmtime")
+    with pytest.raises(Boom):
+        inst.exports["twice"](1.0)
+    assert inst.exports["add"](1, 1) == 2  # and the instance goes on
+
+
+def link_error(module: wasmig.Module, engine: str, imports: dict) -> str:
+    with pytest.raises(wasmig.LinkError) as info:
+        wasmig.Instance(module, imports, engine=engine)
+    return str(info.value)
+
+
+def test_link_errors_are_the_interpreters(module: wasmig.Module) -> None:
+    env = imports([])["env"]
+    for bad in ({}, {"env": {**env, "scale": wasmig.Global("i32", 3, mutable=True)}},
+                {"env": {**env, "log": wasmig.HostFunc(["i64"], [], print)}}, {"env": {**env, "log": 5}}):
+        assert link_error(module, "wasmtime", bad) == link_error(module, "interp", bad)
+
+
+def test_shared_memories_and_mutable_globals_are_refused_clearly() -> None:
+    memory = wat_module('(module (import "env" "m" (memory 1)))')
+    glob = wat_module('(module (import "env" "g" (global (mut i32))))')
+    assert "a memory cannot be shared" in link_error(memory, "wasmtime", {"env": {"m": wasmig.Memory(1)}})
+    assert "a mutable global cannot be shared" in link_error(
+        glob, "wasmtime", {"env": {"g": wasmig.Global("i32", 1, mutable=True)}})
+    wasmig.Instance(glob, {"env": {"g": wasmig.Global("i32", 1, mutable=True)}})  # fine on the interpreter
+
+
+def test_checkpointing_is_refused_with_directions(module: wasmig.Module) -> None:
+    inst = wasmig.Instance(module, imports([]), engine="wasmtime")
+    for call in (lambda: inst.stop_at(step=5), inst.checkpoint, inst.resume):
+        with pytest.raises(NotImplementedError, match="interpreter feature.*Checkpointable"):
+            call()
+    with pytest.raises(TypeError, match="interpreter options"):
+        wasmig.Instance(module, imports([]), engine="wasmtime", max_frames=10)
+
+
+def test_unknown_engines(module: wasmig.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match=r"unknown engine 'v8' \(available: interp, wasmtime\)"):
+        wasmig.Instance(module, imports([]), engine="v8")
+    with pytest.raises(ValueError, match="unknown engine 'v8'"):
+        wasmig.restore("nowhere", engine="v8")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wasmtime" else real(name, *a))
+    with pytest.raises(ValueError, match=r"engine 'wasmtime' needs the wasmtime Python package, which is not "
+                                         r"installed \(pip install wasmtime\); available: interp"):
+        wasmig.Instance(module, imports([]), engine="wasmtime")
+
+
+def test_restore_has_the_real_signature() -> None:
+    assert inspect.signature(wasmig.restore) == inspect.signature(api.restore)
+    assert wasmig.restore.__doc__ and "engine=\"wasmtime\"" in wasmig.restore.__doc__
+
+
+def test_import_wasmig_does_not_import_wasmtime() -> None:
+    code = "import sys, wasmig; wasmig.Instance; print('wasmtime' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
