@@ -212,9 +212,11 @@ class Demo:
             files = [f for f in info["wasi"]["fds"] if f.get("kind") == "file"]
         except (ValueError, KeyError, IndexError, StopIteration) as e:
             raise DemoError(f"`wasmig inspect --json {path}`: unexpected output ({e!r})") from None
-        reused = this["pages_total"] - mem["zero_pages"] - this["pages_new"]
-        figure("snapshot", f"{this['snapshot_bytes']:,} B file + {this['new_bytes']:,} B of new pages "
-                           f"({this['pages_new']} new, {max(reused, 0)} shared with the previous snapshot)")
+        pages = f"{this['new_bytes']:,} B of pages ({this['pages_new']} pages, compressed"
+        if len(info["chain"]) > 1:
+            shared = max(mem["nonzero_pages"] - this["pages_new"], 0)
+            pages += f"; {shared} unchanged ones shared with {info['chain'][-2]['snapshot']}"
+        figure("snapshot", f"{this['snapshot_bytes']:,} B file + {pages})")
         figure("memory", f"{mem['size_pages']} pages of 64 KiB ({mem['size_bytes'] / 2**20:.1f} MiB): "
                          f"{mem['nonzero_pages']} non-zero, the rest zero and not stored")
         for f in files:
@@ -229,7 +231,7 @@ class Demo:
             raise DemoError(f"{what} exited with {code} after the checkpoint: {proc.last_error()}")
         say(f"    {snap} written; the process then exited (--checkpoint-then exit). It had printed:")
         self.show_output(proc.stdout())
-        figure("checkpoint", f"{took:.2f} s  (`wasmig checkpoint`: signal, stop, capture, write)")
+        figure("checkpoint", f"{took:.2f} s  (the whole `wasmig checkpoint` command: signal, stop, capture, write)")
         return snap
 
     # --- the steps --------------------------------------------------------------------------------
@@ -272,20 +274,21 @@ class Demo:
                              snap1], "restore-interp")
         took = self.wait_until(lambda: rounds_of(second.stdout()) != [], "the restore on the interpreter",
                                watch=second)
+        figure("restore", f"{took:.2f} s  (from `wasmig restore` to the program's first new line)")
         self.wait_until(lambda: len(rounds_of(second.stdout())) >= 5, "the program on the interpreter",
                         watch=second)
         snap2 = self.checkpoint(second, "the run on the interpreter")
-        figure("restore", f"{took:.2f} s  (from `wasmig restore` to the program's first new line)")
         self.describe_snapshot(snap2)
 
         header(5, "Restore that on wasmtime and run it to the end")
         third = self.start(["restore", "--engine", "wasmtime", snap2], "restore-wasmtime", background=False)
         took = self.wait_until(lambda: rounds_of(third.stdout()) != [], "the restore on wasmtime", watch=third)
+        figure("restore", f"{took:.2f} s  (from `wasmig restore` to the program's first new line)")
         code = self.finish(third, 120, "the restored run on wasmtime")
         if code != 0:
             raise DemoError(f"the restored run on wasmtime exited with {code}: {third.last_error()}")
+        say("    it printed, and exited with 0:")
         self.show_output(third.stdout(), tail=2)
-        figure("restore", f"{took:.2f} s  (from `wasmig restore` to the program's first new line)")
         out = first.out.read_bytes() + second.out.read_bytes() + third.out.read_bytes()
         say(f"    3 processes on 2 engines: wasmtime {span(first.stdout())}, interpreter {span(second.stdout())}, "
             f"wasmtime {span(third.stdout())}")
@@ -294,7 +297,7 @@ class Demo:
     def serve_dir_option(self, host_dir: str) -> list[str]:
         """``--dir`` for `wasmig serve` mapping GUEST_DIR to ``host_dir``, in the syntax its --help shows."""
         proc, _ = self.run(["serve", "--help"], "serve-help", 60, show=False)
-        m = re.search(r"--dir\s+(\S+)", proc.stdout())
+        m = re.search(r"^\s*--dir\s+(\S+)", proc.stdout(), re.M)
         metavar = m.group(1) if m else ""
         if "::" in metavar:
             return ["--dir", f"{host_dir}::{GUEST_DIR}"]
@@ -324,8 +327,9 @@ class Demo:
         if not m:
             raise DemoError(f"`wasmig migrate` printed no summary line: {summary!r}")
         total, downtime, mb, rounds, pages = m.groups()
-        figure("migration", f"{float(total):.2f} s in all, {rounds} pre-copy rounds; program stopped for {downtime} ms")
-        figure("sent", f"{mb} MB ({pages} pages, zstd)")
+        figure("migration", f"{float(total):.2f} s in all, {rounds} rounds of pages")
+        figure("downtime", f"{downtime} ms  (the program stopped here until it ran there)")
+        figure("sent", f"{mb} MB  (module, {pages} pages zstd-compressed, state)")
 
     @staticmethod
     def running_pid(daemon: Proc) -> int | None:
@@ -349,13 +353,15 @@ class Demo:
         code = self.finish(source, 60, "the source run")
         if code != 0:
             raise DemoError(f"the source run exited with {code} after migrating: {source.last_error()}")
+        say("    the source process exited (the program moved); it had printed:")
         self.show_output(source.stdout())
         pid = self.running_pid(a)
         if pid is None:
             raise DemoError(f"daemon A logged no committed migration: {a.last_error()}")
-        say(f"    the source process exited; daemon A runs the program as pid {pid}, on the interpreter")
+        say(f"    the program goes on in daemon A (pid {pid}), on the interpreter")
         self.wait_until(lambda: len(rounds_of(a.stdout())) >= 4, "the program on daemon A", watch=a)
         self.migrate(pid, b_address)
+        say("    on daemon A the program had printed:")
         self.show_output(a.stdout())
         self.wait_until(lambda: "program exited with code" in b.stderr(), "the program on daemon B", 120, watch=b)
         if "program exited with code 0" not in b.stderr():
@@ -396,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         say("wasmig demo: checkpoint, restore and live-migrate a running WebAssembly program between wasmtime "
             "and wasmig's interpreter")
-        say(f"(commands run in {work}; `wasmig` is `{Path(sys.executable).name} -m wasmig`)")
+        say(f"(commands run in {work}, with WASMIG_RUNTIME_DIR=./run; `wasmig` is "
+            f"`{Path(sys.executable).name} -m wasmig`)")
         for package in ("wasmtime", "ziglang"):
             if importlib.util.find_spec(package) is None:
                 raise DemoError(f"this demo needs the '{package}' package: pip install -e '.[dev]' (or `make demo`)")
