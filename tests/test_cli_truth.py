@@ -11,8 +11,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -133,3 +137,128 @@ def test_serve_takes_dir_as_host_then_guest(tmp_path: Path) -> None:
     # run (and restore) say the same about the old form
     err = one_line_error(wasmig("run", "--dir", f"/data={tmp_path}", tmp_path / "x.wasm"))
     assert f"write --dir {tmp_path}::/data" in err, err
+
+
+# --- 3. errors that name the real cause --------------------------------------------------------------
+@contextmanager
+def foreign_server(answer: bytes, *, banner: bool = False) -> Iterator[str]:
+    """A TCP server that is not wasmig's: it answers ``answer`` (after reading what the client
+    sent, or at once with ``banner``, as SSH does) and closes. Yields its HOST:PORT."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    if not banner:
+                        conn.recv(1024)
+                    conn.sendall(answer)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+HTTP_ANSWER = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+def test_a_peer_that_is_not_wasmig_is_named_as_such() -> None:
+    from wasmig.migrate.protocol import MigrationError, connect
+
+    token = b"k" * 32
+    with foreign_server(HTTP_ANSWER) as address:
+        with pytest.raises(MigrationError) as e:
+            connect(address, token)
+        assert str(e.value) == f"{address} is not a wasmig daemon (it answered 'HTTP/1.1 400 Bad Request')"
+        with pytest.raises(MigrationError) as e:
+            connect(address, token, what="gateway")
+        assert str(e.value).startswith(f"{address} is not a wasmig gateway (it answered 'HTTP/1.1 400")
+    with foreign_server(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", banner=True) as address:
+        with pytest.raises(MigrationError, match=r"is not a wasmig daemon \(it answered 'SSH-2.0-OpenSSH_9.2p1"):
+            connect(address, token)
+    with foreign_server(b"\x16\x03\x01\x02\x00\x01\x00") as address:  # binary, not text: shown as bytes
+        with pytest.raises(MigrationError, match=r"is not a wasmig daemon \(it answered bytes 16 03 01 02"):
+            connect(address, token)
+    with foreign_server(b"") as address:  # closes without a word
+        with pytest.raises(MigrationError, match=rf"connection closed, without an answer \(is {address} a wasmig"):
+            connect(address, token)
+
+
+def test_run_names_a_foreign_gateway_and_migration_target(tmp_path: Path) -> None:
+    from tests.wasi_harness import program
+
+    token = tmp_path / "token"
+    token.write_text("t" * 32)
+    token.chmod(0o600)
+    with foreign_server(HTTP_ANSWER) as address:
+        err = one_line_error(wasmig("run", "--engine", "interp", "--gateway", address, "--gateway-token-file", token,
+                                    program("hello")))
+        assert f"{address} is not a wasmig gateway (it answered 'HTTP/1.1 400 Bad Request')" in err, err
+        p = wasmig("run", "--engine", "interp", "--migrate-to", address, "--migrate-token-file", token,
+                   program("migrate_work"), "25", "64", "20")
+        assert p.returncode == 0 and "done " in p.stdout, p.stderr
+        assert f"migration to {address} failed, the program goes on here: {address} is not a wasmig daemon " \
+               "(it answered 'HTTP/1.1 400 Bad Request')" in p.stderr, p.stderr
+
+
+COMPONENT = b"\0asm\x0d\x00\x01\x00" + bytes([0x01, 0x00])  # the component model's preamble, then a section
+
+
+def test_a_component_is_named_as_such(tmp_path: Path) -> None:
+    comp = tmp_path / "app.wasm"
+    comp.write_bytes(COMPONENT)
+    expected = f"wasmig: error: {comp} is a WebAssembly component, not a core module: wasmig runs core modules " \
+               "(wasm32-wasip1)"
+    assert one_line_error(wasmig("run", comp)) == expected
+    assert one_line_error(wasmig("restore", "--module", comp, tmp_path / "x.snap")) == expected
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(b"\0asm\x02\x00\x00\x00")  # an unknown core version is still just that
+    err = one_line_error(wasmig("run", bad))
+    assert "WebAssembly component" not in err and "unknown binary version" in err, err
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("127.0.0.1:99999", "port 99999 is out of range (0-65535)"),
+    (":abc", "the port 'abc' is not a number"),
+    ("127.0.0.1:", "no port after the ':'"),
+    (":8080", "no host before the port"),
+    ("localhost", "expected HOST:PORT"),
+])
+def test_a_bad_tcplisten_names_the_problem(tmp_path: Path, spec: str, problem: str) -> None:
+    err = one_line_error(wasmig("run", "--tcplisten", spec, tmp_path / "x.wasm"))
+    assert err.startswith(f"wasmig: error: bad --tcplisten {spec!r}: ") and problem in err, err
+
+
+def test_restore_names_a_missing_module(tmp_path: Path) -> None:
+    err = one_line_error(wasmig("restore", "--module", tmp_path / "gone.wasm", tmp_path / "x.snap"))
+    assert err == f"wasmig: error: --module {tmp_path / 'gone.wasm'}: no such file"
+
+
+def test_checkpoint_of_a_process_that_is_gone_or_not_wasmig(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    err = one_line_error(wasmig("checkpoint", str(gone.pid), env={"WASMIG_RUNTIME_DIR": str(tmp_path)}))
+    assert err == f"wasmig: error: no process {gone.pid}"
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        err = one_line_error(wasmig("checkpoint", str(other.pid), env={"WASMIG_RUNTIME_DIR": str(tmp_path)}))
+        assert err == f"wasmig: error: process {other.pid} is not a wasmig run with --checkpoint-dir"
+    finally:
+        other.kill()
+        other.wait()

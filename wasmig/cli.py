@@ -55,6 +55,32 @@ def parse_dir(spec: str) -> tuple[str, str]:
     return host, guest if sep else host
 
 
+def component_problem(path: str) -> str | None:
+    """What to say when ``path`` is a WebAssembly component (the component model's binary: the
+    same magic as a core module, then a version and layer 1) where a core module is expected."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head[:4] == b"\0asm" and head[6:8] == b"\x01\x00":
+        return f"{path} is a WebAssembly component, not a core module: wasmig runs core modules (wasm32-wasip1)"
+    return None
+
+
+def check_module_option(path: str | None) -> None:
+    """``--module PATH`` names a core module file that exists."""
+    if path is None:
+        return
+    if not os.path.exists(path):
+        raise UserError(f"--module {path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"--module {path}: is a directory, not a WebAssembly module")
+    component = component_problem(path)
+    if component is not None:
+        raise UserError(component)
+
+
 def parse_env(specs: Sequence[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for spec in specs:
@@ -70,15 +96,17 @@ def parse_env(specs: Sequence[str]) -> dict[str, str]:
 
 
 def open_listener(spec: str) -> socket.socket:
-    host, sep, port_text = spec.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise UserError(f"bad --tcplisten {spec!r}: expected HOST:PORT")
-    host = host.strip("[]")
+    from wasmig.wire import WireError, parse_address
+
+    try:
+        host, port = parse_address(spec, "--tcplisten", any_port=True)
+    except WireError as e:
+        raise UserError(str(e)) from None
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port_text)))
+        sock.bind((host, port))
         sock.listen(128)
     except OSError as e:
         raise UserError(f"--tcplisten {spec}: {e.strerror or e}") from None
@@ -409,6 +437,10 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         _fail(str(e))
         return
     except (DecodeError, ValidationError) as e:
+        component = component_problem(program)
+        if component is not None:
+            _fail(component)
+            return
         kind = "cannot read" if "cannot read module" in str(e) else "not a valid WebAssembly module"
         _fail(f"{program}: {kind}: {str(e).replace(f'cannot read module {program}: ', '')}")
         return
@@ -469,6 +501,7 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
             mapping[guest] = host
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only, count_steps)
+        check_module_option(module_path)
         snap = load_snapshot(Path(snapshot))
         if policy.count_steps and snap.steps is None:
             raise UserError("the snapshot has no step count (its run did not count steps), so "

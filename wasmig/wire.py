@@ -18,6 +18,7 @@ from wasmig.errors import WasmError
 
 MAX_FRAME = 32 << 20
 _LENGTH = struct.Struct(">I")
+_MAP_STARTS = {bytes([b]) for b in (*range(0x80, 0x90), 0xDE, 0xDF)}  # a msgpack map's first byte
 
 
 class WireError(WasmError):
@@ -28,12 +29,26 @@ class PeerGone(WireError):
     """The connection closed or timed out."""
 
 
-class Channel:
-    """Frames over a connected socket."""
+#: what a first byte of a frame can be: a length's high byte (frames are at most MAX_FRAME bytes)
+_FIRST_BYTES = range((MAX_FRAME >> 24) + 1)
+#: how the peer that ``open_channel(spec, what)`` reaches is called when it turns out not to be one
+_ROLES = {"target": "daemon"}
 
-    def __init__(self, sock: socket.socket, peer: str = "peer") -> None:
+
+class Channel:
+    """Frames over a connected socket.
+
+    ``address`` (HOST:PORT) and ``role`` (``"daemon"``, ``"gateway"``), when given, name the peer
+    in the error raised when its first answer is not a frame of this protocol at all (another
+    kind of server on that port): ``HOST:PORT is not a wasmig daemon (it answered 'HTTP/1.1 ...')``.
+    """
+
+    def __init__(self, sock: socket.socket, peer: str = "peer", address: str | None = None,
+                 role: str | None = None) -> None:
         self.sock = sock
         self.peer = peer
+        self.address = address
+        self.role = role
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -50,10 +65,21 @@ class Channel:
     def recv(self, timeout: float | None = 60.0, expect: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The next message; an ``error`` message from the peer is raised as MigrationError."""
         self.sock.settimeout(timeout)
-        (length,) = _LENGTH.unpack(self._exactly(_LENGTH.size))
+        first = self.bytes_received == 0 and self.role is not None
+        try:
+            header = self._exactly(_LENGTH.size)
+        except PeerGone as e:
+            if first:  # not even a byte: say what the peer was supposed to be
+                raise PeerGone(f"{e}, without an answer (is {self.address} a wasmig {self.role}?)") from None
+            raise
+        (length,) = _LENGTH.unpack(header)
+        if first and (header[0] not in _FIRST_BYTES or length == 0):
+            raise self._not_ours(header)
         if length > MAX_FRAME:
             raise WireError(f"{self.peer}: a frame of {length} bytes (at most {MAX_FRAME})")
         body = self._exactly(length)
+        if first and body[:1] not in _MAP_STARTS:
+            raise self._not_ours(header + body)
         self.bytes_received += _LENGTH.size + length
         try:
             msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
@@ -66,6 +92,26 @@ class Channel:
         if expect is not None and msg["t"] not in expect:
             raise WireError(f"{self.peer}: expected {' or '.join(expect)}, got {msg['t']!r}")
         return msg
+
+    def _not_ours(self, start: bytes) -> WireError:
+        """The peer answered, but not in this protocol: the error quotes the start of its answer."""
+        data = start
+        self.sock.settimeout(0.5)  # what else it sent right away (an HTTP status line, a banner)
+        while b"\n" not in data and len(data) < 200:
+            try:
+                chunk = self.sock.recv(200)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        line = data.split(b"\n", 1)[0].rstrip(b"\r")[:80]
+        text = line.decode("utf-8", "replace")
+        if text.isprintable() and text.strip():
+            answered = f"it answered {text!r}"
+        else:
+            answered = f"it answered bytes {data[:16].hex(' ')}"
+        return WireError(f"{self.address} is not a wasmig {self.role} ({answered})")
 
     def _exactly(self, n: int) -> bytes:
         chunks = []
@@ -96,10 +142,20 @@ class Channel:
             pass
 
 
-def parse_address(spec: str, what: str = "address") -> tuple[str, int]:
+def parse_address(spec: str, what: str = "address", *, any_port: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port); the error names what is wrong with it. ``any_port``: port 0
+    (a listener's "any free port") is allowed."""
     host, sep, port = spec.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep:
         raise WireError(f"bad {what} {spec!r}: expected HOST:PORT")
+    if not port.isascii() or not port.isdigit():
+        problem = "no port after the ':'" if not port else f"the port {port!r} is not a number"
+        raise WireError(f"bad {what} {spec!r}: {problem} (expected HOST:PORT)")
+    low = 0 if any_port else 1
+    if not low <= int(port) <= 65535:
+        raise WireError(f"bad {what} {spec!r}: port {int(port)} is out of range ({low}-65535)")
+    if not host.strip("[]"):
+        raise WireError(f"bad {what} {spec!r}: no host before the port (expected HOST:PORT, e.g. 127.0.0.1:{port})")
     return host.strip("[]"), int(port)
 
 
@@ -111,4 +167,4 @@ def open_channel(spec: str, what: str, timeout: float = 10.0) -> Channel:
     except OSError as e:
         raise PeerGone(f"{what} {spec}: cannot connect ({e.strerror or e})") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return Channel(sock, f"{what} {spec}")
+    return Channel(sock, f"{what} {spec}", spec, _ROLES.get(what, what))

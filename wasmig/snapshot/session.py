@@ -383,7 +383,9 @@ def wait_for_snapshot(pid: int, timeout: float) -> Path:
     try:
         before = json.loads(status_file.read_text())
     except (OSError, ValueError):
-        raise SnapshotError(f"process {pid} is not a wasmig run with --checkpoint-dir (no {status_file})") from None
+        if pid <= 0 or not _alive(pid):  # it exited (or never was)
+            raise SnapshotError(f"no process {pid}") from None
+        raise SnapshotError(f"process {pid} is not a wasmig run with --checkpoint-dir") from None
     count = len(before.get("snapshots", []))
     directory = Path(str(before.get("checkpoint_dir", "")))
     on_disk = _snapshot_files(directory)
