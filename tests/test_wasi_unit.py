@@ -46,10 +46,11 @@ class Guest:
     def u64(self, ptr: int) -> int:
         return struct.unpack_from("<Q", self.mem, ptr)[0]
 
-    def open(self, dirfd: int, path: str, oflags: int = 0, rights: int = C.RIGHT_FD_READ, fdflags: int = 0) -> int:
+    def open(self, dirfd: int, path: str, oflags: int = 0, rights: int = C.RIGHT_FD_READ, fdflags: int = 0,
+             inheriting: int = 0) -> int:
         p = self.alloc(path.encode())
         out = self.alloc(4)
-        err = self.call("path_open", dirfd, 0, p, len(path.encode()), oflags, rights, 0, fdflags, out)
+        err = self.call("path_open", dirfd, 0, p, len(path.encode()), oflags, rights, inheriting, fdflags, out)
         return -err if err else self.u32(out)
 
     def write(self, fd: int, data: bytes) -> int:
@@ -174,6 +175,59 @@ def test_rights_can_only_shrink(tree: Path) -> None:
     base = g.u64(buf + 8)
     assert g.call("fd_fdstat_set_rights", fd, base & ~C.RIGHT_FD_READ, 0) == 0
     assert g.call("fd_fdstat_set_rights", fd, base, 0) == Errno.NOTCAPABLE
+
+
+def _rights(g: Guest, fd: int) -> tuple[int, int]:
+    buf = g.alloc(24)
+    assert g.call("fd_fdstat_get", fd, buf) == 0
+    return g.u64(buf + 8), g.u64(buf + 16)
+
+
+def test_rights_are_enforced_and_inherited(tree: Path) -> None:
+    g = Guest(Wasi(["p"], preopens=[(str(tree), ".")]))
+    rw = C.RIGHT_FD_READ | C.RIGHT_FD_WRITE | C.RIGHT_FD_SEEK
+    fd = g.open(3, "a.txt", 0, rw)
+    assert _rights(g, fd)[0] == rw
+    assert g.read(fd, 2) == b"al"
+    assert g.call("fd_fdstat_set_rights", fd, C.RIGHT_FD_SEEK, 0) == 0
+    assert g.read(fd, 2) == -Errno.NOTCAPABLE and g.write(fd, b"x") == -Errno.NOTCAPABLE
+    out = g.alloc(8)
+    assert g.call("fd_seek", fd, 0, C.WHENCE_SET, out) == 0 and g.call("fd_tell", fd, out) == 0  # seek implies tell
+    assert g.call("fd_filestat_get", fd, g.alloc(64)) == Errno.NOTCAPABLE
+    # a directory passes on only its inheriting rights; the rest asked for are dropped silently
+    sub = g.open(3, "sub", C.OFLAGS_DIRECTORY, C.RIGHTS_DIR, inheriting=C.RIGHTS_FILE)
+    assert g.call("fd_fdstat_set_rights", sub, C.RIGHTS_DIR & ~C.RIGHT_PATH_FILESTAT_SET_SIZE,
+                  C.RIGHT_FD_READ) == 0
+    f = g.open(sub, "new.txt", C.OFLAGS_CREAT, C.RIGHT_FD_READ | C.RIGHT_FD_WRITE)
+    assert f > 0 and _rights(g, f) == (C.RIGHT_FD_READ, 0)
+    assert g.write(f, b"x") == -Errno.BADF  # opened read-only: the write right was not passed on
+    assert g.open(sub, "new.txt", C.OFLAGS_TRUNC, 0) == -Errno.NOTCAPABLE  # truncating is path_filestat_set_size
+    assert g.call("fd_fdstat_set_rights", sub, C.RIGHT_PATH_OPEN, C.RIGHT_FD_READ) == 0
+    assert g.open(sub, "x", C.OFLAGS_CREAT, 0) == -Errno.NOTCAPABLE  # creating is path_create_file
+    assert g.open(sub, "new.txt", 0, C.RIGHT_FD_READ) > 0
+    p = g.alloc(b"new.txt")
+    assert g.call("path_unlink_file", sub, p, 7) == Errno.NOTCAPABLE
+    assert (tree / "sub" / "new.txt").exists()
+    assert g.call("path_filestat_get", sub, 0, p, 7, g.alloc(64)) == Errno.NOTCAPABLE
+    g.wasi.close()
+
+
+def test_rights_survive_a_snapshot(tree: Path) -> None:
+    from wasmig.wasi.snapshot import capture_wasi, restore_wasi
+
+    g = Guest(Wasi(["p"], preopens=[(str(tree), ".")]))
+    fd = g.open(3, "a.txt", 0, C.RIGHT_FD_READ | C.RIGHT_FD_SEEK)
+    assert g.call("fd_fdstat_set_rights", fd, C.RIGHT_FD_SEEK, 0) == 0
+    assert g.call("fd_fdstat_set_rights", 3, C.RIGHTS_DIR & ~C.RIGHT_PATH_UNLINK_FILE, C.RIGHTS_FILE) == 0
+    state = capture_wasi(g.wasi)
+    g.wasi.close()
+    h = Guest(restore_wasi(state, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO()))
+    assert _rights(h, fd) == (C.RIGHT_FD_SEEK, 0)
+    assert _rights(h, 3) == (C.RIGHTS_DIR & ~C.RIGHT_PATH_UNLINK_FILE, C.RIGHTS_FILE)
+    assert h.read(fd, 1) == -Errno.NOTCAPABLE
+    p = h.alloc(b"a.txt")
+    assert h.call("path_unlink_file", 3, p, 5) == Errno.NOTCAPABLE
+    h.wasi.close()
 
 
 def test_poll_clock_sleeps_and_reports(tree: Path) -> None:

@@ -291,12 +291,23 @@ int main(void) {
         }
     }
     report("mkdir_rd1", __wasi_path_create_directory(ROOT, "rd1"));
+    report("mkdir_rd2", __wasi_path_create_directory(ROOT, "rd2"));
+    report("mkdir_rd3", __wasi_path_create_directory(ROOT, "rd3"));
+    report("mkdir_rd4", __wasi_path_create_directory(ROOT, "rd3/rd4"));
     report("rmdir_trailing", __wasi_path_remove_directory(ROOT, "rd1/"));
+    report("rmdir_double_trailing", __wasi_path_remove_directory(ROOT, "rd2//"));
+    report("rmdir_nested_trailing", __wasi_path_remove_directory(ROOT, "rd3/rd4/"));
     report("rmdir_link_trailing", __wasi_path_remove_directory(ROOT, "ok/"));
     report("rmdir_file_trailing", __wasi_path_remove_directory(ROOT, "file.txt/"));
     report("rmdir_missing_trailing", __wasi_path_remove_directory(ROOT, "nope/"));
     report("rmdir_sub_dot", __wasi_path_remove_directory(ROOT, "sub/."));
+    report("rmdir_sub_dot_trailing", __wasi_path_remove_directory(ROOT, "sub/./"));
+    report("rmdir_dot_trailing", __wasi_path_remove_directory(ROOT, "./"));
     report("rmdir_up_trailing", __wasi_path_remove_directory(ROOT, "up/"));
+    report("rmdir_dangling_trailing", __wasi_path_remove_directory(ROOT, "dangling/"));
+    report("rmdir_abs_trailing", __wasi_path_remove_directory(ROOT, "abs/"));
+    report("rmdir_loop_trailing", __wasi_path_remove_directory(ROOT, "loop1/"));
+    report("rmdir_nonempty_trailing", __wasi_path_remove_directory(ROOT, "sub/"));
     report("mkdir_rn1", __wasi_path_create_directory(ROOT, "rn1"));
     report("rename_dir_trailing", __wasi_path_rename(ROOT, "rn1/", ROOT, "rn2"));
     report("rename_dir_trailing_both", __wasi_path_rename(ROOT, "rn2/", ROOT, "rn3/"));

@@ -292,6 +292,17 @@ class Wasi:
         return Errno.NOSYS
 
     # --- descriptors --------------------------------------------------------------------------------
+    # Rights (capabilities): every fd holds base rights (what it may do) and inheriting rights (what
+    # fds opened beneath it may get). An operation needs its right among the fd's base rights, else
+    # ENOTCAPABLE; the checks come after the checks every engine makes anyway (a directory where a
+    # file is expected, a file not open for reading...), so an fd opened with the rights its open
+    # mode implies (as wasi-libc, Rust std and every toolchain do) answers exactly as before.
+    @staticmethod
+    def _need(entry: FdEntry, rights: int) -> FdEntry:
+        if rights & ~entry.rights_base:
+            raise WasiError(Errno.NOTCAPABLE, "the descriptor lacks the right for this operation")
+        return entry
+
     def _file(self, fd: int) -> FdEntry:
         entry = self.fds.get(fd)
         if entry.kind == DIR:
@@ -316,6 +327,7 @@ class Wasi:
             raise WasiError(Errno.INVAL)
         if entry.kind != FILE:
             raise WasiError(Errno.BADF)
+        self._need(entry, C.RIGHT_FD_ADVISE)
         advices = [os.POSIX_FADV_NORMAL, os.POSIX_FADV_SEQUENTIAL, os.POSIX_FADV_RANDOM,
                    os.POSIX_FADV_WILLNEED, os.POSIX_FADV_DONTNEED, os.POSIX_FADV_NOREUSE]
         os.posix_fadvise(entry.fileno(), offset, length, advices[advice])
@@ -325,19 +337,20 @@ class Wasi:
         entry = self._file(fd)
         if entry.kind != FILE:
             raise WasiError(Errno.BADF)
+        self._need(entry, C.RIGHT_FD_ALLOCATE)
         raise WasiError(Errno.NOTSUP, "fd_allocate is not supported")
 
     def fd_datasync(self, fd: int) -> None:
         entry = self.fds.get(fd)
         if entry.kind in (FILE, DIR):
-            os.fdatasync(entry.fileno())
+            os.fdatasync(self._need(entry, C.RIGHT_FD_DATASYNC).fileno())
         elif entry.kind != STDIO:
             raise WasiError(Errno.INVAL)
 
     def fd_sync(self, fd: int) -> None:
         entry = self.fds.get(fd)
         if entry.kind in (FILE, DIR):
-            os.fsync(entry.fileno())
+            os.fsync(self._need(entry, C.RIGHT_FD_SYNC).fileno())
         elif entry.kind != STDIO:
             raise WasiError(Errno.INVAL)
 
@@ -350,6 +363,7 @@ class Wasi:
         entry = self.fds.get(fd)
         if flags & ~(C.FDFLAGS_APPEND | C.FDFLAGS_NONBLOCK):
             raise WasiError(Errno.NOTSUP, "only APPEND and NONBLOCK can be changed")
+        self._need(entry, C.RIGHT_FD_FDSTAT_SET_FLAGS)
         if entry.stream is None:
             import fcntl
 
@@ -371,7 +385,7 @@ class Wasi:
         entry.rights_inheriting = inheriting
 
     def fd_filestat_get(self, fd: int, buf: int) -> None:
-        entry = self.fds.get(fd)
+        entry = self._need(self.fds.get(fd), C.RIGHT_FD_FILESTAT_GET)
         if entry.stream is not None:
             self.mem.write(buf, struct.pack("<QQB7xQQQQQ", 0, 0, entry.filetype, 1, 0, 0, 0, 0))
             return
@@ -385,7 +399,7 @@ class Wasi:
             raise WasiError(Errno.BADF)
         if not entry.writable:
             raise WasiError(Errno.INVAL, "not open for writing")  # Linux's (and wasmtime's) answer
-        os.ftruncate(entry.fileno(), size)
+        os.ftruncate(self._need(entry, C.RIGHT_FD_FILESTAT_SET_SIZE).fileno(), size)
 
     @staticmethod
     def _times(st: os.stat_result, atim: int, mtim: int, flags: int) -> tuple[int, int]:
@@ -401,7 +415,7 @@ class Wasi:
         entry = self.fds.get(fd)
         if entry.kind not in (FILE, DIR):
             raise WasiError(Errno.BADF)
-        host = entry.fileno()
+        host = self._need(entry, C.RIGHT_FD_FILESTAT_SET_TIMES).fileno()
         os.utime(host, ns=self._times(os.fstat(host), atim, mtim, flags))
 
     def fd_prestat_get(self, fd: int, buf: int) -> None:
@@ -440,6 +454,7 @@ class Wasi:
             raise WasiError(Errno.BADF, "cannot read a directory as a file")
         if not entry.readable:
             raise WasiError(Errno.BADF, "not open for reading")
+        self._need(entry, C.RIGHT_FD_READ)
         if entry.stream is not None:  # read1: what is available now, as a read(2) on a pipe would
             read1 = getattr(entry.stream, "read1", None)
             return (read1(n) if read1 is not None else entry.stream.read(n)) or b""
@@ -474,6 +489,7 @@ class Wasi:
         entry = self._positioned(fd)
         if not entry.readable:
             raise WasiError(Errno.BADF)
+        self._need(entry, C.RIGHT_FD_READ | C.RIGHT_FD_SEEK)
         iovs = self.mem.iovecs(iovs_ptr, iovs_len)
         total = sum(length for _, length in iovs)
         data = os.pread(entry.fileno(), total, offset) if total else b""
@@ -484,6 +500,7 @@ class Wasi:
             raise WasiError(Errno.BADF, "cannot write to a directory")
         if not entry.writable:
             raise WasiError(Errno.BADF, "not open for writing")
+        self._need(entry, C.RIGHT_FD_WRITE)
         if entry.stream is not None:
             entry.stream.write(data)
             entry.stream.flush()
@@ -509,6 +526,7 @@ class Wasi:
         entry = self._positioned(fd)
         if not entry.writable:
             raise WasiError(Errno.BADF)
+        self._need(entry, C.RIGHT_FD_WRITE | C.RIGHT_FD_SEEK)
         data = self._gather(self.mem.iovecs(iovs_ptr, iovs_len))
         self.mem.set_u32(nwritten_ptr, os.pwrite(entry.fileno(), data, offset) if data else 0)
 
@@ -516,11 +534,17 @@ class Wasi:
         entry = self._positioned(fd)
         if whence not in (C.WHENCE_SET, C.WHENCE_CUR, C.WHENCE_END):
             raise WasiError(Errno.INVAL)
+        if not (offset == 0 and whence == C.WHENCE_CUR):  # reading the position back is only telling
+            self._need(entry, C.RIGHT_FD_SEEK)
+        elif not entry.rights_base & C.RIGHT_FD_SEEK:  # fd_seek implies fd_tell
+            self._need(entry, C.RIGHT_FD_TELL)
         host_whence = (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END)[whence]
         self.mem.set_u64(newoffset_ptr, os.lseek(entry.fileno(), _signed64(offset), host_whence))
 
     def fd_tell(self, fd: int, offset_ptr: int) -> None:
         entry = self._positioned(fd)
+        if not entry.rights_base & C.RIGHT_FD_SEEK:  # fd_seek implies fd_tell
+            self._need(entry, C.RIGHT_FD_TELL)
         self.mem.set_u64(offset_ptr, os.lseek(entry.fileno(), 0, os.SEEK_CUR))
 
     # --- directories ---------------------------------------------------------------------------------
@@ -547,6 +571,7 @@ class Wasi:
         entry = self.fds.get(fd)
         if entry.kind != DIR:
             raise WasiError(Errno.NOTDIR)
+        self._need(entry, C.RIGHT_FD_READDIR)
         if cookie == 0 or entry.dir_entries is None:
             entry.dir_entries = self._dir_listing(entry)  # a rewind (cookie 0) re-reads the directory
         out = bytearray()
@@ -568,17 +593,19 @@ class Wasi:
             raise WasiError(Errno.INVAL, "path contains NUL")
         return path
 
-    def _resolve(self, fd: int, path_ptr: int, path_len: int, *, follow: bool) -> tuple[int, str]:
-        return self._resolve_str(fd, self._path(path_ptr, path_len), follow=follow)
+    def _resolve(self, fd: int, path_ptr: int, path_len: int, *, follow: bool, need: int) -> tuple[int, str]:
+        return self._resolve_str(fd, self._path(path_ptr, path_len), follow=follow, need=need)
 
-    def _resolve_str(self, fd: int, path: str, *, follow: bool) -> tuple[int, str]:
-        entry = self._dir(fd)
+    def _resolve_str(self, fd: int, path: str, *, follow: bool, need: int) -> tuple[int, str]:
+        """``path`` beneath directory fd ``fd``, which must hold the rights ``need``."""
+        entry = self._need(self._dir(fd), need)
         return sandbox.resolve(entry.fileno(), path, follow_final=follow)
 
     def path_create_directory(self, fd: int, path: int, path_len: int) -> None:
         # a trailing '/' names the directory to create ("newdir/" works, as under wasmtime)
         guest = self._path(path, path_len)
-        parent, name = self._resolve_str(fd, guest.rstrip("/") or guest, follow=False)
+        parent, name = self._resolve_str(fd, guest.rstrip("/") or guest, follow=False,
+                                          need=C.RIGHT_PATH_CREATE_DIRECTORY)
         try:
             if name == ".":
                 raise WasiError(Errno.EXIST)
@@ -587,7 +614,8 @@ class Wasi:
             os.close(parent)
 
     def path_filestat_get(self, fd: int, flags: int, path: int, path_len: int, buf: int) -> None:
-        parent, name = self._resolve(fd, path, path_len, follow=bool(flags & C.LOOKUP_SYMLINK_FOLLOW))
+        parent, name = self._resolve(fd, path, path_len, follow=bool(flags & C.LOOKUP_SYMLINK_FOLLOW),
+                                     need=C.RIGHT_PATH_FILESTAT_GET)
         try:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         finally:
@@ -596,7 +624,8 @@ class Wasi:
 
     def path_filestat_set_times(self, fd: int, flags: int, path: int, path_len: int, atim: int, mtim: int,
                                 fst_flags: int) -> None:
-        parent, name = self._resolve(fd, path, path_len, follow=bool(flags & C.LOOKUP_SYMLINK_FOLLOW))
+        parent, name = self._resolve(fd, path, path_len, follow=bool(flags & C.LOOKUP_SYMLINK_FOLLOW),
+                                     need=C.RIGHT_PATH_FILESTAT_SET_TIMES)
         try:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             os.utime(name, ns=self._times(st, atim, mtim, fst_flags), dir_fd=parent, follow_symlinks=False)
@@ -607,9 +636,10 @@ class Wasi:
                   new_len: int) -> None:
         if old_flags & C.LOOKUP_SYMLINK_FOLLOW:
             raise WasiError(Errno.INVAL, "path_link does not follow symlinks")
-        src_parent, src = self._resolve(old_fd, old_path, old_len, follow=False)
+        self._need(self._dir(new_fd), C.RIGHT_PATH_LINK_TARGET)
+        src_parent, src = self._resolve(old_fd, old_path, old_len, follow=False, need=C.RIGHT_PATH_LINK_SOURCE)
         try:
-            dst_parent, dst = self._resolve(new_fd, new_path, new_len, follow=False)
+            dst_parent, dst = self._resolve(new_fd, new_path, new_len, follow=False, need=C.RIGHT_PATH_LINK_TARGET)
             try:
                 os.link(src, dst, src_dir_fd=src_parent, dst_dir_fd=dst_parent, follow_symlinks=False)
             finally:
@@ -621,11 +651,17 @@ class Wasi:
                   rights_inheriting: int, fdflags: int, fd_ptr: int) -> None:
         dir_entry = self._dir(fd)
         guest_rel = self._path(path, path_len)
-        read = bool(rights_base & (C.RIGHT_FD_READ | C.RIGHT_FD_READDIR))
-        write = bool(rights_base & (C.RIGHT_FD_DATASYNC | C.RIGHT_FD_WRITE | C.RIGHT_FD_ALLOCATE
-                                    | C.RIGHT_FD_FILESTAT_SET_SIZE))
-        if oflags & C.OFLAGS_DIRECTORY and write:
+        writing = C.RIGHT_FD_DATASYNC | C.RIGHT_FD_WRITE | C.RIGHT_FD_ALLOCATE | C.RIGHT_FD_FILESTAT_SET_SIZE
+        if oflags & C.OFLAGS_DIRECTORY and rights_base & writing:
             raise WasiError(Errno.ISDIR)
+        # the directory needs path_open, plus path_create_file to create and path_filestat_set_size
+        # to truncate; the new fd gets the rights asked for that the directory passes on (its
+        # inheriting rights), the rest silently dropped, and its open mode follows from those
+        self._need(dir_entry, C.RIGHT_PATH_OPEN | (C.RIGHT_PATH_CREATE_FILE if oflags & C.OFLAGS_CREAT else 0)
+                   | (C.RIGHT_PATH_FILESTAT_SET_SIZE if oflags & C.OFLAGS_TRUNC else 0))
+        allowed = dir_entry.rights_inheriting
+        read = bool(rights_base & allowed & (C.RIGHT_FD_READ | C.RIGHT_FD_READDIR))
+        write = bool(rights_base & allowed & writing)
         flags = os.O_CLOEXEC | (os.O_RDWR if read and write else os.O_WRONLY if write else os.O_RDONLY)
         if oflags & C.OFLAGS_CREAT:
             flags |= os.O_CREAT
@@ -654,7 +690,6 @@ class Wasi:
                 host_path = os.readlink(f"/proc/self/fd/{host}")
             except OSError:
                 host_path = None
-            allowed = dir_entry.rights_inheriting
             entry = FdEntry(
                 DIR if is_dir else FILE, _filetype_of_mode(st.st_mode),
                 rights_base & allowed & (C.RIGHTS_DIR if is_dir else C.RIGHTS_FILE),
@@ -673,7 +708,7 @@ class Wasi:
             raise
 
     def path_readlink(self, fd: int, path: int, path_len: int, buf: int, buf_len: int, bufused_ptr: int) -> None:
-        parent, name = self._resolve(fd, path, path_len, follow=False)
+        parent, name = self._resolve(fd, path, path_len, follow=False, need=C.RIGHT_PATH_READLINK)
         try:
             target_text = os.readlink(name, dir_fd=parent)
         finally:
@@ -686,7 +721,11 @@ class Wasi:
         self.mem.set_u32(bufused_ptr, len(data))
 
     def path_remove_directory(self, fd: int, path: int, path_len: int) -> None:
-        parent, name = self._resolve(fd, path, path_len, follow=False)
+        # a trailing '/' names the directory itself, as POSIX (and wasmtime since 51) has it:
+        # "d/" removes d; "link/" is the link, which is no directory (ENOTDIR), never its target
+        guest = self._path(path, path_len)
+        parent, name = self._resolve_str(fd, guest.rstrip("/") or guest, follow=False,
+                                         need=C.RIGHT_PATH_REMOVE_DIRECTORY)
         try:
             if name == ".":
                 raise WasiError(Errno.INVAL)
@@ -698,9 +737,10 @@ class Wasi:
         # resolve without trailing slashes, then keep them on the names so renameat checks "is a directory"
         old_guest, new_guest = self._path(old_path, old_len), self._path(new_path, new_len)
         old_base, new_base = old_guest.rstrip("/") or old_guest, new_guest.rstrip("/") or new_guest
-        src_parent, src = self._resolve_str(fd, old_base, follow=False)
+        self._need(self._dir(new_fd), C.RIGHT_PATH_RENAME_TARGET)
+        src_parent, src = self._resolve_str(fd, old_base, follow=False, need=C.RIGHT_PATH_RENAME_SOURCE)
         try:
-            dst_parent, dst = self._resolve_str(new_fd, new_base, follow=False)
+            dst_parent, dst = self._resolve_str(new_fd, new_base, follow=False, need=C.RIGHT_PATH_RENAME_TARGET)
             try:
                 if "." in (src, dst):
                     raise WasiError(Errno.BUSY)
@@ -716,14 +756,14 @@ class Wasi:
         target = self._path(old_path, old_len)
         if target.startswith("/"):
             raise WasiError(Errno.PERM, "absolute symlink targets are not allowed in the sandbox")
-        parent, name = self._resolve(fd, new_path, new_len, follow=False)
+        parent, name = self._resolve(fd, new_path, new_len, follow=False, need=C.RIGHT_PATH_SYMLINK)
         try:
             os.symlink(target, name, dir_fd=parent)
         finally:
             os.close(parent)
 
     def path_unlink_file(self, fd: int, path: int, path_len: int) -> None:
-        parent, name = self._resolve(fd, path, path_len, follow=False)
+        parent, name = self._resolve(fd, path, path_len, follow=False, need=C.RIGHT_PATH_UNLINK_FILE)
         try:
             if name == ".":
                 raise WasiError(Errno.ISDIR)
@@ -760,6 +800,7 @@ class Wasi:
                 entry = self.fds.entries.get(fd)
                 if entry is None:  # wasmtime fails the whole call, rather than reporting an event
                     raise WasiError(Errno.BADF, f"poll_oneoff on fd {fd}, which is not open")
+                self._need(entry, C.RIGHT_POLL_FD_READWRITE)
                 (readers if tag == C.EVENTTYPE_FD_READ else writers).append((userdata, entry, fd))
             else:
                 raise WasiError(Errno.INVAL, f"unknown subscription type {tag}")
@@ -821,6 +862,7 @@ class Wasi:
             raise WasiError(Errno.NOTSOCK if entry.kind != TCP_STREAM else Errno.INVAL)
         if flags & ~C.FDFLAGS_NONBLOCK:
             raise WasiError(Errno.INVAL)
+        self._need(entry, C.RIGHT_SOCK_ACCEPT)
         blocking = not flags & C.FDFLAGS_NONBLOCK and not entry.fdflags & C.FDFLAGS_NONBLOCK
         if blocking:
             self.waiter.wait_readable(entry.sock.fileno())
@@ -886,12 +928,13 @@ class Wasi:
                 e.sock = gateway.attach(e.gateway, key, e.gateway_conn)
                 e.sock.setblocking(not e.fdflags & C.FDFLAGS_NONBLOCK)
 
-    def _stream(self, fd: int) -> socket.socket:
+    def _stream(self, fd: int, need: int) -> socket.socket:
         entry = self.fds.get(fd)
         if entry.kind not in (TCP_STREAM, TCP_LISTENER):
             raise WasiError(Errno.NOTSOCK)
         if entry.kind == TCP_LISTENER or entry.sock is None:
             raise WasiError(Errno.NOTCONN)
+        self._need(entry, need)
         return entry.sock
 
     def sock_recv(self, fd: int, ri_data: int, ri_len: int, ri_flags: int, ro_len_ptr: int,
@@ -900,11 +943,12 @@ class Wasi:
         iovs = self.mem.iovecs(ri_data, ri_len)
         total = sum(length for _, length in iovs)
         if entry.pending and entry.kind == TCP_STREAM:
+            self._need(entry, C.RIGHT_FD_READ)
             data = self._take_pending(entry, total, peek=bool(ri_flags & C.RECV_PEEK))
             self.mem.set_u32(ro_len_ptr, self._scatter(iovs, data))
             self.mem.set_u16(ro_flags_ptr, 0)
             return
-        sock = self._stream(fd)
+        sock = self._stream(fd, C.RIGHT_FD_READ)
         flags = (socket.MSG_PEEK if ri_flags & C.RECV_PEEK else 0) | (
             socket.MSG_WAITALL if ri_flags & C.RECV_WAITALL else 0)
         if total and not entry.fdflags & C.FDFLAGS_NONBLOCK and not ri_flags & C.RECV_WAITALL:
@@ -917,7 +961,7 @@ class Wasi:
         self.mem.set_u16(ro_flags_ptr, 0)
 
     def sock_send(self, fd: int, si_data: int, si_len: int, si_flags: int, so_len_ptr: int) -> None:
-        sock = self._stream(fd)
+        sock = self._stream(fd, C.RIGHT_FD_WRITE)
         data = self._gather(self.mem.iovecs(si_data, si_len))
         try:
             sent = sock.send(data) if data else 0
@@ -926,7 +970,7 @@ class Wasi:
         self.mem.set_u32(so_len_ptr, sent)
 
     def sock_shutdown(self, fd: int, how: int) -> None:
-        sock = self._stream(fd)
+        sock = self._stream(fd, C.RIGHT_SOCK_SHUTDOWN)
         modes = {C.SHUT_RD: socket.SHUT_RD, C.SHUT_WR: socket.SHUT_WR, C.SHUT_RD | C.SHUT_WR: socket.SHUT_RDWR}
         if how not in modes:
             raise WasiError(Errno.INVAL)
