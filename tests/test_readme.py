@@ -519,6 +519,10 @@ def run_shell(block: Block, scratch: Path, assets: Assets) -> None:
         if "synopsis" in block.options:
             check_synopsis(block, cmd)
             continue
+        syntax = subprocess.run(["bash", "-n", "-c", cmd.readme], capture_output=True, text=True, timeout=30)
+        if syntax.returncode != 0:
+            block.fail(f"line {cmd.line}: `{cmd.readme}` is not a complete command by itself; the convention is "
+                       f"one command per line (docs/readme-tests.md): {syntax.stderr.strip()}")
         tool = cmd.readme.split()[0]
         if tool in EXTERNAL_TOOLS and shutil.which(tool) is None:
             pytest.skip(f"{tool} missing ({EXTERNAL_TOOLS[tool]})")
