@@ -262,3 +262,62 @@ def test_checkpoint_of_a_process_that_is_gone_or_not_wasmig(tmp_path: Path) -> N
     finally:
         other.kill()
         other.wait()
+
+
+# --- 4. no silent failures ----------------------------------------------------------------------------
+def test_an_unwritable_checkpoint_dir_is_an_error_before_the_program_runs(tmp_path: Path) -> None:
+    from tests.wasi_harness import program
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a directory cannot be made beneath a file, not even by root
+    ck = blocker / "ck"
+    err = one_line_error(wasmig("run", "--engine", "interp", "--checkpoint-dir", ck, program("hello")))
+    assert err == f"wasmig: error: --checkpoint-dir {ck}: cannot write there (Not a directory)"
+    err = one_line_error(wasmig("restore", "--checkpoint-dir", ck, tmp_path / "x.snap"))
+    assert err == f"wasmig: error: --checkpoint-dir {ck}: cannot write there (Not a directory)"
+    p = wasmig("run", "--engine", "interp", "--checkpoint-dir", tmp_path / "new" / "ck", program("hello"))
+    assert p.returncode == 0 and "wasmig" not in p.stderr, p.stderr  # a directory that can be made is made
+    assert (tmp_path / "new" / "ck").is_dir() and not list((tmp_path / "new" / "ck").iterdir())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_checkpoint_step_never_reached_is_reported_at_exit(tmp_path: Path, engine: str) -> None:
+    from tests.wasi_harness import program
+
+    p = wasmig("run", "--engine", engine, "--checkpoint-dir", tmp_path / "ck", "--checkpoint-at-step", "1000000000",
+               program("exitcode"), "3")
+    assert p.returncode == 3 and p.stdout == "exiting with 3\n"  # the guest's exit code is kept
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "wasmig: warning: --checkpoint-at-step 1000000000 was never reached (the program ended at step "), p.stderr
+    ended_at = int(lines[0].rsplit(" ", 1)[1].rstrip(")"))
+    assert 0 < ended_at < 1000000000
+    assert not (tmp_path / "ck" / "snapshots").exists() or not list((tmp_path / "ck" / "snapshots").iterdir())
+    # a step that is reached: no warning
+    p = wasmig("run", "--engine", engine, "--checkpoint-dir", tmp_path / "ck2", "--checkpoint-at-step",
+               str(ended_at), program("exitcode"), "3")
+    assert p.returncode == 3 and "never reached" not in p.stderr, p.stderr
+    assert len(list((tmp_path / "ck2" / "snapshots").iterdir())) == 1
+
+
+def test_restore_refuses_a_guest_directory_the_snapshot_does_not_have(tmp_path: Path) -> None:
+    from tests.wasi_harness import program
+
+    box = tmp_path / "box"
+    box.mkdir()
+    ck = tmp_path / "ck"
+    p = wasmig("run", "--engine", "interp", "--dir", f"{box}::/box", "--checkpoint-dir", ck,
+               "--checkpoint-at-step", "5", "--checkpoint-then", "exit", program("hello"))
+    assert p.returncode == 0, p.stderr
+    err = one_line_error(wasmig("restore", "--dir", f"{box}::/data", ck))
+    assert err == f"wasmig: error: --dir {box}::/data: the snapshot has no guest directory '/data' " \
+                  "(its guest directories: /box)"
+    ck2 = tmp_path / "ck2"
+    p = wasmig("run", "--engine", "interp", "--checkpoint-dir", ck2, "--checkpoint-at-step", "5",
+               "--checkpoint-then", "exit", program("hello"))
+    assert p.returncode == 0, p.stderr
+    err = one_line_error(wasmig("restore", "--dir", f"{box}::/box", ck2))
+    assert err.endswith("the snapshot has no guest directory '/box' (its guest directories: none)"), err
+    p = wasmig("restore", "--dir", f"{box}::/box", ck)  # the directory it has: fine
+    assert p.returncode == 0, p.stderr
+

@@ -81,6 +81,15 @@ def check_module_option(path: str | None) -> None:
         raise UserError(component)
 
 
+def check_guest_dirs(mapping: dict[str, str], wasi_state: Any) -> None:
+    """``restore --dir HOST::GUEST``: every GUEST is a directory the snapshot has preopened."""
+    guests = sorted({fd.preopen for fd in wasi_state.fds if fd.preopen is not None})
+    for guest, host in mapping.items():
+        if guest not in guests:
+            raise UserError(f"--dir {host}::{guest}: the snapshot has no guest directory {guest!r} (its guest "
+                            f"directories: {', '.join(guests) if guests else 'none'})")
+
+
 def parse_env(specs: Sequence[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for spec in specs:
@@ -229,6 +238,19 @@ def checkpoint_options(f: Any) -> Any:
     return f
 
 
+def check_writable_dir(path: str, option: str) -> None:
+    """Create directory ``path`` if needed and make sure a file can be written in it."""
+    import tempfile
+
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".wasmig-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
+
+
 def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction: int | None, every: float | None,
                 then: str, stable_only: bool, count_steps: bool = False, migratable: bool = False) -> Any:
     from pathlib import Path
@@ -237,6 +259,9 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
 
     if checkpoint_dir is None and (at_step is not None or at_instruction is not None or every is not None):
         raise UserError("--checkpoint-at-step/--checkpoint-at-instruction/--checkpoint-every need --checkpoint-dir")
+    # refused now, before the program runs, rather than a warning at every checkpoint it takes
+    if checkpoint_dir is not None:
+        check_writable_dir(checkpoint_dir, "--checkpoint-dir")
     return CheckpointPolicy(Path(checkpoint_dir) if checkpoint_dir else None, at_step, at_instruction, every, then,
                             stable_only, count_steps or at_step is not None, migratable=migratable)
 
@@ -247,8 +272,20 @@ def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, 
 
     if instance.engine == "interp":
         session = Session(instance, wasi, policy, module_path)
-        return guarded(lambda: with_control(session, lambda: session.run(resume=resume)), wasi, policy, module_path)
+        return guarded(lambda: with_control(session, lambda: ended(session, session.run(resume=resume))), wasi,
+                       policy, module_path)
     return guarded(lambda: run_compiled(instance), wasi, policy, module_path)
+
+
+def ended(session: Any, code: int) -> int:
+    """The program ended with exit code ``code`` (which stays the run's): say so if it ended before
+    the step ``--checkpoint-at-step`` asked for, so no snapshot was taken."""
+    at_step = session.policy.at_step
+    steps = session.steps
+    if at_step is not None and steps is not None and steps < at_step:
+        click.echo(f"wasmig: warning: --checkpoint-at-step {at_step} was never reached (the program ended at step "
+                   f"{steps})", err=True)
+    return code
 
 
 def with_control(session: Any, body: Any) -> int:
@@ -327,7 +364,7 @@ def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | N
         if snapshot is not None:
             runner.load(snapshot)
         session = WasmtimeSession(runner, wasi, policy, module_path)
-        return with_control(session, lambda: session.run(snapshot))
+        return with_control(session, lambda: ended(session, session.run(snapshot)))
 
     return guarded(body, wasi, policy, module_path)
 
@@ -520,6 +557,7 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
         module = find_module_for(Path(snapshot), snap, module_path, validate=engine != "wasmtime")
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
+        check_guest_dirs(mapping, snap.wasi)
         if engine == "wasmtime":
             from wasmig.wasi.snapshot import restore_wasi
 

@@ -245,6 +245,11 @@ class Session(SessionBase):
         self._instruction_done = False  # the instruction trigger fires once
         self._advancing = False  # between an instruction stop and the stable point it advances to
 
+    @property
+    def steps(self) -> int | None:
+        """Stable points passed so far (None when this program's count is unknown)."""
+        return self.machine.steps if self.machine.steps_counted else None
+
     # --- triggers -----------------------------------------------------------------------------
     def request(self, *_: Any) -> None:
         """Checkpoint as soon as possible (signal handler / timer)."""

@@ -426,6 +426,11 @@ class WasmtimeSession(SessionBase):
         super().__init__(wasi, policy, runner.module, module_path)
         self.runner = runner
 
+    @property
+    def steps(self) -> int | None:
+        """Stable points passed so far (None when the fast variant runs, which does not count)."""
+        return self.runner.steps
+
     def request(self, *_: Any) -> None:
         """Checkpoint as soon as possible (signal handler / timer)."""
         self.runner.request()
