@@ -101,6 +101,11 @@ def engine() -> wasmtime.Engine:
         else:  # pragma: no cover - another wasmtime-py layout
             settings["max_wasm_stack"] = min(settings["max_wasm_stack"], _DEFAULT_ASYNC_STACK)
         for name, value in settings.items():
+            # a plain attribute set on a Config without that property would be silently ignored
+            # (memory_may_move is what makes the poll byte safe to write from another thread)
+            if not isinstance(getattr(type(config), name, None), property):
+                raise WasmError(f"wasmtime-py {wasmtime_version()} has no engine setting {name!r}: "
+                                "wasmig needs wasmtime 45 or newer")
             setattr(config, name, value)
         _ENGINE = wasmtime.Engine(config)
     return _ENGINE
@@ -258,22 +263,24 @@ class LinearMemoryView:
 
 # --- traps -------------------------------------------------------------------------------------
 _TC = wasmtime.TrapCode
-#: wasmtime trap code -> the spec's wording (what the interpreter says).
-TRAP_REASONS: dict[Any, str] = {
-    _TC.UNREACHABLE: "unreachable",
-    _TC.INTEGER_DIVISION_BY_ZERO: "integer divide by zero",
-    _TC.INTEGER_OVERFLOW: "integer overflow",
-    _TC.BAD_CONVERSION_TO_INTEGER: "invalid conversion to integer",
-    _TC.MEMORY_OUT_OF_BOUNDS: "out of bounds memory access",
-    _TC.HEAP_MISALIGNED: "unaligned atomic",
-    _TC.TABLE_OUT_OF_BOUNDS: "out of bounds table access",  # "undefined element" for call_indirect
-    _TC.INDIRECT_CALL_TO_NULL: "uninitialized element",
-    _TC.BAD_SIGNATURE: "indirect call type mismatch",
-    _TC.STACK_OVERFLOW: "call stack exhausted",
-    _TC.NULL_REFERENCE: "null reference",
-    _TC.INTERRUPT: "interrupt",
-    _TC.OUT_OF_FUEL: "all fuel consumed",
-}
+#: wasmtime trap code -> the spec's wording (what the interpreter says). By name, because the set of
+#: codes grew over wasmtime-py's releases (older ones lacked NULL_REFERENCE): a code this release
+#: lacks is simply never reported.
+TRAP_REASONS: dict[Any, str] = {getattr(_TC, code): reason for code, reason in (
+    ("UNREACHABLE", "unreachable"),
+    ("INTEGER_DIVISION_BY_ZERO", "integer divide by zero"),
+    ("INTEGER_OVERFLOW", "integer overflow"),
+    ("BAD_CONVERSION_TO_INTEGER", "invalid conversion to integer"),
+    ("MEMORY_OUT_OF_BOUNDS", "out of bounds memory access"),
+    ("HEAP_MISALIGNED", "unaligned atomic"),
+    ("TABLE_OUT_OF_BOUNDS", "out of bounds table access"),  # "undefined element" for call_indirect
+    ("INDIRECT_CALL_TO_NULL", "uninitialized element"),
+    ("BAD_SIGNATURE", "indirect call type mismatch"),
+    ("STACK_OVERFLOW", "call stack exhausted"),
+    ("NULL_REFERENCE", "null reference"),
+    ("INTERRUPT", "interrupt"),
+    ("OUT_OF_FUEL", "all fuel consumed"),
+) if hasattr(_TC, code)}
 #: Message fragments for traps that carry no code (older wasmtime builds, host-made traps).
 _MESSAGE_REASONS = [
     ("call stack exhausted", "call stack exhausted"), ("integer divide by zero", "integer divide by zero"),
