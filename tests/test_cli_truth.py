@@ -321,3 +321,132 @@ def test_restore_refuses_a_guest_directory_the_snapshot_does_not_have(tmp_path: 
     p = wasmig("restore", "--dir", f"{box}::/box", ck)  # the directory it has: fine
     assert p.returncode == 0, p.stderr
 
+
+# --- 5. exit codes as docs/cli.md's table says; one unit per quantity in inspect and diff ---------------
+def test_exit_code_table_rows(tmp_path: Path) -> None:
+    """0, the guest's own code, 1 (error), 2 (usage), 134 (trap): each row of the table."""
+    from tests.wasi_harness import program
+
+    assert wasmig("run", "--engine", "interp", program("exitcode"), "0").returncode == 0
+    assert wasmig("run", "--engine", "interp", program("exitcode"), "42").returncode == 42
+    one_line_error(wasmig("run", tmp_path / "missing.wasm"), code=1)
+    one_line_error(wasmig("gc", tmp_path), code=1)
+    for usage in (["run", "--bogus", "x.wasm"], ["no-such-command"], ["run"], ["checkpoint", "not-a-pid"],
+                  ["run", "--engine", "nope", "x.wasm"]):
+        p = wasmig(*usage)
+        assert p.returncode == 2 and "Usage:" in p.stderr, (usage, p.returncode, p.stderr)
+    p = wasmig("run", "--engine", "interp", program("trap"), "unreachable")
+    assert p.returncode == 134 and "wasm trap" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_exit_code_130_on_ctrl_c(engine: str) -> None:
+    import signal
+    import time
+
+    from tests.wasi_harness import program
+
+    proc = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", engine, str(program("stdin_wait"))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        time.sleep(2.5)  # started and blocked reading stdin
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    # the interpreter exits 130; plain wasmtime ends by SIGINT's default action (a shell shows 130)
+    assert code in (130, -signal.SIGINT), code
+    if engine == "interp":
+        assert code == 130
+
+
+def test_exit_code_75_for_an_in_doubt_migration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The in-doubt row (tests/test_migrate.py provokes a real one); here, the mapping itself."""
+    from wasmig.cli import guarded
+    from wasmig.snapshot.session import CheckpointPolicy, MigrationInDoubt
+
+    class Closable:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    def body() -> int:
+        raise MigrationInDoubt(str(tmp_path / "in-doubt-1.snap"))
+
+    wasi = Closable()
+    assert guarded(body, wasi, CheckpointPolicy(), None) == 75 and wasi.closed
+    assert "in-doubt-1.snap" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def snapshot_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """Two snapshot files of the same synthetic program: memory grown, a file grown, time passed."""
+    from tests.snapshot_synth import make_snapshot
+    from wasmig.snapshot.state import PAGE_SIZE
+    from wasmig.snapshot.store import write_single_file
+
+    a = make_snapshot(7, pages=4)
+    b = make_snapshot(7, pages=4)
+    b.memories[0].data = b.memories[0].data + bytes(PAGE_SIZE)
+    b.wasi.monotonic_ns += 2_500_000_000  # type: ignore[union-attr]
+    fd = b.wasi.fds[3]  # type: ignore[union-attr]
+    fd.size, fd.mtime_ns = 4096, 1_700_000_000_500_000_000
+    paths = tmp_path / "a.snap", tmp_path / "b.snap"
+    write_single_file(a, paths[0])
+    write_single_file(b, paths[1])
+    return paths
+
+
+def test_diff_exit_status_and_json_like_diff1(tmp_path: Path, snapshot_pair: tuple[Path, Path]) -> None:
+    import json
+
+    a, b = snapshot_pair
+    same = wasmig("diff", a, a)
+    assert (same.returncode, same.stdout, same.stderr) == (0, "", "")
+    differ = wasmig("diff", a, b)
+    assert differ.returncode == 1 and differ.stderr == "" and differ.stdout, differ
+    js = wasmig("diff", "--json", a, b)
+    assert js.returncode == 1
+    doc = json.loads(js.stdout)
+    assert doc["same"] is False and doc["differences"] == differ.stdout.splitlines()
+    assert json.loads(wasmig("diff", "--json", a, a).stdout) == {"a": str(a), "b": str(a), "same": True,
+                                                                  "differences": []}
+    trouble = wasmig("diff", a, tmp_path / "missing.snap")
+    assert trouble.returncode == 2 and trouble.stderr.startswith("wasmig: error:"), trouble
+
+
+def test_diff_says_seconds_and_bytes(snapshot_pair: tuple[Path, Path]) -> None:
+    a, b = snapshot_pair
+    text = wasmig("diff", a, b).stdout
+    assert "monotonic clock: 0.123457 s -> 2.623457 s (+2.500000 s)" in text, text
+    assert "size 100 -> 4096 bytes" in text and "mtime 0.000000005 s -> 1700000000.500000000 s" in text, text
+    assert "memory 0: size 4 -> 5 pages (+1; 262144 -> 327680 bytes)" in text, text
+    assert " ns" not in text and "KiB" not in text and "MiB" not in text, text
+
+
+def test_inspect_says_seconds_and_bytes(snapshot_pair: tuple[Path, Path]) -> None:
+    import json
+    import re
+
+    a, _ = snapshot_pair
+    text = wasmig("inspect", a).stdout
+    assert "memory 0: 4 pages (262144 bytes; min 1, max 65536)" in text, text
+    assert re.search(r"snapshot \d+ bytes", text) and "monotonic clock: 0.123457 s" in text, text
+    assert not re.search(r"\b(KiB|MiB|GiB|B|ns|ms)\b", text), text
+    summary = json.loads(wasmig("inspect", "--json", a).stdout)
+
+    def keys(obj: object, inside_meta: bool = False) -> set[str]:
+        if isinstance(obj, dict):
+            return {k for k, v in obj.items() for k in (k, *keys(v, k == "meta"))} if not inside_meta else set()
+        if isinstance(obj, list):
+            return {k for v in obj for k in keys(v)}
+        return set()
+
+    names = keys(summary)
+    assert {"created_s", "monotonic_s", "size_bytes", "mtime_s", "snapshot_bytes"} <= names, names
+    assert not [k for k in names if k.endswith(("_ns", "_ms", "_kib", "_mib")) or k in ("size", "seconds")], names
+    assert summary["wasi"]["monotonic_s"] == pytest.approx(0.123456789)
+

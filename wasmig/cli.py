@@ -20,6 +20,8 @@ from wasmig.errors import DecodeError, LinkError, Trap, ValidationError, WasmErr
 
 TRAP_EXIT_CODE = 134
 ERROR_EXIT_CODE = 1
+DIFF_DIFFERENT_EXIT_CODE = 1  # `wasmig diff`, as diff(1): the snapshots differ...
+DIFF_TROUBLE_EXIT_CODE = 2  # ...or one could not be read
 ENGINES = ["interp", "wasmtime"]
 INTERP_ONLY = "--checkpoint-at-instruction is available on the interpreter only (use --engine interp)"
 
@@ -642,10 +644,13 @@ def gc(dry_run: bool, directory: str) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.argument("a")
 @click.argument("b")
-def diff(a: str, b: str) -> None:
-    """List what changed between two snapshots."""
+def diff(as_json: bool, a: str, b: str) -> None:
+    """List what changed between two snapshots. Exit status as diff(1)'s: 0 when they hold the same
+    state, 1 when they differ, 2 on trouble."""
+    import json
     from pathlib import Path
 
     from wasmig.snapshot.inspect import diff as diff_snapshots
@@ -655,10 +660,15 @@ def diff(a: str, b: str) -> None:
     try:
         snaps = [load_snapshot(Path(a)), load_snapshot(Path(b))]
     except SnapshotError as e:
-        _fail(str(e))
+        _fail(str(e), DIFF_TROUBLE_EXIT_CODE)
         return
-    for line in diff_snapshots(*snaps):
-        click.echo(line)
+    lines = diff_snapshots(*snaps)
+    if as_json:
+        click.echo(json.dumps({"a": a, "b": b, "same": not lines, "differences": lines}, indent=2))
+    else:
+        for line in lines:
+            click.echo(line)
+    sys.exit(DIFF_DIFFERENT_EXIT_CODE if lines else 0)
 
 
 @main.command()

@@ -6,6 +6,10 @@ was the program?", "what did it have open?" and "what changed between these two 
 scripts), :func:`format_summary` renders that dict for people, and :func:`diff` lists changes.
 Values stay as ``[type, bits]`` in the JSON (exact, and NaN payloads survive JSON); only the
 text rendering decodes them into signed integers and floats.
+
+One unit per quantity, everywhere: times in seconds (JSON keys ending in ``_s``, text ``12.5 s``),
+sizes in bytes (keys ending in ``_bytes``, text ``123456 bytes``); counts of pages say ``pages``.
+``meta`` is shown as it was recorded.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def summarize(snapshot: Snapshot, module_ir: Any = None, stats: Any = None,
         "format_version": snapshot.format_version,
         "module_sha256": snapshot.module_sha256,
         "engine": snapshot.engine,
-        "created_ns": snapshot.created_ns,
+        "created_s": _seconds(snapshot.created_ns),
         "point": snapshot.point,
         "stable": snapshot.stable,
         "steps": snapshot.steps,
@@ -109,7 +113,7 @@ def summarize(snapshot: Snapshot, module_ir: Any = None, stats: Any = None,
         "memories": memories,
         "pages": _stats_dict(stats),
         "chain": chain,
-        "tables": [{"index": i, "elem_type": t.elem_type, "min": t.min, "max": t.max, "size": len(t.elements),
+        "tables": [{"index": i, "elem_type": t.elem_type, "min": t.min, "max": t.max, "elements": len(t.elements),
                     "non_null": sum(e is not None for e in t.elements)} for i, t in enumerate(snapshot.tables)],
         "globals": [{"index": i, "type": g.type, "mutable": g.mutable, "value": list(g.value)}
                     for i, g in enumerate(snapshot.globals)],
@@ -123,13 +127,17 @@ def summarize(snapshot: Snapshot, module_ir: Any = None, stats: Any = None,
         summary["wasi"] = {
             "args": list(w.args),
             "env": dict(w.env),
-            "monotonic_ns": w.monotonic_ns,
+            "monotonic_s": _seconds(w.monotonic_ns),
             "fds": [{"fd": fd.fd, "kind": fd.kind, "path": _fd_path(fd), "offset": fd.offset,
                      "readable": fd.readable, "writable": fd.writable, "preopen": fd.preopen,
                      "base_preopen": fd.base_preopen, "relpath": fd.relpath, "host_path": fd.host_path,
-                     "size": fd.size, "mtime_ns": fd.mtime_ns} for fd in w.fds],
+                     "size_bytes": fd.size, "mtime_s": _seconds(fd.mtime_ns)} for fd in w.fds],
         }
     return summary
+
+
+def _seconds(ns: int | None) -> float | None:
+    return None if ns is None else ns / 1e9
 
 
 def _stats_dict(stats: Any) -> dict[str, Any] | None:
@@ -137,18 +145,23 @@ def _stats_dict(stats: Any) -> dict[str, Any] | None:
         return None
     if hasattr(stats, "as_dict"):
         stats = stats.as_dict()
-    return _jsonable(dict(stats))
+    stats = dict(stats)
+    if "seconds" in stats:  # a WriteStats: how long the write took
+        stats["write_s"] = stats.pop("seconds")
+    return _jsonable(stats)
 
 
 def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    x = float(n)
-    for unit in ("KiB", "MiB", "GiB"):
-        x /= 1024
-        if x < 1024 or unit == "GiB":
-            break
-    return f"{x:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _quantity(key: str, value: Any) -> str:
+    """``stored_bytes`` 12 -> ``stored 12 bytes``; ``write_s`` 0.5 -> ``write 0.500 s``; else ``key value``."""
+    if key.endswith("_bytes") and isinstance(value, int):
+        return f"{key[:-6].replace('_', ' ')} {value} bytes"
+    if key.endswith("_s") and isinstance(value, (int, float)):
+        return f"{key[:-2].replace('_', ' ')} {value:.3f} s"
+    return f"{key.replace('_', ' ')} {value}"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -174,8 +187,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                    f"{m['nonzero_pages']} non-zero, {m['zero_pages']} zero")
     p = s.get("pages")
     if p:
-        parts = [f"{k.replace('_', ' ')} {v}" for k, v in p.items() if k != "seconds"]
-        out.append("pages: " + ", ".join(parts))
+        out.append("pages: " + ", ".join(_quantity(k, v) for k, v in p.items()))
     chain = s.get("chain")
     if chain:
         out.append(f"checkpoint directory ({len(chain)} snapshots, oldest first; each names the pages it shares "
@@ -185,7 +197,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             out.append(f"  {'*' if c['this'] else ' '} {c['snapshot']}: {steps}{c['pages_total']} pages, "
                        f"{c['pages_new']} new ({_size(c['new_bytes'])}), file {_size(c['snapshot_bytes'])}")
     for t in s["tables"]:
-        out.append(f"table {t['index']}: {t['elem_type']}, {t['size']} elements ({t['non_null']} non-null)")
+        out.append(f"table {t['index']}: {t['elem_type']}, {t['elements']} elements ({t['non_null']} non-null)")
     if s["globals"]:
         out.append("globals:")
         for g in s["globals"]:
@@ -199,11 +211,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         out.append("args: " + " ".join(_quote(a) for a in w["args"]))
         if w["env"]:
             out.append("env: " + " ".join(f"{k}={_quote(v)}" for k, v in w["env"].items()))
-        out.append(f"monotonic clock: {w['monotonic_ns'] / 1e9:.6f} s")
+        out.append(f"monotonic clock: {w['monotonic_s']:.6f} s")
         out.append(f"open fds ({len(w['fds'])}):")
         for fd in w["fds"]:
             mode = ("r" if fd["readable"] else "-") + ("w" if fd["writable"] else "-")
             extra = f" offset {fd['offset']}" if fd["kind"] == "file" else ""
+            if fd["kind"] == "file" and fd["size_bytes"] is not None:
+                extra += f" (size {fd['size_bytes']} bytes when checkpointed)"
             if fd["preopen"]:
                 extra += f" (preopen {fd['preopen']})"
             out.append(f"  {fd['fd']:>3} {fd['kind']:<12} {mode} {fd['path'] or '?'}{extra}")
@@ -318,7 +332,7 @@ def _diff_memories(a: Snapshot, b: Snapshot) -> list[str]:
         ma, mb = a.memories[i], b.memories[i]
         pa, pb = len(ma.data) // PAGE_SIZE, len(mb.data) // PAGE_SIZE
         if pa != pb:
-            out.append(f"memory {i}: size {pa} -> {pb} pages ({pb - pa:+d})")
+            out.append(f"memory {i}: size {pa} -> {pb} pages ({pb - pa:+d}; {len(ma.data)} -> {len(mb.data)} bytes)")
         if (ma.min, ma.max) != (mb.min, mb.max):
             out.append(f"memory {i}: limits min {ma.min} max {ma.max} -> min {mb.min} max {mb.max}")
         if ma.data == mb.data:
@@ -348,6 +362,15 @@ def _diff_tables(a: Snapshot, b: Snapshot) -> list[str]:
     return out
 
 
+def _fd_change(field: str, a: Any, b: Any) -> str:
+    """One changed field of an fd, in its unit: ``size 10 -> 20 bytes``, ``mtime 1.5 s -> 2.5 s``."""
+    if field == "size" and a is not None and b is not None:
+        return f"size {a} -> {b} bytes"
+    if field == "mtime_ns" and a is not None and b is not None:
+        return f"mtime {a / 1e9:.9f} s -> {b / 1e9:.9f} s"
+    return f"{field} {a} -> {b}"
+
+
 def _diff_wasi(a: Snapshot, b: Snapshot) -> list[str]:
     wa, wb = a.wasi, b.wasi
     if wa is None or wb is None:
@@ -363,7 +386,7 @@ def _diff_wasi(a: Snapshot, b: Snapshot) -> list[str]:
         elif wa.env[k] != wb.env[k]:
             out.append(f"env {k}: {wa.env[k]!r} -> {wb.env[k]!r}")
     if wa.monotonic_ns != wb.monotonic_ns:
-        out.append(f"monotonic clock: {wa.monotonic_ns} -> {wb.monotonic_ns} ns "
+        out.append(f"monotonic clock: {wa.monotonic_ns / 1e9:.6f} s -> {wb.monotonic_ns / 1e9:.6f} s "
                    f"({(wb.monotonic_ns - wa.monotonic_ns) / 1e9:+.6f} s)")
     fa = {fd.fd: fd for fd in wa.fds}
     fb = {fd.fd: fd for fd in wb.fds}
@@ -378,6 +401,6 @@ def _diff_wasi(a: Snapshot, b: Snapshot) -> list[str]:
                 out.append(f"fd {n}: now {y.kind} {_fd_path(y) or '?'} (was {x.kind} {_fd_path(x) or '?'})")
                 continue
             fields = [k for k in x.__dict__ if getattr(x, k) != getattr(y, k)]
-            detail = ", ".join(f"{k} {getattr(x, k)} -> {getattr(y, k)}" for k in fields)
+            detail = ", ".join(_fd_change(k, getattr(x, k), getattr(y, k)) for k in fields)
             out.append(f"fd {n} ({_fd_path(y) or y.kind}): {detail}")
     return out
