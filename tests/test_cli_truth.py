@@ -450,3 +450,61 @@ def test_inspect_says_seconds_and_bytes(snapshot_pair: tuple[Path, Path]) -> Non
     assert not [k for k in names if k.endswith(("_ns", "_ms", "_kib", "_mib")) or k in ("size", "seconds")], names
     assert summary["wasi"]["monotonic_s"] == pytest.approx(0.123456789)
 
+
+# --- 6. -v / WASMIG_LOG: what wasmig decides and how long it takes, only when asked ------------------
+def test_verbose_logs_the_engine_and_nothing_extra_without_it(tmp_path: Path) -> None:
+    from tests.wasi_harness import program
+
+    hello = program("hello")
+    quiet = wasmig("run", "--engine", "interp", hello)
+    assert quiet.returncode == 0 and quiet.stderr == "this goes to stderr\n", quiet.stderr  # only the guest's
+    loud = wasmig("-v", "run", "--engine", "interp", hello)
+    assert loud.returncode == 0 and loud.stdout == quiet.stdout
+    assert loud.stderr.splitlines() == ["wasmig: info: engine: interp (--engine interp)", "this goes to stderr"]
+    by_env = wasmig("run", "--engine", "interp", hello, env={"WASMIG_LOG": "info"})
+    assert by_env.stderr == loud.stderr
+    assert wasmig("run", "--engine", "interp", hello, env={"WASMIG_LOG": "warning"}).stderr == quiet.stderr
+    p = wasmig("-v", "run", "--checkpoint-dir", tmp_path / "ck", "--checkpoint-at-instruction", "5", hello)
+    assert "wasmig: info: engine: interp (the default for what only the interpreter can do" in p.stderr, p.stderr
+    p = wasmig("run", "--engine", "interp", hello, env={"WASMIG_LOG": "loud"})
+    assert p.stderr.splitlines()[0] == "wasmig: warning: WASMIG_LOG='loud' is not a level (debug, info, warning, " \
+                                       "error); ignored"
+
+
+@pytest.mark.skipif(not HAVE_WASMTIME, reason="wasmtime is not installed")
+def test_debug_logs_cache_misses_then_hits(tmp_path: Path) -> None:
+    from tests.wasi_harness import program
+
+    env = {"WASMIG_CACHE": str(tmp_path / "cache"), "WASMIG_LOG": "debug"}
+    first = wasmig("run", program("hello"), env=env)
+    assert "wasmig: info: engine: wasmtime (the default: the wasmtime package is installed)" in first.stderr
+    assert "wasmig: debug: compiled-module cache miss: compiled " in first.stderr, first.stderr
+    second = wasmig("run", program("hello"), env=env)
+    assert "wasmig: debug: compiled-module cache hit: " in second.stderr, second.stderr
+    ck = tmp_path / "ck"
+    p = wasmig("-vv", "run", "--checkpoint-dir", ck, "--checkpoint-at-step", "20", program("exitcode"), "0", env=env)
+    assert "wasmig: debug: instrumented-module cache miss: instrumented in " in p.stderr, p.stderr
+    p = wasmig("-vv", "run", "--checkpoint-dir", tmp_path / "ck2", "--checkpoint-at-step", "20", program("exitcode"),
+               "0", env=env)
+    assert "wasmig: debug: instrumented-module cache hit: " in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_verbose_logs_checkpoint_and_restore_times(tmp_path: Path, engine: str) -> None:
+    import re
+
+    from tests.wasi_harness import program
+
+    ck = tmp_path / "ck"
+    p = wasmig("-v", "run", "--engine", engine, "--checkpoint-dir", ck, "--checkpoint-at-step", "20",
+               program("exitcode"), "0")
+    assert p.returncode == 0, p.stderr
+    assert re.search(rf"^wasmig: info: checkpoint {re.escape(str(ck))}/snapshots/000001\.snap at step 20: capture "
+                     r"\d+\.\d{3} s, write \d+\.\d{3} s, \d+ bytes written \(\d+ pages, \d+ new\)$", p.stderr, re.M), \
+        p.stderr
+    p = wasmig("-v", "restore", "--engine", engine, ck)
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"^wasmig: info: restore: snapshot read in \d+\.\d{3} s", p.stderr, re.M), p.stderr
+    last = {"interp": r"state restored on the interpreter", "wasmtime": r"state loaded on wasmtime"}[engine]
+    assert re.search(rf"^wasmig: info: restore: .*{last} in \d+\.\d{{3}} s$", p.stderr, re.M), p.stderr
+    assert "wasmig: info" not in wasmig("restore", "--engine", engine, ck).stderr

@@ -182,11 +182,12 @@ def pick_engine(engine: str | None, *, interp_only: bool) -> str:
     the interpreter does; then the interpreter (with a note when only wasmtime's absence chose it)."""
     if engine is None:
         if interp_only:
-            return "interp"
+            return chosen("interp", "the default for what only the interpreter can do (an instruction-precise "
+                                    "checkpoint or snapshot)")
         if wasmtime_available():
-            return "wasmtime"
+            return chosen("wasmtime", "the default: the wasmtime package is installed")
         note_fallback()
-        return "interp"
+        return chosen("interp", "fallback: wasmtime is not available")
     if engine == "wasmtime":
         from wasmig.engines import wasmtime_missing
 
@@ -194,6 +195,13 @@ def pick_engine(engine: str | None, *, interp_only: bool) -> str:
             raise UserError(f"--engine wasmtime is not available: {wasmtime_missing()}")
         if interp_only:
             raise UserError(INTERP_ONLY)
+    return chosen(engine, f"--engine {engine}")
+
+
+def chosen(engine: str, why: str) -> str:
+    from wasmig import log
+
+    log.info(__name__, "engine: %s (%s)", engine, why)
     return engine
 
 
@@ -212,8 +220,17 @@ def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> No
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show_version,
               help="Show the version and the engines available, then exit.")
-def main() -> None:
+@click.option("-v", "--verbose", count=True,
+              help="Log the engine chosen, cache hits, checkpoint and restore times on stderr (-vv: more; "
+                   "or WASMIG_LOG=debug|info).")
+def main(verbose: int) -> None:
     """Checkpoint, restore and live-migrate running WebAssembly (WASI) programs."""
+    if verbose or os.environ.get("WASMIG_LOG"):
+        from wasmig import log
+
+        problem = log.configure(verbose, os.environ.get("WASMIG_LOG"))
+        if problem is not None:
+            click.echo(f"wasmig: warning: {problem}", err=True)
 
 
 def checkpoint_options(f: Any) -> Any:
@@ -359,12 +376,18 @@ def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
 def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | None, snapshot: Any = None) -> int:
     """A run (or, with ``snapshot``, a restore) on wasmtime with checkpoints: the instrumented module
     in a worker thread, signals and timers in this one."""
+    import time
+
+    from wasmig import log
     from wasmig.snapshot.wasmtime_session import Checkpointable, WasmtimeSession
 
     def body() -> int:
+        started = time.perf_counter()
         runner = Checkpointable(module, wasi, count_steps=policy.count_steps)
         if snapshot is not None:
             runner.load(snapshot)
+            log.info(__name__, "restore: instrumented module instantiated and state loaded on wasmtime in %.3f s",
+                     time.perf_counter() - started)
         session = WasmtimeSession(runner, wasi, policy, module_path)
         return with_control(session, lambda: ended(session, session.run(snapshot)))
 
@@ -526,8 +549,10 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
             checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, count_steps: bool,
             snapshot: str) -> None:
     """Restore SNAPSHOT (a snapshot file, or a checkpoint directory: its latest) and continue it."""
+    import time
     from pathlib import Path
 
+    from wasmig import log
     from wasmig.snapshot.api import restore as restore_instance
     from wasmig.snapshot.session import find_module_for
     from wasmig.snapshot.state import SnapshotError
@@ -541,7 +566,10 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only, count_steps)
         check_module_option(module_path)
+        started = time.perf_counter()
         snap = load_snapshot(Path(snapshot))
+        log.info(__name__, "restore: snapshot read in %.3f s (%d pages of memory)", time.perf_counter() - started,
+                 sum(len(m.data) for m in snap.memories) // 65536)
         if policy.count_steps and snap.steps is None:
             raise UserError("the snapshot has no step count (its run did not count steps), so "
                             f"{'--checkpoint-at-step' if checkpoint_at_step is not None else '--count-steps'} "
@@ -556,7 +584,9 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
         engine = pick_engine(engine, interp_only=checkpoint_at_instruction is not None or not snap.stable)
         # on wasmtime, validation waits until the instrumentation pass needs it, which a cached
         # instrumented module spares (a restore's largest cost for a small module)
+        started = time.perf_counter()
         module = find_module_for(Path(snapshot), snap, module_path, validate=engine != "wasmtime")
+        log.info(__name__, "restore: module found and read in %.3f s", time.perf_counter() - started)
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
         check_guest_dirs(mapping, snap.wasi)
@@ -565,7 +595,9 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
 
             wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
             sys.exit(run_checkpointable(module, wasi, policy, snap.meta.get("module_path"), snap) & 0xFF)
+        started = time.perf_counter()
         instance = restore_instance(snap, engine, module=module, dirs=mapping, on_file_change=on_file_change)
+        log.info(__name__, "restore: state restored on the interpreter in %.3f s", time.perf_counter() - started)
     except UserError as e:
         _fail(str(e))
         return

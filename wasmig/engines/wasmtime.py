@@ -33,6 +33,7 @@ import hashlib
 import os
 import platform
 import struct
+import time
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -45,6 +46,7 @@ try:  # wasmtime-py's ctypes bindings, for the fast host-call path
 except ImportError:  # pragma: no cover - another wasmtime-py layout
     _ffi = None
 
+from wasmig import log
 from wasmig.errors import Exhaustion, HostCallInterrupted, LinkError, Trap, ValidationError, WasmError
 from wasmig.files import write_atomically
 from wasmig.module import Module
@@ -169,15 +171,20 @@ def compile_module(data: bytes, cache_dir: Path | None = None, *, use_cache: boo
         compiled = _load(blob)
         if compiled is not None:
             cache_stats["hit"] += 1
+            log.debug(__name__, "compiled-module cache hit: %s", path)
             return compiled
         cache_stats["corrupt"] += 1
     else:
         cache_stats["miss"] += 1
+    started = time.perf_counter()
     compiled = _compile(data)
+    log.debug(__name__, "compiled-module cache %s: compiled %d bytes in %.3f s -> %s",
+              "miss" if blob is None else "entry damaged", len(data), time.perf_counter() - started, path)
     try:
         write_atomically(path, cache_entry(bytes(compiled.serialize())))
     except OSError:
         cache_stats["unwritable"] += 1
+        log.debug(__name__, "compiled-module cache: cannot write %s", path)
     return compiled
 
 

@@ -218,11 +218,13 @@ class SessionBase:
         tmp.write_text(json.dumps(status))
         os.replace(tmp, self._status_file)
 
-    def _save(self, snap: Snapshot) -> None:
-        """Write ``snap`` (and the module beside it, once) into the checkpoint directory."""
+    def _save(self, snap: Snapshot, capture_s: float | None = None) -> None:
+        """Write ``snap`` (and the module beside it, once) into the checkpoint directory.
+        ``capture_s``: how long capturing it took, for the log line."""
         directory = self.policy.directory
         if directory is None:
             return
+        from wasmig import log
         from wasmig.snapshot.store import CheckpointDir
 
         module_file = store_module(directory, self.module)
@@ -233,6 +235,10 @@ class SessionBase:
         path = self._store.write(snap)
         self.policy.written.append(path)
         self._write_status()
+        stats = self._store.last_stats
+        log.info(__name__, "checkpoint %s at step %s: capture %s, write %.3f s, %d bytes written (%d pages, %d new)",
+                 path, snap.steps, "?" if capture_s is None else f"{capture_s:.3f} s", stats.seconds,
+                 stats.bytes_written, stats.pages_total, stats.pages_new)
 
 
 class Session(SessionBase):
@@ -343,7 +349,9 @@ class Session(SessionBase):
 
     def _checkpoint(self) -> None:
         if self.policy.directory is not None:
-            self._save(capture(self.instance))
+            started = time.perf_counter()
+            snap = capture(self.instance)
+            self._save(snap, time.perf_counter() - started)
 
 
 def threading_main() -> bool:

@@ -25,9 +25,11 @@ import hashlib
 import struct
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from wasmig import log
 from wasmig.errors import WasmError
 from wasmig.instrument.sites import SECTION_NAME, SiteMap
 from wasmig.instrument.unwind import (
@@ -98,15 +100,20 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_s
             if raw is not None:
                 sitemap = SiteMap.from_bytes(raw)
                 if sitemap.counts_steps == count_steps:
+                    log.debug(__name__, "instrumented-module cache hit: %s", path)
                     return data, sitemap
         except (WasmError, ValueError, TypeError, KeyError):  # a damaged entry is rebuilt
             pass
+    started = time.perf_counter()
     done = instrument(module, count_steps=count_steps)
     data = encode_module(done.ir)
+    log.debug(__name__, "instrumented-module cache %s: instrumented in %.3f s (%s variant) -> %s",
+              "miss" if blob is None else "entry damaged", time.perf_counter() - started,
+              "counting" if count_steps else "fast", path)
     try:
         write_atomically(path, cache_entry(data))
     except OSError:
-        pass
+        log.debug(__name__, "instrumented-module cache: cannot write %s", path)
     return data, done.sitemap
 
 
@@ -478,9 +485,10 @@ class WasmtimeSession(SessionBase):
                     continue
                 snap = None
                 try:
+                    started = time.perf_counter()
                     snap = runner.capture()
                     frames, point = snap.frames, snap.point
-                    self._save(snap)
+                    self._save(snap, time.perf_counter() - started)
                 except (SnapshotError, OSError) as e:
                     if snap is None:  # the capture failed (e.g. the WASI state): go on from the frames alone
                         frames, point = runner.frames()
