@@ -793,3 +793,41 @@ def gateway(listen: str, control: str, token_file: str) -> None:
         Gateway(public, ctl, token).serve()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@main.command("export")
+@click.option("-o", "--output", required=True, metavar="FILE.wsnap", help="The file to write.")
+@click.option("--module", "module_path", default=None,
+              help="The .wasm the snapshot was taken of (default: the copy kept in the checkpoint directory).")
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@click.argument("snapshot")
+def export_cmd(output: str, module_path: str | None, force: bool, snapshot: str) -> None:
+    """Pack SNAPSHOT (a checkpoint directory: its latest; or a snapshot file), every page it names and
+    its module into one file, which `wasmig restore`, `inspect` and `import` read."""
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.wsnap import export_snapshot
+
+    try:
+        result = export_snapshot(snapshot, output, module=module_path, force=force)
+    except SnapshotError as e:
+        _fail(str(e))
+        return
+    click.echo(f"wasmig: exported {result.snapshot} to {result.output} ({result.pages} pages, {result.bytes} bytes)",
+               err=True)
+
+
+@main.command("import")
+@click.argument("file")
+@click.argument("directory")
+def import_cmd(file: str, directory: str) -> None:
+    """Unpack the .wsnap FILE into the checkpoint DIRECTORY (created if missing) as its newest
+    snapshot; prints the new snapshot file's path."""
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.wsnap import import_wsnap
+
+    try:
+        path = import_wsnap(file, directory)
+    except SnapshotError as e:
+        _fail(str(e))
+        return
+    click.echo(str(path))

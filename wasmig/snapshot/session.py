@@ -372,6 +372,10 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
     if explicit:
         candidates.append(Path(explicit))
     else:
+        from wasmig.snapshot import wsnap
+
+        if wsnap.is_wsnap(snapshot_path):  # a single-file export carries its module (sha256 checked)
+            return Module.from_bytes(wsnap.read_module(snapshot_path), validate=validate)
         base = snapshot_path if snapshot_path.is_dir() else snapshot_path.parent.parent
         candidates.append(base / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
         candidates.append(snapshot_path.parent / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 import zstandard
@@ -267,26 +267,31 @@ def _decompress_page(comp: bytes, what: str) -> bytes:
 def _read_manifest(path: Path) -> dict[str, Any]:
     """Read and verify a snapshot file's container (magic, version, length, hash); return the manifest."""
     with open(path, "rb") as f:
-        header = f.read(HEADER_SIZE)
-        if header[:len(MAGIC)] != MAGIC:
-            if header and MAGIC.startswith(header):
-                raise SnapshotError(f"truncated snapshot ({len(header)} bytes)")
-            raise SnapshotError("not a wasmig snapshot (bad magic)")
-        if len(header) < HEADER_SIZE:
-            raise SnapshotError(f"truncated snapshot ({len(header)} bytes, shorter than the header)")
-        _, version, length = _HEADER.unpack(header)
-        if version > FORMAT_VERSION:
-            raise SnapshotError(f"snapshot has newer format version {version}, this wasmig reads {FORMAT_VERSION}; "
-                                "upgrade wasmig to restore it")
-        if version != FORMAT_VERSION:
-            raise SnapshotError(f"unknown snapshot format version {version}")
-        size = os.fstat(f.fileno()).st_size
-        expected = HEADER_SIZE + length + HASH_SIZE
-        if size < expected:
-            raise SnapshotError(f"truncated snapshot ({size} bytes, the header says {expected})")
-        if size > expected:
-            raise SnapshotError(f"snapshot has {size - expected} bytes of trailing garbage")
-        rest = f.read(length + HASH_SIZE + 1)
+        return _read_manifest_from(f, os.fstat(f.fileno()).st_size)
+
+
+def _read_manifest_from(f: BinaryIO, size: int) -> dict[str, Any]:
+    """:func:`_read_manifest` for a container of ``size`` bytes at ``f``'s position (a snapshot
+    file, or the one inside a .wsnap, given as a ``BytesIO``)."""
+    header = f.read(HEADER_SIZE)
+    if header[:len(MAGIC)] != MAGIC:
+        if header and MAGIC.startswith(header):
+            raise SnapshotError(f"truncated snapshot ({len(header)} bytes)")
+        raise SnapshotError("not a wasmig snapshot (bad magic)")
+    if len(header) < HEADER_SIZE:
+        raise SnapshotError(f"truncated snapshot ({len(header)} bytes, shorter than the header)")
+    _, version, length = _HEADER.unpack(header)
+    if version > FORMAT_VERSION:
+        raise SnapshotError(f"snapshot has newer format version {version}, this wasmig reads {FORMAT_VERSION}; "
+                            "upgrade wasmig to restore it")
+    if version != FORMAT_VERSION:
+        raise SnapshotError(f"unknown snapshot format version {version}")
+    expected = HEADER_SIZE + length + HASH_SIZE
+    if size < expected:
+        raise SnapshotError(f"truncated snapshot ({size} bytes, the header says {expected})")
+    if size > expected:
+        raise SnapshotError(f"snapshot has {size - expected} bytes of trailing garbage")
+    rest = f.read(length + HASH_SIZE + 1)
     if len(rest) != length + HASH_SIZE:
         raise SnapshotError("snapshot changed size while being read")
     body = memoryview(rest)[:length]
@@ -379,9 +384,14 @@ def _pages_dir_for(file: Path) -> Path:
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
-    """Load a snapshot from a checkpoint directory (its latest), a snapshot file in one, or a single file."""
+    """Load a snapshot from a checkpoint directory (its latest), a snapshot file in one, a single
+    file, or a single-file export (.wsnap)."""
     path = Path(path)
     file = _guarded(path, "read snapshot", _resolve, path)
+    from wasmig.snapshot import wsnap
+
+    if wsnap.is_wsnap(file):
+        return _guarded(file, "read snapshot", wsnap.load_wsnap, file)
     return _guarded(file, "read snapshot", _load_file, file, _pages_dir_for(file))
 
 
@@ -409,6 +419,10 @@ def storage_stats(path: str | Path) -> dict[str, Any]:
     what this snapshot did not have to write.
     """
     path = _guarded(Path(path), "read snapshot", _resolve, Path(path))
+    from wasmig.snapshot import wsnap
+
+    if wsnap.is_wsnap(path):
+        return _guarded(path, "read snapshot", wsnap.storage_stats, path)
 
     def compute() -> dict[str, Any]:
         manifest = _read_manifest(path)
