@@ -136,6 +136,20 @@ def test_inspect_and_checkpoint_options(work: Work, tmp_path: Path) -> None:
     assert work.before + r1.stdout + r2.stdout == work.full
 
 
+def test_python_api_and_diff(work: Work) -> None:
+    """``wasmig.restore("prog.wsnap")`` finds the module in the file; ``diff`` against the original
+    snapshot finds no difference."""
+    import io
+
+    import wasmig
+
+    out = io.BytesIO()
+    inst = wasmig.restore(work.tmp / "prog.wsnap", stdout=out)
+    inst.resume()
+    assert work.before + out.getvalue() == work.full
+    ok(work.run("diff", "prog.wsnap", next(work.ck.glob("snapshots/*.snap"))))
+
+
 def test_restore_with_dir_mapping(tmp_path: Path) -> None:
     """A program with open files moves with its directory: exported, the directory copied elsewhere,
     restored with ``--dir NEW::GUEST``; output and files equal the uninterrupted run's."""
