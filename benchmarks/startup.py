@@ -12,8 +12,9 @@ side, alternating, so that the machine's other load falls on both alike:
   from an untimed first run), stdout to a file;
 - ``python -c pass``: the interpreter's own start, for scale.
 
-It prints the median and quartiles of each and the median of the per-round differences (each round
-runs all commands once, in rotating order). ``--rounds`` (default 21). The guest is
+It prints the median and quartiles of each, in wall time and in CPU time (user + system, which
+other load on a shared machine disturbs much less), and the median of the per-round differences
+(each round runs all commands once, in rotating order). ``--rounds`` (default 21). The guest is
 ``tests/programs/hello.c`` compiled with the test toolchain (cached).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,13 +48,27 @@ linker.instantiate(store, module).exports(store)["_start"](store)
 """
 
 
-def timed(cmd: list[str], cwd: str) -> float:
+#: Bytecode caches on, as a pip install leaves them (PYTHONDONTWRITEBYTECODE would make every run of
+#: an edited checkout recompile its sources): the untimed first run writes them.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: list[str], cwd: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one run of ``cmd``. CPU time is what the run
+    itself cost, much less disturbed than wall time by other load on a shared machine."""
+    cpu = _children_cpu()
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                          env=ENV)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"startup: {cmd[:3]} failed ({proc.returncode}): {proc.stderr.decode()[-500:]}")
-    return elapsed
+    return elapsed, _children_cpu() - cpu
 
 
 def quartiles(xs: list[float]) -> str:
@@ -85,17 +101,22 @@ def main() -> None:
         }
         for cmd in commands.values():  # warm every cache (wasmig's artifact cache, the OS's file cache)
             timed(cmd, tmp)
-        times: dict[str, list[float]] = {name: [] for name in commands}
+        wall: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         names = list(commands)
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
-                times[name].append(timed(commands[name], tmp))
-    for name, xs in times.items():
-        print(f"{name:24} {quartiles(xs)}")
-    extra = [a - b for a, b in zip(times["wasmig run"], times["wasmtime-py (cached)"], strict=True)]
-    ratio = statistics.median(times["wasmig run"]) / statistics.median(times["wasmtime-py (cached)"])
-    print(f"wasmig run - wasmtime-py: median {statistics.median(extra) * 1000:+.1f} ms per round "
-          f"(target: at most +30 ms); ratio {ratio:.2f}x")
+                w, c = timed(commands[name], tmp)
+                wall[name].append(w)
+                cpu[name].append(c)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    for label, times in (("wall", wall), ("cpu", cpu)):
+        for name, xs in times.items():
+            print(f"{label:4} {name:24} {quartiles(xs)}")
+        extra = [a - b for a, b in zip(times["wasmig run"], times["wasmtime-py (cached)"], strict=True)]
+        ratio = statistics.median(times["wasmig run"]) / statistics.median(times["wasmtime-py (cached)"])
+        print(f"{label:4} wasmig run - wasmtime-py: median {statistics.median(extra) * 1000:+.1f} ms per round "
+              f"(target: at most +30 ms); ratio {ratio:.2f}x")
 
 
 if __name__ == "__main__":

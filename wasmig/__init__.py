@@ -18,14 +18,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from wasmig.errors import DecodeError, Exhaustion, LinkError, Trap, UnsupportedFeature, ValidationError, WasmError
-from wasmig.instance import Instance
-from wasmig.interp.machine import Suspended
-from wasmig.interp.store import Global, HostFunc, Memory, Table, Val
-from wasmig.module import Module
 
 if TYPE_CHECKING:
+    from wasmig.instance import Instance
+    from wasmig.interp.machine import Suspended
+    from wasmig.interp.store import Global, HostFunc, Memory, Table, Val
+    from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot
     from wasmig.snapshot.wasmtime_session import Checkpointable
+
+#: The API's classes, imported on first use (PEP 562): every ``wasmig`` command imports this package
+#: first, and the interpreter behind ``Instance`` costs ~30 ms that a run on wasmtime never needs.
+_LAZY = {
+    "Instance": "wasmig.instance", "Suspended": "wasmig.interp.machine", "Global": "wasmig.interp.store",
+    "HostFunc": "wasmig.interp.store", "Memory": "wasmig.interp.store", "Table": "wasmig.interp.store",
+    "Val": "wasmig.interp.store", "Module": "wasmig.module",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'wasmig' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,

@@ -217,6 +217,15 @@ def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> No
     ctx.exit()
 
 
+def module_problem(program: str, e: Exception) -> str:
+    """The one line for a module that cannot be read, is a component, or is not valid."""
+    component = component_problem(program)
+    if component is not None:
+        return component
+    kind = "cannot read" if "cannot read module" in str(e) else "not a valid WebAssembly module"
+    return f"{program}: {kind}: {str(e).replace(f'cannot read module {program}: ', '')}"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show_version,
               help="Show the version and the engines available, then exit.")
@@ -274,7 +283,7 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
                 then: str, stable_only: bool, count_steps: bool = False, migratable: bool = False) -> Any:
     from pathlib import Path
 
-    from wasmig.snapshot.session import CheckpointPolicy
+    from wasmig.snapshot.policy import CheckpointPolicy
 
     if checkpoint_dir is None and (at_step is not None or at_instruction is not None or every is not None):
         raise UserError("--checkpoint-at-step/--checkpoint-at-instruction/--checkpoint-every need --checkpoint-dir")
@@ -287,9 +296,9 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
 
 def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, *, resume: bool) -> int:
     """Run to the end under ``policy``; returns the process exit code (traps and errors reported)."""
-    from wasmig.snapshot.session import Session
-
     if instance.engine == "interp":
+        from wasmig.snapshot.session import Session
+
         session = Session(instance, wasi, policy, module_path)
         return guarded(lambda: with_control(session, lambda: ended(session, session.run(resume=resume))), wasi,
                        policy, module_path)
@@ -344,8 +353,8 @@ def migrate_later(session: Any, target: str, token: bytes, after: float) -> None
 
 def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
     """``body()``'s exit code, with a checkpoint-and-exit, traps and errors reported as the CLI does."""
-    from wasmig.snapshot.session import CheckpointExit, MigratedAway, MigrationInDoubt
-    from wasmig.snapshot.state import SnapshotError
+    from wasmig.errors import SnapshotError
+    from wasmig.snapshot.policy import CheckpointExit, MigratedAway, MigrationInDoubt
 
     try:
         return body()
@@ -425,7 +434,7 @@ def run_compiled(instance: Any) -> int:
     ends the process at once, as it ends ``wasmtime run``."""
     import signal
 
-    from wasmig.snapshot.session import ignore_checkpoint_request
+    from wasmig.snapshot.policy import ignore_checkpoint_request
     from wasmig.wasi.run import run_start
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -491,7 +500,9 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
             policy.migrate_to = (migrate_to, token, migrate_after)
         listeners = [open_listener(spec) for spec in listens]
         gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
-        module = Module.from_file(program)
+        # plain wasmtime validates and compiles the module itself: Python decodes only what linking needs
+        plain_wasmtime = engine == "wasmtime" and not (policy.active or policy.migratable)
+        module = Module.from_file(program, decode=not plain_wasmtime)
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
     except UserError as e:
         for sock in listeners:
@@ -499,12 +510,7 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         _fail(str(e))
         return
     except (DecodeError, ValidationError) as e:
-        component = component_problem(program)
-        if component is not None:
-            _fail(component)
-            return
-        kind = "cannot read" if "cannot read module" in str(e) else "not a valid WebAssembly module"
-        _fail(f"{program}: {kind}: {str(e).replace(f'cannot read module {program}: ', '')}")
+        _fail(module_problem(program, e))
         return
     try:
         wasi = Wasi([program, *args], env, preopens=preopens, listeners=listeners, gateway_listeners=gateways)
@@ -520,6 +526,8 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
                             "functions, use --invoke NAME)")
     except (LinkError, Trap, WasmError) as e:
         wasi.close()
+        if isinstance(e, (DecodeError, ValidationError)):  # found when wasmtime compiled it
+            _fail(module_problem(program, e))
         if isinstance(e, Trap):
             report_trap(e)
             sys.exit(TRAP_EXIT_CODE)

@@ -51,3 +51,8 @@ class HostCallInterrupted(Exception):  # noqa: N818 - control flow, not an error
     """Raised by a host function that was blocked (stdin, sleep, accept) when a checkpoint was
     requested, *before* it did anything: the engine abandons the call and re-executes it on
     restore. Not a WasmError: it never reaches a user."""
+
+
+class SnapshotError(WasmError):
+    """A snapshot that cannot be used: corrupt, truncated, from a newer format, or for another module.
+    (Also importable from :mod:`wasmig.snapshot.state`, beside the state it is about.)"""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Readers see the old entry, no entry or the whole new one, never a partial file (no fsync:
     for caches, which a crash may lose but never corrupt)."""
+    import tempfile  # imported when a cache entry is written, not by every run that reads one
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

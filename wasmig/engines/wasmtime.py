@@ -29,15 +29,15 @@ Running a command (``_start`` to completion) is :func:`wasmig.wasi.run.run_comma
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
 import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
@@ -52,6 +52,9 @@ from wasmig.files import write_atomically
 from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import WASI_MODULE, Wasi, check_wasi_imports
+
+if TYPE_CHECKING:
+    from wasmig.binary.ir import Module as IRModule
 
 #: Engine settings: applied to the ``wasmtime.Config`` and part of the artifact cache key.
 #: ``memory_may_move`` off: a linear memory keeps its address when it grows (it is reserved up
@@ -113,8 +116,16 @@ def engine() -> wasmtime.Engine:
     return _ENGINE
 
 
+@functools.cache
 def wasmtime_version() -> str:
-    try:
+    """wasmtime-py's version (part of the artifact cache key), read from the name of its dist-info
+    folder beside the package: importlib.metadata would add ~15 ms of imports to every run."""
+    site = Path(wasmtime.__file__).resolve().parent.parent
+    for info in site.glob("wasmtime-*.dist-info"):
+        return info.name[len("wasmtime-"):-len(".dist-info")]
+    from importlib import metadata  # pragma: no cover - another installer's layout
+
+    try:  # pragma: no cover
         return metadata.version("wasmtime")
     except metadata.PackageNotFoundError:  # pragma: no cover - a wasmtime not installed by pip
         return getattr(wasmtime, "__version__", "unknown")
@@ -306,12 +317,22 @@ class _Code:
     """Instruction lookup by absolute module offset, for one module (built on first trap)."""
 
     def __init__(self, module: Module, instrumented: bytes | None = None) -> None:
-        self.ir = module.ir
-        self.imported = module.ir.num_imported_funcs()
-        self.total = self.imported + len(module.ir.funcs)
+        self._module = module  # decoded only when a trap needs it (a run may never trap)
         self._index: dict[int, dict[int, int]] = {}
         self._instrumented = instrumented
         self._origins: Any = None
+
+    @functools.cached_property
+    def ir(self) -> IRModule:
+        return self._module.ir
+
+    @functools.cached_property
+    def imported(self) -> int:
+        return self.ir.num_imported_funcs()
+
+    @functools.cached_property
+    def total(self) -> int:
+        return self.imported + len(self.ir.funcs)
 
     def original_offset(self, func_index: int, offset: int) -> int:
         """For a run of the instrumented module: the offset of the original instruction that
@@ -491,7 +512,7 @@ class WasmtimeInstance:
         self.interrupt_state: wasmtime.Global | None = None
         #: and this byte (the poll byte) to 1: the fast variant's post-call checks test it first
         self.interrupt_flag: ctypes.c_uint8 | None = None
-        ir = module.ir
+        ir = module.interface
         if host_imports:  # the embedding API's imports; the module's others must be WASI's
             from wasmig.engines.wasmtime_api import without_provided
 
@@ -504,7 +525,12 @@ class WasmtimeInstance:
             from wasmig.binary.encoder import encode_module
 
             data = encode_module(module.ir)
-        compiled = compile_module(data, cache_dir, use_cache=use_cache)
+        try:
+            compiled = compile_module(data, cache_dir, use_cache=use_cache)
+        except ValidationError:
+            if code is None:
+                _ = module.validation  # wasmig's own words for what is wrong with the module, if it finds it
+            raise
         self.store = wasmtime.Store(engine())
         linker = wasmtime.Linker(engine())
         self.memory_view: LinearMemoryView | None = None
@@ -512,8 +538,12 @@ class WasmtimeInstance:
         fast = _RAW_CALLS if fast_host_calls is None else fast_host_calls
         if wasi is not None:
             host = wasi.imports(lambda params, results, fn, name: fn, [imp.name for imp in imports])[WASI_MODULE]
+            defined: set[str] = set()
             for imp in imports:
-                ft = module.ir.types[imp.desc]
+                if imp.name in defined:
+                    continue  # a module may import one function twice: the linker takes each name once
+                defined.add(imp.name)  # (check_wasi_imports checked that every copy has the same type)
+                ft = ir.types[imp.desc]
                 ty = wasmtime.FuncType([_VALTYPE[t]() for t in ft.params], [_VALTYPE[t]() for t in ft.results])
                 if fast:
                     self._define_raw(linker, imp.name, ty, host[imp.name], ft.params, ft.results)

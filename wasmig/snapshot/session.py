@@ -23,58 +23,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wasmig.instance import Instance
-from wasmig.interp.machine import NEVER, Suspended
-from wasmig.module import Module
-from wasmig.snapshot.capture import capture
+from wasmig.snapshot.policy import (  # noqa: F401 - re-exported: the run loops' names for them
+    CheckpointExit,
+    CheckpointPolicy,
+    MigratedAway,
+    MigrationInDoubt,
+    ignore_checkpoint_request,
+)
 from wasmig.snapshot.state import Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
+if TYPE_CHECKING:  # the interpreter is imported by the code that runs on it: a run on wasmtime never pays for it
+    from wasmig.instance import Instance
+    from wasmig.module import Module
+
 RUNTIME_DIR = Path(os.environ.get("WASMIG_RUNTIME_DIR", "/tmp/wasmig-run"))
 MODULE_FILE_PREFIX = "module-"
-
-
-@dataclass
-class CheckpointPolicy:
-    directory: Path | None = None
-    at_step: int | None = None
-    at_instruction: int | None = None
-    every: float | None = None
-    then: str = "continue"  # or "exit"
-    stable_only: bool = False
-    #: on wasmtime, run the deterministic variant that counts steps (the interpreter always counts)
-    count_steps: bool = False
-    on_signal: bool = True
-    written: list[Path] = field(default_factory=list)
-    #: accept ``wasmig migrate PID`` (the control socket; on wasmtime, the checkpointable variant)
-    migratable: bool = False
-    #: ``wasmig run --migrate-to``: (target HOST:PORT, token, seconds after the start)
-    migrate_to: tuple[str, bytes, float] | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.directory is not None
-
-
-class CheckpointExit(Exception):  # noqa: N818 - control flow
-    """``--checkpoint-then exit``: the program stops after its snapshot was written."""
-
-
-class MigratedAway(Exception):  # noqa: N818 - control flow
-    """The program now runs on another machine: this run ends (exit code 0)."""
-
-
-class MigrationInDoubt(MigratedAway):
-    """The target was sent the commit but never confirmed it: the program may run there, so it
-    must not go on here; its state was saved for a manual restore (``path``)."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.path = path
 
 
 class StopHandoff:
@@ -263,6 +230,8 @@ class Session(SessionBase):
         self.wasi.waiter.request()
 
     def _arm(self) -> None:
+        from wasmig.interp.machine import NEVER
+
         p = self.policy
         m = self.machine
         if p.at_step is not None and not m.steps_counted:
@@ -299,6 +268,9 @@ class Session(SessionBase):
                 self.handoff.ended()
 
     def _run(self, resume: bool) -> int:
+        from wasmig.interp.machine import Suspended
+        from wasmig.snapshot.capture import capture
+
         try:
             self._arm()
             first = not resume
@@ -335,6 +307,8 @@ class Session(SessionBase):
 
     def _advance_to_stable(self) -> bool:
         """With stable_only, an instruction stop continues to the next stable point first."""
+        from wasmig.interp.machine import NEVER
+
         m = self.machine
         if m.point == "instruction" and self.policy.stable_only:
             m.counting = True  # keep counting: the snapshot still knows its exact instruction count
@@ -345,9 +319,13 @@ class Session(SessionBase):
         return False
 
     def checkpoint_now(self) -> Snapshot:
+        from wasmig.snapshot.capture import capture
+
         return capture(self.instance)
 
     def _checkpoint(self) -> None:
+        from wasmig.snapshot.capture import capture
+
         if self.policy.directory is not None:
             started = time.perf_counter()
             snap = capture(self.instance)
@@ -360,14 +338,12 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def ignore_checkpoint_request(*_: Any) -> None:
-    print("wasmig: checkpoint requested, but this run has no --checkpoint-dir; ignoring", file=sys.stderr)
-
-
 def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True) -> Module:
     """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots,
     else the path recorded at checkpoint time. Always verified by sha256. ``validate=False``
     defers validation to first use (see :class:`Module`)."""
+    from wasmig.module import Module
+
     candidates: list[Path] = []
     if explicit:
         candidates.append(Path(explicit))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from wasmig.errors import WasmError
+from wasmig.errors import SnapshotError, WasmError  # noqa: F401 - SnapshotError: re-exported
 
 FORMAT_VERSION = 1
 PAGE_SIZE = 65536
@@ -22,10 +22,6 @@ VALUE_TYPES = ("i32", "i64", "f32", "f64", "funcref", "externref")
 _BITS = {"i32": 32, "i64": 64, "f32": 32, "f64": 64}
 
 Value = tuple[str, int | None]
-
-
-class SnapshotError(WasmError):
-    """A snapshot that cannot be used: corrupt, truncated, from a newer format, or for another module."""
 
 
 @dataclass

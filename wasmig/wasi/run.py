@@ -5,17 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import LinkError
-from wasmig.instance import Instance
-from wasmig.interp.store import HostFunc, Memory
-from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi, check_wasi_imports
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the interpreter is imported only when a run uses it (start-up of a run on wasmtime)
     from wasmig.engines.wasmtime import WasmtimeInstance
+    from wasmig.instance import Instance
+    from wasmig.interp.store import HostFunc
+    from wasmig.module import Module
 
 
 def _host_func(params: tuple[str, ...], results: tuple[str, ...], fn: Any, name: str) -> HostFunc:
+    from wasmig.interp.store import HostFunc
+
     return HostFunc(params, results, fn, raw=True, name=f"{WASI_MODULE}.{name}")
 
 
@@ -35,12 +37,16 @@ def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp",
         return WasmtimeInstance(module, wasi, **wasmtime_options)
     if wasmtime_options:
         raise TypeError(f"options {sorted(wasmtime_options)} are for the wasmtime engine")
+    from wasmig.instance import Instance
+
     return bind_wasi(Instance(module, wasi_imports(module, wasi), engine), wasi)
 
 
 def bind_wasi(inst: Instance, wasi: Wasi) -> Instance:
     """Attach ``wasi`` to an interpreter instance: WASI reaches the exported ``memory`` (the live
     bytearray, so growth is seen) and the instance knows its WASI state (for checkpoints)."""
+    from wasmig.interp.store import Memory
+
     inst.wasi = wasi
     memory = inst.exports.get("memory")
     if isinstance(memory, Memory):
