@@ -211,6 +211,7 @@ def test_export_a_given_snapshot_is_deterministic_and_refuses_to_overwrite(tmp_p
     ok(w.run("export", "ck", "--force", "-o", "taken"))
     assert (tmp_path / "taken").read_bytes() == (tmp_path / "latest.wsnap").read_bytes()
     one_error(w.run("export", "ck", "-o", "ck"), "is a directory")
+    one_error(w.run("export", "ck", "--force", "-o", "ck/snapshots/000002.snap"), "is the snapshot being exported")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -308,6 +308,8 @@ def export_snapshot(source: str | Path, output: str | Path, *, module: str | Non
     plan = _guarded(file, "export snapshot", _plan_export, file, module)
     if output.is_dir():
         raise SnapshotError(f"{output} is a directory")
+    if output.exists() and os.path.samefile(output, file):
+        raise SnapshotError(f"{output} is the snapshot being exported")
     if output.exists() and not force:
         raise SnapshotError(f"{output} exists (--force replaces it)")
     tmp = _temp_name(output)
