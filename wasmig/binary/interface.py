@@ -87,14 +87,15 @@ class _Reader:
 
 
 def read_interface(data: bytes) -> Interface:
-    """The types and imports of the module ``data``; a malformed module raises the full decoder's
-    :class:`~wasmig.errors.DecodeError`."""
+    """The types and imports of the module ``data``; one it cannot read raises the full decoder's
+    :class:`~wasmig.errors.DecodeError` (or the validator's error, for an import of an unknown type)."""
     try:
         return _read(data)
     except (_Malformed, UnicodeDecodeError):
         from wasmig.binary.decoder import decode_module
+        from wasmig.binary.validator import validate_module
 
-        decode_module(data)  # raises the precise error
+        validate_module(decode_module(data))  # raises the precise error (an unknown type is invalid, not malformed)
         from wasmig.errors import DecodeError
 
         raise DecodeError("malformed type or import section") from None
