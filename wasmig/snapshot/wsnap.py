@@ -436,8 +436,7 @@ def import_wsnap(source: str | Path, directory: str | Path) -> Path:
     except OSError as e:
         raise SnapshotError(f"{source}: cannot read .wsnap: {_describe(e)}") from None
     with f:
-        w = _guarded(source, "read .wsnap", _verify_all, f)
-        module_bytes = w.read_module()
+        w, module_bytes = _guarded(source, "read .wsnap", _verify_all, f)
         if directory.exists() and not directory.is_dir():
             raise SnapshotError(f"{directory}: not a directory")
         store = CheckpointDir(directory)
@@ -453,11 +452,11 @@ def import_wsnap(source: str | Path, directory: str | Path) -> Path:
             raise SnapshotError(f"{source}: cannot import: {_describe(e)}") from None
 
 
-def _verify_all(f: BinaryIO) -> _Wsnap:
+def _verify_all(f: BinaryIO) -> tuple[_Wsnap, bytes]:
     w = _open(f)
     for h in w.pages:  # every page, before anything is written
         w.read_page(h)
-    return w
+    return w, w.read_module()
 
 
 def _store_pages(store: CheckpointDir, w: _Wsnap) -> None:
