@@ -12,8 +12,6 @@ import socket
 import struct
 from typing import Any
 
-import msgpack
-
 from wasmig.errors import WasmError
 
 MAX_FRAME = 32 << 20
@@ -53,6 +51,8 @@ class Channel:
         self.bytes_received = 0
 
     def send(self, t: str, **fields: Any) -> None:
+        import msgpack  # here, not at the top: every WASI program imports this module, few send frames
+
         body = msgpack.packb({"t": t, **fields}, use_bin_type=True)
         if len(body) > MAX_FRAME:  # pragma: no cover - callers batch below the limit
             raise WireError(f"internal error: a {t} frame of {len(body)} bytes")
@@ -81,6 +81,8 @@ class Channel:
         if first and body[:1] not in _MAP_STARTS:
             raise self._not_ours(header + body)
         self.bytes_received += _LENGTH.size + length
+        import msgpack
+
         try:
             msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
