@@ -294,17 +294,6 @@ class Demo:
             f"wasmtime {span(third.stdout())}")
         return out, (self.work / "cr" / "pi.txt").read_bytes()
 
-    def serve_dir_option(self, host_dir: str) -> list[str]:
-        """``--dir`` for `wasmig serve` mapping GUEST_DIR to ``host_dir``, in the syntax its --help shows."""
-        proc, _ = self.run(["serve", "--help"], "serve-help", 60, show=False)
-        m = re.search(r"^\s*--dir\s+(\S+)", proc.stdout(), re.M)
-        metavar = m.group(1) if m else ""
-        if "::" in metavar:
-            return ["--dir", f"{host_dir}::{GUEST_DIR}"]
-        if "=" in metavar:
-            return ["--dir", f"{GUEST_DIR}={host_dir}"]
-        raise DemoError(f"cannot tell the syntax of `wasmig serve --dir` from its --help (metavar {metavar!r})")
-
     def daemon(self, name: str, engine: str, dir_option: list[str]) -> tuple[Proc, str]:
         for _attempt in range(3):  # a free port can be taken before the daemon binds it
             address = f"127.0.0.1:{free_port()}"
@@ -344,7 +333,7 @@ class Demo:
             f.write(os.urandom(24).hex())
         say("  token: 48 random hex digits in ./token, mode 600 (the daemons' shared secret)")
         program = self.program("live")
-        dir_option = self.serve_dir_option("live")  # shared storage: both daemons map /out to ./live
+        dir_option = ["--dir", f"live::{GUEST_DIR}"]  # shared storage: both daemons map /out to ./live
         a, a_address = self.daemon("A", "interp", dir_option)
         b, b_address = self.daemon("B", "wasmtime", dir_option)
         source = self.start(["run", "--migratable", "--engine", "wasmtime", *program], "run-migratable")
