@@ -194,6 +194,10 @@ def test_rights_are_enforced_and_inherited(tree: Path) -> None:
     out = g.alloc(8)
     assert g.call("fd_seek", fd, 0, C.WHENCE_SET, out) == 0 and g.call("fd_tell", fd, out) == 0  # seek implies tell
     assert g.call("fd_filestat_get", fd, g.alloc(64)) == Errno.NOTCAPABLE
+    events, nevents = g.alloc(32), g.alloc(4)
+    for polled, errno in ((fd, Errno.NOTCAPABLE), (3, Errno.BADF)):  # no poll right; a directory (as wasmtime)
+        sub = g.alloc(struct.pack("<QB7xI28x", 1, C.EVENTTYPE_FD_READ, polled))
+        assert g.call("poll_oneoff", sub, events, 1, nevents) == errno
     # a directory passes on only its inheriting rights; the rest asked for are dropped silently
     sub = g.open(3, "sub", C.OFLAGS_DIRECTORY, C.RIGHTS_DIR, inheriting=C.RIGHTS_FILE)
     assert g.call("fd_fdstat_set_rights", sub, C.RIGHTS_DIR & ~C.RIGHT_PATH_FILESTAT_SET_SIZE,

@@ -800,6 +800,8 @@ class Wasi:
                 entry = self.fds.entries.get(fd)
                 if entry is None:  # wasmtime fails the whole call, rather than reporting an event
                     raise WasiError(Errno.BADF, f"poll_oneoff on fd {fd}, which is not open")
+                if entry.kind == DIR:  # as wasmtime: a directory is no stream, the whole call fails
+                    raise WasiError(Errno.BADF, f"poll_oneoff on fd {fd}, a directory")
                 self._need(entry, C.RIGHT_POLL_FD_READWRITE)
                 (readers if tag == C.EVENTTYPE_FD_READ else writers).append((userdata, entry, fd))
             else:
