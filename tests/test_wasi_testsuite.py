@@ -22,7 +22,7 @@ and ``stdout`` (when given, exact).
    test may take another path through, e.g. a Rust HashMap's randomly seeded order). The
    restore re-opens the guest's files in the very directory the checkpointed run was using, as
    it left it. This runs in-process (wasmig's Python API: the same code the command line
-   drives) to stay within the time budget.
+   drives; each snapshot goes through the on-disk format) to stay within the time budget.
 3. ``test_partway_via_the_command_line``: the same for the midpoint of a few tests through
    ``wasmig run --checkpoint-at-step K --checkpoint-then exit`` and ``wasmig restore --engine E
    --dir COPY::/``, in fresh processes.
@@ -214,10 +214,14 @@ def uninterrupted(module: Any, test: SuiteTest, root: Path | None) -> Run:
         g.wasi.close()
 
 
-def restored_run(module: Any, snap: Any, engine: str, g: Guest) -> Run:
-    """Continue ``snap`` on ``engine`` in the directory ``g`` was using; its stdout follows ``g``'s."""
+def restored_run(module: Any, snap: Any, engine: str, g: Guest, file: Path) -> Run:
+    """Continue ``snap`` on ``engine`` in the directory ``g`` was using (its stdout following
+    ``g``'s), after a trip through the on-disk format (``file``), as between two processes."""
     import wasmig
+    from wasmig.snapshot.store import load_snapshot, write_single_file
 
+    write_single_file(snap, file)
+    snap = load_snapshot(file)
     out, err = io.BytesIO(), io.BytesIO()
     inst: Any = wasmig.restore(snap, engine, module=module, stdin=b"", stdout=out, stderr=err, count_steps=True)
     try:
@@ -229,7 +233,7 @@ def restored_run(module: Any, snap: Any, engine: str, g: Guest) -> Run:
                stopped_at=snap.steps)
 
 
-def from_wasmtime_to_interp(module: Any, test: SuiteTest, root: Path | None, step: int) -> Run:
+def from_wasmtime_to_interp(module: Any, test: SuiteTest, root: Path | None, step: int, file: Path) -> Run:
     """Stop on wasmtime (instrumented, counting) at ``step``, restore on the interpreter."""
     from wasmig.snapshot.state import SnapshotError
     from wasmig.snapshot.wasmtime_session import Checkpointable
@@ -251,10 +255,10 @@ def from_wasmtime_to_interp(module: Any, test: SuiteTest, root: Path | None, ste
             return Run(code, g.out.getvalue(), g.err.getvalue(), runner.steps, g.tree())
     finally:
         g.wasi.close()
-    return restored_run(module, snap, "interp", g)
+    return restored_run(module, snap, "interp", g, file)
 
 
-def from_interp_to_wasmtime(module: Any, test: SuiteTest, root: Path | None, step: int) -> Run:
+def from_interp_to_wasmtime(module: Any, test: SuiteTest, root: Path | None, step: int, file: Path) -> Run:
     """Stop on the interpreter at ``step``, restore on wasmtime."""
     from wasmig.interp.machine import Suspended
     from wasmig.snapshot.state import SnapshotError
@@ -279,7 +283,7 @@ def from_interp_to_wasmtime(module: Any, test: SuiteTest, root: Path | None, ste
             return Run(code, g.out.getvalue(), g.err.getvalue(), inst.machine.steps, g.tree())
     finally:
         g.wasi.close()
-    return restored_run(module, snap, "wasmtime", g)
+    return restored_run(module, snap, "wasmtime", g, file)
 
 
 DIRECTIONS = {"wasmtime->interp": from_wasmtime_to_interp, "interp->wasmtime": from_interp_to_wasmtime}
@@ -313,9 +317,10 @@ def test_partway_checkpoints_across_engines(test: SuiteTest, tmp_path: Path) -> 
     assert reference.steps, f"{test.name}: no stable point counted"
     for how, direction in DIRECTIONS.items():
         for step in stop_points(reference.steps):
-            root = fresh_root(test, tmp_path / f"{how.replace('>', '')}-{step}")
+            run_dir = f"{how.replace('>', '')}-{step}"
+            root = fresh_root(test, tmp_path / run_dir)
             try:
-                got = direction(module, test, root, step)
+                got = direction(module, test, root, step, tmp_path / f"{run_dir}.snap")
             except Exception as e:  # noqa: BLE001 - reported with the test, the direction and the step
                 problems.append(f"{how} at step {step}/{reference.steps}: {type(e).__name__}: {e}")
                 continue
@@ -327,7 +332,8 @@ def test_partway_checkpoints_across_engines(test: SuiteTest, tmp_path: Path) -> 
 # 3. the same through the command line, in fresh processes, for a few tests
 
 CLI_TESTS = ("c/pwrite-with-access", "rust/fd_readdir", "rust/path_rename", "rust/fd_fdstat_set_rights",
-             "assemblyscript/environ_get-multiple-variables")
+             "assemblyscript/environ_get-multiple-variables", "assemblyscript/args_get-multiple-arguments",
+             "assemblyscript/proc_exit-failure")
 
 
 @needs_wasmtime
