@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import struct
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -232,6 +234,51 @@ def test_rights_survive_a_snapshot(tree: Path) -> None:
     p = h.alloc(b"a.txt")
     assert h.call("path_unlink_file", 3, p, 5) == Errno.NOTCAPABLE
     h.wasi.close()
+
+
+def test_what_a_closed_preopen_opened_survives_a_snapshot(tree: Path, tmp_path: Path) -> None:
+    """A program that opens a directory beneath its preopen and then closes the preopen (or
+    renumbers another fd over it, as wasi-testsuite's close_preopen and overwrite_preopen do)
+    stays checkpointable: the snapshot names the closed preopen's directory, which a restore
+    opens only to re-open what lives beneath it (and ``dirs`` re-maps, by guest name)."""
+    from wasmig.snapshot.state import Snapshot, from_plain, to_plain
+    from wasmig.wasi.snapshot import capture_wasi, restore_wasi
+
+    (tree / "sub" / "in.txt").write_bytes(b"inside")
+    g = Guest(Wasi(["p"], preopens=[(str(tree), "/data")]))
+    sub = g.open(3, "sub", C.OFLAGS_DIRECTORY, C.RIGHTS_DIR, inheriting=C.RIGHTS_FILE)
+    f = g.open(sub, "in.txt", 0, C.RIGHT_FD_READ | C.RIGHT_FD_SEEK)
+    assert g.read(f, 2) == b"in"
+    assert g.call("fd_renumber", f, 3) == 0  # the preopen is gone: fd 3 is the file now
+    state = capture_wasi(g.wasi)
+    assert state.closed_preopens == {"/data": os.path.realpath(tree)}
+    g.wasi.close()
+    plain = to_plain(Snapshot("0" * 64, None, "idle", [], [], [], [], [], [], state))
+    assert from_plain(plain).wasi == state
+    del plain["wasi"]["closed_preopens"]  # a snapshot from before the field: none closed
+    assert from_plain(plain).wasi.closed_preopens == {}  # type: ignore[union-attr]
+    moved = tmp_path / "moved"
+    shutil.copytree(tree, moved)
+    for dirs, where in (({}, tree), ({"/data": str(moved)}, moved)):
+        h = Guest(restore_wasi(state, dirs=dirs, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO()))
+        assert sorted(h.wasi.fds.entries) == [0, 1, 2, 3, sub]
+        assert h.read(3, 10) == b"side"  # the file, at its offset
+        assert h.call("fd_prestat_get", 3, h.alloc(8)) == Errno.BADF  # no preopen came back
+        new = h.open(sub, "new.txt", C.OFLAGS_CREAT, C.RIGHT_FD_WRITE)
+        assert new > 0 and (where / "sub" / "new.txt").exists()
+        assert capture_wasi(h.wasi).closed_preopens == {"/data": os.path.realpath(where)}  # and again
+        h.wasi.close()
+    # a live migration's target opens only directories it maps itself, closed preopens included
+    from wasmig.migrate.protocol import MigrationError
+    from wasmig.migrate.target import _Target
+    from wasmig.module import Module
+
+    module = Module.from_bytes(b"\0asm\1\0\0\0")
+    plain = to_plain(Snapshot(module.sha256, None, "idle", [], [], [], [], [], [], state))
+    target = _Target.__new__(_Target)
+    target.dirs, target.id, target.landing = {}, "t", types.SimpleNamespace(memory=None)
+    with pytest.raises(MigrationError, match="'/data'.*does not map"):
+        target._restore(module, plain)
 
 
 def test_poll_clock_sleeps_and_reports(tree: Path) -> None:

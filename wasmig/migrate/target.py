@@ -356,10 +356,11 @@ class _Target:
         if snap.wasi is None:
             raise MigrationError("the state has no WASI state: only WASI programs migrate")
         # a program sees only the directories this daemon maps: never a host path the source names
-        for fd in snap.wasi.fds:
-            if fd.preopen is not None and fd.preopen not in self.dirs:
-                raise MigrationError(f"the program has directory {fd.preopen!r} preopened, which this daemon does "
-                                     f"not map (start it with --dir HOST-DIRECTORY::{fd.preopen})")
+        # (a preopen the program closed, with files still open beneath it, too)
+        for name in [fd.preopen for fd in snap.wasi.fds if fd.preopen is not None] + list(snap.wasi.closed_preopens):
+            if name not in self.dirs:
+                raise MigrationError(f"the program has directory {name!r} preopened, which this daemon does "
+                                     f"not map (start it with --dir HOST-DIRECTORY::{name})")
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
         return landing.prepare(module, snap, self.dirs)
 

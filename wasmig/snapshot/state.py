@@ -87,6 +87,10 @@ class WasiSnapshot:
     monotonic_ns: int  # the guest's monotonic clock reading at checkpoint time
     fds: list[FdSnapshot]
     cputime_ns: int = 0  # the guest's process CPU-time clock at checkpoint time (continues after a restore)
+    #: preopens the guest closed (or renumbered another fd over) while files or directories opened
+    #: beneath them stay open: guest name -> host directory, which a restore re-opens only to
+    #: re-open those beneath it. Absent in older snapshots (and when there is none)
+    closed_preopens: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -192,6 +196,7 @@ def to_plain(s: Snapshot, memory_repr: Any = None) -> dict[str, Any]:
             "args": s.wasi.args, "env": s.wasi.env, "monotonic_ns": s.wasi.monotonic_ns,
             "cputime_ns": s.wasi.cputime_ns,
             "fds": [fd.__dict__.copy() for fd in s.wasi.fds],
+            **({"closed_preopens": dict(s.wasi.closed_preopens)} if s.wasi.closed_preopens else {}),
         },
         "meta": s.meta,
     }
@@ -271,9 +276,11 @@ def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
             _check(isinstance(entry.pending, bytes), f"fd {entry.fd} pending bytes")
             fds.append(entry)
         _check(len({f.fd for f in fds}) == len(fds), "duplicate fd numbers")
+        closed = _dict(w.get("closed_preopens", {}), "wasi closed preopens")
+        _check(all(isinstance(k, str) and isinstance(v, str) for k, v in closed.items()), "wasi closed preopens")
         wasi = WasiSnapshot([_str(a, "wasi arg") for a in _list(w.get("args"), "wasi args")], dict(env),
                             _int(w.get("monotonic_ns"), "wasi monotonic clock"), fds,
-                            _int(w.get("cputime_ns", 0), "wasi cputime clock"))
+                            _int(w.get("cputime_ns", 0), "wasi cputime clock"), dict(closed))
     dropped_data = [_bool(x, "dropped data flag") for x in _list(d.get("dropped_data"), "dropped_data")]
     dropped_elems = [_bool(x, "dropped elem flag") for x in _list(d.get("dropped_elems"), "dropped_elems")]
     meta = d.get("meta") or {}

@@ -140,6 +140,9 @@ class Wasi:
         self.monotonic_base_ns = 0  # added to the host's monotonic clock (restores keep it increasing)
         self.cputime_base_ns = 0  # added to the CPU-time clocks, likewise
         self.calls: dict[str, int] = {}
+        #: every preopen granted, guest name -> host directory, still known after the guest closed
+        #: it: what it opened beneath it stays open, and a checkpoint must say where that lives
+        self.preopen_roots: dict[str, str] = {}
         self.waiter = Waiter()  # every blocking wait goes through it, so a checkpoint can end it
         self._init_stdio(stdin, stdout, stderr)
         try:
@@ -179,6 +182,7 @@ class Wasi:
             raise ValueError(f"cannot preopen {host!r}: {e.strerror}") from None
         entry = FdEntry(DIR, C.FILETYPE_DIRECTORY, C.RIGHTS_DIR, C.RIGHTS_DIR | C.RIGHTS_FILE, guest_path=guest,
                         host_path=os.path.realpath(host), preopen=guest, readable=True, host_fd=fd)
+        self.preopen_roots.setdefault(guest, os.path.realpath(host))
         return self.fds.add(entry)
 
     def bind_memory(self, memory: GuestMemory) -> None:

@@ -42,6 +42,10 @@ def _beneath(path: str, root: str) -> str | None:
 
 def capture_wasi(wasi: Wasi) -> WasiSnapshot:
     preopens = {e.preopen: e.host_path for e in wasi.fds.entries.values() if e.preopen is not None and e.host_path}
+    # a preopen the guest closed (or renumbered over) still roots what it opened beneath it
+    closed = {name: root for name, root in wasi.preopen_roots.items() if name not in preopens}
+    roots = {**closed, **preopens}
+    used_closed: dict[str, str] = {}
     fds = []
     for fd, e in sorted(wasi.fds.entries.items()):
         snap = FdSnapshot(fd, e.kind, e.filetype, e.rights_base, e.rights_inheriting, e.fdflags, e.readable,
@@ -52,13 +56,15 @@ def capture_wasi(wasi: Wasi) -> WasiSnapshot:
         elif e.kind in (FILE, DIR) and e.preopen is None:
             host = _current_host_path(e.fileno())
             best: tuple[str, str] | None = None
-            for name, root in preopens.items():
+            for name, root in roots.items():
                 rel = _beneath(host, root)
-                if rel is not None and (best is None or len(root) > len(preopens[best[0]])):
+                if rel is not None and (best is None or len(root) > len(roots[best[0]])):
                     best = (name, rel)
             if best is None:
                 raise SnapshotError(f"cannot checkpoint fd {fd}: {host} is no longer beneath any preopened directory")
             snap.base_preopen, snap.relpath = best
+            if best[0] in closed:
+                used_closed[best[0]] = closed[best[0]]
             snap.host_path = host
             st = os.fstat(e.fileno())
             if e.kind == FILE:
@@ -77,7 +83,7 @@ def capture_wasi(wasi: Wasi) -> WasiSnapshot:
                 snap.address = None
         fds.append(snap)
     return WasiSnapshot(list(wasi.args), dict(wasi.env), wasi.now_ns(C.CLOCK_MONOTONIC), fds,
-                        wasi.now_ns(C.CLOCK_PROCESS_CPUTIME))
+                        wasi.now_ns(C.CLOCK_PROCESS_CPUTIME), used_closed)
 
 
 def _open_flags(snap: FdSnapshot) -> int:
@@ -112,22 +118,23 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_
     wasi.fds.entries.clear()  # the snapshot says which fds exist
     wasi.monotonic_base_ns = ws.monotonic_ns - time.monotonic_ns()  # the guest's clocks continue
     wasi.cputime_base_ns = max(0, ws.cputime_ns - time.process_time_ns())
+    closed_fds: list[int] = []  # closed preopens, opened only to re-open what lives beneath them
     try:
         preopen_fds: dict[str, int] = {}
         for snap in ws.fds:  # preopens first: files are re-opened beneath them
             if snap.preopen is not None:
-                host = dirs.get(snap.preopen, snap.host_path)
-                if host is None:
-                    raise SnapshotError(f"no host directory for preopen {snap.preopen!r}: "
-                                        f"use --dir HOST::{snap.preopen}")
-                try:
-                    host_fd = os.open(host, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                except OSError as e:
-                    raise SnapshotError(f"cannot re-open preopen {snap.preopen!r} at {host}: {e.strerror}") from None
+                host_fd, host = _open_preopen(snap.preopen, dirs.get(snap.preopen, snap.host_path))
                 entry = _entry(snap)
-                entry.host_fd, entry.host_path = host_fd, os.path.realpath(host)
+                entry.host_fd, entry.host_path = host_fd, host
                 wasi.fds.set(snap.fd, entry)
                 preopen_fds[snap.preopen] = host_fd
+                wasi.preopen_roots.setdefault(snap.preopen, host)
+        for name, where in ws.closed_preopens.items():
+            if name not in preopen_fds:
+                host_fd, host = _open_preopen(name, dirs.get(name, where))
+                closed_fds.append(host_fd)
+                preopen_fds[name] = host_fd
+                wasi.preopen_roots.setdefault(name, host)
         for snap in ws.fds:
             if snap.kind == STDIO:
                 if snap.guest_path not in standard:
@@ -141,7 +148,21 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_
     except BaseException:
         wasi.close()
         raise
+    finally:
+        for host_fd in closed_fds:
+            os.close(host_fd)
     return wasi
+
+
+def _open_preopen(name: str, host: str | None) -> tuple[int, str]:
+    """A preopen's host directory, opened: (fd, its real path)."""
+    if host is None:
+        raise SnapshotError(f"no host directory for preopen {name!r}: use --dir HOST::{name}")
+    try:
+        host_fd = os.open(host, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SnapshotError(f"cannot re-open preopen {name!r} at {host}: {e.strerror}") from None
+    return host_fd, os.path.realpath(host)
 
 
 def _entry(snap: FdSnapshot) -> FdEntry:
