@@ -997,11 +997,27 @@ def _tiny_checkpoint(work: Path) -> tuple[Path, Path]:
 
 
 def _invoke(args: Sequence[str]) -> Any:
-    from click.testing import CliRunner
+    """``wasmig ARGS`` in this process: its exit code, stdout, stderr and the exception that ended
+    it (None after exit code 0; a SystemExit otherwise, unless something else escaped)."""
+    import contextlib
+    import io
+    import types
 
     from wasmig.cli import main
 
-    return CliRunner().invoke(main, list(args), catch_exceptions=True)
+    out, err = io.StringIO(), io.StringIO()
+    exception: BaseException | None = None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            exception = e if code != 0 else None
+        except Exception as e:
+            code, exception = 1, e
+        else:
+            code = 0
+    return types.SimpleNamespace(exit_code=code, stdout=out.getvalue(), stderr=err.getvalue(), exception=exception)
 
 
 def _mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:

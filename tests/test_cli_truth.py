@@ -123,6 +123,103 @@ def test_invoke_refuses_what_it_cannot_call_in_one_line(tmp_path: Path, args: li
     assert needle in err, err
 
 
+# --- 1b. the parser (argparse's declarations, click's rules: wasmig/cli.py's _Parser) -----------------
+def parsed(command: str, *args: str) -> dict[str, object]:
+    """What ``wasmig COMMAND ARGS`` would call the command with (nothing runs)."""
+    from wasmig.cli import COMMANDS
+
+    return COMMANDS[command].parser(f"wasmig {command}").parse(args)
+
+
+@pytest.mark.parametrize("args, program, guest_args, options", [
+    (["prog.wasm", "--foo", "-x", "-h"], "prog.wasm", ("--foo", "-x", "-h"), {}),
+    (["--", "prog.wasm", "--", "--help"], "prog.wasm", ("--", "--help"), {}),  # `--` before PROGRAM ends options
+    (["--", "-odd.wasm", "1"], "-odd.wasm", ("1",), {}),
+    (["--dir", "x.wasm", "prog.wasm", "--dir", "y"], "prog.wasm", ("--dir", "y"), {"dirs": ("x.wasm",)}),
+    (["--dir=a", "--dir", "b", "--env", "-x", "--env=A=B", "p.wasm"], "p.wasm", (), {"dirs": ("a", "b"),
+                                                                                     "envs": ("-x", "A=B")}),
+    (["--invoke", "add", "m.wasm", "1", "-5"], "m.wasm", ("1", "-5"), {"invoke": "add"}),
+    (["--invoke", "prog.wasm", "m.wasm"], "m.wasm", (), {"invoke": "prog.wasm"}),
+    (["--engine=interp", "--checkpoint-at-step", "+3", "--stable-only", "p"], "p", (),
+     {"engine": "interp", "checkpoint_at_step": 3, "stable_only": True, "count_steps": False}),
+    (["-", "x"], "-", ("x",), {"dirs": (), "engine": None, "migrate_after": 0.0, "checkpoint_then": "continue"}),
+])
+def test_run_takes_options_up_to_the_program_and_passes_the_rest(args: list[str], program: str,
+                                                                  guest_args: tuple[str, ...],
+                                                                  options: dict[str, object]) -> None:
+    values = parsed("run", *args)
+    assert (values["program"], values["args"]) == (program, guest_args)
+    assert {name: values[name] for name in options} == options
+
+
+def test_other_commands_take_options_anywhere() -> None:
+    assert parsed("inspect", "ck", "--json") == {"as_json": True, "module_path": None, "snapshot": "ck"}
+    assert parsed("export", "-oout.wsnap", "ck")["output"] == "out.wsnap"
+    assert parsed("checkpoint", "--timeout", "2.5", "--", "42") == {"timeout": 2.5, "pid": 42}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--bogus", "x.wasm"], "No such option '--bogus'."),
+    (["run", "--engin", "interp", "x"], "No such option '--engin'. (Did you mean one of: '--engine', '--env'?)"),
+    (["run", "-vx", "x"], "No such option '-v'."),
+    (["run"], "Missing argument 'PROGRAM'."),
+    (["run", "--dir"], "Option '--dir' requires an argument."),
+    (["run", "--migratable=1", "x"], "Option '--migratable' does not take a value."),
+    (["run", "--engine", "nope", "x"], "Invalid value for '--engine': 'nope' is not one of 'interp', 'wasmtime'."),
+    (["run", "--checkpoint-at-step", "0", "x"],
+     "Invalid value for '--checkpoint-at-step': 0 is not in the range x>=1."),
+    (["run", "--checkpoint-at-step", "1.5", "x"],
+     "Invalid value for '--checkpoint-at-step': '1.5' is not a valid integer range."),
+    (["run", "--migrate-after", "-1", "x"], "Invalid value for '--migrate-after': -1.0 is not in the range x>=0."),
+    (["run", "--checkpoint-dir", "{file}", "x"], "Invalid value for '--checkpoint-dir': Directory '{file}' is a file."),
+    (["serve", "--listen", "h:1", "--token-file", "{dir}"], "Invalid value for '--token-file': File '{dir}' is a "
+                                                             "directory."),
+    (["restore", "--on-file-change", "x", "s"],
+     "Invalid value for '--on-file-change': 'x' is not one of 'fail', 'warn', 'ignore'."),
+    (["checkpoint", "x"], "Invalid value for 'PID': 'x' is not a valid integer."),
+    (["checkpoint", "1", "2", "3"], "Got unexpected extra arguments (2 3)"),
+    (["serve", "--token-file", "t"], "Missing option '--listen'."),
+    (["export", "ck"], "Missing option '-o' / '--output'."),
+    (["diff", "a"], "Missing argument 'B'."),
+    (["-v"], "Missing command."),
+    (["runn"], "No such command 'runn'. Did you mean 'run'?"),
+    (["-x", "run"], "No such option '-x'."),
+])
+def test_usage_errors_say_usage_and_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  argv: list[str], message: str) -> None:
+    from wasmig.cli import main
+
+    (tmp_path / "f").write_text("")
+    argv = [a.format(file=tmp_path / "f", dir=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    command = " ".join(["wasmig", *argv[:1]]) if argv[0] not in ("-v", "runn", "-x") else "wasmig"
+    usage, hint, blank, error = err.splitlines()
+    assert (e.value.code, out) == (2, ""), err
+    assert usage.startswith(f"Usage: {command} [OPTIONS]") and hint == f"Try '{command} --help' for help."
+    assert (blank, error) == ("", f"Error: {message.format(file=tmp_path / 'f', dir=tmp_path)}")
+
+
+def test_help_on_every_command_and_no_click(capsys: pytest.CaptureFixture[str]) -> None:
+    from wasmig.cli import COMMANDS, main
+
+    for argv in [["--help"], ["-v", "-h"], *([name, "--help"] for name in COMMANDS), ["run", "-h", "--engine", "x"]]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        out, err = capsys.readouterr()
+        assert (e.value.code, err) == (0, ""), argv
+        assert out.startswith(f"Usage: wasmig {argv[0] + ' ' if argv[0] in COMMANDS else ''}[OPTIONS]"), out
+        assert "  -h, --help " in out
+    with pytest.raises(SystemExit) as e:
+        main([])  # no command: the help, on stderr, exit 2
+    assert e.value.code == 2 and "Commands:\n  checkpoint  " in capsys.readouterr().err
+    p = subprocess.run([sys.executable, "-c", "import sys, wasmig.cli; print(sorted(m for m in sys.modules if "
+                        "m.split('.')[0] in ('click', 'socket')))"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.stdout == "[]\n", p.stderr  # start-up: nor the command line library nor sockets
+
+
 # --- 2. one --dir syntax: HOST::GUEST on run, restore and serve -------------------------------------
 def test_serve_takes_dir_as_host_then_guest(tmp_path: Path) -> None:
     token = tmp_path / "token"

@@ -257,22 +257,26 @@ def test_gc_waits_for_a_snapshot_being_written(tmp_path: Path, monkeypatch: pyte
     assert load_snapshot(CheckpointDir(tmp_path).latest()) == snap  # type: ignore[arg-type]
 
 
-def test_gc_and_chain_on_the_command_line(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
+def test_gc_and_chain_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from wasmig.cli import main
 
+    def invoke(*args: str) -> tuple[int, str]:
+        """(exit code, stdout and stderr) of ``wasmig ARGS`` run in this process."""
+        with pytest.raises(SystemExit) as e:
+            main(list(args))
+        out, err = capsys.readouterr()
+        return e.value.code, out + err
+
     _, paths, _ = _three_snapshots(tmp_path / "ck")
-    runner = CliRunner()
-    shown = runner.invoke(main, ["inspect", str(tmp_path / "ck")])
-    assert shown.exit_code == 0, shown.output
-    assert "checkpoint directory (3 snapshots" in shown.output and "* 000003.snap" in shown.output
-    assert "4 new" in shown.output
+    code, output = invoke("inspect", str(tmp_path / "ck"))
+    assert code == 0, output
+    assert "checkpoint directory (3 snapshots" in output and "* 000003.snap" in output
+    assert "4 new" in output
     paths[0].unlink()
-    done = runner.invoke(main, ["gc", str(tmp_path / "ck")])
-    assert done.exit_code == 0 and "removed 4 unreferenced pages" in done.output, done.output
-    bad = runner.invoke(main, ["gc", str(tmp_path)])
-    assert bad.exit_code == 1 and "not a checkpoint directory" in bad.output
+    code, output = invoke("gc", str(tmp_path / "ck"))
+    assert code == 0 and "removed 4 unreferenced pages" in output, output
+    code, output = invoke("gc", str(tmp_path))
+    assert code == 1 and "not a checkpoint directory" in output
 
 
 # --- errors ------------------------------------------------------------------------------------------

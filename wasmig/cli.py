@@ -4,19 +4,26 @@ Conventions follow ``wasmtime run``: stdio passes through, the guest's exit code
 process exit code, a trap prints the wasm backtrace on stderr and exits with 134 (what a
 process that aborts reports). Every bad input is one ``wasmig: error: ...`` line and a non-zero
 exit, never a Python traceback.
+
+The options are declared with argparse, which also formats ``--help``; a command line is read
+by ``_Parser.parse``, with the rules of click (the library this CLI was first written with, left
+for its start-up cost): see there. Only argparse, os, sys and wasmig.errors are imported here;
+every command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import socket
 import sys
-from collections.abc import Sequence
-from typing import Any
-
-import click
 
 from wasmig.errors import DecodeError, LinkError, Trap, ValidationError, WasmError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 TRAP_EXIT_CODE = 134
 ERROR_EXIT_CODE = 1
@@ -30,8 +37,19 @@ class UserError(Exception):
     """A problem with what the user asked for: reported as one line, exit code 1."""
 
 
+def _out(line: str) -> None:
+    """A line on stdout, written whole and flushed at once (it keeps its place among the guest's output)."""
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+
+
 def _fail(message: str, code: int = ERROR_EXIT_CODE) -> None:
-    click.echo(f"wasmig: error: {message}", err=True)
+    _err(f"wasmig: error: {message}")
     sys.exit(code)
 
 
@@ -107,6 +125,8 @@ def parse_env(specs: Sequence[str]) -> dict[str, str]:
 
 
 def open_listener(spec: str) -> socket.socket:
+    import socket
+
     from wasmig.wire import WireError, parse_address
 
     try:
@@ -149,11 +169,11 @@ def register_with_gateway(address: str, token_file: str | None) -> tuple[str, by
 
 
 def report_trap(trap: Trap) -> None:
-    click.echo(f"Error: wasm trap: {trap.reason}", err=True)
+    _err(f"Error: wasm trap: {trap.reason}")
     if trap.backtrace:
-        click.echo("wasm backtrace:", err=True)
+        _err("wasm backtrace:")
         for i, line in enumerate(trap.backtrace):
-            click.echo(f"  {i:>3}: {line}", err=True)
+            _err(f"  {i:>3}: {line}")
 
 
 def wasmtime_available() -> bool:
@@ -173,8 +193,8 @@ def note_fallback() -> None:
         from wasmig.engines import wasmtime_missing
 
         _fallback_noted = True
-        click.echo(f"wasmig: note: running on wasmig's interpreter (much slower than compiled code): "
-                   f"{wasmtime_missing()}", err=True)
+        _err(f"wasmig: note: running on wasmig's interpreter (much slower than compiled code): "
+             f"{wasmtime_missing()}")
 
 
 def pick_engine(engine: str | None, *, interp_only: bool) -> str:
@@ -205,16 +225,13 @@ def chosen(engine: str, why: str) -> str:
     return engine
 
 
-def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+def show_version() -> None:
     """``--version``: wasmig's version and the engines this host can run (the default marked)."""
-    if not value or ctx.resilient_parsing:
-        return
     from importlib import metadata
 
     from wasmig.engines import describe_engines
 
-    click.echo(f"wasmig {metadata.version('wasmig')}, Python {sys.version.split()[0]}\nengines:\n{describe_engines()}")
-    ctx.exit()
+    _out(f"wasmig {metadata.version('wasmig')}, Python {sys.version.split()[0]}\nengines:\n{describe_engines()}")
 
 
 def module_problem(program: str, e: Exception) -> str:
@@ -226,44 +243,406 @@ def module_problem(program: str, e: Exception) -> str:
     return f"{program}: {kind}: {str(e).replace(f'cannot read module {program}: ', '')}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show_version,
-              help="Show the version and the engines available, then exit.")
-@click.option("-v", "--verbose", count=True,
-              help="Log the engine chosen, cache hits, checkpoint and restore times on stderr (-vv: more; "
-                   "or WASMIG_LOG=debug|info).")
-def main(verbose: int) -> None:
-    """Checkpoint, restore and live-migrate running WebAssembly (WASI) programs."""
-    if verbose or os.environ.get("WASMIG_LOG"):
+# --- the command line parser ----------------------------------------------------------------------------
+
+
+class CommandLineError(Exception):
+    """A command line the parser refuses: usage, a hint and ``Error: MESSAGE`` on stderr, exit code 2."""
+
+    def __init__(self, message: str, parser: _Parser) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+    def report(self) -> str:
+        return (f"{self.parser.format_usage()}Try '{self.parser.prog} --help' for help.\n\n"
+                f"Error: {self}")
+
+
+class _Number:
+    """An int or float option value, with an optional lower bound."""
+
+    def __init__(self, kind: type[int] | type[float], low: float | None = None) -> None:
+        self.kind, self.low = kind, low
+
+    def __call__(self, text: str) -> float:
+        name = ("integer" if self.kind is int else "float") + (" range" if self.low is not None else "")
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a valid {name}.") from None
+        if self.low is not None and value < self.low:
+            raise ValueError(f"{value} is not in the range {self.bounds()}.")
+        return value
+
+    def bounds(self) -> str:
+        return f"x>={self.low}"
+
+
+class _Path:
+    """A path option: one that exists must be a directory (``directory``) or must not be one, and readable."""
+
+    def __init__(self, directory: bool) -> None:
+        self.directory = directory
+
+    def __call__(self, text: str) -> str:
+        what = "Directory" if self.directory else "File"
+        if self.directory and os.path.isfile(text):
+            raise ValueError(f"Directory {text!r} is a file.")
+        if not self.directory and os.path.isdir(text):
+            raise ValueError(f"File {text!r} is a directory.")
+        if os.path.exists(text) and not os.access(text, os.R_OK):
+            raise ValueError(f"{what} {text!r} is not readable.")
+        return text
+
+
+def _help_width() -> int:
+    import shutil
+
+    return max(min(shutil.get_terminal_size().columns, 80) - 2, 50)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """``--help`` laid out as click laid it out: ``Usage:``, the description's paragraphs indented,
+    then ``Options:`` with ``-o, --output FILE`` and the help beside (``[default: ...]`` after it)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=_help_width())
+
+    def add_usage(self, usage: str | None, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, "Usage: ")
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        indent += "  "
+        return "\n\n".join(textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent,
+                                         subsequent_indent=indent) for paragraph in text.split("\n\n"))
+
+    def _split_lines(self, text: str, width: int) -> list[str]:  # keeps the two spaces before [default: ...]
+        import textwrap
+
+        return textwrap.wrap(text, width)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        names = ", ".join(action.option_strings)
+        return names if action.nargs == 0 else f"{names} {action.metavar}"
+
+
+class _Parser(argparse.ArgumentParser):
+    """One command's options (declared with argparse, which formats ``--help``) and its arguments.
+
+    ``parse`` reads a command line by the rules of click, which wasmig's CLI was written with:
+    ``--name VALUE`` and ``--name=VALUE`` (VALUE taken as it is, even ``-x``), ``-oVALUE``,
+    short flags together (``-vv``), no abbreviations; ``--`` ends the options; a word that is not
+    an option is an argument, and options may follow it, except with ``rest`` (``run``, and the
+    group before its COMMAND): the first argument and everything after it are arguments, options
+    or not. Then, as click did, ``--help``
+    (and the group's ``--version``) act before anything is checked, and the values are checked
+    in the order their options were first given, then the arguments, then what was left out."""
+
+    def __init__(self, prog: str, description: str | None, arguments: Sequence[str] = (), *,
+                 types: dict[str, Callable[[str], Any]] | None = None, rest: str | None = None,
+                 usage: str | None = None) -> None:
+        usage = usage or " ".join(["%(prog)s [OPTIONS]", *(name.upper() for name in arguments),
+                                   *([f"[{rest.upper()}]..."] if rest else [])])
+        super().__init__(prog=prog, usage=usage, description=description, add_help=False, allow_abbrev=False,
+                         formatter_class=_Formatter)
+        self.arguments, self.types, self.rest = list(arguments), types or {}, rest
+        self.options: list[argparse.Action] = []
+        self.kinds: dict[argparse.Action, str] = {}
+        self.eager: dict[str, Callable[[], None]] = {"help": self.show_help}
+        self._options = self.add_argument_group("Options")
+
+    def option(self, *names: str, show_default: bool = False, **kwargs: Any) -> None:
+        """``add_argument``, noting its kind and adding the help's ``[default: ...; x>=N; required]``."""
+        if kwargs.get("action", "store") in ("store", "append"):
+            kwargs.setdefault("metavar", "TEXT")
+        action = self._options.add_argument(*names, **kwargs)
+        extra = [f"default: {action.default}"] if show_default else []
+        if isinstance(action.type, _Number) and action.type.low is not None:
+            extra.append(action.type.bounds())
+        if action.required:
+            extra.append("required")
+        if extra:
+            action.help = f"{action.help}  [{'; '.join(extra)}]"
+        self.options.append(action)
+        self.kinds[action] = kwargs.get("action", "store")
+
+    def add_help_option(self) -> None:
+        self.option("-h", "--help", action="store_true", help="Show this message and exit.")
+
+    def error(self, message: str) -> Any:  # argparse's own errors, were any raised, as ours
+        raise CommandLineError(message, self)
+
+    def show_help(self) -> None:
+        _out(self.format_help().rstrip("\n"))
+        sys.exit(0)
+
+    def parse(self, args: Sequence[str]) -> dict[str, Any]:
+        """The values of a command line (``dest`` -> value), by the rules above."""
+        given, words = self._read(list(args))
+        for action, _ in given:
+            if action.dest in self.eager:
+                self.eager[action.dest]()
+        values: dict[str, Any] = {}
+        seen: dict[argparse.Action, list[str | None]] = {}
+        for action, value in given:
+            seen.setdefault(action, []).append(value)
+        for action, texts in seen.items():
+            values[action.dest] = self._value(action, texts)
+        for name in self.arguments:
+            if not words:
+                raise CommandLineError(f"Missing argument {name.upper()!r}.", self)
+            values[name] = self._convert(words.pop(0), repr(name.upper()), self.types.get(name), None)
+        if self.rest:
+            values[self.rest], words = tuple(words), []
+        for action in self.options:
+            if action not in seen:
+                if action.required:
+                    raise CommandLineError(f"Missing option {self._hint(action)}.", self)
+                values[action.dest] = () if self.kinds[action] == "append" else action.default
+        if words:
+            raise CommandLineError(f"Got unexpected extra argument{'s' if len(words) > 1 else ''} ({' '.join(words)})",
+                              self)
+        for dest in self.eager:
+            values.pop(dest, None)
+        return values
+
+    def _read(self, args: list[str]) -> tuple[list[tuple[argparse.Action, str | None]], list[str]]:
+        """The options given, (option, its value or None), in order; the arguments."""
+        long = {name: a for a in self.options for name in a.option_strings if not _is_short(name)}
+        short = {name: a for a in self.options for name in a.option_strings if _is_short(name)}
+        given: list[tuple[argparse.Action, str | None]] = []
+        words: list[str] = []
+        while args:
+            arg = args.pop(0)
+            if arg == "--":
+                break
+            if arg[:1] != "-" or arg == "-":
+                words.append(arg)
+                if self.rest:
+                    break
+                continue
+            name, eq, value = arg.partition("=")
+            if name in long:
+                action = long[name]
+                if action.nargs == 0 and eq:
+                    raise CommandLineError(f"Option {name!r} does not take a value.", self)
+                given.append((action, None if action.nargs == 0 else value if eq else self._next(name, args)))
+            elif arg.startswith("--"):
+                raise CommandLineError(f"No such option {name!r}.{_suggest(name, long)}", self)
+            else:  # short options: -v, -vv, -oFILE, -o FILE
+                for i, letter in enumerate(arg[1:], 2):
+                    name = f"-{letter}"
+                    if name not in short:
+                        raise CommandLineError(f"No such option {name!r}.", self)
+                    action = short[name]
+                    if action.nargs == 0:
+                        given.append((action, None))
+                        continue
+                    given.append((action, arg[i:] if i < len(arg) else self._next(name, args)))
+                    break
+        return given, words + args
+
+    def _next(self, name: str, args: list[str]) -> str:
+        if not args:
+            raise CommandLineError(f"Option {name!r} requires an argument.", self)
+        return args.pop(0)
+
+    def _value(self, action: argparse.Action, texts: list[str | None]) -> Any:
+        kind = self.kinds[action]
+        if kind == "count":
+            return len(texts)
+        if kind == "store_true":
+            return True
+        if kind == "append":
+            return tuple(self._convert(t, self._hint(action), action.type, action.choices) for t in texts)
+        return self._convert(texts[-1], self._hint(action), action.type, action.choices)
+
+    def _convert(self, text: Any, hint: str, convert: Any, choices: Any) -> Any:
+        if choices is not None and text not in choices:
+            raise CommandLineError(f"Invalid value for {hint}: {text!r} is not one of "
+                              f"{', '.join(repr(c) for c in choices)}.", self)
+        try:
+            return text if convert is None else convert(text)
+        except ValueError as e:
+            raise CommandLineError(f"Invalid value for {hint}: {e}", self) from None
+
+    @staticmethod
+    def _hint(action: argparse.Action) -> str:
+        return " / ".join(repr(name) for name in action.option_strings)
+
+
+def _is_short(name: str) -> bool:
+    return len(name) == 2 and name[0] == "-" and name[1] != "-"
+
+
+def _suggest(name: str, possible: Any) -> str:
+    """`` Did you mean '--engine'?`` for a misspelt name, or nothing."""
+    from difflib import get_close_matches
+
+    close = sorted(get_close_matches(name, possible))
+    if not close:
+        return ""
+    named = ", ".join(repr(c) for c in close)
+    return f" Did you mean {named}?" if len(close) == 1 else f" (Did you mean one of: {named}?)"
+
+
+class _Group(_Parser):
+    """``wasmig [OPTIONS] COMMAND [ARGS]...``: its help lists the commands."""
+
+    def format_help(self) -> str:
+        width = _help_width()
+        names = sorted(COMMANDS)
+        widest = max(map(len, names))
+        rows = [f"  {name:<{widest}}  {_summary(COMMANDS[name].function.__doc__ or '', width - 6 - widest)}"
+                for name in names]
+        return super().format_help() + "\nCommands:\n" + "\n".join(rows) + "\n"
+
+
+def _summary(doc: str, limit: int) -> str:
+    """A command's line in the list: the first sentence of its description, cut to ``limit``."""
+    words = doc.partition("\n\n")[0].split()
+    for i, word in enumerate(words):  # a period followed by a lower-case word is an abbreviation's
+        if word.endswith(".") and (i == len(words) - 1 or not words[i + 1][0].islower()):
+            words = words[:i + 1]
+            break
+    text = " ".join(words)
+    if len(text) <= limit:
+        return text
+    import textwrap
+
+    return textwrap.shorten(text, limit, placeholder="...", break_on_hyphens=False)
+
+
+class _Command:
+    def __init__(self, function: Callable[..., None], options: Callable[[_Parser], None] | None,
+                 arguments: Sequence[str], types: dict[str, Callable[[str], Any]] | None, rest: str | None) -> None:
+        self.function, self.options, self.arguments, self.types, self.rest = function, options, arguments, types, rest
+
+    def parser(self, prog: str) -> _Parser:
+        """Built when the command runs (only its own)."""
+        parser = _Parser(prog, self.function.__doc__, self.arguments, types=self.types, rest=self.rest)
+        if self.options is not None:
+            self.options(parser)
+        parser.add_help_option()
+        return parser
+
+
+COMMANDS: dict[str, _Command] = {}
+
+
+def command(name: str, options: Callable[[_Parser], None] | None, *arguments: str,
+            types: dict[str, Callable[[str], Any]] | None = None, rest: str | None = None) -> Any:
+    """Register the function as the command ``name``: ``options(parser)`` declares its options,
+    ``arguments`` its arguments (the parameter names; ``types`` converts some), ``rest`` the
+    parameter that takes the arguments after them (and the options among them)."""
+
+    def register(function: Callable[..., None]) -> Callable[..., None]:
+        COMMANDS[name] = _Command(function, options, arguments, types, rest)
+        return function
+
+    return register
+
+
+def _group_parser(prog: str) -> _Group:
+    parser = _Group(prog, "Checkpoint, restore and live-migrate running WebAssembly (WASI) programs.", rest="args",
+                    usage="%(prog)s [OPTIONS] COMMAND [ARGS]...")
+    parser.option("--version", action="store_true", help="Show the version and the engines available, then exit.")
+    parser.option("-v", "--verbose", action="count", default=0,
+                  help="Log the engine chosen, cache hits, checkpoint and restore times on stderr (-vv: more; "
+                       "or WASMIG_LOG=debug|info).")
+    parser.add_help_option()
+
+    def version() -> None:
+        show_version()
+        sys.exit(0)
+
+    parser.eager["version"] = version
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``wasmig`` command (the console script; ``python -m wasmig``): runs ``argv`` (by default
+    the process's arguments) and exits with the command's exit code; a usage error exits with 2."""
+    if argv is None:
+        argv = sys.argv[1:]
+        script = os.path.basename(sys.argv[0])
+        prog = "python -m wasmig" if script == "__main__.py" else script or "wasmig"
+    else:
+        prog = "wasmig"
+    try:
+        dispatch(prog, list(argv))
+    except CommandLineError as e:
+        _err(e.report())
+        sys.exit(2)
+    except (EOFError, KeyboardInterrupt):  # as click reported them (a run's own Ctrl-C exits with 130)
+        _err("\nAborted!")
+        sys.exit(1)
+    except BrokenPipeError:  # stdout's reader went away (`wasmig inspect ... | head`): quietly
+        sys.stdout, sys.stderr = _Unflushed(sys.stdout), _Unflushed(sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def dispatch(prog: str, argv: list[str]) -> None:
+    """Parse ``argv`` (the group's options, the command, its options and arguments) and run the command."""
+    group = _group_parser(prog)
+    if not argv:
+        _err(group.format_help().rstrip("\n"))
+        sys.exit(2)
+    options = group.parse(argv)
+    if not options["args"]:
+        raise CommandLineError("Missing command.", group)
+    name, *args = options["args"]
+    if name not in COMMANDS:
+        if name[:1] == "-" and name != "-":  # after `--`: an option, as click reported it
+            group.parse(options["args"])
+        raise CommandLineError(f"No such command {name!r}.{_suggest(name, COMMANDS)}", group)
+    verbose, level = options["verbose"], os.environ.get("WASMIG_LOG")
+    if verbose or level:
         from wasmig import log
 
-        problem = log.configure(verbose, os.environ.get("WASMIG_LOG"))
+        problem = log.configure(verbose, level)
         if problem is not None:
-            click.echo(f"wasmig: warning: {problem}", err=True)
+            _err(f"wasmig: warning: {problem}")
+    found = COMMANDS[name]
+    found.function(**found.parser(f"{prog} {name}").parse(args))
 
 
-def checkpoint_options(f: Any) -> Any:
+class _Unflushed:
+    """A stream whose reader went away: the flush at exit fails quietly."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def checkpoint_options(parser: _Parser) -> None:
     """The checkpoint options shared by ``run`` and ``restore``."""
-    options = [
-        click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
-                     help="Write snapshots here (several snapshots of one run share its page store)."),
-        click.option("--checkpoint-at-step", type=click.IntRange(min=1), default=None, metavar="N",
-                     help="Checkpoint at the N-th stable point (function entries + loop entries); engine-neutral."),
-        click.option("--checkpoint-at-instruction", type=click.IntRange(min=0), default=None, metavar="N",
-                     help="Checkpoint after exactly N instructions (interpreter only)."),
-        click.option("--checkpoint-every", type=click.FloatRange(min=0.001), default=None, metavar="SECONDS",
-                     help="Checkpoint periodically."),
-        click.option("--checkpoint-then", type=click.Choice(["continue", "exit"]), default="continue",
-                     show_default=True, help="After a checkpoint: keep running, or stop."),
-        click.option("--stable-only", is_flag=True,
-                     help="Advance an instruction-precise stop to the next stable point (portable snapshot)."),
-        click.option("--count-steps", is_flag=True,
-                     help="On wasmtime, count stable points as the interpreter does, so snapshots carry the step "
-                          "number (slower: the deterministic variant; implied by --checkpoint-at-step)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    parser.option("--checkpoint-dir", type=_Path(directory=True), default=None, metavar="DIRECTORY",
+                  help="Write snapshots here (several snapshots of one run share its page store).")
+    parser.option("--checkpoint-at-step", type=_Number(int, 1), default=None, metavar="N",
+                  help="Checkpoint at the N-th stable point (function entries + loop entries); engine-neutral.")
+    parser.option("--checkpoint-at-instruction", type=_Number(int, 0), default=None, metavar="N",
+                  help="Checkpoint after exactly N instructions (interpreter only).")
+    parser.option("--checkpoint-every", type=_Number(float, 0.001), default=None, metavar="SECONDS",
+                  help="Checkpoint periodically.")
+    parser.option("--checkpoint-then", choices=["continue", "exit"], default="continue", show_default=True,
+                  metavar="[continue|exit]", help="After a checkpoint: keep running, or stop.")
+    parser.option("--stable-only", action="store_true",
+                  help="Advance an instruction-precise stop to the next stable point (portable snapshot).")
+    parser.option("--count-steps", action="store_true",
+                  help="On wasmtime, count stable points as the interpreter does, so snapshots carry the step "
+                       "number (slower: the deterministic variant; implied by --checkpoint-at-step).")
 
 
 def check_writable_dir(path: str, option: str) -> None:
@@ -311,8 +690,8 @@ def ended(session: Any, code: int) -> int:
     at_step = session.policy.at_step
     steps = session.steps
     if at_step is not None and steps is not None and steps < at_step:
-        click.echo(f"wasmig: warning: --checkpoint-at-step {at_step} was never reached (the program ended at step "
-                   f"{steps})", err=True)
+        _err(f"wasmig: warning: --checkpoint-at-step {at_step} was never reached (the program ended at step "
+             f"{steps})")
     return code
 
 
@@ -342,9 +721,9 @@ def migrate_later(session: Any, target: str, token: bytes, after: float) -> None
 
     def move() -> None:
         try:
-            migrate(session, target, token, on_done=lambda r: click.echo(f"wasmig: {r.summary()}", err=True))
+            migrate(session, target, token, on_done=lambda r: _err(f"wasmig: {r.summary()}"))
         except MigrationError as e:
-            click.echo(f"wasmig: warning: migration to {target} failed, the program goes on here: {e}", err=True)
+            _err(f"wasmig: warning: migration to {target} failed, the program goes on here: {e}")
 
     timer = threading.Timer(after, move)
     timer.daemon = True
@@ -359,14 +738,14 @@ def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
     try:
         return body()
     except CheckpointExit:
-        click.echo(f"wasmig: checkpoint written to {policy.written[-1]}; exiting", err=True)
+        _err(f"wasmig: checkpoint written to {policy.written[-1]}; exiting")
         return 0
     except MigrationInDoubt as e:
-        click.echo(f"wasmig: error: the migration target did not confirm the commit; the program may run there, "
-                   f"so it stops here; its state is in {e.path}", err=True)
+        _err(f"wasmig: error: the migration target did not confirm the commit; the program may run there, "
+             f"so it stops here; its state is in {e.path}")
         return 75
     except MigratedAway:
-        click.echo("wasmig: the program moved to another machine; exiting", err=True)
+        _err("wasmig: the program moved to another machine; exiting")
         return 0
     except Trap as trap:
         report_trap(trap)
@@ -423,7 +802,7 @@ def invoke_function(instance: Any, name: str, args: list[tuple[str, int]]) -> in
     except ProcExit as e:
         return e.code
     for line in lines:
-        click.echo(line)
+        _out(line)
     return 0
 
 
@@ -444,33 +823,35 @@ def run_compiled(instance: Any) -> int:
     return run_start(instance)
 
 
-@main.command(context_settings={"allow_interspersed_args": False})
-@click.option("--engine", type=click.Choice(ENGINES), default=None,
-              help="Execution engine: wasmtime (compiled; the default when installed) or the interpreter.")
-@click.option("--invoke", default=None, metavar="NAME",
-              help="Call the exported function NAME with ARGS (parsed by its parameter types) instead of "
-                   "_start, and print its results, one per line (as `wasmtime run --invoke`).")
-@click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]",
-              help="Preopen a host directory, optionally under another guest name.")
-@click.option("--env", "envs", multiple=True, metavar="NAME[=VALUE]", help="Set (or inherit) an environment variable.")
-@click.option("--tcplisten", "listens", multiple=True, metavar="HOST:PORT",
-              help="Preopen a listening TCP socket (fds 3, 4, ... before the directories).")
-@click.option("--migratable", is_flag=True,
-              help="Run so that `wasmig migrate PID` can move it (on wasmtime: the checkpointable variant).")
-@click.option("--gateway", "gateway_address", default=None, metavar="HOST:PORT",
-              help="Preopen a listening socket held by `wasmig gateway` (its control address), after the "
-                   "--tcplisten ones: its connections survive migrations.")
-@click.option("--gateway-token-file", default=None, type=click.Path(dir_okay=False),
-              help="The gateway's shared secret (needed with --gateway).")
-@click.option("--migrate-to", default=None, metavar="HOST:PORT",
-              help="Move the program to this `wasmig serve` daemon once it ran --migrate-after seconds.")
-@click.option("--migrate-token-file", default=None, type=click.Path(dir_okay=False),
-              help="The daemon's shared secret (needed with --migrate-to).")
-@click.option("--migrate-after", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
-              help="When --migrate-to moves the program.")
-@checkpoint_options
-@click.argument("program")
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run_options(p: _Parser) -> None:
+    p.option("--engine", choices=ENGINES, default=None, metavar="[interp|wasmtime]",
+             help="Execution engine: wasmtime (compiled; the default when installed) or the interpreter.")
+    p.option("--invoke", default=None, metavar="NAME",
+             help="Call the exported function NAME with ARGS (parsed by its parameter types) instead of "
+                  "_start, and print its results, one per line (as `wasmtime run --invoke`).")
+    p.option("--dir", dest="dirs", action="append", metavar="HOST[::GUEST]",
+             help="Preopen a host directory, optionally under another guest name.")
+    p.option("--env", dest="envs", action="append", metavar="NAME[=VALUE]",
+             help="Set (or inherit) an environment variable.")
+    p.option("--tcplisten", dest="listens", action="append", metavar="HOST:PORT",
+             help="Preopen a listening TCP socket (fds 3, 4, ... before the directories).")
+    p.option("--migratable", action="store_true",
+             help="Run so that `wasmig migrate PID` can move it (on wasmtime: the checkpointable variant).")
+    p.option("--gateway", dest="gateway_address", default=None, metavar="HOST:PORT",
+             help="Preopen a listening socket held by `wasmig gateway` (its control address), after the "
+                  "--tcplisten ones: its connections survive migrations.")
+    p.option("--gateway-token-file", default=None, type=_Path(directory=False), metavar="FILE",
+             help="The gateway's shared secret (needed with --gateway).")
+    p.option("--migrate-to", default=None, metavar="HOST:PORT",
+             help="Move the program to this `wasmig serve` daemon once it ran --migrate-after seconds.")
+    p.option("--migrate-token-file", default=None, type=_Path(directory=False), metavar="FILE",
+             help="The daemon's shared secret (needed with --migrate-to).")
+    p.option("--migrate-after", type=_Number(float, 0), default=0.0, show_default=True, metavar="SECONDS",
+             help="When --migrate-to moves the program.")
+    checkpoint_options(p)
+
+
+@command("run", run_options, "program", rest="args")
 def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
         migratable: bool, gateway_address: str | None, gateway_token_file: str | None, migrate_to: str | None,
         migrate_token_file: str | None, migrate_after: float,
@@ -540,18 +921,21 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
     sys.exit(code & 0xFF)
 
 
-@main.command()
-@click.option("--engine", type=click.Choice(ENGINES), default=None,
-              help="Execution engine: wasmtime (the default when installed, for snapshots at a stable point) or "
-                   "the interpreter.")
-@click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]",
-              help="Map a preopened guest directory to a host directory (default: where it was).")
-@click.option("--module", "module_path", default=None, help="The .wasm the snapshot was taken of (default: the "
-              "copy kept in the checkpoint directory).")
-@click.option("--on-file-change", type=click.Choice(["fail", "warn", "ignore"]), default="fail", show_default=True,
-              help="What to do when an open file's size or mtime changed since the checkpoint.")
-@checkpoint_options
-@click.argument("snapshot")
+def restore_options(p: _Parser) -> None:
+    p.option("--engine", choices=ENGINES, default=None, metavar="[interp|wasmtime]",
+             help="Execution engine: wasmtime (the default when installed, for snapshots at a stable point) or "
+                  "the interpreter.")
+    p.option("--dir", dest="dirs", action="append", metavar="HOST[::GUEST]",
+             help="Map a preopened guest directory to a host directory (default: where it was).")
+    p.option("--module", dest="module_path", default=None,
+             help="The .wasm the snapshot was taken of (default: the copy kept in the checkpoint directory).")
+    p.option("--on-file-change", choices=["fail", "warn", "ignore"], default="fail", show_default=True,
+             metavar="[fail|warn|ignore]",
+             help="What to do when an open file's size or mtime changed since the checkpoint.")
+    checkpoint_options(p)
+
+
+@command("restore", restore_options, "snapshot")
 def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, on_file_change: str,
             checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
             checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, count_steps: bool,
@@ -616,9 +1000,12 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
     sys.exit(code & 0xFF)
 
 
-@main.command("checkpoint")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the snapshot.")
-@click.argument("pid", type=int)
+def checkpoint_cmd_options(p: _Parser) -> None:
+    p.option("--timeout", type=_Number(float), default=30.0, show_default=True, metavar="FLOAT",
+             help="Seconds to wait for the snapshot.")
+
+
+@command("checkpoint", checkpoint_cmd_options, "pid", types={"pid": _Number(int)})
 def checkpoint_cmd(timeout: float, pid: int) -> None:
     """Ask a running `wasmig run --checkpoint-dir ...` (process PID) for a snapshot now."""
     from wasmig.snapshot.session import wait_for_snapshot
@@ -629,13 +1016,15 @@ def checkpoint_cmd(timeout: float, pid: int) -> None:
     except SnapshotError as e:
         _fail(str(e))
         return
-    click.echo(str(path))
+    _out(str(path))
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--module", "module_path", default=None, help="The .wasm, for function names.")
-@click.argument("snapshot")
+def inspect_options(p: _Parser) -> None:
+    p.option("--json", dest="as_json", action="store_true", help="Machine-readable output.")
+    p.option("--module", dest="module_path", default=None, help="The .wasm, for function names.")
+
+
+@command("inspect", inspect_options, "snapshot")
 def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
     """Summarise a snapshot: call stack, memory, open files."""
     import json
@@ -658,12 +1047,14 @@ def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
     except (SnapshotError, WasmError):
         ir = None
     summary = summarize(snap, ir, stats, chain)
-    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    _out(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
-@main.command()
-@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
-@click.argument("directory")
+def gc_options(p: _Parser) -> None:
+    p.option("--dry-run", action="store_true", help="Only report what would be removed.")
+
+
+@command("gc", gc_options, "directory")
 def gc(dry_run: bool, directory: str) -> None:
     """Remove the pages of a checkpoint DIRECTORY that no snapshot names any more."""
     from wasmig.snapshot.state import SnapshotError
@@ -678,15 +1069,16 @@ def gc(dry_run: bool, directory: str) -> None:
         _fail(_about(directory, e))
         return
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{directory}: {stats['snapshots']} snapshots, {stats['pages_kept']} pages kept; {verb} "
-               f"{stats['pages_removed']} unreferenced pages ({stats['bytes_removed']} bytes)"
-               + (f" and {stats['temp_files_removed']} stale temporary files" if stats["temp_files_removed"] else ""))
+    _out(f"{directory}: {stats['snapshots']} snapshots, {stats['pages_kept']} pages kept; {verb} "
+         f"{stats['pages_removed']} unreferenced pages ({stats['bytes_removed']} bytes)"
+         + (f" and {stats['temp_files_removed']} stale temporary files" if stats["temp_files_removed"] else ""))
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.argument("a")
-@click.argument("b")
+def diff_options(p: _Parser) -> None:
+    p.option("--json", dest="as_json", action="store_true", help="Machine-readable output.")
+
+
+@command("diff", diff_options, "a", "b")
 def diff(as_json: bool, a: str, b: str) -> None:
     """List what changed between two snapshots. Exit status as diff(1)'s: 0 when they hold the same
     state, 1 when they differ, 2 on trouble."""
@@ -704,25 +1096,28 @@ def diff(as_json: bool, a: str, b: str) -> None:
         return
     lines = diff_snapshots(*snaps)
     if as_json:
-        click.echo(json.dumps({"a": a, "b": b, "same": not lines, "differences": lines}, indent=2))
+        _out(json.dumps({"a": a, "b": b, "same": not lines, "differences": lines}, indent=2))
     else:
         for line in lines:
-            click.echo(line)
+            _out(line)
     sys.exit(DIFF_DIFFERENT_EXIT_CODE if lines else 0)
 
 
-@main.command()
-@click.option("--listen", required=True, metavar="HOST:PORT", help="Where to accept migrations.")
-@click.option("--token-file", required=True, type=click.Path(dir_okay=False),
-              help="The shared secret (at least 16 bytes, mode 600) sources must prove they hold.")
-@click.option("--dir", "dirs", multiple=True, metavar="HOST::GUEST",
-              help="Map a migrated program's preopened guest directory GUEST to host directory HOST here.")
-@click.option("--engine", type=click.Choice(ENGINES), default=None,
-              help="The engine migrated programs run on here (default: wasmtime when installed).")
-@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
-              help="Where received modules and pages are cached (default: ~/.cache/wasmig/serve).")
-@click.option("--page-cache-mb", type=click.IntRange(min=0), default=2048, show_default=True,
-              help="Keep at most this much of earlier migrations' pages (trimmed when the daemon starts).")
+def serve_options(p: _Parser) -> None:
+    p.option("--listen", required=True, metavar="HOST:PORT", help="Where to accept migrations.")
+    p.option("--token-file", required=True, type=_Path(directory=False), metavar="FILE",
+             help="The shared secret (at least 16 bytes, mode 600) sources must prove they hold.")
+    p.option("--dir", dest="dirs", action="append", metavar="HOST::GUEST",
+             help="Map a migrated program's preopened guest directory GUEST to host directory HOST here.")
+    p.option("--engine", choices=ENGINES, default=None, metavar="[interp|wasmtime]",
+             help="The engine migrated programs run on here (default: wasmtime when installed).")
+    p.option("--state-dir", type=_Path(directory=True), default=None, metavar="DIRECTORY",
+             help="Where received modules and pages are cached (default: ~/.cache/wasmig/serve).")
+    p.option("--page-cache-mb", type=_Number(int, 0), default=2048, show_default=True, metavar="INTEGER RANGE",
+             help="Keep at most this much of earlier migrations' pages (trimmed when the daemon starts).")
+
+
+@command("serve", serve_options)
 def serve(listen: str, token_file: str, dirs: tuple[str, ...], engine: str | None, state_dir: str | None,
           page_cache_mb: int) -> None:
     """Receive migrating programs, restore them and run them here."""
@@ -747,12 +1142,16 @@ def serve(listen: str, token_file: str, dirs: tuple[str, ...], engine: str | Non
         sys.exit(130)
 
 
-@main.command("migrate")
-@click.option("--to", "to", required=True, metavar="HOST:PORT", help="The `wasmig serve` daemon to move to.")
-@click.option("--token-file", required=True, type=click.Path(dir_okay=False), help="The daemon's shared secret.")
-@click.option("--quiet", is_flag=True, help="No progress bar, only the summary line.")
-@click.option("--no-precopy", is_flag=True, help="Stop the program at once and send everything while it is stopped.")
-@click.argument("pid", type=int)
+def migrate_cmd_options(p: _Parser) -> None:
+    p.option("--to", required=True, metavar="HOST:PORT", help="The `wasmig serve` daemon to move to.")
+    p.option("--token-file", required=True, type=_Path(directory=False), metavar="FILE",
+             help="The daemon's shared secret.")
+    p.option("--quiet", action="store_true", help="No progress bar, only the summary line.")
+    p.option("--no-precopy", action="store_true",
+             help="Stop the program at once and send everything while it is stopped.")
+
+
+@command("migrate", migrate_cmd_options, "pid", types={"pid": _Number(int)})
 def migrate_cmd(to: str, token_file: str, quiet: bool, no_precopy: bool, pid: int) -> None:
     """Move the running `wasmig run --migratable` process PID to another machine."""
     from wasmig.migrate.control import request_migration
@@ -769,7 +1168,7 @@ def migrate_cmd(to: str, token_file: str, quiet: bool, no_precopy: bool, pid: in
                     view.update(msg["progress"])
                 elif "done" in msg:
                     view.finish()
-                    click.echo(f"wasmig: {msg['done']['summary']}")
+                    _out(f"wasmig: {msg['done']['summary']}")
                     return
                 elif "error" in msg:
                     raise MigrationError(f"migration failed, the program goes on in process {pid}: {msg['error']}")
@@ -778,12 +1177,15 @@ def migrate_cmd(to: str, token_file: str, quiet: bool, no_precopy: bool, pid: in
         _fail(str(e))
 
 
-@main.command()
-@click.option("--listen", required=True, metavar="HOST:PORT", help="Where clients connect.")
-@click.option("--control", required=True, metavar="HOST:PORT",
-              help="Where programs (`wasmig run --gateway`) register and attach their connections.")
-@click.option("--token-file", required=True, type=click.Path(dir_okay=False),
-              help="The shared secret a program must prove it holds to register (at least 16 bytes, mode 600).")
+def gateway_options(p: _Parser) -> None:
+    p.option("--listen", required=True, metavar="HOST:PORT", help="Where clients connect.")
+    p.option("--control", required=True, metavar="HOST:PORT",
+             help="Where programs (`wasmig run --gateway`) register and attach their connections.")
+    p.option("--token-file", required=True, type=_Path(directory=False), metavar="FILE",
+             help="The shared secret a program must prove it holds to register (at least 16 bytes, mode 600).")
+
+
+@command("gateway", gateway_options)
 def gateway(listen: str, control: str, token_file: str) -> None:
     """Front a program's listening socket, so its TCP connections survive its migrations."""
     from wasmig.migrate.gateway import Gateway, log
@@ -803,12 +1205,14 @@ def gateway(listen: str, control: str, token_file: str) -> None:
         sys.exit(130)
 
 
-@main.command("export")
-@click.option("-o", "--output", required=True, metavar="FILE.wsnap", help="The file to write.")
-@click.option("--module", "module_path", default=None,
-              help="The .wasm the snapshot was taken of (default: the copy kept in the checkpoint directory).")
-@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
-@click.argument("snapshot")
+def export_cmd_options(p: _Parser) -> None:
+    p.option("-o", "--output", required=True, metavar="FILE.wsnap", help="The file to write.")
+    p.option("--module", dest="module_path", default=None,
+             help="The .wasm the snapshot was taken of (default: the copy kept in the checkpoint directory).")
+    p.option("--force", action="store_true", help="Replace FILE if it exists.")
+
+
+@command("export", export_cmd_options, "snapshot")
 def export_cmd(output: str, module_path: str | None, force: bool, snapshot: str) -> None:
     """Pack SNAPSHOT (a checkpoint directory: its latest; or a snapshot file), every page it names and
     its module into one file, which `wasmig restore`, `inspect` and `import` read."""
@@ -820,13 +1224,10 @@ def export_cmd(output: str, module_path: str | None, force: bool, snapshot: str)
     except SnapshotError as e:
         _fail(str(e))
         return
-    click.echo(f"wasmig: exported {result.snapshot} to {result.output} ({result.pages} pages, {result.bytes} bytes)",
-               err=True)
+    _err(f"wasmig: exported {result.snapshot} to {result.output} ({result.pages} pages, {result.bytes} bytes)")
 
 
-@main.command("import")
-@click.argument("file")
-@click.argument("directory")
+@command("import", None, "file", "directory")
 def import_cmd(file: str, directory: str) -> None:
     """Unpack the .wsnap FILE into the checkpoint DIRECTORY (created if missing) as its newest
     snapshot; prints the new snapshot file's path."""
@@ -838,4 +1239,4 @@ def import_cmd(file: str, directory: str) -> None:
     except SnapshotError as e:
         _fail(str(e))
         return
-    click.echo(str(path))
+    _out(str(path))
