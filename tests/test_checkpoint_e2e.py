@@ -1048,6 +1048,19 @@ def _mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return data[:i] + bytes(min(m, n - i)) + data[i + m:], f"{m} bytes zeroed at {i}"
 
 
+def _same_page(mutated: bytes, original: bytes) -> bool:
+    """A page file whose change the store does not see: some bits of a zstd frame (in its header,
+    or unused ones) do not change what it decompresses to, so the page still matches its hash and
+    a restore rightly uses it."""
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.store import _decompress_page
+
+    try:
+        return _decompress_page(mutated, "page") == _decompress_page(original, "page")
+    except SnapshotError:
+        return False
+
+
 def _check_one_line_error(result: Any, what: str) -> None:
     err = result.stderr
     assert isinstance(result.exception, SystemExit), (
@@ -1081,7 +1094,7 @@ def test_corrupted_checkpoints_are_one_line_errors(tmp_path: Path, stdin_devnull
             p.write_bytes(data)
         if how == "deleted":
             target.unlink()
-        elif mutated == originals[target]:
+        elif mutated == originals[target] or (target in pages and _same_page(mutated, originals[target])):
             same += 1
             continue
         else:
