@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -107,6 +106,8 @@ class Module:
     @cached_property
     def sha256(self) -> str | None:
         """Identity of the original bytes (what a snapshot records)."""
+        import hashlib  # 3 ms of OpenSSL set-up that a plain run never needs
+
         return hashlib.sha256(self.data).hexdigest() if self.data is not None else None
 
     @property

@@ -10,7 +10,7 @@ The pieces:
 - one process-wide :func:`engine` (``wasm_multi_memory`` and ``wasm_threads`` on: the
   instrumentation pass that makes a module checkpointable adds a second memory and polls with an
   atomic load) and a compiled-artifact cache
-  (:func:`compile_module`): ``Module.serialize()`` output keyed by the sha256 of (module bytes,
+  (:func:`compile_module`): ``Module.serialize()`` output keyed by the BLAKE3 of (module bytes,
   wasmtime version, engine settings, host), each entry checksummed so a damaged entry is
   recompiled, never loaded;
 - :class:`WasmtimeInstance`: links the WASI imports with their exact preview1 types (through
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
 import struct
@@ -70,8 +69,14 @@ ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "wasm_threads": Tr
 _DEFAULT_ASYNC_STACK = 2 << 20
 
 CACHE_ENV = "WASMIG_CACHE"
-#: A cache entry: this magic, the sha256 of the payload, then ``Module.serialize()``'s bytes.
-CACHE_MAGIC = b"wasmig-cwasm-v1\n"
+#: A cache entry: this magic, the BLAKE3 (sha256 without the blake3 package) of the payload, then
+#: ``Module.serialize()``'s bytes.
+CACHE_MAGIC = b"wasmig-cwasm-v2\n"
+
+try:  # compiled BLAKE3 (GB/s, 1 ms to import) where it is installed, as it is wherever wasmtime has wheels;
+    from blake3 import blake3 as _artifact_hash  # hashlib's OpenSSL would add 3 ms to every run's start-up
+except ImportError:  # pragma: no cover - never the pure-Python BLAKE3: artifacts are megabytes
+    from hashlib import sha256 as _artifact_hash
 
 _MASK = {"i32": 0xFFFFFFFF, "i64": 0xFFFF_FFFF_FFFF_FFFF}
 #: One ``wasmtime_val_raw_t`` slot (16 bytes) per value; integers little-endian at its start
@@ -151,8 +156,10 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(data: bytes) -> str:
-    h = hashlib.sha256()
-    for part in (b"wasmig-wasmtime-artifact-v1", data, wasmtime_version().encode(), config_description().encode()):
+    h = _artifact_hash()
+    parts = (b"wasmig-wasmtime-artifact-v2", _artifact_hash.__name__.encode(), data, wasmtime_version().encode(),
+             config_description().encode())
+    for part in parts:
         h.update(len(part).to_bytes(8, "little"))  # length-prefixed: no two part lists collide
         h.update(part)
     return h.hexdigest()
@@ -207,8 +214,9 @@ def _compile(data: bytes) -> wasmtime.Module:
 
 
 def cache_entry(payload: bytes) -> bytes:
-    """A cache file's contents: :data:`CACHE_MAGIC`, the payload's sha256, the payload."""
-    return CACHE_MAGIC + hashlib.sha256(payload).digest() + payload
+    """A cache file's contents: :data:`CACHE_MAGIC`, the payload's 32-byte BLAKE3 (or sha256) digest,
+    the payload."""
+    return CACHE_MAGIC + _artifact_hash(payload).digest() + payload
 
 
 def cache_payload(blob: bytes) -> bytes | None:
@@ -217,7 +225,7 @@ def cache_payload(blob: bytes) -> bytes | None:
     if not blob.startswith(CACHE_MAGIC) or len(blob) < head + 32:
         return None
     digest, payload = blob[head : head + 32], blob[head + 32 :]
-    return payload if hashlib.sha256(payload).digest() == digest else None
+    return payload if _artifact_hash(payload).digest() == digest else None
 
 
 def _load(blob: bytes) -> wasmtime.Module | None:
