@@ -2,37 +2,45 @@
 
 Kept apart from the run loops (:mod:`wasmig.snapshot.session`) because every ``wasmig run`` needs
 these few names, also a plain run on wasmtime that never checkpoints, and it should not import
-the interpreter and the snapshot writer to get them.
+the interpreter and the snapshot writer to get them (nor ``dataclasses``, which brings ``inspect``
+and ``ast``: a plain class here).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
-@dataclass
 class CheckpointPolicy:
-    directory: Path | None = None
-    at_step: int | None = None
-    at_instruction: int | None = None
-    every: float | None = None
-    then: str = "continue"  # or "exit"
-    stable_only: bool = False
-    #: on wasmtime, run the deterministic variant that counts steps (the interpreter always counts)
-    count_steps: bool = False
-    on_signal: bool = True
-    written: list[Path] = field(default_factory=list)
-    #: accept ``wasmig migrate PID`` (the control socket; on wasmtime, the checkpointable variant)
-    migratable: bool = False
-    #: ``wasmig run --migrate-to``: (target HOST:PORT, token, seconds after the start)
-    migrate_to: tuple[str, bytes, float] | None = None
+    """When a run checkpoints, where to, and what then (a plain class: see the module docstring)."""
+
+    def __init__(self, directory: Path | None = None, at_step: int | None = None, at_instruction: int | None = None,
+                 every: float | None = None, then: str = "continue", stable_only: bool = False,
+                 count_steps: bool = False, on_signal: bool = True, written: list[Path] | None = None,
+                 migratable: bool = False, migrate_to: tuple[str, bytes, float] | None = None) -> None:
+        self.directory = directory
+        self.at_step = at_step
+        self.at_instruction = at_instruction
+        self.every = every
+        self.then = then  # "continue" or "exit"
+        self.stable_only = stable_only
+        #: on wasmtime, run the deterministic variant that counts steps (the interpreter always counts)
+        self.count_steps = count_steps
+        self.on_signal = on_signal
+        self.written: list[Path] = [] if written is None else written
+        #: accept ``wasmig migrate PID`` (the control socket; on wasmtime, the checkpointable variant)
+        self.migratable = migratable
+        #: ``wasmig run --migrate-to``: (target HOST:PORT, token, seconds after the start)
+        self.migrate_to = migrate_to
 
     @property
     def active(self) -> bool:
         return self.directory is not None
+
+    def __repr__(self) -> str:
+        return f"CheckpointPolicy({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if k != 'migrate_to')})"
 
 
 class CheckpointExit(Exception):  # noqa: N818 - control flow

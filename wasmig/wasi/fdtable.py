@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from wasmig.wasi.errno import Errno, WasiError
@@ -23,32 +22,46 @@ TCP_LISTENER = "tcp_listener"
 TCP_STREAM = "tcp_stream"
 
 
-@dataclass
 class FdEntry:
-    kind: str
-    filetype: int
-    rights_base: int
-    rights_inheriting: int
-    fdflags: int = 0
-    guest_path: str | None = None
-    host_path: str | None = None
-    preopen: str | None = None
-    readable: bool = False
-    writable: bool = False
-    readdir_cookie: int = 0
-    #: behind a socket gateway (wasmig/wasi/gateway.py): its control address, the capability key
-    #: and, for a connection, the gateway's id of it; bytes received but not yet read (drained
-    #: from the data connection when the program was quiesced for a migration)
-    gateway: str | None = None
-    gateway_key: bytes | None = None
-    gateway_conn: int | None = None
-    pending: bytes = b""
-    # --- runtime only ---------------------------------------------------------------------------
-    host_fd: int | None = field(default=None, repr=False)
-    sock: socket.socket | None = field(default=None, repr=False)
-    stream: BinaryIO | None = field(default=None, repr=False)
-    dir_entries: list[tuple[str, int, int]] | None = field(default=None, repr=False)
-    owns_host_fd: bool = field(default=True, repr=False)
+    """One guest file descriptor. A plain class, not a dataclass: every WASI run imports this module,
+    and ``dataclasses`` brings ``inspect`` and ``ast`` with it (5 ms of a run's start-up)."""
+
+    def __init__(self, kind: str, filetype: int, rights_base: int, rights_inheriting: int, fdflags: int = 0,
+                 guest_path: str | None = None, host_path: str | None = None, preopen: str | None = None,
+                 readable: bool = False, writable: bool = False, readdir_cookie: int = 0,
+                 gateway: str | None = None, gateway_key: bytes | None = None, gateway_conn: int | None = None,
+                 pending: bytes = b"", host_fd: int | None = None, sock: socket.socket | None = None,
+                 stream: BinaryIO | None = None, dir_entries: list[tuple[str, int, int]] | None = None,
+                 owns_host_fd: bool = True) -> None:
+        self.kind = kind
+        self.filetype = filetype
+        self.rights_base = rights_base
+        self.rights_inheriting = rights_inheriting
+        self.fdflags = fdflags
+        self.guest_path = guest_path
+        self.host_path = host_path
+        self.preopen = preopen
+        self.readable = readable
+        self.writable = writable
+        self.readdir_cookie = readdir_cookie
+        #: behind a socket gateway (wasmig/wasi/gateway.py): its control address, the capability key
+        #: and, for a connection, the gateway's id of it; bytes received but not yet read (drained
+        #: from the data connection when the program was quiesced for a migration)
+        self.gateway = gateway
+        self.gateway_key = gateway_key
+        self.gateway_conn = gateway_conn
+        self.pending = pending
+        # --- runtime only ---------------------------------------------------------------------------
+        self.host_fd = host_fd
+        self.sock = sock
+        self.stream = stream
+        self.dir_entries = dir_entries
+        self.owns_host_fd = owns_host_fd
+
+    def __repr__(self) -> str:
+        shown = ("kind", "filetype", "rights_base", "rights_inheriting", "fdflags", "guest_path", "host_path",
+                 "preopen", "readable", "writable", "readdir_cookie", "gateway", "gateway_conn")
+        return f"FdEntry({', '.join(f'{k}={getattr(self, k)!r}' for k in shown)})"
 
     def fileno(self) -> int:
         if self.sock is not None:
