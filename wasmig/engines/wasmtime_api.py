@@ -25,7 +25,7 @@ f32 values as C floats, which quiets them), are the other differences.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import wasmtime
 
 from wasmig.binary.ir import FuncType
 from wasmig.binary.ir import Module as IRModule
-from wasmig.engines.wasmtime import _VALTYPE, WasmtimeInstance
+from wasmig.engines.wasmtime import _VALTYPE, Exports, WasmtimeInstance
 from wasmig.errors import LinkError
 from wasmig.instance import Instance, convert_results
 from wasmig.interp.instantiate import _resolve_import
@@ -228,22 +228,6 @@ class WasmtimeTable:
         return self._table.size(self._store)
 
 
-class _Exports(Mapping[str, Any]):
-    """Read-only view of an instance's exports: name -> function, memory, global or table."""
-
-    def __init__(self, items: dict[str, Any]) -> None:
-        self._items = items
-
-    def __getitem__(self, name: str) -> Any:
-        return self._items[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 # --- the instance -----------------------------------------------------------------------------
 class WasmtimeApiInstance(Instance):
     """``wasmig.Instance(module, imports, engine="wasmtime")`` (see the module docstring).
@@ -284,7 +268,7 @@ class WasmtimeApiInstance(Instance):
                 items[exp.name] = WasmtimeGlobal(store, obj, gt.type, gt.mutable)
             else:
                 items[exp.name] = WasmtimeTable(store, obj, ir.all_tables()[exp.index].elem)
-        self.exports = _Exports(items)
+        self.exports = Exports(items)
 
     @property
     def store(self) -> wasmtime.Store:  # type: ignore[override]
