@@ -111,6 +111,14 @@ def _filetype_of_mode(mode: int) -> int:
     return C.FILETYPE_UNKNOWN
 
 
+def _isatty(fd: int, stream: Any) -> bool:
+    """Whether standard stream ``fd`` (the host's own when ``stream`` is None) is a terminal."""
+    try:
+        return os.isatty(fd) if stream is None else bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):  # a closed or file-less stream: no terminal
+        return False
+
+
 def _pack_filestat(st: os.stat_result, filetype: int | None = None) -> bytes:
     return struct.pack(
         "<QQB7xQQQQQ", st.st_dev & 0xFFFFFFFFFFFFFFFF, st.st_ino & 0xFFFFFFFFFFFFFFFF,
@@ -166,8 +174,12 @@ class Wasi:
         streams: list[BinaryIO | None] = [io.BytesIO(stdin) if isinstance(stdin, (bytes, bytearray)) else stdin,
                                           stdout, stderr]
         for fd, stream in enumerate(streams):
-            entry = FdEntry(STDIO, C.FILETYPE_CHARACTER_DEVICE, C.RIGHTS_TTY, 0, readable=fd == 0,
-                            writable=fd != 0, owns_host_fd=False, guest_path=STDIO_NAMES[fd])
+            # as wasmtime: a character device if the host's stream is a terminal, else UNKNOWN (a
+            # pipe, a file, /dev/null alike); fd_read or fd_write, base and inheriting, as rights
+            rights = C.RIGHTS_STDIN if fd == 0 else C.RIGHTS_STDOUT
+            entry = FdEntry(STDIO, C.FILETYPE_CHARACTER_DEVICE if _isatty(fd, stream) else C.FILETYPE_UNKNOWN,
+                            rights, rights, readable=fd == 0, writable=fd != 0, owns_host_fd=False,
+                            guest_path=STDIO_NAMES[fd])
             if stream is None:
                 entry.host_fd = fd
             else:
@@ -365,6 +377,8 @@ class Wasi:
 
     def fd_fdstat_set_flags(self, fd: int, flags: int) -> None:
         entry = self.fds.get(fd)
+        if entry.kind == STDIO:  # as wasmtime: a standard stream's flags cannot be changed
+            raise WasiError(Errno.BADF, "the flags of a standard stream cannot be changed")
         if flags & ~(C.FDFLAGS_APPEND | C.FDFLAGS_NONBLOCK):
             raise WasiError(Errno.NOTSUP, "only APPEND and NONBLOCK can be changed")
         self._need(entry, C.RIGHT_FD_FDSTAT_SET_FLAGS)
@@ -389,12 +403,13 @@ class Wasi:
         entry.rights_inheriting = inheriting
 
     def fd_filestat_get(self, fd: int, buf: int) -> None:
-        entry = self._need(self.fds.get(fd), C.RIGHT_FD_FILESTAT_GET)
-        if entry.stream is not None:
-            self.mem.write(buf, struct.pack("<QQB7xQQQQQ", 0, 0, entry.filetype, 1, 0, 0, 0, 0))
+        entry = self.fds.get(fd)
+        if entry.kind == STDIO:  # as wasmtime: only the filetype, every other field 0, whatever the rights
+            self.mem.write(buf, struct.pack("<QQB7xQQQQQ", 0, 0, entry.filetype, 0, 0, 0, 0, 0))
             return
+        self._need(entry, C.RIGHT_FD_FILESTAT_GET)
         st = os.fstat(entry.fileno())
-        filetype = entry.filetype if entry.kind in (STDIO, TCP_LISTENER, TCP_STREAM) else None
+        filetype = entry.filetype if entry.kind in (TCP_LISTENER, TCP_STREAM) else None
         self.mem.write(buf, _pack_filestat(st, filetype))
 
     def fd_filestat_set_size(self, fd: int, size: int) -> None:
@@ -806,7 +821,8 @@ class Wasi:
                     raise WasiError(Errno.BADF, f"poll_oneoff on fd {fd}, which is not open")
                 if entry.kind == DIR:  # as wasmtime: a directory is no stream, the whole call fails
                     raise WasiError(Errno.BADF, f"poll_oneoff on fd {fd}, a directory")
-                self._need(entry, C.RIGHT_POLL_FD_READWRITE)
+                if entry.kind != STDIO:  # stdio holds no poll right (as in wasmtime) and is polled anyway
+                    self._need(entry, C.RIGHT_POLL_FD_READWRITE)
                 (readers if tag == C.EVENTTYPE_FD_READ else writers).append((userdata, entry, fd))
             else:
                 raise WasiError(Errno.INVAL, f"unknown subscription type {tag}")

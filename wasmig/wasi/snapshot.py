@@ -139,9 +139,14 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_
             if snap.kind == STDIO:
                 if snap.guest_path not in standard:
                     raise SnapshotError(f"corrupt snapshot: fd {snap.fd} is stdio of unknown origin")
+                # the filetype is the fresh entry's: what this process's stream is now (a snapshot
+                # taken under a terminal and restored with stdout a pipe reports a pipe); the rights
+                # are what the stream has and the program kept (rights dropped stay dropped; the
+                # extra ones earlier wasmig gave every standard stream go)
                 entry = standard[snap.guest_path]
-                entry.fdflags, entry.rights_base, entry.rights_inheriting = (snap.fdflags, snap.rights_base,
-                                                                             snap.rights_inheriting)
+                entry.fdflags = snap.fdflags
+                entry.rights_base &= snap.rights_base
+                entry.rights_inheriting &= snap.rights_inheriting
                 wasi.fds.set(snap.fd, entry)
             elif snap.preopen is None:
                 wasi.fds.set(snap.fd, _restore_entry(snap, preopen_fds, on_file_change))
