@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from wasmig.snapshot.state import PAGE_SIZE, FdSnapshot, Snapshot, Value
 
 _STDIO_NAMES = {0: "<stdin>", 1: "<stdout>", 2: "<stderr>"}
-_MAX_RANGES = 20  # page/element index ranges listed in a diff line before "..."
+_MAX_RANGES = 20  # index ranges (pages, elements, segments) listed in a line of text before "..."
 
 
 # --- values ----------------------------------------------------------------------------------------
@@ -59,9 +59,59 @@ def _jsonable(x: Any) -> Any:
     return repr(x)
 
 
-def _zero_pages(data: bytes) -> int:
-    zero = bytes(PAGE_SIZE)
-    return sum(data.startswith(zero, off) for off in range(0, len(data), PAGE_SIZE))
+# --- index ranges --------------------------------------------------------------------------------
+def index_ranges(indices: Iterable[int]) -> list[list[int]]:
+    """Ascending indices as inclusive ``[start, end]`` ranges: ``[1, 2, 3, 7]`` -> ``[[1, 3], [7, 7]]``."""
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return spans
+
+
+def format_ranges(spans: list[list[int]], noun: str = "indices", limit: int = _MAX_RANGES) -> str:
+    """``[[0, 41], [43, 43], [50, 1023]]`` -> ``"0-41, 43, 50-1023"``; ``none`` when empty. Beyond
+    ``limit`` ranges the rest are counted, not listed: ``"0-41, 43, ... and 1204 more ranges (5000
+    pages)"`` (``noun`` names what they are), so a line stays readable whatever the snapshot's size."""
+    if not spans:
+        return "none"
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans[:limit])
+    if len(spans) > limit:
+        rest = spans[limit:]
+        text += f", ... and {len(rest)} more ranges ({sum(b - a + 1 for a, b in rest)} {noun})"
+    return text
+
+
+def _ranges(indices: list[int], noun: str = "indices") -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"`` (see :func:`format_ranges`)."""
+    return format_ranges(index_ranges(indices), noun)
+
+
+def _page_ranges(data: bytes) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """A memory's pages as ranges: (zero, non-zero, repeated). A repeated page holds the same
+    (non-zero) contents as an earlier page of the memory: stored once, as the snapshot store does."""
+    import hashlib
+
+    zero_page = bytes(PAGE_SIZE)
+    view = memoryview(data)
+    zero, nonzero, repeated = [], [], []
+    seen: set[bytes] = set()
+    for page, off in enumerate(range(0, len(data), PAGE_SIZE)):
+        if data.startswith(zero_page, off):
+            zero.append(page)
+            continue
+        nonzero.append(page)
+        key = hashlib.blake2b(view[off:off + PAGE_SIZE], digest_size=16).digest()
+        if key in seen:
+            repeated.append(page)
+        seen.add(key)
+    return index_ranges(zero), index_ranges(nonzero), index_ranges(repeated)
+
+
+def _count(spans: list[list[int]]) -> int:
+    return sum(b - a + 1 for a, b in spans)
 
 
 def _fd_path(fd: FdSnapshot) -> str | None:
@@ -97,9 +147,11 @@ def summarize(snapshot: Snapshot, module_ir: Any = None, stats: Any = None,
     memories = []
     for i, m in enumerate(snapshot.memories):
         pages = len(m.data) // PAGE_SIZE
-        zero = _zero_pages(m.data)
+        zero, nonzero, repeated = _page_ranges(m.data)
         memories.append({"index": i, "min": m.min, "max": m.max, "size_pages": pages, "size_bytes": len(m.data),
-                         "zero_pages": zero, "nonzero_pages": pages - zero})
+                         "zero_pages": _count(zero), "nonzero_pages": pages - _count(zero),
+                         "zero_page_ranges": zero, "nonzero_page_ranges": nonzero,
+                         "repeated_page_ranges": repeated})
     summary: dict[str, Any] = {
         "format_version": snapshot.format_version,
         "module_sha256": snapshot.module_sha256,
@@ -185,6 +237,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         limits = f"min {m['min']}" + (f", max {m['max']}" if m["max"] is not None else "")
         out.append(f"memory {m['index']}: {m['size_pages']} pages ({_size(m['size_bytes'])}; {limits}), "
                    f"{m['nonzero_pages']} non-zero, {m['zero_pages']} zero")
+        if "nonzero_page_ranges" in m and m["size_pages"]:
+            out.append(f"  non-zero pages: {format_ranges(m['nonzero_page_ranges'], 'pages')}")
+            out.append(f"  zero pages: {format_ranges(m['zero_page_ranges'], 'pages')}")
+            if m["repeated_page_ranges"]:
+                out.append(f"  repeated pages ({_count(m['repeated_page_ranges'])}, each the contents of an earlier "
+                           f"page, stored once): {format_ranges(m['repeated_page_ranges'], 'pages')}")
     p = s.get("pages")
     if p:
         out.append("pages: " + ", ".join(_quantity(k, v) for k, v in p.items()))
@@ -203,9 +261,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         for g in s["globals"]:
             out.append(f"  {g['index']}: {'mut ' if g['mutable'] else ''}{format_value(g['value'])}")
     if s["dropped_data"]:
-        out.append("dropped data segments: " + ", ".join(map(str, s["dropped_data"])))
+        out.append("dropped data segments: " + _ranges(s["dropped_data"], "segments"))
     if s["dropped_elems"]:
-        out.append("dropped element segments: " + ", ".join(map(str, s["dropped_elems"])))
+        out.append("dropped element segments: " + _ranges(s["dropped_elems"], "segments"))
     w = s.get("wasi")
     if w:
         out.append("args: " + " ".join(_quote(a) for a in w["args"]))
@@ -229,18 +287,6 @@ def _quote(s: str) -> str:
 
 
 # --- diff ------------------------------------------------------------------------------------------
-def _ranges(indices: list[int]) -> str:
-    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``; long lists are cut after ``_MAX_RANGES`` ranges."""
-    spans: list[tuple[int, int]] = []
-    for i in indices:
-        if spans and i == spans[-1][1] + 1:
-            spans[-1] = (spans[-1][0], i)
-        else:
-            spans.append((i, i))
-    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans[:_MAX_RANGES])
-    return text + (", ..." if len(spans) > _MAX_RANGES else "")
-
-
 def _values(vs: list[Value]) -> str:
     return "[" + ", ".join(format_value(v) for v in vs) + "]"
 
@@ -282,9 +328,12 @@ def diff(a: Snapshot, b: Snapshot) -> list[str]:
     for what, da, db in (("data", a.dropped_data, b.dropped_data), ("element", a.dropped_elems, b.dropped_elems)):
         newly = [i for i, d in enumerate(db) if d and not (i < len(da) and da[i])]
         if newly:
-            out.append(f"{what} segments dropped: {', '.join(map(str, newly))}")
+            out.append(f"{what} segments dropped: {_ranges(newly, 'segments')}")
         if len(da) != len(db) or any(x and not y for x, y in zip(da, db, strict=False)):
-            out.append(f"{what} segment drop flags: {da} -> {db}")
+            dropped_a = _ranges([i for i, d in enumerate(da) if d], "segments")
+            dropped_b = _ranges([i for i, d in enumerate(db) if d], "segments")
+            out.append(f"{what} segment drop flags: {len(da)} segments, dropped {dropped_a} -> "
+                       f"{len(db)} segments, dropped {dropped_b}")
     out += _diff_wasi(a, b)
     return out
 
@@ -341,7 +390,7 @@ def _diff_memories(a: Snapshot, b: Snapshot) -> list[str]:
         changed = [p for p in range(common)
                    if ma.data[p * PAGE_SIZE:(p + 1) * PAGE_SIZE] != mb.data[p * PAGE_SIZE:(p + 1) * PAGE_SIZE]]
         if changed:
-            out.append(f"memory {i}: {len(changed)} of {common} pages changed: {_ranges(changed)}")
+            out.append(f"memory {i}: {len(changed)} of {common} pages changed: {_ranges(changed, 'pages')}")
     return out
 
 
@@ -356,7 +405,7 @@ def _diff_tables(a: Snapshot, b: Snapshot) -> list[str]:
             out.append(f"table {i}: size {len(ta.elements)} -> {len(tb.elements)}")
         changed = [j for j, (x, y) in enumerate(zip(ta.elements, tb.elements, strict=False)) if x != y]
         if changed:
-            out.append(f"table {i}: {len(changed)} elements changed: {_ranges(changed)}")
+            out.append(f"table {i}: {len(changed)} elements changed: {_ranges(changed, 'elements')}")
         if (ta.elem_type, ta.min, ta.max) != (tb.elem_type, tb.min, tb.max):
             out.append(f"table {i}: type/limits {ta.elem_type} {ta.min} {ta.max} -> {tb.elem_type} {tb.min} {tb.max}")
     return out
