@@ -771,7 +771,9 @@ def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | N
 
     def body() -> int:
         started = time.perf_counter()
-        runner = Checkpointable(module, wasi, count_steps=policy.count_steps)
+        # a module not instrumented before is announced on stderr, with progress (minutes for a big one)
+        runner = Checkpointable(module, wasi, count_steps=policy.count_steps,
+                                announce=os.path.basename(module_path) if module_path else "the module")
         if snapshot is not None:
             runner.load(snapshot)
             log.info(__name__, "restore: instrumented module instantiated and state loaded on wasmtime in %.3f s",

@@ -1072,7 +1072,8 @@ class _Pass:
         return len(ft.params), list(ft.results), list(ft.params)
 
 
-def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
+def instrument(module: object, *, count_steps: bool = True,
+               progress: Callable[[int, int], None] | None = None) -> Instrumented:
     """Instrument a validated :class:`wasmig.Module` for checkpointing on a compiled engine.
 
     ``count_steps=True`` builds the deterministic variant: every stable point also counts a step
@@ -1082,6 +1083,9 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
     ~40% (benchmarks/overhead.py), so ``count_steps=False``, the fast variant, only tests the
     poll byte; its snapshots carry no step number. Both have the same sites and frame records,
     but for the fast variant's ``after_call`` sites (its post-call checks are its polls).
+
+    ``progress(done, total)`` is called with the number of functions rewritten so far, before the
+    first and after each (``wasmig run`` shows it while a big module is instrumented).
     """
     ir: IRModule = copy.deepcopy(module.ir)  # type: ignore[attr-defined]
     validation = module.validation  # type: ignore[attr-defined]
@@ -1094,8 +1098,13 @@ def instrument(module: object, *, count_steps: bool = True) -> Instrumented:
     n_defined = len(ir.funcs)
     p.copy_base = n_imported + n_defined  # function f's rewind copy is function f + n_defined
     p.rewinds_table = len(ir.all_tables())
-    pairs = [_FunctionRewriter(p, n_imported + k, f, validation.functions[k]).rewrite()
-             for k, f in enumerate(ir.funcs)]
+    pairs = []
+    for k, f in enumerate(ir.funcs):
+        if progress is not None:
+            progress(k, n_defined)
+        pairs.append(_FunctionRewriter(p, n_imported + k, f, validation.functions[k]).rewrite())
+    if progress is not None:
+        progress(n_defined, n_defined)
     new_funcs = [f for f, _ in pairs] + [c for _, c in pairs]
     ir.funcs = list(new_funcs)
     # $rewinds: entry f holds f's rewind copy (null for an import), for call_indirect's rewind

@@ -72,12 +72,127 @@ def _pass_fingerprint() -> bytes:
 _FINGERPRINT: bytes | None = None
 
 
-def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False
-                       ) -> tuple[bytes, SiteMap]:
+def _function_count(module: Module) -> int | None:
+    """The module's defined functions, read from its function section without decoding the code."""
+    if module.data is None:
+        return len(module.ir.funcs)
+    from wasmig.binary.leb128 import decode_u
+
+    data, pos = module.data, 8
+    try:
+        while pos < len(data):
+            section = data[pos]
+            size, pos = decode_u(data, pos + 1)
+            if section == 3:
+                return decode_u(data, pos)[0]
+            pos += size
+    except (IndexError, ValueError, WasmError):
+        return None
+    return 0
+
+
+class InstrumentNotice:
+    """What ``wasmig run``/``restore`` print on stderr while a big module (:meth:`worth_it`) missing
+    from the cache is instrumented (minutes for the biggest): a line when it starts; after ``QUIET_S``, the functions
+    done so far, redrawn in place at most once a second on a terminal, else a line every
+    ``LINE_EVERY_S``; and a line with the time taken. A thread draws it, so phases without
+    per-function progress (decoding, encoding) show their time too."""
+
+    QUIET_S = 2.0
+    LINE_EVERY_S = 10.0
+    #: announced only from this many defined functions or bytes of module: smaller ones take a
+    #: second or less (the C test programs: 25-80 KB, 0.2-0.6 s), where lines on stderr would only
+    #: be noise in the program's own output
+    BIG_FUNCTIONS = 1000
+    BIG_BYTES = 256 << 10
+
+    def __init__(self, name: str, stream: Any = None) -> None:
+        self.name = name
+        self.stream = stream
+        self.done = 0
+        self.total: int | None = None
+        self.phase = "decoding and analysing the module"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._drawn = 0  # length of the progress text on the terminal's current line, if any
+        self._started = 0.0
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # stderr closed or gone: the notice is only a courtesy
+            pass
+
+    @classmethod
+    def worth_it(cls, module: Module) -> bool:
+        """Whether instrumenting ``module`` takes long enough to be announced."""
+        if module.data is not None and len(module.data) >= cls.BIG_BYTES:
+            return True
+        return (_function_count(module) or 0) >= cls.BIG_FUNCTIONS
+
+    def start(self, module: Module) -> None:
+        if self.stream is None:
+            self.stream = sys.stderr
+        try:
+            self._tty = self.stream.isatty()
+        except (AttributeError, OSError, ValueError):
+            self._tty = False
+        count = _function_count(module)
+        facts = ([] if count is None else [f"{count} functions"]) + (
+            [] if module.data is None else [f"{len(module.data)} bytes"])
+        about = f" ({', '.join(facts)})" if facts else ""
+        self._write(f"wasmig: instrumenting {self.name}{about} for checkpoints; cached for next time\n")
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._draw, name="wasmig-instrument-progress", daemon=True)
+        self._thread.start()
+
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        self.phase = "rewriting functions" if done < total else "encoding the instrumented module"
+
+    def _line(self) -> str:
+        elapsed = time.monotonic() - self._started
+        if self.total and self.done < self.total:
+            what = f"{self.done} of {self.total} functions ({100 * self.done // self.total}%)"
+        else:
+            what = self.phase
+        return f"wasmig: instrumenting {self.name}: {what}, {elapsed:.0f} s"
+
+    def _draw(self) -> None:
+        if self._stop.wait(self.QUIET_S):
+            return
+        last_line = -self.LINE_EVERY_S
+        while True:
+            now = time.monotonic()
+            if self._tty:
+                text = self._line()
+                self._write("\r" + text.ljust(self._drawn))
+                self._drawn = len(text)
+            elif now - last_line >= self.LINE_EVERY_S:
+                self._write(self._line() + "\n")
+                last_line = now
+            if self._stop.wait(1.0):
+                return
+
+    def end(self, ok: bool) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        end = ("\r" + " " * self._drawn + "\r") if self._drawn else ""
+        if ok:
+            end += f"wasmig: instrumented {self.name} in {time.monotonic() - self._started:.1f} s\n"
+        self._write(end)
+
+
+def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False,
+                       announce: str | None = None) -> tuple[bytes, SiteMap]:
     """The instrumented module's bytes and site map (the fast variant, or with ``count_steps``
     the deterministic one), through a cache keyed by the original module's sha256, the variant
     and the pass's fingerprint (the pass is pure Python and costs seconds on big modules; a
-    restore should not pay it). A damaged entry is rebuilt."""
+    restore should not pay it). A damaged entry is rebuilt. ``announce``: the module's name for
+    the lines :class:`InstrumentNotice` prints on stderr when a big module has to be instrumented
+    (a cache hit, or a small module, prints nothing); None, silent."""
     global _FINGERPRINT
     from wasmig.binary.decoder import read_custom_section
     from wasmig.binary.encoder import encode_module
@@ -105,8 +220,18 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_s
         except (WasmError, ValueError, TypeError, KeyError):  # a damaged entry is rebuilt
             pass
     started = time.perf_counter()
-    done = instrument(module, count_steps=count_steps)
-    data = encode_module(done.ir)
+    notice = InstrumentNotice(announce) if announce is not None and InstrumentNotice.worth_it(module) else None
+    if notice is not None:
+        notice.start(module)
+    try:
+        done = instrument(module, count_steps=count_steps, progress=notice.progress if notice else None)
+        data = encode_module(done.ir)
+    except BaseException:
+        if notice is not None:
+            notice.end(ok=False)
+        raise
+    if notice is not None:
+        notice.end(ok=True)
     log.debug(__name__, "instrumented-module cache %s: instrumented in %.3f s (%s variant) -> %s",
               "miss" if blob is None else "entry damaged", time.perf_counter() - started,
               "counting" if count_steps else "fast", path)
@@ -124,12 +249,13 @@ class Checkpointable:
     interpreter (needed by :meth:`arm` with a step, and for snapshots with a step number); the
     default fast variant only polls, at a fraction of the cost (docs/instrument.md)."""
 
-    def __init__(self, module: Module, wasi: Wasi | None, *, count_steps: bool = False) -> None:
+    def __init__(self, module: Module, wasi: Wasi | None, *, count_steps: bool = False,
+                 announce: str | None = None) -> None:
         from wasmig.engines.wasmtime import WasmtimeInstance
 
         self.module = module
         self.wasi = wasi
-        code, self.sitemap = instrumented_bytes(module, count_steps=count_steps)
+        code, self.sitemap = instrumented_bytes(module, count_steps=count_steps, announce=announce)
         self.instance = WasmtimeInstance(module, wasi, code=code)
         ex = self.instance.exports
         self.store = self.instance.store
