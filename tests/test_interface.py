@@ -3,6 +3,7 @@ module it cannot read gets the full decoder's error (what ``wasmig run`` on wasm
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -68,7 +69,8 @@ def test_a_lazy_module_decodes_when_asked() -> None:
 
 def test_invalid_module_reports_the_same_on_both_engines(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A module that decodes but is invalid: the plain wasmtime run (which never validated it in
-    Python) reports wasmig's validation error, as the interpreter does."""
+    Python) and the instrumented one (which validates only when it instruments) report wasmig's
+    validation error, as the interpreter does."""
     bad = wat_module("(module (func (export \"_start\")))").data
     # replace the body `end` of a () -> () function with `i32.const 1; end`: a value left on the stack
     body = bytes([0x02, 0x00, 0x0B])
@@ -77,10 +79,12 @@ def test_invalid_module_reports_the_same_on_both_engines(tmp_path) -> None:  # t
     path = tmp_path / "bad.wasm"
     path.write_bytes(bad)
     out = {}
-    for engine in ("interp", "wasmtime"):
-        proc = subprocess.run([sys.executable, "-m", "wasmig", "run", "--engine", engine, str(path)],
-                              capture_output=True, text=True, timeout=60)
+    ways = {"interp": ["--engine", "interp"], "wasmtime": ["--engine", "wasmtime"],
+            "instrumented": ["--engine", "wasmtime", "--checkpoint-dir", str(tmp_path / "ck")]}
+    for way, options in ways.items():
+        proc = subprocess.run([sys.executable, "-m", "wasmig", "run", *options, str(path)], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "WASMIG_CACHE": str(tmp_path / "cache")})
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-        out[engine] = proc.stderr
-    assert out["interp"] == out["wasmtime"], out
-    assert "not a valid WebAssembly module" in out["interp"]
+        out[way] = [line for line in proc.stderr.splitlines() if line.startswith("wasmig: error:")]
+    assert out["interp"] == out["wasmtime"] == out["instrumented"], out
+    assert len(out["interp"]) == 1 and "not a valid WebAssembly module" in out["interp"][0]

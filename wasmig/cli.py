@@ -752,6 +752,8 @@ def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
         return TRAP_EXIT_CODE
     except SnapshotError as e:
         _fail(str(e))
+    except (DecodeError, ValidationError) as e:  # found late: validation waits for the instrumentation pass
+        _fail(module_problem(module_path or "program", e))
     except WasmError as e:
         _fail(f"{module_path or 'program'}: {e}")
     except KeyboardInterrupt:
@@ -884,8 +886,10 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         listeners = [open_listener(spec) for spec in listens]
         gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
         # plain wasmtime validates and compiles the module itself: Python decodes only what linking needs
+        # (the instrumented one: validation waits until the pass needs it, which a cached
+        # instrumented module spares, as on restore)
         plain_wasmtime = engine == "wasmtime" and not (policy.active or policy.migratable)
-        module = Module.from_file(program, decode=not plain_wasmtime)
+        module = Module.from_file(program, decode=not plain_wasmtime, validate=engine != "wasmtime")
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
     except UserError as e:
         for sock in listeners:
