@@ -2,12 +2,15 @@
  * 64) and in each of argv[2] rounds (default 20) rewrites one 64-bit word in every argv[3]
  * bytes (default 4096) of it, so every 64 KiB wasm page is non-zero and changes every round
  * (nothing for the page store to deduplicate), then prints the round's running checksum.
- * Deterministic: the output depends on the arguments only. */
+ * Deterministic: the output depends on the arguments only. Its lines are read while it runs, so
+ * stdout is line-buffered even when it is a pipe (wasi-libc, like any C library, fully buffers a
+ * stdout that is not a terminal, and wasmig reports a pipe as one since it matches wasmtime). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
     size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 64;
     int rounds = argc > 2 ? atoi(argv[2]) : 20;
     size_t stride = argc > 3 ? strtoul(argv[3], NULL, 10) / 8 : 512;
