@@ -626,3 +626,64 @@ def test_an_unrolled_loop_nest_stops_at_a_header_of_either_loop() -> None:
         assert inner_done in (0, 4), inner_done
     assert 0 < outer_done < 50_000_001
     assert finish("wasmtime", module, snap) == (0, expected)
+
+
+def test_a_rewound_loop_runs_on_in_the_normal_loop() -> None:
+    """After a rewind, a frame's loop runs as the normal body has it (issue 15: the frames live
+    at a checkpoint used to finish in their rewind copy's slower code): stopped at the unrolled
+    loop's header and rewound, the frame runs one iteration in the copy's first, skip-guarded
+    iteration and then the normal, unrolled loop, whose only poll is every fourth iteration --
+    so a second request stops 1 (mod 4) iterations after the first stop. The copy's old loop
+    polled every iteration."""
+    module, snap, expected = _stop_mid_loop(LONG_WAT)
+    first = snap.frames[-1].locals[1][1]
+    assert snap.point == "loop" and first % 4 == 0, first
+    wasi = restore_wasi(snap.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+    try:
+        runner = Checkpointable(module, wasi)
+        runner.load(snap)
+        runner.arm(None)
+        timer = threading.Timer(0.05, runner.request)
+        timer.start()
+        runner.resume(snap.frames, snap.point)
+        timer.cancel()
+        assert runner.unwound, "the loop ended before the second request"
+        again = from_plain(to_plain(runner.capture()))
+    finally:
+        wasi.close()
+    innermost = again.frames[-1]
+    assert (module.ir.func_name(innermost.func), again.point) == ("long", "loop")
+    second = innermost.locals[1][1]
+    assert second > first and (second - first) % 4 == 1, (first, second)
+    assert finish("wasmtime", module, again) == (0, expected)
+
+
+@pytest.mark.parametrize("later", [1, 5, 40])
+def test_a_second_stop_after_a_rewind_equals_the_interpreters(later: int) -> None:
+    """The hand-written module rewound on wasmtime at every 3rd stable point, then stopped again
+    ``later`` stable points on (in the rewound frames' normal loops or their first, skip-guarded
+    iterations): the snapshot equals the interpreter's at that step."""
+    module = wat_module(WAT)
+    k = 0
+    while True:
+        k += 3
+        at_k = stop("interp", module, ["m"], k)
+        if at_k is None:
+            break
+        want = stop("interp", module, ["m"], k + later)
+        assert at_k.snapshot.wasi is not None
+        wasi = restore_wasi(at_k.snapshot.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+        try:
+            runner = Checkpointable(module, wasi, count_steps=True)
+            runner.load(at_k.snapshot)
+            runner.arm(k + later)
+            runner.resume(at_k.snapshot.frames, at_k.snapshot.point)
+            got = from_plain(to_plain(runner.capture())) if runner.unwound else None
+        finally:
+            wasi.close()
+        if want is None:
+            assert got is None, f"step {k} + {later}: wasmtime stopped after the program's end"
+            continue
+        assert got is not None, f"step {k} + {later}: wasmtime did not stop"
+        assert_same_snapshot(want.snapshot, got, f"step {k} + {later}")
+    assert k > 250

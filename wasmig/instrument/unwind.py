@@ -96,6 +96,9 @@ class _Ctl:
     base: int  # canonical stack height where this construct's level starts (its params included above)
     buried: list[tuple[int, str]] = field(default_factory=list)  # (depth, type) spilled at entry
     result_types: tuple[str, ...] = ()
+    #: the rewind copy's loop: its first (partial) iteration in skip-guarded code, then the loop
+    #: itself as the normal body has it (see :meth:`_FunctionRewriter._enter_construct`)
+    split: bool = False
 
 
 class _FunctionRewriter:
@@ -715,7 +718,18 @@ class _FunctionRewriter:
             elif op == 0x0B:
                 close_segment(i)
                 done = levels.pop()
-                self.close()  # the construct
+                if done.split:  # the end of a loop's first iteration, then the loop as normal
+                    self.emit(0x0C, 2)  # the body fell through: the loop ended, its results to $exit
+                    self.close()  # the block standing for the loop
+                    self.close()  # `if $skip`
+                    self._normal_loop(done.start)
+                    self.close()  # $exit
+                    # no longer skipping (the loop ran): $skip, known 0 from here, is not live
+                    # across the loop, nor is what the skip tests after it read
+                    self.emit(0x41, 0)
+                    self.emit(0x21, self.skip_local)
+                else:
+                    self.close()  # the construct
                 self.close()  # its skip guard
                 self._push_back_buried(done)
             elif op in (0x10, 0x11) and not unreachable[i]:
@@ -828,20 +842,51 @@ class _FunctionRewriter:
             else:
                 self._skip_test(*then, inside=True)
             self.close()
-        self.open(op, ins.imm, True)
-        level = _Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types))
         if op == 0x03:
+            # A loop is entered here only to skip to a site inside it (or, not skipping, to run
+            # it). Its first iteration runs in skip-guarded code, in a block standing for the
+            # loop: a branch to the loop ends that iteration there, and the loop then runs as
+            # the normal body has it (polls, unrolling, no skip tests), so a frame that was live
+            # at a checkpoint runs its loops after the rewind as fast as before it (the guards
+            # of the first iteration run once per loop entry, not per iteration):
+            #
+            #     block $exit (P -> R)
+            #       local.get $skip  if (P -> P)
+            #         block (P -> P)   ;; the loop's label: `br` = the next iteration
+            #           [$site is the header: the params from the record, the rewind ends]
+            #           first iteration (guarded, as the rest of the copy); br $exit
+            #         end
+            #       end
+            #       loop (P -> R) ... end   ;; as in the normal body
+            #     end
             params = self.check_types(stack[entry_height:], "a loop parameter")
             site = self.site_at[(i, "loop")]
-            self._open_resume_test(site, params, params)
+            self.open(0x02, ins.imm, False)  # $exit
+            self.emit(0x20, self.skip_local)
+            self.open(0x04, self.p.block_type(params, params), False)
+            self.open(0x02, self.p.block_type(params, params), True)  # the loop's label
+            self.emit(0x20, self.site_local)
+            self.emit(0x41, site)
+            self.emit(0x46)
+            self.open(0x04, self.p.block_type(params, params), False)
             self.drop(len(params))
             self.push_from(params, entry_height)
-            self._finish_rewind()
+            self._finish_rewind()  # the step was counted before the unwind: no poll
             self.close()
-            self.emit(0x05)
-            self.stable_point(site, params, entry_height)
-            self.close()
-        return level
+            return _Ctl("loop", i, entry_height, buried, tuple(result_types), split=True)
+        self.open(op, ins.imm, True)
+        return _Ctl("block", i, entry_height, buried, tuple(result_types))
+
+    def _normal_loop(self, i: int) -> None:
+        """Loop ``i`` in the rewind copy as the normal body has it (its values beneath are
+        already in their spill locals); its unwind arms write their own slots, as there, and
+        branch to the copy's header writer."""
+        saved = self.unwind_label
+        self.unwind_label = _UNWIND_LABEL  # $unwind: the same index in the copy's labels
+        nparams, _, _ = self.p.block_arity(self.func.body[i].imm)
+        height = len(self.stack_before[i]) - nparams
+        self._emit_range(i, self.end_of[i] + 1, [_Ctl("block", i, height)])
+        self.unwind_label = saved
 
     def _open_resume_test(self, site: int, params: list[str], results: list[str]) -> None:
         """Open ``if $skip`` and, inside it, ``if $site == site`` (both ``(param params) (result
