@@ -294,9 +294,10 @@ class Failed(Exception):
     pass
 
 
-def timed(cmd: list[str], cwd: str, timeout: float, timing: bool = True) -> tuple[float, float, bytes]:
-    """(wall seconds, CPU seconds: user + system, stdout) of one run of ``cmd``; ``Failed`` on a non-zero exit
-    or after ``timeout`` seconds."""
+def timed(cmd: list[str], cwd: str, timeout: float, timing: bool = True) -> tuple[float, float, bytes, bool]:
+    """(wall seconds, CPU seconds: user + system, stdout, whether wasmig instrumented the module: a cache miss) of
+    one run of ``cmd``; ``Failed`` on a non-zero exit or after ``timeout`` seconds, or on a cache miss when
+    ``timing``."""
     cpu = _children_cpu()
     start = time.perf_counter()
     try:
@@ -308,11 +309,12 @@ def timed(cmd: list[str], cwd: str, timeout: float, timing: bool = True) -> tupl
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
         raise Failed(f"exit {proc.returncode}: " + " | ".join(err[-6:])[-600:])
-    if timing and b"wasmig: instrumenting" in proc.stderr:
+    missed = b"wasmig: instrumenting" in proc.stderr
+    if timing and missed:
         # The instrumented-module cache missed in a timed run: its key includes the pass's source, so an edit
         # of wasmig/instrument/ while this runs makes every later run instrument again.
         raise Failed("the instrumented-module cache missed in a timed run (wasmig/instrument/ edited meanwhile?)")
-    return elapsed, _children_cpu() - cpu, proc.stdout
+    return elapsed, _children_cpu() - cpu, proc.stdout, missed
 
 
 def quartiles(xs: list[float]) -> str:
@@ -379,14 +381,12 @@ def main() -> None:
                     limit = args.instrument_timeout if variant.endswith("--checkpoint-dir") else args.run_timeout
                     limit = max(limit, args.run_timeout)
                     try:
-                        w, c, out = timed(command(variant, spec[workload]), tmp, limit, timing=False)
+                        w, c, out, missed = timed(command(variant, spec[workload]), tmp, limit, timing=False)
                     except Failed as e:
                         failed[variant] = f"first {workload} run: {e}"
                         alive.remove(variant)
                         continue
-                    note = ""
-                    if variant.endswith("--checkpoint-dir") and workload == "start-up" and w > 10:
-                        note = " (instrumenting the module: a cache miss)"
+                    note = " (instrumented the module: a cache miss)" if missed else ""
                     print(f"   first run, untimed: {workload:8} {variant:28} {w:8.2f} s wall {c:8.2f} s cpu{note}",
                           flush=True)
                     key = workload
@@ -409,7 +409,7 @@ def main() -> None:
                         if variant not in alive:
                             continue
                         try:
-                            w, c, out = timed(command(variant, guest_args), tmp, args.run_timeout)
+                            w, c, out, _ = timed(command(variant, guest_args), tmp, args.run_timeout)
                         except Failed as e:
                             failed[variant] = f"{workload} round {r + 1}: {e}"
                             alive.remove(variant)
