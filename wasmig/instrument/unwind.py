@@ -724,8 +724,8 @@ class _FunctionRewriter:
                     self.close()  # `if $skip`
                     self._normal_loop(done.start)
                     self.close()  # $exit
-                    # no longer skipping (the loop ran): $skip, known 0 from here, is not live
-                    # across the loop, nor is what the skip tests after it read
+                    # no longer skipping (the loop ran): $skip is known 0 from here, so it is not
+                    # live across the loop
                     self.emit(0x41, 0)
                     self.emit(0x21, self.skip_local)
                 else:
