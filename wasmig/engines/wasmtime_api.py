@@ -39,7 +39,14 @@ from wasmig.errors import LinkError
 from wasmig.instance import Instance, convert_results
 from wasmig.interp.instantiate import _resolve_import
 from wasmig.interp.numeric import signed32, signed64
-from wasmig.interp.store import PAGE_SIZE, FuncInst, HostFunc, WasmFunction, to_bits, to_internal, to_python
+from wasmig.interp.store import (
+    PAGE_SIZE,
+    FuncInst,
+    GlobalValue,
+    HostFunc,
+    WasmFunction,
+    to_internal,
+)
 from wasmig.module import Module
 
 _NUMERIC = ("i32", "i64", "f32", "f64")
@@ -187,7 +194,7 @@ class WasmtimeMemory:
         return f"<wasmtime memory, {len(self) // PAGE_SIZE} pages>"
 
 
-class WasmtimeGlobal:
+class WasmtimeGlobal(GlobalValue):
     """An exported global of a wasmtime instance: ``value`` (Python value), ``raw`` (type, bits)."""
 
     def __init__(self, store: wasmtime.Store, glob: wasmtime.Global, type: str, mutable: bool) -> None:
@@ -200,19 +207,8 @@ class WasmtimeGlobal:
     def internal(self) -> Any:
         return to_internal(self.type, self._global.value(self._store))
 
-    @property
-    def value(self) -> Any:
-        return to_python(self.type, self.internal)
-
-    @value.setter
-    def value(self, v: Any) -> None:
-        if not self.mutable:
-            raise AttributeError("global is immutable")
-        self._global.set_value(self._store, _to_wasmtime(self.type, to_internal(self.type, v)))
-
-    @property
-    def raw(self) -> tuple[str, Any]:
-        return (self.type, to_bits(self.type, self.internal))
+    def _set_internal(self, internal: Any) -> None:
+        self._global.set_value(self._store, _to_wasmtime(self.type, internal))
 
 
 class WasmtimeTable:

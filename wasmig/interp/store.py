@@ -257,15 +257,18 @@ class Table:
         self.elements[i] = v
 
 
-class Global:
-    """A global variable. ``value`` reads and writes the friendly Python value; ``raw`` the bits."""
+class GlobalValue:
+    """``value`` (the friendly Python value, writable when ``mutable``) and ``raw`` (type, bits) over
+    a global's ``internal`` value: one surface for every engine's globals, which differ only in
+    where that value lives (``_set_internal``)."""
 
-    __slots__ = ("type", "mutable", "internal")
+    __slots__ = ()
+    type: str
+    mutable: bool
+    internal: Any
 
-    def __init__(self, type: str, value: Any = None, mutable: bool = False) -> None:
-        self.type = type
-        self.mutable = mutable
-        self.internal = default_value(type) if value is None else to_internal(type, value)
+    def _set_internal(self, internal: Any) -> None:
+        raise NotImplementedError
 
     @property
     def value(self) -> Any:
@@ -275,11 +278,26 @@ class Global:
     def value(self, v: Any) -> None:
         if not self.mutable:
             raise AttributeError("global is immutable")
-        self.internal = to_internal(self.type, v)
+        self._set_internal(to_internal(self.type, v))
 
     @property
     def raw(self) -> tuple[str, Any]:
         return (self.type, to_bits(self.type, self.internal))
+
+
+class Global(GlobalValue):
+    """A global variable of the interpreter. ``value`` reads and writes the friendly Python value;
+    ``raw`` the bits."""
+
+    __slots__ = ("type", "mutable", "internal")
+
+    def __init__(self, type: str, value: Any = None, mutable: bool = False) -> None:
+        self.type = type
+        self.mutable = mutable
+        self.internal = default_value(type) if value is None else to_internal(type, value)
+
+    def _set_internal(self, internal: Any) -> None:
+        self.internal = internal
 
 
 class ModuleInstance:
