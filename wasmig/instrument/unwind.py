@@ -25,7 +25,7 @@ What it adds (none of it part of the canonical state):
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -606,7 +606,7 @@ class _FunctionRewriter:
         """(site kind, the stack beneath the call's operands, the operands kept in spill locals, callee type)."""
         p = self.p
         if ins.op == 0x10:
-            callee = p.ir.func_type(ins.imm)
+            callee = p.func_types[ins.imm]
             consumed = len(callee.params)
             kind = "import_call" if ins.imm < p.n_imported else "call"
         else:
@@ -1022,6 +1022,9 @@ class _Pass:
     def __init__(self, ir: IRModule) -> None:
         self.ir = ir
         self.n_imported = ir.num_imported_funcs()
+        #: the type of every function of the index space (looked up at every call site: building
+        #: it per lookup made the pass quadratic in the number of functions)
+        self.func_types = [ir.types[t] for t in ir.func_type_indices()]
         self.sites: list[Site] = []
         self.layouts: dict[int, FunctionLayout] = {}
         self.ctl = len(ir.all_mems())
@@ -1093,7 +1096,7 @@ class _Pass:
         unwind, with results a frame record can hold."""
         if self.count_steps or not self.call_may_unwind(ins) or ins.op == 0x10 and ins.imm < self.n_imported:
             return False
-        ft = self.ir.func_type(ins.imm) if ins.op == 0x10 else self.ir.types[ins.imm[0]]
+        ft = self.func_types[ins.imm] if ins.op == 0x10 else self.ir.types[ins.imm[0]]
         return all(t in _NUMERIC for t in ft.results)
 
     def func_type_index(self, params: list[str], results: list[str]) -> int:
@@ -1132,7 +1135,11 @@ def instrument(module: object, *, count_steps: bool = True,
     ``progress(done, total)`` is called with the number of functions rewritten so far, before the
     first and after each (``wasmig run`` shows it while a big module is instrumented).
     """
-    ir: IRModule = copy.deepcopy(module.ir)  # type: ignore[attr-defined]
+    # the pass builds every function anew and only adds to the module's lists: copies of the
+    # lists are enough to leave the caller's IR untouched (a deep copy cost a third of the pass)
+    original: IRModule = module.ir  # type: ignore[attr-defined]
+    ir = dataclasses.replace(original, **{f.name: list(getattr(original, f.name)) for f in dataclasses.fields(original)
+                                          if isinstance(getattr(original, f.name), list)})
     validation = module.validation  # type: ignore[attr-defined]
     if len(ir.all_mems()) > 1:
         raise InstrumentError("modules with several memories are not supported")
