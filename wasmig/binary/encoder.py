@@ -325,52 +325,77 @@ def _memarg(out: bytearray, imm: tuple[int, ...]) -> None:
     out += encode_u(offset)
 
 
+#: encodings of (opcode, immediate) pairs seen before: a module repeats a few thousand of them
+#: (local.get 3, i32.const 0, a store to the control memory...) millions of times, and the
+#: instrumentation pass emits ten instructions per original one. Bounded: cleared when full.
+_ENCODED: dict[tuple[int, object], bytes] = {}
+_ENCODED_MAX = 1 << 18
+
+
 def encode_instrs(out: bytearray, instrs: Iterable[Instr]) -> None:
     """Append the encoding of ``instrs`` to ``out`` (a bytearray so bodies are built in place)."""
-    imm_kinds = opcodes.IMM
+    cache = _ENCODED
     for ins in instrs:
-        op = ins.op
-        kind = imm_kinds.get(op)
-        if kind is None:
-            raise ValueError(f"unknown opcode {op:#x}")
-        if op < 0x100:
-            out.append(op)
-        else:  # 0xFC-prefixed: the table only has 0xFC00 | sub
-            out.append(op >> 8)
-            out += encode_u(op & 0xFF)
-        if kind == "none":
-            continue
-        imm = ins.imm
+        key = (ins.op, ins.imm)
         try:
-            if kind == "idx" or kind == "label" or kind == "mem":
-                out += encode_u(imm)
-            elif kind == "memarg":
-                _memarg(out, imm)
-            elif kind == "i32":
-                out += encode_s(_to_signed(imm, 32))
-            elif kind == "i64":
-                out += encode_s(_to_signed(imm, 64))
-            elif kind == "block":
-                out += _blocktype(imm)
-            elif kind == "f32":
-                out += struct.pack("<I", imm)
-            elif kind == "f64":
-                out += struct.pack("<Q", imm)
-            elif kind == "br_table":
-                labels, default = imm
-                out += encode_u(len(labels))
-                for label in labels:
-                    out += encode_u(label)
-                out += encode_u(default)
-            elif kind in ("call_ind", "idx_mem", "mem_mem", "idx_idx"):
-                a, b = imm
-                out += encode_u(a)
-                out += encode_u(b)
-            elif kind == "reftype":
-                out.append(_reftype(imm))
-            elif kind == "select_t":
-                out += _resulttype(imm)
-            else:  # pragma: no cover - opcodes.IMM and this function are kept in step
-                raise ValueError(f"unknown immediate kind {kind!r}")
-        except (TypeError, ValueError, struct.error) as exc:
-            raise ValueError(f"{opcodes.name(op)}: bad immediate {imm!r}: {exc}") from exc
+            out += cache[key]
+            continue
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable immediate (a list): not cached
+            _encode_instr(out, ins.op, ins.imm)
+            continue
+        one = bytearray()
+        _encode_instr(one, ins.op, ins.imm)
+        if len(cache) >= _ENCODED_MAX:
+            cache.clear()
+        cache[key] = bytes(one)
+        out += one
+
+
+def _encode_instr(out: bytearray, op: int, imm: object) -> None:
+    """Append the encoding of one instruction."""
+    imm_kinds = opcodes.IMM
+    kind = imm_kinds.get(op)
+    if kind is None:
+        raise ValueError(f"unknown opcode {op:#x}")
+    if op < 0x100:
+        out.append(op)
+    else:  # 0xFC-prefixed: the table only has 0xFC00 | sub
+        out.append(op >> 8)
+        out += encode_u(op & 0xFF)
+    if kind == "none":
+        return
+    try:
+        if kind == "idx" or kind == "label" or kind == "mem":
+            out += encode_u(imm)
+        elif kind == "memarg":
+            _memarg(out, imm)
+        elif kind == "i32":
+            out += encode_s(_to_signed(imm, 32))
+        elif kind == "i64":
+            out += encode_s(_to_signed(imm, 64))
+        elif kind == "block":
+            out += _blocktype(imm)
+        elif kind == "f32":
+            out += struct.pack("<I", imm)
+        elif kind == "f64":
+            out += struct.pack("<Q", imm)
+        elif kind == "br_table":
+            labels, default = imm
+            out += encode_u(len(labels))
+            for label in labels:
+                out += encode_u(label)
+            out += encode_u(default)
+        elif kind in ("call_ind", "idx_mem", "mem_mem", "idx_idx"):
+            a, b = imm
+            out += encode_u(a)
+            out += encode_u(b)
+        elif kind == "reftype":
+            out.append(_reftype(imm))
+        elif kind == "select_t":
+            out += _resulttype(imm)
+        else:  # pragma: no cover - opcodes.IMM and this function are kept in step
+            raise ValueError(f"unknown immediate kind {kind!r}")
+    except (TypeError, ValueError, struct.error) as exc:
+        raise ValueError(f"{opcodes.name(op)}: bad immediate {imm!r}: {exc}") from exc
