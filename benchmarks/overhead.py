@@ -170,8 +170,8 @@ def measure_kernel(engine: wasmtime.Engine, src: Path, runs: int, use_asyncify: 
     path = compile_c(src, opt="-O2")
     wasm = path.read_bytes()
     module = Module.from_file(path)
-    blobs = [("plain", wasm), ("fast", encode_module(instrument(module, count_steps=False).ir)),
-             ("steps", encode_module(instrument(module, count_steps=True).ir))]
+    blobs = [("plain", wasm), ("fast", instrument(module, count_steps=False).data),
+             ("steps", instrument(module, count_steps=True).data)]
     if use_asyncify:
         blobs.append(("asyncify", asyncify(path, tmp / f"{src.stem}.asyncify.wasm")))
     variants = [Variant(name, blob, [wasmtime.Module(engine, placed(blob, p)) for p in PLACEMENTS])

@@ -12,7 +12,6 @@ import pytest
 
 import wasmig
 from tests.wat import wat_module
-from wasmig.binary.encoder import encode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.validator import validate_module
 from wasmig.instrument.unwind import instrument
@@ -77,7 +76,7 @@ WAT = """
 
 def instrumented_module(module: wasmig.Module) -> tuple[wasmig.Module, object]:
     ins = instrument(module)
-    data = encode_module(ins.ir)
+    data = ins.data
     return wasmig.Module.from_bytes(data, features=INSTRUMENTED), ins.sitemap
 
 
@@ -162,7 +161,7 @@ def test_wasmtime_snapshot_equals_interpreter_and_restores_there(k: int) -> None
 
     module = wasmig.Module.from_file(compile_c(PROGRAMS / "checksum.c"))
     ins = instrument(module)
-    imod = wasmig.Module.from_bytes(encode_module(ins.ir), features=INSTRUMENTED)
+    imod = wasmig.Module.from_bytes(ins.data, features=INSTRUMENTED)
     reference = io.BytesIO()
     try:
         instantiate_with_wasi(module, new_wasi(["checksum"], stdin=b"", stdout=reference, stderr=io.BytesIO())).invoke(

@@ -51,7 +51,7 @@ from tests.spec.runner import results_match
 from wasmig.binary.encoder import encode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.ir import Instr
-from wasmig.instrument.unwind import InstrumentError, instrument
+from wasmig.instrument.unwind import Instrumented, InstrumentError, instrument
 
 wasmtime = pytest.importorskip("wasmtime")
 from wasmtime import _ffi as ffi  # noqa: E402  (raw value unions: bit-exact floats)
@@ -352,7 +352,7 @@ class ScriptCheck:
             st.skipped[f"wasmig cannot load it ({type(exc).__name__})"] += 1
             return standin
         try:
-            ir = self.instrument(module).ir
+            data2 = self.instrument(module).data
         except InstrumentError as exc:
             st.refusals.append(f"{self.name}.wast:{self.line}: {exc}")
             reason = refusal_reason(str(exc))
@@ -364,7 +364,6 @@ class ScriptCheck:
         except Exception as exc:  # the pass crashed
             self.problem(f"instrument() raised {type(exc).__name__}: {exc}")
             return standin
-        data2 = encode_module(ir)
         try:
             wasmig.Module.from_bytes(data2, features=INSTRUMENTED)
         except wasmig.WasmError as exc:
@@ -597,9 +596,10 @@ def test_the_harness_sees_a_pass_that_changes_behaviour() -> None:
 
     def broken(module: Any) -> Any:
         out = instrument(module)
-        for func in out.ir.funcs:
+        ir = out.ir
+        for func in ir.funcs:
             func.body = [Instr(0x6B) if ins.op == 0x6A else ins for ins in func.body]
-        return out
+        return Instrumented(encode_module(ir), out.sitemap)
 
     wast = next(w for w in WASTS if w.stem == "i32")
     st = ScriptCheck(convert_wast(wast, DEFAULT_CACHE_ROOT), broken).run()

@@ -65,13 +65,20 @@ _FUNCIDX_ELEM_FLAGS = {"passive": 1, "declarative": 3}
 _EXPR_ELEM_FLAGS = {"passive": 5, "declarative": 7}
 
 
-def encode_module(module: Module) -> bytes:
-    """The binary encoding of ``module``; decoding it gives back an equal IR."""
+def encode_module(module: Module, code: list[bytes] | None = None) -> bytes:
+    """The binary encoding of ``module``; decoding it gives back an equal IR.
+
+    ``code``: the code section's entries already encoded (:func:`encode_code_entry`), one per
+    ``module.funcs`` entry, whose bodies are then not looked at -- so a pass can encode each
+    function as soon as it is built and drop its IR (the instrumentation pass on big modules).
+    """
+    if code is not None and len(code) != len(module.funcs):
+        raise ValueError(f"{len(code)} code entries for {len(module.funcs)} functions")
     # A custom section that followed a (then empty) vector section keeps that section as an
     # empty anchor, so the decoder reads back the same ``after``: binaries such as the spec's
     # custom.wast have customs between empty sections, and dropping those would move them.
     anchors = {c.after for c in module.customs} & _VECTOR_SECTIONS
-    sections = _standard_sections(module, anchors)
+    sections = _standard_sections(module, anchors, code)
     out = bytearray(MAGIC + VERSION)
 
     # Each custom section goes after the latest emitted section not later (in canonical order)
@@ -103,7 +110,8 @@ def encode_module(module: Module) -> bytes:
 _VECTOR_SECTIONS = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11})
 
 
-def _standard_sections(module: Module, keep_empty: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, bytes]]:
+def _standard_sections(module: Module, keep_empty: set[int] | frozenset[int] = frozenset(),
+                       code: list[bytes] | None = None) -> list[tuple[int, bytes]]:
     """``(id, payload)`` of every standard section to emit, in canonical order.
 
     Empty sections are omitted, except the vector sections in ``keep_empty``.
@@ -128,7 +136,10 @@ def _standard_sections(module: Module, keep_empty: set[int] | frozenset[int] = f
     add(8, None if module.start is None else encode_u(module.start))
     vec(9, module.elems, _elem)
     add(12, None if module.data_count is None else encode_u(module.data_count))
-    vec(10, module.funcs, _code)
+    if code is None:
+        vec(10, module.funcs, _code)
+    elif code or 10 in keep_empty:
+        sections.append((10, encode_u(len(code)) + b"".join(code)))
     vec(11, module.datas, _data)
     return sections
 
@@ -253,6 +264,11 @@ def _data(d: Data) -> bytes:
     if d.memory == 0:
         return b"\x00" + _active_offset("data", d.offset) + init
     return b"\x02" + encode_u(d.memory) + _active_offset("data", d.offset) + init
+
+
+def encode_code_entry(f: Function) -> bytes:
+    """One entry of the code section: size, locals, body."""
+    return _code(f)
 
 
 def _code(f: Function) -> bytes:

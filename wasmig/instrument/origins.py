@@ -19,13 +19,22 @@ from wasmig.binary.leb128 import decode_u, encode_u
 SECTION_NAME = "wasmig.origins"
 
 
+def origin_tags(body: list[Any]) -> bytes:
+    """One function's entry of the section: its instruction count, then each tag."""
+    out = bytearray(encode_u(len(body)))
+    for ins in body:
+        out += encode_u(ins.offset + 1 if ins.offset >= 0 else 0)
+    return bytes(out)
+
+
+def pack_origins(entries: list[bytes]) -> bytes:
+    """The section's payload from every function's :func:`origin_tags`, in function order (the
+    pass makes them one function at a time and keeps only these bytes)."""
+    return zlib.compress(encode_u(len(entries)) + b"".join(entries), 6)
+
+
 def encode_origins(bodies: list[list[Any]]) -> bytes:
-    out = bytearray(encode_u(len(bodies)))
-    for body in bodies:
-        out += encode_u(len(body))
-        for ins in body:
-            out += encode_u(ins.offset + 1 if ins.offset >= 0 else 0)
-    return zlib.compress(bytes(out), 6)
+    return pack_origins([origin_tags(body) for body in bodies])
 
 
 def decode_origins(raw: bytes) -> list[list[int]]:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wasmig.binary.blocks import match_blocks
+from wasmig.binary.encoder import encode_code_entry, encode_module
 from wasmig.binary.ir import (
     CustomSection,
     Data,
@@ -51,7 +52,7 @@ from wasmig.errors import WasmError
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
-from wasmig.instrument.origins import encode_origins
+from wasmig.instrument.origins import origin_tags, pack_origins
 from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
 
 # control memory layout
@@ -65,6 +66,9 @@ DROPS_BASE = 1024
 GLOBALS_BASE = 16384  # wasmig:dump writes global i's bits at GLOBALS_BASE + 8 * i
 RECORDS_BASE = 32768
 NEVER = 1 << 62
+#: the globals the pass adds, from ``globals_base``: $state, $steps, $stop_at, then the largest
+#: record's size in bytes and in pages + 1 (immutable)
+MAX_RECORD_GLOBAL, MAX_RECORD_PAGES_GLOBAL = 3, 4
 #: the fast variant copies a small loop without calls this many times, one poll per round
 UNROLL = 4
 UNROLL_MAX_BODY = 96  # instructions: larger loops are not unrolled (their poll weighs less)
@@ -83,10 +87,24 @@ class InstrumentError(WasmError):
     """The module uses something the instrumentation cannot make checkpointable."""
 
 
-@dataclass
 class Instrumented:
-    ir: IRModule
-    sitemap: SiteMap
+    """The instrumented module: its bytes (the pass encodes each function as soon as it is built,
+    so a big module's instrumented IR never exists whole) and its site map. ``ir`` decodes the
+    bytes, for tests and tools that look inside."""
+
+    def __init__(self, data: bytes, sitemap: SiteMap) -> None:
+        self.data = data
+        self.sitemap = sitemap
+        self._ir: IRModule | None = None
+
+    @property
+    def ir(self) -> IRModule:
+        if self._ir is None:
+            from wasmig.binary.decoder import decode_module
+            from wasmig.binary.features import INSTRUMENTED
+
+            self._ir = decode_module(self.data, features=INSTRUMENTED)
+        return self._ir
 
 
 @dataclass
@@ -994,14 +1012,14 @@ class _FunctionRewriter:
         self.emit(0x22, a)
         self.emit(0x36, self.ctl_memarg(2, WRITE_PTR))
         self.emit(0x20, a)
-        self.out.append(self.p.max_record_const())
+        self.emit(0x23, self.p.globals_base + MAX_RECORD_GLOBAL)
         self.emit(0x6A)
         self.emit(0x3F, self.p.ctl)
         self.emit(0x41, 16)
         self.emit(0x74)
         self.emit(0x4B)  # i32.gt_u
         self.emit(0x04, None)
-        self.out.append(self.p.max_record_pages_const())
+        self.emit(0x23, self.p.globals_base + MAX_RECORD_PAGES_GLOBAL)
         self.emit(0x40, self.p.ctl)
         self.emit(0x1A)
         self.emit(0x0B)
@@ -1037,25 +1055,9 @@ class _Pass:
         self.graph = call_graph(ir)  # of the original module: who recurses, who can unwind
         self.rewinds_table = 0  # index of the table $rewinds
         self._entry_polled: dict[int, bool] = {}
-        self._patch: list[tuple[Instr, bool]] = []  # constants that depend on the largest record
-
-    def max_record_const(self) -> Instr:
-        ins = Instr(0x41, 0, -1)
-        self._patch.append((ins, False))
-        return ins
-
-    def max_record_pages_const(self) -> Instr:
-        ins = Instr(0x41, 0, -1)
-        self._patch.append((ins, True))
-        return ins
 
     def max_record(self) -> int:
         return max((layout.record_size for layout in self.layouts.values()), default=8)
-
-    def patch_record_sizes(self) -> None:
-        size = self.max_record()
-        for ins, pages in self._patch:
-            ins.imm = size // 65536 + 1 if pages else size
 
     def block_type(self, params: list[str], results: list[str]) -> object:
         if not params and not results:
@@ -1150,20 +1152,38 @@ def instrument(module: object, *, count_steps: bool = True,
     n_defined = len(ir.funcs)
     p.copy_base = n_imported + n_defined  # function f's rewind copy is function f + n_defined
     p.rewinds_table = len(ir.all_tables())
-    pairs = []
+    # each function is encoded as soon as it is rewritten and only its bytes are kept: the IR of
+    # an instrumented function is ten times the original's, and for a 26 MB module (CPython) the
+    # whole instrumented IR took several GB
+    code: list[bytes] = []
+    copies: list[bytes] = []
+    origins: list[bytes] = []
+    copy_origins: list[bytes] = []
+    shells: list[Function] = []
+    copy_shells: list[Function] = []
     for k, f in enumerate(ir.funcs):
         if progress is not None:
             progress(k, n_defined)
-        pairs.append(_FunctionRewriter(p, n_imported + k, f, validation.functions[k]).rewrite())
+        info = validation.functions[k]
+        cached_live = info.live
+        new, copy = _FunctionRewriter(p, n_imported + k, f, info).rewrite()
+        info.live = cached_live  # what the rewriter computed is dropped unless it was there before
+        code.append(encode_code_entry(new))
+        copies.append(encode_code_entry(copy))
+        origins.append(origin_tags(new.body))
+        copy_origins.append(origin_tags(copy.body))
+        shells.append(Function(new.type_idx, [], []))
+        copy_shells.append(Function(copy.type_idx, [], []))
     if progress is not None:
         progress(n_defined, n_defined)
-    new_funcs = [f for f, _ in pairs] + [c for _, c in pairs]
-    ir.funcs = list(new_funcs)
+    ir.funcs = shells + copy_shells
+    code += copies
+    origins += copy_origins
+    del copies, copy_origins, shells, copy_shells
     # $rewinds: entry f holds f's rewind copy (null for an import), for call_indirect's rewind
     ir.tables.append(TableType("funcref", Limits(n_imported + n_defined, n_imported + n_defined)))
     ir.elems.append(Elem("active", "funcref", [[Instr(0xD2, p.copy_base + k), Instr(0x0B)] for k in range(n_defined)],
                          p.rewinds_table, [Instr(0x41, n_imported), Instr(0x0B)]))
-    p.patch_record_sizes()
     ir.mems.append(MemType(Limits((RECORDS_BASE + p.max_record()) // 65536 + 1)))
     # the poll byte lives in a memory of its own: a poll then needs that memory's base only for
     # itself, and the control memory's base is loaded by the cold arms that write records, so
@@ -1176,13 +1196,18 @@ def instrument(module: object, *, count_steps: bool = True,
     g = p.globals_base
     if g * 8 > RECORDS_BASE - GLOBALS_BASE:
         raise InstrumentError(f"too many globals ({g}) for the control memory layout")
-    ir.funcs.append(_dump_globals(ir, p))
-    ir.funcs.append(_load_state(ir, p))
+    for extra_func in (_dump_globals(ir, p), _load_state(ir, p)):
+        ir.funcs.append(extra_func)
+        code.append(encode_code_entry(extra_func))
     if any(seg.mode == "passive" for seg in ir.datas) and ir.data_count is None:
         ir.data_count = len(ir.datas)  # wasmig:load drops passive data segments
     ir.globals += [Global(GlobalType("i32", True), [Instr(0x41, 0), Instr(0x0B)]),
                    Global(GlobalType("i64", True), [Instr(0x42, 0), Instr(0x0B)]),
-                   Global(GlobalType("i64", True), [Instr(0x42, NEVER), Instr(0x0B)])]
+                   Global(GlobalType("i64", True), [Instr(0x42, NEVER), Instr(0x0B)]),
+                   # the largest record, in bytes and in pages (+1): an unwind grows $ctl so that
+                   # one more fits; known only once every function is rewritten (and encoded)
+                   Global(GlobalType("i32"), [Instr(0x41, p.max_record()), Instr(0x0B)]),
+                   Global(GlobalType("i32"), [Instr(0x41, p.max_record() // 65536 + 1), Instr(0x0B)])]
     taken = {e.name for e in ir.exports}
     dump_index = n_imported + len(ir.funcs) - 2
     extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:load", "func", dump_index + 1),
@@ -1205,8 +1230,8 @@ def instrument(module: object, *, count_steps: bool = True,
     sitemap = SiteMap(p.ctl, g, p.sites, p.layouts, count_steps)
     ir.customs = [c for c in ir.customs if c.name not in (SECTION_NAME, ORIGINS_SECTION)]
     ir.customs.append(CustomSection(SECTION_NAME, sitemap.to_bytes(), 11))
-    ir.customs.append(CustomSection(ORIGINS_SECTION, encode_origins([f.body for f in new_funcs]), 11))
-    return Instrumented(ir, sitemap)
+    ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins), 11))
+    return Instrumented(encode_module(ir, code), sitemap)
 
 
 def _dump_globals(ir: IRModule, p: _Pass) -> Function:

@@ -225,7 +225,7 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_s
         notice.start(module)
     try:
         done = instrument(module, count_steps=count_steps, progress=notice.progress if notice else None)
-        data = encode_module(done.ir)
+        data = done.data
     except BaseException:
         if notice is not None:
             notice.end(ok=False)
