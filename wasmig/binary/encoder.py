@@ -15,7 +15,7 @@ bug in whoever built the IR, not a property of some input binary.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from wasmig.binary import opcodes
@@ -96,7 +96,14 @@ def encode_module(module: Module, code: list[bytes] | None = None) -> bytes:
 
     out += b"".join(customs_after.get(0, ()))
     for (sid, payload), rank in zip(sections, emitted_ranks, strict=True):
-        out += _section(sid, payload)
+        if sid == 10 and code is not None:  # appended in place: no copies of a big code section
+            out.append(10)
+            out += encode_u(len(payload) + sum(len(entry) for entry in code))
+            out += payload
+            for entry in code:
+                out += entry
+        else:
+            out += _section(sid, payload)
         out += b"".join(customs_after.get(rank, ()))
 
     if module.names is not None and not any(c.name == "name" for c in module.customs):
@@ -139,7 +146,7 @@ def _standard_sections(module: Module, keep_empty: set[int] | frozenset[int] = f
     if code is None:
         vec(10, module.funcs, _code)
     elif code or 10 in keep_empty:
-        sections.append((10, encode_u(len(code)) + b"".join(code)))
+        sections.append((10, encode_u(len(code))))  # the entries follow: see encode_module
     vec(11, module.datas, _data)
     return sections
 
@@ -271,6 +278,13 @@ def encode_code_entry(f: Function) -> bytes:
     return _code(f)
 
 
+def encode_code_entry_ops(locals_decl: list[tuple[int, ValType]], ops: Iterable[Sequence]) -> bytes:
+    """:func:`encode_code_entry` of a body given as :func:`encode_ops` sequences."""
+    body = bytearray(_vec(locals_decl, lambda loc: encode_u(loc[0]) + bytes((_valtype(loc[1]),))))
+    encode_ops(body, ops)
+    return encode_u(len(body)) + body
+
+
 def _code(f: Function) -> bytes:
     body = bytearray(_vec(f.locals, lambda loc: encode_u(loc[0]) + bytes((_valtype(loc[1]),))))
     encode_instrs(body, f.body)
@@ -350,19 +364,25 @@ _ENCODED_MAX = 1 << 18
 
 def encode_instrs(out: bytearray, instrs: Iterable[Instr]) -> None:
     """Append the encoding of ``instrs`` to ``out`` (a bytearray so bodies are built in place)."""
+    encode_ops(out, ((ins.op, ins.imm) for ins in instrs))
+
+
+def encode_ops(out: bytearray, ops: Iterable[Sequence]) -> None:
+    """:func:`encode_instrs` for instructions as sequences whose first two items are the opcode
+    and the immediate (what a pass that emits lists rather than :class:`Instr` objects has)."""
     cache = _ENCODED
-    for ins in instrs:
-        key = (ins.op, ins.imm)
+    for item in ops:
+        key = (item[0], item[1])
         try:
             out += cache[key]
             continue
         except KeyError:
             pass
         except TypeError:  # an unhashable immediate (a list): not cached
-            _encode_instr(out, ins.op, ins.imm)
+            _encode_instr(out, item[0], item[1])
             continue
         one = bytearray()
-        _encode_instr(one, ins.op, ins.imm)
+        _encode_instr(one, item[0], item[1])
         if len(cache) >= _ENCODED_MAX:
             cache.clear()
         cache[key] = bytes(one)

@@ -19,11 +19,19 @@ from wasmig.binary.leb128 import decode_u, encode_u
 SECTION_NAME = "wasmig.origins"
 
 
-def origin_tags(body: list[Any]) -> bytes:
-    """One function's entry of the section: its instruction count, then each tag."""
-    out = bytearray(encode_u(len(body)))
-    for ins in body:
-        out += encode_u(ins.offset + 1 if ins.offset >= 0 else 0)
+def origin_tags(offsets: list[int]) -> bytes:
+    """One function's entry of the section: its instruction count, then the tag of each
+    instruction from its original offset (-1: added by the pass)."""
+    out = bytearray(encode_u(len(offsets)))
+    for offset in offsets:
+        tag = offset + 1 if offset >= 0 else 0
+        if tag < 0x80:  # most tags are 0 (added) or fit two bytes: no call for those
+            out.append(tag)
+        elif tag < 0x4000:
+            out.append(tag & 0x7F | 0x80)
+            out.append(tag >> 7)
+        else:
+            out += encode_u(tag)
     return bytes(out)
 
 
@@ -34,7 +42,7 @@ def pack_origins(entries: list[bytes]) -> bytes:
 
 
 def encode_origins(bodies: list[list[Any]]) -> bytes:
-    return pack_origins([origin_tags(body) for body in bodies])
+    return pack_origins([origin_tags([ins.offset for ins in body]) for body in bodies])
 
 
 def decode_origins(raw: bytes) -> list[list[int]]:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wasmig.binary.blocks import match_blocks
-from wasmig.binary.encoder import encode_code_entry, encode_module
+from wasmig.binary.encoder import encode_code_entry, encode_code_entry_ops, encode_module
 from wasmig.binary.ir import (
     CustomSection,
     Data,
@@ -66,6 +66,11 @@ DROPS_BASE = 1024
 GLOBALS_BASE = 16384  # wasmig:dump writes global i's bits at GLOBALS_BASE + 8 * i
 RECORDS_BASE = 32768
 NEVER = 1 << 62
+#: opcodes :meth:`_FunctionRewriter.plain` does not copy unchanged: constructs, branches (their
+#: depths are renumbered), memory.grow (publishes the new size), data.drop and elem.drop (noted)
+_NOT_VERBATIM = frozenset((0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0x0E, 0x40, 0xFC09, 0xFC0D))
+#: an instruction the pass emits: ``[op, imm, origin]`` (origin: the original offset, or -1)
+Emitted = list
 #: the globals the pass adds, from ``globals_base``: $state, $steps, $stop_at, then the largest
 #: record's size in bytes and in pages + 1 (immutable)
 MAX_RECORD_GLOBAL, MAX_RECORD_PAGES_GLOBAL = 3, 4
@@ -141,7 +146,10 @@ class _FunctionRewriter:
         self.skip_local = self._new_local("i32")  # rewind copy: 1 while skipping to the resume site
         self.spills: dict[tuple[int, str], int] = {}
         self.temps: dict[str, list[int]] = {}
-        self.out: list[Instr] = []
+        #: the code being emitted: ``[op, imm, origin]`` lists (:data:`Emitted`), not :class:`Instr`
+        #: objects -- the pass emits ten instructions per original one and an Instr costs three
+        #: times a list to make; encoded straight from these by :func:`_encode_function`
+        self.out: list[Emitted] = []
         #: the labels of the code being emitted, outermost first: True for a label of the original
         #: body (branches are renumbered through it), False for one the pass added
         self.labels: list[bool] = []
@@ -173,14 +181,14 @@ class _FunctionRewriter:
         return pool[k]
 
     # --- emission helpers ---------------------------------------------------------------------
-    def emit(self, op: int, imm: object = None, origin: int = -1) -> Instr:
+    def emit(self, op: int, imm: object = None, origin: int = -1) -> Emitted:
         """Append an instruction; ``origin``: the offset of the original instruction it copies
         (-1 for one the pass adds), kept for trap reports (:mod:`wasmig.instrument.origins`)."""
-        ins = Instr(op, imm, origin)
+        ins = [op, imm, origin]
         self.out.append(ins)
         return ins
 
-    def open(self, op: int, imm: object, original: bool) -> Instr:
+    def open(self, op: int, imm: object, original: bool) -> Emitted:
         self.labels.append(original)
         return self.emit(op, imm)
 
@@ -358,6 +366,9 @@ class _FunctionRewriter:
         """An instruction that is neither a site nor a construct holding one: copied, with its
         branch depths renumbered and segment drops recorded."""
         op, imm = ins.op, ins.imm
+        if op not in _NOT_VERBATIM:  # most instructions: copied as they are
+            self.out.append([op, imm, ins.offset])
+            return
         first = len(self.out)
         if op in (0x02, 0x03, 0x04):
             self.open(op, imm, True)
@@ -381,10 +392,10 @@ class _FunctionRewriter:
             self.emit(0x3A, self.ctl_memarg(0, slot))  # i32.store8 $ctl
         else:
             self.emit(op, imm)
-        self.out[first].offset = ins.offset
+        self.out[first][2] = ins.offset
 
     # --- the function -------------------------------------------------------------------------
-    def rewrite(self) -> tuple[Function, Function]:
+    def rewrite(self) -> tuple[Function, Function]:  # bodies of Emitted, not Instr
         """The instrumented function and its rewind copy.
 
         The copy is a function of its own (type ``[] -> results``, every local of the function
@@ -695,7 +706,7 @@ class _FunctionRewriter:
                 return
             guard, params = segment
             results = self.known_types(stack_before[j][base():])
-            guard.imm = self.p.block_type(params, results)  # type: ignore[union-attr, arg-type]
+            guard[1] = self.p.block_type(params, results)
             self.emit(0x05)
             self.drop(len(params))  # type: ignore[arg-type]
             self.zeros(results)
@@ -1025,6 +1036,11 @@ class _FunctionRewriter:
         self.emit(0x0B)
 
 
+def _encode_function(f: Function) -> bytes:
+    """The code-section entry of a rewritten function, whose body is :data:`Emitted` lists."""
+    return encode_code_entry_ops(f.locals, f.body)
+
+
 def _grouped(types: list[str]) -> list[tuple[int, str]]:
     """Local declarations: runs of one type as (count, type)."""
     out: list[tuple[int, str]] = []
@@ -1168,10 +1184,10 @@ def instrument(module: object, *, count_steps: bool = True,
         cached_live = info.live
         new, copy = _FunctionRewriter(p, n_imported + k, f, info).rewrite()
         info.live = cached_live  # what the rewriter computed is dropped unless it was there before
-        code.append(encode_code_entry(new))
-        copies.append(encode_code_entry(copy))
-        origins.append(origin_tags(new.body))
-        copy_origins.append(origin_tags(copy.body))
+        code.append(_encode_function(new))
+        copies.append(_encode_function(copy))
+        origins.append(origin_tags([ins[2] for ins in new.body]))
+        copy_origins.append(origin_tags([ins[2] for ins in copy.body]))
         shells.append(Function(new.type_idx, [], []))
         copy_shells.append(Function(copy.type_idx, [], []))
     if progress is not None:
