@@ -69,8 +69,9 @@ NEVER = 1 << 62
 #: opcodes :meth:`_FunctionRewriter.plain` does not copy unchanged: constructs, branches (their
 #: depths are renumbered), memory.grow (publishes the new size), data.drop and elem.drop (noted)
 _NOT_VERBATIM = frozenset((0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0x0E, 0x40, 0xFC09, 0xFC0D))
-#: an instruction the pass emits: ``[op, imm, origin]`` (origin: the original offset, or -1)
-Emitted = list
+#: an instruction the pass emits: ``[op, imm, origin]`` (origin: the original offset, or -1); a
+#: tuple where the same instructions are emitted many times (never mutated once emitted)
+Emitted = list | tuple
 #: the globals the pass adds, from ``globals_base``: $state, $steps, $stop_at, then the largest
 #: record's size in bytes and in pages + 1 (immutable)
 MAX_RECORD_GLOBAL, MAX_RECORD_PAGES_GLOBAL = 3, 4
@@ -145,6 +146,8 @@ class _FunctionRewriter:
         self.addr_local = self._new_local("i32")
         self.skip_local = self._new_local("i32")  # rewind copy: 1 while skipping to the resume site
         self.spills: dict[tuple[int, str], int] = {}
+        #: local j -> the three instructions storing it into its record slot (shared, never mutated)
+        self.slot_stores: dict[int, tuple[Emitted, ...]] = {}
         self.temps: dict[str, list[int]] = {}
         #: the code being emitted: ``[op, imm, origin]`` lists (:data:`Emitted`), not :class:`Instr`
         #: objects -- the pass emits ten instructions per original one and an Instr costs three
@@ -280,11 +283,13 @@ class _FunctionRewriter:
         self.emit(0x41, 0)
         self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
         self.emit(0x21, a)
+        out, stores = self.out, self.slot_stores
         for j in sorted({*site.live, *site.spills, *site.arg_spills}):
-            op, align = _STORE[self.local_types[j]]
-            self.emit(0x20, a)
-            self.emit(0x20, j)
-            self.emit(op, self.ctl_memarg(align, 8 + 8 * j))
+            code = stores.get(j)
+            if code is None:  # made once per slot: most of a big function's sites store the same locals
+                op, align = _STORE[self.local_types[j]]
+                code = stores[j] = ((0x20, a, -1), (0x20, j, -1), (op, self.ctl_memarg(align, 8 + 8 * j), -1))
+            out += code
         self.emit(0x41, site_id)
         self.emit(0x21, self.site_local)
         self.emit(0x0C, self.unwind_depth())
