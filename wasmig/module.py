@@ -59,6 +59,11 @@ class Module:
         return read_interface(self.data)
 
     @property
+    def validated(self) -> ModuleInfo | None:
+        """The validation's result if it has been computed, else None (nothing is computed)."""
+        return self._validation
+
+    @property
     def validation(self) -> ModuleInfo:
         if self._validation is None:
             from wasmig.binary.validator import validate_module

@@ -21,7 +21,7 @@ rest of the message says where.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from wasmig.binary import features as _features
@@ -630,6 +630,15 @@ def validate_module(module: Module, *, features: Iterable[str] = frozenset()) ->
     ``"atomic-loads"`` change validation. Raises :class:`ValidationError` naming the first
     violation found.
     """
+    check = validate_declarations(module, features=features)
+    return ModuleInfo([check(k) for k in range(len(module.funcs))])
+
+
+def validate_declarations(module: Module, *, features: Iterable[str] = frozenset()) -> Callable[[int], FunctionInfo]:
+    """The module-level half of :func:`validate_module` (types, imports, globals, segments,
+    exports...): returns ``check(k)``, which validates defined function ``k``'s body and gives its
+    :class:`FunctionInfo`. A pass over a big module checks and uses one function at a time and
+    drops its stack info before the next, instead of holding every function's."""
     wanted = _features.check(features)
     multi_memory = _features.MULTI_MEMORY in wanted
     types = module.types
@@ -745,8 +754,11 @@ def validate_module(module: Module, *, features: Iterable[str] = frozenset()) ->
         multi_memory=multi_memory,
         atomic_loads=_features.ATOMIC_LOADS in wanted,
     )
-    infos = [_validate_function_in(ctx, module, k, f) for k, f in enumerate(module.funcs)]
-    return ModuleInfo(infos)
+
+    def check(k: int) -> FunctionInfo:
+        return _validate_function_in(ctx, module, k, module.funcs[k])
+
+    return check
 
 
 def _validate_function_in(ctx: _Context, module: Module, k: int, func: Function) -> FunctionInfo:

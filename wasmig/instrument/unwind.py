@@ -48,6 +48,7 @@ from wasmig.binary.ir import (
 )
 from wasmig.binary.ir import Module as IRModule
 from wasmig.binary.opcodes import memarg
+from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.liveness import live_locals_of
@@ -1163,7 +1164,12 @@ def instrument(module: object, *, count_steps: bool = True,
     original: IRModule = module.ir  # type: ignore[attr-defined]
     ir = dataclasses.replace(original, **{f.name: list(getattr(original, f.name)) for f in dataclasses.fields(original)
                                           if isinstance(getattr(original, f.name), list)})
-    validation = module.validation  # type: ignore[attr-defined]
+    # a module validated already lends its per-function stack info; otherwise the declarations
+    # are checked now and each body just before it is rewritten, its stack info dropped after
+    # (on CPython's 26 MB, holding every function's took 150 MB of the pass's peak)
+    validated = module.validated  # type: ignore[attr-defined]
+    check = (validated.functions.__getitem__ if validated is not None
+             else validate_declarations(original, features=module.features))  # type: ignore[attr-defined]
     if len(ir.all_mems()) > 1:
         raise InstrumentError("modules with several memories are not supported")
     p = _Pass(ir)
@@ -1185,7 +1191,7 @@ def instrument(module: object, *, count_steps: bool = True,
     for k, f in enumerate(ir.funcs):
         if progress is not None:
             progress(k, n_defined)
-        info = validation.functions[k]
+        info = check(k)
         cached_live = info.live
         new, copy = _FunctionRewriter(p, n_imported + k, f, info).rewrite()
         info.live = cached_live  # what the rewriter computed is dropped unless it was there before
