@@ -77,7 +77,8 @@ class Machine:
         self.stack: list[Any] = []
         self.max_frames = max_frames
         self.max_slots = max_slots
-        self.steps = 0
+        #: ``steps`` lives in a one-element list shared with compiled code that counts entries itself
+        self.step_cell = [0]
         #: False after restoring a snapshot that has no step count: ``steps`` then counts from the
         #: restore, which is not the canonical number, so snapshots say None
         self.steps_counted = True
@@ -97,6 +98,15 @@ class Machine:
         self.segment_threshold = DEFAULT_SEGMENT_THRESHOLD
         self.point: str | None = None  # set when suspended
         self._entry_depth = 0
+
+    @property
+    def steps(self) -> int:
+        """Stable points passed so far (function entries plus loop entries and re-entries)."""
+        return self.step_cell[0]
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self.step_cell[0] = value
 
     # ------------------------------------------------------------------------------------------
     def invoke(self, func: FuncInst, args: list[Any]) -> list[Any]:
@@ -190,7 +200,7 @@ class Machine:
         mem = inst.mems[0].data if inst.mems else bytearray()
         max_frames = self.max_frames
         max_slots = self.max_slots
-        steps = self.steps
+        cell = self.step_cell
         icount = self.instructions or 0  # noqa: F841 - used by the counting variant
         stop_icount = self.stop_at_instruction  # noqa: F841 - used by the counting variant
         threshold = self.segment_threshold  # noqa: F841 - not used by the variants without segments
@@ -260,9 +270,8 @@ class Machine:
                         segs = callee.segs
                         locs = frame.locals
                         pc = 0
-                        steps += 1
-                        if steps >= self.stop_at_step:
-                            self.steps = steps
+                        cell[0] += 1
+                        if cell[0] >= self.stop_at_step:
                             # @sync
                             self.point = "entry"
                             raise Suspended("entry")
@@ -278,7 +287,6 @@ class Machine:
                         else:
                             args = []
                         frame.pc = pc
-                        self.steps = steps
                         # @sync
                         try:
                             results = callee.call_internal(args)
@@ -294,7 +302,6 @@ class Machine:
                             self.point = "import_call"
                             raise Suspended("import_call") from None
                         stack.extend(results)
-                        steps = self.steps
                         mem = inst.mems[0].data if inst.mems else bytearray()
                 elif op == ops.RETURN or op == ops.BR_IF_RET:
                     if op == ops.BR_IF_RET and not pop():
@@ -306,7 +313,6 @@ class Machine:
                         del stack[top - drop : top]
                     frames.pop()
                     if len(frames) == entry_depth:
-                        self.steps = steps
                         # @sync
                         if arity:
                             res = stack[-arity:]
@@ -324,10 +330,9 @@ class Machine:
                         glob = inst.globals
                         mem = inst.mems[0].data if inst.mems else bytearray()
                 elif op == ops.LOOP:
-                    steps += 1
-                    if steps >= self.stop_at_step:
+                    cell[0] += 1
+                    if cell[0] >= self.stop_at_step:
                         frame.pc = pc
-                        self.steps = steps
                         # @sync
                         self.point = "loop"
                         raise Suspended("loop")
@@ -501,14 +506,12 @@ class Machine:
                 elif op == 0x00:
                     raise Trap("unreachable")
                 else:
-                    self.steps = steps
                     frame.pc = pc
                     mem = self._rare(op, ins, inst, mem)
         except Trap as trap:
             if not trap.backtrace:
                 frame.pc = pc
                 trap.backtrace = self.backtrace(pc)
-            self.steps = steps
             # @sync
             raise
 
@@ -610,7 +613,6 @@ class Machine:
 # --- the counting variant of the loop -------------------------------------------------------------
 _COUNT = """if icount >= stop_icount:
     frame.pc = pc
-    self.steps = steps
     self.instructions = icount
     self.point = "instruction"
     raise Suspended("instruction")

@@ -147,6 +147,9 @@ def namespace_of(inst: Any) -> dict[str, Any]:
 class _Generator:
     """Emits the source of one segment while tracking the symbolic operand stack."""
 
+    #: how generated code reads and writes wasm local ``i`` (segments: the frame's list)
+    local_template = "locs[{}]"
+
     def __init__(self, ns: dict[str, Any], inst: Any) -> None:
         self.ns = ns
         self.inst = inst
@@ -155,11 +158,15 @@ class _Generator:
         self.stack: list[Entry] = []
         self.ntemp = 0
         self.pc = 0
+        self.indent = 1
 
     # --- emission -------------------------------------------------------------------------
-    def emit(self, line: str, indent: int = 1) -> None:
-        self.lines.append("    " * indent + line)
+    def emit(self, line: str, extra: int = 0) -> None:
+        self.lines.append("    " * (self.indent + extra) + line)
         self.pcs.append(self.pc)
+
+    def local(self, i: int) -> str:
+        return self.local_template.format(i)
 
     def temp(self) -> str:
         name = f"t{self.ntemp}"
@@ -204,7 +211,7 @@ class _Generator:
         self.emit(f"{t} = {src}")
         self.stack.append((t, False, _NO_DEPS, 0))
 
-    def exit_lines(self, target: int, arity: int = 0, drop: int = 0, indent: int = 1) -> None:
+    def exit_lines(self, target: int, arity: int = 0, drop: int = 0, extra: int = 0) -> None:
         """Leave the segment for ``target``: push the symbolic stack (less ``drop`` values under the
         top ``arity``), without consuming it (a side exit leaves it for the fall-through path)."""
         entries = list(self.stack)
@@ -216,15 +223,15 @@ class _Generator:
                 real_drop = drop  # the dropped values reach below the segment's own: adjust the list
         values = [self.value(e) for e in entries]
         if len(values) == 1:
-            self.emit(f"stack.append({values[0]})", indent)
+            self.emit(f"stack.append({values[0]})", extra)
         elif values:
-            self.emit(f"stack.extend(({', '.join(values)},))", indent)
+            self.emit(f"stack.extend(({', '.join(values)},))", extra)
         if real_drop:
             if arity:
-                self.emit(f"del stack[len(stack) - {arity + real_drop}:len(stack) - {arity}]", indent)
+                self.emit(f"del stack[len(stack) - {arity + real_drop}:len(stack) - {arity}]", extra)
             else:
-                self.emit(f"del stack[len(stack) - {real_drop}:]", indent)
-        self.emit(f"return {target}", indent)
+                self.emit(f"del stack[len(stack) - {real_drop}:]", extra)
+        self.emit(f"return {target}", extra)
 
     # --- names in the namespace -------------------------------------------------------------
     def name(self, key: str, value: Any) -> str:
@@ -241,20 +248,20 @@ class _Generator:
 def _translate(g: _Generator, op: int, imm: Any, ins: tuple) -> bool:
     """Generate one plain instruction; False if it is not one a segment can hold."""
     if op == 0x20:
-        g.push(f"locs[{imm}]", False, frozenset((imm,)), 1)
+        g.push(g.local(imm), False, frozenset((imm,)), 1)
     elif op == 0x21:
         e = g.pop()
         g.settle(imm)
-        g.emit(f"locs[{imm}] = {g.value(e)}")
+        g.emit(f"{g.local(imm)} = {g.value(e)}")
     elif op == 0x22:
         e = g.pop()
         g.settle(imm)
         if e[3] == 0:
-            g.emit(f"locs[{imm}] = {e[0]}")
+            g.emit(f"{g.local(imm)} = {e[0]}")
             g.stack.append(e)
         else:
             t = g.temp()
-            g.emit(f"locs[{imm}] = {t} = {g.value(e)}")
+            g.emit(f"{g.local(imm)} = {t} = {g.value(e)}")
             g.stack.append((t, False, _NO_DEPS, 0))
     elif op == 0x41 or op == 0x42:
         g.push(str(imm))
@@ -336,10 +343,11 @@ def compile_segment(func: Any, start: int) -> Callable[[list, list], int] | None
     ns = namespace_of(inst)
     g = _Generator(ns, inst)
     pc = start
-    end = min(len(code), start + MAX_INSTRUCTIONS)
+    budget = MAX_INSTRUCTIONS
     while True:
         g.pc = pc
-        if pc >= end:
+        budget -= 1
+        if budget < 0:
             g.exit_lines(pc)
             break
         ins = code[pc]
@@ -355,21 +363,28 @@ def compile_segment(func: Any, start: int) -> Callable[[list, list], int] | None
         if fop == ops.IF:
             c = g.pop()
             g.emit(f"if not {c[0]}:")
-            g.exit_lines(ins[1], indent=2)
+            g.exit_lines(ins[1], extra=1)
         elif fop == ops.BR_IF:
             c = g.pop()
             g.emit(f"if {c[0]}:")
-            g.exit_lines(ins[1], indent=2)
+            g.exit_lines(ins[1], extra=1)
         elif fop == ops.BR_IF_ADJ:
             c = g.pop()
             g.emit(f"if {c[0]}:")
-            g.exit_lines(ins[1], ins[2], ins[3], indent=2)
-        elif fop == ops.JUMP:
-            g.exit_lines(ins[1])
-            break
-        elif fop == ops.BR_ADJ:
-            g.exit_lines(ins[1], ins[2], ins[3])
-            break
+            g.exit_lines(ins[1], ins[2], ins[3], extra=1)
+        elif fop == ops.JUMP or fop == ops.BR_ADJ:
+            target = ins[1]
+            if target <= pc:  # a backward branch goes to a loop header: a boundary
+                g.exit_lines(target, *ins[2:])
+                break
+            if fop == ops.BR_ADJ:
+                arity, drop = ins[2], ins[3]
+                if arity + drop > len(g.stack):  # the dropped values are not all the segment's own
+                    g.exit_lines(target, arity, drop)
+                    break
+                del g.stack[len(g.stack) - arity - drop: len(g.stack) - arity]
+            pc = target  # a forward branch: the segment goes on there (the code after it is duplicated)
+            continue
         elif ir.op == 0x00:
             g.emit('raise Trap("unreachable")')
             break
