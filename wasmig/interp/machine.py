@@ -14,19 +14,38 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from typing import Any
 
 from wasmig.errors import Exhaustion, HostCallInterrupted, Trap
 from wasmig.interp import ops
 from wasmig.interp.numeric import M32, M64, f32_from_bytes, f32_into_bytes
-from wasmig.interp.segments import compile_segment, fault_pc
+from wasmig.interp.segments import compile_segment, segment_fault
 from wasmig.interp.store import PAGE_SIZE, FuncInst, HostFunc, ModuleInstance, WasmFunction
 
 NEVER = 1 << 62
 DEFAULT_MAX_FRAMES = 150_000
 #: locals (params included) summed over all live frames: bounds memory for frames with many locals
 DEFAULT_MAX_SLOTS = 4_000_000
-DEFAULT_SEGMENT_THRESHOLD = int(os.environ.get("WASMIG_SEGMENT_THRESHOLD", "20"))
+
+
+def _segment_threshold() -> int:
+    """``WASMIG_SEGMENT_THRESHOLD`` (arrivals before a segment compiles; 1 compiles all that runs),
+    else 20. A value that is not a positive integer is reported once and ignored."""
+    text = os.environ.get("WASMIG_SEGMENT_THRESHOLD")
+    if text is None:
+        return 20
+    try:
+        value = int(text)
+        if value >= 1:
+            return value
+    except ValueError:
+        pass
+    print(f"wasmig: warning: WASMIG_SEGMENT_THRESHOLD={text!r} is not a positive integer; using 20", file=sys.stderr)
+    return 20
+
+
+DEFAULT_SEGMENT_THRESHOLD = _segment_threshold()
 
 _OOB = "out of bounds memory access"
 _f64_pack_into = struct.Struct("<d").pack_into
@@ -177,11 +196,16 @@ class Machine:
         for i, fr in enumerate(reversed(self.frames)):
             # pc is always one past the instruction being executed: the trapping one, or the call
             at = pc if (i == 0 and pc is not None) else fr.pc
-            ir = fr.func.ir
-            idx = max(0, min(at - 1, len(ir.body) - 1))
-            off = ir.body_offset + ir.body[idx].offset if ir.body else 0
-            out.append(f"{fr.func.name} (func {fr.func.index}) at offset {off:#x}")
+            out.append(self.describe(fr.func, at))
         return out
+
+    @staticmethod
+    def describe(func: WasmFunction, at: int) -> str:
+        """One backtrace line: ``func`` executing the instruction before pc ``at``."""
+        ir = func.ir
+        idx = max(0, min(at - 1, len(ir.body) - 1))
+        off = ir.body_offset + ir.body[idx].offset if ir.body else 0
+        return f"{func.name} (func {func.index}) at offset {off:#x}"
 
     # ------------------------------------------------------------------------------------------
     def _run(self, entry_depth: int) -> list[Any]:  # noqa: C901 - the dispatch loop is one function on purpose
@@ -213,10 +237,11 @@ class Machine:
                     try:
                         pc = seg(stack, locs)
                     except Exception as exc:
-                        pc = fault_pc(seg, exc, pc)
-                        if isinstance(exc, (struct.error, IndexError)):
-                            raise Trap(_OOB) from None
-                        raise
+                        pc, trap = segment_fault(self, seg, exc, pc)
+                        frame.pc = pc
+                        if trap is None:
+                            raise
+                        raise trap from None
                     continue
                 if seg is None:  # not compiled (yet): count arrivals, compile once hot (False: a boundary)
                     heat = func.heat

@@ -126,7 +126,7 @@ for _op, _fn in ops.BINARY.items():
 for _op, _fn in ops.UNARY.items():
     _BASE_NAMESPACE[f"_un{_op:x}"] = _fn
 
-_NO_DEPS: frozenset[int] = frozenset()
+NO_DEPS: frozenset[int] = frozenset()
 
 # a symbolic operand-stack entry: (source, is a Python condition, locals/globals it reads, nesting)
 # globals are keyed ~index (negative) so one set holds both; nesting 0 means an immutable atom
@@ -134,17 +134,23 @@ Entry = tuple[str, bool, frozenset[int], int]
 
 
 def namespace_of(inst: Any) -> dict[str, Any]:
-    """The globals every segment of ``inst`` runs with: helpers, the memory, then per-use names
-    (``_g3`` a global object, ``_f7`` a function, ``_k...`` a float constant) added as compiled."""
+    """The globals every segment of ``inst`` runs with: helpers, the memory, the machine (``_m``),
+    its frames and step cell, then per-use names (``_g3`` a global object, ``_f7`` a function,
+    ``_k...`` a float constant, ``_sf12`` a straight function) added as compiled."""
     ns = inst.segment_namespace
     if ns is None:
         ns = dict(_BASE_NAMESPACE)
         ns["mem"] = inst.mems[0].data if inst.mems else None
+        machine = inst.machine
+        ns["_m"] = machine
+        ns["_frames"] = machine.frames
+        ns["_cell"] = machine.step_cell
+        ns["_straight_codes"] = {}  # code object of a straight function -> (function, line -> pc)
         inst.segment_namespace = ns
     return ns
 
 
-class _Generator:
+class Generator:
     """Emits the source of one segment while tracking the symbolic operand stack."""
 
     #: how generated code reads and writes wasm local ``i`` (segments: the frame's list)
@@ -179,9 +185,9 @@ class _Generator:
             return self.stack.pop()
         t = self.temp()
         self.emit(f"{t} = stack.pop()")
-        return (t, False, _NO_DEPS, 0)
+        return (t, False, NO_DEPS, 0)
 
-    def push(self, src: str, cond: bool = False, deps: frozenset[int] = _NO_DEPS, depth: int = 0) -> None:
+    def push(self, src: str, cond: bool = False, deps: frozenset[int] = NO_DEPS, depth: int = 0) -> None:
         entry = (src, cond, deps, depth)
         if depth > MAX_DEPTH:
             entry = self.materialize(entry)
@@ -197,7 +203,7 @@ class _Generator:
             return e
         t = self.temp()
         self.emit(f"{t} = {self.value(e)}")
-        return (t, False, _NO_DEPS, 0)
+        return (t, False, NO_DEPS, 0)
 
     def settle(self, key: int) -> None:
         """Evaluate every pending expression that reads local ``key`` (global ``~key``) before it changes."""
@@ -209,7 +215,23 @@ class _Generator:
         """A helper call or a load: evaluated in program order, on its own line (its trap maps to this pc)."""
         t = self.temp()
         self.emit(f"{t} = {src}")
-        self.stack.append((t, False, _NO_DEPS, 0))
+        self.stack.append((t, False, NO_DEPS, 0))
+
+    def call(self, s: Any) -> None:
+        """A call of straight function ``s`` (:class:`wasmig.interp.straight.Straight`) with its
+        arguments from the stack; pending expressions that read globals are evaluated first, since
+        the callee may change them."""
+        for k, e in enumerate(self.stack):
+            if any(d < 0 for d in e[2]):
+                self.stack[k] = self.materialize(e)
+        args = [self.pop() for _ in range(s.nparams)][::-1]
+        src = f"{s.name}({', '.join(self.value(a) for a in args)})"
+        if s.nresults == 0:
+            self.emit(src)
+            return
+        temps = [self.temp() for _ in range(s.nresults)]
+        self.emit(f"{', '.join(temps)} = {src}")
+        self.stack.extend((t, False, NO_DEPS, 0) for t in temps)
 
     def exit_lines(self, target: int, arity: int = 0, drop: int = 0, extra: int = 0) -> None:
         """Leave the segment for ``target``: push the symbolic stack (less ``drop`` values under the
@@ -245,7 +267,7 @@ class _Generator:
         return self.name(f"_k{kind}_{bits:x}", x)
 
 
-def _translate(g: _Generator, op: int, imm: Any, ins: tuple) -> bool:
+def translate(g: Generator, op: int, imm: Any) -> bool:
     """Generate one plain instruction; False if it is not one a segment can hold."""
     if op == 0x20:
         g.push(g.local(imm), False, frozenset((imm,)), 1)
@@ -262,7 +284,7 @@ def _translate(g: _Generator, op: int, imm: Any, ins: tuple) -> bool:
         else:
             t = g.temp()
             g.emit(f"{g.local(imm)} = {t} = {g.value(e)}")
-            g.stack.append((t, False, _NO_DEPS, 0))
+            g.stack.append((t, False, NO_DEPS, 0))
     elif op == 0x41 or op == 0x42:
         g.push(str(imm))
     elif op == 0x43:
@@ -332,16 +354,25 @@ def _translate(g: _Generator, op: int, imm: Any, ins: tuple) -> bool:
     return True
 
 
+#: the IR opcodes :func:`translate` generates (what straight functions may hold besides control)
+PLAIN_OPS = frozenset({
+    0x01, 0x1A, 0x1B, 0x1C, 0x20, 0x21, 0x22, 0x23, 0x24, 0x3F, 0x41, 0x42, 0x43, 0x44, 0x45, 0x50, 0xAD,
+    0xD0, 0xD1, 0xD2, *_LOADS, *_STORES, *_BIN_VALUE, *_BIN_COND, *_UN_VALUE, *ops.BINARY, *ops.UNARY,
+})
+
+
 def compile_segment(func: Any, start: int) -> Callable[[list, list], int] | None:
     """The segment of ``func`` (a compiled WasmFunction) that starts at ``start``, or None when the
     instruction there is a boundary (the dispatch loop executes it itself)."""
+    from wasmig.interp.straight import straight_of  # straight.py builds on this module
+
     code = func.code
-    if code[start][0] in _BOUNDARY:
+    if code[start][0] in _BOUNDARY:  # a call too: a straight call's fallback exits to it
         return None
     body = func.ir.body
     inst = func.instance
     ns = namespace_of(inst)
-    g = _Generator(ns, inst)
+    g = Generator(ns, inst)
     pc = start
     budget = MAX_INSTRUCTIONS
     while True:
@@ -352,6 +383,21 @@ def compile_segment(func: Any, start: int) -> Callable[[list, list], int] | None
             break
         ins = code[pc]
         fop = ins[0]
+        if fop == ops.CALL and type(ins[1]).__name__ == "WasmFunction" and ins[1].instance is inst:
+            s = straight_of(ins[1])
+            if s is not None:
+                # the callee runs as one Python call unless a stop could fall inside it or the
+                # machine's limits leave it no room: then the loop makes the call (see straight.py)
+                machine = inst.machine
+                for k, e in enumerate(g.stack):
+                    if any(d < 0 for d in e[2]):
+                        g.stack[k] = g.materialize(e)
+                g.emit(f"if _cell[0] >= _m.stop_at_step - {s.steps} or len(_frames) > "
+                       f"{machine.max_frames - s.depth} or _frames[-1].slots > {machine.max_slots - s.slots}:")
+                g.exit_lines(pc, extra=1)
+                g.call(s)
+                pc += 1
+                continue
         if fop in _BOUNDARY:
             if pc == start:
                 return None
@@ -390,7 +436,7 @@ def compile_segment(func: Any, start: int) -> Callable[[list, list], int] | None
             break
         elif fop == ops.NOP:
             pass
-        elif not _translate(g, ir.op, ir.imm, ins):
+        elif not translate(g, ir.op, ir.imm):
             if pc == start:
                 return None
             g.exit_lines(pc)
@@ -405,13 +451,30 @@ def compile_segment(func: Any, start: int) -> Callable[[list, list], int] | None
     return fn
 
 
-def fault_pc(fn: Any, exc: BaseException, default: int) -> int:
-    """One past the instruction of segment ``fn`` that raised ``exc`` (the pc a backtrace reports)."""
+def segment_fault(machine: Any, fn: Any, exc: BaseException, pc: int) -> tuple[int, Trap | None]:
+    """Where segment ``fn`` failed with ``exc``: one past the failing instruction (the pc a
+    backtrace reports) and the wasm trap to raise, its backtrace including the straight calls
+    the segment was in (None: ``exc`` is not a trap, e.g. an internal error, and propagates)."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code is not fn.__code__:
         tb = tb.tb_next
     if tb is None:
-        return default
-    line = tb.tb_lineno
+        return pc, None
     pcs = fn.pcs
-    return (pcs[line] if 0 <= line < len(pcs) else default) + 1
+    at = (pcs[tb.tb_lineno] if 0 <= tb.tb_lineno < len(pcs) else pc - 1) + 1
+    if isinstance(exc, Trap):
+        trap = exc
+    elif isinstance(exc, (struct.error, IndexError)):  # the bounds checks of struct and bytearray
+        trap = Trap("out of bounds memory access")
+    else:
+        return at, None
+    if not trap.backtrace:
+        inner = []
+        codes = fn.__globals__.get("_straight_codes", {})
+        tb = tb.tb_next
+        while tb is not None and tb.tb_frame.f_code in codes:
+            func, lines = codes[tb.tb_frame.f_code]
+            inner.append(machine.describe(func, lines[tb.tb_lineno] + 1))
+            tb = tb.tb_next
+        trap.backtrace = inner[::-1] + machine.backtrace(at)
+    return at, trap

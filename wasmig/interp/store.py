@@ -117,7 +117,7 @@ class FuncInst:
 class WasmFunction(FuncInst):
     """A function defined by a module instance, with its compiled code."""
 
-    __slots__ = ("instance", "index", "ir", "code", "segs", "heat", "nparams", "local_defaults", "name")
+    __slots__ = ("instance", "index", "ir", "code", "segs", "heat", "straight", "nparams", "local_defaults", "name")
 
     def __init__(self, instance: ModuleInstance, index: int, ftype: FuncType, ir: Function) -> None:
         self.type = ftype
@@ -128,6 +128,8 @@ class WasmFunction(FuncInst):
         #: per pc: the compiled segment starting there, False (a boundary), None (not compiled yet)
         self.segs: list[Any] | None = None
         self.heat: dict[int, int] = {}  # pc -> arrivals while not compiled
+        #: None: not analysed yet; False: not straight; else a wasmig.interp.straight.Straight
+        self.straight: Any = None
         self.nparams = len(ftype.params)
         self.local_defaults = [default_value(t) for t in ir.local_types()]
         self.name = instance.module.func_name(index)
