@@ -12,18 +12,40 @@ the engine-neutral logical clock that later checkpoint logic uses.
 
 from __future__ import annotations
 
+import os
 import struct
+import sys
 from typing import Any
 
 from wasmig.errors import Exhaustion, HostCallInterrupted, Trap
 from wasmig.interp import ops
 from wasmig.interp.numeric import M32, M64, f32_from_bytes, f32_into_bytes
+from wasmig.interp.segments import compile_segment, segment_fault
 from wasmig.interp.store import PAGE_SIZE, FuncInst, HostFunc, ModuleInstance, WasmFunction
 
 NEVER = 1 << 62
 DEFAULT_MAX_FRAMES = 150_000
 #: locals (params included) summed over all live frames: bounds memory for frames with many locals
 DEFAULT_MAX_SLOTS = 4_000_000
+
+
+def _segment_threshold() -> int:
+    """``WASMIG_SEGMENT_THRESHOLD`` (arrivals before a segment compiles; 1 compiles all that runs),
+    else 20. A value that is not a positive integer is reported once and ignored."""
+    text = os.environ.get("WASMIG_SEGMENT_THRESHOLD")
+    if text is None:
+        return 20
+    try:
+        value = int(text)
+        if value >= 1:
+            return value
+    except ValueError:
+        pass
+    print(f"wasmig: warning: WASMIG_SEGMENT_THRESHOLD={text!r} is not a positive integer; using 20", file=sys.stderr)
+    return 20
+
+
+DEFAULT_SEGMENT_THRESHOLD = _segment_threshold()
 
 _OOB = "out of bounds memory access"
 _f64_pack_into = struct.Struct("<d").pack_into
@@ -61,6 +83,8 @@ def ensure_compiled(f: WasmFunction) -> list[tuple]:
         inst = f.instance
         info = inst.validation.functions[f.index - inst.module.num_imported_funcs()]
         f.code = compile_function(f.ir, f.type, info.stack_before, info.unreachable, inst.types, inst.funcs)
+        f.segs = [None] * len(f.code)
+        f.heat = {}
     return f.code
 
 
@@ -72,7 +96,8 @@ class Machine:
         self.stack: list[Any] = []
         self.max_frames = max_frames
         self.max_slots = max_slots
-        self.steps = 0
+        #: ``steps`` lives in a one-element list shared with compiled code that counts entries itself
+        self.step_cell = [0]
         #: False after restoring a snapshot that has no step count: ``steps`` then counts from the
         #: restore, which is not the canonical number, so snapshots say None
         self.steps_counted = True
@@ -83,8 +108,24 @@ class Machine:
         #: with the counting loop: stop before executing instruction number stop_at_instruction + 1
         self.stop_at_instruction = NEVER
         self.counting = False
+        #: run compiled straight-line segments (:mod:`wasmig.interp.segments`); False executes
+        #: instruction by instruction (the reference they are tested against; same results, slower)
+        self.segments = True
+        #: arrivals at a pc before the segment starting there is compiled: Python's compile() costs
+        #: about as much as interpreting a short segment 30 times, and most code of a program's
+        #: start-up runs once (see docs/design.md); 1 compiles everything that runs
+        self.segment_threshold = DEFAULT_SEGMENT_THRESHOLD
         self.point: str | None = None  # set when suspended
         self._entry_depth = 0
+
+    @property
+    def steps(self) -> int:
+        """Stable points passed so far (function entries plus loop entries and re-entries)."""
+        return self.step_cell[0]
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self.step_cell[0] = value
 
     # ------------------------------------------------------------------------------------------
     def invoke(self, func: FuncInst, args: list[Any]) -> list[Any]:
@@ -118,7 +159,9 @@ class Machine:
             if self.counting:
                 return self._run_counted(entry_depth)
             self.instructions = None
-            return self._run(entry_depth)
+            if self.segments:
+                return self._run(entry_depth)
+            return self._run_stepwise(entry_depth)  # type: ignore[attr-defined]
         except Suspended:
             if entry_depth != 0:  # a host function re-entered the guest: not a capturable state
                 raise Trap("cannot checkpoint while a host function is calling back into wasm") from None
@@ -153,11 +196,16 @@ class Machine:
         for i, fr in enumerate(reversed(self.frames)):
             # pc is always one past the instruction being executed: the trapping one, or the call
             at = pc if (i == 0 and pc is not None) else fr.pc
-            ir = fr.func.ir
-            idx = max(0, min(at - 1, len(ir.body) - 1))
-            off = ir.body_offset + ir.body[idx].offset if ir.body else 0
-            out.append(f"{fr.func.name} (func {fr.func.index}) at offset {off:#x}")
+            out.append(self.describe(fr.func, at))
         return out
+
+    @staticmethod
+    def describe(func: WasmFunction, at: int) -> str:
+        """One backtrace line: ``func`` executing the instruction before pc ``at``."""
+        ir = func.ir
+        idx = max(0, min(at - 1, len(ir.body) - 1))
+        off = ir.body_offset + ir.body[idx].offset if ir.body else 0
+        return f"{func.name} (func {func.index}) at offset {off:#x}"
 
     # ------------------------------------------------------------------------------------------
     def _run(self, entry_depth: int) -> list[Any]:  # noqa: C901 - the dispatch loop is one function on purpose
@@ -168,6 +216,7 @@ class Machine:
         frame = frames[-1]
         func = frame.func
         code = func.code
+        segs = func.segs
         locs = frame.locals
         pc = frame.pc
         inst: ModuleInstance = func.instance
@@ -175,31 +224,42 @@ class Machine:
         mem = inst.mems[0].data if inst.mems else bytearray()
         max_frames = self.max_frames
         max_slots = self.max_slots
-        steps = self.steps
+        cell = self.step_cell
         icount = self.instructions or 0  # noqa: F841 - used by the counting variant
         stop_icount = self.stop_at_instruction  # noqa: F841 - used by the counting variant
+        threshold = self.segment_threshold  # noqa: F841 - not used by the variants without segments
 
         try:
             while True:
+                # @segments-begin
+                seg = segs[pc]
+                if seg:  # a compiled segment: runs to its exit, returns where to go on
+                    try:
+                        pc = seg(stack, locs)
+                    except Exception as exc:
+                        pc, trap = segment_fault(self, seg, exc, pc)
+                        frame.pc = pc
+                        if trap is None:
+                            raise
+                        raise trap from None
+                    continue
+                if seg is None:  # not compiled (yet): count arrivals, compile once hot (False: a boundary)
+                    heat = func.heat
+                    h = heat.get(pc, 0) + 1
+                    if h >= threshold:
+                        heat.pop(pc, None)
+                        seg = segs[pc] = compile_segment(func, pc) or False
+                        if seg:
+                            continue
+                    else:
+                        heat[pc] = h
+                # @segments-end
                 # @count
                 ins = code[pc]
                 pc += 1
                 op = ins[0]
-                if op == 0x20:
-                    push(locs[ins[1]])
-                elif op == 0x21:
-                    locs[ins[1]] = pop()
-                elif op == ops.CONST:
-                    push(ins[1])
-                elif op == 0x6A:
-                    b = pop()
-                    stack[-1] = (stack[-1] + b) & M32
-                elif op == 0x22:
-                    locs[ins[1]] = stack[-1]
-                elif op == ops.BR_IF:
-                    if pop():
-                        pc = ins[1]
-                elif op == ops.CALL or op == ops.CALL_INDIRECT:
+                # boundaries of compiled segments first: with segments they are most of what is dispatched here
+                if op == ops.CALL or op == ops.CALL_INDIRECT:
                     if op == ops.CALL:
                         callee = ins[1]
                     else:
@@ -232,11 +292,11 @@ class Machine:
                         frames.append(frame)
                         func = callee
                         code = callee.code
+                        segs = callee.segs
                         locs = frame.locals
                         pc = 0
-                        steps += 1
-                        if steps >= self.stop_at_step:
-                            self.steps = steps
+                        cell[0] += 1
+                        if cell[0] >= self.stop_at_step:
                             # @sync
                             self.point = "entry"
                             raise Suspended("entry")
@@ -252,7 +312,6 @@ class Machine:
                         else:
                             args = []
                         frame.pc = pc
-                        self.steps = steps
                         # @sync
                         try:
                             results = callee.call_internal(args)
@@ -268,7 +327,6 @@ class Machine:
                             self.point = "import_call"
                             raise Suspended("import_call") from None
                         stack.extend(results)
-                        steps = self.steps
                         mem = inst.mems[0].data if inst.mems else bytearray()
                 elif op == ops.RETURN or op == ops.BR_IF_RET:
                     if op == ops.BR_IF_RET and not pop():
@@ -280,7 +338,6 @@ class Machine:
                         del stack[top - drop : top]
                     frames.pop()
                     if len(frames) == entry_depth:
-                        self.steps = steps
                         # @sync
                         if arity:
                             res = stack[-arity:]
@@ -290,12 +347,34 @@ class Machine:
                     frame = frames[-1]
                     func = frame.func
                     code = func.code
+                    segs = func.segs
                     locs = frame.locals
                     pc = frame.pc
                     if func.instance is not inst:
                         inst = func.instance
                         glob = inst.globals
                         mem = inst.mems[0].data if inst.mems else bytearray()
+                elif op == ops.LOOP:
+                    cell[0] += 1
+                    if cell[0] >= self.stop_at_step:
+                        frame.pc = pc
+                        # @sync
+                        self.point = "loop"
+                        raise Suspended("loop")
+                elif op == 0x20:
+                    push(locs[ins[1]])
+                elif op == 0x21:
+                    locs[ins[1]] = pop()
+                elif op == ops.CONST:
+                    push(ins[1])
+                elif op == 0x6A:
+                    b = pop()
+                    stack[-1] = (stack[-1] + b) & M32
+                elif op == 0x22:
+                    locs[ins[1]] = stack[-1]
+                elif op == ops.BR_IF:
+                    if pop():
+                        pc = ins[1]
                 elif op == ops.IF:
                     if not pop():
                         pc = ins[1]
@@ -329,14 +408,6 @@ class Machine:
                     stack[-1] = 1 if stack[-1] == 0 else 0
                 elif op == 0x23:
                     push(glob[ins[1]].internal)
-                elif op == ops.LOOP:
-                    steps += 1
-                    if steps >= self.stop_at_step:
-                        frame.pc = pc
-                        self.steps = steps
-                        # @sync
-                        self.point = "loop"
-                        raise Suspended("loop")
                 elif op == 0x74:
                     b = pop()
                     stack[-1] = (stack[-1] << (b & 31)) & M32
@@ -460,14 +531,12 @@ class Machine:
                 elif op == 0x00:
                     raise Trap("unreachable")
                 else:
-                    self.steps = steps
                     frame.pc = pc
                     mem = self._rare(op, ins, inst, mem)
         except Trap as trap:
             if not trap.backtrace:
                 frame.pc = pc
                 trap.backtrace = self.backtrace(pc)
-            self.steps = steps
             # @sync
             raise
 
@@ -569,39 +638,51 @@ class Machine:
 # --- the counting variant of the loop -------------------------------------------------------------
 _COUNT = """if icount >= stop_icount:
     frame.pc = pc
-    self.steps = steps
     self.instructions = icount
     self.point = "instruction"
     raise Suspended("instruction")
 icount += 1"""
 
 
-def _make_counted_run() -> Any:
-    """Build ``Machine._run_counted`` from the source of ``Machine._run``.
+def _make_variant(name: str, *, count: bool) -> Any:
+    """Build a variant of ``Machine._run`` from its source: one source of truth for the semantics.
 
-    One source of truth for the semantics: the counting variant is the same loop with the
-    ``# @count`` / ``# @sync`` / ``# @uncount`` marker comments expanded into instruction
-    counting, so checkpoint-at-instruction costs nothing when it is not used.
+    Every variant drops the compiled segments (``# @segments-begin`` .. ``# @segments-end``) and
+    executes instruction by instruction. ``count=True`` also expands the ``# @count`` / ``# @sync``
+    / ``# @uncount`` marker comments into instruction counting (``_run_counted``), so
+    checkpoint-at-instruction costs nothing when it is not used; ``count=False`` is
+    ``_run_stepwise``, the loop without segments, the reference the segments are compared with.
     """
     import inspect
     import textwrap
 
-    src = textwrap.dedent(inspect.getsource(Machine._run)).replace("def _run(", "def _run_counted(", 1)
+    src = textwrap.dedent(inspect.getsource(Machine._run)).replace("def _run(", f"def {name}(", 1)
     out = []
+    skipping = False
     for line in src.splitlines():
         stripped = line.strip()
         indent = line[: len(line) - len(line.lstrip())]
-        if stripped == "# @count":
-            out.extend(indent + part for part in _COUNT.splitlines())
+        if stripped == "# @segments-begin":
+            skipping = True
+        elif stripped == "# @segments-end":
+            skipping = False
+        elif skipping:
+            continue
+        elif stripped == "# @count":
+            if count:
+                out.extend(indent + part for part in _COUNT.splitlines())
         elif stripped == "# @sync":
-            out.append(indent + "self.instructions = icount")
+            if count:
+                out.append(indent + "self.instructions = icount")
         elif stripped == "# @uncount":
-            out.append(indent + "icount -= 1")
+            if count:
+                out.append(indent + "icount -= 1")
         else:
             out.append(line)
     namespace: dict[str, Any] = {}
     exec(compile("\n".join(out), __file__, "exec"), globals(), namespace)  # noqa: S102 - our own source
-    return namespace["_run_counted"]
+    return namespace[name]
 
 
-Machine._run_counted = _make_counted_run()  # type: ignore[attr-defined]
+Machine._run_counted = _make_variant("_run_counted", count=True)  # type: ignore[attr-defined]
+Machine._run_stepwise = _make_variant("_run_stepwise", count=False)  # type: ignore[attr-defined]

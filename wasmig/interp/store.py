@@ -117,7 +117,7 @@ class FuncInst:
 class WasmFunction(FuncInst):
     """A function defined by a module instance, with its compiled code."""
 
-    __slots__ = ("instance", "index", "ir", "code", "nparams", "local_defaults", "name")
+    __slots__ = ("instance", "index", "ir", "code", "segs", "heat", "straight", "nparams", "local_defaults", "name")
 
     def __init__(self, instance: ModuleInstance, index: int, ftype: FuncType, ir: Function) -> None:
         self.type = ftype
@@ -125,6 +125,11 @@ class WasmFunction(FuncInst):
         self.index = index  # index in the module's function index space
         self.ir = ir
         self.code: list[tuple] | None = None  # compiled lazily on first call
+        #: per pc: the compiled segment starting there, False (a boundary), None (not compiled yet)
+        self.segs: list[Any] | None = None
+        self.heat: dict[int, int] = {}  # pc -> arrivals while not compiled
+        #: None: not analysed yet; False: not straight; else a wasmig.interp.straight.Straight
+        self.straight: Any = None
         self.nparams = len(ftype.params)
         self.local_defaults = [default_value(t) for t in ir.local_types()]
         self.name = instance.module.func_name(index)
@@ -313,3 +318,5 @@ class ModuleInstance:
         self.datas: list[bytes] = []  # dropped segments become b""
         self.exports: dict[str, Any] = {}
         self.types: list[FuncType] = list(module.types)
+        #: the globals of this instance's compiled segments (wasmig.interp.segments.namespace_of)
+        self.segment_namespace: dict[str, Any] | None = None
