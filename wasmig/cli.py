@@ -885,11 +885,11 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
             policy.migrate_to = (migrate_to, token, migrate_after)
         listeners = [open_listener(spec) for spec in listens]
         gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
-        # plain wasmtime validates and compiles the module itself: Python decodes only what linking needs
-        # (the instrumented one: validation waits until the pass needs it, which a cached
-        # instrumented module spares, as on restore)
-        plain_wasmtime = engine == "wasmtime" and not (policy.active or policy.migratable)
-        module = Module.from_file(program, decode=not plain_wasmtime, validate=engine != "wasmtime")
+        # wasmtime validates and compiles the module itself: Python decodes only what linking needs
+        # (the instrumented one: decoding and validation wait until the pass needs them, which a
+        # cached instrumented module spares, as on restore; the checkpoint code reads the module's
+        # cached facts, wasmig.binary.facts)
+        module = Module.from_file(program, decode=engine != "wasmtime", validate=engine != "wasmtime")
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
     except UserError as e:
         for sock in listeners:
@@ -983,7 +983,8 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
         # on wasmtime, validation waits until the instrumentation pass needs it, which a cached
         # instrumented module spares (a restore's largest cost for a small module)
         started = time.perf_counter()
-        module = find_module_for(Path(snapshot), snap, module_path, validate=engine != "wasmtime")
+        module = find_module_for(Path(snapshot), snap, module_path, validate=engine != "wasmtime",
+                                 decode=engine != "wasmtime")
         log.info(__name__, "restore: module found and read in %.3f s", time.perf_counter() - started)
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")

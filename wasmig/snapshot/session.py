@@ -338,10 +338,12 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True) -> Module:
+def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True,
+                    decode: bool = True) -> Module:
     """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots,
     else the path recorded at checkpoint time. Always verified by sha256. ``validate=False``
-    defers validation to first use (see :class:`Module`)."""
+    defers validation to first use, ``decode=False`` decoding too (see :class:`Module`): a
+    restore on wasmtime needs neither when the module's instrumented variant is cached."""
     from wasmig.module import Module
 
     candidates: list[Path] = []
@@ -351,7 +353,7 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
         from wasmig.snapshot import wsnap
 
         if wsnap.is_wsnap(snapshot_path):  # a single-file export carries its module (sha256 checked)
-            return Module.from_bytes(wsnap.read_module(snapshot_path), validate=validate)
+            return Module.from_bytes(wsnap.read_module(snapshot_path), validate=validate, decode=decode)
         base = snapshot_path if snapshot_path.is_dir() else snapshot_path.parent.parent
         candidates.append(base / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
         candidates.append(snapshot_path.parent / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
@@ -360,7 +362,7 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
             candidates.append(Path(recorded))
     for path in candidates:
         if path.is_file():
-            module = Module.from_file(path, validate=validate)
+            module = Module.from_file(path, validate=validate, decode=decode)
             if module.sha256 != snap.module_sha256:
                 if explicit:
                     raise SnapshotError(f"{path} is not the module this snapshot was taken of "
