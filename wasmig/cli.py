@@ -763,9 +763,11 @@ def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
     return ERROR_EXIT_CODE
 
 
-def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | None, snapshot: Any = None) -> int:
+def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | None, snapshot: Any = None,
+                       pages: Any = None) -> int:
     """A run (or, with ``snapshot``, a restore) on wasmtime with checkpoints: the instrumented module
-    in a worker thread, signals and timers in this one."""
+    in a worker thread, signals and timers in this one. ``pages``: the snapshot's memories when it
+    was read without them (:func:`wasmig.snapshot.store.load_snapshot_deferred`)."""
     import time
 
     from wasmig import log
@@ -777,9 +779,10 @@ def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | N
         runner = Checkpointable(module, wasi, count_steps=policy.count_steps,
                                 announce=os.path.basename(module_path) if module_path else "the module")
         if snapshot is not None:
-            runner.load(snapshot)
-            log.info(__name__, "restore: instrumented module instantiated and state loaded on wasmtime in %.3f s",
-                     time.perf_counter() - started)
+            runner.load(snapshot, pages=pages)
+            log.info(__name__, "restore: instrumented module instantiated and state loaded on wasmtime in %.3f s "
+                     "(%s)", time.perf_counter() - started, "memory copied whole" if pages is None else
+                     f"{runner.pages_written} of {sum(map(len, pages))} pages read and written, the rest held already")
         session = WasmtimeSession(runner, wasi, policy, module_path)
         return with_control(session, lambda: ended(session, session.run(snapshot)))
 
@@ -951,10 +954,9 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
     from pathlib import Path
 
     from wasmig import log
-    from wasmig.snapshot.api import restore as restore_instance
     from wasmig.snapshot.session import find_module_for
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import load_snapshot
+    from wasmig.snapshot.store import load_snapshot_deferred, materialize
 
     try:
         mapping = {}
@@ -965,9 +967,10 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
                              checkpoint_then, stable_only, count_steps)
         check_module_option(module_path)
         started = time.perf_counter()
-        snap = load_snapshot(Path(snapshot))
+        # the manifest only: the memory's pages are read as they are written into the new instance
+        snap, pages = load_snapshot_deferred(Path(snapshot))
         log.info(__name__, "restore: snapshot read in %.3f s (%d pages of memory)", time.perf_counter() - started,
-                 sum(len(m.data) for m in snap.memories) // 65536)
+                 sum(len(m.data) // 65536 for m in snap.memories) if pages is None else sum(map(len, pages)))
         if policy.count_steps and snap.steps is None:
             raise UserError("the snapshot has no step count (its run did not count steps), so "
                             f"{'--checkpoint-at-step' if checkpoint_at_step is not None else '--count-steps'} "
@@ -993,8 +996,11 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
             from wasmig.wasi.snapshot import restore_wasi
 
             wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
-            sys.exit(run_checkpointable(module, wasi, policy, snap.meta.get("module_path"), snap) & 0xFF)
+            sys.exit(run_checkpointable(module, wasi, policy, snap.meta.get("module_path"), snap, pages) & 0xFF)
+        from wasmig.snapshot.api import restore as restore_instance  # the interpreter's: imported for it alone
+
         started = time.perf_counter()
+        materialize(snap, pages)
         instance = restore_instance(snap, engine, module=module, dirs=mapping, on_file_change=on_file_change)
         log.info(__name__, "restore: state restored on the interpreter in %.3f s", time.perf_counter() - started)
     except UserError as e:

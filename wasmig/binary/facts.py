@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 from wasmig import log
 
 if TYPE_CHECKING:
-    from wasmig.binary.ir import Instr
     from wasmig.binary.ir import Module as IRModule
     from wasmig.module import Module
 
@@ -36,7 +35,7 @@ PAGE = 65536
 #: instructions that change a table at run time (table.set, table.init, table.copy, table.grow,
 #: table.fill): with one of them the element segments no longer tell what a table holds
 TABLE_MUTATORS = frozenset({0x26, 0xFC0C, 0xFC0E, 0xFC0F, 0xFC11})
-_I32_CONST, _REF_FUNC = 0x41, 0xD2
+_I32_CONST, _REF_FUNC, _CALL_INDIRECT = 0x41, 0xD2, 0x11
 
 
 @dataclass
@@ -59,7 +58,8 @@ class ModuleFacts:
     #: per memory, the [first, last] page runs its active data segments initialise; None for a
     #: memory where a segment's offset is not a constant (any page may then be non-zero)
     data_pages: list[list[list[int]] | None]
-    #: per defined function, the offset in the module of its code entry (its size, then its body)
+    #: per defined function, the offset in the module of its code entry (its size, then its body:
+    #: a rewind through a ``call_indirect`` reads that one instruction)
     code_offsets: list[int]
     code_end: int  # the end of the code section
     features: list[str]
@@ -140,17 +140,23 @@ class ModuleFacts:
             pages.update(range(lo, hi + 1))
         return pages
 
-    def function_body(self, data: bytes, defined: int) -> list[Instr]:
-        """The decoded body of defined function ``defined`` alone (``data``: the module's bytes)."""
-        from wasmig.binary import features as _features
-        from wasmig.binary.decoder import Reader, _code_entry
+    def indirect_call_table(self, data: bytes, defined: int, pc: int) -> int | None:
+        """The table of the ``call_indirect`` at body offset ``pc`` of defined function
+        ``defined`` (``data``: the module's bytes), read from that one instruction's bytes (the
+        function may be CPython's 46,000-instruction interpreter loop); None when there is none."""
+        from wasmig.binary.leb128 import decode_u
 
         if not 0 <= defined < len(self.code_offsets):
-            raise IndexError(f"no defined function {defined}")
-        wanted = frozenset(self.features)
-        r = Reader(data, self.code_offsets[defined], self.code_end, multi_memory=_features.MULTI_MEMORY in wanted,
-                   atomic_loads=_features.ATOMIC_LOADS in wanted)
-        return _code_entry(r, 0)[0].body
+            return None
+        try:
+            size, body = decode_u(data, self.code_offsets[defined])
+            if not 0 <= pc < size or body + size > self.code_end or data[body + pc] != _CALL_INDIRECT:
+                return None
+            _, pos = decode_u(data, body + pc + 1)  # the type index
+            table, end = decode_u(data, pos)
+        except (ValueError, IndexError):
+            return None
+        return table if end <= body + size else None
 
 
 def _merge(runs: list[list[int]]) -> list[list[int]]:

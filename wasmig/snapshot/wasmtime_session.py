@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wasmig import log
 from wasmig.errors import WasmError
@@ -54,6 +54,9 @@ from wasmig.snapshot.session import CheckpointExit, CheckpointPolicy, SessionBas
 from wasmig.snapshot.site_index import SiteIndex
 from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
+
+if TYPE_CHECKING:  # the snapshot store (msgpack, zstandard) is imported when a snapshot is read or written
+    from wasmig.snapshot.store import PagedMemory
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
 PASS_VERSION = "wasmig-instrument-13"
@@ -500,23 +503,22 @@ class Checkpointable:
 
     def _find_indirect_slot(self, func: int, pc: int, callee: int) -> int:
         module, defined = self.module, func - self.facts.imported_funcs
-        if not 0 <= defined < self.facts.defined_funcs:
-            raise SnapshotError(f"snapshot does not fit the module: no function {func}")
-        if module.data is not None and not module.decoded:  # that function alone, not the module
-            body = self.facts.function_body(module.data, defined)
-        else:
-            body = module.ir.funcs[defined].body
-        ins = next((x for x in body if x.offset == pc), None)
-        if ins is None or ins.op != 0x11:
+        table = None
+        if module.data is not None:  # that one instruction's bytes, not the whole function decoded
+            table = self.facts.indirect_call_table(module.data, defined, pc)
+        elif 0 <= defined < self.facts.defined_funcs:
+            ins = next((x for x in module.ir.funcs[defined].body if x.offset == pc), None)
+            table = ins.imm[1] if ins is not None and ins.op == 0x11 else None
+        if table is None:
             raise SnapshotError(f"snapshot does not fit the module: no indirect call at {pc:#x} in function {func}")
         if self._tables is None:
             self._tables = static_tables(self.module)
-        elements = self._tables[ins.imm[1]].elements
+        elements = self._tables[table].elements
         try:
             return elements.index(callee)
         except ValueError:
             raise SnapshotError(f"snapshot does not fit the module: function {callee} is not in table "
-                                f"{ins.imm[1]}") from None
+                                f"{table}") from None
 
     def _rewind_export(self, func: int) -> str:
         """The export of the rewind copy of ``func``, the outermost frame's function."""
@@ -560,11 +562,13 @@ class Checkpointable:
         self._pending = (snap.frames, snap.point)
         return snap
 
-    def load(self, snap: Snapshot, *, memory_in_place: bool = False) -> None:
+    def load(self, snap: Snapshot, *, memory_in_place: bool = False, pages: list[PagedMemory] | None = None) -> None:
         """Put a snapshot's memory, globals, tables, dropped segments and step count into this
         (fresh) instance; the frames follow with :meth:`resume`. ``memory_in_place``: the
         memories already hold the snapshot's contents (a live migration's target wrote them
-        page by page, see :meth:`memory_address`)."""
+        page by page, see :meth:`memory_address`). ``pages``: the memories' pages, read on demand
+        (:func:`wasmig.snapshot.store.load_snapshot_deferred`; the snapshot's memory bytes are
+        then empty): only the pages the fresh instance does not already hold are read and written."""
         module, facts = self.module, self.facts
         store = self.store
         if module.sha256 != snap.module_sha256:
@@ -576,17 +580,26 @@ class Checkpointable:
             raise SnapshotError("snapshot does not fit the module: memory, table or global counts differ")
         if (len(snap.dropped_data), len(snap.dropped_elems)) != (len(facts.data_modes), len(facts.elem_modes)):
             raise SnapshotError("snapshot does not fit the module: segment counts differ")
-        for i, ms in enumerate(snap.memories if not memory_in_place else ()):
+        if pages is not None and (memory_in_place or len(pages) != len(snap.memories)):
+            raise SnapshotError("internal error: the snapshot's pages do not match its memories")
+        sources: list[Any] = [ms.data for ms in snap.memories] if pages is None else list(pages)
+        self.pages_written = 0
+        for i, src in enumerate(sources if not memory_in_place else ()):
             mem = self._memory(i)
-            pages = len(ms.data) // 65536
+            size = len(src) // _PAGE if isinstance(src, (bytes, bytearray)) else len(src)
             have = mem.size(store)
             limit = mems[i][1] if mems[i][1] is not None else 65536
-            if pages < have or pages > limit:
-                raise SnapshotError(f"snapshot does not fit the module: memory {i} has {pages} pages")
-            if pages > have:
-                mem.grow(store, pages - have)
-            if ms.data:
-                _copy_pages(ctypes.addressof(mem.data_ptr(store).contents), ms.data, facts.page_set(i))
+            if size < have or size > limit:
+                raise SnapshotError(f"snapshot does not fit the module: memory {i} has {size} pages")
+            if size > have:
+                mem.grow(store, size - have)
+            if not size:
+                continue
+            address = ctypes.addressof(mem.data_ptr(store).contents)
+            if isinstance(src, (bytes, bytearray)):
+                _copy_pages(address, src, facts.page_set(i))
+            else:
+                self.pages_written += _write_pages(address, src, facts.page_set(i))
         if mems:
             self._publish_pages()
         if memory_in_place and snap.memories:
@@ -628,6 +641,32 @@ class Checkpointable:
 
 _PAGE = 65536
 _ZERO_PAGE = bytes(_PAGE)
+
+
+def _write_pages(address: int, pages: PagedMemory, dirty: set[int] | None) -> int:
+    """Write a deferred snapshot memory over a fresh memory at ``address``, reading only the pages
+    that differ from what it holds: a page zero in both is skipped, and so is a page whose hash
+    in the snapshot is that of the fresh page (module data the program never changed: no read,
+    no decompression, no copy). ``dirty``: the fresh memory's pages that may be non-zero (its data
+    segments'; None: any). Returns the pages written."""
+    from wasmig.hashing import blake3
+
+    fresh = memoryview((ctypes.c_ubyte * (len(pages) * _PAGE)).from_address(address)).cast("B")
+    written = 0
+    for j, entry in enumerate(pages.entries):
+        held = dirty is None or j in dirty  # the fresh page may be non-zero
+        lo = j * _PAGE
+        if entry is None:
+            if held:  # zeroed by the program
+                ctypes.memset(address + lo, 0, _PAGE)
+                written += 1
+            continue
+        digest = pages.digest(j)
+        if held and digest is not None and blake3(fresh[lo : lo + _PAGE]).hexdigest() == digest:
+            continue
+        ctypes.memmove(address + lo, pages.page(j), _PAGE)
+        written += 1
+    return written
 
 
 def _copy_pages(address: int, data: bytes, dirty: set[int] | None) -> None:
