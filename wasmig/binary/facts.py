@@ -19,7 +19,6 @@ hold the module's sha256 (what a snapshot records), so a cached run never hashes
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,31 +37,49 @@ TABLE_MUTATORS = frozenset({0x26, 0xFC0C, 0xFC0E, 0xFC0F, 0xFC11})
 _I32_CONST, _REF_FUNC, _CALL_INDIRECT = 0x41, 0xD2, 0x11
 
 
-@dataclass
 class ModuleFacts:
     """Everything the wasmtime checkpoint path reads from a module, in the module's index spaces
-    (imports first)."""
+    (imports first). A plain class, not a dataclass: ``dataclasses`` (with ``inspect`` and ``ast``)
+    would add 4 ms to every start."""
 
-    sha256: str | None  # of the module's bytes (None for a module known only as IR)
-    imported_funcs: int
-    defined_funcs: int
-    mems: list[tuple[int, int | None]]  # every memory's limits (min, max) in pages
-    globals: list[tuple[str, bool]]  # every global's (value type, mutable)
-    tables: list[tuple[str, int, int | None]]  # every table's (element type, min, max)
-    #: per table, what its active element segments put in each slot (a function index or None);
-    #: None when they do not tell (see ``static_tables_problem``)
-    elements: list[list[int | None]] | None
-    static_tables_problem: str | None  # why the tables cannot be derived from the module, if so
-    data_modes: str  # one letter per data segment: "a"ctive, "p"assive
-    elem_modes: str  # one letter per element segment: "a"ctive, "p"assive, "d"eclarative
-    #: per memory, the [first, last] page runs its active data segments initialise; None for a
-    #: memory where a segment's offset is not a constant (any page may then be non-zero)
-    data_pages: list[list[list[int]] | None]
-    #: per defined function, the offset in the module of its code entry (its size, then its body:
-    #: a rewind through a ``call_indirect`` reads that one instruction)
-    code_offsets: list[int]
-    code_end: int  # the end of the code section
-    features: list[str]
+    FIELDS = ("sha256", "imported_funcs", "defined_funcs", "mems", "globals", "tables", "elements",
+              "static_tables_problem", "data_modes", "elem_modes", "data_pages", "code_offsets", "code_end",
+              "features")
+    __slots__ = FIELDS
+
+    def __init__(self, *, sha256: str | None, imported_funcs: int, defined_funcs: int,
+                 mems: list[tuple[int, int | None]], globals: list[tuple[str, bool]],
+                 tables: list[tuple[str, int, int | None]], elements: list[list[int | None]] | None,
+                 static_tables_problem: str | None, data_modes: str, elem_modes: str,
+                 data_pages: list[list[list[int]] | None], code_offsets: list[int], code_end: int,
+                 features: list[str]) -> None:
+        self.sha256 = sha256  # of the module's bytes (None for a module known only as IR)
+        self.imported_funcs = imported_funcs
+        self.defined_funcs = defined_funcs
+        self.mems = mems  # every memory's limits (min, max) in pages
+        self.globals = globals  # every global's (value type, mutable)
+        self.tables = tables  # every table's (element type, min, max)
+        #: per table, what its active element segments put in each slot (a function index or None);
+        #: None when they do not tell (see ``static_tables_problem``)
+        self.elements = elements
+        self.static_tables_problem = static_tables_problem  # why the tables cannot be derived, if so
+        self.data_modes = data_modes  # one letter per data segment: "a"ctive, "p"assive
+        self.elem_modes = elem_modes  # one letter per element segment: "a"ctive, "p"assive, "d"eclarative
+        #: per memory, the [first, last] page runs its active data segments initialise; None for a
+        #: memory where a segment's offset is not a constant (any page may then be non-zero)
+        self.data_pages = data_pages
+        #: per defined function, the offset in the module of its code entry (its size, then its body:
+        #: a rewind through a ``call_indirect`` reads that one instruction)
+        self.code_offsets = code_offsets
+        self.code_end = code_end  # the end of the code section
+        self.features = features
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModuleFacts) and all(getattr(self, f) == getattr(other, f) for f in self.FIELDS)
+
+    def __repr__(self) -> str:
+        return (f"ModuleFacts(sha256={self.sha256!r}, {self.imported_funcs}+{self.defined_funcs} functions, "
+                f"{len(self.mems)} memories, {len(self.globals)} globals, {len(self.tables)} tables)")
 
     @classmethod
     def from_ir(cls, ir: IRModule, sha256: str | None, features: frozenset[str] = frozenset(),
@@ -113,7 +130,8 @@ class ModuleFacts:
             code_offsets=list(code_offsets or []), code_end=code_end, features=sorted(features))
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"version": FACTS_VERSION, **asdict(self)}, separators=(",", ":")).encode()
+        plain = {f: getattr(self, f) for f in self.FIELDS}
+        return json.dumps({"version": FACTS_VERSION, **plain}, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ModuleFacts:

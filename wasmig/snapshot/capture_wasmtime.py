@@ -11,18 +11,21 @@ from __future__ import annotations
 import ctypes
 import struct
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wasmig.instrument.sites import SiteMap
-from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
-from wasmig.module import Module
-from wasmig.snapshot.records import MASKS, frames_from_records
-from wasmig.snapshot.state import GlobalState, MemoryState, Snapshot, SnapshotError, TableState
+from wasmig.errors import SnapshotError
+
+if TYPE_CHECKING:  # imported by a capture, not by the start of a run that imports this module
+    from wasmig.instrument.sites import SiteMap
+    from wasmig.module import Module
+    from wasmig.snapshot.state import Snapshot, TableState
 
 
 def static_tables(module: Module) -> list[TableState]:
     """The tables as the module's active element segments leave them (there is no table write),
     from the module's facts (:mod:`wasmig.binary.facts`: learnt once, cached by module digest)."""
+    from wasmig.snapshot.state import TableState
+
     facts = module.facts
     if facts.elements is None:
         raise SnapshotError(f"cannot checkpoint on wasmtime: {facts.static_tables_problem}")
@@ -40,6 +43,10 @@ def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap, *, with_me
     """``instance``: a :class:`wasmig.engines.wasmtime.WasmtimeInstance` of the instrumented module,
     just unwound; ``module``: the original module; ``sitemap``: the pass's site map.
     ``with_memory=False`` leaves the memories' bytes empty (see :func:`wasmig.snapshot.capture.capture`)."""
+    from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
+    from wasmig.snapshot.records import MASKS, frames_from_records
+    from wasmig.snapshot.state import GlobalState, MemoryState, Snapshot
+
     store, ex = instance.store, instance.exports
     if ex["wasmig:state"].value(store) != 1:
         raise SnapshotError("internal error: the instrumented module has not unwound")

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wasmig.errors import SnapshotError
 from wasmig.snapshot.policy import (  # noqa: F401 - re-exported: the run loops' names for them
     CheckpointExit,
     CheckpointPolicy,
@@ -33,12 +34,12 @@ from wasmig.snapshot.policy import (  # noqa: F401 - re-exported: the run loops'
     MigrationInDoubt,
     ignore_checkpoint_request,
 )
-from wasmig.snapshot.state import Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 if TYPE_CHECKING:  # the interpreter is imported by the code that runs on it: a run on wasmtime never pays for it
     from wasmig.instance import Instance
     from wasmig.module import Module
+    from wasmig.snapshot.state import Snapshot  # (and the snapshot classes by the code that captures one)
 
 RUNTIME_DIR = Path(os.environ.get("WASMIG_RUNTIME_DIR", "/tmp/wasmig-run"))
 MODULE_FILE_PREFIX = "module-"

@@ -11,14 +11,18 @@ A :class:`SiteIndex` is a drop-in for :class:`~wasmig.instrument.sites.SiteMap` 
 code reads one (``sites[i]``, ``functions[f]``, ``sites_of(f)``, the three header fields).
 
 It also records the :func:`~wasmig.hashing.fast_digest` and size of the instrumented module it
-describes, which is the key of that module's compiled artifact: a cached start needs neither the
-instrumented bytes nor their hash.
+describes, which is the key of that module's compiled artifact (a cached start needs neither the
+instrumented bytes nor their hash), and the parts of the pass's control layout
+(:mod:`wasmig.instrument.unwind`) a run reads before any checkpoint: the poll byte's and the page
+count's offsets, the ``$state`` values and ``$stop_at``'s "never" (so that a start imports
+neither the pass nor the IR classes it is written with: 15 ms).
 
 Layout (little-endian; the file is wrapped by :func:`wasmig.engines.wasmtime.cache_entry`, whose
 checksum covers it; docs/instrument.md, "The host's site index"):
 
 - header: :data:`MAGIC` (16 bytes), u32 ctl_memory, u32 globals_base, u32 counts_steps,
-  u32 site count S, u32 function count F, 32-byte digest of the instrumented module, u64 its size;
+  u32 site count S, u32 function count F, 32-byte digest of the instrumented module, u64 its size,
+  u32 POLL, u32 MEMORY_PAGES, u32 STATE_UNWINDING, u32 STATE_REWINDING, u64 NEVER;
 - F u32 function indices (ascending), F u32 offsets of their blocks, S u32 offsets of the sites'
   records (offsets into the blob that follows);
 - a function block: u32 num_locals, u32 record_size, u32 local count L, u32 site count N, L type
@@ -35,16 +39,17 @@ import bisect
 import struct
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from wasmig.instrument.sites import KINDS, FunctionLayout, Site, SiteMap
+if TYPE_CHECKING:  # the site map classes are imported when a site is decoded: a start decodes none
+    from wasmig.instrument.sites import FunctionLayout, Site, SiteMap
 
-MAGIC = b"wasmig-sites-v1\n"
-_HEADER = struct.Struct("<16sIIIII32sQ")
+MAGIC = b"wasmig-sites-v2\n"
+_HEADER = struct.Struct("<16sIIIII32sQIIIIQ")
 _FUNC = struct.Struct("<IIII")
 _SITE = struct.Struct("<IIIIIII")
 _TYPE_BYTES = {"i32": 0x7F, "i64": 0x7E, "f32": 0x7D, "f64": 0x7C, "v128": 0x7B, "funcref": 0x70, "externref": 0x6F}
 _TYPE_NAMES = {v: k for k, v in _TYPE_BYTES.items()}
-_KIND_CODES = {k: i for i, k in enumerate(KINDS)}
 
 
 def _types(types: list[str]) -> bytes:
@@ -58,6 +63,10 @@ def _u32s(values: list[int]) -> bytes:
 
 def encode(sitemap: SiteMap, digest: bytes, size: int) -> bytes:
     """The site index of ``sitemap``, for the instrumented module of (``fast_hash`` digest, size)."""
+    from wasmig.instrument import unwind
+    from wasmig.instrument.sites import KINDS
+
+    kind_codes = {k: i for i, k in enumerate(KINDS)}
     if len(digest) != 32:
         raise ValueError("the module digest must be 32 bytes")
     funcs = sorted(sitemap.functions)
@@ -77,15 +86,16 @@ def encode(sitemap: SiteMap, digest: bytes, size: int) -> bytes:
     site_offsets = []
     for site in sitemap.sites:
         site_offsets.append(len(blob))
-        blob += _SITE.pack(site.id, site.func, site.pc, _KIND_CODES[site.kind], len(site.stack), len(site.args),
+        blob += _SITE.pack(site.id, site.func, site.pc, kind_codes[site.kind], len(site.stack), len(site.args),
                            len(site.live))
         blob += _types(site.stack + site.args) + _u32s(site.spills + site.arg_spills + site.live)
     head = _HEADER.pack(MAGIC, sitemap.ctl_memory, sitemap.globals_base, int(sitemap.counts_steps),
-                        len(sitemap.sites), len(funcs), digest, size)
+                        len(sitemap.sites), len(funcs), digest, size, unwind.POLL, unwind.MEMORY_PAGES,
+                        unwind.STATE_UNWINDING, unwind.STATE_REWINDING, unwind.NEVER)
     return head + _u32s(funcs) + _u32s(func_offsets) + _u32s(site_offsets) + bytes(blob)
 
 
-def _u32_table(raw: bytes, pos: int, n: int) -> Sequence[int]:
+def _u32_table(raw: bytes | memoryview, pos: int, n: int) -> Sequence[int]:
     """``n`` u32s at ``pos``: a view, not a copy, on a little-endian host (every wasmtime host)."""
     if sys.byteorder == "little" and pos % 4 == 0:
         return memoryview(raw)[pos : pos + 4 * n].cast("I")
@@ -95,12 +105,13 @@ def _u32_table(raw: bytes, pos: int, n: int) -> Sequence[int]:
 class SiteIndex:
     """A site index read back: :class:`SiteMap`'s reading surface, decoding on demand."""
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes | memoryview) -> None:
         """Raises ValueError when ``raw`` is not a whole site index of this version."""
         if len(raw) < _HEADER.size:
             raise ValueError("site index truncated")
-        magic, self.ctl_memory, self.globals_base, steps, n_sites, n_funcs, self.module_digest, self.module_size = \
-            _HEADER.unpack_from(raw)
+        (magic, self.ctl_memory, self.globals_base, steps, n_sites, n_funcs, self.module_digest, self.module_size,
+         self.poll, self.memory_pages, self.state_unwinding, self.state_rewinding,
+         self.never) = _HEADER.unpack_from(raw)
         if magic != MAGIC:
             raise ValueError("not a site index of this version")
         self.counts_steps = bool(steps)
@@ -123,6 +134,7 @@ class SiteIndex:
         site = self._site_cache.get(i)
         if site is not None:
             return site
+        from wasmig.instrument.sites import KINDS, Site
         raw = self._raw
         pos = self._blob + self._site_offsets[i]
         try:
@@ -142,6 +154,8 @@ class SiteIndex:
         found = self._layout_cache.get(func)
         if found is not None:
             return found
+        from wasmig.instrument.sites import FunctionLayout
+
         k = bisect.bisect_left(self._func_ids, func)
         if k == len(self._func_ids) or self._func_ids[k] != func:
             return None
@@ -164,7 +178,7 @@ class SiteIndex:
         return [] if found is None else [self._site(i) for i in found[1]]
 
 
-class _Sites(Sequence[Site]):
+class _Sites(Sequence["Site"]):
     def __init__(self, index: SiteIndex) -> None:
         self._index = index
 
@@ -179,7 +193,7 @@ class _Sites(Sequence[Site]):
         return self._index._site(i)
 
 
-class _Layouts(Mapping[int, FunctionLayout]):
+class _Layouts(Mapping[int, "FunctionLayout"]):
     def __init__(self, index: SiteIndex) -> None:
         self._index = index
 

@@ -30,32 +30,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wasmig import log
-from wasmig.errors import WasmError
+from wasmig.errors import SnapshotError, WasmError
 from wasmig.hashing import fast_hash
-from wasmig.instrument.sites import SECTION_NAME, SiteMap
-from wasmig.instrument.unwind import (
-    DROPS_BASE,
-    GLOBALS_BASE,
-    MEMORY_PAGES,
-    NEVER,
-    POLL,
-    READ_PTR,
-    RECORDS_BASE,
-    STATE_REWINDING,
-    STATE_UNWINDING,
-    WRITE_PTR,
-    instrument,
-)
 from wasmig.module import Module
 from wasmig.snapshot import site_index
 from wasmig.snapshot.capture_wasmtime import capture_wasmtime, memory_export, static_tables
-from wasmig.snapshot.records import MASKS, frames_from_records, records_from_frames
 from wasmig.snapshot.session import CheckpointExit, CheckpointPolicy, SessionBase
 from wasmig.snapshot.site_index import SiteIndex
-from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
-if TYPE_CHECKING:  # the snapshot store (msgpack, zstandard) is imported when a snapshot is read or written
+if TYPE_CHECKING:
+    # imported where a checkpoint, a rewind or an instrumentation needs them, not by a start: the
+    # pass, the IR classes it is written with, the snapshot classes, the store (msgpack, zstandard)
+    # would add 20 ms to every start (docs/instrument.md, "Start-up")
+    from wasmig.instrument.sites import SiteMap
+    from wasmig.snapshot.state import FrameState, Snapshot
     from wasmig.snapshot.store import PagedMemory
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
@@ -266,6 +255,7 @@ def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool,
     from wasmig.binary.encoder import encode_module
     from wasmig.engines.wasmtime import cache_entry
     from wasmig.files import write_atomically
+    from wasmig.instrument.unwind import instrument
 
     started = time.perf_counter()
     notice = InstrumentNotice(announce) if announce is not None and InstrumentNotice.worth_it(module) else None
@@ -300,14 +290,13 @@ def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: 
     damaged entry is rebuilt. ``announce``: the module's name for the lines
     :class:`InstrumentNotice` prints on stderr when a big module has to be instrumented (a cache
     hit, or a small module, prints nothing); None, silent."""
-    from wasmig.binary.decoder import read_custom_section
-    from wasmig.engines.wasmtime import cache_payload, default_cache_dir
+    from wasmig.engines.wasmtime import cache_payload, cache_payload_view, default_cache_dir
 
     key = _cache_key(module, count_steps)
     folder = cache_dir if cache_dir is not None else default_cache_dir()
     path, index_path = folder / f"instrumented-{key}.wasm", folder / f"instrumented-{key}.sites"
     try:
-        sites = SiteIndex(cache_payload(index_path.read_bytes()) or b"")
+        sites = SiteIndex(cache_payload_view(index_path.read_bytes()) or b"")
     except (OSError, ValueError):
         sites = None
     if sites is not None and sites.counts_steps == count_steps:
@@ -319,6 +308,9 @@ def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: 
         blob = None
     data = cache_payload(blob) if blob is not None else None
     if data is not None:
+        from wasmig.binary.decoder import read_custom_section
+        from wasmig.instrument.sites import SECTION_NAME, SiteMap
+
         try:
             raw = read_custom_section(data, SECTION_NAME)
             sitemap = SiteMap.from_bytes(raw) if raw is not None else None
@@ -373,12 +365,12 @@ class Checkpointable:
         # the control memory never moves (memory_may_move is off): a plain address, writable
         # from any thread
         poll_base = ctypes.addressof(ex["wasmig:poll"].data_ptr(self.store).contents)
-        self._poll = ctypes.c_uint8.from_address(poll_base + POLL)
+        self._poll = ctypes.c_uint8.from_address(poll_base + self.sitemap.poll)
         self.instance.interrupt_flag = self._poll
         # memory 0's size, which the module itself keeps up to date after every memory.grow, and
         # its address (it never moves): another thread reads the live memory through these two
         # without calling into wasmtime's store while the guest runs (a migration's pre-copy)
-        self._pages = ctypes.c_uint32.from_address(poll_base + MEMORY_PAGES)  # wasmtime hosts are little-endian
+        self._pages = ctypes.c_uint32.from_address(poll_base + self.sitemap.memory_pages)  # little-endian hosts
         self._memory_base = 0
         if self.facts.mems:
             self._memory_base = ctypes.addressof(self._memory(0).data_ptr(self.store).contents)
@@ -396,11 +388,11 @@ class Checkpointable:
     @property
     def steps(self) -> int | None:
         """Stable points executed (the canonical step count); None in the fast variant."""
-        return self._steps.value(self.store) & MASKS["i64"] if self.count_steps else None
+        return self._steps.value(self.store) & _I64 if self.count_steps else None
 
     @property
     def unwound(self) -> bool:
-        return self._state.value(self.store) == STATE_UNWINDING
+        return self._state.value(self.store) == self.sitemap.state_unwinding
 
     def request(self) -> None:
         """Stop at the next stable point, or now if blocked in a WASI call (any thread)."""
@@ -419,8 +411,8 @@ class Checkpointable:
                 raise SnapshotError("stopping at a step needs the step count: "
                                     "Checkpointable(..., count_steps=True)")
             return
-        steps = self._steps.value(self.store) & MASKS["i64"]
-        self._stop_at.set_value(self.store, at_step if at_step is not None and at_step > steps else NEVER)
+        steps = self._steps.value(self.store) & _I64
+        self._stop_at.set_value(self.store, at_step if at_step is not None and at_step > steps else self.sitemap.never)
 
     # --- running -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -447,6 +439,9 @@ class Checkpointable:
         assert point is not None
         if not frames:  # an idle snapshot: nothing was running
             return
+        from wasmig.instrument.unwind import READ_PTR, RECORDS_BASE, STATE_REWINDING, WRITE_PTR
+        from wasmig.snapshot.records import records_from_frames
+
         records = records_from_frames(frames, point, self.sitemap, self._indirect_slot)
         name = self._rewind_export(frames[0].func)
         need = RECORDS_BASE + len(records)
@@ -552,6 +547,8 @@ class Checkpointable:
     # --- state -----------------------------------------------------------------------------------
     def frames(self) -> tuple[list[FrameState], str]:
         """The canonical frames and point, after the guest unwound."""
+        from wasmig.snapshot.records import frames_from_records
+
         ctl = bytes(self.ctl.read(self.store, 0, self.ctl.data_len(self.store)))
         self._pending = frames_from_records(ctl, self.sitemap)
         return self._pending
@@ -569,6 +566,9 @@ class Checkpointable:
         page by page, see :meth:`memory_address`). ``pages``: the memories' pages, read on demand
         (:func:`wasmig.snapshot.store.load_snapshot_deferred`; the snapshot's memory bytes are
         then empty): only the pages the fresh instance does not already hold are read and written."""
+        from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
+        from wasmig.snapshot.records import MASKS
+
         module, facts = self.module, self.facts
         store = self.store
         if module.sha256 != snap.module_sha256:
@@ -641,6 +641,7 @@ class Checkpointable:
 
 _PAGE = 65536
 _ZERO_PAGE = bytes(_PAGE)
+_I64 = 0xFFFF_FFFF_FFFF_FFFF
 
 
 def _write_pages(address: int, pages: PagedMemory, dirty: set[int] | None) -> int:
