@@ -27,9 +27,10 @@ exceptions, a few seconds on wasmtime. Every run's stdout is checked against the
 
 It prints, per program, workload and variant, the median (and quartiles) of wall time and of CPU time (user +
 system: much less disturbed by other load on a shared machine), and the ratio of medians against wasmtime-py;
-for steady state also the ratio once each variant's own start-up median is taken out ("net").
+for steady state also the ratio once each variant's own start-up median is taken out ("net"); then one table
+with every ratio side by side, start-up against issue 15's bound (1.5x wasmtime-py's time + 30 ms).
 ``--rounds N`` (default 7 for start-up, 5 for steady state), ``--quick`` (one round of each),
-``--programs cpython,quickjs``.
+``--programs cpython,quickjs``, ``--workloads start-up,steady``.
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ except wasmtime.ExitTrap as e:
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 VARIANTS = ("wasmtime-py (cached)", "wasmig run", "wasmig run --checkpoint-dir")
+WORKLOADS = ("start-up", "steady")
 
 
 def obtain(spec: dict) -> Path:
@@ -284,7 +286,12 @@ def main() -> None:
     parser.add_argument("--instrument-timeout", type=float, default=1200,
                         help="seconds the first --checkpoint-dir run (instrumenting, untimed) may take (default 1200)")
     parser.add_argument("--run-timeout", type=float, default=300, help="seconds one timed run may take (default 300)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
     args = parser.parse_args()
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    for w in workloads:
+        if w not in WORKLOADS:
+            parser.error(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
     rounds = {"start-up": 1, "steady": 1} if args.quick else \
         {"start-up": args.rounds or 7, "steady": args.rounds or 5}
     names = [n.strip() for n in args.programs.split(",") if n.strip()]
@@ -299,6 +306,7 @@ def main() -> None:
     git = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True, text=True).stdout
     print(f"{version}; wasmtime-py {metadata.version('wasmtime')}; checkout {git.strip()}; "
           f"{os.cpu_count()} cores")
+    summary: list[tuple[str, Times, Times]] = []
     with tempfile.TemporaryDirectory(prefix="real-programs-") as tmp:
         app = os.path.join(tmp, "app")
         os.mkdir(app)
@@ -326,7 +334,7 @@ def main() -> None:
             alive = list(VARIANTS)
             failed: dict[str, str] = {}
             expected: dict[str, bytes] = {}
-            for workload in ("start-up", "steady"):
+            for workload in workloads:
                 for variant in VARIANTS:
                     if variant not in alive:
                         continue
@@ -353,7 +361,7 @@ def main() -> None:
                 continue
             wall: dict[tuple[str, str], list[float]] = {}
             cpu: dict[tuple[str, str], list[float]] = {}
-            for workload in ("start-up", "steady"):
+            for workload in workloads:
                 guest_args = spec[workload]
                 for r in range(rounds[workload]):
                     order = alive[r % len(alive):] + alive[:r % len(alive)]
@@ -376,7 +384,7 @@ def main() -> None:
                         break
             # The report for this program.
             print(f"   load average at the end: {os.getloadavg()[0]:.1f}")
-            for workload in ("start-up", "steady"):
+            for workload in workloads:
                 for label, times in (("wall", wall), ("cpu", cpu)):
                     ref = times.get((workload, "wasmtime-py (cached)"))
                     for variant in VARIANTS:
@@ -399,8 +407,44 @@ def main() -> None:
                 line = f"{name:8} FAILED   {variant:28} {why}"
                 print(line)
             sys.stdout.flush()
+            summary.append((name, wall, cpu))
+    print_summary(summary)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; rounds: "
           f"{rounds['start-up']} start-up, {rounds['steady']} steady state")
+
+
+Times = dict[tuple[str, str], list[float]]
+
+
+def print_summary(summary: list[tuple[str, Times, Times]]) -> None:
+    """Every program's ratios against wasmtime-py, side by side: start-up (wall and CPU, and whether it is within
+    issue 15's bound of 1.5x wasmtime-py + 30 ms) and steady state (wall, CPU, and CPU net of start-up)."""
+    ref = "wasmtime-py (cached)"
+    print(f"\n{'ratios to wasmtime-py (medians)':42} {'start-up wall':>14} {'cpu':>6} {'<=1.5x+30ms':>12} "
+          f"{'steady wall':>12} {'cpu':>6} {'cpu net':>8}")
+    for name, wall, cpu in summary:
+        for variant in VARIANTS[1:]:
+            cells = []
+            for times in (wall, cpu):
+                xs, base = times.get(("start-up", variant)), times.get(("start-up", ref))
+                cells.append(f"{statistics.median(xs) / statistics.median(base):.2f}x" if xs and base else "-")
+            xs, base = wall.get(("start-up", variant)), wall.get(("start-up", ref))
+            bound = "-" if not xs or not base else \
+                ("yes" if statistics.median(xs) <= 1.5 * statistics.median(base) + 0.030 else "NO") + \
+                f" ({statistics.median(xs) - 1.5 * statistics.median(base) - 0.030:+.3f} s)"
+            cells.append(bound)
+            for times in (wall, cpu):
+                xs, base = times.get(("steady", variant)), times.get(("steady", ref))
+                cells.append(f"{statistics.median(xs) / statistics.median(base):.2f}x" if xs and base else "-")
+            net = "-"
+            xs, base = cpu.get(("steady", variant)), cpu.get(("steady", ref))
+            xs0, base0 = cpu.get(("start-up", variant)), cpu.get(("start-up", ref))
+            if xs and base and xs0 and base0:
+                ref_net = statistics.median(base) - statistics.median(base0)
+                if ref_net > 0:
+                    net = f"{(statistics.median(xs) - statistics.median(xs0)) / ref_net:.3f}x"
+            print(f"{name + ' ' + variant:42} {cells[0]:>14} {cells[1]:>6} {cells[2]:>12} {cells[3]:>12} "
+                  f"{cells[4]:>6} {net:>8}")
 
 
 if __name__ == "__main__":

@@ -646,13 +646,14 @@ def checkpoint_options(parser: _Parser) -> None:
 
 
 def check_writable_dir(path: str, option: str) -> None:
-    """Create directory ``path`` if needed and make sure a file can be written in it."""
-    import tempfile
+    """Create directory ``path`` if needed and make sure a file can be written in it (a probe file
+    of this process's own name, not ``tempfile``, whose imports cost 3 ms of every start)."""
+    import time
 
     try:
         os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".wasmig-probe-", dir=path)
-        os.close(fd)
+        probe = os.path.join(path, f".wasmig-probe-{os.getpid()}-{time.monotonic_ns()}")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as e:
         raise UserError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
@@ -763,9 +764,11 @@ def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
     return ERROR_EXIT_CODE
 
 
-def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | None, snapshot: Any = None) -> int:
+def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | None, snapshot: Any = None,
+                       pages: Any = None) -> int:
     """A run (or, with ``snapshot``, a restore) on wasmtime with checkpoints: the instrumented module
-    in a worker thread, signals and timers in this one."""
+    in a worker thread, signals and timers in this one. ``pages``: the snapshot's memories when it
+    was read without them (:func:`wasmig.snapshot.store.load_snapshot_deferred`)."""
     import time
 
     from wasmig import log
@@ -777,9 +780,10 @@ def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | N
         runner = Checkpointable(module, wasi, count_steps=policy.count_steps,
                                 announce=os.path.basename(module_path) if module_path else "the module")
         if snapshot is not None:
-            runner.load(snapshot)
-            log.info(__name__, "restore: instrumented module instantiated and state loaded on wasmtime in %.3f s",
-                     time.perf_counter() - started)
+            runner.load(snapshot, pages=pages)
+            log.info(__name__, "restore: instrumented module instantiated and state loaded on wasmtime in %.3f s "
+                     "(%s)", time.perf_counter() - started, "memory copied whole" if pages is None else
+                     f"{runner.pages_written} of {sum(map(len, pages))} pages read and written, the rest held already")
         session = WasmtimeSession(runner, wasi, policy, module_path)
         return with_control(session, lambda: ended(session, session.run(snapshot)))
 
@@ -885,11 +889,11 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
             policy.migrate_to = (migrate_to, token, migrate_after)
         listeners = [open_listener(spec) for spec in listens]
         gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
-        # plain wasmtime validates and compiles the module itself: Python decodes only what linking needs
-        # (the instrumented one: validation waits until the pass needs it, which a cached
-        # instrumented module spares, as on restore)
-        plain_wasmtime = engine == "wasmtime" and not (policy.active or policy.migratable)
-        module = Module.from_file(program, decode=not plain_wasmtime, validate=engine != "wasmtime")
+        # wasmtime validates and compiles the module itself: Python decodes only what linking needs
+        # (the instrumented one: decoding and validation wait until the pass needs them, which a
+        # cached instrumented module spares, as on restore; the checkpoint code reads the module's
+        # cached facts, wasmig.binary.facts)
+        module = Module.from_file(program, decode=engine != "wasmtime", validate=engine != "wasmtime")
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
     except UserError as e:
         for sock in listeners:
@@ -951,10 +955,9 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
     from pathlib import Path
 
     from wasmig import log
-    from wasmig.snapshot.api import restore as restore_instance
     from wasmig.snapshot.session import find_module_for
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import load_snapshot
+    from wasmig.snapshot.store import load_snapshot_deferred, materialize
 
     try:
         mapping = {}
@@ -965,9 +968,10 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
                              checkpoint_then, stable_only, count_steps)
         check_module_option(module_path)
         started = time.perf_counter()
-        snap = load_snapshot(Path(snapshot))
+        # the manifest only: the memory's pages are read as they are written into the new instance
+        snap, pages = load_snapshot_deferred(Path(snapshot))
         log.info(__name__, "restore: snapshot read in %.3f s (%d pages of memory)", time.perf_counter() - started,
-                 sum(len(m.data) for m in snap.memories) // 65536)
+                 sum(len(m.data) // 65536 for m in snap.memories) if pages is None else sum(map(len, pages)))
         if policy.count_steps and snap.steps is None:
             raise UserError("the snapshot has no step count (its run did not count steps), so "
                             f"{'--checkpoint-at-step' if checkpoint_at_step is not None else '--count-steps'} "
@@ -983,7 +987,8 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
         # on wasmtime, validation waits until the instrumentation pass needs it, which a cached
         # instrumented module spares (a restore's largest cost for a small module)
         started = time.perf_counter()
-        module = find_module_for(Path(snapshot), snap, module_path, validate=engine != "wasmtime")
+        module = find_module_for(Path(snapshot), snap, module_path, validate=engine != "wasmtime",
+                                 decode=engine != "wasmtime")
         log.info(__name__, "restore: module found and read in %.3f s", time.perf_counter() - started)
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
@@ -992,8 +997,11 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
             from wasmig.wasi.snapshot import restore_wasi
 
             wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
-            sys.exit(run_checkpointable(module, wasi, policy, snap.meta.get("module_path"), snap) & 0xFF)
+            sys.exit(run_checkpointable(module, wasi, policy, snap.meta.get("module_path"), snap, pages) & 0xFF)
+        from wasmig.snapshot.api import restore as restore_instance  # the interpreter's: imported for it alone
+
         started = time.perf_counter()
+        materialize(snap, pages)
         instance = restore_instance(snap, engine, module=module, dirs=mapping, on_file_change=on_file_change)
         log.info(__name__, "restore: state restored on the interpreter in %.3f s", time.perf_counter() - started)
     except UserError as e:

@@ -10,9 +10,9 @@ The pieces:
 - one process-wide :func:`engine` (``wasm_multi_memory`` and ``wasm_threads`` on: the
   instrumentation pass that makes a module checkpointable adds a second memory and polls with an
   atomic load) and a compiled-artifact cache
-  (:func:`compile_module`): ``Module.serialize()`` output keyed by the BLAKE3 of (module bytes,
-  wasmtime version, engine settings, host), each entry checksummed so a damaged entry is
-  recompiled, never loaded;
+  (:func:`compile_module`): ``Module.serialize()`` output keyed by the BLAKE3 of (the module
+  bytes' BLAKE3, wasmtime version, engine settings, host), each entry checksummed so a damaged
+  entry is recompiled, never loaded, and mapped into memory by wasmtime rather than copied;
 - :class:`WasmtimeInstance`: links the WASI imports with their exact preview1 types (through
   wasmtime's raw C callback, arguments read as the unsigned bit patterns the WASI layer expects;
   wasmtime-py's public ``define_func``, whose signed ints are masked, as the fallback), re-raises
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import mmap
 import os
 import platform
 import struct
@@ -48,6 +49,7 @@ except ImportError:  # pragma: no cover - another wasmtime-py layout
 from wasmig import log
 from wasmig.errors import Exhaustion, HostCallInterrupted, LinkError, Trap, ValidationError, WasmError
 from wasmig.files import write_atomically
+from wasmig.hashing import fast_digest, fast_hash
 from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import WASI_MODULE, Wasi, check_wasi_imports
@@ -69,14 +71,22 @@ ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "wasm_threads": Tr
 _DEFAULT_ASYNC_STACK = 2 << 20
 
 CACHE_ENV = "WASMIG_CACHE"
-#: A cache entry: this magic, the BLAKE3 (sha256 without the blake3 package) of the payload, then
-#: ``Module.serialize()``'s bytes.
+#: A cache entry made by :func:`cache_entry` (the instrumented modules): this magic, the BLAKE3
+#: (sha256 without the blake3 package) of the payload, then the payload.
 CACHE_MAGIC = b"wasmig-cwasm-v2\n"
+#: A compiled artifact is two files: ``KEY.cwasm``, exactly ``Module.serialize()``'s bytes, which
+#: wasmtime maps into memory (``Module.deserialize_file``: no copy, ~10 ms for 116 MB where reading
+#: and deserializing the bytes cost ~0.4 s), and ``KEY.sum``: this magic, the payload's 32-byte
+#: digest, its u64 size, and the *stamp* (u64 inode, mtime_ns, ctime_ns) the artifact file had
+#: when its digest was last checked. A load whose file still has that stamp skips the hash (25 ms
+#: for CPython's instrumented 116 MB, a sixth of a cached start); any other file is hashed over a
+#: read-only mapping before wasmtime sees it, and its stamp recorded. Every change made through the
+#: file system (a write, a truncation, a replacement, ``touch``) moves the ctime, which no program
+#: can set back; what the stamp cannot see is a bit flipped on the medium under the file system.
+SUM_MAGIC = b"wasmig-cwasm-v4\n"
+_SUM = struct.Struct("<16s32sQQQQ")  # magic, digest, size, inode, mtime_ns, ctime_ns
 
-try:  # compiled BLAKE3 (GB/s, 1 ms to import) where it is installed, as it is wherever wasmtime has wheels;
-    from blake3 import blake3 as _artifact_hash  # hashlib's OpenSSL would add 3 ms to every run's start-up
-except ImportError:  # pragma: no cover - never the pure-Python BLAKE3: artifacts are megabytes
-    from hashlib import sha256 as _artifact_hash
+_artifact_hash = fast_hash
 
 _MASK = {"i32": 0xFFFFFFFF, "i64": 0xFFFF_FFFF_FFFF_FFFF}
 #: One ``wasmtime_val_raw_t`` slot (16 bytes) per value; integers little-endian at its start
@@ -155,14 +165,22 @@ def default_cache_dir() -> Path:
     return Path(base) / "wasmig" / "wasmtime"
 
 
-def cache_key(data: bytes) -> str:
+def artifact_key(digest: str) -> str:
+    """The cache key of the compiled artifact of a module whose bytes have the :func:`fast_digest`
+    ``digest``: that digest, wasmtime's version and the engine settings (a caller that knows a
+    module's digest without its bytes, as for a cached instrumented module, needs no bytes)."""
     h = _artifact_hash()
-    parts = (b"wasmig-wasmtime-artifact-v2", _artifact_hash.__name__.encode(), data, wasmtime_version().encode(),
-             config_description().encode())
+    parts = (b"wasmig-wasmtime-artifact-v3", _artifact_hash.__name__.encode(), digest.encode(),
+             wasmtime_version().encode(), config_description().encode())
     for part in parts:
         h.update(len(part).to_bytes(8, "little"))  # length-prefixed: no two part lists collide
         h.update(part)
     return h.hexdigest()
+
+
+def cache_key(data: bytes) -> str:
+    """The cache key of ``data``'s compiled artifact."""
+    return artifact_key(fast_digest(data))
 
 
 #: What :func:`compile_module` did, per outcome ("hit", "miss", "corrupt", "unwritable"): for tests
@@ -173,33 +191,41 @@ cache_stats: dict[str, int] = {"hit": 0, "miss": 0, "corrupt": 0, "unwritable": 
 def compile_module(data: bytes, cache_dir: Path | None = None, *, use_cache: bool = True) -> wasmtime.Module:
     """Compile ``data`` for :func:`engine`, through the artifact cache.
 
-    A cache entry that is truncated, fails its checksum, or that wasmtime refuses to deserialize
+    An entry that is truncated, fails its checksum, or that wasmtime refuses to deserialize
     (another wasmtime build, another CPU) is counted as ``corrupt``, recompiled and replaced. A
     cache directory that cannot be written only costs the compile next time. Raises
     :class:`ValidationError` when wasmtime rejects the module.
     """
     if not use_cache:
         return _compile(data)
-    path = (cache_dir if cache_dir is not None else default_cache_dir()) / f"{cache_key(data)}.cwasm"
-    try:
-        blob = path.read_bytes()
-    except OSError:
-        blob = None
-    if blob is not None:
-        compiled = _load(blob)
-        if compiled is not None:
-            cache_stats["hit"] += 1
-            log.debug(__name__, "compiled-module cache hit: %s", path)
-            return compiled
-        cache_stats["corrupt"] += 1
-    else:
-        cache_stats["miss"] += 1
+    digest = fast_digest(data)
+    return compile_cached(digest, lambda: data, cache_dir)
+
+
+def compile_cached(digest: str, source: Callable[[], bytes], cache_dir: Path | None = None) -> wasmtime.Module:
+    """:func:`compile_module` for a module known by its :func:`fast_digest`: ``source()`` gives
+    its bytes, asked only on a cache miss (and if their digest is not ``digest`` after all, the
+    artifact is cached under theirs: an entry always holds the code of the bytes it is keyed by)."""
+    folder = cache_dir if cache_dir is not None else default_cache_dir()
+    path = folder / f"{artifact_key(digest)}.cwasm"
+    compiled, found = _load(path)
+    if compiled is not None:
+        cache_stats["hit"] += 1
+        log.debug(__name__, "compiled-module cache hit: %s", path)
+        return compiled
+    cache_stats["corrupt" if found else "miss"] += 1
+    data = source()
+    actual = fast_digest(data)
+    if actual != digest:
+        path = folder / f"{artifact_key(actual)}.cwasm"
     started = time.perf_counter()
     compiled = _compile(data)
     log.debug(__name__, "compiled-module cache %s: compiled %d bytes in %.3f s -> %s",
-              "miss" if blob is None else "entry damaged", len(data), time.perf_counter() - started, path)
+              "entry damaged" if found else "miss", len(data), time.perf_counter() - started, path)
     try:
-        write_atomically(path, cache_entry(bytes(compiled.serialize())))
+        payload = bytes(compiled.serialize())
+        write_atomically(path, payload)  # the artifact first, its checksum last: a reader that finds
+        write_atomically(_sum_path(path), sum_entry(payload, _stamp(os.stat(path))))  # it finds the whole artifact
     except OSError:
         cache_stats["unwritable"] += 1
         log.debug(__name__, "compiled-module cache: cannot write %s", path)
@@ -228,18 +254,63 @@ def cache_payload(blob: bytes) -> bytes | None:
     return payload if _artifact_hash(payload).digest() == digest else None
 
 
-def _load(blob: bytes) -> wasmtime.Module | None:
-    """The module in a cache entry, or None when the entry is damaged or not for this engine.
+def cache_payload_view(blob: bytes) -> memoryview | None:
+    """:func:`cache_payload` as a view into ``blob``, not a copy (a 9 MB site index)."""
+    head = len(CACHE_MAGIC)
+    if not blob.startswith(CACHE_MAGIC) or len(blob) < head + 32:
+        return None
+    payload = memoryview(blob)[head + 32 :]
+    return payload if _artifact_hash(payload).digest() == blob[head : head + 32] else None
+
+
+def sum_entry(payload: bytes, stamp: tuple[int, int, int] = (0, 0, 0)) -> bytes:
+    """The ``.sum`` file of a compiled artifact: :data:`SUM_MAGIC`, the payload's digest, its size,
+    the artifact file's stamp when it was checked (zeros: never)."""
+    return _SUM.pack(SUM_MAGIC, _artifact_hash(payload).digest(), len(payload), *stamp)
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _sum_path(path: Path) -> Path:
+    return path.with_suffix(".sum")
+
+
+def _load(path: Path) -> tuple[wasmtime.Module | None, bool]:
+    """(the compiled module cached at ``path``, or None; whether an entry was there at all).
 
     The checksum matters: deserializing is only safe for artifacts wasmtime itself produced, so
-    a flipped bit must never reach ``Module.deserialize``."""
-    payload = cache_payload(blob)
-    if payload is None:
-        return None
+    a flipped bit must never reach ``Module.deserialize_file``. It is computed over a read-only
+    mapping of the file (no copy into Python) unless the file is the one it was last computed
+    over (its stamp, :data:`SUM_MAGIC`), then wasmtime maps the same file itself."""
+    sum_path = _sum_path(path)
     try:
-        return wasmtime.Module.deserialize(engine(), payload)
+        head = sum_path.read_bytes()
+    except OSError:
+        return None, path.exists()
+    if len(head) != _SUM.size or not head.startswith(SUM_MAGIC):
+        return None, True
+    _, digest, size, *stamp = _SUM.unpack(head)
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if size == 0 or st.st_size != size:
+                return None, True
+            if tuple(stamp) != _stamp(st):
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    if _artifact_hash(mapped).digest() != digest:
+                        return None, True
+                try:  # checked: the next load of this very file need not hash it again
+                    write_atomically(sum_path, _SUM.pack(SUM_MAGIC, digest, size, *_stamp(st)))
+                except OSError:
+                    pass
+    except (OSError, ValueError):
+        return None, True
+    try:
+        return wasmtime.Module.deserialize_file(engine(), str(path)), True
     except wasmtime.WasmtimeError:
-        return None
+        return None, True
 
 
 def _one_line(e: BaseException) -> str:
@@ -324,10 +395,10 @@ _CALL_INDIRECT, _BLOCK, _LOOP, _IF, _ELSE, _END, _BR_IF, _UNREACHABLE = 0x11, 0x
 class _Code:
     """Instruction lookup by absolute module offset, for one module (built on first trap)."""
 
-    def __init__(self, module: Module, instrumented: bytes | None = None) -> None:
+    def __init__(self, module: Module, instrumented: bytes | Callable[[], bytes] | None = None) -> None:
         self._module = module  # decoded only when a trap needs it (a run may never trap)
         self._index: dict[int, dict[int, int]] = {}
-        self._instrumented = instrumented
+        self._instrumented = instrumented  # the bytes, or what reads them when a trap needs them
         self._origins: Any = None
 
     @functools.cached_property
@@ -350,7 +421,8 @@ class _Code:
         if self._origins is None:
             from wasmig.instrument.origins import OriginMap
 
-            self._origins = OriginMap(self._instrumented, self.ir)
+            code = self._instrumented() if callable(self._instrumented) else self._instrumented
+            self._origins = OriginMap(code, self.ir)
         found = self._origins.translate(func_index, offset)
         return offset if found is None else found
 
@@ -503,10 +575,13 @@ class WasmtimeInstance:
     engine = "wasmtime"
 
     def __init__(self, module: Module, wasi: Wasi | None = None, *, cache_dir: Path | None = None,
-                 use_cache: bool = True, fast_host_calls: bool | None = None, code: bytes | None = None,
+                 use_cache: bool = True, fast_host_calls: bool | None = None,
+                 code: bytes | Callable[[], bytes] | None = None, compiled: wasmtime.Module | None = None,
                  host_imports: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         """``code``: the bytes to run instead of ``module``'s own — the instrumented module, which
-        has the same imports and function indices (traps then name the original's functions).
+        has the same imports and function indices (traps then name the original's functions); a
+        callable giving them when first needed (a trap's offsets), with ``compiled``: those bytes,
+        compiled already (the cached instrumented module: its bytes are never read on a cache hit).
         ``host_imports``: wasmig externs (``HostFunc``, immutable ``Global``) by module and field,
         for imports ``wasi`` does not serve (``wasmig.Instance(..., engine="wasmtime")``, see
         :mod:`wasmig.engines.wasmtime_api`)."""
@@ -528,17 +603,18 @@ class WasmtimeInstance:
         imports = check_wasi_imports(ir)
         if imports and wasi is None:
             raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")
-        data = code if code is not None else module.data
-        if data is None:
-            from wasmig.binary.encoder import encode_module
+        if compiled is None:
+            data = (code() if callable(code) else code) if code is not None else module.data
+            if data is None:
+                from wasmig.binary.encoder import encode_module
 
-            data = encode_module(module.ir)
-        try:
-            compiled = compile_module(data, cache_dir, use_cache=use_cache)
-        except ValidationError:
-            if code is None:
-                _ = module.validation  # wasmig's own words for what is wrong with the module, if it finds it
-            raise
+                data = encode_module(module.ir)
+            try:
+                compiled = compile_module(data, cache_dir, use_cache=use_cache)
+            except ValidationError:
+                if code is None:
+                    _ = module.validation  # wasmig's own words for what is wrong with the module, if it finds it
+                raise
         self.store = wasmtime.Store(engine())
         linker = wasmtime.Linker(engine())
         self.memory_view: LinearMemoryView | None = None

@@ -46,7 +46,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         mod = module
     elif where is not None or module is not None:
         mod = find_module_for(where or Path("."), snap, str(module) if module is not None else None,
-                              validate=engine != "wasmtime")
+                              validate=engine != "wasmtime", decode=engine != "wasmtime")
     else:
         raise SnapshotError("restore needs the module: pass module=Module or a path")
     from wasmig.wasi.run import bind_wasi

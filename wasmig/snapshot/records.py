@@ -72,9 +72,7 @@ def records_from_frames(frames: list[FrameState], point: str, sitemap: SiteMap,
     A frame suspended in a ``call_indirect`` re-issues that call on rewind, so its record needs a
     table index that reaches the callee (the canonical frame no longer holds the operand):
     ``indirect_slot(func, pc, callee)`` gives one."""
-    by_key: dict[tuple[int, int, str], Site] = {}
-    for site in sitemap.sites:
-        by_key.setdefault((site.func, site.pc, "call" if site.kind == "import_call" else site.kind), site)
+    by_key = _SiteLookup(sitemap)
     out = bytearray()
     for depth, frame in enumerate(frames):
         innermost = depth == len(frames) - 1
@@ -109,6 +107,34 @@ def records_from_frames(frames: list[FrameState], point: str, sitemap: SiteMap,
         out += struct.pack("<II", site.id, frame.func)
         out += struct.pack(f"<{len(values)}Q", *values)
     return bytes(out)
+
+
+class _SiteLookup:
+    """The first site of each (function, pc, kind) — ``import_call`` counted as ``call`` —,
+    indexed one function at a time as frames ask: a rewind reads the sites of the functions on
+    its stack, not the whole map (hundreds of thousands of sites for CPython)."""
+
+    def __init__(self, sitemap: SiteMap) -> None:
+        self._sitemap = sitemap
+        self._by_func: dict[int, dict[tuple[int, str], Site]] = {}
+
+    def _add(self, site: Site) -> None:
+        table = self._by_func.setdefault(site.func, {})
+        table.setdefault((site.pc, "call" if site.kind == "import_call" else site.kind), site)
+
+    def get(self, key: tuple[int, int, str]) -> Site | None:
+        func, pc, kind = key
+        if func not in self._by_func:
+            sites_of = getattr(self._sitemap, "sites_of", None)  # a SiteIndex reads one function's sites
+            if sites_of is not None:
+                self._by_func[func] = {}
+                for site in sites_of(func):
+                    self._add(site)
+            elif not self._by_func:  # a SiteMap in memory: index it all at once
+                for site in self._sitemap.sites:
+                    self._add(site)
+        table = self._by_func.get(func)
+        return None if table is None else table.get((pc, kind))
 
 
 def _bits(value: Value, want: str, what: str) -> int:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wasmig.errors import SnapshotError
 from wasmig.snapshot.policy import (  # noqa: F401 - re-exported: the run loops' names for them
     CheckpointExit,
     CheckpointPolicy,
@@ -33,12 +34,12 @@ from wasmig.snapshot.policy import (  # noqa: F401 - re-exported: the run loops'
     MigrationInDoubt,
     ignore_checkpoint_request,
 )
-from wasmig.snapshot.state import Snapshot, SnapshotError
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 if TYPE_CHECKING:  # the interpreter is imported by the code that runs on it: a run on wasmtime never pays for it
     from wasmig.instance import Instance
     from wasmig.module import Module
+    from wasmig.snapshot.state import Snapshot  # (and the snapshot classes by the code that captures one)
 
 RUNTIME_DIR = Path(os.environ.get("WASMIG_RUNTIME_DIR", "/tmp/wasmig-run"))
 MODULE_FILE_PREFIX = "module-"
@@ -338,10 +339,12 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True) -> Module:
+def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True,
+                    decode: bool = True) -> Module:
     """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots,
     else the path recorded at checkpoint time. Always verified by sha256. ``validate=False``
-    defers validation to first use (see :class:`Module`)."""
+    defers validation to first use, ``decode=False`` decoding too (see :class:`Module`): a
+    restore on wasmtime needs neither when the module's instrumented variant is cached."""
     from wasmig.module import Module
 
     candidates: list[Path] = []
@@ -351,7 +354,7 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
         from wasmig.snapshot import wsnap
 
         if wsnap.is_wsnap(snapshot_path):  # a single-file export carries its module (sha256 checked)
-            return Module.from_bytes(wsnap.read_module(snapshot_path), validate=validate)
+            return Module.from_bytes(wsnap.read_module(snapshot_path), validate=validate, decode=decode)
         base = snapshot_path if snapshot_path.is_dir() else snapshot_path.parent.parent
         candidates.append(base / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
         candidates.append(snapshot_path.parent / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
@@ -360,7 +363,7 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
             candidates.append(Path(recorded))
     for path in candidates:
         if path.is_file():
-            module = Module.from_file(path, validate=validate)
+            module = Module.from_file(path, validate=validate, decode=decode)
             if module.sha256 != snap.module_sha256:
                 if explicit:
                     raise SnapshotError(f"{path} is not the module this snapshot was taken of "

@@ -27,30 +27,25 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wasmig import log
-from wasmig.errors import WasmError
-from wasmig.instrument.sites import SECTION_NAME, SiteMap
-from wasmig.instrument.unwind import (
-    DROPS_BASE,
-    GLOBALS_BASE,
-    MEMORY_PAGES,
-    NEVER,
-    POLL,
-    READ_PTR,
-    RECORDS_BASE,
-    STATE_REWINDING,
-    STATE_UNWINDING,
-    WRITE_PTR,
-    instrument,
-)
+from wasmig.errors import SnapshotError, WasmError
+from wasmig.hashing import fast_hash
 from wasmig.module import Module
+from wasmig.snapshot import site_index
 from wasmig.snapshot.capture_wasmtime import capture_wasmtime, memory_export, static_tables
-from wasmig.snapshot.records import MASKS, frames_from_records, records_from_frames
 from wasmig.snapshot.session import CheckpointExit, CheckpointPolicy, SessionBase
-from wasmig.snapshot.state import FrameState, Snapshot, SnapshotError
+from wasmig.snapshot.site_index import SiteIndex
 from wasmig.wasi.preview1 import ProcExit, Wasi
+
+if TYPE_CHECKING:
+    # imported where a checkpoint, a rewind or an instrumentation needs them, not by a start: the
+    # pass, the IR classes it is written with, the snapshot classes, the store (msgpack, zstandard)
+    # would add 20 ms to every start (docs/instrument.md, "Start-up")
+    from wasmig.instrument.sites import SiteMap
+    from wasmig.snapshot.state import FrameState, Snapshot
+    from wasmig.snapshot.store import PagedMemory
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
 PASS_VERSION = "wasmig-instrument-13"
@@ -185,40 +180,83 @@ class InstrumentNotice:
         self._write(end)
 
 
-def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False,
-                       announce: str | None = None) -> tuple[bytes, SiteMap]:
-    """The instrumented module's bytes and site map (the fast variant, or with ``count_steps``
-    the deterministic one), through a cache keyed by the original module's sha256, the variant
-    and the pass's fingerprint (the pass is pure Python and costs seconds on big modules; a
-    restore should not pay it). A damaged entry is rebuilt. ``announce``: the module's name for
-    the lines :class:`InstrumentNotice` prints on stderr when a big module has to be instrumented
-    (a cache hit, or a small module, prints nothing); None, silent."""
-    global _FINGERPRINT
-    from wasmig.binary.decoder import read_custom_section
-    from wasmig.binary.encoder import encode_module
-    from wasmig.engines.wasmtime import cache_entry, cache_payload, default_cache_dir
-    from wasmig.files import write_atomically
+class Instrumented:
+    """A module's instrumented variant, through the cache (:func:`instrumented`): its site index,
+    its compiled code, and its bytes only when something needs them — a cached start reads
+    neither the instrumented module (96 MB for CPython) nor its JSON site map."""
 
+    def __init__(self, module: Module, path: Path, index_path: Path, sites: SiteIndex, data: bytes | None,
+                 count_steps: bool, announce: str | None, cache_dir: Path | None) -> None:
+        self.module = module
+        self.path = path
+        self.index_path = index_path
+        self.sites = sites
+        self._data = data
+        self._count_steps = count_steps
+        self._announce = announce
+        self._cache_dir = cache_dir
+
+    @property
+    def data(self) -> bytes:
+        """The instrumented module's bytes, read from the cache when first asked; instrumented
+        again if that entry is gone or damaged (then :attr:`sites` is that run's, whatever the
+        index said)."""
+        if self._data is None:
+            from wasmig.engines.wasmtime import cache_payload
+
+            try:
+                blob = self.path.read_bytes()
+            except OSError:
+                blob = None
+            data = cache_payload(blob) if blob is not None else None
+            if data is None or fast_hash(data).digest() != self.sites.module_digest:
+                data, self.sites = _instrument(self.module, self.path, self.index_path, self._count_steps,
+                                               self._announce, "entry damaged" if blob is not None else "miss")
+            self._data = data
+        return self._data
+
+    def compiled(self) -> Any:
+        """The compiled instrumented module (a ``wasmtime.Module``), from the artifact cache by the
+        digest the site index records; the bytes are read (or made) only on a miss."""
+        from wasmig.engines.wasmtime import compile_cached
+
+        return compile_cached(self.sites.module_digest.hex(), lambda: self.data, self._cache_dir)
+
+
+def _cache_key(module: Module, count_steps: bool) -> str:
+    global _FINGERPRINT
     if _FINGERPRINT is None:
         _FINGERPRINT = _pass_fingerprint()
-    key = hashlib.sha256(_FINGERPRINT + (module.sha256 or hashlib.sha256(encode_module(module.ir)).hexdigest())
-                         .encode() + (b"/steps" if count_steps else b"/fast")).hexdigest()
-    path = (cache_dir if cache_dir is not None else default_cache_dir()) / f"instrumented-{key}.wasm"
+    if module.sha256 is not None:
+        sha = module.sha256
+    else:
+        from wasmig.binary.encoder import encode_module
+
+        sha = hashlib.sha256(encode_module(module.ir)).hexdigest()
+    return hashlib.sha256(_FINGERPRINT + sha.encode() + (b"/steps" if count_steps else b"/fast")).hexdigest()
+
+
+def _write_index(index_path: Path, sitemap: SiteMap, data: bytes) -> SiteIndex:
+    """Write (best effort) and return the site index of the instrumented module ``data``."""
+    from wasmig.engines.wasmtime import cache_entry
+    from wasmig.files import write_atomically
+
+    raw = site_index.encode(sitemap, fast_hash(data).digest(), len(data))
     try:
-        blob = path.read_bytes()
+        write_atomically(index_path, cache_entry(raw))
     except OSError:
-        blob = None
-    data = cache_payload(blob) if blob is not None else None
-    if data is not None:
-        try:
-            raw = read_custom_section(data, SECTION_NAME)
-            if raw is not None:
-                sitemap = SiteMap.from_bytes(raw)
-                if sitemap.counts_steps == count_steps:
-                    log.debug(__name__, "instrumented-module cache hit: %s", path)
-                    return data, sitemap
-        except (WasmError, ValueError, TypeError, KeyError):  # a damaged entry is rebuilt
-            pass
+        log.debug(__name__, "instrumented-module cache: cannot write %s", index_path)
+    return SiteIndex(raw)
+
+
+def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool, announce: str | None,
+                why: str) -> tuple[bytes, SiteIndex]:
+    """Run the pass (announced on stderr for a big module), cache its module and site index."""
+    from wasmig.binary.encoder import encode_module
+    from wasmig.engines.wasmtime import cache_entry
+    from wasmig.files import write_atomically
+    from wasmig.instrument.unwind import instrument
+
     started = time.perf_counter()
     notice = InstrumentNotice(announce) if announce is not None and InstrumentNotice.worth_it(module) else None
     if notice is not None:
@@ -232,14 +270,67 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_s
         raise
     if notice is not None:
         notice.end(ok=True)
-    log.debug(__name__, "instrumented-module cache %s: instrumented in %.3f s (%s variant) -> %s",
-              "miss" if blob is None else "entry damaged", time.perf_counter() - started,
-              "counting" if count_steps else "fast", path)
+    log.debug(__name__, "instrumented-module cache %s: instrumented in %.3f s (%s variant) -> %s", why,
+              time.perf_counter() - started, "counting" if count_steps else "fast", path)
     try:
         write_atomically(path, cache_entry(data))
     except OSError:
         log.debug(__name__, "instrumented-module cache: cannot write %s", path)
-    return data, done.sitemap
+    return data, _write_index(index_path, done.sitemap, data)
+
+
+def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False,
+                 announce: str | None = None) -> Instrumented:
+    """The instrumented module (the fast variant, or with ``count_steps`` the deterministic one),
+    through a cache keyed by the original module's sha256, the variant and the pass's fingerprint
+    (the pass is pure Python and costs minutes on big modules; a restore should not pay it).
+    A cache entry is the module (``instrumented-KEY.wasm``) and its site index
+    (``instrumented-KEY.sites``, :mod:`wasmig.snapshot.site_index`); an index missing beside a
+    valid module (an entry of an older wasmig) is made from the module's site map section, a
+    damaged entry is rebuilt. ``announce``: the module's name for the lines
+    :class:`InstrumentNotice` prints on stderr when a big module has to be instrumented (a cache
+    hit, or a small module, prints nothing); None, silent."""
+    from wasmig.engines.wasmtime import cache_payload, cache_payload_view, default_cache_dir
+
+    key = _cache_key(module, count_steps)
+    folder = cache_dir if cache_dir is not None else default_cache_dir()
+    path, index_path = folder / f"instrumented-{key}.wasm", folder / f"instrumented-{key}.sites"
+    try:
+        sites = SiteIndex(cache_payload_view(index_path.read_bytes()) or b"")
+    except (OSError, ValueError):
+        sites = None
+    if sites is not None and sites.counts_steps == count_steps:
+        log.debug(__name__, "instrumented-module cache hit: %s", index_path)
+        return Instrumented(module, path, index_path, sites, None, count_steps, announce, cache_dir)
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        blob = None
+    data = cache_payload(blob) if blob is not None else None
+    if data is not None:
+        from wasmig.binary.decoder import read_custom_section
+        from wasmig.instrument.sites import SECTION_NAME, SiteMap
+
+        try:
+            raw = read_custom_section(data, SECTION_NAME)
+            sitemap = SiteMap.from_bytes(raw) if raw is not None else None
+        except (WasmError, ValueError, TypeError, KeyError):  # a damaged entry is rebuilt
+            sitemap = None
+        if sitemap is not None and sitemap.counts_steps == count_steps:
+            log.debug(__name__, "instrumented-module cache hit: %s (its site index made now)", path)
+            return Instrumented(module, path, index_path, _write_index(index_path, sitemap, data), data,
+                                count_steps, announce, cache_dir)
+    data, sites = _instrument(module, path, index_path, count_steps, announce,
+                              "miss" if blob is None else "entry damaged")
+    return Instrumented(module, path, index_path, sites, data, count_steps, announce, cache_dir)
+
+
+def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False,
+                       announce: str | None = None) -> tuple[bytes, SiteIndex]:
+    """The instrumented module's bytes and site map (see :func:`instrumented`)."""
+    art = instrumented(module, cache_dir, count_steps=count_steps, announce=announce)
+    data = art.data
+    return data, art.sites
 
 
 class Checkpointable:
@@ -255,8 +346,15 @@ class Checkpointable:
 
         self.module = module
         self.wasi = wasi
-        code, self.sitemap = instrumented_bytes(module, count_steps=count_steps, announce=announce)
-        self.instance = WasmtimeInstance(module, wasi, code=code)
+        # a cached entry of the module's facts gives its sha256 too, the instrumented module's key
+        known = module.cached_facts()
+        self.instrumented = instrumented(module, count_steps=count_steps, announce=announce)
+        compiled = self.instrumented.compiled()
+        self.sitemap = self.instrumented.sites
+        #: what the checkpoint code reads of the module (learnt once by decoding it when not cached;
+        #: after an instrumentation, from the IR the pass decoded)
+        self.facts = known if known is not None else module.facts
+        self.instance = WasmtimeInstance(module, wasi, code=lambda: self.instrumented.data, compiled=compiled)
         ex = self.instance.exports
         self.store = self.instance.store
         self._state = ex["wasmig:state"]
@@ -267,14 +365,14 @@ class Checkpointable:
         # the control memory never moves (memory_may_move is off): a plain address, writable
         # from any thread
         poll_base = ctypes.addressof(ex["wasmig:poll"].data_ptr(self.store).contents)
-        self._poll = ctypes.c_uint8.from_address(poll_base + POLL)
+        self._poll = ctypes.c_uint8.from_address(poll_base + self.sitemap.poll)
         self.instance.interrupt_flag = self._poll
         # memory 0's size, which the module itself keeps up to date after every memory.grow, and
         # its address (it never moves): another thread reads the live memory through these two
         # without calling into wasmtime's store while the guest runs (a migration's pre-copy)
-        self._pages = ctypes.c_uint32.from_address(poll_base + MEMORY_PAGES)  # wasmtime hosts are little-endian
+        self._pages = ctypes.c_uint32.from_address(poll_base + self.sitemap.memory_pages)  # little-endian hosts
         self._memory_base = 0
-        if module.ir.all_mems():
+        if self.facts.mems:
             self._memory_base = ctypes.addressof(self._memory(0).data_ptr(self.store).contents)
             self._publish_pages()
         self._tables: list[Any] | None = None
@@ -290,11 +388,11 @@ class Checkpointable:
     @property
     def steps(self) -> int | None:
         """Stable points executed (the canonical step count); None in the fast variant."""
-        return self._steps.value(self.store) & MASKS["i64"] if self.count_steps else None
+        return self._steps.value(self.store) & _I64 if self.count_steps else None
 
     @property
     def unwound(self) -> bool:
-        return self._state.value(self.store) == STATE_UNWINDING
+        return self._state.value(self.store) == self.sitemap.state_unwinding
 
     def request(self) -> None:
         """Stop at the next stable point, or now if blocked in a WASI call (any thread)."""
@@ -313,8 +411,8 @@ class Checkpointable:
                 raise SnapshotError("stopping at a step needs the step count: "
                                     "Checkpointable(..., count_steps=True)")
             return
-        steps = self._steps.value(self.store) & MASKS["i64"]
-        self._stop_at.set_value(self.store, at_step if at_step is not None and at_step > steps else NEVER)
+        steps = self._steps.value(self.store) & _I64
+        self._stop_at.set_value(self.store, at_step if at_step is not None and at_step > steps else self.sitemap.never)
 
     # --- running -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -341,6 +439,9 @@ class Checkpointable:
         assert point is not None
         if not frames:  # an idle snapshot: nothing was running
             return
+        from wasmig.instrument.unwind import READ_PTR, RECORDS_BASE, STATE_REWINDING, WRITE_PTR
+        from wasmig.snapshot.records import records_from_frames
+
         records = records_from_frames(frames, point, self.sitemap, self._indirect_slot)
         name = self._rewind_export(frames[0].func)
         need = RECORDS_BASE + len(records)
@@ -396,19 +497,23 @@ class Checkpointable:
         return slot
 
     def _find_indirect_slot(self, func: int, pc: int, callee: int) -> int:
-        ir = self.module.ir
-        body = ir.funcs[func - ir.num_imported_funcs()].body
-        ins = next((x for x in body if x.offset == pc), None)
-        if ins is None or ins.op != 0x11:
+        module, defined = self.module, func - self.facts.imported_funcs
+        table = None
+        if module.data is not None:  # that one instruction's bytes, not the whole function decoded
+            table = self.facts.indirect_call_table(module.data, defined, pc)
+        elif 0 <= defined < self.facts.defined_funcs:
+            ins = next((x for x in module.ir.funcs[defined].body if x.offset == pc), None)
+            table = ins.imm[1] if ins is not None and ins.op == 0x11 else None
+        if table is None:
             raise SnapshotError(f"snapshot does not fit the module: no indirect call at {pc:#x} in function {func}")
         if self._tables is None:
             self._tables = static_tables(self.module)
-        elements = self._tables[ins.imm[1]].elements
+        elements = self._tables[table].elements
         try:
             return elements.index(callee)
         except ValueError:
             raise SnapshotError(f"snapshot does not fit the module: function {callee} is not in table "
-                                f"{ins.imm[1]}") from None
+                                f"{table}") from None
 
     def _rewind_export(self, func: int) -> str:
         """The export of the rewind copy of ``func``, the outermost frame's function."""
@@ -442,6 +547,8 @@ class Checkpointable:
     # --- state -----------------------------------------------------------------------------------
     def frames(self) -> tuple[list[FrameState], str]:
         """The canonical frames and point, after the guest unwound."""
+        from wasmig.snapshot.records import frames_from_records
+
         ctl = bytes(self.ctl.read(self.store, 0, self.ctl.data_len(self.store)))
         self._pending = frames_from_records(ctl, self.sitemap)
         return self._pending
@@ -452,60 +559,73 @@ class Checkpointable:
         self._pending = (snap.frames, snap.point)
         return snap
 
-    def load(self, snap: Snapshot, *, memory_in_place: bool = False) -> None:
+    def load(self, snap: Snapshot, *, memory_in_place: bool = False, pages: list[PagedMemory] | None = None) -> None:
         """Put a snapshot's memory, globals, tables, dropped segments and step count into this
         (fresh) instance; the frames follow with :meth:`resume`. ``memory_in_place``: the
         memories already hold the snapshot's contents (a live migration's target wrote them
-        page by page, see :meth:`memory_address`)."""
-        module = self.module
-        ir = module.ir
+        page by page, see :meth:`memory_address`). ``pages``: the memories' pages, read on demand
+        (:func:`wasmig.snapshot.store.load_snapshot_deferred`; the snapshot's memory bytes are
+        then empty): only the pages the fresh instance does not already hold are read and written."""
+        from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
+        from wasmig.snapshot.records import MASKS
+
+        module, facts = self.module, self.facts
         store = self.store
         if module.sha256 != snap.module_sha256:
             raise SnapshotError(f"the snapshot is of another module (sha256 {snap.module_sha256[:16]}..., "
                                 f"this module is {str(module.sha256)[:16]}...)")
-        mems, globals_ = ir.all_mems(), ir.all_globals()
+        mems, globals_ = facts.mems, facts.globals
         if (len(snap.memories), len(snap.globals), len(snap.tables)) != (len(mems), len(globals_),
-                                                                          len(ir.all_tables())):
+                                                                          len(facts.tables)):
             raise SnapshotError("snapshot does not fit the module: memory, table or global counts differ")
-        if (len(snap.dropped_data), len(snap.dropped_elems)) != (len(ir.datas), len(ir.elems)):
+        if (len(snap.dropped_data), len(snap.dropped_elems)) != (len(facts.data_modes), len(facts.elem_modes)):
             raise SnapshotError("snapshot does not fit the module: segment counts differ")
-        for i, ms in enumerate(snap.memories if not memory_in_place else ()):
+        if pages is not None and (memory_in_place or len(pages) != len(snap.memories)):
+            raise SnapshotError("internal error: the snapshot's pages do not match its memories")
+        sources: list[Any] = [ms.data for ms in snap.memories] if pages is None else list(pages)
+        self.pages_written = 0
+        for i, src in enumerate(sources if not memory_in_place else ()):
             mem = self._memory(i)
-            pages = len(ms.data) // 65536
+            size = len(src) // _PAGE if isinstance(src, (bytes, bytearray)) else len(src)
             have = mem.size(store)
-            limit = mems[i].limits.max if mems[i].limits.max is not None else 65536
-            if pages < have or pages > limit:
-                raise SnapshotError(f"snapshot does not fit the module: memory {i} has {pages} pages")
-            if pages > have:
-                mem.grow(store, pages - have)
-            if ms.data:
-                _copy_pages(ctypes.addressof(mem.data_ptr(store).contents), ms.data, _data_pages(module, i))
+            limit = mems[i][1] if mems[i][1] is not None else 65536
+            if size < have or size > limit:
+                raise SnapshotError(f"snapshot does not fit the module: memory {i} has {size} pages")
+            if size > have:
+                mem.grow(store, size - have)
+            if not size:
+                continue
+            address = ctypes.addressof(mem.data_ptr(store).contents)
+            if isinstance(src, (bytes, bytearray)):
+                _copy_pages(address, src, facts.page_set(i))
+            else:
+                self.pages_written += _write_pages(address, src, facts.page_set(i))
         if mems:
             self._publish_pages()
         if memory_in_place and snap.memories:
-            for i, mt in enumerate(mems):
-                if mt.limits.max is not None and self.memory_pages(i) > mt.limits.max:
+            for i, (_, most) in enumerate(mems):
+                if most is not None and self.memory_pages(i) > most:
                     raise SnapshotError(f"snapshot does not fit the module: memory {i} is too large")
         if snap.tables != static_tables(module):
             raise SnapshotError("cannot restore on wasmtime: the snapshot's tables differ from the module's element "
                                 "segments (a table changed at run time); restore it on the interpreter")
         self.instance.invoke("wasmig:dump")
         ctl_view = bytes(self.ctl.read(store, GLOBALS_BASE, GLOBALS_BASE + 8 * len(globals_)))
-        for i, (gt, gs) in enumerate(zip(globals_, snap.globals, strict=True)):
+        for i, ((gtype, gmutable), gs) in enumerate(zip(globals_, snap.globals, strict=True)):
             t, bits = gs.value
-            if gs.type != gt.type or gs.mutable != gt.mutable or t != gt.type or t not in MASKS \
+            if gs.type != gtype or gs.mutable != gmutable or t != gtype or t not in MASKS \
                     or not isinstance(bits, int) or not 0 <= bits <= MASKS[t]:
                 raise SnapshotError(f"snapshot does not fit the module: global {i}")
-            if gt.mutable:
+            if gmutable:
                 self.ctl.write(store, struct.pack("<Q", bits), GLOBALS_BASE + 8 * i)
             elif struct.unpack_from("<Q", ctl_view, 8 * i)[0] & MASKS[t] != bits:
                 raise SnapshotError(f"snapshot does not fit the module: immutable global {i} has another value")
-        n_data = len(ir.datas)
-        flags = bytearray(n_data + len(ir.elems))
-        for i, (seg, dropped) in enumerate(zip(ir.datas, snap.dropped_data, strict=True)):
-            flags[i] = seg.mode == "passive" and dropped
-        for i, (seg, dropped) in enumerate(zip(ir.elems, snap.dropped_elems, strict=True)):
-            flags[n_data + i] = seg.mode == "passive" and dropped
+        n_data = len(facts.data_modes)
+        flags = bytearray(n_data + len(facts.elem_modes))
+        for i, (mode, dropped) in enumerate(zip(facts.data_modes, snap.dropped_data, strict=True)):
+            flags[i] = mode == "p" and dropped
+        for i, (mode, dropped) in enumerate(zip(facts.elem_modes, snap.dropped_elems, strict=True)):
+            flags[n_data + i] = mode == "p" and dropped
         if flags:
             self.ctl.write(store, bytes(flags), DROPS_BASE)
         self.instance.invoke("wasmig:load")
@@ -521,6 +641,33 @@ class Checkpointable:
 
 _PAGE = 65536
 _ZERO_PAGE = bytes(_PAGE)
+_I64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _write_pages(address: int, pages: PagedMemory, dirty: set[int] | None) -> int:
+    """Write a deferred snapshot memory over a fresh memory at ``address``, reading only the pages
+    that differ from what it holds: a page zero in both is skipped, and so is a page whose hash
+    in the snapshot is that of the fresh page (module data the program never changed: no read,
+    no decompression, no copy). ``dirty``: the fresh memory's pages that may be non-zero (its data
+    segments'; None: any). Returns the pages written."""
+    from wasmig.hashing import blake3
+
+    fresh = memoryview((ctypes.c_ubyte * (len(pages) * _PAGE)).from_address(address)).cast("B")
+    written = 0
+    for j, entry in enumerate(pages.entries):
+        held = dirty is None or j in dirty  # the fresh page may be non-zero
+        lo = j * _PAGE
+        if entry is None:
+            if held:  # zeroed by the program
+                ctypes.memset(address + lo, 0, _PAGE)
+                written += 1
+            continue
+        digest = pages.digest(j)
+        if held and digest is not None and blake3(fresh[lo : lo + _PAGE]).hexdigest() == digest:
+            continue
+        ctypes.memmove(address + lo, pages.page(j), _PAGE)
+        written += 1
+    return written
 
 
 def _copy_pages(address: int, data: bytes, dirty: set[int] | None) -> None:
@@ -537,19 +684,6 @@ def _copy_pages(address: int, data: bytes, dirty: set[int] | None) -> None:
         elif not copy and run_start is not None:
             ctypes.memmove(address + run_start, data[run_start:lo], lo - run_start)
             run_start = None
-
-
-def _data_pages(module: Module, memory: int) -> set[int] | None:
-    """The pages of ``memory`` that its active data segments initialise (None: not known)."""
-    pages: set[int] = set()
-    for seg in module.ir.datas:
-        if seg.mode != "active" or seg.memory != memory or not seg.init:
-            continue
-        if not seg.offset or seg.offset[0].op != 0x41:
-            return None
-        start = seg.offset[0].imm
-        pages.update(range(start // _PAGE, (start + len(seg.init) - 1) // _PAGE + 1))
-    return pages
 
 
 class WasmtimeSession(SessionBase):
@@ -572,7 +706,7 @@ class WasmtimeSession(SessionBase):
         """A live view of the guest's memory (read while it runs: a migration's pre-copy rounds),
         made without calling into wasmtime (see :meth:`Checkpointable.live_memory`). The pass
         refuses modules with more than one memory."""
-        if not self.module.ir.all_mems():
+        if not self.runner.facts.mems:
             return []
         address, size = self.runner.live_memory()
         view = memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B") if size else memoryview(b"")

@@ -23,7 +23,7 @@ def _host_func(params: tuple[str, ...], results: tuple[str, ...], fn: Any, name:
 
 def wasi_imports(module: Module, wasi: Wasi) -> dict[str, dict[str, Any]]:
     """The import object for ``module``: the WASI functions it imports, nothing else (LinkError otherwise)."""
-    return wasi.imports(_host_func, [imp.name for imp in check_wasi_imports(module.ir)])
+    return wasi.imports(_host_func, [imp.name for imp in check_wasi_imports(module.interface)])
 
 
 def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp",
