@@ -252,7 +252,6 @@ def _write_index(index_path: Path, sitemap: SiteMap, data: bytes) -> SiteIndex:
 def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool, announce: str | None,
                 why: str) -> tuple[bytes, SiteIndex]:
     """Run the pass (announced on stderr for a big module), cache its module and site index."""
-    from wasmig.binary.encoder import encode_module
     from wasmig.engines.wasmtime import cache_entry
     from wasmig.files import write_atomically
     from wasmig.instrument.unwind import instrument
