@@ -225,7 +225,10 @@ def test_killing_the_target_at_a_step_leaves_the_source_running(tmp_path: Path, 
                                                                 reference: list[str], token: Path, step: str) -> None:
     """Up to and including the commit's arrival (before the daemon records it): the source goes
     on (after "prepared" and "commit" it learns so by asking the daemon, whose asking aborts the
-    migration for good), and the program never runs on the target."""
+    migration for good), and the program never runs on the target. "resumed": the program had
+    resumed there, held before its first host call. "decided": the daemon recorded the commit,
+    then the process holding the program died before it started it; asked, the daemon says so,
+    and the source goes on (nothing can start it there any more)."""
     with daemon(tmp_path, "target", "wasmtime", token, fault=step) as d, \
             source(tmp_path, program, "wasmtime") as (proc, out):
         failed = migrate(proc.pid, d.address, token)
@@ -235,6 +238,9 @@ def test_killing_the_target_at_a_step_leaves_the_source_running(tmp_path: Path, 
         assert f"killed after {step}" in d.log()
         if step in ("prepared", "commit"):
             assert "asked after it" in d.log() and ": aborted" in d.log()
+        if step == "decided":
+            assert "asked after it" in d.log() and ": committed, program lost" in d.log(), d.log()
+            assert "never run there" in failed.stderr
         assert_ran_exactly_once(reference, out)
         assert d.out.read_text() == ""  # never ran there
 

@@ -280,6 +280,7 @@ class Checkpointable:
         self._tables: list[Any] | None = None
         self._slots: dict[tuple[int, int, int], int] = {}
         self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
+        self._rewind_watch: tuple[ctypes.c_uint32, int] | None = None  # see rewind_ended()
 
     # --- control ---------------------------------------------------------------------------
     @property
@@ -351,10 +352,22 @@ class Checkpointable:
         self.ctl.write(self.store, struct.pack("<I", need), WRITE_PTR)
         self.ctl.write(self.store, struct.pack("<I", RECORDS_BASE), READ_PTR)
         self._state.set_value(self.store, STATE_REWINDING)
+        base = ctypes.addressof(self.ctl.data_ptr(self.store).contents)  # never moves (memory_may_move is off)
+        self._rewind_watch = (ctypes.c_uint32.from_address(base + WRITE_PTR), need)
         # the outermost frame's rewind copy: it pops its record and calls the next frame's copy
         self._call(name)
         if self._state.value(self.store) == STATE_REWINDING:
             raise SnapshotError("internal error: the rewind did not reach the snapshot's innermost frame")
+
+    def rewind_ended(self) -> bool:
+        """Whether the rewind :meth:`resume` started has reached the snapshot's innermost frame
+        (``$state`` is back to running and the program goes on), read from any thread while the
+        guest runs: the end of a rewind resets the records' write pointer, which :meth:`resume`
+        set past the records, in the control memory (plain memory that never moves). False
+        before :meth:`resume` wrote its records. A live migration's target answers only once this
+        is true; it latches the answer (a later unwind moves the pointer again)."""
+        watch = self._rewind_watch
+        return watch is not None and watch[0].value != watch[1]
 
     # --- memory in place (a live migration's target) ------------------------------------------
     def _memory(self, i: int) -> Any:
