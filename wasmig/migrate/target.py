@@ -41,8 +41,9 @@ from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain
 #: for the tests that kill the target at each protocol step: the step after which a child kills
 #: itself (SIGKILL), named by this environment variable ("resumed": the program resumed, before
 #: ``prepared``; "decided": the commit recorded, before ``committed`` and before the program
-#: started); "daemon" kills the whole daemon (its process group) when the commit arrives, so
-#: nobody can tell the source what became of it
+#: started); "started" loses the ``committed`` answer and dies once the program counts as
+#: started (the source can only save it); "daemon" kills the whole daemon (its process group)
+#: when the commit arrives, so nobody can tell the source what became of it
 FAULT_ENV = "WASMIG_SERVE_FAULT"
 FAULT_STEPS = ("auth", "offer", "module", "pages", "state", "resumed", "prepared", "commit", "decided")
 _ID_CHARS = frozenset("0123456789abcdef")
@@ -310,11 +311,13 @@ class _Target:
         _fault("decided")
         # committed: from here on the program runs here, whatever happens to the connection
         try:
-            ch.send("committed", pid=os.getpid())
+            if os.environ.get(FAULT_ENV) != "started":  # that fault loses the answer, then dies
+                ch.send("committed", pid=os.getpid())
         except MigrationError:
             pass
         ch.close()
         _mark(self.state_dir, self.id, "started")
+        _fault("started")
         try:
             program.control = _serve_control(program.session)
         except OSError as e:  # the program runs all the same, only it cannot move on
