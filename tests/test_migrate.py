@@ -114,13 +114,13 @@ def daemon(tmp_path: Path, name: str, engine: str, token: Path, fault: str | Non
 
 
 @contextmanager
-def source(tmp_path: Path, program: Path, engine: str, args: list[str] = ARGS, started: str = "round 2 "
-           ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """``wasmig run --migratable``, once its output holds ``started``."""
+def source(tmp_path: Path, program: Path, engine: str, args: list[str] = ARGS, started: str = "round 2 ",
+           options: list[str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``wasmig run --migratable [OPTIONS] PROGRAM ARGS``, once its output holds ``started``."""
     out = tmp_path / "source.out"
     with open(out, "wb") as o, open(tmp_path / "source.err", "wb") as e:
-        proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", engine, str(program), *args),
-                                stdout=o, stderr=e)
+        proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", engine, *(options or []), str(program),
+                                       *args), stdout=o, stderr=e)
     try:
         wait_for(lambda: started in out.read_text(), f"the program did not start: {(tmp_path / 'source.err')}")
         yield proc, out

@@ -396,7 +396,13 @@ class _Target:
                 raise MigrationError("malformed module message")
         if hashlib.sha256(data).hexdigest() != sha:
             raise MigrationError("the module's bytes do not match its sha256")
-        module = Module.from_bytes(data)
+        # on wasmtime, wasmtime validates the (instrumented) module and the pass validates it when
+        # its cache misses: decoding and validating 26 MB of CPython in Python here cost ~20 s; the
+        # interpreter needs the validation (it compiles from it): now, while the program still
+        # runs at the source, rather than in the downtime
+        module = Module.from_bytes(data, decode=self.engine != "wasmtime")
+        if self.engine != "wasmtime":
+            _ = module.validation
         if not have:
             write_atomically(cached, data)
         self.landing = _InstanceLanding(module) if self.engine == "wasmtime" else _ImageLanding(module)
