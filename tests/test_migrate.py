@@ -320,6 +320,32 @@ def test_a_rewind_that_traps_on_the_target_leaves_the_program_at_the_source(tmp_
         assert d.out.read_text() == ""
 
 
+def test_a_program_that_traps_after_the_commit_is_kept_by_the_target(tmp_path: Path, token: Path) -> None:
+    """Moved from the interpreter to wasmtime while it ticks near the top of its stack, then it
+    goes 40,000 frames deep, which wasmtime's stack does not hold: it traps there, after the
+    commit, the source gone. The target keeps the state it arrived in and says where; restored
+    (on the interpreter), it finishes: what it printed on the target comes again, nothing is lost."""
+    deep = compile_c(PROGRAMS / "deepwait.c")
+    args = ["40000", "0", "50", "60"]
+    reference = reference_on("interp", deep, ["40000", "0", "0", "60"])
+    with daemon(tmp_path, "target", "wasmtime", token) as d, \
+            source(tmp_path, deep, "interp", args, started="first 3") as (proc, out):
+        moved = migrate(proc.pid, d.address, token)
+        assert moved.returncode == 0, moved.stderr
+        assert proc.wait(60) == 0
+        wait_for(lambda: "program trapped" in d.log(), f"it did not trap on the target: {d.log()}")
+        wait_for(lambda: "is kept in" in d.log() or "could not be kept" in d.log(), d.log())
+        assert "program trapped: call stack exhausted" in d.log() and "\n    at " in d.log()
+        kept = re.search(r"is kept in (\S+\.snap): `wasmig restore --module (\S+) ", d.log())
+        assert kept, d.log()
+        restored = subprocess.run(wasmig("restore", "--engine", "interp", "--module", kept.group(2), kept.group(1)),
+                                  capture_output=True, text=True, timeout=300)
+        assert restored.returncode == 0, restored.stderr
+    on_target, again = d.out.read_text().splitlines(), restored.stdout.splitlines()
+    assert again[:len(on_target)] == on_target  # done again from the migration's stop
+    assert out.read_text().splitlines() + again == reference
+
+
 #: a WASI command the compiled engine's instrumentation pass refuses (a funcref local), which the
 #: interpreter runs: "tick NN" 40 times, 50 ms apart (poll_oneoff on a clock)
 REFUSED_WAT = r"""

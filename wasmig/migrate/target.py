@@ -33,6 +33,7 @@ import zstandard
 
 from wasmig.errors import Trap, WasmError
 from wasmig.files import write_atomically
+from wasmig.migrate.arrival import Arrival, data_segment_pages, initial_image
 from wasmig.migrate.pages import ZERO_PAGE, page_id
 from wasmig.migrate.protocol import Channel, MigrationError, authenticate_as_server
 from wasmig.module import Module
@@ -240,6 +241,8 @@ class _Target:
         self.cache = PageCache(state_dir / "pages")
         self.dctx = zstandard.ZstdDecompressor()
         self.id = "?"
+        self.module: Module | None = None
+        self.arrival = Arrival()  # kept in case the program fails after the commit
 
     def run(self) -> int:
         ch = self.ch
@@ -288,8 +291,24 @@ class _Target:
         if kind == "moved":
             log("program migrated away")
             return 0
-        log(f"program {'trapped' if kind == 'trap' else 'failed'}: {detail}")
+        log(f"program {'trapped' if kind == 'trap' else 'failed'}: {detail}"
+            + "".join(f"\n    at {frame}" for frame in program.backtrace[:16]))
+        self._keep_arrival()
         return 134 if kind == "trap" else 1
+
+    def _keep_arrival(self) -> None:
+        """The program failed here after the commit: write the state it arrived in, so that it is
+        not lost (the source is gone), and say where."""
+        path = self.state_dir / "kept" / f"{self.id}.snap"
+        module_file = self.state_dir / "modules" / f"{self.module.sha256 if self.module else '?'}.wasm"
+        try:
+            self.arrival.write(path, self.cache.get, lambda: data_segment_pages(self.module))
+        except (SnapshotError, WasmError, OSError) as e:
+            log(f"migration {self.id}: the state it arrived in could not be kept: {e}")
+            return
+        log(f"migration {self.id}: the state the program arrived in is kept in {path}: `wasmig restore --module "
+            f"{module_file} {path}` continues it from the migration (doing again what it did here; the "
+            f"interpreter is the reference engine: --engine interp)")
 
     def _commit(self, program: _Program) -> None:
         """The committer thread: wait until the program resumed, answer ``prepared``, wait for the
@@ -400,7 +419,7 @@ class _Target:
         # its cache misses: decoding and validating 26 MB of CPython in Python here cost ~20 s; the
         # interpreter needs the validation (it compiles from it): now, while the program still
         # runs at the source, rather than in the downtime
-        module = Module.from_bytes(data, decode=self.engine != "wasmtime")
+        module = self.module = Module.from_bytes(data, decode=self.engine != "wasmtime")
         if self.engine != "wasmtime":
             _ = module.validation
         if not have:
@@ -445,6 +464,7 @@ class _Target:
                                                                    and len(e[2]) == 32)):
                 raise MigrationError("malformed pages message: bad entry")
             m, i, pid = e
+            self.arrival.page(m, i, pid)
             if pid is None:
                 landing.write(m, i, ZERO_PAGE)
                 continue
@@ -478,6 +498,7 @@ class _Target:
                 self.held[pid] = (m, i)
                 if not final:  # the last round's few pages would lengthen the stop
                     self.cache.put(pid, item[1])
+                self.arrival.received(pid, item[1], final)
         if wanted:
             raise MigrationError(f"{len(wanted)} pages asked for were not sent")
         ch.send("pages_ok")
@@ -503,6 +524,7 @@ class _Target:
             raise MigrationError(f"malformed state: {e}") from None
         if snap.module_sha256 != module.sha256:
             raise MigrationError("the state is of another module than the one offered")
+        self.arrival.state = plain
         if snap.wasi is None:
             raise MigrationError("the state has no WASI state: only WASI programs migrate")
         # a program sees only the directories this daemon maps: never a host path the source names
@@ -589,17 +611,7 @@ class _ImageLanding(_Landing):
     as a prepared instance's would."""
 
     def __init__(self, module: Module) -> None:
-        self.images: list[bytearray] = []
-        mems = module.ir.all_mems()
-        if not mems:
-            return
-        image = self._image(0, mems[0].limits.min - 1)
-        for seg in module.ir.datas:
-            if seg.mode != "active" or seg.memory != 0 or len(seg.offset) != 2 or seg.offset[0].op != 0x41:
-                continue
-            start = seg.offset[0].imm
-            if 0 <= start and start + len(seg.init) <= len(image):
-                image[start:start + len(seg.init)] = seg.init
+        self.images: list[bytearray] = [initial_image(module)] if module.ir.all_mems() else []
 
     def pages(self, m: int) -> int:
         return len(self.images[m]) // PAGE_SIZE if m < len(self.images) else 0
@@ -647,6 +659,7 @@ class _Program:
         self.started = threading.Event()  # the commit was recorded and the gate opened
         self.ended = threading.Event()
         self.outcome: tuple[str, Any] = ("exit", 0)
+        self.backtrace: list[str] = []  # of a trap
         self.control: Any = None
 
     def has_resumed(self) -> bool:
@@ -673,6 +686,7 @@ class _Program:
             outcome = ("moved", None)
         except Trap as trap:
             outcome = ("trap", trap.reason)
+            self.backtrace = list(trap.backtrace)
         except Exception as e:  # noqa: BLE001 - reported (to the source, if before the commit), never raised
             outcome = ("error", str(e) or repr(e))
         self.outcome = outcome
