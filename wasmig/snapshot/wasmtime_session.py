@@ -513,17 +513,26 @@ class Checkpointable:
                 self.ctl.write(store, struct.pack("<Q", bits), GLOBALS_BASE + 8 * i)
             elif struct.unpack_from("<Q", ctl_view, 8 * i)[0] & MASKS[t] != bits:
                 raise SnapshotError(f"snapshot does not fit the module: immutable global {i} has another value")
+        # a flag byte per *passive* segment only (wasmig:load reads no others): a module with more
+        # than GLOBALS_BASE - DROPS_BASE segments (CPython's WLR build has 24,171 data segments)
+        # would otherwise have its flags written over the globals just put there
         n_data = len(ir.datas)
-        flags = bytearray(n_data + len(ir.elems))
-        for i, (seg, dropped) in enumerate(zip(ir.datas, snap.dropped_data, strict=True)):
-            flags[i] = seg.mode == "passive" and dropped
-        for i, (seg, dropped) in enumerate(zip(ir.elems, snap.dropped_elems, strict=True)):
-            flags[n_data + i] = seg.mode == "passive" and dropped
-        if flags:
-            self.ctl.write(store, bytes(flags), DROPS_BASE)
+        flags = {DROPS_BASE + i: dropped for i, (seg, dropped) in
+                 enumerate(zip(ir.datas, snap.dropped_data, strict=True)) if seg.mode == "passive"}
+        flags.update({DROPS_BASE + n_data + i: dropped for i, (seg, dropped) in
+                      enumerate(zip(ir.elems, snap.dropped_elems, strict=True)) if seg.mode == "passive"})
+        if flags and max(flags) >= GLOBALS_BASE:
+            raise SnapshotError(f"cannot restore on wasmtime: the module has {n_data + len(ir.elems)} data and element "
+                                f"segments, more than the control memory has room for beside a passive one "
+                                f"({GLOBALS_BASE - DROPS_BASE}); restore it on the interpreter")
+        area = bytearray(max(flags) + 1 - DROPS_BASE) if flags else bytearray()
+        for at, dropped in flags.items():
+            area[at - DROPS_BASE] = dropped
+        if area:
+            self.ctl.write(store, bytes(area), DROPS_BASE)
         self.instance.invoke("wasmig:load")
-        if flags:
-            self.ctl.write(store, bytes(len(flags)), DROPS_BASE)  # the guest's own drops start from zero
+        if area:
+            self.ctl.write(store, bytes(len(area)), DROPS_BASE)  # the guest's own drops start from zero
         if self.count_steps:
             if snap.steps is None:
                 raise SnapshotError("the snapshot has no step count (it was taken without counting steps): "
