@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,7 +41,12 @@ def program() -> Path:
 
 
 def reference_of(program: Path, args: list[str]) -> list[str]:
-    out = subprocess.run(wasmig("run", "--engine", "wasmtime", str(program), *args[:2], "0"), capture_output=True,
+    return reference_on("wasmtime", program, [*args[:2], "0"])
+
+
+def reference_on(engine: str, program: Path, args: list[str]) -> list[str]:
+    """The lines of an uninterrupted run."""
+    out = subprocess.run(wasmig("run", "--engine", engine, str(program), *args), capture_output=True,
                          check=True).stdout.decode()
     return out.splitlines()
 
@@ -108,14 +114,15 @@ def daemon(tmp_path: Path, name: str, engine: str, token: Path, fault: str | Non
 
 
 @contextmanager
-def source(tmp_path: Path, program: Path, engine: str, args: list[str] = ARGS
-           ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+def source(tmp_path: Path, program: Path, engine: str, args: list[str] = ARGS, started: str = "round 2 ",
+           options: list[str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``wasmig run --migratable [OPTIONS] PROGRAM ARGS``, once its output holds ``started``."""
     out = tmp_path / "source.out"
     with open(out, "wb") as o, open(tmp_path / "source.err", "wb") as e:
-        proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", engine, str(program), *args),
-                                stdout=o, stderr=e)
+        proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", engine, *(options or []), str(program),
+                                       *args), stdout=o, stderr=e)
     try:
-        wait_for(lambda: "round 2 " in out.read_text(), f"the program did not start: {(tmp_path / 'source.err')}")
+        wait_for(lambda: started in out.read_text(), f"the program did not start: {(tmp_path / 'source.err')}")
         yield proc, out
     finally:
         if proc.poll() is None:
@@ -225,7 +232,10 @@ def test_killing_the_target_at_a_step_leaves_the_source_running(tmp_path: Path, 
                                                                 reference: list[str], token: Path, step: str) -> None:
     """Up to and including the commit's arrival (before the daemon records it): the source goes
     on (after "prepared" and "commit" it learns so by asking the daemon, whose asking aborts the
-    migration for good), and the program never runs on the target."""
+    migration for good), and the program never runs on the target. "resumed": the program had
+    resumed there, held before its first host call. "decided": the daemon recorded the commit,
+    then the process holding the program died before it started it; asked, the daemon says so,
+    and the source goes on (nothing can start it there any more)."""
     with daemon(tmp_path, "target", "wasmtime", token, fault=step) as d, \
             source(tmp_path, program, "wasmtime") as (proc, out):
         failed = migrate(proc.pid, d.address, token)
@@ -235,6 +245,9 @@ def test_killing_the_target_at_a_step_leaves_the_source_running(tmp_path: Path, 
         assert f"killed after {step}" in d.log()
         if step in ("prepared", "commit"):
             assert "asked after it" in d.log() and ": aborted" in d.log()
+        if step == "decided":
+            assert "asked after it" in d.log() and ": committed, program lost" in d.log(), d.log()
+            assert "never run there" in failed.stderr
         assert_ran_exactly_once(reference, out)
         assert d.out.read_text() == ""  # never ran there
 
@@ -259,6 +272,121 @@ def test_a_daemon_gone_after_the_commit_leaves_the_program_stopped_and_saved(
         assert restored.returncode == 0, restored.stderr
         (tmp_path / "restored.out").write_text(restored.stdout)
         assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
+
+
+def test_a_daemon_that_started_the_program_then_died_leaves_it_saved(
+        tmp_path: Path, program: Path, reference: list[str], token: Path) -> None:
+    """The commit recorded, the answer lost, and the process holding the program dies once the
+    program counts as started: asked, the daemon says so ("died"), so the program may have acted
+    there and must not go on at the source either: it is saved (exit 75, and `wasmig migrate`
+    says it stopped). Here it really never ran, so the saved state finishes it exactly once."""
+    with daemon(tmp_path, "target", "wasmtime", token, fault="started") as d, \
+            source(tmp_path, program, "wasmtime") as (proc, out):
+        failed = migrate(proc.pid, d.address, token)
+        assert failed.returncode == 1 and "migration in doubt, the program stopped" in failed.stderr, failed.stderr
+        assert "its process died" in failed.stderr and "Traceback" not in failed.stderr
+        assert proc.wait(60) == 75
+        assert "committed, program died" in d.log(), d.log()
+        err = (tmp_path / "source.err").read_text()
+        saved = re.search(r"its state is in (\S+\.snap)", err)
+        assert saved and "the target started the program, then its process died" in err, err
+        restored = subprocess.run(wasmig("restore", "--module", str(program), saved.group(1)), capture_output=True,
+                                  text=True, timeout=120)
+        Path(saved.group(1)).unlink()
+        assert restored.returncode == 0, restored.stderr
+        (tmp_path / "restored.out").write_text(restored.stdout)
+        assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
+        assert d.out.read_text() == ""
+
+
+def test_a_rewind_that_traps_on_the_target_leaves_the_program_at_the_source(tmp_path: Path, token: Path) -> None:
+    """40,000 frames deep on the interpreter (which has room for 150,000), moved to a wasmtime
+    daemon, whose stack does not hold them (plain wasmtime stops near 17,500 of these frames):
+    the rewind traps before the program resumed there. The target says so before the commit, so
+    the source keeps the program and finishes it; nothing ran on the target."""
+    deep = compile_c(PROGRAMS / "deepwait.c")
+    args = ["40000", "100", "50"]
+    reference = reference_on("interp", deep, [*args[:2], "0"])
+    with daemon(tmp_path, "target", "wasmtime", token) as d, \
+            source(tmp_path, deep, "interp", args, started="tick 2") as (proc, out):
+        failed = migrate(proc.pid, d.address, token)
+        assert failed.returncode == 1, failed.stdout
+        assert "the program goes on" in failed.stderr and "Traceback" not in failed.stderr
+        assert "trapped on this daemon's engine before it resumed (in its rewind)" in failed.stderr, failed.stderr
+        assert "call stack exhausted" in failed.stderr
+        assert proc.wait(60) == 0
+        assert "aborted, nothing runs" in d.log() and "committed" not in d.log()
+        assert out.read_text().splitlines() == reference
+        assert d.out.read_text() == ""
+
+
+def test_a_program_that_traps_after_the_commit_is_kept_by_the_target(tmp_path: Path, token: Path) -> None:
+    """Moved from the interpreter to wasmtime while it ticks near the top of its stack, then it
+    goes 40,000 frames deep, which wasmtime's stack does not hold: it traps there, after the
+    commit, the source gone. The target keeps the state it arrived in and says where; restored
+    (on the interpreter), it finishes: what it printed on the target comes again, nothing is lost."""
+    deep = compile_c(PROGRAMS / "deepwait.c")
+    args = ["40000", "0", "50", "60"]
+    reference = reference_on("interp", deep, ["40000", "0", "0", "60"])
+    with daemon(tmp_path, "target", "wasmtime", token) as d, \
+            source(tmp_path, deep, "interp", args, started="first 3") as (proc, out):
+        moved = migrate(proc.pid, d.address, token)
+        assert moved.returncode == 0, moved.stderr
+        assert proc.wait(60) == 0
+        wait_for(lambda: "program trapped" in d.log(), f"it did not trap on the target: {d.log()}")
+        wait_for(lambda: "is kept in" in d.log() or "could not be kept" in d.log(), d.log())
+        assert "program trapped: call stack exhausted" in d.log() and "\n    at " in d.log()
+        kept = re.search(r"is kept in (\S+\.snap): `wasmig restore --module (\S+) ", d.log())
+        assert kept, d.log()
+        restored = subprocess.run(wasmig("restore", "--engine", "interp", "--module", kept.group(2), kept.group(1)),
+                                  capture_output=True, text=True, timeout=300)
+        assert restored.returncode == 0, restored.stderr
+    on_target, again = d.out.read_text().splitlines(), restored.stdout.splitlines()
+    assert again[:len(on_target)] == on_target  # done again from the migration's stop
+    assert out.read_text().splitlines() + again == reference
+
+
+#: a WASI command the compiled engine's instrumentation pass refuses (a funcref local), which the
+#: interpreter runs: "tick NN" 40 times, 50 ms apart (poll_oneoff on a clock)
+REFUSED_WAT = r"""
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "tick 00\n")
+  (func (export "_start")
+    (local $i i32) (local $f funcref)
+    (i32.store (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 8))
+    (i32.store8 (i32.const 40) (i32.const 0))
+    (i32.store (i32.const 48) (i32.const 1))
+    (i64.store (i32.const 56) (i64.const 50000000))
+    (loop $next
+      (i32.store8 (i32.const 5) (i32.add (i32.const 48) (i32.div_u (local.get $i) (i32.const 10))))
+      (i32.store8 (i32.const 6) (i32.add (i32.const 48) (i32.rem_u (local.get $i) (i32.const 10))))
+      (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 128)))
+      (drop (call $poll (i32.const 32) (i32.const 96) (i32.const 1) (i32.const 128)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $next (i32.lt_u (local.get $i) (i32.const 40))))))
+"""
+
+
+def test_a_module_the_target_engine_refuses_stays_at_the_source(tmp_path: Path, token: Path) -> None:
+    """The wasmtime daemon cannot make the module checkpointable (reference-typed locals): it
+    says why when the module arrives, and the program goes on at the source, once."""
+    if shutil.which("wat2wasm") is None:
+        pytest.skip("wat2wasm missing")
+    refused = tmp_path / "refused.wasm"
+    subprocess.run(["wat2wasm", "-", "-o", str(refused)], input=REFUSED_WAT.encode(), check=True)
+    with daemon(tmp_path, "target", "wasmtime", token) as d, \
+            source(tmp_path, refused, "interp", [], started="tick 02") as (proc, out):
+        failed = migrate(proc.pid, d.address, token)
+        assert failed.returncode == 1, failed.stdout
+        assert "the program goes on" in failed.stderr and "reference-typed locals" in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert proc.wait(60) == 0
+        assert out.read_text().splitlines() == [f"tick {i:02d}" for i in range(40)]
+        assert "aborted, nothing runs" in d.log() and d.out.read_text() == ""
 
 
 def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, token: Path) -> None:

@@ -105,12 +105,14 @@ def test_mutual_authentication() -> None:
     assert "authentication failed" in str(client_error) and "wrong token" in str(server_error)
 
 
-def test_an_unknown_protocol_version_is_refused() -> None:
+@pytest.mark.parametrize("version", [99, 1])
+def test_an_unknown_protocol_version_is_refused(version: int) -> None:
+    """Also version 1, whose ``prepared`` did not promise that the program resumed."""
     a, b = pair()
-    a.send("hello", protocol="wasmig-migrate", version=99, nonce=os.urandom(32))
+    a.send("hello", protocol="wasmig-migrate", version=version, nonce=os.urandom(32))
     with pytest.raises(MigrationError, match="unsupported protocol version"):
         authenticate_as_server(b, b"t" * 16)
-    with pytest.raises(MigrationError, match="this target speaks wasmig-migrate 1"):
+    with pytest.raises(MigrationError, match="this target speaks wasmig-migrate 2"):
         a.recv(1.0)
 
 

@@ -742,8 +742,8 @@ def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
         _err(f"wasmig: checkpoint written to {policy.written[-1]}; exiting")
         return 0
     except MigrationInDoubt as e:
-        _err(f"wasmig: error: the migration target did not confirm the commit; the program may run there, "
-             f"so it stops here; its state is in {e.path}")
+        _err(f"wasmig: error: {e.why}; its state is in {e.path}: restore it with `wasmig restore --module "
+             f"PROGRAM.wasm {e.path}` if it does not run on the target")
         return 75
     except MigratedAway:
         _err("wasmig: the program moved to another machine; exiting")
@@ -1184,6 +1184,8 @@ def migrate_cmd(to: str, token_file: str, quiet: bool, no_precopy: bool, pid: in
                     view.finish()
                     _out(f"wasmig: {msg['done']['summary']}")
                     return
+                elif "error" in msg and msg.get("stopped"):
+                    raise MigrationError(f"migration in doubt, the program stopped in process {pid}: {msg['error']}")
                 elif "error" in msg:
                     raise MigrationError(f"migration failed, the program goes on in process {pid}: {msg['error']}")
         raise MigrationError(f"process {pid} ended the request without an answer")

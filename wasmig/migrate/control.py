@@ -3,7 +3,8 @@
 A run that can migrate listens on the Unix socket ``<runtime dir>/<pid>.sock`` (mode 0600: only
 its user can connect). A client sends one JSON line ``{"migrate": {"to": "HOST:PORT", "token":
 "<hex>"}}`` and reads JSON lines back: ``{"progress": {...}}`` while it runs, then ``{"done":
-{...}}`` (the program has moved; this process ends) or ``{"error": "..."}`` (it goes on here).
+{...}}`` (the program has moved; this process ends) or ``{"error": "..."}`` (it goes on here; with
+``"stopped": true`` it does not: the migration is in doubt, the program is saved and this process ends).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ControlServer:
             threading.Thread(target=self._handle, args=(conn,), name="wasmig-migrate", daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
-        from wasmig.migrate.source import migrate
+        from wasmig.migrate.source import InDoubt, migrate
 
         def send(obj: dict[str, Any]) -> None:
             try:
@@ -74,6 +75,8 @@ class ControlServer:
                 try:
                     migrate(self.session, to, token, precopy=precopy, progress=lambda p: send({"progress": asdict(p)}),
                             on_done=lambda r: send({"done": {**asdict(r), "summary": r.summary()}}))
+                except InDoubt as e:
+                    send({"error": str(e), "stopped": True})
                 except MigrationError as e:
                     send({"error": str(e)})
                 finally:

@@ -18,7 +18,9 @@ from typing import Any
 from wasmig.wire import Channel, PeerGone, WireError, open_channel, parse_address
 
 PROTOCOL = "wasmig-migrate"
-VERSION = 1
+#: 2: ``prepared`` means the program resumed on the target (held until the commit), and ``status``
+#: says what became of a committed program
+VERSION = 2
 PAGE_BATCH = 4 << 20  # bytes of pages per frame (wire.MAX_FRAME bounds a frame)
 NONCE_SIZE = 32
 AUTH_TIMEOUT = 10.0  # seconds a peer has to authenticate

@@ -4,15 +4,18 @@
 rounds send the pages that changed since the last round while the guest keeps running; when a
 round has little left (or the rounds stop shrinking), the guest is stopped through the
 session's :class:`~wasmig.snapshot.session.StopHandoff`, the last changed pages go with the
-frames, globals and WASI state, and the target restores it all (``prepared``). Only then does
-the source commit; it ends only when the target confirms the commit, and the target starts the
-guest only after it. Any failure before the commit leaves the guest running here.
+frames, globals and WASI state, and the target restores it all and resumes it, held before its
+first host call (``prepared``: on wasmtime the rewind reached the innermost frame). Only then
+does the source commit; it ends only when the target confirms the commit, and the target lets
+the guest act only after it. Any failure before the commit leaves the guest running here; a
+commit whose answer was lost is resolved by asking the daemon (see :meth:`_Source._await_commit`).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +31,7 @@ from wasmig.snapshot.state import PAGE_SIZE, SnapshotError, to_plain
 #: stop pre-copy when a round has at most this many bytes of changed pages left
 STOP_COPY_BYTES = 1 << 20
 MAX_ROUNDS = 12
-PREPARE_TIMEOUT = 120.0  # the target restores a large guest before it answers
+PREPARE_TIMEOUT = 240.0  # the target restores a large guest and waits for it to resume before it answers
 RESOLVE_TIMEOUT = 10.0  # how long a source that lost the commit's answer keeps asking the daemon
 
 
@@ -95,6 +98,18 @@ class _Source:
         self.cctx = zstandard.ZstdCompressor(level=1)
         self.ch: Channel | None = None
         self.on_done: Callable[[MigrationResult], None] | None = None
+        self.ended_early = False  # the program ended before it stopped for the migration
+
+    def _program_ended(self) -> None:
+        """The program ended before the stop (called from its run's thread): wake this migration
+        from whatever network wait it is in, so that it gives up at once."""
+        self.ended_early = True
+        ch = self.ch
+        if ch is not None:
+            try:
+                ch.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def run(self) -> MigrationResult:
         t0 = time.perf_counter()
@@ -102,9 +117,12 @@ class _Source:
         if self.session.handoff is not None:
             raise MigrationError("a migration of this program is already running")
         self.session.handoff = handoff
+        handoff.on_end = self._program_ended
         stopped = committed = False
         try:
             self.ch = ch = connect(self.target, self.token)
+            if self.ended_early:
+                raise MigrationError("the program ended before it could move")
             module = self.session.module
             ch.send("offer", id=self.id, module_sha256=module.sha256, module_size=len(module.data or b""))
             if ch.recv(expect=("offer_ok",)).get("need_module"):
@@ -132,7 +150,8 @@ class _Source:
             ch.send("state", snapshot=plain)
             self.p.phase = "restoring"
             self.report(self.p)
-            ch.recv(PREPARE_TIMEOUT, expect=("prepared",))
+            if ch.recv(PREPARE_TIMEOUT, expect=("prepared",)).get("resumed") is not True:
+                raise MigrationError(f"{ch.peer}: the target did not say the program resumed there")
             self.p.phase = "committing"
             self.report(self.p)
             ch.send("commit")
@@ -151,14 +170,9 @@ class _Source:
         except InDoubt as e:
             self.p.phase = "in doubt"
             self.report(self.p)
-            try:
-                saved = self._save_in_doubt(snap)
-                e.args = (f"{e} -- its state is saved in {saved}: restore it with `wasmig restore --module "
-                          f"PROGRAM.wasm {saved}` if the target did not start it",)
-            except (SnapshotError, OSError) as save_error:
-                saved = f"(not saved: {save_error})"
-            handoff.in_doubt = saved
-            handoff.decide(True)  # never resume: the target may be running it
+            saved = self._keep_in_doubt(handoff, snap, str(e))
+            e.args = (f"{e} -- its state is saved in {saved}: restore it with `wasmig restore --module "
+                      f"PROGRAM.wasm {saved}` if it does not run on the target",)
             raise
         except (MigrationError, SnapshotError, OSError) as e:
             self.p.phase = "aborted"
@@ -167,6 +181,8 @@ class _Source:
                 self.ch.error(f"the source aborted: {e}")
             if stopped:
                 handoff.decide(False)  # the guest goes on here, as if nothing happened
+            if self.ended_early and not stopped:
+                raise MigrationError("the program ended before it could move") from None
             if isinstance(e, MigrationError):
                 raise
             raise MigrationError(str(e)) from None
@@ -174,10 +190,10 @@ class _Source:
             if stopped and not committed:
                 handoff.decide(False)
             elif committed:
-                handoff.in_doubt = "(not saved: the migration failed unexpectedly after its commit)"
-                handoff.decide(True)
+                self._keep_in_doubt(handoff, snap, "the migration failed unexpectedly after its commit")
             raise
         finally:
+            handoff.on_end = None
             if not stopped:
                 self.session.handoff = None
                 handoff.ended("the migration gave up")
@@ -189,8 +205,12 @@ class _Source:
     def _await_commit(self, ch: Channel) -> dict[str, Any]:
         """The target's confirmation. Without one (the connection broke), the daemon is asked
         what it decided: a commit that never arrived is aborted by the asking, so the answer is
-        final. Only if the daemon cannot be reached does the migration stay in doubt: the source
-        never resumes once it sent ``commit`` unless the target says it will never run it."""
+        final; a commit it recorded comes with what became of the program there (docs/migration.md):
+        running or ended there -- it moved; its process died before the program started -- it never
+        ran there and never will, so it goes on here; its process died after it started -- it is
+        lost there and may have acted, so this copy stays stopped and is saved (:class:`InDoubt`).
+        Only if the daemon cannot be asked is the migration in doubt as well: the source never
+        resumes once it sent ``commit`` unless the target says it will never run it."""
         try:
             return ch.recv(30.0, expect=("committed",))
         except PeerGone as e:
@@ -201,7 +221,7 @@ class _Source:
                 probe = connect(self.target, self.token, timeout=2.0)
                 try:
                     probe.send("status", id=self.id)
-                    decision = probe.recv(10.0, expect=("status",)).get("decision")
+                    reply = probe.recv(10.0, expect=("status",))
                 finally:
                     probe.close()
             except MigrationError:
@@ -210,10 +230,33 @@ class _Source:
                                   "running the program, so this copy stays stopped") from None
                 time.sleep(0.2)
                 continue
-            if decision == "committed":
+            decision, program = reply.get("decision"), reply.get("program")
+            if decision != "committed":
+                raise MigrationError(f"the connection broke before the target got the commit ({lost}); it will not "
+                                     "run the program")
+            if program in ("running", "ended"):
                 return {}
-            raise MigrationError(f"the connection broke before the target got the commit ({lost}); it will not "
-                                 "run the program")
+            if program == "lost":
+                raise MigrationError(f"the target recorded the commit but its process died before the program "
+                                     f"started there ({lost}); it will never run there")
+            if program == "died":
+                raise InDoubt(f"the target started the program, then its process died ({lost}): the program is lost "
+                              "there and may have acted, so this copy stays stopped")
+            if time.monotonic() >= deadline:  # "pending" for that long: committed, alive, never started
+                raise InDoubt(f"the target recorded the commit but did not start the program within "
+                              f"{RESOLVE_TIMEOUT:g} s ({lost}), so this copy stays stopped")
+            time.sleep(0.1)
+
+    def _keep_in_doubt(self, handoff: StopHandoff, snap: Any, why: str) -> str:
+        """The commit went out and the target may run the program: never resume it here; save
+        it and end the run (:class:`~wasmig.snapshot.policy.MigrationInDoubt`). Where it is saved."""
+        try:
+            saved = self._save_in_doubt(snap)
+        except (SnapshotError, OSError) as save_error:
+            saved = f"(not saved: {save_error})"
+        handoff.in_doubt = (saved, why)
+        handoff.decide(True)
+        return saved
 
     def _save_in_doubt(self, snap: Any) -> str:
         """The stopped program's whole state, as a single-file snapshot in the runtime directory."""

@@ -2,11 +2,16 @@
 
 Every accepted connection is handled by a child process of its own (``fork`` right after
 ``accept``, before anything is read): it authenticates the peer, receives the module (unless
-its cache has it) and the pages, restores the program on this daemon's engine and tells the
-source ``prepared``, and only after the source's ``commit`` does it start the program, which
-then runs in that child (its stdio: the daemon's). A peer that fails authentication is logged
-and dropped before it can send anything else, so it never makes the daemon run anything; a
-connection that ends before the commit leaves nothing running (docs/migration.md).
+its cache has it) and the pages, restores the program on this daemon's engine and *resumes* it
+behind its WASI gate (:class:`~wasmig.wasi.blocking.Gate`: it computes, but every host call
+waits), and tells the source ``prepared`` only once it surely resumed -- on wasmtime, once the
+rewind reached the snapshot's innermost frame and the program runs on from there; on the
+interpreter, once its frames loaded. A restore that traps or fails before that, or a program
+that traps before the commit, is reported to the source, which keeps the program. Only after
+the source's ``commit`` is recorded does the gate open: the program then runs in that child
+(its stdio: the daemon's). A peer that fails authentication is logged and dropped before it
+can send anything else, so it never makes the daemon run anything; a connection that ends
+before the commit leaves nothing running (docs/migration.md).
 """
 
 from __future__ import annotations
@@ -14,29 +19,38 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import select
 import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
-from wasmig.errors import WasmError
+from wasmig.errors import Trap, WasmError
 from wasmig.files import write_atomically
+from wasmig.migrate.arrival import Arrival, data_segment_pages, initial_image
 from wasmig.migrate.pages import ZERO_PAGE, page_id
 from wasmig.migrate.protocol import Channel, MigrationError, authenticate_as_server
 from wasmig.module import Module
 from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain
 
 #: for the tests that kill the target at each protocol step: the step after which a child kills
-#: itself (SIGKILL), named by this environment variable; "daemon" kills the whole daemon (its
-#: process group) when the commit arrives, so nobody can tell the source what became of it
+#: itself (SIGKILL), named by this environment variable ("resumed": the program resumed, before
+#: ``prepared``; "decided": the commit recorded, before ``committed`` and before the program
+#: started); "started" loses the ``committed`` answer and dies once the program counts as
+#: started (the source can only save it); "daemon" kills the whole daemon (its process group)
+#: when the commit arrives, so nobody can tell the source what became of it
 FAULT_ENV = "WASMIG_SERVE_FAULT"
-FAULT_STEPS = ("auth", "offer", "module", "pages", "state", "prepared", "commit")
+FAULT_STEPS = ("auth", "offer", "module", "pages", "state", "resumed", "prepared", "commit", "decided")
 _ID_CHARS = frozenset("0123456789abcdef")
+#: how long a restored program has to resume (its rewind to reach the innermost frame)
+RESUME_TIMEOUT = 120.0
+COMMIT_TIMEOUT = 60.0  # how long a prepared program waits for the source's commit
 
 
 def log(message: str) -> None:
@@ -63,18 +77,59 @@ def _migration_id(msg: dict[str, Any]) -> str:
 def decide(state_dir: Path, migration_id: str, decision: str) -> str:
     """Record the fate of a migration, once: the first of the child that got the commit
     ("committed") and a source asking after a lost connection ("aborted") wins, and both then
-    act on what was recorded (``O_EXCL``: atomic on the daemon's own filesystem)."""
+    act on what was recorded (``O_EXCL``: atomic on the daemon's own filesystem). "committed"
+    is recorded with the pid (and start time) of the process that holds the program, so that a
+    later question can tell whether it still runs."""
     path = state_dir / "decisions" / migration_id
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path.read_text().strip() or "aborted"
+        return (path.read_text().split() or ["aborted"])[0]
     with os.fdopen(fd, "w") as f:
-        f.write(decision)
+        f.write(decision if decision != "committed" else f"committed {os.getpid()} {_start_time(os.getpid())}")
         f.flush()
         os.fsync(f.fileno())
     return decision
+
+
+def _start_time(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot), to tell it from a later process
+    with the same pid; "?" if unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _mark(state_dir: Path, migration_id: str, what: str, text: str = "") -> None:
+    """Record a step of a committed program's life beside its decision: ``started`` (the gate
+    opened: it may have acted on the world) and ``ended`` (how its run here ended)."""
+    try:
+        write_atomically(state_dir / "decisions" / f"{migration_id}.{what}", text.encode())
+    except OSError as e:
+        log(f"migration {migration_id}: cannot record that the program {what}: {e.strerror or e}")
+
+
+def program_state(state_dir: Path, migration_id: str) -> str:
+    """What became of a committed migration's program here: "running" (started, its process
+    alive), "pending" (its process alive, not started yet), "ended" (its run here ended: exit,
+    trap, or it moved on), "lost" (its process died before it started: it never ran and never
+    will) or "died" (it started, then its process died without recording an end)."""
+    folder = state_dir / "decisions"
+    if (folder / f"{migration_id}.ended").exists():
+        return "ended"
+    try:
+        _, pid, started_at = (folder / migration_id).read_text().split()
+        alive = _start_time(int(pid)) == started_at != "?"
+    except (OSError, ValueError):
+        alive = False
+    started = (folder / f"{migration_id}.started").exists()
+    if (folder / f"{migration_id}.ended").exists():  # it ended while we looked
+        return "ended"
+    if alive:
+        return "running" if started else "pending"
+    return "died" if started else "lost"
 
 
 class PageCache:
@@ -186,6 +241,8 @@ class _Target:
         self.cache = PageCache(state_dir / "pages")
         self.dctx = zstandard.ZstdDecompressor()
         self.id = "?"
+        self.module: Module | None = None
+        self.arrival = Arrival()  # kept in case the program fails after the commit
 
     def run(self) -> int:
         ch = self.ch
@@ -201,34 +258,141 @@ class _Target:
             if first["t"] == "status":
                 return self._status(first)
             module = self._receive_module(first)
-            prepared = self._receive_state(module)
-            ch.send("prepared")
+            program = self._receive_state(module)
+        except (MigrationError, SnapshotError, WasmError, OSError) as e:
+            return self._abort(str(e))
+        except Exception as e:  # noqa: BLE001 - a bug here: the source must still hear why (it keeps the program)
+            return self._abort(f"internal error on the target: {e!r}")
+        return self._run_held(program)
+
+    def _abort(self, why: str) -> int:
+        log(f"migration {self.id} from {self.ch.peer} aborted, nothing runs: {why}")
+        self.ch.error(why)
+        self.ch.close()
+        return 1
+
+    # --- resumed, held, committed -----------------------------------------------------------------
+    def _run_held(self, program: _Program) -> int:
+        """Run the restored program on this (main) thread behind its closed gate, while a thread
+        of its own finishes the protocol: ``prepared`` once the program resumed, then the commit,
+        which opens the gate. Any failure before the commit ends this process (the program with
+        it: it never acted on the world) after telling the source, which keeps the program."""
+        program.wasi.gate.close()
+        committer = threading.Thread(target=self._commit, args=(program,), name="wasmig-commit", daemon=True)
+        committer.start()
+        kind, detail = program.run()
+        if not program.started.is_set():
+            committer.join()  # it ended before the commit: the committer commits, or ends this process
+        program.close()
+        _mark(self.state_dir, self.id, "ended", f"{kind} {detail}")
+        if kind == "exit":
+            log(f"program exited with code {detail}")
+            return int(detail)
+        if kind == "moved":
+            log("program migrated away")
+            return 0
+        log(f"program {'trapped' if kind == 'trap' else 'failed'}: {detail}"
+            + "".join(f"\n    at {frame}" for frame in program.backtrace[:16]))
+        self._keep_arrival()
+        return 134 if kind == "trap" else 1
+
+    def _keep_arrival(self) -> None:
+        """The program failed here after the commit: write the state it arrived in, so that it is
+        not lost (the source is gone), and say where."""
+        path = self.state_dir / "kept" / f"{self.id}.snap"
+        module_file = self.state_dir / "modules" / f"{self.module.sha256 if self.module else '?'}.wasm"
+        try:
+            self.arrival.write(path, self.cache.get, lambda: data_segment_pages(self.module))
+        except (SnapshotError, WasmError, OSError) as e:
+            log(f"migration {self.id}: the state it arrived in could not be kept: {e}")
+            return
+        log(f"migration {self.id}: the state the program arrived in is kept in {path}: `wasmig restore --module "
+            f"{module_file} {path}` continues it from the migration (doing again what it did here; the "
+            f"interpreter is the reference engine: --engine interp)")
+
+    def _commit(self, program: _Program) -> None:
+        """The committer thread: wait until the program resumed, answer ``prepared``, wait for the
+        commit, record it and open the gate."""
+        ch = self.ch
+        try:
+            self._await_resumed(program)
+            _fault("resumed")
+            ch.send("prepared", resumed=True)
             _fault("prepared")
-            ch.recv(60.0, expect=("commit",))
+            self._await_commit(program)
             _fault("commit")
             if decide(self.state_dir, self.id, "committed") != "committed":
                 raise MigrationError("the source gave the migration up before its commit arrived")
-        except (MigrationError, SnapshotError, WasmError, OSError) as e:
-            log(f"migration {self.id} from {ch.peer} aborted, nothing runs: {e}")
-            ch.error(str(e))
-            ch.close()
-            return 1
+        except (MigrationError, WasmError, OSError) as e:
+            self._give_up(str(e))
+        except BaseException as e:  # noqa: BLE001 - a bug: still never a half-started program
+            self._give_up(f"internal error on the target: {e!r}")
+        _fault("decided")
         # committed: from here on the program runs here, whatever happens to the connection
         try:
-            ch.send("committed", pid=os.getpid())
+            if os.environ.get(FAULT_ENV) != "started":  # that fault loses the answer, then dies
+                ch.send("committed", pid=os.getpid())
         except MigrationError:
             pass
         ch.close()
+        _mark(self.state_dir, self.id, "started")
+        _fault("started")
+        try:
+            program.control = _serve_control(program.session)
+        except OSError as e:  # the program runs all the same, only it cannot move on
+            log(f"migration {self.id}: no control socket, the program cannot migrate again: {e.strerror or e}")
         log(f"migration {self.id} committed: running as pid {os.getpid()}")
-        return prepared()
+        program.started.set()
+        try:
+            program.wasi.gate.open()  # re-attaches its gateway connections, then lets its host calls go
+        except (OSError, WasmError) as e:
+            log(f"migration {self.id}: cannot re-attach the program's gateway connections: {e}")
+
+    def _give_up(self, why: str) -> None:
+        """Before the commit was recorded: make sure it never will be, tell the source, and end
+        this process, the held program with it (nothing of it reached the world)."""
+        try:
+            decide(self.state_dir, self.id, "aborted")
+        except OSError:  # whatever was recorded: this process never opens the gate, so it never ran here
+            pass
+        log(f"migration {self.id} from {self.ch.peer} aborted, nothing runs: {why}")
+        self.ch.error(why)
+        self.ch.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    def _await_resumed(self, program: _Program) -> None:
+        """Until the program resumed: its rewind ended (wasmtime), or it made a host call (held
+        at the gate), or it ended before making any. A trap or failure first is an error."""
+        deadline = time.monotonic() + RESUME_TIMEOUT
+        while not program.has_resumed() and not program.ended.is_set():
+            if time.monotonic() > deadline:
+                raise MigrationError(f"the restored program did not resume within {RESUME_TIMEOUT:g} s")
+            program.ended.wait(0.001)
+        program.check("after it resumed" if program.has_resumed() else "before it resumed (in its rewind)")
+
+    def _await_commit(self, program: _Program) -> None:
+        """The source's ``commit``, while watching the held program: one that traps meanwhile is
+        reported instead (the source keeps its copy)."""
+        deadline = time.monotonic() + COMMIT_TIMEOUT
+        while True:
+            program.check("after it resumed, before the commit")
+            if select.select([self.ch.sock], [], [], 0.02)[0]:
+                self.ch.recv(COMMIT_TIMEOUT, expect=("commit",))
+                return
+            if time.monotonic() > deadline:
+                raise MigrationError(f"no commit within {COMMIT_TIMEOUT:g} s")
 
     def _status(self, msg: dict[str, Any]) -> int:
         """A source that lost its connection after sending the commit asks what became of it:
-        committed (the program runs here) or, if not yet, never (it is aborted now)."""
+        committed (and what became of the program: see :func:`program_state`) or, if not yet,
+        never (it is aborted now)."""
         mid = _migration_id(msg)
         decision = decide(self.state_dir, mid, "aborted")
-        log(f"migration {mid}: asked after it by {self.ch.peer}: {decision}")
-        self.ch.send("status", decision=decision)
+        state = program_state(self.state_dir, mid) if decision == "committed" else None
+        log(f"migration {mid}: asked after it by {self.ch.peer}: {decision}" + (f", program {state}" if state else ""))
+        self.ch.send("status", decision=decision, program=state)
         self.ch.close()
         return 0
 
@@ -251,7 +415,13 @@ class _Target:
                 raise MigrationError("malformed module message")
         if hashlib.sha256(data).hexdigest() != sha:
             raise MigrationError("the module's bytes do not match its sha256")
-        module = Module.from_bytes(data)
+        # on wasmtime, wasmtime validates the (instrumented) module and the pass validates it when
+        # its cache misses: decoding and validating 26 MB of CPython in Python here cost ~20 s; the
+        # interpreter needs the validation (it compiles from it): now, while the program still
+        # runs at the source, rather than in the downtime
+        module = self.module = Module.from_bytes(data, decode=self.engine != "wasmtime")
+        if self.engine != "wasmtime":
+            _ = module.validation
         if not have:
             write_atomically(cached, data)
         self.landing = _InstanceLanding(module) if self.engine == "wasmtime" else _ImageLanding(module)
@@ -265,7 +435,7 @@ class _Target:
 
     # --- pages and state ------------------------------------------------------------------------
     def _receive_state(self, module: Module) -> Any:
-        """Page rounds until the state arrives; restore it; return the function that runs it."""
+        """Page rounds until the state arrives; restore it; return the program, ready to run."""
         ch = self.ch
         first = True
         while True:
@@ -294,6 +464,7 @@ class _Target:
                                                                    and len(e[2]) == 32)):
                 raise MigrationError("malformed pages message: bad entry")
             m, i, pid = e
+            self.arrival.page(m, i, pid)
             if pid is None:
                 landing.write(m, i, ZERO_PAGE)
                 continue
@@ -327,6 +498,7 @@ class _Target:
                 self.held[pid] = (m, i)
                 if not final:  # the last round's few pages would lengthen the stop
                     self.cache.put(pid, item[1])
+                self.arrival.received(pid, item[1], final)
         if wanted:
             raise MigrationError(f"{len(wanted)} pages asked for were not sent")
         ch.send("pages_ok")
@@ -342,9 +514,8 @@ class _Target:
             del self.held[pid]  # overwritten since
         return self.cache.get(pid)
 
-    def _restore(self, module: Module, plain: Any) -> Any:
-        """Restore on this daemon's engine, without running anything; the returned function
-        runs the program (after the commit) and returns its exit code."""
+    def _restore(self, module: Module, plain: Any) -> _Program:
+        """Restore on this daemon's engine, without running anything yet."""
         landing = self.landing
         assert landing is not None
         try:
@@ -353,6 +524,7 @@ class _Target:
             raise MigrationError(f"malformed state: {e}") from None
         if snap.module_sha256 != module.sha256:
             raise MigrationError("the state is of another module than the one offered")
+        self.arrival.state = plain
         if snap.wasi is None:
             raise MigrationError("the state has no WASI state: only WASI programs migrate")
         # a program sees only the directories this daemon maps: never a host path the source names
@@ -380,7 +552,7 @@ class _Landing:
     def memory(self, i: int, _repr: Any, size_pages: int) -> bytes | bytearray | None:  # pragma: no cover
         raise NotImplementedError
 
-    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> Any:  # pragma: no cover
+    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -420,7 +592,7 @@ class _InstanceLanding(_Landing):
         self.runner.memory_address(i, size_pages)
         return None
 
-    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> Any:
+    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:
         from wasmig.snapshot.session import CheckpointPolicy
         from wasmig.snapshot.wasmtime_session import WasmtimeSession
         from wasmig.wasi.snapshot import restore_wasi
@@ -428,7 +600,9 @@ class _InstanceLanding(_Landing):
         wasi = restore_wasi(snap.wasi, dirs=dirs, into=self.wasi)  # type: ignore[arg-type]
         self.runner.load(snap, memory_in_place=True)
         session = WasmtimeSession(self.runner, wasi, CheckpointPolicy(), None)
-        return lambda: _run(session, lambda: session.run(snap), wasi)
+        # resumed: the rewind reached the innermost frame (an idle snapshot has none to rewind)
+        resumed = self.runner.rewind_ended if snap.frames else (lambda: True)
+        return _Program(session, lambda: session.run(snap), wasi, resumed)
 
 
 class _ImageLanding(_Landing):
@@ -437,17 +611,7 @@ class _ImageLanding(_Landing):
     as a prepared instance's would."""
 
     def __init__(self, module: Module) -> None:
-        self.images: list[bytearray] = []
-        mems = module.ir.all_mems()
-        if not mems:
-            return
-        image = self._image(0, mems[0].limits.min - 1)
-        for seg in module.ir.datas:
-            if seg.mode != "active" or seg.memory != 0 or len(seg.offset) != 2 or seg.offset[0].op != 0x41:
-                continue
-            start = seg.offset[0].imm
-            if 0 <= start and start + len(seg.init) <= len(image):
-                image[start:start + len(seg.init)] = seg.init
+        self.images: list[bytearray] = [initial_image(module)] if module.ir.all_mems() else []
 
     def pages(self, m: int) -> int:
         return len(self.images[m]) // PAGE_SIZE if m < len(self.images) else 0
@@ -471,31 +635,71 @@ class _ImageLanding(_Landing):
         del image[size_pages * PAGE_SIZE:]
         return image
 
-    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> Any:
+    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:
         from wasmig.snapshot.api import restore
         from wasmig.snapshot.session import CheckpointPolicy, Session
 
         instance = restore(snap, "interp", module=module, dirs=dirs)
         session = Session(instance, instance.wasi, CheckpointPolicy(), None)
-        return lambda: _run(session, lambda: session.run(resume=True), instance.wasi)
+        # resumed: the frames loaded (restore checked them against the module); the machine
+        # goes on from the innermost frame's pc directly, there is no rewind to wait for
+        return _Program(session, lambda: session.run(resume=True), instance.wasi, lambda: True)
 
 
-def _run(session: Any, body: Any, wasi: Any) -> int:
-    from wasmig.errors import Trap
+class _Program:
+    """A restored program on this daemon, run on the main thread behind its WASI gate until the
+    commit (see :meth:`_Target._run_held`)."""
+
+    def __init__(self, session: Any, body: Callable[[], int], wasi: Any, resumed: Callable[[], bool]) -> None:
+        self.session = session
+        self.body = body  # runs it to its end; returns its exit code
+        self.wasi = wasi
+        self.resumed = resumed  # whether it resumed (any thread; latched below)
+        self._resumed = False
+        self.started = threading.Event()  # the commit was recorded and the gate opened
+        self.ended = threading.Event()
+        self.outcome: tuple[str, Any] = ("exit", 0)
+        self.backtrace: list[str] = []  # of a trap
+        self.control: Any = None
+
+    def has_resumed(self) -> bool:
+        self._resumed = self._resumed or self.resumed() or self.wasi.gate.touched.is_set()
+        return self._resumed
+
+    def check(self, when: str) -> None:
+        """Raise MigrationError if the program trapped or failed (``when``: what it had done)."""
+        if not self.ended.is_set():
+            return
+        kind, detail = self.outcome
+        if kind == "trap":
+            raise MigrationError(f"the restored program trapped on this daemon's engine {when}: {detail}")
+        if kind == "error":
+            raise MigrationError(f"the restored program failed on this daemon's engine {when}: {detail}")
+
+    def run(self) -> tuple[str, Any]:
+        """Run it to its end: ("exit", code), ("moved", None), ("trap", reason) or ("error", why)."""
+        from wasmig.snapshot.session import MigratedAway
+
+        try:
+            outcome: tuple[str, Any] = ("exit", self.body())
+        except MigratedAway:
+            outcome = ("moved", None)
+        except Trap as trap:
+            outcome = ("trap", trap.reason)
+            self.backtrace = list(trap.backtrace)
+        except Exception as e:  # noqa: BLE001 - reported (to the source, if before the commit), never raised
+            outcome = ("error", str(e) or repr(e))
+        self.outcome = outcome
+        self.ended.set()
+        return outcome
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        self.wasi.close()
+
+
+def _serve_control(session: Any) -> Any:
     from wasmig.migrate.control import serve_control
-    from wasmig.snapshot.session import MigratedAway
 
-    control = serve_control(session)
-    try:
-        code = body()
-        log(f"program exited with code {code}")
-        return int(code)
-    except MigratedAway:
-        log("program migrated away")
-        return 0
-    except Trap as trap:
-        log(f"program trapped: {trap.reason}")
-        return 134
-    finally:
-        control.close()
-        wasi.close()
+    return serve_control(session)

@@ -52,12 +52,13 @@ class MigratedAway(Exception):  # noqa: N818 - control flow
 
 
 class MigrationInDoubt(MigratedAway):
-    """The target was sent the commit but never confirmed it: the program may run there, so it
-    must not go on here; its state was saved for a manual restore (``path``)."""
+    """The target was sent the commit and may run the program (or did, and lost it), so it must
+    not go on here; its state was saved for a manual restore (``path``); ``why``: what happened."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, why: str = "the migration target did not confirm the commit") -> None:
         super().__init__(path)
         self.path = path
+        self.why = why
 
 
 def ignore_checkpoint_request(*_: Any) -> None:

@@ -61,8 +61,12 @@ class StopHandoff:
         self._snapshot: Snapshot | None = None
         self._failure: str | None = None
         self._commit = False
-        self.in_doubt: str | None = None  # set with decide(True): the program did not surely move
+        #: set with decide(True) when the program did not surely move: (where it is saved, why)
+        self.in_doubt: tuple[str, str] | None = None
         self.stopped_at: float | None = None  # time.perf_counter() when the program had stopped
+        #: called (from the run's thread) when the program ends before it stopped: the migration,
+        #: perhaps blocked on the network, gives up at once
+        self.on_end: Callable[[], None] | None = None
 
     # the migration's side
     def stop(self, request: Callable[[], None], timeout: float = 30.0) -> Snapshot:
@@ -95,7 +99,7 @@ class StopHandoff:
         self._stopped.set()
         self._decided.wait()
         if self._commit and self.in_doubt is not None:
-            raise MigrationInDoubt(self.in_doubt)
+            raise MigrationInDoubt(*self.in_doubt)
         return self._commit
 
     def ended(self, why: str = "the program ended before it could stop") -> None:
@@ -103,6 +107,8 @@ class StopHandoff:
         if not self._stopped.is_set():
             self._failure = why
             self._stopped.set()
+            if self.on_end is not None:
+                self.on_end()
 
 
 def store_module(directory: Path, module: Module) -> Path:

@@ -377,6 +377,7 @@ class Checkpointable:
         self._tables: list[Any] | None = None
         self._slots: dict[tuple[int, int, int], int] = {}
         self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
+        self._rewind_watch: tuple[ctypes.c_uint32, int] | None = None  # see rewind_ended()
 
     # --- control ---------------------------------------------------------------------------
     @property
@@ -451,10 +452,22 @@ class Checkpointable:
         self.ctl.write(self.store, struct.pack("<I", need), WRITE_PTR)
         self.ctl.write(self.store, struct.pack("<I", RECORDS_BASE), READ_PTR)
         self._state.set_value(self.store, STATE_REWINDING)
+        base = ctypes.addressof(self.ctl.data_ptr(self.store).contents)  # never moves (memory_may_move is off)
+        self._rewind_watch = (ctypes.c_uint32.from_address(base + WRITE_PTR), need)
         # the outermost frame's rewind copy: it pops its record and calls the next frame's copy
         self._call(name)
         if self._state.value(self.store) == STATE_REWINDING:
             raise SnapshotError("internal error: the rewind did not reach the snapshot's innermost frame")
+
+    def rewind_ended(self) -> bool:
+        """Whether the rewind :meth:`resume` started has reached the snapshot's innermost frame
+        (``$state`` is back to running and the program goes on), read from any thread while the
+        guest runs: the end of a rewind resets the records' write pointer, which :meth:`resume`
+        set past the records, in the control memory (plain memory that never moves). False
+        before :meth:`resume` wrote its records. A live migration's target answers only once this
+        is true; it latches the answer (a later unwind moves the pointer again)."""
+        watch = self._rewind_watch
+        return watch is not None and watch[0].value != watch[1]
 
     # --- memory in place (a live migration's target) ------------------------------------------
     def _memory(self, i: int) -> Any:
@@ -619,17 +632,26 @@ class Checkpointable:
                 self.ctl.write(store, struct.pack("<Q", bits), GLOBALS_BASE + 8 * i)
             elif struct.unpack_from("<Q", ctl_view, 8 * i)[0] & MASKS[t] != bits:
                 raise SnapshotError(f"snapshot does not fit the module: immutable global {i} has another value")
+        # a flag byte per *passive* segment only (wasmig:load reads no others): a module with more
+        # than GLOBALS_BASE - DROPS_BASE segments (CPython's WLR build has 24,171 data segments)
+        # would otherwise have its flags written over the globals just put there
         n_data = len(facts.data_modes)
-        flags = bytearray(n_data + len(facts.elem_modes))
-        for i, (mode, dropped) in enumerate(zip(facts.data_modes, snap.dropped_data, strict=True)):
-            flags[i] = mode == "p" and dropped
-        for i, (mode, dropped) in enumerate(zip(facts.elem_modes, snap.dropped_elems, strict=True)):
-            flags[n_data + i] = mode == "p" and dropped
-        if flags:
-            self.ctl.write(store, bytes(flags), DROPS_BASE)
+        flags = {DROPS_BASE + i: dropped for i, (mode, dropped) in
+                 enumerate(zip(facts.data_modes, snap.dropped_data, strict=True)) if mode == "p"}
+        flags.update({DROPS_BASE + n_data + i: dropped for i, (mode, dropped) in
+                      enumerate(zip(facts.elem_modes, snap.dropped_elems, strict=True)) if mode == "p"})
+        if flags and max(flags) >= GLOBALS_BASE:
+            raise SnapshotError(f"cannot restore on wasmtime: the module has {n_data + len(facts.elem_modes)} data and "
+                                f"element segments, more than the control memory has room for beside a passive one "
+                                f"({GLOBALS_BASE - DROPS_BASE}); restore it on the interpreter")
+        area = bytearray(max(flags) + 1 - DROPS_BASE) if flags else bytearray()
+        for at, dropped in flags.items():
+            area[at - DROPS_BASE] = dropped
+        if area:
+            self.ctl.write(store, bytes(area), DROPS_BASE)
         self.instance.invoke("wasmig:load")
-        if flags:
-            self.ctl.write(store, bytes(len(flags)), DROPS_BASE)  # the guest's own drops start from zero
+        if area:
+            self.ctl.write(store, bytes(len(area)), DROPS_BASE)  # the guest's own drops start from zero
         if self.count_steps:
             if snap.steps is None:
                 raise SnapshotError("the snapshot has no step count (it was taken without counting steps): "

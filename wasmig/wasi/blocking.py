@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import select
+import threading
+from collections.abc import Callable
 
 from wasmig.errors import HostCallInterrupted
 
@@ -63,3 +65,51 @@ class Waiter:
                 os.close(fd)
             except OSError:
                 pass
+
+
+class Gate:
+    """Holds a guest's host calls until it is opened: what a live migration's target runs the
+    restored program behind until the source's commit (docs/migration.md). The guest may compute
+    meanwhile, but nothing it does reaches the world (every WASI call waits here), so a
+    migration given up before the commit leaves no trace of it.
+
+    Open unless :meth:`close` was called; :attr:`touched` is set when the guest first reached it
+    (a host call was made: the guest runs); :meth:`open` runs the deferred actions (``defer``:
+    re-attaching gateway connections) before it lets the held calls go."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.touched = threading.Event()
+        self._open = threading.Event()
+        self._open.set()
+        self._deferred: list[Callable[[], None]] = []
+        self._opening = False
+
+    def close(self) -> None:
+        self.closed = True
+        self._open.clear()
+
+    def wait(self) -> None:
+        """A host call arrived while closed: say so, and wait until opened."""
+        self.touched.set()
+        self._open.wait()
+
+    def defer(self, action: Callable[[], None]) -> bool:
+        """Run ``action`` when the gate opens (False, and nothing deferred: it is open, or
+        opening and running what was deferred)."""
+        if not self.closed or self._opening:
+            return False
+        self._deferred.append(action)
+        return True
+
+    def open(self) -> None:
+        """Run what was deferred (host calls still held), then let them go."""
+        actions, self._deferred = self._deferred, []
+        self._opening = True
+        try:
+            for action in actions:
+                action()
+        finally:
+            self._opening = False
+            self.closed = False
+            self._open.set()

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from wasmig.wasi import constants as C
 from wasmig.wasi import gateway, sandbox
-from wasmig.wasi.blocking import Waiter
+from wasmig.wasi.blocking import Gate, Waiter
 from wasmig.wasi.errno import Errno, WasiError, from_oserror
 from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEntry, FdTable
 from wasmig.wasi.memory import GuestMemory
@@ -152,6 +152,8 @@ class Wasi:
         #: it: what it opened beneath it stays open, and a checkpoint must say where that lives
         self.preopen_roots: dict[str, str] = {}
         self.waiter = Waiter()  # every blocking wait goes through it, so a checkpoint can end it
+        #: every host call passes it: closed, it holds the guest's effects (a migration's target, before the commit)
+        self.gate = Gate()
         self._init_stdio(stdin, stdout, stderr)
         try:
             for sock in listeners:
@@ -227,8 +229,11 @@ class Wasi:
     def _wrap(self, name: str) -> Callable[..., Any]:
         method = getattr(self, name)
         calls = self.calls
+        gate = self.gate
 
         def call(*args: int) -> int | None:
+            if gate.closed:
+                gate.wait()
             calls[name] = calls.get(name, 0) + 1
             try:
                 result = method(*args)
@@ -939,7 +944,10 @@ class Wasi:
                 e.sock = None
 
     def reattach_gateway(self) -> None:
-        """Connect every detached gateway fd again (after a restore, or a migration given up)."""
+        """Connect every detached gateway fd again (after a restore, or a migration given up); while
+        the :attr:`gate` holds the program (a migration not yet committed), only when it opens."""
+        if self.gate.defer(self.reattach_gateway):
+            return
         for e in self.fds.entries.values():
             if e.gateway is None or e.sock is not None:
                 continue

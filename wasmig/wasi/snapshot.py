@@ -110,10 +110,10 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_
     if into is None:
         wasi = Wasi(ws.args, ws.env, stdin=stdin, stdout=stdout, stderr=stderr)
     else:  # the instance's host functions are bound to this object: re-initialise it in place
-        wasi, memory, calls = into, into.memory, into.calls
+        wasi, memory, calls, gate = into, into.memory, into.calls, into.gate
         wasi.close()
         Wasi.__init__(wasi, ws.args, ws.env, stdin=stdin, stdout=stdout, stderr=stderr)
-        wasi.memory, wasi.calls = memory, calls
+        wasi.memory, wasi.calls, wasi.gate = memory, calls, gate
     standard = {e.guest_path: e for e in wasi.fds.entries.values()}  # fresh stdio, by stream name
     wasi.fds.entries.clear()  # the snapshot says which fds exist
     wasi.monotonic_base_ns = ws.monotonic_ns - time.monotonic_ns()  # the guest's clocks continue
