@@ -500,12 +500,19 @@ class Checkpointable:
                 self.ctl.write(store, struct.pack("<Q", bits), GLOBALS_BASE + 8 * i)
             elif struct.unpack_from("<Q", ctl_view, 8 * i)[0] & MASKS[t] != bits:
                 raise SnapshotError(f"snapshot does not fit the module: immutable global {i} has another value")
+        # the drop flags of the *passive* segments only, up to the last of them: active ones have no flag, and a
+        # byte for every segment overran the globals just written when a module has more segments than the flag
+        # area holds (CPython for WASI: 24,171 active data segments zeroed the restored __stack_pointer)
         n_data = len(ir.datas)
-        flags = bytearray(n_data + len(ir.elems))
-        for i, (seg, dropped) in enumerate(zip(ir.datas, snap.dropped_data, strict=True)):
-            flags[i] = seg.mode == "passive" and dropped
-        for i, (seg, dropped) in enumerate(zip(ir.elems, snap.dropped_elems, strict=True)):
-            flags[n_data + i] = seg.mode == "passive" and dropped
+        passive = [i for i, seg in enumerate(ir.datas) if seg.mode == "passive"] + \
+                  [n_data + i for i, seg in enumerate(ir.elems) if seg.mode == "passive"]
+        flags = bytearray(passive[-1] + 1 if passive else 0)
+        if DROPS_BASE + len(flags) > GLOBALS_BASE:
+            raise SnapshotError(f"cannot restore on wasmtime: passive segment {passive[-1]} lies beyond the control "
+                                "memory's drop flags")
+        dropped = snap.dropped_data + snap.dropped_elems
+        for i in passive:
+            flags[i] = dropped[i]
         if flags:
             self.ctl.write(store, bytes(flags), DROPS_BASE)
         self.instance.invoke("wasmig:load")
