@@ -291,3 +291,28 @@ def test_constructs_nested_deeper_than_python_allows_run_as_segments() -> None:
             kinds = {f.name: isinstance(f.straight, Straight) for f in inst.store.funcs}
             assert kinds["shallow"] and not kinds["deep"]
     assert got["stepwise"] == got["compiled-at-once"]
+
+
+def test_code_called_from_another_instance_counts_that_machine_s_steps() -> None:
+    """Each instance has its own machine; an importing instance runs the exporter's code on its own
+    machine, so the exporter's compiled segments must not count steps into (or check the frames of)
+    the exporter's machine."""
+    provider_src = f"""(module {nested("leaf", 3)}
+      (func (export "work") (param i32) (result i32) (local i32 i32)
+        (loop $l
+          (local.set 2 (i32.add (local.get 2) (call $leaf (local.get 1))))
+          (br_if $l (i32.lt_u (local.tee 1 (i32.add (local.get 1) (i32.const 1))) (local.get 0))))
+        (local.get 2)))"""
+    user_src = """(module (import "p" "work" (func $work (param i32) (result i32)))
+      (func (export "run") (param i32) (result i32) (call $work (local.get 0))))"""
+    got = {}
+    for mode in ("stepwise", "compiled-at-once"):
+        provider = wasmig.Instance(wat_module(provider_src))
+        user = wasmig.Instance(wat_module(user_src), {"p": {"work": provider.exports["work"]}})
+        configure(provider.machine, mode)
+        configure(user.machine, mode)
+        warm = provider.exports["work"](50)  # compiles the provider's segments on its own machine
+        got[mode] = (warm, provider.machine.steps, user.exports["run"](50), user.machine.steps,
+                     provider.machine.steps)
+    assert got["stepwise"] == got["compiled-at-once"]
+    assert got["stepwise"][1] == got["stepwise"][4]  # the user's run left the provider's count alone

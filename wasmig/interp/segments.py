@@ -150,6 +150,7 @@ def namespace_of(inst: Any) -> dict[str, Any]:
         machine = inst.machine
         ns["_m"] = machine
         ns["_frames"] = machine.frames
+        ns["_stack"] = machine.stack  # a segment runs on another machine when another instance calls it
         ns["_cell"] = machine.step_cell
         ns["_straight_codes"] = {}  # code object of a straight function -> (function, line -> pc)
         inst.segment_namespace = ns
@@ -436,14 +437,14 @@ def compile_segment(func: Any, start: int) -> Callable[[list, list], int] | None
         if fop == ops.CALL and type(ins[1]).__name__ == "WasmFunction" and ins[1].instance is inst:
             s = straight_of(ins[1])
             if s is not None:
-                # the callee runs as one Python call unless a stop could fall inside it or the
-                # machine's limits leave it no room: then the loop makes the call (see straight.py)
-                machine = inst.machine
+                # the callee runs as one Python call unless a stop could fall inside it, the machine's
+                # limits leave it no room, or this is another machine (an importing instance's, whose
+                # steps and frames these names do not see): then the loop makes the call (straight.py)
                 for k, e in enumerate(g.stack):
                     if any(d < 0 for d in e[2]):
                         g.stack[k] = g.materialize(e)
-                g.emit(f"if _cell[0] >= _m.stop_at_step - {s.steps} or len(_frames) > "
-                       f"{machine.max_frames - s.depth} or _frames[-1].slots > {machine.max_slots - s.slots}:")
+                g.emit(f"if stack is not _stack or _cell[0] >= _m.stop_at_step - {s.steps} or len(_frames) > "
+                       f"_m.max_frames - {s.depth} or _frames[-1].slots > _m.max_slots - {s.slots}:")
                 g.exit_lines(pc, extra=1)
                 g.call(s)
                 pc += 1
