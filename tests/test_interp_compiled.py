@@ -262,3 +262,57 @@ def test_a_stop_never_falls_inside_a_straight_call() -> None:
         snaps[mode] = (got, result)
     assert snaps["stepwise"] == snaps["compiled-at-once"]
     assert len(snaps["stepwise"][0]) > 60
+
+
+def nested(name: str, depth: int) -> str:
+    """A function of ``depth`` nested blocks, each the target of one arm of a ``br_table``."""
+    opens = "".join(f"(block $b{k} " for k in range(depth))
+    labels = " ".join(f"$b{k}" for k in reversed(range(depth)))
+    inner = f"(br_table {labels} $b0 (local.get 0))"
+    closes = "".join(f" (local.set 1 (i32.add (local.get 1) (i32.const {k + 1})))) " for k in reversed(range(depth)))
+    return f"(func ${name} (param i32) (result i32) (local i32) {opens}{inner}{closes} (local.get 1))"
+
+
+def test_constructs_nested_deeper_than_python_allows_run_as_segments() -> None:
+    """Python compiles at most 20 nested loops: a straight function whose wrapped blocks nest deeper
+    stays in segments (and still computes the same), a shallower one is compiled."""
+    module = wat_module(f"""(module {nested("deep", 30)} {nested("shallow", 10)}
+      (func (export "run") (param i32) (result i32) (local i32 i32)
+        (loop $l
+          (local.set 2 (i32.add (local.get 2) (i32.add (call $deep (local.get 1)) (call $shallow (local.get 1)))))
+          (br_if $l (i32.lt_u (local.tee 1 (i32.add (local.get 1) (i32.const 1))) (local.get 0))))
+        (local.get 2)))""")
+    got = {}
+    for mode in ("stepwise", "compiled-at-once"):
+        inst = wasmig.Instance(module)
+        configure(inst.machine, mode)
+        got[mode] = (inst.exports["run"](40), inst.machine.steps)
+        if mode != "stepwise":
+            kinds = {f.name: isinstance(f.straight, Straight) for f in inst.store.funcs}
+            assert kinds["shallow"] and not kinds["deep"]
+    assert got["stepwise"] == got["compiled-at-once"]
+
+
+def test_code_called_from_another_instance_counts_that_machine_s_steps() -> None:
+    """Each instance has its own machine; an importing instance runs the exporter's code on its own
+    machine, so the exporter's compiled segments must not count steps into (or check the frames of)
+    the exporter's machine."""
+    provider_src = f"""(module {nested("leaf", 3)}
+      (func (export "work") (param i32) (result i32) (local i32 i32)
+        (loop $l
+          (local.set 2 (i32.add (local.get 2) (call $leaf (local.get 1))))
+          (br_if $l (i32.lt_u (local.tee 1 (i32.add (local.get 1) (i32.const 1))) (local.get 0))))
+        (local.get 2)))"""
+    user_src = """(module (import "p" "work" (func $work (param i32) (result i32)))
+      (func (export "run") (param i32) (result i32) (call $work (local.get 0))))"""
+    got = {}
+    for mode in ("stepwise", "compiled-at-once"):
+        provider = wasmig.Instance(wat_module(provider_src))
+        user = wasmig.Instance(wat_module(user_src), {"p": {"work": provider.exports["work"]}})
+        configure(provider.machine, mode)
+        configure(user.machine, mode)
+        warm = provider.exports["work"](50)  # compiles the provider's segments on its own machine
+        got[mode] = (warm, provider.machine.steps, user.exports["run"](50), user.machine.steps,
+                     provider.machine.steps)
+    assert got["stepwise"] == got["compiled-at-once"]
+    assert got["stepwise"][1] == got["stepwise"][4]  # the user's run left the provider's count alone

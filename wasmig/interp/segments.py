@@ -109,6 +109,12 @@ _STORES: dict[int, str] = {
     0x3E: f"_st_u32(mem, {{a}}, {{v}} & {_M32})",
 }
 
+#: full-width accesses, whose value a later load of the same address and type can reuse
+_KIND = {0x28: "i32", 0x29: "i64", 0x2A: "f32", 0x2B: "f64", 0x36: "i32", 0x37: "i64", 0x38: "f32", 0x39: "f64"}
+#: bytes every load and store touches
+_WIDTH = {0x28: 4, 0x29: 8, 0x2A: 4, 0x2B: 8, 0x2C: 1, 0x2D: 1, 0x2E: 2, 0x2F: 2, 0x30: 1, 0x31: 1, 0x32: 2,
+          0x33: 2, 0x34: 4, 0x35: 4, 0x36: 4, 0x37: 8, 0x38: 4, 0x39: 8, 0x3A: 1, 0x3B: 2, 0x3C: 1, 0x3D: 2, 0x3E: 4}
+
 #: names every segment's namespace provides
 _BASE_NAMESPACE: dict[str, Any] = {
     "__builtins__": builtins,
@@ -144,6 +150,7 @@ def namespace_of(inst: Any) -> dict[str, Any]:
         machine = inst.machine
         ns["_m"] = machine
         ns["_frames"] = machine.frames
+        ns["_stack"] = machine.stack  # a segment runs on another machine when another instance calls it
         ns["_cell"] = machine.step_cell
         ns["_straight_codes"] = {}  # code object of a straight function -> (function, line -> pc)
         inst.segment_namespace = ns
@@ -165,6 +172,12 @@ class Generator:
         self.ntemp = 0
         self.pc = 0
         self.indent = 1
+        #: what this path already knows memory holds: (address base source, offset) ->
+        #: (type, width, value entry, locals/globals the base or value read). Unoptimised code
+        #: stores a value to its stack frame and loads it back at once; the load then costs nothing.
+        self.known: dict[tuple[str, int], tuple[str, int, Entry, frozenset[int]]] = {}
+        #: globals whose value this path set: index -> entry (the stack pointer, mostly)
+        self.globals_known: dict[int, Entry] = {}
 
     # --- emission -------------------------------------------------------------------------
     def emit(self, line: str, extra: int = 0) -> None:
@@ -206,10 +219,46 @@ class Generator:
         return (t, False, NO_DEPS, 0)
 
     def settle(self, key: int) -> None:
-        """Evaluate every pending expression that reads local ``key`` (global ``~key``) before it changes."""
+        """Evaluate every pending expression that reads local ``key`` (global ``~key``) before it
+        changes, and forget what memory was known through it."""
         for i, e in enumerate(self.stack):
             if key in e[2]:
                 self.stack[i] = self.materialize(e)
+        if self.known:
+            self.known = {k: r for k, r in self.known.items() if key not in r[3]}
+        for g, e in list(self.globals_known.items()):
+            if key in e[2]:
+                del self.globals_known[g]
+
+    def forget(self) -> None:
+        """Memory and globals may have changed behind this path's back (a call, a join of paths)."""
+        self.known = {}
+        self.globals_known = {}
+
+    def load(self, op: int, a: Entry, offset: int) -> None:
+        base = self.value(a)
+        kind = _KIND.get(op)
+        if kind is not None:
+            rec = self.known.get((base, offset))
+            if rec is not None and rec[0] == kind:
+                self.stack.append(rec[2])
+                return
+        self.call_temp(_LOADS[op].format(a=f"{base} + {offset}" if offset else base))
+        if kind is not None:
+            self.known[(base, offset)] = (kind, _WIDTH[op], self.stack[-1], a[2])
+
+    def store(self, op: int, a: Entry, v: Entry, offset: int) -> None:
+        base = self.value(a)
+        kind = _KIND.get(op)
+        if kind is not None and v[3] > 1:
+            v = self.materialize(v)
+        self.emit(_STORES[op].format(a=f"{base} + {offset}" if offset else base, v=self.value(v)))
+        if self.known:
+            width = _WIDTH[op]
+            self.known = {(b, o): r for (b, o), r in self.known.items()
+                          if b == base and (o + r[1] <= offset or offset + width <= o)}
+        if kind is not None:
+            self.known[(base, offset)] = (kind, _WIDTH[op], v, a[2] | v[2])
 
     def call_temp(self, src: str) -> None:
         """A helper call or a load: evaluated in program order, on its own line (its trap maps to this pc)."""
@@ -224,6 +273,7 @@ class Generator:
         for k, e in enumerate(self.stack):
             if any(d < 0 for d in e[2]):
                 self.stack[k] = self.materialize(e)
+        self.forget()
         args = [self.pop() for _ in range(s.nparams)][::-1]
         src = f"{s.name}({', '.join(self.value(a) for a in args)})"
         if s.nresults == 0:
@@ -292,16 +342,10 @@ def translate(g: Generator, op: int, imm: Any) -> bool:
     elif op == 0x44:
         g.push(g.float_const(f64_from_bits(imm), imm, "f64"))
     elif op in _LOADS:
-        a = g.pop()
-        offset = imm[1]
-        addr = g.value(a) if not offset else f"{g.value(a)} + {offset}"
-        g.call_temp(_LOADS[op].format(a=addr))
+        g.load(op, g.pop(), imm[1])
     elif op in _STORES:
         v = g.pop()
-        a = g.pop()
-        offset = imm[1]
-        addr = g.value(a) if not offset else f"{g.value(a)} + {offset}"
-        g.emit(_STORES[op].format(a=addr, v=g.value(v)))
+        g.store(op, g.pop(), v, imm[1])
     elif op in _BIN_VALUE or op in _BIN_COND:
         b = g.pop()
         a = g.pop()
@@ -318,11 +362,18 @@ def translate(g: Generator, op: int, imm: Any) -> bool:
         a = g.pop()
         g.push(_UN_VALUE[op].format(a=g.value(a)), False, a[2], a[3] + 1)
     elif op == 0x23:
-        g.push(f"{g.name(f'_g{imm}', g.inst.globals[imm])}.internal", False, frozenset((~imm,)), 1)
+        known = g.globals_known.get(imm)
+        if known is not None:
+            g.stack.append(known)
+        else:
+            g.push(f"{g.name(f'_g{imm}', g.inst.globals[imm])}.internal", False, frozenset((~imm,)), 1)
     elif op == 0x24:
         e = g.pop()
         g.settle(~imm)
+        if e[3] > 1:
+            e = g.materialize(e)
         g.emit(f"{g.name(f'_g{imm}', g.inst.globals[imm])}.internal = {g.value(e)}")
+        g.globals_known[imm] = e
     elif op == 0x1A:
         g.pop()
     elif op == 0x1B or op == 0x1C:
@@ -386,14 +437,14 @@ def compile_segment(func: Any, start: int) -> Callable[[list, list], int] | None
         if fop == ops.CALL and type(ins[1]).__name__ == "WasmFunction" and ins[1].instance is inst:
             s = straight_of(ins[1])
             if s is not None:
-                # the callee runs as one Python call unless a stop could fall inside it or the
-                # machine's limits leave it no room: then the loop makes the call (see straight.py)
-                machine = inst.machine
+                # the callee runs as one Python call unless a stop could fall inside it, the machine's
+                # limits leave it no room, or this is another machine (an importing instance's, whose
+                # steps and frames these names do not see): then the loop makes the call (straight.py)
                 for k, e in enumerate(g.stack):
                     if any(d < 0 for d in e[2]):
                         g.stack[k] = g.materialize(e)
-                g.emit(f"if _cell[0] >= _m.stop_at_step - {s.steps} or len(_frames) > "
-                       f"{machine.max_frames - s.depth} or _frames[-1].slots > {machine.max_slots - s.slots}:")
+                g.emit(f"if stack is not _stack or _cell[0] >= _m.stop_at_step - {s.steps} or len(_frames) > "
+                       f"_m.max_frames - {s.depth} or _frames[-1].slots > _m.max_slots - {s.slots}:")
                 g.exit_lines(pc, extra=1)
                 g.call(s)
                 pc += 1
@@ -444,7 +495,11 @@ def compile_segment(func: Any, start: int) -> Callable[[list, list], int] | None
         pc += 1
     src = "def _segment(stack, locs):\n" + "\n".join(g.lines) + "\n"
     namespace: dict[str, Any] = {}
-    exec(compile(src, f"<wasm func {func.index} +{start}>", "exec"), ns, namespace)  # noqa: S102 - our own source
+    try:
+        code = compile(src, f"<wasm func {func.index} +{start}>", "exec")
+    except (SyntaxError, RecursionError, MemoryError):  # a limit of Python's compiler: stay instruction by instruction
+        return None
+    exec(code, ns, namespace)  # noqa: S102 - our own source
     fn = namespace["_segment"]
     fn.pcs = (start, start, *g.pcs)  # source line -> pc (line 1 is the def)
     fn.source = src

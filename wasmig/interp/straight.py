@@ -38,6 +38,9 @@ from wasmig.interp.store import WasmFunction
 MAX_BODY = 2000
 #: straight calls nested at most this deep (Python frames; the analysis recurses as deep)
 MAX_DEPTH = 40
+#: Python allows 20 statically nested loops (``while True`` wrappers) and 100 indentation levels
+MAX_WRAPPERS = 18
+MAX_INDENT = 80
 #: control instructions a straight function may hold (besides the plain ones of segments)
 _CONTROL = frozenset({0x00, 0x01, 0x02, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F, 0x10})
 
@@ -97,7 +100,8 @@ def _analyze(func: WasmFunction, depth: int) -> Straight | None:
     nlocals = len(func.type.params) + len(func.local_defaults)
     result = Straight(f"_sf{func.index}", len(func.type.params), len(func.type.results), steps,
                       1 + depth_below, nlocals + slots_below)
-    _compile(func, result, info)
+    if not _compile(func, result, info):
+        return None
     func.straight = result
     return result
 
@@ -114,8 +118,10 @@ class _Construct:
     has_else: bool = False
     then_live: bool = False  # the then-arm fell through into the else
     entry: list = field(default_factory=list)  # the symbolic stack when entered (atoms)
+    known: tuple = ()  # what the generator knew of memory and globals when entered (if: for the else)
     results: list[str] = field(default_factory=list)  # the join variables of its results
     mark: int = 0  # lines emitted when the current arm began (an empty arm gets a ``pass``)
+    parent: _Construct | None = None
 
 
 def _arity(bt: Any, types: list) -> tuple[int, int]:
@@ -154,7 +160,7 @@ def _scan(func: WasmFunction, info: Any, end_of: dict[int, int]) -> dict[int, _C
             i = end_of[i] + 1 if op in (0x02, 0x03, 0x04) else i + 1
             continue
         if op == 0x02 or op == 0x04:
-            c = _Construct("block" if op == 0x02 else "if", i, *_arity(ins.imm, types))
+            c = _Construct("block" if op == 0x02 else "if", i, *_arity(ins.imm, types), parent=ctl[-1])
             found[i] = c
             ctl.append(c)
         elif op == 0x05:
@@ -188,6 +194,20 @@ def _scan(func: WasmFunction, info: Any, end_of: dict[int, int]) -> dict[int, _C
         for c in wrappers:
             c.crossed = True
     return found
+
+
+def _too_deep(found: dict[int, _Construct]) -> bool:
+    """Whether the Python source would nest deeper than Python compiles."""
+    for c in found.values():
+        loops = indent = 0
+        node: _Construct | None = c
+        while node is not None:
+            loops += node.targeted
+            indent += node.targeted + (node.kind == "if") * 2
+            node = node.parent
+        if loops > MAX_WRAPPERS or indent > MAX_INDENT:
+            return True
+    return False
 
 
 # --- generation --------------------------------------------------------------------------------
@@ -230,11 +250,14 @@ class _Gen(sg.Generator):
             self.emit(f"return ({', '.join(values)},)")
 
 
-def _compile(func: WasmFunction, straight: Straight, info: Any) -> None:
-    """Pass 2: generate, compile and register the Python function of ``func``."""
+def _compile(func: WasmFunction, straight: Straight, info: Any) -> bool:
+    """Pass 2: generate, compile and register the Python function of ``func`` (False: its
+    constructs nest deeper than Python allows)."""
     body, unreachable = func.ir.body, info.unreachable
     end_of, _ = match_blocks(body)
     found = _scan(func, info, end_of)
+    if _too_deep(found):
+        return False
     inst = func.instance
     ns = sg.namespace_of(inst)
     g = _Gen(ns, inst)
@@ -262,6 +285,7 @@ def _compile(func: WasmFunction, straight: Straight, info: Any) -> None:
             cond = g.pop() if op == 0x04 else None
             g.atoms()
             c.entry = list(g.stack)
+            c.known = (dict(g.known), dict(g.globals_known))
             c.results = [f"r{i}_{j}" for j in range(c.nresults)]
             if c.targeted:
                 g.emit("while True:")
@@ -282,6 +306,7 @@ def _compile(func: WasmFunction, straight: Straight, info: Any) -> None:
             g.indent += 1
             c.mark = len(g.lines)
             g.stack = list(c.entry)
+            g.known, g.globals_known = dict(c.known[0]), dict(c.known[1])
             dead = False
         elif op == 0x0B:
             c = ctl.pop()
@@ -317,6 +342,7 @@ def _compile(func: WasmFunction, straight: Straight, info: Any) -> None:
                     g.emit("break", 1)
             if c.kind == "if" or c.targeted:
                 g.stack = below + [(r, False, sg.NO_DEPS, 0) for r in c.results]
+                g.forget()  # paths join here
             dead = not live
         elif op == 0x0C:
             g.leave(ctl, ins.imm)
@@ -369,8 +395,13 @@ def _compile(func: WasmFunction, straight: Straight, info: Any) -> None:
     params = ", ".join(f"l{k}" for k in range(nparams))
     src = f"def {straight.name}({params}):\n" + "\n".join(g.lines) + "\n"
     namespace: dict[str, Any] = {}
-    exec(compile(src, f"<wasm func {func.index}>", "exec"), ns, namespace)  # noqa: S102 - our own source
+    try:
+        code = compile(src, f"<wasm func {func.index}>", "exec")
+    except (SyntaxError, RecursionError, MemoryError):  # a limit of Python's compiler: run it as segments
+        return False
+    exec(code, ns, namespace)  # noqa: S102 - our own source
     fn = namespace[straight.name]
     ns[straight.name] = fn
     ns.setdefault("_straight_codes", {})[fn.__code__] = (func, (0, 0, *g.pcs))
+    return True
 
