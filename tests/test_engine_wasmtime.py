@@ -373,29 +373,32 @@ def test_artifact_cache_hit_is_much_faster_and_damage_is_recompiled(tmp_path: Pa
     print(f"\ncompile {compile_s * 1000:.1f} ms, cache hit {hit_s * 1000:.1f} ms")
     assert hit_s < compile_s / 4, f"a cache hit ({hit_s:.4f} s) is not much faster than compiling ({compile_s:.4f} s)"
 
+    from wasmig import checked
+    from wasmig.hashing import fast_hash
+
     good = entries[0].read_bytes()
-    checksum = entries[0].with_suffix(".sum")
+    checksum = checked.sum_path(entries[0])
     good_sum = checksum.read_bytes()
-    st = entries[0].stat()
-    assert good_sum == engine.sum_entry(good, (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)), \
-        "the .sum file names the artifact's digest, size and the file's stamp when it was checked"
+    assert good_sum.startswith(checked.MAGIC + fast_hash(good).digest()), "the sidecar names the artifact's digest"
     refused = b"\x7fELF not really a compiled module" * 10
-    damaged = {  # (the .cwasm, the .sum)
-        "flipped bit": (good[:-100] + bytes([good[-100] ^ 0x10]) + good[-99:], good_sum),
-        "truncated": (good[: len(good) // 2], good_sum),
-        "empty": (b"", good_sum),
-        "garbage": (os.urandom(4096), good_sum),
+    damaged = {  # (the .cwasm, the .sum: "good", None for none, else bytes)
+        "flipped bit": (good[:-100] + bytes([good[-100] ^ 0x10]) + good[-99:], "good"),
+        "truncated": (good[: len(good) // 2], "good"),
+        "empty": (b"", "good"),
+        "garbage": (os.urandom(4096), "good"),
         "no checksum": (good, None),
         "damaged checksum": (good, good_sum[:-1]),
         # a valid checksum over bytes wasmtime refuses (as an entry of another wasmtime build would be)
-        "refused payload": (refused, engine.sum_entry(refused)),
+        "refused payload": (refused, "valid"),
     }
     for what, (blob, sums) in damaged.items():
         entries[0].write_bytes(blob)
         if sums is None:
             checksum.unlink()
+        elif sums == "valid":
+            checksum.write_bytes(checked._sum(fast_hash(blob).digest(), entries[0].stat()))
         else:
-            checksum.write_bytes(sums)
+            checksum.write_bytes(good_sum if sums == "good" else sums)
         corrupt = engine.cache_stats["corrupt"]
         compiled = engine.compile_module(data, tmp_path)
         assert engine.cache_stats["corrupt"] == corrupt + 1, what
@@ -403,31 +406,6 @@ def test_artifact_cache_hit_is_much_faster_and_damage_is_recompiled(tmp_path: Pa
         assert engine._load(entries[0])[0] is not None, f"{what}: the entry was not rewritten"
         assert entries[0].read_bytes()[:64] == good[:64] and checksum.read_bytes()[:16] == good_sum[:16], what
     assert {p.suffix for p in tmp_path.iterdir()} == {".cwasm", ".sum"}, "temporary files left behind"
-
-
-def test_artifact_checked_once_per_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A cached artifact is hashed when its file is not the one last checked (its inode, mtime or
-    ctime moved: any write, copy or replacement), then not again; a same-size overwrite is caught."""
-    from wasmig.engines import wasmtime as engine
-
-    data = program("sandbox_escape").read_bytes()
-    engine.compile_module(data, tmp_path)
-    (entry,) = tmp_path.glob("*.cwasm")
-    hashed: list[int] = []
-    real = engine._artifact_hash
-
-    def counting(*args: object) -> object:
-        hashed.append(len(args))
-        return real(*args)
-
-    monkeypatch.setattr(engine, "_artifact_hash", counting)
-    assert engine._load(entry)[0] is not None and hashed == [], "the writer's stamp spares the first load the hash"
-    good = entry.read_bytes()
-    entry.write_bytes(good)  # the same bytes, written again: another ctime
-    assert engine._load(entry)[0] is not None and len(hashed) == 1, "a rewritten file is hashed"
-    assert engine._load(entry)[0] is not None and len(hashed) == 1, "and its new stamp recorded"
-    entry.write_bytes(good[:-100] + bytes([good[-100] ^ 0x10]) + good[-99:])
-    assert engine._load(entry) == (None, True) and len(hashed) == 2, "a flipped bit is caught"
 
 
 def test_unwritable_cache_is_not_fatal(tmp_path: Path) -> None:

@@ -20,3 +20,20 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+CACHE_ENV = "WASMIG_CACHE"
+
+
+def wasmtime_cache_dir() -> Path:
+    """``$WASMIG_CACHE/wasmtime``, else ``<repo>/.cache/wasmtime`` in a source checkout, else
+    ``~/.cache/wasmig/wasmtime`` (the same rules as the C toolchain's cache): compiled and
+    instrumented modules, site indexes, module facts, remembered digests."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser() / "wasmtime"
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file():
+        return repo / ".cache" / "wasmtime"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "wasmig" / "wasmtime"

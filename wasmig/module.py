@@ -11,6 +11,8 @@ from wasmig.binary.features import check as check_features
 from wasmig.errors import DecodeError
 
 if TYPE_CHECKING:  # the decoder and validator are imported when first used: a run on wasmtime may never need them
+    import os
+
     from wasmig.binary.facts import ModuleFacts
     from wasmig.binary.interface import Interface
     from wasmig.binary.ir import Module as IRModule
@@ -38,6 +40,8 @@ class Module:
         self.data = data
         self.features = frozenset(features)
         self._facts: ModuleFacts | None = None
+        #: the file the bytes were read from and its stat then (:attr:`digest` is remembered by it)
+        self._source: tuple[Path, os.stat_result] | None = None
 
     @property
     def decoded(self) -> bool:
@@ -115,11 +119,19 @@ class Module:
     @classmethod
     def from_file(cls, path: str | Path, *, features: Iterable[str] = frozenset(), validate: bool = True,
                   decode: bool = True) -> Module:
+        import os
+
         try:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as f:
+                before = os.fstat(f.fileno())
+                data = f.read()
+                after = os.fstat(f.fileno())
         except OSError as e:
             raise DecodeError(f"cannot read module {path}: {e.strerror or e}") from None
-        return cls.from_bytes(data, features=features, validate=validate, decode=decode)
+        module = cls.from_bytes(data, features=features, validate=validate, decode=decode)
+        if _stamp(before) == _stamp(after) and len(data) == after.st_size:  # nothing wrote it while it was read
+            module._source = (Path(path), after)
+        return module
 
     @cached_property
     def sha256(self) -> str | None:
@@ -131,14 +143,27 @@ class Module:
     @cached_property
     def digest(self) -> str:
         """The :func:`~wasmig.hashing.fast_digest` of the bytes: the module's key in wasmig's caches
-        (BLAKE3: 10 ms for CPython's 26 MB, where its sha256 takes 50)."""
+        (BLAKE3: 10 ms for CPython's 26 MB, where its sha256 takes 50). For a module read from a
+        file, remembered by the file's path and stamp (:mod:`wasmig.checked`): a start that finds
+        its module unchanged since the last one does not hash it."""
         from wasmig.hashing import fast_digest
 
-        if self.data is not None:
-            return fast_digest(self.data)
-        from wasmig.binary.encoder import encode_module
+        if self.data is None:
+            from wasmig.binary.encoder import encode_module
 
-        return fast_digest(encode_module(self.ir))
+            return fast_digest(encode_module(self.ir))
+        if self._source is None:
+            return fast_digest(self.data)
+        from wasmig import checked
+        from wasmig.files import wasmtime_cache_dir
+
+        path, st = self._source
+        folder = wasmtime_cache_dir()
+        digest = checked.remembered_digest(folder, path, st)
+        if digest is None:
+            digest = fast_digest(self.data)
+            checked.remember_digest(folder, path, st, digest)
+        return digest
 
     @property
     def facts(self) -> ModuleFacts:
@@ -174,3 +199,7 @@ class Module:
     @property
     def exports(self) -> list[tuple[str, str]]:
         return [(exp.name, exp.kind) for exp in self.ir.exports]
+
+
+def _stamp(st: object) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # type: ignore[attr-defined]

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import mmap
-import os
 import platform
 import struct
 import time
@@ -46,9 +44,8 @@ try:  # wasmtime-py's ctypes bindings, for the fast host-call path
 except ImportError:  # pragma: no cover - another wasmtime-py layout
     _ffi = None
 
-from wasmig import log
+from wasmig import checked, log
 from wasmig.errors import Exhaustion, HostCallInterrupted, LinkError, Trap, ValidationError, WasmError
-from wasmig.files import write_atomically
 from wasmig.hashing import fast_digest, fast_hash
 from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
@@ -74,18 +71,10 @@ CACHE_ENV = "WASMIG_CACHE"
 #: A cache entry made by :func:`cache_entry` (the instrumented modules): this magic, the BLAKE3
 #: (sha256 without the blake3 package) of the payload, then the payload.
 CACHE_MAGIC = b"wasmig-cwasm-v2\n"
-#: A compiled artifact is two files: ``KEY.cwasm``, exactly ``Module.serialize()``'s bytes, which
-#: wasmtime maps into memory (``Module.deserialize_file``: no copy, ~10 ms for 116 MB where reading
-#: and deserializing the bytes cost ~0.4 s), and ``KEY.sum``: this magic, the payload's 32-byte
-#: digest, its u64 size, and the *stamp* (u64 inode, mtime_ns, ctime_ns) the artifact file had
-#: when its digest was last checked. A load whose file still has that stamp skips the hash (25 ms
-#: for CPython's instrumented 116 MB, a sixth of a cached start); any other file is hashed over a
-#: read-only mapping before wasmtime sees it, and its stamp recorded. Every change made through the
-#: file system (a write, a truncation, a replacement, ``touch``) moves the ctime, which no program
-#: can set back; what the stamp cannot see is a bit flipped on the medium under the file system.
-SUM_MAGIC = b"wasmig-cwasm-v4\n"
-_SUM = struct.Struct("<16s32sQQQQ")  # magic, digest, size, inode, mtime_ns, ctime_ns
-
+#: A compiled artifact is ``KEY.cwasm``, exactly ``Module.serialize()``'s bytes, which wasmtime
+#: maps into memory (``Module.deserialize_file``: no copy, ~10 ms for 116 MB where reading and
+#: deserializing the bytes cost ~0.4 s), and its sidecar ``KEY.cwasm.sum`` (:mod:`wasmig.checked`:
+#: the digest, checked before wasmtime sees the file unless the file is the very one checked).
 _artifact_hash = fast_hash
 
 _MASK = {"i32": 0xFFFFFFFF, "i64": 0xFFFF_FFFF_FFFF_FFFF}
@@ -155,14 +144,9 @@ def config_description() -> str:
 def default_cache_dir() -> Path:
     """``$WASMIG_CACHE/wasmtime``, else ``<repo>/.cache/wasmtime`` in a source checkout, else
     ``~/.cache/wasmig/wasmtime`` (the same rules as the C toolchain's cache)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser() / "wasmtime"
-    repo = Path(__file__).resolve().parent.parent.parent
-    if (repo / "pyproject.toml").is_file():
-        return repo / ".cache" / "wasmtime"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "wasmig" / "wasmtime"
+    from wasmig.files import wasmtime_cache_dir
+
+    return wasmtime_cache_dir()
 
 
 def artifact_key(digest: str) -> str:
@@ -223,9 +207,7 @@ def compile_cached(digest: str, source: Callable[[], bytes], cache_dir: Path | N
     log.debug(__name__, "compiled-module cache %s: compiled %d bytes in %.3f s -> %s",
               "entry damaged" if found else "miss", len(data), time.perf_counter() - started, path)
     try:
-        payload = bytes(compiled.serialize())
-        write_atomically(path, payload)  # the artifact first, its checksum last: a reader that finds
-        write_atomically(_sum_path(path), sum_entry(payload, _stamp(os.stat(path))))  # it finds the whole artifact
+        checked.write(path, bytes(compiled.serialize()))
     except OSError:
         cache_stats["unwritable"] += 1
         log.debug(__name__, "compiled-module cache: cannot write %s", path)
@@ -254,59 +236,17 @@ def cache_payload(blob: bytes) -> bytes | None:
     return payload if _artifact_hash(payload).digest() == digest else None
 
 
-def cache_payload_view(blob: bytes) -> memoryview | None:
-    """:func:`cache_payload` as a view into ``blob``, not a copy (a 9 MB site index)."""
-    head = len(CACHE_MAGIC)
-    if not blob.startswith(CACHE_MAGIC) or len(blob) < head + 32:
-        return None
-    payload = memoryview(blob)[head + 32 :]
-    return payload if _artifact_hash(payload).digest() == blob[head : head + 32] else None
-
-
-def sum_entry(payload: bytes, stamp: tuple[int, int, int] = (0, 0, 0)) -> bytes:
-    """The ``.sum`` file of a compiled artifact: :data:`SUM_MAGIC`, the payload's digest, its size,
-    the artifact file's stamp when it was checked (zeros: never)."""
-    return _SUM.pack(SUM_MAGIC, _artifact_hash(payload).digest(), len(payload), *stamp)
-
-
-def _stamp(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
-
-
-def _sum_path(path: Path) -> Path:
-    return path.with_suffix(".sum")
-
-
 def _load(path: Path) -> tuple[wasmtime.Module | None, bool]:
     """(the compiled module cached at ``path``, or None; whether an entry was there at all).
 
     The checksum matters: deserializing is only safe for artifacts wasmtime itself produced, so
-    a flipped bit must never reach ``Module.deserialize_file``. It is computed over a read-only
-    mapping of the file (no copy into Python) unless the file is the one it was last computed
-    over (its stamp, :data:`SUM_MAGIC`), then wasmtime maps the same file itself."""
-    sum_path = _sum_path(path)
-    try:
-        head = sum_path.read_bytes()
-    except OSError:
-        return None, path.exists()
-    if len(head) != _SUM.size or not head.startswith(SUM_MAGIC):
-        return None, True
-    _, digest, size, *stamp = _SUM.unpack(head)
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if size == 0 or st.st_size != size:
-                return None, True
-            if tuple(stamp) != _stamp(st):
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    if _artifact_hash(mapped).digest() != digest:
-                        return None, True
-                try:  # checked: the next load of this very file need not hash it again
-                    write_atomically(sum_path, _SUM.pack(SUM_MAGIC, digest, size, *_stamp(st)))
-                except OSError:
-                    pass
-    except (OSError, ValueError):
-        return None, True
+    a flipped bit must never reach ``Module.deserialize_file``. :func:`wasmig.checked.open_checked`
+    computes it over a read-only mapping of the file unless the file is the very one last checked
+    (its stamp); wasmtime then maps the same file itself."""
+    mapped, found = checked.open_checked(path)
+    if mapped is None:
+        return None, found
+    mapped.close()
     try:
         return wasmtime.Module.deserialize_file(engine(), str(path)), True
     except wasmtime.WasmtimeError:
@@ -610,7 +550,10 @@ class WasmtimeInstance:
 
                 data = encode_module(module.ir)
             try:
-                compiled = compile_module(data, cache_dir, use_cache=use_cache)
+                if code is None and use_cache and module.data is not None:  # its digest may be remembered
+                    compiled = compile_cached(module.digest, lambda: data, cache_dir)
+                else:
+                    compiled = compile_module(data, cache_dir, use_cache=use_cache)
             except ValidationError:
                 if code is None:
                     _ = module.validation  # wasmig's own words for what is wrong with the module, if it finds it

@@ -17,8 +17,8 @@ instrumented bytes nor their hash), and the parts of the pass's control layout
 count's offsets, the ``$state`` values and ``$stop_at``'s "never" (so that a start imports
 neither the pass nor the IR classes it is written with: 15 ms).
 
-Layout (little-endian; the file is wrapped by :func:`wasmig.engines.wasmtime.cache_entry`, whose
-checksum covers it; docs/instrument.md, "The host's site index"):
+Layout (little-endian; the file's digest is in its sidecar, :mod:`wasmig.checked`, checked once per
+file; docs/instrument.md, "The host's site index"):
 
 - header: :data:`MAGIC` (16 bytes), u32 ctl_memory, u32 globals_base, u32 counts_steps,
   u32 site count S, u32 function count F, 32-byte digest of the instrumented module, u64 its size,
@@ -36,6 +36,7 @@ Types are their binary-format bytes (``0x7F`` i32 ...); kinds index :data:`~wasm
 from __future__ import annotations
 
 import bisect
+import mmap
 import struct
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -95,7 +96,7 @@ def encode(sitemap: SiteMap, digest: bytes, size: int) -> bytes:
     return head + _u32s(funcs) + _u32s(func_offsets) + _u32s(site_offsets) + bytes(blob)
 
 
-def _u32_table(raw: bytes | memoryview, pos: int, n: int) -> Sequence[int]:
+def _u32_table(raw: bytes | memoryview | mmap.mmap, pos: int, n: int) -> Sequence[int]:
     """``n`` u32s at ``pos``: a view, not a copy, on a little-endian host (every wasmtime host)."""
     if sys.byteorder == "little" and pos % 4 == 0:
         return memoryview(raw)[pos : pos + 4 * n].cast("I")
@@ -105,7 +106,7 @@ def _u32_table(raw: bytes | memoryview, pos: int, n: int) -> Sequence[int]:
 class SiteIndex:
     """A site index read back: :class:`SiteMap`'s reading surface, decoding on demand."""
 
-    def __init__(self, raw: bytes | memoryview) -> None:
+    def __init__(self, raw: bytes | memoryview | mmap.mmap) -> None:
         """Raises ValueError when ``raw`` is not a whole site index of this version."""
         if len(raw) < _HEADER.size:
             raise ValueError("site index truncated")

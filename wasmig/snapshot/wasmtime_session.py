@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wasmig import log
+from wasmig import checked, log
 from wasmig.errors import SnapshotError, WasmError
 from wasmig.hashing import fast_hash
 from wasmig.module import Module
@@ -238,12 +238,9 @@ def _cache_key(module: Module, count_steps: bool) -> str:
 
 def _write_index(index_path: Path, sitemap: SiteMap, data: bytes) -> SiteIndex:
     """Write (best effort) and return the site index of the instrumented module ``data``."""
-    from wasmig.engines.wasmtime import cache_entry
-    from wasmig.files import write_atomically
-
     raw = site_index.encode(sitemap, fast_hash(data).digest(), len(data))
     try:
-        write_atomically(index_path, cache_entry(raw))
+        checked.write(index_path, raw)
     except OSError:
         log.debug(__name__, "instrumented-module cache: cannot write %s", index_path)
     return SiteIndex(raw)
@@ -289,14 +286,15 @@ def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: 
     damaged entry is rebuilt. ``announce``: the module's name for the lines
     :class:`InstrumentNotice` prints on stderr when a big module has to be instrumented (a cache
     hit, or a small module, prints nothing); None, silent."""
-    from wasmig.engines.wasmtime import cache_payload, cache_payload_view, default_cache_dir
+    from wasmig.engines.wasmtime import cache_payload, default_cache_dir
 
     key = _cache_key(module, count_steps)
     folder = cache_dir if cache_dir is not None else default_cache_dir()
     path, index_path = folder / f"instrumented-{key}.wasm", folder / f"instrumented-{key}.sites"
+    mapped, _ = checked.open_checked(index_path)  # checked once per file, read in place
     try:
-        sites = SiteIndex(cache_payload_view(index_path.read_bytes()) or b"")
-    except (OSError, ValueError):
+        sites = SiteIndex(mapped) if mapped is not None else None
+    except ValueError:
         sites = None
     if sites is not None and sites.counts_steps == count_steps:
         log.debug(__name__, "instrumented-module cache hit: %s", index_path)
