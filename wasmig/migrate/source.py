@@ -100,6 +100,15 @@ class _Source:
         self.on_done: Callable[[MigrationResult], None] | None = None
         self.ended_early = False  # the program ended before it stopped for the migration
 
+    def _warm_up(self) -> None:
+        """Compute now, while the program runs, what capturing it stopped would otherwise compute
+        in the downtime: on wasmtime, the tables its element segments make (a scan of every
+        instruction, remembered per module: 0.23 s for CPython's 26 MB, the first time)."""
+        if hasattr(self.session, "runner"):  # a WasmtimeSession
+            from wasmig.snapshot.capture_wasmtime import static_tables
+
+            static_tables(self.session.module)
+
     def _program_ended(self) -> None:
         """The program ended before the stop (called from its run's thread): wake this migration
         from whatever network wait it is in, so that it gives up at once."""
@@ -123,6 +132,7 @@ class _Source:
             self.ch = ch = connect(self.target, self.token)
             if self.ended_early:
                 raise MigrationError("the program ended before it could move")
+            self._warm_up()
             module = self.session.module
             ch.send("offer", id=self.id, module_sha256=module.sha256, module_size=len(module.data or b""))
             if ch.recv(expect=("offer_ok",)).get("need_module"):

@@ -127,12 +127,16 @@ def _internal(value: Value, want: str, inst: Any, what: str) -> Any:
 
 
 def restore(module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, Any]] | None = None,
-            engine: str = "interp") -> Instance:
-    """An interpreter instance in the snapshot's state, ready for ``instance.machine.resume()``."""
+            engine: str = "interp", *, instance: Instance | None = None) -> Instance:
+    """An interpreter instance in the snapshot's state, ready for ``instance.machine.resume()``.
+    ``instance``: put the state into this one, made beforehand with ``Instance(module, imports,
+    engine, initialize=False)`` and never run (a live migration's target makes it before the
+    program stops: 0.17 s for CPython's 11,448 functions)."""
     if module.sha256 != snap.module_sha256:
         raise SnapshotError(f"the snapshot is of another module (sha256 {snap.module_sha256[:16]}..., "
                             f"this module is {str(module.sha256)[:16]}...)")
-    instance = Instance(module, imports, engine, initialize=False)
+    if instance is None:
+        instance = Instance(module, imports, engine, initialize=False)
     inst = instance.store
     machine = instance.machine
     ir = module.ir
