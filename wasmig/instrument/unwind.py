@@ -393,6 +393,10 @@ class _FunctionRewriter:
         elif op in (0xFC09, 0xFC0D):
             self.emit(op, imm, ins.offset)
             slot = DROPS_BASE + (imm if op == 0xFC09 else len(self.p.ir.datas) + imm)
+            if slot >= GLOBALS_BASE:  # its flag would land among the globals' bits
+                raise InstrumentError(f"{'data' if op == 0xFC09 else 'elem'}.drop of segment {imm} in "
+                                      f"{self.p.ir.func_name(self.func_idx)}: the control memory has drop flags for "
+                                      f"the first {GLOBALS_BASE - DROPS_BASE} data and element segments only")
             self.emit(0x41, 0)
             self.emit(0x41, 1)
             self.emit(0x3A, self.ctl_memarg(0, slot))  # i32.store8 $ctl
