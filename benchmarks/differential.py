@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""The full differential checkpoint/restore harness on the real programs (issue 15 item 1): 20 or more snapshots
+per program and variant, every one compared across engines and restored on both (tests/differential.py, the
+workloads and plans in tests/real_workloads.py; ``make test`` runs the same with 3 points per variant,
+tests/test_real_programs.py).
+
+Prints every check as it is made (``ok``/``FAIL``), then per program a table: checks passed of made per variant,
+kind (``same snapshot``: wasmtime's and the interpreter's snapshot at one step; ``restore``: a snapshot restored on
+an engine and run to the end, compared with the uninterrupted run; ``interp leg``: a fast snapshot run a few
+thousand steps on the interpreter, then finished on wasmtime; ``run``: a whole run with its stops, going on after
+each) and path (the engine that took the snapshot -> the one that restored it), with the median seconds of one
+check, the time of each phase, and every failure. Exit status 1 if any check failed.
+
+``--points N`` (default 20), ``--programs cpython,quickjs``, ``--seed S``, ``--keep DIR`` (failing points'
+snapshots, single files, and their /out copies, for ``wasmig restore``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests import real_programs  # noqa: E402
+from tests.differential import Engines, Harness, Host, Report  # noqa: E402
+from tests.real_workloads import WORKLOADS, plan  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--points", type=int, default=20, help="snapshots per program and variant (default 20)")
+    parser.add_argument("--programs", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the time)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep failing points' snapshots here")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.programs.split(",") if n.strip()]
+    for n in names:
+        if n not in WORKLOADS:
+            parser.error(f"unknown program {n!r}; known: {', '.join(WORKLOADS)}")
+    seed = args.seed if args.seed is not None else int(time.time())
+    from wasmig.module import Module
+
+    print(f"seed {seed}, {args.points} points per program and variant, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="differential-") as tmp:
+        for name in names:
+            workload = WORKLOADS[name]
+            try:
+                path = real_programs.obtain(workload.program)
+            except real_programs.ProgramUnavailable as e:
+                sys.exit(f"differential: {e}")
+            began = time.perf_counter()
+            module = Module.from_file(str(path), validate=False)
+            print(f"\n== {name}: {path} ({path.stat().st_size} bytes), decoded in {time.perf_counter() - began:.1f} s",
+                  flush=True)
+            engines = Engines(Host(workload, path, Path(tmp) / name), module)
+            report = Report(name)
+            Harness(engines, plan(name, args.points), random.Random(seed), report, keep=args.keep,
+                    log=lambda line: print(line, flush=True)).run()
+            report.phases["total"] = time.perf_counter() - began
+            reports.append(report)
+    print()
+    for report in reports:
+        print(report.table())
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+    sys.exit(1 if any(r.failures() for r in reports) else 0)
+
+
+if __name__ == "__main__":
+    main()
