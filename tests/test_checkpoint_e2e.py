@@ -703,9 +703,10 @@ def _bigmem_args(mib: int, rounds: int, stride: int) -> list[str]:
 
 
 #: bigmem arguments for a run that computes for a few seconds on each engine (wasmtime is ~100x faster),
-#: printing little: an unread stdout pipe that fills up blocks the guest in a write no checkpoint interrupts
-#: (the interpreter's compiled segments made 12 rounds end before a second checkpoint could arrive)
-COMPUTING = {"interp": _bigmem_args(1, 150, 64), "wasmtime": _bigmem_args(16, 600, 8)}
+#: printing little: an unread stdout pipe that fills up blocks the guest in a write no checkpoint interrupts.
+#: The interpreter's compiled segments run bigmem's loop ~7x faster than its dispatch loop did: 4 MiB, 24
+#: rounds (about 2 s of CPU) where 1 MiB, 12 rounds once took 1 s and now 0.2 s, too short to be caught running
+COMPUTING = {"interp": _bigmem_args(4, 24, 32), "wasmtime": _bigmem_args(16, 600, 8)}
 #: flags that make a run count steps on each engine (wasmtime's deterministic variant), for the tests
 #: that check a snapshot against a fresh run stopped at the snapshot's step;
 #: test_fast_variant_snapshots_have_no_step_and_restore_on_both_engines covers the default, fast one
