@@ -97,11 +97,54 @@ def test_a_module_digest_is_remembered_by_path_and_stamp(tmp_path: Path, monkeyp
     assert checked.remembered_digest(folder, module_path, st) == digest
     calls: list[int] = []
     monkeypatch.setattr("wasmig.hashing.fast_digest", lambda d: calls.append(1) or fast_digest(d))
-    assert wasmig.Module.from_file(module_path, decode=False).digest == digest and calls == [], "not hashed again"
+    lazy = wasmig.Module.from_file(module_path, decode=False)
+    assert lazy.digest == digest and calls == [], "not hashed again"
+    # nor even read: its interface was remembered with the digest; its bytes come when asked
+    from wasmig.binary.interface import read_interface
+
+    assert lazy._unread and lazy.has_bytes and lazy.interface == read_interface(data)
+    assert lazy.data == data and not lazy._unread
     changed = bytearray(data)
     changed[-1] ^= 1  # the custom section's last byte: still a module
     module_path.write_bytes(bytes(changed))
-    assert wasmig.Module.from_file(module_path, decode=False).digest == fast_digest(bytes(changed)) and calls
+    fresh = wasmig.Module.from_file(module_path, decode=False)
+    assert not fresh._unread and fresh.digest == fast_digest(bytes(changed)) and calls
     other = tmp_path / "copy.wasm"
     other.write_bytes(data)
     assert checked.remembered_digest(folder, other, other.stat()) is None, "remembered by path"
+
+
+def test_a_module_not_read_at_start_is_refused_once_its_file_changed(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module whose bytes were to be read later (from_file found its digest remembered) and whose
+    file then changed cannot give bytes that are not those that run: its checkpoint says so, and
+    no module copy is written beside the snapshots."""
+    import wasmig
+    from tests.wasi_harness import program
+    from wasmig.errors import SnapshotError
+    from wasmig.module import ModuleChanged
+    from wasmig.snapshot.session import store_module
+
+    monkeypatch.setenv("WASMIG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(checked, "RACY_NS", 0)
+    module_path = tmp_path / "m.wasm"
+    data = program("hello").read_bytes()
+    module_path.write_bytes(data)
+    changes = {"rewritten longer": lambda: module_path.write_bytes(data + b"\0"),
+               "one byte changed": lambda: module_path.write_bytes(data[:-1] + bytes([data[-1] ^ 1])),
+               "touched": lambda: os.utime(module_path), "deleted": lambda: module_path.unlink()}
+    for what, change in changes.items():
+        module_path.write_bytes(data)
+        _ = wasmig.Module.from_file(module_path, decode=False).digest  # remembered
+        lazy = wasmig.Module.from_file(module_path, decode=False)
+        assert lazy._unread, what
+        change()
+        with pytest.raises(ModuleChanged):
+            _ = lazy.data
+        with pytest.raises(SnapshotError, match="cannot keep the module beside the snapshot"):
+            store_module(tmp_path / "ck", lazy)
+        assert not list((tmp_path / "ck").glob("module-*")), what
+    module_path.write_bytes(data)
+    _ = wasmig.Module.from_file(module_path, decode=False).digest
+    lazy = wasmig.Module.from_file(module_path, decode=False)
+    assert store_module(tmp_path / "ck", lazy).read_bytes() == data, "unchanged: its bytes are kept"

@@ -16,8 +16,9 @@ What a stamp cannot see is a bit flipped on the medium under the file system.
   (:data:`MAGIC`, the payload's :func:`~wasmig.hashing.fast_hash` digest, its size, the stamp and
   the check's time), written atomically, the entry first; reading checks the digest unless the
   stamp says the file is the one checked, and returns a read-only mapping of it.
-- :func:`remembered_digest` / :func:`remember_digest`: a module's digest by its path and stamp,
-  so that a cached start does not hash the module it reads.
+- :func:`remembered_digest` / :func:`remember_digest`: a module's digest (and its interface) by
+  its path and stamp, so that a cached start neither hashes nor even reads the module it runs
+  (:meth:`wasmig.Module.from_file`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from wasmig.hashing import fast_digest, fast_hash
 MAGIC = b"wasmig-checked1\n"
 _SUM = struct.Struct("<16s32sQQQQQ")  # magic, digest, inode, size, mtime_ns, ctime_ns, checked_ns
 _MEMO = struct.Struct("<16s32sQQQQQQ")  # magic, digest, device, inode, size, mtime_ns, ctime_ns, checked_ns
-MEMO_MAGIC = b"wasmig-digest-1\n"
+MEMO_MAGIC = b"wasmig-digest-2\n"
 #: a stamp taken this soon after the file last changed is not trusted (coarse timestamps)
 RACY_NS = 2_000_000_000
 
@@ -105,28 +106,30 @@ def _memo_path(folder: Path, path: Path) -> Path:
     return folder / f"digest-{fast_digest(os.fsencode(os.path.abspath(path)))[:32]}"
 
 
-def remembered_digest(folder: Path, path: Path, st: os.stat_result) -> str | None:
-    """The digest remembered for the file at ``path`` if it still has the stamp ``st`` (taken
-    before and after its bytes were read, unchanged)."""
+def remembered_digest(folder: Path, path: Path, st: os.stat_result, *,
+                      with_extra: bool = False) -> str | tuple[str, bytes] | None:
+    """The digest remembered for the file at ``path`` if it still has the stamp of ``st`` (taken
+    before and after its bytes were read, unchanged); ``with_extra``: and what was remembered
+    with it."""
     try:
         raw = _memo_path(folder, path).read_bytes()
     except OSError:
         return None
-    if len(raw) != _MEMO.size or not raw.startswith(MEMO_MAGIC):
+    if len(raw) < _MEMO.size or not raw.startswith(MEMO_MAGIC):
         return None
-    _, digest, dev, ino, size, mtime, ctime, checked_ns = _MEMO.unpack(raw)
+    _, digest, dev, ino, size, mtime, ctime, checked_ns = _MEMO.unpack_from(raw)
     if dev != st.st_dev or not trusted((ino, size, mtime, ctime), checked_ns, st):
         return None
-    return digest.hex()
+    return (digest.hex(), raw[_MEMO.size :]) if with_extra else digest.hex()
 
 
-def remember_digest(folder: Path, path: Path, st: os.stat_result, digest: str) -> None:
-    """Remember ``digest`` for the file at ``path`` with stamp ``st`` (best effort)."""
+def remember_digest(folder: Path, path: Path, st: os.stat_result, digest: str, extra: bytes = b"") -> None:
+    """Remember ``digest`` (and ``extra``) for the file at ``path`` with stamp ``st`` (best effort)."""
     from wasmig.files import write_atomically
 
     ino, size, mtime, ctime = stamp(st)
     try:
         write_atomically(_memo_path(folder, path), _MEMO.pack(MEMO_MAGIC, bytes.fromhex(digest), st.st_dev, ino, size,
-                                                              mtime, ctime, time.time_ns()))
+                                                              mtime, ctime, time.time_ns()) + extra)
     except (OSError, ValueError):
         pass

@@ -37,11 +37,32 @@ class Module:
             raise TypeError("a Module needs its IR or its bytes")
         self._ir = ir
         self._validation = validation
-        self.data = data
+        self._data = data
         self.features = frozenset(features)
         self._facts: ModuleFacts | None = None
         #: the file the bytes were read from and its stat then (:attr:`digest` is remembered by it)
         self._source: tuple[Path, os.stat_result] | None = None
+        self._unread = False  # the bytes are in that file, to be read when first asked (from_file)
+
+    @property
+    def data(self) -> bytes | None:
+        """The module's bytes (None for a module known only as IR). A module that
+        :meth:`from_file` did not read (its digest and interface were remembered) reads them here,
+        from the same file, unchanged since (else :class:`ModuleChanged`)."""
+        if self._unread:
+            assert self._source is not None
+            self._data = _read_unchanged(*self._source)
+            self._unread = False
+        return self._data
+
+    @data.setter
+    def data(self, value: bytes | None) -> None:
+        self._data, self._unread = value, False
+
+    @property
+    def has_bytes(self) -> bool:
+        """Whether the module has bytes (read or still to read), without reading them."""
+        return self._data is not None or self._unread
 
     @property
     def decoded(self) -> bool:
@@ -51,7 +72,7 @@ class Module:
     def forget_ir(self) -> None:
         """Drop the decoded IR of a module that has its bytes (gigabytes for a big module), to be
         decoded again if something needs it."""
-        if self.data is not None:
+        if self.has_bytes:
             self._ir = None
 
     @property
@@ -119,8 +140,25 @@ class Module:
     @classmethod
     def from_file(cls, path: str | Path, *, features: Iterable[str] = frozenset(), validate: bool = True,
                   decode: bool = True) -> Module:
+        """:meth:`from_bytes` of the file's bytes. With ``decode=False`` (a run on wasmtime), a
+        file whose digest and interface are remembered for its path and stamp
+        (:func:`wasmig.checked.remembered_digest`: the file unchanged since a run read it) is not
+        read at all until something asks for its bytes (26 MB of CPython: 17 ms of every start)."""
         import os
 
+        features = check_features(features)
+        if not decode:
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                raise DecodeError(f"cannot read module {path}: {e.strerror or e}") from None
+            remembered = _remembered(Path(path), st)
+            if remembered is not None:
+                digest, interface = remembered
+                module = cls(None, None, b"", features=features)  # (bytes to come: read when asked)
+                module._data, module._unread, module._source = None, True, (Path(path), st)
+                module.__dict__["digest"], module.__dict__["interface"] = digest, interface
+                return module
         try:
             with open(path, "rb") as f:
                 before = os.fstat(f.fileno())
@@ -162,8 +200,8 @@ class Module:
         digest = checked.remembered_digest(folder, path, st)
         if digest is None:
             digest = fast_digest(self.data)
-            checked.remember_digest(folder, path, st, digest)
-        return digest
+            checked.remember_digest(folder, path, st, digest, _interface_bytes(self.interface))
+        return digest  # type: ignore[return-value]
 
     @property
     def facts(self) -> ModuleFacts:
@@ -179,7 +217,7 @@ class Module:
 
     def cached_facts(self) -> ModuleFacts | None:
         """:attr:`facts` when they are known or cached (never decodes); else None."""
-        if self._facts is None and self.data is not None:
+        if self._facts is None and self.has_bytes:
             from wasmig.binary.facts import cached_facts
 
             found = cached_facts(self)
@@ -203,3 +241,57 @@ class Module:
 
 def _stamp(st: object) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # type: ignore[attr-defined]
+
+
+class ModuleChanged(DecodeError):
+    """A module read lazily (:meth:`Module.from_file`) whose file changed since it was loaded: its
+    bytes are no longer those that run."""
+
+
+def _read_unchanged(path: Path, st: object) -> bytes:
+    import os
+
+    try:
+        with open(path, "rb") as f:
+            if _stamp(os.fstat(f.fileno())) == _stamp(st):
+                data = f.read()
+                if _stamp(os.fstat(f.fileno())) == _stamp(st) and len(data) == st.st_size:  # type: ignore[attr-defined]
+                    return data
+    except OSError as e:
+        raise ModuleChanged(f"cannot read module {path} again: {e.strerror or e}") from None
+    raise ModuleChanged(f"module {path} changed since it was loaded: its bytes are no longer those that run")
+
+
+def _remembered(path: Path, st: object) -> tuple[str, Interface] | None:
+    """The digest and interface remembered for the module file at ``path`` with stat ``st``."""
+    from wasmig import checked
+    from wasmig.files import wasmtime_cache_dir
+
+    found = checked.remembered_digest(wasmtime_cache_dir(), path, st, with_extra=True)  # type: ignore[arg-type]
+    if not isinstance(found, tuple):
+        return None
+    digest, extra = found
+    try:
+        return digest, _interface_from(extra)
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+
+
+def _interface_bytes(interface: object) -> bytes:
+    """The types and imports of ``interface`` (an IR module or an Interface) as JSON."""
+    import json
+
+    types = [[list(t.params), list(t.results)] for t in interface.types]  # type: ignore[attr-defined]
+    imports = [[i.module, i.name, i.kind, i.desc if i.kind == "func" else None]
+               for i in interface.imports]  # type: ignore[attr-defined]
+    return json.dumps({"types": types, "imports": imports}, separators=(",", ":")).encode()
+
+
+def _interface_from(raw: bytes) -> Interface:
+    import json
+
+    from wasmig.binary.interface import FuncType, Import, Interface
+
+    data = json.loads(raw)
+    return Interface([FuncType(tuple(p), tuple(r)) for p, r in data["types"]],
+                     [Import(str(m), str(n), str(k), None if d is None else int(d)) for m, n, k, d in data["imports"]])

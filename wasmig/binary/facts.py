@@ -211,7 +211,7 @@ def code_entries(data: bytes) -> tuple[list[int], int]:
 def compute(module: Module) -> ModuleFacts:
     """The facts of ``module``, from its IR (decoded for this when it was not: seconds for a big
     module, once per module thanks to the cache)."""
-    offsets, end = code_entries(module.data) if module.data is not None else ([], 0)
+    offsets, end = code_entries(module.data) if module.has_bytes and module.data is not None else ([], 0)
     return ModuleFacts.from_ir(module.ir, module.sha256, module.features, offsets, end)
 
 
@@ -225,7 +225,7 @@ def cached_facts(module: Module, cache_dir: Path | None = None) -> ModuleFacts |
     """``module``'s facts from the cache, or None when there is no valid entry for its digest."""
     from wasmig.engines.wasmtime import cache_payload
 
-    if module.data is None:
+    if not module.has_bytes:
         return None
     path = _path(module, cache_dir)
     try:
@@ -253,7 +253,7 @@ def facts_for(module: Module, cache_dir: Path | None = None) -> ModuleFacts:
     from wasmig.engines.wasmtime import cache_entry
     from wasmig.files import write_atomically
 
-    if module.data is None:
+    if not module.has_bytes:
         return ModuleFacts.from_ir(module.ir, module.sha256, module.features)
     facts = cached_facts(module, cache_dir)
     if facts is not None:

@@ -544,15 +544,16 @@ class WasmtimeInstance:
         if imports and wasi is None:
             raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")
         if compiled is None:
-            data = (code() if callable(code) else code) if code is not None else module.data
-            if data is None:
-                from wasmig.binary.encoder import encode_module
-
-                data = encode_module(module.ir)
             try:
-                if code is None and use_cache and module.data is not None:  # its digest may be remembered
-                    compiled = compile_cached(module.digest, lambda: data, cache_dir)
+                if code is None and use_cache and module.has_bytes:
+                    # by the module's digest (remembered: its bytes may never be read), bytes on a miss
+                    compiled = compile_cached(module.digest, lambda: module.data or b"", cache_dir)
                 else:
+                    data = (code() if callable(code) else code) if code is not None else module.data
+                    if data is None:
+                        from wasmig.binary.encoder import encode_module
+
+                        data = encode_module(module.ir)
                     compiled = compile_module(data, cache_dir, use_cache=use_cache)
             except ValidationError:
                 if code is None:

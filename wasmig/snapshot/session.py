@@ -114,12 +114,18 @@ class StopHandoff:
 def store_module(directory: Path, module: Module) -> Path:
     """Keep the module's bytes beside its snapshots (once, atomically), so a restore — possibly on
     another machine — finds exactly the module the snapshot belongs to."""
+    from wasmig.errors import WasmError
+
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{MODULE_FILE_PREFIX}{module.sha256}.wasm"
-    if not path.exists() and module.data is not None:
+    try:  # a module not read at start is read now, unchanged since (else an error)
+        path = directory / f"{MODULE_FILE_PREFIX}{module.sha256}.wasm"
+        data = module.data if not path.exists() else None
+    except WasmError as e:
+        raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
+    if data is not None:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as f:
-            f.write(module.data)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -21,7 +21,6 @@ policy (step, timer, SIGUSR1, then exit/continue), the same status file and snap
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import struct
 import sys
 import threading
@@ -47,6 +46,14 @@ if TYPE_CHECKING:
     from wasmig.snapshot.state import FrameState, Snapshot
     from wasmig.snapshot.store import PagedMemory
 
+try:  # the key's sha256s (the pass's source, ~100 KB; a line) without hashlib's OpenSSL set-up (2.5 ms)
+    from _sha256 import sha256 as _sha256  # CPython 3.11
+except ImportError:  # pragma: no cover - 3.12 renamed it; other implementations
+    try:
+        from _sha2 import sha256 as _sha256  # type: ignore[no-redef]
+    except ImportError:
+        from hashlib import sha256 as _sha256  # type: ignore[assignment]
+
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
 PASS_VERSION = "wasmig-instrument-13"
 WORKER_STACK = 64 << 20
@@ -57,7 +64,7 @@ def _pass_fingerprint() -> bytes:
     reuses a stale cached module."""
     import wasmig.instrument as package
 
-    h = hashlib.sha256(PASS_VERSION.encode())
+    h = _sha256(PASS_VERSION.encode())
     for path in sorted(Path(package.__path__[0]).glob("*.py")):
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -232,8 +239,8 @@ def _cache_key(module: Module, count_steps: bool) -> str:
     else:
         from wasmig.binary.encoder import encode_module
 
-        sha = hashlib.sha256(encode_module(module.ir)).hexdigest()
-    return hashlib.sha256(_FINGERPRINT + sha.encode() + (b"/steps" if count_steps else b"/fast")).hexdigest()
+        sha = _sha256(encode_module(module.ir)).hexdigest()
+    return _sha256(_FINGERPRINT + sha.encode() + (b"/steps" if count_steps else b"/fast")).hexdigest()
 
 
 def _write_index(index_path: Path, sitemap: SiteMap, data: bytes) -> SiteIndex:
@@ -509,7 +516,7 @@ class Checkpointable:
     def _find_indirect_slot(self, func: int, pc: int, callee: int) -> int:
         module, defined = self.module, func - self.facts.imported_funcs
         table = None
-        if module.data is not None:  # that one instruction's bytes, not the whole function decoded
+        if module.has_bytes and module.data is not None:  # that one instruction, not the function decoded
             table = self.facts.indirect_call_table(module.data, defined, pc)
         elif 0 <= defined < self.facts.defined_funcs:
             ins = next((x for x in module.ir.funcs[defined].body if x.offset == pc), None)
