@@ -102,3 +102,47 @@ def test_many_data_segments_do_not_overwrite_the_globals_on_restore() -> None:
         got = finished_on_wasmtime(module, stopped_at(module, k))
         assert got[1] == globals_, f"restored at step {k}: globals {got[1]}, expected {globals_}"
         assert got[0] == memory, f"restored at step {k}: memory differs"
+
+
+def _segments(n: int, base: int = 1024) -> str:
+    return "\n".join(f'  (data (i32.const {base + i % 4096}) "\\{i % 200 + 1:02x}")' for i in range(n))
+
+
+def test_dropping_an_active_segment_writes_no_flag_outside_the_flag_area() -> None:
+    """A drop flag is written by the instrumented module at ``DROPS_BASE`` + segment index for every
+    ``data.drop``; for an active segment (dropped already, a no-op, and without a flag in the snapshot) that byte
+    lay beyond the flag area when the module had more than 15,360 segments -- in the globals, the frame records, or
+    past the end of the control memory: this module, with 70,000 segments, trapped out of bounds instrumented but
+    not plain. Found while fixing the restore of CPython's 24,171 segments (above)."""
+    module = wat_module(f"""
+(module
+  (memory (export "memory") 1)
+  (global $acc (mut i32) (i32.const 1))
+{_segments(70_000)}
+  (func (export "_start") (local $i i32)
+    (data.drop 69999)
+    (loop $l
+      (global.set $acc (i32.add (global.get $acc) (i32.load8_u offset=1024 (local.get $i))))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 100))))
+    (i32.store (i32.const 0) (global.get $acc))))
+""")
+    memory, globals_, total = uninterrupted(module)
+    for k in (1, total // 2):
+        assert finished_on_wasmtime(module, stopped_at(module, k)) == (memory, globals_), f"restored at step {k}"
+
+
+def test_a_passive_segment_beyond_the_flag_area_is_refused() -> None:
+    """The control memory has room for the drop flags of 15,360 segments: a module with a passive segment past
+    that is refused by the pass with a one-line reason (its flag would overwrite the globals' bits on a restore),
+    not instrumented into a program that restores wrongly."""
+    from wasmig.instrument.unwind import InstrumentError, instrument
+
+    module = wat_module(f"""
+(module
+  (memory (export "memory") 1)
+{_segments(15_400)}
+  (data "passive")
+  (func (export "_start") (memory.init 15400 (i32.const 0) (i32.const 0) (i32.const 4)) (data.drop 15400)))
+""")
+    with pytest.raises(InstrumentError, match="drop flags"):
+        instrument(module, count_steps=False)

@@ -392,14 +392,12 @@ class _FunctionRewriter:
             self.emit(0x36, memarg(2, MEMORY_PAGES, self.p.poll_mem))
         elif op in (0xFC09, 0xFC0D):
             self.emit(op, imm, ins.offset)
-            slot = DROPS_BASE + (imm if op == 0xFC09 else len(self.p.ir.datas) + imm)
-            if slot >= GLOBALS_BASE:  # its flag would land among the globals' bits
-                raise InstrumentError(f"{'data' if op == 0xFC09 else 'elem'}.drop of segment {imm} in "
-                                      f"{self.p.ir.func_name(self.func_idx)}: the control memory has drop flags for "
-                                      f"the first {GLOBALS_BASE - DROPS_BASE} data and element segments only")
-            self.emit(0x41, 0)
-            self.emit(0x41, 1)
-            self.emit(0x3A, self.ctl_memarg(0, slot))  # i32.store8 $ctl
+            seg = (self.p.ir.datas if op == 0xFC09 else self.p.ir.elems)[imm]
+            if seg.mode == "passive":  # an active one has no flag (always dropped), and its slot may lie past them
+                slot = DROPS_BASE + (imm if op == 0xFC09 else len(self.p.ir.datas) + imm)
+                self.emit(0x41, 0)
+                self.emit(0x41, 1)
+                self.emit(0x3A, self.ctl_memarg(0, slot))  # i32.store8 $ctl
         else:
             self.emit(op, imm)
         self.out[first][2] = ins.offset
@@ -1176,6 +1174,11 @@ def instrument(module: object, *, count_steps: bool = True,
              else validate_declarations(original, features=module.features))  # type: ignore[attr-defined]
     if len(ir.all_mems()) > 1:
         raise InstrumentError("modules with several memories are not supported")
+    passive = [i for i, seg in enumerate(ir.datas) if seg.mode == "passive"] + \
+              [len(ir.datas) + i for i, seg in enumerate(ir.elems) if seg.mode == "passive"]
+    if passive and DROPS_BASE + passive[-1] >= GLOBALS_BASE:
+        raise InstrumentError(f"passive segment {passive[-1]} (of data and element segments) lies beyond the "
+                              f"control memory's {GLOBALS_BASE - DROPS_BASE} drop flags")
     p = _Pass(ir)
     p.count_steps = count_steps
     p.unroll = 1 if count_steps else UNROLL  # the deterministic variant counts every iteration
