@@ -928,11 +928,13 @@ def test_fast_variant_snapshots_have_no_step_and_restore_on_both_engines(tmp_pat
     full = wasmig(["run", wasm, *args])
     assert full.returncode == 0 and full.stdout.endswith(b"done\n")
     ck = tmp_path / "ck"
-    with background(["run", "--engine", "wasmtime", "--checkpoint-dir", ck, "--checkpoint-every", "0.3", wasm,
+    # a checkpoint every second: at 0.3 s a loaded machine spent most of the run writing 16 MiB
+    # snapshots (40-55 s for a 6 s run) and the test timed out on main and earlier alike
+    with background(["run", "--engine", "wasmtime", "--checkpoint-dir", ck, "--checkpoint-every", "1", wasm,
                      *args], runtime_dir) as proc:
         proc.wait_for_output(b"round 3 ")
         checkpoint_pid(proc.p.pid, runtime_dir)
-        code, out, err = proc.finish()
+        code, out, err = proc.finish(timeout=180)
         assert (code, out, err) == (0, full.stdout, b"")
     from wasmig.snapshot.store import CheckpointDir
 
