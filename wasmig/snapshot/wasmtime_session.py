@@ -338,6 +338,22 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_s
     return data, art.sites
 
 
+_CHECKPOINT_CODE_IMPORTED = False
+
+
+def _import_checkpoint_code() -> None:
+    """Import what a capture or a rewind runs (the pass's layout constants, which bring the IR
+    classes, the records and snapshot classes: 15-20 ms), in the main thread while the guest runs
+    in its worker: a start does not wait for it (docs/design.md, "Start-up"), and neither does
+    the first checkpoint, whose downtime it would otherwise lengthen."""
+    global _CHECKPOINT_CODE_IMPORTED
+    if not _CHECKPOINT_CODE_IMPORTED:
+        _CHECKPOINT_CODE_IMPORTED = True
+        import wasmig.instrument.unwind  # noqa: F401
+        import wasmig.snapshot.records  # noqa: F401
+        import wasmig.snapshot.state  # noqa: F401
+
+
 class Checkpointable:
     """The instrumented module on wasmtime, able to stop, be captured and be rewound.
 
@@ -544,6 +560,7 @@ class Checkpointable:
             worker.start()
         finally:
             threading.stack_size(old_size)
+        _import_checkpoint_code()  # while the guest runs: neither the start nor the first checkpoint waits for it
         while worker.is_alive():
             worker.join(0.25)  # signal handlers run between the waits
         if outcome:
