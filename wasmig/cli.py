@@ -781,9 +781,11 @@ def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | N
                                 announce=os.path.basename(module_path) if module_path else "the module")
         if snapshot is not None:
             runner.load(snapshot, pages=pages)
-            log.info(__name__, "restore: instrumented module instantiated and state loaded on wasmtime in %.3f s "
-                     "(%s)", time.perf_counter() - started, "memory copied whole" if pages is None else
-                     f"{runner.pages_written} of {sum(map(len, pages))} pages read and written, the rest held already")
+            log.info(__name__, "restore: instrumented module instantiated and state loaded on wasmtime in %.3f s",
+                     time.perf_counter() - started)
+            if pages is not None:
+                log.info(__name__, "restore: %d of %d pages of memory read and written, the rest held already",
+                         runner.pages_written, sum(map(len, pages)))
         session = WasmtimeSession(runner, wasi, policy, module_path)
         return with_control(session, lambda: ended(session, session.run(snapshot)))
 

@@ -376,6 +376,8 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
     for path in candidates:
         if path.is_file():
             module = Module.from_file(path, validate=validate, decode=decode)
+            if not decode:
+                module.cached_facts()  # their sha256, when they are cached: the module is then not even read
             if module.sha256 != snap.module_sha256:
                 if explicit:
                     raise SnapshotError(f"{path} is not the module this snapshot was taken of "

@@ -337,6 +337,25 @@ def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_s
     return data, art.sites
 
 
+_CHECKPOINT_CODE_IMPORTED = False
+#: how long a guest runs before the main thread imports the checkpoint code beside it
+IMPORT_AFTER_S = 0.1
+
+
+def _import_checkpoint_code() -> None:
+    """Import what a capture or a rewind runs (the pass's layout constants, which bring the IR
+    classes, the records and snapshot classes: 15-20 ms), in the main thread once the guest has
+    run :data:`IMPORT_AFTER_S` in its worker: a start does not wait for it (docs/design.md,
+    "Start-up"), a program that ends sooner never pays it, and the first checkpoint of a longer
+    one does not wait for it either (one in the first 0.1 s does)."""
+    global _CHECKPOINT_CODE_IMPORTED
+    if not _CHECKPOINT_CODE_IMPORTED:
+        _CHECKPOINT_CODE_IMPORTED = True
+        import wasmig.instrument.unwind  # noqa: F401
+        import wasmig.snapshot.records  # noqa: F401
+        import wasmig.snapshot.state  # noqa: F401
+
+
 class Checkpointable:
     """The instrumented module on wasmtime, able to stop, be captured and be rewound.
 
@@ -556,6 +575,10 @@ class Checkpointable:
             worker.start()
         finally:
             threading.stack_size(old_size)
+        if not _CHECKPOINT_CODE_IMPORTED:
+            worker.join(IMPORT_AFTER_S)  # a short program ends first: it never needs that code
+            if worker.is_alive():
+                _import_checkpoint_code()  # while the guest runs: the first checkpoint does not wait for it
         while worker.is_alive():
             worker.join(0.25)  # signal handlers run between the waits
         if outcome:
