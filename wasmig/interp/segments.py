@@ -502,7 +502,6 @@ def compile_segment(func: Any, start: int) -> Callable[[list, list], int] | None
     exec(code, ns, namespace)  # noqa: S102 - our own source
     fn = namespace["_segment"]
     fn.pcs = (start, start, *g.pcs)  # source line -> pc (line 1 is the def)
-    fn.source = src
     return fn
 
 
