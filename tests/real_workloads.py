@@ -172,10 +172,10 @@ def plan(name: str, points: int) -> Plan:
     """The harness's plan for workload ``name`` with ``points`` snapshots per variant. CPython: of the deterministic
     ones, a tenth (at least one) in its last 300,000 stable points (the end of its shutdown: a second or two on the
     interpreter), restored there to the end; of the fast ones, as many requested just after its last line of output
-    (2.2 million stable points before the end: over a minute on the interpreter, so only in the full harness);
+    (about 2.2 million stable points before the end: 3-20 s on the interpreter), restored there to the end too;
     every other fast snapshot runs 2,000 steps on the interpreter before wasmtime finishes it."""
     if name == "cpython":
         late = max(1, points // 10)
         return Plan(points, points, interp="late", interp_from_start=False, late_points=late, late_steps=300_000,
-                    fast_late_points=late, late_marker=b"files [", fast_late_to_end=points >= 10, chain_steps=2000)
+                    fast_late_points=late, late_marker=b"files [", fast_late_to_end=True, chain_steps=2000)
     return Plan(points, points)
