@@ -2,7 +2,7 @@
 """How long do checkpoints and restores take on the wasmtime engine, end to end?
 
 On wasmtime wasmig runs the *instrumented* module (docs/instrument.md) through
-:class:`wasmig.snapshot.wasmtime_session.Checkpointable`: a checkpoint request sets the control
+:class:`wasmig.engines.wasmtime.checkpointable.Checkpointable`: a checkpoint request sets the control
 memory's poll byte, the guest notices it at its next function entry or loop header (a stable
 point), writes every frame of its call stack as a record into the control memory (``wasmig:ctl``)
 and returns from the export. This benchmark measures two things.
@@ -102,10 +102,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import wasmig  # noqa: E402
-from wasmig.engines.wasmtime import wasmtime_version  # noqa: E402
+from wasmig.engines.wasmtime.checkpointable import Checkpointable  # noqa: E402
+from wasmig.engines.wasmtime.runtime import wasmtime_version  # noqa: E402
 from wasmig.instrument.unwind import RECORDS_BASE, WRITE_PTR  # noqa: E402
 from wasmig.snapshot.store import CheckpointDir, load_snapshot  # noqa: E402
-from wasmig.snapshot.wasmtime_session import Checkpointable  # noqa: E402
 from wasmig.toolchain import compile_c  # noqa: E402
 from wasmig.wasi.preview1 import ProcExit, Wasi  # noqa: E402
 from wasmig.wasi.snapshot import restore_wasi  # noqa: E402

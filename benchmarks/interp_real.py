@@ -58,7 +58,7 @@ import sys, time
 t0 = time.process_time()
 from wasmig.module import Module
 from wasmig.wasi.preview1 import ProcExit, Wasi
-from wasmig.wasi.run import instantiate_with_wasi
+from wasmig.session.command import instantiate_with_wasi
 module = Module.from_file(sys.argv[1])
 t1 = time.process_time()
 inst = instantiate_with_wasi(module, Wasi(["python", *sys.argv[2:]], {}), "interp")

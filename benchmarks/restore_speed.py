@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import wasmig  # noqa: E402
-from wasmig.snapshot.wasmtime_session import Checkpointable  # noqa: E402
+from wasmig.engines.wasmtime.checkpointable import Checkpointable  # noqa: E402
 from wasmig.toolchain import compile_c  # noqa: E402
 from wasmig.wasi.preview1 import ProcExit, Wasi  # noqa: E402
 

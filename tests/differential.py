@@ -279,12 +279,12 @@ class _Interp:
     """The interpreter, from the start or restored from a snapshot."""
 
     def __init__(self, module: Module, wasi: Wasi, snap: Snapshot | None) -> None:
-        from wasmig.wasi.run import bind_wasi, instantiate_with_wasi, wasi_imports
+        from wasmig.session.command import bind_wasi, instantiate_with_wasi, wasi_imports
 
         if snap is None:
             self.inst = instantiate_with_wasi(module, wasi)
         else:
-            from wasmig.snapshot.capture import restore as restore_instance
+            from wasmig.engines.interp.capture import restore as restore_instance
 
             self.inst = bind_wasi(restore_instance(module, snap, wasi_imports(module, wasi), "interp"), wasi)
         self._first = snap is None
@@ -308,7 +308,7 @@ class _Interp:
         self.inst.machine.stop_at_step = 0  # what a signal does (Session.request)
 
     def capture(self) -> Snapshot:
-        from wasmig.snapshot.capture import capture
+        from wasmig.engines.interp.capture import capture
 
         return capture(self.inst)
 
@@ -317,7 +317,7 @@ class _Wasmtime:
     """The instrumented module on wasmtime (the counting or the fast variant), from the start or a snapshot."""
 
     def __init__(self, module: Module, wasi: Wasi, snap: Snapshot | None, count_steps: bool) -> None:
-        from wasmig.snapshot.wasmtime_session import Checkpointable
+        from wasmig.engines.wasmtime.checkpointable import Checkpointable
 
         self.runner = Checkpointable(module, wasi, count_steps=count_steps)
         if snap is not None:
@@ -486,7 +486,7 @@ class Engines:
     def plain(self) -> Outcome:
         """An uninterrupted run of the module as it is, not instrumented, on wasmtime (what ``wasmig run`` does
         without checkpoints): the instrumented reference must behave as it does."""
-        from wasmig.wasi.run import run_command
+        from wasmig.session.command import run_command
 
         out_dir = self.host.fresh_dir("plain")
         wasi = self.host.wasi(out_dir)

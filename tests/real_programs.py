@@ -99,8 +99,8 @@ def prepare_checkpointable(path: Path, *, count_steps: bool = False) -> float:
     Returns the seconds it took (near zero when both caches are warm)."""
     import time
 
+    from wasmig.engines.wasmtime.checkpointable import instrumented
     from wasmig.module import Module
-    from wasmig.snapshot.wasmtime_session import instrumented
 
     started = time.perf_counter()
     instrumented(Module.from_file(path, decode=False), count_steps=count_steps).compiled()

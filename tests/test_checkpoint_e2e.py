@@ -274,8 +274,8 @@ def totals(case: Case, factory: pytest.TempPathFactory) -> Totals:
     if case.name not in _totals:
         from wasmig.errors import Trap
         from wasmig.module import Module
+        from wasmig.session.command import instantiate_with_wasi
         from wasmig.wasi.preview1 import ProcExit, Wasi
-        from wasmig.wasi.run import instantiate_with_wasi
 
         run = Run(case, _work(factory, f"totals-{case.name}"))
         preopens = [(str(run.tree / d.host), d.guest_name) for d in case.dirs]
@@ -435,8 +435,8 @@ def _instructions_at_step(case: Case, step: int) -> int:
     """Instructions a counted run of ``case`` (no preopens) has executed when it reaches stable point ``step``."""
     from wasmig.interp.machine import Suspended
     from wasmig.module import Module
+    from wasmig.session.command import instantiate_with_wasi
     from wasmig.wasi.preview1 import Wasi
-    from wasmig.wasi.run import instantiate_with_wasi
 
     wasi = Wasi([str(case.wasm), *case.args], stdout=io.BytesIO(), stderr=io.BytesIO())
     try:
@@ -1256,11 +1256,11 @@ def test_crafted_snapshots_with_valid_checksums_fail_cleanly(tmp_path: Path, std
 
 def _snapshot_inside_an_indirect_call() -> tuple[Any, Any]:
     """(module, snapshot) of checksum stopped at the entry of a function called through call_indirect."""
+    from wasmig.engines.interp.capture import capture
     from wasmig.interp.machine import Suspended
     from wasmig.module import Module
-    from wasmig.snapshot.capture import capture
+    from wasmig.session.command import instantiate_with_wasi
     from wasmig.wasi.preview1 import Wasi
-    from wasmig.wasi.run import instantiate_with_wasi
 
     module = Module.from_file(program("checksum"))
     wasi = Wasi(["checksum"], stdout=io.BytesIO(), stderr=io.BytesIO())
@@ -1280,10 +1280,10 @@ def _snapshot_inside_an_indirect_call() -> tuple[Any, Any]:
 
 
 def test_crafted_call_indirect_callee_of_another_type_is_refused(tmp_path: Path, stdin_devnull: None) -> None:
-    from wasmig.snapshot.session import store_module
+    from wasmig.session.command import instantiate_with_wasi
+    from wasmig.session.loop import store_module
     from wasmig.snapshot.store import CheckpointDir
     from wasmig.wasi.preview1 import Wasi
-    from wasmig.wasi.run import instantiate_with_wasi
 
     module, snap = _snapshot_inside_an_indirect_call()
     inner = snap.frames[-1]

@@ -462,7 +462,7 @@ def test_exit_code_130_on_ctrl_c(engine: str) -> None:
 def test_exit_code_75_for_an_in_doubt_migration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The in-doubt row (tests/test_migrate.py provokes a real one); here, the mapping itself."""
     from wasmig.cli import guarded
-    from wasmig.snapshot.session import CheckpointPolicy, MigrationInDoubt
+    from wasmig.session.loop import CheckpointPolicy, MigrationInDoubt
 
     class Closable:
         closed = False

@@ -22,15 +22,15 @@ import pytest
 
 import wasmig
 from tests.wat import wat_module
-from wasmig.snapshot.capture import capture
+from wasmig.engines.interp.capture import capture
+from wasmig.session.command import instantiate_with_wasi
 from wasmig.snapshot.state import Snapshot, SnapshotError, from_plain, to_plain
 from wasmig.toolchain import compile_c
 from wasmig.wasi.preview1 import ProcExit, Wasi
-from wasmig.wasi.run import instantiate_with_wasi
 from wasmig.wasi.snapshot import restore_wasi
 
 pytest.importorskip("wasmtime")
-from wasmig.snapshot.wasmtime_session import Checkpointable  # noqa: E402
+from wasmig.engines.wasmtime.checkpointable import Checkpointable  # noqa: E402
 
 PROGRAMS = Path(__file__).parent / "programs"
 ENGINES = ("interp", "wasmtime")
@@ -187,8 +187,8 @@ def test_chained_across_engines() -> None:
             assert runner.unwound
             snap = from_plain(to_plain(runner.capture()))
         else:
-            from wasmig.snapshot.capture import restore as restore_instance
-            from wasmig.wasi.run import bind_wasi, wasi_imports
+            from wasmig.engines.interp.capture import restore as restore_instance
+            from wasmig.session.command import bind_wasi, wasi_imports
 
             inst = restore_instance(module, snap, wasi_imports(module, wasi))
             bind_wasi(inst, wasi)

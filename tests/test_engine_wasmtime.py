@@ -160,9 +160,9 @@ def test_memory_grow_keeps_the_wasi_view_valid(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fast", [True, False], ids=["raw-callback", "public-api"])
 def test_memory_view_in_process_after_growth(fast: bool) -> None:
     from wasmig import Module
-    from wasmig.engines.wasmtime import WasmtimeInstance
+    from wasmig.engines.wasmtime.runtime import WasmtimeInstance
+    from wasmig.session.command import run_start
     from wasmig.wasi.preview1 import Wasi
-    from wasmig.wasi.run import run_start
 
     module = Module.from_file(program("bigmem"))
     out = io.BytesIO()
@@ -192,7 +192,7 @@ def test_memory_view_follows_a_memory_that_moves() -> None:
     is re-derived each time (a stale one would write into freed memory)."""
     import wasmtime
 
-    from wasmig.engines.wasmtime import LinearMemoryView
+    from wasmig.engines.wasmtime.runtime import LinearMemoryView
     from wasmig.wasi.memory import GuestMemory
 
     config = wasmtime.Config()
@@ -221,10 +221,10 @@ def test_memory_view_follows_a_memory_that_moves() -> None:
 @pytest.mark.parametrize("fast", [True, False], ids=["raw-callback", "public-api"])
 def test_host_exceptions_come_out_as_themselves(fast: bool) -> None:
     from wasmig import Module
-    from wasmig.engines.wasmtime import WasmtimeInstance
+    from wasmig.engines.wasmtime.runtime import WasmtimeInstance
     from wasmig.errors import HostCallInterrupted
+    from wasmig.session.command import run_command
     from wasmig.wasi.preview1 import ProcExit, Wasi
-    from wasmig.wasi.run import run_command
 
     out = io.BytesIO()
     assert run_command(Module.from_file(program("exitcode")), Wasi(["exitcode", "42", "exit"], stdout=out),
@@ -262,7 +262,7 @@ def test_host_functions_get_unsigned_bit_patterns(fast: bool) -> None:
     import wasmtime
 
     import wasmig
-    from wasmig.engines.wasmtime import WasmtimeInstance
+    from wasmig.engines.wasmtime.runtime import WasmtimeInstance
     from wasmig.wasi.preview1 import Wasi
 
     seen: list[tuple[int, ...]] = []
@@ -316,7 +316,7 @@ def test_trap_reason_and_backtrace_match_the_interpreter(name: str, args: tuple)
     import wasmtime
 
     import wasmig
-    from wasmig.engines.wasmtime import WasmtimeInstance
+    from wasmig.engines.wasmtime.runtime import WasmtimeInstance
 
     module = wasmig.Module.from_bytes(bytes(wasmtime.wat2wasm(TRAPS_WAT)))
     outcomes = []
@@ -337,7 +337,7 @@ def test_stack_exhaustion_is_an_exhaustion_trap() -> None:
     import wasmtime
 
     import wasmig
-    from wasmig.engines.wasmtime import WasmtimeInstance
+    from wasmig.engines.wasmtime.runtime import WasmtimeInstance
 
     module = wasmig.Module.from_bytes(bytes(wasmtime.wat2wasm(TRAPS_WAT)))
     traps = []
@@ -361,7 +361,7 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def test_artifact_cache_hit_is_much_faster_and_damage_is_recompiled(tmp_path: Path) -> None:
-    from wasmig.engines import wasmtime as engine
+    from wasmig.engines.wasmtime import runtime as engine
 
     data = program("sandbox_escape").read_bytes()
     before = dict(engine.cache_stats)
@@ -410,9 +410,9 @@ def test_artifact_cache_hit_is_much_faster_and_damage_is_recompiled(tmp_path: Pa
 
 def test_unwritable_cache_is_not_fatal(tmp_path: Path) -> None:
     from wasmig import Module
-    from wasmig.engines import wasmtime as engine
+    from wasmig.engines.wasmtime import runtime as engine
+    from wasmig.session.command import run_command
     from wasmig.wasi.preview1 import Wasi
-    from wasmig.wasi.run import run_command
 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -546,7 +546,7 @@ def test_the_instrumented_module_publishes_its_memory_size_for_other_threads() -
     import io
 
     from tests.wat import wat_module
-    from wasmig.snapshot.wasmtime_session import Checkpointable
+    from wasmig.engines.wasmtime.checkpointable import Checkpointable
     from wasmig.wasi.preview1 import Wasi
 
     module = wat_module("""(module (memory (export "memory") 2)

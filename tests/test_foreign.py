@@ -23,10 +23,10 @@ import pytest
 
 import wasmig
 from tests.foreign import roots
+from wasmig.session.command import instantiate_with_wasi
 from wasmig.snapshot.store import load_snapshot
 from wasmig.toolchain import compile_c
 from wasmig.wasi.preview1 import ProcExit, Wasi
-from wasmig.wasi.run import instantiate_with_wasi
 
 PROGRAMS = Path(__file__).parent / "programs"
 #: (program, arguments, whether it works in a preopened directory, steps each foreign leg runs)

@@ -16,7 +16,7 @@ import pytest
 
 import wasmig
 from tests.wat import wat_module
-from wasmig.snapshot import api
+from wasmig.session import restore as api
 
 pytest.importorskip("wasmtime")
 

@@ -14,14 +14,14 @@ import wasmig
 from tests.wat import wat_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.validator import validate_module
+from wasmig.engines.interp.capture import capture
+from wasmig.engines.wasmtime.records import frames_from_records
 from wasmig.instrument.unwind import instrument
-from wasmig.snapshot.capture import capture
-from wasmig.snapshot.records import frames_from_records
+from wasmig.session.command import instantiate_with_wasi, run_command
 from wasmig.toolchain import compile_c
 from wasmig.wasi.preview1 import ProcExit, Wasi
-from wasmig.wasi.run import instantiate_with_wasi, run_command
 
-wasmtime_engine = pytest.importorskip("wasmig.engines.wasmtime")
+wasmtime_engine = pytest.importorskip("wasmig.engines.wasmtime.runtime")
 PROGRAMS = Path(__file__).parent / "programs"
 _opened: list[Wasi] = []
 
@@ -156,7 +156,7 @@ def test_c_program_stops_like_the_interpreter(k: int) -> None:
 def test_wasmtime_snapshot_equals_interpreter_and_restores_there(k: int) -> None:
     """The whole canonical snapshot, taken on wasmtime, equals the interpreter's at the same step
     (WASI state included), and restoring it on the interpreter finishes the program exactly."""
-    from wasmig.snapshot.capture_wasmtime import capture_wasmtime
+    from wasmig.engines.wasmtime.capture import capture_wasmtime
     from wasmig.snapshot.state import from_plain, to_plain
 
     module = wasmig.Module.from_file(compile_c(PROGRAMS / "checksum.c"))
@@ -204,8 +204,8 @@ def test_deferred_validation_still_refuses_an_invalid_module(tmp_path: Path) -> 
     """A restore on wasmtime loads its module without validating it (a cached instrumented module
     proves the same bytes were valid); an uncached one is validated by the pass, so an invalid
     module is still refused with ValidationError, never instrumented."""
+    from wasmig.engines.wasmtime.checkpointable import instrumented_bytes
     from wasmig.errors import ValidationError
-    from wasmig.snapshot.wasmtime_session import instrumented_bytes
 
     with pytest.raises(ValidationError):
         wasmig.Module.from_bytes(_INVALID)

@@ -21,11 +21,11 @@ import pytest
 import wasmig
 from tests.wat import wat_module
 from wasmig import toolchain
+from wasmig.engines.interp.capture import capture
 from wasmig.interp.machine import Suspended
 from wasmig.interp.straight import Straight
-from wasmig.snapshot.capture import capture
+from wasmig.session.command import instantiate_with_wasi
 from wasmig.wasi.preview1 import ProcExit, Wasi
-from wasmig.wasi.run import instantiate_with_wasi
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 needs_zig = pytest.mark.skipif(

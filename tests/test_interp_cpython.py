@@ -19,11 +19,11 @@ import pytest
 
 import wasmig
 from tests import real_programs
+from wasmig.engines.interp.capture import capture
 from wasmig.interp.machine import Suspended
 from wasmig.interp.straight import Straight
-from wasmig.snapshot.capture import capture
+from wasmig.session.command import instantiate_with_wasi
 from wasmig.wasi.preview1 import ProcExit, Wasi
-from wasmig.wasi.run import instantiate_with_wasi
 
 SCRIPT = """
 import json

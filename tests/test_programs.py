@@ -26,10 +26,10 @@ import pytest
 
 import wasmig
 from wasmig import toolchain
+from wasmig.session.command import instantiate_with_wasi, run_command
 from wasmig.toolchain import ToolchainError, compile_c, strip_debug_sections
 from wasmig.wasi.errno import Errno
 from wasmig.wasi.preview1 import ProcExit, Wasi
-from wasmig.wasi.run import instantiate_with_wasi, run_command
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 

@@ -14,14 +14,14 @@ import pytest
 
 import wasmig
 from tests.wat import wat_module
-from wasmig.snapshot.capture import capture
+from wasmig.engines.interp.capture import capture
+from wasmig.session.command import instantiate_with_wasi
 from wasmig.snapshot.state import Snapshot, from_plain, to_plain
 from wasmig.wasi.preview1 import Wasi
-from wasmig.wasi.run import instantiate_with_wasi
 from wasmig.wasi.snapshot import restore_wasi
 
 pytest.importorskip("wasmtime")
-from wasmig.snapshot.wasmtime_session import Checkpointable  # noqa: E402
+from wasmig.engines.wasmtime.checkpointable import Checkpointable  # noqa: E402
 
 
 def _wasi() -> Wasi:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from wasmig.module import Module
+from wasmig.session.command import run_command
 from wasmig.toolchain import compile_c
 from wasmig.wasi.blocking import Gate
 from wasmig.wasi.preview1 import Wasi
-from wasmig.wasi.run import run_command
 
 PROGRAMS = Path(__file__).parent / "programs"
 

@@ -203,7 +203,7 @@ def until_exit(run: Callable[[], Any]) -> int:
 
 
 def uninterrupted(module: Any, test: SuiteTest, root: Path | None) -> Run:
-    from wasmig.snapshot.wasmtime_session import Checkpointable
+    from wasmig.engines.wasmtime.checkpointable import Checkpointable
 
     g = Guest(test, root)
     try:
@@ -237,7 +237,7 @@ def restored_run(module: Any, snap: Any, engine: str, g: Guest, file: Path) -> R
 def from_wasmtime_to_interp(module: Any, test: SuiteTest, root: Path | None, step: int, file: Path) -> Run:
     """Stop on wasmtime (instrumented, counting) at ``step``, restore on the interpreter. Every
     stable point of every test can be captured (a SnapshotError fails the test)."""
-    from wasmig.snapshot.wasmtime_session import Checkpointable
+    from wasmig.engines.wasmtime.checkpointable import Checkpointable
 
     g = Guest(test, root)
     try:
@@ -255,7 +255,7 @@ def from_wasmtime_to_interp(module: Any, test: SuiteTest, root: Path | None, ste
 def from_interp_to_wasmtime(module: Any, test: SuiteTest, root: Path | None, step: int, file: Path) -> Run:
     """Stop on the interpreter at ``step``, restore on wasmtime."""
     from wasmig.interp.machine import Suspended
-    from wasmig.wasi.run import instantiate_with_wasi
+    from wasmig.session.command import instantiate_with_wasi
 
     g = Guest(test, root)
     try:
@@ -371,8 +371,8 @@ DOUBLE_IMPORT = """
 
 
 def test_a_function_imported_twice_links_on_every_engine() -> None:
+    from wasmig.session.command import run_command
     from wasmig.wasi.preview1 import Wasi
-    from wasmig.wasi.run import run_command
 
     module = wat_module(DOUBLE_IMPORT)
     engines: list[tuple[str, dict[str, Any]]] = [("interp", {})]
@@ -385,7 +385,7 @@ def test_a_function_imported_twice_links_on_every_engine() -> None:
     if not HAVE_WASMTIME:
         return
     # the instrumented module too, stopped between the two calls and restored on both engines
-    from wasmig.snapshot.wasmtime_session import Checkpointable
+    from wasmig.engines.wasmtime.checkpointable import Checkpointable
 
     for engine in ("interp", "wasmtime"):
         out = io.BytesIO()

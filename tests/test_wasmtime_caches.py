@@ -1,6 +1,6 @@
 """What a checkpointable run or a restore on wasmtime reads when its caches are warm (issue 15, items 4
 and 5): the module's facts (:mod:`wasmig.binary.facts`), the instrumented module's site index
-(:mod:`wasmig.snapshot.site_index`) and the compiled artifact — never the module decoded, nor the
+(:mod:`wasmig.engines.wasmtime.site_index`) and the compiled artifact — never the module decoded, nor the
 instrumented module's bytes, nor its JSON site map; and a restore reads and writes only the pages
 the new instance does not hold already."""
 
@@ -21,8 +21,8 @@ from wasmig.wasi.preview1 import ProcExit, Wasi
 from wasmig.wasi.snapshot import restore_wasi
 
 pytest.importorskip("wasmtime")
-from wasmig.snapshot import site_index  # noqa: E402
-from wasmig.snapshot.wasmtime_session import Checkpointable, instrumented  # noqa: E402
+from wasmig.engines.wasmtime import site_index  # noqa: E402
+from wasmig.engines.wasmtime.checkpointable import Checkpointable, instrumented  # noqa: E402
 
 _opened: list[Wasi] = []
 
@@ -164,8 +164,8 @@ def test_the_site_index_holds_the_site_map(cache: Path) -> None:
 def test_records_are_the_same_through_the_index(cache: Path) -> None:
     """A snapshot rewinds into the same frame records whether the site map is the pass's objects
     or the index read a function at a time."""
+    from wasmig.engines.wasmtime.records import records_from_frames
     from wasmig.instrument.unwind import instrument
-    from wasmig.snapshot.records import records_from_frames
 
     module = _fresh("checksum")
     out = io.BytesIO()
@@ -183,7 +183,7 @@ def test_records_are_the_same_through_the_index(cache: Path) -> None:
 # --- a checkpointable run from the caches ------------------------------------------------------------
 def _reference(name: str, args: list[str]) -> bytes:
     out = io.BytesIO()
-    from wasmig.wasi.run import run_command
+    from wasmig.session.command import run_command
 
     run_command(wasmig.Module.from_file(program(name)), _wasi([name, *args], out), "wasmtime")
     return out.getvalue()

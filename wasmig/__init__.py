@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from wasmig.errors import DecodeError, Exhaustion, LinkError, Trap, UnsupportedFeature, ValidationError, WasmError
 
 if TYPE_CHECKING:
-    from wasmig.instance import Instance
+    from wasmig.engines.interp.instance import Instance
+    from wasmig.engines.wasmtime.checkpointable import Checkpointable
     from wasmig.interp.machine import Suspended
     from wasmig.interp.store import Global, HostFunc, Memory, Table, Val
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot
-    from wasmig.snapshot.wasmtime_session import Checkpointable
 
 #: The API's classes, imported on first use (PEP 562): every ``wasmig`` command imports this package
 #: first, and the interpreter behind ``Instance`` costs ~30 ms that a run on wasmtime never needs.
 _LAZY = {
-    "Instance": "wasmig.instance", "Suspended": "wasmig.interp.machine", "Global": "wasmig.interp.store",
+    "Instance": "wasmig.engines.interp.instance", "Suspended": "wasmig.interp.machine", "Global": "wasmig.interp.store",
     "HostFunc": "wasmig.interp.store", "Memory": "wasmig.interp.store", "Table": "wasmig.interp.store",
     "Val": "wasmig.interp.store", "Module": "wasmig.module",
 }
@@ -62,7 +62,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     - ``engine="interp"``: an :class:`Instance` on the interpreter, suspended where the snapshot
       was taken; ``resume()`` returns what the interrupted export returns.
     - ``engine="wasmtime"`` (WASI programs only): a
-      :class:`~wasmig.snapshot.wasmtime_session.Checkpointable`, the instrumented module on
+      :class:`~wasmig.engines.wasmtime.checkpointable.Checkpointable`, the instrumented module on
       wasmtime with the snapshot loaded; ``resume()`` runs on (a nonzero exit raises
       ``wasmig.wasi.preview1.ProcExit``), ``request()``/``arm(step)`` stop it again and
       ``capture()`` takes the next snapshot. ``count_steps`` selects the deterministic variant of
@@ -74,9 +74,9 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     ``dirs`` re-mapping guest preopen names to host directories, ``stdin``/``stdout``/``stderr``
     instead of the process's. Any other module needs its ``imports``, as for :class:`Instance`.
     Raises ``SnapshotError`` for a snapshot that does not fit the module, ``ValueError`` for an
-    unknown engine. (Implemented by :func:`wasmig.snapshot.api.restore`, imported on first use.)
+    unknown engine. (Implemented by :func:`wasmig.session.restore.restore`, imported on first use.)
     """
-    from wasmig.snapshot.api import restore as _restore
+    from wasmig.session.restore import restore as _restore
 
     return _restore(state_or_path, engine, module=module, imports=imports, dirs=dirs, on_file_change=on_file_change,
                     stdin=stdin, stdout=stdout, stderr=stderr, count_steps=count_steps)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wasmig.migrate.protocol import MigrationError
-from wasmig.snapshot.session import RUNTIME_DIR, SessionBase
+from wasmig.session.loop import RUNTIME_DIR, SessionBase
 
 
 def socket_path(pid: int) -> Path:

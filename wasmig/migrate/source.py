@@ -3,7 +3,7 @@
 :func:`migrate` runs in a thread of its own beside the session that runs the guest. Pre-copy
 rounds send the pages that changed since the last round while the guest keeps running; when a
 round has little left (or the rounds stop shrinking), the guest is stopped through the
-session's :class:`~wasmig.snapshot.session.StopHandoff`, the last changed pages go with the
+session's :class:`~wasmig.session.loop.StopHandoff`, the last changed pages go with the
 frames, globals and WASI state, and the target restores it all and resumes it, held before its
 first host call (``prepared``: on wasmtime the rewind reached the innermost frame). Only then
 does the source commit; it ends only when the target confirms the commit, and the target lets
@@ -25,7 +25,7 @@ import zstandard
 
 from wasmig.migrate.pages import ChangedPage, PageTracker
 from wasmig.migrate.protocol import PAGE_BATCH, Channel, MigrationError, PeerGone, connect
-from wasmig.snapshot.session import SessionBase, StopHandoff
+from wasmig.session.loop import SessionBase, StopHandoff
 from wasmig.snapshot.state import PAGE_SIZE, SnapshotError, to_plain
 
 #: stop pre-copy when a round has at most this many bytes of changed pages left
@@ -72,7 +72,7 @@ def migrate(session: SessionBase, target: str, token: bytes, *, progress: Callab
             on_done: Callable[[MigrationResult], None] | None = None, stop_copy_bytes: int = STOP_COPY_BYTES,
             max_rounds: int = MAX_ROUNDS, precopy: bool = True, stop_timeout: float = 30.0) -> MigrationResult:
     """Move the program ``session`` runs to the daemon at ``target``. On success the session's
-    run ends with :class:`~wasmig.snapshot.session.MigratedAway` (``on_done`` is called first,
+    run ends with :class:`~wasmig.session.loop.MigratedAway` (``on_done`` is called first,
     while this process surely still runs); on any failure before the target committed, the
     program goes on here and :class:`MigrationError` says why. ``precopy=False``: stop-and-copy
     only (the guest stops at once and everything goes while it is stopped)."""
@@ -105,7 +105,7 @@ class _Source:
         in the downtime: on wasmtime, the tables its element segments make (a scan of every
         instruction, remembered per module: 0.23 s for CPython's 26 MB, the first time)."""
         if hasattr(self.session, "runner"):  # a WasmtimeSession
-            from wasmig.snapshot.capture_wasmtime import static_tables
+            from wasmig.engines.wasmtime.capture import static_tables
 
             static_tables(self.session.module)
 
@@ -259,7 +259,7 @@ class _Source:
 
     def _keep_in_doubt(self, handoff: StopHandoff, snap: Any, why: str) -> str:
         """The commit went out and the target may run the program: never resume it here; save
-        it and end the run (:class:`~wasmig.snapshot.policy.MigrationInDoubt`). Where it is saved."""
+        it and end the run (:class:`~wasmig.session.policy.MigrationInDoubt`). Where it is saved."""
         try:
             saved = self._save_in_doubt(snap)
         except (SnapshotError, OSError) as save_error:
@@ -272,7 +272,7 @@ class _Source:
         """The stopped program's whole state, as a single-file snapshot in the runtime directory."""
         from dataclasses import replace
 
-        from wasmig.snapshot.session import RUNTIME_DIR
+        from wasmig.session.loop import RUNTIME_DIR
         from wasmig.snapshot.state import MemoryState
         from wasmig.snapshot.store import write_single_file
 

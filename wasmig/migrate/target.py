@@ -563,8 +563,8 @@ class _InstanceLanding(_Landing):
     (the downtime of a large guest does not depend on its size)."""
 
     def __init__(self, module: Module) -> None:
-        from wasmig.snapshot.capture_wasmtime import static_tables
-        from wasmig.snapshot.wasmtime_session import Checkpointable
+        from wasmig.engines.wasmtime.capture import static_tables
+        from wasmig.engines.wasmtime.checkpointable import Checkpointable
         from wasmig.wasi.preview1 import Wasi
 
         self.wasi = Wasi()  # re-initialised in place with the program's WASI state at the end
@@ -599,8 +599,8 @@ class _InstanceLanding(_Landing):
         return None
 
     def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:
-        from wasmig.snapshot.session import CheckpointPolicy
-        from wasmig.snapshot.wasmtime_session import WasmtimeSession
+        from wasmig.engines.wasmtime.checkpointable import WasmtimeSession
+        from wasmig.session.loop import CheckpointPolicy
         from wasmig.wasi.snapshot import restore_wasi
 
         wasi = restore_wasi(snap.wasi, dirs=dirs, into=self.wasi)  # type: ignore[arg-type]
@@ -617,9 +617,9 @@ class _ImageLanding(_Landing):
     as a prepared instance's would."""
 
     def __init__(self, module: Module) -> None:
-        from wasmig.instance import Instance
+        from wasmig.engines.interp.instance import Instance
+        from wasmig.session.command import wasi_imports
         from wasmig.wasi.preview1 import Wasi
-        from wasmig.wasi.run import wasi_imports
 
         self.images: list[bytearray] = [initial_image(module)] if module.ir.all_mems() else []
         # the instance the state goes into, made now rather than in the downtime (0.17 s for
@@ -650,9 +650,9 @@ class _ImageLanding(_Landing):
         return image
 
     def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:
-        from wasmig.snapshot.capture import restore
-        from wasmig.snapshot.session import CheckpointPolicy, Session
-        from wasmig.wasi.run import bind_wasi
+        from wasmig.engines.interp.capture import restore
+        from wasmig.session.command import bind_wasi
+        from wasmig.session.loop import CheckpointPolicy, Session
         from wasmig.wasi.snapshot import restore_wasi
 
         wasi = restore_wasi(snap.wasi, dirs=dirs, into=self.wasi)  # type: ignore[arg-type]
@@ -695,7 +695,7 @@ class _Program:
 
     def run(self) -> tuple[str, Any]:
         """Run it to its end: ("exit", code), ("moved", None), ("trap", reason) or ("error", why)."""
-        from wasmig.snapshot.session import MigratedAway
+        from wasmig.session.loop import MigratedAway
 
         try:
             outcome: tuple[str, Any] = ("exit", self.body())

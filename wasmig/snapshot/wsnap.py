@@ -59,7 +59,7 @@ _HASH_SIZE = 32
 MAX_SNAPSHOT_BYTES = 256 << 20
 MAX_MODULE_BYTES = 512 << 20
 MAX_PAGES = 1 << 18  # distinct pages in the file, and pages of all memories in its snapshot: 16 GiB
-#: the module copy a checkpoint directory keeps (``wasmig.snapshot.session.MODULE_FILE_PREFIX``;
+#: the module copy a checkpoint directory keeps (``wasmig.session.loop.MODULE_FILE_PREFIX``;
 #: not imported from there, which would load the interpreter and WASI layer into ``wasmig export``)
 MODULE_FILE_PREFIX = "module-"
 _CHUNK = 1 << 20

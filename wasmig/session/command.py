@@ -9,8 +9,8 @@ from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi, check_wasi_imports
 
 if TYPE_CHECKING:  # the interpreter is imported only when a run uses it (start-up of a run on wasmtime)
-    from wasmig.engines.wasmtime import WasmtimeInstance
-    from wasmig.instance import Instance
+    from wasmig.engines.interp.instance import Instance
+    from wasmig.engines.wasmtime.runtime import WasmtimeInstance
     from wasmig.interp.store import HostFunc
     from wasmig.module import Module
 
@@ -29,15 +29,15 @@ def wasi_imports(module: Module, wasi: Wasi) -> dict[str, dict[str, Any]]:
 def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp",
                           **wasmtime_options: Any) -> Instance | WasmtimeInstance:
     """Instantiate ``module`` with ``wasi`` as its ``wasi_snapshot_preview1`` and bind its memory:
-    an :class:`Instance` (``interp``) or a :class:`wasmig.engines.wasmtime.WasmtimeInstance`
+    an :class:`Instance` (``interp``) or a :class:`wasmig.engines.wasmtime.runtime.WasmtimeInstance`
     (``wasmtime_options``: its keyword arguments, e.g. ``cache_dir``)."""
     if engine == "wasmtime":
-        from wasmig.engines.wasmtime import WasmtimeInstance
+        from wasmig.engines.wasmtime.runtime import WasmtimeInstance
 
         return WasmtimeInstance(module, wasi, **wasmtime_options)
     if wasmtime_options:
         raise TypeError(f"options {sorted(wasmtime_options)} are for the wasmtime engine")
-    from wasmig.instance import Instance
+    from wasmig.engines.interp.instance import Instance
 
     return bind_wasi(Instance(module, wasi_imports(module, wasi), engine), wasi)
 

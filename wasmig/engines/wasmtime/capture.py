@@ -40,11 +40,11 @@ def memory_export(exports: Any, i: int) -> Any:
 
 
 def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap, *, with_memory: bool = True) -> Snapshot:
-    """``instance``: a :class:`wasmig.engines.wasmtime.WasmtimeInstance` of the instrumented module,
+    """``instance``: a :class:`wasmig.engines.wasmtime.runtime.WasmtimeInstance` of the instrumented module,
     just unwound; ``module``: the original module; ``sitemap``: the pass's site map.
-    ``with_memory=False`` leaves the memories' bytes empty (see :func:`wasmig.snapshot.capture.capture`)."""
+    ``with_memory=False`` leaves the memories' bytes empty (see :func:`wasmig.engines.interp.capture.capture`)."""
+    from wasmig.engines.wasmtime.records import MASKS, frames_from_records
     from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
-    from wasmig.snapshot.records import MASKS, frames_from_records
     from wasmig.snapshot.state import GlobalState, MemoryState, Snapshot
 
     store, ex = instance.store, instance.exports

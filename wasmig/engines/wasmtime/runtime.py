@@ -22,7 +22,7 @@ The pieces:
   and turns wasmtime traps into :class:`wasmig.Trap` with the spec's wording and the
   interpreter's backtrace format.
 
-Running a command (``_start`` to completion) is :func:`wasmig.wasi.run.run_command` with
+Running a command (``_start`` to completion) is :func:`wasmig.session.command.run_command` with
 ``engine="wasmtime"``, for every engine alike.
 """
 
@@ -524,7 +524,7 @@ class WasmtimeInstance:
         compiled already (the cached instrumented module: its bytes are never read on a cache hit).
         ``host_imports``: wasmig externs (``HostFunc``, immutable ``Global``) by module and field,
         for imports ``wasi`` does not serve (``wasmig.Instance(..., engine="wasmtime")``, see
-        :mod:`wasmig.engines.wasmtime_api`)."""
+        :mod:`wasmig.engines.wasmtime.api`)."""
         self.module = module
         self.wasi = wasi
         self._code = _Code(module, code)
@@ -537,7 +537,7 @@ class WasmtimeInstance:
         self.interrupt_flag: ctypes.c_uint8 | None = None
         ir = module.interface
         if host_imports:  # the embedding API's imports; the module's others must be WASI's
-            from wasmig.engines.wasmtime_api import without_provided
+            from wasmig.engines.wasmtime.api import without_provided
 
             ir = without_provided(ir, host_imports)
         imports = check_wasi_imports(ir)
@@ -579,7 +579,7 @@ class WasmtimeInstance:
                     linker.define_func(WASI_MODULE, imp.name, ty,
                                        self._host_func(host[imp.name], ft.params, ft.results))
         if host_imports:
-            from wasmig.engines.wasmtime_api import define_host_imports
+            from wasmig.engines.wasmtime.api import define_host_imports
 
             define_host_imports(self, linker, host_imports)
         self._instance = self._guard(lambda: linker.instantiate(self.store, compiled), instantiating=True)

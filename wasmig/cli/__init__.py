@@ -663,7 +663,7 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
                 then: str, stable_only: bool, count_steps: bool = False, migratable: bool = False) -> Any:
     from pathlib import Path
 
-    from wasmig.snapshot.policy import CheckpointPolicy
+    from wasmig.session.policy import CheckpointPolicy
 
     if checkpoint_dir is None and (at_step is not None or at_instruction is not None or every is not None):
         raise UserError("--checkpoint-at-step/--checkpoint-at-instruction/--checkpoint-every need --checkpoint-dir")
@@ -677,7 +677,7 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
 def run_session(instance: Any, wasi: Any, policy: Any, module_path: str | None, *, resume: bool) -> int:
     """Run to the end under ``policy``; returns the process exit code (traps and errors reported)."""
     if instance.engine == "interp":
-        from wasmig.snapshot.session import Session
+        from wasmig.session.loop import Session
 
         session = Session(instance, wasi, policy, module_path)
         return guarded(lambda: with_control(session, lambda: ended(session, session.run(resume=resume))), wasi,
@@ -734,7 +734,7 @@ def migrate_later(session: Any, target: str, token: bytes, after: float) -> None
 def guarded(body: Any, wasi: Any, policy: Any, module_path: str | None) -> int:
     """``body()``'s exit code, with a checkpoint-and-exit, traps and errors reported as the CLI does."""
     from wasmig.errors import SnapshotError
-    from wasmig.snapshot.policy import CheckpointExit, MigratedAway, MigrationInDoubt
+    from wasmig.session.policy import CheckpointExit, MigratedAway, MigrationInDoubt
 
     try:
         return body()
@@ -772,7 +772,7 @@ def run_checkpointable(module: Any, wasi: Any, policy: Any, module_path: str | N
     import time
 
     from wasmig import log
-    from wasmig.snapshot.wasmtime_session import Checkpointable, WasmtimeSession
+    from wasmig.engines.wasmtime.checkpointable import Checkpointable, WasmtimeSession
 
     def body() -> int:
         started = time.perf_counter()
@@ -823,8 +823,8 @@ def run_compiled(instance: Any) -> int:
     ends the process at once, as it ends ``wasmtime run``."""
     import signal
 
-    from wasmig.snapshot.policy import ignore_checkpoint_request
-    from wasmig.wasi.run import run_start
+    from wasmig.session.command import run_start
+    from wasmig.session.policy import ignore_checkpoint_request
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -872,8 +872,8 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
 
     Options go before PROGRAM; everything after it is the program's (its arguments)."""
     from wasmig.module import Module
+    from wasmig.session.command import instantiate_with_wasi
     from wasmig.wasi.preview1 import Wasi
-    from wasmig.wasi.run import instantiate_with_wasi
 
     listeners: list[socket.socket] = []
     try:
@@ -957,7 +957,7 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
     from pathlib import Path
 
     from wasmig import log
-    from wasmig.snapshot.session import find_module_for
+    from wasmig.session.loop import find_module_for
     from wasmig.snapshot.state import SnapshotError
     from wasmig.snapshot.store import load_snapshot_deferred, materialize
 
@@ -1000,7 +1000,7 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
 
             wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
             sys.exit(run_checkpointable(module, wasi, policy, snap.meta.get("module_path"), snap, pages) & 0xFF)
-        from wasmig.snapshot.api import restore as restore_instance  # the interpreter's: imported for it alone
+        from wasmig.session.restore import restore as restore_instance  # the interpreter's: imported for it alone
 
         started = time.perf_counter()
         materialize(snap, pages)
@@ -1024,7 +1024,7 @@ def checkpoint_cmd_options(p: _Parser) -> None:
 @command("checkpoint", checkpoint_cmd_options, "pid", types={"pid": _Number(int)})
 def checkpoint_cmd(timeout: float, pid: int) -> None:
     """Ask a running `wasmig run --checkpoint-dir ...` (process PID) for a snapshot now."""
-    from wasmig.snapshot.session import wait_for_snapshot
+    from wasmig.session.loop import wait_for_snapshot
     from wasmig.snapshot.state import SnapshotError
 
     try:
@@ -1046,8 +1046,8 @@ def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
     import json
     from pathlib import Path
 
+    from wasmig.session.loop import find_module_for
     from wasmig.snapshot.inspect import format_summary, summarize
-    from wasmig.snapshot.session import find_module_for
     from wasmig.snapshot.state import SnapshotError
     from wasmig.snapshot.store import checkpoint_chain, load_snapshot, storage_stats
 

@@ -55,12 +55,12 @@ class Instance:
     ``Table``, or any extern exported by another instance).
 
     ``engine="interp"`` (the default) is wasmig's interpreter, with everything below.
-    ``engine="wasmtime"`` gives a :class:`wasmig.engines.wasmtime_api.WasmtimeApiInstance` (a
+    ``engine="wasmtime"`` gives a :class:`wasmig.engines.wasmtime.api.WasmtimeApiInstance` (a
     subclass): the module compiled by wasmtime with the same ``exports``/``invoke`` conventions,
     host functions and immutable globals as imports, traps as :class:`wasmig.Trap`; ``stop_at``,
     ``checkpoint`` and ``resume`` are the interpreter's and raise ``NotImplementedError`` there
     (checkpointing on wasmtime: ``wasmig.restore(..., engine="wasmtime")`` and
-    :class:`wasmig.snapshot.wasmtime_session.Checkpointable`, for WASI programs). Another engine,
+    :class:`wasmig.engines.wasmtime.checkpointable.Checkpointable`, for WASI programs). Another engine,
     or wasmtime without its package, is a ``ValueError`` naming the available ones.
     """
 
@@ -68,7 +68,7 @@ class Instance:
                 engine: str = "interp", **options: Any) -> Instance:
         if cls is Instance and engine != "interp":
             check_engine(engine)
-            from wasmig.engines.wasmtime_api import WasmtimeApiInstance
+            from wasmig.engines.wasmtime.api import WasmtimeApiInstance
 
             return object.__new__(WasmtimeApiInstance)  # Python then calls its __init__
         return object.__new__(cls)
@@ -93,7 +93,7 @@ class Instance:
     def checkpoint(self) -> Any:
         """The canonical state (:class:`wasmig.snapshot.state.Snapshot`) of this instance: suspended
         at a point (after :class:`wasmig.Suspended` was raised) or idle between calls."""
-        from wasmig.snapshot.capture import capture
+        from wasmig.engines.interp.capture import capture
 
         return capture(self)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from wasmig.instance import Instance
+from wasmig.engines.interp.instance import Instance
 from wasmig.instrument.liveness import dead_value, live_locals_of
 from wasmig.interp.machine import Frame, ensure_compiled
 from wasmig.interp.store import WasmFunction, from_bits, to_bits

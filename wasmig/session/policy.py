@@ -1,6 +1,6 @@
 """What a run is asked to do about checkpoints, and how a run ends when one makes it stop.
 
-Kept apart from the run loops (:mod:`wasmig.snapshot.session`) because every ``wasmig run`` needs
+Kept apart from the run loops (:mod:`wasmig.session.loop`) because every ``wasmig run`` needs
 these few names, also a plain run on wasmtime that never checkpoints, and it should not import
 the interpreter and the snapshot writer to get them (nor ``dataclasses``, which brings ``inspect``
 and ``ast``: a plain class here).

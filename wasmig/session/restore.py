@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from wasmig.instance import Instance, check_engine
+from wasmig.engines.interp.capture import restore as restore_instance
+from wasmig.engines.interp.instance import Instance, check_engine
 from wasmig.module import Module
-from wasmig.snapshot.capture import restore as restore_instance
 from wasmig.snapshot.state import Snapshot, SnapshotError
 
 if TYPE_CHECKING:
-    from wasmig.snapshot.wasmtime_session import Checkpointable
+    from wasmig.engines.wasmtime.checkpointable import Checkpointable
 
 
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
@@ -22,7 +22,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     """Re-create an instance from a snapshot (a :class:`Snapshot`, a snapshot file or a checkpoint
     directory). Continue it with ``instance.resume()``.
 
-    ``engine="wasmtime"`` gives a :class:`~wasmig.snapshot.wasmtime_session.Checkpointable` (the
+    ``engine="wasmtime"`` gives a :class:`~wasmig.engines.wasmtime.checkpointable.Checkpointable` (the
     instrumented module on wasmtime, the snapshot loaded; WASI programs only): ``resume()`` runs
     on, ``arm(step)``/``request()`` stop it again, ``capture()`` takes the next snapshot. It runs
     the fast variant of the instrumented module unless ``count_steps`` asks for the deterministic
@@ -32,7 +32,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     A snapshot of a WASI program gets its WASI state back (files re-opened, ``dirs`` re-mapping
     guest preopen names to host directories); otherwise ``imports`` are used as for ``Instance``.
     """
-    from wasmig.snapshot.session import find_module_for
+    from wasmig.session.loop import find_module_for
 
     check_engine(engine)
     if isinstance(state_or_path, Snapshot):
@@ -49,11 +49,11 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
                               validate=engine != "wasmtime", decode=engine != "wasmtime")
     else:
         raise SnapshotError("restore needs the module: pass module=Module or a path")
-    from wasmig.wasi.run import bind_wasi
+    from wasmig.session.command import bind_wasi
 
     wasi = None
     if snap.wasi is not None:
-        from wasmig.wasi.run import wasi_imports
+        from wasmig.session.command import wasi_imports
         from wasmig.wasi.snapshot import restore_wasi
 
         wasi = restore_wasi(snap.wasi, dirs=dirs, on_file_change=on_file_change, stdin=stdin, stdout=stdout,
@@ -62,7 +62,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     if engine == "wasmtime":
         if wasi is None:
             raise SnapshotError("restoring on wasmtime is for WASI programs (the snapshot has no WASI state)")
-        from wasmig.snapshot.wasmtime_session import Checkpointable
+        from wasmig.engines.wasmtime.checkpointable import Checkpointable
 
         try:
             runner = Checkpointable(mod, wasi, count_steps=count_steps)

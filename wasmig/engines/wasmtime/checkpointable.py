@@ -14,7 +14,7 @@ it the interpreter's checkpoint vocabulary:
 - capture the canonical :class:`Snapshot` once the guest unwound (:func:`capture_wasmtime`), equal
   to the interpreter's at the same step (the fast variant's snapshots have ``steps = None``).
 
-:class:`WasmtimeSession` is :class:`~wasmig.snapshot.session.Session`'s counterpart: the same
+:class:`WasmtimeSession` is :class:`~wasmig.session.loop.Session`'s counterpart: the same
 policy (step, timer, SIGUSR1, then exit/continue), the same status file and snapshot files.
 """
 
@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wasmig import checked, log
+from wasmig.engines.wasmtime import site_index
+from wasmig.engines.wasmtime.capture import capture_wasmtime, memory_export, static_tables
+from wasmig.engines.wasmtime.site_index import SiteIndex
 from wasmig.errors import SnapshotError, WasmError
 from wasmig.hashing import fast_hash
 from wasmig.module import Module
-from wasmig.snapshot import site_index
-from wasmig.snapshot.capture_wasmtime import capture_wasmtime, memory_export, static_tables
-from wasmig.snapshot.session import CheckpointExit, CheckpointPolicy, SessionBase
-from wasmig.snapshot.site_index import SiteIndex
+from wasmig.session.loop import CheckpointExit, CheckpointPolicy, SessionBase
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class Instrumented:
         again if that entry is gone or damaged (then :attr:`sites` is that run's, whatever the
         index said)."""
         if self._data is None:
-            from wasmig.engines.wasmtime import cache_payload
+            from wasmig.engines.wasmtime.runtime import cache_payload
 
             try:
                 blob = self.path.read_bytes()
@@ -225,7 +225,7 @@ class Instrumented:
     def compiled(self) -> Any:
         """The compiled instrumented module (a ``wasmtime.Module``), from the artifact cache by the
         digest the site index records; the bytes are read (or made) only on a miss."""
-        from wasmig.engines.wasmtime import compile_cached
+        from wasmig.engines.wasmtime.runtime import compile_cached
 
         return compile_cached(self.sites.module_digest.hex(), lambda: self.data, self._cache_dir)
 
@@ -256,7 +256,7 @@ def _write_index(index_path: Path, sitemap: SiteMap, data: bytes) -> SiteIndex:
 def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool, announce: str | None,
                 why: str) -> tuple[bytes, SiteIndex]:
     """Run the pass (announced on stderr for a big module), cache its module and site index."""
-    from wasmig.engines.wasmtime import cache_entry
+    from wasmig.engines.wasmtime.runtime import cache_entry
     from wasmig.files import write_atomically
     from wasmig.instrument.unwind import instrument
 
@@ -288,12 +288,12 @@ def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: 
     through a cache keyed by the original module's sha256, the variant and the pass's fingerprint
     (the pass is pure Python and costs minutes on big modules; a restore should not pay it).
     A cache entry is the module (``instrumented-KEY.wasm``) and its site index
-    (``instrumented-KEY.sites``, :mod:`wasmig.snapshot.site_index`); an index missing beside a
+    (``instrumented-KEY.sites``, :mod:`wasmig.engines.wasmtime.site_index`); an index missing beside a
     valid module (an entry of an older wasmig) is made from the module's site map section, a
     damaged entry is rebuilt. ``announce``: the module's name for the lines
     :class:`InstrumentNotice` prints on stderr when a big module has to be instrumented (a cache
     hit, or a small module, prints nothing); None, silent."""
-    from wasmig.engines.wasmtime import cache_payload, default_cache_dir
+    from wasmig.engines.wasmtime.runtime import cache_payload, default_cache_dir
 
     key = _cache_key(module, count_steps)
     folder = cache_dir if cache_dir is not None else default_cache_dir()
@@ -351,8 +351,8 @@ def _import_checkpoint_code() -> None:
     global _CHECKPOINT_CODE_IMPORTED
     if not _CHECKPOINT_CODE_IMPORTED:
         _CHECKPOINT_CODE_IMPORTED = True
+        import wasmig.engines.wasmtime.records  # noqa: F401
         import wasmig.instrument.unwind  # noqa: F401
-        import wasmig.snapshot.records  # noqa: F401
         import wasmig.snapshot.state  # noqa: F401
 
 
@@ -365,7 +365,7 @@ class Checkpointable:
 
     def __init__(self, module: Module, wasi: Wasi | None, *, count_steps: bool = False,
                  announce: str | None = None) -> None:
-        from wasmig.engines.wasmtime import WasmtimeInstance
+        from wasmig.engines.wasmtime.runtime import WasmtimeInstance
 
         self.module = module
         self.wasi = wasi
@@ -463,8 +463,8 @@ class Checkpointable:
         assert point is not None
         if not frames:  # an idle snapshot: nothing was running
             return
+        from wasmig.engines.wasmtime.records import records_from_frames
         from wasmig.instrument.unwind import READ_PTR, RECORDS_BASE, STATE_REWINDING, WRITE_PTR
-        from wasmig.snapshot.records import records_from_frames
 
         records = records_from_frames(frames, point, self.sitemap, self._indirect_slot)
         name = self._rewind_export(frames[0].func)
@@ -587,7 +587,7 @@ class Checkpointable:
     # --- state -----------------------------------------------------------------------------------
     def frames(self) -> tuple[list[FrameState], str]:
         """The canonical frames and point, after the guest unwound."""
-        from wasmig.snapshot.records import frames_from_records
+        from wasmig.engines.wasmtime.records import frames_from_records
 
         ctl = bytes(self.ctl.read(self.store, 0, self.ctl.data_len(self.store)))
         self._pending = frames_from_records(ctl, self.sitemap)
@@ -606,8 +606,8 @@ class Checkpointable:
         page by page, see :meth:`memory_address`). ``pages``: the memories' pages, read on demand
         (:func:`wasmig.snapshot.store.load_snapshot_deferred`; the snapshot's memory bytes are
         then empty): only the pages the fresh instance does not already hold are read and written."""
+        from wasmig.engines.wasmtime.records import MASKS
         from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
-        from wasmig.snapshot.records import MASKS
 
         module, facts = self.module, self.facts
         store = self.store

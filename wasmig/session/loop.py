@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import SnapshotError
-from wasmig.snapshot.policy import (  # noqa: F401 - re-exported: the run loops' names for them
+from wasmig.session.policy import (  # noqa: F401 - re-exported: the run loops' names for them
     CheckpointExit,
     CheckpointPolicy,
     MigratedAway,
@@ -37,7 +37,7 @@ from wasmig.snapshot.policy import (  # noqa: F401 - re-exported: the run loops'
 from wasmig.wasi.preview1 import ProcExit, Wasi
 
 if TYPE_CHECKING:  # the interpreter is imported by the code that runs on it: a run on wasmtime never pays for it
-    from wasmig.instance import Instance
+    from wasmig.engines.interp.instance import Instance
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot  # (and the snapshot classes by the code that captures one)
 
@@ -281,8 +281,8 @@ class Session(SessionBase):
                 self.handoff.ended()
 
     def _run(self, resume: bool) -> int:
+        from wasmig.engines.interp.capture import capture
         from wasmig.interp.machine import Suspended
-        from wasmig.snapshot.capture import capture
 
         try:
             self._arm()
@@ -332,12 +332,12 @@ class Session(SessionBase):
         return False
 
     def checkpoint_now(self) -> Snapshot:
-        from wasmig.snapshot.capture import capture
+        from wasmig.engines.interp.capture import capture
 
         return capture(self.instance)
 
     def _checkpoint(self) -> None:
-        from wasmig.snapshot.capture import capture
+        from wasmig.engines.interp.capture import capture
 
         if self.policy.directory is not None:
             started = time.perf_counter()

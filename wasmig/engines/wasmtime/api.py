@@ -1,7 +1,7 @@
 """``wasmig.Instance(module, imports, engine="wasmtime")``: the embedding API on wasmtime.
 
 :class:`WasmtimeApiInstance` is what ``wasmig.Instance`` gives for ``engine="wasmtime"``: the
-plain module compiled by wasmtime (:class:`wasmig.engines.wasmtime.WasmtimeInstance` underneath),
+plain module compiled by wasmtime (:class:`wasmig.engines.wasmtime.runtime.WasmtimeInstance` underneath),
 with the interpreter's surface where it makes sense:
 
 - ``exports[name]``: functions are callables taking and returning the same Python values as the
@@ -17,7 +17,7 @@ with the interpreter's surface where it makes sense:
 
 Not here: ``stop_at``, ``checkpoint`` and ``resume`` are the interpreter's (they raise
 ``NotImplementedError`` saying what to use instead). Checkpointing on wasmtime needs the
-instrumented module and wasmig's WASI: :class:`wasmig.snapshot.wasmtime_session.Checkpointable`,
+instrumented module and wasmig's WASI: :class:`wasmig.engines.wasmtime.checkpointable.Checkpointable`,
 which ``wasmig.restore(..., engine="wasmtime")`` returns and ``wasmig run --checkpoint-dir`` runs.
 Reference-typed parameters of host functions, and f32 signalling-NaN payloads (wasmtime-py passes
 f32 values as C floats, which quiets them), are the other differences.
@@ -34,9 +34,9 @@ import wasmtime
 
 from wasmig.binary.ir import FuncType
 from wasmig.binary.ir import Module as IRModule
-from wasmig.engines.wasmtime import _VALTYPE, Exports, WasmtimeInstance
+from wasmig.engines.interp.instance import Instance, convert_results
+from wasmig.engines.wasmtime.runtime import _VALTYPE, Exports, WasmtimeInstance
 from wasmig.errors import LinkError
-from wasmig.instance import Instance, convert_results
 from wasmig.interp.instantiate import _resolve_import
 from wasmig.interp.numeric import signed32, signed64
 from wasmig.interp.store import (
@@ -52,7 +52,7 @@ from wasmig.module import Module
 _NUMERIC = ("i32", "i64", "f32", "f64")
 _UNSUPPORTED = ("{what} is an interpreter feature: wasmig.Instance(..., engine='wasmtime') runs the plain "
                 "module. Use engine='interp' for it, or, for a WASI program on wasmtime, "
-                "wasmig.snapshot.wasmtime_session.Checkpointable (what wasmig.restore(..., engine='wasmtime') "
+                "wasmig.engines.wasmtime.checkpointable.Checkpointable (what wasmig.restore(..., engine='wasmtime') "
                 "returns and `wasmig run --checkpoint-dir` runs)")
 
 
@@ -229,7 +229,7 @@ class WasmtimeApiInstance(Instance):
     """``wasmig.Instance(module, imports, engine="wasmtime")`` (see the module docstring).
 
     ``store`` is the wasmtime ``Store``; ``wasmtime_instance`` the underlying
-    :class:`~wasmig.engines.wasmtime.WasmtimeInstance`."""
+    :class:`~wasmig.engines.wasmtime.runtime.WasmtimeInstance`."""
 
     engine = "wasmtime"
 
