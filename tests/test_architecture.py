@@ -1,0 +1,235 @@
+"""The import rule of docs/architecture.md, read from the code: every ``import`` of every module
+under ``wasmig/`` (module level, inside functions, under ``TYPE_CHECKING``) is parsed with ``ast``,
+and each test fails naming the offending edges (``importer -> imported``)."""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "wasmig"
+
+FOUNDATION = ("wasmig.errors", "wasmig.hashing", "wasmig._pyblake3", "wasmig.files", "wasmig.checked", "wasmig.log",
+              "wasmig.wire", "wasmig.toolchain")
+#: group -> the modules (or packages, with everything under them) in it; the first match wins,
+#: so an engine's own folder is listed before ``engines``
+GROUPS: dict[str, tuple[str, ...]] = {
+    "foundation": FOUNDATION,
+    "binary": ("wasmig.binary", "wasmig.module"),
+    "snapshot": ("wasmig.snapshot",),
+    "interp": ("wasmig.interp",),
+    "instrument": ("wasmig.instrument",),
+    "wasi": ("wasmig.wasi",),
+    "engine:interp": ("wasmig.engines.interp",),
+    "engine:wasmtime": ("wasmig.engines.wasmtime",),
+    "engines": ("wasmig.engines",),
+    "session": ("wasmig.session",),
+    "migrate": ("wasmig.migrate",),
+    "top": ("wasmig.cli", "wasmig.invoke", "wasmig.examples", "wasmig.__main__", "wasmig"),
+}
+_BELOW_ENGINES = {"foundation", "binary", "snapshot", "wasi"}
+#: group -> the groups it may import besides its own
+ALLOWED: dict[str, set[str]] = {
+    "foundation": set(),
+    "binary": {"foundation"},
+    "snapshot": {"foundation", "binary"},
+    "interp": {"foundation", "binary"},
+    "instrument": {"foundation", "binary"},
+    "wasi": {"foundation", "binary", "snapshot"},
+    "engines": _BELOW_ENGINES,
+    "engine:interp": _BELOW_ENGINES | {"engines", "interp", "instrument"},
+    "engine:wasmtime": _BELOW_ENGINES | {"engines", "interp", "instrument"},
+    "session": _BELOW_ENGINES | {"engines"},
+    "migrate": _BELOW_ENGINES | {"engines", "session"},
+    "top": _BELOW_ENGINES | {"engines", "session", "migrate", "interp"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def group_of(module: str) -> str:
+    for group, members in GROUPS.items():
+        if any(module == m or module.startswith(m + ".") for m in members):
+            return group
+    raise AssertionError(f"{module} is in no group of the import rule: add it to GROUPS")
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+class _Imports(ast.NodeVisitor):
+    """Every wasmig module a module imports: (imported, line, whether the import runs when the
+    module is imported, i.e. at module level and not under ``TYPE_CHECKING``)."""
+
+    def __init__(self, importer: str, known: dict[str, Path]) -> None:
+        self.importer, self.known = importer, known
+        self.found: list[tuple[str, int, bool]] = []
+        self._depth = 0  # inside a function or under TYPE_CHECKING
+
+    def _nested(self, node: ast.AST) -> None:
+        self._depth += 1
+        self.generic_visit(node)
+        self._depth -= 1
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _nested  # noqa: N815
+
+    def visit_If(self, node: ast.If) -> None:
+        if _is_type_checking(node.test):
+            self._depth += 1
+            for child in node.body:
+                self.visit(child)
+            self._depth -= 1
+            for child in node.orelse:
+                self.visit(child)
+        else:
+            self.generic_visit(node)
+
+    def _add(self, name: str, line: int) -> None:
+        if name.split(".")[0] != "wasmig":
+            return
+        while name not in self.known and "." in name:
+            name = name.rsplit(".", 1)[0]
+        if name != self.importer:
+            self.found.append((name, line, self._depth == 0))
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._add(alias.name, node.lineno)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level:  # relative imports are not used in wasmig
+            raise AssertionError(f"{self.importer}:{node.lineno}: relative import")
+        base = node.module or ""
+        for alias in node.names:
+            full = f"{base}.{alias.name}"
+            self._add(full if full in self.known else base, node.lineno)
+
+
+@cache
+def imports_of(module: str) -> tuple[tuple[str, int, bool], ...]:
+    known = modules()
+    visitor = _Imports(module, known)
+    visitor.visit(ast.parse(known[module].read_text(), str(known[module])))
+    return tuple(visitor.found)
+
+
+def forbidden_edges() -> list[str]:
+    bad = []
+    for module in modules():
+        mine = group_of(module)
+        for imported, line, _ in imports_of(module):
+            theirs = group_of(imported)
+            if theirs != mine and theirs not in ALLOWED[mine]:
+                bad.append(f"{module}:{line} -> {imported} ({mine} may not import {theirs})")
+    return bad
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one node (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def _describe(component: list[str], edges: dict[str, set[str]]) -> str:
+    members = set(component)
+    inner = [f"{a} -> {b}" for a in component for b in sorted(edges[a]) if b in members]
+    return "circle of " + ", ".join(component) + ": " + "; ".join(inner)
+
+
+def group_circles() -> list[str]:
+    """Circles between groups, over every import (lazy ones too)."""
+    edges: dict[str, set[str]] = {g: set() for g in GROUPS}
+    for module in modules():
+        for imported, _, _ in imports_of(module):
+            a, b = group_of(module), group_of(imported)
+            if a != b and not b.startswith(a + ":") and not a.startswith(b + ":"):
+                edges[a].add(b)
+    return [_describe(c, edges) for c in _cycles(edges)]
+
+
+def module_circles() -> list[str]:
+    """Circles between modules over the imports that run when a module is imported."""
+    edges = {m: {i for i, _, eager in imports_of(m) if eager} for m in modules()}
+    return [_describe(c, edges) for c in _cycles(edges)]
+
+
+def test_every_module_is_in_a_group() -> None:
+    for module in modules():
+        group_of(module)
+
+
+def test_no_forbidden_import() -> None:
+    bad = forbidden_edges()
+    assert not bad, "imports the rule forbids (docs/architecture.md):\n" + "\n".join(bad)
+
+
+def test_the_format_imports_no_engine() -> None:
+    """``snapshot/`` imports nothing from ``engines/``, ``interp/`` or ``instrument/`` (nor above)."""
+    bad = [f"{m}:{line} -> {i}" for m in modules() if group_of(m) == "snapshot"
+           for i, line, _ in imports_of(m) if group_of(i) not in {"snapshot", "foundation", "binary"}]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_circle() -> None:
+    circles = group_circles() + module_circles()
+    assert not circles, "\n".join(circles)
+
+
+def test_the_checker_sees_what_it_must() -> None:
+    """The checker itself: a forbidden edge, a lazy edge and a circle are found in made-up code."""
+    known = {"wasmig.snapshot.x": Path("x"), "wasmig.engines.interp.y": Path("y")}
+    source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from wasmig.engines.interp.y import Z\n"
+              "def f():\n    import wasmig.engines.interp.y\n")
+    visitor = _Imports("wasmig.snapshot.x", known)
+    visitor.visit(ast.parse(source))
+    assert visitor.found == [("wasmig.engines.interp.y", 3, False), ("wasmig.engines.interp.y", 5, False)]
+    assert "engine:interp" not in ALLOWED[group_of("wasmig.snapshot.x")]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
