@@ -99,7 +99,7 @@ def prepare_checkpointable(path: Path, *, count_steps: bool = False) -> float:
     Returns the seconds it took (near zero when both caches are warm)."""
     import time
 
-    from wasmig.engines.wasmtime.checkpointable import instrumented
+    from wasmig.engines.wasmtime.instrumented import instrumented
     from wasmig.module import Module
 
     started = time.perf_counter()

@@ -123,7 +123,7 @@ def test_a_module_not_read_at_start_is_refused_once_its_file_changed(tmp_path: P
     from tests.wasi_harness import program
     from wasmig.errors import SnapshotError
     from wasmig.module import ModuleChanged
-    from wasmig.session.loop import store_module
+    from wasmig.session.modules import store_module
 
     monkeypatch.setenv("WASMIG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(checked, "RACY_NS", 0)

@@ -1281,7 +1281,7 @@ def _snapshot_inside_an_indirect_call() -> tuple[Any, Any]:
 
 def test_crafted_call_indirect_callee_of_another_type_is_refused(tmp_path: Path, stdin_devnull: None) -> None:
     from wasmig.session.command import instantiate_with_wasi
-    from wasmig.session.loop import store_module
+    from wasmig.session.modules import store_module
     from wasmig.snapshot.store import CheckpointDir
     from wasmig.wasi.preview1 import Wasi
 

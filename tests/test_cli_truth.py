@@ -461,8 +461,8 @@ def test_exit_code_130_on_ctrl_c(engine: str) -> None:
 
 def test_exit_code_75_for_an_in_doubt_migration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The in-doubt row (tests/test_migrate.py provokes a real one); here, the mapping itself."""
-    from wasmig.cli import guarded
-    from wasmig.session.loop import CheckpointPolicy, MigrationInDoubt
+    from wasmig.cli.common import guarded
+    from wasmig.session.policy import CheckpointPolicy, MigrationInDoubt
 
     class Closable:
         closed = False

@@ -462,7 +462,7 @@ def _wasmig(*args: str) -> subprocess.CompletedProcess[bytes]:
 def test_instruction_checkpoints_are_refused_on_wasmtime(options: list[str], tmp_path: Path) -> None:
     """Instruction-precise stops exist on the interpreter only; asking for one on wasmtime is a
     one-line error (without --engine, such a run simply goes to the interpreter)."""
-    from wasmig.cli import INTERP_ONLY
+    from wasmig.cli.common import INTERP_ONLY
 
     options = [str(tmp_path / "ckpt") if o == "CKPT" else o for o in options]
     proc = _wasmig("run", "--engine", "wasmtime", *options, str(program("exitcode")))

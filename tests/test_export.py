@@ -302,7 +302,7 @@ def test_import_into_a_new_and_an_existing_directory(work: Work, tmp_path: Path)
 
 
 def test_module_file_prefix_matches_the_session() -> None:
-    from wasmig.session.loop import MODULE_FILE_PREFIX
+    from wasmig.session.modules import MODULE_FILE_PREFIX
 
     assert wsnap.MODULE_FILE_PREFIX == MODULE_FILE_PREFIX
 

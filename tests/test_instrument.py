@@ -204,7 +204,7 @@ def test_deferred_validation_still_refuses_an_invalid_module(tmp_path: Path) -> 
     """A restore on wasmtime loads its module without validating it (a cached instrumented module
     proves the same bytes were valid); an uncached one is validated by the pass, so an invalid
     module is still refused with ValidationError, never instrumented."""
-    from wasmig.engines.wasmtime.checkpointable import instrumented_bytes
+    from wasmig.engines.wasmtime.instrumented import instrumented_bytes
     from wasmig.errors import ValidationError
 
     with pytest.raises(ValidationError):

@@ -16,7 +16,7 @@ import pytest
 
 import wasmig
 from tests.wasi_harness import REPO
-from wasmig.engines.wasmtime.checkpointable import InstrumentNotice
+from wasmig.engines.wasmtime.instrumented import InstrumentNotice
 
 #: three functions of type [] -> [], each empty
 THREE_FUNCTIONS = bytes.fromhex("0061736d01000000" "010401600000" "030403000000" "0a0a03" "02000b" "02000b" "02000b")

@@ -22,7 +22,8 @@ from wasmig.wasi.snapshot import restore_wasi
 
 pytest.importorskip("wasmtime")
 from wasmig.engines.wasmtime import site_index  # noqa: E402
-from wasmig.engines.wasmtime.checkpointable import Checkpointable, instrumented  # noqa: E402
+from wasmig.engines.wasmtime.checkpointable import Checkpointable  # noqa: E402
+from wasmig.engines.wasmtime.instrumented import instrumented  # noqa: E402
 
 _opened: list[Wasi] = []
 

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from wasmig.errors import DecodeError, Exhaustion, LinkError, Trap, UnsupportedFeature, ValidationError, WasmError
 
 if TYPE_CHECKING:
-    from wasmig.engines.interp.instance import Instance
-    from wasmig.engines.wasmtime.checkpointable import Checkpointable
+    from wasmig.engines.base import Instance
     from wasmig.interp.machine import Suspended
     from wasmig.interp.store import Global, HostFunc, Memory, Table, Val
     from wasmig.module import Module
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 #: The API's classes, imported on first use (PEP 562): every ``wasmig`` command imports this package
 #: first, and the interpreter behind ``Instance`` costs ~30 ms that a run on wasmtime never needs.
 _LAZY = {
-    "Instance": "wasmig.engines.interp.instance", "Suspended": "wasmig.interp.machine", "Global": "wasmig.interp.store",
+    "Instance": "wasmig.engines.base", "Suspended": "wasmig.interp.machine", "Global": "wasmig.interp.store",
     "HostFunc": "wasmig.interp.store", "Memory": "wasmig.interp.store", "Table": "wasmig.interp.store",
     "Val": "wasmig.interp.store", "Module": "wasmig.module",
 }
@@ -54,7 +53,7 @@ def __dir__() -> list[str]:
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
-            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance | Checkpointable:
+            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance:
     """Re-create a program from a snapshot — a ``Snapshot`` (``Instance.checkpoint()``'s), a
     snapshot file or a checkpoint directory (its latest snapshot) — and return it ready to
     continue with ``.resume()``.

@@ -133,3 +133,23 @@ def remember_digest(folder: Path, path: Path, st: os.stat_result, digest: str, e
                                                               mtime, ctime, time.time_ns()) + extra)
     except (OSError, ValueError):
         pass
+
+
+#: A cache entry made by :func:`cache_entry` (the instrumented modules): this magic, the BLAKE3
+#: (sha256 without the blake3 package) of the payload, then the payload.
+CACHE_MAGIC = b"wasmig-cwasm-v2\n"
+
+
+def cache_entry(payload: bytes) -> bytes:
+    """A cache file's contents: :data:`CACHE_MAGIC`, the payload's 32-byte BLAKE3 (or sha256) digest,
+    the payload."""
+    return CACHE_MAGIC + fast_hash(payload).digest() + payload
+
+
+def cache_payload(blob: bytes) -> bytes | None:
+    """The payload of a :func:`cache_entry`, or None when it is truncated or fails its checksum."""
+    head = len(CACHE_MAGIC)
+    if not blob.startswith(CACHE_MAGIC) or len(blob) < head + 32:
+        return None
+    digest, payload = blob[head : head + 32], blob[head + 32 :]
+    return payload if fast_hash(payload).digest() == digest else None

@@ -11,7 +11,7 @@ CPython's 26 MB (11,448 functions, 2.7 million instructions) and over a gigabyte
 few hundred kilobytes of JSON, read in a few milliseconds.
 
 The cache entry (``facts-DIGEST.json`` in the wasmtime cache directory, through
-:func:`wasmig.engines.wasmtime.runtime.cache_entry`'s checksum) is keyed by the :func:`fast_digest` of the
+:func:`wasmig.checked.cache_entry`'s checksum) is keyed by the :func:`fast_digest` of the
 module's bytes and :data:`FACTS_VERSION`; a damaged or older entry is recomputed. The facts also
 hold the module's sha256 (what a snapshot records), so a cached run never hashes the module twice.
 """
@@ -216,14 +216,14 @@ def compute(module: Module) -> ModuleFacts:
 
 
 def _path(module: Module, cache_dir: Path | None) -> Path:
-    from wasmig.engines.wasmtime.runtime import default_cache_dir
+    from wasmig.files import wasmtime_cache_dir
 
-    return (cache_dir if cache_dir is not None else default_cache_dir()) / f"facts-{module.digest}.json"
+    return (cache_dir if cache_dir is not None else wasmtime_cache_dir()) / f"facts-{module.digest}.json"
 
 
 def cached_facts(module: Module, cache_dir: Path | None = None) -> ModuleFacts | None:
     """``module``'s facts from the cache, or None when there is no valid entry for its digest."""
-    from wasmig.engines.wasmtime.runtime import cache_payload
+    from wasmig.checked import cache_payload
 
     if not module.has_bytes:
         return None
@@ -250,7 +250,7 @@ def facts_for(module: Module, cache_dir: Path | None = None) -> ModuleFacts:
     """``module``'s facts, from the cache when an entry for its digest is there, else computed
     (and cached). A module decoded only for this is forgotten again (its IR is gigabytes for a
     big module; what needs it later decodes it again)."""
-    from wasmig.engines.wasmtime.runtime import cache_entry
+    from wasmig.checked import cache_entry
     from wasmig.files import write_atomically
 
     if not module.has_bytes:

@@ -107,7 +107,7 @@ class FuncInst:
 
     def __call__(self, *args: Any) -> Any:
         """Call with Python values; returns None, one value, or a tuple (see ``Instance.invoke``)."""
-        from wasmig.engines.interp.instance import call_function
+        from wasmig.interp.calls import call_function
         from wasmig.interp.machine import Machine
 
         machine = self.instance.machine if isinstance(self, WasmFunction) else Machine()  # type: ignore[attr-defined]

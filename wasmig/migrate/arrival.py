@@ -19,6 +19,7 @@ from typing import Any
 
 import zstandard
 
+from wasmig.binary.image import initial_image
 from wasmig.migrate.pages import page_id
 from wasmig.snapshot.state import PAGE_SIZE, SnapshotError, from_plain
 
@@ -78,23 +79,6 @@ class Arrival:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_single_file(snap, path)
         return path
-
-
-def initial_image(module: Any) -> bytearray:
-    """Memory 0 as a fresh instance of ``module`` has it: its minimum size, with the active data
-    segments at constant offsets in place (what a target holds before any page arrives)."""
-    ir = module.ir
-    mems = ir.all_mems()
-    if not mems:
-        return bytearray()
-    image = bytearray(mems[0].limits.min * PAGE_SIZE)
-    for seg in ir.datas:
-        if seg.mode != "active" or seg.memory != 0 or len(seg.offset) != 2 or seg.offset[0].op != 0x41:
-            continue
-        start = seg.offset[0].imm
-        if 0 <= start and start + len(seg.init) <= len(image):
-            image[start:start + len(seg.init)] = seg.init
-    return image
 
 
 def data_segment_pages(module: Any) -> dict[bytes, bytes]:

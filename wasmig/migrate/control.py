@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from wasmig.migrate.protocol import MigrationError
-from wasmig.session.loop import RUNTIME_DIR, SessionBase
+from wasmig.session.loop import Session
+from wasmig.session.status import RUNTIME_DIR
 
 
 def socket_path(pid: int) -> Path:
@@ -27,7 +28,7 @@ def socket_path(pid: int) -> Path:
 
 
 class ControlServer:
-    def __init__(self, session: SessionBase) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
         self.path = socket_path(os.getpid())
         RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ class ControlServer:
             self._busy.release()
 
 
-def serve_control(session: SessionBase) -> ControlServer:
+def serve_control(session: Session) -> ControlServer:
     return ControlServer(session)
 
 

@@ -25,7 +25,7 @@ import zstandard
 
 from wasmig.migrate.pages import ChangedPage, PageTracker
 from wasmig.migrate.protocol import PAGE_BATCH, Channel, MigrationError, PeerGone, connect
-from wasmig.session.loop import SessionBase, StopHandoff
+from wasmig.session.loop import Session, StopHandoff
 from wasmig.snapshot.state import PAGE_SIZE, SnapshotError, to_plain
 
 #: stop pre-copy when a round has at most this many bytes of changed pages left
@@ -68,7 +68,7 @@ class MigrationResult:
                 f"{self.pages_known} already on the target")
 
 
-def migrate(session: SessionBase, target: str, token: bytes, *, progress: Callable[[Progress], None] | None = None,
+def migrate(session: Session, target: str, token: bytes, *, progress: Callable[[Progress], None] | None = None,
             on_done: Callable[[MigrationResult], None] | None = None, stop_copy_bytes: int = STOP_COPY_BYTES,
             max_rounds: int = MAX_ROUNDS, precopy: bool = True, stop_timeout: float = 30.0) -> MigrationResult:
     """Move the program ``session`` runs to the daemon at ``target``. On success the session's
@@ -83,7 +83,7 @@ def migrate(session: SessionBase, target: str, token: bytes, *, progress: Callab
 
 
 class _Source:
-    def __init__(self, session: SessionBase, target: str, token: bytes, progress: Callable[[Progress], None],
+    def __init__(self, session: Session, target: str, token: bytes, progress: Callable[[Progress], None],
                  stop_copy_bytes: int, max_rounds: int, precopy: bool, stop_timeout: float) -> None:
         self.session = session
         self.target = target
@@ -104,10 +104,7 @@ class _Source:
         """Compute now, while the program runs, what capturing it stopped would otherwise compute
         in the downtime: on wasmtime, the tables its element segments make (a scan of every
         instruction, remembered per module: 0.23 s for CPython's 26 MB, the first time)."""
-        if hasattr(self.session, "runner"):  # a WasmtimeSession
-            from wasmig.engines.wasmtime.capture import static_tables
-
-            static_tables(self.session.module)
+        self.session.program.warm_up()
 
     def _program_ended(self) -> None:
         """The program ended before the stop (called from its run's thread): wake this migration
@@ -272,7 +269,7 @@ class _Source:
         """The stopped program's whole state, as a single-file snapshot in the runtime directory."""
         from dataclasses import replace
 
-        from wasmig.session.loop import RUNTIME_DIR
+        from wasmig.session.status import RUNTIME_DIR
         from wasmig.snapshot.state import MemoryState
         from wasmig.snapshot.store import write_single_file
 

@@ -16,7 +16,6 @@ before the commit leaves nothing running (docs/migration.md).
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import select
@@ -25,19 +24,21 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
+from wasmig import engines
+from wasmig.engines.base import Landing, Program
 from wasmig.errors import Trap, WasmError
 from wasmig.files import write_atomically
-from wasmig.migrate.arrival import Arrival, data_segment_pages, initial_image
+from wasmig.migrate.arrival import Arrival, data_segment_pages
 from wasmig.migrate.pages import ZERO_PAGE, page_id
 from wasmig.migrate.protocol import Channel, MigrationError, authenticate_as_server
 from wasmig.module import Module
-from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain
+from wasmig.snapshot.state import PAGE_SIZE, SnapshotError, from_plain
 
 #: for the tests that kill the target at each protocol step: the step after which a child kills
 #: itself (SIGKILL), named by this environment variable ("resumed": the program resumed, before
@@ -234,9 +235,10 @@ class _Target:
         self.ch = ch
         self.token = token
         self.engine = engine
+        self.runs_on = engines.get(engine)
         self.dirs = dirs
         self.state_dir = state_dir
-        self.landing: _Landing | None = None
+        self.landing: Landing | None = None
         self.held: dict[bytes, tuple[int, int]] = {}  # page id -> (memory, page) where it was last put
         self.cache = PageCache(state_dir / "pages")
         self.dctx = zstandard.ZstdDecompressor()
@@ -419,13 +421,13 @@ class _Target:
         # its cache misses: decoding and validating 26 MB of CPython in Python here cost ~20 s; the
         # interpreter needs the validation (it compiles from it): now, while the program still
         # runs at the source, rather than in the downtime
-        module = self.module = Module.from_bytes(data, decode=self.engine != "wasmtime")
+        module = self.module = Module.from_bytes(data, decode=self.runs_on.needs_ir)
         _ = module.sha256  # the restore checks it (67 ms for CPython): not in the downtime
-        if self.engine != "wasmtime":
+        if self.runs_on.needs_ir:
             _ = module.validation
         if not have:
             write_atomically(cached, data)
-        self.landing = _InstanceLanding(module) if self.engine == "wasmtime" else _ImageLanding(module)
+        self.landing = self.runs_on.landing(module)
         for i in range(self.landing.pages(0)):  # the module's data segments: in place already
             pid = page_id(self.landing.read(0, i))
             if pid is not None:
@@ -535,143 +537,20 @@ class _Target:
                 raise MigrationError(f"the program has directory {name!r} preopened, which this daemon does "
                                      f"not map (start it with --dir HOST-DIRECTORY::{name})")
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
-        return landing.prepare(module, snap, self.dirs)
-
-
-class _Landing:
-    """Where the pages of a migration land until the program is restored."""
-
-    def pages(self, m: int) -> int:  # pragma: no cover - see the subclasses
-        raise NotImplementedError
-
-    def write(self, m: int, i: int, data: bytes) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def read(self, m: int, i: int) -> bytes:  # pragma: no cover
-        raise NotImplementedError
-
-    def memory(self, i: int, _repr: Any, size_pages: int) -> bytes | bytearray | None:  # pragma: no cover
-        raise NotImplementedError
-
-    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:  # pragma: no cover
-        raise NotImplementedError
-
-
-class _InstanceLanding(_Landing):
-    """wasmtime: the instance is made when the module arrives, and every page is written straight
-    into its memory, so the restore after the stop only loads globals, WASI state and frames
-    (the downtime of a large guest does not depend on its size)."""
-
-    def __init__(self, module: Module) -> None:
-        from wasmig.engines.wasmtime.capture import static_tables
-        from wasmig.engines.wasmtime.checkpointable import Checkpointable
-        from wasmig.wasi.preview1 import Wasi
-
-        self.wasi = Wasi()  # re-initialised in place with the program's WASI state at the end
-        self.runner = Checkpointable(module, self.wasi)
-        # the restore compares the snapshot's tables with these (a scan of every instruction,
-        # remembered: 0.23 s for CPython): now, not in the downtime; and a module that changes its
-        # tables, which cannot be restored here, is refused before anything is sent
-        static_tables(module)
-        self.addresses: dict[int, tuple[int, int]] = {}  # memory -> (address, pages)
-
-    def pages(self, m: int) -> int:
-        return self.runner.memory_pages(m)
-
-    def _at(self, m: int, i: int) -> int:
-        address, pages = self.addresses.get(m, (0, 0))
-        if i >= pages:
-            pages = self.runner.memory_pages(m)
-            address = self.runner.memory_address(m, max(pages, i + 1))
-            self.addresses[m] = (address, self.runner.memory_pages(m))
-        return address + i * PAGE_SIZE
-
-    def write(self, m: int, i: int, data: bytes) -> None:
-        ctypes.memmove(self._at(m, i), data, PAGE_SIZE)
-
-    def read(self, m: int, i: int) -> bytes:
-        return ctypes.string_at(self._at(m, i), PAGE_SIZE)
-
-    def memory(self, i: int, _repr: Any, size_pages: int) -> None:
-        if self.runner.memory_pages(i) > size_pages:
-            raise MigrationError(f"memory {i} is larger here than the program's")
-        self.runner.memory_address(i, size_pages)
-        return None
-
-    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:
-        from wasmig.engines.wasmtime.checkpointable import WasmtimeSession
-        from wasmig.session.loop import CheckpointPolicy
-        from wasmig.wasi.snapshot import restore_wasi
-
-        wasi = restore_wasi(snap.wasi, dirs=dirs, into=self.wasi)  # type: ignore[arg-type]
-        self.runner.load(snap, memory_in_place=True)
-        session = WasmtimeSession(self.runner, wasi, CheckpointPolicy(), None)
-        # resumed: the rewind reached the innermost frame (an idle snapshot has none to rewind)
-        resumed = self.runner.rewind_ended if snap.frames else (lambda: True)
-        return _Program(session, lambda: session.run(snap), wasi, resumed)
-
-
-class _ImageLanding(_Landing):
-    """The interpreter: pages land in a byte image per memory, restored as a whole at the end.
-    Memory 0's image starts as the module's initial memory (its constant-offset data segments),
-    as a prepared instance's would."""
-
-    def __init__(self, module: Module) -> None:
-        from wasmig.engines.interp.instance import Instance
-        from wasmig.session.command import wasi_imports
-        from wasmig.wasi.preview1 import Wasi
-
-        self.images: list[bytearray] = [initial_image(module)] if module.ir.all_mems() else []
-        # the instance the state goes into, made now rather than in the downtime (0.17 s for
-        # CPython); its WASI is re-initialised in place with the program's state at the end
-        self.wasi = Wasi()
-        self.instance = Instance(module, wasi_imports(module, self.wasi), "interp", initialize=False)
-
-    def pages(self, m: int) -> int:
-        return len(self.images[m]) // PAGE_SIZE if m < len(self.images) else 0
-
-    def _image(self, m: int, i: int) -> bytearray:
-        while len(self.images) <= m:
-            self.images.append(bytearray())
-        image = self.images[m]
-        if len(image) < (i + 1) * PAGE_SIZE:
-            image.extend(bytes((i + 1) * PAGE_SIZE - len(image)))
-        return image
-
-    def write(self, m: int, i: int, data: bytes) -> None:
-        self._image(m, i)[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = data
-
-    def read(self, m: int, i: int) -> bytes:
-        return bytes(self._image(m, i)[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
-
-    def memory(self, i: int, _repr: Any, size_pages: int) -> bytearray:
-        image = self._image(i, size_pages - 1) if size_pages else bytearray()
-        del image[size_pages * PAGE_SIZE:]
-        return image
-
-    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:
-        from wasmig.engines.interp.capture import restore
-        from wasmig.session.command import bind_wasi
-        from wasmig.session.loop import CheckpointPolicy, Session
-        from wasmig.wasi.snapshot import restore_wasi
-
-        wasi = restore_wasi(snap.wasi, dirs=dirs, into=self.wasi)  # type: ignore[arg-type]
-        instance = bind_wasi(restore(module, snap, instance=self.instance), wasi)
-        session = Session(instance, wasi, CheckpointPolicy(), None)
-        # resumed: the frames loaded (restore checked them against the module); the machine
-        # goes on from the innermost frame's pc directly, there is no rewind to wait for
-        return _Program(session, lambda: session.run(resume=True), wasi, lambda: True)
+        return _Program(landing.prepare(snap, self.dirs))
 
 
 class _Program:
     """A restored program on this daemon, run on the main thread behind its WASI gate until the
     commit (see :meth:`_Target._run_held`)."""
 
-    def __init__(self, session: Any, body: Callable[[], int], wasi: Any, resumed: Callable[[], bool]) -> None:
-        self.session = session
-        self.body = body  # runs it to its end; returns its exit code
-        self.wasi = wasi
-        self.resumed = resumed  # whether it resumed (any thread; latched below)
+    def __init__(self, program: Program) -> None:
+        from wasmig.session.loop import Session
+        from wasmig.session.policy import CheckpointPolicy
+
+        self.program = program
+        self.session = Session(program, CheckpointPolicy(), None)
+        self.wasi = program.wasi
         self._resumed = False
         self.started = threading.Event()  # the commit was recorded and the gate opened
         self.ended = threading.Event()
@@ -679,8 +558,12 @@ class _Program:
         self.backtrace: list[str] = []  # of a trap
         self.control: Any = None
 
+    def body(self) -> int:
+        """Run it on from its snapshot to its end; its exit code."""
+        return self.session.run(resume=True)
+
     def has_resumed(self) -> bool:
-        self._resumed = self._resumed or self.resumed() or self.wasi.gate.touched.is_set()
+        self._resumed = self._resumed or self.program.resumed() or self.wasi.gate.touched.is_set()
         return self._resumed
 
     def check(self, when: str) -> None:
@@ -695,7 +578,7 @@ class _Program:
 
     def run(self) -> tuple[str, Any]:
         """Run it to its end: ("exit", code), ("moved", None), ("trap", reason) or ("error", why)."""
-        from wasmig.session.loop import MigratedAway
+        from wasmig.session.policy import MigratedAway
 
         try:
             outcome: tuple[str, Any] = ("exit", self.body())

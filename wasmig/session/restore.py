@@ -1,4 +1,4 @@
-"""``wasmig.restore``: the Python entry point for restoring a snapshot."""
+"""``wasmig.restore``: the Python entry point for restoring a snapshot, on any engine."""
 
 from __future__ import annotations
 
@@ -6,19 +6,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from wasmig.engines.interp.capture import restore as restore_instance
-from wasmig.engines.interp.instance import Instance, check_engine
+from wasmig import engines
 from wasmig.module import Module
 from wasmig.snapshot.state import Snapshot, SnapshotError
 
 if TYPE_CHECKING:
-    from wasmig.engines.wasmtime.checkpointable import Checkpointable
+    from wasmig.engines.base import Instance
 
 
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
-            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance | Checkpointable:
+            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance:
     """Re-create an instance from a snapshot (a :class:`Snapshot`, a snapshot file or a checkpoint
     directory). Continue it with ``instance.resume()``.
 
@@ -32,9 +31,9 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     A snapshot of a WASI program gets its WASI state back (files re-opened, ``dirs`` re-mapping
     guest preopen names to host directories); otherwise ``imports`` are used as for ``Instance``.
     """
-    from wasmig.session.loop import find_module_for
+    from wasmig.session.modules import find_module_for
 
-    check_engine(engine)
+    runs_on = engines.get(engine)
     if isinstance(state_or_path, Snapshot):
         snap, where = state_or_path, None
     else:
@@ -46,37 +45,18 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         mod = module
     elif where is not None or module is not None:
         mod = find_module_for(where or Path("."), snap, str(module) if module is not None else None,
-                              validate=engine != "wasmtime", decode=engine != "wasmtime")
+                              validate=runs_on.needs_ir, decode=runs_on.needs_ir)
     else:
         raise SnapshotError("restore needs the module: pass module=Module or a path")
-    from wasmig.session.command import bind_wasi
-
     wasi = None
     if snap.wasi is not None:
-        from wasmig.session.command import wasi_imports
         from wasmig.wasi.snapshot import restore_wasi
 
         wasi = restore_wasi(snap.wasi, dirs=dirs, on_file_change=on_file_change, stdin=stdin, stdout=stdout,
                             stderr=stderr)
-        imports = wasi_imports(mod, wasi)
-    if engine == "wasmtime":
-        if wasi is None:
-            raise SnapshotError("restoring on wasmtime is for WASI programs (the snapshot has no WASI state)")
-        from wasmig.engines.wasmtime.checkpointable import Checkpointable
-
-        try:
-            runner = Checkpointable(mod, wasi, count_steps=count_steps)
-            runner.load(snap)
-        except BaseException:
-            wasi.close()
-            raise
-        return runner
     try:
-        instance = restore_instance(mod, snap, imports, engine)
+        return runs_on.restore_instance(mod, snap, imports, wasi, count_steps=count_steps)
     except BaseException:
         if wasi is not None:
             wasi.close()
         raise
-    if wasi is not None:
-        bind_wasi(instance, wasi)
-    return instance

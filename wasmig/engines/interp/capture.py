@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from wasmig.engines.interp.instance import Instance
+from wasmig.engines.interp.instance import InterpInstance
 from wasmig.instrument.liveness import dead_value, live_locals_of
 from wasmig.interp.machine import Frame, ensure_compiled
 from wasmig.interp.store import WasmFunction, from_bits, to_bits
@@ -47,7 +47,7 @@ def _value(t: str, v: Any, func_index: dict[int, int]) -> Value:
     return (t, to_bits(t, v))
 
 
-def capture(instance: Instance, *, with_memory: bool = True) -> Snapshot:
+def capture(instance: InterpInstance, *, with_memory: bool = True) -> Snapshot:
     """The canonical state of a suspended instance (its machine must be stopped at a point).
     ``with_memory=False`` leaves the memories' bytes empty (a live migration sends them itself,
     page by page, without a copy of the whole memory while the guest is stopped)."""
@@ -127,7 +127,7 @@ def _internal(value: Value, want: str, inst: Any, what: str) -> Any:
 
 
 def restore(module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, Any]] | None = None,
-            engine: str = "interp", *, instance: Instance | None = None) -> Instance:
+            engine: str = "interp", *, instance: InterpInstance | None = None) -> InterpInstance:
     """An interpreter instance in the snapshot's state, ready for ``instance.machine.resume()``.
     ``instance``: put the state into this one, made beforehand with ``Instance(module, imports,
     engine, initialize=False)`` and never run (a live migration's target makes it before the
@@ -136,7 +136,7 @@ def restore(module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, A
         raise SnapshotError(f"the snapshot is of another module (sha256 {snap.module_sha256[:16]}..., "
                             f"this module is {str(module.sha256)[:16]}...)")
     if instance is None:
-        instance = Instance(module, imports, engine, initialize=False)
+        instance = InterpInstance(module, imports, engine, initialize=False)
     inst = instance.store
     machine = instance.machine
     ir = module.ir
@@ -175,7 +175,7 @@ def restore(module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, A
     return instance
 
 
-def _restore_frames(instance: Instance, snap: Snapshot) -> None:
+def _restore_frames(instance: InterpInstance, snap: Snapshot) -> None:
     inst = instance.store
     machine = instance.machine
     ir = instance.module.ir

@@ -1,35 +1,22 @@
-"""``wasmig.Instance``: an instantiated module on an engine, and its exports."""
+"""``wasmig.Instance(module, imports)`` on wasmig's interpreter, and linking wasmig's WASI into it."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from wasmig.engines.base import Instance
+from wasmig.interp.calls import call_function, convert_results
 from wasmig.interp.instantiate import instantiate
-from wasmig.interp.machine import Machine
-from wasmig.interp.store import FuncInst, ModuleInstance, to_bits, to_internal, to_python
-from wasmig.module import Module
+from wasmig.interp.machine import NEVER, Machine
+from wasmig.interp.store import FuncInst, HostFunc, Memory, ModuleInstance
+from wasmig.wasi.memory import GuestMemory
+from wasmig.wasi.preview1 import WASI_MODULE, check_wasi_imports
 
-#: The engines ``Instance`` and ``wasmig.restore`` know; :func:`available_engines` says which can run here.
-ENGINES = ("interp", "wasmtime")
-
-
-def available_engines() -> list[str]:
-    """The engines usable in this Python: ``interp`` always, ``wasmtime`` when its package is installed."""
-    return [e for e in ENGINES if e == "interp" or importlib.util.find_spec(e) is not None]
-
-
-def check_engine(engine: str) -> None:
-    """A ValueError unless ``engine`` can run here, listing those that can (and saying so when
-    it is wasmtime whose package is missing)."""
-    available = available_engines()
-    if engine in available:
-        return
-    if engine in ENGINES:
-        raise ValueError(f"engine {engine!r} needs the {engine} Python package, which is not installed "
-                         f"(pip install {engine}); available: {', '.join(available)}")
-    raise ValueError(f"unknown engine {engine!r} (available: {', '.join(available)})")
+if TYPE_CHECKING:
+    from wasmig.module import Module
+    from wasmig.snapshot.state import Snapshot
+    from wasmig.wasi.preview1 import Wasi
 
 
 class Exports(Mapping[str, Any]):
@@ -48,49 +35,32 @@ class Exports(Mapping[str, Any]):
         return len(self._inst.exports)
 
 
-class Instance:
-    """A running instance of a :class:`Module`.
+class InterpInstance(Instance):
+    """``wasmig.Instance(module, imports)`` on the interpreter (see :class:`wasmig.Instance`):
+    ``max_frames`` bounds the call depth; ``initialize=False`` skips the data/element segments and
+    the start function (an instance a snapshot's state is put into)."""
 
-    ``imports`` maps module name -> field name -> extern (``HostFunc``, ``Global``, ``Memory``,
-    ``Table``, or any extern exported by another instance).
-
-    ``engine="interp"`` (the default) is wasmig's interpreter, with everything below.
-    ``engine="wasmtime"`` gives a :class:`wasmig.engines.wasmtime.api.WasmtimeApiInstance` (a
-    subclass): the module compiled by wasmtime with the same ``exports``/``invoke`` conventions,
-    host functions and immutable globals as imports, traps as :class:`wasmig.Trap`; ``stop_at``,
-    ``checkpoint`` and ``resume`` are the interpreter's and raise ``NotImplementedError`` there
-    (checkpointing on wasmtime: ``wasmig.restore(..., engine="wasmtime")`` and
-    :class:`wasmig.engines.wasmtime.checkpointable.Checkpointable`, for WASI programs). Another engine,
-    or wasmtime without its package, is a ``ValueError`` naming the available ones.
-    """
-
-    def __new__(cls, module: Module, imports: Mapping[str, Mapping[str, Any]] | None = None,
-                engine: str = "interp", **options: Any) -> Instance:
-        if cls is Instance and engine != "interp":
-            check_engine(engine)
-            from wasmig.engines.wasmtime.api import WasmtimeApiInstance
-
-            return object.__new__(WasmtimeApiInstance)  # Python then calls its __init__
-        return object.__new__(cls)
+    engine = "interp"
 
     def __init__(self, module: Module, imports: Mapping[str, Mapping[str, Any]] | None = None,
                  engine: str = "interp", *, max_frames: int | None = None, initialize: bool = True) -> None:
         if engine != "interp":
+            from wasmig.engines import check_engine
+
             check_engine(engine)
             raise ValueError(f"{type(self).__name__} is the interpreter's; use wasmig.Instance for {engine!r}")
         self.module = module
-        self.engine = engine
         self.machine = Machine() if max_frames is None else Machine(max_frames)
         self._inst = instantiate(module, imports, self.machine, initialize=initialize)
         self.exports = Exports(self._inst)
-        self.wasi: Any = None  # the WASI state, when instantiated with wasmig's WASI
+        self.wasi: Wasi | None = None  # the WASI state, when instantiated with wasmig's WASI
 
     @property
     def store(self) -> ModuleInstance:
         """The interpreter's runtime objects (functions, memories, tables, globals) of this instance."""
         return self._inst
 
-    def checkpoint(self) -> Any:
+    def checkpoint(self) -> Snapshot:
         """The canonical state (:class:`wasmig.snapshot.state.Snapshot`) of this instance: suspended
         at a point (after :class:`wasmig.Suspended` was raised) or idle between calls."""
         from wasmig.engines.interp.capture import capture
@@ -100,8 +70,6 @@ class Instance:
     def stop_at(self, *, step: int | None = None, instruction: int | None = None) -> None:
         """Make the running program suspend (raise :class:`wasmig.Suspended`) at stable point number
         ``step``, or after exactly ``instruction`` instructions (interpreter)."""
-        from wasmig.interp.machine import NEVER
-
         self.machine.stop_at_step = NEVER if step is None else step
         self.machine.counting = instruction is not None
         self.machine.stop_at_instruction = NEVER if instruction is None else instruction
@@ -127,18 +95,25 @@ class Instance:
         return call_function(self.machine, func, args, raw=raw)
 
 
-def call_function(machine: Machine, func: FuncInst, args: tuple[Any, ...], *, raw: bool = False) -> Any:
-    params = func.type.params
-    if len(args) != len(params):
-        raise TypeError(f"{func!r} takes {len(params)} arguments, {len(args)} given")
-    internal = [to_internal(t, a) for t, a in zip(params, args, strict=True)]
-    return convert_results(func.type.results, machine.invoke(func, internal), raw)
+def _host_func(params: tuple[str, ...], results: tuple[str, ...], fn: Any, name: str) -> HostFunc:
+    return HostFunc(params, results, fn, raw=True, name=f"{WASI_MODULE}.{name}")
 
 
-def convert_results(types: tuple[str, ...], results: list[Any], raw: bool) -> Any:
-    if raw:
-        return [(t, to_bits(t, v)) for t, v in zip(types, results, strict=True)]
-    values = [to_python(t, v) for t, v in zip(types, results, strict=True)]
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
+def wasi_imports(module: Module, wasi: Wasi) -> dict[str, dict[str, Any]]:
+    """The import object for ``module``: the WASI functions it imports, nothing else (LinkError otherwise)."""
+    return wasi.imports(_host_func, [imp.name for imp in check_wasi_imports(module.interface)])
+
+
+def bind_wasi(inst: InterpInstance, wasi: Wasi) -> InterpInstance:
+    """Attach ``wasi`` to an interpreter instance: WASI reaches the exported ``memory`` (the live
+    bytearray, so growth is seen) and the instance knows its WASI state (for checkpoints)."""
+    inst.wasi = wasi
+    memory = inst.exports.get("memory")
+    if isinstance(memory, Memory):
+        wasi.bind_memory(GuestMemory(lambda: memory.data))
+    return inst
+
+
+def instantiate_wasi(module: Module, wasi: Wasi, **options: Any) -> InterpInstance:
+    """``module`` on the interpreter with ``wasi`` as its WASI, its memory bound."""
+    return bind_wasi(InterpInstance(module, wasi_imports(module, wasi), "interp", **options), wasi)

@@ -34,9 +34,10 @@ import wasmtime
 
 from wasmig.binary.ir import FuncType
 from wasmig.binary.ir import Module as IRModule
-from wasmig.engines.interp.instance import Instance, convert_results
+from wasmig.engines.base import Instance
 from wasmig.engines.wasmtime.runtime import _VALTYPE, Exports, WasmtimeInstance
 from wasmig.errors import LinkError
+from wasmig.interp.calls import convert_results
 from wasmig.interp.instantiate import _resolve_import
 from wasmig.interp.numeric import signed32, signed64
 from wasmig.interp.store import (

@@ -14,329 +14,31 @@ it the interpreter's checkpoint vocabulary:
 - capture the canonical :class:`Snapshot` once the guest unwound (:func:`capture_wasmtime`), equal
   to the interpreter's at the same step (the fast variant's snapshots have ``steps = None``).
 
-:class:`WasmtimeSession` is :class:`~wasmig.session.loop.Session`'s counterpart: the same
-policy (step, timer, SIGUSR1, then exit/continue), the same status file and snapshot files.
+The instrumented module comes from :mod:`wasmig.engines.wasmtime.instrumented` (cached).
 """
 
 from __future__ import annotations
 
 import ctypes
 import struct
-import sys
 import threading
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wasmig import checked, log
-from wasmig.engines.wasmtime import site_index
 from wasmig.engines.wasmtime.capture import capture_wasmtime, memory_export, static_tables
-from wasmig.engines.wasmtime.site_index import SiteIndex
-from wasmig.errors import SnapshotError, WasmError
-from wasmig.hashing import fast_hash
+from wasmig.engines.wasmtime.instrumented import instrumented
+from wasmig.errors import SnapshotError
 from wasmig.module import Module
-from wasmig.session.loop import CheckpointExit, CheckpointPolicy, SessionBase
-from wasmig.wasi.preview1 import ProcExit, Wasi
+from wasmig.wasi.preview1 import Wasi
 
 if TYPE_CHECKING:
     # imported where a checkpoint, a rewind or an instrumentation needs them, not by a start: the
     # pass, the IR classes it is written with, the snapshot classes, the store (msgpack, zstandard)
     # would add 20 ms to every start (docs/instrument.md, "Start-up")
-    from wasmig.instrument.sites import SiteMap
     from wasmig.snapshot.state import FrameState, Snapshot
     from wasmig.snapshot.store import PagedMemory
 
-try:  # the key's sha256s (the pass's source, ~100 KB; a line) without hashlib's OpenSSL set-up (2.5 ms)
-    from _sha256 import sha256 as _sha256  # CPython 3.11
-except ImportError:  # pragma: no cover - 3.12 renamed it; other implementations
-    try:
-        from _sha2 import sha256 as _sha256  # type: ignore[no-redef]
-    except ImportError:
-        from hashlib import sha256 as _sha256  # type: ignore[assignment]
-
-#: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
-PASS_VERSION = "wasmig-instrument-13"
+#: the guest thread's stack: room for wasmtime's max_wasm_stack and the host calls
 WORKER_STACK = 64 << 20
-
-
-def _pass_fingerprint() -> bytes:
-    """The pass version and the source of every module of the pass, so an edited pass never
-    reuses a stale cached module."""
-    import wasmig.instrument as package
-
-    h = _sha256(PASS_VERSION.encode())
-    for path in sorted(Path(package.__path__[0]).glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.digest()
-
-
-_FINGERPRINT: bytes | None = None
-
-
-def _function_count(module: Module) -> int | None:
-    """The module's defined functions, read from its function section without decoding the code."""
-    if module.data is None:
-        return len(module.ir.funcs)
-    from wasmig.binary.leb128 import decode_u
-
-    data, pos = module.data, 8
-    try:
-        while pos < len(data):
-            section = data[pos]
-            size, pos = decode_u(data, pos + 1)
-            if section == 3:
-                return decode_u(data, pos)[0]
-            pos += size
-    except (IndexError, ValueError, WasmError):
-        return None
-    return 0
-
-
-class InstrumentNotice:
-    """What ``wasmig run``/``restore`` print on stderr while a big module (:meth:`worth_it`) missing
-    from the cache is instrumented (minutes for the biggest): a line when it starts; after ``QUIET_S``, the functions
-    done so far, redrawn in place at most once a second on a terminal, else a line every
-    ``LINE_EVERY_S``; and a line with the time taken. A thread draws it, so phases without
-    per-function progress (decoding, encoding) show their time too."""
-
-    QUIET_S = 2.0
-    LINE_EVERY_S = 10.0
-    #: announced only from this many defined functions or bytes of module: smaller ones take a
-    #: second or less (the C test programs: 25-80 KB, 0.2-0.6 s), where lines on stderr would only
-    #: be noise in the program's own output
-    BIG_FUNCTIONS = 1000
-    BIG_BYTES = 256 << 10
-
-    def __init__(self, name: str, stream: Any = None) -> None:
-        self.name = name
-        self.stream = stream
-        self.done = 0
-        self.total: int | None = None
-        self.phase = "decoding and analysing the module"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._drawn = 0  # length of the progress text on the terminal's current line, if any
-        self._started = 0.0
-
-    def _write(self, text: str) -> None:
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):  # stderr closed or gone: the notice is only a courtesy
-            pass
-
-    @classmethod
-    def worth_it(cls, module: Module) -> bool:
-        """Whether instrumenting ``module`` takes long enough to be announced."""
-        if module.data is not None and len(module.data) >= cls.BIG_BYTES:
-            return True
-        return (_function_count(module) or 0) >= cls.BIG_FUNCTIONS
-
-    def start(self, module: Module) -> None:
-        if self.stream is None:
-            self.stream = sys.stderr
-        try:
-            self._tty = self.stream.isatty()
-        except (AttributeError, OSError, ValueError):
-            self._tty = False
-        count = _function_count(module)
-        facts = ([] if count is None else [f"{count} functions"]) + (
-            [] if module.data is None else [f"{len(module.data)} bytes"])
-        about = f" ({', '.join(facts)})" if facts else ""
-        self._write(f"wasmig: instrumenting {self.name}{about} for checkpoints; cached for next time\n")
-        self._started = time.monotonic()
-        self._thread = threading.Thread(target=self._draw, name="wasmig-instrument-progress", daemon=True)
-        self._thread.start()
-
-    def progress(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-        self.phase = "rewriting functions" if done < total else "encoding the instrumented module"
-
-    def _line(self) -> str:
-        elapsed = time.monotonic() - self._started
-        if self.total and self.done < self.total:
-            what = f"{self.done} of {self.total} functions ({100 * self.done // self.total}%)"
-        else:
-            what = self.phase
-        return f"wasmig: instrumenting {self.name}: {what}, {elapsed:.0f} s"
-
-    def _draw(self) -> None:
-        if self._stop.wait(self.QUIET_S):
-            return
-        last_line = -self.LINE_EVERY_S
-        while True:
-            now = time.monotonic()
-            if self._tty:
-                text = self._line()
-                self._write("\r" + text.ljust(self._drawn))
-                self._drawn = len(text)
-            elif now - last_line >= self.LINE_EVERY_S:
-                self._write(self._line() + "\n")
-                last_line = now
-            if self._stop.wait(1.0):
-                return
-
-    def end(self, ok: bool) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        end = ("\r" + " " * self._drawn + "\r") if self._drawn else ""
-        if ok:
-            end += f"wasmig: instrumented {self.name} in {time.monotonic() - self._started:.1f} s\n"
-        self._write(end)
-
-
-class Instrumented:
-    """A module's instrumented variant, through the cache (:func:`instrumented`): its site index,
-    its compiled code, and its bytes only when something needs them — a cached start reads
-    neither the instrumented module (96 MB for CPython) nor its JSON site map."""
-
-    def __init__(self, module: Module, path: Path, index_path: Path, sites: SiteIndex, data: bytes | None,
-                 count_steps: bool, announce: str | None, cache_dir: Path | None) -> None:
-        self.module = module
-        self.path = path
-        self.index_path = index_path
-        self.sites = sites
-        self._data = data
-        self._count_steps = count_steps
-        self._announce = announce
-        self._cache_dir = cache_dir
-
-    @property
-    def data(self) -> bytes:
-        """The instrumented module's bytes, read from the cache when first asked; instrumented
-        again if that entry is gone or damaged (then :attr:`sites` is that run's, whatever the
-        index said)."""
-        if self._data is None:
-            from wasmig.engines.wasmtime.runtime import cache_payload
-
-            try:
-                blob = self.path.read_bytes()
-            except OSError:
-                blob = None
-            data = cache_payload(blob) if blob is not None else None
-            if data is None or fast_hash(data).digest() != self.sites.module_digest:
-                data, self.sites = _instrument(self.module, self.path, self.index_path, self._count_steps,
-                                               self._announce, "entry damaged" if blob is not None else "miss")
-            self._data = data
-        return self._data
-
-    def compiled(self) -> Any:
-        """The compiled instrumented module (a ``wasmtime.Module``), from the artifact cache by the
-        digest the site index records; the bytes are read (or made) only on a miss."""
-        from wasmig.engines.wasmtime.runtime import compile_cached
-
-        return compile_cached(self.sites.module_digest.hex(), lambda: self.data, self._cache_dir)
-
-
-def _cache_key(module: Module, count_steps: bool) -> str:
-    global _FINGERPRINT
-    if _FINGERPRINT is None:
-        _FINGERPRINT = _pass_fingerprint()
-    if module.sha256 is not None:
-        sha = module.sha256
-    else:
-        from wasmig.binary.encoder import encode_module
-
-        sha = _sha256(encode_module(module.ir)).hexdigest()
-    return _sha256(_FINGERPRINT + sha.encode() + (b"/steps" if count_steps else b"/fast")).hexdigest()
-
-
-def _write_index(index_path: Path, sitemap: SiteMap, data: bytes) -> SiteIndex:
-    """Write (best effort) and return the site index of the instrumented module ``data``."""
-    raw = site_index.encode(sitemap, fast_hash(data).digest(), len(data))
-    try:
-        checked.write(index_path, raw)
-    except OSError:
-        log.debug(__name__, "instrumented-module cache: cannot write %s", index_path)
-    return SiteIndex(raw)
-
-
-def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool, announce: str | None,
-                why: str) -> tuple[bytes, SiteIndex]:
-    """Run the pass (announced on stderr for a big module), cache its module and site index."""
-    from wasmig.engines.wasmtime.runtime import cache_entry
-    from wasmig.files import write_atomically
-    from wasmig.instrument.unwind import instrument
-
-    started = time.perf_counter()
-    notice = InstrumentNotice(announce) if announce is not None and InstrumentNotice.worth_it(module) else None
-    if notice is not None:
-        notice.start(module)
-    try:
-        done = instrument(module, count_steps=count_steps, progress=notice.progress if notice else None)
-        data = done.data
-    except BaseException:
-        if notice is not None:
-            notice.end(ok=False)
-        raise
-    if notice is not None:
-        notice.end(ok=True)
-    log.debug(__name__, "instrumented-module cache %s: instrumented in %.3f s (%s variant) -> %s", why,
-              time.perf_counter() - started, "counting" if count_steps else "fast", path)
-    try:
-        write_atomically(path, cache_entry(data))
-    except OSError:
-        log.debug(__name__, "instrumented-module cache: cannot write %s", path)
-    return data, _write_index(index_path, done.sitemap, data)
-
-
-def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False,
-                 announce: str | None = None) -> Instrumented:
-    """The instrumented module (the fast variant, or with ``count_steps`` the deterministic one),
-    through a cache keyed by the original module's sha256, the variant and the pass's fingerprint
-    (the pass is pure Python and costs minutes on big modules; a restore should not pay it).
-    A cache entry is the module (``instrumented-KEY.wasm``) and its site index
-    (``instrumented-KEY.sites``, :mod:`wasmig.engines.wasmtime.site_index`); an index missing beside a
-    valid module (an entry of an older wasmig) is made from the module's site map section, a
-    damaged entry is rebuilt. ``announce``: the module's name for the lines
-    :class:`InstrumentNotice` prints on stderr when a big module has to be instrumented (a cache
-    hit, or a small module, prints nothing); None, silent."""
-    from wasmig.engines.wasmtime.runtime import cache_payload, default_cache_dir
-
-    key = _cache_key(module, count_steps)
-    folder = cache_dir if cache_dir is not None else default_cache_dir()
-    path, index_path = folder / f"instrumented-{key}.wasm", folder / f"instrumented-{key}.sites"
-    mapped, _ = checked.open_checked(index_path)  # checked once per file, read in place
-    try:
-        sites = SiteIndex(mapped) if mapped is not None else None
-    except ValueError:
-        sites = None
-    if sites is not None and sites.counts_steps == count_steps:
-        log.debug(__name__, "instrumented-module cache hit: %s", index_path)
-        return Instrumented(module, path, index_path, sites, None, count_steps, announce, cache_dir)
-    try:
-        blob = path.read_bytes()
-    except OSError:
-        blob = None
-    data = cache_payload(blob) if blob is not None else None
-    if data is not None:
-        from wasmig.binary.decoder import read_custom_section
-        from wasmig.instrument.sites import SECTION_NAME, SiteMap
-
-        try:
-            raw = read_custom_section(data, SECTION_NAME)
-            sitemap = SiteMap.from_bytes(raw) if raw is not None else None
-        except (WasmError, ValueError, TypeError, KeyError):  # a damaged entry is rebuilt
-            sitemap = None
-        if sitemap is not None and sitemap.counts_steps == count_steps:
-            log.debug(__name__, "instrumented-module cache hit: %s (its site index made now)", path)
-            return Instrumented(module, path, index_path, _write_index(index_path, sitemap, data), data,
-                                count_steps, announce, cache_dir)
-    data, sites = _instrument(module, path, index_path, count_steps, announce,
-                              "miss" if blob is None else "entry damaged")
-    return Instrumented(module, path, index_path, sites, data, count_steps, announce, cache_dir)
-
-
-def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False,
-                       announce: str | None = None) -> tuple[bytes, SiteIndex]:
-    """The instrumented module's bytes and site map (see :func:`instrumented`)."""
-    art = instrumented(module, cache_dir, count_steps=count_steps, announce=announce)
-    data = art.data
-    return data, art.sites
-
-
 _CHECKPOINT_CODE_IMPORTED = False
 #: how long a guest runs before the main thread imports the checkpoint code beside it
 IMPORT_AFTER_S = 0.1
@@ -456,6 +158,8 @@ class Checkpointable:
         :meth:`load`, else of the last unwind) and run on from there until the program ends
         (``ProcExit``), unwinds again (:attr:`unwound`) or traps."""
         if frames is None:
+            if self._pending is None and self.unwound:  # stopped, and not captured: its frames only
+                self.frames()
             if self._pending is None:
                 raise SnapshotError("nothing to resume: no snapshot loaded and no unwind taken")
             frames, point = self._pending
@@ -733,79 +437,3 @@ def _copy_pages(address: int, data: bytes, dirty: set[int] | None) -> None:
         elif not copy and run_start is not None:
             ctypes.memmove(address + run_start, data[run_start:lo], lo - run_start)
             run_start = None
-
-
-class WasmtimeSession(SessionBase):
-    """A run on wasmtime under a checkpoint policy: the counterpart of the interpreter's Session."""
-
-    def __init__(self, runner: Checkpointable, wasi: Wasi, policy: CheckpointPolicy, module_path: str | None = None):
-        super().__init__(wasi, policy, runner.module, module_path)
-        self.runner = runner
-
-    @property
-    def steps(self) -> int | None:
-        """Stable points passed so far (None when the fast variant runs, which does not count)."""
-        return self.runner.steps
-
-    def request(self, *_: Any) -> None:
-        """Checkpoint as soon as possible (signal handler / timer)."""
-        self.runner.request()
-
-    def guest_memories(self) -> list[tuple[int, Any]]:
-        """A live view of the guest's memory (read while it runs: a migration's pre-copy rounds),
-        made without calling into wasmtime (see :meth:`Checkpointable.live_memory`). The pass
-        refuses modules with more than one memory."""
-        if not self.runner.facts.mems:
-            return []
-        address, size = self.runner.live_memory()
-        view = memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B") if size else memoryview(b"")
-        return [(size, lambda k: view[k * _PAGE:(k + 1) * _PAGE])]
-
-    def run(self, snapshot: Snapshot | None = None) -> int:
-        """Run ``_start`` from the beginning (or on from ``snapshot``, already loaded) to the end;
-        return the exit code."""
-        try:
-            return self._run(snapshot)
-        finally:
-            if self.handoff is not None:
-                self.handoff.ended()
-
-    def _run(self, snapshot: Snapshot | None) -> int:
-        runner = self.runner
-        self._install()
-        try:
-            runner.arm(self.policy.at_step)
-            frames, point = (snapshot.frames, snapshot.point) if snapshot is not None else ([], "idle")
-            first = snapshot is None
-            while True:
-                try:
-                    if first:
-                        first = False
-                        runner.start()
-                    else:
-                        runner.resume(frames, point)
-                except ProcExit as e:
-                    return e.code
-                if not runner.unwound:
-                    return 0
-                if self._hand_over(lambda: runner.capture(with_memory=False)):
-                    frames, point = runner.frames()
-                    runner.arm(self.policy.at_step)
-                    continue
-                snap = None
-                try:
-                    started = time.perf_counter()
-                    snap = runner.capture()
-                    frames, point = snap.frames, snap.point
-                    self._save(snap, time.perf_counter() - started)
-                except (SnapshotError, OSError) as e:
-                    if snap is None:  # the capture failed (e.g. the WASI state): go on from the frames alone
-                        frames, point = runner.frames()
-                    print(f"wasmig: warning: checkpoint failed, continuing: {e}", file=sys.stderr)
-                else:
-                    if self.policy.then == "exit":
-                        raise CheckpointExit() from None
-                runner.arm(self.policy.at_step)  # a step already passed stays off
-        finally:
-            self._uninstall()
-

@@ -1,0 +1,299 @@
+"""``wasmig run`` and ``wasmig restore``: a WASI program on an engine (``engines.get``), run to its
+end by a :class:`~wasmig.session.loop.Session` under the checkpoint policy the options make."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from wasmig import engines
+from wasmig.cli.common import (
+    ENGINES,
+    address_and_token,
+    check_guest_dirs,
+    check_module_option,
+    checkpoint_options,
+    guarded,
+    make_policy,
+    module_problem,
+    open_listener,
+    parse_dir,
+    parse_env,
+    pick_engine,
+    register_with_gateway,
+    report_trap,
+)
+from wasmig.cli.output import TRAP_EXIT_CODE, UserError, about, err, fail, out
+from wasmig.cli.parser import Number, Parser, PathOption, command
+from wasmig.errors import DecodeError, LinkError, SnapshotError, Trap, ValidationError, WasmError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up)
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable, Sequence
+
+    from wasmig.engines.base import Program, WasiInstance
+    from wasmig.module import Module
+    from wasmig.session.loop import Session
+    from wasmig.session.policy import CheckpointPolicy
+
+
+def run_program(program: Program, policy: CheckpointPolicy, module_path: str | None, *, resume: bool) -> int:
+    """Run ``program`` to its end under ``policy`` (``resume``: from its restored state); its exit code."""
+    from wasmig.session.loop import Session
+
+    session = Session(program, policy, module_path)
+    return with_control(session, lambda: ended(session, session.run(resume=resume)))
+
+
+def ended(session: Session, code: int) -> int:
+    """The program ended with exit code ``code`` (which stays the run's): say so if it ended before
+    the step ``--checkpoint-at-step`` asked for, so no snapshot was taken."""
+    at_step = session.policy.at_step
+    steps = session.steps
+    if at_step is not None and steps is not None and steps < at_step:
+        err(f"wasmig: warning: --checkpoint-at-step {at_step} was never reached (the program ended at step "
+            f"{steps})")
+    return code
+
+
+def with_control(session: Session, body: Callable[[], int]) -> int:
+    """``body()``, with the control socket ``wasmig migrate PID`` talks to when the run is
+    migratable, and the migration ``--migrate-to`` asks for."""
+    if not session.policy.migratable:
+        return body()
+    from wasmig.migrate.control import serve_control
+
+    control = serve_control(session)
+    if session.policy.migrate_to is not None:
+        migrate_later(session, *session.policy.migrate_to)
+    try:
+        return body()
+    finally:
+        control.close()
+
+
+def migrate_later(session: Session, target: str, token: bytes, after: float) -> None:
+    """``--migrate-to``: move the program ``after`` seconds into the run (a thread of its own);
+    the summary, or why it stayed, goes to stderr."""
+    import threading
+
+    from wasmig.migrate.protocol import MigrationError
+    from wasmig.migrate.source import migrate
+
+    def move() -> None:
+        try:
+            migrate(session, target, token, on_done=lambda r: err(f"wasmig: {r.summary()}"))
+        except MigrationError as e:
+            err(f"wasmig: warning: migration to {target} failed, the program goes on here: {e}")
+
+    timer = threading.Timer(after, move)
+    timer.daemon = True
+    timer.start()
+
+
+def invoke_arguments(module: Module, name: str, args: Sequence[str]) -> list[tuple[str, int]]:
+    """``--invoke NAME ARGS``: the arguments, parsed by the types of NAME's parameters (checked)."""
+    from wasmig.invoke import InvokeError, func_type, parse_args
+
+    try:
+        return parse_args(func_type(module, name), list(args))
+    except InvokeError as e:
+        raise UserError(f"--invoke {name}: {e}") from None
+
+
+def invoke_function(instance: WasiInstance, name: str, args: list[tuple[str, int]]) -> int:
+    """``--invoke NAME``: call it, print its results one per line; the exit code (0, or proc_exit's)."""
+    from wasmig.invoke import call, func_type
+    from wasmig.wasi.preview1 import ProcExit
+
+    try:
+        lines = call(instance, name, args, func_type(instance.module, name).results)
+    except ProcExit as e:
+        return e.code
+    for line in lines:
+        out(line)
+    return 0
+
+
+def run_options(p: Parser) -> None:
+    p.option("--engine", choices=ENGINES, default=None, metavar="[interp|wasmtime]",
+             help="Execution engine: wasmtime (compiled; the default when installed) or the interpreter.")
+    p.option("--invoke", default=None, metavar="NAME",
+             help="Call the exported function NAME with ARGS (parsed by its parameter types) instead of "
+                  "_start, and print its results, one per line (as `wasmtime run --invoke`).")
+    p.option("--dir", dest="dirs", action="append", metavar="HOST[::GUEST]",
+             help="Preopen a host directory, optionally under another guest name.")
+    p.option("--env", dest="envs", action="append", metavar="NAME[=VALUE]",
+             help="Set (or inherit) an environment variable.")
+    p.option("--tcplisten", dest="listens", action="append", metavar="HOST:PORT",
+             help="Preopen a listening TCP socket (fds 3, 4, ... before the directories).")
+    p.option("--migratable", action="store_true",
+             help="Run so that `wasmig migrate PID` can move it (on wasmtime: the checkpointable variant).")
+    p.option("--gateway", dest="gateway_address", default=None, metavar="HOST:PORT",
+             help="Preopen a listening socket held by `wasmig gateway` (its control address), after the "
+                  "--tcplisten ones: its connections survive migrations.")
+    p.option("--gateway-token-file", default=None, type=PathOption(directory=False), metavar="FILE",
+             help="The gateway's shared secret (needed with --gateway).")
+    p.option("--migrate-to", default=None, metavar="HOST:PORT",
+             help="Move the program to this `wasmig serve` daemon once it ran --migrate-after seconds.")
+    p.option("--migrate-token-file", default=None, type=PathOption(directory=False), metavar="FILE",
+             help="The daemon's shared secret (needed with --migrate-to).")
+    p.option("--migrate-after", type=Number(float, 0), default=0.0, show_default=True, metavar="SECONDS",
+             help="When --migrate-to moves the program.")
+    checkpoint_options(p)
+
+
+@command("run", run_options, "program", rest="args")
+def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
+        migratable: bool, gateway_address: str | None, gateway_token_file: str | None, migrate_to: str | None,
+        migrate_token_file: str | None, migrate_after: float,
+        checkpoint_dir: str | None, checkpoint_at_step: int | None,
+        checkpoint_at_instruction: int | None, checkpoint_every: float | None, checkpoint_then: str,
+        stable_only: bool, count_steps: bool, program: str, args: tuple[str, ...]) -> None:
+    """Run a WASI program: PROGRAM.wasm [ARGS...].
+
+    Options go before PROGRAM; everything after it is the program's (its arguments)."""
+    from wasmig.module import Module
+    from wasmig.wasi.preview1 import Wasi
+
+    listeners: list[socket.socket] = []
+    try:
+        if os.path.isdir(program):
+            raise UserError(f"{program}: is a directory, not a WebAssembly module")
+        preopens = [parse_dir(d) for d in dirs]
+        env = parse_env(envs)
+        runs_on = engines.get(pick_engine(engine, interp_only=checkpoint_at_instruction is not None))
+        policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
+                             checkpoint_then, stable_only, count_steps, migratable or migrate_to is not None)
+        if invoke is not None and (policy.active or policy.migratable):
+            raise UserError("--invoke cannot be combined with --checkpoint-dir, --migratable or --migrate-to")
+        if migrate_to is not None:
+            token = address_and_token(migrate_to, "--migrate-to", migrate_token_file, "--migrate-token-file")
+            policy.migrate_to = (migrate_to, token, migrate_after)
+        listeners = [open_listener(spec) for spec in listens]
+        gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
+        # an engine that compiles the module itself (wasmtime) gets it decoded only as far as linking
+        # needs (its instrumented variant: decoding and validation wait until the pass needs them,
+        # which a cached instrumented module spares, as on restore)
+        module = Module.from_file(program, decode=runs_on.needs_ir, validate=runs_on.needs_ir)
+        invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
+    except UserError as e:
+        for sock in listeners:
+            sock.close()
+        fail(str(e))
+        return
+    except (DecodeError, ValidationError) as e:
+        fail(module_problem(program, e))
+        return
+    try:
+        wasi = Wasi([program, *args], env, preopens=preopens, listeners=listeners, gateway_listeners=gateways)
+    except WasmError as e:
+        fail(f"--gateway {gateway_address}: {e}")
+        return
+    try:
+        if invoke is not None:
+            instance = runs_on.instantiate_wasi(module, wasi)
+        else:
+            runnable = runs_on.program(module, wasi, checkpoints=policy.active or policy.migratable,
+                                       count_steps=policy.count_steps, announce=os.path.basename(program))
+            if "_start" not in runnable.export_names():
+                raise LinkError("the module has no `_start` export: it is not a WASI command (to call one of its "
+                                "functions, use --invoke NAME)")
+    except (LinkError, Trap, WasmError) as e:
+        wasi.close()
+        if isinstance(e, (DecodeError, ValidationError)):  # found when wasmtime compiled it
+            fail(module_problem(program, e))
+        if isinstance(e, Trap):
+            report_trap(e)
+            sys.exit(TRAP_EXIT_CODE)
+        fail(str(e) if isinstance(e, SnapshotError) else f"{program}: {e}")
+        return
+    if invoke is not None:
+        sys.exit(guarded(lambda: invoke_function(instance, invoke, invoke_args), wasi, policy, program) & 0xFF)
+    path = os.path.abspath(program)
+    sys.exit(guarded(lambda: run_program(runnable, policy, path, resume=False), wasi, policy, path) & 0xFF)
+
+
+def restore_options(p: Parser) -> None:
+    p.option("--engine", choices=ENGINES, default=None, metavar="[interp|wasmtime]",
+             help="Execution engine: wasmtime (the default when installed, for snapshots at a stable point) or "
+                  "the interpreter.")
+    p.option("--dir", dest="dirs", action="append", metavar="HOST[::GUEST]",
+             help="Map a preopened guest directory to a host directory (default: where it was).")
+    p.option("--module", dest="module_path", default=None,
+             help="The .wasm the snapshot was taken of (default: the copy kept in the checkpoint directory).")
+    p.option("--on-file-change", choices=["fail", "warn", "ignore"], default="fail", show_default=True,
+             metavar="[fail|warn|ignore]",
+             help="What to do when an open file's size or mtime changed since the checkpoint.")
+    checkpoint_options(p)
+
+
+@command("restore", restore_options, "snapshot")
+def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, on_file_change: str,
+            checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
+            checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, count_steps: bool,
+            snapshot: str) -> None:
+    """Restore SNAPSHOT (a snapshot file, or a checkpoint directory: its latest) and continue it."""
+    import time
+    from pathlib import Path
+
+    from wasmig import log
+    from wasmig.session.modules import find_module_for
+    from wasmig.snapshot.store import load_snapshot_deferred
+    from wasmig.wasi.snapshot import restore_wasi
+
+    wasi = None
+    try:
+        mapping = {}
+        for d in dirs:
+            host, guest = parse_dir(d)
+            mapping[guest] = host
+        policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
+                             checkpoint_then, stable_only, count_steps)
+        check_module_option(module_path)
+        started = time.perf_counter()
+        # the manifest only: the memory's pages are read as they are written into the new instance
+        snap, pages = load_snapshot_deferred(Path(snapshot))
+        log.info(__name__, "restore: snapshot read in %.3f s (%d pages of memory)", time.perf_counter() - started,
+                 sum(len(m.data) // 65536 for m in snap.memories) if pages is None else sum(map(len, pages)))
+        if policy.count_steps and snap.steps is None:
+            raise UserError("the snapshot has no step count (its run did not count steps), so "
+                            f"{'--checkpoint-at-step' if checkpoint_at_step is not None else '--count-steps'} "
+                            "cannot go on from it")
+        if checkpoint_at_step is not None and checkpoint_at_step <= snap.steps:
+            raise UserError(f"--checkpoint-at-step {checkpoint_at_step} is not ahead of the snapshot "
+                            f"(it is at step {snap.steps})")
+        if checkpoint_at_instruction is not None and snap.instructions is not None and \
+                checkpoint_at_instruction < snap.instructions:
+            raise UserError(f"--checkpoint-at-instruction {checkpoint_at_instruction} is not ahead of the snapshot "
+                            f"(it is at instruction {snap.instructions})")
+        name = pick_engine(engine, interp_only=checkpoint_at_instruction is not None or not snap.stable)
+        runs_on = engines.get(name)
+        # on wasmtime, validation waits until the instrumentation pass needs it, which a cached
+        # instrumented module spares (a restore's largest cost for a small module)
+        started = time.perf_counter()
+        module = find_module_for(Path(snapshot), snap, module_path, validate=runs_on.needs_ir,
+                                 decode=runs_on.needs_ir)
+        log.info(__name__, "restore: module found and read in %.3f s", time.perf_counter() - started)
+        if snap.wasi is None:
+            raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
+        check_guest_dirs(mapping, snap.wasi)
+        wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
+        recorded = snap.meta.get("module_path")
+        recorded = recorded if isinstance(recorded, str) else None
+        started = time.perf_counter()
+        runnable = runs_on.restore(module, snap, wasi, pages=pages, count_steps=policy.count_steps,
+                                   announce=os.path.basename(recorded) if recorded else "the module")
+        log.info(__name__, "restore: state restored on %s in %.3f s", name, time.perf_counter() - started)
+    except UserError as e:
+        if wasi is not None:
+            wasi.close()
+        fail(str(e))
+        return
+    except (SnapshotError, DecodeError, ValidationError, LinkError) as e:
+        if wasi is not None:
+            wasi.close()
+        fail(about(snapshot, e))
+        return
+    sys.exit(guarded(lambda: run_program(runnable, policy, recorded, resume=True), wasi, policy, recorded) & 0xFF)

@@ -1,0 +1,150 @@
+"""The commands about snapshots: ``checkpoint``, ``inspect``, ``diff``, ``gc``, ``export``, ``import``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from wasmig.cli.output import DIFF_DIFFERENT_EXIT_CODE, DIFF_TROUBLE_EXIT_CODE, about, err, fail, out
+from wasmig.cli.parser import Number, Parser, command
+from wasmig.errors import WasmError
+
+
+def checkpoint_cmd_options(p: Parser) -> None:
+    p.option("--timeout", type=Number(float), default=30.0, show_default=True, metavar="FLOAT",
+             help="Seconds to wait for the snapshot.")
+
+
+@command("checkpoint", checkpoint_cmd_options, "pid", types={"pid": Number(int)})
+def checkpoint_cmd(timeout: float, pid: int) -> None:
+    """Ask a running `wasmig run --checkpoint-dir ...` (process PID) for a snapshot now."""
+    from wasmig.session.status import wait_for_snapshot
+    from wasmig.snapshot.state import SnapshotError
+
+    try:
+        path = wait_for_snapshot(pid, timeout)
+    except SnapshotError as e:
+        fail(str(e))
+        return
+    out(str(path))
+
+
+def inspect_options(p: Parser) -> None:
+    p.option("--json", dest="as_json", action="store_true", help="Machine-readable output.")
+    p.option("--module", dest="module_path", default=None, help="The .wasm, for function names.")
+
+
+@command("inspect", inspect_options, "snapshot")
+def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
+    """Summarise a snapshot: call stack, memory, open files."""
+    import json
+    from pathlib import Path
+
+    from wasmig.session.modules import find_module_for
+    from wasmig.snapshot.inspect import format_summary, summarize
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.store import checkpoint_chain, load_snapshot, storage_stats
+
+    try:
+        snap = load_snapshot(Path(snapshot))
+        stats = storage_stats(snapshot)
+        chain = checkpoint_chain(snapshot)
+    except SnapshotError as e:
+        fail(about(snapshot, e))
+        return
+    try:
+        ir = find_module_for(Path(snapshot), snap, module_path).ir
+    except (SnapshotError, WasmError):
+        ir = None
+    summary = summarize(snap, ir, stats, chain)
+    out(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+def gc_options(p: Parser) -> None:
+    p.option("--dry-run", action="store_true", help="Only report what would be removed.")
+
+
+@command("gc", gc_options, "directory")
+def gc(dry_run: bool, directory: str) -> None:
+    """Remove the pages of a checkpoint DIRECTORY that no snapshot names any more."""
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.store import CheckpointDir
+
+    if not os.path.isdir(os.path.join(directory, "snapshots")):
+        fail(f"{directory}: not a checkpoint directory (no snapshots/ in it)")
+        return
+    try:
+        stats = CheckpointDir(directory).gc(dry_run=dry_run)
+    except SnapshotError as e:
+        fail(about(directory, e))
+        return
+    verb = "would remove" if dry_run else "removed"
+    out(f"{directory}: {stats['snapshots']} snapshots, {stats['pages_kept']} pages kept; {verb} "
+         f"{stats['pages_removed']} unreferenced pages ({stats['bytes_removed']} bytes)"
+         + (f" and {stats['temp_files_removed']} stale temporary files" if stats["temp_files_removed"] else ""))
+
+
+def diff_options(p: Parser) -> None:
+    p.option("--json", dest="as_json", action="store_true", help="Machine-readable output.")
+
+
+@command("diff", diff_options, "a", "b")
+def diff(as_json: bool, a: str, b: str) -> None:
+    """List what changed between two snapshots. Exit status as diff(1)'s: 0 when they hold the same
+    state, 1 when they differ, 2 on trouble."""
+    import json
+    from pathlib import Path
+
+    from wasmig.snapshot.inspect import diff as diff_snapshots
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.store import load_snapshot
+
+    try:
+        snaps = [load_snapshot(Path(a)), load_snapshot(Path(b))]
+    except SnapshotError as e:
+        fail(str(e), DIFF_TROUBLE_EXIT_CODE)
+        return
+    lines = diff_snapshots(*snaps)
+    if as_json:
+        out(json.dumps({"a": a, "b": b, "same": not lines, "differences": lines}, indent=2))
+    else:
+        for line in lines:
+            out(line)
+    sys.exit(DIFF_DIFFERENT_EXIT_CODE if lines else 0)
+
+
+def export_cmd_options(p: Parser) -> None:
+    p.option("-o", "--output", required=True, metavar="FILE.wsnap", help="The file to write.")
+    p.option("--module", dest="module_path", default=None,
+             help="The .wasm the snapshot was taken of (default: the copy kept in the checkpoint directory).")
+    p.option("--force", action="store_true", help="Replace FILE if it exists.")
+
+
+@command("export", export_cmd_options, "snapshot")
+def export_cmd(output: str, module_path: str | None, force: bool, snapshot: str) -> None:
+    """Pack SNAPSHOT (a checkpoint directory: its latest; or a snapshot file), every page it names and
+    its module into one file, which `wasmig restore`, `inspect` and `import` read."""
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.wsnap import export_snapshot
+
+    try:
+        result = export_snapshot(snapshot, output, module=module_path, force=force)
+    except SnapshotError as e:
+        fail(str(e))
+        return
+    err(f"wasmig: exported {result.snapshot} to {result.output} ({result.pages} pages, {result.bytes} bytes)")
+
+
+@command("import", None, "file", "directory")
+def import_cmd(file: str, directory: str) -> None:
+    """Unpack the .wsnap FILE into the checkpoint DIRECTORY (created if missing) as its newest
+    snapshot; prints the new snapshot file's path."""
+    from wasmig.snapshot.state import SnapshotError
+    from wasmig.snapshot.wsnap import import_wsnap
+
+    try:
+        path = import_wsnap(file, directory)
+    except SnapshotError as e:
+        fail(str(e))
+        return
+    out(str(path))

@@ -1,0 +1,72 @@
+"""The module a snapshot belongs to, kept beside its snapshots, and found again for a restore."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wasmig.errors import SnapshotError
+
+if TYPE_CHECKING:
+    from wasmig.module import Module
+    from wasmig.snapshot.state import Snapshot
+
+MODULE_FILE_PREFIX = "module-"
+
+
+def store_module(directory: Path, module: Module) -> Path:
+    """Keep the module's bytes beside its snapshots (once, atomically), so a restore — possibly on
+    another machine — finds exactly the module the snapshot belongs to."""
+    from wasmig.errors import WasmError
+
+    directory.mkdir(parents=True, exist_ok=True)
+    try:  # a module not read at start is read now, unchanged since (else an error)
+        path = directory / f"{MODULE_FILE_PREFIX}{module.sha256}.wasm"
+        data = module.data if not path.exists() else None
+    except WasmError as e:
+        raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
+    if data is not None:
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return path
+
+
+def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True,
+                    decode: bool = True) -> Module:
+    """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots,
+    else the path recorded at checkpoint time. Always verified by sha256. ``validate=False``
+    defers validation to first use, ``decode=False`` decoding too (see :class:`Module`): a
+    restore on wasmtime needs neither when the module's instrumented variant is cached."""
+    from wasmig.module import Module
+
+    candidates: list[Path] = []
+    if explicit:
+        candidates.append(Path(explicit))
+    else:
+        from wasmig.snapshot import wsnap
+
+        if wsnap.is_wsnap(snapshot_path):  # a single-file export carries its module (sha256 checked)
+            return Module.from_bytes(wsnap.read_module(snapshot_path), validate=validate, decode=decode)
+        base = snapshot_path if snapshot_path.is_dir() else snapshot_path.parent.parent
+        candidates.append(base / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
+        candidates.append(snapshot_path.parent / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
+        recorded = snap.meta.get("module_path")
+        if isinstance(recorded, str):
+            candidates.append(Path(recorded))
+    for path in candidates:
+        if path.is_file():
+            module = Module.from_file(path, validate=validate, decode=decode)
+            if not decode:
+                module.cached_facts()  # their sha256, when they are cached: the module is then not even read
+            if module.sha256 != snap.module_sha256:
+                if explicit:
+                    raise SnapshotError(f"{path} is not the module this snapshot was taken of "
+                                        f"(sha256 {module.sha256[:16]}..., expected {snap.module_sha256[:16]}...)")
+                continue
+            return module
+    raise SnapshotError("cannot find the module this snapshot was taken of; give it with --module PATH")
