@@ -279,7 +279,8 @@ class _Interp:
     """The interpreter, from the start or restored from a snapshot."""
 
     def __init__(self, module: Module, wasi: Wasi, snap: Snapshot | None) -> None:
-        from wasmig.session.command import bind_wasi, instantiate_with_wasi, wasi_imports
+        from wasmig.engines.interp.instance import bind_wasi, wasi_imports
+        from wasmig.session.command import instantiate_with_wasi
 
         if snap is None:
             self.inst = instantiate_with_wasi(module, wasi)

@@ -123,7 +123,7 @@ def test_invoke_refuses_what_it_cannot_call_in_one_line(tmp_path: Path, args: li
     assert needle in err, err
 
 
-# --- 1b. the parser (argparse's declarations, click's rules: wasmig/cli.py's _Parser) -----------------
+# --- 1b. the parser (argparse's declarations, click's rules: wasmig/cli/parser.py's Parser) -----------------
 def parsed(command: str, *args: str) -> dict[str, object]:
     """What ``wasmig COMMAND ARGS`` would call the command with (nothing runs)."""
     from wasmig.cli import COMMANDS

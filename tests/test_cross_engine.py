@@ -1,6 +1,7 @@
 """The cross-engine matrix, in process: checkpoint on engine A at step k, restore on engine B and
-finish, for A, B in {interp, wasmtime} — all four pairs — and the canonical snapshots the two
-engines take at the same k are equal.
+finish, for every pair of engines this host has (interp and wasmtime: all four pairs) — through
+the :class:`~wasmig.engines.base.Engine` interface only, so a third engine joins the matrix by
+being registered — and the canonical snapshots the engines take at the same k are equal.
 
 The programs cover deep recursion through function pointers with floating point (``deeprec``,
 10,000 frames: k values at its deepest point are included), hashing, qsort through a function
@@ -22,6 +23,7 @@ import pytest
 
 import wasmig
 from tests.wat import wat_module
+from wasmig import engines
 from wasmig.engines.interp.capture import capture
 from wasmig.session.command import instantiate_with_wasi
 from wasmig.snapshot.state import Snapshot, SnapshotError, from_plain, to_plain
@@ -33,7 +35,8 @@ pytest.importorskip("wasmtime")
 from wasmig.engines.wasmtime.checkpointable import Checkpointable  # noqa: E402
 
 PROGRAMS = Path(__file__).parent / "programs"
-ENGINES = ("interp", "wasmtime")
+#: every engine this host runs, the reference (the interpreter) first
+ENGINES = tuple(engines.installed_engines())
 PAIRS = [(a, b) for a in ENGINES for b in ENGINES]
 #: compared between the engines' snapshots; only created_ns, engine, instructions and meta may differ
 COMPARED = ("module_sha256", "steps", "point", "frames", "memories", "tables", "globals", "dropped_data",
@@ -55,51 +58,36 @@ def stop(engine: str, module: wasmig.Module, args: list[str], k: int) -> Stopped
     out = io.BytesIO()
     wasi = _wasi(args, out)
     try:
-        if engine == "interp":
-            inst = instantiate_with_wasi(module, wasi)
-            inst.stop_at(step=k)
-            try:
-                inst.invoke("_start")
+        program = engines.get(engine).program(module, wasi, checkpoints=True, count_steps=True)
+        program.arm(at_step=k)
+        try:
+            if not program.start():
                 return None
-            except wasmig.Suspended:
-                snap = capture(inst)
-            except ProcExit:
-                return None
-        else:
-            runner = Checkpointable(module, wasi, count_steps=True)
-            runner.arm(k)
-            try:
-                runner.start()
-            except ProcExit:
-                return None
-            if not runner.unwound:
-                return None
-            snap = runner.capture()
+        except ProcExit:
+            return None
+        snap = program.capture()
     finally:
         wasi.close()
     return Stopped(from_plain(to_plain(snap)), out.getvalue())  # through the on-disk form
 
 
+def go_on(engine: str, module: wasmig.Module, snap: Snapshot, wasi: Wasi, *, at_step: int | None = None,
+          count_steps: bool = False) -> bool:
+    """Restore ``snap`` on ``engine`` and run it until it ends (False) or stops at ``at_step`` (True)."""
+    program = engines.get(engine).restore(module, snap, wasi, count_steps=count_steps)
+    program.arm(at_step=at_step)
+    return program.resume()
+
+
 def finish(engine: str, module: wasmig.Module, snap: Snapshot) -> tuple[int, bytes]:
-    """Restore ``snap`` on ``engine`` and run it to the end: (exit code, what it printed)."""
+    """Restore ``snap`` on ``engine`` (on wasmtime the fast variant: it rewinds the same records)
+    and run it to the end: (exit code, what it printed)."""
     out = io.BytesIO()
     assert snap.wasi is not None
-    if engine == "interp":
-        inst = wasmig.restore(snap, module=module, stdin=b"", stdout=out, stderr=io.BytesIO())
-        try:
-            inst.resume()
-            code = 0
-        except ProcExit as e:
-            code = e.code
-        inst.wasi.close()
-        return code, out.getvalue()
     wasi = restore_wasi(snap.wasi, stdin=b"", stdout=out, stderr=io.BytesIO())
     try:
-        runner = Checkpointable(module, wasi)  # the fast variant: it rewinds the same records
-        runner.load(snap)
-        runner.arm(None)
         try:
-            runner.resume(snap.frames, snap.point)
+            assert not go_on(engine, module, snap, wasi)
             code = 0
         except ProcExit as e:
             code = e.code
@@ -152,12 +140,13 @@ def test_checkpoint_on_either_engine_finishes_on_either(name: str, args: list[st
     code, expected, total = reference(module, args)
     stopped = {engine: stop(engine, module, args, k) for engine in ENGINES}
     if k > total:
-        assert stopped == {"interp": None, "wasmtime": None}
+        assert all(s is None for s in stopped.values()), stopped
         return
-    a, b = stopped["interp"], stopped["wasmtime"]
-    assert a is not None and b is not None, f"{name} at step {k} of {total}: an engine did not stop"
-    assert a.stdout == b.stdout
-    assert_same_snapshot(a.snapshot, b.snapshot, f"{name} at step {k}")
+    a = stopped[ENGINES[0]]
+    for engine, b in stopped.items():
+        assert a is not None and b is not None, f"{name} at step {k} of {total}: {engine} did not stop"
+        assert a.stdout == b.stdout
+        assert_same_snapshot(a.snapshot, b.snapshot, f"{name} at step {k} on {engine}")
     if k in (10_030, 10_040) and name == "deeprec":
         assert len(a.snapshot.frames) > 10_000, "not as deep as intended"
     for engine_a, engine_b in PAIRS:
@@ -179,23 +168,10 @@ def test_chained_across_engines() -> None:
     for engine, k in (("wasmtime", 15_000), ("interp", 25_000), ("wasmtime", 33_000)):
         assert snap.wasi is not None
         wasi = restore_wasi(snap.wasi, stdin=b"", stdout=out, stderr=io.BytesIO())
-        if engine == "wasmtime":
-            runner = Checkpointable(module, wasi, count_steps=True)
-            runner.load(snap)
-            runner.arm(k)
-            runner.resume(snap.frames, snap.point)
-            assert runner.unwound
-            snap = from_plain(to_plain(runner.capture()))
-        else:
-            from wasmig.engines.interp.capture import restore as restore_instance
-            from wasmig.session.command import bind_wasi, wasi_imports
-
-            inst = restore_instance(module, snap, wasi_imports(module, wasi))
-            bind_wasi(inst, wasi)
-            inst.stop_at(step=k)
-            with pytest.raises(wasmig.Suspended):
-                inst.resume()
-            snap = from_plain(to_plain(capture(inst)))
+        program = engines.get(engine).restore(module, snap, wasi, count_steps=True)
+        program.arm(at_step=k)
+        assert program.resume()
+        snap = from_plain(to_plain(program.capture()))
         wasi.close()
         assert snap.steps == k
     got = finish("interp", module, snap)

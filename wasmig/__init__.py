@@ -7,6 +7,7 @@ The embedding API::
     inst = wasmig.Instance(m, imports)                    # wasmig's interpreter
     inst.exports["add"](1, 2)
     fast = wasmig.Instance(m, imports, engine="wasmtime")  # the same API, compiled by wasmtime
+    prog = wasmig.Instance(m, wasmig.wasi.Wasi(["prog"]), engine="wasmtime")  # a WASI program, checkpointable
 
 ``wasmig.restore`` continues a snapshot (see README.md's "Using it from Python").
 """
@@ -35,19 +36,26 @@ _LAZY = {
 }
 
 
+#: Subpackages the API names (``wasmig.wasi.Wasi``), imported on first use as well.
+_SUBPACKAGES = ("wasi",)
+
+
 def __getattr__(name: str) -> Any:
     where = _LAZY.get(name)
-    if where is None:
+    if where is None and name not in _SUBPACKAGES:
         raise AttributeError(f"module 'wasmig' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(where), name)
+    if where is None:
+        value = importlib.import_module(f"wasmig.{name}")
+    else:
+        value = getattr(importlib.import_module(where), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))
 
 
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,

@@ -141,8 +141,9 @@ class Engine(ABC):
     needs_ir: bool
 
     @abstractmethod
-    def instance_class(self) -> type[Instance]:
-        """The class ``wasmig.Instance(..., engine=name)`` makes."""
+    def instance_class(self, imports: Imports | Wasi | None) -> type[Instance]:
+        """The class ``wasmig.Instance(module, imports, engine=name)`` makes (``imports`` may be a
+        :class:`~wasmig.wasi.preview1.Wasi`: a WASI program)."""
 
     @abstractmethod
     def instantiate_wasi(self, module: Module, wasi: Wasi, **options: Any) -> WasiInstance:
@@ -179,16 +180,17 @@ class Instance:
     """A running instance of a :class:`wasmig.Module`, on the engine ``engine`` names.
 
     ``imports`` maps module name -> field name -> extern (``HostFunc``, ``Global``, ``Memory``,
-    ``Table``, or any extern exported by another instance).
+    ``Table``, or any extern exported by another instance); or it is a
+    :class:`wasmig.wasi.Wasi`, for a WASI program (its imports, its memory bound to it).
 
     ``engine="interp"`` (the default) is wasmig's interpreter: every import kind; ``stop_at``,
     ``checkpoint`` and ``resume``. ``engine="wasmtime"``: the module compiled by wasmtime with the
     same ``exports``/``invoke`` conventions, host functions and immutable globals as imports,
-    traps as :class:`wasmig.Trap`; ``stop_at``, ``checkpoint`` and ``resume`` are the
-    interpreter's and raise ``NotImplementedError`` there (checkpointing on wasmtime:
-    ``wasmig.restore(..., engine="wasmtime")`` and
-    :class:`wasmig.engines.wasmtime.checkpointable.Checkpointable`, for WASI programs). Another
-    engine, or one whose package is missing, is a ``ValueError`` naming the available ones.
+    traps as :class:`wasmig.Trap`; there ``stop_at``, ``checkpoint`` and ``resume`` need a WASI
+    program (``imports`` a ``Wasi``: the instrumented module runs, and ``invoke("_start")``
+    stops at the step asked for as on the interpreter); with other imports they raise
+    ``NotImplementedError``. Another engine, or one whose package is missing, is a
+    ``ValueError`` naming the available ones.
     """
 
     engine: str
@@ -201,7 +203,7 @@ class Instance:
         if cls is Instance:
             from wasmig.engines import get
 
-            cls = get(engine).instance_class()
+            cls = get(engine).instance_class(imports)
         return object.__new__(cls)  # Python then calls the class's __init__
 
     def invoke(self, name: str, *args: Any, raw: bool = False) -> Any:

@@ -28,6 +28,7 @@ from wasmig.snapshot.state import (
     TableState,
     Value,
 )
+from wasmig.wasi.preview1 import Wasi
 
 _CALLS = (0x10, 0x11)
 
@@ -126,7 +127,7 @@ def _internal(value: Value, want: str, inst: Any, what: str) -> Any:
     return from_bits(t, bits)
 
 
-def restore(module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, Any]] | None = None,
+def restore(module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, Any]] | Wasi | None = None,
             engine: str = "interp", *, instance: InterpInstance | None = None) -> InterpInstance:
     """An interpreter instance in the snapshot's state, ready for ``instance.machine.resume()``.
     ``instance``: put the state into this one, made beforehand with ``Instance(module, imports,

@@ -154,7 +154,7 @@ class InterpEngine(Engine):
     name = "interp"
     needs_ir = True
 
-    def instance_class(self) -> type[InterpInstance]:
+    def instance_class(self, imports: Mapping[str, Mapping[str, Any]] | Wasi | None) -> type[InterpInstance]:
         return InterpInstance
 
     def instantiate_wasi(self, module: Module, wasi: Wasi, **options: Any) -> InterpInstance:
@@ -175,9 +175,7 @@ class InterpEngine(Engine):
 
     def restore_instance(self, module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, Any]] | None,
                          wasi: Wasi | None, *, count_steps: bool = False) -> InterpInstance:
-        if wasi is not None:
-            return bind_wasi(restore(module, snap, wasi_imports(module, wasi)), wasi)
-        return restore(module, snap, imports)
+        return restore(module, snap, wasi if wasi is not None else imports)
 
     def landing(self, module: Module) -> ImageLanding:
         return ImageLanding(module)

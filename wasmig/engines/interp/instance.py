@@ -11,12 +11,11 @@ from wasmig.interp.instantiate import instantiate
 from wasmig.interp.machine import NEVER, Machine
 from wasmig.interp.store import FuncInst, HostFunc, Memory, ModuleInstance
 from wasmig.wasi.memory import GuestMemory
-from wasmig.wasi.preview1 import WASI_MODULE, check_wasi_imports
+from wasmig.wasi.preview1 import WASI_MODULE, Wasi, check_wasi_imports
 
 if TYPE_CHECKING:
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot
-    from wasmig.wasi.preview1 import Wasi
 
 
 class Exports(Mapping[str, Any]):
@@ -42,18 +41,22 @@ class InterpInstance(Instance):
 
     engine = "interp"
 
-    def __init__(self, module: Module, imports: Mapping[str, Mapping[str, Any]] | None = None,
+    def __init__(self, module: Module, imports: Mapping[str, Mapping[str, Any]] | Wasi | None = None,
                  engine: str = "interp", *, max_frames: int | None = None, initialize: bool = True) -> None:
         if engine != "interp":
             from wasmig.engines import check_engine
 
             check_engine(engine)
             raise ValueError(f"{type(self).__name__} is the interpreter's; use wasmig.Instance for {engine!r}")
+        wasi = imports if isinstance(imports, Wasi) else None
         self.module = module
         self.machine = Machine() if max_frames is None else Machine(max_frames)
-        self._inst = instantiate(module, imports, self.machine, initialize=initialize)
+        self._inst = instantiate(module, wasi_imports(module, wasi) if wasi is not None else imports, self.machine,
+                                 initialize=initialize)
         self.exports = Exports(self._inst)
         self.wasi: Wasi | None = None  # the WASI state, when instantiated with wasmig's WASI
+        if wasi is not None:
+            bind_wasi(self, wasi)
 
     @property
     def store(self) -> ModuleInstance:
@@ -116,4 +119,4 @@ def bind_wasi(inst: InterpInstance, wasi: Wasi) -> InterpInstance:
 
 def instantiate_wasi(module: Module, wasi: Wasi, **options: Any) -> InterpInstance:
     """``module`` on the interpreter with ``wasi`` as its WASI, its memory bound."""
-    return bind_wasi(InterpInstance(module, wasi_imports(module, wasi), "interp", **options), wasi)
+    return InterpInstance(module, wasi, "interp", **options)

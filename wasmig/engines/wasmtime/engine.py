@@ -14,14 +14,13 @@ from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from wasmig import log
-from wasmig.engines.base import Engine, Landing, MemoryReader, Program
+from wasmig.engines.base import Engine, Instance, Landing, MemoryReader, Program
 from wasmig.engines.wasmtime.capture import static_tables
 from wasmig.engines.wasmtime.checkpointable import Checkpointable
 from wasmig.errors import SnapshotError
 from wasmig.wasi.preview1 import Wasi
 
 if TYPE_CHECKING:
-    from wasmig.engines.wasmtime.api import WasmtimeApiInstance
     from wasmig.engines.wasmtime.runtime import WasmtimeInstance
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot
@@ -177,7 +176,11 @@ class WasmtimeEngine(Engine):
     name = "wasmtime"
     needs_ir = False  # wasmtime validates and compiles the bytes; Python decodes only what linking needs
 
-    def instance_class(self) -> type[WasmtimeApiInstance]:
+    def instance_class(self, imports: Mapping[str, Mapping[str, Any]] | Wasi | None) -> type[Instance]:
+        if isinstance(imports, Wasi):
+            from wasmig.engines.wasmtime.wasi_instance import WasmtimeWasiInstance
+
+            return WasmtimeWasiInstance
         from wasmig.engines.wasmtime.api import WasmtimeApiInstance
 
         return WasmtimeApiInstance
@@ -207,12 +210,14 @@ class WasmtimeEngine(Engine):
         return CheckpointableProgram(runner, wasi)
 
     def restore_instance(self, module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, Any]] | None,
-                         wasi: Wasi | None, *, count_steps: bool = False) -> Checkpointable:
+                         wasi: Wasi | None, *, count_steps: bool = False) -> Instance:
+        from wasmig.engines.wasmtime.wasi_instance import WasmtimeWasiInstance
+
         if wasi is None:
             raise SnapshotError("restoring on wasmtime is for WASI programs (the snapshot has no WASI state)")
         runner = Checkpointable(module, wasi, count_steps=count_steps)
         runner.load(snap)
-        return runner
+        return WasmtimeWasiInstance.restored(runner)
 
     def landing(self, module: Module) -> InstanceLanding:
         return InstanceLanding(module)
