@@ -268,8 +268,7 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
                 checkpoint_at_instruction < snap.instructions:
             raise UserError(f"--checkpoint-at-instruction {checkpoint_at_instruction} is not ahead of the snapshot "
                             f"(it is at instruction {snap.instructions})")
-        name = pick_engine(engine, interp_only=checkpoint_at_instruction is not None or not snap.stable)
-        runs_on = engines.get(name)
+        runs_on = engines.get(pick_engine(engine, interp_only=checkpoint_at_instruction is not None or not snap.stable))
         # on wasmtime, validation waits until the instrumentation pass needs it, which a cached
         # instrumented module spares (a restore's largest cost for a small module)
         started = time.perf_counter()
@@ -282,10 +281,8 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
         wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
         recorded = snap.meta.get("module_path")
         recorded = recorded if isinstance(recorded, str) else None
-        started = time.perf_counter()
         runnable = runs_on.restore(module, snap, wasi, pages=pages, count_steps=policy.count_steps,
                                    announce=os.path.basename(recorded) if recorded else "the module")
-        log.info(__name__, "restore: state restored on %s in %.3f s", name, time.perf_counter() - started)
     except UserError as e:
         if wasi is not None:
             wasi.close()

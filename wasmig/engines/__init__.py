@@ -11,7 +11,6 @@ engine's code is imported by :func:`get` when a run asks for it.
 from __future__ import annotations
 
 import importlib.util
-import platform
 import sys
 from functools import cache
 from pathlib import Path
@@ -36,6 +35,8 @@ _MACHINE = {"AMD64": "x86_64", "arm64": "aarch64", "ARM64": "aarch64"}
 @cache
 def wasmtime_missing() -> str | None:
     """Why the wasmtime engine cannot run here, or None when it can."""
+    import platform  # asked once per process, and only by a run that may use wasmtime
+
     spec = importlib.util.find_spec("wasmtime")
     if spec is None or not spec.submodule_search_locations:
         return "the wasmtime package is not installed (pip install wasmtime)"

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
+from wasmig import log
 from wasmig.binary.image import initial_image
 from wasmig.engines.base import Engine, Landing, MemoryReader, Program
 from wasmig.engines.interp.capture import capture, restore
@@ -170,8 +172,11 @@ class InterpEngine(Engine):
                 count_steps: bool = False, announce: str | None = None) -> InterpProgram:
         from wasmig.snapshot.store import materialize
 
+        started = time.perf_counter()
         materialize(snap, pages)
-        return InterpProgram(bind_wasi(restore(module, snap, wasi_imports(module, wasi)), wasi))
+        program = InterpProgram(restore(module, snap, wasi))
+        log.info(__name__, "restore: state restored on the interpreter in %.3f s", time.perf_counter() - started)
+        return program
 
     def restore_instance(self, module: Module, snap: Snapshot, imports: Mapping[str, Mapping[str, Any]] | None,
                          wasi: Wasi | None, *, count_steps: bool = False) -> InterpInstance:
