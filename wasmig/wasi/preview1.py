@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import os
 import socket
-import stat as stat_mod
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from wasmig.wasi import constants as C
-from wasmig.wasi import gateway, sandbox
+from wasmig.wasi import gateway
 from wasmig.wasi.blocking import Gate, Waiter
 from wasmig.wasi.errno import Errno, WasiError, from_oserror
 from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEntry, FdTable
+from wasmig.wasi.filestat import filetype_of_mode, isatty, pack_filestat, signed64
 from wasmig.wasi.memory import GuestMemory
-from wasmig.wire import WireError
+from wasmig.wasi.paths import PathCalls
+from wasmig.wasi.sockets import SocketCalls
 
 WASI_MODULE = "wasi_snapshot_preview1"
 #: how stdio entries name the standard stream they are (kept through renumbering and snapshots)
@@ -91,43 +92,8 @@ class ProcExit(Exception):
         super().__init__(f"proc_exit({code})")
 
 
-def _signed64(v: int) -> int:
-    return v - (1 << 64) if v & (1 << 63) else v
 
-
-def _filetype_of_mode(mode: int) -> int:
-    if stat_mod.S_ISREG(mode):
-        return C.FILETYPE_REGULAR_FILE
-    if stat_mod.S_ISDIR(mode):
-        return C.FILETYPE_DIRECTORY
-    if stat_mod.S_ISLNK(mode):
-        return C.FILETYPE_SYMBOLIC_LINK
-    if stat_mod.S_ISCHR(mode):
-        return C.FILETYPE_CHARACTER_DEVICE
-    if stat_mod.S_ISBLK(mode):
-        return C.FILETYPE_BLOCK_DEVICE
-    if stat_mod.S_ISSOCK(mode):
-        return C.FILETYPE_SOCKET_STREAM
-    return C.FILETYPE_UNKNOWN
-
-
-def _isatty(fd: int, stream: Any) -> bool:
-    """Whether standard stream ``fd`` (the host's own when ``stream`` is None) is a terminal."""
-    try:
-        return os.isatty(fd) if stream is None else bool(stream.isatty())
-    except (AttributeError, OSError, ValueError):  # a closed or file-less stream: no terminal
-        return False
-
-
-def _pack_filestat(st: os.stat_result, filetype: int | None = None) -> bytes:
-    return struct.pack(
-        "<QQB7xQQQQQ", st.st_dev & 0xFFFFFFFFFFFFFFFF, st.st_ino & 0xFFFFFFFFFFFFFFFF,
-        _filetype_of_mode(st.st_mode) if filetype is None else filetype,
-        st.st_nlink, st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
-    )
-
-
-class Wasi:
+class Wasi(PathCalls, SocketCalls):
     """The WASI state of one guest, and its preview1 functions.
 
     ``preopens``: host directories exposed to the guest, as ``(host_path, guest_name)``.
@@ -179,7 +145,7 @@ class Wasi:
             # as wasmtime: a character device if the host's stream is a terminal, else UNKNOWN (a
             # pipe, a file, /dev/null alike); fd_read or fd_write, base and inheriting, as rights
             rights = C.RIGHTS_STDIN if fd == 0 else C.RIGHTS_STDOUT
-            entry = FdEntry(STDIO, C.FILETYPE_CHARACTER_DEVICE if _isatty(fd, stream) else C.FILETYPE_UNKNOWN,
+            entry = FdEntry(STDIO, C.FILETYPE_CHARACTER_DEVICE if isatty(fd, stream) else C.FILETYPE_UNKNOWN,
                             rights, rights, readable=fd == 0, writable=fd != 0, owns_host_fd=False,
                             guest_path=STDIO_NAMES[fd])
             if stream is None:
@@ -415,7 +381,7 @@ class Wasi:
         self._need(entry, C.RIGHT_FD_FILESTAT_GET)
         st = os.fstat(entry.fileno())
         filetype = entry.filetype if entry.kind in (TCP_LISTENER, TCP_STREAM) else None
-        self.mem.write(buf, _pack_filestat(st, filetype))
+        self.mem.write(buf, pack_filestat(st, filetype))
 
     def fd_filestat_set_size(self, fd: int, size: int) -> None:
         entry = self._file(fd)
@@ -563,7 +529,7 @@ class Wasi:
         elif not entry.rights_base & C.RIGHT_FD_SEEK:  # fd_seek implies fd_tell
             self._need(entry, C.RIGHT_FD_TELL)
         host_whence = (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END)[whence]
-        self.mem.set_u64(newoffset_ptr, os.lseek(entry.fileno(), _signed64(offset), host_whence))
+        self.mem.set_u64(newoffset_ptr, os.lseek(entry.fileno(), signed64(offset), host_whence))
 
     def fd_tell(self, fd: int, offset_ptr: int) -> None:
         entry = self._positioned(fd)
@@ -585,7 +551,7 @@ class Wasi:
         with os.scandir(host) as it:
             for de in it:
                 try:
-                    ftype = _filetype_of_mode(de.stat(follow_symlinks=False).st_mode)
+                    ftype = filetype_of_mode(de.stat(follow_symlinks=False).st_mode)
                 except OSError:
                     ftype = C.FILETYPE_UNKNOWN
                 out.append((de.name, de.inode(), ftype))
@@ -609,402 +575,6 @@ class Wasi:
         self.mem.write(buf, data)
         self.mem.set_u32(bufused_ptr, len(data))
         entry.readdir_cookie = cookie
-
-    # --- paths ---------------------------------------------------------------------------------------
-    def _path(self, ptr: int, length: int) -> str:
-        path = self.mem.string(ptr, length)
-        if "\0" in path:
-            raise WasiError(Errno.INVAL, "path contains NUL")
-        return path
-
-    def _resolve(self, fd: int, path_ptr: int, path_len: int, *, follow: bool, need: int) -> tuple[int, str]:
-        return self._resolve_str(fd, self._path(path_ptr, path_len), follow=follow, need=need)
-
-    def _resolve_str(self, fd: int, path: str, *, follow: bool, need: int) -> tuple[int, str]:
-        """``path`` beneath directory fd ``fd``, which must hold the rights ``need``."""
-        entry = self._need(self._dir(fd), need)
-        return sandbox.resolve(entry.fileno(), path, follow_final=follow)
-
-    def path_create_directory(self, fd: int, path: int, path_len: int) -> None:
-        # a trailing '/' names the directory to create ("newdir/" works, as under wasmtime)
-        guest = self._path(path, path_len)
-        parent, name = self._resolve_str(fd, guest.rstrip("/") or guest, follow=False,
-                                          need=C.RIGHT_PATH_CREATE_DIRECTORY)
-        try:
-            if name == ".":
-                raise WasiError(Errno.EXIST)
-            os.mkdir(name, dir_fd=parent)
-        finally:
-            os.close(parent)
-
-    def path_filestat_get(self, fd: int, flags: int, path: int, path_len: int, buf: int) -> None:
-        parent, name = self._resolve(fd, path, path_len, follow=bool(flags & C.LOOKUP_SYMLINK_FOLLOW),
-                                     need=C.RIGHT_PATH_FILESTAT_GET)
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        finally:
-            os.close(parent)
-        self.mem.write(buf, _pack_filestat(st))
-
-    def path_filestat_set_times(self, fd: int, flags: int, path: int, path_len: int, atim: int, mtim: int,
-                                fst_flags: int) -> None:
-        parent, name = self._resolve(fd, path, path_len, follow=bool(flags & C.LOOKUP_SYMLINK_FOLLOW),
-                                     need=C.RIGHT_PATH_FILESTAT_SET_TIMES)
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            os.utime(name, ns=self._times(st, atim, mtim, fst_flags), dir_fd=parent, follow_symlinks=False)
-        finally:
-            os.close(parent)
-
-    def path_link(self, old_fd: int, old_flags: int, old_path: int, old_len: int, new_fd: int, new_path: int,
-                  new_len: int) -> None:
-        if old_flags & C.LOOKUP_SYMLINK_FOLLOW:
-            raise WasiError(Errno.INVAL, "path_link does not follow symlinks")
-        self._need(self._dir(new_fd), C.RIGHT_PATH_LINK_TARGET)
-        src_parent, src = self._resolve(old_fd, old_path, old_len, follow=False, need=C.RIGHT_PATH_LINK_SOURCE)
-        try:
-            dst_parent, dst = self._resolve(new_fd, new_path, new_len, follow=False, need=C.RIGHT_PATH_LINK_TARGET)
-            try:
-                os.link(src, dst, src_dir_fd=src_parent, dst_dir_fd=dst_parent, follow_symlinks=False)
-            finally:
-                os.close(dst_parent)
-        finally:
-            os.close(src_parent)
-
-    def path_open(self, fd: int, dirflags: int, path: int, path_len: int, oflags: int, rights_base: int,
-                  rights_inheriting: int, fdflags: int, fd_ptr: int) -> None:
-        dir_entry = self._dir(fd)
-        guest_rel = self._path(path, path_len)
-        writing = C.RIGHT_FD_DATASYNC | C.RIGHT_FD_WRITE | C.RIGHT_FD_ALLOCATE | C.RIGHT_FD_FILESTAT_SET_SIZE
-        if oflags & C.OFLAGS_DIRECTORY and rights_base & writing:
-            raise WasiError(Errno.ISDIR)
-        # the directory needs path_open, plus path_create_file to create and path_filestat_set_size
-        # to truncate; the new fd gets the rights asked for that the directory passes on (its
-        # inheriting rights), the rest silently dropped, and its open mode follows from those
-        self._need(dir_entry, C.RIGHT_PATH_OPEN | (C.RIGHT_PATH_CREATE_FILE if oflags & C.OFLAGS_CREAT else 0)
-                   | (C.RIGHT_PATH_FILESTAT_SET_SIZE if oflags & C.OFLAGS_TRUNC else 0))
-        allowed = dir_entry.rights_inheriting
-        read = bool(rights_base & allowed & (C.RIGHT_FD_READ | C.RIGHT_FD_READDIR))
-        write = bool(rights_base & allowed & writing)
-        flags = os.O_CLOEXEC | (os.O_RDWR if read and write else os.O_WRONLY if write else os.O_RDONLY)
-        if oflags & C.OFLAGS_CREAT:
-            flags |= os.O_CREAT
-        if oflags & C.OFLAGS_EXCL:
-            flags |= os.O_EXCL
-        if oflags & C.OFLAGS_TRUNC:
-            flags |= os.O_TRUNC
-        if oflags & C.OFLAGS_DIRECTORY:
-            flags |= os.O_DIRECTORY
-        if fdflags & C.FDFLAGS_APPEND:
-            flags |= os.O_APPEND
-        if fdflags & C.FDFLAGS_NONBLOCK:
-            flags |= os.O_NONBLOCK
-        if fdflags & (C.FDFLAGS_SYNC | C.FDFLAGS_RSYNC):
-            flags |= os.O_SYNC
-        if fdflags & C.FDFLAGS_DSYNC:
-            flags |= os.O_DSYNC
-        host = sandbox.open_beneath(dir_entry.fileno(), guest_rel, flags,
-                                    follow_final=bool(dirflags & C.LOOKUP_SYMLINK_FOLLOW))
-        try:
-            st = os.fstat(host)
-            is_dir = stat_mod.S_ISDIR(st.st_mode)
-            if is_dir and write:
-                raise WasiError(Errno.ISDIR)
-            try:
-                host_path = os.readlink(f"/proc/self/fd/{host}")
-            except OSError:
-                host_path = None
-            entry = FdEntry(
-                DIR if is_dir else FILE, _filetype_of_mode(st.st_mode),
-                rights_base & allowed & (C.RIGHTS_DIR if is_dir else C.RIGHTS_FILE),
-                rights_inheriting & allowed, fdflags & (C.FDFLAGS_APPEND | C.FDFLAGS_NONBLOCK | C.FDFLAGS_SYNC
-                                                        | C.FDFLAGS_DSYNC | C.FDFLAGS_RSYNC),
-                guest_path=f"{dir_entry.guest_path}/{guest_rel}", host_path=host_path,
-                readable=read or is_dir, writable=write, host_fd=host)
-            new_fd = self.fds.add(entry)
-        except BaseException:
-            os.close(host)
-            raise
-        try:
-            self.mem.set_u32(fd_ptr, new_fd)
-        except WasiError:
-            self.fds.remove(new_fd).close()
-            raise
-
-    def path_readlink(self, fd: int, path: int, path_len: int, buf: int, buf_len: int, bufused_ptr: int) -> None:
-        parent, name = self._resolve(fd, path, path_len, follow=False, need=C.RIGHT_PATH_READLINK)
-        try:
-            target_text = os.readlink(name, dir_fd=parent)
-        finally:
-            os.close(parent)
-        if target_text.startswith("/"):
-            raise WasiError(Errno.PERM, "the link's target is an absolute host path")
-        target = target_text.encode("utf-8", "surrogateescape")
-        data = target[:buf_len]
-        self.mem.write(buf, data)
-        self.mem.set_u32(bufused_ptr, len(data))
-
-    def path_remove_directory(self, fd: int, path: int, path_len: int) -> None:
-        # a trailing '/' names the directory itself, as POSIX (and wasmtime since 51) has it:
-        # "d/" removes d; "link/" is the link, which is no directory (ENOTDIR), never its target
-        guest = self._path(path, path_len)
-        parent, name = self._resolve_str(fd, guest.rstrip("/") or guest, follow=False,
-                                         need=C.RIGHT_PATH_REMOVE_DIRECTORY)
-        try:
-            if name == ".":
-                raise WasiError(Errno.INVAL)
-            os.rmdir(name, dir_fd=parent)
-        finally:
-            os.close(parent)
-
-    def path_rename(self, fd: int, old_path: int, old_len: int, new_fd: int, new_path: int, new_len: int) -> None:
-        # resolve without trailing slashes, then keep them on the names so renameat checks "is a directory"
-        old_guest, new_guest = self._path(old_path, old_len), self._path(new_path, new_len)
-        old_base, new_base = old_guest.rstrip("/") or old_guest, new_guest.rstrip("/") or new_guest
-        self._need(self._dir(new_fd), C.RIGHT_PATH_RENAME_TARGET)
-        src_parent, src = self._resolve_str(fd, old_base, follow=False, need=C.RIGHT_PATH_RENAME_SOURCE)
-        try:
-            dst_parent, dst = self._resolve_str(new_fd, new_base, follow=False, need=C.RIGHT_PATH_RENAME_TARGET)
-            try:
-                if "." in (src, dst):
-                    raise WasiError(Errno.BUSY)
-                src_name = src + "/" if old_base != old_guest else src
-                dst_name = dst + "/" if new_base != new_guest else dst
-                os.rename(src_name, dst_name, src_dir_fd=src_parent, dst_dir_fd=dst_parent)
-            finally:
-                os.close(dst_parent)
-        finally:
-            os.close(src_parent)
-
-    def path_symlink(self, old_path: int, old_len: int, fd: int, new_path: int, new_len: int) -> None:
-        target = self._path(old_path, old_len)
-        if target.startswith("/"):
-            raise WasiError(Errno.PERM, "absolute symlink targets are not allowed in the sandbox")
-        parent, name = self._resolve(fd, new_path, new_len, follow=False, need=C.RIGHT_PATH_SYMLINK)
-        try:
-            os.symlink(target, name, dir_fd=parent)
-        finally:
-            os.close(parent)
-
-    def path_unlink_file(self, fd: int, path: int, path_len: int) -> None:
-        parent, name = self._resolve(fd, path, path_len, follow=False, need=C.RIGHT_PATH_UNLINK_FILE)
-        try:
-            if name == ".":
-                raise WasiError(Errno.ISDIR)
-            os.unlink(name, dir_fd=parent)
-        finally:
-            os.close(parent)
-
-    # --- poll ------------------------------------------------------------------------------------------
-    def poll_oneoff(self, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> None:
-        if nsubs == 0:
-            raise WasiError(Errno.INVAL, "poll_oneoff with no subscriptions")
-        mem = self.mem
-        raw = mem.read(in_ptr, C.SIZE_SUBSCRIPTION * nsubs)
-        mem.read(out_ptr, C.SIZE_EVENT * nsubs)  # the output array must be valid memory too
-        clocks: list[tuple[int, int]] = []  # (userdata, deadline in monotonic ns)
-        readers: list[tuple[int, FdEntry, int]] = []
-        writers: list[tuple[int, FdEntry, int]] = []
-        events: list[bytes] = []
-        now_mono = time.monotonic_ns()
-        for i in range(nsubs):
-            userdata, tag = struct.unpack_from("<QB", raw, i * C.SIZE_SUBSCRIPTION)
-            body = i * C.SIZE_SUBSCRIPTION + 16
-            if tag == C.EVENTTYPE_CLOCK:
-                clock_id, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw, body)
-                try:
-                    now = self.now_ns(clock_id)
-                except WasiError as e:
-                    events.append(struct.pack("<QHB5xQH6x", userdata, e.errno, tag, 0, 0))
-                    continue
-                delay = max(0, timeout - now) if flags & C.SUBCLOCK_ABSTIME else timeout
-                clocks.append((userdata, now_mono + delay))
-            elif tag in (C.EVENTTYPE_FD_READ, C.EVENTTYPE_FD_WRITE):
-                (fd,) = struct.unpack_from("<I", raw, body)
-                entry = self.fds.entries.get(fd)
-                if entry is None:  # wasmtime fails the whole call, rather than reporting an event
-                    raise WasiError(Errno.BADF, f"poll_oneoff on fd {fd}, which is not open")
-                if entry.kind == DIR:  # as wasmtime: a directory is no stream, the whole call fails
-                    raise WasiError(Errno.BADF, f"poll_oneoff on fd {fd}, a directory")
-                if entry.kind != STDIO:  # stdio holds no poll right (as in wasmtime) and is polled anyway
-                    self._need(entry, C.RIGHT_POLL_FD_READWRITE)
-                (readers if tag == C.EVENTTYPE_FD_READ else writers).append((userdata, entry, fd))
-            else:
-                raise WasiError(Errno.INVAL, f"unknown subscription type {tag}")
-        if not events:
-            events = self._wait(clocks, readers, writers)
-        for i, ev in enumerate(events):
-            mem.write(out_ptr + i * C.SIZE_EVENT, ev)
-        mem.set_u32(nevents_ptr, len(events))
-
-    def _wait(self, clocks: list[tuple[int, int]], readers: list[tuple[int, FdEntry, int]],
-              writers: list[tuple[int, FdEntry, int]]) -> list[bytes]:
-        deadline = min((d for _, d in clocks), default=None)
-        while True:
-            events = self._ready_fds(readers, writers, deadline)
-            if events:
-                return events
-            now = time.monotonic_ns()
-            if deadline is not None and now >= deadline:
-                return [struct.pack("<QHB5xQH6x", u, 0, C.EVENTTYPE_CLOCK, 0, 0) for u, d in clocks if d <= now]
-            if not readers and not writers and deadline is not None:
-                self.waiter.sleep((deadline - now) / 1e9)
-
-    def _ready_fds(self, readers: list[tuple[int, FdEntry, int]], writers: list[tuple[int, FdEntry, int]],
-                   deadline: int | None) -> list[bytes]:
-        if not readers and not writers:
-            return []
-        events: list[bytes] = []
-        selectable_r, selectable_w = [], []
-        for userdata, entry, _fd in readers:
-            if entry.kind in (FILE, DIR) or entry.stream is not None or entry.pending:
-                nbytes = len(entry.pending)
-                if entry.kind == FILE:
-                    nbytes = max(0, os.fstat(entry.fileno()).st_size - entry.offset())
-                events.append(struct.pack("<QHB5xQH6x", userdata, 0, C.EVENTTYPE_FD_READ, nbytes, 0))
-            else:
-                selectable_r.append((userdata, entry))
-        for userdata, entry, _fd in writers:
-            if entry.kind in (FILE, DIR) or entry.stream is not None:
-                events.append(struct.pack("<QHB5xQH6x", userdata, 0, C.EVENTTYPE_FD_WRITE, 0, 0))
-            else:
-                selectable_w.append((userdata, entry))
-        if events:
-            return events
-        timeout = None if deadline is None else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-        r_ready, w_ready = self.waiter.wait([e.fileno() for _, e in selectable_r],
-                                            [e.fileno() for _, e in selectable_w], timeout)
-        for userdata, entry in selectable_r:
-            if entry.fileno() in r_ready:
-                events.append(struct.pack("<QHB5xQH6x", userdata, 0, C.EVENTTYPE_FD_READ, 1, 0))
-        for userdata, entry in selectable_w:
-            if entry.fileno() in w_ready:
-                events.append(struct.pack("<QHB5xQH6x", userdata, 0, C.EVENTTYPE_FD_WRITE, 0, 0))
-        return events
-
-    # --- sockets ---------------------------------------------------------------------------------------
-    def sock_accept(self, fd: int, flags: int, fd_ptr: int) -> None:
-        entry = self.fds.get(fd)
-        if entry.kind != TCP_LISTENER or entry.sock is None:
-            raise WasiError(Errno.NOTSOCK if entry.kind != TCP_STREAM else Errno.INVAL)
-        if flags & ~C.FDFLAGS_NONBLOCK:
-            raise WasiError(Errno.INVAL)
-        self._need(entry, C.RIGHT_SOCK_ACCEPT)
-        blocking = not flags & C.FDFLAGS_NONBLOCK and not entry.fdflags & C.FDFLAGS_NONBLOCK
-        if blocking:
-            self.waiter.wait_readable(entry.sock.fileno())
-        extra: dict[str, Any] = {}
-        if entry.gateway is not None:  # a client announced by the gateway: attach a data connection
-            if not blocking and not self.waiter.wait_readable(entry.sock.fileno(), 0):
-                raise WasiError(Errno.AGAIN)  # (a blocking accept has just waited for it)
-            try:
-                conn_id = gateway.next_connection(entry.sock, entry.gateway)
-                conn = gateway.attach(entry.gateway, entry.gateway_key or b"", conn_id)
-            except WireError as e:
-                raise WasiError(Errno.CONNABORTED, str(e)) from None
-            extra = {"gateway": entry.gateway, "gateway_key": entry.gateway_key, "gateway_conn": conn_id}
-        else:
-            try:
-                conn, _addr = entry.sock.accept()
-            except BlockingIOError:
-                raise WasiError(Errno.AGAIN) from None
-        conn.setblocking(not flags & C.FDFLAGS_NONBLOCK)
-        new = FdEntry(TCP_STREAM, C.FILETYPE_SOCKET_STREAM, C.RIGHTS_SOCKET & ~C.RIGHT_SOCK_ACCEPT, 0,
-                      fdflags=flags & C.FDFLAGS_NONBLOCK, readable=True, writable=True, sock=conn, **extra)
-        new_fd = self.fds.add(new)
-        self.mem.set_u32(fd_ptr, new_fd)
-
-    @staticmethod
-    def _take_pending(entry: FdEntry, n: int, peek: bool = False) -> bytes:
-        data = entry.pending[:n]
-        if not peek:
-            entry.pending = entry.pending[n:]
-        return data
-
-    # --- the socket gateway: migrating connections ----------------------------------------------
-    def detach_gateway(self) -> None:
-        """Before a migration stops for good: quiesce every connection that goes through a
-        gateway, read what was in flight into its fd's pending bytes, and let go of the data
-        and control connections (the fds stay, with what the target needs to re-attach)."""
-        streams = [e for e in self.fds.entries.values()
-                   if e.kind == TCP_STREAM and e.gateway is not None and e.sock is not None]
-        by_gateway: dict[tuple[str, bytes], list[FdEntry]] = {}
-        for e in streams:
-            by_gateway.setdefault((e.gateway, e.gateway_key or b""), []).append(e)  # type: ignore[arg-type]
-        for (address, key), entries in by_gateway.items():
-            gateway.quiesce(address, key, [e.gateway_conn for e in entries if e.gateway_conn is not None])
-            for e in entries:
-                assert e.sock is not None
-                e.pending += gateway.drain(e.sock)
-                e.sock.close()
-                e.sock = None
-        for e in self.fds.entries.values():
-            if e.kind == TCP_LISTENER and e.gateway is not None and e.sock is not None:
-                e.sock.close()
-                e.sock = None
-
-    def reattach_gateway(self) -> None:
-        """Connect every detached gateway fd again (after a restore, or a migration given up); while
-        the :attr:`gate` holds the program (a migration not yet committed), only when it opens."""
-        if self.gate.defer(self.reattach_gateway):
-            return
-        for e in self.fds.entries.values():
-            if e.gateway is None or e.sock is not None:
-                continue
-            key = e.gateway_key or b""
-            if e.kind == TCP_LISTENER:
-                e.sock = gateway.connect_listener(e.gateway, key)
-            elif e.kind == TCP_STREAM and e.gateway_conn is not None:
-                e.sock = gateway.attach(e.gateway, key, e.gateway_conn)
-                e.sock.setblocking(not e.fdflags & C.FDFLAGS_NONBLOCK)
-
-    def _stream(self, fd: int, need: int) -> socket.socket:
-        entry = self.fds.get(fd)
-        if entry.kind not in (TCP_STREAM, TCP_LISTENER):
-            raise WasiError(Errno.NOTSOCK)
-        if entry.kind == TCP_LISTENER or entry.sock is None:
-            raise WasiError(Errno.NOTCONN)
-        self._need(entry, need)
-        return entry.sock
-
-    def sock_recv(self, fd: int, ri_data: int, ri_len: int, ri_flags: int, ro_len_ptr: int,
-                  ro_flags_ptr: int) -> None:
-        entry = self.fds.get(fd)
-        iovs = self.mem.iovecs(ri_data, ri_len)
-        total = sum(length for _, length in iovs)
-        if entry.pending and entry.kind == TCP_STREAM:
-            self._need(entry, C.RIGHT_FD_READ)
-            data = self._take_pending(entry, total, peek=bool(ri_flags & C.RECV_PEEK))
-            self.mem.set_u32(ro_len_ptr, self._scatter(iovs, data))
-            self.mem.set_u16(ro_flags_ptr, 0)
-            return
-        sock = self._stream(fd, C.RIGHT_FD_READ)
-        flags = (socket.MSG_PEEK if ri_flags & C.RECV_PEEK else 0) | (
-            socket.MSG_WAITALL if ri_flags & C.RECV_WAITALL else 0)
-        if total and not entry.fdflags & C.FDFLAGS_NONBLOCK and not ri_flags & C.RECV_WAITALL:
-            self.waiter.wait_readable(sock.fileno())
-        try:
-            data = sock.recv(total, flags) if total else b""
-        except BlockingIOError:
-            raise WasiError(Errno.AGAIN) from None
-        self.mem.set_u32(ro_len_ptr, self._scatter(iovs, data))
-        self.mem.set_u16(ro_flags_ptr, 0)
-
-    def sock_send(self, fd: int, si_data: int, si_len: int, si_flags: int, so_len_ptr: int) -> None:
-        sock = self._stream(fd, C.RIGHT_FD_WRITE)
-        data = self._gather(self.mem.iovecs(si_data, si_len))
-        try:
-            sent = sock.send(data) if data else 0
-        except BlockingIOError:
-            raise WasiError(Errno.AGAIN) from None
-        self.mem.set_u32(so_len_ptr, sent)
-
-    def sock_shutdown(self, fd: int, how: int) -> None:
-        sock = self._stream(fd, C.RIGHT_SOCK_SHUTDOWN)
-        modes = {C.SHUT_RD: socket.SHUT_RD, C.SHUT_WR: socket.SHUT_WR, C.SHUT_RD | C.SHUT_WR: socket.SHUT_RDWR}
-        if how not in modes:
-            raise WasiError(Errno.INVAL)
-        sock.shutdown(modes[how])
 
 
 __all__ = ["ProcExit", "SIGNATURES", "WASI_MODULE", "Wasi", "check_wasi_imports"]
