@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from wasmig.snapshot.state import WasiSnapshot
     from wasmig.wasi.preview1 import Wasi
 
-ENGINES = ["interp", "wasmtime"]
+#: ``--engine``'s choices, and how its help shows them
+ENGINES = list(engines.NAMES)
+ENGINE_METAVAR = f"[{'|'.join(ENGINES)}]"
 INTERP_ONLY = "--checkpoint-at-instruction is available on the interpreter only (use --engine interp)"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from wasmig.cli.common import ENGINES, open_listener, parse_dir, pick_engine
+from wasmig.cli.common import ENGINE_METAVAR, ENGINES, open_listener, parse_dir, pick_engine
 from wasmig.cli.output import UserError, fail, out
 from wasmig.cli.parser import Number, Parser, PathOption, command
 
@@ -15,7 +15,7 @@ def serve_options(p: Parser) -> None:
              help="The shared secret (at least 16 bytes, mode 600) sources must prove they hold.")
     p.option("--dir", dest="dirs", action="append", metavar="HOST::GUEST",
              help="Map a migrated program's preopened guest directory GUEST to host directory HOST here.")
-    p.option("--engine", choices=ENGINES, default=None, metavar="[interp|wasmtime]",
+    p.option("--engine", choices=ENGINES, default=None, metavar=ENGINE_METAVAR,
              help="The engine migrated programs run on here (default: wasmtime when installed).")
     p.option("--state-dir", type=PathOption(directory=True), default=None, metavar="DIRECTORY",
              help="Where received modules and pages are cached (default: ~/.cache/wasmig/serve).")

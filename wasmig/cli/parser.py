@@ -12,8 +12,8 @@ from wasmig.cli.output import out
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up)
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-    from typing import Any
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any, NoReturn
 
 
 class CommandLineError(Exception):
@@ -141,20 +141,20 @@ class Parser(argparse.ArgumentParser):
     def add_help_option(self) -> None:
         self.option("-h", "--help", action="store_true", help="Show this message and exit.")
 
-    def error(self, message: str) -> Any:  # argparse's own errors, were any raised, as ours
+    def error(self, message: str) -> NoReturn:  # argparse's own errors, were any raised, as ours
         raise CommandLineError(message, self)
 
     def show_help(self) -> None:
         out(self.format_help().rstrip("\n"))
         sys.exit(0)
 
-    def parse(self, args: Sequence[str]) -> dict[str, Any]:
+    def parse(self, args: Sequence[str]) -> dict[str, object]:
         """The values of a command line (``dest`` -> value), by the rules above."""
         given, words = self._read(list(args))
         for action, _ in given:
             if action.dest in self.eager:
                 self.eager[action.dest]()
-        values: dict[str, Any] = {}
+        values: dict[str, object] = {}
         seen: dict[argparse.Action, list[str | None]] = {}
         for action, value in given:
             seen.setdefault(action, []).append(value)
@@ -247,7 +247,7 @@ def is_short(name: str) -> bool:
     return len(name) == 2 and name[0] == "-" and name[1] != "-"
 
 
-def suggest(name: str, possible: Any) -> str:
+def suggest(name: str, possible: Iterable[str]) -> str:
     """`` Did you mean '--engine'?`` for a misspelt name, or nothing."""
     from difflib import get_close_matches
 
@@ -303,7 +303,8 @@ COMMANDS: dict[str, Command] = {}
 
 
 def command(name: str, options: Callable[[Parser], None] | None, *arguments: str,
-            types: dict[str, Callable[[str], Any]] | None = None, rest: str | None = None) -> Any:
+            types: dict[str, Callable[[str], Any]] | None = None,
+            rest: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register the function as the command ``name``: ``options(parser)`` declares its options,
     ``arguments`` its arguments (the parameter names; ``types`` converts some), ``rest`` the
     parameter that takes the arguments after them (and the options among them)."""

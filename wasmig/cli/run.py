@@ -8,6 +8,7 @@ import sys
 
 from wasmig import engines
 from wasmig.cli.common import (
+    ENGINE_METAVAR,
     ENGINES,
     address_and_token,
     check_guest_dirs,
@@ -117,7 +118,7 @@ def invoke_function(instance: WasiInstance, name: str, args: list[tuple[str, int
 
 
 def run_options(p: Parser) -> None:
-    p.option("--engine", choices=ENGINES, default=None, metavar="[interp|wasmtime]",
+    p.option("--engine", choices=ENGINES, default=None, metavar=ENGINE_METAVAR,
              help="Execution engine: wasmtime (compiled; the default when installed) or the interpreter.")
     p.option("--invoke", default=None, metavar="NAME",
              help="Call the exported function NAME with ARGS (parsed by its parameter types) instead of "
@@ -216,7 +217,7 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
 
 
 def restore_options(p: Parser) -> None:
-    p.option("--engine", choices=ENGINES, default=None, metavar="[interp|wasmtime]",
+    p.option("--engine", choices=ENGINES, default=None, metavar=ENGINE_METAVAR,
              help="Execution engine: wasmtime (the default when installed, for snapshots at a stable point) or "
                   "the interpreter.")
     p.option("--dir", dest="dirs", action="append", metavar="HOST[::GUEST]",

@@ -25,6 +25,8 @@ ENGINES = ("wasmtime", "interp")
 INSTRUCTION_PRECISE = ("interp",)
 #: Every engine by name, in the order the API lists them, and the module whose ``ENGINE`` it is.
 _MODULES = {"interp": "wasmig.engines.interp.engine", "wasmtime": "wasmig.engines.wasmtime.engine"}
+#: Every engine's name, in the API's order: what ``--engine`` and ``engine=`` take.
+NAMES = tuple(_MODULES)
 #: The Python package an engine needs beside wasmig, if any.
 _PACKAGES = {"wasmtime": "wasmtime"}
 

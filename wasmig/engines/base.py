@@ -168,7 +168,7 @@ class Engine(ABC):
 
     @abstractmethod
     def restore_instance(self, module: Module, snap: Snapshot, imports: Imports | None, wasi: Wasi | None, *,
-                         count_steps: bool = False) -> Any:
+                         count_steps: bool = False) -> Instance:
         """What :func:`wasmig.restore` returns: the program in ``snap``'s state, continued by ``resume()``."""
 
     @abstractmethod

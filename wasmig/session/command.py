@@ -11,11 +11,12 @@ from wasmig.errors import LinkError
 from wasmig.wasi.preview1 import ProcExit
 
 if TYPE_CHECKING:
+    from wasmig.engines.base import WasiInstance
     from wasmig.module import Module
     from wasmig.wasi.preview1 import Wasi
 
 
-def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp", **options: Any) -> Any:
+def instantiate_with_wasi(module: Module, wasi: Wasi, engine: str = "interp", **options: Any) -> WasiInstance:
     """Instantiate ``module`` with ``wasi`` as its ``wasi_snapshot_preview1`` and bind its memory, on
     ``engine`` (:meth:`wasmig.engines.base.Engine.instantiate_wasi`; ``options``: the engine's, e.g.
     wasmtime's ``cache_dir``)."""
@@ -29,7 +30,7 @@ def run_command(module: Module, wasi: Wasi, engine: str = "interp", **options: A
     return run_start(instantiate_with_wasi(module, wasi, engine, **options))
 
 
-def run_start(inst: Any) -> int:
+def run_start(inst: WasiInstance) -> int:
     """Run an instance's ``_start`` (any engine) to completion; the exit code as for :func:`run_command`."""
     start = inst.exports.get("_start")
     if start is None:
