@@ -164,3 +164,62 @@ def test_import_wasmig_does_not_import_wasmtime() -> None:
     code = "import sys, wasmig; wasmig.Instance; print('wasmtime' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+# --- a WASI program: the same checkpoint API on both engines ------------------------------------
+def _stopped_at(engine: str, module: wasmig.Module, step: int) -> tuple[object, bytes]:
+    """``module`` (checksum.c) run on ``engine`` through the public API until stable point ``step``:
+    its snapshot and what it printed before."""
+    import io
+
+    out = io.BytesIO()
+    inst = wasmig.Instance(module, wasmig.wasi.Wasi(["checksum"], stdin=b"", stdout=out, stderr=io.BytesIO()),
+                           engine=engine)
+    inst.stop_at(step=step)
+    try:
+        with pytest.raises(wasmig.Suspended):
+            inst.invoke("_start")
+        return inst.checkpoint(), out.getvalue()
+    finally:
+        inst.wasi.close()
+
+
+def test_a_wasi_program_checkpoints_and_restores_alike_on_both_engines() -> None:
+    """``wasmig.Instance(module, wasmig.wasi.Wasi(...), engine=E)``: ``stop_at``, ``invoke("_start")``
+    raising ``Suspended``, ``checkpoint``; ``wasmig.restore(snapshot, F)``: ``stop_at`` again,
+    ``resume``: for every pair (E, F) the same snapshots and the output of an uninterrupted run."""
+    import io
+
+    from tests.wasi_harness import program
+    from wasmig.session.command import run_command
+
+    module = wasmig.Module.from_file(program("checksum"))
+    whole = io.BytesIO()
+    assert run_command(module, wasmig.wasi.Wasi(["checksum"], stdin=b"", stdout=whole, stderr=io.BytesIO())) == 0
+    engines = ("interp", "wasmtime")
+    stopped = {engine: _stopped_at(engine, module, 5000) for engine in engines}
+    first = stopped["interp"][0]
+    for engine in engines:
+        snap, printed = stopped[engine]
+        assert (snap.steps, snap.point, snap.frames, snap.memories) == (  # type: ignore[attr-defined]
+            first.steps, first.point, first.frames, first.memories)  # type: ignore[attr-defined]
+        assert printed == stopped["interp"][1] and printed != whole.getvalue()
+    for a in engines:
+        for b in engines:
+            out = io.BytesIO()
+            inst = wasmig.restore(stopped[a][0], b, module=module, stdin=b"", stdout=out,  # type: ignore[arg-type]
+                                  stderr=io.BytesIO(), count_steps=True)
+            assert isinstance(inst, wasmig.Instance) and inst.engine == b
+            try:
+                inst.stop_at(step=9000)
+                with pytest.raises(wasmig.Suspended):
+                    inst.resume()
+                assert inst.checkpoint().steps == 9000, (a, b)
+                inst.stop_at(step=None)
+                try:
+                    assert inst.resume() is None
+                except wasmig.wasi.ProcExit as e:
+                    assert e.code == 0
+            finally:
+                inst.wasi.close()
+            assert stopped[a][1] + out.getvalue() == whole.getvalue(), (a, b)

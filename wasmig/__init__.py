@@ -68,12 +68,13 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
 
     - ``engine="interp"``: an :class:`Instance` on the interpreter, suspended where the snapshot
       was taken; ``resume()`` returns what the interrupted export returns.
-    - ``engine="wasmtime"`` (WASI programs only): a
-      :class:`~wasmig.engines.wasmtime.checkpointable.Checkpointable`, the instrumented module on
-      wasmtime with the snapshot loaded; ``resume()`` runs on (a nonzero exit raises
-      ``wasmig.wasi.preview1.ProcExit``), ``request()``/``arm(step)`` stop it again and
-      ``capture()`` takes the next snapshot. ``count_steps`` selects the deterministic variant of
-      the instrumented module, which keeps the step count (the snapshot must have one).
+    - ``engine="wasmtime"`` (WASI programs only): the same :class:`Instance` API on the
+      instrumented module on wasmtime with the snapshot loaded
+      (:class:`~wasmig.engines.wasmtime.wasi_instance.WasmtimeWasiInstance`): ``resume()`` runs on
+      (a nonzero exit raises ``wasmig.wasi.ProcExit``), ``stop_at(step=...)`` stops it again and
+      ``checkpoint()`` takes the next snapshot; ``runner.request()`` stops it from another thread.
+      ``count_steps`` selects the deterministic variant of the instrumented module, which keeps
+      the step count (needed by ``stop_at``; the snapshot must have one).
 
     ``module``: the :class:`Module` or its path; by default the copy kept beside the snapshots (a
     ``Snapshot`` object needs it given). A WASI program gets its WASI state back: files re-opened

@@ -21,11 +21,11 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     """Re-create an instance from a snapshot (a :class:`Snapshot`, a snapshot file or a checkpoint
     directory). Continue it with ``instance.resume()``.
 
-    ``engine="wasmtime"`` gives a :class:`~wasmig.engines.wasmtime.checkpointable.Checkpointable` (the
-    instrumented module on wasmtime, the snapshot loaded; WASI programs only): ``resume()`` runs
-    on, ``arm(step)``/``request()`` stop it again, ``capture()`` takes the next snapshot. It runs
+    ``engine="wasmtime"`` gives the same :class:`~wasmig.engines.base.Instance` API over the
+    instrumented module on wasmtime, the snapshot loaded (WASI programs only): ``resume()`` runs
+    on, ``stop_at(step=...)`` stops it again, ``checkpoint()`` takes the next snapshot. It runs
     the fast variant of the instrumented module unless ``count_steps`` asks for the deterministic
-    one, which keeps the canonical step count (needed by ``arm(step)``; the snapshot must have one).
+    one, which keeps the canonical step count (needed by ``stop_at``; the snapshot must have one).
 
     The module is ``module`` (a :class:`Module` or a path), else the copy kept beside the snapshots.
     A snapshot of a WASI program gets its WASI state back (files re-opened, ``dirs`` re-mapping

@@ -15,10 +15,10 @@ with the interpreter's surface where it makes sense:
 - a trap is a :class:`wasmig.Trap` with the interpreter's reason and backtrace format; an
   exception raised by a host function comes out of the call as itself.
 
-Not here: ``stop_at``, ``checkpoint`` and ``resume`` are the interpreter's (they raise
-``NotImplementedError`` saying what to use instead). Checkpointing on wasmtime needs the
-instrumented module and wasmig's WASI: :class:`wasmig.engines.wasmtime.checkpointable.Checkpointable`,
-which ``wasmig.restore(..., engine="wasmtime")`` returns and ``wasmig run --checkpoint-dir`` runs.
+Not here: ``stop_at``, ``checkpoint`` and ``resume`` (they raise ``NotImplementedError`` saying
+what to use instead). Checkpointing on wasmtime needs the instrumented module and wasmig's WASI:
+``wasmig.Instance(module, wasmig.wasi.Wasi(...), engine="wasmtime")`` gives that
+(:mod:`wasmig.engines.wasmtime.wasi_instance`), as ``wasmig.restore(..., engine="wasmtime")`` does.
 Reference-typed parameters of host functions, and f32 signalling-NaN payloads (wasmtime-py passes
 f32 values as C floats, which quiets them), are the other differences.
 """
@@ -51,10 +51,11 @@ from wasmig.interp.store import (
 from wasmig.module import Module
 
 _NUMERIC = ("i32", "i64", "f32", "f64")
-_UNSUPPORTED = ("{what} is an interpreter feature: wasmig.Instance(..., engine='wasmtime') runs the plain "
-                "module. Use engine='interp' for it, or, for a WASI program on wasmtime, "
-                "wasmig.engines.wasmtime.checkpointable.Checkpointable (what wasmig.restore(..., engine='wasmtime') "
-                "returns and `wasmig run --checkpoint-dir` runs)")
+_UNSUPPORTED = ("{what} is an interpreter feature with these imports: wasmig.Instance(..., engine='wasmtime') runs "
+                "the plain module. Use engine='interp' for it, or, for a WASI program on wasmtime, pass a "
+                "wasmig.wasi.Wasi as the imports: the instrumented module runs "
+                "(wasmig.engines.wasmtime.checkpointable.Checkpointable, what wasmig.restore(..., engine='wasmtime') "
+                "and `wasmig run --checkpoint-dir` run too)")
 
 
 def _to_wasmtime(t: str, v: Any) -> Any:
