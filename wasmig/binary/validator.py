@@ -53,6 +53,7 @@ BR, BR_IF, BR_TABLE, RETURN, CALL, CALL_INDIRECT = 0x0C, 0x0D, 0x0E, 0x0F, 0x10,
 REF_NULL, REF_IS_NULL, REF_FUNC = 0xD0, 0xD1, 0xD2
 DROP, SELECT, SELECT_T = 0x1A, 0x1B, 0x1C
 LOCAL_GET, LOCAL_SET, LOCAL_TEE, GLOBAL_GET, GLOBAL_SET = 0x20, 0x21, 0x22, 0x23, 0x24
+ATOMIC_FENCE = 0xFE03
 TABLE_GET, TABLE_SET = 0x25, 0x26
 MEMORY_SIZE, MEMORY_GROW = 0x3F, 0x40
 I32_CONST, I64_CONST, F32_CONST, F64_CONST = 0x41, 0x42, 0x43, 0x44
@@ -65,7 +66,7 @@ _NUMTYPES = frozenset({"i32", "i64", "f32", "f64"})
 #: opcodes whose typing is exactly their fixed ``SIG`` (no immediate or context to check). Memory and
 #: table instructions also have a ``SIG`` but need their index/alignment checked first.
 _NEEDS_CONTEXT = (
-    set(ops.LOADS) | set(ops.STORES) | set(ops.ATOMIC_LOADS)
+    set(ops.LOADS) | set(ops.STORES) | set(ops.THREADS_OPS)
     | {MEMORY_SIZE, MEMORY_GROW, MEMORY_INIT, DATA_DROP, MEMORY_COPY, MEMORY_FILL}
     | {TABLE_INIT, ELEM_DROP, TABLE_COPY, TABLE_SIZE}
 )
@@ -151,6 +152,7 @@ class _Context:
     refs: frozenset[int]  # C.refs: functions ref.func may name inside code
     multi_memory: bool = False  # memargs may name a memory (the multi-memory proposal)
     atomic_loads: bool = False  # the threads proposal's atomic loads
+    threads: bool = False  # the whole threads proposal (every 0xFE instruction)
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -256,8 +258,8 @@ def _mem_access(ctx: _Context, op: int, imm: object) -> None:
         align, _offset = _pair(imm, "memarg")
         if ctx.mems == 0:
             raise _Invalid("unknown memory 0")
-    if op in ops.ATOMIC_LOADS:
-        if not isinstance(align, int) or align < 0 or (1 << min(align, 64)) != ops.ATOMIC_LOADS[op][1]:
+    if op in ops.ATOMIC_WIDTH:
+        if not isinstance(align, int) or align < 0 or (1 << min(align, 64)) != ops.ATOMIC_WIDTH[op]:
             raise _Invalid("alignment must be equal to natural (an atomic access)")
         return
     width = ops.LOADS[op][1] if op in ops.LOADS else ops.STORES[op][1]
@@ -351,10 +353,12 @@ def _check_function(ctx: _Context, func: Function) -> FunctionInfo:
                 if not g.mutable:
                     raise _Invalid(f"global is immutable: global {imm}")
                 _pop(vals, frame, g.type)
-            elif op in ops.LOADS or op in ops.STORES or op in ops.ATOMIC_LOADS:
-                if op in ops.ATOMIC_LOADS and not ctx.atomic_loads:
-                    raise _Invalid(f"illegal opcode {op:#x} ({ops.name(op)} needs the atomic-loads feature)")
-                _mem_access(ctx, op, imm)
+            elif op in ops.LOADS or op in ops.STORES or op in ops.THREADS_OPS:
+                if op in ops.THREADS_OPS and not ctx.threads and not (op in ops.ATOMIC_LOADS and ctx.atomic_loads):
+                    needs = "atomic-loads or threads" if op in ops.ATOMIC_LOADS else "threads"
+                    raise _Invalid(f"illegal opcode {op:#x} ({ops.name(op)} needs the {needs} feature)")
+                if op != ATOMIC_FENCE:
+                    _mem_access(ctx, op, imm)
                 params, results = ops.SIG[op]
                 _pop_vals(vals, frame, params)
                 vals.extend(results)
@@ -545,6 +549,12 @@ def _fail(message: str) -> ValidationError:
     return ValidationError(message)
 
 
+def _check_memory_type(mt: MemType, what: str) -> None:
+    _check_limits(mt.limits, MAX_PAGES, what, "memory size must be at most 65536 pages (4GiB)")
+    if mt.shared and mt.limits.max is None:  # the threads proposal: a shared memory never moves
+        raise _fail(f"shared memory must have maximum ({what})")
+
+
 def _check_limits(limits: Limits, bound: int, what: str, too_big: str) -> None:
     if limits.min > bound or (limits.max is not None and limits.max > bound):
         raise _fail(f"{too_big} ({what})")
@@ -662,7 +672,7 @@ def validate_declarations(module: Module, *, features: Iterable[str] = frozenset
         elif imp.kind == "memory":
             if not isinstance(imp.desc, MemType):
                 raise _fail(f"malformed memory type {imp.desc!r} ({what})")
-            _check_limits(imp.desc.limits, MAX_PAGES, what, "memory size must be at most 65536 pages (4GiB)")
+            _check_memory_type(imp.desc, what)
             mems += 1
         elif imp.kind == "global":
             if not isinstance(imp.desc, GlobalType) or imp.desc.type not in VALTYPES:
@@ -680,7 +690,7 @@ def validate_declarations(module: Module, *, features: Iterable[str] = frozenset
     for k, tt in enumerate(module.tables):
         tables.append(_check_table_type(tt, f"table {k}"))
     for k, mt in enumerate(module.mems):
-        _check_limits(mt.limits, MAX_PAGES, f"memory {k}", "memory size must be at most 65536 pages (4GiB)")
+        _check_memory_type(mt, f"memory {k}")
         mems += 1
     if mems > 1 and not multi_memory:
         raise _fail("multiple memories")
@@ -753,6 +763,7 @@ def validate_declarations(module: Module, *, features: Iterable[str] = frozenset
         refs=_declared_refs(module),
         multi_memory=multi_memory,
         atomic_loads=_features.ATOMIC_LOADS in wanted,
+        threads=_features.THREADS in wanted,
     )
 
     def check(k: int) -> FunctionInfo:
@@ -786,11 +797,13 @@ def validate_function(module: Module, func_idx: int, *, features: Iterable[str] 
     k = func_idx - module.num_imported_funcs()
     if not 0 <= k < len(module.funcs):
         raise ValidationError(f"unknown function {func_idx}")
-    context = _context_of(module, _features.MULTI_MEMORY in wanted, _features.ATOMIC_LOADS in wanted)
+    context = _context_of(module, _features.MULTI_MEMORY in wanted, _features.ATOMIC_LOADS in wanted,
+                          _features.THREADS in wanted)
     return _validate_function_in(context, module, k, module.funcs[k])
 
 
-def _context_of(module: Module, multi_memory: bool = False, atomic_loads: bool = False) -> _Context:
+def _context_of(module: Module, multi_memory: bool = False, atomic_loads: bool = False,
+                threads: bool = False) -> _Context:
     """Build C for ``module`` without re-checking its declarations (but the memory count)."""
     mems = len(module.all_mems())
     if mems > 1 and not multi_memory:
@@ -807,4 +820,5 @@ def _context_of(module: Module, multi_memory: bool = False, atomic_loads: bool =
         refs=_declared_refs(module),
         multi_memory=multi_memory,
         atomic_loads=atomic_loads,
+        threads=threads,
     )
