@@ -31,7 +31,7 @@ def wast2json() -> str | None:
     return shutil.which("wast2json")
 
 
-def convert_wast(wast_path: Path, cache_root: Path = DEFAULT_CACHE_ROOT) -> Path:
+def convert_wast(wast_path: Path, cache_root: Path = DEFAULT_CACHE_ROOT, extra_args: list[str] | None = None) -> Path:
     """Convert ``wast_path`` into ``cache_root/<stem>/<stem>.json`` (plus its modules); return the JSON path.
 
     Conversion goes into a temporary directory that is then renamed into place, so an
@@ -52,7 +52,7 @@ def convert_wast(wast_path: Path, cache_root: Path = DEFAULT_CACHE_ROOT) -> Path
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=cache_root))
     try:
         proc = subprocess.run(
-            [tool, str(wast_path), "-o", str(tmp_dir / f"{stem}.json")],
+            [tool, *(extra_args or []), str(wast_path), "-o", str(tmp_dir / f"{stem}.json")],
             capture_output=True,
             text=True,
             check=False,

@@ -316,7 +316,7 @@ def _describe_exc(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def make_spectest(api: Any) -> dict[str, Any]:
+def make_spectest(api: Any, features: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The ``spectest`` host module every script may import from (as the reference interpreter has it)."""
 
     def nothing(*_args: Any) -> None:
@@ -338,6 +338,8 @@ def make_spectest(api: Any) -> dict[str, Any]:
     module["global_f64"] = api.Global("f64", 666.6, mutable=False)
     module["table"] = api.Table("funcref", 10, 20)
     module["memory"] = api.Memory(1, 2)
+    if "threads" in features:  # the threads proposal's testsuite imports a shared memory too
+        module["shared_memory"] = api.Memory(1, 2, shared=True)
     return module
 
 
@@ -373,8 +375,10 @@ class ScriptRunner:
     harness itself be unit-tested without an interpreter.
     """
 
-    def __init__(self, json_path: Path, api: Any, engine: str = "interp") -> None:
+    def __init__(self, json_path: Path, api: Any, engine: str = "interp",
+                 features: frozenset[str] = frozenset()) -> None:
         self.json_path = Path(json_path)
+        self.features = frozenset(features)
         self.name = self.json_path.stem
         self.api = api
         self.engine = engine
@@ -430,7 +434,7 @@ class ScriptRunner:
         """``spectest`` plus everything registered so far; ``spectest`` is built on first use, once."""
         if self._spectest is None:
             try:
-                self._spectest = make_spectest(self.api)
+                self._spectest = make_spectest(self.api, self.features)
             except Exception as exc:  # the host externs are API under test too: fail the command
                 raise _Expectation("spectest host externs", _describe_exc(exc), _short_traceback(exc)) from exc
         imports: dict[str, dict[str, Any]] = {"spectest": self._spectest}
@@ -439,6 +443,8 @@ class ScriptRunner:
 
     def _load(self, cmd: Mapping[str, Any]) -> Any:
         data = (self.json_path.parent / cmd["filename"]).read_bytes()
+        if self.features:
+            return self.api.Module.from_bytes(data, features=self.features)
         return self.api.Module.from_bytes(data)
 
     def _instantiate(self, module: Any) -> Any:
@@ -594,6 +600,7 @@ class Script:
     commands: list[dict[str, Any]]
     skip_reason: str | None = None  # the whole file
     error: str | None = None  # conversion failed
+    features: frozenset[str] = frozenset()  # proposals its modules are decoded with ("threads")
 
     @property
     def runnable(self) -> int:
@@ -618,15 +625,20 @@ def discover(suite: Path, only: list[str] | None) -> list[Path]:
     return files
 
 
-def prepare(wast: Path, cache_root: Path) -> Script:
-    """Convert one script (cached) and decide whether it runs at all."""
+def prepare(wast: Path, cache_root: Path, features: frozenset[str] = frozenset()) -> Script:
+    """Convert one script (cached) and decide whether it runs at all. With the ``threads`` feature
+    the script is converted with ``--enable-threads`` into a cache of its own (the threads suite
+    reuses the core suite's file names)."""
     skip = SIMD_REASON if wast.stem.startswith("simd_") else None
+    extra = ["--enable-threads"] if "threads" in features else []
+    if extra:
+        cache_root = Path(cache_root).with_name(Path(cache_root).name + "-threads")
     try:
-        json_path = convert_wast(wast, cache_root)
+        json_path = convert_wast(wast, cache_root, extra)
         commands = json.loads(json_path.read_text(encoding="utf-8"))["commands"]
     except Exception as exc:
-        return Script(wast.stem, None, [], skip, f"conversion failed: {_describe_exc(exc)}")
-    return Script(wast.stem, json_path, commands, skip)
+        return Script(wast.stem, None, [], skip, f"conversion failed: {_describe_exc(exc)}", features)
+    return Script(wast.stem, json_path, commands, skip, features=features)
 
 
 def _limit_memory(limit_mb: int) -> None:
@@ -646,13 +658,14 @@ def _limit_memory(limit_mb: int) -> None:
 
 
 def _worker(
-    json_path: Path, api_name: str, engine: str, memory_limit_mb: int, conn: multiprocessing.connection.Connection
+    json_path: Path, api_name: str, engine: str, memory_limit_mb: int, conn: multiprocessing.connection.Connection,
+    features: frozenset[str] = frozenset(),
 ) -> None:
     """Child process: run one script and stream outcomes; the parent does all bookkeeping."""
     _limit_memory(memory_limit_mb)
     try:
         api = importlib.import_module(api_name)
-        runner = ScriptRunner(json_path, api, engine)
+        runner = ScriptRunner(json_path, api, engine, features)
         for outcome in runner.run():
             conn.send(outcome)
         conn.send("done")
@@ -765,7 +778,7 @@ def run_scripts(
                 assert script.json_path is not None
                 proc = ctx.Process(
                     target=_worker,
-                    args=(script.json_path, api_name, engine, memory_limit_mb, child_conn),
+                    args=(script.json_path, api_name, engine, memory_limit_mb, child_conn, script.features),
                     name=f"spec-{script.name}",
                     daemon=True,
                 )
@@ -979,6 +992,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-limit-mb", type=int, default=4096, help="worker address-space cap; 0 = none")
     parser.add_argument("--suite", type=Path, default=None, help="testsuite dir (default: $WASMIG_TESTSUITE)")
     parser.add_argument("--cache", type=Path, default=CACHE_ROOT, help="wast2json output cache")
+    parser.add_argument("--features", default="", metavar="NAMES",
+                        help="comma-separated proposals to decode with, e.g. threads (with --suite .../threads)")
     args = parser.parse_args(argv)
 
     problem = check_api(args.api)
@@ -991,7 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     start = time.monotonic()
-    scripts = [prepare(w, args.cache) for w in discover(suite, args.only)]
+    features = frozenset(f.strip() for f in args.features.split(",") if f.strip())
+    scripts = [prepare(w, args.cache, features) for w in discover(suite, args.only)]
     width = max([len(s.name) for s in scripts] + [10])
 
     finished = 0

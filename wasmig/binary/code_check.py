@@ -28,6 +28,7 @@ BR, BR_IF, BR_TABLE, RETURN, CALL, CALL_INDIRECT = 0x0C, 0x0D, 0x0E, 0x0F, 0x10,
 REF_NULL, REF_IS_NULL, REF_FUNC = 0xD0, 0xD1, 0xD2
 DROP, SELECT, SELECT_T = 0x1A, 0x1B, 0x1C
 LOCAL_GET, LOCAL_SET, LOCAL_TEE, GLOBAL_GET, GLOBAL_SET = 0x20, 0x21, 0x22, 0x23, 0x24
+ATOMIC_FENCE = 0xFE03
 TABLE_GET, TABLE_SET = 0x25, 0x26
 MEMORY_SIZE, MEMORY_GROW = 0x3F, 0x40
 I32_CONST, I64_CONST, F32_CONST, F64_CONST = 0x41, 0x42, 0x43, 0x44
@@ -40,7 +41,7 @@ _NUMTYPES = frozenset({"i32", "i64", "f32", "f64"})
 #: opcodes whose typing is exactly their fixed ``SIG`` (no immediate or context to check). Memory and
 #: table instructions also have a ``SIG`` but need their index/alignment checked first.
 _NEEDS_CONTEXT = (
-    set(ops.LOADS) | set(ops.STORES) | set(ops.ATOMIC_LOADS)
+    set(ops.LOADS) | set(ops.STORES) | set(ops.THREADS_OPS)
     | {MEMORY_SIZE, MEMORY_GROW, MEMORY_INIT, DATA_DROP, MEMORY_COPY, MEMORY_FILL}
     | {TABLE_INIT, ELEM_DROP, TABLE_COPY, TABLE_SIZE}
 )
@@ -119,6 +120,7 @@ class CodeContext:
     refs: frozenset[int]  # C.refs: functions ref.func may name inside code
     multi_memory: bool = False  # memargs may name a memory (the multi-memory proposal)
     atomic_loads: bool = False  # the threads proposal's atomic loads
+    threads: bool = False  # the whole threads proposal (every 0xFE instruction)
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -224,8 +226,8 @@ def _mem_access(ctx: CodeContext, op: int, imm: object) -> None:
         align, _offset = _pair(imm, "memarg")
         if ctx.mems == 0:
             raise Invalid("unknown memory 0")
-    if op in ops.ATOMIC_LOADS:
-        if not isinstance(align, int) or align < 0 or (1 << min(align, 64)) != ops.ATOMIC_LOADS[op][1]:
+    if op in ops.ATOMIC_WIDTH:
+        if not isinstance(align, int) or align < 0 or (1 << min(align, 64)) != ops.ATOMIC_WIDTH[op]:
             raise Invalid("alignment must be equal to natural (an atomic access)")
         return
     width = ops.LOADS[op][1] if op in ops.LOADS else ops.STORES[op][1]
@@ -320,10 +322,12 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
                 if not g.mutable:
                     raise Invalid(f"global is immutable: global {imm}")
                 _pop(vals, frame, g.type)
-            elif op in ops.LOADS or op in ops.STORES or op in ops.ATOMIC_LOADS:
-                if op in ops.ATOMIC_LOADS and not ctx.atomic_loads:
-                    raise Invalid(f"illegal opcode {op:#x} ({ops.name(op)} needs the atomic-loads feature)")
-                _mem_access(ctx, op, imm)
+            elif op in ops.LOADS or op in ops.STORES or op in ops.THREADS_OPS:
+                if op in ops.THREADS_OPS and not ctx.threads and not (op in ops.ATOMIC_LOADS and ctx.atomic_loads):
+                    needs = "atomic-loads or threads" if op in ops.ATOMIC_LOADS else "threads"
+                    raise Invalid(f"illegal opcode {op:#x} ({ops.name(op)} needs the {needs} feature)")
+                if op != ATOMIC_FENCE:
+                    _mem_access(ctx, op, imm)
                 params, results = ops.SIG[op]
                 _pop_vals(vals, frame, params)
                 vals.extend(results)

@@ -55,17 +55,19 @@ _MAX_LOCALS = 0xFFFFFFFF
 class Reader:
     """A cursor over the module bytes with the LEB128 and vector primitives of the binary format."""
 
-    __slots__ = ("data", "pos", "end", "multi_memory", "atomic_loads")
+    __slots__ = ("data", "pos", "end", "multi_memory", "atomic_loads", "threads")
 
     def __init__(self, data: bytes, pos: int = 0, end: int | None = None, *, multi_memory: bool = False,
-                 atomic_loads: bool = False) -> None:
+                 atomic_loads: bool = False, threads: bool = False) -> None:
         self.data = data
         self.pos = pos
         self.end = len(data) if end is None else end
         #: the multi-memory proposal: memory indices are u32s, memargs may carry one
         self.multi_memory = multi_memory
         #: the threads proposal's atomic loads (0xFE 0x10-0x16) are instructions
-        self.atomic_loads = atomic_loads
+        self.atomic_loads = atomic_loads or threads
+        #: the whole threads proposal: every 0xFE instruction and shared memories
+        self.threads = threads
 
     def fail(self, message: str, offset: int | None = None) -> DecodeError:
         return DecodeError(message, self.pos if offset is None else offset)
@@ -162,8 +164,17 @@ class Reader:
             lo = self.u32()
             return Limits(lo, self.u32())
         if what == "memory" and flag in (2, 3):
-            raise UnsupportedFeature("shared memory (threads proposal) is not supported", self.pos - 1)
+            if not self.threads:
+                raise UnsupportedFeature("shared memory (threads proposal) is not supported", self.pos - 1)
+            lo = self.u32()
+            return Limits(lo, self.u32() if flag == 3 else None)
         raise self.fail(f"integer too large: malformed {what} limits flag {flag:#x}", self.pos - 1)
+
+    def mem_type(self) -> MemType:
+        """A memory type; with the threads proposal, flags 2 and 3 make it shared (the validator
+        requires a shared memory to have a maximum)."""
+        flag = self.data[self.pos] if self.pos < self.end else 0
+        return MemType(self.limits("memory"), shared=self.threads and flag in (2, 3))
 
     def zero_byte(self) -> int:
         b = self.byte()
@@ -230,10 +241,12 @@ class Reader:
                     raise self.fail(f"illegal opcode 0xfc {sub:#x}", start)
             elif op == 0xFE and self.atomic_loads:
                 sub = self.u32()
-                if 0xFE00 | sub not in opcodes.ATOMIC_LOADS:
+                op = 0xFE00 | sub
+                if op not in (opcodes.THREADS_OPS if self.threads else opcodes.ATOMIC_LOADS):
+                    if self.threads:
+                        raise self.fail(f"illegal opcode 0xfe {sub:#x}", start)
                     raise UnsupportedFeature(f"threads (atomics) instruction 0xfe {sub:#x} is not supported "
                                              "(only the atomic loads are)", start)
-                op = 0xFE00 | sub
             kind = imm_kinds.get(op)
             if kind is None:
                 feature = opcodes.UNSUPPORTED_PREFIXES.get(op)
@@ -245,6 +258,9 @@ class Reader:
                     raise UnsupportedFeature(f"{feature} instruction {opcode} is not supported", start)
                 raise self.fail(f"illegal opcode {op:#x}", start)
             if kind == "none":
+                imm = None
+            elif kind == "zero":  # atomic.fence: a reserved byte 0x00, nothing in the IR
+                self.zero_byte()
                 imm = None
             elif kind == "idx" or kind == "label":
                 imm = self.u32()
@@ -348,6 +364,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
     wanted = _features.check(features)
     multi_memory = _features.MULTI_MEMORY in wanted
     atomic_loads = _features.ATOMIC_LOADS in wanted
+    threads = _features.THREADS in wanted
     data = bytes(data)
     if len(data) < 4:
         raise DecodeError("unexpected end: not a wasm module (shorter than its magic header)", len(data))
@@ -357,7 +374,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
         raise DecodeError("unexpected end: truncated binary version", len(data))
     if data[4:8] != VERSION:
         raise DecodeError("unknown binary version", 4)
-    r = Reader(data, 8, multi_memory=multi_memory, atomic_loads=atomic_loads)
+    r = Reader(data, 8, multi_memory=multi_memory, atomic_loads=atomic_loads, threads=threads)
     m = Module()
     func_type_indices: list[int] = []
     last_order = 0
@@ -372,7 +389,8 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
         body_start = r.pos
         if body_start + size > len(data):
             raise DecodeError("length out of bounds: section size exceeds the module", sid_pos)
-        s = Reader(data, body_start, body_start + size, multi_memory=multi_memory, atomic_loads=atomic_loads)
+        s = Reader(data, body_start, body_start + size, multi_memory=multi_memory, atomic_loads=atomic_loads,
+                   threads=threads)
         if sid == 0:
             name = s.name()
             payload = s.bytes(s.end - s.pos)
@@ -409,7 +427,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
                     et = s.reftype()
                     desc = TableType(et, s.limits("table"))
                 elif kind == "memory":
-                    desc = MemType(s.limits("memory"))
+                    desc = s.mem_type()
                 else:
                     desc = _global_type(s)
                 m.imports.append(Import(mod, nm, kind, desc))
@@ -421,7 +439,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
                 m.tables.append(TableType(et, s.limits("table")))
         elif sid == 5:
             for _ in range(s.u32()):
-                m.mems.append(MemType(s.limits("memory")))
+                m.mems.append(s.mem_type())
         elif sid == 6:
             for _ in range(s.u32()):
                 gt = _global_type(s)
@@ -534,7 +552,7 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
     if start + size > s.end:
         raise DecodeError("unexpected end of section or function", start)
     body = Reader(s.data, start, start + size, multi_memory=s.multi_memory,
-                  atomic_loads=s.atomic_loads)
+                  atomic_loads=s.atomic_loads, threads=s.threads)
     locals_decl: list[tuple[int, str]] = []
     total = 0
     for _ in range(body.u32()):

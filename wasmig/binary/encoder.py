@@ -199,6 +199,11 @@ def _tabletype(tt: TableType) -> bytes:
 
 
 def _memtype(mt: MemType) -> bytes:
+    if mt.shared:  # the threads proposal: flag 2 (no maximum: invalid, but encodable) or 3
+        lim = mt.limits
+        if lim.max is None:
+            return b"\x02" + encode_u(lim.min)
+        return b"\x03" + encode_u(lim.min) + encode_u(lim.max)
     return _limits(mt.limits)
 
 
@@ -397,10 +402,13 @@ def _encode_instr(out: bytearray, op: int, imm: object) -> None:
         raise ValueError(f"unknown opcode {op:#x}")
     if op < 0x100:
         out.append(op)
-    else:  # 0xFC-prefixed: the table only has 0xFC00 | sub
+    else:  # 0xFC- or 0xFE-prefixed: the table has prefix << 8 | sub
         out.append(op >> 8)
         out += encode_u(op & 0xFF)
     if kind == "none":
+        return
+    if kind == "zero":  # atomic.fence's reserved byte
+        out.append(0)
         return
     try:
         if kind == "idx" or kind == "label" or kind == "mem":

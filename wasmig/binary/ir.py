@@ -51,6 +51,8 @@ class TableType:
 @dataclass(frozen=True, slots=True)
 class MemType:
     limits: Limits
+    #: a shared memory (the threads proposal): several threads' instances may hold it at once
+    shared: bool = False
 
 
 @dataclass(frozen=True, slots=True)

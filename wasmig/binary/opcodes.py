@@ -131,6 +131,48 @@ ATOMIC_LOADS: dict[int, tuple[str, int, str]] = {
 }
 for _c, (_t, _w, _n) in ATOMIC_LOADS.items():
     _op(_c, _n, "memarg", ((I32,), (_t,)))
+
+#: the rest of the threads proposal (0xFE-prefixed; decoded and validated only with the "threads"
+#: feature). Every access's alignment must be exactly its width. opcode -> (value type, width, name)
+ATOMIC_STORES: dict[int, tuple[str, int, str]] = {
+    0xFE17: (I32, 4, "i32.atomic.store"), 0xFE18: (I64, 8, "i64.atomic.store"),
+    0xFE19: (I32, 1, "i32.atomic.store8"), 0xFE1A: (I32, 2, "i32.atomic.store16"),
+    0xFE1B: (I64, 1, "i64.atomic.store8"), 0xFE1C: (I64, 2, "i64.atomic.store16"),
+    0xFE1D: (I64, 4, "i64.atomic.store32"),
+}
+for _c, (_t, _w, _n) in ATOMIC_STORES.items():
+    _op(_c, _n, "memarg", ((I32, _t), ()))
+#: read-modify-write operators, in the proposal's order: each is a group of seven opcodes with the
+#: shapes of ``_RMW_SHAPES`` (i32, i64, i32 8-bit, i32 16-bit, i64 8/16/32-bit)
+RMW_OPERATORS = ("add", "sub", "and", "or", "xor", "xchg", "cmpxchg")
+_RMW_SHAPES: tuple[tuple[str, int, str], ...] = (
+    (I32, 4, "i32.atomic.rmw.{}"), (I64, 8, "i64.atomic.rmw.{}"),
+    (I32, 1, "i32.atomic.rmw8.{}_u"), (I32, 2, "i32.atomic.rmw16.{}_u"),
+    (I64, 1, "i64.atomic.rmw8.{}_u"), (I64, 2, "i64.atomic.rmw16.{}_u"), (I64, 4, "i64.atomic.rmw32.{}_u"),
+)
+#: opcode -> (operator, value type, width, name)
+ATOMIC_RMW: dict[int, tuple[str, str, int, str]] = {}
+for _g, _operator in enumerate(RMW_OPERATORS):
+    for _k, (_t, _w, _pattern) in enumerate(_RMW_SHAPES):
+        _c = 0xFE1E + 7 * _g + _k
+        ATOMIC_RMW[_c] = (_operator, _t, _w, _pattern.format(_operator))
+        _args = (I32, _t, _t) if _operator == "cmpxchg" else (I32, _t)
+        _op(_c, ATOMIC_RMW[_c][3], "memarg", (_args, (_t,)))
+#: wait/notify: opcode -> width of the awaited value (notify counts waiters on a 4-byte cell)
+ATOMIC_WAIT_NOTIFY: dict[int, int] = {0xFE00: 4, 0xFE01: 4, 0xFE02: 8}
+_op(0xFE00, "memory.atomic.notify", "memarg", ((I32, I32), (I32,)))
+_op(0xFE01, "memory.atomic.wait32", "memarg", ((I32, I32, I64), (I32,)))
+_op(0xFE02, "memory.atomic.wait64", "memarg", ((I32, I64, I64), (I32,)))
+_op(0xFE03, "atomic.fence", "zero", ((), ()))
+#: width in bytes of every atomic memory access (for the alignment rule and the interpreter)
+ATOMIC_WIDTH: dict[int, int] = {
+    **{c: w for c, (_t, w, _n) in ATOMIC_LOADS.items()},
+    **{c: w for c, (_t, w, _n) in ATOMIC_STORES.items()},
+    **{c: w for c, (_o, _t, w, _n) in ATOMIC_RMW.items()},
+    **ATOMIC_WAIT_NOTIFY,
+}
+#: every 0xFE opcode of the threads proposal
+THREADS_OPS = frozenset({*ATOMIC_WIDTH, 0xFE03})
 _op(0x3F, "memory.size", "mem", ((), (I32,)))
 _op(0x40, "memory.grow", "mem", ((I32,), (I32,)))
 # --- constants -----------------------------------------------------------------------------

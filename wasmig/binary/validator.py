@@ -74,6 +74,12 @@ def _fail(message: str) -> ValidationError:
     return ValidationError(message)
 
 
+def _check_memory_type(mt: MemType, what: str) -> None:
+    _check_limits(mt.limits, MAX_PAGES, what, "memory size must be at most 65536 pages (4GiB)")
+    if mt.shared and mt.limits.max is None:  # the threads proposal: a shared memory never moves
+        raise _fail(f"shared memory must have maximum ({what})")
+
+
 def _check_limits(limits: Limits, bound: int, what: str, too_big: str) -> None:
     if limits.min > bound or (limits.max is not None and limits.max > bound):
         raise _fail(f"{too_big} ({what})")
@@ -191,7 +197,7 @@ def validate_declarations(module: Module, *, features: Iterable[str] = frozenset
         elif imp.kind == "memory":
             if not isinstance(imp.desc, MemType):
                 raise _fail(f"malformed memory type {imp.desc!r} ({what})")
-            _check_limits(imp.desc.limits, MAX_PAGES, what, "memory size must be at most 65536 pages (4GiB)")
+            _check_memory_type(imp.desc, what)
             mems += 1
         elif imp.kind == "global":
             if not isinstance(imp.desc, GlobalType) or imp.desc.type not in VALTYPES:
@@ -209,7 +215,7 @@ def validate_declarations(module: Module, *, features: Iterable[str] = frozenset
     for k, tt in enumerate(module.tables):
         tables.append(_check_table_type(tt, f"table {k}"))
     for k, mt in enumerate(module.mems):
-        _check_limits(mt.limits, MAX_PAGES, f"memory {k}", "memory size must be at most 65536 pages (4GiB)")
+        _check_memory_type(mt, f"memory {k}")
         mems += 1
     if mems > 1 and not multi_memory:
         raise _fail("multiple memories")
@@ -282,6 +288,7 @@ def validate_declarations(module: Module, *, features: Iterable[str] = frozenset
         refs=_declared_refs(module),
         multi_memory=multi_memory,
         atomic_loads=_features.ATOMIC_LOADS in wanted,
+        threads=_features.THREADS in wanted,
     )
 
     def check(k: int) -> FunctionInfo:
@@ -315,11 +322,13 @@ def validate_function(module: Module, func_idx: int, *, features: Iterable[str] 
     k = func_idx - module.num_imported_funcs()
     if not 0 <= k < len(module.funcs):
         raise ValidationError(f"unknown function {func_idx}")
-    context = _context_of(module, _features.MULTI_MEMORY in wanted, _features.ATOMIC_LOADS in wanted)
+    context = _context_of(module, _features.MULTI_MEMORY in wanted, _features.ATOMIC_LOADS in wanted,
+                          _features.THREADS in wanted)
     return _validate_function_in(context, module, k, module.funcs[k])
 
 
-def _context_of(module: Module, multi_memory: bool = False, atomic_loads: bool = False) -> CodeContext:
+def _context_of(module: Module, multi_memory: bool = False, atomic_loads: bool = False,
+                threads: bool = False) -> CodeContext:
     """Build C for ``module`` without re-checking its declarations (but the memory count)."""
     mems = len(module.all_mems())
     if mems > 1 and not multi_memory:
@@ -336,4 +345,5 @@ def _context_of(module: Module, multi_memory: bool = False, atomic_loads: bool =
         refs=_declared_refs(module),
         multi_memory=multi_memory,
         atomic_loads=atomic_loads,
+        threads=threads,
     )

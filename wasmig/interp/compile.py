@@ -19,9 +19,11 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from wasmig.binary import opcodes
 from wasmig.binary.blocks import match_blocks
 from wasmig.binary.ir import Function, FuncType
 from wasmig.interp import ops
+from wasmig.interp.atomics import handler_for
 from wasmig.interp.numeric import f32_from_bits, f64_from_bits
 
 
@@ -157,6 +159,8 @@ def compile_function(func: Function, ftype: FuncType, stack_before: list[tuple],
             emit((ops.CONST, f32_from_bits(imm)))
         elif op == 0x44:
             emit((ops.CONST, f64_from_bits(imm)))
+        elif op in opcodes.THREADS_OPS:
+            emit((ops.ATOMIC, handler_for(op), imm[1] if imm is not None else 0))
         elif op in ops.DIRECT:
             emit((op, imm))
         elif op in ops.BINARY:

@@ -42,7 +42,8 @@ def _resolve_import(imp: Any, imports: Mapping[str, Mapping[str, Any]], module: 
             raise LinkError(f"incompatible import type: {where} must be a table {desc.elem} {desc.limits}")
     elif imp.kind == "memory":
         mdesc: MemType = imp.desc
-        if not isinstance(ext, Memory) or not _limits_match(ext.limits, mdesc.limits):
+        if (not isinstance(ext, Memory) or not _limits_match(ext.limits, mdesc.limits)
+                or ext.shared != mdesc.shared):
             raise LinkError(f"incompatible import type: {where} must be a memory with limits {mdesc.limits}")
     else:
         gdesc: GlobalType = imp.desc
@@ -99,7 +100,7 @@ def instantiate(module: Any, imports: Mapping[str, Mapping[str, Any]] | None, ma
         for t in ir.tables:
             inst.tables.append(Table(t.elem, t.limits.min, t.limits.max))
         for m in ir.mems:
-            inst.mems.append(Memory(m.limits.min, m.limits.max))
+            inst.mems.append(Memory(m.limits.min, m.limits.max, m.shared))
     except (ValueError, MemoryError) as e:
         raise LinkError(f"cannot allocate: {e}") from None
     for g in ir.globals:

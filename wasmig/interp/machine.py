@@ -570,6 +570,8 @@ class Machine:
             if i >= len(table):
                 raise Trap("out of bounds table access")
             table[i] = v
+        elif op == ops.ATOMIC:
+            ins[1](self, inst.mems[0], ins[2])
         elif op == 0xFC08:  # memory.init
             n = pop()
             s = pop()

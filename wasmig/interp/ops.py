@@ -40,6 +40,7 @@ STORE_F32 = 0x10A  # (STORE_F32, offset)
 STORE_F64 = 0x10B  # (STORE_F64, offset)
 BINOP = 0x10C  # (BINOP, fn(a, b))
 UNOP = 0x10D  # (UNOP, fn(a))
+ATOMIC = 0x10E  # (ATOMIC, handler(machine, memory, offset), offset): the threads proposal (interp/atomics.py)
 
 #: wasm opcodes executed by the loop as they are, with the IR immediate
 DIRECT = frozenset({

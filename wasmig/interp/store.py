@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from wasmig.binary.ir import FuncType, Limits
 from wasmig.errors import Trap
+from wasmig.interp.atomics import WaitQueues
 from wasmig.interp.numeric import (
     M32,
     M64,
@@ -184,13 +185,18 @@ class HostFunc(FuncInst):
 class Memory:
     """A linear memory: a bytearray that only ever grows in place (so cached references stay valid)."""
 
-    __slots__ = ("data", "max_pages")
+    __slots__ = ("data", "max_pages", "shared", "waiters")
 
-    def __init__(self, min_pages: int, max_pages: int | None = None) -> None:
+    def __init__(self, min_pages: int, max_pages: int | None = None, shared: bool = False) -> None:
         if min_pages > MAX_PAGES or (max_pages is not None and max_pages < min_pages):
             raise ValueError("invalid memory limits")
+        if shared and max_pages is None:
+            raise ValueError("a shared memory must have a maximum")
         self.data = bytearray(min_pages * PAGE_SIZE)
         self.max_pages = max_pages
+        #: the threads proposal: a shared memory, and the waiters of its addresses (in order)
+        self.shared = shared
+        self.waiters = WaitQueues() if shared else None
 
     @property
     def size_pages(self) -> int:

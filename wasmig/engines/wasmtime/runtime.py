@@ -63,7 +63,8 @@ if TYPE_CHECKING:
 #: bytes each), still well inside a main thread's usual 8 MiB stack (the session's worker thread
 #: has 64 MiB). wasmtime refuses a wasm stack above its async stack size (2 MiB), which it uses
 #: only for async calls (wasmig makes none): that is raised to match through the C API.
-ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "wasm_threads": True,
+#: ``shared_memory`` on: modules of the threads proposal (shared memories) instantiate.
+ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "wasm_threads": True, "shared_memory": True,
                                    "memory_may_move": False, "max_wasm_stack": 4 << 20}
 #: wasmtime's own limit where its C API cannot raise the async stack size
 _DEFAULT_ASYNC_STACK = 2 << 20

@@ -1,0 +1,93 @@
+"""wasmig.keys: the key pair files that sign snapshots and identify daemons (issue 17)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from wasmig.keys import (
+    KeyFileError,
+    KeyPair,
+    PublicKey,
+    default_key_dir,
+    load_key_pair,
+    load_public_key,
+    parse_fingerprint,
+    write_key_pair,
+)
+
+
+def test_round_trip_signs_and_verifies(tmp_path):
+    pair = KeyPair.generate("alice@host")
+    directory = write_key_pair(pair, tmp_path / "keys")
+    loaded = load_key_pair(directory)
+    assert loaded.fingerprint == pair.fingerprint
+    assert loaded.public.comment == "alice@host"
+    signature = loaded.sign(b"manifest")
+    assert pair.public.verify(signature, b"manifest")
+    assert not pair.public.verify(signature, b"manifest!")
+    assert not KeyPair.generate().public.verify(signature, b"manifest")
+    assert load_public_key(directory).fingerprint == pair.fingerprint
+
+
+def test_files_are_private(tmp_path):
+    directory = write_key_pair(KeyPair.generate(), tmp_path / "keys")
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory / "wasmig.key").stat().st_mode) == 0o600
+
+
+def test_existing_key_is_kept_unless_forced(tmp_path):
+    first = KeyPair.generate()
+    write_key_pair(first, tmp_path)
+    with pytest.raises(KeyFileError, match="exists already"):
+        write_key_pair(KeyPair.generate(), tmp_path)
+    second = KeyPair.generate()
+    write_key_pair(second, tmp_path, force=True)
+    assert load_key_pair(tmp_path).fingerprint == second.fingerprint != first.fingerprint
+
+
+def test_readable_private_key_is_refused(tmp_path):
+    write_key_pair(KeyPair.generate(), tmp_path)
+    os.chmod(tmp_path / "wasmig.key", 0o644)
+    with pytest.raises(KeyFileError, match="readable by others"):
+        load_key_pair(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"wasmig-ed25519 !!!notbase64", b"ssh-ed25519 AAAA", b"wasmig-ed25519 AAAA", b"\xff\xfe", b"x" * 20000],
+)
+def test_malformed_public_keys_are_one_line_errors(tmp_path, content):
+    path = tmp_path / "peer.pub"
+    path.write_bytes(content)
+    with pytest.raises(KeyFileError):
+        load_public_key(path)
+
+
+def test_missing_and_malformed_private_keys(tmp_path):
+    with pytest.raises(KeyFileError, match="no private key"):
+        load_key_pair(tmp_path / "nothing.key")
+    bad = tmp_path / "bad.key"
+    bad.write_bytes(b"-----BEGIN PRIVATE KEY-----\nzzz\n-----END PRIVATE KEY-----\n")
+    os.chmod(bad, 0o600)
+    with pytest.raises(KeyFileError, match="not an unencrypted PEM"):
+        load_key_pair(bad)
+
+
+def test_public_line_round_trip_and_fingerprints():
+    key = KeyPair.generate("c").public
+    assert PublicKey.from_line(key.to_line()) == key
+    assert parse_fingerprint(key.fingerprint.upper().replace("SHA256:", "sha256:")) == key.fingerprint
+    for bad in ("sha256:abc", "md5:" + "0" * 64, "sha256:" + "g" * 64):
+        with pytest.raises(KeyFileError):
+            parse_fingerprint(bad)
+
+
+def test_default_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("WASMIG_KEY_DIR", str(tmp_path / "k"))
+    assert default_key_dir() == tmp_path / "k"
+    monkeypatch.delenv("WASMIG_KEY_DIR")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert default_key_dir() == tmp_path / "cfg" / "wasmig"

@@ -1,0 +1,127 @@
+"""wasi-threads on the interpreter (issue 20 step 2): the WASI testsuite's wasi-threads proposal tests
+and a C program of our own, run by :func:`wasmig.engines.interp.wasi_threads.run_threaded_command`.
+
+The proposal tests (``../shared/wasi-testsuite/tests/proposals/wasi-threads/*.wat``, assembled with
+``wat2wasm --enable-threads``) check that ``proc_exit`` from any thread ends every thread — one
+busy, one blocked in ``memory.atomic.wait32``, one blocked in a host call (``poll_oneoff``'s sleep,
+``fd_read`` on a stdin pipe nobody writes) — and that the main thread returning ends the program.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import wasmig
+from wasmig.engines.interp.wasi_threads import is_threaded, run_threaded_command
+from wasmig.toolchain import compile_c
+from wasmig.wasi.preview1 import Wasi
+
+SUITE = Path(os.environ.get("WASMIG_WASI_TESTSUITE", Path(__file__).resolve().parents[2] / "shared" / "wasi-testsuite"))
+PROPOSAL = SUITE / "tests" / "proposals" / "wasi-threads"
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+#: a shared memory imported, up to 64 MiB; the atomics the C compiler may emit
+THREAD_FLAGS = ("-mcpu=generic+atomics+bulk_memory",
+                "-Wl,--import-memory,--export-memory,--shared-memory,--max-memory=67108864")
+
+
+def _assemble(path: Path) -> wasmig.Module:
+    if shutil.which("wat2wasm") is None:
+        pytest.skip("wat2wasm missing")
+    data = subprocess.run(["wat2wasm", "--enable-threads", str(path), "-o", "/dev/stdout"],
+                          capture_output=True, check=True).stdout
+    return wasmig.Module.from_bytes(data, features={"threads"})
+
+
+def _run(module: wasmig.Module, seed: int = 0) -> tuple[int, bytes]:
+    read_end, write_end = os.pipe()  # stdin: open, never written (fd_read blocks)
+    # unbuffered: a thread may still be blocked reading it when the program has ended, and a
+    # buffered reader's close would wait for that read's lock
+    stdin = os.fdopen(read_end, "rb", buffering=0)
+    stdout = io.BytesIO()
+    try:
+        wasi = Wasi(["prog"], stdin=stdin, stdout=stdout)
+        return run_threaded_command(module, wasi, seed=seed), stdout.getvalue()
+    finally:
+        os.close(write_end)  # the abandoned read sees end of file and its thread ends
+        stdin.close()
+
+
+def _proposal_tests() -> list[Path]:
+    return sorted(PROPOSAL.glob("*.wat")) if PROPOSAL.is_dir() else []
+
+
+@pytest.mark.skipif(not PROPOSAL.is_dir(), reason=f"wasi-threads tests not found at {PROPOSAL}")
+@pytest.mark.parametrize("wat", _proposal_tests(), ids=lambda p: p.stem)
+def test_wasi_threads_proposal(wat: Path) -> None:
+    spec = wat.with_suffix(".json")
+    expected = json.loads(spec.read_text()).get("exit_code", 0) if spec.exists() else 0
+    module = _assemble(wat)
+    assert is_threaded(module) or wat.stem == "wasi_threads_noop"
+    code, _ = _run(module)
+    assert code == expected
+
+
+def _threads_program() -> wasmig.Module:
+    return wasmig.Module.from_file(compile_c(PROGRAMS / "threads_spawn.c", extra_flags=THREAD_FLAGS),
+                                   features={"threads"})
+
+
+def test_c_program_with_four_threads_is_deterministic_by_seed() -> None:
+    module = _threads_program()
+    assert is_threaded(module)
+    results = {seed: _run(module, seed) for seed in (0, 0, 7)}
+    for code, out in results.values():
+        assert code == 0, out
+        assert out == b"counter 4000 wide 42949672960000\n"
+
+
+def test_every_thread_waiting_forever_is_a_deadlock_trap() -> None:
+    module = _assemble_text("""
+    (module
+      (memory (import "env" "memory") 1 1 shared)
+      (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
+      (func (export "wasi_thread_start") (param i32 i32)
+        (drop (memory.atomic.wait32 (i32.const 8) (i32.const 0) (i64.const -1))))
+      (func (export "_start")
+        (drop (call $spawn (i32.const 0)))
+        (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""")
+    with pytest.raises(wasmig.Trap, match="deadlock"):
+        _run(module)
+
+
+def test_a_trap_in_any_thread_ends_the_program() -> None:
+    module = _assemble_text("""
+    (module
+      (memory (import "env" "memory") 1 1 shared)
+      (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
+      (func (export "wasi_thread_start") (param i32 i32) unreachable)
+      (func (export "_start")
+        (drop (call $spawn (i32.const 0)))
+        (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""")
+    with pytest.raises(wasmig.Trap, match="unreachable"):
+        _run(module)
+
+
+def test_imports_beyond_wasi_threads_are_refused() -> None:
+    module = _assemble_text("""
+    (module
+      (memory (import "env" "memory") 1 1 shared)
+      (func (import "env" "anything"))
+      (func (export "_start")))""")
+    with pytest.raises(wasmig.LinkError, match="env.anything"):
+        _run(module)
+
+
+def _assemble_text(text: str) -> wasmig.Module:
+    if shutil.which("wat2wasm") is None:
+        pytest.skip("wat2wasm missing")
+    data = subprocess.run(["wat2wasm", "--enable-threads", "-", "-o", "/dev/stdout"], input=text.encode(),
+                          capture_output=True, check=True).stdout
+    return wasmig.Module.from_bytes(data, features={"threads"})
