@@ -206,6 +206,11 @@ class Instance:
             cls = get(engine).instance_class(imports)
         return object.__new__(cls)  # Python then calls the class's __init__
 
+    @property
+    def steps(self) -> int | None:
+        """Stable points passed so far (None where they are not counted)."""
+        raise NotImplementedError
+
     def invoke(self, name: str, *args: Any, raw: bool = False) -> Any:
         """Call the exported function ``name``. With ``raw=True`` the result is a list of
         ``(type, bits)`` pairs (unsigned bit patterns, references as themselves); otherwise

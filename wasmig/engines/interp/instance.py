@@ -59,6 +59,12 @@ class InterpInstance(Instance):
             bind_wasi(self, wasi)
 
     @property
+    def steps(self) -> int | None:
+        """Stable points passed so far (None when the count is unknown: restored from a snapshot
+        without one)."""
+        return self.machine.steps if self.machine.steps_counted else None
+
+    @property
     def store(self) -> ModuleInstance:
         """The interpreter's runtime objects (functions, memories, tables, globals) of this instance."""
         return self._inst

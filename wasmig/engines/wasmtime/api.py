@@ -296,6 +296,11 @@ class WasmtimeApiInstance(Instance):
         internal = [to_internal(t, a) for t, a in zip(ftype.params, args, strict=True)]
         return convert_results(ftype.results, self._invoke_internal(name, internal), raw)
 
+    @property
+    def steps(self) -> int | None:
+        """None: the plain module counts no stable points."""
+        return None
+
     def stop_at(self, *, step: int | None = None, instruction: int | None = None) -> None:
         raise NotImplementedError(_UNSUPPORTED.format(what="stop_at()"))
 

@@ -47,6 +47,16 @@ class WasmtimeWasiInstance(Instance):
         """The instance around ``runner``, a snapshot loaded into it (:func:`wasmig.restore`)."""
         return cls(runner.module, runner.wasi, runner=runner)
 
+    @property
+    def steps(self) -> int | None:
+        """Stable points passed so far (None in the fast variant, which does not count them)."""
+        return self.runner.steps
+
+    def request(self) -> None:
+        """Stop at the next stable point (from another thread, or a signal handler): the running
+        ``invoke``/``resume`` then raises :class:`wasmig.Suspended`."""
+        self.runner.request()
+
     def _stopped(self) -> None:
         if self.runner.unwound:
             raise Suspended("unwound")
