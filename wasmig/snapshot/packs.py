@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ PACK_RE = re.compile(r"pack-[0-9a-f]{16}-[0-9a-f]{8}\.pack")
 _LEGACY_DIR_RE = re.compile(r"[0-9a-f]{2}")
 _LEGACY_PAGE_RE = re.compile(r"[0-9a-f]{64}")
 _OPEN_FDS = 64  # packs a reader keeps open at once
+_tls = threading.local()  # per thread: a read buffer
 
 
 class PackError(SnapshotError):
@@ -109,11 +111,14 @@ class PackStore:
 
     def __init__(self, pages_dir: Path) -> None:
         self.pages_dir = pages_dir
+        self._dir = str(pages_dir)
         self.locations: dict[str, Location] = {}
         self.packs: dict[str, list[tuple[str, int, int]]] = {}  # pack name -> its index entries
         self.damaged: dict[str, str] = {}  # pack name -> why it was left out
         self.has_legacy = False  # layout-1 page directories exist
         self._fds: dict[str, int] = {}
+        self._retired: list[int] = []  # evicted from _fds; closed with the store
+        self._fds_lock = threading.Lock()
 
     def refresh(self) -> None:
         """Read the indexes of packs that appeared since the last call; forget packs that went away."""
@@ -161,6 +166,21 @@ class PackStore:
         except OSError:
             return None
 
+    def read_view(self, h: str) -> tuple[memoryview, str] | None:
+        """:meth:`read` into a buffer of the calling thread's, reused (no allocation per page): the
+        view is valid until this thread's next call."""
+        loc = self.locations.get(h)
+        if loc is None:
+            found = self.read(h)
+            return None if found is None else (memoryview(found[0]), found[1])
+        buf = getattr(_tls, "buf", None)
+        if buf is None:
+            buf = _tls.buf = memoryview(bytearray(MAX_COMPRESSED_PAGE))
+        n = os.preadv(self._fd(loc.pack), [buf[:loc.length]], loc.offset)
+        if n != loc.length:
+            raise PackError(f"pack {self._dir}/{loc.pack} changed size while being read")
+        return buf[:n], f"page {h} in pack {self._dir}/{loc.pack}"
+
     def read(self, h: str) -> tuple[bytes, str] | None:
         """Page ``h``'s zstd frame and a description of where it came from (for errors); None if missing."""
         loc = self.locations.get(h)
@@ -168,8 +188,8 @@ class PackStore:
             fd = self._fd(loc.pack)
             comp = os.pread(fd, loc.length, loc.offset)
             if len(comp) != loc.length:
-                raise PackError(f"pack {self.pages_dir / loc.pack} changed size while being read")
-            return comp, f"page {h} in pack {self.pages_dir / loc.pack}"
+                raise PackError(f"pack {self._dir}/{loc.pack} changed size while being read")
+            return comp, f"page {h} in pack {self._dir}/{loc.pack}"
         p = self.legacy_path(h)
         try:
             with open(p, "rb") as f:
@@ -188,15 +208,19 @@ class PackStore:
     def _fd(self, name: str) -> int:
         fd = self._fds.get(name)
         if fd is None:
-            if len(self._fds) >= _OPEN_FDS:
-                os.close(self._fds.pop(next(iter(self._fds))))
-            fd = self._fds[name] = os.open(self.pages_dir / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            with self._fds_lock:  # the parallel restore reads from several threads
+                fd = self._fds.get(name)
+                if fd is None:
+                    if len(self._fds) >= _OPEN_FDS:
+                        self._retired.append(self._fds.pop(next(iter(self._fds))))  # another thread may use it
+                    fd = self._fds[name] = os.open(f"{self._dir}/{name}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         return fd
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        for fd in [*self._fds.values(), *self._retired]:
             os.close(fd)
         self._fds.clear()
+        self._retired.clear()
 
     def __del__(self) -> None:
         self.close()

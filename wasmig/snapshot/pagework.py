@@ -143,28 +143,40 @@ class PageTally:
     new: int = 0
     deduplicated: int = 0
     bytes_written: int = 0
-    reused: set[str] = field(default_factory=set)  # distinct pages named that were already in the store
+    new_hashes: set[str] = field(default_factory=set)  # the pages appended to the sink
+
+
+_Fresh = list[tuple[int, str, bytes | None]]  # (page index, hash, zstd frame or None: compress it yourself)
 
 
 def _scan(mem: MemoryPages, lo: int, hi: int, prior: Fingerprints | None, known: Callable[[str], bool],
-          level: int) -> list[tuple[str, int, bytes | None] | None]:
-    """Pages ``lo..hi`` of ``mem``: None (zero) or (hash, fingerprint, zstd frame or None when the
-    store already has the page)."""
+          claimed: set[str], level: int) -> tuple[Fingerprints, _Fresh]:
+    """Pages ``lo..hi`` of ``mem``: their fingerprints (None: zero page), and the pages the store
+    lacks, compressed unless another batch claimed the same page first (``claimed``: hashes some
+    worker compresses; shared, so a page repeated within the snapshot is compressed once)."""
     cctx = compressor(level)
-    out: list[tuple[str, int, bytes | None] | None] = []
+    prints: Fingerprints = []
+    fresh: _Fresh = []
+    is_zero, page_at = mem.is_zero, mem.page
     for j in range(lo, hi):
-        if mem.is_zero(j):
-            out.append(None)
+        if is_zero(j):
+            prints.append(None)
             continue
-        page = mem.page(j)
+        page = page_at(j)
         fp = fingerprint(page)
         last = prior[j] if prior is not None and j < len(prior) else None
         if last is not None and last[0] == fp and known(last[1]):
-            out.append((last[1], fp, None))
+            prints.append(last)
             continue
         h = blake3(page).hexdigest()
-        out.append((h, fp, None if known(h) else cctx.compress(page)))
-    return out
+        prints.append((fp, h))
+        if not known(h):
+            if h in claimed:
+                fresh.append((j, h, None))
+            else:
+                claimed.add(h)
+                fresh.append((j, h, cctx.compress(page)))
+    return prints, fresh
 
 
 def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, known: Callable[[str], bool],
@@ -179,9 +191,8 @@ def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, kn
     window = 2 * (executor._max_workers if executor is not None else 0) + 1  # noqa: SLF001
     tally = PageTally()
     pages = [MemoryPages(m) for m in memories]
-    lists: list[list[str | None]] = [[] for _ in pages]
     prints: list[Fingerprints] = [[] for _ in pages]
-    seen: set[str] = set()
+    claimed: set[str] = set()
     cctx = compressor(level)
     jobs: deque[tuple[int, int, int, Future[Any] | None]] = deque()
 
@@ -189,29 +200,15 @@ def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, kn
         m, lo, hi, fut = jobs.popleft()
         mem = pages[m]
         prior_m = prior[m] if prior is not None and m < len(prior) else None
-        results = fut.result() if fut is not None else _scan(mem, lo, hi, prior_m, known, level)
-        for j, r in zip(range(lo, hi), results, strict=True):
-            tally.total += 1
-            if r is None:
-                tally.zero += 1
-                lists[m].append(None)
-                prints[m].append(None)
-                continue
-            h, fp, comp = r
-            lists[m].append(h)
-            prints[m].append((fp, h))
-            if h in seen:
-                tally.deduplicated += 1
-                continue
-            seen.add(h)
-            if known(h):
-                tally.deduplicated += 1
-                tally.reused.add(h)
-                continue
-            if comp is None:  # another batch's worker was ahead on a repeated page: compress it here
+        batch, fresh = fut.result() if fut is not None else _scan(mem, lo, hi, prior_m, known, claimed, level)
+        prints[m] += batch
+        for j, h, comp in fresh:
+            if h in tally.new_hashes:
+                continue  # repeated within the snapshot
+            if comp is None:  # the batch that claimed it compressed it, but may come later
                 comp = cctx.compress(mem.page(j))
             sink.append(h, comp)
-            tally.new += 1
+            tally.new_hashes.add(h)
             tally.bytes_written += len(comp)
 
     try:
@@ -219,7 +216,8 @@ def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, kn
             prior_m = prior[m] if prior is not None and m < len(prior) else None
             for lo in range(0, mem.count, BATCH):
                 hi = min(lo + BATCH, mem.count)
-                fut = executor.submit(_scan, mem, lo, hi, prior_m, known, level) if executor is not None else None
+                fut = (executor.submit(_scan, mem, lo, hi, prior_m, known, claimed, level)
+                       if executor is not None else None)
                 jobs.append((m, lo, hi, fut))
                 while len(jobs) > window:
                     consume()
@@ -228,4 +226,9 @@ def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, kn
     finally:  # on failure: no worker may still be reading the memory when the guest resumes
         pending = [f for _, _, _, f in jobs if f is not None and not f.cancel()]
         wait(pending)
+    lists = [[None if p is None else p[1] for p in pm] for pm in prints]
+    tally.total = sum(len(pm) for pm in prints)
+    tally.zero = sum(pm.count(None) for pm in prints)
+    tally.new = len(tally.new_hashes)
+    tally.deduplicated = tally.total - tally.zero - tally.new
     return lists, prints, tally

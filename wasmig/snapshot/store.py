@@ -190,6 +190,28 @@ def _decompress_page(comp: bytes, what: str) -> bytes:
     return page
 
 
+def _decompress_into(comp: memoryview, target: memoryview, what: str) -> None:
+    """:func:`_decompress_page` into ``target`` (PAGE_SIZE bytes), with the same bounds and checks."""
+    if len(comp) > _MAX_COMPRESSED_PAGE:
+        raise SnapshotError(f"{what} is {len(comp)} bytes compressed, too large for a 64 KiB page")
+    try:
+        claimed = zstandard.frame_content_size(comp)
+        if claimed not in (PAGE_SIZE, -1):
+            raise SnapshotError(f"{what} decompresses to {claimed} bytes, not {PAGE_SIZE}")
+        reader = _decompressor().stream_reader(comp, read_across_frames=False)
+        got = 0
+        while got < PAGE_SIZE:
+            n = reader.readinto(target[got:])
+            if not n:
+                break
+            got += n
+        extra = reader.read(1)
+    except zstandard.ZstdError as e:
+        raise SnapshotError(f"{what} is not a valid compressed 64 KiB page ({_describe(e)})") from None
+    if got != PAGE_SIZE or extra:
+        raise SnapshotError(f"{what} decompresses to {got + len(extra)}{'+' if extra else ''} bytes, not {PAGE_SIZE}")
+
+
 # --- reading ----------------------------------------------------------------------------------------
 def _read_manifest(path: Path) -> dict[str, Any]:
     """Read and verify a snapshot file's container (magic, version, length, hash); return the manifest."""
@@ -269,6 +291,25 @@ class _PageSource:
             self._cache[h] = page
         return page
 
+    def copy_stored(self, h: str, target: memoryview) -> None:
+        """Page ``h`` decompressed straight into ``target`` (64 KiB of the memory being restored)
+        and verified there: no allocation or copy per page besides the read. On failure the
+        target holds garbage and the error stands (the restore is abandoned)."""
+        page = self._cache.get(h)
+        if page is not None:
+            target[:] = page
+            return
+        store = self._packs()
+        found = store.read_view(h)
+        if found is None:
+            raise SnapshotError(f"page {h} is missing from the page store ({self.pages_dir}){store.why_missing()}")
+        comp, where = found
+        _decompress_into(comp, target, where)
+        if blake3(target).hexdigest() != h:
+            raise SnapshotError(f"{where} is corrupt (hash mismatch)")
+        if h in self._repeated:
+            self._cache[h] = bytes(target)
+
     def note_repeats(self, entries: list[Any]) -> None:
         """Remember which hashes ``entries`` names more than once: only those are kept once read."""
         seen: set[str] = set()
@@ -329,6 +370,14 @@ class PagedMemory:
             return self._source.stored(entry)
         return _decompress_page(entry, f"embedded page {j} of memory {self.index}")
 
+    def copy_page(self, j: int, target: memoryview) -> None:
+        """Page ``j`` written into ``target`` (64 KiB), verified."""
+        entry = self.entries[j]
+        if isinstance(entry, str):
+            self._source.copy_stored(entry, target)
+        else:
+            target[:] = self.page(j)
+
     def copy_into(self, target: memoryview | int, pages: Any, threads: int | None = None) -> None:
         """Write pages ``pages`` (indices) into ``target`` at their offsets: a writable buffer of the
         memory's size, or the address of one. Reading, decompressing, verifying and copying run in
@@ -337,13 +386,15 @@ class PagedMemory:
         if not isinstance(target, int) and target.nbytes < len(self) * PAGE_SIZE:
             raise ValueError("copy_into: the target is smaller than the memory")
 
+        view = memoryview((ctypes.c_char * (len(self) * PAGE_SIZE)).from_address(address)).cast("B")
+
         def batch(js: list[int]) -> None:
             for j in js:
-                ctypes.memmove(address + j * PAGE_SIZE, self.page(j), PAGE_SIZE)
+                self.copy_page(j, view[j * PAGE_SIZE:(j + 1) * PAGE_SIZE])
 
         wanted = list(pages)
         batches = [wanted[i:i + _RESTORE_BATCH] for i in range(0, len(wanted), _RESTORE_BATCH)]
-        executor = pool(None)
+        executor = pool(threads)
         if executor is None or len(batches) < 2:
             for b in batches:
                 batch(b)
@@ -436,6 +487,9 @@ class _GuardedPages(PagedMemory):
 
     def page(self, j: int) -> bytes:
         return _guarded(self._file, "read snapshot", super().page, j)
+
+    def copy_into(self, target: memoryview | int, pages: Any, threads: int | None = None) -> None:
+        _guarded(self._file, "read snapshot", super().copy_into, target, pages, threads)
 
 
 def _resolve(path: Path) -> Path:
@@ -727,7 +781,8 @@ class CheckpointDir:
         stats = WriteStats(pages_total=tally.total, pages_zero=tally.zero, pages_new=tally.new,
                            pages_deduplicated=tally.deduplicated, page_bytes_written=tally.bytes_written,
                            pause_seconds=pause)
-        return StagedWrite(self, lock, writer, chunks, prints, tally.reused, stats, t0)
+        reused = {h for hashes in lists for h in hashes if h is not None} - tally.new_hashes
+        return StagedWrite(self, lock, writer, chunks, prints, reused, stats, t0)
 
     @contextlib.contextmanager
     def _gc_lock(self, mode: int) -> Iterator[None]:
