@@ -45,6 +45,7 @@ PACK_RE = re.compile(r"pack-[0-9a-f]{16}-[0-9a-f]{8}\.pack")
 _LEGACY_DIR_RE = re.compile(r"[0-9a-f]{2}")
 _LEGACY_PAGE_RE = re.compile(r"[0-9a-f]{64}")
 _OPEN_FDS = 64  # packs a reader keeps open at once
+_IOV_MAX = 1024  # buffers per writev (Linux's limit)
 _tls = threading.local()  # per thread: a read buffer
 
 
@@ -259,8 +260,22 @@ class PackWriter:
 
     def append(self, h: str, comp: bytes) -> None:
         """Add page ``h`` (hex BLAKE3 of the page) as the zstd frame ``comp``."""
-        self.entries.append((bytes.fromhex(h), self.offset, len(comp)))
-        self._write(comp)
+        self.append_many([(h, comp)])
+
+    def append_many(self, pages: list[tuple[str, bytes]]) -> None:
+        """:meth:`append` several pages with one ``writev``."""
+        offset = self.offset
+        for h, comp in pages:
+            self.entries.append((bytes.fromhex(h), offset, len(comp)))
+            offset += len(comp)
+        frames = [comp for _, comp in pages]
+        while frames:
+            n = os.writev(self._fd, frames[:_IOV_MAX])
+            self.offset += n
+            while frames and n >= len(frames[0]):
+                n -= len(frames.pop(0))
+            if n:
+                frames[0] = memoryview(frames[0])[n:]
 
     def commit(self) -> Path | None:
         """Write the index, fsync, rename to the final name; the pack's path, None when empty (discarded)."""

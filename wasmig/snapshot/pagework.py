@@ -131,7 +131,7 @@ class MemoryPages:
 
 
 class PageSink(Protocol):
-    def append(self, h: str, comp: bytes) -> None: ...
+    def append_many(self, pages: list[tuple[str, bytes]]) -> None: ...
 
 
 @dataclass
@@ -202,14 +202,17 @@ def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, kn
         prior_m = prior[m] if prior is not None and m < len(prior) else None
         batch, fresh = fut.result() if fut is not None else _scan(mem, lo, hi, prior_m, known, claimed, level)
         prints[m] += batch
+        new: list[tuple[str, bytes]] = []
         for j, h, comp in fresh:
             if h in tally.new_hashes:
                 continue  # repeated within the snapshot
             if comp is None:  # the batch that claimed it compressed it, but may come later
                 comp = cctx.compress(mem.page(j))
-            sink.append(h, comp)
+            new.append((h, comp))
             tally.new_hashes.add(h)
             tally.bytes_written += len(comp)
+        if new:
+            sink.append_many(new)
 
     try:
         for m, mem in enumerate(pages):

@@ -216,9 +216,10 @@ class SessionBase:
         self.policy.written.append(path)
         self._write_status()
         stats = self._store.last_stats
-        log.info(__name__, "checkpoint %s at step %s: capture %s, write %.3f s, %d bytes written (%d pages, %d new)",
+        log.info(__name__, "checkpoint %s at step %s: capture %s, write %.3f s (memory read in %.3f s), "
+                 "%d bytes written (%d pages, %d new)",
                  path, snap.steps, "?" if capture_s is None else f"{capture_s:.3f} s", stats.seconds,
-                 stats.bytes_written, stats.pages_total, stats.pages_new)
+                 stats.pause_seconds, stats.bytes_written, stats.pages_total, stats.pages_new)
 
 
 class Session(SessionBase):
@@ -341,7 +342,7 @@ class Session(SessionBase):
 
         if self.policy.directory is not None:
             started = time.perf_counter()
-            snap = capture(self.instance)
+            snap = capture(self.instance, memory_in_place=True)  # written before the machine resumes
             self._save(snap, time.perf_counter() - started)
 
 
