@@ -123,6 +123,9 @@ class _WsnapPages(_PageSource):
             page = self._cache[h] = self._w.read_page(h)[1]
         return page
 
+    def copy_stored(self, h: str, target: memoryview) -> None:
+        target[:] = self.stored(h)
+
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
     data = f.read(n)
