@@ -27,64 +27,59 @@ reads or writes them. Three properties drive the design:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
 import re
-import struct
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import msgpack
-import zstandard
-
 from wasmig.hashing import blake3
 from wasmig.snapshot import packs
+from wasmig.snapshot.container import (
+    _HASH_RE,
+    _HEADER,
+    _MAX_COMPRESSED_PAGE,
+    _READ_ERRORS,
+    HASH_SIZE,
+    HEADER_SIZE,
+    MAGIC,
+    _decompress_page,
+    _describe,
+    _encode,
+    _guarded,
+    _list_memories,
+    _one_line,
+    _page_hashes,
+    _read_manifest,
+    _read_manifest_from,
+)
 from wasmig.snapshot.durable import atomic_write as _atomic_write
 from wasmig.snapshot.durable import fsync_dir as _fsync_dir
 from wasmig.snapshot.durable import is_temp_name, write_temp
 from wasmig.snapshot.durable import mkdirs_durable as _mkdirs_durable
 from wasmig.snapshot.durable import temp_name as _temp_name
 from wasmig.snapshot.durable import unlink_quietly as _unlink_quietly
-from wasmig.snapshot.pagework import ZERO_PAGE, Fingerprints, MemoryPages, compressor, hash_and_store, pool
-from wasmig.snapshot.state import FORMAT_VERSION, PAGE_SIZE, Snapshot, SnapshotError, from_plain, to_plain
+from wasmig.snapshot.paged import PagedMemory, _GuardedPages, _PageSource
+from wasmig.snapshot.pagework import Fingerprints, MemoryPages, compressor, hash_and_store
+from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain, to_plain
 
-__all__ = ["CheckpointDir", "PagedMemory", "WriteStats", "checkpoint_chain", "load_snapshot",
-           "load_snapshot_deferred", "materialize", "storage_stats", "write_single_file",
-           "_atomic_write", "_fsync_dir", "_mkdirs_durable", "_temp_name", "_unlink_quietly"]
+# the public API, and what the single-file export (wsnap) and the tests use from the modules above
+__all__ = ["CheckpointDir", "HASH_SIZE", "HEADER_SIZE", "MAGIC", "PagedMemory", "StagedWrite", "WriteStats",
+           "checkpoint_chain", "load_snapshot", "load_snapshot_deferred", "materialize", "storage_stats",
+           "write_single_file", "_HASH_RE", "_HEADER", "_MAX_COMPRESSED_PAGE", "_READ_ERRORS", "_PageSource",
+           "_atomic_write", "_decompress_page", "_describe", "_fsync_dir", "_mkdirs_durable", "_one_line",
+           "_read_manifest_from", "_temp_name", "_unlink_quietly"]
 
-MAGIC = b"WASMIGSNAP"
-_HEADER = struct.Struct("<10sII")  # magic, format version, manifest length
-HEADER_SIZE = _HEADER.size
-HASH_SIZE = 32
 ZSTD_LEVEL = 1  # level 1 compresses typical wasm heaps nearly as well as 3 at about twice the speed
-# zstd's worst case for one incompressible 64 KiB page is a few bytes over the page; anything much
-# larger is not a page we wrote, and reading it whole would let a corrupt store exhaust memory.
-_MAX_COMPRESSED_PAGE = packs.MAX_COMPRESSED_PAGE
-_MAX_MANIFEST = 0xFFFFFFFF  # the header's u32 length
-_HASH_RE = re.compile(r"[0-9a-f]{64}")  # also what keeps a manifest from naming a path outside pages/
 _SNAP_RE = re.compile(r"(\d{6,})\.snap")
 _FIRST_NUMBER = 1
-_RESTORE_BATCH = 16  # pages per restore task
 #: in a checkpoint directory: writers hold it shared while they write, ``gc`` exclusively, so a
 #: collection never deletes a page that a snapshot being written is about to name
 GC_LOCK = ".gc-lock"
-
-_tls = threading.local()  # zstd contexts are not thread-safe; one per thread, reused across calls
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    dctx = getattr(_tls, "dctx", None)
-    if dctx is None:
-        dctx = _tls.dctx = zstandard.ZstdDecompressor()
-    return dctx
-
 
 # --- statistics -----------------------------------------------------------------------------------
 @dataclass
@@ -112,27 +107,6 @@ class WriteStats:
         return d
 
 
-# --- small helpers ----------------------------------------------------------------------------------
-def _one_line(text: str, limit: int = 500) -> str:
-    """Error text for a terminal: one line, and bounded (validation messages may quote file contents)."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    return _one_line(str(exc)) or type(exc).__name__
-
-
-# Everything a malformed file can make the libraries below raise. SnapshotError passes through.
-_READ_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError, RecursionError,
-    zstandard.ZstdError, msgpack.UnpackException,
-)
-
-
 def _memory_buffers(snapshot: Snapshot) -> list[Any]:
     """The memories' bytes as they are (bytes, bytearray, or a view of an engine's memory: no copy)."""
     out = []
@@ -157,278 +131,9 @@ def _validate_for_write(manifest: dict[str, Any]) -> None:
                 raise SnapshotError(f"refusing to write an invalid snapshot: memory {i} {key} is {v!r}")
 
 
-def _encode(manifest: dict[str, Any]) -> list[bytes]:
-    """Header, msgpack manifest and trailing BLAKE3 of both, as chunks (a single file's manifest can be large)."""
-    try:
-        body = msgpack.packb(manifest, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise SnapshotError(f"cannot encode snapshot: {_describe(e)}") from None
-    if len(body) > _MAX_MANIFEST:
-        raise SnapshotError(f"snapshot manifest is {len(body)} bytes, more than the format's 4 GiB limit; "
-                            "use a checkpoint directory instead of a single file")
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body))
-    h = blake3(header)
-    h.update(body)
-    return [header, body, h.digest()]
-
-
-def _decompress_page(comp: bytes, what: str) -> bytes:
-    """One stored page, bounded to PAGE_SIZE of output whatever its frame header claims."""
-    if len(comp) > _MAX_COMPRESSED_PAGE:
-        raise SnapshotError(f"{what} is {len(comp)} bytes compressed, too large for a 64 KiB page")
-    # python-zstandard trusts the frame's content size and allocates it before decompressing, so a
-    # crafted header could claim gigabytes: check the claim first, then cap the output anyway.
-    try:
-        claimed = zstandard.frame_content_size(comp)
-        if claimed not in (PAGE_SIZE, -1):
-            raise SnapshotError(f"{what} decompresses to {claimed} bytes, not {PAGE_SIZE}")
-        page = _decompressor().decompress(comp, max_output_size=PAGE_SIZE, allow_extra_data=False)
-    except zstandard.ZstdError as e:  # includes output that would exceed one page
-        raise SnapshotError(f"{what} is not a valid compressed 64 KiB page ({_describe(e)})") from None
-    if len(page) != PAGE_SIZE:
-        raise SnapshotError(f"{what} decompresses to {len(page)} bytes, not {PAGE_SIZE}")
-    return page
-
-
-def _decompress_into(comp: memoryview, target: memoryview, what: str) -> None:
-    """:func:`_decompress_page` into ``target`` (PAGE_SIZE bytes), with the same bounds and checks."""
-    if len(comp) > _MAX_COMPRESSED_PAGE:
-        raise SnapshotError(f"{what} is {len(comp)} bytes compressed, too large for a 64 KiB page")
-    try:
-        claimed = zstandard.frame_content_size(comp)
-        if claimed not in (PAGE_SIZE, -1):
-            raise SnapshotError(f"{what} decompresses to {claimed} bytes, not {PAGE_SIZE}")
-        reader = _decompressor().stream_reader(comp, read_across_frames=False)
-        got = 0
-        while got < PAGE_SIZE:
-            n = reader.readinto(target[got:])
-            if not n:
-                break
-            got += n
-        extra = reader.read(1)
-    except zstandard.ZstdError as e:
-        raise SnapshotError(f"{what} is not a valid compressed 64 KiB page ({_describe(e)})") from None
-    if got != PAGE_SIZE or extra:
-        raise SnapshotError(f"{what} decompresses to {got + len(extra)}{'+' if extra else ''} bytes, not {PAGE_SIZE}")
-
-
-# --- reading ----------------------------------------------------------------------------------------
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """Read and verify a snapshot file's container (magic, version, length, hash); return the manifest."""
-    with open(path, "rb") as f:
-        return _read_manifest_from(f, os.fstat(f.fileno()).st_size)
-
-
-def _read_manifest_from(f: BinaryIO, size: int) -> dict[str, Any]:
-    """:func:`_read_manifest` for a container of ``size`` bytes at ``f``'s position (a snapshot
-    file, or the one inside a .wsnap, given as a ``BytesIO``)."""
-    header = f.read(HEADER_SIZE)
-    if header[:len(MAGIC)] != MAGIC:
-        if header and MAGIC.startswith(header):
-            raise SnapshotError(f"truncated snapshot ({len(header)} bytes)")
-        raise SnapshotError("not a wasmig snapshot (bad magic)")
-    if len(header) < HEADER_SIZE:
-        raise SnapshotError(f"truncated snapshot ({len(header)} bytes, shorter than the header)")
-    _, version, length = _HEADER.unpack(header)
-    if version > FORMAT_VERSION:
-        raise SnapshotError(f"snapshot has newer format version {version}, this wasmig reads {FORMAT_VERSION}; "
-                            "upgrade wasmig to restore it")
-    if version != FORMAT_VERSION:
-        raise SnapshotError(f"unknown snapshot format version {version}")
-    expected = HEADER_SIZE + length + HASH_SIZE
-    if size < expected:
-        raise SnapshotError(f"truncated snapshot ({size} bytes, the header says {expected})")
-    if size > expected:
-        raise SnapshotError(f"snapshot has {size - expected} bytes of trailing garbage")
-    rest = f.read(length + HASH_SIZE + 1)
-    if len(rest) != length + HASH_SIZE:
-        raise SnapshotError("snapshot changed size while being read")
-    body = memoryview(rest)[:length]
-    h = blake3(header)
-    h.update(body)
-    if h.digest() != rest[length:]:
-        raise SnapshotError("snapshot is corrupt (checksum mismatch)")
-    manifest = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
-    if not isinstance(manifest, dict):
-        raise SnapshotError("corrupt snapshot: manifest is not a map")
-    if manifest.get("format_version") != version:
-        raise SnapshotError("corrupt snapshot: manifest and header disagree on the format version")
-    return manifest
-
-
-class _PageSource:
-    """Resolves a manifest's page entries: ``None`` (zero), a hash (page store) or bytes (embedded)."""
-
-    def __init__(self, pages_dir: Path | None) -> None:
-        self.pages_dir = pages_dir
-        self._cache: dict[str, bytes] = {}  # pages named more than once are read and verified once
-        self._repeated: set[str] = set()
-        self._store: packs.PackStore | None = None
-
-    def _packs(self) -> packs.PackStore:
-        if self._store is None:
-            if self.pages_dir is None or not self.pages_dir.is_dir():
-                raise SnapshotError("a page is missing: this snapshot references a page store and "
-                                    f"{self.pages_dir or 'its pages/ directory'} does not exist")
-            store = packs.PackStore(self.pages_dir)
-            store.refresh()
-            self._store = store
-        return self._store
-
-    def stored(self, h: str) -> bytes:
-        page = self._cache.get(h)
-        if page is not None:
-            return page
-        store = self._packs()
-        found = store.read(h)
-        if found is None:
-            raise SnapshotError(f"page {h} is missing from the page store ({self.pages_dir}){store.why_missing()}")
-        comp, where = found
-        page = _decompress_page(comp, where)
-        if blake3(page).hexdigest() != h:
-            raise SnapshotError(f"{where} is corrupt (hash mismatch)")
-        if h in self._repeated:
-            self._cache[h] = page
-        return page
-
-    def copy_stored(self, h: str, target: memoryview) -> None:
-        """Page ``h`` decompressed straight into ``target`` (64 KiB of the memory being restored)
-        and verified there: no allocation or copy per page besides the read. On failure the
-        target holds garbage and the error stands (the restore is abandoned)."""
-        page = self._cache.get(h)
-        if page is not None:
-            target[:] = page
-            return
-        store = self._packs()
-        found = store.read_view(h)
-        if found is None:
-            raise SnapshotError(f"page {h} is missing from the page store ({self.pages_dir}){store.why_missing()}")
-        comp, where = found
-        _decompress_into(comp, target, where)
-        if blake3(target).hexdigest() != h:
-            raise SnapshotError(f"{where} is corrupt (hash mismatch)")
-        if h in self._repeated:
-            self._cache[h] = bytes(target)
-
-    def note_repeats(self, entries: list[Any]) -> None:
-        """Remember which hashes ``entries`` names more than once: only those are kept once read."""
-        seen: set[str] = set()
-        for e in entries:
-            if isinstance(e, str):
-                if e in seen:
-                    self._repeated.add(e)
-                seen.add(e)
-
-    def memory(self, index: int, raw: Any, size_pages: int) -> bytes:
-        paged = self.deferred(index, raw, size_pages)
-        out = bytearray(len(paged) * PAGE_SIZE)
-        if out:
-            paged.copy_into(memoryview(out), range(len(paged)))
-        return bytes(out)
-
-    def deferred(self, index: int, raw: Any, size_pages: int) -> PagedMemory:
-        """Memory ``index``'s page list, checked, its pages left to read when asked."""
-        if not isinstance(raw, list) or len(raw) != size_pages:
-            raise SnapshotError(f"corrupt snapshot: memory {index} page list does not match its size")
-        for j, entry in enumerate(raw):
-            if isinstance(entry, str):
-                if not _HASH_RE.fullmatch(entry):
-                    raise SnapshotError(f"corrupt snapshot: memory {index} page {j} has an invalid hash")
-            elif entry is not None and not isinstance(entry, bytes):
-                raise SnapshotError(f"corrupt snapshot: memory {index} page {j} is neither a hash nor a page")
-        self.note_repeats(raw)
-        return PagedMemory(index, raw, self)
-
-
-class PagedMemory:
-    """One memory of a snapshot read with :func:`load_snapshot_deferred`: its page list, each page
-    read (decompressed and verified) only when :meth:`page` asks for it. A restore on wasmtime
-    writes the pages straight into the new instance's memory and does not even read those it
-    holds already (zero pages; data-segment pages the program never changed)."""
-
-    def __init__(self, index: int, entries: list[Any], source: _PageSource) -> None:
-        self.index = index
-        #: per page: None (all zero), a page-store hash (hex BLAKE3 of the page) or an embedded,
-        #: compressed page
-        self.entries = entries
-        self._source = source
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def digest(self, j: int) -> str | None:
-        """Page ``j``'s hex BLAKE3 when the snapshot names it (a page-store page), else None."""
-        entry = self.entries[j]
-        return entry if isinstance(entry, str) else None
-
-    def page(self, j: int) -> bytes:
-        """Page ``j``'s 64 KiB (verified against its hash); raises SnapshotError."""
-        entry = self.entries[j]
-        if entry is None:
-            return ZERO_PAGE
-        if isinstance(entry, str):
-            return self._source.stored(entry)
-        return _decompress_page(entry, f"embedded page {j} of memory {self.index}")
-
-    def copy_page(self, j: int, target: memoryview) -> None:
-        """Page ``j`` written into ``target`` (64 KiB), verified."""
-        entry = self.entries[j]
-        if isinstance(entry, str):
-            self._source.copy_stored(entry, target)
-        else:
-            target[:] = self.page(j)
-
-    def copy_into(self, target: memoryview | int, pages: Any, threads: int | None = None) -> None:
-        """Write pages ``pages`` (indices) into ``target`` at their offsets: a writable buffer of the
-        memory's size, or the address of one. Reading, decompressing, verifying and copying run in
-        batches on all cores (zstd, BLAKE3 and the copies release the GIL)."""
-        address = target if isinstance(target, int) else ctypes.addressof(ctypes.c_char.from_buffer(target))
-        if not isinstance(target, int) and target.nbytes < len(self) * PAGE_SIZE:
-            raise ValueError("copy_into: the target is smaller than the memory")
-
-        view = memoryview((ctypes.c_char * (len(self) * PAGE_SIZE)).from_address(address)).cast("B")
-
-        def batch(js: list[int]) -> None:
-            for j in js:
-                self.copy_page(j, view[j * PAGE_SIZE:(j + 1) * PAGE_SIZE])
-
-        wanted = list(pages)
-        batches = [wanted[i:i + _RESTORE_BATCH] for i in range(0, len(wanted), _RESTORE_BATCH)]
-        executor = pool(threads)
-        if executor is None or len(batches) < 2:
-            for b in batches:
-                batch(b)
-            return
-        futures = [executor.submit(batch, b) for b in batches]
-        try:
-            for f in futures:
-                f.result()
-        finally:  # no worker may write into the memory after this returns
-            wait([f for f in futures if not f.cancel()])
-
-
 def _load_file(path: Path, pages_dir: Path | None) -> Snapshot:
     manifest = _read_manifest(path)
     return from_plain(manifest, _PageSource(pages_dir).memory)
-
-
-def _guarded(path: Path, what: str, fn: Any, *args: Any) -> Any:
-    """Run a read, turning *every* failure into a one-line SnapshotError that names ``path``.
-
-    Callers (the CLI, a migration receiver) rely on "a snapshot either loads or raises
-    SnapshotError": a malformed file must never surface as a msgpack/zstd/KeyError traceback.
-    The final ``except Exception`` is that contract's backstop; its message says "internal error" and
-    keeps the exception type so a real bug stays recognisable (the corruption tests assert it is
-    never reached).
-    """
-    try:
-        return fn(*args)
-    except SnapshotError as e:
-        raise SnapshotError(f"{path}: {_one_line(str(e))}") from None
-    except _READ_ERRORS as e:
-        raise SnapshotError(f"{path}: cannot {what}: {_describe(e)}") from None
-    except Exception as e:  # the backstop: see the docstring
-        raise SnapshotError(f"{path}: cannot {what}: internal error {type(e).__name__}: {_describe(e)}") from e
 
 
 def _pages_dir_for(file: Path) -> Path:
@@ -475,21 +180,10 @@ def materialize(snap: Snapshot, pages: list[PagedMemory] | None) -> None:
     if pages is None:
         return
     for paged, mem in zip(pages, snap.memories, strict=True):
-        mem.data = b"".join(paged.page(j) for j in range(len(paged)))
-
-
-class _GuardedPages(PagedMemory):
-    """A :class:`PagedMemory` whose read failures name the snapshot file (see :func:`_guarded`)."""
-
-    def __init__(self, file: Path, inner: PagedMemory) -> None:
-        super().__init__(inner.index, inner.entries, inner._source)
-        self._file = file
-
-    def page(self, j: int) -> bytes:
-        return _guarded(self._file, "read snapshot", super().page, j)
-
-    def copy_into(self, target: memoryview | int, pages: Any, threads: int | None = None) -> None:
-        _guarded(self._file, "read snapshot", super().copy_into, target, pages, threads)
+        out = bytearray(len(paged) * PAGE_SIZE)
+        if out:
+            paged.copy_into(memoryview(out), range(len(paged)))
+        mem.data = bytes(out)
 
 
 def _resolve(path: Path) -> Path:
@@ -580,23 +274,11 @@ def checkpoint_chain(path: str | Path) -> list[dict[str, Any]] | None:
     return _guarded(path, "read snapshot", compute)
 
 
-def _page_hashes(manifest: dict[str, Any]) -> set[str]:
-    """The page-store hashes a manifest names (not its zero or embedded pages)."""
-    return {e for m in _list_memories(manifest) for e in m if isinstance(e, str)}
-
-
 def _stored_bytes(pages_dir: Path, hashes: set[str]) -> int:
     """What these pages take in the page store (a missing one counts nothing)."""
     store = packs.PackStore(pages_dir)
     store.refresh()
     return sum(store.size(h) or 0 for h in hashes)
-
-
-def _list_memories(manifest: dict[str, Any]) -> list[list[Any]]:
-    mems = manifest.get("memories")
-    if not isinstance(mems, list) or not all(isinstance(m, dict) and isinstance(m.get("data"), list) for m in mems):
-        raise SnapshotError("corrupt snapshot: malformed memories")
-    return [m["data"] for m in mems]
 
 
 def _previous(path: Path) -> Path | None:
