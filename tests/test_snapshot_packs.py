@@ -26,7 +26,14 @@ from tests.snapshot_synth import make_snapshot
 from wasmig.snapshot import pagework
 from wasmig.snapshot.packs import PACK_RE, PackStore
 from wasmig.snapshot.state import PAGE_SIZE, MemoryState, Snapshot, SnapshotError, to_plain
-from wasmig.snapshot.store import CheckpointDir, _encode, checkpoint_chain, load_snapshot, storage_stats
+from wasmig.snapshot.store import (
+    CheckpointDir,
+    _encode,
+    checkpoint_chain,
+    load_snapshot,
+    storage_stats,
+    write_single_file,
+)
 from wasmig.snapshot.wsnap import export_snapshot, import_wsnap, load_wsnap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,3 +277,14 @@ def test_export_and_import_across_both_layouts(tmp_path: Path) -> None:
     imported = import_wsnap(out, tmp_path / "other")
     assert load_snapshot(imported) == new
     assert [p for p in (tmp_path / "other" / "pages").iterdir() if PACK_RE.fullmatch(p.name)]
+
+
+def test_interpreter_memory_can_grow_after_a_write(tmp_path: Path) -> None:
+    """The interpreter's memory is a bytearray written in place: no view of it may outlive the
+    write, or its next memory.grow would fail (BufferError)."""
+    for threads in (1, 2):
+        data = _memory(10, 12)
+        CheckpointDir(tmp_path / f"ck{threads}", threads=threads).write(_snap(11, data))
+        write_single_file(_snap(11, data), tmp_path / f"single{threads}.snap")
+        data.extend(bytes(PAGE_SIZE))  # memory.grow
+        assert len(data) == 13 * PAGE_SIZE

@@ -129,6 +129,10 @@ class MemoryPages:
     def page(self, j: int) -> memoryview:
         return self.view[j * PAGE_SIZE:(j + 1) * PAGE_SIZE]
 
+    def release(self) -> None:
+        """Give up the buffer export (a ``bytearray`` cannot be resized while a view of it lives)."""
+        self.view.release()
+
 
 class PageSink(Protocol):
     def append_many(self, pages: list[tuple[str, bytes]]) -> None: ...
@@ -187,8 +191,9 @@ def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, kn
     ``prior``: per memory, the fingerprints this writer's last write recorded (None: hash all).
     Returns the manifest's page lists, the fingerprints to pass as ``prior`` next time, and a
     tally. Every read of the memories is finished when this returns or raises."""
-    executor = pool(threads)
-    window = 2 * (executor._max_workers if executor is not None else 0) + 1  # noqa: SLF001
+    workers = default_threads() if threads is None else threads
+    executor = pool(workers)
+    window = 2 * workers + 1 if executor is not None else 1  # batches in flight: bounded memory
     tally = PageTally()
     pages = [MemoryPages(m) for m in memories]
     prints: list[Fingerprints] = [[] for _ in pages]
@@ -229,6 +234,8 @@ def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, kn
     finally:  # on failure: no worker may still be reading the memory when the guest resumes
         pending = [f for _, _, _, f in jobs if f is not None and not f.cancel()]
         wait(pending)
+        for mem in pages:
+            mem.release()  # the interpreter's bytearray must be free to grow again
     lists = [[None if p is None else p[1] for p in pm] for pm in prints]
     tally.total = sum(len(pm) for pm in prints)
     tally.zero = sum(pm.count(None) for pm in prints)

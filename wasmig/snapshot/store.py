@@ -315,6 +315,7 @@ def write_single_file(snapshot: Snapshot, path: str | Path, level: int = ZSTD_LE
             else:
                 stats.pages_new += 1
                 entries.append(cctx.compress(mem.page(j)))
+        mem.release()
         lists.append(entries)
     stats.pause_seconds = time.perf_counter() - t0
     chunks = _encode(to_plain(snapshot, lambda i, _data: lists[i]))
