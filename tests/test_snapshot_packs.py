@@ -185,6 +185,7 @@ def test_memory_read_in_place(tmp_path: Path, threads: int) -> None:
     assert store.last_stats.pages_zero == sum(expected[o:o + PAGE_SIZE] == bytes(PAGE_SIZE)
                                               for o in range(0, size, PAGE_SIZE))
     assert 0 < store.last_stats.pause_seconds <= store.last_stats.seconds
+    assert bytes(view) == expected  # the caller's view is intact after the write
     ctypes.memset(buf, 0xAB, size)  # the guest runs on
     assert load_snapshot(path).memories[0].data == expected
 

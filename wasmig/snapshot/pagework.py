@@ -104,7 +104,8 @@ class MemoryPages:
 
     def __init__(self, data: Any) -> None:
         self.data = data
-        self.view = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
+        view = memoryview(data)  # our own view (released by release()), even of a memoryview
+        self.view = view if view.format == "B" and view.ndim == 1 else view.cast("B")
         self.count = len(self.view) // PAGE_SIZE
         self._startswith: Callable[..., bool] | None = None
         self._address: int | None = None
