@@ -79,16 +79,25 @@ def _encode(manifest: dict[str, Any]) -> list[bytes]:
     return [header, body, h.digest()]
 
 
-def _decompress_page(comp: bytes, what: str) -> bytes:
-    """One stored page, bounded to PAGE_SIZE of output whatever its frame header claims."""
+def _check_frame(comp: bytes | memoryview, what: str) -> None:
+    """A stored page's bounds, before decompressing: its size, and the content size its frame claims.
+
+    python-zstandard trusts the frame's content size and allocates it before decompressing, so a
+    crafted header could claim gigabytes: the claim is checked first, and the output capped anyway."""
     if len(comp) > _MAX_COMPRESSED_PAGE:
         raise SnapshotError(f"{what} is {len(comp)} bytes compressed, too large for a 64 KiB page")
-    # python-zstandard trusts the frame's content size and allocates it before decompressing, so a
-    # crafted header could claim gigabytes: check the claim first, then cap the output anyway.
     try:
         claimed = zstandard.frame_content_size(comp)
-        if claimed not in (PAGE_SIZE, -1):
-            raise SnapshotError(f"{what} decompresses to {claimed} bytes, not {PAGE_SIZE}")
+    except zstandard.ZstdError as e:
+        raise SnapshotError(f"{what} is not a valid compressed 64 KiB page ({_describe(e)})") from None
+    if claimed not in (PAGE_SIZE, -1):
+        raise SnapshotError(f"{what} decompresses to {claimed} bytes, not {PAGE_SIZE}")
+
+
+def _decompress_page(comp: bytes, what: str) -> bytes:
+    """One stored page, bounded to PAGE_SIZE of output whatever its frame header claims."""
+    _check_frame(comp, what)
+    try:
         page = _decompressor().decompress(comp, max_output_size=PAGE_SIZE, allow_extra_data=False)
     except zstandard.ZstdError as e:  # includes output that would exceed one page
         raise SnapshotError(f"{what} is not a valid compressed 64 KiB page ({_describe(e)})") from None
@@ -98,13 +107,10 @@ def _decompress_page(comp: bytes, what: str) -> bytes:
 
 
 def _decompress_into(comp: memoryview, target: memoryview, what: str) -> None:
-    """:func:`_decompress_page` into ``target`` (PAGE_SIZE bytes), with the same bounds and checks."""
-    if len(comp) > _MAX_COMPRESSED_PAGE:
-        raise SnapshotError(f"{what} is {len(comp)} bytes compressed, too large for a 64 KiB page")
+    """:func:`_decompress_page` into ``target`` (PAGE_SIZE bytes), with the same bounds and checks
+    (output beyond the page is read as one byte and refused)."""
+    _check_frame(comp, what)
     try:
-        claimed = zstandard.frame_content_size(comp)
-        if claimed not in (PAGE_SIZE, -1):
-            raise SnapshotError(f"{what} decompresses to {claimed} bytes, not {PAGE_SIZE}")
         reader = _decompressor().stream_reader(comp, read_across_frames=False)
         got = 0
         while got < PAGE_SIZE:
