@@ -1053,16 +1053,32 @@ def _mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 
 def _same_page(mutated: bytes, original: bytes) -> bool:
-    """A page file whose change the store does not see: some bits of a zstd frame (in its header,
-    or unused ones) do not change what it decompresses to, so the page still matches its hash and
-    a restore rightly uses it."""
+    """A page file (or pack) whose change the store does not see: some bits of a zstd frame (in
+    its header, or unused ones) do not change what it decompresses to, so the page still matches
+    its hash and a restore rightly uses it."""
+    from wasmig.snapshot.packs import PACK_MAGIC
     from wasmig.snapshot.state import SnapshotError
     from wasmig.snapshot.store import _decompress_page
 
     try:
+        if original.startswith(PACK_MAGIC):
+            return _pack_pages(mutated) == _pack_pages(original)
         return _decompress_page(mutated, "page") == _decompress_page(original, "page")
-    except SnapshotError:
+    except (SnapshotError, OSError, ValueError):
         return False
+
+
+def _pack_pages(pack: bytes) -> dict[str, bytes]:
+    """A pack's pages by hash, decompressed (raises on a damaged pack)."""
+    import tempfile
+
+    from wasmig.snapshot.packs import read_index
+    from wasmig.snapshot.store import _decompress_page
+
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(pack)
+        f.flush()
+        return {h: _decompress_page(pack[off:off + n], "page") for h, off, n in read_index(Path(f.name))}
 
 
 def _check_one_line_error(result: Any, what: str) -> None:

@@ -597,7 +597,8 @@ def test_verbose_logs_checkpoint_and_restore_times(tmp_path: Path, engine: str) 
                program("exitcode"), "0")
     assert p.returncode == 0, p.stderr
     assert re.search(rf"^wasmig: info: checkpoint {re.escape(str(ck))}/snapshots/000001\.snap at step 20: capture "
-                     r"\d+\.\d{3} s, write \d+\.\d{3} s, \d+ bytes written \(\d+ pages, \d+ new\)$", p.stderr, re.M), \
+                     r"\d+\.\d{3} s, write \d+\.\d{3} s \(guest stopped for \d+\.\d{3} s of it\), "
+                     r"\d+ bytes written \(\d+ pages, \d+ new\)$", p.stderr, re.M), \
         p.stderr
     p = wasmig("-v", "restore", "--engine", engine, ck)
     assert p.returncode == 0, p.stderr

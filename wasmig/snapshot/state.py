@@ -36,7 +36,9 @@ class FrameState:
 class MemoryState:
     min: int
     max: int | None
-    data: bytes  # size_pages * 64 KiB, little-endian, as the guest sees it
+    #: size_pages * 64 KiB, little-endian, as the guest sees it; bytes, except in a snapshot
+    #: captured ``memory_in_place`` to be written while the guest is stopped (a view of its memory)
+    data: bytes
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from wasmig.hashing import blake3
+from wasmig.snapshot import packs
 from wasmig.snapshot.state import SnapshotError, from_plain
 from wasmig.snapshot.store import (
     _HASH_RE,
@@ -43,7 +44,6 @@ from wasmig.snapshot.store import (
     _mkdirs_durable,
     _one_line,
     _PageSource,
-    _PageWriter,
     _read_manifest_from,
     _resolve,
     _temp_name,
@@ -122,6 +122,9 @@ class _WsnapPages(_PageSource):
         if page is None:
             page = self._cache[h] = self._w.read_page(h)[1]
         return page
+
+    def copy_stored(self, h: str, target: memoryview) -> None:
+        target[:] = self.stored(h)
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -341,7 +344,7 @@ class _ExportPlan:
     hashes: list[str]
     lengths: list[int]
     embedded: dict[str, bytes]
-    pages_dir: Path
+    store: packs.PackStore
 
     @property
     def total(self) -> int:
@@ -351,13 +354,12 @@ class _ExportPlan:
         """Page ``h``'s zstd frame, read and verified now (one page in memory at a time)."""
         if h in self.embedded:
             return self.embedded[h]  # verified when it was moved out of the manifest
-        p = self.pages_dir / h[:2] / h
-        with open(p, "rb") as f:
-            comp = f.read(n + 1)
-        if len(comp) != n:
-            raise SnapshotError(f"page file {p} changed size while being exported")
-        if blake3(_decompress_page(comp, f"page file {p}")).hexdigest() != h:
-            raise SnapshotError(f"page file {p} is corrupt (hash mismatch)")
+        found = self.store.read(h)
+        if found is None or len(found[0]) != n:
+            raise SnapshotError(f"page {h} changed while being exported")
+        comp, where = found
+        if blake3(_decompress_page(comp, where)).hexdigest() != h:
+            raise SnapshotError(f"{where} is corrupt (hash mismatch)")
         return comp
 
 
@@ -369,7 +371,8 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
         raw = f.read()
     manifest = _read_manifest_from(io.BytesIO(raw), len(raw))
     _check_manifest(manifest, embedded_ok=True)
-    pages_dir = file.parent.parent / "pages"
+    store = packs.PackStore(file.parent.parent / "pages")
+    store.refresh()
     embedded: dict[str, bytes] = {}  # a single-file snapshot's pages, moved out of its manifest
     for i, entries in enumerate(_list_memories(manifest)):
         for j, e in enumerate(entries):
@@ -387,13 +390,11 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
         if h in embedded:
             lengths.append(len(embedded[h]))
             continue
-        p = pages_dir / h[:2] / h
-        try:
-            n = os.stat(p).st_size
-        except FileNotFoundError:
-            raise SnapshotError(f"page {h} is missing from the page store ({p})") from None
+        n = store.size(h)
+        if n is None:
+            raise SnapshotError(f"page {h} is missing from the page store ({store.pages_dir}){store.why_missing()}")
         if not 1 <= n <= _MAX_COMPRESSED_PAGE:
-            raise SnapshotError(f"page file {p} is {n} bytes, not a compressed 64 KiB page")
+            raise SnapshotError(f"page file {store.legacy_path(h)} is {n} bytes, not a compressed 64 KiB page")
         lengths.append(n)
     module_bytes = _find_module(file, manifest, module)
     table = b"".join(_ENTRY.pack(bytes.fromhex(h), n) for h, n in zip(hashes, lengths, strict=True))
@@ -401,7 +402,7 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
     digest = blake3(head)
     digest.update(table)
     return _ExportPlan([head, table, digest.digest(), snapshot_bytes, module_bytes], hashes, lengths, embedded,
-                       pages_dir)
+                       store)
 
 
 def _publish(tmp: Path, output: Path, force: bool) -> None:
@@ -460,25 +461,24 @@ def _verify_all(f: BinaryIO) -> tuple[_Wsnap, bytes]:
 
 
 def _store_pages(store: CheckpointDir, w: _Wsnap) -> None:
+    """The pages the store lacks, as one new pack; then ``pages/`` fsynced (also for pages found in
+    packs another writer may not have made durable)."""
     _mkdirs_durable(store.pages_dir)
     _mkdirs_durable(store.snapshots_dir)
-    sync_dirs: set[Path] = set()
-    with _PageWriter() as writer:
+    present = packs.PackStore(store.pages_dir)
+    present.refresh()
+    writer = packs.PackWriter(store.pages_dir)
+    try:
         for h in sorted(w.pages):
-            subdir = store.pages_dir / h[:2]
-            try:
-                os.mkdir(subdir)
-                sync_dirs.add(store.pages_dir)
-            except FileExistsError:
-                pass
-            final = subdir / h
-            sync_dirs.add(subdir)  # new, or present but perhaps not yet durable (a writer that died)
-            if final.exists():
-                continue
-            writer.submit(final, w.read_page(h)[0])  # verified again: the file could have changed
-        writer.finish()
-    for d in sorted(sync_dirs, key=lambda d: (len(str(d)), str(d)), reverse=True):
-        _fsync_dir(d)
+            if not present.has(h):
+                writer.append(h, w.read_page(h)[0])  # verified again: the file could have changed
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    for d in sorted({h[:2] for h in w.pages if h not in present.locations and present.has(h)}):
+        _fsync_dir(store.pages_dir / d)  # layout-1 pages it names
+    _fsync_dir(store.pages_dir)
 
 
 def _store_module(directory: Path, sha: str, data: bytes) -> None:
