@@ -856,13 +856,10 @@ class _FunctionRewriter:
 
     def _finish_rewind(self) -> None:
         """The innermost frame reached its site: the stack is rebuilt, run normally from here (a
-        checkpoint request the host made meanwhile is still in the poll byte)."""
-        self.emit(0x41, STATE_RUNNING)
-        self.emit(0x24, self.p.globals_base)
-        for ptr in (WRITE_PTR, READ_PTR):
-            self.emit(0x41, 0)
-            self.emit(0x41, RECORDS_BASE)
-            self.emit(0x36, self.ctl_memarg(2, ptr))
+        checkpoint request the host made meanwhile is still in the poll byte). The state and the
+        record pointers are reset by one function the pass adds (:func:`_finish_rewind_function`),
+        called rather than inlined at each of the copy's resume points."""
+        self.emit(0x10, self.p.finish_func)
         self.emit(0x41, 0)
         self.emit(0x21, self.skip_local)
 
@@ -1103,6 +1100,7 @@ class _Pass:
         self.copy_base = 0  # function index of defined function 0's rewind copy
         self.graph = call_graph(ir)  # of the original module: who recurses, who can unwind
         self.rewinds_table = 0  # index of the table $rewinds
+        self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
         self._entry_polled: dict[int, bool] = {}
 
     def max_record(self) -> int:
@@ -1211,6 +1209,8 @@ def instrument(module: object, *, count_steps: bool = True,
     n_defined = len(ir.funcs)
     p.copy_base = n_imported + n_defined  # function f's rewind copy is function f + n_defined
     p.rewinds_table = len(ir.all_tables())
+    # after the copies: wasmig:dump, wasmig:load, then the function that ends a rewind
+    p.finish_func = n_imported + 2 * n_defined + 2
     # each function is encoded as soon as it is rewritten and only its bytes are kept: the IR of
     # an instrumented function is ten times the original's, and for a 26 MB module (CPython) the
     # whole instrumented IR took several GB
@@ -1255,7 +1255,7 @@ def instrument(module: object, *, count_steps: bool = True,
     g = p.globals_base
     if g * 8 > RECORDS_BASE - GLOBALS_BASE:
         raise InstrumentError(f"too many globals ({g}) for the control memory layout")
-    for extra_func in (_dump_globals(ir, p), _load_state(ir, p)):
+    for extra_func in (_dump_globals(ir, p), _load_state(ir, p), _finish_rewind_function(ir, p)):
         ir.funcs.append(extra_func)
         code.append(encode_code_entry(extra_func))
     if any(seg.mode == "passive" for seg in ir.datas) and ir.data_count is None:
@@ -1268,7 +1268,8 @@ def instrument(module: object, *, count_steps: bool = True,
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record()), Instr(0x0B)]),
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record() // 65536 + 1), Instr(0x0B)])]
     taken = {e.name for e in ir.exports}
-    dump_index = n_imported + len(ir.funcs) - 2
+    dump_index = n_imported + len(ir.funcs) - 3
+    assert dump_index + 2 == p.finish_func
     extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:load", "func", dump_index + 1),
              Export("wasmig:ctl", "memory", p.ctl), Export("wasmig:poll", "memory", p.poll_mem),
              Export("wasmig:state", "global", g),
@@ -1336,6 +1337,20 @@ def _load_state(ir: IRModule, p: _Pass) -> Function:
         if seg.mode == "passive":
             body += [Instr(0x41, 0), Instr(0x2D, memarg(0, DROPS_BASE + n_data + i, p.ctl)), Instr(0x04, None),
                      Instr(0xFC0D, i), Instr(0x0B)]
+    body.append(Instr(0x0B))
+    ft = FuncType((), ())
+    if ft not in ir.types:
+        ir.types.append(ft)
+    return Function(ir.types.index(ft), [], body)
+
+
+def _finish_rewind_function(ir: IRModule, p: _Pass) -> Function:
+    """The end of a rewind, called by the innermost rewound frame's copy at its site: ``$state``
+    back to running and both record pointers back to the first record."""
+    g = p.globals_base
+    body = [Instr(0x41, STATE_RUNNING), Instr(0x24, g)]
+    for ptr in (WRITE_PTR, READ_PTR):
+        body += [Instr(0x41, 0), Instr(0x41, RECORDS_BASE), Instr(0x36, memarg(2, ptr, p.ctl))]
     body.append(Instr(0x0B))
     ft = FuncType((), ())
     if ft not in ir.types:
