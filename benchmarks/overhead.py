@@ -10,11 +10,16 @@ benchmark measures
 what that costs a program that is never checkpointed -- the hot-path overhead every migratable
 program pays.
 
-Workloads: the small C kernels in ``benchmarks/kernels/*.c`` (dense matmul on doubles, a prime
-sieve, n-body, SHA-256, libc ``qsort`` through a comparison function pointer, recursive fib, an
-open-addressing hash table, an LZ77 round trip), each compiled once with
-``wasmig.toolchain.compile_c`` at ``-O2`` (zig, wasm32-wasi, cached) and sized to run roughly
-0.2-1 s on wasmtime. Each prints a checksum.
+Workloads: the small C kernels in ``benchmarks/kernels/*.c``: eight of wasmig's own (dense matmul
+on doubles, a prime sieve, n-body, SHA-256, libc ``qsort`` through a comparison function
+pointer, recursive fib, an open-addressing hash table, an LZ77 round trip) and nineteen of the
+public PolyBench/C 4.2.1 suite (``pb_*.c``, re-written from its kernels with attribution in each
+file): linear algebra (atax, bicg, mvt, gesummv, gramschmidt, covariance), triangular loop nests
+whose inner trip counts vary with the outer index (trmm, syrk, lu, ludcmp, cholesky, trisolv,
+nussinov), recurrences with variable trip counts (durbin: Levinson-Durbin), stencils (jacobi-1d,
+seidel-2d, fdtd-2d, heat-3d) and floyd-warshall. Each is compiled once with
+``wasmig.toolchain.compile_c`` at ``-O2`` (zig, wasm32-wasi, cached), sized to run roughly
+0.1-1 s on wasmtime, and prints a checksum.
 
 Variants of each kernel:
 

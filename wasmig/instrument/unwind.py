@@ -70,6 +70,8 @@ NEVER = 1 << 62
 #: opcodes :meth:`_FunctionRewriter.plain` does not copy unchanged: constructs, branches (their
 #: depths are renumbered), memory.grow (publishes the new size), data.drop and elem.drop (noted)
 _NOT_VERBATIM = frozenset((0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0x0E, 0x40, 0xFC09, 0xFC0D))
+#: opcodes the normal body's emitter (:meth:`_FunctionRewriter._emit_range`) looks at: those and calls
+_SPECIAL = _NOT_VERBATIM | {0x10, 0x11}
 #: an instruction the pass emits: ``[op, imm, origin]`` (origin: the original offset, or -1); a
 #: tuple where the same instructions are emitted many times (never mutated once emitted)
 Emitted = list | tuple
@@ -501,12 +503,16 @@ class _FunctionRewriter:
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
         has_site = self.has_site
+        append = self.out.append
         emitted_to = -1  # an unrolled loop emitted body[..emitted_to] at once
         for i in range(start, end):
             if i <= emitted_to:
                 continue
             ins = body[i]
             op = ins.op
+            if op not in _SPECIAL:  # most instructions: copied as they are (see :meth:`plain`)
+                append([op, ins.imm, ins.offset])
+                continue
             live = not unreachable[i]
             base = ctl[-1].base if ctl else 0
             if op in (0x02, 0x03, 0x04):
