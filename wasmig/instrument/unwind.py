@@ -387,19 +387,13 @@ class _FunctionRewriter:
         self.close()
         if after is None:
             return
-        # a request, the call completed: stop just after it -- unless a rewind copy is still
-        # skipping to its site (the call was not made; $state is rewinding). The normal body
-        # never runs while rewinding, and there the cold arm must not fall back into the hot
-        # path: a join there costs Cranelift moves and jumps on every call (fib 1.1x -> 1.25x)
-        copy = self.unwind_label == _COPY_UNWIND_LABEL
-        if copy:
-            self.emit(0x23, self.p.globals_base)
-            self.emit(0x45)  # i32.eqz: running
-            self.open(0x04, self.p.block_type(carried, carried), False)
+        # a request, the call completed: stop just after it. (The rewind copy's guarded calls
+        # have no after_call stop: a copy still skipping to its site must not stop there.) The
+        # normal body never runs while rewinding, and there the cold arm must not fall back into
+        # the hot path: a join there costs Cranelift moves and jumps on every call (fib 1.1x ->
+        # 1.25x)
         self.pop_into(carried, base)
         self.unwind_branch(after)
-        if copy:
-            self.close()
         self.close()
 
     def call_sites(self, i: int, ins: Instr, kind: str, below: list[str], args: list[str],
@@ -953,16 +947,6 @@ class _FunctionRewriter:
         self._emit_range(i, self.end_of[i] + 1, [_Ctl("block", i, height)])
         self.unwind_label = saved
 
-    def _open_resume_test(self, site: int, params: list[str], results: list[str]) -> None:
-        """Open ``if $skip`` and, inside it, ``if $site == site`` (both ``(param params) (result
-        results)``): the code up to the inner ``else`` runs only where this frame resumes."""
-        self.emit(0x20, self.skip_local)
-        self.open(0x04, self.p.block_type(params, results), False)
-        self.emit(0x20, self.site_local)
-        self.emit(0x41, site)
-        self.emit(0x46)
-        self.open(0x04, self.p.block_type(params, results), False)
-
     def _rewind_call(self, i: int, ins: Instr, base: int) -> None:
         """A call site in the copy: skipped (zeros for its results) when skipping past it; when it
         is the record's site, the live values come back from their spill locals and the call is
@@ -983,9 +967,17 @@ class _FunctionRewriter:
             self.close()
         carried_in = level + self.known_types(operands)
         carried_out = level + results
-        self._open_resume_test(site, carried_in, carried_out)
+        # skipping (to this site or past it): the level's values come back from their spill
+        # locals either way (past it they are junk that only skipped code consumes); then the
+        # call's results: from the callee's rewind, from the record (an after_call site), or zeros
+        self.emit(0x20, self.skip_local)
+        self.open(0x04, self.p.block_type(carried_in, carried_out), False)
         self.drop(len(carried_in))
         self.push_from(level, base)
+        self.emit(0x20, self.site_local)
+        self.emit(0x41, site)
+        self.emit(0x46)
+        self.open(0x04, self.p.block_type([], results), False)
         self.emit(0x41, 0)
         self.emit(0x21, self.skip_local)
         if kind == "import_call":  # the innermost frame: the host call runs again, for real
@@ -1015,21 +1007,23 @@ class _FunctionRewriter:
             self.emit(0x20, self.site_local)
             self.emit(0x41, after)
             self.emit(0x46)
-            self.open(0x04, self.p.block_type(carried_in, carried_out), False)
-            self.drop(len(carried_in))
-            self.push_from(carried_out, base)
+            self.open(0x04, self.p.block_type([], results), False)
+            self.push_from(results, base + len(level))
             self._finish_rewind()
             self.emit(0x05)
-        self.drop(len(carried_in))
-        self.zeros(carried_out)
-        if after is not None:
+            self.zeros(results)
             self.close()
+        else:
+            self.zeros(results)
         self.close()
         self.emit(0x05)
         self.emit(ins.op, ins.imm, ins.offset)
         self.close()
         if self.p.call_may_unwind(ins):
-            self.post_call_check(site, level, results, base, after)
+            # no poll here (no after_call stop): the guarded code runs once per activation or loop
+            # entry, so the next poll (a loop header, a call in a loop, the callee's own) comes
+            # within a bounded time; only a callee's unwind must be seen
+            self.post_call_check(site, level, results, base)
 
     def _write_record(self) -> None:
         """After $unwind: the cold arm wrote this record's slots; write its header (site,
