@@ -1026,44 +1026,13 @@ class _FunctionRewriter:
             self.post_call_check(site, level, results, base)
 
     def _write_record(self) -> None:
-        """After $unwind: the cold arm wrote this record's slots; write its header (site,
-        function), advance the write pointer and make sure a record of the largest size still
-        fits after this one (the cold arms store without checking; the control memory's initial
-        size fits the first record)."""
-        a = self.addr_local
-        size = 8 + 8 * len(self.local_types)
-        self.emit(0x41, STATE_UNWINDING)  # callers see it after their call returns, and unwind too
-        self.emit(0x24, self.p.globals_base)
-        if not self.p.count_steps:  # the fast variant's post-call checks test the poll byte first
-            self.emit(0x41, 0)
-            self.emit(0x41, 1)
-            self.emit(0x3A, memarg(0, POLL, self.p.poll_mem))
-        self.emit(0x41, 0)
-        self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
-        self.emit(0x22, a)
+        """After $unwind: the cold arm's tail wrote this record's slots; the record's header
+        (site, function) and the rest are written by one function the pass adds
+        (:func:`_record_header_function`), called here rather than inlined in every function."""
         self.emit(0x20, self.site_local)
-        self.emit(0x36, self.ctl_memarg(2, 0))
-        self.emit(0x20, a)
         self.emit(0x41, self.func_idx)
-        self.emit(0x36, self.ctl_memarg(2, 4))
-        self.emit(0x41, 0)
-        self.emit(0x20, a)
-        self.emit(0x41, size)
-        self.emit(0x6A)
-        self.emit(0x22, a)
-        self.emit(0x36, self.ctl_memarg(2, WRITE_PTR))
-        self.emit(0x20, a)
-        self.emit(0x23, self.p.globals_base + MAX_RECORD_GLOBAL)
-        self.emit(0x6A)
-        self.emit(0x3F, self.p.ctl)
-        self.emit(0x41, 16)
-        self.emit(0x74)
-        self.emit(0x4B)  # i32.gt_u
-        self.emit(0x04, None)
-        self.emit(0x23, self.p.globals_base + MAX_RECORD_PAGES_GLOBAL)
-        self.emit(0x40, self.p.ctl)
-        self.emit(0x1A)
-        self.emit(0x0B)
+        self.emit(0x41, 8 + 8 * len(self.local_types))
+        self.emit(0x10, self.p.header_func)
 
 
 def _encode_function(f: Function) -> bytes:
@@ -1101,6 +1070,7 @@ class _Pass:
         self.graph = call_graph(ir)  # of the original module: who recurses, who can unwind
         self.rewinds_table = 0  # index of the table $rewinds
         self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
+        self.header_func = 0  # index of the function that writes a record's header (:func:`_record_header_function`)
         self._entry_polled: dict[int, bool] = {}
 
     def max_record(self) -> int:
@@ -1209,8 +1179,10 @@ def instrument(module: object, *, count_steps: bool = True,
     n_defined = len(ir.funcs)
     p.copy_base = n_imported + n_defined  # function f's rewind copy is function f + n_defined
     p.rewinds_table = len(ir.all_tables())
-    # after the copies: wasmig:dump, wasmig:load, then the function that ends a rewind
+    # after the copies: wasmig:dump, wasmig:load, then the functions that end a rewind and that
+    # write a record's header
     p.finish_func = n_imported + 2 * n_defined + 2
+    p.header_func = p.finish_func + 1
     # each function is encoded as soon as it is rewritten and only its bytes are kept: the IR of
     # an instrumented function is ten times the original's, and for a 26 MB module (CPython) the
     # whole instrumented IR took several GB
@@ -1255,7 +1227,8 @@ def instrument(module: object, *, count_steps: bool = True,
     g = p.globals_base
     if g * 8 > RECORDS_BASE - GLOBALS_BASE:
         raise InstrumentError(f"too many globals ({g}) for the control memory layout")
-    for extra_func in (_dump_globals(ir, p), _load_state(ir, p), _finish_rewind_function(ir, p)):
+    for extra_func in (_dump_globals(ir, p), _load_state(ir, p), _finish_rewind_function(ir, p),
+                       _record_header_function(p)):
         ir.funcs.append(extra_func)
         code.append(encode_code_entry(extra_func))
     if any(seg.mode == "passive" for seg in ir.datas) and ir.data_count is None:
@@ -1268,8 +1241,7 @@ def instrument(module: object, *, count_steps: bool = True,
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record()), Instr(0x0B)]),
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record() // 65536 + 1), Instr(0x0B)])]
     taken = {e.name for e in ir.exports}
-    dump_index = n_imported + len(ir.funcs) - 3
-    assert dump_index + 2 == p.finish_func
+    dump_index = n_imported + len(ir.funcs) - 4
     extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:load", "func", dump_index + 1),
              Export("wasmig:ctl", "memory", p.ctl), Export("wasmig:poll", "memory", p.poll_mem),
              Export("wasmig:state", "global", g),
@@ -1356,3 +1328,30 @@ def _finish_rewind_function(ir: IRModule, p: _Pass) -> Function:
     if ft not in ir.types:
         ir.types.append(ft)
     return Function(ir.types.index(ft), [], body)
+
+
+def _record_header_function(p: _Pass) -> Function:
+    """``(site, func, size)``, called by an unwinding frame after its record's slots are stored:
+    ``$state`` = unwinding (its caller sees it when the call returns, and unwinds too; in the
+    fast variant the poll byte is set as well, since post-call checks test it first), the
+    header (site, function) at the write pointer, the write pointer advanced by ``size``, and
+    ``$ctl`` grown so that a record of the largest size still fits after this one (the slot
+    stores do not check; the control memory's initial size fits the first record)."""
+    site, func, size, a = 0, 1, 2, 3
+    g = p.globals_base
+
+    def i(op: int, imm: object = None) -> Instr:
+        return Instr(op, imm)
+
+    body = [i(0x41, STATE_UNWINDING), i(0x24, g)]
+    if not p.count_steps:
+        body += [i(0x41, 0), i(0x41, 1), i(0x3A, memarg(0, POLL, p.poll_mem))]
+    body += [i(0x41, 0), i(0x28, memarg(2, WRITE_PTR, p.ctl)), i(0x22, a),
+             i(0x20, site), i(0x36, memarg(2, 0, p.ctl)),
+             i(0x20, a), i(0x20, func), i(0x36, memarg(2, 4, p.ctl)),
+             i(0x41, 0), i(0x20, a), i(0x20, size), i(0x6A), i(0x22, a), i(0x36, memarg(2, WRITE_PTR, p.ctl)),
+             i(0x20, a), i(0x23, g + MAX_RECORD_GLOBAL), i(0x6A), i(0x3F, p.ctl), i(0x41, 16), i(0x74),
+             i(0x4B),  # i32.gt_u
+             i(0x04, None), i(0x23, g + MAX_RECORD_PAGES_GLOBAL), i(0x40, p.ctl), i(0x1A), i(0x0B),
+             i(0x0B)]
+    return Function(p.func_type_index(["i32", "i32", "i32"], []), [(1, "i32")], body)
