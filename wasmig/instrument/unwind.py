@@ -154,6 +154,8 @@ class _FunctionRewriter:
         #: index (tail g is the block g + 1 levels outside the function's label; see
         #: :meth:`unwind_branch`)
         self.tails: dict[tuple[int, ...], int] = {}
+        #: local j -> the three instructions storing it into its record slot (shared, never mutated)
+        self.slot_stores: dict[int, tuple[Emitted, ...]] = {}
         self.temps: dict[str, list[int]] = {}
         #: the code being emitted: ``[op, imm, origin]`` lists (:data:`Emitted`), not :class:`Instr`
         #: objects -- the pass emits ten instructions per original one and an Instr costs three
@@ -321,16 +323,18 @@ class _FunctionRewriter:
         self.emit(0x0B)
         after_body()
         a = self.addr_local
+        out, stores = self.out, self.slot_stores
         for slots, tail in sorted(self.tails.items(), key=lambda kv: kv[1]):
             self.emit(0x0B)  # end of the tail's block: reached by its sites' branches
             self.emit(0x41, 0)
             self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
             self.emit(0x21, a)
             for j in slots:
-                op, align = _STORE[self.local_types[j]]
-                self.emit(0x20, a)
-                self.emit(0x20, j)
-                self.emit(op, self.ctl_memarg(align, 8 + 8 * j))
+                code = stores.get(j)
+                if code is None:  # made once per slot: the tails of a big function store the same locals
+                    op, align = _STORE[self.local_types[j]]
+                    code = stores[j] = ((0x20, a, -1), (0x20, j, -1), (op, self.ctl_memarg(align, 8 + 8 * j), -1))
+                out += code
             if tail < n - 1:
                 self.emit(0x0C, n - 1 - tail)  # to $unwind
         self.emit(0x0B)  # end $unwind
