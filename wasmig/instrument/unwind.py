@@ -89,7 +89,6 @@ _CONST = {"i32": 0x41, "i64": 0x42, "f32": 0x43, "f64": 0x44}
 _LOAD = {"i32": (0x28, 2), "i64": (0x29, 3), "f32": (0x2A, 2), "f64": (0x2B, 3)}
 _NUMERIC = ("i32", "i64", "f32", "f64")
 _UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's label, ...)
-_FUNC_LABEL = 2  # index of the function's own label; the record-slot tails sit between it and $unwind
 _COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the copy's function label, $copy_unwind
 
 
@@ -150,10 +149,6 @@ class _FunctionRewriter:
         self.addr_local = self._new_local("i32")
         self.skip_local = self._new_local("i32")  # rewind copy: 1 while skipping to the resume site
         self.spills: dict[tuple[int, str], int] = {}
-        #: the record-slot tails of the body being emitted: the slots a site stores -> the tail's
-        #: index (tail g is the block g + 1 levels outside the function's label; see
-        #: :meth:`unwind_branch`)
-        self.tails: dict[tuple[int, ...], int] = {}
         #: local j -> the three instructions storing it into its record slot (shared, never mutated)
         self.slot_stores: dict[int, tuple[Emitted, ...]] = {}
         self.temps: dict[str, list[int]] = {}
@@ -272,71 +267,58 @@ class _FunctionRewriter:
         return site_id
 
     def unwind_branch(self, site_id: int) -> None:
-        """Inside a cold `if`: set $site and branch to the code that writes this site's slots of
-        the frame record, then the record's header (after $unwind).
+        """Inside a cold `if`: write this site's slots of the frame record, set $site and branch
+        to $unwind (which writes the record's header).
 
         Only the slots the host reads are written: the original locals live at the site and the
         spill locals of the site's stack (and operands). A shared writer after $unwind reading
         every local would make every local live at every site: Cranelift then merges all of a
         local's values into one register-allocation bundle reaching the unwind path, and spills
-        and reloads loop variables inside hot loops (matmul 3x). So the writer is shared only by
-        sites that store the very same slots: a *tail* per distinct slot set, a block around the
-        function's label that the site's arm branches to. A local a tail reads is live at every
-        site that reaches it anyway, so no live range grows; and a site costs three
-        instructions instead of 6 + 3 per slot (a third of QuickJS's instrumented code was
-        these stores). The rewind copy's own sites go to its one writer of every slot."""
+        and reloads loop variables inside hot loops (matmul 3x). Sharing a writer only among the
+        sites that store the very same slots (a tail block per slot set) was tried: a third less
+        code on QuickJS, but the tail's block parameters merge the values of every site that
+        branches there in the same way, and QuickJS's n-body ran 1.19x plain against 1.09x. So
+        each cold arm stores its own slots: each value's live range stays where the original
+        program has it. The rewind copy's own (guarded) sites go to its one writer of every slot."""
         self.emit(0x41, site_id)
         self.emit(0x21, self.site_local)
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
             self.emit(0x0C, self.unwind_depth())
             return
         site = self.p.sites[site_id]
-        slots = tuple(sorted({*site.live, *site.spills, *site.arg_spills}))
-        tail = self.tails.setdefault(slots, len(self.tails))
-        self.emit(0x0C, len(self.labels) - 1 - _FUNC_LABEL + 1 + tail)
+        a = self.addr_local
+        self.emit(0x41, 0)
+        self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
+        self.emit(0x21, a)
+        out, stores = self.out, self.slot_stores
+        for j in sorted({*site.live, *site.spills, *site.arg_spills}):
+            code = stores.get(j)
+            if code is None:  # made once per slot: most of a big function's sites store the same locals
+                op, align = _STORE[self.local_types[j]]
+                code = stores[j] = ((0x20, a, -1), (0x20, j, -1), (op, self.ctl_memarg(align, 8 + 8 * j), -1))
+            out += code
+        self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
 
     def _framed(self, inner: list[Emitted], results: list[str], after_body: Callable[[], None]) -> list[Emitted]:
-        """A function's code around ``inner`` (the code inside its own label): the record-slot
-        tails of :meth:`unwind_branch` and the header writer after $unwind::
+        """A function's code around ``inner`` (the code inside its own label) and the header
+        writer after $unwind::
 
             block $done (result R*)
               block $unwind
-                block $tail_K-1 ... block $tail_0
-                  block (result R*)  inner  end       ;; the function's label
-                  after_body                          ;; leaves to $done
-                end  stores of tail 0's slots  br $unwind
-                ...
-                end  stores of tail K-1's slots
+                block (result R*)  inner  end       ;; the function's label
+                after_body                          ;; leaves to $done
               end
               the record's header, dummy results
             end
         """
         p = self.p
-        n = len(self.tails)
         self.out = []
         self.emit(0x02, p.block_type([], results))  # $done
         self.emit(0x02, None)  # $unwind
-        for _ in range(n):
-            self.emit(0x02, None)
         self.emit(0x02, p.block_type([], results))  # the function's own label
         self.out += inner
         self.emit(0x0B)
         after_body()
-        a = self.addr_local
-        out, stores = self.out, self.slot_stores
-        for slots, tail in sorted(self.tails.items(), key=lambda kv: kv[1]):
-            self.emit(0x0B)  # end of the tail's block: reached by its sites' branches
-            self.emit(0x41, 0)
-            self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
-            self.emit(0x21, a)
-            for j in slots:
-                code = stores.get(j)
-                if code is None:  # made once per slot: the tails of a big function store the same locals
-                    op, align = _STORE[self.local_types[j]]
-                    code = stores[j] = ((0x20, a, -1), (0x20, j, -1), (op, self.ctl_memarg(align, 8 + 8 * j), -1))
-                out += code
-            if tail < n - 1:
-                self.emit(0x0C, n - 1 - tail)  # to $unwind
         self.emit(0x0B)  # end $unwind
         self._write_record()
         self.zeros(results)  # dummy results: the caller is unwinding and never looks at them
@@ -458,22 +440,18 @@ class _FunctionRewriter:
         poll needs no rewind test. The copy writes and reads the same frame records."""
         p = self.p
         results = list(self.ftype.results)
-        self.tails = {}
         normal = self._normal_body()
-        body = self._framed(normal, results, lambda: self.emit(0x0C, len(self.tails) + 1))  # to $done
+        body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
 
-        self.tails = {}  # the copy's normal loops have tails of their own
         rewind = self._rewind_body()
-
-        n = len(self.tails)
         self.out = []
         self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
         self.out += rewind
-        self.emit(0x0C, n + 3)  # the copy's results straight to $done
+        self.emit(0x0C, 3)  # the copy's results straight to $done
         self.emit(0x0B)
         self._write_all_slots()  # the copy is cold: one writer for all its sites keeps it small
-        self.emit(0x0C, n + 1)  # to $unwind (the record's header)
-        copy_body = self._framed(self.out, results, lambda: self.emit(0x0C, n + 1))  # the results to $done
+        self.emit(0x0C, 1)  # to $unwind (the record's header)
+        copy_body = self._framed(self.out, results, lambda: self.emit(0x0C, 1))  # the results to $done
 
         added = [(1, t) for t in self.local_types[self.num_locals:]]
         new = Function(self.func.type_idx, list(self.func.locals) + added, body)
