@@ -1162,15 +1162,16 @@ def serve(listen: str, trust_peers: tuple[str, ...], key_dir: str | None, token_
     from wasmig.wasi.gateway import use_key
 
     try:
-        if not trust_peers:
-            raise UserError("serve needs --trust-peer (the key fingerprint, or wasmig.pub, of each source allowed)")
-        identity = identity_from_options(key_dir, trust_peers, read_token(token_file) if token_file else None)
-        use_key(identity.pair)  # the programs it runs show the daemon's key to their gateways
         host, port = parse_address(listen, "--listen")
         mapping = {guest: host_dir for host_dir, guest in map(parse_dir, dirs)}
         engine = pick_engine(engine, interp_only=False)
         state = Path(state_dir) if state_dir else Path.home() / ".cache" / "wasmig" / "serve"
+        token = read_token(token_file) if token_file else None
+        if not trust_peers:
+            raise UserError("serve needs --trust-peer (the key fingerprint, or wasmig.pub, of each source allowed)")
         sock = open_listener(f"{host}:{port}")
+        identity = identity_from_options(key_dir, trust_peers, token)
+        use_key(identity.pair)  # the programs it runs show the daemon's key to their gateways
     except (UserError, WasmError) as e:
         _fail(str(e).replace("--tcplisten", "--listen"))
         return
@@ -1252,9 +1253,10 @@ def gateway(listen: str, control: str, trust_peers: tuple[str, ...], key_dir: st
     try:
         if not trust_peers:
             raise UserError("gateway needs --trust-peer (the key of each machine the program may run on)")
-        identity = identity_from_options(key_dir, trust_peers, read_token(token_file) if token_file else None)
+        token = read_token(token_file) if token_file else None
         public = open_listener(listen)
         ctl = open_listener(control)
+        identity = identity_from_options(key_dir, trust_peers, token)
     except (UserError, WasmError) as e:
         _fail(str(e).replace("--tcplisten", "--listen/--control"))
         return

@@ -220,4 +220,5 @@ def own_key(key_dir: str | None) -> KeyPair:
 
 def identity_from_options(key_dir: str | None, peers: Iterable[str], token: bytes | None) -> Identity:
     """The Identity the command-line options describe (KeyFileError, one line, when they do not)."""
-    return Identity(own_key(key_dir), parse_peers(peers), token)
+    trusted = parse_peers(peers)  # refused before a key is made on first use
+    return Identity(own_key(key_dir), trusted, token)

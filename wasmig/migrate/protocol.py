@@ -35,7 +35,8 @@ HANDSHAKE_TIMEOUT = 10.0  # seconds a peer has for the whole handshake, TLS incl
 
 
 MigrationError = WireError  # a migration could not be done: the peer, the network, or what was sent
-__all__ = ["Channel", "ChannelError", "Identity", "MigrationError", "PeerGone", "accept", "connect",
+__all__ = ["Channel", "ChannelError", "Identity", "MigrationError", "PeerGone", "accept", "authenticate_as_client",
+           "connect",
            "parse_address", "read_token"]
 
 
@@ -78,14 +79,15 @@ def connect(spec: str, identity: Identity, timeout: float = 10.0, what: str = "t
     ``identity`` trusts (the client pins its server)."""
     ch = open_channel(spec, what, timeout)
     try:
-        _client_handshake(ch, identity, timeout)
+        authenticate_as_client(ch, identity, timeout)
     except BaseException:
         ch.close()
         raise
     return ch
 
 
-def _client_handshake(ch: Channel, identity: Identity, timeout: float) -> None:
+def authenticate_as_client(ch: Channel, identity: Identity, timeout: float = 10.0) -> None:
+    """The client's side of the handshake on a connected channel (its socket becomes the TLS one)."""
     ch.max_frame = PREAUTH_FRAME  # the server is a stranger until it proved its key
     ch.send("hello", protocol=PROTOCOL, version=VERSION)
     ch.recv(timeout, expect=("hello",))  # a refusal (another version) arrives as its error

@@ -70,7 +70,8 @@ class MigrationResult:
 
 
 def migrate(session: SessionBase, target: str, identity: Identity, *,
-            progress: Callable[[Progress], None] | None = None, on_done: Callable[[MigrationResult], None] | None = None, stop_copy_bytes: int = STOP_COPY_BYTES,
+            progress: Callable[[Progress], None] | None = None,
+            on_done: Callable[[MigrationResult], None] | None = None, stop_copy_bytes: int = STOP_COPY_BYTES,
             max_rounds: int = MAX_ROUNDS, precopy: bool = True, stop_timeout: float = 30.0) -> MigrationResult:
     """Move the program ``session`` runs to the daemon at ``target``. On success the session's
     run ends with :class:`~wasmig.snapshot.session.MigratedAway` (``on_done`` is called first,
