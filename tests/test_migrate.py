@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from wasmig.keys import KeyPair, load_public_key, write_key_pair
+from tests.migration_keys import Keys, trust_all
 from wasmig.migrate.target import FAULT_ENV, FAULT_STEPS
 from wasmig.toolchain import compile_c
 
@@ -55,39 +55,6 @@ def reference_on(engine: str, program: Path, args: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(program: Path) -> list[str]:
     return reference_of(program, ARGS)
-
-
-#: every key of these tests: the source's (the user's: WASMIG_KEY_DIR), the gateway's, the daemons'
-KEY_NAMES = ("source", "gateway", "target", "a", "b", "plain", "mapped")
-
-
-@dataclass
-class Keys:
-    """A key pair per role, in directories under ``root``; daemons trust the source and each other."""
-
-    root: Path
-
-    def dir(self, name: str) -> Path:
-        return self.root / name
-
-    def pub(self, name: str) -> str:
-        return str(self.root / name / "wasmig.pub")
-
-    def fingerprint(self, name: str) -> str:
-        return load_public_key(self.root / name).fingerprint
-
-
-@pytest.fixture()
-def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Keys:
-    k = Keys(tmp_path / "keys")
-    for name in KEY_NAMES:
-        write_key_pair(KeyPair.generate(name), k.dir(name))
-    monkeypatch.setenv("WASMIG_KEY_DIR", str(k.dir("source")))  # the runs' and `wasmig migrate`'s key
-    return k
-
-
-def trust_all(keys: Keys) -> list[str]:
-    return [arg for name in KEY_NAMES if name != "gateway" for arg in ("--trust-peer", keys.pub(name))]
 
 
 def free_port() -> int:
