@@ -56,7 +56,8 @@ def wasmig(*args: str) -> list[str]:
 
 @dataclass
 class Tree:
-    """A checkout whose wasmig the migrations run (PYTHONPATH), and how it authenticates."""
+    """A checkout whose wasmig the migrations run (PYTHONPATH, and the working directory: ``python
+    -m`` puts that first on the path), and how it authenticates."""
 
     root: Path
     label: str
@@ -65,7 +66,7 @@ class Tree:
     @classmethod
     def at(cls, root: Path, label: str) -> Tree:
         env = {**os.environ, "PYTHONPATH": str(root)}
-        out = subprocess.run(wasmig("serve", "--help"), capture_output=True, text=True, env=env).stdout
+        out = subprocess.run(wasmig("serve", "--help"), capture_output=True, text=True, env=env, cwd=root).stdout
         return cls(root, label, "--trust-peer" in out)
 
     def env(self, tmp: Path) -> dict[str, str]:
@@ -108,9 +109,9 @@ def one(program: Path, mib: int, rate: float, precopy: bool, tree: Tree, tmp: Pa
     env = tree.env(tmp)
     daemon = subprocess.Popen(wasmig("serve", "--listen", address, *tree.serve_auth(tmp), "--engine", "wasmtime",
                                      "--state-dir", str(state)), stdout=subprocess.DEVNULL, stderr=err,
-                              start_new_session=True, env=env)
+                              start_new_session=True, env=env, cwd=tree.root)
     guest = subprocess.Popen(wasmig("run", "--migratable", "--engine", "wasmtime", str(program), str(mib), str(rate)),
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=tree.root)
     try:
         assert guest.stdout is not None
         if guest.stdout.readline().strip() != b"ready":
@@ -121,7 +122,7 @@ def one(program: Path, mib: int, rate: float, precopy: bool, tree: Tree, tmp: Pa
         cmd = wasmig("migrate", str(guest.pid), "--to", address, *tree.migrate_auth(tmp), "--quiet")
         if not precopy:
             cmd.append("--no-precopy")
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tree.root)
         m = SUMMARY.search(done.stdout)
         if done.returncode != 0 or m is None:
             raise SystemExit(f"migration failed: {done.stderr.strip()}")
