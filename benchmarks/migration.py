@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -134,6 +135,7 @@ def one(program: Path, mib: int, rate: float, precopy: bool, tree: Tree, tmp: Pa
         os.killpg(daemon.pid, signal.SIGKILL)
         daemon.wait()
         err.close()
+        shutil.rmtree(state, ignore_errors=True)  # its page cache: up to the guest's size, per run
 
 
 def incremental(program: Path, tmp: Path) -> list[str]:

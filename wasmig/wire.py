@@ -79,13 +79,13 @@ class Channel:
             raise
         (length,) = _LENGTH.unpack(header)
         if first and (header[0] not in _FIRST_BYTES or length == 0):
-            raise self._not_ours(header)
+            raise self._not_ours(bytes(header))
         if length > self.max_frame:
             raise WireError(f"{self.peer}: a frame of {length} bytes (at most {self.max_frame}"
                             f"{' before authentication' if self.max_frame < MAX_FRAME else ''})")
         body = self._exactly(length)
-        if first and body[:1] not in _MAP_STARTS:
-            raise self._not_ours(header + body)
+        if first and bytes(body[:1]) not in _MAP_STARTS:
+            raise self._not_ours(bytes(header + body))
         self.bytes_received += _LENGTH.size + length
         import msgpack
 
@@ -129,20 +129,24 @@ class Channel:
             answered = f"it answered bytes {data[:16].hex(' ')}"
         return WireError(f"{self.address} is not a wasmig {self.role} ({answered})")
 
-    def _exactly(self, n: int) -> bytes:
-        chunks = []
-        while n:
+    def _exactly(self, n: int) -> bytes | bytearray:
+        """``n`` bytes, read into one buffer (TLS hands out a record, 16 KiB, per read: a fresh
+        buffer per read would cost an allocation of the whole request each time)."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        pos = 0
+        while pos < n:
             try:
-                chunk = self.sock.recv(min(n, 1 << 20))
+                got = self.sock.recv_into(view[pos:], n - pos)
             except TimeoutError:
                 raise PeerGone(f"{self.peer}: timed out") from None
             except OSError as e:
                 raise PeerGone(f"{self.peer}: connection lost ({e.strerror or e})") from None
-            if not chunk:
+            if not got:
                 raise PeerGone(f"{self.peer}: connection closed")
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
+            pos += got
+        view.release()
+        return buf
 
     def error(self, message: str) -> None:
         """Tell the peer why, as far as it still listens."""
