@@ -72,6 +72,7 @@ class Gateway:
         self.announcing = threading.Lock()
         self.max_clients = max_clients
         self.handshakes = threading.BoundedSemaphore(max_unauthenticated)
+        identity.context(server=True)  # made once, before any connection
 
     def serve(self) -> None:
         threading.Thread(target=self._accept_clients, name="gateway-clients", daemon=True).start()

@@ -217,6 +217,7 @@ def serve(listener: socket.socket, identity: Identity, *, engine: str, dirs: Map
     host, port = listener.getsockname()[:2]
     log(f"listening on {host}:{port} (engine {engine}, key {identity.fingerprint}, "
         f"{len(identity.trusted)} trusted source key{'s' if len(identity.trusted) != 1 else ''})")
+    identity.context(server=True)  # made once here, not in every child (a certificate and a key load: ~10 ms)
     strangers: set[int] = set()  # read ends of the pipes of children still authenticating
     while True:
         try:
