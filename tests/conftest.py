@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
+
+from tests.migration_keys import Keys, make_keys
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
@@ -28,3 +33,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
     tr.write_line(f"{len(rows)} scripts: modules {total['modules']} (instrumented {total['instrumented']}, "
                   f"refused {refused}, skipped {total['skipped']}); assertions compared {total['compared']}, "
                   f"differing {total['differing']}; other problems {total['problems'] - total['differing']}")
+
+
+@pytest.fixture()
+def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Keys:
+    """A key pair per role (tests/migration_keys.py); the source's is the runs' and `wasmig migrate`'s
+    (WASMIG_KEY_DIR), so that no test touches the user's own key."""
+    k = make_keys(tmp_path / "keys")
+    monkeypatch.setenv("WASMIG_KEY_DIR", str(k.dir("source")))
+    return k

@@ -144,26 +144,30 @@ def open_listener(spec: str) -> socket.socket:
     return sock
 
 
-def address_and_token(address: str, option: str, token_file: str | None, token_option: str) -> bytes:
-    """The token for ``option ADDRESS`` (checked), read from ``token_option``'s file."""
+def peer_identity(address: str, option: str, key_dir: str | None, peers: tuple[str, ...], peer_option: str,
+                  token_file: str | None = None) -> Any:
+    """This side's :class:`~wasmig.migrate.channel.Identity` for ``option ADDRESS``, pinning the
+    peer ``peer_option`` names (a fingerprint or a public key file); the token, if any, a second factor."""
+    from wasmig.migrate.channel import identity_from_options
     from wasmig.migrate.protocol import parse_address, read_token
 
-    if token_file is None:
-        raise UserError(f"{option} needs {token_option}")
+    if not peers:
+        raise UserError(f"{option} needs {peer_option} (the peer's key fingerprint, or its wasmig.pub)")
     try:
         parse_address(address, option)
-        return read_token(token_file)
+        return identity_from_options(key_dir, peers, read_token(token_file) if token_file else None)
     except WasmError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{peer_option}: {e}" if "fingerprint" in str(e) else str(e)) from None
 
 
-def register_with_gateway(address: str, token_file: str | None) -> tuple[str, bytes]:
-    """(control address, key) of a fresh registration with the gateway at ``address``."""
-    from wasmig.migrate.gateway import register
+def register_with_gateway(address: str, key_dir: str | None, fingerprint: tuple[str, ...]) -> tuple[str, bytes]:
+    """(control address, the gateway key's digest) of a fresh registration with the gateway at ``address``."""
+    from wasmig.wasi.gateway import register, use_key
 
-    token = address_and_token(address, "--gateway", token_file, "--gateway-token-file")
+    identity = peer_identity(address, "--gateway", key_dir, fingerprint, "--gateway-fingerprint")
+    use_key(identity.pair)  # the key this run (and its restores) shows the gateway
     try:
-        return address, register(address, token)
+        return address, register(address, next(iter(identity.trusted)))
     except WasmError as e:
         raise UserError(str(e)) from None
 
@@ -712,7 +716,7 @@ def with_control(session: Any, body: Any) -> int:
         control.close()
 
 
-def migrate_later(session: Any, target: str, token: bytes, after: float) -> None:
+def migrate_later(session: Any, target: str, identity: Any, after: float) -> None:
     """``--migrate-to``: move the program ``after`` seconds into the run (a thread of its own);
     the summary, or why it stayed, goes to stderr."""
     import threading
@@ -722,7 +726,7 @@ def migrate_later(session: Any, target: str, token: bytes, after: float) -> None
 
     def move() -> None:
         try:
-            migrate(session, target, token, on_done=lambda r: _err(f"wasmig: {r.summary()}"))
+            migrate(session, target, identity, on_done=lambda r: _err(f"wasmig: {r.summary()}"))
         except MigrationError as e:
             _err(f"wasmig: warning: migration to {target} failed, the program goes on here: {e}")
 
@@ -850,12 +854,17 @@ def run_options(p: _Parser) -> None:
     p.option("--gateway", dest="gateway_address", default=None, metavar="HOST:PORT",
              help="Preopen a listening socket held by `wasmig gateway` (its control address), after the "
                   "--tcplisten ones: its connections survive migrations.")
-    p.option("--gateway-token-file", default=None, type=_Path(directory=False), metavar="FILE",
-             help="The gateway's shared secret (needed with --gateway).")
+    p.option("--gateway-fingerprint", default=(), action="append", metavar="FP|PUBFILE",
+             help="The gateway's key (sha256:... fingerprint, or its wasmig.pub): needed with --gateway.")
     p.option("--migrate-to", default=None, metavar="HOST:PORT",
              help="Move the program to this `wasmig serve` daemon once it ran --migrate-after seconds.")
+    p.option("--migrate-peer-fingerprint", default=(), action="append", metavar="FP|PUBFILE",
+             help="The daemon's key (sha256:... fingerprint, or its wasmig.pub): needed with --migrate-to.")
     p.option("--migrate-token-file", default=None, type=_Path(directory=False), metavar="FILE",
-             help="The daemon's shared secret (needed with --migrate-to).")
+             help="A shared secret the daemon also requires (optional second factor, mode 600).")
+    p.option("--key", dest="key_dir", default=None, type=_Path(directory=True), metavar="DIRECTORY",
+             help="This run's key pair, shown to gateways and migration targets (default: the user's, "
+                  "made on first use).")
     p.option("--migrate-after", type=_Number(float, 0), default=0.0, show_default=True, metavar="SECONDS",
              help="When --migrate-to moves the program.")
     checkpoint_options(p)
@@ -863,8 +872,9 @@ def run_options(p: _Parser) -> None:
 
 @command("run", run_options, "program", rest="args")
 def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
-        migratable: bool, gateway_address: str | None, gateway_token_file: str | None, migrate_to: str | None,
-        migrate_token_file: str | None, migrate_after: float,
+        migratable: bool, gateway_address: str | None, gateway_fingerprint: tuple[str, ...], migrate_to: str | None,
+        migrate_peer_fingerprint: tuple[str, ...], migrate_token_file: str | None, key_dir: str | None,
+        migrate_after: float,
         checkpoint_dir: str | None, checkpoint_at_step: int | None,
         checkpoint_at_instruction: int | None, checkpoint_every: float | None, checkpoint_then: str,
         stable_only: bool, count_steps: bool, program: str, args: tuple[str, ...]) -> None:
@@ -887,10 +897,12 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         if invoke is not None and (policy.active or policy.migratable):
             raise UserError("--invoke cannot be combined with --checkpoint-dir, --migratable or --migrate-to")
         if migrate_to is not None:
-            token = address_and_token(migrate_to, "--migrate-to", migrate_token_file, "--migrate-token-file")
-            policy.migrate_to = (migrate_to, token, migrate_after)
+            identity = peer_identity(migrate_to, "--migrate-to", key_dir, migrate_peer_fingerprint,
+                                     "--migrate-peer-fingerprint", migrate_token_file)
+            policy.migrate_to = (migrate_to, identity, migrate_after)
         listeners = [open_listener(spec) for spec in listens]
-        gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
+        gateways = ([] if gateway_address is None
+                    else [register_with_gateway(gateway_address, key_dir, gateway_fingerprint)])
         # wasmtime validates and compiles the module itself: Python decodes only what linking needs
         # (the instrumented one: decoding and validation wait until the pass needs them, which a
         # cached instrumented module spares, as on restore; the checkpoint code reads the module's
@@ -1121,8 +1133,13 @@ def diff(as_json: bool, a: str, b: str) -> None:
 
 def serve_options(p: _Parser) -> None:
     p.option("--listen", required=True, metavar="HOST:PORT", help="Where to accept migrations.")
-    p.option("--token-file", required=True, type=_Path(directory=False), metavar="FILE",
-             help="The shared secret (at least 16 bytes, mode 600) sources must prove they hold.")
+    p.option("--trust-peer", dest="trust_peers", action="append", default=(), metavar="FP|PUBFILE",
+             help="A source allowed to migrate here: its key's sha256:... fingerprint, or its wasmig.pub "
+                  "(repeat for more; at least one).")
+    p.option("--key", dest="key_dir", default=None, type=_Path(directory=True), metavar="DIRECTORY",
+             help="This daemon's key pair (default: the user's, made on first use); sources pin its fingerprint.")
+    p.option("--token-file", default=None, type=_Path(directory=False), metavar="FILE",
+             help="Also require this shared secret (optional second factor: at least 16 bytes, mode 600).")
     p.option("--dir", dest="dirs", action="append", metavar="HOST::GUEST",
              help="Map a migrated program's preopened guest directory GUEST to host directory HOST here.")
     p.option("--engine", choices=ENGINES, default=None, metavar="[interp|wasmtime]",
@@ -1134,50 +1151,67 @@ def serve_options(p: _Parser) -> None:
 
 
 @command("serve", serve_options)
-def serve(listen: str, token_file: str, dirs: tuple[str, ...], engine: str | None, state_dir: str | None,
-          page_cache_mb: int) -> None:
+def serve(listen: str, trust_peers: tuple[str, ...], key_dir: str | None, token_file: str | None,
+          dirs: tuple[str, ...], engine: str | None, state_dir: str | None, page_cache_mb: int) -> None:
     """Receive migrating programs, restore them and run them here."""
     from pathlib import Path
 
-    from wasmig.migrate.protocol import MigrationError, parse_address, read_token
+    from wasmig.migrate.channel import identity_from_options
+    from wasmig.migrate.protocol import parse_address, read_token
     from wasmig.migrate.target import serve as serve_forever
+    from wasmig.wasi.gateway import use_key
 
     try:
-        token = read_token(token_file)
         host, port = parse_address(listen, "--listen")
         mapping = {guest: host_dir for host_dir, guest in map(parse_dir, dirs)}
         engine = pick_engine(engine, interp_only=False)
         state = Path(state_dir) if state_dir else Path.home() / ".cache" / "wasmig" / "serve"
+        token = read_token(token_file) if token_file else None
+        if not trust_peers:
+            raise UserError("serve needs --trust-peer (the key fingerprint, or wasmig.pub, of each source allowed)")
         sock = open_listener(f"{host}:{port}")
-    except (UserError, MigrationError) as e:
+        identity = identity_from_options(key_dir, trust_peers, token)
+        use_key(identity.pair)  # the programs it runs show the daemon's key to their gateways
+    except (UserError, WasmError) as e:
         _fail(str(e).replace("--tcplisten", "--listen"))
         return
     try:
-        serve_forever(sock, token, engine=engine, dirs=mapping, state_dir=state, page_cache_mb=page_cache_mb)
+        serve_forever(sock, identity, engine=engine, dirs=mapping, state_dir=state, page_cache_mb=page_cache_mb)
     except KeyboardInterrupt:
         sys.exit(130)
 
 
 def migrate_cmd_options(p: _Parser) -> None:
     p.option("--to", required=True, metavar="HOST:PORT", help="The `wasmig serve` daemon to move to.")
-    p.option("--token-file", required=True, type=_Path(directory=False), metavar="FILE",
-             help="The daemon's shared secret.")
+    p.option("--peer-fingerprint", dest="peers", action="append", default=(), metavar="FP|PUBFILE",
+             help="The daemon's key: its sha256:... fingerprint, or its wasmig.pub (required).")
+    p.option("--key", dest="key_dir", default=None, type=_Path(directory=True), metavar="DIRECTORY",
+             help="The key pair the program shows the daemon (default: the user's).")
+    p.option("--token-file", default=None, type=_Path(directory=False), metavar="FILE",
+             help="A shared secret the daemon also requires (optional second factor).")
     p.option("--quiet", action="store_true", help="No progress bar, only the summary line.")
     p.option("--no-precopy", action="store_true",
              help="Stop the program at once and send everything while it is stopped.")
 
 
 @command("migrate", migrate_cmd_options, "pid", types={"pid": _Number(int)})
-def migrate_cmd(to: str, token_file: str, quiet: bool, no_precopy: bool, pid: int) -> None:
+def migrate_cmd(to: str, peers: tuple[str, ...], key_dir: str | None, token_file: str | None, quiet: bool,
+                no_precopy: bool, pid: int) -> None:
     """Move the running `wasmig run --migratable` process PID to another machine."""
+    from wasmig.migrate.channel import parse_peers
     from wasmig.migrate.control import request_migration
     from wasmig.migrate.progress import ProgressView
     from wasmig.migrate.protocol import MigrationError, parse_address, read_token
 
     try:
         parse_address(to, "--to")
-        token = read_token(token_file)
-        messages = request_migration(pid, to, token, precopy=not no_precopy)
+        if len(peers) != 1:
+            raise MigrationError("migrate needs one --peer-fingerprint: the daemon's key fingerprint (sha256:...) "
+                                 "or its wasmig.pub")
+        (peer,) = parse_peers(peers)
+        if token_file:
+            read_token(token_file)  # refused here, with its reason, rather than by the run
+        messages = request_migration(pid, to, peer, key_dir=key_dir, token_file=token_file, precopy=not no_precopy)
         with ProgressView(enabled=not quiet) as view:
             for msg in messages:
                 if "progress" in msg:
@@ -1191,7 +1225,7 @@ def migrate_cmd(to: str, token_file: str, quiet: bool, no_precopy: bool, pid: in
                 elif "error" in msg:
                     raise MigrationError(f"migration failed, the program goes on in process {pid}: {msg['error']}")
         raise MigrationError(f"process {pid} ended the request without an answer")
-    except MigrationError as e:
+    except WasmError as e:
         _fail(str(e))
 
 
@@ -1199,26 +1233,36 @@ def gateway_options(p: _Parser) -> None:
     p.option("--listen", required=True, metavar="HOST:PORT", help="Where clients connect.")
     p.option("--control", required=True, metavar="HOST:PORT",
              help="Where programs (`wasmig run --gateway`) register and attach their connections.")
-    p.option("--token-file", required=True, type=_Path(directory=False), metavar="FILE",
-             help="The shared secret a program must prove it holds to register (at least 16 bytes, mode 600).")
+    p.option("--trust-peer", dest="trust_peers", action="append", default=(), metavar="FP|PUBFILE",
+             help="A key allowed to run the program behind this gateway: the machine it starts on and every "
+                  "daemon it may migrate to (a sha256:... fingerprint, or a wasmig.pub; at least one).")
+    p.option("--key", dest="key_dir", default=None, type=_Path(directory=True), metavar="DIRECTORY",
+             help="The gateway's key pair (default: the user's, made on first use); programs pin its fingerprint.")
+    p.option("--token-file", default=None, type=_Path(directory=False), metavar="FILE",
+             help="Also require this shared secret (optional second factor: at least 16 bytes, mode 600).")
 
 
 @command("gateway", gateway_options)
-def gateway(listen: str, control: str, token_file: str) -> None:
+def gateway(listen: str, control: str, trust_peers: tuple[str, ...], key_dir: str | None,
+            token_file: str | None) -> None:
     """Front a program's listening socket, so its TCP connections survive its migrations."""
+    from wasmig.migrate.channel import identity_from_options
     from wasmig.migrate.gateway import Gateway, log
-    from wasmig.migrate.protocol import MigrationError, read_token
+    from wasmig.migrate.protocol import read_token
 
     try:
-        token = read_token(token_file)
+        if not trust_peers:
+            raise UserError("gateway needs --trust-peer (the key of each machine the program may run on)")
+        token = read_token(token_file) if token_file else None
         public = open_listener(listen)
         ctl = open_listener(control)
-    except (UserError, MigrationError) as e:
+        identity = identity_from_options(key_dir, trust_peers, token)
+    except (UserError, WasmError) as e:
         _fail(str(e).replace("--tcplisten", "--listen/--control"))
         return
-    log(f"clients on {listen}, programs on {control}")
+    log(f"clients on {listen}, programs on {control} (key {identity.fingerprint})")
     try:
-        Gateway(public, ctl, token).serve()
+        Gateway(public, ctl, identity).serve()
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -35,7 +35,7 @@ from wasmig.errors import Trap, WasmError
 from wasmig.files import write_atomically
 from wasmig.migrate.arrival import Arrival, data_segment_pages, initial_image
 from wasmig.migrate.pages import ZERO_PAGE, page_id
-from wasmig.migrate.protocol import Channel, MigrationError, authenticate_as_server
+from wasmig.migrate.protocol import Channel, Identity, MigrationError, accept
 from wasmig.module import Module
 from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain
 
@@ -198,41 +198,77 @@ PAGE_CACHE_DAYS = 7
 PAGE_CACHE_MB = 2048
 
 
-def serve(listener: socket.socket, token: bytes, *, engine: str, dirs: Mapping[str, str], state_dir: Path,
-          page_cache_mb: int = PAGE_CACHE_MB) -> None:
-    """Accept migrations forever (until SIGINT/SIGTERM)."""
+#: connections at most that have not authenticated yet; more are closed at once (a flood of
+#: strangers costs a few processes, and cannot starve the machine)
+MAX_UNAUTHENTICATED = 16
+
+
+def serve(listener: socket.socket, identity: Identity, *, engine: str, dirs: Mapping[str, str], state_dir: Path,
+          page_cache_mb: int = PAGE_CACHE_MB, max_unauthenticated: int = MAX_UNAUTHENTICATED) -> None:
+    """Accept migrations forever (until SIGINT/SIGTERM) from the sources ``identity`` trusts.
+
+    A child per connection, but at most ``max_unauthenticated`` of them still in their handshake:
+    each holds the write end of a pipe it closes once its peer authenticated (or it ends), so the
+    daemon sees, without any bookkeeping by the child, which ones are still strangers."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     removed = PageCache(state_dir / "pages").prune(PAGE_CACHE_DAYS * 86400, page_cache_mb << 20)
     if removed:
         log(f"removed {removed} cached pages (unused for {PAGE_CACHE_DAYS} days, or beyond {page_cache_mb} MB)")
     host, port = listener.getsockname()[:2]
-    log(f"listening on {host}:{port} (engine {engine})")
+    log(f"listening on {host}:{port} (engine {engine}, key {identity.fingerprint}, "
+        f"{len(identity.trusted)} trusted source key{'s' if len(identity.trusted) != 1 else ''})")
+    identity.context(server=True)  # made once here, not in every child (a certificate and a key load: ~10 ms)
+    strangers: set[int] = set()  # read ends of the pipes of children still authenticating
     while True:
         try:
-            conn, addr = listener.accept()
+            ready = select.select([listener, *strangers], [], [])[0]
         except InterruptedError:  # pragma: no cover
             continue
+        for fd in ready:
+            if fd is not listener:
+                os.close(fd)  # that child authenticated its peer, or ended
+                strangers.discard(fd)
+        if listener not in ready:
+            continue
+        try:
+            conn, addr = listener.accept()
+        except (InterruptedError, ConnectionAbortedError):  # pragma: no cover
+            continue
         peer = f"{addr[0]}:{addr[1]}"
+        if len(strangers) >= max_unauthenticated:
+            log(f"{peer}: refused: {len(strangers)} connections are still authenticating")
+            conn.close()
+            continue
+        done_r, done_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: this migration, then the program it brings
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             listener.close()
+            os.close(done_r)
+            for fd in strangers:
+                os.close(fd)
             code = 1
             try:
-                code = _Target(Channel(conn, f"source {peer}"), token, engine, dirs, state_dir).run()
+                code = _Target(conn, peer, identity, engine, dirs, state_dir, done_w).run()
             except BaseException as e:  # noqa: BLE001 - a child must never return into the accept loop
                 log(f"{peer}: internal error: {e!r}")
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code & 0xFF)
+        os.close(done_w)
+        strangers.add(done_r)
         conn.close()
 
 
 class _Target:
-    def __init__(self, ch: Channel, token: bytes, engine: str, dirs: Mapping[str, str], state_dir: Path) -> None:
-        self.ch = ch
-        self.token = token
+    def __init__(self, conn: socket.socket, peer: str, identity: Identity, engine: str, dirs: Mapping[str, str],
+                 state_dir: Path, authenticated_fd: int) -> None:
+        self.conn = conn
+        self.peer = f"source {peer}"
+        self.identity = identity
+        self.authenticated_fd = authenticated_fd  # closed once the peer authenticated: see serve()
+        self.ch: Channel = None  # type: ignore[assignment] # set by run(), once authenticated
         self.engine = engine
         self.dirs = dirs
         self.state_dir = state_dir
@@ -245,13 +281,13 @@ class _Target:
         self.arrival = Arrival()  # kept in case the program fails after the commit
 
     def run(self) -> int:
-        ch = self.ch
         try:
-            authenticate_as_server(ch, self.token)
+            self.ch = ch = accept(self.conn, self.identity, self.peer)
         except MigrationError as e:
             log(f"rejected {e}")
-            ch.close()
             return 1
+        finally:
+            os.close(self.authenticated_fd)
         _fault("auth")
         try:
             first = ch.recv(expect=("offer", "status"))
@@ -378,7 +414,7 @@ class _Target:
         deadline = time.monotonic() + COMMIT_TIMEOUT
         while True:
             program.check("after it resumed, before the commit")
-            if select.select([self.ch.sock], [], [], 0.02)[0]:
+            if self.ch.readable(0.02):
                 self.ch.recv(COMMIT_TIMEOUT, expect=("commit",))
                 return
             if time.monotonic() > deadline:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import SnapshotError
+from wasmig.runtime_dir import RuntimeDirError, runtime_dir
 from wasmig.snapshot.policy import (  # noqa: F401 - re-exported: the run loops' names for them
     CheckpointExit,
     CheckpointPolicy,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:  # the interpreter is imported by the code that runs on it: a 
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot  # (and the snapshot classes by the code that captures one)
 
-RUNTIME_DIR = Path(os.environ.get("WASMIG_RUNTIME_DIR", "/tmp/wasmig-run"))
 MODULE_FILE_PREFIX = "module-"
 
 
@@ -178,8 +178,7 @@ class SessionBase:
                 self._old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self.request)
                 signal.setitimer(signal.ITIMER_REAL, self.policy.every, self.policy.every)
         if self.policy.active:
-            RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
-            self._status_file = RUNTIME_DIR / f"{os.getpid()}.json"
+            self._status_file = runtime_dir() / f"{os.getpid()}.json"
             self._write_status()
 
     def _uninstall(self) -> None:
@@ -419,7 +418,10 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
 
 def wait_for_snapshot(pid: int, timeout: float) -> Path:
     """For ``wasmig checkpoint PID``: signal a running ``wasmig run`` and wait for its new snapshot."""
-    status_file = RUNTIME_DIR / f"{pid}.json"
+    try:
+        status_file = runtime_dir(create=False) / f"{pid}.json"
+    except RuntimeDirError as e:
+        raise SnapshotError(str(e)) from None
     try:
         before = json.loads(status_file.read_text())
     except (OSError, ValueError):

@@ -77,7 +77,7 @@ class FdSnapshot:
     mtime_ns: int | None = None
     address: str | None = None  # tcp: "host:port" listened on / peer
     gateway: str | None = None  # behind a socket gateway: its control address
-    gateway_key: bytes | None = None  # the capability the gateway issued the program
+    gateway_key: bytes | None = None  # the sha256 of the gateway's key: pinned when reconnecting (no secret)
     gateway_conn: int | None = None  # a connection: the gateway's id of it
     pending: bytes = b""  # received, not yet read (in flight when the connection was quiesced)
 

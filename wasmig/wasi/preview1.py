@@ -154,6 +154,9 @@ class Wasi:
         self.waiter = Waiter()  # every blocking wait goes through it, so a checkpoint can end it
         #: every host call passes it: closed, it holds the guest's effects (a migration's target, before the commit)
         self.gate = Gate()
+        #: a migration's target key (fingerprint), named to the gateways when their connections are
+        #: quiesced for it: the gateway lets that key take them over (wasmig/wasi/gateway.py)
+        self.gateway_handover: str | None = None
         self._init_stdio(stdin, stdout, stderr)
         try:
             for sock in listeners:
@@ -929,10 +932,14 @@ class Wasi:
         streams = [e for e in self.fds.entries.values()
                    if e.kind == TCP_STREAM and e.gateway is not None and e.sock is not None]
         by_gateway: dict[tuple[str, bytes], list[FdEntry]] = {}
+        for e in self.fds.entries.values():  # every gateway (a listener's too: the handover names the target)
+            if e.gateway is not None and e.sock is not None:
+                by_gateway.setdefault((e.gateway, e.gateway_key or b""), [])
         for e in streams:
-            by_gateway.setdefault((e.gateway, e.gateway_key or b""), []).append(e)  # type: ignore[arg-type]
+            by_gateway[(e.gateway, e.gateway_key or b"")].append(e)  # type: ignore[index]
         for (address, key), entries in by_gateway.items():
-            gateway.quiesce(address, key, [e.gateway_conn for e in entries if e.gateway_conn is not None])
+            gateway.quiesce(address, key, [e.gateway_conn for e in entries if e.gateway_conn is not None],
+                            self.gateway_handover)
             for e in entries:
                 assert e.sock is not None
                 e.pending += gateway.drain(e.sock)
