@@ -1,8 +1,28 @@
-"""Session-wide reporting hooks."""
+"""Session-wide set-up (a signing key of the test run's own) and reporting hooks."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any
+
+_key_dir: str | None = None
+
+
+def pytest_configure(config: Any) -> None:
+    """Give the test run (and every wasmig process it starts) a key directory of its own, made
+    before any test runs: snapshots the tests write are signed with the key the first one creates,
+    and restored under the same trust rules as a user's, without touching the user's own key.
+    (Each pytest-xdist worker configures itself, so each has its own key.)"""
+    global _key_dir
+    _key_dir = tempfile.mkdtemp(prefix="wasmig-test-keys-")
+    os.environ["WASMIG_KEY_DIR"] = os.path.join(_key_dir, "keys")
+
+
+def pytest_unconfigure(config: Any) -> None:
+    if _key_dir is not None:
+        shutil.rmtree(_key_dir, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:

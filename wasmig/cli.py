@@ -651,7 +651,7 @@ def check_writable_dir(path: str, option: str) -> None:
     import time
 
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)  # snapshots are their owner's alone (docs/security.md)
         probe = os.path.join(path, f".wasmig-probe-{os.getpid()}-{time.monotonic_ns()}")
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)

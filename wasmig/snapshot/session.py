@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import SnapshotError
+from wasmig.files import make_private_dir, open_private
 from wasmig.snapshot.policy import (  # noqa: F401 - re-exported: the run loops' names for them
     CheckpointExit,
     CheckpointPolicy,
@@ -116,7 +117,7 @@ def store_module(directory: Path, module: Module) -> Path:
     another machine — finds exactly the module the snapshot belongs to."""
     from wasmig.errors import WasmError
 
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_dir(directory)
     try:  # a module not read at start is read now, unchanged since (else an error)
         path = directory / f"{MODULE_FILE_PREFIX}{module.sha256}.wasm"
         data = module.data if not path.exists() else None
@@ -124,7 +125,8 @@ def store_module(directory: Path, module: Module) -> Path:
         raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
     if data is not None:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)  # left by a killed writer of this pid
+        with open(open_private(tmp), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

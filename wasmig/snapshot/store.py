@@ -44,6 +44,7 @@ from typing import Any, BinaryIO
 import msgpack
 import zstandard
 
+from wasmig.files import PRIVATE_DIR_MODE, make_private_dir, open_private
 from wasmig.hashing import blake3
 from wasmig.snapshot.state import FORMAT_VERSION, PAGE_SIZE, Snapshot, SnapshotError, from_plain, to_plain
 
@@ -143,18 +144,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _mkdirs_durable(path: Path) -> None:
-    """Create ``path`` (and parents) and fsync each new entry's parent, so the directory survives a crash."""
+    """Create ``path`` (and parents, mode 0700) and fsync each new entry's parent, so the directory
+    survives a crash."""
     if path.is_dir():
         return
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        if p.parent == p:
-            break
-        p = p.parent
-    path.mkdir(parents=True, exist_ok=True)
-    for m in reversed(missing):
+    for m in make_private_dir(path):
         _fsync_dir(m.parent)
 
 
@@ -166,7 +160,7 @@ def _temp_name(final: Path) -> Path:
 def _write_temp(final: Path, chunks: list[bytes | memoryview]) -> Path:
     """Write ``chunks`` to a new temporary file next to ``final``, fsynced. Returns the temp path."""
     tmp = _temp_name(final)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = open_private(tmp)
     try:
         with open(fd, "wb", closefd=True) as f:
             for c in chunks:
@@ -230,8 +224,10 @@ def _validate_for_write(manifest: dict[str, Any]) -> None:
                 raise SnapshotError(f"refusing to write an invalid snapshot: memory {i} {key} is {v!r}")
 
 
-def _encode(manifest: dict[str, Any]) -> list[bytes]:
-    """Header, msgpack manifest and trailing BLAKE3 of both, as chunks (a single file's manifest can be large)."""
+def _encode(manifest: dict[str, Any], *, sign: bool = True) -> list[bytes]:
+    """Header, msgpack manifest, trailing BLAKE3 of both and (``sign``, when the user has a key) the
+    seal signing that checksum (:mod:`wasmig.snapshot.signing`), as chunks (a single file's manifest
+    can be large)."""
     try:
         body = msgpack.packb(manifest, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as e:
@@ -242,7 +238,12 @@ def _encode(manifest: dict[str, Any]) -> list[bytes]:
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body))
     h = blake3(header)
     h.update(body)
-    return [header, body, h.digest()]
+    checksum = h.digest()
+    if not sign:
+        return [header, body, checksum]
+    from wasmig.snapshot.signing import seal_for  # the cryptography package, imported when a snapshot is written
+
+    return [header, body, checksum, seal_for(checksum)]
 
 
 def _decompress_page(comp: bytes, what: str) -> bytes:
@@ -273,6 +274,12 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 def _read_manifest_from(f: BinaryIO, size: int) -> dict[str, Any]:
     """:func:`_read_manifest` for a container of ``size`` bytes at ``f``'s position (a snapshot
     file, or the one inside a .wsnap, given as a ``BytesIO``)."""
+    return _read_container(f, size)[0]
+
+
+def _read_container(f: BinaryIO, size: int) -> tuple[dict[str, Any], Any]:
+    """A container's manifest and its :class:`~wasmig.snapshot.signing.Seal` (None: unsigned).
+    The seal is parsed, not verified: whether its signer is trusted is the caller's question."""
     header = f.read(HEADER_SIZE)
     if header[:len(MAGIC)] != MAGIC:
         if header and MAGIC.startswith(header):
@@ -289,22 +296,48 @@ def _read_manifest_from(f: BinaryIO, size: int) -> dict[str, Any]:
     expected = HEADER_SIZE + length + HASH_SIZE
     if size < expected:
         raise SnapshotError(f"truncated snapshot ({size} bytes, the header says {expected})")
-    if size > expected:
+    from wasmig.snapshot.signing import SEAL_SIZE, Seal
+
+    sealed = size == expected + SEAL_SIZE
+    if size > expected and not sealed:
         raise SnapshotError(f"snapshot has {size - expected} bytes of trailing garbage")
     rest = f.read(length + HASH_SIZE + 1)
-    if len(rest) != length + HASH_SIZE:
+    if len(rest) != length + HASH_SIZE + (1 if sealed else 0):
         raise SnapshotError("snapshot changed size while being read")
     body = memoryview(rest)[:length]
     h = blake3(header)
     h.update(body)
-    if h.digest() != rest[length:]:
+    checksum = rest[length:length + HASH_SIZE]
+    if h.digest() != checksum:
         raise SnapshotError("snapshot is corrupt (checksum mismatch)")
+    seal = None
+    if sealed:
+        tail = rest[length + HASH_SIZE:] + f.read(SEAL_SIZE - 1)
+        if len(tail) != SEAL_SIZE:
+            raise SnapshotError("snapshot changed size while being read")
+        seal = Seal.parse(tail, checksum)
     manifest = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
     if not isinstance(manifest, dict):
         raise SnapshotError("corrupt snapshot: manifest is not a map")
     if manifest.get("format_version") != version:
         raise SnapshotError("corrupt snapshot: manifest and header disagree on the format version")
-    return manifest
+    return manifest, seal
+
+
+def snapshot_seal(path: str | Path) -> tuple[Path, Any]:
+    """The snapshot file ``path`` means (a checkpoint directory: its latest; a .wsnap: the snapshot
+    inside) and its seal (None: unsigned). The container is checked as a read checks it."""
+    path = Path(path)
+    file = _guarded(path, "read snapshot", _resolve, path)
+    from wasmig.snapshot import wsnap
+
+    def read() -> Any:
+        if wsnap.is_wsnap(file):
+            return wsnap.snapshot_seal(file)
+        with open(file, "rb") as f:
+            return _read_container(f, os.fstat(f.fileno()).st_size)[1]
+
+    return file, _guarded(file, "read snapshot", read)
 
 
 class _PageSource:
@@ -771,7 +804,7 @@ class CheckpointDir:
                 final = f"{subdir}/{h}"
                 if sub not in self._made_dirs:
                     try:
-                        os.mkdir(subdir)
+                        os.mkdir(subdir, PRIVATE_DIR_MODE)
                         sync_dirs.add(pages_dir)  # its new entry is made durable with the pages
                     except FileExistsError:
                         pass

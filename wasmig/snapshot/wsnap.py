@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from wasmig.files import PRIVATE_DIR_MODE, open_private
 from wasmig.hashing import blake3
 from wasmig.snapshot.state import SnapshotError, from_plain
 from wasmig.snapshot.store import (
@@ -44,6 +45,7 @@ from wasmig.snapshot.store import (
     _one_line,
     _PageSource,
     _PageWriter,
+    _read_container,
     _read_manifest_from,
     _resolve,
     _temp_name,
@@ -314,7 +316,7 @@ def export_snapshot(source: str | Path, output: str | Path, *, module: str | Non
         raise SnapshotError(f"{output} exists (--force replaces it)")
     tmp = _temp_name(output)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = open_private(tmp)
     except OSError as e:
         raise SnapshotError(f"cannot write {output}: {_describe(e)}") from None
     try:
@@ -367,7 +369,7 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
         raise SnapshotError("is already a .wsnap")
     with open(file, "rb") as f:
         raw = f.read()
-    manifest = _read_manifest_from(io.BytesIO(raw), len(raw))
+    manifest, seal = _read_container(io.BytesIO(raw), len(raw))
     _check_manifest(manifest, embedded_ok=True)
     pages_dir = file.parent.parent / "pages"
     embedded: dict[str, bytes] = {}  # a single-file snapshot's pages, moved out of its manifest
@@ -377,7 +379,9 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
                 h = blake3(_decompress_page(e, f"embedded page {j} of memory {i}")).hexdigest()
                 embedded.setdefault(h, e)
                 entries[j] = h
-    snapshot_bytes = b"".join(_encode(manifest)) if embedded else raw
+    # moving the pages out changes the manifest, so its seal: the exporter seals it again, but only
+    # what the exporter's own key sealed before (exporting must not launder someone else's snapshot)
+    snapshot_bytes = b"".join(_encode(manifest, sign=_sealed_by_own_key(seal))) if embedded else raw
     if len(snapshot_bytes) > MAX_SNAPSHOT_BYTES:
         raise SnapshotError(f"its manifest is {len(snapshot_bytes)} bytes, more than a .wsnap holds "
                             f"({MAX_SNAPSHOT_BYTES >> 20} MiB)")
@@ -402,6 +406,20 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
     digest.update(table)
     return _ExportPlan([head, table, digest.digest(), snapshot_bytes, module_bytes], hashes, lengths, embedded,
                        pages_dir)
+
+
+def _sealed_by_own_key(seal: Any) -> bool:
+    from wasmig.snapshot.signing import own_key_pair
+
+    pair = own_key_pair(create=False)
+    return seal is not None and pair is not None and seal.signer.raw == pair.public.raw and seal.valid()
+
+
+def snapshot_seal(path: Path) -> Any:
+    """The seal of the snapshot inside the .wsnap ``path`` (None: unsigned), the file checked as a
+    read checks it."""
+    with _opened(path) as w:
+        return _read_container(io.BytesIO(w.snapshot_bytes), len(w.snapshot_bytes))[1]
 
 
 def _publish(tmp: Path, output: Path, force: bool) -> None:
@@ -467,7 +485,7 @@ def _store_pages(store: CheckpointDir, w: _Wsnap) -> None:
         for h in sorted(w.pages):
             subdir = store.pages_dir / h[:2]
             try:
-                os.mkdir(subdir)
+                os.mkdir(subdir, PRIVATE_DIR_MODE)
                 sync_dirs.add(store.pages_dir)
             except FileExistsError:
                 pass
