@@ -28,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wasmig.errors import SnapshotError
-from wasmig.keys import KeyFileError, KeyPair, PublicKey, default_key_dir, load_key_pair, load_public_key, write_key_pair
+from wasmig.keys import (
+    KeyFileError,
+    KeyPair,
+    PublicKey,
+    default_key_dir,
+    load_key_pair,
+    load_public_key,
+    write_key_pair,
+)
 
 SEAL_MAGIC = b"WASMIGSIG1"
 #: after a snapshot file's checksum: magic, the signer's raw Ed25519 public key, the signature

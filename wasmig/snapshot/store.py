@@ -265,21 +265,39 @@ def _decompress_page(comp: bytes, what: str) -> bytes:
 
 
 # --- reading ----------------------------------------------------------------------------------------
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """Read and verify a snapshot file's container (magic, version, length, hash); return the manifest."""
+def _read_manifest(path: Path, expect: bytes | None = None) -> dict[str, Any]:
+    """Read and verify a snapshot file's container (magic, version, length, hash); return the manifest.
+    ``expect``: the checksum it must have (the one whose seal was checked; see :func:`read_sealed`)."""
     with open(path, "rb") as f:
-        return _read_manifest_from(f, os.fstat(f.fileno()).st_size)
+        container = _read_container(f, os.fstat(f.fileno()).st_size)
+    _check_expected(container.checksum, expect)
+    return container.manifest
+
+
+def _check_expected(checksum: bytes, expect: bytes | None) -> None:
+    if expect is not None and checksum != expect:
+        raise SnapshotError("snapshot changed after its signature was checked")
 
 
 def _read_manifest_from(f: BinaryIO, size: int) -> dict[str, Any]:
     """:func:`_read_manifest` for a container of ``size`` bytes at ``f``'s position (a snapshot
     file, or the one inside a .wsnap, given as a ``BytesIO``)."""
-    return _read_container(f, size)[0]
+    return _read_container(f, size).manifest
 
 
-def _read_container(f: BinaryIO, size: int) -> tuple[dict[str, Any], Any]:
-    """A container's manifest and its :class:`~wasmig.snapshot.signing.Seal` (None: unsigned).
-    The seal is parsed, not verified: whether its signer is trusted is the caller's question."""
+@dataclass(frozen=True)
+class Container:
+    """A snapshot file's manifest, its checksum and its :class:`~wasmig.snapshot.signing.Seal`
+    (None: unsigned). The seal is parsed, not verified: whether its signer is trusted is the
+    caller's question (:func:`wasmig.snapshot.signing.check_trust`)."""
+
+    manifest: dict[str, Any]
+    checksum: bytes
+    seal: Any
+
+
+def _read_container(f: BinaryIO, size: int) -> Container:
+    """Read and verify a container of ``size`` bytes at ``f``'s position."""
     header = f.read(HEADER_SIZE)
     if header[:len(MAGIC)] != MAGIC:
         if header and MAGIC.startswith(header):
@@ -321,21 +339,24 @@ def _read_container(f: BinaryIO, size: int) -> tuple[dict[str, Any], Any]:
         raise SnapshotError("corrupt snapshot: manifest is not a map")
     if manifest.get("format_version") != version:
         raise SnapshotError("corrupt snapshot: manifest and header disagree on the format version")
-    return manifest, seal
+    return Container(manifest, bytes(checksum), seal)
 
 
-def snapshot_seal(path: str | Path) -> tuple[Path, Any]:
-    """The snapshot file ``path`` means (a checkpoint directory: its latest; a .wsnap: the snapshot
-    inside) and its seal (None: unsigned). The container is checked as a read checks it."""
+def read_sealed(path: str | Path) -> tuple[Path, Container]:
+    """The snapshot file ``path`` means (a checkpoint directory: its latest) and its container
+    (for a .wsnap: the snapshot inside it), checked as a read checks it but no page read. A
+    restore checks the seal and the memory size here, then loads the file with ``expect=`` the
+    container's checksum: what it restores is what was checked, even if the file is replaced
+    in between."""
     path = Path(path)
     file = _guarded(path, "read snapshot", _resolve, path)
     from wasmig.snapshot import wsnap
 
-    def read() -> Any:
+    def read() -> Container:
         if wsnap.is_wsnap(file):
-            return wsnap.snapshot_seal(file)
+            return wsnap.container(file)
         with open(file, "rb") as f:
-            return _read_container(f, os.fstat(f.fileno()).st_size)[1]
+            return _read_container(f, os.fstat(f.fileno()).st_size)
 
     return file, _guarded(file, "read snapshot", read)
 
@@ -418,8 +439,8 @@ class PagedMemory:
         return _decompress_page(entry, f"embedded page {j} of memory {self.index}")
 
 
-def _load_file(path: Path, pages_dir: Path | None) -> Snapshot:
-    manifest = _read_manifest(path)
+def _load_file(path: Path, pages_dir: Path | None, expect: bytes | None = None) -> Snapshot:
+    manifest = _read_manifest(path, expect)
     return from_plain(manifest, _PageSource(pages_dir).memory)
 
 
@@ -446,19 +467,20 @@ def _pages_dir_for(file: Path) -> Path:
     return file.parent.parent / "pages"
 
 
-def load_snapshot(path: str | Path) -> Snapshot:
+def load_snapshot(path: str | Path, expect: bytes | None = None) -> Snapshot:
     """Load a snapshot from a checkpoint directory (its latest), a snapshot file in one, a single
-    file, or a single-file export (.wsnap)."""
+    file, or a single-file export (.wsnap). ``expect``: see :func:`read_sealed`."""
     path = Path(path)
     file = _guarded(path, "read snapshot", _resolve, path)
     from wasmig.snapshot import wsnap
 
     if wsnap.is_wsnap(file):
-        return _guarded(file, "read snapshot", wsnap.load_wsnap, file)
-    return _guarded(file, "read snapshot", _load_file, file, _pages_dir_for(file))
+        return _guarded(file, "read snapshot", wsnap.load_wsnap, file, expect)
+    return _guarded(file, "read snapshot", _load_file, file, _pages_dir_for(file), expect)
 
 
-def load_snapshot_deferred(path: str | Path) -> tuple[Snapshot, list[PagedMemory] | None]:
+def load_snapshot_deferred(path: str | Path,
+                           expect: bytes | None = None) -> tuple[Snapshot, list[PagedMemory] | None]:
     """:func:`load_snapshot` that reads only the manifest of a snapshot in a checkpoint directory
     or a single file: the memories' bytes are left empty and their pages come back as
     :class:`PagedMemory`, to be read when the restore writes them (a ``.wsnap`` is loaded whole:
@@ -469,14 +491,14 @@ def load_snapshot_deferred(path: str | Path) -> tuple[Snapshot, list[PagedMemory
     from wasmig.snapshot import wsnap
 
     if wsnap.is_wsnap(file):
-        return _guarded(file, "read snapshot", wsnap.load_wsnap, file), None
+        return _guarded(file, "read snapshot", wsnap.load_wsnap, file, expect), None
     source = _PageSource(_pages_dir_for(file))
     pages: list[PagedMemory] = []
 
     def defer(index: int, raw: Any, size_pages: int) -> None:
         pages.append(source.deferred(index, raw, size_pages))
 
-    snap = _guarded(file, "read snapshot", lambda: from_plain(_read_manifest(file), defer))
+    snap = _guarded(file, "read snapshot", lambda: from_plain(_read_manifest(file, expect), defer))
     return snap, [_GuardedPages(file, p) for p in pages]
 
 

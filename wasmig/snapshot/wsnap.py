@@ -34,7 +34,9 @@ from wasmig.snapshot.store import (
     _MAX_COMPRESSED_PAGE,
     _READ_ERRORS,
     CheckpointDir,
+    Container,
     _atomic_write,
+    _check_expected,
     _decompress_page,
     _describe,
     _encode,
@@ -234,10 +236,24 @@ def _opened(path: Path) -> Iterator[_Wsnap]:
         yield _open(f)
 
 
-def load_wsnap(path: Path) -> Any:
-    """The :class:`~wasmig.snapshot.state.Snapshot` in a .wsnap (for ``store.load_snapshot``)."""
+def load_wsnap(path: Path, expect: bytes | None = None) -> Any:
+    """The :class:`~wasmig.snapshot.state.Snapshot` in a .wsnap (for ``store.load_snapshot``;
+    ``expect``: the checksum its snapshot must have, see ``store.read_sealed``)."""
     with _opened(path) as w:
+        if expect is not None:
+            _check_expected(_inner(w).checksum, expect)
         return from_plain(w.manifest, _WsnapPages(w).memory)
+
+
+def _inner(w: _Wsnap) -> Container:
+    return _read_container(io.BytesIO(w.snapshot_bytes), len(w.snapshot_bytes))
+
+
+def container(path: Path) -> Container:
+    """The container of the snapshot inside the .wsnap ``path`` (its manifest, checksum, seal),
+    the whole file checked as a read checks it."""
+    with _opened(path) as w:
+        return _inner(w)
 
 
 def read_module(path: Path) -> bytes:
@@ -369,7 +385,8 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
         raise SnapshotError("is already a .wsnap")
     with open(file, "rb") as f:
         raw = f.read()
-    manifest, seal = _read_container(io.BytesIO(raw), len(raw))
+    read = _read_container(io.BytesIO(raw), len(raw))
+    manifest, seal = read.manifest, read.seal
     _check_manifest(manifest, embedded_ok=True)
     pages_dir = file.parent.parent / "pages"
     embedded: dict[str, bytes] = {}  # a single-file snapshot's pages, moved out of its manifest
@@ -413,13 +430,6 @@ def _sealed_by_own_key(seal: Any) -> bool:
 
     pair = own_key_pair(create=False)
     return seal is not None and pair is not None and seal.signer.raw == pair.public.raw and seal.valid()
-
-
-def snapshot_seal(path: Path) -> Any:
-    """The seal of the snapshot inside the .wsnap ``path`` (None: unsigned), the file checked as a
-    read checks it."""
-    with _opened(path) as w:
-        return _read_container(io.BytesIO(w.snapshot_bytes), len(w.snapshot_bytes))[1]
 
 
 def _publish(tmp: Path, output: Path, force: bool) -> None:
