@@ -31,7 +31,12 @@ from wasmig.wasi.fdtable import TCP_LISTENER
 
 
 class GrantError(WasmError):
-    """A restore that would need a host resource nobody granted: one line naming every one."""
+    """A restore that would need a host resource nobody granted: one line naming every one
+    (``missing``; empty when the grants themselves are wrong)."""
+
+    def __init__(self, message: str, missing: Sequence[HostResource] = ()) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
 
 
 @dataclass(frozen=True)
@@ -122,5 +127,5 @@ def resolve(ws: Any, *, dirs: Mapping[str, str], listens: Sequence[str] = (), ga
     if missing:
         why = "" if reuse_recorded else (" (a snapshot not sealed by your own key gets no host resource it does not "
                                          "get from you)")
-        raise GrantError(f"{where}: not granted{why}: " + "; ".join(m.describe() for m in missing))
+        raise GrantError(f"{where}: not granted{why}: " + "; ".join(m.describe() for m in missing), missing)
     return granted

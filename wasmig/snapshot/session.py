@@ -360,6 +360,7 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
     defers validation to first use, ``decode=False`` decoding too (see :class:`Module`): a
     restore on wasmtime needs neither when the module's instrumented variant is cached."""
     from wasmig.module import Module
+    from wasmig.snapshot.wsnap import MAX_MODULE_BYTES  # refused before it is read: the largest a .wsnap holds
 
     candidates: list[Path] = []
     if explicit:
@@ -377,7 +378,7 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
             candidates.append(Path(recorded))
     for path in candidates:
         if path.is_file():
-            module = Module.from_file(path, validate=validate, decode=decode)
+            module = Module.from_file(path, validate=validate, decode=decode, max_bytes=MAX_MODULE_BYTES)
             if not decode:
                 module.cached_facts()  # their sha256, when they are cached: the module is then not even read
             if module.sha256 != snap.module_sha256:
