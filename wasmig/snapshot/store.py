@@ -315,13 +315,12 @@ def _read_container(f: BinaryIO, size: int) -> Container:
     expected = HEADER_SIZE + length + HASH_SIZE
     if size < expected:
         raise SnapshotError(f"truncated snapshot ({size} bytes, the header says {expected})")
-    from wasmig.snapshot.signing import SEAL_SIZE, Seal
+    from wasmig.snapshot.signing import SEAL_MAGIC, SEAL_SIZE, Seal
 
-    sealed = size == expected + SEAL_SIZE
-    if size > expected and not sealed:
+    if size > expected + SEAL_SIZE:
         raise SnapshotError(f"snapshot has {size - expected} bytes of trailing garbage")
-    rest = f.read(length + HASH_SIZE + 1)
-    if len(rest) != length + HASH_SIZE + (1 if sealed else 0):
+    rest = f.read(size - HEADER_SIZE + 1)
+    if len(rest) != size - HEADER_SIZE:
         raise SnapshotError("snapshot changed size while being read")
     body = memoryview(rest)[:length]
     h = blake3(header)
@@ -329,12 +328,14 @@ def _read_container(f: BinaryIO, size: int) -> Container:
     checksum = rest[length:length + HASH_SIZE]
     if h.digest() != checksum:
         raise SnapshotError("snapshot is corrupt (checksum mismatch)")
+    tail = rest[length + HASH_SIZE:]
     seal = None
-    if sealed:
-        tail = rest[length + HASH_SIZE:] + f.read(SEAL_SIZE - 1)
-        if len(tail) != SEAL_SIZE:
-            raise SnapshotError("snapshot changed size while being read")
+    if len(tail) == SEAL_SIZE:
         seal = Seal.parse(tail, checksum)
+    elif tail and (SEAL_MAGIC.startswith(tail[:len(SEAL_MAGIC)])):
+        raise SnapshotError(f"truncated snapshot ({size} bytes: its signature is cut short)")
+    elif tail:
+        raise SnapshotError(f"snapshot has {len(tail)} bytes of trailing garbage")
     manifest = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
     if not isinstance(manifest, dict):
         raise SnapshotError("corrupt snapshot: manifest is not a map")
