@@ -63,10 +63,10 @@ def write_pair(snap: Snapshot, root: Path, i: int) -> dict[str, tuple[float, flo
     for kind in order:
         where = root / f"{kind}-{i}"
         if kind == "sealed":
-            out[kind] = timed(lambda: store.CheckpointDir(where).write(snap))
+            out[kind] = timed(lambda where=where: store.CheckpointDir(where).write(snap))
         else:
             with mock.patch.object(store, "_encode", unsealed_encode):
-                out[kind] = timed(lambda: store.CheckpointDir(where).write(snap))
+                out[kind] = timed(lambda where=where: store.CheckpointDir(where).write(snap))
         shutil.rmtree(where)
     return out
 

@@ -1194,14 +1194,22 @@ def diff(as_json: bool, a: str, b: str) -> None:
     """List what changed between two snapshots. Exit status as diff(1)'s: 0 when they hold the same
     state, 1 when they differ, 2 on trouble."""
     import json
-    from pathlib import Path
 
     from wasmig.snapshot.inspect import diff as diff_snapshots
+    from wasmig.snapshot.limits import check_manifest_memory
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import load_snapshot
+    from wasmig.snapshot.store import load_snapshot, read_sealed
+
+    def load(path: str) -> Any:  # within the default memory limit, checked before a page is read
+        file, container = read_sealed(path)
+        try:
+            check_manifest_memory(container.manifest, None)
+        except SnapshotError as e:
+            raise SnapshotError(f"{path}: {e}") from None
+        return load_snapshot(file, expect=container.checksum)
 
     try:
-        snaps = [load_snapshot(Path(a)), load_snapshot(Path(b))]
+        snaps = [load(a), load(b)]
     except SnapshotError as e:
         _fail(str(e), DIFF_TROUBLE_EXIT_CODE)
         return
