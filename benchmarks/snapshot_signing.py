@@ -41,7 +41,8 @@ def snapshot_of(mib: int) -> Snapshot:
     pages = mib * 16
     data = b"".join(i.to_bytes(8, "little") * 8192 for i in range(1, pages + 1))
     return Snapshot(module_sha256="0" * 64, steps=None, point="idle", frames=[],
-                    memories=[MemoryState(1, None, data)], tables=[], globals=[])
+                    memories=[MemoryState(1, None, data)], tables=[], globals=[], dropped_data=[],
+                    dropped_elems=[], wasi=None)
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float]:

@@ -671,6 +671,11 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
     # refused now, before the program runs, rather than a warning at every checkpoint it takes
     if checkpoint_dir is not None:
         check_writable_dir(checkpoint_dir, "--checkpoint-dir")
+        from wasmig.snapshot.signing import own_key_pair
+
+        # the signing key (and the cryptography package) loaded, or made and announced, now: not
+        # inside the first checkpoint's pause, nor amid the program's output
+        own_key_pair()
     return CheckpointPolicy(Path(checkpoint_dir) if checkpoint_dir else None, at_step, at_instruction, every, then,
                             stable_only, count_steps or at_step is not None, migratable=migratable)
 
