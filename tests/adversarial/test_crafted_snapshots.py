@@ -515,3 +515,48 @@ def test_keygen_writes_a_private_key_and_prints_its_fingerprint(tmp_path: Path) 
 def test_trust_file_that_is_not_a_public_key_is_one_line(world: World) -> None:
     snap = world.crafted(lambda s: None)
     refused(wasmig("restore", "--trust", world.tmp / "attacker" / "wasmig.key", snap), "--trust")
+
+
+# --- serve: the same rule for migrating programs ----------------------------------------------------------
+def migrated_state(fds: list[Any]) -> tuple[Any, dict[str, Any]]:
+    """(module, plain state) of an idle WASI program with ``fds``, as a migration delivers it."""
+    from wasmig.module import Module
+    from wasmig.snapshot.state import Snapshot, WasiSnapshot, to_plain
+
+    module = Module.from_bytes(b"\0asm\1\0\0\0")
+    state = WasiSnapshot(["p"], {}, 0, fds)
+    return module, to_plain(Snapshot(module.sha256, None, "idle", [], [], [], [], [], [], state))
+
+
+def daemon_target(dirs: dict[str, str], listens: tuple[str, ...] = (), gateways: tuple[str, ...] = ()) -> Any:
+    import types
+
+    from wasmig.migrate.target import _Target
+
+    target = _Target.__new__(_Target)
+    target.dirs, target.listens, target.gateways = dirs, listens, gateways
+    target.id, target.landing = "t", types.SimpleNamespace(memory=None, prepare=lambda m, s, g: g)
+    target.arrival = types.SimpleNamespace(state=None)
+    return target
+
+
+@pytest.mark.parametrize("kind", ["listener", "gateway"])
+def test_serve_grants_no_socket_a_migrating_program_names(kind: str) -> None:
+    """A migrating program whose state names a listening address or a gateway the daemon does not
+    grant is refused by name; granted, the daemon's address is the one it gets."""
+    from wasmig.migrate.protocol import MigrationError
+    from wasmig.snapshot.state import FdSnapshot
+    from wasmig.wasi import constants as C
+    from wasmig.wasi.fdtable import TCP_LISTENER
+
+    extra = {"address": "0.0.0.0:22"} if kind == "listener" else {"gateway": "10.0.0.9:8081", "gateway_key": b"k"}
+    module, plain = migrated_state([FdSnapshot(3, TCP_LISTENER, C.FILETYPE_SOCKET_STREAM, C.RIGHT_SOCK_ACCEPT, 0, 0,
+                                               True, True, **extra)])
+    option = "--tcplisten HOST:PORT" if kind == "listener" else "--gateway 10.0.0.9:8081"
+    with pytest.raises(MigrationError, match=f"fd 3, which this daemon does not map \\(start it with {option}\\)"):
+        daemon_target({})._restore(module, plain)
+    granted = daemon_target({}, listens=("127.0.0.1:0",), gateways=("10.0.0.9:8081",))._restore(module, plain)
+    if kind == "listener":
+        assert granted.listeners == {3: "127.0.0.1:0"}
+    else:
+        assert granted.gateways == {"10.0.0.9:8081"}

@@ -33,7 +33,7 @@ import zstandard
 
 from wasmig.errors import Trap, WasmError
 from wasmig.files import write_atomically
-from wasmig.grants import Granted, GrantError, resolve
+from wasmig.grants import Granted, GrantError, needed, resolve
 from wasmig.migrate.arrival import Arrival, data_segment_pages, initial_image
 from wasmig.migrate.pages import ZERO_PAGE, page_id
 from wasmig.migrate.protocol import Channel, MigrationError, authenticate_as_server
@@ -542,10 +542,14 @@ class _Target:
         return landing.prepare(module, snap, granted)
 
     def _grant(self, ws: Any) -> Granted:
+        # the daemon's grants are an offer to every program: each takes the directories it has and
+        # as many of the listening addresses as it has listening sockets
         mapped = {guest: host for guest, host in self.dirs.items()
                   if guest in ws.closed_preopens or any(fd.preopen == guest for fd in ws.fds)}
+        listeners = sum(1 for need in needed(ws) if need.kind == "listening socket")
         try:
-            return resolve(ws, dirs=mapped, listens=self.listens, gateways=self.gateways, where="migration")
+            return resolve(ws, dirs=mapped, listens=self.listens[:listeners], gateways=self.gateways,
+                           where="migration")
         except GrantError as e:
             if not e.missing:
                 raise MigrationError(str(e)) from None
