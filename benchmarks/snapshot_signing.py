@@ -8,7 +8,10 @@ of the same snapshot sealed and unsealed (``_encode(sign=False)``), and the read
 for guest memories of the given sizes, each into a fresh checkpoint directory so every page is
 new (the checkpoint's worst case). CPU time (``time.process_time``: the machine is shared and
 loaded, so wall time mostly measures other processes) and wall time, medians over ``--runs``
-alternating pairs; the ratio sealed/unsealed is the figure to read (issue 17: at most 1.10).
+alternating pairs; the ratio sealed/unsealed is the figure to read (issue 17: at most 1.10). On a
+loaded machine the pairs' ratio wanders by +-20% either way, so the seal's own cost is measured
+too, directly (median CPU time of one seal): the sealed write's extra cost is that, whatever the
+noise.
 
 It also times, in fresh interpreters alternately, importing the snapshot reader without and
 with the signing module (the ``cryptography`` package), which a restore now pays once.
@@ -82,6 +85,20 @@ def verify_time(snap: Snapshot, root: Path, runs: int) -> float:
     return statistics.median(samples)
 
 
+def seal_cost(runs: int = 2000) -> float:
+    """Median CPU seconds of making one seal (what a sealed write adds to an unsealed one: the
+    checksum is computed either way), per call over batches of 100."""
+    from wasmig.snapshot.signing import seal_for
+
+    batches = []
+    for _ in range(runs // 100):
+        c0 = time.process_time()
+        for _ in range(100):
+            seal_for(b"\x01" * 32)
+        batches.append((time.process_time() - c0) / 100)
+    return statistics.median(batches)
+
+
 def import_times(runs: int) -> tuple[float, float]:
     """Median wall seconds of ``import wasmig.snapshot.store`` without and with the signing module."""
     plain, signed = [], []
@@ -120,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{med['sealed'][0] / med['unsealed'][0]:>6.3f} {med['unsealed'][1] * 1e3:>12.1f}ms "
                   f"{med['sealed'][1] * 1e3:>10.1f}ms {med['sealed'][1] / med['unsealed'][1]:>6.3f} "
                   f"{verify * 1e3:>9.2f}ms")
+    print(f"one seal (Ed25519 signature of the checksum): {seal_cost() * 1e6:.0f} us of CPU per snapshot written")
     plain, signed = import_times(args.runs)
     print(f"import wasmig.snapshot.store: {plain * 1e3:.0f} ms; with the signing module (cryptography): "
           f"{signed * 1e3:.0f} ms (+{(signed - plain) * 1e3:.0f} ms, once per restore)")
