@@ -9,10 +9,12 @@ from pathlib import Path
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Readers see the old entry, no entry or the whole new one, never a partial file (no fsync:
-    for caches, which a crash may lose but never corrupt)."""
+    for caches, which a crash may lose but never corrupt). The file is 0600 (``mkstemp``), new
+    directories 0700: a cache of a migrated program's pages holds its memory."""
     import tempfile  # imported when a cache entry is written, not by every run that reads one
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        make_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
