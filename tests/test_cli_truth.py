@@ -153,7 +153,8 @@ def test_run_takes_options_up_to_the_program_and_passes_the_rest(args: list[str]
 
 
 def test_other_commands_take_options_anywhere() -> None:
-    assert parsed("inspect", "ck", "--json") == {"as_json": True, "module_path": None, "snapshot": "ck"}
+    assert parsed("inspect", "ck", "--json") == {"as_json": True, "module_path": None, "verify": False,
+                                                 "trust_files": (), "max_memory": None, "snapshot": "ck"}
     assert parsed("export", "-oout.wsnap", "ck")["output"] == "out.wsnap"
     assert parsed("checkpoint", "--timeout", "2.5", "--", "42") == {"timeout": 2.5, "pid": 42}
 

@@ -479,8 +479,9 @@ def test_a_server_keeps_its_clients_through_three_migrations(tmp_path: Path, key
     times between two daemons (wasmtime -> interp -> wasmtime -> interp): every request gets
     exactly one correct reply, in order, and no client sees an error."""
     server = compile_c(PROGRAMS / "kv_server.c")
-    with gateway(tmp_path, keys) as (public, control, gw_log), daemon(tmp_path, "a", "interp", keys) as a, \
-            daemon(tmp_path, "b", "wasmtime", keys) as b:
+    with gateway(tmp_path, keys) as (public, control, gw_log), \
+            daemon(tmp_path, "a", "interp", keys, extra=["--gateway", control]) as a, \
+            daemon(tmp_path, "b", "wasmtime", keys, extra=["--gateway", control]) as b:
         out = tmp_path / "source.out"
         with open(out, "wb") as o, open(tmp_path / "source.err", "wb") as e:
             proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", "wasmtime", "--gateway", control,

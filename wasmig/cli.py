@@ -101,15 +101,6 @@ def check_module_option(path: str | None) -> None:
         raise UserError(component)
 
 
-def check_guest_dirs(mapping: dict[str, str], wasi_state: Any) -> None:
-    """``restore --dir HOST::GUEST``: every GUEST is a directory the snapshot has preopened."""
-    guests = sorted({fd.preopen for fd in wasi_state.fds if fd.preopen is not None})
-    for guest, host in mapping.items():
-        if guest not in guests:
-            raise UserError(f"--dir {host}::{guest}: the snapshot has no guest directory {guest!r} (its guest "
-                            f"directories: {', '.join(guests) if guests else 'none'})")
-
-
 def parse_env(specs: Sequence[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for spec in specs:
@@ -122,6 +113,16 @@ def parse_env(specs: Sequence[str]) -> dict[str, str]:
             value = os.environ[name]
         env[name] = value
     return env
+
+
+def check_listen_address(spec: str) -> None:
+    """``--tcplisten HOST:PORT`` is well formed (it is opened later, once granted)."""
+    from wasmig.wire import WireError, parse_address
+
+    try:
+        parse_address(spec, "--tcplisten", any_port=True)
+    except WireError as e:
+        raise UserError(str(e)) from None
 
 
 def open_listener(spec: str) -> socket.socket:
@@ -655,7 +656,7 @@ def check_writable_dir(path: str, option: str) -> None:
     import time
 
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)  # snapshots are their owner's alone (docs/security.md)
         probe = os.path.join(path, f".wasmig-probe-{os.getpid()}-{time.monotonic_ns()}")
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
@@ -674,6 +675,11 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
     # refused now, before the program runs, rather than a warning at every checkpoint it takes
     if checkpoint_dir is not None:
         check_writable_dir(checkpoint_dir, "--checkpoint-dir")
+        from wasmig.snapshot.signing import own_key_pair
+
+        # the signing key (and the cryptography package) loaded, or made and announced, now: not
+        # inside the first checkpoint's pause, nor amid the program's output
+        own_key_pair()
     return CheckpointPolicy(Path(checkpoint_dir) if checkpoint_dir else None, at_step, at_instruction, every, then,
                             stable_only, count_steps or at_step is not None, migratable=migratable)
 
@@ -950,25 +956,56 @@ def restore_options(p: _Parser) -> None:
              help="Execution engine: wasmtime (the default when installed, for snapshots at a stable point) or "
                   "the interpreter.")
     p.option("--dir", dest="dirs", action="append", metavar="HOST[::GUEST]",
-             help="Map a preopened guest directory to a host directory (default: where it was).")
+             help="Grant the snapshot's guest directory GUEST the host directory HOST (needed for each one; a "
+                  "snapshot signed with your own key may reuse where it was).")
+    p.option("--tcplisten", dest="listens", action="append", metavar="HOST:PORT",
+             help="Grant the snapshot's listening sockets these addresses, in fd order (as with run; a snapshot "
+                  "signed with your own key may reuse its own).")
+    p.option("--gateway", dest="gateways", action="append", metavar="HOST:PORT",
+             help="Let the program re-attach to the socket gateway at this control address.")
     p.option("--module", dest="module_path", default=None,
              help="The .wasm the snapshot was taken of (default: the copy kept in the checkpoint directory).")
     p.option("--on-file-change", choices=["fail", "warn", "ignore"], default="fail", show_default=True,
              metavar="[fail|warn|ignore]",
              help="What to do when an open file's size or mtime changed since the checkpoint.")
+    trust_options(p, "Restore")
+    p.option("--max-memory", type=_size, default=None, metavar="SIZE",
+             help="Refuse a snapshot whose memory is larger (e.g. 2G; default 1G), before reading it.")
     checkpoint_options(p)
 
 
+def _size(text: str) -> int:
+    from wasmig.snapshot.limits import parse_size
+
+    return parse_size(text)
+
+
+def trust_options(p: _Parser, verb: str) -> None:
+    """``--trust`` and ``--allow-unsigned``, as ``restore`` and ``inspect --verify`` take them."""
+    p.option("--trust", dest="trust_files", action="append", metavar="KEYFILE",
+             help=f"{verb} snapshots signed by this public key (a wasmig.pub) too, besides your own.")
+    p.option("--allow-unsigned", action="store_true",
+             help=f"{verb} a snapshot that is unsigned or signed by a key not trusted (with a warning); it still "
+                  "gets only the host resources granted here.")
+
+
 @command("restore", restore_options, "snapshot")
-def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, on_file_change: str,
-            checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
-            checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, count_steps: bool,
-            snapshot: str) -> None:
-    """Restore SNAPSHOT (a snapshot file, or a checkpoint directory: its latest) and continue it."""
+def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...], gateways: tuple[str, ...],
+            module_path: str | None, on_file_change: str, trust_files: tuple[str, ...], allow_unsigned: bool,
+            max_memory: int | None, checkpoint_dir: str | None, checkpoint_at_step: int | None,
+            checkpoint_at_instruction: int | None, checkpoint_every: float | None, checkpoint_then: str,
+            stable_only: bool, count_steps: bool, snapshot: str) -> None:
+    """Restore SNAPSHOT (a snapshot file, or a checkpoint directory: its latest) and continue it.
+
+    The snapshot must be signed by your own key or one given with --trust; its program gets only
+    the directories and sockets granted here (see docs/security.md)."""
     import time
     from pathlib import Path
 
     from wasmig import log
+    from wasmig.grants import GrantError, resolve
+    from wasmig.snapshot.admission import admit, trust_from_options
+    from wasmig.snapshot.limits import check_module_maximum
     from wasmig.snapshot.session import find_module_for
     from wasmig.snapshot.state import SnapshotError
     from wasmig.snapshot.store import load_snapshot_deferred, materialize
@@ -978,12 +1015,16 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
         for d in dirs:
             host, guest = parse_dir(d)
             mapping[guest] = host
+        for spec in listens:
+            check_listen_address(spec)
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only, count_steps)
         check_module_option(module_path)
         started = time.perf_counter()
-        # the manifest only: the memory's pages are read as they are written into the new instance
-        snap, pages = load_snapshot_deferred(Path(snapshot))
+        # the seal and the memory's size, from the manifest alone; then the manifest that was checked
+        # (only it: the memory's pages are read as they are written into the new instance)
+        admitted = admit(snapshot, trust_from_options(trust_files, allow_unsigned), max_memory)
+        snap, pages = load_snapshot_deferred(admitted.file, expect=admitted.checksum)
         log.info(__name__, "restore: snapshot read in %.3f s (%d pages of memory)", time.perf_counter() - started,
                  sum(len(m.data) // 65536 for m in snap.memories) if pages is None else sum(map(len, pages)))
         if policy.count_steps and snap.steps is None:
@@ -1006,19 +1047,22 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
         log.info(__name__, "restore: module found and read in %.3f s", time.perf_counter() - started)
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
-        check_guest_dirs(mapping, snap.wasi)
+        granted = resolve(snap.wasi, dirs=mapping, listens=listens, gateways=gateways,
+                          reuse_recorded=admitted.verdict.own)
         if engine == "wasmtime":
             from wasmig.wasi.snapshot import restore_wasi
 
-            wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
+            wasi = restore_wasi(snap.wasi, granted=granted, on_file_change=on_file_change)
             sys.exit(run_checkpointable(module, wasi, policy, snap.meta.get("module_path"), snap, pages) & 0xFF)
         from wasmig.snapshot.api import restore as restore_instance  # the interpreter's: imported for it alone
 
         started = time.perf_counter()
+        check_module_maximum([len(p) for p in pages] if pages is not None else
+                             [len(m.data) // 65536 for m in snap.memories], module.ir)
         materialize(snap, pages)
-        instance = restore_instance(snap, engine, module=module, dirs=mapping, on_file_change=on_file_change)
+        instance = restore_instance(snap, engine, module=module, granted=granted, on_file_change=on_file_change)
         log.info(__name__, "restore: state restored on the interpreter in %.3f s", time.perf_counter() - started)
-    except UserError as e:
+    except (UserError, GrantError) as e:
         _fail(str(e))
         return
     except (SnapshotError, DecodeError, ValidationError, LinkError) as e:
@@ -1050,23 +1094,40 @@ def checkpoint_cmd(timeout: float, pid: int) -> None:
 def inspect_options(p: _Parser) -> None:
     p.option("--json", dest="as_json", action="store_true", help="Machine-readable output.")
     p.option("--module", dest="module_path", default=None, help="The .wasm, for function names.")
+    p.option("--verify", action="store_true",
+             help="Fail (exit 1) unless the snapshot is signed by your own key or one given with --trust.")
+    p.option("--trust", dest="trust_files", action="append", metavar="KEYFILE",
+             help="Trust snapshots signed by this public key (a wasmig.pub) too, besides your own.")
+    p.option("--max-memory", type=_size, default=None, metavar="SIZE",
+             help="Refuse a snapshot whose memory is larger (e.g. 2G; default 1G), before reading it.")
 
 
 @command("inspect", inspect_options, "snapshot")
-def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
-    """Summarise a snapshot: call stack, memory, open files."""
+def inspect(as_json: bool, module_path: str | None, verify: bool, trust_files: tuple[str, ...],
+            max_memory: int | None, snapshot: str) -> None:
+    """Summarise a snapshot: who signed it, the host resources a restore would need, call stack,
+    memory, open files."""
     import json
     from pathlib import Path
 
+    from wasmig.grants import needed
+    from wasmig.snapshot.admission import trust_from_options
     from wasmig.snapshot.inspect import format_summary, summarize
+    from wasmig.snapshot.limits import check_manifest_memory
     from wasmig.snapshot.session import find_module_for
+    from wasmig.snapshot.signing import check_trust, describe
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import checkpoint_chain, load_snapshot, storage_stats
+    from wasmig.snapshot.store import checkpoint_chain, load_snapshot, read_sealed, storage_stats
 
     try:
-        snap = load_snapshot(Path(snapshot))
-        stats = storage_stats(snapshot)
-        chain = checkpoint_chain(snapshot)
+        trust = trust_from_options(trust_files, allow_unsigned=False)
+        file, container = read_sealed(snapshot)
+        if verify:
+            check_trust(snapshot, container.seal, trust)
+        check_manifest_memory(container.manifest, max_memory)
+        snap = load_snapshot(file, expect=container.checksum)
+        stats = storage_stats(file)
+        chain = checkpoint_chain(file)
     except SnapshotError as e:
         _fail(_about(snapshot, e))
         return
@@ -1075,7 +1136,46 @@ def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
     except (SnapshotError, WasmError):
         ir = None
     summary = summarize(snap, ir, stats, chain)
+    seal = container.seal
+    summary["signature"] = {"signer": seal.signer.fingerprint if seal is not None else None,
+                            "valid": seal.valid() if seal is not None else None,
+                            "trusted": bool(seal is not None and seal.valid() and trust.trusted(seal.signer)),
+                            "own_key": bool(seal is not None and seal.valid() and trust.is_own(seal.signer)),
+                            "description": describe(seal, trust)}
+    summary["host_resources"] = [vars(r) for r in needed(snap.wasi)] if snap.wasi is not None else []
     _out(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+def keygen_options(p: _Parser) -> None:
+    p.option("--dir", dest="directory", default=None, metavar="DIRECTORY",
+             help="Where to write wasmig.key (0600) and wasmig.pub (default: $WASMIG_KEY_DIR, else "
+                  "$XDG_CONFIG_HOME/wasmig or ~/.config/wasmig).")
+    p.option("--force", action="store_true",
+             help="Replace an existing key pair (what the old key signed is then trusted only with --trust on "
+                  "a copy of its old wasmig.pub).")
+
+
+@command("keygen", keygen_options)
+def keygen(directory: str | None, force: bool) -> None:
+    """Make your Ed25519 key pair: it signs the snapshots you write, and restore trusts what it signed.
+    Prints its fingerprint and the public key file to hand to other machines (--trust)."""
+    import getpass
+    import socket
+    from pathlib import Path
+
+    from wasmig.keys import PUBLIC_NAME, KeyFileError, KeyPair, write_key_pair
+
+    pair = KeyPair.generate(comment=f"{getpass.getuser()}@{socket.gethostname()}")
+    try:
+        where = write_key_pair(pair, Path(directory) if directory else None, force=force)
+    except KeyFileError as e:
+        _fail(str(e))
+        return
+    except OSError as e:
+        _fail(f"cannot write the key pair: {e.strerror or e}" + (f" ({e.filename})" if e.filename else ""))
+        return
+    _out(pair.fingerprint)
+    _out(f"public key: {where / PUBLIC_NAME}")
 
 
 def gc_options(p: _Parser) -> None:
@@ -1111,14 +1211,22 @@ def diff(as_json: bool, a: str, b: str) -> None:
     """List what changed between two snapshots. Exit status as diff(1)'s: 0 when they hold the same
     state, 1 when they differ, 2 on trouble."""
     import json
-    from pathlib import Path
 
     from wasmig.snapshot.inspect import diff as diff_snapshots
+    from wasmig.snapshot.limits import check_manifest_memory
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import load_snapshot
+    from wasmig.snapshot.store import load_snapshot, read_sealed
+
+    def load(path: str) -> Any:  # within the default memory limit, checked before a page is read
+        file, container = read_sealed(path)
+        try:
+            check_manifest_memory(container.manifest, None)
+        except SnapshotError as e:
+            raise SnapshotError(f"{path}: {e}") from None
+        return load_snapshot(file, expect=container.checksum)
 
     try:
-        snaps = [load_snapshot(Path(a)), load_snapshot(Path(b))]
+        snaps = [load(a), load(b)]
     except SnapshotError as e:
         _fail(str(e), DIFF_TROUBLE_EXIT_CODE)
         return
@@ -1148,11 +1256,16 @@ def serve_options(p: _Parser) -> None:
              help="Where received modules and pages are cached (default: ~/.cache/wasmig/serve).")
     p.option("--page-cache-mb", type=_Number(int, 0), default=2048, show_default=True, metavar="INTEGER RANGE",
              help="Keep at most this much of earlier migrations' pages (trimmed when the daemon starts).")
+    p.option("--tcplisten", dest="listens", action="append", metavar="HOST:PORT",
+             help="Grant a migrated program's listening sockets these addresses, in fd order (none by default).")
+    p.option("--gateway", dest="gateways", action="append", metavar="HOST:PORT",
+             help="Let migrated programs re-attach to the socket gateway at this control address.")
 
 
 @command("serve", serve_options)
 def serve(listen: str, trust_peers: tuple[str, ...], key_dir: str | None, token_file: str | None,
-          dirs: tuple[str, ...], engine: str | None, state_dir: str | None, page_cache_mb: int) -> None:
+          dirs: tuple[str, ...], engine: str | None, state_dir: str | None, page_cache_mb: int,
+          listens: tuple[str, ...], gateways: tuple[str, ...]) -> None:
     """Receive migrating programs, restore them and run them here."""
     from pathlib import Path
 
@@ -1164,6 +1277,8 @@ def serve(listen: str, trust_peers: tuple[str, ...], key_dir: str | None, token_
     try:
         host, port = parse_address(listen, "--listen")
         mapping = {guest: host_dir for host_dir, guest in map(parse_dir, dirs)}
+        for spec in listens:
+            check_listen_address(spec)
         engine = pick_engine(engine, interp_only=False)
         state = Path(state_dir) if state_dir else Path.home() / ".cache" / "wasmig" / "serve"
         token = read_token(token_file) if token_file else None
@@ -1176,7 +1291,8 @@ def serve(listen: str, trust_peers: tuple[str, ...], key_dir: str | None, token_
         _fail(str(e).replace("--tcplisten", "--listen"))
         return
     try:
-        serve_forever(sock, identity, engine=engine, dirs=mapping, state_dir=state, page_cache_mb=page_cache_mb)
+        serve_forever(sock, identity, engine=engine, dirs=mapping, state_dir=state, page_cache_mb=page_cache_mb,
+                      listens=listens, gateways=gateways)
     except KeyboardInterrupt:
         sys.exit(130)
 

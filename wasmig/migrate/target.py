@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import zstandard
 
 from wasmig.errors import Trap, WasmError
 from wasmig.files import write_atomically
+from wasmig.grants import Granted, GrantError, needed, resolve
 from wasmig.migrate.arrival import Arrival, data_segment_pages, initial_image
 from wasmig.migrate.pages import ZERO_PAGE, page_id
 from wasmig.migrate.protocol import Channel, Identity, MigrationError, accept
@@ -204,12 +205,16 @@ MAX_UNAUTHENTICATED = 16
 
 
 def serve(listener: socket.socket, identity: Identity, *, engine: str, dirs: Mapping[str, str], state_dir: Path,
-          page_cache_mb: int = PAGE_CACHE_MB, max_unauthenticated: int = MAX_UNAUTHENTICATED) -> None:
+          page_cache_mb: int = PAGE_CACHE_MB, max_unauthenticated: int = MAX_UNAUTHENTICATED,
+          listens: Sequence[str] = (), gateways: Sequence[str] = ()) -> None:
     """Accept migrations forever (until SIGINT/SIGTERM) from the sources ``identity`` trusts.
 
     A child per connection, but at most ``max_unauthenticated`` of them still in their handshake:
     each holds the write end of a pipe it closes once its peer authenticated (or it ends), so the
-    daemon sees, without any bookkeeping by the child, which ones are still strangers."""
+    daemon sees, without any bookkeeping by the child, which ones are still strangers. A program
+    gets only the host resources the daemon grants (:mod:`wasmig.grants`): ``dirs`` (guest -> host
+    directory), ``listens`` (addresses for its listening sockets, in fd order) and ``gateways``
+    (control addresses it may re-attach to), never one its state merely names."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     removed = PageCache(state_dir / "pages").prune(PAGE_CACHE_DAYS * 86400, page_cache_mb << 20)
     if removed:
@@ -249,7 +254,7 @@ def serve(listener: socket.socket, identity: Identity, *, engine: str, dirs: Map
                 os.close(fd)
             code = 1
             try:
-                code = _Target(conn, peer, identity, engine, dirs, state_dir, done_w).run()
+                code = _Target(conn, peer, identity, engine, dirs, state_dir, done_w, listens, gateways).run()
             except BaseException as e:  # noqa: BLE001 - a child must never return into the accept loop
                 log(f"{peer}: internal error: {e!r}")
             finally:
@@ -263,7 +268,8 @@ def serve(listener: socket.socket, identity: Identity, *, engine: str, dirs: Map
 
 class _Target:
     def __init__(self, conn: socket.socket, peer: str, identity: Identity, engine: str, dirs: Mapping[str, str],
-                 state_dir: Path, authenticated_fd: int) -> None:
+                 state_dir: Path, authenticated_fd: int, listens: Sequence[str] = (),
+                 gateways: Sequence[str] = ()) -> None:
         self.conn = conn
         self.peer = f"source {peer}"
         self.identity = identity
@@ -271,6 +277,7 @@ class _Target:
         self.ch: Channel = None  # type: ignore[assignment] # set by run(), once authenticated
         self.engine = engine
         self.dirs = dirs
+        self.listens, self.gateways = tuple(listens), tuple(gateways)
         self.state_dir = state_dir
         self.landing: _Landing | None = None
         self.held: dict[bytes, tuple[int, int]] = {}  # page id -> (memory, page) where it was last put
@@ -564,14 +571,27 @@ class _Target:
         self.arrival.state = plain
         if snap.wasi is None:
             raise MigrationError("the state has no WASI state: only WASI programs migrate")
-        # a program sees only the directories this daemon maps: never a host path the source names
-        # (a preopen the program closed, with files still open beneath it, too)
-        for name in [fd.preopen for fd in snap.wasi.fds if fd.preopen is not None] + list(snap.wasi.closed_preopens):
-            if name not in self.dirs:
-                raise MigrationError(f"the program has directory {name!r} preopened, which this daemon does "
-                                     f"not map (start it with --dir HOST-DIRECTORY::{name})")
+        # a program sees only the directories and sockets this daemon grants: never a host path or
+        # address the source names (a preopen the program closed, with files still open beneath it, too)
+        granted = self._grant(snap.wasi)
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
-        return landing.prepare(module, snap, self.dirs)
+        return landing.prepare(module, snap, granted)
+
+    def _grant(self, ws: Any) -> Granted:
+        # the daemon's grants are an offer to every program: each takes the directories it has and
+        # as many of the listening addresses as it has listening sockets
+        mapped = {guest: host for guest, host in self.dirs.items()
+                  if guest in ws.closed_preopens or any(fd.preopen == guest for fd in ws.fds)}
+        listeners = sum(1 for need in needed(ws) if need.kind == "listening socket")
+        try:
+            return resolve(ws, dirs=mapped, listens=self.listens[:listeners], gateways=self.gateways,
+                           where="migration")
+        except GrantError as e:
+            if not e.missing:
+                raise MigrationError(str(e)) from None
+            raise MigrationError(f"the program has {', '.join(f'{m.kind} {m.guest}' for m in e.missing)}, which "
+                                 f"this daemon does not map (start it with "
+                                 f"{', '.join(m.option for m in e.missing)})") from None
 
 
 class _Landing:
@@ -589,7 +609,7 @@ class _Landing:
     def memory(self, i: int, _repr: Any, size_pages: int) -> bytes | bytearray | None:  # pragma: no cover
         raise NotImplementedError
 
-    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:  # pragma: no cover
+    def prepare(self, module: Module, snap: Snapshot, granted: Granted) -> _Program:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -634,12 +654,12 @@ class _InstanceLanding(_Landing):
         self.runner.memory_address(i, size_pages)
         return None
 
-    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:
+    def prepare(self, module: Module, snap: Snapshot, granted: Granted) -> _Program:
         from wasmig.snapshot.session import CheckpointPolicy
         from wasmig.snapshot.wasmtime_session import WasmtimeSession
         from wasmig.wasi.snapshot import restore_wasi
 
-        wasi = restore_wasi(snap.wasi, dirs=dirs, into=self.wasi)  # type: ignore[arg-type]
+        wasi = restore_wasi(snap.wasi, granted=granted, into=self.wasi)  # type: ignore[arg-type]
         self.runner.load(snap, memory_in_place=True)
         session = WasmtimeSession(self.runner, wasi, CheckpointPolicy(), None)
         # resumed: the rewind reached the innermost frame (an idle snapshot has none to rewind)
@@ -685,13 +705,13 @@ class _ImageLanding(_Landing):
         del image[size_pages * PAGE_SIZE:]
         return image
 
-    def prepare(self, module: Module, snap: Snapshot, dirs: Mapping[str, str]) -> _Program:
+    def prepare(self, module: Module, snap: Snapshot, granted: Granted) -> _Program:
         from wasmig.snapshot.capture import restore
         from wasmig.snapshot.session import CheckpointPolicy, Session
         from wasmig.wasi.run import bind_wasi
         from wasmig.wasi.snapshot import restore_wasi
 
-        wasi = restore_wasi(snap.wasi, dirs=dirs, into=self.wasi)  # type: ignore[arg-type]
+        wasi = restore_wasi(snap.wasi, granted=granted, into=self.wasi)  # type: ignore[arg-type]
         instance = bind_wasi(restore(module, snap, instance=self.instance), wasi)
         session = Session(instance, wasi, CheckpointPolicy(), None)
         # resumed: the frames loaded (restore checked them against the module); the machine

@@ -13,6 +13,7 @@ import os
 import re
 import struct
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -64,8 +65,10 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _encode(manifest: dict[str, Any]) -> list[bytes]:
-    """Header, msgpack manifest and trailing BLAKE3 of both, as chunks (a single file's manifest can be large)."""
+def _encode(manifest: dict[str, Any], *, sign: bool = True) -> list[bytes]:
+    """Header, msgpack manifest, trailing BLAKE3 of both and (``sign``, when the user has a key) the
+    seal signing that checksum (:mod:`wasmig.snapshot.signing`), as chunks (a single file's manifest
+    can be large)."""
     try:
         body = msgpack.packb(manifest, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as e:
@@ -76,7 +79,12 @@ def _encode(manifest: dict[str, Any]) -> list[bytes]:
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body))
     h = blake3(header)
     h.update(body)
-    return [header, body, h.digest()]
+    checksum = h.digest()
+    if not sign:
+        return [header, body, checksum]
+    from wasmig.snapshot.signing import seal_for  # the cryptography package, imported when a snapshot is written
+
+    return [header, body, checksum, seal_for(checksum)]
 
 
 def _check_frame(comp: bytes | memoryview, what: str) -> None:
@@ -126,15 +134,39 @@ def _decompress_into(comp: memoryview, target: memoryview, what: str) -> None:
 
 
 # --- reading ----------------------------------------------------------------------------------------
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """Read and verify a snapshot file's container (magic, version, length, hash); return the manifest."""
+def _read_manifest(path: Path, expect: bytes | None = None) -> dict[str, Any]:
+    """Read and verify a snapshot file's container (magic, version, length, hash); return the manifest.
+    ``expect``: the checksum it must have (the one whose seal was checked; see :func:`read_sealed`)."""
     with open(path, "rb") as f:
-        return _read_manifest_from(f, os.fstat(f.fileno()).st_size)
+        container = _read_container(f, os.fstat(f.fileno()).st_size)
+    _check_expected(container.checksum, expect)
+    return container.manifest
+
+
+def _check_expected(checksum: bytes, expect: bytes | None) -> None:
+    if expect is not None and checksum != expect:
+        raise SnapshotError("snapshot changed after its signature was checked")
 
 
 def _read_manifest_from(f: BinaryIO, size: int) -> dict[str, Any]:
     """:func:`_read_manifest` for a container of ``size`` bytes at ``f``'s position (a snapshot
     file, or the one inside a .wsnap, given as a ``BytesIO``)."""
+    return _read_container(f, size).manifest
+
+
+@dataclass(frozen=True)
+class Container:
+    """A snapshot file's manifest, its checksum and its :class:`~wasmig.snapshot.signing.Seal`
+    (None: unsigned). The seal is parsed, not verified: whether its signer is trusted is the
+    caller's question (:func:`wasmig.snapshot.signing.check_trust`)."""
+
+    manifest: dict[str, Any]
+    checksum: bytes
+    seal: Any
+
+
+def _read_container(f: BinaryIO, size: int) -> Container:
+    """Read and verify a container of ``size`` bytes at ``f``'s position."""
     header = f.read(HEADER_SIZE)
     if header[:len(MAGIC)] != MAGIC:
         if header and MAGIC.startswith(header):
@@ -151,22 +183,33 @@ def _read_manifest_from(f: BinaryIO, size: int) -> dict[str, Any]:
     expected = HEADER_SIZE + length + HASH_SIZE
     if size < expected:
         raise SnapshotError(f"truncated snapshot ({size} bytes, the header says {expected})")
-    if size > expected:
+    from wasmig.snapshot.signing import SEAL_MAGIC, SEAL_SIZE, Seal
+
+    if size > expected + SEAL_SIZE:
         raise SnapshotError(f"snapshot has {size - expected} bytes of trailing garbage")
-    rest = f.read(length + HASH_SIZE + 1)
-    if len(rest) != length + HASH_SIZE:
+    rest = f.read(size - HEADER_SIZE + 1)
+    if len(rest) != size - HEADER_SIZE:
         raise SnapshotError("snapshot changed size while being read")
     body = memoryview(rest)[:length]
     h = blake3(header)
     h.update(body)
-    if h.digest() != rest[length:]:
+    checksum = rest[length:length + HASH_SIZE]
+    if h.digest() != checksum:
         raise SnapshotError("snapshot is corrupt (checksum mismatch)")
+    tail = rest[length + HASH_SIZE:]
+    seal = None
+    if len(tail) == SEAL_SIZE:
+        seal = Seal.parse(tail, checksum)
+    elif tail and (SEAL_MAGIC.startswith(tail[:len(SEAL_MAGIC)])):
+        raise SnapshotError(f"truncated snapshot ({size} bytes: its signature is cut short)")
+    elif tail:
+        raise SnapshotError(f"snapshot has {len(tail)} bytes of trailing garbage")
     manifest = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
     if not isinstance(manifest, dict):
         raise SnapshotError("corrupt snapshot: manifest is not a map")
     if manifest.get("format_version") != version:
         raise SnapshotError("corrupt snapshot: manifest and header disagree on the format version")
-    return manifest
+    return Container(manifest, bytes(checksum), seal)
 
 
 def _guarded(path: Path, what: str, fn: Any, *args: Any) -> Any:

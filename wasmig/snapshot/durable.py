@@ -14,6 +14,8 @@ import os
 import secrets
 from pathlib import Path
 
+from wasmig.files import make_private_dir, open_private
+
 
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (a rename, a new file) durable. No-op where directories can't be opened."""
@@ -31,18 +33,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def mkdirs_durable(path: Path) -> None:
-    """Create ``path`` (and parents) and fsync each new entry's parent, so the directory survives a crash."""
+    """Create ``path`` (and parents, mode 0700) and fsync each new entry's parent, so the directory
+    survives a crash."""
     if path.is_dir():
         return
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        if p.parent == p:
-            break
-        p = p.parent
-    path.mkdir(parents=True, exist_ok=True)
-    for m in reversed(missing):
+    for m in make_private_dir(path):
         fsync_dir(m.parent)
 
 
@@ -59,7 +54,7 @@ def is_temp_name(name: str) -> bool:
 def create_temp(final: Path) -> tuple[Path, int]:
     """A new temporary file next to ``final``, opened for writing: (its path, its fd)."""
     tmp = temp_name(final)
-    return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    return tmp, open_private(tmp)  # 0600 from the first byte (docs/security.md)
 
 
 def write_temp(final: Path, chunks: list[bytes | memoryview]) -> Path:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import re
 import time
@@ -37,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from wasmig.files import PRIVATE_FILE_MODE
 from wasmig.hashing import blake3
 from wasmig.snapshot import packs
 from wasmig.snapshot.container import (
@@ -47,6 +49,7 @@ from wasmig.snapshot.container import (
     HASH_SIZE,
     HEADER_SIZE,
     MAGIC,
+    Container,
     _decompress_page,
     _describe,
     _encode,
@@ -54,6 +57,7 @@ from wasmig.snapshot.container import (
     _list_memories,
     _one_line,
     _page_hashes,
+    _read_container,
     _read_manifest,
     _read_manifest_from,
 )
@@ -68,7 +72,8 @@ from wasmig.snapshot.pagework import Fingerprints, MemoryPages, compressor, hash
 from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain, to_plain
 
 # the public API, and what the single-file export (wsnap) and the tests use from the modules above
-__all__ = ["CheckpointDir", "HASH_SIZE", "HEADER_SIZE", "MAGIC", "PagedMemory", "StagedWrite", "WriteStats",
+__all__ = ["CheckpointDir", "Container", "HASH_SIZE", "HEADER_SIZE", "MAGIC", "PagedMemory", "StagedWrite",
+           "WriteStats", "read_sealed", "_read_container",
            "checkpoint_chain", "load_snapshot", "load_snapshot_deferred", "materialize", "storage_stats",
            "write_single_file", "_HASH_RE", "_HEADER", "_MAX_COMPRESSED_PAGE", "_READ_ERRORS", "_PageSource",
            "_atomic_write", "_decompress_page", "_describe", "_fsync_dir", "_mkdirs_durable", "_one_line",
@@ -131,8 +136,13 @@ def _validate_for_write(manifest: dict[str, Any]) -> None:
                 raise SnapshotError(f"refusing to write an invalid snapshot: memory {i} {key} is {v!r}")
 
 
-def _load_file(path: Path, pages_dir: Path | None) -> Snapshot:
-    manifest = _read_manifest(path)
+def _private_opener(path: str, flags: int) -> int:
+    """``open``'s opener for files wasmig creates in a checkpoint directory: 0600 (docs/security.md)."""
+    return os.open(path, flags, PRIVATE_FILE_MODE)
+
+
+def _load_file(path: Path, pages_dir: Path | None, expect: bytes | None = None) -> Snapshot:
+    manifest = _read_manifest(path, expect)
     return from_plain(manifest, _PageSource(pages_dir).memory)
 
 
@@ -140,19 +150,20 @@ def _pages_dir_for(file: Path) -> Path:
     return file.parent.parent / "pages"
 
 
-def load_snapshot(path: str | Path) -> Snapshot:
+def load_snapshot(path: str | Path, expect: bytes | None = None) -> Snapshot:
     """Load a snapshot from a checkpoint directory (its latest), a snapshot file in one, a single
-    file, or a single-file export (.wsnap)."""
+    file, or a single-file export (.wsnap). ``expect``: see :func:`read_sealed`."""
     path = Path(path)
     file = _guarded(path, "read snapshot", _resolve, path)
     from wasmig.snapshot import wsnap
 
     if wsnap.is_wsnap(file):
-        return _guarded(file, "read snapshot", wsnap.load_wsnap, file)
-    return _guarded(file, "read snapshot", _load_file, file, _pages_dir_for(file))
+        return _guarded(file, "read snapshot", wsnap.load_wsnap, file, expect)
+    return _guarded(file, "read snapshot", _load_file, file, _pages_dir_for(file), expect)
 
 
-def load_snapshot_deferred(path: str | Path) -> tuple[Snapshot, list[PagedMemory] | None]:
+def load_snapshot_deferred(path: str | Path,
+                           expect: bytes | None = None) -> tuple[Snapshot, list[PagedMemory] | None]:
     """:func:`load_snapshot` that reads only the manifest of a snapshot in a checkpoint directory
     or a single file: the memories' bytes are left empty and their pages come back as
     :class:`PagedMemory`, to be read when the restore writes them (a ``.wsnap`` is loaded whole:
@@ -163,27 +174,51 @@ def load_snapshot_deferred(path: str | Path) -> tuple[Snapshot, list[PagedMemory
     from wasmig.snapshot import wsnap
 
     if wsnap.is_wsnap(file):
-        return _guarded(file, "read snapshot", wsnap.load_wsnap, file), None
+        return _guarded(file, "read snapshot", wsnap.load_wsnap, file, expect), None
     source = _PageSource(_pages_dir_for(file))
     pages: list[PagedMemory] = []
 
     def defer(index: int, raw: Any, size_pages: int) -> None:
         pages.append(source.deferred(index, raw, size_pages))
 
-    snap = _guarded(file, "read snapshot", lambda: from_plain(_read_manifest(file), defer))
+    snap = _guarded(file, "read snapshot", lambda: from_plain(_read_manifest(file, expect), defer))
     return snap, [_GuardedPages(file, p) for p in pages]
 
 
 def materialize(snap: Snapshot, pages: list[PagedMemory] | None) -> None:
     """Read the pages :func:`load_snapshot_deferred` left out into ``snap``'s memories (for a
-    consumer that needs the bytes: the interpreter)."""
+    consumer that needs the bytes: the interpreter). Each memory is an anonymous ``mmap``, which
+    the kernel gives zero-filled and backs with RAM only where written: its zero pages cost nothing
+    until the interpreter copies the memory into its own (joining the pages into one ``bytes`` made
+    a 4 GiB memory of zero pages cost 8.5 GB). Read it as a buffer: ``len``, slices, ``bytes()``."""
     if pages is None:
         return
     for paged, mem in zip(pages, snap.memories, strict=True):
-        out = bytearray(len(paged) * PAGE_SIZE)
-        if out:
-            paged.copy_into(memoryview(out), range(len(paged)))
-        mem.data = bytes(out)
+        if not len(paged):
+            mem.data = b""
+            continue
+        image = mmap.mmap(-1, len(paged) * PAGE_SIZE)
+        paged.copy_into(memoryview(image), [j for j, entry in enumerate(paged.entries) if entry is not None])
+        mem.data = image  # type: ignore[assignment]
+
+
+def read_sealed(path: str | Path) -> tuple[Path, Container]:
+    """The snapshot file ``path`` means (a checkpoint directory: its latest) and its container
+    (for a .wsnap: the snapshot inside it), checked as a read checks it but no page read. A
+    restore checks the seal and the memory size here, then loads the file with ``expect=`` the
+    container's checksum: what it restores is what was checked, even if the file is replaced
+    in between."""
+    path = Path(path)
+    file = _guarded(path, "read snapshot", _resolve, path)
+    from wasmig.snapshot import wsnap
+
+    def read() -> Container:
+        if wsnap.is_wsnap(file):
+            return wsnap.container(file)
+        with open(file, "rb") as f:
+            return _read_container(f, os.fstat(f.fileno()).st_size)
+
+    return file, _guarded(file, "read snapshot", read)
 
 
 def _resolve(path: Path) -> Path:
@@ -443,7 +478,7 @@ class CheckpointDir:
         writer: packs.PackWriter | None = None
         try:
             _mkdirs_durable(self.path)
-            lock = open(self.path / GC_LOCK, "a+b")  # noqa: SIM115 - held until commit or abort
+            lock = open(self.path / GC_LOCK, "a+b", opener=_private_opener)  # noqa: SIM115 - held until commit or abort
             fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
             _mkdirs_durable(self.pages_dir)
             _mkdirs_durable(self.snapshots_dir)
@@ -469,7 +504,7 @@ class CheckpointDir:
 
     @contextlib.contextmanager
     def _gc_lock(self, mode: int) -> Iterator[None]:
-        with open(self.path / GC_LOCK, "a+b") as lock:
+        with open(self.path / GC_LOCK, "a+b", opener=_private_opener) as lock:
             fcntl.flock(lock.fileno(), mode)
             yield  # closing the file releases the lock
 

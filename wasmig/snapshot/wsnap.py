@@ -26,14 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from wasmig.files import open_private
 from wasmig.hashing import blake3
 from wasmig.snapshot import packs
+from wasmig.snapshot.container import _check_expected
 from wasmig.snapshot.state import SnapshotError, from_plain
 from wasmig.snapshot.store import (
     _HASH_RE,
     _MAX_COMPRESSED_PAGE,
     _READ_ERRORS,
     CheckpointDir,
+    Container,
     _atomic_write,
     _decompress_page,
     _describe,
@@ -44,6 +47,7 @@ from wasmig.snapshot.store import (
     _mkdirs_durable,
     _one_line,
     _PageSource,
+    _read_container,
     _read_manifest_from,
     _resolve,
     _temp_name,
@@ -235,10 +239,24 @@ def _opened(path: Path) -> Iterator[_Wsnap]:
         yield _open(f)
 
 
-def load_wsnap(path: Path) -> Any:
-    """The :class:`~wasmig.snapshot.state.Snapshot` in a .wsnap (for ``store.load_snapshot``)."""
+def load_wsnap(path: Path, expect: bytes | None = None) -> Any:
+    """The :class:`~wasmig.snapshot.state.Snapshot` in a .wsnap (for ``store.load_snapshot``;
+    ``expect``: the checksum its snapshot must have, see ``store.read_sealed``)."""
     with _opened(path) as w:
+        if expect is not None:
+            _check_expected(_inner(w).checksum, expect)
         return from_plain(w.manifest, _WsnapPages(w).memory)
+
+
+def _inner(w: _Wsnap) -> Container:
+    return _read_container(io.BytesIO(w.snapshot_bytes), len(w.snapshot_bytes))
+
+
+def container(path: Path) -> Container:
+    """The container of the snapshot inside the .wsnap ``path`` (its manifest, checksum, seal),
+    the whole file checked as a read checks it."""
+    with _opened(path) as w:
+        return _inner(w)
 
 
 def read_module(path: Path) -> bytes:
@@ -317,7 +335,7 @@ def export_snapshot(source: str | Path, output: str | Path, *, module: str | Non
         raise SnapshotError(f"{output} exists (--force replaces it)")
     tmp = _temp_name(output)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = open_private(tmp)
     except OSError as e:
         raise SnapshotError(f"cannot write {output}: {_describe(e)}") from None
     try:
@@ -363,13 +381,21 @@ class _ExportPlan:
         return comp
 
 
+def _sealed_by_own_key(seal: Any) -> bool:
+    from wasmig.snapshot.signing import own_key_pair
+
+    pair = own_key_pair(create=False)
+    return seal is not None and pair is not None and seal.signer.raw == pair.public.raw and seal.valid()
+
+
 def _plan_export(file: Path, module: str | None) -> _ExportPlan:
     """Everything but the pages' bytes: the snapshot checked, the module found, the pages sized."""
     if is_wsnap(file):
         raise SnapshotError("is already a .wsnap")
     with open(file, "rb") as f:
         raw = f.read()
-    manifest = _read_manifest_from(io.BytesIO(raw), len(raw))
+    read = _read_container(io.BytesIO(raw), len(raw))
+    manifest, seal = read.manifest, read.seal
     _check_manifest(manifest, embedded_ok=True)
     store = packs.PackStore(file.parent.parent / "pages")
     store.refresh()
@@ -380,7 +406,9 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
                 h = blake3(_decompress_page(e, f"embedded page {j} of memory {i}")).hexdigest()
                 embedded.setdefault(h, e)
                 entries[j] = h
-    snapshot_bytes = b"".join(_encode(manifest)) if embedded else raw
+    # moving the pages out changes the manifest, so its seal: the exporter seals it again, but only
+    # what the exporter's own key sealed before (exporting must not launder someone else's snapshot)
+    snapshot_bytes = b"".join(_encode(manifest, sign=_sealed_by_own_key(seal))) if embedded else raw
     if len(snapshot_bytes) > MAX_SNAPSHOT_BYTES:
         raise SnapshotError(f"its manifest is {len(snapshot_bytes)} bytes, more than a .wsnap holds "
                             f"({MAX_SNAPSHOT_BYTES >> 20} MiB)")
