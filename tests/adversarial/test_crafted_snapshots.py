@@ -28,7 +28,6 @@ import pytest
 
 from wasmig.keys import KeyPair, write_key_pair
 from wasmig.snapshot.signing import DOMAIN, SEAL, SEAL_MAGIC, SEAL_SIZE
-from wasmig.snapshot.state import PAGE_SIZE
 from wasmig.snapshot.store import HASH_SIZE, _encode, _read_container, load_snapshot, write_single_file
 from wasmig.toolchain import compile_c
 
@@ -240,12 +239,25 @@ def KeyPairOfTestRun() -> KeyPair:  # noqa: N802 - reads as the key it returns
 def test_a_page_changed_in_the_store_is_refused(world: World) -> None:
     """Pages are named by hash in the sealed manifest: a page file rewritten with other content
     (and whatever checksum it likes) is found out when read."""
-    pages = sorted((world.ck / "pages").rglob("*"))
-    page = next(p for p in pages if p.is_file())
     import zstandard
 
-    page.chmod(0o600)
-    page.write_bytes(zstandard.ZstdCompressor().compress(b"\x41" * PAGE_SIZE))
+    from wasmig.snapshot import packs
+
+    pack = next(p for p in sorted((world.ck / "pages").iterdir()) if packs.PACK_RE.fullmatch(p.name))
+    # the largest page of the pack (one that is not all zero bytes) gets other content of exactly
+    # its length, so the pack's own index and checksum stay valid: only the page's hash can tell
+    _h, offset, length = max(packs.read_index(pack), key=lambda entry: entry[2])
+    fake = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(bytes(range(256)) * 256)
+    assert len(fake) <= length, (len(fake), length)
+    data = bytearray(pack.read_bytes())
+    data[offset:offset + len(fake)] = fake
+    # pad the frame to the entry's length with a skippable frame (magic 0x184D2A50, size)
+    pad = length - len(fake)
+    if pad:
+        assert pad >= 8, pad
+        skippable = (0x184D2A50).to_bytes(4, "little") + (pad - 8).to_bytes(4, "little")
+        data[offset + len(fake):offset + length] = skippable + bytes(pad - 8)
+    pack.write_bytes(bytes(data))
     p = wasmig("restore", "--dir", f"{world.data}::data", "--engine", "interp", world.ck)
     refused(p, "hash mismatch")
 
