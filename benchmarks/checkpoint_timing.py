@@ -46,8 +46,8 @@ request right after ``ready`` to learn the step count there (and warms the instr
 compiled-artifact caches); every timed run then stops deterministically at that step + 1000
 (``arm(step)``), so the run to the checkpoint
 is not timed. Phases, median over ``runs`` (at most ``big_runs``, default 3, from
-256 MiB up: a 256 MiB cycle writes and then deletes 4096 fsynced page files, ~15 s in all on a
-disk mounted with online discard):
+256 MiB up: a 256 MiB cycle writes and then deletes 256 MiB of pack file (it wrote 4096 fsynced
+page files before the page store's layout 2):
 
 - checkpoint: ``capture`` (``Checkpointable.capture()``: globals dump, frame records decoded,
   memory copied out, WASI state) and ``write`` (``CheckpointDir.write`` into a fresh directory:
@@ -69,7 +69,7 @@ through its run, to compare with the 20 ms target: as ``compile_c`` builds it by
 with a 64 KiB stack (``hello.c 64K``, 0.2 MiB of memory), which isolates the fixed costs.
 
 Caveats: the machine may be shared and noisy, so only medians and percentiles are reported and
-nothing is asserted. Page files are fsynced one by one, so ``write`` depends heavily on the
+nothing is asserted. The pack and snapshot files are fsynced, so ``write`` depends heavily on the
 filesystem under ``--dir`` (default: the system temp directory). ``read`` comes from the page
 cache (the files were just written), not a cold disk. Every timed step runs in this one Python
 process with warm caches; a restore in a fresh process also pays interpreter start-up and

@@ -10,11 +10,16 @@ benchmark measures
 what that costs a program that is never checkpointed -- the hot-path overhead every migratable
 program pays.
 
-Workloads: the small C kernels in ``benchmarks/kernels/*.c`` (dense matmul on doubles, a prime
-sieve, n-body, SHA-256, libc ``qsort`` through a comparison function pointer, recursive fib, an
-open-addressing hash table, an LZ77 round trip), each compiled once with
-``wasmig.toolchain.compile_c`` at ``-O2`` (zig, wasm32-wasi, cached) and sized to run roughly
-0.2-1 s on wasmtime. Each prints a checksum.
+Workloads: the small C kernels in ``benchmarks/kernels/*.c``: eight of wasmig's own (dense matmul
+on doubles, a prime sieve, n-body, SHA-256, libc ``qsort`` through a comparison function
+pointer, recursive fib, an open-addressing hash table, an LZ77 round trip) and nineteen of the
+public PolyBench/C 4.2.1 suite (``pb_*.c``, re-written from its kernels with attribution in each
+file): linear algebra (atax, bicg, mvt, gesummv, gramschmidt, covariance), triangular loop nests
+whose inner trip counts vary with the outer index (trmm, syrk, lu, ludcmp, cholesky, trisolv,
+nussinov), recurrences with variable trip counts (durbin: Levinson-Durbin), stencils (jacobi-1d,
+seidel-2d, fdtd-2d, heat-3d) and floyd-warshall. Each is compiled once with
+``wasmig.toolchain.compile_c`` at ``-O2`` (zig, wasm32-wasi, cached), sized to run roughly
+0.1-1 s on wasmtime, and prints a checksum.
 
 Variants of each kernel:
 
@@ -22,8 +27,11 @@ Variants of each kernel:
 - ``fast``: ``instrument(module, count_steps=False)``, encoded with ``encode_module``: the variant
   every ``wasmig run``/``restore`` on wasmtime uses (stable points only test the poll bytes). The
   issue's targets (<= 1.05x geomean, <= 1.15x worst) are about this column;
-- ``steps``: ``instrument(module, count_steps=True)``, the deterministic variant that also counts
-  stable points (``--checkpoint-at-step``, ``--count-steps``): what the canonical step count
+- ``base`` (with ``--baseline REV``): the fast variant as git revision REV's pass builds it (its
+  files extracted with ``git archive``, the pass run in a child process), timed in the same
+  interleaved rounds: a change to the pass measured before/after side by side;
+- ``steps`` (unless ``--no-steps``): ``instrument(module, count_steps=True)``, the deterministic
+  variant that also counts stable points (``--checkpoint-at-step``, ``--count-steps``): what the canonical step count
   costs is the difference between ``steps`` and ``fast``;
 - ``asyncify`` (when binaryen's ``wasm-opt`` is on PATH, e.g. Debian's ``binaryen`` package):
   ``wasm-opt --asyncify -O2``, the usual alternative for unwinding a wasm stack. It only adds
@@ -34,6 +42,8 @@ Variants of each kernel:
   pure compute loops stay untouched and cannot be interrupted, whereas ``fast`` polls in every
   loop; ``wasm-opt -O2`` also re-optimizes the whole module, which can make it faster than plain.
 
+Times are the CPU time of the thread that runs the guest (``time.thread_time``: a run descheduled
+by other load on a shared machine is not charged for the wait; ``--wall`` for wall time).
 Every variant runs on wasmtime (wasmtime-py) with wasmtime's *own* WASI (``Linker.define_wasi``,
 stdout to a temp file), not wasmig's host layer, so only the guest code differs. Each module is
 compiled once per variant (``wasm_multi_memory`` on, as the instrumented module needs a second
@@ -61,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -113,6 +124,12 @@ def make_engine() -> wasmtime.Engine:
     return wasmtime.Engine(config)
 
 
+#: what a run's time is: ``time.thread_time`` (the CPU time of the thread that runs the guest: on a
+#: machine shared with other load, a run descheduled for a while is not charged for it) or, with
+#: ``--wall``, ``time.perf_counter``
+CLOCK = {"clock": time.thread_time}
+
+
 def run_once(engine: wasmtime.Engine, module: wasmtime.Module, argv: list[str], tmp: Path) -> tuple[float, str]:
     """Instantiate *module* with wasmtime's WASI, time its ``_start``; return (seconds, stdout)."""
     out = tmp / "stdout.txt"
@@ -126,13 +143,14 @@ def run_once(engine: wasmtime.Engine, module: wasmtime.Module, argv: list[str], 
     linker.define_wasi()
     instance = linker.instantiate(store, module)
     start = instance.exports(store)["_start"]
-    t0 = time.perf_counter()
+    clock = CLOCK["clock"]
+    t0 = clock()
     try:
         start(store)
     except wasmtime.ExitTrap as e:
         if e.code != 0:
             raise
-    elapsed = time.perf_counter() - t0
+    elapsed = clock() - t0
     del instance, store  # closes the stdout file
     return elapsed, out.read_text()
 
@@ -166,12 +184,46 @@ def placed(wasm: bytes, stores: int) -> bytes:
     return encode_module(ir)
 
 
-def measure_kernel(engine: wasmtime.Engine, src: Path, runs: int, use_asyncify: bool, tmp: Path) -> list[Variant]:
+#: Run in a child process with a baseline revision's tree first on sys.path: writes that tree's
+#: fast variant of the module to stdout.
+BASELINE_CHILD = """
+import sys
+from wasmig import Module
+from wasmig.instrument.unwind import instrument
+sys.stdout.buffer.write(instrument(Module.from_file(sys.argv[1]), count_steps=False).data)
+"""
+
+
+def baseline_tree(rev: str, tmp: Path) -> Path:
+    """The files of git revision ``rev`` of this repository, extracted under ``tmp``."""
+    tree = tmp / f"baseline-{rev}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"overhead: cannot read revision {rev!r}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def baseline_fast(tree: Path, path: Path) -> bytes:
+    """The fast variant of the module at ``path`` as the pass of the revision in ``tree`` builds it."""
+    proc = subprocess.run([sys.executable, "-c", BASELINE_CHILD, str(path)], capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree)
+    if proc.returncode != 0:
+        raise SystemExit(f"overhead: the baseline's pass failed on {path.name}: {proc.stderr.decode()[-2000:]}")
+    return proc.stdout
+
+
+def measure_kernel(engine: wasmtime.Engine, src: Path, runs: int, use_asyncify: bool, tmp: Path,
+                   steps: bool = True, baseline: Path | None = None) -> list[Variant]:
     path = compile_c(src, opt="-O2")
     wasm = path.read_bytes()
     module = Module.from_file(path)
-    blobs = [("plain", wasm), ("fast", instrument(module, count_steps=False).data),
-             ("steps", instrument(module, count_steps=True).data)]
+    blobs = [("plain", wasm), ("fast", instrument(module, count_steps=False).data)]
+    if baseline is not None:
+        blobs.append(("base", baseline_fast(baseline, path)))
+    if steps:
+        blobs.append(("steps", instrument(module, count_steps=True).data))
     if use_asyncify:
         blobs.append(("asyncify", asyncify(path, tmp / f"{src.stem}.asyncify.wasm")))
     variants = [Variant(name, blob, [wasmtime.Module(engine, placed(blob, p)) for p in PLACEMENTS])
@@ -210,7 +262,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the time-to-safepoint and checkpoint/restore times (checkpoint_timing.py)")
     ap.add_argument("--sizes", default="16,64,256", help="guest memory sizes in MiB for the checkpoint/restore "
                     "times (default: %(default)s)")
+    ap.add_argument("--no-steps", action="store_true", help="skip the deterministic (steps) variant")
+    ap.add_argument("--baseline", metavar="REV", help="also time the fast variant as git revision REV's pass "
+                    "builds it (column 'base'), interleaved with the others: before/after in one run")
+    ap.add_argument("--wall", action="store_true", help="time runs in wall time, not the guest thread's CPU time")
     args = ap.parse_args(argv)
+    if args.wall:
+        CLOCK["clock"] = time.perf_counter
 
     sources = sorted(KERNELS_DIR.glob("*.c"))
     if args.kernels:
@@ -224,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         note = "asyncify column skipped: binaryen's wasm-opt is not on PATH (apt-get install binaryen)"
 
     engine = make_engine()
-    others = ["fast", "steps", "asyncify"] if use_asyncify else ["fast", "steps"]
+    others = ["fast", *(["base"] if args.baseline else []), *([] if args.no_steps else ["steps"]),
+              *(["asyncify"] if use_asyncify else [])]
     header = f"{'kernel':<10} {'plain s':>8}"
     for name in others:
         header += f" {name[:5] + ' s':>8} {'ratio':>6}"
@@ -242,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     code_growth: dict[str, list[float]] = {name: [] for name in others}
     names: list[str] = []
     with tempfile.TemporaryDirectory(prefix="wasmig-overhead-") as d:
+        baseline = baseline_tree(args.baseline, Path(d)) if args.baseline else None
         for src in sources:
-            plain, *rest = measure_kernel(engine, src, args.runs, use_asyncify, Path(d))
+            plain, *rest = measure_kernel(engine, src, args.runs, use_asyncify, Path(d), not args.no_steps, baseline)
             names.append(src.stem)
             times = f"{src.stem:<10} {plain.median:>8.3f}"
             sizes = f" | {len(plain.wasm):>11}"
@@ -271,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     print(f"(median of {args.runs * len(PLACEMENTS)} interleaved runs: {args.runs} at each of {len(PLACEMENTS)} code "
           "placements, order rotated each time; times are the _start call "
-          "only; all checksums agree. fast's and steps' .wasm include the wasmig.sitemap custom section; "
+          f"only, in {'wall time' if args.wall else 'the CPU time of the thread running the guest'}; "
+          "all checksums agree. fast's and steps' .wasm include the wasmig.sitemap custom section; "
           "wasm-opt drops the name section, so compare code sections across tools.)")
     if not args.no_timing:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

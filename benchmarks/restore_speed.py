@@ -26,7 +26,12 @@ output must equal the uninterrupted one's. Workloads:
 - ``spin``: ``tests/programs/spin.c``, two nested loops without stores in one function, live
   for the whole run;
 - ``dispatch``: ``timing/dispatch.c``, a bytecode VM (a ``switch`` in a ``for (;;)``, one opcode
-  handled by a call), the shape of an interpreter's dispatch loop.
+  handled by a call), the shape of an interpreter's dispatch loop;
+- ``quickjs``: QuickJS-ng (``tests/real_programs.py``: fetched from PyPI and cached) running the
+  n-body phase of ``benchmarks/real_programs.py``'s script through ``qjs -e``, each request 0.4 s
+  into its stretch (after start-up), so the frame rewound into ``JS_CallInternal``'s copy runs
+  the JavaScript loop for the rest of the run (issue 15's case). Skipped with a note when the
+  program cannot be obtained.
 """
 
 from __future__ import annotations
@@ -41,15 +46,24 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+sys.path.insert(0, str(HERE))
+
+from real_programs import BENCH_JS  # noqa: E402  (benchmarks/real_programs.py)
 
 import wasmig  # noqa: E402
+from tests.real_programs import ProgramUnavailable, obtain  # noqa: E402  (the big programs' download cache)
 from wasmig.engines.wasmtime.checkpointable import Checkpointable  # noqa: E402
 from wasmig.toolchain import compile_c  # noqa: E402
 from wasmig.wasi.preview1 import ProcExit, Wasi  # noqa: E402
 
+#: the n-body phase of real_programs.py's QuickJS script, run by ``qjs -e``
+QUICKJS_NBODY = BENCH_JS[:BENCH_JS.index("class Odd")] + 'console.log("energy " + nbody(300000).toFixed(9));\n'
+
+#: (name, C source or None for QuickJS, argv, seconds into each stretch a request is made or None: --gap)
 WORKLOADS = (
-    ("spin", HERE.parent / "tests" / "programs" / "spin.c", ["spin", "20", "100000000"]),
-    ("dispatch", HERE / "timing" / "dispatch.c", ["dispatch", "1", "25000000"]),
+    ("spin", HERE.parent / "tests" / "programs" / "spin.c", ["spin", "20", "100000000"], None),
+    ("dispatch", HERE / "timing" / "dispatch.c", ["dispatch", "1", "25000000"], None),
+    ("quickjs", None, ["qjs", "-e", QUICKJS_NBODY], 0.4),
 )
 
 
@@ -103,17 +117,25 @@ def main() -> None:
     print(f"restore speed on wasmtime (fast variant): median of {a.runs} alternating runs, "
           f"request {a.gap:g} s into each stretch")
     print(f"   {'workload':<10} {'time':<5}" + "".join(f" {f'{c} ckpt s':>10} {'ratio':>6}" for c in counts))
-    for name, source, args in WORKLOADS:
+    for name, source, args, own_gap in WORKLOADS:
         if name not in wanted:
             continue
-        module = wasmig.Module.from_file(compile_c(source))
-        run_once(module, args, 0, a.gap)  # warm the instrumented-module and artifact caches
+        if source is None:
+            try:
+                module = wasmig.Module.from_file(obtain("quickjs"))
+            except ProgramUnavailable as e:
+                print(f"   {name}: skipped ({e})")
+                continue
+        else:
+            module = wasmig.Module.from_file(compile_c(source))
+        gap = a.gap if own_gap is None else own_gap
+        run_once(module, args, 0, gap)  # warm the instrumented-module and artifact caches
         times: dict[int, list[float]] = {c: [] for c in counts}
         cpus: dict[int, list[float]] = {c: [] for c in counts}
         expected: bytes | None = None
         for _ in range(a.runs):
             for c in counts:
-                t, cpu, out = run_once(module, args, c, a.gap)
+                t, cpu, out = run_once(module, args, c, gap)
                 if expected is None:
                     expected = out
                 elif out != expected:

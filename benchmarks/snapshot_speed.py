@@ -13,13 +13,13 @@ For 16, 64 and 256 MiB of memory and each kind it reports the median over severa
 
 - checkpoint: ``CheckpointDir.write`` into an empty directory, and MiB/s of guest memory;
 - restore: ``load_snapshot`` of that snapshot (pages read, decompressed and hash-verified);
-- on disk: the bytes of every file written (snapshot file + page files);
+- on disk: the bytes of every file written (snapshot file + pack file);
 - incremental: 1% of the pages get new contents and the snapshot is written again into the
   same directory: time and bytes written (only the changed pages plus the small snapshot file);
 - single file: ``write_single_file`` (``--output FILE``) time and size.
 
 Each run uses a fresh directory under ``--dir`` (default: the system temp dir; pass a directory
-on the filesystem you care about, since page files are fsynced one by one and the disk usually
+on the filesystem you care about, since the pack and snapshot files are fsynced and the disk usually
 dominates). ``os.sync()`` runs before every timed write so that writeback left over from the
 previous run is not charged to it. Restore reads come from the page cache (the files were just
 written), so they measure the CPU side of a restore, not a cold disk.

@@ -1,8 +1,37 @@
-"""Session-wide reporting hooks."""
+"""Session-wide set-up (a signing key of the test run's own) and reporting hooks."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
+
+import pytest
+
+from tests.migration_keys import Keys, make_keys
+
+_key_dir: str | None = None
+
+
+def pytest_configure(config: Any) -> None:
+    """Give the test run (and every wasmig process it starts) a key pair of its own, made before
+    any test runs: snapshots the tests write are signed with it and restored under the same trust
+    rules as a user's, without touching the user's own key.
+    (Each pytest-xdist worker configures itself, so each has its own key.)"""
+    global _key_dir
+    from wasmig.keys import KeyPair, write_key_pair
+
+    _key_dir = tempfile.mkdtemp(prefix="wasmig-test-keys-")
+    os.environ["WASMIG_KEY_DIR"] = os.path.join(_key_dir, "keys")
+    # made now, so no test's first checkpoint announces a new key on its stderr
+    write_key_pair(KeyPair.generate("wasmig tests"), Path(os.environ["WASMIG_KEY_DIR"]))
+
+
+def pytest_unconfigure(config: Any) -> None:
+    if _key_dir is not None:
+        shutil.rmtree(_key_dir, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
@@ -28,3 +57,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
     tr.write_line(f"{len(rows)} scripts: modules {total['modules']} (instrumented {total['instrumented']}, "
                   f"refused {refused}, skipped {total['skipped']}); assertions compared {total['compared']}, "
                   f"differing {total['differing']}; other problems {total['problems'] - total['differing']}")
+
+
+@pytest.fixture()
+def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Keys:
+    """A key pair per role (tests/migration_keys.py); the source's is the runs' and `wasmig migrate`'s
+    (WASMIG_KEY_DIR), so that no test touches the user's own key."""
+    k = make_keys(tmp_path / "keys")
+    monkeypatch.setenv("WASMIG_KEY_DIR", str(k.dir("source")))
+    return k

@@ -153,7 +153,8 @@ def test_run_takes_options_up_to_the_program_and_passes_the_rest(args: list[str]
 
 
 def test_other_commands_take_options_anywhere() -> None:
-    assert parsed("inspect", "ck", "--json") == {"as_json": True, "module_path": None, "snapshot": "ck"}
+    assert parsed("inspect", "ck", "--json") == {"as_json": True, "module_path": None, "verify": False,
+                                                 "trust_files": (), "max_memory": None, "snapshot": "ck"}
     assert parsed("export", "-oout.wsnap", "ck")["output"] == "out.wsnap"
     assert parsed("checkpoint", "--timeout", "2.5", "--", "42") == {"timeout": 2.5, "pid": 42}
 
@@ -276,9 +277,11 @@ HTTP_ANSWER = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: clo
 
 
 def test_a_peer_that_is_not_wasmig_is_named_as_such() -> None:
+    from wasmig.keys import KeyPair
+    from wasmig.migrate.channel import Identity
     from wasmig.migrate.protocol import MigrationError, connect
 
-    token = b"k" * 32
+    token = Identity(KeyPair.generate(), frozenset({"sha256:" + "ab" * 32}))  # never reached: the hello fails
     with foreign_server(HTTP_ANSWER) as address:
         with pytest.raises(MigrationError) as e:
             connect(address, token)
@@ -300,18 +303,26 @@ def test_a_peer_that_is_not_wasmig_is_named_as_such() -> None:
 def test_run_names_a_foreign_gateway_and_migration_target(tmp_path: Path) -> None:
     from tests.wasi_harness import program
 
-    token = tmp_path / "token"
-    token.write_text("t" * 32)
-    token.chmod(0o600)
+    fingerprint = "sha256:" + "ab" * 32
+    env = {"WASMIG_KEY_DIR": str(tmp_path / "key"), "WASMIG_RUNTIME_DIR": str(tmp_path / "run")}
     with foreign_server(HTTP_ANSWER) as address:
-        err = one_line_error(wasmig("run", "--engine", "interp", "--gateway", address, "--gateway-token-file", token,
-                                    program("hello")))
+        err = one_line_error(wasmig("run", "--engine", "interp", "--gateway", address, "--gateway-fingerprint",
+                                    fingerprint, "--key", _key_dir(tmp_path), program("hello"), env=env))
         assert f"{address} is not a wasmig gateway (it answered 'HTTP/1.1 400 Bad Request')" in err, err
-        p = wasmig("run", "--engine", "interp", "--migrate-to", address, "--migrate-token-file", token,
-                   program("migrate_work"), "25", "64", "20")
+        p = wasmig("run", "--engine", "interp", "--migrate-to", address, "--migrate-peer-fingerprint", fingerprint,
+                   "--key", _key_dir(tmp_path), program("migrate_work"), "25", "64", "20", env=env)
         assert p.returncode == 0 and "done " in p.stdout, p.stderr
         assert f"migration to {address} failed, the program goes on here: {address} is not a wasmig daemon " \
                "(it answered 'HTTP/1.1 400 Bad Request')" in p.stderr, p.stderr
+
+
+def _key_dir(tmp_path: Path) -> Path:
+    from wasmig.keys import KeyPair, write_key_pair
+
+    directory = tmp_path / "key"
+    if not directory.exists():
+        write_key_pair(KeyPair.generate(), directory)
+    return directory
 
 
 COMPONENT = b"\0asm\x0d\x00\x01\x00" + bytes([0x01, 0x00])  # the component model's preamble, then a section
@@ -597,7 +608,8 @@ def test_verbose_logs_checkpoint_and_restore_times(tmp_path: Path, engine: str) 
                program("exitcode"), "0")
     assert p.returncode == 0, p.stderr
     assert re.search(rf"^wasmig: info: checkpoint {re.escape(str(ck))}/snapshots/000001\.snap at step 20: capture "
-                     r"\d+\.\d{3} s, write \d+\.\d{3} s, \d+ bytes written \(\d+ pages, \d+ new\)$", p.stderr, re.M), \
+                     r"\d+\.\d{3} s, write \d+\.\d{3} s \(guest stopped for \d+\.\d{3} s of it\), "
+                     r"\d+ bytes written \(\d+ pages, \d+ new\)$", p.stderr, re.M), \
         p.stderr
     p = wasmig("-v", "restore", "--engine", engine, ck)
     assert p.returncode == 0, p.stderr

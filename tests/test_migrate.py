@@ -1,5 +1,5 @@
 """Live migration end to end, with real processes: `wasmig run --migratable` moved by `wasmig
-migrate PID --to` to `wasmig serve` daemons, across engines, three hops in a row; a wrong token;
+migrate PID --to` to `wasmig serve` daemons, across engines, three hops in a row; an untrusted key;
 and the target killed at every protocol step (the source must go on, the program must run
 exactly once). The program prints a numbered line per round; the lines of every process that
 ran it, put together, must be the uninterrupted run's lines, each exactly once."""
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.migration_keys import Keys, trust_all
 from wasmig.migrate.target import FAULT_ENV, FAULT_STEPS
 from wasmig.toolchain import compile_c
 
@@ -56,14 +57,6 @@ def reference(program: Path) -> list[str]:
     return reference_of(program, ARGS)
 
 
-@pytest.fixture()
-def token(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text(os.urandom(24).hex())
-    path.chmod(0o600)
-    return path
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,6 +66,7 @@ def free_port() -> int:
 @dataclass
 class Daemon:
     address: str
+    fingerprint: str
     out: Path
     err: Path
     proc: subprocess.Popen[bytes]
@@ -92,16 +86,17 @@ class Daemon:
 
 
 @contextmanager
-def daemon(tmp_path: Path, name: str, engine: str, token: Path, fault: str | None = None,
-           extra: list[str] | None = None) -> Iterator[Daemon]:
+def daemon(tmp_path: Path, name: str, engine: str, keys: Keys, fault: str | None = None,
+           extra: list[str] | None = None, trust: list[str] | None = None) -> Iterator[Daemon]:
     address = f"127.0.0.1:{free_port()}"
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     env = {**os.environ, **({FAULT_ENV: fault} if fault else {})}
     with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(wasmig("serve", "--listen", address, "--token-file", str(token), "--engine", engine,
+        proc = subprocess.Popen(wasmig("serve", "--listen", address, "--key", str(keys.dir(name)),
+                                       *(trust if trust is not None else trust_all(keys)), "--engine", engine,
                                        "--state-dir", str(tmp_path / f"{name}-state"), *(extra or [])),
                                 stdout=o, stderr=e, env=env, start_new_session=True)
-    d = Daemon(address, out, err, proc)
+    d = Daemon(address, keys.fingerprint(name), out, err, proc)
     try:
         deadline = time.monotonic() + 30
         while "listening on" not in d.log():
@@ -137,9 +132,9 @@ def wait_for(cond: object, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def migrate(pid: int, to: str, token: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(wasmig("migrate", str(pid), "--to", to, "--token-file", str(token), "--quiet"),
-                          capture_output=True, text=True, timeout=120)
+def migrate(pid: int, to: Daemon, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(wasmig("migrate", str(pid), "--to", to.address, "--peer-fingerprint", to.fingerprint,
+                                 "--quiet", *options), capture_output=True, text=True, timeout=120)
 
 
 def lines_of(*files: Path) -> list[str]:
@@ -157,11 +152,11 @@ def assert_ran_exactly_once(reference: list[str], *outputs: Path) -> None:
 
 
 @pytest.mark.parametrize("engines", [("wasmtime", "interp"), ("interp", "wasmtime")], ids=lambda e: "->".join(e))
-def test_live_migration_across_engines(tmp_path: Path, program: Path, reference: list[str], token: Path,
+def test_live_migration_across_engines(tmp_path: Path, program: Path, reference: list[str], keys: Keys,
                                        engines: tuple[str, str]) -> None:
     src, dst = engines
-    with daemon(tmp_path, "target", dst, token) as d, source(tmp_path, program, src) as (proc, out):
-        done = migrate(proc.pid, d.address, token)
+    with daemon(tmp_path, "target", dst, keys) as d, source(tmp_path, program, src) as (proc, out):
+        done = migrate(proc.pid, d)
         assert done.returncode == 0, done.stderr
         assert re.search(r"migrated to 127\.0\.0\.1:\d+ in [\d.]+ s: downtime [\d.]+ ms, [\d.]+ MB sent", done.stdout)
         assert proc.wait(30) == 0
@@ -173,14 +168,14 @@ def test_live_migration_across_engines(tmp_path: Path, program: Path, reference:
 
 
 def test_run_migrate_to_moves_the_program_after_a_while(tmp_path: Path, program: Path, reference: list[str],
-                                                        token: Path) -> None:
+                                                        keys: Keys) -> None:
     """``wasmig run --migrate-to`` (no `wasmig migrate` needed): the program moves after the
     given time, the summary goes to the source's stderr."""
-    with daemon(tmp_path, "target", "interp", token) as d:
+    with daemon(tmp_path, "target", "interp", keys) as d:
         out, err = tmp_path / "source.out", tmp_path / "source.err"
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen(wasmig("run", "--engine", "wasmtime", "--migrate-to", d.address,
-                                           "--migrate-token-file", str(token), "--migrate-after", "0.3",
+                                           "--migrate-peer-fingerprint", d.fingerprint, "--migrate-after", "0.3",
                                            str(program), *ARGS), stdout=o, stderr=e)
         assert proc.wait(60) == 0, err.read_text()
         assert re.search(r"migrated to 127\.0\.0\.1:\d+ in [\d.]+ s: downtime", err.read_text())
@@ -188,20 +183,20 @@ def test_run_migrate_to_moves_the_program_after_a_while(tmp_path: Path, program:
         assert_ran_exactly_once(reference, out, d.out)
 
 
-def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, token: Path) -> None:
+def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, keys: Keys) -> None:
     """wasmtime -> interp -> wasmtime -> interp: each target's program is itself migratable."""
     args = ["100", "256", "40"]
     reference = reference_of(program, args)
-    with daemon(tmp_path, "a", "interp", token) as a, daemon(tmp_path, "b", "wasmtime", token) as b, \
+    with daemon(tmp_path, "a", "interp", keys) as a, daemon(tmp_path, "b", "wasmtime", keys) as b, \
             source(tmp_path, program, "wasmtime", args) as (proc, out):
-        assert migrate(proc.pid, a.address, token).returncode == 0
+        assert migrate(proc.pid, a).returncode == 0
         first = a.pid_of(1)
         wait_for(lambda: len(lines_of(a.out)) >= 3, "no progress on a")
-        hop = migrate(first, b.address, token)
+        hop = migrate(first, b)
         assert hop.returncode == 0, hop.stderr
         second = b.pid_of(1)
         wait_for(lambda: len(lines_of(b.out)) >= 3, "no progress on b")
-        hop = migrate(second, a.address, token)
+        hop = migrate(second, a)
         assert hop.returncode == 0, hop.stderr
         # back where it was: the pages a kept from the first hop (unchanged since) are not resent
         known = re.search(r"(\d+) pages sent, (\d+) already on the target", hop.stdout)
@@ -212,33 +207,33 @@ def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, token: Pa
         assert_ran_exactly_once(reference, out, a.out, b.out)
 
 
-def test_a_wrong_token_is_rejected_and_the_program_goes_on(tmp_path: Path, program: Path, reference: list[str],
-                                                           token: Path) -> None:
-    wrong = tmp_path / "wrong"
-    wrong.write_text(os.urandom(24).hex())
-    wrong.chmod(0o600)
-    with daemon(tmp_path, "target", "wasmtime", token) as d, source(tmp_path, program, "wasmtime") as (proc, out):
-        failed = migrate(proc.pid, d.address, wrong)
-        assert failed.returncode == 1 and "authentication failed" in failed.stderr, failed.stderr
+def test_an_untrusted_source_key_is_rejected_and_the_program_goes_on(tmp_path: Path, program: Path,
+                                                                     reference: list[str], keys: Keys) -> None:
+    trust_other = ["--trust-peer", keys.pub("a")]  # not the source's key
+    with daemon(tmp_path, "target", "wasmtime", keys, trust=trust_other) as d, \
+            source(tmp_path, program, "wasmtime") as (proc, out):
+        failed = migrate(proc.pid, d)
+        assert failed.returncode == 1 and "migration failed, the program goes on" in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
         assert proc.wait(60) == 0
-        assert "rejected" in d.log() and "committed" not in d.log()
+        assert f"the client's key is {keys.fingerprint('source')}, none of the trusted keys" in d.log(), d.log()
+        assert "committed" not in d.log()
         assert_ran_exactly_once(reference, out)
         assert d.out.read_text() == ""
 
 
 @pytest.mark.parametrize("step", FAULT_STEPS)
 def test_killing_the_target_at_a_step_leaves_the_source_running(tmp_path: Path, program: Path,
-                                                                reference: list[str], token: Path, step: str) -> None:
+                                                                reference: list[str], keys: Keys, step: str) -> None:
     """Up to and including the commit's arrival (before the daemon records it): the source goes
     on (after "prepared" and "commit" it learns so by asking the daemon, whose asking aborts the
     migration for good), and the program never runs on the target. "resumed": the program had
     resumed there, held before its first host call. "decided": the daemon recorded the commit,
     then the process holding the program died before it started it; asked, the daemon says so,
     and the source goes on (nothing can start it there any more)."""
-    with daemon(tmp_path, "target", "wasmtime", token, fault=step) as d, \
+    with daemon(tmp_path, "target", "wasmtime", keys, fault=step) as d, \
             source(tmp_path, program, "wasmtime") as (proc, out):
-        failed = migrate(proc.pid, d.address, token)
+        failed = migrate(proc.pid, d)
         assert failed.returncode == 1, failed.stdout
         assert "the program goes on" in failed.stderr and "Traceback" not in failed.stderr
         assert proc.wait(60) == 0  # it finished here
@@ -253,13 +248,13 @@ def test_killing_the_target_at_a_step_leaves_the_source_running(tmp_path: Path, 
 
 
 def test_a_daemon_gone_after_the_commit_leaves_the_program_stopped_and_saved(
-        tmp_path: Path, program: Path, reference: list[str], token: Path) -> None:
+        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
     """In doubt (commit sent, never confirmed, nobody left to ask): the program may run on the
     target, so the source must not resume it; it exits with 75 and keeps its state for a manual
     restore, which then finishes the program."""
-    with daemon(tmp_path, "target", "wasmtime", token, fault="daemon") as d, \
+    with daemon(tmp_path, "target", "wasmtime", keys, fault="daemon") as d, \
             source(tmp_path, program, "wasmtime") as (proc, out):
-        failed = migrate(proc.pid, d.address, token)
+        failed = migrate(proc.pid, d)
         assert failed.returncode == 1 and "did not confirm" in failed.stderr, failed.stderr
         assert proc.wait(60) == 75
         err = (tmp_path / "source.err").read_text()
@@ -275,14 +270,14 @@ def test_a_daemon_gone_after_the_commit_leaves_the_program_stopped_and_saved(
 
 
 def test_a_daemon_that_started_the_program_then_died_leaves_it_saved(
-        tmp_path: Path, program: Path, reference: list[str], token: Path) -> None:
+        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
     """The commit recorded, the answer lost, and the process holding the program dies once the
     program counts as started: asked, the daemon says so ("died"), so the program may have acted
     there and must not go on at the source either: it is saved (exit 75, and `wasmig migrate`
     says it stopped). Here it really never ran, so the saved state finishes it exactly once."""
-    with daemon(tmp_path, "target", "wasmtime", token, fault="started") as d, \
+    with daemon(tmp_path, "target", "wasmtime", keys, fault="started") as d, \
             source(tmp_path, program, "wasmtime") as (proc, out):
-        failed = migrate(proc.pid, d.address, token)
+        failed = migrate(proc.pid, d)
         assert failed.returncode == 1 and "migration in doubt, the program stopped" in failed.stderr, failed.stderr
         assert "its process died" in failed.stderr and "Traceback" not in failed.stderr
         assert proc.wait(60) == 75
@@ -299,7 +294,7 @@ def test_a_daemon_that_started_the_program_then_died_leaves_it_saved(
         assert d.out.read_text() == ""
 
 
-def test_a_rewind_that_traps_on_the_target_leaves_the_program_at_the_source(tmp_path: Path, token: Path) -> None:
+def test_a_rewind_that_traps_on_the_target_leaves_the_program_at_the_source(tmp_path: Path, keys: Keys) -> None:
     """40,000 frames deep on the interpreter (which has room for 150,000), moved to a wasmtime
     daemon, whose stack does not hold them (plain wasmtime stops near 17,500 of these frames):
     the rewind traps before the program resumed there. The target says so before the commit, so
@@ -307,9 +302,9 @@ def test_a_rewind_that_traps_on_the_target_leaves_the_program_at_the_source(tmp_
     deep = compile_c(PROGRAMS / "deepwait.c")
     args = ["40000", "100", "50"]
     reference = reference_on("interp", deep, [*args[:2], "0"])
-    with daemon(tmp_path, "target", "wasmtime", token) as d, \
+    with daemon(tmp_path, "target", "wasmtime", keys) as d, \
             source(tmp_path, deep, "interp", args, started="tick 2") as (proc, out):
-        failed = migrate(proc.pid, d.address, token)
+        failed = migrate(proc.pid, d)
         assert failed.returncode == 1, failed.stdout
         assert "the program goes on" in failed.stderr and "Traceback" not in failed.stderr
         assert "trapped on this daemon's engine before it resumed (in its rewind)" in failed.stderr, failed.stderr
@@ -320,7 +315,7 @@ def test_a_rewind_that_traps_on_the_target_leaves_the_program_at_the_source(tmp_
         assert d.out.read_text() == ""
 
 
-def test_a_program_that_traps_after_the_commit_is_kept_by_the_target(tmp_path: Path, token: Path) -> None:
+def test_a_program_that_traps_after_the_commit_is_kept_by_the_target(tmp_path: Path, keys: Keys) -> None:
     """Moved from the interpreter to wasmtime while it ticks near the top of its stack, then it
     goes 40,000 frames deep, which wasmtime's stack does not hold: it traps there, after the
     commit, the source gone. The target keeps the state it arrived in and says where; restored
@@ -328,9 +323,9 @@ def test_a_program_that_traps_after_the_commit_is_kept_by_the_target(tmp_path: P
     deep = compile_c(PROGRAMS / "deepwait.c")
     args = ["40000", "0", "50", "60"]
     reference = reference_on("interp", deep, ["40000", "0", "0", "60"])
-    with daemon(tmp_path, "target", "wasmtime", token) as d, \
+    with daemon(tmp_path, "target", "wasmtime", keys) as d, \
             source(tmp_path, deep, "interp", args, started="first 3") as (proc, out):
-        moved = migrate(proc.pid, d.address, token)
+        moved = migrate(proc.pid, d)
         assert moved.returncode == 0, moved.stderr
         assert proc.wait(60) == 0
         wait_for(lambda: "program trapped" in d.log(), f"it did not trap on the target: {d.log()}")
@@ -371,16 +366,16 @@ REFUSED_WAT = r"""
 """
 
 
-def test_a_module_the_target_engine_refuses_stays_at_the_source(tmp_path: Path, token: Path) -> None:
+def test_a_module_the_target_engine_refuses_stays_at_the_source(tmp_path: Path, keys: Keys) -> None:
     """The wasmtime daemon cannot make the module checkpointable (reference-typed locals): it
     says why when the module arrives, and the program goes on at the source, once."""
     if shutil.which("wat2wasm") is None:
         pytest.skip("wat2wasm missing")
     refused = tmp_path / "refused.wasm"
     subprocess.run(["wat2wasm", "-", "-o", str(refused)], input=REFUSED_WAT.encode(), check=True)
-    with daemon(tmp_path, "target", "wasmtime", token) as d, \
+    with daemon(tmp_path, "target", "wasmtime", keys) as d, \
             source(tmp_path, refused, "interp", [], started="tick 02") as (proc, out):
-        failed = migrate(proc.pid, d.address, token)
+        failed = migrate(proc.pid, d)
         assert failed.returncode == 1, failed.stdout
         assert "the program goes on" in failed.stderr and "reference-typed locals" in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
@@ -389,7 +384,7 @@ def test_a_module_the_target_engine_refuses_stays_at_the_source(tmp_path: Path, 
         assert "aborted, nothing runs" in d.log() and d.out.read_text() == ""
 
 
-def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, token: Path) -> None:
+def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, keys: Keys) -> None:
     """A program with a preopened directory: a daemon that does not map it refuses (the program
     goes on at the source: never a host path the source names); one that maps it (--dir
     GUEST=HOST; here the same directory, as shared storage would give) re-opens the open files
@@ -408,10 +403,10 @@ def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, token:
         wait_for(lambda: "round 3 " in out.read_text(), "the program did not start")
         return proc
 
-    with daemon(tmp_path, "plain", "interp", token) as unmapped:
+    with daemon(tmp_path, "plain", "interp", keys) as unmapped:
         out = tmp_path / "first.out"
         proc = start("wasmtime", out)
-        refused = migrate(proc.pid, unmapped.address, token)
+        refused = migrate(proc.pid, unmapped)
         assert refused.returncode == 1 and "does not map" in refused.stderr and "'/d'" in refused.stderr, \
             refused.stderr
         assert proc.wait(60) == 0
@@ -420,10 +415,10 @@ def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, token:
     for f in src_dir.iterdir():
         f.unlink()
     daemon_dirs = ["--dir", f"{src_dir}::/d"]
-    with daemon(tmp_path, "mapped", "wasmtime", token, extra=daemon_dirs) as mapped:
+    with daemon(tmp_path, "mapped", "wasmtime", keys, extra=daemon_dirs) as mapped:
         out = tmp_path / "second.out"
         proc = start("interp", out)
-        moved = migrate(proc.pid, mapped.address, token)
+        moved = migrate(proc.pid, mapped)
         assert moved.returncode == 0, moved.stderr
         wait_for(lambda: "program exited with code 0" in mapped.log(), f"not finished: {mapped.log()}")
         assert_ran_exactly_once(reference, out, mapped.out)
@@ -433,13 +428,14 @@ def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, token:
 
 # --- connections through the gateway ------------------------------------------------------------
 @contextmanager
-def gateway(tmp_path: Path, token: Path) -> Iterator[tuple[str, str, Path]]:
+def gateway(tmp_path: Path, keys: Keys) -> Iterator[tuple[str, str, Path]]:
     """(client address, control address, its log)."""
     public, control = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     err = tmp_path / "gateway.err"
     with open(err, "wb") as e:
-        proc = subprocess.Popen(wasmig("gateway", "--listen", public, "--control", control, "--token-file",
-                                       str(token)), stdout=subprocess.DEVNULL, stderr=e, start_new_session=True)
+        proc = subprocess.Popen(wasmig("gateway", "--listen", public, "--control", control, "--key",
+                                       str(keys.dir("gateway")), *trust_all(keys)),
+                                stdout=subprocess.DEVNULL, stderr=e, start_new_session=True)
     try:
         wait_for(lambda: "programs on" in err.read_text(), f"the gateway did not start: {err.read_text()}")
         yield public, control, err
@@ -478,17 +474,19 @@ class Client(threading.Thread):
             self.error = f"after {self.sent} requests: {e!r}"
 
 
-def test_a_server_keeps_its_clients_through_three_migrations(tmp_path: Path, token: Path) -> None:
+def test_a_server_keeps_its_clients_through_three_migrations(tmp_path: Path, keys: Keys) -> None:
     """The key-value server behind the gateway, 8 clients sending numbered requests, moved three
     times between two daemons (wasmtime -> interp -> wasmtime -> interp): every request gets
     exactly one correct reply, in order, and no client sees an error."""
     server = compile_c(PROGRAMS / "kv_server.c")
-    with gateway(tmp_path, token) as (public, control, gw_log), daemon(tmp_path, "a", "interp", token) as a, \
-            daemon(tmp_path, "b", "wasmtime", token) as b:
+    with gateway(tmp_path, keys) as (public, control, gw_log), \
+            daemon(tmp_path, "a", "interp", keys, extra=["--gateway", control]) as a, \
+            daemon(tmp_path, "b", "wasmtime", keys, extra=["--gateway", control]) as b:
         out = tmp_path / "source.out"
         with open(out, "wb") as o, open(tmp_path / "source.err", "wb") as e:
             proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", "wasmtime", "--gateway", control,
-                                           "--gateway-token-file", str(token), str(server), "8"), stdout=o, stderr=e)
+                                           "--gateway-fingerprint", keys.pub("gateway"), str(server), "8"),
+                                    stdout=o, stderr=e)
         try:
             wait_for(lambda: "program registered" in gw_log.read_text(), "the server did not register")
             clients = [Client(public, f"c{i}", 40) for i in range(8)]
@@ -498,7 +496,7 @@ def test_a_server_keeps_its_clients_through_three_migrations(tmp_path: Path, tok
             where = proc.pid  # the process the server runs in
             for target, nth in ((a, 1), (b, 1), (a, 2)):  # the n-th program that target received
                 before = [c.sent for c in clients]
-                done = migrate(where, target.address, token)
+                done = migrate(where, target)
                 assert done.returncode == 0, done.stderr
                 where = target.pid_of(nth)
                 wait_for(lambda b4=before: all(c.sent >= n + 5 for c, n in zip(clients, b4, strict=True)),

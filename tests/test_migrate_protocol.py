@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import msgpack
 import pytest
 
+from wasmig.keys import KeyPair
+from wasmig.migrate import protocol
+from wasmig.migrate.channel import Identity, peer_fingerprint
 from wasmig.migrate.protocol import (
     MigrationError,
     PeerGone,
+    accept,
     authenticate_as_client,
-    authenticate_as_server,
     read_token,
 )
-from wasmig.wire import MAX_FRAME, Channel
+from wasmig.wire import MAX_FRAME, PREAUTH_FRAME, Channel
 
 
 def pair() -> tuple[Channel, Channel]:
@@ -78,53 +83,135 @@ def test_frames_round_trip_and_hostile_frames_are_refused() -> None:
         b.recv(0.05)
 
 
-def _auth(client_token: bytes, server_token: bytes) -> tuple[BaseException | None, BaseException | None]:
-    a, b = pair()
+SERVER, CLIENT, STRANGER = KeyPair.generate("server"), KeyPair.generate("client"), KeyPair.generate("stranger")
+
+
+def _auth(client: Identity, server: Identity) -> tuple[BaseException | None, BaseException | None, Channel | None]:
+    """Both sides of the handshake over a socket pair: (the client's error, the server's error,
+    the client's channel once authenticated)."""
+    a, b = socket.socketpair()
     errors: list[BaseException | None] = [None, None]
 
-    def server() -> None:
+    def serve() -> None:
         try:
-            authenticate_as_server(b, server_token)
+            ch = accept(b, server, "client")
+            ch.send("ok")
         except BaseException as e:  # noqa: BLE001
             errors[1] = e
 
-    t = threading.Thread(target=server)
+    t = threading.Thread(target=serve)
     t.start()
+    ch: Channel | None = Channel(a, "server")
     try:
-        authenticate_as_client(a, client_token)
+        authenticate_as_client(ch, client, 5.0)  # type: ignore[arg-type]
+        ch.recv(5.0, expect=("ok",))  # type: ignore[union-attr]
     except BaseException as e:  # noqa: BLE001
-        errors[0] = e
-    t.join(5)
-    return errors[0], errors[1]
+        errors[0], ch = e, None
+    t.join(15)
+    return errors[0], errors[1], ch
 
 
-def test_mutual_authentication() -> None:
+def ids(token_client: bytes | None = None, token_server: bytes | None = None, *, client: KeyPair = CLIENT,
+        pin: KeyPair = SERVER, trust: KeyPair = CLIENT) -> tuple[Identity, Identity]:
+    return (Identity(client, frozenset({pin.fingerprint}), token_client),
+            Identity(SERVER, frozenset({trust.fingerprint}), token_server))
+
+
+def test_mutual_authentication_is_tls13_with_pinned_keys() -> None:
+    client_error, server_error, ch = _auth(*ids())
+    assert (client_error, server_error) == (None, None)
+    assert isinstance(ch.sock, ssl.SSLSocket) and ch.sock.version() == "TLSv1.3"  # type: ignore[union-attr]
+    assert peer_fingerprint(ch.sock) == SERVER.fingerprint  # type: ignore[union-attr, arg-type]
+
+
+def test_a_server_with_another_key_is_refused_by_the_client() -> None:
+    """A man in the middle with a key of its own: the client's pin does not match it."""
+    client_error, _server_error, _ = _auth(*ids(pin=STRANGER))
+    assert f"the server's key is {SERVER.fingerprint}, the pinned {STRANGER.fingerprint}" in str(client_error)
+
+
+def test_a_client_with_an_untrusted_key_is_refused_by_the_server() -> None:
+    client_error, server_error, _ = _auth(*ids(client=STRANGER))
+    assert f"the client's key is {STRANGER.fingerprint}, none of the trusted keys" in str(server_error)
+    assert client_error is not None
+
+
+def test_the_token_is_a_second_factor_both_ways() -> None:
     token = os.urandom(24)
-    assert _auth(token, token) == (None, None)
-    client_error, server_error = _auth(os.urandom(24), token)
-    assert "authentication failed" in str(client_error) and "wrong token" in str(server_error)
+    assert _auth(*ids(token, token))[:2] == (None, None)
+    client_error, server_error, _ = _auth(*ids(os.urandom(24), token))
+    assert "authentication failed" in str(client_error) and "wrong or no token" in str(server_error)
+    client_error, _, _ = _auth(*ids(None, token))
+    assert "requires the shared token" in str(client_error)
+    client_error, _, _ = _auth(*ids(token, None))
+    assert "does not use a shared token" in str(client_error)
 
 
-@pytest.mark.parametrize("version", [99, 1])
+@pytest.mark.parametrize("version", [99, 1, 2])
 def test_an_unknown_protocol_version_is_refused(version: int) -> None:
-    """Also version 1, whose ``prepared`` did not promise that the program resumed."""
-    a, b = pair()
-    a.send("hello", protocol="wasmig-migrate", version=version, nonce=os.urandom(32))
+    """Also versions 1 (whose ``prepared`` did not promise that the program resumed) and 2 (no TLS)."""
+    a, b = socket.socketpair()
+    client = Channel(a, "a")
+    client.send("hello", protocol="wasmig-migrate", version=version, nonce=os.urandom(32))
     with pytest.raises(MigrationError, match="unsupported protocol version"):
-        authenticate_as_server(b, b"t" * 16)
-    with pytest.raises(MigrationError, match="this target speaks wasmig-migrate 2"):
-        a.recv(1.0)
+        accept(b, ids()[1], "b")
+    with pytest.raises(MigrationError, match="this peer speaks wasmig-migrate 3"):
+        client.recv(1.0)
+
+
+def test_a_large_frame_before_authentication_is_refused_unread() -> None:
+    """32 MiB are allowed once authenticated; before, a few KiB: the header is enough to refuse."""
+    a, b = socket.socketpair()
+    a.sendall(struct.pack(">I", PREAUTH_FRAME + 1))
+    with pytest.raises(MigrationError, match=f"at most {PREAUTH_FRAME} before authentication"):
+        accept(b, ids()[1], "b")
+
+
+def test_the_handshake_deadline_is_for_the_whole_handshake(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer trickling a byte at a time, each well within a per-read timeout, is cut off when the
+    whole handshake's time is up."""
+    monkeypatch.setattr(protocol, "HANDSHAKE_TIMEOUT", 0.6)
+    a, b = socket.socketpair()
+    hello = msgpack.packb({"t": "hello", "protocol": "wasmig-migrate", "version": 3})
+    frame = struct.pack(">I", len(hello)) + hello
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for byte in frame:
+            if stop.wait(0.2):
+                return
+            try:
+                a.send(bytes([byte]))
+            except OSError:
+                return
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    started = time.monotonic()
+    with pytest.raises(MigrationError, match="did not authenticate within 0.6 s"):
+        accept(b, ids()[1], "b")
+    assert time.monotonic() - started < 2.0
+    stop.set()
+
+
+TRUST = ["--trust-peer", "sha256:" + "ab" * 32]
+PIN = ["--peer-fingerprint", "sha256:" + "cd" * 32]
 
 
 @pytest.mark.parametrize("args, message", [
-    (["serve", "--listen", "nowhere", "--token-file", "{token}"], "bad --listen"),
-    (["serve", "--listen", "127.0.0.1:1", "--token-file", "{tmp}/none"], "token file"),
-    (["serve", "--listen", "127.0.0.1:1", "--token-file", "{token}", "--dir", "{tmp}/none"], "not a directory"),
-    (["serve", "--listen", "127.0.0.1:1", "--token-file", "{token}", "--dir", "/d={tmp}"],
+    (["serve", "--listen", "nowhere", *TRUST], "bad --listen"),
+    (["serve", "--listen", "127.0.0.1:1"], "serve needs --trust-peer"),
+    (["serve", "--listen", "127.0.0.1:1", "--trust-peer", "sha256:12"], "not a key fingerprint"),
+    (["serve", "--listen", "127.0.0.1:1", "--trust-peer", "{tmp}/none"], "neither a key fingerprint"),
+    (["serve", "--listen", "127.0.0.1:1", *TRUST, "--token-file", "{tmp}/none"], "token file"),
+    (["serve", "--listen", "127.0.0.1:1", *TRUST, "--dir", "{tmp}/none"], "not a directory"),
+    (["serve", "--listen", "127.0.0.1:1", *TRUST, "--dir", "/d={tmp}"],
      "--dir takes HOST::GUEST (host directory first); write --dir {tmp}::/d"),
-    (["migrate", "999999", "--to", "127.0.0.1:1", "--token-file", "{token}"], "not a migratable wasmig run"),
-    (["migrate", "1", "--to", "nohost", "--token-file", "{token}"], "bad --to"),
-    (["gateway", "--listen", "127.0.0.1:0", "--control", "bad", "--token-file", "{token}"], "bad"),
+    (["migrate", "999999", "--to", "127.0.0.1:1", *PIN], "not a migratable wasmig run"),
+    (["migrate", "999999", "--to", "127.0.0.1:1"], "migrate needs one --peer-fingerprint"),
+    (["migrate", "1", "--to", "nohost", *PIN], "bad --to"),
+    (["gateway", "--listen", "127.0.0.1:0", "--control", "bad", *TRUST], "bad"),
+    (["gateway", "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"], "gateway needs --trust-peer"),
     (["gc", "{tmp}"], "not a checkpoint directory"),
 ])
 def test_the_command_line_refuses_bad_arguments_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -132,7 +219,9 @@ def test_the_command_line_refuses_bad_arguments_in_one_line(tmp_path: Path, args
     token.write_text("y" * 32)
     token.chmod(0o600)
     argv = [a.format(token=token, tmp=tmp_path) for a in args]
-    done = subprocess.run([sys.executable, "-m", "wasmig", *argv], capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "WASMIG_KEY_DIR": str(tmp_path / "key"), "WASMIG_RUNTIME_DIR": str(tmp_path / "run")}
+    done = subprocess.run([sys.executable, "-m", "wasmig", *argv], capture_output=True, text=True, timeout=60,
+                          env=env)
     assert done.returncode == 1, done
     assert message.format(tmp=tmp_path) in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr

@@ -16,7 +16,6 @@ lines, closing the file, the interpreter's own shutdown)."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.migration_keys import Keys
 from tests.real_programs import ProgramUnavailable, obtain, prepare_checkpointable
 from tests.test_migrate import daemon, lines_of, migrate, source, wait_for, wasmig
 
@@ -131,14 +131,6 @@ PROGRAMS = {"cpython": ("work.py", PY_SCRIPT, []), "quickjs": ("work.js", JS_SCR
 STEPS = ["20", "10"]  # phase 1, phase 2
 
 
-@pytest.fixture()
-def token(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text(os.urandom(24).hex())
-    path.chmod(0o600)
-    return path
-
-
 def _obtain(name: str) -> Path:
     """The program, instrumented and compiled into the caches first (on a clean clone that is a
     minute for CPython, which would otherwise fall inside the test's wait for the program to start)."""
@@ -158,7 +150,7 @@ def _moved(result: object) -> float:
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
-def test_a_real_program_moves_to_wasmtime_then_to_the_interpreter(tmp_path: Path, token: Path, name: str) -> None:
+def test_a_real_program_moves_to_wasmtime_then_to_the_interpreter(tmp_path: Path, keys: Keys, name: str) -> None:
     module = _obtain(name)
     script, text, before = PROGRAMS[name]
     ref_dir, src_dir = tmp_path / "ref", tmp_path / "src"
@@ -176,11 +168,11 @@ def test_a_real_program_moves_to_wasmtime_then_to_the_interpreter(tmp_path: Path
 
     maps = ["--dir", f"{src_dir}::/d"]
     timings: dict[str, float] = {}
-    with daemon(tmp_path, "a", "wasmtime", token, extra=maps) as a, daemon(tmp_path, "b", "interp", token,
+    with daemon(tmp_path, "a", "wasmtime", keys, extra=maps) as a, daemon(tmp_path, "b", "interp", keys,
                                                                            extra=maps) as b, \
             source(tmp_path, module, "wasmtime", guest, started="busy", options=maps) as (proc, out):
         started = time.monotonic()
-        first = migrate(proc.pid, a.address, token)
+        first = migrate(proc.pid, a)
         timings["to wasmtime s"] = time.monotonic() - started
         assert first.returncode == 0, first.stderr
         timings["to wasmtime downtime ms"] = _moved(first)
@@ -190,7 +182,7 @@ def test_a_real_program_moves_to_wasmtime_then_to_the_interpreter(tmp_path: Path
         wait_for(lambda: "waiting" in lines_of(a.out), f"phase 2 did not end on the wasmtime daemon: {a.log()}",
                  timeout=300)
         started = time.monotonic()
-        second = migrate(a.pid_of(1), b.address, token)
+        second = migrate(a.pid_of(1), b)
         timings["to interp s"] = time.monotonic() - started
         assert second.returncode == 0, second.stderr
         timings["to interp downtime ms"] = _moved(second)

@@ -52,6 +52,8 @@ FIXTURES = {
     "prog.wasm": "tests/programs/ticker.c: prints `tick I CHECKSUM` every 100 ms, 30 times, then `done`",
     "server.wasm": "tests/programs/kv_server.c: a TCP key-value server (`INCR name` -> `name N`) on fd 3",
     "token": "a fresh token file (48 hex digits, mode 0600)",
+    "peer.pub": "the public key of the machine at the other end: on this one machine, the user's own "
+                "(~/.config/wasmig/wasmig.pub in the block's private HOME, made now)",
     "ck": "a checkpoint directory of prog.wasm, stopped after a few ticks "
           "(`wasmig run --checkpoint-dir ck --checkpoint-at-step 55000 --checkpoint-then exit prog.wasm`)",
 }
@@ -225,6 +227,13 @@ class Assets:
         elif name == "token":
             target.write_text(secrets.token_hex(24))
             target.chmod(0o600)
+        elif name == "peer.pub":
+            from wasmig.keys import KeyPair, default_key_dir, write_key_pair
+
+            key_dir = dest / ".readme" / "home" / default_key_dir().relative_to(Path.home())
+            if not key_dir.exists():
+                write_key_pair(KeyPair.generate("readme"), key_dir)
+            shutil.copy(key_dir / "wasmig.pub", target)
         elif name == "ck":
             shutil.copytree(self.checkpoint_dir(), target)
         else:  # pragma: no cover - convention_problems refuses these first

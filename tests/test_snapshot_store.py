@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from tests.snapshot_synth import make_memory, make_snapshot, writer_snapshot
 from wasmig.snapshot.inspect import diff, format_summary, summarize
+from wasmig.snapshot.packs import PackStore, PackWriter, read_index
 from wasmig.snapshot.state import FORMAT_VERSION, PAGE_SIZE, MemoryState, Snapshot, SnapshotError
 from wasmig.snapshot.store import (
     HEADER_SIZE,
@@ -45,7 +46,38 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def page_files(store: CheckpointDir) -> list[Path]:
+    """The page store's files under their final names: packs (and layout-1 page files)."""
     return sorted(p for p in store.pages_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def stored_pages(store: CheckpointDir) -> list[str]:
+    """Every stored copy of a page, by hash (a page stored twice, by two writers, counts twice)."""
+    found = PackStore(store.pages_dir)
+    found.refresh()
+    assert not found.damaged, found.damaged
+    return sorted([h for entries in found.packs.values() for h, _, _ in entries] +
+                  [e.name for e in found.legacy_files()])
+
+
+def read_index_of(pack: bytes) -> list[tuple[str, int, int]]:
+    """:func:`read_index` of a pack's bytes."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(pack)
+        f.flush()
+        return read_index(Path(f.name))
+
+
+def assert_pages_intact(store: CheckpointDir) -> None:
+    """Every page under a final name is complete: each pack's index verifies and each of its pages
+    decompresses to the hash it is filed under."""
+    dctx = zstandard.ZstdDecompressor()
+    for p in page_files(store):
+        for h, off, n in read_index(p):
+            with open(p, "rb") as f:
+                f.seek(off)
+                assert blake3(dctx.decompress(f.read(n))).hexdigest() == h
 
 
 def rehash(path: Path, manifest: Any, version: int = FORMAT_VERSION) -> None:
@@ -103,7 +135,7 @@ def test_empty_and_zero_memories(tmp_path: Path) -> None:
     snap.memories = [MemoryState(0, 0, b""), MemoryState(3, None, bytes(3 * PAGE_SIZE))]
     store = CheckpointDir(tmp_path)
     assert load_snapshot(store.write(snap)) == snap
-    assert page_files(store) == []
+    assert stored_pages(store) == []
     assert store.last_stats is not None and store.last_stats.pages_zero == 3
     write_single_file(snap, tmp_path / "s.snap")
     assert load_snapshot(tmp_path / "s.snap") == snap
@@ -114,7 +146,7 @@ def test_invalid_snapshot_is_refused_before_writing(tmp_path: Path) -> None:
     snap.steps = -1
     with pytest.raises(SnapshotError, match="refusing to write an invalid snapshot"):
         CheckpointDir(tmp_path / "ck").write(snap)
-    assert not (tmp_path / "ck" / "pages").exists() or page_files(CheckpointDir(tmp_path / "ck")) == []
+    assert not (tmp_path / "ck" / "pages").exists() or stored_pages(CheckpointDir(tmp_path / "ck")) == []
     snap = make_snapshot(5)
     snap.memories[0].data += b"x"
     with pytest.raises(SnapshotError, match="not a whole number of pages"):
@@ -134,7 +166,7 @@ def test_dedup_within_and_across_snapshots(tmp_path: Path) -> None:
     s = store.last_stats
     assert s is not None
     assert (s.pages_total, s.pages_zero, s.pages_new, s.pages_deduplicated) == (256, 50, 150, 56)
-    assert len(page_files(store)) == 150
+    assert len(stored_pages(store)) == 150
     assert s.bytes_written == s.page_bytes_written + s.snapshot_bytes == (
         sum(p.stat().st_size for p in page_files(store)) + first.stat().st_size)
 
@@ -149,7 +181,7 @@ def test_dedup_within_and_across_snapshots(tmp_path: Path) -> None:
     assert s2 is None  # statistics belong to the instance that wrote
     loaded = load_snapshot(second)
     assert loaded == snap and load_snapshot(first) != snap
-    assert len(page_files(store)) == 153
+    assert len(stored_pages(store)) == 153
     info = storage_stats(second)
     assert storage_stats(tmp_path) == info  # a directory means its latest snapshot
     assert info["layout"] == "checkpoint-dir"
@@ -197,7 +229,7 @@ def _three_snapshots(tmp_path: Path) -> tuple[CheckpointDir, list[Path], list[Sn
 
 def test_deleting_an_older_snapshot_never_breaks_a_newer_and_gc_frees_its_pages(tmp_path: Path) -> None:
     store, paths, snaps = _three_snapshots(tmp_path)
-    assert len(page_files(store)) == 64 + 4 + 4
+    assert len(stored_pages(store)) == 64 + 4 + 4
     chain = checkpoint_chain(tmp_path)
     assert chain is not None and [c["snapshot"] for c in chain] == [p.name for p in paths]
     assert [c["pages_new"] for c in chain] == [64, 4, 4] and [c["this"] for c in chain] == [False, False, True]
@@ -209,10 +241,10 @@ def test_deleting_an_older_snapshot_never_breaks_a_newer_and_gc_frees_its_pages(
     paths[0].unlink()
     assert load_snapshot(paths[1]) == snaps[1] and load_snapshot(paths[2]) == snaps[2]
     dry = store.gc(dry_run=True)
-    assert (dry["pages_removed"], dry["pages_kept"]) == (4, 68) and len(page_files(store)) == 72
+    assert (dry["pages_removed"], dry["pages_kept"]) == (4, 68) and len(stored_pages(store)) == 72
     done = CheckpointDir(tmp_path).gc()
     assert (done["pages_removed"], done["pages_kept"]) == (4, 68) and done["bytes_removed"] > 4 * PAGE_SIZE
-    assert len(page_files(store)) == 68
+    assert len(stored_pages(store)) == 68
     assert load_snapshot(paths[1]) == snaps[1] and load_snapshot(paths[2]) == snaps[2]
     chain = checkpoint_chain(paths[2])
     assert chain is not None and [c["pages_new"] for c in chain] == [64, 4]
@@ -227,7 +259,7 @@ def test_gc_refuses_while_a_snapshot_is_unreadable(tmp_path: Path) -> None:
     paths[1].write_bytes(bytes(raw))
     with pytest.raises(SnapshotError, match=paths[1].name):
         store.gc()
-    assert len(page_files(store)) == 72
+    assert len(stored_pages(store)) == 72
 
 
 def test_gc_waits_for_a_snapshot_being_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -352,13 +384,18 @@ def test_hostile_page_entries(tmp_path: Path) -> None:
             with pytest.raises(SnapshotError, match="decompresses to|not a valid compressed") as e:
                 load_snapshot(single)
             assert_clean_error(e.value, single)
-        victim_file = page_files(store)[0]
+        [victim_file] = [p for p in page_files(store) if p.suffix == ".pack"]
         saved = victim_file.read_bytes()
-        victim_file.write_bytes(bomb)
+        victim_file.unlink()
+        bombed = PackWriter(store.pages_dir)  # a well-formed pack whose first page is the bomb
+        for k, (h, off, n) in enumerate(read_index_of(saved)):
+            bombed.append(h, bomb if k == 0 else saved[off:off + n])
+        bombed.commit()
         rehash(path, manifest)
         with pytest.raises(SnapshotError, match="decompresses to|not a valid compressed") as e:
             load_snapshot(path)
         assert_clean_error(e.value, path)
+        bombed.final.unlink()
         victim_file.write_bytes(saved)
     assert load_snapshot(path) == make_snapshot(12)
 
@@ -500,7 +537,7 @@ def test_kill_9_during_writes(tmp_path: Path) -> None:
     original = make_snapshot(40, pages=16)
     first = CheckpointDir(ck).write(original)
     write_single_file(original, single)
-    pages_before = len(page_files(CheckpointDir(ck)))
+    pages_before = len(stored_pages(CheckpointDir(ck)))
     rng = random.Random(41)
     for round_ in range(20):
         child = _child("write-loop", str(ck), str(single), str(100 + round_), "192")
@@ -513,16 +550,14 @@ def test_kill_9_during_writes(tmp_path: Path) -> None:
     store = CheckpointDir(ck)
     snaps = store.snapshots()
     assert snaps[0] == first
-    assert len(page_files(store)) > pages_before, "the children were killed before writing anything"
+    assert len(stored_pages(store)) > pages_before, "the children were killed before writing anything"
     assert load_snapshot(first) == original
     for p in snaps:
         load_snapshot(p)  # complete, every page present and intact
     loaded_single = load_snapshot(single)  # the old file or a complete new one, never a mixture
     assert loaded_single == original or loaded_single.meta.get("seed", -1) >= 100
     # Every page under its final name is complete (killed writers only leave *.tmp files behind).
-    dctx = zstandard.ZstdDecompressor()
-    for p in page_files(store):
-        assert blake3(dctx.decompress(p.read_bytes())).hexdigest() == p.name
+    assert_pages_intact(store)
     assert all(n.endswith(".snap") for n in os.listdir(store.snapshots_dir) if not n.startswith("."))
     assert store.remove_stale_temp_files(older_than_s=0) >= 0
     assert all(not n.startswith(".") for n in os.listdir(store.snapshots_dir))
@@ -566,7 +601,9 @@ def test_crash_at_every_durability_step(tmp_path: Path, monkeypatch: pytest.Monk
             m.setattr(os, name, counting(name))
         CheckpointDir(ck).write(newer)
     steps, installed_at = len(calls), calls.index("link")
-    assert steps > 10 and calls[installed_at - 1] == "fsync"
+    # pack fsync + rename, pages/ fsync, snapshot fsync, link, snapshots/ fsync (layout 1 had one
+    # fsync and rename per page, and a directory fsync per hash prefix)
+    assert steps >= 6 and calls[installed_at - 1] == "fsync"
     for k in range(steps):
         shutil.rmtree(ck)
         assert CheckpointDir(ck).write(original) == first
@@ -582,8 +619,7 @@ def test_crash_at_every_durability_step(tmp_path: Path, monkeypatch: pytest.Monk
             assert len(snaps) == 1
         else:  # crashed after: it is there, complete
             assert len(snaps) == 2 and load_snapshot(snaps[1]) == newer
-        for p in page_files(CheckpointDir(ck)):
-            assert blake3(zstandard.ZstdDecompressor().decompress(p.read_bytes())).hexdigest() == p.name
+        assert_pages_intact(CheckpointDir(ck))
 
 
 def test_concurrent_writers(tmp_path: Path) -> None:

@@ -276,7 +276,8 @@ def test_what_a_closed_preopen_opened_survives_a_snapshot(tree: Path, tmp_path: 
     module = Module.from_bytes(b"\0asm\1\0\0\0")
     plain = to_plain(Snapshot(module.sha256, None, "idle", [], [], [], [], [], [], state))
     target = _Target.__new__(_Target)
-    target.dirs, target.id, target.landing = {}, "t", types.SimpleNamespace(memory=None)
+    target.dirs, target.listens, target.gateways = {}, (), ()
+    target.id, target.landing = "t", types.SimpleNamespace(memory=None)
     target.arrival = types.SimpleNamespace(state=None)
     with pytest.raises(MigrationError, match="'/data'.*does not map"):
         target._restore(module, plain)

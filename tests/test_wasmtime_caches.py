@@ -313,7 +313,7 @@ def test_a_deferred_restore_reads_only_the_pages_that_changed(cache: Path, tmp_p
     # the eager path reads the same memory
     whole = load_snapshot(path)
     materialize(deferred, pages)
-    assert deferred.memories[0].data == whole.memories[0].data == snap.memories[0].data
+    assert bytes(deferred.memories[0].data) == whole.memories[0].data == snap.memories[0].data
     fresh.arm(None)
     fresh.resume()
     assert fresh.steps == 1001 and not fresh.unwound, "the rewound loop ran to its end"

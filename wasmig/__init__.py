@@ -22,6 +22,7 @@ from wasmig.errors import DecodeError, Exhaustion, LinkError, Trap, UnsupportedF
 
 if TYPE_CHECKING:
     from wasmig.engines.base import Instance
+    from wasmig.grants import Granted
     from wasmig.interp.machine import Suspended
     from wasmig.interp.store import Global, HostFunc, Memory, Table, Val
     from wasmig.module import Module
@@ -61,7 +62,8 @@ def __dir__() -> list[str]:
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
-            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance:
+            stderr: BinaryIO | None = None, count_steps: bool = False,
+            granted: Granted | None = None) -> Instance:
     """Re-create a program from a snapshot — a ``Snapshot`` (``Instance.checkpoint()``'s), a
     snapshot file or a checkpoint directory (its latest snapshot) — and return it ready to
     continue with ``.resume()``.
@@ -80,14 +82,16 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     ``Snapshot`` object needs it given). A WASI program gets its WASI state back: files re-opened
     (``on_file_change``: ``"fail"``, ``"warn"`` or ``"ignore"`` when one changed since),
     ``dirs`` re-mapping guest preopen names to host directories, ``stdin``/``stdout``/``stderr``
-    instead of the process's. Any other module needs its ``imports``, as for :class:`Instance`.
+    instead of the process's; ``granted`` (:func:`wasmig.grants.resolve`) opens only the host
+    resources it grants instead of those the snapshot records (docs/security.md: this API checks
+    no signature). Any other module needs its ``imports``, as for :class:`Instance`.
     Raises ``SnapshotError`` for a snapshot that does not fit the module, ``ValueError`` for an
     unknown engine. (Implemented by :func:`wasmig.session.restore.restore`, imported on first use.)
     """
     from wasmig.session.restore import restore as _restore
 
     return _restore(state_or_path, engine, module=module, imports=imports, dirs=dirs, on_file_change=on_file_change,
-                    stdin=stdin, stdout=stdout, stderr=stderr, count_steps=count_steps)
+                    stdin=stdin, stdout=stdout, stderr=stderr, count_steps=count_steps, granted=granted)
 
 
 __all__ = [

@@ -139,19 +139,23 @@ class Module:
 
     @classmethod
     def from_file(cls, path: str | Path, *, features: Iterable[str] = frozenset(), validate: bool = True,
-                  decode: bool = True) -> Module:
+                  decode: bool = True, max_bytes: int | None = None) -> Module:
         """:meth:`from_bytes` of the file's bytes. With ``decode=False`` (a run on wasmtime), a
         file whose digest and interface are remembered for its path and stamp
         (:func:`wasmig.checked.remembered_digest`: the file unchanged since a run read it) is not
-        read at all until something asks for its bytes (26 MB of CPython: 17 ms of every start)."""
+        read at all until something asks for its bytes (26 MB of CPython: 17 ms of every start).
+        ``max_bytes``: a larger file is refused before it is read (a path a snapshot names may be
+        anything, /dev/zero or a 1.5 GB file, and is only checked by hash once read)."""
         import os
 
         features = check_features(features)
-        if not decode:
+        if not decode or max_bytes is not None:
             try:
                 st = os.stat(path)
             except OSError as e:
                 raise DecodeError(f"cannot read module {path}: {e.strerror or e}") from None
+            _check_size(path, st.st_size, max_bytes)
+        if not decode:
             remembered = _remembered(Path(path), st)
             if remembered is not None:
                 digest, interface = remembered
@@ -162,7 +166,9 @@ class Module:
         try:
             with open(path, "rb") as f:
                 before = os.fstat(f.fileno())
-                data = f.read()
+                _check_size(path, before.st_size, max_bytes)
+                data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+                _check_size(path, len(data), max_bytes)
                 after = os.fstat(f.fileno())
         except OSError as e:
             raise DecodeError(f"cannot read module {path}: {e.strerror or e}") from None
@@ -295,3 +301,9 @@ def _interface_from(raw: bytes) -> Interface:
     data = json.loads(raw)
     return Interface([FuncType(tuple(p), tuple(r)) for p, r in data["types"]],
                      [Import(str(m), str(n), str(k), None if d is None else int(d)) for m, n, k, d in data["imports"]])
+
+
+def _check_size(path: str | Path, size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise DecodeError(f"cannot read module {path}: it is {size} bytes, more than the {max_bytes >> 20} MiB "
+                          "a module may be")

@@ -8,6 +8,7 @@ side allocate without limit, and every read has a deadline, so a silent peer can
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 from wasmig.errors import WasmError
 
 MAX_FRAME = 32 << 20
+#: the largest frame accepted before the peer authenticated: the handshake's frames are tiny, so a
+#: stranger cannot make a daemon or a gateway allocate more than this
+PREAUTH_FRAME = 4 << 10
 _LENGTH = struct.Struct(">I")
 _MAP_STARTS = {bytes([b]) for b in (*range(0x80, 0x90), 0xDE, 0xDF)}  # a msgpack map's first byte
 
@@ -49,6 +53,7 @@ class Channel:
         self.role = role
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.max_frame = MAX_FRAME  # PREAUTH_FRAME until the peer authenticated
 
     def send(self, t: str, **fields: Any) -> None:
         import msgpack  # here, not at the top: every WASI program imports this module, few send frames
@@ -74,12 +79,13 @@ class Channel:
             raise
         (length,) = _LENGTH.unpack(header)
         if first and (header[0] not in _FIRST_BYTES or length == 0):
-            raise self._not_ours(header)
-        if length > MAX_FRAME:
-            raise WireError(f"{self.peer}: a frame of {length} bytes (at most {MAX_FRAME})")
+            raise self._not_ours(bytes(header))
+        if length > self.max_frame:
+            raise WireError(f"{self.peer}: a frame of {length} bytes (at most {self.max_frame}"
+                            f"{' before authentication' if self.max_frame < MAX_FRAME else ''})")
         body = self._exactly(length)
-        if first and body[:1] not in _MAP_STARTS:
-            raise self._not_ours(header + body)
+        if first and bytes(body[:1]) not in _MAP_STARTS:
+            raise self._not_ours(bytes(header + body))
         self.bytes_received += _LENGTH.size + length
         import msgpack
 
@@ -94,6 +100,14 @@ class Channel:
         if expect is not None and msg["t"] not in expect:
             raise WireError(f"{self.peer}: expected {' or '.join(expect)}, got {msg['t']!r}")
         return msg
+
+    def readable(self, timeout: float) -> bool:
+        """Whether a frame (or its start) can be read now, waiting up to ``timeout``; TLS may hold
+        decrypted bytes the socket no longer shows."""
+        pending = getattr(self.sock, "pending", None)
+        if pending is not None and pending():
+            return True
+        return bool(select.select([self.sock], [], [], timeout)[0])
 
     def _not_ours(self, start: bytes) -> WireError:
         """The peer answered, but not in this protocol: the error quotes the start of its answer."""
@@ -115,20 +129,24 @@ class Channel:
             answered = f"it answered bytes {data[:16].hex(' ')}"
         return WireError(f"{self.address} is not a wasmig {self.role} ({answered})")
 
-    def _exactly(self, n: int) -> bytes:
-        chunks = []
-        while n:
+    def _exactly(self, n: int) -> bytes | bytearray:
+        """``n`` bytes, read into one buffer (TLS hands out a record, 16 KiB, per read: a fresh
+        buffer per read would cost an allocation of the whole request each time)."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        pos = 0
+        while pos < n:
             try:
-                chunk = self.sock.recv(min(n, 1 << 20))
+                got = self.sock.recv_into(view[pos:], n - pos)
             except TimeoutError:
                 raise PeerGone(f"{self.peer}: timed out") from None
             except OSError as e:
                 raise PeerGone(f"{self.peer}: connection lost ({e.strerror or e})") from None
-            if not chunk:
+            if not got:
                 raise PeerGone(f"{self.peer}: connection closed")
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
+            pos += got
+        view.release()
+        return buf
 
     def error(self, message: str) -> None:
         """Tell the peer why, as far as it still listens."""

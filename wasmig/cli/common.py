@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable, Sequence
 
+    from wasmig.migrate.channel import Identity
     from wasmig.session.policy import CheckpointPolicy
-    from wasmig.snapshot.state import WasiSnapshot
     from wasmig.wasi.preview1 import Wasi
 
 #: ``--engine``'s choices, and how its help shows them
@@ -68,15 +68,6 @@ def check_module_option(path: str | None) -> None:
         raise UserError(component)
 
 
-def check_guest_dirs(mapping: dict[str, str], wasi_state: WasiSnapshot) -> None:
-    """``restore --dir HOST::GUEST``: every GUEST is a directory the snapshot has preopened."""
-    guests = sorted({fd.preopen for fd in wasi_state.fds if fd.preopen is not None})
-    for guest, host in mapping.items():
-        if guest not in guests:
-            raise UserError(f"--dir {host}::{guest}: the snapshot has no guest directory {guest!r} (its guest "
-                            f"directories: {', '.join(guests) if guests else 'none'})")
-
-
 def parse_env(specs: Sequence[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for spec in specs:
@@ -90,6 +81,15 @@ def parse_env(specs: Sequence[str]) -> dict[str, str]:
         env[name] = value
     return env
 
+
+def check_listen_address(spec: str) -> None:
+    """``--tcplisten HOST:PORT`` is well formed (it is opened later, once granted)."""
+    from wasmig.wire import WireError, parse_address
+
+    try:
+        parse_address(spec, "--tcplisten", any_port=True)
+    except WireError as e:
+        raise UserError(str(e)) from None
 
 def open_listener(spec: str) -> socket.socket:
     import socket
@@ -111,26 +111,30 @@ def open_listener(spec: str) -> socket.socket:
     return sock
 
 
-def address_and_token(address: str, option: str, token_file: str | None, token_option: str) -> bytes:
-    """The token for ``option ADDRESS`` (checked), read from ``token_option``'s file."""
+def peer_identity(address: str, option: str, key_dir: str | None, peers: tuple[str, ...], peer_option: str,
+                  token_file: str | None = None) -> Identity:
+    """This side's :class:`~wasmig.migrate.channel.Identity` for ``option ADDRESS``, pinning the
+    peer ``peer_option`` names (a fingerprint or a public key file); the token, if any, a second factor."""
+    from wasmig.migrate.channel import identity_from_options
     from wasmig.migrate.protocol import parse_address, read_token
 
-    if token_file is None:
-        raise UserError(f"{option} needs {token_option}")
+    if not peers:
+        raise UserError(f"{option} needs {peer_option} (the peer's key fingerprint, or its wasmig.pub)")
     try:
         parse_address(address, option)
-        return read_token(token_file)
+        return identity_from_options(key_dir, peers, read_token(token_file) if token_file else None)
     except WasmError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{peer_option}: {e}" if "fingerprint" in str(e) else str(e)) from None
 
 
-def register_with_gateway(address: str, token_file: str | None) -> tuple[str, bytes]:
-    """(control address, key) of a fresh registration with the gateway at ``address``."""
-    from wasmig.migrate.gateway import register
+def register_with_gateway(address: str, key_dir: str | None, fingerprint: tuple[str, ...]) -> tuple[str, bytes]:
+    """(control address, the gateway key's digest) of a fresh registration with the gateway at ``address``."""
+    from wasmig.wasi.gateway import register, use_key
 
-    token = address_and_token(address, "--gateway", token_file, "--gateway-token-file")
+    identity = peer_identity(address, "--gateway", key_dir, fingerprint, "--gateway-fingerprint")
+    use_key(identity.pair)  # the key this run (and its restores) shows the gateway
     try:
-        return address, register(address, token)
+        return address, register(address, next(iter(identity.trusted)))
     except WasmError as e:
         raise UserError(str(e)) from None
 
@@ -224,7 +228,7 @@ def check_writable_dir(path: str, option: str) -> None:
     import time
 
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)  # snapshots are their owner's alone (docs/security.md)
         probe = os.path.join(path, f".wasmig-probe-{os.getpid()}-{time.monotonic_ns()}")
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
@@ -243,6 +247,11 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
     # refused now, before the program runs, rather than a warning at every checkpoint it takes
     if checkpoint_dir is not None:
         check_writable_dir(checkpoint_dir, "--checkpoint-dir")
+        from wasmig.snapshot.signing import own_key_pair
+
+        # the signing key (and the cryptography package) loaded, or made and announced, now: not
+        # inside the first checkpoint's pause, nor amid the program's output
+        own_key_pair()
     return CheckpointPolicy(Path(checkpoint_dir) if checkpoint_dir else None, at_step, at_instruction, every, then,
                             stable_only, count_steps or at_step is not None, migratable=migratable)
 
@@ -278,3 +287,19 @@ def guarded(body: Callable[[], int], wasi: Wasi, policy: CheckpointPolicy, modul
     finally:
         wasi.close()
     return ERROR_EXIT_CODE
+
+
+def size_option(text: str) -> int:
+    """A ``--max-memory`` value (``2G``, ``512M``, bytes) in bytes."""
+    from wasmig.snapshot.limits import parse_size
+
+    return parse_size(text)
+
+
+def trust_options(p: Parser, verb: str) -> None:
+    """``--trust`` and ``--allow-unsigned``, as ``restore`` and ``inspect --verify`` take them."""
+    p.option("--trust", dest="trust_files", action="append", metavar="KEYFILE",
+             help=f"{verb} snapshots signed by this public key (a wasmig.pub) too, besides your own.")
+    p.option("--allow-unsigned", action="store_true",
+             help=f"{verb} a snapshot that is unsigned or signed by a key not trusted (with a warning); it still "
+                  "gets only the host resources granted here.")

@@ -10,8 +10,7 @@ from wasmig import engines
 from wasmig.cli.common import (
     ENGINE_METAVAR,
     ENGINES,
-    address_and_token,
-    check_guest_dirs,
+    check_listen_address,
     check_module_option,
     checkpoint_options,
     guarded,
@@ -20,9 +19,12 @@ from wasmig.cli.common import (
     open_listener,
     parse_dir,
     parse_env,
+    peer_identity,
     pick_engine,
     register_with_gateway,
     report_trap,
+    size_option,
+    trust_options,
 )
 from wasmig.cli.output import TRAP_EXIT_CODE, UserError, about, err, fail, out
 from wasmig.cli.parser import Number, Parser, PathOption, command
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from wasmig.engines.base import Program, WasiInstance
+    from wasmig.migrate.channel import Identity
     from wasmig.module import Module
     from wasmig.session.loop import Session
     from wasmig.session.policy import CheckpointPolicy
@@ -74,7 +77,7 @@ def with_control(session: Session, body: Callable[[], int]) -> int:
         control.close()
 
 
-def migrate_later(session: Session, target: str, token: bytes, after: float) -> None:
+def migrate_later(session: Session, target: str, identity: Identity, after: float) -> None:
     """``--migrate-to``: move the program ``after`` seconds into the run (a thread of its own);
     the summary, or why it stayed, goes to stderr."""
     import threading
@@ -84,7 +87,7 @@ def migrate_later(session: Session, target: str, token: bytes, after: float) -> 
 
     def move() -> None:
         try:
-            migrate(session, target, token, on_done=lambda r: err(f"wasmig: {r.summary()}"))
+            migrate(session, target, identity, on_done=lambda r: err(f"wasmig: {r.summary()}"))
         except MigrationError as e:
             err(f"wasmig: warning: migration to {target} failed, the program goes on here: {e}")
 
@@ -134,21 +137,26 @@ def run_options(p: Parser) -> None:
     p.option("--gateway", dest="gateway_address", default=None, metavar="HOST:PORT",
              help="Preopen a listening socket held by `wasmig gateway` (its control address), after the "
                   "--tcplisten ones: its connections survive migrations.")
-    p.option("--gateway-token-file", default=None, type=PathOption(directory=False), metavar="FILE",
-             help="The gateway's shared secret (needed with --gateway).")
+    p.option("--gateway-fingerprint", default=(), action="append", metavar="FP|PUBFILE",
+             help="The gateway's key (sha256:... fingerprint, or its wasmig.pub): needed with --gateway.")
     p.option("--migrate-to", default=None, metavar="HOST:PORT",
              help="Move the program to this `wasmig serve` daemon once it ran --migrate-after seconds.")
+    p.option("--migrate-peer-fingerprint", default=(), action="append", metavar="FP|PUBFILE",
+             help="The daemon's key (sha256:... fingerprint, or its wasmig.pub): needed with --migrate-to.")
     p.option("--migrate-token-file", default=None, type=PathOption(directory=False), metavar="FILE",
-             help="The daemon's shared secret (needed with --migrate-to).")
+             help="A shared secret the daemon also requires (optional second factor, mode 600).")
+    p.option("--key", dest="key_dir", default=None, type=PathOption(directory=True), metavar="DIRECTORY",
+             help="This run's key pair, shown to gateways and migration targets (default: the user's, "
+                  "made on first use).")
     p.option("--migrate-after", type=Number(float, 0), default=0.0, show_default=True, metavar="SECONDS",
              help="When --migrate-to moves the program.")
     checkpoint_options(p)
 
-
 @command("run", run_options, "program", rest="args")
 def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
-        migratable: bool, gateway_address: str | None, gateway_token_file: str | None, migrate_to: str | None,
-        migrate_token_file: str | None, migrate_after: float,
+        migratable: bool, gateway_address: str | None, gateway_fingerprint: tuple[str, ...], migrate_to: str | None,
+        migrate_peer_fingerprint: tuple[str, ...], migrate_token_file: str | None, key_dir: str | None,
+        migrate_after: float,
         checkpoint_dir: str | None, checkpoint_at_step: int | None,
         checkpoint_at_instruction: int | None, checkpoint_every: float | None, checkpoint_then: str,
         stable_only: bool, count_steps: bool, program: str, args: tuple[str, ...]) -> None:
@@ -170,10 +178,12 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         if invoke is not None and (policy.active or policy.migratable):
             raise UserError("--invoke cannot be combined with --checkpoint-dir, --migratable or --migrate-to")
         if migrate_to is not None:
-            token = address_and_token(migrate_to, "--migrate-to", migrate_token_file, "--migrate-token-file")
-            policy.migrate_to = (migrate_to, token, migrate_after)
+            identity = peer_identity(migrate_to, "--migrate-to", key_dir, migrate_peer_fingerprint,
+                                     "--migrate-peer-fingerprint", migrate_token_file)
+            policy.migrate_to = (migrate_to, identity, migrate_after)
         listeners = [open_listener(spec) for spec in listens]
-        gateways = [] if gateway_address is None else [register_with_gateway(gateway_address, gateway_token_file)]
+        gateways = ([] if gateway_address is None
+                    else [register_with_gateway(gateway_address, key_dir, gateway_fingerprint)])
         # an engine that compiles the module itself (wasmtime) gets it decoded only as far as linking
         # needs (its instrumented variant: decoding and validation wait until the pass needs them,
         # which a cached instrumented module spares, as on restore)
@@ -221,26 +231,41 @@ def restore_options(p: Parser) -> None:
              help="Execution engine: wasmtime (the default when installed, for snapshots at a stable point) or "
                   "the interpreter.")
     p.option("--dir", dest="dirs", action="append", metavar="HOST[::GUEST]",
-             help="Map a preopened guest directory to a host directory (default: where it was).")
+             help="Grant the snapshot's guest directory GUEST the host directory HOST (needed for each one; a "
+                  "snapshot signed with your own key may reuse where it was).")
+    p.option("--tcplisten", dest="listens", action="append", metavar="HOST:PORT",
+             help="Grant the snapshot's listening sockets these addresses, in fd order (as with run; a snapshot "
+                  "signed with your own key may reuse its own).")
+    p.option("--gateway", dest="gateways", action="append", metavar="HOST:PORT",
+             help="Let the program re-attach to the socket gateway at this control address.")
     p.option("--module", dest="module_path", default=None,
              help="The .wasm the snapshot was taken of (default: the copy kept in the checkpoint directory).")
     p.option("--on-file-change", choices=["fail", "warn", "ignore"], default="fail", show_default=True,
              metavar="[fail|warn|ignore]",
              help="What to do when an open file's size or mtime changed since the checkpoint.")
+    trust_options(p, "Restore")
+    p.option("--max-memory", type=size_option, default=None, metavar="SIZE",
+             help="Refuse a snapshot whose memory is larger (e.g. 2G; default 1G), before reading it.")
     checkpoint_options(p)
 
 
 @command("restore", restore_options, "snapshot")
-def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, on_file_change: str,
-            checkpoint_dir: str | None, checkpoint_at_step: int | None, checkpoint_at_instruction: int | None,
-            checkpoint_every: float | None, checkpoint_then: str, stable_only: bool, count_steps: bool,
-            snapshot: str) -> None:
-    """Restore SNAPSHOT (a snapshot file, or a checkpoint directory: its latest) and continue it."""
+def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...], gateways: tuple[str, ...],
+            module_path: str | None, on_file_change: str, trust_files: tuple[str, ...], allow_unsigned: bool,
+            max_memory: int | None, checkpoint_dir: str | None, checkpoint_at_step: int | None,
+            checkpoint_at_instruction: int | None, checkpoint_every: float | None, checkpoint_then: str,
+            stable_only: bool, count_steps: bool, snapshot: str) -> None:
+    """Restore SNAPSHOT (a snapshot file, or a checkpoint directory: its latest) and continue it.
+
+    The snapshot must be signed by your own key or one given with --trust; its program gets only
+    the directories and sockets granted here (see docs/security.md)."""
     import time
     from pathlib import Path
 
     from wasmig import log
+    from wasmig.grants import GrantError, resolve
     from wasmig.session.modules import find_module_for
+    from wasmig.snapshot.admission import admit, trust_from_options
     from wasmig.snapshot.store import load_snapshot_deferred
     from wasmig.wasi.snapshot import restore_wasi
 
@@ -250,12 +275,16 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
         for d in dirs:
             host, guest = parse_dir(d)
             mapping[guest] = host
+        for spec in listens:
+            check_listen_address(spec)
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only, count_steps)
         check_module_option(module_path)
         started = time.perf_counter()
-        # the manifest only: the memory's pages are read as they are written into the new instance
-        snap, pages = load_snapshot_deferred(Path(snapshot))
+        # the seal and the memory's size, from the manifest alone; then the manifest that was checked
+        # (only it: the memory's pages are read as they are written into the new instance)
+        admitted = admit(snapshot, trust_from_options(trust_files, allow_unsigned), max_memory)
+        snap, pages = load_snapshot_deferred(admitted.file, expect=admitted.checksum)
         log.info(__name__, "restore: snapshot read in %.3f s (%d pages of memory)", time.perf_counter() - started,
                  sum(len(m.data) // 65536 for m in snap.memories) if pages is None else sum(map(len, pages)))
         if policy.count_steps and snap.steps is None:
@@ -278,13 +307,14 @@ def restore(engine: str | None, dirs: tuple[str, ...], module_path: str | None, 
         log.info(__name__, "restore: module found and read in %.3f s", time.perf_counter() - started)
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
-        check_guest_dirs(mapping, snap.wasi)
-        wasi = restore_wasi(snap.wasi, dirs=mapping, on_file_change=on_file_change)
+        granted = resolve(snap.wasi, dirs=mapping, listens=listens, gateways=gateways,
+                          reuse_recorded=admitted.verdict.own)
+        wasi = restore_wasi(snap.wasi, granted=granted, on_file_change=on_file_change)
         recorded = snap.meta.get("module_path")
         recorded = recorded if isinstance(recorded, str) else None
         runnable = runs_on.restore(module, snap, wasi, pages=pages, count_steps=policy.count_steps,
                                    announce=os.path.basename(recorded) if recorded else "the module")
-    except UserError as e:
+    except (UserError, GrantError) as e:
         if wasi is not None:
             wasi.close()
         fail(str(e))

@@ -1,13 +1,19 @@
-"""The commands about snapshots: ``checkpoint``, ``inspect``, ``diff``, ``gc``, ``export``, ``import``."""
+"""The commands about snapshots: ``checkpoint``, ``inspect``, ``keygen``, ``diff``, ``gc``, ``export``,
+``import``."""
 
 from __future__ import annotations
 
 import os
 import sys
 
+from wasmig.cli.common import size_option
 from wasmig.cli.output import DIFF_DIFFERENT_EXIT_CODE, DIFF_TROUBLE_EXIT_CODE, about, err, fail, out
 from wasmig.cli.parser import Number, Parser, command
 from wasmig.errors import WasmError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up)
+if TYPE_CHECKING:
+    from wasmig.snapshot.state import Snapshot
 
 
 def checkpoint_cmd_options(p: Parser) -> None:
@@ -32,23 +38,40 @@ def checkpoint_cmd(timeout: float, pid: int) -> None:
 def inspect_options(p: Parser) -> None:
     p.option("--json", dest="as_json", action="store_true", help="Machine-readable output.")
     p.option("--module", dest="module_path", default=None, help="The .wasm, for function names.")
+    p.option("--verify", action="store_true",
+             help="Fail (exit 1) unless the snapshot is signed by your own key or one given with --trust.")
+    p.option("--trust", dest="trust_files", action="append", metavar="KEYFILE",
+             help="Trust snapshots signed by this public key (a wasmig.pub) too, besides your own.")
+    p.option("--max-memory", type=size_option, default=None, metavar="SIZE",
+             help="Refuse a snapshot whose memory is larger (e.g. 2G; default 1G), before reading it.")
 
 
 @command("inspect", inspect_options, "snapshot")
-def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
-    """Summarise a snapshot: call stack, memory, open files."""
+def inspect(as_json: bool, module_path: str | None, verify: bool, trust_files: tuple[str, ...],
+            max_memory: int | None, snapshot: str) -> None:
+    """Summarise a snapshot: who signed it, the host resources a restore would need, call stack,
+    memory, open files."""
     import json
     from pathlib import Path
 
+    from wasmig.grants import needed
     from wasmig.session.modules import find_module_for
+    from wasmig.snapshot.admission import trust_from_options
     from wasmig.snapshot.inspect import format_summary, summarize
+    from wasmig.snapshot.limits import check_manifest_memory
+    from wasmig.snapshot.signing import check_trust, describe
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import checkpoint_chain, load_snapshot, storage_stats
+    from wasmig.snapshot.store import checkpoint_chain, load_snapshot, read_sealed, storage_stats
 
     try:
-        snap = load_snapshot(Path(snapshot))
-        stats = storage_stats(snapshot)
-        chain = checkpoint_chain(snapshot)
+        trust = trust_from_options(trust_files, allow_unsigned=False)
+        file, container = read_sealed(snapshot)
+        if verify:
+            check_trust(snapshot, container.seal, trust)
+        check_manifest_memory(container.manifest, max_memory)
+        snap = load_snapshot(file, expect=container.checksum)
+        stats = storage_stats(file)
+        chain = checkpoint_chain(file)
     except SnapshotError as e:
         fail(about(snapshot, e))
         return
@@ -57,7 +80,46 @@ def inspect(as_json: bool, module_path: str | None, snapshot: str) -> None:
     except (SnapshotError, WasmError):
         ir = None
     summary = summarize(snap, ir, stats, chain)
+    seal = container.seal
+    summary["signature"] = {"signer": seal.signer.fingerprint if seal is not None else None,
+                            "valid": seal.valid() if seal is not None else None,
+                            "trusted": bool(seal is not None and seal.valid() and trust.trusted(seal.signer)),
+                            "own_key": bool(seal is not None and seal.valid() and trust.is_own(seal.signer)),
+                            "description": describe(seal, trust)}
+    summary["host_resources"] = [vars(r) for r in needed(snap.wasi)] if snap.wasi is not None else []
     out(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+def keygen_options(p: Parser) -> None:
+    p.option("--dir", dest="directory", default=None, metavar="DIRECTORY",
+             help="Where to write wasmig.key (0600) and wasmig.pub (default: $WASMIG_KEY_DIR, else "
+                  "$XDG_CONFIG_HOME/wasmig or ~/.config/wasmig).")
+    p.option("--force", action="store_true",
+             help="Replace an existing key pair (what the old key signed is then trusted only with --trust on "
+                  "a copy of its old wasmig.pub).")
+
+
+@command("keygen", keygen_options)
+def keygen(directory: str | None, force: bool) -> None:
+    """Make your Ed25519 key pair: it signs the snapshots you write, and restore trusts what it signed.
+    Prints its fingerprint and the public key file to hand to other machines (--trust)."""
+    import getpass
+    import socket
+    from pathlib import Path
+
+    from wasmig.keys import PUBLIC_NAME, KeyFileError, KeyPair, write_key_pair
+
+    pair = KeyPair.generate(comment=f"{getpass.getuser()}@{socket.gethostname()}")
+    try:
+        where = write_key_pair(pair, Path(directory) if directory else None, force=force)
+    except KeyFileError as e:
+        fail(str(e))
+        return
+    except OSError as e:
+        fail(f"cannot write the key pair: {e.strerror or e}" + (f" ({e.filename})" if e.filename else ""))
+        return
+    out(pair.fingerprint)
+    out(f"public key: {where / PUBLIC_NAME}")
 
 
 def gc_options(p: Parser) -> None:
@@ -93,14 +155,22 @@ def diff(as_json: bool, a: str, b: str) -> None:
     """List what changed between two snapshots. Exit status as diff(1)'s: 0 when they hold the same
     state, 1 when they differ, 2 on trouble."""
     import json
-    from pathlib import Path
 
     from wasmig.snapshot.inspect import diff as diff_snapshots
+    from wasmig.snapshot.limits import check_manifest_memory
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import load_snapshot
+    from wasmig.snapshot.store import load_snapshot, read_sealed
+
+    def load(path: str) -> Snapshot:  # within the default memory limit, checked before a page is read
+        file, container = read_sealed(path)
+        try:
+            check_manifest_memory(container.manifest, None)
+        except SnapshotError as e:
+            raise SnapshotError(f"{path}: {e}") from None
+        return load_snapshot(file, expect=container.checksum)
 
     try:
-        snaps = [load_snapshot(Path(a)), load_snapshot(Path(b))]
+        snaps = [load(a), load(b)]
     except SnapshotError as e:
         fail(str(e), DIFF_TROUBLE_EXIT_CODE)
         return

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from wasmig.grants import Granted
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot
     from wasmig.snapshot.store import PagedMemory
@@ -82,9 +83,11 @@ class Program(ABC):
         """Go on after a stop, or from the snapshot a restore loaded; True if it stopped again."""
 
     @abstractmethod
-    def capture(self, *, with_memory: bool = True) -> Snapshot:
+    def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
         """The canonical state of the stopped program. ``with_memory=False`` leaves the memories'
-        bytes empty (a live migration sends them page by page itself)."""
+        bytes empty (a live migration sends them page by page itself); ``memory_in_place`` makes
+        them the guest's memory itself, not a copy: valid only until the program goes on (a
+        checkpoint staged before it does)."""
 
     @abstractmethod
     def export_names(self) -> Collection[str]:
@@ -127,8 +130,9 @@ class Landing(ABC):
         place already and the restore keeps them)."""
 
     @abstractmethod
-    def prepare(self, snap: Snapshot, dirs: Mapping[str, str]) -> Program:
-        """Restore ``snap`` (its memories as :meth:`memory` gave them) without running anything."""
+    def prepare(self, snap: Snapshot, granted: Granted) -> Program:
+        """Restore ``snap`` (its memories as :meth:`memory` gave them) without running anything,
+        its WASI state given only the host resources ``granted``."""
 
 
 class Engine(ABC):

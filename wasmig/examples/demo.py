@@ -127,6 +127,8 @@ class Demo:
         env = dict(os.environ)
         # the control sockets and checkpoint status files of `wasmig run` go in the work directory
         env["WASMIG_RUNTIME_DIR"] = str(work / "run")
+        # the key pair the runs show migration targets: the demo's own, not the user's
+        env["WASMIG_KEY_DIR"] = str(work / "keys" / "source")
         # `python -m wasmig` in the work directory finds this very package, installed or not
         package_root = str(Path(__file__).resolve().parent.parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -297,7 +299,9 @@ class Demo:
     def daemon(self, name: str, engine: str, dir_option: list[str]) -> tuple[Proc, str]:
         for _attempt in range(3):  # a free port can be taken before the daemon binds it
             address = f"127.0.0.1:{free_port()}"
-            proc = self.start(["serve", "--listen", address, "--token-file", "token", "--engine", engine,
+            proc = self.start(["serve", "--listen", address, "--key", f"keys/{name}", "--trust-peer",
+                               "keys/source/wasmig.pub", "--trust-peer", "keys/A/wasmig.pub", "--trust-peer",
+                               "keys/B/wasmig.pub", "--engine", engine,
                                "--state-dir", f"state-{name}", *dir_option], f"serve-{name}")
             try:
                 self.wait_until(lambda p=proc: "listening on" in p.stderr(), f"daemon {name}", 60, watch=proc)
@@ -307,8 +311,9 @@ class Demo:
                     raise
         raise DemoError(f"daemon {name}: could not bind a free port on 127.0.0.1")
 
-    def migrate(self, pid: int, address: str) -> None:
-        proc, _ = self.run(["migrate", str(pid), "--to", address, "--token-file", "token", "--quiet"], "migrate", 120)
+    def migrate(self, pid: int, address: str, name: str) -> None:
+        proc, _ = self.run(["migrate", str(pid), "--to", address, "--peer-fingerprint", f"keys/{name}/wasmig.pub",
+                            "--quiet"], "migrate", 120)
         summary = proc.stdout().strip().splitlines()[-1] if proc.stdout().strip() else ""
         say(f"    {summary}")
         m = re.search(r"in ([\d.]+) s: downtime ([\d.]+) ms, ([\d.]+) MB sent, (\d+) rounds?, (\d+) pages? sent",
@@ -327,18 +332,19 @@ class Demo:
 
     def live_migration(self) -> tuple[bytes, bytes]:
         header(6, "Live-migrate a second run: wasmtime -> daemon A (interpreter) -> daemon B (wasmtime)")
-        token = self.work / "token"
-        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(os.urandom(24).hex())
-        say("  token: 48 random hex digits in ./token, mode 600 (the daemons' shared secret)")
+        from wasmig.keys import KeyPair, write_key_pair
+
+        for name in ("source", "A", "B"):  # on real machines: each its own `~/.config/wasmig`, made on first use
+            write_key_pair(KeyPair.generate(name), self.work / "keys" / name)
+        say("  keys: an Ed25519 key pair each in ./keys/{source,A,B} (0600); each daemon trusts the others'")
+        say("  wasmig.pub, and `wasmig migrate` pins the target's: TLS 1.3, both sides authenticated")
         program = self.program("live")
         dir_option = ["--dir", f"live::{GUEST_DIR}"]  # shared storage: both daemons map /out to ./live
         a, a_address = self.daemon("A", "interp", dir_option)
         b, b_address = self.daemon("B", "wasmtime", dir_option)
         source = self.start(["run", "--migratable", "--engine", "wasmtime", *program], "run-migratable")
         self.wait_until(lambda: len(rounds_of(source.stdout())) >= 6, "the program on wasmtime", watch=source)
-        self.migrate(source.popen.pid, a_address)
+        self.migrate(source.popen.pid, a_address, "A")
         code = self.finish(source, 60, "the source run")
         if code != 0:
             raise DemoError(f"the source run exited with {code} after migrating: {source.last_error()}")
@@ -349,7 +355,7 @@ class Demo:
             raise DemoError(f"daemon A logged no committed migration: {a.last_error()}")
         say(f"    the program goes on in daemon A (pid {pid}), on the interpreter")
         self.wait_until(lambda: len(rounds_of(a.stdout())) >= 4, "the program on daemon A", watch=a)
-        self.migrate(pid, b_address)
+        self.migrate(pid, b_address, "B")
         say("    on daemon A the program had printed:")
         self.show_output(a.stdout())
         self.wait_until(lambda: "program exited with code" in b.stderr(), "the program on daemon B", 120, watch=b)

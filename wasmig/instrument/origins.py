@@ -62,7 +62,7 @@ def decode_origins(raw: bytes) -> list[list[int]]:
 def canonical_defined(defined: int, n_original: int) -> int | None:
     """The original defined function whose code instrumented defined function ``defined`` runs:
     itself, or for a rewind copy (``n_original + k``) function ``k``; None for the pass's own
-    functions (``wasmig:dump``, ``wasmig:load``)."""
+    functions (``wasmig:dump``, ``wasmig:load``, the end of a rewind)."""
     if 0 <= defined < n_original:
         return defined
     if n_original <= defined < 2 * n_original:

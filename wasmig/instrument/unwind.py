@@ -70,6 +70,8 @@ NEVER = 1 << 62
 #: opcodes :meth:`_FunctionRewriter.plain` does not copy unchanged: constructs, branches (their
 #: depths are renumbered), memory.grow (publishes the new size), data.drop and elem.drop (noted)
 _NOT_VERBATIM = frozenset((0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0x0E, 0x40, 0xFC09, 0xFC0D))
+#: opcodes the normal body's emitter (:meth:`_FunctionRewriter._emit_range`) looks at: those and calls
+_SPECIAL = _NOT_VERBATIM | {0x10, 0x11}
 #: an instruction the pass emits: ``[op, imm, origin]`` (origin: the original offset, or -1); a
 #: tuple where the same instructions are emitted many times (never mutated once emitted)
 Emitted = list | tuple
@@ -272,15 +274,19 @@ class _FunctionRewriter:
         spill locals of the site's stack (and operands). A shared writer after $unwind reading
         every local would make every local live at every site: Cranelift then merges all of a
         local's values into one register-allocation bundle reaching the unwind path, and spills
-        and reloads loop variables inside hot loops (matmul 3x). Stores in the cold arm keep each
-        value's live range where the original program has it."""
-        site = self.p.sites[site_id]
-        a = self.addr_local
+        and reloads loop variables inside hot loops (matmul 3x). Sharing a writer only among the
+        sites that store the very same slots (a tail block per slot set) was tried: a third less
+        code on QuickJS, but the tail's block parameters merge the values of every site that
+        branches there in the same way, and QuickJS's n-body ran 1.19x plain against 1.09x. So
+        each cold arm stores its own slots: each value's live range stays where the original
+        program has it. The rewind copy's own (guarded) sites go to its one writer of every slot."""
+        self.emit(0x41, site_id)
+        self.emit(0x21, self.site_local)
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
-            self.emit(0x41, site_id)
-            self.emit(0x21, self.site_local)
             self.emit(0x0C, self.unwind_depth())
             return
+        site = self.p.sites[site_id]
+        a = self.addr_local
         self.emit(0x41, 0)
         self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
         self.emit(0x21, a)
@@ -291,9 +297,34 @@ class _FunctionRewriter:
                 op, align = _STORE[self.local_types[j]]
                 code = stores[j] = ((0x20, a, -1), (0x20, j, -1), (op, self.ctl_memarg(align, 8 + 8 * j), -1))
             out += code
-        self.emit(0x41, site_id)
-        self.emit(0x21, self.site_local)
-        self.emit(0x0C, self.unwind_depth())
+        self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
+
+    def _framed(self, inner: list[Emitted], results: list[str], after_body: Callable[[], None]) -> list[Emitted]:
+        """A function's code around ``inner`` (the code inside its own label) and the header
+        writer after $unwind::
+
+            block $done (result R*)
+              block $unwind
+                block (result R*)  inner  end       ;; the function's label
+                after_body                          ;; leaves to $done
+              end
+              the record's header, dummy results
+            end
+        """
+        p = self.p
+        self.out = []
+        self.emit(0x02, p.block_type([], results))  # $done
+        self.emit(0x02, None)  # $unwind
+        self.emit(0x02, p.block_type([], results))  # the function's own label
+        self.out += inner
+        self.emit(0x0B)
+        after_body()
+        self.emit(0x0B)  # end $unwind
+        self._write_record()
+        self.zeros(results)  # dummy results: the caller is unwinding and never looks at them
+        self.emit(0x0B)  # end $done
+        self.emit(0x0B)  # end of function
+        return self.out
 
     def stable_point(self, site_id: int, params: list[str], base: int) -> None:
         g = self.p.globals_base
@@ -342,19 +373,13 @@ class _FunctionRewriter:
         self.close()
         if after is None:
             return
-        # a request, the call completed: stop just after it -- unless a rewind copy is still
-        # skipping to its site (the call was not made; $state is rewinding). The normal body
-        # never runs while rewinding, and there the cold arm must not fall back into the hot
-        # path: a join there costs Cranelift moves and jumps on every call (fib 1.1x -> 1.25x)
-        copy = self.unwind_label == _COPY_UNWIND_LABEL
-        if copy:
-            self.emit(0x23, self.p.globals_base)
-            self.emit(0x45)  # i32.eqz: running
-            self.open(0x04, self.p.block_type(carried, carried), False)
+        # a request, the call completed: stop just after it. (The rewind copy's guarded calls
+        # have no after_call stop: a copy still skipping to its site must not stop there.) The
+        # normal body never runs while rewinding, and there the cold arm must not fall back into
+        # the hot path: a join there costs Cranelift moves and jumps on every call (fib 1.1x ->
+        # 1.25x)
         self.pop_into(carried, base)
         self.unwind_branch(after)
-        if copy:
-            self.close()
         self.close()
 
     def call_sites(self, i: int, ins: Instr, kind: str, below: list[str], args: list[str],
@@ -416,39 +441,17 @@ class _FunctionRewriter:
         p = self.p
         results = list(self.ftype.results)
         normal = self._normal_body()
+        body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
+
         rewind = self._rewind_body()
         self.out = []
-        self.emit(0x02, p.block_type([], results))  # $done
-        self.emit(0x02, None)  # $unwind
-        self.emit(0x02, p.block_type([], results))  # the function's own label
-        self.out += normal
-        self.emit(0x0B)
-        self.emit(0x0C, 1)  # the body's results to $done
-        self.emit(0x0B)  # end $unwind
-        self._write_record()
-        self.zeros(results)  # dummy results: the caller is unwinding and never looks at them
-        self.emit(0x0B)  # end $done
-        self.emit(0x0B)  # end of function
-        body = self.out
-
-        self.out = []
-        self.emit(0x02, p.block_type([], results))  # $done
-        self.emit(0x02, None)  # $unwind
-        self.emit(0x02, p.block_type([], results))  # the copy's function label
-        self.emit(0x02, None)  # $copy_unwind: where the copy's unwind branches go
+        self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
         self.out += rewind
         self.emit(0x0C, 3)  # the copy's results straight to $done
         self.emit(0x0B)
         self._write_all_slots()  # the copy is cold: one writer for all its sites keeps it small
         self.emit(0x0C, 1)  # to $unwind (the record's header)
-        self.emit(0x0B)
-        self.emit(0x0C, 1)  # the results to $done
-        self.emit(0x0B)  # end $unwind
-        self._write_record()
-        self.zeros(results)
-        self.emit(0x0B)  # end $done
-        self.emit(0x0B)  # end of function
-        copy_body = self.out
+        copy_body = self._framed(self.out, results, lambda: self.emit(0x0C, 1))  # the results to $done
 
         added = [(1, t) for t in self.local_types[self.num_locals:]]
         new = Function(self.func.type_idx, list(self.func.locals) + added, body)
@@ -476,12 +479,16 @@ class _FunctionRewriter:
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
         has_site = self.has_site
+        append = self.out.append
         emitted_to = -1  # an unrolled loop emitted body[..emitted_to] at once
         for i in range(start, end):
             if i <= emitted_to:
                 continue
             ins = body[i]
             op = ins.op
+            if op not in _SPECIAL:  # most instructions: copied as they are (see :meth:`plain`)
+                append([op, ins.imm, ins.offset])
+                continue
             live = not unreachable[i]
             base = ctl[-1].base if ctl else 0
             if op in (0x02, 0x03, 0x04):
@@ -831,13 +838,10 @@ class _FunctionRewriter:
 
     def _finish_rewind(self) -> None:
         """The innermost frame reached its site: the stack is rebuilt, run normally from here (a
-        checkpoint request the host made meanwhile is still in the poll byte)."""
-        self.emit(0x41, STATE_RUNNING)
-        self.emit(0x24, self.p.globals_base)
-        for ptr in (WRITE_PTR, READ_PTR):
-            self.emit(0x41, 0)
-            self.emit(0x41, RECORDS_BASE)
-            self.emit(0x36, self.ctl_memarg(2, ptr))
+        checkpoint request the host made meanwhile is still in the poll byte). The state and the
+        record pointers are reset by one function the pass adds (:func:`_finish_rewind_function`),
+        called rather than inlined at each of the copy's resume points."""
+        self.emit(0x10, self.p.finish_func)
         self.emit(0x41, 0)
         self.emit(0x21, self.skip_local)
 
@@ -925,16 +929,6 @@ class _FunctionRewriter:
         self._emit_range(i, self.end_of[i] + 1, [_Ctl("block", i, height)])
         self.unwind_label = saved
 
-    def _open_resume_test(self, site: int, params: list[str], results: list[str]) -> None:
-        """Open ``if $skip`` and, inside it, ``if $site == site`` (both ``(param params) (result
-        results)``): the code up to the inner ``else`` runs only where this frame resumes."""
-        self.emit(0x20, self.skip_local)
-        self.open(0x04, self.p.block_type(params, results), False)
-        self.emit(0x20, self.site_local)
-        self.emit(0x41, site)
-        self.emit(0x46)
-        self.open(0x04, self.p.block_type(params, results), False)
-
     def _rewind_call(self, i: int, ins: Instr, base: int) -> None:
         """A call site in the copy: skipped (zeros for its results) when skipping past it; when it
         is the record's site, the live values come back from their spill locals and the call is
@@ -955,9 +949,17 @@ class _FunctionRewriter:
             self.close()
         carried_in = level + self.known_types(operands)
         carried_out = level + results
-        self._open_resume_test(site, carried_in, carried_out)
+        # skipping (to this site or past it): the level's values come back from their spill
+        # locals either way (past it they are junk that only skipped code consumes); then the
+        # call's results: from the callee's rewind, from the record (an after_call site), or zeros
+        self.emit(0x20, self.skip_local)
+        self.open(0x04, self.p.block_type(carried_in, carried_out), False)
         self.drop(len(carried_in))
         self.push_from(level, base)
+        self.emit(0x20, self.site_local)
+        self.emit(0x41, site)
+        self.emit(0x46)
+        self.open(0x04, self.p.block_type([], results), False)
         self.emit(0x41, 0)
         self.emit(0x21, self.skip_local)
         if kind == "import_call":  # the innermost frame: the host call runs again, for real
@@ -987,61 +989,32 @@ class _FunctionRewriter:
             self.emit(0x20, self.site_local)
             self.emit(0x41, after)
             self.emit(0x46)
-            self.open(0x04, self.p.block_type(carried_in, carried_out), False)
-            self.drop(len(carried_in))
-            self.push_from(carried_out, base)
+            self.open(0x04, self.p.block_type([], results), False)
+            self.push_from(results, base + len(level))
             self._finish_rewind()
             self.emit(0x05)
-        self.drop(len(carried_in))
-        self.zeros(carried_out)
-        if after is not None:
+            self.zeros(results)
             self.close()
+        else:
+            self.zeros(results)
         self.close()
         self.emit(0x05)
         self.emit(ins.op, ins.imm, ins.offset)
         self.close()
         if self.p.call_may_unwind(ins):
-            self.post_call_check(site, level, results, base, after)
+            # no poll here (no after_call stop): the guarded code runs once per activation or loop
+            # entry, so the next poll (a loop header, a call in a loop, the callee's own) comes
+            # within a bounded time; only a callee's unwind must be seen
+            self.post_call_check(site, level, results, base)
 
     def _write_record(self) -> None:
-        """After $unwind: the cold arm wrote this record's slots; write its header (site,
-        function), advance the write pointer and make sure a record of the largest size still
-        fits after this one (the cold arms store without checking; the control memory's initial
-        size fits the first record)."""
-        a = self.addr_local
-        size = 8 + 8 * len(self.local_types)
-        self.emit(0x41, STATE_UNWINDING)  # callers see it after their call returns, and unwind too
-        self.emit(0x24, self.p.globals_base)
-        if not self.p.count_steps:  # the fast variant's post-call checks test the poll byte first
-            self.emit(0x41, 0)
-            self.emit(0x41, 1)
-            self.emit(0x3A, memarg(0, POLL, self.p.poll_mem))
-        self.emit(0x41, 0)
-        self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
-        self.emit(0x22, a)
+        """After $unwind: the cold arm's tail wrote this record's slots; the record's header
+        (site, function) and the rest are written by one function the pass adds
+        (:func:`_record_header_function`), called here rather than inlined in every function."""
         self.emit(0x20, self.site_local)
-        self.emit(0x36, self.ctl_memarg(2, 0))
-        self.emit(0x20, a)
         self.emit(0x41, self.func_idx)
-        self.emit(0x36, self.ctl_memarg(2, 4))
-        self.emit(0x41, 0)
-        self.emit(0x20, a)
-        self.emit(0x41, size)
-        self.emit(0x6A)
-        self.emit(0x22, a)
-        self.emit(0x36, self.ctl_memarg(2, WRITE_PTR))
-        self.emit(0x20, a)
-        self.emit(0x23, self.p.globals_base + MAX_RECORD_GLOBAL)
-        self.emit(0x6A)
-        self.emit(0x3F, self.p.ctl)
-        self.emit(0x41, 16)
-        self.emit(0x74)
-        self.emit(0x4B)  # i32.gt_u
-        self.emit(0x04, None)
-        self.emit(0x23, self.p.globals_base + MAX_RECORD_PAGES_GLOBAL)
-        self.emit(0x40, self.p.ctl)
-        self.emit(0x1A)
-        self.emit(0x0B)
+        self.emit(0x41, 8 + 8 * len(self.local_types))
+        self.emit(0x10, self.p.header_func)
 
 
 def _encode_function(f: Function) -> bytes:
@@ -1078,6 +1051,8 @@ class _Pass:
         self.copy_base = 0  # function index of defined function 0's rewind copy
         self.graph = call_graph(ir)  # of the original module: who recurses, who can unwind
         self.rewinds_table = 0  # index of the table $rewinds
+        self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
+        self.header_func = 0  # index of the function that writes a record's header (:func:`_record_header_function`)
         self._entry_polled: dict[int, bool] = {}
 
     def max_record(self) -> int:
@@ -1186,6 +1161,10 @@ def instrument(module: object, *, count_steps: bool = True,
     n_defined = len(ir.funcs)
     p.copy_base = n_imported + n_defined  # function f's rewind copy is function f + n_defined
     p.rewinds_table = len(ir.all_tables())
+    # after the copies: wasmig:dump, wasmig:load, then the functions that end a rewind and that
+    # write a record's header
+    p.finish_func = n_imported + 2 * n_defined + 2
+    p.header_func = p.finish_func + 1
     # each function is encoded as soon as it is rewritten and only its bytes are kept: the IR of
     # an instrumented function is ten times the original's, and for a 26 MB module (CPython) the
     # whole instrumented IR took several GB
@@ -1230,7 +1209,8 @@ def instrument(module: object, *, count_steps: bool = True,
     g = p.globals_base
     if g * 8 > RECORDS_BASE - GLOBALS_BASE:
         raise InstrumentError(f"too many globals ({g}) for the control memory layout")
-    for extra_func in (_dump_globals(ir, p), _load_state(ir, p)):
+    for extra_func in (_dump_globals(ir, p), _load_state(ir, p), _finish_rewind_function(ir, p),
+                       _record_header_function(p)):
         ir.funcs.append(extra_func)
         code.append(encode_code_entry(extra_func))
     if any(seg.mode == "passive" for seg in ir.datas) and ir.data_count is None:
@@ -1243,7 +1223,7 @@ def instrument(module: object, *, count_steps: bool = True,
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record()), Instr(0x0B)]),
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record() // 65536 + 1), Instr(0x0B)])]
     taken = {e.name for e in ir.exports}
-    dump_index = n_imported + len(ir.funcs) - 2
+    dump_index = n_imported + len(ir.funcs) - 4
     extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:load", "func", dump_index + 1),
              Export("wasmig:ctl", "memory", p.ctl), Export("wasmig:poll", "memory", p.poll_mem),
              Export("wasmig:state", "global", g),
@@ -1316,3 +1296,44 @@ def _load_state(ir: IRModule, p: _Pass) -> Function:
     if ft not in ir.types:
         ir.types.append(ft)
     return Function(ir.types.index(ft), [], body)
+
+
+def _finish_rewind_function(ir: IRModule, p: _Pass) -> Function:
+    """The end of a rewind, called by the innermost rewound frame's copy at its site: ``$state``
+    back to running and both record pointers back to the first record."""
+    g = p.globals_base
+    body = [Instr(0x41, STATE_RUNNING), Instr(0x24, g)]
+    for ptr in (WRITE_PTR, READ_PTR):
+        body += [Instr(0x41, 0), Instr(0x41, RECORDS_BASE), Instr(0x36, memarg(2, ptr, p.ctl))]
+    body.append(Instr(0x0B))
+    ft = FuncType((), ())
+    if ft not in ir.types:
+        ir.types.append(ft)
+    return Function(ir.types.index(ft), [], body)
+
+
+def _record_header_function(p: _Pass) -> Function:
+    """``(site, func, size)``, called by an unwinding frame after its record's slots are stored:
+    ``$state`` = unwinding (its caller sees it when the call returns, and unwinds too; in the
+    fast variant the poll byte is set as well, since post-call checks test it first), the
+    header (site, function) at the write pointer, the write pointer advanced by ``size``, and
+    ``$ctl`` grown so that a record of the largest size still fits after this one (the slot
+    stores do not check; the control memory's initial size fits the first record)."""
+    site, func, size, a = 0, 1, 2, 3
+    g = p.globals_base
+
+    def i(op: int, imm: object = None) -> Instr:
+        return Instr(op, imm)
+
+    body = [i(0x41, STATE_UNWINDING), i(0x24, g)]
+    if not p.count_steps:
+        body += [i(0x41, 0), i(0x41, 1), i(0x3A, memarg(0, POLL, p.poll_mem))]
+    body += [i(0x41, 0), i(0x28, memarg(2, WRITE_PTR, p.ctl)), i(0x22, a),
+             i(0x20, site), i(0x36, memarg(2, 0, p.ctl)),
+             i(0x20, a), i(0x20, func), i(0x36, memarg(2, 4, p.ctl)),
+             i(0x41, 0), i(0x20, a), i(0x20, size), i(0x6A), i(0x22, a), i(0x36, memarg(2, WRITE_PTR, p.ctl)),
+             i(0x20, a), i(0x23, g + MAX_RECORD_GLOBAL), i(0x6A), i(0x3F, p.ctl), i(0x41, 16), i(0x74),
+             i(0x4B),  # i32.gt_u
+             i(0x04, None), i(0x23, g + MAX_RECORD_PAGES_GLOBAL), i(0x40, p.ctl), i(0x1A), i(0x0B),
+             i(0x0B)]
+    return Function(p.func_type_index(["i32", "i32", "i32"], []), [(1, "i32")], body)

@@ -20,6 +20,7 @@ from typing import Any
 import zstandard
 
 from wasmig.binary.image import initial_image
+from wasmig.files import make_private_dir
 from wasmig.migrate.pages import page_id
 from wasmig.snapshot.state import PAGE_SIZE, SnapshotError, from_plain
 
@@ -76,8 +77,8 @@ class Arrival:
             return bytes(image)
 
         snap = from_plain(self.state, memory)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_single_file(snap, path)
+        make_private_dir(path.parent)
+        write_single_file(snap, path)  # 0600: the program's memory
         return path
 
 

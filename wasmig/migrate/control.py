@@ -1,10 +1,15 @@
 """The control socket of a migratable run: how ``wasmig migrate PID --to HOST:PORT`` reaches it.
 
-A run that can migrate listens on the Unix socket ``<runtime dir>/<pid>.sock`` (mode 0600: only
-its user can connect). A client sends one JSON line ``{"migrate": {"to": "HOST:PORT", "token":
-"<hex>"}}`` and reads JSON lines back: ``{"progress": {...}}`` while it runs, then ``{"done":
-{...}}`` (the program has moved; this process ends) or ``{"error": "..."}`` (it goes on here; with
-``"stopped": true`` it does not: the migration is in doubt, the program is saved and this process ends).
+A run that can migrate listens on the Unix socket ``<runtime dir>/<pid>.sock`` (mode 0600, in the
+user's private runtime directory: :mod:`wasmig.runtime_dir`). Both ends check who the other is
+before anything is said: the run accepts only a client of its own uid (``SO_PEERCRED``), and the
+client talks only to a socket file of its own uid whose server runs as its uid. A client sends one
+JSON line ``{"migrate": {"to": "HOST:PORT", "peer": "sha256:...", "key_dir": ..., "token_file":
+...}}`` -- the target's pinned fingerprint and where this user's key (and, if any, the shared
+token's file) lie, never a secret: the run reads them itself -- and reads JSON lines back:
+``{"progress": {...}}`` while it runs, then ``{"done": {...}}`` (the program has moved; this
+process ends) or ``{"error": "..."}`` (it goes on here; with ``"stopped": true`` it does not: the
+migration is in doubt, the program is saved and this process ends).
 """
 
 from __future__ import annotations
@@ -18,20 +23,35 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from wasmig.errors import WasmError
 from wasmig.migrate.protocol import MigrationError
+from wasmig.runtime_dir import check_socket_owner, peer_uid, runtime_dir
 from wasmig.session.loop import Session
-from wasmig.session.status import RUNTIME_DIR
 
 
-def socket_path(pid: int) -> Path:
-    return RUNTIME_DIR / f"{pid}.sock"
+def socket_path(pid: int, create: bool = False) -> Path:
+    return runtime_dir(create) / f"{pid}.sock"
+
+
+def source_identity(peer: str, key_dir: str | None, token_file: str | None) -> Any:
+    """This user's identity for a migration to the target whose fingerprint is ``peer``."""
+    from wasmig.keys import load_key_pair, parse_fingerprint
+    from wasmig.migrate.channel import Identity, own_key
+    from wasmig.migrate.protocol import read_token
+    from wasmig.wasi.gateway import current_key
+
+    try:  # the key asked for, else this process's (a daemon's, for the programs it runs), else the user's
+        pair = load_key_pair(Path(key_dir)) if key_dir else current_key() or own_key(None)
+        token = read_token(token_file) if token_file else None
+        return Identity(pair, frozenset({parse_fingerprint(peer)}), token)
+    except WasmError as e:
+        raise MigrationError(str(e)) from None
 
 
 class ControlServer:
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.path = socket_path(os.getpid())
-        RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
+        self.path = socket_path(os.getpid(), create=True)
         self.path.unlink(missing_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -49,6 +69,9 @@ class ControlServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # closed
+            if peer_uid(conn) != os.getuid():  # only its own user may move a program
+                conn.close()
+                continue
             threading.Thread(target=self._handle, args=(conn,), name="wasmig-migrate", daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
@@ -65,8 +88,11 @@ class ControlServer:
                 line = f.readline(65536)
                 try:
                     req = json.loads(line)["migrate"]
-                    to, token = str(req["to"]), bytes.fromhex(req["token"])
+                    to, peer = str(req["to"]), str(req["peer"])
+                    key_dir, token_file = req.get("key_dir"), req.get("token_file")
                     precopy = bool(req.get("precopy", True))
+                    if not all(v is None or isinstance(v, str) for v in (key_dir, token_file)):
+                        raise TypeError
                 except (ValueError, KeyError, TypeError):
                     send({"error": "malformed request"})
                     return
@@ -74,7 +100,9 @@ class ControlServer:
                     send({"error": "a migration of this program is already running"})
                     return
                 try:
-                    migrate(self.session, to, token, precopy=precopy, progress=lambda p: send({"progress": asdict(p)}),
+                    identity = source_identity(peer, key_dir, token_file)
+                    migrate(self.session, to, identity, precopy=precopy,
+                            progress=lambda p: send({"progress": asdict(p)}),
                             on_done=lambda r: send({"done": {**asdict(r), "summary": r.summary()}}))
                 except InDoubt as e:
                     send({"error": str(e), "stopped": True})
@@ -100,10 +128,15 @@ def serve_control(session: Session) -> ControlServer:
     return ControlServer(session)
 
 
-def request_migration(pid: int, to: str, token: bytes, *, precopy: bool = True) -> Iterator[Any]:
+def request_migration(pid: int, to: str, peer: str, *, key_dir: str | None = None, token_file: str | None = None,
+                      precopy: bool = True) -> Iterator[Any]:
     """For ``wasmig migrate PID``: connect to the run's control socket (raising at once if there
-    is none) and return an iterator over its messages."""
-    path = socket_path(pid)
+    is none, or if it is not this user's) and return an iterator over its messages."""
+    try:
+        path = socket_path(pid)
+        check_socket_owner(path)
+    except WasmError as e:
+        raise MigrationError(str(e)) from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
@@ -111,12 +144,19 @@ def request_migration(pid: int, to: str, token: bytes, *, precopy: bool = True) 
         sock.close()
         raise MigrationError(f"process {pid} is not a migratable wasmig run (no control socket {path}: "
                              f"{e.strerror or e})") from None
-    return _messages(pid, sock, to, token, precopy)
+    uid = peer_uid(sock)
+    if uid != os.getuid():
+        sock.close()
+        raise MigrationError(f"the control socket {path} is served by uid {uid}, not by you: refusing to talk to it")
+    request = {"to": to, "peer": peer, "precopy": precopy,
+               "key_dir": str(Path(key_dir).resolve()) if key_dir else None,
+               "token_file": str(Path(token_file).resolve()) if token_file else None}
+    return _messages(pid, sock, request)
 
 
-def _messages(pid: int, sock: socket.socket, to: str, token: bytes, precopy: bool) -> Iterator[Any]:
+def _messages(pid: int, sock: socket.socket, request: dict[str, Any]) -> Iterator[Any]:
     with sock, sock.makefile("rb") as f:
-        sock.sendall(json.dumps({"migrate": {"to": to, "token": token.hex(), "precopy": precopy}}).encode() + b"\n")
+        sock.sendall(json.dumps({"migrate": request}).encode() + b"\n")
         for line in f:
             try:
                 yield json.loads(line)

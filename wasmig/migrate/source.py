@@ -23,8 +23,9 @@ from typing import Any
 
 import zstandard
 
+from wasmig.errors import WasmError
 from wasmig.migrate.pages import ChangedPage, PageTracker
-from wasmig.migrate.protocol import PAGE_BATCH, Channel, MigrationError, PeerGone, connect
+from wasmig.migrate.protocol import PAGE_BATCH, Channel, Identity, MigrationError, PeerGone, connect
 from wasmig.session.loop import Session, StopHandoff
 from wasmig.snapshot.state import PAGE_SIZE, SnapshotError, to_plain
 
@@ -68,26 +69,28 @@ class MigrationResult:
                 f"{self.pages_known} already on the target")
 
 
-def migrate(session: Session, target: str, token: bytes, *, progress: Callable[[Progress], None] | None = None,
+def migrate(session: Session, target: str, identity: Identity, *,
+            progress: Callable[[Progress], None] | None = None,
             on_done: Callable[[MigrationResult], None] | None = None, stop_copy_bytes: int = STOP_COPY_BYTES,
             max_rounds: int = MAX_ROUNDS, precopy: bool = True, stop_timeout: float = 30.0) -> MigrationResult:
     """Move the program ``session`` runs to the daemon at ``target``. On success the session's
     run ends with :class:`~wasmig.session.loop.MigratedAway` (``on_done`` is called first,
     while this process surely still runs); on any failure before the target committed, the
     program goes on here and :class:`MigrationError` says why. ``precopy=False``: stop-and-copy
-    only (the guest stops at once and everything goes while it is stopped)."""
-    source = _Source(session, target, token, progress or (lambda p: None), stop_copy_bytes, max_rounds, precopy,
+    only (the guest stops at once and everything goes while it is stopped). ``identity``: this
+    source's key, pinning the target's (:meth:`Identity.pinning`)."""
+    source = _Source(session, target, identity, progress or (lambda p: None), stop_copy_bytes, max_rounds, precopy,
                      stop_timeout)
     source.on_done = on_done
     return source.run()
 
 
 class _Source:
-    def __init__(self, session: Session, target: str, token: bytes, progress: Callable[[Progress], None],
+    def __init__(self, session: Session, target: str, identity: Identity, progress: Callable[[Progress], None],
                  stop_copy_bytes: int, max_rounds: int, precopy: bool, stop_timeout: float) -> None:
         self.session = session
         self.target = target
-        self.token = token
+        self.identity = identity
         self.report = progress
         self.p = Progress()
         self.stop_copy_bytes = stop_copy_bytes
@@ -126,7 +129,7 @@ class _Source:
         handoff.on_end = self._program_ended
         stopped = committed = False
         try:
-            self.ch = ch = connect(self.target, self.token)
+            self.ch = ch = connect(self.target, self.identity)
             if self.ended_early:
                 raise MigrationError("the program ended before it could move")
             self._warm_up()
@@ -145,6 +148,8 @@ class _Source:
                 last = size
             self.p.phase = "stop-and-copy"
             self.report(self.p)
+            # the gateways (if any) may let the target take the program's connections over
+            self.session.wasi.gateway_handover = next(iter(self.identity.trusted))
             snap = handoff.stop(self.session.request, self.stop_timeout)
             stopped = True
             t_stop = handoff.stopped_at or time.perf_counter()  # the program's last instruction here
@@ -186,6 +191,7 @@ class _Source:
             self.report(self.p)
             if self.ch is not None and not committed:
                 self.ch.error(f"the source aborted: {e}")
+            self.session.wasi.gateway_handover = None
             if stopped:
                 handoff.decide(False)  # the guest goes on here, as if nothing happened
             if self.ended_early and not stopped:
@@ -225,7 +231,7 @@ class _Source:
         deadline = time.monotonic() + RESOLVE_TIMEOUT
         while True:
             try:
-                probe = connect(self.target, self.token, timeout=2.0)
+                probe = connect(self.target, self.identity, timeout=2.0)
                 try:
                     probe.send("status", id=self.id)
                     reply = probe.recv(10.0, expect=("status",))
@@ -259,7 +265,7 @@ class _Source:
         it and end the run (:class:`~wasmig.session.policy.MigrationInDoubt`). Where it is saved."""
         try:
             saved = self._save_in_doubt(snap)
-        except (SnapshotError, OSError) as save_error:
+        except (WasmError, OSError) as save_error:
             saved = f"(not saved: {save_error})"
         handoff.in_doubt = (saved, why)
         handoff.decide(True)
@@ -269,7 +275,7 @@ class _Source:
         """The stopped program's whole state, as a single-file snapshot in the runtime directory."""
         from dataclasses import replace
 
-        from wasmig.session.status import RUNTIME_DIR
+        from wasmig.runtime_dir import runtime_dir
         from wasmig.snapshot.state import MemoryState
         from wasmig.snapshot.store import write_single_file
 
@@ -277,8 +283,7 @@ class _Source:
         for (size, page), m in zip(self.session.guest_memories(), snap.memories, strict=True):
             data = b"".join(bytes(page(i)) for i in range(size // PAGE_SIZE))
             memories.append(MemoryState(m.min, m.max, data))
-        RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
-        path = RUNTIME_DIR / f"in-doubt-{self.id}.snap"
+        path = runtime_dir() / f"in-doubt-{self.id}.snap"
         write_single_file(replace(snap, memories=memories), path)
         return str(path)
 

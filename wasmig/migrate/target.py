@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,10 @@ from wasmig import engines
 from wasmig.engines.base import Landing, Program
 from wasmig.errors import Trap, WasmError
 from wasmig.files import write_atomically
+from wasmig.grants import Granted, GrantError, needed, resolve
 from wasmig.migrate.arrival import Arrival, data_segment_pages
 from wasmig.migrate.pages import ZERO_PAGE, page_id
-from wasmig.migrate.protocol import Channel, MigrationError, authenticate_as_server
+from wasmig.migrate.protocol import Channel, Identity, MigrationError, accept
 from wasmig.module import Module
 from wasmig.snapshot.state import PAGE_SIZE, SnapshotError, from_plain
 
@@ -199,44 +200,86 @@ PAGE_CACHE_DAYS = 7
 PAGE_CACHE_MB = 2048
 
 
-def serve(listener: socket.socket, token: bytes, *, engine: str, dirs: Mapping[str, str], state_dir: Path,
-          page_cache_mb: int = PAGE_CACHE_MB) -> None:
-    """Accept migrations forever (until SIGINT/SIGTERM)."""
+#: connections at most that have not authenticated yet; more are closed at once (a flood of
+#: strangers costs a few processes, and cannot starve the machine)
+MAX_UNAUTHENTICATED = 16
+
+
+def serve(listener: socket.socket, identity: Identity, *, engine: str, dirs: Mapping[str, str], state_dir: Path,
+          page_cache_mb: int = PAGE_CACHE_MB, max_unauthenticated: int = MAX_UNAUTHENTICATED,
+          listens: Sequence[str] = (), gateways: Sequence[str] = ()) -> None:
+    """Accept migrations forever (until SIGINT/SIGTERM) from the sources ``identity`` trusts.
+
+    A child per connection, but at most ``max_unauthenticated`` of them still in their handshake:
+    each holds the write end of a pipe it closes once its peer authenticated (or it ends), so the
+    daemon sees, without any bookkeeping by the child, which ones are still strangers. A program
+    gets only the host resources the daemon grants (:mod:`wasmig.grants`): ``dirs`` (guest -> host
+    directory), ``listens`` (addresses for its listening sockets, in fd order) and ``gateways``
+    (control addresses it may re-attach to), never one its state merely names."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     removed = PageCache(state_dir / "pages").prune(PAGE_CACHE_DAYS * 86400, page_cache_mb << 20)
     if removed:
         log(f"removed {removed} cached pages (unused for {PAGE_CACHE_DAYS} days, or beyond {page_cache_mb} MB)")
     host, port = listener.getsockname()[:2]
-    log(f"listening on {host}:{port} (engine {engine})")
+    log(f"listening on {host}:{port} (engine {engine}, key {identity.fingerprint}, "
+        f"{len(identity.trusted)} trusted source key{'s' if len(identity.trusted) != 1 else ''})")
+    identity.context(server=True)  # made once here, not in every child (a certificate and a key load: ~10 ms)
+    strangers: set[int] = set()  # read ends of the pipes of children still authenticating
     while True:
         try:
-            conn, addr = listener.accept()
+            ready = select.select([listener, *strangers], [], [])[0]
         except InterruptedError:  # pragma: no cover
             continue
+        for fd in ready:
+            if fd is not listener:
+                os.close(fd)  # that child authenticated its peer, or ended
+                strangers.discard(fd)
+        if listener not in ready:
+            continue
+        try:
+            conn, addr = listener.accept()
+        except (InterruptedError, ConnectionAbortedError):  # pragma: no cover
+            continue
         peer = f"{addr[0]}:{addr[1]}"
+        if len(strangers) >= max_unauthenticated:
+            log(f"{peer}: refused: {len(strangers)} connections are still authenticating")
+            conn.close()
+            continue
+        done_r, done_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: this migration, then the program it brings
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             listener.close()
+            os.close(done_r)
+            for fd in strangers:
+                os.close(fd)
             code = 1
             try:
-                code = _Target(Channel(conn, f"source {peer}"), token, engine, dirs, state_dir).run()
+                code = _Target(conn, peer, identity, engine, dirs, state_dir, done_w, listens, gateways).run()
             except BaseException as e:  # noqa: BLE001 - a child must never return into the accept loop
                 log(f"{peer}: internal error: {e!r}")
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code & 0xFF)
+        os.close(done_w)
+        strangers.add(done_r)
         conn.close()
 
 
 class _Target:
-    def __init__(self, ch: Channel, token: bytes, engine: str, dirs: Mapping[str, str], state_dir: Path) -> None:
-        self.ch = ch
-        self.token = token
+    def __init__(self, conn: socket.socket, peer: str, identity: Identity, engine: str, dirs: Mapping[str, str],
+                 state_dir: Path, authenticated_fd: int, listens: Sequence[str] = (),
+                 gateways: Sequence[str] = ()) -> None:
+        self.conn = conn
+        self.peer = f"source {peer}"
+        self.identity = identity
+        self.authenticated_fd = authenticated_fd  # closed once the peer authenticated: see serve()
+        self.ch: Channel = None  # type: ignore[assignment] # set by run(), once authenticated
         self.engine = engine
         self.runs_on = engines.get(engine)
         self.dirs = dirs
+        self.listens, self.gateways = tuple(listens), tuple(gateways)
         self.state_dir = state_dir
         self.landing: Landing | None = None
         self.held: dict[bytes, tuple[int, int]] = {}  # page id -> (memory, page) where it was last put
@@ -247,13 +290,13 @@ class _Target:
         self.arrival = Arrival()  # kept in case the program fails after the commit
 
     def run(self) -> int:
-        ch = self.ch
         try:
-            authenticate_as_server(ch, self.token)
+            self.ch = ch = accept(self.conn, self.identity, self.peer)
         except MigrationError as e:
             log(f"rejected {e}")
-            ch.close()
             return 1
+        finally:
+            os.close(self.authenticated_fd)
         _fault("auth")
         try:
             first = ch.recv(expect=("offer", "status"))
@@ -380,7 +423,7 @@ class _Target:
         deadline = time.monotonic() + COMMIT_TIMEOUT
         while True:
             program.check("after it resumed, before the commit")
-            if select.select([self.ch.sock], [], [], 0.02)[0]:
+            if self.ch.readable(0.02):
                 self.ch.recv(COMMIT_TIMEOUT, expect=("commit",))
                 return
             if time.monotonic() > deadline:
@@ -530,14 +573,29 @@ class _Target:
         self.arrival.state = plain
         if snap.wasi is None:
             raise MigrationError("the state has no WASI state: only WASI programs migrate")
-        # a program sees only the directories this daemon maps: never a host path the source names
-        # (a preopen the program closed, with files still open beneath it, too)
-        for name in [fd.preopen for fd in snap.wasi.fds if fd.preopen is not None] + list(snap.wasi.closed_preopens):
-            if name not in self.dirs:
-                raise MigrationError(f"the program has directory {name!r} preopened, which this daemon does "
-                                     f"not map (start it with --dir HOST-DIRECTORY::{name})")
+        # a program sees only the directories and sockets this daemon grants: never a host path or
+        # address the source names (a preopen the program closed, with files still open beneath it, too)
+        granted = self._grant(snap.wasi)
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
-        return _Program(landing.prepare(snap, self.dirs))
+        return _Program(landing.prepare(snap, granted))
+
+    def _grant(self, ws: Any) -> Granted:
+        # the daemon's grants are an offer to every program: each takes the directories it has and
+        # as many of the listening addresses as it has listening sockets
+        mapped = {guest: host for guest, host in self.dirs.items()
+                  if guest in ws.closed_preopens or any(fd.preopen == guest for fd in ws.fds)}
+        listeners = sum(1 for need in needed(ws) if need.kind == "listening socket")
+        try:
+            return resolve(ws, dirs=mapped, listens=self.listens[:listeners], gateways=self.gateways,
+                           where="migration")
+        except GrantError as e:
+            if not e.missing:
+                raise MigrationError(str(e)) from None
+            raise MigrationError(f"the program has {', '.join(f'{m.kind} {m.guest}' for m in e.missing)}, which "
+                                 f"this daemon does not map (start it with "
+                                 f"{', '.join(m.option for m in e.missing)})") from None
+
+
 
 
 class _Program:

@@ -120,6 +120,7 @@ class Session:
         self.policy = policy
         self.module_path = module_path
         self._store: Any = None
+        self._committing: threading.Thread | None = None  # a checkpoint being made durable (_save)
         self._status_file: Path | None = None
         self._old_handlers: dict[int, Any] = {}
         self.handoff: StopHandoff | None = None  # set while a live migration runs
@@ -198,7 +199,7 @@ class Session:
     def _checkpoint(self) -> None:
         if self.policy.directory is not None:
             started = time.perf_counter()
-            snap = self.program.capture()
+            snap = self.program.capture(memory_in_place=True)  # written before the program goes on
             self._save(snap, time.perf_counter() - started)
 
     # --- triggers and the status file ---------------------------------------------------------
@@ -217,6 +218,7 @@ class Session:
             self._write_status()
 
     def _uninstall(self) -> None:
+        self._wait_for_commit()  # before the status file goes: the commit would write it again
         if self.policy.every and threading_main():
             signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, old in self._old_handlers.items():
@@ -230,26 +232,54 @@ class Session:
 
     def _save(self, snap: Snapshot, capture_s: float | None = None) -> None:
         """Write ``snap`` (and the module beside it, once) into the checkpoint directory.
-        ``capture_s``: how long capturing it took, for the log line."""
+        ``capture_s``: how long capturing it took, for the log line.
+
+        Only the part that reads the memory (:meth:`CheckpointDir.stage`) runs while the guest is
+        stopped (its memory may be read in place); the fsyncs and the snapshot file
+        (:meth:`StagedWrite.commit`) follow on a thread while the guest runs on, except when the
+        run exits after this checkpoint. The next checkpoint, and the end of the run, wait for it."""
         directory = self.policy.directory
         if directory is None:
             return
-        from wasmig import log
         from wasmig.session.modules import store_module
         from wasmig.snapshot.store import CheckpointDir
 
+        self._wait_for_commit()
         module_file = store_module(directory, self.module)
         snap.meta.update({"module_file": module_file.name, "module_path": self.module_path,
                           "host": os.uname().nodename, "pid": os.getpid()})
         if self._store is None:
             self._store = CheckpointDir(directory)
-        path = self._store.write(snap)
+        staged = self._store.stage(snap)
+        if self.policy.then == "exit":
+            self._commit(staged, snap.steps, capture_s)
+            return
+        self._committing = threading.Thread(target=self._commit_in_background, args=(staged, snap.steps, capture_s),
+                                            name="wasmig-checkpoint-commit")
+        self._committing.start()
+
+    def _commit(self, staged: Any, steps: int | None, capture_s: float | None) -> None:
+        from wasmig import log
+
+        path = staged.commit()
         self.policy.written.append(path)
         self._write_status()
-        stats = self._store.last_stats
-        log.info(__name__, "checkpoint %s at step %s: capture %s, write %.3f s, %d bytes written (%d pages, %d new)",
-                 path, snap.steps, "?" if capture_s is None else f"{capture_s:.3f} s", stats.seconds,
-                 stats.bytes_written, stats.pages_total, stats.pages_new)
+        stats = staged.stats
+        log.info(__name__, "checkpoint %s at step %s: capture %s, write %.3f s (guest stopped for %.3f s of it), "
+                 "%d bytes written (%d pages, %d new)",
+                 path, steps, "?" if capture_s is None else f"{capture_s:.3f} s", stats.seconds,
+                 stats.pause_seconds, stats.bytes_written, stats.pages_total, stats.pages_new)
+
+    def _commit_in_background(self, staged: Any, steps: int | None, capture_s: float | None) -> None:
+        try:
+            self._commit(staged, steps, capture_s)
+        except (SnapshotError, OSError) as e:  # as a checkpoint that failed while the guest waited
+            print(f"wasmig: warning: checkpoint failed, continuing: {e}", file=sys.stderr)
+
+    def _wait_for_commit(self) -> None:
+        if self._committing is not None:
+            self._committing.join()
+            self._committing = None
 
 
 def threading_main() -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wasmig.errors import SnapshotError
+from wasmig.files import make_private_dir, open_private
 
 if TYPE_CHECKING:
     from wasmig.module import Module
@@ -20,7 +21,7 @@ def store_module(directory: Path, module: Module) -> Path:
     another machine — finds exactly the module the snapshot belongs to."""
     from wasmig.errors import WasmError
 
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_dir(directory)
     try:  # a module not read at start is read now, unchanged since (else an error)
         path = directory / f"{MODULE_FILE_PREFIX}{module.sha256}.wasm"
         data = module.data if not path.exists() else None
@@ -28,7 +29,8 @@ def store_module(directory: Path, module: Module) -> Path:
         raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
     if data is not None:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)  # left by a killed writer of this pid
+        with open(open_private(tmp), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -43,6 +45,7 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
     defers validation to first use, ``decode=False`` decoding too (see :class:`Module`): a
     restore on wasmtime needs neither when the module's instrumented variant is cached."""
     from wasmig.module import Module
+    from wasmig.snapshot.wsnap import MAX_MODULE_BYTES  # refused before it is read: the largest a .wsnap holds
 
     candidates: list[Path] = []
     if explicit:
@@ -60,7 +63,7 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
             candidates.append(Path(recorded))
     for path in candidates:
         if path.is_file():
-            module = Module.from_file(path, validate=validate, decode=decode)
+            module = Module.from_file(path, validate=validate, decode=decode, max_bytes=MAX_MODULE_BYTES)
             if not decode:
                 module.cached_facts()  # their sha256, when they are cached: the module is then not even read
             if module.sha256 != snap.module_sha256:

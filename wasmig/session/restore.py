@@ -12,12 +12,14 @@ from wasmig.snapshot.state import Snapshot, SnapshotError
 
 if TYPE_CHECKING:
     from wasmig.engines.base import Instance
+    from wasmig.grants import Granted
 
 
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
-            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance:
+            stderr: BinaryIO | None = None, count_steps: bool = False,
+            granted: Granted | None = None) -> Instance:
     """Re-create an instance from a snapshot (a :class:`Snapshot`, a snapshot file or a checkpoint
     directory). Continue it with ``instance.resume()``.
 
@@ -30,6 +32,9 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     The module is ``module`` (a :class:`Module` or a path), else the copy kept beside the snapshots.
     A snapshot of a WASI program gets its WASI state back (files re-opened, ``dirs`` re-mapping
     guest preopen names to host directories); otherwise ``imports`` are used as for ``Instance``.
+    The Python API trusts the snapshot its caller hands it: what the snapshot records is reopened
+    unless ``dirs`` re-maps it. ``granted`` (:func:`wasmig.grants.resolve`, as the CLI does) opens
+    only what it grants instead; signatures are checked by the CLI (:mod:`wasmig.snapshot.signing`).
     """
     from wasmig.session.modules import find_module_for
 
@@ -52,8 +57,8 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     if snap.wasi is not None:
         from wasmig.wasi.snapshot import restore_wasi
 
-        wasi = restore_wasi(snap.wasi, dirs=dirs, on_file_change=on_file_change, stdin=stdin, stdout=stdout,
-                            stderr=stderr)
+        wasi = restore_wasi(snap.wasi, dirs=dirs, granted=granted, on_file_change=on_file_change, stdin=stdin,
+                            stdout=stdout, stderr=stderr)
     try:
         return runs_on.restore_instance(mod, snap, imports, wasi, count_steps=count_steps)
     except BaseException:

@@ -10,18 +10,17 @@ import time
 from pathlib import Path
 
 from wasmig.errors import SnapshotError
+from wasmig.runtime_dir import RuntimeDirError, runtime_dir
 
-RUNTIME_DIR = Path(os.environ.get("WASMIG_RUNTIME_DIR", "/tmp/wasmig-run"))
 
-
-def status_path(pid: int) -> Path:
-    """Where the run of process ``pid`` keeps its status."""
-    return RUNTIME_DIR / f"{pid}.json"
+def status_path(pid: int, *, create: bool = True) -> Path:
+    """Where the run of process ``pid`` keeps its status (in this user's private runtime
+    directory, :mod:`wasmig.runtime_dir`; made, and checked, when ``create``)."""
+    return runtime_dir(create) / f"{pid}.json"
 
 
 def write_status(path: Path, checkpoint_dir: Path | None, snapshots: list[Path]) -> None:
     """Replace the status file ``path`` atomically (a reader sees the old or the new one)."""
-    RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
     status = {"pid": os.getpid(), "checkpoint_dir": str(checkpoint_dir), "snapshots": [str(p) for p in snapshots]}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(status))
@@ -30,7 +29,10 @@ def write_status(path: Path, checkpoint_dir: Path | None, snapshots: list[Path])
 
 def wait_for_snapshot(pid: int, timeout: float) -> Path:
     """For ``wasmig checkpoint PID``: signal a running ``wasmig run`` and wait for its new snapshot."""
-    status_file = status_path(pid)
+    try:
+        status_file = status_path(pid, create=False)
+    except RuntimeDirError as e:
+        raise SnapshotError(str(e)) from None
     try:
         before = json.loads(status_file.read_text())
     except (OSError, ValueError):

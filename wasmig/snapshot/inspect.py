@@ -216,10 +216,29 @@ def _quantity(key: str, value: Any) -> str:
     return f"{key.replace('_', ' ')} {value}"
 
 
+def _format_trust(s: dict[str, Any]) -> list[str]:
+    """First, what a user must know before restoring: who signed it, what it would ask of the host."""
+    out = []
+    if "signature" in s:
+        out.append(f"signature: {s['signature']['description']}")
+    if "host_resources" in s:
+        resources = s["host_resources"]
+        if not resources:
+            out.append("host resources a restore needs: none")
+        else:
+            out.append(f"host resources a restore needs ({len(resources)}; each granted only by the restoring user, "
+                       "or reused when signed with their own key):")
+            for r in resources:
+                was = f" (was {r['recorded']})" if r["recorded"] else ""
+                out.append(f"  {r['kind']} {r['guest']}{was}: {r['option']}")
+    return out
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """Render :func:`summarize`'s dict as text for a terminal."""
     s = summary
-    out = [
+    out = _format_trust(s)
+    out += [
         f"snapshot format {s['format_version']}, engine {s['engine']}, module sha256 {s['module_sha256']}",
         f"point: {s['point']} ({'stable: portable to every engine' if s['stable'] else 'interpreter only'})",
         f"steps: {'not counted' if s['steps'] is None else s['steps']}"

@@ -36,7 +36,9 @@ class FrameState:
 class MemoryState:
     min: int
     max: int | None
-    data: bytes  # size_pages * 64 KiB, little-endian, as the guest sees it
+    #: size_pages * 64 KiB, little-endian, as the guest sees it; bytes, except in a snapshot
+    #: captured ``memory_in_place`` to be written while the guest is stopped (a view of its memory)
+    data: bytes
 
 
 @dataclass
@@ -75,7 +77,7 @@ class FdSnapshot:
     mtime_ns: int | None = None
     address: str | None = None  # tcp: "host:port" listened on / peer
     gateway: str | None = None  # behind a socket gateway: its control address
-    gateway_key: bytes | None = None  # the capability the gateway issued the program
+    gateway_key: bytes | None = None  # the sha256 of the gateway's key: pinned when reconnecting (no secret)
     gateway_conn: int | None = None  # a connection: the gateway's id of it
     pending: bytes = b""  # received, not yet read (in flight when the connection was quiesced)
 

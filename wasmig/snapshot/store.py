@@ -1,26 +1,27 @@
 """Snapshots on disk: checkpoint directories with a shared page store, and single files.
 
-The layout and the byte format are specified in docs/snapshot-format.md; this module is the only
-code that reads or writes them. Three properties drive the design:
+The layout and the byte format are specified in docs/snapshot-format.md; this module (with
+:mod:`~wasmig.snapshot.packs` for the page store's files, :mod:`~wasmig.snapshot.pagework` for
+the page loop and :mod:`~wasmig.snapshot.durable` for crash-safe writes) is the only code that
+reads or writes them. Three properties drive the design:
 
 - **Crash safety.** A checkpoint is taken from a running program that may be killed (or whose
   host may lose power) at any moment, and the previous checkpoint is often the only copy of the
   program's state. So nothing is ever written in place: every file is written to a temporary
-  name in its final directory, fsynced, renamed, and the directory fsynced. Pages go first, the
-  snapshot file that references them last, so a snapshot file that exists is always complete and
-  every page it names is on disk. Snapshot numbers are claimed with ``os.link`` (which, unlike
-  ``rename``, refuses to replace an existing name), so concurrent writers never overwrite each
-  other; page files are content-addressed, so two writers storing the same page write the same
-  bytes and either copy is correct.
+  name, fsynced, renamed, and the directory fsynced. Pages go first (one pack file per write),
+  the snapshot file that references them last, so a snapshot file that exists is always
+  complete and every page it names is on disk. Snapshot numbers are claimed with ``os.link``
+  (which, unlike ``rename``, refuses to replace an existing name), so concurrent writers never
+  overwrite each other; pages are content-addressed, so two writers storing the same page
+  store the same bytes and either copy is correct.
 - **Untrusted input.** A snapshot may come over a wire, from a full disk or from a newer wasmig.
   Every failure while reading (I/O, msgpack, zstd, a hash mismatch, a missing page, a malformed
-  manifest) is reported as a one-line :class:`SnapshotError` naming the file; decompression is
-  bounded to one page so a crafted page cannot exhaust memory.
-- **Speed.** A checkpoint pauses the guest, so the page loop is kept tight: zero pages are found
-  with ``bytes.startswith`` (a ``memcmp``, no copy), pages are hashed and compressed from
-  ``memoryview`` slices with reused zstd contexts, pages already in the store cost one ``stat``,
-  and the per-file ``fsync`` is the dominant remaining cost (measured by
-  ``benchmarks/snapshot_speed.py``).
+  manifest or pack) is reported as a one-line :class:`SnapshotError` naming the file;
+  decompression is bounded to one page so a crafted page cannot exhaust memory.
+- **Speed.** A checkpoint pauses the guest, so memory is read in place, zero pages cost a
+  ``memcmp``, unchanged pages an xxh3 fingerprint, and the rest BLAKE3 and zstd on all cores
+  (:mod:`~wasmig.snapshot.pagework`); the new pages go into one pack, fsynced once
+  (``benchmarks/checkpoint.py`` measures it against copy + hash + compress of the same bytes).
 """
 
 from __future__ import annotations
@@ -28,60 +29,62 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import re
-import secrets
-import struct
-import threading
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import msgpack
-import zstandard
-
+from wasmig.files import PRIVATE_FILE_MODE
 from wasmig.hashing import blake3
-from wasmig.snapshot.state import FORMAT_VERSION, PAGE_SIZE, Snapshot, SnapshotError, from_plain, to_plain
+from wasmig.snapshot import packs
+from wasmig.snapshot.container import (
+    _HASH_RE,
+    _HEADER,
+    _MAX_COMPRESSED_PAGE,
+    _READ_ERRORS,
+    HASH_SIZE,
+    HEADER_SIZE,
+    MAGIC,
+    Container,
+    _decompress_page,
+    _describe,
+    _encode,
+    _guarded,
+    _list_memories,
+    _one_line,
+    _page_hashes,
+    _read_container,
+    _read_manifest,
+    _read_manifest_from,
+)
+from wasmig.snapshot.durable import atomic_write as _atomic_write
+from wasmig.snapshot.durable import fsync_dir as _fsync_dir
+from wasmig.snapshot.durable import is_temp_name, write_temp
+from wasmig.snapshot.durable import mkdirs_durable as _mkdirs_durable
+from wasmig.snapshot.durable import temp_name as _temp_name
+from wasmig.snapshot.durable import unlink_quietly as _unlink_quietly
+from wasmig.snapshot.paged import PagedMemory, _GuardedPages, _PageSource
+from wasmig.snapshot.pagework import Fingerprints, MemoryPages, compressor, hash_and_store
+from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain, to_plain
 
-MAGIC = b"WASMIGSNAP"
-_HEADER = struct.Struct("<10sII")  # magic, format version, manifest length
-HEADER_SIZE = _HEADER.size
-HASH_SIZE = 32
-ZERO_PAGE = bytes(PAGE_SIZE)
+# the public API, and what the single-file export (wsnap) and the tests use from the modules above
+__all__ = ["CheckpointDir", "Container", "HASH_SIZE", "HEADER_SIZE", "MAGIC", "PagedMemory", "StagedWrite",
+           "WriteStats", "read_sealed", "_read_container",
+           "checkpoint_chain", "load_snapshot", "load_snapshot_deferred", "materialize", "storage_stats",
+           "write_single_file", "_HASH_RE", "_HEADER", "_MAX_COMPRESSED_PAGE", "_READ_ERRORS", "_PageSource",
+           "_atomic_write", "_decompress_page", "_describe", "_fsync_dir", "_mkdirs_durable", "_one_line",
+           "_read_manifest_from", "_temp_name", "_unlink_quietly"]
+
 ZSTD_LEVEL = 1  # level 1 compresses typical wasm heaps nearly as well as 3 at about twice the speed
-# zstd's worst case for one incompressible 64 KiB page is a few bytes over the page; anything much
-# larger is not a page we wrote, and reading it whole would let a corrupt store exhaust memory.
-_MAX_COMPRESSED_PAGE = 2 * PAGE_SIZE
-_MAX_MANIFEST = 0xFFFFFFFF  # the header's u32 length
-_HASH_RE = re.compile(r"[0-9a-f]{64}")  # also what keeps a manifest from naming a path outside pages/
 _SNAP_RE = re.compile(r"(\d{6,})\.snap")
 _FIRST_NUMBER = 1
-_IO_THREADS = 8
 #: in a checkpoint directory: writers hold it shared while they write, ``gc`` exclusively, so a
 #: collection never deletes a page that a snapshot being written is about to name
 GC_LOCK = ".gc-lock"
-
-_tls = threading.local()  # zstd contexts are not thread-safe; one set per thread, reused across calls
-
-
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    cache: dict[int, zstandard.ZstdCompressor] = _tls.__dict__.setdefault("cctx", {})
-    cctx = cache.get(level)
-    if cctx is None:
-        cctx = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return cctx
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    dctx = getattr(_tls, "dctx", None)
-    if dctx is None:
-        dctx = _tls.dctx = zstandard.ZstdDecompressor()
-    return dctx
-
 
 # --- statistics -----------------------------------------------------------------------------------
 @dataclass
@@ -92,9 +95,12 @@ class WriteStats:
     pages_zero: int = 0  # all-zero pages: not stored
     pages_new: int = 0  # pages compressed and written by this write
     pages_deduplicated: int = 0  # non-zero pages already stored (earlier snapshot, other writer, same snapshot)
-    page_bytes_written: int = 0  # compressed bytes of the new pages
+    page_bytes_written: int = 0  # bytes of the new pages on disk (a checkpoint directory: its pack file)
     snapshot_bytes: int = 0  # size of the snapshot file
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole write
+    #: the part of ``seconds`` that reads the memories (scan, hash, compress, write into the pack):
+    #: all the guest must stay stopped for; the fsyncs and the snapshot file come after
+    pause_seconds: float = 0.0
 
     @property
     def bytes_written(self) -> int:
@@ -106,114 +112,14 @@ class WriteStats:
         return d
 
 
-# --- small helpers ----------------------------------------------------------------------------------
-def _one_line(text: str, limit: int = 500) -> str:
-    """Error text for a terminal: one line, and bounded (validation messages may quote file contents)."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    return _one_line(str(exc)) or type(exc).__name__
-
-
-# Everything a malformed file can make the libraries below raise. SnapshotError passes through.
-_READ_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError, RecursionError,
-    zstandard.ZstdError, msgpack.UnpackException,
-)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename, a new file) durable. No-op where directories can't be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as e:  # some filesystems refuse fsync on directories; nothing more can be done there
-        if e.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _mkdirs_durable(path: Path) -> None:
-    """Create ``path`` (and parents) and fsync each new entry's parent, so the directory survives a crash."""
-    if path.is_dir():
-        return
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        if p.parent == p:
-            break
-        p = p.parent
-    path.mkdir(parents=True, exist_ok=True)
-    for m in reversed(missing):
-        _fsync_dir(m.parent)
-
-
-def _temp_name(final: Path) -> Path:
-    # Same directory as the final name (rename is only atomic within a filesystem); unique per writer.
-    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-
-
-def _write_temp(final: Path, chunks: list[bytes | memoryview]) -> Path:
-    """Write ``chunks`` to a new temporary file next to ``final``, fsynced. Returns the temp path."""
-    tmp = _temp_name(final)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        with open(fd, "wb", closefd=True) as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return tmp
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _atomic_write(final: Path, chunks: list[bytes | memoryview], sync_dir: bool = True) -> None:
-    """Temp file, write, fsync, rename over ``final``, fsync the directory: ``final`` is old or new, never partial."""
-    tmp = _write_temp(final, chunks)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    if sync_dir:
-        _fsync_dir(final.parent)
-
-
-def _iter_pages(data: bytes | bytearray) -> Iterator[memoryview | None]:
-    """The memory's pages as zero-copy views, ``None`` for an all-zero page."""
-    mv = memoryview(data)
-    for off in range(0, len(data), PAGE_SIZE):
-        # startswith is a memcmp against the shared zero page: no slice copy, ~50x faster than
-        # comparing memoryviews, which goes element by element.
-        yield None if data.startswith(ZERO_PAGE, off) else mv[off:off + PAGE_SIZE]
-
-
-def _memory_bytes(snapshot: Snapshot) -> list[bytes | bytearray]:
+def _memory_buffers(snapshot: Snapshot) -> list[Any]:
+    """The memories' bytes as they are (bytes, bytearray, or a view of an engine's memory: no copy)."""
     out = []
     for i, m in enumerate(snapshot.memories):
-        data = m.data if isinstance(m.data, (bytes, bytearray)) else bytes(m.data)
-        if len(data) % PAGE_SIZE:
-            raise SnapshotError(f"cannot write snapshot: memory {i} is {len(data)} bytes, not a whole number of pages")
-        out.append(data)
+        size = memoryview(m.data).nbytes
+        if size % PAGE_SIZE:
+            raise SnapshotError(f"cannot write snapshot: memory {i} is {size} bytes, not a whole number of pages")
+        out.append(m.data)
     return out
 
 
@@ -230,202 +136,34 @@ def _validate_for_write(manifest: dict[str, Any]) -> None:
                 raise SnapshotError(f"refusing to write an invalid snapshot: memory {i} {key} is {v!r}")
 
 
-def _encode(manifest: dict[str, Any]) -> list[bytes]:
-    """Header, msgpack manifest and trailing BLAKE3 of both, as chunks (a single file's manifest can be large)."""
-    try:
-        body = msgpack.packb(manifest, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise SnapshotError(f"cannot encode snapshot: {_describe(e)}") from None
-    if len(body) > _MAX_MANIFEST:
-        raise SnapshotError(f"snapshot manifest is {len(body)} bytes, more than the format's 4 GiB limit; "
-                            "use a checkpoint directory instead of a single file")
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body))
-    h = blake3(header)
-    h.update(body)
-    return [header, body, h.digest()]
+def _private_opener(path: str, flags: int) -> int:
+    """``open``'s opener for files wasmig creates in a checkpoint directory: 0600 (docs/security.md)."""
+    return os.open(path, flags, PRIVATE_FILE_MODE)
 
 
-def _decompress_page(comp: bytes, what: str) -> bytes:
-    """One stored page, bounded to PAGE_SIZE of output whatever its frame header claims."""
-    if len(comp) > _MAX_COMPRESSED_PAGE:
-        raise SnapshotError(f"{what} is {len(comp)} bytes compressed, too large for a 64 KiB page")
-    # python-zstandard trusts the frame's content size and allocates it before decompressing, so a
-    # crafted header could claim gigabytes: check the claim first, then cap the output anyway.
-    try:
-        claimed = zstandard.frame_content_size(comp)
-        if claimed not in (PAGE_SIZE, -1):
-            raise SnapshotError(f"{what} decompresses to {claimed} bytes, not {PAGE_SIZE}")
-        page = _decompressor().decompress(comp, max_output_size=PAGE_SIZE, allow_extra_data=False)
-    except zstandard.ZstdError as e:  # includes output that would exceed one page
-        raise SnapshotError(f"{what} is not a valid compressed 64 KiB page ({_describe(e)})") from None
-    if len(page) != PAGE_SIZE:
-        raise SnapshotError(f"{what} decompresses to {len(page)} bytes, not {PAGE_SIZE}")
-    return page
-
-
-# --- reading ----------------------------------------------------------------------------------------
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """Read and verify a snapshot file's container (magic, version, length, hash); return the manifest."""
-    with open(path, "rb") as f:
-        return _read_manifest_from(f, os.fstat(f.fileno()).st_size)
-
-
-def _read_manifest_from(f: BinaryIO, size: int) -> dict[str, Any]:
-    """:func:`_read_manifest` for a container of ``size`` bytes at ``f``'s position (a snapshot
-    file, or the one inside a .wsnap, given as a ``BytesIO``)."""
-    header = f.read(HEADER_SIZE)
-    if header[:len(MAGIC)] != MAGIC:
-        if header and MAGIC.startswith(header):
-            raise SnapshotError(f"truncated snapshot ({len(header)} bytes)")
-        raise SnapshotError("not a wasmig snapshot (bad magic)")
-    if len(header) < HEADER_SIZE:
-        raise SnapshotError(f"truncated snapshot ({len(header)} bytes, shorter than the header)")
-    _, version, length = _HEADER.unpack(header)
-    if version > FORMAT_VERSION:
-        raise SnapshotError(f"snapshot has newer format version {version}, this wasmig reads {FORMAT_VERSION}; "
-                            "upgrade wasmig to restore it")
-    if version != FORMAT_VERSION:
-        raise SnapshotError(f"unknown snapshot format version {version}")
-    expected = HEADER_SIZE + length + HASH_SIZE
-    if size < expected:
-        raise SnapshotError(f"truncated snapshot ({size} bytes, the header says {expected})")
-    if size > expected:
-        raise SnapshotError(f"snapshot has {size - expected} bytes of trailing garbage")
-    rest = f.read(length + HASH_SIZE + 1)
-    if len(rest) != length + HASH_SIZE:
-        raise SnapshotError("snapshot changed size while being read")
-    body = memoryview(rest)[:length]
-    h = blake3(header)
-    h.update(body)
-    if h.digest() != rest[length:]:
-        raise SnapshotError("snapshot is corrupt (checksum mismatch)")
-    manifest = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
-    if not isinstance(manifest, dict):
-        raise SnapshotError("corrupt snapshot: manifest is not a map")
-    if manifest.get("format_version") != version:
-        raise SnapshotError("corrupt snapshot: manifest and header disagree on the format version")
-    return manifest
-
-
-class _PageSource:
-    """Resolves a manifest's page entries: ``None`` (zero), a hash (page store) or bytes (embedded)."""
-
-    def __init__(self, pages_dir: Path | None) -> None:
-        self.pages_dir = pages_dir
-        self._cache: dict[str, bytes] = {}  # repeated pages are read and verified once
-        self._store_checked = False
-
-    def stored(self, h: str) -> bytes:
-        page = self._cache.get(h)
-        if page is not None:
-            return page
-        if not self._store_checked:
-            if self.pages_dir is None or not self.pages_dir.is_dir():
-                raise SnapshotError(f"page {h} is missing: this snapshot references a page store and "
-                                    f"{self.pages_dir or 'its pages/ directory'} does not exist")
-            self._store_checked = True
-        assert self.pages_dir is not None
-        p = self.pages_dir / h[:2] / h
-        try:
-            with open(p, "rb") as f:
-                comp = f.read(_MAX_COMPRESSED_PAGE + 1)
-        except FileNotFoundError:
-            raise SnapshotError(f"page {h} is missing from the page store ({p})") from None
-        page = _decompress_page(comp, f"page file {p}")
-        if blake3(page).hexdigest() != h:
-            raise SnapshotError(f"page file {p} is corrupt (hash mismatch)")
-        self._cache[h] = page
-        return page
-
-    def memory(self, index: int, raw: Any, size_pages: int) -> bytes:
-        paged = self.deferred(index, raw, size_pages)
-        return b"".join(ZERO_PAGE if entry is None else paged.page(j) for j, entry in enumerate(paged.entries))
-
-    def deferred(self, index: int, raw: Any, size_pages: int) -> PagedMemory:
-        """Memory ``index``'s page list, checked, its pages left to read when asked."""
-        if not isinstance(raw, list) or len(raw) != size_pages:
-            raise SnapshotError(f"corrupt snapshot: memory {index} page list does not match its size")
-        for j, entry in enumerate(raw):
-            if isinstance(entry, str):
-                if not _HASH_RE.fullmatch(entry):
-                    raise SnapshotError(f"corrupt snapshot: memory {index} page {j} has an invalid hash")
-            elif entry is not None and not isinstance(entry, bytes):
-                raise SnapshotError(f"corrupt snapshot: memory {index} page {j} is neither a hash nor a page")
-        return PagedMemory(index, raw, self)
-
-
-class PagedMemory:
-    """One memory of a snapshot read with :func:`load_snapshot_deferred`: its page list, each page
-    read (decompressed and verified) only when :meth:`page` asks for it. A restore on wasmtime
-    writes the pages straight into the new instance's memory and does not even read those it
-    holds already (zero pages; data-segment pages the program never changed)."""
-
-    def __init__(self, index: int, entries: list[Any], source: _PageSource) -> None:
-        self.index = index
-        #: per page: None (all zero), a page-store hash (hex BLAKE3 of the page) or an embedded,
-        #: compressed page
-        self.entries = entries
-        self._source = source
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def digest(self, j: int) -> str | None:
-        """Page ``j``'s hex BLAKE3 when the snapshot names it (a page-store page), else None."""
-        entry = self.entries[j]
-        return entry if isinstance(entry, str) else None
-
-    def page(self, j: int) -> bytes:
-        """Page ``j``'s 64 KiB (verified against its hash); raises SnapshotError."""
-        entry = self.entries[j]
-        if entry is None:
-            return ZERO_PAGE
-        if isinstance(entry, str):
-            return self._source.stored(entry)
-        return _decompress_page(entry, f"embedded page {j} of memory {self.index}")
-
-
-def _load_file(path: Path, pages_dir: Path | None) -> Snapshot:
-    manifest = _read_manifest(path)
+def _load_file(path: Path, pages_dir: Path | None, expect: bytes | None = None) -> Snapshot:
+    manifest = _read_manifest(path, expect)
     return from_plain(manifest, _PageSource(pages_dir).memory)
-
-
-def _guarded(path: Path, what: str, fn: Any, *args: Any) -> Any:
-    """Run a read, turning *every* failure into a one-line SnapshotError that names ``path``.
-
-    Callers (the CLI, a migration receiver) rely on "a snapshot either loads or raises
-    SnapshotError": a malformed file must never surface as a msgpack/zstd/KeyError traceback.
-    The final ``except Exception`` is that contract's backstop; its message says "internal error" and
-    keeps the exception type so a real bug stays recognisable (the corruption tests assert it is
-    never reached).
-    """
-    try:
-        return fn(*args)
-    except SnapshotError as e:
-        raise SnapshotError(f"{path}: {_one_line(str(e))}") from None
-    except _READ_ERRORS as e:
-        raise SnapshotError(f"{path}: cannot {what}: {_describe(e)}") from None
-    except Exception as e:  # the backstop: see the docstring
-        raise SnapshotError(f"{path}: cannot {what}: internal error {type(e).__name__}: {_describe(e)}") from e
 
 
 def _pages_dir_for(file: Path) -> Path:
     return file.parent.parent / "pages"
 
 
-def load_snapshot(path: str | Path) -> Snapshot:
+def load_snapshot(path: str | Path, expect: bytes | None = None) -> Snapshot:
     """Load a snapshot from a checkpoint directory (its latest), a snapshot file in one, a single
-    file, or a single-file export (.wsnap)."""
+    file, or a single-file export (.wsnap). ``expect``: see :func:`read_sealed`."""
     path = Path(path)
     file = _guarded(path, "read snapshot", _resolve, path)
     from wasmig.snapshot import wsnap
 
     if wsnap.is_wsnap(file):
-        return _guarded(file, "read snapshot", wsnap.load_wsnap, file)
-    return _guarded(file, "read snapshot", _load_file, file, _pages_dir_for(file))
+        return _guarded(file, "read snapshot", wsnap.load_wsnap, file, expect)
+    return _guarded(file, "read snapshot", _load_file, file, _pages_dir_for(file), expect)
 
 
-def load_snapshot_deferred(path: str | Path) -> tuple[Snapshot, list[PagedMemory] | None]:
+def load_snapshot_deferred(path: str | Path,
+                           expect: bytes | None = None) -> tuple[Snapshot, list[PagedMemory] | None]:
     """:func:`load_snapshot` that reads only the manifest of a snapshot in a checkpoint directory
     or a single file: the memories' bytes are left empty and their pages come back as
     :class:`PagedMemory`, to be read when the restore writes them (a ``.wsnap`` is loaded whole:
@@ -436,35 +174,51 @@ def load_snapshot_deferred(path: str | Path) -> tuple[Snapshot, list[PagedMemory
     from wasmig.snapshot import wsnap
 
     if wsnap.is_wsnap(file):
-        return _guarded(file, "read snapshot", wsnap.load_wsnap, file), None
+        return _guarded(file, "read snapshot", wsnap.load_wsnap, file, expect), None
     source = _PageSource(_pages_dir_for(file))
     pages: list[PagedMemory] = []
 
     def defer(index: int, raw: Any, size_pages: int) -> None:
         pages.append(source.deferred(index, raw, size_pages))
 
-    snap = _guarded(file, "read snapshot", lambda: from_plain(_read_manifest(file), defer))
+    snap = _guarded(file, "read snapshot", lambda: from_plain(_read_manifest(file, expect), defer))
     return snap, [_GuardedPages(file, p) for p in pages]
 
 
 def materialize(snap: Snapshot, pages: list[PagedMemory] | None) -> None:
     """Read the pages :func:`load_snapshot_deferred` left out into ``snap``'s memories (for a
-    consumer that needs the bytes: the interpreter)."""
+    consumer that needs the bytes: the interpreter). Each memory is an anonymous ``mmap``, which
+    the kernel gives zero-filled and backs with RAM only where written: its zero pages cost nothing
+    until the interpreter copies the memory into its own (joining the pages into one ``bytes`` made
+    a 4 GiB memory of zero pages cost 8.5 GB). Read it as a buffer: ``len``, slices, ``bytes()``."""
     if pages is None:
         return
     for paged, mem in zip(pages, snap.memories, strict=True):
-        mem.data = b"".join(paged.page(j) for j in range(len(paged)))
+        if not len(paged):
+            mem.data = b""
+            continue
+        image = mmap.mmap(-1, len(paged) * PAGE_SIZE)
+        paged.copy_into(memoryview(image), [j for j, entry in enumerate(paged.entries) if entry is not None])
+        mem.data = image  # type: ignore[assignment]
 
 
-class _GuardedPages(PagedMemory):
-    """A :class:`PagedMemory` whose read failures name the snapshot file (see :func:`_guarded`)."""
+def read_sealed(path: str | Path) -> tuple[Path, Container]:
+    """The snapshot file ``path`` means (a checkpoint directory: its latest) and its container
+    (for a .wsnap: the snapshot inside it), checked as a read checks it but no page read. A
+    restore checks the seal and the memory size here, then loads the file with ``expect=`` the
+    container's checksum: what it restores is what was checked, even if the file is replaced
+    in between."""
+    path = Path(path)
+    file = _guarded(path, "read snapshot", _resolve, path)
+    from wasmig.snapshot import wsnap
 
-    def __init__(self, file: Path, inner: PagedMemory) -> None:
-        super().__init__(inner.index, inner.entries, inner._source)
-        self._file = file
+    def read() -> Container:
+        if wsnap.is_wsnap(file):
+            return wsnap.container(file)
+        with open(file, "rb") as f:
+            return _read_container(f, os.fstat(f.fileno()).st_size)
 
-    def page(self, j: int) -> bytes:
-        return _guarded(self._file, "read snapshot", super().page, j)
+    return file, _guarded(file, "read snapshot", read)
 
 
 def _resolve(path: Path) -> Path:
@@ -555,25 +309,11 @@ def checkpoint_chain(path: str | Path) -> list[dict[str, Any]] | None:
     return _guarded(path, "read snapshot", compute)
 
 
-def _page_hashes(manifest: dict[str, Any]) -> set[str]:
-    """The page-store hashes a manifest names (not its zero or embedded pages)."""
-    return {e for m in _list_memories(manifest) for e in m if isinstance(e, str)}
-
-
 def _stored_bytes(pages_dir: Path, hashes: set[str]) -> int:
     """What these pages take in the page store (a missing one counts nothing)."""
-    total = 0
-    for h in hashes:
-        with contextlib.suppress(OSError):
-            total += os.path.getsize(pages_dir / h[:2] / h)
-    return total
-
-
-def _list_memories(manifest: dict[str, Any]) -> list[list[Any]]:
-    mems = manifest.get("memories")
-    if not isinstance(mems, list) or not all(isinstance(m, dict) and isinstance(m.get("data"), list) for m in mems):
-        raise SnapshotError("corrupt snapshot: malformed memories")
-    return [m["data"] for m in mems]
+    store = packs.PackStore(pages_dir)
+    store.refresh()
+    return sum(store.size(h) or 0 for h in hashes)
 
 
 def _previous(path: Path) -> Path | None:
@@ -595,21 +335,24 @@ def write_single_file(snapshot: Snapshot, path: str | Path, level: int = ZSTD_LE
     t0 = time.perf_counter()
     path = Path(path)
     stats = WriteStats()
-    memories = _memory_bytes(snapshot)
+    memories = _memory_buffers(snapshot)
     _validate_for_write(to_plain(snapshot, lambda i, _data: []))
-    cctx = _compressor(level)
+    cctx = compressor(level)
     lists: list[list[bytes | None]] = []
     for data in memories:
+        mem = MemoryPages(data)
         entries: list[bytes | None] = []
-        for page in _iter_pages(data):
+        for j in range(mem.count):
             stats.pages_total += 1
-            if page is None:
+            if mem.is_zero(j):
                 stats.pages_zero += 1
                 entries.append(None)
             else:
                 stats.pages_new += 1
-                entries.append(cctx.compress(page))
+                entries.append(cctx.compress(mem.page(j)))
+        mem.release()
         lists.append(entries)
+    stats.pause_seconds = time.perf_counter() - t0
     chunks = _encode(to_plain(snapshot, lambda i, _data: lists[i]))
     try:
         _mkdirs_durable(path.parent)
@@ -621,37 +364,45 @@ def write_single_file(snapshot: Snapshot, path: str | Path, level: int = ZSTD_LE
     return stats
 
 
-class _PageWriter:
-    """Writes page files on a few threads, because a checkpoint's time is mostly ``fsync`` latency.
+class StagedWrite:
+    """A checkpoint whose memory has been read (the guest may run again) and whose new pages are
+    in a pack not yet durable. :meth:`commit` makes the pages durable and publishes the snapshot
+    file; :meth:`abort` discards it. Holds the directory's gc lock (shared) until either."""
 
-    Hashing and compressing stay on the caller's thread (they are fast); each page file's
-    write + fsync + rename runs on a small pool, which lets the filesystem overlap the flushes
-    (about 1.5-2x faster than one at a time on the ext4 disk measured). At most ``window``
-    compressed pages wait in memory, so a slow disk does not make a copy of the whole heap.
-    """
+    def __init__(self, store: CheckpointDir, lock: BinaryIO, writer: packs.PackWriter, chunks: list[bytes],
+                 prints: list[Fingerprints], reused: set[str], stats: WriteStats, started: float) -> None:
+        self._store, self._lock, self._writer = store, lock, writer
+        self._chunks, self._prints, self._reused = chunks, prints, reused
+        self.stats = stats
+        self._started = started
 
-    def __init__(self, threads: int | None = None, window: int = 128) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads or _IO_THREADS, thread_name_prefix="wasmig-pages")
-        self._pending: deque[Future[None]] = deque()
-        self._window = window
+    def commit(self) -> Path:
+        """Pack (fsync, rename), the directories that must be durable, then the snapshot file; its path."""
+        store = self._store
+        try:
+            pack = self._writer.commit()
+            store._make_reused_durable(self._reused, pack is not None)
+            path = store._install(self._chunks)
+        except OSError as e:
+            self._writer.abort()
+            raise SnapshotError(f"{store.path}: cannot write snapshot: {_describe(e)}") from None
+        except BaseException:
+            self._writer.abort()
+            raise
+        finally:
+            self._lock.close()  # releases the lock
+        if pack is not None:
+            store._durable_packs.add(pack.name)
+            self.stats.page_bytes_written = self._writer.offset  # the pack file: pages, index, checksum
+        store._prior = self._prints
+        self.stats.snapshot_bytes = sum(len(c) for c in self._chunks)
+        self.stats.seconds = time.perf_counter() - self._started
+        store.last_stats = self.stats
+        return path
 
-    def submit(self, final: Path, data: bytes) -> None:
-        while len(self._pending) >= self._window:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(_atomic_write, final, [data], False))
-
-    def finish(self) -> None:
-        """Wait for every submitted page; re-raise the first failure."""
-        while self._pending:
-            self._pending.popleft().result()
-
-    def __enter__(self) -> _PageWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for f in self._pending:
-            f.cancel()
-        self._pool.shutdown(wait=True)  # no page write may outlive the call that started it
+    def abort(self) -> None:
+        self._writer.abort()
+        self._lock.close()
 
 
 class CheckpointDir:
@@ -659,19 +410,24 @@ class CheckpointDir:
 
     Safe to use from several processes at once (each snapshot gets its own number, pages are
     idempotent); one instance is not meant to be shared between threads while writing.
+    ``threads``: workers for hashing and compressing (None: every core this process may use).
     """
 
-    def __init__(self, path: str | Path, level: int = ZSTD_LEVEL) -> None:
+    def __init__(self, path: str | Path, level: int = ZSTD_LEVEL, threads: int | None = None) -> None:
         self.path = Path(path)
         self.snapshots_dir = self.path / "snapshots"
         self.pages_dir = self.path / "pages"
         self.level = level
+        self.threads = threads
         self.last_stats: WriteStats | None = None
-        self._made_dirs: set[str] = set()  # page subdirectories known to exist (saves a stat per page)
-        # Pages whose directory entry this process has made durable. A page found on disk but not in
-        # here may have been renamed into place by a writer that died before fsyncing the directory,
-        # so its directory is fsynced before a snapshot starts depending on it.
-        self._durable: set[str] = set()
+        self._packs = packs.PackStore(self.pages_dir)
+        # Packs whose directory entry this process made durable. A pack found on disk but not in
+        # here may have been renamed into place by a writer that died before fsyncing pages/, so
+        # pages/ is fsynced before a snapshot starts depending on it (likewise for layout-1 pages).
+        self._durable_packs: set[str] = set()
+        self._durable_legacy_dirs: set[str] = set()
+        #: the fingerprints of this instance's last write (pagework: unchanged pages are not rehashed)
+        self._prior: list[Fingerprints] | None = None
 
     # reading
     def snapshots(self) -> list[Path]:
@@ -708,86 +464,69 @@ class CheckpointDir:
 
         Statistics of the write are left in :attr:`last_stats`.
         """
+        return self.stage(snapshot).commit()
+
+    def stage(self, snapshot: Snapshot) -> StagedWrite:
+        """Read ``snapshot``'s memories into a new pack (not yet durable) and encode its manifest:
+        the part of a write that needs the memories (a guest stays stopped for it; ``memories``
+        may be views of its live memory). Finish with :meth:`StagedWrite.commit`."""
+        t0 = time.perf_counter()
+        memories = _memory_buffers(snapshot)
+        # Validate before touching the disk: an invalid snapshot must not leave pages behind either.
+        _validate_for_write(to_plain(snapshot, lambda i, _data: []))
+        lock: BinaryIO | None = None
+        writer: packs.PackWriter | None = None
         try:
             _mkdirs_durable(self.path)
-            with self._gc_lock(fcntl.LOCK_SH):
-                return self._write(snapshot)
-        except OSError as e:
-            raise SnapshotError(f"{self.path}: cannot write snapshot: {_describe(e)}") from None
+            lock = open(self.path / GC_LOCK, "a+b", opener=_private_opener)  # noqa: SIM115 - held until commit or abort
+            fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
+            _mkdirs_durable(self.pages_dir)
+            _mkdirs_durable(self.snapshots_dir)
+            self._packs.refresh()
+            writer = packs.PackWriter(self.pages_dir)
+            lists, prints, tally = hash_and_store(memories, self._prior, self._packs.has, writer, self.level,
+                                                  self.threads)
+            pause = time.perf_counter() - t0
+            chunks = _encode(to_plain(snapshot, lambda i, _data: lists[i]))
+        except BaseException as e:
+            if writer is not None:
+                writer.abort()
+            if lock is not None:
+                lock.close()
+            if isinstance(e, OSError):
+                raise SnapshotError(f"{self.path}: cannot write snapshot: {_describe(e)}") from None
+            raise
+        stats = WriteStats(pages_total=tally.total, pages_zero=tally.zero, pages_new=tally.new,
+                           pages_deduplicated=tally.deduplicated, page_bytes_written=tally.bytes_written,
+                           pause_seconds=pause)
+        reused = {h for hashes in lists for h in hashes if h is not None} - tally.new_hashes
+        return StagedWrite(self, lock, writer, chunks, prints, reused, stats, t0)
 
     @contextlib.contextmanager
     def _gc_lock(self, mode: int) -> Iterator[None]:
-        with open(self.path / GC_LOCK, "a+b") as lock:
+        with open(self.path / GC_LOCK, "a+b", opener=_private_opener) as lock:
             fcntl.flock(lock.fileno(), mode)
             yield  # closing the file releases the lock
 
-    def _write(self, snapshot: Snapshot) -> Path:
-        t0 = time.perf_counter()
-        stats = WriteStats()
-        memories = _memory_bytes(snapshot)
-        # Validate before touching the disk: an invalid snapshot must not leave pages behind either.
-        _validate_for_write(to_plain(snapshot, lambda i, _data: []))
-        _mkdirs_durable(self.pages_dir)
-        _mkdirs_durable(self.snapshots_dir)
-        with _PageWriter() as writer:
-            lists, sync_dirs, seen = self._store_pages(memories, writer, stats)
-            writer.finish()  # every new page file is complete and fsynced ...
-        # ... and its name durable (page directories first, then pages/ for any new page
-        # directory), before a snapshot names it.
-        for d in sorted(sync_dirs, key=lambda d: (len(d), d), reverse=True):
-            _fsync_dir(Path(d))
-        self._durable |= seen
-        chunks = _encode(to_plain(snapshot, lambda i, _data: lists[i]))
-        path = self._install(chunks)
-        stats.snapshot_bytes = sum(len(c) for c in chunks)
-        stats.seconds = time.perf_counter() - t0
-        self.last_stats = stats
-        return path
-
-    def _store_pages(self, memories: list[bytes | bytearray], writer: _PageWriter,
-                     stats: WriteStats) -> tuple[list[list[str | None]], set[str], set[str]]:
-        """Hash every page, hand the ones not yet stored to ``writer``; the manifest's page lists."""
-        cctx = _compressor(self.level)
-        pages_dir = str(self.pages_dir)
-        seen: set[str] = set()
-        sync_dirs: set[str] = set()
-        lists: list[list[str | None]] = []
-        for data in memories:
-            hashes: list[str | None] = []
-            for page in _iter_pages(data):
-                stats.pages_total += 1
-                if page is None:
-                    stats.pages_zero += 1
-                    hashes.append(None)
-                    continue
-                h = blake3(page).hexdigest()
-                hashes.append(h)
-                if h in seen:
-                    stats.pages_deduplicated += 1
-                    continue
-                seen.add(h)
-                sub = h[:2]
-                subdir = f"{pages_dir}/{sub}"
-                final = f"{subdir}/{h}"
-                if sub not in self._made_dirs:
-                    try:
-                        os.mkdir(subdir)
-                        sync_dirs.add(pages_dir)  # its new entry is made durable with the pages
-                    except FileExistsError:
-                        pass
-                    self._made_dirs.add(sub)
-                if os.path.exists(final):
-                    stats.pages_deduplicated += 1
-                    if h not in self._durable:
-                        sync_dirs.add(subdir)
-                    continue
-                comp = cctx.compress(page)
-                writer.submit(Path(final), comp)
-                sync_dirs.add(subdir)
-                stats.pages_new += 1
-                stats.page_bytes_written += len(comp)
-            lists.append(hashes)
-        return lists, sync_dirs, seen
+    def _make_reused_durable(self, reused: set[str], wrote_pack: bool) -> None:
+        """fsync ``pages/`` (once) when this write added a pack or names pages of a pack this process
+        has not seen durable, and each layout-1 page directory it names pages of for the first time."""
+        sync_pages = wrote_pack
+        other_packs: set[str] = set()
+        legacy_dirs: set[str] = set()
+        for h in reused:
+            loc = self._packs.locations.get(h)
+            if loc is not None:
+                if loc.pack not in self._durable_packs:
+                    other_packs.add(loc.pack)
+            elif h[:2] not in self._durable_legacy_dirs:
+                legacy_dirs.add(h[:2])
+        for d in sorted(legacy_dirs):
+            _fsync_dir(self.pages_dir / d)
+        self._durable_legacy_dirs |= legacy_dirs
+        if sync_pages or other_packs:
+            _fsync_dir(self.pages_dir)
+        self._durable_packs |= other_packs
 
     def _next_number(self) -> int:
         snaps = self.snapshots()
@@ -799,7 +538,7 @@ class CheckpointDir:
         ``os.link`` fails with EEXIST instead of replacing, so two writers racing for a number both
         succeed with different numbers, and the file appears under its final name complete.
         """
-        tmp = _write_temp(self.snapshots_dir / "snapshot", chunks)
+        tmp = write_temp(self.snapshots_dir / "snapshot", chunks)
         try:
             n = self._next_number()
             while True:
@@ -841,9 +580,12 @@ class CheckpointDir:
         return out
 
     def gc(self, *, dry_run: bool = False) -> dict[str, int]:
-        """Delete the page files no snapshot of the directory names any more (after snapshots were
+        """Remove the pages no snapshot of the directory names any more (after snapshots were
         deleted) and writers' stale temporary files; return counts and bytes.
 
+        Packs holding unreferenced pages are compacted: their live pages are copied into one new
+        pack (written, fsynced and renamed in like any pack, then ``pages/`` fsynced), and only
+        then are the old packs deleted, so a crash at any point leaves every page at least once.
         Deleting a snapshot file never breaks another: pages are shared by content and only this
         removes them. Writers hold :data:`GC_LOCK` shared while they write pages and install the
         snapshot naming them; this holds it exclusively, so it never sees a page that a
@@ -853,31 +595,68 @@ class CheckpointDir:
         try:
             with self._gc_lock(fcntl.LOCK_EX):
                 refs = self.referenced_pages()
-                referenced = set().union(*refs.values())
-                stats = {"snapshots": len(refs), "pages_kept": 0, "pages_removed": 0,
-                         "bytes_removed": 0, "temp_files_removed": 0}
-                subdirs = sorted(p for p in self.pages_dir.iterdir() if p.is_dir()) if self.pages_dir.is_dir() else []
-                for sub in subdirs:
-                    removed_here = False
-                    for entry in os.scandir(sub):
-                        if not _HASH_RE.fullmatch(entry.name):
-                            continue  # temp files below; anything else is not ours to delete
-                        if entry.name in referenced:
-                            stats["pages_kept"] += 1
-                            continue
-                        stats["pages_removed"] += 1
-                        stats["bytes_removed"] += entry.stat().st_size
-                        if not dry_run:
-                            os.unlink(entry.path)
-                            removed_here = True
-                    if removed_here:
-                        _fsync_dir(sub)
+                stats = self._collect(set().union(*refs.values()), dry_run)
+                stats["snapshots"] = len(refs)
                 if not dry_run:
                     stats["temp_files_removed"] = self.remove_stale_temp_files()
-                    self._durable.clear()
-                return stats
+                return {k: stats[k] for k in ("snapshots", "pages_kept", "pages_removed", "bytes_removed",
+                                              "temp_files_removed")}
         except OSError as e:
             raise SnapshotError(f"{self.path}: cannot collect pages: {_describe(e)}") from None
+
+    def _collect(self, referenced: set[str], dry_run: bool) -> dict[str, int]:
+        store = packs.PackStore(self.pages_dir)
+        store.refresh()
+        stats = {"pages_kept": 0, "pages_removed": 0, "bytes_removed": 0, "temp_files_removed": 0}
+        kept: set[str] = set()
+        doomed: list[str] = []
+        live: list[tuple[str, str, int, int]] = []  # pages to copy out of doomed packs
+        for name, entries in sorted(store.packs.items()):
+            mine = [(h, off, n) for h, off, n in entries if h in referenced and h not in kept]
+            kept.update(h for h, _, _ in mine)
+            if len(mine) < len(entries):
+                doomed.append(name)
+                live += [(name, h, off, n) for h, off, n in mine]
+                stats["pages_removed"] += len(entries) - len(mine)
+                stats["bytes_removed"] += (self.pages_dir / name).stat().st_size
+        legacy_doomed = []
+        for entry in store.legacy_files():
+            if entry.name in referenced and entry.name not in kept:
+                kept.add(entry.name)
+            else:
+                legacy_doomed.append(entry)
+                stats["pages_removed"] += 1
+                stats["bytes_removed"] += entry.stat().st_size
+        stats["pages_kept"] = len(kept)
+        if dry_run:
+            stats["bytes_removed"] -= sum(n for _, _, _, n in live)  # what the compacted pack will hold
+            return stats
+        if live:
+            writer = packs.PackWriter(self.pages_dir)
+            try:
+                for name, h, off, n in live:
+                    comp = os.pread(store._fd(name), n, off)  # noqa: SLF001 - the store's own reader
+                    if len(comp) != n:
+                        raise SnapshotError(f"pack {self.pages_dir / name} changed size during gc")
+                    writer.append(h, comp)
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            stats["bytes_removed"] -= writer.offset
+            _fsync_dir(self.pages_dir)  # the copies are durable before an original goes
+        store.close()
+        for name in doomed:
+            os.unlink(self.pages_dir / name)
+        for entry in legacy_doomed:
+            os.unlink(entry.path)
+        for sub in sorted({Path(e.path).parent for e in legacy_doomed}):
+            _fsync_dir(sub)
+        if doomed:
+            _fsync_dir(self.pages_dir)
+        self._durable_packs.clear()
+        self._durable_legacy_dirs.clear()
+        return stats
 
     def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> int:
         """Delete temporary files left by writers that were killed mid-write; returns how many.
@@ -890,14 +669,14 @@ class CheckpointDir:
         removed = 0
         dirs = [self.snapshots_dir]
         if self.pages_dir.is_dir():
-            dirs += [p for p in self.pages_dir.iterdir() if p.is_dir()]
+            dirs += [self.pages_dir] + [p for p in self.pages_dir.iterdir() if p.is_dir()]
         for d in dirs:
             try:
                 entries = list(os.scandir(d))
             except OSError:
                 continue
             for e in entries:
-                if e.name.startswith(".") and e.name.endswith(".tmp"):
+                if is_temp_name(e.name):
                     try:
                         if e.stat().st_mtime < cutoff:
                             os.unlink(e.path)

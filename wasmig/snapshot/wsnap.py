@@ -26,13 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from wasmig.files import open_private
 from wasmig.hashing import blake3
+from wasmig.snapshot import packs
+from wasmig.snapshot.container import _check_expected
 from wasmig.snapshot.state import SnapshotError, from_plain
 from wasmig.snapshot.store import (
     _HASH_RE,
     _MAX_COMPRESSED_PAGE,
     _READ_ERRORS,
     CheckpointDir,
+    Container,
     _atomic_write,
     _decompress_page,
     _describe,
@@ -43,7 +47,7 @@ from wasmig.snapshot.store import (
     _mkdirs_durable,
     _one_line,
     _PageSource,
-    _PageWriter,
+    _read_container,
     _read_manifest_from,
     _resolve,
     _temp_name,
@@ -122,6 +126,9 @@ class _WsnapPages(_PageSource):
         if page is None:
             page = self._cache[h] = self._w.read_page(h)[1]
         return page
+
+    def copy_stored(self, h: str, target: memoryview) -> None:
+        target[:] = self.stored(h)
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -232,10 +239,24 @@ def _opened(path: Path) -> Iterator[_Wsnap]:
         yield _open(f)
 
 
-def load_wsnap(path: Path) -> Any:
-    """The :class:`~wasmig.snapshot.state.Snapshot` in a .wsnap (for ``store.load_snapshot``)."""
+def load_wsnap(path: Path, expect: bytes | None = None) -> Any:
+    """The :class:`~wasmig.snapshot.state.Snapshot` in a .wsnap (for ``store.load_snapshot``;
+    ``expect``: the checksum its snapshot must have, see ``store.read_sealed``)."""
     with _opened(path) as w:
+        if expect is not None:
+            _check_expected(_inner(w).checksum, expect)
         return from_plain(w.manifest, _WsnapPages(w).memory)
+
+
+def _inner(w: _Wsnap) -> Container:
+    return _read_container(io.BytesIO(w.snapshot_bytes), len(w.snapshot_bytes))
+
+
+def container(path: Path) -> Container:
+    """The container of the snapshot inside the .wsnap ``path`` (its manifest, checksum, seal),
+    the whole file checked as a read checks it."""
+    with _opened(path) as w:
+        return _inner(w)
 
 
 def read_module(path: Path) -> bytes:
@@ -314,7 +335,7 @@ def export_snapshot(source: str | Path, output: str | Path, *, module: str | Non
         raise SnapshotError(f"{output} exists (--force replaces it)")
     tmp = _temp_name(output)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = open_private(tmp)
     except OSError as e:
         raise SnapshotError(f"cannot write {output}: {_describe(e)}") from None
     try:
@@ -341,7 +362,7 @@ class _ExportPlan:
     hashes: list[str]
     lengths: list[int]
     embedded: dict[str, bytes]
-    pages_dir: Path
+    store: packs.PackStore
 
     @property
     def total(self) -> int:
@@ -351,14 +372,20 @@ class _ExportPlan:
         """Page ``h``'s zstd frame, read and verified now (one page in memory at a time)."""
         if h in self.embedded:
             return self.embedded[h]  # verified when it was moved out of the manifest
-        p = self.pages_dir / h[:2] / h
-        with open(p, "rb") as f:
-            comp = f.read(n + 1)
-        if len(comp) != n:
-            raise SnapshotError(f"page file {p} changed size while being exported")
-        if blake3(_decompress_page(comp, f"page file {p}")).hexdigest() != h:
-            raise SnapshotError(f"page file {p} is corrupt (hash mismatch)")
+        found = self.store.read(h)
+        if found is None or len(found[0]) != n:
+            raise SnapshotError(f"page {h} changed while being exported")
+        comp, where = found
+        if blake3(_decompress_page(comp, where)).hexdigest() != h:
+            raise SnapshotError(f"{where} is corrupt (hash mismatch)")
         return comp
+
+
+def _sealed_by_own_key(seal: Any) -> bool:
+    from wasmig.snapshot.signing import own_key_pair
+
+    pair = own_key_pair(create=False)
+    return seal is not None and pair is not None and seal.signer.raw == pair.public.raw and seal.valid()
 
 
 def _plan_export(file: Path, module: str | None) -> _ExportPlan:
@@ -367,9 +394,11 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
         raise SnapshotError("is already a .wsnap")
     with open(file, "rb") as f:
         raw = f.read()
-    manifest = _read_manifest_from(io.BytesIO(raw), len(raw))
+    read = _read_container(io.BytesIO(raw), len(raw))
+    manifest, seal = read.manifest, read.seal
     _check_manifest(manifest, embedded_ok=True)
-    pages_dir = file.parent.parent / "pages"
+    store = packs.PackStore(file.parent.parent / "pages")
+    store.refresh()
     embedded: dict[str, bytes] = {}  # a single-file snapshot's pages, moved out of its manifest
     for i, entries in enumerate(_list_memories(manifest)):
         for j, e in enumerate(entries):
@@ -377,7 +406,9 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
                 h = blake3(_decompress_page(e, f"embedded page {j} of memory {i}")).hexdigest()
                 embedded.setdefault(h, e)
                 entries[j] = h
-    snapshot_bytes = b"".join(_encode(manifest)) if embedded else raw
+    # moving the pages out changes the manifest, so its seal: the exporter seals it again, but only
+    # what the exporter's own key sealed before (exporting must not launder someone else's snapshot)
+    snapshot_bytes = b"".join(_encode(manifest, sign=_sealed_by_own_key(seal))) if embedded else raw
     if len(snapshot_bytes) > MAX_SNAPSHOT_BYTES:
         raise SnapshotError(f"its manifest is {len(snapshot_bytes)} bytes, more than a .wsnap holds "
                             f"({MAX_SNAPSHOT_BYTES >> 20} MiB)")
@@ -387,13 +418,11 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
         if h in embedded:
             lengths.append(len(embedded[h]))
             continue
-        p = pages_dir / h[:2] / h
-        try:
-            n = os.stat(p).st_size
-        except FileNotFoundError:
-            raise SnapshotError(f"page {h} is missing from the page store ({p})") from None
+        n = store.size(h)
+        if n is None:
+            raise SnapshotError(f"page {h} is missing from the page store ({store.pages_dir}){store.why_missing()}")
         if not 1 <= n <= _MAX_COMPRESSED_PAGE:
-            raise SnapshotError(f"page file {p} is {n} bytes, not a compressed 64 KiB page")
+            raise SnapshotError(f"page file {store.legacy_path(h)} is {n} bytes, not a compressed 64 KiB page")
         lengths.append(n)
     module_bytes = _find_module(file, manifest, module)
     table = b"".join(_ENTRY.pack(bytes.fromhex(h), n) for h, n in zip(hashes, lengths, strict=True))
@@ -401,7 +430,7 @@ def _plan_export(file: Path, module: str | None) -> _ExportPlan:
     digest = blake3(head)
     digest.update(table)
     return _ExportPlan([head, table, digest.digest(), snapshot_bytes, module_bytes], hashes, lengths, embedded,
-                       pages_dir)
+                       store)
 
 
 def _publish(tmp: Path, output: Path, force: bool) -> None:
@@ -460,25 +489,24 @@ def _verify_all(f: BinaryIO) -> tuple[_Wsnap, bytes]:
 
 
 def _store_pages(store: CheckpointDir, w: _Wsnap) -> None:
+    """The pages the store lacks, as one new pack; then ``pages/`` fsynced (also for pages found in
+    packs another writer may not have made durable)."""
     _mkdirs_durable(store.pages_dir)
     _mkdirs_durable(store.snapshots_dir)
-    sync_dirs: set[Path] = set()
-    with _PageWriter() as writer:
+    present = packs.PackStore(store.pages_dir)
+    present.refresh()
+    writer = packs.PackWriter(store.pages_dir)
+    try:
         for h in sorted(w.pages):
-            subdir = store.pages_dir / h[:2]
-            try:
-                os.mkdir(subdir)
-                sync_dirs.add(store.pages_dir)
-            except FileExistsError:
-                pass
-            final = subdir / h
-            sync_dirs.add(subdir)  # new, or present but perhaps not yet durable (a writer that died)
-            if final.exists():
-                continue
-            writer.submit(final, w.read_page(h)[0])  # verified again: the file could have changed
-        writer.finish()
-    for d in sorted(sync_dirs, key=lambda d: (len(str(d)), str(d)), reverse=True):
-        _fsync_dir(d)
+            if not present.has(h):
+                writer.append(h, w.read_page(h)[0])  # verified again: the file could have changed
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    for d in sorted({h[:2] for h in w.pages if h not in present.locations and present.has(h)}):
+        _fsync_dir(store.pages_dir / d)  # layout-1 pages it names
+    _fsync_dir(store.pages_dir)
 
 
 def _store_module(directory: Path, sha: str, data: bytes) -> None:

@@ -44,7 +44,7 @@ class FdEntry:
         self.readable = readable
         self.writable = writable
         self.readdir_cookie = readdir_cookie
-        #: behind a socket gateway (wasmig/wasi/gateway.py): its control address, the capability key
+        #: behind a socket gateway (wasmig/wasi/gateway.py): its control address, the sha256 of its key (pinned)
         #: and, for a connection, the gateway's id of it; bytes received but not yet read (drained
         #: from the data connection when the program was quiesced for a migration)
         self.gateway = gateway

@@ -120,6 +120,9 @@ class Wasi(PathCalls, SocketCalls):
         self.waiter = Waiter()  # every blocking wait goes through it, so a checkpoint can end it
         #: every host call passes it: closed, it holds the guest's effects (a migration's target, before the commit)
         self.gate = Gate()
+        #: a migration's target key (fingerprint), named to the gateways when their connections are
+        #: quiesced for it: the gateway lets that key take them over (wasmig/wasi/gateway.py)
+        self.gateway_handover: str | None = None
         self._init_stdio(stdin, stdout, stderr)
         try:
             for sock in listeners:

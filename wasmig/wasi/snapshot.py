@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from wasmig.snapshot.state import FdSnapshot, SnapshotError, WasiSnapshot
 from wasmig.wasi import constants as C
@@ -21,6 +21,9 @@ from wasmig.wasi import sandbox
 from wasmig.wasi.errno import WasiError
 from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEntry
 from wasmig.wasi.preview1 import STDIO_NAMES, Wasi
+
+if TYPE_CHECKING:
+    from wasmig.grants import Granted
 
 FILE_CHANGE_POLICIES = ("fail", "warn", "ignore")
 
@@ -96,17 +99,23 @@ def _open_flags(snap: FdSnapshot) -> int:
     return flags
 
 
-def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_file_change: str = "fail",
-                 stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
+def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, granted: Granted | None = None,
+                 on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
                  stderr: BinaryIO | None = None, into: Wasi | None = None) -> Wasi:
-    """A :class:`Wasi` in the snapshot's state. ``dirs`` maps guest preopen names to host
-    directories (default: where they were when checkpointed); the standard streams are the host's
-    own unless given, as for :class:`Wasi`. ``into``: put the state into this (fresh, unused)
-    Wasi instead of a new one -- the one an instance was already made with, as a live
+    """A :class:`Wasi` in the snapshot's state. With ``granted`` (what :func:`wasmig.grants.resolve`
+    allowed: the CLI's and ``serve``'s way), exactly those host directories, listening addresses
+    and gateways are opened, nothing the snapshot merely records. Without it (the Python API,
+    whose caller holds a snapshot it trusts), ``dirs`` maps guest preopen names to host
+    directories and the rest is where it was when checkpointed. The standard streams are the
+    host's own unless given, as for :class:`Wasi`. ``into``: put the state into this (fresh,
+    unused) Wasi instead of a new one -- the one an instance was already made with, as a live
     migration's target prepares the instance before the WASI state arrives."""
     if on_file_change not in FILE_CHANGE_POLICIES:
         raise ValueError(f"on_file_change must be one of {FILE_CHANGE_POLICIES}")
-    dirs = dict(dirs or {})
+    dirs = dict(granted.dirs if granted is not None else dirs or {})
+
+    def host_dir(name: str, recorded: str | None) -> str | None:
+        return dirs.get(name, recorded if granted is None else None)
     if into is None:
         wasi = Wasi(ws.args, ws.env, stdin=stdin, stdout=stdout, stderr=stderr)
     else:  # the instance's host functions are bound to this object: re-initialise it in place
@@ -123,7 +132,7 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_
         preopen_fds: dict[str, int] = {}
         for snap in ws.fds:  # preopens first: files are re-opened beneath them
             if snap.preopen is not None:
-                host_fd, host = _open_preopen(snap.preopen, dirs.get(snap.preopen, snap.host_path))
+                host_fd, host = _open_preopen(snap.preopen, host_dir(snap.preopen, snap.host_path))
                 entry = _entry(snap)
                 entry.host_fd, entry.host_path = host_fd, host
                 wasi.fds.set(snap.fd, entry)
@@ -131,7 +140,7 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_
                 wasi.preopen_roots.setdefault(snap.preopen, host)
         for name, where in ws.closed_preopens.items():
             if name not in preopen_fds:
-                host_fd, host = _open_preopen(name, dirs.get(name, where))
+                host_fd, host = _open_preopen(name, host_dir(name, where))
                 closed_fds.append(host_fd)
                 preopen_fds[name] = host_fd
                 wasi.preopen_roots.setdefault(name, host)
@@ -149,7 +158,7 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, on_
                 entry.rights_inheriting &= snap.rights_inheriting
                 wasi.fds.set(snap.fd, entry)
             elif snap.preopen is None:
-                wasi.fds.set(snap.fd, _restore_entry(snap, preopen_fds, on_file_change))
+                wasi.fds.set(snap.fd, _restore_entry(snap, preopen_fds, on_file_change, granted))
     except BaseException:
         wasi.close()
         raise
@@ -177,7 +186,8 @@ def _entry(snap: FdSnapshot) -> FdEntry:
                    gateway_conn=snap.gateway_conn, pending=snap.pending)
 
 
-def _restore_entry(snap: FdSnapshot, preopen_fds: dict[str, int], on_file_change: str) -> FdEntry:
+def _restore_entry(snap: FdSnapshot, preopen_fds: dict[str, int], on_file_change: str,
+                   granted: Granted | None) -> FdEntry:
     entry = _entry(snap)
     if snap.kind in (FILE, DIR):
         if snap.base_preopen not in preopen_fds or snap.relpath is None:
@@ -206,9 +216,15 @@ def _restore_entry(snap: FdSnapshot, preopen_fds: dict[str, int], on_file_change
             os.lseek(host_fd, snap.offset, os.SEEK_SET)
         return entry
     if snap.gateway is not None:
+        if granted is not None and snap.gateway not in granted.gateways:
+            raise SnapshotError(f"fd {snap.fd}: gateway {snap.gateway} not granted: --gateway {snap.gateway}")
         return entry  # re-attached through the gateway when the program starts (Wasi.reattach_gateway)
     if snap.kind == TCP_LISTENER:
-        host, _, port = (snap.address or "").rpartition(":")
+        address = snap.address if granted is None else granted.listeners.get(snap.fd)
+        if granted is not None and address is None:
+            raise SnapshotError(f"fd {snap.fd}: listening socket not granted: --tcplisten HOST:PORT")
+        host, _, port = (address or "").rpartition(":")
+        host = host.strip("[]")
         if not host or not port.isdigit():
             raise SnapshotError(f"fd {snap.fd}: listening socket without an address")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -218,7 +234,7 @@ def _restore_entry(snap: FdSnapshot, preopen_fds: dict[str, int], on_file_change
             sock.listen(128)
         except OSError as e:
             sock.close()
-            raise SnapshotError(f"cannot listen again on {snap.address} for fd {snap.fd}: {e.strerror}") from None
+            raise SnapshotError(f"cannot listen on {address} for fd {snap.fd}: {e.strerror}") from None
         entry.sock = sock
         return entry
     # a connected TCP stream cannot follow the program by itself (the gateway of a later issue

@@ -22,6 +22,7 @@ class SocketCalls:
     :class:`~wasmig.wasi.preview1.Wasi`."""
 
     fds: FdTable  # the state these calls share with the rest of preview1.Wasi
+    gateway_handover: str | None
 
     # --- poll ------------------------------------------------------------------------------------------
     def poll_oneoff(self, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> None:
@@ -157,10 +158,14 @@ class SocketCalls:
         streams = [e for e in self.fds.entries.values()
                    if e.kind == TCP_STREAM and e.gateway is not None and e.sock is not None]
         by_gateway: dict[tuple[str, bytes], list[FdEntry]] = {}
+        for e in self.fds.entries.values():  # every gateway (a listener's too: the handover names the target)
+            if e.gateway is not None and e.sock is not None:
+                by_gateway.setdefault((e.gateway, e.gateway_key or b""), [])
         for e in streams:
-            by_gateway.setdefault((e.gateway, e.gateway_key or b""), []).append(e)  # type: ignore[arg-type]
+            by_gateway[(e.gateway, e.gateway_key or b"")].append(e)  # type: ignore[index]
         for (address, key), entries in by_gateway.items():
-            gateway.quiesce(address, key, [e.gateway_conn for e in entries if e.gateway_conn is not None])
+            gateway.quiesce(address, key, [e.gateway_conn for e in entries if e.gateway_conn is not None],
+                            self.gateway_handover)
             for e in entries:
                 assert e.sock is not None
                 e.pending += gateway.drain(e.sock)

@@ -48,10 +48,12 @@ def _value(t: str, v: Any, func_index: dict[int, int]) -> Value:
     return (t, to_bits(t, v))
 
 
-def capture(instance: InterpInstance, *, with_memory: bool = True) -> Snapshot:
+def capture(instance: InterpInstance, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
     """The canonical state of a suspended instance (its machine must be stopped at a point).
     ``with_memory=False`` leaves the memories' bytes empty (a live migration sends them itself,
-    page by page, without a copy of the whole memory while the guest is stopped)."""
+    page by page, without a copy of the whole memory while the guest is stopped).
+    ``memory_in_place``: the memories' data are the instance's own bytearrays, not copies, for a
+    checkpoint written before the machine runs again (no copy of the whole memory)."""
     machine = instance.machine
     inst = instance.store
     module = instance.module
@@ -93,7 +95,8 @@ def capture(instance: InterpInstance, *, with_memory: bool = True) -> Snapshot:
              for j, (t, v) in enumerate(zip(local_types, fr.locals, strict=True))],
             [_value(t, v, func_index) for t, v in zip(types, values, strict=True)],  # type: ignore[arg-type]
         ))
-    memories = [MemoryState(mdesc.limits.min, m.max_pages, bytes(m.data) if with_memory else b"")
+    memories = [MemoryState(mdesc.limits.min, m.max_pages,
+                            (m.data if memory_in_place else bytes(m.data)) if with_memory else b"")
                 for m, mdesc in zip(inst.mems, module.ir.all_mems(), strict=True)]
     tables = []
     for t, tdesc in zip(inst.tables, module.ir.all_tables(), strict=True):

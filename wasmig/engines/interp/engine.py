@@ -20,6 +20,7 @@ from wasmig.snapshot.state import PAGE_SIZE
 from wasmig.wasi.preview1 import Wasi
 
 if TYPE_CHECKING:
+    from wasmig.grants import Granted
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot
     from wasmig.snapshot.store import PagedMemory
@@ -94,8 +95,8 @@ class InterpProgram(Program):
             return True
         return False
 
-    def capture(self, *, with_memory: bool = True) -> Snapshot:
-        return capture(self.instance, with_memory=with_memory)
+    def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
+        return capture(self.instance, with_memory=with_memory, memory_in_place=memory_in_place)
 
     def export_names(self) -> Collection[str]:
         return self.instance.exports.keys()
@@ -142,11 +143,11 @@ class ImageLanding(Landing):
         del image[size_pages * PAGE_SIZE:]
         return image
 
-    def prepare(self, snap: Snapshot, dirs: Mapping[str, str]) -> Program:
+    def prepare(self, snap: Snapshot, granted: Granted) -> Program:
         from wasmig.wasi.snapshot import restore_wasi
 
         assert snap.wasi is not None
-        wasi = restore_wasi(snap.wasi, dirs=dirs, into=self.wasi)
+        wasi = restore_wasi(snap.wasi, granted=granted, into=self.wasi)
         # the frames are loaded (restore checked them against the module); the machine goes on
         # from the innermost frame's pc directly: there is no rewind to wait for
         return InterpProgram(bind_wasi(restore(self.module, snap, instance=self.instance), wasi))
@@ -170,9 +171,13 @@ class InterpEngine(Engine):
 
     def restore(self, module: Module, snap: Snapshot, wasi: Wasi, *, pages: list[PagedMemory] | None = None,
                 count_steps: bool = False, announce: str | None = None) -> InterpProgram:
+        from wasmig.snapshot.limits import check_module_maximum
         from wasmig.snapshot.store import materialize
 
         started = time.perf_counter()
+        # the whole memory is read into this process: within the module's own maximum first
+        check_module_maximum([len(p) for p in pages] if pages is not None else
+                             [len(m.data) // PAGE_SIZE for m in snap.memories], module.ir)
         materialize(snap, pages)
         program = InterpProgram(restore(module, snap, wasi))
         log.info(__name__, "restore: state restored on the interpreter in %.3f s", time.perf_counter() - started)

@@ -39,10 +39,13 @@ def memory_export(exports: Any, i: int) -> Any:
     return exports["memory"] if i == 0 and "memory" in exports else exports[f"wasmig:mem{i}"]
 
 
-def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap, *, with_memory: bool = True) -> Snapshot:
+def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap, *, with_memory: bool = True,
+                     memory_in_place: bool = False) -> Snapshot:
     """``instance``: a :class:`wasmig.engines.wasmtime.runtime.WasmtimeInstance` of the instrumented module,
     just unwound; ``module``: the original module; ``sitemap``: the pass's site map.
-    ``with_memory=False`` leaves the memories' bytes empty (see :func:`wasmig.engines.interp.capture.capture`)."""
+    ``with_memory=False`` leaves the memories' bytes empty, ``memory_in_place=True`` makes them
+    views of the guest's memory instead of copies (see :func:`wasmig.engines.interp.capture.capture`):
+    valid only while the guest stays stopped."""
     from wasmig.engines.wasmtime.records import MASKS, frames_from_records
     from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
     from wasmig.snapshot.state import GlobalState, MemoryState, Snapshot
@@ -65,7 +68,13 @@ def capture_wasmtime(instance: Any, module: Module, sitemap: SiteMap, *, with_me
     for i, (least, most) in enumerate(facts.mems):
         mem = memory_export(ex, i)
         size = mem.data_len(store) if with_memory else 0
-        data = ctypes.string_at(ctypes.addressof(mem.data_ptr(store).contents), size) if size else b""  # one copy
+        address = ctypes.addressof(mem.data_ptr(store).contents) if size else 0
+        if not size:
+            data: bytes | memoryview = b""
+        elif memory_in_place:
+            data = memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
+        else:
+            data = ctypes.string_at(address, size)  # one copy
         memories.append(MemoryState(least, most, data))
     n_data = len(facts.data_modes)
     dropped_data = [mode == "a" or ctl[DROPS_BASE + i] != 0 for i, mode in enumerate(facts.data_modes)]

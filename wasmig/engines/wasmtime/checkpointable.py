@@ -297,9 +297,11 @@ class Checkpointable:
         self._pending = frames_from_records(ctl, self.sitemap)
         return self._pending
 
-    def capture(self, *, with_memory: bool = True) -> Snapshot:
-        """The canonical snapshot, after the guest unwound."""
-        snap = capture_wasmtime(self.instance, self.module, self.sitemap, with_memory=with_memory)
+    def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
+        """The canonical snapshot, after the guest unwound (``memory_in_place``: see
+        :func:`capture_wasmtime`; for a checkpoint written before :meth:`resume`)."""
+        snap = capture_wasmtime(self.instance, self.module, self.sitemap, with_memory=with_memory,
+                                memory_in_place=memory_in_place)
         self._pending = (snap.frames, snap.point)
         return snap
 
@@ -407,6 +409,7 @@ def _write_pages(address: int, pages: PagedMemory, dirty: set[int] | None) -> in
 
     fresh = memoryview((ctypes.c_ubyte * (len(pages) * _PAGE)).from_address(address)).cast("B")
     written = 0
+    copy: list[int] = []
     for j, entry in enumerate(pages.entries):
         held = dirty is None or j in dirty  # the fresh page may be non-zero
         lo = j * _PAGE
@@ -418,9 +421,9 @@ def _write_pages(address: int, pages: PagedMemory, dirty: set[int] | None) -> in
         digest = pages.digest(j)
         if held and digest is not None and blake3(fresh[lo : lo + _PAGE]).hexdigest() == digest:
             continue
-        ctypes.memmove(address + lo, pages.page(j), _PAGE)
-        written += 1
-    return written
+        copy.append(j)
+    pages.copy_into(address, copy)  # read, decompressed and verified into place, on all cores
+    return written + len(copy)
 
 
 def _copy_pages(address: int, data: bytes, dirty: set[int] | None) -> None:

@@ -7,7 +7,7 @@ for a run that checkpoints: a plain run does not load the checkpoint code."""
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from wasmig.engines.base import Landing, MemoryReader, Program
@@ -17,6 +17,7 @@ from wasmig.errors import SnapshotError
 from wasmig.wasi.preview1 import Wasi
 
 if TYPE_CHECKING:
+    from wasmig.grants import Granted
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot
 
@@ -52,8 +53,8 @@ class CheckpointableProgram(Program):
         self.runner.resume()
         return self.runner.unwound
 
-    def capture(self, *, with_memory: bool = True) -> Snapshot:
-        return self.runner.capture(with_memory=with_memory)
+    def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
+        return self.runner.capture(with_memory=with_memory, memory_in_place=memory_in_place)
 
     def export_names(self) -> Collection[str]:
         return self.runner.instance.exports.keys()
@@ -115,10 +116,10 @@ class InstanceLanding(Landing):
         self.runner.memory_address(i, size_pages)
         return None
 
-    def prepare(self, snap: Snapshot, dirs: Mapping[str, str]) -> Program:
+    def prepare(self, snap: Snapshot, granted: Granted) -> Program:
         from wasmig.wasi.snapshot import restore_wasi
 
         assert snap.wasi is not None
-        wasi = restore_wasi(snap.wasi, dirs=dirs, into=self.wasi)
+        wasi = restore_wasi(snap.wasi, granted=granted, into=self.wasi)
         self.runner.load(snap, memory_in_place=True)
         return CheckpointableProgram(self.runner, wasi, rewinds=bool(snap.frames))

@@ -57,7 +57,7 @@ class PlainProgram(Program):
     def resume(self) -> bool:
         raise SnapshotError(_NO_CHECKPOINTS)
 
-    def capture(self, *, with_memory: bool = True) -> Snapshot:
+    def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
         raise SnapshotError(_NO_CHECKPOINTS)
 
     def export_names(self) -> Collection[str]:

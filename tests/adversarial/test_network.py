@@ -1,0 +1,471 @@
+"""Attacks on the network side of wasmig (issue 17), each with real processes: a man in the middle
+that records and rewrites the migration stream, a runtime directory squatted by another local
+user, a slowloris and a large frame against a daemon, a flood against a gateway. Each asserts that
+the attack fails with a clear error and that nothing is lost: the program goes on where it was."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.migration_keys import Keys
+from tests.test_migrate import daemon, gateway, migrate, wait_for, wasmig
+from wasmig.toolchain import compile_c
+
+pytest.importorskip("wasmtime")
+
+REPO = Path(__file__).resolve().parents[2]
+DIRTIER = REPO / "benchmarks" / "timing" / "dirtier.c"  # a heap of pseudo-random (incompressible) bytes
+PROGRAMS = REPO / "tests" / "programs"
+OTHER_USER = "wasmig-adv"
+
+
+def attacker_python() -> str:
+    """A Python the other user may run (this one may live under root's private home): the
+    attacker's scripts need only the standard library."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    pytest.skip("no system python3 the other user could run")
+
+
+# --- a man in the middle ------------------------------------------------------------------------
+class Proxy(threading.Thread):
+    """A TCP proxy between a source and a daemon that records both directions; ``flip_at``: the
+    offset in the source-to-daemon stream of a byte it inverts (a rewrite), if any."""
+
+    def __init__(self, upstream: str, flip_at: int | None = None) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.upstream = upstream
+        self.flip_at = flip_at
+        self.to_daemon = bytearray()
+        self.to_source = bytearray()
+        self.flipped = False
+
+    def run(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            host, port = self.upstream.rsplit(":", 1)
+            server = socket.create_connection((host, int(port)))
+            threading.Thread(target=self._pump, args=(client, server, self.to_daemon, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.to_source, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, record: bytearray, rewrite: bool) -> None:
+        while True:
+            try:
+                data = src.recv(1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                return
+            if rewrite and self.flip_at is not None and not self.flipped and \
+                    len(record) <= self.flip_at < len(record) + len(data):
+                k = self.flip_at - len(record)
+                data = data[:k] + bytes([data[k] ^ 0xFF]) + data[k + 1:]
+                self.flipped = True
+            record += data
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def dirtier_heap(nbytes: int) -> bytes:
+    """The first ``nbytes`` of dirtier.c's heap: its xorshift sequence, little-endian words."""
+    x, mask, words = 0x9E3779B97F4A7C15, (1 << 64) - 1, []
+    for _ in range(nbytes // 8):
+        x ^= (x << 13) & mask
+        x ^= x >> 7
+        x ^= (x << 17) & mask
+        words.append(struct.pack("<Q", x))
+    return b"".join(words)
+
+
+def windows(data: bytes, size: int = 24, count: int = 64) -> list[bytes]:
+    """``count`` pieces of ``data`` spread over it."""
+    step = max(1, (len(data) - size) // count)
+    return [data[i:i + size] for i in range(0, len(data) - size, step)][:count]
+
+
+@contextmanager
+def dirtier(tmp_path: Path, mib: int = 4) -> Iterator[subprocess.Popen[bytes]]:
+    program = compile_c(DIRTIER, opt="-O2")
+    proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", "wasmtime", str(program), str(mib), "0"),
+                            stdout=subprocess.PIPE, stderr=open(tmp_path / "dirtier.err", "wb"))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_the_recorded_migration_stream_holds_no_plaintext(tmp_path: Path, keys: Keys) -> None:
+    """A passive man in the middle records a whole migration: neither the module, nor its hash,
+    nor any piece of the guest's (incompressible: stored as is by zstd) memory is in it."""
+    program = compile_c(DIRTIER, opt="-O2")
+    module = program.read_bytes()
+    import hashlib
+
+    import zstandard
+
+    heap = dirtier_heap(1 << 20)
+    # the check can fail: without encryption, the pages' zstd frames would hold the heap as is
+    assert all(w in zstandard.ZstdCompressor(level=1).compress(heap[:65536]) for w in windows(heap[:65536], count=8))
+    with daemon(tmp_path, "target", "wasmtime", keys) as d, dirtier(tmp_path) as proc:
+        proxy = Proxy(d.address)
+        proxy.start()
+        try:
+            done = subprocess.run(wasmig("migrate", str(proc.pid), "--to", proxy.address, "--peer-fingerprint",
+                                         d.fingerprint, "--quiet"), capture_output=True, text=True, timeout=120)
+        finally:
+            proxy.close()
+        assert done.returncode == 0, done.stderr
+        assert proc.wait(30) == 0
+    recorded = bytes(proxy.to_daemon) + bytes(proxy.to_source)
+    assert len(proxy.to_daemon) > 4 << 20  # the 4 MiB heap went through it
+    assert b"wasmig-migrate" in recorded  # the plaintext hello (protocol and version): the recording works
+    assert hashlib.sha256(module).hexdigest().encode() not in recorded
+    for secret in [*windows(module), *windows(heap), b"module_sha256", b"page_data", b"snapshot"]:
+        assert secret not in recorded, secret
+
+
+def test_a_rewritten_byte_fails_the_migration_and_the_program_goes_on(tmp_path: Path, keys: Keys) -> None:
+    """An active man in the middle inverts a byte in the middle of the module or the pages: TLS
+    refuses the record, the migration fails with a clear error, nothing runs on the daemon, and the
+    program goes on at the source -- and moves afterwards, untouched, over a clean path."""
+    with daemon(tmp_path, "target", "wasmtime", keys) as d, dirtier(tmp_path) as proc:
+        proxy = Proxy(d.address, flip_at=200_000)
+        proxy.start()
+        try:
+            failed = subprocess.run(wasmig("migrate", str(proc.pid), "--to", proxy.address, "--peer-fingerprint",
+                                           d.fingerprint, "--quiet"), capture_output=True, text=True, timeout=120)
+        finally:
+            proxy.close()
+        assert proxy.flipped
+        assert failed.returncode == 1 and "migration failed, the program goes on" in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr
+        wait_for(lambda: "aborted, nothing runs" in d.log() or "rejected" in d.log(), f"daemon: {d.log()}")
+        assert "committed" not in d.log()
+        assert proc.poll() is None  # still running at the source
+        moved = migrate(proc.pid, d)
+        assert moved.returncode == 0, moved.stderr
+        assert proc.wait(30) == 0
+
+
+# --- a squatted runtime directory ---------------------------------------------------------------
+def other_user() -> str:
+    """A throwaway local user to play the attacker (created if missing: the tests run as root)."""
+    if os.getuid() != 0:
+        pytest.skip("needs root, to run a process as another local user (runuser) and to create that user")
+    if shutil.which("runuser") is None or shutil.which("useradd") is None:
+        pytest.skip("needs runuser and useradd (util-linux, passwd)")
+    if subprocess.run(["id", "-u", OTHER_USER], capture_output=True).returncode != 0:
+        made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
+                              capture_output=True, text=True)
+        if made.returncode != 0 and subprocess.run(["id", "-u", OTHER_USER], capture_output=True).returncode != 0:
+            pytest.skip(f"cannot create the user {OTHER_USER}: {made.stderr.strip()}")
+    return OTHER_USER
+
+
+def as_user(user: str, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, timeout=60,
+                          **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture()
+def shared_tmp() -> Iterator[Path]:
+    """A world-writable sticky directory, as /tmp is (pytest's own are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="wasmig-adv-"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+#: a socket server the attacker runs: records whatever a client sends (it should get nothing)
+RECORDER = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept(); c.settimeout(3)
+    try:
+        data = c.recv(65536)
+    except OSError:
+        data = b""
+    open(sys.argv[2], "ab").write(data + b"|")
+"""
+
+
+def test_a_runtime_directory_squatted_by_another_user_is_refused(tmp_path: Path, shared_tmp: Path,
+                                                                 keys: Keys) -> None:
+    """Another user creates the runtime directory first (``<tmp>/wasmig-run-<uid>``, mode 777) and
+    listens where a control socket would be: `wasmig run --migratable` and `wasmig migrate PID`
+    both refuse, naming the directory and its owner, and send the attacker nothing."""
+    user = other_user()
+    squatted = shared_tmp / f"wasmig-run-{os.getuid()}"
+    assert as_user(user, "mkdir", "-m", "777", str(squatted)).returncode == 0
+    got = shared_tmp / "captured"
+    recorder = subprocess.Popen(["runuser", "-u", user, "--", attacker_python(), "-c", RECORDER,
+                                 str(squatted / "4242.sock"), str(got)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert recorder.stdout is not None and recorder.stdout.readline() == "listening\n"
+        env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "WASMIG_RUNTIME_DIR")}
+        env["TMPDIR"] = str(shared_tmp)
+        uid = int(as_user(user, "id", "-u").stdout)
+        asked = subprocess.run(wasmig("migrate", "4242", "--to", "127.0.0.1:9", "--peer-fingerprint",
+                                      keys.fingerprint("target")), capture_output=True, text=True, env=env, timeout=60)
+        assert asked.returncode == 1 and "Traceback" not in asked.stderr, asked.stderr
+        assert f"runtime directory {squatted} belongs to uid {uid}, not to you" in asked.stderr, asked.stderr
+        hello = compile_c(PROGRAMS / "hello.c")
+        ran = subprocess.run(wasmig("run", "--migratable", "--engine", "wasmtime", str(hello)), capture_output=True,
+                             text=True, env=env, timeout=60)
+        assert ran.returncode == 1 and f"runtime directory {squatted} belongs to uid {uid}" in ran.stderr, ran.stderr
+        assert ran.stderr.count("\n") == 1 and "Traceback" not in ran.stderr
+        assert not got.exists() or got.read_bytes().strip(b"|") == b""  # the attacker heard nothing
+    finally:
+        recorder.kill()
+        recorder.wait()
+
+
+def test_control_sockets_check_the_peer_user_both_ways(tmp_path: Path, shared_tmp: Path, keys: Keys) -> None:
+    """SO_PEERCRED: a run's control socket made reachable by mistake (mode 777) still ignores
+    another user's request, and a control socket file of this user's served by another user's
+    process is refused by `wasmig migrate` before it sends anything."""
+    user = other_user()
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "WASMIG_RUNTIME_DIR": str(runtime)}
+    program = compile_c(PROGRAMS / "migrate_work.c")
+    out = tmp_path / "out"
+    with open(out, "wb") as o:
+        proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", "wasmtime", str(program), "40", "64", "30"),
+                                stdout=o, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_for(lambda: "round 2 " in out.read_text(), "the program did not start")
+        sock = runtime / f"{proc.pid}.sock"
+        for p in (tmp_path.parent.parent.parent, tmp_path.parent.parent, tmp_path.parent, tmp_path, runtime):
+            p.chmod(p.stat().st_mode | 0o011)  # a mistake: others may reach the socket
+        sock.chmod(0o777)
+        request = ("import json, socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                   "s.sendall(json.dumps({'migrate': {'to': '127.0.0.1:9', 'peer': 'sha256:' + 'ab' * 32}}).encode()"
+                   " + b'\\n'); s.settimeout(5)\n"
+                   "try:\n    print(repr(s.recv(1000)))\nexcept ConnectionResetError:\n    print('reset')")
+        attempt = as_user(user, attacker_python(), "-c", request, str(sock))
+        assert attempt.stdout.strip() in ("b''", "reset"), attempt  # closed without a word
+        assert proc.poll() is None  # the program goes on
+        # the other way: this user's socket file, another user's server behind it
+        theirs = shared_tmp / "theirs"
+        theirs.mkdir()
+        theirs.chmod(0o777)
+        got = shared_tmp / "captured"
+        recorder = subprocess.Popen(["runuser", "-u", user, "--", attacker_python(), "-c", RECORDER,
+                                     str(theirs / "4242.sock"), str(got)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert recorder.stdout is not None and recorder.stdout.readline() == "listening\n"
+            os.rename(theirs / "4242.sock", runtime / "4242.sock")
+            os.chown(runtime / "4242.sock", os.getuid(), os.getgid())
+            asked = subprocess.run(wasmig("migrate", "4242", "--to", "127.0.0.1:9", "--peer-fingerprint",
+                                          keys.fingerprint("target")), capture_output=True, text=True, env=env,
+                                   timeout=60)
+            assert asked.returncode == 1, asked.stderr
+            assert re.search(r"is served by uid \d+, not by you: refusing to talk to it", asked.stderr), asked.stderr
+            time.sleep(0.3)
+            assert not got.exists() or got.read_bytes().strip(b"|") == b""
+        finally:
+            recorder.kill()
+            recorder.wait()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --- denial of service before authentication ----------------------------------------------------
+def test_a_slowloris_cannot_hold_the_daemon(tmp_path: Path, keys: Keys) -> None:
+    """20 connections trickling a byte every 2 s: beyond 16 are closed at once, the others when
+    the 10 s handshake deadline passes (not per read); a frame header announcing 32 MiB before
+    authentication is refused unread; then an honest migration goes through."""
+    with daemon(tmp_path, "target", "wasmtime", keys) as d:
+        host, port = d.address.rsplit(":", 1)
+        big = socket.create_connection((host, int(port)))
+        big.sendall(struct.pack(">I", 32 << 20))
+        big.settimeout(5)
+        answer = big.recv(4096)  # nothing but, at most, the one error frame; then the end
+        assert answer == b"" or b"before authentication" in answer, answer
+        assert big.recv(4096) == b""
+        big.close()
+        wait_for(lambda: "at most 4096 before authentication" in d.log(), f"daemon: {d.log()}", 10)
+        slow = [socket.create_connection((host, int(port))) for _ in range(20)]
+        started = time.monotonic()
+        stop = threading.Event()
+        closed: dict[int, float] = {}
+
+        frame = struct.pack(">I", 100) + b"\x81" + bytes(99)  # a frame's start, one byte at a time
+
+        def trickle(k: int, s: socket.socket) -> None:
+            s.settimeout(0.2)
+            for byte in frame:
+                if stop.is_set():
+                    break
+                try:
+                    s.send(bytes([byte]))
+                    if s.recv(1) == b"":
+                        break
+                except TimeoutError:
+                    stop.wait(1.8)
+                    continue
+                except OSError:
+                    break
+            closed[k] = time.monotonic() - started
+
+        threads = [threading.Thread(target=trickle, args=(k, s), daemon=True) for k, s in enumerate(slow)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(closed) >= 4, "the connections beyond the limit were not refused", 5)
+        assert "connections are still authenticating" in d.log()
+        wait_for(lambda: len(closed) == 20, f"slow connections outlived the deadline: {sorted(closed.values())}", 16)
+        stop.set()
+        assert max(closed.values()) < 14, sorted(closed.values())
+        assert d.log().count("did not authenticate within 10 s") >= 14, d.log()
+        with dirtier(tmp_path) as proc:
+            moved = migrate(proc.pid, d)
+            assert moved.returncode == 0, moved.stderr
+        for s in slow:
+            s.close()
+
+
+def rss_kib(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1))  # type: ignore[union-attr]
+
+
+def test_a_gateway_flood_is_bounded_and_the_gateway_still_serves(tmp_path: Path, keys: Keys) -> None:
+    """16 clients push bytes as fast as they can while no program takes them (the gateway used to
+    buffer them all: 600 MB pushed, 622 MB resident); 40 control connections that never say
+    anything. The gateway's memory stays flat (the clients' bytes stay in their sockets), the
+    surplus control connections are refused, and a program that registers afterwards serves a
+    client through it."""
+    with gateway(tmp_path, keys) as (public, control, gw_log):
+        pid = int(subprocess.run(["pgrep", "-f", f"gateway --listen {public}"], capture_output=True,
+                                 text=True).stdout.split()[0])
+        before = rss_kib(pid)
+        host, port = public.rsplit(":", 1)
+        pushed = [0] * 16
+        stop = threading.Event()
+
+        def push(k: int) -> None:
+            with socket.create_connection((host, int(port))) as s:
+                s.settimeout(0.5)
+                chunk = os.urandom(1 << 16)
+                while not stop.is_set():
+                    try:
+                        pushed[k] += s.send(chunk)
+                    except TimeoutError:
+                        continue  # the gateway does not read: TCP's backpressure
+                    except OSError:
+                        return
+
+        pushers = [threading.Thread(target=push, args=(k,), daemon=True) for k in range(16)]
+        for t in pushers:
+            t.start()
+        ch, cp = control.rsplit(":", 1)
+        idle = [socket.create_connection((ch, int(cp))) for _ in range(40)]
+        time.sleep(4)
+        stop.set()
+        for t in pushers:
+            t.join(5)
+        grew = rss_kib(pid) - before
+        assert grew < 48 * 1024, f"the gateway grew by {grew} KiB while clients pushed {sum(pushed) >> 20} MiB"
+        assert sum(pushed) < 16 * (16 << 20), sum(pushed)  # each blocked once the socket buffers were full
+        wait_for(lambda: "too many control connections are still authenticating" in gw_log.read_text(),
+                 f"gateway: {gw_log.read_text()}", 10)
+        for s in idle:
+            s.close()
+        server = compile_c(PROGRAMS / "kv_server.c")
+        proc = subprocess.Popen(wasmig("run", "--engine", "wasmtime", "--gateway", control, "--gateway-fingerprint",
+                                       keys.pub("gateway"), str(server), "17"),
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.err", "wb"))
+        try:
+            wait_for(lambda: "program registered" in gw_log.read_text(), f"no registration: {gw_log.read_text()}")
+            with socket.create_connection((host, int(port)), timeout=30) as c, c.makefile("rb") as f:
+                c.sendall(b"INCR fresh\n")
+                assert f.readline() == b"fresh 1\n"
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_gateway_serves_the_program_only_to_its_owner(tmp_path: Path, keys: Keys) -> None:
+    """Another key the gateway trusts (a daemon's) cannot take over the program's connections:
+    without the owner's handover, its ``backend`` and ``attach`` are refused."""
+    from wasmig.keys import load_key_pair
+    from wasmig.wasi import gateway as guest_side
+    from wasmig.wire import WireError
+
+    with gateway(tmp_path, keys) as (public, control, gw_log):
+        server = compile_c(PROGRAMS / "kv_server.c")
+        proc = subprocess.Popen(wasmig("run", "--engine", "wasmtime", "--gateway", control, "--gateway-fingerprint",
+                                       keys.pub("gateway"), str(server), "1"),
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.err", "wb"))
+        try:
+            wait_for(lambda: "program registered" in gw_log.read_text(), f"no registration: {gw_log.read_text()}")
+            host, port = public.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=30) as c:
+                guest_side.use_key(load_key_pair(keys.dir("a")))  # trusted by the gateway, not the owner
+                digest = guest_side.digest_of_fingerprint(keys.fingerprint("gateway"))
+                with pytest.raises(WireError, match="does not own the program"):
+                    guest_side.attach(control, digest, 1)
+                with pytest.raises(WireError, match="does not own the program"):
+                    guest_side.connect_listener(control, digest)
+                with c.makefile("rb") as f:  # the owner still serves it
+                    c.sendall(b"INCR x\n")
+                    assert f.readline() == b"x 1\n"
+            assert "does not own the program" in gw_log.read_text()
+        finally:
+            guest_side._key = None
+            proc.kill()
+            proc.wait()
+
+
+def test_an_untrusted_key_cannot_even_reach_the_gateway(tmp_path: Path, keys: Keys) -> None:
+    from wasmig.keys import KeyPair
+    from wasmig.wasi import gateway as guest_side
+    from wasmig.wire import WireError
+
+    with gateway(tmp_path, keys) as (_public, control, gw_log):
+        guest_side.use_key(KeyPair.generate("stranger"))
+        try:
+            with pytest.raises(WireError):
+                guest_side.register(control, keys.fingerprint("gateway"))
+        finally:
+            guest_side._key = None
+        wait_for(lambda: "none of the trusted keys" in gw_log.read_text(), gw_log.read_text(), 10)
+

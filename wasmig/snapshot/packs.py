@@ -1,0 +1,311 @@
+"""Pack files: the page store's layout 2, where one checkpoint's new pages go into one file.
+
+Layout 1 stored every page as its own file (``pages/ab/<hash>``), each written, fsynced and
+renamed, and 256 hash-prefix directories fsynced: 1.8 s of a 2.35 s checkpoint of 256 MiB went
+to those fsyncs. A pack holds all the pages one write adds, followed by its own index (page
+hash -> offset, length) and a checksum over header and index, so a checkpoint costs one file
+write and one ``fsync`` whatever its page count (docs/snapshot-format.md, "Page store").
+
+A pack is written under a temporary name and renamed into place only once complete and
+fsynced, so a pack under its final name is always whole; packs are never modified afterwards
+(``gc`` compacts by writing a new pack of the live pages, then deleting the old one). Pages are
+still named by their BLAKE3 in the manifests, so dedup, incremental chains and signatures over
+manifests do not depend on where a page lives. Layout 1 page files are still read (and
+collected), so a directory written by an older wasmig keeps working and may hold both.
+
+A pack is untrusted input like any snapshot file: its index is bounded and checksummed before
+use, every entry must lie inside the pack's page area, and every page read is decompressed
+(bounded) and hashed by the reader before it is used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wasmig.hashing import blake3
+from wasmig.snapshot.durable import create_temp, unlink_quietly
+from wasmig.snapshot.state import PAGE_SIZE, SnapshotError
+
+PACK_MAGIC = b"WASMIGPACK"
+PACK_VERSION = 1
+_HEADER = struct.Struct("<10sI")  # magic, version
+_ENTRY = struct.Struct("<32sQI")  # BLAKE3-256 of the uncompressed page, offset in the pack, compressed length
+_TRAILER = struct.Struct("<QI10s")  # offset of the index, number of entries, magic again
+_SUM = 32  # BLAKE3-256 of header + index + trailer
+#: zstd's worst case for one incompressible 64 KiB page is a few bytes over the page
+MAX_COMPRESSED_PAGE = 2 * PAGE_SIZE
+PACK_RE = re.compile(r"pack-[0-9a-f]{16}-[0-9a-f]{8}\.pack")
+_LEGACY_DIR_RE = re.compile(r"[0-9a-f]{2}")
+_LEGACY_PAGE_RE = re.compile(r"[0-9a-f]{64}")
+_OPEN_FDS = 64  # packs a reader keeps open at once
+_IOV_MAX = 1024  # buffers per writev (Linux's limit)
+_tls = threading.local()  # per thread: a read buffer
+
+
+class PackError(SnapshotError):
+    """A pack file that is not well formed (the caller names the file)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a page's zstd frame lies: pack file name (in the pages directory), offset, length."""
+
+    pack: str
+    offset: int
+    length: int
+
+
+def new_pack_name() -> str:
+    """A name no other writer picks: creation time (so packs list oldest first) and 32 random bits."""
+    return f"pack-{time.time_ns():016x}-{secrets.token_hex(4)}.pack"
+
+
+def read_index(path: Path) -> list[tuple[str, int, int]]:
+    """The (hex hash, offset, length) entries of the pack at ``path``, verified; raises PackError/OSError."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        tail_len = _TRAILER.size + _SUM
+        if size < _HEADER.size + tail_len:
+            raise PackError(f"truncated pack ({size} bytes)")
+        header = f.read(_HEADER.size)
+        magic, version = _HEADER.unpack(header)
+        if magic != PACK_MAGIC:
+            raise PackError("not a wasmig pack (bad magic)")
+        if version != PACK_VERSION:
+            raise PackError(f"pack has format version {version}, this wasmig reads {PACK_VERSION}")
+        f.seek(size - tail_len)
+        tail = f.read(tail_len)
+        index_at, count, magic2 = _TRAILER.unpack_from(tail)
+        if magic2 != PACK_MAGIC:
+            raise PackError("truncated or damaged pack (no trailer)")
+        if index_at < _HEADER.size or index_at + count * _ENTRY.size + tail_len != size:
+            raise PackError("damaged pack (its index does not fit the file)")
+        f.seek(index_at)
+        table = f.read(count * _ENTRY.size)
+    digest = blake3(header)
+    digest.update(table)
+    digest.update(tail[:_TRAILER.size])
+    if digest.digest() != tail[_TRAILER.size:]:
+        raise PackError("damaged pack (index checksum mismatch)")
+    out = []
+    for digest_bytes, offset, length in _ENTRY.iter_unpack(table):
+        if not 1 <= length <= MAX_COMPRESSED_PAGE or offset < _HEADER.size or offset + length > index_at:
+            raise PackError("damaged pack (an index entry points outside its pages)")
+        out.append((digest_bytes.hex(), offset, length))
+    return out
+
+
+class PackStore:
+    """The pages of one pages directory: its packs' indexes, plus layout-1 page files.
+
+    :meth:`refresh` (re)reads the directory; packs are immutable, so an index read once stays
+    valid for as long as its pack exists. A damaged pack is left out (its pages count as
+    missing) and remembered in :attr:`damaged`, so a missing page can be explained.
+    """
+
+    def __init__(self, pages_dir: Path) -> None:
+        self.pages_dir = pages_dir
+        self._dir = str(pages_dir)
+        self.locations: dict[str, Location] = {}
+        self.packs: dict[str, list[tuple[str, int, int]]] = {}  # pack name -> its index entries
+        self.damaged: dict[str, str] = {}  # pack name -> why it was left out
+        self.has_legacy = False  # layout-1 page directories exist
+        self._fds: dict[str, int] = {}
+        self._retired: list[int] = []  # evicted from _fds; closed with the store
+        self._fds_lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Read the indexes of packs that appeared since the last call; forget packs that went away."""
+        try:
+            names = os.listdir(self.pages_dir)
+        except FileNotFoundError:
+            names = []
+        packs = {n for n in names if PACK_RE.fullmatch(n)}
+        self.has_legacy = any(_LEGACY_DIR_RE.fullmatch(n) for n in names)
+        gone = (self.packs.keys() | self.damaged.keys()) - packs
+        for name in gone:
+            self.packs.pop(name, None)
+            self.damaged.pop(name, None)
+            fd = self._fds.pop(name, None)
+            if fd is not None:
+                os.close(fd)
+        if gone:
+            self.locations = {h: loc for h, loc in self.locations.items() if loc.pack not in gone}
+        for name in sorted(packs - self.packs.keys() - self.damaged.keys()):
+            try:
+                entries = read_index(self.pages_dir / name)
+            except FileNotFoundError:
+                continue  # collected meanwhile
+            except (PackError, OSError, ValueError, struct.error) as e:
+                self.damaged[name] = str(e)
+                continue
+            self.packs[name] = entries
+            for h, offset, length in entries:
+                self.locations.setdefault(h, Location(name, offset, length))
+
+    def legacy_path(self, h: str) -> Path:
+        return self.pages_dir / h[:2] / h
+
+    def has(self, h: str) -> bool:
+        """Whether page ``h`` is stored (as of the last :meth:`refresh` for packs)."""
+        return h in self.locations or self.has_legacy and os.path.exists(self.legacy_path(h))
+
+    def size(self, h: str) -> int | None:
+        """Compressed size of page ``h`` in the store, None if it is not there."""
+        loc = self.locations.get(h)
+        if loc is not None:
+            return loc.length
+        try:
+            return os.path.getsize(self.legacy_path(h)) if self.has_legacy else None
+        except OSError:
+            return None
+
+    def read_view(self, h: str) -> tuple[memoryview, str] | None:
+        """:meth:`read` into a buffer of the calling thread's, reused (no allocation per page): the
+        view is valid until this thread's next call."""
+        loc = self.locations.get(h)
+        if loc is None:
+            found = self.read(h)
+            return None if found is None else (memoryview(found[0]), found[1])
+        buf = getattr(_tls, "buf", None)
+        if buf is None:
+            buf = _tls.buf = memoryview(bytearray(MAX_COMPRESSED_PAGE))
+        n = os.preadv(self._fd(loc.pack), [buf[:loc.length]], loc.offset)
+        if n != loc.length:
+            raise PackError(f"pack {self._dir}/{loc.pack} changed size while being read")
+        return buf[:n], f"page {h} in pack {self._dir}/{loc.pack}"
+
+    def read(self, h: str) -> tuple[bytes, str] | None:
+        """Page ``h``'s zstd frame and a description of where it came from (for errors); None if missing."""
+        loc = self.locations.get(h)
+        if loc is not None:
+            fd = self._fd(loc.pack)
+            comp = os.pread(fd, loc.length, loc.offset)
+            if len(comp) != loc.length:
+                raise PackError(f"pack {self._dir}/{loc.pack} changed size while being read")
+            return comp, f"page {h} in pack {self._dir}/{loc.pack}"
+        p = self.legacy_path(h)
+        try:
+            with open(p, "rb") as f:
+                return f.read(MAX_COMPRESSED_PAGE + 1), f"page file {p}"
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def why_missing(self) -> str:
+        """A note for a missing-page error: damaged packs that may have held it."""
+        if not self.damaged:
+            return ""
+        name, why = next(iter(sorted(self.damaged.items())))
+        more = f" and {len(self.damaged) - 1} more" if len(self.damaged) > 1 else ""
+        return f"; pack {self.pages_dir / name} is unreadable ({why}){more}"
+
+    def _fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is None:
+            with self._fds_lock:  # the parallel restore reads from several threads
+                fd = self._fds.get(name)
+                if fd is None:
+                    if len(self._fds) >= _OPEN_FDS:
+                        self._retired.append(self._fds.pop(next(iter(self._fds))))  # another thread may use it
+                    fd = self._fds[name] = os.open(f"{self._dir}/{name}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return fd
+
+    def close(self) -> None:
+        for fd in [*self._fds.values(), *self._retired]:
+            os.close(fd)
+        self._fds.clear()
+        self._retired.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def legacy_files(self) -> list[os.DirEntry[str]]:
+        """Layout-1 page files (for ``gc``)."""
+        out: list[os.DirEntry[str]] = []
+        if not self.has_legacy:
+            return out
+        for sub in sorted(os.listdir(self.pages_dir)):
+            if _LEGACY_DIR_RE.fullmatch(sub) and (self.pages_dir / sub).is_dir():
+                out += [e for e in os.scandir(self.pages_dir / sub) if _LEGACY_PAGE_RE.fullmatch(e.name)]
+        return out
+
+
+class PackWriter:
+    """Appends compressed pages to a new pack under a temporary name; :meth:`commit` adds the
+    index, fsyncs once and renames it into place (the caller fsyncs the directory once).
+
+    :meth:`append` is called from one thread (the write pipeline's consumer); ``os.write``
+    releases the GIL, so the pipeline's workers hash and compress the next pages meanwhile."""
+
+    def __init__(self, pages_dir: Path) -> None:
+        self.final = pages_dir / new_pack_name()
+        self.tmp, self._fd = create_temp(self.final)
+        self.entries: list[tuple[bytes, int, int]] = []
+        self.offset = 0
+        self._write(_HEADER.pack(PACK_MAGIC, PACK_VERSION))
+
+    def _write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.offset += len(data)
+
+    def append(self, h: str, comp: bytes) -> None:
+        """Add page ``h`` (hex BLAKE3 of the page) as the zstd frame ``comp``."""
+        self.append_many([(h, comp)])
+
+    def append_many(self, pages: list[tuple[str, bytes]]) -> None:
+        """:meth:`append` several pages with one ``writev``."""
+        offset = self.offset
+        for h, comp in pages:
+            self.entries.append((bytes.fromhex(h), offset, len(comp)))
+            offset += len(comp)
+        frames = [comp for _, comp in pages]
+        while frames:
+            n = os.writev(self._fd, frames[:_IOV_MAX])
+            self.offset += n
+            while frames and n >= len(frames[0]):
+                n -= len(frames.pop(0))
+            if n:
+                frames[0] = memoryview(frames[0])[n:]
+
+    def commit(self) -> Path | None:
+        """Write the index, fsync, rename to the final name; the pack's path, None when empty (discarded)."""
+        if not self.entries:
+            self.abort()
+            return None
+        index_at = self.offset
+        table = b"".join(_ENTRY.pack(*e) for e in self.entries)
+        trailer = _TRAILER.pack(index_at, len(self.entries), PACK_MAGIC)
+        digest = blake3(_HEADER.pack(PACK_MAGIC, PACK_VERSION))
+        digest.update(table)
+        digest.update(trailer)
+        try:
+            self._write(table + trailer + digest.digest())
+            os.fsync(self._fd)
+        except BaseException:
+            self.abort()
+            raise
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            os.replace(self.tmp, self.final)
+        except BaseException:
+            unlink_quietly(self.tmp)
+            raise
+        return self.final
+
+    def abort(self) -> None:
+        """Discard the pack (nothing under a final name was written)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        unlink_quietly(self.tmp)
