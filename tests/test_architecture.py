@@ -18,6 +18,9 @@ FOUNDATION = ("wasmig.errors", "wasmig.hashing", "wasmig._pyblake3", "wasmig.fil
 #: so an engine's own folder is listed before ``engines``
 GROUPS: dict[str, tuple[str, ...]] = {
     "foundation": FOUNDATION,
+    # the authenticated transport (TLS with pinned keys, the framed protocol): migrate/ uses it, and
+    # so does wasi/'s gateway client, so it sits below both
+    "transport": ("wasmig.migrate.channel", "wasmig.migrate.protocol"),
     "binary": ("wasmig.binary", "wasmig.module"),
     "snapshot": ("wasmig.snapshot",),
     "interp": ("wasmig.interp",),
@@ -30,15 +33,16 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "migrate": ("wasmig.migrate",),
     "top": ("wasmig.cli", "wasmig.invoke", "wasmig.examples", "wasmig.__main__", "wasmig"),
 }
-_BELOW_ENGINES = {"foundation", "binary", "snapshot", "wasi"}
+_BELOW_ENGINES = {"foundation", "transport", "binary", "snapshot", "wasi"}
 #: group -> the groups it may import besides its own
 ALLOWED: dict[str, set[str]] = {
     "foundation": set(),
+    "transport": {"foundation"},
     "binary": {"foundation"},
     "snapshot": {"foundation", "binary"},
     "interp": {"foundation", "binary"},
     "instrument": {"foundation", "binary"},
-    "wasi": {"foundation", "binary", "snapshot"},
+    "wasi": {"foundation", "binary", "snapshot", "transport"},
     "engines": _BELOW_ENGINES,
     "engine:interp": _BELOW_ENGINES | {"engines", "interp", "instrument"},
     "engine:wasmtime": _BELOW_ENGINES | {"engines", "interp", "instrument"},

@@ -547,7 +547,8 @@ def daemon_target(dirs: dict[str, str], listens: tuple[str, ...] = (), gateways:
 
     target = _Target.__new__(_Target)
     target.dirs, target.listens, target.gateways = dirs, listens, gateways
-    target.id, target.landing = "t", types.SimpleNamespace(memory=None, prepare=lambda m, s, g: g)
+    # Landing.prepare(snapshot, granted)
+    target.id, target.landing = "t", types.SimpleNamespace(memory=None, prepare=lambda s, g: g)
     target.arrival = types.SimpleNamespace(state=None)
     return target
 

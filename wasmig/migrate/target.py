@@ -488,7 +488,7 @@ class _Target:
             msg = ch.recv(expect=("pages", "state"))
             if msg["t"] == "state":
                 _fault("state")
-                return self._restore(module, msg.get("snapshot"))
+                return _Program(self._restore(module, msg.get("snapshot")))
             self._pages(msg)
             if first:
                 _fault("pages")
@@ -560,8 +560,8 @@ class _Target:
             del self.held[pid]  # overwritten since
         return self.cache.get(pid)
 
-    def _restore(self, module: Module, plain: Any) -> _Program:
-        """Restore on this daemon's engine, without running anything yet."""
+    def _restore(self, module: Module, plain: Any) -> Program:
+        """Restore on this daemon's engine (:meth:`Landing.prepare`), without running anything yet."""
         landing = self.landing
         assert landing is not None
         try:
@@ -577,7 +577,7 @@ class _Target:
         # address the source names (a preopen the program closed, with files still open beneath it, too)
         granted = self._grant(snap.wasi)
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
-        return _Program(landing.prepare(snap, granted))
+        return landing.prepare(snap, granted)
 
     def _grant(self, ws: Any) -> Granted:
         # the daemon's grants are an offer to every program: each takes the directories it has and
