@@ -232,8 +232,8 @@ def test_the_daemons_page_cache_keeps_what_was_used_last(tmp_path: Path) -> None
 
     import zstandard
 
+    from wasmig.migrate.page_cache import PageCache
     from wasmig.migrate.pages import page_id
-    from wasmig.migrate.target import PageCache
 
     cache = PageCache(tmp_path / "pages")
     pages = [bytes([i]) * 65536 for i in range(1, 5)]
