@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from wasmig.errors import DecodeError, Exhaustion, LinkError, Trap, UnsupportedFeature, ValidationError, WasmError
 
 if TYPE_CHECKING:
+    from wasmig.grants import Granted
     from wasmig.instance import Instance
     from wasmig.interp.machine import Suspended
     from wasmig.interp.store import Global, HostFunc, Memory, Table, Val
@@ -54,7 +55,8 @@ def __dir__() -> list[str]:
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
-            stderr: BinaryIO | None = None, count_steps: bool = False) -> Instance | Checkpointable:
+            stderr: BinaryIO | None = None, count_steps: bool = False,
+            granted: Granted | None = None) -> Instance | Checkpointable:
     """Re-create a program from a snapshot — a ``Snapshot`` (``Instance.checkpoint()``'s), a
     snapshot file or a checkpoint directory (its latest snapshot) — and return it ready to
     continue with ``.resume()``.
@@ -72,14 +74,16 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     ``Snapshot`` object needs it given). A WASI program gets its WASI state back: files re-opened
     (``on_file_change``: ``"fail"``, ``"warn"`` or ``"ignore"`` when one changed since),
     ``dirs`` re-mapping guest preopen names to host directories, ``stdin``/``stdout``/``stderr``
-    instead of the process's. Any other module needs its ``imports``, as for :class:`Instance`.
+    instead of the process's; ``granted`` (:func:`wasmig.grants.resolve`) opens only the host
+    resources it grants instead of those the snapshot records (docs/security.md: this API checks
+    no signature). Any other module needs its ``imports``, as for :class:`Instance`.
     Raises ``SnapshotError`` for a snapshot that does not fit the module, ``ValueError`` for an
     unknown engine. (Implemented by :func:`wasmig.snapshot.api.restore`, imported on first use.)
     """
     from wasmig.snapshot.api import restore as _restore
 
     return _restore(state_or_path, engine, module=module, imports=imports, dirs=dirs, on_file_change=on_file_change,
-                    stdin=stdin, stdout=stdout, stderr=stderr, count_steps=count_steps)
+                    stdin=stdin, stdout=stdout, stderr=stderr, count_steps=count_steps, granted=granted)
 
 
 __all__ = [
