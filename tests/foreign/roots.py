@@ -10,7 +10,8 @@ lists directories, so the host's apt setup is never touched. Each ``.deb`` is un
 exists. qemu-user-static is installed with apt-get when missing (as root).
 
 The foreign Python gets wasmig's own sources on ``PYTHONPATH`` and only the dependencies Debian
-packages for that architecture: msgpack, zstandard and xxhash -- not blake3 (wasmig falls
+packages for that architecture: msgpack, zstandard, xxhash and cryptography (snapshots are
+signed, docs/security.md) -- not blake3 (wasmig falls
 back to its pure-Python BLAKE3), not wasmtime (the interpreter runs there), not rich.
 
     python -m tests.foreign.roots s390x -- -m wasmig run prog.wasm
@@ -30,7 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHES = {"s390x": "s390x", "arm64": "aarch64"}  # Debian architecture -> qemu's name
-PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib", "python3-msgpack", "python3-zstandard", "python3-xxhash")
+PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib", "python3-msgpack", "python3-zstandard", "python3-xxhash",
+            "python3-cryptography")
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 
 

@@ -23,10 +23,12 @@ The client sees a pause, never a reset.
 from __future__ import annotations
 
 import socket
-import ssl
+from typing import TYPE_CHECKING
 
-from wasmig.keys import KeyPair
 from wasmig.wire import Channel, WireError
+
+if TYPE_CHECKING:  # every WASI program imports this module; few talk to a gateway (no TLS, no keys loaded)
+    from wasmig.keys import KeyPair
 
 TIMEOUT = 10.0
 _key: KeyPair | None = None
@@ -115,6 +117,8 @@ def attach(address: str, gateway_key: bytes, conn: int) -> socket.socket:
 
 def end_tls(tls: socket.socket, address: str) -> socket.socket:
     """The plain socket under an authenticated TLS connection (both sides end TLS in turn)."""
+    import ssl
+
     try:
         tls.settimeout(TIMEOUT)
         raw = tls.unwrap() if isinstance(tls, ssl.SSLSocket) else tls
