@@ -1327,7 +1327,9 @@ def test_crafted_call_indirect_callee_of_another_type_is_refused(tmp_path: Path,
 @pytest.mark.parametrize("engine", ["interp", "wasmtime"])
 def test_kill_9_during_checkpoints_leaves_loadable_snapshots(tmp_path: Path, engine: str) -> None:
     wasm = program("bigmem")
-    args = _bigmem_args(64, 8, 4096) if engine == "interp" else _bigmem_args(64, 100000, 4096)
+    # long enough to outlast the first snapshot plus the kill's delay (up to 0.8 s) on either engine:
+    # with pack files a checkpoint of its 64 MiB is fast, and 8 rounds on the interpreter ended first
+    args = _bigmem_args(64, 48, 4096) if engine == "interp" else _bigmem_args(64, 100000, 4096)
     full = wasmig(["run", wasm, *args])
     assert full.returncode == 0 and full.stdout.endswith(b"done\n")
     ck = tmp_path / "ck"

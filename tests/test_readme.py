@@ -228,9 +228,10 @@ class Assets:
             target.write_text(secrets.token_hex(24))
             target.chmod(0o600)
         elif name == "peer.pub":
-            from wasmig.keys import KeyPair, default_key_dir, write_key_pair
+            from wasmig.keys import KeyPair, write_key_pair
 
-            key_dir = dest / ".readme" / "home" / default_key_dir().relative_to(Path.home())
+            # the user's key directory in the block's private HOME (environment() drops the test run's)
+            key_dir = dest / ".readme" / "home" / ".config" / "wasmig"
             if not key_dir.exists():
                 write_key_pair(KeyPair.generate("readme"), key_dir)
             shutil.copy(key_dir / "wasmig.pub", target)
@@ -254,7 +255,8 @@ def environment(scratch: Path) -> dict[str, str]:
     runtime = scratch / ".readme" / "run"
     home.mkdir(parents=True, exist_ok=True)
     runtime.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTEST_", "COV_")) and k not in ("WASMIG_KEY_DIR", "XDG_CONFIG_HOME")}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HOME=str(home), WASMIG_RUNTIME_DIR=str(runtime),
                PYTHONUNBUFFERED="1")
     return env

@@ -335,7 +335,8 @@ class Demo:
         from wasmig.keys import KeyPair, write_key_pair
 
         for name in ("source", "A", "B"):  # on real machines: each its own `~/.config/wasmig`, made on first use
-            write_key_pair(KeyPair.generate(name), self.work / "keys" / name)
+            if not (self.work / "keys" / name / "wasmig.key").exists():  # the source's signed the checkpoints
+                write_key_pair(KeyPair.generate(name), self.work / "keys" / name)
         say("  keys: an Ed25519 key pair each in ./keys/{source,A,B} (0600); each daemon trusts the others'")
         say("  wasmig.pub, and `wasmig migrate` pins the target's: TLS 1.3, both sides authenticated")
         program = self.program("live")
