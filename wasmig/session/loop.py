@@ -35,7 +35,6 @@ from wasmig.session.policy import (
     MigrationInDoubt,
     ignore_checkpoint_request,
 )
-from wasmig.session.status import status_path, write_status
 from wasmig.wasi.preview1 import ProcExit
 
 if TYPE_CHECKING:  # the engine's code is imported by the engine: a run on one never pays for the other
@@ -214,6 +213,10 @@ class Session:
             if not self.program.interruptible and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # see Program.interruptible
         if self.policy.active:
+            # a run that checkpoints has a status file in the runtime directory (whose checks import
+            # tempfile and its compression modules: ~10 ms a plain run does not pay)
+            from wasmig.session.status import status_path
+
             self._status_file = status_path(os.getpid())
             self._write_status()
 
@@ -228,6 +231,8 @@ class Session:
 
     def _write_status(self) -> None:
         if self._status_file is not None:
+            from wasmig.session.status import write_status
+
             write_status(self._status_file, self.policy.directory, self.policy.written)
 
     def _save(self, snap: Snapshot, capture_s: float | None = None) -> None:
