@@ -125,3 +125,27 @@ def _assemble_text(text: str) -> wasmig.Module:
     data = subprocess.run(["wat2wasm", "--enable-threads", "-", "-o", "/dev/stdout"], input=text.encode(),
                           capture_output=True, check=True).stdout
     return wasmig.Module.from_bytes(data, features={"threads"})
+
+
+def _wasmig(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "wasmig", *args], input=stdin, capture_output=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_wasmig_run_runs_a_threaded_program_on_the_interpreter(tmp_path: Path) -> None:
+    """`wasmig run` tells a wasi-threads program from its imports: by default it runs on the
+    interpreter (with a note); what threads lack yet is a one-line error, never a traceback."""
+    wasm = compile_c(PROGRAMS / "threads_spawn.c", extra_flags=THREAD_FLAGS)
+    done = _wasmig("run", str(wasm))
+    assert done.returncode == 0 and done.stdout == b"counter 4000 wide 42949672960000\n", done.stderr
+    assert b"running it on the interpreter" in done.stderr
+    assert _wasmig("run", "--engine", "interp", str(wasm)).returncode == 0
+    for options, message in ((["--engine", "wasmtime"], b"run on the interpreter only"),
+                             (["--checkpoint-dir", str(tmp_path / "ck")], b"cannot be checkpointed"),
+                             (["--migratable"], b"cannot be checkpointed")):
+        refused = _wasmig("run", *options, str(wasm))
+        assert refused.returncode == 1 and b"Traceback" not in refused.stderr, refused.stderr
+        assert refused.stderr.startswith(b"wasmig: error: ") and message in refused.stderr, refused.stderr
+    assert not list((tmp_path / "ck").rglob("*.snap"))  # refused before anything ran

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable, Sequence
 
-    from wasmig.engines.base import Program, WasiInstance
+    from wasmig.engines.base import Engine, Program, WasiInstance
     from wasmig.migrate.channel import Identity
     from wasmig.module import Module
     from wasmig.session.loop import Session
@@ -120,6 +120,41 @@ def invoke_function(instance: WasiInstance, name: str, args: list[tuple[str, int
     return 0
 
 
+def load_program(program: str, decode: bool) -> tuple[Module, bool]:
+    """The module at ``program`` (decoded and validated when ``decode``), and whether it is a
+    wasi-threads program (it imports ``wasi.thread-spawn``: docs/threads.md). A threaded module is
+    told from its imports alone, since the default decoder refuses its shared memory."""
+    from wasmig.errors import UnsupportedFeature
+    from wasmig.module import Module
+    from wasmig.wasi.threads_abi import imports_thread_spawn
+
+    try:
+        module = Module.from_file(program, decode=decode, validate=decode)
+    except UnsupportedFeature:
+        probe = Module.from_file(program, decode=False, validate=False)
+        if not imports_thread_spawn(probe.interface.imports):
+            raise
+        return probe, True
+    return module, imports_thread_spawn(module.interface.imports)
+
+
+def threaded_engine(runs_on: Engine, asked: str | None, stops: bool) -> Engine:
+    """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads, else the
+    interpreter when no engine was asked for (with a note); a one-line error when the run asks
+    for what threads do not have yet (checkpoints, migration, ``--invoke``)."""
+    if stops:
+        raise UserError("a wasi-threads program cannot be checkpointed, migrated or --invoke'd yet "
+                        "(docs/threads.md): run it without those options")
+    if runs_on.runs_threads:
+        return runs_on
+    if asked is not None:
+        raise UserError(f"--engine {asked}: wasi-threads programs run on the interpreter only so far "
+                        "(--engine interp; docs/threads.md)")
+    err(f"wasmig: note: a wasi-threads program: running it on the interpreter ({runs_on.name} does not run "
+        "threads yet)")
+    return engines.get("interp")
+
+
 def run_options(p: Parser) -> None:
     p.option("--engine", choices=ENGINES, default=None, metavar=ENGINE_METAVAR,
              help="Execution engine: wasmtime (compiled; the default when installed) or the interpreter.")
@@ -187,7 +222,10 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         # an engine that compiles the module itself (wasmtime) gets it decoded only as far as linking
         # needs (its instrumented variant: decoding and validation wait until the pass needs them,
         # which a cached instrumented module spares, as on restore)
-        module = Module.from_file(program, decode=runs_on.needs_ir, validate=runs_on.needs_ir)
+        module, threaded = load_program(program, runs_on.needs_ir)
+        if threaded:
+            runs_on = threaded_engine(runs_on, engine, invoke is not None or policy.active or policy.migratable)
+            module = Module.from_file(program, features={"threads"})
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
     except UserError as e:
         for sock in listeners:
@@ -203,7 +241,9 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         fail(f"--gateway {gateway_address}: {e}")
         return
     try:
-        if invoke is not None:
+        if threaded:
+            pass  # instantiated by the engine's thread scheduler, once per thread
+        elif invoke is not None:
             instance = runs_on.instantiate_wasi(module, wasi)
         else:
             runnable = runs_on.program(module, wasi, checkpoints=policy.active or policy.migratable,
@@ -222,6 +262,8 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         return
     if invoke is not None:
         sys.exit(guarded(lambda: invoke_function(instance, invoke, invoke_args), wasi, policy, program) & 0xFF)
+    if threaded:
+        sys.exit(guarded(lambda: runs_on.run_threaded_command(module, wasi), wasi, policy, program) & 0xFF)
     path = os.path.abspath(program)
     sys.exit(guarded(lambda: run_program(runnable, policy, path, resume=False), wasi, policy, path) & 0xFF)
 

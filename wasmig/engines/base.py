@@ -179,6 +179,15 @@ class Engine(ABC):
     def landing(self, module: Module) -> Landing:
         """A fresh place for a migration's pages, made when the module arrives (before the stop)."""
 
+    #: whether :meth:`run_threaded_command` runs wasi-threads programs (docs/threads.md)
+    runs_threads: bool = False
+
+    def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
+        """Run a wasi-threads command (it imports ``wasi.thread-spawn``; ``module`` decoded with the
+        ``threads`` feature) to its end; its exit code. Traps propagate as :class:`wasmig.Trap`.
+        ``seed`` picks the interleaving where the engine schedules threads itself."""
+        raise NotImplementedError(f"wasi-threads programs do not run on the {self.name} engine yet")
+
 
 class Instance:
     """A running instance of a :class:`wasmig.Module`, on the engine ``engine`` names.

@@ -156,6 +156,12 @@ class ImageLanding(Landing):
 class InterpEngine(Engine):
     name = "interp"
     needs_ir = True
+    runs_threads = True
+
+    def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
+        from wasmig.engines.interp.wasi_threads import run_threaded_command
+
+        return run_threaded_command(module, wasi, seed=seed)
 
     def instance_class(self, imports: Mapping[str, Mapping[str, Any]] | Wasi | None) -> type[InterpInstance]:
         return InterpInstance

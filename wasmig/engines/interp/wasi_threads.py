@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 from wasmig.errors import LinkError
 from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import SIGNATURES, WASI_MODULE, ProcExit, Wasi
+from wasmig.wasi.threads_abi import SPAWN, THREADS_MODULE
 
 if TYPE_CHECKING:
     from wasmig.module import Module
 
 #: the import wasi-threads adds
-THREADS_MODULE = "wasi"
-SPAWN = "thread-spawn"
 
 
 def is_threaded(module: Module) -> bool:
