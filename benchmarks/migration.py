@@ -140,7 +140,7 @@ def one(program: Path, mib: int, rate: float, precopy: bool, tree: Tree, tmp: Pa
 
 def incremental(program: Path, tmp: Path) -> list[str]:
     """Checkpoint a 256 MiB guest every second while it changes 1% of its heap a second."""
-    from wasmig.snapshot.store import checkpoint_chain
+    from wasmig.snapshot.store_stats import checkpoint_chain
 
     ck = tmp / "incremental"
     guest = subprocess.Popen(wasmig("run", "--engine", "wasmtime", "--checkpoint-dir", str(ck),

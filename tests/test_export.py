@@ -38,9 +38,9 @@ from wasmig.snapshot.store import (
     _encode,
     _read_container,
     load_snapshot,
-    storage_stats,
     write_single_file,
 )
+from wasmig.snapshot.store_stats import storage_stats
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ziglang") is None and not os.environ.get(toolchain.ZIG_ENV),

@@ -16,7 +16,8 @@ from pathlib import Path
 from tests.snapshot_synth import make_snapshot
 from wasmig.snapshot.inspect import _MAX_RANGES, diff, format_ranges, format_summary, index_ranges, summarize
 from wasmig.snapshot.state import PAGE_SIZE, Snapshot
-from wasmig.snapshot.store import CheckpointDir, storage_stats
+from wasmig.snapshot.store import CheckpointDir
+from wasmig.snapshot.store_stats import storage_stats
 
 PAGES = 600
 SEGMENTS = 5000

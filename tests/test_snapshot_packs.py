@@ -29,11 +29,10 @@ from wasmig.snapshot.state import PAGE_SIZE, MemoryState, Snapshot, SnapshotErro
 from wasmig.snapshot.store import (
     CheckpointDir,
     _encode,
-    checkpoint_chain,
     load_snapshot,
-    storage_stats,
     write_single_file,
 )
+from wasmig.snapshot.store_stats import checkpoint_chain, storage_stats
 from wasmig.snapshot.wsnap import export_snapshot, import_wsnap, load_wsnap
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -36,11 +36,10 @@ from wasmig.snapshot.store import (
     HEADER_SIZE,
     MAGIC,
     CheckpointDir,
-    checkpoint_chain,
     load_snapshot,
-    storage_stats,
     write_single_file,
 )
+from wasmig.snapshot.store_stats import checkpoint_chain, storage_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -61,7 +61,8 @@ def inspect(as_json: bool, module_path: str | None, verify: bool, trust_files: t
     from wasmig.snapshot.limits import check_manifest_memory
     from wasmig.snapshot.signing import check_trust, describe
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import checkpoint_chain, load_snapshot, read_sealed, storage_stats
+    from wasmig.snapshot.store import load_snapshot, read_sealed
+    from wasmig.snapshot.store_stats import checkpoint_chain, storage_stats
 
     try:
         trust = trust_from_options(trust_files, allow_unsigned=False)

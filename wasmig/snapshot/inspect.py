@@ -129,8 +129,8 @@ def summarize(snapshot: Snapshot, module_ir: Any = None, stats: Any = None,
 
     ``module_ir`` (a ``wasmig.binary.ir.Module``) adds function names; ``stats`` (a
     :class:`~wasmig.snapshot.store.WriteStats`, or the dict from
-    :func:`~wasmig.snapshot.store.storage_stats`) adds how the pages were stored; ``chain``
-    (:func:`~wasmig.snapshot.store.checkpoint_chain`) the snapshots of its checkpoint directory.
+    :func:`~wasmig.snapshot.store_stats.storage_stats`) adds how the pages were stored; ``chain``
+    (:func:`~wasmig.snapshot.store_stats.checkpoint_chain`) the snapshots of its checkpoint directory.
     """
     def name(i: int) -> str | None:
         if module_ir is None:

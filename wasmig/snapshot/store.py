@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from wasmig.files import PRIVATE_FILE_MODE
-from wasmig.hashing import blake3
 from wasmig.snapshot import packs
 from wasmig.snapshot.container import (
     _HASH_RE,
@@ -74,10 +73,10 @@ from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain
 # the public API, and what the single-file export (wsnap) and the tests use from the modules above
 __all__ = ["CheckpointDir", "Container", "HASH_SIZE", "HEADER_SIZE", "MAGIC", "PagedMemory", "StagedWrite",
            "WriteStats", "read_sealed", "_read_container",
-           "checkpoint_chain", "load_snapshot", "load_snapshot_deferred", "materialize", "storage_stats",
+           "load_snapshot", "load_snapshot_deferred", "materialize",
            "write_single_file", "_HASH_RE", "_HEADER", "_MAX_COMPRESSED_PAGE", "_READ_ERRORS", "_PageSource",
            "_atomic_write", "_decompress_page", "_describe", "_fsync_dir", "_mkdirs_durable", "_one_line",
-           "_read_manifest_from", "_temp_name", "_unlink_quietly"]
+           "_read_manifest_from", "_temp_name", "_unlink_quietly", "_list_memories"]
 
 ZSTD_LEVEL = 1  # level 1 compresses typical wasm heaps nearly as well as 3 at about twice the speed
 _SNAP_RE = re.compile(r"(\d{6,})\.snap")
@@ -231,97 +230,6 @@ def _resolve(path: Path) -> Path:
             raise SnapshotError("not a checkpoint directory (no snapshots/ in it)")
         raise SnapshotError("checkpoint directory has no snapshots")
     return latest
-
-
-def storage_stats(path: str | Path) -> dict[str, Any]:
-    """How a snapshot file (or a checkpoint directory's latest) stores its memory, from its manifest alone.
-
-    For ``wasmig inspect``: pass the result to :func:`wasmig.snapshot.inspect.summarize`. Keys:
-    ``pages_total``/``pages_zero``/``pages_distinct`` (distinct non-zero contents),
-    ``pages_repeated`` (non-zero pages identical to another page of the same snapshot),
-    ``stored_bytes`` (compressed size of its distinct pages), ``snapshot_bytes``, ``layout``
-    (``checkpoint-dir`` or ``single-file``) and, in a checkpoint directory,
-    ``pages_shared_with_previous``: distinct pages the previous snapshot also references, i.e.
-    what this snapshot did not have to write.
-    """
-    path = _guarded(Path(path), "read snapshot", _resolve, Path(path))
-    from wasmig.snapshot import wsnap
-
-    if wsnap.is_wsnap(path):
-        return _guarded(path, "read snapshot", wsnap.storage_stats, path)
-
-    def compute() -> dict[str, Any]:
-        manifest = _read_manifest(path)
-        entries = [e for m in _list_memories(manifest) for e in m]
-        for e in entries:
-            if not (e is None or isinstance(e, bytes) or isinstance(e, str) and _HASH_RE.fullmatch(e)):
-                raise SnapshotError("corrupt snapshot: a page entry is neither a hash nor a page")
-        distinct = {e if isinstance(e, str) else blake3(e).hexdigest() for e in entries if e is not None}
-        embedded = any(isinstance(e, bytes) for e in entries)
-        in_dir = path.parent.name == "snapshots" and not embedded
-        stats: dict[str, Any] = {
-            "layout": "checkpoint-dir" if in_dir else "single-file",
-            "pages_total": len(entries),
-            "pages_zero": sum(e is None for e in entries),
-            "pages_distinct": len(distinct),
-            "pages_repeated": sum(e is not None for e in entries) - len(distinct),
-            "snapshot_bytes": os.path.getsize(path),
-        }
-        if embedded:
-            stats["stored_bytes"] = sum(len(e) for e in entries if isinstance(e, bytes))
-            return stats
-        stats["stored_bytes"] = _stored_bytes(_pages_dir_for(path), distinct)
-        if in_dir:
-            prev = _previous(path)
-            if prev is not None:
-                stats["pages_shared_with_previous"] = len(distinct & _page_hashes(_read_manifest(prev)))
-        return stats
-
-    return _guarded(path, "read snapshot", compute)
-
-
-def checkpoint_chain(path: str | Path) -> list[dict[str, Any]] | None:
-    """The snapshots of the checkpoint directory that ``path`` is (or holds a snapshot of), oldest
-    first: per snapshot its number, steps, pages, the distinct pages that no earlier snapshot
-    still in the directory names (what it added to the store) and their stored bytes; None for a
-    single-file snapshot. Each references the pages it shares with earlier ones, so deleting any
-    snapshot file leaves the others whole (``wasmig gc`` then frees the pages nobody names)."""
-    path = _guarded(Path(path), "read snapshot", _resolve, Path(path))
-    if path.parent.name != "snapshots" or not _SNAP_RE.fullmatch(path.name):
-        return None
-    store = CheckpointDir(path.parent.parent)
-
-    def compute() -> list[dict[str, Any]]:
-        seen: set[str] = set()
-        chain = []
-        for snap in store.snapshots():
-            manifest = _read_manifest(snap)
-            hashes = _page_hashes(manifest)
-            new = hashes - seen
-            steps = manifest.get("steps")
-            chain.append({"snapshot": snap.name, "steps": steps if isinstance(steps, int) else None,
-                          "pages_total": sum(len(m) for m in _list_memories(manifest)), "pages_new": len(new),
-                          "new_bytes": _stored_bytes(store.pages_dir, {h for h in new if _HASH_RE.fullmatch(h)}),
-                          "snapshot_bytes": os.path.getsize(snap), "this": snap == path})
-            seen |= hashes
-        return chain
-
-    return _guarded(path, "read snapshot", compute)
-
-
-def _stored_bytes(pages_dir: Path, hashes: set[str]) -> int:
-    """What these pages take in the page store (a missing one counts nothing)."""
-    store = packs.PackStore(pages_dir)
-    store.refresh()
-    return sum(store.size(h) or 0 for h in hashes)
-
-
-def _previous(path: Path) -> Path | None:
-    m = _SNAP_RE.fullmatch(path.name)
-    if not m:
-        return None
-    earlier = [p for p in CheckpointDir(path.parent.parent).snapshots() if _number(p) < int(m.group(1))]
-    return earlier[-1] if earlier else None
 
 
 def _number(p: Path) -> int:

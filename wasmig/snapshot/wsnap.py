@@ -269,7 +269,7 @@ def read_module(path: Path) -> bytes:
 
 
 def storage_stats(path: Path) -> dict[str, Any]:
-    """``store.storage_stats`` for a .wsnap, from its manifest and index."""
+    """``store_stats.storage_stats`` for a .wsnap, from its manifest and index."""
     with _opened(path) as w:
         entries = [e for m in _list_memories(w.manifest) for e in m]
         return {"layout": "wsnap", "pages_total": len(entries), "pages_zero": sum(e is None for e in entries),
