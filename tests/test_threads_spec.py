@@ -19,6 +19,7 @@ import pytest
 import wasmig
 from tests.spec import runner as spec_runner
 from tests.spec.runner import REPO_ROOT
+from tests.wat import threads_module
 from wasmig.binary.decoder import decode_module
 from wasmig.binary.encoder import encode_module
 from wasmig.interp.atomics import WaitQueues
@@ -69,14 +70,6 @@ def test_threads_suite_on_wasmtime(tmp_path):
             or "incompatible import type" in got, (line, got)
 
 
-def _threads_module(text: str) -> wasmig.Module:
-    if shutil.which("wat2wasm") is None:
-        pytest.skip("wat2wasm missing")
-    data = subprocess.run(["wat2wasm", "--enable-threads", "-", "-o", "/dev/stdout"], input=text.encode(),
-                          capture_output=True, check=True).stdout
-    return wasmig.Module.from_bytes(data, features={"threads"})
-
-
 WAITER = """
 (module
   (memory (export "mem") 1 1 shared)
@@ -95,7 +88,7 @@ WAITER = """
 
 
 def test_single_thread_wait_times_out_or_refuses_to_hang():
-    inst = wasmig.Instance(_threads_module(WAITER), engine="interp")
+    inst = wasmig.Instance(threads_module(WAITER), engine="interp")
     assert inst.exports["wait32"](0, 1, 0) == 1  # not-equal: the cell holds 0
     start = time.monotonic()
     assert inst.exports["wait32"](0, 0, 20_000_000) == 2  # timed out after 20 ms: nobody can notify
@@ -108,27 +101,27 @@ def test_single_thread_wait_times_out_or_refuses_to_hang():
 
 
 def test_read_modify_writes_return_old_values():
-    inst = wasmig.Instance(_threads_module(WAITER), engine="interp")
+    inst = wasmig.Instance(threads_module(WAITER), engine="interp")
     # 0 + 5 = 5; 8-bit 5 - 7 wraps to 0xfe; cmpxchg(0xfe -> 42) returns 0xfe; the load reads 42
     assert inst.exports["counter"]() == 0xFE + 42
 
 
 def test_wait_on_unshared_memory_traps():
-    module = _threads_module("""(module (memory 1)
+    module = threads_module("""(module (memory 1)
       (func (export "w") (result i32) (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const 0))))""")
     with pytest.raises(wasmig.Trap, match="expected shared memory"):
         wasmig.Instance(module, engine="interp").exports["w"]()
 
 
 def test_shared_memory_and_atomics_round_trip_through_the_encoder():
-    module = _threads_module(WAITER)
+    module = threads_module(WAITER)
     ir = decode_module(module.data, features={"threads"})
     assert ir.mems[0].shared and ir.mems[0].limits.max == 1
     assert encode_module(ir) == module.data
 
 
 def test_threads_instructions_need_the_feature():
-    module = _threads_module(WAITER)
+    module = threads_module(WAITER)
     with pytest.raises(wasmig.DecodeError, match="shared memory"):
         wasmig.Module.from_bytes(module.data)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import wasmig
+from tests.wat import threads_module
 from wasmig.engines.interp.wasi_threads import is_threaded, run_threaded_command
 from wasmig.toolchain import compile_c
 from wasmig.wasi.preview1 import Wasi
@@ -83,7 +84,7 @@ def test_c_program_with_four_threads_is_deterministic_by_seed() -> None:
 
 
 def test_every_thread_waiting_forever_is_a_deadlock_trap() -> None:
-    module = _assemble_text("""
+    module = threads_module("""
     (module
       (memory (import "env" "memory") 1 1 shared)
       (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
@@ -97,7 +98,7 @@ def test_every_thread_waiting_forever_is_a_deadlock_trap() -> None:
 
 
 def test_a_trap_in_any_thread_ends_the_program() -> None:
-    module = _assemble_text("""
+    module = threads_module("""
     (module
       (memory (import "env" "memory") 1 1 shared)
       (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
@@ -110,7 +111,7 @@ def test_a_trap_in_any_thread_ends_the_program() -> None:
 
 
 def test_imports_beyond_wasi_threads_are_refused() -> None:
-    module = _assemble_text("""
+    module = threads_module("""
     (module
       (memory (import "env" "memory") 1 1 shared)
       (func (import "env" "anything"))
@@ -118,13 +119,6 @@ def test_imports_beyond_wasi_threads_are_refused() -> None:
     with pytest.raises(wasmig.LinkError, match="env.anything"):
         _run(module)
 
-
-def _assemble_text(text: str) -> wasmig.Module:
-    if shutil.which("wat2wasm") is None:
-        pytest.skip("wat2wasm missing")
-    data = subprocess.run(["wat2wasm", "--enable-threads", "-", "-o", "/dev/stdout"], input=text.encode(),
-                          capture_output=True, check=True).stdout
-    return wasmig.Module.from_bytes(data, features={"threads"})
 
 
 def _wasmig(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
