@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -30,14 +29,6 @@ PROGRAMS = Path(__file__).resolve().parent / "programs"
 #: a shared memory imported, up to 64 MiB; the atomics the C compiler may emit
 THREAD_FLAGS = ("-mcpu=generic+atomics+bulk_memory",
                 "-Wl,--import-memory,--export-memory,--shared-memory,--max-memory=67108864")
-
-
-def _assemble(path: Path) -> wasmig.Module:
-    if shutil.which("wat2wasm") is None:
-        pytest.skip("wat2wasm missing")
-    data = subprocess.run(["wat2wasm", "--enable-threads", str(path), "-o", "/dev/stdout"],
-                          capture_output=True, check=True).stdout
-    return wasmig.Module.from_bytes(data, features={"threads"})
 
 
 def _run(module: wasmig.Module, seed: int = 0) -> tuple[int, bytes]:
@@ -63,7 +54,7 @@ def _proposal_tests() -> list[Path]:
 def test_wasi_threads_proposal(wat: Path) -> None:
     spec = wat.with_suffix(".json")
     expected = json.loads(spec.read_text()).get("exit_code", 0) if spec.exists() else 0
-    module = _assemble(wat)
+    module = threads_module(wat.read_text())
     assert is_threaded(module) or wat.stem == "wasi_threads_noop"
     code, _ = _run(module)
     assert code == expected

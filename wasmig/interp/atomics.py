@@ -31,11 +31,11 @@ from typing import Any
 
 from wasmig.binary import opcodes
 from wasmig.errors import Trap
+from wasmig.interp.numeric import signed64
 
 _OOB = "out of bounds memory access"
 _UNALIGNED = "unaligned atomic"
 _FORMATS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
-_SIGNED = {4: struct.Struct("<i"), 8: struct.Struct("<q")}
 _MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
 #: handler(machine, memory, offset): pops its operands from ``machine.stack``, pushes its result
@@ -148,7 +148,7 @@ def _wait(width: int) -> Handler:
 
     def wait(machine: Any, memory: Any, offset: int) -> None:
         stack = machine.stack
-        timeout = _SIGNED[8].unpack(_FORMATS[8].pack(stack.pop()))[0]  # i64, negative: forever
+        timeout = signed64(stack.pop())  # i64, negative: forever
         expected = stack.pop() & mask
         ea = _address(machine, memory, offset, width)
         if not getattr(memory, "shared", False):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from wasmig.errors import LinkError
 from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import SIGNATURES, WASI_MODULE, ProcExit, Wasi
-from wasmig.wasi.threads_abi import SPAWN, THREADS_MODULE
+from wasmig.wasi.threads_abi import SPAWN, THREADS_MODULE, imports_thread_spawn
 
 if TYPE_CHECKING:
     from wasmig.module import Module
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 def is_threaded(module: Module) -> bool:
     """True when ``module`` is a wasi-threads program: it imports ``wasi.thread-spawn`` or a shared memory."""
-    return any((imp.module == THREADS_MODULE and imp.name == SPAWN)
-               or (imp.kind == "memory" and getattr(imp.desc, "shared", False)) for imp in module.ir.imports)
+    imports = module.ir.imports
+    return imports_thread_spawn(imports) or any(imp.kind == "memory" and imp.desc.shared for imp in imports)
 
 
 def _check_imports(module: Module) -> tuple[list[str], Any]:
