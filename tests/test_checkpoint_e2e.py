@@ -928,9 +928,10 @@ def test_fast_variant_snapshots_have_no_step_and_restore_on_both_engines(tmp_pat
     full = wasmig(["run", wasm, *args])
     assert full.returncode == 0 and full.stdout.endswith(b"done\n")
     ck = tmp_path / "ck"
-    # a checkpoint every second: at 0.3 s a loaded machine spent most of the run writing 16 MiB
-    # snapshots (40-55 s for a 6 s run) and the test timed out on main and earlier alike
-    with background(["run", "--engine", "wasmtime", "--checkpoint-dir", ck, "--checkpoint-every", "1", wasm,
+    # a checkpoint every half second: at 0.3 s a loaded machine once spent most of the run writing
+    # 16 MiB snapshots (40-55 s for a 6 s run, before pack files made a write ~4x cheaper); at 1 s an
+    # idle machine finished the run with only 2 snapshots
+    with background(["run", "--engine", "wasmtime", "--checkpoint-dir", ck, "--checkpoint-every", "0.5", wasm,
                      *args], runtime_dir) as proc:
         proc.wait_for_output(b"round 3 ")
         checkpoint_pid(proc.p.pid, runtime_dir)
