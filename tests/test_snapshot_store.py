@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from tests.snapshot_synth import make_memory, make_snapshot, writer_snapshot
 from wasmig.snapshot.inspect import diff, format_summary, summarize
 from wasmig.snapshot.packs import PackStore, PackWriter, read_index
-from wasmig.snapshot.state import FORMAT_VERSION, PAGE_SIZE, MemoryState, Snapshot, SnapshotError
+from wasmig.snapshot.state import FORMAT_VERSION, NEWEST_FORMAT_VERSION, PAGE_SIZE, MemoryState, Snapshot, SnapshotError
 from wasmig.snapshot.store import (
     HEADER_SIZE,
     MAGIC,
@@ -315,11 +315,11 @@ def test_newer_version_is_refused(tmp_path: Path) -> None:
     store = CheckpointDir(tmp_path)
     path = store.write(make_snapshot(10))
     raw = bytearray(path.read_bytes())
-    struct.pack_into("<I", raw, len(MAGIC), FORMAT_VERSION + 1)
+    struct.pack_into("<I", raw, len(MAGIC), NEWEST_FORMAT_VERSION + 1)
     path.write_bytes(raw)  # the hash no longer matches either: the version is checked first
     with pytest.raises(SnapshotError) as e:
         load_snapshot(path)
-    assert f"newer format version {FORMAT_VERSION + 1}, this wasmig reads {FORMAT_VERSION}" in str(e.value)
+    assert f"newer format version {NEWEST_FORMAT_VERSION + 1}, this wasmig reads {NEWEST_FORMAT_VERSION}" in str(e.value)
     assert_clean_error(e.value, path)
 
 

@@ -138,20 +138,25 @@ def load_program(program: str, decode: bool) -> tuple[Module, bool]:
     return module, imports_thread_spawn(module.interface.imports)
 
 
-def threaded_engine(runs_on: Engine, asked: str | None, stops: bool) -> Engine:
+def threaded_engine(runs_on: Engine, asked: str | None, unsupported: str | None, checkpoints: bool) -> Engine:
     """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads, else the
     interpreter when no engine was asked for (with a note); a one-line error when the run asks
-    for what threads do not have yet (checkpoints, migration, ``--invoke``)."""
-    if stops:
-        raise UserError("a wasi-threads program cannot be checkpointed, migrated or --invoke'd yet "
-                        "(docs/threads.md): run it without those options")
-    if runs_on.runs_threads:
+    for what threads do not have yet (``unsupported``: migration, ``--invoke``,
+    ``--checkpoint-at-instruction``), or for checkpoints from an engine that cannot take them of
+    threads (the interpreter can: docs/threads.md)."""
+    if unsupported is not None:
+        raise UserError(f"a wasi-threads program cannot be run with {unsupported} yet (docs/threads.md)")
+    if runs_on.runs_threads and (not checkpoints or runs_on.name == "interp"):
         return runs_on
+    if asked is not None and checkpoints:
+        raise UserError(f"--engine {asked}: checkpoints of a wasi-threads program are taken on the interpreter "
+                        "only so far (--engine interp; docs/threads.md)")
     if asked is not None:
         raise UserError(f"--engine {asked}: wasi-threads programs run on the interpreter only so far "
                         "(--engine interp; docs/threads.md)")
-    err(f"wasmig: note: a wasi-threads program: running it on the interpreter ({runs_on.name} does not run "
-        "threads yet)")
+    why = ("checkpoints of threads are taken there only so far" if runs_on.runs_threads
+           else f"{runs_on.name} does not run threads yet")
+    err(f"wasmig: note: a wasi-threads program: running it on the interpreter ({why})")
     return engines.get("interp")
 
 
@@ -224,7 +229,9 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         # which a cached instrumented module spares, as on restore)
         module, threaded = load_program(program, runs_on.needs_ir)
         if threaded:
-            runs_on = threaded_engine(runs_on, engine, invoke is not None or policy.active or policy.migratable)
+            unsupported = ("--invoke" if invoke is not None else "--migratable or --migrate-to" if policy.migratable
+                           else "--checkpoint-at-instruction" if checkpoint_at_instruction is not None else None)
+            runs_on = threaded_engine(runs_on, engine, unsupported, policy.active)
             module = Module.from_file(program, features={"threads"})
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
     except UserError as e:
@@ -241,9 +248,7 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         fail(f"--gateway {gateway_address}: {e}")
         return
     try:
-        if threaded:
-            pass  # instantiated by the engine's thread scheduler, once per thread
-        elif invoke is not None:
+        if invoke is not None:
             instance = runs_on.instantiate_wasi(module, wasi)
         else:
             runnable = runs_on.program(module, wasi, checkpoints=policy.active or policy.migratable,
@@ -262,7 +267,7 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         return
     if invoke is not None:
         sys.exit(guarded(lambda: invoke_function(instance, invoke, invoke_args), wasi, policy, program) & 0xFF)
-    if threaded:
+    if threaded and runs_on.name != "interp":  # the interpreter runs threads as a Program, checkpointable
         sys.exit(guarded(lambda: runs_on.run_threaded_command(module, wasi), wasi, policy, program) & 0xFF)
     path = os.path.abspath(program)
     sys.exit(guarded(lambda: run_program(runnable, policy, path, resume=False), wasi, policy, path) & 0xFF)
@@ -340,12 +345,16 @@ def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...],
                 checkpoint_at_instruction < snap.instructions:
             raise UserError(f"--checkpoint-at-instruction {checkpoint_at_instruction} is not ahead of the snapshot "
                             f"(it is at instruction {snap.instructions})")
-        runs_on = engines.get(pick_engine(engine, interp_only=checkpoint_at_instruction is not None or not snap.stable))
+        if snap.threads is not None and engine not in (None, "interp"):
+            raise UserError(f"--engine {engine}: a multi-threaded snapshot restores on the interpreter only so far "
+                            "(--engine interp; docs/threads.md)")
+        runs_on = engines.get(pick_engine(engine, interp_only=checkpoint_at_instruction is not None
+                                          or not snap.stable or snap.threads is not None))
         # on wasmtime, validation waits until the instrumentation pass needs it, which a cached
         # instrumented module spares (a restore's largest cost for a small module)
         started = time.perf_counter()
         module = find_module_for(Path(snapshot), snap, module_path, validate=runs_on.needs_ir,
-                                 decode=runs_on.needs_ir)
+                                 decode=runs_on.needs_ir, features={"threads"} if snap.threads is not None else None)
         log.info(__name__, "restore: module found and read in %.3f s", time.perf_counter() - started)
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")

@@ -148,8 +148,11 @@ def _wait(width: int) -> Handler:
 
     def wait(machine: Any, memory: Any, offset: int) -> None:
         stack = machine.stack
-        timeout = signed64(stack.pop())  # i64, negative: forever
-        expected = stack.pop() & mask
+        raw_timeout = stack.pop()
+        raw_expected = stack.pop()
+        base = stack[-1] if stack else 0
+        timeout = signed64(raw_timeout)  # i64, negative: forever
+        expected = raw_expected & mask
         ea = _address(machine, memory, offset, width)
         if not getattr(memory, "shared", False):
             raise Trap("expected shared memory")
@@ -158,7 +161,8 @@ def _wait(width: int) -> Handler:
             return
         scheduler = getattr(machine, "scheduler", None)
         if scheduler is not None:
-            stack.append(scheduler.wait(machine, memory, ea, timeout))
+            # the operands go with the waiter: a snapshot taken while it waits keeps them on its stack
+            stack.append(scheduler.wait(machine, memory, ea, timeout, (base, raw_expected, raw_timeout)))
             return
         # one thread: nobody can notify it
         if timeout < 0:

@@ -10,6 +10,8 @@ from wasmig.errors import SnapshotError
 from wasmig.files import make_private_dir, open_private
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot
 
@@ -39,7 +41,7 @@ def store_module(directory: Path, module: Module) -> Path:
 
 
 def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True,
-                    decode: bool = True) -> Module:
+                    decode: bool = True, features: Iterable[str] | None = None) -> Module:
     """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots,
     else the path recorded at checkpoint time. Always verified by sha256. ``validate=False``
     defers validation to first use, ``decode=False`` decoding too (see :class:`Module`): a
@@ -54,7 +56,8 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
         from wasmig.snapshot import wsnap
 
         if wsnap.is_wsnap(snapshot_path):  # a single-file export carries its module (sha256 checked)
-            return Module.from_bytes(wsnap.read_module(snapshot_path), validate=validate, decode=decode)
+            return Module.from_bytes(wsnap.read_module(snapshot_path), validate=validate, decode=decode,
+                                     features=features or ())
         base = snapshot_path if snapshot_path.is_dir() else snapshot_path.parent.parent
         candidates.append(base / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
         candidates.append(snapshot_path.parent / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
@@ -63,7 +66,8 @@ def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *
             candidates.append(Path(recorded))
     for path in candidates:
         if path.is_file():
-            module = Module.from_file(path, validate=validate, decode=decode, max_bytes=MAX_MODULE_BYTES)
+            module = Module.from_file(path, validate=validate, decode=decode, max_bytes=MAX_MODULE_BYTES,
+                                      features=features or ())
             if not decode:
                 module.cached_facts()  # their sha256, when they are cached: the module is then not even read
             if module.sha256 != snap.module_sha256:

@@ -22,7 +22,7 @@ import zstandard
 
 from wasmig.hashing import blake3
 from wasmig.snapshot import packs
-from wasmig.snapshot.state import FORMAT_VERSION, PAGE_SIZE, SnapshotError
+from wasmig.snapshot.state import FORMAT_VERSION, NEWEST_FORMAT_VERSION, PAGE_SIZE, SnapshotError
 
 MAGIC = b"WASMIGSNAP"
 _HEADER = struct.Struct("<10sII")  # magic, format version, manifest length
@@ -76,7 +76,7 @@ def _encode(manifest: dict[str, Any], *, sign: bool = True) -> list[bytes]:
     if len(body) > _MAX_MANIFEST:
         raise SnapshotError(f"snapshot manifest is {len(body)} bytes, more than the format's 4 GiB limit; "
                             "use a checkpoint directory instead of a single file")
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body))
+    header = _HEADER.pack(MAGIC, manifest.get("format_version", FORMAT_VERSION), len(body))
     h = blake3(header)
     h.update(body)
     checksum = h.digest()
@@ -175,10 +175,10 @@ def _read_container(f: BinaryIO, size: int) -> Container:
     if len(header) < HEADER_SIZE:
         raise SnapshotError(f"truncated snapshot ({len(header)} bytes, shorter than the header)")
     _, version, length = _HEADER.unpack(header)
-    if version > FORMAT_VERSION:
-        raise SnapshotError(f"snapshot has newer format version {version}, this wasmig reads {FORMAT_VERSION}; "
+    if version > NEWEST_FORMAT_VERSION:
+        raise SnapshotError(f"snapshot has newer format version {version}, this wasmig reads {NEWEST_FORMAT_VERSION}; "
                             "upgrade wasmig to restore it")
-    if version != FORMAT_VERSION:
+    if not FORMAT_VERSION <= version <= NEWEST_FORMAT_VERSION:
         raise SnapshotError(f"unknown snapshot format version {version}")
     expected = HEADER_SIZE + length + HASH_SIZE
     if size < expected:

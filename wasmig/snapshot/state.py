@@ -10,14 +10,23 @@ corrupt manifest is a :class:`SnapshotError`, never a crash deeper down.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import SnapshotError, WasmError  # noqa: F401 - SnapshotError: re-exported
 
+if TYPE_CHECKING:
+    from wasmig.snapshot.threads_state import ThreadsState
+
+#: a single-threaded program's snapshot (unchanged since the format began)
 FORMAT_VERSION = 1
+#: a multi-threaded program's: the ``threads`` section (:mod:`wasmig.snapshot.threads_state`)
+THREADS_FORMAT_VERSION = 2
+#: the newest version this wasmig reads (and writes)
+NEWEST_FORMAT_VERSION = THREADS_FORMAT_VERSION
 PAGE_SIZE = 65536
-POINTS = ("entry", "loop", "import_call", "after_call", "instruction", "idle")
-STABLE_POINTS = ("entry", "loop", "import_call", "after_call", "idle")
+#: ``wait``: a thread in ``memory.atomic.wait`` (version 2 only)
+POINTS = ("entry", "loop", "import_call", "after_call", "instruction", "idle", "wait")
+STABLE_POINTS = ("entry", "loop", "import_call", "after_call", "idle", "wait")
 VALUE_TYPES = ("i32", "i64", "f32", "f64", "funcref", "externref")
 _BITS = {"i32": 32, "i64": 64, "f32": 32, "f64": 64}
 
@@ -113,6 +122,8 @@ class Snapshot:
     created_ns: int = 0
     format_version: int = FORMAT_VERSION
     meta: dict[str, Any] = field(default_factory=dict)  # informational only (module path, host, ...)
+    #: a multi-threaded program's other threads, wait queues and scheduler (format version 2)
+    threads: ThreadsState | None = None
 
     @property
     def stable(self) -> bool:
@@ -174,9 +185,22 @@ def _values(v: Any, what: str) -> list[Value]:
     return [value_from_plain(x, f"{what}[{i}]") for i, x in enumerate(_list(v, what))]
 
 
+def frames_to_plain(frames: list[FrameState]) -> list[Any]:
+    return [[f.func, f.pc, [list(v) for v in f.locals], [list(v) for v in f.stack]] for f in frames]
+
+
+def tables_to_plain(tables: list[TableState]) -> list[Any]:
+    return [{"elem_type": t.elem_type, "min": t.min, "max": t.max, "elements": t.elements} for t in tables]
+
+
+def globals_to_plain(globals_: list[GlobalState]) -> list[Any]:
+    return [[g.type, g.mutable, list(g.value)] for g in globals_]
+
+
 def to_plain(s: Snapshot, memory_repr: Any = None) -> dict[str, Any]:
-    """Plain form. ``memory_repr(mem_index, data)`` may replace each memory's bytes (e.g. by page hashes)."""
-    return {
+    """Plain form. ``memory_repr(mem_index, data)`` may replace each memory's bytes (e.g. by page hashes).
+    A single-threaded snapshot's has no ``threads`` key at all (version 1, as ever)."""
+    plain = {
         "format_version": s.format_version,
         "module_sha256": s.module_sha256,
         "engine": s.engine,
@@ -184,14 +208,14 @@ def to_plain(s: Snapshot, memory_repr: Any = None) -> dict[str, Any]:
         "steps": s.steps,
         "instructions": s.instructions,
         "point": s.point,
-        "frames": [[f.func, f.pc, [list(v) for v in f.locals], [list(v) for v in f.stack]] for f in s.frames],
+        "frames": frames_to_plain(s.frames),
         "memories": [
             {"min": m.min, "max": m.max, "size_pages": len(m.data) // PAGE_SIZE,
              "data": memory_repr(i, m.data) if memory_repr else m.data}
             for i, m in enumerate(s.memories)
         ],
-        "tables": [{"elem_type": t.elem_type, "min": t.min, "max": t.max, "elements": t.elements} for t in s.tables],
-        "globals": [[g.type, g.mutable, list(g.value)] for g in s.globals],
+        "tables": tables_to_plain(s.tables),
+        "globals": globals_to_plain(s.globals),
         "dropped_data": s.dropped_data,
         "dropped_elems": s.dropped_elems,
         "wasi": None if s.wasi is None else {
@@ -202,6 +226,45 @@ def to_plain(s: Snapshot, memory_repr: Any = None) -> dict[str, Any]:
         },
         "meta": s.meta,
     }
+    if s.threads is not None:
+        from wasmig.snapshot.threads_state import threads_to_plain
+
+        plain["threads"] = threads_to_plain(s.threads)
+    return plain
+
+
+def frames_from_plain(v: Any, what: str) -> list[FrameState]:
+    frames = []
+    for i, f in enumerate(_list(v, f"{what}s")):
+        _check(isinstance(f, list) and len(f) == 4, f"{what} {i} is malformed")
+        frames.append(FrameState(_int(f[0], f"{what} {i} function", hi=0xFFFFFFFF),
+                                 _int(f[1], f"{what} {i} pc", hi=0xFFFFFFFF),
+                                 _values(f[2], f"{what} {i} locals"), _values(f[3], f"{what} {i} stack")))
+    return frames
+
+
+def tables_from_plain(v: Any, what: str) -> list[TableState]:
+    tables = []
+    for i, t in enumerate(_list(v, f"{what}s")):
+        t = _dict(t, f"{what} {i}")
+        et = _str(t.get("elem_type"), f"{what} {i} type")
+        _check(et in ("funcref", "externref"), f"{what} {i} has unknown element type")
+        elements = [_opt_int(e, f"{what} {i} element") for e in _list(t.get("elements"), f"{what} {i} elements")]
+        if et == "externref":
+            _check(all(e is None for e in elements), f"{what} {i}: non-null externrefs cannot be restored")
+        tables.append(TableState(et, _int(t.get("min"), f"{what} {i} min"), _opt_int(t.get("max"), f"{what} {i} max"),
+                                 elements))
+    return tables
+
+
+def globals_from_plain(v: Any, what: str) -> list[GlobalState]:
+    globals_ = []
+    for i, g in enumerate(_list(v, f"{what}s")):
+        _check(isinstance(g, list) and len(g) == 3, f"{what} {i} is malformed")
+        value = value_from_plain(g[2], f"{what} {i}")
+        _check(value[0] == g[0], f"{what} {i} type mismatch")
+        globals_.append(GlobalState(_str(g[0], f"{what} {i} type"), _bool(g[1], f"{what} {i} mutability"), value))
+    return globals_
 
 
 def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
@@ -210,18 +273,15 @@ def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
     its bytes are then left empty)."""
     d = _dict(d, "manifest")
     version = _int(d.get("format_version"), "format_version")
-    if version > FORMAT_VERSION:
+    if version > NEWEST_FORMAT_VERSION:
         raise SnapshotError(f"snapshot format version {version} is newer than this wasmig supports "
-                            f"({FORMAT_VERSION}); upgrade wasmig to restore it")
-    _check(version == FORMAT_VERSION, f"unknown format version {version}")
+                            f"({NEWEST_FORMAT_VERSION}); upgrade wasmig to restore it")
+    _check(version in (FORMAT_VERSION, THREADS_FORMAT_VERSION), f"unknown format version {version}")
+    _check((version == THREADS_FORMAT_VERSION) == (d.get("threads") is not None),
+           f"format version {version} {'without' if version == THREADS_FORMAT_VERSION else 'with'} a threads section")
     point = _str(d.get("point"), "point")
-    _check(point in POINTS, f"unknown point {point!r}")
-    frames = []
-    for i, f in enumerate(_list(d.get("frames"), "frames")):
-        _check(isinstance(f, list) and len(f) == 4, f"frame {i} is malformed")
-        frames.append(FrameState(_int(f[0], f"frame {i} function", hi=0xFFFFFFFF),
-                                 _int(f[1], f"frame {i} pc", hi=0xFFFFFFFF),
-                                 _values(f[2], f"frame {i} locals"), _values(f[3], f"frame {i} stack")))
+    _check(point in POINTS and (point != "wait" or version == THREADS_FORMAT_VERSION), f"unknown point {point!r}")
+    frames = frames_from_plain(d.get("frames"), "frame")
     memories = []
     for i, m in enumerate(_list(d.get("memories"), "memories")):
         m = _dict(m, f"memory {i}")
@@ -235,22 +295,8 @@ def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
                    f"memory {i} has the wrong size")
         memories.append(MemoryState(_int(m.get("min"), f"memory {i} min", hi=65536),
                                     _opt_int(m.get("max"), f"memory {i} max"), bytes(data)))
-    tables = []
-    for i, t in enumerate(_list(d.get("tables"), "tables")):
-        t = _dict(t, f"table {i}")
-        et = _str(t.get("elem_type"), f"table {i} type")
-        _check(et in ("funcref", "externref"), f"table {i} has unknown element type")
-        elements = [_opt_int(e, f"table {i} element") for e in _list(t.get("elements"), f"table {i} elements")]
-        if et == "externref":
-            _check(all(e is None for e in elements), f"table {i}: non-null externrefs cannot be restored")
-        tables.append(TableState(et, _int(t.get("min"), f"table {i} min"), _opt_int(t.get("max"), f"table {i} max"),
-                                 elements))
-    globals_ = []
-    for i, g in enumerate(_list(d.get("globals"), "globals")):
-        _check(isinstance(g, list) and len(g) == 3, f"global {i} is malformed")
-        value = value_from_plain(g[2], f"global {i}")
-        _check(value[0] == g[0], f"global {i} type mismatch")
-        globals_.append(GlobalState(_str(g[0], f"global {i} type"), _bool(g[1], f"global {i} mutability"), value))
+    tables = tables_from_plain(d.get("tables"), "table")
+    globals_ = globals_from_plain(d.get("globals"), "global")
     wasi = None
     if d.get("wasi") is not None:
         w = _dict(d["wasi"], "wasi")
@@ -289,6 +335,12 @@ def from_plain(d: Any, memory_data: Any = None) -> Snapshot:
     _check(isinstance(meta, dict), "meta is not a map")
     sha = _str(d.get("module_sha256"), "module_sha256")
     _check(len(sha) == 64 and all(c in "0123456789abcdef" for c in sha), "module_sha256 is not a sha256")
-    return Snapshot(sha, _opt_int(d.get("steps"), "steps"), point, frames, memories, tables, globals_, dropped_data,
+    steps = _opt_int(d.get("steps"), "steps")
+    threads = None
+    if version == THREADS_FORMAT_VERSION:
+        from wasmig.snapshot.threads_state import threads_from_plain
+
+        threads = threads_from_plain(d["threads"], point, steps)
+    return Snapshot(sha, steps, point, frames, memories, tables, globals_, dropped_data,
                     dropped_elems, wasi, _opt_int(d.get("instructions"), "instructions"),
-                    _str(d.get("engine"), "engine"), _int(d.get("created_ns"), "created_ns"), version, meta)
+                    _str(d.get("engine"), "engine"), _int(d.get("created_ns"), "created_ns"), version, meta, threads)

@@ -172,11 +172,17 @@ class InterpEngine(Engine):
         return instantiate_wasi(module, wasi)
 
     def program(self, module: Module, wasi: Wasi, *, checkpoints: bool, count_steps: bool = False,
-                announce: str | None = None) -> InterpProgram:
+                announce: str | None = None) -> Program:
+        from wasmig.engines.interp.wasi_threads import is_threaded
+
+        if is_threaded(module):  # every thread, stopped and captured together (docs/threads.md)
+            from wasmig.engines.interp.threaded import threaded_program
+
+            return threaded_program(module, wasi)
         return InterpProgram(instantiate_wasi(module, wasi))  # it always counts, and can always stop
 
     def restore(self, module: Module, snap: Snapshot, wasi: Wasi, *, pages: list[PagedMemory] | None = None,
-                count_steps: bool = False, announce: str | None = None) -> InterpProgram:
+                count_steps: bool = False, announce: str | None = None) -> Program:
         from wasmig.snapshot.limits import check_module_maximum
         from wasmig.snapshot.store import materialize
 
@@ -185,7 +191,12 @@ class InterpEngine(Engine):
         check_module_maximum([len(p) for p in pages] if pages is not None else
                              [len(m.data) // PAGE_SIZE for m in snap.memories], module.ir)
         materialize(snap, pages)
-        program = InterpProgram(restore(module, snap, wasi))
+        if snap.threads is not None:
+            from wasmig.engines.interp.threaded import restore_threaded
+
+            program: Program = restore_threaded(module, snap, wasi)
+        else:
+            program = InterpProgram(restore(module, snap, wasi))
         log.info(__name__, "restore: state restored on the interpreter in %.3f s", time.perf_counter() - started)
         return program
 

@@ -9,6 +9,7 @@ see docs/threads.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import LinkError
@@ -19,16 +20,13 @@ from wasmig.wasi.threads_abi import SPAWN, THREADS_MODULE, imports_thread_spawn
 if TYPE_CHECKING:
     from wasmig.module import Module
 
-#: the import wasi-threads adds
-
-
 def is_threaded(module: Module) -> bool:
     """True when ``module`` is a wasi-threads program: it imports ``wasi.thread-spawn`` or a shared memory."""
     imports = module.ir.imports
     return imports_thread_spawn(imports) or any(imp.kind == "memory" and imp.desc.shared for imp in imports)
 
 
-def _check_imports(module: Module) -> tuple[list[str], Any]:
+def check_threaded_imports(module: Module) -> tuple[list[str], Any]:
     """The WASI functions the module imports and its one imported shared memory; a LinkError for
     anything else (no host resource is made because a module names it, beyond these)."""
     wasi_names: list[str] = []
@@ -54,26 +52,18 @@ def _check_imports(module: Module) -> tuple[list[str], Any]:
     return wasi_names, memory
 
 
-def run_threaded_command(module: Module, wasi: Wasi, *, seed: int = 0) -> int:
-    """Run ``_start`` with its threads on the interpreter to the program's end; the exit code
-    (``proc_exit``'s from any thread, else 0 when the main thread returns). Traps propagate as
-    :class:`wasmig.Trap`. ``seed`` picks the interleaving (the same seed, the same run, but for
-    host calls that block)."""
+def threaded_linker(module: Module, wasi: Wasi, scheduler: Any) -> tuple[Callable[..., Any], Any]:
+    """Link a wasi-threads program: the host's shared memory (made here, with the limits the module
+    declares; bound to ``wasi``) and ``make_instance(initialize=True)``, which instantiates the
+    module once more over it (a thread's instance, its WASI calls through ``scheduler``)."""
     from wasmig.engines.interp.instance import InterpInstance
     from wasmig.interp.store import HostFunc, Memory
-    from wasmig.interp.threads import BLOCKING_CALLS, ThreadScheduler
+    from wasmig.interp.threads import BLOCKING_CALLS
 
-    wasi_names, memory_import = _check_imports(module)
+    wasi_names, memory_import = check_threaded_imports(module)
     limits = memory_import.desc.limits
     memory = Memory(limits.min, limits.max, shared=True)
     wasi.bind_memory(GuestMemory(lambda: memory.data))
-
-    def instance() -> tuple[Any, Any]:
-        inst = InterpInstance(module, imports, engine="interp")
-        inst.wasi = wasi
-        return inst.machine, inst.exports
-
-    scheduler = ThreadScheduler(instance, seed=seed)
 
     def host_func(params: tuple[str, ...], results: tuple[str, ...], fn: Any, name: str) -> HostFunc:
         call = scheduler.blocking(fn) if name in BLOCKING_CALLS else fn
@@ -82,12 +72,25 @@ def run_threaded_command(module: Module, wasi: Wasi, *, seed: int = 0) -> int:
     imports: dict[str, dict[str, Any]] = wasi.imports(host_func, wasi_names)
     imports.setdefault(THREADS_MODULE, {})[SPAWN] = scheduler.spawn_import()
     imports.setdefault(memory_import.module, {})[memory_import.name] = memory
-    machine, exports = instance()
-    start = exports.get("_start")
-    if start is None:
-        raise LinkError("the module has no `_start` export: it is not a WASI command")
+
+    def make_instance(initialize: bool = True) -> InterpInstance:
+        inst = InterpInstance(module, imports, engine="interp", initialize=initialize)
+        inst.wasi = wasi
+        return inst
+
+    return make_instance, memory
+
+
+def run_threaded_command(module: Module, wasi: Wasi, *, seed: int = 0) -> int:
+    """Run ``_start`` with its threads on the interpreter to the program's end; the exit code
+    (``proc_exit``'s from any thread, else 0 when the main thread returns). Traps propagate as
+    :class:`wasmig.Trap`. ``seed`` picks the interleaving (the same seed, the same run, but for
+    host calls that block)."""
+    from wasmig.engines.interp.threaded import threaded_program
+
+    program = threaded_program(module, wasi, seed=seed)
     try:
-        scheduler.run(machine, start, [])
+        program.start()
     except ProcExit as e:
         return e.code
     return 0
