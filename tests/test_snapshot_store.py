@@ -319,7 +319,8 @@ def test_newer_version_is_refused(tmp_path: Path) -> None:
     path.write_bytes(raw)  # the hash no longer matches either: the version is checked first
     with pytest.raises(SnapshotError) as e:
         load_snapshot(path)
-    assert f"newer format version {NEWEST_FORMAT_VERSION + 1}, this wasmig reads {NEWEST_FORMAT_VERSION}" in str(e.value)
+    newer = NEWEST_FORMAT_VERSION + 1
+    assert f"newer format version {newer}, this wasmig reads {NEWEST_FORMAT_VERSION}" in str(e.value)
     assert_clean_error(e.value, path)
 
 

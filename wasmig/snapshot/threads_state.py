@@ -11,6 +11,7 @@ name exactly the threads in those states, so a crafted snapshot is one ``Snapsho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from wasmig.snapshot.state import (
@@ -162,8 +163,8 @@ def _thread_from_plain(v: Any, index: int) -> ThreadState:
     state = _str(e.get("state"), f"{what} state")
     _check(state in THREAD_STATES, f"{what} has unknown state {state!r}")
     return ThreadState(tid, start_arg, state, _opt_int(e.get("steps"), f"{what} steps"),
-                       _opt_int(e.get("quantum_end"), f"{what} quantum end"), _wait_from_plain(e.get("wait"), f"{what} wait"),
-                       own)
+                       _opt_int(e.get("quantum_end"), f"{what} quantum end"),
+                       _wait_from_plain(e.get("wait"), f"{what} wait"), own)
 
 
 def threads_from_plain(v: Any, main_point: str, total_steps: int | None) -> ThreadsState:
@@ -175,7 +176,7 @@ def threads_from_plain(v: Any, main_point: str, total_steps: int | None) -> Thre
     threads = [_thread_from_plain(e, i) for i, e in enumerate(entries)]
     tids = [t.tid for t in threads]
     _check(tids[0] == 0, "the first thread is not the main thread (tid 0)")
-    _check(all(a < b for a, b in zip(tids, tids[1:])), "thread ids are not unique and sorted")
+    _check(all(a < b for a, b in pairwise(tids)), "thread ids are not unique and sorted")
     next_tid = _int(d.get("next_tid"), "next_tid", 1, MAX_TID + 1)
     _check(next_tid > tids[-1], f"next_tid {next_tid} is not above every thread id")
     by_tid = {t.tid: t for t in threads}
@@ -207,7 +208,7 @@ def threads_from_plain(v: Any, main_point: str, total_steps: int | None) -> Thre
             queued.add(tid)
         wait_queues.append((memory, addr, waiters))
     keys = [(m, a) for m, a, _ in wait_queues]
-    _check(all(a < b for a, b in zip(keys, keys[1:])), "wait queues are not sorted by memory and address")
+    _check(all(a < b for a, b in pairwise(keys)), "wait queues are not sorted by memory and address")
     missing = [t.tid for t in threads if t.state == "waiting" and t.tid not in queued]
     _check(not missing, f"thread {missing[0] if missing else 0} waits but is in no wait queue")
     scheduler = _scheduler_from_plain(d.get("scheduler"), threads, by_tid)
