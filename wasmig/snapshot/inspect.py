@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from wasmig.snapshot.state import PAGE_SIZE, FdSnapshot, Snapshot, Value
+from wasmig.snapshot.state import PAGE_SIZE, FdSnapshot, FrameState, Snapshot, Value
 
 _STDIO_NAMES = {0: "<stdin>", 1: "<stdout>", 2: "<stderr>"}
 _MAX_RANGES = 20  # index ranges (pages, elements, segments) listed in a line of text before "..."
@@ -174,6 +174,10 @@ def summarize(snapshot: Snapshot, module_ir: Any = None, stats: Any = None,
         "wasi": None,
         "meta": _jsonable(snapshot.meta),
     }
+    if snapshot.threads is not None:
+        from wasmig.snapshot.inspect_threads import summarize_threads
+
+        summary["threads"] = summarize_threads(snapshot, name)
     w = snapshot.wasi
     if w is not None:
         summary["wasi"] = {
@@ -283,6 +287,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         out.append("dropped data segments: " + _ranges(s["dropped_data"], "segments"))
     if s["dropped_elems"]:
         out.append("dropped element segments: " + _ranges(s["dropped_elems"], "segments"))
+    if s.get("threads"):
+        from wasmig.snapshot.inspect_threads import format_threads
+
+        out += format_threads(s["threads"])
     w = s.get("wasi")
     if w:
         out.append("args: " + " ".join(_quote(a) for a in w["args"]))
@@ -354,12 +362,20 @@ def diff(a: Snapshot, b: Snapshot) -> list[str]:
             out.append(f"{what} segment drop flags: {len(da)} segments, dropped {dropped_a} -> "
                        f"{len(db)} segments, dropped {dropped_b}")
     out += _diff_wasi(a, b)
+    if a.threads is not None or b.threads is not None:
+        from wasmig.snapshot.inspect_threads import diff_threads
+
+        out += diff_threads(a, b)
     return out
 
 
 def _diff_frames(a: Snapshot, b: Snapshot) -> list[str]:
+    return diff_frame_lists(a.frames, b.frames)
+
+
+def diff_frame_lists(fa: list[FrameState], fb: list[FrameState], prefix: str = "") -> list[str]:
+    """What changed from call stack ``fa`` to ``fb``; each line starts with ``prefix`` (a thread's)."""
     out: list[str] = []
-    fa, fb = a.frames, b.frames
     if len(fa) != len(fb):
         out.append(f"call stack depth: {len(fa)} -> {len(fb)} frames")
     # Frames are compared and numbered from the outermost (0): a deeper call shares its outer
@@ -388,7 +404,7 @@ def _diff_frames(a: Snapshot, b: Snapshot) -> list[str]:
                        f"{'; ...' if len(changed) > 8 else ''})")
         if x.stack != y.stack:
             out.append(f"{where}: stack {_values(x.stack)} -> {_values(y.stack)}")
-    return out
+    return [prefix + line for line in out]
 
 
 def _diff_memories(a: Snapshot, b: Snapshot) -> list[str]:
