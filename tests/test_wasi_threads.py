@@ -128,8 +128,9 @@ def test_wasmig_run_runs_a_threaded_program_on_the_interpreter(tmp_path: Path) -
     assert b"running it on the interpreter" in done.stderr
     assert _wasmig("run", "--engine", "interp", str(wasm)).returncode == 0
     for options, message in ((["--engine", "wasmtime"], b"run on the interpreter only"),
-                             (["--checkpoint-dir", str(tmp_path / "ck")], b"cannot be checkpointed"),
-                             (["--migratable"], b"cannot be checkpointed")):
+                             (["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-at-instruction", "5"],
+                              b"cannot be run with --checkpoint-at-instruction"),
+                             (["--migratable"], b"cannot be run with --migratable")):
         refused = _wasmig("run", *options, str(wasm))
         assert refused.returncode == 1 and b"Traceback" not in refused.stderr, refused.stderr
         assert refused.stderr.startswith(b"wasmig: error: ") and message in refused.stderr, refused.stderr
