@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from wasmig.errors import DecodeError, Exhaustion, LinkError, Trap, UnsupportedFeature, ValidationError, WasmError
 
 if TYPE_CHECKING:
-    from wasmig.engines.base import Instance
+    from wasmig.engines.base import Instance, Program
     from wasmig.grants import Granted
     from wasmig.interp.machine import Suspended
     from wasmig.interp.store import Global, HostFunc, Memory, Table, Val
@@ -63,7 +63,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
             stderr: BinaryIO | None = None, count_steps: bool = False,
-            granted: Granted | None = None) -> Instance:
+            granted: Granted | None = None) -> Instance | Program:
     """Re-create a program from a snapshot — a ``Snapshot`` (``Instance.checkpoint()``'s), a
     snapshot file or a checkpoint directory (its latest snapshot) — and return it ready to
     continue with ``.resume()``.
@@ -86,7 +86,9 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     resources it grants instead of those the snapshot records (docs/security.md: this API checks
     no signature). Any other module needs its ``imports``, as for :class:`Instance`.
     Raises ``SnapshotError`` for a snapshot that does not fit the module, ``ValueError`` for an
-    unknown engine. (Implemented by :func:`wasmig.session.restore.restore`, imported on first use.)
+    unknown engine. A multi-threaded program's snapshot gives a ``Program`` with every thread in place
+    (interpreter; docs/threads.md). (Implemented by :func:`wasmig.session.restore.restore`, imported
+    on first use.)
     """
     from wasmig.session.restore import restore as _restore
 

@@ -11,7 +11,7 @@ from wasmig.module import Module
 from wasmig.snapshot.state import Snapshot, SnapshotError
 
 if TYPE_CHECKING:
-    from wasmig.engines.base import Instance
+    from wasmig.engines.base import Instance, Program
     from wasmig.grants import Granted
 
 
@@ -19,7 +19,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
             stderr: BinaryIO | None = None, count_steps: bool = False,
-            granted: Granted | None = None) -> Instance:
+            granted: Granted | None = None) -> Instance | Program:
     """Re-create an instance from a snapshot (a :class:`Snapshot`, a snapshot file or a checkpoint
     directory). Continue it with ``instance.resume()``.
 
@@ -35,6 +35,11 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     The Python API trusts the snapshot its caller hands it: what the snapshot records is reopened
     unless ``dirs`` re-maps it. ``granted`` (:func:`wasmig.grants.resolve`, as the CLI does) opens
     only what it grants instead; signatures are checked by the CLI (:mod:`wasmig.snapshot.signing`).
+
+    A multi-threaded program's snapshot (format version 2) gives a
+    :class:`~wasmig.engines.base.Program` on the interpreter with every thread in place:
+    ``resume()`` runs it until it ends (False; a nonzero exit raises ``ProcExit``) or stops (True:
+    after ``arm(at_step=...)`` or ``request()``), and ``capture()`` takes the next snapshot.
     """
     from wasmig.session.modules import find_module_for
 
@@ -50,7 +55,8 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         mod = module
     elif where is not None or module is not None:
         mod = find_module_for(where or Path("."), snap, str(module) if module is not None else None,
-                              validate=runs_on.needs_ir, decode=runs_on.needs_ir)
+                              validate=runs_on.needs_ir, decode=runs_on.needs_ir,
+                              features={"threads"} if snap.threads is not None else None)
     else:
         raise SnapshotError("restore needs the module: pass module=Module or a path")
     wasi = None
@@ -60,6 +66,11 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         wasi = restore_wasi(snap.wasi, dirs=dirs, granted=granted, on_file_change=on_file_change, stdin=stdin,
                             stdout=stdout, stderr=stderr)
     try:
+        if snap.threads is not None:
+            if engine != "interp" or wasi is None:
+                raise SnapshotError("a multi-threaded snapshot restores on the interpreter only so far "
+                                    "(engine='interp')")
+            return runs_on.restore(mod, snap, wasi)  # the program, every thread in place
         return runs_on.restore_instance(mod, snap, imports, wasi, count_steps=count_steps)
     except BaseException:
         if wasi is not None:
