@@ -27,12 +27,16 @@ static void wait_until(int *word, int value) {
         __builtin_wasm_memory_atomic_wait32(word, now, -1);
 }
 
+/* a function entry: a stable point right after all three wait and before the first notify */
+__attribute__((noinline)) static void all_waiting(void) { __asm__ volatile(""); }
+
 int main(void) {
     pthread_t threads[WAITERS];
     for (int i = 0; i < WAITERS; i++) {
         pthread_create(&threads[i], NULL, waiter, (void *)(intptr_t)(i + 1));
         wait_until(&arrived, i + 1);
     }
+    all_waiting();
     for (int i = 0; i < WAITERS; i++) {
         __builtin_wasm_memory_atomic_notify(&gate, 1);
         wait_until(&woken, i + 1);

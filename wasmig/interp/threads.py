@@ -248,6 +248,9 @@ class ThreadScheduler:
             instance = self.make_instance()
         except Exception:
             return -6
+        # a thread's steps are its own, from its entry point: not the start function its instance
+        # ran (it ran inside this call, so the program's count moves one stable point at a time)
+        instance.machine.steps = 0
         start = instance.exports.get("wasi_thread_start")
         if not isinstance(start, FuncInst):
             raise Trap("thread-spawn: the module exports no wasi_thread_start function")
@@ -265,8 +268,8 @@ class ThreadScheduler:
         return HostFunc(("i32",), ("i32",), lambda arg: self.spawn(arg) & 0xFFFFFFFF, raw=True,
                         name="wasi.thread-spawn")
 
-    def blocking(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        """``call`` (a host function) made to run without the turn."""
+    def blocking(self, call: Callable[..., Any], result_count: int) -> Callable[..., Any]:
+        """``call`` (a raw host function with ``result_count`` results) made to run without the turn."""
 
         def released(*args: Any) -> Any:
             thread: WasmThread | None = getattr(self._tls, "thread", None)
@@ -288,8 +291,9 @@ class ThreadScheduler:
                 with self.cond:
                     self._back_from_host(thread, None)
                 raise
-            with self.cond:
-                self._back_from_host(thread, list(results))
+            with self.cond:  # the results as the machine will push them (HostFunc.call_internal's rule)
+                self._back_from_host(thread, [] if result_count == 0 else list(results) if result_count > 1
+                                     else [results[0] if isinstance(results, (tuple, list)) else results])
             return results
 
         return released

@@ -66,7 +66,7 @@ def threaded_linker(module: Module, wasi: Wasi, scheduler: Any) -> tuple[Callabl
     wasi.bind_memory(GuestMemory(lambda: memory.data))
 
     def host_func(params: tuple[str, ...], results: tuple[str, ...], fn: Any, name: str) -> HostFunc:
-        call = scheduler.blocking(fn) if name in BLOCKING_CALLS else fn
+        call = scheduler.blocking(fn, len(results)) if name in BLOCKING_CALLS else fn
         return HostFunc(params, results, call, raw=True, name=f"{WASI_MODULE}.{name}")
 
     imports: dict[str, dict[str, Any]] = wasi.imports(host_func, wasi_names)
