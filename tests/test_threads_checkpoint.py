@@ -34,8 +34,8 @@ from wasmig.wasi.snapshot import restore_wasi
 SEED = 3
 QUANTUM = 7
 #: the programs (tests/programs/*.c, with the pthread layer) and the steps to stop at in each
-PROGRAMS = ("threads_spawn", "threads_wait_order", "pthread_mutex", "pthread_condvar", "pthread_barrier",
-            "pthread_workqueue", "pthread_rwlock")
+PROGRAMS = ("threads_spawn", "threads_wait_order", "threads_many", "pthread_mutex", "pthread_condvar",
+            "pthread_barrier", "pthread_workqueue", "pthread_rwlock")
 STOPS = 9
 
 
@@ -51,20 +51,21 @@ def _finish(program: Program, *, first: bool) -> int:
     return 0
 
 
-def _uninterrupted(module: wasmig.Module) -> tuple[int, bytes, int]:
+def _uninterrupted(module: wasmig.Module, args: tuple[str, ...] = ()) -> tuple[int, bytes, int]:
     out = io.BytesIO()
-    program = threaded_program(module, Wasi(["prog"], stdout=out), seed=SEED, quantum=QUANTUM)
+    program = threaded_program(module, Wasi(["prog", *args], stdout=out), seed=SEED, quantum=QUANTUM)
     code = _finish(program, first=True)
     steps = program.steps
     assert steps is not None
     return code, out.getvalue(), steps
 
 
-def _stopped_at(module: wasmig.Module, steps: list[int]) -> tuple[list[tuple[Snapshot, int]], int, bytes]:
+def _stopped_at(module: wasmig.Module, steps: list[int],
+                args: tuple[str, ...] = ()) -> tuple[list[tuple[Snapshot, int]], int, bytes]:
     """A run stopped at each of ``steps`` (captured, then going on): the snapshots with how much
     output there was at each, its exit code and output."""
     out = io.BytesIO()
-    program = threaded_program(module, Wasi(["prog"], stdout=out), seed=SEED, quantum=QUANTUM)
+    program = threaded_program(module, Wasi(["prog", *args], stdout=out), seed=SEED, quantum=QUANTUM)
     snaps = []
     first = True
     try:
@@ -116,6 +117,18 @@ def test_restores_from_many_points_give_the_uninterrupted_output(name: str) -> N
         assert waiting, "no snapshot caught a thread waiting: the test would not test waits"
 
 
+def test_the_most_threads_a_snapshot_holds_restore() -> None:
+    """127 spawned threads and the main one (the limit, 128) waiting at one futex word."""
+    module = threaded_module("threads_many")
+    args = ("127", "4000")  # the main thread spins while all 127 wait
+    code, expected, _ = _uninterrupted(module, args)
+    assert code == 0 and expected.startswith(b"threads 127 released 127"), expected
+    snap, out = _first_stop_where(module, lambda s: sum(len(q) for _, _, q in s.threads.wait_queues) == 127, args,
+                                  stride=50)
+    assert out == expected and snap.threads is not None and len(snap.threads.threads) == 128
+    assert _restored_run(module, _through_plain(snap)) == (0, expected)
+
+
 def test_a_snapshot_after_a_restore_equals_the_uninterrupted_runs() -> None:
     """Equal programs at equal points give equal snapshots: the run restored from step a, stopped at
     step b, holds exactly the state the uninterrupted run held at b (scheduler included)."""
@@ -141,22 +154,27 @@ def test_a_snapshot_after_a_restore_equals_the_uninterrupted_runs() -> None:
     assert [line for line in diff(straight, again) if "clock" not in line] == []  # the host's time differs
 
 
-def _all_waiting_at_the_gate(module: wasmig.Module) -> tuple[Snapshot, bytes]:
-    """threads_wait_order.c stopped at the first step where its three threads wait on the gate."""
+def _first_stop_where(module: wasmig.Module, holds: Any, args: tuple[str, ...] = (),
+                      stride: int = 1) -> tuple[Snapshot, bytes]:
+    """The program stopped every ``stride`` steps until its state (captured without memory)
+    ``holds``: that snapshot, with memory, and the whole run's output."""
     out = io.BytesIO()
-    program = threaded_program(module, Wasi(["prog"], stdout=out), seed=SEED, quantum=QUANTUM)
+    program = threaded_program(module, Wasi(["prog", *args], stdout=out), seed=SEED, quantum=QUANTUM)
     first = True
-    for _ in range(5000):  # every step (a spawn adds the steps of the new instance's start function at once)
-        program.arm(at_step=(program.steps or 0) + 1)
-        assert program.start() if first else program.resume()
+    for _ in range(20000):  # (a spawn adds the steps of the new instance's start function at once)
+        program.arm(at_step=(program.steps or 0) + stride)
+        assert program.start() if first else program.resume(), "the program ended first"
         first = False
-        snap = program.capture(with_memory=False)
-        assert snap.threads is not None
-        if any(len(tids) == 3 for _, _, tids in snap.threads.wait_queues):
+        if holds(program.capture(with_memory=False)):
             snap = program.capture()
             _finish(program, first=False)
             return snap, out.getvalue()
-    raise AssertionError("the three threads never waited at once")
+    raise AssertionError("the state never came")
+
+
+def _all_waiting_at_the_gate(module: wasmig.Module) -> tuple[Snapshot, bytes]:
+    """threads_wait_order.c stopped at the first step where its three threads wait on the gate."""
+    return _first_stop_where(module, lambda s: any(len(tids) == 3 for _, _, tids in s.threads.wait_queues))
 
 
 def test_the_wait_queue_order_is_restored_so_notify_wakes_the_same_thread() -> None:
