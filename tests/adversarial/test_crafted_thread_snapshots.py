@@ -57,6 +57,24 @@ def _moved_waiter(m: dict[str, Any]) -> None:
     m["threads"]["wait_queues"].sort(key=lambda q: (q[0], q[1]))
 
 
+def _host_at_the_spawn(m: dict[str, Any]) -> None:
+    """A waiter turned into a thread "in the host" at a call of ``wasi.thread-spawn`` (pthread_create's):
+    a frame that fits the module, at an import call that is not a blocking WASI call."""
+    module = Module.from_file(compile_threaded("threads_wait_order"), features={"threads"})
+    ir, info = module.ir, module.validation
+    imported = ir.imported("func")
+    spawn = next(i for i, imp in enumerate(imported) if imp.name == "thread-spawn")
+    index, at = next((i, k) for i, func in enumerate(ir.funcs) for k, ins in enumerate(func.body)
+                     if ins.op == 0x10 and ins.imm == spawn)
+    func, fi = ir.funcs[index], info.functions[index]
+    zero = {"i32": 0, "i64": 0, "f32": 0, "f64": 0}
+    queue = _gate(m)
+    tid = queue[2].pop()
+    _thread(m, tid).update(state="host", point="import_call", wait=None, frames=[[
+        len(imported) + index, func.body[at].offset, [[t, zero.get(t)] for t in fi.local_types],
+        [[t, zero.get(t)] for t in fi.stack_before[at]]]])
+
+
 CRAFTED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "tid beyond 2^29": (lambda m: m["threads"]["list"][1].update(tid=1 << 29), "thread entry 1 tid is not a valid"),
     "tid repeated": (lambda m: m["threads"]["list"][2].update(tid=m["threads"]["list"][1]["tid"]),
@@ -72,6 +90,7 @@ CRAFTED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "main thread with frames of its own": (lambda m: m["threads"]["list"][0].update(frames=[]),
                                            "thread 0 has its own frames"),
     "wait at another address": (_moved_waiter, "waits on an address its wait instruction does not name"),
+    "in the host at a call that does not block": (_host_at_the_spawn, "is in the host at a call that does not block"),
 }
 
 

@@ -20,7 +20,7 @@ from wasmig.engines.interp.wasi_threads import threaded_linker
 from wasmig.errors import LinkError, SnapshotError
 from wasmig.interp.machine import NEVER
 from wasmig.interp.store import FuncInst
-from wasmig.interp.threads import QUANTUM, ThreadScheduler, Wait, WasmThread
+from wasmig.interp.threads import BLOCKING_CALLS, QUANTUM, ThreadScheduler, Wait, WasmThread
 from wasmig.snapshot.state import PAGE_SIZE, THREADS_FORMAT_VERSION, MemoryState, Snapshot
 from wasmig.snapshot.threads_state import (
     SchedulerState,
@@ -29,6 +29,7 @@ from wasmig.snapshot.threads_state import (
     ThreadState,
     WaitState,
 )
+from wasmig.wasi.preview1 import WASI_MODULE
 from wasmig.wasi.threads_abi import THREAD_START
 
 if TYPE_CHECKING:
@@ -246,9 +247,22 @@ def _restore_thread(module: Module, snap: Snapshot, ts: ThreadState, make_instan
     if ts.wait is not None:
         thread.wait = _restored_wait(ts, machine, memory)
     if ts.state == "host":
+        _check_blocking_call(module, ts.tid, machine)
         thread.reissue = True
         scheduler.in_host += 1
     return thread
+
+
+def _check_blocking_call(module: Module, tid: int, machine: Any) -> None:
+    """A ``host`` thread re-issues its call without a turn: only a blocking WASI call may be one
+    (any other would run the thread's wasm alongside the turn holder's)."""
+    frame = machine.frames[-1]
+    ins = frame.func.ir.body[frame.pc]
+    imported = module.ir.imported("func")
+    call = imported[ins.imm] if ins.op == 0x10 and ins.imm < len(imported) else None
+    if call is None or call.module != WASI_MODULE or call.name not in BLOCKING_CALLS:
+        raise SnapshotError(f"snapshot does not fit the module: thread {tid} is in the host at a call that "
+                            "does not block")
 
 
 def _restored_wait(ts: ThreadState, machine: Any, memory: Memory) -> Wait:
