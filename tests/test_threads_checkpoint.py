@@ -26,7 +26,7 @@ from tests.threaded_programs import compile_threaded, threaded_module
 from wasmig.engines.base import Program
 from wasmig.engines.interp.threaded import restore_threaded, threaded_program
 from wasmig.snapshot.inspect import diff
-from wasmig.snapshot.state import THREADS_FORMAT_VERSION, Snapshot, from_plain, to_plain
+from wasmig.snapshot.state import THREADS_FORMAT_VERSION, Snapshot, SnapshotError, from_plain, to_plain
 from wasmig.snapshot.store import CheckpointDir, load_snapshot
 from wasmig.wasi.preview1 import ProcExit, Wasi
 from wasmig.wasi.snapshot import restore_wasi
@@ -313,3 +313,20 @@ def test_a_thread_blocked_reading_stdin_is_re_issued_on_restore(tmp_path: Path) 
     assert snap.threads.threads[0].state == "waiting"  # the main thread, joining the reader
     restored = _wasmig("restore", ck, stdin=b"again\n")
     assert restored.returncode == 0 and restored.stdout == b"read 'again' sum 499500\n", restored.stderr
+
+
+def test_wasmig_restore_gives_the_threaded_program_from_a_checkpoint_directory(tmp_path: Path) -> None:
+    """The Python API: a snapshot written to a checkpoint directory (the on-disk format, pages and
+    all) and ``wasmig.restore`` of it give a program that finishes the run."""
+    wasm = compile_threaded("pthread_barrier")
+    module = wasmig.Module.from_file(wasm, features={"threads"})
+    code, expected, total = _uninterrupted(module)
+    (snap, printed), = _stopped_at(module, [total // 2])[0]
+    CheckpointDir(tmp_path).write(snap)
+    out = io.BytesIO()
+    program = wasmig.restore(tmp_path, module=wasm, stdout=out)
+    assert isinstance(program, Program)
+    assert _finish(program, first=False) == code
+    assert expected[:printed] + out.getvalue() == expected
+    with pytest.raises(SnapshotError, match="interpreter only"):
+        wasmig.restore(tmp_path, "wasmtime", module=wasm)
