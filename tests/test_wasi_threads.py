@@ -19,7 +19,8 @@ import pytest
 
 import wasmig
 from tests.wat import threads_module
-from wasmig.engines.interp.wasi_threads import is_threaded, run_threaded_command
+from wasmig import engines
+from wasmig.engines.interp.wasi_threads import is_threaded
 from wasmig.toolchain import compile_c
 from wasmig.wasi.preview1 import Wasi
 
@@ -31,7 +32,10 @@ THREAD_FLAGS = ("-mcpu=generic+atomics+bulk_memory",
                 "-Wl,--import-memory,--export-memory,--shared-memory,--max-memory=67108864")
 
 
-def _run(module: wasmig.Module, seed: int = 0) -> tuple[int, bytes]:
+ENGINES = ("interp", "wasmtime")
+
+
+def _run(module: wasmig.Module, seed: int = 0, engine: str = "interp") -> tuple[int, bytes]:
     read_end, write_end = os.pipe()  # stdin: open, never written (fd_read blocks)
     # unbuffered: a thread may still be blocked reading it when the program has ended, and a
     # buffered reader's close would wait for that read's lock
@@ -39,7 +43,7 @@ def _run(module: wasmig.Module, seed: int = 0) -> tuple[int, bytes]:
     stdout = io.BytesIO()
     try:
         wasi = Wasi(["prog"], stdin=stdin, stdout=stdout)
-        return run_threaded_command(module, wasi, seed=seed), stdout.getvalue()
+        return engines.get(engine).run_threaded_command(module, wasi, seed=seed), stdout.getvalue()
     finally:
         os.close(write_end)  # the abandoned read sees end of file and its thread ends
         stdin.close()
@@ -50,13 +54,14 @@ def _proposal_tests() -> list[Path]:
 
 
 @pytest.mark.skipif(not PROPOSAL.is_dir(), reason=f"wasi-threads tests not found at {PROPOSAL}")
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("wat", _proposal_tests(), ids=lambda p: p.stem)
-def test_wasi_threads_proposal(wat: Path) -> None:
+def test_wasi_threads_proposal(wat: Path, engine: str) -> None:
     spec = wat.with_suffix(".json")
     expected = json.loads(spec.read_text()).get("exit_code", 0) if spec.exists() else 0
     module = threads_module(wat.read_text())
     assert is_threaded(module) or wat.stem == "wasi_threads_noop"
-    code, _ = _run(module)
+    code, _ = _run(module, engine=engine)
     assert code == expected
 
 
@@ -74,6 +79,13 @@ def test_c_program_with_four_threads_is_deterministic_by_seed() -> None:
         assert out == b"counter 4000 wide 42949672960000\n"
 
 
+def test_c_program_with_four_threads_on_wasmtime() -> None:
+    """Threads in parallel on wasmtime: the atomic sums come out exact, run after run."""
+    module = _threads_program()
+    for _ in range(3):
+        assert _run(module, engine="wasmtime") == (0, b"counter 4000 wide 42949672960000\n")
+
+
 def test_every_thread_waiting_forever_is_a_deadlock_trap() -> None:
     module = threads_module("""
     (module
@@ -88,7 +100,8 @@ def test_every_thread_waiting_forever_is_a_deadlock_trap() -> None:
         _run(module)
 
 
-def test_a_trap_in_any_thread_ends_the_program() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_trap_in_any_thread_ends_the_program(engine: str) -> None:
     module = threads_module("""
     (module
       (memory (import "env" "memory") 1 1 shared)
@@ -98,17 +111,18 @@ def test_a_trap_in_any_thread_ends_the_program() -> None:
         (drop (call $spawn (i32.const 0)))
         (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""")
     with pytest.raises(wasmig.Trap, match="unreachable"):
-        _run(module)
+        _run(module, engine=engine)
 
 
-def test_imports_beyond_wasi_threads_are_refused() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_imports_beyond_wasi_threads_are_refused(engine: str) -> None:
     module = threads_module("""
     (module
       (memory (import "env" "memory") 1 1 shared)
       (func (import "env" "anything"))
       (func (export "_start")))""")
     with pytest.raises(wasmig.LinkError, match="env.anything"):
-        _run(module)
+        _run(module, engine=engine)
 
 
 
@@ -119,18 +133,46 @@ def _wasmig(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProce
                           cwd=Path(__file__).resolve().parents[1])
 
 
-def test_wasmig_run_runs_a_threaded_program_on_the_interpreter(tmp_path: Path) -> None:
-    """`wasmig run` tells a wasi-threads program from its imports: by default it runs on the
-    interpreter (with a note); what threads lack yet is a one-line error, never a traceback."""
+def test_wasmig_run_runs_a_threaded_program_on_either_engine(tmp_path: Path) -> None:
+    """`wasmig run` tells a wasi-threads program from its imports and runs it on the engine asked
+    for (by default wasmtime, in parallel); what threads lack yet is a one-line error, never a
+    traceback."""
     wasm = compile_c(PROGRAMS / "threads_spawn.c", extra_flags=THREAD_FLAGS)
-    done = _wasmig("run", str(wasm))
-    assert done.returncode == 0 and done.stdout == b"counter 4000 wide 42949672960000\n", done.stderr
-    assert b"running it on the interpreter" in done.stderr
-    assert _wasmig("run", "--engine", "interp", str(wasm)).returncode == 0
-    for options, message in ((["--engine", "wasmtime"], b"run on the interpreter only"),
-                             (["--checkpoint-dir", str(tmp_path / "ck")], b"cannot be checkpointed"),
+    for options in ([], ["--engine", "wasmtime"], ["--engine", "interp"]):
+        done = _wasmig("run", *options, str(wasm))
+        assert done.returncode == 0 and done.stdout == b"counter 4000 wide 42949672960000\n", (options, done.stderr)
+        assert done.stderr == b"", (options, done.stderr)
+    for options, message in ((["--checkpoint-dir", str(tmp_path / "ck")], b"cannot be checkpointed"),
                              (["--migratable"], b"cannot be checkpointed")):
         refused = _wasmig("run", *options, str(wasm))
         assert refused.returncode == 1 and b"Traceback" not in refused.stderr, refused.stderr
         assert refused.stderr.startswith(b"wasmig: error: ") and message in refused.stderr, refused.stderr
     assert not list((tmp_path / "ck").rglob("*.snap"))  # refused before anything ran
+
+
+def test_wasmig_run_exit_code_and_trap_of_a_threaded_program_on_wasmtime(tmp_path: Path) -> None:
+    """proc_exit from a spawned thread is the process's exit code; a trap in one is reported as
+    a trap (one line and the trap exit code), not a traceback."""
+    exits = tmp_path / "exits.wasm"
+    exits.write_bytes(threads_module("""
+    (module
+      (memory (import "env" "memory") 1 1 shared)
+      (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
+      (func $exit (import "wasi_snapshot_preview1" "proc_exit") (param i32))
+      (func (export "wasi_thread_start") (param i32 i32) (call $exit (i32.const 7)))
+      (func (export "_start")
+        (drop (call $spawn (i32.const 0)))
+        (loop $busy (br $busy))))""").data or b"")
+    done = _wasmig("run", "--engine", "wasmtime", str(exits))
+    assert done.returncode == 7, done.stderr
+    traps = tmp_path / "traps.wasm"
+    traps.write_bytes(threads_module("""
+    (module
+      (memory (import "env" "memory") 1 1 shared)
+      (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
+      (func (export "wasi_thread_start") (param i32 i32) unreachable)
+      (func (export "_start")
+        (drop (call $spawn (i32.const 0)))
+        (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""").data or b"")
+    done = _wasmig("run", "--engine", "wasmtime", str(traps))
+    assert done.returncode != 0 and b"unreachable" in done.stderr and b"Traceback" not in done.stderr, done.stderr

@@ -126,5 +126,14 @@ class WasmtimeEngine(Engine):
 
         return InstanceLanding(module)
 
+    runs_threads = True
+
+    def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
+        """One OS thread per wasm thread, in parallel (:mod:`wasmig.engines.wasmtime.threads`):
+        the interleaving is the hardware's, so ``seed`` plays no part."""
+        from wasmig.engines.wasmtime.threads import run_threaded_command
+
+        return run_threaded_command(module, wasi)
+
 
 ENGINE = WasmtimeEngine()

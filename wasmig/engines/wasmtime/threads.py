@@ -1,0 +1,247 @@
+"""wasi-threads commands on wasmtime: one OS thread per wasm thread, truly in parallel.
+
+The host makes the program's one shared memory (a ``wasmtime.SharedMemory``, with the limits the
+module declares for its import); every wasm thread is a ``wasmtime.Store`` and an instance of the
+module of its own over that memory, run by a Python thread of its own (wasmtime-py calls into
+wasmtime through ``ctypes``, which releases the GIL: threads computing in wasm run at once on as
+many cores as there are; they take the GIL only in host calls). ``wasi.thread-spawn`` starts
+``wasi_thread_start(tid, arg)`` in a new instance; tids count from 1; beyond
+:data:`~wasmig.interp.threads.MAX_THREADS` live threads a spawn returns a negative number.
+``memory.atomic.wait``/``notify`` are wasmtime's own.
+
+Every thread calls the one :class:`~wasmig.wasi.preview1.Wasi` (one descriptor table, one exit).
+Its state is not made for concurrent callers, so host calls run one at a time under a lock —
+except those that may block for an unbounded time (:data:`~wasmig.interp.threads.BLOCKING_CALLS`:
+reading stdin, ``poll_oneoff``'s sleep, accepting a connection), which run without it so that a
+thread blocked in the host never stops the others: the same rule as the interpreter's scheduler,
+whose baton host calls hold but for those.
+
+The program ends when any thread ends it: ``proc_exit`` or a trap in any thread, or the main
+thread returning from ``_start``. Then the run's engine bumps its *epoch*: each store traps at its
+next epoch check (loop heads, function entries), so threads still computing stop; a thread that
+comes back from a blocking host call stops there. A thread blocked in ``memory.atomic.wait``
+without a timeout is abandoned (wasmtime gives no way to wake it from outside; it holds no lock
+and uses no CPU), as are threads still blocked in the host. Each run has an engine of its own
+(:data:`~wasmig.engines.wasmtime.runtime.THREADS_SETTINGS`), so ending one run stops no other.
+Unlike the interpreter, a program whose threads all wait forever hangs, as on ``wasmtime run``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any
+
+import wasmtime
+
+from wasmig.engines.wasmtime.runtime import THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
+from wasmig.errors import LinkError, Trap
+from wasmig.hashing import fast_digest
+from wasmig.interp.threads import BLOCKING_CALLS, MAX_THREADS, MAX_TID
+from wasmig.wasi.memory import GuestMemory
+from wasmig.wasi.preview1 import ProcExit
+from wasmig.wasi.threads_abi import SPAWN, THREAD_START, THREADS_MODULE, check_threaded_imports
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from wasmig.module import Module
+    from wasmig.wasi.preview1 import Wasi
+
+#: what ``thread-spawn`` returns when no thread can be made: EAGAIN, negated (wasi-threads' convention)
+_SPAWN_FAILED = -6
+
+
+class ProgramEnded(Exception):  # noqa: N818 - control flow: tells a thread to stop
+    """Raised in a thread's host call once another thread ended the program."""
+
+
+class SharedMemoryView:
+    """The ``source`` of a :class:`GuestMemory` over a ``wasmtime.SharedMemory``: a writable
+    ``memoryview`` of it, made again when its length changed (another thread's ``memory.grow``).
+    A shared memory never moves (it is reserved to its maximum up front), so any thread may use
+    the view it got while another grows the memory."""
+
+    __slots__ = ("_memory", "_len", "_view")
+
+    def __init__(self, memory: wasmtime.SharedMemory) -> None:
+        self._memory = memory
+        self._len = -1
+        self._view: memoryview = memoryview(bytearray())
+
+    def __call__(self) -> memoryview:
+        n = self._memory.data_len()
+        if n != self._len:
+            addr = ctypes.addressof(self._memory.data_ptr().contents)
+            self._view = memoryview((ctypes.c_ubyte * n).from_address(addr)).cast("B")
+            self._len = n
+        return self._view
+
+
+class ThreadedRun:
+    """One run of a wasi-threads command on wasmtime (see the module docstring); it is the
+    :class:`~wasmig.engines.wasmtime.runtime.ExtraLinks` of every thread's instance."""
+
+    def __init__(self, module: Module, wasi: Wasi, *, cache_dir: Path | None = None) -> None:
+        _wasi_names, memory_import = check_threaded_imports(module)
+        self.module = module
+        self.wasi = wasi
+        self.wasm_engine = new_engine(THREADS_SETTINGS)
+        self.compiled = _compile(module, self.wasm_engine, cache_dir)
+        limits = memory_import.desc.limits
+        memory_type = wasmtime.MemoryType(wasmtime.Limits(limits.min, limits.max), shared=True)
+        self.memory = wasmtime.SharedMemory(self.wasm_engine, memory_type)
+        self.provides: Mapping[str, Collection[str]] = {memory_import.module: {memory_import.name},
+                                                        THREADS_MODULE: {SPAWN}}
+        self._memory_import = (memory_import.module, memory_import.name)
+        wasi.bind_memory(GuestMemory(SharedMemoryView(self.memory)))
+        self._wasi_lock = threading.Lock()  # one non-blocking host call at a time
+        self._cond = threading.Condition()
+        self._outcome: tuple[str, Any] | None = None  # ("return", None) | ("raise", exception)
+        self._live = 0  # spawned threads not yet ended
+        self._next_tid = 1
+        #: the Python threads, main's first (for tests and for whoever wonders what a run left behind)
+        self.python_threads: list[threading.Thread] = []
+
+    # --- ExtraLinks --------------------------------------------------------------------------------
+    def define(self, inst: WasmtimeInstance, linker: wasmtime.Linker) -> None:
+        """The shared memory and ``wasi.thread-spawn`` for a new thread's instance; its store
+        traps at the first epoch check after the run's end."""
+        _define_shared_memory(linker, inst.store, *self._memory_import, self.memory)
+        spawn_type = wasmtime.FuncType([wasmtime.ValType.i32()], [wasmtime.ValType.i32()])
+        linker.define_func(THREADS_MODULE, SPAWN, spawn_type, inst._host_func(self._spawn, ("i32",), ("i32",)))
+        inst.store.set_epoch_deadline(1)
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """WASI function ``name``: under the run's lock unless it may block; refused (the thread
+        stops) once the program ended."""
+        if name in BLOCKING_CALLS:
+            def unlocked(*args: int) -> Any:
+                self._check_running()
+                try:
+                    return fn(*args)
+                finally:
+                    self._check_running()  # the program ended while this thread was in the host
+            return unlocked
+
+        lock = self._wasi_lock
+
+        def locked(*args: int) -> Any:
+            with lock:
+                self._check_running()
+                return fn(*args)
+        return locked
+
+    # --- the program ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run ``_start`` and its threads to the program's end: its exit code (``proc_exit``'s
+        from any thread, else 0 when the main thread returns). A trap in any thread is raised as
+        :class:`wasmig.Trap`; Ctrl-C (KeyboardInterrupt) ends the run and is raised."""
+        main = self._instance()
+        if "_start" not in main.exports:
+            raise LinkError("the module has no `_start` export: it is not a WASI command")
+        self._start_thread(main, "_start", (), main_thread=True)
+        try:
+            with self._cond:
+                while self._outcome is None:
+                    self._cond.wait()
+        except BaseException as e:
+            self._end(("raise", e))
+            raise
+        kind, value = self._outcome
+        if kind == "raise":
+            if isinstance(value, ProcExit):
+                return value.code
+            raise value
+        return 0
+
+    def _instance(self) -> WasmtimeInstance:
+        return WasmtimeInstance(self.module, self.wasi, compiled=self.compiled, links=self)
+
+    def _spawn(self, arg: int) -> int:
+        """``wasi.thread-spawn(arg)``: a new thread running ``wasi_thread_start(tid, arg)`` in an
+        instance of its own; its tid, or a negative number when none can be made."""
+        with self._cond:
+            self._check_running()
+            if self._live >= MAX_THREADS or self._next_tid > MAX_TID:
+                return _SPAWN_FAILED
+            tid = self._next_tid
+            self._next_tid += 1
+            self._live += 1
+        try:
+            inst = self._instance()
+        except (LinkError, wasmtime.WasmtimeError, MemoryError):
+            with self._cond:
+                self._live -= 1
+            return _SPAWN_FAILED
+        if not isinstance(inst.exports.get(THREAD_START), wasmtime.Func):
+            raise Trap(f"thread-spawn: the module exports no {THREAD_START} function")
+        self._start_thread(inst, THREAD_START, (tid, arg), main_thread=False)
+        return tid
+
+    def _start_thread(self, inst: WasmtimeInstance, entry: str, args: tuple[int, ...], *, main_thread: bool) -> None:
+        name = "wasm-thread-main" if main_thread else f"wasm-thread-{args[0]}"
+        py = threading.Thread(target=self._thread_main, args=(inst, entry, args, main_thread), name=name, daemon=True)
+        self.python_threads.append(py)
+        py.start()
+
+    def _thread_main(self, inst: WasmtimeInstance, entry: str, args: tuple[int, ...], main_thread: bool) -> None:
+        try:
+            inst.invoke(entry, *args)
+        except BaseException as e:  # proc_exit (ProcExit), a trap, anything: it ends the program
+            self._end(("raise", e))
+            return
+        if main_thread:
+            self._end(("return", None))
+        else:
+            with self._cond:
+                self._live -= 1
+
+    def _end(self, outcome: tuple[str, Any]) -> None:
+        """The program ends with ``outcome`` (the first one counts: what happens in other threads
+        after it, epoch traps included, is their being stopped)."""
+        with self._cond:
+            if self._outcome is not None:
+                return
+            self._outcome = outcome
+            self.wasm_engine.increment_epoch()
+            self._cond.notify_all()
+
+    def _check_running(self) -> None:
+        if self._outcome is not None:
+            raise ProgramEnded("the program has ended")
+
+
+def _define_shared_memory(linker: wasmtime.Linker, store: wasmtime.Store, module: str, name: str,
+                          memory: wasmtime.SharedMemory) -> None:
+    """``linker.define(store, module, name, memory)``, which wasmtime-py 51 cannot do for a shared
+    memory (its ``SharedMemory._as_extern`` hands ctypes a pointer to the pointer the C API wants:
+    a TypeError), through the same C call."""
+    from wasmtime import _ffi
+
+    union = _ffi.wasmtime_extern_union(sharedmemory=memory.ptr())
+    item = _ffi.wasmtime_extern_t(_ffi.WASMTIME_EXTERN_SHAREDMEMORY, union)
+    module_bytes, name_bytes = module.encode(), name.encode()
+    error = _ffi.wasmtime_linker_define(linker.ptr(), store._context(), ctypes.create_string_buffer(module_bytes),
+                                        len(module_bytes), ctypes.create_string_buffer(name_bytes), len(name_bytes),
+                                        ctypes.byref(item))
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
+def _compile(module: Module, wasm_engine: wasmtime.Engine, cache_dir: Path | None) -> wasmtime.Module:
+    """``module`` compiled for a threads engine, through the artifact cache."""
+    if module.has_bytes:
+        return compile_cached(module.digest, lambda: module.data or b"", cache_dir, wasm_engine=wasm_engine,
+                              settings=THREADS_SETTINGS)
+    from wasmig.binary.encoder import encode_module
+
+    data = encode_module(module.ir)
+    return compile_cached(fast_digest(data), lambda: data, cache_dir, wasm_engine=wasm_engine,
+                          settings=THREADS_SETTINGS)
+
+
+def run_threaded_command(module: Module, wasi: Wasi) -> int:
+    """Run a wasi-threads command on wasmtime to its end; its exit code (see :meth:`ThreadedRun.run`)."""
+    return ThreadedRun(module, wasi).run()
