@@ -1,5 +1,6 @@
-"""wasi-threads on the interpreter (issue 20 step 2): the WASI testsuite's wasi-threads proposal tests
-and a C program of our own, run by :func:`wasmig.engines.interp.wasi_threads.run_threaded_command`.
+"""wasi-threads on both engines (issue 20 step 2): the WASI testsuite's wasi-threads proposal tests
+and a C program of our own, run by each engine's ``run_threaded_command`` (the interpreter's
+scheduler, seeded; wasmtime's one OS thread per wasm thread).
 
 The proposal tests (``../shared/wasi-testsuite/tests/proposals/wasi-threads/*.wat``, assembled with
 ``wat2wasm --enable-threads``) check that ``proc_exit`` from any thread ends every thread — one
@@ -9,7 +10,6 @@ busy, one blocked in ``memory.atomic.wait32``, one blocked in a host call (``pol
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -18,35 +18,12 @@ from pathlib import Path
 import pytest
 
 import wasmig
+from tests.threaded_programs import ENGINES, compile_threaded, run_threaded, threaded_module
 from tests.wat import threads_module
-from wasmig import engines
 from wasmig.engines.interp.wasi_threads import is_threaded
-from wasmig.toolchain import compile_c
-from wasmig.wasi.preview1 import Wasi
 
 SUITE = Path(os.environ.get("WASMIG_WASI_TESTSUITE", Path(__file__).resolve().parents[2] / "shared" / "wasi-testsuite"))
 PROPOSAL = SUITE / "tests" / "proposals" / "wasi-threads"
-PROGRAMS = Path(__file__).resolve().parent / "programs"
-#: a shared memory imported, up to 64 MiB; the atomics the C compiler may emit
-THREAD_FLAGS = ("-mcpu=generic+atomics+bulk_memory",
-                "-Wl,--import-memory,--export-memory,--shared-memory,--max-memory=67108864")
-
-
-ENGINES = ("interp", "wasmtime")
-
-
-def _run(module: wasmig.Module, seed: int = 0, engine: str = "interp") -> tuple[int, bytes]:
-    read_end, write_end = os.pipe()  # stdin: open, never written (fd_read blocks)
-    # unbuffered: a thread may still be blocked reading it when the program has ended, and a
-    # buffered reader's close would wait for that read's lock
-    stdin = os.fdopen(read_end, "rb", buffering=0)
-    stdout = io.BytesIO()
-    try:
-        wasi = Wasi(["prog"], stdin=stdin, stdout=stdout)
-        return engines.get(engine).run_threaded_command(module, wasi, seed=seed), stdout.getvalue()
-    finally:
-        os.close(write_end)  # the abandoned read sees end of file and its thread ends
-        stdin.close()
 
 
 def _proposal_tests() -> list[Path]:
@@ -61,19 +38,18 @@ def test_wasi_threads_proposal(wat: Path, engine: str) -> None:
     expected = json.loads(spec.read_text()).get("exit_code", 0) if spec.exists() else 0
     module = threads_module(wat.read_text())
     assert is_threaded(module) or wat.stem == "wasi_threads_noop"
-    code, _ = _run(module, engine=engine)
+    code, _ = run_threaded(module, engine=engine)
     assert code == expected
 
 
 def _threads_program() -> wasmig.Module:
-    return wasmig.Module.from_file(compile_c(PROGRAMS / "threads_spawn.c", extra_flags=THREAD_FLAGS),
-                                   features={"threads"})
+    return threaded_module("threads_spawn")
 
 
 def test_c_program_with_four_threads_is_deterministic_by_seed() -> None:
     module = _threads_program()
     assert is_threaded(module)
-    results = {seed: _run(module, seed) for seed in (0, 0, 7)}
+    results = {seed: run_threaded(module, seed) for seed in (0, 0, 7)}
     for code, out in results.values():
         assert code == 0, out
         assert out == b"counter 4000 wide 42949672960000\n"
@@ -83,7 +59,7 @@ def test_c_program_with_four_threads_on_wasmtime() -> None:
     """Threads in parallel on wasmtime: the atomic sums come out exact, run after run."""
     module = _threads_program()
     for _ in range(3):
-        assert _run(module, engine="wasmtime") == (0, b"counter 4000 wide 42949672960000\n")
+        assert run_threaded(module, engine="wasmtime") == (0, b"counter 4000 wide 42949672960000\n")
 
 
 def test_every_thread_waiting_forever_is_a_deadlock_trap() -> None:
@@ -97,7 +73,7 @@ def test_every_thread_waiting_forever_is_a_deadlock_trap() -> None:
         (drop (call $spawn (i32.const 0)))
         (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""")
     with pytest.raises(wasmig.Trap, match="deadlock"):
-        _run(module)
+        run_threaded(module)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -111,7 +87,7 @@ def test_a_trap_in_any_thread_ends_the_program(engine: str) -> None:
         (drop (call $spawn (i32.const 0)))
         (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""")
     with pytest.raises(wasmig.Trap, match="unreachable"):
-        _run(module, engine=engine)
+        run_threaded(module, engine=engine)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -122,7 +98,7 @@ def test_imports_beyond_wasi_threads_are_refused(engine: str) -> None:
       (func (import "env" "anything"))
       (func (export "_start")))""")
     with pytest.raises(wasmig.LinkError, match="env.anything"):
-        _run(module, engine=engine)
+        run_threaded(module, engine=engine)
 
 
 
@@ -137,7 +113,7 @@ def test_wasmig_run_runs_a_threaded_program_on_either_engine(tmp_path: Path) -> 
     """`wasmig run` tells a wasi-threads program from its imports and runs it on the engine asked
     for (by default wasmtime, in parallel); what threads lack yet is a one-line error, never a
     traceback."""
-    wasm = compile_c(PROGRAMS / "threads_spawn.c", extra_flags=THREAD_FLAGS)
+    wasm = compile_threaded("threads_spawn")
     for options in ([], ["--engine", "wasmtime"], ["--engine", "interp"]):
         done = _wasmig("run", *options, str(wasm))
         assert done.returncode == 0 and done.stdout == b"counter 4000 wide 42949672960000\n", (options, done.stderr)
