@@ -139,20 +139,19 @@ def load_program(program: str, decode: bool) -> tuple[Module, bool]:
 
 
 def threaded_engine(runs_on: Engine, asked: str | None, stops: bool) -> Engine:
-    """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads (wasmtime and the
-    interpreter both do), else the interpreter when no engine was asked for (with a note); a
-    one-line error when the run asks for what threads do not have yet (checkpoints, migration,
-    ``--invoke``)."""
+    """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads, else the
+    interpreter when no engine was asked for (with a note); a one-line error when the run asks
+    for what threads do not have yet (checkpoints, migration, ``--invoke``)."""
     if stops:
         raise UserError("a wasi-threads program cannot be checkpointed, migrated or --invoke'd yet "
                         "(docs/threads.md): run it without those options")
     if runs_on.runs_threads:
         return runs_on
     if asked is not None:
-        raise UserError(f"--engine {asked}: this engine does not run wasi-threads programs "
+        raise UserError(f"--engine {asked}: wasi-threads programs run on the interpreter only so far "
                         "(--engine interp; docs/threads.md)")
     err(f"wasmig: note: a wasi-threads program: running it on the interpreter ({runs_on.name} does not run "
-        "threads)")
+        "threads yet)")
     return engines.get("interp")
 
 

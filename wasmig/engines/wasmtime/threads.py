@@ -6,7 +6,8 @@ module of its own over that memory, run by a Python thread of its own (wasmtime-
 wasmtime through ``ctypes``, which releases the GIL: threads computing in wasm run at once on as
 many cores as there are; they take the GIL only in host calls). ``wasi.thread-spawn`` starts
 ``wasi_thread_start(tid, arg)`` in a new instance; tids count from 1; beyond
-:data:`~wasmig.interp.threads.MAX_THREADS` live threads a spawn returns a negative number.
+:data:`~wasmig.interp.threads.MAX_THREADS` live threads (the main one's included) a spawn returns
+a negative number.
 ``memory.atomic.wait``/``notify`` are wasmtime's own.
 
 Every thread calls the one :class:`~wasmig.wasi.preview1.Wasi` (one descriptor table, one exit).
@@ -99,7 +100,7 @@ class ThreadedRun:
         self._wasi_lock = threading.Lock()  # one non-blocking host call at a time
         self._cond = threading.Condition()
         self._outcome: tuple[str, Any] | None = None  # ("return", None) | ("raise", exception)
-        self._live = 0  # spawned threads not yet ended
+        self._live = 1  # threads not yet ended, the main one's included (the interpreter's count)
         self._next_tid = 1
         #: the Python threads, main's first (for tests and for whoever wonders what a run left behind)
         self.python_threads: list[threading.Thread] = []
