@@ -10,10 +10,14 @@ busy, one blocked in ``memory.atomic.wait32``, one blocked in a host call (``pol
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +25,7 @@ import wasmig
 from tests.threaded_programs import ENGINES, compile_threaded, run_threaded, threaded_module
 from tests.wat import threads_module
 from wasmig.engines.interp.wasi_threads import is_threaded
+from wasmig.wasi.preview1 import Wasi
 
 SUITE = Path(os.environ.get("WASMIG_WASI_TESTSUITE", Path(__file__).resolve().parents[2] / "shared" / "wasi-testsuite"))
 PROPOSAL = SUITE / "tests" / "proposals" / "wasi-threads"
@@ -207,3 +212,55 @@ GROWS = """
 @pytest.mark.parametrize("engine", ENGINES)
 def test_memory_grown_by_one_thread_is_seen_by_the_others_and_by_wasi(engine: str) -> None:
     assert run_threaded(threads_module(GROWS), engine=engine) == (0, b"ok\n")
+
+
+def _wasmtime_run(text: str) -> Any:
+    from wasmig.engines.wasmtime.threads import ThreadedRun
+
+    return ThreadedRun(threads_module(text), Wasi(["prog"], stdout=io.BytesIO()))
+
+
+def test_wasmtime_stops_threads_still_computing_when_the_program_ends() -> None:
+    """The run's epoch: a thread spinning in wasm when another exits traps at its next loop head,
+    so its OS thread ends instead of spinning on after the run."""
+    run = _wasmtime_run("""
+    (module
+      (memory (import "env" "memory") 1 1 shared)
+      (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
+      (func $exit (import "wasi_snapshot_preview1" "proc_exit") (param i32))
+      (func (export "wasi_thread_start") (param i32 i32)
+        (i32.atomic.store (i32.const 0) (i32.const 1))
+        (loop $spin (br $spin)))
+      (func (export "_start")
+        (drop (call $spawn (i32.const 0)))
+        (drop (call $spawn (i32.const 0)))
+        (loop $started (br_if $started (i32.eqz (i32.atomic.load (i32.const 0)))))
+        (call $exit (i32.const 3))))""")
+    assert run.run() == 3
+    for thread in run.python_threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), thread.name
+
+
+def test_wasmtime_runs_wasm_without_holding_the_gil() -> None:
+    """While the main wasm thread spins (no host call), Python code runs: here it sets the flag the
+    guest spins on. Were the GIL held while wasm runs, the flag would never be set."""
+    run = _wasmtime_run("""
+    (module
+      (memory (import "env" "memory") 1 1 shared)
+      (func $exit (import "wasi_snapshot_preview1" "proc_exit") (param i32))
+      (func (export "_start")
+        (i32.atomic.store (i32.const 4) (i32.const 1))
+        (loop $spin (br_if $spin (i32.eqz (i32.atomic.load (i32.const 0)))))
+        (call $exit (i32.const 5))))""")
+    outcome: list[int] = []
+    runner = threading.Thread(target=lambda: outcome.append(run.run()), daemon=True)
+    runner.start()
+    memory = run.wasi.mem
+    deadline = time.monotonic() + 30
+    while memory.u32(4) != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    busy = sum(i * i for i in range(100_000))  # Python work while the guest spins
+    memory.set_u32(0, busy & 0xFFFF or 1)
+    runner.join(timeout=30)
+    assert outcome == [5]

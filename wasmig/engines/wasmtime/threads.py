@@ -84,12 +84,17 @@ class ThreadedRun:
     """One run of a wasi-threads command on wasmtime (see the module docstring); it is the
     :class:`~wasmig.engines.wasmtime.runtime.ExtraLinks` of every thread's instance."""
 
-    def __init__(self, module: Module, wasi: Wasi, *, cache_dir: Path | None = None) -> None:
+    def __init__(self, module: Module, wasi: Wasi, *, cache_dir: Path | None = None,
+                 settings: Mapping[str, Any] = THREADS_SETTINGS) -> None:
+        """``settings``: the engine's (benchmarks/threads_parallel.py passes ``ENGINE_SETTINGS``,
+        without epoch interruption, to measure what the epoch checks cost; such a run cannot stop
+        threads still computing when it ends)."""
         _wasi_names, memory_import = check_threaded_imports(module)
         self.module = module
         self.wasi = wasi
-        self.wasm_engine = new_engine(THREADS_SETTINGS)
-        self.compiled = _compile(module, self.wasm_engine, cache_dir)
+        self.settings = settings
+        self.wasm_engine = new_engine(settings)
+        self.compiled = _compile(module, self.wasm_engine, cache_dir, settings)
         limits = memory_import.desc.limits
         memory_type = wasmtime.MemoryType(wasmtime.Limits(limits.min, limits.max), shared=True)
         self.memory = wasmtime.SharedMemory(self.wasm_engine, memory_type)
@@ -112,7 +117,8 @@ class ThreadedRun:
         _define_shared_memory(linker, inst.store, *self._memory_import, self.memory)
         spawn_type = wasmtime.FuncType([wasmtime.ValType.i32()], [wasmtime.ValType.i32()])
         linker.define_func(THREADS_MODULE, SPAWN, spawn_type, inst._host_func(self._spawn, ("i32",), ("i32",)))
-        inst.store.set_epoch_deadline(1)
+        if self.settings.get("epoch_interruption"):
+            inst.store.set_epoch_deadline(1)
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """WASI function ``name``: under the run's lock unless it may block; refused (the thread
@@ -206,7 +212,8 @@ class ThreadedRun:
             if self._outcome is not None:
                 return
             self._outcome = outcome
-            self.wasm_engine.increment_epoch()
+            if self.settings.get("epoch_interruption"):
+                self.wasm_engine.increment_epoch()
             self._cond.notify_all()
 
     def _check_running(self) -> None:
@@ -231,16 +238,16 @@ def _define_shared_memory(linker: wasmtime.Linker, store: wasmtime.Store, module
         raise wasmtime.WasmtimeError._from_ptr(error)
 
 
-def _compile(module: Module, wasm_engine: wasmtime.Engine, cache_dir: Path | None) -> wasmtime.Module:
-    """``module`` compiled for a threads engine, through the artifact cache."""
+def _compile(module: Module, wasm_engine: wasmtime.Engine, cache_dir: Path | None,
+             settings: Mapping[str, Any]) -> wasmtime.Module:
+    """``module`` compiled for ``wasm_engine`` (made with ``settings``), through the artifact cache."""
     if module.has_bytes:
         return compile_cached(module.digest, lambda: module.data or b"", cache_dir, wasm_engine=wasm_engine,
-                              settings=THREADS_SETTINGS)
+                              settings=settings)
     from wasmig.binary.encoder import encode_module
 
     data = encode_module(module.ir)
-    return compile_cached(fast_digest(data), lambda: data, cache_dir, wasm_engine=wasm_engine,
-                          settings=THREADS_SETTINGS)
+    return compile_cached(fast_digest(data), lambda: data, cache_dir, wasm_engine=wasm_engine, settings=settings)
 
 
 def run_threaded_command(module: Module, wasi: Wasi) -> int:
