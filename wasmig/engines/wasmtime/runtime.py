@@ -12,7 +12,9 @@ The pieces:
   atomic load) and a compiled-artifact cache
   (:func:`compile_module`): ``Module.serialize()`` output keyed by the BLAKE3 of (the module
   bytes' BLAKE3, wasmtime version, engine settings, host), each entry checksummed so a damaged
-  entry is recompiled, never loaded, and mapped into memory by wasmtime rather than copied;
+  entry is recompiled, never loaded, and mapped into memory by wasmtime rather than copied
+  (a wasi-threads run makes an engine of its own, :func:`new_engine` with
+  :data:`THREADS_SETTINGS`, and compiles through the same cache under its settings' key);
 - :class:`WasmtimeInstance`: links the WASI imports with their exact preview1 types (through
   wasmtime's raw C callback, arguments read as the unsigned bit patterns the WASI layer expects;
   wasmtime-py's public ``define_func``, whose signed ints are masked, as the fallback), re-raises
