@@ -237,7 +237,7 @@ def _compile(data: bytes, wasm_engine: wasmtime.Engine | None = None) -> wasmtim
         raise ValidationError(f"wasmtime cannot compile the module: {_one_line(e)}") from None
 
 
-def _load(path: Path, wasm_engine: wasmtime.Engine) -> tuple[wasmtime.Module | None, bool]:
+def _load(path: Path, wasm_engine: wasmtime.Engine | None = None) -> tuple[wasmtime.Module | None, bool]:
     """(the compiled module cached at ``path``, or None; whether an entry was there at all).
 
     The checksum matters: deserializing is only safe for artifacts wasmtime itself produced, so
@@ -249,7 +249,7 @@ def _load(path: Path, wasm_engine: wasmtime.Engine) -> tuple[wasmtime.Module | N
         return None, found
     mapped.close()
     try:
-        return wasmtime.Module.deserialize_file(wasm_engine, str(path)), True
+        return wasmtime.Module.deserialize_file(wasm_engine if wasm_engine is not None else engine(), str(path)), True
     except wasmtime.WasmtimeError:
         return None, True
 
