@@ -81,16 +81,20 @@ def test_every_thread_waiting_forever_is_a_deadlock_trap() -> None:
         run_threaded(module)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_a_trap_in_any_thread_ends_the_program(engine: str) -> None:
-    module = threads_module("""
+#: a spawned thread traps while the main thread waits forever
+TRAP_IN_A_THREAD = """
     (module
       (memory (import "env" "memory") 1 1 shared)
       (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
       (func (export "wasi_thread_start") (param i32 i32) unreachable)
       (func (export "_start")
         (drop (call $spawn (i32.const 0)))
-        (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""")
+        (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_trap_in_any_thread_ends_the_program(engine: str) -> None:
+    module = threads_module(TRAP_IN_A_THREAD)
     with pytest.raises(wasmig.Trap, match="unreachable"):
         run_threaded(module, engine=engine)
 
@@ -140,14 +144,7 @@ def test_wasmig_run_exit_code_and_trap_of_a_threaded_program_on_wasmtime(tmp_pat
     done = _wasmig("run", "--engine", "wasmtime", str(exits))
     assert done.returncode == 7, done.stderr
     traps = tmp_path / "traps.wasm"
-    traps.write_bytes(threads_module("""
-    (module
-      (memory (import "env" "memory") 1 1 shared)
-      (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
-      (func (export "wasi_thread_start") (param i32 i32) unreachable)
-      (func (export "_start")
-        (drop (call $spawn (i32.const 0)))
-        (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""").data or b"")
+    traps.write_bytes(threads_module(TRAP_IN_A_THREAD).data or b"")
     done = _wasmig("run", "--engine", "wasmtime", str(traps))
     assert done.returncode != 0 and b"unreachable" in done.stderr and b"Traceback" not in done.stderr, done.stderr
 
