@@ -261,3 +261,32 @@ def test_wasmtime_runs_wasm_without_holding_the_gil() -> None:
     memory.set_u32(0, busy & 0xFFFF or 1)
     runner.join(timeout=30)
     assert outcome == [5]
+
+
+def test_ctrl_c_ends_a_threaded_run_on_wasmtime(tmp_path: Path) -> None:
+    """SIGINT reaches the Python thread waiting for the program's end while every wasm thread
+    spins: the run ends (the epoch stops the spinning threads) with the shell's 130."""
+    import signal
+    import sys
+
+    spin = tmp_path / "spin.wasm"
+    spin.write_bytes(threads_module("""
+    (module
+      (memory (import "env" "memory") 1 1 shared)
+      (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
+      (func (export "wasi_thread_start") (param i32 i32) (loop $spin (br $spin)))
+      (func (export "_start")
+        (drop (call $spawn (i32.const 0)))
+        (loop $spin (br $spin))))""").data or b"")
+    proc = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", "wasmtime", str(spin)],
+                            cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE)
+    try:
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        assert b"Traceback" not in proc.stderr.read()
+        proc.stderr.close()
