@@ -67,7 +67,8 @@ def test_c_program_with_four_threads_on_wasmtime() -> None:
         assert run_threaded(module, engine="wasmtime") == (0, b"counter 4000 wide 42949672960000\n")
 
 
-def test_every_thread_waiting_forever_is_a_deadlock_trap() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_thread_waiting_forever_is_a_deadlock_trap(engine: str) -> None:
     module = threads_module("""
     (module
       (memory (import "env" "memory") 1 1 shared)
@@ -78,7 +79,7 @@ def test_every_thread_waiting_forever_is_a_deadlock_trap() -> None:
         (drop (call $spawn (i32.const 0)))
         (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""")
     with pytest.raises(wasmig.Trap, match="deadlock"):
-        run_threaded(module)
+        run_threaded(module, engine=engine)
 
 
 #: a spawned thread traps while the main thread waits forever
@@ -290,3 +291,60 @@ def test_ctrl_c_ends_a_threaded_run_on_wasmtime(tmp_path: Path) -> None:
         assert proc.stderr is not None
         assert b"Traceback" not in proc.stderr.read()
         proc.stderr.close()
+
+
+def test_wasmtime_wakes_threads_waiting_forever_when_the_program_ends() -> None:
+    """Waits are the host's on wasmtime (wasmig/engines/wasmtime/host_waits.py): a thread waiting
+    without a timeout when another exits returns from its wait and ends, none is left behind."""
+    run = _wasmtime_run("""
+    (module
+      (memory (import "env" "memory") 1 1 shared)
+      (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
+      (func $exit (import "wasi_snapshot_preview1" "proc_exit") (param i32))
+      (func (export "wasi_thread_start") (param i32 i32)
+        (drop (memory.atomic.wait32 (i32.const 8) (i32.const 0) (i64.const -1))))
+      (func (export "_start")
+        (drop (call $spawn (i32.const 0)))
+        (drop (call $spawn (i32.const 0)))
+        (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const 100000000)))
+        (call $exit (i32.const 4))))""")
+    assert run.run() == 4
+    for thread in run.python_threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), thread.name
+
+
+def test_host_waits_wake_in_arrival_order_and_compare_under_the_lock() -> None:
+    """The host's wait queues: 1 when the cell differs, 2 on timeout, and notify(addr, 1) wakes
+    the thread that came first."""
+    import ctypes
+
+    from wasmig.engines.wasmtime.host_waits import HostWaits
+
+    cells = (ctypes.c_uint32 * 16)()
+    lock = threading.RLock()
+    waits = HostWaits(lock, lambda: (ctypes.addressof(cells), 64), lambda: (4, 0), lambda exc: None,
+                      lambda: False)
+    assert waits.wait(waits.waiter(), 8, 5, 1000, 0, 4) == 1  # the cell holds 0, not 5
+    assert waits.wait(waits.waiter(), 4, 0, 1_000_000, 4, 4) == 2  # 8 = 4 + offset 4, nobody notifies
+    with pytest.raises(wasmig.Trap, match="unaligned atomic"):
+        waits.wait(waits.waiter(), 2, 0, 0, 0, 4)
+    with pytest.raises(wasmig.Trap, match="out of bounds"):
+        waits.notify(64, 1, 0)
+    order: list[str] = []
+    threads = []
+    for name in ("first", "second", "third"):
+        waiter = waits.waiter()
+        thread = threading.Thread(target=lambda n=name, w=waiter: (waits.wait(w, 16, 0, -1 & (2**64 - 1), 0, 4),
+                                                                   order.append(n)))
+        thread.start()
+        threads.append(thread)
+        while len(waits.queues.queues.get(16, ())) < len(threads):  # queued before the next one comes
+            time.sleep(0.001)
+    assert waits.notify(16, 1, 0) == 1
+    threads[0].join(timeout=30)
+    assert order == ["first"]
+    assert waits.notify(16, 5, 0) == 2
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(order[1:]) == ["second", "third"] and not waits.queues.queues

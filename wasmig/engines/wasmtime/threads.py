@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
-from wasmig.engines.wasmtime.runtime import THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
+from wasmig.binary.encoder import encode_module
+from wasmig.engines.wasmtime.host_waits import TABLE_EXPORT, HostWaits, ProgramEnded, route_waits_to_host
+from wasmig.engines.wasmtime.runtime import _VALTYPE, THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
 from wasmig.errors import LinkError, Trap
 from wasmig.hashing import fast_digest
 from wasmig.interp.threads import BLOCKING_CALLS, MAX_THREADS, MAX_TID
@@ -54,30 +56,31 @@ if TYPE_CHECKING:
 _SPAWN_FAILED = -6
 
 
-class ProgramEnded(Exception):  # noqa: N818 - control flow: tells a thread to stop
-    """Raised in a thread's host call once another thread ended the program."""
-
-
 class SharedMemoryView:
     """The ``source`` of a :class:`GuestMemory` over a ``wasmtime.SharedMemory``: a writable
     ``memoryview`` of it, made again when its length changed (another thread's ``memory.grow``).
     A shared memory never moves (it is reserved to its maximum up front), so any thread may use
     the view it got while another grows the memory."""
 
-    __slots__ = ("_memory", "_len", "_view")
+    __slots__ = ("_memory", "_len", "_view", "base")
 
     def __init__(self, memory: wasmtime.SharedMemory) -> None:
         self._memory = memory
         self._len = -1
         self._view: memoryview = memoryview(bytearray())
+        #: where the memory starts in this process (it never moves)
+        self.base = ctypes.addressof(memory.data_ptr().contents)
 
     def __call__(self) -> memoryview:
         n = self._memory.data_len()
         if n != self._len:
-            addr = ctypes.addressof(self._memory.data_ptr().contents)
-            self._view = memoryview((ctypes.c_ubyte * n).from_address(addr)).cast("B")
+            self._view = memoryview((ctypes.c_ubyte * n).from_address(self.base)).cast("B")
             self._len = n
         return self._view
+
+    def extent(self) -> tuple[int, int]:
+        """(base address, length in bytes) as they are now."""
+        return self.base, self._memory.data_len()
 
 
 class ThreadedRun:
@@ -94,19 +97,26 @@ class ThreadedRun:
         self.wasi = wasi
         self.settings = settings
         self.wasm_engine = new_engine(settings)
-        self.compiled = _compile(module, self.wasm_engine, cache_dir, settings)
+        routed = route_waits_to_host(module.ir)
+        self.code = encode_module(routed) if routed is not None else None
+        self.compiled = _compile(module, self.code, self.wasm_engine, cache_dir, settings)
         limits = memory_import.desc.limits
         memory_type = wasmtime.MemoryType(wasmtime.Limits(limits.min, limits.max), shared=True)
         self.memory = wasmtime.SharedMemory(self.wasm_engine, memory_type)
         self.provides: Mapping[str, Collection[str]] = {memory_import.module: {memory_import.name},
                                                         THREADS_MODULE: {SPAWN}}
         self._memory_import = (memory_import.module, memory_import.name)
-        wasi.bind_memory(GuestMemory(SharedMemoryView(self.memory)))
+        view = SharedMemoryView(self.memory)
+        wasi.bind_memory(GuestMemory(view))
         self._wasi_lock = threading.Lock()  # one non-blocking host call at a time
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()  # the run's state; the waits' (an end may come from inside a wait)
+        self._cond = threading.Condition(self._lock)
         self._outcome: tuple[str, Any] | None = None  # ("return", None) | ("raise", exception)
         self._live = 1  # threads not yet ended, the main one's included (the interpreter's count)
+        self._in_host = 0  # threads inside a blocking host call
         self._next_tid = 1
+        self.waits = HostWaits(self._lock, view.extent, lambda: (self._live, self._in_host),
+                               lambda exc: self._end(("raise", exc)), lambda: self._outcome is not None)
         #: the Python threads, main's first (for tests and for whoever wonders what a run left behind)
         self.python_threads: list[threading.Thread] = []
 
@@ -125,10 +135,14 @@ class ThreadedRun:
         stops) once the program ended."""
         if name in BLOCKING_CALLS:
             def unlocked(*args: int) -> Any:
-                self._check_running()
+                with self._lock:
+                    self._check_running()
+                    self._in_host += 1
                 try:
                     return fn(*args)
                 finally:
+                    with self._lock:
+                        self._in_host -= 1
                     self._check_running()  # the program ended while this thread was in the host
             return unlocked
 
@@ -164,7 +178,16 @@ class ThreadedRun:
         return 0
 
     def _instance(self) -> WasmtimeInstance:
-        return WasmtimeInstance(self.module, self.wasi, compiled=self.compiled, links=self)
+        """A thread's instance: its own store, the table of host waits filled before it runs. (A
+        trap's backtrace reads offsets in the module as compiled: in a function that waits or
+        notifies, those after the first wait or notify are a few bytes past the original's.)"""
+        inst = WasmtimeInstance(self.module, self.wasi, compiled=self.compiled, links=self)
+        table = inst.exports.get(TABLE_EXPORT)
+        if self.code is not None and isinstance(table, wasmtime.Table):
+            for slot, (ft, fn) in self.waits.host_functions(self.waits.waiter()).items():
+                ty = wasmtime.FuncType([_VALTYPE[t]() for t in ft.params], [_VALTYPE[t]() for t in ft.results])
+                table.set(inst.store, slot, wasmtime.Func(inst.store, ty, inst._host_func(fn, ft.params, ft.results)))
+        return inst
 
     def _spawn(self, arg: int) -> int:
         """``wasi.thread-spawn(arg)``: a new thread running ``wasi_thread_start(tid, arg)`` in an
@@ -204,6 +227,7 @@ class ThreadedRun:
         else:
             with self._cond:
                 self._live -= 1
+                self.waits.check_deadlock()  # the others may all be waiting for what this one will never do
 
     def _end(self, outcome: tuple[str, Any]) -> None:
         """The program ends with ``outcome`` (the first one counts: what happens in other threads
@@ -214,6 +238,7 @@ class ThreadedRun:
             self._outcome = outcome
             if self.settings.get("epoch_interruption"):
                 self.wasm_engine.increment_epoch()
+            self.waits.wake_all()
             self._cond.notify_all()
 
     def _check_running(self) -> None:
@@ -238,15 +263,14 @@ def _define_shared_memory(linker: wasmtime.Linker, store: wasmtime.Store, module
         raise wasmtime.WasmtimeError._from_ptr(error)
 
 
-def _compile(module: Module, wasm_engine: wasmtime.Engine, cache_dir: Path | None,
+def _compile(module: Module, code: bytes | None, wasm_engine: wasmtime.Engine, cache_dir: Path | None,
              settings: Mapping[str, Any]) -> wasmtime.Module:
-    """``module`` compiled for ``wasm_engine`` (made with ``settings``), through the artifact cache."""
-    if module.has_bytes:
+    """``code`` (else ``module``) compiled for ``wasm_engine`` (made with ``settings``), through
+    the artifact cache."""
+    if code is None and module.has_bytes:
         return compile_cached(module.digest, lambda: module.data or b"", cache_dir, wasm_engine=wasm_engine,
                               settings=settings)
-    from wasmig.binary.encoder import encode_module
-
-    data = encode_module(module.ir)
+    data = code if code is not None else encode_module(module.ir)
     return compile_cached(fast_digest(data), lambda: data, cache_dir, wasm_engine=wasm_engine, settings=settings)
 
 
