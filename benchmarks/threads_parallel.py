@@ -12,6 +12,10 @@ process's CPU time (``resource.getrusage``: every thread's user + system time).
   doubled; ``cpu(2)/wall(2)`` above 1 is possible only if the two threads ran at the same time
   (on a loaded machine the scheduler may not give them two cores, and it falls towards 1);
   ``wall(2)/wall(1)`` is 1 for perfect parallelism, 2 for none (and noisy under load).
+- ``waits``: ``pthread_condvar.c`` (1,200 items through a 4-slot queue: waits and notifies by
+  the thousand) with waits and notifies through the host (the default:
+  wasmig/engines/wasmtime/host_waits.py) and with wasmtime's own, CPU time ratio; and what the
+  rewrite costs a run (decode, reroute, encode; median of 5, CPU time).
 - ``epoch``: T=1 on the run's engine (``THREADS_SETTINGS``: epoch interruption, which lets the
   program's end stop threads still computing) and on an engine without it (``ENGINE_SETTINGS``),
   CPU time ratio: the price of the epoch checks at loop heads and function entries.
@@ -35,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import wasmig  # noqa: E402
 from tests.threaded_programs import threaded_module  # noqa: E402
+from wasmig.binary.encoder import encode_module  # noqa: E402
+from wasmig.engines.wasmtime.host_waits import route_waits_to_host  # noqa: E402
 from wasmig.engines.wasmtime.runtime import ENGINE_SETTINGS, THREADS_SETTINGS  # noqa: E402
 from wasmig.engines.wasmtime.threads import ThreadedRun  # noqa: E402
 from wasmig.wasi.preview1 import Wasi  # noqa: E402
@@ -45,18 +51,38 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_once(module: wasmig.Module, threads: int, iterations: int, settings: Mapping[str, Any]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one run; checks that it printed its line and exited 0."""
+def timed(module: wasmig.Module, args: list[str], expect: bytes, **options: Any) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run of ``module`` with ``args``, ``ThreadedRun``'s
+    ``options``; checks that it exited 0 and its output starts with ``expect``."""
     out = io.BytesIO()
-    wasi = Wasi(["pthread_compute", str(threads), str(iterations)], stdout=out)
-    run = ThreadedRun(module, wasi, settings=settings)  # compiled (or loaded from the cache) before timing
+    wasi = Wasi(["prog", *args], stdout=out)
+    run = ThreadedRun(module, wasi, **options)  # compiled (or loaded from the cache) before timing
     wall, cpu = time.perf_counter(), _cpu()
     code = run.run()
     wall, cpu = time.perf_counter() - wall, _cpu() - cpu
-    if code != 0 or not out.getvalue().startswith(b"threads %d iterations %d " % (threads, iterations)):
-        raise SystemExit(f"pthread_compute {threads} {iterations}: exit {code}, output {out.getvalue()!r}")
+    if code != 0 or not out.getvalue().startswith(expect):
+        raise SystemExit(f"{args}: exit {code}, output {out.getvalue()!r}")
     wasi.close()
     return wall, cpu
+
+
+def run_once(module: wasmig.Module, threads: int, iterations: int, settings: Mapping[str, Any]) -> tuple[float, float]:
+    """:func:`timed` for ``pthread_compute THREADS ITERATIONS``."""
+    return timed(module, [str(threads), str(iterations)], b"threads %d iterations %d " % (threads, iterations),
+                 settings=settings)
+
+
+def rewrite_seconds(module: wasmig.Module) -> float:
+    """CPU seconds to decode ``module``, reroute its waits and encode it (median of 5)."""
+    times = []
+    for _ in range(5):
+        started = time.process_time()
+        again = wasmig.Module.from_bytes(module.data or b"", features={"threads"})
+        routed = route_waits_to_host(again.ir)
+        assert routed is not None
+        encode_module(routed)
+        times.append(time.process_time() - started)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -82,6 +108,15 @@ def main() -> None:
     print(f"parallel: cpu(2)/cpu(1) {cpu['2 threads'] / cpu['1 thread']:.2f} (2: the work doubled), "
           f"cpu(2)/wall(2) {cpu['2 threads'] / wall['2 threads']:.2f} (>1 only if threads ran at once), "
           f"wall(2)/wall(1) {wall['2 threads'] / wall['1 thread']:.2f} (1: parallel, 2: serial)")
+    condvar = threaded_module("pthread_condvar")
+    waits: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(args.rounds):
+        for host in (True, False):
+            waits[host].append(timed(condvar, [], b"consumed 1200 ", host_waits=host)[1])
+    host, native = statistics.median(waits[True]), statistics.median(waits[False])
+    print(f"waits: pthread_condvar cpu {host:.3f} s through the host, {native:.3f} s wasmtime's own: "
+          f"ratio {host / native:.2f}; the rewrite {rewrite_seconds(condvar) * 1000:.1f} ms cpu per run "
+          f"({len(condvar.data or b''):,} bytes)")
     print(f"epoch checks: cpu ratio {cpu['1 thread'] / cpu['1 thread, no epochs']:.3f} "
           "(with epoch interruption / without)")
 

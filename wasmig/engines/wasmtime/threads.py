@@ -88,16 +88,18 @@ class ThreadedRun:
     :class:`~wasmig.engines.wasmtime.runtime.ExtraLinks` of every thread's instance."""
 
     def __init__(self, module: Module, wasi: Wasi, *, cache_dir: Path | None = None,
-                 settings: Mapping[str, Any] = THREADS_SETTINGS) -> None:
-        """``settings``: the engine's (benchmarks/threads_parallel.py passes ``ENGINE_SETTINGS``,
-        without epoch interruption, to measure what the epoch checks cost; such a run cannot stop
-        threads still computing when it ends)."""
+                 settings: Mapping[str, Any] = THREADS_SETTINGS, host_waits: bool = True) -> None:
+        """``settings``: the engine's; ``host_waits``: waits and notifies through the host
+        (:mod:`~wasmig.engines.wasmtime.host_waits`). benchmarks/threads_parallel.py turns each
+        off to measure what it costs (``ENGINE_SETTINGS``, without epoch interruption: the run
+        cannot stop threads still computing when it ends; no host waits: wasmtime's own, which
+        nobody wakes at the end and which hang on a deadlock)."""
         _wasi_names, memory_import = check_threaded_imports(module)
         self.module = module
         self.wasi = wasi
         self.settings = settings
         self.wasm_engine = new_engine(settings)
-        routed = route_waits_to_host(module.ir)
+        routed = route_waits_to_host(module.ir) if host_waits else None
         self.code = encode_module(routed) if routed is not None else None
         self.compiled = _compile(module, self.code, self.wasm_engine, cache_dir, settings)
         limits = memory_import.desc.limits
