@@ -7,8 +7,8 @@ wasmtime through ``ctypes``, which releases the GIL: threads computing in wasm r
 many cores as there are; they take the GIL only in host calls). ``wasi.thread-spawn`` starts
 ``wasi_thread_start(tid, arg)`` in a new instance; tids count from 1; beyond
 :data:`~wasmig.interp.threads.MAX_THREADS` live threads (the main one's included) a spawn returns
-a negative number.
-``memory.atomic.wait``/``notify`` are wasmtime's own.
+a negative number. ``memory.atomic.wait``/``notify`` go through the host
+(:mod:`~wasmig.engines.wasmtime.host_waits`: the interpreter's wait queues).
 
 Every thread calls the one :class:`~wasmig.wasi.preview1.Wasi` (one descriptor table, one exit).
 Its state is not made for concurrent callers, so host calls run one at a time under a lock —
@@ -20,11 +20,11 @@ whose baton host calls hold but for those.
 The program ends when any thread ends it: ``proc_exit`` or a trap in any thread, or the main
 thread returning from ``_start``. Then the run's engine bumps its *epoch*: each store traps at its
 next epoch check (loop heads, function entries), so threads still computing stop; a thread that
-comes back from a blocking host call stops there. A thread blocked in ``memory.atomic.wait``
-without a timeout is abandoned (wasmtime gives no way to wake it from outside; it holds no lock
-and uses no CPU), as are threads still blocked in the host. Each run has an engine of its own
-(:data:`~wasmig.engines.wasmtime.runtime.THREADS_SETTINGS`), so ending one run stops no other.
-Unlike the interpreter, a program whose threads all wait forever hangs, as on ``wasmtime run``.
+comes back from a blocking host call stops there, and every waiter is woken and stops. Threads
+still blocked in the host are abandoned (as on the interpreter). Each run has an engine of its
+own (:data:`~wasmig.engines.wasmtime.runtime.THREADS_SETTINGS`), so ending one run stops no
+other. As on the interpreter, every live thread waiting without a timeout while none is in a
+blocking host call is a deadlock: a trap, not a hang.
 """
 
 from __future__ import annotations
