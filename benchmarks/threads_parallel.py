@@ -16,6 +16,10 @@ process's CPU time (``resource.getrusage``: every thread's user + system time).
   the thousand) with waits and notifies through the host (the default:
   wasmig/engines/wasmtime/host_waits.py) and with wasmtime's own, CPU time ratio; and what the
   rewrite costs a run (decode, reroute, encode; median of 5, CPU time).
+- ``instrumented``: every thread's instance the instrumented module (the fast variant,
+  ``instrument(module, count_steps=False)``: what a checkpointable run of threads will execute,
+  issue 20 step 3) against the plain module, T=2, CPU time ratio, on ``pthread_compute`` and on
+  ``pthread_condvar``.
 - ``epoch``: T=1 on the run's engine (``THREADS_SETTINGS``: epoch interruption, which lets the
   program's end stop threads still computing) and on an engine without it (``ENGINE_SETTINGS``),
   CPU time ratio: the price of the epoch checks at loop heads and function entries.
@@ -43,6 +47,7 @@ from wasmig.binary.encoder import encode_module  # noqa: E402
 from wasmig.engines.wasmtime.host_waits import route_waits_to_host  # noqa: E402
 from wasmig.engines.wasmtime.runtime import ENGINE_SETTINGS, THREADS_SETTINGS  # noqa: E402
 from wasmig.engines.wasmtime.threads import ThreadedRun  # noqa: E402
+from wasmig.instrument.unwind import instrument  # noqa: E402
 from wasmig.wasi.preview1 import Wasi  # noqa: E402
 
 
@@ -117,6 +122,21 @@ def main() -> None:
     print(f"waits: pthread_condvar cpu {host:.3f} s through the host, {native:.3f} s wasmtime's own: "
           f"ratio {host / native:.2f}; the rewrite {rewrite_seconds(condvar) * 1000:.1f} ms cpu per run "
           f"({len(condvar.data or b''):,} bytes)")
+    instrumented: dict[str, list[float]] = {"compute plain": [], "compute instrumented": [],
+                                            "condvar plain": [], "condvar instrumented": []}
+    compute_fast = instrument(module, count_steps=False).data
+    condvar_fast = instrument(condvar, count_steps=False).data
+    for _ in range(args.rounds):
+        compute_args, compute_out = ["2", str(args.iterations)], b"threads 2 iterations %d " % args.iterations
+        instrumented["compute plain"].append(timed(module, compute_args, compute_out)[1])
+        instrumented["compute instrumented"].append(timed(module, compute_args, compute_out, code=compute_fast)[1])
+        instrumented["condvar plain"].append(timed(condvar, [], b"consumed 1200 ")[1])
+        instrumented["condvar instrumented"].append(timed(condvar, [], b"consumed 1200 ", code=condvar_fast)[1])
+    median = {name: statistics.median(values) for name, values in instrumented.items()}
+    for kernel in ("compute", "condvar"):
+        fast, plain = median[kernel + " instrumented"], median[kernel + " plain"]
+        print(f"instrumented (fast variant) / plain, {kernel}, 2+ threads: cpu {fast:.3f} s / {plain:.3f} s "
+              f"= {fast / plain:.3f}")
     print(f"epoch checks: cpu ratio {cpu['1 thread'] / cpu['1 thread, no epochs']:.3f} "
           "(with epoch interruption / without)")
 

@@ -36,6 +36,22 @@ def test_pthread_program_on_wasmtime(program: str) -> None:
         assert run_threaded(module, engine="wasmtime") == (0, EXPECTED[program])
 
 
+@pytest.mark.parametrize("program", sorted(EXPECTED))
+def test_pthread_program_on_wasmtime_each_thread_on_the_instrumented_module(program: str) -> None:
+    """What a checkpointable run of threads will execute (issue 20 step 3): every thread's instance
+    the instrumented module (the fast variant; its start function run by the host), the same output."""
+    import io
+
+    from wasmig.engines.wasmtime.threads import ThreadedRun
+    from wasmig.instrument.unwind import instrument
+    from wasmig.wasi.preview1 import Wasi
+
+    module = threaded_module(program)
+    out = io.BytesIO()
+    run = ThreadedRun(module, Wasi(["prog"], stdout=out), code=instrument(module, count_steps=False).data)
+    assert (run.run(), out.getvalue()) == (0, EXPECTED[program])
+
+
 def test_a_pthread_program_spawns_through_wasi_thread_spawn() -> None:
     """The layer really makes threads (zig's libc alone would link pthread_create's failing stub)."""
     module = threaded_module("pthread_workqueue")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
+from wasmig.binary.decoder import decode_module
 from wasmig.binary.encoder import encode_module
 from wasmig.engines.wasmtime.host_waits import TABLE_EXPORT, HostWaits, ProgramEnded, route_waits_to_host
 from wasmig.engines.wasmtime.runtime import _VALTYPE, THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from wasmig.module import Module
     from wasmig.wasi.preview1 import Wasi
 
+#: the start function of an instrumented module (wasmig/instrument/unwind.py), for the host to run
+_INSTRUMENTED_START = "wasmig:start"
 #: what ``thread-spawn`` returns when no thread can be made: EAGAIN, negated (wasi-threads' convention)
 _SPAWN_FAILED = -6
 
@@ -88,19 +91,22 @@ class ThreadedRun:
     :class:`~wasmig.engines.wasmtime.runtime.ExtraLinks` of every thread's instance."""
 
     def __init__(self, module: Module, wasi: Wasi, *, cache_dir: Path | None = None,
-                 settings: Mapping[str, Any] = THREADS_SETTINGS, host_waits: bool = True) -> None:
+                 settings: Mapping[str, Any] = THREADS_SETTINGS, host_waits: bool = True,
+                 code: bytes | None = None) -> None:
         """``settings``: the engine's; ``host_waits``: waits and notifies through the host
         (:mod:`~wasmig.engines.wasmtime.host_waits`). benchmarks/threads_parallel.py turns each
         off to measure what it costs (``ENGINE_SETTINGS``, without epoch interruption: the run
         cannot stop threads still computing when it ends; no host waits: wasmtime's own, which
-        nobody wakes at the end and which hang on a deadlock)."""
+        nobody wakes at the end and which hang on a deadlock). ``code``: bytes to run instead of
+        the module's own, with its imports and exports (the benchmark's instrumented module)."""
         _wasi_names, memory_import = check_threaded_imports(module)
         self.module = module
         self.wasi = wasi
         self.settings = settings
         self.wasm_engine = new_engine(settings)
-        routed = route_waits_to_host(module.ir) if host_waits else None
-        self.code = encode_module(routed) if routed is not None else None
+        ir = module.ir if code is None else decode_module(code, features={"threads", "multi-memory"})
+        routed = route_waits_to_host(ir) if host_waits else None
+        self.code = encode_module(routed) if routed is not None else code
         self.compiled = _compile(module, self.code, self.wasm_engine, cache_dir, settings)
         limits = memory_import.desc.limits
         memory_type = wasmtime.MemoryType(wasmtime.Limits(limits.min, limits.max), shared=True)
@@ -185,10 +191,12 @@ class ThreadedRun:
         notifies, those after the first wait or notify are a few bytes past the original's.)"""
         inst = WasmtimeInstance(self.module, self.wasi, compiled=self.compiled, links=self)
         table = inst.exports.get(TABLE_EXPORT)
-        if self.code is not None and isinstance(table, wasmtime.Table):
+        if isinstance(table, wasmtime.Table):
             for slot, (ft, fn) in self.waits.host_functions(self.waits.waiter()).items():
                 ty = wasmtime.FuncType([_VALTYPE[t]() for t in ft.params], [_VALTYPE[t]() for t in ft.results])
                 table.set(inst.store, slot, wasmtime.Func(inst.store, ty, inst._host_func(fn, ft.params, ft.results)))
+        if _INSTRUMENTED_START in inst.exports:  # the instrumented module's start function, which the host runs
+            inst.invoke(_INSTRUMENTED_START)
         return inst
 
     def _spawn(self, arg: int) -> int:
