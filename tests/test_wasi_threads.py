@@ -218,26 +218,32 @@ def _wasmtime_run(text: str) -> Any:
     return ThreadedRun(threads_module(text), Wasi(["prog"], stdout=io.BytesIO()))
 
 
-def test_wasmtime_stops_threads_still_computing_when_the_program_ends() -> None:
-    """The run's epoch: a thread spinning in wasm when another exits traps at its next loop head,
-    so its OS thread ends instead of spinning on after the run."""
-    run = _wasmtime_run("""
+def _two_threads_then_exit(thread: str, main: str) -> str:
+    """A program whose main thread spawns two threads running ``thread``, then runs ``main``."""
+    return f"""
     (module
       (memory (import "env" "memory") 1 1 shared)
       (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
       (func $exit (import "wasi_snapshot_preview1" "proc_exit") (param i32))
-      (func (export "wasi_thread_start") (param i32 i32)
-        (i32.atomic.store (i32.const 0) (i32.const 1))
-        (loop $spin (br $spin)))
-      (func (export "_start")
-        (drop (call $spawn (i32.const 0)))
-        (drop (call $spawn (i32.const 0)))
-        (loop $started (br_if $started (i32.eqz (i32.atomic.load (i32.const 0)))))
-        (call $exit (i32.const 3))))""")
-    assert run.run() == 3
+      (func (export "wasi_thread_start") (param i32 i32) {thread})
+      (func (export "_start") (drop (call $spawn (i32.const 0))) (drop (call $spawn (i32.const 0))) {main}))"""
+
+
+def _ends_leaving_no_thread(run: Any, code: int) -> None:
+    """``run`` exits with ``code`` and every OS thread it started has ended (30 s each at most)."""
+    assert run.run() == code
     for thread in run.python_threads:
         thread.join(timeout=30)
         assert not thread.is_alive(), thread.name
+
+
+def test_wasmtime_stops_threads_still_computing_when_the_program_ends() -> None:
+    """The run's epoch: a thread spinning in wasm when another exits traps at its next loop head,
+    so its OS thread ends instead of spinning on after the run."""
+    run = _wasmtime_run(_two_threads_then_exit(
+        thread="(i32.atomic.store (i32.const 0) (i32.const 1)) (loop $spin (br $spin))",
+        main="(loop $started (br_if $started (i32.eqz (i32.atomic.load (i32.const 0))))) (call $exit (i32.const 3))"))
+    _ends_leaving_no_thread(run, 3)
 
 
 def test_wasmtime_runs_wasm_without_holding_the_gil() -> None:
@@ -296,22 +302,11 @@ def test_ctrl_c_ends_a_threaded_run_on_wasmtime(tmp_path: Path) -> None:
 def test_wasmtime_wakes_threads_waiting_forever_when_the_program_ends() -> None:
     """Waits are the host's on wasmtime (wasmig/engines/wasmtime/host_waits.py): a thread waiting
     without a timeout when another exits returns from its wait and ends, none is left behind."""
-    run = _wasmtime_run("""
-    (module
-      (memory (import "env" "memory") 1 1 shared)
-      (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
-      (func $exit (import "wasi_snapshot_preview1" "proc_exit") (param i32))
-      (func (export "wasi_thread_start") (param i32 i32)
-        (drop (memory.atomic.wait32 (i32.const 8) (i32.const 0) (i64.const -1))))
-      (func (export "_start")
-        (drop (call $spawn (i32.const 0)))
-        (drop (call $spawn (i32.const 0)))
-        (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const 100000000)))
-        (call $exit (i32.const 4))))""")
-    assert run.run() == 4
-    for thread in run.python_threads:
-        thread.join(timeout=30)
-        assert not thread.is_alive(), thread.name
+    run = _wasmtime_run(_two_threads_then_exit(
+        thread="(drop (memory.atomic.wait32 (i32.const 8) (i32.const 0) (i64.const -1)))",
+        main="(drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const 100000000)))"
+             " (call $exit (i32.const 4))"))
+    _ends_leaving_no_thread(run, 4)
 
 
 def test_host_waits_wake_in_arrival_order_and_compare_under_the_lock() -> None:
