@@ -24,6 +24,7 @@ import pytest
 import wasmig
 from tests.threaded_programs import ENGINES, compile_threaded, run_threaded, threaded_module
 from tests.wat import threads_module
+from wasmig import engines
 from wasmig.engines.interp.wasi_threads import is_threaded
 from wasmig.wasi.preview1 import Wasi
 
@@ -343,3 +344,23 @@ def test_host_waits_wake_in_arrival_order_and_compare_under_the_lock() -> None:
     for thread in threads:
         thread.join(timeout=30)
     assert sorted(order[1:]) == ["second", "third"] and not waits.queues.queues
+
+
+def test_wasmtime_gives_a_threaded_command_as_a_program() -> None:
+    """``WasmtimeEngine.program`` of a wasi-threads command: a Program a run loop runs to its end
+    (proc_exit's code as ProcExit); asked for checkpoints, a one-line SnapshotError."""
+    from wasmig.errors import SnapshotError
+    from wasmig.wasi.preview1 import ProcExit
+
+    module = threaded_module("threads_spawn")
+    out = io.BytesIO()
+    program = engines.get("wasmtime").program(module, Wasi(["prog"], stdout=out), checkpoints=False)
+    assert "_start" in program.export_names() and program.steps is None
+    assert program.start() is False and out.getvalue() == b"counter 4000 wide 42949672960000\n"
+    exiting = threads_module(_two_threads_then_exit(thread="", main="(call $exit (i32.const 9))"))
+    exits = engines.get("wasmtime").program(exiting, Wasi(["prog"]), checkpoints=False)
+    with pytest.raises(ProcExit) as exited:
+        exits.start()
+    assert exited.value.code == 9
+    with pytest.raises(SnapshotError, match="checkpointed on the interpreter only"):
+        engines.get("wasmtime").program(module, Wasi(["prog"]), checkpoints=True)

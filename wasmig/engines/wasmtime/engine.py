@@ -16,6 +16,7 @@ from wasmig import log
 from wasmig.engines.base import Engine, Instance, Landing, MemoryReader, Program
 from wasmig.errors import SnapshotError
 from wasmig.wasi.preview1 import Wasi
+from wasmig.wasi.threads_abi import imports_thread_spawn
 
 if TYPE_CHECKING:
     from wasmig.engines.wasmtime.runtime import WasmtimeInstance
@@ -87,6 +88,12 @@ class WasmtimeEngine(Engine):
 
     def program(self, module: Module, wasi: Wasi, *, checkpoints: bool, count_steps: bool = False,
                 announce: str | None = None) -> Program:
+        if imports_thread_spawn(module.interface.imports):  # a wasi-threads command: a thread per thread
+            from wasmig.engines.wasmtime.threads import NO_THREAD_CHECKPOINTS, ThreadedProgram
+
+            if checkpoints:
+                raise SnapshotError(NO_THREAD_CHECKPOINTS)
+            return ThreadedProgram(module, wasi)
         if not checkpoints:
             return PlainProgram(self.instantiate_wasi(module, wasi), wasi)
         from wasmig.engines.wasmtime.checkpointable import Checkpointable  # see checkpointing.py's docstring
