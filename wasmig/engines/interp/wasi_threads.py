@@ -12,44 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from wasmig.errors import LinkError
 from wasmig.wasi.memory import GuestMemory
-from wasmig.wasi.preview1 import SIGNATURES, WASI_MODULE, ProcExit, Wasi
-from wasmig.wasi.threads_abi import SPAWN, THREADS_MODULE, imports_thread_spawn
+from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi
+from wasmig.wasi.threads_abi import check_threaded_imports, imports_thread_spawn
 
 if TYPE_CHECKING:
     from wasmig.module import Module
+
 
 def is_threaded(module: Module) -> bool:
     """True when ``module`` is a wasi-threads program: it imports ``wasi.thread-spawn`` or a shared memory."""
     imports = module.ir.imports
     return imports_thread_spawn(imports) or any(imp.kind == "memory" and imp.desc.shared for imp in imports)
-
-
-def check_threaded_imports(module: Module) -> tuple[list[str], Any]:
-    """The WASI functions the module imports and its one imported shared memory; a LinkError for
-    anything else (no host resource is made because a module names it, beyond these)."""
-    wasi_names: list[str] = []
-    memory = None
-    for imp in module.ir.imports:
-        where = f"{imp.module}.{imp.name}"
-        if imp.kind == "memory":
-            if memory is not None:
-                raise LinkError(f"unknown import: {where} (a wasi-threads program imports one memory)")
-            if not imp.desc.shared:
-                raise LinkError(f"incompatible import type: {where} must be a shared memory")
-            memory = imp
-        elif imp.kind == "func" and imp.module == THREADS_MODULE and imp.name == SPAWN:
-            ft = module.ir.types[imp.desc]
-            if tuple(ft.params) != ("i32",) or tuple(ft.results) != ("i32",):
-                raise LinkError(f"incompatible import type: {where} is [i32] -> [i32], the module expects {ft}")
-        elif imp.kind == "func" and imp.module == WASI_MODULE and imp.name in SIGNATURES:
-            wasi_names.append(imp.name)
-        else:
-            raise LinkError(f"unknown import: {where} is not provided to a wasi-threads program")
-    if memory is None:
-        raise LinkError("a wasi-threads program must import its shared memory")
-    return wasi_names, memory
 
 
 def threaded_linker(module: Module, wasi: Wasi, scheduler: Any) -> tuple[Callable[..., Any], Any]:

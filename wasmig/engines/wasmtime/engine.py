@@ -16,6 +16,7 @@ from wasmig import log
 from wasmig.engines.base import Engine, Instance, Landing, MemoryReader, Program
 from wasmig.errors import SnapshotError
 from wasmig.wasi.preview1 import Wasi
+from wasmig.wasi.threads_abi import imports_thread_spawn
 
 if TYPE_CHECKING:
     from wasmig.engines.wasmtime.runtime import WasmtimeInstance
@@ -87,6 +88,12 @@ class WasmtimeEngine(Engine):
 
     def program(self, module: Module, wasi: Wasi, *, checkpoints: bool, count_steps: bool = False,
                 announce: str | None = None) -> Program:
+        if imports_thread_spawn(module.interface.imports):  # a wasi-threads command: a thread per thread
+            from wasmig.engines.wasmtime.threads import NO_THREAD_CHECKPOINTS, ThreadedProgram
+
+            if checkpoints:
+                raise SnapshotError(NO_THREAD_CHECKPOINTS)
+            return ThreadedProgram(module, wasi)
         if not checkpoints:
             return PlainProgram(self.instantiate_wasi(module, wasi), wasi)
         from wasmig.engines.wasmtime.checkpointable import Checkpointable  # see checkpointing.py's docstring
@@ -125,6 +132,15 @@ class WasmtimeEngine(Engine):
         from wasmig.engines.wasmtime.checkpointing import InstanceLanding
 
         return InstanceLanding(module)
+
+    runs_threads = True
+
+    def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
+        """One OS thread per wasm thread, in parallel (:mod:`wasmig.engines.wasmtime.threads`):
+        the interleaving is the hardware's, so ``seed`` plays no part."""
+        from wasmig.engines.wasmtime.threads import run_threaded_command
+
+        return run_threaded_command(module, wasi)
 
 
 ENGINE = WasmtimeEngine()

@@ -12,7 +12,9 @@ The pieces:
   atomic load) and a compiled-artifact cache
   (:func:`compile_module`): ``Module.serialize()`` output keyed by the BLAKE3 of (the module
   bytes' BLAKE3, wasmtime version, engine settings, host), each entry checksummed so a damaged
-  entry is recompiled, never loaded, and mapped into memory by wasmtime rather than copied;
+  entry is recompiled, never loaded, and mapped into memory by wasmtime rather than copied
+  (a wasi-threads run makes an engine of its own, :func:`new_engine` with
+  :data:`THREADS_SETTINGS`, and compiles through the same cache under its settings' key);
 - :class:`WasmtimeInstance`: links the WASI imports with their exact preview1 types (through
   wasmtime's raw C callback, arguments read as the unsigned bit patterns the WASI layer expects;
   wasmtime-py's public ``define_func``, whose signed ints are masked, as the fallback), re-raises
@@ -33,9 +35,10 @@ import functools
 import platform
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import wasmtime
 
@@ -94,6 +97,11 @@ _VALTYPE = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64,
 
 # --- the engine and the artifact cache ---------------------------------------------------------
 _ENGINE: wasmtime.Engine | None = None
+#: The settings of a wasi-threads run's engine (:mod:`wasmig.engines.wasmtime.threads`): epoch
+#: interruption besides, so that the program's end (``proc_exit`` or a trap in any thread) stops
+#: threads still computing in wasm. A run has an engine of its own, whose epoch only its own
+#: threads watch: single-threaded runs keep the engine without the epoch checks.
+THREADS_SETTINGS: dict[str, Any] = {**ENGINE_SETTINGS, "epoch_interruption": True}
 
 
 def engine() -> wasmtime.Engine:
@@ -101,22 +109,27 @@ def engine() -> wasmtime.Engine:
     identically configured one, that made them)."""
     global _ENGINE
     if _ENGINE is None:
-        config = wasmtime.Config()
-        settings = dict(ENGINE_SETTINGS)
-        setter = getattr(_ffi, "wasmtime_config_async_stack_size_set", None) if _ffi is not None else None
-        if setter is not None:
-            setter(config.ptr(), settings["max_wasm_stack"])
-        else:  # pragma: no cover - another wasmtime-py layout
-            settings["max_wasm_stack"] = min(settings["max_wasm_stack"], _DEFAULT_ASYNC_STACK)
-        for name, value in settings.items():
-            # a plain attribute set on a Config without that property would be silently ignored
-            # (memory_may_move is what makes the poll byte safe to write from another thread)
-            if not isinstance(getattr(type(config), name, None), property):
-                raise WasmError(f"wasmtime-py {wasmtime_version()} has no engine setting {name!r}: "
-                                "wasmig needs wasmtime 45 or newer")
-            setattr(config, name, value)
-        _ENGINE = wasmtime.Engine(config)
+        _ENGINE = new_engine(ENGINE_SETTINGS)
     return _ENGINE
+
+
+def new_engine(settings: Mapping[str, Any]) -> wasmtime.Engine:
+    """A wasmtime engine configured with ``settings`` (:data:`ENGINE_SETTINGS` or :data:`THREADS_SETTINGS`)."""
+    config = wasmtime.Config()
+    settings = dict(settings)
+    setter = getattr(_ffi, "wasmtime_config_async_stack_size_set", None) if _ffi is not None else None
+    if setter is not None:
+        setter(config.ptr(), settings["max_wasm_stack"])
+    else:  # pragma: no cover - another wasmtime-py layout
+        settings["max_wasm_stack"] = min(settings["max_wasm_stack"], _DEFAULT_ASYNC_STACK)
+    for name, value in settings.items():
+        # a plain attribute set on a Config without that property would be silently ignored
+        # (memory_may_move is what makes the poll byte safe to write from another thread)
+        if not isinstance(getattr(type(config), name, None), property):
+            raise WasmError(f"wasmtime-py {wasmtime_version()} has no engine setting {name!r}: "
+                            "wasmig needs wasmtime 45 or newer")
+        setattr(config, name, value)
+    return wasmtime.Engine(config)
 
 
 @functools.cache
@@ -134,10 +147,10 @@ def wasmtime_version() -> str:
         return getattr(wasmtime, "__version__", "unknown")
 
 
-def config_description() -> str:
+def config_description(settings: Mapping[str, Any] = ENGINE_SETTINGS) -> str:
     """Everything besides the module bytes that decides what the compiled artifact is."""
-    settings = ",".join(f"{k}={v!r}" for k, v in sorted(ENGINE_SETTINGS.items()))
-    return f"{settings};{platform.system()}-{platform.machine()}"
+    described = ",".join(f"{k}={v!r}" for k, v in sorted(settings.items()))
+    return f"{described};{platform.system()}-{platform.machine()}"
 
 
 def default_cache_dir() -> Path:
@@ -148,13 +161,13 @@ def default_cache_dir() -> Path:
     return wasmtime_cache_dir()
 
 
-def artifact_key(digest: str) -> str:
+def artifact_key(digest: str, settings: Mapping[str, Any] = ENGINE_SETTINGS) -> str:
     """The cache key of the compiled artifact of a module whose bytes have the :func:`fast_digest`
-    ``digest``: that digest, wasmtime's version and the engine settings (a caller that knows a
+    ``digest``: that digest, wasmtime's version and the engine ``settings`` (a caller that knows a
     module's digest without its bytes, as for a cached instrumented module, needs no bytes)."""
     h = _artifact_hash()
     parts = (b"wasmig-wasmtime-artifact-v3", _artifact_hash.__name__.encode(), digest.encode(),
-             wasmtime_version().encode(), config_description().encode())
+             wasmtime_version().encode(), config_description(settings).encode())
     for part in parts:
         h.update(len(part).to_bytes(8, "little"))  # length-prefixed: no two part lists collide
         h.update(part)
@@ -185,13 +198,17 @@ def compile_module(data: bytes, cache_dir: Path | None = None, *, use_cache: boo
     return compile_cached(digest, lambda: data, cache_dir)
 
 
-def compile_cached(digest: str, source: Callable[[], bytes], cache_dir: Path | None = None) -> wasmtime.Module:
+def compile_cached(digest: str, source: Callable[[], bytes], cache_dir: Path | None = None, *,
+                   wasm_engine: wasmtime.Engine | None = None,
+                   settings: Mapping[str, Any] = ENGINE_SETTINGS) -> wasmtime.Module:
     """:func:`compile_module` for a module known by its :func:`fast_digest`: ``source()`` gives
     its bytes, asked only on a cache miss (and if their digest is not ``digest`` after all, the
-    artifact is cached under theirs: an entry always holds the code of the bytes it is keyed by)."""
+    artifact is cached under theirs: an entry always holds the code of the bytes it is keyed by).
+    ``wasm_engine``: an engine :func:`new_engine` made with ``settings``, instead of :func:`engine`."""
     folder = cache_dir if cache_dir is not None else default_cache_dir()
-    path = folder / f"{artifact_key(digest)}.cwasm"
-    compiled, found = _load(path)
+    wasm_engine = wasm_engine if wasm_engine is not None else engine()
+    path = folder / f"{artifact_key(digest, settings)}.cwasm"
+    compiled, found = _load(path, wasm_engine)
     if compiled is not None:
         cache_stats["hit"] += 1
         log.debug(__name__, "compiled-module cache hit: %s", path)
@@ -200,9 +217,9 @@ def compile_cached(digest: str, source: Callable[[], bytes], cache_dir: Path | N
     data = source()
     actual = fast_digest(data)
     if actual != digest:
-        path = folder / f"{artifact_key(actual)}.cwasm"
+        path = folder / f"{artifact_key(actual, settings)}.cwasm"
     started = time.perf_counter()
-    compiled = _compile(data)
+    compiled = _compile(data, wasm_engine)
     log.debug(__name__, "compiled-module cache %s: compiled %d bytes in %.3f s -> %s",
               "entry damaged" if found else "miss", len(data), time.perf_counter() - started, path)
     try:
@@ -213,14 +230,14 @@ def compile_cached(digest: str, source: Callable[[], bytes], cache_dir: Path | N
     return compiled
 
 
-def _compile(data: bytes) -> wasmtime.Module:
+def _compile(data: bytes, wasm_engine: wasmtime.Engine | None = None) -> wasmtime.Module:
     try:
-        return wasmtime.Module(engine(), data)
+        return wasmtime.Module(wasm_engine if wasm_engine is not None else engine(), data)
     except wasmtime.WasmtimeError as e:
         raise ValidationError(f"wasmtime cannot compile the module: {_one_line(e)}") from None
 
 
-def _load(path: Path) -> tuple[wasmtime.Module | None, bool]:
+def _load(path: Path, wasm_engine: wasmtime.Engine | None = None) -> tuple[wasmtime.Module | None, bool]:
     """(the compiled module cached at ``path``, or None; whether an entry was there at all).
 
     The checksum matters: deserializing is only safe for artifacts wasmtime itself produced, so
@@ -232,7 +249,7 @@ def _load(path: Path) -> tuple[wasmtime.Module | None, bool]:
         return None, found
     mapped.close()
     try:
-        return wasmtime.Module.deserialize_file(engine(), str(path)), True
+        return wasmtime.Module.deserialize_file(wasm_engine if wasm_engine is not None else engine(), str(path)), True
     except wasmtime.WasmtimeError:
         return None, True
 
@@ -294,6 +311,23 @@ class Exports(Mapping[str, Any]):
         return len(self._items)
 
 
+class ExtraLinks(Protocol):
+    """What a wasi-threads run adds to each thread's :class:`WasmtimeInstance`
+    (:mod:`wasmig.engines.wasmtime.threads`): its own engine, the imports WASI does not serve
+    (the shared memory, ``wasi.thread-spawn``), and a wrapper around every WASI function."""
+
+    #: the engine the instance's store and linker belong to (the compiled module's engine)
+    wasm_engine: wasmtime.Engine
+    #: module name -> field names of the imports :meth:`define` provides
+    provides: Mapping[str, Collection[str]]
+
+    def define(self, inst: WasmtimeInstance, linker: wasmtime.Linker) -> None:
+        """Define the imports in :attr:`provides` in ``linker`` (``inst.store`` is the new store)."""
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """The WASI function ``name`` (``fn``) as this run calls it."""
+
+
 class WasmtimeInstance:
     """A module instantiated on wasmtime, with ``wasi`` (wasmig's own WASI) as its
     ``wasi_snapshot_preview1``; the WASI memory is bound to the exported ``memory``.
@@ -307,14 +341,16 @@ class WasmtimeInstance:
     def __init__(self, module: Module, wasi: Wasi | None = None, *, cache_dir: Path | None = None,
                  use_cache: bool = True, fast_host_calls: bool | None = None,
                  code: bytes | Callable[[], bytes] | None = None, compiled: wasmtime.Module | None = None,
-                 host_imports: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 host_imports: Mapping[str, Mapping[str, Any]] | None = None,
+                 links: ExtraLinks | None = None) -> None:
         """``code``: the bytes to run instead of ``module``'s own — the instrumented module, which
         has the same imports and function indices (traps then name the original's functions); a
         callable giving them when first needed (a trap's offsets), with ``compiled``: those bytes,
         compiled already (the cached instrumented module: its bytes are never read on a cache hit).
         ``host_imports``: wasmig externs (``HostFunc``, immutable ``Global``) by module and field,
         for imports ``wasi`` does not serve (``wasmig.Instance(..., engine="wasmtime")``, see
-        :mod:`wasmig.engines.wasmtime.api`)."""
+        :mod:`wasmig.engines.wasmtime.api`). ``links``: a wasi-threads thread's engine, imports and
+        WASI wrapper (``compiled`` then made by that engine)."""
         self.module = module
         self.wasi = wasi
         self._code = _Code(module, code)
@@ -330,9 +366,13 @@ class WasmtimeInstance:
             from wasmig.engines.wasmtime.api import without_provided
 
             ir = without_provided(ir, host_imports)
+        if links is not None:
+            ir = replace(ir, imports=[imp for imp in ir.imports if imp.name not in links.provides.get(imp.module, ())])
         imports = check_wasi_imports(ir)
         if imports and wasi is None:
             raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")
+        if links is not None and compiled is None:
+            raise ValueError("an instance with links runs a module compiled by the links' engine: pass `compiled`")
         if compiled is None:
             try:
                 if code is None and use_cache and module.has_bytes:
@@ -349,13 +389,16 @@ class WasmtimeInstance:
                 if code is None:
                     _ = module.validation  # wasmig's own words for what is wrong with the module, if it finds it
                 raise
-        self.store = wasmtime.Store(engine())
-        linker = wasmtime.Linker(engine())
+        wasm_engine = links.wasm_engine if links is not None else engine()
+        self.store = wasmtime.Store(wasm_engine)
+        linker = wasmtime.Linker(wasm_engine)
         self.memory_view: LinearMemoryView | None = None
         self._callbacks: list[Any] = []  # the ctypes callbacks wasmtime calls: alive as long as the store
         fast = _RAW_CALLS if fast_host_calls is None else fast_host_calls
         if wasi is not None:
-            host = wasi.imports(lambda params, results, fn, name: fn, [imp.name for imp in imports])[WASI_MODULE]
+            wrap = links.wrap if links is not None else (lambda name, fn: fn)
+            host = wasi.imports(lambda params, results, fn, name: wrap(name, fn),
+                                [imp.name for imp in imports])[WASI_MODULE]
             defined: set[str] = set()
             for imp in imports:
                 if imp.name in defined:
@@ -372,6 +415,8 @@ class WasmtimeInstance:
             from wasmig.engines.wasmtime.api import define_host_imports
 
             define_host_imports(self, linker, host_imports)
+        if links is not None:
+            links.define(self, linker)
         self._instance = self._guard(lambda: linker.instantiate(self.store, compiled), instantiating=True)
         self.exports = Exports(dict(self._instance.exports(self.store).items()))
         memory = self.exports.get("memory")
