@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import WASI_MODULE, ProcExit, Wasi
-from wasmig.wasi.threads_abi import check_threaded_imports, imports_thread_spawn
+from wasmig.wasi.threads_abi import SPAWN, THREADS_MODULE, check_threaded_imports, imports_thread_spawn
 
 if TYPE_CHECKING:
     from wasmig.module import Module
