@@ -13,11 +13,14 @@ the restoring user alone:
 
 The one exception: a snapshot sealed with the restoring user's *own* key (:mod:`wasmig.snapshot.signing`)
 may reuse what it records, since that user granted it when the snapshot was taken. A snapshot signed
-by anyone else, or accepted by ``--allow-unsigned``, never does. ``wasmig serve`` applies the same rule
-to the programs migrating to it, with its own ``--dir``/``--tcplisten``/``--gateway`` (never reuse).
+by anyone else, or accepted by ``--allow-unsigned``, never does; nor does a :class:`Snapshot` object a
+caller hands ``wasmig.restore`` (its keywords ``dirs=``, ``listen=``, ``gateway=`` are the options above).
+``wasmig serve`` applies the same rule to the programs migrating to it, with its own
+``--dir``/``--tcplisten``/``--gateway`` (never reuse).
 
-Only this module decides; :func:`wasmig.wasi.snapshot.restore_wasi` then opens exactly what
-:class:`Granted` holds.
+Only this module decides (``wasmig restore`` and ``wasmig.restore`` reach it through
+:func:`wasmig.session.clearance.clear`); :func:`wasmig.wasi.snapshot.restore_wasi` then opens exactly
+what :class:`Granted` holds.
 """
 
 from __future__ import annotations
