@@ -62,7 +62,7 @@ def __dir__() -> list[str]:
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             listen: Sequence[str] | str = (), gateway: Sequence[str] | str = (),
-            trust: Sequence[str | Path] = (), allow_unsigned: bool = False, max_memory: int | None = None,
+            trust: Sequence[str | Path] | str | Path = (), allow_unsigned: bool = False, max_memory: int | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
             stderr: BinaryIO | None = None, count_steps: bool = False,
             granted: Granted | None = None) -> Instance:

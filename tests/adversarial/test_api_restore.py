@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import socket
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,12 @@ import wasmig
 from tests.adversarial.test_crafted_snapshots import (  # noqa: F401 - fixtures used by name
     KeyPairOfTestRun,
     World,
+    add_preopen,
     free_port,
     honest,
     listener_fd,
     point_data_at,
+    recording_listener,
     tree_state,
     world,
 )
@@ -93,7 +93,7 @@ def test_foreign_signed_file_is_refused_unless_trusted(world: World) -> None:
     # trusted, it restores -- with the grants given here, never its own
     with pytest.raises(GrantError):
         resume(world, snap, trust=[world.attacker_pub])
-    out = resume(world, snap, trust=[world.attacker_pub], dirs={"data": str(world.data)})
+    out = resume(world, snap, trust=world.attacker_pub, dirs={"data": str(world.data)})  # one path: one key
     assert out and world.honest.expected.endswith(out)
 
 
@@ -129,14 +129,7 @@ def test_a_snapshot_naming_a_host_directory_cannot_read_outside_the_grant(world:
 
 
 def test_an_extra_preopen_is_refused_beside_the_granted_one(world: World) -> None:
-    def add_extra(snap: Any) -> None:
-        from dataclasses import replace
-
-        data = next(fd for fd in snap.wasi.fds if fd.preopen == "data")
-        snap.wasi.fds.append(replace(data, fd=max(fd.fd for fd in snap.wasi.fds) + 1, preopen="extra",
-                                     guest_path="extra", host_path=str(world.secret)))
-
-    snap = world.crafted(add_extra)
+    snap = world.crafted(add_preopen("extra", world.secret))
     with pytest.raises(GrantError) as e:
         resume(world, snap, trust=[world.attacker_pub], dirs={"data": str(world.data)})
     refused(e, f"directory 'extra' (was {world.secret}): dirs={{'extra': HOST}}")
@@ -172,31 +165,11 @@ def test_a_listener_the_snapshot_names_is_not_opened(world: World, source: str) 
 
 
 def test_a_gateway_the_snapshot_names_is_not_contacted(world: World) -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    address = f"127.0.0.1:{server.getsockname()[1]}"
-    connections: list[Any] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                connections.append(server.accept())
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
+    with recording_listener() as (address, connections):
         snap = world.crafted(lambda s: listener_fd(s, gateway=address, gateway_key=b"k" * 16))
         with pytest.raises(GrantError) as e:
             resume(world, snap, trust=[world.attacker_pub], dirs={"data": str(world.data)})
         refused(e, "gateway fd", f"(was {address}): gateway=[{address!r}]")
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
     assert connections == []
 
 

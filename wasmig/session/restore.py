@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from wasmig import engines
 from wasmig.module import Module
 from wasmig.snapshot.state import Snapshot, SnapshotError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from wasmig.engines.base import Instance
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
             listen: Sequence[str] | str = (), gateway: Sequence[str] | str = (),
-            trust: Sequence[str | Path] = (), allow_unsigned: bool = False, max_memory: int | None = None,
+            trust: Sequence[str | Path] | str | Path = (), allow_unsigned: bool = False, max_memory: int | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
             stderr: BinaryIO | None = None, count_steps: bool = False,
             granted: Granted | None = None) -> Instance:
@@ -53,10 +55,10 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     runs_on = engines.get(engine)
     if granted is not None and (dirs or listen or gateway):
         raise ValueError("restore: pass either granted= or dirs=/listen=/gateway=, not both")
-    requested = Requested(dict(dirs or {}), _addresses(listen), _addresses(gateway), api=True)
+    requested = Requested(dict(dirs or {}), _one_or_many(listen), _one_or_many(gateway), api=True)
     where = None if isinstance(state_or_path, Snapshot) else Path(state_or_path)
     cleared = clear(state_or_path, requested, granted=granted, max_memory=max_memory, deferred=False,
-                    trust=None if where is None else trust_from_options(trust, allow_unsigned, "trust"),
+                    trust=None if where is None else trust_from_options(_one_or_many(trust), allow_unsigned, "trust"),
                     where="wasmig.restore")
     snap = cleared.snap
     if isinstance(module, Module):
@@ -80,6 +82,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         raise
 
 
-def _addresses(given: Sequence[str] | str) -> tuple[str, ...]:
-    """``listen=``/``gateway=``: one address or several (a lone string is one, not its characters)."""
-    return (given,) if isinstance(given, str) else tuple(given)
+def _one_or_many(given: Sequence[T] | T) -> tuple[T, ...]:
+    """``listen=``, ``gateway=``, ``trust=``: one or several (a lone string or path is one, not its
+    characters)."""
+    return (given,) if isinstance(given, (str, Path)) else tuple(given)  # type: ignore[arg-type]
