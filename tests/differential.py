@@ -235,14 +235,15 @@ class Host:
 
     def restored_wasi(self, point: Point, out_dir: Path) -> PinnedWasi:
         """A WASI in the snapshot's state (wasmig's ``restore_wasi``), ``/out`` mapped to ``out_dir``."""
+        from wasmig.grants import Granted
         from wasmig.wasi.snapshot import restore_wasi
 
         ws = point.snapshot.wasi
         assert ws is not None
         streams = io.BytesIO(), io.BytesIO()
         wasi = PinnedWasi([], {}, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
-        restore_wasi(ws, dirs={OUT: str(out_dir), APP: str(self.app)}, stdin=b"", stdout=streams[0],
-                     stderr=streams[1], into=wasi)
+        restore_wasi(ws, granted=Granted(dirs={OUT: str(out_dir), APP: str(self.app)}), stdin=b"",
+                     stdout=streams[0], stderr=streams[1], into=wasi)
         wasi.virtual_ns = ws.monotonic_ns
         wasi.streams = streams
         return wasi

@@ -219,12 +219,17 @@ def restored_run(module: Any, snap: Any, engine: str, g: Guest, file: Path) -> R
     """Continue ``snap`` on ``engine`` in the directory ``g`` was using (its stdout following
     ``g``'s), after a trip through the on-disk format (``file``), as between two processes."""
     import wasmig
+    from wasmig.grants import Granted
     from wasmig.snapshot.store import load_snapshot, write_single_file
 
     write_single_file(snap, file)
     snap = load_snapshot(file)
     out, err = io.BytesIO(), io.BytesIO()
-    inst: Any = wasmig.restore(snap, engine, module=module, stdin=b"", stdout=out, stderr=err, count_steps=True)
+    # the directory granted by guest name, as `restore --dir ROOT::/` (a Granted of the test's own:
+    # the suite's programs that close their preopen may leave no "/" in the snapshot to map)
+    granted = Granted(dirs={"/": str(g.root)} if g.root is not None else {})
+    inst: Any = wasmig.restore(snap, engine, module=module, stdin=b"", stdout=out, stderr=err, count_steps=True,
+                               granted=granted)
     try:
         code = until_exit(inst.resume)
         steps = inst.steps if engine == "wasmtime" else inst.machine.steps

@@ -219,6 +219,7 @@ def test_rights_are_enforced_and_inherited(tree: Path) -> None:
 
 
 def test_rights_survive_a_snapshot(tree: Path) -> None:
+    from wasmig.grants import Granted
     from wasmig.wasi.snapshot import capture_wasi, restore_wasi
 
     g = Guest(Wasi(["p"], preopens=[(str(tree), ".")]))
@@ -227,7 +228,8 @@ def test_rights_survive_a_snapshot(tree: Path) -> None:
     assert g.call("fd_fdstat_set_rights", 3, C.RIGHTS_DIR & ~C.RIGHT_PATH_UNLINK_FILE, C.RIGHTS_FILE) == 0
     state = capture_wasi(g.wasi)
     g.wasi.close()
-    h = Guest(restore_wasi(state, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO()))
+    h = Guest(restore_wasi(state, granted=Granted(dirs={".": str(tree)}), stdin=b"", stdout=io.BytesIO(),
+                           stderr=io.BytesIO()))
     assert _rights(h, fd) == (C.RIGHT_FD_SEEK, 0)
     assert _rights(h, 3) == (C.RIGHTS_DIR & ~C.RIGHT_PATH_UNLINK_FILE, C.RIGHTS_FILE)
     assert h.read(fd, 1) == -Errno.NOTCAPABLE
@@ -240,8 +242,9 @@ def test_what_a_closed_preopen_opened_survives_a_snapshot(tree: Path, tmp_path: 
     """A program that opens a directory beneath its preopen and then closes the preopen (or
     renumbers another fd over it, as wasi-testsuite's close_preopen and overwrite_preopen do)
     stays checkpointable: the snapshot names the closed preopen's directory, which a restore
-    opens only to re-open what lives beneath it (and ``dirs`` re-maps, by guest name)."""
-    from wasmig.snapshot.state import Snapshot, from_plain, to_plain
+    opens only to re-open what lives beneath it, when granted (by guest name, like any preopen)."""
+    from wasmig.grants import Granted
+    from wasmig.snapshot.state import Snapshot, SnapshotError, from_plain, to_plain
     from wasmig.wasi.snapshot import capture_wasi, restore_wasi
 
     (tree / "sub" / "in.txt").write_bytes(b"inside")
@@ -259,8 +262,11 @@ def test_what_a_closed_preopen_opened_survives_a_snapshot(tree: Path, tmp_path: 
     assert from_plain(plain).wasi.closed_preopens == {}  # type: ignore[union-attr]
     moved = tmp_path / "moved"
     shutil.copytree(tree, moved)
-    for dirs, where in (({}, tree), ({"/data": str(moved)}, moved)):
-        h = Guest(restore_wasi(state, dirs=dirs, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO()))
+    with pytest.raises(SnapshotError, match="no host directory for preopen '/data'"):
+        restore_wasi(state, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())  # recorded, never granted
+    for dirs, where in (({"/data": str(tree)}, tree), ({"/data": str(moved)}, moved)):
+        h = Guest(restore_wasi(state, granted=Granted(dirs=dirs), stdin=b"", stdout=io.BytesIO(),
+                               stderr=io.BytesIO()))
         assert sorted(h.wasi.fds.entries) == [0, 1, 2, 3, sub]
         assert h.read(3, 10) == b"side"  # the file, at its offset
         assert h.call("fd_prestat_get", 3, h.alloc(8)) == Errno.BADF  # no preopen came back

@@ -14,7 +14,7 @@ The embedding API::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -61,6 +61,8 @@ def __dir__() -> list[str]:
 
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
+            listen: Sequence[str] | str = (), gateway: Sequence[str] | str = (),
+            trust: Sequence[str | Path] | str | Path = (), allow_unsigned: bool = False, max_memory: int | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
             stderr: BinaryIO | None = None, count_steps: bool = False,
             granted: Granted | None = None) -> Instance | Program:
@@ -79,21 +81,34 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
       the step count (needed by ``stop_at``; the snapshot must have one).
 
     ``module``: the :class:`Module` or its path; by default the copy kept beside the snapshots (a
-    ``Snapshot`` object needs it given). A WASI program gets its WASI state back: files re-opened
-    (``on_file_change``: ``"fail"``, ``"warn"`` or ``"ignore"`` when one changed since),
-    ``dirs`` re-mapping guest preopen names to host directories, ``stdin``/``stdout``/``stderr``
-    instead of the process's; ``granted`` (:func:`wasmig.grants.resolve`) opens only the host
-    resources it grants instead of those the snapshot records (docs/security.md: this API checks
-    no signature). Any other module needs its ``imports``, as for :class:`Instance`.
-    Raises ``SnapshotError`` for a snapshot that does not fit the module, ``ValueError`` for an
-    unknown engine. A multi-threaded program's snapshot gives a ``Program`` with every thread in place
-    (interpreter; docs/threads.md). (Implemented by :func:`wasmig.session.restore.restore`, imported
-    on first use.)
+    ``Snapshot`` object needs it given). A snapshot is untrusted input, checked as ``wasmig
+    restore`` checks it (the same code; docs/security.md):
+
+    - a snapshot *file* restores only when sealed by your own key or one in ``trust`` (paths of
+      ``wasmig.pub`` files, as ``--trust``), unless ``allow_unsigned=True``; its memory must fit
+      ``max_memory`` bytes (default 1 GiB). A ``Snapshot`` object is the caller's own: no seal.
+    - a WASI program gets only the host resources granted here, never what the snapshot merely
+      records: ``dirs`` (guest preopen name -> host directory, as ``--dir HOST::GUEST``),
+      ``listen`` (addresses for its listening sockets, in fd order, as ``--tcplisten``),
+      ``gateway`` (socket gateway control addresses, as ``--gateway``), or ``granted``
+      (a :class:`wasmig.grants.Granted` of your own). The one exception: a file sealed with your
+      own key may reuse the grants it was taken with, so restoring your own checkpoint directory
+      needs none. Anything ungranted raises ``wasmig.grants.GrantError`` naming every missing
+      grant and its keyword, before anything is opened.
+
+    It also gets its open files back (``on_file_change``: ``"fail"``, ``"warn"`` or ``"ignore"``
+    when one changed since) and ``stdin``/``stdout``/``stderr`` instead of the process's. Any
+    other module needs its ``imports``, as for :class:`Instance`. Raises ``SnapshotError`` for a
+    refused seal or a snapshot that does not fit the module, ``ValueError`` for an unknown engine.
+    A multi-threaded program's snapshot gives a ``Program`` with every thread in place
+    (interpreter; docs/threads.md). (Implemented by :func:`wasmig.session.restore.restore`, imported on first use.)
     """
     from wasmig.session.restore import restore as _restore
 
-    return _restore(state_or_path, engine, module=module, imports=imports, dirs=dirs, on_file_change=on_file_change,
-                    stdin=stdin, stdout=stdout, stderr=stderr, count_steps=count_steps, granted=granted)
+    return _restore(state_or_path, engine, module=module, imports=imports, dirs=dirs, listen=listen, gateway=gateway,
+                    trust=trust, allow_unsigned=allow_unsigned, max_memory=max_memory,
+                    on_file_change=on_file_change, stdin=stdin, stdout=stdout, stderr=stderr,
+                    count_steps=count_steps, granted=granted)
 
 
 __all__ = [

@@ -13,11 +13,14 @@ the restoring user alone:
 
 The one exception: a snapshot sealed with the restoring user's *own* key (:mod:`wasmig.snapshot.signing`)
 may reuse what it records, since that user granted it when the snapshot was taken. A snapshot signed
-by anyone else, or accepted by ``--allow-unsigned``, never does. ``wasmig serve`` applies the same rule
-to the programs migrating to it, with its own ``--dir``/``--tcplisten``/``--gateway`` (never reuse).
+by anyone else, or accepted by ``--allow-unsigned``, never does; nor does a :class:`Snapshot` object a
+caller hands ``wasmig.restore`` (its keywords ``dirs=``, ``listen=``, ``gateway=`` are the options above).
+``wasmig serve`` applies the same rule to the programs migrating to it, with its own
+``--dir``/``--tcplisten``/``--gateway`` (never reuse).
 
-Only this module decides; :func:`wasmig.wasi.snapshot.restore_wasi` then opens exactly what
-:class:`Granted` holds.
+Only this module decides (``wasmig restore`` and ``wasmig.restore`` reach it through
+:func:`wasmig.session.clearance.clear`); :func:`wasmig.wasi.snapshot.restore_wasi` then opens exactly
+what :class:`Granted` holds.
 """
 
 from __future__ import annotations
@@ -49,9 +52,18 @@ class HostResource:
     recorded: str | None
     option: str
 
-    def describe(self) -> str:
+    def keyword(self) -> str:
+        """How :func:`wasmig.restore` grants it (``option`` is the command line's spelling)."""
+        if self.kind == "directory":
+            return f"dirs={{{self.option.partition('::')[2]!r}: HOST}}"
+        if self.kind == "gateway":
+            return f"gateway=[{self.recorded!r}]"
+        return "listen=['HOST:PORT', ...]"
+
+    def describe(self, api: bool = False) -> str:
+        """One phrase: what, where it was, and how to grant it (``api``: as ``wasmig.restore``'s keyword)."""
         was = f" (was {self.recorded})" if self.recorded else ""
-        return f"{self.kind} {self.guest}{was}: {self.option}"
+        return f"{self.kind} {self.guest}{was}: {self.keyword() if api else self.option}"
 
 
 def needed(ws: Any) -> list[HostResource]:
@@ -84,21 +96,25 @@ class Granted:
 
 
 def resolve(ws: Any, *, dirs: Mapping[str, str], listens: Sequence[str] = (), gateways: Sequence[str] = (),
-            reuse_recorded: bool = False, where: str = "restore") -> Granted:
+            reuse_recorded: bool = False, where: str = "restore", api: bool = False) -> Granted:
     """Match the grants to what ``ws`` needs. Raises :class:`GrantError` naming every resource
     left ungranted (all at once: one attempt tells the user the whole command line), a ``--dir``
     for a guest directory the snapshot does not have, or more ``--tcplisten`` than it has sockets.
-    ``reuse_recorded``: the snapshot is sealed by the user's own key (see the module docstring)."""
+    ``reuse_recorded``: the snapshot is sealed by the user's own key (see the module docstring).
+    ``api``: the messages name :func:`wasmig.restore`'s keywords instead of the command line's options.
+    The one decision for ``wasmig restore``, ``wasmig.restore`` and ``serve`` (which never reuses)."""
     guests = {fd.preopen for fd in ws.fds if fd.preopen is not None} | set(ws.closed_preopens)
     for guest, host in dirs.items():
         if guest not in guests:
             names = ", ".join(sorted(guests)) if guests else "none"
-            raise GrantError(f"--dir {host}::{guest}: the snapshot has no guest directory {guest!r} (its guest "
+            given = f"dirs[{guest!r}] = {host!r}" if api else f"--dir {host}::{guest}"
+            raise GrantError(f"{given}: the snapshot has no guest directory {guest!r} (its guest "
                              f"directories: {names})")
     granted = Granted(dirs=dict(dirs), gateways=set(gateways))
     listener_fds = [fd for fd in ws.fds if fd.kind == TCP_LISTENER and fd.gateway is None]
     if len(listens) > len(listener_fds):
-        raise GrantError(f"{len(listens)} --tcplisten given, but the snapshot has {len(listener_fds)} listening "
+        given = "listen addresses" if api else "--tcplisten"
+        raise GrantError(f"{len(listens)} {given} given, but the snapshot has {len(listener_fds)} listening "
                          "socket(s)")
     for fd, spec in zip(listener_fds, listens, strict=False):
         granted.listeners[fd.fd] = spec
@@ -127,5 +143,5 @@ def resolve(ws: Any, *, dirs: Mapping[str, str], listens: Sequence[str] = (), ga
     if missing:
         why = "" if reuse_recorded else (" (a snapshot not sealed by your own key gets no host resource it does not "
                                          "get from you)")
-        raise GrantError(f"{where}: not granted{why}: " + "; ".join(m.describe() for m in missing), missing)
+        raise GrantError(f"{where}: not granted{why}: " + "; ".join(m.describe(api) for m in missing), missing)
     return granted

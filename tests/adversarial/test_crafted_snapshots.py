@@ -9,6 +9,7 @@ with a key of its own, or with none. Every restore of such a snapshot must fail 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import resource
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,16 +285,20 @@ def test_a_snapshot_naming_a_host_directory_gets_nothing_without_a_grant(world: 
     refused(wasmig("inspect", "--verify", snap), "a key you do not trust")
 
 
-def test_an_extra_preopen_beside_the_mapped_one_is_refused(world: World) -> None:
-    """A second preopen named by the snapshot, beside the one the user maps: refused by name."""
-    def add_extra(snap: Any) -> None:
-        data = next(fd for fd in snap.wasi.fds if fd.preopen == "data")
+def add_preopen(name: str, host: Path) -> Callable[[Any], None]:
+    """An edit that gives a snapshot a second preopen ``name`` (a copy of ``data``'s) recorded at ``host``."""
+    def edit(snap: Any) -> None:
         from dataclasses import replace
 
-        snap.wasi.fds.append(replace(data, fd=max(fd.fd for fd in snap.wasi.fds) + 1, preopen="extra",
-                                     guest_path="extra", host_path=str(world.secret)))
+        data = next(fd for fd in snap.wasi.fds if fd.preopen == "data")
+        snap.wasi.fds.append(replace(data, fd=max(fd.fd for fd in snap.wasi.fds) + 1, preopen=name,
+                                     guest_path=name, host_path=str(host)))
+    return edit
 
-    snap = world.crafted(add_extra)
+
+def test_an_extra_preopen_beside_the_mapped_one_is_refused(world: World) -> None:
+    """A second preopen named by the snapshot, beside the one the user maps: refused by name."""
+    snap = world.crafted(add_preopen("extra", world.secret))
     before = tree_state(world.secret), tree_state(world.data)
     refused(wasmig(*restore_args(world, snap, "--dir", f"{world.data}::data", "--trust", world.attacker_pub)),
             "directory 'extra'", f"(was {world.secret})", "--dir HOST::extra")
@@ -337,12 +342,12 @@ def test_a_listening_socket_needs_a_grant(world: World) -> None:
     assert p.returncode == 0, p.stderr
 
 
-def test_a_gateway_the_snapshot_names_is_not_contacted_without_a_grant(world: World) -> None:
-    """A snapshot naming a "gateway" (here: a listener of the test's, recording every connection):
-    refused before anything connects to it."""
+@contextlib.contextmanager
+def recording_listener() -> Iterator[tuple[str, list[Any]]]:
+    """A listener standing in for a gateway: its address, and every connection made to it (checked
+    after a grace period, so a late connection is caught too)."""
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.2)
-    address = f"127.0.0.1:{server.getsockname()[1]}"
     connections: list[Any] = []
     stop = threading.Event()
 
@@ -356,14 +361,21 @@ def test_a_gateway_the_snapshot_names_is_not_contacted_without_a_grant(world: Wo
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        snap = world.crafted(lambda s: listener_fd(s, gateway=address, gateway_key=b"k" * 16))
-        refused(wasmig(*restore_args(world, snap, "--dir", f"{world.data}::data", "--trust", world.attacker_pub)),
-                "gateway fd", f"(was {address}): --gateway {address}")
+        yield f"127.0.0.1:{server.getsockname()[1]}", connections
         time.sleep(0.3)
     finally:
         stop.set()
         thread.join()
         server.close()
+
+
+def test_a_gateway_the_snapshot_names_is_not_contacted_without_a_grant(world: World) -> None:
+    """A snapshot naming a "gateway" (here: a listener of the test's, recording every connection):
+    refused before anything connects to it."""
+    with recording_listener() as (address, connections):
+        snap = world.crafted(lambda s: listener_fd(s, gateway=address, gateway_key=b"k" * 16))
+        refused(wasmig(*restore_args(world, snap, "--dir", f"{world.data}::data", "--trust", world.attacker_pub)),
+                "gateway fd", f"(was {address}): --gateway {address}")
     assert connections == []
 
 

@@ -310,10 +310,10 @@ def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...],
     from pathlib import Path
 
     from wasmig import log
-    from wasmig.grants import GrantError, resolve
+    from wasmig.grants import GrantError
+    from wasmig.session.clearance import Requested, clear
     from wasmig.session.modules import find_module_for
-    from wasmig.snapshot.admission import admit, trust_from_options
-    from wasmig.snapshot.store import load_snapshot_deferred
+    from wasmig.snapshot.admission import trust_from_options
     from wasmig.wasi.snapshot import restore_wasi
 
     wasi = None
@@ -329,9 +329,11 @@ def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...],
         check_module_option(module_path)
         started = time.perf_counter()
         # the seal and the memory's size, from the manifest alone; then the manifest that was checked
-        # (only it: the memory's pages are read as they are written into the new instance)
-        admitted = admit(snapshot, trust_from_options(trust_files, allow_unsigned), max_memory)
-        snap, pages = load_snapshot_deferred(admitted.file, expect=admitted.checksum)
+        # (only it: the memory's pages are read as they are written into the new instance), and what
+        # its program is granted -- the decision wasmig.restore makes too
+        cleared = clear(snapshot, Requested(mapping, listens, gateways), max_memory=max_memory,
+                        trust=trust_from_options(trust_files, allow_unsigned))
+        snap, pages = cleared.snap, cleared.pages
         log.info(__name__, "restore: snapshot read in %.3f s (%d pages of memory)", time.perf_counter() - started,
                  sum(len(m.data) // 65536 for m in snap.memories) if pages is None else sum(map(len, pages)))
         if policy.count_steps and snap.steps is None:
@@ -358,9 +360,7 @@ def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...],
         log.info(__name__, "restore: module found and read in %.3f s", time.perf_counter() - started)
         if snap.wasi is None:
             raise SnapshotError("the snapshot has no WASI state: it is not of a WASI program")
-        granted = resolve(snap.wasi, dirs=mapping, listens=listens, gateways=gateways,
-                          reuse_recorded=admitted.verdict.own)
-        wasi = restore_wasi(snap.wasi, granted=granted, on_file_change=on_file_change)
+        wasi = restore_wasi(snap.wasi, granted=cleared.granted, on_file_change=on_file_change)
         recorded = snap.meta.get("module_path")
         recorded = recorded if isinstance(recorded, str) else None
         runnable = runs_on.restore(module, snap, wasi, pages=pages, count_steps=policy.count_steps,

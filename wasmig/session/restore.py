@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from wasmig import engines
 from wasmig.module import Module
 from wasmig.snapshot.state import Snapshot, SnapshotError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from wasmig.engines.base import Instance, Program
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
 
 def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, module: Module | str | None = None,
             imports: Mapping[str, Mapping[str, Any]] | None = None, dirs: Mapping[str, str] | None = None,
+            listen: Sequence[str] | str = (), gateway: Sequence[str] | str = (),
+            trust: Sequence[str | Path] | str | Path = (), allow_unsigned: bool = False, max_memory: int | None = None,
             on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
             stderr: BinaryIO | None = None, count_steps: bool = False,
             granted: Granted | None = None) -> Instance | Program:
@@ -30,27 +34,38 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     one, which keeps the canonical step count (needed by ``stop_at``; the snapshot must have one).
 
     The module is ``module`` (a :class:`Module` or a path), else the copy kept beside the snapshots.
-    A snapshot of a WASI program gets its WASI state back (files re-opened, ``dirs`` re-mapping
-    guest preopen names to host directories); otherwise ``imports`` are used as for ``Instance``.
-    The Python API trusts the snapshot its caller hands it: what the snapshot records is reopened
-    unless ``dirs`` re-maps it. ``granted`` (:func:`wasmig.grants.resolve`, as the CLI does) opens
-    only what it grants instead; signatures are checked by the CLI (:mod:`wasmig.snapshot.signing`).
+
+    Trust and grants are those of ``wasmig restore`` (:func:`wasmig.session.clearance.clear`, the
+    same code): a snapshot *file* restores only when sealed by the user's own key or a key in
+    ``trust`` (``wasmig.pub`` files or directories holding one, as ``--trust``), unless
+    ``allow_unsigned``; its memory must fit ``max_memory`` bytes (default 1 GiB). A WASI program
+    gets only the host resources granted here: ``dirs`` (guest preopen name -> host directory, as
+    ``--dir HOST::GUEST``), ``listen`` (addresses for its listening sockets in fd order, as
+    ``--tcplisten``), ``gateway`` (socket gateway control addresses it may re-attach to, as
+    ``--gateway``) -- or ``granted``, a :class:`~wasmig.grants.Granted` decided by the caller. A
+    file sealed with the user's own key may reuse what it records; a :class:`Snapshot` object
+    (the caller's own, with no seal) never does. Anything ungranted raises
+    :class:`~wasmig.grants.GrantError` naming every missing grant, before anything is opened; a
+    refused seal raises ``SnapshotError``. Otherwise ``imports`` are used as for ``Instance``.
 
     A multi-threaded program's snapshot (format version 2) gives a
     :class:`~wasmig.engines.base.Program` on the interpreter with every thread in place:
     ``resume()`` runs it until it ends (False; a nonzero exit raises ``ProcExit``) or stops (True:
     after ``arm(at_step=...)`` or ``request()``), and ``capture()`` takes the next snapshot.
     """
+    from wasmig.session.clearance import Requested, clear
     from wasmig.session.modules import find_module_for
+    from wasmig.snapshot.admission import trust_from_options
 
     runs_on = engines.get(engine)
-    if isinstance(state_or_path, Snapshot):
-        snap, where = state_or_path, None
-    else:
-        from wasmig.snapshot.store import load_snapshot
-
-        where = Path(state_or_path)
-        snap = load_snapshot(where)
+    if granted is not None and (dirs or listen or gateway):
+        raise ValueError("restore: pass either granted= or dirs=/listen=/gateway=, not both")
+    requested = Requested(dict(dirs or {}), _one_or_many(listen), _one_or_many(gateway), api=True)
+    where = None if isinstance(state_or_path, Snapshot) else Path(state_or_path)
+    cleared = clear(state_or_path, requested, granted=granted, max_memory=max_memory, deferred=False,
+                    trust=None if where is None else trust_from_options(_one_or_many(trust), allow_unsigned, "trust"),
+                    where="wasmig.restore")
+    snap = cleared.snap
     if isinstance(module, Module):
         mod = module
     elif where is not None or module is not None:
@@ -63,7 +78,7 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     if snap.wasi is not None:
         from wasmig.wasi.snapshot import restore_wasi
 
-        wasi = restore_wasi(snap.wasi, dirs=dirs, granted=granted, on_file_change=on_file_change, stdin=stdin,
+        wasi = restore_wasi(snap.wasi, granted=cleared.granted, on_file_change=on_file_change, stdin=stdin,
                             stdout=stdout, stderr=stderr)
     try:
         if snap.threads is not None:
@@ -76,3 +91,9 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         if wasi is not None:
             wasi.close()
         raise
+
+
+def _one_or_many(given: Sequence[T] | T) -> tuple[T, ...]:
+    """``listen=``, ``gateway=``, ``trust=``: one or several (a lone string or path is one, not its
+    characters)."""
+    return (given,) if isinstance(given, (str, Path)) else tuple(given)  # type: ignore[arg-type]

@@ -30,20 +30,22 @@ class Admitted:
     manifest: dict[str, Any]
 
 
-def trust_from_options(trust_files: Sequence[str], allow_unsigned: bool) -> Trust:
-    """``--trust FILE...`` and ``--allow-unsigned``: a bad key file is a one-line SnapshotError."""
+def trust_from_options(trust_files: Sequence[str | Path], allow_unsigned: bool, option: str = "--trust") -> Trust:
+    """``--trust FILE...`` (``wasmig.restore``'s ``trust=``: ``option``) and ``--allow-unsigned``: a
+    bad key file is a one-line SnapshotError."""
     try:
-        return Trust.from_options(trust_files, allow_unsigned)
+        return Trust.from_options([str(f) for f in trust_files], allow_unsigned)
     except KeyFileError as e:
-        raise SnapshotError(f"--trust: {e}") from None
+        raise SnapshotError(f"{option}: {e}") from None
 
 
-def admit(path: str | Path, trust: Trust, max_memory: int | None) -> Admitted:
-    """Check ``path``'s seal and memory size; raise a one-line SnapshotError when it may not be restored."""
+def admit(path: str | Path, trust: Trust, max_memory: int | None, api: bool = False) -> Admitted:
+    """Check ``path``'s seal and memory size; raise a one-line SnapshotError when it may not be
+    restored (``api``: naming :func:`wasmig.restore`'s keywords rather than the command line's options)."""
     file, container = read_sealed(path)
-    verdict = check_trust(str(path), container.seal, trust)
+    verdict = check_trust(str(path), container.seal, trust, api)
     try:
-        check_manifest_memory(container.manifest, max_memory)
+        check_manifest_memory(container.manifest, max_memory, api)
     except SnapshotError as e:
         raise SnapshotError(f"{path}: {e}") from None
     return Admitted(file, container.checksum, verdict, container.manifest)

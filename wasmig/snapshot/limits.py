@@ -38,9 +38,10 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.0f} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
-def check_manifest_memory(manifest: dict[str, Any], limit: int | None) -> int:
+def check_manifest_memory(manifest: dict[str, Any], limit: int | None, api: bool = False) -> int:
     """Refuse a manifest whose memories add up to more than ``limit`` bytes (default
-    :data:`DEFAULT_MAX_MEMORY`); return their total. Reads only the page lists' lengths."""
+    :data:`DEFAULT_MAX_MEMORY`); return their total. Reads only the page lists' lengths.
+    ``api``: the message names :func:`wasmig.restore`'s ``max_memory`` instead of ``--max-memory``."""
     limit = DEFAULT_MAX_MEMORY if limit is None else limit
     memories = manifest.get("memories")
     if not isinstance(memories, list):
@@ -52,8 +53,9 @@ def check_manifest_memory(manifest: dict[str, Any], limit: int | None) -> int:
             raise SnapshotError(f"corrupt snapshot: memory {i} has no page list")
         total += len(data) * PAGE_SIZE
     if total > limit:
+        option = "max_memory=BYTES" if api else "--max-memory SIZE"
         raise SnapshotError(f"the snapshot's memory is {_mib(total)}, more than the {_mib(limit)} this restore "
-                            f"allows (raise it with --max-memory SIZE if you trust the snapshot)")
+                            f"allows (raise it with {option} if you trust the snapshot)")
     return total
 
 

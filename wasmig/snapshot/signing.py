@@ -174,9 +174,12 @@ def describe(seal: Seal | None, trust: Trust | None = None) -> str:
     return f"signed by {seal.signer.fingerprint} ({who})"
 
 
-def check_trust(where: str, seal: Seal | None, trust: Trust) -> Verdict:
+def check_trust(where: str, seal: Seal | None, trust: Trust, api: bool = False) -> Verdict:
     """Accept a snapshot sealed by a trusted key; otherwise refuse with a one-line SnapshotError,
-    or with ``allow_unsigned`` accept it with a warning (and as no one's: never ``own``)."""
+    or with ``allow_unsigned`` accept it with a warning (and as no one's: never ``own``).
+    ``api``: the messages name :func:`wasmig.restore`'s keywords instead of the command line's options."""
+    trust_option, unsigned_option = ("trust=[FILE]", "allow_unsigned=True") if api else \
+        ("--trust FILE", "--allow-unsigned")
     if seal is not None and seal.valid() and trust.trusted(seal.signer):
         own = trust.is_own(seal.signer)
         return Verdict(seal.signer.fingerprint, own, "your own key" if own else "a trusted key")
@@ -187,12 +190,13 @@ def check_trust(where: str, seal: Seal | None, trust: Trust) -> Verdict:
                   "it was signed"
     else:
         problem = f"is signed by {seal.signer.fingerprint}, a key you do not trust (add its public key with " \
-                  "--trust FILE)"
+                  f"{trust_option})"
     if not trust.allow_unsigned:
         if trust.own is None and seal is not None and seal.valid():
             problem += f"; you have no key of your own in {default_key_dir()} (wasmig keygen)"
-        raise SnapshotError(f"{where}: refusing a snapshot that {problem} (--allow-unsigned restores it anyway, "
-                            "granting it only what you give on the command line)")
-    _warn(f"{where}: restoring a snapshot that {problem}, because of --allow-unsigned: its content is "
+        granting = "what you pass" if api else "what you give on the command line"
+        raise SnapshotError(f"{where}: refusing a snapshot that {problem} ({unsigned_option} restores it anyway, "
+                            f"granting it only {granting})")
+    _warn(f"{where}: restoring a snapshot that {problem}, because of {unsigned_option}: its content is "
           "whatever its author wrote")
     return Verdict(None, False, "unverified (--allow-unsigned)")

@@ -12,18 +12,15 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
+from wasmig.grants import Granted
 from wasmig.snapshot.state import FdSnapshot, SnapshotError, WasiSnapshot
 from wasmig.wasi import constants as C
 from wasmig.wasi import sandbox
 from wasmig.wasi.errno import WasiError
 from wasmig.wasi.fdtable import DIR, FILE, STDIO, TCP_LISTENER, TCP_STREAM, FdEntry
 from wasmig.wasi.preview1 import STDIO_NAMES, Wasi
-
-if TYPE_CHECKING:
-    from wasmig.grants import Granted
 
 FILE_CHANGE_POLICIES = ("fail", "warn", "ignore")
 
@@ -99,23 +96,19 @@ def _open_flags(snap: FdSnapshot) -> int:
     return flags
 
 
-def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, granted: Granted | None = None,
-                 on_file_change: str = "fail", stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
+def restore_wasi(ws: WasiSnapshot, *, granted: Granted | None = None, on_file_change: str = "fail",
+                 stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
                  stderr: BinaryIO | None = None, into: Wasi | None = None) -> Wasi:
-    """A :class:`Wasi` in the snapshot's state. With ``granted`` (what :func:`wasmig.grants.resolve`
-    allowed: the CLI's and ``serve``'s way), exactly those host directories, listening addresses
-    and gateways are opened, nothing the snapshot merely records. Without it (the Python API,
-    whose caller holds a snapshot it trusts), ``dirs`` maps guest preopen names to host
-    directories and the rest is where it was when checkpointed. The standard streams are the
-    host's own unless given, as for :class:`Wasi`. ``into``: put the state into this (fresh,
-    unused) Wasi instead of a new one -- the one an instance was already made with, as a live
-    migration's target prepares the instance before the WASI state arrives."""
+    """A :class:`Wasi` in the snapshot's state, opening exactly the host directories, listening
+    addresses and gateways ``granted`` holds (what :func:`wasmig.grants.resolve` allowed, or a
+    caller's own :class:`~wasmig.grants.Granted`; None grants nothing) -- never what the snapshot
+    merely records (docs/security.md). The standard streams are the host's own unless given, as
+    for :class:`Wasi`. ``into``: put the state into this (fresh, unused) Wasi instead of a new
+    one -- the one an instance was already made with, as a live migration's target prepares the
+    instance before the WASI state arrives."""
     if on_file_change not in FILE_CHANGE_POLICIES:
         raise ValueError(f"on_file_change must be one of {FILE_CHANGE_POLICIES}")
-    dirs = dict(granted.dirs if granted is not None else dirs or {})
-
-    def host_dir(name: str, recorded: str | None) -> str | None:
-        return dirs.get(name, recorded if granted is None else None)
+    granted = granted if granted is not None else Granted()
     if into is None:
         wasi = Wasi(ws.args, ws.env, stdin=stdin, stdout=stdout, stderr=stderr)
     else:  # the instance's host functions are bound to this object: re-initialise it in place
@@ -132,15 +125,15 @@ def restore_wasi(ws: WasiSnapshot, *, dirs: Mapping[str, str] | None = None, gra
         preopen_fds: dict[str, int] = {}
         for snap in ws.fds:  # preopens first: files are re-opened beneath them
             if snap.preopen is not None:
-                host_fd, host = _open_preopen(snap.preopen, host_dir(snap.preopen, snap.host_path))
+                host_fd, host = _open_preopen(snap.preopen, granted.dirs.get(snap.preopen))
                 entry = _entry(snap)
                 entry.host_fd, entry.host_path = host_fd, host
                 wasi.fds.set(snap.fd, entry)
                 preopen_fds[snap.preopen] = host_fd
                 wasi.preopen_roots.setdefault(snap.preopen, host)
-        for name, where in ws.closed_preopens.items():
+        for name in ws.closed_preopens:
             if name not in preopen_fds:
-                host_fd, host = _open_preopen(name, host_dir(name, where))
+                host_fd, host = _open_preopen(name, granted.dirs.get(name))
                 closed_fds.append(host_fd)
                 preopen_fds[name] = host_fd
                 wasi.preopen_roots.setdefault(name, host)
@@ -187,7 +180,7 @@ def _entry(snap: FdSnapshot) -> FdEntry:
 
 
 def _restore_entry(snap: FdSnapshot, preopen_fds: dict[str, int], on_file_change: str,
-                   granted: Granted | None) -> FdEntry:
+                   granted: Granted) -> FdEntry:
     entry = _entry(snap)
     if snap.kind in (FILE, DIR):
         if snap.base_preopen not in preopen_fds or snap.relpath is None:
@@ -216,12 +209,12 @@ def _restore_entry(snap: FdSnapshot, preopen_fds: dict[str, int], on_file_change
             os.lseek(host_fd, snap.offset, os.SEEK_SET)
         return entry
     if snap.gateway is not None:
-        if granted is not None and snap.gateway not in granted.gateways:
+        if snap.gateway not in granted.gateways:
             raise SnapshotError(f"fd {snap.fd}: gateway {snap.gateway} not granted: --gateway {snap.gateway}")
         return entry  # re-attached through the gateway when the program starts (Wasi.reattach_gateway)
     if snap.kind == TCP_LISTENER:
-        address = snap.address if granted is None else granted.listeners.get(snap.fd)
-        if granted is not None and address is None:
+        address = granted.listeners.get(snap.fd)
+        if address is None:
             raise SnapshotError(f"fd {snap.fd}: listening socket not granted: --tcplisten HOST:PORT")
         host, _, port = (address or "").rpartition(":")
         host = host.strip("[]")
