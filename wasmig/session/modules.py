@@ -2,40 +2,24 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wasmig.errors import SnapshotError
-from wasmig.files import make_private_dir, open_private
 
 if TYPE_CHECKING:
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot
 
-MODULE_FILE_PREFIX = "module-"
+from wasmig.snapshot.stores.local import MODULE_FILE_PREFIX
 
 
 def store_module(directory: Path, module: Module) -> Path:
     """Keep the module's bytes beside its snapshots (once, atomically), so a restore — possibly on
     another machine — finds exactly the module the snapshot belongs to."""
-    from wasmig.errors import WasmError
+    from wasmig.snapshot.stores.local import LocalStore
 
-    make_private_dir(directory)
-    try:  # a module not read at start is read now, unchanged since (else an error)
-        path = directory / f"{MODULE_FILE_PREFIX}{module.sha256}.wasm"
-        data = module.data if not path.exists() else None
-    except WasmError as e:
-        raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
-    if data is not None:
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.unlink(missing_ok=True)  # left by a killed writer of this pid
-        with open(open_private(tmp), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    return path
+    return Path(LocalStore(directory).put_module(module))
 
 
 def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True,
