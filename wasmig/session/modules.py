@@ -22,29 +22,36 @@ def store_module(directory: Path, module: Module) -> Path:
     return Path(LocalStore(directory).put_module(module))
 
 
-def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True,
+def find_module_for(snapshot_path: Path | str, snap: Snapshot, explicit: str | None, *, validate: bool = True,
                     decode: bool = True) -> Module:
-    """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots,
-    else the path recorded at checkpoint time. Always verified by sha256. ``validate=False``
-    defers validation to first use, ``decode=False`` decoding too (see :class:`Module`): a
-    restore on wasmtime needs neither when the module's instrumented variant is cached."""
+    """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots
+    (or kept by the store ``snapshot_path`` is a URL of), else the path recorded at checkpoint
+    time. Always verified by sha256. ``validate=False`` defers validation to first use,
+    ``decode=False`` decoding too (see :class:`Module`): a restore on wasmtime needs neither
+    when the module's instrumented variant is cached."""
     from wasmig.module import Module
+    from wasmig.snapshot.stores import is_store_url, locate, open_store
     from wasmig.snapshot.wsnap import MAX_MODULE_BYTES  # refused before it is read: the largest a .wsnap holds
 
     candidates: list[Path] = []
     if explicit:
         candidates.append(Path(explicit))
+    elif is_store_url(snapshot_path):  # the store keeps it by hash (checked there and below)
+        data = open_store(locate(str(snapshot_path))[0]).module_bytes(snap.module_sha256)
+        if data is not None:
+            return Module.from_bytes(data, validate=validate, decode=decode)
     else:
         from wasmig.snapshot import wsnap
 
+        snapshot_path = Path(snapshot_path)
         if wsnap.is_wsnap(snapshot_path):  # a single-file export carries its module (sha256 checked)
             return Module.from_bytes(wsnap.read_module(snapshot_path), validate=validate, decode=decode)
         base = snapshot_path if snapshot_path.is_dir() else snapshot_path.parent.parent
         candidates.append(base / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
         candidates.append(snapshot_path.parent / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
-        recorded = snap.meta.get("module_path")
-        if isinstance(recorded, str):
-            candidates.append(Path(recorded))
+    recorded = snap.meta.get("module_path")
+    if not explicit and isinstance(recorded, str):
+        candidates.append(Path(recorded))
     for path in candidates:
         if path.is_file():
             module = Module.from_file(path, validate=validate, decode=decode, max_bytes=MAX_MODULE_BYTES)

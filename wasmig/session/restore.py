@@ -43,8 +43,9 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
         snap, where = state_or_path, None
     else:
         from wasmig.snapshot.store import load_snapshot
+        from wasmig.snapshot.stores import is_store_url
 
-        where = Path(state_or_path)
+        where = state_or_path if is_store_url(state_or_path) else Path(state_or_path)
         snap = load_snapshot(where)
     if isinstance(module, Module):
         mod = module

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from wasmig.snapshot.state import Snapshot
     from wasmig.snapshot.store import WriteStats
 
-__all__ = ["SnapshotStore", "StagedSnapshot", "open_store", "is_store_url", "DEFAULT_GC_GRACE_S"]
+__all__ = ["SnapshotStore", "StagedSnapshot", "open_store", "is_store_url", "locate", "DEFAULT_GC_GRACE_S"]
 
 #: how old an unreferenced page must be before an object-store ``gc`` removes it (docs/stores.md)
 DEFAULT_GC_GRACE_S = 3600.0
@@ -107,6 +107,14 @@ class SnapshotStore(ABC):
     def module_bytes(self, sha256: str) -> bytes | None:
         """The module kept with the snapshots (by its sha256), None when it is not there."""
 
+    @abstractmethod
+    def storage_stats(self, which: str | None = None) -> dict[str, Any]:
+        """How the snapshot stores its pages (``wasmig inspect``; see :mod:`wasmig.snapshot.store_stats`)."""
+
+    @abstractmethod
+    def checkpoint_chain(self, which: str | None = None) -> list[dict[str, Any]] | None:
+        """The store's snapshots, oldest first, with the pages each added (``wasmig inspect``)."""
+
     # --- writing ---------------------------------------------------------------------------------
     @abstractmethod
     def stage(self, snapshot: Snapshot) -> StagedSnapshot:
@@ -164,3 +172,12 @@ def open_store(url: str, *, threads: int | None = None) -> SnapshotStore:
     from wasmig.snapshot.stores.local import LocalStore
 
     return LocalStore(url, threads=threads)
+
+
+def locate(url: str) -> tuple[str, str | None]:
+    """A snapshot URL split into its store and the snapshot: ``s3://b/p`` -> (``s3://b/p``, None:
+    its latest); ``s3://b/p/snapshots/000003.snap`` -> (``s3://b/p``, that URL)."""
+    m = re.fullmatch(r"(.*?)/snapshots/\d{6,}\.snap", url)
+    if m:
+        return m.group(1), url
+    return url.rstrip("/"), None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import SnapshotError
 from wasmig.files import make_private_dir, open_private
@@ -69,6 +69,16 @@ class LocalStore(SnapshotStore):
     def load_deferred(self, which: str | None = None,
                       expect: bytes | None = None) -> tuple[Snapshot, list[PagedMemory] | None]:
         return _store.load_snapshot_deferred(self._which(which), expect)
+
+    def storage_stats(self, which: str | None = None) -> dict[str, Any]:
+        from wasmig.snapshot.store_stats import storage_stats
+
+        return storage_stats(self._which(which))
+
+    def checkpoint_chain(self, which: str | None = None) -> list[dict[str, Any]] | None:
+        from wasmig.snapshot.store_stats import checkpoint_chain
+
+        return checkpoint_chain(self._which(which))
 
     def has_page(self, h: str) -> bool:
         packs = self.dir._packs  # noqa: SLF001 - the directory's own page index

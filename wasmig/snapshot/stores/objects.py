@@ -63,7 +63,6 @@ MAX_WRITE_S = DEFAULT_GC_GRACE_S / 2
 #: a page seen stored longer ago than this is looked at again by the next write
 _RECHECK_S = MAX_WRITE_S / 2
 _IO_THREADS = 16  # requests in flight for a write or a gc
-_MAX_MODULE_OBJECT = 256 << 20
 
 
 class _MemorySink:
@@ -200,6 +199,41 @@ class ObjectStore(SnapshotStore):
         snap = _guarded(location, "read snapshot", from_plain, manifest, defer)  # type: ignore[arg-type]
         return snap, [_GuardedPages(location, p) for p in pages]  # type: ignore[arg-type]
 
+    def _head(self, key: str) -> int:
+        info = self.backend.head(key)
+        return 0 if info is None else info.size
+
+    def _stored_bytes(self, hashes: set[str]) -> int:
+        """What these pages take in the bucket (HEAD each, in parallel; a missing one counts nothing)."""
+        if not hashes:
+            return 0
+        with ThreadPoolExecutor(min(_IO_THREADS, len(hashes)), thread_name_prefix="wasmig-head") as pool:
+            return sum(pool.map(lambda h: self._head(PAGES + h), sorted(hashes)))
+
+    def storage_stats(self, which: str | None = None) -> dict[str, Any]:
+        from wasmig.snapshot.store_stats import manifest_stats
+
+        location, key = self._key(which)
+        manifest = self._container(location, key).manifest
+        earlier = [s for s in self.snapshots() if self._number(s) < self._number(location)]
+        previous = (lambda: self._manifest(earlier[-1], None)[1]) if earlier else None
+        return _guarded(location, "read snapshot", manifest_stats,  # type: ignore[arg-type]
+                        manifest, self._head(key), "object-store", self._stored_bytes, previous)
+
+    def checkpoint_chain(self, which: str | None = None) -> list[dict[str, Any]] | None:
+        from wasmig.snapshot.store_stats import chain_entry
+
+        location, _ = self._key(which)
+        seen: set[str] = set()
+        chain = []
+        for snap in self.snapshots():
+            snap_key = self.backend.key_of(snap) or ""
+            manifest = self._container(snap, snap_key).manifest
+            chain.append(_guarded(snap, "read snapshot", chain_entry,  # type: ignore[arg-type]
+                                  snap_key.rsplit("/", 1)[-1], manifest, seen, self._stored_bytes,
+                                  self._head(snap_key), snap == location))
+        return chain
+
     def has_page(self, h: str) -> bool:
         return self.backend.head(PAGES + h) is not None
 
@@ -215,10 +249,12 @@ class ObjectStore(SnapshotStore):
     def module_bytes(self, sha256: str) -> bytes | None:
         import hashlib
 
+        from wasmig.snapshot.wsnap import MAX_MODULE_BYTES
+
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise SnapshotError(f"{sha256!r} is not a module's sha256")
         key = f"{MODULES}{sha256}.wasm"
-        data = self.backend.get(key, _MAX_MODULE_OBJECT)
+        data = self.backend.get(key, MAX_MODULE_BYTES)
         if data is not None and hashlib.sha256(data).hexdigest() != sha256:
             raise SnapshotError(f"{self.backend.location(key)} is corrupt (sha256 mismatch)")
         return data
@@ -366,11 +402,3 @@ class ObjectStore(SnapshotStore):
 
     def describe(self) -> str:
         return self.url
-
-
-def locate(url: str) -> tuple[str, str | None]:
-    """``s3://b/p`` -> (store URL, None: its latest); ``s3://b/p/snapshots/000003.snap`` -> (``s3://b/p``, it)."""
-    m = re.fullmatch(r"(.*?)/snapshots/\d{6,}\.snap", url)
-    if m:
-        return m.group(1), url
-    return url.rstrip("/"), None

@@ -71,21 +71,22 @@ class S3Objects:
     def _call(self, what: str, key: str, fn: Any, **kwargs: Any) -> Any:
         """``fn(Bucket=..., **kwargs)``; a missing key is None, everything else a one-line SnapshotError."""
         client_error, boto_error = self._errors
+        where = self.location(key) if key else f"s3://{self.bucket}"
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except client_error as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code == "NoSuchBucket" or (status == 404 and code in ("404", "NotFound") and what == "check"):
+            if code == "NoSuchBucket" or (status == 404 and code in ("404", "NotFound") and what == "reach the bucket"):
                 raise SnapshotError(f"s3://{self.bucket}: no such bucket") from None
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
                 return None
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
                 raise _Exists from None
             message = e.response.get("Error", {}).get("Message") or code
-            raise SnapshotError(f"{self.location(key)}: cannot {what}: {code}: {message}") from None
+            raise SnapshotError(f"{where}: cannot {what}: {code}: {message}") from None
         except boto_error as e:
-            raise SnapshotError(f"{self.location(key)}: cannot {what}: {' '.join(str(e).split())}") from None
+            raise SnapshotError(f"{where}: cannot {what}: {' '.join(str(e).split())}") from None
 
     def get(self, key: str, limit: int) -> bytes | None:
         r = self._call("read", key, self._client.get_object, Key=key)
@@ -152,7 +153,7 @@ class S3Objects:
             self.delete(src)
 
     def check(self) -> None:
-        self._call("check", "", self._client.head_bucket)
+        self._call("reach the bucket", "", self._client.head_bucket)
         key = f"{self.prefix}.wasmig-probe-{os.getpid()}-{time.monotonic_ns()}"
         self.put(key, b"")
         self.delete(key)
