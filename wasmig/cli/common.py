@@ -240,17 +240,17 @@ def check_writable_dir(path: str, option: str) -> None:
 def check_checkpoint_store(where: str) -> None:
     """``--checkpoint-dir``: a directory that can be written, or a store URL whose backend answers
     and takes a write (a bad URL, an unreachable endpoint, no such bucket: one line, now)."""
+    from wasmig.errors import SnapshotError
     from wasmig.snapshot.stores import is_store_url, open_store
 
-    if not is_store_url(where):
-        check_writable_dir(where, "--checkpoint-dir")
-        return
-    from wasmig.errors import SnapshotError
-
     try:
-        open_store(where).check_writable()
+        store = open_store(where)  # an unknown scheme (ftp://...) is refused, not made a directory
+        if is_store_url(where):
+            store.check_writable()
     except SnapshotError as e:
         raise UserError(f"--checkpoint-dir {where}: {e}") from None
+    if not is_store_url(where):
+        check_writable_dir(where, "--checkpoint-dir")
 
 
 def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction: int | None, every: float | None,
