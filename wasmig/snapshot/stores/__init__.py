@@ -64,6 +64,8 @@ class SnapshotStore(ABC):
 
     #: the URL or path the store was opened with
     url: str
+    #: what this instance's last committed write did (pages new and deduplicated, bytes, seconds)
+    last_stats: WriteStats | None
 
     # --- reading ---------------------------------------------------------------------------------
     @abstractmethod

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from wasmig.snapshot.container import Container
     from wasmig.snapshot.paged import PagedMemory
     from wasmig.snapshot.state import Snapshot
+    from wasmig.snapshot.store import WriteStats
 
 MODULE_FILE_PREFIX = "module-"
 
@@ -55,6 +56,10 @@ class LocalStore(SnapshotStore):
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
         self.url = str(path)
         self.dir = _store.CheckpointDir(path, threads=threads)
+
+    @property  # type: ignore[override]
+    def last_stats(self) -> WriteStats | None:
+        return self.dir.last_stats
 
     def snapshots(self) -> list[str]:
         return [str(p) for p in self.dir.snapshots()]
