@@ -172,6 +172,33 @@ def test_file_store_runs_restores_and_shares_pages_below_its_root(tmp_path: Path
     assert restored.returncode == 0 and restored.stdout and full.stdout.endswith(restored.stdout), restored.stderr
 
 
+def test_export_from_s3_and_import_into_s3(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """``export s3://...`` writes the .wsnap a local export would; ``import FILE s3://...``
+    publishes it as the store's next snapshot, which restores."""
+    wasm = program("migrate_work")
+    args = ["6", "256", "0"]
+    full = wasmig(["run", wasm, *args], tmp_path=tmp_path)
+    url = f"s3://{bucket}/exp"
+    run = wasmig(["run", "--engine", "interp", "--checkpoint-dir", url, "--checkpoint-at-step", "3000",
+                  "--checkpoint-then", "exit", wasm, *args], tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "x.wsnap"
+    exported = wasmig(["export", "-o", out, url], tmp_path=tmp_path)
+    assert exported.returncode == 0 and out.is_file(), exported.stderr
+    assert f"exported s3://{bucket}/exp/snapshots/000001.snap".encode() in exported.stderr
+    local = wasmig(["restore", out], tmp_path=tmp_path)
+    assert local.returncode == 0 and local.stdout and full.stdout.endswith(local.stdout), local.stderr
+    imported = wasmig(["import", out, f"s3://{bucket}/imp"], tmp_path=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.decode().strip() == f"s3://{bucket}/imp/snapshots/000001.snap"
+    assert s3.get_object(Bucket=bucket, Key="imp/snapshots/000001.snap")["Body"].read() == \
+        s3.get_object(Bucket=bucket, Key="exp/snapshots/000001.snap")["Body"].read(), "the sealed bytes, unchanged"
+    again = wasmig(["restore", f"s3://{bucket}/imp"], tmp_path=tmp_path)
+    assert (again.returncode, again.stdout) == (0, local.stdout), again.stderr
+    assert "no such bucket" in one_line_error(wasmig(["import", out, "s3://no-such-bucket-here/x"],
+                                                     tmp_path=tmp_path))
+
+
 # --- dedup ---------------------------------------------------------------------------------------------
 def test_two_programs_of_one_module_share_pages_in_the_bucket(s3: Any, bucket: str, tmp_path: Path) -> None:
     wasm = program("migrate_work")

@@ -24,7 +24,9 @@ import io
 import re
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import SnapshotError
@@ -63,6 +65,7 @@ MAX_WRITE_S = DEFAULT_GC_GRACE_S / 2
 #: a page seen stored longer ago than this is looked at again by the next write
 _RECHECK_S = MAX_WRITE_S / 2
 _IO_THREADS = 16  # requests in flight for a write or a gc
+_IMPORT_BATCH = 256  # pages held in memory at once by an import
 
 
 class _MemorySink:
@@ -330,6 +333,60 @@ class ObjectStore(SnapshotStore):
 
     def check_writable(self) -> None:
         self.backend.check()
+
+    # --- export and import (.wsnap) ---------------------------------------------------------------
+    def import_sealed(self, snapshot_bytes: bytes, pages: Iterable[tuple[str, bytes]], module_sha256: str,
+                      module_bytes: bytes) -> str:
+        """Publish an already sealed snapshot (a verified .wsnap's): its pages the bucket lacks,
+        in batches, then the module, then the snapshot file last; its location."""
+        batch: list[tuple[str, bytes]] = []
+        for item in pages:
+            batch.append(item)
+            if len(batch) >= _IMPORT_BATCH:
+                self._upload_pages(batch)
+                batch = []
+        self._upload_pages(batch)
+        key = f"{MODULES}{module_sha256}.wasm"
+        if self.backend.head(key) is None:
+            self.backend.put(key, module_bytes)
+        return self._publish([snapshot_bytes])
+
+    def to_directory(self, which: str | None, directory: Path) -> Path:
+        """Copy a snapshot, the pages it names (each verified) and its module into a new local
+        checkpoint directory (for ``export``); the snapshot file's path there."""
+        from wasmig.snapshot import packs
+        from wasmig.snapshot.durable import mkdirs_durable
+        from wasmig.snapshot.stores.local import write_module_file
+
+        location, key = self._key(which)
+        raw = self.backend.get(key, MAX_STORE_MANIFEST)
+        if raw is None:
+            raise SnapshotError(f"{location}: no such snapshot")
+        manifest = _guarded(location, "read snapshot",  # type: ignore[arg-type]
+                            lambda: _read_container(io.BytesIO(raw), len(raw)).manifest)
+        (directory / "snapshots").mkdir(parents=True, exist_ok=True, mode=0o700)
+        mkdirs_durable(directory / "pages")
+        writer = packs.PackWriter(directory / "pages")
+        source = _ObjectPages(self.backend)
+        try:
+            for h in sorted(_page_hashes(manifest)):
+                found = source.read(h)
+                if found is None:
+                    raise SnapshotError(f"{location}: page {h} is missing from {self.backend.location(PAGES)}")
+                if blake3(_decompress_page(*found)).hexdigest() != h:
+                    raise SnapshotError(f"{found[1]} is corrupt (hash mismatch)")
+                writer.append(h, found[0])
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        sha = manifest.get("module_sha256")
+        module = self.module_bytes(sha) if isinstance(sha, str) else None
+        if module is not None:
+            write_module_file(directory, sha, module)
+        file = directory / "snapshots" / key.rsplit("/", 1)[-1]
+        file.write_bytes(raw)
+        return file
 
     # --- collecting ------------------------------------------------------------------------------
     def all_manifests(self) -> list[str]:
