@@ -114,12 +114,12 @@ class LocalStore(SnapshotStore):
     def put_module(self, module: Module) -> str:
         from wasmig.errors import WasmError
 
-        path = self.dir.path / f"{MODULE_FILE_PREFIX}{module.sha256}.wasm"
         try:  # a module not read at start is read now, unchanged since (else an error)
-            data = module.data if not path.exists() else None
+            sha256 = module.sha256
+            data = module.data if not (self.dir.path / f"{MODULE_FILE_PREFIX}{sha256}.wasm").exists() else None
         except WasmError as e:
             raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
-        return str(write_module_file(self.dir.path, module.sha256, data))
+        return str(write_module_file(self.dir.path, sha256, data))
 
     def check_writable(self) -> None:
         import time

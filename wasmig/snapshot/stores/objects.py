@@ -322,12 +322,12 @@ class ObjectStore(SnapshotStore):
     def put_module(self, module: Module) -> str:
         from wasmig.errors import WasmError
 
-        key = f"{MODULES}{module.sha256}.wasm"
-        if self.backend.head(key) is None:
-            try:
-                data = module.data
-            except WasmError as e:
-                raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
+        try:  # a module not read at start is read now, unchanged since (else an error)
+            key = f"{MODULES}{module.sha256}.wasm"
+            data = module.data if self.backend.head(key) is None else None
+        except WasmError as e:
+            raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
+        if data is not None:
             self.backend.put(key, data)
         return self.backend.location(key)
 
