@@ -7,12 +7,13 @@ in mostly-zero words, so they compress), each run measures in every store, the s
 rotated from run to run (interleaved, so the load of the other agents on this shared machine hits
 every store alike):
 
-- **write**: the first checkpoint (every non-zero page new): wall seconds, and the CPU seconds of
-  this process (``time.process_time``: hashing, compressing, and the client's request handling;
-  moto runs in this process too, so for s3 it includes the server's work);
+- **write**: the first checkpoint (every non-zero page new; s3: into a fresh bucket): wall
+  seconds, and the CPU seconds of this process (``time.process_time``: hashing, compressing, and
+  the client's request handling; moto runs in a process of its own);
 - **pause**: the part of the write the guest stays stopped for (``WriteStats.pause_seconds``);
 - **incremental**: ``--changed`` percent of the pages change and the same store writes again;
-- **restore**: ``load_deferred`` + ``copy_into`` a fresh buffer (every page read and verified).
+- **restore**: ``load_deferred`` + ``copy_into`` a fresh buffer (every page read and verified);
+  each with its CPU seconds beside.
 
 Medians over ``--runs`` runs, printed beside the local directory's as a ratio. Against moto the
 s3 figures are the client's and a Python server's costs over loopback, not a real S3's latency:
@@ -27,10 +28,12 @@ import random
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -56,41 +59,64 @@ def snapshot_of(memory: bytearray) -> Snapshot:
                     tables=[], globals=[], dropped_data=[], dropped_elems=[], wasi=None)
 
 
-def measure(store: SnapshotStore, memory: bytearray, changed: float, rng: random.Random) -> dict[str, float]:
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``fn()``."""
     t0, c0 = time.perf_counter(), time.process_time()
-    store.write(snapshot_of(memory))
-    write, cpu = time.perf_counter() - t0, time.process_time() - c0
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def measure(store: SnapshotStore, memory: bytearray, changed: float, rng: random.Random) -> dict[str, float]:
+    out: dict[str, float] = {}
+    out["write"], out["write_cpu"] = timed(lambda: store.write(snapshot_of(memory)))
     stats = store.last_stats
+    assert stats is not None
+    out["pause"], out["new_pages"] = stats.pause_seconds, stats.pages_new
     pages = len(memory) // PAGE_SIZE
     for j in rng.sample(range(pages), max(1, int(pages * changed / 100))):
         memory[j * PAGE_SIZE] = (memory[j * PAGE_SIZE] + 1) & 0xFF
-    t0 = time.perf_counter()
-    store.write(snapshot_of(memory))
-    incremental = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    _, paged = store.load_deferred()
+    out["incremental"], out["incremental_cpu"] = timed(lambda: store.write(snapshot_of(memory)))
     target = bytearray(len(memory))
-    assert paged is not None
-    paged[0].copy_into(memoryview(target), range(len(paged[0])))
-    restore = time.perf_counter() - t0
+
+    def restore() -> None:
+        _, paged = store.load_deferred()
+        assert paged is not None
+        paged[0].copy_into(memoryview(target), range(len(paged[0])))
+
+    out["restore"], out["restore_cpu"] = timed(restore)
     assert target == memory, "the restore read back other bytes"
-    return {"write": write, "write_cpu": cpu, "pause": stats.pause_seconds, "incremental": incremental,
-            "restore": restore, "page_objects": stats.pages_new}
+    return out
 
 
-def start_moto() -> tuple[object, str]:
-    import boto3
-    from moto.server import ThreadedMotoServer
+_MOTO = """
+import logging, sys, time
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
 
+
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    """moto's S3 server in a process of its own (its CPU is not this process's), on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = subprocess.Popen([sys.executable, "-c", _MOTO, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert server.stdout is not None and server.stdout.readline() == b"ready\n"
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(WASMIG_S3_ENDPOINT=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="wasmig-bench")
-    return server, "s3://wasmig-bench"
+    return server, endpoint
+
+
+def fresh_bucket(endpoint: str) -> str:
+    """A new bucket (every page new, as for the first program in it)."""
+    import boto3
+
+    name = f"wasmig-bench-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}"
 
 
 def main() -> None:
@@ -100,10 +126,7 @@ def main() -> None:
     ap.add_argument("--changed", type=float, default=2.0, help="percent of pages changed for the incremental write")
     ap.add_argument("--s3", default=None, help="an s3://bucket/prefix to use instead of moto on loopback")
     args = ap.parse_args()
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server, s3_base = (None, args.s3.rstrip("/")) if args.s3 else start_moto()
+    server, endpoint = (None, "") if args.s3 else start_moto()
     tmp = Path(tempfile.mkdtemp(prefix="wasmig-bench-stores-"))
     rng = random.Random(1)
     base = heap(rng, args.mib * 1024 * 1024 // PAGE_SIZE)
@@ -115,20 +138,21 @@ def main() -> None:
             for kind in order:
                 fresh = uuid.uuid4().hex[:8]
                 url = {"local": str(tmp / f"local-{fresh}"), "file": f"file://{tmp}/file-{fresh}",
-                       "s3": f"{s3_base}/bench-{fresh}"}[kind]
+                       "s3": f"{args.s3.rstrip('/') if args.s3 else fresh_bucket(endpoint)}/bench-{fresh}"}[kind]
                 results[kind].append(measure(open_store(url), bytearray(base), args.changed, random.Random(run)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if server is not None:
-            server.stop()  # type: ignore[attr-defined]
+            server.kill()
+            server.wait()
     print(f"{args.mib} MiB memory ({len(base) // PAGE_SIZE} pages), incremental: {args.changed}% of pages changed; "
           f"medians of {args.runs} interleaved runs (s3: {'moto on loopback' if server else args.s3})")
     local = {k: statistics.median(r[k] for r in results["local"]) for k in results["local"][0]}
     for kind in kinds:
         med = {k: statistics.median(r[k] for r in results[kind]) for k in results[kind][0]}
         cells = ", ".join(f"{k} {med[k]:.3f} s ({med[k] / local[k]:.1f}x)" for k in
-                          ("write", "write_cpu", "pause", "incremental", "restore"))
-        print(f"  {kind:5}: {cells}; {int(med['page_objects'])} new pages")
+                          ("write", "write_cpu", "pause", "incremental", "incremental_cpu", "restore", "restore_cpu"))
+        print(f"  {kind:5}: {cells}; {int(med['new_pages'])} new pages")
 
 
 if __name__ == "__main__":
