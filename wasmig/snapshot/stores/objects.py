@@ -100,6 +100,15 @@ class _ObjectPages:
         return ""
 
 
+class _ObjectPagedMemory(_GuardedPages):
+    """A memory's deferred pages from an object store: read with as many requests in flight as a
+    write has (a page is a GET, bound by latency, not a ``pread``: two at a time, one per core,
+    left a restore waiting on the network)."""
+
+    def copy_into(self, target: memoryview | int, pages: Any, threads: int | None = None) -> None:
+        super().copy_into(target, pages, _IO_THREADS if threads is None else threads)
+
+
 class _ObjectStaged(StagedSnapshot):
     def __init__(self, store: ObjectStore, pages: list[tuple[str, bytes]], named: set[str], chunks: list[bytes],
                  prints: list[Fingerprints], stats: WriteStats, started: float) -> None:
@@ -200,7 +209,7 @@ class ObjectStore(SnapshotStore):
             pages.append(source.deferred(index, raw, size_pages))
 
         snap = _guarded(location, "read snapshot", from_plain, manifest, defer)  # type: ignore[arg-type]
-        return snap, [_GuardedPages(location, p) for p in pages]  # type: ignore[arg-type]
+        return snap, [_ObjectPagedMemory(location, p) for p in pages]  # type: ignore[arg-type]
 
     def _head(self, key: str) -> int:
         info = self.backend.head(key)
