@@ -13,7 +13,9 @@ every store alike):
 - **pause**: the part of the write the guest stays stopped for (``WriteStats.pause_seconds``);
 - **incremental**: ``--changed`` percent of the pages change and the same store writes again;
 - **restore**: ``load_deferred`` + ``copy_into`` a fresh buffer (every page read and verified);
-  each with its CPU seconds beside.
+  each with its CPU seconds beside;
+- and for s3, the first write's page bytes as a single PUT: what writing them as one pack
+  object would cost instead of one object per page.
 
 Medians over ``--runs`` runs, printed beside the local directory's as a ratio. Against moto the
 s3 figures are the client's and a Python server's costs over loopback, not a real S3's latency:
@@ -72,6 +74,10 @@ def measure(store: SnapshotStore, memory: bytearray, changed: float, rng: random
     stats = store.last_stats
     assert stats is not None
     out["pause"], out["new_pages"] = stats.pause_seconds, stats.pages_new
+    backend = getattr(store, "backend", None)
+    if backend is not None and getattr(backend, "bucket", None):  # s3: what one pack of these pages would cost
+        blob = os.urandom(stats.page_bytes_written)
+        out["one_put"], out["one_put_cpu"] = timed(lambda: backend.put(".wasmig/bench-pack", blob))
     pages = len(memory) // PAGE_SIZE
     for j in rng.sample(range(pages), max(1, int(pages * changed / 100))):
         memory[j * PAGE_SIZE] = (memory[j * PAGE_SIZE] + 1) & 0xFF
@@ -153,6 +159,9 @@ def main() -> None:
         cells = ", ".join(f"{k} {med[k]:.3f} s ({med[k] / local[k]:.1f}x)" for k in
                           ("write", "write_cpu", "pause", "incremental", "incremental_cpu", "restore", "restore_cpu"))
         print(f"  {kind:5}: {cells}; {int(med['new_pages'])} new pages")
+        if "one_put" in med:
+            print(f"         the same bytes as one PUT (one pack per write): {med['one_put']:.3f} s, "
+                  f"CPU {med['one_put_cpu']:.3f} s")
 
 
 if __name__ == "__main__":
