@@ -30,14 +30,14 @@ def find_module_for(snapshot_path: Path | str, snap: Snapshot, explicit: str | N
     ``decode=False`` decoding too (see :class:`Module`): a restore on wasmtime needs neither
     when the module's instrumented variant is cached."""
     from wasmig.module import Module
-    from wasmig.snapshot.stores import is_store_url, locate, open_store
+    from wasmig.snapshot.stores import is_store_url, reader_for
     from wasmig.snapshot.wsnap import MAX_MODULE_BYTES  # refused before it is read: the largest a .wsnap holds
 
     candidates: list[Path] = []
     if explicit:
         candidates.append(Path(explicit))
     elif is_store_url(snapshot_path):  # the store keeps it by hash (checked there and below)
-        data = open_store(locate(str(snapshot_path))[0]).module_bytes(snap.module_sha256)
+        data = reader_for(str(snapshot_path))[0].module_bytes(snap.module_sha256)
         if data is not None:
             return Module.from_bytes(data, validate=validate, decode=decode)
     else:

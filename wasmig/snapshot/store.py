@@ -235,12 +235,9 @@ def read_sealed(path: str | Path) -> tuple[Path | str, Container]:
 
 def _in_store(path: str | Path) -> tuple[SnapshotStore, str | None] | None:
     """For a store URL: the store and the snapshot it names (None: the latest); else None."""
-    from wasmig.snapshot.stores import is_store_url, locate, open_store
+    from wasmig.snapshot.stores import is_store_url, reader_for
 
-    if not is_store_url(path):
-        return None
-    url, which = locate(str(path))
-    return open_store(url), which
+    return reader_for(str(path)) if is_store_url(path) else None
 
 
 def _resolve(path: Path) -> Path:

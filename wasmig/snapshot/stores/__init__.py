@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from wasmig.snapshot.state import Snapshot
     from wasmig.snapshot.store import WriteStats
 
-__all__ = ["SnapshotStore", "StagedSnapshot", "open_store", "is_store_url", "locate", "DEFAULT_GC_GRACE_S"]
+__all__ = ["SnapshotStore", "StagedSnapshot", "open_store", "is_store_url", "locate", "reader_for",
+           "DEFAULT_GC_GRACE_S"]
 
 #: how old an unreferenced page must be before an object-store ``gc`` removes it (docs/stores.md)
 DEFAULT_GC_GRACE_S = 3600.0
@@ -174,6 +175,23 @@ def open_store(url: str, *, threads: int | None = None) -> SnapshotStore:
     from wasmig.snapshot.stores.local import LocalStore
 
     return LocalStore(url, threads=threads)
+
+
+_readers: dict[tuple[str, str | None, str | None], SnapshotStore] = {}
+
+
+def reader_for(url: str) -> tuple[SnapshotStore, str | None]:
+    """The store a snapshot URL is in (one per URL and endpoint, kept: a command reads the seal,
+    the manifest, the pages and the module through it, and an S3 client costs ~50 ms to make)
+    and the snapshot the URL names (None: the latest)."""
+    import os
+
+    store_url, which = locate(url)
+    key = (store_url, os.environ.get("WASMIG_S3_ENDPOINT"), os.environ.get("AWS_ENDPOINT_URL"))
+    store = _readers.get(key)
+    if store is None:
+        store = _readers[key] = open_store(store_url)
+    return store, which
 
 
 def locate(url: str) -> tuple[str, str | None]:
