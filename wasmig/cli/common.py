@@ -205,8 +205,9 @@ def module_problem(program: str, e: Exception) -> str:
 
 def checkpoint_options(parser: Parser) -> None:
     """The checkpoint options shared by ``run`` and ``restore``."""
-    parser.option("--checkpoint-dir", type=PathOption(directory=True), default=None, metavar="DIRECTORY",
-                  help="Write snapshots here (several snapshots of one run share its page store).")
+    parser.option("--checkpoint-dir", type=PathOption(directory=True), default=None, metavar="DIRECTORY|URL",
+                  help="Write snapshots here (several snapshots of one run share its page store): a directory, "
+                       "file:///shared/path or s3://bucket/prefix (docs/stores.md).")
     parser.option("--checkpoint-at-step", type=Number(int, 1), default=None, metavar="N",
                   help="Checkpoint at the N-th stable point (function entries + loop entries); engine-neutral.")
     parser.option("--checkpoint-at-instruction", type=Number(int, 0), default=None, metavar="N",
@@ -236,6 +237,22 @@ def check_writable_dir(path: str, option: str) -> None:
         raise UserError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
 
 
+def check_checkpoint_store(where: str) -> None:
+    """``--checkpoint-dir``: a directory that can be written, or a store URL whose backend answers
+    and takes a write (a bad URL, an unreachable endpoint, no such bucket: one line, now)."""
+    from wasmig.errors import SnapshotError
+    from wasmig.snapshot.stores import is_store_url, open_store
+
+    try:
+        store = open_store(where)  # an unknown scheme (ftp://...) is refused, not made a directory
+        if is_store_url(where):
+            store.check_writable()
+    except SnapshotError as e:
+        raise UserError(f"--checkpoint-dir {where}: {e}") from None
+    if not is_store_url(where):
+        check_writable_dir(where, "--checkpoint-dir")
+
+
 def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction: int | None, every: float | None,
                 then: str, stable_only: bool, count_steps: bool = False, migratable: bool = False) -> CheckpointPolicy:
     from pathlib import Path
@@ -246,13 +263,16 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
         raise UserError("--checkpoint-at-step/--checkpoint-at-instruction/--checkpoint-every need --checkpoint-dir")
     # refused now, before the program runs, rather than a warning at every checkpoint it takes
     if checkpoint_dir is not None:
-        check_writable_dir(checkpoint_dir, "--checkpoint-dir")
+        check_checkpoint_store(checkpoint_dir)
         from wasmig.snapshot.signing import own_key_pair
 
         # the signing key (and the cryptography package) loaded, or made and announced, now: not
         # inside the first checkpoint's pause, nor amid the program's output
         own_key_pair()
-    return CheckpointPolicy(Path(checkpoint_dir) if checkpoint_dir else None, at_step, at_instruction, every, then,
+    from wasmig.snapshot.stores import is_store_url
+
+    directory = checkpoint_dir if is_store_url(checkpoint_dir) else Path(checkpoint_dir) if checkpoint_dir else None
+    return CheckpointPolicy(directory, at_step, at_instruction, every, then,
                             stable_only, count_steps or at_step is not None, migratable=migratable)
 
 

@@ -307,7 +307,6 @@ def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...],
     The snapshot must be signed by your own key or one given with --trust; its program gets only
     the directories and sockets granted here (see docs/security.md)."""
     import time
-    from pathlib import Path
 
     from wasmig import log
     from wasmig.grants import GrantError
@@ -355,7 +354,7 @@ def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...],
         # on wasmtime, validation waits until the instrumentation pass needs it, which a cached
         # instrumented module spares (a restore's largest cost for a small module)
         started = time.perf_counter()
-        module = find_module_for(Path(snapshot), snap, module_path, validate=runs_on.needs_ir,
+        module = find_module_for(snapshot, snap, module_path, validate=runs_on.needs_ir,
                                  decode=runs_on.needs_ir, features={"threads"} if snap.threads is not None else None)
         log.info(__name__, "restore: module found and read in %.3f s", time.perf_counter() - started)
         if snap.wasi is None:

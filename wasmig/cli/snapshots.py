@@ -52,7 +52,6 @@ def inspect(as_json: bool, module_path: str | None, verify: bool, trust_files: t
     """Summarise a snapshot: who signed it, the host resources a restore would need, call stack,
     memory, open files."""
     import json
-    from pathlib import Path
 
     from wasmig.grants import needed
     from wasmig.session.modules import find_module_for
@@ -77,7 +76,7 @@ def inspect(as_json: bool, module_path: str | None, verify: bool, trust_files: t
         fail(about(snapshot, e))
         return
     try:
-        ir = find_module_for(Path(snapshot), snap, module_path).ir
+        ir = find_module_for(snapshot, snap, module_path).ir
     except (SnapshotError, WasmError):
         ir = None
     summary = summarize(snap, ir, stats, chain)
@@ -125,25 +124,38 @@ def keygen(directory: str | None, force: bool) -> None:
 
 def gc_options(p: Parser) -> None:
     p.option("--dry-run", action="store_true", help="Only report what would be removed.")
+    p.option("--grace", dest="grace_s", type=Number(float, 0), default=None, metavar="SECONDS",
+             help="In a file:// or s3:// store: how old an unreferenced page must be before it is set aside, "
+                  "and a set-aside page before it is deleted (default 3600; keep it above the longest "
+                  "checkpoint write, see docs/stores.md).")
 
 
 @command("gc", gc_options, "directory")
-def gc(dry_run: bool, directory: str) -> None:
-    """Remove the pages of a checkpoint DIRECTORY that no snapshot names any more."""
+def gc(dry_run: bool, grace_s: float | None, directory: str) -> None:
+    """Remove the pages of a checkpoint DIRECTORY (or a file:// or s3:// store: of its whole root
+    or bucket) that no snapshot names any more."""
     from wasmig.snapshot.state import SnapshotError
-    from wasmig.snapshot.store import CheckpointDir
+    from wasmig.snapshot.stores import is_store_url, open_store
 
-    if not os.path.isdir(os.path.join(directory, "snapshots")):
+    remote = is_store_url(directory)
+    if not remote and not os.path.isdir(os.path.join(directory, "snapshots")):
         fail(f"{directory}: not a checkpoint directory (no snapshots/ in it)")
         return
+    if grace_s is not None and not remote:
+        fail("--grace is for file:// and s3:// stores (a checkpoint directory's gc locks out its writers)")
+        return
     try:
-        stats = CheckpointDir(directory).gc(dry_run=dry_run)
+        stats = open_store(directory).gc(dry_run=dry_run, grace_s=grace_s)
     except SnapshotError as e:
         fail(about(directory, e))
         return
     verb = "would remove" if dry_run else "removed"
+    aside = ""
+    if remote:
+        aside = (f"; {'would set' if dry_run else 'set'} aside {stats['pages_set_aside']} (removed by a gc after the "
+                 f"grace period unless named again), {stats['pages_restored']} named again")
     out(f"{directory}: {stats['snapshots']} snapshots, {stats['pages_kept']} pages kept; {verb} "
-         f"{stats['pages_removed']} unreferenced pages ({stats['bytes_removed']} bytes)"
+         f"{stats['pages_removed']} unreferenced pages ({stats['bytes_removed']} bytes)" + aside
          + (f" and {stats['temp_files_removed']} stale temporary files" if stats["temp_files_removed"] else ""))
 
 

@@ -239,22 +239,21 @@ class Session:
         """Write ``snap`` (and the module beside it, once) into the checkpoint directory.
         ``capture_s``: how long capturing it took, for the log line.
 
-        Only the part that reads the memory (:meth:`CheckpointDir.stage`) runs while the guest is
+        Only the part that reads the memory (:meth:`SnapshotStore.stage`) runs while the guest is
         stopped (its memory may be read in place); the fsyncs and the snapshot file
-        (:meth:`StagedWrite.commit`) follow on a thread while the guest runs on, except when the
+        (:meth:`StagedSnapshot.commit`) follow on a thread while the guest runs on, except when the
         run exits after this checkpoint. The next checkpoint, and the end of the run, wait for it."""
         directory = self.policy.directory
         if directory is None:
             return
-        from wasmig.session.modules import store_module
-        from wasmig.snapshot.store import CheckpointDir
+        from wasmig.snapshot.stores import open_store
 
         self._wait_for_commit()
-        module_file = store_module(directory, self.module)
-        snap.meta.update({"module_file": module_file.name, "module_path": self.module_path,
-                          "host": os.uname().nodename, "pid": os.getpid()})
         if self._store is None:
-            self._store = CheckpointDir(directory)
+            self._store = open_store(str(directory))
+        module_file = self._store.put_module(self.module)
+        snap.meta.update({"module_file": module_file.rsplit("/", 1)[-1], "module_path": self.module_path,
+                          "host": os.uname().nodename, "pid": os.getpid()})
         staged = self._store.stage(snap)
         if self.policy.then == "exit":
             self._commit(staged, snap.steps, capture_s)

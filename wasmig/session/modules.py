@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wasmig.errors import SnapshotError
-from wasmig.files import make_private_dir, open_private
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -15,55 +13,48 @@ if TYPE_CHECKING:
     from wasmig.module import Module
     from wasmig.snapshot.state import Snapshot
 
-MODULE_FILE_PREFIX = "module-"
+from wasmig.snapshot.stores.local import MODULE_FILE_PREFIX
 
 
 def store_module(directory: Path, module: Module) -> Path:
     """Keep the module's bytes beside its snapshots (once, atomically), so a restore — possibly on
     another machine — finds exactly the module the snapshot belongs to."""
-    from wasmig.errors import WasmError
+    from wasmig.snapshot.stores.local import LocalStore
 
-    make_private_dir(directory)
-    try:  # a module not read at start is read now, unchanged since (else an error)
-        path = directory / f"{MODULE_FILE_PREFIX}{module.sha256}.wasm"
-        data = module.data if not path.exists() else None
-    except WasmError as e:
-        raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
-    if data is not None:
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.unlink(missing_ok=True)  # left by a killed writer of this pid
-        with open(open_private(tmp), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    return path
+    return Path(LocalStore(directory).put_module(module))
 
 
-def find_module_for(snapshot_path: Path, snap: Snapshot, explicit: str | None, *, validate: bool = True,
+def find_module_for(snapshot_path: Path | str, snap: Snapshot, explicit: str | None, *, validate: bool = True,
                     decode: bool = True, features: Iterable[str] | None = None) -> Module:
-    """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots,
-    else the path recorded at checkpoint time. Always verified by sha256. ``validate=False``
-    defers validation to first use, ``decode=False`` decoding too (see :class:`Module`): a
-    restore on wasmtime needs neither when the module's instrumented variant is cached."""
+    """The module a snapshot belongs to: ``--module``, else the copy stored beside the snapshots
+    (or kept by the store ``snapshot_path`` is a URL of), else the path recorded at checkpoint
+    time. Always verified by sha256. ``validate=False`` defers validation to first use,
+    ``decode=False`` decoding too (see :class:`Module`): a restore on wasmtime needs neither
+    when the module's instrumented variant is cached."""
     from wasmig.module import Module
+    from wasmig.snapshot.stores import is_store_url, reader_for
     from wasmig.snapshot.wsnap import MAX_MODULE_BYTES  # refused before it is read: the largest a .wsnap holds
 
     candidates: list[Path] = []
     if explicit:
         candidates.append(Path(explicit))
+    elif is_store_url(snapshot_path):  # the store keeps it by hash (checked there and below)
+        data = reader_for(str(snapshot_path))[0].module_bytes(snap.module_sha256)
+        if data is not None:
+            return Module.from_bytes(data, validate=validate, decode=decode)
     else:
         from wasmig.snapshot import wsnap
 
+        snapshot_path = Path(snapshot_path)
         if wsnap.is_wsnap(snapshot_path):  # a single-file export carries its module (sha256 checked)
             return Module.from_bytes(wsnap.read_module(snapshot_path), validate=validate, decode=decode,
                                      features=features or ())
         base = snapshot_path if snapshot_path.is_dir() else snapshot_path.parent.parent
         candidates.append(base / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
         candidates.append(snapshot_path.parent / f"{MODULE_FILE_PREFIX}{snap.module_sha256}.wasm")
-        recorded = snap.meta.get("module_path")
-        if isinstance(recorded, str):
-            candidates.append(Path(recorded))
+    recorded = snap.meta.get("module_path")
+    if not explicit and isinstance(recorded, str):
+        candidates.append(Path(recorded))
     for path in candidates:
         if path.is_file():
             module = Module.from_file(path, validate=validate, decode=decode, max_bytes=MAX_MODULE_BYTES,

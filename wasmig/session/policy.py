@@ -16,10 +16,12 @@ from typing import Any
 class CheckpointPolicy:
     """When a run checkpoints, where to, and what then (a plain class: see the module docstring)."""
 
-    def __init__(self, directory: Path | None = None, at_step: int | None = None, at_instruction: int | None = None,
-                 every: float | None = None, then: str = "continue", stable_only: bool = False,
-                 count_steps: bool = False, on_signal: bool = True, written: list[Path] | None = None,
+    def __init__(self, directory: Path | str | None = None, at_step: int | None = None,
+                 at_instruction: int | None = None, every: float | None = None, then: str = "continue",
+                 stable_only: bool = False,
+                 count_steps: bool = False, on_signal: bool = True, written: list[str] | None = None,
                  migratable: bool = False, migrate_to: tuple[str, bytes, float] | None = None) -> None:
+        #: a checkpoint directory, or a store URL (``s3://...``, ``file://...``: a str)
         self.directory = directory
         self.at_step = at_step
         self.at_instruction = at_instruction
@@ -29,7 +31,8 @@ class CheckpointPolicy:
         #: on wasmtime, run the deterministic variant that counts steps (the interpreter always counts)
         self.count_steps = count_steps
         self.on_signal = on_signal
-        self.written: list[Path] = [] if written is None else written
+        #: the snapshots written so far (file paths, or URLs in a store)
+        self.written: list[str] = [] if written is None else written
         #: accept ``wasmig migrate PID`` (the control socket; on wasmtime, the checkpointable variant)
         self.migratable = migratable
         #: ``wasmig run --migrate-to``: (target HOST:PORT, token, seconds after the start)

@@ -56,12 +56,15 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     from wasmig.session.clearance import Requested, clear
     from wasmig.session.modules import find_module_for
     from wasmig.snapshot.admission import trust_from_options
+    from wasmig.snapshot.stores import is_store_url
 
     runs_on = engines.get(engine)
     if granted is not None and (dirs or listen or gateway):
         raise ValueError("restore: pass either granted= or dirs=/listen=/gateway=, not both")
     requested = Requested(dict(dirs or {}), _one_or_many(listen), _one_or_many(gateway), api=True)
-    where = None if isinstance(state_or_path, Snapshot) else Path(state_or_path)
+    where: str | Path | None = None
+    if not isinstance(state_or_path, Snapshot):
+        where = str(state_or_path) if is_store_url(state_or_path) else Path(state_or_path)
     cleared = clear(state_or_path, requested, granted=granted, max_memory=max_memory, deferred=False,
                     trust=None if where is None else trust_from_options(_one_or_many(trust), allow_unsigned, "trust"),
                     where="wasmig.restore")

@@ -19,7 +19,7 @@ def status_path(pid: int, *, create: bool = True) -> Path:
     return runtime_dir(create) / f"{pid}.json"
 
 
-def write_status(path: Path, checkpoint_dir: Path | None, snapshots: list[Path]) -> None:
+def write_status(path: Path, checkpoint_dir: Path | str | None, snapshots: list[str]) -> None:
     """Replace the status file ``path`` atomically (a reader sees the old or the new one)."""
     status = {"pid": os.getpid(), "checkpoint_dir": str(checkpoint_dir), "snapshots": [str(p) for p in snapshots]}
     tmp = path.with_suffix(".tmp")
@@ -27,7 +27,7 @@ def write_status(path: Path, checkpoint_dir: Path | None, snapshots: list[Path])
     os.replace(tmp, path)
 
 
-def wait_for_snapshot(pid: int, timeout: float) -> Path:
+def wait_for_snapshot(pid: int, timeout: float) -> str:
     """For ``wasmig checkpoint PID``: signal a running ``wasmig run`` and wait for its new snapshot."""
     try:
         status_file = status_path(pid, create=False)
@@ -40,7 +40,7 @@ def wait_for_snapshot(pid: int, timeout: float) -> Path:
             raise SnapshotError(f"no process {pid}") from None
         raise SnapshotError(f"process {pid} is not a wasmig run with --checkpoint-dir") from None
     count = len(before.get("snapshots", []))
-    directory = Path(str(before.get("checkpoint_dir", "")))
+    directory = str(before.get("checkpoint_dir", ""))
     on_disk = _snapshot_files(directory)
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -63,7 +63,7 @@ def wait_for_snapshot(pid: int, timeout: float) -> Path:
         except (OSError, ValueError):
             status = None
         if status is not None and len(status.get("snapshots", [])) > count:
-            return Path(status["snapshots"][-1])
+            return str(status["snapshots"][-1])
         # the run may have exited right after its snapshot (--checkpoint-then exit): look on disk
         newer = [p for p in _snapshot_files(directory) if p not in on_disk]
         if newer:
@@ -74,9 +74,17 @@ def wait_for_snapshot(pid: int, timeout: float) -> Path:
     raise SnapshotError(f"process {pid} wrote no snapshot within {timeout:g} s")
 
 
-def _snapshot_files(directory: Path) -> list[Path]:
+def _snapshot_files(directory: str) -> list[str]:
+    """The snapshots in the run's checkpoint directory or store (a store that cannot be listed: none)."""
+    from wasmig.snapshot.stores import is_store_url, open_store
+
+    if is_store_url(directory):
+        try:
+            return open_store(directory).snapshots()
+        except SnapshotError:
+            return []
     try:
-        return sorted((directory / "snapshots").glob("*.snap"))
+        return [str(p) for p in sorted((Path(directory) / "snapshots").glob("*.snap"))]
     except OSError:
         return []
 

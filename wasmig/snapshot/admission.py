@@ -24,7 +24,7 @@ from wasmig.snapshot.store import read_sealed
 class Admitted:
     """A snapshot a restore may go on with: its file, the checksum that was checked, who sealed it."""
 
-    file: Path
+    file: Path | str  # a store URL names its snapshot by URL
     checksum: bytes
     verdict: Verdict
     manifest: dict[str, Any]

@@ -19,6 +19,10 @@ from wasmig.errors import SnapshotError
 from wasmig.snapshot.state import PAGE_SIZE
 
 DEFAULT_MAX_MEMORY = 1 << 30
+#: the largest snapshot file read from an object store (checked before it is downloaded): a
+#: manifest names each of up to 65536 pages per memory with a 67-byte msgpack string, so 4 GiB
+#: memories take 4.4 MB each; the rest (frames, globals, WASI state) is far smaller
+MAX_STORE_MANIFEST = 256 << 20
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 from concurrent.futures import wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from wasmig.hashing import blake3
 from wasmig.snapshot import packs
@@ -23,16 +23,30 @@ from wasmig.snapshot.state import PAGE_SIZE, SnapshotError
 _RESTORE_BATCH = 16  # pages per restore task
 
 
-class _PageSource:
-    """Resolves a manifest's page entries: ``None`` (zero), a hash (page store) or bytes (embedded)."""
+class PageReader(Protocol):
+    """Where a page store's compressed pages come from: a checkpoint directory's packs
+    (:class:`~wasmig.snapshot.packs.PackStore`) or an object store's page objects."""
 
-    def __init__(self, pages_dir: Path | None) -> None:
+    def read(self, h: str) -> tuple[bytes, str] | None: ...
+
+    def read_view(self, h: str) -> tuple[memoryview, str] | None: ...
+
+    def why_missing(self) -> str: ...
+
+
+class _PageSource:
+    """Resolves a manifest's page entries: ``None`` (zero), a hash (page store) or bytes (embedded).
+    ``reader``: where stored pages come from when not the packs of ``pages_dir``; ``where``: how
+    to name that store in errors."""
+
+    def __init__(self, pages_dir: Path | None, reader: PageReader | None = None, where: str | None = None) -> None:
         self.pages_dir = pages_dir
+        self._where = where if where is not None else str(pages_dir)
         self._cache: dict[str, bytes] = {}  # pages named more than once are read and verified once
         self._repeated: set[str] = set()
-        self._store: packs.PackStore | None = None
+        self._store: PageReader | None = reader
 
-    def _packs(self) -> packs.PackStore:
+    def _packs(self) -> PageReader:
         if self._store is None:
             if self.pages_dir is None or not self.pages_dir.is_dir():
                 raise SnapshotError("a page is missing: this snapshot references a page store and "
@@ -49,7 +63,7 @@ class _PageSource:
         store = self._packs()
         found = store.read(h)
         if found is None:
-            raise SnapshotError(f"page {h} is missing from the page store ({self.pages_dir}){store.why_missing()}")
+            raise SnapshotError(f"page {h} is missing from the page store ({self._where}){store.why_missing()}")
         comp, where = found
         page = _decompress_page(comp, where)
         if blake3(page).hexdigest() != h:
@@ -69,7 +83,7 @@ class _PageSource:
         store = self._packs()
         found = store.read_view(h)
         if found is None:
-            raise SnapshotError(f"page {h} is missing from the page store ({self.pages_dir}){store.why_missing()}")
+            raise SnapshotError(f"page {h} is missing from the page store ({self._where}){store.why_missing()}")
         comp, where = found
         _decompress_into(comp, target, where)
         if blake3(target).hexdigest() != h:

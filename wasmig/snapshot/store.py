@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from wasmig.files import PRIVATE_FILE_MODE
 from wasmig.snapshot import packs
@@ -69,6 +69,9 @@ from wasmig.snapshot.durable import unlink_quietly as _unlink_quietly
 from wasmig.snapshot.paged import PagedMemory, _GuardedPages, _PageSource
 from wasmig.snapshot.pagework import Fingerprints, MemoryPages, compressor, hash_and_store
 from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain, to_plain
+
+if TYPE_CHECKING:
+    from wasmig.snapshot.stores import SnapshotStore
 
 # the public API, and what the single-file export (wsnap) and the tests use from the modules above
 __all__ = ["CheckpointDir", "Container", "HASH_SIZE", "HEADER_SIZE", "MAGIC", "PagedMemory", "StagedWrite",
@@ -151,7 +154,11 @@ def _pages_dir_for(file: Path) -> Path:
 
 def load_snapshot(path: str | Path, expect: bytes | None = None) -> Snapshot:
     """Load a snapshot from a checkpoint directory (its latest), a snapshot file in one, a single
-    file, or a single-file export (.wsnap). ``expect``: see :func:`read_sealed`."""
+    file, or a single-file export (.wsnap), or a store URL (``s3://``, ``file://``: its latest, or
+    one of its snapshots). ``expect``: see :func:`read_sealed`."""
+    remote = _in_store(path)
+    if remote is not None:
+        return remote[0].load(remote[1], expect)
     path = Path(path)
     file = _guarded(path, "read snapshot", _resolve, path)
     from wasmig.snapshot import wsnap
@@ -168,6 +175,9 @@ def load_snapshot_deferred(path: str | Path,
     :class:`PagedMemory`, to be read when the restore writes them (a ``.wsnap`` is loaded whole:
     None). The path for a restore that does not need the memory as one ``bytes`` (on wasmtime,
     decompressing, joining and copying 79 MB of CPython memory took 0.4 s)."""
+    remote = _in_store(path)
+    if remote is not None:
+        return remote[0].load_deferred(remote[1], expect)
     path = Path(path)
     file = _guarded(path, "read snapshot", _resolve, path)
     from wasmig.snapshot import wsnap
@@ -201,12 +211,15 @@ def materialize(snap: Snapshot, pages: list[PagedMemory] | None) -> None:
         mem.data = image  # type: ignore[assignment]
 
 
-def read_sealed(path: str | Path) -> tuple[Path, Container]:
+def read_sealed(path: str | Path) -> tuple[Path | str, Container]:
     """The snapshot file ``path`` means (a checkpoint directory: its latest) and its container
     (for a .wsnap: the snapshot inside it), checked as a read checks it but no page read. A
     restore checks the seal and the memory size here, then loads the file with ``expect=`` the
     container's checksum: what it restores is what was checked, even if the file is replaced
-    in between."""
+    in between. A store URL gives the snapshot's URL (a str) in place of the file."""
+    remote = _in_store(path)
+    if remote is not None:
+        return remote[0].read_sealed(remote[1])
     path = Path(path)
     file = _guarded(path, "read snapshot", _resolve, path)
     from wasmig.snapshot import wsnap
@@ -218,6 +231,13 @@ def read_sealed(path: str | Path) -> tuple[Path, Container]:
             return _read_container(f, os.fstat(f.fileno()).st_size)
 
     return file, _guarded(file, "read snapshot", read)
+
+
+def _in_store(path: str | Path) -> tuple[SnapshotStore, str | None] | None:
+    """For a store URL: the store and the snapshot it names (None: the latest); else None."""
+    from wasmig.snapshot.stores import is_store_url, reader_for
+
+    return reader_for(str(path)) if is_store_url(path) else None
 
 
 def _resolve(path: Path) -> Path:

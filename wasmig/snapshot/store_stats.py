@@ -5,6 +5,7 @@ the store (:mod:`wasmig.snapshot.store`) it reports on."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from wasmig.hashing import blake3
 from wasmig.snapshot import packs
 from wasmig.snapshot.container import _guarded, _list_memories, _page_hashes, _read_manifest
 from wasmig.snapshot.state import SnapshotError
-from wasmig.snapshot.store import _HASH_RE, _SNAP_RE, CheckpointDir, _number, _pages_dir_for, _resolve
+from wasmig.snapshot.store import _HASH_RE, _SNAP_RE, CheckpointDir, _in_store, _number, _pages_dir_for, _resolve
 
 
 def storage_stats(path: str | Path) -> dict[str, Any]:
@@ -26,6 +27,9 @@ def storage_stats(path: str | Path) -> dict[str, Any]:
     ``pages_shared_with_previous``: distinct pages the previous snapshot also references, i.e.
     what this snapshot did not have to write.
     """
+    remote = _in_store(path)
+    if remote is not None:
+        return remote[0].storage_stats(remote[1])
     path = _guarded(Path(path), "read snapshot", _resolve, Path(path))
     from wasmig.snapshot import wsnap
 
@@ -34,32 +38,54 @@ def storage_stats(path: str | Path) -> dict[str, Any]:
 
     def compute() -> dict[str, Any]:
         manifest = _read_manifest(path)
-        entries = [e for m in _list_memories(manifest) for e in m]
-        for e in entries:
-            if not (e is None or isinstance(e, bytes) or isinstance(e, str) and _HASH_RE.fullmatch(e)):
-                raise SnapshotError("corrupt snapshot: a page entry is neither a hash nor a page")
-        distinct = {e if isinstance(e, str) else blake3(e).hexdigest() for e in entries if e is not None}
-        embedded = any(isinstance(e, bytes) for e in entries)
-        in_dir = path.parent.name == "snapshots" and not embedded
-        stats: dict[str, Any] = {
-            "layout": "checkpoint-dir" if in_dir else "single-file",
-            "pages_total": len(entries),
-            "pages_zero": sum(e is None for e in entries),
-            "pages_distinct": len(distinct),
-            "pages_repeated": sum(e is not None for e in entries) - len(distinct),
-            "snapshot_bytes": os.path.getsize(path),
-        }
-        if embedded:
-            stats["stored_bytes"] = sum(len(e) for e in entries if isinstance(e, bytes))
-            return stats
-        stats["stored_bytes"] = _stored_bytes(_pages_dir_for(path), distinct)
-        if in_dir:
-            prev = _previous(path)
-            if prev is not None:
-                stats["pages_shared_with_previous"] = len(distinct & _page_hashes(_read_manifest(prev)))
-        return stats
+        in_dir = path.parent.name == "snapshots"
+        prev = _previous(path) if in_dir else None
+        return manifest_stats(manifest, os.path.getsize(path), "checkpoint-dir" if in_dir else "single-file",
+                              lambda hashes: _stored_bytes(_pages_dir_for(path), hashes),
+                              (lambda: _read_manifest(prev)) if prev is not None else None)
 
     return _guarded(path, "read snapshot", compute)
+
+
+def manifest_stats(manifest: dict[str, Any], size: int, layout: str, stored_bytes: Callable[[set[str]], int],
+                   previous: Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
+    """:func:`storage_stats` of a manifest of ``size`` bytes in a store of ``layout``:
+    ``stored_bytes(hashes)`` sizes its pages in the store, ``previous()`` reads the snapshot
+    before it (None: there is none, or a single file)."""
+    entries = [e for m in _list_memories(manifest) for e in m]
+    for e in entries:
+        if not (e is None or isinstance(e, bytes) or isinstance(e, str) and _HASH_RE.fullmatch(e)):
+            raise SnapshotError("corrupt snapshot: a page entry is neither a hash nor a page")
+    distinct = {e if isinstance(e, str) else blake3(e).hexdigest() for e in entries if e is not None}
+    embedded = any(isinstance(e, bytes) for e in entries)
+    stats: dict[str, Any] = {
+        "layout": "single-file" if embedded else layout,
+        "pages_total": len(entries),
+        "pages_zero": sum(e is None for e in entries),
+        "pages_distinct": len(distinct),
+        "pages_repeated": sum(e is not None for e in entries) - len(distinct),
+        "snapshot_bytes": size,
+    }
+    if embedded:
+        stats["stored_bytes"] = sum(len(e) for e in entries if isinstance(e, bytes))
+        return stats
+    stats["stored_bytes"] = stored_bytes(distinct)
+    if previous is not None:
+        stats["pages_shared_with_previous"] = len(distinct & _page_hashes(previous()))
+    return stats
+
+
+def chain_entry(name: str, manifest: dict[str, Any], seen: set[str], stored_bytes: Callable[[set[str]], int],
+                size: int, this: bool) -> dict[str, Any]:
+    """One snapshot of :func:`checkpoint_chain` (``seen``: the pages of the earlier ones, updated)."""
+    hashes = _page_hashes(manifest)
+    new = hashes - seen
+    seen |= hashes
+    steps = manifest.get("steps")
+    return {"snapshot": name, "steps": steps if isinstance(steps, int) else None,
+            "pages_total": sum(len(m) for m in _list_memories(manifest)), "pages_new": len(new),
+            "new_bytes": stored_bytes({h for h in new if _HASH_RE.fullmatch(h)}), "snapshot_bytes": size,
+            "this": this}
 
 
 def checkpoint_chain(path: str | Path) -> list[dict[str, Any]] | None:
@@ -68,6 +94,9 @@ def checkpoint_chain(path: str | Path) -> list[dict[str, Any]] | None:
     still in the directory names (what it added to the store) and their stored bytes; None for a
     single-file snapshot. Each references the pages it shares with earlier ones, so deleting any
     snapshot file leaves the others whole (``wasmig gc`` then frees the pages nobody names)."""
+    remote = _in_store(path)
+    if remote is not None:
+        return remote[0].checkpoint_chain(remote[1])
     path = _guarded(Path(path), "read snapshot", _resolve, Path(path))
     if path.parent.name != "snapshots" or not _SNAP_RE.fullmatch(path.name):
         return None
@@ -75,18 +104,8 @@ def checkpoint_chain(path: str | Path) -> list[dict[str, Any]] | None:
 
     def compute() -> list[dict[str, Any]]:
         seen: set[str] = set()
-        chain = []
-        for snap in store.snapshots():
-            manifest = _read_manifest(snap)
-            hashes = _page_hashes(manifest)
-            new = hashes - seen
-            steps = manifest.get("steps")
-            chain.append({"snapshot": snap.name, "steps": steps if isinstance(steps, int) else None,
-                          "pages_total": sum(len(m) for m in _list_memories(manifest)), "pages_new": len(new),
-                          "new_bytes": _stored_bytes(store.pages_dir, {h for h in new if _HASH_RE.fullmatch(h)}),
-                          "snapshot_bytes": os.path.getsize(snap), "this": snap == path})
-            seen |= hashes
-        return chain
+        return [chain_entry(snap.name, _read_manifest(snap), seen, lambda h: _stored_bytes(store.pages_dir, h),
+                            os.path.getsize(snap), snap == path) for snap in store.snapshots()]
 
     return _guarded(path, "read snapshot", compute)
 

@@ -280,7 +280,7 @@ def storage_stats(path: Path) -> dict[str, Any]:
 # --- export -----------------------------------------------------------------------------------------
 @dataclass
 class ExportResult:
-    snapshot: Path  # the snapshot file exported
+    snapshot: Path | str  # the snapshot file exported (or its URL in a store)
     output: Path
     pages: int  # distinct non-zero pages in the file
     bytes: int  # size of the file
@@ -323,7 +323,22 @@ def export_snapshot(source: str | Path, output: str | Path, *, module: str | Non
     """Write the snapshot ``source`` (a checkpoint directory: its latest; or a snapshot file) with its
     pages and module to the .wsnap ``output``, atomically; refuses an existing ``output`` unless ``force``.
 
-    Every error is a one-line :class:`SnapshotError` naming the snapshot, a page or ``output``."""
+    Every error is a one-line :class:`SnapshotError` naming the snapshot, a page or ``output``.
+    A store URL (``s3://``, ``file://``) is first copied into a temporary checkpoint directory."""
+    from wasmig.snapshot.stores import is_store_url, locate, open_store
+
+    if is_store_url(source):
+        import tempfile
+
+        url, which = locate(str(source))
+        store = open_store(url)
+        with tempfile.TemporaryDirectory(prefix="wasmig-export-") as tmp:
+            try:
+                local = store.to_directory(which, Path(tmp) / "ck")  # type: ignore[attr-defined]
+            except OSError as e:
+                raise SnapshotError(f"{source}: cannot export snapshot: {_describe(e)}") from None
+            result = export_snapshot(local, output, module=module, force=force)
+            return ExportResult(str(which or store.latest()), result.output, result.pages, result.bytes)
     source, output = Path(source), Path(output)
     file = _guarded(source, "read snapshot", _resolve, source)
     plan = _guarded(file, "export snapshot", _plan_export, file, module)
@@ -452,13 +467,18 @@ def _publish(tmp: Path, output: Path, force: bool) -> None:
 
 
 # --- import -----------------------------------------------------------------------------------------
-def import_wsnap(source: str | Path, directory: str | Path) -> Path:
+def import_wsnap(source: str | Path, directory: str | Path) -> Path | str:
     """Unpack the .wsnap ``source`` into the checkpoint directory ``directory`` (created if missing)
-    as its next snapshot; return the new snapshot file's path.
+    as its next snapshot; return the new snapshot file's path (a store URL: the snapshot's URL,
+    published as any write there is: pages, module, the snapshot file last).
 
     Everything is verified before the directory is touched. Then, holding the directory's
     ``.gc-lock`` shared as any writer does: the pages the store lacks (each atomically, then their
     directories fsynced), the module copy, and last the snapshot file under the next free number."""
+    from wasmig.snapshot.stores import is_store_url, open_store
+
+    remote = is_store_url(directory)
+    store_url = str(directory)
     source, directory = Path(source), Path(directory)
     try:
         f = open(source, "rb")
@@ -466,6 +486,10 @@ def import_wsnap(source: str | Path, directory: str | Path) -> Path:
         raise SnapshotError(f"{source}: cannot read .wsnap: {_describe(e)}") from None
     with f:
         w, module_bytes = _guarded(source, "read .wsnap", _verify_all, f)
+        if remote:
+            pages = ((h, w.read_page(h)[0]) for h in sorted(w.pages))  # verified again as they are read
+            return _guarded(source, "import", open_store(store_url).import_sealed,  # type: ignore[no-any-return]
+                            w.snapshot_bytes, pages, w.manifest["module_sha256"], module_bytes)
         if directory.exists() and not directory.is_dir():
             raise SnapshotError(f"{directory}: not a directory")
         store = CheckpointDir(directory)

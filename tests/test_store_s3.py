@@ -1,0 +1,428 @@
+"""Snapshot stores in S3-compatible object storage (and on a shared filesystem), against a real
+S3 server: moto's standalone server, started once for the session on 127.0.0.1.
+
+Each test gets a bucket of its own. wasmig runs as a subprocess (``python -m wasmig``) that
+finds the server through ``WASMIG_S3_ENDPOINT`` and test credentials in the environment, with
+the AWS config files pointed away so that no user setting leaks in."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.snapshot_synth import make_snapshot
+from tests.wasi_harness import program
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 120.0
+#: migrate_work ROUNDS KIB SLEEP_MS: prints a checksum per round and sleeps in between (where a
+#: periodic checkpoint stops it at once); a 256 KiB heap, so a few pages change per round
+WORK = ["24", "256", "60"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server on loopback for the whole session; the environment pointed at it."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    assert host == "127.0.0.1"
+    endpoint = f"http://127.0.0.1:{port}"
+    aws = tmp_path_factory.mktemp("aws")
+    saved = {k: os.environ.get(k) for k in ("WASMIG_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE",
+                                            "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
+    os.environ.update(WASMIG_S3_ENDPOINT=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_CONFIG_FILE=str(aws / "config"), AWS_SHARED_CREDENTIALS_FILE=str(aws / "credentials"),
+                      AWS_DEFAULT_REGION="us-east-1")
+    for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        os.environ.pop(k, None)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture()
+def s3(s3_endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture()
+def bucket(s3: Any) -> str:
+    name = f"wasmig-test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def keys_of(s3: Any, bucket: str, prefix: str = "") -> dict[str, int]:
+    """Every object of ``bucket`` under ``prefix``: key -> size."""
+    out: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    return out
+
+
+def wasmig(args: list[Any], *, tmp_path: Path, timeout: float = TIMEOUT,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                    WASMIG_RUNTIME_DIR=str(runtime), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "wasmig", *map(str, args)], capture_output=True, timeout=timeout,
+                          env=full_env, stdin=subprocess.DEVNULL)
+
+
+def one_line_error(p: subprocess.CompletedProcess[bytes]) -> str:
+    """The run failed with exactly one line on stderr, ``wasmig: error: ...``, and no traceback."""
+    text = p.stderr.decode()
+    assert p.returncode != 0, text
+    assert text.startswith("wasmig: error: ") and text.count("\n") == 1 and "Traceback" not in text, text
+    return text
+
+
+# --- run, restore, inspect --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_periodic_checkpoints_to_s3_restore_on_both_engines(s3: Any, bucket: str, tmp_path: Path) -> None:
+    wasm = program("migrate_work")
+    full = wasmig(["run", "--engine", "wasmtime", wasm, *WORK], tmp_path=tmp_path)
+    assert full.returncode == 0 and full.stdout.endswith(b"\n") and full.stdout.startswith(b"round 0"), full.stderr
+    url = f"s3://{bucket}/runs/work"
+    run = wasmig(["run", "--engine", "wasmtime", "--checkpoint-dir", url, "--checkpoint-every", "0.3", wasm, *WORK],
+                 tmp_path=tmp_path)
+    assert (run.returncode, run.stdout, run.stderr) == (0, full.stdout, b"")
+    snaps = sorted(k for k in keys_of(s3, bucket, "runs/work/snapshots/"))
+    assert len(snaps) >= 2, f"--checkpoint-every 0.3 wrote {snaps}"
+    assert snaps[0] == "runs/work/snapshots/000001.snap"
+    module_keys = [k for k in keys_of(s3, bucket, ".wasmig/modules/")]
+    assert len(module_keys) == 1, module_keys
+    middle = f"s3://{bucket}/{snaps[len(snaps) // 2]}"
+    outputs = {}
+    for engine in ("interp", "wasmtime"):
+        restored = wasmig(["restore", "--engine", engine, middle], tmp_path=tmp_path)
+        assert restored.returncode == 0 and restored.stderr == b"", restored.stderr
+        outputs[engine] = restored.stdout
+    assert outputs["interp"] == outputs["wasmtime"]
+    assert outputs["interp"] and full.stdout.endswith(outputs["interp"]) and outputs["interp"] != full.stdout
+    # the store URL alone means its latest snapshot, and a restore may checkpoint into S3 again
+    again = wasmig(["restore", "--checkpoint-dir", f"s3://{bucket}/runs/again", "--checkpoint-every", "0.3", url],
+                   tmp_path=tmp_path)
+    assert again.returncode == 0 and full.stdout.endswith(again.stdout), again.stderr
+
+    inspected = wasmig(["inspect", "--json", "--verify", url], tmp_path=tmp_path)
+    assert inspected.returncode == 0, inspected.stderr
+    summary = json.loads(inspected.stdout)
+    assert summary["pages"]["layout"] == "object-store"
+    assert summary["signature"]["own_key"] is True
+    chain = summary["chain"]
+    assert [c["snapshot"] for c in chain] == [k.rsplit("/", 1)[1] for k in snaps]
+    assert chain[-1]["this"] and chain[0]["pages_new"] > 0
+    pages = keys_of(s3, bucket, ".wasmig/pages/")
+    assert sum(c["pages_new"] for c in chain) == len(pages), "each page of the chain is stored once"
+    assert sum(c["new_bytes"] for c in chain) == sum(pages.values())
+
+
+def test_file_store_runs_restores_and_shares_pages_below_its_root(tmp_path: Path) -> None:
+    """``file://``: the object layout on a (shared) filesystem; stores below a directory holding
+    ``.wasmig/`` share its pages."""
+    root = tmp_path / "shared"
+    (root / ".wasmig").mkdir(parents=True)
+    wasm = program("migrate_work")
+    args = ["6", "256", "0"]
+    full = wasmig(["run", wasm, *args], tmp_path=tmp_path)
+    for job in ("a", "b"):
+        run = wasmig(["run", "--engine", "interp", "--checkpoint-dir", f"file://{root}/jobs/{job}",
+                      "--checkpoint-at-step", "3000", "--checkpoint-then", "exit", wasm, *args], tmp_path=tmp_path)
+        assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in (root / "jobs" / "a" / "snapshots").iterdir()) == ["000001.snap"]
+    pages = list((root / ".wasmig" / "pages").iterdir())
+    from wasmig.snapshot.stores import open_store
+
+    a, b = open_store(f"file://{root}/jobs/a"), open_store(f"file://{root}/jobs/b")
+    named = {h for store in (a, b) for m in store.load_deferred()[1] or [] for h in m.entries if isinstance(h, str)}
+    assert {p.name for p in pages} == named, "two runs in the same state: every page stored once"
+    restored = wasmig(["restore", f"file://{root}/jobs/b"], tmp_path=tmp_path)
+    assert restored.returncode == 0 and restored.stdout and full.stdout.endswith(restored.stdout), restored.stderr
+
+
+def test_export_from_s3_and_import_into_s3(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """``export s3://...`` writes the .wsnap a local export would; ``import FILE s3://...``
+    publishes it as the store's next snapshot, which restores."""
+    wasm = program("migrate_work")
+    args = ["6", "256", "0"]
+    full = wasmig(["run", wasm, *args], tmp_path=tmp_path)
+    url = f"s3://{bucket}/exp"
+    run = wasmig(["run", "--engine", "interp", "--checkpoint-dir", url, "--checkpoint-at-step", "3000",
+                  "--checkpoint-then", "exit", wasm, *args], tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "x.wsnap"
+    exported = wasmig(["export", "-o", out, url], tmp_path=tmp_path)
+    assert exported.returncode == 0 and out.is_file(), exported.stderr
+    assert f"exported s3://{bucket}/exp/snapshots/000001.snap".encode() in exported.stderr
+    local = wasmig(["restore", out], tmp_path=tmp_path)
+    assert local.returncode == 0 and local.stdout and full.stdout.endswith(local.stdout), local.stderr
+    imported = wasmig(["import", out, f"s3://{bucket}/imp"], tmp_path=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.decode().strip() == f"s3://{bucket}/imp/snapshots/000001.snap"
+    assert s3.get_object(Bucket=bucket, Key="imp/snapshots/000001.snap")["Body"].read() == \
+        s3.get_object(Bucket=bucket, Key="exp/snapshots/000001.snap")["Body"].read(), "the sealed bytes, unchanged"
+    again = wasmig(["restore", f"s3://{bucket}/imp"], tmp_path=tmp_path)
+    assert (again.returncode, again.stdout) == (0, local.stdout), again.stderr
+    assert "no such bucket" in one_line_error(wasmig(["import", out, "s3://no-such-bucket-here/x"],
+                                                     tmp_path=tmp_path))
+
+
+# --- dedup ---------------------------------------------------------------------------------------------
+def test_two_programs_of_one_module_share_pages_in_the_bucket(s3: Any, bucket: str, tmp_path: Path) -> None:
+    wasm = program("migrate_work")
+    written = {}
+    for job, rounds in (("a", "40"), ("b", "41")):  # different arguments, the same module and heap contents
+        run = wasmig(["run", "--engine", "interp", "--checkpoint-dir", f"s3://{bucket}/jobs/{job}",
+                      "--checkpoint-at-step", "3000", "--checkpoint-then", "exit", wasm, rounds, "256", "0"],
+                     tmp_path=tmp_path)
+        assert run.returncode == 0, run.stderr
+        written[job] = keys_of(s3, bucket, ".wasmig/pages/")
+    from wasmig.snapshot.stores import open_store
+
+    distinct = {job: {h for m in open_store(f"s3://{bucket}/jobs/{job}").load_deferred()[1] or []
+                      for h in m.entries if isinstance(h, str)} for job in ("a", "b")}
+    shared = distinct["a"] & distinct["b"]
+    assert len(shared) >= 4, "the two runs have pages in common"
+    assert len(written["b"]) == len(distinct["a"] | distinct["b"]), "each distinct page is stored once per bucket"
+    assert len(written["b"]) - len(written["a"]) == len(distinct["b"] - distinct["a"]), "b uploaded only its own"
+    assert len(keys_of(s3, bucket, ".wasmig/modules/")) == 1
+    print(f"[s3] dedup: a {len(distinct['a'])} pages, b {len(distinct['b'])}, shared {len(shared)}; "
+          f"bucket holds {len(written['b'])} objects ({sum(written['b'].values())} bytes)")
+
+
+# --- gc --------------------------------------------------------------------------------------------------
+def test_gc_keeps_referenced_pages_and_removes_unreferenced_after_the_grace_period(
+        s3: Any, bucket: str, tmp_path: Path) -> None:
+    from wasmig.snapshot.stores import open_store
+
+    store = open_store(f"s3://{bucket}/gc")
+    first = store.write(make_snapshot(1, pages=24))
+    second = store.write(make_snapshot(2, pages=24))
+    other = open_store(f"s3://{bucket}/other")
+    other.write(make_snapshot(3, pages=8))
+    keep = {h for loc in (second,) for m in store.load_deferred(loc)[1] or [] for h in m.entries if isinstance(h, str)}
+    keep |= {h for m in other.load_deferred()[1] or [] for h in m.entries if isinstance(h, str)}
+    first_key = first.split("/", 3)[3]
+    first_bytes = s3.get_object(Bucket=bucket, Key=first_key)["Body"].read()
+    s3.delete_object(Bucket=bucket, Key=first_key)  # the user drops the first snapshot
+    before = set(keys_of(s3, bucket, ".wasmig/pages/"))
+    doomed = {k.rsplit("/", 1)[1] for k in before} - keep
+    assert doomed, "the first snapshot had pages of its own"
+
+    young = wasmig(["gc", f"s3://{bucket}/gc"], tmp_path=tmp_path)  # default grace: an hour
+    assert young.returncode == 0 and b"set aside 0" in young.stdout, young.stdout + young.stderr
+    assert set(keys_of(s3, bucket, ".wasmig/pages/")) == before
+
+    aside = wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)
+    assert aside.returncode == 0, aside.stderr
+    assert f"set aside {len(doomed)} ".encode() in aside.stdout, aside.stdout
+    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/pages/")} == keep
+    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/fossils/")} == doomed
+    # a snapshot published meanwhile naming a set-aside page (a writer that saw it before gc did):
+    # it reads, and the next gc puts the page back instead of deleting it
+    s3.put_object(Bucket=bucket, Key=first_key, Body=first_bytes)
+    assert store.load(first).memories[0].data == make_snapshot(1, pages=24).memories[0].data
+    back = wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)
+    assert back.returncode == 0 and f"{len(doomed)} named again".encode() in back.stdout, back.stdout
+    assert not keys_of(s3, bucket, ".wasmig/fossils/")
+    s3.delete_object(Bucket=bucket, Key=first_key)
+    wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)  # set aside again
+    removed = wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)
+    assert removed.returncode == 0 and f"removed {len(doomed)} unreferenced".encode() in removed.stdout
+    assert not keys_of(s3, bucket, ".wasmig/fossils/")
+    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/pages/")} == keep
+    assert store.load(second).memories[0].data == make_snapshot(2, pages=24).memories[0].data
+    assert other.load().memories[0].data == make_snapshot(3, pages=8).memories[0].data
+
+
+# --- atomicity --------------------------------------------------------------------------------------------
+_KILLED_WRITER = """
+import sys, time
+from tests.snapshot_synth import make_snapshot
+from wasmig.snapshot.stores import open_store
+from wasmig.snapshot.stores.objects import ObjectStore
+
+def publish_never(self, chunks):
+    print("pages uploaded", flush=True)
+    time.sleep(600)
+
+store = open_store(sys.argv[1])
+store.write(make_snapshot(5, pages=4))
+ObjectStore._publish = publish_never
+store.write(make_snapshot(6, pages=32))
+"""
+
+
+def test_a_writer_killed_before_its_manifest_leaves_no_snapshot(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """kill -9 after the pages went up and before the manifest did: readers see the earlier
+    snapshot only; the orphaned pages are gc's (after the grace period)."""
+    url = f"s3://{bucket}/crash"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, url], stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"pages uploaded\n"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    from wasmig.snapshot.stores import open_store
+
+    store = open_store(url)
+    assert [s.rsplit("/", 1)[1] for s in store.snapshots()] == ["000001.snap"]
+    assert store.load().memories[0].data == make_snapshot(5, pages=4).memories[0].data
+    pages = keys_of(s3, bucket, ".wasmig/pages/")
+    named = {h for m in store.load_deferred()[1] or [] for h in m.entries if isinstance(h, str)}
+    orphans = {k.rsplit("/", 1)[1] for k in pages} - named
+    assert orphans, "the killed writer had uploaded its pages"
+    stats = store.gc(grace_s=0)
+    assert stats["pages_set_aside"] == len(orphans) and stats["pages_kept"] == len(named)
+
+
+def test_a_failed_manifest_upload_publishes_nothing(s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wasmig.errors import SnapshotError
+    from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.s3 import S3Objects
+
+    store = open_store(f"s3://{bucket}/fail")
+
+    def refuse(self: S3Objects, key: str, data: bytes) -> bool:
+        raise SnapshotError(f"{self.location(key)}: cannot write: injected failure")
+
+    monkeypatch.setattr(S3Objects, "put_new", refuse)
+    with pytest.raises(SnapshotError, match="injected failure"):
+        store.write(make_snapshot(7, pages=8))
+    assert store.snapshots() == [] and not keys_of(s3, bucket, "fail/")
+    assert keys_of(s3, bucket, ".wasmig/pages/"), "the pages went first"
+
+
+def test_concurrent_writers_get_distinct_numbers(bucket: str) -> None:
+    from wasmig.snapshot.stores import open_store
+
+    a, b = open_store(f"s3://{bucket}/race"), open_store(f"s3://{bucket}/race")
+    staged = [a.stage(make_snapshot(8, pages=4)), b.stage(make_snapshot(9, pages=4))]
+    locations = [s.commit() for s in staged]  # both computed the same next number; the second moves on
+    assert [x.rsplit("/", 1)[1] for x in locations] == ["000001.snap", "000002.snap"]
+    assert a.load(locations[1]).memories[0].data == make_snapshot(9, pages=4).memories[0].data
+
+
+# --- untrusted bytes ------------------------------------------------------------------------------------
+def test_a_tampered_page_is_refused(s3: Any, bucket: str, tmp_path: Path) -> None:
+    import zstandard
+
+    from wasmig.errors import SnapshotError
+    from wasmig.snapshot.stores import open_store
+
+    url = f"s3://{bucket}/tamper"
+    store = open_store(url)
+    store.write(make_snapshot(10, pages=8))
+    key = sorted(keys_of(s3, bucket, ".wasmig/pages/"))[0]
+    s3.put_object(Bucket=bucket, Key=key, Body=zstandard.ZstdCompressor().compress(b"\1" * 65536))
+    with pytest.raises(SnapshotError, match="hash mismatch"):
+        store.load()
+    assert "hash mismatch" in one_line_error(wasmig(["inspect", url], tmp_path=tmp_path))
+    s3.put_object(Bucket=bucket, Key=key, Body=b"\0" * (3 * 65536))  # larger than any page: not even downloaded
+    with pytest.raises(SnapshotError, match="more than the 131072"):
+        store.load()
+
+
+def test_a_tampered_manifest_is_refused_and_the_seal_covers_it(s3: Any, bucket: str, tmp_path: Path) -> None:
+    from wasmig.snapshot.stores import open_store
+
+    url = f"s3://{bucket}/seal"
+    location = open_store(url).write(make_snapshot(11, pages=4))
+    key = location.split("/", 3)[3]
+    data = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data[40] ^= 1
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    assert "checksum mismatch" in one_line_error(wasmig(["inspect", url], tmp_path=tmp_path))
+
+
+# --- bad URLs -----------------------------------------------------------------------------------------------
+def test_bad_store_urls_are_one_line_errors(s3_endpoint: str, bucket: str, tmp_path: Path) -> None:
+    wasm = program("hello")
+    cases = {
+        "s3://Bad_Bucket/x": "not an S3 store URL",
+        "s3://no-such-bucket-here/x": "no such bucket",
+        "ftp://host/x": "unknown store URL scheme",
+        "file://host/x": "file:///absolute/path",
+    }
+    for url, why in cases.items():
+        p = wasmig(["run", "--checkpoint-dir", url, "--checkpoint-every", "1", wasm], tmp_path=tmp_path)
+        assert why in one_line_error(p), url
+    unreachable = wasmig(["run", "--checkpoint-dir", f"s3://{bucket}/x", wasm], tmp_path=tmp_path,
+                         env={"WASMIG_S3_ENDPOINT": f"http://127.0.0.1:{_free_port()}"})
+    assert "Could not connect" in one_line_error(unreachable)
+    assert "has no snapshots" in one_line_error(wasmig(["restore", f"s3://{bucket}/empty"], tmp_path=tmp_path))
+    assert "no such bucket" in one_line_error(wasmig(["gc", "s3://no-such-bucket-here"], tmp_path=tmp_path))
+    assert "no such bucket" in one_line_error(wasmig(["inspect", "s3://no-such-bucket-here/x"], tmp_path=tmp_path))
+
+
+def test_objects_are_size_checked_before_download(s3: Any, bucket: str) -> None:
+    from wasmig.errors import SnapshotError
+    from wasmig.snapshot.stores.s3 import S3Objects
+
+    s3.put_object(Bucket=bucket, Key="big", Body=b"x" * 100_000)
+    backend = S3Objects.from_url(f"s3://{bucket}")
+    assert backend.get("big", 100_000) == b"x" * 100_000
+    with pytest.raises(SnapshotError, match="100000 bytes, more than the 99999"):
+        backend.get("big", 99_999)
+    assert backend.get("missing", 10) is None
+
+
+def test_checkpoint_pid_into_s3(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """``wasmig checkpoint PID`` of a run that checkpoints into S3 prints the new snapshot's URL."""
+    wasm = program("migrate_work")
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = dict(os.environ, PYTHONPATH=str(REPO), WASMIG_RUNTIME_DIR=str(runtime))
+    run = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", "wasmtime", "--checkpoint-dir",
+                            f"s3://{bucket}/pid", wasm, "400", "256", "50"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    try:
+        assert run.stdout is not None
+        run.stdout.readline()  # running
+        deadline = time.monotonic() + 30
+        while not (runtime / f"{run.pid}.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        asked = subprocess.run([sys.executable, "-m", "wasmig", "checkpoint", str(run.pid)], capture_output=True,
+                               env=env, timeout=TIMEOUT)
+        assert asked.returncode == 0, asked.stderr
+        assert asked.stdout.decode().strip() == f"s3://{bucket}/pid/snapshots/000001.snap"
+    finally:
+        run.kill()
+        run.wait()
+    assert list(keys_of(s3, bucket, "pid/snapshots/")) == ["pid/snapshots/000001.snap"]
+

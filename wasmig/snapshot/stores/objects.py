@@ -1,0 +1,470 @@
+"""Snapshots in an object store (S3, or a shared filesystem laid out the same way).
+
+Layout (docs/stores.md), for a store ``s3://bucket/prefix``:
+
+- ``prefix/snapshots/NNNNNN.snap``: the sealed snapshot files, byte for byte what a checkpoint
+  directory holds (the seal covers the manifest, which names pages by BLAKE3);
+- ``.wasmig/pages/<blake3>``: one zstd frame per 64 KiB page, content-addressed and shared by
+  every store of the bucket, so identical pages of any programs and checkpoints are stored once;
+- ``.wasmig/modules/<sha256>.wasm``: the modules, by hash, also shared;
+- ``.wasmig/fossils/<blake3>``: pages ``gc`` set aside (see :meth:`ObjectStore.gc`).
+
+Writes are atomic for readers: new pages go first, the snapshot file last, claimed under the
+next free number with a conditional put, so a writer killed at any point leaves no snapshot
+visible (only pages no manifest names, which ``gc`` removes). A reader lists snapshot files only.
+
+One object per page rather than packs: a write uploads only the pages the bucket lacks (checked
+with HEAD, in parallel), reads fetch exactly the pages they need, and ``gc`` deletes objects
+without rewriting any; the cost is a request per new page (measured in docs/stores.md).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wasmig.errors import SnapshotError
+from wasmig.hashing import blake3
+from wasmig.snapshot.container import (
+    _HASH_RE,
+    _decompress_page,
+    _encode,
+    _guarded,
+    _page_hashes,
+    _read_container,
+)
+from wasmig.snapshot.limits import MAX_STORE_MANIFEST
+from wasmig.snapshot.packs import MAX_COMPRESSED_PAGE
+from wasmig.snapshot.paged import PagedMemory, _GuardedPages, _PageSource
+from wasmig.snapshot.pagework import Fingerprints, hash_and_store
+from wasmig.snapshot.state import from_plain, to_plain
+from wasmig.snapshot.stores import DEFAULT_GC_GRACE_S, SnapshotStore, StagedSnapshot
+from wasmig.snapshot.stores.backend import ObjectBackend
+
+if TYPE_CHECKING:
+    from wasmig.module import Module
+    from wasmig.snapshot.container import Container
+    from wasmig.snapshot.state import Snapshot
+    from wasmig.snapshot.store import WriteStats
+
+SHARED = ".wasmig/"
+PAGES = SHARED + "pages/"
+FOSSILS = SHARED + "fossils/"
+MODULES = SHARED + "modules/"
+_SNAP_KEY_RE = re.compile(r"(?:.*/)?snapshots/(\d{6,})\.snap")
+_FIRST_NUMBER = 1
+#: a writer publishes a snapshot only if every page it names was seen stored (or uploaded) at
+#: most this long before: ``gc``'s grace period must be longer (docs/stores.md, "gc")
+MAX_WRITE_S = DEFAULT_GC_GRACE_S / 2
+#: a page seen stored longer ago than this is looked at again by the next write
+_RECHECK_S = MAX_WRITE_S / 2
+_IO_THREADS = 16  # requests in flight for a write or a gc
+_IMPORT_BATCH = 256  # pages held in memory at once by an import
+
+
+class _MemorySink:
+    """Collects the pages a write must upload (the guest is stopped while they are produced)."""
+
+    def __init__(self) -> None:
+        self.pages: list[tuple[str, bytes]] = []
+
+    def append_many(self, pages: list[tuple[str, bytes]]) -> None:
+        self.pages += pages
+
+
+class _ObjectPages:
+    """A :class:`~wasmig.snapshot.paged.PageReader` over page objects (falling back to a fossil:
+    a page ``gc`` set aside is still readable until the next ``gc`` finds it referenced)."""
+
+    def __init__(self, backend: ObjectBackend) -> None:
+        self._backend = backend
+
+    def read(self, h: str) -> tuple[bytes, str] | None:
+        for key in (PAGES + h, FOSSILS + h):
+            data = self._backend.get(key, MAX_COMPRESSED_PAGE)
+            if data is not None:
+                return data, f"page {self._backend.location(key)}"
+        return None
+
+    def read_view(self, h: str) -> tuple[memoryview, str] | None:
+        found = self.read(h)
+        return None if found is None else (memoryview(found[0]), found[1])
+
+    def why_missing(self) -> str:
+        return ""
+
+
+class _ObjectPagedMemory(_GuardedPages):
+    """A memory's deferred pages from an object store: read with as many requests in flight as a
+    write has (a page is a GET, bound by latency, not a ``pread``: two at a time, one per core,
+    left a restore waiting on the network)."""
+
+    def copy_into(self, target: memoryview | int, pages: Any, threads: int | None = None) -> None:
+        super().copy_into(target, pages, _IO_THREADS if threads is None else threads)
+
+
+class _ObjectStaged(StagedSnapshot):
+    def __init__(self, store: ObjectStore, pages: list[tuple[str, bytes]], named: set[str], chunks: list[bytes],
+                 prints: list[Fingerprints], stats: WriteStats, started: float) -> None:
+        self._store, self._pages, self._named, self._chunks = store, pages, named, chunks
+        self._prints, self.stats, self._started = prints, stats, started
+        self._done = False
+
+    def commit(self) -> str:
+        if self._done:
+            raise SnapshotError(f"{self._store.url}: this write was committed or aborted already")
+        self._done = True
+        store = self._store
+        uploaded, present, nbytes = store._upload_pages(self._pages)
+        self.stats.pages_new = uploaded
+        self.stats.pages_deduplicated += present
+        self.stats.page_bytes_written = nbytes
+        oldest = min((store._seen.get(h, 0.0) for h in self._named), default=time.monotonic())
+        if time.monotonic() - oldest > MAX_WRITE_S:
+            raise SnapshotError(f"{store.url}: cannot write snapshot: it took longer than {MAX_WRITE_S:.0f} s, "
+                                "so gc may have collected pages it names; not published")
+        location = store._publish(self._chunks)
+        store._prior = self._prints
+        self.stats.snapshot_bytes = sum(len(c) for c in self._chunks)
+        self.stats.seconds = time.perf_counter() - self._started
+        store.last_stats = self.stats
+        return location
+
+    def abort(self) -> None:
+        self._done = True
+        self._pages = []
+
+
+class ObjectStore(SnapshotStore):
+    """The snapshots of one program under ``prefix/`` of an object backend, pages shared at the top."""
+
+    def __init__(self, url: str, backend: ObjectBackend, threads: int | None = None, level: int = 1) -> None:
+        self.url = url.rstrip("/")
+        self.backend = backend
+        self.threads = threads
+        self.level = level
+        self.last_stats: WriteStats | None = None
+        #: page hash -> when (monotonic) this process last saw it stored or stored it
+        self._seen: dict[str, float] = {}
+        self._seen_lock = threading.Lock()
+        self._prior: list[Fingerprints] | None = None
+
+    # --- reading ---------------------------------------------------------------------------------
+    def snapshots(self) -> list[str]:
+        found = []
+        for info in self.backend.listing(self.backend.prefix + "snapshots/"):
+            m = _SNAP_KEY_RE.fullmatch(info.key)
+            if m and info.key == f"{self.backend.prefix}snapshots/{m.group(1)}.snap":
+                found.append((int(m.group(1)), info.key))
+        return [self.backend.location(k) for _, k in sorted(found)]
+
+    def _key(self, which: str | None) -> tuple[str, str]:
+        location = self._which(which)
+        key = self.backend.key_of(location)
+        if key is None or not _SNAP_KEY_RE.fullmatch(key):
+            raise SnapshotError(f"{location}: not a snapshot of {self.url}")
+        return location, key
+
+    def read_sealed(self, which: str | None = None) -> tuple[str, Container]:
+        location, key = self._key(which)
+        return location, self._container(location, key)
+
+    def _container(self, location: str, key: str) -> Container:
+        def read() -> Container:
+            data = self.backend.get(key, MAX_STORE_MANIFEST)
+            if data is None:
+                raise SnapshotError("no such snapshot")
+            return _read_container(io.BytesIO(data), len(data))
+
+        return _guarded(location, "read snapshot", read)  # type: ignore[arg-type]
+
+    def _manifest(self, which: str | None, expect: bytes | None) -> tuple[str, dict[str, Any]]:
+        location, key = self._key(which)
+        container = self._container(location, key)
+        if expect is not None and container.checksum != expect:
+            raise SnapshotError(f"{location}: snapshot changed after its signature was checked")
+        return location, container.manifest
+
+    def _source(self) -> _PageSource:
+        return _PageSource(None, _ObjectPages(self.backend), self.backend.location(PAGES).rstrip("/"))
+
+    def load(self, which: str | None = None, expect: bytes | None = None) -> Snapshot:
+        location, manifest = self._manifest(which, expect)
+        source = self._source()
+        return _guarded(location, "read snapshot", from_plain, manifest, source.memory)  # type: ignore[arg-type]
+
+    def load_deferred(self, which: str | None = None,
+                      expect: bytes | None = None) -> tuple[Snapshot, list[PagedMemory] | None]:
+        location, manifest = self._manifest(which, expect)
+        source = self._source()
+        pages: list[PagedMemory] = []
+
+        def defer(index: int, raw: Any, size_pages: int) -> None:
+            pages.append(source.deferred(index, raw, size_pages))
+
+        snap = _guarded(location, "read snapshot", from_plain, manifest, defer)  # type: ignore[arg-type]
+        return snap, [_ObjectPagedMemory(location, p) for p in pages]  # type: ignore[arg-type]
+
+    def _head(self, key: str) -> int:
+        info = self.backend.head(key)
+        return 0 if info is None else info.size
+
+    def _stored_bytes(self, hashes: set[str]) -> int:
+        """What these pages take in the bucket (HEAD each, in parallel; a missing one counts nothing)."""
+        if not hashes:
+            return 0
+        with ThreadPoolExecutor(min(_IO_THREADS, len(hashes)), thread_name_prefix="wasmig-head") as pool:
+            return sum(pool.map(lambda h: self._head(PAGES + h), sorted(hashes)))
+
+    def storage_stats(self, which: str | None = None) -> dict[str, Any]:
+        from wasmig.snapshot.store_stats import manifest_stats
+
+        location, key = self._key(which)
+        manifest = self._container(location, key).manifest
+        earlier = [s for s in self.snapshots() if self._number(s) < self._number(location)]
+        previous = (lambda: self._manifest(earlier[-1], None)[1]) if earlier else None
+        return _guarded(location, "read snapshot", manifest_stats,  # type: ignore[arg-type]
+                        manifest, self._head(key), "object-store", self._stored_bytes, previous)
+
+    def checkpoint_chain(self, which: str | None = None) -> list[dict[str, Any]] | None:
+        from wasmig.snapshot.store_stats import chain_entry
+
+        location, _ = self._key(which)
+        seen: set[str] = set()
+        chain = []
+        for snap in self.snapshots():
+            snap_key = self.backend.key_of(snap) or ""
+            manifest = self._container(snap, snap_key).manifest
+            chain.append(_guarded(snap, "read snapshot", chain_entry,  # type: ignore[arg-type]
+                                  snap_key.rsplit("/", 1)[-1], manifest, seen, self._stored_bytes,
+                                  self._head(snap_key), snap == location))
+        return chain
+
+    def has_page(self, h: str) -> bool:
+        return self.backend.head(PAGES + h) is not None
+
+    def read_page(self, h: str) -> bytes:
+        found = _ObjectPages(self.backend).read(h)
+        if found is None:
+            raise SnapshotError(f"page {h} is missing from {self.backend.location(PAGES)}")
+        page = _decompress_page(*found)
+        if blake3(page).hexdigest() != h:
+            raise SnapshotError(f"{found[1]} is corrupt (hash mismatch)")
+        return page
+
+    def module_bytes(self, sha256: str) -> bytes | None:
+        import hashlib
+
+        from wasmig.snapshot.wsnap import MAX_MODULE_BYTES
+
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise SnapshotError(f"{sha256!r} is not a module's sha256")
+        key = f"{MODULES}{sha256}.wasm"
+        data = self.backend.get(key, MAX_MODULE_BYTES)
+        if data is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise SnapshotError(f"{self.backend.location(key)} is corrupt (sha256 mismatch)")
+        return data
+
+    # --- writing ---------------------------------------------------------------------------------
+    def _known(self, h: str) -> bool:
+        seen = self._seen.get(h)
+        return seen is not None and time.monotonic() - seen < _RECHECK_S
+
+    def stage(self, snapshot: Snapshot) -> StagedSnapshot:
+        from wasmig.snapshot.store import WriteStats, _memory_buffers, _validate_for_write
+
+        t0 = time.perf_counter()
+        memories = _memory_buffers(snapshot)
+        _validate_for_write(to_plain(snapshot, lambda i, _data: []))
+        sink = _MemorySink()
+        lists, prints, tally = hash_and_store(memories, self._prior, self._known, sink, self.level, self.threads)
+        pause = time.perf_counter() - t0
+        chunks = _encode(to_plain(snapshot, lambda i, _data: lists[i]))
+        stats = WriteStats(pages_total=tally.total, pages_zero=tally.zero, pages_new=tally.new,
+                           pages_deduplicated=tally.deduplicated, pause_seconds=pause)
+        named = {h for hashes in lists for h in hashes if h is not None}
+        return _ObjectStaged(self, sink.pages, named, chunks, prints, stats, t0)
+
+    def _upload_pages(self, pages: list[tuple[str, bytes]]) -> tuple[int, int, int]:
+        """Upload the pages the backend lacks; (uploaded, already present, bytes uploaded)."""
+        def one(item: tuple[str, bytes]) -> int:
+            h, comp = item
+            if self.backend.head(PAGES + h) is None:
+                self.backend.put(PAGES + h, comp)
+                sent = len(comp)
+            else:
+                sent = -1
+            with self._seen_lock:
+                self._seen[h] = time.monotonic()
+            return sent
+
+        if not pages:
+            return 0, 0, 0
+        with ThreadPoolExecutor(min(_IO_THREADS, len(pages)), thread_name_prefix="wasmig-upload") as pool:
+            sent = list(pool.map(one, pages))
+        uploaded = [n for n in sent if n >= 0]
+        return len(uploaded), len(sent) - len(uploaded), sum(uploaded)
+
+    def _publish(self, chunks: list[bytes]) -> str:
+        """The snapshot file under the next free number, never replacing another writer's."""
+        data = b"".join(chunks)
+        snaps = self.snapshots()
+        n = self._number(snaps[-1]) + 1 if snaps else _FIRST_NUMBER
+        for _ in range(1000):
+            key = f"{self.backend.prefix}snapshots/{n:06d}.snap"
+            if self.backend.put_new(key, data):
+                return self.backend.location(key)
+            n += 1
+        raise SnapshotError(f"{self.url}: cannot write snapshot: no free snapshot number found")
+
+    def _number(self, location: str) -> int:
+        key = self.backend.key_of(location) or ""
+        m = _SNAP_KEY_RE.fullmatch(key)
+        return int(m.group(1)) if m else 0
+
+    def put_module(self, module: Module) -> str:
+        from wasmig.errors import WasmError
+
+        try:  # a module not read at start is read now, unchanged since (else an error)
+            key = f"{MODULES}{module.sha256}.wasm"
+            data = module.data if self.backend.head(key) is None else None
+        except WasmError as e:
+            raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
+        if data is not None:
+            self.backend.put(key, data)
+        return self.backend.location(key)
+
+    def check_writable(self) -> None:
+        self.backend.check()
+
+    # --- export and import (.wsnap) ---------------------------------------------------------------
+    def import_sealed(self, snapshot_bytes: bytes, pages: Iterable[tuple[str, bytes]], module_sha256: str,
+                      module_bytes: bytes) -> str:
+        """Publish an already sealed snapshot (a verified .wsnap's): its pages the bucket lacks,
+        in batches, then the module, then the snapshot file last; its location."""
+        batch: list[tuple[str, bytes]] = []
+        for item in pages:
+            batch.append(item)
+            if len(batch) >= _IMPORT_BATCH:
+                self._upload_pages(batch)
+                batch = []
+        self._upload_pages(batch)
+        key = f"{MODULES}{module_sha256}.wasm"
+        if self.backend.head(key) is None:
+            self.backend.put(key, module_bytes)
+        return self._publish([snapshot_bytes])
+
+    def to_directory(self, which: str | None, directory: Path) -> Path:
+        """Copy a snapshot, the pages it names (each verified) and its module into a new local
+        checkpoint directory (for ``export``); the snapshot file's path there."""
+        from wasmig.snapshot import packs
+        from wasmig.snapshot.durable import mkdirs_durable
+        from wasmig.snapshot.stores.local import write_module_file
+
+        location, key = self._key(which)
+        raw = self.backend.get(key, MAX_STORE_MANIFEST)
+        if raw is None:
+            raise SnapshotError(f"{location}: no such snapshot")
+        manifest = _guarded(location, "read snapshot",  # type: ignore[arg-type]
+                            lambda: _read_container(io.BytesIO(raw), len(raw)).manifest)
+        (directory / "snapshots").mkdir(parents=True, exist_ok=True, mode=0o700)
+        mkdirs_durable(directory / "pages")
+        writer = packs.PackWriter(directory / "pages")
+        source = _ObjectPages(self.backend)
+        try:
+            for h in sorted(_page_hashes(manifest)):
+                found = source.read(h)
+                if found is None:
+                    raise SnapshotError(f"{location}: page {h} is missing from {self.backend.location(PAGES)}")
+                if blake3(_decompress_page(*found)).hexdigest() != h:
+                    raise SnapshotError(f"{found[1]} is corrupt (hash mismatch)")
+                writer.append(h, found[0])
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        sha = manifest.get("module_sha256")
+        module = self.module_bytes(sha) if isinstance(sha, str) else None
+        if module is not None:
+            write_module_file(directory, sha, module)
+        file = directory / "snapshots" / key.rsplit("/", 1)[-1]
+        file.write_bytes(raw)
+        return file
+
+    # --- collecting ------------------------------------------------------------------------------
+    def all_manifests(self) -> list[str]:
+        """The keys of every snapshot file of the bucket (or root), whatever store wrote it."""
+        return sorted(i.key for i in self.backend.listing("")
+                      if not i.key.startswith(SHARED) and _SNAP_KEY_RE.fullmatch(i.key))
+
+    def referenced_pages(self) -> set[str]:
+        """Every page any snapshot of the bucket names; a snapshot that cannot be read stops gc."""
+        out: set[str] = set()
+        for key in self.all_manifests():
+            location = self.backend.location(key)
+            hashes = _guarded(location, "read snapshot",  # type: ignore[arg-type]
+                              lambda k=key, loc=location: _page_hashes(self._container(loc, k).manifest))
+            if any(not _HASH_RE.fullmatch(h) for h in hashes):
+                raise SnapshotError(f"{location}: corrupt snapshot: a page entry is not a hash")
+            out |= hashes
+        return out
+
+    def gc(self, *, dry_run: bool = False, grace_s: float | None = None) -> dict[str, int]:
+        """Collect the bucket's pages in two steps a grace period apart, without a lock.
+
+        Mark: every snapshot file of the bucket is read (its pages are referenced). Then each
+        fossil (a page an earlier gc set aside) that is referenced again is moved back, and one
+        set aside more than ``grace_s`` ago and still unreferenced is deleted; each unreferenced
+        page older than ``grace_s`` is set aside as a fossil (readers still find it there).
+        Why that is safe with writers running (docs/stores.md): a writer names only pages it saw
+        stored or uploaded at most :data:`MAX_WRITE_S` before publishing, which is less than the
+        grace period; so a page set aside after a writer saw it is named by a snapshot that
+        exists by the time the fossil is old enough to delete, and the next gc moves it back."""
+        grace = DEFAULT_GC_GRACE_S if grace_s is None else grace_s
+        if grace < 0:
+            raise SnapshotError("the gc grace period cannot be negative")
+        started = time.time()
+        referenced = self.referenced_pages()
+        stats = {"snapshots": len(self.all_manifests()), "pages_kept": 0, "pages_removed": 0, "bytes_removed": 0,
+                 "pages_set_aside": 0, "pages_restored": 0, "temp_files_removed": 0}
+        cutoff = started - grace
+        work: list[tuple[str, str, str]] = []  # (operation, key, other key)
+        pages = {i.key[len(PAGES):]: i for i in self.backend.listing(PAGES)}
+        for info in self.backend.listing(FOSSILS):
+            h = info.key[len(FOSSILS):]
+            if h in referenced:
+                stats["pages_restored"] += 1
+                work.append(("delete", info.key, "") if h in pages else ("move", info.key, PAGES + h))
+            elif info.modified < cutoff:
+                stats["pages_removed"] += 1
+                stats["bytes_removed"] += info.size
+                work.append(("delete", info.key, ""))
+        for h, info in pages.items():
+            if h in referenced or info.modified >= cutoff:
+                stats["pages_kept"] += 1
+            else:
+                stats["pages_set_aside"] += 1
+                work.append(("move", info.key, FOSSILS + h))
+        if dry_run:
+            return stats
+
+        def run(op: tuple[str, str, str]) -> None:
+            if op[0] == "delete":
+                self.backend.delete(op[1])
+            else:
+                self.backend.move(op[1], op[2])
+
+        if work:
+            with ThreadPoolExecutor(min(_IO_THREADS, len(work)), thread_name_prefix="wasmig-gc") as pool:
+                list(pool.map(run, work))
+        stats["temp_files_removed"] = self.backend.stale_temporaries(3600.0)
+        return stats
+
+    def describe(self) -> str:
+        return self.url
