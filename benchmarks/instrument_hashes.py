@@ -46,7 +46,8 @@ def corpus(skip_big: bool) -> list[tuple[str, Path]]:
             out.append((f"program:{name}", real_programs.obtain(name)))
         except real_programs.ProgramUnavailable as e:
             print(f"{name}: unavailable ({e}); left out", file=sys.stderr)
-    for src in sorted((REPO / "benchmarks" / "kernels").glob("*.c")) + sorted((REPO / "tests" / "programs").glob("*.c")):
+    sources = sorted((REPO / "benchmarks" / "kernels").glob("*.c")) + sorted((REPO / "tests" / "programs").glob("*.c"))
+    for src in sources:
         try:
             out.append((f"c:{src.parent.name}/{src.name}", compile_c(src, opt="-O2")))
         except ToolchainError:  # a program needing flags of its own (threads): left out

@@ -283,11 +283,11 @@ def encode_code_entry(f: Function) -> bytes:
     return _code(f)
 
 
-def encode_code_entry_ops(locals_decl: list[tuple[int, ValType]], ops: Iterable[Sequence]) -> bytes:
-    """:func:`encode_code_entry` of a body given as :func:`encode_ops` sequences."""
-    body = bytearray(_vec(locals_decl, lambda loc: encode_u(loc[0]) + bytes((_valtype(loc[1]),))))
-    encode_ops(body, ops)
-    return encode_u(len(body)) + body
+def encode_code_entry_raw(locals_decl: list[tuple[int, ValType]], body: bytes) -> bytes:
+    """:func:`encode_code_entry` of a body already encoded (its instructions, final ``end``
+    included): what a pass that emits encoded instructions has."""
+    entry = _vec(locals_decl, lambda loc: encode_u(loc[0]) + bytes((_valtype(loc[1]),))) + body
+    return encode_u(len(entry)) + entry
 
 
 def _code(f: Function) -> bytes:
@@ -392,6 +392,38 @@ def encode_ops(out: bytearray, ops: Iterable[Sequence]) -> None:
             cache.clear()
         cache[key] = bytes(one)
         out += one
+
+
+def encoded_instr(op: int, imm: object) -> bytes:
+    """The encoding of one instruction, memoised like :func:`encode_ops`'s."""
+    key = (op, imm)
+    try:
+        return _ENCODED[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable immediate (a list): not cached
+        one = bytearray()
+        _encode_instr(one, op, imm)
+        return bytes(one)
+    one = bytearray()
+    _encode_instr(one, op, imm)
+    if len(_ENCODED) >= _ENCODED_MAX:
+        _ENCODED.clear()
+    done = _ENCODED[key] = bytes(one)
+    return done
+
+
+def encode_each(instrs: Iterable[Instr]) -> list[bytes]:
+    """The encoding of each instruction, memoised like :func:`encode_ops`'s."""
+    cache = _ENCODED
+    out = []
+    append = out.append
+    for ins in instrs:
+        try:
+            append(cache[(ins.op, ins.imm)])
+        except (KeyError, TypeError):
+            append(encoded_instr(ins.op, ins.imm))
+    return out
 
 
 def _encode_instr(out: bytearray, op: int, imm: object) -> None:

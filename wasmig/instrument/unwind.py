@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wasmig.binary.blocks import match_blocks
-from wasmig.binary.encoder import encode_code_entry, encode_code_entry_ops, encode_module
+from wasmig.binary.encoder import encode_code_entry, encode_code_entry_raw, encode_module, encoded_instr
 from wasmig.binary.ir import (
     CustomSection,
     Data,
@@ -51,9 +51,10 @@ from wasmig.binary.opcodes import memarg
 from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
 from wasmig.instrument.callgraph import call_graph
+from wasmig.instrument.emit import Code, OriginalCode
 from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
-from wasmig.instrument.origins import origin_tags, pack_origins
+from wasmig.instrument.origins import pack_origins
 from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
 
 # control memory layout
@@ -72,9 +73,10 @@ NEVER = 1 << 62
 _NOT_VERBATIM = frozenset((0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0x0E, 0x40, 0xFC09, 0xFC0D))
 #: opcodes the normal body's emitter (:meth:`_FunctionRewriter._emit_range`) looks at: those and calls
 _SPECIAL = _NOT_VERBATIM | {0x10, 0x11}
-#: an instruction the pass emits: ``[op, imm, origin]`` (origin: the original offset, or -1); a
-#: tuple where the same instructions are emitted many times (never mutated once emitted)
-Emitted = list | tuple
+#: opcodes the rewind copy's walk (:meth:`_FunctionRewriter._rewind_body`) looks at: those, `else`,
+#: and the instructions after which code is unreachable (the validator's flag changes only at
+#: these and at constructs); runs of other instructions are copied whole
+_WALKED = _SPECIAL | {0x00, 0x05, 0x0F}
 #: the globals the pass adds, from ``globals_base``: $state, $steps, $stop_at, then the largest
 #: record's size in bytes and in pages + 1 (immutable)
 MAX_RECORD_GLOBAL, MAX_RECORD_PAGES_GLOBAL = 3, 4
@@ -149,13 +151,11 @@ class _FunctionRewriter:
         self.addr_local = self._new_local("i32")
         self.skip_local = self._new_local("i32")  # rewind copy: 1 while skipping to the resume site
         self.spills: dict[tuple[int, str], int] = {}
-        #: local j -> the three instructions storing it into its record slot (shared, never mutated)
-        self.slot_stores: dict[int, tuple[Emitted, ...]] = {}
+        #: local j -> the three instructions storing it into its record slot, encoded
+        self.slot_stores: dict[int, bytes] = {}
         self.temps: dict[str, list[int]] = {}
-        #: the code being emitted: ``[op, imm, origin]`` lists (:data:`Emitted`), not :class:`Instr`
-        #: objects -- the pass emits ten instructions per original one and an Instr costs three
-        #: times a list to make; encoded straight from these by :func:`_encode_function`
-        self.out: list[Emitted] = []
+        #: the code being emitted, encoded as it is emitted (:mod:`wasmig.instrument.emit`)
+        self.out = Code()
         #: the labels of the code being emitted, outermost first: True for a label of the original
         #: body (branches are renumbered through it), False for one the pass added
         self.labels: list[bool] = []
@@ -167,6 +167,10 @@ class _FunctionRewriter:
         self.unreachable = info.unreachable  # type: ignore[attr-defined]
         self.end_of, self.else_of = match_blocks(body)
         self.live = live_locals_of(info, body)  # locals live before each instruction (bit sets)
+        self.original = OriginalCode(body)  # runs copied unchanged are slices of it
+        #: the instructions the emitters look at, ascending; those between are copied as runs
+        self.special_at = [k for k, ins in enumerate(body) if ins.op in _SPECIAL]
+        self.walked_at = [k for k, ins in enumerate(body) if ins.op in _WALKED]
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
 
     # --- locals -----------------------------------------------------------------------------
@@ -187,20 +191,21 @@ class _FunctionRewriter:
         return pool[k]
 
     # --- emission helpers ---------------------------------------------------------------------
-    def emit(self, op: int, imm: object = None, origin: int = -1) -> Emitted:
+    def emit(self, op: int, imm: object = None, origin: int = -1) -> None:
         """Append an instruction; ``origin``: the offset of the original instruction it copies
         (-1 for one the pass adds), kept for trap reports (:mod:`wasmig.instrument.origins`)."""
-        ins = [op, imm, origin]
-        self.out.append(ins)
-        return ins
+        self.out.add(op, imm, origin)
 
-    def open(self, op: int, imm: object, original: bool) -> Emitted:
+    def open(self, op: int, imm: object, original: bool, origin: int = -1) -> int:
+        """Open a construct; returns its place in ``self.out.chunks`` (a guard's block type is
+        known only when it closes: :meth:`_rewind_body` overwrites it there)."""
         self.labels.append(original)
-        return self.emit(op, imm)
+        self.out.add(op, imm, origin)
+        return len(self.out.chunks) - 1
 
-    def close(self) -> None:
+    def close(self, origin: int = -1) -> None:
         self.labels.pop()
-        self.emit(0x0B)
+        self.out.add(0x0B, None, origin)
 
     def label(self, depth: int) -> int:
         """The new relative depth of the original body's label ``depth``."""
@@ -290,16 +295,19 @@ class _FunctionRewriter:
         self.emit(0x41, 0)
         self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
         self.emit(0x21, a)
-        out, stores = self.out, self.slot_stores
-        for j in sorted({*site.live, *site.spills, *site.arg_spills}):
+        chunks, stores = self.out.chunks, self.slot_stores
+        slots = sorted({*site.live, *site.spills, *site.arg_spills})
+        for j in slots:
             code = stores.get(j)
             if code is None:  # made once per slot: most of a big function's sites store the same locals
                 op, align = _STORE[self.local_types[j]]
-                code = stores[j] = ((0x20, a, -1), (0x20, j, -1), (op, self.ctl_memarg(align, 8 + 8 * j), -1))
-            out += code
+                code = stores[j] = (encoded_instr(0x20, a) + encoded_instr(0x20, j)
+                                    + encoded_instr(op, self.ctl_memarg(align, 8 + 8 * j)))
+            chunks.append(code)
+        self.out.tags += bytes(3 * len(slots))
         self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
 
-    def _framed(self, inner: list[Emitted], results: list[str], after_body: Callable[[], None]) -> list[Emitted]:
+    def _framed(self, inner: Code, results: list[str], after_body: Callable[[], None]) -> Code:
         """A function's code around ``inner`` (the code inside its own label) and the header
         writer after $unwind::
 
@@ -312,11 +320,11 @@ class _FunctionRewriter:
             end
         """
         p = self.p
-        self.out = []
+        self.out = Code()
         self.emit(0x02, p.block_type([], results))  # $done
         self.emit(0x02, None)  # $unwind
         self.emit(0x02, p.block_type([], results))  # the function's own label
-        self.out += inner
+        self.out.extend(inner)
         self.emit(0x0B)
         after_body()
         self.emit(0x0B)  # end $unwind
@@ -396,20 +404,18 @@ class _FunctionRewriter:
     def plain(self, ins: Instr) -> None:
         """An instruction that is neither a site nor a construct holding one: copied, with its
         branch depths renumbered and segment drops recorded."""
-        op, imm = ins.op, ins.imm
+        op, imm, origin = ins.op, ins.imm, ins.offset
         if op not in _NOT_VERBATIM:  # most instructions: copied as they are
-            self.out.append([op, imm, ins.offset])
-            return
-        first = len(self.out)
-        if op in (0x02, 0x03, 0x04):
-            self.open(op, imm, True)
+            self.emit(op, imm, origin)
+        elif op in (0x02, 0x03, 0x04):
+            self.open(op, imm, True, origin)
         elif op == 0x0B:
-            self.close()
+            self.close(origin)
         elif op in (0x0C, 0x0D):
-            self.emit(op, self.label(imm))
+            self.emit(op, self.label(imm), origin)
         elif op == 0x0E:
             labels, default = imm
-            self.emit(op, (tuple(self.label(x) for x in labels), self.label(default)))
+            self.emit(op, (tuple(self.label(x) for x in labels), self.label(default)), origin)
         elif op == 0x40:  # memory.grow: publish the new size (the old one stays the result)
             self.emit(op, imm, ins.offset)
             self.emit(0x41, 0)
@@ -424,12 +430,11 @@ class _FunctionRewriter:
                 self.emit(0x41, 1)
                 self.emit(0x3A, self.ctl_memarg(0, slot))  # i32.store8 $ctl
         else:
-            self.emit(op, imm)
-        self.out[first][2] = ins.offset
+            self.emit(op, imm, origin)
 
     # --- the function -------------------------------------------------------------------------
-    def rewrite(self) -> tuple[Function, Function]:  # bodies of Emitted, not Instr
-        """The instrumented function and its rewind copy.
+    def rewrite(self) -> tuple[_Rewritten, _Rewritten]:
+        """The instrumented function and its rewind copy, encoded.
 
         The copy is a function of its own (type ``[] -> results``, every local of the function
         a local), called directly by its caller's rewind copy at the record's call site — or
@@ -444,9 +449,9 @@ class _FunctionRewriter:
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
 
         rewind = self._rewind_body()
-        self.out = []
+        self.out = Code()
         self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
-        self.out += rewind
+        self.out.extend(rewind)
         self.emit(0x0C, 3)  # the copy's results straight to $done
         self.emit(0x0B)
         self._write_all_slots()  # the copy is cold: one writer for all its sites keeps it small
@@ -454,16 +459,19 @@ class _FunctionRewriter:
         copy_body = self._framed(self.out, results, lambda: self.emit(0x0C, 1))  # the results to $done
 
         added = [(1, t) for t in self.local_types[self.num_locals:]]
-        new = Function(self.func.type_idx, list(self.func.locals) + added, body)
+        new = _Rewritten(self.func.type_idx, encode_code_entry_raw(list(self.func.locals) + added, body.body()),
+                         body.origin_entry())
         # the copy has no parameters (it reloads every local): the function's are its first locals
-        rewind_copy = Function(p.func_type_index([], results), _grouped(self.local_types), copy_body)
+        rewind_copy = _Rewritten(p.func_type_index([], results),
+                                 encode_code_entry_raw(_grouped(self.local_types), copy_body.body()),
+                                 copy_body.origin_entry())
         p.layouts[self.func_idx] = FunctionLayout(self.func_idx, self.num_locals, list(self.local_types),
                                                   8 + 8 * len(self.local_types))
         return new, rewind_copy
 
-    def _normal_body(self) -> list[Instr]:
+    def _normal_body(self) -> Code:
         """The original body with polls, post-call checks and spills (allocates the sites)."""
-        self.out = []
+        self.out = Code()
         self.labels = [False, False, True]  # $done, $unwind, the function's label
         self.unwind_label = _UNWIND_LABEL
         body = self.func.body
@@ -479,16 +487,17 @@ class _FunctionRewriter:
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
         has_site = self.has_site
-        append = self.out.append
-        emitted_to = -1  # an unrolled loop emitted body[..emitted_to] at once
-        for i in range(start, end):
-            if i <= emitted_to:
-                continue
+        special_at, copy = self.special_at, self.original.copy
+        k = bisect_left(special_at, start)
+        copied_to = start  # body[start:copied_to] is emitted
+        while k < len(special_at) and special_at[k] < end:
+            i = special_at[k]
+            k += 1
+            if i > copied_to:  # the plain instructions before it, copied unchanged in one run
+                copy(self.out, copied_to, i)
+            copied_to = i + 1
             ins = body[i]
             op = ins.op
-            if op not in _SPECIAL:  # most instructions: copied as they are (see :meth:`plain`)
-                append([op, ins.imm, ins.offset])
-                continue
             live = not unreachable[i]
             base = ctl[-1].base if ctl else 0
             if op in (0x02, 0x03, 0x04):
@@ -501,7 +510,8 @@ class _FunctionRewriter:
                 if op == 0x03 and live and self._unrollable(i):
                     self._unrolled_loop(i, ins, stack, entry_height, ctl)
                     self._push_back_buried(_Ctl("loop", i, entry_height, buried, tuple(result_types)))
-                    emitted_to = self.end_of[i]
+                    copied_to = self.end_of[i] + 1  # the loop was emitted whole
+                    k = bisect_left(special_at, copied_to)
                     continue
                 self.open(op, ins.imm, True)
                 ctl.append(_Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types)))
@@ -526,6 +536,8 @@ class _FunctionRewriter:
                     self.post_call_check(site, below[base:], list(callee.results), base, after)
             else:
                 self.plain(ins)
+        if end > copied_to:
+            copy(self.out, copied_to, end)
 
     def _every_iteration_calls(self, i: int) -> bool:
         """Whether the fast variant may leave loop ``i`` without a header poll: every iteration
@@ -679,11 +691,11 @@ class _FunctionRewriter:
             self.emit(0x20, j)
             self.emit(op, self.ctl_memarg(align, 8 + 8 * j))
 
-    def _rewind_body(self) -> list[Instr]:
+    def _rewind_body(self) -> Code:
         """The copy run by a frame being rewound: it reloads the frame's locals from its record,
         skips (without side effects) to the site the record names, re-enters the call there (or,
         innermost, ends the rewind) and from then on runs as the normal body does."""
-        self.out = []
+        self.out = Code()
         self.labels = [False, False, True, False]  # ..., the arm, $copy_unwind
         self.unwind_label = _COPY_UNWIND_LABEL
         body = self.func.body
@@ -699,7 +711,7 @@ class _FunctionRewriter:
             return sites[lo][1], sites[hi - 1][1]
 
         levels: list[_Ctl] = []  # the constructs holding a site the copy is inside
-        segment: list[object] | None = None  # [the guard `if`, its params] while a segment is open
+        segment: tuple[int, list[str]] | None = None  # (the guard `if`'s chunk, its params) while a segment is open
         plain_depth = 0  # plain constructs open inside the current segment
         raw_depth = -1  # >= 0: copying dead code after an unconditional branch, at that nesting
 
@@ -712,8 +724,7 @@ class _FunctionRewriter:
                 params = self.known_types(stack_before[i][base():])
                 self.emit(0x20, self.skip_local)
                 self.emit(0x45)  # i32.eqz: not skipping -> run the segment
-                guard = self.open(0x04, None, False)
-                segment = [guard, params]
+                segment = (self.open(0x04, None, False), params)
 
         def close_segment(j: int) -> None:
             nonlocal segment
@@ -721,14 +732,29 @@ class _FunctionRewriter:
                 return
             guard, params = segment
             results = self.known_types(stack_before[j][base():])
-            guard[1] = self.p.block_type(params, results)
+            self.out.chunks[guard] = encoded_instr(0x04, self.p.block_type(params, results))
             self.emit(0x05)
-            self.drop(len(params))  # type: ignore[arg-type]
+            self.drop(len(params))
             self.zeros(results)
             self.close()
             segment = None
 
-        for i, ins in enumerate(body[:-1]):
+        walked_at, copy = self.walked_at, self.original.copy
+        last = len(body) - 1  # the final `end` is the framing's
+        copied_to = 0  # body[:copied_to] is walked
+        for i in walked_at + [last]:
+            if i > copied_to:  # a run of plain instructions: copied whole, in the state the walk is in
+                if raw_depth < 0 and plain_depth == 0:
+                    if unreachable[copied_to]:
+                        close_segment(copied_to)
+                        raw_depth = 0
+                    else:
+                        open_segment(copied_to)
+                copy(self.out, copied_to, i)
+            if i == last:
+                break
+            copied_to = i + 1
+            ins = body[i]
             op = ins.op
             if raw_depth >= 0:
                 if op in (0x05, 0x0B) and raw_depth == 0:
@@ -794,7 +820,7 @@ class _FunctionRewriter:
                 self.plain(ins)
         close_segment(len(body) - 1)
         walked = self.out
-        self.out = []  # the prologue last: it reloads every local the walk may have added
+        self.out = Code()  # the prologue last: it reloads every local the walk may have added
         self._rewind_prologue()
         self.emit(0x20, self.site_local)
         self.emit(0x41, self.site_at[(-1, "entry")])
@@ -802,7 +828,8 @@ class _FunctionRewriter:
         self.open(0x04, None, False)
         self._finish_rewind()
         self.close()
-        return self.out + walked
+        self.out.extend(walked)
+        return self.out
 
     def _rewind_prologue(self) -> None:
         """Pop this frame's record: $site and every canonical local and spill local."""
@@ -1017,9 +1044,13 @@ class _FunctionRewriter:
         self.emit(0x10, self.p.header_func)
 
 
-def _encode_function(f: Function) -> bytes:
-    """The code-section entry of a rewritten function, whose body is :data:`Emitted` lists."""
-    return encode_code_entry_ops(f.locals, f.body)
+@dataclass
+class _Rewritten:
+    """A function as the pass built it: its type, its code-section entry and its origin tags."""
+
+    type_idx: int
+    code: bytes
+    origins: bytes
 
 
 def _grouped(types: list[str]) -> list[tuple[int, str]]:
@@ -1181,10 +1212,10 @@ def instrument(module: object, *, count_steps: bool = True,
         cached_live = info.live
         new, copy = _FunctionRewriter(p, n_imported + k, f, info).rewrite()
         info.live = cached_live  # what the rewriter computed is dropped unless it was there before
-        code.append(_encode_function(new))
-        copies.append(_encode_function(copy))
-        origins.append(origin_tags([ins[2] for ins in new.body]))
-        copy_origins.append(origin_tags([ins[2] for ins in copy.body]))
+        code.append(new.code)
+        copies.append(copy.code)
+        origins.append(new.origins)
+        copy_origins.append(copy.origins)
         shells.append(Function(new.type_idx, [], []))
         copy_shells.append(Function(copy.type_idx, [], []))
     if progress is not None:
