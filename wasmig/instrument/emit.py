@@ -32,6 +32,19 @@ def origin_tag(offset: int) -> bytes:
     return _TAGS[n] if n < 1 << 14 else encode_u(n)
 
 
+#: the encodings of the (opcode, immediate) pairs emitted so far: ten emitted instructions per
+#: original one are mostly the same few thousand pairs. Bounded: cleared when full.
+_ENCODED: dict[tuple[int, object], bytes] = {}
+_ENCODED_MAX = 1 << 18
+
+
+def _remember(op: int, imm: object) -> bytes:
+    if len(_ENCODED) >= _ENCODED_MAX:
+        _ENCODED.clear()
+    encoded = _ENCODED[(op, imm)] = encoded_instr(op, imm)
+    return encoded
+
+
 class Code:
     """A stretch of emitted code: its encoded instructions (``chunks``: an instruction, a run of
     them, or a placeholder filled in later) and one origin tag per instruction (``tags``)."""
@@ -43,7 +56,15 @@ class Code:
         self.tags = bytearray()
 
     def add(self, op: int, imm: object = None, origin: int = -1) -> None:
-        self.chunks.append(encoded_instr(op, imm))
+        """Append an instruction; ``origin``: the offset of the original instruction it copies
+        (-1 for one the pass adds), kept for trap reports (:mod:`wasmig.instrument.origins`)."""
+        try:
+            encoded = _ENCODED[(op, imm)]
+        except KeyError:
+            encoded = _remember(op, imm)
+        except TypeError:  # an unhashable immediate
+            encoded = encoded_instr(op, imm)
+        self.chunks.append(encoded)
         if origin < 0:
             self.tags.append(0)
         else:

@@ -26,7 +26,7 @@ What it adds (none of it part of the canonical state):
 from __future__ import annotations
 
 import dataclasses
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -156,6 +156,7 @@ class _FunctionRewriter:
         self.temps: dict[str, list[int]] = {}
         #: the code being emitted, encoded as it is emitted (:mod:`wasmig.instrument.emit`)
         self.out = Code()
+        self.emit = self.out.add
         #: the labels of the code being emitted, outermost first: True for a label of the original
         #: body (branches are renumbered through it), False for one the pass added
         self.labels: list[bool] = []
@@ -191,10 +192,14 @@ class _FunctionRewriter:
         return pool[k]
 
     # --- emission helpers ---------------------------------------------------------------------
-    def emit(self, op: int, imm: object = None, origin: int = -1) -> None:
-        """Append an instruction; ``origin``: the offset of the original instruction it copies
-        (-1 for one the pass adds), kept for trap reports (:mod:`wasmig.instrument.origins`)."""
-        self.out.add(op, imm, origin)
+    def _start_code(self) -> Code:
+        """Emit into new code from here; returns the code emitted so far. ``self.emit(op, imm,
+        origin)`` appends an instruction to ``self.out``: the bound :meth:`Code.add`, not a method
+        that calls it, as the pass emits ten instructions per original one."""
+        done = self.out
+        self.out = Code()
+        self.emit = self.out.add
+        return done
 
     def open(self, op: int, imm: object, original: bool, origin: int = -1) -> int:
         """Open a construct; returns its place in ``self.out.chunks`` (a guard's block type is
@@ -320,7 +325,7 @@ class _FunctionRewriter:
             end
         """
         p = self.p
-        self.out = Code()
+        self._start_code()
         self.emit(0x02, p.block_type([], results))  # $done
         self.emit(0x02, None)  # $unwind
         self.emit(0x02, p.block_type([], results))  # the function's own label
@@ -449,7 +454,7 @@ class _FunctionRewriter:
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
 
         rewind = self._rewind_body()
-        self.out = Code()
+        self._start_code()
         self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
         self.out.extend(rewind)
         self.emit(0x0C, 3)  # the copy's results straight to $done
@@ -471,7 +476,7 @@ class _FunctionRewriter:
 
     def _normal_body(self) -> Code:
         """The original body with polls, post-call checks and spills (allocates the sites)."""
-        self.out = Code()
+        self._start_code()
         self.labels = [False, False, True]  # $done, $unwind, the function's label
         self.unwind_label = _UNWIND_LABEL
         body = self.func.body
@@ -653,9 +658,12 @@ class _FunctionRewriter:
             self.emit(0x20, self.temp(t, k))
 
     def _constructs_with_sites(self, body: list[Instr]) -> dict[int, bool]:
+        """Construct start -> whether a loop or a call lies in it (or it is a loop)."""
+        at = [k for k in self.special_at if body[k].op in (0x03, 0x10, 0x11)]  # ascending
         out: dict[int, bool] = {}
         for start, end in self.end_of.items():
-            out[start] = body[start].op == 0x03 or any(body[k].op in (0x03, 0x10, 0x11) for k in range(start + 1, end))
+            k = bisect_right(at, start)
+            out[start] = body[start].op == 0x03 or (k < len(at) and at[k] < end)
         return out
 
     def _call_shape(self, ins: Instr, stack: list[str | None]) -> tuple[str, list[str], list[str], FuncType]:
@@ -695,7 +703,7 @@ class _FunctionRewriter:
         """The copy run by a frame being rewound: it reloads the frame's locals from its record,
         skips (without side effects) to the site the record names, re-enters the call there (or,
         innermost, ends the rewind) and from then on runs as the normal body does."""
-        self.out = Code()
+        self._start_code()
         self.labels = [False, False, True, False]  # ..., the arm, $copy_unwind
         self.unwind_label = _COPY_UNWIND_LABEL
         body = self.func.body
@@ -819,8 +827,7 @@ class _FunctionRewriter:
                 open_segment(i)
                 self.plain(ins)
         close_segment(len(body) - 1)
-        walked = self.out
-        self.out = Code()  # the prologue last: it reloads every local the walk may have added
+        walked = self._start_code()  # the prologue last: it reloads every local the walk may have added
         self._rewind_prologue()
         self.emit(0x20, self.site_local)
         self.emit(0x41, self.site_at[(-1, "entry")])
