@@ -166,8 +166,8 @@ class _FunctionRewriter:
         body = func.body
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
         self.unreachable = info.unreachable  # type: ignore[attr-defined]
-        self.end_of, self.else_of = match_blocks(body)
-        self.live = live_locals_of(info, body)  # locals live before each instruction (bit sets)
+        blocks = self.end_of, self.else_of = match_blocks(body)
+        self.live = live_locals_of(info, body, blocks)  # locals live before each instruction (bit sets)
         self.original = OriginalCode(body)  # runs copied unchanged are slices of it
         #: the instructions the emitters look at, ascending; those between are copied as runs
         self.special_at = [k for k, ins in enumerate(body) if ins.op in _SPECIAL]
