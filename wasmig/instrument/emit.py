@@ -45,6 +45,15 @@ def _remember(op: int, imm: object) -> bytes:
     return encoded
 
 
+def encode_seq(*instrs: tuple[int, object] | tuple[int]) -> bytes:
+    """The encoding of a sequence of ``(op, imm)`` (or ``(op,)``) instructions, for
+    :meth:`Code.add_encoded`."""
+    return b"".join(encoded_instr(ins[0], ins[1] if len(ins) > 1 else None) for ins in instrs)
+
+
+_ZERO_TAGS = [bytes(n) for n in range(64)]
+
+
 class Code:
     """A stretch of emitted code: its encoded instructions (``chunks``: an instruction, a run of
     them, or a placeholder filled in later) and one origin tag per instruction (``tags``)."""
@@ -71,9 +80,10 @@ class Code:
             self.tags += origin_tag(origin)
 
     def add_encoded(self, encoded: bytes, count: int) -> None:
-        """``count`` added instructions already encoded together (a sequence emitted many times)."""
+        """``count`` instructions the pass adds, already encoded together (:func:`encode_seq`:
+        a sequence emitted many times)."""
         self.chunks.append(encoded)
-        self.tags += bytes(count)
+        self.tags += _ZERO_TAGS[count] if count < len(_ZERO_TAGS) else bytes(count)
 
     def extend(self, other: Code) -> None:
         self.chunks += other.chunks

@@ -51,7 +51,7 @@ from wasmig.binary.opcodes import memarg
 from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
 from wasmig.instrument.callgraph import call_graph
-from wasmig.instrument.emit import Code, OriginalCode
+from wasmig.instrument.emit import Code, OriginalCode, encode_seq
 from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
 from wasmig.instrument.origins import pack_origins
@@ -90,6 +90,11 @@ _STORE = {"i32": (0x36, 2), "i64": (0x37, 3), "f32": (0x38, 2), "f64": (0x39, 3)
 _CONST = {"i32": 0x41, "i64": 0x42, "f32": 0x43, "f64": 0x44}
 _LOAD = {"i32": (0x28, 2), "i64": (0x29, 3), "f32": (0x2A, 2), "f64": (0x2B, 3)}
 _NUMERIC = ("i32", "i64", "f32", "f64")
+_NUMERIC_SET = frozenset(_NUMERIC)
+_DROP = encode_seq((0x1A,))
+_ELSE = encode_seq((0x05,))
+_I32_EQ = encode_seq((0x46,))
+_ZEROS: dict[tuple[str, ...], bytes] = {}  # the constants pushed for dummy values of these types
 _UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's label, ...)
 _COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the copy's function label, $copy_unwind
 
@@ -150,7 +155,19 @@ class _FunctionRewriter:
         self.site_local = self._new_local("i32")
         self.addr_local = self._new_local("i32")
         self.skip_local = self._new_local("i32")  # rewind copy: 1 while skipping to the resume site
+        # sequences every function emits many times, encoded once
+        self.set_site = encode_seq((0x21, self.site_local))
+        self.set_site_and_record = encode_seq((0x21, self.site_local), (0x41, 0),
+                                              (0x28, self.ctl_memarg(2, WRITE_PTR)), (0x21, self.addr_local))
+        self.get_skip = encode_seq((0x20, self.skip_local))
+        self.skip_eqz = encode_seq((0x20, self.skip_local), (0x45,))  # not skipping
+        self.clear_skip = encode_seq((0x41, 0), (0x21, self.skip_local))
+        self.get_site = encode_seq((0x20, self.site_local))
+        self.finish = encode_seq((0x10, pass_.finish_func), (0x41, 0), (0x21, self.skip_local))
         self.spills: dict[tuple[int, str], int] = {}
+        #: (local.set or local.get, types, depth) -> the moves of those values to or from their
+        #: spill locals, encoded (:meth:`pop_into`, :meth:`push_from`)
+        self.moves: dict[tuple[int, tuple[str, ...], int], bytes] = {}
         #: local j -> the three instructions storing it into its record slot, encoded
         self.slot_stores: dict[int, bytes] = {}
         self.temps: dict[str, list[int]] = {}
@@ -166,12 +183,12 @@ class _FunctionRewriter:
         body = func.body
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
         self.unreachable = info.unreachable  # type: ignore[attr-defined]
-        blocks = self.end_of, self.else_of = match_blocks(body)
+        #: the instructions the emitters look at, ascending; those between are copied as runs
+        self.walked_at = [k for k, ins in enumerate(body) if ins.op in _WALKED]
+        self.special_at = [k for k in self.walked_at if body[k].op in _SPECIAL]
+        blocks = self.end_of, self.else_of = match_blocks(body, self.walked_at)
         self.live = live_locals_of(info, body, blocks)  # locals live before each instruction (bit sets)
         self.original = OriginalCode(body)  # runs copied unchanged are slices of it
-        #: the instructions the emitters look at, ascending; those between are copied as runs
-        self.special_at = [k for k, ins in enumerate(body) if ins.op in _SPECIAL]
-        self.walked_at = [k for k, ins in enumerate(body) if ins.op in _WALKED]
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
 
     # --- locals -----------------------------------------------------------------------------
@@ -229,36 +246,49 @@ class _FunctionRewriter:
         return memarg(align, offset, self.p.ctl)
 
     def check_types(self, types: tuple[str | None, ...] | list[str | None], where: str) -> list[str]:
-        for t in types:
-            if t not in _NUMERIC:
-                raise InstrumentError(f"{where} in {self.p.ir.func_name(self.func_idx)}: a {t} value on the "
-                                      "operand stack cannot be checkpointed on the compiled engine")
+        if not _NUMERIC_SET.issuperset(types):
+            t = next(t for t in types if t not in _NUMERIC_SET)
+            raise InstrumentError(f"{where} in {self.p.ir.func_name(self.func_idx)}: a {t} value on the "
+                                  "operand stack cannot be checkpointed on the compiled engine")
         return list(types)  # type: ignore[arg-type]
 
     def known_types(self, types: tuple[str | None, ...] | list[str | None]) -> list[str]:
-        if any(t is None for t in types):  # pragma: no cover - only unreachable code has unknown types
+        if None in types:  # pragma: no cover - only unreachable code has unknown types
             raise InstrumentError(f"internal error: unknown operand type in {self.p.ir.func_name(self.func_idx)}")
         return list(types)  # type: ignore[arg-type]
 
     def pop_into(self, types: list[str], base_depth: int) -> None:
         """Pop values of canonical depths base_depth.. (top first) into their spill locals."""
-        for k in range(len(types) - 1, -1, -1):
-            self.emit(0x21, self.spill(base_depth + k, types[k]))
+        if not types:
+            return
+        key = (0x21, tuple(types), base_depth)
+        code = self.moves.get(key)
+        if code is None:  # the first time allocates the spill locals, in this order
+            code = self.moves[key] = encode_seq(*((0x21, self.spill(base_depth + k, types[k]))
+                                                  for k in range(len(types) - 1, -1, -1)))
+        self.out.add_encoded(code, len(types))
 
     def push_from(self, types: list[str], base_depth: int) -> None:
-        for k, t in enumerate(types):
-            self.emit(0x20, self.spill(base_depth + k, t))
+        if not types:
+            return
+        key = (0x20, tuple(types), base_depth)
+        code = self.moves.get(key)
+        if code is None:
+            code = self.moves[key] = encode_seq(*((0x20, self.spill(base_depth + k, t)) for k, t in enumerate(types)))
+        self.out.add_encoded(code, len(types))
 
     def drop(self, n: int) -> None:
-        for _ in range(n):
-            self.emit(0x1A)
+        if n:
+            self.out.add_encoded(_DROP * n, n)
 
     def zeros(self, types: list[str]) -> None:
-        for t in types:
-            if t in _CONST:
-                self.emit(_CONST[t], 0)
-            else:
-                self.emit(0xD0, t)  # ref.null
+        if not types:
+            return
+        key = tuple(types)
+        code = _ZEROS.get(key)
+        if code is None:  # ref.null for a reference
+            code = _ZEROS[key] = encode_seq(*((_CONST[t], 0) if t in _CONST else (0xD0, t) for t in types))
+        self.out.add_encoded(code, len(types))
 
     def add_site(self, key: tuple[int, str], kind: str, pc: int, stack: list[str],
                  args: list[str] | None = None, live_at: int | None = None) -> int:
@@ -290,17 +320,16 @@ class _FunctionRewriter:
         branches there in the same way, and QuickJS's n-body ran 1.19x plain against 1.09x. So
         each cold arm stores its own slots: each value's live range stays where the original
         program has it. The rewind copy's own (guarded) sites go to its one writer of every slot."""
-        self.emit(0x41, site_id)
-        self.emit(0x21, self.site_local)
+        out = self.out
+        out.add(0x41, site_id)
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
+            out.add_encoded(self.set_site, 1)
             self.emit(0x0C, self.unwind_depth())
             return
         site = self.p.sites[site_id]
         a = self.addr_local
-        self.emit(0x41, 0)
-        self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
-        self.emit(0x21, a)
-        chunks, stores = self.out.chunks, self.slot_stores
+        out.add_encoded(self.set_site_and_record, 4)  # $site = K; a = the write pointer
+        chunks, stores = out.chunks, self.slot_stores
         slots = sorted({*site.live, *site.spills, *site.arg_spills})
         for j in slots:
             code = stores.get(j)
@@ -372,14 +401,12 @@ class _FunctionRewriter:
         call's results. That one load replaces the entry poll of a recursive function (see
         :meth:`_Pass.entry_polled`)."""
         carried = level + results
+        p = self.p
         if after is not None:
-            self.emit(0x41, 0)
-            self.emit(0xFE12, memarg(0, POLL, self.p.poll_mem))  # i32.atomic.load8_u $poll
-            self.open(0x04, self.p.block_type(carried, carried), False)
-        self.emit(0x23, self.p.globals_base)  # $state
-        self.emit(0x41, STATE_UNWINDING)
-        self.emit(0x46)  # i32.eq
-        self.open(0x04, self.p.block_type(carried, carried), False)
+            self.out.add_encoded(p.poll_load, 2)  # i32.atomic.load8_u $poll
+            self.open(0x04, p.block_type(carried, carried), False)
+        self.out.add_encoded(p.is_unwinding, 3)  # $state == 1
+        self.open(0x04, p.block_type(carried, carried), False)
         self.drop(len(results))
         self.pop_into(level, base)
         self.unwind_branch(site_id)
@@ -730,8 +757,7 @@ class _FunctionRewriter:
             nonlocal segment
             if segment is None:
                 params = self.known_types(stack_before[i][base():])
-                self.emit(0x20, self.skip_local)
-                self.emit(0x45)  # i32.eqz: not skipping -> run the segment
+                self.out.add_encoded(self.skip_eqz, 2)  # not skipping -> run the segment
                 segment = (self.open(0x04, None, False), params)
 
         def close_segment(j: int) -> None:
@@ -741,7 +767,7 @@ class _FunctionRewriter:
             guard, params = segment
             results = self.known_types(stack_before[j][base():])
             self.out.chunks[guard] = encoded_instr(0x04, self.p.block_type(params, results))
-            self.emit(0x05)
+            self.out.add_encoded(_ELSE, 1)
             self.drop(len(params))
             self.zeros(results)
             self.close()
@@ -874,14 +900,12 @@ class _FunctionRewriter:
         """The innermost frame reached its site: the stack is rebuilt, run normally from here (a
         checkpoint request the host made meanwhile is still in the poll byte). The state and the
         record pointers are reset by one function the pass adds (:func:`_finish_rewind_function`),
-        called rather than inlined at each of the copy's resume points."""
-        self.emit(0x10, self.p.finish_func)
-        self.emit(0x41, 0)
-        self.emit(0x21, self.skip_local)
+        called rather than inlined at each of the copy's resume points; then $skip = 0."""
+        self.out.add_encoded(self.finish, 3)
 
     def _skip_test(self, lo: int, hi: int, *, inside: bool) -> None:
         """Push whether $site lies in [lo, hi] (inside) or outside it."""
-        self.emit(0x20, self.site_local)
+        self.out.add_encoded(self.get_site, 1)
         self.emit(0x41, lo)
         self.emit(0x6B)  # i32.sub
         self.emit(0x41, hi - lo)
@@ -963,6 +987,10 @@ class _FunctionRewriter:
         self._emit_range(i, self.end_of[i] + 1, [_Ctl("block", i, height)])
         self.unwind_label = saved
 
+    def _site_is(self, site: int) -> None:
+        """Push whether $site is ``site``."""
+        self.out.add_encoded(self.get_site + encoded_instr(0x41, site) + _I32_EQ, 3)
+
     def _rewind_call(self, i: int, ins: Instr, base: int) -> None:
         """A call site in the copy: skipped (zeros for its results) when skipping past it; when it
         is the record's site, the live values come back from their spill locals and the call is
@@ -975,8 +1003,7 @@ class _FunctionRewriter:
         operands = stack[len(below):]
         results = list(callee.results)
         if args:  # only when running: while skipping, the spill locals hold the record's operands
-            self.emit(0x20, self.skip_local)
-            self.emit(0x45)
+            self.out.add_encoded(self.skip_eqz, 2)
             self.open(0x04, self.p.block_type(args, args), False)
             self.pop_into(args, len(below))
             self.push_from(args, len(below))
@@ -986,16 +1013,13 @@ class _FunctionRewriter:
         # skipping (to this site or past it): the level's values come back from their spill
         # locals either way (past it they are junk that only skipped code consumes); then the
         # call's results: from the callee's rewind, from the record (an after_call site), or zeros
-        self.emit(0x20, self.skip_local)
+        self.out.add_encoded(self.get_skip, 1)
         self.open(0x04, self.p.block_type(carried_in, carried_out), False)
         self.drop(len(carried_in))
         self.push_from(level, base)
-        self.emit(0x20, self.site_local)
-        self.emit(0x41, site)
-        self.emit(0x46)
+        self._site_is(site)
         self.open(0x04, self.p.block_type([], results), False)
-        self.emit(0x41, 0)
-        self.emit(0x21, self.skip_local)
+        self.out.add_encoded(self.clear_skip, 2)
         if kind == "import_call":  # the innermost frame: the host call runs again, for real
             self._finish_rewind()
             self.push_from(args, len(below))
@@ -1012,27 +1036,25 @@ class _FunctionRewriter:
             self._finish_rewind()
             self.push_from(args, len(below))
             self.emit(ins.op, ins.imm, ins.offset)
-            self.emit(0x05)
+            self.out.add_encoded(_ELSE, 1)
             self.emit(0x41, 0)
             self.emit(0x28, self.ctl_memarg(2, READ_PTR))
             self.emit(0x28, self.ctl_memarg(2, 4))  # the record's function
             self.emit(0x11, (self.p.func_type_index([], results), self.p.rewinds_table), ins.offset)
             self.close()
-        self.emit(0x05)
+        self.out.add_encoded(_ELSE, 1)
         if after is not None:  # stopped just after the call: its results come back from the record
-            self.emit(0x20, self.site_local)
-            self.emit(0x41, after)
-            self.emit(0x46)
+            self._site_is(after)
             self.open(0x04, self.p.block_type([], results), False)
             self.push_from(results, base + len(level))
             self._finish_rewind()
-            self.emit(0x05)
+            self.out.add_encoded(_ELSE, 1)
             self.zeros(results)
             self.close()
         else:
             self.zeros(results)
         self.close()
-        self.emit(0x05)
+        self.out.add_encoded(_ELSE, 1)
         self.emit(ins.op, ins.imm, ins.offset)
         self.close()
         if self.p.call_may_unwind(ins):
@@ -1083,6 +1105,9 @@ class _Pass:
         self.ctl = len(ir.all_mems())
         self.poll_mem = self.ctl + 1  # a memory of its own: see instrument()
         self.globals_base = len(ir.all_globals())
+        #: the poll (i32.atomic.load8_u $poll 0) and the test $state == unwinding, encoded once
+        self.poll_load = encode_seq((0x41, 0), (0xFE12, memarg(0, POLL, self.poll_mem)))
+        self.is_unwinding = encode_seq((0x23, self.globals_base), (0x41, STATE_UNWINDING), (0x46,))
         self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}  # type indices
         self.count_steps = True
         self.unroll = 1  # copies of a small call-free loop's body per poll (fast variant: UNROLL)
