@@ -47,6 +47,7 @@ from wasmig.binary.ir import (
     TableType,
 )
 from wasmig.binary.ir import Module as IRModule
+from wasmig.binary.leb128 import encode_s
 from wasmig.binary.opcodes import memarg
 from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
@@ -97,6 +98,12 @@ _I32_EQ = encode_seq((0x46,))
 _ZEROS: dict[tuple[str, ...], bytes] = {}  # the constants pushed for dummy values of these types
 _UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's label, ...)
 _COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the copy's function label, $copy_unwind
+
+
+def _i32_const(n: int) -> bytes:
+    """``i32.const n`` for 0 <= n < 2**31, encoded without the memo: site ids are each used once
+    or twice, and 240,000 of them (CPython) would only fill it."""
+    return b"\x41" + encode_s(n)
 
 
 class InstrumentError(WasmError):
@@ -190,6 +197,7 @@ class _FunctionRewriter:
         self.live = live_locals_of(info, body, blocks)  # locals live before each instruction (bit sets)
         self.original = OriginalCode(body)  # runs copied unchanged are slices of it
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
+        self.live_lists: dict[int, list[int]] = {}  # a live set's bits -> its locals, ascending
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -299,7 +307,9 @@ class _FunctionRewriter:
         site_id = len(self.p.sites)
         args = args or []
         bits = self.live[max(key[0] if live_at is None else live_at, 0)]
-        live = [j for j in range(self.num_locals) if bits >> j & 1]
+        live = self.live_lists.get(bits)
+        if live is None:  # most sites of a function share a few sets: one list each (never mutated)
+            live = self.live_lists[bits] = [j for j in range(self.num_locals) if bits >> j & 1]
         self.p.sites.append(Site(site_id, self.func_idx, pc, kind, stack,
                                  [self.spill(d, t) for d, t in enumerate(stack)], args,
                                  [self.spill(len(stack) + k, t) for k, t in enumerate(args)], live))
@@ -321,7 +331,7 @@ class _FunctionRewriter:
         each cold arm stores its own slots: each value's live range stays where the original
         program has it. The rewind copy's own (guarded) sites go to its one writer of every slot."""
         out = self.out
-        out.add(0x41, site_id)
+        out.add_encoded(_i32_const(site_id), 1)
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
             out.add_encoded(self.set_site, 1)
             self.emit(0x0C, self.unwind_depth())
@@ -905,8 +915,7 @@ class _FunctionRewriter:
 
     def _skip_test(self, lo: int, hi: int, *, inside: bool) -> None:
         """Push whether $site lies in [lo, hi] (inside) or outside it."""
-        self.out.add_encoded(self.get_site, 1)
-        self.emit(0x41, lo)
+        self.out.add_encoded(self.get_site + _i32_const(lo), 2)
         self.emit(0x6B)  # i32.sub
         self.emit(0x41, hi - lo)
         self.emit(0x4D if inside else 0x4B)  # i32.le_u / i32.gt_u
@@ -965,7 +974,7 @@ class _FunctionRewriter:
             self.open(0x04, self.p.block_type(params, params), False)
             self.open(0x02, self.p.block_type(params, params), True)  # the loop's label
             self.emit(0x20, self.site_local)
-            self.emit(0x41, site)
+            self.out.add_encoded(_i32_const(site), 1)
             self.emit(0x46)
             self.open(0x04, self.p.block_type(params, params), False)
             self.drop(len(params))
@@ -989,7 +998,7 @@ class _FunctionRewriter:
 
     def _site_is(self, site: int) -> None:
         """Push whether $site is ``site``."""
-        self.out.add_encoded(self.get_site + encoded_instr(0x41, site) + _I32_EQ, 3)
+        self.out.add_encoded(self.get_site + _i32_const(site) + _I32_EQ, 3)
 
     def _rewind_call(self, i: int, ins: Instr, base: int) -> None:
         """A call site in the copy: skipped (zeros for its results) when skipping past it; when it
