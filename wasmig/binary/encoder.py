@@ -79,7 +79,9 @@ def encode_module(module: Module, code: list[bytes] | None = None) -> bytes:
     # custom.wast have customs between empty sections, and dropping those would move them.
     anchors = {c.after for c in module.customs} & _VECTOR_SECTIONS
     sections = _standard_sections(module, anchors, code)
-    out = bytearray(MAGIC + VERSION)
+    # the module's parts, joined once at the end: a bytearray grown part by part and copied into
+    # bytes held the big code section three times at the peak (CPython instrumented: 85 MB each)
+    out: list[bytes] = [MAGIC + VERSION]
 
     # Each custom section goes after the latest emitted section not later (in canonical order)
     # than the one it followed originally. That is the section itself unless it cannot be
@@ -94,21 +96,18 @@ def encode_module(module: Module, code: list[bytes] | None = None) -> bytes:
         anchor = max((r for r in emitted_ranks if r <= rank), default=0)
         customs_after.setdefault(anchor, []).append(_section(0, _name(custom.name) + custom.data))
 
-    out += b"".join(customs_after.get(0, ()))
+    out += customs_after.get(0, ())
     for (sid, payload), rank in zip(sections, emitted_ranks, strict=True):
-        if sid == 10 and code is not None:  # appended in place: no copies of a big code section
-            out.append(10)
-            out += encode_u(len(payload) + sum(len(entry) for entry in code))
-            out += payload
-            for entry in code:
-                out += entry
+        if sid == 10 and code is not None:  # the entries as they are: no copies of a big code section
+            out += (bytes((10,)), encode_u(len(payload) + sum(len(entry) for entry in code)), payload)
+            out += code
         else:
-            out += _section(sid, payload)
-        out += b"".join(customs_after.get(rank, ()))
+            out.append(_section(sid, payload))
+        out += customs_after.get(rank, ())
 
     if module.names is not None and not any(c.name == "name" for c in module.customs):
-        out += _section(0, _name("name") + _name_section(module.names))
-    return bytes(out)
+        out.append(_section(0, _name("name") + _name_section(module.names)))
+    return b"".join(out)
 
 
 # --- sections ------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ _NUMERIC = ("i32", "i64", "f32", "f64")
 _NUMERIC_SET = frozenset(_NUMERIC)
 _DROP = encode_seq((0x1A,))
 _ELSE = encode_seq((0x05,))
+_END = encode_seq((0x0B,))
 _I32_EQ = encode_seq((0x46,))
 _ZEROS: dict[tuple[str, ...], bytes] = {}  # the constants pushed for dummy values of these types
 _UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's label, ...)
@@ -235,7 +236,10 @@ class _FunctionRewriter:
 
     def close(self, origin: int = -1) -> None:
         self.labels.pop()
-        self.out.add(0x0B, None, origin)
+        if origin < 0:
+            self.out.add_encoded(_END, 1)
+        else:
+            self.out.add(0x0B, None, origin)
 
     def label(self, depth: int) -> int:
         """The new relative depth of the original body's label ``depth``."""
