@@ -14,6 +14,9 @@ time of the pass, and the process's peak resident memory.
 into a temporary worktree) in the same invocation, alternating with the working tree, and prints
 the ratios: before/after side by side in one run. ``--rounds N`` (default 1: a CPython run takes
 minutes), ``--programs cpython,quickjs``, ``--variants fast,steps``.
+
+A change meant to make the pass faster without changing its output is checked byte for byte
+with ``benchmarks/instrument_hashes.py`` (digests recorded with the old pass, compared with the new).
 """
 
 from __future__ import annotations

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wasmig.binary.ir import FuncType
+from wasmig.binary.ir import FuncType, Instr
 from wasmig.binary.ir import Module as IRModule
 
 _CALL, _CALL_INDIRECT, _LOOP, _REF_FUNC = 0x10, 0x11, 0x03, 0xD2
+_PICKED = frozenset((_CALL, _CALL_INDIRECT, _LOOP, _REF_FUNC))
 
 
 @dataclass
@@ -32,7 +33,9 @@ class CallGraph:
     """Per defined function (by function index): its callees, and the facts the pass needs."""
 
     n_imported: int
-    callees: dict[int, set[int]] = field(default_factory=dict)  # defined callees only
+    #: defined callees only; a call_indirect's callee is a node (a negative number) standing for
+    #: its type, whose callees are the defined functions a table could hold of that type
+    callees: dict[int, set[int]] = field(default_factory=dict)
     calls_host: set[int] = field(default_factory=set)  # calls an import itself (call, or a call_indirect that may)
     has_loop: set[int] = field(default_factory=set)
     recursive: set[int] = field(default_factory=set)  # on a call cycle
@@ -48,37 +51,55 @@ def call_graph(ir: IRModule) -> CallGraph:
     n_imported = ir.num_imported_funcs()
     g = CallGraph(n_imported)
     types = ir.func_type_indices()
-    for f in _table_candidates(ir):
+    # one filtering pass over each body keeps what the graph needs: a big module has millions of
+    # instructions and a few percent of them are calls, loops or ref.func
+    picked = [[ins for ins in func.body if ins.op in _PICKED] for func in ir.funcs]
+    for f in _table_candidates(ir, picked):
         g.indirect.setdefault(ir.types[types[f]], []).append(f)
-    for k, func in enumerate(ir.funcs):
+    # A call_indirect calls a node of its type (a negative number), whose callees are the type's
+    # defined candidates: the graph then has an edge per call site, not one per site and candidate
+    # (CPython: 1.4 M edges), and reaches and cycles through the same functions.
+    type_node: dict[FuncType, int] = {}
+    host_types: set[FuncType] = set()
+    for ft, candidates in g.indirect.items():
+        type_node[ft] = -1 - len(type_node)
+        if any(c < n_imported for c in candidates):
+            host_types.add(ft)
+    graph: dict[int, set[int]] = {}
+    for k, instrs in enumerate(picked):
         f = n_imported + k
-        callees = g.callees[f] = set()
-        for ins in func.body:
+        callees = graph[f] = set()
+        for ins in instrs:
             if ins.op == _CALL:
                 if ins.imm < n_imported:
                     g.calls_host.add(f)
                 else:
                     callees.add(ins.imm)
             elif ins.op == _CALL_INDIRECT:
-                for target in g.indirect.get(ir.types[ins.imm[0]], []):
-                    if target < n_imported:
+                ft = ir.types[ins.imm[0]]
+                if ft in type_node:
+                    callees.add(type_node[ft])
+                    if ft in host_types:
                         g.calls_host.add(f)
-                    else:
-                        callees.add(target)
             elif ins.op == _LOOP:
                 g.has_loop.add(f)
-    g.recursive = _on_cycles(g.callees)
-    g.may_unwind = _callers_closure(g.callees, g.recursive | g.has_loop | g.calls_host)
+    for ft, node in type_node.items():
+        graph[node] = {c for c in g.indirect[ft] if c >= n_imported}
+    g.callees = graph
+    g.recursive = {f for f in _on_cycles(graph) if f >= 0}
+    g.may_unwind = {f for f in _callers_closure(graph, g.recursive | g.has_loop | g.calls_host) if f >= 0}
     return g
 
 
-def _table_candidates(ir: IRModule) -> set[int]:
+def _table_candidates(ir: IRModule, picked: list[list[Instr]]) -> set[int]:
+    """The functions a table could hold; ``picked``: the calls, loops and ``ref.func`` of each
+    defined function's body."""
     out: set[int] = set()
     for seg in ir.elems:
         for expr in seg.init:
             out.update(ins.imm for ins in expr if ins.op == _REF_FUNC)
-    for func in ir.funcs:
-        out.update(ins.imm for ins in func.body if ins.op == _REF_FUNC)
+    for instrs in picked:
+        out.update(ins.imm for ins in instrs if ins.op == _REF_FUNC)
     for glob in ir.globals:
         out.update(ins.imm for ins in glob.init if ins.op == _REF_FUNC)
     out.update(e.index for e in ir.exports if e.kind == "func")

@@ -16,10 +16,11 @@ from wasmig.binary.blocks import match_blocks
 from wasmig.binary.ir import Instr
 
 
-def live_locals_of(info: Any, body: list[Instr]) -> list[int]:
+def live_locals_of(info: Any, body: list[Instr],
+                   blocks: tuple[dict[int, int], dict[int, int]] | None = None) -> list[int]:
     """:func:`live_locals` of ``body``, cached on its validator ``FunctionInfo``."""
     if info.live is None:
-        info.live = live_locals(body)
+        info.live = live_locals(body, blocks)
     return info.live
 
 
@@ -29,66 +30,142 @@ def dead_value(t: str) -> tuple[str, int | None]:
     return (t, None) if t in ("funcref", "externref") else (t, 0)
 
 
-def live_locals(body: list[Instr]) -> list[int]:
+#: instructions that end a straight-line run (their successors are not just the next one)
+_CONTROL = frozenset((0x00, 0x02, 0x03, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F))
+_GET, _SET, _TEE = 0x20, 0x21, 0x22
+_LOOKED_AT = _CONTROL | {_GET, _SET, _TEE}
+# how a control instruction's live set follows from the others' (see live_locals)
+_NEXT, _NEXT_OR_LIVE, _NEXT_OR_NEXT, _LIVE, _NONE, _TABLE = range(6)
+
+
+def live_locals(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | None = None) -> list[int]:
     """For every instruction index ``i`` of ``body``, the bit set (bit ``j`` = local ``j``) of the
-    locals live before ``body[i]``. ``body`` is a validated function body (ending in ``end``)."""
+    locals live before ``body[i]``. ``body`` is a validated function body (ending in ``end``).
+
+    The least fixpoint of ``live[i] = gen[i] | (live of i's successors) & ~kill[i]``, solved on
+    the control instructions only: between two of them code runs straight, and only its
+    ``local.get``/``set``/``tee`` change the set, so each such run is summarised once as
+    ``gen | (x & ~kill)`` and the fixpoint iterates over a fraction of the body (a big module
+    has millions of instructions); the per-instruction sets are filled in at the end.
+    ``blocks``: :func:`match_blocks` of ``body``, when the caller has it."""
     n = len(body)
-    # successors of every instruction; -1 = the function's exit
-    succ: list[tuple[int, ...]] = [()] * n
-    end_of, else_of = match_blocks(body)
+    end_of, else_of = blocks if blocks is not None else match_blocks(body)
+    looked_at = [k for k, ins in enumerate(body) if ins.op in _LOOKED_AT]
+    ctrl: list[int] = []  # positions of the control instructions, ascending
+    #: per control instruction k: the local accesses of the run after it, ascending (the run
+    #: before the first control instruction is runs[-1]'s: it is kept apart as `lead`)
+    runs: list[list[tuple[int, int, bool]]] = []
+    lead: list[tuple[int, int, bool]] = []
+    current = lead
+    for k in looked_at:
+        ins = body[k]
+        op = ins.op
+        if op in _CONTROL:
+            ctrl.append(k)
+            current = []
+            runs.append(current)
+        else:
+            current.append((k, 1 << ins.imm, op == _GET))
+    index_of = {pos: k for k, pos in enumerate(ctrl)}
+    m = len(ctrl)
 
-    def label(depth: int, stack: list[int]) -> int:
-        if depth >= len(stack):
-            return -1  # the function's own label: leaves the function
-        start = stack[len(stack) - 1 - depth]
-        return start if body[start].op == 0x03 else end_of[start]
-
+    # the successors of each control instruction, as indices into ctrl: `next` = the run after
+    # control k (its first instruction, k + 1 in the body); `live` = control instruction t itself
+    kind = [_NONE] * m
+    target: list[object] = [None] * m
     stack: list[int] = []
-    for i, ins in enumerate(body):
+
+    def label(depth: int) -> int:
+        """The control index a branch to ``depth`` goes to (-1: out of the function)."""
+        if depth >= len(stack):
+            return -1
+        start = stack[len(stack) - 1 - depth]
+        return index_of[start if body[start].op == 0x03 else end_of[start]]
+
+    for k, pos in enumerate(ctrl):
+        ins = body[pos]
         op = ins.op
         if op in (0x02, 0x03):
-            stack.append(i)
-            succ[i] = (i + 1,)
+            stack.append(pos)
+            kind[k] = _NEXT
         elif op == 0x04:
-            stack.append(i)
-            succ[i] = (i + 1, else_of[i] + 1 if i in else_of else end_of[i])
+            stack.append(pos)
+            if pos in else_of:  # false: just after the else
+                kind[k], target[k] = _NEXT_OR_NEXT, index_of[else_of[pos]]
+            else:
+                kind[k], target[k] = _NEXT_OR_LIVE, index_of[end_of[pos]]
         elif op == 0x05:
-            succ[i] = (end_of[stack[-1]],)
+            kind[k], target[k] = _LIVE, index_of[end_of[stack[-1]]]
         elif op == 0x0B:
             if stack:
                 stack.pop()
-                succ[i] = (i + 1,)
-            else:
-                succ[i] = ()
+                kind[k] = _NEXT
         elif op == 0x0C:
-            succ[i] = (label(ins.imm, stack),)
+            t = label(ins.imm)
+            if t >= 0:
+                kind[k], target[k] = _LIVE, t
         elif op == 0x0D:
-            succ[i] = (i + 1, label(ins.imm, stack))
+            t = label(ins.imm)
+            kind[k], target[k] = (_NEXT_OR_LIVE, t) if t >= 0 else (_NEXT, None)
         elif op == 0x0E:
             labels, default = ins.imm
-            succ[i] = tuple({label(d, stack) for d in (*labels, default)})
-        elif op in (0x00, 0x0F):
-            succ[i] = ()
-        else:
-            succ[i] = (i + 1,)
-    gen = [0] * n
-    kill = [0] * n
-    for i, ins in enumerate(body):
-        if ins.op == 0x20:
-            gen[i] = 1 << ins.imm
-        elif ins.op in (0x21, 0x22):
-            kill[i] = 1 << ins.imm
-    live = [0] * n
+            targets = tuple(t for t in {label(d) for d in (*labels, default)} if t >= 0)
+            kind[k], target[k] = _TABLE, targets
+
+    # each run as gen | (x & ~kill), composed backwards from its last access
+    gen = [0] * m
+    kill = [0] * m
+    for k, accesses in enumerate(runs):
+        g = c = 0
+        for _pos, bit, is_get in reversed(accesses):
+            if is_get:
+                g |= bit
+            else:
+                g &= ~bit
+                c |= bit
+        gen[k], kill[k] = g, c
+
+    live_at = [0] * m  # live before control instruction k
+    after = [0] * m  # live before the run after it (its first instruction)
     changed = True
     while changed:
         changed = False
-        for i in range(n - 1, -1, -1):
-            out = 0
-            for s in succ[i]:
-                if s >= 0:
-                    out |= live[s]
-            new = gen[i] | (out & ~kill[i])
-            if new != live[i]:
-                live[i] = new
+        for k in range(m - 1, -1, -1):
+            if k + 1 < m:
+                after[k] = gen[k] | (live_at[k + 1] & ~kill[k])
+            how = kind[k]
+            if how == _NEXT:
+                new = after[k]
+            elif how == _NEXT_OR_LIVE:
+                new = after[k] | live_at[target[k]]  # type: ignore[index]
+            elif how == _NEXT_OR_NEXT:
+                new = after[k] | after[target[k]]  # type: ignore[index]
+            elif how == _LIVE:
+                new = live_at[target[k]]  # type: ignore[index]
+            elif how == _TABLE:
+                new = 0
+                for t in target[k]:  # type: ignore[union-attr]
+                    new |= live_at[t]
+            else:
+                new = 0
+            if new != live_at[k]:
+                live_at[k] = new
                 changed = True
+
+    # every instruction: a control instruction's own set, a run's from its end backwards
+    live = [0] * n
+    for k in range(m):
+        live[ctrl[k]] = live_at[k]
+    for k in range(-1, m - 1):
+        start, end = (ctrl[k] + 1 if k >= 0 else 0), ctrl[k + 1]
+        cur = live_at[k + 1]
+        below = end  # live[below:end] are filled with cur
+        for pos, bit, is_get in reversed(runs[k] if k >= 0 else lead):
+            if below - pos > 1:
+                live[pos + 1:below] = [cur] * (below - pos - 1)
+            cur = cur | bit if is_get else cur & ~bit
+            live[pos] = cur
+            below = pos
+        if below > start:
+            live[start:below] = [cur] * (below - start)
     return live

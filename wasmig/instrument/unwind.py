@@ -26,12 +26,12 @@ What it adds (none of it part of the canonical state):
 from __future__ import annotations
 
 import dataclasses
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wasmig.binary.blocks import match_blocks
-from wasmig.binary.encoder import encode_code_entry, encode_code_entry_ops, encode_module
+from wasmig.binary.encoder import encode_code_entry, encode_code_entry_raw, encode_module, encoded_instr
 from wasmig.binary.ir import (
     CustomSection,
     Data,
@@ -47,13 +47,15 @@ from wasmig.binary.ir import (
     TableType,
 )
 from wasmig.binary.ir import Module as IRModule
+from wasmig.binary.leb128 import encode_s
 from wasmig.binary.opcodes import memarg
 from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
 from wasmig.instrument.callgraph import call_graph
+from wasmig.instrument.emit import Code, OriginalCode, encode_seq
 from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
-from wasmig.instrument.origins import origin_tags, pack_origins
+from wasmig.instrument.origins import pack_origins
 from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
 
 # control memory layout
@@ -72,9 +74,10 @@ NEVER = 1 << 62
 _NOT_VERBATIM = frozenset((0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0x0E, 0x40, 0xFC09, 0xFC0D))
 #: opcodes the normal body's emitter (:meth:`_FunctionRewriter._emit_range`) looks at: those and calls
 _SPECIAL = _NOT_VERBATIM | {0x10, 0x11}
-#: an instruction the pass emits: ``[op, imm, origin]`` (origin: the original offset, or -1); a
-#: tuple where the same instructions are emitted many times (never mutated once emitted)
-Emitted = list | tuple
+#: opcodes the rewind copy's walk (:meth:`_FunctionRewriter._rewind_body`) looks at: those, `else`,
+#: and the instructions after which code is unreachable (the validator's flag changes only at
+#: these and at constructs); runs of other instructions are copied whole
+_WALKED = _SPECIAL | {0x00, 0x05, 0x0F}
 #: the globals the pass adds, from ``globals_base``: $state, $steps, $stop_at, then the largest
 #: record's size in bytes and in pages + 1 (immutable)
 MAX_RECORD_GLOBAL, MAX_RECORD_PAGES_GLOBAL = 3, 4
@@ -88,8 +91,20 @@ _STORE = {"i32": (0x36, 2), "i64": (0x37, 3), "f32": (0x38, 2), "f64": (0x39, 3)
 _CONST = {"i32": 0x41, "i64": 0x42, "f32": 0x43, "f64": 0x44}
 _LOAD = {"i32": (0x28, 2), "i64": (0x29, 3), "f32": (0x2A, 2), "f64": (0x2B, 3)}
 _NUMERIC = ("i32", "i64", "f32", "f64")
+_NUMERIC_SET = frozenset(_NUMERIC)
+_DROP = encode_seq((0x1A,))
+_ELSE = encode_seq((0x05,))
+_END = encode_seq((0x0B,))
+_I32_EQ = encode_seq((0x46,))
+_ZEROS: dict[tuple[str, ...], bytes] = {}  # the constants pushed for dummy values of these types
 _UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's label, ...)
 _COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the copy's function label, $copy_unwind
+
+
+def _i32_const(n: int) -> bytes:
+    """``i32.const n`` for 0 <= n < 2**31, encoded without the memo: site ids are each used once
+    or twice, and 240,000 of them (CPython) would only fill it."""
+    return b"\x41" + encode_s(n)
 
 
 class InstrumentError(WasmError):
@@ -148,14 +163,25 @@ class _FunctionRewriter:
         self.site_local = self._new_local("i32")
         self.addr_local = self._new_local("i32")
         self.skip_local = self._new_local("i32")  # rewind copy: 1 while skipping to the resume site
+        # sequences every function emits many times, encoded once
+        self.set_site = encode_seq((0x21, self.site_local))
+        self.set_site_and_record = encode_seq((0x21, self.site_local), (0x41, 0),
+                                              (0x28, self.ctl_memarg(2, WRITE_PTR)), (0x21, self.addr_local))
+        self.get_skip = encode_seq((0x20, self.skip_local))
+        self.skip_eqz = encode_seq((0x20, self.skip_local), (0x45,))  # not skipping
+        self.clear_skip = encode_seq((0x41, 0), (0x21, self.skip_local))
+        self.get_site = encode_seq((0x20, self.site_local))
+        self.finish = encode_seq((0x10, pass_.finish_func), (0x41, 0), (0x21, self.skip_local))
         self.spills: dict[tuple[int, str], int] = {}
-        #: local j -> the three instructions storing it into its record slot (shared, never mutated)
-        self.slot_stores: dict[int, tuple[Emitted, ...]] = {}
+        #: (local.set or local.get, types, depth) -> the moves of those values to or from their
+        #: spill locals, encoded (:meth:`pop_into`, :meth:`push_from`)
+        self.moves: dict[tuple[int, tuple[str, ...], int], bytes] = {}
+        #: local j -> the three instructions storing it into its record slot, encoded
+        self.slot_stores: dict[int, bytes] = {}
         self.temps: dict[str, list[int]] = {}
-        #: the code being emitted: ``[op, imm, origin]`` lists (:data:`Emitted`), not :class:`Instr`
-        #: objects -- the pass emits ten instructions per original one and an Instr costs three
-        #: times a list to make; encoded straight from these by :func:`_encode_function`
-        self.out: list[Emitted] = []
+        #: the code being emitted, encoded as it is emitted (:mod:`wasmig.instrument.emit`)
+        self.out = Code()
+        self.emit = self.out.add
         #: the labels of the code being emitted, outermost first: True for a label of the original
         #: body (branches are renumbered through it), False for one the pass added
         self.labels: list[bool] = []
@@ -165,9 +191,14 @@ class _FunctionRewriter:
         body = func.body
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
         self.unreachable = info.unreachable  # type: ignore[attr-defined]
-        self.end_of, self.else_of = match_blocks(body)
-        self.live = live_locals_of(info, body)  # locals live before each instruction (bit sets)
+        #: the instructions the emitters look at, ascending; those between are copied as runs
+        self.walked_at = [k for k, ins in enumerate(body) if ins.op in _WALKED]
+        self.special_at = [k for k in self.walked_at if body[k].op in _SPECIAL]
+        blocks = self.end_of, self.else_of = match_blocks(body, self.walked_at)
+        self.live = live_locals_of(info, body, blocks)  # locals live before each instruction (bit sets)
+        self.original = OriginalCode(body)  # runs copied unchanged are slices of it
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
+        self.live_lists: dict[int, list[int]] = {}  # a live set's bits -> its locals, ascending
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -187,20 +218,28 @@ class _FunctionRewriter:
         return pool[k]
 
     # --- emission helpers ---------------------------------------------------------------------
-    def emit(self, op: int, imm: object = None, origin: int = -1) -> Emitted:
-        """Append an instruction; ``origin``: the offset of the original instruction it copies
-        (-1 for one the pass adds), kept for trap reports (:mod:`wasmig.instrument.origins`)."""
-        ins = [op, imm, origin]
-        self.out.append(ins)
-        return ins
+    def _start_code(self) -> Code:
+        """Emit into new code from here; returns the code emitted so far. ``self.emit(op, imm,
+        origin)`` appends an instruction to ``self.out``: the bound :meth:`Code.add`, not a method
+        that calls it, as the pass emits ten instructions per original one."""
+        done = self.out
+        self.out = Code()
+        self.emit = self.out.add
+        return done
 
-    def open(self, op: int, imm: object, original: bool) -> Emitted:
+    def open(self, op: int, imm: object, original: bool, origin: int = -1) -> int:
+        """Open a construct; returns its place in ``self.out.chunks`` (a guard's block type is
+        known only when it closes: :meth:`_rewind_body` overwrites it there)."""
         self.labels.append(original)
-        return self.emit(op, imm)
+        self.out.add(op, imm, origin)
+        return len(self.out.chunks) - 1
 
-    def close(self) -> None:
+    def close(self, origin: int = -1) -> None:
         self.labels.pop()
-        self.emit(0x0B)
+        if origin < 0:
+            self.out.add_encoded(_END, 1)
+        else:
+            self.out.add(0x0B, None, origin)
 
     def label(self, depth: int) -> int:
         """The new relative depth of the original body's label ``depth``."""
@@ -219,36 +258,49 @@ class _FunctionRewriter:
         return memarg(align, offset, self.p.ctl)
 
     def check_types(self, types: tuple[str | None, ...] | list[str | None], where: str) -> list[str]:
-        for t in types:
-            if t not in _NUMERIC:
-                raise InstrumentError(f"{where} in {self.p.ir.func_name(self.func_idx)}: a {t} value on the "
-                                      "operand stack cannot be checkpointed on the compiled engine")
+        if not _NUMERIC_SET.issuperset(types):
+            t = next(t for t in types if t not in _NUMERIC_SET)
+            raise InstrumentError(f"{where} in {self.p.ir.func_name(self.func_idx)}: a {t} value on the "
+                                  "operand stack cannot be checkpointed on the compiled engine")
         return list(types)  # type: ignore[arg-type]
 
     def known_types(self, types: tuple[str | None, ...] | list[str | None]) -> list[str]:
-        if any(t is None for t in types):  # pragma: no cover - only unreachable code has unknown types
+        if None in types:  # pragma: no cover - only unreachable code has unknown types
             raise InstrumentError(f"internal error: unknown operand type in {self.p.ir.func_name(self.func_idx)}")
         return list(types)  # type: ignore[arg-type]
 
     def pop_into(self, types: list[str], base_depth: int) -> None:
         """Pop values of canonical depths base_depth.. (top first) into their spill locals."""
-        for k in range(len(types) - 1, -1, -1):
-            self.emit(0x21, self.spill(base_depth + k, types[k]))
+        if not types:
+            return
+        key = (0x21, tuple(types), base_depth)
+        code = self.moves.get(key)
+        if code is None:  # the first time allocates the spill locals, in this order
+            code = self.moves[key] = encode_seq(*((0x21, self.spill(base_depth + k, types[k]))
+                                                  for k in range(len(types) - 1, -1, -1)))
+        self.out.add_encoded(code, len(types))
 
     def push_from(self, types: list[str], base_depth: int) -> None:
-        for k, t in enumerate(types):
-            self.emit(0x20, self.spill(base_depth + k, t))
+        if not types:
+            return
+        key = (0x20, tuple(types), base_depth)
+        code = self.moves.get(key)
+        if code is None:
+            code = self.moves[key] = encode_seq(*((0x20, self.spill(base_depth + k, t)) for k, t in enumerate(types)))
+        self.out.add_encoded(code, len(types))
 
     def drop(self, n: int) -> None:
-        for _ in range(n):
-            self.emit(0x1A)
+        if n:
+            self.out.add_encoded(_DROP * n, n)
 
     def zeros(self, types: list[str]) -> None:
-        for t in types:
-            if t in _CONST:
-                self.emit(_CONST[t], 0)
-            else:
-                self.emit(0xD0, t)  # ref.null
+        if not types:
+            return
+        key = tuple(types)
+        code = _ZEROS.get(key)
+        if code is None:  # ref.null for a reference
+            code = _ZEROS[key] = encode_seq(*((_CONST[t], 0) if t in _CONST else (0xD0, t) for t in types))
+        self.out.add_encoded(code, len(types))
 
     def add_site(self, key: tuple[int, str], kind: str, pc: int, stack: list[str],
                  args: list[str] | None = None, live_at: int | None = None) -> int:
@@ -259,7 +311,9 @@ class _FunctionRewriter:
         site_id = len(self.p.sites)
         args = args or []
         bits = self.live[max(key[0] if live_at is None else live_at, 0)]
-        live = [j for j in range(self.num_locals) if bits >> j & 1]
+        live = self.live_lists.get(bits)
+        if live is None:  # most sites of a function share a few sets: one list each (never mutated)
+            live = self.live_lists[bits] = [j for j in range(self.num_locals) if bits >> j & 1]
         self.p.sites.append(Site(site_id, self.func_idx, pc, kind, stack,
                                  [self.spill(d, t) for d, t in enumerate(stack)], args,
                                  [self.spill(len(stack) + k, t) for k, t in enumerate(args)], live))
@@ -280,26 +334,28 @@ class _FunctionRewriter:
         branches there in the same way, and QuickJS's n-body ran 1.19x plain against 1.09x. So
         each cold arm stores its own slots: each value's live range stays where the original
         program has it. The rewind copy's own (guarded) sites go to its one writer of every slot."""
-        self.emit(0x41, site_id)
-        self.emit(0x21, self.site_local)
+        out = self.out
+        out.add_encoded(_i32_const(site_id), 1)
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
+            out.add_encoded(self.set_site, 1)
             self.emit(0x0C, self.unwind_depth())
             return
         site = self.p.sites[site_id]
         a = self.addr_local
-        self.emit(0x41, 0)
-        self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
-        self.emit(0x21, a)
-        out, stores = self.out, self.slot_stores
-        for j in sorted({*site.live, *site.spills, *site.arg_spills}):
+        out.add_encoded(self.set_site_and_record, 4)  # $site = K; a = the write pointer
+        chunks, stores = out.chunks, self.slot_stores
+        slots = sorted({*site.live, *site.spills, *site.arg_spills})
+        for j in slots:
             code = stores.get(j)
             if code is None:  # made once per slot: most of a big function's sites store the same locals
                 op, align = _STORE[self.local_types[j]]
-                code = stores[j] = ((0x20, a, -1), (0x20, j, -1), (op, self.ctl_memarg(align, 8 + 8 * j), -1))
-            out += code
+                code = stores[j] = (encoded_instr(0x20, a) + encoded_instr(0x20, j)
+                                    + encoded_instr(op, self.ctl_memarg(align, 8 + 8 * j)))
+            chunks.append(code)
+        self.out.tags += bytes(3 * len(slots))
         self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
 
-    def _framed(self, inner: list[Emitted], results: list[str], after_body: Callable[[], None]) -> list[Emitted]:
+    def _framed(self, inner: Code, results: list[str], after_body: Callable[[], None]) -> Code:
         """A function's code around ``inner`` (the code inside its own label) and the header
         writer after $unwind::
 
@@ -312,11 +368,11 @@ class _FunctionRewriter:
             end
         """
         p = self.p
-        self.out = []
+        self._start_code()
         self.emit(0x02, p.block_type([], results))  # $done
         self.emit(0x02, None)  # $unwind
         self.emit(0x02, p.block_type([], results))  # the function's own label
-        self.out += inner
+        self.out.extend(inner)
         self.emit(0x0B)
         after_body()
         self.emit(0x0B)  # end $unwind
@@ -359,14 +415,12 @@ class _FunctionRewriter:
         call's results. That one load replaces the entry poll of a recursive function (see
         :meth:`_Pass.entry_polled`)."""
         carried = level + results
+        p = self.p
         if after is not None:
-            self.emit(0x41, 0)
-            self.emit(0xFE12, memarg(0, POLL, self.p.poll_mem))  # i32.atomic.load8_u $poll
-            self.open(0x04, self.p.block_type(carried, carried), False)
-        self.emit(0x23, self.p.globals_base)  # $state
-        self.emit(0x41, STATE_UNWINDING)
-        self.emit(0x46)  # i32.eq
-        self.open(0x04, self.p.block_type(carried, carried), False)
+            self.out.add_encoded(p.poll_load, 2)  # i32.atomic.load8_u $poll
+            self.open(0x04, p.block_type(carried, carried), False)
+        self.out.add_encoded(p.is_unwinding, 3)  # $state == 1
+        self.open(0x04, p.block_type(carried, carried), False)
         self.drop(len(results))
         self.pop_into(level, base)
         self.unwind_branch(site_id)
@@ -396,20 +450,18 @@ class _FunctionRewriter:
     def plain(self, ins: Instr) -> None:
         """An instruction that is neither a site nor a construct holding one: copied, with its
         branch depths renumbered and segment drops recorded."""
-        op, imm = ins.op, ins.imm
+        op, imm, origin = ins.op, ins.imm, ins.offset
         if op not in _NOT_VERBATIM:  # most instructions: copied as they are
-            self.out.append([op, imm, ins.offset])
-            return
-        first = len(self.out)
-        if op in (0x02, 0x03, 0x04):
-            self.open(op, imm, True)
+            self.emit(op, imm, origin)
+        elif op in (0x02, 0x03, 0x04):
+            self.open(op, imm, True, origin)
         elif op == 0x0B:
-            self.close()
+            self.close(origin)
         elif op in (0x0C, 0x0D):
-            self.emit(op, self.label(imm))
+            self.emit(op, self.label(imm), origin)
         elif op == 0x0E:
             labels, default = imm
-            self.emit(op, (tuple(self.label(x) for x in labels), self.label(default)))
+            self.emit(op, (tuple(self.label(x) for x in labels), self.label(default)), origin)
         elif op == 0x40:  # memory.grow: publish the new size (the old one stays the result)
             self.emit(op, imm, ins.offset)
             self.emit(0x41, 0)
@@ -424,12 +476,11 @@ class _FunctionRewriter:
                 self.emit(0x41, 1)
                 self.emit(0x3A, self.ctl_memarg(0, slot))  # i32.store8 $ctl
         else:
-            self.emit(op, imm)
-        self.out[first][2] = ins.offset
+            self.emit(op, imm, origin)
 
     # --- the function -------------------------------------------------------------------------
-    def rewrite(self) -> tuple[Function, Function]:  # bodies of Emitted, not Instr
-        """The instrumented function and its rewind copy.
+    def rewrite(self) -> tuple[_Rewritten, _Rewritten]:
+        """The instrumented function and its rewind copy, encoded.
 
         The copy is a function of its own (type ``[] -> results``, every local of the function
         a local), called directly by its caller's rewind copy at the record's call site — or
@@ -444,9 +495,9 @@ class _FunctionRewriter:
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
 
         rewind = self._rewind_body()
-        self.out = []
+        self._start_code()
         self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
-        self.out += rewind
+        self.out.extend(rewind)
         self.emit(0x0C, 3)  # the copy's results straight to $done
         self.emit(0x0B)
         self._write_all_slots()  # the copy is cold: one writer for all its sites keeps it small
@@ -454,16 +505,19 @@ class _FunctionRewriter:
         copy_body = self._framed(self.out, results, lambda: self.emit(0x0C, 1))  # the results to $done
 
         added = [(1, t) for t in self.local_types[self.num_locals:]]
-        new = Function(self.func.type_idx, list(self.func.locals) + added, body)
+        new = _Rewritten(self.func.type_idx, encode_code_entry_raw(list(self.func.locals) + added, body.body()),
+                         body.origin_entry())
         # the copy has no parameters (it reloads every local): the function's are its first locals
-        rewind_copy = Function(p.func_type_index([], results), _grouped(self.local_types), copy_body)
+        rewind_copy = _Rewritten(p.func_type_index([], results),
+                                 encode_code_entry_raw(_grouped(self.local_types), copy_body.body()),
+                                 copy_body.origin_entry())
         p.layouts[self.func_idx] = FunctionLayout(self.func_idx, self.num_locals, list(self.local_types),
                                                   8 + 8 * len(self.local_types))
         return new, rewind_copy
 
-    def _normal_body(self) -> list[Instr]:
+    def _normal_body(self) -> Code:
         """The original body with polls, post-call checks and spills (allocates the sites)."""
-        self.out = []
+        self._start_code()
         self.labels = [False, False, True]  # $done, $unwind, the function's label
         self.unwind_label = _UNWIND_LABEL
         body = self.func.body
@@ -479,16 +533,17 @@ class _FunctionRewriter:
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
         has_site = self.has_site
-        append = self.out.append
-        emitted_to = -1  # an unrolled loop emitted body[..emitted_to] at once
-        for i in range(start, end):
-            if i <= emitted_to:
-                continue
+        special_at, copy = self.special_at, self.original.copy
+        k = bisect_left(special_at, start)
+        copied_to = start  # body[start:copied_to] is emitted
+        while k < len(special_at) and special_at[k] < end:
+            i = special_at[k]
+            k += 1
+            if i > copied_to:  # the plain instructions before it, copied unchanged in one run
+                copy(self.out, copied_to, i)
+            copied_to = i + 1
             ins = body[i]
             op = ins.op
-            if op not in _SPECIAL:  # most instructions: copied as they are (see :meth:`plain`)
-                append([op, ins.imm, ins.offset])
-                continue
             live = not unreachable[i]
             base = ctl[-1].base if ctl else 0
             if op in (0x02, 0x03, 0x04):
@@ -501,7 +556,8 @@ class _FunctionRewriter:
                 if op == 0x03 and live and self._unrollable(i):
                     self._unrolled_loop(i, ins, stack, entry_height, ctl)
                     self._push_back_buried(_Ctl("loop", i, entry_height, buried, tuple(result_types)))
-                    emitted_to = self.end_of[i]
+                    copied_to = self.end_of[i] + 1  # the loop was emitted whole
+                    k = bisect_left(special_at, copied_to)
                     continue
                 self.open(op, ins.imm, True)
                 ctl.append(_Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types)))
@@ -526,6 +582,8 @@ class _FunctionRewriter:
                     self.post_call_check(site, below[base:], list(callee.results), base, after)
             else:
                 self.plain(ins)
+        if end > copied_to:
+            copy(self.out, copied_to, end)
 
     def _every_iteration_calls(self, i: int) -> bool:
         """Whether the fast variant may leave loop ``i`` without a header poll: every iteration
@@ -641,9 +699,12 @@ class _FunctionRewriter:
             self.emit(0x20, self.temp(t, k))
 
     def _constructs_with_sites(self, body: list[Instr]) -> dict[int, bool]:
+        """Construct start -> whether a loop or a call lies in it (or it is a loop)."""
+        at = [k for k in self.special_at if body[k].op in (0x03, 0x10, 0x11)]  # ascending
         out: dict[int, bool] = {}
         for start, end in self.end_of.items():
-            out[start] = body[start].op == 0x03 or any(body[k].op in (0x03, 0x10, 0x11) for k in range(start + 1, end))
+            k = bisect_right(at, start)
+            out[start] = body[start].op == 0x03 or (k < len(at) and at[k] < end)
         return out
 
     def _call_shape(self, ins: Instr, stack: list[str | None]) -> tuple[str, list[str], list[str], FuncType]:
@@ -679,11 +740,11 @@ class _FunctionRewriter:
             self.emit(0x20, j)
             self.emit(op, self.ctl_memarg(align, 8 + 8 * j))
 
-    def _rewind_body(self) -> list[Instr]:
+    def _rewind_body(self) -> Code:
         """The copy run by a frame being rewound: it reloads the frame's locals from its record,
         skips (without side effects) to the site the record names, re-enters the call there (or,
         innermost, ends the rewind) and from then on runs as the normal body does."""
-        self.out = []
+        self._start_code()
         self.labels = [False, False, True, False]  # ..., the arm, $copy_unwind
         self.unwind_label = _COPY_UNWIND_LABEL
         body = self.func.body
@@ -699,7 +760,7 @@ class _FunctionRewriter:
             return sites[lo][1], sites[hi - 1][1]
 
         levels: list[_Ctl] = []  # the constructs holding a site the copy is inside
-        segment: list[object] | None = None  # [the guard `if`, its params] while a segment is open
+        segment: tuple[int, list[str]] | None = None  # (the guard `if`'s chunk, its params) while a segment is open
         plain_depth = 0  # plain constructs open inside the current segment
         raw_depth = -1  # >= 0: copying dead code after an unconditional branch, at that nesting
 
@@ -710,10 +771,8 @@ class _FunctionRewriter:
             nonlocal segment
             if segment is None:
                 params = self.known_types(stack_before[i][base():])
-                self.emit(0x20, self.skip_local)
-                self.emit(0x45)  # i32.eqz: not skipping -> run the segment
-                guard = self.open(0x04, None, False)
-                segment = [guard, params]
+                self.out.add_encoded(self.skip_eqz, 2)  # not skipping -> run the segment
+                segment = (self.open(0x04, None, False), params)
 
         def close_segment(j: int) -> None:
             nonlocal segment
@@ -721,14 +780,29 @@ class _FunctionRewriter:
                 return
             guard, params = segment
             results = self.known_types(stack_before[j][base():])
-            guard[1] = self.p.block_type(params, results)
-            self.emit(0x05)
-            self.drop(len(params))  # type: ignore[arg-type]
+            self.out.chunks[guard] = encoded_instr(0x04, self.p.block_type(params, results))
+            self.out.add_encoded(_ELSE, 1)
+            self.drop(len(params))
             self.zeros(results)
             self.close()
             segment = None
 
-        for i, ins in enumerate(body[:-1]):
+        walked_at, copy = self.walked_at, self.original.copy
+        last = len(body) - 1  # the final `end` is the framing's
+        copied_to = 0  # body[:copied_to] is walked
+        for i in walked_at + [last]:
+            if i > copied_to:  # a run of plain instructions: copied whole, in the state the walk is in
+                if raw_depth < 0 and plain_depth == 0:
+                    if unreachable[copied_to]:
+                        close_segment(copied_to)
+                        raw_depth = 0
+                    else:
+                        open_segment(copied_to)
+                copy(self.out, copied_to, i)
+            if i == last:
+                break
+            copied_to = i + 1
+            ins = body[i]
             op = ins.op
             if raw_depth >= 0:
                 if op in (0x05, 0x0B) and raw_depth == 0:
@@ -793,8 +867,7 @@ class _FunctionRewriter:
                 open_segment(i)
                 self.plain(ins)
         close_segment(len(body) - 1)
-        walked = self.out
-        self.out = []  # the prologue last: it reloads every local the walk may have added
+        walked = self._start_code()  # the prologue last: it reloads every local the walk may have added
         self._rewind_prologue()
         self.emit(0x20, self.site_local)
         self.emit(0x41, self.site_at[(-1, "entry")])
@@ -802,7 +875,8 @@ class _FunctionRewriter:
         self.open(0x04, None, False)
         self._finish_rewind()
         self.close()
-        return self.out + walked
+        self.out.extend(walked)
+        return self.out
 
     def _rewind_prologue(self) -> None:
         """Pop this frame's record: $site and every canonical local and spill local."""
@@ -840,15 +914,12 @@ class _FunctionRewriter:
         """The innermost frame reached its site: the stack is rebuilt, run normally from here (a
         checkpoint request the host made meanwhile is still in the poll byte). The state and the
         record pointers are reset by one function the pass adds (:func:`_finish_rewind_function`),
-        called rather than inlined at each of the copy's resume points."""
-        self.emit(0x10, self.p.finish_func)
-        self.emit(0x41, 0)
-        self.emit(0x21, self.skip_local)
+        called rather than inlined at each of the copy's resume points; then $skip = 0."""
+        self.out.add_encoded(self.finish, 3)
 
     def _skip_test(self, lo: int, hi: int, *, inside: bool) -> None:
         """Push whether $site lies in [lo, hi] (inside) or outside it."""
-        self.emit(0x20, self.site_local)
-        self.emit(0x41, lo)
+        self.out.add_encoded(self.get_site + _i32_const(lo), 2)
         self.emit(0x6B)  # i32.sub
         self.emit(0x41, hi - lo)
         self.emit(0x4D if inside else 0x4B)  # i32.le_u / i32.gt_u
@@ -907,7 +978,7 @@ class _FunctionRewriter:
             self.open(0x04, self.p.block_type(params, params), False)
             self.open(0x02, self.p.block_type(params, params), True)  # the loop's label
             self.emit(0x20, self.site_local)
-            self.emit(0x41, site)
+            self.out.add_encoded(_i32_const(site), 1)
             self.emit(0x46)
             self.open(0x04, self.p.block_type(params, params), False)
             self.drop(len(params))
@@ -929,6 +1000,10 @@ class _FunctionRewriter:
         self._emit_range(i, self.end_of[i] + 1, [_Ctl("block", i, height)])
         self.unwind_label = saved
 
+    def _site_is(self, site: int) -> None:
+        """Push whether $site is ``site``."""
+        self.out.add_encoded(self.get_site + _i32_const(site) + _I32_EQ, 3)
+
     def _rewind_call(self, i: int, ins: Instr, base: int) -> None:
         """A call site in the copy: skipped (zeros for its results) when skipping past it; when it
         is the record's site, the live values come back from their spill locals and the call is
@@ -941,8 +1016,7 @@ class _FunctionRewriter:
         operands = stack[len(below):]
         results = list(callee.results)
         if args:  # only when running: while skipping, the spill locals hold the record's operands
-            self.emit(0x20, self.skip_local)
-            self.emit(0x45)
+            self.out.add_encoded(self.skip_eqz, 2)
             self.open(0x04, self.p.block_type(args, args), False)
             self.pop_into(args, len(below))
             self.push_from(args, len(below))
@@ -952,16 +1026,13 @@ class _FunctionRewriter:
         # skipping (to this site or past it): the level's values come back from their spill
         # locals either way (past it they are junk that only skipped code consumes); then the
         # call's results: from the callee's rewind, from the record (an after_call site), or zeros
-        self.emit(0x20, self.skip_local)
+        self.out.add_encoded(self.get_skip, 1)
         self.open(0x04, self.p.block_type(carried_in, carried_out), False)
         self.drop(len(carried_in))
         self.push_from(level, base)
-        self.emit(0x20, self.site_local)
-        self.emit(0x41, site)
-        self.emit(0x46)
+        self._site_is(site)
         self.open(0x04, self.p.block_type([], results), False)
-        self.emit(0x41, 0)
-        self.emit(0x21, self.skip_local)
+        self.out.add_encoded(self.clear_skip, 2)
         if kind == "import_call":  # the innermost frame: the host call runs again, for real
             self._finish_rewind()
             self.push_from(args, len(below))
@@ -978,27 +1049,25 @@ class _FunctionRewriter:
             self._finish_rewind()
             self.push_from(args, len(below))
             self.emit(ins.op, ins.imm, ins.offset)
-            self.emit(0x05)
+            self.out.add_encoded(_ELSE, 1)
             self.emit(0x41, 0)
             self.emit(0x28, self.ctl_memarg(2, READ_PTR))
             self.emit(0x28, self.ctl_memarg(2, 4))  # the record's function
             self.emit(0x11, (self.p.func_type_index([], results), self.p.rewinds_table), ins.offset)
             self.close()
-        self.emit(0x05)
+        self.out.add_encoded(_ELSE, 1)
         if after is not None:  # stopped just after the call: its results come back from the record
-            self.emit(0x20, self.site_local)
-            self.emit(0x41, after)
-            self.emit(0x46)
+            self._site_is(after)
             self.open(0x04, self.p.block_type([], results), False)
             self.push_from(results, base + len(level))
             self._finish_rewind()
-            self.emit(0x05)
+            self.out.add_encoded(_ELSE, 1)
             self.zeros(results)
             self.close()
         else:
             self.zeros(results)
         self.close()
-        self.emit(0x05)
+        self.out.add_encoded(_ELSE, 1)
         self.emit(ins.op, ins.imm, ins.offset)
         self.close()
         if self.p.call_may_unwind(ins):
@@ -1017,9 +1086,13 @@ class _FunctionRewriter:
         self.emit(0x10, self.p.header_func)
 
 
-def _encode_function(f: Function) -> bytes:
-    """The code-section entry of a rewritten function, whose body is :data:`Emitted` lists."""
-    return encode_code_entry_ops(f.locals, f.body)
+@dataclass
+class _Rewritten:
+    """A function as the pass built it: its type, its code-section entry and its origin tags."""
+
+    type_idx: int
+    code: bytes
+    origins: bytes
 
 
 def _grouped(types: list[str]) -> list[tuple[int, str]]:
@@ -1045,6 +1118,9 @@ class _Pass:
         self.ctl = len(ir.all_mems())
         self.poll_mem = self.ctl + 1  # a memory of its own: see instrument()
         self.globals_base = len(ir.all_globals())
+        #: the poll (i32.atomic.load8_u $poll 0) and the test $state == unwinding, encoded once
+        self.poll_load = encode_seq((0x41, 0), (0xFE12, memarg(0, POLL, self.poll_mem)))
+        self.is_unwinding = encode_seq((0x23, self.globals_base), (0x41, STATE_UNWINDING), (0x46,))
         self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}  # type indices
         self.count_steps = True
         self.unroll = 1  # copies of a small call-free loop's body per poll (fast variant: UNROLL)
@@ -1181,10 +1257,10 @@ def instrument(module: object, *, count_steps: bool = True,
         cached_live = info.live
         new, copy = _FunctionRewriter(p, n_imported + k, f, info).rewrite()
         info.live = cached_live  # what the rewriter computed is dropped unless it was there before
-        code.append(_encode_function(new))
-        copies.append(_encode_function(copy))
-        origins.append(origin_tags([ins[2] for ins in new.body]))
-        copy_origins.append(origin_tags([ins[2] for ins in copy.body]))
+        code.append(new.code)
+        copies.append(copy.code)
+        origins.append(new.origins)
+        copy_origins.append(copy.origins)
         shells.append(Function(new.type_idx, [], []))
         copy_shells.append(Function(copy.type_idx, [], []))
     if progress is not None:
