@@ -31,7 +31,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "engines": ("wasmig.engines",),
     "session": ("wasmig.session",),
     "migrate": ("wasmig.migrate",),
-    "top": ("wasmig.cli", "wasmig.invoke", "wasmig.examples", "wasmig.__main__", "wasmig"),
+    "top": ("wasmig.cli", "wasmig.ray", "wasmig.invoke", "wasmig.examples", "wasmig.__main__", "wasmig"),
 }
 _BELOW_ENGINES = {"foundation", "transport", "binary", "snapshot", "wasi"}
 #: group -> the groups it may import besides its own
