@@ -154,7 +154,8 @@ def ps(address: str | None) -> None:
     from wasmig.ray import client
 
     rows = client.call(connected(address).ps)
-    out(f"{'JOB':<11} {'NODE':<12} {'ENGINE':<9} {'STATE':<11} {'CHECKPOINT':>10} {'RESTARTS':>8} {'MOVES':>5}  PROGRAM")
+    out(f"{'JOB':<11} {'NODE':<12} {'ENGINE':<9} {'STATE':<11} {'CHECKPOINT':>10} {'RESTARTS':>8} {'MOVES':>5}  "
+        "PROGRAM")
     for r in rows:
         state = r["state"] if r["code"] is None else f"{r['state']}({r['code']})"
         out(f"{r['job']:<11} {(r['node'] or '-')[:12]:<12} {r['engine'] or '-':<9} {state:<11} "
@@ -178,7 +179,8 @@ def logs(address: str | None, stderr: bool, job: str) -> None:
 
 def migrate_options(p: Parser) -> None:
     address_option(p)
-    p.option("--to", default=None, metavar="NODE", help="The target node (id or unique prefix; default: the best other).")
+    p.option("--to", default=None, metavar="NODE",
+             help="The target node (id or unique prefix; default: the best other).")
 
 
 @subcommand("migrate", migrate_options, "job")

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 from wasmig.ray.joblog import JobLog, recorded_counts
 from wasmig.ray.spec import JobSpec, job_directory
 
+#: how long a runner waits for an earlier runner of its job to be gone (see JobRunner._take_fence)
+FENCE_TIMEOUT_S = 60.0
+
 if TYPE_CHECKING:
     from wasmig.engines.base import Engine, Program
     from wasmig.module import Module
@@ -83,7 +86,8 @@ class JobRunner:
     def run(self, restore: bool, on_file_change: str = "fail") -> dict[str, Any]:
         """Run the program to its end, or until :meth:`stop`; ``restore``: from the job's latest
         snapshot (if it has none yet, from the start). The outcome: ``exited`` (``code``),
-        ``stopped`` (checkpointed for a move), ``trapped`` or ``failed`` (``error``)."""
+        ``stopped`` (checkpointed for a move), ``trapped`` or ``failed`` (``error``), ``busy``
+        (an earlier runner of the job still holds it: try again)."""
         from wasmig.errors import Trap, WasmError
         from wasmig.session.loop import Session
         from wasmig.session.policy import CheckpointExit, CheckpointPolicy
@@ -91,7 +95,12 @@ class JobRunner:
         log = JobLog(log_directory(self.spec, self.job_id))
         wasi = None
         timer: threading.Thread | None = None
+        fence = -1
         try:
+            try:
+                fence = self._take_fence()
+            except TimeoutError as e:
+                return {"outcome": "busy", "error": str(e)}
             latest = latest_checkpoint(self.spec, self.job_id) if restore else None
             if latest is not None:
                 program, wasi = self._restored(latest, log, on_file_change)
@@ -128,6 +137,8 @@ class JobRunner:
             if wasi is not None:
                 wasi.close()
             log.close()
+            if fence >= 0:
+                os.close(fence)  # the next runner of this job may start
 
     def checkpoint(self) -> bool:
         """Take a checkpoint at the program's next stable point (it goes on); False if not running."""
@@ -192,6 +203,28 @@ class JobRunner:
             raise
         self.restored_from = str(latest)
         return program, wasi
+
+    def _take_fence(self) -> int:
+        """Hold the job's lock file for the whole run, so two runners of one job never write its
+        log, files or snapshots at once: a restart after a lost node waits here until the old
+        process is really gone (workers of a killed raylet may outlive it for a moment; the kernel
+        releases the lock when the process ends). A TimeoutError after ``FENCE_TIMEOUT_S``."""
+        import fcntl
+
+        directory = job_directory(self.spec, self.job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + FENCE_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise TimeoutError(f"job {self.job_id}: another runner still holds it after "
+                                       f"{FENCE_TIMEOUT_S:g} s") from None
+                time.sleep(0.05)
 
     def _request_stop(self) -> None:
         session = self._session

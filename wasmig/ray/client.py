@@ -52,14 +52,23 @@ def connect(address: str | None) -> None:
     """Join the cluster (namespace ``wasmig``) as a driver, quietly."""
     resolved = resolve_address(address)
     probe(resolved)
-    if resolved.rpartition(":")[0].strip("[]") in LOOPBACK:
+    loopback = resolved.rpartition(":")[0].strip("[]") in LOOPBACK
+    if loopback:
         # Ray turns a loopback address into the machine's own address before it connects, unless
         # "clusters" are disabled (its switch for one-machine use); a cluster bound to 127.0.0.1
-        # listens on no other address, so keep the loopback one. Read by Ray when it is imported.
+        # listens on no other address, so keep the loopback one. Ray reads the switch when it is
+        # imported (and its workers inherit it from here)...
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import logging
 
     import ray
+
+    if loopback:
+        # ...and looks it up in its constants at each address lookup: when Ray was imported before
+        # (by the caller), set it there, or Ray would retry the wrong address for minutes
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
     from wasmig.ray.controller import NAMESPACE
 

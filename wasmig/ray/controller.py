@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -124,7 +124,7 @@ class Controller:
                 if target == job.node:
                     raise FleetError(f"job {job.id} already runs on node {target[:12]}")
             else:
-                target = self._choose(job.spec, avoid=self._draining | {job.node})
+                target = self._choose(job.spec, avoid=self._draining | {job.node}, pinned=False)
             job.state = "moving"
         return self._move(job, target)
 
@@ -136,7 +136,7 @@ class Controller:
             leaving = [j for j in self._jobs.values() if j.node == node_id and j.state == "running"]
             plans = []
             for job in leaving:
-                plans.append((job, self._choose(job.spec, avoid=self._draining | {node_id})))
+                plans.append((job, self._choose(job.spec, avoid=self._draining | {node_id}, pinned=False)))
                 job.state = "moving"
         if not plans:
             return []
@@ -186,8 +186,11 @@ class Controller:
                 load[job.node] = load.get(job.node, 0) + 1
         return load
 
-    def _choose(self, spec: JobSpec, avoid: set[str]) -> str:
-        return choose_node(ray.nodes(), spec.placement, self._load(), avoid=avoid, cpus=spec.num_cpus)
+    def _choose(self, spec: JobSpec, avoid: set[str], *, pinned: bool = True) -> str:
+        """A node for ``spec``; ``pinned=False`` (a move, a restart) lets a job pinned to a node go
+        elsewhere, with the same labels and resources."""
+        placement = spec.placement if pinned else replace(spec.placement, node=None)
+        return choose_node(ray.nodes(), placement, self._load(), avoid=avoid, cpus=spec.num_cpus)
 
     def _new_actor(self, job: Job, node: str) -> tuple[Any, str | None]:
         # every node runs this same installation (one machine, or one image): its default engine is ours
@@ -276,10 +279,11 @@ class Controller:
         with self._lock:
             if job.run_ref is not ref or job.state != "running":
                 return  # a move or a cancel owns it now
-            if result is not None and result["outcome"] != "stopped":
+            if result is not None and result["outcome"] not in ("stopped", "busy"):
                 self._finish(job, result)
                 return
-            # lost with its node or worker (or stopped by SIGTERM): again from its latest checkpoint
+            # lost with its node or worker (or stopped by SIGTERM, or its old runner was still there):
+            # again from its latest checkpoint
             job.restarts += 1
             if job.node is not None and not any(n["NodeID"] == job.node and n.get("Alive") for n in ray.nodes()):
                 job.avoid.add(job.node)
@@ -291,7 +295,7 @@ class Controller:
             if job.state != "restarting":
                 return
             try:
-                node = self._choose(job.spec, avoid=self._draining | job.avoid)
+                node = self._choose(job.spec, avoid=self._draining | job.avoid, pinned=False)
             except FleetError:
                 return  # no node fits now: tried again by the monitor
             # files written after the checkpoint are not rolled back (docs/fleet.md): reopen them as they are
