@@ -61,7 +61,10 @@ def connect(address: str | None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import logging
 
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise FleetError("Ray is not installed here: pip install 'wasmig[ray]'") from None
 
     if loopback:
         # ...and looks it up in its constants at each address lookup: when Ray was imported before
