@@ -76,6 +76,8 @@ class JobRunner:
         self._lock = threading.Lock()
         self.restored_from: str | None = None
         self._resumed_wall: float | None = None  # time.time() when the program (re)started running
+        #: from run() called to the program running: the fence, the snapshot read, the restore
+        self.prepare_s: float | None = None
         self._install_sigterm()
 
     # --- what the controller asks ------------------------------------------------------------
@@ -92,6 +94,7 @@ class JobRunner:
         from wasmig.session.loop import Session
         from wasmig.session.policy import CheckpointExit, CheckpointPolicy
 
+        entered = time.time()
         log = JobLog(log_directory(self.spec, self.job_id))
         wasi = None
         timer: threading.Thread | None = None
@@ -113,6 +116,7 @@ class JobRunner:
                 self._session = session
                 stop_now = self._stop_wanted
             self._resumed_wall = time.time()
+            self.prepare_s = self._resumed_wall - entered
             self._started.set()
             if stop_now:
                 self._request_stop()
@@ -157,11 +161,11 @@ class JobRunner:
                 return
         self._request_stop()
 
-    def resumed_at(self, timeout: float = 120.0) -> float | None:
+    def resumed_at(self, timeout: float = 120.0) -> tuple[float | None, float | None]:
         """When the program started running here (wall clock; a move's downtime ends there), once it
-        did; None if it failed first."""
+        did, and how long preparing it took; (None, None) if it failed first."""
         self._started.wait(timeout)
-        return self._resumed_wall
+        return self._resumed_wall, self.prepare_s
 
     def status(self) -> dict[str, Any]:
         session = self._session

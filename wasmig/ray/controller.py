@@ -235,9 +235,9 @@ class Controller:
                 self._finish(job, result)
             return record
         run_ref = new.run.remote(True, "fail" if result["outcome"] == "stopped" else "ignore")
-        resumed_at = ray.get(new.resumed_at.remote(), timeout=STOP_TIMEOUT_S)
+        resumed_at, restore_s = ray.get(new.resumed_at.remote(), timeout=STOP_TIMEOUT_S)
         ray.kill(old)
-        record.update(stopped_s=(result.get("stopped_at") or stop_at) - stop_at,
+        record.update(stopped_s=(result.get("stopped_at") or stop_at) - stop_at, restore_s=restore_s,
                       downtime_s=(resumed_at - stop_at) if resumed_at else None, engine=engine,
                       total_s=time.perf_counter() - started)
         with self._lock:
