@@ -12,6 +12,8 @@ It reports:
 - the dedup ratio across the jobs of the module: the pages their snapshots reference, counted per
   job (what N separate stores hold) over the distinct pages of all jobs together (what one shared
   content-addressed store would hold);
+- the same for the jobs whose target actor was pre-warmed (``JobSpec.prewarm``: even jobs) and
+  for the others (odd), side by side in the one drain;
 - the workers' memory (RSS of every JobRunner process, sum and median) and the load average.
 
 The drain is wall time on a shared 2-core machine (other agents' load included: the load average
@@ -104,7 +106,8 @@ def main() -> None:
             started = time.perf_counter()
             jobs = [client.call(ctl.submit, JobSpec(
                 module=wasm, module_name="fleet_work.wasm", args=(f"j{i}", str(args.steps), "100"),
-                dirs=((str(data), "data"),), store=str(store), checkpoint_every=args.every, num_cpus=0.5))
+                dirs=((str(data), "data"),), store=str(store), checkpoint_every=args.every, num_cpus=0.5,
+                prewarm=i % 2 == 0))
                 for i in range(args.jobs)]
             while any(r["checkpoint_age_s"] is None for r in client.call(ctl.ps)):
                 time.sleep(0.5)
@@ -124,6 +127,12 @@ def main() -> None:
                       f"p99 {percentile(downtimes, 0.99) * 1000:.0f} ms, max {max(downtimes) * 1000:.0f} ms "
                       f"(of it: stopping with the last checkpoint p50 {percentile(stopping, 0.5) * 1000:.0f} ms, "
                       f"restoring p50 {percentile(restoring, 0.5) * 1000:.0f} ms)")
+            for warm in (True, False):
+                mine = [m for m in moves if m.get("downtime_s") is not None and (jobs.index(m["job"]) % 2 == 0) == warm]
+                if mine:
+                    print(f"  target pre-warmed {'yes' if warm else 'no '}: {len(mine)} moves, downtime p50 "
+                          f"{percentile([m['downtime_s'] for m in mine], 0.5) * 1000:.0f} ms, restoring p50 "
+                          f"{percentile([m['restore_s'] for m in mine], 0.5) * 1000:.0f} ms")
             for job in jobs:
                 client.call(ctl.cancel, job)
             per_checkpoint, dedup = store_figures(store)

@@ -10,6 +10,7 @@ bear)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -126,6 +127,43 @@ def cluster() -> Iterator[Any]:
         c.shutdown()
 
 
+def listening_addresses(roots: set[int]) -> set[str]:
+    """The local addresses of the listening TCP sockets of processes ``roots`` and their
+    descendants (read from /proc: the raylets' workers are their children)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    family = set(roots)
+    while True:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        if not more:
+            break
+        family |= more
+    inodes: set[str] = set()
+    for pid in family:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, width // 2, 4))  # per-32-bit little-endian
+                address = ipaddress.ip_address(words)
+                mapped = getattr(address, "ipv4_mapped", None)
+                found.add(str(mapped or address))
+    return found
+
+
 def wait_for(what: str, check: Any, timeout: float = 120.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -147,6 +185,10 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     nodes = [n for n in ray.nodes() if n["Alive"]]
     assert len(nodes) == 3
     assert {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}
+    cluster_pids = {proc.process.pid for node in [cluster.head_node, *cluster.worker_nodes]
+                    for procs in node.all_processes.values() for proc in procs}
+    listening = listening_addresses(cluster_pids)
+    assert listening and listening <= {"127.0.0.1", "::1"}, f"a cluster process listens beyond loopback: {listening}"
     head = cluster.head_node.node_id
     interp = next(n["NodeID"] for n in nodes if n["Labels"].get("wasmig-engine") == "interp")
     plain = next(n["NodeID"] for n in nodes if n["NodeID"] not in (head, interp))

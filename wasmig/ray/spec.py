@@ -38,6 +38,9 @@ class JobSpec:
     store: str = ""
     placement: Placement = field(default_factory=Placement)
     num_cpus: float = 1.0
+    #: a runner made for a move or a restart loads its engine and builds the program once before
+    #: the source stops (imports, the compiled module), so the downtime holds only the restore
+    prewarm: bool = True
 
 
 def job_directory(spec: JobSpec, job_id: str) -> Path:
