@@ -91,6 +91,57 @@ def test_cluster_command_without_a_cluster_is_one_line() -> None:
     assert done.stderr.strip().count("\n") == 0 and "no Ray cluster at 127.0.0.1:9" in done.stderr
 
 
+SIGTERM_SCRIPT = """
+import json, os, signal, sys, threading, time
+from wasmig.ray.actor import JobRunner
+from wasmig.ray.spec import JobSpec
+spec = JobSpec(module=open(sys.argv[1], "rb").read(), module_name="fleet_work.wasm", args=("t", "400", "20"),
+               store=sys.argv[2], engine=sys.argv[3], prewarm=False)
+runner = JobRunner("j-sigterm", spec, spec.engine)
+if sys.argv[4] == "restore":
+    print(json.dumps(runner.run(restore=True)), flush=True)
+    sys.exit(0)
+result = {}
+thread = threading.Thread(target=lambda: result.update(runner.run(restore=False)))
+thread.start()
+runner.resumed_at()
+time.sleep(0.5)
+os.kill(os.getpid(), signal.SIGTERM)  # as Ray's notice: checkpoint, stop, then the default action
+thread.join()
+print(json.dumps(result), flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("engine", ["interp", "wasmtime"])
+def test_sigterm_checkpoints_and_stops_then_the_job_restores(tmp_path: Path, engine: str) -> None:
+    """A runner outside Ray: SIGTERM in its main thread stops the program at a checkpoint and lets
+    the signal end the process; a new runner goes on from there, and the job's log is the whole
+    run's, once."""
+    if engine == "wasmtime":
+        pytest.importorskip("wasmtime")
+    import json
+
+    from wasmig.toolchain import compile_c
+
+    wasm = compile_c(PROGRAMS / "fleet_work.c")
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    first = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT, str(wasm), str(store), engine, "fresh"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == -signal.SIGTERM, (first.returncode, first.stderr)
+    outcome = json.loads(first.stdout)
+    assert outcome["outcome"] == "stopped" and outcome["snapshot"] != "None", outcome
+    partial = (store / "j-sigterm" / "log" / "stdout").read_bytes()
+    assert partial and len(partial) < len(expected_run("t", 400)[0])
+    second = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT, str(wasm), str(store), engine, "restore"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert json.loads(second.stdout) == {"outcome": "exited", "code": 0}, second.stderr
+    stdout, stderr = expected_run("t", 400)
+    assert (store / "j-sigterm" / "log" / "stdout").read_bytes() == stdout
+    assert (store / "j-sigterm" / "log" / "stderr").read_bytes() == stderr
+
+
 # --- on a cluster ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:

@@ -267,10 +267,12 @@ class JobRunner:
 
         def on_sigterm(signum: int, frame: Any) -> None:
             self.stop()
+            # the next SIGTERM is the previous handler's (here, in the main thread, where it may be
+            # set): the one re-sent once the program stopped, or a second one from outside (now)
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
             def then_exit() -> None:
                 self._ended.wait(30.0)
-                signal.signal(signal.SIGTERM, previous if callable(previous) else signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)
 
             threading.Thread(target=then_exit, name="wasmig-fleet-sigterm", daemon=True).start()

@@ -241,9 +241,12 @@ class Controller:
                       downtime_s=(resumed_at - stop_at) if resumed_at else None, engine=engine,
                       total_s=time.perf_counter() - started)
         with self._lock:
-            job.actor, job.run_ref, job.node, job.engine = new, run_ref, target, engine
             job.moves.append(record)
-            job.state = "cancelled" if job.state == "cancelled" else "running"
+            if job.state == "cancelled":  # cancelled while it moved: the new runner goes too
+                ray.kill(new)
+                return record
+            job.actor, job.run_ref, job.node, job.engine = new, run_ref, target, engine
+            job.state = "running"
         return record
 
     def _finish(self, job: Job, result: dict[str, Any]) -> None:
