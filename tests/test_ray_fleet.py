@@ -29,6 +29,7 @@ from wasmig.ray.spec import FleetError, Placement
 PROGRAMS = Path(__file__).parent / "programs"
 STEPS, MS = 50, 60  # about 3 s of sleeping per job, plus its computing: long enough to be moved mid-run
 LONG_STEPS = 250  # 15 s and more
+JOBS = 18  # with "pinned" and "long": the 20 jobs issue 19 asks for
 
 
 def expected_run(name: str, steps: int = STEPS) -> tuple[bytes, bytes]:
@@ -95,7 +96,7 @@ SIGTERM_SCRIPT = """
 import json, os, signal, sys, threading, time
 from wasmig.ray.actor import JobRunner
 from wasmig.ray.spec import JobSpec
-spec = JobSpec(module=open(sys.argv[1], "rb").read(), module_name="fleet_work.wasm", args=("t", "400", "20"),
+spec = JobSpec(module=open(sys.argv[1], "rb").read(), module_name="fleet_work.wasm", args=("t", "200", "20"),
                store=sys.argv[2], engine=sys.argv[3], prewarm=False)
 runner = JobRunner("j-sigterm", spec, spec.engine)
 if sys.argv[4] == "restore":
@@ -113,6 +114,7 @@ time.sleep(30)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["interp", "wasmtime"])
 def test_sigterm_checkpoints_and_stops_then_the_job_restores(tmp_path: Path, engine: str) -> None:
     """A runner outside Ray: SIGTERM in its main thread stops the program at a checkpoint and lets
@@ -122,6 +124,8 @@ def test_sigterm_checkpoints_and_stops_then_the_job_restores(tmp_path: Path, eng
         pytest.importorskip("wasmtime")
     import json
 
+    from wasmig.ray.actor import latest_checkpoint
+    from wasmig.ray.spec import JobSpec
     from wasmig.toolchain import compile_c
 
     wasm = compile_c(PROGRAMS / "fleet_work.c")
@@ -130,14 +134,16 @@ def test_sigterm_checkpoints_and_stops_then_the_job_restores(tmp_path: Path, eng
     first = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT, str(wasm), str(store), engine, "fresh"],
                            capture_output=True, text=True, env=env, timeout=120)
     assert first.returncode == -signal.SIGTERM, (first.returncode, first.stderr)
-    outcome = json.loads(first.stdout)
-    assert outcome["outcome"] == "stopped" and outcome["snapshot"] != "None", outcome
+    if first.stdout:  # printed unless the signal came first (the grace is 1 s; the machine may be slower)
+        outcome = json.loads(first.stdout)
+        assert outcome["outcome"] == "stopped" and outcome["snapshot"] != "None", outcome
+    assert latest_checkpoint(JobSpec(module=b"", module_name="", store=str(store)), "j-sigterm") is not None
     partial = (store / "j-sigterm" / "log" / "stdout").read_bytes()
-    assert partial and len(partial) < len(expected_run("t", 400)[0])
+    assert partial and len(partial) < len(expected_run("t", 200)[0])
     second = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT, str(wasm), str(store), engine, "restore"],
                             capture_output=True, text=True, env=env, timeout=300)
     assert json.loads(second.stdout) == {"outcome": "exited", "code": 0}, second.stderr
-    stdout, stderr = expected_run("t", 400)
+    stdout, stderr = expected_run("t", 200)
     assert (store / "j-sigterm" / "log" / "stdout").read_bytes() == stdout
     assert (store / "j-sigterm" / "log" / "stderr").read_bytes() == stderr
 
@@ -252,10 +258,10 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     def submit(name: str, steps: int = STEPS, **placement: Any) -> str:
         spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=(name, str(steps), str(MS)),
                        dirs=((str(data), "data"),), store=str(store), checkpoint_every=0.3,
-                       placement=Placement(**placement), num_cpus=1)
+                       placement=Placement(**placement), num_cpus=0.25)
         return client.call(ctl.submit, spec)
 
-    names = [f"job{i}" for i in range(6)]
+    names = [f"job{i}" for i in range(JOBS)]
     jobs = {name: submit(name) for name in names}
     jobs["pinned"] = submit("pinned", node=head[:10])
     jobs["long"] = submit("long", steps=LONG_STEPS)  # still running when a node dies below
@@ -316,3 +322,23 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     unknown = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "migrate", "j-nosuch"], capture_output=True,
                              text=True, env=env, timeout=120)
     assert unknown.returncode == 1 and "no job 'j-nosuch'" in unknown.stderr
+    no_node = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "drain", "ffffffffff"], capture_output=True,
+                             text=True, env=env, timeout=120)
+    assert no_node.returncode == 1 and no_node.stderr.startswith("wasmig: error: no live node 'ffffffffff'")
+    wasm_file = tmp_path / "fleet_work.wasm"
+    wasm_file.write_bytes(wasm)
+    submitted = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "submit", "--store", str(store),
+                                "--dir", f"{data}::data", "--node-label", "wasmig-engine=nowhere", "--num-cpus", "0.25",
+                                str(wasm_file), "cli", "5", "0"], capture_output=True, text=True, env=env, timeout=120)
+    assert submitted.returncode == 1 and "no live node fits the job (wants wasmig-engine=nowhere" in submitted.stderr
+    submitted = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "submit", "--store", str(store),
+                                "--dir", f"{data}::data", "--node", head[:8], "--num-cpus", "0.25", "--checkpoint-every",
+                                "1", str(wasm_file), "cli", "5", "0"], capture_output=True, text=True, env=env,
+                               timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    cli_job = submitted.stdout.strip()
+    assert client.call(ctl.wait, cli_job, 120.0)["state"] == "exited"
+    assert client.call(ctl.logs, cli_job, "stdout") == expected_run("cli", 5)[0]
+    cancelled = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "cancel", cli_job], capture_output=True,
+                               text=True, env=env, timeout=120)
+    assert cancelled.returncode == 1 and "already exited" in cancelled.stderr

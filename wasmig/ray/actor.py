@@ -23,6 +23,9 @@ from wasmig.ray.spec import JobSpec, job_directory
 
 #: how long a runner waits for an earlier runner of its job to be gone (see JobRunner._take_fence)
 FENCE_TIMEOUT_S = 60.0
+#: after SIGTERM stopped the program, how long the process lives on before the signal ends it (if
+#: the answer of run() has not reached the controller by then, it sees the actor die: the same restart)
+SIGTERM_GRACE_S = 1.0
 
 if TYPE_CHECKING:
     from wasmig.engines.base import Engine, Program
@@ -273,6 +276,7 @@ class JobRunner:
 
             def then_exit() -> None:
                 self._ended.wait(30.0)
+                time.sleep(SIGTERM_GRACE_S)  # run()'s answer on its way to the controller first
                 os.kill(os.getpid(), signal.SIGTERM)
 
             threading.Thread(target=then_exit, name="wasmig-fleet-sigterm", daemon=True).start()
