@@ -332,9 +332,9 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
                                 str(wasm_file), "cli", "5", "0"], capture_output=True, text=True, env=env, timeout=120)
     assert submitted.returncode == 1 and "no live node fits the job (wants wasmig-engine=nowhere" in submitted.stderr
     submitted = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "submit", "--store", str(store),
-                                "--dir", f"{data}::data", "--node", head[:8], "--num-cpus", "0.25", "--checkpoint-every",
-                                "1", str(wasm_file), "cli", "5", "0"], capture_output=True, text=True, env=env,
-                               timeout=120)
+                                "--dir", f"{data}::data", "--node", head[:8], "--num-cpus", "0.25",
+                                "--checkpoint-every", "1", str(wasm_file), "cli", "5", "0"],
+                               capture_output=True, text=True, env=env, timeout=120)
     assert submitted.returncode == 0, submitted.stderr
     cli_job = submitted.stdout.strip()
     assert client.call(ctl.wait, cli_job, 120.0)["state"] == "exited"
