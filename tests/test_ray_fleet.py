@@ -177,6 +177,7 @@ def cluster() -> Iterator[Any]:
     finally:
         try:
             ctl = ray.get_actor("wasmig-controller", namespace="wasmig")
+            ray.get(ctl.shutdown.remote(), timeout=60)
             ray.kill(ctl)
         except ValueError:
             pass
@@ -322,6 +323,9 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     unknown = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "migrate", "j-nosuch"], capture_output=True,
                              text=True, env=env, timeout=120)
     assert unknown.returncode == 1 and "no job 'j-nosuch'" in unknown.stderr
+    listed = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "nodes"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert listed.returncode == 0 and head in listed.stdout and interp not in listed.stdout  # the dead one not
     no_node = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "drain", "ffffffffff"], capture_output=True,
                              text=True, env=env, timeout=120)
     assert no_node.returncode == 1 and no_node.stderr.startswith("wasmig: error: no live node 'ffffffffff'")

@@ -1,5 +1,5 @@
 """``wasmig cluster SUBCOMMAND``: programs as jobs on a Ray cluster (docs/fleet.md): ``submit``,
-``ps``, ``logs``, ``migrate``, ``drain``, ``cancel``. Ray is imported only when one of them runs
+``ps``, ``logs``, ``migrate``, ``drain``, ``cancel``, ``nodes``. Ray is imported only when one of them runs
 (through :mod:`wasmig.ray.client`), never by the rest of the command line."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def with_address(more: Callable[[Parser], None] | None = None) -> Callable[[Pars
 
 @command("cluster", None, rest="args")
 def cluster(args: tuple[str, ...]) -> None:
-    """Run programs as jobs on a Ray cluster: submit, ps, logs, migrate, drain, cancel.
+    """Run programs as jobs on a Ray cluster: submit, ps, logs, migrate, drain, cancel, nodes.
 
     Each job is a Ray actor running the program with wasmig, checkpointing to a store every node
     sees; a drained or lost node's jobs go on elsewhere from their checkpoints (docs/fleet.md).
@@ -70,12 +70,13 @@ def cluster(args: tuple[str, ...]) -> None:
         fail(str(e))
 
 
-def connected(address: str | None) -> Any:
-    """Join the cluster; the controller's handle."""
+def connected(address: str | None, create: bool = False) -> Any:
+    """Join the cluster; the controller's handle (``create``: made if there is none yet, else
+    "no wasmig jobs on this cluster yet")."""
     from wasmig.ray import client
 
     client.connect(address)
-    return client.controller()
+    return client.controller(create)
 
 
 def age(seconds: float | None) -> str:
@@ -145,7 +146,7 @@ def submit(address: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], en
                    checkpoint_every=checkpoint_every, store=os.path.abspath(store), num_cpus=num_cpus,
                    placement=Placement(node=node, labels=parse_pairs(node_labels, "--node-label"),
                                        resources=parse_pairs(resources, "--resource", number=True)))
-    out(client.call(connected(address).submit, spec))
+    out(client.call(connected(address, create=True).submit, spec))
 
 
 @subcommand("ps", with_address())
@@ -207,6 +208,18 @@ def drain(address: str | None, node: str) -> None:
     for r in moves:
         out(describe_move(r))
     out(f"drained: {len(moves)} job{'s' if len(moves) != 1 else ''} moved")
+
+
+@subcommand("nodes", with_address())
+def nodes(address: str | None) -> None:
+    """List the live nodes: id, jobs, draining, labels (the NODE that migrate and drain take)."""
+    from wasmig.ray import client
+
+    live = client.call(connected(address, create=True).nodes)
+    out(f"{'NODE':<56} {'JOBS':>4} {'DRAINING':<8}  LABELS")
+    for n in live:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) or "-"
+        out(f"{n['node']:<56} {n['jobs']:>4} {'yes' if n['draining'] else 'no':<8}  {labels}")
 
 
 @subcommand("cancel", with_address(), "job")

@@ -168,8 +168,12 @@ class Controller:
                 for n in ray.nodes() if n.get("Alive")]
 
     def shutdown(self) -> None:
-        """Stop watching (the tests' clean-up; the actor is killed after)."""
+        """Stop watching, and end every job's runner (before the controller itself is killed)."""
         self._closed.set()
+        with self._lock:
+            actors = [j.actor for j in self._jobs.values() if j.actor is not None]
+        for actor in actors:
+            ray.kill(actor)
 
     # --- starting and moving -------------------------------------------------------------------
     def _get(self, job_id: str) -> Job:
