@@ -18,6 +18,8 @@ from wasmig.ray.spec import FleetError
 T = TypeVar("T")
 RAY_ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: the resource Ray gives the head node only (its documented way to place work there)
+HEAD_RESOURCE = "node:__internal_head__"
 
 
 def resolve_address(address: str | None) -> str:
@@ -81,8 +83,10 @@ def connect(address: str | None) -> None:
 
 
 def controller(create: bool = True) -> Any:
-    """The controller actor's handle; made (detached, pinned softly to this driver's node) if
-    ``create`` and there is none yet."""
+    """The controller actor's handle; made (detached, pinned softly to the head node) if ``create``
+    and there is none yet. The head, because the cluster does not outlive it anyway (it holds the
+    GCS): a worker node's loss must not take the job table with it. (Not "this driver's node": a
+    driver on a machine with several nodes attaches to any of them.)"""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -93,10 +97,11 @@ def controller(create: bool = True) -> Any:
     except ValueError:
         if not create:
             raise FleetError("no wasmig jobs on this cluster yet (nothing was submitted)") from None
-    here = ray.get_runtime_context().get_node_id()
+    heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in (n.get("Resources") or {})]
+    home = heads[0] if heads else ray.get_runtime_context().get_node_id()
     return ray.remote(Controller).options(
         name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_concurrency=64,
-        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(home, soft=True),
     ).remote()
 
 
