@@ -98,10 +98,13 @@ def controller(create: bool = True) -> Any:
         if not create:
             raise FleetError("no wasmig jobs on this cluster yet (nothing was submitted)") from None
     heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in (n.get("Resources") or {})]
-    home = heads[0] if heads else ray.get_runtime_context().get_node_id()
+    # strictly the head (a soft choice was seen landing on a worker of a loaded machine); a cluster
+    # whose head is not known (never so far) gets this driver's node, softly
+    home = NodeAffinitySchedulingStrategy(heads[0], soft=False) if heads else \
+        NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     return ray.remote(Controller).options(
         name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_concurrency=64,
-        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(home, soft=True),
+        num_cpus=0, scheduling_strategy=home,
     ).remote()
 
 
