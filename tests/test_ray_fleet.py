@@ -272,6 +272,7 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     data.mkdir()
     store = tmp_path / "store"
     ctl = client.controller()
+    assert client.call(ctl.home) == head  # so losing a worker never loses the job table
 
     def submit(name: str, steps: int = STEPS, **placement: Any) -> str:
         spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=(name, str(steps), str(MS)),

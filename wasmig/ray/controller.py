@@ -167,6 +167,10 @@ class Controller:
                  "jobs": load.get(n["NodeID"], 0), "draining": n["NodeID"] in draining}
                 for n in ray.nodes() if n.get("Alive")]
 
+    def home(self) -> str:
+        """The node the controller runs on (the head: wasmig/ray/client.py)."""
+        return ray.get_runtime_context().get_node_id()
+
     def shutdown(self) -> None:
         """Stop watching, and end every job's runner (before the controller itself is killed)."""
         self._closed.set()
