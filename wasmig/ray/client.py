@@ -83,7 +83,7 @@ def connect(address: str | None) -> None:
 
 
 def controller(create: bool = True) -> Any:
-    """The controller actor's handle; made (detached, pinned softly to the head node) if ``create``
+    """The controller actor's handle; made (detached, pinned to the head node) if ``create``
     and there is none yet. The head, because the cluster does not outlive it anyway (it holds the
     GCS): a worker node's loss must not take the job table with it. (Not "this driver's node": a
     driver on a machine with several nodes attaches to any of them.)"""
