@@ -31,7 +31,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "engines": ("wasmig.engines",),
     "session": ("wasmig.session",),
     "migrate": ("wasmig.migrate",),
-    "top": ("wasmig.cli", "wasmig.invoke", "wasmig.examples", "wasmig.__main__", "wasmig"),
+    "top": ("wasmig.cli", "wasmig.ray", "wasmig.invoke", "wasmig.examples", "wasmig.__main__", "wasmig"),
 }
 _BELOW_ENGINES = {"foundation", "transport", "binary", "snapshot", "wasi"}
 #: group -> the groups it may import besides its own
@@ -222,3 +222,40 @@ def test_the_checker_sees_what_it_must() -> None:
     assert all(b in {"a": {"b"}, "b": {"c"}, "c": {"a"}}[a] for a, b in itertools.pairwise(cycle))
     assert len(_cycles({"a": {"b"}, "b": {"a", "c"}, "c": {"b"}})) == 2
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def ray_imports(module: str) -> list[tuple[int, bool]]:
+    """Where ``module`` imports the ``ray`` package: (line, whether at module level)."""
+    found: list[tuple[int, bool]] = []
+
+    class Visitor(ast.NodeVisitor):
+        depth = 0
+
+        def nested(self, node: ast.AST) -> None:
+            self.depth += 1
+            self.generic_visit(node)
+            self.depth -= 1
+
+        visit_FunctionDef = visit_AsyncFunctionDef = nested  # noqa: N815
+
+        def visit_Import(self, node: ast.Import) -> None:
+            found.extend((node.lineno, self.depth == 0) for a in node.names if a.name.split(".")[0] == "ray")
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if (node.module or "").split(".")[0] == "ray" and not node.level:
+                found.append((node.lineno, self.depth == 0))
+
+    Visitor().visit(ast.parse(modules()[module].read_text()))
+    return found
+
+
+def test_only_the_ray_package_imports_ray() -> None:
+    """Ray stays out of every module below ``wasmig/ray`` (which runs without Ray installed); the
+    command line reaches it only through ``wasmig.ray``, when ``wasmig cluster`` runs."""
+    wrong = [f"{m}:{line}" for m in modules() if not (m == "wasmig.ray" or m.startswith("wasmig.ray."))
+             for line, _ in ray_imports(m)]
+    assert not wrong, f"import ray outside wasmig/ray: {wrong}"
+    assert ray_imports("wasmig.ray.controller"), "the checker must see the controller's import of ray"
+    cli_to_ray = [(name, line) for name, line, at_load in imports_of("wasmig.cli.cluster")
+                  if name.startswith("wasmig.ray") and at_load]
+    assert not cli_to_ray, f"wasmig.cli.cluster imports wasmig.ray when it is imported: {cli_to_ray}"

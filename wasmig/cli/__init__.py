@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
-from wasmig.cli import migration, run, snapshots  # noqa: F401 - each registers its commands
+from wasmig.cli import cluster, migration, run, snapshots  # noqa: F401 - each registers its commands
 from wasmig.cli.common import show_version
 from wasmig.cli.output import err
 from wasmig.cli.parser import COMMANDS, CommandLineError, Group, suggest

@@ -123,6 +123,9 @@ class Session:
         self._status_file: Path | None = None
         self._old_handlers: dict[int, Any] = {}
         self.handoff: StopHandoff | None = None  # set while a live migration runs
+        #: more metadata recorded with each snapshot, asked for while the program is stopped for it
+        #: (a fleet job records how many bytes of output its log holds at that point)
+        self.annotate: Callable[[], dict[str, Any]] | None = None
 
     @property
     def steps(self) -> int | None:
@@ -254,6 +257,8 @@ class Session:
         module_file = self._store.put_module(self.module)
         snap.meta.update({"module_file": module_file.rsplit("/", 1)[-1], "module_path": self.module_path,
                           "host": os.uname().nodename, "pid": os.getpid()})
+        if self.annotate is not None:
+            snap.meta.update(self.annotate())
         staged = self._store.stage(snap)
         if self.policy.then == "exit":
             self._commit(staged, snap.steps, capture_s)

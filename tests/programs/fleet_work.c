@@ -1,0 +1,34 @@
+/* A fleet job (tests/test_ray_fleet.py, benchmarks/fleet.py): computes, prints and writes a file.
+ *   fleet_work NAME [STEPS [MS]]   (defaults 40 steps, 50 ms apart)
+ * Each step mixes a checksum, prints "NAME step I CHECKSUM" on stdout and appends the same line to
+ * the file NAME.out in the preopened directory "data" (when there is one); "NAME start" and
+ * "NAME end" go to stderr. Deterministic: the same arguments give the same bytes, wherever it
+ * is stopped and restored. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    const char *name = argc > 1 ? argv[1] : "job";
+    int steps = argc > 2 ? atoi(argv[2]) : 40;
+    int ms = argc > 3 ? atoi(argv[3]) : 50;
+    char path[256];
+    snprintf(path, sizeof path, "data/%s.out", name);
+    FILE *out = fopen(path, "w");
+    fprintf(stderr, "%s start\n", name);
+    unsigned h = 2166136261u;
+    for (int i = 0; i < steps; i++) {
+        for (int k = 0; k < 20000; k++) h = (h ^ (unsigned)(i * 31 + k)) * 16777619u;
+        printf("%s step %d %08x\n", name, i, h);
+        fflush(stdout);
+        if (out) {
+            fprintf(out, "%s step %d %08x\n", name, i, h);
+            fflush(out);
+        }
+        if (ms) usleep((useconds_t)ms * 1000);
+    }
+    if (out) fclose(out);
+    fprintf(stderr, "%s end %08x\n", name, h);
+    return 0;
+}

@@ -1,0 +1,295 @@
+"""One fleet job's program, run with wasmig inside a Ray actor (the controller wraps this class
+with ``ray.remote``; it is plain Python, so it is also usable and testable without Ray).
+
+The program runs in :meth:`JobRunner.run`, which blocks until it ends, stops, or fails; the
+actor is a threaded one, so :meth:`checkpoint`, :meth:`stop` and :meth:`status` reach it meanwhile.
+Its standard streams go to the job log (:mod:`wasmig.ray.joblog`), whose byte counts each snapshot
+records. Checkpoints go to ``<store>/<job>/snapshots`` every ``checkpoint_every`` seconds, on
+:meth:`checkpoint`, and on :meth:`stop` (then the run ends: what a move and a drain use), and on
+SIGTERM when the worker gets one (Ray's notice before it ends a worker), in the actor's main thread.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wasmig.ray.joblog import JobLog, recorded_counts
+from wasmig.ray.spec import JobSpec, job_directory
+
+#: how long a runner waits for an earlier runner of its job to be gone (see JobRunner._take_fence)
+FENCE_TIMEOUT_S = 60.0
+#: after SIGTERM stopped the program, how long the process lives on before the signal ends it (if
+#: the answer of run() has not reached the controller by then, it sees the actor die: the same restart)
+SIGTERM_GRACE_S = 1.0
+
+if TYPE_CHECKING:
+    from wasmig.engines.base import Engine, Program
+    from wasmig.module import Module
+    from wasmig.session.loop import Session
+    from wasmig.snapshot.stores import SnapshotStore
+
+
+def _open_store(url: str | Path) -> SnapshotStore:
+    """The snapshot store of a job: a checkpoint directory on a path every node sees (one machine,
+    or a shared filesystem), through :func:`wasmig.snapshot.stores.open_store`."""
+    from wasmig.snapshot.stores import open_store
+
+    return open_store(str(url))
+
+
+def snapshots_directory(spec: JobSpec, job_id: str) -> Path:
+    return job_directory(spec, job_id) / "snapshots"
+
+
+def log_directory(spec: JobSpec, job_id: str) -> Path:
+    return job_directory(spec, job_id) / "log"
+
+
+def latest_checkpoint(spec: JobSpec, job_id: str) -> Path | None:
+    """The job's newest snapshot, or None before its first."""
+    directory = snapshots_directory(spec, job_id)
+    if not directory.is_dir():
+        return None
+    latest = _open_store(directory).latest()
+    return None if latest is None else Path(latest)
+
+
+class JobRunner:
+    """Runs one job's program, fresh or from its latest snapshot, on the engine it was given."""
+
+    def __init__(self, job_id: str, spec: JobSpec, engine: str | None) -> None:
+        from wasmig import engines
+        from wasmig.module import Module
+
+        self.job_id = job_id
+        self.spec = spec
+        self.engine: Engine = engines.get(engine or engines.default()[0])
+        # the module is decoded now, before a move stops the source (wasmtime compiles it itself)
+        self.module: Module = Module.from_bytes(spec.module, decode=self.engine.needs_ir,
+                                                validate=self.engine.needs_ir)
+        self._session: Session | None = None
+        self._stop_wanted = False
+        self._started = threading.Event()
+        self._ended = threading.Event()
+        self._lock = threading.Lock()
+        self.restored_from: str | None = None
+        self._resumed_wall: float | None = None  # time.time() when the program (re)started running
+        #: from run() called to the program running: the fence, the snapshot read, the restore
+        self.prepare_s: float | None = None
+        self._install_sigterm()
+        if spec.prewarm:
+            self._warm_up()
+
+    # --- what the controller asks ------------------------------------------------------------
+    def ready(self) -> dict[str, Any]:
+        """Where this runner is: its node, engine and process (the controller waits for it)."""
+        return {"engine": self.engine.name, "pid": os.getpid(), "node": _node_id()}
+
+    def run(self, restore: bool, on_file_change: str = "fail") -> dict[str, Any]:
+        """Run the program to its end, or until :meth:`stop`; ``restore``: from the job's latest
+        snapshot (if it has none yet, from the start). The outcome: ``exited`` (``code``),
+        ``stopped`` (checkpointed for a move), ``trapped`` or ``failed`` (``error``), ``busy``
+        (an earlier runner of the job still holds it: try again)."""
+        from wasmig.errors import Trap, WasmError
+        from wasmig.session.loop import Session
+        from wasmig.session.policy import CheckpointExit, CheckpointPolicy
+
+        entered = time.time()
+        log = JobLog(log_directory(self.spec, self.job_id))
+        wasi = None
+        timer: threading.Thread | None = None
+        fence = -1
+        try:
+            try:
+                fence = self._take_fence()
+            except TimeoutError as e:
+                return {"outcome": "busy", "error": str(e)}
+            latest = latest_checkpoint(self.spec, self.job_id) if restore else None
+            if latest is not None:
+                program, wasi = self._restored(latest, log, on_file_change)
+            else:
+                program, wasi = self._fresh(log)
+            policy = CheckpointPolicy(directory=snapshots_directory(self.spec, self.job_id))
+            session = Session(program, policy, self.spec.module_name)
+            session.annotate = log.annotation
+            with self._lock:
+                self._session = session
+                stop_now = self._stop_wanted
+            self._resumed_wall = time.time()
+            self.prepare_s = self._resumed_wall - entered
+            self._started.set()
+            if stop_now:
+                self._request_stop()
+            if self.spec.checkpoint_every:
+                timer = threading.Thread(target=self._tick, args=(session, self.spec.checkpoint_every),
+                                         name="wasmig-fleet-timer", daemon=True)
+                timer.start()
+            started = time.perf_counter()
+            try:
+                code = session.run(resume=latest is not None)
+            except CheckpointExit:
+                return {"outcome": "stopped", "snapshot": str(latest_checkpoint(self.spec, self.job_id)),
+                        "stopped_at": time.time(), "ran_s": time.perf_counter() - started}
+            return {"outcome": "exited", "code": code}
+        except Trap as e:
+            return {"outcome": "trapped", "error": str(e)}
+        except (WasmError, OSError, ValueError) as e:
+            return {"outcome": "failed", "error": f"{type(e).__name__}: {e}"}
+        finally:
+            self._ended.set()
+            self._started.set()
+            if wasi is not None:
+                wasi.close()
+            log.close()
+            if fence >= 0:
+                os.close(fence)  # the next runner of this job may start
+
+    def checkpoint(self) -> bool:
+        """Take a checkpoint at the program's next stable point (it goes on); False if not running."""
+        session = self._session
+        if session is None or self._ended.is_set():
+            return False
+        session.request()
+        return True
+
+    def stop(self) -> None:
+        """Checkpoint at the next stable point, then end the run (``run`` returns ``stopped``).
+        Asked before the program started, it stops at its first stable point."""
+        with self._lock:
+            self._stop_wanted = True
+            if self._session is None:
+                return
+        self._request_stop()
+
+    def resumed_at(self, timeout: float = 120.0) -> tuple[float | None, float | None]:
+        """When the program started running here (wall clock; a move's downtime ends there), once it
+        did, and how long preparing it took; (None, None) if it failed first."""
+        self._started.wait(timeout)
+        return self._resumed_wall, self.prepare_s
+
+    def status(self) -> dict[str, Any]:
+        session = self._session
+        return {"running": self._started.is_set() and not self._ended.is_set(),
+                "steps": None if session is None else session.steps,
+                "checkpoints": 0 if session is None else len(session.policy.written)}
+
+    # --- the program ---------------------------------------------------------------------------
+    def _fresh(self, log: JobLog) -> tuple[Program, Any]:
+        from wasmig.wasi.preview1 import Wasi
+
+        log.open(None)
+        wasi = Wasi([self.spec.module_name, *self.spec.args], self.spec.env, preopens=list(self.spec.dirs),
+                    stdin=b"", stdout=log.streams["stdout"], stderr=log.streams["stderr"])
+        try:
+            return self.engine.program(self.module, wasi, checkpoints=True, announce=self.spec.module_name), wasi
+        except BaseException:
+            wasi.close()
+            raise
+
+    def _restored(self, latest: Path, log: JobLog, on_file_change: str) -> tuple[Program, Any]:
+        from wasmig.errors import SnapshotError
+        from wasmig.snapshot.store import load_snapshot_deferred
+        from wasmig.wasi.snapshot import restore_wasi
+
+        snap, pages = load_snapshot_deferred(latest)
+        if snap.wasi is None:
+            raise SnapshotError(f"{latest}: not a snapshot of a WASI program")
+        if snap.module_sha256 != self.module.sha256:
+            raise SnapshotError(f"{latest}: taken of another module than the job's")
+        log.open(recorded_counts(snap.meta))
+        wasi = restore_wasi(snap.wasi, dirs={guest: host for host, guest in self.spec.dirs},
+                            on_file_change=on_file_change, stdin=b"", stdout=log.streams["stdout"],
+                            stderr=log.streams["stderr"])
+        try:
+            program = self.engine.restore(self.module, snap, wasi, pages=pages, announce=self.spec.module_name)
+        except BaseException:
+            wasi.close()
+            raise
+        self.restored_from = str(latest)
+        return program, wasi
+
+    def _take_fence(self) -> int:
+        """Hold the job's lock file for the whole run, so two runners of one job never write its
+        log, files or snapshots at once: a restart after a lost node waits here until the old
+        process is really gone (workers of a killed raylet may outlive it for a moment; the kernel
+        releases the lock when the process ends). A TimeoutError after ``FENCE_TIMEOUT_S``."""
+        import fcntl
+
+        directory = job_directory(self.spec, self.job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + FENCE_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise TimeoutError(f"job {self.job_id}: another runner still holds it after "
+                                       f"{FENCE_TIMEOUT_S:g} s") from None
+                time.sleep(0.05)
+
+    def _warm_up(self) -> None:
+        """Build the program once and drop it: the engine's imports, its compiled (on wasmtime,
+        instrumented) module and the snapshot code are then loaded before :meth:`run` restores."""
+        import io
+
+        import wasmig.snapshot.store  # noqa: F401 - what a restore reads the snapshot with
+        import wasmig.wasi.snapshot  # noqa: F401 - and restores the WASI state with
+        from wasmig.wasi.preview1 import Wasi
+
+        wasi = Wasi([self.spec.module_name], stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+        try:
+            self.engine.program(self.module, wasi, checkpoints=True)
+        finally:
+            wasi.close()
+
+    def _request_stop(self) -> None:
+        session = self._session
+        if session is not None:
+            session.policy.then = "exit"  # the next checkpoint is the last: then run() returns "stopped"
+            session.request()
+
+    def _tick(self, session: Session, every: float) -> None:
+        """The periodic checkpoint (the session's own timer needs the main thread, which Ray keeps)."""
+        while not self._ended.wait(every):
+            session.request()
+
+    def _install_sigterm(self) -> None:
+        """On SIGTERM (a node being drained or shut down), checkpoint and stop before the worker
+        goes, then let the previous handler end it. Only where signals can be set (the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            self.stop()
+            # the next SIGTERM is the previous handler's (here, in the main thread, where it may be
+            # set): the one re-sent once the program stopped, or a second one from outside (now)
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+            def then_exit() -> None:
+                self._ended.wait(30.0)
+                time.sleep(SIGTERM_GRACE_S)  # run()'s answer on its way to the controller first
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            threading.Thread(target=then_exit, name="wasmig-fleet-sigterm", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
