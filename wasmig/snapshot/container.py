@@ -76,7 +76,12 @@ def _encode(manifest: dict[str, Any], *, sign: bool = True) -> list[bytes]:
     if len(body) > _MAX_MANIFEST:
         raise SnapshotError(f"snapshot manifest is {len(body)} bytes, more than the format's 4 GiB limit; "
                             "use a checkpoint directory instead of a single file")
-    header = _HEADER.pack(MAGIC, manifest.get("format_version", FORMAT_VERSION), len(body))
+    # the header's version is the manifest's (2 for a multi-threaded program); anything else in the
+    # manifest is written under version 1 and found out by the reader ("disagree")
+    version = manifest.get("format_version")
+    if not (isinstance(version, int) and FORMAT_VERSION <= version <= NEWEST_FORMAT_VERSION):
+        version = FORMAT_VERSION
+    header = _HEADER.pack(MAGIC, version, len(body))
     h = blake3(header)
     h.update(body)
     checksum = h.digest()
