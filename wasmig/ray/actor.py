@@ -192,19 +192,24 @@ class JobRunner:
             raise
 
     def _restored(self, latest: Path, log: JobLog, on_file_change: str) -> tuple[Program, Any]:
+        """The job's program from its snapshot ``latest``, cleared as ``wasmig restore`` clears one
+        (:func:`wasmig.session.clearance.clear`): sealed by this user's key (the nodes of one
+        fleet share it: docs/fleet.md), granted only the job's own ``--dir`` mappings."""
         from wasmig.errors import SnapshotError
-        from wasmig.snapshot.store import load_snapshot_deferred
+        from wasmig.session.clearance import Requested, clear
+        from wasmig.snapshot.admission import trust_from_options
         from wasmig.wasi.snapshot import restore_wasi
 
-        snap, pages = load_snapshot_deferred(latest)
+        cleared = clear(str(latest), Requested({guest: host for host, guest in self.spec.dirs}),
+                        trust=trust_from_options((), False), where=f"job {self.job_id}")
+        snap, pages = cleared.snap, cleared.pages
         if snap.wasi is None:
             raise SnapshotError(f"{latest}: not a snapshot of a WASI program")
         if snap.module_sha256 != self.module.sha256:
             raise SnapshotError(f"{latest}: taken of another module than the job's")
         log.open(recorded_counts(snap.meta))
-        wasi = restore_wasi(snap.wasi, dirs={guest: host for host, guest in self.spec.dirs},
-                            on_file_change=on_file_change, stdin=b"", stdout=log.streams["stdout"],
-                            stderr=log.streams["stderr"])
+        wasi = restore_wasi(snap.wasi, granted=cleared.granted, on_file_change=on_file_change, stdin=b"",
+                            stdout=log.streams["stdout"], stderr=log.streams["stderr"])
         try:
             program = self.engine.restore(self.module, snap, wasi, pages=pages, announce=self.spec.module_name)
         except BaseException:
