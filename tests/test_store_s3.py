@@ -426,3 +426,26 @@ def test_checkpoint_pid_into_s3(s3: Any, bucket: str, tmp_path: Path) -> None:
         run.wait()
     assert list(keys_of(s3, bucket, "pid/snapshots/")) == ["pid/snapshots/000001.snap"]
 
+
+
+@pytest.mark.parametrize("endpoint, accepted", [
+    ("https://s3.example.com", True), ("http://127.0.0.1:9000", True), ("http://localhost:9000", True),
+    ("http://[::1]:9000", True), (None, True),
+    ("http://minio.internal:9000", False), ("http://10.0.0.5:9000", False), ("ftp://127.0.0.1", False)])
+def test_an_s3_endpoint_in_clear_is_refused_off_loopback(endpoint: str | None, accepted: bool) -> None:
+    """Nothing crosses a network in clear: plain http is an S3 endpoint on loopback only."""
+    from wasmig.errors import SnapshotError
+    from wasmig.snapshot.stores.s3 import check_endpoint
+
+    if accepted:
+        check_endpoint(endpoint)
+    else:
+        with pytest.raises(SnapshotError, match="only over https"):
+            check_endpoint(endpoint)
+
+
+def test_the_cli_refuses_an_http_endpoint_off_loopback_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "WASMIG_S3_ENDPOINT": "http://minio.internal:9000"}
+    done = subprocess.run([sys.executable, "-m", "wasmig", "inspect", "s3://bucket/x"], capture_output=True,
+                          text=True, env=env, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 1 and "only over https" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -173,8 +173,31 @@ def _error_types() -> tuple[type[BaseException], type[BaseException]]:
     return ClientError, BotoCoreError
 
 
+def check_endpoint(endpoint: str | None) -> None:
+    """Nothing crosses a network in clear: an endpoint is ``https``, or plain ``http`` only on
+    loopback (a test server, or a local proxy that itself speaks TLS). A one-line SnapshotError
+    otherwise, before any request is made."""
+    if not endpoint:
+        return  # AWS itself: botocore speaks https
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    if parts.scheme == "https":
+        return
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme != "http" or not loopback:
+        raise SnapshotError(f"S3 endpoint {endpoint}: snapshots travel only over https "
+                            "(plain http is accepted on loopback only)")
+
+
 def _client() -> Any:
     """An S3 client from the standard chain, with ``WASMIG_S3_ENDPOINT`` and bounded timeouts."""
+    check_endpoint(os.environ.get("WASMIG_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"))
     boto3 = _import_boto3()
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
