@@ -363,3 +363,16 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     cancelled = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "cancel", cli_job], capture_output=True,
                                text=True, env=env, timeout=120)
     assert cancelled.returncode == 1 and "already exited" in cancelled.stderr
+
+
+def test_a_cluster_beyond_loopback_without_ray_tls_is_refused() -> None:
+    """Jobs travel in Ray's messages: a node off this machine's loopback needs Ray's TLS on."""
+    from wasmig.ray.client import check_cluster_encrypted
+    from wasmig.ray.spec import FleetError
+
+    local = [{"NodeManagerAddress": "127.0.0.1"}, {"NodeManagerAddress": "127.0.0.1"}]
+    check_cluster_encrypted(local, {})
+    remote = [*local, {"NodeManagerAddress": "10.1.2.3"}]
+    with pytest.raises(FleetError, match="10.1.2.3 and Ray's TLS is off"):
+        check_cluster_encrypted(remote, {})
+    check_cluster_encrypted(remote, {"RAY_USE_TLS": "1"})

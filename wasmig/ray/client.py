@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,6 +80,21 @@ def connect(address: str | None) -> None:
     if not ray.is_initialized():
         ray.init(address=resolved, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=False)
+    check_cluster_encrypted(ray.nodes(), os.environ)
+
+
+def check_cluster_encrypted(nodes: list[dict[str, Any]], environ: Mapping[str, str]) -> None:
+    """Nothing crosses a network in clear: jobs' modules, arguments and logs travel in Ray's own
+    messages, which Ray encrypts only with its TLS on (``RAY_USE_TLS=1`` and its certificates on
+    every node). A cluster of more than this machine's loopback without it is refused, in one line."""
+    if environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return
+    for node in nodes:
+        address = str(node.get("NodeManagerAddress", ""))
+        if address.strip("[]") not in LOOPBACK:
+            raise FleetError(f"the cluster has a node at {address} and Ray's TLS is off: jobs would cross the "
+                             "network in clear; start every node with RAY_USE_TLS=1 and its certificates "
+                             "(docs/fleet.md, Security)")
 
 
 def controller(create: bool = True) -> Any:
