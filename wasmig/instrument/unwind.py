@@ -50,11 +50,13 @@ from wasmig.binary.ir import Module as IRModule
 from wasmig.binary.opcodes import memarg
 from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
+from wasmig.instrument import transfer
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
 from wasmig.instrument.origins import origin_tags, pack_origins
 from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
+from wasmig.instrument.transfer import EntryPlan, plan_entries
 
 # control memory layout
 POLL = 0  # the host's checkpoint request (any thread writes 1)
@@ -168,6 +170,8 @@ class _FunctionRewriter:
         self.end_of, self.else_of = match_blocks(body)
         self.live = live_locals_of(info, body)  # locals live before each instruction (bit sets)
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
+        #: the loops where a rewind copy hands the frame back to the normal body (transfer.py)
+        self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -441,13 +445,22 @@ class _FunctionRewriter:
         p = self.p
         results = list(self.ftype.results)
         normal = self._normal_body()
+        rewind = self._rewind_body()
+        if self.entries:  # a transfer's loads, now that every local is known
+            normal[self.transfer_at:self.transfer_at] = transfer.transfer_loads(self)
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
 
-        rewind = self._rewind_body()
         self.out = []
         self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
-        self.out += rewind
-        self.emit(0x0C, 3)  # the copy's results straight to $done
+        if self.entries:
+            self.emit(0x02, None)  # $transfer: where the copy hands its frame to the normal body
+            self.out += rewind
+            self.emit(0x0C, 4)  # the copy's results straight to $done
+            self.emit(0x0B)
+            transfer.transfer_tail(self)
+        else:
+            self.out += rewind
+            self.emit(0x0C, 3)  # the copy's results straight to $done
         self.emit(0x0B)
         self._write_all_slots()  # the copy is cold: one writer for all its sites keeps it small
         self.emit(0x0C, 1)  # to $unwind (the record's header)
@@ -469,6 +482,10 @@ class _FunctionRewriter:
         body = self.func.body
         self.has_site = self._constructs_with_sites(body)
         entry = self.entry_site = self.add_site((-1, "entry"), "entry", body[0].offset, [])
+        if self.entries:  # a rewind copy may hand its frame over to this body (transfer.py)
+            self.transfer_at = transfer.entry_check(self)
+            transfer.emit_body(self, self.entries)
+            return self.out
         if self.p.entry_polled(self.func_idx):
             self.stable_point(entry, [], 0)
         self._emit_range(0, len(body) - 1, [])
@@ -685,6 +702,8 @@ class _FunctionRewriter:
         innermost, ends the rewind) and from then on runs as the normal body does."""
         self.out = []
         self.labels = [False, False, True, False]  # ..., the arm, $copy_unwind
+        if self.entries:
+            self.labels.append(False)  # $transfer (transfer.py)
         self.unwind_label = _COPY_UNWIND_LABEL
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
@@ -766,7 +785,10 @@ class _FunctionRewriter:
                     self.emit(0x0C, 2)  # the body fell through: the loop ended, its results to $exit
                     self.close()  # the block standing for the loop
                     self.close()  # `if $skip`
-                    self._normal_loop(done.start)
+                    if done.start in self.entries.ordinal:  # back to the normal body (transfer.py)
+                        transfer.transfer_branch(self, self.entries, done.start)
+                    else:
+                        self._normal_loop(done.start)
                     self.close()  # $exit
                     # no longer skipping (the loop ran): $skip is known 0 from here, so it is not
                     # live across the loop
