@@ -24,15 +24,18 @@ come back from their spill locals and ``$skip`` is cleared; then the loop runs a
 its header poll included (the copy wrote the record *before* that header's poll, so in the
 deterministic variant the step is counted once, by the normal body).
 
-Which loops are entry loops (:func:`plan_entries`): every loop at a function's top level, and,
-inside an entry loop whose body reaches its inner loops through few constructs (at most
-:data:`MAX_GUARDS`), those inner loops in turn (the outer loop then *encloses* entry loops: its
-header poll and the segments before its inner loops are guarded, one test each per iteration). An
-entry loop whose body would need more guards is a *target*: nothing inside it changes, and the
-loops inside it stay in the copy in normal form (they run at most until the target's next header).
-So a bytecode interpreter's dispatch loop (a ``switch`` of hundreds of nested blocks, some cases
-holding loops) is a target with no test added per dispatch, and a restart loop around it
-encloses it. Functions without loops need nothing: their copy runs to the return.
+Which loops are entry loops (:func:`plan_entries`): every loop at a function's top level and, in
+turn, inside an entry loop, an inner loop that is at least half of its body. The outer loop then
+*encloses* entry loops: its header poll, the segments before its entry loops and the constructs
+on the way to them are guarded, a test each per iteration of the outer loop -- one such iteration
+runs a whole inner loop that is most of its code, so the tests are few beside it (a loop nest's
+levels, a restart loop around a dispatch loop); a small loop inside a big body is not worth a test
+per iteration of that body. An entry loop without entry loops inside is a
+*target*: nothing inside it changes, and the loops inside it stay in the copy in normal form (they
+run at most until the target's next header). So a bytecode interpreter's dispatch loop (a
+``switch`` of hundreds of nested blocks, some cases holding loops) is a target with no test added
+per dispatch, and the restart loop around it (QuickJS's: the dispatch loop is nine constructs
+deep in it, and nearly all of it) encloses it. Functions without loops need nothing: their copy runs to the return.
 """
 
 from __future__ import annotations
@@ -46,9 +49,6 @@ from wasmig.binary.ir import Instr
 if TYPE_CHECKING:
     from wasmig.instrument.unwind import _Ctl, _FunctionRewriter
 
-#: guards (constructs holding an inner loop, plus the inner loops themselves) an entry loop's body
-#: may need to reach its inner loops and still enclose them: each costs one test per iteration
-MAX_GUARDS = 6
 #: the copy's labels with transfers: $done, $unwind, the function's label, $copy_unwind, $transfer
 TRANSFER_LABEL = 4
 _RECORDS_BASE_OFFSETS = (0, 4)  # the transfer record: its site (the entry ordinal), its function
@@ -96,21 +96,12 @@ def plan_entries(body: list[Instr], end_of: dict[int, int], unreachable: list[bo
     ordinal: dict[int, int] = {}
     targets: set[int] = set()
 
-    def guards(loop: int) -> int:
-        on_path: set[int] = set()
-        for child in inner[loop]:
-            c = parent[child]
-            while c != loop:
-                on_path.add(c)
-                c = parent[c]
-        return len(on_path) + len(inner[loop])
-
     def choose(loop: int) -> None:
         ordinal[loop] = 0
-        if loop in inner and guards(loop) <= MAX_GUARDS:
-            for child in inner[loop]:
-                choose(child)
-        else:
+        chosen = [child for child in inner.get(loop, []) if 2 * (end_of[child] - child) >= end_of[loop] - loop]
+        for child in chosen:
+            choose(child)
+        if not chosen:
             targets.add(loop)
 
     for loop in inner.get(-1, []):

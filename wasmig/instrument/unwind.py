@@ -520,7 +520,9 @@ class _FunctionRewriter:
                     self._push_back_buried(_Ctl("loop", i, entry_height, buried, tuple(result_types)))
                     emitted_to = self.end_of[i]
                     continue
-                self.open(op, ins.imm, True)
+                # tagged with the original's offset: Cranelift may report a trap in a small arm
+                # (`if .. unreachable end`) at its `if` (wasmig.engines.wasmtime.traps)
+                self.open(op, ins.imm, True)[2] = ins.offset
                 ctl.append(_Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types)))
                 if op == 0x03 and live:
                     params = self.check_types(stack[entry_height:], "a loop parameter")
@@ -530,6 +532,7 @@ class _FunctionRewriter:
             elif op == 0x0B:
                 done = ctl.pop()
                 self.close()
+                self.out[-1][2] = ins.offset
                 self._push_back_buried(done)
             elif op in (0x10, 0x11) and live:
                 stack = list(stack_before[i])
