@@ -6,13 +6,16 @@ interpreter's state, step count and trap reports are unchanged through a transfe
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
 import wasmig
 from tests.wat import wat_module
+from wasmig import files
 from wasmig.binary.blocks import match_blocks
 from wasmig.engines.interp.capture import capture
+from wasmig.instrument import transfer
 from wasmig.instrument.transfer import plan_entries
 from wasmig.session.command import instantiate_with_wasi
 from wasmig.snapshot.state import Snapshot, from_plain, to_plain
@@ -50,6 +53,16 @@ TRAPPING_WAT = """
 """
 
 
+@pytest.fixture
+def entries_everywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Entry loops in every function, however small (by default only functions of
+    ``MIN_BODY`` instructions have them, and loops of ``MIN_ENCLOSING`` enclose them), with an
+    instrumented-module cache of the test's own: the small modules here exercise transfers."""
+    monkeypatch.setattr(transfer, "MIN_BODY", 0)
+    monkeypatch.setattr(transfer, "MIN_ENCLOSING", 0)
+    monkeypatch.setattr(files, "wasmtime_cache_dir", lambda: tmp_path)
+
+
 def _wasi() -> Wasi:
     return Wasi(["t"], stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
 
@@ -77,7 +90,7 @@ def _plan_of(wat: str, name: str) -> tuple[list[int], set[int], set[int]]:
     return [i for i, ins in enumerate(body) if ins.op == 0x03], set(plan.ordinal), set(plan.targets)
 
 
-def test_a_loop_nest_is_entered_at_every_level_and_its_innermost_loop_is_the_target() -> None:
+def test_a_loop_nest_is_entered_at_every_level_and_its_innermost_loop_is_the_target(entries_everywhere: None) -> None:
     """A loop nest whose inner loop is most of the outer loop's body (matmul's shape)."""
     loops, entries, targets = _plan_of("""
 (module (func $nest (param $n i32) (local $i i32) (local $j i32) (local $x i32)
@@ -89,7 +102,7 @@ def test_a_loop_nest_is_entered_at_every_level_and_its_innermost_loop_is_the_tar
     assert entries == set(loops) and targets == {loops[1]}
 
 
-def test_a_dispatch_loop_is_a_target_and_its_deep_case_loops_stay_inside_it() -> None:
+def test_a_dispatch_loop_is_a_target_and_its_deep_case_loops_stay_inside_it(entries_everywhere: None) -> None:
     """A `switch` of nested blocks in a loop, some cases holding a small loop: reaching those would
     put a test per dispatch on the block path, so the dispatch loop is the target; the restart
     loop around it (the dispatch loop is most of it) encloses it."""
@@ -117,15 +130,44 @@ def test_a_dispatch_loop_is_a_target_and_its_deep_case_loops_stay_inside_it() ->
     assert len(case_loops) == cases
 
 
-def test_a_function_without_loops_has_no_entry() -> None:
+def test_a_function_without_loops_has_no_entry(entries_everywhere: None) -> None:
     wat = "(module (func $f (param i32) (result i32) (i32.add (local.get 0) (i32.const 1))))"
     loops, entries, targets = _plan_of(wat, "f")
     assert loops == [] and entries == set() and targets == set()
 
 
+def test_a_small_function_has_no_entry_and_a_small_loop_encloses_none() -> None:
+    """By default: a function under MIN_BODY instructions has no entry loop (its copy keeps its
+    loops), and in a big one an outer loop under MIN_ENCLOSING instructions is a target."""
+    small = "(module (func $f (local i32) (loop (br_if 0 (local.tee 0 (i32.sub (local.get 0) (i32.const 1)))))))"
+    assert _plan_of(small, "f")[1] == set()
+    filler = "(drop (i32.const 1)) " * transfer.MIN_BODY
+    nest = f"""(module (func $g (param $n i32) (local $i i32) (local $j i32) {filler}
+      (loop $a (local.set $j (i32.const 0))
+        (loop $b (local.set $j (i32.add (local.get $j) (i32.const 1)))
+          (br_if $b (i32.lt_u (local.get $j) (local.get $n))))
+        (br_if $a (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $n))))))"""
+    loops, entries, targets = _plan_of(nest, "g")
+    assert entries == targets == {loops[0]}
+
+
+def test_the_cross_engine_checks_hold_with_transfers_in_every_function(entries_everywhere: None) -> None:
+    """tests/test_cross_engine.py's checks on the folded hand-written module (buried values, loop
+    parameters, multi-value, call_indirect, recursion), with entry loops in its small functions:
+    every stable point's snapshot rewinds (through transfers) to the uninterrupted result, a
+    second stop after a rewind equals the interpreter's, and a rewound unrolled loop goes on in
+    the normal loop."""
+    from tests import test_cross_engine as cross
+
+    cross.test_every_stable_point_of_folded_code_round_trips()
+    for later in (1, 5, 40):
+        cross.test_a_second_stop_after_a_rewind_equals_the_interpreters(later)
+    cross.test_a_rewound_loop_runs_on_in_the_normal_loop()
+
+
 @pytest.mark.parametrize("k", [40, 700, 3001])
 def test_a_rewound_frame_traps_in_its_normal_body_as_the_interpreter_reports_it(
-        k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        k: int, monkeypatch: pytest.MonkeyPatch, entries_everywhere: None) -> None:
     """Restored mid-loop on wasmtime, the frame of $run leaves its rewind copy at the loop's next
     header: the trap a few hundred iterations on happens in $run's normal body (wasmtime's own
     frame names function 1, not its copy), and is reported with the interpreter's reason and
@@ -161,7 +203,8 @@ def test_a_rewound_frame_traps_in_its_normal_body_as_the_interpreter_reports_it(
 
 
 @pytest.mark.parametrize("k", [2, 41, 702, 2999])
-def test_a_restored_frame_checkpoints_again_in_its_normal_body_with_the_interpreters_count(k: int) -> None:
+def test_a_restored_frame_checkpoints_again_in_its_normal_body_with_the_interpreters_count(
+        k: int, entries_everywhere: None) -> None:
     """Restored at step k and stopped again 1500 steps on (after the transfer, in the normal body):
     frames, point and step count equal the interpreter's at k + 1500, and the program finishes
     with the uninterrupted result."""
@@ -191,3 +234,27 @@ def test_a_restored_frame_checkpoints_again_in_its_normal_body_with_the_interpre
     inst.invoke("_start")
     wasi.close()
     assert result == int.from_bytes(bytes(inst.store.mems[0].data[:4]), "little")
+
+
+def test_return_call_is_decoded_and_validated_only_with_the_tail_call_feature() -> None:
+    """The binary layer knows ``return_call`` (what a transfer ends with) only when asked: without
+    the feature it is an illegal opcode; with it, a callee returning other types is invalid."""
+    from wasmig.binary.decoder import decode_module
+    from wasmig.binary.encoder import encode_module
+    from wasmig.binary.validator import validate_module
+    from wasmig.errors import DecodeError, ValidationError
+
+    wasmtime = pytest.importorskip("wasmtime")
+    ok = wasmtime.wat2wasm('(module (func $a (param i32) (result i32) local.get 0)'
+                           ' (func (export "b") (result i32) i32.const 7 return_call $a))')
+    bad = wasmtime.wat2wasm('(module (func $c (result i64) i64.const 1) (func (result i32) return_call $c))')
+    with pytest.raises(DecodeError, match="illegal opcode 0x12"):
+        decode_module(ok)
+    ir = decode_module(ok, features={"tail-call"})
+    assert [ins.op for ins in ir.funcs[1].body] == [0x41, 0x12, 0x0B]
+    validate_module(ir, features={"tail-call"})
+    assert encode_module(ir) == ok
+    with pytest.raises(ValidationError, match="return_call"):
+        validate_module(ir)
+    with pytest.raises(ValidationError, match="type mismatch: return_call"):
+        validate_module(decode_module(bad, features={"tail-call"}), features={"tail-call"})
