@@ -18,7 +18,8 @@ What it adds (none of it part of the canonical state):
   appends the frame record ``(site, func, live locals)`` and returns dummy results;
 - per function a rewind copy, a function of its own that pops such a record and re-enters the
   frame, the table ``$rewinds`` of the copies and an export ``wasmig:rewind<f>`` of the copy of
-  every exported function;
+  every exported function; in a big function the copy hands the frame back to the normal body at
+  the next header of an entry loop (:mod:`wasmig.instrument.transfer`);
 - the site map (``wasmig.sitemap`` custom section) to translate records into canonical frames,
   and the origin map (``wasmig.origins``) to report traps at the original offsets.
 """
