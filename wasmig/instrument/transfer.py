@@ -229,15 +229,9 @@ def _construct(rw: _FunctionRewriter, plan: EntryPlan, i: int, ctl: list[_Ctl]) 
     buried: list[tuple[int, str]] = []
     if entry_height > base:
         buried = rw._spill_buried(stack, base, entry_height, guarded=True)
-    top = rw.known_types(stack[entry_height:])
-    lo, hi = plan.ordinals_in(i, rw.end_of[i])  # type: ignore[misc]
-    rw.emit(0x20, rw.skip_local)
-    rw._skip_test(lo, hi, inside=False)
-    rw.emit(0x71)  # i32.and
-    rw.open(0x04, rw.p.block_type(top, list(result_types)), False)
-    rw.drop(len(top))
-    rw.zeros(list(result_types))
-    rw.emit(0x05)
+    rng = plan.ordinals_in(i, rw.end_of[i])
+    assert rng is not None
+    rw.skip_guard(rng, rw.known_types(stack[entry_height:]), list(result_types))
     level = _Ctl("block", i, entry_height, [], tuple(result_types))
     if op == 0x03:
         _entry_loop(rw, plan, i, level, ctl)
@@ -245,15 +239,7 @@ def _construct(rw: _FunctionRewriter, plan: EntryPlan, i: int, ctl: list[_Ctl]) 
         else_at = rw.else_of.get(i)
         end = rw.end_of[i]
         if op == 0x04:  # skipping: the condition is "the entry loop is in the then arm"
-            then = plan.ordinals_in(i + 1, else_at if else_at is not None else end)
-            rw.emit(0x20, rw.skip_local)
-            rw.open(0x04, rw.p.block_type(["i32"], ["i32"]), False)
-            rw.emit(0x1A)
-            if then is None:
-                rw.emit(0x41, 0)
-            else:
-                rw._skip_test(*then, inside=True)
-            rw.close()
+            rw.skipping_condition(plan.ordinals_in(i + 1, else_at if else_at is not None else end))
         rw.open(op, ins.imm, True)
         ctl.append(level)
         _level(rw, plan, i + 1, else_at if else_at is not None else end, ctl)

@@ -879,6 +879,30 @@ class _FunctionRewriter:
         self.emit(0x41, hi - lo)
         self.emit(0x4D if inside else 0x4B)  # i32.le_u / i32.gt_u
 
+    def skip_guard(self, rng: tuple[int, int], top: list[str], results: list[str]) -> None:
+        """Open a construct's guard: skipping to a target outside ``rng`` (of ``$site``), drop its
+        parameters ``top`` and push zeros for its ``results``; the caller emits the construct in
+        the ``else`` arm this leaves open and closes it."""
+        self.emit(0x20, self.skip_local)
+        self._skip_test(*rng, inside=False)
+        self.emit(0x71)  # i32.and
+        self.open(0x04, self.p.block_type(top, results), False)
+        self.drop(len(top))
+        self.zeros(results)
+        self.emit(0x05)
+
+    def skipping_condition(self, then: tuple[int, int] | None) -> None:
+        """Before an `if` entered while skipping: its condition becomes "the target is in the then
+        arm" (``then``: the arm's range of ``$site``, None when it holds none)."""
+        self.emit(0x20, self.skip_local)
+        self.open(0x04, self.p.block_type(["i32"], ["i32"]), False)
+        self.emit(0x1A)
+        if then is None:
+            self.emit(0x41, 0)
+        else:
+            self._skip_test(*then, inside=True)
+        self.close()
+
     def _enter_construct(self, i: int, ins: Instr, base: int, rng: tuple[int, int],
                          site_range: Callable[[int, int], tuple[int, int] | None]) -> _Ctl:
         """A block/loop/if holding a site: skipped whole (zeros for its results) when skipping to a
@@ -890,25 +914,10 @@ class _FunctionRewriter:
         buried: list[tuple[int, str]] = []
         if entry_height > base:
             buried = self._spill_buried(stack, base, entry_height, guarded=True)
-        top = self.known_types(stack[entry_height:])
-        self.emit(0x20, self.skip_local)
-        self._skip_test(*rng, inside=False)
-        self.emit(0x71)  # i32.and
-        self.open(0x04, self.p.block_type(top, list(result_types)), False)
-        self.drop(len(top))
-        self.zeros(list(result_types))
-        self.emit(0x05)
+        self.skip_guard(rng, self.known_types(stack[entry_height:]), list(result_types))
         if op == 0x04:  # skipping: the condition is "the site is in the then arm"
             else_at = self.else_of.get(i)
-            then = site_range(i + 1, else_at if else_at is not None else self.end_of[i])
-            self.emit(0x20, self.skip_local)
-            self.open(0x04, self.p.block_type(["i32"], ["i32"]), False)
-            self.emit(0x1A)
-            if then is None:
-                self.emit(0x41, 0)
-            else:
-                self._skip_test(*then, inside=True)
-            self.close()
+            self.skipping_condition(site_range(i + 1, else_at if else_at is not None else self.end_of[i]))
         if op == 0x03:
             # A loop is entered here only to skip to a site inside it (or, not skipping, to run
             # it). Its first iteration runs in skip-guarded code, in a block standing for the
