@@ -130,6 +130,23 @@ def test_a_dispatch_loop_is_a_target_and_its_deep_case_loops_stay_inside_it(entr
     assert len(case_loops) == cases
 
 
+def test_an_outer_loop_that_its_inner_loop_branches_to_encloses_nothing(entries_everywhere: None) -> None:
+    """CPython's eval loop nest: the inner loop, most of the outer one, branches straight to the
+    outer loop's header, so the outer loop may begin again as often as the inner one iterates, and
+    a guard per outer iteration would cost the never-stopped run: the outer loop is the target."""
+    loops, entries, targets = _plan_of("""
+(module (func $eval (param $n i32) (local $i i32) (local $x i32)
+  (loop $frame
+    (local.set $x (i32.add (local.get $x) (i32.const 1)))
+    (loop $dispatch
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $frame (i32.eqz (i32.rem_u (local.get $i) (i32.const 7))))
+      (local.set $x (i32.mul (local.get $x) (i32.const 3)))
+      (br_if $dispatch (i32.lt_u (local.get $i) (local.get $n)))))))
+""", "eval")
+    assert entries == targets == {loops[0]}
+
+
 def test_a_function_without_loops_has_no_entry(entries_everywhere: None) -> None:
     wat = "(module (func $f (param i32) (result i32) (i32.add (local.get 0) (i32.const 1))))"
     loops, entries, targets = _plan_of(wat, "f")

@@ -25,7 +25,11 @@ its header poll included (the copy wrote the record *before* that header's poll,
 deterministic variant the step is counted once, by the normal body).
 
 Which loops are entry loops (:func:`plan_entries`): every loop at a function's top level and, in
-turn, inside an entry loop, an inner loop that is at least half of its body. The outer loop then
+turn, inside an entry loop, an inner loop that is at least half of its body and holds no branch
+to the outer loop's header (the outer loop is then begun again only once the inner one is left:
+a restart loop around a dispatch loop, not CPython's eval loop nest, whose inner loops branch
+to the outer headers: with its two outer loops enclosing, a never-stopped CPython n-body took
+4.03 s of CPU against 2.84 s for main, one interleaved round). The outer loop then
 *encloses* entry loops: its header poll, the segments before its entry loops and the constructs
 on the way to them are guarded, a test each per iteration of the outer loop -- one such iteration
 runs a whole inner loop that is most of its code, so the tests are few beside it (a loop nest's
@@ -88,10 +92,16 @@ def plan_entries(body: list[Instr], end_of: dict[int, int], unreachable: list[bo
         return EntryPlan({}, frozenset())
     parent: dict[int, int] = {}  # construct -> the construct it is directly inside (-1: the function)
     loop_parent: dict[int, int] = {}  # live loop -> the nearest loop around it (-1: none)
+    continues: dict[int, list[int]] = {}  # loop -> the branches to its header
     open_: list[int] = []
     for i, ins in enumerate(body):
         op = ins.op
-        if op in (0x02, 0x03, 0x04):
+        if op in (0x0C, 0x0D, 0x0E):
+            depths = {ins.imm} if op != 0x0E else {*ins.imm[0], ins.imm[1]}
+            for d in depths:
+                if d < len(open_) and body[open_[-1 - d]].op == 0x03:
+                    continues.setdefault(open_[-1 - d], []).append(i)
+        elif op in (0x02, 0x03, 0x04):
             parent[i] = open_[-1] if open_ else -1
             if op == 0x03 and not unreachable[i]:
                 outer = next((c for c in reversed(open_) if body[c].op == 0x03), -1)
@@ -109,7 +119,8 @@ def plan_entries(body: list[Instr], end_of: dict[int, int], unreachable: list[bo
         ordinal[loop] = 0
         size = end_of[loop] - loop
         chosen = [child for child in inner.get(loop, [])
-                  if size >= MIN_ENCLOSING and 2 * (end_of[child] - child) >= size]
+                  if size >= MIN_ENCLOSING and 2 * (end_of[child] - child) >= size
+                  and not any(child < b < end_of[child] for b in continues.get(loop, ()))]
         for child in chosen:
             choose(child)
         if not chosen:
