@@ -121,6 +121,7 @@ def make_engine() -> wasmtime.Engine:
     config = wasmtime.Config()
     config.wasm_multi_memory = True
     config.wasm_threads = True
+    config.wasm_tail_call = True  # transfers (wasmig/instrument/transfer.py) use return_call
     return wasmtime.Engine(config)
 
 

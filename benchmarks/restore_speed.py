@@ -31,7 +31,11 @@ output must equal the uninterrupted one's. Workloads:
   n-body phase of ``benchmarks/real_programs.py``'s script through ``qjs -e``, each request 0.4 s
   into its stretch (after start-up), so the frame rewound into ``JS_CallInternal``'s copy runs
   the JavaScript loop for the rest of the run (issue 15's case). Skipped with a note when the
-  program cannot be obtained.
+  program cannot be obtained;
+- ``cpython``: CPython 3.12 for WASI (the same cache) running the n-body phase of the CPython
+  script through ``python -c``, each request 1 s into its stretch (after start-up): the frame of
+  ``_PyEval_EvalFrameDefault`` that runs the script (Python calls do not recurse in C) is rewound
+  and runs the loop for the rest of the run.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 sys.path.insert(0, str(HERE))
 
-from real_programs import BENCH_JS  # noqa: E402  (benchmarks/real_programs.py)
+from real_programs import BENCH_JS, BENCH_PY  # noqa: E402  (benchmarks/real_programs.py)
 
 import wasmig  # noqa: E402
 from tests.real_programs import ProgramUnavailable, obtain  # noqa: E402  (the big programs' download cache)
@@ -58,12 +62,16 @@ from wasmig.wasi.preview1 import ProcExit, Wasi  # noqa: E402
 
 #: the n-body phase of real_programs.py's QuickJS script, run by ``qjs -e``
 QUICKJS_NBODY = BENCH_JS[:BENCH_JS.index("class Odd")] + 'console.log("energy " + nbody(300000).toFixed(9));\n'
+#: the n-body phase of real_programs.py's CPython script, run by ``python -c``
+CPYTHON_NBODY = BENCH_PY[:BENCH_PY.index("class Odd")] + 'print("energy %.9f" % nbody(100000))\n'
 
-#: (name, C source or None for QuickJS, argv, seconds into each stretch a request is made or None: --gap)
+#: (name, C source or None for a program of tests/real_programs.py, argv, seconds into each stretch a
+#: request is made or None: --gap)
 WORKLOADS = (
     ("spin", HERE.parent / "tests" / "programs" / "spin.c", ["spin", "20", "100000000"], None),
     ("dispatch", HERE / "timing" / "dispatch.c", ["dispatch", "1", "25000000"], None),
     ("quickjs", None, ["qjs", "-e", QUICKJS_NBODY], 0.4),
+    ("cpython", None, ["python", "-c", CPYTHON_NBODY], 1.0),
 )
 
 
@@ -122,7 +130,7 @@ def main() -> None:
             continue
         if source is None:
             try:
-                module = wasmig.Module.from_file(obtain("quickjs"))
+                module = wasmig.Module.from_file(obtain(name))
             except ProgramUnavailable as e:
                 print(f"   {name}: skipped ({e})")
                 continue

@@ -121,7 +121,7 @@ def test_memarg_helpers() -> None:
 
 
 def test_feature_names_are_checked() -> None:
-    assert SUPPORTED == MM | {"atomic-loads", "threads"}
+    assert SUPPORTED == MM | {"atomic-loads", "threads", "tail-call"}
     data = encode_module(Module())
     for call in (lambda f: decode_module(data, features=f), lambda f: validate_module(Module(), features=f),
                  lambda f: wasmig.Module.from_bytes(data, features=f)):

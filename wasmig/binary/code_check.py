@@ -24,7 +24,7 @@ MAX_TABLE_SIZE = 2**32 - 1
 
 # --- opcodes the checker handles by name (the table in opcodes.py is the single source) ------
 UNREACHABLE, NOP, BLOCK, LOOP, IF, ELSE, END = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x0B
-BR, BR_IF, BR_TABLE, RETURN, CALL, CALL_INDIRECT = 0x0C, 0x0D, 0x0E, 0x0F, 0x10, 0x11
+BR, BR_IF, BR_TABLE, RETURN, CALL, CALL_INDIRECT, RETURN_CALL = 0x0C, 0x0D, 0x0E, 0x0F, 0x10, 0x11, 0x12
 REF_NULL, REF_IS_NULL, REF_FUNC = 0xD0, 0xD1, 0xD2
 DROP, SELECT, SELECT_T = 0x1A, 0x1B, 0x1C
 LOCAL_GET, LOCAL_SET, LOCAL_TEE, GLOBAL_GET, GLOBAL_SET = 0x20, 0x21, 0x22, 0x23, 0x24
@@ -121,6 +121,7 @@ class CodeContext:
     multi_memory: bool = False  # memargs may name a memory (the multi-memory proposal)
     atomic_loads: bool = False  # the threads proposal's atomic loads
     threads: bool = False  # the whole threads proposal (every 0xFE instruction)
+    tail_call: bool = False  # the tail-call proposal's return_call
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -397,6 +398,16 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
                 ft = funcs[_index(imm, len(funcs), "function")]
                 _pop_vals(vals, frame, ft.params)
                 vals.extend(ft.results)
+            elif op == RETURN_CALL:
+                if not ctx.tail_call:
+                    raise Invalid(f"illegal opcode {op:#x} (return_call needs the tail-call feature)")
+                ft = funcs[_index(imm, len(funcs), "function")]
+                if tuple(ft.results) != tuple(ctrls[0].end):
+                    raise Invalid(f"type mismatch: return_call of a function returning {fmt_types(ft.results)} "
+                                  f"from one returning {fmt_types(ctrls[0].end)}")
+                _pop_vals(vals, frame, ft.params)
+                del vals[frame.height:]
+                frame.unreachable = True
             elif op == CALL_INDIRECT:
                 type_idx, table_idx = _pair(imm, "call_indirect")
                 if _table(ctx, table_idx).elem != "funcref":

@@ -55,10 +55,10 @@ _MAX_LOCALS = 0xFFFFFFFF
 class Reader:
     """A cursor over the module bytes with the LEB128 and vector primitives of the binary format."""
 
-    __slots__ = ("data", "pos", "end", "multi_memory", "atomic_loads", "threads")
+    __slots__ = ("data", "pos", "end", "multi_memory", "atomic_loads", "threads", "tail_call")
 
     def __init__(self, data: bytes, pos: int = 0, end: int | None = None, *, multi_memory: bool = False,
-                 atomic_loads: bool = False, threads: bool = False) -> None:
+                 atomic_loads: bool = False, threads: bool = False, tail_call: bool = False) -> None:
         self.data = data
         self.pos = pos
         self.end = len(data) if end is None else end
@@ -68,6 +68,8 @@ class Reader:
         self.atomic_loads = atomic_loads or threads
         #: the whole threads proposal: every 0xFE instruction and shared memories
         self.threads = threads
+        #: the tail-call proposal's return_call (0x12) is an instruction
+        self.tail_call = tail_call
 
     def fail(self, message: str, offset: int | None = None) -> DecodeError:
         return DecodeError(message, self.pos if offset is None else offset)
@@ -247,6 +249,8 @@ class Reader:
                         raise self.fail(f"illegal opcode 0xfe {sub:#x}", start)
                     raise UnsupportedFeature(f"threads (atomics) instruction 0xfe {sub:#x} is not supported "
                                              "(only the atomic loads are)", start)
+            elif op == 0x12 and not self.tail_call:
+                raise self.fail(f"illegal opcode {op:#x}", start)
             kind = imm_kinds.get(op)
             if kind is None:
                 feature = opcodes.UNSUPPORTED_PREFIXES.get(op)
@@ -365,6 +369,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
     multi_memory = _features.MULTI_MEMORY in wanted
     atomic_loads = _features.ATOMIC_LOADS in wanted
     threads = _features.THREADS in wanted
+    tail_call = _features.TAIL_CALL in wanted
     data = bytes(data)
     if len(data) < 4:
         raise DecodeError("unexpected end: not a wasm module (shorter than its magic header)", len(data))
@@ -374,7 +379,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
         raise DecodeError("unexpected end: truncated binary version", len(data))
     if data[4:8] != VERSION:
         raise DecodeError("unknown binary version", 4)
-    r = Reader(data, 8, multi_memory=multi_memory, atomic_loads=atomic_loads, threads=threads)
+    r = Reader(data, 8, multi_memory=multi_memory, atomic_loads=atomic_loads, threads=threads, tail_call=tail_call)
     m = Module()
     func_type_indices: list[int] = []
     last_order = 0
@@ -390,7 +395,7 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
         if body_start + size > len(data):
             raise DecodeError("length out of bounds: section size exceeds the module", sid_pos)
         s = Reader(data, body_start, body_start + size, multi_memory=multi_memory, atomic_loads=atomic_loads,
-                   threads=threads)
+                   threads=threads, tail_call=tail_call)
         if sid == 0:
             name = s.name()
             payload = s.bytes(s.end - s.pos)
@@ -552,7 +557,7 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
     if start + size > s.end:
         raise DecodeError("unexpected end of section or function", start)
     body = Reader(s.data, start, start + size, multi_memory=s.multi_memory,
-                  atomic_loads=s.atomic_loads, threads=s.threads)
+                  atomic_loads=s.atomic_loads, threads=s.threads, tail_call=s.tail_call)
     locals_decl: list[tuple[int, str]] = []
     total = 0
     for _ in range(body.u32()):

@@ -14,6 +14,9 @@ needs no flag: it encodes whatever the IR says.
   (and shared memories) stays unsupported. The instrumentation pass's polls read the checkpoint
   request with one: a plain load of the poll byte may be merged by the compiler with an earlier
   one (Cranelift does, so a loop without stores never saw a request); an atomic load never is.
+- ``"tail-call"`` -- ``return_call`` (0x12) of the tail-call proposal. The instrumentation pass's
+  rewind copies hand a frame over to its function's normal body with it (a *transfer*,
+  :mod:`wasmig.instrument.transfer`), so a restored frame does not finish its life in the copy.
 - ``"threads"`` -- the whole threads proposal: shared memories (limits flags 2 and 3), every
   0xFE instruction (atomic loads, stores and read-modify-writes, ``memory.atomic.wait32/64``,
   ``memory.atomic.notify``, ``atomic.fence``). Implies ``"atomic-loads"``.
@@ -26,12 +29,13 @@ from collections.abc import Iterable
 MULTI_MEMORY = "multi-memory"
 ATOMIC_LOADS = "atomic-loads"
 THREADS = "threads"
+TAIL_CALL = "tail-call"
 
 #: what a module made by the instrumentation pass (:mod:`wasmig.instrument.unwind`) uses
-INSTRUMENTED = frozenset({MULTI_MEMORY, ATOMIC_LOADS})
+INSTRUMENTED = frozenset({MULTI_MEMORY, ATOMIC_LOADS, TAIL_CALL})
 
 #: every feature name the binary layer understands
-SUPPORTED = frozenset({MULTI_MEMORY, ATOMIC_LOADS, THREADS})
+SUPPORTED = frozenset({MULTI_MEMORY, ATOMIC_LOADS, THREADS, TAIL_CALL})
 
 
 def check(features: Iterable[str]) -> frozenset[str]:

@@ -77,6 +77,7 @@ _op(0x0E, "br_table", "br_table")
 _op(0x0F, "return")
 _op(0x10, "call", "idx")
 _op(0x11, "call_indirect", "call_ind")
+_op(0x12, "return_call", "idx")  # the tail-call proposal, opt-in (features "tail-call")
 # --- reference -----------------------------------------------------------------------------
 _op(0xD0, "ref.null", "reftype")
 _op(0xD1, "ref.is_null")

@@ -289,6 +289,7 @@ def validate_declarations(module: Module, *, features: Iterable[str] = frozenset
         multi_memory=multi_memory,
         atomic_loads=_features.ATOMIC_LOADS in wanted,
         threads=_features.THREADS in wanted,
+        tail_call=_features.TAIL_CALL in wanted,
     )
 
     def check(k: int) -> FunctionInfo:
@@ -323,12 +324,12 @@ def validate_function(module: Module, func_idx: int, *, features: Iterable[str] 
     if not 0 <= k < len(module.funcs):
         raise ValidationError(f"unknown function {func_idx}")
     context = _context_of(module, _features.MULTI_MEMORY in wanted, _features.ATOMIC_LOADS in wanted,
-                          _features.THREADS in wanted)
+                          _features.THREADS in wanted, _features.TAIL_CALL in wanted)
     return _validate_function_in(context, module, k, module.funcs[k])
 
 
 def _context_of(module: Module, multi_memory: bool = False, atomic_loads: bool = False,
-                threads: bool = False) -> CodeContext:
+                threads: bool = False, tail_call: bool = False) -> CodeContext:
     """Build C for ``module`` without re-checking its declarations (but the memory count)."""
     mems = len(module.all_mems())
     if mems > 1 and not multi_memory:
@@ -346,4 +347,5 @@ def _context_of(module: Module, multi_memory: bool = False, atomic_loads: bool =
         multi_memory=multi_memory,
         atomic_loads=atomic_loads,
         threads=threads,
+        tail_call=tail_call,
     )

@@ -18,7 +18,8 @@ What it adds (none of it part of the canonical state):
   appends the frame record ``(site, func, live locals)`` and returns dummy results;
 - per function a rewind copy, a function of its own that pops such a record and re-enters the
   frame, the table ``$rewinds`` of the copies and an export ``wasmig:rewind<f>`` of the copy of
-  every exported function;
+  every exported function; in a big function the copy hands the frame back to the normal body at
+  the next header of an entry loop (:mod:`wasmig.instrument.transfer`);
 - the site map (``wasmig.sitemap`` custom section) to translate records into canonical frames,
   and the origin map (``wasmig.origins``) to report traps at the original offsets.
 """
@@ -51,12 +52,14 @@ from wasmig.binary.leb128 import encode_s
 from wasmig.binary.opcodes import memarg
 from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
+from wasmig.instrument import transfer
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq
 from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
 from wasmig.instrument.origins import pack_origins
 from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
+from wasmig.instrument.transfer import EntryPlan, plan_entries
 
 # control memory layout
 POLL = 0  # the host's checkpoint request (any thread writes 1)
@@ -199,6 +202,10 @@ class _FunctionRewriter:
         self.original = OriginalCode(body)  # runs copied unchanged are slices of it
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
         self.live_lists: dict[int, list[int]] = {}  # a live set's bits -> its locals, ascending
+        #: the loops where a rewind copy hands the frame back to the normal body (transfer.py)
+        self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
+        #: with entry loops: the normal body's code up to its transfer arm (transfer.entry_check)
+        self.transfer_head: Code | None = None
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -492,13 +499,22 @@ class _FunctionRewriter:
         p = self.p
         results = list(self.ftype.results)
         normal = self._normal_body()
+        rewind = self._rewind_body()
+        if self.transfer_head is not None:  # a transfer's loads, now that every local is known
+            normal = transfer.with_transfer_loads(self, self.transfer_head, normal)
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
 
-        rewind = self._rewind_body()
         self._start_code()
         self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
-        self.out.extend(rewind)
-        self.emit(0x0C, 3)  # the copy's results straight to $done
+        if self.entries:
+            self.emit(0x02, None)  # $transfer: where the copy hands its frame to the normal body
+            self.out.extend(rewind)
+            self.emit(0x0C, 4)  # the copy's results straight to $done
+            self.emit(0x0B)
+            transfer.transfer_tail(self)
+        else:
+            self.out.extend(rewind)
+            self.emit(0x0C, 3)  # the copy's results straight to $done
         self.emit(0x0B)
         self._write_all_slots()  # the copy is cold: one writer for all its sites keeps it small
         self.emit(0x0C, 1)  # to $unwind (the record's header)
@@ -523,6 +539,11 @@ class _FunctionRewriter:
         body = self.func.body
         self.has_site = self._constructs_with_sites(body)
         entry = self.entry_site = self.add_site((-1, "entry"), "entry", body[0].offset, [])
+        self.transfer_head = None
+        if self.entries:  # a rewind copy may hand its frame over to this body (transfer.py)
+            self.transfer_head = transfer.entry_check(self)
+            transfer.emit_body(self, self.entries)
+            return self.out
         if self.p.entry_polled(self.func_idx):
             self.stable_point(entry, [], 0)
         self._emit_range(0, len(body) - 1, [])
@@ -559,7 +580,9 @@ class _FunctionRewriter:
                     copied_to = self.end_of[i] + 1  # the loop was emitted whole
                     k = bisect_left(special_at, copied_to)
                     continue
-                self.open(op, ins.imm, True)
+                # tagged with the original's offset: Cranelift may report a trap in a small arm
+                # (`if .. unreachable end`) at its `if` (wasmig.engines.wasmtime.traps)
+                self.open(op, ins.imm, True, ins.offset)
                 ctl.append(_Ctl("loop" if op == 0x03 else "block", i, entry_height, buried, tuple(result_types)))
                 if op == 0x03 and live:
                     params = self.check_types(stack[entry_height:], "a loop parameter")
@@ -568,7 +591,7 @@ class _FunctionRewriter:
                         self.stable_point(site, params, entry_height)
             elif op == 0x0B:
                 done = ctl.pop()
-                self.close()
+                self.close(ins.offset)
                 self._push_back_buried(done)
             elif op in (0x10, 0x11) and live:
                 stack = list(stack_before[i])
@@ -746,6 +769,8 @@ class _FunctionRewriter:
         innermost, ends the rewind) and from then on runs as the normal body does."""
         self._start_code()
         self.labels = [False, False, True, False]  # ..., the arm, $copy_unwind
+        if self.entries:
+            self.labels.append(False)  # $transfer (transfer.py)
         self.unwind_label = _COPY_UNWIND_LABEL
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
@@ -840,7 +865,10 @@ class _FunctionRewriter:
                     self.emit(0x0C, 2)  # the body fell through: the loop ended, its results to $exit
                     self.close()  # the block standing for the loop
                     self.close()  # `if $skip`
-                    self._normal_loop(done.start)
+                    if done.start in self.entries.ordinal:  # back to the normal body (transfer.py)
+                        transfer.transfer_branch(self, self.entries, done.start)
+                    else:
+                        self._normal_loop(done.start)
                     self.close()  # $exit
                     # no longer skipping (the loop ran): $skip is known 0 from here, so it is not
                     # live across the loop
@@ -924,6 +952,30 @@ class _FunctionRewriter:
         self.emit(0x41, hi - lo)
         self.emit(0x4D if inside else 0x4B)  # i32.le_u / i32.gt_u
 
+    def skip_guard(self, rng: tuple[int, int], top: list[str], results: list[str]) -> None:
+        """Open a construct's guard: skipping to a target outside ``rng`` (of ``$site``), drop its
+        parameters ``top`` and push zeros for its ``results``; the caller emits the construct in
+        the ``else`` arm this leaves open and closes it."""
+        self.emit(0x20, self.skip_local)
+        self._skip_test(*rng, inside=False)
+        self.emit(0x71)  # i32.and
+        self.open(0x04, self.p.block_type(top, results), False)
+        self.drop(len(top))
+        self.zeros(results)
+        self.emit(0x05)
+
+    def skipping_condition(self, then: tuple[int, int] | None) -> None:
+        """Before an `if` entered while skipping: its condition becomes "the target is in the then
+        arm" (``then``: the arm's range of ``$site``, None when it holds none)."""
+        self.emit(0x20, self.skip_local)
+        self.open(0x04, self.p.block_type(["i32"], ["i32"]), False)
+        self.emit(0x1A)
+        if then is None:
+            self.emit(0x41, 0)
+        else:
+            self._skip_test(*then, inside=True)
+        self.close()
+
     def _enter_construct(self, i: int, ins: Instr, base: int, rng: tuple[int, int],
                          site_range: Callable[[int, int], tuple[int, int] | None]) -> _Ctl:
         """A block/loop/if holding a site: skipped whole (zeros for its results) when skipping to a
@@ -935,25 +987,10 @@ class _FunctionRewriter:
         buried: list[tuple[int, str]] = []
         if entry_height > base:
             buried = self._spill_buried(stack, base, entry_height, guarded=True)
-        top = self.known_types(stack[entry_height:])
-        self.emit(0x20, self.skip_local)
-        self._skip_test(*rng, inside=False)
-        self.emit(0x71)  # i32.and
-        self.open(0x04, self.p.block_type(top, list(result_types)), False)
-        self.drop(len(top))
-        self.zeros(list(result_types))
-        self.emit(0x05)
+        self.skip_guard(rng, self.known_types(stack[entry_height:]), list(result_types))
         if op == 0x04:  # skipping: the condition is "the site is in the then arm"
             else_at = self.else_of.get(i)
-            then = site_range(i + 1, else_at if else_at is not None else self.end_of[i])
-            self.emit(0x20, self.skip_local)
-            self.open(0x04, self.p.block_type(["i32"], ["i32"]), False)
-            self.emit(0x1A)
-            if then is None:
-                self.emit(0x41, 0)
-            else:
-                self._skip_test(*then, inside=True)
-            self.close()
+            self.skipping_condition(site_range(i + 1, else_at if else_at is not None else self.end_of[i]))
         if op == 0x03:
             # A loop is entered here only to skip to a site inside it (or, not skipping, to run
             # it). Its first iteration runs in skip-guarded code, in a block standing for the

@@ -67,7 +67,10 @@ if TYPE_CHECKING:
 #: has 64 MiB). wasmtime refuses a wasm stack above its async stack size (2 MiB), which it uses
 #: only for async calls (wasmig makes none): that is raised to match through the C API.
 #: ``shared_memory`` on: modules of the threads proposal (shared memories) instantiate.
-ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "wasm_threads": True, "shared_memory": True,
+#: ``wasm_tail_call`` on: rewind copies hand a frame to its normal body with ``return_call``
+#: (:mod:`wasmig.instrument.transfer`; wasmtime 51 has it on by default, set here to be explicit).
+ENGINE_SETTINGS: dict[str, Any] = {"wasm_multi_memory": True, "wasm_threads": True, "wasm_tail_call": True,
+                                   "shared_memory": True,
                                    "memory_may_move": False, "max_wasm_stack": 4 << 20}
 #: wasmtime's own limit where its C API cannot raise the async stack size
 _DEFAULT_ASYNC_STACK = 2 << 20

@@ -1,0 +1,362 @@
+"""Transfers: a rewound frame goes back to its function's normal body at a loop header.
+
+A rewind re-enters every frame that was live at a checkpoint through its function's *rewind copy*
+(:mod:`wasmig.instrument.unwind`). Left there, a frame finishes its activation in the copy; a
+copy that holds its loops in normal form runs them at nearly the normal body's speed, but not in a
+huge function (QuickJS's ``JS_CallInternal``: its dispatch loop ran 1.10-1.19x slower in the copy,
+where Cranelift spills far more). With transfers the copy holds no normal-form copy of the loops it
+can leave at: when a resumed copy reaches the header of such a loop (an *entry loop*), it writes
+its frame (every local and spill local, the loop's parameters in theirs) as one record at
+``RECORDS_BASE`` of the control memory, the loop's *entry ordinal* as the record's site, sets
+``$state = 2`` and ``return_call``s the function itself, with dummy arguments. The normal body of a
+function with entry loops starts with::
+
+    global.get $state  i32.const 2  i32.eq
+    if   $state = 0, every local from the record, $site = the ordinal, $skip = 1
+    else (the entry poll, if the function has one)
+    end
+
+and reaches the entry loop the way a rewind copy reaches a site: every straight-line segment at a
+construct level on the path to an entry loop is guarded (``local.get $skip  i32.eqz  if .. else
+drop, zeros end``), a construct holding an entry loop is skipped whole when the ordinal lies
+outside it (an ``if`` taking the arm that holds it), and just before the entry loop the parameters
+come back from their spill locals and ``$skip`` is cleared; then the loop runs as it always does,
+its header poll included (the copy wrote the record *before* that header's poll, so in the
+deterministic variant the step is counted once, by the normal body).
+
+Which loops are entry loops (:func:`plan_entries`): every loop at a function's top level and, in
+turn, inside an entry loop, an inner loop that is at least half of its body and holds no branch
+to the outer loop's header (the outer loop is then begun again only once the inner one is left:
+a restart loop around a dispatch loop, not CPython's eval loop nest, whose inner loops branch
+to the outer headers: with its two outer loops enclosing, a never-stopped CPython n-body took
+4.03 s of CPU against 2.84 s for main, one interleaved round). The outer loop then
+*encloses* entry loops: its header poll, the segments before its entry loops and the constructs
+on the way to them are guarded, a test each per iteration of the outer loop -- one such iteration
+runs a whole inner loop that is most of its code, so the tests are few beside it (a loop nest's
+levels, a restart loop around a dispatch loop); a small loop inside a big body is not worth a test
+per iteration of that body. An entry loop without entry loops inside is a
+*target*: nothing inside it changes, and the loops inside it stay in the copy in normal form (they
+run at most until the target's next header). So a bytecode interpreter's dispatch loop (a
+``switch`` of hundreds of nested blocks, some cases holding loops) is a target with no test added
+per dispatch, and the restart loop around it (QuickJS's: the dispatch loop is nine constructs
+deep in it, and nearly all of it) encloses it. Functions without loops need nothing: their copy runs to the return.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wasmig.binary.ir import Instr
+    from wasmig.instrument.emit import Code
+    from wasmig.instrument.unwind import _Ctl, _FunctionRewriter
+
+#: functions smaller than this have no entry loops: the check at the entry of every call and the
+#: guards on the way to the loops cost a small function too much (recursive fib with a loop: 1.68x
+#: plain against 1.09x), and a small function's copy compiles as well as its normal body
+MIN_BODY = 1000
+#: an entry loop smaller than this encloses no entry loop: the guards it would get, a few tests per
+#: iteration, cost a short-trip loop nest up to a third (n-body's: 1.33x plain against 1.09x)
+MIN_ENCLOSING = 1000
+#: the copy's labels with transfers: $done, $unwind, the function's label, $copy_unwind, $transfer
+TRANSFER_LABEL = 4
+_RECORDS_BASE_OFFSETS = (0, 4)  # the transfer record: its site (the entry ordinal), its function
+
+
+@dataclass(frozen=True)
+class EntryPlan:
+    """The loops of one function where its normal body can be entered, in body order."""
+
+    #: entry loop (instruction index) -> its ordinal, 0.. in body order
+    ordinal: dict[int, int]
+    #: entry loops with no entry loop inside (their bodies are emitted unchanged)
+    targets: frozenset[int]
+
+    def __bool__(self) -> bool:
+        return bool(self.ordinal)
+
+    def ordinals_in(self, start: int, end: int) -> tuple[int, int] | None:
+        """The first and last ordinal of the entry loops at instructions ``start..end``."""
+        positions = sorted(self.ordinal)
+        lo, hi = bisect_left(positions, start), bisect_right(positions, end)
+        if lo == hi:
+            return None
+        return lo, hi - 1
+
+
+def plan_entries(body: list[Instr], end_of: dict[int, int], unreachable: list[bool]) -> EntryPlan:
+    """Choose the entry loops of a function (see the module docstring); none in a function of
+    fewer than :data:`MIN_BODY` instructions."""
+    if len(body) < MIN_BODY:
+        return EntryPlan({}, frozenset())
+    parent: dict[int, int] = {}  # construct -> the construct it is directly inside (-1: the function)
+    loop_parent: dict[int, int] = {}  # live loop -> the nearest loop around it (-1: none)
+    continues: dict[int, list[int]] = {}  # loop -> the branches to its header
+    open_: list[int] = []
+    for i, ins in enumerate(body):
+        op = ins.op
+        if op in (0x0C, 0x0D, 0x0E):
+            depths = {ins.imm} if op != 0x0E else {*ins.imm[0], ins.imm[1]}
+            for d in depths:
+                if d < len(open_) and body[open_[-1 - d]].op == 0x03:
+                    continues.setdefault(open_[-1 - d], []).append(i)
+        elif op in (0x02, 0x03, 0x04):
+            parent[i] = open_[-1] if open_ else -1
+            if op == 0x03 and not unreachable[i]:
+                outer = next((c for c in reversed(open_) if body[c].op == 0x03), -1)
+                loop_parent[i] = outer
+            open_.append(i)
+        elif op == 0x0B and open_ and end_of.get(open_[-1]) == i:
+            open_.pop()
+    inner: dict[int, list[int]] = {}
+    for loop, outer in loop_parent.items():
+        inner.setdefault(outer, []).append(loop)
+    ordinal: dict[int, int] = {}
+    targets: set[int] = set()
+
+    def choose(loop: int) -> None:
+        ordinal[loop] = 0
+        size = end_of[loop] - loop
+        chosen = [child for child in inner.get(loop, [])
+                  if size >= MIN_ENCLOSING and 2 * (end_of[child] - child) >= size
+                  and not any(child < b < end_of[child] for b in continues.get(loop, ()))]
+        for child in chosen:
+            choose(child)
+        if not chosen:
+            targets.add(loop)
+
+    for loop in inner.get(-1, []):
+        choose(loop)
+    for k, loop in enumerate(sorted(ordinal)):
+        ordinal[loop] = k
+    return EntryPlan(ordinal, frozenset(targets))
+
+
+# --- the normal body -------------------------------------------------------------------------------
+def entry_check(rw: _FunctionRewriter) -> Code:
+    """The start of a normal body with entry loops: ``if ($state == 2)`` (a transfer: its loads
+    are put in by :func:`with_transfer_loads`, once every local is known) ``else`` the entry poll
+    (a transfer's entry is no stable point: the deterministic variant must not count it) ``end``.
+    Returns the code up to the ``if``; the normal body goes on in new code (``rw.out``)."""
+    rw.emit(0x23, rw.p.globals_base)
+    rw.emit(0x41, 2)  # STATE_REWINDING
+    rw.emit(0x46)
+    rw.open(0x04, None, False)
+    head = rw._start_code()
+    if rw.p.entry_polled(rw.func_idx):
+        rw.emit(0x05)
+        rw.stable_point(rw.entry_site, [], 0)
+    rw.close()
+    return head
+
+
+def with_transfer_loads(rw: _FunctionRewriter, head: Code, rest: Code) -> Code:
+    """The normal body ``head`` + the arm of :func:`entry_check` taken by a transfer + ``rest``.
+    In that arm the rewind is over (``$state = 0``), the record must be this function's (else
+    trap rather than run garbage), every local and spill local comes back from it, ``$site`` is
+    the entry ordinal and ``$skip`` is set."""
+    from wasmig.instrument.unwind import _LOAD, RECORDS_BASE, STATE_RUNNING
+
+    rw._start_code()
+    rw.out.extend(head)
+    emit = rw.emit
+    emit(0x41, STATE_RUNNING)
+    emit(0x24, rw.p.globals_base)
+    emit(0x41, 0)
+    emit(0x28, rw.ctl_memarg(2, RECORDS_BASE + 4))
+    emit(0x41, rw.func_idx)
+    emit(0x47)  # i32.ne
+    emit(0x04, None)  # not this function's record: a trap (no label: nothing branches here)
+    emit(0x00)
+    emit(0x0B)
+    scratch = {rw.site_local, rw.addr_local, rw.skip_local}
+    for j, t in enumerate(rw.local_types):
+        if j in scratch:
+            continue
+        op, align = _LOAD[t]
+        emit(0x41, 0)
+        emit(op, rw.ctl_memarg(align, RECORDS_BASE + 8 + 8 * j))
+        emit(0x21, j)
+    emit(0x41, 0)
+    emit(0x28, rw.ctl_memarg(2, RECORDS_BASE))
+    emit(0x21, rw.site_local)
+    emit(0x41, 1)
+    emit(0x21, rw.skip_local)
+    rw.out.extend(rest)
+    return rw._start_code()
+
+
+def emit_body(rw: _FunctionRewriter, plan: EntryPlan) -> None:
+    """The normal body of a function with entry loops (its top level holds them all)."""
+    _level(rw, plan, 0, len(rw.func.body) - 1, [])
+
+
+def _level(rw: _FunctionRewriter, plan: EntryPlan, start: int, end: int, ctl: list[_Ctl]) -> None:
+    """body[start:end], one construct level: guarded segments and the constructs that hold entry
+    loops; a level without any is emitted as the normal body always has it."""
+    if plan.ordinals_in(start, end) is None:
+        rw._emit_range(start, end, ctl)
+        return
+    body, end_of, unreachable = rw.func.body, rw.end_of, rw.unreachable
+    seg = -1  # start of the open segment
+    i = start
+    while i < end:
+        op = body[i].op
+        if unreachable[i] or op in (0x00, 0x0C, 0x0E, 0x0F):
+            # an unconditional branch: the rest of this level is dead code, and no skipping
+            # frame gets here (its entry loop would be dead too)
+            _segment(rw, seg, i, ctl)
+            rw._emit_range(i, end, ctl)
+            return
+        if op in (0x02, 0x03, 0x04):
+            if plan.ordinals_in(i, end_of[i]) is not None:
+                _segment(rw, seg, i, ctl)
+                seg = -1
+                _construct(rw, plan, i, ctl)
+            elif seg < 0:
+                seg = i
+            i = end_of[i] + 1
+            continue
+        if seg < 0:
+            seg = i
+        i += 1
+    _segment(rw, seg, end, ctl)
+
+
+def _segment(rw: _FunctionRewriter, start: int, end: int, ctl: list[_Ctl]) -> None:
+    """body[start:end] (whole constructs, no entry loop) run only when not skipping."""
+    if start < 0 or start >= end:
+        return
+    base = ctl[-1].base if ctl else 0
+    params = rw.known_types(rw.stack_before[start][base:])
+    results = rw.known_types(rw.stack_before[end][base:])
+    rw.emit(0x20, rw.skip_local)
+    rw.emit(0x45)  # i32.eqz
+    rw.open(0x04, rw.p.block_type(params, results), False)
+    rw._emit_range(start, end, ctl)
+    rw.emit(0x05)
+    rw.drop(len(params))
+    rw.zeros(results)
+    rw.close()
+
+
+def _construct(rw: _FunctionRewriter, plan: EntryPlan, i: int, ctl: list[_Ctl]) -> None:
+    """A block/loop/if holding an entry loop: skipped whole (zeros for its results) when skipping
+    to an entry loop outside it, else entered (an ``if`` taking the arm that holds the loop)."""
+    from wasmig.instrument.unwind import _Ctl
+
+    body = rw.func.body
+    ins = body[i]
+    op = ins.op
+    nparams, result_types, _ = rw.p.block_arity(ins.imm)
+    stack = list(rw.stack_before[i])
+    entry_height = len(stack) - nparams - (1 if op == 0x04 else 0)
+    base = ctl[-1].base if ctl else 0
+    buried: list[tuple[int, str]] = []
+    if entry_height > base:
+        buried = rw._spill_buried(stack, base, entry_height, guarded=True)
+    rng = plan.ordinals_in(i, rw.end_of[i])
+    assert rng is not None
+    rw.skip_guard(rng, rw.known_types(stack[entry_height:]), list(result_types))
+    level = _Ctl("block", i, entry_height, [], tuple(result_types))
+    if op == 0x03:
+        _entry_loop(rw, plan, i, level, ctl)
+    else:
+        else_at = rw.else_of.get(i)
+        end = rw.end_of[i]
+        if op == 0x04:  # skipping: the condition is "the entry loop is in the then arm"
+            rw.skipping_condition(plan.ordinals_in(i + 1, else_at if else_at is not None else end))
+        rw.open(op, ins.imm, True)
+        ctl.append(level)
+        _level(rw, plan, i + 1, else_at if else_at is not None else end, ctl)
+        if else_at is not None:
+            rw.emit(0x05)
+            _level(rw, plan, else_at + 1, end, ctl)
+        ctl.pop()
+        rw.close()
+    rw.close()
+    level.buried = buried
+    rw._push_back_buried(level)
+
+
+def _entry_loop(rw: _FunctionRewriter, plan: EntryPlan, i: int, level: _Ctl, ctl: list[_Ctl]) -> None:
+    """An entry loop, entered: if it is the one skipped to, its parameters come back from their
+    spill locals and skipping ends, just before the loop (whose header poll then runs: the step
+    the copy did not count); a target loop is then emitted as the normal body has it, an
+    enclosing one with its header poll and the segments before its entry loops guarded."""
+    from wasmig.instrument.unwind import _Ctl
+
+    body = rw.func.body
+    ins = body[i]
+    height = level.base
+    params = rw.check_types(rw.stack_before[i][height:], "a loop parameter")
+    rw.emit(0x20, rw.skip_local)
+    rw.emit(0x20, rw.site_local)
+    rw.emit(0x41, plan.ordinal[i])
+    rw.emit(0x46)
+    rw.emit(0x71)  # i32.and
+    rw.open(0x04, rw.p.block_type(params, params), False)
+    rw.drop(len(params))
+    rw.push_from(params, height)
+    rw.emit(0x41, 0)
+    rw.emit(0x21, rw.skip_local)
+    rw.close()
+    if i in plan.targets:
+        rw._emit_range(i, rw.end_of[i] + 1, [*ctl, level])  # level: its values are in spill locals
+        return
+    _, result_types, _ = rw.p.block_arity(ins.imm)
+    rw.open(0x03, ins.imm, True)
+    inside = _Ctl("loop", i, height, [], tuple(result_types))
+    ctl.append(inside)
+    site = rw.add_site((i, "loop"), "loop", ins.offset, rw.check_types(rw.stack_before[i], "a value at a loop"))
+    if not rw._every_iteration_calls(i):
+        rw.emit(0x20, rw.skip_local)
+        rw.emit(0x45)
+        rw.open(0x04, rw.p.block_type(params, params), False)
+        rw.stable_point(site, params, height)
+        rw.close()
+    _level(rw, plan, i + 1, rw.end_of[i], ctl)
+    ctl.pop()
+    rw.close()
+
+
+# --- the rewind copy -------------------------------------------------------------------------------
+def transfer_branch(rw: _FunctionRewriter, plan: EntryPlan, i: int) -> None:
+    """In the copy, at entry loop ``i``'s header (its parameters on the stack, not skipping): the
+    parameters into their spill locals, ``$site`` = the loop's ordinal, to the copy's one
+    transfer tail (:func:`transfer_tail`)."""
+    nparams, _, _ = rw.p.block_arity(rw.func.body[i].imm)
+    height = len(rw.stack_before[i]) - nparams
+    params = rw.check_types(rw.stack_before[i][height:], "a loop parameter")
+    rw.pop_into(params, height)
+    rw.emit(0x41, plan.ordinal[i])
+    rw.emit(0x21, rw.site_local)
+    rw.emit(0x0C, len(rw.labels) - 1 - TRANSFER_LABEL)
+
+
+def transfer_tail(rw: _FunctionRewriter) -> None:
+    """After the copy's ``$transfer`` block: the frame as one record at ``RECORDS_BASE`` (the
+    rewind is over, so the control memory's records are free), ``$state = 2`` and a tail call of
+    the function itself, whose normal body takes the record (:func:`entry_check`)."""
+    from wasmig.instrument.unwind import _STORE, RECORDS_BASE, STATE_REWINDING
+
+    rw.emit(0x41, 0)
+    rw.emit(0x20, rw.site_local)
+    rw.emit(0x36, rw.ctl_memarg(2, RECORDS_BASE))
+    rw.emit(0x41, 0)
+    rw.emit(0x41, rw.func_idx)
+    rw.emit(0x36, rw.ctl_memarg(2, RECORDS_BASE + 4))
+    scratch = {rw.site_local, rw.addr_local, rw.skip_local}
+    for j, t in enumerate(rw.local_types):
+        if j in scratch:
+            continue
+        op, align = _STORE[t]
+        rw.emit(0x41, 0)
+        rw.emit(0x20, j)
+        rw.emit(op, rw.ctl_memarg(align, RECORDS_BASE + 8 + 8 * j))
+    rw.emit(0x41, STATE_REWINDING)
+    rw.emit(0x24, rw.p.globals_base)
+    rw.zeros(list(rw.ftype.params))
+    rw.emit(0x12, rw.func_idx)  # return_call
