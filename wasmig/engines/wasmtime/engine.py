@@ -27,18 +27,11 @@ if TYPE_CHECKING:
 _NO_CHECKPOINTS = "this run cannot checkpoint: it was started without checkpoints (the plain module on wasmtime)"
 
 
-class PlainProgram(Program):
-    """The plain module at full speed, on the calling thread: it never stops for a checkpoint.
-    Python sees Ctrl-C only at the guest's next host call, so a guest computing without any
-    would ignore it: the run gives SIGINT its default action (:attr:`interruptible`), which ends
-    the process at once, as it ends ``wasmtime run``."""
+class RunsToEnd(Program):
+    """A program that runs to its end and never stops for a checkpoint: every checkpoint request
+    is a one-line SnapshotError saying why (:attr:`refusal`). Subclasses say how it starts."""
 
-    interruptible = False
-
-    def __init__(self, instance: WasmtimeInstance, wasi: Wasi) -> None:
-        self.instance = instance
-        self.module = instance.module
-        self.wasi = wasi
+    refusal = "this run cannot checkpoint"
 
     @property
     def steps(self) -> int | None:
@@ -46,26 +39,41 @@ class PlainProgram(Program):
 
     def arm(self, *, at_step: int | None, at_instruction: int | None = None, stable_only: bool = False) -> None:
         if at_step is not None or at_instruction is not None:
-            raise SnapshotError(_NO_CHECKPOINTS)
+            raise SnapshotError(self.refusal)
 
     def request(self) -> None:
         return None  # the run answers a request itself (it has no checkpoint directory)
+
+    def resume(self) -> bool:
+        raise SnapshotError(self.refusal)
+
+    def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
+        raise SnapshotError(self.refusal)
+
+    def guest_memories(self) -> list[MemoryReader]:
+        return []
+
+
+class PlainProgram(RunsToEnd):
+    """The plain module at full speed, on the calling thread: it never stops for a checkpoint.
+    Python sees Ctrl-C only at the guest's next host call, so a guest computing without any
+    would ignore it: the run gives SIGINT its default action (:attr:`interruptible`), which ends
+    the process at once, as it ends ``wasmtime run``."""
+
+    interruptible = False
+    refusal = _NO_CHECKPOINTS
+
+    def __init__(self, instance: WasmtimeInstance, wasi: Wasi) -> None:
+        self.instance = instance
+        self.module = instance.module
+        self.wasi = wasi
 
     def start(self) -> bool:
         self.instance.invoke("_start")
         return False
 
-    def resume(self) -> bool:
-        raise SnapshotError(_NO_CHECKPOINTS)
-
-    def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
-        raise SnapshotError(_NO_CHECKPOINTS)
-
     def export_names(self) -> Collection[str]:
         return self.instance.exports.keys()
-
-    def guest_memories(self) -> list[MemoryReader]:
-        return []
 
 
 class WasmtimeEngine(Engine):

@@ -38,10 +38,10 @@ import wasmtime
 
 from wasmig.binary.decoder import decode_module
 from wasmig.binary.encoder import encode_module
-from wasmig.engines.base import MemoryReader, Program
+from wasmig.engines.wasmtime.engine import RunsToEnd
 from wasmig.engines.wasmtime.host_waits import TABLE_EXPORT, HostWaits, ProgramEnded, route_waits_to_host
 from wasmig.engines.wasmtime.runtime import _VALTYPE, THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
-from wasmig.errors import LinkError, SnapshotError, Trap
+from wasmig.errors import LinkError, Trap
 from wasmig.hashing import fast_digest
 from wasmig.interp.threads import BLOCKING_CALLS, MAX_THREADS, MAX_TID
 from wasmig.wasi.memory import GuestMemory
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from wasmig.module import Module
-    from wasmig.snapshot.state import Snapshot
     from wasmig.wasi.preview1 import Wasi
 
 #: why a threaded program on wasmtime cannot stop
@@ -261,26 +260,17 @@ class ThreadedRun:
             raise ProgramEnded("the program has ended")
 
 
-class ThreadedProgram(Program):
+class ThreadedProgram(RunsToEnd):
     """A wasi-threads command on wasmtime as a :class:`~wasmig.engines.base.Program` (what
     ``WasmtimeEngine.program`` gives for one, so a run loop runs it like any program): it runs
     to its end and never stops for a checkpoint (step 3 of issue 20 is not built on wasmtime).
     Nothing is instantiated before :meth:`start`."""
 
+    refusal = NO_THREAD_CHECKPOINTS
+
     def __init__(self, module: Module, wasi: Wasi) -> None:
         self.module = module
         self.wasi = wasi
-
-    @property
-    def steps(self) -> int | None:
-        return None
-
-    def arm(self, *, at_step: int | None, at_instruction: int | None = None, stable_only: bool = False) -> None:
-        if at_step is not None or at_instruction is not None:
-            raise SnapshotError(NO_THREAD_CHECKPOINTS)
-
-    def request(self) -> None:
-        return None  # the run answers a request itself (it has no checkpoint directory)
 
     def start(self) -> bool:
         code = ThreadedRun(self.module, self.wasi).run()
@@ -288,17 +278,8 @@ class ThreadedProgram(Program):
             raise ProcExit(code)
         return False
 
-    def resume(self) -> bool:
-        raise SnapshotError(NO_THREAD_CHECKPOINTS)
-
-    def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
-        raise SnapshotError(NO_THREAD_CHECKPOINTS)
-
     def export_names(self) -> Collection[str]:
         return [export.name for export in self.module.interface.exports]
-
-    def guest_memories(self) -> list[MemoryReader]:
-        return []
 
 
 def _define_shared_memory(linker: wasmtime.Linker, store: wasmtime.Store, module: str, name: str,
