@@ -380,11 +380,31 @@ def test_a_gateway_the_snapshot_names_is_not_contacted_without_a_grant(world: Wo
 
 
 # --- resource bombs ---------------------------------------------------------------------------------------
-def wait_rss(p: subprocess.Popen[bytes]) -> tuple[int, int]:
-    """(exit code, peak RSS in KiB) of the child ``p``, from its own rusage."""
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, usage.ru_maxrss
+#: runs argv[3:] as a child of this small process (its address space limited to argv[1] bytes, 0:
+#: none) and writes the child's exit code and peak RSS (KiB) to argv[2]. The RSS measured from the
+#: test's own process would include the pytest worker's: a fork inherits it, and Linux keeps a
+#: process's peak across exec.
+_MEASURED = """
+import os, resource, sys
+limit, out, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    if limit:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+with open(out, "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
+def run_measured(cmd: list[str], tmp: Path, limit_as: int = 0) -> tuple[int, str, int]:
+    """(exit code, stderr, peak RSS in KiB) of ``cmd`` run apart from this process."""
+    out = tmp / f"measured-{os.getpid()}-{len(os.listdir(tmp))}.txt"
+    done = subprocess.run([sys.executable, "-c", _MEASURED, str(limit_as), str(out), *cmd], capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    code, rss = map(int, out.read_text().split())
+    return code, done.stderr.decode(), rss
 
 
 @pytest.mark.parametrize("engine", ["interp", "wasmtime"])
@@ -402,12 +422,7 @@ def test_a_memory_bomb_is_refused_before_anything_is_allocated(world: World, eng
     assert snap.stat().st_size < 200_000
     cmd = [sys.executable, "-m", "wasmig", *map(str, restore_args(world, snap, "--dir", f"{world.data}::data",
                                                                   "--trust", world.attacker_pub, "--engine", engine))]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    limit = 2 << 30
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
-    code, rss_kib = wait_rss(p)
-    err = p.stderr.read().decode() if p.stderr else ""
+    code, err, rss_kib = run_measured(cmd, world.tmp, limit_as=2 << 30)
     assert code == 1 and "Traceback" not in err, err
     assert "more than the 1024 MiB this restore allows" in err and "--max-memory" in err, err
     assert rss_kib < 200 * 1024, rss_kib
@@ -460,10 +475,7 @@ def test_a_huge_module_file_is_refused_before_it_is_read(world: World, how: str)
     args = ["restore", "--dir", f"{world.data}::data", "--trust", world.attacker_pub,
             *(["--module", huge] if how == "--module" else []), snap]
     cmd = [sys.executable, "-m", "wasmig", *map(str, args)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
-    code, rss = wait_rss(p)
-    err = p.stderr.read().decode() if p.stderr else ""
+    code, err, rss = run_measured(cmd, world.tmp)
     assert code == 1 and "Traceback" not in err, err
     assert "more than the 512 MiB a module may be" in err, err
     assert rss < 300 * 1024, rss

@@ -38,6 +38,7 @@ import wasmtime
 
 from wasmig.binary.decoder import decode_module
 from wasmig.binary.encoder import encode_module
+from wasmig.binary.features import INSTRUMENTED
 from wasmig.engines.wasmtime.engine import RunsToEnd
 from wasmig.engines.wasmtime.host_waits import TABLE_EXPORT, HostWaits, ProgramEnded, route_waits_to_host
 from wasmig.engines.wasmtime.runtime import _VALTYPE, THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
@@ -108,7 +109,7 @@ class ThreadedRun:
         self.wasi = wasi
         self.settings = settings
         self.wasm_engine = new_engine(settings)
-        ir = module.ir if code is None else decode_module(code, features={"threads", "multi-memory"})
+        ir = module.ir if code is None else decode_module(code, features=INSTRUMENTED | {"threads"})
         routed = route_waits_to_host(ir) if host_waits else None
         self.code = encode_module(routed) if routed is not None else code
         self.compiled = _compile(module, self.code, self.wasm_engine, cache_dir, settings)
