@@ -130,10 +130,11 @@ def test_a_dispatch_loop_is_a_target_and_its_deep_case_loops_stay_inside_it(entr
     assert len(case_loops) == cases
 
 
-def test_an_outer_loop_that_its_inner_loop_branches_to_encloses_nothing(entries_everywhere: None) -> None:
+def test_a_loop_nest_that_restarts_from_inside_has_no_entry(entries_everywhere: None) -> None:
     """CPython's eval loop nest: the inner loop, most of the outer one, branches straight to the
-    outer loop's header, so the outer loop may begin again as often as the inner one iterates, and
-    a guard per outer iteration would cost the never-stopped run: the outer loop is the target."""
+    outer loop's header. Enclosing the inner loop costs the never-stopped run a guard per outer
+    iteration (1.42x), and with the outer loop as the only target a restored CPython ran slower
+    than with no transfers (1.057x / 1.121x against 0.965x / 0.953x): such a function has none."""
     loops, entries, targets = _plan_of("""
 (module (func $eval (param $n i32) (local $i i32) (local $x i32)
   (loop $frame
@@ -144,7 +145,7 @@ def test_an_outer_loop_that_its_inner_loop_branches_to_encloses_nothing(entries_
       (local.set $x (i32.mul (local.get $x) (i32.const 3)))
       (br_if $dispatch (i32.lt_u (local.get $i) (local.get $n)))))))
 """, "eval")
-    assert entries == targets == {loops[0]}
+    assert len(loops) == 2 and entries == targets == set()
 
 
 def test_a_function_without_loops_has_no_entry(entries_everywhere: None) -> None:
