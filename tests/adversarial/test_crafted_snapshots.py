@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -400,7 +401,9 @@ with open(out, "w") as f:
 
 def run_measured(cmd: list[str], tmp: Path, limit_as: int = 0) -> tuple[int, str, int]:
     """(exit code, stderr, peak RSS in KiB) of ``cmd`` run apart from this process."""
-    out = tmp / f"measured-{os.getpid()}-{len(os.listdir(tmp))}.txt"
+    fd, name = tempfile.mkstemp(dir=tmp, suffix=".measured")
+    os.close(fd)
+    out = Path(name)
     done = subprocess.run([sys.executable, "-c", _MEASURED, str(limit_as), str(out), *cmd], capture_output=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     code, rss = map(int, out.read_text().split())

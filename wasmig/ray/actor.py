@@ -31,15 +31,6 @@ if TYPE_CHECKING:
     from wasmig.engines.base import Engine, Program
     from wasmig.module import Module
     from wasmig.session.loop import Session
-    from wasmig.snapshot.stores import SnapshotStore
-
-
-def _open_store(url: str | Path) -> SnapshotStore:
-    """The snapshot store of a job: a checkpoint directory on a path every node sees (one machine,
-    or a shared filesystem), through :func:`wasmig.snapshot.stores.open_store`."""
-    from wasmig.snapshot.stores import open_store
-
-    return open_store(str(url))
 
 
 def snapshots_directory(spec: JobSpec, job_id: str) -> Path:
@@ -55,7 +46,9 @@ def latest_checkpoint(spec: JobSpec, job_id: str) -> Path | None:
     directory = snapshots_directory(spec, job_id)
     if not directory.is_dir():
         return None
-    latest = _open_store(directory).latest()
+    from wasmig.snapshot.stores import open_store
+
+    latest = open_store(str(directory)).latest()
     return None if latest is None else Path(latest)
 
 
