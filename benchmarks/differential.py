@@ -12,12 +12,16 @@ each) and path (the engine that took the snapshot -> the one that restored it), 
 check, the time of each phase, and every failure. Exit status 1 if any check failed.
 
 ``--points N`` (default 20), ``--programs cpython,quickjs``, ``--seed S``, ``--keep DIR`` (failing points'
-snapshots, single files, and their /out copies, for ``wasmig restore``).
+snapshots, single files, and their /out copies, for ``wasmig restore``). ``--interp-all`` restores every snapshot to
+the end on the interpreter too (CPython's plan otherwise restores only its late ones there: one CPython restore is
+tens of seconds to minutes on the interpreter), and ``--rounds N`` shortens or lengthens the scripts (each workload's
+round count, its first argument after the script) so that a run with ``--interp-all`` stays within an hour.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import sys
@@ -38,7 +42,12 @@ def main() -> None:
     parser.add_argument("--programs", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the time)")
     parser.add_argument("--keep", type=Path, default=None, help="keep failing points' snapshots here")
+    parser.add_argument("--interp-all", action="store_true",
+                        help="restore every snapshot to the end on the interpreter as well")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of each script (default: the workload's)")
     args = parser.parse_args()
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     names = [n.strip() for n in args.programs.split(",") if n.strip()]
     for n in names:
         if n not in WORKLOADS:
@@ -52,6 +61,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="differential-") as tmp:
         for name in names:
             workload = WORKLOADS[name]
+            if args.rounds is not None:
+                workload = dataclasses.replace(workload, argv=(workload.argv[0], str(args.rounds)))
             try:
                 path = real_programs.obtain(workload.program)
             except real_programs.ProgramUnavailable as e:
@@ -64,7 +75,10 @@ def main() -> None:
             print(f"\n== {name}: {path} ({path.stat().st_size} bytes), decoded in {time.perf_counter() - began:.1f} s",
                   flush=True)
             engines = Engines(Host(workload, path, Path(tmp) / name), module)
-            Harness(engines, plan(name, args.points), random.Random(seed), report, keep=args.keep,
+            checks = plan(name, args.points)
+            if args.interp_all:
+                checks = dataclasses.replace(checks, interp="all")
+            Harness(engines, checks, random.Random(seed), report, keep=args.keep,
                     log=lambda line: print(line, flush=True)).run()
             report.phases["total, the caches warm"] = time.perf_counter() - began
             reports.append(report)
