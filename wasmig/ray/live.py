@@ -1,0 +1,177 @@
+"""Live migration of a fleet job between two runners: pre-copy over wasmig's migration protocol
+(:mod:`wasmig.migrate`: TLS 1.3, both keys pinned), from the source runner's session to a target
+runner on another node (docs/fleet.md, "Live moves").
+
+The target runner listens on its node's address (the one Ray reports for it; 127.0.0.1 on a
+one-machine cluster) and receives exactly as ``wasmig serve`` does (:class:`FleetTarget` is its
+:class:`~wasmig.migrate.target.Target`): the module, the page rounds while the program still runs
+at the source, the last dirty pages and the state once it stopped, then a restore behind the WASI
+gate and ``prepared`` once the program surely resumed. The source commits only then, and keeps
+the program until the target confirmed the commit: a target that dies or fails before leaves the
+job running where it was. What differs from the daemon: the program's stdout and stderr are the
+job's log (opened at the byte counts the migrated state records), it gets the job's own
+directories and gateway only, its checkpoints go to the job's store, and before the gate opens
+the target takes the job's fence (the source's run has then ended: one runner at a time).
+
+Keys: the controller makes a key pair for every runner and hands it over in the runner's
+arguments (Ray's messages: loopback, or Ray's TLS, which ``wasmig cluster`` insists on beyond it);
+a migration pins the target runner's fingerprint on the source and the source's on the target, so
+each move's channel admits exactly those two processes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wasmig.keys import KeyPair, PublicKey
+from wasmig.migrate.protocol import Identity, MigrationError, accept
+from wasmig.migrate.target import HeldProgram, Target
+from wasmig.ray.joblog import JobLog, recorded_counts
+
+if TYPE_CHECKING:
+    from wasmig.ray.actor import JobRunner
+
+#: how long a target runner waits for its source to connect
+CONNECT_TIMEOUT_S = 60.0
+
+
+def new_key_pem() -> bytes:
+    """A fresh runner key (PKCS#8 PEM): what the controller hands a runner it creates."""
+    return KeyPair.generate(comment="wasmig fleet runner").private_pem()
+
+
+def key_pair(pem: bytes) -> KeyPair:
+    """The key pair of a runner from its PEM."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ValueError("a fleet runner's key must be Ed25519")
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return KeyPair(private, PublicKey(raw, "wasmig fleet runner"))
+
+
+def fingerprint(pem: bytes) -> str:
+    return key_pair(pem).fingerprint
+
+
+def node_address() -> str:
+    """The address this node is known to Ray by (where a target runner listens)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except ImportError:
+        pass
+    return "127.0.0.1"
+
+
+class FleetTarget(Target):
+    """The receiving side of a live move, in a target runner (see the module docstring)."""
+
+    def __init__(self, conn: socket.socket, peer: str, identity: Identity, runner: JobRunner, log: JobLog,
+                 state_dir: Path) -> None:
+        spec = runner.spec
+        gateways = (spec.gateway.control,) if spec.gateway is not None else ()
+        super().__init__(conn, peer, identity, runner.engine.name, {guest: host for host, guest in spec.dirs},
+                         state_dir, None, gateways=gateways)
+        self.runner = runner
+        self.log = log
+        self.fence = -1
+        self.fence_wait_s = 0.0
+
+    def _streams(self, snap: Any) -> dict[str, Any]:
+        # the source stopped writing at these counts (the log is the same file): nothing is cut
+        self.log.open(recorded_counts(snap.meta) or self._current_counts())
+        return {"stdout": self.log.streams["stdout"], "stderr": self.log.streams["stderr"]}
+
+    def _current_counts(self) -> dict[str, int]:
+        """The log's sizes now (a state without counts: nothing to cut back)."""
+        return {name: (self.log.directory / name).stat().st_size if (self.log.directory / name).exists() else 0
+                for name in ("stdout", "stderr")}
+
+    def _run_held(self, program: HeldProgram) -> int:
+        self.runner.adopt_arrival(program, self.log)  # its checkpoints: the job's, in the job's store
+        return super()._run_held(program)
+
+    def _commit(self, program: HeldProgram) -> None:
+        super()._commit(program)  # returns only committed, the gate open (else this process ended)
+        assert self.committed_at is not None and self.opened_at is not None
+        self.runner.arrived(program.session, {"gate_s": self.opened_at - self.committed_at,
+                                              "fence_wait_s": self.fence_wait_s})
+
+    def _before_start(self, program: HeldProgram) -> None:
+        """The commit is recorded and the source told: wait until the source's run released the
+        job (its last writes are on disk), then this runner holds it and the gate may open."""
+        started = time.perf_counter()
+        self.fence = self.runner.take_fence()
+        self.fence_wait_s = time.perf_counter() - started
+
+
+def listen() -> socket.socket:
+    """The target runner's listener, on its node's address, any free port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((node_address(), 0))
+    sock.listen(4)
+    return sock
+
+
+def receive(listener: socket.socket, runner: JobRunner, source_fingerprint: str, log: JobLog,
+            state_dir: Path) -> tuple[FleetTarget | None, str | None]:
+    """Receive the job from the source that holds ``source_fingerprint`` on ``listener``, and run
+    it to its end here (or until it moves on); the target (its ``program`` outcome is the run's),
+    or None and why the migration failed before its commit. Later connections (a source that lost
+    the commit's answer asks what became of it) are answered from a thread."""
+    identity = Identity(runner.key, frozenset({source_fingerprint}))
+    listener.settimeout(CONNECT_TIMEOUT_S)
+    try:
+        conn, addr = listener.accept()
+    except OSError as e:
+        return None, f"the source did not connect within {CONNECT_TIMEOUT_S:g} s ({e})"
+    listener.settimeout(None)
+    target = FleetTarget(conn, f"{addr[0]}:{addr[1]}", identity, runner, log, state_dir)
+    threading.Thread(target=_answer_status, args=(listener, identity, state_dir), name="wasmig-fleet-status",
+                     daemon=True).start()
+    code = target.run()
+    if target.committed_at is None:
+        return None, f"the migration failed on the target before its commit (exit status {code})"
+    return target, None
+
+
+def _answer_status(listener: socket.socket, identity: Identity, state_dir: Path) -> None:
+    """``status`` questions on the same listener, until it is closed (never another ``offer``)."""
+    while True:
+        try:
+            conn, addr = listener.accept()
+        except OSError:
+            return
+        try:
+            helper = Target(conn, f"{addr[0]}:{addr[1]}", identity, "interp", {}, state_dir, None)
+            helper.ch = accept(conn, identity, helper.peer)
+            helper._status(helper.ch.recv(10.0, expect=("status",)))
+        except (MigrationError, OSError):
+            conn.close()
+
+
+def seed_module_cache(state_dir: Path, module_sha256: str, data: bytes) -> None:
+    """Put the job's module where the target looks for it, so it does not travel again."""
+    from wasmig.files import write_atomically
+
+    path = state_dir / "modules" / f"{module_sha256}.wasm"
+    if not path.exists():
+        write_atomically(path, data)
+
+
+def private_state_dir(parent: Path) -> Path:
+    """A directory of this runner's own for the migration's decisions (node-local, 0700)."""
+    import tempfile
+
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"wasmig-fleet-{os.getpid()}-", dir=parent))
