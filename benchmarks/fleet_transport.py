@@ -153,6 +153,32 @@ class PageReceiver:
         return time.process_time() - cpu
 
 
+def loopback_certificate() -> tuple[bytes, bytes]:
+    """A self-signed certificate for 127.0.0.1 (an IP address entry: gRPC checks one against the
+    address it dialled) and its key, PEM: Ray's TLS for a one-machine cluster."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=64, help="the job's heap")
@@ -166,11 +192,9 @@ def main() -> None:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (wasmig/ray/client.py says why)
     certificates = tempfile.TemporaryDirectory(prefix="wasmig-ray-tls-")
     if args.ray_tls:  # the nodes started below, and their workers, inherit these
-        from ray._common.tls_utils import generate_self_signed_tls_certs
-
-        cert, key = generate_self_signed_tls_certs()
-        for name, text in (("server.crt", cert), ("server.key", key)):
-            (Path(certificates.name) / name).write_text(text)
+        cert, key = loopback_certificate()
+        for name, data in (("server.crt", cert), ("server.key", key)):
+            (Path(certificates.name) / name).write_bytes(data)
         os.environ.update(RAY_USE_TLS="1", RAY_TLS_SERVER_CERT=f"{certificates.name}/server.crt",
                           RAY_TLS_SERVER_KEY=f"{certificates.name}/server.key",
                           RAY_TLS_CA_CERT=f"{certificates.name}/server.crt")
