@@ -6,9 +6,12 @@ use) or Ray's own object transfer (``ray.put`` on the source's node, ``ray.get``
 One job, ``migrate_work.c`` with a ``--mib`` MiB heap, runs on a two-node cluster on this machine
 (every address 127.0.0.1). It reports:
 
-1. **Live moves** of that job between the two nodes (``--moves``, alternating direction), through
-   the fleet's controller: per move the migration's wall time (first page to commit confirmed),
-   the downtime and the bytes sent; medians.
+1. **Live moves** of that job between the two nodes through the fleet's controller, ``--moves``
+   with each page transport, alternating (and alternating direction): the pages inline in the
+   migration protocol's channel, or held by the source runner for the target's to take through
+   Ray (``JobSpec.pages``: "channel" or "ray"; the protocol's other messages go over its channel
+   either way); per move the migration's wall time (first page to commit confirmed), the downtime
+   and the bytes sent (pages and messages, either way); medians per transport.
 2. **The same job's pages, both ways** (``--runs`` times each, alternating): the memory of the
    job's latest checkpoint, sent from an actor on one node to an actor on the other, (a) over the
    migration protocol's authenticated channel exactly as a pre-copy round sends them (zstd level 1
@@ -230,17 +233,21 @@ def main() -> None:
             print(f"job: migrate_work.c with a {args.mib} MiB heap, on wasmtime; Ray's TLS "
                   f"{'on' if args.ray_tls else 'off'} (load average {os.getloadavg()[0]:.1f})")
             nodes = [worker.node_id, head]
-            moves = []
-            for i in range(args.moves):
-                moves.append(client.call(ctl.migrate, job, nodes[i % 2]))
-                m = moves[-1]
-                print(f"  live move {i + 1}: {m['migration_s']:.2f} s, downtime {m['downtime_s'] * 1000:.0f} ms, "
-                      f"{m['rounds']} rounds, {m['bytes_sent'] / 2**20:.1f} MiB sent")
-            per_move = statistics.median(m["migration_s"] for m in moves)
-            downtime = statistics.median(m["downtime_s"] for m in moves)
-            print(f"live moves over the migration protocol: median {per_move:.2f} s per move, downtime "
-                  f"{downtime * 1000:.0f} ms, "
-                  f"{statistics.median(m['bytes_sent'] for m in moves) / 2**20:.1f} MiB sent")
+            moves: dict[str, list[dict[str, Any]]] = {"channel": [], "ray": []}
+            for i in range(2 * args.moves):
+                via = ("channel", "ray")[i % 2]
+                m = client.call(ctl.migrate, job, nodes[i % 2], None, via)
+                moves[via].append(m)
+                print(f"  live move {i + 1}, pages via {via:<7}: {m['migration_s']:.2f} s, downtime "
+                      f"{m['downtime_s'] * 1000:.0f} ms, {m['rounds']} rounds, {m['bytes_sent'] / 2**20:.1f} MiB sent")
+            for via, done in moves.items():
+                per_move = statistics.median(m["migration_s"] for m in done)
+                downtime = statistics.median(m["downtime_s"] for m in done)
+                print(f"live moves, pages via {via:<7}: median {per_move:.2f} s per move, downtime "
+                      f"{downtime * 1000:.0f} ms")
+            whole = (statistics.median(m["migration_s"] for m in moves["ray"])
+                     / statistics.median(m["migration_s"] for m in moves["channel"]))
+            print(f"whole live moves, pages via Ray / via the channel: {whole:.2f}x")
 
             # the job's memory as its periodic checkpoint holds it
             snapshot = latest_checkpoint(spec, job)

@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +228,8 @@ class Target:
         self.committed_at: float | None = None
         self.opened_at: float | None = None
         self.program_class: type[HeldProgram] = HeldProgram  # what runs the restored program here
+        #: where a ``page_ref``'s batch of pages is fetched from by its token (None: not taken)
+        self.page_source: Callable[[int], Any] | None = None
 
     def run(self) -> int:
         try:
@@ -472,10 +474,10 @@ class Target:
                 self.held[pid] = (m, i)
         ch.send("need", positions=need)
         while True:
-            msg = ch.recv(expect=("page_data", "pages_end"))
+            msg = ch.recv(expect=("page_data", "page_ref", "pages_end"))
             if msg["t"] == "pages_end":
                 break
-            pages = msg.get("pages")
+            pages = msg.get("pages") if msg["t"] == "page_data" else self._fetch_pages(msg)
             if not isinstance(pages, list):
                 raise MigrationError("malformed page_data message")
             for item in pages:
@@ -496,6 +498,14 @@ class Target:
         if wanted:
             raise MigrationError(f"{len(wanted)} pages asked for were not sent")
         ch.send("pages_ok")
+
+    def _fetch_pages(self, msg: dict[str, Any]) -> Any:
+        """A ``page_ref``'s batch, from where the source put it (:attr:`page_source`; a daemon
+        has none: the source must send its pages over the channel)."""
+        token = msg.get("token")
+        if self.page_source is None or not isinstance(token, int):
+            raise MigrationError("malformed page_ref message (this target takes pages over the channel only)")
+        return self.page_source(token)
 
     def _held(self, pid: bytes) -> bytes | None:
         """The contents of page ``pid`` if this daemon has them: where it last put them (checked:

@@ -91,6 +91,7 @@ class JobRunner:
         self.key: KeyPair = key_pair(key_pem or new_key_pem())
         use_key(self.key)  # one runner per worker process: its gateway connections show this key
         self._listener: Any = None  # a live move's target: where its source connects
+        self._shelf: Any = None  # a live move's source: pages waiting for the target (live.PageShelf)
         self._held: HeldProgram | None = None  # a live move's target: the program that arrived
         self.arrival: dict[str, float] | None = None  # a live move's target: its part of the downtime
         self._install_sigterm()
@@ -188,30 +189,47 @@ class JobRunner:
             return "a wasi-threads program (a migration target restores single-threaded programs)"
         return None
 
-    def migrate_to(self, address: str, target_fingerprint: str) -> dict[str, Any]:
+    def migrate_to(self, address: str, target_fingerprint: str, pages_via_ray: bool = False) -> dict[str, Any]:
         """Move the running program live to the target runner at ``address`` (pinned to
         ``target_fingerprint``): pre-copy while it runs, then the stop, the last pages and the
-        state, the commit once the target says it resumed there. ``ok`` True: it moved (``run``
-        returns ``moved``); else it goes on here (``refused``: nothing was tried; ``error``: why it
+        state, the commit once the target says it resumed there. ``pages_via_ray``: the pages'
+        bytes wait in this runner for the target to take them (:meth:`take_pages`, Ray's object
+        transfer) instead of going over the channel. ``ok`` True: it moved (``run`` returns
+        ``moved``); else it goes on here (``refused``: nothing was tried; ``error``: why it
         failed), except ``in_doubt`` (committed, unconfirmed: saved, stopped here)."""
         from wasmig.migrate.channel import Identity
         from wasmig.migrate.protocol import MigrationError
         from wasmig.migrate.source import InDoubt, migrate
+        from wasmig.ray.live import PageShelf
 
         refusal = self.precopy_refusal()
         if refusal is not None:
             return {"ok": False, "refused": refusal}
         session = self._session
         assert session is not None
+        self._shelf = PageShelf() if pages_via_ray else None
         try:
-            result = migrate(session, address, Identity(self.key, frozenset({target_fingerprint})))
+            result = migrate(session, address, Identity(self.key, frozenset({target_fingerprint})),
+                             page_sink=self._shelf.put if self._shelf is not None else None)
         except InDoubt as e:
             return {"ok": False, "error": str(e), "in_doubt": True}
         except MigrationError as e:
             return {"ok": False, "error": str(e)}
+        finally:
+            if self._shelf is not None:
+                self._shelf.clear()
         return {"ok": True, "downtime_s": result.downtime_s, "total_s": result.total_s,
-                "bytes_sent": result.bytes_sent, "rounds": result.rounds, "pages_sent": result.pages_sent,
+                "bytes_sent": result.bytes_sent + (self._shelf.bytes if self._shelf is not None else 0),
+                "rounds": result.rounds, "pages_sent": result.pages_sent,
                 "pages_known": result.pages_known}
+
+    def take_pages(self, token: int) -> list[list[Any]]:
+        """A batch of pages a live move's target asks for (``pages_via_ray``)."""
+        if self._shelf is None:
+            from wasmig.migrate.protocol import MigrationError
+
+            raise MigrationError("no live move with pages through Ray runs here")
+        return self._shelf.take(token)
 
     # --- a live move: the target's side ----------------------------------------------------------
     def listen(self) -> str:
@@ -223,11 +241,12 @@ class JobRunner:
         host, port = self._listener.getsockname()[:2]
         return f"{host}:{port}"
 
-    def receive(self, source_fingerprint: str, fault: str | None = None) -> dict[str, Any]:
+    def receive(self, source_fingerprint: str, fault: str | None = None, source: Any = None) -> dict[str, Any]:
         """Receive the job live from the source runner holding ``source_fingerprint`` (after
         :meth:`listen`), then run it here as :meth:`run` does; its outcome as :meth:`run`'s, or
         ``failed`` with ``arrived`` False when the migration failed before its commit (the source
-        still runs it). ``fault``: for the tests, a step of ``wasmig serve``'s fault injection
+        still runs it). ``source``: the source runner's actor handle, when the pages come through
+        Ray (its :meth:`take_pages`). ``fault``: for the tests, a step of ``wasmig serve``'s fault injection
         (``WASMIG_SERVE_FAULT``) at which this process kills itself."""
         import shutil
         import tempfile
@@ -245,7 +264,8 @@ class JobRunner:
         target = None
         try:
             live.seed_module_cache(state_dir, self.module.sha256, self.spec.module)
-            target, why = live.receive(self._listener, self, source_fingerprint, log, state_dir)
+            target, why = live.receive(self._listener, self, source_fingerprint, log, state_dir,
+                                       live.pages_from(source) if source is not None else None)
             if target is None or self._held is None:
                 return {"outcome": "failed", "arrived": False, "error": why}
             kind, detail = self._held.outcome

@@ -146,10 +146,14 @@ class Controller:
             time.sleep(0.1)
         return self.job(job_id)
 
-    def migrate(self, job_id: str, to: str | None = None, fault: str | None = None) -> dict[str, Any]:
+    def migrate(self, job_id: str, to: str | None = None, fault: str | None = None,
+                pages: str | None = None) -> dict[str, Any]:
         """Move a running job to node ``to`` (id or prefix; None: the best other node). ``fault``:
         for the tests, the step of a live move at which the target runner kills itself
-        (:meth:`JobRunner.receive`)."""
+        (:meth:`JobRunner.receive`); ``pages``: how a live move's pages travel ("ray" or
+        "channel"; None: the job's ``JobSpec.pages``)."""
+        if pages not in (None, "ray", "channel"):
+            raise FleetError(f"pages travel by 'ray' or 'channel', not {pages!r}")
         job = self._get(job_id)
         with self._lock:
             if job.state != "running":
@@ -161,7 +165,7 @@ class Controller:
             else:
                 target = self._choose(job.spec, avoid=self._draining | {job.node}, pinned=False)
             job.state = "moving"
-        return self._move(job, target, fault)
+        return self._move(job, target, fault, pages)
 
     def drain(self, node: str) -> list[dict[str, Any]]:
         """Take no more jobs on ``node`` and move every job off it (in parallel); the moves."""
@@ -266,7 +270,7 @@ class Controller:
         job.run_ref = actor.run.remote(restore, on_file_change)
         job.state = "running"
 
-    def _move(self, job: Job, target: str, fault: str | None = None) -> dict[str, Any]:
+    def _move(self, job: Job, target: str, fault: str | None = None, pages: str | None = None) -> dict[str, Any]:
         """Move ``job`` (state ``moving``) to ``target``: live where it can (pre-copy), else
         checkpoint-and-stop where it runs and restore on ``target``."""
         record: dict[str, Any] = {"job": job.id, "from": job.node, "to": target}
@@ -283,9 +287,11 @@ class Controller:
             raise FleetError(f"job {job.id}: the target actor on {target[:12]} did not start: {e}") from None
         record["target_ready_s"] = time.perf_counter() - started
         if job.spec.live:
+            record["pages_via"] = pages or job.spec.pages
             moved = self._move_live(job, target, new, engine, key, record, fault, started)
             if moved is not None:
                 return moved
+            del record["pages_via"]
         if job.gateway is not None:  # its connections would not survive a checkpoint-stop-restore
             ray.kill(new)
             with self._lock:
@@ -328,9 +334,10 @@ class Controller:
         to stop-and-copy). A failure after it began leaves the job running at the source (or, if
         the program ended meanwhile, recorded as ended) and raises FleetError."""
         address = ray.get(new.listen.remote(), timeout=ACTOR_START_TIMEOUT_S)
-        run_ref = new.receive.remote(job.fingerprint, fault)
+        via_ray = record["pages_via"] == "ray"
+        run_ref = new.receive.remote(job.fingerprint, fault, job.actor if via_ray else None)
         try:
-            result = ray.get(job.actor.migrate_to.remote(address, key), timeout=LIVE_MOVE_TIMEOUT_S)
+            result = ray.get(job.actor.migrate_to.remote(address, key, via_ray), timeout=LIVE_MOVE_TIMEOUT_S)
         except RayError as e:  # the source's runner died (or hung): the monitor restarts the job
             result = {"ok": False, "error": f"the source runner was lost: {str(e).splitlines()[0]}"}
         if not result["ok"]:

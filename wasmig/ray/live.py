@@ -25,6 +25,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +116,44 @@ class FleetTarget(Target):
         self.fence_wait_s = time.perf_counter() - started
 
 
+class PageShelf:
+    """The source's pages on their way through Ray's object store instead of the channel (the
+    faster of the two between nodes: docs/fleet.md, "Pages"): each batch waits here, under a
+    token the channel carries, until the target's actor takes it with a Ray call (the batch then
+    goes as that call's return value: Ray's object transfer). At most ``depth`` batches wait at
+    once (as the channel's backpressure bounds what the inline pages hold)."""
+
+    def __init__(self, depth: int = 4) -> None:
+        self._batches: dict[int, list[list[Any]]] = {}
+        self._next = 0
+        self.bytes = 0  # of the compressed pages put here
+        self._depth = depth
+        self._cond = threading.Condition()
+
+    def put(self, batch: list[list[Any]]) -> int:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._batches) < self._depth, timeout=CONNECT_TIMEOUT_S):
+                raise MigrationError(f"the target took no pages for {CONNECT_TIMEOUT_S:g} s")
+            token, self._next = self._next, self._next + 1
+            self._batches[token] = batch
+            self.bytes += sum(len(data) for _, data in batch)
+            return token
+
+    def take(self, token: int) -> list[list[Any]]:
+        with self._cond:
+            batch = self._batches.pop(token, None)
+            self._cond.notify_all()
+        if batch is None:
+            raise MigrationError(f"no batch of pages {token} waits here")
+        return batch
+
+    def clear(self) -> None:
+        """The migration ended: what was not taken goes."""
+        with self._cond:
+            self._batches.clear()
+            self._cond.notify_all()
+
+
 def listen() -> socket.socket:
     """The target runner's listener, on its node's address, any free port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -124,10 +163,11 @@ def listen() -> socket.socket:
 
 
 def receive(listener: socket.socket, runner: JobRunner, source_fingerprint: str, log: JobLog,
-            state_dir: Path) -> tuple[FleetTarget | None, str | None]:
+            state_dir: Path, page_source: Callable[[int], Any] | None = None) -> tuple[FleetTarget | None, str | None]:
     """Receive the job from the source that holds ``source_fingerprint`` on ``listener``, and run
     it to its end here (or until it moves on); the target (its ``program`` outcome is the run's),
-    or None and why the migration failed before its commit. Later connections (a source that lost
+    or None and why the migration failed before its commit. ``page_source``: where the pages of a
+    ``page_ref`` come from (:func:`pages_from`). Later connections (a source that lost
     the commit's answer asks what became of it) are answered from a thread."""
     identity = Identity(runner.key, frozenset({source_fingerprint}))
     listener.settimeout(CONNECT_TIMEOUT_S)
@@ -137,12 +177,27 @@ def receive(listener: socket.socket, runner: JobRunner, source_fingerprint: str,
         return None, f"the source did not connect within {CONNECT_TIMEOUT_S:g} s ({e})"
     listener.settimeout(None)
     target = FleetTarget(conn, f"{addr[0]}:{addr[1]}", identity, runner, log, state_dir)
+    target.page_source = page_source
     threading.Thread(target=_answer_status, args=(listener, identity, state_dir), name="wasmig-fleet-status",
                      daemon=True).start()
     code = target.run()
     if target.committed_at is None:
         return None, f"the migration failed on the target before its commit (exit status {code})"
     return target, None
+
+
+def pages_from(source: Any) -> Callable[[int], Any]:
+    """Batches of pages taken from the source runner's :class:`PageShelf` by a Ray call."""
+    import ray
+    from ray.exceptions import RayError
+
+    def take(token: int) -> Any:
+        try:
+            return ray.get(source.take_pages.remote(token), timeout=CONNECT_TIMEOUT_S)
+        except RayError as e:
+            raise MigrationError(f"the source's pages could not be fetched: {str(e).splitlines()[0]}") from None
+
+    return take
 
 
 def _answer_status(listener: socket.socket, identity: Identity, state_dir: Path) -> None:

@@ -56,6 +56,9 @@ class JobSpec:
     #: a move is live (pre-copy, the source running until the target committed) where it can be;
     #: False: always checkpoint-stop-restore
     live: bool = True
+    #: how a live move's pages travel: "ray" (the source's runner holds them for the target's to
+    #: take: Ray's object transfer) or "channel" (inline in the migration protocol's TLS channel)
+    pages: str = "ray"
     #: a TCP server behind a gateway: its clients keep their connections through moves
     gateway: GatewaySpec | None = None
 
