@@ -183,9 +183,9 @@ class JobRunner:
             return "the program is not running here"
         if self._stop_wanted:
             return "the program is stopping"
-        from wasmig.engines.interp.threaded import ThreadedInterpProgram
+        from wasmig.wasi.threads_abi import imports_thread_spawn
 
-        if isinstance(session.program, ThreadedInterpProgram):
+        if imports_thread_spawn(self.module.interface.imports):
             return "a wasi-threads program (a migration target restores single-threaded programs)"
         return None
 
