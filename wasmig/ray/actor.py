@@ -249,7 +249,6 @@ class JobRunner:
         Ray (its :meth:`take_pages`). ``fault``: for the tests, a step of ``wasmig serve``'s fault injection
         (``WASMIG_SERVE_FAULT``) at which this process kills itself."""
         import shutil
-        import tempfile
 
         from wasmig.ray import live
 
@@ -260,9 +259,10 @@ class JobRunner:
 
             os.environ[FAULT_ENV] = fault
         log = JobLog(log_directory(self.spec, self.job_id))
-        state_dir = live.private_state_dir(Path(tempfile.gettempdir()) / "wasmig-fleet")
+        state_dir = live.private_state_dir()
         target = None
         try:
+            live.prune_page_cache()
             live.seed_module_cache(state_dir, self.module.sha256, self.spec.module)
             target, why = live.receive(self._listener, self, source_fingerprint, log, state_dir,
                                        live.pages_from(source) if source is not None else None)

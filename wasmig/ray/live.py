@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wasmig.keys import KeyPair, PublicKey
+from wasmig.migrate.page_cache import PAGE_CACHE_DAYS, PAGE_CACHE_MB, PageCache
 from wasmig.migrate.protocol import Identity, MigrationError, accept
 from wasmig.migrate.target import HeldProgram, Target
 from wasmig.ray.joblog import JobLog, recorded_counts
@@ -83,6 +84,7 @@ class FleetTarget(Target):
         gateways = (spec.gateway.control,) if spec.gateway is not None else ()
         super().__init__(conn, peer, identity, runner.engine.name, {guest: host for host, guest in spec.dirs},
                          state_dir, None, gateways=gateways)
+        self.cache = PageCache(node_directory() / "pages")  # this node's, shared by its runners
         self.runner = runner
         self.log = log
         self.fence = -1
@@ -224,9 +226,28 @@ def seed_module_cache(state_dir: Path, module_sha256: str, data: bytes) -> None:
         write_atomically(path, data)
 
 
-def private_state_dir(parent: Path) -> Path:
-    """A directory of this runner's own for the migration's decisions (node-local, 0700)."""
+def node_directory() -> Path:
+    """This user's fleet directory on this node, in the user's private runtime directory
+    (:mod:`wasmig.runtime_dir`: 0700, refused if another user made it): ``pages/``, the page cache
+    every live move's target on the node shares (as ``wasmig serve``'s), and ``moves/``."""
+    from wasmig.files import make_private_dir
+    from wasmig.runtime_dir import runtime_dir
+
+    directory = runtime_dir(True) / "fleet"
+    make_private_dir(directory)
+    return directory
+
+
+def prune_page_cache() -> int:
+    """Drop the node's cached pages unused for a week, then the oldest beyond 2 GiB (``wasmig
+    serve``'s limits); how many went."""
+    return PageCache(node_directory() / "pages").prune(PAGE_CACHE_DAYS * 86400, PAGE_CACHE_MB << 20)
+
+
+def private_state_dir() -> Path:
+    """A directory of one move's own for its decisions (node-local, 0700)."""
     import tempfile
 
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"wasmig-fleet-{os.getpid()}-", dir=parent))
+    parent = node_directory() / "moves"
+    parent.mkdir(mode=0o700, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
