@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from wasmig.keys import KeyPair, PublicKey
 from wasmig.migrate.page_cache import PAGE_CACHE_DAYS, PAGE_CACHE_MB, PageCache
 from wasmig.migrate.protocol import Identity, MigrationError, accept
-from wasmig.migrate.target import HeldProgram, Target
+from wasmig.migrate.target import HeldProgram, Target, log
 from wasmig.ray.joblog import JobLog, recorded_counts
 
 if TYPE_CHECKING:
@@ -114,7 +114,10 @@ class FleetTarget(Target):
         """The commit is recorded and the source told: wait until the source's run released the
         job (its last writes are on disk), then this runner holds it and the gate may open."""
         started = time.perf_counter()
-        self.fence = self.runner.take_fence()
+        try:
+            self.fence = self.runner.take_fence()
+        except TimeoutError as e:  # committed: the program runs here all the same (the source's is stopped)
+            log(f"migration {self.id}: {e}; the program goes on without the job's fence")
         self.fence_wait_s = time.perf_counter() - started
 
 
