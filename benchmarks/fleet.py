@@ -92,6 +92,7 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     from wasmig.ray import client
+    from wasmig.ray.controller import FINAL_STATES
     from wasmig.ray.spec import JobSpec
     from wasmig.toolchain import compile_c
 
@@ -144,7 +145,8 @@ def main() -> None:
             if failed:
                 print(f"  not moved: {len(failed)} ({failed[0]['error']})")
             for job in jobs:
-                client.call(ctl.cancel, job)
+                if client.call(ctl.job, job)["state"] not in FINAL_STATES:
+                    client.call(ctl.cancel, job)
             per_checkpoint, dedup = store_figures(store)
             print(f"bytes per checkpoint: {per_checkpoint / 1024:.1f} KiB (median over jobs, on disk)")
             print(f"dedup across the {args.jobs} jobs of one module: {dedup:.1f}x (pages referenced per job / "

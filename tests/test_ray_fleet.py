@@ -83,6 +83,56 @@ def test_job_log_is_truncated_to_a_checkpoints_counts(tmp_path: Path) -> None:
     assert recorded_counts({}) is None
 
 
+def test_a_live_moves_pages_wait_on_the_shelf_until_taken() -> None:
+    """The source's side of pages through Ray: batches by token, each taken once, a full shelf
+    waits for the target and gives up (the move fails, the program goes on at the source)."""
+    from wasmig.migrate.protocol import MigrationError
+    from wasmig.ray.live import PageShelf
+
+    shelf = PageShelf(depth=2, timeout=0.2)
+    first, second = shelf.put([[0, b"abc"]]), shelf.put([[1, b"de"], [2, b"f"]])
+    assert first != second and shelf.bytes == 6
+    with pytest.raises(MigrationError, match="took no pages for 0.2 s"):
+        shelf.put([[3, b"g"]])
+    assert shelf.take(second) == [[1, b"de"], [2, b"f"]]
+    with pytest.raises(MigrationError, match=f"no batch of pages {second}"):
+        shelf.take(second)
+    assert shelf.take(shelf.put([[3, b"g"]])) == [[3, b"g"]]
+    shelf.clear()
+    with pytest.raises(MigrationError):
+        shelf.take(first)
+
+
+def test_a_daemon_takes_pages_over_its_channel_only() -> None:
+    """A ``page_ref`` reaches only a target that was given where to fetch pages (a fleet runner's)."""
+    from wasmig.migrate.protocol import MigrationError
+    from wasmig.migrate.target import Target
+
+    target = Target.__new__(Target)
+    target.page_source = None
+    with pytest.raises(MigrationError, match="takes pages over the channel only"):
+        target._fetch_pages({"t": "page_ref", "token": 0})
+    target.page_source = lambda token: [[token, b"x"]]
+    assert target._fetch_pages({"t": "page_ref", "token": 7}) == [[7, b"x"]]
+    with pytest.raises(MigrationError, match="malformed page_ref"):
+        target._fetch_pages({"t": "page_ref", "token": "7"})
+
+
+def test_runner_keys_round_trip_and_differ() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from wasmig.ray.live import fingerprint, key_pair, new_key_pem
+
+    one, two = new_key_pem(), new_key_pem()
+    assert key_pair(one).fingerprint == fingerprint(one) != fingerprint(two)
+    assert fingerprint(one).startswith("sha256:")
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(ValueError, match="must be Ed25519"):
+        key_pair(other)
+
+
 def test_cluster_command_without_a_cluster_is_one_line() -> None:
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
     done = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "ps"], capture_output=True, text=True,

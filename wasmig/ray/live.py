@@ -128,17 +128,18 @@ class PageShelf:
     goes as that call's return value: Ray's object transfer). At most ``depth`` batches wait at
     once (as the channel's backpressure bounds what the inline pages hold)."""
 
-    def __init__(self, depth: int = 4) -> None:
+    def __init__(self, depth: int = 4, timeout: float = CONNECT_TIMEOUT_S) -> None:
         self._batches: dict[int, list[list[Any]]] = {}
         self._next = 0
         self.bytes = 0  # of the compressed pages put here
         self._depth = depth
+        self._timeout = timeout  # how long a full shelf waits for the target before the move fails
         self._cond = threading.Condition()
 
     def put(self, batch: list[list[Any]]) -> int:
         with self._cond:
-            if not self._cond.wait_for(lambda: len(self._batches) < self._depth, timeout=CONNECT_TIMEOUT_S):
-                raise MigrationError(f"the target took no pages for {CONNECT_TIMEOUT_S:g} s")
+            if not self._cond.wait_for(lambda: len(self._batches) < self._depth, timeout=self._timeout):
+                raise MigrationError(f"the target took no pages for {self._timeout:g} s")
             token, self._next = self._next, self._next + 1
             self._batches[token] = batch
             self.bytes += sum(len(data) for _, data in batch)
