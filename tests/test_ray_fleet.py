@@ -83,6 +83,17 @@ def test_job_log_is_truncated_to_a_checkpoints_counts(tmp_path: Path) -> None:
     assert recorded_counts({}) is None
 
 
+def test_a_gateway_job_cannot_be_stop_and_copy(tmp_path: Path) -> None:
+    """Its clients' connections survive only live moves: refused in one line, before any cluster."""
+    from wasmig.toolchain import compile_c
+
+    done = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "submit", "--store", str(tmp_path),
+                           "--gateway", "127.0.0.1:0", "--stop-and-copy", str(compile_c(PROGRAMS / "kv_server.c"))],
+                          capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "--gateway needs live moves" in done.stderr
+
+
 def test_a_live_moves_pages_wait_on_the_shelf_until_taken() -> None:
     """The source's side of pages through Ray: batches by token, each taken once, a full shelf
     waits for the target and gives up (the move fails, the program goes on at the source)."""

@@ -6,6 +6,10 @@ server job keeps its 8 clients through live moves across the three nodes via its
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,3 +106,8 @@ def test_live_moves_lose_nothing_and_keep_a_servers_clients(cluster: Any, tmp_pa
     assert row["state"] == "exited" and row["code"] == 0 and row["moves"] == 3, row
     assert row["last_downtime_s"] and row["last_move_mode"] == "pre-copy", row
     assert b"served 8 clients, 8 keys" in client.call(ctl.logs, job, "stdout")
+    listed = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "ps"], capture_output=True, text=True,
+                            env={**os.environ, "RAY_ADDRESS": cluster.address}, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if line.startswith(job))
+    assert re.search(rf"exited\(0\)\s.*\s\d+ms  kv_server.wasm \(clients: {re.escape(public)}\)$", line), line
