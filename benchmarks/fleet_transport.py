@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -187,6 +188,9 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=64, help="the job's heap")
     parser.add_argument("--moves", type=int, default=4, help="live moves of the job (alternating direction)")
     parser.add_argument("--runs", type=int, default=5, help="page transfers per transport (alternating)")
+    parser.add_argument("--cache", action="store_true",
+                        help="keep the targets' page caches between moves (default: emptied before each move, so "
+                             "that every move sends the whole memory, as to a node that never held the job)")
     parser.add_argument("--ray-tls", action="store_true",
                         help="start the cluster with Ray's TLS on (a self-signed certificate): what a cluster "
                              "beyond loopback must run, so Ray's object transfer is encrypted as the protocol is")
@@ -208,7 +212,7 @@ def main() -> None:
     from wasmig.migrate.pages import page_id
     from wasmig.ray import client
     from wasmig.ray.actor import latest_checkpoint
-    from wasmig.ray.live import fingerprint, new_key_pem
+    from wasmig.ray.live import fingerprint, new_key_pem, node_directory
     from wasmig.ray.spec import JobSpec, Placement
     from wasmig.snapshot.store import load_snapshot
     from wasmig.toolchain import compile_c
@@ -236,10 +240,14 @@ def main() -> None:
             moves: dict[str, list[dict[str, Any]]] = {"channel": [], "ray": []}
             for i in range(2 * args.moves):
                 via = ("channel", "ray")[i % 2]
+                if not args.cache:
+                    for cache in node_directory().glob("pages-*"):
+                        shutil.rmtree(cache, ignore_errors=True)
                 m = client.call(ctl.migrate, job, nodes[i % 2], None, via)
                 moves[via].append(m)
                 print(f"  live move {i + 1}, pages via {via:<7}: {m['migration_s']:.2f} s, downtime "
-                      f"{m['downtime_s'] * 1000:.0f} ms, {m['rounds']} rounds, {m['bytes_sent'] / 2**20:.1f} MiB sent")
+                      f"{m['downtime_s'] * 1000:.0f} ms, {m['rounds']} rounds, {m['bytes_sent'] / 2**20:.1f} MiB sent, "
+                      f"{m['pages_known']} pages the target had")
             for via, done in moves.items():
                 per_move = statistics.median(m["migration_s"] for m in done)
                 downtime = statistics.median(m["downtime_s"] for m in done)

@@ -262,7 +262,7 @@ class JobRunner:
         state_dir = live.private_state_dir()
         target = None
         try:
-            live.prune_page_cache()
+            live.prune_page_caches()
             live.seed_module_cache(state_dir, self.module.sha256, self.spec.module)
             target, why = live.receive(self._listener, self, source_fingerprint, log, state_dir,
                                        live.pages_from(source) if source is not None else None)

@@ -84,7 +84,7 @@ class FleetTarget(Target):
         gateways = (spec.gateway.control,) if spec.gateway is not None else ()
         super().__init__(conn, peer, identity, runner.engine.name, {guest: host for host, guest in spec.dirs},
                          state_dir, None, gateways=gateways)
-        self.cache = PageCache(node_directory() / "pages")  # this node's, shared by its runners
+        self.cache = PageCache(page_cache_directory())  # this node's, shared by its runners
         self.runner = runner
         self.log = log
         self.fence = -1
@@ -231,9 +231,9 @@ def seed_module_cache(state_dir: Path, module_sha256: str, data: bytes) -> None:
 
 
 def node_directory() -> Path:
-    """This user's fleet directory on this node, in the user's private runtime directory
-    (:mod:`wasmig.runtime_dir`: 0700, refused if another user made it): ``pages/``, the page cache
-    every live move's target on the node shares (as ``wasmig serve``'s), and ``moves/``."""
+    """This user's fleet directory on this machine, in the user's private runtime directory
+    (:mod:`wasmig.runtime_dir`: 0700, refused if another user made it): ``pages-<node>/``, the page
+    cache every live move's target on a Ray node shares (as ``wasmig serve``'s), and ``moves/``."""
     from wasmig.files import make_private_dir
     from wasmig.runtime_dir import runtime_dir
 
@@ -242,10 +242,25 @@ def node_directory() -> Path:
     return directory
 
 
-def prune_page_cache() -> int:
-    """Drop the node's cached pages unused for a week, then the oldest beyond 2 GiB (``wasmig
-    serve``'s limits); how many went."""
-    return PageCache(node_directory() / "pages").prune(PAGE_CACHE_DAYS * 86400, PAGE_CACHE_MB << 20)
+def page_cache_directory() -> Path:
+    """This Ray node's page cache: one per node, as each has its own on separate machines (the
+    nodes of a one-machine cluster, too, so that it behaves as a real one)."""
+    node = "local"
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()[:16]
+    except ImportError:
+        pass
+    return node_directory() / f"pages-{node}"
+
+
+def prune_page_caches() -> int:
+    """Drop cached pages unused for a week, then the oldest beyond 2 GiB, in each node's cache on
+    this machine (``wasmig serve``'s limits; a gone node's empties within the week); how many went."""
+    return sum(PageCache(d).prune(PAGE_CACHE_DAYS * 86400, PAGE_CACHE_MB << 20)
+               for d in node_directory().glob("pages-*"))
 
 
 def private_state_dir() -> Path:
