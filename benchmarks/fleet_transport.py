@@ -197,6 +197,9 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (wasmig/ray/client.py says why)
+    # no Ray OOM killer: it kills workers when the *machine* is 95% full, which other programs on a
+    # shared machine cause (tests/ray_cluster.py does the same)
+    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
     certificates = tempfile.TemporaryDirectory(prefix="wasmig-ray-tls-")
     if args.ray_tls:  # the nodes started below, and their workers, inherit these
         cert, key = loopback_certificate()
