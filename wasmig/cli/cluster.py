@@ -225,7 +225,9 @@ def drain(address: str | None, node: str) -> None:
     moves = client.call(connected(address).drain, node)
     for r in moves:
         out(describe_move(r))
-    out(f"drained: {len(moves)} job{'s' if len(moves) != 1 else ''} moved")
+    moved = sum(1 for r in moves if not r.get("error"))
+    out(f"drained: {moved} job{'s' if moved != 1 else ''} moved"
+        + (f", {len(moves) - moved} not (they go on where they were)" if moved < len(moves) else ""))
 
 
 @subcommand("nodes", with_address())
