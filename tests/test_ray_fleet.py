@@ -129,6 +129,20 @@ def test_a_daemon_takes_pages_over_its_channel_only() -> None:
         target._fetch_pages({"t": "page_ref", "token": "7"})
 
 
+def test_a_moves_directory_left_by_a_dead_runner_is_removed(tmp_path: Path, monkeypatch: Any) -> None:
+    """A target that ended itself before the commit leaves its move's directory: the next move on
+    the node removes it, and never one of a live process."""
+    from wasmig.ray import live
+
+    monkeypatch.setattr(live, "node_directory", lambda: tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / "moves" / f"{dead}-abc").mkdir(parents=True)
+    (tmp_path / "moves" / f"{os.getpid()}-def").mkdir()
+    made = live.private_state_dir()
+    assert sorted(p.name for p in (tmp_path / "moves").iterdir()) == sorted([f"{os.getpid()}-def", made.name])
+
+
 def test_runner_keys_round_trip_and_differ() -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec

@@ -269,4 +269,22 @@ def private_state_dir() -> Path:
 
     parent = node_directory() / "moves"
     parent.mkdir(mode=0o700, exist_ok=True)
+    _remove_orphans(parent)
     return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
+
+
+def _remove_orphans(parent: Path) -> None:
+    """The directories of moves whose runner process is gone without removing its own (a target
+    that ended itself before the commit)."""
+    import shutil
+
+    for entry in parent.iterdir():
+        pid = entry.name.split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:  # alive (another user's process reused the pid): not ours to judge
+            continue
