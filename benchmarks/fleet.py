@@ -3,17 +3,20 @@
 nodes (a head and two workers, every address 127.0.0.1), one worker drained while they run.
 
 It reports:
-- the drain's wall time (every job on the node moved: target actor started, source
-  checkpointed and stopped, restored on the target), and the per-job downtime of those moves,
-  p50 and p99 (from the source's stop request to the program running again on the target; wall
-  clock of one machine, so no skew), with the part spent stopping (the last checkpoint);
+- the drain's wall time (every job on the node moved: target actor started, then either a live
+  move -- pre-copy while the program runs, stop, last pages, restore, commit -- or, for the jobs
+  submitted with ``live=False``, checkpoint-stop on the source and restore on the target), and the
+  per-job downtime of those moves, p50 and p99, for all and per kind, side by side in the one
+  drain (even jobs live, odd ones stop-and-copy). A live move's downtime is the source's clock
+  from the program's last instruction there to the target's commit confirmed, plus the target's
+  clock from that confirmation to its gate open (no two clocks mixed); a stop-and-copy move's is
+  from the source's stop request to the program running again on the target (one machine's wall
+  clock), with the part spent stopping (the last checkpoint);
 - bytes per checkpoint: the job stores' bytes on disk (pages, packs, manifests; the module copy
   left out) over the snapshots they hold, median over jobs;
 - the dedup ratio across the jobs of the module: the pages their snapshots reference, counted per
   job (what N separate stores hold) over the distinct pages of all jobs together (what one shared
   content-addressed store would hold);
-- the same for the jobs whose target actor was pre-warmed (``JobSpec.prewarm``: even jobs) and
-  for the others (odd), side by side in the one drain;
 - the workers' memory (RSS of every JobRunner process, sum and median) and the load average.
 
 The drain is wall time on a shared 2-core machine (other agents' load included: the load average
@@ -85,10 +88,14 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (wasmig/ray/client.py says why)
+    # no Ray OOM killer: it kills workers when the *machine* is 95% full, which other programs on a
+    # shared machine cause (tests/ray_cluster.py does the same)
+    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
     import ray
     from ray.cluster_utils import Cluster
 
     from wasmig.ray import client
+    from wasmig.ray.controller import FINAL_STATES
     from wasmig.ray.spec import JobSpec
     from wasmig.toolchain import compile_c
 
@@ -107,7 +114,7 @@ def main() -> None:
             jobs = [client.call(ctl.submit, JobSpec(
                 module=wasm, module_name="fleet_work.wasm", args=(f"j{i}", str(args.steps), "100"),
                 dirs=((str(data), "data"),), store=str(store), checkpoint_every=args.every, num_cpus=0.5,
-                prewarm=i % 2 == 0))
+                live=i % 2 == 0))
                 for i in range(args.jobs)]
             while any(r["checkpoint_age_s"] is None for r in client.call(ctl.ps)):
                 time.sleep(0.5)
@@ -120,21 +127,29 @@ def main() -> None:
             drain_s = time.perf_counter() - started
             downtimes = [m["downtime_s"] for m in moves if m.get("downtime_s") is not None]
             stopping = [m["stopped_s"] for m in moves if m.get("stopped_s") is not None]
-            restoring = [m["restore_s"] for m in moves if m.get("restore_s") is not None]
             print(f"drain: {len(moves)} jobs moved in {drain_s:.2f} s wall (load average {os.getloadavg()[0]:.1f})")
             if downtimes:
                 print(f"per-job downtime: p50 {percentile(downtimes, 0.5) * 1000:.0f} ms, "
-                      f"p99 {percentile(downtimes, 0.99) * 1000:.0f} ms, max {max(downtimes) * 1000:.0f} ms "
-                      f"(of it: stopping with the last checkpoint p50 {percentile(stopping, 0.5) * 1000:.0f} ms, "
-                      f"restoring p50 {percentile(restoring, 0.5) * 1000:.0f} ms)")
-            for warm in (True, False):
-                mine = [m for m in moves if m.get("downtime_s") is not None and (jobs.index(m["job"]) % 2 == 0) == warm]
-                if mine:
-                    print(f"  target pre-warmed {'yes' if warm else 'no '}: {len(mine)} moves, downtime p50 "
-                          f"{percentile([m['downtime_s'] for m in mine], 0.5) * 1000:.0f} ms, restoring p50 "
-                          f"{percentile([m['restore_s'] for m in mine], 0.5) * 1000:.0f} ms")
+                      f"p99 {percentile(downtimes, 0.99) * 1000:.0f} ms, max {max(downtimes) * 1000:.0f} ms")
+            for mode in ("pre-copy", "stop-and-copy"):
+                mine = [m for m in moves if m.get("downtime_s") is not None and m.get("mode") == mode]
+                if not mine:
+                    continue
+                times = [m["downtime_s"] for m in mine]
+                detail = (f"stopping with the last checkpoint p50 {percentile(stopping, 0.5) * 1000:.0f} ms, "
+                          f"restoring p50 {percentile([m['restore_s'] for m in mine], 0.5) * 1000:.0f} ms"
+                          if mode == "stop-and-copy" else
+                          f"{statistics.median(m['rounds'] for m in mine):.0f} rounds, "
+                          f"{statistics.median(m['bytes_sent'] for m in mine) / 1024:.0f} KiB sent, "
+                          f"gate after the commit p50 {percentile([m['gate_s'] for m in mine], 0.5) * 1000:.0f} ms")
+                print(f"  {mode:<13}: {len(mine)} moves, downtime p50 {percentile(times, 0.5) * 1000:.0f} ms, "
+                      f"p99 {percentile(times, 0.99) * 1000:.0f} ms ({detail})")
+            failed = [m for m in moves if m.get("error")]
+            if failed:
+                print(f"  not moved: {len(failed)} ({failed[0]['error']})")
             for job in jobs:
-                client.call(ctl.cancel, job)
+                if client.call(ctl.job, job)["state"] not in FINAL_STATES:
+                    client.call(ctl.cancel, job)
             per_checkpoint, dedup = store_figures(store)
             print(f"bytes per checkpoint: {per_checkpoint / 1024:.1f} KiB (median over jobs, on disk)")
             print(f"dedup across the {args.jobs} jobs of one module: {dedup:.1f}x (pages referenced per job / "

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.migration_keys import Keys, trust_all
+from tests.tcp_clients import Client
 from wasmig.migrate.target import FAULT_ENV, FAULT_STEPS
 from wasmig.toolchain import compile_c
 
@@ -442,36 +442,6 @@ def gateway(tmp_path: Path, keys: Keys) -> Iterator[tuple[str, str, Path]]:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-class Client(threading.Thread):
-    """Sends numbered requests (INCR of its own counter) until told to stop, checking that the
-    n-th reply is n: a lost or repeated request, or any error, fails it."""
-
-    def __init__(self, address: str, name: str, minimum: int) -> None:
-        super().__init__(daemon=True)
-        self.address, self.name, self.minimum = address, name, minimum
-        self.stop = threading.Event()
-        self.sent = 0
-        self.error: str | None = None
-
-    def run(self) -> None:
-        host, port = self.address.rsplit(":", 1)
-        try:
-            with socket.create_connection((host, int(port)), timeout=60) as s, s.makefile("rb") as f:
-                while not self.stop.is_set() or self.sent < self.minimum:
-                    s.sendall(f"INCR {self.name}\n".encode())
-                    self.sent += 1
-                    reply = f.readline().decode()
-                    if reply != f"{self.name} {self.sent}\n":
-                        self.error = f"request {self.sent}: got {reply!r}"
-                        return
-                    time.sleep(0.005)
-                s.shutdown(socket.SHUT_WR)
-                if f.read():
-                    self.error = "bytes after the last reply"
-        except OSError as e:
-            self.error = f"after {self.sent} requests: {e!r}"
 
 
 def test_a_server_keeps_its_clients_through_three_migrations(tmp_path: Path, keys: Keys) -> None:

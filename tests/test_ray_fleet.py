@@ -10,18 +10,17 @@ bear)."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.ray_cluster import listening_addresses, loopback_cluster, wait_for
 from wasmig.ray.joblog import JobLog, read_stream, recorded_counts
 from wasmig.ray.placement import choose_node, node_engine, resolve_node
 from wasmig.ray.spec import FleetError, Placement
@@ -82,6 +81,81 @@ def test_job_log_is_truncated_to_a_checkpoints_counts(tmp_path: Path) -> None:
     assert read_stream(tmp_path, "stdout") == b"one\ntwo\nthree\n"
     assert read_stream(tmp_path, "stderr") == b"e1\n"
     assert recorded_counts({}) is None
+
+
+def test_a_gateway_job_cannot_be_stop_and_copy(tmp_path: Path) -> None:
+    """Its clients' connections survive only live moves: refused in one line, before any cluster."""
+    from wasmig.toolchain import compile_c
+
+    done = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "submit", "--store", str(tmp_path),
+                           "--gateway", "127.0.0.1:0", "--stop-and-copy", str(compile_c(PROGRAMS / "kv_server.c"))],
+                          capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "--gateway needs live moves" in done.stderr
+
+
+def test_a_live_moves_pages_wait_on_the_shelf_until_taken() -> None:
+    """The source's side of pages through Ray: batches by token, each taken once, a full shelf
+    waits for the target and gives up (the move fails, the program goes on at the source)."""
+    from wasmig.migrate.protocol import MigrationError
+    from wasmig.ray.live import PageShelf
+
+    shelf = PageShelf(depth=2, timeout=0.2)
+    first, second = shelf.put([[0, b"abc"]]), shelf.put([[1, b"de"], [2, b"f"]])
+    assert first != second and shelf.bytes == 6
+    with pytest.raises(MigrationError, match="took no pages for 0.2 s"):
+        shelf.put([[3, b"g"]])
+    assert shelf.take(second) == [[1, b"de"], [2, b"f"]]
+    with pytest.raises(MigrationError, match=f"no batch of pages {second}"):
+        shelf.take(second)
+    assert shelf.take(shelf.put([[3, b"g"]])) == [[3, b"g"]]
+    shelf.clear()
+    with pytest.raises(MigrationError):
+        shelf.take(first)
+
+
+def test_a_daemon_takes_pages_over_its_channel_only() -> None:
+    """A ``page_ref`` reaches only a target that was given where to fetch pages (a fleet runner's)."""
+    from wasmig.migrate.protocol import MigrationError
+    from wasmig.migrate.target import Target
+
+    target = Target.__new__(Target)
+    target.page_source = None
+    with pytest.raises(MigrationError, match="takes pages over the channel only"):
+        target._fetch_pages({"t": "page_ref", "token": 0})
+    target.page_source = lambda token: [[token, b"x"]]
+    assert target._fetch_pages({"t": "page_ref", "token": 7}) == [[7, b"x"]]
+    with pytest.raises(MigrationError, match="malformed page_ref"):
+        target._fetch_pages({"t": "page_ref", "token": "7"})
+
+
+def test_a_moves_directory_left_by_a_dead_runner_is_removed(tmp_path: Path, monkeypatch: Any) -> None:
+    """A target that ended itself before the commit leaves its move's directory: the next move on
+    the node removes it, and never one of a live process."""
+    from wasmig.ray import live
+
+    monkeypatch.setattr(live, "node_directory", lambda: tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / "moves" / f"{dead}-abc").mkdir(parents=True)
+    (tmp_path / "moves" / f"{os.getpid()}-def").mkdir()
+    made = live.private_state_dir()
+    assert sorted(p.name for p in (tmp_path / "moves").iterdir()) == sorted([f"{os.getpid()}-def", made.name])
+
+
+def test_runner_keys_round_trip_and_differ() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from wasmig.ray.live import fingerprint, key_pair, new_key_pem
+
+    one, two = new_key_pem(), new_key_pem()
+    assert key_pair(one).fingerprint == fingerprint(one) != fingerprint(two)
+    assert fingerprint(one).startswith("sha256:")
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(ValueError, match="must be Ed25519"):
+        key_pair(other)
 
 
 def test_cluster_command_without_a_cluster_is_one_line() -> None:
@@ -151,102 +225,8 @@ def test_sigterm_checkpoints_and_stops_then_the_job_restores(tmp_path: Path, eng
 # --- on a cluster ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    # Ray replaces a loopback address by the machine's own unless this is set (client.connect says
-    # why); the nodes started here, and their workers, inherit it
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    # no Ray OOM killer: it kills workers when the *machine* is 95% full, which other programs on a
-    # shared test machine cause (the kernel's stays, for a real shortage)
-    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
-    pytest.importorskip("ray")
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False  # in case another test imported Ray before
-    import ray
-    from ray.cluster_utils import Cluster
-
-    common = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024 * 1024, "num_cpus": 6}
-
-    def start() -> Cluster:
-        c = Cluster(initialize_head=True, connect=False, head_node_args={
-            **common, "include_dashboard": False, "ray_client_server_port": None,
-            # a lost node is noticed within ~2 s (the default takes ~30 s)
-            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}})
-        try:
-            c.add_node(**common)
-            c.add_node(**common, labels={"wasmig-engine": "interp"})
-            c.wait_for_nodes()
-        except BaseException:
-            c.shutdown()
-            raise
-        return c
-
-    try:
-        c = start()
-    except Exception as e:  # noqa: BLE001 - Ray gives a node 30 s (fixed) to register: a loaded machine may miss it
-        if "timed out during startup" not in str(e):
-            raise
-        c = start()
-    from wasmig.ray import client
-
-    client.connect(c.address)
-    try:
+    with loopback_cluster() as c:
         yield c
-    finally:
-        try:
-            ctl = ray.get_actor("wasmig-controller", namespace="wasmig")
-            ray.get(ctl.shutdown.remote(), timeout=60)
-            ray.kill(ctl)
-        except ValueError:
-            pass
-        ray.shutdown()
-        c.shutdown()
-
-
-def listening_addresses(roots: set[int]) -> set[str]:
-    """The local addresses of the listening TCP sockets of processes ``roots`` and their
-    descendants (read from /proc: the raylets' workers are their children)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    family = set(roots)
-    while True:
-        more = {pid for pid, parent in parents.items() if parent in family} - family
-        if not more:
-            break
-        family |= more
-    inodes: set[str] = set()
-    for pid in family:
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:
-            continue
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                raw = bytes.fromhex(fields[1].split(":")[0])
-                words = b"".join(raw[i:i + 4][::-1] for i in range(0, width // 2, 4))  # per-32-bit little-endian
-                address = ipaddress.ip_address(words)
-                mapped = getattr(address, "ipv4_mapped", None)
-                found.add(str(mapped or address))
-    return found
-
-
-def wait_for(what: str, check: Any, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -274,14 +254,15 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     ctl = client.controller()
     assert client.call(ctl.home) == head  # so losing a worker never loses the job table
 
-    def submit(name: str, steps: int = STEPS, **placement: Any) -> str:
+    def submit(name: str, steps: int = STEPS, live: bool = True, **placement: Any) -> str:
         spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=(name, str(steps), str(MS)),
                        dirs=((str(data), "data"),), store=str(store), checkpoint_every=0.3,
-                       placement=Placement(**placement), num_cpus=0.25)
+                       placement=Placement(**placement), num_cpus=0.25, live=live)
         return client.call(ctl.submit, spec)
 
     names = [f"job{i}" for i in range(JOBS)]
-    jobs = {name: submit(name) for name in names}
+    # odd jobs move by checkpoint-stop-restore, even ones live (pre-copy)
+    jobs = {name: submit(name, live=i % 2 == 0) for i, name in enumerate(names)}
     jobs["pinned"] = submit("pinned", steps=LONG_STEPS, node=head[:10])
     jobs["long"] = submit("long", steps=LONG_STEPS)  # still running when a node dies below
     rows = {r["job"]: r for r in client.call(ctl.ps)}
@@ -292,15 +273,21 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     # every job has a checkpoint, then the plain worker is drained: its jobs move, none stays
     wait_for("a checkpoint of every job", lambda: all(r["checkpoint_age_s"] is not None
                                                       for r in client.call(ctl.ps)))
-    on_plain = {r["job"] for r in client.call(ctl.ps) if r["node"] == plain}
+    on_plain = {r["job"] for r in client.call(ctl.ps) if r["node"] == plain and r["state"] == "running"}
     moves = client.call(ctl.drain, plain[:12])
-    assert {m["job"] for m in moves} == on_plain and on_plain
-    assert all(m["source_outcome"] in ("stopped", "exited") for m in moves)
+    moved = {m["job"] for m in moves}
+    assert moved <= on_plain and moved
+    assert all(client.call(ctl.job, j)["state"] == "exited" for j in on_plain - moved)  # ended before the drain
+    live = set(jobs.values()) - {jobs[f"job{i}"] for i in range(1, JOBS, 2)}  # "pinned" and "long" too
+    for m in moves:  # a job that ended just before its move is recorded so
+        assert m.get("source_outcome") in (("moved", "exited") if m["job"] in live else ("stopped", "exited")), m
+        assert m.get("mode") == ("pre-copy" if m["job"] in live else "stop-and-copy") or "downtime_s" not in m, m
     assert not [r for r in client.call(ctl.ps) if r["node"] == plain and r["state"] == "running"]
 
     # heterogeneous: the pinned job moves from wasmtime on the head to the interpreter's node
     move = client.call(ctl.migrate, jobs["pinned"], interp[:12])
-    assert move["source_outcome"] == "stopped" and move["engine"] == "interp" and move["downtime_s"] > 0, move
+    assert move["source_outcome"] == "moved" and move["engine"] == "interp" and move["downtime_s"] > 0, move
+    assert move["mode"] == "pre-copy" and move["rounds"] >= 2 and move["bytes_sent"] > 0, move
     assert client.call(ctl.job, jobs["pinned"])["engine"] == "interp"
 
     # the interpreter's node dies (its raylet killed): its jobs go on on the head or the plain worker

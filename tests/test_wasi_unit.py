@@ -276,12 +276,12 @@ def test_what_a_closed_preopen_opened_survives_a_snapshot(tree: Path, tmp_path: 
         h.wasi.close()
     # a live migration's target opens only directories it maps itself, closed preopens included
     from wasmig.migrate.protocol import MigrationError
-    from wasmig.migrate.target import _Target
+    from wasmig.migrate.target import Target
     from wasmig.module import Module
 
     module = Module.from_bytes(b"\0asm\1\0\0\0")
     plain = to_plain(Snapshot(module.sha256, None, "idle", [], [], [], [], [], [], state))
-    target = _Target.__new__(_Target)
+    target = Target.__new__(Target)
     target.dirs, target.listens, target.gateways = {}, (), ()
     target.id, target.landing = "t", types.SimpleNamespace(memory=None)
     target.arrival = types.SimpleNamespace(state=None)

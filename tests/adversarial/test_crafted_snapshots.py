@@ -570,9 +570,9 @@ def migrated_state(fds: list[Any]) -> tuple[Any, dict[str, Any]]:
 def daemon_target(dirs: dict[str, str], listens: tuple[str, ...] = (), gateways: tuple[str, ...] = ()) -> Any:
     import types
 
-    from wasmig.migrate.target import _Target
+    from wasmig.migrate.target import Target
 
-    target = _Target.__new__(_Target)
+    target = Target.__new__(Target)
     target.dirs, target.listens, target.gateways = dirs, listens, gateways
     # Landing.prepare(snapshot, granted)
     target.id, target.landing = "t", types.SimpleNamespace(memory=None, prepare=lambda s, g: g)

@@ -120,16 +120,22 @@ def submit_options(p: Parser) -> None:
              help="Checkpoint periodically (a lost node's jobs go on from the latest one).")
     p.option("--store", required=True, metavar="DIRECTORY",
              help="Where the jobs' snapshots and output logs go: a directory every node sees.")
+    p.option("--gateway", dest="gateway_listen", default=None, metavar="[HOST]:PORT",
+             help="A TCP server (listening on fd 3): its clients connect here, on the head node, through a "
+                  "gateway that keeps their connections through the job's moves (no HOST: the head's address).")
+    p.option("--stop-and-copy", action="store_true",
+             help="Move the job by checkpoint, stop and restore (default: live, with pre-copy, where it can).")
 
 
 @subcommand("submit", submit_options, "program", rest="args")
 def submit(address: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], engine: str | None,
            node: str | None, node_labels: tuple[str, ...], resources: tuple[str, ...], num_cpus: float,
-           checkpoint_every: float, store: str, program: str, args: tuple[str, ...]) -> None:
+           checkpoint_every: float, store: str, gateway_listen: str | None, stop_and_copy: bool, program: str,
+           args: tuple[str, ...]) -> None:
     """Start PROGRAM.wasm [ARGS...] as a job; prints its id."""
     from wasmig.module import Module
     from wasmig.ray import client
-    from wasmig.ray.spec import JobSpec, Placement
+    from wasmig.ray.spec import GatewaySpec, JobSpec, Placement
 
     try:
         with open(program, "rb") as f:
@@ -145,22 +151,29 @@ def submit(address: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], en
                    dirs=tuple((os.path.abspath(h), g) for h, g in map(parse_dir, dirs)), engine=engine,
                    checkpoint_every=checkpoint_every, store=os.path.abspath(store), num_cpus=num_cpus,
                    placement=Placement(node=node, labels=parse_pairs(node_labels, "--node-label"),
-                                       resources=parse_pairs(resources, "--resource", number=True)))
+                                       resources=parse_pairs(resources, "--resource", number=True)),
+                   live=not stop_and_copy, gateway=None if gateway_listen is None else GatewaySpec(gateway_listen))
+    if gateway_listen is not None and stop_and_copy:
+        raise UserError("--gateway needs live moves: a TCP server's connections do not survive --stop-and-copy")
     out(client.call(connected(address, create=True).submit, spec))
 
 
 @subcommand("ps", with_address())
 def ps(address: str | None) -> None:
-    """List the jobs: node, engine, state, last checkpoint's age, restarts."""
+    """List the jobs: node, engine, state, last checkpoint's age, restarts, moves and the last
+    move's downtime, the program (and its gateway's address)."""
     from wasmig.ray import client
 
     rows = client.call(connected(address).ps)
-    out(f"{'JOB':<11} {'NODE':<12} {'ENGINE':<9} {'STATE':<11} {'CHECKPOINT':>10} {'RESTARTS':>8} {'MOVES':>5}  "
-        "PROGRAM")
+    out(f"{'JOB':<11} {'NODE':<12} {'ENGINE':<9} {'STATE':<11} {'CHECKPOINT':>10} {'RESTARTS':>8} {'MOVES':>5} "
+        f"{'DOWNTIME':>9}  PROGRAM")
     for r in rows:
         state = r["state"] if r["code"] is None else f"{r['state']}({r['code']})"
+        downtime = "-" if r.get("last_downtime_s") is None else f"{r['last_downtime_s'] * 1000:.0f}ms"
+        served = f" (clients: {r['gateway']})" if r.get("gateway") else ""
         out(f"{r['job']:<11} {(r['node'] or '-')[:12]:<12} {r['engine'] or '-':<9} {state:<11} "
-            f"{age(r['checkpoint_age_s']):>10} {r['restarts']:>8} {r['moves']:>5}  {r['program']}")
+            f"{age(r['checkpoint_age_s']):>10} {r['restarts']:>8} {r['moves']:>5} {downtime:>9}  "
+            f"{r['program']}{served}")
 
 
 def logs_options(p: Parser) -> None:
@@ -186,17 +199,22 @@ def migrate_options(p: Parser) -> None:
 
 @subcommand("migrate", migrate_options, "job")
 def migrate(address: str | None, to: str | None, job: str) -> None:
-    """Move a running job to another node (checkpoint, stop, restore there)."""
+    """Move a running job to another node (live, with pre-copy, where it can; else checkpoint, stop,
+    restore there)."""
     from wasmig.ray import client
 
     out(describe_move(client.call(connected(address).migrate, job, to)))
 
 
 def describe_move(r: dict[str, Any]) -> str:
+    if r.get("error"):
+        return f"{r['job']}: not moved: {r['error']}"
     if r.get("downtime_s") is None:
         return f"{r['job']}: {r['source_outcome']} before it could move"
-    return (f"{r['job']}: {r['from'][:12]} -> {r['to'][:12]} ({r['engine']}), downtime {r['downtime_s']:.3f} s "
-            f"(target ready in {r['target_ready_s']:.2f} s before the stop)")
+    how = (f"live, {r['rounds']} rounds, {r['bytes_sent'] / 1e6:.2f} MB sent" if r.get("mode") == "pre-copy"
+           else "stop-and-copy" + (f": {r['why_not_live']}" if r.get("why_not_live") else ""))
+    return (f"{r['job']}: {r['from'][:12]} -> {r['to'][:12]} ({r['engine']}, {how}), downtime "
+            f"{r['downtime_s']:.3f} s (target ready in {r['target_ready_s']:.2f} s before the stop)")
 
 
 @subcommand("drain", with_address(), "node")
@@ -207,7 +225,9 @@ def drain(address: str | None, node: str) -> None:
     moves = client.call(connected(address).drain, node)
     for r in moves:
         out(describe_move(r))
-    out(f"drained: {len(moves)} job{'s' if len(moves) != 1 else ''} moved")
+    moved = sum(1 for r in moves if not r.get("error"))
+    out(f"drained: {moved} job{'s' if moved != 1 else ''} moved"
+        + (f", {len(moves) - moved} not (they go on where they were)" if moved < len(moves) else ""))
 
 
 @subcommand("nodes", with_address())

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 if TYPE_CHECKING:
     from wasmig.grants import Granted
@@ -130,9 +130,11 @@ class Landing(ABC):
         place already and the restore keeps them)."""
 
     @abstractmethod
-    def prepare(self, snap: Snapshot, granted: Granted) -> Program:
+    def prepare(self, snap: Snapshot, granted: Granted, *, stdout: BinaryIO | None = None,
+                stderr: BinaryIO | None = None) -> Program:
         """Restore ``snap`` (its memories as :meth:`memory` gave them) without running anything,
-        its WASI state given only the host resources ``granted``."""
+        its WASI state given only the host resources ``granted``; ``stdout``/``stderr``: where its
+        standard streams go (None: this process's own, as a daemon's program; a fleet job's log)."""
 
 
 class Engine(ABC):

@@ -72,16 +72,21 @@ class MigrationResult:
 def migrate(session: Session, target: str, identity: Identity, *,
             progress: Callable[[Progress], None] | None = None,
             on_done: Callable[[MigrationResult], None] | None = None, stop_copy_bytes: int = STOP_COPY_BYTES,
-            max_rounds: int = MAX_ROUNDS, precopy: bool = True, stop_timeout: float = 30.0) -> MigrationResult:
+            max_rounds: int = MAX_ROUNDS, precopy: bool = True, stop_timeout: float = 30.0,
+            page_sink: Callable[[list[list[Any]]], int] | None = None) -> MigrationResult:
     """Move the program ``session`` runs to the daemon at ``target``. On success the session's
     run ends with :class:`~wasmig.session.loop.MigratedAway` (``on_done`` is called first,
     while this process surely still runs); on any failure before the target committed, the
     program goes on here and :class:`MigrationError` says why. ``precopy=False``: stop-and-copy
     only (the guest stops at once and everything goes while it is stopped). ``identity``: this
-    source's key, pinning the target's (:meth:`Identity.pinning`)."""
+    source's key, pinning the target's (:meth:`Identity.pinning`). ``page_sink``: the pages' bytes
+    go another way than the channel (a fleet's object store): it takes a batch of ``[position,
+    zstd bytes]`` and returns the token the target fetches it by (a ``page_ref`` message); the
+    target still checks every page against its id, which the channel carries."""
     source = _Source(session, target, identity, progress or (lambda p: None), stop_copy_bytes, max_rounds, precopy,
                      stop_timeout)
     source.on_done = on_done
+    source.page_sink = page_sink
     return source.run()
 
 
@@ -101,6 +106,7 @@ class _Source:
         self.cctx = zstandard.ZstdCompressor(level=1)
         self.ch: Channel | None = None
         self.on_done: Callable[[MigrationResult], None] | None = None
+        self.page_sink: Callable[[list[list[Any]]], int] | None = None  # see migrate()
         self.ended_early = False  # the program ended before it stopped for the migration
 
     def _warm_up(self) -> None:
@@ -307,7 +313,10 @@ class _Source:
         size = 0
 
         def flush() -> None:
-            ch.send("page_data", pages=batch)
+            if self.page_sink is not None:
+                ch.send("page_ref", token=self.page_sink(batch), count=len(batch))
+            else:
+                ch.send("page_data", pages=batch)
             self.p.pages_sent += len(batch)
             self.p.round_done += len(batch)
             self.p.bytes_sent = ch.bytes_sent

@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +190,7 @@ def serve(listener: socket.socket, identity: Identity, *, engine: str, dirs: Map
                 os.close(fd)
             code = 1
             try:
-                code = _Target(conn, peer, identity, engine, dirs, state_dir, done_w, listens, gateways).run()
+                code = Target(conn, peer, identity, engine, dirs, state_dir, done_w, listens, gateways).run()
             except BaseException as e:  # noqa: BLE001 - a child must never return into the accept loop
                 log(f"{peer}: internal error: {e!r}")
             finally:
@@ -202,14 +202,15 @@ def serve(listener: socket.socket, identity: Identity, *, engine: str, dirs: Map
         conn.close()
 
 
-class _Target:
+class Target:
     def __init__(self, conn: socket.socket, peer: str, identity: Identity, engine: str, dirs: Mapping[str, str],
-                 state_dir: Path, authenticated_fd: int, listens: Sequence[str] = (),
+                 state_dir: Path, authenticated_fd: int | None, listens: Sequence[str] = (),
                  gateways: Sequence[str] = ()) -> None:
         self.conn = conn
         self.peer = f"source {peer}"
         self.identity = identity
-        self.authenticated_fd = authenticated_fd  # closed once the peer authenticated: see serve()
+        #: closed once the peer authenticated (see serve(); None: no daemon counts its strangers)
+        self.authenticated_fd = authenticated_fd
         self.ch: Channel = None  # type: ignore[assignment] # set by run(), once authenticated
         self.engine = engine
         self.runs_on = engines.get(engine)
@@ -223,6 +224,12 @@ class _Target:
         self.id = "?"
         self.module: Module | None = None
         self.arrival = Arrival()  # kept in case the program fails after the commit
+        #: time.perf_counter() when ``committed`` was sent, and when the gate opened after it
+        self.committed_at: float | None = None
+        self.opened_at: float | None = None
+        self.program_class: type[HeldProgram] = HeldProgram  # what runs the restored program here
+        #: where a ``page_ref``'s batch of pages is fetched from by its token (None: not taken)
+        self.page_source: Callable[[int], Any] | None = None
 
     def run(self) -> int:
         try:
@@ -231,7 +238,8 @@ class _Target:
             log(f"rejected {e}")
             return 1
         finally:
-            os.close(self.authenticated_fd)
+            if self.authenticated_fd is not None:
+                os.close(self.authenticated_fd)
         _fault("auth")
         try:
             first = ch.recv(expect=("offer", "status"))
@@ -252,7 +260,7 @@ class _Target:
         return 1
 
     # --- resumed, held, committed -----------------------------------------------------------------
-    def _run_held(self, program: _Program) -> int:
+    def _run_held(self, program: HeldProgram) -> int:
         """Run the restored program on this (main) thread behind its closed gate, while a thread
         of its own finishes the protocol: ``prepared`` once the program resumed, then the commit,
         which opens the gate. Any failure before the commit ends this process (the program with
@@ -268,8 +276,8 @@ class _Target:
         if kind == "exit":
             log(f"program exited with code {detail}")
             return int(detail)
-        if kind == "moved":
-            log("program migrated away")
+        if kind in ("moved", "stopped"):
+            log("program migrated away" if kind == "moved" else "program stopped at a checkpoint")
             return 0
         log(f"program {'trapped' if kind == 'trap' else 'failed'}: {detail}"
             + "".join(f"\n    at {frame}" for frame in program.backtrace[:16]))
@@ -290,7 +298,7 @@ class _Target:
             f"{module_file} {path}` continues it from the migration (doing again what it did here; the "
             f"interpreter is the reference engine: --engine interp)")
 
-    def _commit(self, program: _Program) -> None:
+    def _commit(self, program: HeldProgram) -> None:
         """The committer thread: wait until the program resumed, answer ``prepared``, wait for the
         commit, record it and open the gate."""
         ch = self.ch
@@ -314,19 +322,26 @@ class _Target:
                 ch.send("committed", pid=os.getpid())
         except MigrationError:
             pass
+        self.committed_at = time.perf_counter()
         ch.close()
         _mark(self.state_dir, self.id, "started")
         _fault("started")
-        try:
-            program.control = _serve_control(program.session)
-        except OSError as e:  # the program runs all the same, only it cannot move on
-            log(f"migration {self.id}: no control socket, the program cannot migrate again: {e.strerror or e}")
+        self._before_start(program)
         log(f"migration {self.id} committed: running as pid {os.getpid()}")
         program.started.set()
         try:
             program.wasi.gate.open()  # re-attaches its gateway connections, then lets its host calls go
         except (OSError, WasmError) as e:
             log(f"migration {self.id}: cannot re-attach the program's gateway connections: {e}")
+        self.opened_at = time.perf_counter()
+
+    def _before_start(self, program: HeldProgram) -> None:
+        """Committed, the gate about to open: what this daemon's program needs to move on (its
+        control socket, for ``wasmig migrate PID``)."""
+        try:
+            program.control = _serve_control(program.session)
+        except OSError as e:  # the program runs all the same, only it cannot move on
+            log(f"migration {self.id}: no control socket, the program cannot migrate again: {e.strerror or e}")
 
     def _give_up(self, why: str) -> None:
         """Before the commit was recorded: make sure it never will be, tell the source, and end
@@ -342,7 +357,7 @@ class _Target:
         sys.stderr.flush()
         os._exit(1)
 
-    def _await_resumed(self, program: _Program) -> None:
+    def _await_resumed(self, program: HeldProgram) -> None:
         """Until the program resumed: its rewind ended (wasmtime), or it made a host call (held
         at the gate), or it ended before making any. A trap or failure first is an error."""
         deadline = time.monotonic() + RESUME_TIMEOUT
@@ -352,7 +367,7 @@ class _Target:
             program.ended.wait(0.001)
         program.check("after it resumed" if program.has_resumed() else "before it resumed (in its rewind)")
 
-    def _await_commit(self, program: _Program) -> None:
+    def _await_commit(self, program: HeldProgram) -> None:
         """The source's ``commit``, while watching the held program: one that traps meanwhile is
         reported instead (the source keeps its copy)."""
         deadline = time.monotonic() + COMMIT_TIMEOUT
@@ -423,7 +438,7 @@ class _Target:
             msg = ch.recv(expect=("pages", "state"))
             if msg["t"] == "state":
                 _fault("state")
-                return _Program(self._restore(module, msg.get("snapshot")))
+                return self.program_class(self._restore(module, msg.get("snapshot")))
             self._pages(msg)
             if first:
                 _fault("pages")
@@ -459,10 +474,10 @@ class _Target:
                 self.held[pid] = (m, i)
         ch.send("need", positions=need)
         while True:
-            msg = ch.recv(expect=("page_data", "pages_end"))
+            msg = ch.recv(expect=("page_data", "page_ref", "pages_end"))
             if msg["t"] == "pages_end":
                 break
-            pages = msg.get("pages")
+            pages = msg.get("pages") if msg["t"] == "page_data" else self._fetch_pages(msg)
             if not isinstance(pages, list):
                 raise MigrationError("malformed page_data message")
             for item in pages:
@@ -483,6 +498,14 @@ class _Target:
         if wanted:
             raise MigrationError(f"{len(wanted)} pages asked for were not sent")
         ch.send("pages_ok")
+
+    def _fetch_pages(self, msg: dict[str, Any]) -> Any:
+        """A ``page_ref``'s batch, from where the source put it (:attr:`page_source`; a daemon
+        has none: the source must send its pages over the channel)."""
+        token = msg.get("token")
+        if self.page_source is None or not isinstance(token, int):
+            raise MigrationError("malformed page_ref message (this target takes pages over the channel only)")
+        return self.page_source(token)
 
     def _held(self, pid: bytes) -> bytes | None:
         """The contents of page ``pid`` if this daemon has them: where it last put them (checked:
@@ -512,7 +535,12 @@ class _Target:
         # address the source names (a preopen the program closed, with files still open beneath it, too)
         granted = self._grant(snap.wasi)
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
-        return landing.prepare(snap, granted)
+        return landing.prepare(snap, granted, **self._streams(snap))
+
+    def _streams(self, snap: Any) -> dict[str, Any]:
+        """Where the program's stdout and stderr go (``Landing.prepare``'s keywords): this
+        daemon's own."""
+        return {}
 
     def _grant(self, ws: Any) -> Granted:
         # the daemon's grants are an offer to every program: each takes the directories it has and
@@ -533,9 +561,9 @@ class _Target:
 
 
 
-class _Program:
+class HeldProgram:
     """A restored program on this daemon, run on the main thread behind its WASI gate until the
-    commit (see :meth:`_Target._run_held`)."""
+    commit (see :meth:`Target._run_held`)."""
 
     def __init__(self, program: Program) -> None:
         from wasmig.session.loop import Session
@@ -570,13 +598,16 @@ class _Program:
             raise MigrationError(f"the restored program failed on this daemon's engine {when}: {detail}")
 
     def run(self) -> tuple[str, Any]:
-        """Run it to its end: ("exit", code), ("moved", None), ("trap", reason) or ("error", why)."""
-        from wasmig.session.policy import MigratedAway
+        """Run it to its end: ("exit", code), ("moved", None), ("stopped", None), ("trap", reason) or
+        ("error", why)."""
+        from wasmig.session.policy import CheckpointExit, MigratedAway
 
         try:
             outcome: tuple[str, Any] = ("exit", self.body())
         except MigratedAway:
             outcome = ("moved", None)
+        except CheckpointExit:  # its policy stops it after a checkpoint (a fleet job moved by stop-and-copy)
+            outcome = ("stopped", None)
         except Trap as trap:
             outcome = ("trap", trap.reason)
             self.backtrace = list(trap.backtrace)

@@ -7,6 +7,11 @@ Its standard streams go to the job log (:mod:`wasmig.ray.joblog`), whose byte co
 records. Checkpoints go to ``<store>/<job>/snapshots`` every ``checkpoint_every`` seconds, on
 :meth:`checkpoint`, and on :meth:`stop` (then the run ends: what a move and a drain use), and on
 SIGTERM when the worker gets one (Ray's notice before it ends a worker), in the actor's main thread.
+
+A live move (:mod:`wasmig.ray.live`) runs between two runners: the source's :meth:`migrate_to`
+streams the running program to a target runner's :meth:`receive`, which then runs it as
+:meth:`run` would. Each runner holds the key pair the controller made for it (its migration
+channel's and its gateway connections' identity).
 """
 
 from __future__ import annotations
@@ -21,14 +26,20 @@ from typing import TYPE_CHECKING, Any
 from wasmig.ray.joblog import JobLog, recorded_counts
 from wasmig.ray.spec import JobSpec, job_directory
 
-#: how long a runner waits for an earlier runner of its job to be gone (see JobRunner._take_fence)
+#: how long a runner waits for an earlier runner of its job to be gone (see JobRunner.take_fence)
 FENCE_TIMEOUT_S = 60.0
 #: after SIGTERM stopped the program, how long the process lives on before the signal ends it (if
 #: the answer of run() has not reached the controller by then, it sees the actor die: the same restart)
 SIGTERM_GRACE_S = 1.0
 
+#: how often a runner waiting for the job's fence tries again (a live move's target waits there
+#: in the downtime, for the source's run to end)
+FENCE_POLL_S = 0.005
+
 if TYPE_CHECKING:
     from wasmig.engines.base import Engine, Program
+    from wasmig.keys import KeyPair
+    from wasmig.migrate.target import HeldProgram
     from wasmig.module import Module
     from wasmig.session.loop import Session
 
@@ -55,9 +66,11 @@ def latest_checkpoint(spec: JobSpec, job_id: str) -> Path | None:
 class JobRunner:
     """Runs one job's program, fresh or from its latest snapshot, on the engine it was given."""
 
-    def __init__(self, job_id: str, spec: JobSpec, engine: str | None) -> None:
+    def __init__(self, job_id: str, spec: JobSpec, engine: str | None, key_pem: bytes | None = None) -> None:
         from wasmig import engines
         from wasmig.module import Module
+        from wasmig.ray.live import key_pair, new_key_pem
+        from wasmig.wasi.gateway import use_key
 
         self.job_id = job_id
         self.spec = spec
@@ -74,14 +87,22 @@ class JobRunner:
         self._resumed_wall: float | None = None  # time.time() when the program (re)started running
         #: from run() called to the program running: the fence, the snapshot read, the restore
         self.prepare_s: float | None = None
+        #: this runner's identity on a live move's channel and towards the job's gateway
+        self.key: KeyPair = key_pair(key_pem or new_key_pem())
+        use_key(self.key)  # one runner per worker process: its gateway connections show this key
+        self._listener: Any = None  # a live move's target: where its source connects
+        self._shelf: Any = None  # a live move's source: pages waiting for the target (live.PageShelf)
+        self._held: HeldProgram | None = None  # a live move's target: the program that arrived
+        self.arrival: dict[str, float] | None = None  # a live move's target: its part of the downtime
         self._install_sigterm()
         if spec.prewarm:
             self._warm_up()
 
     # --- what the controller asks ------------------------------------------------------------
     def ready(self) -> dict[str, Any]:
-        """Where this runner is: its node, engine and process (the controller waits for it)."""
-        return {"engine": self.engine.name, "pid": os.getpid(), "node": _node_id()}
+        """Where this runner is: its node, engine, process and key (the controller waits for it)."""
+        return {"engine": self.engine.name, "pid": os.getpid(), "node": _node_id(),
+                "fingerprint": self.key.fingerprint}
 
     def run(self, restore: bool, on_file_change: str = "fail") -> dict[str, Any]:
         """Run the program to its end, or until :meth:`stop`; ``restore``: from the job's latest
@@ -90,7 +111,7 @@ class JobRunner:
         (an earlier runner of the job still holds it: try again)."""
         from wasmig.errors import Trap, WasmError
         from wasmig.session.loop import Session
-        from wasmig.session.policy import CheckpointExit, CheckpointPolicy
+        from wasmig.session.policy import CheckpointExit, CheckpointPolicy, MigratedAway, MigrationInDoubt
 
         entered = time.time()
         log = JobLog(log_directory(self.spec, self.job_id))
@@ -99,7 +120,7 @@ class JobRunner:
         fence = -1
         try:
             try:
-                fence = self._take_fence()
+                fence = self.take_fence()
             except TimeoutError as e:
                 return {"outcome": "busy", "error": str(e)}
             latest = latest_checkpoint(self.spec, self.job_id) if restore else None
@@ -128,6 +149,10 @@ class JobRunner:
             except CheckpointExit:
                 return {"outcome": "stopped", "snapshot": str(latest_checkpoint(self.spec, self.job_id)),
                         "stopped_at": time.time(), "ran_s": time.perf_counter() - started}
+            except MigrationInDoubt as e:  # committed, unconfirmed: it must not go on here (saved)
+                return {"outcome": "in-doubt", "error": str(e)}
+            except MigratedAway:
+                return {"outcome": "moved"}
             return {"outcome": "exited", "code": code}
         except Trap as e:
             return {"outcome": "trapped", "error": str(e)}
@@ -149,6 +174,149 @@ class JobRunner:
             return False
         session.request()
         return True
+
+    # --- a live move: the source's side ----------------------------------------------------------
+    def precopy_refusal(self) -> str | None:
+        """Why this runner's program cannot move live now (None: it can)."""
+        session = self._session
+        if session is None or not self._started.is_set() or self._ended.is_set():
+            return "the program is not running here"
+        if self._stop_wanted:
+            return "the program is stopping"
+        from wasmig.wasi.threads_abi import imports_thread_spawn
+
+        if imports_thread_spawn(self.module.interface.imports):
+            return "a wasi-threads program (a migration target restores single-threaded programs)"
+        return None
+
+    def migrate_to(self, address: str, target_fingerprint: str, pages_via_ray: bool = False) -> dict[str, Any]:
+        """Move the running program live to the target runner at ``address`` (pinned to
+        ``target_fingerprint``): pre-copy while it runs, then the stop, the last pages and the
+        state, the commit once the target says it resumed there. ``pages_via_ray``: the pages'
+        bytes wait in this runner for the target to take them (:meth:`take_pages`, Ray's object
+        transfer) instead of going over the channel. ``ok`` True: it moved (``run`` returns
+        ``moved``); else it goes on here (``refused``: nothing was tried; ``error``: why it
+        failed), except ``in_doubt`` (committed, unconfirmed: saved, stopped here)."""
+        from wasmig.migrate.channel import Identity
+        from wasmig.migrate.protocol import MigrationError
+        from wasmig.migrate.source import InDoubt, migrate
+        from wasmig.ray.live import PageShelf
+
+        refusal = self.precopy_refusal()
+        if refusal is not None:
+            return {"ok": False, "refused": refusal}
+        session = self._session
+        assert session is not None
+        self._shelf = PageShelf() if pages_via_ray else None
+        try:
+            result = migrate(session, address, Identity(self.key, frozenset({target_fingerprint})),
+                             page_sink=self._shelf.put if self._shelf is not None else None)
+        except InDoubt as e:
+            return {"ok": False, "error": str(e), "in_doubt": True}
+        except MigrationError as e:
+            return {"ok": False, "error": str(e)}
+        finally:
+            if self._shelf is not None:
+                self._shelf.clear()
+        return {"ok": True, "downtime_s": result.downtime_s, "total_s": result.total_s,
+                "bytes_sent": result.bytes_sent + (self._shelf.bytes if self._shelf is not None else 0),
+                "rounds": result.rounds, "pages_sent": result.pages_sent,
+                "pages_known": result.pages_known}
+
+    def take_pages(self, token: int) -> list[list[Any]]:
+        """A batch of pages a live move's target asks for (``pages_via_ray``)."""
+        if self._shelf is None:
+            from wasmig.migrate.protocol import MigrationError
+
+            raise MigrationError("no live move with pages through Ray runs here")
+        return self._shelf.take(token)
+
+    # --- a live move: the target's side ----------------------------------------------------------
+    def listen(self) -> str:
+        """Open this target runner's listener on its node's address; ``HOST:PORT`` for the source."""
+        from wasmig.ray.live import listen
+
+        if self._listener is None:
+            self._listener = listen()
+        host, port = self._listener.getsockname()[:2]
+        return f"{host}:{port}"
+
+    def receive(self, source_fingerprint: str, fault: str | None = None, source: Any = None) -> dict[str, Any]:
+        """Receive the job live from the source runner holding ``source_fingerprint`` (after
+        :meth:`listen`), then run it here as :meth:`run` does; its outcome as :meth:`run`'s, or
+        ``failed`` with ``arrived`` False when the migration failed before its commit (the source
+        still runs it). ``source``: the source runner's actor handle, when the pages come through
+        Ray (its :meth:`take_pages`). ``fault``: for the tests, a step of ``wasmig serve``'s fault injection
+        (``WASMIG_SERVE_FAULT``) at which this process kills itself."""
+        import shutil
+
+        from wasmig.ray import live
+
+        if self._listener is None:
+            self.listen()
+        if fault is not None:
+            from wasmig.migrate.target import FAULT_ENV
+
+            os.environ[FAULT_ENV] = fault
+        log = JobLog(log_directory(self.spec, self.job_id))
+        state_dir = live.private_state_dir()
+        target = None
+        try:
+            live.prune_page_caches()
+            live.seed_module_cache(state_dir, self.module.sha256, self.spec.module)
+            target, why = live.receive(self._listener, self, source_fingerprint, log, state_dir,
+                                       live.pages_from(source) if source is not None else None)
+            if target is None or self._held is None:
+                return {"outcome": "failed", "arrived": False, "error": why}
+            kind, detail = self._held.outcome
+            if kind == "exit":
+                return {"outcome": "exited", "code": detail}
+            if kind == "stopped":
+                return {"outcome": "stopped", "snapshot": str(latest_checkpoint(self.spec, self.job_id)),
+                        "stopped_at": time.time()}
+            if kind == "moved":
+                return {"outcome": "moved"}
+            return {"outcome": "trapped" if kind == "trap" else "failed", "error": str(detail)}
+        finally:
+            self._ended.set()
+            self._started.set()
+            self._listener.close()
+            log.close()
+            if target is not None and target.fence >= 0:
+                os.close(target.fence)
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+    def adopt_arrival(self, program: HeldProgram, log: JobLog) -> None:
+        """The program that arrived, before it runs: its checkpoints go to the job's store and
+        record the log's counts, as a fresh run's do."""
+        from wasmig.session.policy import CheckpointPolicy
+
+        session = program.session
+        session.policy = CheckpointPolicy(directory=snapshots_directory(self.spec, self.job_id))
+        session.module_path = self.spec.module_name
+        session.annotate = log.annotation
+        self._held = program
+
+    def arrived(self, session: Session, timing: dict[str, float]) -> None:
+        """The commit is done and the gate open: the program runs here (checkpoints, stops and
+        moves reach it from now on). ``timing``: the target's part of the downtime."""
+        with self._lock:
+            self._session = session
+            stop_now = self._stop_wanted
+        self.arrival = timing
+        self._resumed_wall = time.time()
+        self._started.set()
+        if stop_now:
+            self._request_stop()
+        if self.spec.checkpoint_every:
+            threading.Thread(target=self._tick, args=(session, self.spec.checkpoint_every),
+                             name="wasmig-fleet-timer", daemon=True).start()
+
+    def arrival_report(self, timeout: float = 120.0) -> dict[str, float] | None:
+        """Once the program that arrived runs here: the target's part of the downtime (None if
+        it never did)."""
+        self._started.wait(timeout)
+        return self.arrival
 
     def stop(self) -> None:
         """Checkpoint at the next stable point, then end the run (``run`` returns ``stopped``).
@@ -176,8 +344,15 @@ class JobRunner:
         from wasmig.wasi.preview1 import Wasi
 
         log.open(None)
+        listeners = []
+        if self.spec.gateway is not None:  # a TCP server: its listening socket is the gateway's
+            from wasmig.wasi.gateway import register
+
+            gateway = self.spec.gateway
+            listeners.append((gateway.control, register(gateway.control, gateway.fingerprint)))
         wasi = Wasi([self.spec.module_name, *self.spec.args], self.spec.env, preopens=list(self.spec.dirs),
-                    stdin=b"", stdout=log.streams["stdout"], stderr=log.streams["stderr"])
+                    stdin=b"", stdout=log.streams["stdout"], stderr=log.streams["stderr"],
+                    gateway_listeners=listeners)
         try:
             return self.engine.program(self.module, wasi, checkpoints=True, announce=self.spec.module_name), wasi
         except BaseException:
@@ -193,7 +368,8 @@ class JobRunner:
         from wasmig.snapshot.admission import trust_from_options
         from wasmig.wasi.snapshot import restore_wasi
 
-        cleared = clear(str(latest), Requested({guest: host for host, guest in self.spec.dirs}),
+        gateways = (self.spec.gateway.control,) if self.spec.gateway is not None else ()
+        cleared = clear(str(latest), Requested({guest: host for host, guest in self.spec.dirs}, gateways=gateways),
                         trust=trust_from_options((), False), where=f"job {self.job_id}")
         snap, pages = cleared.snap, cleared.pages
         if snap.wasi is None:
@@ -211,7 +387,7 @@ class JobRunner:
         self.restored_from = str(latest)
         return program, wasi
 
-    def _take_fence(self) -> int:
+    def take_fence(self) -> int:
         """Hold the job's lock file for the whole run, so two runners of one job never write its
         log, files or snapshots at once: a restart after a lost node waits here until the old
         process is really gone (workers of a killed raylet may outlive it for a moment; the kernel
@@ -231,7 +407,7 @@ class JobRunner:
                     os.close(fd)
                     raise TimeoutError(f"job {self.job_id}: another runner still holds it after "
                                        f"{FENCE_TIMEOUT_S:g} s") from None
-                time.sleep(0.05)
+                time.sleep(FENCE_POLL_S)
 
     def _warm_up(self) -> None:
         """Build the program once and drop it: the engine's imports, its compiled (on wasmtime,

@@ -3,8 +3,12 @@
 actor, moving jobs (``migrate``, ``drain``) and restarting those whose actor died (a node lost)
 from their latest checkpoint. No daemon of its own: it lives as long as the Ray cluster.
 
-A move is checkpoint-and-stop on the source, restore on the target, with the target actor started
-and its module loaded *before* the source stops (the worker start is not part of the downtime).
+A move is live where it can be (:mod:`wasmig.ray.live`: pre-copy from the running source to a
+target runner, which restores and resumes it before the source commits; a failure before the commit
+leaves the job running where it was), else checkpoint-and-stop on the source, restore on the
+target. Either way the target actor is started and its module loaded *before* the source stops
+(the worker start is not part of the downtime). A TCP server job has a gateway actor
+(:mod:`wasmig.ray.gateway`) its clients connect to, which keeps them through live moves.
 A restart after a loss takes the latest periodic checkpoint: the work and the output after it are
 done again (at-least-once; the output log is truncated to the checkpoint, docs/fleet.md).
 """
@@ -25,9 +29,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wasmig import engines
 from wasmig.ray.actor import JobRunner, latest_checkpoint, log_directory
+from wasmig.ray.gateway import GatewayActor
 from wasmig.ray.joblog import STREAMS, read_stream
+from wasmig.ray.live import fingerprint, new_key_pem
 from wasmig.ray.placement import choose_node, node_engine, resolve_node
-from wasmig.ray.spec import FleetError, JobSpec
+from wasmig.ray.spec import FleetError, GatewaySpec, JobSpec
 
 CONTROLLER_NAME = "wasmig-controller"
 NAMESPACE = "wasmig"
@@ -35,9 +41,12 @@ NAMESPACE = "wasmig"
 ACTOR_START_TIMEOUT_S = 120.0
 #: how long a source may take to reach its stable point and write the last checkpoint
 STOP_TIMEOUT_S = 120.0
+#: how long a live move may take from the source's first page to the target's commit
+LIVE_MOVE_TIMEOUT_S = 600.0
 FINAL_STATES = ("exited", "trapped", "failed", "cancelled")
 
 RemoteRunner = ray.remote(JobRunner)
+RemoteGateway = ray.remote(GatewayActor)
 
 
 @dataclass
@@ -55,6 +64,8 @@ class Job:
     moves: list[dict[str, Any]] = field(default_factory=list)
     outcome: dict[str, Any] = field(default_factory=dict)
     avoid: set[str] = field(default_factory=set)  # nodes a pending restart must not use
+    fingerprint: str | None = None  # the key of the runner it runs in (a live move's source pins it)
+    gateway: Any = None  # its gateway actor (a TCP server job)
 
 
 class Controller:
@@ -75,9 +86,28 @@ class Controller:
         job = Job(id=f"j-{secrets.token_hex(4)}", spec=spec)
         with self._lock:
             node = self._choose(spec, avoid=self._draining)
+        if spec.gateway is not None:
+            job.gateway, job.spec = self._start_gateway(job.id, spec)
+        with self._lock:
             self._jobs[job.id] = job
             self._start(job, node, restore=False)
         return job.id
+
+    def _start_gateway(self, job_id: str, spec: JobSpec) -> tuple[Any, JobSpec]:
+        """The job's gateway actor, on this (the head) node; ``spec`` with its addresses."""
+        assert spec.gateway is not None
+        actor = RemoteGateway.options(
+            name=f"wasmig-gateway-{job_id}", num_cpus=0, max_concurrency=4, max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        ).remote(spec.gateway.listen, new_key_pem())
+        try:
+            where = ray.get(actor.addresses.remote(), timeout=ACTOR_START_TIMEOUT_S)
+        except RayError as e:
+            ray.kill(actor)
+            cause = getattr(e, "cause", None)
+            raise FleetError(str(cause) if isinstance(cause, FleetError) else f"the gateway did not start: {e}") \
+                from None
+        return actor, replace(spec, gateway=GatewaySpec(spec.gateway.listen, **where))
 
     def ps(self) -> list[dict[str, Any]]:
         """The job table: job, node, engine, state, last checkpoint's age, restarts, moves, exit."""
@@ -87,10 +117,13 @@ class Controller:
         rows = []
         for job in jobs:
             latest = latest_checkpoint(job.spec, job.id)
+            last = job.moves[-1] if job.moves else {}
             rows.append({"job": job.id, "node": job.node, "engine": job.engine, "state": job.state,
                          "checkpoint_age_s": None if latest is None else max(0.0, now - latest.stat().st_mtime),
                          "restarts": job.restarts, "moves": len(job.moves), "program": job.spec.module_name,
-                         "code": job.outcome.get("code"), "error": job.outcome.get("error")})
+                         "code": job.outcome.get("code"), "error": job.outcome.get("error"),
+                         "last_downtime_s": last.get("downtime_s"), "last_move_mode": last.get("mode"),
+                         "gateway": job.spec.gateway.public if job.spec.gateway is not None else None})
         return rows
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -113,8 +146,14 @@ class Controller:
             time.sleep(0.1)
         return self.job(job_id)
 
-    def migrate(self, job_id: str, to: str | None = None) -> dict[str, Any]:
-        """Move a running job to node ``to`` (id or prefix; None: the best other node)."""
+    def migrate(self, job_id: str, to: str | None = None, fault: str | None = None,
+                pages: str | None = None) -> dict[str, Any]:
+        """Move a running job to node ``to`` (id or prefix; None: the best other node). ``fault``:
+        for the tests, the step of a live move at which the target runner kills itself
+        (:meth:`JobRunner.receive`); ``pages``: how a live move's pages travel ("ray" or
+        "channel"; None: the job's ``JobSpec.pages``)."""
+        if pages not in (None, "ray", "channel"):
+            raise FleetError(f"pages travel by 'ray' or 'channel', not {pages!r}")
         job = self._get(job_id)
         with self._lock:
             if job.state != "running":
@@ -126,7 +165,7 @@ class Controller:
             else:
                 target = self._choose(job.spec, avoid=self._draining | {job.node}, pinned=False)
             job.state = "moving"
-        return self._move(job, target)
+        return self._move(job, target, fault, pages)
 
     def drain(self, node: str) -> list[dict[str, Any]]:
         """Take no more jobs on ``node`` and move every job off it (in parallel); the moves."""
@@ -141,7 +180,14 @@ class Controller:
         if not plans:
             return []
         with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
-            return list(pool.map(lambda plan: self._move(*plan), plans))
+            return list(pool.map(lambda plan: self._move_or_say_why(*plan), plans))
+
+    def _move_or_say_why(self, job: Job, target: str) -> dict[str, Any]:
+        """A drain's move: one that fails (the job goes on where it was) is a record saying why."""
+        try:
+            return self._move(job, target)
+        except FleetError as e:
+            return {"job": job.id, "from": job.node, "to": target, "error": str(e)}
 
     def undrain(self, node: str) -> None:
         with self._lock:
@@ -154,8 +200,10 @@ class Controller:
                 raise FleetError(f"job {job.id} already {job.state}")
             job.state = "cancelled"
             actor, job.actor, job.run_ref = job.actor, None, None
-        if actor is not None:
-            ray.kill(actor)
+            gateway, job.gateway = job.gateway, None
+        for it in (actor, gateway):
+            if it is not None:
+                ray.kill(it)
 
     def nodes(self) -> list[dict[str, Any]]:
         """The live nodes: id, labels, jobs running there, draining or not."""
@@ -200,35 +248,57 @@ class Controller:
         placement = spec.placement if pinned else replace(spec.placement, node=None)
         return choose_node(ray.nodes(), placement, self._load(), avoid=avoid, cpus=spec.num_cpus)
 
-    def _new_actor(self, job: Job, node: str) -> tuple[Any, str | None]:
+    def _new_actor(self, job: Job, node: str) -> tuple[Any, str | None, str]:
+        """A runner for ``job`` on ``node``, with a key of its own (made here, handed over in the
+        actor's arguments: docs/fleet.md, Security) that the job's gateway, if any, now trusts;
+        the actor, its engine and its key's fingerprint."""
         # every node runs this same installation (one machine, or one image): its default engine is ours
         engine = node_engine(ray.nodes(), node, job.spec.engine) or engines.default()[0]
+        key = new_key_pem()
+        if job.gateway is not None:
+            ray.get(job.gateway.trust.remote(fingerprint(key)), timeout=ACTOR_START_TIMEOUT_S)
         actor = RemoteRunner.options(
             num_cpus=job.spec.num_cpus, resources=dict(job.spec.placement.resources), max_concurrency=4,
             max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-        ).remote(job.id, job.spec, engine)
-        return actor, engine
+        ).remote(job.id, job.spec, engine, key)
+        return actor, engine, fingerprint(key)
 
     def _start(self, job: Job, node: str, *, restore: bool, on_file_change: str = "fail") -> None:
         """Start (or restart) ``job`` on ``node`` (the lock held)."""
-        actor, engine = self._new_actor(job, node)
-        job.actor, job.node, job.engine = actor, node, engine
+        actor, engine, key = self._new_actor(job, node)
+        job.actor, job.node, job.engine, job.fingerprint = actor, node, engine, key
         job.run_ref = actor.run.remote(restore, on_file_change)
         job.state = "running"
 
-    def _move(self, job: Job, target: str) -> dict[str, Any]:
-        """Checkpoint-and-stop ``job`` (state ``moving``) where it runs, restore it on ``target``."""
+    def _move(self, job: Job, target: str, fault: str | None = None, pages: str | None = None) -> dict[str, Any]:
+        """Move ``job`` (state ``moving``) to ``target``: live where it can (pre-copy), else
+        checkpoint-and-stop where it runs and restore on ``target``."""
         record: dict[str, Any] = {"job": job.id, "from": job.node, "to": target}
         started = time.perf_counter()
-        new, engine = self._new_actor(job, target)
+        new = None
         try:
+            new, engine, key = self._new_actor(job, target)
             ray.get(new.ready.remote(), timeout=ACTOR_START_TIMEOUT_S)
         except RayError as e:
-            ray.kill(new)
+            if new is not None:
+                ray.kill(new)
             with self._lock:
                 job.state = "running"
             raise FleetError(f"job {job.id}: the target actor on {target[:12]} did not start: {e}") from None
         record["target_ready_s"] = time.perf_counter() - started
+        if job.spec.live:
+            record["pages_via"] = pages or job.spec.pages
+            moved = self._move_live(job, target, new, engine, key, record, fault, started)
+            if moved is not None:
+                return moved
+            del record["pages_via"]
+        if job.gateway is not None:  # its connections would not survive a checkpoint-stop-restore
+            ray.kill(new)
+            with self._lock:
+                job.state = "running"
+            raise FleetError(f"job {job.id} is a TCP server behind a gateway and cannot move live now: "
+                             f"{record.get('why_not_live')}")
+        record["mode"] = "stop-and-copy"
         stop_at = time.time()
         job.actor.stop.remote()
         try:
@@ -253,16 +323,86 @@ class Controller:
             if job.state == "cancelled":  # cancelled while it moved: the new runner goes too
                 ray.kill(new)
                 return record
-            job.actor, job.run_ref, job.node, job.engine = new, run_ref, target, engine
+            job.actor, job.run_ref, job.node, job.engine, job.fingerprint = new, run_ref, target, engine, key
             job.state = "running"
         return record
+
+    def _move_live(self, job: Job, target: str, new: Any, engine: str | None, key: str, record: dict[str, Any],
+                   fault: str | None, started: float) -> dict[str, Any] | None:
+        """The live move to the ready runner ``new`` (:mod:`wasmig.ray.live`); the record, or
+        None when the source cannot move live (``record["why_not_live"]``: the caller falls back
+        to stop-and-copy). A failure after it began leaves the job running at the source (or, if
+        the program ended meanwhile, recorded as ended) and raises FleetError."""
+        address = ray.get(new.listen.remote(), timeout=ACTOR_START_TIMEOUT_S)
+        via_ray = record["pages_via"] == "ray"
+        run_ref = new.receive.remote(job.fingerprint, fault, job.actor if via_ray else None)
+        try:
+            result = ray.get(job.actor.migrate_to.remote(address, key, via_ray), timeout=LIVE_MOVE_TIMEOUT_S)
+        except RayError as e:  # the source's runner died (or hung): the monitor restarts the job
+            result = {"ok": False, "error": f"the source runner was lost: {str(e).splitlines()[0]}"}
+        if not result["ok"]:
+            ray.kill(new)
+            if job.gateway is not None:
+                job.gateway.forget.remote(key)
+            if "refused" in result:
+                record["why_not_live"] = result["refused"]
+                return None
+            return self._live_move_failed(job, record, result)
+        arrival = ray.get(new.arrival_report.remote(), timeout=STOP_TIMEOUT_S) or {}
+        try:
+            source = ray.get(job.run_ref, timeout=STOP_TIMEOUT_S)
+        except RayError as e:
+            source = {"outcome": "lost", "error": str(e).splitlines()[0]}
+        old, old_key = job.actor, job.fingerprint
+        ray.kill(old)
+        if job.gateway is not None and old_key is not None:
+            job.gateway.forget.remote(old_key)
+        record.update(mode="pre-copy", source_outcome=source["outcome"], engine=engine,
+                      # the source's clock from its last instruction to the commit confirmed, then the
+                      # target's from the confirmation to the gate open: no two machines' clocks mixed
+                      downtime_s=result["downtime_s"] + arrival.get("gate_s", 0.0),
+                      source_downtime_s=result["downtime_s"], gate_s=arrival.get("gate_s"),
+                      fence_wait_s=arrival.get("fence_wait_s"), bytes_sent=result["bytes_sent"],
+                      rounds=result["rounds"], pages_sent=result["pages_sent"], pages_known=result["pages_known"],
+                      total_s=time.perf_counter() - started, migration_s=result["total_s"])
+        with self._lock:
+            job.moves.append(record)
+            if job.state == "cancelled":
+                ray.kill(new)
+                return record
+            job.actor, job.run_ref, job.node, job.engine, job.fingerprint = new, run_ref, target, engine, key
+            job.state = "running"
+        return record
+
+    def _live_move_failed(self, job: Job, record: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        """The live move failed: the program ended meanwhile (recorded as such), or it goes on at
+        the source (FleetError says why)."""
+        ready, _ = ray.wait([job.run_ref], timeout=5.0 if "ended before" in result["error"] else 0.0)
+        if ready:
+            try:
+                ended = ray.get(job.run_ref)
+            except RayError:
+                ended = None
+            if ended is not None and ended["outcome"] in ("exited", "trapped", "failed"):
+                record["source_outcome"] = ended["outcome"]
+                with self._lock:
+                    self._finish(job, ended)
+                return record
+        record.update(mode="pre-copy", error=result["error"])
+        with self._lock:
+            job.moves.append(record)
+            if job.state == "moving":
+                job.state = "running"  # the monitor watches its run again (and restarts it if lost)
+        where = "stays stopped, saved" if result.get("in_doubt") else f"goes on on {str(job.node)[:12]}"
+        raise FleetError(f"job {job.id}: the live move failed, the job {where}: {result['error']}")
 
     def _finish(self, job: Job, result: dict[str, Any]) -> None:
         job.outcome = result
         job.state = result["outcome"]
-        if job.actor is not None:
-            ray.kill(job.actor)
-        job.actor, job.run_ref = None, None
+        for it in (job.actor, job.gateway):
+            if it is not None:
+                ray.kill(it)
+        job.actor, job.run_ref, job.gateway = None, None, None
 
     # --- the monitor: ends and losses ---------------------------------------------------------
     def _watch(self) -> None:

@@ -22,6 +22,18 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class GatewaySpec:
+    """A TCP server job's gateway (:mod:`wasmig.ray.gateway`): clients connect to ``public``;
+    the job's runners register and attach at ``control``, pinning the gateway's ``fingerprint``.
+    At submit only ``listen`` is given (the public address asked for); the controller fills in the rest."""
+
+    listen: str
+    public: str = ""
+    control: str = ""
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A WASI command to run as a fleet job. ``module`` holds the .wasm's bytes (nodes need not
     see the file); ``dirs`` are (host, guest) preopens, host paths every node can reach (a shared
@@ -41,6 +53,14 @@ class JobSpec:
     #: a runner made for a move or a restart loads its engine and builds the program once before
     #: the source stops (imports, the compiled module), so the downtime holds only the restore
     prewarm: bool = True
+    #: a move is live (pre-copy, the source running until the target committed) where it can be;
+    #: False: always checkpoint-stop-restore
+    live: bool = True
+    #: how a live move's pages travel: "ray" (the source's runner holds them for the target's to
+    #: take: Ray's object transfer) or "channel" (inline in the migration protocol's TLS channel)
+    pages: str = "ray"
+    #: a TCP server behind a gateway: its clients keep their connections through moves
+    gateway: GatewaySpec | None = None
 
 
 def job_directory(spec: JobSpec, job_id: str) -> Path:

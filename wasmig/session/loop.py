@@ -191,7 +191,10 @@ class Session:
 
         def detached() -> Snapshot:  # connections through a gateway are quiesced first
             self.wasi.detach_gateway()
-            return capture()
+            snap = capture()
+            if self.annotate is not None:  # what a checkpoint records, the migration's state records too
+                snap.meta.update(self.annotate())
+            return snap
 
         if handoff.take(detached):
             raise MigratedAway()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from wasmig import log
 from wasmig.binary.image import initial_image
@@ -143,11 +143,12 @@ class ImageLanding(Landing):
         del image[size_pages * PAGE_SIZE:]
         return image
 
-    def prepare(self, snap: Snapshot, granted: Granted) -> Program:
+    def prepare(self, snap: Snapshot, granted: Granted, *, stdout: BinaryIO | None = None,
+                stderr: BinaryIO | None = None) -> Program:
         from wasmig.wasi.snapshot import restore_wasi
 
         assert snap.wasi is not None
-        wasi = restore_wasi(snap.wasi, granted=granted, into=self.wasi)
+        wasi = restore_wasi(snap.wasi, granted=granted, into=self.wasi, stdout=stdout, stderr=stderr)
         # the frames are loaded (restore checked them against the module); the machine goes on
         # from the innermost frame's pc directly: there is no rewind to wait for
         return InterpProgram(bind_wasi(restore(self.module, snap, instance=self.instance), wasi))

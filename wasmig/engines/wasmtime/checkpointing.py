@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from wasmig.engines.base import Landing, MemoryReader, Program
 from wasmig.engines.wasmtime.capture import static_tables
@@ -116,10 +116,11 @@ class InstanceLanding(Landing):
         self.runner.memory_address(i, size_pages)
         return None
 
-    def prepare(self, snap: Snapshot, granted: Granted) -> Program:
+    def prepare(self, snap: Snapshot, granted: Granted, *, stdout: BinaryIO | None = None,
+                stderr: BinaryIO | None = None) -> Program:
         from wasmig.wasi.snapshot import restore_wasi
 
         assert snap.wasi is not None
-        wasi = restore_wasi(snap.wasi, granted=granted, into=self.wasi)
+        wasi = restore_wasi(snap.wasi, granted=granted, into=self.wasi, stdout=stdout, stderr=stderr)
         self.runner.load(snap, memory_in_place=True)
         return CheckpointableProgram(self.runner, wasi, rewinds=bool(snap.frames))
