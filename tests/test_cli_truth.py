@@ -366,7 +366,8 @@ def test_checkpoint_of_a_process_that_is_gone_or_not_wasmig(tmp_path: Path) -> N
     other = subprocess.Popen(["sleep", "60"])
     try:
         err = one_line_error(wasmig("checkpoint", str(other.pid), env={"WASMIG_RUNTIME_DIR": str(tmp_path)}))
-        assert err == f"wasmig: error: process {other.pid} is not a wasmig run with --checkpoint-dir"
+        assert err == (f"wasmig: error: process {other.pid} is not a checkpointable wasmig run (not wasmig, or started "
+                       "with --plain)")
     finally:
         other.kill()
         other.wait()
