@@ -358,6 +358,23 @@ def test_restore_names_a_missing_module(tmp_path: Path) -> None:
     assert err == f"wasmig: error: --module {tmp_path / 'gone.wasm'}: no such file"
 
 
+@pytest.mark.parametrize(("options", "clash"), [
+    (["--checkpoint-dir", "{ck}"], "--checkpoint-dir"),
+    (["--count-steps"], "--count-steps"),
+    (["--migratable"], "--migratable"),
+    (["--migrate-to", "127.0.0.1:1"], "--migrate-to"),
+])
+def test_plain_refuses_the_options_that_ask_for_checkpoints(tmp_path: Path, options: list[str], clash: str) -> None:
+    """``run --plain`` never checkpoints: an option asking for checkpoints is one line, exit 1,
+    before anything is made (the checkpoint directory is not created)."""
+    from tests.wasi_harness import program
+
+    options = [o.replace("{ck}", str(tmp_path / "ck")) for o in options]
+    err = one_line_error(wasmig("run", "--plain", *options, program("hello"), env={"HOME": str(tmp_path)}))
+    assert err == f"wasmig: error: --plain cannot be combined with {clash} (a plain run never checkpoints)"
+    assert not (tmp_path / "ck").exists()
+
+
 def test_checkpoint_of_a_process_that_is_gone_or_not_wasmig(tmp_path: Path) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -201,9 +201,9 @@ def run_options(p: Parser) -> None:
     p.option("--migratable", action="store_true",
              help="Accepted for compatibility: every run but a --plain one can be moved by `wasmig migrate PID`.")
     p.option("--plain", action="store_true",
-             help="On wasmtime, run the module as it is (not its checkpointable variant): the last percent of "
-                  "speed and no instrumentation on a first run, but `wasmig checkpoint PID` and `wasmig migrate "
-                  "PID` refuse it.")
+             help="Run without checkpoints: on wasmtime the module as it is, not its checkpointable variant (the "
+                  "last percent of speed, no instrumentation on a first run); `wasmig checkpoint PID` and "
+                  "`wasmig migrate PID` refuse the run.")
     p.option("--gateway", dest="gateway_address", default=None, metavar="HOST:PORT",
              help="Preopen a listening socket held by `wasmig gateway` (its control address), after the "
                   "--tcplisten ones: its connections survive migrations.")
