@@ -375,6 +375,26 @@ def test_plain_refuses_the_options_that_ask_for_checkpoints(tmp_path: Path, opti
     assert not (tmp_path / "ck").exists()
 
 
+def test_a_run_that_asked_for_no_checkpoints_survives_an_unusable_runtime_directory(tmp_path: Path) -> None:
+    """Every run is checkpointable on request, which needs the runtime directory (status file,
+    control socket); one that is not this user's alone does not stop a run that asked for nothing:
+    one warning line, the program runs. A run that asked for checkpoints is refused as before."""
+    from tests.wasi_harness import program
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    env = {"WASMIG_RUNTIME_DIR": str(shared)}
+    plain = wasmig("run", "--plain", program("hello"), env=env)
+    p = wasmig("run", program("hello"), env=env)
+    assert p.returncode == 0 and p.stdout == plain.stdout and "hello from wasm" in p.stdout, p.stderr
+    first, *rest = p.stderr.splitlines()
+    assert first == (f"wasmig: warning: runtime directory {shared} is writable by others (mode 777): chmod 700 "
+                     "it; this run cannot be checkpointed or migrated on request"), p.stderr
+    assert rest == plain.stderr.splitlines()
+    one_line_error(wasmig("run", "--checkpoint-dir", tmp_path / "ck", program("hello"), env=env))
+
+
 def test_checkpoint_of_a_process_that_is_gone_or_not_wasmig(tmp_path: Path) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -175,11 +175,20 @@ def checkpointable_on_request(policy: CheckpointPolicy, program: str, engine: st
     ``wasmig migrate PID`` finds the control socket. On wasmtime this runs the instrumented fast
     variant (cached by the module's hash; ``--plain`` opts out). A wasi-threads program on
     wasmtime stays plain: its threads cannot be checkpointed there yet (docs/threads.md); on the
-    interpreter it takes checkpoints but does not migrate."""
+    interpreter it takes checkpoints but does not migrate. A run that asked for nothing is not
+    refused for want of a usable runtime directory (where the status file and the control socket
+    go): it says so in one line and runs without them."""
+    from wasmig.runtime_dir import RuntimeDirError, runtime_dir
     from wasmig.session.policy import default_checkpoint_dir
 
     if threaded and engine != "interp":
         return
+    if policy.directory is None and not policy.migratable:
+        try:
+            runtime_dir(create=True)
+        except RuntimeDirError as e:
+            err(f"wasmig: warning: {e}; this run cannot be checkpointed or migrated on request")
+            return
     if policy.directory is None:
         policy.directory = default_checkpoint_dir(program)
     if not threaded:
