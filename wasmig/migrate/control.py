@@ -166,9 +166,13 @@ def _messages(pid: int, sock: socket.socket, request: dict[str, Any]) -> Iterato
     from wasmig.migrate.protocol import MigrationError
 
     with sock, sock.makefile("rb") as f:
-        sock.sendall(json.dumps({"migrate": request}).encode() + b"\n")
-        for line in f:
-            try:
-                yield json.loads(line)
-            except ValueError:
-                raise MigrationError(f"process {pid}: malformed reply") from None
+        try:
+            sock.sendall(json.dumps({"migrate": request}).encode() + b"\n")
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise MigrationError(f"process {pid}: malformed reply") from None
+        except OSError as e:  # the run exited under the request (it ended, or moved): one line, no traceback
+            raise MigrationError(f"process {pid} closed its control connection ({e.strerror or e}): it ended "
+                                 "meanwhile, or moved (its own output says which)") from None
