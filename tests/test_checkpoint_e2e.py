@@ -91,6 +91,8 @@ def _env(runtime_dir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["WASMIG_RUNTIME_DIR"] = str(runtime_dir or _default_runtime_dir())
+    # where a run without --checkpoint-dir writes the checkpoints it is asked for: not the user's home
+    env["XDG_STATE_HOME"] = str(Path(env["WASMIG_RUNTIME_DIR"]) / "state")
     return env
 
 
@@ -673,15 +675,42 @@ def test_open_file_is_reopened_at_its_offset(tmp_path: Path, runtime_dir: Path) 
 def test_checkpoint_command_errors(tmp_path: Path, runtime_dir: Path) -> None:
     """``wasmig checkpoint PID`` on something that cannot checkpoint: one line, the program unharmed."""
     wasm = program("stdin_wait")
-    with background(["run", wasm], runtime_dir) as proc:  # no --checkpoint-dir
+    with background(["run", "--plain", wasm], runtime_dir) as proc:
         proc.wait_for_output(b"name? ")
         r = wasmig(["checkpoint", "--timeout", "5", str(proc.p.pid)], runtime_dir=runtime_dir)
-        _assert_one_line_error(r, "a run without --checkpoint-dir")
+        _assert_one_line_error(r, "a --plain run")
+        assert b"--plain" in r.stderr, r.stderr
         code, out, _ = proc.finish(b"still here\n")
         assert (code, out) == (0, b"name? hello, still here (10 bytes)\n")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait(timeout=30)
     _assert_one_line_error(wasmig(["checkpoint", str(dead.pid)], runtime_dir=runtime_dir), "a finished process")
+
+
+@pytest.mark.parametrize("engine", ["interp", "wasmtime"])
+def test_checkpoint_pid_of_a_run_without_checkpoint_options(tmp_path: Path, runtime_dir: Path, engine: str) -> None:
+    """Any run can be checkpointed on request (issue 18 item 6): ``wasmig run PROGRAM`` with no
+    checkpoint option writes the snapshot ``wasmig checkpoint PID`` asks for into its default
+    directory under ``$XDG_STATE_HOME``, goes on, and the snapshot restores to the same output.
+    On wasmtime that is the instrumented variant, run by default; and it takes migrations too
+    (its control socket exists)."""
+    wasm = program("stdin_wait")
+    full = wasmig(["run", "--engine", engine, wasm], stdin=b"hello\n", runtime_dir=runtime_dir)
+    assert full.returncode == 0, full.stderr
+    with background(["run", "--engine", engine, wasm], runtime_dir) as proc:
+        proc.wait_for_output(b"name? ")
+        time.sleep(0.2)
+        path = checkpoint_pid(proc.p.pid, runtime_dir)
+        assert (runtime_dir / f"{proc.p.pid}.sock").exists()  # wasmig migrate PID's control socket
+        code, out, err = proc.finish(b"world\n")
+        assert (code, out, err) == (0, b"name? hello, world (5 bytes)\n", b"stdin_wait: done\n")
+    checkpoints = runtime_dir / "state" / "wasmig" / "checkpoints"
+    [ck] = list(checkpoints.iterdir())
+    assert re.fullmatch(rf"{wasm.stem}-{proc.p.pid}-\d+", ck.name) and path.parent.parent == ck, ck
+    assert (ck.stat().st_mode & 0o777) == 0o700
+    restored = wasmig(["restore", "--engine", engine, ck], stdin=b"hello\n", runtime_dir=runtime_dir)
+    assert restored.returncode == 0, restored.stderr
+    assert (b"name? " + restored.stdout, restored.stderr) == (full.stdout, full.stderr)
 
 
 def test_checkpoint_pid_of_a_run_that_exits_after_it(tmp_path: Path, runtime_dir: Path) -> None:

@@ -124,8 +124,9 @@ def test_a_failed_pass_has_no_final_line() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("wasmtime") is None, reason="wasmtime is not installed")
 def test_cli_announces_a_cache_miss_only(tmp_path: Path) -> None:
-    """``run --checkpoint-dir`` and ``restore`` on wasmtime of a big module, each with an empty
-    cache and then with the same one again; a small module is not announced."""
+    """``run --checkpoint-dir``, ``restore`` and a ``run`` without options on wasmtime of a big
+    module, each with an empty cache and then with the same one again; a small module, and a
+    ``--plain`` run, are not announced."""
     big = _many_functions(InstrumentNotice.BIG_FUNCTIONS + 200)
     (tmp_path / "prog.wasm").write_bytes(big)
     (tmp_path / "small.wasm").write_bytes(_many_functions(50))
@@ -144,7 +145,11 @@ def test_cli_announces_a_cache_miss_only(tmp_path: Path) -> None:
             return False
         assert lines[0] == (f"wasmig: instrumenting prog.wasm ({InstrumentNotice.BIG_FUNCTIONS + 200} functions, "
                             f"{len(big)} bytes) for checkpoints; cached for next time"), stderr
-        assert lines[-1].startswith("wasmig: instrumented prog.wasm in ") and lines[-1].endswith(" s"), stderr
+        done = [line for line in lines if line.startswith("wasmig: instrumented prog.wasm in ")]
+        assert len(done) == 1 and done[0].endswith(" s"), stderr
+        # then the instrumented module's compile (no progress from Cranelift: a line before and after)
+        assert lines[-2].startswith("wasmig: compiling the instrumented prog.wasm ("), stderr
+        assert lines[-1].startswith("wasmig: compiled the instrumented prog.wasm in ") and lines[-1].endswith(" s")
         return True
 
     run = ["run", "--engine", "wasmtime", "--checkpoint-dir", "ck", "--checkpoint-at-step", "20",
@@ -159,3 +164,8 @@ def test_cli_announces_a_cache_miss_only(tmp_path: Path) -> None:
     assert not announced(wasmig_cli(tmp_path / "cache-restore", *restore))
     small = wasmig_cli(tmp_path / "cache-small", "run", "--engine", "wasmtime", "--migratable", "small.wasm")
     assert "instrument" not in small, small
+    # a run with no checkpoint option is checkpointable too (issue 18 item 6): its first run says so
+    assert announced(wasmig_cli(tmp_path / "cache-default", "run", "--engine", "wasmtime", "prog.wasm"))
+    assert not announced(wasmig_cli(tmp_path / "cache-default", "run", "--engine", "wasmtime", "prog.wasm"))
+    assert "instrument" not in wasmig_cli(tmp_path / "cache-plain", "run", "--engine", "wasmtime", "--plain",
+                                          "prog.wasm")

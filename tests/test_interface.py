@@ -79,12 +79,13 @@ def test_invalid_module_reports_the_same_on_both_engines(tmp_path) -> None:  # t
     path = tmp_path / "bad.wasm"
     path.write_bytes(bad)
     out = {}
-    ways = {"interp": ["--engine", "interp"], "wasmtime": ["--engine", "wasmtime"],
-            "instrumented": ["--engine", "wasmtime", "--checkpoint-dir", str(tmp_path / "ck")]}
+    ways = {"interp": ["--engine", "interp"], "wasmtime": ["--engine", "wasmtime", "--plain"],
+            "instrumented": ["--engine", "wasmtime", "--checkpoint-dir", str(tmp_path / "ck")],
+            "default": ["--engine", "wasmtime"]}
     for way, options in ways.items():
         proc = subprocess.run([sys.executable, "-m", "wasmig", "run", *options, str(path)], capture_output=True,
                               text=True, timeout=60, env={**os.environ, "WASMIG_CACHE": str(tmp_path / "cache")})
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         out[way] = [line for line in proc.stderr.splitlines() if line.startswith("wasmig: error:")]
-    assert out["interp"] == out["wasmtime"] == out["instrumented"], out
+    assert out["interp"] == out["wasmtime"] == out["instrumented"] == out["default"], out
     assert len(out["interp"]) == 1 and "not a valid WebAssembly module" in out["interp"][0]

@@ -98,7 +98,7 @@ def test_cpython_checkpointed_by_pid_restores_from_the_command_line(tmp_path: Pa
 
     ref_out = tmp_path / "ref"
     ref_out.mkdir()
-    ref = subprocess.run(_wasmig("run", *run_args(ref_out)), capture_output=True, timeout=300, env=env)
+    ref = subprocess.run(_wasmig("run", "--plain", *run_args(ref_out)), capture_output=True, timeout=300, env=env)
     assert ref.returncode == 0, ref.stderr.decode()[-2000:]
 
     out = tmp_path / "out"

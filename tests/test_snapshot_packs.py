@@ -192,6 +192,67 @@ def test_memory_read_in_place(tmp_path: Path, threads: int) -> None:
     assert load_snapshot(path).memories[0].data == expected
 
 
+def test_pack_writeback_starts_during_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack's writeback is started in consecutive runs as its pages are appended (so the one
+    fsync at commit waits only for the tail), the real ``sync_file_range`` accepts the calls, and
+    the snapshot reads back whole."""
+    from wasmig.snapshot import durable, packs
+
+    monkeypatch.setattr(packs, "WRITEBACK_EVERY", 4 * PAGE_SIZE)
+    monkeypatch.setattr(pagework, "BATCH", 4)  # pages reach the pack 4 at a time
+    calls: list[tuple[int, int]] = []
+
+    def recording(fd: int, offset: int, length: int) -> None:
+        calls.append((offset, length))
+        durable.start_writeback(fd, offset, length)  # the real call: must not fail on this filesystem
+
+    monkeypatch.setattr(packs, "start_writeback", recording)
+    data = bytes(random.Random(9).randbytes(40 * PAGE_SIZE))
+    store = CheckpointDir(tmp_path / "ck", threads=1)
+    path = store.write(_snap(9, data))
+    [pack] = [p for p in (tmp_path / "ck" / "pages").iterdir() if PACK_RE.fullmatch(p.name)]
+    assert len(calls) >= 5
+    assert calls[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(calls, calls[1:], strict=False))
+    assert calls[-1][0] + calls[-1][1] <= pack.stat().st_size
+    assert load_snapshot(path).memories[0].data == data
+
+
+def test_incompressible_pages_are_framed_raw(tmp_path: Path) -> None:
+    """A random page is stored as one raw zstd block (the frame zstd would write, made without
+    compressing it all); a compressible page is compressed; a page random only in its middle is
+    stored raw but reads back the same. Every kind decompresses with zstd itself."""
+    import zstandard
+
+    rng = random.Random(11)
+    text = (b"the quick brown fox jumps over the lazy dog %d\n" * 2000)[:PAGE_SIZE]
+    middle = bytearray(text)
+    middle[PAGE_SIZE // 2 - 4096:PAGE_SIZE // 2 + 4096] = rng.randbytes(8192)
+    pages = [rng.randbytes(PAGE_SIZE), text, bytes(middle)]
+    store = CheckpointDir(tmp_path / "ck", threads=1)
+    path = store.write(_snap(11, b"".join(pages)))
+    assert load_snapshot(path).memories[0].data == b"".join(pages)
+    [pack] = [p for p in (tmp_path / "ck" / "pages").iterdir() if PACK_RE.fullmatch(p.name)]
+    reader = PackStore(pack.parent)
+    reader.refresh()
+    frames = {}
+    for page in pages:
+        found = reader.read(page_name(page))
+        assert found is not None
+        frames[page] = found[0]
+        assert zstandard.ZstdDecompressor().decompress(found[0]) == page
+    reader.close()
+    assert frames[pages[0]] == pagework.RAW_FRAME_HEADER + pages[0]
+    assert frames[pages[0]] == zstandard.ZstdCompressor(level=1).compress(pages[0])  # as zstd writes it
+    assert len(frames[pages[1]]) < PAGE_SIZE // 4
+    assert frames[pages[2]] == pagework.RAW_FRAME_HEADER + pages[2]
+
+
+def page_name(page: bytes) -> str:
+    from wasmig.hashing import blake3
+
+    return blake3(page).hexdigest()
+
+
 def test_damaged_pack_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
     path = CheckpointDir(tmp_path / "ck").write(_snap(7, bytes(_memory(7, 8))))
     [pack] = [p for p in (tmp_path / "ck" / "pages").iterdir() if PACK_RE.fullmatch(p.name)]

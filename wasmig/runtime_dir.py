@@ -15,7 +15,6 @@ import os
 import socket
 import stat
 import struct
-import tempfile
 from pathlib import Path
 
 from wasmig.errors import WasmError
@@ -33,6 +32,8 @@ def runtime_dir_path() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return Path(xdg) / "wasmig"
+    import tempfile  # only here: it imports shutil, random and the compressors (10 ms of a run's start)
+
     return Path(tempfile.gettempdir()) / f"wasmig-run-{os.getuid()}"
 
 

@@ -160,6 +160,41 @@ def threaded_engine(runs_on: Engine, asked: str | None, unsupported: str | None,
     return engines.get("interp")
 
 
+def check_plain(checkpoint_dir: str | None, count_steps: bool, migratable: bool, migrate_to: str | None) -> None:
+    """``--plain`` asks for a run that never checkpoints: refuse the options that ask for checkpoints."""
+    clash = ("--checkpoint-dir" if checkpoint_dir is not None else "--count-steps" if count_steps
+             else "--migratable" if migratable else "--migrate-to" if migrate_to is not None else None)
+    if clash is not None:
+        raise UserError(f"--plain cannot be combined with {clash} (a plain run never checkpoints)")
+
+
+def checkpointable_on_request(policy: CheckpointPolicy, program: str, engine: str, threaded: bool) -> None:
+    """Make a run that asked for no checkpoints take them on request anyway, as CRIU can dump any
+    process (issue 18 item 6): ``wasmig checkpoint PID`` writes into
+    :func:`~wasmig.session.policy.default_checkpoint_dir` (made by the first such checkpoint) and
+    ``wasmig migrate PID`` finds the control socket. On wasmtime this runs the instrumented fast
+    variant (cached by the module's hash; ``--plain`` opts out). A wasi-threads program on
+    wasmtime stays plain: its threads cannot be checkpointed there yet (docs/threads.md); on the
+    interpreter it takes checkpoints but does not migrate. A run that asked for nothing is not
+    refused for want of a usable runtime directory (where the status file and the control socket
+    go): it says so in one line and runs without them."""
+    from wasmig.runtime_dir import RuntimeDirError, runtime_dir
+    from wasmig.session.policy import default_checkpoint_dir
+
+    if threaded and engine != "interp":
+        return
+    if policy.directory is None and not policy.migratable:
+        try:
+            runtime_dir(create=True)
+        except RuntimeDirError as e:
+            err(f"wasmig: warning: {e}; this run cannot be checkpointed or migrated on request")
+            return
+    if policy.directory is None:
+        policy.directory = default_checkpoint_dir(program)
+    if not threaded:
+        policy.migratable = True
+
+
 def run_options(p: Parser) -> None:
     p.option("--engine", choices=ENGINES, default=None, metavar=ENGINE_METAVAR,
              help="Execution engine: wasmtime (compiled; the default when installed) or the interpreter.")
@@ -173,7 +208,11 @@ def run_options(p: Parser) -> None:
     p.option("--tcplisten", dest="listens", action="append", metavar="HOST:PORT",
              help="Preopen a listening TCP socket (fds 3, 4, ... before the directories).")
     p.option("--migratable", action="store_true",
-             help="Run so that `wasmig migrate PID` can move it (on wasmtime: the checkpointable variant).")
+             help="Accepted for compatibility: every run but a --plain one can be moved by `wasmig migrate PID`.")
+    p.option("--plain", action="store_true",
+             help="Run without checkpoints: on wasmtime the module as it is, not its checkpointable variant (the "
+                  "last percent of speed, no instrumentation on a first run); `wasmig checkpoint PID` and "
+                  "`wasmig migrate PID` refuse the run.")
     p.option("--gateway", dest="gateway_address", default=None, metavar="HOST:PORT",
              help="Preopen a listening socket held by `wasmig gateway` (its control address), after the "
                   "--tcplisten ones: its connections survive migrations.")
@@ -194,9 +233,9 @@ def run_options(p: Parser) -> None:
 
 @command("run", run_options, "program", rest="args")
 def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], listens: tuple[str, ...],
-        migratable: bool, gateway_address: str | None, gateway_fingerprint: tuple[str, ...], migrate_to: str | None,
-        migrate_peer_fingerprint: tuple[str, ...], migrate_token_file: str | None, key_dir: str | None,
-        migrate_after: float,
+        migratable: bool, plain: bool, gateway_address: str | None, gateway_fingerprint: tuple[str, ...],
+        migrate_to: str | None, migrate_peer_fingerprint: tuple[str, ...], migrate_token_file: str | None,
+        key_dir: str | None, migrate_after: float,
         checkpoint_dir: str | None, checkpoint_at_step: int | None,
         checkpoint_at_instruction: int | None, checkpoint_every: float | None, checkpoint_then: str,
         stable_only: bool, count_steps: bool, program: str, args: tuple[str, ...]) -> None:
@@ -213,6 +252,8 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         preopens = [parse_dir(d) for d in dirs]
         env = parse_env(envs)
         runs_on = engines.get(pick_engine(engine, interp_only=checkpoint_at_instruction is not None))
+        if plain:
+            check_plain(checkpoint_dir, count_steps, migratable, migrate_to)
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,
                              checkpoint_then, stable_only, count_steps, migratable or migrate_to is not None)
         if invoke is not None and (policy.active or policy.migratable):
@@ -234,6 +275,8 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
             runs_on = threaded_engine(runs_on, engine, unsupported, policy.active)
             module = Module.from_file(program, features={"threads"})
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
+        if not plain and invoke is None:
+            checkpointable_on_request(policy, program, runs_on.name, threaded)
     except UserError as e:
         for sock in listeners:
             sock.close()

@@ -19,14 +19,17 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import WasmError
-from wasmig.migrate.protocol import MigrationError
 from wasmig.runtime_dir import check_socket_owner, peer_uid, runtime_dir
-from wasmig.session.loop import Session
+
+if TYPE_CHECKING:
+    from wasmig.session.loop import Session
+
+# The migration code (TLS, keys: ``cryptography``) is imported when a migration is asked for, not
+# by serving the socket: every run but a --plain one serves it, and its start-up must stay small.
 
 
 def socket_path(pid: int, create: bool = False) -> Path:
@@ -37,7 +40,7 @@ def source_identity(peer: str, key_dir: str | None, token_file: str | None) -> A
     """This user's identity for a migration to the target whose fingerprint is ``peer``."""
     from wasmig.keys import load_key_pair, parse_fingerprint
     from wasmig.migrate.channel import Identity, own_key
-    from wasmig.migrate.protocol import read_token
+    from wasmig.migrate.protocol import MigrationError, read_token
     from wasmig.wasi.gateway import current_key
 
     try:  # the key asked for, else this process's (a daemon's, for the programs it runs), else the user's
@@ -75,6 +78,9 @@ class ControlServer:
             threading.Thread(target=self._handle, args=(conn,), name="wasmig-migrate", daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        from dataclasses import asdict
+
+        from wasmig.migrate.protocol import MigrationError
         from wasmig.migrate.source import InDoubt, migrate
 
         def send(obj: dict[str, Any]) -> None:
@@ -132,6 +138,8 @@ def request_migration(pid: int, to: str, peer: str, *, key_dir: str | None = Non
                       precopy: bool = True) -> Iterator[Any]:
     """For ``wasmig migrate PID``: connect to the run's control socket (raising at once if there
     is none, or if it is not this user's) and return an iterator over its messages."""
+    from wasmig.migrate.protocol import MigrationError
+
     try:
         path = socket_path(pid)
         check_socket_owner(path)
@@ -155,10 +163,16 @@ def request_migration(pid: int, to: str, peer: str, *, key_dir: str | None = Non
 
 
 def _messages(pid: int, sock: socket.socket, request: dict[str, Any]) -> Iterator[Any]:
+    from wasmig.migrate.protocol import MigrationError
+
     with sock, sock.makefile("rb") as f:
-        sock.sendall(json.dumps({"migrate": request}).encode() + b"\n")
-        for line in f:
-            try:
-                yield json.loads(line)
-            except ValueError:
-                raise MigrationError(f"process {pid}: malformed reply") from None
+        try:
+            sock.sendall(json.dumps({"migrate": request}).encode() + b"\n")
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise MigrationError(f"process {pid}: malformed reply") from None
+        except OSError as e:  # the run exited under the request (it ended, or moved): one line, no traceback
+            raise MigrationError(f"process {pid} closed its control connection ({e.strerror or e}): it ended "
+                                 "meanwhile, or moved (its own output says which)") from None

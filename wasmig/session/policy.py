@@ -8,7 +8,9 @@ and ``ast``: a plain class here).
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,5 +67,18 @@ class MigrationInDoubt(MigratedAway):
 
 
 def ignore_checkpoint_request(*_: Any) -> None:
-    """SIGUSR1 in a run without ``--checkpoint-dir``: say no (its default action would kill the program)."""
-    print("wasmig: checkpoint requested, but this run has no --checkpoint-dir; ignoring", file=sys.stderr)
+    """SIGUSR1 in a run that cannot checkpoint (``--plain``, ``--invoke``, threads on wasmtime):
+    say no (its default action would kill the program)."""
+    print("wasmig: checkpoint requested, but this run cannot checkpoint (started with --plain, --invoke, "
+          "or threads on wasmtime); ignoring", file=sys.stderr)
+
+
+def default_checkpoint_dir(program: str) -> Path:
+    """Where a run started without ``--checkpoint-dir`` writes the snapshots ``wasmig checkpoint
+    PID`` asks for: ``$XDG_STATE_HOME/wasmig/checkpoints/<program>-<pid>-<start time>`` (else
+    ``~/.local/state/...``), made (0700) only by the first such checkpoint. The pid and start
+    time keep two runs, and a pid reused later, from sharing a directory; it is not a temporary
+    directory because a snapshot must outlive the run (and a reboot) to be restored."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    stem = os.path.splitext(os.path.basename(program))[0] or "program"
+    return Path(state) / "wasmig" / "checkpoints" / f"{stem}-{os.getpid()}-{int(time.time())}"

@@ -38,7 +38,8 @@ def wait_for_snapshot(pid: int, timeout: float) -> str:
     except (OSError, ValueError):
         if pid <= 0 or not _alive(pid):  # it exited (or never was)
             raise SnapshotError(f"no process {pid}") from None
-        raise SnapshotError(f"process {pid} is not a wasmig run with --checkpoint-dir") from None
+        raise SnapshotError(f"process {pid} is not a checkpointable wasmig run (not wasmig, or started with "
+                            "--plain)") from None
     count = len(before.get("snapshots", []))
     directory = str(before.get("checkpoint_dir", ""))
     on_disk = _snapshot_files(directory)

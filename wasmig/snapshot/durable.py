@@ -9,10 +9,13 @@ never read), never a partial file under a final name (docs/snapshot-format.md, "
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import secrets
+import sys
 from pathlib import Path
+from typing import Any
 
 from wasmig.files import make_private_dir, open_private
 
@@ -70,6 +73,37 @@ def write_temp(final: Path, chunks: list[bytes | memoryview]) -> Path:
         unlink_quietly(tmp)
         raise
     return tmp
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in the range, do not wait
+_sync_file_range: Any = None  # the libc function once looked up; False where there is none
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``fd``'s bytes ``offset .. offset+length`` to the disk now,
+    without waiting (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``; a no-op elsewhere).
+
+    Why: a pack of a 256 MiB checkpoint is written into the page cache in a fraction of a second,
+    and the single ``fsync`` that makes it durable then waited for the disk to take all of it
+    (0.15 s of a 0.32 s checkpoint). Starting the writeback of each part as soon as it is written
+    overlaps the disk with the hashing and compressing of the next pages, so the ``fsync`` finds
+    most of the file already written. Durability still rests on that ``fsync`` alone: this call
+    only moves work earlier, and any failure of it is ignored (the ``fsync`` reports I/O errors).
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            try:
+                f = ctypes.CDLL(None, use_errno=True).sync_file_range  # CDLL: the GIL is released during the call
+            except (OSError, AttributeError):  # pragma: no cover - a libc without it
+                pass
+            else:
+                f.restype = ctypes.c_int
+                f.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                _sync_file_range = f
+    if _sync_file_range and length > 0:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def unlink_quietly(path: Path) -> None:

@@ -67,7 +67,7 @@ from wasmig.snapshot.durable import mkdirs_durable as _mkdirs_durable
 from wasmig.snapshot.durable import temp_name as _temp_name
 from wasmig.snapshot.durable import unlink_quietly as _unlink_quietly
 from wasmig.snapshot.paged import PagedMemory, _GuardedPages, _PageSource
-from wasmig.snapshot.pagework import Fingerprints, MemoryPages, compressor, hash_and_store
+from wasmig.snapshot.pagework import Fingerprints, MemoryPages, compressor, hash_and_store, page_frame
 from wasmig.snapshot.state import PAGE_SIZE, Snapshot, SnapshotError, from_plain, to_plain
 
 if TYPE_CHECKING:
@@ -277,7 +277,7 @@ def write_single_file(snapshot: Snapshot, path: str | Path, level: int = ZSTD_LE
                 entries.append(None)
             else:
                 stats.pages_new += 1
-                entries.append(cctx.compress(mem.page(j)))
+                entries.append(page_frame(cctx, mem.page(j)))
         mem.release()
         lists.append(entries)
     stats.pause_seconds = time.perf_counter() - t0

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from wasmig.snapshot.state import Snapshot
     from wasmig.snapshot.store import PagedMemory
 
-_NO_CHECKPOINTS = "this run cannot checkpoint: it was started without checkpoints (the plain module on wasmtime)"
+_NO_CHECKPOINTS = "this run cannot checkpoint: it was started with --plain (the plain module on wasmtime)"
 
 
 class RunsToEnd(Program):

@@ -201,7 +201,28 @@ class Instrumented:
         digest the site index records; the bytes are read (or made) only on a miss."""
         from wasmig.engines.wasmtime.runtime import compile_cached
 
-        return compile_cached(self.sites.module_digest.hex(), lambda: self.data, self._cache_dir)
+        started: list[float] = []
+
+        def source() -> bytes:  # asked only on a miss: then a big module's compile is announced
+            data = self.data
+            if self._announce is not None and InstrumentNotice.worth_it(self.module):
+                _say(f"wasmig: compiling the instrumented {self._announce} ({len(data)} bytes); cached for next time\n")
+                started.append(time.monotonic())
+            return data
+
+        compiled = compile_cached(self.sites.module_digest.hex(), source, self._cache_dir)
+        if started:  # Cranelift gives no progress; the time taken, at least, as the pass's notice does
+            _say(f"wasmig: compiled the instrumented {self._announce} in {time.monotonic() - started[0]:.1f} s\n")
+        return compiled
+
+
+def _say(text: str) -> None:
+    """A line on stderr about a slow first run (a courtesy: a closed stderr is not an error)."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _cache_key(module: Module, count_steps: bool) -> str:
