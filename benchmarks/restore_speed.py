@@ -17,9 +17,11 @@ Method: each workload (C, ``wasmig.toolchain.compile_c`` at -O2, the fast varian
   and rewinds themselves (well under a millisecond each here).
 
 When the requests come (:func:`request_times`): spread evenly over the run, from the workload's
-start-up delay (``--gap`` for the C programs; after the interpreter's start-up for QuickJS and
-CPython) to 80% of the uninterrupted run's length, measured by the untimed warm-up run. Spacing
-them by a fixed gap instead let CPython's run end before its third request, so its "5 checkpoints"
+start-up (``--gap`` for the C programs; after the interpreter's start-up for QuickJS and CPython)
+to 80% of the uninterrupted run's length, measured by the untimed warm-up run -- all in the
+process's CPU time (:class:`GuestClock`; nearly all of it the guest's), so a loaded machine, where a run's
+wall time is anything from 1x to 30x its CPU time, does not move them. Spacing them by a fixed
+gap of wall time instead let CPython's run end before its third request, so its "5 checkpoints"
 column held 2. Each column prints how many checkpoints the runs really took (``taken``, the
 fewest and most over the runs); a run that ends before all its requests is marked with ``*``.
 
@@ -52,6 +54,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -81,8 +84,42 @@ WORKLOADS = (
 )
 
 
+class GuestClock:
+    """Requests a checkpoint when the process has spent given CPU seconds: a watcher thread reads
+    the process's CPU clock every few milliseconds. (The guest runs in a worker thread of its own
+    for each start()/resume() call, and the main thread only waits, so the process's CPU time is
+    the guest's, plus this watcher's few microseconds a wake-up.)"""
+
+    def __init__(self, request: Callable[[], None]) -> None:
+        self.clock = time.CLOCK_PROCESS_CPUTIME_ID
+        self.request = request
+        self._due: float | None = None  # the guest CPU time of the next request
+        self.lock = threading.Lock()  # a request is made only while it is still due
+        self.stop = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+        self.watcher.start()
+
+    def now(self) -> float:
+        return time.clock_gettime(self.clock)
+
+    def set_due(self, due: float | None) -> None:
+        with self.lock:
+            self._due = due
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.002):
+            with self.lock:
+                if self._due is not None and self.now() >= self._due:
+                    self._due = None
+                    self.request()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.watcher.join()
+
+
 def request_times(checkpoints: int, startup: float, length: float) -> list[float]:
-    """When to request each of ``checkpoints`` checkpoints, in seconds of the program's run:
+    """When to request each of ``checkpoints`` checkpoints, in CPU seconds of the program's run:
     evenly spaced from ``startup`` to 80% of an uninterrupted run of ``length`` seconds (the
     margin: a later run may be faster than the warm-up that measured it). A run too short for
     that gets its requests ``startup`` seconds apart, and ends before the last ones."""
@@ -93,22 +130,22 @@ def request_times(checkpoints: int, startup: float, length: float) -> list[float
     return [startup + k * step for k in range(checkpoints)]
 
 
-def run_once(module: wasmig.Module, args: list[str], at: list[float]) -> tuple[float, float, bytes, int]:
-    """(wall seconds, process CPU seconds, stdout, checkpoints taken) of one run's start()/resume()
-    calls with a checkpoint requested at each of the times ``at`` (seconds of the run so far: the
-    time between a stretch's unwind and its resume() is not counted)."""
+def run_once(module: wasmig.Module, args: list[str], at: list[float]
+             ) -> tuple[float, float, bytes, int, float]:
+    """(wall seconds, process CPU seconds, stdout, checkpoints taken, guest CPU seconds) of one
+    run's start()/resume() calls with a checkpoint requested at each of the times ``at`` (CPU
+    seconds of the process in the start()/resume() calls so far)."""
     out = io.BytesIO()
     runner = Checkpointable(module, Wasi(list(args), stdin=b"", stdout=out, stderr=io.BytesIO()))
     runner.arm(None)
-    spent = cpu = 0.0
+    spent = cpu = guest = 0.0
     ended = False
     taken = 0
     checkpoints = len(at)
+    clock = GuestClock(runner.request)
     for k in range(checkpoints + 1):
-        timer = None
-        if k < checkpoints:
-            timer = threading.Timer(max(0.0, at[k] - spent), runner.request)
-            timer.start()
+        g0 = clock.now()
+        clock.set_due(g0 + max(0.0, at[k] - guest) if k < checkpoints else None)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             if k == 0:
@@ -119,17 +156,18 @@ def run_once(module: wasmig.Module, args: list[str], at: list[float]) -> tuple[f
             ended = True
         spent += time.perf_counter() - t0
         cpu += time.process_time() - c0
-        if timer is not None:
-            timer.cancel()
+        clock.set_due(None)
+        guest += clock.now() - g0
         if ended or not runner.unwound:  # _start returned (exit status 0) or called proc_exit
             ended = True
             break
         taken += 1
         runner.frames()  # the checkpoint's frames (untimed): resume() rewinds them
         runner.arm(None)
+    clock.close()
     if not ended:
         raise RuntimeError(f"{args[0]}: did not end after {checkpoints} checkpoints")
-    return spent, cpu, out.getvalue(), taken
+    return spent, cpu, out.getvalue(), taken, guest
 
 
 def main() -> None:
@@ -161,14 +199,14 @@ def main() -> None:
             module = wasmig.Module.from_file(compile_c(source))
         startup = a.gap if own_gap is None else own_gap
         run_once(module, args, [])  # warm the instrumented-module and artifact caches
-        length = run_once(module, args, [])[0]  # the uninterrupted run's wall time: where requests go
+        length = run_once(module, args, [])[4]  # the uninterrupted run's CPU time: where requests go
         times: dict[int, list[float]] = {c: [] for c in counts}
         cpus: dict[int, list[float]] = {c: [] for c in counts}
         taken: dict[int, list[int]] = {c: [] for c in counts}
         expected: bytes | None = None
         for _ in range(a.runs):
             for c in counts:
-                t, cpu, out, n = run_once(module, args, request_times(c, startup, length))
+                t, cpu, out, n, _ = run_once(module, args, request_times(c, startup, length))
                 if expected is None:
                     expected = out
                 elif out != expected:
