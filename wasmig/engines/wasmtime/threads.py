@@ -41,7 +41,7 @@ from wasmig.binary.encoder import encode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.engines.wasmtime.engine import RunsToEnd
 from wasmig.engines.wasmtime.host_waits import TABLE_EXPORT, HostWaits, ProgramEnded, route_waits_to_host
-from wasmig.engines.wasmtime.runtime import _VALTYPE, THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
+from wasmig.engines.wasmtime.runtime import THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
 from wasmig.errors import LinkError, Trap
 from wasmig.hashing import fast_digest
 from wasmig.interp.threads import BLOCKING_CALLS, MAX_THREADS, MAX_TID
@@ -127,6 +127,7 @@ class ThreadedRun:
         self._outcome: tuple[str, Any] | None = None  # ("return", None) | ("raise", exception)
         self._live = 1  # threads not yet ended, the main one's included (the interpreter's count)
         self._in_host = 0  # threads inside a blocking host call
+        self._running = 0  # Python threads started and not yet returned (see _settle)
         self._next_tid = 1
         self.waits = HostWaits(self._lock, view.extent, lambda: (self._live, self._in_host),
                                lambda exc: self._end(("raise", exc)), lambda: self._outcome is not None)
@@ -138,8 +139,7 @@ class ThreadedRun:
         """The shared memory and ``wasi.thread-spawn`` for a new thread's instance; its store
         traps at the first epoch check after the run's end."""
         _define_shared_memory(linker, inst.store, *self._memory_import, self.memory)
-        spawn_type = wasmtime.FuncType([wasmtime.ValType.i32()], [wasmtime.ValType.i32()])
-        linker.define_func(THREADS_MODULE, SPAWN, spawn_type, inst._host_func(self._spawn, ("i32",), ("i32",)))
+        inst.define_host(linker, THREADS_MODULE, SPAWN, self._spawn, ("i32",), ("i32",))
         if self.settings.get("epoch_interruption"):
             inst.store.set_epoch_deadline(1)
 
@@ -154,8 +154,9 @@ class ThreadedRun:
                 try:
                     return fn(*args)
                 finally:
-                    with self._lock:
+                    with self._cond:
                         self._in_host -= 1
+                        self._cond.notify_all()  # it runs again: _settle waits for it
                     self._check_running()  # the program ended while this thread was in the host
             return unlocked
 
@@ -183,12 +184,27 @@ class ThreadedRun:
         except BaseException as e:
             self._end(("raise", e))
             raise
+        finally:
+            self._settle()
         kind, value = self._outcome
         if kind == "raise":
             if isinstance(value, ProcExit):
                 return value.code
             raise value
         return 0
+
+    def _settle(self) -> None:
+        """Once the program ended: wait until every thread has stopped but those still blocked in
+        a blocking host call (abandoned, as on the interpreter), so that no store is still running
+        or unwinding when the run returns and its objects may be collected by any thread. Threads
+        computing stop at their next epoch check, waiters were woken, a host call other than a
+        blocking one returns soon; without epoch interruption (a benchmark's setting) a thread
+        computing would never stop, so nothing is waited for."""
+        if not self.settings.get("epoch_interruption"):
+            return
+        with self._cond:
+            while self._running > self._in_host:
+                self._cond.wait()
 
     def _instance(self) -> WasmtimeInstance:
         """A thread's instance: its own store, the table of host waits filled before it runs. (A
@@ -198,8 +214,7 @@ class ThreadedRun:
         table = inst.exports.get(TABLE_EXPORT)
         if isinstance(table, wasmtime.Table):
             for slot, (ft, fn) in self.waits.host_functions(self.waits.waiter()).items():
-                ty = wasmtime.FuncType([_VALTYPE[t]() for t in ft.params], [_VALTYPE[t]() for t in ft.results])
-                table.set(inst.store, slot, wasmtime.Func(inst.store, ty, inst._host_func(fn, ft.params, ft.results)))
+                table.set(inst.store, slot, inst.host_func(fn, ft.params, ft.results))
         if _INSTRUMENTED_START in inst.exports:  # the instrumented module's start function, which the host runs
             inst.invoke(_INSTRUMENTED_START)
         return inst
@@ -229,9 +244,24 @@ class ThreadedRun:
         name = "wasm-thread-main" if main_thread else f"wasm-thread-{args[0]}"
         py = threading.Thread(target=self._thread_main, args=(inst, entry, args, main_thread), name=name, daemon=True)
         self.python_threads.append(py)
-        py.start()
+        with self._cond:
+            self._running += 1
+        try:
+            py.start()
+        except BaseException:
+            with self._cond:
+                self._running -= 1
+            raise
 
     def _thread_main(self, inst: WasmtimeInstance, entry: str, args: tuple[int, ...], main_thread: bool) -> None:
+        try:
+            self._run_thread(inst, entry, args, main_thread)
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    def _run_thread(self, inst: WasmtimeInstance, entry: str, args: tuple[int, ...], main_thread: bool) -> None:
         try:
             inst.invoke(entry, *args)
         except BaseException as e:  # proc_exit (ProcExit), a trap, anything: it ends the program
