@@ -370,7 +370,9 @@ class WasmtimeInstance:
 
             ir = without_provided(ir, host_imports)
         if links is not None:
-            ir = replace(ir, imports=[imp for imp in ir.imports if imp.name not in links.provides.get(imp.module, ())])
+            kept = [imp for imp in ir.imports if imp.name not in links.provides.get(imp.module, ())]
+            # the decoded module, or its interface alone (a NamedTuple: a restore's module not decoded)
+            ir = ir._replace(imports=kept) if isinstance(ir, tuple) else replace(ir, imports=kept)
         imports = check_wasi_imports(ir)
         if imports and wasi is None:
             raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")

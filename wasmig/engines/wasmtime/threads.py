@@ -40,7 +40,7 @@ from wasmig.binary.decoder import decode_module
 from wasmig.binary.encoder import encode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.engines.wasmtime.engine import RunsToEnd
-from wasmig.engines.wasmtime.host_waits import TABLE_EXPORT, HostWaits, ProgramEnded, route_waits_to_host
+from wasmig.engines.wasmtime.host_waits import TABLE_EXPORT, HostWaits, ProgramEnded, Waiter, route_waits_to_host
 from wasmig.engines.wasmtime.runtime import THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
 from wasmig.errors import LinkError, Trap
 from wasmig.hashing import fast_digest
@@ -55,9 +55,9 @@ if TYPE_CHECKING:
     from wasmig.module import Module
     from wasmig.wasi.preview1 import Wasi
 
-#: why a threaded program on wasmtime cannot stop
-NO_THREAD_CHECKPOINTS = ("a wasi-threads program is checkpointed on the interpreter only so far (--engine interp; "
-                         "docs/threads.md)")
+#: why a threaded program started without checkpoints cannot stop
+NO_THREAD_CHECKPOINTS = ("this run cannot checkpoint: it was started without checkpoints (the plain module on "
+                         "wasmtime's threads)")
 #: the start function of an instrumented module (wasmig/instrument/unwind.py), for the host to run
 _INSTRUMENTED_START = "wasmig:start"
 #: what ``thread-spawn`` returns when no thread can be made: EAGAIN, negated (wasi-threads' convention)
@@ -97,21 +97,26 @@ class ThreadedRun:
 
     def __init__(self, module: Module, wasi: Wasi, *, cache_dir: Path | None = None,
                  settings: Mapping[str, Any] = THREADS_SETTINGS, host_waits: bool = True,
-                 code: bytes | None = None) -> None:
+                 code: bytes | None = None, prepared: bytes | None = None) -> None:
         """``settings``: the engine's; ``host_waits``: waits and notifies through the host
         (:mod:`~wasmig.engines.wasmtime.host_waits`). benchmarks/threads_parallel.py turns each
         off to measure what it costs (``ENGINE_SETTINGS``, without epoch interruption: the run
         cannot stop threads still computing when it ends; no host waits: wasmtime's own, which
         nobody wakes at the end and which hang on a deadlock). ``code``: bytes to run instead of
-        the module's own, with its imports and exports (the benchmark's instrumented module)."""
+        the module's own, with its imports and exports (the benchmark's instrumented module);
+        ``prepared``: code whose waits are rerouted already, run as it is (the checkpointable
+        run's instrumented module, :mod:`~wasmig.engines.wasmtime.threads_checkpoint`)."""
         _wasi_names, memory_import = check_threaded_imports(module)
         self.module = module
         self.wasi = wasi
         self.settings = settings
         self.wasm_engine = new_engine(settings)
-        ir = module.ir if code is None else decode_module(code, features=INSTRUMENTED | {"threads"})
-        routed = route_waits_to_host(ir) if host_waits else None
-        self.code = encode_module(routed) if routed is not None else code
+        if prepared is not None:
+            self.code: bytes | None = prepared
+        else:
+            ir = module.ir if code is None else decode_module(code, features=INSTRUMENTED | {"threads"})
+            routed = route_waits_to_host(ir) if host_waits else None
+            self.code = encode_module(routed) if routed is not None else code
         self.compiled = _compile(module, self.code, self.wasm_engine, cache_dir, settings)
         limits = memory_import.desc.limits
         memory_type = wasmtime.MemoryType(wasmtime.Limits(limits.min, limits.max), shared=True)
@@ -119,7 +124,7 @@ class ThreadedRun:
         self.provides: Mapping[str, Collection[str]] = {memory_import.module: {memory_import.name},
                                                         THREADS_MODULE: {SPAWN}}
         self._memory_import = (memory_import.module, memory_import.name)
-        view = SharedMemoryView(self.memory)
+        view = self.view = SharedMemoryView(self.memory)
         wasi.bind_memory(GuestMemory(view))
         self._wasi_lock = threading.Lock()  # one non-blocking host call at a time
         self._lock = threading.RLock()  # the run's state; the waits' (an end may come from inside a wait)
@@ -133,6 +138,8 @@ class ThreadedRun:
                                lambda exc: self._end(("raise", exc)), lambda: self._outcome is not None)
         #: the Python threads, main's first (for tests and for whoever wonders what a run left behind)
         self.python_threads: list[threading.Thread] = []
+        #: each instance's waiter (its thread's, in the host's wait queues)
+        self.waiter_of: dict[WasmtimeInstance, Waiter] = {}
 
     # --- ExtraLinks --------------------------------------------------------------------------------
     def define(self, inst: WasmtimeInstance, linker: wasmtime.Linker) -> None:
@@ -206,16 +213,21 @@ class ThreadedRun:
             while self._running > self._in_host:
                 self._cond.wait()
 
-    def _instance(self) -> WasmtimeInstance:
+    def _instance(self, *, run_start: bool = True) -> WasmtimeInstance:
         """A thread's instance: its own store, the table of host waits filled before it runs. (A
         trap's backtrace reads offsets in the module as compiled: in a function that waits or
-        notifies, those after the first wait or notify are a few bytes past the original's.)"""
+        notifies, those after the first wait or notify are a few bytes past the original's.)
+        ``run_start``: run the instrumented module's start function (not for a restored thread:
+        the memory it initialises is the snapshot's)."""
         inst = WasmtimeInstance(self.module, self.wasi, compiled=self.compiled, links=self)
+        waiter = self.waits.waiter()
+        with self._lock:
+            self.waiter_of[inst] = waiter
         table = inst.exports.get(TABLE_EXPORT)
         if isinstance(table, wasmtime.Table):
-            for slot, (ft, fn) in self.waits.host_functions(self.waits.waiter()).items():
+            for slot, (ft, fn) in self.waits.host_functions(waiter).items():
                 table.set(inst.store, slot, inst.host_func(fn, ft.params, ft.results))
-        if _INSTRUMENTED_START in inst.exports:  # the instrumented module's start function, which the host runs
+        if run_start and _INSTRUMENTED_START in inst.exports:  # the instrumented module's start, run by the host
             inst.invoke(_INSTRUMENTED_START)
         return inst
 
@@ -294,8 +306,8 @@ class ThreadedRun:
 class ThreadedProgram(RunsToEnd):
     """A wasi-threads command on wasmtime as a :class:`~wasmig.engines.base.Program` (what
     ``WasmtimeEngine.program`` gives for one, so a run loop runs it like any program): it runs
-    to its end and never stops for a checkpoint (step 3 of issue 20 is not built on wasmtime).
-    Nothing is instantiated before :meth:`start`."""
+    to its end and never stops for a checkpoint (a run with checkpoints is
+    :mod:`~wasmig.engines.wasmtime.threads_checkpoint`'s). Nothing is instantiated before :meth:`start`."""
 
     refusal = NO_THREAD_CHECKPOINTS
 
