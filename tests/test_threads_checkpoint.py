@@ -268,9 +268,14 @@ def test_wasmig_run_checkpoints_a_threaded_program_and_restore_continues_it(tmp_
                        next((tmp_path / "ck400" / "snapshots").iterdir()))
     assert compared.returncode == 1 and b"steps: 40 -> 400" in compared.stdout, compared.stdout
     assert b"thread 1: steps" in compared.stdout, compared.stdout
-    on_wasmtime = _wasmig("restore", "--engine", "wasmtime", tmp_path / "ck40")
-    assert on_wasmtime.returncode == 1 and b"Traceback" not in on_wasmtime.stderr
-    assert on_wasmtime.stderr.startswith(b"wasmig: error: ") and b"interpreter only" in on_wasmtime.stderr
+    on_wasmtime = _wasmig("restore", "--engine", "wasmtime", tmp_path / "ck40")  # across engines
+    assert on_wasmtime.returncode == 0, on_wasmtime.stderr
+    assert _wasmig("run", "--engine", "interp", "--checkpoint-dir", tmp_path / "ck40b", "--checkpoint-at-step", 40,
+                   "--checkpoint-then", "exit", wasm).stdout + on_wasmtime.stdout == whole.stdout
+    counting = _wasmig("restore", "--engine", "wasmtime", "--checkpoint-dir", tmp_path / "more",
+                       "--checkpoint-at-step", 500, tmp_path / "ck40")
+    assert counting.returncode == 1 and b"Traceback" not in counting.stderr
+    assert counting.stderr.startswith(b"wasmig: error: ") and b"does not count steps" in counting.stderr
 
 
 def test_wasmig_run_checkpoints_a_threaded_program_on_a_timer(tmp_path: Path) -> None:
@@ -328,5 +333,10 @@ def test_wasmig_restore_gives_the_threaded_program_from_a_checkpoint_directory(t
     assert isinstance(program, Program)
     assert _finish(program, first=False) == code
     assert expected[:printed] + out.getvalue() == expected
-    with pytest.raises(SnapshotError, match="interpreter only"):
-        wasmig.restore(tmp_path, "wasmtime", module=wasm)
+    out = io.BytesIO()
+    on_wasmtime = wasmig.restore(tmp_path, "wasmtime", module=wasm, stdout=out)  # every thread, on wasmtime
+    assert isinstance(on_wasmtime, Program)
+    assert _finish(on_wasmtime, first=False) == code
+    assert expected[:printed] + out.getvalue() == expected
+    with pytest.raises(SnapshotError, match="not at a step"):
+        wasmig.restore(tmp_path, "wasmtime", module=wasm, count_steps=True)

@@ -161,12 +161,12 @@ def _wasmig(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProce
 
 
 def test_wasmig_run_refuses_what_threads_lack_yet_in_one_line(tmp_path: Path) -> None:
-    """What threads lack yet is a one-line error, never a traceback, and nothing runs: checkpoints
-    with ``--engine wasmtime`` (they are taken on the interpreter), an instruction-count trigger,
+    """What threads lack yet is a one-line error, never a traceback, and nothing runs: a step
+    count with ``--engine wasmtime`` (counted on the interpreter), an instruction-count trigger,
     migration."""
     wasm = compile_threaded("threads_spawn")
     for options, message in ((["--engine", "wasmtime", "--checkpoint-dir", str(tmp_path / "ck"),
-                               "--checkpoint-every", "1"], b"taken on the interpreter only"),
+                               "--checkpoint-at-step", "100"], b"counts steps on the interpreter only"),
                              (["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-at-instruction", "5"],
                               b"cannot be run with --checkpoint-at-instruction"),
                              (["--migratable"], b"cannot be run with --migratable")):
@@ -404,7 +404,8 @@ def test_host_waits_wake_in_arrival_order_and_compare_under_the_lock() -> None:
 
 def test_wasmtime_gives_a_threaded_command_as_a_program() -> None:
     """``WasmtimeEngine.program`` of a wasi-threads command: a Program a run loop runs to its end
-    (proc_exit's code as ProcExit); asked for checkpoints, a one-line SnapshotError."""
+    (proc_exit's code as ProcExit); asked for checkpoints, one that stops on request; asked to
+    count steps, a one-line SnapshotError."""
     from wasmig.errors import SnapshotError
     from wasmig.wasi.preview1 import ProcExit
 
@@ -418,5 +419,7 @@ def test_wasmtime_gives_a_threaded_command_as_a_program() -> None:
     with pytest.raises(ProcExit) as exited:
         exits.start()
     assert exited.value.code == 9
-    with pytest.raises(SnapshotError, match="checkpointed on the interpreter only"):
-        engines.get("wasmtime").program(module, Wasi(["prog"]), checkpoints=True)
+    checkpointable = engines.get("wasmtime").program(module, Wasi(["prog"], stdout=io.BytesIO()), checkpoints=True)
+    assert checkpointable.steps is None and not checkpointable.start()  # stops on request only (none here)
+    with pytest.raises(SnapshotError, match="not at a step"):
+        engines.get("wasmtime").program(module, Wasi(["prog"]), checkpoints=True, count_steps=True)

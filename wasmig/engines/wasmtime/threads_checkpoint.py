@@ -61,6 +61,9 @@ class _Thread:
     status: str = "running"
     #: frames to rewind when it starts (a restored thread), as the instrumented module records them
     pending: tuple[list[FrameState], str] | None = None
+    #: a restored thread's own state as the snapshot had it (point, frames, globals, dropped
+    #: segments, state), what a capture before it ran records
+    restored: tuple[Any, ...] | None = None
 
 
 class CheckpointableThreadedRun(ThreadedRun):
@@ -105,7 +108,7 @@ class CheckpointableThreadedRun(ThreadedRun):
                 return
             if th.pending is not None:
                 frames, point = th.pending
-                th.pending = None
+                th.pending = th.restored = None
                 inst.invoke(runner.prepare_rewind(frames, point))
             else:
                 inst.invoke(entry, *args)
@@ -251,22 +254,25 @@ class CheckpointableThreadedRun(ThreadedRun):
         """(point, frames, globals, dropped data, dropped elems, state, wait) of a stopped thread."""
         from wasmig.snapshot.threads_state import WaitState
 
-        if th.status == "idle":
-            if th.pending is not None:  # restored and stopped again before it ran: as it was restored
-                raise SnapshotError("cannot checkpoint: a restored thread has not started yet; request again")
+        waiter = self.waiter_of[th.runner.instance]
+        if th.status == "idle" and th.restored is not None:  # restored, stopped again before it ran
+            point, frames, globals_, dropped_data, dropped_elems, state = th.restored
+            if point != "wait":
+                return point, frames, globals_, dropped_data, dropped_elems, state, None
+        elif th.status == "idle":
             globals_, dropped_data, dropped_elems = _instance_globals(th.runner)
             return "idle", [], globals_, dropped_data, dropped_elems, "runnable", None
-        frames, point, globals_, dropped_data, dropped_elems = capture_instance_parts(
-            th.runner.instance, self.module, self.sitemap)
-        waiter = self.waiter_of[th.runner.instance]
-        if point != "import_call":
-            return point, frames, globals_, dropped_data, dropped_elems, "runnable", None
-        if not waiter.parked:  # a blocking WASI call, interrupted: re-issued on restore
-            return point, frames, globals_, dropped_data, dropped_elems, "host", None
-        inner = frames[-1]
-        if len(inner.stack) < 5 or inner.stack[-1][0] != "i32" or inner.stack[-2][0] != "i32":
-            raise SnapshotError(f"internal error: thread {th.tid} waits at no rerouted wait")
-        frames[-1] = dataclasses.replace(inner, stack=inner.stack[:-2])  # the rerouting's offset and slot
+        else:
+            frames, point, globals_, dropped_data, dropped_elems = capture_instance_parts(
+                th.runner.instance, self.module, self.sitemap)
+            if point != "import_call":
+                return point, frames, globals_, dropped_data, dropped_elems, "runnable", None
+            if not waiter.parked:  # a blocking WASI call, interrupted: re-issued on restore
+                return point, frames, globals_, dropped_data, dropped_elems, "host", None
+            inner = frames[-1]
+            if len(inner.stack) < 5 or inner.stack[-1][0] != "i32" or inner.stack[-2][0] != "i32":
+                raise SnapshotError(f"internal error: thread {th.tid} waits at no rerouted wait")
+            frames[-1] = dataclasses.replace(inner, stack=inner.stack[:-2])  # the rerouting's offset and slot
         queued = not waiter.woken and waiter.at in self.waits.queues.queues and \
             waiter in self.waits.queues.queues[waiter.at]
         left = None if waiter.deadline is None else max(0, round((waiter.deadline - now) * 1e9))
@@ -300,6 +306,7 @@ class CheckpointableThreadedRun(ThreadedRun):
             th.runner.load_parts(tables, globals_, dropped_data, dropped_elems, None, frames, point)
             if frames:
                 th.pending = self._raw_frames(ts, frames, point)
+                th.restored = (point, frames, globals_, dropped_data, dropped_elems, ts.state)
             by_tid[ts.tid] = th
         for _memory, addr, tids in section.wait_queues:  # in queue order, before any thread runs
             for tid in tids:
