@@ -119,10 +119,11 @@ def test_wasmtime_snapshots_restore_on_both_engines_with_the_uninterrupted_outpu
             assert expected[:printed] + rest == expected, f"restored on {engine}"
 
 
-def test_wasmtime_stops_threads_waiting_on_locks_and_restores_them_on_both_engines() -> None:
-    """Threads waiting in the rerouted waits (a mutex, a condition variable) are captured at a
-    ``wait`` point, in their queues in order; their snapshots restore on both engines."""
-    module = threaded_module("pthread_condvar")
+@pytest.mark.parametrize("name", ("pthread_mutex", "pthread_condvar", "pthread_barrier"))
+def test_wasmtime_stops_threads_waiting_on_locks_and_restores_them_on_both_engines(name: str) -> None:
+    """Threads waiting in the rerouted waits (on a mutex, a condition variable, a barrier) are
+    captured at a ``wait`` point, in their queues in order; their snapshots restore on both engines."""
+    module = threaded_module(name)
     code, expected, _ = _uninterrupted(module)
     waiting: list[tuple[Snapshot, int]] = []
     for _ in range(10):
