@@ -290,7 +290,8 @@ def test_wasmig_run_checkpoints_a_threaded_program_on_a_timer(tmp_path: Path) ->
     assert restored.returncode == 0 and restored.stdout == whole.stdout, restored.stderr
 
 
-def test_a_thread_blocked_reading_stdin_is_re_issued_on_restore(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ("interp", "wasmtime"))
+def test_a_thread_blocked_reading_stdin_is_re_issued_on_restore(tmp_path: Path, engine: str) -> None:
     """A thread blocked in fd_read (the process's stdin, a pipe) when `wasmig checkpoint PID`'s
     signal arrives is interrupted at its import call (state ``host``) and the other threads are
     captured where they wait; the run goes on and reads what comes, and so does a restore, from
@@ -298,10 +299,15 @@ def test_a_thread_blocked_reading_stdin_is_re_issued_on_restore(tmp_path: Path) 
     wasm = compile_threaded("threads_stdin_reader")
     ck = tmp_path / "ck"
     env = {k: v for k, v in os.environ.items() if k != "WASMIG_LOG"}
-    run = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", "interp", "--checkpoint-dir", str(ck),
+    run = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", engine, "--checkpoint-dir", str(ck),
                             str(wasm)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            cwd=Path(__file__).resolve().parents[1], env=env)
     try:
+        from wasmig.session.status import status_path
+
+        started = time.monotonic()  # the run's loop is up (on wasmtime, after its instrumented module is ready)
+        while not status_path(run.pid, create=False).exists() and time.monotonic() - started < 120:
+            time.sleep(0.05)
         time.sleep(1.5)  # the main thread sums and joins the reader, which blocks reading
         asked = _wasmig("checkpoint", str(run.pid))
         assert asked.returncode == 0, asked.stderr
@@ -316,8 +322,9 @@ def test_a_thread_blocked_reading_stdin_is_re_issued_on_restore(tmp_path: Path) 
     (reader,) = [t for t in snap.threads.threads if t.tid != 0]
     assert reader.state == "host" and reader.own is not None and reader.own.point == "import_call"
     assert snap.threads.threads[0].state == "waiting"  # the main thread, joining the reader
-    restored = _wasmig("restore", ck, stdin=b"again\n")
-    assert restored.returncode == 0 and restored.stdout == b"read 'again' sum 499500\n", restored.stderr
+    for on in ("interp", "wasmtime"):  # the call re-issued on either engine
+        restored = _wasmig("restore", "--engine", on, ck, stdin=b"again\n")
+        assert restored.returncode == 0 and restored.stdout == b"read 'again' sum 499500\n", (on, restored.stderr)
 
 
 def test_wasmig_restore_gives_the_threaded_program_from_a_checkpoint_directory(tmp_path: Path) -> None:

@@ -320,7 +320,6 @@ class CheckpointableThreadedRun(ThreadedRun):
                                    ts.wait.result)
         self._next_tid = section.next_tid
         self._live = len(section.threads)
-        self._restored = section
 
     def _load_memory(self, data: Any) -> None:
         pages = len(data) // _PAGE
@@ -435,6 +434,5 @@ def restore_threaded_wasmtime(module: Module, snap: Snapshot, wasi: Wasi, *,
     """A threaded snapshot (either engine's) restored on wasmtime; :meth:`~Program.resume` goes on."""
     run = CheckpointableThreadedRun(module, wasi, announce=announce)
     run.load(snap)
-    run._launched = False
     return ThreadedCheckpointProgram(run)
 
