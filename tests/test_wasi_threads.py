@@ -342,8 +342,11 @@ def test_ctrl_c_ends_a_threaded_run_on_wasmtime(tmp_path: Path) -> None:
       (func (export "_start")
         (drop (call $spawn (i32.const 0)))
         (loop $spin (br $spin))))""").data or b"")
+    # SIGINT's default restored in the child: a pytest started as a background job of a
+    # non-interactive shell ignores SIGINT, and a child that inherits that never sees the Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", "wasmtime", str(spin)],
-                            cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE)
+                            cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(2)
         proc.send_signal(signal.SIGINT)
