@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,8 @@ NO_THREAD_CHECKPOINTS = ("this run cannot checkpoint: it was started without che
                          "wasmtime's threads)")
 #: the start function of an instrumented module (wasmig/instrument/unwind.py), for the host to run
 _INSTRUMENTED_START = "wasmig:start"
+#: how long the end of a run waits for its threads to stop (see ThreadedRun._settle)
+_SETTLE_S = 10.0
 #: what ``thread-spawn`` returns when no thread can be made: EAGAIN, negated (wasi-threads' convention)
 _SPAWN_FAILED = -6
 
@@ -206,12 +209,18 @@ class ThreadedRun:
         or unwinding when the run returns and its objects may be collected by any thread. Threads
         computing stop at their next epoch check, waiters were woken, a host call other than a
         blocking one returns soon; without epoch interruption (a benchmark's setting) a thread
-        computing would never stop, so nothing is waited for."""
+        computing would never stop, so nothing is waited for. Bounded (:data:`_SETTLE_S`): a thread
+        stuck in a host call counted as non-blocking (an ``fd_write`` to a pipe nobody reads) is
+        abandoned like one in a blocking call rather than holding the end of the run."""
         if not self.settings.get("epoch_interruption"):
             return
+        deadline = time.monotonic() + _SETTLE_S
         with self._cond:
             while self._running > self._in_host:
-                self._cond.wait()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
 
     def _instance(self, *, run_start: bool = True) -> WasmtimeInstance:
         """A thread's instance: its own store, the table of host waits filled before it runs. (A
