@@ -138,23 +138,25 @@ def load_program(program: str, decode: bool) -> tuple[Module, bool]:
     return module, imports_thread_spawn(module.interface.imports)
 
 
-def threaded_engine(runs_on: Engine, asked: str | None, unsupported: str | None, checkpoints: bool) -> Engine:
+def threaded_engine(runs_on: Engine, asked: str | None, unsupported: str | None, steps: bool) -> Engine:
     """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads, else the
     interpreter when no engine was asked for (with a note); a one-line error when the run asks
     for what threads do not have yet (``unsupported``: migration, ``--invoke``,
-    ``--checkpoint-at-instruction``), or for checkpoints from an engine that cannot take them of
-    threads (the interpreter can: docs/threads.md)."""
+    ``--checkpoint-at-instruction``). Checkpoints on request or on a timer are taken on either
+    engine; a step count (``steps``: ``--checkpoint-at-step``, ``--count-steps``) only on the
+    interpreter, whose scheduler makes a step a moment of a reproducible interleaving
+    (docs/threads.md)."""
     if unsupported is not None:
         raise UserError(f"a wasi-threads program cannot be run with {unsupported} yet (docs/threads.md)")
-    if runs_on.runs_threads and (not checkpoints or runs_on.name == "interp"):
+    if runs_on.runs_threads and (not steps or runs_on.name == "interp"):
         return runs_on
-    if asked is not None and checkpoints:
-        raise UserError(f"--engine {asked}: checkpoints of a wasi-threads program are taken on the interpreter "
-                        "only so far (--engine interp; docs/threads.md)")
+    if asked is not None and steps:
+        raise UserError(f"--engine {asked}: a wasi-threads program counts steps on the interpreter only (its threads "
+                        "run freely on wasmtime; --engine interp for --checkpoint-at-step; docs/threads.md)")
     if asked is not None:
         raise UserError(f"--engine {asked}: wasi-threads programs run on the interpreter only so far "
                         "(--engine interp; docs/threads.md)")
-    why = ("checkpoints of threads are taken there only so far" if runs_on.runs_threads
+    why = ("steps of threads are counted there only" if runs_on.runs_threads
            else f"{runs_on.name} does not run threads yet")
     err(f"wasmig: note: a wasi-threads program: running it on the interpreter ({why})")
     return engines.get("interp")
@@ -272,7 +274,7 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         if threaded:
             unsupported = ("--invoke" if invoke is not None else "--migratable or --migrate-to" if policy.migratable
                            else "--checkpoint-at-instruction" if checkpoint_at_instruction is not None else None)
-            runs_on = threaded_engine(runs_on, engine, unsupported, policy.active)
+            runs_on = threaded_engine(runs_on, engine, unsupported, policy.active and policy.count_steps)
             module = Module.from_file(program, features={"threads"})
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
         if not plain and invoke is None:
@@ -310,7 +312,7 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         return
     if invoke is not None:
         sys.exit(guarded(lambda: invoke_function(instance, invoke, invoke_args), wasi, policy, program) & 0xFF)
-    if threaded and runs_on.name != "interp":  # the interpreter runs threads as a Program, checkpointable
+    if threaded and runs_on.name != "interp" and not policy.active:  # no checkpoints: threads run to the end
         sys.exit(guarded(lambda: runs_on.run_threaded_command(module, wasi), wasi, policy, program) & 0xFF)
     path = os.path.abspath(program)
     sys.exit(guarded(lambda: run_program(runnable, policy, path, resume=False), wasi, policy, path) & 0xFF)
@@ -389,11 +391,12 @@ def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...],
                 checkpoint_at_instruction < snap.instructions:
             raise UserError(f"--checkpoint-at-instruction {checkpoint_at_instruction} is not ahead of the snapshot "
                             f"(it is at instruction {snap.instructions})")
-        if snap.threads is not None and engine not in (None, "interp"):
-            raise UserError(f"--engine {engine}: a multi-threaded snapshot restores on the interpreter only so far "
-                            "(--engine interp; docs/threads.md)")
+        if snap.threads is not None and engine not in (None, "interp") and policy.count_steps:
+            raise UserError(f"--engine {engine}: a multi-threaded program on wasmtime does not count steps "
+                            "(--engine interp for --checkpoint-at-step; docs/threads.md)")
         runs_on = engines.get(pick_engine(engine, interp_only=checkpoint_at_instruction is not None
-                                          or not snap.stable or snap.threads is not None))
+                                          or not snap.stable or (snap.threads is not None and
+                                                                 (engine is None or policy.count_steps))))
         # on wasmtime, validation waits until the instrumentation pass needs it, which a cached
         # instrumented module spares (a restore's largest cost for a small module)
         started = time.perf_counter()
