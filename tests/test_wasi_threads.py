@@ -122,14 +122,14 @@ def _wasmig(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProce
 
 def test_wasmig_run_refuses_what_threads_lack_yet_in_one_line(tmp_path: Path) -> None:
     """What threads lack yet is a one-line error, never a traceback, and nothing runs: checkpoints
-    with ``--engine wasmtime`` (they are taken on the interpreter), an instruction-count trigger,
-    migration."""
+    or a migration with ``--engine wasmtime`` (they are taken on the interpreter), an
+    instruction-count trigger."""
     wasm = compile_threaded("threads_spawn")
     for options, message in ((["--engine", "wasmtime", "--checkpoint-dir", str(tmp_path / "ck"),
-                               "--checkpoint-every", "1"], b"taken on the interpreter only"),
+                               "--checkpoint-every", "1"], b"taken on the interp engine only"),
                              (["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-at-instruction", "5"],
                               b"cannot be run with --checkpoint-at-instruction"),
-                             (["--migratable"], b"cannot be run with --migratable")):
+                             (["--engine", "wasmtime", "--migratable"], b"taken on the interp engine only")):
         refused = _wasmig("run", *options, str(wasm))
         assert refused.returncode == 1 and b"Traceback" not in refused.stderr, refused.stderr
         assert refused.stderr.startswith(b"wasmig: error: ") and message in refused.stderr, refused.stderr

@@ -139,25 +139,27 @@ def load_program(program: str, decode: bool) -> tuple[Module, bool]:
 
 
 def threaded_engine(runs_on: Engine, asked: str | None, unsupported: str | None, checkpoints: bool) -> Engine:
-    """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads, else the
-    interpreter when no engine was asked for (with a note); a one-line error when the run asks
-    for what threads do not have yet (``unsupported``: migration, ``--invoke``,
-    ``--checkpoint-at-instruction``), or for checkpoints from an engine that cannot take them of
-    threads (the interpreter can: docs/threads.md)."""
+    """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads (and, when the run
+    may be stopped -- ``checkpoints``: checkpoint options, ``--migratable``, ``--migrate-to`` --
+    captures them: :attr:`Engine.captures_threads`), else the first engine that does, when no
+    engine was asked for (with a note); a one-line error when the run asks for what threads do not
+    have yet (``unsupported``: ``--invoke``, ``--checkpoint-at-instruction``), or for checkpoints
+    from an engine that cannot take them of threads (docs/threads.md)."""
     if unsupported is not None:
         raise UserError(f"a wasi-threads program cannot be run with {unsupported} yet (docs/threads.md)")
-    if runs_on.runs_threads and (not checkpoints or runs_on.name == "interp"):
+    if runs_on.runs_threads and (not checkpoints or runs_on.captures_threads):
         return runs_on
+    capturing = next(e for e in (engines.get(name) for name in ENGINES) if e.captures_threads)
     if asked is not None and checkpoints:
-        raise UserError(f"--engine {asked}: checkpoints of a wasi-threads program are taken on the interpreter "
-                        "only so far (--engine interp; docs/threads.md)")
+        raise UserError(f"--engine {asked}: checkpoints and migrations of a wasi-threads program are taken on the "
+                        f"{capturing.name} engine only so far (--engine {capturing.name}; docs/threads.md)")
     if asked is not None:
         raise UserError(f"--engine {asked}: wasi-threads programs run on the interpreter only so far "
                         "(--engine interp; docs/threads.md)")
     why = ("checkpoints of threads are taken there only so far" if runs_on.runs_threads
            else f"{runs_on.name} does not run threads yet")
-    err(f"wasmig: note: a wasi-threads program: running it on the interpreter ({why})")
-    return engines.get("interp")
+    err(f"wasmig: note: a wasi-threads program: running it on the {capturing.name} engine ({why})")
+    return capturing
 
 
 def run_options(p: Parser) -> None:
@@ -229,9 +231,9 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         # which a cached instrumented module spares, as on restore)
         module, threaded = load_program(program, runs_on.needs_ir)
         if threaded:
-            unsupported = ("--invoke" if invoke is not None else "--migratable or --migrate-to" if policy.migratable
+            unsupported = ("--invoke" if invoke is not None
                            else "--checkpoint-at-instruction" if checkpoint_at_instruction is not None else None)
-            runs_on = threaded_engine(runs_on, engine, unsupported, policy.active)
+            runs_on = threaded_engine(runs_on, engine, unsupported, policy.active or policy.migratable)
             module = Module.from_file(program, features={"threads"})
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
     except UserError as e:

@@ -399,7 +399,7 @@ class _Target:
         # its cache misses: decoding and validating 26 MB of CPython in Python here cost ~20 s; the
         # interpreter needs the validation (it compiles from it): now, while the program still
         # runs at the source, rather than in the downtime
-        module = self.module = Module.from_bytes(data, decode=self.runs_on.needs_ir)
+        module = self.module = self._decoded(data)
         _ = module.sha256  # the restore checks it (67 ms for CPython): not in the downtime
         if self.runs_on.needs_ir:
             _ = module.validation
@@ -413,6 +413,21 @@ class _Target:
         ch.send("module_ok")
         _fault("module")
         return module
+
+    def _decoded(self, data: bytes) -> Module:
+        """The arrived module, decoded as far as this daemon's engine needs: a wasi-threads program
+        (told from its imports, before its code: its shared memory is a proposal the default
+        decoder refuses) with the threads feature, and only if the engine captures threads (a
+        migration of one is every thread's state: docs/threads.md)."""
+        from wasmig.wasi.threads_abi import imports_thread_spawn
+
+        probe = Module.from_bytes(data, decode=False, validate=False)
+        if not imports_thread_spawn(probe.interface.imports):
+            return Module.from_bytes(data, decode=self.runs_on.needs_ir)
+        if not self.runs_on.captures_threads:
+            raise MigrationError(f"this daemon's engine ({self.engine}) cannot take a multi-threaded program yet "
+                                 "(a daemon started with --engine interp can: docs/threads.md)")
+        return Module.from_bytes(data, decode=self.runs_on.needs_ir, features={"threads"})
 
     # --- pages and state ------------------------------------------------------------------------
     def _receive_state(self, module: Module) -> Any:
@@ -512,7 +527,12 @@ class _Target:
         # address the source names (a preopen the program closed, with files still open beneath it, too)
         granted = self._grant(snap.wasi)
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
-        return landing.prepare(snap, granted)
+        program = landing.prepare(snap, granted)
+        if snap.threads is not None:  # what every thread was doing when it stopped at the source
+            states = [t.state for t in snap.threads.threads]
+            log(f"migration {self.id}: restored {len(states)} threads: {states.count('waiting')} waiting, "
+                f"{states.count('host')} in a host call, {states.count('runnable')} runnable")
+        return program
 
     def _grant(self, ws: Any) -> Granted:
         # the daemon's grants are an offer to every program: each takes the directories it has and

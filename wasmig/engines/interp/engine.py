@@ -108,18 +108,14 @@ class InterpProgram(Program):
         return [(len(m.data), reader(m.data)) for m in self.instance.store.mems]
 
 
-class ImageLanding(Landing):
+class ByteImages(Landing):
     """Pages land in a byte image per memory, restored as a whole at the end. Memory 0's image
     starts as the module's initial memory (its constant-offset data segments), as a prepared
-    instance's would."""
+    instance's would. What the state goes into is the subclass's (:meth:`prepare`)."""
 
     def __init__(self, module: Module) -> None:
         self.module = module
         self.images: list[bytearray] = [initial_image(module)] if module.ir.all_mems() else []
-        # the instance the state goes into, made now rather than in the downtime (0.17 s for
-        # CPython); its WASI is re-initialised in place with the program's state at the end
-        self.wasi = Wasi()
-        self.instance = InterpInstance(module, wasi_imports(module, self.wasi), "interp", initialize=False)
 
     def pages(self, m: int) -> int:
         return len(self.images[m]) // PAGE_SIZE if m < len(self.images) else 0
@@ -143,6 +139,18 @@ class ImageLanding(Landing):
         del image[size_pages * PAGE_SIZE:]
         return image
 
+
+
+class ImageLanding(ByteImages):
+    """A single-instance program's migration: its memories' byte images, and the instance they go into."""
+
+    def __init__(self, module: Module) -> None:
+        super().__init__(module)
+        # the instance the state goes into, made now rather than in the downtime (0.17 s for
+        # CPython); its WASI is re-initialised in place with the program's state at the end
+        self.wasi = Wasi()
+        self.instance = InterpInstance(module, wasi_imports(module, self.wasi), "interp", initialize=False)
+
     def prepare(self, snap: Snapshot, granted: Granted) -> Program:
         from wasmig.wasi.snapshot import restore_wasi
 
@@ -157,6 +165,7 @@ class InterpEngine(Engine):
     name = "interp"
     needs_ir = True
     runs_threads = True
+    captures_threads = True
 
     def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
         from wasmig.engines.interp.wasi_threads import run_threaded_command
@@ -204,7 +213,13 @@ class InterpEngine(Engine):
                          wasi: Wasi | None, *, count_steps: bool = False) -> InterpInstance:
         return restore(module, snap, wasi if wasi is not None else imports)
 
-    def landing(self, module: Module) -> ImageLanding:
+    def landing(self, module: Module) -> Landing:
+        from wasmig.engines.interp.wasi_threads import is_threaded
+
+        if is_threaded(module):  # every thread restored from the one shared memory's image
+            from wasmig.engines.interp.threaded import ThreadedLanding
+
+            return ThreadedLanding(module)
         return ImageLanding(module)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from wasmig.engines.base import MemoryReader, Program
 from wasmig.engines.interp.capture import capture_frames, capture_instance_parts, restore_instance_parts
+from wasmig.engines.interp.engine import ByteImages
 from wasmig.engines.interp.wasi_threads import threaded_linker
 from wasmig.errors import LinkError, SnapshotError
 from wasmig.interp.machine import NEVER
@@ -33,6 +34,7 @@ from wasmig.wasi.preview1 import WASI_MODULE
 from wasmig.wasi.threads_abi import THREAD_START
 
 if TYPE_CHECKING:
+    from wasmig.grants import Granted
     from wasmig.interp.store import Memory
     from wasmig.module import Module
     from wasmig.wasi.preview1 import Wasi
@@ -178,6 +180,19 @@ def capture_threads(program: ThreadedInterpProgram, *, with_memory: bool = True,
 
 
 # --- restore -------------------------------------------------------------------------------------------
+class ThreadedLanding(ByteImages):
+    """A live migration of a threaded program: its one shared memory's pages land in a byte image
+    while it still runs at the source; :meth:`prepare` re-creates every thread from the state."""
+
+    def prepare(self, snap: Snapshot, granted: Granted) -> Program:
+        from wasmig.wasi.snapshot import restore_wasi
+
+        if snap.threads is None:
+            raise SnapshotError("the state of a wasi-threads program has no threads section")
+        assert snap.wasi is not None
+        return restore_threaded(self.module, snap, restore_wasi(snap.wasi, granted=granted))
+
+
 def restore_threaded(module: Module, snap: Snapshot, wasi: Wasi) -> ThreadedInterpProgram:
     """A threaded program in ``snap``'s state (its memories materialized), every thread re-created
     in tid order and every waiter queued in order before any runs; :meth:`resume` goes on."""
