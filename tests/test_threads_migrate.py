@@ -182,3 +182,19 @@ def test_killing_the_target_mid_migration_leaves_the_threads_running_at_the_sour
             threaded_source(tmp_path, program) as (proc, out):
         _stays_at_the_source(migrate(proc.pid, d), proc, out, reference, "")
         assert f"killed after {step}" in d.log() and d.out.read_text() == ""
+
+
+def test_a_threaded_program_moves_while_its_workers_compute(tmp_path: Path, program: Path, keys: Keys) -> None:
+    """No sleeping: the stop finds the workers computing and taking turns (no thread in a host
+    call); pre-copy resends the pages the workers rewrite while it runs."""
+    args = ["40", "0", "1024"]
+    reference = reference_of(program, args)
+    with daemon(tmp_path, "target", "interp", keys) as d, threaded_source(tmp_path, program, args) as (proc, out):
+        done = migrate(proc.pid, d)
+        assert done.returncode == 0, done.stderr
+        assert proc.wait(30) == 0
+        wait_for(lambda: "program exited with code 0" in d.log(), f"not finished: {d.log()}")
+        assert_ran_exactly_once(reference, out, d.out)
+        assert lines_of(d.out), "it moved only after the end"
+    threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call, (\d+) runnable", d.log())
+    assert threads and threads.group(1) == "9" and threads.group(3) == "0" and int(threads.group(4)) >= 1, d.log()
