@@ -269,7 +269,7 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         return
     if invoke is not None:
         sys.exit(guarded(lambda: invoke_function(instance, invoke, invoke_args), wasi, policy, program) & 0xFF)
-    if threaded and runs_on.name != "interp":  # the interpreter runs threads as a Program, checkpointable
+    if threaded and not runs_on.captures_threads:  # an engine that captures threads runs them as a Program
         sys.exit(guarded(lambda: runs_on.run_threaded_command(module, wasi), wasi, policy, program) & 0xFF)
     path = os.path.abspath(program)
     sys.exit(guarded(lambda: run_program(runnable, policy, path, resume=False), wasi, policy, path) & 0xFF)
