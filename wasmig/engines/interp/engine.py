@@ -134,7 +134,7 @@ class ByteImages(Landing):
     def read(self, m: int, i: int) -> bytes:
         return bytes(self._image(m, i)[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
 
-    def memory(self, i: int, _repr: Any, size_pages: int) -> bytearray:
+    def memory(self, i: int, _repr: Any, size_pages: int) -> bytearray | None:
         image = self._image(i, size_pages - 1) if size_pages else bytearray()
         del image[size_pages * PAGE_SIZE:]
         return image
