@@ -198,3 +198,23 @@ def test_a_threaded_program_moves_while_its_workers_compute(tmp_path: Path, prog
         assert lines_of(d.out), "it moved only after the end"
     threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call, (\d+) runnable", d.log())
     assert threads and threads.group(1) == "9" and threads.group(3) == "0" and int(threads.group(4)) >= 1, d.log()
+
+
+def test_the_landing_refuses_pages_beyond_the_shared_memory_before_making_room() -> None:
+    """A source that names a page past the shared memory's declared maximum (or another memory)
+    is refused before the daemon allocates anything for it."""
+    from tests.threaded_programs import threaded_module
+    from wasmig import engines
+    from wasmig.snapshot.state import PAGE_SIZE, SnapshotError
+
+    module = threaded_module("threads_migrate")
+    landing = engines.get("interp").landing(module)
+    top = module.ir.all_mems()[0].limits.max
+    assert top is not None
+    landing.write(0, top - 1, b"\1" * PAGE_SIZE)  # the last page it may have
+    for m, i in ((0, top), (0, 65535), (1, 0)):
+        with pytest.raises(SnapshotError, match="beyond the shared memory"):
+            landing.write(m, i, b"\1" * PAGE_SIZE)
+    with pytest.raises(SnapshotError, match="beyond the shared memory"):
+        landing.memory(0, None, top + 1)
+    assert landing.pages(0) == top

@@ -425,8 +425,9 @@ class _Target:
         if not imports_thread_spawn(probe.interface.imports):
             return Module.from_bytes(data, decode=self.runs_on.needs_ir)
         if not self.runs_on.captures_threads:
+            able = " or ".join(f"--engine {name}" for name in engines.NAMES if engines.get(name).captures_threads)
             raise MigrationError(f"this daemon's engine ({self.engine}) cannot take a multi-threaded program yet "
-                                 "(a daemon started with --engine interp can: docs/threads.md)")
+                                 f"(a daemon started with {able} can: docs/threads.md)")
         return Module.from_bytes(data, decode=self.runs_on.needs_ir, features={"threads"})
 
     # --- pages and state ------------------------------------------------------------------------

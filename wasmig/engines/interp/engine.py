@@ -140,7 +140,6 @@ class ByteImages(Landing):
         return image
 
 
-
 class ImageLanding(ByteImages):
     """A single-instance program's migration: its memories' byte images, and the instance they go into."""
 

@@ -184,9 +184,24 @@ class ThreadedLanding(ByteImages):
     """A live migration of a threaded program: its one shared memory's pages land in a byte image
     while it still runs at the source; :meth:`prepare` re-creates every thread from the state."""
 
+    def __init__(self, module: Module) -> None:
+        super().__init__(module)
+        self.max_pages = module.ir.all_mems()[0].limits.max or 0  # a shared memory declares one
+
+    def _within(self, m: int, pages: int) -> None:
+        """Refuse a page beyond the one shared memory's maximum before making room for it."""
+        if m != 0 or pages > self.max_pages:
+            raise SnapshotError(f"the state does not fit the module: a page of memory {m} at {pages - 1}, beyond the "
+                                f"shared memory's {self.max_pages} pages")
+
+    def write(self, m: int, i: int, data: bytes) -> None:
+        self._within(m, i + 1)
+        super().write(m, i, data)
+
     def memory(self, i: int, _repr: Any, size_pages: int) -> None:
         """The image, cut to ``size_pages``, becomes the shared memory itself in :meth:`prepare`
         (not copied: 20 MiB copied twice cost ~50 ms of the downtime)."""
+        self._within(i, size_pages)
         super().memory(i, _repr, size_pages)
 
     def prepare(self, snap: Snapshot, granted: Granted) -> Program:
