@@ -218,3 +218,25 @@ def test_the_landing_refuses_pages_beyond_the_shared_memory_before_making_room()
     with pytest.raises(SnapshotError, match="beyond the shared memory"):
         landing.memory(0, None, top + 1)
     assert landing.pages(0) == top
+
+
+def test_a_daemon_gone_after_the_commit_leaves_every_thread_stopped_and_saved(
+        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
+    """In doubt (the commit sent, never confirmed, nobody left to ask): the source keeps every
+    thread stopped, saves the program (a format-version-2 single file) and exits 75; `wasmig
+    restore` of that file finishes it, the output the uninterrupted run's."""
+    with daemon(tmp_path, "target", "interp", keys, fault="daemon") as d, \
+            threaded_source(tmp_path, program) as (proc, out):
+        failed = migrate(proc.pid, d)
+        assert failed.returncode == 1 and "did not confirm" in failed.stderr, failed.stderr
+        assert proc.wait(60) == 75
+        err = (tmp_path / "source.err").read_text()
+        saved = re.search(r"its state is in (\S+\.snap)", err)
+        assert saved, err
+        assert "whole daemon killed" in d.log() and d.out.read_text() == ""
+        restored = subprocess.run(wasmig("restore", "--module", str(program), saved.group(1)), capture_output=True,
+                                  text=True, timeout=120)
+        Path(saved.group(1)).unlink()
+        assert restored.returncode == 0, restored.stderr
+        (tmp_path / "restored.out").write_text(restored.stdout)
+        assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
