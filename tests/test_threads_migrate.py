@@ -240,3 +240,52 @@ def test_a_daemon_gone_after_the_commit_leaves_every_thread_stopped_and_saved(
         assert restored.returncode == 0, restored.stderr
         (tmp_path / "restored.out").write_text(restored.stdout)
         assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
+
+
+def test_the_landed_program_is_the_stopped_one_wait_queues_in_order() -> None:
+    """In process: the eight-thread program stopped for a migration (the session's StopHandoff),
+    its state sent as the protocol sends it (msgpack, memories as sizes only) and its pages landed
+    in the daemon engine's landing: the program the landing prepares captures to the very state
+    the source stopped in -- every thread, each wait queue in its order, the scheduler."""
+    import io
+    import threading
+    import time
+
+    from tests.threaded_programs import threaded_module
+    from wasmig import engines
+    from wasmig.grants import resolve
+    from wasmig.session.loop import Session, StopHandoff
+    from wasmig.session.policy import CheckpointPolicy
+    from wasmig.snapshot.inspect import diff
+    from wasmig.snapshot.state import PAGE_SIZE, from_plain, to_plain
+    from wasmig.wasi.preview1 import Wasi
+
+    module = threaded_module("threads_migrate")
+    interp = engines.get("interp")
+    out = io.BytesIO()
+    program = interp.program(module, Wasi(["prog", "1000", "300", "64"], stdout=out), checkpoints=True)
+    session = Session(program, CheckpointPolicy(migratable=True))
+    session.handoff = handoff = StopHandoff()
+    threading.Thread(target=lambda: session.run(resume=False), daemon=True).start()
+    wait_for(lambda: b"round 1 " in out.getvalue(), "the program did not start")
+    time.sleep(0.1)  # into the main thread's sleep: the workers wait on their condition variable
+    stopped = handoff.stop(session.request)
+    try:
+        memories = session.guest_memories()
+        plain = to_plain(stopped, lambda _i, _data: None)
+        plain["memories"][0]["size_pages"] = memories[0][0] // PAGE_SIZE
+        landing = interp.landing(module)
+        for i in range(memories[0][0] // PAGE_SIZE):
+            landing.write(0, i, bytes(memories[0][1](i)))
+        snap = from_plain(msgpack.unpackb(msgpack.packb(plain, use_bin_type=True), raw=False), landing.memory)
+        assert snap.wasi is not None
+        landed = landing.prepare(snap, resolve(snap.wasi, dirs={}, listens=(), gateways=(), where="migration"))
+        again = landed.capture()
+        source_state = program.capture()
+        assert stopped.threads is not None and again.threads is not None
+        assert [(a, tids) for _m, a, tids in again.threads.wait_queues] == \
+            [(a, tids) for _m, a, tids in stopped.threads.wait_queues]
+        assert sum(len(tids) for _m, _a, tids in stopped.threads.wait_queues) == 8, "the workers were not waiting"
+        assert [line for line in diff(source_state, again) if "clock" not in line] == []
+    finally:
+        handoff.decide(False)
