@@ -249,3 +249,21 @@ def test_the_daemons_page_cache_keeps_what_was_used_last(tmp_path: Path) -> None
     assert [cache.get(pid) is not None for pid in ids] == [False, True, False, True]
     assert cache.get(b"\0" * 32) is None
     assert cache.prune(0, size) == 2  # too old
+
+
+@pytest.mark.parametrize("when", ["before the request", "after the request, unread"])
+def test_a_run_whose_control_connection_breaks_is_a_one_line_error(when: str) -> None:
+    """`wasmig migrate PID` whose run ends (its control socket reset: it never read the request,
+    or closed with it unread) says so in one line, never with a traceback."""
+    import socket
+    import threading
+
+    from wasmig.migrate.control import _messages
+
+    ours, run = socket.socketpair()
+    if when == "before the request":
+        run.close()
+    else:
+        threading.Timer(0.2, run.close).start()
+    with pytest.raises(MigrationError, match="ended the request without an answer"):
+        list(_messages(4242, ours, {"to": "127.0.0.1:1"}))

@@ -156,9 +156,14 @@ def request_migration(pid: int, to: str, peer: str, *, key_dir: str | None = Non
 
 def _messages(pid: int, sock: socket.socket, request: dict[str, Any]) -> Iterator[Any]:
     with sock, sock.makefile("rb") as f:
-        sock.sendall(json.dumps({"migrate": request}).encode() + b"\n")
-        for line in f:
-            try:
-                yield json.loads(line)
-            except ValueError:
-                raise MigrationError(f"process {pid}: malformed reply") from None
+        try:
+            sock.sendall(json.dumps({"migrate": request}).encode() + b"\n")
+            for line in f:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    raise MigrationError(f"process {pid}: malformed reply") from None
+                yield message
+        except OSError as e:  # the run ended (or died) mid-request: its end may reset the socket
+            raise MigrationError(f"process {pid} ended the request without an answer (its control connection "
+                                 f"broke: {e.strerror or e})") from None
