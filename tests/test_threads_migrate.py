@@ -289,3 +289,21 @@ def test_the_landed_program_is_the_stopped_one_wait_queues_in_order() -> None:
         assert [line for line in diff(source_state, again) if "clock" not in line] == []
     finally:
         handoff.decide(False)
+
+
+def test_run_migrate_to_moves_a_threaded_program_by_itself(tmp_path: Path, program: Path, reference: list[str],
+                                                          keys: Keys) -> None:
+    """``wasmig run --migrate-to`` of a threaded program (no engine asked: the note says where it
+    runs): it moves after the given time, the summary on the source's stderr."""
+    with daemon(tmp_path, "target", "interp", keys) as d:
+        out, err = tmp_path / "source.out", tmp_path / "source.err"
+        with open(out, "wb") as o, open(err, "wb") as e:
+            proc = subprocess.Popen(wasmig("run", "--migrate-to", d.address, "--migrate-peer-fingerprint",
+                                           d.fingerprint, "--migrate-after", "1", str(program), *ARGS),
+                                    stdout=o, stderr=e)
+        assert proc.wait(120) == 0, err.read_text()
+        assert "running it on the interp engine" in err.read_text()
+        _summary(err.read_text())
+        wait_for(lambda: "program exited with code 0" in d.log(), f"the program did not finish: {d.log()}")
+        assert_ran_exactly_once(reference, out, d.out)
+        assert lines_of(out) and lines_of(d.out), "it did not move mid-run"
