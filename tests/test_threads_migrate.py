@@ -107,7 +107,7 @@ def test_a_threaded_program_moves_while_its_workers_wait_on_a_condition_variable
     """A long sleep between rounds: the stop finds the main thread in its sleep (a blocking host
     call, re-issued at the target) and all eight workers waiting on the condition variable. The
     state the target kept says so; the program finishes there with the uninterrupted output."""
-    args = ["6", "1500", "64"]
+    args = ["6", "1500", "8"]  # rounds of little work: the stop finds them in the sleep, not computing
     reference = reference_of(program, args)
     with daemon(tmp_path, "target", "interp", keys) as d, \
             threaded_source(tmp_path, program, args, started="round 1 ") as (proc, out):
