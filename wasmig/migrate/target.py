@@ -417,15 +417,15 @@ class _Target:
     def _decoded(self, data: bytes) -> Module:
         """The arrived module, decoded as far as this daemon's engine needs: a wasi-threads program
         (told from its imports, before its code: its shared memory is a proposal the default
-        decoder refuses) with the threads feature, and only if the engine captures threads (a
-        migration of one is every thread's state: docs/threads.md)."""
+        decoder refuses) with the threads feature, and only if the engine's landing takes one
+        (``Engine.lands_threads``: a migration of one is every thread's state: docs/threads.md)."""
         from wasmig.wasi.threads_abi import imports_thread_spawn
 
         probe = Module.from_bytes(data, decode=False, validate=False)
         if not imports_thread_spawn(probe.interface.imports):
             return Module.from_bytes(data, decode=self.runs_on.needs_ir)
-        if not self.runs_on.captures_threads:
-            able = " or ".join(f"--engine {name}" for name in engines.NAMES if engines.get(name).captures_threads)
+        if not self.runs_on.lands_threads:
+            able = " or ".join(f"--engine {name}" for name in engines.NAMES if engines.get(name).lands_threads)
             raise MigrationError(f"this daemon's engine ({self.engine}) cannot take a multi-threaded program yet "
                                  f"(a daemon started with {able} can: docs/threads.md)")
         return Module.from_bytes(data, decode=self.runs_on.needs_ir, features={"threads"})

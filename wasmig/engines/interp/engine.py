@@ -165,6 +165,7 @@ class InterpEngine(Engine):
     needs_ir = True
     runs_threads = True
     captures_threads = True
+    lands_threads = True
 
     def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
         from wasmig.engines.interp.wasi_threads import run_threaded_command
