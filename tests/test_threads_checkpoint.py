@@ -268,9 +268,14 @@ def test_wasmig_run_checkpoints_a_threaded_program_and_restore_continues_it(tmp_
                        next((tmp_path / "ck400" / "snapshots").iterdir()))
     assert compared.returncode == 1 and b"steps: 40 -> 400" in compared.stdout, compared.stdout
     assert b"thread 1: steps" in compared.stdout, compared.stdout
-    on_wasmtime = _wasmig("restore", "--engine", "wasmtime", tmp_path / "ck40")
-    assert on_wasmtime.returncode == 1 and b"Traceback" not in on_wasmtime.stderr
-    assert on_wasmtime.stderr.startswith(b"wasmig: error: ") and b"interpreter only" in on_wasmtime.stderr
+    on_wasmtime = _wasmig("restore", "--engine", "wasmtime", tmp_path / "ck40")  # across engines
+    assert on_wasmtime.returncode == 0, on_wasmtime.stderr
+    assert _wasmig("run", "--engine", "interp", "--checkpoint-dir", tmp_path / "ck40b", "--checkpoint-at-step", 40,
+                   "--checkpoint-then", "exit", wasm).stdout + on_wasmtime.stdout == whole.stdout
+    counting = _wasmig("restore", "--engine", "wasmtime", "--checkpoint-dir", tmp_path / "more",
+                       "--checkpoint-at-step", 500, tmp_path / "ck40")
+    assert counting.returncode == 1 and b"Traceback" not in counting.stderr
+    assert counting.stderr.startswith(b"wasmig: error: ") and b"does not count steps" in counting.stderr
 
 
 def test_wasmig_run_checkpoints_a_threaded_program_on_a_timer(tmp_path: Path) -> None:
@@ -285,7 +290,8 @@ def test_wasmig_run_checkpoints_a_threaded_program_on_a_timer(tmp_path: Path) ->
     assert restored.returncode == 0 and restored.stdout == whole.stdout, restored.stderr
 
 
-def test_a_thread_blocked_reading_stdin_is_re_issued_on_restore(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ("interp", "wasmtime"))
+def test_a_thread_blocked_reading_stdin_is_re_issued_on_restore(tmp_path: Path, engine: str) -> None:
     """A thread blocked in fd_read (the process's stdin, a pipe) when `wasmig checkpoint PID`'s
     signal arrives is interrupted at its import call (state ``host``) and the other threads are
     captured where they wait; the run goes on and reads what comes, and so does a restore, from
@@ -293,10 +299,15 @@ def test_a_thread_blocked_reading_stdin_is_re_issued_on_restore(tmp_path: Path) 
     wasm = compile_threaded("threads_stdin_reader")
     ck = tmp_path / "ck"
     env = {k: v for k, v in os.environ.items() if k != "WASMIG_LOG"}
-    run = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", "interp", "--checkpoint-dir", str(ck),
+    run = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", engine, "--checkpoint-dir", str(ck),
                             str(wasm)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            cwd=Path(__file__).resolve().parents[1], env=env)
     try:
+        from wasmig.session.status import status_path
+
+        started = time.monotonic()  # the run's loop is up (on wasmtime, after its instrumented module is ready)
+        while not status_path(run.pid, create=False).exists() and time.monotonic() - started < 120:
+            time.sleep(0.05)
         time.sleep(1.5)  # the main thread sums and joins the reader, which blocks reading
         asked = _wasmig("checkpoint", str(run.pid))
         assert asked.returncode == 0, asked.stderr
@@ -311,8 +322,9 @@ def test_a_thread_blocked_reading_stdin_is_re_issued_on_restore(tmp_path: Path) 
     (reader,) = [t for t in snap.threads.threads if t.tid != 0]
     assert reader.state == "host" and reader.own is not None and reader.own.point == "import_call"
     assert snap.threads.threads[0].state == "waiting"  # the main thread, joining the reader
-    restored = _wasmig("restore", ck, stdin=b"again\n")
-    assert restored.returncode == 0 and restored.stdout == b"read 'again' sum 499500\n", restored.stderr
+    for on in ("interp", "wasmtime"):  # the call re-issued on either engine
+        restored = _wasmig("restore", "--engine", on, ck, stdin=b"again\n")
+        assert restored.returncode == 0 and restored.stdout == b"read 'again' sum 499500\n", (on, restored.stderr)
 
 
 def test_wasmig_restore_gives_the_threaded_program_from_a_checkpoint_directory(tmp_path: Path) -> None:
@@ -328,5 +340,10 @@ def test_wasmig_restore_gives_the_threaded_program_from_a_checkpoint_directory(t
     assert isinstance(program, Program)
     assert _finish(program, first=False) == code
     assert expected[:printed] + out.getvalue() == expected
-    with pytest.raises(SnapshotError, match="interpreter only"):
-        wasmig.restore(tmp_path, "wasmtime", module=wasm)
+    out = io.BytesIO()
+    on_wasmtime = wasmig.restore(tmp_path, "wasmtime", module=wasm, stdout=out)  # every thread, on wasmtime
+    assert isinstance(on_wasmtime, Program)
+    assert _finish(on_wasmtime, first=False) == code
+    assert expected[:printed] + out.getvalue() == expected
+    with pytest.raises(SnapshotError, match="not at a step"):
+        wasmig.restore(tmp_path, "wasmtime", module=wasm, count_steps=True)

@@ -138,28 +138,33 @@ def load_program(program: str, decode: bool) -> tuple[Module, bool]:
     return module, imports_thread_spawn(module.interface.imports)
 
 
-def threaded_engine(runs_on: Engine, asked: str | None, unsupported: str | None, checkpoints: bool) -> Engine:
-    """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads (and, when the run
-    may be stopped -- ``checkpoints``: checkpoint options, ``--migratable``, ``--migrate-to`` --
-    captures them: :attr:`Engine.captures_threads`), else the first engine that does, when no
-    engine was asked for (with a note); a one-line error when the run asks for what threads do not
-    have yet (``unsupported``: ``--invoke``, ``--checkpoint-at-instruction``), or for checkpoints
-    from an engine that cannot take them of threads (docs/threads.md)."""
+def threaded_engine(runs_on: Engine, asked: str | None, unsupported: str | None, stops: bool, steps: bool) -> Engine:
+    """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads -- and, when the
+    run may be stopped (``stops``: checkpoint options, ``--migratable``, ``--migrate-to``),
+    captures them (:attr:`Engine.captures_threads`), and when it counts steps (``steps``:
+    ``--checkpoint-at-step``, ``--count-steps``), is the interpreter, whose scheduler makes a step a
+    moment of a reproducible interleaving -- else the interpreter when no engine was asked for
+    (with a note); a one-line error when the run asks for what threads do not have yet
+    (``unsupported``: ``--invoke``, ``--checkpoint-at-instruction``) or for what the asked engine
+    cannot do (docs/threads.md)."""
     if unsupported is not None:
         raise UserError(f"a wasi-threads program cannot be run with {unsupported} yet (docs/threads.md)")
-    if runs_on.runs_threads and (not checkpoints or runs_on.captures_threads):
+    if runs_on.runs_threads and (not stops or runs_on.captures_threads) and (not steps or runs_on.name == "interp"):
         return runs_on
-    capturing = next(e for e in (engines.get(name) for name in ENGINES) if e.captures_threads)
-    if asked is not None and checkpoints:
-        raise UserError(f"--engine {asked}: checkpoints and migrations of a wasi-threads program are taken on the "
-                        f"{capturing.name} engine only so far (--engine {capturing.name}; docs/threads.md)")
+    if asked is not None and steps:
+        raise UserError(f"--engine {asked}: a wasi-threads program counts steps on the interpreter only (its threads "
+                        "run freely on wasmtime; --engine interp for --checkpoint-at-step; docs/threads.md)")
+    if asked is not None and stops:
+        raise UserError(f"--engine {asked}: checkpoints and migrations of a wasi-threads program are not taken on "
+                        f"{asked} yet (--engine interp; docs/threads.md)")
     if asked is not None:
         raise UserError(f"--engine {asked}: wasi-threads programs run on the interpreter only so far "
                         "(--engine interp; docs/threads.md)")
-    why = ("checkpoints of threads are taken there only so far" if runs_on.runs_threads
+    why = ("steps of threads are counted there only" if runs_on.runs_threads and steps
+           else "checkpoints of threads are taken there only so far" if runs_on.runs_threads
            else f"{runs_on.name} does not run threads yet")
-    err(f"wasmig: note: a wasi-threads program: running it on the {capturing.name} engine ({why})")
-    return capturing
+    err(f"wasmig: note: a wasi-threads program: running it on the interpreter ({why})")
+    return engines.get("interp")
 
 
 def run_options(p: Parser) -> None:
@@ -233,7 +238,8 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         if threaded:
             unsupported = ("--invoke" if invoke is not None
                            else "--checkpoint-at-instruction" if checkpoint_at_instruction is not None else None)
-            runs_on = threaded_engine(runs_on, engine, unsupported, policy.active or policy.migratable)
+            runs_on = threaded_engine(runs_on, engine, unsupported, policy.active or policy.migratable,
+                                      policy.active and policy.count_steps)
             module = Module.from_file(program, features={"threads"})
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
     except UserError as e:
@@ -269,7 +275,8 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         return
     if invoke is not None:
         sys.exit(guarded(lambda: invoke_function(instance, invoke, invoke_args), wasi, policy, program) & 0xFF)
-    if threaded and not runs_on.captures_threads:  # an engine that captures threads runs them as a Program
+    stops = policy.active or policy.migratable
+    if threaded and (not runs_on.captures_threads or not stops and runs_on.name != "interp"):  # runs to its end
         sys.exit(guarded(lambda: runs_on.run_threaded_command(module, wasi), wasi, policy, program) & 0xFF)
     path = os.path.abspath(program)
     sys.exit(guarded(lambda: run_program(runnable, policy, path, resume=False), wasi, policy, path) & 0xFF)
@@ -348,11 +355,12 @@ def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...],
                 checkpoint_at_instruction < snap.instructions:
             raise UserError(f"--checkpoint-at-instruction {checkpoint_at_instruction} is not ahead of the snapshot "
                             f"(it is at instruction {snap.instructions})")
-        if snap.threads is not None and engine not in (None, "interp"):
-            raise UserError(f"--engine {engine}: a multi-threaded snapshot restores on the interpreter only so far "
-                            "(--engine interp; docs/threads.md)")
+        if snap.threads is not None and engine not in (None, "interp") and policy.count_steps:
+            raise UserError(f"--engine {engine}: a multi-threaded program on wasmtime does not count steps "
+                            "(--engine interp for --checkpoint-at-step; docs/threads.md)")
         runs_on = engines.get(pick_engine(engine, interp_only=checkpoint_at_instruction is not None
-                                          or not snap.stable or snap.threads is not None))
+                                          or not snap.stable or (snap.threads is not None and
+                                                                 (engine is None or policy.count_steps))))
         # on wasmtime, validation waits until the instrumentation pass needs it, which a cached
         # instrumented module spares (a restore's largest cost for a small module)
         started = time.perf_counter()

@@ -14,7 +14,8 @@ returns unwinding) or calls, directly or indirectly, a function that can.
 ``call_indirect`` is taken to reach every function of its type that could be in a table: those
 named by an element segment, a ``ref.func`` (in code or a global's initializer) or an export (the
 host could store an exported function in a table); an imported function among them makes it a
-host call.
+host call. So is a ``call_indirect`` through a *host table* (``host_tables``): a table the host
+fills with its own functions (the wasi-threads runner's table of waits and notifies on wasmtime).
 """
 
 from __future__ import annotations
@@ -41,15 +42,17 @@ class CallGraph:
     recursive: set[int] = field(default_factory=set)  # on a call cycle
     may_unwind: set[int] = field(default_factory=set)
     indirect: dict[FuncType, list[int]] = field(default_factory=dict)  # candidates per type
+    #: tables the host fills with its own functions: a call_indirect through one is a host call
+    host_tables: frozenset[int] = frozenset()
 
     def indirect_may_unwind(self, ft: FuncType) -> bool:
         """Whether a ``call_indirect`` of type ``ft`` can reach a function that unwinds or an import."""
         return any(f < self.n_imported or f in self.may_unwind for f in self.indirect.get(ft, []))
 
 
-def call_graph(ir: IRModule) -> CallGraph:
+def call_graph(ir: IRModule, host_tables: frozenset[int] = frozenset()) -> CallGraph:
     n_imported = ir.num_imported_funcs()
-    g = CallGraph(n_imported)
+    g = CallGraph(n_imported, host_tables=host_tables)
     types = ir.func_type_indices()
     # one filtering pass over each body keeps what the graph needs: a big module has millions of
     # instructions and a few percent of them are calls, loops or ref.func
@@ -77,7 +80,9 @@ def call_graph(ir: IRModule) -> CallGraph:
                     callees.add(ins.imm)
             elif ins.op == _CALL_INDIRECT:
                 ft = ir.types[ins.imm[0]]
-                if ft in type_node:
+                if ins.imm[1] in host_tables:
+                    g.calls_host.add(f)
+                elif ft in type_node:
                     callees.add(type_node[ft])
                     if ft in host_types:
                         g.calls_host.add(f)

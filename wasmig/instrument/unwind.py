@@ -1144,7 +1144,7 @@ def _grouped(types: list[str]) -> list[tuple[int, str]]:
 
 
 class _Pass:
-    def __init__(self, ir: IRModule) -> None:
+    def __init__(self, ir: IRModule, host_tables: frozenset[int] = frozenset()) -> None:
         self.ir = ir
         self.n_imported = ir.num_imported_funcs()
         #: the type of every function of the index space (looked up at every call site: building
@@ -1162,7 +1162,7 @@ class _Pass:
         self.count_steps = True
         self.unroll = 1  # copies of a small call-free loop's body per poll (fast variant: UNROLL)
         self.copy_base = 0  # function index of defined function 0's rewind copy
-        self.graph = call_graph(ir)  # of the original module: who recurses, who can unwind
+        self.graph = call_graph(ir, host_tables)  # of the original module: who recurses, who can unwind
         self.rewinds_table = 0  # index of the table $rewinds
         self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
         self.header_func = 0  # index of the function that writes a record's header (:func:`_record_header_function`)
@@ -1197,18 +1197,22 @@ class _Pass:
 
     def call_may_unwind(self, ins: Instr) -> bool:
         """Whether the callee of a call can unwind (so the call needs its post-call check)."""
-        if self.count_steps or ins.op == 0x10 and ins.imm < self.n_imported:
+        if self.count_steps or self.calls_host(ins):
             return True
         if ins.op == 0x10:
             return ins.imm in self.graph.may_unwind
         return self.graph.indirect_may_unwind(self.ir.types[ins.imm[0]])
+
+    def calls_host(self, ins: Instr) -> bool:
+        """Whether call ``ins`` calls the host: an imported function, or through a host table."""
+        return ins.imm < self.n_imported if ins.op == 0x10 else ins.imm[1] in self.graph.host_tables
 
     def polls_after(self, ins: Instr) -> bool:
         """Whether a call's post-call check also polls: in the fast variant, a call of the
         module's own code (not a direct import call: a host call returns at once, and a request
         it saw stops the guest at the next poll, as in the deterministic variant) that can
         unwind, with results a frame record can hold."""
-        if self.count_steps or not self.call_may_unwind(ins) or ins.op == 0x10 and ins.imm < self.n_imported:
+        if self.count_steps or not self.call_may_unwind(ins) or self.calls_host(ins):
             return False
         ft = self.func_types[ins.imm] if ins.op == 0x10 else self.ir.types[ins.imm[0]]
         return all(t in _NUMERIC for t in ft.results)
@@ -1235,7 +1239,8 @@ class _Pass:
 
 
 def instrument(module: object, *, count_steps: bool = True,
-               progress: Callable[[int, int], None] | None = None) -> Instrumented:
+               progress: Callable[[int, int], None] | None = None,
+               host_tables: frozenset[int] = frozenset()) -> Instrumented:
     """Instrument a validated :class:`wasmig.Module` for checkpointing on a compiled engine.
 
     ``count_steps=True`` builds the deterministic variant: every stable point also counts a step
@@ -1248,6 +1253,11 @@ def instrument(module: object, *, count_steps: bool = True,
 
     ``progress(done, total)`` is called with the number of functions rewritten so far, before the
     first and after each (``wasmig run`` shows it while a big module is instrumented).
+
+    ``host_tables``: tables the host fills with its own functions; a ``call_indirect`` through
+    one is a host call (a site with its operands, which a host function interrupted for a
+    checkpoint unwinds from and a rewind re-issues), as the wasi-threads runner's rerouted
+    waits are (:mod:`wasmig.engines.wasmtime.host_waits`).
     """
     # the pass builds every function anew and only adds to the module's lists: copies of the
     # lists are enough to leave the caller's IR untouched (a deep copy cost a third of the pass)
@@ -1267,7 +1277,7 @@ def instrument(module: object, *, count_steps: bool = True,
     if passive and DROPS_BASE + passive[-1] >= GLOBALS_BASE:
         raise InstrumentError(f"passive segment {passive[-1]} (of data and element segments) lies beyond the "
                               f"control memory's {GLOBALS_BASE - DROPS_BASE} drop flags")
-    p = _Pass(ir)
+    p = _Pass(ir, host_tables)
     p.count_steps = count_steps
     p.unroll = 1 if count_steps else UNROLL  # the deterministic variant counts every iteration
     n_imported = p.n_imported

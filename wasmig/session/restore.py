@@ -48,10 +48,11 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
     :class:`~wasmig.grants.GrantError` naming every missing grant, before anything is opened; a
     refused seal raises ``SnapshotError``. Otherwise ``imports`` are used as for ``Instance``.
 
-    A multi-threaded program's snapshot (format version 2) gives a
-    :class:`~wasmig.engines.base.Program` on the interpreter with every thread in place:
-    ``resume()`` runs it until it ends (False; a nonzero exit raises ``ProcExit``) or stops (True:
-    after ``arm(at_step=...)`` or ``request()``), and ``capture()`` takes the next snapshot.
+    A multi-threaded program's snapshot (format version 2, from either engine) gives a
+    :class:`~wasmig.engines.base.Program` with every thread in place, on the interpreter or on
+    wasmtime: ``resume()`` runs it until it ends (False; a nonzero exit raises ``ProcExit``) or
+    stops (True: after ``request()``, or on the interpreter ``arm(at_step=...)``), and
+    ``capture()`` takes the next snapshot.
     """
     from wasmig.session.clearance import Requested, clear
     from wasmig.session.modules import find_module_for
@@ -85,10 +86,9 @@ def restore(state_or_path: Snapshot | str | Path, engine: str = "interp", *, mod
                             stdout=stdout, stderr=stderr)
     try:
         if snap.threads is not None:
-            if engine != "interp" or wasi is None:
-                raise SnapshotError("a multi-threaded snapshot restores on the interpreter only so far "
-                                    "(engine='interp')")
-            return runs_on.restore(mod, snap, wasi)  # the program, every thread in place
+            if wasi is None:
+                raise SnapshotError("a multi-threaded snapshot without WASI state is not of a wasi-threads program")
+            return runs_on.restore(mod, snap, wasi, count_steps=count_steps)  # the program, every thread in place
         return runs_on.restore_instance(mod, snap, imports, wasi, count_steps=count_steps)
     except BaseException:
         if wasi is not None:

@@ -24,6 +24,8 @@ import struct
 import threading
 from typing import TYPE_CHECKING, Any
 
+import wasmtime
+
 from wasmig.engines.wasmtime.capture import capture_wasmtime, memory_export, static_tables
 from wasmig.engines.wasmtime.instrumented import instrumented
 from wasmig.errors import SnapshotError
@@ -69,17 +71,30 @@ class Checkpointable:
                  announce: str | None = None) -> None:
         from wasmig.engines.wasmtime.runtime import WasmtimeInstance
 
-        self.module = module
-        self.wasi = wasi
         # a cached entry of the module's facts gives its sha256 too, the instrumented module's key
         known = module.cached_facts()
         self.instrumented = instrumented(module, count_steps=count_steps, announce=announce)
         compiled = self.instrumented.compiled()
-        self.sitemap = self.instrumented.sites
+        instance = WasmtimeInstance(module, wasi, code=lambda: self.instrumented.data, compiled=compiled)
+        self._bind(module, wasi, instance, self.instrumented.sites, known if known is not None else module.facts)
+
+    @classmethod
+    def attach(cls, module: Module, wasi: Wasi | None, instance: Any, sitemap: Any) -> Checkpointable:
+        """The checkpoint vocabulary for an instance made elsewhere: one thread's instance of a
+        wasi-threads run (:mod:`wasmig.engines.wasmtime.threads_checkpoint`), of an instrumented
+        module whose site map is ``sitemap`` (its memory is the run's shared one)."""
+        self = cls.__new__(cls)
+        self._bind(module, wasi, instance, sitemap, module.facts)
+        return self
+
+    def _bind(self, module: Module, wasi: Wasi | None, instance: Any, sitemap: Any, facts: Any) -> None:
+        self.module = module
+        self.wasi = wasi
+        self.sitemap = sitemap
         #: what the checkpoint code reads of the module (learnt once by decoding it when not cached;
         #: after an instrumentation, from the IR the pass decoded)
-        self.facts = known if known is not None else module.facts
-        self.instance = WasmtimeInstance(module, wasi, code=lambda: self.instrumented.data, compiled=compiled)
+        self.facts = facts
+        self.instance = instance
         ex = self.instance.exports
         self.store = self.instance.store
         self._state = ex["wasmig:state"]
@@ -97,7 +112,7 @@ class Checkpointable:
         # without calling into wasmtime's store while the guest runs (a migration's pre-copy)
         self._pages = ctypes.c_uint32.from_address(poll_base + self.sitemap.memory_pages)  # little-endian hosts
         self._memory_base = 0
-        if self.facts.mems:
+        if self.facts.mems and isinstance(self._memory(0), wasmtime.Memory):  # a shared memory is the run's
             self._memory_base = ctypes.addressof(self._memory(0).data_ptr(self.store).contents)
             self._publish_pages()
         self._tables: list[Any] | None = None
@@ -167,6 +182,14 @@ class Checkpointable:
         assert point is not None
         if not frames:  # an idle snapshot: nothing was running
             return
+        self._call(self.prepare_rewind(frames, point))
+        if self._state.value(self.store) == _STATE_REWINDING:
+            raise SnapshotError("internal error: the rewind did not reach the snapshot's innermost frame")
+
+    def prepare_rewind(self, frames: list[FrameState], point: str) -> str:
+        """Write the records that rewind ``frames`` into the control memory and set the state to
+        rewinding: the export to call (the outermost frame's rewind copy, which pops its record
+        and calls the next frame's copy)."""
         from wasmig.engines.wasmtime.records import records_from_frames
         from wasmig.instrument.unwind import READ_PTR, RECORDS_BASE, STATE_REWINDING, WRITE_PTR
 
@@ -182,10 +205,7 @@ class Checkpointable:
         self._state.set_value(self.store, STATE_REWINDING)
         base = ctypes.addressof(self.ctl.data_ptr(self.store).contents)  # never moves (memory_may_move is off)
         self._rewind_watch = (ctypes.c_uint32.from_address(base + WRITE_PTR), need)
-        # the outermost frame's rewind copy: it pops its record and calls the next frame's copy
-        self._call(name)
-        if self._state.value(self.store) == STATE_REWINDING:
-            raise SnapshotError("internal error: the rewind did not reach the snapshot's innermost frame")
+        return name
 
     def rewind_ended(self) -> bool:
         """Whether the rewind :meth:`resume` started has reached the snapshot's innermost frame
@@ -312,20 +332,14 @@ class Checkpointable:
         page by page, see :meth:`memory_address`). ``pages``: the memories' pages, read on demand
         (:func:`wasmig.snapshot.store.load_snapshot_deferred`; the snapshot's memory bytes are
         then empty): only the pages the fresh instance does not already hold are read and written."""
-        from wasmig.engines.wasmtime.records import MASKS
-        from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
-
         module, facts = self.module, self.facts
         store = self.store
         if module.sha256 != snap.module_sha256:
             raise SnapshotError(f"the snapshot is of another module (sha256 {snap.module_sha256[:16]}..., "
                                 f"this module is {str(module.sha256)[:16]}...)")
-        mems, globals_ = facts.mems, facts.globals
-        if (len(snap.memories), len(snap.globals), len(snap.tables)) != (len(mems), len(globals_),
-                                                                          len(facts.tables)):
+        mems = facts.mems
+        if len(snap.memories) != len(mems):
             raise SnapshotError("snapshot does not fit the module: memory, table or global counts differ")
-        if (len(snap.dropped_data), len(snap.dropped_elems)) != (len(facts.data_modes), len(facts.elem_modes)):
-            raise SnapshotError("snapshot does not fit the module: segment counts differ")
         if pages is not None and (memory_in_place or len(pages) != len(snap.memories)):
             raise SnapshotError("internal error: the snapshot's pages do not match its memories")
         sources: list[Any] = [ms.data for ms in snap.memories] if pages is None else list(pages)
@@ -352,12 +366,29 @@ class Checkpointable:
             for i, (_, most) in enumerate(mems):
                 if most is not None and self.memory_pages(i) > most:
                     raise SnapshotError(f"snapshot does not fit the module: memory {i} is too large")
-        if snap.tables != static_tables(module):
+        self.load_parts(snap.tables, snap.globals, snap.dropped_data, snap.dropped_elems, snap.steps, snap.frames,
+                        snap.point)
+
+    def load_parts(self, tables: list[Any], globals_state: list[Any], dropped_data: list[bool],
+                   dropped_elems: list[bool], steps: int | None, frames: list[FrameState], point: str) -> None:
+        """Put an instance's own state (what a thread of a threaded snapshot has of its own:
+        tables, globals, dropped segments, step count; its frames follow with :meth:`resume`)
+        into this fresh instance, each checked against the module."""
+        from wasmig.engines.wasmtime.records import MASKS
+        from wasmig.instrument.unwind import DROPS_BASE, GLOBALS_BASE
+
+        module, facts, store = self.module, self.facts, self.store
+        globals_ = facts.globals
+        if (len(globals_state), len(tables)) != (len(globals_), len(facts.tables)):
+            raise SnapshotError("snapshot does not fit the module: table or global counts differ")
+        if (len(dropped_data), len(dropped_elems)) != (len(facts.data_modes), len(facts.elem_modes)):
+            raise SnapshotError("snapshot does not fit the module: segment counts differ")
+        if tables != static_tables(module):
             raise SnapshotError("cannot restore on wasmtime: the snapshot's tables differ from the module's element "
                                 "segments (a table changed at run time); restore it on the interpreter")
         self.instance.invoke("wasmig:dump")
         ctl_view = bytes(self.ctl.read(store, GLOBALS_BASE, GLOBALS_BASE + 8 * len(globals_)))
-        for i, ((gtype, gmutable), gs) in enumerate(zip(globals_, snap.globals, strict=True)):
+        for i, ((gtype, gmutable), gs) in enumerate(zip(globals_, globals_state, strict=True)):
             t, bits = gs.value
             if gs.type != gtype or gs.mutable != gmutable or t != gtype or t not in MASKS \
                     or not isinstance(bits, int) or not 0 <= bits <= MASKS[t]:
@@ -371,9 +402,9 @@ class Checkpointable:
         # would otherwise have its flags written over the globals just put there
         n_data = len(facts.data_modes)
         flags = {DROPS_BASE + i: dropped for i, (mode, dropped) in
-                 enumerate(zip(facts.data_modes, snap.dropped_data, strict=True)) if mode == "p"}
+                 enumerate(zip(facts.data_modes, dropped_data, strict=True)) if mode == "p"}
         flags.update({DROPS_BASE + n_data + i: dropped for i, (mode, dropped) in
-                      enumerate(zip(facts.elem_modes, snap.dropped_elems, strict=True)) if mode == "p"})
+                      enumerate(zip(facts.elem_modes, dropped_elems, strict=True)) if mode == "p"})
         if flags and max(flags) >= GLOBALS_BASE:
             raise SnapshotError(f"cannot restore on wasmtime: the module has {n_data + len(facts.elem_modes)} data and "
                                 f"element segments, more than the control memory has room for beside a passive one "
@@ -387,14 +418,15 @@ class Checkpointable:
         if area:
             self.ctl.write(store, bytes(len(area)), DROPS_BASE)  # the guest's own drops start from zero
         if self.count_steps:
-            if snap.steps is None:
+            if steps is None:
                 raise SnapshotError("the snapshot has no step count (it was taken without counting steps): "
                                     "it cannot continue a step count")
-            self._steps.set_value(store, snap.steps)
-        self._pending = (snap.frames, snap.point)
+            self._steps.set_value(store, steps)
+        self._pending = (frames, point)
 
 
 _PAGE = 65536
+_STATE_REWINDING = 2  # wasmig.instrument.unwind.STATE_REWINDING (not imported by a start)
 _ZERO_PAGE = bytes(_PAGE)
 _I64 = 0xFFFF_FFFF_FFFF_FFFF
 

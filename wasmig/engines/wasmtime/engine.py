@@ -97,11 +97,15 @@ class WasmtimeEngine(Engine):
     def program(self, module: Module, wasi: Wasi, *, checkpoints: bool, count_steps: bool = False,
                 announce: str | None = None) -> Program:
         if imports_thread_spawn(module.interface.imports):  # a wasi-threads command: a thread per thread
-            from wasmig.engines.wasmtime.threads import NO_THREAD_CHECKPOINTS, ThreadedProgram
+            from wasmig.engines.wasmtime.threads import ThreadedProgram
 
-            if checkpoints:
-                raise SnapshotError(NO_THREAD_CHECKPOINTS)
-            return ThreadedProgram(module, wasi)
+            if not checkpoints:
+                return ThreadedProgram(module, wasi)
+            from wasmig.engines.wasmtime.threads_checkpoint import NO_STEPS, threaded_checkpoint_program
+
+            if count_steps:
+                raise SnapshotError(NO_STEPS)
+            return threaded_checkpoint_program(module, wasi, announce=announce)
         if not checkpoints:
             return PlainProgram(self.instantiate_wasi(module, wasi), wasi)
         from wasmig.engines.wasmtime.checkpointable import Checkpointable  # see checkpointing.py's docstring
@@ -115,6 +119,18 @@ class WasmtimeEngine(Engine):
         from wasmig.engines.wasmtime.checkpointable import Checkpointable
         from wasmig.engines.wasmtime.checkpointing import CheckpointableProgram
 
+        if snap.threads is not None:  # every thread, either engine's snapshot (docs/threads.md)
+            from wasmig.engines.wasmtime.threads_checkpoint import NO_STEPS, restore_threaded_wasmtime
+
+            if count_steps:
+                raise SnapshotError(NO_STEPS)
+            from wasmig.snapshot.limits import check_module_maximum
+            from wasmig.snapshot.store import materialize
+
+            check_module_maximum([len(p) for p in pages] if pages is not None else
+                                 [len(m.data) // 65536 for m in snap.memories], module.ir)
+            materialize(snap, pages)  # the shared memory is written once, whole
+            return restore_threaded_wasmtime(module, snap, wasi, announce=announce)
         started = time.perf_counter()
         runner = Checkpointable(module, wasi, count_steps=count_steps, announce=announce)
         runner.load(snap, pages=pages)
@@ -142,6 +158,7 @@ class WasmtimeEngine(Engine):
         return InstanceLanding(module)
 
     runs_threads = True
+    captures_threads = True
 
     def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
         """One OS thread per wasm thread, in parallel (:mod:`wasmig.engines.wasmtime.threads`):

@@ -31,7 +31,7 @@ from typing import Any
 from wasmig.binary.ir import Export, FuncType, Instr, Limits, TableType
 from wasmig.binary.ir import Module as IRModule
 from wasmig.binary.opcodes import ATOMIC_WAIT_NOTIFY
-from wasmig.errors import Trap
+from wasmig.errors import HostCallInterrupted, Trap
 from wasmig.interp.atomics import WaitQueues
 
 #: the export naming the table of host functions the rewritten waits and notifies call
@@ -87,11 +87,19 @@ def route_waits_to_host(ir: IRModule) -> IRModule | None:
 
 @dataclasses.dataclass(eq=False)
 class Waiter:
-    """One wasm thread as a waiter: its condition (on the run's lock) and whether a notify took it."""
+    """One wasm thread as a waiter: its condition (on the run's lock), whether a notify took it,
+    and, while its thread is stopped for a checkpoint (:attr:`parked`), where it waits."""
 
     wake: threading.Condition
     woken: bool = False
     forever: bool = False
+    #: the effective address it waits on (None: not waiting)
+    at: int | None = None
+    #: when its timeout elapses (time.monotonic(); None: never)
+    deadline: float | None = None
+    #: its thread left the wait function for a checkpoint, keeping its place in the queue (or the
+    #: result it was woken with): the wait re-issued by the rewind carries on from there
+    parked: bool = False
 
 
 class HostWaits:
@@ -101,7 +109,13 @@ class HostWaits:
 
     ``lock``: the run's (reentrant) lock, which guards the run's own counts too; ``memory()``:
     the shared memory's base address and length; ``threads()``: (live threads, threads in a
-    blocking host call); ``end(exception)``: end the program; ``ended()``: whether it has ended."""
+    blocking host call); ``end(exception)``: end the program; ``ended()``: whether it has ended.
+
+    A checkpoint (:mod:`~wasmig.engines.wasmtime.threads_checkpoint`) sets :attr:`pausing` and
+    wakes every waiter: a thread in a wait leaves it with :class:`HostCallInterrupted` (its
+    instrumented instance unwinds from the rerouted wait's ``call_indirect``) but keeps its place
+    in its queue; the rewind re-issues the wait, which then carries on in that place
+    (:meth:`restore` puts a restored thread's waiter there before any thread runs)."""
 
     def __init__(self, lock: threading.RLock, memory: Callable[[], tuple[int, int]],
                  threads: Callable[[], tuple[int, int]], end: Callable[[BaseException], None],
@@ -113,6 +127,8 @@ class HostWaits:
         self._end = end
         self._ended = ended
         self.forever = 0  # waiters without a timeout
+        #: a checkpoint is stopping every thread: waits are left (their places kept)
+        self.pausing = False
 
     def waiter(self) -> Waiter:
         """A thread's waiter (one per thread: a thread waits on one address at a time)."""
@@ -140,34 +156,67 @@ class HostWaits:
     def wait(self, waiter: Waiter, addr: int, expected: int, timeout: int, offset: int, width: int) -> int:
         """``memory.atomic.wait32/64``: 1 if the cell does not hold ``expected``, else 0 once
         notified or 2 once ``timeout`` ns (signed; negative: forever) elapsed. The compare and the
-        enqueue happen under the lock every notify takes, so no notify falls between them."""
+        enqueue happen under the lock every notify takes, so no notify falls between them. A
+        wait re-issued for a parked waiter (after a checkpoint or a restore) neither compares nor
+        enqueues: it is in its place already, or was woken meanwhile."""
         ea = self._address(addr, offset, width)
         kind = ctypes.c_uint32 if width == 4 else ctypes.c_uint64
         if timeout >= 1 << 63:
             timeout -= 1 << 64
-        deadline = None if timeout < 0 else time.monotonic() + timeout / 1e9
         with self.lock:
-            if kind.from_address(self._memory()[0] + ea).value != expected:
-                return 1
-            waiter.woken = False
-            waiter.forever = deadline is None
-            self.queues.enqueue(ea, waiter)
-            self.forever += waiter.forever
-            try:
-                self.check_deadlock()
-                while not waiter.woken and not self._ended():
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    waiter.wake.wait(left)
-            finally:
-                self._stop_counting(waiter)
+            if waiter.parked:
+                if waiter.at != ea:
+                    raise Trap(f"internal error: a restored wait re-issued at address {ea}, not {waiter.at}")
+                waiter.parked = False
+            else:
+                if kind.from_address(self._memory()[0] + ea).value != expected:
+                    return 1
+                waiter.woken = False
+                waiter.at = ea
+                waiter.deadline = None if timeout < 0 else time.monotonic() + timeout / 1e9
+                waiter.forever = waiter.deadline is None
+                self.queues.enqueue(ea, waiter)
+                self.forever += waiter.forever
+            deadline = waiter.deadline
+            self.check_deadlock()
+            while not waiter.woken and not self._ended() and not self.pausing:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                waiter.wake.wait(left)
             if waiter.woken:
+                waiter.at = None
                 return 0
+            if self.pausing and not self._ended() and (deadline is None or time.monotonic() < deadline):
+                waiter.parked = True  # its place and its count kept for the wait the rewind re-issues
+                raise HostCallInterrupted("a checkpoint")
+            self._stop_counting(waiter)
             self.queues.remove(ea, waiter)
+            waiter.at = None
             if self._ended():
                 raise ProgramEnded("the program has ended")
             return 2
+
+    def restore(self, waiter: Waiter, ea: int, timeout_ns: int | None, result: int | None) -> None:
+        """Put a restored thread's waiter where the snapshot says (call in queue order, before any
+        thread runs): queued at ``ea`` with ``timeout_ns`` left, or (``result`` 0 or 2) out of the
+        queue, the wait to return that result when its thread re-issues it."""
+        with self.lock:
+            waiter.at = ea
+            waiter.parked = True
+            if result is None:
+                waiter.woken = False
+                waiter.deadline = None if timeout_ns is None else time.monotonic() + timeout_ns / 1e9
+                waiter.forever = waiter.deadline is None
+                self.queues.enqueue(ea, waiter)
+                self.forever += waiter.forever
+            else:
+                waiter.woken = result == 0
+                waiter.deadline = time.monotonic() if result == 2 else None  # 2: elapsed already
+
+    def queued(self) -> list[tuple[int, list[Waiter]]]:
+        """Every address with waiters, in address order, its waiters in queue order (under the lock)."""
+        return sorted((ea, list(waiters)) for ea, waiters in self.queues.queues.items() if waiters)
 
     def _stop_counting(self, waiter: Waiter) -> None:
         self.forever -= waiter.forever
@@ -181,8 +230,8 @@ class HostWaits:
             self._end(Trap(_DEADLOCK))
 
     def wake_all(self) -> None:
-        """The program ended: every waiter returns (and its thread stops at its next host call or
-        epoch check). Under the lock."""
+        """The program ended, or a checkpoint stops every thread: every waiter returns (and its
+        thread stops at its next host call or epoch check, or unwinds). Under the lock."""
         for queue in self.queues.queues.values():
             for waiter in queue:
                 waiter.wake.notify()

@@ -167,7 +167,8 @@ class Instrumented:
     neither the instrumented module (96 MB for CPython) nor its JSON site map."""
 
     def __init__(self, module: Module, path: Path, index_path: Path, sites: SiteIndex, data: bytes | None,
-                 count_steps: bool, announce: str | None, cache_dir: Path | None) -> None:
+                 count_steps: bool, announce: str | None, cache_dir: Path | None,
+                 host_tables: frozenset[int] = frozenset()) -> None:
         self.module = module
         self.path = path
         self.index_path = index_path
@@ -176,6 +177,7 @@ class Instrumented:
         self._count_steps = count_steps
         self._announce = announce
         self._cache_dir = cache_dir
+        self._host_tables = host_tables
 
     @property
     def data(self) -> bytes:
@@ -192,7 +194,8 @@ class Instrumented:
             data = cache_payload(blob) if blob is not None else None
             if data is None or fast_hash(data).digest() != self.sites.module_digest:
                 data, self.sites = _instrument(self.module, self.path, self.index_path, self._count_steps,
-                                               self._announce, "entry damaged" if blob is not None else "miss")
+                                               self._announce, "entry damaged" if blob is not None else "miss",
+                                               self._host_tables)
             self._data = data
         return self._data
 
@@ -204,7 +207,7 @@ class Instrumented:
         return compile_cached(self.sites.module_digest.hex(), lambda: self.data, self._cache_dir)
 
 
-def _cache_key(module: Module, count_steps: bool) -> str:
+def _cache_key(module: Module, count_steps: bool, host_tables: frozenset[int] = frozenset()) -> str:
     global _FINGERPRINT
     if _FINGERPRINT is None:
         _FINGERPRINT = _pass_fingerprint()
@@ -214,7 +217,8 @@ def _cache_key(module: Module, count_steps: bool) -> str:
         from wasmig.binary.encoder import encode_module
 
         sha = _sha256(encode_module(module.ir)).hexdigest()
-    return _sha256(_FINGERPRINT + sha.encode() + (b"/steps" if count_steps else b"/fast")).hexdigest()
+    tables = "".join(f"/host-table{t}" for t in sorted(host_tables)).encode()
+    return _sha256(_FINGERPRINT + sha.encode() + (b"/steps" if count_steps else b"/fast") + tables).hexdigest()
 
 
 def _write_index(index_path: Path, sitemap: SiteMap, data: bytes) -> SiteIndex:
@@ -228,7 +232,7 @@ def _write_index(index_path: Path, sitemap: SiteMap, data: bytes) -> SiteIndex:
 
 
 def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool, announce: str | None,
-                why: str) -> tuple[bytes, SiteIndex]:
+                why: str, host_tables: frozenset[int] = frozenset()) -> tuple[bytes, SiteIndex]:
     """Run the pass (announced on stderr for a big module), cache its module and site index."""
     from wasmig.checked import cache_entry
     from wasmig.files import write_atomically
@@ -239,7 +243,8 @@ def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool,
     if notice is not None:
         notice.start(module)
     try:
-        done = instrument(module, count_steps=count_steps, progress=notice.progress if notice else None)
+        done = instrument(module, count_steps=count_steps, progress=notice.progress if notice else None,
+                          host_tables=host_tables)
         data = done.data
     except BaseException:
         if notice is not None:
@@ -257,20 +262,21 @@ def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool,
 
 
 def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False,
-                 announce: str | None = None) -> Instrumented:
+                 announce: str | None = None, host_tables: frozenset[int] = frozenset()) -> Instrumented:
     """The instrumented module (the fast variant, or with ``count_steps`` the deterministic one),
     through a cache keyed by the original module's sha256, the variant and the pass's fingerprint
     (the pass is pure Python and costs minutes on big modules; a restore should not pay it).
     A cache entry is the module (``instrumented-KEY.wasm``) and its site index
     (``instrumented-KEY.sites``, :mod:`wasmig.engines.wasmtime.site_index`); an index missing beside a
     valid module (an entry of an older wasmig) is made from the module's site map section, a
-    damaged entry is rebuilt. ``announce``: the module's name for the lines
+    damaged entry is rebuilt. ``host_tables``: see :func:`wasmig.instrument.unwind.instrument`
+    (part of the key). ``announce``: the module's name for the lines
     :class:`InstrumentNotice` prints on stderr when a big module has to be instrumented (a cache
     hit, or a small module, prints nothing); None, silent."""
     from wasmig.checked import cache_payload
     from wasmig.engines.wasmtime.runtime import default_cache_dir
 
-    key = _cache_key(module, count_steps)
+    key = _cache_key(module, count_steps, host_tables)
     folder = cache_dir if cache_dir is not None else default_cache_dir()
     path, index_path = folder / f"instrumented-{key}.wasm", folder / f"instrumented-{key}.sites"
     mapped, _ = checked.open_checked(index_path)  # checked once per file, read in place
@@ -280,7 +286,7 @@ def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: 
         sites = None
     if sites is not None and sites.counts_steps == count_steps:
         log.debug(__name__, "instrumented-module cache hit: %s", index_path)
-        return Instrumented(module, path, index_path, sites, None, count_steps, announce, cache_dir)
+        return Instrumented(module, path, index_path, sites, None, count_steps, announce, cache_dir, host_tables)
     try:
         blob = path.read_bytes()
     except OSError:
@@ -298,10 +304,10 @@ def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: 
         if sitemap is not None and sitemap.counts_steps == count_steps:
             log.debug(__name__, "instrumented-module cache hit: %s (its site index made now)", path)
             return Instrumented(module, path, index_path, _write_index(index_path, sitemap, data), data,
-                                count_steps, announce, cache_dir)
+                                count_steps, announce, cache_dir, host_tables)
     data, sites = _instrument(module, path, index_path, count_steps, announce,
-                              "miss" if blob is None else "entry damaged")
-    return Instrumented(module, path, index_path, sites, data, count_steps, announce, cache_dir)
+                              "miss" if blob is None else "entry damaged", host_tables)
+    return Instrumented(module, path, index_path, sites, data, count_steps, announce, cache_dir, host_tables)
 
 
 def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False,

@@ -370,7 +370,9 @@ class WasmtimeInstance:
 
             ir = without_provided(ir, host_imports)
         if links is not None:
-            ir = replace(ir, imports=[imp for imp in ir.imports if imp.name not in links.provides.get(imp.module, ())])
+            kept = [imp for imp in ir.imports if imp.name not in links.provides.get(imp.module, ())]
+            # the decoded module, or its interface alone (a NamedTuple: a restore's module not decoded)
+            ir = ir._replace(imports=kept) if isinstance(ir, tuple) else replace(ir, imports=kept)
         imports = check_wasi_imports(ir)
         if imports and wasi is None:
             raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")
@@ -428,10 +430,26 @@ class WasmtimeInstance:
             wasi.bind_memory(GuestMemory(self.memory_view))
 
     def _define_raw(self, linker: wasmtime.Linker, name: str, ty: wasmtime.FuncType, fn: Callable[..., Any],
-                    params: tuple[str, ...], results: tuple[str, ...]) -> None:
-        """Define ``fn`` through wasmtime's unchecked C callback: arguments are read straight from
-        the raw value slots as unsigned ints (one ``struct.unpack``) and the result written back,
-        instead of wasmtime-py's per-value ``Val`` conversions (several times slower per call)."""
+                    params: tuple[str, ...], results: tuple[str, ...], module_name: str = WASI_MODULE) -> None:
+        """Define ``fn`` through wasmtime's unchecked C callback (:meth:`_raw_callback`)."""
+        raw = self._raw_callback(fn, params, results)
+        module_bytes, field = module_name.encode(), name.encode()
+        error = _ffi.wasmtime_linker_define_func_unchecked(
+            linker.ptr(), ctypes.create_string_buffer(module_bytes), len(module_bytes),
+            ctypes.create_string_buffer(field), len(field), ty.ptr(),
+            ctypes.cast(raw, _ffi.wasmtime_func_unchecked_callback_t), None, _NO_FINALIZER)
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+
+    def _raw_callback(self, fn: Callable[..., Any], params: tuple[str, ...], results: tuple[str, ...]) -> Any:
+        """``fn`` as wasmtime's unchecked C callback: arguments are read straight from the raw
+        value slots as unsigned ints (one ``struct.unpack``) and the result written back, instead
+        of wasmtime-py's per-value ``Val`` conversions (several times slower per call). An
+        exception goes to this instance's own list (:meth:`_guard` raises it as itself), never
+        through wasmtime-py's trampoline, which hands it over in one process-wide variable that
+        any thread's next trap may take (another thread's exception raised in this one: a
+        wasi-threads run saw its main thread's ``ProgramEnded`` come out of another thread's
+        trap). Kept alive with the instance (its store calls it)."""
         args_format = struct.Struct("<" + "".join(_RAW_SLOT[t] for t in params))
         result = _RAW_RESULT[results[0]] if results else None
         size = args_format.size
@@ -464,13 +482,30 @@ class WasmtimeInstance:
 
         raw = _RAW_CALLBACK(callback)
         self._callbacks.append(raw)
-        module_name, field = WASI_MODULE.encode(), name.encode()
-        error = _ffi.wasmtime_linker_define_func_unchecked(
-            linker.ptr(), ctypes.create_string_buffer(module_name), len(module_name),
-            ctypes.create_string_buffer(field), len(field), ty.ptr(),
-            ctypes.cast(raw, _ffi.wasmtime_func_unchecked_callback_t), None, _NO_FINALIZER)
-        if error:
-            raise wasmtime.WasmtimeError._from_ptr(error)
+        return raw
+
+    def define_host(self, linker: wasmtime.Linker, module_name: str, name: str, fn: Callable[..., Any],
+                    params: tuple[str, ...], results: tuple[str, ...]) -> None:
+        """Define host function ``module_name.name`` (unsigned ints in) in ``linker`` for this
+        instance: the raw path where wasmtime-py has it, else its public ``define_func``."""
+        ty = wasmtime.FuncType([_VALTYPE[t]() for t in params], [_VALTYPE[t]() for t in results])
+        if _RAW_CALLS:
+            self._define_raw(linker, name, ty, fn, params, results, module_name)
+        else:  # pragma: no cover - another wasmtime-py layout
+            linker.define_func(module_name, name, ty, self._host_func(fn, params, results))
+
+    def host_func(self, fn: Callable[..., Any], params: tuple[str, ...], results: tuple[str, ...]) -> wasmtime.Func:
+        """``fn`` as a ``wasmtime.Func`` of this instance's store (to put in a table), by the raw
+        path where wasmtime-py has it (see :meth:`_raw_callback`)."""
+        ty = wasmtime.FuncType([_VALTYPE[t]() for t in params], [_VALTYPE[t]() for t in results])
+        if not _RAW_CALLS or not hasattr(_ffi, "wasmtime_func_new_unchecked"):  # pragma: no cover
+            return wasmtime.Func(self.store, ty, self._host_func(fn, params, results))
+        raw = self._raw_callback(fn, params, results)
+        out = _ffi.wasmtime_func_t()
+        _ffi.wasmtime_func_new_unchecked(self.store._context(), ty.ptr(),
+                                         ctypes.cast(raw, _ffi.wasmtime_func_unchecked_callback_t), None,
+                                         _NO_FINALIZER, ctypes.byref(out))
+        return wasmtime.Func._from_raw(out)
 
     def _host_func(self, fn: Callable[..., Any], params: tuple[str, ...], results: tuple[str, ...]
                    ) -> Callable[..., Any]:

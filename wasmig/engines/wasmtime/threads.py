@@ -40,8 +40,8 @@ from wasmig.binary.decoder import decode_module
 from wasmig.binary.encoder import encode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.engines.wasmtime.engine import RunsToEnd
-from wasmig.engines.wasmtime.host_waits import TABLE_EXPORT, HostWaits, ProgramEnded, route_waits_to_host
-from wasmig.engines.wasmtime.runtime import _VALTYPE, THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
+from wasmig.engines.wasmtime.host_waits import TABLE_EXPORT, HostWaits, ProgramEnded, Waiter, route_waits_to_host
+from wasmig.engines.wasmtime.runtime import THREADS_SETTINGS, WasmtimeInstance, compile_cached, new_engine
 from wasmig.errors import LinkError, Trap
 from wasmig.hashing import fast_digest
 from wasmig.interp.threads import BLOCKING_CALLS, MAX_THREADS, MAX_TID
@@ -55,9 +55,9 @@ if TYPE_CHECKING:
     from wasmig.module import Module
     from wasmig.wasi.preview1 import Wasi
 
-#: why a threaded program on wasmtime cannot stop
-NO_THREAD_CHECKPOINTS = ("a wasi-threads program is checkpointed on the interpreter only so far (--engine interp; "
-                         "docs/threads.md)")
+#: why a threaded program started without checkpoints cannot stop
+NO_THREAD_CHECKPOINTS = ("this run cannot checkpoint: it was started without checkpoints (the plain module on "
+                         "wasmtime's threads)")
 #: the start function of an instrumented module (wasmig/instrument/unwind.py), for the host to run
 _INSTRUMENTED_START = "wasmig:start"
 #: what ``thread-spawn`` returns when no thread can be made: EAGAIN, negated (wasi-threads' convention)
@@ -97,21 +97,26 @@ class ThreadedRun:
 
     def __init__(self, module: Module, wasi: Wasi, *, cache_dir: Path | None = None,
                  settings: Mapping[str, Any] = THREADS_SETTINGS, host_waits: bool = True,
-                 code: bytes | None = None) -> None:
+                 code: bytes | None = None, prepared: bytes | None = None) -> None:
         """``settings``: the engine's; ``host_waits``: waits and notifies through the host
         (:mod:`~wasmig.engines.wasmtime.host_waits`). benchmarks/threads_parallel.py turns each
         off to measure what it costs (``ENGINE_SETTINGS``, without epoch interruption: the run
         cannot stop threads still computing when it ends; no host waits: wasmtime's own, which
         nobody wakes at the end and which hang on a deadlock). ``code``: bytes to run instead of
-        the module's own, with its imports and exports (the benchmark's instrumented module)."""
+        the module's own, with its imports and exports (the benchmark's instrumented module);
+        ``prepared``: code whose waits are rerouted already, run as it is (the checkpointable
+        run's instrumented module, :mod:`~wasmig.engines.wasmtime.threads_checkpoint`)."""
         _wasi_names, memory_import = check_threaded_imports(module)
         self.module = module
         self.wasi = wasi
         self.settings = settings
         self.wasm_engine = new_engine(settings)
-        ir = module.ir if code is None else decode_module(code, features=INSTRUMENTED | {"threads"})
-        routed = route_waits_to_host(ir) if host_waits else None
-        self.code = encode_module(routed) if routed is not None else code
+        if prepared is not None:
+            self.code: bytes | None = prepared
+        else:
+            ir = module.ir if code is None else decode_module(code, features=INSTRUMENTED | {"threads"})
+            routed = route_waits_to_host(ir) if host_waits else None
+            self.code = encode_module(routed) if routed is not None else code
         self.compiled = _compile(module, self.code, self.wasm_engine, cache_dir, settings)
         limits = memory_import.desc.limits
         memory_type = wasmtime.MemoryType(wasmtime.Limits(limits.min, limits.max), shared=True)
@@ -119,7 +124,7 @@ class ThreadedRun:
         self.provides: Mapping[str, Collection[str]] = {memory_import.module: {memory_import.name},
                                                         THREADS_MODULE: {SPAWN}}
         self._memory_import = (memory_import.module, memory_import.name)
-        view = SharedMemoryView(self.memory)
+        view = self.view = SharedMemoryView(self.memory)
         wasi.bind_memory(GuestMemory(view))
         self._wasi_lock = threading.Lock()  # one non-blocking host call at a time
         self._lock = threading.RLock()  # the run's state; the waits' (an end may come from inside a wait)
@@ -127,19 +132,21 @@ class ThreadedRun:
         self._outcome: tuple[str, Any] | None = None  # ("return", None) | ("raise", exception)
         self._live = 1  # threads not yet ended, the main one's included (the interpreter's count)
         self._in_host = 0  # threads inside a blocking host call
+        self._running = 0  # Python threads started and not yet returned (see _settle)
         self._next_tid = 1
         self.waits = HostWaits(self._lock, view.extent, lambda: (self._live, self._in_host),
                                lambda exc: self._end(("raise", exc)), lambda: self._outcome is not None)
         #: the Python threads, main's first (for tests and for whoever wonders what a run left behind)
         self.python_threads: list[threading.Thread] = []
+        #: each instance's waiter (its thread's, in the host's wait queues)
+        self.waiter_of: dict[WasmtimeInstance, Waiter] = {}
 
     # --- ExtraLinks --------------------------------------------------------------------------------
     def define(self, inst: WasmtimeInstance, linker: wasmtime.Linker) -> None:
         """The shared memory and ``wasi.thread-spawn`` for a new thread's instance; its store
         traps at the first epoch check after the run's end."""
         _define_shared_memory(linker, inst.store, *self._memory_import, self.memory)
-        spawn_type = wasmtime.FuncType([wasmtime.ValType.i32()], [wasmtime.ValType.i32()])
-        linker.define_func(THREADS_MODULE, SPAWN, spawn_type, inst._host_func(self._spawn, ("i32",), ("i32",)))
+        inst.define_host(linker, THREADS_MODULE, SPAWN, self._spawn, ("i32",), ("i32",))
         if self.settings.get("epoch_interruption"):
             inst.store.set_epoch_deadline(1)
 
@@ -154,8 +161,9 @@ class ThreadedRun:
                 try:
                     return fn(*args)
                 finally:
-                    with self._lock:
+                    with self._cond:
                         self._in_host -= 1
+                        self._cond.notify_all()  # it runs again: _settle waits for it
                     self._check_running()  # the program ended while this thread was in the host
             return unlocked
 
@@ -183,6 +191,8 @@ class ThreadedRun:
         except BaseException as e:
             self._end(("raise", e))
             raise
+        finally:
+            self._settle()
         kind, value = self._outcome
         if kind == "raise":
             if isinstance(value, ProcExit):
@@ -190,17 +200,34 @@ class ThreadedRun:
             raise value
         return 0
 
-    def _instance(self) -> WasmtimeInstance:
+    def _settle(self) -> None:
+        """Once the program ended: wait until every thread has stopped but those still blocked in
+        a blocking host call (abandoned, as on the interpreter), so that no store is still running
+        or unwinding when the run returns and its objects may be collected by any thread. Threads
+        computing stop at their next epoch check, waiters were woken, a host call other than a
+        blocking one returns soon; without epoch interruption (a benchmark's setting) a thread
+        computing would never stop, so nothing is waited for."""
+        if not self.settings.get("epoch_interruption"):
+            return
+        with self._cond:
+            while self._running > self._in_host:
+                self._cond.wait()
+
+    def _instance(self, *, run_start: bool = True) -> WasmtimeInstance:
         """A thread's instance: its own store, the table of host waits filled before it runs. (A
         trap's backtrace reads offsets in the module as compiled: in a function that waits or
-        notifies, those after the first wait or notify are a few bytes past the original's.)"""
+        notifies, those after the first wait or notify are a few bytes past the original's.)
+        ``run_start``: run the instrumented module's start function (not for a restored thread:
+        the memory it initialises is the snapshot's)."""
         inst = WasmtimeInstance(self.module, self.wasi, compiled=self.compiled, links=self)
+        waiter = self.waits.waiter()
+        with self._lock:
+            self.waiter_of[inst] = waiter
         table = inst.exports.get(TABLE_EXPORT)
         if isinstance(table, wasmtime.Table):
-            for slot, (ft, fn) in self.waits.host_functions(self.waits.waiter()).items():
-                ty = wasmtime.FuncType([_VALTYPE[t]() for t in ft.params], [_VALTYPE[t]() for t in ft.results])
-                table.set(inst.store, slot, wasmtime.Func(inst.store, ty, inst._host_func(fn, ft.params, ft.results)))
-        if _INSTRUMENTED_START in inst.exports:  # the instrumented module's start function, which the host runs
+            for slot, (ft, fn) in self.waits.host_functions(waiter).items():
+                table.set(inst.store, slot, inst.host_func(fn, ft.params, ft.results))
+        if run_start and _INSTRUMENTED_START in inst.exports:  # the instrumented module's start, run by the host
             inst.invoke(_INSTRUMENTED_START)
         return inst
 
@@ -229,9 +256,24 @@ class ThreadedRun:
         name = "wasm-thread-main" if main_thread else f"wasm-thread-{args[0]}"
         py = threading.Thread(target=self._thread_main, args=(inst, entry, args, main_thread), name=name, daemon=True)
         self.python_threads.append(py)
-        py.start()
+        with self._cond:
+            self._running += 1
+        try:
+            py.start()
+        except BaseException:
+            with self._cond:
+                self._running -= 1
+            raise
 
     def _thread_main(self, inst: WasmtimeInstance, entry: str, args: tuple[int, ...], main_thread: bool) -> None:
+        try:
+            self._run_thread(inst, entry, args, main_thread)
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    def _run_thread(self, inst: WasmtimeInstance, entry: str, args: tuple[int, ...], main_thread: bool) -> None:
         try:
             inst.invoke(entry, *args)
         except BaseException as e:  # proc_exit (ProcExit), a trap, anything: it ends the program
@@ -264,8 +306,8 @@ class ThreadedRun:
 class ThreadedProgram(RunsToEnd):
     """A wasi-threads command on wasmtime as a :class:`~wasmig.engines.base.Program` (what
     ``WasmtimeEngine.program`` gives for one, so a run loop runs it like any program): it runs
-    to its end and never stops for a checkpoint (step 3 of issue 20 is not built on wasmtime).
-    Nothing is instantiated before :meth:`start`."""
+    to its end and never stops for a checkpoint (a run with checkpoints is
+    :mod:`~wasmig.engines.wasmtime.threads_checkpoint`'s). Nothing is instantiated before :meth:`start`."""
 
     refusal = NO_THREAD_CHECKPOINTS
 
