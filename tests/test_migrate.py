@@ -29,7 +29,7 @@ from wasmig.toolchain import compile_c
 pytest.importorskip("wasmtime")
 
 PROGRAMS = Path(__file__).parent / "programs"
-ARGS = ["80", "256", "40"]  # rounds, KiB of heap, ms of sleep per round: 3.2 s, so a loaded machine still moves it mid-run
+ARGS = ["80", "256", "40"]  # rounds, KiB of heap, ms of sleep per round: 3.2 s, moved mid-run even at load 30
 
 
 def wasmig(*args: str) -> list[str]:

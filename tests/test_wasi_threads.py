@@ -162,14 +162,12 @@ def _wasmig(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProce
 
 def test_wasmig_run_refuses_what_threads_lack_yet_in_one_line(tmp_path: Path) -> None:
     """What threads lack yet is a one-line error, never a traceback, and nothing runs: a step
-    count with ``--engine wasmtime`` (counted on the interpreter), an instruction-count trigger,
-    migration."""
+    count with ``--engine wasmtime`` (counted on the interpreter), an instruction-count trigger."""
     wasm = compile_threaded("threads_spawn")
     for options, message in ((["--engine", "wasmtime", "--checkpoint-dir", str(tmp_path / "ck"),
                                "--checkpoint-at-step", "100"], b"counts steps on the interpreter only"),
                              (["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-at-instruction", "5"],
-                              b"cannot be run with --checkpoint-at-instruction"),
-                             (["--migratable"], b"cannot be run with --migratable")):
+                              b"cannot be run with --checkpoint-at-instruction")):
         refused = _wasmig("run", *options, str(wasm))
         assert refused.returncode == 1 and b"Traceback" not in refused.stderr, refused.stderr
         assert refused.stderr.startswith(b"wasmig: error: ") and message in refused.stderr, refused.stderr

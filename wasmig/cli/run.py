@@ -138,25 +138,30 @@ def load_program(program: str, decode: bool) -> tuple[Module, bool]:
     return module, imports_thread_spawn(module.interface.imports)
 
 
-def threaded_engine(runs_on: Engine, asked: str | None, unsupported: str | None, steps: bool) -> Engine:
-    """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads, else the
-    interpreter when no engine was asked for (with a note); a one-line error when the run asks
-    for what threads do not have yet (``unsupported``: migration, ``--invoke``,
-    ``--checkpoint-at-instruction``). Checkpoints on request or on a timer are taken on either
-    engine; a step count (``steps``: ``--checkpoint-at-step``, ``--count-steps``) only on the
-    interpreter, whose scheduler makes a step a moment of a reproducible interleaving
-    (docs/threads.md)."""
+def threaded_engine(runs_on: Engine, asked: str | None, unsupported: str | None, stops: bool, steps: bool) -> Engine:
+    """The engine a wasi-threads program runs on: ``runs_on`` if it runs threads -- and, when the
+    run may be stopped (``stops``: checkpoint options, ``--migratable``, ``--migrate-to``),
+    captures them (:attr:`Engine.captures_threads`), and when it counts steps (``steps``:
+    ``--checkpoint-at-step``, ``--count-steps``), is the interpreter, whose scheduler makes a step a
+    moment of a reproducible interleaving -- else the interpreter when no engine was asked for
+    (with a note); a one-line error when the run asks for what threads do not have yet
+    (``unsupported``: ``--invoke``, ``--checkpoint-at-instruction``) or for what the asked engine
+    cannot do (docs/threads.md)."""
     if unsupported is not None:
         raise UserError(f"a wasi-threads program cannot be run with {unsupported} yet (docs/threads.md)")
-    if runs_on.runs_threads and (not steps or runs_on.name == "interp"):
+    if runs_on.runs_threads and (not stops or runs_on.captures_threads) and (not steps or runs_on.name == "interp"):
         return runs_on
     if asked is not None and steps:
         raise UserError(f"--engine {asked}: a wasi-threads program counts steps on the interpreter only (its threads "
                         "run freely on wasmtime; --engine interp for --checkpoint-at-step; docs/threads.md)")
+    if asked is not None and stops:
+        raise UserError(f"--engine {asked}: checkpoints and migrations of a wasi-threads program are not taken on "
+                        f"{asked} yet (--engine interp; docs/threads.md)")
     if asked is not None:
         raise UserError(f"--engine {asked}: wasi-threads programs run on the interpreter only so far "
                         "(--engine interp; docs/threads.md)")
-    why = ("steps of threads are counted there only" if runs_on.runs_threads
+    why = ("steps of threads are counted there only" if runs_on.runs_threads and steps
+           else "checkpoints of threads are taken there only so far" if runs_on.runs_threads
            else f"{runs_on.name} does not run threads yet")
     err(f"wasmig: note: a wasi-threads program: running it on the interpreter ({why})")
     return engines.get("interp")
@@ -272,9 +277,10 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         # which a cached instrumented module spares, as on restore)
         module, threaded = load_program(program, runs_on.needs_ir)
         if threaded:
-            unsupported = ("--invoke" if invoke is not None else "--migratable or --migrate-to" if policy.migratable
+            unsupported = ("--invoke" if invoke is not None
                            else "--checkpoint-at-instruction" if checkpoint_at_instruction is not None else None)
-            runs_on = threaded_engine(runs_on, engine, unsupported, policy.active and policy.count_steps)
+            runs_on = threaded_engine(runs_on, engine, unsupported, policy.active or policy.migratable,
+                                      policy.active and policy.count_steps)
             module = Module.from_file(program, features={"threads"})
         invoke_args = invoke_arguments(module, invoke, args) if invoke is not None else None
         if not plain and invoke is None:
@@ -312,7 +318,8 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
         return
     if invoke is not None:
         sys.exit(guarded(lambda: invoke_function(instance, invoke, invoke_args), wasi, policy, program) & 0xFF)
-    if threaded and runs_on.name != "interp" and not policy.active:  # no checkpoints: threads run to the end
+    stops = policy.active or policy.migratable
+    if threaded and (not runs_on.captures_threads or not stops and runs_on.name != "interp"):  # runs to its end
         sys.exit(guarded(lambda: runs_on.run_threaded_command(module, wasi), wasi, policy, program) & 0xFF)
     path = os.path.abspath(program)
     sys.exit(guarded(lambda: run_program(runnable, policy, path, resume=False), wasi, policy, path) & 0xFF)

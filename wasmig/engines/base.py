@@ -183,6 +183,13 @@ class Engine(ABC):
 
     #: whether :meth:`run_threaded_command` runs wasi-threads programs (docs/threads.md)
     runs_threads: bool = False
+    #: whether it also runs them as a :class:`Program` that stops every thread and captures a
+    #: format-version-2 snapshot (checkpoints, and the source of a live migration) and restores
+    #: one (:meth:`restore`)
+    captures_threads: bool = False
+    #: whether its :meth:`landing` takes a live migration of a wasi-threads program (a daemon's
+    #: engine: ``wasmig serve`` refuses a threaded program in one line where it does not)
+    lands_threads: bool = False
 
     def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
         """Run a wasi-threads command (it imports ``wasi.thread-spawn``; ``module`` decoded with the

@@ -170,9 +170,10 @@ def _messages(pid: int, sock: socket.socket, request: dict[str, Any]) -> Iterato
             sock.sendall(json.dumps({"migrate": request}).encode() + b"\n")
             for line in f:
                 try:
-                    yield json.loads(line)
+                    message = json.loads(line)
                 except ValueError:
                     raise MigrationError(f"process {pid}: malformed reply") from None
-        except OSError as e:  # the run exited under the request (it ended, or moved): one line, no traceback
-            raise MigrationError(f"process {pid} closed its control connection ({e.strerror or e}): it ended "
-                                 "meanwhile, or moved (its own output says which)") from None
+                yield message
+        except OSError as e:  # the run ended (or died) mid-request: its end may reset the socket
+            raise MigrationError(f"process {pid} ended the request without an answer (its control connection "
+                                 f"broke: {e.strerror or e})") from None

@@ -90,7 +90,10 @@ def authenticate_as_client(ch: Channel, identity: Identity, timeout: float = 10.
     """The client's side of the handshake on a connected channel (its socket becomes the TLS one)."""
     ch.max_frame = PREAUTH_FRAME  # the server is a stranger until it proved its key
     ch.send("hello", protocol=PROTOCOL, version=VERSION)
-    ch.recv(timeout, expect=("hello",))  # a refusal (another version) arrives as its error
+    hello = ch.recv(timeout, expect=("hello",))  # a refusal (another version) arrives as its error
+    if hello.get("protocol") != PROTOCOL or hello.get("version") != VERSION:  # a peer that did not refuse
+        raise MigrationError(f"{ch.peer}: unsupported protocol version {hello.get('version')!r} (this wasmig "
+                             f"speaks {VERSION})")
     ch.sock = secure(ch.sock, identity, server=False, peer=ch.peer, timeout=timeout)
     msg = ch.recv(timeout, expect=("challenge",))
     server_nonce, wants_token = _field(msg, "nonce", NONCE_SIZE), msg.get("token") is True

@@ -414,7 +414,7 @@ class Target:
         # its cache misses: decoding and validating 26 MB of CPython in Python here cost ~20 s; the
         # interpreter needs the validation (it compiles from it): now, while the program still
         # runs at the source, rather than in the downtime
-        module = self.module = Module.from_bytes(data, decode=self.runs_on.needs_ir)
+        module = self.module = self._decoded(data)
         _ = module.sha256  # the restore checks it (67 ms for CPython): not in the downtime
         if self.runs_on.needs_ir:
             _ = module.validation
@@ -428,6 +428,22 @@ class Target:
         ch.send("module_ok")
         _fault("module")
         return module
+
+    def _decoded(self, data: bytes) -> Module:
+        """The arrived module, decoded as far as this daemon's engine needs: a wasi-threads program
+        (told from its imports, before its code: its shared memory is a proposal the default
+        decoder refuses) with the threads feature, and only if the engine's landing takes one
+        (``Engine.lands_threads``: a migration of one is every thread's state: docs/threads.md)."""
+        from wasmig.wasi.threads_abi import imports_thread_spawn
+
+        probe = Module.from_bytes(data, decode=False, validate=False)
+        if not imports_thread_spawn(probe.interface.imports):
+            return Module.from_bytes(data, decode=self.runs_on.needs_ir)
+        if not self.runs_on.lands_threads:
+            able = " or ".join(f"--engine {name}" for name in engines.NAMES if engines.get(name).lands_threads)
+            raise MigrationError(f"this daemon's engine ({self.engine}) cannot take a multi-threaded program yet "
+                                 f"(a daemon started with {able} can: docs/threads.md)")
+        return Module.from_bytes(data, decode=self.runs_on.needs_ir, features={"threads"})
 
     # --- pages and state ------------------------------------------------------------------------
     def _receive_state(self, module: Module) -> Any:
@@ -535,7 +551,12 @@ class Target:
         # address the source names (a preopen the program closed, with files still open beneath it, too)
         granted = self._grant(snap.wasi)
         snap.meta = {**snap.meta, "migration": self.id, "migrated_at_ns": time.time_ns()}
-        return landing.prepare(snap, granted, **self._streams(snap))
+        program = landing.prepare(snap, granted, **self._streams(snap))
+        if snap.threads is not None:  # what every thread was doing when it stopped at the source
+            states = [t.state for t in snap.threads.threads]
+            log(f"migration {self.id}: restored {len(states)} threads: {states.count('waiting')} waiting, "
+                f"{states.count('host')} in a host call, {states.count('runnable')} runnable")
+        return program
 
     def _streams(self, snap: Any) -> dict[str, Any]:
         """Where the program's stdout and stderr go (``Landing.prepare``'s keywords): this

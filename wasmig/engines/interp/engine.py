@@ -108,18 +108,14 @@ class InterpProgram(Program):
         return [(len(m.data), reader(m.data)) for m in self.instance.store.mems]
 
 
-class ImageLanding(Landing):
+class ByteImages(Landing):
     """Pages land in a byte image per memory, restored as a whole at the end. Memory 0's image
     starts as the module's initial memory (its constant-offset data segments), as a prepared
-    instance's would."""
+    instance's would. What the state goes into is the subclass's (:meth:`prepare`)."""
 
     def __init__(self, module: Module) -> None:
         self.module = module
         self.images: list[bytearray] = [initial_image(module)] if module.ir.all_mems() else []
-        # the instance the state goes into, made now rather than in the downtime (0.17 s for
-        # CPython); its WASI is re-initialised in place with the program's state at the end
-        self.wasi = Wasi()
-        self.instance = InterpInstance(module, wasi_imports(module, self.wasi), "interp", initialize=False)
 
     def pages(self, m: int) -> int:
         return len(self.images[m]) // PAGE_SIZE if m < len(self.images) else 0
@@ -138,10 +134,21 @@ class ImageLanding(Landing):
     def read(self, m: int, i: int) -> bytes:
         return bytes(self._image(m, i)[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
 
-    def memory(self, i: int, _repr: Any, size_pages: int) -> bytearray:
+    def memory(self, i: int, _repr: Any, size_pages: int) -> bytearray | None:
         image = self._image(i, size_pages - 1) if size_pages else bytearray()
         del image[size_pages * PAGE_SIZE:]
         return image
+
+
+class ImageLanding(ByteImages):
+    """A single-instance program's migration: its memories' byte images, and the instance they go into."""
+
+    def __init__(self, module: Module) -> None:
+        super().__init__(module)
+        # the instance the state goes into, made now rather than in the downtime (0.17 s for
+        # CPython); its WASI is re-initialised in place with the program's state at the end
+        self.wasi = Wasi()
+        self.instance = InterpInstance(module, wasi_imports(module, self.wasi), "interp", initialize=False)
 
     def prepare(self, snap: Snapshot, granted: Granted, *, stdout: BinaryIO | None = None,
                 stderr: BinaryIO | None = None) -> Program:
@@ -158,6 +165,8 @@ class InterpEngine(Engine):
     name = "interp"
     needs_ir = True
     runs_threads = True
+    captures_threads = True
+    lands_threads = True
 
     def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
         from wasmig.engines.interp.wasi_threads import run_threaded_command
@@ -205,7 +214,13 @@ class InterpEngine(Engine):
                          wasi: Wasi | None, *, count_steps: bool = False) -> InterpInstance:
         return restore(module, snap, wasi if wasi is not None else imports)
 
-    def landing(self, module: Module) -> ImageLanding:
+    def landing(self, module: Module) -> Landing:
+        from wasmig.engines.interp.wasi_threads import is_threaded
+
+        if is_threaded(module):  # every thread restored from the one shared memory's image
+            from wasmig.engines.interp.threaded import ThreadedLanding
+
+            return ThreadedLanding(module)
         return ImageLanding(module)
 
 

@@ -158,6 +158,7 @@ class WasmtimeEngine(Engine):
         return InstanceLanding(module)
 
     runs_threads = True
+    captures_threads = True
 
     def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
         """One OS thread per wasm thread, in parallel (:mod:`wasmig.engines.wasmtime.threads`):

@@ -1,0 +1,310 @@
+"""Live migration of a multi-threaded program between `wasmig serve` daemons (issue 20;
+docs/migration.md, "Threads"): ``tests/programs/threads_migrate.c`` -- eight workers under a
+mutex, two condition variables and a barrier, the main thread sleeping between rounds -- moved
+mid-run through the same protocol and code paths as a single-threaded program. The output of the
+processes that ran it, put together, must be the uninterrupted run's, each line exactly once; a
+migration that cannot happen (an engine that cannot take threads, a daemon that does not trust
+the source, a daemon killed mid-way) leaves the program running at the source, unharmed."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from tests.migration_keys import Keys
+from tests.test_migrate import assert_ran_exactly_once, daemon, lines_of, migrate, wait_for, wasmig
+from tests.threaded_programs import compile_threaded
+
+#: rounds, ms the main thread sleeps before each (the workers wait on a condition variable
+#: meanwhile), KiB of the shared buffer the workers rewrite
+ARGS = ["40", "100", "64"]
+
+
+@pytest.fixture(scope="module")
+def program() -> Path:
+    return compile_threaded("threads_migrate")
+
+
+def reference_of(program: Path, args: list[str]) -> list[str]:
+    """The lines of an uninterrupted run (on the interpreter, without sleeping: the same lines)."""
+    out = subprocess.run(wasmig("run", "--engine", "interp", str(program), *args[:1], "0", *args[2:]),
+                         capture_output=True, check=True).stdout.decode()
+    return out.splitlines()
+
+
+@pytest.fixture(scope="module")
+def reference(program: Path) -> list[str]:
+    lines = reference_of(program, ARGS)
+    assert len(lines) == int(ARGS[0]) + 1 and lines[-1].startswith("done ")
+    return lines
+
+
+@contextmanager
+def threaded_source(tmp_path: Path, program: Path, args: list[str] = ARGS, started: str = "round 2 ",
+                    options: list[str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``wasmig run --migratable [OPTIONS] PROGRAM ARGS`` (no engine asked: the default one, which
+    captures threads), once its output holds ``started``."""
+    out, err = tmp_path / "source.out", tmp_path / "source.err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen(wasmig("run", "--migratable", *(options or []), str(program), *args),
+                                stdout=o, stderr=e)
+    try:
+        wait_for(lambda: started in out.read_text(), f"the program did not start: {err.read_text()}")
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _summary(stdout: str) -> re.Match[str]:
+    found = re.search(r"migrated to 127\.0\.0\.1:\d+ in [\d.]+ s: downtime ([\d.]+) ms, [\d.]+ MB sent, (\d+) rounds",
+                      stdout)
+    assert found, stdout
+    return found
+
+
+def test_an_eight_thread_program_moves_between_two_daemons_and_back(tmp_path: Path, program: Path,
+                                                                    keys: Keys) -> None:
+    """Three hops (a wasmtime source -> a -> b -> a, interpreter daemons), each while the workers
+    wait on their condition variable or compute: every round's log comes out once, in order, as in
+    an uninterrupted run; the pages a kept from the first hop are not resent on the third."""
+    args = ["40", "300", "64"]  # 12 s of sleeping in all: time for three hops on a loaded machine
+    reference = reference_of(program, args)
+    with daemon(tmp_path, "a", "interp", keys) as a, daemon(tmp_path, "b", "interp", keys) as b, \
+            threaded_source(tmp_path, program, args) as (proc, out):
+        done = migrate(proc.pid, a)
+        assert done.returncode == 0, done.stderr
+        _summary(done.stdout)
+        assert proc.wait(30) == 0
+        first = a.pid_of(1)
+        wait_for(lambda: len(lines_of(a.out)) >= 3, f"no progress on a: {a.log()}")
+        hop = migrate(first, b)
+        assert hop.returncode == 0, hop.stderr
+        second = b.pid_of(1)
+        wait_for(lambda: len(lines_of(b.out)) >= 3, f"no progress on b: {b.log()}")
+        hop = migrate(second, a)
+        assert hop.returncode == 0, hop.stderr
+        known = re.search(r"(\d+) pages sent, (\d+) already on the target", hop.stdout)
+        assert known and int(known.group(2)) > 0, hop.stdout
+        a.pid_of(2)
+        wait_for(lambda: "program exited with code 0" in a.log(), f"not finished: {a.log()}")
+        assert a.log().count("program migrated away") == 1 and b.log().count("program migrated away") == 1
+        assert_ran_exactly_once(reference, out, a.out, b.out)
+
+
+@pytest.mark.parametrize("source_engine", ["interp", "wasmtime"])
+def test_a_threaded_program_moves_while_its_workers_wait_on_a_condition_variable(
+        tmp_path: Path, program: Path, keys: Keys, source_engine: str) -> None:
+    """A long sleep between rounds: the stop finds the main thread in its sleep (a blocking host
+    call, re-issued at the target) and all eight workers waiting on the condition variable. The
+    state the target kept says so; the program finishes there with the uninterrupted output."""
+    args = ["6", "1500", "8"]  # rounds of little work: the stop finds them in the sleep, not computing
+    reference = reference_of(program, args)
+    with daemon(tmp_path, "target", "interp", keys) as d, \
+            threaded_source(tmp_path, program, args, started="round 1 ",
+                            options=["--engine", source_engine]) as (proc, out):
+        done = migrate(proc.pid, d)
+        assert done.returncode == 0, done.stderr
+        assert proc.wait(30) == 0
+        wait_for(lambda: "program exited with code 0" in d.log(), f"not finished: {d.log()}")
+        assert_ran_exactly_once(reference, out, d.out)
+        assert lines_of(d.out), "it moved only after the end"
+    threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call", d.log())
+    assert threads and threads.groups() == ("9", "8", "1"), d.log()
+
+
+def _stays_at_the_source(failed: subprocess.CompletedProcess[str], proc: subprocess.Popen[bytes], out: Path,
+                         reference: list[str], why: str) -> None:
+    """The migration failed in one line naming ``why``; the program went on at the source and
+    finished there with the uninterrupted output."""
+    assert failed.returncode == 1, failed.stdout
+    assert "the program goes on" in failed.stderr and why in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert proc.wait(60) == 0
+    assert_ran_exactly_once(reference, out)
+
+
+def test_a_daemon_whose_engine_cannot_take_threads_refuses_and_the_program_goes_on(
+        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
+    with daemon(tmp_path, "target", "wasmtime", keys) as d, threaded_source(tmp_path, program) as (proc, out):
+        failed = migrate(proc.pid, d)
+        _stays_at_the_source(failed, proc, out, reference, "cannot take a multi-threaded program yet")
+        assert "aborted, nothing runs" in d.log() and d.out.read_text() == ""
+
+
+def test_an_untrusted_source_is_refused_and_the_program_goes_on(tmp_path: Path, program: Path,
+                                                                reference: list[str], keys: Keys) -> None:
+    with daemon(tmp_path, "target", "interp", keys, trust=["--trust-peer", keys.pub("a")]) as d, \
+            threaded_source(tmp_path, program) as (proc, out):
+        _stays_at_the_source(migrate(proc.pid, d), proc, out, reference, "migration failed")
+        assert "none of the trusted keys" in d.log() and d.out.read_text() == ""
+
+
+def test_a_peer_of_another_protocol_version_is_refused_and_the_program_goes_on(
+        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
+    """A daemon of an older wasmig (protocol 2) answers ``hello`` with its version: refused at once."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def old_daemon() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                hello = msgpack.packb({"t": "hello", "protocol": "wasmig-migrate", "version": 2})
+                conn.sendall(len(hello).to_bytes(4, "big") + hello)
+                conn.recv(4096)
+
+        answering = threading.Thread(target=old_daemon, daemon=True)
+        answering.start()
+        with threaded_source(tmp_path, program) as (proc, out):
+            failed = subprocess.run(wasmig("migrate", str(proc.pid), "--to", f"127.0.0.1:{port}", "--peer-fingerprint",
+                                           keys.fingerprint("target"), "--quiet"),
+                                    capture_output=True, text=True, timeout=120)
+            _stays_at_the_source(failed, proc, out, reference, "version")
+
+
+@pytest.mark.parametrize("step", ["state", "prepared"])
+def test_killing_the_target_mid_migration_leaves_the_threads_running_at_the_source(
+        tmp_path: Path, program: Path, reference: list[str], keys: Keys, step: str) -> None:
+    """After the state went (every thread stopped at the source) and after the target said
+    ``prepared``: the source's threads go on from where they stopped, nothing ran on the target."""
+    with daemon(tmp_path, "target", "interp", keys, fault=step) as d, \
+            threaded_source(tmp_path, program) as (proc, out):
+        _stays_at_the_source(migrate(proc.pid, d), proc, out, reference, "")
+        assert f"killed after {step}" in d.log() and d.out.read_text() == ""
+
+
+def test_a_threaded_program_moves_while_its_workers_compute(tmp_path: Path, program: Path, keys: Keys) -> None:
+    """No sleeping: the stop finds the workers computing and taking turns (no thread in a host
+    call); pre-copy resends the pages the workers rewrite while it runs."""
+    args = ["40", "0", "1024"]
+    reference = reference_of(program, args)
+    with daemon(tmp_path, "target", "interp", keys) as d, \
+            threaded_source(tmp_path, program, args, options=["--engine", "interp"]) as (proc, out):
+        done = migrate(proc.pid, d)
+        assert done.returncode == 0, done.stderr
+        assert proc.wait(30) == 0
+        wait_for(lambda: "program exited with code 0" in d.log(), f"not finished: {d.log()}")
+        assert_ran_exactly_once(reference, out, d.out)
+        assert lines_of(d.out), "it moved only after the end"
+    threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call, (\d+) runnable", d.log())
+    assert threads and threads.group(1) == "9" and threads.group(3) == "0" and int(threads.group(4)) >= 1, d.log()
+
+
+def test_the_landing_refuses_pages_beyond_the_shared_memory_before_making_room() -> None:
+    """A source that names a page past the shared memory's declared maximum (or another memory)
+    is refused before the daemon allocates anything for it."""
+    from tests.threaded_programs import threaded_module
+    from wasmig import engines
+    from wasmig.snapshot.state import PAGE_SIZE, SnapshotError
+
+    module = threaded_module("threads_migrate")
+    landing = engines.get("interp").landing(module)
+    top = module.ir.all_mems()[0].limits.max
+    assert top is not None
+    landing.write(0, top - 1, b"\1" * PAGE_SIZE)  # the last page it may have
+    for m, i in ((0, top), (0, 65535), (1, 0)):
+        with pytest.raises(SnapshotError, match="beyond the shared memory"):
+            landing.write(m, i, b"\1" * PAGE_SIZE)
+    with pytest.raises(SnapshotError, match="beyond the shared memory"):
+        landing.memory(0, None, top + 1)
+    assert landing.pages(0) == top
+
+
+def test_a_daemon_gone_after_the_commit_leaves_every_thread_stopped_and_saved(
+        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
+    """In doubt (the commit sent, never confirmed, nobody left to ask): the source keeps every
+    thread stopped, saves the program (a format-version-2 single file) and exits 75; `wasmig
+    restore` of that file finishes it, the output the uninterrupted run's."""
+    with daemon(tmp_path, "target", "interp", keys, fault="daemon") as d, \
+            threaded_source(tmp_path, program) as (proc, out):
+        failed = migrate(proc.pid, d)
+        assert failed.returncode == 1 and "did not confirm" in failed.stderr, failed.stderr
+        assert proc.wait(60) == 75
+        err = (tmp_path / "source.err").read_text()
+        saved = re.search(r"its state is in (\S+\.snap)", err)
+        assert saved, err
+        assert "whole daemon killed" in d.log() and d.out.read_text() == ""
+        restored = subprocess.run(wasmig("restore", "--module", str(program), saved.group(1)), capture_output=True,
+                                  text=True, timeout=120)
+        Path(saved.group(1)).unlink()
+        assert restored.returncode == 0, restored.stderr
+        (tmp_path / "restored.out").write_text(restored.stdout)
+        assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
+
+
+def test_the_landed_program_is_the_stopped_one_wait_queues_in_order() -> None:
+    """In process: the eight-thread program stopped for a migration (the session's StopHandoff),
+    its state sent as the protocol sends it (msgpack, memories as sizes only) and its pages landed
+    in the daemon engine's landing: the program the landing prepares captures to the very state
+    the source stopped in -- every thread, each wait queue in its order, the scheduler."""
+    import io
+    import threading
+    import time
+
+    from tests.threaded_programs import threaded_module
+    from wasmig import engines
+    from wasmig.grants import resolve
+    from wasmig.session.loop import Session, StopHandoff
+    from wasmig.session.policy import CheckpointPolicy
+    from wasmig.snapshot.inspect import diff
+    from wasmig.snapshot.state import PAGE_SIZE, from_plain, to_plain
+    from wasmig.wasi.preview1 import Wasi
+
+    module = threaded_module("threads_migrate")
+    interp = engines.get("interp")
+    out = io.BytesIO()
+    program = interp.program(module, Wasi(["prog", "1000", "300", "64"], stdout=out), checkpoints=True)
+    session = Session(program, CheckpointPolicy(migratable=True))
+    session.handoff = handoff = StopHandoff()
+    threading.Thread(target=lambda: session.run(resume=False), daemon=True).start()
+    wait_for(lambda: b"round 1 " in out.getvalue(), "the program did not start")
+    time.sleep(0.1)  # into the main thread's sleep: the workers wait on their condition variable
+    stopped = handoff.stop(session.request)
+    try:
+        memories = session.guest_memories()
+        plain = to_plain(stopped, lambda _i, _data: None)
+        plain["memories"][0]["size_pages"] = memories[0][0] // PAGE_SIZE
+        landing = interp.landing(module)
+        for i in range(memories[0][0] // PAGE_SIZE):
+            landing.write(0, i, bytes(memories[0][1](i)))
+        snap = from_plain(msgpack.unpackb(msgpack.packb(plain, use_bin_type=True), raw=False), landing.memory)
+        assert snap.wasi is not None
+        landed = landing.prepare(snap, resolve(snap.wasi, dirs={}, listens=(), gateways=(), where="migration"))
+        again = landed.capture()
+        source_state = program.capture()
+        assert stopped.threads is not None and again.threads is not None
+        assert [(a, tids) for _m, a, tids in again.threads.wait_queues] == \
+            [(a, tids) for _m, a, tids in stopped.threads.wait_queues]
+        assert sum(len(tids) for _m, _a, tids in stopped.threads.wait_queues) == 8, "the workers were not waiting"
+        assert [line for line in diff(source_state, again) if "clock" not in line] == []
+    finally:
+        handoff.decide(False)
+
+
+def test_run_migrate_to_moves_a_threaded_program_by_itself(tmp_path: Path, program: Path, reference: list[str],
+                                                          keys: Keys) -> None:
+    """``wasmig run --migrate-to`` of a threaded program (on the default engine): it moves after
+    the given time, the summary on the source's stderr."""
+    with daemon(tmp_path, "target", "interp", keys) as d:
+        out, err = tmp_path / "source.out", tmp_path / "source.err"
+        with open(out, "wb") as o, open(err, "wb") as e:
+            proc = subprocess.Popen(wasmig("run", "--migrate-to", d.address, "--migrate-peer-fingerprint",
+                                           d.fingerprint, "--migrate-after", "1", str(program), *ARGS),
+                                    stdout=o, stderr=e)
+        assert proc.wait(120) == 0, err.read_text()
+        _summary(err.read_text())
+        wait_for(lambda: "program exited with code 0" in d.log(), f"the program did not finish: {d.log()}")
+        assert_ran_exactly_once(reference, out, d.out)
+        assert lines_of(out) and lines_of(d.out), "it did not move mid-run"
