@@ -181,8 +181,9 @@ def checkpointable_on_request(policy: CheckpointPolicy, program: str, engine: st
     :func:`~wasmig.session.policy.default_checkpoint_dir` (made by the first such checkpoint) and
     ``wasmig migrate PID`` finds the control socket. On wasmtime this runs the instrumented fast
     variant (cached by the module's hash; ``--plain`` opts out). A wasi-threads program on
-    wasmtime stays plain: its threads cannot be checkpointed there yet (docs/threads.md); on the
-    interpreter it takes checkpoints but does not migrate. A run that asked for nothing is not
+    wasmtime stays plain unless checkpoint options ask for its checkpointable variant (every
+    thread then stops and is captured: docs/threads.md); on the interpreter it takes
+    checkpoints on request but is not made migratable. A run that asked for nothing is not
     refused for want of a usable runtime directory (where the status file and the control socket
     go): it says so in one line and runs without them."""
     from wasmig.runtime_dir import RuntimeDirError, runtime_dir
