@@ -42,9 +42,11 @@ from wasmig.binary.ir import (
     FuncType,
     Global,
     GlobalType,
+    Import,
     Instr,
     Limits,
     MemType,
+    NameSection,
     TableType,
 )
 from wasmig.binary.ir import Module as IRModule
@@ -55,9 +57,10 @@ from wasmig.errors import WasmError
 from wasmig.instrument import transfer
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq
+from wasmig.instrument.linking import HELPERS, LINK_PREFIX, REWIND_MODULE_NAME, RUN_MODULE_NAME
 from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
-from wasmig.instrument.origins import pack_origins
+from wasmig.instrument.origins import origin_tags, pack_origins
 from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
 from wasmig.instrument.transfer import EntryPlan, plan_entries
 
@@ -119,9 +122,12 @@ class Instrumented:
     so a big module's instrumented IR never exists whole) and its site map. ``ir`` decodes the
     bytes, for tests and tools that look inside."""
 
-    def __init__(self, data: bytes, sitemap: SiteMap) -> None:
-        self.data = data
+    def __init__(self, data: bytes, sitemap: SiteMap, rewind: bytes | None = None) -> None:
+        self.data = data  # the run module
         self.sitemap = sitemap
+        #: the rewind module (the copies alone, importing the run instance), or None when the run
+        #: module holds its copies itself
+        self.rewind = rewind
         self._ir: IRModule | None = None
 
     @property
@@ -1234,7 +1240,7 @@ class _Pass:
         return len(ft.params), list(ft.results), list(ft.params)
 
 
-def instrument(module: object, *, count_steps: bool = True,
+def instrument(module: object, *, count_steps: bool = True, split: bool = True,
                progress: Callable[[int, int], None] | None = None) -> Instrumented:
     """Instrument a validated :class:`wasmig.Module` for checkpointing on a compiled engine.
 
@@ -1245,6 +1251,12 @@ def instrument(module: object, *, count_steps: bool = True,
     ~40% (benchmarks/overhead.py), so ``count_steps=False``, the fast variant, only tests the
     poll byte; its snapshots carry no step number. Both have the same sites and frame records,
     but for the fast variant's ``after_call`` sites (its post-call checks are its polls).
+
+    ``split`` (the default): the rewind copies go into a module of their own, the *rewind
+    module* (:attr:`Instrumented.rewind`), which the host compiles and instantiates only when a
+    frame is to be rewound; the *run module* (:attr:`Instrumented.data`) every run executes has
+    no copies. A module whose code uses its own segments (:data:`_PER_INSTANCE`) keeps its copies
+    in one module, as does ``split=False``.
 
     ``progress(done, total)`` is called with the number of functions rewritten so far, before the
     first and after each (``wasmig run`` shows it while a big module is instrumented).
@@ -1272,12 +1284,16 @@ def instrument(module: object, *, count_steps: bool = True,
     p.unroll = 1 if count_steps else UNROLL  # the deterministic variant counts every iteration
     n_imported = p.n_imported
     n_defined = len(ir.funcs)
-    p.copy_base = n_imported + n_defined  # function f's rewind copy is function f + n_defined
+    # defined functions: the instrumented functions, the pass's own (wasmig:dump, wasmig:load, the
+    # end of a rewind, a record's header), then the rewind copies (function f's copy is function
+    # f + n_defined + HELPERS): the run module is everything before the copies, with the very
+    # same indices, and the rewind module the copies alone (see _split below)
+    helper_base = n_imported + n_defined
+    p.copy_base = helper_base + HELPERS
     p.rewinds_table = len(ir.all_tables())
-    # after the copies: wasmig:dump, wasmig:load, then the functions that end a rewind and that
-    # write a record's header
-    p.finish_func = n_imported + 2 * n_defined + 2
-    p.header_func = p.finish_func + 1
+    p.finish_func = helper_base + 2
+    p.header_func = helper_base + 3
+    split = split and not _uses_instance_segments(ir)
     # each function is encoded as soon as it is rewritten and only its bytes are kept: the IR of
     # an instrumented function is ten times the original's, and for a 26 MB module (CPython) the
     # whole instrumented IR took several GB
@@ -1302,14 +1318,8 @@ def instrument(module: object, *, count_steps: bool = True,
         copy_shells.append(Function(copy.type_idx, [], []))
     if progress is not None:
         progress(n_defined, n_defined)
-    ir.funcs = shells + copy_shells
-    code += copies
-    origins += copy_origins
-    del copies, copy_origins, shells, copy_shells
-    # $rewinds: entry f holds f's rewind copy (null for an import), for call_indirect's rewind
-    ir.tables.append(TableType("funcref", Limits(n_imported + n_defined, n_imported + n_defined)))
-    ir.elems.append(Elem("active", "funcref", [[Instr(0xD2, p.copy_base + k), Instr(0x0B)] for k in range(n_defined)],
-                         p.rewinds_table, [Instr(0x41, n_imported), Instr(0x0B)]))
+    ir.funcs = shells
+    del shells
     ir.mems.append(MemType(Limits((RECORDS_BASE + p.max_record()) // 65536 + 1)))
     # the poll byte lives in a memory of its own: a poll then needs that memory's base only for
     # itself, and the control memory's base is loaded by the cold arms that write records, so
@@ -1326,6 +1336,7 @@ def instrument(module: object, *, count_steps: bool = True,
                        _record_header_function(p)):
         ir.funcs.append(extra_func)
         code.append(encode_code_entry(extra_func))
+        origins.append(_NO_ORIGINS)
     if any(seg.mode == "passive" for seg in ir.datas) and ir.data_count is None:
         ir.data_count = len(ir.datas)  # wasmig:load drops passive data segments
     ir.globals += [Global(GlobalType("i32", True), [Instr(0x41, 0), Instr(0x0B)]),
@@ -1336,29 +1347,86 @@ def instrument(module: object, *, count_steps: bool = True,
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record()), Instr(0x0B)]),
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record() // 65536 + 1), Instr(0x0B)])]
     taken = {e.name for e in ir.exports}
-    dump_index = n_imported + len(ir.funcs) - 4
-    extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:load", "func", dump_index + 1),
+    extra = [Export("wasmig:dump", "func", helper_base), Export("wasmig:load", "func", helper_base + 1),
              Export("wasmig:ctl", "memory", p.ctl), Export("wasmig:poll", "memory", p.poll_mem),
              Export("wasmig:state", "global", g),
              Export("wasmig:steps", "global", g + 1), Export("wasmig:stop_at", "global", g + 2)]
     extra += [Export(f"wasmig:g{i}", "global", i) for i in range(g)]
     if p.ctl > 0:
         extra.append(Export("wasmig:mem0", "memory", 0))
-    # the host rewinds the outermost frame, which runs an exported function, through its copy
-    exported = sorted({e.index for e in ir.exports if e.kind == "func" and e.index >= n_imported})
-    extra += [Export(f"wasmig:rewind{f}", "func", p.copy_base + f - n_imported) for f in exported]
     if ir.start is not None:  # run by the host on a fresh start only, never again on a restore
         extra.append(Export("wasmig:start", "func", ir.start))
         ir.start = None
-    for e in extra:
-        if e.name in taken:
+    # the host rewinds the outermost frame, which runs an exported function, through its copy
+    exported = sorted({e.index for e in ir.exports if e.kind == "func" and e.index >= n_imported})
+    rewind_exports = [Export(f"wasmig:rewind{f}", "func", p.copy_base + f - n_imported) for f in exported]
+    for e in extra + rewind_exports:
+        if e.name in taken or e.name.startswith(LINK_PREFIX):
             raise InstrumentError(f"the module already exports {e.name!r}")
     ir.exports += extra
     sitemap = SiteMap(p.ctl, g, p.sites, p.layouts, count_steps)
     ir.customs = [c for c in ir.customs if c.name not in (SECTION_NAME, ORIGINS_SECTION)]
     ir.customs.append(CustomSection(SECTION_NAME, sitemap.to_bytes(), 11))
+    rewinds_elem = Elem("active", "funcref", [[Instr(0xD2, p.copy_base + k), Instr(0x0B)] for k in range(n_defined)],
+                        p.rewinds_table, [Instr(0x41, n_imported), Instr(0x0B)])
+    rewinds_type = TableType("funcref", Limits(n_imported + n_defined, n_imported + n_defined))
+    if not split:  # one module: the copies after the pass's functions, as in the rewind module
+        ir.funcs += copy_shells
+        code += copies
+        origins += copy_origins
+        del copies, copy_origins, copy_shells
+        ir.tables.append(rewinds_type)
+        ir.elems.append(rewinds_elem)
+        ir.exports += rewind_exports
+        ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins), 11))
+        return Instrumented(encode_module(ir, code), sitemap)
+    rewind = _rewind_module(ir, copy_shells, rewinds_type, rewinds_elem, rewind_exports)
+    ir.exports += _link_exports(ir)
     ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins), 11))
-    return Instrumented(encode_module(ir, code), sitemap)
+    run = encode_module(ir, code)
+    del code, origins
+    rewind.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(copy_origins), 11))
+    return Instrumented(run, sitemap, encode_module(rewind, copies))
+
+
+_NO_ORIGINS = origin_tags([])
+#: instructions that use the instance's own data or element segments (memory.init, data.drop,
+#: table.init, elem.drop) or declare a function reference (ref.func): a rewind module would
+#: have segments of its own, so such a module keeps its copies in the run module
+_PER_INSTANCE = frozenset((0xFC08, 0xFC09, 0xFC0C, 0xFC0D, 0xD2))
+
+
+def _uses_instance_segments(ir: IRModule) -> bool:
+    """Whether a function of ``ir`` uses an instruction of :data:`_PER_INSTANCE`."""
+    per_instance = _PER_INSTANCE
+    return any(ins.op in per_instance for f in ir.funcs for ins in f.body)
+
+
+def _link_exports(ir: IRModule) -> list[Export]:
+    """The run module's exports of everything a rewind module imports, by index (last, after
+    every other export: see :data:`LINK_PREFIX`)."""
+    out = [Export(f"{LINK_PREFIX}f{i}", "func", i) for i in range(ir.num_imported_funcs() + len(ir.funcs))]
+    out += [Export(f"{LINK_PREFIX}t{i}", "table", i) for i in range(len(ir.all_tables()))]
+    out += [Export(f"{LINK_PREFIX}m{i}", "memory", i) for i in range(len(ir.all_mems()))]
+    out += [Export(f"{LINK_PREFIX}g{i}", "global", i) for i in range(len(ir.all_globals()))]
+    return out
+
+
+def _rewind_module(run: IRModule, copies: list[Function], rewinds_type: TableType, rewinds_elem: Elem,
+                   exports: list[Export]) -> IRModule:
+    """The rewind module of the run module ``run`` (docs/instrument.md, "Two modules"): it imports
+    every function, table, memory and global of the run instance, in index order, so that its
+    copies -- its only functions -- have the very indices (and the very code) they would have
+    after the run module's functions, and it adds the table ``$rewinds`` and the exports
+    ``wasmig:rewind<f>``. Instantiated beside the run instance, in its store, only when a frame
+    is to be rewound."""
+    imports = [Import(RUN_MODULE_NAME, f"{LINK_PREFIX}f{i}", "func", t)
+               for i, t in enumerate(run.func_type_indices())]
+    imports += [Import(RUN_MODULE_NAME, f"{LINK_PREFIX}t{i}", "table", t) for i, t in enumerate(run.all_tables())]
+    imports += [Import(RUN_MODULE_NAME, f"{LINK_PREFIX}m{i}", "memory", m) for i, m in enumerate(run.all_mems())]
+    imports += [Import(RUN_MODULE_NAME, f"{LINK_PREFIX}g{i}", "global", g) for i, g in enumerate(run.all_globals())]
+    return IRModule(types=run.types, imports=imports, funcs=copies, tables=[rewinds_type], elems=[rewinds_elem],
+                    exports=exports, names=NameSection(module=REWIND_MODULE_NAME))
 
 
 def _dump_globals(ir: IRModule, p: _Pass) -> Function:
