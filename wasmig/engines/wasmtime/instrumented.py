@@ -245,7 +245,7 @@ class Instrumented:
 
 def _rewind_path(path: Path) -> Path:
     """Where the rewind module of the cached run module at ``path`` is cached."""
-    return path.with_name(path.name.removesuffix(".wasm") + ".rewind.wasm")
+    return path.with_suffix(".rewind")
 
 
 def _cache_key(module: Module, count_steps: bool) -> str:
