@@ -57,11 +57,19 @@ from wasmig.errors import WasmError
 from wasmig.instrument import transfer
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq
-from wasmig.instrument.linking import HELPERS, LINK_PREFIX, REWIND_MODULE_NAME, RUN_MODULE_NAME
+from wasmig.instrument.linking import (
+    COMPACT_RECORD,
+    HELPERS,
+    LINK_PREFIX,
+    REWIND_MODULE_NAME,
+    RUN_MODULE_NAME,
+    SAVE_COUNTS,
+    SAVE_TYPES,
+)
 from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
 from wasmig.instrument.origins import origin_tags, pack_origins
-from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
+from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap, compact_slots
 from wasmig.instrument.transfer import EntryPlan, plan_entries
 
 # control memory layout
@@ -196,6 +204,9 @@ class _FunctionRewriter:
         self.labels: list[bool] = []
         self.site_at: dict[tuple[int, str], int] = {}  # (instruction index, kind) -> site id
         self.unwind_label = _UNWIND_LABEL  # index in self.labels of the block unwind branches leave
+        #: the normal body's cold arms save their values compactly (:meth:`_save_compact`); the
+        #: rewind copy's (in the rewind module, compiled only to rewind) store each in its slot
+        self.compact = True
         self.entry_site = -1
         body = func.body
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
@@ -354,6 +365,11 @@ class _FunctionRewriter:
             self.emit(0x0C, self.unwind_depth())
             return
         site = self.p.sites[site_id]
+        if self.compact:
+            out.add_encoded(self.set_site, 1)
+            self._save_compact(site)
+            self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
+            return
         a = self.addr_local
         out.add_encoded(self.set_site_and_record, 4)  # $site = K; a = the write pointer
         chunks, stores = out.chunks, self.slot_stores
@@ -367,6 +383,33 @@ class _FunctionRewriter:
             chunks.append(code)
         self.out.tags += bytes(3 * len(slots))
         self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
+
+    def _save_compact(self, site: Site) -> None:
+        """The normal body's cold arm: the site's values to their compact record positions
+        (:func:`~wasmig.instrument.sites.compact_slots`) by calls of the pass's savers, each
+        taking up to 8 values of one type -- two bytes a value, where a store of its own took
+        eight (a record-slot store per value was 60% of libc's ``printf_core`` instrumented).
+        The arm ends in ``br $unwind`` and never returns to the hot path, so nothing is live
+        across these calls (docs/instrument.md, "Compact records")."""
+        order = compact_slots(site, self.local_types)
+        types = self.local_types
+        p = self.p
+        pos = 0
+        i = 0
+        while i < len(order):
+            t = types[order[i]]
+            run = 1
+            while i + run < len(order) and types[order[i + run]] == t:
+                run += 1
+            for k in SAVE_COUNTS:
+                while run >= k:
+                    self.out.add_encoded(_i32_const(pos), 1)
+                    for j in order[i : i + k]:
+                        self.emit(0x20, j)
+                    self.emit(0x10, p.saver(t, k))
+                    pos += k
+                    i += k
+                    run -= k
 
     def _framed(self, inner: Code, results: list[str], after_body: Callable[[], None]) -> Code:
         """A function's code around ``inner`` (the code inside its own label) and the header
@@ -505,10 +548,13 @@ class _FunctionRewriter:
         p = self.p
         results = list(self.ftype.results)
         normal = self._normal_body()
+        self.compact = False  # the copy's own cold arms store each local in its slot
         rewind = self._rewind_body()
+        self.compact = True
         if self.transfer_head is not None:  # a transfer's loads, now that every local is known
             normal = transfer.with_transfer_loads(self, self.transfer_head, normal)
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
+        self.compact = False  # the copy's records: every local in its slot
 
         self._start_code()
         self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
@@ -1124,7 +1170,8 @@ class _FunctionRewriter:
         (site, function) and the rest are written by one function the pass adds
         (:func:`_record_header_function`), called here rather than inlined in every function."""
         self.emit(0x20, self.site_local)
-        self.emit(0x41, self.func_idx)
+        # a normal body's records hold their values at compact positions (:meth:`_save_compact`)
+        self.emit(0x41, (self.func_idx | COMPACT_RECORD) - (1 << 32) if self.compact else self.func_idx)
         self.emit(0x41, 8 + 8 * len(self.local_types))
         self.emit(0x10, self.p.header_func)
 
@@ -1173,6 +1220,10 @@ class _Pass:
         self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
         self.header_func = 0  # index of the function that writes a record's header (:func:`_record_header_function`)
         self._entry_polled: dict[int, bool] = {}
+
+    def saver(self, t: str, k: int) -> int:
+        """The function index of ``$save_<t>_<k>`` (:func:`_saver_function`)."""
+        return self.header_func + 1 + SAVE_TYPES.index(t) * len(SAVE_COUNTS) + SAVE_COUNTS.index(k)
 
     def max_record(self) -> int:
         return max((layout.record_size for layout in self.layouts.values()), default=8)
@@ -1332,8 +1383,9 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     g = p.globals_base
     if g * 8 > RECORDS_BASE - GLOBALS_BASE:
         raise InstrumentError(f"too many globals ({g}) for the control memory layout")
+    savers = [_saver_function(p, t, k) for t in SAVE_TYPES for k in SAVE_COUNTS]
     for extra_func in (_dump_globals(ir, p), _load_state(ir, p), _finish_rewind_function(ir, p),
-                       _record_header_function(p)):
+                       _record_header_function(p), *savers):
         ir.funcs.append(extra_func)
         code.append(encode_code_entry(extra_func))
         origins.append(_NO_ORIGINS)
@@ -1491,6 +1543,20 @@ def _finish_rewind_function(ir: IRModule, p: _Pass) -> Function:
     if ft not in ir.types:
         ir.types.append(ft)
     return Function(ir.types.index(ft), [], body)
+
+
+def _saver_function(p: _Pass, t: str, k: int) -> Function:
+    """``$save_<t>_<k>(pos, v1..vk)``: the k values into the frame record at the write pointer, at
+    compact positions ``pos``.. (slot offsets ``8 + 8 * (pos + i)``); called by the normal body's
+    cold arms (:meth:`_FunctionRewriter._save_compact`)."""
+    op, align = _STORE[t]
+    a = k + 1
+    body = [Instr(0x41, 0), Instr(0x28, memarg(2, WRITE_PTR, p.ctl)), Instr(0x20, 0), Instr(0x41, 3), Instr(0x74),
+            Instr(0x6A), Instr(0x21, a)]
+    for i in range(k):
+        body += [Instr(0x20, a), Instr(0x20, 1 + i), Instr(op, memarg(align, 8 + 8 * i, p.ctl))]
+    body.append(Instr(0x0B))
+    return Function(p.func_type_index(["i32"] + [t] * k, []), [(1, "i32")], body)
 
 
 def _record_header_function(p: _Pass) -> Function:
