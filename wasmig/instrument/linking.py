@@ -23,6 +23,8 @@ SAVE_COUNTS = (8, 4, 2, 1)
 #: the functions the pass adds between the instrumented functions and the rewind copies
 #: (``wasmig:dump``, ``wasmig:load``, the end of a rewind, a record's header, then the savers)
 HELPERS = 4 + len(SAVE_TYPES) * len(SAVE_COUNTS)
-#: set in a frame record's function field when its values are at their compact positions
-#: (written by a normal body's cold arm) rather than each local in its own slot
+#: set in a frame record's function field when it was written by a normal body, whose call
+#: sites' arms save their values at compact positions rather than each local in its own slot
 COMPACT_RECORD = 1 << 31
+#: set besides when every site's arm of that normal body saves compactly (a big function's)
+COMPACT_ALL = 1 << 30

@@ -58,6 +58,7 @@ from wasmig.instrument import transfer
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq
 from wasmig.instrument.linking import (
+    COMPACT_ALL,
     COMPACT_RECORD,
     HELPERS,
     LINK_PREFIX,
@@ -98,6 +99,10 @@ MAX_RECORD_GLOBAL, MAX_RECORD_PAGES_GLOBAL = 3, 4
 #: the fast variant copies a small loop without calls this many times, one poll per round
 UNROLL = 4
 UNROLL_MAX_BODY = 96  # instructions: larger loops are not unrolled (their poll weighs less)
+#: nor are the loops of a function of this many instructions or more: a big function's small
+#: loops are a small part of its time, and their copies a big part of its code (libc's
+#: ``printf_core``: 3.5 KB of 25.6 KB instrumented)
+UNROLL_MAX_FUNCTION = 1000
 
 STATE_RUNNING, STATE_UNWINDING, STATE_REWINDING = 0, 1, 2
 
@@ -207,6 +212,8 @@ class _FunctionRewriter:
         #: the normal body's cold arms save their values compactly (:meth:`_save_compact`); the
         #: rewind copy's (in the rewind module, compiled only to rewind) store each in its slot
         self.compact = True
+        #: a big function: its loops are not unrolled and its polls save compactly too
+        self.big = len(func.body) >= UNROLL_MAX_FUNCTION
         self.entry_site = -1
         body = func.body
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
@@ -344,7 +351,7 @@ class _FunctionRewriter:
         self.site_at[key] = site_id
         return site_id
 
-    def unwind_branch(self, site_id: int) -> None:
+    def unwind_branch(self, site_id: int, *, compact: bool = False) -> None:
         """Inside a cold `if`: write this site's slots of the frame record, set $site and branch
         to $unwind (which writes the record's header).
 
@@ -357,7 +364,13 @@ class _FunctionRewriter:
         code on QuickJS, but the tail's block parameters merge the values of every site that
         branches there in the same way, and QuickJS's n-body ran 1.19x plain against 1.09x. So
         each cold arm stores its own slots: each value's live range stays where the original
-        program has it. The rewind copy's own (guarded) sites go to its one writer of every slot."""
+        program has it. The rewind copy's own (guarded) sites go to its one writer of every slot.
+
+        ``compact`` (a call site's arms, and a big function's polls): in the normal body, the
+        values go to their compact positions through the pass's savers (:meth:`_save_compact`).
+        A poll's arm in a function of fewer than :data:`UNROLL_MAX_FUNCTION` instructions keeps a
+        store per value: with saver calls in every poll's arm, the triangular loop nests ran
+        1.14-1.31x plain against 0.94-1.04x (pb_cholesky, pb_lu, pb_ludcmp, pb_trisolv)."""
         out = self.out
         out.add_encoded(_i32_const(site_id), 1)
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
@@ -365,7 +378,7 @@ class _FunctionRewriter:
             self.emit(0x0C, self.unwind_depth())
             return
         site = self.p.sites[site_id]
-        if self.compact:
+        if compact and self.compact:
             out.add_encoded(self.set_site, 1)
             self._save_compact(site)
             self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
@@ -458,7 +471,7 @@ class _FunctionRewriter:
             self.emit(0x72)  # i32.or
         self.open(0x04, self.p.block_type(params, params), False)
         self.pop_into(params, base)
-        self.unwind_branch(site_id)
+        self.unwind_branch(site_id, compact=self.big)
         self.close()
 
     def post_call_check(self, site_id: int, level: list[str], results: list[str], base: int,
@@ -479,7 +492,7 @@ class _FunctionRewriter:
         self.open(0x04, p.block_type(carried, carried), False)
         self.drop(len(results))
         self.pop_into(level, base)
-        self.unwind_branch(site_id)
+        self.unwind_branch(site_id, compact=True)
         self.close()
         if after is None:
             return
@@ -489,7 +502,7 @@ class _FunctionRewriter:
         # the hot path: a join there costs Cranelift moves and jumps on every call (fib 1.1x ->
         # 1.25x)
         self.pop_into(carried, base)
-        self.unwind_branch(after)
+        self.unwind_branch(after, compact=True)
         self.close()
 
     def call_sites(self, i: int, ins: Instr, kind: str, below: list[str], args: list[str],
@@ -693,7 +706,7 @@ class _FunctionRewriter:
         small body. Unrolling an outer loop too (its inner loop in turn, in each copy) was tried:
         sieve's two-deep nest then kept 16 copies of its innermost body, and Cranelift spilled
         the outer loop's values to the stack (sieve 1.22x plain against 1.06x)."""
-        if self.p.unroll < 2:
+        if self.p.unroll < 2 or self.big:
             return False
         end = self.end_of[i]
         body = self.func.body
@@ -1171,7 +1184,8 @@ class _FunctionRewriter:
         (:func:`_record_header_function`), called here rather than inlined in every function."""
         self.emit(0x20, self.site_local)
         # a normal body's records hold their values at compact positions (:meth:`_save_compact`)
-        self.emit(0x41, (self.func_idx | COMPACT_RECORD) - (1 << 32) if self.compact else self.func_idx)
+        flags = COMPACT_RECORD | (COMPACT_ALL if self.big else 0)
+        self.emit(0x41, (self.func_idx | flags) - (1 << 32) if self.compact else self.func_idx)
         self.emit(0x41, 8 + 8 * len(self.local_types))
         self.emit(0x10, self.p.header_func)
 
