@@ -232,3 +232,81 @@ def test_a_drop_of_a_segment_beyond_the_drop_flags_is_refused() -> None:
                 instrument(module)
         else:
             instrument(module)
+
+
+# --- two modules (docs/instrument.md, "Two modules and compact records") ----------------------------
+def test_the_run_module_has_no_rewind_copies_and_the_rewind_module_only_them() -> None:
+    """The run module holds the instrumented functions and the pass's own, no copy and no rewind
+    export; the rewind module holds one copy per defined function, imports every function of the
+    run module and exports the copies of the exported functions. Both validate."""
+    from wasmig.binary.decoder import decode_module
+    from wasmig.instrument.linking import HELPERS
+
+    module = wat_module(WAT)
+    ins = instrument(module)
+    assert ins.rewind is not None
+    run = decode_module(ins.data, features=INSTRUMENTED)
+    rewind = decode_module(ins.rewind, features=INSTRUMENTED)
+    validate_module(run, features=INSTRUMENTED)
+    validate_module(rewind, features=INSTRUMENTED)
+    n = len(module.ir.funcs)
+    assert len(run.funcs) == n + HELPERS and len(rewind.funcs) == n
+    assert not any(e.name.startswith("wasmig:rewind") for e in run.exports)
+    assert rewind.num_imported_funcs() == run.num_imported_funcs() + len(run.funcs)
+    exported = {e.index for e in module.ir.exports if e.kind == "func"}
+    assert {e.name for e in rewind.exports} == {f"wasmig:rewind{f}" for f in exported}
+
+
+def test_a_module_using_its_own_segments_keeps_its_copies_in_one_module() -> None:
+    """``data.drop`` in a function: a rewind instance would have segments of its own, so the copies
+    stay in the run module (as with ``split=False``), which then exports the rewinds itself."""
+    from wasmig.binary.decoder import decode_module
+
+    module = wat_module("""(module (memory 1) (data "abc")
+      (func (export "_start") (data.drop 0)))""")
+    for ins in (instrument(module), instrument(wat_module(WAT), split=False)):
+        assert ins.rewind is None
+        assert any(e.name.startswith("wasmig:rewind") for e in decode_module(ins.data, features=INSTRUMENTED).exports)
+
+
+def test_a_run_is_never_rewound_without_compiling_the_rewind_module_and_a_restore_links_it() -> None:
+    """A run to the end never links the rewind module; a checkpoint in a big function (compact
+    records at every site) and one in a small one both rewind into a second run that finishes
+    exactly like the uninterrupted one."""
+    from wasmig.engines.wasmtime.checkpointable import Checkpointable
+    from wasmig.wasi.snapshot import restore_wasi
+
+    module = wasmig.Module.from_file(compile_c(PROGRAMS / "checksum.c"))
+    reference = io.BytesIO()
+    plain = Checkpointable(module, new_wasi(["checksum"], stdin=b"", stdout=reference, stderr=io.BytesIO()),
+                           count_steps=True)
+    _run(plain.start)
+    assert not plain._rewind_linked and plain._rewind_compiling is None
+    big = {module.ir.num_imported_funcs() + i for i, f in enumerate(module.ir.funcs) if len(f.body) >= 1000}
+    in_big = 0
+    for k in (700, 20000, *range(38000, 40000, 150)):
+        out = io.BytesIO()
+        runner = Checkpointable(module, new_wasi(["checksum"], stdin=b"", stdout=out, stderr=io.BytesIO()),
+                                count_steps=True)
+        runner.arm(k)
+        runner.start()
+        if not runner.unwound:  # past the end
+            continue
+        snap = runner.capture()
+        in_big += any(f.func in big for f in snap.frames)
+        assert snap.wasi is not None
+        wasi = restore_wasi(snap.wasi, stdin=b"", stdout=out, stderr=io.BytesIO())
+        _opened.append(wasi)
+        resumed = Checkpointable(module, wasi, count_steps=True)
+        resumed.load(snap)
+        _run(resumed.resume)
+        assert resumed._rewind_linked and "wasmig:rewind" + str(snap.frames[0].func) in resumed.instance.exports
+        assert out.getvalue() == reference.getvalue(), k
+    assert big and in_big, "some stop is inside printf's big function, whose every site saves compactly"
+
+
+def _run(call: object) -> None:
+    try:
+        call()  # type: ignore[operator]
+    except ProcExit as e:
+        assert e.code == 0

@@ -246,6 +246,12 @@ def test_an_entry_without_its_index_gets_one_and_damage_is_rebuilt(cache: Path) 
     wasm.write_bytes(wasm.read_bytes()[:100])
     again = instrumented(_fresh("hello"))
     assert again._data is None and again.data == first.data and len(wasm.read_bytes()) > 100
+    # the rewind module (the copies, read only to rewind) damaged: made again when first needed
+    (rewind,) = cache.glob("instrumented-*.rewind")
+    rewind.write_bytes(rewind.read_bytes()[:100])
+    again = instrumented(_fresh("hello"))
+    assert again._rewind is None and again.rewind_data == first.rewind_data is not None
+    assert len(rewind.read_bytes()) > 100
     # a compiled artifact that is gone is compiled from the (re-read) bytes
     for entry in cache.glob("*.cwasm"):
         entry.unlink()

@@ -3,7 +3,8 @@ module is reported at the original module's byte offsets (as the interpreter rep
 
 The pass tags every instruction it copies from the original body with that instruction's
 canonical offset and every instruction it adds with -1; this module stores the tags, per
-defined function (the rewind copies after the functions) in emission order, as the custom
+defined function of the module (the pass's own functions after the instrumented ones, then the
+copies; a rewind module's functions are the copies alone) in emission order, as the custom
 section ``wasmig.origins`` (zlib-compressed LEB128 of ``offset + 1``, 0 for an added
 instruction). On a trap, the instrumented module is decoded once and its instruction list
 — the same list, in the same order — aligned with them.
@@ -15,6 +16,7 @@ import zlib
 from typing import Any
 
 from wasmig.binary.leb128 import decode_u, encode_u
+from wasmig.instrument.linking import HELPERS
 
 SECTION_NAME = "wasmig.origins"
 
@@ -61,12 +63,12 @@ def decode_origins(raw: bytes) -> list[list[int]]:
 
 def canonical_defined(defined: int, n_original: int) -> int | None:
     """The original defined function whose code instrumented defined function ``defined`` runs:
-    itself, or for a rewind copy (``n_original + k``) function ``k``; None for the pass's own
-    functions (``wasmig:dump``, ``wasmig:load``, the end of a rewind)."""
+    itself, or for a rewind copy (``n_original + HELPERS + k``) function ``k``; None for the
+    pass's own functions. (A rewind module's copies have those same function indices.)"""
     if 0 <= defined < n_original:
         return defined
-    if n_original <= defined < 2 * n_original:
-        return defined - n_original
+    if n_original + HELPERS <= defined < 2 * n_original + HELPERS:
+        return defined - n_original - HELPERS
     return None
 
 
@@ -85,10 +87,13 @@ class OriginMap:
         self._index: dict[int, dict[int, int]] = {}
 
     def translate(self, func_index: int, offset: int) -> int | None:
-        defined = func_index - self._ir.num_imported_funcs()
+        imported = self._ir.num_imported_funcs()
+        defined = func_index - imported
         if not 0 <= defined < len(self._tags):
             return None
-        original = canonical_defined(defined, len(self._original.funcs))
+        # a rewind module's functions are the copies alone, after its imports (every function of
+        # the run module): its tags are the copies'
+        original = canonical_defined(func_index - self._original.num_imported_funcs(), len(self._original.funcs))
         if original is None:
             return None
         index = self._index.get(defined)

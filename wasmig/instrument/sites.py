@@ -34,6 +34,18 @@ class Site:
     live: list[int] = field(default_factory=list)
 
 
+_TYPE_ORDER = {"i32": 0, "i64": 1, "f32": 2, "f64": 3}
+
+
+def compact_slots(site: Site, local_types: list[str]) -> list[int]:
+    """The locals a normal body's cold arm saves at ``site``, in the order of their compact
+    positions in the frame record (docs/instrument.md, "Compact records"): its live original
+    locals and its spill and argument spill locals, by type (i32, i64, f32, f64), each type's
+    ascending."""
+    slots = sorted({*site.live, *site.spills, *site.arg_spills})
+    return sorted(slots, key=lambda j: _TYPE_ORDER[local_types[j]])
+
+
 @dataclass
 class FunctionLayout:
     func: int

@@ -42,9 +42,11 @@ from wasmig.binary.ir import (
     FuncType,
     Global,
     GlobalType,
+    Import,
     Instr,
     Limits,
     MemType,
+    NameSection,
     TableType,
 )
 from wasmig.binary.ir import Module as IRModule
@@ -55,10 +57,20 @@ from wasmig.errors import WasmError
 from wasmig.instrument import transfer
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq
+from wasmig.instrument.linking import (
+    COMPACT_ALL,
+    COMPACT_RECORD,
+    HELPERS,
+    LINK_PREFIX,
+    REWIND_MODULE_NAME,
+    RUN_MODULE_NAME,
+    SAVE_COUNTS,
+    SAVE_TYPES,
+)
 from wasmig.instrument.liveness import live_locals_of
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
-from wasmig.instrument.origins import pack_origins
-from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap
+from wasmig.instrument.origins import origin_tags, pack_origins
+from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap, compact_slots
 from wasmig.instrument.transfer import EntryPlan, plan_entries
 
 # control memory layout
@@ -87,6 +99,10 @@ MAX_RECORD_GLOBAL, MAX_RECORD_PAGES_GLOBAL = 3, 4
 #: the fast variant copies a small loop without calls this many times, one poll per round
 UNROLL = 4
 UNROLL_MAX_BODY = 96  # instructions: larger loops are not unrolled (their poll weighs less)
+#: nor are the loops of a function of this many instructions or more: a big function's small
+#: loops are a small part of its time, and their copies a big part of its code (libc's
+#: ``printf_core``: 3.5 KB of 25.6 KB instrumented)
+UNROLL_MAX_FUNCTION = 1000
 
 STATE_RUNNING, STATE_UNWINDING, STATE_REWINDING = 0, 1, 2
 
@@ -119,9 +135,12 @@ class Instrumented:
     so a big module's instrumented IR never exists whole) and its site map. ``ir`` decodes the
     bytes, for tests and tools that look inside."""
 
-    def __init__(self, data: bytes, sitemap: SiteMap) -> None:
-        self.data = data
+    def __init__(self, data: bytes, sitemap: SiteMap, rewind: bytes | None = None) -> None:
+        self.data = data  # the run module
         self.sitemap = sitemap
+        #: the rewind module (the copies alone, importing the run instance), or None when the run
+        #: module holds its copies itself
+        self.rewind = rewind
         self._ir: IRModule | None = None
 
     @property
@@ -190,6 +209,11 @@ class _FunctionRewriter:
         self.labels: list[bool] = []
         self.site_at: dict[tuple[int, str], int] = {}  # (instruction index, kind) -> site id
         self.unwind_label = _UNWIND_LABEL  # index in self.labels of the block unwind branches leave
+        #: the normal body's cold arms save their values compactly (:meth:`_save_compact`); the
+        #: rewind copy's (in the rewind module, compiled only to rewind) store each in its slot
+        self.compact = True
+        #: a big function: its loops are not unrolled and its polls save compactly too
+        self.big = len(func.body) >= UNROLL_MAX_FUNCTION
         self.entry_site = -1
         body = func.body
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
@@ -327,7 +351,7 @@ class _FunctionRewriter:
         self.site_at[key] = site_id
         return site_id
 
-    def unwind_branch(self, site_id: int) -> None:
+    def unwind_branch(self, site_id: int, *, compact: bool = False) -> None:
         """Inside a cold `if`: write this site's slots of the frame record, set $site and branch
         to $unwind (which writes the record's header).
 
@@ -340,7 +364,13 @@ class _FunctionRewriter:
         code on QuickJS, but the tail's block parameters merge the values of every site that
         branches there in the same way, and QuickJS's n-body ran 1.19x plain against 1.09x. So
         each cold arm stores its own slots: each value's live range stays where the original
-        program has it. The rewind copy's own (guarded) sites go to its one writer of every slot."""
+        program has it. The rewind copy's own (guarded) sites go to its one writer of every slot.
+
+        ``compact`` (a call site's arms, and a big function's polls): in the normal body, the
+        values go to their compact positions through the pass's savers (:meth:`_save_compact`).
+        A poll's arm in a function of fewer than :data:`UNROLL_MAX_FUNCTION` instructions keeps a
+        store per value: with saver calls in every poll's arm, the triangular loop nests ran
+        1.14-1.31x plain against 0.94-1.04x (pb_cholesky, pb_lu, pb_ludcmp, pb_trisolv)."""
         out = self.out
         out.add_encoded(_i32_const(site_id), 1)
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
@@ -348,6 +378,11 @@ class _FunctionRewriter:
             self.emit(0x0C, self.unwind_depth())
             return
         site = self.p.sites[site_id]
+        if compact and self.compact:
+            out.add_encoded(self.set_site, 1)
+            self._save_compact(site)
+            self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
+            return
         a = self.addr_local
         out.add_encoded(self.set_site_and_record, 4)  # $site = K; a = the write pointer
         chunks, stores = out.chunks, self.slot_stores
@@ -361,6 +396,33 @@ class _FunctionRewriter:
             chunks.append(code)
         self.out.tags += bytes(3 * len(slots))
         self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
+
+    def _save_compact(self, site: Site) -> None:
+        """The normal body's cold arm: the site's values to their compact record positions
+        (:func:`~wasmig.instrument.sites.compact_slots`) by calls of the pass's savers, each
+        taking up to 8 values of one type -- two bytes a value, where a store of its own took
+        eight (a record-slot store per value was 60% of libc's ``printf_core`` instrumented).
+        The arm ends in ``br $unwind`` and never returns to the hot path, so nothing is live
+        across these calls (docs/instrument.md, "Compact records")."""
+        order = compact_slots(site, self.local_types)
+        types = self.local_types
+        p = self.p
+        pos = 0
+        i = 0
+        while i < len(order):
+            t = types[order[i]]
+            run = 1
+            while i + run < len(order) and types[order[i + run]] == t:
+                run += 1
+            for k in SAVE_COUNTS:
+                while run >= k:
+                    self.out.add_encoded(_i32_const(pos), 1)
+                    for j in order[i : i + k]:
+                        self.emit(0x20, j)
+                    self.emit(0x10, p.saver(t, k))
+                    pos += k
+                    i += k
+                    run -= k
 
     def _framed(self, inner: Code, results: list[str], after_body: Callable[[], None]) -> Code:
         """A function's code around ``inner`` (the code inside its own label) and the header
@@ -409,7 +471,7 @@ class _FunctionRewriter:
             self.emit(0x72)  # i32.or
         self.open(0x04, self.p.block_type(params, params), False)
         self.pop_into(params, base)
-        self.unwind_branch(site_id)
+        self.unwind_branch(site_id, compact=self.big)
         self.close()
 
     def post_call_check(self, site_id: int, level: list[str], results: list[str], base: int,
@@ -430,7 +492,7 @@ class _FunctionRewriter:
         self.open(0x04, p.block_type(carried, carried), False)
         self.drop(len(results))
         self.pop_into(level, base)
-        self.unwind_branch(site_id)
+        self.unwind_branch(site_id, compact=True)
         self.close()
         if after is None:
             return
@@ -440,7 +502,7 @@ class _FunctionRewriter:
         # the hot path: a join there costs Cranelift moves and jumps on every call (fib 1.1x ->
         # 1.25x)
         self.pop_into(carried, base)
-        self.unwind_branch(after)
+        self.unwind_branch(after, compact=True)
         self.close()
 
     def call_sites(self, i: int, ins: Instr, kind: str, below: list[str], args: list[str],
@@ -499,10 +561,13 @@ class _FunctionRewriter:
         p = self.p
         results = list(self.ftype.results)
         normal = self._normal_body()
+        self.compact = False  # the copy's own cold arms store each local in its slot
         rewind = self._rewind_body()
+        self.compact = True
         if self.transfer_head is not None:  # a transfer's loads, now that every local is known
             normal = transfer.with_transfer_loads(self, self.transfer_head, normal)
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
+        self.compact = False  # the copy's records: every local in its slot
 
         self._start_code()
         self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
@@ -641,7 +706,7 @@ class _FunctionRewriter:
         small body. Unrolling an outer loop too (its inner loop in turn, in each copy) was tried:
         sieve's two-deep nest then kept 16 copies of its innermost body, and Cranelift spilled
         the outer loop's values to the stack (sieve 1.22x plain against 1.06x)."""
-        if self.p.unroll < 2:
+        if self.p.unroll < 2 or self.big:
             return False
         end = self.end_of[i]
         body = self.func.body
@@ -1126,7 +1191,9 @@ class _FunctionRewriter:
         (site, function) and the rest are written by one function the pass adds
         (:func:`_record_header_function`), called here rather than inlined in every function."""
         self.emit(0x20, self.site_local)
-        self.emit(0x41, self.func_idx)
+        # a normal body's records hold their values at compact positions (:meth:`_save_compact`)
+        flags = COMPACT_RECORD | (COMPACT_ALL if self.big else 0)
+        self.emit(0x41, (self.func_idx | flags) - (1 << 32) if self.compact else self.func_idx)
         self.emit(0x41, 8 + 8 * len(self.local_types))
         self.emit(0x10, self.p.header_func)
 
@@ -1191,6 +1258,10 @@ class _Pass:
         self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
         self.header_func = 0  # index of the function that writes a record's header (:func:`_record_header_function`)
         self._entry_polled: dict[int, bool] = {}
+
+    def saver(self, t: str, k: int) -> int:
+        """The function index of ``$save_<t>_<k>`` (:func:`_saver_function`)."""
+        return self.header_func + 1 + SAVE_TYPES.index(t) * len(SAVE_COUNTS) + SAVE_COUNTS.index(k)
 
     def max_record(self) -> int:
         return max((layout.record_size for layout in self.layouts.values()), default=8)
@@ -1262,7 +1333,7 @@ class _Pass:
         return len(ft.params), list(ft.results), list(ft.params)
 
 
-def instrument(module: object, *, count_steps: bool = True,
+def instrument(module: object, *, count_steps: bool = True, split: bool = True,
                progress: Callable[[int, int], None] | None = None,
                host_tables: frozenset[int] = frozenset()) -> Instrumented:
     """Instrument a validated :class:`wasmig.Module` for checkpointing on a compiled engine.
@@ -1274,6 +1345,12 @@ def instrument(module: object, *, count_steps: bool = True,
     ~40% (benchmarks/overhead.py), so ``count_steps=False``, the fast variant, only tests the
     poll byte; its snapshots carry no step number. Both have the same sites and frame records,
     but for the fast variant's ``after_call`` sites (its post-call checks are its polls).
+
+    ``split`` (the default): the rewind copies go into a module of their own, the *rewind
+    module* (:attr:`Instrumented.rewind`), which the host compiles and instantiates only when a
+    frame is to be rewound; the *run module* (:attr:`Instrumented.data`) every run executes has
+    no copies. A module whose code uses its own segments (:data:`_PER_INSTANCE`) keeps its copies
+    in one module, as does ``split=False``.
 
     ``progress(done, total)`` is called with the number of functions rewritten so far, before the
     first and after each (``wasmig run`` shows it while a big module is instrumented).
@@ -1306,12 +1383,16 @@ def instrument(module: object, *, count_steps: bool = True,
     p.unroll = 1 if count_steps else UNROLL  # the deterministic variant counts every iteration
     n_imported = p.n_imported
     n_defined = len(ir.funcs)
-    p.copy_base = n_imported + n_defined  # function f's rewind copy is function f + n_defined
+    # defined functions: the instrumented functions, the pass's own (wasmig:dump, wasmig:load, the
+    # end of a rewind, a record's header), then the rewind copies (function f's copy is function
+    # f + n_defined + HELPERS): the run module is everything before the copies, with the very
+    # same indices, and the rewind module the copies alone (see _split below)
+    helper_base = n_imported + n_defined
+    p.copy_base = helper_base + HELPERS
     p.rewinds_table = len(ir.all_tables())
-    # after the copies: wasmig:dump, wasmig:load, then the functions that end a rewind and that
-    # write a record's header
-    p.finish_func = n_imported + 2 * n_defined + 2
-    p.header_func = p.finish_func + 1
+    p.finish_func = helper_base + 2
+    p.header_func = helper_base + 3
+    split = split and not _uses_instance_segments(ir)
     # each function is encoded as soon as it is rewritten and only its bytes are kept: the IR of
     # an instrumented function is ten times the original's, and for a 26 MB module (CPython) the
     # whole instrumented IR took several GB
@@ -1336,14 +1417,8 @@ def instrument(module: object, *, count_steps: bool = True,
         copy_shells.append(Function(copy.type_idx, [], []))
     if progress is not None:
         progress(n_defined, n_defined)
-    ir.funcs = shells + copy_shells
-    code += copies
-    origins += copy_origins
-    del copies, copy_origins, shells, copy_shells
-    # $rewinds: entry f holds f's rewind copy (null for an import), for call_indirect's rewind
-    ir.tables.append(TableType("funcref", Limits(n_imported + n_defined, n_imported + n_defined)))
-    ir.elems.append(Elem("active", "funcref", [[Instr(0xD2, p.copy_base + k), Instr(0x0B)] for k in range(n_defined)],
-                         p.rewinds_table, [Instr(0x41, n_imported), Instr(0x0B)]))
+    ir.funcs = shells
+    del shells
     ir.mems.append(MemType(Limits((RECORDS_BASE + p.max_record()) // 65536 + 1)))
     # the poll byte lives in a memory of its own: a poll then needs that memory's base only for
     # itself, and the control memory's base is loaded by the cold arms that write records, so
@@ -1356,10 +1431,12 @@ def instrument(module: object, *, count_steps: bool = True,
     g = p.globals_base
     if g * 8 > RECORDS_BASE - GLOBALS_BASE:
         raise InstrumentError(f"too many globals ({g}) for the control memory layout")
+    savers = [_saver_function(p, t, k) for t in SAVE_TYPES for k in SAVE_COUNTS]
     for extra_func in (_dump_globals(ir, p), _load_state(ir, p), _finish_rewind_function(ir, p),
-                       _record_header_function(p)):
+                       _record_header_function(p), *savers):
         ir.funcs.append(extra_func)
         code.append(encode_code_entry(extra_func))
+        origins.append(_NO_ORIGINS)
     if any(seg.mode == "passive" for seg in ir.datas) and ir.data_count is None:
         ir.data_count = len(ir.datas)  # wasmig:load drops passive data segments
     ir.globals += [Global(GlobalType("i32", True), [Instr(0x41, 0), Instr(0x0B)]),
@@ -1370,29 +1447,86 @@ def instrument(module: object, *, count_steps: bool = True,
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record()), Instr(0x0B)]),
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record() // 65536 + 1), Instr(0x0B)])]
     taken = {e.name for e in ir.exports}
-    dump_index = n_imported + len(ir.funcs) - 4
-    extra = [Export("wasmig:dump", "func", dump_index), Export("wasmig:load", "func", dump_index + 1),
+    extra = [Export("wasmig:dump", "func", helper_base), Export("wasmig:load", "func", helper_base + 1),
              Export("wasmig:ctl", "memory", p.ctl), Export("wasmig:poll", "memory", p.poll_mem),
              Export("wasmig:state", "global", g),
              Export("wasmig:steps", "global", g + 1), Export("wasmig:stop_at", "global", g + 2)]
     extra += [Export(f"wasmig:g{i}", "global", i) for i in range(g)]
     if p.ctl > 0:
         extra.append(Export("wasmig:mem0", "memory", 0))
-    # the host rewinds the outermost frame, which runs an exported function, through its copy
-    exported = sorted({e.index for e in ir.exports if e.kind == "func" and e.index >= n_imported})
-    extra += [Export(f"wasmig:rewind{f}", "func", p.copy_base + f - n_imported) for f in exported]
     if ir.start is not None:  # run by the host on a fresh start only, never again on a restore
         extra.append(Export("wasmig:start", "func", ir.start))
         ir.start = None
-    for e in extra:
-        if e.name in taken:
+    # the host rewinds the outermost frame, which runs an exported function, through its copy
+    exported = sorted({e.index for e in ir.exports if e.kind == "func" and e.index >= n_imported})
+    rewind_exports = [Export(f"wasmig:rewind{f}", "func", p.copy_base + f - n_imported) for f in exported]
+    for e in extra + rewind_exports:
+        if e.name in taken or e.name.startswith(LINK_PREFIX):
             raise InstrumentError(f"the module already exports {e.name!r}")
     ir.exports += extra
     sitemap = SiteMap(p.ctl, g, p.sites, p.layouts, count_steps)
     ir.customs = [c for c in ir.customs if c.name not in (SECTION_NAME, ORIGINS_SECTION)]
     ir.customs.append(CustomSection(SECTION_NAME, sitemap.to_bytes(), 11))
+    rewinds_elem = Elem("active", "funcref", [[Instr(0xD2, p.copy_base + k), Instr(0x0B)] for k in range(n_defined)],
+                        p.rewinds_table, [Instr(0x41, n_imported), Instr(0x0B)])
+    rewinds_type = TableType("funcref", Limits(n_imported + n_defined, n_imported + n_defined))
+    if not split:  # one module: the copies after the pass's functions, as in the rewind module
+        ir.funcs += copy_shells
+        code += copies
+        origins += copy_origins
+        del copies, copy_origins, copy_shells
+        ir.tables.append(rewinds_type)
+        ir.elems.append(rewinds_elem)
+        ir.exports += rewind_exports
+        ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins), 11))
+        return Instrumented(encode_module(ir, code), sitemap)
+    rewind = _rewind_module(ir, copy_shells, rewinds_type, rewinds_elem, rewind_exports)
+    ir.exports += _link_exports(ir)
     ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins), 11))
-    return Instrumented(encode_module(ir, code), sitemap)
+    run = encode_module(ir, code)
+    del code, origins
+    rewind.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(copy_origins), 11))
+    return Instrumented(run, sitemap, encode_module(rewind, copies))
+
+
+_NO_ORIGINS = origin_tags([])
+#: instructions that use the instance's own data or element segments (memory.init, data.drop,
+#: table.init, elem.drop) or declare a function reference (ref.func): a rewind module would
+#: have segments of its own, so such a module keeps its copies in the run module
+_PER_INSTANCE = frozenset((0xFC08, 0xFC09, 0xFC0C, 0xFC0D, 0xD2))
+
+
+def _uses_instance_segments(ir: IRModule) -> bool:
+    """Whether a function of ``ir`` uses an instruction of :data:`_PER_INSTANCE`."""
+    per_instance = _PER_INSTANCE
+    return any(ins.op in per_instance for f in ir.funcs for ins in f.body)
+
+
+def _link_exports(ir: IRModule) -> list[Export]:
+    """The run module's exports of everything a rewind module imports, by index (last, after
+    every other export: see :data:`LINK_PREFIX`)."""
+    out = [Export(f"{LINK_PREFIX}f{i}", "func", i) for i in range(ir.num_imported_funcs() + len(ir.funcs))]
+    out += [Export(f"{LINK_PREFIX}t{i}", "table", i) for i in range(len(ir.all_tables()))]
+    out += [Export(f"{LINK_PREFIX}m{i}", "memory", i) for i in range(len(ir.all_mems()))]
+    out += [Export(f"{LINK_PREFIX}g{i}", "global", i) for i in range(len(ir.all_globals()))]
+    return out
+
+
+def _rewind_module(run: IRModule, copies: list[Function], rewinds_type: TableType, rewinds_elem: Elem,
+                   exports: list[Export]) -> IRModule:
+    """The rewind module of the run module ``run`` (docs/instrument.md, "Two modules"): it imports
+    every function, table, memory and global of the run instance, in index order, so that its
+    copies -- its only functions -- have the very indices (and the very code) they would have
+    after the run module's functions, and it adds the table ``$rewinds`` and the exports
+    ``wasmig:rewind<f>``. Instantiated beside the run instance, in its store, only when a frame
+    is to be rewound."""
+    imports = [Import(RUN_MODULE_NAME, f"{LINK_PREFIX}f{i}", "func", t)
+               for i, t in enumerate(run.func_type_indices())]
+    imports += [Import(RUN_MODULE_NAME, f"{LINK_PREFIX}t{i}", "table", t) for i, t in enumerate(run.all_tables())]
+    imports += [Import(RUN_MODULE_NAME, f"{LINK_PREFIX}m{i}", "memory", m) for i, m in enumerate(run.all_mems())]
+    imports += [Import(RUN_MODULE_NAME, f"{LINK_PREFIX}g{i}", "global", g) for i, g in enumerate(run.all_globals())]
+    return IRModule(types=run.types, imports=imports, funcs=copies, tables=[rewinds_type], elems=[rewinds_elem],
+                    exports=exports, names=NameSection(module=REWIND_MODULE_NAME))
 
 
 def _dump_globals(ir: IRModule, p: _Pass) -> Function:
@@ -1457,6 +1591,20 @@ def _finish_rewind_function(ir: IRModule, p: _Pass) -> Function:
     if ft not in ir.types:
         ir.types.append(ft)
     return Function(ir.types.index(ft), [], body)
+
+
+def _saver_function(p: _Pass, t: str, k: int) -> Function:
+    """``$save_<t>_<k>(pos, v1..vk)``: the k values into the frame record at the write pointer, at
+    compact positions ``pos``.. (slot offsets ``8 + 8 * (pos + i)``); called by the normal body's
+    cold arms (:meth:`_FunctionRewriter._save_compact`)."""
+    op, align = _STORE[t]
+    a = k + 1
+    body = [Instr(0x41, 0), Instr(0x28, memarg(2, WRITE_PTR, p.ctl)), Instr(0x20, 0), Instr(0x41, 3), Instr(0x74),
+            Instr(0x6A), Instr(0x21, a)]
+    for i in range(k):
+        body += [Instr(0x20, a), Instr(0x20, 1 + i), Instr(op, memarg(align, 8 + 8 * i, p.ctl))]
+    body.append(Instr(0x0B))
+    return Function(p.func_type_index(["i32"] + [t] * k, []), [(1, "i32")], body)
 
 
 def _record_header_function(p: _Pass) -> Function:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import wasmtime
 
 from wasmig.engines.wasmtime.capture import capture_wasmtime, memory_export, static_tables
-from wasmig.engines.wasmtime.instrumented import instrumented
+from wasmig.engines.wasmtime.instrumented import Instrumented, instrumented
 from wasmig.errors import SnapshotError
 from wasmig.module import Module
 from wasmig.wasi.preview1 import Wasi
@@ -79,12 +79,14 @@ class Checkpointable:
         self._bind(module, wasi, instance, self.instrumented.sites, known if known is not None else module.facts)
 
     @classmethod
-    def attach(cls, module: Module, wasi: Wasi | None, instance: Any, sitemap: Any) -> Checkpointable:
+    def attach(cls, module: Module, wasi: Wasi | None, instance: Any, made: Instrumented) -> Checkpointable:
         """The checkpoint vocabulary for an instance made elsewhere: one thread's instance of a
-        wasi-threads run (:mod:`wasmig.engines.wasmtime.threads_checkpoint`), of an instrumented
-        module whose site map is ``sitemap`` (its memory is the run's shared one)."""
+        wasi-threads run (:mod:`wasmig.engines.wasmtime.threads_checkpoint`), of the instrumented
+        module ``made`` (its memory is the run's shared one; a rewind module is linked into the
+        thread's own store when that thread first rewinds)."""
         self = cls.__new__(cls)
-        self._bind(module, wasi, instance, sitemap, module.facts)
+        self.instrumented = made
+        self._bind(module, wasi, instance, made.sites, module.facts)
         return self
 
     def _bind(self, module: Module, wasi: Wasi | None, instance: Any, sitemap: Any, facts: Any) -> None:
@@ -119,6 +121,42 @@ class Checkpointable:
         self._slots: dict[tuple[int, int, int], int] = {}
         self._pending: tuple[list[FrameState], str] | None = None  # what resume() continues by default
         self._rewind_watch: tuple[ctypes.c_uint32, int] | None = None  # see rewind_ended()
+        self._rewind_linked = self.instrumented.sites.rewind is None  # the run module holds the copies
+        self._rewind_compiling: threading.Thread | None = None
+        self._rewind_compiled: list[Any] = []  # the compiled rewind module, or what compiling it raised
+
+    # --- the rewind module ----------------------------------------------------------------------
+    def compile_rewind_ahead(self) -> None:
+        """Start compiling the rewind module (docs/instrument.md, "Two modules") in a thread of its
+        own, if it is not yet linked or being compiled: a checkpoint calls this as soon as the
+        guest stopped, so that a program going on after it (or a restore) seldom waits for the
+        compile (wasmtime releases the GIL while it compiles; on a cache hit it is a mapping)."""
+        if self._rewind_linked or self._rewind_compiling is not None:
+            return
+
+        def work() -> None:
+            try:
+                self._rewind_compiled.append(self.instrumented.compiled_rewind())
+            except BaseException as e:  # noqa: BLE001 - re-raised by _link_rewind in the caller's thread
+                self._rewind_compiled.append(e)
+
+        self._rewind_compiling = threading.Thread(target=work, name="wasmig-rewind-compile", daemon=True)
+        self._rewind_compiling.start()
+
+    def _link_rewind(self) -> None:
+        """The rewind module, compiled (or waited for) and instantiated beside the run instance in
+        its store, so its ``wasmig:rewind<f>`` exports can be called: only before the first rewind
+        (a run that is never checkpointed and never restored never compiles the copies)."""
+        if self._rewind_linked:
+            return
+        self.compile_rewind_ahead()
+        assert self._rewind_compiling is not None
+        self._rewind_compiling.join()
+        outcome = self._rewind_compiled[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self.instance.link(outcome, lambda: self.instrumented.rewind_data or b"")
+        self._rewind_linked = True
 
     # --- control ---------------------------------------------------------------------------
     @property
@@ -194,6 +232,7 @@ class Checkpointable:
         from wasmig.instrument.unwind import READ_PTR, RECORDS_BASE, STATE_REWINDING, WRITE_PTR
 
         records = records_from_frames(frames, point, self.sitemap, self._indirect_slot)
+        self._link_rewind()
         name = self._rewind_export(frames[0].func)
         need = RECORDS_BASE + len(records)
         have = self.ctl.data_len(self.store)
@@ -313,6 +352,7 @@ class Checkpointable:
         """The canonical frames and point, after the guest unwound."""
         from wasmig.engines.wasmtime.records import frames_from_records
 
+        self.compile_rewind_ahead()  # compiled while the checkpoint is written: going on needs it
         ctl = bytes(self.ctl.read(self.store, 0, self.ctl.data_len(self.store)))
         self._pending = frames_from_records(ctl, self.sitemap)
         return self._pending
@@ -320,6 +360,7 @@ class Checkpointable:
     def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
         """The canonical snapshot, after the guest unwound (``memory_in_place``: see
         :func:`capture_wasmtime`; for a checkpoint written before :meth:`resume`)."""
+        self.compile_rewind_ahead()  # compiled while the checkpoint is written: going on needs it
         snap = capture_wasmtime(self.instance, self.module, self.sitemap, with_memory=with_memory,
                                 memory_in_place=memory_in_place)
         self._pending = (snap.frames, snap.point)
@@ -423,6 +464,8 @@ class Checkpointable:
                                     "it cannot continue a step count")
             self._steps.set_value(store, steps)
         self._pending = (frames, point)
+        if frames:
+            self.compile_rewind_ahead()  # compiled while the rest of the restore goes on
 
 
 _PAGE = 65536

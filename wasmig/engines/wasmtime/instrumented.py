@@ -164,16 +164,20 @@ class InstrumentNotice:
 class Instrumented:
     """A module's instrumented variant, through the cache (:func:`instrumented`): its site index,
     its compiled code, and its bytes only when something needs them — a cached start reads
-    neither the instrumented module (96 MB for CPython) nor its JSON site map."""
+    neither the instrumented module (96 MB for CPython) nor its JSON site map. The variant is two
+    modules (docs/instrument.md, "Two modules"): the run module every run executes and the
+    rewind module with the rewind copies, compiled (:meth:`compiled_rewind`) only when a frame is
+    to be rewound; a module whose code uses its own segments has one module holding both."""
 
     def __init__(self, module: Module, path: Path, index_path: Path, sites: SiteIndex, data: bytes | None,
                  count_steps: bool, announce: str | None, cache_dir: Path | None,
-                 host_tables: frozenset[int] = frozenset()) -> None:
+                 host_tables: frozenset[int] = frozenset(), rewind: bytes | None = None) -> None:
         self.module = module
         self.path = path
         self.index_path = index_path
         self.sites = sites
         self._data = data
+        self._rewind = rewind
         self._count_steps = count_steps
         self._announce = announce
         self._cache_dir = cache_dir
@@ -193,11 +197,36 @@ class Instrumented:
                 blob = None
             data = cache_payload(blob) if blob is not None else None
             if data is None or fast_hash(data).digest() != self.sites.module_digest:
-                data, self.sites = _instrument(self.module, self.path, self.index_path, self._count_steps,
-                                               self._announce, "entry damaged" if blob is not None else "miss",
-                                               self._host_tables)
-            self._data = data
+                self._redo("entry damaged" if blob is not None else "miss")
+            else:
+                self._data = data
+        assert self._data is not None
         return self._data
+
+    @property
+    def rewind_data(self) -> bytes | None:
+        """The rewind module's bytes (None: the run module holds the copies), read from the cache
+        when first asked; instrumented again if that entry is gone or damaged."""
+        if self.sites.rewind is None:
+            return None
+        if self._rewind is None:
+            from wasmig.checked import cache_payload
+
+            try:
+                blob = _rewind_path(self.path).read_bytes()
+            except OSError:
+                blob = None
+            data = cache_payload(blob) if blob is not None else None
+            if data is None or fast_hash(data).digest() != self.sites.rewind[0]:
+                self._redo("rewind module damaged" if blob is not None else "rewind module missing")
+            else:
+                self._rewind = data
+        return self._rewind
+
+    def _redo(self, why: str) -> None:
+        done = _instrument(self.module, self.path, self.index_path, self._count_steps, self._announce, why,
+                           self._host_tables)
+        self._data, self._rewind, self.sites = done
 
     def compiled(self) -> Any:
         """The compiled instrumented module (a ``wasmtime.Module``), from the artifact cache by the
@@ -217,6 +246,20 @@ class Instrumented:
         if started:  # Cranelift gives no progress; the time taken, at least, as the pass's notice does
             _say(f"wasmig: compiled the instrumented {self._announce} in {time.monotonic() - started[0]:.1f} s\n")
         return compiled
+
+    def compiled_rewind(self) -> Any:
+        """The compiled rewind module (a ``wasmtime.Module``), or None when the run module holds
+        the rewind copies; through the artifact cache like :meth:`compiled`."""
+        if self.sites.rewind is None:
+            return None
+        from wasmig.engines.wasmtime.runtime import compile_cached
+
+        return compile_cached(self.sites.rewind[0].hex(), lambda: self.rewind_data or b"", self._cache_dir)
+
+
+def _rewind_path(path: Path) -> Path:
+    """Where the rewind module of the cached run module at ``path`` is cached."""
+    return path.with_suffix(".rewind")
 
 
 def _say(text: str) -> None:
@@ -242,9 +285,11 @@ def _cache_key(module: Module, count_steps: bool, host_tables: frozenset[int] = 
     return _sha256(_FINGERPRINT + sha.encode() + (b"/steps" if count_steps else b"/fast") + tables).hexdigest()
 
 
-def _write_index(index_path: Path, sitemap: SiteMap, data: bytes) -> SiteIndex:
-    """Write (best effort) and return the site index of the instrumented module ``data``."""
-    raw = site_index.encode(sitemap, fast_hash(data).digest(), len(data))
+def _write_index(index_path: Path, sitemap: SiteMap, data: bytes, rewind: bytes | None) -> SiteIndex:
+    """Write (best effort) and return the site index of the instrumented module ``data`` and its
+    rewind module ``rewind`` (None: none)."""
+    raw = site_index.encode(sitemap, fast_hash(data).digest(), len(data),
+                            None if rewind is None else (fast_hash(rewind).digest(), len(rewind)))
     try:
         checked.write(index_path, raw)
     except OSError:
@@ -253,8 +298,8 @@ def _write_index(index_path: Path, sitemap: SiteMap, data: bytes) -> SiteIndex:
 
 
 def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool, announce: str | None,
-                why: str, host_tables: frozenset[int] = frozenset()) -> tuple[bytes, SiteIndex]:
-    """Run the pass (announced on stderr for a big module), cache its module and site index."""
+                why: str, host_tables: frozenset[int] = frozenset()) -> tuple[bytes, bytes | None, SiteIndex]:
+    """Run the pass (announced on stderr for a big module), cache its modules and site index."""
     from wasmig.checked import cache_entry
     from wasmig.files import write_atomically
     from wasmig.instrument.unwind import instrument
@@ -266,7 +311,7 @@ def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool,
     try:
         done = instrument(module, count_steps=count_steps, progress=notice.progress if notice else None,
                           host_tables=host_tables)
-        data = done.data
+        data, rewind = done.data, done.rewind
     except BaseException:
         if notice is not None:
             notice.end(ok=False)
@@ -276,10 +321,12 @@ def _instrument(module: Module, path: Path, index_path: Path, count_steps: bool,
     log.debug(__name__, "instrumented-module cache %s: instrumented in %.3f s (%s variant) -> %s", why,
               time.perf_counter() - started, "counting" if count_steps else "fast", path)
     try:
+        if rewind is not None:  # before the run module: an entry found has its rewind module
+            write_atomically(_rewind_path(path), cache_entry(rewind))
         write_atomically(path, cache_entry(data))
     except OSError:
         log.debug(__name__, "instrumented-module cache: cannot write %s", path)
-    return data, _write_index(index_path, done.sitemap, data)
+    return data, rewind, _write_index(index_path, done.sitemap, data, rewind)
 
 
 def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False,
@@ -322,13 +369,27 @@ def instrumented(module: Module, cache_dir: Path | None = None, *, count_steps: 
             sitemap = SiteMap.from_bytes(raw) if raw is not None else None
         except (WasmError, ValueError, TypeError, KeyError):  # a damaged entry is rebuilt
             sitemap = None
-        if sitemap is not None and sitemap.counts_steps == count_steps:
+        rewind = _cached_rewind(path) if sitemap is not None else None
+        if sitemap is not None and sitemap.counts_steps == count_steps and rewind is not None:
             log.debug(__name__, "instrumented-module cache hit: %s (its site index made now)", path)
-            return Instrumented(module, path, index_path, _write_index(index_path, sitemap, data), data,
-                                count_steps, announce, cache_dir, host_tables)
-    data, sites = _instrument(module, path, index_path, count_steps, announce,
-                              "miss" if blob is None else "entry damaged", host_tables)
-    return Instrumented(module, path, index_path, sites, data, count_steps, announce, cache_dir, host_tables)
+            return Instrumented(module, path, index_path, _write_index(index_path, sitemap, data, rewind), data,
+                                count_steps, announce, cache_dir, host_tables, rewind)
+    data, rewind_data, sites = _instrument(module, path, index_path, count_steps, announce,
+                                           "miss" if blob is None else "entry damaged", host_tables)
+    return Instrumented(module, path, index_path, sites, data, count_steps, announce, cache_dir, host_tables,
+                        rewind_data)
+
+
+def _cached_rewind(path: Path) -> bytes | None:
+    """The cached rewind module beside the cached run module at ``path``, if it is there and whole
+    (an entry found without its site index is used only with it; else it is made again)."""
+    from wasmig.checked import cache_payload
+
+    try:
+        blob = _rewind_path(path).read_bytes()
+    except OSError:
+        return None
+    return cache_payload(blob)
 
 
 def instrumented_bytes(module: Module, cache_dir: Path | None = None, *, count_steps: bool = False,

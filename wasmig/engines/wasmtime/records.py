@@ -4,7 +4,11 @@ canonical frames (engine-independent: works on the raw bytes of ``$ctl``).
 A record is ``u32 site, u32 func, then 8 bytes per local`` of the instrumented function, in the
 layout the site map gives; records are appended innermost frame first. Only the slots the site
 needs are written (its live original locals, its stack and argument spill locals); the others
-hold garbage and are not read: a dead local is zero in the canonical frame.
+hold garbage and are not read: a dead local is zero in the canonical frame. A record a normal
+body wrote (``func`` has :data:`~wasmig.instrument.linking.COMPACT_RECORD` set) holds those values
+at their *compact* positions instead if its site is a call (:func:`~wasmig.instrument.sites.compact_slots`:
+the i-th in slot i); a loop's or an entry's, a rewind copy's, and every record the host writes,
+hold local j in slot j.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from wasmig.instrument.linking import COMPACT_ALL, COMPACT_RECORD
 from wasmig.instrument.liveness import dead_value
-from wasmig.instrument.sites import Site, SiteMap
+from wasmig.instrument.sites import Site, SiteMap, compact_slots
 from wasmig.instrument.unwind import RECORDS_BASE, WRITE_PTR
 from wasmig.snapshot.state import FrameState, SnapshotError, Value
 
@@ -23,6 +28,22 @@ MASKS = {"i32": 0xFFFFFFFF, "i64": 0xFFFFFFFFFFFFFFFF, "f32": 0xFFFFFFFF, "f64":
 
 def _value(t: str, raw: bytes, offset: int) -> Value:
     return (t, int.from_bytes(raw[offset : offset + 8], "little") & MASKS[t])
+
+
+#: the kinds of site whose normal-body arms store each value in its own slot unless the function
+#: is big (a poll: saver calls there cost small loop nests; wasmig/instrument/unwind.py,
+#: ``unwind_branch``)
+_SLOTTED = frozenset(("loop", "entry"))
+
+
+class _Slots:
+    """Local j -> the offset of its own slot in a record whose slots start at ``base``."""
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+
+    def __getitem__(self, j: int) -> int:
+        return self.base + 8 * j
 
 
 def frames_from_records(ctl: bytes, sitemap: SiteMap) -> tuple[list[FrameState], str]:
@@ -36,18 +57,25 @@ def frames_from_records(ctl: bytes, sitemap: SiteMap) -> tuple[list[FrameState],
     sites = sitemap.sites
     while pos < end:
         site_id, func = struct.unpack_from("<II", ctl, pos)
+        # a normal body's record: compact at a call site, or at any site of a big function
+        compact = bool(func & COMPACT_RECORD)
+        compact_all = bool(func & COMPACT_ALL)
+        func &= ~(COMPACT_RECORD | COMPACT_ALL)
         if site_id >= len(sites) or sites[site_id].func != func or func not in sitemap.functions:
             raise SnapshotError(f"corrupt frame record at {pos:#x} (site {site_id}, function {func})")
         site = sites[site_id]
         layout = sitemap.functions[func]
         types = layout.local_types
         slot = pos + 8
+        # where local j's value is: its own slot, or (compact) its position among the saved ones
+        at = ({j: slot + 8 * i for i, j in enumerate(compact_slots(site, types))}
+              if compact and (compact_all or site.kind not in _SLOTTED) else _Slots(slot))
         live = set(site.live)  # dead locals were not written: canonically zero
-        locals_ = [_value(types[j], ctl, slot + 8 * j) if j in live else dead_value(types[j])
+        locals_ = [_value(types[j], ctl, at[j]) if j in live else dead_value(types[j])
                    for j in range(layout.num_locals)]
-        stack = [_value(t, ctl, slot + 8 * local) for t, local in zip(site.stack, site.spills, strict=True)]
+        stack = [_value(t, ctl, at[local]) for t, local in zip(site.stack, site.spills, strict=True)]
         if not frames and site.args:  # innermost at a call site: a host call was interrupted
-            stack += [_value(t, ctl, slot + 8 * local) for t, local in zip(site.args, site.arg_spills, strict=True)]
+            stack += [_value(t, ctl, at[local]) for t, local in zip(site.args, site.arg_spills, strict=True)]
         frames.append(FrameState(func, site.pc, locals_, stack))
         kinds.append(site.kind)
         pos += layout.record_size

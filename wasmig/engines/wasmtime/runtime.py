@@ -51,6 +51,7 @@ from wasmig import checked, log
 from wasmig.engines.wasmtime.traps import _Code, _one_line, convert_trap
 from wasmig.errors import HostCallInterrupted, LinkError, ValidationError, WasmError
 from wasmig.hashing import fast_digest, fast_hash
+from wasmig.instrument.linking import LINK_PREFIX, RUN_MODULE_NAME
 from wasmig.module import Module
 from wasmig.wasi.memory import GuestMemory
 from wasmig.wasi.preview1 import WASI_MODULE, Wasi, check_wasi_imports
@@ -257,6 +258,35 @@ def _load(path: Path, wasm_engine: wasmtime.Engine | None = None) -> tuple[wasmt
         return None, True
 
 
+def _own_exports(store: wasmtime.Store, instance: wasmtime.Instance) -> dict[str, Any]:
+    """The instance's exports by name, but for an instrumented run module's exports to its rewind
+    module (every function, table, memory and global by index: :data:`LINK_PREFIX`), which come
+    last: read one at a time up to the first of those (wasmtime-py's ``exports`` wraps every one
+    of them, 11,000 for CPython, at every start)."""
+    nth = getattr(_ffi, "wasmtime_instance_export_nth", None) if _ffi is not None else None
+    try:
+        from wasmtime._extern import wrap_extern
+    except ImportError:  # pragma: no cover - another wasmtime-py layout
+        nth = None
+    if nth is None:  # pragma: no cover - another wasmtime-py layout
+        return {k: v for k, v in instance.exports(store).items() if not k.startswith(LINK_PREFIX)}
+    out: dict[str, Any] = {}
+    name_ptr = ctypes.POINTER(ctypes.c_char)()
+    name_len = ctypes.c_size_t(0)
+    prefix = LINK_PREFIX.encode()
+    i = 0
+    while True:
+        item = _ffi.wasmtime_extern_t()
+        if not nth(store._context(), ctypes.byref(instance._instance), i, ctypes.byref(name_ptr),
+                   ctypes.byref(name_len), ctypes.byref(item)):
+            return out
+        name = ctypes.string_at(name_ptr, name_len.value)
+        if name.startswith(prefix):
+            return out
+        out[name.decode()] = wrap_extern(item)
+        i += 1
+
+
 # --- guest memory ------------------------------------------------------------------------------
 class LinearMemoryView:
     """The ``source`` of a :class:`GuestMemory` over a wasmtime memory: a writable ``memoryview``
@@ -396,6 +426,7 @@ class WasmtimeInstance:
                 raise
         wasm_engine = links.wasm_engine if links is not None else engine()
         self.store = wasmtime.Store(wasm_engine)
+        self._wasm_engine = wasm_engine
         linker = wasmtime.Linker(wasm_engine)
         self.memory_view: LinearMemoryView | None = None
         self._callbacks: list[Any] = []  # the ctypes callbacks wasmtime calls: alive as long as the store
@@ -423,11 +454,22 @@ class WasmtimeInstance:
         if links is not None:
             links.define(self, linker)
         self._instance = self._guard(lambda: linker.instantiate(self.store, compiled), instantiating=True)
-        self.exports = Exports(dict(self._instance.exports(self.store).items()))
+        self.exports = Exports(_own_exports(self.store, self._instance))
         memory = self.exports.get("memory")
         self.memory_view = LinearMemoryView(self.store, memory) if isinstance(memory, wasmtime.Memory) else None
         if wasi is not None and self.memory_view is not None:
             wasi.bind_memory(GuestMemory(self.memory_view))
+
+    def link(self, compiled: wasmtime.Module, code: bytes | Callable[[], bytes]) -> None:
+        """Instantiate ``compiled`` (an instrumented module's rewind module, whose bytes ``code``
+        gives when a trap needs them) in this instance's store, its imports served by this
+        instance's exports (module name :data:`RUN_MODULE_NAME`); its own exports join
+        :attr:`exports`, and a trap in its functions is reported like one in this module's."""
+        linker = wasmtime.Linker(self._wasm_engine)
+        linker.define_instance(self.store, RUN_MODULE_NAME, self._instance)
+        linked = self._guard(lambda: linker.instantiate(self.store, compiled), instantiating=True)
+        self._code.rewind = code
+        self.exports = Exports({**self.exports, **linked.exports(self.store)})
 
     def _define_raw(self, linker: wasmtime.Linker, name: str, ty: wasmtime.FuncType, fn: Callable[..., Any],
                     params: tuple[str, ...], results: tuple[str, ...], module_name: str = WASI_MODULE) -> None:

@@ -10,8 +10,9 @@ one piece and decoded a site or a function at a time when a capture or a rewind 
 A :class:`SiteIndex` is a drop-in for :class:`~wasmig.instrument.sites.SiteMap` where the snapshot
 code reads one (``sites[i]``, ``functions[f]``, ``sites_of(f)``, the three header fields).
 
-It also records the :func:`~wasmig.hashing.fast_digest` and size of the instrumented module it
-describes, which is the key of that module's compiled artifact (a cached start needs neither the
+It also records the :func:`~wasmig.hashing.fast_digest` and size of the instrumented (run) module it
+describes and of its rewind module (zeros when the run module holds its rewind copies itself),
+which are the keys of their compiled artifacts (a cached start needs neither the
 instrumented bytes nor their hash), and the parts of the pass's control layout
 (:mod:`wasmig.instrument.unwind`) a run reads before any checkpoint: the poll byte's and the page
 count's offsets, the ``$state`` values and ``$stop_at``'s "never" (so that a start imports
@@ -22,7 +23,8 @@ file; docs/instrument.md, "The host's site index"):
 
 - header: :data:`MAGIC` (16 bytes), u32 ctl_memory, u32 globals_base, u32 counts_steps,
   u32 site count S, u32 function count F, 32-byte digest of the instrumented module, u64 its size,
-  u32 POLL, u32 MEMORY_PAGES, u32 STATE_UNWINDING, u32 STATE_REWINDING, u64 NEVER;
+  u32 POLL, u32 MEMORY_PAGES, u32 STATE_UNWINDING, u32 STATE_REWINDING, u64 NEVER, 32-byte digest
+  of the rewind module, u64 its size (zeros: none);
 - F u32 function indices (ascending), F u32 offsets of their blocks, S u32 offsets of the sites'
   records (offsets into the blob that follows);
 - a function block: u32 num_locals, u32 record_size, u32 local count L, u32 site count N, L type
@@ -45,8 +47,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the site map classes are imported when a site is decoded: a start decodes none
     from wasmig.instrument.sites import FunctionLayout, Site, SiteMap
 
-MAGIC = b"wasmig-sites-v2\n"
-_HEADER = struct.Struct("<16sIIIII32sQIIIIQ")
+MAGIC = b"wasmig-sites-v3\n"
+_HEADER = struct.Struct("<16sIIIII32sQIIIIQ32sQ")
 _FUNC = struct.Struct("<IIII")
 _SITE = struct.Struct("<IIIIIII")
 _TYPE_BYTES = {"i32": 0x7F, "i64": 0x7E, "f32": 0x7D, "f64": 0x7C, "v128": 0x7B, "funcref": 0x70, "externref": 0x6F}
@@ -62,13 +64,15 @@ def _u32s(values: list[int]) -> bytes:
     return struct.pack(f"<{len(values)}I", *values)
 
 
-def encode(sitemap: SiteMap, digest: bytes, size: int) -> bytes:
-    """The site index of ``sitemap``, for the instrumented module of (``fast_hash`` digest, size)."""
+def encode(sitemap: SiteMap, digest: bytes, size: int, rewind: tuple[bytes, int] | None = None) -> bytes:
+    """The site index of ``sitemap``, for the instrumented module of (``fast_hash`` digest, size)
+    and its rewind module of ``rewind`` = (digest, size), if it has one."""
     from wasmig.instrument import unwind
     from wasmig.instrument.sites import KINDS
 
     kind_codes = {k: i for i, k in enumerate(KINDS)}
-    if len(digest) != 32:
+    rewind_digest, rewind_size = rewind if rewind is not None else (bytes(32), 0)
+    if len(digest) != 32 or len(rewind_digest) != 32:
         raise ValueError("the module digest must be 32 bytes")
     funcs = sorted(sitemap.functions)
     by_func: dict[int, list[int]] = {f: [] for f in funcs}
@@ -92,7 +96,7 @@ def encode(sitemap: SiteMap, digest: bytes, size: int) -> bytes:
         blob += _types(site.stack + site.args) + _u32s(site.spills + site.arg_spills + site.live)
     head = _HEADER.pack(MAGIC, sitemap.ctl_memory, sitemap.globals_base, int(sitemap.counts_steps),
                         len(sitemap.sites), len(funcs), digest, size, unwind.POLL, unwind.MEMORY_PAGES,
-                        unwind.STATE_UNWINDING, unwind.STATE_REWINDING, unwind.NEVER)
+                        unwind.STATE_UNWINDING, unwind.STATE_REWINDING, unwind.NEVER, rewind_digest, rewind_size)
     return head + _u32s(funcs) + _u32s(func_offsets) + _u32s(site_offsets) + bytes(blob)
 
 
@@ -112,7 +116,9 @@ class SiteIndex:
             raise ValueError("site index truncated")
         (magic, self.ctl_memory, self.globals_base, steps, n_sites, n_funcs, self.module_digest, self.module_size,
          self.poll, self.memory_pages, self.state_unwinding, self.state_rewinding,
-         self.never) = _HEADER.unpack_from(raw)
+         self.never, rewind_digest, rewind_size) = _HEADER.unpack_from(raw)
+        #: (fast_digest, size) of the rewind module, or None when the run module holds the copies
+        self.rewind: tuple[bytes, int] | None = (rewind_digest, rewind_size) if rewind_size else None
         if magic != MAGIC:
             raise ValueError("not a site index of this version")
         self.counts_steps = bool(steps)

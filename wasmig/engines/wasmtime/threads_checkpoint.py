@@ -89,7 +89,7 @@ class CheckpointableThreadedRun(ThreadedRun):
 
     # --- threads -----------------------------------------------------------------------------
     def _register(self, inst: WasmtimeInstance, tid: int, start_arg: int | None) -> _Thread:
-        th = _Thread(tid, start_arg, Checkpointable.attach(self.module, self.wasi, inst, self.sitemap))
+        th = _Thread(tid, start_arg, Checkpointable.attach(self.module, self.wasi, inst, self.instrumented))
         with self._cond:
             self.threads.append(th)
             self._by_instance[inst] = th

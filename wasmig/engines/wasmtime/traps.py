@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import wasmtime
 
 from wasmig.errors import Exhaustion, Trap
+from wasmig.instrument.linking import REWIND_MODULE_NAME
 
 if TYPE_CHECKING:
     from wasmig.binary.ir import Module as IRModule
@@ -59,6 +60,10 @@ class _Code:
         self._index: dict[int, dict[int, int]] = {}
         self._instrumented = instrumented  # the bytes, or what reads them when a trap needs them
         self._origins: Any = None
+        #: an instrumented module's rewind module, once linked beside it (its bytes, or what reads
+        #: them): frames in it (:data:`REWIND_MODULE_NAME`) are mapped through its own origins
+        self.rewind: bytes | Callable[[], bytes] | None = None
+        self._rewind_origins: Any = None
 
     @functools.cached_property
     def ir(self) -> IRModule:
@@ -72,17 +77,25 @@ class _Code:
     def total(self) -> int:
         return self.imported + len(self.ir.funcs)
 
-    def original_offset(self, func_index: int, offset: int) -> int:
+    def original_offset(self, func_index: int, offset: int, module_name: str | None = None) -> int:
         """For a run of the instrumented module: the offset of the original instruction that
-        ``offset`` was copied from (unchanged when there is none, or no instrumentation)."""
+        ``offset`` (in the module named ``module_name``: the run module, or the rewind module) was
+        copied from (unchanged when there is none, or no instrumentation)."""
         if self._instrumented is None:
             return offset
-        if self._origins is None:
-            from wasmig.instrument.origins import OriginMap
+        from wasmig.instrument.origins import OriginMap
 
-            code = self._instrumented() if callable(self._instrumented) else self._instrumented
-            self._origins = OriginMap(code, self.ir)
-        found = self._origins.translate(func_index, offset)
+        if module_name == REWIND_MODULE_NAME and self.rewind is not None:
+            if self._rewind_origins is None:
+                code = self.rewind() if callable(self.rewind) else self.rewind
+                self._rewind_origins = OriginMap(code, self.ir)
+            origins = self._rewind_origins
+        else:
+            if self._origins is None:
+                code = self._instrumented() if callable(self._instrumented) else self._instrumented
+                self._origins = OriginMap(code, self.ir)
+            origins = self._origins
+        found = origins.translate(func_index, offset)
         return offset if found is None else found
 
     def canonical_index(self, func_index: int) -> int:
@@ -185,7 +198,7 @@ def convert_trap(trap: wasmtime.Trap, module: Module, code: _Code | None = None)
     for depth, frame in enumerate(frames):
         index, offset = frame.func_index, frame.module_offset
         if offset < _NO_OFFSET:
-            offset = code.original_offset(index, offset)
+            offset = code.original_offset(index, offset, frame.module_name)
         index = code.canonical_index(index)
         if depth == 0:
             found = code.locate(index, offset)

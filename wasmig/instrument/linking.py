@@ -1,0 +1,30 @@
+"""How an instrumented module's two halves find each other (docs/instrument.md, "Two modules"):
+the names and counts both the pass and the host need, in a module that imports nothing, so that
+a start reads them without importing the pass.
+
+The pass writes a *run module* (the instrumented functions and the pass's own) and a *rewind
+module* (the rewind copies alone). The rewind module imports every function, table, memory and
+global of the run instance by index, so its copies keep the very indices they would have in one
+module holding both (after the run module's functions)."""
+
+#: the prefix of the run module's exports that only the rewind module imports (``f<i>``,
+#: ``t<i>``, ``m<i>``, ``g<i>``: every function, table, memory and global by index). They come
+#: last, so the host reads the run instance's own exports up to the first of them.
+LINK_PREFIX = "wasmig:x:"
+#: the import module name under which a rewind module finds its run instance's exports
+RUN_MODULE_NAME = "wasmig:run"
+#: the module name (name section) of a rewind module: a trap's frames in it are told apart by it
+REWIND_MODULE_NAME = "wasmig:rewind"
+#: the value types and counts of the pass's *savers*: ``$save_<t>_<k>(pos, v1..vk)`` stores k
+#: values of type t into a frame record at its compact positions pos.. (docs/instrument.md,
+#: "Compact records"); a site's values are saved by a few calls of these
+SAVE_TYPES = ("i32", "i64", "f32", "f64")
+SAVE_COUNTS = (8, 4, 2, 1)
+#: the functions the pass adds between the instrumented functions and the rewind copies
+#: (``wasmig:dump``, ``wasmig:load``, the end of a rewind, a record's header, then the savers)
+HELPERS = 4 + len(SAVE_TYPES) * len(SAVE_COUNTS)
+#: set in a frame record's function field when it was written by a normal body, whose call
+#: sites' arms save their values at compact positions rather than each local in its own slot
+COMPACT_RECORD = 1 << 31
+#: set besides when every site's arm of that normal body saves compactly (a big function's)
+COMPACT_ALL = 1 << 30
