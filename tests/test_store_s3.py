@@ -199,6 +199,43 @@ def test_export_from_s3_and_import_into_s3(s3: Any, bucket: str, tmp_path: Path)
                                                      tmp_path=tmp_path))
 
 
+_COUNTING_PUT_MODULE = """
+import atexit, sys
+from wasmig.snapshot.stores.objects import ObjectStore
+
+calls = []
+original = ObjectStore.put_module
+
+def counting(self, module):
+    calls.append(module.sha256)
+    return original(self, module)
+
+ObjectStore.put_module = counting
+atexit.register(lambda: print(f"put_module {len(calls)}", file=sys.stderr))
+from wasmig.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_the_module_is_kept_once_per_run_not_at_every_checkpoint(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """Each checkpoint used to look for the module in the bucket (a HEAD while the guest waited):
+    now the run puts it once (gc never removes a kept module), and every snapshot names it."""
+    url = f"s3://{bucket}/once"
+    env = dict(os.environ, PYTHONPATH=str(REPO), WASMIG_RUNTIME_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", _COUNTING_PUT_MODULE, "run", "--engine", "wasmtime",
+                          "--checkpoint-dir", url, "--checkpoint-every", "0.3", program("migrate_work"), *WORK],
+                         capture_output=True, timeout=TIMEOUT, env=env, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr
+    snaps = keys_of(s3, bucket, "once/snapshots/")
+    assert len(snaps) >= 3, f"--checkpoint-every 0.3 wrote {snaps}"
+    assert run.stderr.decode().strip() == "put_module 1", run.stderr
+    from wasmig.snapshot.stores import open_store
+
+    store = open_store(url)
+    module_files = {store.load(s).meta["module_file"] for s in store.snapshots()}
+    assert len(module_files) == 1 and store.module_bytes(module_files.pop()[:-len(".wasm")]) is not None
+
+
 # --- dedup ---------------------------------------------------------------------------------------------
 def test_two_programs_of_one_module_share_pages_in_the_bucket(s3: Any, bucket: str, tmp_path: Path) -> None:
     wasm = program("migrate_work")

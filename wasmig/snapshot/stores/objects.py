@@ -44,7 +44,7 @@ from wasmig.snapshot.packs import MAX_COMPRESSED_PAGE
 from wasmig.snapshot.paged import PagedMemory, _GuardedPages, _PageSource
 from wasmig.snapshot.pagework import Fingerprints, hash_and_store
 from wasmig.snapshot.state import from_plain, to_plain
-from wasmig.snapshot.stores import DEFAULT_GC_GRACE_S, SnapshotStore, StagedSnapshot
+from wasmig.snapshot.stores import DEFAULT_GC_GRACE_S, SnapshotStore, StagedSnapshot, module_data_if_missing
 from wasmig.snapshot.stores.backend import ObjectBackend
 
 if TYPE_CHECKING:
@@ -117,6 +117,8 @@ class _ObjectStaged(StagedSnapshot):
         self._done = False
 
     def commit(self) -> str:
+        from wasmig.snapshot.store import record_commit
+
         if self._done:
             raise SnapshotError(f"{self._store.url}: this write was committed or aborted already")
         self._done = True
@@ -130,10 +132,7 @@ class _ObjectStaged(StagedSnapshot):
             raise SnapshotError(f"{store.url}: cannot write snapshot: it took longer than {MAX_WRITE_S:.0f} s, "
                                 "so gc may have collected pages it names; not published")
         location = store._publish(self._chunks)
-        store._prior = self._prints
-        self.stats.snapshot_bytes = sum(len(c) for c in self._chunks)
-        self.stats.seconds = time.perf_counter() - self._started
-        store.last_stats = self.stats
+        record_commit(store, self._prints, self.stats, self._chunks, self._started)
         return location
 
     def abort(self) -> None:
@@ -329,13 +328,9 @@ class ObjectStore(SnapshotStore):
         return int(m.group(1)) if m else 0
 
     def put_module(self, module: Module) -> str:
-        from wasmig.errors import WasmError
-
-        try:  # a module not read at start is read now, unchanged since (else an error)
-            key = f"{MODULES}{module.sha256}.wasm"
-            data = module.data if self.backend.head(key) is None else None
-        except WasmError as e:
-            raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
+        sha256, data = module_data_if_missing(
+            module, lambda sha: self.backend.head(f"{MODULES}{sha}.wasm") is not None)
+        key = f"{MODULES}{sha256}.wasm"
         if data is not None:
             self.backend.put(key, data)
         return self.backend.location(key)
