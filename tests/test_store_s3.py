@@ -90,6 +90,18 @@ def keys_of(s3: Any, bucket: str, prefix: str = "") -> dict[str, int]:
     return out
 
 
+def stored_pages(s3: Any, bucket: str, top: str = ".wasmig/index/") -> dict[str, int]:
+    """Every page the bucket's packs hold (their indexes under ``top``: the live ones by default):
+    hash -> its compressed length."""
+    from wasmig.snapshot.stores.objpacks import decode_index
+
+    out: dict[str, int] = {}
+    for key in keys_of(s3, bucket, top):
+        entries, _ = decode_index(s3.get_object(Bucket=bucket, Key=key)["Body"].read(), key)
+        out.update({h: n for h, _, n in entries})
+    return out
+
+
 def wasmig(args: list[Any], *, tmp_path: Path, timeout: float = TIMEOUT,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     runtime = tmp_path / "runtime"
@@ -144,7 +156,10 @@ def test_periodic_checkpoints_to_s3_restore_on_both_engines(s3: Any, bucket: str
     chain = summary["chain"]
     assert [c["snapshot"] for c in chain] == [k.rsplit("/", 1)[1] for k in snaps]
     assert chain[-1]["this"] and chain[0]["pages_new"] > 0
-    pages = keys_of(s3, bucket, ".wasmig/pages/")
+    pages = stored_pages(s3, bucket)
+    assert not keys_of(s3, bucket, ".wasmig/pages/"), "layout 2: no object per page"
+    packs = len(keys_of(s3, bucket, ".wasmig/packs/"))
+    assert 1 <= packs <= len(snaps), "at most a pack per checkpoint (none if it had no new page)"
     assert sum(c["pages_new"] for c in chain) == len(pages), "each page of the chain is stored once"
     assert sum(c["new_bytes"] for c in chain) == sum(pages.values())
 
@@ -162,12 +177,15 @@ def test_file_store_runs_restores_and_shares_pages_below_its_root(tmp_path: Path
                       "--checkpoint-at-step", "3000", "--checkpoint-then", "exit", wasm, *args], tmp_path=tmp_path)
         assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in (root / "jobs" / "a" / "snapshots").iterdir()) == ["000001.snap"]
-    pages = list((root / ".wasmig" / "pages").iterdir())
     from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.objpacks import decode_index
 
+    indexes = list((root / ".wasmig" / "index").iterdir())
+    assert len(indexes) == 1, "the second run found every page stored: no pack of its own"
+    pages = [h for h, _, _ in decode_index(indexes[0].read_bytes(), str(indexes[0]))[0]]
     a, b = open_store(f"file://{root}/jobs/a"), open_store(f"file://{root}/jobs/b")
     named = {h for store in (a, b) for m in store.load_deferred()[1] or [] for h in m.entries if isinstance(h, str)}
-    assert {p.name for p in pages} == named, "two runs in the same state: every page stored once"
+    assert set(pages) == named and len(pages) == len(named), "two runs in the same state: every page stored once"
     restored = wasmig(["restore", f"file://{root}/jobs/b"], tmp_path=tmp_path)
     assert restored.returncode == 0 and restored.stdout and full.stdout.endswith(restored.stdout), restored.stderr
 
@@ -245,7 +263,7 @@ def test_two_programs_of_one_module_share_pages_in_the_bucket(s3: Any, bucket: s
                       "--checkpoint-at-step", "3000", "--checkpoint-then", "exit", wasm, rounds, "256", "0"],
                      tmp_path=tmp_path)
         assert run.returncode == 0, run.stderr
-        written[job] = keys_of(s3, bucket, ".wasmig/pages/")
+        written[job] = stored_pages(s3, bucket)
     from wasmig.snapshot.stores import open_store
 
     distinct = {job: {h for m in open_store(f"s3://{bucket}/jobs/{job}").load_deferred()[1] or []
@@ -274,34 +292,72 @@ def test_gc_keeps_referenced_pages_and_removes_unreferenced_after_the_grace_peri
     first_key = first.split("/", 3)[3]
     first_bytes = s3.get_object(Bucket=bucket, Key=first_key)["Body"].read()
     s3.delete_object(Bucket=bucket, Key=first_key)  # the user drops the first snapshot
-    before = set(keys_of(s3, bucket, ".wasmig/pages/"))
-    doomed = {k.rsplit("/", 1)[1] for k in before} - keep
+    before = stored_pages(s3, bucket)
+    assert len(keys_of(s3, bucket, ".wasmig/packs/")) == 3, "a pack per write"
+    doomed = set(before) - keep
     assert doomed, "the first snapshot had pages of its own"
 
     young = wasmig(["gc", f"s3://{bucket}/gc"], tmp_path=tmp_path)  # default grace: an hour
     assert young.returncode == 0 and b"set aside 0" in young.stdout, young.stdout + young.stderr
-    assert set(keys_of(s3, bucket, ".wasmig/pages/")) == before
+    assert stored_pages(s3, bucket) == before
 
+    # the three small packs, old enough, are compacted into one holding the named pages only
     aside = wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)
     assert aside.returncode == 0, aside.stderr
     assert f"set aside {len(doomed)} ".encode() in aside.stdout, aside.stdout
-    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/pages/")} == keep
-    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/fossils/")} == doomed
+    assert set(stored_pages(s3, bucket)) == keep and len(keys_of(s3, bucket, ".wasmig/index/")) == 1
+    assert doomed <= set(stored_pages(s3, bucket, ".wasmig/index-aside/"))
+    assert store.load(second).memories[0].data == make_snapshot(2, pages=24).memories[0].data
     # a snapshot published meanwhile naming a set-aside page (a writer that saw it before gc did):
-    # it reads, and the next gc puts the page back instead of deleting it
+    # it reads, and the next gc puts the pack back instead of deleting it
     s3.put_object(Bucket=bucket, Key=first_key, Body=first_bytes)
-    assert store.load(first).memories[0].data == make_snapshot(1, pages=24).memories[0].data
+    assert open_store(f"s3://{bucket}/gc").load(first).memories[0].data == make_snapshot(1, pages=24).memories[0].data
     back = wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)
     assert back.returncode == 0 and f"{len(doomed)} named again".encode() in back.stdout, back.stdout
-    assert not keys_of(s3, bucket, ".wasmig/fossils/")
+    assert set(stored_pages(s3, bucket)) == keep | doomed
+    assert not keys_of(s3, bucket, ".wasmig/index-aside/"), "the packs compacted away are removed"
     s3.delete_object(Bucket=bucket, Key=first_key)
     wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)  # set aside again
     removed = wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)
-    assert removed.returncode == 0 and f"removed {len(doomed)} unreferenced".encode() in removed.stdout
-    assert not keys_of(s3, bucket, ".wasmig/fossils/")
-    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/pages/")} == keep
+    assert removed.returncode == 0 and f"removed {len(doomed)} unreferenced".encode() in removed.stdout, removed.stdout
+    assert not keys_of(s3, bucket, ".wasmig/index-aside/")
+    assert set(stored_pages(s3, bucket)) == keep
+    packs = {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/packs/")}
+    assert packs == {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/index/")}, "no pack left behind"
     assert store.load(second).memories[0].data == make_snapshot(2, pages=24).memories[0].data
     assert other.load().memories[0].data == make_snapshot(3, pages=8).memories[0].data
+
+
+def test_layout_1_page_objects_are_still_read_and_collected(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """A bucket written before packs (one object per page under .wasmig/pages/) restores, and its
+    gc sets unnamed pages aside and removes them as before; a new write goes into a pack."""
+    from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.objpacks import decode_index
+
+    url = f"s3://{bucket}/old"
+    location = open_store(url).write(make_snapshot(12, pages=8))
+    [index_key] = keys_of(s3, bucket, ".wasmig/index/")
+    pack_key = ".wasmig/packs/" + index_key.rsplit("/", 1)[1]
+    pack = s3.get_object(Bucket=bucket, Key=pack_key)["Body"].read()
+    entries, _ = decode_index(s3.get_object(Bucket=bucket, Key=index_key)["Body"].read(), index_key)
+    for h, off, n in entries:  # the same bucket as layout 1 would have left it
+        s3.put_object(Bucket=bucket, Key=f".wasmig/pages/{h}", Body=pack[off:off + n])
+    s3.delete_object(Bucket=bucket, Key=index_key)
+    s3.delete_object(Bucket=bucket, Key=pack_key)
+    assert open_store(url).load().memories[0].data == make_snapshot(12, pages=8).memories[0].data
+    restored = wasmig(["inspect", "--verify", url], tmp_path=tmp_path)
+    assert restored.returncode == 0, restored.stderr
+    again = open_store(url).write(make_snapshot(13, pages=8))
+    assert keys_of(s3, bucket, ".wasmig/index/"), "new pages go into a pack"
+    s3.delete_object(Bucket=bucket, Key=location.split("/", 3)[3])
+    own = {h for h, _, _ in entries} - {h for m in open_store(url).load_deferred(again)[1] or []
+                                        for h in m.entries if isinstance(h, str)}
+    assert own
+    assert open_store(url).gc(grace_s=0)["pages_set_aside"] == len(own)
+    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/fossils/")} == own
+    assert open_store(url).gc(grace_s=0)["pages_removed"] == len(own)
+    assert not keys_of(s3, bucket, ".wasmig/fossils/")
+    assert open_store(url).load(again).memories[0].data == make_snapshot(13, pages=8).memories[0].data
 
 
 # --- atomicity --------------------------------------------------------------------------------------------
@@ -340,9 +396,9 @@ def test_a_writer_killed_before_its_manifest_leaves_no_snapshot(s3: Any, bucket:
     store = open_store(url)
     assert [s.rsplit("/", 1)[1] for s in store.snapshots()] == ["000001.snap"]
     assert store.load().memories[0].data == make_snapshot(5, pages=4).memories[0].data
-    pages = keys_of(s3, bucket, ".wasmig/pages/")
+    pages = stored_pages(s3, bucket)
     named = {h for m in store.load_deferred()[1] or [] for h in m.entries if isinstance(h, str)}
-    orphans = {k.rsplit("/", 1)[1] for k in pages} - named
+    orphans = set(pages) - named
     assert orphans, "the killed writer had uploaded its pages"
     stats = store.gc(grace_s=0)
     assert stats["pages_set_aside"] == len(orphans) and stats["pages_kept"] == len(named)
@@ -362,7 +418,7 @@ def test_a_failed_manifest_upload_publishes_nothing(s3: Any, bucket: str, monkey
     with pytest.raises(SnapshotError, match="injected failure"):
         store.write(make_snapshot(7, pages=8))
     assert store.snapshots() == [] and not keys_of(s3, bucket, "fail/")
-    assert keys_of(s3, bucket, ".wasmig/pages/"), "the pages went first"
+    assert stored_pages(s3, bucket), "the pages went first"
 
 
 def test_concurrent_writers_get_distinct_numbers(bucket: str) -> None:
@@ -381,18 +437,30 @@ def test_a_tampered_page_is_refused(s3: Any, bucket: str, tmp_path: Path) -> Non
 
     from wasmig.errors import SnapshotError
     from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.objpacks import decode_index, encode_index
 
     url = f"s3://{bucket}/tamper"
     store = open_store(url)
     store.write(make_snapshot(10, pages=8))
-    key = sorted(keys_of(s3, bucket, ".wasmig/pages/"))[0]
-    s3.put_object(Bucket=bucket, Key=key, Body=zstandard.ZstdCompressor().compress(b"\1" * 65536))
+    [index_key] = keys_of(s3, bucket, ".wasmig/index/")
+    pack_key = ".wasmig/packs/" + index_key.rsplit("/", 1)[1]
+    pack = s3.get_object(Bucket=bucket, Key=pack_key)["Body"].read()
+    entries, _ = decode_index(s3.get_object(Bucket=bucket, Key=index_key)["Body"].read(), index_key)
+    # the first page's frame swapped for another valid page, the index made to match
+    forged = zstandard.ZstdCompressor().compress(b"\1" * 65536)
+    (h0, off0, n0), rest = entries[0], entries[1:]
+    body = pack[:off0] + forged + pack[off0 + n0:]
+    shifted = [(h0, off0, len(forged))] + [(h, o + (len(forged) - n0 if o > off0 else 0), n) for h, o, n in rest]
+    s3.put_object(Bucket=bucket, Key=pack_key, Body=body)
+    s3.put_object(Bucket=bucket, Key=index_key, Body=encode_index(shifted, len(body)))
     with pytest.raises(SnapshotError, match="hash mismatch"):
-        store.load()
+        open_store(url).load()
     assert "hash mismatch" in one_line_error(wasmig(["inspect", url], tmp_path=tmp_path))
-    s3.put_object(Bucket=bucket, Key=key, Body=b"\0" * (3 * 65536))  # larger than any page: not even downloaded
-    with pytest.raises(SnapshotError, match="more than the 131072"):
-        store.load()
+    # an index entry longer than any page may be: refused before anything is read from the pack
+    s3.put_object(Bucket=bucket, Key=index_key,
+                  Body=encode_index([(h0, 0, 3 * 65536)] + rest, 4 * 65536))
+    with pytest.raises(SnapshotError, match="damaged pack index"):
+        open_store(url).load()
 
 
 def test_a_tampered_manifest_is_refused_and_the_seal_covers_it(s3: Any, bucket: str, tmp_path: Path) -> None:
