@@ -24,6 +24,7 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wasmig import engines
+from wasmig.ray import table
 from wasmig.ray.actor import JobRunner, latest_checkpoint, log_directory
 from wasmig.ray.joblog import STREAMS, read_stream
 from wasmig.ray.placement import choose_node, node_engine, resolve_node
@@ -66,6 +67,8 @@ class Controller:
         self._draining: set[str] = set()
         self._lock = threading.RLock()
         self._closed = threading.Event()
+        self._saved: bytes | None = None  # the table as last saved (wasmig/ray/table.py)
+        self._recover()
         self._monitor = threading.Thread(target=self._watch, name="wasmig-fleet-monitor", daemon=True)
         self._monitor.start()
 
@@ -75,9 +78,34 @@ class Controller:
         job = Job(id=f"j-{secrets.token_hex(4)}", spec=spec)
         with self._lock:
             node = self._choose(spec, avoid=self._draining)
+            table.save_spec(job.id, spec)
             self._jobs[job.id] = job
             self._start(job, node, restore=False)
+            self._persist()
         return job.id
+
+    # --- the table kept in the GCS (wasmig/ray/table.py) ----------------------------------------
+    def _recover(self) -> None:
+        """The jobs a previous controller saved. Their runners were this actor's predecessor's
+        and died with it (Ray ends an actor with its owner): each job not ended runs again from
+        its latest checkpoint (a restart, as after a lost node: docs/fleet.md)."""
+        for row, spec in table.load():
+            job = Job(id=row["id"], spec=spec, state=row["state"], node=row.get("node"), engine=row.get("engine"),
+                      restarts=int(row.get("restarts", 0)), moves=list(row.get("moves", [])),
+                      outcome=dict(row.get("outcome", {})), avoid=set(row.get("avoid", [])))
+            if job.state not in FINAL_STATES:
+                job.state = "restarting"
+                job.restarts += 1
+            self._jobs[job.id] = job
+
+    def _persist(self) -> None:
+        """Save the table if it changed since it was last saved (the lock held, or the monitor's)."""
+        with self._lock:
+            rows = [{name: getattr(job, name) for name in table.ROW_FIELDS} for job in self._jobs.values()]
+        data = table.encode_rows(rows)
+        if data != self._saved:
+            table.save_rows(data)
+            self._saved = data
 
     def ps(self) -> list[dict[str, Any]]:
         """The job table: job, node, engine, state, last checkpoint's age, restarts, moves, exit."""
@@ -172,8 +200,10 @@ class Controller:
         return ray.get_runtime_context().get_node_id()
 
     def shutdown(self) -> None:
-        """Stop watching, and end every job's runner (before the controller itself is killed)."""
+        """Stop watching, end every job's runner (before the controller itself is killed), and
+        forget the saved table: a fleet shut down on purpose does not come back."""
         self._closed.set()
+        table.forget_all()
         with self._lock:
             actors = [j.actor for j in self._jobs.values() if j.actor is not None]
         for actor in actors:
@@ -267,6 +297,10 @@ class Controller:
     # --- the monitor: ends and losses ---------------------------------------------------------
     def _watch(self) -> None:
         while not self._closed.is_set():
+            try:  # every change of the table (moves, ends, restarts) is saved within a round
+                self._persist()
+            except Exception as e:  # noqa: BLE001 - the jobs matter more than their row's copy
+                print(f"wasmig fleet: cannot save the job table: {type(e).__name__}: {e}", file=sys.stderr)
             with self._lock:
                 watched = {j.run_ref: j for j in self._jobs.values() if j.state == "running" and j.run_ref is not None}
                 waiting = [j for j in self._jobs.values() if j.state == "restarting"]
