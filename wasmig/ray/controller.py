@@ -25,8 +25,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wasmig import engines
 from wasmig.ray import table
-from wasmig.ray.actor import JobRunner, latest_checkpoint, log_directory
-from wasmig.ray.joblog import STREAMS, read_stream
+from wasmig.ray.actor import JobRunner
+from wasmig.ray.joblog import STREAMS
+from wasmig.ray.jobstore import checkpoint_age, read_log
 from wasmig.ray.placement import choose_node, node_engine, resolve_node
 from wasmig.ray.spec import FleetError, JobSpec
 
@@ -109,14 +110,12 @@ class Controller:
 
     def ps(self) -> list[dict[str, Any]]:
         """The job table: job, node, engine, state, last checkpoint's age, restarts, moves, exit."""
-        now = time.time()
         with self._lock:
             jobs = list(self._jobs.values())
         rows = []
         for job in jobs:
-            latest = latest_checkpoint(job.spec, job.id)
             rows.append({"job": job.id, "node": job.node, "engine": job.engine, "state": job.state,
-                         "checkpoint_age_s": None if latest is None else max(0.0, now - latest.stat().st_mtime),
+                         "checkpoint_age_s": checkpoint_age(job.spec, job.id),
                          "restarts": job.restarts, "moves": len(job.moves), "program": job.spec.module_name,
                          "code": job.outcome.get("code"), "error": job.outcome.get("error")})
         return rows
@@ -132,7 +131,7 @@ class Controller:
         if stream not in STREAMS:
             raise FleetError(f"no stream {stream!r} (stdout or stderr)")
         job = self._get(job_id)
-        return read_stream(log_directory(job.spec, job.id), stream)
+        return read_log(job.spec, job.id, stream)
 
     def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
         """The job's row once it ended (or at ``timeout``, as it is then)."""
