@@ -4,114 +4,38 @@ lists every job; the jobs whose runners died with it run again from their latest
 with the bytes an uninterrupted run prints, and can still be moved), and a job whose store is
 ``s3://`` keeps its snapshots, log and fence there (wasmig/ray/jobstore.py), no shared path used.
 
-A cluster of its own (a head and a worker, every address 127.0.0.1) and moto's S3 server on
-127.0.0.1, both started here; small: the scenario of tests/test_ray_fleet.py is not repeated."""
+The cluster of tests/test_ray_fleet.py (every address 127.0.0.1), started for this module, and
+moto's S3 server on 127.0.0.1; the scenario of tests/test_ray_fleet.py is not repeated."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.s3_server import moto_s3
+from tests.test_ray_fleet import cluster, expected_run, wait_for  # noqa: F401 - cluster: the fixture
+
 PROGRAMS = Path(__file__).parent / "programs"
 REPO = Path(__file__).resolve().parent.parent
 STEPS, MS = 120, 60  # ~7 s of sleeping and more: alive while the controller is killed and made again
 
 
-def expected_run(name: str, steps: int = STEPS) -> tuple[bytes, bytes]:
-    """What fleet_work.c prints on stdout and stderr, computed here (not by wasmig)."""
-    h, lines = 2166136261, []
-    for i in range(steps):
-        for k in range(20000):
-            h = ((h ^ ((i * 31 + k) & 0xFFFFFFFF)) * 16777619) & 0xFFFFFFFF
-        lines.append(f"{name} step {i} {h:08x}\n")
-    return "".join(lines).encode(), f"{name} start\n{name} end {h:08x}\n".encode()
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's S3 server on loopback, in the environment before the cluster starts (its workers
-    inherit the endpoint and the test credentials from the nodes started here)."""
-    import logging
-    import socket
-
-    moto_server = pytest.importorskip("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    aws = tmp_path_factory.mktemp("aws")
-    names = ("WASMIG_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONFIG_FILE",
-             "AWS_SHARED_CREDENTIALS_FILE", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ENDPOINT_URL")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ.update(WASMIG_S3_ENDPOINT=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_CONFIG_FILE=str(aws / "config"),
-                      AWS_SHARED_CREDENTIALS_FILE=str(aws / "credentials"), AWS_DEFAULT_REGION="us-east-1")
-    for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        os.environ.pop(k, None)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
-def cluster(s3_endpoint: str) -> Iterator[Any]:
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback stays loopback (client.connect)
-    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
-    pytest.importorskip("ray")
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    import ray
-    from ray.cluster_utils import Cluster
-
-    common = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024 * 1024, "num_cpus": 4}
-    c = Cluster(initialize_head=True, connect=False, head_node_args={
-        **common, "include_dashboard": False, "ray_client_server_port": None})
-    try:
-        c.add_node(**common)
-        c.wait_for_nodes()
-        from wasmig.ray import client
-
-        client.connect(c.address)
-        yield c
-    finally:
-        try:
-            ctl = ray.get_actor("wasmig-controller", namespace="wasmig")
-            ray.get(ctl.shutdown.remote(), timeout=60)
-            ray.kill(ctl)
-        except Exception:  # noqa: BLE001, S110 - no controller, or one already gone
-            pass
-        ray.shutdown()
-        c.shutdown()
-
-
-def wait_for(what: str, check: Any, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    """moto's S3 server on loopback, in the environment before the cluster starts (autouse: made
+    first; the cluster's workers inherit the endpoint and the test credentials from its nodes)."""
+    with moto_s3(tmp_path_factory.mktemp("aws")) as endpoint:
+        yield endpoint
 
 
 @pytest.mark.slow
-def test_the_job_table_survives_the_controller(cluster: Any, tmp_path: Path) -> None:
+def test_the_job_table_survives_the_controller(cluster: Any, tmp_path: Path) -> None:  # noqa: F811
     import ray
 
     from wasmig.ray import client
@@ -157,13 +81,14 @@ def test_the_job_table_survives_the_controller(cluster: Any, tmp_path: Path) -> 
     for name, job in jobs.items():
         end = client.call(ctl.wait, job, 300.0)
         assert end["state"] == "exited" and end["code"] == 0, end
-        out, err = expected_run(name)
+        out, err = expected_run(name, STEPS)
         assert read_stream(store / job / "log", "stdout") == out
         assert read_stream(store / job / "log", "stderr") == err
 
 
 @pytest.mark.slow
-def test_a_job_in_s3_keeps_snapshots_log_and_fence_there(cluster: Any, s3_endpoint: str, tmp_path: Path) -> None:
+def test_a_job_in_s3_keeps_snapshots_log_and_fence_there(
+        cluster: Any, s3_endpoint: str, tmp_path: Path) -> None:  # noqa: F811 - cluster: the imported fixture
     import uuid
 
     import boto3
@@ -192,7 +117,7 @@ def test_a_job_in_s3_keeps_snapshots_log_and_fence_there(cluster: Any, s3_endpoi
     assert move.get("source_outcome") in ("stopped", "exited"), move
     end = client.call(ctl.wait, job, 300.0)
     assert end["state"] == "exited" and end["code"] == 0, end
-    out, err = expected_run("s3job")
+    out, err = expected_run("s3job", STEPS)
     assert client.call(ctl.logs, job) == out
     assert client.call(ctl.logs, job, "stderr") == err
     segments = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"fleet/{job}/log/stdout/")["Contents"]]

@@ -8,7 +8,6 @@ the AWS config files pointed away so that no user setting leaks in."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.s3_server import moto_s3
 from tests.snapshot_synth import make_snapshot
 from tests.wasi_harness import program
 
@@ -44,30 +44,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's S3 server on loopback for the whole session; the environment pointed at it."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    assert host == "127.0.0.1"
-    endpoint = f"http://127.0.0.1:{port}"
-    aws = tmp_path_factory.mktemp("aws")
-    saved = {k: os.environ.get(k) for k in ("WASMIG_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE",
-                                            "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
-    os.environ.update(WASMIG_S3_ENDPOINT=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_CONFIG_FILE=str(aws / "config"), AWS_SHARED_CREDENTIALS_FILE=str(aws / "credentials"),
-                      AWS_DEFAULT_REGION="us-east-1")
-    for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        os.environ.pop(k, None)
-    try:
+    with moto_s3(tmp_path_factory.mktemp("aws")) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture()
@@ -363,6 +341,7 @@ def test_layout_1_page_objects_are_still_read_and_collected(s3: Any, bucket: str
 # --- atomicity --------------------------------------------------------------------------------------------
 _KILLED_WRITER = """
 import sys, time
+from tests.s3_server import moto_s3
 from tests.snapshot_synth import make_snapshot
 from wasmig.snapshot.stores import open_store
 from wasmig.snapshot.stores.objects import ObjectStore
