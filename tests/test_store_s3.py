@@ -338,6 +338,65 @@ def test_layout_1_page_objects_are_still_read_and_collected(s3: Any, bucket: str
     assert open_store(url).load(again).memories[0].data == make_snapshot(13, pages=8).memories[0].data
 
 
+def test_a_large_pack_goes_up_in_parts_and_reads_back_in_ranges(s3: Any, bucket: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write's pages over PACK_TARGET_BYTES become several packs, uploaded in parallel, each over
+    8 MiB as a multipart upload; a restore reads them back with coalesced ranged GETs."""
+    import random
+
+    from wasmig.snapshot.state import PAGE_SIZE, MemoryState, Snapshot
+    from wasmig.snapshot.stores import objpacks, open_store
+    from wasmig.snapshot.stores.s3 import S3Objects
+
+    monkeypatch.setattr(objpacks, "PACK_TARGET_BYTES", 10 << 20)
+    rng = random.Random(5)
+    memory = bytearray(rng.randbytes(300 * PAGE_SIZE))  # incompressible: ~19 MiB of pages, two packs
+    snap = Snapshot(module_sha256="0" * 64, steps=None, point="after_call", frames=[],
+                    memories=[MemoryState(min=300, max=None, data=memory)],  # type: ignore[arg-type]
+                    tables=[], globals=[], dropped_data=[], dropped_elems=[], wasi=None)
+    parts: list[str] = []
+    original = S3Objects._put_multipart
+
+    def counting(self: S3Objects, key: str, data: bytes) -> None:
+        parts.append(key)
+        original(self, key, data)
+
+    monkeypatch.setattr(S3Objects, "_put_multipart", counting)
+    store = open_store(f"s3://{bucket}/big")
+    store.write(snap)
+    packs = keys_of(s3, bucket, ".wasmig/packs/")
+    assert len(packs) == 2 and all(size > 8 << 20 for size in packs.values()), packs
+    assert sorted(parts) == sorted(packs), "each pack over 8 MiB went up as a multipart upload"
+    gets: list[str] = []
+    original_range = S3Objects.get_range
+
+    def counting_range(self: S3Objects, key: str, start: int, length: int) -> bytes | None:
+        gets.append(key)
+        return original_range(self, key, start, length)
+
+    monkeypatch.setattr(S3Objects, "get_range", counting_range)
+    assert open_store(f"s3://{bucket}/big").load().memories[0].data == bytes(memory)
+    assert len(gets) <= 6, f"300 pages in {len(gets)} ranged GETs (8 MiB each at most)"
+
+
+def test_a_pack_without_its_index_is_removed_after_the_grace_period(s3: Any, bucket: str) -> None:
+    """A writer killed between its pack and its index leaves a pack no index names: gc deletes it
+    once it is older than the grace period, and counts it among the stale temporaries."""
+    from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.objpacks import new_pack_id
+
+    store = open_store(f"s3://{bucket}/orphan")
+    store.write(make_snapshot(14, pages=4))
+    orphan = ".wasmig/packs/" + new_pack_id()
+    s3.put_object(Bucket=bucket, Key=orphan, Body=b"x" * 1000)
+    assert store.gc()["temp_files_removed"] == 0, "young: it may be a writer's pack about to get its index"
+    assert orphan in keys_of(s3, bucket, ".wasmig/packs/")
+    stats = store.gc(grace_s=0)
+    assert stats["temp_files_removed"] == 1 and stats["bytes_removed"] >= 1000
+    assert orphan not in keys_of(s3, bucket, ".wasmig/packs/")
+    assert store.load().memories[0].data == make_snapshot(14, pages=4).memories[0].data
+
+
 # --- atomicity --------------------------------------------------------------------------------------------
 _KILLED_WRITER = """
 import sys, time

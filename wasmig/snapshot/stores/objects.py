@@ -436,11 +436,14 @@ class ObjectStore(SnapshotStore):
         mkdirs_durable(directory / "pages")
         writer = packs.PackWriter(directory / "pages")
         source = _ObjectPages(self.backend, self._index)
+        hashes = sorted(_page_hashes(manifest))
         try:
-            for h in sorted(_page_hashes(manifest)):
+            for j, h in enumerate(hashes):
+                if j % _RESTORE_WINDOW == 0:  # a window's pages in coalesced ranged GETs
+                    source.prefetch(hashes[j:j + _RESTORE_WINDOW])
                 found = source.read(h)
                 if found is None:
-                    raise SnapshotError(f"{location}: page {h} is missing from {self.backend.location(PAGES)}")
+                    raise SnapshotError(f"{location}: page {h} is missing from {self.backend.location(SHARED)}")
                 if blake3(_decompress_page(*found)).hexdigest() != h:
                     raise SnapshotError(f"{found[1]} is corrupt (hash mismatch)")
                 writer.append(h, found[0])

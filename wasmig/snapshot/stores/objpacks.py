@@ -128,7 +128,7 @@ def cut_into_packs(pages: list[tuple[str, bytes]],
     entries: list[tuple[str, int, int]] = []
     offset = 0
     for h, comp in pages:
-        if parts and (offset + len(comp) > share or len(entries) >= MAX_PACK_ENTRIES):
+        if parts and (offset >= share or len(entries) >= MAX_PACK_ENTRIES):  # full: at most a page over
             packs.append((new_pack_id(), parts, entries))
             parts, entries, offset = [], [], 0
         parts.append(comp)
