@@ -228,9 +228,13 @@ class PackIndex:
                 set_aside = {p: entries_of[p] for p in aside_ids if p in entries_of and p not in live}
             else:
                 set_aside = {p: e for p, e in {**self._aside_packs, **gone}.items() if p not in live}
+            if gone or set_aside.keys() != self._aside_packs.keys():
+                self._live, self._aside = _lookup(live), _lookup(set_aside)  # packs left: rebuilt
+            else:  # only new packs (the usual commit): added, not rebuilt (a bucket's pages can be millions)
+                for p in live.keys() - self._live_packs.keys():
+                    for h, off, n in live[p]:
+                        self._live.setdefault(h, PageRef(p, off, n))
             self._live_packs, self._aside_packs = live, set_aside
-            self._live = _lookup(live)
-            self._aside = _lookup(set_aside)
             for p in live_ids:
                 self.seen[p] = listed_at
 
