@@ -229,7 +229,28 @@ def test_the_module_is_kept_once_per_run_not_at_every_checkpoint(s3: Any, bucket
 
     store = open_store(url)
     module_files = {store.load(s).meta["module_file"] for s in store.snapshots()}
-    assert len(module_files) == 1 and store.module_bytes(module_files.pop()[:-len(".wasm")]) is not None
+    assert len(module_files) == 1
+    sha = module_files.pop()[:-len(".wasm")]
+    # why once is enough: no gc removes a kept module, even with every snapshot gone
+    for key in snaps:
+        s3.delete_object(Bucket=bucket, Key=key)
+    store.gc(grace_s=0)
+    store.gc(grace_s=0)
+    assert store.module_bytes(sha) is not None
+
+
+def test_a_checkpoint_directorys_gc_keeps_its_module(tmp_path: Path) -> None:
+    """The local store's side of the same rule (the run loop puts the module once per run)."""
+    from wasmig.module import Module
+    from wasmig.snapshot.stores import open_store
+
+    store = open_store(str(tmp_path / "ck"))
+    module = Module.from_bytes(program("hello").read_bytes(), decode=False)
+    kept = Path(store.put_module(module))
+    location = store.write(make_snapshot(15, pages=4))
+    Path(location).unlink()
+    store.gc()
+    assert kept.read_bytes() == program("hello").read_bytes()
 
 
 # --- dedup ---------------------------------------------------------------------------------------------
