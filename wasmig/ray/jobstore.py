@@ -56,22 +56,24 @@ def snapshots_location(spec: JobSpec, job_id: str) -> str:
 
 
 def _objects(spec: JobSpec, job_id: str) -> tuple[ObjectBackend, str]:
-    """The job's object backend and the key prefix of its own objects (``<prefix><job>/``)."""
-    from wasmig.snapshot.stores import open_store
+    """The job's object backend and the key prefix of its own objects (``<prefix><job>/``). The
+    store is kept per URL (:func:`~wasmig.snapshot.stores.reader_for`): ``ps`` asks for every job's
+    checkpoint age, and an S3 client costs ~50 ms (much more on a loaded machine) to make."""
+    from wasmig.snapshot.stores import reader_for
 
-    store = open_store(snapshots_location(spec, job_id))
+    store, _ = reader_for(snapshots_location(spec, job_id))
     backend: ObjectBackend = store.backend  # type: ignore[attr-defined]
     return backend, backend.prefix
 
 
 def latest_checkpoint(spec: JobSpec, job_id: str) -> str | None:
     """The job's newest snapshot (a path or URL), or None before its first."""
-    from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores import open_store, reader_for
 
     where = snapshots_location(spec, job_id)
-    if not is_object_store(spec) and not Path(where).is_dir():
-        return None
-    return open_store(where).latest()
+    if not is_object_store(spec):
+        return open_store(where).latest() if Path(where).is_dir() else None
+    return reader_for(where)[0].latest()
 
 
 def checkpoint_age(spec: JobSpec, job_id: str) -> float | None:
