@@ -554,6 +554,13 @@ def test_bad_store_urls_are_one_line_errors(s3_endpoint: str, bucket: str, tmp_p
     assert "no such bucket" in one_line_error(wasmig(["inspect", "s3://no-such-bucket-here/x"], tmp_path=tmp_path))
 
 
+def test_cluster_submit_checks_an_s3_store_before_anything_starts(s3_endpoint: str, tmp_path: Path) -> None:
+    """``wasmig cluster submit --store s3://...``: a bucket that is not there is one line, before
+    the cluster is even contacted (none runs here)."""
+    p = wasmig(["cluster", "submit", "--store", "s3://no-such-bucket-here/jobs", program("hello")], tmp_path=tmp_path)
+    assert "--store s3://no-such-bucket-here/jobs" in one_line_error(p) and "no such bucket" in p.stderr.decode()
+
+
 def test_objects_are_size_checked_before_download(s3: Any, bucket: str) -> None:
     from wasmig.errors import SnapshotError
     from wasmig.snapshot.stores.s3 import S3Objects
