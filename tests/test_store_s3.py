@@ -108,7 +108,8 @@ def test_periodic_checkpoints_to_s3_restore_on_both_engines(s3: Any, bucket: str
     run = wasmig(["run", "--engine", "wasmtime", "--checkpoint-dir", url, "--checkpoint-every", "0.3", wasm, *WORK],
                  tmp_path=tmp_path)
     assert (run.returncode, run.stdout, run.stderr) == (0, full.stdout, b"")
-    snaps = sorted(k for k in keys_of(s3, bucket, "runs/work/snapshots/"))
+    snaps = sorted(k for k in keys_of(s3, bucket, "runs/work/snapshots/") if k.endswith(".snap"))
+    assert all(f"{k}.packs" in keys_of(s3, bucket, "runs/work/snapshots/") for k in snaps), "each with its hint"
     assert len(snaps) >= 2, f"--checkpoint-every 0.3 wrote {snaps}"
     assert snaps[0] == "runs/work/snapshots/000001.snap"
     module_keys = [k for k in keys_of(s3, bucket, ".wasmig/modules/")]
@@ -154,7 +155,8 @@ def test_file_store_runs_restores_and_shares_pages_below_its_root(tmp_path: Path
         run = wasmig(["run", "--engine", "interp", "--checkpoint-dir", f"file://{root}/jobs/{job}",
                       "--checkpoint-at-step", "3000", "--checkpoint-then", "exit", wasm, *args], tmp_path=tmp_path)
         assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in (root / "jobs" / "a" / "snapshots").iterdir()) == ["000001.snap"]
+    assert sorted(p.name for p in (root / "jobs" / "a" / "snapshots").iterdir()) == ["000001.snap",
+                                                                                     "000001.snap.packs"]
     from wasmig.snapshot.stores import open_store
     from wasmig.snapshot.stores.objpacks import decode_index
 
@@ -222,7 +224,7 @@ def test_the_module_is_kept_once_per_run_not_at_every_checkpoint(s3: Any, bucket
                           "--checkpoint-dir", url, "--checkpoint-every", "0.3", program("migrate_work"), *WORK],
                          capture_output=True, timeout=TIMEOUT, env=env, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stderr
-    snaps = keys_of(s3, bucket, "once/snapshots/")
+    snaps = [k for k in keys_of(s3, bucket, "once/snapshots/") if k.endswith(".snap")]
     assert len(snaps) >= 3, f"--checkpoint-every 0.3 wrote {snaps}"
     assert run.stderr.decode().strip() == "put_module 1", run.stderr
     from wasmig.snapshot.stores import open_store
@@ -398,6 +400,33 @@ def test_a_large_pack_goes_up_in_parts_and_reads_back_in_ranges(s3: Any, bucket:
     monkeypatch.setattr(S3Objects, "get_range", counting_range)
     assert open_store(f"s3://{bucket}/big").load().memories[0].data == bytes(memory)
     assert len(gets) <= 6, f"300 pages in {len(gets)} ranged GETs (8 MiB each at most)"
+
+
+def test_a_reader_reads_the_indexes_its_snapshot_names_not_the_buckets(s3: Any, bucket: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``<snapshot>.packs`` names the packs holding the snapshot's pages: a new reader GETs those
+    indexes only (a fleet's bucket holds hundreds); without it, every index of the bucket."""
+    from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.s3 import S3Objects
+
+    for n in range(4):
+        open_store(f"s3://{bucket}/other{n}").write(make_snapshot(20 + n, pages=6))
+    location = open_store(f"s3://{bucket}/mine").write(make_snapshot(30, pages=6))
+    assert len(keys_of(s3, bucket, ".wasmig/index/")) == 5
+    reads: list[str] = []
+    original = S3Objects.get
+
+    def counting(self: S3Objects, key: str, limit: int) -> bytes | None:
+        reads.append(key)
+        return original(self, key, limit)
+
+    monkeypatch.setattr(S3Objects, "get", counting)
+    assert open_store(f"s3://{bucket}/mine").load().memories[0].data == make_snapshot(30, pages=6).memories[0].data
+    assert len([k for k in reads if k.startswith(".wasmig/index/")]) == 1, reads
+    s3.delete_object(Bucket=bucket, Key=location.split("/", 3)[3] + ".packs")
+    reads.clear()
+    assert open_store(f"s3://{bucket}/mine").load().memories[0].data == make_snapshot(30, pages=6).memories[0].data
+    assert len([k for k in reads if k.startswith(".wasmig/index/")]) == 5, "no hint: every index"
 
 
 def test_a_pack_without_its_index_is_removed_after_the_grace_period(s3: Any, bucket: str) -> None:
@@ -595,7 +624,7 @@ def test_checkpoint_pid_into_s3(s3: Any, bucket: str, tmp_path: Path) -> None:
     finally:
         run.kill()
         run.wait()
-    assert list(keys_of(s3, bucket, "pid/snapshots/")) == ["pid/snapshots/000001.snap"]
+    assert [k for k in keys_of(s3, bucket, "pid/snapshots/") if k.endswith(".snap")] == ["pid/snapshots/000001.snap"]
 
 
 

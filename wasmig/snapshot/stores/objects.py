@@ -22,6 +22,7 @@ visible (only packs no manifest names, which ``gc`` removes). A reader lists sna
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 from collections.abc import Iterable
@@ -55,6 +56,7 @@ from wasmig.snapshot.stores.objpacks import (
     SHARED,
     PackIndex,
     PackMissing,
+    is_pack_id,
     upload_packs,
 )
 
@@ -73,6 +75,9 @@ MAX_WRITE_S = DEFAULT_GC_GRACE_S / 2
 _RECHECK_S = MAX_WRITE_S / 2
 #: pages a restore fetches (with coalesced ranged GETs) before it decompresses them: bounded memory
 _RESTORE_WINDOW = 1024
+#: ``<snapshot>.packs``: which packs hold its pages (see ObjectStore._write_hint)
+HINT_SUFFIX = ".packs"
+MAX_HINT_BYTES = 4 << 20
 _IMPORT_BATCH = 1024  # pages held in memory at once by an import (a pack each)
 
 
@@ -92,15 +97,20 @@ class _ObjectPages:
     objects (falling back to a fossil: a page ``gc`` set aside is still readable until the next
     ``gc`` finds it referenced)."""
 
-    def __init__(self, backend: ObjectBackend, index: PackIndex) -> None:
+    def __init__(self, backend: ObjectBackend, index: PackIndex, hint: list[str] | None = None) -> None:
         self._backend = backend
         self._index = index
+        self._hint = hint  # the packs the snapshot's writer found its pages in (its .packs object)
         self._refreshed = False
         self._healed = False
         self._fetched: dict[str, bytes] = {}  # pages prefetched for a restore (see prefetch)
 
     def _find(self, hashes: list[str]) -> None:
-        """Read the bucket's indexes (once per reader) if one of ``hashes`` is in none read yet."""
+        """Read the indexes of the packs the snapshot's writer named, then, if a page is still in
+        none read, the bucket's (once per reader: gc may have compacted the named ones)."""
+        if self._hint and any(self._index.find(h) is None for h in hashes):
+            self._index.read_packs(self._hint)
+            self._hint = None
         if not self._refreshed and any(self._index.find(h) is None for h in hashes):
             self._index.refresh(aside=True)
             self._refreshed = True
@@ -193,6 +203,7 @@ class _ObjectStaged(StagedSnapshot):
             raise SnapshotError(f"{store.url}: cannot write snapshot: it took longer than {MAX_WRITE_S:.0f} s, "
                                 "so gc may have collected pages it names; not published")
         location = store._publish(self._chunks)
+        store._write_hint(location, self._named)
         record_commit(store, self._prints, self.stats, self._chunks, self._started)
         return location
 
@@ -250,9 +261,31 @@ class ObjectStore(SnapshotStore):
             raise SnapshotError(f"{location}: snapshot changed after its signature was checked")
         return location, container.manifest
 
-    def _reader(self) -> tuple[_PageSource, _ObjectPages]:
-        reader = _ObjectPages(self.backend, self._index)
+    def _reader(self, hint: list[str] | None = None) -> tuple[_PageSource, _ObjectPages]:
+        reader = _ObjectPages(self.backend, self._index, hint)
         return _PageSource(None, reader, self.backend.location(SHARED).rstrip("/")), reader
+
+    def _write_hint(self, location: str, named: set[str]) -> None:
+        """``<snapshot>.packs``: the packs holding the snapshot's pages as its writer knows them, so
+        a reader reads those indexes only, not the bucket's (hundreds, in a fleet's bucket). Not
+        part of the snapshot: written after it, untrusted (a wrong one only costs the full read)."""
+        packs = sorted({ref.pack for h in named if (ref := self._index.find(h)) is not None})
+        key = self.backend.key_of(location)
+        if key is not None and packs:
+            try:
+                self.backend.put(key + HINT_SUFFIX, json.dumps(packs).encode())
+            except SnapshotError:
+                pass  # readers read every index instead
+
+    def _read_hint(self, key: str) -> list[str] | None:
+        data = self.backend.get(key + HINT_SUFFIX, MAX_HINT_BYTES)
+        try:
+            packs = json.loads(data) if data else None
+        except ValueError:
+            return None
+        if not isinstance(packs, list) or not all(isinstance(p, str) and is_pack_id(p) for p in packs):
+            return None
+        return packs
 
     def load(self, which: str | None = None, expect: bytes | None = None) -> Snapshot:
         snap, paged = self.load_deferred(which, expect)
@@ -266,7 +299,7 @@ class ObjectStore(SnapshotStore):
     def load_deferred(self, which: str | None = None,
                       expect: bytes | None = None) -> tuple[Snapshot, list[PagedMemory] | None]:
         location, manifest = self._manifest(which, expect)
-        source, reader = self._reader()
+        source, reader = self._reader(self._read_hint(self.backend.key_of(location) or ""))
         pages: list[PagedMemory] = []
 
         def defer(index: int, raw: Any, size_pages: int) -> None:
@@ -494,6 +527,11 @@ class ObjectStore(SnapshotStore):
         collect_packs(self.backend, referenced, started - grace, dry_run, stats)
         if not dry_run:
             stats["temp_files_removed"] += self.backend.stale_temporaries(3600.0)
+            snaps = set(self.all_manifests())  # the hints of snapshots deleted since: useless now
+            for info in self.backend.listing(""):
+                if info.key.endswith(HINT_SUFFIX) and info.key[:-len(HINT_SUFFIX)] not in snaps \
+                        and not info.key.startswith(SHARED) and info.modified < started - grace:
+                    self.backend.delete(info.key)
         return stats
 
     def describe(self) -> str:

@@ -238,6 +238,24 @@ class PackIndex:
             for p in live_ids:
                 self.seen[p] = listed_at
 
+    def read_packs(self, packs: list[str]) -> None:
+        """Read the indexes of ``packs`` not read yet (live, or else set aside), without listing the
+        bucket: a reader's hint. They count as found, not as seen live (a writer relies on a pack
+        only once a listing showed it live)."""
+        with self._lock:
+            todo = [p for p in dict.fromkeys(packs) if p not in self._live_packs and p not in self._aside_packs]
+        if not todo:
+            return
+        loaded = {p: e for _, p, e in self._read_indexes([(INDEX + p, p) for p in todo])}
+        missing = [p for p in todo if p not in loaded]
+        loaded |= {p: e for _, p, e in self._read_indexes([(INDEX_ASIDE + p, p) for p in missing])}
+        with self._lock:
+            for p, entries in loaded.items():
+                if p not in self._live_packs and p not in self._aside_packs:
+                    self._aside_packs[p] = entries
+                    for h, off, n in entries:
+                        self._aside.setdefault(h, PageRef(p, off, n))
+
     def _read_indexes(self, todo: list[tuple[str, str]]) -> list[tuple[str, str, _Entries]]:
         def one(item: tuple[str, str]) -> tuple[str, str, _Entries] | None:
             key, pack = item
