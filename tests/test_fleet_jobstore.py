@@ -117,3 +117,27 @@ def test_a_fenced_runner_sends_no_log(tmp_path: Path) -> None:
         log.annotation()
     log.close()
     assert not list(b.listing("j/log/"))
+
+
+def test_a_restore_merges_the_segments_it_read_into_one(tmp_path: Path) -> None:
+    """One segment a checkpoint would make every restore read one object a checkpoint: the
+    restoring runner leaves one in their place (and a merge cut short reads the same)."""
+    b = backend(tmp_path)
+    log = SegmentLog(b, "j/log/", "j")
+    log.open(None)
+    counts = {}
+    for word in (b"a\n", b"bb\n", b"ccc\n"):
+        log.streams["stdout"].write(word)
+        counts = log.annotation()[META_KEY]
+    log.close()
+    assert len(list(b.listing("j/log/stdout/"))) == 3
+    again = SegmentLog(b, "j/log/", "j")
+    again.open(counts)
+    assert [i.key for i in b.listing("j/log/stdout/")] == ["j/log/stdout/0000000000000000"]
+    assert (again.directory / "stdout").read_bytes() == b"a\nbb\nccc\n"
+    again.close()
+    b.put("j/log/stdout/0000000000000002", b"bb\n")  # as if the merge's deletes had not all happened
+    third = SegmentLog(b, "j/log/", "j")
+    third.open(counts)
+    assert (third.directory / "stdout").read_bytes() == b"a\nbb\nccc\n"
+    third.close()
