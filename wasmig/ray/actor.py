@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from wasmig.ray.joblog import JobLog, recorded_counts
-from wasmig.ray.jobstore import latest_checkpoint, open_log, snapshots_location, take_fence
+from wasmig.ray.jobstore import latest_checkpoint, open_log, snapshots_location, take_fence, warm_store
 from wasmig.ray.spec import JobSpec
 
 #: how long a runner waits for an earlier runner of its job to be gone (see JobRunner._take_fence)
@@ -212,6 +212,7 @@ class JobRunner:
             self.engine.program(self.module, wasi, checkpoints=True)
         finally:
             wasi.close()
+        warm_store(self.spec, self.job_id)  # an S3 client made (and boto3 loaded) before the move
 
     def _request_stop(self) -> None:
         session = self._session

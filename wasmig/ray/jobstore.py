@@ -66,6 +66,13 @@ def _objects(spec: JobSpec, job_id: str) -> tuple[ObjectBackend, str]:
     return backend, backend.prefix
 
 
+def warm_store(spec: JobSpec, job_id: str) -> None:
+    """Make the job's store client now (a runner's warm-up, before a move stops the source): an
+    S3 client costs boto3's import and its service model, seconds on a loaded machine."""
+    if is_object_store(spec):
+        _objects(spec, job_id)
+
+
 def latest_checkpoint(spec: JobSpec, job_id: str) -> str | None:
     """The job's newest snapshot (a path or URL), or None before its first."""
     from wasmig.snapshot.stores import open_store, reader_for
