@@ -118,6 +118,9 @@ def main() -> None:
         bucket_url = fresh_bucket(endpoint) + "/fleet"
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (wasmig/ray/client.py says why)
+    # no Ray OOM killer (as in the tests): it kills workers when the *machine* is 95% full, which the
+    # other programs of a shared machine cause (it killed the controller mid-drain once)
+    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
     import ray
     from ray.cluster_utils import Cluster
 
