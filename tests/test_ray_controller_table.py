@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.s3_server import moto_s3
 from tests.ray_cluster import wait_for
+from tests.s3_server import moto_s3
 from tests.test_ray_fleet import cluster, expected_run  # noqa: F401 - cluster: the fixture
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -40,8 +40,8 @@ def test_the_job_table_survives_the_controller(cluster: Any, tmp_path: Path) -> 
     import ray
 
     from wasmig.ray import client
-    from wasmig.ray.joblog import read_stream
     from wasmig.ray.controller import GATEWAY_LOST
+    from wasmig.ray.joblog import read_stream
     from wasmig.ray.spec import GatewaySpec, JobSpec, Placement
     from wasmig.toolchain import compile_c
 
