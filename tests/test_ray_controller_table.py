@@ -85,7 +85,8 @@ def test_the_job_table_survives_the_controller(cluster: Any, tmp_path: Path) -> 
     assert client.call(ctl.job, served)["error"] == GATEWAY_LOST
 
     # the runners died with the old controller: each job runs again from its checkpoint, then moves
-    wait_for("both jobs running again", lambda: all(r["state"] == "running" for r in client.call(ctl.ps)))
+    wait_for("both jobs running again",
+             lambda: all(r["state"] == "running" for r in client.call(ctl.ps) if r["job"] in before))
     row = client.call(ctl.job, jobs["a"])
     move = client.call(ctl.migrate, jobs["a"])
     assert move["to"] != row["node"] and move.get("source_outcome") in ("moved", "stopped", "exited"), move
