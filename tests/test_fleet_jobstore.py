@@ -141,3 +141,33 @@ def test_a_restore_merges_the_segments_it_read_into_one(tmp_path: Path) -> None:
     third.open(counts)
     assert (third.directory / "stdout").read_bytes() == b"a\nbb\nccc\n"
     third.close()
+
+
+@pytest.mark.parametrize("kind", ["path", "object"])
+def test_a_live_targets_log_is_fenced_only_once_it_holds_the_job(tmp_path: Path, kind: str) -> None:
+    """A live move's target opens the log before the commit (no fence yet) at the source's counts,
+    and writes to the store only under the fence it takes after the commit (live.FleetTarget)."""
+    from wasmig.ray.jobstore import Fence, fence_log, log_counts, open_log
+
+    if kind == "object":
+        backend(tmp_path)
+    spec = JobSpec(module=b"", module_name="x",
+                   store=f"file://{tmp_path}/store" if kind == "object" else str(tmp_path / "store"))
+    source = open_log(spec, "j", Fence(lambda: None))
+    source.open(None)
+    source.streams["stdout"].write(b"before the move\n")
+    counts = source.annotation()[META_KEY]  # the migrated state's counts (sent while stopped)
+    source.close()
+    assert log_counts(spec, "j") == counts == {"stdout": 16, "stderr": 0}
+    target = open_log(spec, "j", None)
+    target.open(counts)
+    def lost() -> None:
+        raise SnapshotError("lost the job's lease")
+
+    fence_log(target, Fence(lambda: None, lost))
+    target.streams["stdout"].write(b"after\n")
+    if kind == "object":  # the fence now guards what the target sends
+        with pytest.raises(SnapshotError, match="lost the job's lease"):
+            target.annotation()
+    target.close()
+    assert read_log(spec, "j", "stdout") == (b"before the move\n" if kind == "object" else b"before the move\nafter\n")
