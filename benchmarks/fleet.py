@@ -19,9 +19,14 @@ It reports:
   content-addressed store would hold);
 - the workers' memory (RSS of every JobRunner process, sum and median) and the load average.
 
+With ``--s3``, the jobs' store is a bucket on moto's S3 server (loopback, a process of its own):
+snapshots, logs and fences in the bucket (docs/fleet.md), and the bytes and dedup are the
+bucket's: what its packs, indexes and snapshot files hold over the snapshots, and the pages the
+jobs reference (each job's distinct pages, summed) over the distinct pages the bucket stores.
+
 The drain is wall time on a shared 2-core machine (other agents' load included: the load average
 is printed beside it); the figures are medians and percentiles of one run's moves, not timings
-of one event. ``--jobs``, ``--steps``, ``--every``.
+of one event. ``--jobs``, ``--steps``, ``--every``, ``--s3``.
 """
 
 from __future__ import annotations
@@ -64,6 +69,25 @@ def store_figures(store: Path) -> tuple[float, float]:
     return statistics.median(per_job_bytes), per_job_pages / max(1, len(every_page))
 
 
+def s3_store_figures(url: str) -> tuple[float, float]:
+    """(bytes per checkpoint, dedup ratio) of a bucket's jobs: everything the bucket holds but
+    the module over the snapshots; pages referenced per job over the distinct pages stored."""
+    from wasmig.snapshot.stores import open_store
+
+    bucket = open_store(url)
+    backend = bucket.backend  # type: ignore[attr-defined]
+    total = sum(i.size for i in backend.listing("") if not i.key.startswith(".wasmig/modules/"))
+    snapshots = bucket.all_manifests()  # type: ignore[attr-defined]
+    per_job: dict[str, set[str]] = {}
+    for key in snapshots:
+        job = key.split("/snapshots/")[0]
+        store = open_store(backend.location(job))
+        _, pages = store.load_deferred(backend.location(key))
+        per_job.setdefault(job, set()).update(h for m in pages or [] for h in m.entries if isinstance(h, str))
+    stored: set[str] = set().union(*per_job.values())  # content-addressed: each distinct page once
+    return total / max(1, len(snapshots)), sum(len(p) for p in per_job.values()) / max(1, len(stored))
+
+
 def runner_memory() -> list[int]:
     """RSS in bytes of every JobRunner worker process on this machine (Ray names them so)."""
     sizes = []
@@ -85,11 +109,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--steps", type=int, default=300, help="steps of fleet_work.c, 100 ms apart")
     parser.add_argument("--every", type=float, default=1.0, help="checkpoint period, seconds")
+    parser.add_argument("--s3", action="store_true", help="the jobs' store: a bucket on moto's S3 server (loopback)")
     args = parser.parse_args()
+    moto = None
+    if args.s3:  # before the cluster: its workers inherit the endpoint and credentials
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from store_backends import fresh_bucket, start_moto
+
+        moto, endpoint = start_moto()
+        os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+        bucket_url = fresh_bucket(endpoint) + "/fleet"
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (wasmig/ray/client.py says why)
-    # no Ray OOM killer: it kills workers when the *machine* is 95% full, which other programs on a
-    # shared machine cause (tests/ray_cluster.py does the same)
+    # no Ray OOM killer (as in tests/ray_cluster.py): it kills workers when the *machine* is 95% full,
+    # which the other programs of a shared machine cause (it killed the controller mid-drain once)
     os.environ["RAY_memory_monitor_refresh_ms"] = "0"
     import ray
     from ray.cluster_utils import Cluster
@@ -108,12 +141,13 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="wasmig-fleet-") as tmp:
             store, data = Path(tmp) / "store", Path(tmp) / "data"
+            job_store = bucket_url if args.s3 else str(store)
             data.mkdir()
             ctl = client.controller()
             started = time.perf_counter()
             jobs = [client.call(ctl.submit, JobSpec(
                 module=wasm, module_name="fleet_work.wasm", args=(f"j{i}", str(args.steps), "100"),
-                dirs=((str(data), "data"),), store=str(store), checkpoint_every=args.every, num_cpus=0.5,
+                dirs=((str(data), "data"),), store=job_store, checkpoint_every=args.every, num_cpus=0.5,
                 live=i % 2 == 0))
                 for i in range(args.jobs)]
             while any(r["checkpoint_age_s"] is None for r in client.call(ctl.ps)):
@@ -150,8 +184,9 @@ def main() -> None:
             for job in jobs:
                 if client.call(ctl.job, job)["state"] not in FINAL_STATES:
                     client.call(ctl.cancel, job)
-            per_checkpoint, dedup = store_figures(store)
-            print(f"bytes per checkpoint: {per_checkpoint / 1024:.1f} KiB (median over jobs, on disk)")
+            per_checkpoint, dedup = s3_store_figures(bucket_url) if args.s3 else store_figures(store)
+            print(f"bytes per checkpoint: {per_checkpoint / 1024:.1f} KiB "
+                  f"({'the bucket, over all snapshots' if args.s3 else 'median over jobs, on disk'})")
             print(f"dedup across the {args.jobs} jobs of one module: {dedup:.1f}x (pages referenced per job / "
                   "distinct pages of all jobs)")
             if rss:
@@ -160,6 +195,9 @@ def main() -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        if moto is not None:
+            moto.kill()
+            moto.wait()
 
 
 if __name__ == "__main__":

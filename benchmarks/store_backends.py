@@ -12,14 +12,16 @@ every store alike):
   the client's request handling; moto runs in a process of its own);
 - **pause**: the part of the write the guest stays stopped for (``WriteStats.pause_seconds``);
 - **incremental**: ``--changed`` percent of the pages change and the same store writes again;
-- **restore**: ``load_deferred`` + ``copy_into`` a fresh buffer (every page read and verified);
+- **restore**: ``load_deferred`` + ``copy_into`` a fresh buffer (every page read and verified)
+  through the store that wrote; **restore_cold**: the same through a store opened anew, as a
+  restore in another process does (for s3: a new client, and the bucket's indexes read);
   each with its CPU seconds beside;
-- and for s3, the first write's page bytes as a single PUT: what writing them as one pack
-  object would cost instead of one object per page.
+- and for s3, the first write's page bytes as a single PUT: the floor a write of them can reach
+  (layout 1 wrote one object per page; layout 2 writes them as one or a few packs).
 
 Medians over ``--runs`` runs, printed beside the local directory's as a ratio. Against moto the
 s3 figures are the client's and a Python server's costs over loopback, not a real S3's latency:
-they show the request count and per-request overhead of one object per page.
+they show the request count and per-request overhead of each layout.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def measure(store: SnapshotStore, memory: bytearray, changed: float, rng: random.Random) -> dict[str, float]:
+def measure(url: str, memory: bytearray, changed: float, rng: random.Random) -> dict[str, float]:
+    store = open_store(url)
     out: dict[str, float] = {}
     out["write"], out["write_cpu"] = timed(lambda: store.write(snapshot_of(memory)))
     stats = store.last_stats
@@ -84,13 +87,16 @@ def measure(store: SnapshotStore, memory: bytearray, changed: float, rng: random
     out["incremental"], out["incremental_cpu"] = timed(lambda: store.write(snapshot_of(memory)))
     target = bytearray(len(memory))
 
-    def restore() -> None:
-        _, paged = store.load_deferred()
+    def restore(reader: SnapshotStore) -> None:
+        _, paged = reader.load_deferred()
         assert paged is not None
         paged[0].copy_into(memoryview(target), range(len(paged[0])))
 
-    out["restore"], out["restore_cpu"] = timed(restore)
+    out["restore"], out["restore_cpu"] = timed(lambda: restore(store))
     assert target == memory, "the restore read back other bytes"
+    target[:] = bytes(len(target))
+    out["restore_cold"], out["restore_cold_cpu"] = timed(lambda: restore(open_store(url)))
+    assert target == memory, "the cold restore read back other bytes"
     return out
 
 
@@ -145,7 +151,7 @@ def main() -> None:
                 fresh = uuid.uuid4().hex[:8]
                 url = {"local": str(tmp / f"local-{fresh}"), "file": f"file://{tmp}/file-{fresh}",
                        "s3": f"{args.s3.rstrip('/') if args.s3 else fresh_bucket(endpoint)}/bench-{fresh}"}[kind]
-                results[kind].append(measure(open_store(url), bytearray(base), args.changed, random.Random(run)))
+                results[kind].append(measure(url, bytearray(base), args.changed, random.Random(run)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if server is not None:
@@ -157,7 +163,8 @@ def main() -> None:
     for kind in kinds:
         med = {k: statistics.median(r[k] for r in results[kind]) for k in results[kind][0]}
         cells = ", ".join(f"{k} {med[k]:.3f} s ({med[k] / local[k]:.1f}x)" for k in
-                          ("write", "write_cpu", "pause", "incremental", "incremental_cpu", "restore", "restore_cpu"))
+                          ("write", "write_cpu", "pause", "incremental", "incremental_cpu", "restore", "restore_cpu",
+                           "restore_cold", "restore_cold_cpu"))
         print(f"  {kind:5}: {cells}; {int(med['new_pages'])} new pages")
         if "one_put" in med:
             print(f"         the same bytes as one PUT (one pack per write): {med['one_put']:.3f} s, "

@@ -8,7 +8,6 @@ the AWS config files pointed away so that no user setting leaks in."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.s3_server import moto_s3
 from tests.snapshot_synth import make_snapshot
 from tests.wasi_harness import program
 
@@ -44,30 +44,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's S3 server on loopback for the whole session; the environment pointed at it."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    assert host == "127.0.0.1"
-    endpoint = f"http://127.0.0.1:{port}"
-    aws = tmp_path_factory.mktemp("aws")
-    saved = {k: os.environ.get(k) for k in ("WASMIG_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE",
-                                            "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
-    os.environ.update(WASMIG_S3_ENDPOINT=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_CONFIG_FILE=str(aws / "config"), AWS_SHARED_CREDENTIALS_FILE=str(aws / "credentials"),
-                      AWS_DEFAULT_REGION="us-east-1")
-    for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        os.environ.pop(k, None)
-    try:
+    with moto_s3(tmp_path_factory.mktemp("aws")) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture()
@@ -87,6 +65,18 @@ def keys_of(s3: Any, bucket: str, prefix: str = "") -> dict[str, int]:
     out: dict[str, int] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    return out
+
+
+def stored_pages(s3: Any, bucket: str, top: str = ".wasmig/index/") -> dict[str, int]:
+    """Every page the bucket's packs hold (their indexes under ``top``: the live ones by default):
+    hash -> its compressed length."""
+    from wasmig.snapshot.stores.objpacks import decode_index
+
+    out: dict[str, int] = {}
+    for key in keys_of(s3, bucket, top):
+        entries, _ = decode_index(s3.get_object(Bucket=bucket, Key=key)["Body"].read(), key)
+        out.update({h: n for h, _, n in entries})
     return out
 
 
@@ -118,7 +108,8 @@ def test_periodic_checkpoints_to_s3_restore_on_both_engines(s3: Any, bucket: str
     run = wasmig(["run", "--engine", "wasmtime", "--checkpoint-dir", url, "--checkpoint-every", "0.3", wasm, *WORK],
                  tmp_path=tmp_path)
     assert (run.returncode, run.stdout, run.stderr) == (0, full.stdout, b"")
-    snaps = sorted(k for k in keys_of(s3, bucket, "runs/work/snapshots/"))
+    snaps = sorted(k for k in keys_of(s3, bucket, "runs/work/snapshots/") if k.endswith(".snap"))
+    assert all(f"{k}.packs" in keys_of(s3, bucket, "runs/work/snapshots/") for k in snaps), "each with its hint"
     assert len(snaps) >= 2, f"--checkpoint-every 0.3 wrote {snaps}"
     assert snaps[0] == "runs/work/snapshots/000001.snap"
     module_keys = [k for k in keys_of(s3, bucket, ".wasmig/modules/")]
@@ -144,7 +135,10 @@ def test_periodic_checkpoints_to_s3_restore_on_both_engines(s3: Any, bucket: str
     chain = summary["chain"]
     assert [c["snapshot"] for c in chain] == [k.rsplit("/", 1)[1] for k in snaps]
     assert chain[-1]["this"] and chain[0]["pages_new"] > 0
-    pages = keys_of(s3, bucket, ".wasmig/pages/")
+    pages = stored_pages(s3, bucket)
+    assert not keys_of(s3, bucket, ".wasmig/pages/"), "layout 2: no object per page"
+    packs = len(keys_of(s3, bucket, ".wasmig/packs/"))
+    assert 1 <= packs <= len(snaps), "at most a pack per checkpoint (none if it had no new page)"
     assert sum(c["pages_new"] for c in chain) == len(pages), "each page of the chain is stored once"
     assert sum(c["new_bytes"] for c in chain) == sum(pages.values())
 
@@ -161,13 +155,17 @@ def test_file_store_runs_restores_and_shares_pages_below_its_root(tmp_path: Path
         run = wasmig(["run", "--engine", "interp", "--checkpoint-dir", f"file://{root}/jobs/{job}",
                       "--checkpoint-at-step", "3000", "--checkpoint-then", "exit", wasm, *args], tmp_path=tmp_path)
         assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in (root / "jobs" / "a" / "snapshots").iterdir()) == ["000001.snap"]
-    pages = list((root / ".wasmig" / "pages").iterdir())
+    assert sorted(p.name for p in (root / "jobs" / "a" / "snapshots").iterdir()) == ["000001.snap",
+                                                                                     "000001.snap.packs"]
     from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.objpacks import decode_index
 
+    indexes = list((root / ".wasmig" / "index").iterdir())
+    assert len(indexes) == 1, "the second run found every page stored: no pack of its own"
+    pages = [h for h, _, _ in decode_index(indexes[0].read_bytes(), str(indexes[0]))[0]]
     a, b = open_store(f"file://{root}/jobs/a"), open_store(f"file://{root}/jobs/b")
     named = {h for store in (a, b) for m in store.load_deferred()[1] or [] for h in m.entries if isinstance(h, str)}
-    assert {p.name for p in pages} == named, "two runs in the same state: every page stored once"
+    assert set(pages) == named and len(pages) == len(named), "two runs in the same state: every page stored once"
     restored = wasmig(["restore", f"file://{root}/jobs/b"], tmp_path=tmp_path)
     assert restored.returncode == 0 and restored.stdout and full.stdout.endswith(restored.stdout), restored.stderr
 
@@ -199,6 +197,64 @@ def test_export_from_s3_and_import_into_s3(s3: Any, bucket: str, tmp_path: Path)
                                                      tmp_path=tmp_path))
 
 
+_COUNTING_PUT_MODULE = """
+import atexit, sys
+from wasmig.snapshot.stores.objects import ObjectStore
+
+calls = []
+original = ObjectStore.put_module
+
+def counting(self, module):
+    calls.append(module.sha256)
+    return original(self, module)
+
+ObjectStore.put_module = counting
+atexit.register(lambda: print(f"put_module {len(calls)}", file=sys.stderr))
+from wasmig.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_the_module_is_kept_once_per_run_not_at_every_checkpoint(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """Each checkpoint used to look for the module in the bucket (a HEAD while the guest waited):
+    now the run puts it once (gc never removes a kept module), and every snapshot names it."""
+    url = f"s3://{bucket}/once"
+    env = dict(os.environ, PYTHONPATH=str(REPO), WASMIG_RUNTIME_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", _COUNTING_PUT_MODULE, "run", "--engine", "wasmtime",
+                          "--checkpoint-dir", url, "--checkpoint-every", "0.3", program("migrate_work"), *WORK],
+                         capture_output=True, timeout=TIMEOUT, env=env, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr
+    snaps = [k for k in keys_of(s3, bucket, "once/snapshots/") if k.endswith(".snap")]
+    assert len(snaps) >= 3, f"--checkpoint-every 0.3 wrote {snaps}"
+    assert run.stderr.decode().strip() == "put_module 1", run.stderr
+    from wasmig.snapshot.stores import open_store
+
+    store = open_store(url)
+    module_files = {store.load(s).meta["module_file"] for s in store.snapshots()}
+    assert len(module_files) == 1
+    sha = module_files.pop()[:-len(".wasm")]
+    # why once is enough: no gc removes a kept module, even with every snapshot gone
+    for key in snaps:
+        s3.delete_object(Bucket=bucket, Key=key)
+    store.gc(grace_s=0)
+    store.gc(grace_s=0)
+    assert store.module_bytes(sha) is not None
+
+
+def test_a_checkpoint_directorys_gc_keeps_its_module(tmp_path: Path) -> None:
+    """The local store's side of the same rule (the run loop puts the module once per run)."""
+    from wasmig.module import Module
+    from wasmig.snapshot.stores import open_store
+
+    store = open_store(str(tmp_path / "ck"))
+    module = Module.from_bytes(program("hello").read_bytes(), decode=False)
+    kept = Path(store.put_module(module))
+    location = store.write(make_snapshot(15, pages=4))
+    Path(location).unlink()
+    store.gc()
+    assert kept.read_bytes() == program("hello").read_bytes()
+
+
 # --- dedup ---------------------------------------------------------------------------------------------
 def test_two_programs_of_one_module_share_pages_in_the_bucket(s3: Any, bucket: str, tmp_path: Path) -> None:
     wasm = program("migrate_work")
@@ -208,7 +264,7 @@ def test_two_programs_of_one_module_share_pages_in_the_bucket(s3: Any, bucket: s
                       "--checkpoint-at-step", "3000", "--checkpoint-then", "exit", wasm, rounds, "256", "0"],
                      tmp_path=tmp_path)
         assert run.returncode == 0, run.stderr
-        written[job] = keys_of(s3, bucket, ".wasmig/pages/")
+        written[job] = stored_pages(s3, bucket)
     from wasmig.snapshot.stores import open_store
 
     distinct = {job: {h for m in open_store(f"s3://{bucket}/jobs/{job}").load_deferred()[1] or []
@@ -237,39 +293,164 @@ def test_gc_keeps_referenced_pages_and_removes_unreferenced_after_the_grace_peri
     first_key = first.split("/", 3)[3]
     first_bytes = s3.get_object(Bucket=bucket, Key=first_key)["Body"].read()
     s3.delete_object(Bucket=bucket, Key=first_key)  # the user drops the first snapshot
-    before = set(keys_of(s3, bucket, ".wasmig/pages/"))
-    doomed = {k.rsplit("/", 1)[1] for k in before} - keep
+    before = stored_pages(s3, bucket)
+    assert len(keys_of(s3, bucket, ".wasmig/packs/")) == 3, "a pack per write"
+    doomed = set(before) - keep
     assert doomed, "the first snapshot had pages of its own"
 
     young = wasmig(["gc", f"s3://{bucket}/gc"], tmp_path=tmp_path)  # default grace: an hour
     assert young.returncode == 0 and b"set aside 0" in young.stdout, young.stdout + young.stderr
-    assert set(keys_of(s3, bucket, ".wasmig/pages/")) == before
+    assert stored_pages(s3, bucket) == before
 
+    # the three small packs, old enough, are compacted into one holding the named pages only
     aside = wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)
     assert aside.returncode == 0, aside.stderr
     assert f"set aside {len(doomed)} ".encode() in aside.stdout, aside.stdout
-    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/pages/")} == keep
-    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/fossils/")} == doomed
+    assert set(stored_pages(s3, bucket)) == keep and len(keys_of(s3, bucket, ".wasmig/index/")) == 1
+    assert doomed <= set(stored_pages(s3, bucket, ".wasmig/index-aside/"))
+    assert store.load(second).memories[0].data == make_snapshot(2, pages=24).memories[0].data
     # a snapshot published meanwhile naming a set-aside page (a writer that saw it before gc did):
-    # it reads, and the next gc puts the page back instead of deleting it
+    # it reads, and the next gc puts the pack back instead of deleting it
     s3.put_object(Bucket=bucket, Key=first_key, Body=first_bytes)
-    assert store.load(first).memories[0].data == make_snapshot(1, pages=24).memories[0].data
+    assert open_store(f"s3://{bucket}/gc").load(first).memories[0].data == make_snapshot(1, pages=24).memories[0].data
     back = wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)
     assert back.returncode == 0 and f"{len(doomed)} named again".encode() in back.stdout, back.stdout
-    assert not keys_of(s3, bucket, ".wasmig/fossils/")
+    assert set(stored_pages(s3, bucket)) == keep | doomed
+    assert not keys_of(s3, bucket, ".wasmig/index-aside/"), "the packs compacted away are removed"
     s3.delete_object(Bucket=bucket, Key=first_key)
     wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)  # set aside again
     removed = wasmig(["gc", "--grace", "0", f"s3://{bucket}"], tmp_path=tmp_path)
-    assert removed.returncode == 0 and f"removed {len(doomed)} unreferenced".encode() in removed.stdout
-    assert not keys_of(s3, bucket, ".wasmig/fossils/")
-    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/pages/")} == keep
+    assert removed.returncode == 0 and f"removed {len(doomed)} unreferenced".encode() in removed.stdout, removed.stdout
+    assert not keys_of(s3, bucket, ".wasmig/index-aside/")
+    assert set(stored_pages(s3, bucket)) == keep
+    packs = {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/packs/")}
+    assert packs == {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/index/")}, "no pack left behind"
     assert store.load(second).memories[0].data == make_snapshot(2, pages=24).memories[0].data
     assert other.load().memories[0].data == make_snapshot(3, pages=8).memories[0].data
+
+
+def test_layout_1_page_objects_are_still_read_and_collected(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """A bucket written before packs (one object per page under .wasmig/pages/) restores, and its
+    gc sets unnamed pages aside and removes them as before; a new write goes into a pack."""
+    from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.objpacks import decode_index
+
+    url = f"s3://{bucket}/old"
+    location = open_store(url).write(make_snapshot(12, pages=8))
+    [index_key] = keys_of(s3, bucket, ".wasmig/index/")
+    pack_key = ".wasmig/packs/" + index_key.rsplit("/", 1)[1]
+    pack = s3.get_object(Bucket=bucket, Key=pack_key)["Body"].read()
+    entries, _ = decode_index(s3.get_object(Bucket=bucket, Key=index_key)["Body"].read(), index_key)
+    for h, off, n in entries:  # the same bucket as layout 1 would have left it
+        s3.put_object(Bucket=bucket, Key=f".wasmig/pages/{h}", Body=pack[off:off + n])
+    s3.delete_object(Bucket=bucket, Key=index_key)
+    s3.delete_object(Bucket=bucket, Key=pack_key)
+    assert open_store(url).load().memories[0].data == make_snapshot(12, pages=8).memories[0].data
+    restored = wasmig(["inspect", "--verify", url], tmp_path=tmp_path)
+    assert restored.returncode == 0, restored.stderr
+    again = open_store(url).write(make_snapshot(13, pages=8))
+    assert keys_of(s3, bucket, ".wasmig/index/"), "new pages go into a pack"
+    s3.delete_object(Bucket=bucket, Key=location.split("/", 3)[3])
+    own = {h for h, _, _ in entries} - {h for m in open_store(url).load_deferred(again)[1] or []
+                                        for h in m.entries if isinstance(h, str)}
+    assert own
+    assert open_store(url).gc(grace_s=0)["pages_set_aside"] == len(own)
+    assert {k.rsplit("/", 1)[1] for k in keys_of(s3, bucket, ".wasmig/fossils/")} == own
+    assert open_store(url).gc(grace_s=0)["pages_removed"] == len(own)
+    assert not keys_of(s3, bucket, ".wasmig/fossils/")
+    assert open_store(url).load(again).memories[0].data == make_snapshot(13, pages=8).memories[0].data
+
+
+def test_a_large_pack_goes_up_in_parts_and_reads_back_in_ranges(s3: Any, bucket: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write's pages over PACK_TARGET_BYTES become several packs, uploaded in parallel, each over
+    8 MiB as a multipart upload; a restore reads them back with coalesced ranged GETs."""
+    import random
+
+    from wasmig.snapshot.state import PAGE_SIZE, MemoryState, Snapshot
+    from wasmig.snapshot.stores import objpacks, open_store
+    from wasmig.snapshot.stores.s3 import S3Objects
+
+    monkeypatch.setattr(objpacks, "PACK_TARGET_BYTES", 10 << 20)
+    rng = random.Random(5)
+    memory = bytearray(rng.randbytes(300 * PAGE_SIZE))  # incompressible: ~19 MiB of pages, two packs
+    snap = Snapshot(module_sha256="0" * 64, steps=None, point="after_call", frames=[],
+                    memories=[MemoryState(min=300, max=None, data=memory)],  # type: ignore[arg-type]
+                    tables=[], globals=[], dropped_data=[], dropped_elems=[], wasi=None)
+    parts: list[str] = []
+    original = S3Objects._put_multipart
+
+    def counting(self: S3Objects, key: str, data: bytes) -> None:
+        parts.append(key)
+        original(self, key, data)
+
+    monkeypatch.setattr(S3Objects, "_put_multipart", counting)
+    store = open_store(f"s3://{bucket}/big")
+    store.write(snap)
+    packs = keys_of(s3, bucket, ".wasmig/packs/")
+    assert len(packs) == 2 and all(size > 8 << 20 for size in packs.values()), packs
+    assert sorted(parts) == sorted(packs), "each pack over 8 MiB went up as a multipart upload"
+    gets: list[str] = []
+    original_range = S3Objects.get_range
+
+    def counting_range(self: S3Objects, key: str, start: int, length: int) -> bytes | None:
+        gets.append(key)
+        return original_range(self, key, start, length)
+
+    monkeypatch.setattr(S3Objects, "get_range", counting_range)
+    assert open_store(f"s3://{bucket}/big").load().memories[0].data == bytes(memory)
+    assert len(gets) <= 6, f"300 pages in {len(gets)} ranged GETs (8 MiB each at most)"
+
+
+def test_a_reader_reads_the_indexes_its_snapshot_names_not_the_buckets(s3: Any, bucket: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``<snapshot>.packs`` names the packs holding the snapshot's pages: a new reader GETs those
+    indexes only (a fleet's bucket holds hundreds); without it, every index of the bucket."""
+    from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.s3 import S3Objects
+
+    for n in range(4):
+        open_store(f"s3://{bucket}/other{n}").write(make_snapshot(20 + n, pages=6))
+    location = open_store(f"s3://{bucket}/mine").write(make_snapshot(30, pages=6))
+    assert len(keys_of(s3, bucket, ".wasmig/index/")) == 5
+    reads: list[str] = []
+    original = S3Objects.get
+
+    def counting(self: S3Objects, key: str, limit: int) -> bytes | None:
+        reads.append(key)
+        return original(self, key, limit)
+
+    monkeypatch.setattr(S3Objects, "get", counting)
+    assert open_store(f"s3://{bucket}/mine").load().memories[0].data == make_snapshot(30, pages=6).memories[0].data
+    assert len([k for k in reads if k.startswith(".wasmig/index/")]) == 1, reads
+    s3.delete_object(Bucket=bucket, Key=location.split("/", 3)[3] + ".packs")
+    reads.clear()
+    assert open_store(f"s3://{bucket}/mine").load().memories[0].data == make_snapshot(30, pages=6).memories[0].data
+    assert len([k for k in reads if k.startswith(".wasmig/index/")]) == 5, "no hint: every index"
+
+
+def test_a_pack_without_its_index_is_removed_after_the_grace_period(s3: Any, bucket: str) -> None:
+    """A writer killed between its pack and its index leaves a pack no index names: gc deletes it
+    once it is older than the grace period, and counts it among the stale temporaries."""
+    from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.objpacks import new_pack_id
+
+    store = open_store(f"s3://{bucket}/orphan")
+    store.write(make_snapshot(14, pages=4))
+    orphan = ".wasmig/packs/" + new_pack_id()
+    s3.put_object(Bucket=bucket, Key=orphan, Body=b"x" * 1000)
+    assert store.gc()["temp_files_removed"] == 0, "young: it may be a writer's pack about to get its index"
+    assert orphan in keys_of(s3, bucket, ".wasmig/packs/")
+    stats = store.gc(grace_s=0)
+    assert stats["temp_files_removed"] == 1 and stats["bytes_removed"] >= 1000
+    assert orphan not in keys_of(s3, bucket, ".wasmig/packs/")
+    assert store.load().memories[0].data == make_snapshot(14, pages=4).memories[0].data
 
 
 # --- atomicity --------------------------------------------------------------------------------------------
 _KILLED_WRITER = """
 import sys, time
+from tests.s3_server import moto_s3
 from tests.snapshot_synth import make_snapshot
 from wasmig.snapshot.stores import open_store
 from wasmig.snapshot.stores.objects import ObjectStore
@@ -303,9 +484,9 @@ def test_a_writer_killed_before_its_manifest_leaves_no_snapshot(s3: Any, bucket:
     store = open_store(url)
     assert [s.rsplit("/", 1)[1] for s in store.snapshots()] == ["000001.snap"]
     assert store.load().memories[0].data == make_snapshot(5, pages=4).memories[0].data
-    pages = keys_of(s3, bucket, ".wasmig/pages/")
+    pages = stored_pages(s3, bucket)
     named = {h for m in store.load_deferred()[1] or [] for h in m.entries if isinstance(h, str)}
-    orphans = {k.rsplit("/", 1)[1] for k in pages} - named
+    orphans = set(pages) - named
     assert orphans, "the killed writer had uploaded its pages"
     stats = store.gc(grace_s=0)
     assert stats["pages_set_aside"] == len(orphans) and stats["pages_kept"] == len(named)
@@ -325,7 +506,7 @@ def test_a_failed_manifest_upload_publishes_nothing(s3: Any, bucket: str, monkey
     with pytest.raises(SnapshotError, match="injected failure"):
         store.write(make_snapshot(7, pages=8))
     assert store.snapshots() == [] and not keys_of(s3, bucket, "fail/")
-    assert keys_of(s3, bucket, ".wasmig/pages/"), "the pages went first"
+    assert stored_pages(s3, bucket), "the pages went first"
 
 
 def test_concurrent_writers_get_distinct_numbers(bucket: str) -> None:
@@ -344,18 +525,30 @@ def test_a_tampered_page_is_refused(s3: Any, bucket: str, tmp_path: Path) -> Non
 
     from wasmig.errors import SnapshotError
     from wasmig.snapshot.stores import open_store
+    from wasmig.snapshot.stores.objpacks import decode_index, encode_index
 
     url = f"s3://{bucket}/tamper"
     store = open_store(url)
     store.write(make_snapshot(10, pages=8))
-    key = sorted(keys_of(s3, bucket, ".wasmig/pages/"))[0]
-    s3.put_object(Bucket=bucket, Key=key, Body=zstandard.ZstdCompressor().compress(b"\1" * 65536))
+    [index_key] = keys_of(s3, bucket, ".wasmig/index/")
+    pack_key = ".wasmig/packs/" + index_key.rsplit("/", 1)[1]
+    pack = s3.get_object(Bucket=bucket, Key=pack_key)["Body"].read()
+    entries, _ = decode_index(s3.get_object(Bucket=bucket, Key=index_key)["Body"].read(), index_key)
+    # the first page's frame swapped for another valid page, the index made to match
+    forged = zstandard.ZstdCompressor().compress(b"\1" * 65536)
+    (h0, off0, n0), rest = entries[0], entries[1:]
+    body = pack[:off0] + forged + pack[off0 + n0:]
+    shifted = [(h0, off0, len(forged))] + [(h, o + (len(forged) - n0 if o > off0 else 0), n) for h, o, n in rest]
+    s3.put_object(Bucket=bucket, Key=pack_key, Body=body)
+    s3.put_object(Bucket=bucket, Key=index_key, Body=encode_index(shifted, len(body)))
     with pytest.raises(SnapshotError, match="hash mismatch"):
-        store.load()
+        open_store(url).load()
     assert "hash mismatch" in one_line_error(wasmig(["inspect", url], tmp_path=tmp_path))
-    s3.put_object(Bucket=bucket, Key=key, Body=b"\0" * (3 * 65536))  # larger than any page: not even downloaded
-    with pytest.raises(SnapshotError, match="more than the 131072"):
-        store.load()
+    # an index entry longer than any page may be: refused before anything is read from the pack
+    s3.put_object(Bucket=bucket, Key=index_key,
+                  Body=encode_index([(h0, 0, 3 * 65536)] + rest, 4 * 65536))
+    with pytest.raises(SnapshotError, match="damaged pack index"):
+        open_store(url).load()
 
 
 def test_a_tampered_manifest_is_refused_and_the_seal_covers_it(s3: Any, bucket: str, tmp_path: Path) -> None:
@@ -388,6 +581,13 @@ def test_bad_store_urls_are_one_line_errors(s3_endpoint: str, bucket: str, tmp_p
     assert "has no snapshots" in one_line_error(wasmig(["restore", f"s3://{bucket}/empty"], tmp_path=tmp_path))
     assert "no such bucket" in one_line_error(wasmig(["gc", "s3://no-such-bucket-here"], tmp_path=tmp_path))
     assert "no such bucket" in one_line_error(wasmig(["inspect", "s3://no-such-bucket-here/x"], tmp_path=tmp_path))
+
+
+def test_cluster_submit_checks_an_s3_store_before_anything_starts(s3_endpoint: str, tmp_path: Path) -> None:
+    """``wasmig cluster submit --store s3://...``: a bucket that is not there is one line, before
+    the cluster is even contacted (none runs here)."""
+    p = wasmig(["cluster", "submit", "--store", "s3://no-such-bucket-here/jobs", program("hello")], tmp_path=tmp_path)
+    assert "--store s3://no-such-bucket-here/jobs" in one_line_error(p) and "no such bucket" in p.stderr.decode()
 
 
 def test_objects_are_size_checked_before_download(s3: Any, bucket: str) -> None:
@@ -424,7 +624,7 @@ def test_checkpoint_pid_into_s3(s3: Any, bucket: str, tmp_path: Path) -> None:
     finally:
         run.kill()
         run.wait()
-    assert list(keys_of(s3, bucket, "pid/snapshots/")) == ["pid/snapshots/000001.snap"]
+    assert [k for k in keys_of(s3, bucket, "pid/snapshots/") if k.endswith(".snap")] == ["pid/snapshots/000001.snap"]
 
 
 

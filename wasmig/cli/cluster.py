@@ -118,8 +118,9 @@ def submit_options(p: Parser) -> None:
              help="CPUs the job holds.")
     p.option("--checkpoint-every", type=Number(float, 0.05), default=10.0, show_default=True, metavar="SECONDS",
              help="Checkpoint periodically (a lost node's jobs go on from the latest one).")
-    p.option("--store", required=True, metavar="DIRECTORY",
-             help="Where the jobs' snapshots and output logs go: a directory every node sees.")
+    p.option("--store", required=True, metavar="DIRECTORY|URL",
+             help="Where the job's snapshots, output log and fence go: a directory every node sees, "
+                  "or s3://bucket/prefix (docs/fleet.md).")
     p.option("--gateway", dest="gateway_listen", default=None, metavar="[HOST]:PORT",
              help="A TCP server (listening on fd 3): its clients connect here, on the head node, through a "
                   "gateway that keeps their connections through the job's moves (no HOST: the head's address).")
@@ -146,10 +147,10 @@ def submit(address: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], en
         Module.from_bytes(data, decode=False)
     except Exception as e:  # noqa: BLE001 - any decoder complaint is the user's bad input
         raise UserError(f"{program}: not a WebAssembly module: {e}") from None
-    os.makedirs(store, exist_ok=True)
+    store = job_store(store)
     spec = JobSpec(module=data, module_name=os.path.basename(program), args=tuple(args), env=parse_env(envs),
                    dirs=tuple((os.path.abspath(h), g) for h, g in map(parse_dir, dirs)), engine=engine,
-                   checkpoint_every=checkpoint_every, store=os.path.abspath(store), num_cpus=num_cpus,
+                   checkpoint_every=checkpoint_every, store=store, num_cpus=num_cpus,
                    placement=Placement(node=node, labels=parse_pairs(node_labels, "--node-label"),
                                        resources=parse_pairs(resources, "--resource", number=True)),
                    live=not stop_and_copy, gateway=None if gateway_listen is None else GatewaySpec(gateway_listen))
@@ -174,6 +175,22 @@ def ps(address: str | None) -> None:
         out(f"{r['job']:<11} {(r['node'] or '-')[:12]:<12} {r['engine'] or '-':<9} {state:<11} "
             f"{age(r['checkpoint_age_s']):>10} {r['restarts']:>8} {r['moves']:>5} {downtime:>9}  "
             f"{r['program']}{served}")
+
+
+def job_store(store: str) -> str:
+    """``--store`` as the job keeps it: a store URL, checked writable now (one line if not), or
+    a directory, made and absolute."""
+    from wasmig.errors import SnapshotError
+    from wasmig.snapshot.stores import is_store_url, open_store
+
+    if not is_store_url(store):
+        os.makedirs(store, exist_ok=True)
+        return os.path.abspath(store)
+    try:
+        open_store(store).check_writable()
+    except SnapshotError as e:
+        raise UserError(f"--store {store}: {e}") from None
+    return store.rstrip("/")
 
 
 def logs_options(p: Parser) -> None:

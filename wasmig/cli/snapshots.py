@@ -153,7 +153,8 @@ def gc(dry_run: bool, grace_s: float | None, directory: str) -> None:
     aside = ""
     if remote:
         aside = (f"; {'would set' if dry_run else 'set'} aside {stats['pages_set_aside']} (removed by a gc after the "
-                 f"grace period unless named again), {stats['pages_restored']} named again")
+                 f"grace period unless named again), {stats['pages_restored']} named again"
+                 + (f", {stats['packs_rewritten']} packs compacted" if stats.get("packs_rewritten") else ""))
     out(f"{directory}: {stats['snapshots']} snapshots, {stats['pages_kept']} pages kept; {verb} "
          f"{stats['pages_removed']} unreferenced pages ({stats['bytes_removed']} bytes)" + aside
          + (f" and {stats['temp_files_removed']} stale temporary files" if stats["temp_files_removed"] else ""))

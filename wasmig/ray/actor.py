@@ -4,7 +4,8 @@ with ``ray.remote``; it is plain Python, so it is also usable and testable witho
 The program runs in :meth:`JobRunner.run`, which blocks until it ends, stops, or fails; the
 actor is a threaded one, so :meth:`checkpoint`, :meth:`stop` and :meth:`status` reach it meanwhile.
 Its standard streams go to the job log (:mod:`wasmig.ray.joblog`), whose byte counts each snapshot
-records. Checkpoints go to ``<store>/<job>/snapshots`` every ``checkpoint_every`` seconds, on
+records. Checkpoints go to the job's store (:mod:`wasmig.ray.jobstore`: a path, or ``s3://``) every
+``checkpoint_every`` seconds, on
 :meth:`checkpoint`, and on :meth:`stop` (then the run ends: what a move and a drain use), and on
 SIGTERM when the worker gets one (Ray's notice before it ends a worker), in the actor's main thread.
 
@@ -20,21 +21,17 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wasmig.ray.joblog import JobLog, recorded_counts
-from wasmig.ray.spec import JobSpec, job_directory
+from wasmig.ray.jobstore import latest_checkpoint, open_log, snapshots_location, take_fence, warm_store
+from wasmig.ray.spec import JobSpec
 
-#: how long a runner waits for an earlier runner of its job to be gone (see JobRunner.take_fence)
+#: how long a runner waits for an earlier runner of its job to be gone (see jobstore.take_fence)
 FENCE_TIMEOUT_S = 60.0
 #: after SIGTERM stopped the program, how long the process lives on before the signal ends it (if
 #: the answer of run() has not reached the controller by then, it sees the actor die: the same restart)
 SIGTERM_GRACE_S = 1.0
-
-#: how often a runner waiting for the job's fence tries again (a live move's target waits there
-#: in the downtime, for the source's run to end)
-FENCE_POLL_S = 0.005
 
 if TYPE_CHECKING:
     from wasmig.engines.base import Engine, Program
@@ -44,23 +41,7 @@ if TYPE_CHECKING:
     from wasmig.session.loop import Session
 
 
-def snapshots_directory(spec: JobSpec, job_id: str) -> Path:
-    return job_directory(spec, job_id) / "snapshots"
-
-
-def log_directory(spec: JobSpec, job_id: str) -> Path:
-    return job_directory(spec, job_id) / "log"
-
-
-def latest_checkpoint(spec: JobSpec, job_id: str) -> Path | None:
-    """The job's newest snapshot, or None before its first."""
-    directory = snapshots_directory(spec, job_id)
-    if not directory.is_dir():
-        return None
-    from wasmig.snapshot.stores import open_store
-
-    latest = open_store(str(directory)).latest()
-    return None if latest is None else Path(latest)
+__all__ = ["JobRunner", "latest_checkpoint"]
 
 
 class JobRunner:
@@ -114,21 +95,22 @@ class JobRunner:
         from wasmig.session.policy import CheckpointExit, CheckpointPolicy, MigratedAway, MigrationInDoubt
 
         entered = time.time()
-        log = JobLog(log_directory(self.spec, self.job_id))
+        log: JobLog | None = None
         wasi = None
         timer: threading.Thread | None = None
-        fence = -1
+        fence = None
         try:
             try:
-                fence = self.take_fence()
+                fence = take_fence(self.spec, self.job_id, FENCE_TIMEOUT_S)
             except TimeoutError as e:
                 return {"outcome": "busy", "error": str(e)}
+            log = open_log(self.spec, self.job_id, fence)
             latest = latest_checkpoint(self.spec, self.job_id) if restore else None
             if latest is not None:
                 program, wasi = self._restored(latest, log, on_file_change)
             else:
                 program, wasi = self._fresh(log)
-            policy = CheckpointPolicy(directory=snapshots_directory(self.spec, self.job_id))
+            policy = CheckpointPolicy(directory=snapshots_location(self.spec, self.job_id))
             session = Session(program, policy, self.spec.module_name)
             session.annotate = log.annotation
             with self._lock:
@@ -163,9 +145,10 @@ class JobRunner:
             self._started.set()
             if wasi is not None:
                 wasi.close()
-            log.close()
-            if fence >= 0:
-                os.close(fence)  # the next runner of this job may start
+            if log is not None:
+                log.close()
+            if fence is not None:
+                fence.release()  # the next runner of this job may start
 
     def checkpoint(self) -> bool:
         """Take a checkpoint at the program's next stable point (it goes on); False if not running."""
@@ -258,7 +241,7 @@ class JobRunner:
             from wasmig.migrate.target import FAULT_ENV
 
             os.environ[FAULT_ENV] = fault
-        log = JobLog(log_directory(self.spec, self.job_id))
+        log = open_log(self.spec, self.job_id, None)  # fenced once the target holds the job (live.FleetTarget)
         state_dir = live.private_state_dir()
         target = None
         try:
@@ -282,8 +265,8 @@ class JobRunner:
             self._started.set()
             self._listener.close()
             log.close()
-            if target is not None and target.fence >= 0:
-                os.close(target.fence)
+            if target is not None and target.fence is not None:
+                target.fence.release()  # the next runner of this job may start
             shutil.rmtree(state_dir, ignore_errors=True)
 
     def adopt_arrival(self, program: HeldProgram, log: JobLog) -> None:
@@ -292,7 +275,7 @@ class JobRunner:
         from wasmig.session.policy import CheckpointPolicy
 
         session = program.session
-        session.policy = CheckpointPolicy(directory=snapshots_directory(self.spec, self.job_id))
+        session.policy = CheckpointPolicy(directory=snapshots_location(self.spec, self.job_id))
         session.module_path = self.spec.module_name
         session.annotate = log.annotation
         self._held = program
@@ -359,7 +342,7 @@ class JobRunner:
             wasi.close()
             raise
 
-    def _restored(self, latest: Path, log: JobLog, on_file_change: str) -> tuple[Program, Any]:
+    def _restored(self, latest: str, log: JobLog, on_file_change: str) -> tuple[Program, Any]:
         """The job's program from its snapshot ``latest``, cleared as ``wasmig restore`` clears one
         (:func:`wasmig.session.clearance.clear`): sealed by this user's key (the nodes of one
         fleet share it: docs/fleet.md), granted only the job's own ``--dir`` mappings."""
@@ -387,28 +370,6 @@ class JobRunner:
         self.restored_from = str(latest)
         return program, wasi
 
-    def take_fence(self) -> int:
-        """Hold the job's lock file for the whole run, so two runners of one job never write its
-        log, files or snapshots at once: a restart after a lost node waits here until the old
-        process is really gone (workers of a killed raylet may outlive it for a moment; the kernel
-        releases the lock when the process ends). A TimeoutError after ``FENCE_TIMEOUT_S``."""
-        import fcntl
-
-        directory = job_directory(self.spec, self.job_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + FENCE_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise TimeoutError(f"job {self.job_id}: another runner still holds it after "
-                                       f"{FENCE_TIMEOUT_S:g} s") from None
-                time.sleep(FENCE_POLL_S)
-
     def _warm_up(self) -> None:
         """Build the program once and drop it: the engine's imports, its compiled (on wasmtime,
         instrumented) module and the snapshot code are then loaded before :meth:`run` restores."""
@@ -423,6 +384,7 @@ class JobRunner:
             self.engine.program(self.module, wasi, checkpoints=True)
         finally:
             wasi.close()
+        warm_store(self.spec, self.job_id)  # an S3 client made (and boto3 loaded) before the move
 
     def _request_stop(self) -> None:
         session = self._session

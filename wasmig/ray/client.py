@@ -105,12 +105,13 @@ def controller(create: bool = True) -> Any:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from wasmig.ray import table
     from wasmig.ray.controller import CONTROLLER_NAME, NAMESPACE, Controller
 
     try:
         return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-    except ValueError:
-        if not create:
+    except ValueError:  # none yet, or it died: one that saved a table is made again, and reads it
+        if not create and not table.saved():
             raise FleetError("no wasmig jobs on this cluster yet (nothing was submitted)") from None
     heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in (n.get("Resources") or {})]
     # strictly the head (a soft choice was seen landing on a worker of a loaded machine); a cluster
@@ -118,7 +119,9 @@ def controller(create: bool = True) -> Any:
     home = NodeAffinitySchedulingStrategy(heads[0], soft=False) if heads else \
         NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     return ray.remote(Controller).options(
+        # max_restarts: Ray makes it again if its process dies (it reads the saved table back)
         name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_concurrency=64,
+        max_restarts=-1,
         num_cpus=0, scheduling_strategy=home,
     ).remote()
 

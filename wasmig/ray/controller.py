@@ -28,9 +28,11 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wasmig import engines
-from wasmig.ray.actor import JobRunner, latest_checkpoint, log_directory
+from wasmig.ray import table
+from wasmig.ray.actor import JobRunner
 from wasmig.ray.gateway import GatewayActor
-from wasmig.ray.joblog import STREAMS, read_stream
+from wasmig.ray.joblog import STREAMS
+from wasmig.ray.jobstore import checkpoint_age, read_log
 from wasmig.ray.live import fingerprint, new_key_pem
 from wasmig.ray.placement import choose_node, node_engine, resolve_node
 from wasmig.ray.spec import FleetError, GatewaySpec, JobSpec
@@ -44,6 +46,9 @@ STOP_TIMEOUT_S = 120.0
 #: how long a live move may take from the source's first page to the target's commit
 LIVE_MOVE_TIMEOUT_S = 600.0
 FINAL_STATES = ("exited", "trapped", "failed", "cancelled")
+#: why a TCP server job ends when a new controller takes over its table (see Controller._recover)
+GATEWAY_LOST = ("its gateway ended with the controller that started it (clients' connections are gone): "
+                "submit it again")
 
 RemoteRunner = ray.remote(JobRunner)
 RemoteGateway = ray.remote(GatewayActor)
@@ -77,6 +82,8 @@ class Controller:
         self._draining: set[str] = set()
         self._lock = threading.RLock()
         self._closed = threading.Event()
+        self._saved: bytes | None = None  # the table as last saved (wasmig/ray/table.py)
+        self._recover()
         self._monitor = threading.Thread(target=self._watch, name="wasmig-fleet-monitor", daemon=True)
         self._monitor.start()
 
@@ -89,8 +96,10 @@ class Controller:
         if spec.gateway is not None:
             job.gateway, job.spec = self._start_gateway(job.id, spec)
         with self._lock:
+            table.save_spec(job.id, job.spec)  # with its gateway's addresses (see _recover)
             self._jobs[job.id] = job
             self._start(job, node, restore=False)
+            self._persist()
         return job.id
 
     def _start_gateway(self, job_id: str, spec: JobSpec) -> tuple[Any, JobSpec]:
@@ -109,17 +118,43 @@ class Controller:
                 from None
         return actor, replace(spec, gateway=GatewaySpec(spec.gateway.listen, **where))
 
+    # --- the table kept in the GCS (wasmig/ray/table.py) ----------------------------------------
+    def _recover(self) -> None:
+        """The jobs a previous controller saved. Their runners were this actor's predecessor's
+        and died with it (Ray ends an actor with its owner): each job not ended runs again from
+        its latest checkpoint (a restart, as after a lost node: docs/fleet.md), except a TCP server
+        job: its gateway actor died with the previous controller too, and with it its clients'
+        connections and the gateway address its snapshots name, so it ends ``failed`` (GATEWAY_LOST)."""
+        for row, spec in table.load():
+            job = Job(id=row["id"], spec=spec, state=row["state"], node=row.get("node"), engine=row.get("engine"),
+                      restarts=int(row.get("restarts", 0)), moves=list(row.get("moves", [])),
+                      outcome=dict(row.get("outcome", {})), avoid=set(row.get("avoid", [])))
+            if job.state not in FINAL_STATES and spec.gateway is not None:
+                job.outcome = {"outcome": "failed", "error": GATEWAY_LOST}
+                job.state = "failed"
+            elif job.state not in FINAL_STATES:
+                job.state = "restarting"
+                job.restarts += 1
+            self._jobs[job.id] = job
+
+    def _persist(self) -> None:
+        """Save the table if it changed since it was last saved (the lock held, or the monitor's)."""
+        with self._lock:
+            rows = [{name: getattr(job, name) for name in table.ROW_FIELDS} for job in self._jobs.values()]
+        data = table.encode_rows(rows)
+        if data != self._saved:
+            table.save_rows(data)
+            self._saved = data
+
     def ps(self) -> list[dict[str, Any]]:
         """The job table: job, node, engine, state, last checkpoint's age, restarts, moves, exit."""
-        now = time.time()
         with self._lock:
             jobs = list(self._jobs.values())
         rows = []
         for job in jobs:
-            latest = latest_checkpoint(job.spec, job.id)
             last = job.moves[-1] if job.moves else {}
             rows.append({"job": job.id, "node": job.node, "engine": job.engine, "state": job.state,
-                         "checkpoint_age_s": None if latest is None else max(0.0, now - latest.stat().st_mtime),
+                         "checkpoint_age_s": checkpoint_age(job.spec, job.id),
                          "restarts": job.restarts, "moves": len(job.moves), "program": job.spec.module_name,
                          "code": job.outcome.get("code"), "error": job.outcome.get("error"),
                          "last_downtime_s": last.get("downtime_s"), "last_move_mode": last.get("mode"),
@@ -137,7 +172,7 @@ class Controller:
         if stream not in STREAMS:
             raise FleetError(f"no stream {stream!r} (stdout or stderr)")
         job = self._get(job_id)
-        return read_stream(log_directory(job.spec, job.id), stream)
+        return read_log(job.spec, job.id, stream)
 
     def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
         """The job's row once it ended (or at ``timeout``, as it is then)."""
@@ -220,8 +255,10 @@ class Controller:
         return ray.get_runtime_context().get_node_id()
 
     def shutdown(self) -> None:
-        """Stop watching, and end every job's runner (before the controller itself is killed)."""
+        """Stop watching, end every job's runner (before the controller itself is killed), and
+        forget the saved table: a fleet shut down on purpose does not come back."""
         self._closed.set()
+        table.forget_all()
         with self._lock:
             actors = [j.actor for j in self._jobs.values() if j.actor is not None]
         for actor in actors:
@@ -407,6 +444,10 @@ class Controller:
     # --- the monitor: ends and losses ---------------------------------------------------------
     def _watch(self) -> None:
         while not self._closed.is_set():
+            try:  # every change of the table (moves, ends, restarts) is saved within a round
+                self._persist()
+            except Exception as e:  # noqa: BLE001 - the jobs matter more than their row's copy
+                print(f"wasmig fleet: cannot save the job table: {type(e).__name__}: {e}", file=sys.stderr)
             with self._lock:
                 watched = {j.run_ref: j for j in self._jobs.values() if j.state == "running" and j.run_ref is not None}
                 waiting = [j for j in self._jobs.values() if j.state == "restarting"]

@@ -34,6 +34,7 @@ from wasmig.migrate.page_cache import PAGE_CACHE_DAYS, PAGE_CACHE_MB, PageCache
 from wasmig.migrate.protocol import Identity, MigrationError, accept
 from wasmig.migrate.target import HeldProgram, Target, log
 from wasmig.ray.joblog import JobLog, recorded_counts
+from wasmig.ray.jobstore import Fence, fence_log, log_counts, take_fence
 
 if TYPE_CHECKING:
     from wasmig.ray.actor import JobRunner
@@ -87,18 +88,16 @@ class FleetTarget(Target):
         self.cache = PageCache(page_cache_directory())  # this node's, shared by its runners
         self.runner = runner
         self.log = log
-        self.fence = -1
+        self.fence: Fence | None = None
         self.fence_wait_s = 0.0
 
     def _streams(self, snap: Any) -> dict[str, Any]:
-        # the source stopped writing at these counts (the log is the same file): nothing is cut
-        self.log.open(recorded_counts(snap.meta) or self._current_counts())
+        # the source stopped writing at these counts: nothing is cut (a path store's log is the same
+        # file; to an object store the source sent its segments up to them while it was stopped, in
+        # the state's annotation); a state without counts: the log's sizes now, nothing cut back
+        spec = self.runner.spec
+        self.log.open(recorded_counts(snap.meta) or log_counts(spec, self.runner.job_id))
         return {"stdout": self.log.streams["stdout"], "stderr": self.log.streams["stderr"]}
-
-    def _current_counts(self) -> dict[str, int]:
-        """The log's sizes now (a state without counts: nothing to cut back)."""
-        return {name: (self.log.directory / name).stat().st_size if (self.log.directory / name).exists() else 0
-                for name in ("stdout", "stderr")}
 
     def _run_held(self, program: HeldProgram) -> int:
         self.runner.adopt_arrival(program, self.log)  # its checkpoints: the job's, in the job's store
@@ -113,9 +112,12 @@ class FleetTarget(Target):
     def _before_start(self, program: HeldProgram) -> None:
         """The commit is recorded and the source told: wait until the source's run released the
         job (its last writes are on disk), then this runner holds it and the gate may open."""
+        from wasmig.ray.actor import FENCE_TIMEOUT_S
+
         started = time.perf_counter()
         try:
-            self.fence = self.runner.take_fence()
+            self.fence = take_fence(self.runner.spec, self.runner.job_id, FENCE_TIMEOUT_S)
+            fence_log(self.log, self.fence)  # its log goes to an object store only while it holds the job
         except TimeoutError as e:  # committed: the program runs here all the same (the source's is stopped)
             log(f"migration {self.id}: {e}; the program goes on without the job's fence")
         self.fence_wait_s = time.perf_counter() - started

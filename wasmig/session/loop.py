@@ -119,6 +119,7 @@ class Session:
         self.policy = policy
         self.module_path = module_path
         self._store: Any = None
+        self._module_file: str | None = None  # where the store keeps the module (put once a run)
         self._committing: threading.Thread | None = None  # a checkpoint being made durable (_save)
         self._status_file: Path | None = None
         self._old_handlers: dict[int, Any] = {}
@@ -257,7 +258,11 @@ class Session:
         self._wait_for_commit()
         if self._store is None:
             self._store = open_store(str(directory))
-        module_file = self._store.put_module(self.module)
+        if self._module_file is None:
+            # once per run, not at every checkpoint (an S3 HEAD while the guest waits): no gc
+            # removes a kept module (docs/stores.md), so the copy made now is there for the run
+            self._module_file = self._store.put_module(self.module)
+        module_file = self._module_file
         snap.meta.update({"module_file": module_file.rsplit("/", 1)[-1], "module_path": self.module_path,
                           "host": os.uname().nodename, "pid": os.getpid()})
         if self.annotate is not None:

@@ -114,6 +114,17 @@ class WriteStats:
         return d
 
 
+def record_commit(writer: Any, prints: list[Fingerprints], stats: WriteStats, chunks: list[bytes],
+                  started: float) -> None:
+    """What every store does once a staged write is published: the fingerprints become the next
+    write's ``_prior`` (unchanged pages are then not hashed again), and the write's size and time
+    complete ``stats``, which become the writer's ``last_stats``."""
+    writer._prior = prints
+    stats.snapshot_bytes = sum(len(c) for c in chunks)
+    stats.seconds = time.perf_counter() - started
+    writer.last_stats = stats
+
+
 def _memory_buffers(snapshot: Snapshot) -> list[Any]:
     """The memories' bytes as they are (bytes, bytearray, or a view of an engine's memory: no copy)."""
     out = []
@@ -322,10 +333,7 @@ class StagedWrite:
         if pack is not None:
             store._durable_packs.add(pack.name)
             self.stats.page_bytes_written = self._writer.offset  # the pack file: pages, index, checksum
-        store._prior = self._prints
-        self.stats.snapshot_bytes = sum(len(c) for c in self._chunks)
-        self.stats.seconds = time.perf_counter() - self._started
-        store.last_stats = self.stats
+        record_commit(store, self._prints, self.stats, self._chunks, self._started)
         return path
 
     def abort(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wasmig.errors import SnapshotError
@@ -147,6 +148,19 @@ class SnapshotStore(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+def module_data_if_missing(module: Module, present: Callable[[str], bool]) -> tuple[str, bytes | None]:
+    """The module's sha256, and its bytes when ``present(sha256)`` says the store lacks it (None:
+    nothing to write). A module not read at start is read now; one changed on disk since is a
+    one-line SnapshotError (how both stores' ``put_module`` begin)."""
+    from wasmig.errors import WasmError
+
+    try:
+        sha256 = module.sha256
+        return sha256, (None if present(sha256) else module.data)
+    except WasmError as e:
+        raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
 
 
 def is_store_url(text: Any) -> bool:

@@ -39,11 +39,16 @@ class ObjectBackend(Protocol):
         """The object's bytes, None if there is none; refused (SnapshotError) *before* it is read
         when it is larger than ``limit`` bytes."""
 
+    def get_range(self, key: str, start: int, length: int) -> bytes | None:
+        """``length`` bytes of the object from ``start`` (fewer if it ends first), None if there is
+        no such object."""
+
     def head(self, key: str) -> ObjectInfo | None:
         """The object's size and age, None if there is none."""
 
     def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key`` atomically (readers see all of it or the old object)."""
+        """Store ``data`` under ``key`` atomically (readers see all of it or the old object); a
+        large object goes up in parts, in parallel, where the backend can."""
 
     def put_new(self, key: str, data: bytes) -> bool:
         """:meth:`put` unless ``key`` exists (then False, nothing written): how snapshot numbers are claimed."""

@@ -77,6 +77,15 @@ class FsObjects:
             raise SnapshotError(f"{self.location(key)}: grew past {limit} bytes while being read")
         return data
 
+    def get_range(self, key: str, start: int, length: int) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                return os.pread(f.fileno(), length, start)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise self._fail(key, "read", e) from None
+
     def head(self, key: str) -> ObjectInfo | None:
         try:
             st = os.stat(self._path(key))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from wasmig.errors import SnapshotError
 from wasmig.files import make_private_dir, open_private
 from wasmig.snapshot import store as _store
-from wasmig.snapshot.stores import SnapshotStore, StagedSnapshot
+from wasmig.snapshot.stores import SnapshotStore, StagedSnapshot, module_data_if_missing
 
 if TYPE_CHECKING:
     from wasmig.module import Module
@@ -112,13 +112,8 @@ class LocalStore(SnapshotStore):
         return _LocalStaged(self.dir.stage(snapshot))
 
     def put_module(self, module: Module) -> str:
-        from wasmig.errors import WasmError
-
-        try:  # a module not read at start is read now, unchanged since (else an error)
-            sha256 = module.sha256
-            data = module.data if not (self.dir.path / f"{MODULE_FILE_PREFIX}{sha256}.wasm").exists() else None
-        except WasmError as e:
-            raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
+        sha256, data = module_data_if_missing(
+            module, lambda sha: (self.dir.path / f"{MODULE_FILE_PREFIX}{sha}.wasm").exists())
         return str(write_module_file(self.dir.path, sha256, data))
 
     def check_writable(self) -> None:

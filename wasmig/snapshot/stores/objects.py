@@ -4,25 +4,26 @@ Layout (docs/stores.md), for a store ``s3://bucket/prefix``:
 
 - ``prefix/snapshots/NNNNNN.snap``: the sealed snapshot files, byte for byte what a checkpoint
   directory holds (the seal covers the manifest, which names pages by BLAKE3);
-- ``.wasmig/pages/<blake3>``: one zstd frame per 64 KiB page, content-addressed and shared by
-  every store of the bucket, so identical pages of any programs and checkpoints are stored once;
+- ``.wasmig/packs/<id>`` and ``.wasmig/index/<id>``: the pages, one zstd frame per 64 KiB page,
+  in packs (layout 2, :mod:`.objpacks`): a write uploads its new pages as one or a few pack
+  objects, each followed by its index. Pages are content-addressed and shared by every store of
+  the bucket, so identical pages of any programs and checkpoints are stored once;
+- ``.wasmig/pages/<blake3>``: one object per page (layout 1, written before packs): still read,
+  and collected by ``gc``, never written;
 - ``.wasmig/modules/<sha256>.wasm``: the modules, by hash, also shared;
-- ``.wasmig/fossils/<blake3>``: pages ``gc`` set aside (see :meth:`ObjectStore.gc`).
+- ``.wasmig/index-aside/<id>``, ``.wasmig/fossils/<blake3>``: packs and layout-1 pages ``gc`` set
+  aside (:mod:`.objgc`).
 
-Writes are atomic for readers: new pages go first, the snapshot file last, claimed under the
+Writes are atomic for readers: new packs go first, the snapshot file last, claimed under the
 next free number with a conditional put, so a writer killed at any point leaves no snapshot
-visible (only pages no manifest names, which ``gc`` removes). A reader lists snapshot files only.
-
-One object per page rather than packs: a write uploads only the pages the bucket lacks (checked
-with HEAD, in parallel), reads fetch exactly the pages they need, and ``gc`` deletes objects
-without rewriting any; the cost is a request per new page (measured in docs/stores.md).
+visible (only packs no manifest names, which ``gc`` removes). A reader lists snapshot files only.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
-import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,9 +44,21 @@ from wasmig.snapshot.limits import MAX_STORE_MANIFEST
 from wasmig.snapshot.packs import MAX_COMPRESSED_PAGE
 from wasmig.snapshot.paged import PagedMemory, _GuardedPages, _PageSource
 from wasmig.snapshot.pagework import Fingerprints, hash_and_store
-from wasmig.snapshot.state import from_plain, to_plain
-from wasmig.snapshot.stores import DEFAULT_GC_GRACE_S, SnapshotStore, StagedSnapshot
+from wasmig.snapshot.state import PAGE_SIZE, from_plain, to_plain
+from wasmig.snapshot.stores import DEFAULT_GC_GRACE_S, SnapshotStore, StagedSnapshot, module_data_if_missing
 from wasmig.snapshot.stores.backend import ObjectBackend
+from wasmig.snapshot.stores.objpacks import (
+    FOSSILS,
+    IO_THREADS,
+    MODULES,
+    PACKS,
+    PAGES,
+    SHARED,
+    PackIndex,
+    PackMissing,
+    is_pack_id,
+    upload_packs,
+)
 
 if TYPE_CHECKING:
     from wasmig.module import Module
@@ -53,10 +66,6 @@ if TYPE_CHECKING:
     from wasmig.snapshot.state import Snapshot
     from wasmig.snapshot.store import WriteStats
 
-SHARED = ".wasmig/"
-PAGES = SHARED + "pages/"
-FOSSILS = SHARED + "fossils/"
-MODULES = SHARED + "modules/"
 _SNAP_KEY_RE = re.compile(r"(?:.*/)?snapshots/(\d{6,})\.snap")
 _FIRST_NUMBER = 1
 #: a writer publishes a snapshot only if every page it names was seen stored (or uploaded) at
@@ -64,8 +73,12 @@ _FIRST_NUMBER = 1
 MAX_WRITE_S = DEFAULT_GC_GRACE_S / 2
 #: a page seen stored longer ago than this is looked at again by the next write
 _RECHECK_S = MAX_WRITE_S / 2
-_IO_THREADS = 16  # requests in flight for a write or a gc
-_IMPORT_BATCH = 256  # pages held in memory at once by an import
+#: pages a restore fetches (with coalesced ranged GETs) before it decompresses them: bounded memory
+_RESTORE_WINDOW = 1024
+#: ``<snapshot>.packs``: which packs hold its pages (see ObjectStore._write_hint)
+HINT_SUFFIX = ".packs"
+MAX_HINT_BYTES = 4 << 20
+_IMPORT_BATCH = 1024  # pages held in memory at once by an import (a pack each)
 
 
 class _MemorySink:
@@ -79,13 +92,59 @@ class _MemorySink:
 
 
 class _ObjectPages:
-    """A :class:`~wasmig.snapshot.paged.PageReader` over page objects (falling back to a fossil:
-    a page ``gc`` set aside is still readable until the next ``gc`` finds it referenced)."""
+    """A :class:`~wasmig.snapshot.paged.PageReader` over the bucket's packs (through the store's
+    :class:`~.objpacks.PackIndex`, read again once when a page is not in it) and layout-1 page
+    objects (falling back to a fossil: a page ``gc`` set aside is still readable until the next
+    ``gc`` finds it referenced)."""
 
-    def __init__(self, backend: ObjectBackend) -> None:
+    def __init__(self, backend: ObjectBackend, index: PackIndex, hint: list[str] | None = None) -> None:
         self._backend = backend
+        self._index = index
+        self._hint = hint  # the packs the snapshot's writer found its pages in (its .packs object)
+        self._refreshed = False
+        self._healed = False
+        self._fetched: dict[str, bytes] = {}  # pages prefetched for a restore (see prefetch)
+
+    def _find(self, hashes: list[str]) -> None:
+        """Read the indexes of the packs the snapshot's writer named, then, if a page is still in
+        none read, the bucket's (once per reader: gc may have compacted the named ones)."""
+        if self._hint and any(self._index.find(h) is None for h in hashes):
+            self._index.read_packs(self._hint)
+            self._hint = None
+        if not self._refreshed and any(self._index.find(h) is None for h in hashes):
+            self._index.refresh(aside=True)
+            self._refreshed = True
+
+    def prefetch(self, hashes: list[str]) -> None:
+        """Fetch these pages with coalesced ranged GETs; they are served from memory until the next
+        prefetch (a restore's window)."""
+        self._find(hashes)
+        try:
+            self._fetched = self._index.fetch(hashes)
+        except PackMissing as missing:
+            self._heal(missing)
+            self._fetched = self._index.fetch(hashes)
+
+    def _heal(self, missing: PackMissing) -> None:
+        """A pack the index names is gone (gc removed it after this process read the index): read
+        the indexes again, once per reader (the pages may be in a pack gc compacted them into)."""
+        if self._healed:
+            raise missing
+        self._healed = self._refreshed = True
+        self._index.refresh(aside=True)
 
     def read(self, h: str) -> tuple[bytes, str] | None:
+        self._find([h])
+        ref = self._index.find(h)
+        if ref is not None:
+            data = self._fetched.get(h)
+            if data is None:
+                try:
+                    data = self._index.get_range(ref)
+                except PackMissing as missing:
+                    self._heal(missing)
+                    return self.read(h)
+            return data, f"page {h} in {self._backend.location(PACKS + ref.pack)}"
         for key in (PAGES + h, FOSSILS + h):
             data = self._backend.get(key, MAX_COMPRESSED_PAGE)
             if data is not None:
@@ -101,12 +160,23 @@ class _ObjectPages:
 
 
 class _ObjectPagedMemory(_GuardedPages):
-    """A memory's deferred pages from an object store: read with as many requests in flight as a
-    write has (a page is a GET, bound by latency, not a ``pread``: two at a time, one per core,
-    left a restore waiting on the network)."""
+    """A memory's deferred pages from an object store: fetched a window at a time with coalesced
+    ranged GETs in parallel (:meth:`~.objpacks.PackIndex.fetch`), then decompressed and verified
+    into place on all cores; a layout-1 page is a GET of its own, with as many in flight as a
+    write has (bound by latency, not a ``pread``)."""
+
+    def __init__(self, file: Path | str, inner: PagedMemory, reader: _ObjectPages) -> None:
+        super().__init__(file, inner)  # type: ignore[arg-type]
+        self._reader = reader
 
     def copy_into(self, target: memoryview | int, pages: Any, threads: int | None = None) -> None:
-        super().copy_into(target, pages, _IO_THREADS if threads is None else threads)
+        wanted = list(pages)
+        for lo in range(0, len(wanted), _RESTORE_WINDOW):
+            window = wanted[lo:lo + _RESTORE_WINDOW]
+            hashes = [e for j in window if isinstance(e := self.entries[j], str)]
+            _guarded(self._file, "read snapshot", self._reader.prefetch, hashes)
+            super().copy_into(target, window, IO_THREADS if threads is None else threads)
+        self._reader.prefetch([])
 
 
 class _ObjectStaged(StagedSnapshot):
@@ -117,6 +187,8 @@ class _ObjectStaged(StagedSnapshot):
         self._done = False
 
     def commit(self) -> str:
+        from wasmig.snapshot.store import record_commit
+
         if self._done:
             raise SnapshotError(f"{self._store.url}: this write was committed or aborted already")
         self._done = True
@@ -125,15 +197,14 @@ class _ObjectStaged(StagedSnapshot):
         self.stats.pages_new = uploaded
         self.stats.pages_deduplicated += present
         self.stats.page_bytes_written = nbytes
-        oldest = min((store._seen.get(h, 0.0) for h in self._named), default=time.monotonic())
+        # every page named was seen in a live pack (or uploaded) at most MAX_WRITE_S ago (gc's rule)
+        oldest = min((store._index.seen_at(h) or 0.0 for h in self._named), default=time.monotonic())
         if time.monotonic() - oldest > MAX_WRITE_S:
             raise SnapshotError(f"{store.url}: cannot write snapshot: it took longer than {MAX_WRITE_S:.0f} s, "
                                 "so gc may have collected pages it names; not published")
         location = store._publish(self._chunks)
-        store._prior = self._prints
-        self.stats.snapshot_bytes = sum(len(c) for c in self._chunks)
-        self.stats.seconds = time.perf_counter() - self._started
-        store.last_stats = self.stats
+        store._write_hint(location, self._named)
+        record_commit(store, self._prints, self.stats, self._chunks, self._started)
         return location
 
     def abort(self) -> None:
@@ -150,9 +221,8 @@ class ObjectStore(SnapshotStore):
         self.threads = threads
         self.level = level
         self.last_stats: WriteStats | None = None
-        #: page hash -> when (monotonic) this process last saw it stored or stored it
-        self._seen: dict[str, float] = {}
-        self._seen_lock = threading.Lock()
+        #: the bucket's packs as this process last listed them (pages, and when each pack was seen live)
+        self._index = PackIndex(backend)
         self._prior: list[Fingerprints] | None = None
 
     # --- reading ---------------------------------------------------------------------------------
@@ -191,36 +261,70 @@ class ObjectStore(SnapshotStore):
             raise SnapshotError(f"{location}: snapshot changed after its signature was checked")
         return location, container.manifest
 
-    def _source(self) -> _PageSource:
-        return _PageSource(None, _ObjectPages(self.backend), self.backend.location(PAGES).rstrip("/"))
+    def _reader(self, hint: list[str] | None = None) -> tuple[_PageSource, _ObjectPages]:
+        reader = _ObjectPages(self.backend, self._index, hint)
+        return _PageSource(None, reader, self.backend.location(SHARED).rstrip("/")), reader
+
+    def _write_hint(self, location: str, named: set[str]) -> None:
+        """``<snapshot>.packs``: the packs holding the snapshot's pages as its writer knows them, so
+        a reader reads those indexes only, not the bucket's (hundreds, in a fleet's bucket). Not
+        part of the snapshot: written after it, untrusted (a wrong one only costs the full read)."""
+        packs = sorted({ref.pack for h in named if (ref := self._index.find(h)) is not None})
+        key = self.backend.key_of(location)
+        if key is not None and packs:
+            try:
+                self.backend.put(key + HINT_SUFFIX, json.dumps(packs).encode())
+            except SnapshotError:
+                pass  # readers read every index instead
+
+    def _read_hint(self, key: str) -> list[str] | None:
+        data = self.backend.get(key + HINT_SUFFIX, MAX_HINT_BYTES)
+        try:
+            packs = json.loads(data) if data else None
+        except ValueError:
+            return None
+        if not isinstance(packs, list) or not all(isinstance(p, str) and is_pack_id(p) for p in packs):
+            return None
+        return packs
 
     def load(self, which: str | None = None, expect: bytes | None = None) -> Snapshot:
-        location, manifest = self._manifest(which, expect)
-        source = self._source()
-        return _guarded(location, "read snapshot", from_plain, manifest, source.memory)  # type: ignore[arg-type]
+        snap, paged = self.load_deferred(which, expect)
+        for state, pages in zip(snap.memories, paged or [], strict=True):
+            out = bytearray(len(pages) * PAGE_SIZE)
+            if out:
+                pages.copy_into(memoryview(out), range(len(pages)))  # fetched a window at a time
+            state.data = bytes(out)
+        return snap
 
     def load_deferred(self, which: str | None = None,
                       expect: bytes | None = None) -> tuple[Snapshot, list[PagedMemory] | None]:
         location, manifest = self._manifest(which, expect)
-        source = self._source()
+        source, reader = self._reader(self._read_hint(self.backend.key_of(location) or ""))
         pages: list[PagedMemory] = []
 
         def defer(index: int, raw: Any, size_pages: int) -> None:
             pages.append(source.deferred(index, raw, size_pages))
 
         snap = _guarded(location, "read snapshot", from_plain, manifest, defer)  # type: ignore[arg-type]
-        return snap, [_ObjectPagedMemory(location, p) for p in pages]  # type: ignore[arg-type]
+        return snap, [_ObjectPagedMemory(location, p, reader) for p in pages]
 
     def _head(self, key: str) -> int:
         info = self.backend.head(key)
         return 0 if info is None else info.size
 
     def _stored_bytes(self, hashes: set[str]) -> int:
-        """What these pages take in the bucket (HEAD each, in parallel; a missing one counts nothing)."""
+        """What these pages take in the bucket: their length in their pack, or (layout 1) their
+        object's size by HEAD, in parallel; a missing one counts nothing."""
         if not hashes:
             return 0
-        with ThreadPoolExecutor(min(_IO_THREADS, len(hashes)), thread_name_prefix="wasmig-head") as pool:
-            return sum(pool.map(lambda h: self._head(PAGES + h), sorted(hashes)))
+        if any(self._index.find(h) is None for h in hashes):
+            self._index.refresh(aside=True)
+        in_packs = {h: ref.length for h in hashes if (ref := self._index.find(h)) is not None}
+        rest = sorted(hashes - in_packs.keys())
+        if not rest:
+            return sum(in_packs.values())
+        with ThreadPoolExecutor(min(IO_THREADS, len(rest)), thread_name_prefix="wasmig-head") as pool:
+            return sum(in_packs.values()) + sum(pool.map(lambda h: self._head(PAGES + h), rest))
 
     def storage_stats(self, which: str | None = None) -> dict[str, Any]:
         from wasmig.snapshot.store_stats import manifest_stats
@@ -247,12 +351,14 @@ class ObjectStore(SnapshotStore):
         return chain
 
     def has_page(self, h: str) -> bool:
-        return self.backend.head(PAGES + h) is not None
+        if self._index.live(h) is None:
+            self._index.refresh()
+        return self._index.live(h) is not None or self.backend.head(PAGES + h) is not None
 
     def read_page(self, h: str) -> bytes:
-        found = _ObjectPages(self.backend).read(h)
+        found = _ObjectPages(self.backend, self._index).read(h)
         if found is None:
-            raise SnapshotError(f"page {h} is missing from {self.backend.location(PAGES)}")
+            raise SnapshotError(f"page {h} is missing from {self.backend.location(SHARED)}")
         page = _decompress_page(*found)
         if blake3(page).hexdigest() != h:
             raise SnapshotError(f"{found[1]} is corrupt (hash mismatch)")
@@ -273,7 +379,8 @@ class ObjectStore(SnapshotStore):
 
     # --- writing ---------------------------------------------------------------------------------
     def _known(self, h: str) -> bool:
-        seen = self._seen.get(h)
+        """Whether a live pack holds ``h``, seen so recently that a write naming it is safe from gc."""
+        seen = self._index.seen_at(h)
         return seen is not None and time.monotonic() - seen < _RECHECK_S
 
     def stage(self, snapshot: Snapshot) -> StagedSnapshot:
@@ -292,24 +399,13 @@ class ObjectStore(SnapshotStore):
         return _ObjectStaged(self, sink.pages, named, chunks, prints, stats, t0)
 
     def _upload_pages(self, pages: list[tuple[str, bytes]]) -> tuple[int, int, int]:
-        """Upload the pages the backend lacks; (uploaded, already present, bytes uploaded)."""
-        def one(item: tuple[str, bytes]) -> int:
-            h, comp = item
-            if self.backend.head(PAGES + h) is None:
-                self.backend.put(PAGES + h, comp)
-                sent = len(comp)
-            else:
-                sent = -1
-            with self._seen_lock:
-                self._seen[h] = time.monotonic()
-            return sent
-
-        if not pages:
-            return 0, 0, 0
-        with ThreadPoolExecutor(min(_IO_THREADS, len(pages)), thread_name_prefix="wasmig-upload") as pool:
-            sent = list(pool.map(one, pages))
-        uploaded = [n for n in sent if n >= 0]
-        return len(uploaded), len(sent) - len(uploaded), sum(uploaded)
+        """Upload, as new packs, the pages no live pack holds (the indexes listed again first: one
+        LIST, and a GET per index not read yet, so pages another writer stored meanwhile are not
+        sent twice); (uploaded, already present, bytes uploaded: packs and their indexes)."""
+        self._index.refresh()
+        fresh = [(h, comp) for h, comp in pages if self._index.live(h) is None]
+        sent = upload_packs(self.backend, self._index, fresh)
+        return len(fresh), len(pages) - len(fresh), sent
 
     def _publish(self, chunks: list[bytes]) -> str:
         """The snapshot file under the next free number, never replacing another writer's."""
@@ -329,13 +425,9 @@ class ObjectStore(SnapshotStore):
         return int(m.group(1)) if m else 0
 
     def put_module(self, module: Module) -> str:
-        from wasmig.errors import WasmError
-
-        try:  # a module not read at start is read now, unchanged since (else an error)
-            key = f"{MODULES}{module.sha256}.wasm"
-            data = module.data if self.backend.head(key) is None else None
-        except WasmError as e:
-            raise SnapshotError(f"cannot keep the module beside the snapshot: {e}") from None
+        sha256, data = module_data_if_missing(
+            module, lambda sha: self.backend.head(f"{MODULES}{sha}.wasm") is not None)
+        key = f"{MODULES}{sha256}.wasm"
         if data is not None:
             self.backend.put(key, data)
         return self.backend.location(key)
@@ -376,12 +468,15 @@ class ObjectStore(SnapshotStore):
         (directory / "snapshots").mkdir(parents=True, exist_ok=True, mode=0o700)
         mkdirs_durable(directory / "pages")
         writer = packs.PackWriter(directory / "pages")
-        source = _ObjectPages(self.backend)
+        source = _ObjectPages(self.backend, self._index)
+        hashes = sorted(_page_hashes(manifest))
         try:
-            for h in sorted(_page_hashes(manifest)):
+            for j, h in enumerate(hashes):
+                if j % _RESTORE_WINDOW == 0:  # a window's pages in coalesced ranged GETs
+                    source.prefetch(hashes[j:j + _RESTORE_WINDOW])
                 found = source.read(h)
                 if found is None:
-                    raise SnapshotError(f"{location}: page {h} is missing from {self.backend.location(PAGES)}")
+                    raise SnapshotError(f"{location}: page {h} is missing from {self.backend.location(SHARED)}")
                 if blake3(_decompress_page(*found)).hexdigest() != h:
                     raise SnapshotError(f"{found[1]} is corrupt (hash mismatch)")
                 writer.append(h, found[0])
@@ -416,54 +511,27 @@ class ObjectStore(SnapshotStore):
         return out
 
     def gc(self, *, dry_run: bool = False, grace_s: float | None = None) -> dict[str, int]:
-        """Collect the bucket's pages in two steps a grace period apart, without a lock.
+        """Collect the bucket's packs and layout-1 pages no snapshot of the bucket names, in two
+        steps a grace period apart, without a lock (:mod:`.objgc`: why that is safe while writers
+        run), compacting packs that are mostly dead."""
+        from wasmig.snapshot.stores.objgc import collect_packs, collect_pages
 
-        Mark: every snapshot file of the bucket is read (its pages are referenced). Then each
-        fossil (a page an earlier gc set aside) that is referenced again is moved back, and one
-        set aside more than ``grace_s`` ago and still unreferenced is deleted; each unreferenced
-        page older than ``grace_s`` is set aside as a fossil (readers still find it there).
-        Why that is safe with writers running (docs/stores.md): a writer names only pages it saw
-        stored or uploaded at most :data:`MAX_WRITE_S` before publishing, which is less than the
-        grace period; so a page set aside after a writer saw it is named by a snapshot that
-        exists by the time the fossil is old enough to delete, and the next gc moves it back."""
         grace = DEFAULT_GC_GRACE_S if grace_s is None else grace_s
         if grace < 0:
             raise SnapshotError("the gc grace period cannot be negative")
         started = time.time()
         referenced = self.referenced_pages()
         stats = {"snapshots": len(self.all_manifests()), "pages_kept": 0, "pages_removed": 0, "bytes_removed": 0,
-                 "pages_set_aside": 0, "pages_restored": 0, "temp_files_removed": 0}
-        cutoff = started - grace
-        work: list[tuple[str, str, str]] = []  # (operation, key, other key)
-        pages = {i.key[len(PAGES):]: i for i in self.backend.listing(PAGES)}
-        for info in self.backend.listing(FOSSILS):
-            h = info.key[len(FOSSILS):]
-            if h in referenced:
-                stats["pages_restored"] += 1
-                work.append(("delete", info.key, "") if h in pages else ("move", info.key, PAGES + h))
-            elif info.modified < cutoff:
-                stats["pages_removed"] += 1
-                stats["bytes_removed"] += info.size
-                work.append(("delete", info.key, ""))
-        for h, info in pages.items():
-            if h in referenced or info.modified >= cutoff:
-                stats["pages_kept"] += 1
-            else:
-                stats["pages_set_aside"] += 1
-                work.append(("move", info.key, FOSSILS + h))
-        if dry_run:
-            return stats
-
-        def run(op: tuple[str, str, str]) -> None:
-            if op[0] == "delete":
-                self.backend.delete(op[1])
-            else:
-                self.backend.move(op[1], op[2])
-
-        if work:
-            with ThreadPoolExecutor(min(_IO_THREADS, len(work)), thread_name_prefix="wasmig-gc") as pool:
-                list(pool.map(run, work))
-        stats["temp_files_removed"] = self.backend.stale_temporaries(3600.0)
+                 "pages_set_aside": 0, "pages_restored": 0, "temp_files_removed": 0, "packs_rewritten": 0}
+        collect_pages(self.backend, referenced, started - grace, dry_run, stats)
+        collect_packs(self.backend, referenced, started - grace, dry_run, stats)
+        if not dry_run:
+            stats["temp_files_removed"] += self.backend.stale_temporaries(3600.0)
+            snaps = set(self.all_manifests())  # the hints of snapshots deleted since: useless now
+            for info in self.backend.listing(""):
+                if info.key.endswith(HINT_SUFFIX) and info.key[:-len(HINT_SUFFIX)] not in snaps \
+                        and not info.key.startswith(SHARED) and info.modified < started - grace:
+                    self.backend.delete(info.key)
         return stats
 
     def describe(self) -> str:

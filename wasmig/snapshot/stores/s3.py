@@ -15,6 +15,7 @@ MinIO-like servers; credentials and region from the standard chain (region us-ea
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import threading
@@ -28,6 +29,9 @@ from wasmig.snapshot.stores.backend import ObjectInfo
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _CONNECT_TIMEOUT_S = 5
 _READ_TIMEOUT_S = 60
+#: an object larger than this goes up as a multipart upload, in parts of _MULTIPART_CHUNK in parallel
+_MULTIPART_THRESHOLD = 8 << 20
+_MULTIPART_CHUNK = 8 << 20
 
 
 def _import_boto3() -> Any:
@@ -111,6 +115,18 @@ class S3Objects:
         except (OSError, boto_error) as e:
             raise SnapshotError(f"{self.location(key)}: cannot read: {' '.join(str(e).split())}") from None
 
+    def get_range(self, key: str, start: int, length: int) -> bytes | None:
+        if length <= 0:
+            return b""
+        r = self._call("read", key, self._client.get_object, Key=key, Range=f"bytes={start}-{start + length - 1}")
+        if r is None:
+            return None
+        body = r["Body"]
+        try:
+            return self._read_body(key, body, length - 1)  # at most ``length``: the range asked for
+        finally:
+            body.close()
+
     def head(self, key: str) -> ObjectInfo | None:
         r = self._call("look at", key, self._client.head_object, Key=key)
         if r is None:
@@ -118,7 +134,24 @@ class S3Objects:
         return ObjectInfo(key, int(r.get("ContentLength", 0)), r["LastModified"].timestamp())
 
     def put(self, key: str, data: bytes) -> None:
-        self._call("write", key, self._client.put_object, Key=key, Body=data)
+        if len(data) <= _MULTIPART_THRESHOLD:
+            self._call("write", key, self._client.put_object, Key=key, Body=data)
+            return
+        self._put_multipart(key, data)
+
+    def _put_multipart(self, key: str, data: bytes) -> None:
+        """A multipart upload, its parts in parallel (boto3's transfer manager): the object appears
+        whole when the upload completes, or not at all."""
+        from boto3.exceptions import Boto3Error
+        from boto3.s3.transfer import TransferConfig
+
+        client_error, boto_error = self._errors
+        config = TransferConfig(multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=_MULTIPART_CHUNK,
+                                max_concurrency=8, use_threads=True)
+        try:
+            self._client.upload_fileobj(io.BytesIO(data), self.bucket, key, Config=config)
+        except (client_error, boto_error, Boto3Error) as e:
+            raise SnapshotError(f"{self.location(key)}: cannot write: {' '.join(str(e).split())}") from None
 
     def put_new(self, key: str, data: bytes) -> bool:
         try:

@@ -1,0 +1,173 @@
+"""A fleet job's log and fence in an object store (wasmig/ray/jobstore.py), without Ray: the
+object layout on a directory (``file://``), the same code as on S3 (tests/test_ray_controller_table.py
+runs it on S3 in a cluster)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from wasmig.errors import SnapshotError
+from wasmig.ray.joblog import META_KEY
+from wasmig.ray.jobstore import Lease, SegmentLog, read_log
+from wasmig.ray.spec import JobSpec
+from wasmig.snapshot.stores.fsobjects import FsObjects
+
+PERIOD = 0.6  # a short lease: these tests wait out a few of them
+
+
+def backend(tmp_path: Path) -> FsObjects:
+    (tmp_path / "store" / ".wasmig").mkdir(parents=True, exist_ok=True)  # the root: jobs' keys are j/...
+    return FsObjects.from_url(f"file://{tmp_path}/store")
+
+
+def test_a_lease_is_held_by_one_runner_and_passed_on_release(tmp_path: Path) -> None:
+    b = backend(tmp_path)
+    first = Lease(b, "j/lease/", "first", PERIOD)
+    first.acquire(5.0)
+    first.check()
+    second = Lease(b, "j/lease/", "second", PERIOD)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="another runner still holds it"):
+        second.acquire(3 * PERIOD)  # first renews all along: never taken
+    assert time.monotonic() - t0 >= 3 * PERIOD
+    first.release()
+    t0 = time.monotonic()
+    second.acquire(5.0)
+    assert time.monotonic() - t0 < PERIOD, "a released lease is taken at once"
+    assert second.generation == 2
+    second.release()
+
+
+def test_a_dead_holders_lease_is_taken_after_the_period_and_it_is_fenced(tmp_path: Path) -> None:
+    b = backend(tmp_path)
+    dead = Lease(b, "j/lease/", "dead", PERIOD)
+    dead.acquire(5.0)
+    dead._done.set()  # its process is gone: no more renewals, no release
+    assert dead._beats is not None
+    dead._beats.join()
+    t0 = time.monotonic()
+    heir = Lease(b, "j/lease/", "heir", PERIOD)
+    heir.acquire(10 * PERIOD)
+    waited = time.monotonic() - t0
+    assert PERIOD <= waited < 5 * PERIOD, waited
+    with pytest.raises(SnapshotError, match="lost the job's lease"):
+        dead.check()  # unrenewed for more than half a period: it may not write
+    heir.check()
+    heir.release()
+
+
+def test_two_contenders_for_a_free_lease_one_wins(tmp_path: Path) -> None:
+    b = backend(tmp_path)
+    a, c = Lease(b, "j/lease/", "a", PERIOD), Lease(b, "j/lease/", "c", PERIOD)
+    assert a._claim(1)
+    assert not c._claim(1), "the conditional put refuses the second"
+    a.release()
+
+
+def test_the_log_goes_up_in_segments_and_a_restore_cuts_it_back(tmp_path: Path) -> None:
+    b = backend(tmp_path)
+    log = SegmentLog(b, "j/log/", "j")
+    log.open(None)
+    log.streams["stdout"].write(b"one\n")
+    first = log.annotation()[META_KEY]  # a checkpoint: its counts, the bytes sent before the snapshot
+    log.streams["stdout"].write(b"two\n")
+    log.streams["stderr"].write(b"err\n")
+    log.annotation()  # a later checkpoint, say one whose snapshot never published
+    log.streams["stdout"].write(b"three\n")
+    log.close()  # the end: the rest is sent too
+    spec = JobSpec(module=b"", module_name="x", store=f"file://{tmp_path}/store")
+    assert first == {"stdout": 4, "stderr": 0}
+    assert sorted(i.key for i in b.listing("j/log/")) == [
+        "j/log/stderr/0000000000000000", "j/log/stdout/0000000000000000", "j/log/stdout/0000000000000004",
+        "j/log/stdout/0000000000000008"]
+    assert read_log(spec, "j", "stdout") == b"one\ntwo\nthree\n"  # what `wasmig cluster logs` shows
+    assert read_log(spec, "j", "stderr") == b"err\n"
+    # a runner restoring the first checkpoint: the log as it counted, the later segments gone
+    again = SegmentLog(b, "j/log/", "j")
+    again.open(first)
+    assert (again.directory / "stdout").read_bytes() == b"one\n"
+    assert sorted(i.key for i in b.listing("j/log/")) == ["j/log/stdout/0000000000000000"]
+    again.streams["stdout"].write(b"two\n")
+    again.close()
+    segments = sorted(i.key for i in b.listing("j/log/stdout/"))
+    assert [b.get(k, 100) for k in segments] == [b"one\n", b"two\n"]
+    assert not again.directory.exists(), "the node's spool is removed"
+
+
+def test_a_log_shorter_than_the_checkpoint_counted_is_refused(tmp_path: Path) -> None:
+    b = backend(tmp_path)
+    log = SegmentLog(b, "j/log/", "j")
+    with pytest.raises(ValueError, match="the checkpoint counted 10"):
+        log.open({"stdout": 10, "stderr": 0})
+
+
+def test_a_fenced_runner_sends_no_log(tmp_path: Path) -> None:
+    b = backend(tmp_path)
+
+    def fenced() -> None:
+        raise SnapshotError("lost the job's lease")
+
+    log = SegmentLog(b, "j/log/", "j", check=fenced)
+    log.open(None)
+    log.streams["stdout"].write(b"late\n")
+    with pytest.raises(SnapshotError, match="lost the job's lease"):
+        log.annotation()
+    log.close()
+    assert not list(b.listing("j/log/"))
+
+
+def test_a_restore_merges_the_segments_it_read_into_one(tmp_path: Path) -> None:
+    """One segment a checkpoint would make every restore read one object a checkpoint: the
+    restoring runner leaves one in their place (and a merge cut short reads the same)."""
+    b = backend(tmp_path)
+    log = SegmentLog(b, "j/log/", "j")
+    log.open(None)
+    counts = {}
+    for word in (b"a\n", b"bb\n", b"ccc\n"):
+        log.streams["stdout"].write(word)
+        counts = log.annotation()[META_KEY]
+    log.close()
+    assert len(list(b.listing("j/log/stdout/"))) == 3
+    again = SegmentLog(b, "j/log/", "j")
+    again.open(counts)
+    assert [i.key for i in b.listing("j/log/stdout/")] == ["j/log/stdout/0000000000000000"]
+    assert (again.directory / "stdout").read_bytes() == b"a\nbb\nccc\n"
+    again.close()
+    b.put("j/log/stdout/0000000000000002", b"bb\n")  # as if the merge's deletes had not all happened
+    third = SegmentLog(b, "j/log/", "j")
+    third.open(counts)
+    assert (third.directory / "stdout").read_bytes() == b"a\nbb\nccc\n"
+    third.close()
+
+
+@pytest.mark.parametrize("kind", ["path", "object"])
+def test_a_live_targets_log_is_fenced_only_once_it_holds_the_job(tmp_path: Path, kind: str) -> None:
+    """A live move's target opens the log before the commit (no fence yet) at the source's counts,
+    and writes to the store only under the fence it takes after the commit (live.FleetTarget)."""
+    from wasmig.ray.jobstore import Fence, fence_log, log_counts, open_log
+
+    if kind == "object":
+        backend(tmp_path)
+    spec = JobSpec(module=b"", module_name="x",
+                   store=f"file://{tmp_path}/store" if kind == "object" else str(tmp_path / "store"))
+    source = open_log(spec, "j", Fence(lambda: None))
+    source.open(None)
+    source.streams["stdout"].write(b"before the move\n")
+    counts = source.annotation()[META_KEY]  # the migrated state's counts (sent while stopped)
+    source.close()
+    assert log_counts(spec, "j") == counts == {"stdout": 16, "stderr": 0}
+    target = open_log(spec, "j", None)
+    target.open(counts)
+    def lost() -> None:
+        raise SnapshotError("lost the job's lease")
+
+    fence_log(target, Fence(lambda: None, lost))
+    target.streams["stdout"].write(b"after\n")
+    if kind == "object":  # the fence now guards what the target sends
+        with pytest.raises(SnapshotError, match="lost the job's lease"):
+            target.annotation()
+    target.close()
+    assert read_log(spec, "j", "stdout") == (b"before the move\n" if kind == "object" else b"before the move\nafter\n")

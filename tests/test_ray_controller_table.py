@@ -1,0 +1,147 @@
+"""The fleet's state beyond the runners: the controller's job table survives the controller
+(wasmig/ray/table.py: killed, it is made again by the next ``wasmig cluster`` command, which still
+lists every job; the jobs whose runners died with it run again from their latest checkpoints, end
+with the bytes an uninterrupted run prints, and can still be moved), and a job whose store is
+``s3://`` keeps its snapshots, log and fence there (wasmig/ray/jobstore.py), no shared path used.
+
+The cluster of tests/test_ray_fleet.py (every address 127.0.0.1), started for this module, and
+moto's S3 server on 127.0.0.1; the scenario of tests/test_ray_fleet.py is not repeated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ray_cluster import wait_for
+from tests.s3_server import moto_s3
+from tests.test_ray_fleet import cluster, expected_run  # noqa: F401 - cluster: the fixture
+
+PROGRAMS = Path(__file__).parent / "programs"
+REPO = Path(__file__).resolve().parent.parent
+STEPS, MS = 120, 60  # ~7 s of sleeping and more: alive while the controller is killed and made again
+
+
+@pytest.fixture(scope="module", autouse=True)
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server on loopback, in the environment before the cluster starts (autouse: made
+    first; the cluster's workers inherit the endpoint and the test credentials from its nodes)."""
+    with moto_s3(tmp_path_factory.mktemp("aws")) as endpoint:
+        yield endpoint
+
+
+@pytest.mark.slow
+def test_the_job_table_survives_the_controller(cluster: Any, tmp_path: Path) -> None:  # noqa: F811
+    import ray
+
+    from wasmig.ray import client
+    from wasmig.ray.controller import GATEWAY_LOST
+    from wasmig.ray.joblog import read_stream
+    from wasmig.ray.spec import GatewaySpec, JobSpec, Placement
+    from wasmig.toolchain import compile_c
+
+    assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
+    wasm = compile_c(PROGRAMS / "fleet_work.c").read_bytes()
+    data = tmp_path / "data"
+    data.mkdir()
+    store = tmp_path / "store"
+    ctl = client.controller()
+    jobs = {}
+    for name in ("a", "b"):
+        spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=(name, str(STEPS), str(MS)),
+                       dirs=((str(data), "data"),), store=str(store), checkpoint_every=0.3,
+                       placement=Placement(), num_cpus=0.25)
+        jobs[name] = client.call(ctl.submit, spec)
+    wait_for("a checkpoint of each job", lambda: all(r["checkpoint_age_s"] is not None for r in client.call(ctl.ps)))
+    # a TCP server behind a gateway: the gateway actor dies with the controller (its owner)
+    server = JobSpec(module=compile_c(PROGRAMS / "kv_server.c").read_bytes(), module_name="kv_server.wasm",
+                     args=("8",), store=str(store), checkpoint_every=1.0, placement=Placement(), num_cpus=0.25,
+                     engine="wasmtime", gateway=GatewaySpec("127.0.0.1:0"))
+    served = client.call(ctl.submit, server)
+    wait_for("the server running", lambda: client.call(ctl.job, served)["state"] == "running")
+    before = {r["job"]: r for r in client.call(ctl.ps) if r["job"] != served}
+
+    ray.kill(ctl)  # no_restart: gone for good, as if its node's worker had died and Ray given up
+    wait_for("the controller to be gone", lambda: _gone(ray))
+    # `wasmig cluster ps`, a new process: it makes the controller again, which reads the table back
+    ps = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "ps", "--address", cluster.address],
+                        capture_output=True, timeout=180, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                        stdin=subprocess.DEVNULL)
+    assert ps.returncode == 0, ps.stderr
+    header, *lines = ps.stdout.decode().splitlines()
+    assert header.split()[0] == "JOB" and header.split()[5] == "RESTARTS", header
+    rows = {line.split()[0]: line.split() for line in lines}
+    assert set(rows) == set(before) | {served} and set(before) == set(jobs.values()), ps.stdout
+    for job in before:  # restarted once each: their runners went with the controller
+        cells = rows[job]
+        assert cells[-1] == "fleet_work.wasm" and int(cells[5]) == before[job]["restarts"] + 1, ps.stdout
+    assert rows[served][3] == "failed", ps.stdout  # not restarted: its gateway and clients are gone
+    ctl = client.controller(create=False)
+    assert client.call(ctl.job, served)["error"] == GATEWAY_LOST
+
+    # the runners died with the old controller: each job runs again from its checkpoint, then moves
+    wait_for("both jobs running again",
+             lambda: all(r["state"] == "running" for r in client.call(ctl.ps) if r["job"] in before))
+    row = client.call(ctl.job, jobs["a"])
+    move = client.call(ctl.migrate, jobs["a"])
+    assert move["to"] != row["node"] and move.get("source_outcome") in ("moved", "stopped", "exited"), move
+    for name, job in jobs.items():
+        end = client.call(ctl.wait, job, 300.0)
+        assert end["state"] == "exited" and end["code"] == 0, end
+        out, err = expected_run(name, STEPS)
+        assert read_stream(store / job / "log", "stdout") == out
+        assert read_stream(store / job / "log", "stderr") == err
+
+
+@pytest.mark.slow
+def test_a_job_in_s3_keeps_snapshots_log_and_fence_there(
+        cluster: Any, s3_endpoint: str, tmp_path: Path) -> None:  # noqa: F811 - cluster: the imported fixture
+    import uuid
+
+    import boto3
+
+    from wasmig.ray import client
+    from wasmig.ray.spec import JobSpec, Placement
+    from wasmig.toolchain import compile_c
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"wasmig-fleet-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    wasm = compile_c(PROGRAMS / "fleet_work.c").read_bytes()
+    data = tmp_path / "data"
+    data.mkdir()
+    ctl = client.controller()
+    spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=("s3job", str(STEPS), str(MS)),
+                   dirs=((str(data), "data"),), store=f"s3://{bucket}/fleet", checkpoint_every=0.3,
+                   placement=Placement(), num_cpus=0.25)
+    job = client.call(ctl.submit, spec)
+    wait_for("a checkpoint", lambda: client.call(ctl.job, job)["checkpoint_age_s"] is not None)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"fleet/{job}/").get("Contents", [])}
+    assert any(k.startswith(f"fleet/{job}/snapshots/") for k in keys), keys
+    assert any(k.startswith(f"fleet/{job}/lease/") for k in keys), keys
+    assert client.call(ctl.logs, job).startswith(b"s3job step 0 "), "the log so far, from its segments"
+    # live: the source sends its log segments while stopped for the state, the target takes the
+    # lease the source released after the commit
+    move = client.call(ctl.migrate, job)
+    assert move.get("mode") == "pre-copy" and move.get("source_outcome") == "moved", move
+    end = client.call(ctl.wait, job, 300.0)
+    assert end["state"] == "exited" and end["code"] == 0, end
+    out, err = expected_run("s3job", STEPS)
+    assert client.call(ctl.logs, job) == out
+    assert client.call(ctl.logs, job, "stderr") == err
+    segments = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"fleet/{job}/log/stdout/")["Contents"]]
+    assert len(segments) >= 2, "sent at checkpoints, not once at the end"
+    assert not any(tmp_path.glob(f"**/{job}")), "no job directory on a filesystem"
+
+
+def _gone(ray: Any) -> bool:
+    try:
+        ray.get_actor("wasmig-controller", namespace="wasmig")
+    except ValueError:
+        return True
+    return False
