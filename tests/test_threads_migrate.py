@@ -101,15 +101,18 @@ def test_an_eight_thread_program_moves_between_two_daemons_and_back(tmp_path: Pa
         assert_ran_exactly_once(reference, out, a.out, b.out)
 
 
-@pytest.mark.parametrize("source_engine", ["interp", "wasmtime"])
+@pytest.mark.parametrize(("source_engine", "target_engine"),
+                         [("interp", "interp"), ("wasmtime", "interp"), ("interp", "wasmtime"),
+                          ("wasmtime", "wasmtime")])
 def test_a_threaded_program_moves_while_its_workers_wait_on_a_condition_variable(
-        tmp_path: Path, program: Path, keys: Keys, source_engine: str) -> None:
+        tmp_path: Path, program: Path, keys: Keys, source_engine: str, target_engine: str) -> None:
     """A long sleep between rounds: the stop finds the main thread in its sleep (a blocking host
     call, re-issued at the target) and all eight workers waiting on the condition variable. The
-    state the target kept says so; the program finishes there with the uninterrupted output."""
+    state the target kept says so; the program finishes there with the uninterrupted output --
+    on a wasmtime daemon too, each thread rewinding its frames and the waiters queued in order."""
     args = ["6", "1500", "8"]  # rounds of little work: the stop finds them in the sleep, not computing
     reference = reference_of(program, args)
-    with daemon(tmp_path, "target", "interp", keys) as d, \
+    with daemon(tmp_path, "target", target_engine, keys) as d, \
             threaded_source(tmp_path, program, args, started="round 1 ",
                             options=["--engine", source_engine]) as (proc, out):
         done = migrate(proc.pid, d)

@@ -282,9 +282,11 @@ class CheckpointableThreadedRun(ThreadedRun):
         return "wait", frames, globals_, dropped_data, dropped_elems, "runnable", WaitState(0, waiter.at, left, result)
 
     # --- restore -------------------------------------------------------------------------------
-    def load(self, snap: Snapshot) -> None:
+    def load(self, snap: Snapshot, *, memory_in_place: bool = False) -> None:
         """Put ``snap`` (format version 2, from either engine) into this fresh run: the shared
-        memory, every thread's instance in tid order, the waiters in their queues in order."""
+        memory, every thread's instance in tid order, the waiters in their queues in order.
+        ``memory_in_place``: the shared memory holds the snapshot's bytes already (a migration's
+        landing wrote its pages there), ``snap``'s memory has none."""
         section = snap.threads
         assert section is not None
         if self.module.sha256 != snap.module_sha256:
@@ -293,7 +295,8 @@ class CheckpointableThreadedRun(ThreadedRun):
         if len(snap.memories) != 1:
             raise SnapshotError(f"snapshot does not fit the module: {len(snap.memories)} memories, a wasi-threads "
                                 "program has its one shared memory")
-        self._load_memory(snap.memories[0].data)
+        if not memory_in_place:
+            self._load_memory(snap.memories[0].data)
         by_tid: dict[int, _Thread] = {}
         for ts in section.threads:
             inst = self._instance(run_start=False)
