@@ -197,12 +197,14 @@ def test_killing_the_target_mid_migration_leaves_the_threads_running_at_the_sour
         assert f"killed after {step}" in d.log() and d.out.read_text() == ""
 
 
-def test_a_threaded_program_moves_while_its_workers_compute(tmp_path: Path, program: Path, keys: Keys) -> None:
+@pytest.mark.parametrize("target_engine", ["interp", "wasmtime"])
+def test_a_threaded_program_moves_while_its_workers_compute(tmp_path: Path, program: Path, keys: Keys,
+                                                            target_engine: str) -> None:
     """No sleeping: the stop finds the workers computing and taking turns (no thread in a host
     call); pre-copy resends the pages the workers rewrite while it runs."""
     args = ["40", "0", "1024"]
     reference = reference_of(program, args)
-    with daemon(tmp_path, "target", "interp", keys) as d, \
+    with daemon(tmp_path, "target", target_engine, keys) as d, \
             threaded_source(tmp_path, program, args, options=["--engine", "interp"]) as (proc, out):
         done = migrate(proc.pid, d)
         assert done.returncode == 0, done.stderr
@@ -301,6 +303,7 @@ def test_the_landed_program_is_the_stopped_one_wait_queues_in_order(target_engin
         if target_engine == "wasmtime":
             landed.request()
             assert landed.start(), "the restored threads did not stop"
+            assert not landed.resumed(), "no thread rewound its frames yet: the target must not answer"
         again = landed.capture()
         source_state = program.capture()
         assert stopped.threads is not None and again.threads is not None
