@@ -153,12 +153,17 @@ class WasmtimeEngine(Engine):
         return WasmtimeWasiInstance.restored(runner)
 
     def landing(self, module: Module) -> Landing:
+        if imports_thread_spawn(module.interface.imports):  # every thread restored into a run made now
+            from wasmig.engines.wasmtime.threads_landing import ThreadedRunLanding
+
+            return ThreadedRunLanding(module)
         from wasmig.engines.wasmtime.checkpointing import InstanceLanding
 
         return InstanceLanding(module)
 
     runs_threads = True
     captures_threads = True
+    lands_threads = True
 
     def run_threaded_command(self, module: Module, wasi: Wasi, *, seed: int = 0) -> int:
         """One OS thread per wasm thread, in parallel (:mod:`wasmig.engines.wasmtime.threads`):

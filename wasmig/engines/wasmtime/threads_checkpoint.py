@@ -84,6 +84,8 @@ class CheckpointableThreadedRun(ThreadedRun):
         self.threads: list[_Thread] = []
         self._by_instance: dict[WasmtimeInstance, _Thread] = {}
         self._pausing = False
+        #: the restored threads that rewind frames when they start (see :meth:`rewound`)
+        self._rewinders: list[Checkpointable] = []
         super().__init__(module, wasi, cache_dir=cache_dir, prepared=self.instrumented.data)
         self._launched = False
 
@@ -282,9 +284,11 @@ class CheckpointableThreadedRun(ThreadedRun):
         return "wait", frames, globals_, dropped_data, dropped_elems, "runnable", WaitState(0, waiter.at, left, result)
 
     # --- restore -------------------------------------------------------------------------------
-    def load(self, snap: Snapshot) -> None:
+    def load(self, snap: Snapshot, *, memory_in_place: bool = False) -> None:
         """Put ``snap`` (format version 2, from either engine) into this fresh run: the shared
-        memory, every thread's instance in tid order, the waiters in their queues in order."""
+        memory, every thread's instance in tid order, the waiters in their queues in order.
+        ``memory_in_place``: the shared memory holds the snapshot's bytes already (a migration's
+        landing wrote its pages there), ``snap``'s memory has none."""
         section = snap.threads
         assert section is not None
         if self.module.sha256 != snap.module_sha256:
@@ -293,7 +297,8 @@ class CheckpointableThreadedRun(ThreadedRun):
         if len(snap.memories) != 1:
             raise SnapshotError(f"snapshot does not fit the module: {len(snap.memories)} memories, a wasi-threads "
                                 "program has its one shared memory")
-        self._load_memory(snap.memories[0].data)
+        if not memory_in_place:
+            self._load_memory(snap.memories[0].data)
         by_tid: dict[int, _Thread] = {}
         for ts in section.threads:
             inst = self._instance(run_start=False)
@@ -305,6 +310,7 @@ class CheckpointableThreadedRun(ThreadedRun):
             point, frames, tables, globals_, dropped_data, dropped_elems = parts
             th.runner.load_parts(tables, globals_, dropped_data, dropped_elems, None, frames, point)
             if frames:
+                self._rewinders.append(th.runner)
                 th.pending = self._raw_frames(ts, frames, point)
                 th.restored = (point, frames, globals_, dropped_data, dropped_elems, ts.state)
             by_tid[ts.tid] = th
@@ -320,6 +326,12 @@ class CheckpointableThreadedRun(ThreadedRun):
                                    ts.wait.result)
         self._next_tid = section.next_tid
         self._live = len(section.threads)
+
+    def rewound(self) -> bool:
+        """Whether the restored program got past its snapshot: a thread's rewind reached its
+        innermost frame (any thread's; True for a program restored with nothing to rewind). A
+        live migration's target answers only then, as for a single-threaded program."""
+        return not self._rewinders or any(runner.rewind_ended() for runner in self._rewinders)
 
     def _load_memory(self, data: Any) -> None:
         pages = len(data) // _PAGE
@@ -421,6 +433,9 @@ class ThreadedCheckpointProgram(Program):
     def guest_memories(self) -> list[MemoryReader]:
         view = self.run.view()
         return [(len(view), lambda k: bytes(view[k * _PAGE:(k + 1) * _PAGE]))]
+
+    def resumed(self) -> bool:
+        return self.run.rewound()
 
 
 def threaded_checkpoint_program(module: Module, wasi: Wasi, *,
