@@ -36,6 +36,7 @@ from wasmig.binary.ir import FuncType
 from wasmig.binary.ir import Module as IRModule
 from wasmig.engines.base import Instance
 from wasmig.engines.wasmtime.runtime import _VALTYPE, Exports, WasmtimeInstance
+from wasmig.engines.wasmtime.runtime import engine as wasmtime_engine
 from wasmig.errors import LinkError
 from wasmig.interp.calls import convert_results
 from wasmig.interp.instantiate import _resolve_import
@@ -92,6 +93,10 @@ def define_host_imports(inst: WasmtimeInstance, linker: wasmtime.Linker,
         if key in done or imp.name not in host_imports.get(imp.module, {}):
             continue
         done.add(key)
+        owned = host_imports[imp.module][imp.name]
+        if isinstance(owned, _STORE_EXTERNS):  # same store (see store_of_imports): wasmtime checks the type
+            linker.define(inst.store, imp.module, imp.name, owned.wasmtime_extern)
+            continue
         ext = _resolve_import(imp, host_imports, ir)  # the interpreter's checks and messages
         where = f"{imp.module}.{imp.name}"
         if imp.kind == "func":
@@ -160,11 +165,22 @@ class WasmtimeFunction(HostFunc):
 
 
 class WasmtimeMemory:
-    """An exported linear memory of a wasmtime instance (the interpreter's ``Memory`` methods)."""
+    """An exported linear memory of a wasmtime instance (the interpreter's ``Memory`` methods), or
+    a host memory made by :meth:`create`; instances of its store can import it."""
 
     def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
         self._store = store
         self._memory = memory
+
+    @classmethod
+    def create(cls, store: wasmtime.Store, minimum: int, maximum: int | None = None) -> WasmtimeMemory:
+        """A host memory of ``minimum`` (up to ``maximum``) pages in ``store``: wasmtime links
+        within one store, so this is how a host memory reaches a wasmtime instance."""
+        return cls(store, wasmtime.Memory(store, wasmtime.MemoryType(wasmtime.Limits(minimum, maximum))))
+
+    @property
+    def wasmtime_extern(self) -> wasmtime.Memory:
+        return self._memory
 
     @property
     def size_pages(self) -> int:
@@ -206,6 +222,10 @@ class WasmtimeGlobal(GlobalValue):
         self.mutable = mutable
 
     @property
+    def wasmtime_extern(self) -> wasmtime.Global:
+        return self._global
+
+    @property
     def internal(self) -> Any:
         return to_internal(self.type, self._global.value(self._store))
 
@@ -214,16 +234,59 @@ class WasmtimeGlobal(GlobalValue):
 
 
 class WasmtimeTable:
-    """An exported table of a wasmtime instance (its size; elements stay inside wasmtime)."""
+    """An exported table of a wasmtime instance (its size; elements stay inside wasmtime), or a
+    host table of null references made by :meth:`create`; instances of its store can import it."""
 
     def __init__(self, store: wasmtime.Store, table: wasmtime.Table, elem_type: str) -> None:
         self._store = store
         self._table = table
         self.elem_type = elem_type
 
+    @classmethod
+    def create(cls, store: wasmtime.Store, elem_type: str, minimum: int, maximum: int | None = None) -> WasmtimeTable:
+        """A host table of ``minimum`` (up to ``maximum``) null ``elem_type`` references in ``store``."""
+        if elem_type not in _REF_TYPES:
+            raise ValueError(f"a table holds funcref or externref, not {elem_type!r}")
+        ty = wasmtime.TableType(_REF_TYPES[elem_type](), wasmtime.Limits(minimum, maximum))
+        return cls(store, wasmtime.Table(store, ty, None), elem_type)
+
+    @property
+    def wasmtime_extern(self) -> wasmtime.Table:
+        return self._table
+
     @property
     def size(self) -> int:
         return self._table.size(self._store)
+
+
+#: externs that live in a wasmtime store: imported as themselves by instances of that store
+_STORE_EXTERNS = (WasmtimeMemory, WasmtimeTable, WasmtimeGlobal)
+_REF_TYPES = {"funcref": wasmtime.ValType.funcref, "externref": wasmtime.ValType.externref}
+
+
+def new_store() -> wasmtime.Store:
+    """A store of wasmig's wasmtime engine, for host memories and tables (:meth:`WasmtimeMemory.create`)."""
+    return wasmtime.Store(wasmtime_engine())
+
+
+def store_of_imports(ir: IRModule, imports: Mapping[str, Mapping[str, Any]]) -> wasmtime.Store | None:
+    """The store of the wasmtime memories, tables and globals ``ir`` imports (None: it imports
+    none), after checking each is of the kind the import names; wasmtime links only within a
+    store, so externs of two stores cannot meet in one instance."""
+    store: wasmtime.Store | None = None
+    for imp in ir.imports:
+        ext = imports.get(imp.module, {}).get(imp.name)
+        if not isinstance(ext, _STORE_EXTERNS):
+            continue
+        kind = {WasmtimeMemory: "memory", WasmtimeTable: "table", WasmtimeGlobal: "global"}[type(ext)]
+        if kind != imp.kind:
+            raise LinkError(f"incompatible import type: {imp.module}.{imp.name} must be a "
+                            f"{'function' if imp.kind == 'func' else imp.kind}, not a {kind}")
+        if store is not None and ext._store is not store:
+            raise LinkError(f"cannot import {imp.module}.{imp.name} on wasmtime: the module's imported "
+                            "memories, tables and globals come from two wasmtime stores")
+        store = ext._store
+    return store
 
 
 # --- the instance -----------------------------------------------------------------------------
@@ -243,11 +306,14 @@ class WasmtimeApiInstance(Instance):
         if max_frames is not None or not initialize:
             raise TypeError("max_frames and initialize=False are interpreter options")
         imports = imports or {}
-        for imp in module.ir.imports:  # every import, with the interpreter's messages
-            _resolve_import(imp, imports, module.ir)
+        store = store_of_imports(module.ir, imports)
+        for imp in module.ir.imports:  # every other import, with the interpreter's messages
+            if not isinstance(imports.get(imp.module, {}).get(imp.name), _STORE_EXTERNS):
+                _resolve_import(imp, imports, module.ir)
         self.module = module
         self.wasi = None
-        self.wasmtime_instance = WasmtimeInstance(module, None, cache_dir=cache_dir, host_imports=imports)
+        self.wasmtime_instance = WasmtimeInstance(module, None, cache_dir=cache_dir, host_imports=imports,
+                                                  store=store)
         store = self.wasmtime_instance.store
         raw = self.wasmtime_instance.exports
         ir = module.ir
