@@ -10,8 +10,12 @@ with the interpreter's surface where it makes sense:
   globals ``value`` and ``raw``; tables ``size``;
 - :meth:`~WasmtimeApiInstance.invoke` ``(name, *args, raw=False)``, the same conventions;
 - imports: functions (``wasmig.HostFunc``, or a function exported by another instance of either
-  engine) and immutable ``wasmig.Global``s. Memories, tables and mutable globals cannot be
-  shared with a wasmtime store, so importing them is a :class:`~wasmig.LinkError` that says so;
+  engine), immutable ``wasmig.Global``s, and the memories, tables and globals of one wasmtime
+  store — exported by an instance, or made by :meth:`WasmtimeMemory.create` /
+  :meth:`WasmtimeTable.create` in a :func:`new_store` — which the instance then shares, being
+  made in that store (wasmtime links within a store only). The interpreter's memories, tables
+  and mutable globals cannot be shared with a wasmtime store, so importing them is a
+  :class:`~wasmig.LinkError` that says so;
 - a trap is a :class:`wasmig.Trap` with the interpreter's reason and backtrace format; an
   exception raised by a host function comes out of the call as itself.
 
@@ -85,7 +89,8 @@ def define_host_imports(inst: WasmtimeInstance, linker: wasmtime.Linker,
                         host_imports: Mapping[str, Mapping[str, Any]]) -> None:
     """Define the module's imports found in ``host_imports`` in ``linker``: functions as wasmtime
     host functions (an exception they raise is kept by ``inst`` and re-raised as itself once
-    wasmtime unwound), immutable globals as fresh wasmtime globals holding their value."""
+    wasmtime unwound), immutable globals as fresh wasmtime globals holding their value, externs of
+    ``inst``'s store as themselves."""
     ir = inst.module.ir
     done: set[tuple[str, str]] = set()
     for imp in ir.imports:
@@ -113,8 +118,9 @@ def define_host_imports(inst: WasmtimeInstance, linker: wasmtime.Linker,
         else:
             what = "a mutable global" if imp.kind == "global" and ext.mutable else f"a {imp.kind}"
             raise LinkError(f"cannot import {where} on wasmtime: {what} cannot be shared with a wasmtime "
-                            "instance (it imports host functions and immutable numeric globals); use "
-                            "engine='interp'")
+                            "instance (it imports host functions, immutable numeric globals, and the memories, tables "
+                            "and globals of a wasmtime store: WasmtimeMemory.create, an instance's exports); "
+                            "use engine='interp'")
 
 
 def _call_internal(ext: FuncInst, args: list[Any]) -> list[Any]:
