@@ -15,7 +15,7 @@ import sys
 import pytest
 
 import wasmig
-from tests.wat import wat_module
+from tests.wat import threads_module, wat_module
 from wasmig.session import restore as api
 
 pytest.importorskip("wasmtime")
@@ -181,6 +181,18 @@ def test_externs_of_two_stores_or_the_wrong_kind_are_link_errors() -> None:
     assert "cannot instantiate on wasmtime" in link_error(wat_module(SHARES), "wasmtime", small)  # max 5 > 3
     with pytest.raises(ValueError, match="funcref or externref"):
         WasmtimeTable.create(store, "i32", 1)
+
+
+def test_a_host_shared_memory_is_imported_by_instances_of_any_store() -> None:
+    from wasmig.engines.wasmtime.api import WasmtimeSharedMemory
+
+    shared = threads_module("""(module (import "host" "m" (memory 1 2 shared)) (export "m" (memory 0))
+      (func (export "add") (param i32 i32) (result i32) (i32.atomic.rmw.add (local.get 0) (local.get 1))))""")
+    memory = WasmtimeSharedMemory.create(1, 2)
+    first, second = (wasmig.Instance(shared, {"host": {"m": memory}}, engine="wasmtime") for _ in range(2))
+    assert first.exports["add"](8, 5) == 0 and second.exports["add"](8, 1) == 5
+    assert memory.read(8, 1) == b"\x06" and second.exports["m"].read(8, 1) == b"\x06"
+    assert memory.grow(1) == 1 and second.exports["m"].size_pages == 2 and memory.grow(1) == -1
 
 
 def test_checkpointing_is_refused_with_directions(module: wasmig.Module) -> None:

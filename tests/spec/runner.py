@@ -320,7 +320,8 @@ def make_spectest(api: Any, features: frozenset[str] = frozenset(), engine: str 
     """The ``spectest`` host module every script may import from (as the reference interpreter has it).
 
     On wasmtime its memory and table live in a wasmtime store made here (wasmtime links within a
-    store only): the script's instances that import them are instantiated in that store."""
+    store only): the script's instances that import them are instantiated in that store; its
+    shared memory is a wasmtime shared memory, which any store can import."""
 
     def nothing(*_args: Any) -> None:
         return None
@@ -348,7 +349,11 @@ def make_spectest(api: Any, features: frozenset[str] = frozenset(), engine: str 
     else:
         module["table"] = api.Table("funcref", 10, 20)
         module["memory"] = api.Memory(1, 2)
-    if "threads" in features:  # the threads proposal's testsuite imports a shared memory too
+    if "threads" in features and engine == "wasmtime":  # the threads proposal's testsuite imports a shared memory
+        from wasmig.engines.wasmtime.api import WasmtimeSharedMemory
+
+        module["shared_memory"] = WasmtimeSharedMemory.create(1, 2)
+    elif "threads" in features:
         module["shared_memory"] = api.Memory(1, 2, shared=True)
     return module
 

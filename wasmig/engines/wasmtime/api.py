@@ -41,6 +41,7 @@ from wasmig.binary.ir import Module as IRModule
 from wasmig.engines.base import Instance
 from wasmig.engines.wasmtime.runtime import _VALTYPE, Exports, WasmtimeInstance
 from wasmig.engines.wasmtime.runtime import engine as wasmtime_engine
+from wasmig.engines.wasmtime.threads import SharedMemoryView, _define_shared_memory
 from wasmig.errors import LinkError
 from wasmig.interp.calls import convert_results
 from wasmig.interp.instantiate import _resolve_import
@@ -101,6 +102,9 @@ def define_host_imports(inst: WasmtimeInstance, linker: wasmtime.Linker,
         owned = host_imports[imp.module][imp.name]
         if isinstance(owned, _STORE_EXTERNS):  # same store (see store_of_imports): wasmtime checks the type
             linker.define(inst.store, imp.module, imp.name, owned.wasmtime_extern)
+            continue
+        if isinstance(owned, WasmtimeSharedMemory):  # the engine's: any store can import it
+            _define_shared_memory(linker, inst.store, imp.module, imp.name, owned.wasmtime_extern)
             continue
         ext = _resolve_import(imp, host_imports, ir)  # the interpreter's checks and messages
         where = f"{imp.module}.{imp.name}"
@@ -218,6 +222,55 @@ class WasmtimeMemory:
         return f"<wasmtime memory, {len(self) // PAGE_SIZE} pages>"
 
 
+class WasmtimeSharedMemory:
+    """A shared memory (threads proposal) on wasmtime — a host one made by :meth:`create`, or a
+    wasmtime instance's export — with ``WasmtimeMemory``'s methods. It belongs to the engine, not
+    to a store, so an instance of any store can import it."""
+
+    def __init__(self, memory: wasmtime.SharedMemory) -> None:
+        self._memory = memory
+        self._view = SharedMemoryView(memory)
+
+    @classmethod
+    def create(cls, minimum: int, maximum: int) -> WasmtimeSharedMemory:
+        """A host shared memory of ``minimum`` (up to ``maximum``, which a shared memory must have) pages."""
+        ty = wasmtime.MemoryType(wasmtime.Limits(minimum, maximum), shared=True)
+        return cls(wasmtime.SharedMemory(wasmtime_engine(), ty))
+
+    @property
+    def wasmtime_extern(self) -> wasmtime.SharedMemory:
+        return self._memory
+
+    @property
+    def size_pages(self) -> int:
+        return len(self) // PAGE_SIZE
+
+    def __len__(self) -> int:
+        return self._memory.data_len()
+
+    def read(self, offset: int, n: int) -> bytes:
+        size = len(self)
+        if offset < 0 or n < 0 or offset + n > size:
+            raise IndexError(f"memory read [{offset}, {offset + n}) out of bounds ({size} bytes)")
+        return bytes(self._view()[offset:offset + n])
+
+    def write(self, offset: int, data: bytes) -> None:
+        size = len(self)
+        if offset < 0 or offset + len(data) > size:
+            raise IndexError(f"memory write [{offset}, {offset + len(data)}) out of bounds ({size} bytes)")
+        self._view()[offset:offset + len(data)] = data
+
+    def grow(self, delta: int) -> int:
+        """Grow by ``delta`` pages; return the old size in pages, or -1 (as wasm's memory.grow)."""
+        try:
+            return self._memory.grow(delta)
+        except wasmtime.WasmtimeError:
+            return -1
+
+    def __repr__(self) -> str:
+        return f"<wasmtime shared memory, {self.size_pages} pages>"
+
+
 class WasmtimeGlobal(GlobalValue):
     """An exported global of a wasmtime instance: ``value`` (Python value), ``raw`` (type, bits)."""
 
@@ -267,6 +320,8 @@ class WasmtimeTable:
 
 #: externs that live in a wasmtime store: imported as themselves by instances of that store
 _STORE_EXTERNS = (WasmtimeMemory, WasmtimeTable, WasmtimeGlobal)
+#: and those with the engine's shared memories, imported by instances of any store
+_WASMTIME_EXTERNS = (*_STORE_EXTERNS, WasmtimeSharedMemory)
 _REF_TYPES = {"funcref": wasmtime.ValType.funcref, "externref": wasmtime.ValType.externref}
 
 
@@ -282,12 +337,14 @@ def store_of_imports(ir: IRModule, imports: Mapping[str, Mapping[str, Any]]) -> 
     store: wasmtime.Store | None = None
     for imp in ir.imports:
         ext = imports.get(imp.module, {}).get(imp.name)
-        if not isinstance(ext, _STORE_EXTERNS):
+        if not isinstance(ext, _WASMTIME_EXTERNS):
             continue
-        kind = {WasmtimeMemory: "memory", WasmtimeTable: "table", WasmtimeGlobal: "global"}[type(ext)]
+        kind = "global" if isinstance(ext, WasmtimeGlobal) else "table" if isinstance(ext, WasmtimeTable) else "memory"
         if kind != imp.kind:
             raise LinkError(f"incompatible import type: {imp.module}.{imp.name} must be a "
                             f"{'function' if imp.kind == 'func' else imp.kind}, not a {kind}")
+        if isinstance(ext, WasmtimeSharedMemory):
+            continue
         if store is not None and ext._store is not store:
             raise LinkError(f"cannot import {imp.module}.{imp.name} on wasmtime: the module's imported "
                             "memories, tables and globals come from two wasmtime stores")
@@ -314,7 +371,7 @@ class WasmtimeApiInstance(Instance):
         imports = imports or {}
         store = store_of_imports(module.ir, imports)
         for imp in module.ir.imports:  # every other import, with the interpreter's messages
-            if not isinstance(imports.get(imp.module, {}).get(imp.name), _STORE_EXTERNS):
+            if not isinstance(imports.get(imp.module, {}).get(imp.name), _WASMTIME_EXTERNS):
                 _resolve_import(imp, imports, module.ir)
         self.module = module
         self.wasi = None
@@ -331,6 +388,8 @@ class WasmtimeApiInstance(Instance):
                 ftype = ir.func_type(exp.index)
                 self._funcs[exp.name] = (obj, ftype)
                 items[exp.name] = WasmtimeFunction(self, exp.name, ftype)
+            elif exp.kind == "memory" and isinstance(obj, wasmtime.SharedMemory):
+                items[exp.name] = WasmtimeSharedMemory(obj)
             elif exp.kind == "memory":
                 items[exp.name] = WasmtimeMemory(store, obj)
             elif exp.kind == "global":
