@@ -195,6 +195,14 @@ def test_a_host_shared_memory_is_imported_by_instances_of_any_store() -> None:
     assert memory.grow(1) == 1 and second.exports["m"].size_pages == 2 and memory.grow(1) == -1
 
 
+def test_a_single_null_reference_result_is_one_result() -> None:
+    """wasmtime-py returns None both for "no results" and for one null reference."""
+    nulls = wat_module('(module (func (export "r") (result externref) ref.null extern) (func (export "n")))')
+    for name in ("r", "n"):
+        got = [wasmig.Instance(nulls, engine=e).invoke(name, raw=True) for e in ("interp", "wasmtime")]
+        assert got[0] == got[1], (name, got)
+
+
 def test_checkpointing_is_refused_with_directions(module: wasmig.Module) -> None:
     inst = wasmig.Instance(module, imports([]), engine="wasmtime")
     for call in (lambda: inst.stop_at(step=5), inst.checkpoint, inst.resume):

@@ -73,8 +73,11 @@ def _to_wasmtime(t: str, v: Any) -> Any:
     return v
 
 
-def _results(out: Any) -> list[Any]:
-    """wasmtime-py's result (None, a value, or a list for several) as a list."""
+def _results(out: Any, count: int) -> list[Any]:
+    """wasmtime-py's result for a function of ``count`` results (None, a value, or a list for
+    several) as a list; a single null reference is None too, so ``count`` tells the cases apart."""
+    if count == 1:
+        return [out]
     if out is None:
         return []
     return list(out) if isinstance(out, (list, tuple)) else [out]
@@ -415,7 +418,7 @@ class WasmtimeApiInstance(Instance):
         func, ftype = self._function(name)
         wargs = [_to_wasmtime(t, a) for t, a in zip(ftype.params, args, strict=True)]
         out = self.wasmtime_instance._guard(lambda: func(self.store, *wargs))
-        return [to_internal(t, v) for t, v in zip(ftype.results, _results(out), strict=True)]
+        return [to_internal(t, v) for t, v in zip(ftype.results, _results(out, len(ftype.results)), strict=True)]
 
     def invoke(self, name: str, *args: Any, raw: bool = False) -> Any:
         """Call the exported function ``name``, as :meth:`wasmig.Instance.invoke` does: Python
