@@ -372,12 +372,12 @@ def test_linking_scripts_on_wasmtime(tmp_path: Path) -> None:
     if not spec_runner.testsuite_dir().is_dir():
         pytest.skip(f"spec testsuite not found at {spec_runner.testsuite_dir()} (set WASMIG_TESTSUITE)")
     out = tmp_path / "linking.json"
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "tests.spec.runner", "--engine", "wasmtime", "--memory-limit-mb", "0",
          "--json", str(out), "--min-pass-rate", "0", "--only", *LINKING_SCRIPTS],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
-    assert out.exists(), "the spec runner wrote no results"
+    assert out.exists(), f"the spec runner wrote no results:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     results = json.loads(out.read_text(encoding="utf-8"))
     failures = [(f["file"], f["line"], f.get("got", "")) for r in results["files"] for f in r["failures"]]
     assert not failures, failures[:5]
