@@ -15,7 +15,7 @@ import sys
 import pytest
 
 import wasmig
-from tests.wat import wat_module
+from tests.wat import threads_module, wat_module
 from wasmig.session import restore as api
 
 pytest.importorskip("wasmtime")
@@ -130,6 +130,77 @@ def test_shared_memories_and_mutable_globals_are_refused_clearly() -> None:
     assert "a mutable global cannot be shared" in link_error(
         glob, "wasmtime", {"env": {"g": wasmig.Global("i32", 1, mutable=True)}})
     wasmig.Instance(glob, {"env": {"g": wasmig.Global("i32", 1, mutable=True)}})  # fine on the interpreter
+
+
+SHARES = """
+(module
+  (import "host" "memory" (memory 1 3))
+  (import "host" "table" (table 2 funcref))
+  (func $seven (result i32) i32.const 7)
+  (elem (i32.const 1) func $seven)
+  (type $t (func (result i32)))
+  (func (export "load") (param i32) (result i32) (i32.load8_u (local.get 0)))
+  (func (export "store") (param i32 i32) (i32.store8 (local.get 0) (local.get 1)))
+  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+  (func (export "call") (param i32) (result i32) (call_indirect (type $t) (local.get 0))))
+"""
+
+
+def test_memories_and_tables_of_a_wasmtime_store_are_shared_by_its_instances() -> None:
+    """What the spec suites' imports.wast needs on wasmtime: a host memory and table made in a
+    store are the same objects in every instance importing them (writes, growth, table entries),
+    and an instance's exported memory can be imported by the next."""
+    from wasmig.engines.wasmtime.api import WasmtimeMemory, WasmtimeTable, new_store
+
+    store = new_store()
+    host = {"host": {"memory": WasmtimeMemory.create(store, 1, 3), "table": WasmtimeTable.create(store, "funcref", 2)}}
+    first = wasmig.Instance(wat_module(SHARES), host, engine="wasmtime")
+    second = wasmig.Instance(wat_module(SHARES), host, engine="wasmtime")
+    first.exports["store"](100, 42)
+    assert second.exports["load"](100) == 42 and host["host"]["memory"].read(100, 1) == b"*"
+    assert second.exports["grow"](1) == 1 and first.exports["grow"](0) == 2
+    assert first.exports["call"](1) == 7 and host["host"]["table"].size == 2
+    reexport = wat_module('(module (import "host" "memory" (memory 1)) (export "m" (memory 0)))')
+    chained = wasmig.Instance(reexport, host, engine="wasmtime")
+    third = wasmig.Instance(wat_module(SHARES), {"host": {**host["host"], "memory": chained.exports["m"]}},
+                            engine="wasmtime")
+    assert third.exports["load"](100) == 42
+
+
+def test_externs_of_two_stores_or_the_wrong_kind_are_link_errors() -> None:
+    from wasmig.engines.wasmtime.api import WasmtimeMemory, WasmtimeTable, new_store
+
+    host = {"host": {"memory": WasmtimeMemory.create(new_store(), 1),
+                     "table": WasmtimeTable.create(new_store(), "funcref", 2)}}
+    assert "come from two wasmtime stores" in link_error(wat_module(SHARES), "wasmtime", host)
+    store = new_store()
+    table = WasmtimeTable.create(store, "funcref", 2)
+    wrong = {"host": {"memory": table, "table": table}}
+    assert "host.memory must be a memory, not a table" in link_error(wat_module(SHARES), "wasmtime", wrong)
+    small = {"host": {"memory": WasmtimeMemory.create(store, 1, 5), "table": table}}
+    assert "cannot instantiate on wasmtime" in link_error(wat_module(SHARES), "wasmtime", small)  # max 5 > 3
+    with pytest.raises(ValueError, match="funcref or externref"):
+        WasmtimeTable.create(store, "i32", 1)
+
+
+def test_a_host_shared_memory_is_imported_by_instances_of_any_store() -> None:
+    from wasmig.engines.wasmtime.api import WasmtimeSharedMemory
+
+    shared = threads_module("""(module (import "host" "m" (memory 1 2 shared)) (export "m" (memory 0))
+      (func (export "add") (param i32 i32) (result i32) (i32.atomic.rmw.add (local.get 0) (local.get 1))))""")
+    memory = WasmtimeSharedMemory.create(1, 2)
+    first, second = (wasmig.Instance(shared, {"host": {"m": memory}}, engine="wasmtime") for _ in range(2))
+    assert first.exports["add"](8, 5) == 0 and second.exports["add"](8, 1) == 5
+    assert memory.read(8, 1) == b"\x06" and second.exports["m"].read(8, 1) == b"\x06"
+    assert memory.grow(1) == 1 and second.exports["m"].size_pages == 2 and memory.grow(1) == -1
+
+
+def test_a_single_null_reference_result_is_one_result() -> None:
+    """wasmtime-py returns None both for "no results" and for one null reference."""
+    nulls = wat_module('(module (func (export "r") (result externref) ref.null extern) (func (export "n")))')
+    for name in ("r", "n"):
+        got = [wasmig.Instance(nulls, engine=e).invoke(name, raw=True) for e in ("interp", "wasmtime")]
+        assert got[0] == got[1], (name, got)
 
 
 def test_checkpointing_is_refused_with_directions(module: wasmig.Module) -> None:

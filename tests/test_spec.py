@@ -357,3 +357,28 @@ def test_spec_suite(tmp_path: Path, threshold: str | None) -> None:
             f"({totals['passed']}/{totals['total']}):\n{proc.stdout}"
         )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+#: the scripts that link host or another instance's memories, tables and globals
+LINKING_SCRIPTS = ("imports", "linking", "data", "elem", "global", "table")
+
+
+def test_linking_scripts_on_wasmtime(tmp_path: Path) -> None:
+    """On wasmtime every command of the scripts that import memories, tables and globals passes:
+    spectest's live in a wasmtime store its importers are made in (wasmig/engines/wasmtime/api.py)."""
+    pytest.importorskip("wasmtime")
+    if shutil.which("wast2json") is None:
+        pytest.skip("wast2json (wabt) is not installed")
+    if not spec_runner.testsuite_dir().is_dir():
+        pytest.skip(f"spec testsuite not found at {spec_runner.testsuite_dir()} (set WASMIG_TESTSUITE)")
+    out = tmp_path / "linking.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.spec.runner", "--engine", "wasmtime", "--memory-limit-mb", "0",
+         "--json", str(out), "--min-pass-rate", "0", "--only", *LINKING_SCRIPTS],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert out.exists(), f"the spec runner wrote no results:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    results = json.loads(out.read_text(encoding="utf-8"))
+    failures = [(f["file"], f["line"], f.get("got", "")) for r in results["files"] for f in r["failures"]]
+    assert not failures, failures[:5]
+    assert {r["name"] for r in results["files"]} == set(LINKING_SCRIPTS)

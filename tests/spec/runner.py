@@ -316,8 +316,12 @@ def _describe_exc(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def make_spectest(api: Any, features: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The ``spectest`` host module every script may import from (as the reference interpreter has it)."""
+def make_spectest(api: Any, features: frozenset[str] = frozenset(), engine: str = "interp") -> dict[str, Any]:
+    """The ``spectest`` host module every script may import from (as the reference interpreter has it).
+
+    On wasmtime its memory and table live in a wasmtime store made here (wasmtime links within a
+    store only): the script's instances that import them are instantiated in that store; its
+    shared memory is a wasmtime shared memory, which any store can import."""
 
     def nothing(*_args: Any) -> None:
         return None
@@ -336,9 +340,20 @@ def make_spectest(api: Any, features: frozenset[str] = frozenset()) -> dict[str,
     module["global_i64"] = api.Global("i64", 666, mutable=False)
     module["global_f32"] = api.Global("f32", 666.6, mutable=False)
     module["global_f64"] = api.Global("f64", 666.6, mutable=False)
-    module["table"] = api.Table("funcref", 10, 20)
-    module["memory"] = api.Memory(1, 2)
-    if "threads" in features:  # the threads proposal's testsuite imports a shared memory too
+    if engine == "wasmtime":
+        from wasmig.engines.wasmtime.api import WasmtimeMemory, WasmtimeTable, new_store
+
+        store = new_store()
+        module["table"] = WasmtimeTable.create(store, "funcref", 10, 20)
+        module["memory"] = WasmtimeMemory.create(store, 1, 2)
+    else:
+        module["table"] = api.Table("funcref", 10, 20)
+        module["memory"] = api.Memory(1, 2)
+    if "threads" in features and engine == "wasmtime":  # the threads proposal's testsuite imports a shared memory
+        from wasmig.engines.wasmtime.api import WasmtimeSharedMemory
+
+        module["shared_memory"] = WasmtimeSharedMemory.create(1, 2)
+    elif "threads" in features:
         module["shared_memory"] = api.Memory(1, 2, shared=True)
     return module
 
@@ -434,7 +449,7 @@ class ScriptRunner:
         """``spectest`` plus everything registered so far; ``spectest`` is built on first use, once."""
         if self._spectest is None:
             try:
-                self._spectest = make_spectest(self.api, self.features)
+                self._spectest = make_spectest(self.api, self.features, self.engine)
             except Exception as exc:  # the host externs are API under test too: fail the command
                 raise _Expectation("spectest host externs", _describe_exc(exc), _short_traceback(exc)) from exc
         imports: dict[str, dict[str, Any]] = {"spectest": self._spectest}

@@ -10,8 +10,12 @@ with the interpreter's surface where it makes sense:
   globals ``value`` and ``raw``; tables ``size``;
 - :meth:`~WasmtimeApiInstance.invoke` ``(name, *args, raw=False)``, the same conventions;
 - imports: functions (``wasmig.HostFunc``, or a function exported by another instance of either
-  engine) and immutable ``wasmig.Global``s. Memories, tables and mutable globals cannot be
-  shared with a wasmtime store, so importing them is a :class:`~wasmig.LinkError` that says so;
+  engine), immutable ``wasmig.Global``s, and the memories, tables and globals of one wasmtime
+  store — exported by an instance, or made by :meth:`WasmtimeMemory.create` /
+  :meth:`WasmtimeTable.create` in a :func:`new_store` — which the instance then shares, being
+  made in that store (wasmtime links within a store only). The interpreter's memories, tables
+  and mutable globals cannot be shared with a wasmtime store, so importing them is a
+  :class:`~wasmig.LinkError` that says so;
 - a trap is a :class:`wasmig.Trap` with the interpreter's reason and backtrace format; an
   exception raised by a host function comes out of the call as itself.
 
@@ -36,6 +40,8 @@ from wasmig.binary.ir import FuncType
 from wasmig.binary.ir import Module as IRModule
 from wasmig.engines.base import Instance
 from wasmig.engines.wasmtime.runtime import _VALTYPE, Exports, WasmtimeInstance
+from wasmig.engines.wasmtime.runtime import engine as wasmtime_engine
+from wasmig.engines.wasmtime.threads import SharedMemoryView, _define_shared_memory
 from wasmig.errors import LinkError
 from wasmig.interp.calls import convert_results
 from wasmig.interp.instantiate import _resolve_import
@@ -67,8 +73,11 @@ def _to_wasmtime(t: str, v: Any) -> Any:
     return v
 
 
-def _results(out: Any) -> list[Any]:
-    """wasmtime-py's result (None, a value, or a list for several) as a list."""
+def _results(out: Any, count: int) -> list[Any]:
+    """wasmtime-py's result for a function of ``count`` results (None, a value, or a list for
+    several) as a list; a single null reference is None too, so ``count`` tells the cases apart."""
+    if count == 1:
+        return [out]
     if out is None:
         return []
     return list(out) if isinstance(out, (list, tuple)) else [out]
@@ -84,7 +93,8 @@ def define_host_imports(inst: WasmtimeInstance, linker: wasmtime.Linker,
                         host_imports: Mapping[str, Mapping[str, Any]]) -> None:
     """Define the module's imports found in ``host_imports`` in ``linker``: functions as wasmtime
     host functions (an exception they raise is kept by ``inst`` and re-raised as itself once
-    wasmtime unwound), immutable globals as fresh wasmtime globals holding their value."""
+    wasmtime unwound), immutable globals as fresh wasmtime globals holding their value, externs of
+    ``inst``'s store as themselves."""
     ir = inst.module.ir
     done: set[tuple[str, str]] = set()
     for imp in ir.imports:
@@ -92,6 +102,13 @@ def define_host_imports(inst: WasmtimeInstance, linker: wasmtime.Linker,
         if key in done or imp.name not in host_imports.get(imp.module, {}):
             continue
         done.add(key)
+        owned = host_imports[imp.module][imp.name]
+        if isinstance(owned, _STORE_EXTERNS):  # same store (see store_of_imports): wasmtime checks the type
+            linker.define(inst.store, imp.module, imp.name, owned.wasmtime_extern)
+            continue
+        if isinstance(owned, WasmtimeSharedMemory):  # the engine's: any store can import it
+            _define_shared_memory(linker, inst.store, imp.module, imp.name, owned.wasmtime_extern)
+            continue
         ext = _resolve_import(imp, host_imports, ir)  # the interpreter's checks and messages
         where = f"{imp.module}.{imp.name}"
         if imp.kind == "func":
@@ -108,8 +125,9 @@ def define_host_imports(inst: WasmtimeInstance, linker: wasmtime.Linker,
         else:
             what = "a mutable global" if imp.kind == "global" and ext.mutable else f"a {imp.kind}"
             raise LinkError(f"cannot import {where} on wasmtime: {what} cannot be shared with a wasmtime "
-                            "instance (it imports host functions and immutable numeric globals); use "
-                            "engine='interp'")
+                            "instance (it imports host functions, immutable numeric globals, and the memories, tables "
+                            "and globals of a wasmtime store: WasmtimeMemory.create, an instance's exports); "
+                            "use engine='interp'")
 
 
 def _call_internal(ext: FuncInst, args: list[Any]) -> list[Any]:
@@ -160,11 +178,22 @@ class WasmtimeFunction(HostFunc):
 
 
 class WasmtimeMemory:
-    """An exported linear memory of a wasmtime instance (the interpreter's ``Memory`` methods)."""
+    """An exported linear memory of a wasmtime instance (the interpreter's ``Memory`` methods), or
+    a host memory made by :meth:`create`; instances of its store can import it."""
 
     def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
         self._store = store
         self._memory = memory
+
+    @classmethod
+    def create(cls, store: wasmtime.Store, minimum: int, maximum: int | None = None) -> WasmtimeMemory:
+        """A host memory of ``minimum`` (up to ``maximum``) pages in ``store``: wasmtime links
+        within one store, so this is how a host memory reaches a wasmtime instance."""
+        return cls(store, wasmtime.Memory(store, wasmtime.MemoryType(wasmtime.Limits(minimum, maximum))))
+
+    @property
+    def wasmtime_extern(self) -> wasmtime.Memory:
+        return self._memory
 
     @property
     def size_pages(self) -> int:
@@ -196,6 +225,55 @@ class WasmtimeMemory:
         return f"<wasmtime memory, {len(self) // PAGE_SIZE} pages>"
 
 
+class WasmtimeSharedMemory:
+    """A shared memory (threads proposal) on wasmtime — a host one made by :meth:`create`, or a
+    wasmtime instance's export — with ``WasmtimeMemory``'s methods. It belongs to the engine, not
+    to a store, so an instance of any store can import it."""
+
+    def __init__(self, memory: wasmtime.SharedMemory) -> None:
+        self._memory = memory
+        self._view = SharedMemoryView(memory)
+
+    @classmethod
+    def create(cls, minimum: int, maximum: int) -> WasmtimeSharedMemory:
+        """A host shared memory of ``minimum`` (up to ``maximum``, which a shared memory must have) pages."""
+        ty = wasmtime.MemoryType(wasmtime.Limits(minimum, maximum), shared=True)
+        return cls(wasmtime.SharedMemory(wasmtime_engine(), ty))
+
+    @property
+    def wasmtime_extern(self) -> wasmtime.SharedMemory:
+        return self._memory
+
+    @property
+    def size_pages(self) -> int:
+        return len(self) // PAGE_SIZE
+
+    def __len__(self) -> int:
+        return self._memory.data_len()
+
+    def read(self, offset: int, n: int) -> bytes:
+        size = len(self)
+        if offset < 0 or n < 0 or offset + n > size:
+            raise IndexError(f"memory read [{offset}, {offset + n}) out of bounds ({size} bytes)")
+        return bytes(self._view()[offset:offset + n])
+
+    def write(self, offset: int, data: bytes) -> None:
+        size = len(self)
+        if offset < 0 or offset + len(data) > size:
+            raise IndexError(f"memory write [{offset}, {offset + len(data)}) out of bounds ({size} bytes)")
+        self._view()[offset:offset + len(data)] = data
+
+    def grow(self, delta: int) -> int:
+        """Grow by ``delta`` pages; return the old size in pages, or -1 (as wasm's memory.grow)."""
+        try:
+            return self._memory.grow(delta)
+        except wasmtime.WasmtimeError:
+            return -1
+
+    def __repr__(self) -> str:
+        return f"<wasmtime shared memory, {self.size_pages} pages>"
+
+
 class WasmtimeGlobal(GlobalValue):
     """An exported global of a wasmtime instance: ``value`` (Python value), ``raw`` (type, bits)."""
 
@@ -206,6 +284,10 @@ class WasmtimeGlobal(GlobalValue):
         self.mutable = mutable
 
     @property
+    def wasmtime_extern(self) -> wasmtime.Global:
+        return self._global
+
+    @property
     def internal(self) -> Any:
         return to_internal(self.type, self._global.value(self._store))
 
@@ -214,16 +296,63 @@ class WasmtimeGlobal(GlobalValue):
 
 
 class WasmtimeTable:
-    """An exported table of a wasmtime instance (its size; elements stay inside wasmtime)."""
+    """An exported table of a wasmtime instance (its size; elements stay inside wasmtime), or a
+    host table of null references made by :meth:`create`; instances of its store can import it."""
 
     def __init__(self, store: wasmtime.Store, table: wasmtime.Table, elem_type: str) -> None:
         self._store = store
         self._table = table
         self.elem_type = elem_type
 
+    @classmethod
+    def create(cls, store: wasmtime.Store, elem_type: str, minimum: int, maximum: int | None = None) -> WasmtimeTable:
+        """A host table of ``minimum`` (up to ``maximum``) null ``elem_type`` references in ``store``."""
+        if elem_type not in _REF_TYPES:
+            raise ValueError(f"a table holds funcref or externref, not {elem_type!r}")
+        ty = wasmtime.TableType(_REF_TYPES[elem_type](), wasmtime.Limits(minimum, maximum))
+        return cls(store, wasmtime.Table(store, ty, None), elem_type)
+
+    @property
+    def wasmtime_extern(self) -> wasmtime.Table:
+        return self._table
+
     @property
     def size(self) -> int:
         return self._table.size(self._store)
+
+
+#: externs that live in a wasmtime store: imported as themselves by instances of that store
+_STORE_EXTERNS = (WasmtimeMemory, WasmtimeTable, WasmtimeGlobal)
+#: and those with the engine's shared memories, imported by instances of any store
+_WASMTIME_EXTERNS = (*_STORE_EXTERNS, WasmtimeSharedMemory)
+_REF_TYPES = {"funcref": wasmtime.ValType.funcref, "externref": wasmtime.ValType.externref}
+
+
+def new_store() -> wasmtime.Store:
+    """A store of wasmig's wasmtime engine, for host memories and tables (:meth:`WasmtimeMemory.create`)."""
+    return wasmtime.Store(wasmtime_engine())
+
+
+def store_of_imports(ir: IRModule, imports: Mapping[str, Mapping[str, Any]]) -> wasmtime.Store | None:
+    """The store of the wasmtime memories, tables and globals ``ir`` imports (None: it imports
+    none), after checking each is of the kind the import names; wasmtime links only within a
+    store, so externs of two stores cannot meet in one instance."""
+    store: wasmtime.Store | None = None
+    for imp in ir.imports:
+        ext = imports.get(imp.module, {}).get(imp.name)
+        if not isinstance(ext, _WASMTIME_EXTERNS):
+            continue
+        kind = "global" if isinstance(ext, WasmtimeGlobal) else "table" if isinstance(ext, WasmtimeTable) else "memory"
+        if kind != imp.kind:
+            raise LinkError(f"incompatible import type: {imp.module}.{imp.name} must be a "
+                            f"{'function' if imp.kind == 'func' else imp.kind}, not a {kind}")
+        if isinstance(ext, WasmtimeSharedMemory):
+            continue
+        if store is not None and ext._store is not store:
+            raise LinkError(f"cannot import {imp.module}.{imp.name} on wasmtime: the module's imported "
+                            "memories, tables and globals come from two wasmtime stores")
+        store = ext._store
+    return store
 
 
 # --- the instance -----------------------------------------------------------------------------
@@ -243,11 +372,14 @@ class WasmtimeApiInstance(Instance):
         if max_frames is not None or not initialize:
             raise TypeError("max_frames and initialize=False are interpreter options")
         imports = imports or {}
-        for imp in module.ir.imports:  # every import, with the interpreter's messages
-            _resolve_import(imp, imports, module.ir)
+        store = store_of_imports(module.ir, imports)
+        for imp in module.ir.imports:  # every other import, with the interpreter's messages
+            if not isinstance(imports.get(imp.module, {}).get(imp.name), _WASMTIME_EXTERNS):
+                _resolve_import(imp, imports, module.ir)
         self.module = module
         self.wasi = None
-        self.wasmtime_instance = WasmtimeInstance(module, None, cache_dir=cache_dir, host_imports=imports)
+        self.wasmtime_instance = WasmtimeInstance(module, None, cache_dir=cache_dir, host_imports=imports,
+                                                  store=store)
         store = self.wasmtime_instance.store
         raw = self.wasmtime_instance.exports
         ir = module.ir
@@ -259,6 +391,8 @@ class WasmtimeApiInstance(Instance):
                 ftype = ir.func_type(exp.index)
                 self._funcs[exp.name] = (obj, ftype)
                 items[exp.name] = WasmtimeFunction(self, exp.name, ftype)
+            elif exp.kind == "memory" and isinstance(obj, wasmtime.SharedMemory):
+                items[exp.name] = WasmtimeSharedMemory(obj)
             elif exp.kind == "memory":
                 items[exp.name] = WasmtimeMemory(store, obj)
             elif exp.kind == "global":
@@ -284,7 +418,7 @@ class WasmtimeApiInstance(Instance):
         func, ftype = self._function(name)
         wargs = [_to_wasmtime(t, a) for t, a in zip(ftype.params, args, strict=True)]
         out = self.wasmtime_instance._guard(lambda: func(self.store, *wargs))
-        return [to_internal(t, v) for t, v in zip(ftype.results, _results(out), strict=True)]
+        return [to_internal(t, v) for t, v in zip(ftype.results, _results(out, len(ftype.results)), strict=True)]
 
     def invoke(self, name: str, *args: Any, raw: bool = False) -> Any:
         """Call the exported function ``name``, as :meth:`wasmig.Instance.invoke` does: Python

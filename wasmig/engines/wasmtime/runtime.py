@@ -375,7 +375,7 @@ class WasmtimeInstance:
                  use_cache: bool = True, fast_host_calls: bool | None = None,
                  code: bytes | Callable[[], bytes] | None = None, compiled: wasmtime.Module | None = None,
                  host_imports: Mapping[str, Mapping[str, Any]] | None = None,
-                 links: ExtraLinks | None = None) -> None:
+                 links: ExtraLinks | None = None, store: wasmtime.Store | None = None) -> None:
         """``code``: the bytes to run instead of ``module``'s own — the instrumented module, which
         has the same imports and function indices (traps then name the original's functions); a
         callable giving them when first needed (a trap's offsets), with ``compiled``: those bytes,
@@ -383,7 +383,9 @@ class WasmtimeInstance:
         ``host_imports``: wasmig externs (``HostFunc``, immutable ``Global``) by module and field,
         for imports ``wasi`` does not serve (``wasmig.Instance(..., engine="wasmtime")``, see
         :mod:`wasmig.engines.wasmtime.api`). ``links``: a wasi-threads thread's engine, imports and
-        WASI wrapper (``compiled`` then made by that engine)."""
+        WASI wrapper (``compiled`` then made by that engine). ``store``: the store to instantiate in
+        (one whose memories, tables or globals the module imports: wasmtime links within a store
+        only); a fresh one by default."""
         self.module = module
         self.wasi = wasi
         self._code = _Code(module, code)
@@ -425,7 +427,7 @@ class WasmtimeInstance:
                     _ = module.validation  # wasmig's own words for what is wrong with the module, if it finds it
                 raise
         wasm_engine = links.wasm_engine if links is not None else engine()
-        self.store = wasmtime.Store(wasm_engine)
+        self.store = store if store is not None else wasmtime.Store(wasm_engine)
         self._wasm_engine = wasm_engine
         linker = wasmtime.Linker(wasm_engine)
         self.memory_view: LinearMemoryView | None = None
