@@ -12,14 +12,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.ray_cluster import wait_for
-from tests.s3_server import moto_s3
 from tests.test_ray_fleet import cluster, expected_run  # noqa: F401 - cluster: the fixture
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -27,12 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS, MS = 120, 60  # ~7 s of sleeping and more: alive while the controller is killed and made again
 
 
-@pytest.fixture(scope="module", autouse=True)
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's S3 server on loopback, in the environment before the cluster starts (autouse: made
-    first; the cluster's workers inherit the endpoint and the test credentials from its nodes)."""
-    with moto_s3(tmp_path_factory.mktemp("aws")) as endpoint:
-        yield endpoint
+@pytest.fixture(scope="module")
+def s3_endpoint(cluster: Any) -> str:  # noqa: F811 - cluster: the imported fixture
+    """moto's S3 server on loopback that the cluster fixture started before the cluster (the
+    nodes' workers inherit its endpoint and the test credentials)."""
+    return os.environ["WASMIG_TEST_S3"]
 
 
 @pytest.mark.slow

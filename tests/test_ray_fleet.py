@@ -2,6 +2,9 @@
 move and finish with the bytes an uninterrupted run prints and writes), a job moved to a node
 that runs the interpreter, a node's raylet killed (its jobs go on elsewhere from their latest
 checkpoint, the output log truncated to it, so a deterministic job's output is again exact).
+A third of the jobs, and the pinned one (moved live across engines, then lost with its node),
+keep their snapshots, log and lease in an S3 bucket (moto's server on 127.0.0.1) instead of a
+shared path, so the drain, the move and the node's death handle both kinds of store.
 
 One cluster on this machine, every address 127.0.0.1: a head and two workers, the second
 labelled ``wasmig-engine=interp``. The scenario is one test, in order, since it moves the same
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.ray_cluster import listening_addresses, loopback_cluster, wait_for
+from tests.s3_server import moto_s3
 from wasmig.ray.joblog import JobLog, read_stream, recorded_counts
 from wasmig.ray.placement import choose_node, node_engine, resolve_node
 from wasmig.ray.spec import FleetError, Placement
@@ -224,9 +228,16 @@ def test_sigterm_checkpoints_and_stops_then_the_job_restores(tmp_path: Path, eng
 
 # --- on a cluster ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    with loopback_cluster() as c:
-        yield c
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The cluster, started with moto's S3 server on loopback already in the environment (its
+    nodes' workers inherit the endpoint and the test credentials)."""
+    with moto_s3(tmp_path_factory.mktemp("aws")) as endpoint:
+        os.environ["WASMIG_TEST_S3"] = endpoint
+        try:
+            with loopback_cluster() as c:
+                yield c
+        finally:
+            os.environ.pop("WASMIG_TEST_S3", None)
 
 
 @pytest.mark.slow
@@ -251,20 +262,22 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     data = tmp_path / "data"
     data.mkdir()
     store = tmp_path / "store"
+    bucket = s3_bucket()
     ctl = client.controller()
     assert client.call(ctl.home) == head  # so losing a worker never loses the job table
 
-    def submit(name: str, steps: int = STEPS, live: bool = True, **placement: Any) -> str:
+    def submit(name: str, steps: int = STEPS, live: bool = True, s3: bool = False, **placement: Any) -> str:
         spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=(name, str(steps), str(MS)),
-                       dirs=((str(data), "data"),), store=str(store), checkpoint_every=0.3,
-                       placement=Placement(**placement), num_cpus=0.25, live=live)
+                       dirs=((str(data), "data"),), store=f"s3://{bucket}/fleet" if s3 else str(store),
+                       checkpoint_every=0.3, placement=Placement(**placement), num_cpus=0.25, live=live)
         return client.call(ctl.submit, spec)
 
     names = [f"job{i}" for i in range(JOBS)]
-    # odd jobs move by checkpoint-stop-restore, even ones live (pre-copy)
-    jobs = {name: submit(name, live=i % 2 == 0) for i, name in enumerate(names)}
-    jobs["pinned"] = submit("pinned", steps=LONG_STEPS, node=head[:10])
+    # odd jobs move by checkpoint-stop-restore, even ones live (pre-copy); every third job's store is S3
+    jobs = {name: submit(name, live=i % 2 == 0, s3=i % 3 == 2) for i, name in enumerate(names)}
+    jobs["pinned"] = submit("pinned", steps=LONG_STEPS, s3=True, node=head[:10])  # moves live, then its node dies
     jobs["long"] = submit("long", steps=LONG_STEPS)  # still running when a node dies below
+    in_s3 = {jobs[f"job{i}"] for i in range(2, JOBS, 3)} | {jobs["pinned"]}
     rows = {r["job"]: r for r in client.call(ctl.ps)}
     assert rows[jobs["pinned"]]["node"] == head
     assert {r["node"] for r in rows.values()} == {head, plain, interp}  # spread by load
@@ -314,6 +327,10 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
         if job in victims and row["restarts"]:
             assert row["node"] != interp
     assert jobs["long"] in victims and client.call(ctl.job, jobs["long"])["restarts"] >= 1
+    assert jobs["pinned"] in victims and client.call(ctl.job, jobs["pinned"])["restarts"] >= 1  # S3: lease taken
+    for job in in_s3:  # nothing of theirs on the shared path, all of it in the bucket
+        assert not (store / job).exists(), job
+        assert any(k.startswith(f"fleet/{job}/snapshots/") for k in s3_keys(bucket, f"fleet/{job}/")), job
 
     # the command line against the same cluster
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
@@ -350,6 +367,26 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     cancelled = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "cancel", cli_job], capture_output=True,
                                text=True, env=env, timeout=120)
     assert cancelled.returncode == 1 and "already exited" in cancelled.stderr
+
+
+def s3_bucket() -> str:
+    """A new bucket on the test's S3 server."""
+    import uuid
+
+    import boto3
+
+    bucket = f"wasmig-fleet-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=os.environ["WASMIG_TEST_S3"], region_name="us-east-1").create_bucket(Bucket=bucket)
+    return bucket
+
+
+def s3_keys(bucket: str, prefix: str) -> set[str]:
+    """The keys under a prefix of a bucket on the test's S3 server."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["WASMIG_TEST_S3"], region_name="us-east-1")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
 
 
 def test_a_cluster_beyond_loopback_without_ray_tls_is_refused() -> None:
