@@ -119,10 +119,12 @@ def test_wasmtime_snapshots_restore_on_both_engines_with_the_uninterrupted_outpu
             assert expected[:printed] + rest == expected, f"restored on {engine}"
 
 
-@pytest.mark.parametrize("name", ("pthread_mutex", "pthread_condvar", "pthread_barrier"))
+@pytest.mark.parametrize("name", ("pthread_mutex_held", "pthread_condvar", "pthread_barrier"))
 def test_wasmtime_stops_threads_waiting_on_locks_and_restores_them_on_both_engines(name: str) -> None:
     """Threads waiting in the rerouted waits (on a mutex, a condition variable, a barrier) are
-    captured at a ``wait`` point, in their queues in order; their snapshots restore on both engines."""
+    captured at a ``wait`` point, in their queues in order; their snapshots restore on both engines.
+    The mutex case holds its mutex 300 ms while its workers start (pthread_mutex.c's contention is
+    too brief to be caught reliably on a loaded machine: its threads may run one after another)."""
     module = threaded_module(name)
     code, expected, _ = _uninterrupted(module)
     waiting: list[tuple[Snapshot, int]] = []
