@@ -39,7 +39,7 @@ lint: $(STAMP)
 	@$(VENV)/bin/ruff check wasmig tests benchmarks
 
 test: $(STAMP) wabt lint
-	@$(PY) -m pytest -n 2 -q -rs
+	@$(PY) -m pytest -n 2 -q -rs --durations=20
 
 # The suite on the lowest versions pyproject.toml allows (requirements-lowest.lock), in a venv of its own:
 # how the lower bounds of the ranges are known to hold.
