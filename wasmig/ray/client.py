@@ -86,6 +86,11 @@ def connect(address: str | None) -> None:
     if not ray.is_initialized():
         ray.init(address=resolved, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=False)
+        # The driver also enables faulthandler when it is off, which replaces wasmtime's handlers
+        # just the same: put them back (if this process made a wasmtime engine before).
+        from wasmig.engines.wasmtime import signals
+
+        signals.restore()
     check_cluster_encrypted(ray.nodes(), os.environ)
 
 
