@@ -115,10 +115,11 @@ def test_live_moves_lose_nothing_and_keep_a_servers_clients(cluster: Any, tmp_pa
 
 #: a driver that made a wasmtime engine before connecting: the handlers wasmtime installed for
 #: SIGSEGV, SIGILL and SIGFPE that another library replaced since, then a trap through wasmtime-py
-#: itself (which wasmig's own guard, wasmtime/signals.py, does not see)
+#: itself (which wasmig's own guard, engines/trap_signals.py, does not see)
 _DRIVER_KEEPS_HANDLERS = """
 import sys, wasmtime
-from wasmig.engines.wasmtime import runtime, signals
+from wasmig.engines import trap_signals as signals
+from wasmig.engines.wasmtime import runtime
 from wasmig.ray import client
 engine = runtime.engine()
 client.connect(sys.argv[1])

@@ -77,7 +77,7 @@ def connect(address: str | None) -> None:
     # A driver would install Ray's crash reporter (absl's failure signal handler) for SIGSEGV,
     # SIGILL and SIGFPE over wasmtime's, which turns those faults in wasm code into wasm traps:
     # once this process had made a wasmtime engine, any such trap (`unreachable`, an access out of
-    # bounds) would kill it instead (issue 20's crash of a pytest worker; wasmtime/signals.py).
+    # bounds) would kill it instead (issue 20's crash of a pytest worker; engines/trap_signals.py).
     # Ray's own switch for the JVM's handlers, read when the driver connects.
     ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
 
@@ -88,7 +88,7 @@ def connect(address: str | None) -> None:
                  configure_logging=False)
         # The driver also enables faulthandler when it is off, which replaces wasmtime's handlers
         # just the same: put them back (if this process made a wasmtime engine before).
-        from wasmig.engines.wasmtime import signals
+        from wasmig.engines import trap_signals as signals
 
         signals.restore()
     check_cluster_encrypted(ray.nodes(), os.environ)

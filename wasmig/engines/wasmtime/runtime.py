@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - another wasmtime-py layout
     _ffi = None
 
 from wasmig import checked, log
-from wasmig.engines.wasmtime import signals
+from wasmig.engines import trap_signals as signals
 from wasmig.engines.wasmtime.traps import _Code, _one_line, convert_trap
 from wasmig.errors import HostCallInterrupted, LinkError, ValidationError, WasmError
 from wasmig.hashing import fast_digest, fast_hash

@@ -1,4 +1,4 @@
-"""wasmtime's signal handlers stay the process's (wasmig/engines/wasmtime/signals.py, issue 20's
+"""wasmtime's signal handlers stay the process's (wasmig/engines/engines/trap_signals.py, issue 20's
 crash of a pytest worker): a library that replaces them after wasmtime installed them must not
 turn a wasm trap into the death of the process. Each case runs in a process of its own, so that
 a crash fails the test instead of killing the pytest worker."""
@@ -25,7 +25,7 @@ _SCRIPT = """
 import faulthandler, io, sys
 import wasmig
 from wasmig import engines
-from wasmig.engines.wasmtime import signals
+from wasmig.engines import trap_signals as signals
 from wasmig.engines.wasmtime.runtime import WasmtimeInstance
 from wasmig.wasi.preview1 import Wasi
 threaded = wasmig.Module.from_bytes(sys.stdin.buffer.read(), features={"threads"})
