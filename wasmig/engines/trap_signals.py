@@ -45,7 +45,6 @@ class _DlInfo(ctypes.Structure):
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 #: wasmtime's own action for each signal it handles, as :func:`remember` found it
 _WASMTIME: dict[int, _Sigaction] = {}
-_scratch = _Sigaction()
 
 
 def _current(sig: int) -> _Sigaction:
@@ -72,20 +71,15 @@ def remember() -> None:
     if _LIBC is None or len(_WASMTIME) == len(SIGNALS):
         return
     for sig in SIGNALS:
-        action = _current(sig)
-        if sig not in _WASMTIME and _in_wasmtime(action.handler):
-            _WASMTIME[sig] = action
+        if sig not in _WASMTIME:
+            action = _current(sig)
+            if _in_wasmtime(action.handler):
+                _WASMTIME[sig] = action
 
 
 def replaced() -> list[signal.Signals]:
     """The signals whose handler wasmtime installed and another library has replaced since."""
-    out = []
-    for sig, action in _WASMTIME.items():
-        if _LIBC is not None:
-            _LIBC.sigaction(sig, None, ctypes.byref(_scratch))
-            if _scratch.handler != action.handler:
-                out.append(signal.Signals(sig))
-    return out
+    return [signal.Signals(sig) for sig, action in _WASMTIME.items() if _current(sig).handler != action.handler]
 
 
 def restore() -> None:
