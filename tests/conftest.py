@@ -66,3 +66,19 @@ def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Keys:
     k = make_keys(tmp_path / "keys")
     monkeypatch.setenv("WASMIG_KEY_DIR", str(k.dir("source")))
     return k
+
+
+@pytest.fixture(autouse=True)
+def wasmtime_keeps_its_signal_handlers() -> Any:
+    """Fail the test after which wasmtime's signal handlers are no longer installed, and put them
+    back: a library that replaces or resets them (Ray's driver did, issue 20) would otherwise kill
+    the worker at a later, unrelated test's first trap in wasm, with no stack at all (pytest's
+    faulthandler, which prints every thread's stack on a native crash, is bypassed as well)."""
+    yield
+    from wasmig.engines import trap_signals
+
+    gone = trap_signals.replaced()
+    if gone:
+        trap_signals.restore()
+        pytest.fail(f"this test replaced wasmtime's handlers of {', '.join(s.name for s in gone)}: a later trap "
+                    "in wasm would kill the pytest worker (put back)", pytrace=False)

@@ -111,3 +111,44 @@ def test_live_moves_lose_nothing_and_keep_a_servers_clients(cluster: Any, tmp_pa
     assert listed.returncode == 0, listed.stderr
     line = next(line for line in listed.stdout.splitlines() if line.startswith(job))
     assert re.search(rf"exited\(0\)\s.*\s\d+ms  kv_server.wasm \(clients: {re.escape(public)}\)$", line), line
+
+
+#: a driver that made a wasmtime engine before connecting: the handlers wasmtime installed for
+#: SIGSEGV, SIGILL and SIGFPE that another library replaced since, then a trap through wasmtime-py
+#: itself (which wasmig's own guard, engines/trap_signals.py, does not see); the same once the
+#: driver disconnected
+_DRIVER_KEEPS_HANDLERS = """
+import sys, ray, wasmtime
+from wasmig.engines import trap_signals as signals
+from wasmig.engines.wasmtime import runtime
+from wasmig.ray import client
+engine = runtime.engine()
+module = wasmtime.Module(engine, '(module (func (export "f") unreachable))')
+
+def check():
+    print(sorted(s.name for s in signals.replaced()), flush=True)
+    store = wasmtime.Store(engine)
+    try:
+        wasmtime.Instance(store, module, []).exports(store)["f"](store)
+    except wasmtime.Trap:
+        print("trapped", flush=True)
+
+client.connect(sys.argv[1])
+check()
+ray.shutdown()
+check()
+"""
+
+
+def test_a_driver_keeps_wasmtimes_signal_handlers(cluster: Any) -> None:
+    """Issue 20's crash of a pytest worker: Ray's driver installed absl's crash reporter over
+    wasmtime's handlers, so a worker that had made a wasmtime engine and then connected died
+    (SIGILL, no Python error) at its next ``unreachable`` in wasm — and ``ray.shutdown()`` then
+    resets those signals to their default action, so the process died without even absl's
+    message. wasmig's client connects with Ray's failure signal handler off (and puts wasmtime's
+    handlers back if faulthandler, which the driver enables when it is off, replaced them). In a
+    process of its own, so a crash fails this test."""
+    done = subprocess.run([sys.executable, "-c", _DRIVER_KEEPS_HANDLERS, cluster.address], capture_output=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    assert done.stdout.decode().splitlines() == ["[]", "trapped"] * 2, done.stdout

@@ -25,6 +25,10 @@ def info(name: str, msg: str, *args: Any) -> None:
     _emit(name, INFO, msg, args)
 
 
+def warning(name: str, msg: str, *args: Any) -> None:
+    _emit(name, WARNING, msg, args)
+
+
 def _emit(name: str, level: int, msg: str, args: tuple[Any, ...]) -> None:
     logging = sys.modules.get("logging")
     if logging is not None:

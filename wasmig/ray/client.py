@@ -68,18 +68,29 @@ def connect(address: str | None) -> None:
     except ImportError:
         raise FleetError("Ray is not installed here: pip install 'wasmig[ray]'") from None
 
+    from ray._private import ray_constants
+
     if loopback:
         # ...and looks it up in its constants at each address lookup: when Ray was imported before
         # (by the caller), set it there, or Ray would retry the wrong address for minutes
-        from ray._private import ray_constants
-
         ray_constants.ENABLE_RAY_CLUSTER = False
+    # A driver would install Ray's crash reporter (absl's failure signal handler) for SIGSEGV,
+    # SIGILL and SIGFPE over wasmtime's, which turns those faults in wasm code into wasm traps:
+    # once this process had made a wasmtime engine, any such trap (`unreachable`, an access out of
+    # bounds) would kill it instead (issue 20's crash of a pytest worker; engines/trap_signals.py).
+    # Ray's own switch for the JVM's handlers, read when the driver connects.
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
 
     from wasmig.ray.controller import NAMESPACE
 
     if not ray.is_initialized():
         ray.init(address=resolved, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=False)
+        # The driver also enables faulthandler when it is off, which replaces wasmtime's handlers
+        # just the same: put them back (if this process made a wasmtime engine before).
+        from wasmig.engines import trap_signals as signals
+
+        signals.restore()
     check_cluster_encrypted(ray.nodes(), os.environ)
 
 

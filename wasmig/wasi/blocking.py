@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import select
 import threading
+import weakref
 from collections.abc import Callable
 
 from wasmig.errors import HostCallInterrupted
@@ -25,6 +26,11 @@ class Waiter:
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
+        # closed when the waiter is collected, if nobody closed it: every Wasi has one, and
+        # programs run through the API are never closed, so a long-lived process (a pytest worker)
+        # ran out of descriptors below 1024 that select() takes (issue 20's repeated runs); at most
+        # once, so that a descriptor number reused since is never closed again
+        self._closer = weakref.finalize(self, _close_pipe, self._r, self._w)
 
     def request(self) -> None:
         """Ask every current and future wait to give up (async-signal-safe enough for Python handlers)."""
@@ -60,11 +66,15 @@ class Waiter:
         self.wait([], [], max(0.0, seconds))
 
     def close(self) -> None:
-        for fd in (self._r, self._w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._closer()
+
+
+def _close_pipe(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 class Gate:

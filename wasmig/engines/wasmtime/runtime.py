@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - another wasmtime-py layout
     _ffi = None
 
 from wasmig import checked, log
+from wasmig.engines import trap_signals as signals
 from wasmig.engines.wasmtime.traps import _Code, _one_line, convert_trap
 from wasmig.errors import HostCallInterrupted, LinkError, ValidationError, WasmError
 from wasmig.hashing import fast_digest, fast_hash
@@ -133,7 +134,9 @@ def new_engine(settings: Mapping[str, Any]) -> wasmtime.Engine:
             raise WasmError(f"wasmtime-py {wasmtime_version()} has no engine setting {name!r}: "
                             "wasmig needs wasmtime 45 or newer")
         setattr(config, name, value)
-    return wasmtime.Engine(config)
+    made = wasmtime.Engine(config)
+    signals.remember()  # wasmtime installs its signal handlers with its first engine
+    return made
 
 
 @functools.cache
@@ -455,6 +458,7 @@ class WasmtimeInstance:
             define_host_imports(self, linker, host_imports)
         if links is not None:
             links.define(self, linker)
+        signals.restore()  # a trap in wasm must stay a trap, whatever library was loaded since
         self._instance = self._guard(lambda: linker.instantiate(self.store, compiled), instantiating=True)
         self.exports = Exports(_own_exports(self.store, self._instance))
         memory = self.exports.get("memory")
