@@ -28,9 +28,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wasmig.hashing import blake3
-from wasmig.snapshot.durable import create_temp, start_writeback, unlink_quietly
+from wasmig.snapshot.durable import create_temp, unlink_quietly
+from wasmig.snapshot.packfile import Frame, PackFile
 from wasmig.snapshot.state import PAGE_SIZE, SnapshotError
 
 PACK_MAGIC = b"WASMIGPACK"
@@ -45,9 +47,6 @@ PACK_RE = re.compile(r"pack-[0-9a-f]{16}-[0-9a-f]{8}\.pack")
 _LEGACY_DIR_RE = re.compile(r"[0-9a-f]{2}")
 _LEGACY_PAGE_RE = re.compile(r"[0-9a-f]{64}")
 _OPEN_FDS = 64  # packs a reader keeps open at once
-_IOV_MAX = 1024  # buffers per writev (Linux's limit)
-#: a writer starts the disk writing each run of this many new bytes (durable.start_writeback)
-WRITEBACK_EVERY = 8 << 20
 _tls = threading.local()  # per thread: a read buffer
 
 
@@ -243,47 +242,42 @@ class PackWriter:
     """Appends compressed pages to a new pack under a temporary name; :meth:`commit` adds the
     index, fsyncs once and renames it into place (the caller fsyncs the directory once).
 
-    :meth:`append` is called from one thread (the write pipeline's consumer); ``os.write``
-    releases the GIL, so the pipeline's workers hash and compress the next pages meanwhile.
-    Every :data:`WRITEBACK_EVERY` bytes it starts the disk writing them, so the final ``fsync``
-    waits for the last few megabytes rather than the whole pack."""
+    :meth:`append_many` is called from one thread (the write pipeline's consumer); the bytes go
+    to the disk through :class:`~wasmig.snapshot.packfile.PackFile` (``O_DIRECT`` from a reused
+    staging buffer where the filesystem allows it), whose writes release the GIL, so the
+    pipeline's workers hash and compress the next pages meanwhile."""
 
     def __init__(self, pages_dir: Path) -> None:
         self.final = pages_dir / new_pack_name()
         self.tmp, self._fd = create_temp(self.final)
         self.entries: list[tuple[bytes, int, int]] = []
-        self.offset = 0
-        self._written_back = 0  # bytes before this offset have had their writeback started
-        self._write(_HEADER.pack(PACK_MAGIC, PACK_VERSION))
+        try:
+            self._out = PackFile(self._fd, self.tmp)
+        except BaseException:
+            os.close(self._fd)
+            unlink_quietly(self.tmp)
+            raise
+        self._out.write([_HEADER.pack(PACK_MAGIC, PACK_VERSION)])
 
-    def _write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        self.offset += len(data)
+    @property
+    def offset(self) -> int:
+        """Bytes of the pack so far (after :meth:`commit`: its size)."""
+        return self._out.offset
 
     def append(self, h: str, comp: bytes) -> None:
         """Add page ``h`` (hex BLAKE3 of the page) as the zstd frame ``comp``."""
-        self.append_many([(h, comp)])
+        self.append_many([(h, (comp,))])
 
-    def append_many(self, pages: list[tuple[str, bytes]]) -> None:
-        """:meth:`append` several pages with one ``writev``."""
+    def append_many(self, pages: list[tuple[str, Frame]]) -> None:
+        """:meth:`append` several pages, each frame given as its parts (see pagework.Frame)."""
         offset = self.offset
-        for h, comp in pages:
-            self.entries.append((bytes.fromhex(h), offset, len(comp)))
-            offset += len(comp)
-        frames = [comp for _, comp in pages]
-        while frames:
-            n = os.writev(self._fd, frames[:_IOV_MAX])
-            self.offset += n
-            while frames and n >= len(frames[0]):
-                n -= len(frames.pop(0))
-            if n:
-                frames[0] = memoryview(frames[0])[n:]
-        if self.offset - self._written_back >= WRITEBACK_EVERY:
-            start_writeback(self._fd, self._written_back, self.offset - self._written_back)
-            self._written_back = self.offset
+        parts: list[Any] = []
+        for h, frame in pages:
+            length = sum(len(p) for p in frame)
+            self.entries.append((bytes.fromhex(h), offset, length))
+            offset += length
+            parts += frame
+        self._out.write(parts)
 
     def commit(self) -> Path | None:
         """Write the index, fsync, rename to the final name; the pack's path, None when empty (discarded)."""
@@ -297,11 +291,13 @@ class PackWriter:
         digest.update(table)
         digest.update(trailer)
         try:
-            self._write(table + trailer + digest.digest())
+            self._out.write([table + trailer + digest.digest()])
+            self._out.finish()
             os.fsync(self._fd)
         except BaseException:
             self.abort()
             raise
+        self._out.close()
         os.close(self._fd)
         self._fd = -1
         try:
@@ -313,6 +309,7 @@ class PackWriter:
 
     def abort(self) -> None:
         """Discard the pack (nothing under a final name was written)."""
+        self._out.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import zstandard
 
 from wasmig.hashing import blake3
+from wasmig.snapshot.packfile import Frame
 from wasmig.snapshot.state import PAGE_SIZE
 
 try:
@@ -73,15 +74,23 @@ def compressor(level: int) -> zstandard.ZstdCompressor:
     return cctx
 
 
-def page_frame(cctx: zstandard.ZstdCompressor, page: memoryview) -> bytes:
-    """The zstd frame a page is stored as. A page whose middle 4 KiB do not compress at all
-    (random bytes, compressed or encrypted data) is framed as one raw block without running the
-    compressor over all of it: compressing such a page costs as much as hashing it and gains
-    nothing, and the frame is the one zstd would write. Any reader decompresses either kind; a
-    page compressible outside its sample is merely stored larger."""
+def frame_parts(cctx: zstandard.ZstdCompressor, page: memoryview) -> Frame:
+    """The zstd frame a page is stored as, as its parts. A page whose middle 4 KiB do not
+    compress at all (random bytes, compressed or encrypted data) is framed as one raw block
+    without running the compressor over all of it: compressing such a page costs as much as
+    hashing it and gains nothing, and the frame is the one zstd would write. Any reader
+    decompresses either kind; a page compressible outside its sample is merely stored larger.
+    A raw frame is ``(header, page)``, ``page`` still the caller's view: joining them allocated
+    a fresh 64 KiB per page, which on a VM whose free memory is not backed faulted into the
+    hypervisor (256 MiB of random pages: 0.017 s of CPU recycled, 0.21 s fresh)."""
     if len(cctx.compress(page[_SAMPLE_AT:_SAMPLE_AT + SAMPLE])) >= SAMPLE:
-        return b"".join((RAW_FRAME_HEADER, page))
-    return cctx.compress(page)
+        return (RAW_FRAME_HEADER, page)
+    return (cctx.compress(page),)
+
+
+def page_frame(cctx: zstandard.ZstdCompressor, page: memoryview) -> bytes:
+    """:func:`frame_parts` as one ``bytes`` (a page embedded in a single-file snapshot)."""
+    return b"".join(frame_parts(cctx, page))
 
 
 def default_threads() -> int:
@@ -158,7 +167,10 @@ class MemoryPages:
 
 
 class PageSink(Protocol):
-    def append_many(self, pages: list[tuple[str, bytes]]) -> None: ...
+    """Where new pages go. A frame's parts may view the memory being read: a sink copies what it
+    keeps before ``append_many`` returns (the guest may write its memory once the page loop ends)."""
+
+    def append_many(self, pages: list[tuple[str, Frame]]) -> None: ...
 
 
 @dataclass
@@ -173,7 +185,7 @@ class PageTally:
     new_hashes: set[str] = field(default_factory=set)  # the pages appended to the sink
 
 
-_Fresh = list[tuple[int, str, bytes | None]]  # (page index, hash, zstd frame or None: compress it yourself)
+_Fresh = list[tuple[int, str, Frame | None]]  # (page index, hash, zstd frame or None: compress it yourself)
 
 
 def _scan(mem: MemoryPages, lo: int, hi: int, prior: Fingerprints | None, known: Callable[[str], bool],
@@ -202,7 +214,7 @@ def _scan(mem: MemoryPages, lo: int, hi: int, prior: Fingerprints | None, known:
                 fresh.append((j, h, None))
             else:
                 claimed.add(h)
-                fresh.append((j, h, page_frame(cctx, page)))
+                fresh.append((j, h, frame_parts(cctx, page)))
     return prints, fresh
 
 
@@ -230,15 +242,15 @@ def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, kn
         prior_m = prior[m] if prior is not None and m < len(prior) else None
         batch, fresh = fut.result() if fut is not None else _scan(mem, lo, hi, prior_m, known, claimed, level)
         prints[m] += batch
-        new: list[tuple[str, bytes]] = []
-        for j, h, comp in fresh:
+        new: list[tuple[str, Frame]] = []
+        for j, h, frame in fresh:
             if h in tally.new_hashes:
                 continue  # repeated within the snapshot
-            if comp is None:  # the batch that claimed it compressed it, but may come later
-                comp = page_frame(cctx, mem.page(j))
-            new.append((h, comp))
+            if frame is None:  # the batch that claimed it compressed it, but may come later
+                frame = frame_parts(cctx, mem.page(j))
+            new.append((h, frame))
             tally.new_hashes.add(h)
-            tally.bytes_written += len(comp)
+            tally.bytes_written += sum(len(p) for p in frame)
         if new:
             sink.append_many(new)
 
