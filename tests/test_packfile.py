@@ -13,33 +13,54 @@ from typing import Any
 import pytest
 
 from tests.snapshot_synth import make_snapshot
-from wasmig.snapshot import packfile, pagework
-from wasmig.snapshot.packs import PACK_RE, PackStore, PackWriter
+from wasmig.snapshot import packfile, packs, pagework
+from wasmig.snapshot.packs import PackStore, PackWriter, read_index
 from wasmig.snapshot.state import PAGE_SIZE, MemoryState
 from wasmig.snapshot.store import CheckpointDir, load_snapshot
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-def _frames(seed: int, count: int) -> list[tuple[str, Any]]:
-    """Frames of assorted lengths (not multiples of 4 KiB), some in parts as the page loop gives them."""
+def _frames(seed: int, count: int) -> list[tuple[str, bytes]]:
+    """Frames of assorted lengths, not multiples of 4 KiB."""
     rng = random.Random(seed)
-    out: list[tuple[str, Any]] = []
-    for i in range(count):
-        body = rng.randbytes(rng.randrange(1, 3 * PAGE_SIZE // 2))
-        frame = (body[:10], memoryview(body)[10:]) if i % 2 else (body,)
-        out.append((f"{i:064x}", frame))
-    return out
+    return [(f"{i:064x}", rng.randbytes(rng.randrange(1, 3 * PAGE_SIZE // 2))) for i in range(count)]
 
 
-def _pack_bytes(directory: Path, frames: list[tuple[str, Any]], batch: int) -> bytes:
+def _pack(directory: Path, frames: list[tuple[str, bytes]], batch: int) -> Path:
+    """A pack of ``frames``: the first one by ``append``, then blocks of ``batch`` frames (the
+    page loop's way, a few bytes no entry names at each block's start)."""
     directory.mkdir()
     writer = PackWriter(directory)
-    for lo in range(0, len(frames), batch):
-        writer.append_many(frames[lo:lo + batch])
+    writer.append(*frames[0])
+    for lo in range(1, len(frames), batch):
+        chunk = frames[lo:lo + batch]
+        buf = packfile.take_buffer(pagework.block_size(batch))
+        block = memoryview(buf)
+        used, entries = 7, []
+        block[:used] = b"garbage"
+        for h, frame in chunk:
+            block[used:used + len(frame)] = frame
+            entries.append((h, used, len(frame)))
+            used += len(frame)
+        writer.append_block(block, used, entries)
+        block.release()
+        packfile.give_buffer(buf)
     path = writer.commit()
     assert path is not None
-    return path.read_bytes()
+    return path
+
+
+def _frames_in(pack: Path) -> dict[str, bytes]:
+    store = PackStore(pack.parent)
+    store.refresh()
+    out = {}
+    for h in store.locations:
+        found = store.read(h)
+        assert found is not None
+        out[h] = found[0]
+    store.close()
+    return out
 
 
 def _direct_here(path: Path) -> bool:
@@ -53,20 +74,27 @@ def _direct_here(path: Path) -> bool:
     return bool(O_DIRECT)
 
 
-@pytest.mark.parametrize("stage", [packfile.ALIGN, 3 * packfile.ALIGN, packfile.STAGE_SIZE])
-def test_direct_and_buffered_packs_are_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      stage: int) -> None:
-    """Frames crossing the staging buffer's end, parts of frames, the unaligned tail and the index:
-    the pack is byte for byte the one the page cache path writes."""
+@pytest.mark.parametrize(("stage", "block_min"), [(packfile.ALIGN, 1), (3 * packfile.ALIGN, 1 << 30),
+                                                  (packfile.STAGE_SIZE, 256 << 10)])
+def test_direct_and_buffered_packs_hold_the_same_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        stage: int, block_min: int) -> None:
+    """Frames crossing the staging buffer's end, blocks written in place and blocks copied, the
+    unaligned tail and the index: the pack reads back the frames the page cache path writes,
+    its blocks at 4 KiB boundaries, and it is no larger than the padding allows."""
     if not _direct_here(tmp_path):
         pytest.skip("this filesystem refuses O_DIRECT")
     monkeypatch.setattr(packfile, "STAGE_SIZE", stage)
-    monkeypatch.setattr(packfile, "_stages", [])
-    frames = _frames(1, 40)
-    direct = _pack_bytes(tmp_path / "direct", frames, 7)
+    monkeypatch.setattr(packs, "DIRECT_BLOCK_MIN", block_min)
+    frames = _frames(1, 41)
+    direct = _pack(tmp_path / "direct", frames, 8)
     monkeypatch.setattr(packfile, "DIRECT", False)
-    buffered = _pack_bytes(tmp_path / "buffered", frames, 7)
-    assert direct == buffered
+    buffered = _pack(tmp_path / "buffered", frames, 8)
+    assert _frames_in(direct) == _frames_in(buffered) == dict(frames)
+    blocks = sum(7 + sum(len(f) for _, f in frames[lo:lo + 8]) >= block_min for lo in range(1, 41, 8))
+    assert buffered.stat().st_size <= direct.stat().st_size <= buffered.stat().st_size + 2 * blocks * packfile.ALIGN
+    if blocks:
+        offsets = sorted(off for _, off, _ in read_index(direct))
+        assert sum(off % packfile.ALIGN == 7 for off in offsets) == blocks  # each block's first frame
 
 
 def test_a_checkpoint_writes_its_pack_with_o_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,14 +133,14 @@ def test_staging_buffers_are_reused(tmp_path: Path) -> None:
     second = PackWriter(tmp_path / "a")
     assert second._out._stage is stage
     second.abort()
-    assert stage in packfile._stages
+    assert stage in packfile._buffers[packfile.STAGE_SIZE]
 
 
 def test_filesystem_refusing_o_direct_at_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """EINVAL from open(O_DIRECT) (tmpfs): the pack goes through the page cache, same bytes."""
     frames = _frames(3, 12)
     monkeypatch.setattr(packfile, "DIRECT", False)
-    expected = _pack_bytes(tmp_path / "expected", frames, 5)
+    expected = _pack(tmp_path / "expected", frames, 5).read_bytes()
     monkeypatch.setattr(packfile, "DIRECT", True)
     real_open = os.open
 
@@ -122,8 +150,7 @@ def test_filesystem_refusing_o_direct_at_open(tmp_path: Path, monkeypatch: pytes
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(packfile.os, "open", refusing)
-    got = _pack_bytes(tmp_path / "got", frames, 5)
-    assert got == expected
+    assert _pack(tmp_path / "got", frames, 5).read_bytes() == expected
 
 
 def test_filesystem_refusing_an_o_direct_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,10 +158,10 @@ def test_filesystem_refusing_an_o_direct_write(tmp_path: Path, monkeypatch: pyte
     if not _direct_here(tmp_path):
         pytest.skip("this filesystem refuses O_DIRECT")
     monkeypatch.setattr(packfile, "STAGE_SIZE", 2 * packfile.ALIGN)
-    monkeypatch.setattr(packfile, "_stages", [])
+    monkeypatch.setattr(packs, "DIRECT_BLOCK_MIN", 1)
     frames = _frames(4, 12)
     monkeypatch.setattr(packfile, "DIRECT", False)
-    expected = _pack_bytes(tmp_path / "expected", frames, 5)
+    expected = _frames_in(_pack(tmp_path / "expected", frames, 5))
     monkeypatch.setattr(packfile, "DIRECT", True)
     real_pwrite = os.pwrite
     direct_calls = [0]
@@ -149,29 +176,33 @@ def test_filesystem_refusing_an_o_direct_write(tmp_path: Path, monkeypatch: pyte
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(packfile.os, "pwrite", pwrite)
-    got = _pack_bytes(tmp_path / "got", frames, 5)
+    got = _frames_in(_pack(tmp_path / "got", frames, 5))
     assert direct_calls[0] == 3
     assert got == expected
 
 
 def test_a_random_page_is_framed_as_a_view_not_a_copy() -> None:
-    """The page loop hands the sink a raw frame as (header, the page's view): the only copy of the
-    page is the one into the staging buffer (no 64 KiB ``bytes`` per page)."""
+    """A raw frame is (header, the page's view): no 64 KiB ``bytes`` per page."""
     page = memoryview(bytearray(random.Random(5).randbytes(PAGE_SIZE)))
     header, body = pagework.frame_parts(pagework.compressor(1), page)
     assert header == pagework.RAW_FRAME_HEADER
     assert isinstance(body, memoryview) and body.obj is page.obj
 
 
-def test_reader_sees_pages_written_directly(tmp_path: Path) -> None:
-    """PackStore reads the index and the frames of a pack written with O_DIRECT."""
-    frames = _frames(6, 9)
-    data = _pack_bytes(tmp_path / "p", frames, 4)
-    [pack] = [p for p in (tmp_path / "p").iterdir() if PACK_RE.fullmatch(p.name)]
-    assert pack.read_bytes() == data
-    store = PackStore(tmp_path / "p")
-    store.refresh()
-    for h, frame in frames:
-        found = store.read(h)
-        assert found is not None and found[0] == b"".join(bytes(p) for p in frame)
-    store.close()
+def test_a_batch_frames_its_pages_into_its_block() -> None:
+    """The page loop's worker copies each new page's frame into the batch's block right after
+    hashing it: a random page raw (header + page), a compressible one compressed."""
+    rng = random.Random(7)
+    text = (b"a fairly compressible line of text %d\n" * 3000)[:PAGE_SIZE]
+    data = rng.randbytes(PAGE_SIZE) + bytes(PAGE_SIZE) + text
+    buf = packfile.take_buffer(pagework.block_size(3))
+    block = memoryview(buf)
+    prints, fresh, used = pagework._scan(pagework.MemoryPages(data), 0, 3, None, lambda h: False, set(), 1, block)
+    assert prints[1] is None and [j for j, *_ in fresh] == [0, 2]
+    (_, _, s0, n0), (_, _, s2, n2) = fresh
+    assert bytes(block[s0:s0 + n0]) == pagework.RAW_FRAME_HEADER + data[:PAGE_SIZE]
+    assert s2 == n0 and n2 < PAGE_SIZE // 4 and used == n0 + n2
+    import zstandard
+
+    assert zstandard.ZstdDecompressor().decompress(bytes(block[s2:s2 + n2])) == text
+    block.release()

@@ -10,13 +10,17 @@ pages it just freed and 0.011 s with ``O_DIRECT`` (the disk DMAs straight from o
 three measured on the same machine, docs/snapshot-format.md "Writing"). That allocation was
 most of a 256 MiB checkpoint's CPU (0.83 s against a floor of 0.11 s).
 
-So the frames are copied (the one copy any checkpoint makes: the floor's copy) into a staging
-buffer that is page-aligned, touched once and reused across writes, and written out in aligned
-runs with ``O_DIRECT``; the unaligned tail (the last frames and the pack's index) goes through
-the page cache at :meth:`PackFile.finish`. Durability still rests on the writer's one ``fsync``.
+So the bytes reach the disk with ``O_DIRECT`` from page-aligned buffers that are touched once
+and reused across writes (:func:`take_buffer`): the page loop's blocks, into which each worker
+framed the pages it just hashed (the one copy any checkpoint makes: the floor's copy), are
+written where they are (:meth:`PackFile.write_block`, at 4 KiB boundaries: a little zero
+padding between blocks, which no index entry names); other bytes (the header, small blocks,
+``gc``'s copies) are copied into a staging buffer written out in aligned runs. The unaligned
+tail (the last bytes and the pack's index) goes through the page cache at
+:meth:`PackFile.finish`. Durability still rests on the writer's one ``fsync``.
 Where the filesystem refuses ``O_DIRECT`` (tmpfs, some network filesystems: ``EINVAL`` when
 opening or writing), the pack is written through the page cache as before, starting the
-writeback of each :data:`WRITEBACK_EVERY` bytes early. The bytes on disk are the same either way.
+writeback of each :data:`WRITEBACK_EVERY` bytes early, and blocks are not padded.
 """
 
 from __future__ import annotations
@@ -35,33 +39,34 @@ from wasmig.snapshot.durable import start_writeback
 DIRECT = True
 ALIGN = 4096  # O_DIRECT's alignment of memory, file offsets and lengths (any logical block size up to 4 KiB)
 STAGE_SIZE = 4 << 20  # bytes a staging buffer holds: one O_DIRECT write each time it fills
-_KEEP_STAGES = 2  # staging buffers kept for the next writes (already touched, so they cost no faults)
+#: buffers of each size kept for the next writes: the page loop's blocks in flight (2 per worker
+#: and one, with 8 workers) and the staging buffer; about 40 MiB at most, 13 MiB with 2 workers
+KEEP_BUFFERS = 20
 #: a buffered writer starts the disk writing each run of this many new bytes (durable.start_writeback)
 WRITEBACK_EVERY = 8 << 20
 _IOV_MAX = 1024  # buffers per writev (Linux's limit)
-_stages: list[mmap.mmap] = []
-#: a page's zstd frame as its consecutive parts: bytes, or views of the memory being read (a raw
-#: frame is its 10-byte header and the page itself, so that the page is copied once, into the
-#: staging buffer, and never into a ``bytes`` of its own)
-Frame = tuple[Any, ...]
-_stages_lock = threading.Lock()
+_buffers: dict[int, list[mmap.mmap]] = {}
+_buffers_lock = threading.Lock()
 
 
-def _take_stage() -> mmap.mmap:
-    with _stages_lock:
-        if _stages:
-            return _stages.pop()
-    stage = mmap.mmap(-1, STAGE_SIZE)  # page-aligned, as O_DIRECT needs
-    stage.write(bytes(STAGE_SIZE))  # touched now, once, rather than on the write's critical path
-    return stage
+def take_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer of ``size`` bytes (as O_DIRECT needs), one an earlier write gave back
+    when there is one: its memory is touched already, so filling it costs no page faults."""
+    with _buffers_lock:
+        free = _buffers.get(size)
+        if free:
+            return free.pop()
+    buf = mmap.mmap(-1, size)
+    buf.write(bytes(size))  # touched now, once, rather than page by page on the write's critical path
+    return buf
 
 
-def _give_stage(stage: mmap.mmap) -> None:
-    with _stages_lock:
-        if len(_stages) < _KEEP_STAGES:
-            _stages.append(stage)
-            return
-    stage.close()
+def give_buffer(buf: mmap.mmap) -> None:
+    """Return a buffer of :func:`take_buffer` for the next write (up to :data:`KEEP_BUFFERS` per size)."""
+    with _buffers_lock:
+        free = _buffers.setdefault(len(buf), [])
+        if len(free) < KEEP_BUFFERS:
+            free.append(buf)
 
 
 def _open_direct(path: Path) -> int:
@@ -89,7 +94,7 @@ class PackFile:
         self.fd = fd
         self.offset = 0  # bytes appended so far
         self._direct = _open_direct(path)
-        self._stage: mmap.mmap | None = _take_stage() if self._direct >= 0 else None
+        self._stage: mmap.mmap | None = take_buffer(STAGE_SIZE) if self._direct >= 0 else None
         self._view = memoryview(self._stage) if self._stage is not None else None
         self._staged = 0  # bytes in the staging buffer, not yet written
         self._at = 0  # the file offset of the staging buffer's first byte
@@ -117,6 +122,42 @@ class PackFile:
                 self._flush_direct()
         if pending:  # buffered mode, or the filesystem refused O_DIRECT just now
             self._write_buffered(pending)
+
+    def write_block(self, block: memoryview, used: int) -> int:
+        """Append ``block[:used]`` (a page-aligned buffer of the page loop) at a 4 KiB-aligned offset
+        and return that offset. With ``O_DIRECT`` the block is written from where it is, no copy:
+        what is staged is first padded with zeros to the boundary, and the block's own end too
+        (in ``block`` past ``used``); the padding is named by no index entry. Through the page
+        cache it is appended like :meth:`write`, unpadded."""
+        if self._view is None:
+            at = self.offset
+            self.write([block[:used]])
+            return at
+        pad = -self.offset % ALIGN
+        if pad:
+            self.write([bytes(pad)])
+        self._flush_direct()  # all of it: the staged bytes end on the boundary
+        if self._view is None:  # the filesystem refused O_DIRECT just now
+            return self.write_block(block, used)
+        size = used + -used % ALIGN
+        block[used:size] = bytes(size - used)
+        at = self._at
+        done = 0
+        try:
+            while done < size:
+                n = os.pwrite(self._direct, block[done:size], at + done)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self._release()
+            os.lseek(self.fd, at + done, os.SEEK_SET)
+            self._write_buffered([block[done:size]])
+        self._at = at + size
+        self.offset = at + size
+        return at
 
     def _flush_direct(self) -> None:
         """Write the staged bytes' aligned prefix with ``O_DIRECT`` and keep the rest staged."""
@@ -183,7 +224,7 @@ class PackFile:
             self._view.release()
             self._view = None
         if self._stage is not None:
-            _give_stage(self._stage)
+            give_buffer(self._stage)
             self._stage = None
         if self._direct >= 0:
             os.close(self._direct)

@@ -28,11 +28,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from wasmig.hashing import blake3
 from wasmig.snapshot.durable import create_temp, unlink_quietly
-from wasmig.snapshot.packfile import Frame, PackFile
+from wasmig.snapshot.packfile import PackFile
 from wasmig.snapshot.state import PAGE_SIZE, SnapshotError
 
 PACK_MAGIC = b"WASMIGPACK"
@@ -47,6 +46,9 @@ PACK_RE = re.compile(r"pack-[0-9a-f]{16}-[0-9a-f]{8}\.pack")
 _LEGACY_DIR_RE = re.compile(r"[0-9a-f]{2}")
 _LEGACY_PAGE_RE = re.compile(r"[0-9a-f]{64}")
 _OPEN_FDS = 64  # packs a reader keeps open at once
+#: a block of new pages at least this large is written in place with O_DIRECT (padding it to
+#: 4 KiB costs at most 2 x 4 KiB, under 3%); a smaller one is copied into the staging buffer
+DIRECT_BLOCK_MIN = 256 << 10
 _tls = threading.local()  # per thread: a read buffer
 
 
@@ -242,10 +244,10 @@ class PackWriter:
     """Appends compressed pages to a new pack under a temporary name; :meth:`commit` adds the
     index, fsyncs once and renames it into place (the caller fsyncs the directory once).
 
-    :meth:`append_many` is called from one thread (the write pipeline's consumer); the bytes go
-    to the disk through :class:`~wasmig.snapshot.packfile.PackFile` (``O_DIRECT`` from a reused
-    staging buffer where the filesystem allows it), whose writes release the GIL, so the
-    pipeline's workers hash and compress the next pages meanwhile."""
+    :meth:`append_block` is called from one thread (the page loop's consumer); the bytes go to
+    the disk through :class:`~wasmig.snapshot.packfile.PackFile` (``O_DIRECT`` from reused
+    buffers where the filesystem allows it), whose writes release the GIL, so the page loop's
+    workers hash and compress the next pages meanwhile."""
 
     def __init__(self, pages_dir: Path) -> None:
         self.final = pages_dir / new_pack_name()
@@ -266,18 +268,20 @@ class PackWriter:
 
     def append(self, h: str, comp: bytes) -> None:
         """Add page ``h`` (hex BLAKE3 of the page) as the zstd frame ``comp``."""
-        self.append_many([(h, (comp,))])
+        self.entries.append((bytes.fromhex(h), self.offset, len(comp)))
+        self._out.write([comp])
 
-    def append_many(self, pages: list[tuple[str, Frame]]) -> None:
-        """:meth:`append` several pages, each frame given as its parts (see pagework.Frame)."""
-        offset = self.offset
-        parts: list[Any] = []
-        for h, frame in pages:
-            length = sum(len(p) for p in frame)
-            self.entries.append((bytes.fromhex(h), offset, length))
-            offset += length
-            parts += frame
-        self._out.write(parts)
+    def append_block(self, block: memoryview, used: int, entries: list[tuple[str, int, int]]) -> None:
+        """Add the pages whose frames ``block[:used]`` holds (``entries``: hash, start, length; the
+        page loop's PageSink). A large block is written from where it is with ``O_DIRECT``, at a
+        4 KiB boundary (zero padding before and after it, named by no entry); a small one is
+        copied into the staging buffer, so that sparse writes (a few pages changed) are not padded."""
+        if self._out.direct and used >= DIRECT_BLOCK_MIN:
+            base = self._out.write_block(block, used)
+        else:
+            base = self.offset
+            self._out.write([block[:used]])
+        self.entries += [(bytes.fromhex(h), base + start, length) for h, start, length in entries]
 
     def commit(self) -> Path | None:
         """Write the index, fsync, rename to the final name; the pack's path, None when empty (discarded)."""

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import zstandard
 
 from wasmig.hashing import blake3
-from wasmig.snapshot.packfile import Frame
+from wasmig.snapshot.packfile import ALIGN, give_buffer, take_buffer
 from wasmig.snapshot.state import PAGE_SIZE
 
 try:
@@ -62,6 +62,9 @@ _tls = threading.local()  # zstd contexts are not thread-safe; one set per threa
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
+#: a page's zstd frame as its consecutive parts: bytes, or a view of the page itself (a raw frame
+#: is its 10-byte header and the page, copied by :func:`put_frame` and never joined into a ``bytes``)
+Frame = tuple[Any, ...]
 #: per page of a memory: None (zero page) or (xxh3-128 fingerprint, hex BLAKE3) as last hashed
 Fingerprints = list[tuple[int, str] | None]
 
@@ -167,10 +170,13 @@ class MemoryPages:
 
 
 class PageSink(Protocol):
-    """Where new pages go. A frame's parts may view the memory being read: a sink copies what it
-    keeps before ``append_many`` returns (the guest may write its memory once the page loop ends)."""
+    """Where new pages go: per batch, a block whose first ``used`` bytes are frames back to back
+    (``block[start:start + length]`` is the frame of page ``hash``, per entry; bytes no entry
+    names may lie between them). ``block`` is a reused page-aligned buffer of
+    :func:`block_size` bytes (the sink may overwrite what lies past ``used``, as padding); the
+    sink copies or writes what it keeps before returning."""
 
-    def append_many(self, pages: list[tuple[str, Frame]]) -> None: ...
+    def append_block(self, block: memoryview, used: int, entries: list[tuple[str, int, int]]) -> None: ...
 
 
 @dataclass
@@ -185,17 +191,39 @@ class PageTally:
     new_hashes: set[str] = field(default_factory=set)  # the pages appended to the sink
 
 
-_Fresh = list[tuple[int, str, Frame | None]]  # (page index, hash, zstd frame or None: compress it yourself)
+#: per new page of a batch: (page index, hash, start of its frame in the batch's block, or -1
+#: when another batch claimed the page first, its length)
+_Fresh = list[tuple[int, str, int, int]]
+#: room for one frame in a block: zstd's bound for a 64 KiB page is a few hundred bytes over it
+FRAME_ROOM = PAGE_SIZE + PAGE_SIZE // 64
+
+
+def block_size(batch: int) -> int:
+    """Bytes of the block one batch of ``batch`` pages fills at most (aligned, as O_DIRECT wants)."""
+    size = batch * FRAME_ROOM
+    return size + -size % ALIGN
+
+
+def put_frame(cctx: zstandard.ZstdCompressor, page: memoryview, block: memoryview, at: int) -> int:
+    """Page ``page``'s frame (:func:`frame_parts`) copied into ``block`` at ``at``; its length.
+    Called right after the page was hashed, so the copy reads it from this core's cache."""
+    n = at
+    for part in frame_parts(cctx, page):
+        block[n:n + len(part)] = part
+        n += len(part)
+    return n - at
 
 
 def _scan(mem: MemoryPages, lo: int, hi: int, prior: Fingerprints | None, known: Callable[[str], bool],
-          claimed: set[str], level: int) -> tuple[Fingerprints, _Fresh]:
-    """Pages ``lo..hi`` of ``mem``: their fingerprints (None: zero page), and the pages the store
-    lacks, compressed unless another batch claimed the same page first (``claimed``: hashes some
-    worker compresses; shared, so a page repeated within the snapshot is compressed once)."""
+          claimed: set[str], level: int, block: memoryview) -> tuple[Fingerprints, _Fresh, int]:
+    """Pages ``lo..hi`` of ``mem``: their fingerprints (None: zero page), the pages the store
+    lacks, and how many bytes of ``block`` their frames fill. A new page is framed into ``block``
+    unless another batch claimed it first (``claimed``: hashes some worker frames; shared, so a
+    page repeated within the snapshot is compressed once)."""
     cctx = compressor(level)
     prints: Fingerprints = []
     fresh: _Fresh = []
+    used = 0
     is_zero, page_at = mem.is_zero, mem.page
     for j in range(lo, hi):
         if is_zero(j):
@@ -211,11 +239,13 @@ def _scan(mem: MemoryPages, lo: int, hi: int, prior: Fingerprints | None, known:
         prints.append((fp, h))
         if not known(h):
             if h in claimed:
-                fresh.append((j, h, None))
+                fresh.append((j, h, -1, 0))
             else:
                 claimed.add(h)
-                fresh.append((j, h, frame_parts(cctx, page)))
-    return prints, fresh
+                n = put_frame(cctx, page, block, used)
+                fresh.append((j, h, used, n))
+                used += n
+    return prints, fresh, used
 
 
 def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, known: Callable[[str], bool],
@@ -225,7 +255,11 @@ def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, kn
 
     ``prior``: per memory, the fingerprints this writer's last write recorded (None: hash all).
     Returns the manifest's page lists, the fingerprints to pass as ``prior`` next time, and a
-    tally. Every read of the memories is finished when this returns or raises."""
+    tally. Every read of the memories is finished when this returns or raises.
+
+    Each batch frames its new pages into a block of its own (reused buffers, touched once), so
+    the page is copied once, by the core that just hashed it, and the pack writes the block as
+    it is (docs/snapshot-format.md, "Writing")."""
     workers = default_threads() if threads is None else threads
     executor = pool(workers)
     window = 2 * workers + 1 if executor is not None else 1  # batches in flight: bounded memory
@@ -234,40 +268,47 @@ def hash_and_store(memories: Iterable[Any], prior: list[Fingerprints] | None, kn
     prints: list[Fingerprints] = [[] for _ in pages]
     claimed: set[str] = set()
     cctx = compressor(level)
-    jobs: deque[tuple[int, int, int, Future[Any] | None]] = deque()
+    room = block_size(BATCH)
+    jobs: deque[tuple[int, int, int, Any, Future[Any] | None]] = deque()
 
     def consume() -> None:
-        m, lo, hi, fut = jobs.popleft()
+        m, lo, hi, buf, fut = jobs.popleft()
         mem = pages[m]
+        block = memoryview(buf)
         prior_m = prior[m] if prior is not None and m < len(prior) else None
-        batch, fresh = fut.result() if fut is not None else _scan(mem, lo, hi, prior_m, known, claimed, level)
+        batch, fresh, used = (fut.result() if fut is not None
+                              else _scan(mem, lo, hi, prior_m, known, claimed, level, block))
         prints[m] += batch
-        new: list[tuple[str, Frame]] = []
-        for j, h, frame in fresh:
+        entries: list[tuple[str, int, int]] = []
+        for j, h, start, length in fresh:
             if h in tally.new_hashes:
-                continue  # repeated within the snapshot
-            if frame is None:  # the batch that claimed it compressed it, but may come later
-                frame = frame_parts(cctx, mem.page(j))
-            new.append((h, frame))
+                continue  # repeated within the snapshot (its frame, if any, stays unnamed in the block)
+            if start < 0:  # the batch that claimed it framed it, but may come later
+                start, length = used, put_frame(cctx, mem.page(j), block, used)
+                used += length
+            entries.append((h, start, length))
             tally.new_hashes.add(h)
-            tally.bytes_written += sum(len(p) for p in frame)
-        if new:
-            sink.append_many(new)
+            tally.bytes_written += length
+        if entries:
+            sink.append_block(block, used, entries)
+        block.release()
+        give_buffer(buf)
 
     try:
         for m, mem in enumerate(pages):
             prior_m = prior[m] if prior is not None and m < len(prior) else None
             for lo in range(0, mem.count, BATCH):
                 hi = min(lo + BATCH, mem.count)
-                fut = (executor.submit(_scan, mem, lo, hi, prior_m, known, claimed, level)
+                buf = take_buffer(room)
+                fut = (executor.submit(_scan, mem, lo, hi, prior_m, known, claimed, level, memoryview(buf))
                        if executor is not None else None)
-                jobs.append((m, lo, hi, fut))
+                jobs.append((m, lo, hi, buf, fut))
                 while len(jobs) > window:
                     consume()
         while jobs:
             consume()
     finally:  # on failure: no worker may still be reading the memory when the guest resumes
-        pending = [f for _, _, _, f in jobs if f is not None and not f.cancel()]
+        pending = [f for *_, f in jobs if f is not None and not f.cancel()]
         wait(pending)
         for mem in pages:
             mem.release()  # the interpreter's bytearray must be free to grow again

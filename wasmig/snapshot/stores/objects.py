@@ -41,7 +41,6 @@ from wasmig.snapshot.container import (
     _read_container,
 )
 from wasmig.snapshot.limits import MAX_STORE_MANIFEST
-from wasmig.snapshot.packfile import Frame
 from wasmig.snapshot.packs import MAX_COMPRESSED_PAGE
 from wasmig.snapshot.paged import PagedMemory, _GuardedPages, _PageSource
 from wasmig.snapshot.pagework import Fingerprints, hash_and_store
@@ -88,8 +87,8 @@ class _MemorySink:
     def __init__(self) -> None:
         self.pages: list[tuple[str, bytes]] = []
 
-    def append_many(self, pages: list[tuple[str, Frame]]) -> None:
-        self.pages += [(h, b"".join(frame)) for h, frame in pages]  # copied: a part may view the memory
+    def append_block(self, block: memoryview, used: int, entries: list[tuple[str, int, int]]) -> None:
+        self.pages += [(h, bytes(block[start:start + length])) for h, start, length in entries]
 
 
 class _ObjectPages:
