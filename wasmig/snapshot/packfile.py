@@ -56,7 +56,8 @@ def take_buffer(size: int) -> mmap.mmap:
         free = _buffers.get(size)
         if free:
             return free.pop()
-    buf = mmap.mmap(-1, size)
+    # private: a child forked meanwhile gets its own copy on write, never the parent's block
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buf.write(bytes(size))  # touched now, once, rather than page by page on the write's critical path
     return buf
 
