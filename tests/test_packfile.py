@@ -127,13 +127,13 @@ def test_staging_buffers_are_reused(tmp_path: Path) -> None:
         pytest.skip("this filesystem refuses O_DIRECT")
     (tmp_path / "a").mkdir()
     first = PackWriter(tmp_path / "a")
-    stage = first._out._stage
+    stage = first._out._view
     first.append("00" * 32, b"x" * 5000)
     first.commit()
     second = PackWriter(tmp_path / "a")
-    assert second._out._stage is stage
+    assert second._out._view is stage
     second.abort()
-    assert stage in packfile._buffers[packfile.STAGE_SIZE]
+    assert any(b is stage for b in packfile._buffers[packfile.STAGE_SIZE])
 
 
 def test_filesystem_refusing_o_direct_at_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,3 +206,41 @@ def test_a_batch_frames_its_pages_into_its_block() -> None:
 
     assert zstandard.ZstdDecompressor().decompress(bytes(block[s2:s2 + n2])) == text
     block.release()
+
+
+def test_a_batch_block_fits_one_huge_page_and_asks_for_it() -> None:
+    """A batch's block (its frames at their largest) fits one 2 MiB huge page, and the buffers
+    are aligned to huge pages and marked for them (THP eligible) where the kernel has THP."""
+    assert pagework.block_size(pagework.BATCH) <= packfile.HUGE_PAGE
+    buf = packfile.take_buffer(pagework.block_size(pagework.BATCH))
+    import ctypes
+
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert address % packfile.HUGE_PAGE == 0
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[never]" in thp.read_text():
+        pytest.skip("no transparent huge pages here")
+    smaps = Path("/proc/self/smaps").read_text().split("\n")
+    for i, line in enumerate(smaps):
+        lo, _, hi = line.partition(" ")[0].partition("-")
+        if hi and all(c in "0123456789abcdef" for c in lo + hi) and int(lo, 16) <= address < int(hi, 16):
+            eligible = next(x for x in smaps[i + 1:] if x.startswith("THPeligible:"))
+            assert eligible.split()[1] == "1"
+            break
+    else:
+        pytest.fail("the buffer's mapping is not in /proc/self/smaps")
+    packfile.give_buffer(buf)
+
+
+def test_no_frame_is_larger_than_a_raw_one() -> None:
+    """Pages whose sample compresses (a few zeros, or many, in the middle) and the rest does
+    not: every frame is at most RAW_FRAME bytes (a batch's block is sized by it) and is the page."""
+    import zstandard
+
+    rng = random.Random(8)
+    for zeros in (128, 512, 8192):
+        page = bytearray(rng.randbytes(PAGE_SIZE))
+        page[PAGE_SIZE // 2:PAGE_SIZE // 2 + zeros] = bytes(zeros)
+        frame = b"".join(pagework.frame_parts(pagework.compressor(1), memoryview(page)))
+        assert len(frame) <= pagework.RAW_FRAME
+        assert zstandard.ZstdDecompressor().decompress(frame) == page

@@ -52,9 +52,12 @@ ZERO_PAGE = bytes(PAGE_SIZE)
 #: single-segment frame with a 2-byte content size (65536 - 256), then the block header (last
 #: block, raw, 65536 bytes); byte for byte what zstd itself writes for an incompressible page
 RAW_FRAME_HEADER = bytes.fromhex("28b52ffd" "60" "00ff" "010008")
+RAW_FRAME = len(RAW_FRAME_HEADER) + PAGE_SIZE  # the largest frame a page is stored as
 SAMPLE = 4096  # bytes of a page compressed first, to tell an incompressible page cheaply
 _SAMPLE_AT = (PAGE_SIZE - SAMPLE) // 2
-BATCH = 32  # pages per task: 2 MiB, large enough that the pool's overhead is noise
+#: pages per task: about 2 MiB, large enough that the pool's overhead is noise, and 31 so that
+#: the batch's block of frames (31 x 65546 bytes at most) fits one 2 MiB huge page
+BATCH = 31
 MAX_THREADS = 8
 _libc_memcmp: Any = None
 _ZERO_ADDRESS = ctypes.cast(ctypes.c_char_p(ZERO_PAGE), ctypes.c_void_p).value
@@ -88,7 +91,10 @@ def frame_parts(cctx: zstandard.ZstdCompressor, page: memoryview) -> Frame:
     hypervisor (256 MiB of random pages: 0.017 s of CPU recycled, 0.21 s fresh)."""
     if len(cctx.compress(page[_SAMPLE_AT:_SAMPLE_AT + SAMPLE])) >= SAMPLE:
         return (RAW_FRAME_HEADER, page)
-    return (cctx.compress(page),)
+    comp = cctx.compress(page)
+    if len(comp) >= RAW_FRAME:  # compressible in the middle only: never larger than raw
+        return (RAW_FRAME_HEADER, page)
+    return (comp,)
 
 
 def page_frame(cctx: zstandard.ZstdCompressor, page: memoryview) -> bytes:
@@ -194,13 +200,9 @@ class PageTally:
 #: per new page of a batch: (page index, hash, start of its frame in the batch's block, or -1
 #: when another batch claimed the page first, its length)
 _Fresh = list[tuple[int, str, int, int]]
-#: room for one frame in a block: zstd's bound for a 64 KiB page is a few hundred bytes over it
-FRAME_ROOM = PAGE_SIZE + PAGE_SIZE // 64
-
-
 def block_size(batch: int) -> int:
     """Bytes of the block one batch of ``batch`` pages fills at most (aligned, as O_DIRECT wants)."""
-    size = batch * FRAME_ROOM
+    size = batch * RAW_FRAME
     return size + -size % ALIGN
 
 
