@@ -153,16 +153,8 @@ class PackFile:
         size = used + -used % ALIGN
         block[used:size] = bytes(size - used)
         at = self._at
-        done = 0
-        try:
-            while done < size:
-                n = os.pwrite(self._direct, block[done:size], at + done)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                done += n
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
+        done = self._direct_write(block[:size], at)
+        if done < size:
             self._release()
             os.lseek(self.fd, at + done, os.SEEK_SET)
             self._write_buffered([block[done:size]])
@@ -174,22 +166,30 @@ class PackFile:
         """Write the staged bytes' aligned prefix with ``O_DIRECT`` and keep the rest staged."""
         assert self._view is not None
         aligned = self._staged - self._staged % ALIGN
-        done = 0
-        try:
-            while done < aligned:
-                n = os.pwrite(self._direct, self._view[done:aligned], self._at + done)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                done += n
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
+        done = self._direct_write(self._view[:aligned], self._at)
+        if done < aligned:
             self._fall_back(done)
             return
         tail = self._staged - aligned
         self._view[:tail] = self._view[aligned:self._staged]
         self._at += aligned
         self._staged = tail
+
+    def _direct_write(self, data: memoryview, at: int) -> int:
+        """``data`` written at ``at`` with ``O_DIRECT``; returns how many bytes were written before
+        the filesystem refused the rest (``EINVAL``), ``len(data)`` when all were."""
+        done = 0
+        while done < len(data):
+            try:
+                n = os.pwrite(self._direct, data[done:], at + done)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                return done
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += n
+        return done
 
     def _fall_back(self, done: int) -> None:
         """Leave ``O_DIRECT`` (the filesystem refused a write): what is staged beyond the first
