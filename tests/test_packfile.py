@@ -244,3 +244,37 @@ def test_no_frame_is_larger_than_a_raw_one() -> None:
         frame = b"".join(pagework.frame_parts(pagework.compressor(1), memoryview(page)))
         assert len(frame) <= pagework.RAW_FRAME
         assert zstandard.ZstdDecompressor().decompress(frame) == page
+
+
+def test_a_full_disk_during_a_direct_write_is_one_error_and_leaves_nothing(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from an O_DIRECT write: the checkpoint fails with one SnapshotError line, no pack
+    and no temporary file is left, the earlier snapshot still loads, and the next write works."""
+    if not _direct_here(tmp_path):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    from wasmig.snapshot.state import SnapshotError
+
+    store = CheckpointDir(tmp_path / "ck", threads=2)
+    first = make_snapshot(10)
+    first.memories = [MemoryState(1, None, bytearray(random.Random(10).randbytes(8 * PAGE_SIZE)))]
+    earlier = store.write(first)
+    packs_before = sorted(p.name for p in (tmp_path / "ck" / "pages").iterdir())
+    real_pwrite = os.pwrite
+
+    def full(fd: int, data: Any, offset: int) -> int:
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(packfile.os, "pwrite", full)
+    snap = make_snapshot(11)
+    snap.memories = [MemoryState(1, None, bytearray(random.Random(11).randbytes(100 * PAGE_SIZE)))]
+    with pytest.raises(SnapshotError) as err:
+        store.write(snap)
+    assert "No space left on device" in str(err.value) and "\n" not in str(err.value)
+    assert sorted(p.name for p in (tmp_path / "ck" / "pages").iterdir()) == packs_before
+    assert load_snapshot(earlier).memories[0].data == first.memories[0].data
+    monkeypatch.setattr(packfile.os, "pwrite", real_pwrite)
+    assert load_snapshot(store.write(snap)).memories[0].data == snap.memories[0].data
