@@ -278,3 +278,56 @@ def test_a_full_disk_during_a_direct_write_is_one_error_and_leaves_nothing(tmp_p
     assert load_snapshot(earlier).memories[0].data == first.memories[0].data
     monkeypatch.setattr(packfile.os, "pwrite", real_pwrite)
     assert load_snapshot(store.write(snap)).memories[0].data == snap.memories[0].data
+
+
+def _written(tmp_path: Path, pages: int, seed: int) -> tuple[Path, bytes]:
+    data = random.Random(seed).randbytes(pages * PAGE_SIZE)
+    snap = make_snapshot(seed)
+    snap.memories = [MemoryState(1, None, bytearray(data))]
+    return CheckpointDir(tmp_path / "ck", threads=2).write(snap), data
+
+
+def test_a_restore_reads_neighbouring_frames_with_one_o_direct_read(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack written with O_DIRECT is not in the page cache: a restore reads each batch's frames
+    with one O_DIRECT read (not a cached read per page), and the memory comes back whole."""
+    if not _direct_here(tmp_path):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    path, data = _written(tmp_path, 64, 12)
+    direct_reads: list[int] = []
+    real_preadv = os.preadv
+
+    def preadv(fd: int, buffers: Any, offset: int) -> int:
+        import fcntl
+
+        n = real_preadv(fd, buffers, offset)
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+            direct_reads.append(n)
+        return n
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    assert load_snapshot(path).memories[0].data == data
+    assert 0 < len(direct_reads) <= 8 and sum(direct_reads) >= 64 * PAGE_SIZE
+
+
+def test_a_restore_without_o_direct_reads_each_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where read_direct cannot read (no O_DIRECT, a short file), pages are read one by one."""
+    path, data = _written(tmp_path, 40, 13)
+    monkeypatch.setattr(packs, "read_direct", lambda *_: None)
+    assert load_snapshot(path).memories[0].data == data
+
+
+def test_a_damaged_frame_read_ahead_is_still_refused(tmp_path: Path) -> None:
+    """A frame read with the batch's O_DIRECT read is verified like any: one byte flipped in a
+    page's frame is a one-line error naming the pack."""
+    from wasmig.snapshot.state import SnapshotError
+
+    path, _ = _written(tmp_path, 40, 14)
+    [pack] = list((tmp_path / "ck" / "pages").glob("pack-*.pack"))
+    h, offset, length = read_index(pack)[20]
+    raw = bytearray(pack.read_bytes())
+    raw[offset + length // 2] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    with pytest.raises(SnapshotError) as err:
+        load_snapshot(path)
+    assert "corrupt" in str(err.value) and pack.name in str(err.value) and "\n" not in str(err.value)

@@ -241,3 +241,40 @@ class PackFile:
     def close(self) -> None:
         """Give back the staging buffer and the ``O_DIRECT`` descriptor (``fd`` is the caller's)."""
         self._release()
+
+
+#: the most bytes :func:`read_direct` reads at once (a restore batch: 16 pages of up to 64 KiB)
+READ_MAX = 2 << 20
+_reading = threading.local()  # per thread: the aligned buffer read_direct reads into
+
+
+def read_direct(path: str, lo: int, hi: int) -> memoryview | None:
+    """Bytes ``lo .. hi`` of the file at ``path`` (at most :data:`READ_MAX`), read with one
+    ``O_DIRECT`` read into this thread's buffer (valid until its next call); None where that is
+    not possible (no ``O_DIRECT`` here, the range too long, the file shorter): the caller reads
+    the usual way then.
+
+    Why: a pack written with ``O_DIRECT`` is not in the page cache, and reading it through the
+    cache allocates a page for every 4 KiB read: reading 256 MiB cold in 64 KiB ``pread``s cost
+    0.41 s of CPU and 0.91 s on this VM (fresh memory), in 2 MiB ``O_DIRECT`` reads 0.014 s and
+    0.07-0.09 s."""
+    if not DIRECT or not getattr(os, "O_DIRECT", 0) or hi - lo > READ_MAX or hi <= lo:
+        return None
+    start = lo - lo % ALIGN
+    end = hi + -hi % ALIGN
+    buf = getattr(_reading, "buf", None)
+    if buf is None:
+        buf = _reading.buf = take_buffer(READ_MAX + 2 * ALIGN)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        n = os.preadv(fd, [buf[:end - start]], start)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if n < hi - start:
+        return None
+    return buf[lo - start:hi - start]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from wasmig.hashing import blake3
 from wasmig.snapshot.durable import create_temp, unlink_quietly
-from wasmig.snapshot.packfile import PackFile
+from wasmig.snapshot.packfile import PackFile, read_direct
 from wasmig.snapshot.state import PAGE_SIZE, SnapshotError
 
 PACK_MAGIC = b"WASMIGPACK"
@@ -170,9 +170,34 @@ class PackStore:
         except OSError:
             return None
 
+    def prefetch(self, hs: list[str]) -> None:
+        """Read the frames of the pages ``hs`` that lie close together in one pack (the pack most
+        of them are in) with one ``O_DIRECT`` read (:func:`~wasmig.snapshot.packfile.read_direct`);
+        this thread's next :meth:`read_view` calls serve them from it. A restore calls it per
+        batch: the pages of one checkpoint lie in page order in its pack."""
+        _tls.ahead = {}
+        locs = [(h, loc) for h in hs if (loc := self.locations.get(h)) is not None]
+        if len(locs) < 2:
+            return
+        packs_of = [loc.pack for _, loc in locs]
+        pack = max(set(packs_of), key=packs_of.count)
+        mine = [(h, loc) for h, loc in locs if loc.pack == pack]
+        lo = min(loc.offset for _, loc in mine)
+        hi = max(loc.offset + loc.length for _, loc in mine)
+        data = read_direct(f"{self._dir}/{pack}", lo, hi)
+        if data is not None:
+            where = f"pack {self._dir}/{pack}"
+            _tls.ahead = {h: (data[loc.offset - lo:loc.offset - lo + loc.length], f"page {h} in {where}")
+                          for h, loc in mine}
+
     def read_view(self, h: str) -> tuple[memoryview, str] | None:
         """:meth:`read` into a buffer of the calling thread's, reused (no allocation per page): the
-        view is valid until this thread's next call."""
+        view is valid until this thread's next call (or :meth:`prefetch`)."""
+        ahead = getattr(_tls, "ahead", None)
+        if ahead:
+            found = ahead.pop(h, None)
+            if found is not None:
+                return found
         loc = self.locations.get(h)
         if loc is None:
             found = self.read(h)

@@ -91,6 +91,16 @@ class _PageSource:
         if h in self._repeated:
             self._cache[h] = bytes(target)
 
+    def prefetch(self, hashes: list[str]) -> None:
+        """Let the page store read these pages' frames together, when it can (a pack store reads
+        neighbouring frames with one read: :meth:`~wasmig.snapshot.packs.PackStore.prefetch`)."""
+        wanted = [h for h in hashes if h not in self._cache]
+        if len(wanted) < 2 or self._store is None and (self.pages_dir is None or not self.pages_dir.is_dir()):
+            return  # nothing to gain, or no store: the pages' own reads report that
+        ahead = getattr(self._packs(), "prefetch", None)
+        if ahead is not None:
+            ahead(wanted)
+
     def note_repeats(self, entries: list[Any]) -> None:
         """Remember which hashes ``entries`` names more than once: only those are kept once read."""
         seen: set[str] = set()
@@ -170,6 +180,7 @@ class PagedMemory:
         view = memoryview((ctypes.c_char * (len(self) * PAGE_SIZE)).from_address(address)).cast("B")
 
         def batch(js: list[int]) -> None:
+            self._source.prefetch([e for j in js if isinstance(e := self.entries[j], str)])
             for j in js:
                 self.copy_page(j, view[j * PAGE_SIZE:(j + 1) * PAGE_SIZE])
 
