@@ -170,7 +170,7 @@ class PackStore:
         except OSError:
             return None
 
-    def prefetch(self, hs: list[str]) -> None:
+    def read_ahead(self, hs: list[str]) -> None:
         """Read the frames of the pages ``hs`` that lie close together in one pack (the pack most
         of them are in) with one ``O_DIRECT`` read (:func:`~wasmig.snapshot.packfile.read_direct`);
         this thread's next :meth:`read_view` calls serve them from it. A restore calls it per
@@ -192,7 +192,7 @@ class PackStore:
 
     def read_view(self, h: str) -> tuple[memoryview, str] | None:
         """:meth:`read` into a buffer of the calling thread's, reused (no allocation per page): the
-        view is valid until this thread's next call (or :meth:`prefetch`)."""
+        view is valid until this thread's next call (or :meth:`read_ahead`)."""
         ahead = getattr(_tls, "ahead", None)
         if ahead:
             found = ahead.pop(h, None)
