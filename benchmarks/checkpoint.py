@@ -27,8 +27,9 @@ Each figure is the median over ``--runs`` runs, the measurements of one run take
 other (interleaved, so load from the other agents on this shared 2-core machine hits floor and
 store alike), and printed as a ratio to the floor of the same run. CPU seconds
 (``time.process_time``) are printed beside wall seconds: on a loaded machine they show the work
-done, wall time what a guest would wait. Restores read the packs from the page cache (just
-written). ``--dir`` chooses the filesystem (default: the system temp directory).
+done, wall time what a guest would wait. Restores read the packs just written: from the disk
+where the store wrote them with ``O_DIRECT`` (they are not in the page cache then), from the page
+cache otherwise. ``--dir`` chooses the filesystem (default: the system temp directory).
 """
 
 from __future__ import annotations

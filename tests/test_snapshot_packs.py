@@ -193,12 +193,13 @@ def test_memory_read_in_place(tmp_path: Path, threads: int) -> None:
 
 
 def test_pack_writeback_starts_during_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pack's writeback is started in consecutive runs as its pages are appended (so the one
-    fsync at commit waits only for the tail), the real ``sync_file_range`` accepts the calls, and
-    the snapshot reads back whole."""
-    from wasmig.snapshot import durable, packs
+    """Written through the page cache (a filesystem without ``O_DIRECT``), a pack's writeback is
+    started in consecutive runs as its pages are appended (so the one fsync at commit waits only
+    for the tail), the real ``sync_file_range`` accepts the calls, and the snapshot reads back whole."""
+    from wasmig.snapshot import durable, packfile
 
-    monkeypatch.setattr(packs, "WRITEBACK_EVERY", 4 * PAGE_SIZE)
+    monkeypatch.setattr(packfile, "DIRECT", False)
+    monkeypatch.setattr(packfile, "WRITEBACK_EVERY", 4 * PAGE_SIZE)
     monkeypatch.setattr(pagework, "BATCH", 4)  # pages reach the pack 4 at a time
     calls: list[tuple[int, int]] = []
 
@@ -206,7 +207,7 @@ def test_pack_writeback_starts_during_the_write(tmp_path: Path, monkeypatch: pyt
         calls.append((offset, length))
         durable.start_writeback(fd, offset, length)  # the real call: must not fail on this filesystem
 
-    monkeypatch.setattr(packs, "start_writeback", recording)
+    monkeypatch.setattr(packfile, "start_writeback", recording)
     data = bytes(random.Random(9).randbytes(40 * PAGE_SIZE))
     store = CheckpointDir(tmp_path / "ck", threads=1)
     path = store.write(_snap(9, data))

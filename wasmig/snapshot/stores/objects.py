@@ -87,8 +87,8 @@ class _MemorySink:
     def __init__(self) -> None:
         self.pages: list[tuple[str, bytes]] = []
 
-    def append_many(self, pages: list[tuple[str, bytes]]) -> None:
-        self.pages += pages
+    def append_block(self, block: memoryview, used: int, entries: list[tuple[str, int, int]]) -> None:
+        self.pages += [(h, bytes(block[start:start + length])) for h, start, length in entries]
 
 
 class _ObjectPages:
