@@ -736,7 +736,7 @@ class _FunctionRewriter:
         if self.p.unroll < 2 or self.big:
             return False
         end = self.end_of[i]
-        return end - i - 1 <= UNROLL_MAX_BODY and self._innermost_without_calls(i) and not self._counted(i)
+        return end - i - 1 <= UNROLL_MAX_BODY and self._innermost_without_calls(i)
 
     def _innermost_without_calls(self, i: int) -> bool:
         body = self.func.body
@@ -746,9 +746,9 @@ class _FunctionRewriter:
         """Whether the fast variant leaves loop ``i`` without a poll: an innermost loop without
         calls whose trip count its constants bound (:mod:`wasmig.instrument.counted`), so it
         runs a bounded time per entry and the enclosing code's polls bound the time to a stop.
-        It then runs as the original, neither polled nor unrolled: pb_mvt's strided loop ran
-        1.23-1.30x plain with four copies per poll. The deterministic variant counts every
-        header and keeps them all."""
+        Its copies stay (if small enough to unroll): without them sha256, pb_jacobi1d and
+        pb_heat3d lost their 0.85-0.96x plain (docs/instrument.md). The deterministic variant
+        counts every header and keeps them all."""
         if self.p.count_steps:
             return False
         found = self.counted.get(i)
@@ -783,7 +783,8 @@ class _FunctionRewriter:
         exit_label = len(self.labels) - 1
         self.open(0x03, ins.imm, False)  # $L: the label of the last copy's branches
         loop_label = len(self.labels) - 1
-        self.stable_point(site, params, entry_height)
+        if not self._counted(i):
+            self.stable_point(site, params, entry_height)
         rounds = self.p.unroll
         # `... br_if $L end` (LLVM's loop shape): a copy leaves through `i32.eqz br_if $exit`
         tail_test = ins.imm is None and body_ends_with_back_branch(self.func.body, i, end, self.unreachable)
