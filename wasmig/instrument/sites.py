@@ -40,10 +40,15 @@ _TYPE_ORDER = {"i32": 0, "i64": 1, "f32": 2, "f64": 3}
 def compact_slots(site: Site, local_types: list[str]) -> list[int]:
     """The locals a normal body's cold arm saves at ``site``, in the order of their compact
     positions in the frame record (docs/instrument.md, "Compact records"): its live original
-    locals and its spill and argument spill locals, by type (i32, i64, f32, f64), each type's
-    ascending."""
-    slots = sorted({*site.live, *site.spills, *site.arg_spills})
-    return sorted(slots, key=lambda j: _TYPE_ORDER[local_types[j]])
+    locals by type (i32, i64, f32, f64), each type's ascending, then its stack's spill locals
+    bottom to top, then its argument spill locals.
+
+    The stack comes in stack order so that a call site's order is a prefix of its
+    ``after_call`` site's (the same live locals and the stack beneath the call, then the call's
+    results): one cold arm saves the ``after_call`` site's values for both, and a record of
+    either reads its values at the same positions."""
+    live = sorted(site.live, key=lambda j: (_TYPE_ORDER[local_types[j]], j))
+    return live + site.spills + site.arg_spills  # spill locals: distinct, and none an original local
 
 
 @dataclass

@@ -56,6 +56,7 @@ from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
 from wasmig.instrument import transfer
 from wasmig.instrument.callgraph import call_graph
+from wasmig.instrument.counted import counted_trips
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq
 from wasmig.instrument.linking import (
     COMPACT_ALL,
@@ -228,6 +229,7 @@ class _FunctionRewriter:
         self.live_lists: dict[int, list[int]] = {}  # a live set's bits -> its locals, ascending
         #: the loops where a rewind copy hands the frame back to the normal body (transfer.py)
         self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
+        self.counted: dict[int, bool] = {}  # loop start -> whether it is left unpolled (_counted)
         #: with entry loops: the normal body's code up to its transfer arm (transfer.entry_check)
         self.transfer_head: Code | None = None
 
@@ -351,7 +353,7 @@ class _FunctionRewriter:
         self.site_at[key] = site_id
         return site_id
 
-    def unwind_branch(self, site_id: int, *, compact: bool = False) -> None:
+    def unwind_branch(self, site_id: int, *, compact: bool = False, call_site: int | None = None) -> None:
         """Inside a cold `if`: write this site's slots of the frame record, set $site and branch
         to $unwind (which writes the record's header).
 
@@ -370,9 +372,17 @@ class _FunctionRewriter:
         values go to their compact positions through the pass's savers (:meth:`_save_compact`).
         A poll's arm in a function of fewer than :data:`UNROLL_MAX_FUNCTION` instructions keeps a
         store per value: with saver calls in every poll's arm, the triangular loop nests ran
-        1.14-1.31x plain against 0.94-1.04x (pb_cholesky, pb_lu, pb_ludcmp, pb_trisolv)."""
+        1.14-1.31x plain against 0.94-1.04x (pb_cholesky, pb_lu, pb_ludcmp, pb_trisolv).
+
+        ``call_site`` (its id is ``site_id - 1``): the one arm of a polling call's two sites
+        (:meth:`_shares_arm`). It saves the ``after_call`` site ``site_id``'s values, a superset
+        of the call site's at the same positions, and records the site ``site_id - $state``: the
+        call site when the callee unwound (``$state`` 1), the ``after_call`` site on a request
+        with the call done (``$state`` 0; a normal body never runs while rewinding)."""
         out = self.out
         out.add_encoded(_i32_const(site_id), 1)
+        if call_site is not None:
+            out.add_encoded(self.p.minus_state, 2)
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
             out.add_encoded(self.set_site, 1)
             self.emit(0x0C, self.unwind_depth())
@@ -488,6 +498,11 @@ class _FunctionRewriter:
         if after is not None:
             self.out.add_encoded(p.poll_load, 2)  # i32.atomic.load8_u $poll
             self.open(0x04, p.block_type(carried, carried), False)
+            if self._shares_arm(site_id, after):
+                self.pop_into(carried, base)
+                self.unwind_branch(after, compact=True, call_site=site_id)
+                self.close()
+                return
         self.out.add_encoded(p.is_unwinding, 3)  # $state == 1
         self.open(0x04, p.block_type(carried, carried), False)
         self.drop(len(results))
@@ -504,6 +519,18 @@ class _FunctionRewriter:
         self.pop_into(carried, base)
         self.unwind_branch(after, compact=True)
         self.close()
+
+    def _shares_arm(self, site_id: int, after: int) -> bool:
+        """Whether a polling call's two sites can share one cold arm (:meth:`unwind_branch` with
+        ``call_site``): the call site saves a prefix of what its ``after_call`` site saves
+        (:func:`~wasmig.instrument.sites.compact_slots`) -- the same live locals, the same stack
+        beneath the call, and no operands kept for a re-issue (a ``call_indirect``'s table index,
+        whose spill local a result could share) -- and its id is one less, so that the arm picks
+        the site as ``after - $state``. One arm instead of two saves ~30-60 bytes a call."""
+        sites = self.p.sites
+        call, done = sites[site_id], sites[after]
+        return (after == site_id + 1 and not call.arg_spills and call.live == done.live
+                and done.spills[: len(call.spills)] == call.spills)
 
     def call_sites(self, i: int, ins: Instr, kind: str, below: list[str], args: list[str],
                    results: list[str]) -> tuple[int, int | None]:
@@ -652,7 +679,7 @@ class _FunctionRewriter:
                 if op == 0x03 and live:
                     params = self.check_types(stack[entry_height:], "a loop parameter")
                     site = self.add_site((i, "loop"), "loop", ins.offset, self.check_types(stack, "a value at a loop"))
-                    if not self._every_iteration_calls(i):
+                    if not self._every_iteration_calls(i) and not self._counted(i):
                         self.stable_point(site, params, entry_height)
             elif op == 0x0B:
                 done = ctl.pop()
@@ -709,8 +736,26 @@ class _FunctionRewriter:
         if self.p.unroll < 2 or self.big:
             return False
         end = self.end_of[i]
+        return end - i - 1 <= UNROLL_MAX_BODY and self._innermost_without_calls(i)
+
+    def _innermost_without_calls(self, i: int) -> bool:
         body = self.func.body
-        return end - i - 1 <= UNROLL_MAX_BODY and not any(body[k].op in (0x03, 0x10, 0x11) for k in range(i + 1, end))
+        return not any(body[k].op in (0x03, 0x10, 0x11) for k in range(i + 1, self.end_of[i]))
+
+    def _counted(self, i: int) -> bool:
+        """Whether the fast variant leaves loop ``i`` without a poll: an innermost loop without
+        calls whose trip count its constants bound (:mod:`wasmig.instrument.counted`), so it
+        runs a bounded time per entry and the enclosing code's polls bound the time to a stop.
+        Its copies stay (if small enough to unroll): without them sha256, pb_jacobi1d and
+        pb_heat3d lost their 0.85-0.96x plain (docs/instrument.md). The deterministic variant
+        counts every header and keeps them all."""
+        if self.p.count_steps:
+            return False
+        found = self.counted.get(i)
+        if found is None:
+            found = self.counted[i] = (self._innermost_without_calls(i)
+                                       and counted_trips(self.func.body, i, self.end_of[i]) is not None)
+        return found
 
     def _unrolled_loop(self, i: int, ins: Instr, stack: list[str | None], entry_height: int,
                        ctl: list[_Ctl]) -> None:
@@ -738,7 +783,8 @@ class _FunctionRewriter:
         exit_label = len(self.labels) - 1
         self.open(0x03, ins.imm, False)  # $L: the label of the last copy's branches
         loop_label = len(self.labels) - 1
-        self.stable_point(site, params, entry_height)
+        if not self._counted(i):
+            self.stable_point(site, params, entry_height)
         rounds = self.p.unroll
         # `... br_if $L end` (LLVM's loop shape): a copy leaves through `i32.eqz br_if $exit`
         tail_test = ins.imm is None and body_ends_with_back_branch(self.func.body, i, end, self.unreachable)
@@ -1249,6 +1295,8 @@ class _Pass:
         #: the poll (i32.atomic.load8_u $poll 0) and the test $state == unwinding, encoded once
         self.poll_load = encode_seq((0x41, 0), (0xFE12, memarg(0, POLL, self.poll_mem)))
         self.is_unwinding = encode_seq((0x23, self.globals_base), (0x41, STATE_UNWINDING), (0x46,))
+        #: ``- $state``: a shared call arm's site (:meth:`_FunctionRewriter.unwind_branch`)
+        self.minus_state = encode_seq((0x23, self.globals_base), (0x6B,))
         self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}  # type indices
         self.count_steps = True
         self.unroll = 1  # copies of a small call-free loop's body per poll (fast variant: UNROLL)

@@ -1,0 +1,107 @@
+"""One cold arm per polling call (docs/instrument.md, "Compact records"): in the fast variant a call
+of the module's own code that can unwind has two sites, the call site (its callee unwound) and the
+``after_call`` site (a request, the call done). Both unwind through one arm that saves the
+``after_call`` site's values and records the site ``after - $state``; the call site's compact
+order is a prefix of its ``after_call`` site's, so a record of either reads its values at the
+same positions. Checked here: the shape, the order, and that records written by a shared arm at
+both sites translate into the interpreter's state and finish on every engine."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from tests.wat import wat_module
+from wasmig.binary.decoder import decode_module
+from wasmig.binary.features import INSTRUMENTED
+from wasmig.instrument.sites import compact_slots
+from wasmig.instrument.unwind import instrument
+
+pytest.importorskip("wasmtime")
+from tests.test_cross_engine import (  # noqa: E402
+    ENGINES,
+    _same_state,
+    _stop_on_mark,
+    after_call_states,
+    finish,
+    reference,
+)
+
+#: the program's arguments: test_cross_engine's reference() caches its runs by them
+ARGS = ["call-arms"]
+# $rec keeps an i32 and an f64 local live across its call, and an i64 beneath it on the stack: the
+# call site saves (n, x, the i64) and its after_call site also the i64 result. $mark (sched_yield)
+# is called at the bottom of the recursion, where the test requests a checkpoint.
+WAT = """
+(module
+  (import "wasi_snapshot_preview1" "sched_yield" (func $mark (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $rec (param $n i32) (param $x f64) (result i64)
+    (if (result i64) (i32.eqz (local.get $n))
+      (then (drop (call $mark)) (i64.const 1))
+      (else
+        (i64.add
+          (i64.extend_i32_u (local.get $n))
+          (i64.add (call $rec (i32.sub (local.get $n) (i32.const 1)) (f64.mul (local.get $x) (f64.const 1.5)))
+                   (i64.trunc_f64_s (local.get $x)))))))
+  (func (export "_start")
+    (i64.store (i32.const 0) (call $rec (i32.const 6) (f64.const 3.25)))
+    (i32.store (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 8))
+    (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24)))))
+"""
+
+
+def test_a_polling_call_has_one_cold_arm_that_picks_its_site_by_state() -> None:
+    """$rec's `if`s: its entry poll (it calls an import, whose check does not poll), the
+    original `if`, the import call's `$state == 1` check, and for the recursive call one poll
+    `if` around one arm, which computes its site as ``after - $state`` (no second arm behind a
+    `$state == 1` test)."""
+    module = wat_module(WAT)
+    ins = instrument(module, count_steps=False)
+    run = decode_module(ins.data, features=INSTRUMENTED)
+    body = run.funcs[0].body  # $rec, the first defined function
+    state = ins.sitemap.globals_base
+    ifs = sum(1 for i in body if i.op == 0x04)
+    assert ifs == 4, f"{ifs} ifs"
+    triples = list(zip(body, body[1:], body[2:], strict=False))
+    assert sum(1 for a, b, _ in triples if (a.op, a.imm, b.op) == (0x23, state, 0x6B)) == 1  # $state  i32.sub
+    state_is_1 = [(a.op, a.imm, b.op, b.imm, c.op) for a, b, c in triples].count((0x23, state, 0x41, 1, 0x46))
+    assert state_is_1 == 1, "only the import call's check tests $state == 1"
+
+
+def test_a_call_sites_compact_order_is_a_prefix_of_its_after_call_sites() -> None:
+    ins = instrument(wat_module(WAT), count_steps=False)
+    sites = ins.sitemap.sites
+    pairs = [(s, sites[s.id + 1]) for s in sites[:-1] if s.kind == "call" and sites[s.id + 1].kind == "after_call"]
+    assert pairs
+    for call, after in pairs:
+        types = ins.sitemap.functions[call.func].local_types
+        order, after_order = compact_slots(call, types), compact_slots(after, types)
+        assert after_order[: len(order)] == order and len(after_order) > len(order)
+
+
+def test_records_of_a_shared_arm_at_both_sites_are_the_interpreters_state() -> None:
+    """A request at the bottom of the recursion: $rec(1) stops just after its call returned
+    (the arm with $state 0: its after_call site, the result on its stack) and every outer $rec
+    frame at its call site (the same arm with $state 1, a prefix of the values). The snapshot is
+    a state of the interpreter, and it finishes on every engine as the uninterrupted run."""
+    module = wat_module(WAT)
+    code, expected, _ = reference(module, ARGS)
+
+    def request(runner: object) -> None:
+        runner.request()  # type: ignore[attr-defined]
+
+    snap, printed = _stop_on_mark(module, request, "no stop")
+    assert snap.point == "after_call"
+    assert [len(f.stack) for f in snap.frames[1:]] == [1] * 5 + [2], "outer frames: the i64 beneath the call"
+    innermost = snap.frames[-1]  # $rec(1): $n is dead after the call (zero), $x live
+    assert innermost.locals[1] == ("f64", struct.unpack("<Q", struct.pack("<d", 3.25 * 1.5**5))[0])
+    assert innermost.stack == [("i64", 1), ("i64", 1)], "$n extended, and $rec(0)'s result"
+    same = [s for s in after_call_states(module, ARGS, 1, 100_000)
+            if s.stdout == printed and _same_state(s.snapshot, snap)]
+    assert len(same) == 1
+    for engine in ENGINES:
+        assert finish(engine, module, snap) == (code, expected), engine
