@@ -64,7 +64,6 @@ MIN_BODY = 1000
 MIN_ENCLOSING = 1000
 #: the copy's labels with transfers: $done, $unwind, the function's label, $copy_unwind, $transfer
 TRANSFER_LABEL = 4
-_RECORDS_BASE_OFFSETS = (0, 4)  # the transfer record: its site (the entry ordinal), its function
 
 
 @dataclass(frozen=True)
@@ -150,43 +149,30 @@ def plan_entries(body: list[Instr], end_of: dict[int, int], unreachable: list[bo
     return EntryPlan(ordinal, frozenset(targets))
 
 
-# --- the normal body -------------------------------------------------------------------------------
-def entry_check(rw: _FunctionRewriter) -> Code:
-    """The start of a normal body with entry loops: ``if ($state == 2)`` (a transfer: its loads
-    are put in by :func:`with_transfer_loads`, once every local is known) ``else`` the entry poll
-    (a transfer's entry is no stable point: the deterministic variant must not count it) ``end``.
-    Returns the code up to the ``if``; the normal body goes on in new code (``rw.out``)."""
-    rw.emit(0x23, rw.p.globals_base)
-    rw.emit(0x41, 2)  # STATE_REWINDING
-    rw.emit(0x46)
-    rw.open(0x04, None, False)
-    head = rw._start_code()
-    if rw.p.entry_polled(rw.func_idx):
-        rw.emit(0x05)
-        rw.stable_point(rw.entry_site, [], 0)
-    rw.close()
-    return head
-
-
-def with_transfer_loads(rw: _FunctionRewriter, head: Code, rest: Code) -> Code:
-    """The normal body ``head`` + the arm of :func:`entry_check` taken by a transfer + ``rest``.
-    In that arm the rewind is over (``$state = 0``), the record must be this function's (else
-    trap rather than run garbage), every local and spill local comes back from it, ``$site`` is
-    the entry ordinal and ``$skip`` is set."""
-    from wasmig.instrument.unwind import _LOAD, RECORDS_BASE, STATE_RUNNING
+# --- the entry function ----------------------------------------------------------------------------
+def entry_body(rw: _FunctionRewriter) -> Code:
+    """The entry function's code inside its function label, but for its loads
+    (:func:`with_entry_loads`, once every local is known): the normal body's walk to the entry
+    loops (:func:`emit_body`). Emitted after the normal body, with the same sites, and before the
+    copy, which must know every site."""
+    from wasmig.instrument.unwind import _UNWIND_LABEL
 
     rw._start_code()
-    rw.out.extend(head)
+    rw.labels = [False, False, True]  # $done, $unwind, the function's label
+    rw.unwind_label = _UNWIND_LABEL
+    emit_body(rw, rw.entries)
+    return rw._start_code()
+
+
+def with_entry_loads(rw: _FunctionRewriter, rest: Code) -> Code:
+    """The entry function's loads, then ``rest``: the rewind is over (``$state = 0``), every
+    local and spill local comes back from the record at ``RECORDS_BASE`` (only the copy of this
+    function writes one there before tail-calling this function), ``$site`` is the entry
+    ordinal and ``$skip`` is set."""
+    from wasmig.instrument.unwind import _LOAD, RECORDS_BASE
+
+    rw._start_code()
     emit = rw.emit
-    emit(0x41, STATE_RUNNING)
-    emit(0x24, rw.p.globals_base)
-    emit(0x41, 0)
-    emit(0x28, rw.ctl_memarg(2, RECORDS_BASE + 4))
-    emit(0x41, rw.func_idx)
-    emit(0x47)  # i32.ne
-    emit(0x04, None)  # not this function's record: a trap (no label: nothing branches here)
-    emit(0x00)
-    emit(0x0B)
     scratch = {rw.site_local, rw.addr_local, rw.skip_local}
     for j, t in enumerate(rw.local_types):
         if j in scratch:
@@ -354,16 +340,13 @@ def transfer_branch(rw: _FunctionRewriter, plan: EntryPlan, i: int) -> None:
 
 def transfer_tail(rw: _FunctionRewriter) -> None:
     """After the copy's ``$transfer`` block: the frame as one record at ``RECORDS_BASE`` (the
-    rewind is over, so the control memory's records are free), ``$state = 2`` and a tail call of
-    the function itself, whose normal body takes the record (:func:`entry_check`)."""
-    from wasmig.instrument.unwind import _STORE, RECORDS_BASE, STATE_REWINDING
+    rewind is over, so the control memory's records are free) and a tail call of the function's
+    entry function, which takes the record (:func:`with_entry_loads`)."""
+    from wasmig.instrument.unwind import _STORE, RECORDS_BASE
 
     rw.emit(0x41, 0)
     rw.emit(0x20, rw.site_local)
     rw.emit(0x36, rw.ctl_memarg(2, RECORDS_BASE))
-    rw.emit(0x41, 0)
-    rw.emit(0x41, rw.func_idx)
-    rw.emit(0x36, rw.ctl_memarg(2, RECORDS_BASE + 4))
     scratch = {rw.site_local, rw.addr_local, rw.skip_local}
     for j, t in enumerate(rw.local_types):
         if j in scratch:
@@ -372,7 +355,4 @@ def transfer_tail(rw: _FunctionRewriter) -> None:
         rw.emit(0x41, 0)
         rw.emit(0x20, j)
         rw.emit(op, rw.ctl_memarg(align, RECORDS_BASE + 8 + 8 * j))
-    rw.emit(0x41, STATE_REWINDING)
-    rw.emit(0x24, rw.p.globals_base)
-    rw.zeros(list(rw.ftype.params))
-    rw.emit(0x12, rw.func_idx)  # return_call
+    rw.emit(0x12, rw.entry_func)  # return_call

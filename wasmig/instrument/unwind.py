@@ -228,8 +228,8 @@ class _FunctionRewriter:
         self.live_lists: dict[int, list[int]] = {}  # a live set's bits -> its locals, ascending
         #: the loops where a rewind copy hands the frame back to the normal body (transfer.py)
         self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
-        #: with entry loops: the normal body's code up to its transfer arm (transfer.entry_check)
-        self.transfer_head: Code | None = None
+        #: with entry loops: the index of the entry function, where the copy hands its frame over
+        self.entry_func = -1
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -548,8 +548,9 @@ class _FunctionRewriter:
             self.emit(op, imm, origin)
 
     # --- the function -------------------------------------------------------------------------
-    def rewrite(self) -> tuple[_Rewritten, _Rewritten]:
-        """The instrumented function and its rewind copy, encoded.
+    def rewrite(self) -> tuple[_Rewritten, _Rewritten, _Rewritten | None]:
+        """The instrumented function, its rewind copy and, for a function with entry loops, its
+        entry function (:mod:`wasmig.instrument.transfer`), encoded.
 
         The copy is a function of its own (type ``[] -> results``, every local of the function
         a local), called directly by its caller's rewind copy at the record's call site — or
@@ -561,12 +562,17 @@ class _FunctionRewriter:
         p = self.p
         results = list(self.ftype.results)
         normal = self._normal_body()
+        # the entry function (transfer.py): emitted before the copy, which must know every site
+        entry = None
+        if self.entries:
+            self.entry_func = p.add_entry(self.func_idx)
+            entry = transfer.entry_body(self)
         self.compact = False  # the copy's own cold arms store each local in its slot
         rewind = self._rewind_body()
         self.compact = True
-        if self.transfer_head is not None:  # a transfer's loads, now that every local is known
-            normal = transfer.with_transfer_loads(self, self.transfer_head, normal)
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
+        if entry is not None:  # its loads, now that every local is known
+            entry = self._framed(transfer.with_entry_loads(self, entry), results, lambda: self.emit(0x0C, 1))
         self.compact = False  # the copy's records: every local in its slot
 
         self._start_code()
@@ -592,9 +598,13 @@ class _FunctionRewriter:
         rewind_copy = _Rewritten(p.func_type_index([], results),
                                  encode_code_entry_raw(_grouped(self.local_types), copy_body.body()),
                                  copy_body.origin_entry())
+        entry_fn = None
+        if entry is not None:  # like the copy: no parameters, every local from the record
+            entry_fn = _Rewritten(rewind_copy.type_idx, encode_code_entry_raw(_grouped(self.local_types), entry.body()),
+                                  entry.origin_entry())
         p.layouts[self.func_idx] = FunctionLayout(self.func_idx, self.num_locals, list(self.local_types),
                                                   8 + 8 * len(self.local_types))
-        return new, rewind_copy
+        return new, rewind_copy, entry_fn
 
     def _normal_body(self) -> Code:
         """The original body with polls, post-call checks and spills (allocates the sites)."""
@@ -604,11 +614,6 @@ class _FunctionRewriter:
         body = self.func.body
         self.has_site = self._constructs_with_sites(body)
         entry = self.entry_site = self.add_site((-1, "entry"), "entry", body[0].offset, [])
-        self.transfer_head = None
-        if self.entries:  # a rewind copy may hand its frame over to this body (transfer.py)
-            self.transfer_head = transfer.entry_check(self)
-            transfer.emit_body(self, self.entries)
-            return self.out
         if self.p.entry_polled(self.func_idx):
             self.stable_point(entry, [], 0)
         self._emit_range(0, len(body) - 1, [])
@@ -1253,6 +1258,9 @@ class _Pass:
         self.count_steps = True
         self.unroll = 1  # copies of a small call-free loop's body per poll (fast variant: UNROLL)
         self.copy_base = 0  # function index of defined function 0's rewind copy
+        self.entry_base = 0  # function index of the first entry function (after the copies)
+        #: the original defined function of each entry function (:meth:`add_entry`)
+        self.entry_owners: list[int] = []
         self.graph = call_graph(ir, host_tables)  # of the original module: who recurses, who can unwind
         self.rewinds_table = 0  # index of the table $rewinds
         self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
@@ -1262,6 +1270,12 @@ class _Pass:
     def saver(self, t: str, k: int) -> int:
         """The function index of ``$save_<t>_<k>`` (:func:`_saver_function`)."""
         return self.header_func + 1 + SAVE_TYPES.index(t) * len(SAVE_COUNTS) + SAVE_COUNTS.index(k)
+
+    def add_entry(self, func: int) -> int:
+        """The function index of function ``func``'s entry function (after every copy, in the
+        order the functions are rewritten; :attr:`entry_owners` says whose each is)."""
+        self.entry_owners.append(func - self.n_imported)
+        return self.entry_base + len(self.entry_owners) - 1
 
     def max_record(self) -> int:
         return max((layout.record_size for layout in self.layouts.values()), default=8)
@@ -1389,6 +1403,7 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     # same indices, and the rewind module the copies alone (see _split below)
     helper_base = n_imported + n_defined
     p.copy_base = helper_base + HELPERS
+    p.entry_base = p.copy_base + n_defined
     p.rewinds_table = len(ir.all_tables())
     p.finish_func = helper_base + 2
     p.header_func = helper_base + 3
@@ -1402,12 +1417,13 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     copy_origins: list[bytes] = []
     shells: list[Function] = []
     copy_shells: list[Function] = []
+    entries: list[_Rewritten] = []  # the entry functions (transfer.py), after the copies
     for k, f in enumerate(ir.funcs):
         if progress is not None:
             progress(k, n_defined)
         info = check(k)
         cached_live = info.live
-        new, copy = _FunctionRewriter(p, n_imported + k, f, info).rewrite()
+        new, copy, entry = _FunctionRewriter(p, n_imported + k, f, info).rewrite()
         info.live = cached_live  # what the rewriter computed is dropped unless it was there before
         code.append(new.code)
         copies.append(copy.code)
@@ -1415,6 +1431,12 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
         copy_origins.append(copy.origins)
         shells.append(Function(new.type_idx, [], []))
         copy_shells.append(Function(copy.type_idx, [], []))
+        if entry is not None:
+            entries.append(entry)
+    copies += [e.code for e in entries]
+    copy_origins += [e.origins for e in entries]
+    copy_shells += [Function(e.type_idx, [], []) for e in entries]
+    del entries
     if progress is not None:
         progress(n_defined, n_defined)
     ir.funcs = shells
@@ -1478,14 +1500,14 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
         ir.tables.append(rewinds_type)
         ir.elems.append(rewinds_elem)
         ir.exports += rewind_exports
-        ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins), 11))
+        ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins, p.entry_owners), 11))
         return Instrumented(encode_module(ir, code), sitemap)
     rewind = _rewind_module(ir, copy_shells, rewinds_type, rewinds_elem, rewind_exports)
     ir.exports += _link_exports(ir)
     ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins), 11))
     run = encode_module(ir, code)
     del code, origins
-    rewind.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(copy_origins), 11))
+    rewind.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(copy_origins, p.entry_owners), 11))
     return Instrumented(run, sitemap, encode_module(rewind, copies))
 
 
