@@ -165,10 +165,18 @@ def entry_body(rw: _FunctionRewriter) -> Code:
 
 
 def with_entry_loads(rw: _FunctionRewriter, rest: Code) -> Code:
-    """The entry function's loads, then ``rest``: the rewind is over (``$state = 0``), every
-    local and spill local comes back from the record at ``RECORDS_BASE`` (only the copy of this
-    function writes one there before tail-calling this function), ``$site`` is the entry
-    ordinal and ``$skip`` is set."""
+    """The entry function's loads (:func:`record_loads`), then ``rest``. (The rewind is over:
+    ``$state`` is 0 when the copy transfers.)"""
+    loads = record_loads(rw)
+    rw.out.extend(loads)
+    rw.out.extend(rest)
+    return rw._start_code()
+
+
+def record_loads(rw: _FunctionRewriter) -> Code:
+    """Every local and spill local from the transfer record at ``RECORDS_BASE`` (only the copy of
+    this function writes one there before a transfer), ``$site`` = the entry ordinal and
+    ``$skip`` set, as new code (``rw.out`` is new code after it)."""
     from wasmig.instrument.unwind import _LOAD, RECORDS_BASE
 
     rw._start_code()
@@ -186,7 +194,6 @@ def with_entry_loads(rw: _FunctionRewriter, rest: Code) -> Code:
     emit(0x21, rw.site_local)
     emit(0x41, 1)
     emit(0x21, rw.skip_local)
-    rw.out.extend(rest)
     return rw._start_code()
 
 
@@ -341,8 +348,10 @@ def transfer_branch(rw: _FunctionRewriter, plan: EntryPlan, i: int) -> None:
 def transfer_tail(rw: _FunctionRewriter) -> None:
     """After the copy's ``$transfer`` block: the frame as one record at ``RECORDS_BASE`` (the
     rewind is over, so the control memory's records are free) and a tail call of the function's
-    entry function, which takes the record (:func:`with_entry_loads`)."""
-    from wasmig.instrument.unwind import _STORE, RECORDS_BASE
+    entry function, which takes the record (:func:`with_entry_loads`) -- or, for a function with
+    an entry arm (:mod:`wasmig.instrument.entry_arm`), ``$state = 2`` and a tail call of the
+    function itself, with dummy arguments."""
+    from wasmig.instrument.unwind import _STORE, RECORDS_BASE, STATE_REWINDING
 
     rw.emit(0x41, 0)
     rw.emit(0x20, rw.site_local)
@@ -355,4 +364,10 @@ def transfer_tail(rw: _FunctionRewriter) -> None:
         rw.emit(0x41, 0)
         rw.emit(0x20, j)
         rw.emit(op, rw.ctl_memarg(align, RECORDS_BASE + 8 + 8 * j))
-    rw.emit(0x12, rw.entry_func)  # return_call
+    if rw.chain is not None:
+        rw.emit(0x41, STATE_REWINDING)
+        rw.emit(0x24, rw.p.globals_base)
+        rw.zeros(list(rw.ftype.params))
+        rw.emit(0x12, rw.func_idx)  # return_call
+    else:
+        rw.emit(0x12, rw.entry_func)

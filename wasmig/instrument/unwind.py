@@ -54,7 +54,7 @@ from wasmig.binary.leb128 import encode_s
 from wasmig.binary.opcodes import memarg
 from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
-from wasmig.instrument import transfer
+from wasmig.instrument import entry_arm, transfer
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq
 from wasmig.instrument.linking import (
@@ -230,6 +230,9 @@ class _FunctionRewriter:
         self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
         #: with entry loops: the index of the entry function, where the copy hands its frame over
         self.entry_func = -1
+        #: a chain of entry loops around a huge target: an entry arm instead (entry_arm.py)
+        self.entries, self.chain = entry_arm.chain_of(self.entries, self.end_of)
+        self.arm_head: Code | None = None  # the normal body up to the entry arm
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -564,12 +567,14 @@ class _FunctionRewriter:
         normal = self._normal_body()
         # the entry function (transfer.py): emitted before the copy, which must know every site
         entry = None
-        if self.entries:
+        if self.entries and self.chain is None:
             self.entry_func = p.add_entry(self.func_idx)
             entry = transfer.entry_body(self)
         self.compact = False  # the copy's own cold arms store each local in its slot
         rewind = self._rewind_body()
         self.compact = True
+        if self.arm_head is not None:  # the entry arm's loads, now that every local is known
+            normal = entry_arm.with_arm_loads(self, self.arm_head, normal, transfer.record_loads(self))
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
         if entry is not None:  # its loads, now that every local is known
             entry = self._framed(transfer.with_entry_loads(self, entry), results, lambda: self.emit(0x0C, 1))
@@ -614,6 +619,10 @@ class _FunctionRewriter:
         body = self.func.body
         self.has_site = self._constructs_with_sites(body)
         entry = self.entry_site = self.add_site((-1, "entry"), "entry", body[0].offset, [])
+        self.arm_head = None
+        if self.chain is not None:  # a transfer lands in an arm of its own (entry_arm.py)
+            self.arm_head = entry_arm.arms(self, self.chain)
+            return self.out
         if self.p.entry_polled(self.func_idx):
             self.stable_point(entry, [], 0)
         self._emit_range(0, len(body) - 1, [])
