@@ -15,7 +15,7 @@ from tests.wat import wat_module
 from wasmig import files
 from wasmig.binary.blocks import match_blocks
 from wasmig.engines.interp.capture import capture
-from wasmig.instrument import transfer
+from wasmig.instrument import entry_arm, transfer
 from wasmig.instrument.linking import HELPERS, REWIND_MODULE_NAME
 from wasmig.instrument.transfer import plan_entries
 from wasmig.session.command import instantiate_with_wasi
@@ -62,6 +62,38 @@ def entries_everywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(transfer, "MIN_BODY", 0)
     monkeypatch.setattr(transfer, "MIN_ENCLOSING", 0)
     monkeypatch.setattr(files, "wasmtime_cache_dir", lambda: tmp_path)
+
+
+#: a restart loop around a dispatch loop (a `br_table` over blocks, a call in one case), a value
+#: buried beneath the block around the dispatch loop, an `if` on the way to it; memory[0] = result
+DISPATCH_WAT = """
+(module
+  (memory (export "memory") 1)
+  (func $step (param i32) (result i32) (i32.add (local.get 0) (i32.const 7)))
+  (func $run (param $n i32) (result i32) (local $pc i32) (local $acc i32) (local $k i32)
+    (loop $restart
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (local.set $acc (i32.add (local.get $acc)
+        (block (result i32)
+          (if (result i32) (local.get $n)
+            (then
+              (i32.const 100)
+              (block $out (param i32) (result i32)
+                (loop $next (param i32) (result i32)
+                  (local.set $pc (i32.add (local.get $pc) (i32.const 1)))
+                  (br_if $out (i32.gt_u (local.get $pc) (i32.mul (local.get $k) (i32.const 700))))
+                  (block $c2 (param i32) (result i32)
+                    (block $c1 (param i32) (result i32)
+                      (block $c0 (param i32) (result i32)
+                        (br_table $c0 $c1 $c2 (i32.rem_u (local.get $pc) (i32.const 3))))
+                      (i32.add (i32.const 1)) (br $next))
+                    (call $step) (br $next))
+                  (i32.xor (local.get $pc)) (br $next))))
+            (else (i32.const 5))))))
+      (br_if $restart (i32.lt_u (local.get $k) (i32.const 4))))
+    (local.get $acc))
+  (func (export "_start") (i32.store (i32.const 0) (call $run (i32.const 1)))))
+"""
 
 
 def _wasi() -> Wasi:
@@ -182,6 +214,102 @@ def test_the_cross_engine_checks_hold_with_transfers_in_every_function(entries_e
     for later in (1, 5, 40):
         cross.test_a_second_stop_after_a_rewind_equals_the_interpreters(later)
     cross.test_a_rewound_loop_runs_on_in_the_normal_loop()
+
+
+@pytest.fixture
+def arms_everywhere(monkeypatch: pytest.MonkeyPatch, entries_everywhere: None) -> None:
+    """Every function with entry loops gets an entry arm (``entry_arm.MIN_TARGET`` = 0) instead of
+    an entry function: the small modules here exercise the arms."""
+    monkeypatch.setattr(entry_arm, "MIN_TARGET", 0)
+
+
+def test_the_cross_engine_checks_hold_with_entry_arms_in_every_function(arms_everywhere: None) -> None:
+    """The same checks with a transfer landing in the function's entry arm (buried values beneath
+    the constructs on the path, loop parameters, an ``if`` on the path)."""
+    test_the_cross_engine_checks_hold_with_transfers_in_every_function(None)
+
+
+def test_an_entry_arm_keeps_only_the_chain_to_the_biggest_target(entries_everywhere: None) -> None:
+    """A small loop before the restart loop (QuickJS's ``JS_CallInternal`` has five) is no entry
+    loop of a function with an entry arm; the restart loop and the dispatch loop are its chain."""
+    small = ("(local.set $k (i32.const 4)) "
+             "(loop $pre (br_if $pre (local.tee $k (i32.sub (local.get $k) (i32.const 1)))))")
+    wat = DISPATCH_WAT.replace("(loop $restart", small + " (loop $restart", 1)
+    module = wat_module(wat)
+    body = module.ir.funcs[1].body  # $run
+    end_of, _ = match_blocks(body)
+    plan = plan_entries(body, end_of, [False] * len(body))
+    pre, restart, dispatch = (i for i, ins in enumerate(body) if ins.op == 0x03)
+    assert set(plan.ordinal) == {pre, restart, dispatch}
+    kept, chain = entry_arm.chain_of(plan, end_of)
+    assert chain is None  # the dispatch loop is under MIN_TARGET
+    big = end_of[dispatch] - dispatch
+    entry_arm_min = entry_arm.MIN_TARGET
+    try:
+        entry_arm.MIN_TARGET = big
+        kept, chain = entry_arm.chain_of(plan, end_of)
+    finally:
+        entry_arm.MIN_TARGET = entry_arm_min
+    assert chain == [restart, dispatch] and kept.ordinal == {restart: 0, dispatch: 1}
+    assert kept.targets == {dispatch}
+
+
+@pytest.mark.parametrize("k", [2, 41, 702, 1403])
+def test_a_dispatch_loop_restored_in_its_entry_arm_runs_to_the_interpreters_result(
+        k: int, arms_everywhere: None) -> None:
+    """A bytecode loop inside a restart loop, with a value buried beneath the restart loop's
+    block, restored at step k on wasmtime (the copy transfers into the entry arm), stopped again
+    1000 steps on with the interpreter's frames and count, and run to the end: the interpreter's
+    result."""
+    module = wat_module(DISPATCH_WAT)
+    want = _interp_snapshot(module, k + 1000)
+    snap = _interp_snapshot(module, k)
+    assert snap.wasi is not None
+    wasi = restore_wasi(snap.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
+    try:
+        runner = Checkpointable(module, wasi, count_steps=True)
+        runner.load(snap)
+        runner.arm(k + 1000)
+        runner.resume(snap.frames, snap.point)
+        assert runner.unwound
+        again = from_plain(to_plain(runner.capture()))
+        runner.arm(None)
+        runner.resume()
+        assert not runner.unwound
+        mem = runner.instance.exports["memory"]
+        result = int.from_bytes(bytes(mem.read(runner.store, 0, 4)), "little")
+    finally:
+        wasi.close()
+    assert (again.frames, again.point, again.steps) == (want.frames, want.point, want.steps)
+    wasi = _wasi()
+    inst = instantiate_with_wasi(module, wasi)
+    inst.invoke("_start")
+    wasi.close()
+    assert result == int.from_bytes(bytes(inst.store.mems[0].data[:4]), "little")
+
+
+def test_the_run_module_is_the_same_with_and_without_entry_functions(entries_everywhere: None,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A function's entry function lives in the rewind module: its normal body has no transfer
+    code (which cost QuickJS 1.15-1.18x plain against 1.06-1.09x), so the run module's code is
+    the very code of a pass without transfers."""
+    from wasmig.binary.decoder import decode_module
+    from wasmig.binary.features import INSTRUMENTED
+    from wasmig.instrument.unwind import instrument
+
+    module = wat_module(TRAPPING_WAT)
+    with_entries = instrument(module, count_steps=False)
+    monkeypatch.setattr(transfer, "MIN_BODY", 10**9)
+    without = instrument(module, count_steps=False)
+    assert with_entries.rewind is not None and without.rewind is not None
+    assert len(with_entries.rewind) > len(without.rewind)  # the entry function of $run
+    def code(data: bytes) -> list[list[tuple[int, object]]]:
+        """Every function's instructions, block types spelt out (the type section's order differs)."""
+        ir = decode_module(data, features=INSTRUMENTED)
+        return [[(i.op, ir.types[i.imm] if i.op in (0x02, 0x03, 0x04) and isinstance(i.imm, int) else i.imm)
+                 for i in f.body] for f in ir.funcs]
+
+    assert code(with_entries.data) == code(without.data)
 
 
 @pytest.mark.parametrize("k", [40, 700, 3001])
