@@ -1,28 +1,34 @@
-"""Transfers: a rewound frame goes back to its function's normal body at a loop header.
+"""Transfers: a rewound frame goes back to normal code at a loop header.
 
 A rewind re-enters every frame that was live at a checkpoint through its function's *rewind copy*
-(:mod:`wasmig.instrument.unwind`). Left there, a frame finishes its activation in the copy; a
-copy that holds its loops in normal form runs them at nearly the normal body's speed, but not in a
-huge function (QuickJS's ``JS_CallInternal``: its dispatch loop ran 1.10-1.19x slower in the copy,
-where Cranelift spills far more). With transfers the copy holds no normal-form copy of the loops it
-can leave at: when a resumed copy reaches the header of such a loop (an *entry loop*), it writes
-its frame (every local and spill local, the loop's parameters in theirs) as one record at
-``RECORDS_BASE`` of the control memory, the loop's *entry ordinal* as the record's site, sets
-``$state = 2`` and ``return_call``s the function itself, with dummy arguments. The normal body of a
-function with entry loops starts with::
+(:mod:`wasmig.instrument.unwind`). Left there, a frame finishes its activation in the copy; a copy
+that holds its loops in normal form runs them at nearly the normal body's speed, but not in a huge
+function (QuickJS's ``JS_CallInternal``: its dispatch loop ran 1.10-1.19x slower in the copy, where
+Cranelift spills far more). With transfers the copy holds no normal-form copy of the loops it can
+leave at: when a resumed copy reaches the header of such a loop (an *entry loop*), it writes its
+frame (every local and spill local, the loop's parameters in theirs) as one record at
+``RECORDS_BASE`` of the control memory, the loop's *entry ordinal* as the record's site, and
+``return_call``s the function's *entry function*: a function of its own, after every copy in the
+rewind module (:meth:`_Pass.add_entry`; its owner is listed in the origins section, so a trap in it
+is reported as in its function), which starts with every local from the record, ``$site`` = the
+ordinal and ``$skip = 1``, and reaches the entry loop the way a rewind copy reaches a site: every
+straight-line segment at a construct level on the path to an entry loop is guarded (``local.get
+$skip i32.eqz if .. else drop, zeros end``), a construct holding an entry loop is skipped whole
+when the ordinal lies outside it (an ``if`` taking the arm that holds it), and just before the
+entry loop the parameters come back from their spill locals and ``$skip`` is cleared; then the loop
+runs as it always does, its header poll included (the copy wrote the record *before* that header's
+poll, so in the deterministic variant the step is counted once, there). Its sites are the normal
+body's, so its records are the normal body's too.
 
-    global.get $state  i32.const 2  i32.eq
-    if   $state = 0, every local from the record, $site = the ordinal, $skip = 1
-    else (the entry poll, if the function has one)
-    end
-
-and reaches the entry loop the way a rewind copy reaches a site: every straight-line segment at a
-construct level on the path to an entry loop is guarded (``local.get $skip  i32.eqz  if .. else
-drop, zeros end``), a construct holding an entry loop is skipped whole when the ordinal lies
-outside it (an ``if`` taking the arm that holds it), and just before the entry loop the parameters
-come back from their spill locals and ``$skip`` is cleared; then the loop runs as it always does,
-its header poll included (the copy wrote the record *before* that header's poll, so in the
-deterministic variant the step is counted once, by the normal body).
+Until session 6 this walk was the normal body's own: ``if ($state == 2)`` loads ``else`` entry
+poll ``end`` at the start of every function with entry loops, the guards on its path. That cost
+every run, stopped or not: QuickJS 1.15x plain against 1.05-1.07x without (the guest alone, CPU of
+``_start``, interleaved), with the loads of only the live locals no better (1.17x). Now a normal
+body is the same with transfers or without; the price is that a frame continues in the rewind
+module, whose calls, memory and globals are the run instance's imports. For a huge dispatch loop,
+where a restored interpreter frame spends the rest of its activation, that measured 1.22x the
+never-stopped run, so such functions have an *entry arm* in the run module instead
+(:mod:`wasmig.instrument.entry_arm`).
 
 Which loops are entry loops (:func:`plan_entries`): none in a function with a big top-level loop
 that is mostly an inner loop branching back to its header (CPython's eval nest: see

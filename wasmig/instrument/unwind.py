@@ -18,8 +18,10 @@ What it adds (none of it part of the canonical state):
   appends the frame record ``(site, func, live locals)`` and returns dummy results;
 - per function a rewind copy, a function of its own that pops such a record and re-enters the
   frame, the table ``$rewinds`` of the copies and an export ``wasmig:rewind<f>`` of the copy of
-  every exported function; in a big function the copy hands the frame back to the normal body at
-  the next header of an entry loop (:mod:`wasmig.instrument.transfer`);
+  every exported function; in a big function the copy hands the frame over to normal code at
+  the next header of an entry loop (:mod:`wasmig.instrument.transfer`): the function's entry
+  function, after the copies, or for a huge dispatch loop the function's own entry arm
+  (:mod:`wasmig.instrument.entry_arm`);
 - the site map (``wasmig.sitemap`` custom section) to translate records into canonical frames,
   and the origin map (``wasmig.origins``) to report traps at the original offsets.
 """
@@ -583,7 +585,7 @@ class _FunctionRewriter:
         self._start_code()
         self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
         if self.entries:
-            self.emit(0x02, None)  # $transfer: where the copy hands its frame to the normal body
+            self.emit(0x02, None)  # $transfer: where the copy hands its frame to normal code
             self.out.extend(rewind)
             self.emit(0x0C, 4)  # the copy's results straight to $done
             self.emit(0x0B)
@@ -952,7 +954,7 @@ class _FunctionRewriter:
                     self.emit(0x0C, 2)  # the body fell through: the loop ended, its results to $exit
                     self.close()  # the block standing for the loop
                     self.close()  # `if $skip`
-                    if done.start in self.entries.ordinal:  # back to the normal body (transfer.py)
+                    if done.start in self.entries.ordinal:  # to normal code (transfer.py)
                         transfer.transfer_branch(self, self.entries, done.start)
                     else:
                         self._normal_loop(done.start)
@@ -1408,8 +1410,9 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     n_defined = len(ir.funcs)
     # defined functions: the instrumented functions, the pass's own (wasmig:dump, wasmig:load, the
     # end of a rewind, a record's header), then the rewind copies (function f's copy is function
-    # f + n_defined + HELPERS): the run module is everything before the copies, with the very
-    # same indices, and the rewind module the copies alone (see _split below)
+    # f + n_defined + HELPERS), then the entry functions (transfer.py): the run module is
+    # everything before the copies, with the very same indices, and the rewind module the copies
+    # and entry functions alone (see _split below)
     helper_base = n_imported + n_defined
     p.copy_base = helper_base + HELPERS
     p.entry_base = p.copy_base + n_defined
