@@ -96,6 +96,22 @@ DISPATCH_WAT = """
 """
 
 
+#: CPython's eval loop nest: the inner loop, most of the outer one, branches to the outer header
+EVAL_WAT = """
+(module (memory (export "memory") 1)
+  (func $eval (param $n i32) (local $i i32) (local $x i32)
+  (loop $frame
+    (local.set $x (i32.add (local.get $x) (i32.const 1)))
+    (loop $dispatch
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $frame (i32.eqz (i32.rem_u (local.get $i) (i32.const 7))))
+      (local.set $x (i32.mul (local.get $x) (i32.const 3)))
+      (br_if $dispatch (i32.lt_u (local.get $i) (local.get $n)))))
+  (i32.store (i32.const 0) (local.get $x)))
+  (func (export "_start") (call $eval (i32.const 500))))
+"""
+
+
 def _wasi() -> Wasi:
     return Wasi(["t"], stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
 
@@ -168,16 +184,7 @@ def test_a_loop_nest_that_restarts_from_inside_has_no_entry(entries_everywhere: 
     outer loop's header. Enclosing the inner loop costs the never-stopped run a guard per outer
     iteration (1.42x), and with the outer loop as the only target a restored CPython ran slower
     than with no transfers (1.057x / 1.121x against 0.965x / 0.953x): such a function has none."""
-    loops, entries, targets = _plan_of("""
-(module (func $eval (param $n i32) (local $i i32) (local $x i32)
-  (loop $frame
-    (local.set $x (i32.add (local.get $x) (i32.const 1)))
-    (loop $dispatch
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $frame (i32.eqz (i32.rem_u (local.get $i) (i32.const 7))))
-      (local.set $x (i32.mul (local.get $x) (i32.const 3)))
-      (br_if $dispatch (i32.lt_u (local.get $i) (local.get $n)))))))
-""", "eval")
+    loops, entries, targets = _plan_of(EVAL_WAT, "eval")
     assert len(loops) == 2 and entries == targets == set()
 
 
@@ -229,29 +236,49 @@ def test_the_cross_engine_checks_hold_with_entry_arms_in_every_function(arms_eve
     test_the_cross_engine_checks_hold_with_transfers_in_every_function(None)
 
 
-def test_an_entry_arm_keeps_only_the_chain_to_the_biggest_target(entries_everywhere: None) -> None:
+def test_an_entry_arm_keeps_only_the_chain_to_the_biggest_target(entries_everywhere: None,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A small loop before the restart loop (QuickJS's ``JS_CallInternal`` has five) is no entry
-    loop of a function with an entry arm; the restart loop and the dispatch loop are its chain."""
+    loop of a function with an entry arm; the restart loop and the dispatch loop are its chain,
+    when the dispatch loop has at least MIN_TARGET instructions."""
     small = ("(local.set $k (i32.const 4)) "
              "(loop $pre (br_if $pre (local.tee $k (i32.sub (local.get $k) (i32.const 1)))))")
-    wat = DISPATCH_WAT.replace("(loop $restart", small + " (loop $restart", 1)
-    module = wat_module(wat)
-    body = module.ir.funcs[1].body  # $run
+    body = wat_module(DISPATCH_WAT.replace("(loop $restart", small + " (loop $restart", 1)).ir.funcs[1].body
     end_of, _ = match_blocks(body)
-    plan = plan_entries(body, end_of, [False] * len(body))
+    live = [False] * len(body)
+    plan = plan_entries(body, end_of, live)
     pre, restart, dispatch = (i for i, ins in enumerate(body) if ins.op == 0x03)
     assert set(plan.ordinal) == {pre, restart, dispatch}
-    kept, chain = entry_arm.chain_of(plan, end_of)
-    assert chain is None  # the dispatch loop is under MIN_TARGET
-    big = end_of[dispatch] - dispatch
-    entry_arm_min = entry_arm.MIN_TARGET
-    try:
-        entry_arm.MIN_TARGET = big
-        kept, chain = entry_arm.chain_of(plan, end_of)
-    finally:
-        entry_arm.MIN_TARGET = entry_arm_min
+    monkeypatch.setattr(entry_arm, "MIN_TARGET", end_of[dispatch] - dispatch + 1)
+    assert entry_arm.chain_of(plan, body, end_of, live) == (plan, None)
+    monkeypatch.setattr(entry_arm, "MIN_TARGET", end_of[dispatch] - dispatch)
+    kept, chain = entry_arm.chain_of(plan, body, end_of, live)
     assert chain == [restart, dispatch] and kept.ordinal == {restart: 0, dispatch: 1}
     assert kept.targets == {dispatch}
+
+
+def test_a_loop_nest_that_restarts_from_inside_gets_an_entry_arm(entries_everywhere: None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython's eval loop nest has no entry loops (a guard per outer iteration in the normal body
+    cost too much), but with its target big enough it has an entry arm, whose branches to the
+    outer header go to the outer loop in normal form."""
+    monkeypatch.setattr(entry_arm, "MIN_TARGET", 1)
+    module = wat_module(EVAL_WAT)
+    body = module.ir.funcs[0].body
+    end_of, _ = match_blocks(body)
+    live = [False] * len(body)
+    plan = plan_entries(body, end_of, live)
+    frame, dispatch = (i for i, ins in enumerate(body) if ins.op == 0x03)
+    assert not plan
+    kept, chain = entry_arm.chain_of(plan, body, end_of, live)
+    assert chain == [frame, dispatch] and kept.targets == {dispatch}
+
+
+def test_the_cross_engine_checks_hold_for_a_restored_eval_loop_nest(arms_everywhere: None) -> None:
+    """The eval loop nest restored at every stable point of a run into its entry arm runs on to the
+    uninterrupted result, a branch to the outer header included."""
+    for k in (3, 10, 47, 300):
+        _restore_stop_again_and_finish(wat_module(EVAL_WAT), k, 20)
 
 
 @pytest.mark.parametrize("k", [2, 41, 702, 1403])
@@ -261,31 +288,7 @@ def test_a_dispatch_loop_restored_in_its_entry_arm_runs_to_the_interpreters_resu
     block, restored at step k on wasmtime (the copy transfers into the entry arm), stopped again
     1000 steps on with the interpreter's frames and count, and run to the end: the interpreter's
     result."""
-    module = wat_module(DISPATCH_WAT)
-    want = _interp_snapshot(module, k + 1000)
-    snap = _interp_snapshot(module, k)
-    assert snap.wasi is not None
-    wasi = restore_wasi(snap.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
-    try:
-        runner = Checkpointable(module, wasi, count_steps=True)
-        runner.load(snap)
-        runner.arm(k + 1000)
-        runner.resume(snap.frames, snap.point)
-        assert runner.unwound
-        again = from_plain(to_plain(runner.capture()))
-        runner.arm(None)
-        runner.resume()
-        assert not runner.unwound
-        mem = runner.instance.exports["memory"]
-        result = int.from_bytes(bytes(mem.read(runner.store, 0, 4)), "little")
-    finally:
-        wasi.close()
-    assert (again.frames, again.point, again.steps) == (want.frames, want.point, want.steps)
-    wasi = _wasi()
-    inst = instantiate_with_wasi(module, wasi)
-    inst.invoke("_start")
-    wasi.close()
-    assert result == int.from_bytes(bytes(inst.store.mems[0].data[:4]), "little")
+    _restore_stop_again_and_finish(wat_module(DISPATCH_WAT), k, 1000)
 
 
 def test_the_run_module_is_the_same_with_and_without_entry_functions(entries_everywhere: None,
@@ -359,19 +362,26 @@ def test_a_restored_frame_checkpoints_again_in_its_normal_body_with_the_interpre
     with the uninterrupted result."""
     module = wat_module(TRAPPING_WAT.replace('"\\d0\\07"', '"\\00"'))
     assert module.ir.datas[0].init == b"\0"
-    want = _interp_snapshot(module, k + 1500)
+    _restore_stop_again_and_finish(module, k, 1500)
+
+
+def _restore_stop_again_and_finish(module: wasmig.Module, k: int, later: int) -> None:
+    """Restore the interpreter's snapshot at step k on wasmtime, stop again ``later`` steps on:
+    frames, point and count equal the interpreter's there; run on to the end (``_start`` returns,
+    the module calls no proc_exit): memory[0] holds the uninterrupted result."""
+    want = _interp_snapshot(module, k + later)
     snap = _interp_snapshot(module, k)
     assert snap.wasi is not None
     wasi = restore_wasi(snap.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
     try:
         runner = Checkpointable(module, wasi, count_steps=True)
         runner.load(snap)
-        runner.arm(k + 1500)
+        runner.arm(k + later)
         runner.resume(snap.frames, snap.point)
         assert runner.unwound
         again = from_plain(to_plain(runner.capture()))
         runner.arm(None)
-        runner.resume()  # _start returns (the module calls no proc_exit)
+        runner.resume()
         assert not runner.unwound
         mem = runner.instance.exports["memory"]
         result = int.from_bytes(bytes(mem.read(runner.store, 0, 4)), "little")

@@ -7,9 +7,10 @@ reaches memory and globals through imports, and Cranelift compiles the dispatch 
 the guards' merges (QuickJS's n-body after one checkpoint: 1.18x the never-stopped run; with the
 guards in the normal body, as before, every run paid 1.15-1.18x plain instead of 1.06-1.09x).
 
-So a function with a huge target Lk (at least :data:`MIN_TARGET` instructions: a bytecode
-interpreter's dispatch loop, QuickJS's ``JS_CallInternal``) keeps as entry loops only the chain
-L0 ⊃ L1 ⊃ .. ⊃ Lk of Lk and the entry loops around it, and has no entry function. Its normal body is::
+So a function with a huge loop nest L0 ⊃ L1 ⊃ .. ⊃ Lk (each loop at least half of the one
+around it) whose innermost loop, the target, has at least :data:`MIN_TARGET` instructions (a
+bytecode interpreter's dispatch loop: QuickJS's ``JS_CallInternal``, CPython's
+``_PyEval_EvalFrameDefault``) has that chain as its only entry loops, and no entry function. Its normal body is::
 
     global.get $state  i32.const 2  i32.eq
     if (result R*)    the entry arm: every local from the record, then the path to the loop
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING
 from wasmig.instrument.transfer import EntryPlan
 
 if TYPE_CHECKING:
+    from wasmig.binary.ir import Instr
     from wasmig.instrument.emit import Code
     from wasmig.instrument.unwind import _Ctl, _FunctionRewriter
 
@@ -50,18 +52,43 @@ if TYPE_CHECKING:
 MIN_TARGET = 5000
 
 
-def chain_of(plan: EntryPlan, end_of: dict[int, int]) -> tuple[EntryPlan, list[int] | None]:
+def chain_of(plan: EntryPlan, body: list[Instr], end_of: dict[int, int], unreachable: list[bool]
+             ) -> tuple[EntryPlan, list[int] | None]:
     """The plan to use and, for a function with an entry arm, its chain outermost first: the
-    biggest target, of at least :data:`MIN_TARGET` instructions, and the entry loops around it.
-    The other entry loops are then no entry loops (the copy runs them in normal form, as in a
-    small function: QuickJS's ``JS_CallInternal`` has five small loops before its restart loop)."""
-    if not plan.targets:
+    function's biggest loop and, in turn, the biggest loop inside the last when it is at least
+    half of it; an entry arm when the innermost, the target, has at least :data:`MIN_TARGET`
+    instructions. Those loops are then the only entry loops (QuickJS's ``JS_CallInternal``: its
+    five small loops before the restart loop run in the copy in normal form, as in a small
+    function), whether or not their inner loops branch to their headers (CPython's eval loop nest,
+    which has no entry loops otherwise: such a branch in the arm goes to the loop in normal form)."""
+    if len(body) < MIN_TARGET:
         return plan, None
-    target = max(plan.targets, key=lambda t: end_of[t] - t)
-    if end_of[target] - target < MIN_TARGET:
+    chain: list[int] = []
+    loops = _loops_in(body, end_of, unreachable, 0, len(body))
+    while loops:
+        biggest = max(loops, key=lambda i: end_of[i] - i)
+        if chain and 2 * (end_of[biggest] - biggest) < end_of[chain[-1]] - chain[-1]:
+            break
+        chain.append(biggest)
+        loops = _loops_in(body, end_of, unreachable, biggest + 1, end_of[biggest])
+    if not chain or end_of[chain[-1]] - chain[-1] < MIN_TARGET:
         return plan, None
-    chain = [loop for loop in sorted(plan.ordinal) if loop <= target <= end_of[loop]]
-    return EntryPlan({loop: k for k, loop in enumerate(chain)}, frozenset((target,))), chain
+    return EntryPlan({loop: k for k, loop in enumerate(chain)}, frozenset((chain[-1],))), chain
+
+
+def _loops_in(body: list[Instr], end_of: dict[int, int], unreachable: list[bool], start: int, end: int
+              ) -> list[int]:
+    """The live loops of body[start:end] with no loop around them there."""
+    out = []
+    i = start
+    while i < end:
+        if body[i].op == 0x03:
+            if not unreachable[i]:
+                out.append(i)
+            i = end_of[i] + 1
+        else:
+            i += 1
+    return out
 
 
 def arms(rw: _FunctionRewriter, chain: list[int]) -> Code:

@@ -233,7 +233,7 @@ class _FunctionRewriter:
         #: with entry loops: the index of the entry function, where the copy hands its frame over
         self.entry_func = -1
         #: a chain of entry loops around a huge target: an entry arm instead (entry_arm.py)
-        self.entries, self.chain = entry_arm.chain_of(self.entries, self.end_of)
+        self.entries, self.chain = entry_arm.chain_of(self.entries, body, self.end_of, self.unreachable)
         self.arm_head: Code | None = None  # the normal body up to the entry arm
 
     # --- locals -----------------------------------------------------------------------------
