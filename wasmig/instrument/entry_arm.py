@@ -48,8 +48,13 @@ if TYPE_CHECKING:
     from wasmig.instrument.emit import Code
     from wasmig.instrument.unwind import _Ctl, _FunctionRewriter
 
-#: the smallest target loop that gets an entry arm (JS_CallInternal's dispatch loop: 20,120)
-MIN_TARGET = 5000
+#: the smallest target loop that gets an entry arm (JS_CallInternal's dispatch loop: 20,120;
+#: 5000 measured). Off (out of reach) for now: with arms on, tests/test_real_programs.py's QuickJS
+#: harness failed in the counting variant (two stops at steps, going on after each: a transfer
+#: record left at RECORDS_BASE was read as a frame record at the second stop, and the program's
+#: output differed after the first), not found in the time session 6 had; the unit tests of
+#: tests/test_transfer.py turn arms on themselves
+MIN_TARGET = 10**9
 
 
 def chain_of(plan: EntryPlan, body: list[Instr], end_of: dict[int, int], unreachable: list[bool]
