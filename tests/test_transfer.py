@@ -281,6 +281,20 @@ def test_the_cross_engine_checks_hold_for_a_restored_eval_loop_nest(arms_everywh
         _restore_stop_again_and_finish(wat_module(EVAL_WAT), k, 20)
 
 
+def test_an_entry_arm_keeps_the_sites_in_body_order(arms_everywhere: None) -> None:
+    """The sites of a function with an entry arm are numbered in body order (the normal arm is
+    emitted first, the arm after it reuses its sites): the copy's skip tests take a construct's
+    sites as a range of ids. With the arm first, its dispatch loop's sites came first, and a
+    QuickJS restored mid-round took the wrong arm of its exception path (test_real_programs)."""
+    from wasmig.instrument.unwind import instrument
+
+    module = wat_module(DISPATCH_WAT)
+    sites = instrument(module, count_steps=True).sitemap.sites
+    run = module.ir.num_imported_funcs() + 1
+    pcs = [s.pc for s in sorted(sites, key=lambda s: s.id) if s.func == run]
+    assert len(pcs) > 3 and pcs == sorted(pcs)
+
+
 @pytest.mark.parametrize("k", [2, 41, 702, 1403])
 def test_a_dispatch_loop_restored_in_its_entry_arm_runs_to_the_interpreters_result(
         k: int, arms_everywhere: None) -> None:
