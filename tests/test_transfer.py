@@ -15,7 +15,8 @@ from tests.wat import wat_module
 from wasmig import files
 from wasmig.binary.blocks import match_blocks
 from wasmig.engines.interp.capture import capture
-from wasmig.instrument import transfer
+from wasmig.instrument import entry_arm, transfer
+from wasmig.instrument.linking import HELPERS, REWIND_MODULE_NAME
 from wasmig.instrument.transfer import plan_entries
 from wasmig.session.command import instantiate_with_wasi
 from wasmig.snapshot.state import Snapshot, from_plain, to_plain
@@ -61,6 +62,54 @@ def entries_everywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(transfer, "MIN_BODY", 0)
     monkeypatch.setattr(transfer, "MIN_ENCLOSING", 0)
     monkeypatch.setattr(files, "wasmtime_cache_dir", lambda: tmp_path)
+
+
+#: a restart loop around a dispatch loop (a `br_table` over blocks, a call in one case), a value
+#: buried beneath the block around the dispatch loop, an `if` on the way to it; memory[0] = result
+DISPATCH_WAT = """
+(module
+  (memory (export "memory") 1)
+  (func $step (param i32) (result i32) (i32.add (local.get 0) (i32.const 7)))
+  (func $run (param $n i32) (result i32) (local $pc i32) (local $acc i32) (local $k i32)
+    (loop $restart
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (local.set $acc (i32.add (local.get $acc)
+        (block (result i32)
+          (if (result i32) (local.get $n)
+            (then
+              (i32.const 100)
+              (block $out (param i32) (result i32)
+                (loop $next (param i32) (result i32)
+                  (local.set $pc (i32.add (local.get $pc) (i32.const 1)))
+                  (br_if $out (i32.gt_u (local.get $pc) (i32.mul (local.get $k) (i32.const 700))))
+                  (block $c2 (param i32) (result i32)
+                    (block $c1 (param i32) (result i32)
+                      (block $c0 (param i32) (result i32)
+                        (br_table $c0 $c1 $c2 (i32.rem_u (local.get $pc) (i32.const 3))))
+                      (i32.add (i32.const 1)) (br $next))
+                    (call $step) (br $next))
+                  (i32.xor (local.get $pc)) (br $next))))
+            (else (i32.const 5))))))
+      (br_if $restart (i32.lt_u (local.get $k) (i32.const 4))))
+    (local.get $acc))
+  (func (export "_start") (i32.store (i32.const 0) (call $run (i32.const 1)))))
+"""
+
+
+#: CPython's eval loop nest: the inner loop, most of the outer one, branches to the outer header
+EVAL_WAT = """
+(module (memory (export "memory") 1)
+  (func $eval (param $n i32) (local $i i32) (local $x i32)
+  (loop $frame
+    (local.set $x (i32.add (local.get $x) (i32.const 1)))
+    (loop $dispatch
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $frame (i32.eqz (i32.rem_u (local.get $i) (i32.const 7))))
+      (local.set $x (i32.mul (local.get $x) (i32.const 3)))
+      (br_if $dispatch (i32.lt_u (local.get $i) (local.get $n)))))
+  (i32.store (i32.const 0) (local.get $x)))
+  (func (export "_start") (call $eval (i32.const 500))))
+"""
 
 
 def _wasi() -> Wasi:
@@ -135,16 +184,7 @@ def test_a_loop_nest_that_restarts_from_inside_has_no_entry(entries_everywhere: 
     outer loop's header. Enclosing the inner loop costs the never-stopped run a guard per outer
     iteration (1.42x), and with the outer loop as the only target a restored CPython ran slower
     than with no transfers (1.057x / 1.121x against 0.965x / 0.953x): such a function has none."""
-    loops, entries, targets = _plan_of("""
-(module (func $eval (param $n i32) (local $i i32) (local $x i32)
-  (loop $frame
-    (local.set $x (i32.add (local.get $x) (i32.const 1)))
-    (loop $dispatch
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $frame (i32.eqz (i32.rem_u (local.get $i) (i32.const 7))))
-      (local.set $x (i32.mul (local.get $x) (i32.const 3)))
-      (br_if $dispatch (i32.lt_u (local.get $i) (local.get $n)))))))
-""", "eval")
+    loops, entries, targets = _plan_of(EVAL_WAT, "eval")
     assert len(loops) == 2 and entries == targets == set()
 
 
@@ -183,13 +223,120 @@ def test_the_cross_engine_checks_hold_with_transfers_in_every_function(entries_e
     cross.test_a_rewound_loop_runs_on_in_the_normal_loop()
 
 
+@pytest.fixture
+def arms_everywhere(monkeypatch: pytest.MonkeyPatch, entries_everywhere: None) -> None:
+    """Every function with entry loops gets an entry arm (``entry_arm.MIN_TARGET`` = 0) instead of
+    an entry function: the small modules here exercise the arms."""
+    monkeypatch.setattr(entry_arm, "MIN_TARGET", 0)
+
+
+def test_the_cross_engine_checks_hold_with_entry_arms_in_every_function(arms_everywhere: None) -> None:
+    """The same checks with a transfer landing in the function's entry arm (buried values beneath
+    the constructs on the path, loop parameters, an ``if`` on the path)."""
+    test_the_cross_engine_checks_hold_with_transfers_in_every_function(None)
+
+
+def test_an_entry_arm_keeps_only_the_chain_to_the_biggest_target(entries_everywhere: None,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small loop before the restart loop (QuickJS's ``JS_CallInternal`` has five) is no entry
+    loop of a function with an entry arm; the restart loop and the dispatch loop are its chain,
+    when the dispatch loop has at least MIN_TARGET instructions."""
+    small = ("(local.set $k (i32.const 4)) "
+             "(loop $pre (br_if $pre (local.tee $k (i32.sub (local.get $k) (i32.const 1)))))")
+    body = wat_module(DISPATCH_WAT.replace("(loop $restart", small + " (loop $restart", 1)).ir.funcs[1].body
+    end_of, _ = match_blocks(body)
+    live = [False] * len(body)
+    plan = plan_entries(body, end_of, live)
+    pre, restart, dispatch = (i for i, ins in enumerate(body) if ins.op == 0x03)
+    assert set(plan.ordinal) == {pre, restart, dispatch}
+    monkeypatch.setattr(entry_arm, "MIN_TARGET", end_of[dispatch] - dispatch + 1)
+    assert entry_arm.chain_of(plan, body, end_of, live) == (plan, None)
+    monkeypatch.setattr(entry_arm, "MIN_TARGET", end_of[dispatch] - dispatch)
+    kept, chain = entry_arm.chain_of(plan, body, end_of, live)
+    assert chain == [restart, dispatch] and kept.ordinal == {restart: 0, dispatch: 1}
+    assert kept.targets == {dispatch}
+
+
+def test_a_loop_nest_that_restarts_from_inside_gets_an_entry_arm(entries_everywhere: None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython's eval loop nest has no entry loops (a guard per outer iteration in the normal body
+    cost too much), but with its target big enough it has an entry arm, whose branches to the
+    outer header go to the outer loop in normal form."""
+    monkeypatch.setattr(entry_arm, "MIN_TARGET", 1)
+    module = wat_module(EVAL_WAT)
+    body = module.ir.funcs[0].body
+    end_of, _ = match_blocks(body)
+    live = [False] * len(body)
+    plan = plan_entries(body, end_of, live)
+    frame, dispatch = (i for i, ins in enumerate(body) if ins.op == 0x03)
+    assert not plan
+    kept, chain = entry_arm.chain_of(plan, body, end_of, live)
+    assert chain == [frame, dispatch] and kept.targets == {dispatch}
+
+
+def test_the_cross_engine_checks_hold_for_a_restored_eval_loop_nest(arms_everywhere: None) -> None:
+    """The eval loop nest restored at every stable point of a run into its entry arm runs on to the
+    uninterrupted result, a branch to the outer header included."""
+    for k in (3, 10, 47, 300):
+        _restore_stop_again_and_finish(wat_module(EVAL_WAT), k, 20)
+
+
+def test_an_entry_arm_keeps_the_sites_in_body_order(arms_everywhere: None) -> None:
+    """The sites of a function with an entry arm are numbered in body order (the normal arm is
+    emitted first, the arm after it reuses its sites): the copy's skip tests take a construct's
+    sites as a range of ids. With the arm first, its dispatch loop's sites came first, and a
+    QuickJS restored mid-round took the wrong arm of its exception path (test_real_programs)."""
+    from wasmig.instrument.unwind import instrument
+
+    module = wat_module(DISPATCH_WAT)
+    sites = instrument(module, count_steps=True).sitemap.sites
+    run = module.ir.num_imported_funcs() + 1
+    pcs = [s.pc for s in sorted(sites, key=lambda s: s.id) if s.func == run]
+    assert len(pcs) > 3 and pcs == sorted(pcs)
+
+
+@pytest.mark.parametrize("k", [2, 41, 702, 1403])
+def test_a_dispatch_loop_restored_in_its_entry_arm_runs_to_the_interpreters_result(
+        k: int, arms_everywhere: None) -> None:
+    """A bytecode loop inside a restart loop, with a value buried beneath the restart loop's
+    block, restored at step k on wasmtime (the copy transfers into the entry arm), stopped again
+    1000 steps on with the interpreter's frames and count, and run to the end: the interpreter's
+    result."""
+    _restore_stop_again_and_finish(wat_module(DISPATCH_WAT), k, 1000)
+
+
+def test_the_run_module_is_the_same_with_and_without_entry_functions(entries_everywhere: None,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A function's entry function lives in the rewind module: its normal body has no transfer
+    code (which cost QuickJS 1.15-1.18x plain against 1.06-1.09x), so the run module's code is
+    the very code of a pass without transfers."""
+    from wasmig.binary.decoder import decode_module
+    from wasmig.binary.features import INSTRUMENTED
+    from wasmig.instrument.unwind import instrument
+
+    module = wat_module(TRAPPING_WAT)
+    with_entries = instrument(module, count_steps=False)
+    monkeypatch.setattr(transfer, "MIN_BODY", 10**9)
+    without = instrument(module, count_steps=False)
+    assert with_entries.rewind is not None and without.rewind is not None
+    assert len(with_entries.rewind) > len(without.rewind)  # the entry function of $run
+    def code(data: bytes) -> list[list[tuple[int, object]]]:
+        """Every function's instructions, block types spelt out (the type section's order differs)."""
+        ir = decode_module(data, features=INSTRUMENTED)
+        return [[(i.op, ir.types[i.imm] if i.op in (0x02, 0x03, 0x04) and isinstance(i.imm, int) else i.imm)
+                 for i in f.body] for f in ir.funcs]
+
+    assert code(with_entries.data) == code(without.data)
+
+
 @pytest.mark.parametrize("k", [40, 700, 3001])
 def test_a_rewound_frame_traps_in_its_normal_body_as_the_interpreter_reports_it(
         k: int, monkeypatch: pytest.MonkeyPatch, entries_everywhere: None) -> None:
     """Restored mid-loop on wasmtime, the frame of $run leaves its rewind copy at the loop's next
-    header: the trap a few hundred iterations on happens in $run's normal body (wasmtime's own
-    frame names function 1, not its copy), and is reported with the interpreter's reason and
-    backtrace (the transfer keeps trap origins)."""
+    header: the trap a few hundred iterations on happens in $run's entry function (wasmtime's own
+    frame names the one after every copy, not the copy), and is reported with the interpreter's
+    reason and backtrace (the transfer keeps trap origins, and the entry function stands for
+    $run)."""
     module = wat_module(TRAPPING_WAT)
     wasi = _wasi()
     interp = instantiate_with_wasi(module, wasi)
@@ -198,11 +345,11 @@ def test_a_rewound_frame_traps_in_its_normal_body_as_the_interpreter_reports_it(
     wasi.close()
     snap = _interp_snapshot(module, k)
     assert "run" in [module.ir.func_name(f.func) for f in snap.frames]
-    innermost: list[list[int]] = []
+    innermost: list[list[tuple[int, str | None]]] = []
     convert = runtime.convert_trap
 
     def spy(trap: object, *args: object) -> wasmig.Trap:
-        innermost.append([f.func_index for f in trap.frames])  # type: ignore[attr-defined]
+        innermost.append([(f.func_index, f.module_name) for f in trap.frames])  # type: ignore[attr-defined]
         return convert(trap, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(runtime, "convert_trap", spy)
@@ -217,7 +364,8 @@ def test_a_rewound_frame_traps_in_its_normal_body_as_the_interpreter_reports_it(
     finally:
         wasi.close()
     assert (got.value.reason, got.value.backtrace) == (expected.value.reason, expected.value.backtrace)
-    assert innermost and innermost[-1][0] == 1, innermost  # $run itself; its copy is a function >= 3
+    n = len(module.ir.funcs)  # $run's entry function: the only one, after the pass's functions and the copies
+    assert innermost and innermost[-1][0] == (module.ir.num_imported_funcs() + 2 * n + HELPERS, REWIND_MODULE_NAME)
 
 
 @pytest.mark.parametrize("k", [2, 41, 702, 2999])
@@ -228,19 +376,26 @@ def test_a_restored_frame_checkpoints_again_in_its_normal_body_with_the_interpre
     with the uninterrupted result."""
     module = wat_module(TRAPPING_WAT.replace('"\\d0\\07"', '"\\00"'))
     assert module.ir.datas[0].init == b"\0"
-    want = _interp_snapshot(module, k + 1500)
+    _restore_stop_again_and_finish(module, k, 1500)
+
+
+def _restore_stop_again_and_finish(module: wasmig.Module, k: int, later: int) -> None:
+    """Restore the interpreter's snapshot at step k on wasmtime, stop again ``later`` steps on:
+    frames, point and count equal the interpreter's there; run on to the end (``_start`` returns,
+    the module calls no proc_exit): memory[0] holds the uninterrupted result."""
+    want = _interp_snapshot(module, k + later)
     snap = _interp_snapshot(module, k)
     assert snap.wasi is not None
     wasi = restore_wasi(snap.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
     try:
         runner = Checkpointable(module, wasi, count_steps=True)
         runner.load(snap)
-        runner.arm(k + 1500)
+        runner.arm(k + later)
         runner.resume(snap.frames, snap.point)
         assert runner.unwound
         again = from_plain(to_plain(runner.capture()))
         runner.arm(None)
-        runner.resume()  # _start returns (the module calls no proc_exit)
+        runner.resume()
         assert not runner.unwound
         mem = runner.instance.exports["memory"]
         result = int.from_bytes(bytes(mem.read(runner.store, 0, 4)), "little")

@@ -1,28 +1,34 @@
-"""Transfers: a rewound frame goes back to its function's normal body at a loop header.
+"""Transfers: a rewound frame goes back to normal code at a loop header.
 
 A rewind re-enters every frame that was live at a checkpoint through its function's *rewind copy*
-(:mod:`wasmig.instrument.unwind`). Left there, a frame finishes its activation in the copy; a
-copy that holds its loops in normal form runs them at nearly the normal body's speed, but not in a
-huge function (QuickJS's ``JS_CallInternal``: its dispatch loop ran 1.10-1.19x slower in the copy,
-where Cranelift spills far more). With transfers the copy holds no normal-form copy of the loops it
-can leave at: when a resumed copy reaches the header of such a loop (an *entry loop*), it writes
-its frame (every local and spill local, the loop's parameters in theirs) as one record at
-``RECORDS_BASE`` of the control memory, the loop's *entry ordinal* as the record's site, sets
-``$state = 2`` and ``return_call``s the function itself, with dummy arguments. The normal body of a
-function with entry loops starts with::
+(:mod:`wasmig.instrument.unwind`). Left there, a frame finishes its activation in the copy; a copy
+that holds its loops in normal form runs them at nearly the normal body's speed, but not in a huge
+function (QuickJS's ``JS_CallInternal``: its dispatch loop ran 1.10-1.19x slower in the copy, where
+Cranelift spills far more). With transfers the copy holds no normal-form copy of the loops it can
+leave at: when a resumed copy reaches the header of such a loop (an *entry loop*), it writes its
+frame (every local and spill local, the loop's parameters in theirs) as one record at
+``RECORDS_BASE`` of the control memory, the loop's *entry ordinal* as the record's site, and
+``return_call``s the function's *entry function*: a function of its own, after every copy in the
+rewind module (:meth:`_Pass.add_entry`; its owner is listed in the origins section, so a trap in it
+is reported as in its function), which starts with every local from the record, ``$site`` = the
+ordinal and ``$skip = 1``, and reaches the entry loop the way a rewind copy reaches a site: every
+straight-line segment at a construct level on the path to an entry loop is guarded (``local.get
+$skip i32.eqz if .. else drop, zeros end``), a construct holding an entry loop is skipped whole
+when the ordinal lies outside it (an ``if`` taking the arm that holds it), and just before the
+entry loop the parameters come back from their spill locals and ``$skip`` is cleared; then the loop
+runs as it always does, its header poll included (the copy wrote the record *before* that header's
+poll, so in the deterministic variant the step is counted once, there). Its sites are the normal
+body's, so its records are the normal body's too.
 
-    global.get $state  i32.const 2  i32.eq
-    if   $state = 0, every local from the record, $site = the ordinal, $skip = 1
-    else (the entry poll, if the function has one)
-    end
-
-and reaches the entry loop the way a rewind copy reaches a site: every straight-line segment at a
-construct level on the path to an entry loop is guarded (``local.get $skip  i32.eqz  if .. else
-drop, zeros end``), a construct holding an entry loop is skipped whole when the ordinal lies
-outside it (an ``if`` taking the arm that holds it), and just before the entry loop the parameters
-come back from their spill locals and ``$skip`` is cleared; then the loop runs as it always does,
-its header poll included (the copy wrote the record *before* that header's poll, so in the
-deterministic variant the step is counted once, by the normal body).
+Until session 6 this walk was the normal body's own: ``if ($state == 2)`` loads ``else`` entry
+poll ``end`` at the start of every function with entry loops, the guards on its path. That cost
+every run, stopped or not: QuickJS 1.15x plain against 1.05-1.07x without (the guest alone, CPU of
+``_start``, interleaved), with the loads of only the live locals no better (1.17x). Now a normal
+body is the same with transfers or without; the price is that a frame continues in the rewind
+module, whose calls, memory and globals are the run instance's imports. For a huge dispatch loop,
+where a restored interpreter frame spends the rest of its activation, that measured 1.22x the
+never-stopped run, so such functions have an *entry arm* in the run module instead
+(:mod:`wasmig.instrument.entry_arm`).
 
 Which loops are entry loops (:func:`plan_entries`): none in a function with a big top-level loop
 that is mostly an inner loop branching back to its header (CPython's eval nest: see
@@ -64,7 +70,6 @@ MIN_BODY = 1000
 MIN_ENCLOSING = 1000
 #: the copy's labels with transfers: $done, $unwind, the function's label, $copy_unwind, $transfer
 TRANSFER_LABEL = 4
-_RECORDS_BASE_OFFSETS = (0, 4)  # the transfer record: its site (the entry ordinal), its function
 
 
 @dataclass(frozen=True)
@@ -150,43 +155,38 @@ def plan_entries(body: list[Instr], end_of: dict[int, int], unreachable: list[bo
     return EntryPlan(ordinal, frozenset(targets))
 
 
-# --- the normal body -------------------------------------------------------------------------------
-def entry_check(rw: _FunctionRewriter) -> Code:
-    """The start of a normal body with entry loops: ``if ($state == 2)`` (a transfer: its loads
-    are put in by :func:`with_transfer_loads`, once every local is known) ``else`` the entry poll
-    (a transfer's entry is no stable point: the deterministic variant must not count it) ``end``.
-    Returns the code up to the ``if``; the normal body goes on in new code (``rw.out``)."""
-    rw.emit(0x23, rw.p.globals_base)
-    rw.emit(0x41, 2)  # STATE_REWINDING
-    rw.emit(0x46)
-    rw.open(0x04, None, False)
-    head = rw._start_code()
-    if rw.p.entry_polled(rw.func_idx):
-        rw.emit(0x05)
-        rw.stable_point(rw.entry_site, [], 0)
-    rw.close()
-    return head
-
-
-def with_transfer_loads(rw: _FunctionRewriter, head: Code, rest: Code) -> Code:
-    """The normal body ``head`` + the arm of :func:`entry_check` taken by a transfer + ``rest``.
-    In that arm the rewind is over (``$state = 0``), the record must be this function's (else
-    trap rather than run garbage), every local and spill local comes back from it, ``$site`` is
-    the entry ordinal and ``$skip`` is set."""
-    from wasmig.instrument.unwind import _LOAD, RECORDS_BASE, STATE_RUNNING
+# --- the entry function ----------------------------------------------------------------------------
+def entry_body(rw: _FunctionRewriter) -> Code:
+    """The entry function's code inside its function label, but for its loads
+    (:func:`with_entry_loads`, once every local is known): the normal body's walk to the entry
+    loops (:func:`emit_body`). Emitted after the normal body, with the same sites, and before the
+    copy, which must know every site."""
+    from wasmig.instrument.unwind import _UNWIND_LABEL
 
     rw._start_code()
-    rw.out.extend(head)
+    rw.labels = [False, False, True]  # $done, $unwind, the function's label
+    rw.unwind_label = _UNWIND_LABEL
+    emit_body(rw, rw.entries)
+    return rw._start_code()
+
+
+def with_entry_loads(rw: _FunctionRewriter, rest: Code) -> Code:
+    """The entry function's loads (:func:`record_loads`), then ``rest``. (The rewind is over:
+    ``$state`` is 0 when the copy transfers.)"""
+    loads = record_loads(rw)
+    rw.out.extend(loads)
+    rw.out.extend(rest)
+    return rw._start_code()
+
+
+def record_loads(rw: _FunctionRewriter) -> Code:
+    """Every local and spill local from the transfer record at ``RECORDS_BASE`` (only the copy of
+    this function writes one there before a transfer), ``$site`` = the entry ordinal and
+    ``$skip`` set, as new code (``rw.out`` is new code after it)."""
+    from wasmig.instrument.unwind import _LOAD, RECORDS_BASE
+
+    rw._start_code()
     emit = rw.emit
-    emit(0x41, STATE_RUNNING)
-    emit(0x24, rw.p.globals_base)
-    emit(0x41, 0)
-    emit(0x28, rw.ctl_memarg(2, RECORDS_BASE + 4))
-    emit(0x41, rw.func_idx)
-    emit(0x47)  # i32.ne
-    emit(0x04, None)  # not this function's record: a trap (no label: nothing branches here)
-    emit(0x00)
-    emit(0x0B)
     scratch = {rw.site_local, rw.addr_local, rw.skip_local}
     for j, t in enumerate(rw.local_types):
         if j in scratch:
@@ -200,7 +200,6 @@ def with_transfer_loads(rw: _FunctionRewriter, head: Code, rest: Code) -> Code:
     emit(0x21, rw.site_local)
     emit(0x41, 1)
     emit(0x21, rw.skip_local)
-    rw.out.extend(rest)
     return rw._start_code()
 
 
@@ -354,16 +353,15 @@ def transfer_branch(rw: _FunctionRewriter, plan: EntryPlan, i: int) -> None:
 
 def transfer_tail(rw: _FunctionRewriter) -> None:
     """After the copy's ``$transfer`` block: the frame as one record at ``RECORDS_BASE`` (the
-    rewind is over, so the control memory's records are free), ``$state = 2`` and a tail call of
-    the function itself, whose normal body takes the record (:func:`entry_check`)."""
+    rewind is over, so the control memory's records are free) and a tail call of the function's
+    entry function, which takes the record (:func:`with_entry_loads`) -- or, for a function with
+    an entry arm (:mod:`wasmig.instrument.entry_arm`), ``$state = 2`` and a tail call of the
+    function itself, with dummy arguments."""
     from wasmig.instrument.unwind import _STORE, RECORDS_BASE, STATE_REWINDING
 
     rw.emit(0x41, 0)
     rw.emit(0x20, rw.site_local)
     rw.emit(0x36, rw.ctl_memarg(2, RECORDS_BASE))
-    rw.emit(0x41, 0)
-    rw.emit(0x41, rw.func_idx)
-    rw.emit(0x36, rw.ctl_memarg(2, RECORDS_BASE + 4))
     scratch = {rw.site_local, rw.addr_local, rw.skip_local}
     for j, t in enumerate(rw.local_types):
         if j in scratch:
@@ -372,7 +370,10 @@ def transfer_tail(rw: _FunctionRewriter) -> None:
         rw.emit(0x41, 0)
         rw.emit(0x20, j)
         rw.emit(op, rw.ctl_memarg(align, RECORDS_BASE + 8 + 8 * j))
-    rw.emit(0x41, STATE_REWINDING)
-    rw.emit(0x24, rw.p.globals_base)
-    rw.zeros(list(rw.ftype.params))
-    rw.emit(0x12, rw.func_idx)  # return_call
+    if rw.chain is not None:
+        rw.emit(0x41, STATE_REWINDING)
+        rw.emit(0x24, rw.p.globals_base)
+        rw.zeros(list(rw.ftype.params))
+        rw.emit(0x12, rw.func_idx)  # return_call
+    else:
+        rw.emit(0x12, rw.entry_func)

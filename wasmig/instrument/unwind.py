@@ -18,8 +18,10 @@ What it adds (none of it part of the canonical state):
   appends the frame record ``(site, func, live locals)`` and returns dummy results;
 - per function a rewind copy, a function of its own that pops such a record and re-enters the
   frame, the table ``$rewinds`` of the copies and an export ``wasmig:rewind<f>`` of the copy of
-  every exported function; in a big function the copy hands the frame back to the normal body at
-  the next header of an entry loop (:mod:`wasmig.instrument.transfer`);
+  every exported function; in a big function the copy hands the frame over to normal code at
+  the next header of an entry loop (:mod:`wasmig.instrument.transfer`): the function's entry
+  function, after the copies, or for a huge dispatch loop the function's own entry arm
+  (:mod:`wasmig.instrument.entry_arm`);
 - the site map (``wasmig.sitemap`` custom section) to translate records into canonical frames,
   and the origin map (``wasmig.origins``) to report traps at the original offsets.
 """
@@ -54,7 +56,7 @@ from wasmig.binary.leb128 import encode_s
 from wasmig.binary.opcodes import memarg
 from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
-from wasmig.instrument import transfer
+from wasmig.instrument import entry_arm, transfer
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.counted import counted_trips
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq
@@ -230,8 +232,11 @@ class _FunctionRewriter:
         #: the loops where a rewind copy hands the frame back to the normal body (transfer.py)
         self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
         self.counted: dict[int, bool] = {}  # loop start -> whether it is left unpolled (_counted)
-        #: with entry loops: the normal body's code up to its transfer arm (transfer.entry_check)
-        self.transfer_head: Code | None = None
+        #: with entry loops: the index of the entry function, where the copy hands its frame over
+        self.entry_func = -1
+        #: a chain of entry loops around a huge target: an entry arm instead (entry_arm.py)
+        self.entries, self.chain = entry_arm.chain_of(self.entries, body, self.end_of, self.unreachable)
+        self.arm_head: Code | None = None  # the normal body up to the entry arm
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -575,8 +580,9 @@ class _FunctionRewriter:
             self.emit(op, imm, origin)
 
     # --- the function -------------------------------------------------------------------------
-    def rewrite(self) -> tuple[_Rewritten, _Rewritten]:
-        """The instrumented function and its rewind copy, encoded.
+    def rewrite(self) -> tuple[_Rewritten, _Rewritten, _Rewritten | None]:
+        """The instrumented function, its rewind copy and, for a function with entry loops, its
+        entry function (:mod:`wasmig.instrument.transfer`), encoded.
 
         The copy is a function of its own (type ``[] -> results``, every local of the function
         a local), called directly by its caller's rewind copy at the record's call site — or
@@ -588,18 +594,25 @@ class _FunctionRewriter:
         p = self.p
         results = list(self.ftype.results)
         normal = self._normal_body()
+        # the entry function (transfer.py): emitted before the copy, which must know every site
+        entry = None
+        if self.entries and self.chain is None:
+            self.entry_func = p.add_entry(self.func_idx)
+            entry = transfer.entry_body(self)
         self.compact = False  # the copy's own cold arms store each local in its slot
         rewind = self._rewind_body()
         self.compact = True
-        if self.transfer_head is not None:  # a transfer's loads, now that every local is known
-            normal = transfer.with_transfer_loads(self, self.transfer_head, normal)
+        if self.arm_head is not None:  # the entry arm's loads, now that every local is known
+            normal = entry_arm.with_arm_loads(self, self.arm_head, normal, transfer.record_loads(self))
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
+        if entry is not None:  # its loads, now that every local is known
+            entry = self._framed(transfer.with_entry_loads(self, entry), results, lambda: self.emit(0x0C, 1))
         self.compact = False  # the copy's records: every local in its slot
 
         self._start_code()
         self.emit(0x02, None)  # $copy_unwind: where the copy's own sites branch
         if self.entries:
-            self.emit(0x02, None)  # $transfer: where the copy hands its frame to the normal body
+            self.emit(0x02, None)  # $transfer: where the copy hands its frame to normal code
             self.out.extend(rewind)
             self.emit(0x0C, 4)  # the copy's results straight to $done
             self.emit(0x0B)
@@ -619,9 +632,13 @@ class _FunctionRewriter:
         rewind_copy = _Rewritten(p.func_type_index([], results),
                                  encode_code_entry_raw(_grouped(self.local_types), copy_body.body()),
                                  copy_body.origin_entry())
+        entry_fn = None
+        if entry is not None:  # like the copy: no parameters, every local from the record
+            entry_fn = _Rewritten(rewind_copy.type_idx, encode_code_entry_raw(_grouped(self.local_types), entry.body()),
+                                  entry.origin_entry())
         p.layouts[self.func_idx] = FunctionLayout(self.func_idx, self.num_locals, list(self.local_types),
                                                   8 + 8 * len(self.local_types))
-        return new, rewind_copy
+        return new, rewind_copy, entry_fn
 
     def _normal_body(self) -> Code:
         """The original body with polls, post-call checks and spills (allocates the sites)."""
@@ -631,10 +648,9 @@ class _FunctionRewriter:
         body = self.func.body
         self.has_site = self._constructs_with_sites(body)
         entry = self.entry_site = self.add_site((-1, "entry"), "entry", body[0].offset, [])
-        self.transfer_head = None
-        if self.entries:  # a rewind copy may hand its frame over to this body (transfer.py)
-            self.transfer_head = transfer.entry_check(self)
-            transfer.emit_body(self, self.entries)
+        self.arm_head = None
+        if self.chain is not None:  # a transfer lands in an arm of its own (entry_arm.py)
+            self.arm_head = entry_arm.arms(self, self.chain)
             return self.out
         if self.p.entry_polled(self.func_idx):
             self.stable_point(entry, [], 0)
@@ -984,7 +1000,7 @@ class _FunctionRewriter:
                     self.emit(0x0C, 2)  # the body fell through: the loop ended, its results to $exit
                     self.close()  # the block standing for the loop
                     self.close()  # `if $skip`
-                    if done.start in self.entries.ordinal:  # back to the normal body (transfer.py)
+                    if done.start in self.entries.ordinal:  # to normal code (transfer.py)
                         transfer.transfer_branch(self, self.entries, done.start)
                     else:
                         self._normal_loop(done.start)
@@ -1301,6 +1317,9 @@ class _Pass:
         self.count_steps = True
         self.unroll = 1  # copies of a small call-free loop's body per poll (fast variant: UNROLL)
         self.copy_base = 0  # function index of defined function 0's rewind copy
+        self.entry_base = 0  # function index of the first entry function (after the copies)
+        #: the original defined function of each entry function (:meth:`add_entry`)
+        self.entry_owners: list[int] = []
         self.graph = call_graph(ir, host_tables)  # of the original module: who recurses, who can unwind
         self.rewinds_table = 0  # index of the table $rewinds
         self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
@@ -1310,6 +1329,12 @@ class _Pass:
     def saver(self, t: str, k: int) -> int:
         """The function index of ``$save_<t>_<k>`` (:func:`_saver_function`)."""
         return self.header_func + 1 + SAVE_TYPES.index(t) * len(SAVE_COUNTS) + SAVE_COUNTS.index(k)
+
+    def add_entry(self, func: int) -> int:
+        """The function index of function ``func``'s entry function (after every copy, in the
+        order the functions are rewritten; :attr:`entry_owners` says whose each is)."""
+        self.entry_owners.append(func - self.n_imported)
+        return self.entry_base + len(self.entry_owners) - 1
 
     def max_record(self) -> int:
         return max((layout.record_size for layout in self.layouts.values()), default=8)
@@ -1433,10 +1458,12 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     n_defined = len(ir.funcs)
     # defined functions: the instrumented functions, the pass's own (wasmig:dump, wasmig:load, the
     # end of a rewind, a record's header), then the rewind copies (function f's copy is function
-    # f + n_defined + HELPERS): the run module is everything before the copies, with the very
-    # same indices, and the rewind module the copies alone (see _split below)
+    # f + n_defined + HELPERS), then the entry functions (transfer.py): the run module is
+    # everything before the copies, with the very same indices, and the rewind module the copies
+    # and entry functions alone (see _split below)
     helper_base = n_imported + n_defined
     p.copy_base = helper_base + HELPERS
+    p.entry_base = p.copy_base + n_defined
     p.rewinds_table = len(ir.all_tables())
     p.finish_func = helper_base + 2
     p.header_func = helper_base + 3
@@ -1450,12 +1477,13 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     copy_origins: list[bytes] = []
     shells: list[Function] = []
     copy_shells: list[Function] = []
+    entries: list[_Rewritten] = []  # the entry functions (transfer.py), after the copies
     for k, f in enumerate(ir.funcs):
         if progress is not None:
             progress(k, n_defined)
         info = check(k)
         cached_live = info.live
-        new, copy = _FunctionRewriter(p, n_imported + k, f, info).rewrite()
+        new, copy, entry = _FunctionRewriter(p, n_imported + k, f, info).rewrite()
         info.live = cached_live  # what the rewriter computed is dropped unless it was there before
         code.append(new.code)
         copies.append(copy.code)
@@ -1463,6 +1491,12 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
         copy_origins.append(copy.origins)
         shells.append(Function(new.type_idx, [], []))
         copy_shells.append(Function(copy.type_idx, [], []))
+        if entry is not None:
+            entries.append(entry)
+    copies += [e.code for e in entries]
+    copy_origins += [e.origins for e in entries]
+    copy_shells += [Function(e.type_idx, [], []) for e in entries]
+    del entries
     if progress is not None:
         progress(n_defined, n_defined)
     ir.funcs = shells
@@ -1526,14 +1560,14 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
         ir.tables.append(rewinds_type)
         ir.elems.append(rewinds_elem)
         ir.exports += rewind_exports
-        ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins), 11))
+        ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins, p.entry_owners), 11))
         return Instrumented(encode_module(ir, code), sitemap)
     rewind = _rewind_module(ir, copy_shells, rewinds_type, rewinds_elem, rewind_exports)
     ir.exports += _link_exports(ir)
     ir.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(origins), 11))
     run = encode_module(ir, code)
     del code, origins
-    rewind.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(copy_origins), 11))
+    rewind.customs.append(CustomSection(ORIGINS_SECTION, pack_origins(copy_origins, p.entry_owners), 11))
     return Instrumented(run, sitemap, encode_module(rewind, copies))
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import wasmtime
 
 from wasmig.errors import Exhaustion, Trap
-from wasmig.instrument.linking import REWIND_MODULE_NAME
+from wasmig.instrument.linking import HELPERS, REWIND_MODULE_NAME
 
 if TYPE_CHECKING:
     from wasmig.binary.ir import Module as IRModule
@@ -83,29 +83,38 @@ class _Code:
         copied from (unchanged when there is none, or no instrumentation)."""
         if self._instrumented is None:
             return offset
+        found = self._origin_map(module_name).translate(func_index, offset)
+        return offset if found is None else found
+
+    def _origin_map(self, module_name: str | None) -> Any:
+        """The origins of the module named ``module_name`` (the rewind module, else the run
+        module), decoded on first use."""
         from wasmig.instrument.origins import OriginMap
 
         if module_name == REWIND_MODULE_NAME and self.rewind is not None:
             if self._rewind_origins is None:
                 code = self.rewind() if callable(self.rewind) else self.rewind
                 self._rewind_origins = OriginMap(code, self.ir)
-            origins = self._rewind_origins
-        else:
-            if self._origins is None:
-                code = self._instrumented() if callable(self._instrumented) else self._instrumented
-                self._origins = OriginMap(code, self.ir)
-            origins = self._origins
-        found = origins.translate(func_index, offset)
-        return offset if found is None else found
+            return self._rewind_origins
+        if self._origins is None:
+            assert self._instrumented is not None
+            code = self._instrumented() if callable(self._instrumented) else self._instrumented
+            self._origins = OriginMap(code, self.ir)
+        return self._origins
 
-    def canonical_index(self, func_index: int) -> int:
+    def canonical_index(self, func_index: int, module_name: str | None = None) -> int:
         """For a run of the instrumented module: the original function whose code ``func_index``
-        runs (a rewind copy stands for its function)."""
+        (in the module named ``module_name``) runs (a rewind copy or an entry function stands
+        for its function; the entry functions' owners are read from that module's origins)."""
         if self._instrumented is None:
             return func_index
         from wasmig.instrument.origins import canonical_defined
 
-        original = canonical_defined(func_index - self.imported, len(self.ir.funcs))
+        n = len(self.ir.funcs)
+        defined = func_index - self.imported
+        original = canonical_defined(defined, n)
+        if original is None and defined >= 2 * n + HELPERS:  # past the copies: an entry function?
+            original = canonical_defined(defined, n, self._origin_map(module_name).owners)
         return func_index if original is None else self.imported + original
 
     def locate(self, func_index: int, offset: int) -> tuple[Any, int] | None:
@@ -199,7 +208,7 @@ def convert_trap(trap: wasmtime.Trap, module: Module, code: _Code | None = None)
         index, offset = frame.func_index, frame.module_offset
         if offset < _NO_OFFSET:
             offset = code.original_offset(index, offset, frame.module_name)
-        index = code.canonical_index(index)
+        index = code.canonical_index(index, frame.module_name)
         if depth == 0:
             found = code.locate(index, offset)
             if found is not None:
