@@ -109,15 +109,17 @@ def daemon(tmp_path: Path, name: str, engine: str, keys: Keys, fault: str | None
 
 
 @contextmanager
-def source(tmp_path: Path, program: Path, engine: str, args: list[str] = ARGS, started: str = "round 2 ",
+def source(tmp_path: Path, program: Path, engine: str | None, args: list[str] = ARGS, started: str = "round 2 ",
            options: list[str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """``wasmig run --migratable [OPTIONS] PROGRAM ARGS``, once its output holds ``started``."""
-    out = tmp_path / "source.out"
-    with open(out, "wb") as o, open(tmp_path / "source.err", "wb") as e:
-        proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", engine, *(options or []), str(program),
+    """``wasmig run --migratable [--engine ENGINE] [OPTIONS] PROGRAM ARGS`` (engine None: the
+    default one), once its output holds ``started``."""
+    out, err = tmp_path / "source.out", tmp_path / "source.err"
+    engine_option = ["--engine", engine] if engine is not None else []
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen(wasmig("run", "--migratable", *engine_option, *(options or []), str(program),
                                        *args), stdout=o, stderr=e)
     try:
-        wait_for(lambda: started in out.read_text(), f"the program did not start: {(tmp_path / 'source.err')}")
+        wait_for(lambda: started in out.read_text(), f"the program did not start: {err.read_text()}")
         yield proc, out
     finally:
         if proc.poll() is None:

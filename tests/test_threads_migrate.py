@@ -20,7 +20,7 @@ import msgpack
 import pytest
 
 from tests.migration_keys import Keys
-from tests.test_migrate import assert_ran_exactly_once, daemon, lines_of, migrate, wait_for, wasmig
+from tests.test_migrate import assert_ran_exactly_once, daemon, lines_of, migrate, source, wait_for, wasmig
 from tests.threaded_programs import compile_threaded
 
 #: rounds, ms the main thread sleeps before each (the workers wait on a condition variable
@@ -52,17 +52,8 @@ def threaded_source(tmp_path: Path, program: Path, args: list[str] = ARGS, start
                     options: list[str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """``wasmig run --migratable [OPTIONS] PROGRAM ARGS`` (no engine asked: the default one, which
     captures threads), once its output holds ``started``."""
-    out, err = tmp_path / "source.out", tmp_path / "source.err"
-    with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(wasmig("run", "--migratable", *(options or []), str(program), *args),
-                                stdout=o, stderr=e)
-    try:
-        wait_for(lambda: started in out.read_text(), f"the program did not start: {err.read_text()}")
-        yield proc, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    with source(tmp_path, program, None, args, started, options) as running:
+        yield running
 
 
 def _summary(stdout: str) -> re.Match[str]:
