@@ -142,3 +142,37 @@ def _gone(ray: Any) -> bool:
     except ValueError:
         return True
     return False
+
+
+@pytest.mark.slow
+def test_a_move_before_the_program_runs_stops_and_copies(cluster: Any, tmp_path: Path) -> None:  # noqa: F811
+    """A job asked to move while its runner has not started the program yet (here: it waits for
+    the job's fence, as a restarted job waits for its old runner, or restores its snapshot) cannot
+    move live: the move falls back to stop-and-copy with the target it started — that target must
+    not be the one killed for the refused live move (the controller then failed with "the actor is
+    dead because it was killed by ray.kill", seen after a controller's recovery)."""
+    import threading
+
+    from wasmig.ray import client
+    from wasmig.ray.jobstore import take_fence
+    from wasmig.ray.spec import JobSpec, Placement
+    from wasmig.toolchain import compile_c
+
+    hold_s = 8.0
+    spec = JobSpec(module=compile_c(PROGRAMS / "fleet_work.c").read_bytes(), module_name="fleet_work.wasm",
+                   args=("early", "40", "20"), store=str(tmp_path / "store"), checkpoint_every=0.5,
+                   placement=Placement(), num_cpus=0.25)
+    ctl = client.controller()
+    job = client.call(ctl.submit, spec)
+    fence = take_fence(spec, job, 5.0)  # before the runner's worker has started: it waits for this
+    threading.Timer(hold_s, fence.release).start()
+    move = client.call(ctl.migrate, job)
+    assert "error" not in move, move
+    if move["target_ready_s"] < hold_s - 3.0:  # decided while the fence was surely held
+        assert move["mode"] == "stop-and-copy" and move["source_outcome"] == "stopped", move
+        assert "not running" in move["why_not_live"], move
+    end = client.call(ctl.wait, job, 300.0)
+    assert end["state"] == "exited" and end["code"] == 0 and end["restarts"] == 0, end
+    out, err = expected_run("early", 40)
+    assert client.call(ctl.logs, job) == out
+    assert client.call(ctl.logs, job, "stderr") == err

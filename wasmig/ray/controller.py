@@ -300,6 +300,21 @@ class Controller:
         ).remote(job.id, job.spec, engine, key)
         return actor, engine, fingerprint(key)
 
+    def _ready_actor(self, job: Job, node: str) -> tuple[Any, str | None, str]:
+        """:meth:`_new_actor`, once it answered (its worker started, the module decoded); a
+        FleetError if it did not, the job running where it was (state ``running`` again)."""
+        new = None
+        try:
+            new, engine, key = self._new_actor(job, node)
+            ray.get(new.ready.remote(), timeout=ACTOR_START_TIMEOUT_S)
+        except RayError as e:
+            if new is not None:
+                ray.kill(new)
+            with self._lock:
+                job.state = "running"
+            raise FleetError(f"job {job.id}: the target actor on {node[:12]} did not start: {e}") from None
+        return new, engine, key
+
     def _start(self, job: Job, node: str, *, restore: bool, on_file_change: str = "fail") -> None:
         """Start (or restart) ``job`` on ``node`` (the lock held)."""
         actor, engine, key = self._new_actor(job, node)
@@ -312,16 +327,7 @@ class Controller:
         checkpoint-and-stop where it runs and restore on ``target``."""
         record: dict[str, Any] = {"job": job.id, "from": job.node, "to": target}
         started = time.perf_counter()
-        new = None
-        try:
-            new, engine, key = self._new_actor(job, target)
-            ray.get(new.ready.remote(), timeout=ACTOR_START_TIMEOUT_S)
-        except RayError as e:
-            if new is not None:
-                ray.kill(new)
-            with self._lock:
-                job.state = "running"
-            raise FleetError(f"job {job.id}: the target actor on {target[:12]} did not start: {e}") from None
+        new, engine, key = self._ready_actor(job, target)
         record["target_ready_s"] = time.perf_counter() - started
         if job.spec.live:
             record["pages_via"] = pages or job.spec.pages
@@ -335,6 +341,8 @@ class Controller:
                 job.state = "running"
             raise FleetError(f"job {job.id} is a TCP server behind a gateway and cannot move live now: "
                              f"{record.get('why_not_live')}")
+        if record.pop("target_spent", False):  # it listened (and received) for the live move: killed,
+            new, engine, key = self._ready_actor(job, target)  # a fresh one restores
         record["mode"] = "stop-and-copy"
         stop_at = time.time()
         job.actor.stop.remote()
@@ -350,7 +358,11 @@ class Controller:
                 self._finish(job, result)
             return record
         run_ref = new.run.remote(True, "fail" if result["outcome"] == "stopped" else "ignore")
-        resumed_at, restore_s = ray.get(new.resumed_at.remote(), timeout=STOP_TIMEOUT_S)
+        try:
+            resumed_at, restore_s = ray.get(new.resumed_at.remote(), timeout=STOP_TIMEOUT_S)
+        except RayError as e:  # the target died (or hung) restoring: the monitor restarts the job from
+            resumed_at, restore_s = None, None  # the checkpoint the source wrote (its run_ref fails)
+            record["error"] = f"the target runner was lost while it restored: {str(e).splitlines()[0]}"
         ray.kill(old)
         record.update(stopped_s=(result.get("stopped_at") or stop_at) - stop_at, restore_s=restore_s,
                       downtime_s=(resumed_at - stop_at) if resumed_at else None, engine=engine,
@@ -370,7 +382,21 @@ class Controller:
         None when the source cannot move live (``record["why_not_live"]``: the caller falls back
         to stop-and-copy). A failure after it began leaves the job running at the source (or, if
         the program ended meanwhile, recorded as ended) and raises FleetError."""
-        address = ray.get(new.listen.remote(), timeout=ACTOR_START_TIMEOUT_S)
+        try:  # asked first: a source that cannot move live (its program not started yet, after a
+            # restart; stopping; threaded) leaves the target untouched, for stop-and-copy
+            refusal = ray.get(job.actor.precopy_refusal.remote(), timeout=STOP_TIMEOUT_S)
+        except RayError as e:  # the source died (or hung): stop-and-copy says what became of it
+            refusal = f"the source runner did not answer: {str(e).splitlines()[0]}"
+        if refusal is not None:
+            record["why_not_live"] = refusal
+            return None
+        try:
+            address = ray.get(new.listen.remote(), timeout=ACTOR_START_TIMEOUT_S)
+        except RayError as e:
+            record["why_not_live"] = f"the target runner did not listen: {str(e).splitlines()[0]}"
+            record["target_spent"] = True
+            ray.kill(new)
+            return None
         via_ray = record["pages_via"] == "ray"
         run_ref = new.receive.remote(job.fingerprint, fault, job.actor if via_ray else None)
         try:
@@ -381,11 +407,15 @@ class Controller:
             ray.kill(new)
             if job.gateway is not None:
                 job.gateway.forget.remote(key)
-            if "refused" in result:
+            if "refused" in result:  # it stopped being movable since it was asked (its program ended)
                 record["why_not_live"] = result["refused"]
+                record["target_spent"] = True  # it listened and received: a fresh target for stop-and-copy
                 return None
             return self._live_move_failed(job, record, result)
-        arrival = ray.get(new.arrival_report.remote(), timeout=STOP_TIMEOUT_S) or {}
+        try:
+            arrival = ray.get(new.arrival_report.remote(), timeout=STOP_TIMEOUT_S) or {}
+        except RayError:  # committed, then the target died: the monitor restarts it from its run_ref's loss
+            arrival = {}
         try:
             source = ray.get(job.run_ref, timeout=STOP_TIMEOUT_S)
         except RayError as e:
