@@ -135,6 +135,7 @@ def _solve(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | No
     kind = [_NONE] * m
     target: list[object] = [None] * m
     stack: list[int] = []
+    loops = False  # without a loop every successor comes later: one backward pass is the fixpoint
 
     def label(depth: int) -> int:
         """The control index a branch to ``depth`` goes to (-1: out of the function)."""
@@ -149,6 +150,7 @@ def _solve(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | No
         if op in (0x02, 0x03):
             stack.append(pos)
             kind[k] = _NEXT
+            loops = loops or op == 0x03
         elif op == 0x04:
             stack.append(pos)
             if pos in else_of:  # false: just after the else
@@ -212,4 +214,6 @@ def _solve(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | No
             if new != live_at[k]:
                 live_at[k] = new
                 changed = True
+        if not loops:
+            break
     return ctrl, runs, lead, live_at
