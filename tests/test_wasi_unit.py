@@ -369,20 +369,29 @@ def test_a_collected_wasi_closes_its_wakeup_pipe() -> None:
     collecting it later closes nothing twice."""
     import gc
 
-    def count() -> int:
-        return len(os.listdir("/proc/self/fd"))
+    def identity(fd: int) -> tuple[int, int] | None:
+        """What the descriptor is now (device, inode), None if closed: descriptors are compared by
+        identity, not counted, as other threads of a pytest worker open and close their own."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
-    gc.collect()
-    before = count()
+    pipes = []
     for _ in range(50):
-        Wasi(["p"], stdout=io.BytesIO())
+        wasi = Wasi(["p"], stdout=io.BytesIO())
+        pipes += [(fd, identity(fd)) for fd in (wasi.waiter._r, wasi.waiter._w)]
+    del wasi
     closed = Wasi(["p"], stdout=io.BytesIO())
     closed.close()
     r, w = os.pipe()  # may reuse the numbers just closed: the collection must not close them again
+    ours = {fd: identity(fd) for fd in (r, w)}
     del closed
     gc.collect()
     try:
-        assert count() == before + 2
+        assert {fd: identity(fd) for fd in (r, w)} == ours, "the collection closed a pipe it did not own"
+        assert all(identity(fd) != was for fd, was in pipes), "a collected Wasi's wakeup pipe is still open"
         os.write(w, b"x")
         assert os.read(r, 1) == b"x"
     finally:
