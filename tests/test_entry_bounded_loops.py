@@ -15,7 +15,7 @@ from wasmig.binary.decoder import decode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.ir import FuncType, Instr
 from wasmig.instrument.counted import EntryBound, entry_bound, entry_guard
-from wasmig.instrument.unwind import instrument
+from wasmig.instrument.unwind import UNROLL_MAX_FUNCTION, instrument
 
 wasmtime = pytest.importorskip("wasmtime")
 
@@ -147,3 +147,35 @@ def test_the_deterministic_variant_and_unbounded_loops_keep_their_polls() -> Non
     fast = decode_module(instrument(written, count_steps=False).data, features=INSTRUMENTED).funcs[0].body
     assert sum(1 for ins in fast if ins.op == 0xFE12) == 1
     assert not any(ins.op == 0x78 for ins in fast), "no entry guard"
+
+
+def test_a_big_function_versions_its_loop_without_unrolling_it() -> None:
+    """A function too big to unroll (qsort's, 5,656 instructions) still runs such a loop
+    unpolled when its count is small: one copy unpolled, one polled, no unrolled copies. A tail
+    of ``br_if $loop  br $out`` (LLVM's, when the loop's exit is not its end) is recognised too."""
+    padding = "(drop (i32.const 0))" * UNROLL_MAX_FUNCTION
+    wat = f"""(module (memory (export "memory") 1)
+      (func (export "f") (param $n i32) (result i32) (local $k i32) (local $s i32)
+        {padding}
+        (local.set $k (i32.const 0))
+        (block $out
+          (loop $l
+            {ADD}
+            {UP_TO_N}
+            (br $out)))
+        (local.get $s)))"""
+    assert _bound(wat) is not None
+    module = wat_module(wat)
+    fast = instrument(module, count_steps=False)
+    body = decode_module(fast.data, features=INSTRUMENTED).funcs[0].body
+    assert sum(1 for ins in body if ins.op == 0xFE12) == 1
+    assert sum(1 for ins in body if ins.op == 0x2D) == 2, "two copies of the body: unpolled and polled"
+    plain_store, plain = _instance(module.data)
+    store, ex = _instance(fast.data)
+    for n in (1, 7, 300, 70000):
+        assert ex["f"](store, n) == plain["f"](plain_store, n), n
+    ex["wasmig:poll"].write(store, b"\x01", 0)
+    ex["f"](store, 300)
+    assert ex["wasmig:state"].value(store) == 0
+    ex["f"](store, 70000)
+    assert ex["wasmig:state"].value(store) == 1

@@ -28,7 +28,7 @@ from wasmig.binary.ir import Instr
 MAX_INSTRUCTIONS = 1 << 16
 
 _I32_CONST, _LOCAL_GET, _LOCAL_SET, _LOCAL_TEE, _I32_ADD, _BR_IF = 0x41, 0x20, 0x21, 0x22, 0x6A, 0x0D
-_NE = 0x47
+_NE, _BR = 0x47, 0x0C
 _I32_SUB, _I32_ROTR, _I32_LT_U = 0x6B, 0x78, 0x49
 #: the comparisons a counted loop's test may use: op -> (signed, goes on while k < E / k <= E /
 #: k > E / k >= E)
@@ -152,7 +152,7 @@ class EntryBound:
         end
 
     (or ``local.tee $k  local.get $j  i32.ne``, or ``local.tee $k  br_if 0``: goes on while
-    ``$k != 0``). Nothing bounds the count when the pass runs, but a test at the loop's entry
+    ``$k != 0``; the ``br_if 0`` may be followed by a ``br`` out of the loop). Nothing bounds the count when the pass runs, but a test at the loop's entry
     can (:func:`entry_guard`): the fast variant then runs an unpolled copy of the loop when the
     count is at most ``limit``, and a polled one otherwise."""
 
@@ -167,6 +167,8 @@ def entry_bound(body: list[Instr], start: int, end: int) -> EntryBound | None:
     The caller checks that the loop holds no call and no loop."""
     if not (body[start].imm is None or isinstance(body[start].imm, str)) or end - start < 6:
         return None
+    if body[end - 1].op == _BR and body[end - 1].imm > 0:  # `br_if 0  br $out`: leaves after the test
+        end -= 1
     if body[end - 1].op != _BR_IF or body[end - 1].imm != 0:
         return None
     test = body[end - 2]
@@ -191,7 +193,7 @@ def entry_bound(body: list[Instr], start: int, end: int) -> EntryBound | None:
         return None
     if bound[0] == _LOCAL_GET and _writes(body, start, end, bound[1]):
         return None
-    return EntryBound(k, s, bound, MAX_INSTRUCTIONS // (end - start))
+    return EntryBound(k, s, bound, MAX_INSTRUCTIONS // (end + 1 - start))
 
 
 #: the largest counter step :func:`entry_guard` handles (its test rotates the step's bits away)

@@ -683,7 +683,7 @@ class _FunctionRewriter:
                 buried: list[tuple[int, str]] = []
                 if live and has_site.get(i) and entry_height > base:
                     buried = self._spill_buried(stack, base, entry_height, guarded=False)
-                if op == 0x03 and live and self._unrollable(i):
+                if op == 0x03 and live and (self._unrollable(i) or self._entry_bound(i) is not None):
                     self._unrolled_loop(i, ins, stack, entry_height, ctl)
                     self._push_back_buried(_Ctl("loop", i, entry_height, buried, tuple(result_types)))
                     copied_to = self.end_of[i] + 1  # the loop was emitted whole
@@ -799,25 +799,36 @@ class _FunctionRewriter:
         if bound is None:
             self._copies(i, ins, params, entry_height, ctl, None if self._counted(i) else site)
             return
-        # bounded at its entry: the copies unpolled when the count is small, else polled every iteration
+        # bounded at its entry: unpolled when the count is small (unrolled if small enough), else
+        # polled every iteration
         for op, imm in entry_guard(bound):
             self.emit(op, imm)
         self.open(0x04, ins.imm, False)
-        self._copies(i, ins, params, entry_height, ctl, None)
+        if self._unrollable(i):
+            self._copies(i, ins, params, entry_height, ctl, None)
+        else:
+            self._one_copy(i, ins, params, entry_height, ctl, None)
         self.out.add_encoded(_ELSE, 1)
+        self._one_copy(i, ins, params, entry_height, ctl, site)
+        self.close()  # the if
+
+    def _one_copy(self, i: int, ins: Instr, params: list[str], entry_height: int, ctl: list[_Ctl],
+                  site: int | None) -> None:
+        """Loop ``i`` as written; ``site``: its site, polled at its header, or None for no poll."""
         self.open(0x03, ins.imm, True, ins.offset)
-        self.stable_point(site, params, entry_height)
+        if site is not None:
+            self.stable_point(site, params, entry_height)
         self._emit_range(i + 1, self.end_of[i], [*ctl, _Ctl("loop", i, entry_height, [], ())])
         self.close(self.func.body[self.end_of[i]].offset)
-        self.close()  # the if
 
     def _entry_bound(self, i: int) -> EntryBound | None:
         """Loop ``i``'s :class:`~wasmig.instrument.counted.EntryBound` (an innermost loop without
         calls whose count its entry values fix), if any: the fast variant runs it unpolled when
-        that count is small (:meth:`_unrolled_loop`)."""
+        that count is small (:meth:`_unrolled_loop`). The deterministic variant counts every
+        header and keeps them all."""
         if i not in self.entry_bounds:
             self.entry_bounds[i] = (entry_bound(self.func.body, i, self.end_of[i])
-                                    if self._innermost_without_calls(i) else None)
+                                    if not self.p.count_steps and self._innermost_without_calls(i) else None)
         return self.entry_bounds[i]
 
     def _copies(self, i: int, ins: Instr, params: list[str], entry_height: int, ctl: list[_Ctl],
