@@ -233,6 +233,7 @@ class _FunctionRewriter:
         self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
         self.counted: dict[int, bool] = {}  # loop start -> whether it is left unpolled (_counted)
         self.entry_bounds: dict[int, EntryBound | None] = {}  # loop start -> its _entry_bound
+        self.unpolled_local = -1  # the local of _unpolled_local, once made
         #: with entry loops: the index of the entry function, where the copy hands its frame over
         self.entry_func = -1
         #: a chain of entry loops around a huge target: an entry arm instead (entry_arm.py)
@@ -799,25 +800,41 @@ class _FunctionRewriter:
         if bound is None:
             self._copies(i, ins, params, entry_height, ctl, None if self._counted(i) else site)
             return
-        # bounded at its entry: unpolled when the count is small (unrolled if small enough), else
-        # polled every iteration
+        # bounded at its entry: unpolled when the count is small, else polled every iteration
         for op, imm in entry_guard(bound):
             self.emit(op, imm)
+        if not self._unrollable(i):  # a big function: one loop, its poll skipped on a flag
+            self.emit(0x21, self._unpolled_local())
+            self._one_copy(i, ins, params, entry_height, ctl, site)
+            return
         self.open(0x04, ins.imm, False)
-        if self._unrollable(i):
-            self._copies(i, ins, params, entry_height, ctl, None)
-        else:
-            self._one_copy(i, ins, params, entry_height, ctl, None)
+        self._copies(i, ins, params, entry_height, ctl, None)
         self.out.add_encoded(_ELSE, 1)
         self._one_copy(i, ins, params, entry_height, ctl, site)
         self.close()  # the if
 
+    def _unpolled_local(self) -> int:
+        """The local holding an entry guard's verdict in a function too big to copy its loops
+        (:meth:`_one_copy`): a new local, zero (polled) wherever a rewind enters the loop's header
+        without passing its guard."""
+        if self.unpolled_local < 0:
+            self.unpolled_local = self._new_local("i32")
+        return self.unpolled_local
+
     def _one_copy(self, i: int, ins: Instr, params: list[str], entry_height: int, ctl: list[_Ctl],
-                  site: int | None) -> None:
-        """Loop ``i`` as written; ``site``: its site, polled at its header, or None for no poll."""
+                  site: int) -> None:
+        """Loop ``i`` as written, polled at its header; a big function's (not unrolled) skips its
+        poll when its entry guard's verdict, in :meth:`_unpolled_local`, says so. Copying the loop
+        instead, as :meth:`_copies` does, grew qsort's code section from 1.84x plain to 2.08x."""
         self.open(0x03, ins.imm, True, ins.offset)
-        if site is not None:
+        if self._unrollable(i):
             self.stable_point(site, params, entry_height)
+        else:
+            self.open(0x02, None, False)
+            self.emit(0x20, self._unpolled_local())
+            self.emit(0x0D, 0)
+            self.stable_point(site, params, entry_height)
+            self.close()
         self._emit_range(i + 1, self.end_of[i], [*ctl, _Ctl("loop", i, entry_height, [], ())])
         self.close(self.func.body[self.end_of[i]].offset)
 
