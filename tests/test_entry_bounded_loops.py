@@ -149,11 +149,11 @@ def test_the_deterministic_variant_and_unbounded_loops_keep_their_polls() -> Non
     assert not any(ins.op == 0x78 for ins in fast), "no entry guard"
 
 
-def test_a_big_function_skips_the_poll_of_such_a_loop_on_its_guard() -> None:
-    """A function too big to unroll (qsort's, 5,656 instructions) still runs such a loop
-    unpolled when its count is small: one loop, no copies, its poll skipped on a local holding
-    the entry guard's verdict. A tail
-    of ``br_if $loop  br $out`` (LLVM's, when the loop's exit is not its end) is recognised too."""
+def test_a_br_out_after_the_test_is_recognised_and_a_big_function_keeps_its_poll() -> None:
+    """A tail of ``br_if $loop  br $out`` (LLVM's, when the loop's exit is not its end) is
+    recognised. In a function too big to unroll (qsort's, 5,656 instructions) such a loop keeps
+    its poll: neither a second copy nor a poll skipped on the guard's verdict made qsort faster
+    (1.08-1.09x plain each, code section 2.08x and 1.92x against 1.84x)."""
     padding = "(drop (i32.const 0))" * UNROLL_MAX_FUNCTION
     wat = f"""(module (memory (export "memory") 1)
       (func (export "f") (param $n i32) (result i32) (local $k i32) (local $s i32)
@@ -166,18 +166,11 @@ def test_a_big_function_skips_the_poll_of_such_a_loop_on_its_guard() -> None:
             (br $out)))
         (local.get $s)))"""
     assert _bound(wat) is not None
-    module = wat_module(wat)
-    fast = instrument(module, count_steps=False)
-    body = decode_module(fast.data, features=INSTRUMENTED).funcs[0].body
-    assert sum(1 for ins in body if ins.op == 0xFE12) == 1
-    assert sum(1 for ins in body if ins.op == 0x2D) == 1, "one copy of the body"
-    assert any(a.op == 0x49 and b.op == 0x21 for a, b in zip(body, body[1:], strict=False)), "the guard's verdict"
-    plain_store, plain = _instance(module.data)
-    store, ex = _instance(fast.data)
-    for n in (1, 7, 300, 70000):
-        assert ex["f"](store, n) == plain["f"](plain_store, n), n
-    ex["wasmig:poll"].write(store, b"\x01", 0)
-    ex["f"](store, 300)
-    assert ex["wasmig:state"].value(store) == 0
-    ex["f"](store, 70000)
-    assert ex["wasmig:state"].value(store) == 1
+    assert _bound(wat.replace(padding, "")) is not None
+    small = decode_module(instrument(wat_module(wat.replace(padding, "")), count_steps=False).data,
+                          features=INSTRUMENTED).funcs[0].body
+    assert sum(1 for ins in small if ins.op == 0x49) == 1, "the entry guard"
+    big = decode_module(instrument(wat_module(wat), count_steps=False).data, features=INSTRUMENTED).funcs[0].body
+    assert sum(1 for ins in big if ins.op == 0xFE12) == 1
+    assert sum(1 for ins in big if ins.op == 0x2D) == 1, "one copy of the body"
+    assert not any(ins.op == 0x49 for ins in big), "no entry guard"

@@ -233,7 +233,6 @@ class _FunctionRewriter:
         self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
         self.counted: dict[int, bool] = {}  # loop start -> whether it is left unpolled (_counted)
         self.entry_bounds: dict[int, EntryBound | None] = {}  # loop start -> its _entry_bound
-        self.unpolled_local = -1  # the local of _unpolled_local, once made
         #: with entry loops: the index of the entry function, where the copy hands its frame over
         self.entry_func = -1
         #: a chain of entry loops around a huge target: an entry arm instead (entry_arm.py)
@@ -684,7 +683,7 @@ class _FunctionRewriter:
                 buried: list[tuple[int, str]] = []
                 if live and has_site.get(i) and entry_height > base:
                     buried = self._spill_buried(stack, base, entry_height, guarded=False)
-                if op == 0x03 and live and (self._unrollable(i) or self._entry_bound(i) is not None):
+                if op == 0x03 and live and self._unrollable(i):
                     self._unrolled_loop(i, ins, stack, entry_height, ctl)
                     self._push_back_buried(_Ctl("loop", i, entry_height, buried, tuple(result_types)))
                     copied_to = self.end_of[i] + 1  # the loop was emitted whole
@@ -800,43 +799,18 @@ class _FunctionRewriter:
         if bound is None:
             self._copies(i, ins, params, entry_height, ctl, None if self._counted(i) else site)
             return
-        # bounded at its entry: unpolled when the count is small, else polled every iteration
+        # bounded at its entry: the copies unpolled when the count is small, else the loop as
+        # written, polled every iteration
         for op, imm in entry_guard(bound):
             self.emit(op, imm)
-        if not self._unrollable(i):  # a big function: one loop, its poll skipped on a flag
-            self.emit(0x21, self._unpolled_local())
-            self._one_copy(i, ins, params, entry_height, ctl, site)
-            return
         self.open(0x04, ins.imm, False)
         self._copies(i, ins, params, entry_height, ctl, None)
         self.out.add_encoded(_ELSE, 1)
-        self._one_copy(i, ins, params, entry_height, ctl, site)
-        self.close()  # the if
-
-    def _unpolled_local(self) -> int:
-        """The local holding an entry guard's verdict in a function too big to copy its loops
-        (:meth:`_one_copy`): a new local, zero (polled) wherever a rewind enters the loop's header
-        without passing its guard."""
-        if self.unpolled_local < 0:
-            self.unpolled_local = self._new_local("i32")
-        return self.unpolled_local
-
-    def _one_copy(self, i: int, ins: Instr, params: list[str], entry_height: int, ctl: list[_Ctl],
-                  site: int) -> None:
-        """Loop ``i`` as written, polled at its header; a big function's (not unrolled) skips its
-        poll when its entry guard's verdict, in :meth:`_unpolled_local`, says so. Copying the loop
-        instead, as :meth:`_copies` does, grew qsort's code section from 1.84x plain to 2.08x."""
         self.open(0x03, ins.imm, True, ins.offset)
-        if self._unrollable(i):
-            self.stable_point(site, params, entry_height)
-        else:
-            self.open(0x02, None, False)
-            self.emit(0x20, self._unpolled_local())
-            self.emit(0x0D, 0)
-            self.stable_point(site, params, entry_height)
-            self.close()
+        self.stable_point(site, params, entry_height)
         self._emit_range(i + 1, self.end_of[i], [*ctl, _Ctl("loop", i, entry_height, [], ())])
         self.close(self.func.body[self.end_of[i]].offset)
+        self.close()  # the if
 
     def _entry_bound(self, i: int) -> EntryBound | None:
         """Loop ``i``'s :class:`~wasmig.instrument.counted.EntryBound` (an innermost loop without
