@@ -124,12 +124,12 @@ LZ77 = _loop(ADD, UP_TO_N)
 
 
 def test_an_entry_bounded_loop_runs_unpolled_only_when_its_count_is_small() -> None:
-    """Both versions compute what the plain loop does; a request made before the call stops the
-    polled version (a large count) at the loop's header, while the unpolled one (a small count)
-    runs to its end -- there the enclosing code's polls bound the wait."""
+    """Every count computes what the plain loop does; a request made before the call stops a
+    large count at the loop's header (its rounds polled), while a small count runs unpolled to
+    its end -- there the enclosing code's polls bound the wait."""
     module = wat_module(LZ77)
     fast = instrument(module, count_steps=False)
-    assert _polls(fast.data) == 1, "one poll: the polled version's header"
+    assert _polls(fast.data) == 1, "one poll a round, skipped on the guard's verdict"
     plain_store, plain = _instance(module.data)
     store, ex = _instance(fast.data)
     for n in (1, 2, 3, 5, 8, 200, 5000, 70000):
