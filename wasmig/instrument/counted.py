@@ -154,9 +154,10 @@ class EntryBound:
     (or ``local.tee $k  local.get $j  i32.ne``, or ``local.tee $k  br_if 0``: goes on while
     ``$k != 0``; the ``br_if 0`` may be followed by a ``br`` out of the loop). Nothing bounds the
     count when the pass runs, but a test at the loop's entry can (:func:`entry_guard`): the fast
-    variant skips the poll of each round of the loop's unrolled copies when the count is at most
-    ``limit`` (only where it unrolls the loop: in a function too big for that, qsort's, neither
-    a second, unpolled copy nor a poll skipped every iteration made it faster).
+    variant then runs unpolled unrolled copies of the loop when the count is at most ``limit``,
+    and polled ones otherwise (only where it unrolls the loop: in a function too big for that,
+    qsort's, neither a second, unpolled copy nor a poll skipped on the test's verdict made it
+    faster).
     """
 
     k: int
