@@ -113,5 +113,8 @@ def test_a_counted_inner_loop_is_not_polled_in_the_fast_variant() -> None:
     assert sum(1 for ins in fast if ins.op == 0xFE12) == 1
     assert sum(1 for ins in fast if ins.op == 0x28 and ins.imm[1] == 400) == UNROLL, "the inner loop's copies"
     assert _polls(instrument(module, count_steps=True).data) == 3  # the entry and both headers
-    plain_inner = wat_module(NEST.replace("(i32.const -400)", "(local.get $n)"))  # not counted: polled
+    # from a parameter by 3 while not zero: neither counted nor bounded at its entry (test_entry_bounded_loops.py)
+    plain_inner = wat_module(NEST.replace("(i32.const -400)", "(local.get $n)").replace("(i32.const 4)))))",
+                                                                                     "(i32.const 3)))))"))
     assert _polls(instrument(plain_inner, count_steps=False).data) == 2
+    assert not any(ins.op == 0x78 for ins in instrument(plain_inner, count_steps=False).ir.funcs[0].body)

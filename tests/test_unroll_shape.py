@@ -51,8 +51,9 @@ def _instance(data: bytes) -> tuple[object, object]:
     engine = wasmtime.Engine(config)
     store = wasmtime.Store(engine)
     inst = wasmtime.Instance(store, wasmtime.Module(engine, data), [])
-    inst.exports(store)["fill"](store)
-    return store, inst.exports(store)
+    if "fill" in (exports := inst.exports(store)):  # this file's module (test_entry_bounded_loops.py: others)
+        exports["fill"](store)
+    return store, exports
 
 
 def test_a_copy_of_a_body_ending_in_its_branch_back_leaves_through_its_own_test() -> None:

@@ -19,6 +19,8 @@ one keeps its unrolled copies, which make some kernels faster than plain.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from wasmig.binary.ir import Instr
 
 #: a loop is left without a poll only if one entry runs at most this many of its instructions
@@ -26,7 +28,8 @@ from wasmig.binary.ir import Instr
 MAX_INSTRUCTIONS = 1 << 16
 
 _I32_CONST, _LOCAL_GET, _LOCAL_SET, _LOCAL_TEE, _I32_ADD, _BR_IF = 0x41, 0x20, 0x21, 0x22, 0x6A, 0x0D
-_NE = 0x47
+_NE, _BR = 0x47, 0x0C
+_I32_SUB, _I32_ROTR, _I32_LT_U = 0x6B, 0x78, 0x49
 #: the comparisons a counted loop's test may use: op -> (signed, goes on while k < E / k <= E /
 #: k > E / k >= E)
 _ORDERED = {0x48: (True, "lt"), 0x49: (False, "lt"), 0x4A: (True, "gt"), 0x4B: (False, "gt"),
@@ -133,3 +136,93 @@ def _trips(first: int, step: int, cmp: int, bound: int) -> int | None:
 
 def _signed(v: int) -> int:
     return v - (1 << 32) if v >= 1 << 31 else v
+
+
+@dataclass(frozen=True)
+class EntryBound:
+    """A loop whose trip count the values of two locals at its entry fix: its counter ``k`` steps
+    by ``step`` (a power of two, either sign) at the end of each iteration, and it goes on while
+    ``k != bound``, where ``bound`` is a constant (``(i32.const, C)``) or a local the loop does not
+    write (``(local.get, j)``). LLVM's loops over a length held in a local have this shape
+    (lz77's match loop, bounded by ``min(n - i, 258)``; a qsort's element swap over ``width``)::
+
+        loop                                   ;; no parameters
+          ...                                  ;; no write of $k or $j, no other branch back
+          local.get $j  local.get $k  i32.const S  i32.add  local.tee $k  i32.ne  br_if 0
+        end
+
+    (or ``local.tee $k  local.get $j  i32.ne``, or ``local.tee $k  br_if 0``: goes on while
+    ``$k != 0``; the ``br_if 0`` may be followed by a ``br`` out of the loop). Nothing bounds the
+    count when the pass runs, but a test at the loop's entry can (:func:`entry_guard`): the fast
+    variant then runs unpolled unrolled copies of the loop when the count is at most ``limit``,
+    and polled ones otherwise (only where it unrolls the loop: in a function too big for that,
+    qsort's, neither a second, unpolled copy nor a poll skipped on the test's verdict made it
+    faster).
+    """
+
+    k: int
+    step: int
+    bound: tuple[int, int]
+    limit: int  # the most iterations the unpolled copy may run per entry
+
+
+def entry_bound(body: list[Instr], start: int, end: int) -> EntryBound | None:
+    """The :class:`EntryBound` of loop ``body[start]`` (its ``end`` at ``body[end]``), or None.
+    The caller checks that the loop holds no call and no loop."""
+    if not (body[start].imm is None or isinstance(body[start].imm, str)) or end - start < 6:
+        return None
+    if body[end - 1].op == _BR and body[end - 1].imm > 0:  # `br_if 0  br $out`: leaves after the test
+        end -= 1
+    if body[end - 1].op != _BR_IF or body[end - 1].imm != 0:
+        return None
+    test = body[end - 2]
+    if test.op == _LOCAL_TEE:  # br_if on $k itself
+        inc, bound = end - 5, (_I32_CONST, 0)
+    elif test.op == _NE and body[end - 3].op == _LOCAL_TEE:  # <bound>  local.get $k ... local.tee $k  i32.ne
+        inc, bound = end - 6, (body[end - 7].op, body[end - 7].imm)
+    elif test.op == _NE and body[end - 4].op == _LOCAL_TEE:  # local.get $k ... local.tee $k  <bound>  i32.ne
+        inc, bound = end - 7, (body[end - 3].op, body[end - 3].imm)
+    else:
+        return None
+    if inc <= start or bound[0] not in (_I32_CONST, _LOCAL_GET):
+        return None
+    get, step, add, tee = body[inc : inc + 4]
+    k = tee.imm
+    if (get.op, step.op, add.op, tee.op) != (_LOCAL_GET, _I32_CONST, _I32_ADD, _LOCAL_TEE) or get.imm != k:
+        return None
+    s = _signed(step.imm & 0xFFFFFFFF)
+    if s == 0 or abs(s) & (abs(s) - 1) or abs(s) > _MAX_STEP:
+        return None
+    if bound == (_LOCAL_GET, k) or not _no_other_write_or_back_branch(body, start, inc, k):
+        return None
+    if bound[0] == _LOCAL_GET and _writes(body, start, end, bound[1]):
+        return None
+    return EntryBound(k, s, bound, MAX_INSTRUCTIONS // (end + 1 - start))
+
+
+#: the largest counter step :func:`entry_guard` handles (its test rotates the step's bits away)
+_MAX_STEP = 256
+
+
+def _writes(body: list[Instr], start: int, end: int, j: int) -> bool:
+    return any(ins.op in (_LOCAL_SET, _LOCAL_TEE) and ins.imm == j for ins in body[start + 1 : end])
+
+
+def entry_guard(eb: EntryBound) -> list[tuple[int, object]]:
+    """Instructions that push 1 when the loop of ``eb``, entered now, runs at most ``eb.limit``
+    iterations, else 0.
+
+    With ``d = bound - k`` (``k - bound`` counting down) modulo 2**32 and ``|step| = 2**p``, the
+    loop runs ``d / 2**p`` iterations when ``d`` is a non-zero multiple of ``2**p``, and about
+    2**(32 - p) (it wraps) otherwise. ``rotr(d - 2**p, p)`` is that count minus one in the first
+    case and at least 2**(32 - p) - 1 in the others (``d = 0`` turns to all ones; a remainder's
+    bits rotate to the top), so one unsigned compare with the limit tells them apart."""
+    bound = [eb.bound]
+    counter = [(_LOCAL_GET, eb.k)]
+    size = abs(eb.step)
+    p = size.bit_length() - 1
+    code = (bound + counter if eb.step > 0 else counter + bound) + [(_I32_SUB, None)]
+    code += [(_I32_CONST, size), (_I32_SUB, None)]
+    if p:
+        code += [(_I32_CONST, p), (_I32_ROTR, None)]
+    return code + [(_I32_CONST, eb.limit), (_I32_LT_U, None)]

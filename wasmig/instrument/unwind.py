@@ -62,7 +62,7 @@ from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
 from wasmig.instrument import entry_arm, transfer
 from wasmig.instrument.callgraph import call_graph
-from wasmig.instrument.counted import counted_trips
+from wasmig.instrument.counted import EntryBound, counted_trips, entry_bound, entry_guard
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq, origin_tag
 from wasmig.instrument.linking import (
     COMPACT_ALL,
@@ -268,6 +268,7 @@ class _FunctionRewriter:
         self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
         self.counted: dict[int, bool] = {}  # loop start -> whether it is left unpolled (_counted)
         self.every_iteration: dict[int, bool] = {}  # loop start -> _every_iteration_calls
+        self.entry_bounds: dict[int, EntryBound | None] = {}  # loop start -> its _entry_bound
         #: with entry loops: the index of the entry function, where the copy hands its frame over
         self.entry_func = -1
         #: a chain of entry loops around a huge target: an entry arm instead (entry_arm.py)
@@ -846,14 +847,43 @@ class _FunctionRewriter:
         three poll instructions cost it up to 40%; a quarter of them costs ~10%. The loop holds
         no site but its header, so its frames, records and rewind are those of the plain loop.
         """
-        end = self.end_of[i]
         params = self.check_types(stack[entry_height:], "a loop parameter")
         site = self.add_site((i, "loop"), "loop", ins.offset, self.check_types(stack, "a value at a loop"))
+        bound = None if self._counted(i) else self._entry_bound(i)
+        if bound is None:
+            self._copies(i, ins, params, entry_height, ctl, None if self._counted(i) else site)
+            return
+        # bounded at its entry: the copies without a poll when the count is small, else as
+        # they are without the guard, a poll a round (skipping the poll on a local holding the
+        # guard's verdict instead cost lz77 1.24x plain against main's 1.10x)
+        for op, imm in entry_guard(bound):
+            self.emit(op, imm)
+        self.open(0x04, ins.imm, False)
+        self._copies(i, ins, params, entry_height, ctl, None)
+        self.out.add_encoded(_ELSE, 1)
+        self._copies(i, ins, params, entry_height, ctl, site)
+        self.close()  # the if
+
+    def _entry_bound(self, i: int) -> EntryBound | None:
+        """Loop ``i``'s :class:`~wasmig.instrument.counted.EntryBound` (an innermost loop without
+        calls whose count its entry values fix), if any: the fast variant runs it unpolled when
+        that count is small (:meth:`_unrolled_loop`). The deterministic variant counts every
+        header and keeps them all."""
+        if i not in self.entry_bounds:
+            self.entry_bounds[i] = (entry_bound(self.func.body, i, self.end_of[i])
+                                    if not self.p.count_steps and self._innermost_without_calls(i) else None)
+        return self.entry_bounds[i]
+
+    def _copies(self, i: int, ins: Instr, params: list[str], entry_height: int, ctl: list[_Ctl],
+                site: int | None) -> None:
+        """Loop ``i`` as ``unroll`` copies of its body (:meth:`_unrolled_loop`); ``site``: the
+        loop's site, polled once per round, or None for no poll."""
+        end = self.end_of[i]
         self.open(0x02, ins.imm, False)  # $exit
         exit_label = len(self.labels) - 1
         self.open(0x03, ins.imm, False)  # $L: the label of the last copy's branches
         loop_label = len(self.labels) - 1
-        if not self._counted(i):
+        if site is not None:
             self.stable_point(site, params, entry_height)
         rounds = self.p.unroll
         # `... br_if $L end` (LLVM's loop shape): a copy leaves through `i32.eqz br_if $exit`
