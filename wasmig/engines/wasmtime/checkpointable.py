@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
+from wasmig.engines.under_way import UnderWay
 from wasmig.engines.wasmtime.capture import capture_wasmtime, memory_export, static_tables
 from wasmig.engines.wasmtime.instrumented import Instrumented, instrumented
 from wasmig.errors import SnapshotError
@@ -42,16 +43,14 @@ if TYPE_CHECKING:
 #: the guest thread's stack: room for wasmtime's max_wasm_stack and the host calls
 WORKER_STACK = 64 << 20
 _CHECKPOINT_CODE_IMPORTED = False
-#: how long a guest runs before the main thread imports the checkpoint code beside it
-IMPORT_AFTER_S = 0.1
 
 
 def _import_checkpoint_code() -> None:
     """Import what a capture or a rewind runs (the pass's layout constants, which bring the IR
-    classes, the records and snapshot classes: 15-20 ms), in the main thread once the guest has
-    run :data:`IMPORT_AFTER_S` in its worker: a start does not wait for it (docs/design.md,
-    "Start-up"), a program that ends sooner never pays it, and the first checkpoint of a longer
-    one does not wait for it either (one in the first 0.1 s does)."""
+    classes, the records and snapshot classes: 15-20 ms), in the main thread once the guest is
+    under way in its worker (:mod:`wasmig.engines.under_way`: 0.1 s of CPU or 1 s): a start does
+    not wait for it (docs/design.md, "Start-up"), a program that ends sooner never pays it, and
+    the first checkpoint of a longer one does not wait for it either (an earlier one does)."""
     global _CHECKPOINT_CODE_IMPORTED
     if not _CHECKPOINT_CODE_IMPORTED:
         _CHECKPOINT_CODE_IMPORTED = True
@@ -339,8 +338,11 @@ class Checkpointable:
         finally:
             threading.stack_size(old_size)
         if not _CHECKPOINT_CODE_IMPORTED:
-            worker.join(IMPORT_AFTER_S)  # a short program ends first: it never needs that code
-            if worker.is_alive():
+            def running(timeout: float) -> bool:
+                worker.join(timeout)
+                return worker.is_alive()
+
+            if UnderWay().wait(running):  # a short program ends first: it never needs that code
                 _import_checkpoint_code()  # while the guest runs: the first checkpoint does not wait for it
         while worker.is_alive():
             worker.join(0.25)  # signal handlers run between the waits
