@@ -53,12 +53,13 @@ with open(os.environ["PROBE_OUT"], "w") as f:
 
 
 def probe(tmp_path: Path, args: list[str], *, under_way: float = 60.0,
-          env: dict[str, str] | None = None) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
+          env: dict[str, str | None] | None = None) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
     """Run ``wasmig ARGS`` under :data:`PROBE`, the program under way after ``under_way`` s (of CPU or
-    wall time: 0, at once; 60, never in these tests)."""
+    wall time: 0, at once; 60, never in these tests); ``env``: more variables (None: unset)."""
     out = tmp_path / "probe.json"
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "PROBE_OUT": str(out), "PROBE_UNDER_WAY": str(under_way),
                 "WASMIG_RUNTIME_DIR": str(tmp_path / "run"), "XDG_STATE_HOME": str(tmp_path / "state"), **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     p = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=full_env, timeout=300)
     assert out.exists(), p.stderr
     return json.loads(out.read_text()), p
@@ -124,3 +125,35 @@ def test_a_bad_checkpoint_store_name_is_still_one_line_at_the_start(tmp_path: Pa
         assert "at_start" not in seen and p.stdout == "", p.stdout  # the program never started
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and why in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_checkpointable_run_finds_its_runtime_directory_without_tempfile(tmp_path: Path) -> None:
+    """Every run but a --plain one has a status file and a control socket in the runtime directory,
+    which, without $XDG_RUNTIME_DIR, is in the temporary directory: found as tempfile finds it,
+    without importing tempfile (shutil, random, the compressors)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    seen, p = probe(tmp_path, ["run", str(program("hello"))],
+                    env={"WASMIG_RUNTIME_DIR": None, "XDG_RUNTIME_DIR": None, "TMPDIR": str(tmp)})
+    assert seen["code"] == 0, p.stderr
+    assert "tempfile" not in seen["at_start"]
+    assert (tmp / f"wasmig-run-{os.getuid()}").is_dir()
+
+
+@pytest.mark.parametrize("variables", [{}, {"TMPDIR": "{tmp}"}, {"TMPDIR": "{tmp}/missing", "TMP": "{tmp}"},
+                                       {"TMPDIR": "{file}", "TEMP": "relative"}])
+def test_temp_dir_is_tempfiles_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      variables: dict[str, str]) -> None:
+    import tempfile
+
+    from wasmig.runtime_dir import temp_dir
+
+    (tmp_path / "file").write_text("")
+    (tmp_path / "relative").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path, file=tmp_path / "file"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # not the answer it cached
+    assert temp_dir() == tempfile.gettempdir()
