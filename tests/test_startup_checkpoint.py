@@ -157,3 +157,17 @@ def test_temp_dir_is_tempfiles_choice(tmp_path: Path, monkeypatch: pytest.Monkey
         monkeypatch.setenv(name, value.format(tmp=tmp_path, file=tmp_path / "file"))
     monkeypatch.setattr(tempfile, "tempdir", None)  # not the answer it cached
     assert temp_dir() == tempfile.gettempdir()
+
+
+@pytest.mark.parametrize("flags", [["--plain"], [], ["--checkpoint-dir", "{ck}"]], ids=["plain", "default", "ck"])
+def test_a_wasmtime_start_imports_no_dataclasses(tmp_path: Path, flags: list[str]) -> None:
+    """``dataclasses`` imports inspect, ast, dis and tokenize: ~9 ms of CPU that wasmtime-py's own
+    start does not pay; no run on wasmtime imports it before its guest starts (the IR classes,
+    which are dataclasses, are not imported by a start from the caches either)."""
+    pytest.importorskip("wasmtime")
+    flags = [f.format(ck=tmp_path / "ck") for f in flags]
+    args = ["run", "--engine", "wasmtime", *flags, str(program("hello"))]
+    probe(tmp_path, args)  # a first run fills the caches (instrumenting decodes the module: the IR's dataclasses)
+    seen, p = probe(tmp_path, args)
+    assert seen["code"] == 0, p.stderr
+    assert [m for m in ("dataclasses", "inspect", "ast") if m in seen["at_start"]] == []
