@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wasmig.engines.under_way import UnderWay
 from wasmig.errors import SnapshotError
 from wasmig.session.policy import (
     CheckpointExit,
@@ -120,9 +119,6 @@ class Session:
         self.policy = policy
         self.module_path = module_path
         self._store: Any = None
-        self._store_lock = threading.Lock()  # the store is opened by _save or by _prepare, once
-        self._preparing: threading.Thread | None = None  # runs _prepare once the program is under way
-        self._ended: threading.Event | None = None  # set when the run is over: a preparation not begun never will
         self._module_file: str | None = None  # where the store keeps the module (put once a run)
         self._committing: threading.Thread | None = None  # a checkpoint being made durable (_save)
         self._status_file: Path | None = None
@@ -231,22 +227,9 @@ class Session:
             self._status_file = status_path(os.getpid())
             self._write_status()
         if self.policy.active and self.policy.prepare_early:
-            under_way, ended = UnderWay(), threading.Event()
-
-            def prepare_when_under_way() -> None:
-                if under_way.wait(lambda timeout: not ended.wait(timeout)):
-                    self._prepare()
-
-            self._ended = ended
-
-            self._preparing = threading.Thread(target=prepare_when_under_way, name="wasmig-prepare", daemon=True)
-            self._preparing.start()
+            self.program.when_under_way(self._prepare)  # else (the interpreter) at the first checkpoint
 
     def _uninstall(self) -> None:
-        if self._preparing is not None and self._ended is not None:
-            self._ended.set()  # not yet begun: never; under way: let it end (an import cut off by
-            self._preparing.join()  # the interpreter's exit is no state to leave behind)
-            self._preparing = self._ended = None
         self._wait_for_commit()  # before the status file goes: the commit would write it again
         if self.policy.every and threading_main():
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -293,17 +276,16 @@ class Session:
 
     def _open_store(self) -> None:
         """Open the checkpoint directory's store (importing the snapshot writer), once."""
-        with self._store_lock:
-            if self._store is None:
-                from wasmig.snapshot.stores import open_store
+        if self._store is None:
+            from wasmig.snapshot.stores import open_store
 
-                self._store = open_store(str(self.policy.directory))
+            self._store = open_store(str(self.policy.directory))
 
     def _prepare(self) -> None:
-        """What writing a snapshot needs besides the capture, made ready beside the running program
-        (:attr:`CheckpointPolicy.prepare_early`, a thread of its own) rather than at its start: the
-        store opened and the user's signing key loaded (the snapshot writer's modules and the
-        cryptography package, 40-50 ms of imports). A failure here is left for the checkpoint to
+        """What writing a snapshot needs besides the capture, made ready while the program runs
+        (:attr:`CheckpointPolicy.prepare_early`: :meth:`Program.when_under_way`) rather than at its
+        start: the store opened and the user's signing key loaded (the snapshot writer's modules and
+        the cryptography package, 40-50 ms of imports). A failure here is left for the checkpoint to
         meet and report; a key that cannot be used is reported here (once, as at any checkpoint)."""
         from wasmig.snapshot.signing import own_key_pair
 

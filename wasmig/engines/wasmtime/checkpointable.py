@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import wasmtime
@@ -123,6 +124,8 @@ class Checkpointable:
         self._rewind_linked = self.instrumented.sites.rewind is None  # the run module holds the copies
         self._rewind_compiling: threading.Thread | None = None
         self._rewind_compiled: list[Any] = []  # the compiled rewind module, or what compiling it raised
+        #: called once the guest is under way, after the checkpoint code's import (Program.when_under_way)
+        self.on_under_way: Callable[[], None] | None = None
 
     # --- the rewind module ----------------------------------------------------------------------
     def compile_rewind_ahead(self) -> None:
@@ -337,13 +340,19 @@ class Checkpointable:
             worker.start()
         finally:
             threading.stack_size(old_size)
-        if not _CHECKPOINT_CODE_IMPORTED:
+        hook = self.on_under_way
+        if not _CHECKPOINT_CODE_IMPORTED or hook is not None:
             def running(timeout: float) -> bool:
                 worker.join(timeout)
                 return worker.is_alive()
 
-            if UnderWay().wait(running):  # a short program ends first: it never needs that code
-                _import_checkpoint_code()  # while the guest runs: the first checkpoint does not wait for it
+            # a short program ends first: it never needs that code; else it is imported while the
+            # guest runs, in this thread (the only one importing: see Program.when_under_way)
+            if UnderWay().wait(running):
+                _import_checkpoint_code()
+                if hook is not None:
+                    self.on_under_way = None
+                    hook()
         while worker.is_alive():
             worker.join(0.25)  # signal handlers run between the waits
         if outcome:
