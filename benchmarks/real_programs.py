@@ -35,7 +35,9 @@ with every ratio side by side, start-up against issue 15's bound (1.5x wasmtime-
 ``--programs cpython,quickjs``, ``--workloads start-up,steady``. ``--baseline COMMIT`` adds the three wasmig
 variants of that commit (checked out into a temporary git worktree; prefixed ``base:``), alternating with this
 checkout's in every round: an A/B comparison on a shared machine. Every wasmig variant runs the console script with
-``PYTHONPATH`` set to its tree (this checkout, or the baseline's).
+``PYTHONPATH`` set to its tree (this checkout, or the baseline's). A source checkout keeps its caches in its own
+``.cache``: set ``$WASMIG_CACHE`` to share them (else the baseline's first, untimed runs compile and instrument the
+programs afresh: minutes for CPython).
 """
 
 from __future__ import annotations
