@@ -40,6 +40,13 @@ def spy(self):
     arm(self)
 
 loop.Session._arm = spy
+checkpoint = loop.Session._checkpoint
+
+def spy_checkpoint(self):
+    seen.setdefault("store_ready_at_first_checkpoint", self._store is not None)
+    checkpoint(self)
+
+loop.Session._checkpoint = spy_checkpoint
 from wasmig.cli import main
 
 try:
@@ -93,19 +100,36 @@ def test_the_preparation_runs_beside_a_longer_program(tmp_path: Path) -> None:
     assert [m for m in DEFERRED if m not in seen["at_end"]] == [], "the store and the key were not prepared"
 
 
-@pytest.mark.parametrize("under_way", [0.0, 60.0], ids=["prepared-first", "checkpoint-first"])
-def test_snapshots_are_signed_whichever_comes_first(tmp_path: Path, under_way: float) -> None:
+@pytest.mark.parametrize(("under_way", "trigger"), [(0.0, ["--checkpoint-every", "0.05"]),
+                                                     (60.0, ["--checkpoint-at-step", "5000"])],
+                         ids=["prepared-first", "checkpoint-first"])
+def test_snapshots_are_signed_whichever_comes_first(tmp_path: Path, under_way: float, trigger: list[str]) -> None:
     """A checkpoint taken before the preparation (it opens the store itself, the commit loads the
     key) and one after it: both signed with the user's key, so a restore (which trusts only
-    that key by default) continues them."""
+    that key by default) continues them. (A periodic checkpoint is prepared for by half its
+    period: the checkpoint that comes first is at a step.)"""
     ck = tmp_path / "ck"
-    seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), "--checkpoint-every", "0.05",
+    seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), *trigger,
                                str(program("ticker")), "6", "50"], under_way=under_way)
     assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
     snaps = sorted((ck / "snapshots").glob("*.snap"))
     assert snaps and list(ck.glob("module-*.wasm")), p.stderr
+    assert seen["store_ready_at_first_checkpoint"] is (under_way == 0.0)
     r = restore(tmp_path, ck)
     assert r.returncode == 0 and r.stdout.endswith("done\n"), r.stderr
+
+
+def test_a_periodic_checkpoint_is_prepared_for_by_half_its_period(tmp_path: Path) -> None:
+    """A program that sleeps uses no CPU, so it is under way only after 1 s: with
+    ``--checkpoint-every 0.4`` its store is ready by 0.2 s, before the first checkpoint."""
+    from wasmig.engines.under_way import UnderWay
+
+    assert UnderWay(by=0.0).reached() and not UnderWay().reached()
+    ck = tmp_path / "ck"
+    seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), "--checkpoint-every", "0.4",
+                               str(program("ticker")), "6", "100"])  # under way: after 60 s of CPU or wall
+    assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
+    assert seen["store_ready_at_first_checkpoint"] is True
 
 
 def test_a_missing_key_is_made_and_announced_before_the_program_runs(tmp_path: Path) -> None:

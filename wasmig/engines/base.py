@@ -82,14 +82,14 @@ class Program(ABC):
     def resume(self) -> bool:
         """Go on after a stop, or from the snapshot a restore loaded; True if it stopped again."""
 
-    def when_under_way(self, prepare: Callable[[], None]) -> bool:
+    def when_under_way(self, prepare: Callable[[], None], by: float | None = None) -> bool:
         """Have ``prepare`` called once, in the thread that called :meth:`start` (or
         :meth:`resume`), while the guest runs beside it, once the program is under way
-        (:mod:`wasmig.engines.under_way`): what its first checkpoint needs, made ready without
-        delaying the start or a short program. False when this engine cannot (its guest runs in
-        that thread): the caller then does it at the first checkpoint. (Not in another thread of
-        the caller's: two threads importing overlapping modules at once may see a partially
-        initialised one.)"""
+        (:mod:`wasmig.engines.under_way`; ``by``: after that many seconds at the latest): what its
+        first checkpoint needs, made ready without delaying the start or a short program. False
+        when this engine cannot (its guest runs in that thread): the caller then does it at the
+        first checkpoint. (Not in another thread of the caller's: two threads importing
+        overlapping modules at once may see a partially initialised one.)"""
         return False
 
     @abstractmethod

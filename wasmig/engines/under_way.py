@@ -22,20 +22,23 @@ POLL_S = 0.05
 
 
 class UnderWay:
-    """The clock of one guest's run, started when the guest is."""
+    """The clock of one guest's run, started when the guest is. ``by``: under way after that many
+    wall seconds at the latest, if fewer than :data:`WALL_S` (a checkpoint planned that soon)."""
 
-    def __init__(self) -> None:
+    def __init__(self, by: float | None = None) -> None:
         self._cpu = time.process_time()
         self._wall = time.monotonic()
+        self._wall_s = WALL_S if by is None else min(WALL_S, by)
 
     def reached(self) -> bool:
-        return time.process_time() - self._cpu >= CPU_S or time.monotonic() - self._wall >= WALL_S
+        return time.process_time() - self._cpu >= CPU_S or time.monotonic() - self._wall >= self._wall_s
 
     def wait(self, running: Callable[[float], bool]) -> bool:
         """Wait until the program is under way (True), or until ``running(timeout)`` -- which
         waits at most ``timeout`` seconds and says whether the program still runs -- says it
-        ended first (False)."""
-        while running(POLL_S):
-            if self.reached():
-                return True
-        return False
+        ended first (False). Looks every :data:`POLL_S`, and at the wall-clock limit itself."""
+        while not self.reached():
+            left = self._wall_s - (time.monotonic() - self._wall)
+            if not running(max(0.0, min(POLL_S, left))):
+                return False
+        return True

@@ -227,7 +227,8 @@ class Session:
             self._status_file = status_path(os.getpid())
             self._write_status()
         if self.policy.active and self.policy.prepare_early:
-            self.program.when_under_way(self._prepare)  # else (the interpreter) at the first checkpoint
+            # else (the interpreter) at the first checkpoint; a periodic one is prepared for by half its period
+            self.program.when_under_way(self._prepare, by=self.policy.every / 2 if self.policy.every else None)
 
     def _uninstall(self) -> None:
         self._wait_for_commit()  # before the status file goes: the commit would write it again

@@ -126,6 +126,7 @@ class Checkpointable:
         self._rewind_compiled: list[Any] = []  # the compiled rewind module, or what compiling it raised
         #: called once the guest is under way, after the checkpoint code's import (Program.when_under_way)
         self.on_under_way: Callable[[], None] | None = None
+        self.under_way_by: float | None = None  # ... at the latest after that many seconds
 
     # --- the rewind module ----------------------------------------------------------------------
     def compile_rewind_ahead(self) -> None:
@@ -348,7 +349,7 @@ class Checkpointable:
 
             # a short program ends first: it never needs that code; else it is imported while the
             # guest runs, in this thread (the only one importing: see Program.when_under_way)
-            if UnderWay().wait(running):
+            if UnderWay(self.under_way_by if hook is not None else None).wait(running):
                 _import_checkpoint_code()
                 if hook is not None:
                     self.on_under_way = None

@@ -53,8 +53,9 @@ class CheckpointableProgram(Program):
         self.runner.resume()
         return self.runner.unwound
 
-    def when_under_way(self, prepare: Callable[[], None]) -> bool:
-        self.runner.on_under_way = prepare  # called by the thread that waits for the guest (Checkpointable._call)
+    def when_under_way(self, prepare: Callable[[], None], by: float | None = None) -> bool:
+        # called by the thread that waits for the guest (Checkpointable._call)
+        self.runner.on_under_way, self.runner.under_way_by = prepare, by
         return True
 
     def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
