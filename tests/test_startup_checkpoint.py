@@ -93,14 +93,14 @@ def test_a_checkpointing_start_leaves_the_store_and_the_key_for_later(tmp_path: 
 
 def test_the_preparation_runs_beside_a_longer_program(tmp_path: Path) -> None:
     ck = tmp_path / "ck"
-    seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), str(program("ticker")), "3", "30"],
-                    under_way=0.0)
+    seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), str(program("ticker")), "6", "100"],
+                    under_way=0.0)  # long enough for the imports to end first on a loaded machine
     assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
     assert [m for m in DEFERRED if m in seen["at_start"]] == []
     assert [m for m in DEFERRED if m not in seen["at_end"]] == [], "the store and the key were not prepared"
 
 
-@pytest.mark.parametrize(("under_way", "trigger"), [(0.0, ["--checkpoint-every", "0.05"]),
+@pytest.mark.parametrize(("under_way", "trigger"), [(0.0, ["--checkpoint-every", "0.7"]),
                                                      (60.0, ["--checkpoint-at-step", "5000"])],
                          ids=["prepared-first", "checkpoint-first"])
 def test_snapshots_are_signed_whichever_comes_first(tmp_path: Path, under_way: float, trigger: list[str]) -> None:
@@ -110,7 +110,7 @@ def test_snapshots_are_signed_whichever_comes_first(tmp_path: Path, under_way: f
     period: the checkpoint that comes first is at a step.)"""
     ck = tmp_path / "ck"
     seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), *trigger,
-                               str(program("ticker")), "6", "50"], under_way=under_way)
+                               str(program("ticker")), "8", "200"], under_way=under_way)
     assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
     snaps = sorted((ck / "snapshots").glob("*.snap"))
     assert snaps and list(ck.glob("module-*.wasm")), p.stderr
@@ -121,13 +121,13 @@ def test_snapshots_are_signed_whichever_comes_first(tmp_path: Path, under_way: f
 
 def test_a_periodic_checkpoint_is_prepared_for_by_half_its_period(tmp_path: Path) -> None:
     """A program that sleeps uses no CPU, so it is under way only after 1 s: with
-    ``--checkpoint-every 0.4`` its store is ready by 0.2 s, before the first checkpoint."""
+    ``--checkpoint-every 0.8`` its store is ready by 0.4 s, before the first checkpoint."""
     from wasmig.engines.under_way import UnderWay
 
     assert UnderWay(by=0.0).reached() and not UnderWay().reached()
     ck = tmp_path / "ck"
-    seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), "--checkpoint-every", "0.4",
-                               str(program("ticker")), "6", "100"])  # under way: after 60 s of CPU or wall
+    seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), "--checkpoint-every", "0.8",
+                               str(program("ticker")), "8", "200"])  # under way: after 60 s of CPU or wall
     assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
     assert seen["store_ready_at_first_checkpoint"] is True
 

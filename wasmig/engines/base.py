@@ -86,9 +86,10 @@ class Program(ABC):
         """Have ``prepare`` called once, in the thread that called :meth:`start` (or
         :meth:`resume`), while the guest runs beside it, once the program is under way
         (:mod:`wasmig.engines.under_way`; ``by``: after that many seconds at the latest): what its
-        first checkpoint needs, made ready without delaying the start or a short program. False
-        when this engine cannot (its guest runs in that thread): the caller then does it at the
-        first checkpoint. (Not in another thread of the caller's: two threads importing
+        first checkpoint needs, made ready without delaying the start or a short program (nor a
+        checkpoint: not when the guest stopped meanwhile; then later, if at all). False when this
+        engine cannot (its guest runs in that thread): the caller then does it at the first
+        checkpoint. (Not in another thread of the caller's: two threads importing
         overlapping modules at once may see a partially initialised one.)"""
         return False
 

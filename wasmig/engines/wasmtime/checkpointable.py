@@ -351,7 +351,7 @@ class Checkpointable:
             # guest runs, in this thread (the only one importing: see Program.when_under_way)
             if UnderWay(self.under_way_by if hook is not None else None).wait(running):
                 _import_checkpoint_code()
-                if hook is not None:
+                if hook is not None and worker.is_alive():  # stopped meanwhile: not while it waits
                     self.on_under_way = None
                     hook()
         while worker.is_alive():
