@@ -234,6 +234,31 @@ def test_a_drop_of_a_segment_beyond_the_drop_flags_is_refused() -> None:
             instrument(module)
 
 
+def test_the_pass_runs_with_the_collector_paused_and_restores_it() -> None:
+    """The pass pauses the cyclic garbage collector (its collections walked the whole decoded
+    module, 1.1 s of CPython's pass) and restores the caller's setting after, also when it fails."""
+    import gc
+
+    from wasmig.instrument.unwind import InstrumentError
+
+    module = wat_module('(module (func (export "f") (loop (br 0))))')
+    seen: list[bool] = []
+    assert gc.isenabled()
+    instrument(module, progress=lambda done, total: seen.append(gc.isenabled()))
+    assert seen and not any(seen), "the collector ran during the pass"
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        instrument(module)
+        assert not gc.isenabled(), "a collector the caller had off was turned on"
+    finally:
+        gc.enable()
+    refused = wat_module('(module (func (export "f") (local externref)))')
+    with pytest.raises(InstrumentError, match="reference-typed locals"):
+        instrument(refused)
+    assert gc.isenabled()
+
+
 # --- two modules (docs/instrument.md, "Two modules and compact records") ----------------------------
 def test_the_run_module_has_no_rewind_copies_and_the_rewind_module_only_them() -> None:
     """The run module holds the instrumented functions and the pass's own, no copy and no rewind

@@ -20,7 +20,7 @@ import msgpack
 import pytest
 
 from tests.migration_keys import Keys
-from tests.test_migrate import assert_ran_exactly_once, daemon, lines_of, migrate, source, wait_for, wasmig
+from tests.test_migrate import Daemon, assert_ran_exactly_once, daemon, lines_of, migrate, source, wait_for, wasmig
 from tests.threaded_programs import compile_threaded
 
 #: rounds, ms the main thread sleeps before each (the workers wait on a condition variable
@@ -106,14 +106,20 @@ def test_a_threaded_program_moves_while_its_workers_wait_on_a_condition_variable
     with daemon(tmp_path, "target", target_engine, keys) as d, \
             threaded_source(tmp_path, program, args, started="round 1 ",
                             options=["--engine", source_engine]) as (proc, out):
-        done = migrate(proc.pid, d)
-        assert done.returncode == 0, done.stderr
-        assert proc.wait(30) == 0
-        wait_for(lambda: "program exited with code 0" in d.log(), f"not finished: {d.log()}")
-        assert_ran_exactly_once(reference, out, d.out)
-        assert lines_of(d.out), "it moved only after the end"
+        _moves_and_finishes_there(proc, out, d, reference)
     threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call", d.log())
     assert threads and threads.groups() == ("9", "8", "1"), d.log()
+
+
+def _moves_and_finishes_there(proc: subprocess.Popen[bytes], out: Path, d: Daemon, reference: list[str]) -> None:
+    """Migrate the running source to daemon ``d``: the source exits 0 and the program ends there,
+    its output the uninterrupted run's exactly once, some of it printed at the target."""
+    done = migrate(proc.pid, d)
+    assert done.returncode == 0, done.stderr
+    assert proc.wait(30) == 0
+    wait_for(lambda: "program exited with code 0" in d.log(), f"not finished: {d.log()}")
+    assert_ran_exactly_once(reference, out, d.out)
+    assert lines_of(d.out), "it moved only after the end"
 
 
 def _stays_at_the_source(failed: subprocess.CompletedProcess[str], proc: subprocess.Popen[bytes], out: Path,
@@ -197,12 +203,7 @@ def test_a_threaded_program_moves_while_its_workers_compute(tmp_path: Path, prog
     reference = reference_of(program, args)
     with daemon(tmp_path, "target", target_engine, keys) as d, \
             threaded_source(tmp_path, program, args, options=["--engine", "interp"]) as (proc, out):
-        done = migrate(proc.pid, d)
-        assert done.returncode == 0, done.stderr
-        assert proc.wait(30) == 0
-        wait_for(lambda: "program exited with code 0" in d.log(), f"not finished: {d.log()}")
-        assert_ran_exactly_once(reference, out, d.out)
-        assert lines_of(d.out), "it moved only after the end"
+        _moves_and_finishes_there(proc, out, d, reference)
     threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call, (\d+) runnable", d.log())
     assert threads and threads.group(1) == "9" and threads.group(3) == "0" and int(threads.group(4)) >= 1, d.log()
 

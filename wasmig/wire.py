@@ -8,11 +8,11 @@ side allocate without limit, and every read has a deadline, so a silent peer can
 
 from __future__ import annotations
 
-import select
 import socket
 import struct
 from typing import Any
 
+from wasmig import fdwait
 from wasmig.errors import WasmError
 
 MAX_FRAME = 32 << 20
@@ -107,7 +107,7 @@ class Channel:
         pending = getattr(self.sock, "pending", None)
         if pending is not None and pending():
             return True
-        return bool(select.select([self.sock], [], [], timeout)[0])
+        return bool(fdwait.wait([self.sock], [], timeout)[0])
 
     def _not_ours(self, start: bytes) -> WireError:
         """The peer answered, but not in this protocol: the error quotes the start of its answer."""

@@ -50,6 +50,9 @@ _NEEDS_CONTEXT = (
 _PLAIN: dict[int, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     op: (p, r, p == r) for op, (p, r) in ops.SIG.items() if op not in _NEEDS_CONTEXT
 }
+#: loads, stores and the threads proposal's instructions: typed by their ``SIG`` once their
+#: memory index, alignment and feature are checked (:func:`_memory_sig`)
+_MEMORY_OPS = frozenset({*ops.LOADS, *ops.STORES, *ops.THREADS_OPS})
 
 
 
@@ -122,6 +125,9 @@ class CodeContext:
     atomic_loads: bool = False  # the threads proposal's atomic loads
     threads: bool = False  # the whole threads proposal (every 0xFE instruction)
     tail_call: bool = False  # the tail-call proposal's return_call
+    #: (opcode, memarg) of the loads and stores checked already -> their ``_PLAIN``-style
+    #: signature: a module repeats a few thousand of them millions of times (:func:`_memory_sig`)
+    memory_sigs: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -236,6 +242,24 @@ def _mem_access(ctx: CodeContext, op: int, imm: object) -> None:
         raise Invalid("alignment must not be larger than natural")
 
 
+def _memory_sig(ctx: CodeContext, op: int, imm: object) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """A load's, store's or atomic instruction's signature, as ``_PLAIN`` has it, once its
+    feature, memory and alignment are checked; remembered per ``(op, imm)`` in the context (the
+    checks depend only on the context)."""
+    if op in ops.THREADS_OPS and not ctx.threads and not (op in ops.ATOMIC_LOADS and ctx.atomic_loads):
+        needs = "atomic-loads or threads" if op in ops.ATOMIC_LOADS else "threads"
+        raise Invalid(f"illegal opcode {op:#x} ({ops.name(op)} needs the {needs} feature)")
+    if op != ATOMIC_FENCE:
+        _mem_access(ctx, op, imm)
+    params, results = ops.SIG[op]
+    sig = (params, results, params == results)
+    try:
+        ctx.memory_sigs[(op, imm)] = sig
+    except TypeError:  # an unhashable immediate (hand-built IR): checked every time
+        pass
+    return sig
+
+
 # --- function bodies -------------------------------------------------------------------------
 
 
@@ -252,6 +276,7 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
     globals_ = ctx.globals
     funcs = ctx.funcs
     plain = _PLAIN
+    memory_ops, memory_sigs = _MEMORY_OPS, ctx.memory_sigs
 
     vals: list[str | None] = []
     ctrls: list[ControlFrame] = [ControlFrame(BLOCK, (), ftype.results, 0, False)]
@@ -282,7 +307,12 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
             imm = ins.imm
 
             sig = plain.get(op)
-            if sig is not None:  # numeric and other fixed-signature instructions: the hot path
+            if sig is None and op in memory_ops:  # a load or store: its memarg checked once per module
+                try:
+                    sig = memory_sigs[(op, imm)]
+                except (KeyError, TypeError):
+                    sig = _memory_sig(ctx, op, imm)
+            if sig is not None:  # numeric, memory and other fixed-signature instructions: the hot path
                 params, results, same = sig
                 n = len(params)
                 if same and n <= 1:
@@ -306,9 +336,14 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
 
             dirty = True
             if op == LOCAL_GET:
-                vals.append(local_types[_index(imm, nlocals, "local")])
+                vals.append(local_types[imm if imm.__class__ is int and 0 <= imm < nlocals
+                                        else _index(imm, nlocals, "local")])
             elif op == LOCAL_SET:
-                _pop(vals, frame, local_types[_index(imm, nlocals, "local")])
+                t = local_types[imm if imm.__class__ is int and 0 <= imm < nlocals else _index(imm, nlocals, "local")]
+                if len(vals) > frame.height and vals[-1] == t:
+                    vals.pop()
+                else:
+                    _pop(vals, frame, t)
             elif op == LOCAL_TEE:
                 t = local_types[_index(imm, nlocals, "local")]
                 if len(vals) > frame.height and vals[-1] == t:
@@ -323,15 +358,6 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
                 if not g.mutable:
                     raise Invalid(f"global is immutable: global {imm}")
                 _pop(vals, frame, g.type)
-            elif op in ops.LOADS or op in ops.STORES or op in ops.THREADS_OPS:
-                if op in ops.THREADS_OPS and not ctx.threads and not (op in ops.ATOMIC_LOADS and ctx.atomic_loads):
-                    needs = "atomic-loads or threads" if op in ops.ATOMIC_LOADS else "threads"
-                    raise Invalid(f"illegal opcode {op:#x} ({ops.name(op)} needs the {needs} feature)")
-                if op != ATOMIC_FENCE:
-                    _mem_access(ctx, op, imm)
-                params, results = ops.SIG[op]
-                _pop_vals(vals, frame, params)
-                vals.extend(results)
             elif op == BLOCK or op == LOOP or op == IF:
                 params, results = _block_type(ctx, imm)
                 if op == IF:

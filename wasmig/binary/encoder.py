@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
 from typing import TypeVar
 
 from wasmig.binary import opcodes
@@ -412,17 +413,25 @@ def encoded_instr(op: int, imm: object) -> bytes:
     return done
 
 
-def encode_each(instrs: Iterable[Instr]) -> list[bytes]:
-    """The encoding of each instruction, memoised like :func:`encode_ops`'s."""
-    cache = _ENCODED
-    out = []
-    append = out.append
-    for ins in instrs:
-        try:
-            append(cache[(ins.op, ins.imm)])
-        except (KeyError, TypeError):
-            append(encoded_instr(ins.op, ins.imm))
-    return out
+def encode_each(instrs: Sequence[Instr]) -> list[bytes]:
+    """The encoding of each instruction, memoised like :func:`encode_ops`'s. The lookups are a
+    ``map`` (run in C: the instrumentation pass encodes every body of a module once); the
+    instructions the memo does not hold yet are encoded after."""
+    keys = list(map(_OP_IMM, instrs))
+    try:
+        out = list(map(_ENCODED.get, keys))
+    except TypeError:  # an unhashable immediate (a list): one at a time
+        return [encoded_instr(op, imm) for op, imm in keys]
+    k = -1
+    try:
+        while True:  # the misses, found by list.index (in C)
+            k = out.index(None, k + 1)
+            out[k] = encoded_instr(*keys[k])
+    except ValueError:
+        return out
+
+
+_OP_IMM = attrgetter("op", "imm")
 
 
 def _encode_instr(out: bytearray, op: int, imm: object) -> None:

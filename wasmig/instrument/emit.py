@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import accumulate
+from operator import attrgetter
 
 from wasmig.binary.encoder import encode_each, encoded_instr
 from wasmig.binary.ir import Instr
@@ -22,6 +23,9 @@ from wasmig.binary.leb128 import encode_u
 #: the origin tag of offset ``o`` is the LEB128 of ``o + 1`` (0: an instruction the pass added);
 #: most offsets are below 2**14 (a tag of one or two bytes): those are looked up
 _TAGS = [encode_u(n) for n in range(1 << 14)]
+#: the tag of original offset o (< 2**14 - 1), for :class:`OriginalCode`'s map
+_TAG_OF = _TAGS[1:]
+_OFFSET = attrgetter("offset")
 #: the bytes that are not the last byte of a LEB128 (continuation bit set): deleted to count tags
 _LAST_BYTES = bytes(range(0x80))
 
@@ -108,12 +112,16 @@ class OriginalCode:
     __slots__ = ("data", "pos", "tags", "tag_pos")
 
     def __init__(self, body: Sequence[Instr]) -> None:
+        # every instruction of every body passes here (2.7 M on CPython): the loops are map()s
+        # over the memo and the tag table, which run in C, with the rare misses done after
         encoded = encode_each(body)
         self.data = b"".join(encoded)
         self.pos = [0, *accumulate(map(len, encoded))]
-        tags_table = _TAGS
-        limit = len(tags_table) - 1
-        tags = [tags_table[ins.offset + 1] if ins.offset < limit else encode_u(ins.offset + 1) for ins in body]
+        offsets = list(map(_OFFSET, body))
+        if max(offsets, default=0) < len(_TAG_OF):
+            tags = list(map(_TAG_OF.__getitem__, offsets))
+        else:  # a body longer than 16 KB: its later offsets take three bytes
+            tags = [origin_tag(o) for o in offsets]
         self.tags = b"".join(tags)
         self.tag_pos = [0, *accumulate(map(len, tags))]
 

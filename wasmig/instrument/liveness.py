@@ -10,6 +10,9 @@ use the same rule, on every engine, so they stay equal (see docs/instrument.md).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from itertools import compress
+from operator import attrgetter
 from typing import Any
 
 from wasmig.binary.blocks import match_blocks
@@ -34,6 +37,7 @@ def dead_value(t: str) -> tuple[str, int | None]:
 _CONTROL = frozenset((0x00, 0x02, 0x03, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F))
 _GET, _SET, _TEE = 0x20, 0x21, 0x22
 _LOOKED_AT = _CONTROL | {_GET, _SET, _TEE}
+_OP = attrgetter("op")
 # how a control instruction's live set follows from the others' (see live_locals)
 _NEXT, _NEXT_OR_LIVE, _NEXT_OR_NEXT, _LIVE, _NONE, _TABLE = range(6)
 
@@ -49,8 +53,65 @@ def live_locals(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]]
     has millions of instructions); the per-instruction sets are filled in at the end.
     ``blocks``: :func:`match_blocks` of ``body``, when the caller has it."""
     n = len(body)
+    ctrl, runs, lead, live_at = _solve(body, blocks)
+    m = len(ctrl)
+    # every instruction: a control instruction's own set, a run's from its end backwards
+    live = [0] * n
+    for k in range(m):
+        live[ctrl[k]] = live_at[k]
+    for k in range(-1, m - 1):
+        start, end = (ctrl[k] + 1 if k >= 0 else 0), ctrl[k + 1]
+        cur = live_at[k + 1]
+        below = end  # live[below:end] are filled with cur
+        for pos, bit, is_get in reversed(runs[k] if k >= 0 else lead):
+            if below - pos > 1:
+                live[pos + 1:below] = [cur] * (below - pos - 1)
+            cur = cur | bit if is_get else cur & ~bit
+            live[pos] = cur
+            below = pos
+        if below > start:
+            live[start:below] = [cur] * (below - start)
+    return live
+
+
+class LiveAt:
+    """``live_locals(body)[i]`` for the few ``i`` asked: the instrumentation pass asks at its
+    sites only (a tenth of the instructions), so the per-instruction sets are not filled in; a
+    straight run's sets are worked out when one of its instructions is first asked about."""
+
+    def __init__(self, body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | None = None) -> None:
+        self.ctrl, self.runs, self.lead, self.live_at = _solve(body, blocks)
+        #: run k (-1: the lead) -> (its accesses' positions, the set live before each)
+        self._filled: dict[int, tuple[list[int], list[int]]] = {}
+
+    def __getitem__(self, pos: int) -> int:
+        ctrl = self.ctrl
+        k = bisect_right(ctrl, pos) - 1  # the control instruction at pos or the last before it
+        if k >= 0 and ctrl[k] == pos:
+            return self.live_at[k]
+        filled = self._filled.get(k)
+        if filled is None:
+            accesses = self.runs[k] if k >= 0 else self.lead
+            before = [0] * len(accesses)
+            cur = self.live_at[k + 1]
+            for j in range(len(accesses) - 1, -1, -1):
+                _pos, bit, is_get = accesses[j]
+                cur = cur | bit if is_get else cur & ~bit
+                before[j] = cur
+            filled = self._filled[k] = ([a[0] for a in accesses], before)
+        positions, before = filled
+        j = bisect_left(positions, pos)  # the first access at pos or after it
+        return before[j] if j < len(before) else self.live_at[k + 1]
+
+
+def _solve(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | None
+           ) -> tuple[list[int], list[list[tuple[int, int, bool]]], list[tuple[int, int, bool]], list[int]]:
+    """:func:`live_locals`'s fixpoint: (the control instructions' positions, the local accesses
+    of the run after each, those of the run before the first, the set live before each control
+    instruction)."""
+    n = len(body)
     end_of, else_of = blocks if blocks is not None else match_blocks(body)
-    looked_at = [k for k, ins in enumerate(body) if ins.op in _LOOKED_AT]
+    looked_at = list(compress(range(n), map(_LOOKED_AT.__contains__, map(_OP, body))))  # in C
     ctrl: list[int] = []  # positions of the control instructions, ascending
     #: per control instruction k: the local accesses of the run after it, ascending (the run
     #: before the first control instruction is runs[-1]'s: it is kept apart as `lead`)
@@ -74,6 +135,7 @@ def live_locals(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]]
     kind = [_NONE] * m
     target: list[object] = [None] * m
     stack: list[int] = []
+    loops = False  # without a loop every successor comes later: one backward pass is the fixpoint
 
     def label(depth: int) -> int:
         """The control index a branch to ``depth`` goes to (-1: out of the function)."""
@@ -88,6 +150,7 @@ def live_locals(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]]
         if op in (0x02, 0x03):
             stack.append(pos)
             kind[k] = _NEXT
+            loops = loops or op == 0x03
         elif op == 0x04:
             stack.append(pos)
             if pos in else_of:  # false: just after the else
@@ -151,21 +214,6 @@ def live_locals(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]]
             if new != live_at[k]:
                 live_at[k] = new
                 changed = True
-
-    # every instruction: a control instruction's own set, a run's from its end backwards
-    live = [0] * n
-    for k in range(m):
-        live[ctrl[k]] = live_at[k]
-    for k in range(-1, m - 1):
-        start, end = (ctrl[k] + 1 if k >= 0 else 0), ctrl[k + 1]
-        cur = live_at[k + 1]
-        below = end  # live[below:end] are filled with cur
-        for pos, bit, is_get in reversed(runs[k] if k >= 0 else lead):
-            if below - pos > 1:
-                live[pos + 1:below] = [cur] * (below - pos - 1)
-            cur = cur | bit if is_get else cur & ~bit
-            live[pos] = cur
-            below = pos
-        if below > start:
-            live[start:below] = [cur] * (below - start)
-    return live
+        if not loops:
+            break
+    return ctrl, runs, lead, live_at

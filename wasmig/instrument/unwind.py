@@ -29,9 +29,13 @@ What it adds (none of it part of the canonical state):
 from __future__ import annotations
 
 import dataclasses
+import gc
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import compress
+from operator import attrgetter
 
 from wasmig.binary.blocks import match_blocks
 from wasmig.binary.encoder import encode_code_entry, encode_code_entry_raw, encode_module, encoded_instr
@@ -59,7 +63,7 @@ from wasmig.errors import WasmError
 from wasmig.instrument import entry_arm, transfer
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.counted import counted_trips
-from wasmig.instrument.emit import Code, OriginalCode, encode_seq
+from wasmig.instrument.emit import Code, OriginalCode, encode_seq, origin_tag
 from wasmig.instrument.linking import (
     COMPACT_ALL,
     COMPACT_RECORD,
@@ -70,7 +74,7 @@ from wasmig.instrument.linking import (
     SAVE_COUNTS,
     SAVE_TYPES,
 )
-from wasmig.instrument.liveness import live_locals_of
+from wasmig.instrument.liveness import LiveAt
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
 from wasmig.instrument.origins import origin_tags, pack_origins
 from wasmig.instrument.sites import SECTION_NAME, FunctionLayout, Site, SiteMap, compact_slots
@@ -108,6 +112,8 @@ UNROLL_MAX_BODY = 96  # instructions: larger loops are not unrolled (their poll 
 UNROLL_MAX_FUNCTION = 1000
 
 STATE_RUNNING, STATE_UNWINDING, STATE_REWINDING = 0, 1, 2
+_OP = attrgetter("op")
+_CALLS = frozenset((0x10, 0x11))
 
 _STORE = {"i32": (0x36, 2), "i64": (0x37, 3), "f32": (0x38, 2), "f64": (0x39, 3)}
 _CONST = {"i32": 0x41, "i64": 0x42, "f32": 0x43, "f64": 0x44}
@@ -118,15 +124,36 @@ _DROP = encode_seq((0x1A,))
 _ELSE = encode_seq((0x05,))
 _END = encode_seq((0x0B,))
 _I32_EQ = encode_seq((0x46,))
-_ZEROS: dict[tuple[str, ...], bytes] = {}  # the constants pushed for dummy values of these types
+#: (n, types) -> n drops, then a dummy value of each type (:func:`_drops_zeros`)
+_DROPS_ZEROS: dict[tuple[int, tuple[str, ...]], bytes] = {}
 _UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the function's label, ...)
 _COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the copy's function label, $copy_unwind
 
 
+#: ``i32.const n`` for the small n (two bytes of signed LEB128 hold n < 2**13)
+_SMALL_I32_CONST = [b"\x41" + encode_s(n) for n in range(1 << 13)]
+
+
 def _i32_const(n: int) -> bytes:
     """``i32.const n`` for 0 <= n < 2**31, encoded without the memo: site ids are each used once
-    or twice, and 240,000 of them (CPython) would only fill it."""
+    or twice, and 240,000 of them (CPython) would only fill it. Three signed LEB128 bytes hold
+    n < 2**20, built directly (600,000 calls on CPython)."""
+    if n < 1 << 13:
+        return _SMALL_I32_CONST[n]
+    if n < 1 << 20:
+        return bytes((0x41, n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
     return b"\x41" + encode_s(n)
+
+
+def _drops_zeros(n: int, types: Sequence[str]) -> bytes:
+    """``n`` drops, then a zero (``ref.null`` for a reference) of each type: the arm of a skipped
+    segment or construct, or dummy results; encoded once per shape."""
+    key = (n, tuple(types))
+    code = _DROPS_ZEROS.get(key)
+    if code is None:
+        zeros = encode_seq(*((_CONST[t], 0) if t in _CONST else (0xD0, t) for t in key[1]))
+        code = _DROPS_ZEROS[key] = _DROP * n + zeros
+    return code
 
 
 class InstrumentError(WasmError):
@@ -156,16 +183,22 @@ class Instrumented:
         return self._ir
 
 
-@dataclass
 class _Ctl:
-    kind: str  # block | loop | if
-    start: int
-    base: int  # canonical stack height where this construct's level starts (its params included above)
-    buried: list[tuple[int, str]] = field(default_factory=list)  # (depth, type) spilled at entry
-    result_types: tuple[str, ...] = ()
-    #: the rewind copy's loop: its first (partial) iteration in skip-guarded code, then the loop
-    #: itself as the normal body has it (see :meth:`_FunctionRewriter._enter_construct`)
-    split: bool = False
+    """A construct open around the code being emitted (one per construct of every body: a plain
+    class with slots, cheaper to make than a dataclass)."""
+
+    __slots__ = ("kind", "start", "base", "buried", "result_types", "split")
+
+    def __init__(self, kind: str, start: int, base: int, buried: list[tuple[int, str]] | None = None,
+                 result_types: tuple[str, ...] = (), split: bool = False) -> None:
+        self.kind = kind  # block | loop | if
+        self.start = start
+        self.base = base  # canonical stack height where this construct's level starts (its params included above)
+        self.buried = buried if buried is not None else []  # (depth, type) spilled at entry
+        self.result_types = result_types
+        #: the rewind copy's loop: its first (partial) iteration in skip-guarded code, then the loop
+        #: itself as the normal body has it (see :meth:`_FunctionRewriter._enter_construct`)
+        self.split = split
 
 
 class _FunctionRewriter:
@@ -222,16 +255,19 @@ class _FunctionRewriter:
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
         self.unreachable = info.unreachable  # type: ignore[attr-defined]
         #: the instructions the emitters look at, ascending; those between are copied as runs
-        self.walked_at = [k for k, ins in enumerate(body) if ins.op in _WALKED]
+        self.walked_at = list(compress(range(len(body)), map(_WALKED.__contains__, map(_OP, body))))  # in C
         self.special_at = [k for k in self.walked_at if body[k].op in _SPECIAL]
         blocks = self.end_of, self.else_of = match_blocks(body, self.walked_at)
-        self.live = live_locals_of(info, body, blocks)  # locals live before each instruction (bit sets)
+        #: the locals live before an instruction (a bit set), asked at the sites only: the
+        #: validator's cached list when a validated module has it, else worked out per run
+        self.live = info.live if info.live is not None else LiveAt(body, blocks)
         self.original = OriginalCode(body)  # runs copied unchanged are slices of it
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
         self.live_lists: dict[int, list[int]] = {}  # a live set's bits -> its locals, ascending
         #: the loops where a rewind copy hands the frame back to the normal body (transfer.py)
         self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
         self.counted: dict[int, bool] = {}  # loop start -> whether it is left unpolled (_counted)
+        self.every_iteration: dict[int, bool] = {}  # loop start -> _every_iteration_calls
         #: with entry loops: the index of the entry function, where the copy hands its frame over
         self.entry_func = -1
         #: a chain of entry loops around a huge target: an entry arm instead (entry_arm.py)
@@ -267,17 +303,26 @@ class _FunctionRewriter:
 
     def open(self, op: int, imm: object, original: bool, origin: int = -1) -> int:
         """Open a construct; returns its place in ``self.out.chunks`` (a guard's block type is
-        known only when it closes: :meth:`_rewind_body` overwrites it there)."""
+        known only when it closes: :meth:`_rewind_body` overwrites it there). A million calls on
+        CPython: :meth:`Code.add`'s work is done here, with no call."""
         self.labels.append(original)
-        self.out.add(op, imm, origin)
-        return len(self.out.chunks) - 1
+        out = self.out
+        chunks = out.chunks
+        chunks.append(encoded_instr(op, imm))
+        if origin < 0:
+            out.tags.append(0)
+        else:
+            out.tags += origin_tag(origin)
+        return len(chunks) - 1
 
     def close(self, origin: int = -1) -> None:
         self.labels.pop()
+        out = self.out
+        out.chunks.append(_END)
         if origin < 0:
-            self.out.add_encoded(_END, 1)
+            out.tags.append(0)
         else:
-            self.out.add(0x0B, None, origin)
+            out.tags += origin_tag(origin)
 
     def label(self, depth: int) -> int:
         """The new relative depth of the original body's label ``depth``."""
@@ -331,14 +376,9 @@ class _FunctionRewriter:
         if n:
             self.out.add_encoded(_DROP * n, n)
 
-    def zeros(self, types: list[str]) -> None:
-        if not types:
-            return
-        key = tuple(types)
-        code = _ZEROS.get(key)
-        if code is None:  # ref.null for a reference
-            code = _ZEROS[key] = encode_seq(*((_CONST[t], 0) if t in _CONST else (0xD0, t) for t in types))
-        self.out.add_encoded(code, len(types))
+    def zeros(self, types: Sequence[str]) -> None:
+        if types:
+            self.out.add_encoded(_drops_zeros(0, types), len(types))
 
     def add_site(self, key: tuple[int, str], kind: str, pc: int, stack: list[str],
                  args: list[str] | None = None, live_at: int | None = None) -> int:
@@ -398,19 +438,24 @@ class _FunctionRewriter:
             self._save_compact(site)
             self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
             return
-        a = self.addr_local
         out.add_encoded(self.set_site_and_record, 4)  # $site = K; a = the write pointer
         chunks, stores = out.chunks, self.slot_stores
         slots = sorted({*site.live, *site.spills, *site.arg_spills})
         for j in slots:
             code = stores.get(j)
-            if code is None:  # made once per slot: most of a big function's sites store the same locals
-                op, align = _STORE[self.local_types[j]]
-                code = stores[j] = (encoded_instr(0x20, a) + encoded_instr(0x20, j)
-                                    + encoded_instr(op, self.ctl_memarg(align, 8 + 8 * j)))
-            chunks.append(code)
+            chunks.append(code if code is not None else self.slot_store(j))
         self.out.tags += bytes(3 * len(slots))
         self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
+
+    def slot_store(self, j: int) -> bytes:
+        """``local.get $a  local.get j  T.store $ctl (8 + 8j)``: local j into its record slot,
+        encoded once per slot (most of a big function's sites store the same locals)."""
+        code = self.slot_stores.get(j)
+        if code is None:
+            op, align = _STORE[self.local_types[j]]
+            code = self.slot_stores[j] = (encoded_instr(0x20, self.addr_local) + encoded_instr(0x20, j)
+                                          + encoded_instr(op, self.ctl_memarg(align, 8 + 8 * j)))
+        return code
 
     def _save_compact(self, site: Site) -> None:
         """The normal body's cold arm: the site's values to their compact record positions
@@ -422,6 +467,8 @@ class _FunctionRewriter:
         order = compact_slots(site, self.local_types)
         types = self.local_types
         p = self.p
+        parts: list[bytes] = []  # the arm's code, added at once (two instructions a call, one a value)
+        calls = 0
         pos = 0
         i = 0
         while i < len(order):
@@ -431,13 +478,14 @@ class _FunctionRewriter:
                 run += 1
             for k in SAVE_COUNTS:
                 while run >= k:
-                    self.out.add_encoded(_i32_const(pos), 1)
-                    for j in order[i : i + k]:
-                        self.emit(0x20, j)
-                    self.emit(0x10, p.saver(t, k))
+                    parts.append(_i32_const(pos))
+                    parts += [encoded_instr(0x20, j) for j in order[i : i + k]]
+                    parts.append(encoded_instr(0x10, p.saver(t, k)))
+                    calls += 1
                     pos += k
                     i += k
                     run -= k
+        self.out.add_encoded(b"".join(parts), 2 * calls + len(order))
 
     def _framed(self, inner: Code, results: list[str], after_body: Callable[[], None]) -> Code:
         """A function's code around ``inner`` (the code inside its own label) and the header
@@ -677,7 +725,7 @@ class _FunctionRewriter:
             base = ctl[-1].base if ctl else 0
             if op in (0x02, 0x03, 0x04):
                 nparams, result_types, _ = self.p.block_arity(ins.imm)
-                stack = list(stack_before[i])
+                stack = stack_before[i]
                 entry_height = len(stack) - nparams - (1 if op == 0x04 else 0)
                 buried: list[tuple[int, str]] = []
                 if live and has_site.get(i) and entry_height > base:
@@ -728,6 +776,12 @@ class _FunctionRewriter:
         header, as the interpreter does, and keeps them all."""
         if self.p.count_steps:
             return False
+        found = self.every_iteration.get(i)
+        if found is None:  # asked again by the rewind copy's normal loops and transfers: scanned once
+            found = self.every_iteration[i] = self._scan_for_polling_call(i)
+        return found
+
+    def _scan_for_polling_call(self, i: int) -> bool:
         body = self.func.body
         depth = 0  # constructs open inside the loop's body
         for k in range(i + 1, self.end_of[i]):
@@ -773,7 +827,7 @@ class _FunctionRewriter:
                                        and counted_trips(self.func.body, i, self.end_of[i]) is not None)
         return found
 
-    def _unrolled_loop(self, i: int, ins: Instr, stack: list[str | None], entry_height: int,
+    def _unrolled_loop(self, i: int, ins: Instr, stack: Sequence[str | None], entry_height: int,
                        ctl: list[_Ctl]) -> None:
         """A loop without calls, its body copied ``unroll`` times and one poll per round of
         copies (the fast variant; see docs/instrument.md):
@@ -824,7 +878,7 @@ class _FunctionRewriter:
         self.close()  # $L
         self.close()  # $exit
 
-    def _spill_buried(self, stack: list[str | None], base: int, entry_height: int, *, guarded: bool
+    def _spill_buried(self, stack: Sequence[str | None], base: int, entry_height: int, *, guarded: bool
                       ) -> list[tuple[int, str]]:
         """Values of the enclosing level beneath a construct holding a site go to their spill
         locals (in the rewind copy, only when not skipping: there they already hold the record's)."""
@@ -890,13 +944,8 @@ class _FunctionRewriter:
         self.emit(0x41, 0)
         self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
         self.emit(0x21, a)
-        for j, t in enumerate(self.local_types):
-            if j == a:
-                continue
-            op, align = _STORE[t]
-            self.emit(0x20, a)
-            self.emit(0x20, j)
-            self.emit(op, self.ctl_memarg(align, 8 + 8 * j))
+        slots = [j for j in range(len(self.local_types)) if j != a]
+        self.out.add_encoded(b"".join([self.slot_store(j) for j in slots]), 3 * len(slots))
 
     def _rewind_body(self) -> Code:
         """The copy run by a frame being rewound: it reloads the frame's locals from its record,
@@ -941,10 +990,9 @@ class _FunctionRewriter:
             guard, params = segment
             results = self.known_types(stack_before[j][base():])
             self.out.chunks[guard] = encoded_instr(0x04, self.p.block_type(params, results))
-            self.out.add_encoded(_ELSE, 1)
-            self.drop(len(params))
-            self.zeros(results)
-            self.close()
+            # else, drop the parameters, zeros for the results, end
+            self.out.add_encoded(_ELSE + _drops_zeros(len(params), results) + _END, 2 + len(params) + len(results))
+            self.labels.pop()
             segment = None
 
         walked_at, copy = self.walked_at, self.original.copy
@@ -1058,13 +1106,13 @@ class _FunctionRewriter:
         self.emit(0x28, self.ctl_memarg(2, 0))
         self.emit(0x21, self.site_local)
         scratch = {self.site_local, self.addr_local, self.skip_local}
+        get_a = encoded_instr(0x20, a)
+        loads: list[bytes] = []  # local.get $a  T.load $ctl (8 + 8j)  local.set j, for each j
         for j, t in enumerate(self.local_types):
-            if j in scratch:
-                continue
-            self.emit(0x20, a)
-            op, align = _LOAD[t]
-            self.emit(op, self.ctl_memarg(align, 8 + 8 * j))
-            self.emit(0x21, j)
+            if j not in scratch:
+                op, align = _LOAD[t]
+                loads += (get_a, encoded_instr(op, self.ctl_memarg(align, 8 + 8 * j)), encoded_instr(0x21, j))
+        self.out.add_encoded(b"".join(loads), len(loads))
         self.emit(0x41, 0)
         self.emit(0x20, a)
         self.emit(0x41, 8 + 8 * len(self.local_types))
@@ -1080,36 +1128,30 @@ class _FunctionRewriter:
         called rather than inlined at each of the copy's resume points; then $skip = 0."""
         self.out.add_encoded(self.finish, 3)
 
-    def _skip_test(self, lo: int, hi: int, *, inside: bool) -> None:
-        """Push whether $site lies in [lo, hi] (inside) or outside it."""
-        self.out.add_encoded(self.get_site + _i32_const(lo), 2)
-        self.emit(0x6B)  # i32.sub
-        self.emit(0x41, hi - lo)
-        self.emit(0x4D if inside else 0x4B)  # i32.le_u / i32.gt_u
+    def _skip_test(self, lo: int, hi: int, *, inside: bool) -> bytes:
+        """Whether $site lies in [lo, hi] (inside) or outside it: five instructions, encoded
+        (``$site - lo  <=  hi - lo``, unsigned; outside: ``>``)."""
+        return b"".join((self.get_site, _i32_const(lo), b"\x6b", _i32_const(hi - lo), b"\x4d" if inside else b"\x4b"))
 
     def skip_guard(self, rng: tuple[int, int], top: list[str], results: list[str]) -> None:
         """Open a construct's guard: skipping to a target outside ``rng`` (of ``$site``), drop its
         parameters ``top`` and push zeros for its ``results``; the caller emits the construct in
-        the ``else`` arm this leaves open and closes it."""
-        self.emit(0x20, self.skip_local)
-        self._skip_test(*rng, inside=False)
-        self.emit(0x71)  # i32.and
-        self.open(0x04, self.p.block_type(top, results), False)
-        self.drop(len(top))
-        self.zeros(results)
-        self.emit(0x05)
+        the ``else`` arm this leaves open and closes it. (Encoded as one piece: the rewind copy
+        has one at every construct holding a site.)"""
+        self.labels.append(False)  # the guard's `if`
+        code = b"".join((self.get_skip, self._skip_test(*rng, inside=False), b"\x71",  # i32.and
+                         encoded_instr(0x04, self.p.block_type(top, results)), _drops_zeros(len(top), results), _ELSE))
+        self.out.add_encoded(code, 9 + len(top) + len(results))
 
     def skipping_condition(self, then: tuple[int, int] | None) -> None:
         """Before an `if` entered while skipping: its condition becomes "the target is in the then
         arm" (``then``: the arm's range of ``$site``, None when it holds none)."""
-        self.emit(0x20, self.skip_local)
-        self.open(0x04, self.p.block_type(["i32"], ["i32"]), False)
-        self.emit(0x1A)
+        # local.get $skip  if (i32 -> i32)  drop  [the test, or i32.const 0]  end
+        head = self.get_skip + encoded_instr(0x04, self.p.block_type(["i32"], ["i32"])) + _DROP
         if then is None:
-            self.emit(0x41, 0)
+            self.out.add_encoded(head + _i32_const(0) + _END, 5)
         else:
-            self._skip_test(*then, inside=True)
-        self.close()
+            self.out.add_encoded(head + self._skip_test(*then, inside=True) + _END, 9)
 
     def _enter_construct(self, i: int, ins: Instr, base: int, rng: tuple[int, int],
                          site_range: Callable[[int, int], tuple[int, int] | None]) -> _Ctl:
@@ -1325,6 +1367,7 @@ class _Pass:
         self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
         self.header_func = 0  # index of the function that writes a record's header (:func:`_record_header_function`)
         self._entry_polled: dict[int, bool] = {}
+        self._arity: dict[object, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}
 
     def saver(self, t: str, k: int) -> int:
         """The function index of ``$save_<t>_<k>`` (:func:`_saver_function`)."""
@@ -1359,8 +1402,8 @@ class _Pass:
             return False
         if func not in self._entry_polled:
             body = self.ir.funcs[func - self.n_imported].body
-            self._entry_polled[func] = any(ins.op in (0x10, 0x11) and self.call_may_unwind(ins)
-                                           and not self.polls_after(ins) for ins in body)
+            calls = compress(body, map(_CALLS.__contains__, map(_OP, body)))  # in C: CPython's eval loop is 41,889
+            self._entry_polled[func] = any(self.call_may_unwind(ins) and not self.polls_after(ins) for ins in calls)
         return self._entry_polled[func]
 
     def call_may_unwind(self, ins: Instr) -> bool:
@@ -1397,13 +1440,20 @@ class _Pass:
                 self._block_types[key] = len(self.ir.types) - 1
         return self._block_types[key]
 
-    def block_arity(self, bt: object) -> tuple[int, list[str], list[str]]:
-        if bt is None:
-            return 0, [], []
-        if isinstance(bt, str):
-            return 0, [bt], []
-        ft = self.ir.types[bt]  # type: ignore[index]
-        return len(ft.params), list(ft.results), list(ft.params)
+    def block_arity(self, bt: object) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+        """(parameter count, results, parameters) of block type ``bt`` (looked up at every
+        construct of every body, so remembered: the original types never change)."""
+        found = self._arity.get(bt)
+        if found is None:
+            if bt is None:
+                found = (0, (), ())
+            elif isinstance(bt, str):
+                found = (0, (bt,), ())
+            else:
+                ft = self.ir.types[bt]  # type: ignore[index]
+                found = (len(ft.params), tuple(ft.results), tuple(ft.params))
+            self._arity[bt] = found
+        return found
 
 
 def instrument(module: object, *, count_steps: bool = True, split: bool = True,
@@ -1432,7 +1482,33 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     one is a host call (a site with its operands, which a host function interrupted for a
     checkpoint unwinds from and a rewind re-issues), as the wasi-threads runner's rerouted
     waits are (:mod:`wasmig.engines.wasmtime.host_waits`).
+
+    The cyclic garbage collector is paused while the pass runs (:func:`_collector_paused`).
     """
+    with _collector_paused():
+        return _instrument(module, count_steps, split, progress, host_tables)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the pass, back on after (if it was on).
+
+    The pass allocates tens of millions of short-lived objects, none of them in a cycle, and
+    every collection also walks the decoded module (CPython: millions of instructions). With the
+    collector on, 3,500 collections took 1.1 s of CPython's 15-16 s, and a collection after the
+    pass found nothing to free; peak memory is the same (docs/instrument.md)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _instrument(module: object, count_steps: bool, split: bool, progress: Callable[[int, int], None] | None,
+                host_tables: frozenset[int]) -> Instrumented:
+    """:func:`instrument`, with the collector paused."""
     # the pass builds every function anew and only adds to the module's lists: copies of the
     # lists are enough to leave the caller's IR untouched (a deep copy cost a third of the pass)
     original: IRModule = module.ir  # type: ignore[attr-defined]
@@ -1481,10 +1557,7 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     for k, f in enumerate(ir.funcs):
         if progress is not None:
             progress(k, n_defined)
-        info = check(k)
-        cached_live = info.live
-        new, copy, entry = _FunctionRewriter(p, n_imported + k, f, info).rewrite()
-        info.live = cached_live  # what the rewriter computed is dropped unless it was there before
+        new, copy, entry = _FunctionRewriter(p, n_imported + k, f, check(k)).rewrite()
         code.append(new.code)
         copies.append(copy.code)
         origins.append(new.origins)
@@ -1580,8 +1653,7 @@ _PER_INSTANCE = frozenset((0xFC08, 0xFC09, 0xFC0C, 0xFC0D, 0xD2))
 
 def _uses_instance_segments(ir: IRModule) -> bool:
     """Whether a function of ``ir`` uses an instruction of :data:`_PER_INSTANCE`."""
-    per_instance = _PER_INSTANCE
-    return any(ins.op in per_instance for f in ir.funcs for ins in f.body)
+    return any(not _PER_INSTANCE.isdisjoint(map(_OP, f.body)) for f in ir.funcs)
 
 
 def _link_exports(ir: IRModule) -> list[Export]:

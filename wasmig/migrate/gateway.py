@@ -21,12 +21,12 @@ at most one read (64 KiB) per client is held by the gateway.
 
 from __future__ import annotations
 
-import select
 import socket
 import sys
 import threading
 from typing import Any
 
+from wasmig import fdwait
 from wasmig.migrate.channel import Identity, peer_fingerprint
 from wasmig.migrate.protocol import accept
 from wasmig.wasi.gateway import end_tls
@@ -227,7 +227,7 @@ class Gateway:
         # nothing is expected from it: readable means it went away (its TLS close, or the TCP end);
         # never a TLS read here, which would race the announcements' writes on the same TLS state
         try:
-            select.select([ch.sock], [], [])
+            fdwait.wait([ch.sock], [], None)
         except (OSError, ValueError):
             pass
         with self.lock:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import select
 import signal
 import socket
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 
 import zstandard
 
-from wasmig import engines
+from wasmig import engines, fdwait
 from wasmig.engines.base import Landing, Program
 from wasmig.errors import Trap, WasmError
 from wasmig.files import write_atomically
@@ -162,7 +161,7 @@ def serve(listener: socket.socket, identity: Identity, *, engine: str, dirs: Map
     strangers: set[int] = set()  # read ends of the pipes of children still authenticating
     while True:
         try:
-            ready = select.select([listener, *strangers], [], [])[0]
+            ready = fdwait.wait([listener, *strangers], [], None)[0]
         except InterruptedError:  # pragma: no cover
             continue
         for fd in ready:

@@ -3,7 +3,7 @@
 A blocked host call (reading a terminal or pipe, ``poll_oneoff`` sleeping, ``sock_accept``)
 must be checkpointable. Raising from a signal handler into ``os.read`` could lose data that the
 read had already consumed, so the WASI layer never blocks in the syscall itself: it waits in
-``select`` on the fd *and* a wakeup pipe, and only then does the (now non-blocking) operation.
+``poll`` (:mod:`wasmig.fdwait`) on the fd *and* a wakeup pipe, and only then does the (now non-blocking) operation.
 :meth:`Waiter.request` (called from a signal handler or timer) writes to the pipe; a wait that
 sees a pending request raises :class:`HostCallInterrupted` before anything was consumed, and the
 engine re-executes the call after the restore.
@@ -12,11 +12,11 @@ engine re-executes the call after the restore.
 from __future__ import annotations
 
 import os
-import select
 import threading
 import weakref
 from collections.abc import Callable
 
+from wasmig import fdwait
 from wasmig.errors import HostCallInterrupted
 
 
@@ -28,8 +28,8 @@ class Waiter:
         os.set_blocking(self._w, False)
         # closed when the waiter is collected, if nobody closed it: every Wasi has one, and
         # programs run through the API are never closed, so a long-lived process (a pytest worker)
-        # ran out of descriptors below 1024 that select() takes (issue 20's repeated runs); at most
-        # once, so that a descriptor number reused since is never closed again
+        # leaked a pipe a run (issue 20's repeated runs); at most once, so that a descriptor
+        # number reused since is never closed again
         self._closer = weakref.finalize(self, _close_pipe, self._r, self._w)
 
     def request(self) -> None:
@@ -58,7 +58,7 @@ class Waiter:
 
     def wait(self, readers: list[int], writers: list[int], timeout: float | None) -> tuple[list[int], list[int]]:
         self._check()
-        r, w, _ = select.select([*readers, self._r], writers, [], timeout)
+        r, w = fdwait.wait([*readers, self._r], writers, timeout)
         self._check()
         return [fd for fd in r if fd != self._r], w
 

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""What does the fast variant cost a real program's guest code, never stopped (issue 15 item 5)?
+
+``benchmarks/real_programs.py`` times whole ``wasmig run`` processes, start-up, Python WASI and all;
+this one times only the guest: QuickJS-ng (or CPython) from ``tests/real_programs.py`` running
+``real_programs.py``'s steady-state script, on wasmtime-py with wasmtime's *own* WASI, so that only the
+module's code differs between variants. Variants:
+
+- ``plain``: the module as shipped;
+- ``fast``: this tree's fast variant (``instrument(..., count_steps=False).data``, the run module every
+  ``wasmig run`` executes);
+- ``base-REV`` (``--baseline REV``, repeatable): the fast variant as git revision REV's pass builds it
+  (``benchmarks/overhead.py``'s extracted tree and child process);
+- ``NAME`` (``--extra NAME=FILE.wasm``, repeatable): any other module, e.g. an experiment's output.
+
+Method: every module is compiled once (untimed) and serialized; each run is a fresh process that
+deserializes it on an engine with the instrumented module's features (multi-memory, threads, tail
+calls: the same for every variant), instantiates it with wasmtime's WASI and runs ``_start``; the time is
+the CPU time of that thread during ``_start`` (``time.thread_time``), so neither start-up nor another
+tenant's load is charged. Runs alternate (each round runs every variant once, the order rotating), for
+``--rounds`` rounds (default 7); every run's stdout must equal the plain run's. It prints each variant's
+median and quartiles and its ratio of medians to ``plain``, and the load average at the start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from overhead import baseline_fast, baseline_tree, make_engine  # noqa: E402
+from real_programs import SCRIPTS, WASMTIME_PY  # noqa: E402
+
+from tests.real_programs import ProgramUnavailable, obtain  # noqa: E402
+
+#: argv of the guest per program (the script is written to the preopened /app)
+GUEST_ARGS = {"quickjs": ["qjs", "/app/bench.js", "1"], "cpython": ["python", "/app/bench.py", "1"]}
+
+#: One timed run: real_programs.py's reference (wasmtime-py, wasmtime's WASI, a serialized module; argv =
+#: the module, the host dir preopened as /app, the guest's argv) on the instrumented module's engine, with
+#: the CPU time of ``_start``'s thread printed as stderr's last line.
+CHILD = WASMTIME_PY
+for _old, _new in (
+        ("import sys, wasmtime",
+         f"import sys, time, wasmtime\nsys.path.insert(0, {str(HERE)!r})\nfrom overhead import make_engine"),
+        ("engine = wasmtime.Engine()", "engine = make_engine()"),
+        ('    linker.instantiate(store, module).exports(store)["_start"](store)',
+         '    start = linker.instantiate(store, module).exports(store)["_start"]\n    t0 = time.thread_time()\n'
+         '    start(store)'),
+        ("    sys.exit(e.code)", "    if e.code:\n        sys.exit(e.code)")):
+    if _old not in CHILD:
+        raise SystemExit(f"guest_real: real_programs.WASMTIME_PY changed: no {_old!r}")
+    CHILD = CHILD.replace(_old, _new)
+CHILD += "print(time.thread_time() - t0, file=sys.stderr)\n"
+
+
+def run_once(cwasm: Path, app: str, argv: list[str]) -> tuple[float, bytes]:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(cwasm), app, *argv], capture_output=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"guest_real: {cwasm.name} failed: {proc.stderr.decode(errors='replace')[-1500:]}")
+    return float(proc.stderr.decode().strip().splitlines()[-1]), proc.stdout
+
+
+def build(program: Path, baselines: list[str], extras: list[tuple[str, Path]], tmp: Path) -> dict[str, bytes]:
+    """Every variant's module bytes, in report order."""
+    from wasmig import Module
+    from wasmig.instrument.unwind import instrument
+
+    blobs = {"plain": program.read_bytes(),
+             "fast": instrument(Module.from_file(program), count_steps=False).data}
+    for rev in baselines:
+        blobs[f"base-{rev}"] = baseline_fast(baseline_tree(rev, tmp), program)
+    for name, path in extras:
+        blobs[name] = path.read_bytes()
+    return blobs
+
+
+def parse_extra(spec: str) -> tuple[str, Path]:
+    """``NAME=FILE.wasm`` -> (NAME, path); checked before anything slow runs."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not Path(path).is_file():
+        raise SystemExit(f"guest_real: --extra wants NAME=FILE.wasm (an existing file), got {spec!r}")
+    return name, Path(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--program", choices=sorted(GUEST_ARGS), default="quickjs")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7)")
+    ap.add_argument("--baseline", action="append", default=[], metavar="REV",
+                    help="also the fast variant of git revision REV's pass (repeatable)")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=FILE.wasm",
+                    help="also this module (repeatable)")
+    ap.add_argument("--only", default="", help="comma-separated variants to time (default: all)")
+    args = ap.parse_args(argv)
+    extras = [parse_extra(spec) for spec in args.extra]
+    try:
+        program = obtain(args.program)
+    except ProgramUnavailable as e:
+        raise SystemExit(f"guest_real: {e}") from None
+    import wasmtime
+
+    with tempfile.TemporaryDirectory(prefix="guest-real-") as d:
+        tmp = Path(d)
+        app = tmp / "app"
+        app.mkdir()
+        for fname, text in SCRIPTS.items():
+            (app / fname).write_text(text.lstrip())
+        blobs = build(program, args.baseline, extras, tmp)
+        if args.only:
+            keep = {"plain", *args.only.split(",")}
+            blobs = {k: v for k, v in blobs.items() if k in keep}
+        engine = make_engine()
+        cwasm: dict[str, Path] = {}
+        for name, blob in blobs.items():
+            cwasm[name] = tmp / f"{name}.cwasm"
+            cwasm[name].write_bytes(wasmtime.Module(engine, blob).serialize())
+        guest = GUEST_ARGS[args.program]
+        expected = run_once(cwasm["plain"], str(app), guest)[1]  # untimed warm-up; the reference output
+        print(f"{args.program}: {len(blobs)} variants, {args.rounds} rounds; load average at the start "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+        names = list(blobs)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                t, out = run_once(cwasm[name], str(app), guest)
+                if out != expected:
+                    raise SystemExit(f"guest_real: {name} printed {out[-200:]!r}, plain {expected[-200:]!r}")
+                times[name].append(t)
+        ref = statistics.median(times["plain"])
+        for name in names:
+            xs = times[name]
+            q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0], xs[0], xs[0]]
+            print(f"{name:24} {statistics.median(xs):7.3f} s CPU ({q[0]:.3f}-{q[2]:.3f})  "
+                  f"{statistics.median(xs) / ref:6.3f}x plain")
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
