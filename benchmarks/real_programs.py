@@ -32,7 +32,12 @@ system: much less disturbed by other load on a shared machine), and the ratio of
 for steady state also the ratio once each variant's own start-up median is taken out ("net"); then one table
 with every ratio side by side, start-up against issue 15's bound (1.5x wasmtime-py's time + 30 ms).
 ``--rounds N`` (default 7 for start-up, 5 for steady state), ``--quick`` (one round of each),
-``--programs cpython,quickjs``, ``--workloads start-up,steady``.
+``--programs cpython,quickjs``, ``--workloads start-up,steady``. ``--baseline COMMIT`` adds the three wasmig
+variants of that commit (checked out into a temporary git worktree; prefixed ``base:``), alternating with this
+checkout's in every round: an A/B comparison on a shared machine. Every wasmig variant runs the console script with
+``PYTHONPATH`` set to its tree (this checkout, or the baseline's). A source checkout keeps its caches in its own
+``.cache``: set ``$WASMIG_CACHE`` to share them (else the baseline's first, untimed runs compile and instrument the
+programs afresh: minutes for CPython).
 """
 
 from __future__ import annotations
@@ -216,6 +221,7 @@ except wasmtime.ExitTrap as e:
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 VARIANTS = ("wasmtime-py (cached)", "wasmig run --plain", "wasmig run", "wasmig run --checkpoint-dir")
+BASE = "base: "  # the prefix of a --baseline commit's variants
 WORKLOADS = ("start-up", "steady")
 
 
@@ -250,14 +256,16 @@ class Failed(Exception):
     pass
 
 
-def timed(cmd: list[str], cwd: str, timeout: float, timing: bool = True) -> tuple[float, float, bytes, bool]:
+def timed(cmd: list[str], cwd: str, timeout: float, timing: bool = True,
+          env: dict[str, str] | None = None) -> tuple[float, float, bytes, bool]:
     """(wall seconds, CPU seconds: user + system, stdout, whether wasmig instrumented the module: a cache miss) of
     one run of ``cmd``; ``Failed`` on a non-zero exit or after ``timeout`` seconds, or on a cache miss when
     ``timing``."""
     cpu = _children_cpu()
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, stdin=subprocess.DEVNULL, env=ENV, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, stdin=subprocess.DEVNULL, env=env or ENV,
+                              timeout=timeout)
     except subprocess.TimeoutExpired as e:
         err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
         raise Failed(f"timed out after {timeout:.0f} s" + (": " + " | ".join(err[-3:])[-400:] if err else "")) from None
@@ -289,6 +297,7 @@ def main() -> None:
                         help="seconds the first --checkpoint-dir run (instrumenting, untimed) may take (default 1200)")
     parser.add_argument("--run-timeout", type=float, default=300, help="seconds one timed run may take (default 300)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
+    parser.add_argument("--baseline", metavar="COMMIT", help="also run the wasmig variants of this commit, alternating")
     args = parser.parse_args()
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in workloads:
@@ -310,122 +319,147 @@ def main() -> None:
           f"{os.cpu_count()} cores")
     summary: list[tuple[str, Times, Times]] = []
     with tempfile.TemporaryDirectory(prefix="real-programs-") as tmp:
-        app = os.path.join(tmp, "app")
-        os.mkdir(app)
-        for fname, text in SCRIPTS.items():
-            Path(app, fname).write_text(text.lstrip())
-        for name in names:
-            spec = PROGRAMS[name]
-            wasm = obtain(spec)
-            size = wasm.stat().st_size
-            print(f"\n== {name}: {spec['title']}, {spec['package']}=={spec['version']}:{spec['member']}, "
-                  f"{size} bytes, sha256 {spec['sha256']}", flush=True)
-            cwasm = compiled_artifact(wasm, spec)
-            prog = str(wasm)
-
-            def command(variant: str, guest_args: list[str], cwasm: Path = cwasm, prog: str = prog) -> list[str]:
-                if variant == "wasmtime-py (cached)":
-                    return [sys.executable, "-c", WASMTIME_PY, str(cwasm), app, prog, *guest_args]
-                if variant in ("wasmig run", "wasmig run --plain"):
-                    return [*wasmig, *variant.split()[1:], "--dir", f"{app}::/app", prog, *guest_args]
-                ck = tempfile.mkdtemp(prefix="ck-", dir=tmp)  # fresh and empty for every run, made before timing
-                return [*wasmig, "run", "--checkpoint-dir", ck, "--dir", f"{app}::/app", prog, *guest_args]
-
-            # Untimed first runs: warm wasmig's compiled-module and instrumented-module caches and the OS's file
-            # cache; a variant that fails here is reported and left out.
-            alive = list(VARIANTS)
-            failed: dict[str, str] = {}
-            expected: dict[str, bytes] = {}
-            for workload in workloads:
-                for variant in VARIANTS:
-                    if variant not in alive:
-                        continue
-                    limit = args.instrument_timeout if variant.endswith("--checkpoint-dir") else args.run_timeout
-                    limit = max(limit, args.run_timeout)
-                    try:
-                        w, c, out, missed = timed(command(variant, spec[workload]), tmp, limit, timing=False)
-                    except Failed as e:
-                        failed[variant] = f"first {workload} run: {e}"
-                        alive.remove(variant)
-                        continue
-                    note = " (instrumented the module: a cache miss)" if missed else ""
-                    print(f"   first run, untimed: {workload:8} {variant:28} {w:8.2f} s wall {c:8.2f} s cpu{note}",
-                          flush=True)
-                    key = workload
-                    if key not in expected:
-                        expected[key] = out
-                    elif out != expected[key]:
-                        failed[variant] = (f"first {workload} run: stdout {out[-200:]!r} differs from "
-                                           f"the reference's {expected[key][-200:]!r}")
-                        alive.remove(variant)
-            if "wasmtime-py (cached)" not in alive:
-                print(f"{name}: the reference failed: {failed['wasmtime-py (cached)']}")
-                continue
-            wall: dict[tuple[str, str], list[float]] = {}
-            cpu: dict[tuple[str, str], list[float]] = {}
-            for workload in workloads:
-                guest_args = spec[workload]
-                for r in range(rounds[workload]):
-                    order = alive[r % len(alive):] + alive[:r % len(alive)]
-                    for variant in order:
-                        if variant not in alive:
-                            continue
-                        try:
-                            w, c, out, _ = timed(command(variant, guest_args), tmp, args.run_timeout)
-                        except Failed as e:
-                            failed[variant] = f"{workload} round {r + 1}: {e}"
-                            alive.remove(variant)
-                            continue
-                        if out != expected[workload]:
-                            failed[variant] = f"{workload} round {r + 1}: stdout {out[-200:]!r} differs"
-                            alive.remove(variant)
-                            continue
-                        wall.setdefault((workload, variant), []).append(w)
-                        cpu.setdefault((workload, variant), []).append(c)
-                    if "wasmtime-py (cached)" not in alive:
-                        break
-            # The report for this program.
-            print(f"   load average at the end: {os.getloadavg()[0]:.1f}")
-            for workload in workloads:
-                for label, times in (("wall", wall), ("cpu", cpu)):
-                    ref = times.get((workload, "wasmtime-py (cached)"))
-                    for variant in VARIANTS:
-                        xs = times.get((workload, variant))
-                        if not xs:
-                            continue
-                        line = f"{name:8} {workload:8} {label:4} {variant:28} {quartiles(xs)}"
-                        if ref and variant != "wasmtime-py (cached)":
-                            line += f"  {statistics.median(xs) / statistics.median(ref):6.2f}x"
-                            if workload == "steady":
-                                base = times.get(("start-up", variant))
-                                ref_base = times.get(("start-up", "wasmtime-py (cached)"))
-                                if base and ref_base:
-                                    net = statistics.median(xs) - statistics.median(base)
-                                    ref_net = statistics.median(ref) - statistics.median(ref_base)
-                                    if ref_net > 0:
-                                        line += f"  (net of start-up: {net / ref_net:.2f}x)"
-                        print(line)
-            for variant, why in failed.items():
-                line = f"{name:8} FAILED   {variant:28} {why}"
-                print(line)
-            sys.stdout.flush()
-            summary.append((name, wall, cpu))
-    print_summary(summary)
+        variants = list(VARIANTS)
+        trees = {"": str(REPO)}
+        if args.baseline:
+            trees[BASE] = os.path.join(tmp, "baseline")
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", trees[BASE], args.baseline],
+                           check=True)
+            variants += [BASE + v for v in VARIANTS[1:]]
+            print(f"baseline: {args.baseline} in {trees[BASE]}")
+        try:
+            run_programs(args, names, workloads, rounds, wasmig, variants, trees, tmp, summary)
+        finally:
+            if args.baseline:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", trees[BASE]], check=False)
+    print_summary(summary, variants)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; rounds: "
           f"{rounds['start-up']} start-up, {rounds['steady']} steady state")
+
+
+def run_programs(args: argparse.Namespace, names: list[str], workloads: list[str], rounds: dict[str, int],
+                 wasmig: list[str], variants: list[str], trees: dict[str, str], tmp: str,
+                 summary: list[tuple[str, Times, Times]]) -> None:
+    """Every program's first runs, alternating rounds and report (appended to ``summary``)."""
+    app = os.path.join(tmp, "app")
+    os.mkdir(app)
+    for fname, text in SCRIPTS.items():
+        Path(app, fname).write_text(text.lstrip())
+    for name in names:
+        spec = PROGRAMS[name]
+        wasm = obtain(spec)
+        size = wasm.stat().st_size
+        print(f"\n== {name}: {spec['title']}, {spec['package']}=={spec['version']}:{spec['member']}, "
+              f"{size} bytes, sha256 {spec['sha256']}", flush=True)
+        cwasm = compiled_artifact(wasm, spec)
+        prog = str(wasm)
+
+        def command(variant: str, guest_args: list[str], cwasm: Path = cwasm, prog: str = prog) -> list[str]:
+            variant = variant.removeprefix(BASE)
+            if variant == "wasmtime-py (cached)":
+                return [sys.executable, "-c", WASMTIME_PY, str(cwasm), app, prog, *guest_args]
+            if variant in ("wasmig run", "wasmig run --plain"):
+                return [*wasmig, *variant.split()[1:], "--dir", f"{app}::/app", prog, *guest_args]
+            ck = tempfile.mkdtemp(prefix="ck-", dir=tmp)  # fresh and empty for every run, made before timing
+            return [*wasmig, "run", "--checkpoint-dir", ck, "--dir", f"{app}::/app", prog, *guest_args]
+
+        def env_of(variant: str) -> dict[str, str]:
+            tree = trees[BASE] if variant.startswith(BASE) else trees[""]
+            return {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [tree, ENV.get("PYTHONPATH")]))}
+
+        # Untimed first runs: warm wasmig's compiled-module and instrumented-module caches and the OS's file
+        # cache; a variant that fails here is reported and left out.
+        alive = list(variants)
+        failed: dict[str, str] = {}
+        expected: dict[str, bytes] = {}
+        for workload in workloads:
+            for variant in variants:
+                if variant not in alive:
+                    continue
+                limit = args.instrument_timeout if variant.endswith("--checkpoint-dir") else args.run_timeout
+                limit = max(limit, args.run_timeout)
+                try:
+                    w, c, out, missed = timed(command(variant, spec[workload]), tmp, limit, timing=False,
+                                              env=env_of(variant))
+                except Failed as e:
+                    failed[variant] = f"first {workload} run: {e}"
+                    alive.remove(variant)
+                    continue
+                note = " (instrumented the module: a cache miss)" if missed else ""
+                print(f"   first run, untimed: {workload:8} {variant:28} {w:8.2f} s wall {c:8.2f} s cpu{note}",
+                      flush=True)
+                key = workload
+                if key not in expected:
+                    expected[key] = out
+                elif out != expected[key]:
+                    failed[variant] = (f"first {workload} run: stdout {out[-200:]!r} differs from "
+                                       f"the reference's {expected[key][-200:]!r}")
+                    alive.remove(variant)
+        if "wasmtime-py (cached)" not in alive:
+            print(f"{name}: the reference failed: {failed['wasmtime-py (cached)']}")
+            continue
+        wall: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
+        for workload in workloads:
+            guest_args = spec[workload]
+            for r in range(rounds[workload]):
+                order = alive[r % len(alive):] + alive[:r % len(alive)]
+                for variant in order:
+                    if variant not in alive:
+                        continue
+                    try:
+                        w, c, out, _ = timed(command(variant, guest_args), tmp, args.run_timeout, env=env_of(variant))
+                    except Failed as e:
+                        failed[variant] = f"{workload} round {r + 1}: {e}"
+                        alive.remove(variant)
+                        continue
+                    if out != expected[workload]:
+                        failed[variant] = f"{workload} round {r + 1}: stdout {out[-200:]!r} differs"
+                        alive.remove(variant)
+                        continue
+                    wall.setdefault((workload, variant), []).append(w)
+                    cpu.setdefault((workload, variant), []).append(c)
+                if "wasmtime-py (cached)" not in alive:
+                    break
+        # The report for this program.
+        print(f"   load average at the end: {os.getloadavg()[0]:.1f}")
+        for workload in workloads:
+            for label, times in (("wall", wall), ("cpu", cpu)):
+                ref = times.get((workload, "wasmtime-py (cached)"))
+                for variant in variants:
+                    xs = times.get((workload, variant))
+                    if not xs:
+                        continue
+                    line = f"{name:8} {workload:8} {label:4} {variant:28} {quartiles(xs)}"
+                    if ref and variant != "wasmtime-py (cached)":
+                        line += f"  {statistics.median(xs) / statistics.median(ref):6.2f}x"
+                        if workload == "steady":
+                            base = times.get(("start-up", variant))
+                            ref_base = times.get(("start-up", "wasmtime-py (cached)"))
+                            if base and ref_base:
+                                net = statistics.median(xs) - statistics.median(base)
+                                ref_net = statistics.median(ref) - statistics.median(ref_base)
+                                if ref_net > 0:
+                                    line += f"  (net of start-up: {net / ref_net:.2f}x)"
+                    print(line)
+        for variant, why in failed.items():
+            line = f"{name:8} FAILED   {variant:28} {why}"
+            print(line)
+        sys.stdout.flush()
+        summary.append((name, wall, cpu))
 
 
 Times = dict[tuple[str, str], list[float]]
 
 
-def print_summary(summary: list[tuple[str, Times, Times]]) -> None:
+def print_summary(summary: list[tuple[str, Times, Times]], variants: list[str]) -> None:
     """Every program's ratios against wasmtime-py, side by side: start-up (wall and CPU, and whether it is within
     issue 15's bound of 1.5x wasmtime-py + 30 ms) and steady state (wall, CPU, and CPU net of start-up)."""
     ref = "wasmtime-py (cached)"
     print(f"\n{'ratios to wasmtime-py (medians)':42} {'start-up wall':>14} {'cpu':>6} {'<=1.5x+30ms':>12} "
           f"{'steady wall':>12} {'cpu':>6} {'cpu net':>8}")
     for name, wall, cpu in summary:
-        for variant in VARIANTS[1:]:
+        for variant in variants[1:]:
             cells = []
             for times in (wall, cpu):
                 xs, base = times.get(("start-up", variant)), times.get(("start-up", ref))

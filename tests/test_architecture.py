@@ -13,7 +13,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "wasmig"
 
 FOUNDATION = ("wasmig.errors", "wasmig.hashing", "wasmig._pyblake3", "wasmig.files", "wasmig.checked", "wasmig.log",
-              "wasmig.wire", "wasmig.fdwait", "wasmig.toolchain", "wasmig.keys", "wasmig.runtime_dir")
+              "wasmig.wire", "wasmig.fdwait", "wasmig.toolchain", "wasmig.keys", "wasmig.key_dir",
+              "wasmig.runtime_dir")
 #: group -> the modules (or packages, with everything under them) in it; the first match wins,
 #: so an engine's own folder is listed before ``engines``
 GROUPS: dict[str, tuple[str, ...]] = {

@@ -32,10 +32,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from wasmig.errors import WasmError
+from wasmig.key_dir import KEY_ENV, PRIVATE_NAME, PUBLIC_NAME, default_key_dir  # noqa: F401  (this module's names too)
 
-KEY_ENV = "WASMIG_KEY_DIR"
-PRIVATE_NAME = "wasmig.key"
-PUBLIC_NAME = "wasmig.pub"
 PUBLIC_TAG = "wasmig-ed25519"
 # A public key file is one short line; anything much longer is not one (and is not read whole).
 MAX_KEY_FILE = 16 * 1024
@@ -43,16 +41,6 @@ MAX_KEY_FILE = 16 * 1024
 
 class KeyFileError(WasmError):
     """A key or public-key file that is missing, malformed, or not private enough to trust."""
-
-
-def default_key_dir() -> Path:
-    """``$WASMIG_KEY_DIR``, else ``$XDG_CONFIG_HOME/wasmig``, else ``~/.config/wasmig``: the user's own
-    key pair, the one `restore`, `serve` and `inspect --verify` trust by default."""
-    env = os.environ.get(KEY_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "wasmig"
 
 
 def fingerprint_of(raw: bytes) -> str:

@@ -239,14 +239,18 @@ def check_writable_dir(path: str, option: str) -> None:
 
 def check_checkpoint_store(where: str) -> None:
     """``--checkpoint-dir``: a directory that can be written, or a store URL whose backend answers
-    and takes a write (a bad URL, an unreachable endpoint, no such bucket: one line, now)."""
+    and takes a write (a bad URL, an unreachable endpoint, no such bucket: one line, now). A local
+    directory is checked without opening its store: the snapshot writer's imports wait until the
+    run is under way (:attr:`~wasmig.session.policy.CheckpointPolicy.prepare_early`)."""
     from wasmig.errors import SnapshotError
-    from wasmig.snapshot.stores import is_store_url, open_store
+    from wasmig.snapshot.stores import check_store_name, is_store_url
 
     try:
-        store = open_store(where)  # an unknown scheme (ftp://...) is refused, not made a directory
+        check_store_name(where)  # an unknown scheme (ftp://...) is refused, not made a directory
         if is_store_url(where):
-            store.check_writable()
+            from wasmig.snapshot.stores import open_store
+
+            open_store(where).check_writable()
     except SnapshotError as e:
         raise UserError(f"--checkpoint-dir {where}: {e}") from None
     if not is_store_url(where):
@@ -264,16 +268,21 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
     # refused now, before the program runs, rather than a warning at every checkpoint it takes
     if checkpoint_dir is not None:
         check_checkpoint_store(checkpoint_dir)
-        from wasmig.snapshot.signing import own_key_pair
+        from wasmig.key_dir import own_key_present
 
-        # the signing key (and the cryptography package) loaded, or made and announced, now: not
-        # inside the first checkpoint's pause, nor amid the program's output
-        own_key_pair()
+        if not own_key_present():
+            from wasmig.snapshot.signing import own_key_pair
+
+            # made and announced now, not amid the program's output; a key that is there is loaded
+            # (with the cryptography package: 20-40 ms) beside the running program, as the store
+            # is opened (prepare_early), so neither the start nor the first checkpoint waits for it
+            own_key_pair()
     from wasmig.snapshot.stores import is_store_url
 
     directory = checkpoint_dir if is_store_url(checkpoint_dir) else Path(checkpoint_dir) if checkpoint_dir else None
     return CheckpointPolicy(directory, at_step, at_instruction, every, then,
-                            stable_only, count_steps or at_step is not None, migratable=migratable)
+                            stable_only, count_steps or at_step is not None, migratable=migratable,
+                            prepare_early=checkpoint_dir is not None)
 
 
 def guarded(body: Callable[[], int], wasi: Wasi, policy: CheckpointPolicy, module_path: str | None) -> int:

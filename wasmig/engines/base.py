@@ -82,6 +82,17 @@ class Program(ABC):
     def resume(self) -> bool:
         """Go on after a stop, or from the snapshot a restore loaded; True if it stopped again."""
 
+    def when_under_way(self, prepare: Callable[[], None], by: float | None = None) -> bool:
+        """Have ``prepare`` called once, in the thread that called :meth:`start` (or
+        :meth:`resume`), while the guest runs beside it, once the program is under way
+        (:mod:`wasmig.engines.under_way`; ``by``: after that many seconds at the latest): what its
+        first checkpoint needs, made ready without delaying the start or a short program (nor a
+        checkpoint: not when the guest stopped meanwhile; then later, if at all). False when this
+        engine cannot (its guest runs in that thread): the caller then does it at the first
+        checkpoint. (Not in another thread of the caller's: two threads importing
+        overlapping modules at once may see a partially initialised one.)"""
+        return False
+
     @abstractmethod
     def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
         """The canonical state of the stopped program. ``with_memory=False`` leaves the memories'

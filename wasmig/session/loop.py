@@ -226,6 +226,9 @@ class Session:
 
             self._status_file = status_path(os.getpid())
             self._write_status()
+        if self.policy.active and self.policy.prepare_early:
+            # else (the interpreter) at the first checkpoint; a periodic one is prepared for by half its period
+            self.program.when_under_way(self._prepare, by=self.policy.every / 2 if self.policy.every else None)
 
     def _uninstall(self) -> None:
         self._wait_for_commit()  # before the status file goes: the commit would write it again
@@ -253,11 +256,8 @@ class Session:
         directory = self.policy.directory
         if directory is None:
             return
-        from wasmig.snapshot.stores import open_store
-
         self._wait_for_commit()
-        if self._store is None:
-            self._store = open_store(str(directory))
+        self._open_store()
         if self._module_file is None:
             # once per run, not at every checkpoint (an S3 HEAD while the guest waits): no gc
             # removes a kept module (docs/stores.md), so the copy made now is there for the run
@@ -274,6 +274,27 @@ class Session:
         self._committing = threading.Thread(target=self._commit_in_background, args=(staged, snap.steps, capture_s),
                                             name="wasmig-checkpoint-commit")
         self._committing.start()
+
+    def _open_store(self) -> None:
+        """Open the checkpoint directory's store (importing the snapshot writer), once."""
+        if self._store is None:
+            from wasmig.snapshot.stores import open_store
+
+            self._store = open_store(str(self.policy.directory))
+
+    def _prepare(self) -> None:
+        """What writing a snapshot needs besides the capture, made ready while the program runs
+        (:attr:`CheckpointPolicy.prepare_early`: :meth:`Program.when_under_way`) rather than at its
+        start: the store opened and the user's signing key loaded (the snapshot writer's modules and
+        the cryptography package, 40-50 ms of imports). A failure here is left for the checkpoint to
+        meet and report; a key that cannot be used is reported here (once, as at any checkpoint)."""
+        from wasmig.snapshot.signing import own_key_pair
+
+        try:
+            self._open_store()
+        except (SnapshotError, OSError):
+            return
+        own_key_pair()
 
     def _commit(self, staged: Any, steps: int | None, capture_s: float | None) -> None:
         from wasmig import log

@@ -22,10 +22,12 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
+from wasmig.engines.under_way import UnderWay
 from wasmig.engines.wasmtime.capture import capture_wasmtime, memory_export, static_tables
 from wasmig.engines.wasmtime.instrumented import Instrumented, instrumented
 from wasmig.errors import SnapshotError
@@ -42,16 +44,14 @@ if TYPE_CHECKING:
 #: the guest thread's stack: room for wasmtime's max_wasm_stack and the host calls
 WORKER_STACK = 64 << 20
 _CHECKPOINT_CODE_IMPORTED = False
-#: how long a guest runs before the main thread imports the checkpoint code beside it
-IMPORT_AFTER_S = 0.1
 
 
 def _import_checkpoint_code() -> None:
     """Import what a capture or a rewind runs (the pass's layout constants, which bring the IR
-    classes, the records and snapshot classes: 15-20 ms), in the main thread once the guest has
-    run :data:`IMPORT_AFTER_S` in its worker: a start does not wait for it (docs/design.md,
-    "Start-up"), a program that ends sooner never pays it, and the first checkpoint of a longer
-    one does not wait for it either (one in the first 0.1 s does)."""
+    classes, the records and snapshot classes: 15-20 ms), in the main thread once the guest is
+    under way in its worker (:mod:`wasmig.engines.under_way`: 0.1 s of CPU or 1 s): a start does
+    not wait for it (docs/design.md, "Start-up"), a program that ends sooner never pays it, and
+    the first checkpoint of a longer one does not wait for it either (an earlier one does)."""
     global _CHECKPOINT_CODE_IMPORTED
     if not _CHECKPOINT_CODE_IMPORTED:
         _CHECKPOINT_CODE_IMPORTED = True
@@ -124,6 +124,9 @@ class Checkpointable:
         self._rewind_linked = self.instrumented.sites.rewind is None  # the run module holds the copies
         self._rewind_compiling: threading.Thread | None = None
         self._rewind_compiled: list[Any] = []  # the compiled rewind module, or what compiling it raised
+        #: called once the guest is under way, after the checkpoint code's import (Program.when_under_way)
+        self.on_under_way: Callable[[], None] | None = None
+        self.under_way_by: float | None = None  # ... at the latest after that many seconds
 
     # --- the rewind module ----------------------------------------------------------------------
     def compile_rewind_ahead(self) -> None:
@@ -338,10 +341,19 @@ class Checkpointable:
             worker.start()
         finally:
             threading.stack_size(old_size)
-        if not _CHECKPOINT_CODE_IMPORTED:
-            worker.join(IMPORT_AFTER_S)  # a short program ends first: it never needs that code
-            if worker.is_alive():
-                _import_checkpoint_code()  # while the guest runs: the first checkpoint does not wait for it
+        hook = self.on_under_way
+        if not _CHECKPOINT_CODE_IMPORTED or hook is not None:
+            def running(timeout: float) -> bool:
+                worker.join(timeout)
+                return worker.is_alive()
+
+            # a short program ends first: it never needs that code; else it is imported while the
+            # guest runs, in this thread (the only one importing: see Program.when_under_way)
+            if UnderWay(self.under_way_by if hook is not None else None).wait(running):
+                _import_checkpoint_code()
+                if hook is not None and worker.is_alive():  # stopped meanwhile: not while it waits
+                    self.on_under_way = None
+                    hook()
         while worker.is_alive():
             worker.join(0.25)  # signal handlers run between the waits
         if outcome:

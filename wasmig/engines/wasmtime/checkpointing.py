@@ -7,7 +7,7 @@ for a run that checkpoints: a plain run does not load the checkpoint code."""
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from wasmig.engines.base import Landing, MemoryReader, Program
@@ -52,6 +52,11 @@ class CheckpointableProgram(Program):
     def resume(self) -> bool:
         self.runner.resume()
         return self.runner.unwound
+
+    def when_under_way(self, prepare: Callable[[], None], by: float | None = None) -> bool:
+        # called by the thread that waits for the guest (Checkpointable._call)
+        self.runner.on_under_way, self.runner.under_way_by = prepare, by
+        return True
 
     def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
         return self.runner.capture(with_memory=with_memory, memory_in_place=memory_in_place)

@@ -36,7 +36,6 @@ import platform
 import struct
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -407,7 +406,12 @@ class WasmtimeInstance:
         if links is not None:
             kept = [imp for imp in ir.imports if imp.name not in links.provides.get(imp.module, ())]
             # the decoded module, or its interface alone (a NamedTuple: a restore's module not decoded)
-            ir = ir._replace(imports=kept) if isinstance(ir, tuple) else replace(ir, imports=kept)
+            if isinstance(ir, tuple):
+                ir = ir._replace(imports=kept)
+            else:  # a dataclass, whose module imported dataclasses (inspect, ast: ~9 ms a start need not pay)
+                from dataclasses import replace
+
+                ir = replace(ir, imports=kept)
         imports = check_wasi_imports(ir)
         if imports and wasi is None:
             raise LinkError(f"unknown import: {imports[0].module}.{imports[0].name} was not provided")
