@@ -436,12 +436,7 @@ def test_return_call_is_decoded_and_validated_only_with_the_tail_call_feature() 
 #: QuickJS's JS_CallInternal in small: a restart loop (nothing on the stack) whose body is blocks,
 #: a segment and the dispatch loop (a call in one case), and whose tail after the dispatch loop
 #: branches back to the restart loop's header (QuickJS: a caught exception); memory[0] = result
-REENTERED_WAT = """
-(module
-  (memory (export "memory") 1)
-  (func $step (param i32) (result i32) (i32.add (local.get 0) (i32.const 7)))
-  (func $run (param $n i32) (result i32) (local $pc i32) (local $acc i32) (local $k i32)
-    (loop $restart
+REENTERED_WAT = DISPATCH_WAT[:DISPATCH_WAT.index("(loop $restart") + len("(loop $restart")] + """
       (block $out
         (block $inner
           (local.set $k (i32.add (local.get $k) (i32.const 1)))
