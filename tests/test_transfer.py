@@ -431,3 +431,64 @@ def test_return_call_is_decoded_and_validated_only_with_the_tail_call_feature() 
         validate_module(ir)
     with pytest.raises(ValidationError, match="type mismatch: return_call"):
         validate_module(decode_module(bad, features={"tail-call"}), features={"tail-call"})
+
+
+#: QuickJS's JS_CallInternal in small: a restart loop (nothing on the stack) whose body is blocks,
+#: a segment and the dispatch loop (a call in one case), and whose tail after the dispatch loop
+#: branches back to the restart loop's header (QuickJS: a caught exception); memory[0] = result
+REENTERED_WAT = DISPATCH_WAT[:DISPATCH_WAT.index("(loop $restart") + len("(loop $restart")] + """
+      (block $out
+        (block $inner
+          (local.set $k (i32.add (local.get $k) (i32.const 1)))
+          (local.set $pc (i32.div_u (local.get $pc) (i32.const 2)))
+          (loop $next
+            (local.set $pc (i32.add (local.get $pc) (i32.const 1)))
+            (br_if $out (i32.gt_u (local.get $pc) (i32.mul (local.get $k) (i32.const 700))))
+            (block $c2
+              (block $c1
+                (block $c0
+                  (br_table $c0 $c1 $c2 (i32.rem_u (local.get $pc) (i32.const 3))))
+                (local.set $acc (i32.add (local.get $acc) (i32.const 1))) (br $next))
+              (local.set $acc (call $step (local.get $acc))) (br $next))
+            (local.set $acc (i32.xor (local.get $acc) (local.get $pc))) (br $next))))
+      (local.set $acc (i32.add (local.get $acc) (i32.const 100)))
+      (br_if $restart (i32.lt_u (local.get $k) (i32.const 4))))
+    (local.get $acc))
+  (func (export "_start") (i32.store (i32.const 0) (call $run (i32.const 1)))))
+"""
+
+
+def _run_body_size(module: wasmig.Module) -> int:
+    from wasmig.binary.decoder import decode_module
+    from wasmig.binary.features import INSTRUMENTED
+    from wasmig.instrument.unwind import instrument
+
+    run = instrument(module, count_steps=True).data
+    return decode_module(run, features=INSTRUMENTED).funcs[1].body_size
+
+
+def test_a_restart_loop_restarted_only_after_its_dispatch_loop_is_held_once_in_the_arm(
+        arms_everywhere: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QuickJS's shape: the arm holds the dispatch loop once, not the restart loop around it as
+    well (a branch to the restart header transfers to it again); CPython's and a nest with values
+    on the stack keep the two-copy arm."""
+    real = entry_arm._reenterable
+    once = _run_body_size(wat_module(REENTERED_WAT))
+    monkeypatch.setattr(entry_arm, "_reenterable", lambda rw, chain, i: False)
+    twice = _run_body_size(wat_module(REENTERED_WAT))
+    assert once < twice
+    monkeypatch.setattr(entry_arm, "_reenterable", real)
+    seen: list[bool] = []
+    monkeypatch.setattr(entry_arm, "_reenterable", lambda rw, chain, i: seen.append(real(rw, chain, i)) or False)
+    for wat in (DISPATCH_WAT, EVAL_WAT):
+        _run_body_size(wat_module(wat))
+    assert seen == [False, False]
+
+
+@pytest.mark.parametrize("k", [2, 5, 41, 702, 1403, 2200])
+def test_a_dispatch_loop_restored_in_a_one_copy_arm_restarts_to_the_interpreters_result(
+        k: int, arms_everywhere: None) -> None:
+    """Restored at step k into the one-copy arm (the dispatch loop, or the restart loop's header),
+    stopped again 1000 steps on -- across a restart, a transfer of the frame to itself -- with the
+    interpreter's frames and count, and run to the end: the interpreter's result."""
+    _restore_stop_again_and_finish(wat_module(REENTERED_WAT), k, 1000)

@@ -176,9 +176,14 @@ def _construct(rw: _FunctionRewriter, chain: list[int], i: int, ctl: list[_Ctl])
 def _enclosing(rw: _FunctionRewriter, chain: list[int], i: int, params: list[str], level: _Ctl,
                ctl: list[_Ctl]) -> None:
     """Enclosing loop ``i`` of the chain: its body from the path on, a branch to its header then
-    runs it as the normal body has it (the module docstring)."""
+    runs it as the normal body has it (the module docstring) -- or, when nothing in the next loop
+    of the chain branches to its header and no value is on the stack on the way, re-entered
+    (:func:`_reentered`)."""
     from wasmig.instrument.unwind import _Ctl
 
+    if _reenterable(rw, chain, i):
+        _reentered(rw, chain, i, level, ctl)
+        return
     p = rw.p
     results = list(level.result_types)
     rw.open(0x02, p.block_type([], results), False)  # $end
@@ -195,3 +200,98 @@ def _enclosing(rw: _FunctionRewriter, chain: list[int], i: int, params: list[str
     rw.close()
     rw._emit_range(i, rw.end_of[i] + 1, [*ctl, _Ctl("block", i, level.base, [], tuple(results))])
     rw.close()
+
+
+def _reenterable(rw: _FunctionRewriter, chain: list[int], i: int) -> bool:
+    """Whether enclosing loop ``i`` can be left out of the arm (:func:`_reentered`): no branch to
+    its header from inside the next loop of the chain (CPython's eval loops have them: they begin
+    again while the interpreter runs, and would then transfer at every such branch), and an
+    empty operand stack at every construct on the path from it to the target (so the guarded
+    code before each leaves nothing for the path to take, and no value is buried)."""
+    body, end_of = rw.func.body, rw.end_of
+    inner = chain[chain.index(i) + 1]
+    opens: list[int] = []  # the constructs open inside loop i
+    on_path = [i]
+    for k in range(i + 1, end_of[i]):
+        op = body[k].op
+        if op in (0x02, 0x03, 0x04):
+            opens.append(k)
+            if k <= chain[-1] <= end_of[k]:
+                on_path.append(k)
+        elif op == 0x0B:
+            opens.pop()
+        elif op in (0x0C, 0x0D, 0x0E) and inner < k < end_of[inner]:
+            depths = [*body[k].imm[0], body[k].imm[1]] if op == 0x0E else [body[k].imm]
+            if len(opens) in depths:  # the depth of loop i's label here
+                return False
+    return all(not rw.stack_before[k] for k in on_path)
+
+
+def _reentered(rw: _FunctionRewriter, chain: list[int], i: int, level: _Ctl, ctl: list[_Ctl]) -> None:
+    """Enclosing loop ``i`` (no parameters, nothing beneath it) held once, not twice: its body
+    from the path on, where the code before the next loop of the chain runs only on a transfer
+    to this loop's header (``$site`` is its ordinal: ``$skip`` cleared, its header poll, which
+    the copy did not run, then every guarded segment); a branch to its header (QuickJS: a caught
+    exception restarts the dispatch) ends in the copy's transfer tail -- every local to the
+    record, ``$state = 2``, a tail call of the function itself -- whose arm enters this loop's
+    header that way. The dispatch loop is then in the arm once, outside any loop of the arm,
+    as in the two-copy shape (QuickJS's run module 2.17x -> 2.05x plain)."""
+    from wasmig.instrument.transfer import transfer_tail
+    from wasmig.instrument.unwind import _Ctl
+
+    p = rw.p
+    results = list(level.result_types)
+    ordinal = rw.entries.ordinal[i]
+    rw.open(0x02, p.block_type([], results), False)  # $end
+    rw.open(0x02, None, True)  # $again: the loop's label
+    rw.emit(0x20, rw.site_local)
+    rw.emit(0x41, ordinal)
+    rw.emit(0x46)
+    rw.open(0x04, None, False)  # the transfer is to this loop's header
+    rw.emit(0x41, 0)
+    rw.emit(0x21, rw.skip_local)
+    ins = rw.func.body[i]
+    site = rw.add_site((i, "loop"), "loop", ins.offset, [])
+    if not rw._every_iteration_calls(i) and not rw._counted(i):
+        rw.stable_point(site, [], level.base)
+    rw.close()
+    _guarded_path(rw, chain, i + 1, rw.end_of[i], [*ctl, _Ctl("loop", i, level.base, [], tuple(results))])
+    rw.emit(0x0C, 1)  # the body fell through: the loop's results, out of $end
+    rw.close()
+    rw.emit(0x41, ordinal)  # a branch to the loop's header: a transfer to it
+    rw.emit(0x21, rw.site_local)
+    bits = rw.live[i]  # dead at the header: reloaded with whatever the record holds, never read
+    transfer_tail(rw, {j for j in range(rw.num_locals) if bits >> j & 1})
+    rw.close()
+
+
+def _guarded_path(rw: _FunctionRewriter, chain: list[int], start: int, end: int, ctl: list[_Ctl]) -> None:
+    """:func:`_path`, with the code before the construct on the path run when ``$skip`` is clear
+    (:func:`wasmig.instrument.transfer._segment`); the target then clears ``$skip``: its own
+    header poll runs either way, in normal form."""
+    from wasmig.instrument.transfer import _segment
+
+    body, end_of, target = rw.func.body, rw.end_of, chain[-1]
+    i = start
+    while not (body[i].op in (0x02, 0x03, 0x04) and i <= target <= end_of[i]):
+        i = end_of[i] + 1 if body[i].op in (0x02, 0x03, 0x04) else i + 1
+    _segment(rw, start, i, ctl)
+    if i == target:
+        rw.emit(0x41, 0)
+        rw.emit(0x21, rw.skip_local)
+        _construct(rw, chain, i, ctl)
+    elif body[i].op == 0x03:
+        _construct(rw, chain, i, ctl)  # an inner enclosing loop: entered as its transfer has it
+    else:
+        from wasmig.instrument.unwind import _Ctl
+
+        ins = body[i]
+        results = list(rw.p.block_arity(ins.imm)[1])
+        else_at = rw.else_of.get(i)
+        lo, hi = i + 1, else_at if else_at is not None else end_of[i]
+        if else_at is not None and target > else_at:
+            lo, hi = else_at + 1, end_of[i]
+        rw.open(0x02, rw.p.block_type([], results), True, ins.offset)
+        _guarded_path(rw, chain, lo, hi, [*ctl, _Ctl("block", i, 0, [], tuple(results))])
+        rw.close(body[end_of[i]].offset)
+    rw._emit_range(end_of[i] + 1, end, ctl)

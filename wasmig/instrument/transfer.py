@@ -351,12 +351,14 @@ def transfer_branch(rw: _FunctionRewriter, plan: EntryPlan, i: int) -> None:
     rw.emit(0x0C, len(rw.labels) - 1 - TRANSFER_LABEL)
 
 
-def transfer_tail(rw: _FunctionRewriter) -> None:
+def transfer_tail(rw: _FunctionRewriter, stored: set[int] | None = None) -> None:
     """After the copy's ``$transfer`` block: the frame as one record at ``RECORDS_BASE`` (the
     rewind is over, so the control memory's records are free) and a tail call of the function's
     entry function, which takes the record (:func:`with_entry_loads`) -- or, for a function with
     an entry arm (:mod:`wasmig.instrument.entry_arm`), ``$state = 2`` and a tail call of the
-    function itself, with dummy arguments."""
+    function itself, with dummy arguments. ``stored``: only these locals (the arm's own transfer,
+    :func:`wasmig.instrument.entry_arm._reentered`: those live at the loop's header; storing every
+    local kept each live across the dispatch loop, whose exits reach the tail)."""
     from wasmig.instrument.unwind import _STORE, RECORDS_BASE, STATE_REWINDING
 
     rw.emit(0x41, 0)
@@ -364,7 +366,7 @@ def transfer_tail(rw: _FunctionRewriter) -> None:
     rw.emit(0x36, rw.ctl_memarg(2, RECORDS_BASE))
     scratch = {rw.site_local, rw.addr_local, rw.skip_local}
     for j, t in enumerate(rw.local_types):
-        if j in scratch:
+        if j in scratch or (stored is not None and j not in stored):
             continue
         op, align = _STORE[t]
         rw.emit(0x41, 0)
