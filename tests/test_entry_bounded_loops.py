@@ -15,7 +15,7 @@ from wasmig.binary.decoder import decode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.ir import FuncType, Instr
 from wasmig.instrument.counted import EntryBound, entry_bound, entry_guard
-from wasmig.instrument.unwind import UNROLL_MAX_FUNCTION, instrument
+from wasmig.instrument.unwind import ENTRY_BOUND_MAX_BODY, UNROLL_MAX_BODY, UNROLL_MAX_FUNCTION, instrument
 
 wasmtime = pytest.importorskip("wasmtime")
 
@@ -174,3 +174,18 @@ def test_a_br_out_after_the_test_is_recognised_and_a_big_function_keeps_its_poll
     assert sum(1 for ins in big if ins.op == 0xFE12) == 1
     assert sum(1 for ins in big if ins.op == 0x2D) == 1, "one copy of the body"
     assert not any(ins.op == 0x49 for ins in big), "no entry guard"
+
+
+def test_only_a_small_body_gets_the_second_set_of_copies() -> None:
+    """A bounded loop of more than ENTRY_BOUND_MAX_BODY instructions keeps its one set of copies
+    polled a round (its entry guard and unpolled copies cost QuickJS's run module 2.06x -> 2.10x
+    plain for the bigger bodies; lz77's match loop is 17 instructions)."""
+    big_body = ADD * (ENTRY_BOUND_MAX_BODY // 12 + 1)
+    wat = _loop(big_body, UP_TO_N)
+    body = wat_module(wat).ir.funcs[0].body
+    assert ENTRY_BOUND_MAX_BODY < len(body) - 4 <= UNROLL_MAX_BODY and _bound(wat) is not None
+    fast = decode_module(instrument(wat_module(wat), count_steps=False).data, features=INSTRUMENTED).funcs[0].body
+    assert not any(ins.op == 0x49 for ins in fast), "no entry guard"
+    assert sum(1 for ins in fast if ins.op == 0xFE12) == 1
+    small = decode_module(instrument(wat_module(LZ77), count_steps=False).data, features=INSTRUMENTED).funcs[0].body
+    assert sum(1 for ins in small if ins.op == 0x49) == 1, "the small one has its entry guard"

@@ -106,6 +106,10 @@ MAX_RECORD_GLOBAL, MAX_RECORD_PAGES_GLOBAL = 3, 4
 #: the fast variant copies a small loop without calls this many times, one poll per round
 UNROLL = 4
 UNROLL_MAX_BODY = 96  # instructions: larger loops are not unrolled (their poll weighs less)
+#: and at most this many are also versioned by an entry bound (a second set of copies, unpolled): lz77's
+#: match loop is 17; up to 96 (session 7, s7-kernels) QuickJS's run module was 2.10x plain, 2.06x at 24,
+#: kernels 1.82x -> 1.80x geomean
+ENTRY_BOUND_MAX_BODY = 24
 #: nor are the loops of a function of this many instructions or more: a big function's small
 #: loops are a small part of its time, and their copies a big part of its code (libc's
 #: ``printf_core``: 3.5 KB of 25.6 KB instrumented)
@@ -870,8 +874,10 @@ class _FunctionRewriter:
         that count is small (:meth:`_unrolled_loop`). The deterministic variant counts every
         header and keeps them all."""
         if i not in self.entry_bounds:
+            small = self.end_of[i] - i - 1 <= ENTRY_BOUND_MAX_BODY
             self.entry_bounds[i] = (entry_bound(self.func.body, i, self.end_of[i])
-                                    if not self.p.count_steps and self._innermost_without_calls(i) else None)
+                                    if small and not self.p.count_steps and self._innermost_without_calls(i)
+                                    else None)
         return self.entry_bounds[i]
 
     def _copies(self, i: int, ins: Instr, params: list[str], entry_height: int, ctl: list[_Ctl],
