@@ -33,7 +33,7 @@ for steady state also the ratio once each variant's own start-up median is taken
 with every ratio side by side, start-up against issue 15's bound (1.5x wasmtime-py's time + 30 ms).
 ``--rounds N`` (default 7 for start-up, 5 for steady state), ``--quick`` (one round of each),
 ``--programs cpython,quickjs``, ``--workloads start-up,steady``. ``--baseline COMMIT`` adds the three wasmig
-variants of that commit (checked out into a temporary git worktree; prefixed ``base:``), alternating with this
+variants of that commit (its files extracted into a temporary directory; prefixed ``base:``), alternating with this
 checkout's in every round: an A/B comparison on a shared machine. Every wasmig variant runs the console script with
 ``PYTHONPATH`` set to its tree (this checkout, or the baseline's). A source checkout keeps its caches in its own
 ``.cache``: set ``$WASMIG_CACHE`` to share them (else the baseline's first, untimed runs compile and instrument the
@@ -55,6 +55,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from overhead import baseline_tree  # noqa: E402
+
 from tests import real_programs  # noqa: E402  (the shared download cache of the big programs)
 
 #: Each program: what tests/real_programs.py knows of it (package, member, sha256), and argv for start-up and for
@@ -321,17 +324,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="real-programs-") as tmp:
         variants = list(VARIANTS)
         trees = {"": str(REPO)}
-        if args.baseline:
-            trees[BASE] = os.path.join(tmp, "baseline")
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", trees[BASE], args.baseline],
-                           check=True)
+        if args.baseline:  # the commit's files, extracted as overhead.py extracts its baseline's
+            trees[BASE] = str(baseline_tree(args.baseline, Path(tmp)))
             variants += [BASE + v for v in VARIANTS[1:]]
             print(f"baseline: {args.baseline} in {trees[BASE]}")
-        try:
-            run_programs(args, names, workloads, rounds, wasmig, variants, trees, tmp, summary)
-        finally:
-            if args.baseline:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", trees[BASE]], check=False)
+        run_programs(args, names, workloads, rounds, wasmig, variants, trees, tmp, summary)
     print_summary(summary, variants)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; rounds: "
           f"{rounds['start-up']} start-up, {rounds['steady']} steady state")
