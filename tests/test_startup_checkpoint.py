@@ -1,6 +1,6 @@
 """What a ``wasmig run --checkpoint-dir`` start does before the guest's first instruction (issue 15
 item 5): the store's backend (the snapshot writer) and the signing key (the cryptography package)
-are made ready beside the running program once it is under way (``CheckpointPolicy.prepare_early``,
+are made ready beside the running program once it is under way (``CheckpointPolicy.active``,
 :mod:`wasmig.engines.under_way`), or by the first checkpoint, not before the guest starts; a
 missing key is still made, and announced, at the start; and the snapshots are signed and
 restorable whichever came first, the preparation or the checkpoint.
@@ -36,7 +36,7 @@ arm = loop.Session._arm
 
 def spy(self):
     seen.setdefault("at_start", sorted(sys.modules))
-    seen["prepare_early"] = getattr(self.policy, "prepare_early", None)
+    seen["active"] = self.policy.active
     arm(self)
 
 loop.Session._arm = spy
@@ -87,7 +87,7 @@ def test_a_checkpointing_start_leaves_the_store_and_the_key_for_later(tmp_path: 
     assert seen["code"] == 0 and "hello from wasm" in p.stdout, p.stderr
     assert [m for m in DEFERRED if m in seen["at_start"]] == [], "imported before the guest started"
     assert [m for m in DEFERRED if m in seen["at_end"]] == [], "a program that ends first never pays for them"
-    assert seen["prepare_early"] is True
+    assert seen["active"] is True
     assert ck.is_dir() and p.stderr == "this goes to stderr\n"  # the directory is made (checked writable) at the start
 
 

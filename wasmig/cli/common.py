@@ -241,7 +241,7 @@ def check_checkpoint_store(where: str) -> None:
     """``--checkpoint-dir``: a directory that can be written, or a store URL whose backend answers
     and takes a write (a bad URL, an unreachable endpoint, no such bucket: one line, now). A local
     directory is checked without opening its store: the snapshot writer's imports wait until the
-    run is under way (:attr:`~wasmig.session.policy.CheckpointPolicy.prepare_early`)."""
+    run is under way (:attr:`~wasmig.session.policy.CheckpointPolicy.active`)."""
     from wasmig.errors import SnapshotError
     from wasmig.snapshot.stores import check_store_name, is_store_url
 
@@ -275,14 +275,13 @@ def make_policy(checkpoint_dir: str | None, at_step: int | None, at_instruction:
 
             # made and announced now, not amid the program's output; a key that is there is loaded
             # (with the cryptography package: 20-40 ms) beside the running program, as the store
-            # is opened (prepare_early), so neither the start nor the first checkpoint waits for it
+            # is opened (CheckpointPolicy.active), so neither the start nor the first checkpoint waits for it
             own_key_pair()
     from wasmig.snapshot.stores import is_store_url
 
     directory = checkpoint_dir if is_store_url(checkpoint_dir) else Path(checkpoint_dir) if checkpoint_dir else None
     return CheckpointPolicy(directory, at_step, at_instruction, every, then,
-                            stable_only, count_steps or at_step is not None, migratable=migratable,
-                            prepare_early=checkpoint_dir is not None)
+                            stable_only, count_steps or at_step is not None, migratable=migratable)
 
 
 def guarded(body: Callable[[], int], wasi: Wasi, policy: CheckpointPolicy, module_path: str | None) -> int:

@@ -226,7 +226,7 @@ class Session:
 
             self._status_file = status_path(os.getpid())
             self._write_status()
-        if self.policy.active and self.policy.prepare_early:
+        if self.policy.active:
             # else (the interpreter) at the first checkpoint; a periodic one is prepared for by half its period
             self.program.when_under_way(self._prepare, by=self.policy.every / 2 if self.policy.every else None)
 
@@ -284,7 +284,7 @@ class Session:
 
     def _prepare(self) -> None:
         """What writing a snapshot needs besides the capture, made ready while the program runs
-        (:attr:`CheckpointPolicy.prepare_early`: :meth:`Program.when_under_way`) rather than at its
+        (:attr:`CheckpointPolicy.active`: :meth:`Program.when_under_way`) rather than at its
         start: the store opened and the user's signing key loaded (the snapshot writer's modules and
         the cryptography package, 40-50 ms of imports). A failure here is left for the checkpoint to
         meet and report; a key that cannot be used is reported here (once, as at any checkpoint)."""

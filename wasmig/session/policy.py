@@ -22,8 +22,7 @@ class CheckpointPolicy:
                  at_instruction: int | None = None, every: float | None = None, then: str = "continue",
                  stable_only: bool = False,
                  count_steps: bool = False, on_signal: bool = True, written: list[str] | None = None,
-                 migratable: bool = False, migrate_to: tuple[str, bytes, float] | None = None,
-                 prepare_early: bool = False) -> None:
+                 migratable: bool = False, migrate_to: tuple[str, bytes, float] | None = None) -> None:
         #: a checkpoint directory, or a store URL (``s3://...``, ``file://...``: a str)
         self.directory = directory
         self.at_step = at_step
@@ -40,14 +39,13 @@ class CheckpointPolicy:
         self.migratable = migratable
         #: ``wasmig run --migrate-to``: (target HOST:PORT, token, seconds after the start)
         self.migrate_to = migrate_to
-        #: make what writing a snapshot needs ready (the store opened, the signing key loaded) beside
-        #: the program once it is under way (:mod:`wasmig.engines.under_way`), so neither its start
-        #: nor (mostly) its first checkpoint waits for it; False: at the first checkpoint (a run that
-        #: checkpoints only on request, which most runs never are)
-        self.prepare_early = prepare_early
 
     @property
     def active(self) -> bool:
+        """The run writes snapshots. Then what writing one needs (the store opened, the signing key
+        loaded) is made ready beside the program once it is under way
+        (:mod:`wasmig.engines.under_way`), so neither its start nor (mostly) its first checkpoint
+        waits for it. A run that is only migratable writes none, and prepares nothing."""
         return self.directory is not None
 
     def __repr__(self) -> str:
