@@ -13,7 +13,9 @@ side, in this order:
   (what the disk costs, which no store can avoid: for context, not part of the floor);
 - **checkpoint**: ``CheckpointDir.write`` of a snapshot whose memory is a view of a ctypes buffer
   (as a checkpoint on wasmtime reads the guest's memory in place), into a fresh directory after
-  ``os.sync()``; **pause** is the part of it the guest must stay stopped for (the memory read:
+  ``os.sync()`` (its ``pages/`` and ``snapshots/`` made beforehand by ``CheckpointDir.prepare``, as
+  a run makes them once its program is under way); **pause** is the part of it the guest must
+  stay stopped for (the memory read:
   zero test, fingerprint, hash, compress and ``write`` into the pack: ``WriteStats.pause_seconds``;
   the fsyncs and the snapshot file come after);
 - **restore**: ``load_snapshot_deferred`` + ``PagedMemory.copy_into`` a fresh buffer, as a
@@ -134,6 +136,7 @@ def one_run(base: Path, size: int, kind: str, seed: int, threads: int | None) ->
     out["floorN"], out["floorN_cpu"] = timed(lambda: floor(view, copy_to, default_threads()))
     ck = base / f"ck-{kind}-{size}-{seed}"
     store = CheckpointDir(ck, threads=threads)
+    store.prepare()  # its directories, as a run makes them once its program is under way
     snap = snapshot_of(view)
     os.sync()
     out["checkpoint"], out["checkpoint_cpu"] = timed(lambda: store.write(snap))

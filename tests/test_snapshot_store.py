@@ -116,6 +116,24 @@ def test_round_trip_checkpoint_dir(tmp_path: Path) -> None:
     assert load_snapshot(tmp_path / "ck") == snap2 and load_snapshot(path) == snap
 
 
+def test_prepare_makes_the_directories_a_first_write_needs(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run prepares its store once under way: the first write then makes no directory (no
+    directory fsync in its pause), and a directory that cannot be made is one SnapshotError."""
+    store = CheckpointDir(tmp_path / "ck")
+    store.prepare()
+    assert all((tmp_path / "ck" / d).is_dir() for d in ("pages", "snapshots"))
+    store.prepare()  # again: nothing to do
+    made: list[str] = []
+    real_mkdir = os.mkdir
+    monkeypatch.setattr(os, "mkdir", lambda p, *a, **k: (made.append(str(p)), real_mkdir(p, *a, **k))[1])
+    snap = make_snapshot(3, pages=4)
+    assert load_snapshot(store.write(snap)) == snap and made == []
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(SnapshotError, match="cannot write snapshot"):
+        CheckpointDir(tmp_path / "file" / "ck").prepare()
+
+
 def test_round_trip_single_file(tmp_path: Path) -> None:
     snap = make_snapshot(3, pages=24, memories=2)
     stats = write_single_file(snap, tmp_path / "out" / "x.snap")

@@ -98,6 +98,8 @@ def test_the_preparation_runs_beside_a_longer_program(tmp_path: Path) -> None:
     assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
     assert [m for m in DEFERRED if m in seen["at_start"]] == []
     assert [m for m in DEFERRED if m not in seen["at_end"]] == [], "the store and the key were not prepared"
+    # its directories too, so that the first checkpoint's pause does not make them
+    assert (ck / "pages").is_dir() and (ck / "snapshots").is_dir() and not list((ck / "snapshots").iterdir())
 
 
 @pytest.mark.parametrize(("under_way", "trigger"), [(0.0, ["--checkpoint-every", "0.7"]),

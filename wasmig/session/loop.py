@@ -292,6 +292,8 @@ class Session:
 
         try:
             self._open_store()
+            assert self._store is not None
+            self._store.prepare_writes()
         except (SnapshotError, OSError):
             return
         own_key_pair()

@@ -32,6 +32,7 @@ import fcntl
 import mmap
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -364,6 +365,7 @@ class CheckpointDir:
         self._durable_legacy_dirs: set[str] = set()
         #: the fingerprints of this instance's last write (pagework: unchanged pages are not rehashed)
         self._prior: list[Fingerprints] | None = None
+        self._dirs_lock = threading.Lock()
 
     # reading
     def snapshots(self) -> list[Path]:
@@ -395,6 +397,24 @@ class CheckpointDir:
         return _guarded(path, "read snapshot", _load_file, path, self.pages_dir)
 
     # writing
+    def prepare(self) -> None:
+        """Make the directory and its ``pages/`` and ``snapshots/`` durably now, before the first
+        write: a run does this once its program is under way, so the first checkpoint's pause does
+        not hold their creation and the fsyncs of their parents (3 directory fsyncs, ~12 ms of a
+        90 ms checkpoint of a zero-heavy 256 MiB memory). A write makes them as well when missing."""
+        try:
+            self._make_dirs()
+        except OSError as e:
+            raise SnapshotError(f"{self.path}: cannot write snapshot: {_describe(e)}") from None
+
+    def _make_dirs(self) -> None:
+        # under a lock: a run prepares on another thread than its checkpoints, and a write must not
+        # go on while the other thread has made a directory but not yet fsynced its parent
+        with self._dirs_lock:
+            _mkdirs_durable(self.path)
+            _mkdirs_durable(self.pages_dir)
+            _mkdirs_durable(self.snapshots_dir)
+
     def write(self, snapshot: Snapshot) -> Path:
         """Store ``snapshot`` (new pages first, then the snapshot file) and return the snapshot file's path.
 
@@ -413,11 +433,9 @@ class CheckpointDir:
         lock: BinaryIO | None = None
         writer: packs.PackWriter | None = None
         try:
-            _mkdirs_durable(self.path)
+            self._make_dirs()
             lock = open(self.path / GC_LOCK, "a+b", opener=_private_opener)  # noqa: SIM115 - held until commit or abort
             fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
-            _mkdirs_durable(self.pages_dir)
-            _mkdirs_durable(self.snapshots_dir)
             self._packs.refresh()
             writer = packs.PackWriter(self.pages_dir)
             lists, prints, tally = hash_and_store(memories, self._prior, self._packs.has, writer, self.level,

@@ -132,6 +132,11 @@ class SnapshotStore(ABC):
     def put_module(self, module: Module) -> str:
         """Keep the module's bytes with the snapshots (once); where it is kept."""
 
+    def prepare_writes(self) -> None:
+        """Make ready now what the first write would otherwise make inside its pause (a local
+        store's directories); a one-line SnapshotError if that fails. Object stores need nothing."""
+        return None
+
     @abstractmethod
     def check_writable(self) -> None:
         """Raise a one-line SnapshotError now if snapshots cannot be written here (before a run starts)."""

@@ -116,6 +116,9 @@ class LocalStore(SnapshotStore):
             module, lambda sha: (self.dir.path / f"{MODULE_FILE_PREFIX}{sha}.wasm").exists())
         return str(write_module_file(self.dir.path, sha256, data))
 
+    def prepare_writes(self) -> None:
+        self.dir.prepare()
+
     def check_writable(self) -> None:
         import time
 
