@@ -313,11 +313,18 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unwind_exceptions: --live wants numbers, got {args.live!r}") from None
         micro(args.rounds, lives)
         return 0
-    from tests.real_programs import obtain
+    from tests.real_programs import ProgramUnavailable, obtain
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        program = obtain("quickjs")
+    except ProgramUnavailable as e:
+        raise SystemExit(f"unwind_exceptions: QuickJS is not available: {e}") from None
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"unwind_exceptions: cannot make {args.out}: {e.strerror}") from None
     only = frozenset(filter(None, args.only.split(",")))
-    for name, data in pricing_modules(obtain("quickjs"), only).items():
+    for name, data in pricing_modules(program, only).items():
         (args.out / f"{name}.wasm").write_bytes(data)
         print(f"wrote {args.out / name}.wasm ({len(data):,} bytes)")
     return 0

@@ -91,3 +91,20 @@ def test_bad_live_is_one_line(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         ue.main(["micro", "--live", "ten"])
     assert "--live wants numbers" in str(exc.value)
+
+
+def test_quickjs_mode_bad_input_is_one_line(monkeypatch, tmp_path: Path) -> None:
+    import tests.real_programs as rp
+
+    def unavailable(name: str) -> Path:
+        raise rp.ProgramUnavailable("offline")
+
+    monkeypatch.setattr(rp, "obtain", unavailable)
+    with pytest.raises(SystemExit) as exc:
+        ue.main(["quickjs", str(tmp_path / "out")])
+    assert str(exc.value) == "unwind_exceptions: QuickJS is not available: offline"
+    monkeypatch.setattr(rp, "obtain", lambda name: tmp_path / "qjs.wasm")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        ue.main(["quickjs", str(tmp_path / "file" / "out")])
+    assert str(exc.value).startswith(f"unwind_exceptions: cannot make {tmp_path / 'file' / 'out'}: ")
