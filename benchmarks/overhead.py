@@ -122,6 +122,8 @@ def make_engine() -> wasmtime.Engine:
     config.wasm_multi_memory = True
     config.wasm_threads = True
     config.wasm_tail_call = True  # transfers (wasmig/instrument/transfer.py) use return_call
+    # benchmarks/unwind_exceptions.py's pricing modules use the exception-handling proposal
+    config.wasm_exceptions = os.environ.get("WASMIG_BENCH_EXCEPTIONS") == "1"
     return wasmtime.Engine(config)
 
 
