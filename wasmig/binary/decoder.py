@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 
 from wasmig.binary import features as _features
 from wasmig.binary import opcodes
+from wasmig.binary.collector import collector_paused
 from wasmig.binary.ir import (
     CustomSection,
     Data,
@@ -50,6 +51,18 @@ EXTERN_KINDS = {0: "func", 1: "table", 2: "memory", 3: "global"}
 SECTION_ORDER = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 8, 9: 9, 12: 10, 10: 11, 11: 12}
 
 _MAX_LOCALS = 0xFFFFFFFF
+
+
+#: how :meth:`Reader.instructions` decodes each single-byte opcode inline: not at all (0: the
+#: general path), no immediate, one u32 (an index or label), one s32 (``i32.const``), a memarg
+#: (memory 0: alignment, offset), or ``end``
+_NO_IMM, _U32, _S32, _MEMARG, _END = 1, 2, 3, 4, 5
+_FAST = [0] * 256
+for _op, _kind in opcodes.IMM.items():
+    if _op < 0x100 and _op not in (0x05, 0x12):  # else checks its if; return_call needs its feature
+        _FAST[_op] = {"none": _NO_IMM, "idx": _U32, "label": _U32, "i32": _S32, "memarg": _MEMARG}.get(_kind, 0)
+_FAST[0x0B] = _END
+del _op, _kind
 
 
 class Reader:
@@ -230,11 +243,53 @@ class Reader:
         open_kinds: list[int] = []
         data = self.data
         multi_memory = self.multi_memory
+        fast = _FAST
+        end = self.end
+        pos = self.pos
         while True:
-            start = self.pos
-            if start >= self.end:
+            # the common single-byte opcodes with no immediate or a short one, decoded inline (2.7
+            # million instructions in CPython's module); anything else, or a long or truncated
+            # immediate, takes the general path below from the opcode again
+            start = pos
+            if start >= end:
+                self.pos = pos
                 raise self.fail("unexpected end of section or function" if not const_expr else "unexpected end")
             op = data[start]
+            code = fast[op]
+            if code:
+                if code == _NO_IMM:
+                    pos = start + 1
+                    append(Instr(op, None, start - base))
+                    continue
+                if code == _END:
+                    pos = start + 1
+                    append(Instr(op, None, start - base))
+                    if depth == 0:
+                        self.pos = pos
+                        return out
+                    depth -= 1
+                    open_kinds.pop()
+                    continue
+                if start + 1 < end:
+                    b = data[start + 1]
+                    if code == _U32:
+                        if b < 0x80:
+                            pos = start + 2
+                            append(Instr(op, b, start - base))
+                            continue
+                        if start + 2 < end and data[start + 2] < 0x80:
+                            pos = start + 3
+                            append(Instr(op, (b & 0x7F) | data[start + 2] << 7, start - base))
+                            continue
+                    elif code == _S32:
+                        if b < 0x80:
+                            pos = start + 2
+                            append(Instr(op, (b - 0x80 if b & 0x40 else b) & 0xFFFFFFFF, start - base))
+                            continue
+                    elif b < 0x40 and start + 2 < end and data[start + 2] < 0x80:  # a memarg
+                        pos = start + 3
+                        append(Instr(op, (b, data[start + 2]), start - base))
+                        continue
             self.pos = start + 1
             if op == 0xFC:
                 sub = self.u32()
@@ -310,7 +365,8 @@ class Reader:
             else:  # pragma: no cover - table and decoder out of sync
                 raise AssertionError(kind)
             append(Instr(op, imm, start - base))
-            if op == 0x0B:
+            pos = self.pos
+            if op == 0x0B:  # pragma: no cover - taken by the inline path above
                 if depth == 0:
                     return out
                 depth -= 1
@@ -365,7 +421,12 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
     ``features`` names opt-in proposals (:mod:`wasmig.binary.features`); the default is exactly
     WebAssembly 2.0 (no SIMD).
     """
-    wanted = _features.check(features)
+    with collector_paused():  # an Instr per instruction, in no cycle: see wasmig.binary.collector
+        return _decode_module(data, _features.check(features))
+
+
+def _decode_module(data: bytes, wanted: frozenset[str]) -> Module:
+    """:func:`decode_module`, with the collector paused and the features checked."""
     multi_memory = _features.MULTI_MEMORY in wanted
     atomic_loads = _features.ATOMIC_LOADS in wanted
     threads = _features.THREADS in wanted

@@ -29,15 +29,14 @@ What it adds (none of it part of the canonical state):
 from __future__ import annotations
 
 import dataclasses
-import gc
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import attrgetter
 
 from wasmig.binary.blocks import match_blocks
+from wasmig.binary.collector import collector_paused
 from wasmig.binary.encoder import encode_code_entry, encode_code_entry_raw, encode_module, encoded_instr
 from wasmig.binary.ir import (
     CustomSection,
@@ -1519,27 +1518,12 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     checkpoint unwinds from and a rewind re-issues), as the wasi-threads runner's rerouted
     waits are (:mod:`wasmig.engines.wasmtime.host_waits`).
 
-    The cyclic garbage collector is paused while the pass runs (:func:`_collector_paused`).
+    The cyclic garbage collector is paused while the pass runs (:func:`collector_paused`): the
+    pass allocates tens of millions of short-lived objects, none in a cycle, and every collection
+    also walked the decoded module (3,500 collections, 1.1 s of CPython's pass).
     """
-    with _collector_paused():
+    with collector_paused():
         return _instrument(module, count_steps, split, progress, host_tables)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for the pass, back on after (if it was on).
-
-    The pass allocates tens of millions of short-lived objects, none of them in a cycle, and
-    every collection also walks the decoded module (CPython: millions of instructions). With the
-    collector on, 3,500 collections took 1.1 s of CPython's 15-16 s, and a collection after the
-    pass found nothing to free; peak memory is the same (docs/instrument.md)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _instrument(module: object, count_steps: bool, split: bool, progress: Callable[[int, int], None] | None,
