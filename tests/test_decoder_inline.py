@@ -120,3 +120,40 @@ def test_decoding_pauses_the_collector_and_restores_it() -> None:
         gc.set_threshold(*old)
         gc.callbacks.remove(seen)
     assert decoded.funcs[0].body[-1] == Instr(0x0B)
+
+
+@pytest.mark.parametrize("code,canonical", [
+    (b"\x20\x05\x1a\x0b", True),
+    (b"\x20\x85\x00\x1a\x0b", False),  # local.get 5, padded
+    (b"\x20\xab\x02\x1a\x0b", True),  # local.get 299: two bytes, both needed
+    (b"\x41\xc0\x00\x1a\x0b", True),  # i32.const 64: the second byte carries the sign
+    (b"\x41\xbf\x7f\x1a\x0b", True),  # i32.const -65
+    (b"\x41\x80\x00\x1a\x0b", False),  # i32.const 0, padded
+    (b"\x41\xff\x7f\x1a\x0b", False),  # i32.const -1, padded
+    (b"\x41\x00\x28\x02\x80\x01\x1a\x0b", True),  # i32.load offset=128
+    (b"\x41\x00\x28\x02\x80\x80\x00\x1a\x0b", False),  # offset 0, padded to three bytes
+    (b"\x42\x80\x80\x80\x80\x80\x00\x1a\x0b", False),  # i64.const 0, padded
+    (b"\xfc\x89\x00\x00\x0b", False),  # data.drop 0 with its sub-opcode padded
+    (b"\x02\x40\x0b\x0b", True),
+])
+def test_a_body_is_canonical_when_the_encoder_would_make_its_bytes(code: bytes, canonical: bool) -> None:
+    """``Function.canonical``: the instrumentation pass then copies the body's instructions from
+    the module's bytes instead of encoding them again, so a padded LEB128 must clear it."""
+    data = _with_data(code) if code.startswith(b"\xfc") else _module(code)  # data.drop: a segment and its count
+    func = decode_module(data).funcs[0]
+    assert func.canonical is canonical
+
+
+def _with_data(code: bytes) -> bytes:
+    """:func:`_module` with a data count section and one passive data segment."""
+    plain = _module(code)
+    head, code_section = plain[:plain.index(b"\x0a", 8 + 7)], plain[plain.index(b"\x0a", 8 + 7):]
+    return head + b"\x0c\x01\x01" + code_section + b"\x0b\x03\x01\x01\x00"
+
+
+def test_a_memarg_naming_memory_0_is_not_canonical() -> None:
+    from wasmig.binary.features import MULTI_MEMORY
+
+    data = _module(b"\x41\x00\x28\x42\x00\x04\x1a\x0b")  # i32.load (memory 0) offset=4, memory named
+    func = decode_module(data, features={MULTI_MEMORY}).funcs[0]
+    assert func.body[1].imm == (2, 4) and not func.canonical

@@ -68,7 +68,7 @@ del _op, _kind
 class Reader:
     """A cursor over the module bytes with the LEB128 and vector primitives of the binary format."""
 
-    __slots__ = ("data", "pos", "end", "multi_memory", "atomic_loads", "threads", "tail_call")
+    __slots__ = ("data", "pos", "end", "multi_memory", "atomic_loads", "threads", "tail_call", "padded")
 
     def __init__(self, data: bytes, pos: int = 0, end: int | None = None, *, multi_memory: bool = False,
                  atomic_loads: bool = False, threads: bool = False, tail_call: bool = False) -> None:
@@ -83,6 +83,9 @@ class Reader:
         self.threads = threads
         #: the tail-call proposal's return_call (0x12) is an instruction
         self.tail_call = tail_call
+        #: something read so far was not in the encoder's form: a LEB128 longer than it needs
+        #: to be, or memory 0 named in a memarg (then ``Function.canonical`` is False)
+        self.padded = False
 
     def fail(self, message: str, offset: int | None = None) -> DecodeError:
         return DecodeError(message, self.pos if offset is None else offset)
@@ -114,6 +117,8 @@ class Reader:
             if not b & 0x80:
                 if i == max_bytes - 1 and b >> (bits - 7 * i):
                     raise self.fail("integer too large")
+                if b == 0 and i:  # a last byte with nothing in it
+                    self.padded = True
                 return result
             shift += 7
         raise self.fail("integer representation too long")
@@ -137,6 +142,8 @@ class Reader:
                     sign_bits = top >> (used - 1)
                     if sign_bits not in (0, (1 << (8 - used)) - 1):
                         raise self.fail("integer too large")
+                if i and (b == 0 or b == 0x7F) and (b & 0x40) == (data[self.pos - 2] & 0x40):
+                    self.padded = True  # a last byte that only repeats the sign of the one before
                 if b & 0x40:
                     result -= 1 << shift
                 return result
@@ -210,7 +217,10 @@ class Reader:
         mem = self.u32()
         align -= opcodes.MEMARG_MEMIDX_FLAG
         offset = self.u32()
-        return (align, offset) if mem == 0 else (align, offset, mem)
+        if mem == 0:
+            self.padded = True  # the encoder leaves memory 0 implicit
+            return (align, offset)
+        return (align, offset, mem)
 
     # --- instructions -------------------------------------------------------------------------
     def block_type(self) -> str | int | None:
@@ -277,7 +287,7 @@ class Reader:
                             pos = start + 2
                             append(Instr(op, b, start - base))
                             continue
-                        if start + 2 < end and data[start + 2] < 0x80:
+                        if start + 2 < end and 0 < data[start + 2] < 0x80:  # not padded
                             pos = start + 3
                             append(Instr(op, (b & 0x7F) | data[start + 2] << 7, start - base))
                             continue
@@ -632,7 +642,7 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
         raise DecodeError("section size mismatch: END opcode expected before the end of the function body", body.pos)
     s.pos = body.end
     uses_data_count = any(i.op in (0xFC08, 0xFC09) for i in instrs)
-    return Function(type_idx, locals_decl, instrs, start, size), uses_data_count
+    return Function(type_idx, locals_decl, instrs, start, size, not body.padded), uses_data_count
 
 
 def sections(data: bytes) -> Iterator[tuple[int, int, int]]:

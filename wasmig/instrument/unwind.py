@@ -264,7 +264,10 @@ class _FunctionRewriter:
         #: the locals live before an instruction (a bit set), asked at the sites only: the
         #: validator's cached list when a validated module has it, else worked out per run
         self.live = info.live if info.live is not None else LiveAt(body, blocks)
-        self.original = OriginalCode(body)  # runs copied unchanged are slices of it
+        # runs copied unchanged are slices of it: of the module's own bytes for a decoded function
+        # the encoder would make the same bytes of
+        self.original = (OriginalCode(body, pass_.data, func.body_offset, func.body_size)
+                         if func.canonical and pass_.data is not None else OriginalCode(body))
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
         self.live_lists: dict[int, list[int]] = {}  # a live set's bits -> its locals, ascending
         #: the loops where a rewind copy hands the frame back to the normal body (transfer.py)
@@ -1374,8 +1377,11 @@ def _grouped(types: list[str]) -> list[tuple[int, str]]:
 
 
 class _Pass:
-    def __init__(self, ir: IRModule, host_tables: frozenset[int] = frozenset()) -> None:
+    def __init__(self, ir: IRModule, host_tables: frozenset[int] = frozenset(), data: bytes | None = None) -> None:
         self.ir = ir
+        #: the bytes ``ir`` was decoded from, if known: the pass copies a canonical body's
+        #: instructions from them (:class:`~wasmig.instrument.emit.OriginalCode`)
+        self.data = data
         self.n_imported = ir.num_imported_funcs()
         #: the type of every function of the index space (looked up at every call site: building
         #: it per lookup made the pass quadratic in the number of functions)
@@ -1547,7 +1553,9 @@ def _instrument(module: object, count_steps: bool, split: bool, progress: Callab
     if passive and DROPS_BASE + passive[-1] >= GLOBALS_BASE:
         raise InstrumentError(f"passive segment {passive[-1]} (of data and element segments) lies beyond the "
                               f"control memory's {GLOBALS_BASE - DROPS_BASE} drop flags")
-    p = _Pass(ir, host_tables)
+    # a Module's IR is its bytes decoded (or the bytes are its IR encoded): a decoded function's
+    # offsets point into them
+    p = _Pass(ir, host_tables, module.data if getattr(module, "has_bytes", False) else None)  # type: ignore[attr-defined]
     p.count_steps = count_steps
     p.unroll = 1 if count_steps else UNROLL  # the deterministic variant counts every iteration
     n_imported = p.n_imported
