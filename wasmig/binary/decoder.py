@@ -15,6 +15,7 @@ the ``0x00`` byte wasm 2.0 requires.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from operator import attrgetter
 
 from wasmig.binary import features as _features
 from wasmig.binary import opcodes
@@ -57,6 +58,9 @@ _MAX_LOCALS = 0xFFFFFFFF
 #: general path), no immediate, one u32 (an index or label), one s32 (``i32.const``), a memarg
 #: (memory 0: alignment, offset), or ``end``
 _NO_IMM, _U32, _S32, _MEMARG, _END = 1, 2, 3, 4, 5
+#: memory.init and data.drop: a module using them needs a data count section
+_DATA_COUNT_OPS = frozenset((0xFC08, 0xFC09))
+_OP = attrgetter("op")
 _FAST = [0] * 256
 for _op, _kind in opcodes.IMM.items():
     if _op < 0x100 and _op not in (0x05, 0x12):  # else checks its if; return_call needs its feature
@@ -641,7 +645,7 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
     if body.pos != body.end:
         raise DecodeError("section size mismatch: END opcode expected before the end of the function body", body.pos)
     s.pos = body.end
-    uses_data_count = any(i.op in (0xFC08, 0xFC09) for i in instrs)
+    uses_data_count = not _DATA_COUNT_OPS.isdisjoint(map(_OP, instrs))  # in C
     return Function(type_idx, locals_decl, instrs, start, size, not body.padded), uses_data_count
 
 
