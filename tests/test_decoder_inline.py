@@ -46,12 +46,14 @@ def test_padded_index_encodings() -> None:
         assert _decoded(b"\x20" + raw + b"\x1a\x0b")[0][:2] == (0x20, value)
 
 
-@pytest.mark.parametrize("value", [0, 1, 63, 64, -1, -64, -65, 8191, -8192, 0x7FFFFFFF, -0x80000000])
+@pytest.mark.parametrize("value", [0, 1, 63, 64, -1, -64, -65, 100, -100, 8191, -8192, 8192, -8193, 0x7FFFFFFF,
+                                   -0x80000000])
 def test_i32_const_of_any_length(value: int) -> None:
     assert _decoded(b"\x41" + encode_s(value) + b"\x1a\x0b")[0][:2] == (0x41, value & 0xFFFFFFFF)
 
 
-@pytest.mark.parametrize("align,offset", [(0, 0), (2, 127), (2, 128), (3, 1 << 20), (1, 0xFFFFFFFF)])
+@pytest.mark.parametrize("align,offset", [(0, 0), (2, 127), (2, 128), (2, 16383), (2, 16384), (3, 1 << 20),
+                                          (1, 0xFFFFFFFF)])
 def test_memargs_of_any_length(align: int, offset: int) -> None:
     code = b"\x41\x00\x28" + encode_u(align) + encode_u(offset) + b"\x1a\x0b"  # i32.load
     assert _decoded(code)[1][:2] == (0x28, (align, offset))
@@ -61,6 +63,19 @@ def test_memarg_with_the_memory_index_flag_is_the_general_paths() -> None:
     """Bit 6 of the alignment (a multi-memory memory index) is read as an alignment without the
     feature, as before: the validator then rejects it."""
     assert _decoded(b"\x41\x00\x28\x42\x04\x1a\x0b")[1][:2] == (0x28, (0x42, 4))
+
+
+@pytest.mark.parametrize("blocktype,imm", [(b"\x40", None), (b"\x7f", "i32"), (b"\x7c", "f64"), (b"\x00", 0)])
+def test_block_types(blocktype: bytes, imm: object) -> None:
+    got = _decoded(b"\x02" + blocktype + b"\x0b\x0b")
+    assert got[0][:2] == (0x02, imm) and [op for op, _, _ in got] == [0x02, 0x0B, 0x0B]
+
+
+def test_a_simd_block_type_is_refused_as_before() -> None:
+    from wasmig.errors import UnsupportedFeature
+
+    with pytest.raises(UnsupportedFeature, match="v128"):
+        decode_module(_module(b"\x02\x7b\x0b\x0b"))
 
 
 def test_nested_constructs_end_where_they_should() -> None:
@@ -130,6 +145,9 @@ def test_decoding_pauses_the_collector_and_restores_it() -> None:
     (b"\x41\xbf\x7f\x1a\x0b", True),  # i32.const -65
     (b"\x41\x80\x00\x1a\x0b", False),  # i32.const 0, padded
     (b"\x41\xff\x7f\x1a\x0b", False),  # i32.const -1, padded
+    (b"\x41\xc0\x7f\x1a\x0b", False),  # i32.const -64, padded
+    (b"\x41\xbf\x00\x1a\x0b", False),  # i32.const 63, padded
+    (b"\x41\x00\x28\x02\xff\x00\x1a\x0b", False),  # offset 127, padded to two bytes
     (b"\x41\x00\x28\x02\x80\x01\x1a\x0b", True),  # i32.load offset=128
     (b"\x41\x00\x28\x02\x80\x80\x00\x1a\x0b", False),  # offset 0, padded to three bytes
     (b"\x42\x80\x80\x80\x80\x80\x00\x1a\x0b", False),  # i64.const 0, padded

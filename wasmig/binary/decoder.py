@@ -56,15 +56,16 @@ _MAX_LOCALS = 0xFFFFFFFF
 
 #: how :meth:`Reader.instructions` decodes each single-byte opcode inline: not at all (0: the
 #: general path), no immediate, one u32 (an index or label), one s32 (``i32.const``), a memarg
-#: (memory 0: alignment, offset), or ``end``
-_NO_IMM, _U32, _S32, _MEMARG, _END = 1, 2, 3, 4, 5
+#: (memory 0: alignment, offset), ``end``, or a construct (``block``, ``loop``, ``if``)
+_NO_IMM, _U32, _S32, _MEMARG, _END, _BLOCK = 1, 2, 3, 4, 5, 6
 #: memory.init and data.drop: a module using them needs a data count section
 _DATA_COUNT_OPS = frozenset((0xFC08, 0xFC09))
 _OP = attrgetter("op")
 _FAST = [0] * 256
 for _op, _kind in opcodes.IMM.items():
     if _op < 0x100 and _op not in (0x05, 0x12):  # else checks its if; return_call needs its feature
-        _FAST[_op] = {"none": _NO_IMM, "idx": _U32, "label": _U32, "i32": _S32, "memarg": _MEMARG}.get(_kind, 0)
+        _FAST[_op] = {"none": _NO_IMM, "idx": _U32, "label": _U32, "i32": _S32, "memarg": _MEMARG,
+                      "block": _BLOCK}.get(_kind, 0)
 _FAST[0x0B] = _END
 del _op, _kind
 
@@ -300,10 +301,32 @@ class Reader:
                             pos = start + 2
                             append(Instr(op, (b - 0x80 if b & 0x40 else b) & 0xFFFFFFFF, start - base))
                             continue
-                    elif b < 0x40 and start + 2 < end and data[start + 2] < 0x80:  # a memarg
-                        pos = start + 3
-                        append(Instr(op, (b, data[start + 2]), start - base))
-                        continue
+                        if start + 2 < end:
+                            c = data[start + 2]
+                            # two bytes, the second not just repeating the sign of the first
+                            if c < 0x80 and not (c == 0 and not b & 0x40 or c == 0x7F and b & 0x40):
+                                pos = start + 3
+                                value = (b & 0x7F) | c << 7
+                                append(Instr(op, (value - 0x4000 if c & 0x40 else value) & 0xFFFFFFFF, start - base))
+                                continue
+                    elif code == _BLOCK:  # block, loop, if: an empty or single-value block type
+                        imm = None if b == 0x40 else VALTYPE_BYTES.get(b)
+                        if imm is not None or b == 0x40:
+                            pos = start + 2
+                            append(Instr(op, imm, start - base))
+                            depth += 1
+                            open_kinds.append(op)
+                            continue
+                    elif b < 0x40 and start + 2 < end:  # a memarg: alignment, then a one- or two-byte offset
+                        c = data[start + 2]
+                        if c < 0x80:
+                            pos = start + 3
+                            append(Instr(op, (b, c), start - base))
+                            continue
+                        if start + 3 < end and 0 < data[start + 3] < 0x80:
+                            pos = start + 4
+                            append(Instr(op, (b, (c & 0x7F) | data[start + 3] << 7), start - base))
+                            continue
             self.pos = start + 1
             if op == 0xFC:
                 sub = self.u32()
