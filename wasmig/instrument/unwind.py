@@ -271,7 +271,7 @@ class _FunctionRewriter:
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
         self.live_lists: dict[int, list[int]] = {}  # a live set's bits -> its locals, ascending
         #: the loops where a rewind copy hands the frame back to the normal body (transfer.py)
-        self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
+        self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable, self.walked_at)
         self.counted: dict[int, bool] = {}  # loop start -> whether it is left unpolled (_counted)
         self.every_iteration: dict[int, bool] = {}  # loop start -> _every_iteration_calls
         self.entry_bounds: dict[int, EntryBound | None] = {}  # loop start -> its _entry_bound

@@ -1,15 +1,21 @@
-"""The pass copies a decoded function's unchanged instructions from the module's own bytes when
-the encoder would make the same bytes (``Function.canonical``; ``emit.OriginalCode``): the
-output must be the same as with every instruction encoded again."""
+"""Shortcuts the pass takes for speed must not change what it makes (docs/instrument.md, session 8).
+
+It copies a decoded function's unchanged instructions from the module's own bytes when the
+encoder would make the same bytes (``Function.canonical``; ``emit.OriginalCode``): the output
+must be the same as with every instruction encoded again. It plans a function's entry loops from
+the instructions it walks only (``transfer.plan_entries``'s ``at``): the same plan as from all."""
 
 from __future__ import annotations
 
 import dataclasses
+from itertools import compress
 
 from tests.test_decoder_inline import _module
 from tests.wat import wat_module
+from wasmig.binary.blocks import match_blocks
 from wasmig.binary.ir import Module as IRModule
-from wasmig.instrument.unwind import instrument
+from wasmig.instrument.transfer import plan_entries
+from wasmig.instrument.unwind import _WALKED, instrument
 from wasmig.module import Module
 
 
@@ -54,3 +60,25 @@ def test_a_padded_body_is_encoded_again() -> None:
     forced = Module(dataclasses.replace(module.ir, funcs=[dataclasses.replace(module.ir.funcs[0], canonical=True)]),
                     None, module.data)
     assert _outputs(forced) != out  # the flag is what keeps the padded bytes out
+
+
+def test_entry_loops_planned_from_the_walked_instructions_alone() -> None:
+    """Two big loop nests (an inner loop branching to its outer header: no entry loops; and one
+    not: entry loops): each plan from the walked instructions equals the plan from all of them."""
+    straight = "(local.set 0 (i32.add (local.get 0) (i32.const 1)))" * 120  # 480 instructions
+    module = wat_module(f"""(module
+      (func $restarts (param i32) (local i32)
+        (loop $a {straight} (loop $b {straight} (br_if $a (local.get 1)) {straight} (br_if $b (local.get 0)))))
+      (func $nest (param i32) (local i32)
+        (block $out (loop $c {straight} (block {straight} (loop $d {straight} (br_if $d (local.get 1))))
+          (br_if $out (local.get 0)) (br $c)))))""")
+    planned = []
+    for k, func in enumerate(module.ir.funcs):
+        body = func.body
+        walked = list(compress(range(len(body)), (ins.op in _WALKED for ins in body)))
+        end_of, _ = match_blocks(body)
+        unreachable = module.validation.functions[k].unreachable
+        plan = plan_entries(body, end_of, unreachable)
+        assert plan == plan_entries(body, end_of, unreachable, walked)
+        planned.append(bool(plan))
+    assert planned == [False, True]
