@@ -15,9 +15,11 @@ the ``0x00`` byte wasm 2.0 requires.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from operator import attrgetter
 
 from wasmig.binary import features as _features
 from wasmig.binary import opcodes
+from wasmig.binary.collector import collector_paused
 from wasmig.binary.ir import (
     CustomSection,
     Data,
@@ -52,10 +54,26 @@ SECTION_ORDER = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 8, 9: 9, 12: 10, 1
 _MAX_LOCALS = 0xFFFFFFFF
 
 
+#: how :meth:`Reader.instructions` decodes each single-byte opcode inline: not at all (0: the
+#: general path), no immediate, one u32 (an index or label), one s32 (``i32.const``), a memarg
+#: (memory 0: alignment, offset), ``end``, or a construct (``block``, ``loop``, ``if``)
+_NO_IMM, _U32, _S32, _MEMARG, _END, _BLOCK = 1, 2, 3, 4, 5, 6
+#: memory.init and data.drop: a module using them needs a data count section
+_DATA_COUNT_OPS = frozenset((0xFC08, 0xFC09))
+_OP = attrgetter("op")
+_FAST = [0] * 256
+for _op, _kind in opcodes.IMM.items():
+    if _op < 0x100 and _op not in (0x05, 0x12):  # else checks its if; return_call needs its feature
+        _FAST[_op] = {"none": _NO_IMM, "idx": _U32, "label": _U32, "i32": _S32, "memarg": _MEMARG,
+                      "block": _BLOCK}.get(_kind, 0)
+_FAST[0x0B] = _END
+del _op, _kind
+
+
 class Reader:
     """A cursor over the module bytes with the LEB128 and vector primitives of the binary format."""
 
-    __slots__ = ("data", "pos", "end", "multi_memory", "atomic_loads", "threads", "tail_call")
+    __slots__ = ("data", "pos", "end", "multi_memory", "atomic_loads", "threads", "tail_call", "padded")
 
     def __init__(self, data: bytes, pos: int = 0, end: int | None = None, *, multi_memory: bool = False,
                  atomic_loads: bool = False, threads: bool = False, tail_call: bool = False) -> None:
@@ -70,6 +88,9 @@ class Reader:
         self.threads = threads
         #: the tail-call proposal's return_call (0x12) is an instruction
         self.tail_call = tail_call
+        #: something read so far was not in the encoder's form: a LEB128 longer than it needs
+        #: to be, or memory 0 named in a memarg (then ``Function.canonical`` is False)
+        self.padded = False
 
     def fail(self, message: str, offset: int | None = None) -> DecodeError:
         return DecodeError(message, self.pos if offset is None else offset)
@@ -101,6 +122,8 @@ class Reader:
             if not b & 0x80:
                 if i == max_bytes - 1 and b >> (bits - 7 * i):
                     raise self.fail("integer too large")
+                if b == 0 and i:  # a last byte with nothing in it
+                    self.padded = True
                 return result
             shift += 7
         raise self.fail("integer representation too long")
@@ -124,6 +147,8 @@ class Reader:
                     sign_bits = top >> (used - 1)
                     if sign_bits not in (0, (1 << (8 - used)) - 1):
                         raise self.fail("integer too large")
+                if i and (b == 0 or b == 0x7F) and (b & 0x40) == (data[self.pos - 2] & 0x40):
+                    self.padded = True  # a last byte that only repeats the sign of the one before
                 if b & 0x40:
                     result -= 1 << shift
                 return result
@@ -197,7 +222,10 @@ class Reader:
         mem = self.u32()
         align -= opcodes.MEMARG_MEMIDX_FLAG
         offset = self.u32()
-        return (align, offset) if mem == 0 else (align, offset, mem)
+        if mem == 0:
+            self.padded = True  # the encoder leaves memory 0 implicit
+            return (align, offset)
+        return (align, offset, mem)
 
     # --- instructions -------------------------------------------------------------------------
     def block_type(self) -> str | int | None:
@@ -230,11 +258,75 @@ class Reader:
         open_kinds: list[int] = []
         data = self.data
         multi_memory = self.multi_memory
+        fast = _FAST
+        end = self.end
+        pos = self.pos
         while True:
-            start = self.pos
-            if start >= self.end:
+            # the common single-byte opcodes with no immediate or a short one, decoded inline (2.7
+            # million instructions in CPython's module); anything else, or a long or truncated
+            # immediate, takes the general path below from the opcode again
+            start = pos
+            if start >= end:
+                self.pos = pos
                 raise self.fail("unexpected end of section or function" if not const_expr else "unexpected end")
             op = data[start]
+            code = fast[op]
+            if code:
+                if code == _NO_IMM:
+                    pos = start + 1
+                    append(Instr(op, None, start - base))
+                    continue
+                if code == _END:
+                    pos = start + 1
+                    append(Instr(op, None, start - base))
+                    if depth == 0:
+                        self.pos = pos
+                        return out
+                    depth -= 1
+                    open_kinds.pop()
+                    continue
+                if start + 1 < end:
+                    b = data[start + 1]
+                    if code == _U32:
+                        if b < 0x80:
+                            pos = start + 2
+                            append(Instr(op, b, start - base))
+                            continue
+                        if start + 2 < end and 0 < data[start + 2] < 0x80:  # not padded
+                            pos = start + 3
+                            append(Instr(op, (b & 0x7F) | data[start + 2] << 7, start - base))
+                            continue
+                    elif code == _S32:
+                        if b < 0x80:
+                            pos = start + 2
+                            append(Instr(op, (b - 0x80 if b & 0x40 else b) & 0xFFFFFFFF, start - base))
+                            continue
+                        if start + 2 < end:
+                            c = data[start + 2]
+                            # two bytes, the second not just repeating the sign of the first
+                            if c < 0x80 and not (c == 0 and not b & 0x40 or c == 0x7F and b & 0x40):
+                                pos = start + 3
+                                value = (b & 0x7F) | c << 7
+                                append(Instr(op, (value - 0x4000 if c & 0x40 else value) & 0xFFFFFFFF, start - base))
+                                continue
+                    elif code == _BLOCK:  # block, loop, if: an empty or single-value block type
+                        imm = None if b == 0x40 else VALTYPE_BYTES.get(b)
+                        if imm is not None or b == 0x40:
+                            pos = start + 2
+                            append(Instr(op, imm, start - base))
+                            depth += 1
+                            open_kinds.append(op)
+                            continue
+                    elif b < 0x40 and start + 2 < end:  # a memarg: alignment, then a one- or two-byte offset
+                        c = data[start + 2]
+                        if c < 0x80:
+                            pos = start + 3
+                            append(Instr(op, (b, c), start - base))
+                            continue
+                        if start + 3 < end and 0 < data[start + 3] < 0x80:
+                            pos = start + 4
+                            append(Instr(op, (b, (c & 0x7F) | data[start + 3] << 7), start - base))
+                            continue
             self.pos = start + 1
             if op == 0xFC:
                 sub = self.u32()
@@ -310,7 +402,8 @@ class Reader:
             else:  # pragma: no cover - table and decoder out of sync
                 raise AssertionError(kind)
             append(Instr(op, imm, start - base))
-            if op == 0x0B:
+            pos = self.pos
+            if op == 0x0B:  # pragma: no cover - taken by the inline path above
                 if depth == 0:
                     return out
                 depth -= 1
@@ -365,7 +458,12 @@ def decode_module(data: bytes, *, features: Iterable[str] = frozenset()) -> Modu
     ``features`` names opt-in proposals (:mod:`wasmig.binary.features`); the default is exactly
     WebAssembly 2.0 (no SIMD).
     """
-    wanted = _features.check(features)
+    with collector_paused():  # an Instr per instruction, in no cycle: see wasmig.binary.collector
+        return _decode_module(data, _features.check(features))
+
+
+def _decode_module(data: bytes, wanted: frozenset[str]) -> Module:
+    """:func:`decode_module`, with the collector paused and the features checked."""
     multi_memory = _features.MULTI_MEMORY in wanted
     atomic_loads = _features.ATOMIC_LOADS in wanted
     threads = _features.THREADS in wanted
@@ -570,8 +668,8 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
     if body.pos != body.end:
         raise DecodeError("section size mismatch: END opcode expected before the end of the function body", body.pos)
     s.pos = body.end
-    uses_data_count = any(i.op in (0xFC08, 0xFC09) for i in instrs)
-    return Function(type_idx, locals_decl, instrs, start, size), uses_data_count
+    uses_data_count = not _DATA_COUNT_OPS.isdisjoint(map(_OP, instrs))  # in C
+    return Function(type_idx, locals_decl, instrs, start, size, not body.padded), uses_data_count
 
 
 def sections(data: bytes) -> Iterator[tuple[int, int, int]]:

@@ -102,6 +102,12 @@ class Function:
     body: list[Instr]  # including the final ``end``
     body_offset: int = field(default=0, compare=False)
     body_size: int = field(default=0, compare=False)
+    #: decoded, and its instructions' bytes (``body_offset + body[0].offset`` to ``body_offset +
+    #: body_size`` in the module) are exactly what the encoder makes of them: no LEB128 longer
+    #: than it needs to be, no memory 0 named in a memarg. The instrumentation pass then copies
+    #: them from the module instead of encoding them again. Hand-built IR leaves it False; a
+    #: decoded body edited in place must set it to False.
+    canonical: bool = field(default=False, compare=False)
 
     def local_types(self) -> list[ValType]:
         """The declared locals (not the parameters), expanded one entry per local."""

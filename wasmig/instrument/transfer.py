@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from wasmig.binary.ir import Instr
     from wasmig.instrument.emit import Code
     from wasmig.instrument.unwind import _Ctl, _FunctionRewriter
@@ -93,16 +95,20 @@ class EntryPlan:
         return lo, hi - 1
 
 
-def plan_entries(body: list[Instr], end_of: dict[int, int], unreachable: list[bool]) -> EntryPlan:
+def plan_entries(body: list[Instr], end_of: dict[int, int], unreachable: list[bool],
+                 at: Sequence[int] | None = None) -> EntryPlan:
     """Choose the entry loops of a function (see the module docstring); none in a function of
-    fewer than :data:`MIN_BODY` instructions."""
+    fewer than :data:`MIN_BODY` instructions. ``at``: ascending indices of ``body`` holding every
+    construct, ``end`` and branch (others may be among them), when the caller has them: only
+    those are looked at (the big functions this plans hold most of a module's instructions)."""
     if len(body) < MIN_BODY:
         return EntryPlan({}, frozenset())
     parent: dict[int, int] = {}  # construct -> the construct it is directly inside (-1: the function)
     loop_parent: dict[int, int] = {}  # live loop -> the nearest loop around it (-1: none)
     continues: dict[int, list[int]] = {}  # loop -> the branches to its header
     open_: list[int] = []
-    for i, ins in enumerate(body):
+    for i in range(len(body)) if at is None else at:
+        ins = body[i]
         op = ins.op
         if op in (0x0C, 0x0D, 0x0E):
             depths = {ins.imm} if op != 0x0E else {*ins.imm[0], ins.imm[1]}

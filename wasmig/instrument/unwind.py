@@ -29,15 +29,14 @@ What it adds (none of it part of the canonical state):
 from __future__ import annotations
 
 import dataclasses
-import gc
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import attrgetter
 
 from wasmig.binary.blocks import match_blocks
+from wasmig.binary.collector import collector_paused
 from wasmig.binary.encoder import encode_code_entry, encode_code_entry_raw, encode_module, encoded_instr
 from wasmig.binary.ir import (
     CustomSection,
@@ -265,11 +264,14 @@ class _FunctionRewriter:
         #: the locals live before an instruction (a bit set), asked at the sites only: the
         #: validator's cached list when a validated module has it, else worked out per run
         self.live = info.live if info.live is not None else LiveAt(body, blocks)
-        self.original = OriginalCode(body)  # runs copied unchanged are slices of it
+        # runs copied unchanged are slices of it: of the module's own bytes for a decoded function
+        # the encoder would make the same bytes of
+        self.original = (OriginalCode(body, pass_.data, func.body_offset, func.body_size)
+                         if func.canonical and pass_.data is not None else OriginalCode(body))
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
         self.live_lists: dict[int, list[int]] = {}  # a live set's bits -> its locals, ascending
         #: the loops where a rewind copy hands the frame back to the normal body (transfer.py)
-        self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable)
+        self.entries: EntryPlan = plan_entries(body, self.end_of, self.unreachable, self.walked_at)
         self.counted: dict[int, bool] = {}  # loop start -> whether it is left unpolled (_counted)
         self.every_iteration: dict[int, bool] = {}  # loop start -> _every_iteration_calls
         self.entry_bounds: dict[int, EntryBound | None] = {}  # loop start -> its _entry_bound
@@ -1375,8 +1377,11 @@ def _grouped(types: list[str]) -> list[tuple[int, str]]:
 
 
 class _Pass:
-    def __init__(self, ir: IRModule, host_tables: frozenset[int] = frozenset()) -> None:
+    def __init__(self, ir: IRModule, host_tables: frozenset[int] = frozenset(), data: bytes | None = None) -> None:
         self.ir = ir
+        #: the bytes ``ir`` was decoded from, if known: the pass copies a canonical body's
+        #: instructions from them (:class:`~wasmig.instrument.emit.OriginalCode`)
+        self.data = data
         self.n_imported = ir.num_imported_funcs()
         #: the type of every function of the index space (looked up at every call site: building
         #: it per lookup made the pass quadratic in the number of functions)
@@ -1519,27 +1524,12 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     checkpoint unwinds from and a rewind re-issues), as the wasi-threads runner's rerouted
     waits are (:mod:`wasmig.engines.wasmtime.host_waits`).
 
-    The cyclic garbage collector is paused while the pass runs (:func:`_collector_paused`).
+    The cyclic garbage collector is paused while the pass runs (:func:`collector_paused`): the
+    pass allocates tens of millions of short-lived objects, none in a cycle, and every collection
+    also walked the decoded module (3,500 collections, 1.1 s of CPython's pass).
     """
-    with _collector_paused():
+    with collector_paused():
         return _instrument(module, count_steps, split, progress, host_tables)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for the pass, back on after (if it was on).
-
-    The pass allocates tens of millions of short-lived objects, none of them in a cycle, and
-    every collection also walks the decoded module (CPython: millions of instructions). With the
-    collector on, 3,500 collections took 1.1 s of CPython's 15-16 s, and a collection after the
-    pass found nothing to free; peak memory is the same (docs/instrument.md)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _instrument(module: object, count_steps: bool, split: bool, progress: Callable[[int, int], None] | None,
@@ -1563,7 +1553,9 @@ def _instrument(module: object, count_steps: bool, split: bool, progress: Callab
     if passive and DROPS_BASE + passive[-1] >= GLOBALS_BASE:
         raise InstrumentError(f"passive segment {passive[-1]} (of data and element segments) lies beyond the "
                               f"control memory's {GLOBALS_BASE - DROPS_BASE} drop flags")
-    p = _Pass(ir, host_tables)
+    # a Module's IR is its bytes decoded (or the bytes are its IR encoded): a decoded function's
+    # offsets point into them
+    p = _Pass(ir, host_tables, module.data if getattr(module, "has_bytes", False) else None)  # type: ignore[attr-defined]
     p.count_steps = count_steps
     p.unroll = 1 if count_steps else UNROLL  # the deterministic variant counts every iteration
     n_imported = p.n_imported
