@@ -22,7 +22,8 @@ from wasmig.module import Module
 def _encoded_again(module: Module) -> Module:
     """The same module with every function marked not canonical: the pass encodes every body."""
     ir: IRModule = module.ir
-    funcs = [dataclasses.replace(f, canonical=False) for f in ir.funcs]
+    funcs = [dataclasses.replace(f) for f in ir.funcs]  # a replaced Function is never canonical
+    assert not any(f.canonical for f in funcs)
     return Module(dataclasses.replace(ir, funcs=funcs), None, module.data, features=module.features)
 
 
@@ -57,8 +58,9 @@ def test_a_padded_body_is_encoded_again() -> None:
     out = _outputs(module)
     assert out == _outputs(_encoded_again(module))
     assert b"\x20\x80\x00" not in out[0]
-    forced = Module(dataclasses.replace(module.ir, funcs=[dataclasses.replace(module.ir.funcs[0], canonical=True)]),
-                    None, module.data)
+    marked = dataclasses.replace(module.ir.funcs[0])
+    marked.canonical = True
+    forced = Module(dataclasses.replace(module.ir, funcs=[marked]), None, module.data)
     assert _outputs(forced) != out  # the flag is what keeps the padded bytes out
 
 

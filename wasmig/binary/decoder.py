@@ -669,7 +669,9 @@ def _code_entry(s: Reader, type_idx: int) -> tuple[Function, bool]:
         raise DecodeError("section size mismatch: END opcode expected before the end of the function body", body.pos)
     s.pos = body.end
     uses_data_count = not _DATA_COUNT_OPS.isdisjoint(map(_OP, instrs))  # in C
-    return Function(type_idx, locals_decl, instrs, start, size, not body.padded), uses_data_count
+    func = Function(type_idx, locals_decl, instrs, start, size)
+    func.canonical = not body.padded
+    return func, uses_data_count
 
 
 def sections(data: bytes) -> Iterator[tuple[int, int, int]]:

@@ -105,9 +105,10 @@ class Function:
     #: decoded, and its instructions' bytes (``body_offset + body[0].offset`` to ``body_offset +
     #: body_size`` in the module) are exactly what the encoder makes of them: no LEB128 longer
     #: than it needs to be, no memory 0 named in a memarg. The instrumentation pass then copies
-    #: them from the module instead of encoding them again. Hand-built IR leaves it False; a
-    #: decoded body edited in place must set it to False.
-    canonical: bool = field(default=False, compare=False)
+    #: them from the module instead of encoding them again. Set by the decoder after it builds the
+    #: Function; not an ``__init__`` argument, so hand-built IR and ``dataclasses.replace`` (an
+    #: edited body) always start False. A decoded body edited in place must set it to False.
+    canonical: bool = field(default=False, compare=False, init=False)
 
     def local_types(self) -> list[ValType]:
         """The declared locals (not the parameters), expanded one entry per local."""
