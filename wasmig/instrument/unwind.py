@@ -114,6 +114,8 @@ ENTRY_BOUND_MAX_BODY = 24
 #: loops are a small part of its time, and their copies a big part of its code (libc's
 #: ``printf_core``: 3.5 KB of 25.6 KB instrumented)
 UNROLL_MAX_FUNCTION = 1000
+#: a polled round holds the fewest copies (at most UNROLL) that make it at least this many instructions
+UNROLL_ROUND = 48
 
 STATE_RUNNING, STATE_UNWINDING, STATE_REWINDING = 0, 1, 2
 _OP = attrgetter("op")
@@ -891,7 +893,7 @@ class _FunctionRewriter:
         loop_label = len(self.labels) - 1
         if site is not None:
             self.stable_point(site, params, entry_height)
-        rounds = self.p.unroll
+        rounds = self.p.unroll if site is None else self._rounds(i)
         # `... br_if $L end` (LLVM's loop shape): a copy leaves through `i32.eqz br_if $exit`
         tail_test = ins.imm is None and body_ends_with_back_branch(self.func.body, i, end, self.unreachable)
         for k in range(rounds):
@@ -913,6 +915,10 @@ class _FunctionRewriter:
                 self.close()
         self.close()  # $L
         self.close()  # $exit
+
+    def _rounds(self, i: int) -> int:
+        """How many copies of loop ``i``'s body a round holds."""
+        return min(self.p.unroll, -(-UNROLL_ROUND // max(1, self.end_of[i] - i - 1)))
 
     def _spill_buried(self, stack: Sequence[str | None], base: int, entry_height: int, *, guarded: bool
                       ) -> list[tuple[int, str]]:
