@@ -278,9 +278,10 @@ class _FunctionRewriter:
         self.counted: dict[int, bool] = {}  # loop start -> whether it is left unpolled (_counted)
         self.every_iteration: dict[int, bool] = {}  # loop start -> _every_iteration_calls
         self.entry_bounds: dict[int, EntryBound | None] = {}  # loop start -> its _entry_bound
-        #: the stash of the call-free loop nest being emitted (local -> stash slot), and its loop
+        #: the stash of the call-free loop nests being emitted (local -> stash slot), and per nest
+        #: whose entry added to it, its loop and the stash as it was before
         self.stash: dict[int, int] = {}
-        self.stash_loop = -1
+        self.stashed_at: list[tuple[int, dict[int, int]]] = []
         #: with entry loops: the index of the entry function, where the copy hands its frame over
         self.entry_func = -1
         #: a chain of entry loops around a huge target: an entry arm instead (entry_arm.py)
@@ -762,7 +763,7 @@ class _FunctionRewriter:
                     copied_to = self.end_of[i] + 1  # the loop was emitted whole
                     k = bisect_left(special_at, copied_to)
                     continue
-                if op == 0x03 and live and not self.stash and self.end_of[i] < end:
+                if op == 0x03 and live and self.end_of[i] < end:
                     self._stash_at_entry(i)
                 # tagged with the original's offset: Cranelift may report a trap in a small arm
                 # (`if .. unreachable end`) at its `if` (wasmig.engines.wasmtime.traps)
@@ -775,8 +776,8 @@ class _FunctionRewriter:
                         self.stable_point(site, params, entry_height)
             elif op == 0x0B:
                 done = ctl.pop()
-                if done.start == self.stash_loop:
-                    self.stash, self.stash_loop = {}, -1
+                if self.stashed_at and done.start == self.stashed_at[-1][0]:
+                    self.stash = self.stashed_at.pop()[1]
                 self.close(ins.offset)
                 self._push_back_buried(done)
             elif op in (0x10, 0x11) and live:
@@ -794,48 +795,54 @@ class _FunctionRewriter:
         if end > copied_to:
             copy(self.out, copied_to, end)
 
-    def _stash_plan(self, i: int) -> dict[int, int]:
-        """The locals loop ``i``'s polls save from a stash (local -> its slot): the fast variant's
-        loop nests (a loop holding a loop) with no call in them, in a function whose polls store
-        each value (not :attr:`big`), stash the locals live at the nest's header that nothing in
-        the nest writes, once at its entry; the cold arms of the polls inside copy them from
-        there into the record instead of reading the locals.
+    def _stash_plan(self, i: int) -> list[int]:
+        """The locals loop ``i``'s polls save from a stash: in the fast variant, for a loop nest
+        (a loop holding a loop) with no call in it, in a function whose polls store each value
+        (not :attr:`big`), the locals live at its header that nothing in the nest reads or
+        writes. They are stored once at its entry (:meth:`_stash_at_entry`), and the cold arms of
+        the polls inside it copy them from there into the record instead of reading the locals.
 
-        Why: such a local (sieve's repetition count) is otherwise used only by those arms inside
-        the nest, and Cranelift kept it moving between a register and its stack slot on the
-        nest's hot path -- a store and a reload every iteration of sieve's outer loop (sieve 1.14x
-        plain at every code placement, 1.04x without those uses). Sound because nothing but the
-        nest runs between its entry and a poll inside it (no call: no other frame, and no other
-        nest, writes the stash), the nest is entered only through its ``loop`` (where the stash is
-        written), and code that enters it elsewhere (a transfer after a rewind) does not read it."""
+        Why: such a local (sieve's repetition count, live across the sieve of one repetition) is
+        otherwise used inside the nest only by those arms, and Cranelift kept it moving between a
+        register and its stack slot on the nest's hot path -- a store and a reload every
+        iteration of sieve's outer loop (sieve 1.14x plain over eight code placements, 1.04x
+        without those uses). A local the nest reads anyway gains nothing (lz77 ran 3% slower with
+        those stashed too). Sound because nothing but the nest runs between its entry and a poll
+        inside it (no call: no other frame, and no other nest, writes the stash), the nest is
+        entered only through its ``loop`` (where the stash is written), and code that enters it
+        elsewhere (a transfer after a rewind) reads the locals (:meth:`_emit_range` uses the stash
+        only between a nest's own ``loop`` and its ``end``)."""
         if self.p.count_steps or self.big:
-            return {}
+            return []
         body, end = self.func.body, self.end_of[i]
         inner = False
-        written = 0
+        used = 0
         for k in range(i + 1, end):
             op = body[k].op
             if op in (0x10, 0x11, 0x12, 0x13):
-                return {}
+                return []
             if op == 0x03:
                 inner = True
-            elif op in (0x21, 0x22):
-                written |= 1 << body[k].imm
+            elif op in (0x20, 0x21, 0x22):
+                used |= 1 << body[k].imm
         if not inner:
-            return {}
-        bits = self.live[i] & ~written
-        kept = [j for j in range(self.num_locals) if bits >> j & 1][:STASH_SLOTS]
-        return {j: n for n, j in enumerate(kept)}
+            return []
+        bits = self.live[i] & ~used
+        return [j for j in range(self.num_locals) if bits >> j & 1]
 
     def _stash_at_entry(self, i: int) -> None:
-        """Before loop ``i``'s ``loop``: its stash written, and read by the polls inside it."""
-        plan = self._stash_plan(i)
-        if not plan:
+        """Before loop ``i``'s ``loop``: the locals of its stash plan not stashed by an enclosing
+        nest written to the stash, and read by the polls inside it until its ``end``."""
+        stash = self.stash
+        new = [j for j in self._stash_plan(i) if j not in stash][:STASH_SLOTS - len(stash)]
+        if not new:
             return
-        for j, n in plan.items():
+        self.stashed_at.append((i, stash))
+        stash = self.stash = dict(stash)
+        for j in new:
+            n = stash[j] = len(stash)
             op, align = _STORE[self.local_types[j]]
             self.out.add_encoded(encode_seq((0x41, 0), (0x20, j), (op, self.ctl_memarg(align, STASH_BASE + 8 * n))), 3)
-        self.stash, self.stash_loop = plan, i
 
     def _every_iteration_calls(self, i: int) -> bool:
         """Whether the fast variant may leave loop ``i`` without a header poll: every iteration
