@@ -96,8 +96,10 @@ from wasmig.toolchain import compile_c  # noqa: E402
 
 KERNELS_DIR = HERE / "kernels"
 #: code placements: never-executed global stores padding the first defined function (always
-#: __wasm_call_ctors, run once), which moves all later functions' machine code
-PLACEMENTS = (0, 1, 3, 5)
+#: __wasm_call_ctors, run once), which moves all later functions' machine code: Cranelift places
+#: functions at 32-byte boundaries, and 2, 6 and 9 stores (each to a global of its own) move them
+#: by 32, 64 and 96 bytes (session 8: before, 1, 3 and 5 stores to one global all moved them by 32)
+PLACEMENTS = (0, 2, 6, 9)
 
 
 @dataclass
@@ -179,10 +181,12 @@ def placed(wasm: bytes, stores: int) -> bytes:
         return wasm
     ir = decode_module(wasm, features=INSTRUMENTED)
     g = len(ir.all_globals())
-    ir.globals.append(Global(GlobalType("i32", True), [Instr(0x41, 0), Instr(0x0B)]))
+    # a global of its own per store: Cranelift keeps only the last of several stores to one
+    # global, so with one global every count of stores moved the code by the same 32 bytes
+    ir.globals += [Global(GlobalType("i32", True), [Instr(0x41, 0), Instr(0x0B)]) for _ in range(stores)]
     pad = [Instr(0x23, g), Instr(0x04, None)]
     for k in range(stores):
-        pad += [Instr(0x41, k + 1), Instr(0x24, g)]
+        pad += [Instr(0x41, k + 1), Instr(0x24, g + k)]
     ir.funcs[0].body = [*pad, Instr(0x0B), *ir.funcs[0].body]
     return encode_module(ir)
 

@@ -25,6 +25,7 @@ import wasmig
 from tests.wat import wat_module
 from wasmig import engines
 from wasmig.engines.interp.capture import capture
+from wasmig.instrument.unwind import copies_per_round
 from wasmig.session.command import instantiate_with_wasi
 from wasmig.snapshot.state import Snapshot, SnapshotError, from_plain, to_plain
 from wasmig.toolchain import compile_c
@@ -562,6 +563,10 @@ LONG_WAT = """
 """
 
 
+#: copies a round of $long's loop: a lone loop of 13 instructions (tests/test_unroll_rounds.py)
+LONG_ROUND = copies_per_round(13, True)
+
+
 NESTED_WAT = LONG_WAT.replace("(call $long (i32.const 400000001))", "(call $nested (i32.const 50000001))").replace(
     "  (func (export \"_start\")", """  (func $nested (param $n i32) (result i32)
     (local $i i32) (local $j i32) (local $x i32)
@@ -600,13 +605,13 @@ def _stop_mid_loop(wat: str) -> tuple[wasmig.Module, Snapshot, bytes]:
 
 def test_an_unrolled_loop_stops_between_rounds_of_copies() -> None:
     """A request from another thread while an unrolled loop runs: the stop is at the loop's
-    header after a whole number of rounds of four iterations (the only poll), and the snapshot
+    header after a whole number of rounds of LONG_ROUND iterations (the only poll), and the snapshot
     finishes with the uninterrupted run's result (400,000,001 iterations: not a whole round)."""
     module, snap, expected = _stop_mid_loop(LONG_WAT)
     innermost = snap.frames[-1]
     assert (module.ir.func_name(innermost.func), snap.point) == ("long", "loop")
     done = innermost.locals[1][1]
-    assert 0 < done < 400_000_001 and done % 4 == 0, done
+    assert 0 < done < 400_000_001 and done % LONG_ROUND == 0, done
     assert finish("wasmtime", module, snap) == (0, expected)
 
 
@@ -631,12 +636,12 @@ def test_a_rewound_loop_runs_on_in_the_normal_loop() -> None:
     """After a rewind, a frame's loop runs as the normal body has it (issue 15: the frames live
     at a checkpoint used to finish in their rewind copy's slower code): stopped at the unrolled
     loop's header and rewound, the frame runs one iteration in the copy's first, skip-guarded
-    iteration and then the normal, unrolled loop, whose only poll is every fourth iteration --
-    so a second request stops 1 (mod 4) iterations after the first stop. The copy's old loop
+    iteration and then the normal, unrolled loop, whose only poll is every LONG_ROUND-th iteration --
+    so a second request stops 1 (mod LONG_ROUND) iterations after the first stop. The copy's old loop
     polled every iteration."""
     module, snap, expected = _stop_mid_loop(LONG_WAT)
     first = snap.frames[-1].locals[1][1]
-    assert snap.point == "loop" and first % 4 == 0, first
+    assert snap.point == "loop" and first % LONG_ROUND == 0, first
     wasi = restore_wasi(snap.wasi, stdin=b"", stdout=io.BytesIO(), stderr=io.BytesIO())
     try:
         runner = Checkpointable(module, wasi)
@@ -653,7 +658,7 @@ def test_a_rewound_loop_runs_on_in_the_normal_loop() -> None:
     innermost = again.frames[-1]
     assert (module.ir.func_name(innermost.func), again.point) == ("long", "loop")
     second = innermost.locals[1][1]
-    assert second > first and (second - first) % 4 == 1, (first, second)
+    assert second > first and (second - first) % LONG_ROUND == 1, (first, second)
     assert finish("wasmtime", module, again) == (0, expected)
 
 

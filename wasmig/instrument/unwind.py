@@ -113,6 +113,9 @@ ENTRY_BOUND_MAX_BODY = 24
 #: loops are a small part of its time, and their copies a big part of its code (libc's
 #: ``printf_core``: 3.5 KB of 25.6 KB instrumented)
 UNROLL_MAX_FUNCTION = 1000
+#: a *lone* loop (no loop around it in its function) with a poll holds the fewest copies a round (at
+#: most UNROLL) that make the round at least this many instructions (:func:`copies_per_round`)
+UNROLL_ROUND = 32
 
 STATE_RUNNING, STATE_UNWINDING, STATE_REWINDING = 0, 1, 2
 _OP = attrgetter("op")
@@ -813,7 +816,10 @@ class _FunctionRewriter:
         if self.p.unroll < 2 or self.big:
             return False
         end = self.end_of[i]
-        return end - i - 1 <= UNROLL_MAX_BODY and self._innermost_without_calls(i)
+        if end - i - 1 > UNROLL_MAX_BODY or not self._innermost_without_calls(i):
+            return False
+        # a lone polled loop of one copy a round is emitted as written (no blocks around it)
+        return self._counted(i) or self._entry_bound(i) is not None or self._rounds(i, True) > 1
 
     def _innermost_without_calls(self, i: int) -> bool:
         body = self.func.body
@@ -893,7 +899,7 @@ class _FunctionRewriter:
         loop_label = len(self.labels) - 1
         if site is not None:
             self.stable_point(site, params, entry_height)
-        rounds = self.p.unroll
+        rounds = self._rounds(i, site is not None)
         # `... br_if $L end` (LLVM's loop shape): a copy leaves through `i32.eqz br_if $exit`
         tail_test = ins.imm is None and body_ends_with_back_branch(self.func.body, i, end, self.unreachable)
         for k in range(rounds):
@@ -915,6 +921,16 @@ class _FunctionRewriter:
                 self.close()
         self.close()  # $L
         self.close()  # $exit
+
+    def _rounds(self, i: int, polled: bool) -> int:
+        """How many copies of loop ``i``'s body a round holds (:func:`copies_per_round`)."""
+        lone = polled and not self._nested(i)
+        return copies_per_round(self.end_of[i] - i - 1, lone, self.p.unroll)
+
+    def _nested(self, i: int) -> bool:
+        """Whether loop ``i`` lies inside another loop of its function."""
+        body, end_of = self.func.body, self.end_of
+        return any(body[j].op == 0x03 and end_of[j] > i for j in end_of if j < i)
 
     def _spill_buried(self, stack: Sequence[str | None], base: int, entry_height: int, *, guarded: bool
                       ) -> list[tuple[int, str]]:
@@ -1347,6 +1363,23 @@ class _Rewritten:
     type_idx: int
     code: bytes
     origins: bytes
+
+
+def copies_per_round(body: int, lone_polled: bool, unroll: int = UNROLL) -> int:
+    """The copies of an unrolled loop's ``body``-instruction body in one round: ``unroll``, but a
+    polled loop that no other loop of its function encloses (``lone_polled``) gets the fewest that
+    make a round at least :data:`UNROLL_ROUND` instructions long (a body of up to 10 instructions
+    four, of 11-15 three, of 16-31 two, of 32 or more one: not unrolled).
+
+    Why: a lone loop is most of QuickJS's unrolled code (418 of its 497 unrolled loops, 82 KB of
+    the 96 KB their copies add: string, list and hash helpers) and few of a kernel's hot loops,
+    which sit in loop nests; a longer body weighs its poll less anyway (three instructions a
+    round: under 10% of a 32-instruction round). Loops in a nest keep ``unroll`` copies, and so do
+    copies without a poll (a counted loop's; an entry-bounded loop's unpolled arm), which are
+    there for speed alone."""
+    if not lone_polled:
+        return unroll
+    return max(1, min(unroll, -(-UNROLL_ROUND // max(1, body))))
 
 
 def body_ends_with_back_branch(body: list[Instr], start: int, end: int, unreachable: list[bool]) -> bool:
