@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def checkpoint_cmd_options(p: Parser) -> None:
-    p.option("--timeout", type=Number(float), default=30.0, show_default=True, metavar="FLOAT",
+    p.option("--timeout", type=Number(float, 0), default=30.0, show_default=True, metavar="FLOAT",
              help="Seconds to wait for the snapshot.")
 
 
