@@ -439,6 +439,53 @@ def test_an_unwritable_checkpoint_dir_is_an_error_before_the_program_runs(tmp_pa
     assert (tmp_path / "new" / "ck").is_dir() and not list((tmp_path / "new" / "ck").iterdir())
 
 
+LONG = "x" * 300  # one name over NAME_MAX (255): stat fails with ENAMETOOLONG, which Path.exists/is_dir raise
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["restore", "--trust", "{long}", "ck"], "--trust: cannot read public key {long}: File name too long"),
+    (["inspect", "--trust", "{tmp}/{long}/x", "ck"], "cannot read public key {tmp}/{long}/x: File name too long"),
+    (["serve", "--listen", "127.0.0.1:{port}", "--trust-peer", "{long}"],
+     "'{long}' is neither a key fingerprint (sha256:<64 hex digits>) nor a public key file"),
+    (["migrate", "1", "--to", "127.0.0.1:{port}", "--peer-fingerprint", "{long}"], "is neither a key fingerprint"),
+    (["run", "--migrate-to", "127.0.0.1:{port}", "--migrate-peer-fingerprint", "{long}", "x.wasm"],
+     "is neither a key fingerprint"),
+    (["serve", "--listen", "127.0.0.1:{port}", "--trust-peer", "{pub}", "--key", "{long}"],
+     "cannot read private key {long}: File name too long"),
+    (["serve", "--listen", "127.0.0.1:{port}", "--trust-peer", "{pub}", "--state-dir", "{long}"],
+     "--state-dir {long}: cannot create it (File name too long)"),
+    # beneath a file: serve started, and failed at each migration's first write
+    (["serve", "--listen", "127.0.0.1:{port}", "--trust-peer", "{pub}", "--state-dir", "{tmp}/file/state"],
+     "--state-dir {tmp}/file/state: cannot create it (Not a directory)"),
+])
+def test_unusable_key_and_state_paths_are_one_line(tmp_path: Path, argv: list[str], needle: str) -> None:
+    """Paths that stat cannot even look at (a name over NAME_MAX, a file on the way) were tracebacks
+    from pathlib; the refusal names the option's path and why."""
+    (tmp_path / "file").write_text("")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing is ever contacted (each case fails before)
+    fill = {"long": LONG, "tmp": tmp_path, "port": port, "pub": _key_dir(tmp_path) / "wasmig.pub"}
+    p = subprocess.run([sys.executable, "-m", "wasmig", *(a.format(**fill) for a in argv)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO),
+                                                                         "HOME": str(tmp_path)})
+    assert needle.format(**fill) in one_line_error(p), p.stderr
+
+
+def test_inspect_says_why_a_module_it_was_given_is_not_used(tmp_path: Path,
+                                                             snapshot_pair: tuple[Path, Path]) -> None:
+    """``inspect --module`` only adds function names, so a wrong one does not fail the summary; it
+    was ignored in silence (the names just missing), now a warning says why."""
+    snap = snapshot_pair[0]
+    wat(tmp_path, FUNCS, "other.wasm")
+    for module, why in [(tmp_path / "nothing", "no such file"), (tmp_path, "is a directory"),
+                        (tmp_path / "other.wasm", "is not the module this snapshot was taken of")]:
+        p = wasmig("inspect", "--module", module, snap)
+        assert p.returncode == 0 and "call stack" in p.stdout, p.stderr
+        (line,) = p.stderr.splitlines()
+        assert line.startswith("wasmig: warning: ") and why in line and line.endswith("; function names left out")
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_checkpoint_step_never_reached_is_reported_at_exit(tmp_path: Path, engine: str) -> None:
     from tests.wasi_harness import program

@@ -163,6 +163,8 @@ def _read_small(path: Path, what: str) -> bytes:
         raise KeyFileError(f"{what} {path} is a directory") from None
     except PermissionError:
         raise KeyFileError(f"cannot read {what} {path}: permission denied") from None
+    except OSError as e:  # a name over NAME_MAX, a file where a directory is on the path, an I/O error
+        raise KeyFileError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def load_key_pair(location: Path | None = None) -> KeyPair:
@@ -170,7 +172,7 @@ def load_key_pair(location: Path | None = None) -> KeyPair:
     default :func:`default_key_dir`). Refuses a private key readable by group or others, or owned by
     another user: such a key may be known to someone else."""
     location = location if location is not None else default_key_dir()
-    path = location / PRIVATE_NAME if location.is_dir() else location
+    path = location / PRIVATE_NAME if os.path.isdir(location) else location  # False for any OSError
     data = _read_small(path, "private key")
     info = path.stat()
     if info.st_mode & 0o077:
@@ -185,7 +187,7 @@ def load_key_pair(location: Path | None = None) -> KeyPair:
         raise KeyFileError(f"{path} is not an Ed25519 key")
     comment = ""
     public_path = path.with_name(PUBLIC_NAME)
-    if public_path.is_file():
+    if os.path.isfile(public_path):
         try:
             comment = load_public_key(public_path).comment
         except KeyFileError:
@@ -196,7 +198,7 @@ def load_key_pair(location: Path | None = None) -> KeyPair:
 def load_public_key(path: Path) -> PublicKey:
     """A public key from a ``wasmig.pub`` file (or a directory holding one). A private key file is
     refused here: trust lists hold public keys only."""
-    if path.is_dir():
+    if os.path.isdir(path):  # not Path.is_dir: it raises for a name over NAME_MAX
         path = path / PUBLIC_NAME
     data = _read_small(path, "public key")
     try:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
-from wasmig.cli.common import size_option
-from wasmig.cli.output import DIFF_DIFFERENT_EXIT_CODE, DIFF_TROUBLE_EXIT_CODE, about, err, fail, out
+from wasmig.cli.common import check_module_option, size_option
+from wasmig.cli.output import DIFF_DIFFERENT_EXIT_CODE, DIFF_TROUBLE_EXIT_CODE, UserError, about, err, fail, out
 from wasmig.cli.parser import Number, Parser, command
 from wasmig.errors import WasmError
 
@@ -76,9 +76,12 @@ def inspect(as_json: bool, module_path: str | None, verify: bool, trust_files: t
         fail(about(snapshot, e))
         return
     try:
+        check_module_option(module_path)
         ir = find_module_for(snapshot, snap, module_path).ir
-    except (SnapshotError, WasmError):
-        ir = None
+    except (UserError, SnapshotError, WasmError) as e:
+        ir = None  # the summary goes on without function names; a --module the user gave is worth a word
+        if module_path is not None:
+            err(f"wasmig: warning: {about(module_path, e)}; function names left out")
     summary = summarize(snap, ir, stats, chain)
     seal = container.seal
     summary["signature"] = {"signer": seal.signer.fingerprint if seal is not None else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,7 +57,7 @@ def find_module_for(snapshot_path: Path | str, snap: Snapshot, explicit: str | N
     if not explicit and isinstance(recorded, str):
         candidates.append(Path(recorded))
     for path in candidates:
-        if path.is_file():
+        if os.path.isfile(path):  # not Path.is_file: it raises for a name over NAME_MAX
             module = Module.from_file(path, validate=validate, decode=decode, max_bytes=MAX_MODULE_BYTES,
                                       features=features or ())
             if not decode:
