@@ -91,3 +91,27 @@ def test_default_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("WASMIG_KEY_DIR")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     assert default_key_dir() == tmp_path / "cfg" / "wasmig"
+
+
+@pytest.mark.parametrize("make", ["a file on the way", "an unreadable key"])
+def test_a_key_that_cannot_be_made_or_read_is_warned_about_once(monkeypatch, tmp_path, capsys, make):
+    """Signing asks for the key at every checkpoint: a run checkpointing every second wrote the same
+    'snapshots are written unsigned' warning each time (6 lines for 4 snapshots)."""
+    from wasmig.snapshot.signing import forget_cached_keys, own_key_pair
+
+    (tmp_path / "file").write_text("")
+    if make == "a file on the way":
+        directory = tmp_path / "file" / "keys"
+    else:
+        directory = tmp_path / "keys"
+        directory.mkdir()
+        (directory / "wasmig.key").write_text("not a PEM key\n")
+        os.chmod(directory / "wasmig.key", 0o600)
+    monkeypatch.setenv("WASMIG_KEY_DIR", str(directory))
+    forget_cached_keys()
+    try:
+        assert [own_key_pair() for _ in range(3)] == [None, None, None]
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("wasmig: warning: snapshots are written unsigned: ") and "Errno" not in line, line
+    finally:
+        forget_cached_keys()
