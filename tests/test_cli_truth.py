@@ -486,6 +486,37 @@ def test_inspect_says_why_a_module_it_was_given_is_not_used(tmp_path: Path,
         assert line.startswith("wasmig: warning: ") and why in line and line.endswith("; function names left out")
 
 
+def closed(fds: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``wasmig ARGS`` started with the shell redirections ``fds`` (``<&-``: no fd 0 at all)."""
+    return subprocess.run(["sh", "-c", f'exec "$@" {fds}', "sh", sys.executable, "-m", "wasmig", *map(str, args)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_run_started_without_stdin_reads_end_of_file(engine: str) -> None:
+    """With fd 0 closed, wasmig's own wake-up pipe took fd 0 and the guest read its stdin from it:
+    the run never ended. /dev/null goes on a missing fd 0-2 first."""
+    from tests.wasi_harness import program
+
+    p = closed("<&-", "run", "--engine", engine, program("hello"))
+    assert p.returncode == 0 and "stdin: 0 bytes, 0 lines" in p.stdout, p.stderr
+
+
+def test_commands_started_without_stdout_or_stderr_say_nothing_and_succeed(
+        snapshot_pair: tuple[Path, Path]) -> None:
+    """Python leaves ``sys.stdout`` None for a closed fd 1: each output line was an AttributeError
+    traceback (inspect, diff, keygen, --version). The output now goes to /dev/null, as ``print``'s."""
+    a, b = snapshot_pair
+    for args in (["inspect", a], ["diff", a, a], ["--version"]):
+        p = closed(">&-", *args)
+        assert (p.returncode, p.stderr) == (0, ""), (args, p.stderr)
+    p = closed(">&- 2>&-", "inspect", a)
+    assert p.returncode == 0
+    p = closed("2>&-", "inspect", a.parent / "missing.snap")
+    assert p.returncode == 1 and p.stdout == ""
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_checkpoint_step_never_reached_is_reported_at_exit(tmp_path: Path, engine: str) -> None:
     from tests.wasi_harness import program
