@@ -115,3 +115,44 @@ def test_a_key_that_cannot_be_made_or_read_is_warned_about_once(monkeypatch, tmp
         assert line.startswith("wasmig: warning: snapshots are written unsigned: ") and "Errno" not in line, line
     finally:
         forget_cached_keys()
+
+
+@pytest.mark.parametrize("failing_write", [1, 2])  # the private key's write, the public key's
+def test_a_full_disk_leaves_no_half_key_pair(monkeypatch, tmp_path, failing_write):
+    """keygen on a full filesystem left an empty wasmig.key: refused as malformed, and kept by the
+    next keygen ('exists already'). Both halves are written or neither stays."""
+    import errno
+
+    import wasmig.keys as keys
+
+    real, calls = os.write, []
+
+    def write(fd, data):
+        calls.append(fd)
+        if len(calls) == failing_write:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(keys.os, "write", write)
+    with pytest.raises(OSError, match="No space left"):
+        write_key_pair(KeyPair.generate(), tmp_path / "k")
+    assert list((tmp_path / "k").iterdir()) == []
+    monkeypatch.setattr(keys.os, "write", real)
+    write_key_pair(KeyPair.generate(), tmp_path / "k")  # and the next try just works
+    assert load_key_pair(tmp_path / "k").fingerprint == load_public_key(tmp_path / "k").fingerprint
+
+
+def test_a_module_copy_that_cannot_be_written_leaves_no_temp_file(monkeypatch, tmp_path):
+    """A checkpoint directory's module copy on a full disk left ``module-<sha>.tmp<pid>`` behind
+    (a name gc does not reclaim)."""
+    import errno
+
+    from wasmig.snapshot.stores import local
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(local.os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left"):
+        local.write_module_file(tmp_path, "ab" * 32, b"\0asm\1\0\0\0")
+    assert list(tmp_path.iterdir()) == []

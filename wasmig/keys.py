@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import os
 import stat
@@ -124,10 +125,14 @@ def _write_private_file(path: Path, data: bytes) -> None:
     others), refusing to overwrite; fsync it: a key is not a cache."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        os.write(fd, data)
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         os.fsync(fd)
-    finally:
+    except BaseException:  # a full disk: no empty or cut key left to be refused as malformed, or kept
         os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def write_key_pair(pair: KeyPair, directory: Path | None = None, *, force: bool = False) -> Path:
@@ -143,7 +148,11 @@ def write_key_pair(pair: KeyPair, directory: Path | None = None, *, force: bool 
     for path in (private_path, public_path):
         path.unlink(missing_ok=True)
     _write_private_file(private_path, pair.private_pem())
-    _write_private_file(public_path, (pair.public.to_line() + "\n").encode())
+    try:
+        _write_private_file(public_path, (pair.public.to_line() + "\n").encode())
+    except BaseException:  # both halves or neither: a lone private key would block the next keygen
+        private_path.unlink(missing_ok=True)
+        raise
     os.chmod(public_path, 0o644)  # the public half is meant to be handed out
     return directory
 
