@@ -185,7 +185,10 @@ def job_store(store: str) -> str:
     from wasmig.snapshot.stores import is_store_url, open_store
 
     if not is_store_url(store):
-        os.makedirs(store, exist_ok=True)
+        try:
+            os.makedirs(store, exist_ok=True)
+        except OSError as e:  # a file there or on the way, a name over NAME_MAX, no permission
+            raise UserError(f"--store {store}: cannot make the directory ({e.strerror or e})") from None
         return os.path.abspath(store)
     try:
         open_store(store).check_writable()
