@@ -486,6 +486,17 @@ def test_inspect_says_why_a_module_it_was_given_is_not_used(tmp_path: Path,
         assert line.startswith("wasmig: warning: ") and why in line and line.endswith("; function names left out")
 
 
+def test_gc_of_a_file_store_that_is_not_there_is_an_error(tmp_path: Path) -> None:
+    """A mistyped file:// root was 'collected' with exit 0 ('0 snapshots, 0 pages kept'), where a
+    mistyped checkpoint directory is an error; both are now."""
+    missing = tmp_path / "no such root"
+    err = one_line_error(wasmig("gc", f"file://{missing}"))
+    assert err == f"wasmig: error: file://{missing}: no such directory"
+    (tmp_path / "root").mkdir()
+    p = wasmig("gc", f"file://{tmp_path / 'root'}")
+    assert p.returncode == 0 and "0 snapshots" in p.stdout, p.stderr
+
+
 def closed(fds: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
     """``wasmig ARGS`` started with the shell redirections ``fds`` (``<&-``: no fd 0 at all)."""
     return subprocess.run(["sh", "-c", f'exec "$@" {fds}', "sh", sys.executable, "-m", "wasmig", *map(str, args)],
