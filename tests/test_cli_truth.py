@@ -497,6 +497,31 @@ def test_gc_of_a_file_store_that_is_not_there_is_an_error(tmp_path: Path) -> Non
     assert p.returncode == 0 and "0 snapshots" in p.stdout, p.stderr
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_damaged_module_copy_falls_back_to_the_recorded_path_or_is_named(tmp_path: Path, engine: str) -> None:
+    """The checkpoint directory's module copy with a flipped byte: its decode error ('malformed value
+    type') stopped the restore, naming neither the file nor the intact module at the recorded path."""
+    from tests.wasi_harness import program
+
+    prog = tmp_path / "prog.wasm"
+    shutil.copyfile(program("ticker"), prog)
+    ck = tmp_path / "ck"
+    p = wasmig("run", "--engine", engine, "--checkpoint-dir", ck, "--checkpoint-at-step", "50",
+               "--checkpoint-then", "exit", prog, "3", "0", env={"HOME": str(tmp_path)})
+    assert p.returncode == 0, p.stderr
+    (copy,) = ck.glob("module-*.wasm")
+    data = bytearray(copy.read_bytes())
+    data[100] ^= 1  # in the type section: a decode error, not only another hash
+    copy.chmod(0o600)
+    copy.write_bytes(bytes(data))
+    p = wasmig("restore", "--engine", engine, ck, env={"HOME": str(tmp_path)})
+    assert p.returncode == 0 and p.stdout.endswith("done\n"), p.stderr
+    prog.unlink()
+    err = one_line_error(wasmig("restore", "--engine", engine, ck, env={"HOME": str(tmp_path)}))
+    assert err.startswith(f"wasmig: error: cannot find the module this snapshot was taken of ({copy}: "), err
+    assert err.endswith("; give it with --module PATH"), err
+
+
 def closed(fds: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
     """``wasmig ARGS`` started with the shell redirections ``fds`` (``<&-``: no fd 0 at all)."""
     return subprocess.run(["sh", "-c", f'exec "$@" {fds}', "sh", sys.executable, "-m", "wasmig", *map(str, args)],
