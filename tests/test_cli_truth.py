@@ -522,6 +522,36 @@ def test_a_damaged_module_copy_falls_back_to_the_recorded_path_or_is_named(tmp_p
     assert err.endswith("; give it with --module PATH"), err
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_checkpoint_says_at_once_why_the_run_could_not_write_it(tmp_path: Path, engine: str) -> None:
+    """A snapshot the run cannot write (a file where its page store goes; a full disk alike) was
+    a warning on the run's stderr only: ``wasmig checkpoint PID`` waited out its whole timeout and
+    said 'wrote no snapshot within 30 s'. The run's status file now carries the failure."""
+    import time
+
+    from tests.wasi_harness import program
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "pages").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
+    run = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", engine, "--checkpoint-dir", str(ck),
+                            str(program("ticker")), "600", "100"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(2)
+        started = time.monotonic()
+        err = one_line_error(wasmig("checkpoint", "--timeout", "60", str(run.pid), env={"HOME": str(tmp_path)}))
+        assert time.monotonic() - started < 30
+        assert err == (f"wasmig: error: process {run.pid} could not write the snapshot: {ck}: cannot write snapshot: "
+                       f"Not a directory ({ck}/pages) (it goes on)")
+        assert run.poll() is None  # the program goes on
+    finally:
+        run.kill()
+        _, stderr = run.communicate()
+    assert stderr.count("wasmig: warning: checkpoint failed, continuing: ") == 1, stderr
+
+
 def closed(fds: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
     """``wasmig ARGS`` started with the shell redirections ``fds`` (``<&-``: no fd 0 at all)."""
     return subprocess.run(["sh", "-c", f'exec "$@" {fds}', "sh", sys.executable, "-m", "wasmig", *map(str, args)],
