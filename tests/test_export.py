@@ -498,3 +498,7 @@ def test_a_name_longer_than_the_filesystem_allows_is_one_error(work: Work, tmp_p
     one_error(work.run("export", "ck", "-o", long), "cannot write", "File name too long")
     one_error(work.run("import", work.tmp / "prog.wsnap", long), "cannot import", "File name too long")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_output_name_is_named_as_such(work: Work) -> None:
+    one_error(work.run("export", "ck", "-o", ""), "-o: the output file name is empty")

@@ -224,6 +224,9 @@ def export_cmd(output: str, module_path: str | None, force: bool, snapshot: str)
     from wasmig.snapshot.state import SnapshotError
     from wasmig.snapshot.wsnap import export_snapshot
 
+    if not output:  # Path("") is ".": the error said '. is a directory'
+        fail("-o: the output file name is empty")
+        return
     try:
         result = export_snapshot(snapshot, output, module=module_path, force=force)
     except SnapshotError as e:
