@@ -172,6 +172,19 @@ def test_other_commands_take_options_anywhere() -> None:
     (["run", "--checkpoint-at-step", "1.5", "x"],
      "Invalid value for '--checkpoint-at-step': '1.5' is not a valid integer range."),
     (["run", "--migrate-after", "-1", "x"], "Invalid value for '--migrate-after': -1.0 is not in the range x>=0."),
+    # nan passes every bound check and inf (or 1e400, or just a large period) overflowed setitimer: tracebacks
+    (["run", "--checkpoint-every", "nan", "x"],
+     "Invalid value for '--checkpoint-every': 'nan' is not a finite number."),
+    (["run", "--checkpoint-every", "1e400", "x"],
+     "Invalid value for '--checkpoint-every': '1e400' is not a finite number."),
+    (["restore", "--checkpoint-every", "-inf", "s"],
+     "Invalid value for '--checkpoint-every': '-inf' is not a finite number."),
+    (["run", "--checkpoint-every", "1e12", "x"],
+     "Invalid value for '--checkpoint-every': 1000000000000.0 is not in the range 0.001<=x<=1000000000.0."),
+    (["run", "--migrate-after", "inf", "x"], "Invalid value for '--migrate-after': 'inf' is not a finite number."),
+    (["gc", "--grace", "nan", "d"], "Invalid value for '--grace': 'nan' is not a finite number."),
+    (["checkpoint", "--timeout", "-1", "1"], "Invalid value for '--timeout': -1.0 is not in the range x>=0."),
+    (["checkpoint", "--timeout", "NaN", "1"], "Invalid value for '--timeout': 'NaN' is not a finite number."),
     (["run", "--checkpoint-dir", "{file}", "x"], "Invalid value for '--checkpoint-dir': Directory '{file}' is a file."),
     (["serve", "--listen", "h:1", "--token-file", "{dir}"], "Invalid value for '--token-file': File '{dir}' is a "
                                                              "directory."),
@@ -424,6 +437,150 @@ def test_an_unwritable_checkpoint_dir_is_an_error_before_the_program_runs(tmp_pa
     p = wasmig("run", "--engine", "interp", "--checkpoint-dir", tmp_path / "new" / "ck", program("hello"))
     assert p.returncode == 0 and "wasmig" not in p.stderr, p.stderr  # a directory that can be made is made
     assert (tmp_path / "new" / "ck").is_dir() and not list((tmp_path / "new" / "ck").iterdir())
+
+
+LONG = "x" * 300  # one name over NAME_MAX (255): stat fails with ENAMETOOLONG, which Path.exists/is_dir raise
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["restore", "--trust", "{long}", "ck"], "--trust: cannot read public key {long}: File name too long"),
+    (["inspect", "--trust", "{tmp}/{long}/x", "ck"], "cannot read public key {tmp}/{long}/x: File name too long"),
+    (["serve", "--listen", "127.0.0.1:{port}", "--trust-peer", "{long}"],
+     "'{long}' is neither a key fingerprint (sha256:<64 hex digits>) nor a public key file"),
+    (["migrate", "1", "--to", "127.0.0.1:{port}", "--peer-fingerprint", "{long}"], "is neither a key fingerprint"),
+    (["run", "--migrate-to", "127.0.0.1:{port}", "--migrate-peer-fingerprint", "{long}", "x.wasm"],
+     "is neither a key fingerprint"),
+    (["serve", "--listen", "127.0.0.1:{port}", "--trust-peer", "{pub}", "--key", "{long}"],
+     "cannot read private key {long}: File name too long"),
+    (["serve", "--listen", "127.0.0.1:{port}", "--trust-peer", "{pub}", "--state-dir", "{long}"],
+     "--state-dir {long}: cannot create it (File name too long)"),
+    # beneath a file: serve started, and failed at each migration's first write
+    (["serve", "--listen", "127.0.0.1:{port}", "--trust-peer", "{pub}", "--state-dir", "{tmp}/file/state"],
+     "--state-dir {tmp}/file/state: cannot create it (Not a directory)"),
+])
+def test_unusable_key_and_state_paths_are_one_line(tmp_path: Path, argv: list[str], needle: str) -> None:
+    """Paths that stat cannot even look at (a name over NAME_MAX, a file on the way) were tracebacks
+    from pathlib; the refusal names the option's path and why."""
+    (tmp_path / "file").write_text("")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing is ever contacted (each case fails before)
+    fill = {"long": LONG, "tmp": tmp_path, "port": port, "pub": _key_dir(tmp_path) / "wasmig.pub"}
+    p = subprocess.run([sys.executable, "-m", "wasmig", *(a.format(**fill) for a in argv)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO),
+                                                                         "HOME": str(tmp_path)})
+    assert needle.format(**fill) in one_line_error(p), p.stderr
+
+
+def test_inspect_says_why_a_module_it_was_given_is_not_used(tmp_path: Path,
+                                                             snapshot_pair: tuple[Path, Path]) -> None:
+    """``inspect --module`` only adds function names, so a wrong one does not fail the summary; it
+    was ignored in silence (the names just missing), now a warning says why."""
+    snap = snapshot_pair[0]
+    wat(tmp_path, FUNCS, "other.wasm")
+    for module, why in [(tmp_path / "nothing", "no such file"), (tmp_path, "is a directory"),
+                        (tmp_path / "other.wasm", "is not the module this snapshot was taken of")]:
+        p = wasmig("inspect", "--module", module, snap)
+        assert p.returncode == 0 and "call stack" in p.stdout, p.stderr
+        (line,) = p.stderr.splitlines()
+        assert line.startswith("wasmig: warning: ") and why in line and line.endswith("; function names left out")
+
+
+def test_gc_of_a_file_store_that_is_not_there_is_an_error(tmp_path: Path) -> None:
+    """A mistyped file:// root was 'collected' with exit 0 ('0 snapshots, 0 pages kept'), where a
+    mistyped checkpoint directory is an error; both are now."""
+    missing = tmp_path / "no such root"
+    err = one_line_error(wasmig("gc", f"file://{missing}"))
+    assert err == f"wasmig: error: file://{missing}: no such directory"
+    (tmp_path / "root").mkdir()
+    p = wasmig("gc", f"file://{tmp_path / 'root'}")
+    assert p.returncode == 0 and "0 snapshots" in p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_damaged_module_copy_falls_back_to_the_recorded_path_or_is_named(tmp_path: Path, engine: str) -> None:
+    """The checkpoint directory's module copy with a flipped byte: its decode error ('malformed value
+    type') stopped the restore, naming neither the file nor the intact module at the recorded path."""
+    from tests.wasi_harness import program
+
+    prog = tmp_path / "prog.wasm"
+    shutil.copyfile(program("ticker"), prog)
+    ck = tmp_path / "ck"
+    p = wasmig("run", "--engine", engine, "--checkpoint-dir", ck, "--checkpoint-at-step", "50",
+               "--checkpoint-then", "exit", prog, "3", "0", env={"HOME": str(tmp_path)})
+    assert p.returncode == 0, p.stderr
+    (copy,) = ck.glob("module-*.wasm")
+    data = bytearray(copy.read_bytes())
+    data[100] ^= 1  # in the type section: a decode error, not only another hash
+    copy.chmod(0o600)
+    copy.write_bytes(bytes(data))
+    p = wasmig("restore", "--engine", engine, ck, env={"HOME": str(tmp_path)})
+    assert p.returncode == 0 and p.stdout.endswith("done\n"), p.stderr
+    prog.unlink()
+    err = one_line_error(wasmig("restore", "--engine", engine, ck, env={"HOME": str(tmp_path)}))
+    assert err.startswith(f"wasmig: error: cannot find the module this snapshot was taken of ({copy}: "), err
+    assert err.endswith("; give it with --module PATH"), err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_checkpoint_says_at_once_why_the_run_could_not_write_it(tmp_path: Path, engine: str) -> None:
+    """A snapshot the run cannot write (a file where its page store goes; a full disk alike) was
+    a warning on the run's stderr only: ``wasmig checkpoint PID`` waited out its whole timeout and
+    said 'wrote no snapshot within 30 s'. The run's status file now carries the failure."""
+    import time
+
+    from tests.wasi_harness import program
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "pages").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
+    run = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", engine, "--checkpoint-dir", str(ck),
+                            str(program("ticker")), "600", "100"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(2)
+        started = time.monotonic()
+        err = one_line_error(wasmig("checkpoint", "--timeout", "60", str(run.pid), env={"HOME": str(tmp_path)}))
+        assert time.monotonic() - started < 30
+        assert err == (f"wasmig: error: process {run.pid} could not write the snapshot: {ck}: cannot write snapshot: "
+                       f"Not a directory ({ck}/pages) (it goes on)")
+        assert run.poll() is None  # the program goes on
+    finally:
+        run.kill()
+        _, stderr = run.communicate()
+    assert stderr.count("wasmig: warning: checkpoint failed, continuing: ") == 1, stderr
+
+
+def closed(fds: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``wasmig ARGS`` started with the shell redirections ``fds`` (``<&-``: no fd 0 at all)."""
+    return subprocess.run(["sh", "-c", f'exec "$@" {fds}', "sh", sys.executable, "-m", "wasmig", *map(str, args)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_run_started_without_stdin_reads_end_of_file(engine: str) -> None:
+    """With fd 0 closed, wasmig's own wake-up pipe took fd 0 and the guest read its stdin from it:
+    the run never ended. /dev/null goes on a missing fd 0-2 first."""
+    from tests.wasi_harness import program
+
+    p = closed("<&-", "run", "--engine", engine, program("hello"))
+    assert p.returncode == 0 and "stdin: 0 bytes, 0 lines" in p.stdout, p.stderr
+
+
+def test_commands_started_without_stdout_or_stderr_say_nothing_and_succeed(
+        snapshot_pair: tuple[Path, Path]) -> None:
+    """Python leaves ``sys.stdout`` None for a closed fd 1: each output line was an AttributeError
+    traceback (inspect, diff, keygen, --version). The output now goes to /dev/null, as ``print``'s."""
+    a, b = snapshot_pair
+    for args in (["inspect", a], ["diff", a, a], ["--version"]):
+        p = closed(">&-", *args)
+        assert (p.returncode, p.stderr) == (0, ""), (args, p.stderr)
+    p = closed(">&- 2>&-", "inspect", a)
+    assert p.returncode == 0
+    p = closed("2>&-", "inspect", a.parent / "missing.snap")
+    assert p.returncode == 1 and p.stdout == ""
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -489,3 +489,16 @@ def test_cli_errors_on_bad_files(work: Work, tmp_path: Path) -> None:
             args = [*cmd, tmp_path / name] + ([tmp_path / "imported"] if cmd == ["import"] else [])
             one_error(work.run(*args), name)
     assert not (tmp_path / "imported").exists()
+
+
+def test_a_name_longer_than_the_filesystem_allows_is_one_error(work: Work, tmp_path: Path) -> None:
+    """``-o`` / DIRECTORY whose name exceeds NAME_MAX: stat fails with ENAMETOOLONG (not absence), which
+    pathlib's ``is_dir``/``exists`` raise: one line naming the problem, nothing written."""
+    long = tmp_path / ("x" * 300)
+    one_error(work.run("export", "ck", "-o", long), "cannot write", "File name too long")
+    one_error(work.run("import", work.tmp / "prog.wsnap", long), "cannot import", "File name too long")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_output_name_is_named_as_such(work: Work) -> None:
+    one_error(work.run("export", "ck", "-o", ""), "-o: the output file name is empty")

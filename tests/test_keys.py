@@ -91,3 +91,68 @@ def test_default_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("WASMIG_KEY_DIR")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     assert default_key_dir() == tmp_path / "cfg" / "wasmig"
+
+
+@pytest.mark.parametrize("make", ["a file on the way", "an unreadable key"])
+def test_a_key_that_cannot_be_made_or_read_is_warned_about_once(monkeypatch, tmp_path, capsys, make):
+    """Signing asks for the key at every checkpoint: a run checkpointing every second wrote the same
+    'snapshots are written unsigned' warning each time (6 lines for 4 snapshots)."""
+    from wasmig.snapshot.signing import forget_cached_keys, own_key_pair
+
+    (tmp_path / "file").write_text("")
+    if make == "a file on the way":
+        directory = tmp_path / "file" / "keys"
+    else:
+        directory = tmp_path / "keys"
+        directory.mkdir()
+        (directory / "wasmig.key").write_text("not a PEM key\n")
+        os.chmod(directory / "wasmig.key", 0o600)
+    monkeypatch.setenv("WASMIG_KEY_DIR", str(directory))
+    forget_cached_keys()
+    try:
+        assert [own_key_pair() for _ in range(3)] == [None, None, None]
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("wasmig: warning: snapshots are written unsigned: ") and "Errno" not in line, line
+    finally:
+        forget_cached_keys()
+
+
+@pytest.mark.parametrize("failing_write", [1, 2])  # the private key's write, the public key's
+def test_a_full_disk_leaves_no_half_key_pair(monkeypatch, tmp_path, failing_write):
+    """keygen on a full filesystem left an empty wasmig.key: refused as malformed, and kept by the
+    next keygen ('exists already'). Both halves are written or neither stays."""
+    import errno
+
+    import wasmig.keys as keys
+
+    real, calls = os.write, []
+
+    def write(fd, data):
+        calls.append(fd)
+        if len(calls) == failing_write:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(keys.os, "write", write)
+    with pytest.raises(OSError, match="No space left"):
+        write_key_pair(KeyPair.generate(), tmp_path / "k")
+    assert list((tmp_path / "k").iterdir()) == []
+    monkeypatch.setattr(keys.os, "write", real)
+    write_key_pair(KeyPair.generate(), tmp_path / "k")  # and the next try just works
+    assert load_key_pair(tmp_path / "k").fingerprint == load_public_key(tmp_path / "k").fingerprint
+
+
+def test_a_module_copy_that_cannot_be_written_leaves_no_temp_file(monkeypatch, tmp_path):
+    """A checkpoint directory's module copy on a full disk left ``module-<sha>.tmp<pid>`` behind
+    (a name gc does not reclaim)."""
+    import errno
+
+    from wasmig.snapshot.stores import local
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(local.os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left"):
+        local.write_module_file(tmp_path, "ab" * 32, b"\0asm\1\0\0\0")
+    assert list(tmp_path.iterdir()) == []

@@ -163,6 +163,20 @@ def test_runner_keys_round_trip_and_differ() -> None:
         key_pair(other)
 
 
+@pytest.mark.parametrize("store", ["{tmp}/file/store", "{tmp}/file", "{tmp}/" + "x" * 300])
+def test_a_store_directory_that_cannot_be_made_is_one_line(tmp_path: Path, store: str) -> None:
+    """A file there or on the way, or a name over NAME_MAX: was a makedirs traceback, before any cluster."""
+    from wasmig.toolchain import compile_c
+
+    (tmp_path / "file").write_text("")
+    store = store.format(tmp=tmp_path)
+    done = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "submit", "--store", store,
+                           str(compile_c(PROGRAMS / "hello.c"))],
+                          capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"wasmig: error: --store {store}: cannot make the directory (")
+
+
 def test_cluster_command_without_a_cluster_is_one_line() -> None:
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
     done = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "ps"], capture_output=True, text=True,

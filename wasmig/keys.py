@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import os
 import stat
@@ -124,10 +125,14 @@ def _write_private_file(path: Path, data: bytes) -> None:
     others), refusing to overwrite; fsync it: a key is not a cache."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        os.write(fd, data)
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         os.fsync(fd)
-    finally:
+    except BaseException:  # a full disk: no empty or cut key left to be refused as malformed, or kept
         os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def write_key_pair(pair: KeyPair, directory: Path | None = None, *, force: bool = False) -> Path:
@@ -143,7 +148,11 @@ def write_key_pair(pair: KeyPair, directory: Path | None = None, *, force: bool 
     for path in (private_path, public_path):
         path.unlink(missing_ok=True)
     _write_private_file(private_path, pair.private_pem())
-    _write_private_file(public_path, (pair.public.to_line() + "\n").encode())
+    try:
+        _write_private_file(public_path, (pair.public.to_line() + "\n").encode())
+    except BaseException:  # both halves or neither: a lone private key would block the next keygen
+        private_path.unlink(missing_ok=True)
+        raise
     os.chmod(public_path, 0o644)  # the public half is meant to be handed out
     return directory
 
@@ -163,6 +172,8 @@ def _read_small(path: Path, what: str) -> bytes:
         raise KeyFileError(f"{what} {path} is a directory") from None
     except PermissionError:
         raise KeyFileError(f"cannot read {what} {path}: permission denied") from None
+    except OSError as e:  # a name over NAME_MAX, a file where a directory is on the path, an I/O error
+        raise KeyFileError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def load_key_pair(location: Path | None = None) -> KeyPair:
@@ -170,7 +181,7 @@ def load_key_pair(location: Path | None = None) -> KeyPair:
     default :func:`default_key_dir`). Refuses a private key readable by group or others, or owned by
     another user: such a key may be known to someone else."""
     location = location if location is not None else default_key_dir()
-    path = location / PRIVATE_NAME if location.is_dir() else location
+    path = location / PRIVATE_NAME if os.path.isdir(location) else location  # False for any OSError
     data = _read_small(path, "private key")
     info = path.stat()
     if info.st_mode & 0o077:
@@ -185,7 +196,7 @@ def load_key_pair(location: Path | None = None) -> KeyPair:
         raise KeyFileError(f"{path} is not an Ed25519 key")
     comment = ""
     public_path = path.with_name(PUBLIC_NAME)
-    if public_path.is_file():
+    if os.path.isfile(public_path):
         try:
             comment = load_public_key(public_path).comment
         except KeyFileError:
@@ -196,7 +207,7 @@ def load_key_pair(location: Path | None = None) -> KeyPair:
 def load_public_key(path: Path) -> PublicKey:
     """A public key from a ``wasmig.pub`` file (or a directory holding one). A private key file is
     refused here: trust lists hold public keys only."""
-    if path.is_dir():
+    if os.path.isdir(path):  # not Path.is_dir: it raises for a name over NAME_MAX
         path = path / PUBLIC_NAME
     data = _read_small(path, "public key")
     try:

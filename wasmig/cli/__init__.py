@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog = "python -m wasmig" if script == "__main__.py" else script or "wasmig"
     else:
         prog = "wasmig"
+    open_closed_stdio()
     try:
         dispatch(prog, list(argv))
     except CommandLineError as e:
@@ -68,6 +69,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout, sys.stderr = _Unflushed(sys.stdout), _Unflushed(sys.stderr)
         sys.exit(1)
     sys.exit(0)
+
+
+def open_closed_stdio() -> None:
+    """Put /dev/null on any of fds 0-2 the process was started without (``wasmig run prog.wasm <&-``),
+    as a daemon does: else the next file, pipe or socket wasmig opens takes that number, and the
+    guest reads its stdin from wasmig's own wake-up pipe (a run that never ended) or writes its
+    output into whatever file got fd 1. Python left ``sys.stdout`` None for such an fd, which each
+    command's output line then failed on (an AttributeError traceback); it now writes to /dev/null,
+    as ``print`` does then."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # the process's own, never closed
 
 
 def dispatch(prog: str, argv: list[str]) -> None:

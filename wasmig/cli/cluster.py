@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from wasmig.cli.common import ENGINE_METAVAR, ENGINES, parse_dir, parse_env
+from wasmig.cli.common import ENGINE_METAVAR, ENGINES, MAX_PERIOD_S, parse_dir, parse_env
 from wasmig.cli.output import UserError, fail, out
 from wasmig.cli.parser import COMMANDS, Command, CommandLineError, Number, Parser, command, suggest
 
@@ -116,7 +116,8 @@ def submit_options(p: Parser) -> None:
              help="Hold this much of a custom Ray resource (only nodes offering it qualify).")
     p.option("--num-cpus", type=Number(float, 0), default=1.0, show_default=True, metavar="CPUS",
              help="CPUs the job holds.")
-    p.option("--checkpoint-every", type=Number(float, 0.05), default=10.0, show_default=True, metavar="SECONDS",
+    p.option("--checkpoint-every", type=Number(float, 0.05, MAX_PERIOD_S), default=10.0, show_default=True,
+             metavar="SECONDS",
              help="Checkpoint periodically (a lost node's jobs go on from the latest one).")
     p.option("--store", required=True, metavar="DIRECTORY|URL",
              help="Where the job's snapshots, output log and fence go: a directory every node sees, "
@@ -184,7 +185,10 @@ def job_store(store: str) -> str:
     from wasmig.snapshot.stores import is_store_url, open_store
 
     if not is_store_url(store):
-        os.makedirs(store, exist_ok=True)
+        try:
+            os.makedirs(store, exist_ok=True)
+        except OSError as e:  # a file there or on the way, a name over NAME_MAX, no permission
+            raise UserError(f"--store {store}: cannot make the directory ({e.strerror or e})") from None
         return os.path.abspath(store)
     try:
         open_store(store).check_writable()

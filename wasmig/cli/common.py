@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 #: ``--engine``'s choices, and how its help shows them
 ENGINES = list(engines.NAMES)
 ENGINE_METAVAR = f"[{'|'.join(ENGINES)}]"
+#: The longest checkpoint period (about 31 years): the interval timer (``setitimer``) holds no more on a
+#: 32-bit ``time_t`` and overflows with a traceback beyond about 1e11 s on a 64-bit one.
+MAX_PERIOD_S = 1e9
 INTERP_ONLY = "--checkpoint-at-instruction is available on the interpreter only (use --engine interp)"
 
 
@@ -212,7 +215,7 @@ def checkpoint_options(parser: Parser) -> None:
                   help="Checkpoint at the N-th stable point (function entries + loop entries); engine-neutral.")
     parser.option("--checkpoint-at-instruction", type=Number(int, 0), default=None, metavar="N",
                   help="Checkpoint after exactly N instructions (interpreter only).")
-    parser.option("--checkpoint-every", type=Number(float, 0.001), default=None, metavar="SECONDS",
+    parser.option("--checkpoint-every", type=Number(float, 0.001, MAX_PERIOD_S), default=None, metavar="SECONDS",
                   help="Checkpoint periodically.")
     parser.option("--checkpoint-then", choices=["continue", "exit"], default="continue", show_default=True,
                   metavar="[continue|exit]", help="After a checkpoint: keep running, or stop.")

@@ -40,6 +40,7 @@ def serve(listen: str, trust_peers: tuple[str, ...], key_dir: str | None, token_
     """Receive migrating programs, restore them and run them here."""
     from pathlib import Path
 
+    from wasmig.files import make_private_dir
     from wasmig.migrate.channel import identity_from_options
     from wasmig.migrate.protocol import parse_address, read_token
     from wasmig.migrate.target import serve as serve_forever
@@ -52,6 +53,10 @@ def serve(listen: str, trust_peers: tuple[str, ...], key_dir: str | None, token_
             check_listen_address(spec)
         engine = pick_engine(engine, interp_only=False)
         state = Path(state_dir) if state_dir else Path.home() / ".cache" / "wasmig" / "serve"
+        try:  # made now: one that cannot be would otherwise fail each migration, or the start with a traceback
+            make_private_dir(state)
+        except OSError as e:
+            raise UserError(f"--state-dir {state}: cannot create it ({e.strerror or e})") from None
         token = read_token(token_file) if token_file else None
         if not trust_peers:
             raise UserError("serve needs --trust-peer (the key fingerprint, or wasmig.pub, of each source allowed)")

@@ -29,23 +29,29 @@ class CommandLineError(Exception):
 
 
 class Number:
-    """An int or float option value, with an optional lower bound."""
+    """An int or float option value, with optional bounds. A float must be finite: ``nan`` passes
+    every comparison with a bound and ``inf`` reaches timers (``setitimer``) that cannot hold it."""
 
-    def __init__(self, kind: type[int] | type[float], low: float | None = None) -> None:
-        self.kind, self.low = kind, low
+    def __init__(self, kind: type[int] | type[float], low: float | None = None, high: float | None = None) -> None:
+        self.kind, self.low, self.high = kind, low, high
 
     def __call__(self, text: str) -> float:
-        name = ("integer" if self.kind is int else "float") + (" range" if self.low is not None else "")
+        ranged = self.low is not None or self.high is not None
+        name = ("integer" if self.kind is int else "float") + (" range" if ranged else "")
         try:
             value = self.kind(text)
         except ValueError:
             raise ValueError(f"{text!r} is not a valid {name}.") from None
-        if self.low is not None and value < self.low:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{text!r} is not a finite number.")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise ValueError(f"{value} is not in the range {self.bounds()}.")
         return value
 
     def bounds(self) -> str:
-        return f"x>={self.low}"
+        if self.high is None:
+            return f"x>={self.low}"
+        return f"x<={self.high}" if self.low is None else f"{self.low}<=x<={self.high}"
 
 
 class PathOption:
@@ -129,7 +135,7 @@ class Parser(argparse.ArgumentParser):
             kwargs.setdefault("metavar", "TEXT")
         action = self._options.add_argument(*names, **kwargs)
         extra = [f"default: {action.default}"] if show_default else []
-        if isinstance(action.type, Number) and action.type.low is not None:
+        if isinstance(action.type, Number) and (action.type.low is not None or action.type.high is not None):
             extra.append(action.type.bounds())
         if action.required:
             extra.append("required")

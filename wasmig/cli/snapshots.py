@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
-from wasmig.cli.common import size_option
-from wasmig.cli.output import DIFF_DIFFERENT_EXIT_CODE, DIFF_TROUBLE_EXIT_CODE, about, err, fail, out
+from wasmig.cli.common import check_module_option, size_option
+from wasmig.cli.output import DIFF_DIFFERENT_EXIT_CODE, DIFF_TROUBLE_EXIT_CODE, UserError, about, err, fail, out
 from wasmig.cli.parser import Number, Parser, command
 from wasmig.errors import WasmError
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def checkpoint_cmd_options(p: Parser) -> None:
-    p.option("--timeout", type=Number(float), default=30.0, show_default=True, metavar="FLOAT",
+    p.option("--timeout", type=Number(float, 0), default=30.0, show_default=True, metavar="FLOAT",
              help="Seconds to wait for the snapshot.")
 
 
@@ -76,9 +76,12 @@ def inspect(as_json: bool, module_path: str | None, verify: bool, trust_files: t
         fail(about(snapshot, e))
         return
     try:
+        check_module_option(module_path)
         ir = find_module_for(snapshot, snap, module_path).ir
-    except (SnapshotError, WasmError):
-        ir = None
+    except (UserError, SnapshotError, WasmError) as e:
+        ir = None  # the summary goes on without function names; a --module the user gave is worth a word
+        if module_path is not None:
+            err(f"wasmig: warning: {about(module_path, e)}; function names left out")
     summary = summarize(snap, ir, stats, chain)
     seal = container.seal
     summary["signature"] = {"signer": seal.signer.fingerprint if seal is not None else None,
@@ -130,6 +133,13 @@ def gc_options(p: Parser) -> None:
                   "checkpoint write, see docs/stores.md).")
 
 
+def file_url_path(url: str) -> str:
+    """The local path a ``file:///path`` store URL names."""
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(url).path)
+
+
 @command("gc", gc_options, "directory")
 def gc(dry_run: bool, grace_s: float | None, directory: str) -> None:
     """Remove the pages of a checkpoint DIRECTORY (or a file:// or s3:// store: of its whole root
@@ -143,6 +153,9 @@ def gc(dry_run: bool, grace_s: float | None, directory: str) -> None:
         return
     if grace_s is not None and not remote:
         fail("--grace is for file:// and s3:// stores (a checkpoint directory's gc locks out its writers)")
+        return
+    if directory.startswith("file://") and not os.path.isdir(file_url_path(directory)):
+        fail(f"{directory}: no such directory")  # a mistyped path 'collected' nothing, and said so with exit 0
         return
     try:
         stats = open_store(directory).gc(dry_run=dry_run, grace_s=grace_s)
@@ -211,6 +224,9 @@ def export_cmd(output: str, module_path: str | None, force: bool, snapshot: str)
     from wasmig.snapshot.state import SnapshotError
     from wasmig.snapshot.wsnap import export_snapshot
 
+    if not output:  # Path("") is ".": the error said '. is a directory'
+        fail("-o: the output file name is empty")
+        return
     try:
         result = export_snapshot(snapshot, output, module=module_path, force=force)
     except SnapshotError as e:

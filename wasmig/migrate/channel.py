@@ -171,7 +171,7 @@ def parse_peers(specs: Iterable[str]) -> frozenset[str]:
             found.add(parse_fingerprint(spec))
             continue
         path = Path(spec).expanduser()
-        if not path.exists():
+        if not os.path.exists(path):  # not Path.exists: it raises for a name over NAME_MAX
             raise KeyFileError(f"{spec!r} is neither a key fingerprint (sha256:<64 hex digits>) nor a public key file")
         found.add(load_public_key(path).fingerprint)
     return frozenset(found)

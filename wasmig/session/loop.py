@@ -122,6 +122,7 @@ class Session:
         self._module_file: str | None = None  # where the store keeps the module (put once a run)
         self._committing: threading.Thread | None = None  # a checkpoint being made durable (_save)
         self._status_file: Path | None = None
+        self._failures: list[str] = []  # why checkpoints failed (the status file's 'failures')
         self._old_handlers: dict[int, Any] = {}
         self.handoff: StopHandoff | None = None  # set while a live migration runs
         #: more metadata recorded with each snapshot, asked for while the program is stopped for it
@@ -176,7 +177,7 @@ class Session:
                     self._checkpoint()
                 except (SnapshotError, OSError) as e:
                     # a checkpoint that cannot be taken is refused; the program itself goes on
-                    print(f"wasmig: warning: checkpoint failed, continuing: {e}", file=sys.stderr)
+                    self._checkpoint_failed(e)
                 else:
                     if self.policy.then == "exit":
                         raise CheckpointExit() from None
@@ -243,7 +244,16 @@ class Session:
         if self._status_file is not None:
             from wasmig.session.status import write_status
 
-            write_status(self._status_file, self.policy.directory, self.policy.written)
+            write_status(self._status_file, self.policy.directory, self.policy.written, self._failures)
+
+    def _checkpoint_failed(self, e: Exception) -> None:
+        """Said on stderr, and in the status file: a ``wasmig checkpoint PID`` waiting for this
+        snapshot reports why at once, instead of waiting out its timeout."""
+        why = f"{e.strerror} ({e.filename})" if isinstance(e, OSError) and e.strerror and e.filename else (
+            e.strerror if isinstance(e, OSError) and e.strerror else str(e))
+        print(f"wasmig: warning: checkpoint failed, continuing: {why}", file=sys.stderr)
+        self._failures.append(why)
+        self._write_status()
 
     def _save(self, snap: Snapshot, capture_s: float | None = None) -> None:
         """Write ``snap`` (and the module beside it, once) into the checkpoint directory.
@@ -314,7 +324,7 @@ class Session:
         try:
             self._commit(staged, steps, capture_s)
         except (SnapshotError, OSError) as e:  # as a checkpoint that failed while the guest waited
-            print(f"wasmig: warning: checkpoint failed, continuing: {e}", file=sys.stderr)
+            self._checkpoint_failed(e)
 
     def _wait_for_commit(self) -> None:
         if self._committing is not None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wasmig.errors import SnapshotError
+from wasmig.errors import SnapshotError, WasmError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -55,10 +56,17 @@ def find_module_for(snapshot_path: Path | str, snap: Snapshot, explicit: str | N
     recorded = snap.meta.get("module_path")
     if not explicit and isinstance(recorded, str):
         candidates.append(Path(recorded))
+    unusable = ""  # why a file that was there is not the module: said when none is
     for path in candidates:
-        if path.is_file():
-            module = Module.from_file(path, validate=validate, decode=decode, max_bytes=MAX_MODULE_BYTES,
-                                      features=features or ())
+        if os.path.isfile(path):  # not Path.is_file: it raises for a name over NAME_MAX
+            try:
+                module = Module.from_file(path, validate=validate, decode=decode, max_bytes=MAX_MODULE_BYTES,
+                                          features=features or ())
+            except WasmError as e:  # a damaged copy: the next candidate may be intact; name the file if not
+                if explicit:
+                    raise SnapshotError(f"{path}: {e}") from None
+                unusable = unusable or f" ({path}: {e})"
+                continue
             if not decode:
                 module.cached_facts()  # their sha256, when they are cached: the module is then not even read
             if module.sha256 != snap.module_sha256:
@@ -67,4 +75,4 @@ def find_module_for(snapshot_path: Path | str, snap: Snapshot, explicit: str | N
                                         f"(sha256 {module.sha256[:16]}..., expected {snap.module_sha256[:16]}...)")
                 continue
             return module
-    raise SnapshotError("cannot find the module this snapshot was taken of; give it with --module PATH")
+    raise SnapshotError(f"cannot find the module this snapshot was taken of{unusable}; give it with --module PATH")

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from wasmig.errors import SnapshotError
@@ -19,9 +20,12 @@ def status_path(pid: int, *, create: bool = True) -> Path:
     return runtime_dir(create) / f"{pid}.json"
 
 
-def write_status(path: Path, checkpoint_dir: Path | str | None, snapshots: list[str]) -> None:
-    """Replace the status file ``path`` atomically (a reader sees the old or the new one)."""
-    status = {"pid": os.getpid(), "checkpoint_dir": str(checkpoint_dir), "snapshots": [str(p) for p in snapshots]}
+def write_status(path: Path, checkpoint_dir: Path | str | None, snapshots: list[str],
+                 failures: Sequence[str] = ()) -> None:
+    """Replace the status file ``path`` atomically (a reader sees the old or the new one).
+    ``failures``: why checkpoints of the run failed, oldest first."""
+    status = {"pid": os.getpid(), "checkpoint_dir": str(checkpoint_dir), "snapshots": [str(p) for p in snapshots],
+              "failures": list(failures)}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(status))
     os.replace(tmp, path)
@@ -40,7 +44,7 @@ def wait_for_snapshot(pid: int, timeout: float) -> str:
             raise SnapshotError(f"no process {pid}") from None
         raise SnapshotError(f"process {pid} is not a checkpointable wasmig run (not wasmig, or started with "
                             "--plain)") from None
-    count = len(before.get("snapshots", []))
+    count, failed = len(before.get("snapshots", [])), len(before.get("failures", []))
     directory = str(before.get("checkpoint_dir", ""))
     on_disk = _snapshot_files(directory)
     try:
@@ -65,6 +69,8 @@ def wait_for_snapshot(pid: int, timeout: float) -> str:
             status = None
         if status is not None and len(status.get("snapshots", [])) > count:
             return str(status["snapshots"][-1])
+        if status is not None and len(status.get("failures", [])) > failed:
+            raise SnapshotError(f"process {pid} could not write the snapshot: {status['failures'][-1]} (it goes on)")
         # the run may have exited right after its snapshot (--checkpoint-then exit): look on disk
         newer = [p for p in _snapshot_files(directory) if p not in on_disk]
         if newer:

@@ -69,6 +69,8 @@ class Seal:
 # --- signing ------------------------------------------------------------------------------------------
 _lock = threading.Lock()
 _signer_cache: dict[Path, KeyPair | None] = {}
+#: Directories whose key is unusable or could not be made: said once per process, not at every checkpoint
+_given_up: set[Path] = set()
 
 
 def own_key_pair(create: bool = True) -> KeyPair | None:
@@ -77,7 +79,8 @@ def own_key_pair(create: bool = True) -> KeyPair | None:
     announced on stderr; None when there is none and it cannot be made."""
     directory = default_key_dir()
     with _lock:
-        if directory in _signer_cache and (_signer_cache[directory] is not None or not create):
+        if directory in _signer_cache and (_signer_cache[directory] is not None or not create
+                                           or directory in _given_up):
             return _signer_cache[directory]
         pair = _load_or_create(directory, create)
         _signer_cache[directory] = pair
@@ -92,6 +95,7 @@ def _load_or_create(directory: Path, create: bool) -> KeyPair | None:
             if not create:
                 return None
         else:  # a key that is there but unusable is the user's to fix, not to replace
+            _given_up.add(directory)
             _warn(f"snapshots are written unsigned: {e}")
             return None
     try:
@@ -101,7 +105,9 @@ def _load_or_create(directory: Path, create: bool) -> KeyPair | None:
         try:  # a concurrent writer made it first
             return load_key_pair(directory)
         except KeyFileError:
-            _warn(f"snapshots are written unsigned: cannot create a signing key in {directory}: {e}")
+            _given_up.add(directory)
+            _warn(f"snapshots are written unsigned: cannot create a signing key in {directory}: "
+                  f"{e.strerror if isinstance(e, OSError) and e.strerror else e}")
             return None
     _warn(f"note: created your snapshot signing key {directory / 'wasmig.key'} (public key "
           f"{directory / 'wasmig.pub'}, {pair.fingerprint}); see docs/security.md", prefix="wasmig: ")
@@ -125,6 +131,7 @@ def forget_cached_keys() -> None:
     """Read the key directory afresh (after ``wasmig keygen --force``, or in tests)."""
     with _lock:
         _signer_cache.clear()
+        _given_up.clear()
 
 
 # --- trust --------------------------------------------------------------------------------------------

@@ -342,12 +342,15 @@ def export_snapshot(source: str | Path, output: str | Path, *, module: str | Non
     source, output = Path(source), Path(output)
     file = _guarded(source, "read snapshot", _resolve, source)
     plan = _guarded(file, "export snapshot", _plan_export, file, module)
-    if output.is_dir():
-        raise SnapshotError(f"{output} is a directory")
-    if output.exists() and os.path.samefile(output, file):
-        raise SnapshotError(f"{output} is the snapshot being exported")
-    if output.exists() and not force:
-        raise SnapshotError(f"{output} exists (--force replaces it)")
+    try:  # stat can fail for reasons other than absence (a name longer than NAME_MAX: ENAMETOOLONG)
+        if output.is_dir():
+            raise SnapshotError(f"{output} is a directory")
+        if output.exists() and os.path.samefile(output, file):
+            raise SnapshotError(f"{output} is the snapshot being exported")
+        if output.exists() and not force:
+            raise SnapshotError(f"{output} exists (--force replaces it)")
+    except OSError as e:
+        raise SnapshotError(f"cannot write {output}: {_describe(e)}") from None
     tmp = _temp_name(output)
     try:
         fd = open_private(tmp)
@@ -490,7 +493,11 @@ def import_wsnap(source: str | Path, directory: str | Path) -> Path | str:
             pages = ((h, w.read_page(h)[0]) for h in sorted(w.pages))  # verified again as they are read
             return _guarded(source, "import", open_store(store_url).import_sealed,  # type: ignore[no-any-return]
                             w.snapshot_bytes, pages, w.manifest["module_sha256"], module_bytes)
-        if directory.exists() and not directory.is_dir():
+        try:  # stat can fail for reasons other than absence (a name longer than NAME_MAX: ENAMETOOLONG)
+            not_dir = directory.exists() and not directory.is_dir()
+        except OSError as e:
+            raise SnapshotError(f"{directory}: cannot import: {_describe(e)}") from None
+        if not_dir:
             raise SnapshotError(f"{directory}: not a directory")
         store = CheckpointDir(directory)
         try:

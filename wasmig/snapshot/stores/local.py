@@ -42,11 +42,15 @@ def write_module_file(directory: Path, sha256: str, data: bytes | None) -> Path:
     if data is not None and not path.exists():
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.unlink(missing_ok=True)  # left by a killed writer of this pid
-        with open(open_private(tmp), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(open_private(tmp), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk: no half-written module copy left behind
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
