@@ -282,7 +282,9 @@ def test_wasmig_run_checkpoints_a_threaded_program_on_a_timer(tmp_path: Path) ->
     wasm = compile_threaded("pthread_rwlock")
     whole = _wasmig("run", "--engine", "interp", wasm)
     ck = tmp_path / "ck"
-    timed = _wasmig("run", "--engine", "interp", "--checkpoint-dir", ck, "--checkpoint-every", "0.05", wasm)
+    # every 0.01 s: the guest runs for well under 0.1 s on a quiet machine, and at 0.05 s a run
+    # sometimes ended before its first checkpoint (1 snapshot a run at 0.05 s, 6-8 at 0.01 s)
+    timed = _wasmig("run", "--engine", "interp", "--checkpoint-dir", ck, "--checkpoint-every", "0.01", wasm)
     assert timed.returncode == 0 and timed.stdout == whole.stdout, timed.stderr
     snapshots = sorted((ck / "snapshots").iterdir())
     assert snapshots, "no timer checkpoint during the run"
