@@ -581,6 +581,16 @@ NESTED_WAT = LONG_WAT.replace("(call $long (i32.const 400000001))", "(call $nest
   (func (export \"_start\")""")
 
 
+#: a call-free nest whose polls save $keep from the stash written at its entry (unwind._stash_plan):
+#: $keep is live across the nest and unused in it
+_KEEP = "(local.set $keep (i32.add (i32.mul (local.get $n) (i32.const 3)) (i32.const 7)))"
+_START = '  (func (export "_start")'
+STASH_WAT = NESTED_WAT.replace("$nested", "$stashed").replace(
+    "(local $i i32) (local $j i32) (local $x i32)\n    (drop (call $mark))",
+    f"(local $i i32) (local $j i32) (local $x i32) (local $keep i32)\n    {_KEEP}\n    (drop (call $mark))").replace(
+    f"(local.get $x))\n{_START}", f"(i32.xor (local.get $x) (local.get $keep)))\n{_START}")
+
+
 def _stop_mid_loop(wat: str) -> tuple[wasmig.Module, Snapshot, bytes]:
     """Run ``wat``'s _start on the fast variant, a request made by another thread 50 ms after
     $mark (a loop starts right after it): (the module, the snapshot, the uninterrupted output)."""
@@ -630,6 +640,20 @@ def test_an_unrolled_loop_nest_stops_at_a_header_of_either_loop() -> None:
         assert inner_done in (0, 4), inner_done
     assert 0 < outer_done < 50_000_001
     assert finish("wasmtime", module, snap) == (0, expected)
+
+
+@pytest.mark.parametrize("engine", ["wasmtime", "interp"])
+def test_a_stop_in_a_call_free_nest_saves_its_stashed_locals(engine: str) -> None:
+    """The polls of a call-free loop nest save the locals the nest does not write from the stash
+    written at its entry (sieve's repetition count): the record holds their values, the
+    interpreter's frame too, and the restored run finishes with the uninterrupted run's output."""
+    module, snap, expected = _stop_mid_loop(STASH_WAT)
+    innermost = snap.frames[-1]
+    assert (module.ir.func_name(innermost.func), snap.point) == ("stashed", "loop")
+    n, keep = innermost.locals[0][1], innermost.locals[4][1]
+    assert (n, keep) == (50_000_001, (50_000_001 * 3 + 7) & 0xFFFFFFFF)
+    assert 0 < innermost.locals[1][1] < 50_000_001  # $i: stopped mid-nest
+    assert finish(engine, module, snap) == (0, expected)
 
 
 def test_a_rewound_loop_runs_on_in_the_normal_loop() -> None:
