@@ -88,10 +88,8 @@ WRITE_PTR = 8
 READ_PTR = 12
 DROPS_BASE = 1024
 GLOBALS_BASE = 16384  # wasmig:dump writes global i's bits at GLOBALS_BASE + 8 * i
-#: the stash of a call-free loop nest (:meth:`_FunctionRewriter._stash_plan`), in the poll memory,
-#: whose base the nest's polls keep in a register anyway (a store to the control memory before the
-#: nest kept that memory's base live across it too: lz77 1.14x plain against 1.07x): 8 bytes a local
-STASH_BASE, STASH_SLOTS = 16, (1024 - 16) // 8
+#: the stash of a call-free loop nest (:meth:`_FunctionRewriter._stash_plan`): 8 bytes a local
+STASH_BASE, STASH_SLOTS = 16, (DROPS_BASE - 16) // 8
 RECORDS_BASE = 32768
 NEVER = 1 << 62
 #: opcodes :meth:`_FunctionRewriter.plain` does not copy unchanged: constructs, branches (their
@@ -475,8 +473,7 @@ class _FunctionRewriter:
         """``local.get $a  i32.const 0  T.load $ctl (stash n)  T.store $ctl (8 + 8j)``."""
         store, align = _STORE[self.local_types[j]]
         load, _ = _LOAD[self.local_types[j]]
-        at = memarg(align, STASH_BASE + 8 * n, self.p.poll_mem)
-        return encode_seq((0x20, self.addr_local), (0x41, 0), (load, at),
+        return encode_seq((0x20, self.addr_local), (0x41, 0), (load, self.ctl_memarg(align, STASH_BASE + 8 * n)),
                           (store, self.ctl_memarg(align, 8 + 8 * j)))
 
     def slot_store(self, j: int) -> bytes:
@@ -768,7 +765,7 @@ class _FunctionRewriter:
                     copied_to = self.end_of[i] + 1  # the loop was emitted whole
                     k = bisect_left(special_at, copied_to)
                     continue
-                if op == 0x03 and live and not self.stash and self.end_of[i] < end:
+                if op == 0x03 and live and self.end_of[i] < end:
                     self._stash_at_entry(i)
                 # tagged with the original's offset: Cranelift may report a trap in a small arm
                 # (`if .. unreachable end`) at its `if` (wasmig.engines.wasmtime.traps)
@@ -820,17 +817,17 @@ class _FunctionRewriter:
         if self.p.count_steps or self.big:
             return []
         body, end = self.func.body, self.end_of[i]
-        inner = -1  # the end of the inner loop being scanned
-        used = 0  # written in the nest, or read in an inner loop
+        inner = False
+        used = 0
         for k in range(i + 1, end):
             op = body[k].op
             if op in (0x10, 0x11, 0x12, 0x13):
                 return []
-            if op == 0x03 and k > inner:
-                inner = self.end_of[k]
-            elif op in (0x21, 0x22) or (op == 0x20 and k < inner):
+            if op == 0x03:
+                inner = True
+            elif op in (0x20, 0x21, 0x22):
                 used |= 1 << body[k].imm
-        if inner < 0:
+        if not inner:
             return []
         bits = self.live[i] & ~used
         return [j for j in range(self.num_locals) if bits >> j & 1]
@@ -847,9 +844,7 @@ class _FunctionRewriter:
         for j in new:
             n = stash[j] = len(stash)
             op, align = _STORE[self.local_types[j]]
-            at = memarg(align, STASH_BASE + 8 * n, self.p.poll_mem)
-            self.out.add_encoded(encode_seq((0x41, 0), (0x20, j), (op, at)),
-                                 3)
+            self.out.add_encoded(encode_seq((0x41, 0), (0x20, j), (op, self.ctl_memarg(align, STASH_BASE + 8 * n))), 3)
 
     def _every_iteration_calls(self, i: int) -> bool:
         """Whether the fast variant may leave loop ``i`` without a header poll: every iteration
