@@ -90,6 +90,9 @@ DROPS_BASE = 1024
 GLOBALS_BASE = 16384  # wasmig:dump writes global i's bits at GLOBALS_BASE + 8 * i
 #: the stash of a call-free loop nest (:meth:`_FunctionRewriter._stash_plan`): 8 bytes a local
 STASH_BASE, STASH_SLOTS = 16, (DROPS_BASE - 16) // 8
+#: the most locals one nest adds to the stash; a nest whose plan has more stashes none
+#: (:meth:`_FunctionRewriter._stash_at_entry`)
+STASH_MOST = 2
 RECORDS_BASE = 32768
 NEVER = 1 << 62
 #: opcodes :meth:`_FunctionRewriter.plain` does not copy unchanged: constructs, branches (their
@@ -834,10 +837,19 @@ class _FunctionRewriter:
 
     def _stash_at_entry(self, i: int) -> None:
         """Before loop ``i``'s ``loop``: the locals of its stash plan not stashed by an enclosing
-        nest written to the stash, and read by the polls inside it until its ``end``."""
+        nest written to the stash, and read by the polls inside it until its ``end`` -- if they
+        are at most :data:`STASH_MOST`, else none.
+
+        Why the limit: stashing lz77's nests (6 and 7 locals each: main's locals live across the
+        inlined compress and decompress loops, each nest inside one loop) made lz77 1.15-1.20x
+        plain against 1.06-1.07x without, for either nest alone, although the stores run only at
+        the nest's entry: presumably Cranelift allocates the nest's hot loops worse once those
+        locals are dead in it (not narrowed further; not by the entry's depth either: stashing
+        only nests inside at most one loop left lz77 at 1.18x). The nests that
+        gain (sieve's, 2 locals: 1.10x -> 1.00-1.02x plain) stash few."""
         stash = self.stash
-        new = [j for j in self._stash_plan(i) if j not in stash][:STASH_SLOTS - len(stash)]
-        if not new:
+        new = [j for j in self._stash_plan(i) if j not in stash]
+        if not new or len(new) > STASH_MOST or len(stash) + len(new) > STASH_SLOTS:
             return
         self.stashed_at.append((i, stash))
         stash = self.stash = dict(stash)
