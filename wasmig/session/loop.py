@@ -267,17 +267,17 @@ class Session:
         if directory is None:
             return
         self._wait_for_commit()
-        self._open_store()
+        store = self._open_store()
         if self._module_file is None:
             # once per run, not at every checkpoint (an S3 HEAD while the guest waits): no gc
             # removes a kept module (docs/stores.md), so the copy made now is there for the run
-            self._module_file = self._store.put_module(self.module)
+            self._module_file = store.put_module(self.module)
         module_file = self._module_file
         snap.meta.update({"module_file": module_file.rsplit("/", 1)[-1], "module_path": self.module_path,
                           "host": os.uname().nodename, "pid": os.getpid()})
         if self.annotate is not None:
             snap.meta.update(self.annotate())
-        staged = self._store.stage(snap)
+        staged = store.stage(snap)
         if self.policy.then == "exit":
             self._commit(staged, snap.steps, capture_s)
             return
@@ -285,12 +285,13 @@ class Session:
                                             name="wasmig-checkpoint-commit")
         self._committing.start()
 
-    def _open_store(self) -> None:
-        """Open the checkpoint directory's store (importing the snapshot writer), once."""
+    def _open_store(self) -> Any:
+        """The checkpoint directory's store, opened (importing the snapshot writer) once."""
         if self._store is None:
             from wasmig.snapshot.stores import open_store
 
             self._store = open_store(str(self.policy.directory))
+        return self._store
 
     def _prepare(self) -> None:
         """What writing a snapshot needs besides the capture, made ready while the program runs
@@ -301,9 +302,7 @@ class Session:
         from wasmig.snapshot.signing import own_key_pair
 
         try:
-            self._open_store()
-            assert self._store is not None
-            self._store.prepare_writes()
+            self._open_store().prepare_writes()
         except (SnapshotError, OSError):
             return
         own_key_pair()
