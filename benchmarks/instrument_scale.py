@@ -10,10 +10,11 @@ disturbed than wall time by other load on a shared machine) for decoding and for
 (validation, which the pass needs for its stack types, instrumentation and encoding), the wall
 time of the pass, and the process's peak resident memory.
 
-``--baseline REV`` runs the same measurement on a git revision of this repository (checked out
-into a temporary worktree) in the same invocation, alternating with the working tree, and prints
-the ratios: before/after side by side in one run. ``--rounds N`` (default 1: a CPython run takes
-minutes), ``--programs cpython,quickjs``, ``--variants fast,steps``.
+``--baseline REV`` runs the same measurement on a git revision of this repository (its files
+extracted into a temporary directory, as ``overhead.py --baseline`` does) in the same invocation,
+alternating with the working tree, and prints the ratios: before/after side by side in one run.
+``--rounds N`` (default 1: a CPython run takes minutes), ``--programs cpython,quickjs``,
+``--variants fast,steps``.
 
 A change meant to make the pass faster without changing its output is checked byte for byte
 with ``benchmarks/instrument_hashes.py`` (digests recorded with the old pass, compared with the new).
@@ -32,6 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from overhead import baseline_tree  # noqa: E402
+
 from tests import real_programs  # noqa: E402
 
 #: Run in a child process, with the tree under test first on sys.path: prints one JSON line.
@@ -83,42 +87,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="wasmig-baseline-") as tmp:
         trees = {"now": REPO}
         if args.baseline:
-            base = Path(tmp) / "tree"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(base), args.baseline],
-                           check=True)
-            trees = {f"{args.baseline}": base, "now": REPO}
-        try:
-            for name in programs:
-                try:
-                    wasm = real_programs.obtain(name)
-                except real_programs.ProgramUnavailable as e:
-                    print(f"{name}: unavailable ({e})")
-                    continue
-                spec = real_programs.PROGRAMS[name]
-                print(f"\n== {spec['title']}: {wasm.stat().st_size} bytes", flush=True)
-                for variant in variants:
-                    results: dict[str, list[dict]] = {t: [] for t in trees}
-                    for _ in range(args.rounds):
-                        for tree_name, tree in trees.items():  # alternating: other load falls on both
-                            results[tree_name].append(measure(tree, wasm, variant, args.timeout))
-                    for tree_name, runs in results.items():
-                        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                        print(f"  {variant:5} {tree_name:>12}: decode {med['load_cpu']:6.1f} s CPU; "
-                              f"pass {med['pass_cpu']:6.1f} s CPU ({med['pass_wall']:6.1f} s wall); "
-                              f"peak {med['peak_mb']:6.0f} MB; output {med['size'] / 1e6:6.1f} MB, "
-                              f"{int(med['sites'])} sites", flush=True)
-                    if len(trees) == 2:
-                        (_, old), (_, new) = results.items()
-                        ratio_cpu = statistics.median(r["pass_cpu"] for r in old) / statistics.median(
-                            r["pass_cpu"] for r in new)
-                        ratio_mem = statistics.median(r["peak_mb"] for r in old) / statistics.median(
-                            r["peak_mb"] for r in new)
-                        print(f"  {variant:5} {'ratio':>12}: pass CPU {ratio_cpu:.2f}x faster, "
-                              f"peak memory {ratio_mem:.2f}x smaller", flush=True)
-        finally:
-            if args.baseline:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(Path(tmp) / "tree")],
-                               check=False)
+            trees = {f"{args.baseline}": baseline_tree(args.baseline, Path(tmp)), "now": REPO}
+        for name in programs:
+            try:
+                wasm = real_programs.obtain(name)
+            except real_programs.ProgramUnavailable as e:
+                print(f"{name}: unavailable ({e})")
+                continue
+            spec = real_programs.PROGRAMS[name]
+            print(f"\n== {spec['title']}: {wasm.stat().st_size} bytes", flush=True)
+            for variant in variants:
+                results: dict[str, list[dict]] = {t: [] for t in trees}
+                for _ in range(args.rounds):
+                    for tree_name, tree in trees.items():  # alternating: other load falls on both
+                        results[tree_name].append(measure(tree, wasm, variant, args.timeout))
+                for tree_name, runs in results.items():
+                    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                    print(f"  {variant:5} {tree_name:>12}: decode {med['load_cpu']:6.1f} s CPU; "
+                          f"pass {med['pass_cpu']:6.1f} s CPU ({med['pass_wall']:6.1f} s wall); "
+                          f"peak {med['peak_mb']:6.0f} MB; output {med['size'] / 1e6:6.1f} MB, "
+                          f"{int(med['sites'])} sites", flush=True)
+                if len(trees) == 2:
+                    (_, old), (_, new) = results.items()
+                    ratio_cpu = statistics.median(r["pass_cpu"] for r in old) / statistics.median(
+                        r["pass_cpu"] for r in new)
+                    ratio_mem = statistics.median(r["peak_mb"] for r in old) / statistics.median(
+                        r["peak_mb"] for r in new)
+                    print(f"  {variant:5} {'ratio':>12}: pass CPU {ratio_cpu:.2f}x faster, "
+                          f"peak memory {ratio_mem:.2f}x smaller", flush=True)
 
 
 if __name__ == "__main__":
