@@ -102,6 +102,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def migrate(pid: int, address: str, precopy: bool, tree: Tree, tmp: Path, env: dict[str, str],
+            what: str = "") -> re.Match[str]:
+    """``wasmig migrate PID --to ADDRESS`` of ``tree``; the match of its summary line (exits if it failed)."""
+    cmd = wasmig("migrate", str(pid), "--to", address, *tree.migrate_auth(tmp), "--quiet")
+    if not precopy:
+        cmd.append("--no-precopy")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tree.root)
+    m = SUMMARY.search(done.stdout)
+    if done.returncode != 0 or m is None:
+        raise SystemExit(f"{what}migration failed: {done.stderr.strip()}")
+    return m
+
+
 def one(program: Path, mib: int, rate: float, precopy: bool, tree: Tree, tmp: Path) -> tuple[float, float, float, int]:
     """(total s, downtime ms, MB sent, rounds) of one migration, with ``tree``'s wasmig."""
     address = f"127.0.0.1:{free_port()}"
@@ -120,13 +133,7 @@ def one(program: Path, mib: int, rate: float, precopy: bool, tree: Tree, tmp: Pa
         while b"listening" not in (state / "serve.err").read_bytes():
             time.sleep(0.02)
         time.sleep(0.3)  # let the dirtying settle in
-        cmd = wasmig("migrate", str(guest.pid), "--to", address, *tree.migrate_auth(tmp), "--quiet")
-        if not precopy:
-            cmd.append("--no-precopy")
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tree.root)
-        m = SUMMARY.search(done.stdout)
-        if done.returncode != 0 or m is None:
-            raise SystemExit(f"migration failed: {done.stderr.strip()}")
+        m = migrate(guest.pid, address, precopy, tree, tmp, env)
         guest.wait(30)
         return float(m.group(1)), float(m.group(2)), float(m.group(3)), int(m.group(4))
     finally:

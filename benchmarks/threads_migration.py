@@ -44,7 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.migration import SUMMARY, Tree, credentials, free_port, wasmig  # noqa: E402
+from benchmarks.migration import Tree, credentials, free_port, migrate, wasmig  # noqa: E402
 from tests.threaded_programs import compile_threaded  # noqa: E402
 from wasmig.toolchain import compile_c  # noqa: E402
 
@@ -99,13 +99,7 @@ def one(cell: Cell, program: Path, kib: int, precopy: bool, tree: Tree, tmp: Pat
             if time.monotonic() > deadline or guest.poll() is not None:
                 raise SystemExit(f"{cell.name}: the program or the daemon did not start")
             time.sleep(0.02)
-        cmd = wasmig("migrate", str(guest.pid), "--to", address, *tree.migrate_auth(tmp), "--quiet")
-        if not precopy:
-            cmd.append("--no-precopy")
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tree.root)
-        m = SUMMARY.search(done.stdout)
-        if done.returncode != 0 or m is None:
-            raise SystemExit(f"{cell.name}: migration failed: {done.stderr.strip()}")
+        m = migrate(guest.pid, address, precopy, tree, tmp, env, f"{cell.name}: ")
         guest.wait(30)
         restored = None
         if cell.threaded:
