@@ -497,6 +497,24 @@ def test_gc_of_a_file_store_that_is_not_there_is_an_error(tmp_path: Path) -> Non
     assert p.returncode == 0 and "0 snapshots" in p.stdout, p.stderr
 
 
+def test_a_file_store_that_is_not_there_says_so_to_gc_and_readers(tmp_path: Path) -> None:
+    """The store, not the CLI, finds its root missing: gc and a read of its latest snapshot say
+    'no such directory' (a read said 'has no snapshots'); asking for the latest is still None (a
+    job's store before its first checkpoint), and a store below a root that is there has no snapshots."""
+    from wasmig.errors import SnapshotError
+    from wasmig.snapshot.stores import open_store
+
+    missing = open_store(f"file://{tmp_path / 'gone'}")
+    for op in (missing.gc, missing.load, missing.read_sealed):
+        with pytest.raises(SnapshotError, match=f"^file://{tmp_path / 'gone'}: no such directory$"):
+            op()
+    assert missing.latest() is None
+    assert one_line_error(wasmig("restore", f"file://{tmp_path / 'gone'}")).endswith(": no such directory")
+    (tmp_path / "root" / ".wasmig").mkdir(parents=True)
+    with pytest.raises(SnapshotError, match="has no snapshots"):
+        open_store(f"file://{tmp_path / 'root' / 'job'}").load()
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_damaged_module_copy_falls_back_to_the_recorded_path_or_is_named(tmp_path: Path, engine: str) -> None:
     """The checkpoint directory's module copy with a flipped byte: its decode error ('malformed value
