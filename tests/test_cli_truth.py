@@ -250,6 +250,24 @@ def test_serve_takes_dir_as_host_then_guest(tmp_path: Path) -> None:
     assert f"write --dir {tmp_path}::/data" in err, err
 
 
+@pytest.mark.parametrize("command", [
+    ["run"], ["restore"], ["serve", "--listen", "127.0.0.1:1", "--trust-peer", "sha256:" + "ab" * 32],
+    ["cluster", "submit", "--store", "{tmp}/store"]])
+def test_two_dirs_at_one_guest_path_are_refused(tmp_path: Path, command: list[str]) -> None:
+    """Two host directories preopened at one guest path (or one --dir given twice) were accepted in
+    silence: the guest reached one of them only (run kept the first, restore and serve the last)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "m.wasm").write_bytes(b"\0asm\1\0\0\0")
+    argv = [a.format(tmp=tmp_path) for a in command]
+    last = [] if command[0] == "serve" else [tmp_path / "m.wasm"]
+    a, b = f"{tmp_path / 'a'}::/x", f"{tmp_path / 'b'}::/x/"
+    err = one_line_error(wasmig(*argv, "--dir", a, "--dir", b, *last))
+    assert err == f"wasmig: error: --dir '{b}': guest path '/x/' is already --dir '{a}' (one host directory " \
+                  "per guest path)", err
+    assert one_line_error(wasmig(*argv, "--dir", a, "--dir", a, *last)) == f"wasmig: error: --dir '{a}' is given twice"
+
+
 # --- 3. errors that name the real cause --------------------------------------------------------------
 @contextmanager
 def foreign_server(answer: bytes, *, banner: bool = False) -> Iterator[str]:
