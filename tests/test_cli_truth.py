@@ -531,6 +531,11 @@ def test_a_file_store_that_is_not_there_says_so_to_gc_and_readers(tmp_path: Path
     (tmp_path / "root" / ".wasmig").mkdir(parents=True)
     with pytest.raises(SnapshotError, match="has no snapshots"):
         open_store(f"file://{tmp_path / 'root' / 'job'}").load()
+    # a checkpoint directory's own check, the one gc makes (the CLI no longer repeats it)
+    with pytest.raises(SnapshotError, match=f"^{tmp_path / 'root'}: not a checkpoint directory"):
+        open_store(str(tmp_path / "root")).check_root()
+    (tmp_path / "root" / "snapshots").mkdir()
+    open_store(str(tmp_path / "root")).check_root()
 
 
 @pytest.mark.parametrize("engine", ENGINES)

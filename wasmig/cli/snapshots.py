@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from wasmig.cli.common import check_module_option, size_option
@@ -141,9 +140,6 @@ def gc(dry_run: bool, grace_s: float | None, directory: str) -> None:
     from wasmig.snapshot.stores import is_store_url, open_store
 
     remote = is_store_url(directory)
-    if not remote and not os.path.isdir(os.path.join(directory, "snapshots")):
-        fail(f"{directory}: not a checkpoint directory (no snapshots/ in it)")
-        return
     if grace_s is not None and not remote:
         fail("--grace is for file:// and s3:// stores (a checkpoint directory's gc locks out its writers)")
         return
