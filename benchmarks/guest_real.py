@@ -13,13 +13,19 @@ module's code differs between variants. Variants:
   (``benchmarks/overhead.py``'s extracted tree and child process);
 - ``NAME`` (``--extra NAME=FILE.wasm``, repeatable): any other module, e.g. an experiment's output.
 
-Method: every module is compiled once (untimed) and serialized; each run is a fresh process that
-deserializes it on an engine with the instrumented module's features (multi-memory, threads, tail
-calls: the same for every variant), instantiates it with wasmtime's WASI and runs ``_start``; the time is
-the CPU time of that thread during ``_start`` (``time.thread_time``), so neither start-up nor another
-tenant's load is charged. Runs alternate (each round runs every variant once, the order rotating), for
-``--rounds`` rounds (default 7); every run's stdout must equal the plain run's. It prints each variant's
-median and quartiles and its ratio of medians to ``plain``, and the load average at the start and end.
+Method: every module is compiled once per code placement (untimed) and serialized; each run is a fresh
+process that deserializes it on an engine with the instrumented module's features (multi-memory, threads,
+tail calls: the same for every variant), instantiates it with wasmtime's WASI and runs ``_start``; the
+time is the CPU time of that thread during ``_start`` (``time.thread_time``), so neither start-up nor
+another tenant's load is charged. Each variant is timed at ``--placements K`` code placements (default 4;
+``benchmarks/overhead.py``'s :func:`~overhead.placed`: padding stores in the first function move every
+later function's machine code by 0, 32, 64 and 96 bytes), because where the hot loops land moves a
+program by a few percent with the code unchanged, so one placement per variant cannot tell 2% apart
+(``--placements 1``: the module as is, the behaviour before). Runs alternate: each round times, at each
+placement in turn, every variant once, the order rotating at every turn; ``--rounds`` rounds (default
+7). Every run's stdout must equal the plain run's. It prints each variant's median over all its runs
+(every placement) and quartiles, its ratio of medians to ``plain``, the ratio at each placement (the
+variant's median there over plain's), and the load average at the start and end.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from overhead import baseline_fast, baseline_tree, make_engine  # noqa: E402
+from overhead import PLACEMENTS, baseline_fast, baseline_tree, make_engine, placed  # noqa: E402
 from real_programs import SCRIPTS, WASMTIME_PY  # noqa: E402
 
 from tests.real_programs import ProgramUnavailable, obtain  # noqa: E402
@@ -91,6 +97,37 @@ def parse_extra(spec: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def schedule(names: list[str], rounds: int, placements: int) -> list[tuple[int, str]]:
+    """The timed runs in order, as (placement index, variant): each round visits the placements in
+    turn and runs every variant once at each, who goes first rotating at every turn (with one
+    placement: each round rotated by one, as before placements)."""
+    order = []
+    for r in range(rounds):
+        for at in range(placements):
+            turn = r * placements + at
+            order += [(at, name) for name in names[turn % len(names):] + names[:turn % len(names)]]
+    return order
+
+
+def summary(times: dict[str, dict[int, list[float]]]) -> list[str]:
+    """One line per variant: the median and quartiles of all its runs (every placement), the ratio
+    of that median to plain's, and at each placement the ratio of the medians there."""
+    def pooled(name: str) -> list[float]:
+        return [t for at in sorted(times[name]) for t in times[name][at]]
+
+    ref = statistics.median(pooled("plain"))
+    lines = []
+    for name, by_place in times.items():
+        xs = pooled(name)
+        q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0], xs[0], xs[0]]
+        at = " ".join(f"{statistics.median(by_place[p]) / statistics.median(times['plain'][p]):.3f}"
+                      for p in sorted(by_place))
+        lines.append(f"{name:24} {statistics.median(xs):7.3f} s CPU ({q[0]:.3f}-{q[2]:.3f})  "
+                     f"{statistics.median(xs) / ref:6.3f}x plain"
+                     + (f"  by placement {at}" if len(by_place) > 1 else ""))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--program", choices=sorted(GUEST_ARGS), default="quickjs")
@@ -100,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=FILE.wasm",
                     help="also this module (repeatable)")
     ap.add_argument("--only", default="", help="comma-separated variants to time (default: all)")
+    ap.add_argument("--placements", type=int, default=len(PLACEMENTS), choices=range(1, len(PLACEMENTS) + 1),
+                    metavar="K", help=f"code placements each variant is timed at, 1-{len(PLACEMENTS)} (default "
+                    f"{len(PLACEMENTS)}; 1: the module as is)")
     args = ap.parse_args(argv)
     extras = [parse_extra(spec) for spec in args.extra]
     try:
@@ -119,28 +159,24 @@ def main(argv: list[str] | None = None) -> int:
             keep = {"plain", *args.only.split(",")}
             blobs = {k: v for k, v in blobs.items() if k in keep}
         engine = make_engine()
-        cwasm: dict[str, Path] = {}
+        cwasm: dict[tuple[str, int], Path] = {}
         for name, blob in blobs.items():
-            cwasm[name] = tmp / f"{name}.cwasm"
-            cwasm[name].write_bytes(wasmtime.Module(engine, blob).serialize())
+            for at in range(args.placements):
+                cwasm[name, at] = tmp / f"{name}.{at}.cwasm"
+                cwasm[name, at].write_bytes(wasmtime.Module(engine, placed(blob, PLACEMENTS[at])).serialize())
         guest = GUEST_ARGS[args.program]
-        expected = run_once(cwasm["plain"], str(app), guest)[1]  # untimed warm-up; the reference output
-        print(f"{args.program}: {len(blobs)} variants, {args.rounds} rounds; load average at the start "
-              f"{os.getloadavg()[0]:.1f}", flush=True)
+        expected = run_once(cwasm["plain", 0], str(app), guest)[1]  # untimed warm-up; the reference output
+        print(f"{args.program}: {len(blobs)} variants, {args.rounds} rounds at {args.placements} code placements; "
+              f"load average at the start {os.getloadavg()[0]:.1f}", flush=True)
         names = list(blobs)
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                t, out = run_once(cwasm[name], str(app), guest)
-                if out != expected:
-                    raise SystemExit(f"guest_real: {name} printed {out[-200:]!r}, plain {expected[-200:]!r}")
-                times[name].append(t)
-        ref = statistics.median(times["plain"])
-        for name in names:
-            xs = times[name]
-            q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0], xs[0], xs[0]]
-            print(f"{name:24} {statistics.median(xs):7.3f} s CPU ({q[0]:.3f}-{q[2]:.3f})  "
-                  f"{statistics.median(xs) / ref:6.3f}x plain")
+        times: dict[str, dict[int, list[float]]] = {n: {at: [] for at in range(args.placements)} for n in names}
+        for at, name in schedule(names, args.rounds, args.placements):
+            t, out = run_once(cwasm[name, at], str(app), guest)
+            if out != expected:
+                raise SystemExit(f"guest_real: {name} printed {out[-200:]!r}, plain {expected[-200:]!r}")
+            times[name][at].append(t)
+        for line in summary(times):
+            print(line)
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -250,6 +250,24 @@ def test_serve_takes_dir_as_host_then_guest(tmp_path: Path) -> None:
     assert f"write --dir {tmp_path}::/data" in err, err
 
 
+@pytest.mark.parametrize("command", [
+    ["run"], ["restore"], ["serve", "--listen", "127.0.0.1:1", "--trust-peer", "sha256:" + "ab" * 32],
+    ["cluster", "submit", "--store", "{tmp}/store"]])
+def test_two_dirs_at_one_guest_path_are_refused(tmp_path: Path, command: list[str]) -> None:
+    """Two host directories preopened at one guest path (or one --dir given twice) were accepted in
+    silence: the guest reached one of them only (run kept the first, restore and serve the last)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "m.wasm").write_bytes(b"\0asm\1\0\0\0")
+    argv = [a.format(tmp=tmp_path) for a in command]
+    last = [] if command[0] == "serve" else [tmp_path / "m.wasm"]
+    a, b = f"{tmp_path / 'a'}::/x", f"{tmp_path / 'b'}::/x/"
+    err = one_line_error(wasmig(*argv, "--dir", a, "--dir", b, *last))
+    assert err == f"wasmig: error: --dir '{b}': guest path '/x/' is already --dir '{a}' (one host directory " \
+                  "per guest path)", err
+    assert one_line_error(wasmig(*argv, "--dir", a, "--dir", a, *last)) == f"wasmig: error: --dir '{a}' is given twice"
+
+
 # --- 3. errors that name the real cause --------------------------------------------------------------
 @contextmanager
 def foreign_server(answer: bytes, *, banner: bool = False) -> Iterator[str]:
@@ -495,6 +513,29 @@ def test_gc_of_a_file_store_that_is_not_there_is_an_error(tmp_path: Path) -> Non
     (tmp_path / "root").mkdir()
     p = wasmig("gc", f"file://{tmp_path / 'root'}")
     assert p.returncode == 0 and "0 snapshots" in p.stdout, p.stderr
+
+
+def test_a_file_store_that_is_not_there_says_so_to_gc_and_readers(tmp_path: Path) -> None:
+    """The store, not the CLI, finds its root missing: gc and a read of its latest snapshot say
+    'no such directory' (a read said 'has no snapshots'); asking for the latest is still None (a
+    job's store before its first checkpoint), and a store below a root that is there has no snapshots."""
+    from wasmig.errors import SnapshotError
+    from wasmig.snapshot.stores import open_store
+
+    missing = open_store(f"file://{tmp_path / 'gone'}")
+    for op in (missing.gc, missing.load, missing.read_sealed):
+        with pytest.raises(SnapshotError, match=f"^file://{tmp_path / 'gone'}: no such directory$"):
+            op()
+    assert missing.latest() is None
+    assert one_line_error(wasmig("restore", f"file://{tmp_path / 'gone'}")).endswith(": no such directory")
+    (tmp_path / "root" / ".wasmig").mkdir(parents=True)
+    with pytest.raises(SnapshotError, match="has no snapshots"):
+        open_store(f"file://{tmp_path / 'root' / 'job'}").load()
+    # a checkpoint directory's own check, the one gc makes (the CLI no longer repeats it)
+    with pytest.raises(SnapshotError, match=f"^{tmp_path / 'root'}: not a checkpoint directory"):
+        open_store(str(tmp_path / "root")).check_root()
+    (tmp_path / "root" / "snapshots").mkdir()
+    open_store(str(tmp_path / "root")).check_root()
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -30,7 +30,7 @@ import zstandard
 from tests.wasi_harness import REPO, program
 from wasmig import toolchain
 from wasmig.hashing import blake3
-from wasmig.snapshot import wsnap
+from wasmig.snapshot import packs, wsnap
 from wasmig.snapshot.signing import SEAL_SIZE
 from wasmig.snapshot.state import SnapshotError
 from wasmig.snapshot.store import (
@@ -309,6 +309,46 @@ def test_import_into_a_new_and_an_existing_directory(work: Work, tmp_path: Path)
     assert not (tmp_path / "never").exists()
     one_error(work.run("import", tmp_path / "missing.wsnap", tmp_path / "never"), "missing.wsnap")
     assert not (tmp_path / "never").exists()
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("failing", ["module copy", "snapshot file"])
+def test_an_import_that_fails_on_a_full_disk_leaves_no_pack(work: Work, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """A full disk after the pages' pack was published (at the module copy, or the snapshot file)
+    left that pack behind, named by no snapshot, until a gc; the import now takes it back."""
+    import errno
+    import fcntl
+
+    from wasmig.snapshot import store as store_module
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    where, name = (wsnap, "_atomic_write") if failing == "module copy" else (store_module, "write_temp")
+    monkeypatch.setattr(where, name, full)
+    target = tmp_path / "d"
+    with pytest.raises(SnapshotError, match="No space left on device"):
+        wsnap.import_wsnap(work.tmp / "prog.wsnap", target)
+    # no pack, nor temporary file; the module copy, once written, stays (as a run's: a writer of the
+    # same module in the directory may have found it there since, and relies on it)
+    kept = [p.name for p in work.ck.glob("module-*.wasm")]
+    assert len(kept) == 1 and _files(target) == [".gc-lock", *(kept if failing == "snapshot file" else [])]
+    monkeypatch.undo()
+    wsnap.import_wsnap(work.tmp / "prog.wsnap", target)  # and the next import just works
+    (pack,) = (target / "pages").glob("*.pack")
+    hashes = {h for h, _, _ in packs.read_index(pack)}
+    store = CheckpointDir(target)
+    assert not store.discard_pack(pack, hashes) and pack.exists()  # a snapshot names its pages
+    for snap in (target / "snapshots").glob("*.snap"):
+        snap.unlink()
+    with open(target / ".gc-lock", "rb") as lock:  # a writer at work: left for gc
+        fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
+        assert not store.discard_pack(pack, hashes) and pack.exists()
+    assert store.discard_pack(pack, hashes) and not pack.exists()
 
 
 def test_module_file_prefix_matches_the_session() -> None:

@@ -331,3 +331,30 @@ def test_a_damaged_frame_read_ahead_is_still_refused(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError) as err:
         load_snapshot(path)
     assert "corrupt" in str(err.value) and pack.name in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_full_disk_at_the_snapshot_file_takes_the_new_pack_back(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC once the pages' pack is published, writing the snapshot file: the pack, named by no
+    snapshot, was left for a gc; it is removed, the earlier snapshot's pack stays, the next write works."""
+    from wasmig.snapshot import store as store_module
+    from wasmig.snapshot.state import SnapshotError
+
+    store = CheckpointDir(tmp_path / "ck", threads=2)
+    first = make_snapshot(10)
+    first.memories = [MemoryState(1, None, bytearray(random.Random(10).randbytes(8 * PAGE_SIZE)))]
+    earlier = store.write(first)
+    packs_before = sorted(p.name for p in (tmp_path / "ck" / "pages").iterdir())
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_module, "write_temp", full)
+    snap = make_snapshot(11)
+    snap.memories = [MemoryState(1, None, bytearray(random.Random(11).randbytes(20 * PAGE_SIZE)))]
+    with pytest.raises(SnapshotError, match="No space left on device"):
+        store.write(snap)
+    assert sorted(p.name for p in (tmp_path / "ck" / "pages").iterdir()) == packs_before
+    monkeypatch.undo()
+    assert load_snapshot(earlier).memories[0].data == first.memories[0].data
+    assert load_snapshot(store.write(snap)).memories[0].data == snap.memories[0].data

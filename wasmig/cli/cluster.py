@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from wasmig.cli.common import ENGINE_METAVAR, ENGINES, MAX_PERIOD_S, parse_dir, parse_env
+from wasmig.cli.common import ENGINE_METAVAR, ENGINES, MAX_PERIOD_S, parse_dirs, parse_env
 from wasmig.cli.output import UserError, fail, out
 from wasmig.cli.parser import COMMANDS, Command, CommandLineError, Number, Parser, command, suggest
 
@@ -150,7 +150,7 @@ def submit(address: str | None, dirs: tuple[str, ...], envs: tuple[str, ...], en
         raise UserError(f"{program}: not a WebAssembly module: {e}") from None
     store = job_store(store)
     spec = JobSpec(module=data, module_name=os.path.basename(program), args=tuple(args), env=parse_env(envs),
-                   dirs=tuple((os.path.abspath(h), g) for h, g in map(parse_dir, dirs)), engine=engine,
+                   dirs=tuple((os.path.abspath(h), g) for h, g in parse_dirs(dirs)), engine=engine,
                    checkpoint_every=checkpoint_every, store=store, num_cpus=num_cpus,
                    placement=Placement(node=node, labels=parse_pairs(node_labels, "--node-label"),
                                        resources=parse_pairs(resources, "--resource", number=True)),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import posixpath  # already loaded by os: no start-up cost
 import sys
 
 from wasmig import engines
@@ -14,7 +15,7 @@ from wasmig.errors import DecodeError, Trap, ValidationError, WasmError
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up)
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from wasmig.migrate.channel import Identity
     from wasmig.session.policy import CheckpointPolicy
@@ -43,6 +44,25 @@ def parse_dir(spec: str) -> tuple[str, str]:
     if not os.path.isdir(host):
         raise UserError(f"--dir {host!r}: not a directory")
     return host, guest if sep else host
+
+
+def parse_dirs(specs: Iterable[str]) -> list[tuple[str, str]]:
+    """Every ``--dir`` as (host, guest), refusing two at one guest path: WASI would preopen both
+    and a guest's path resolves in one of them only (``run`` kept the first, ``restore`` and
+    ``serve`` the last), so the other directory was silently out of reach."""
+    out: list[tuple[str, str]] = []
+    given: dict[str, str] = {}
+    for spec in specs:
+        host, guest = parse_dir(spec)
+        key = posixpath.normpath(guest)  # /x, /x/ and /x/. are one preopen path to the guest
+        if key in given:
+            if given[key] == spec:
+                raise UserError(f"--dir {spec!r} is given twice")
+            raise UserError(f"--dir {spec!r}: guest path {guest!r} is already --dir {given[key]!r} "
+                            "(one host directory per guest path)")
+        given[key] = spec
+        out.append((host, guest))
+    return out
 
 
 def component_problem(path: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from wasmig.cli.common import ENGINE_METAVAR, ENGINES, check_listen_address, open_listener, parse_dir, pick_engine
+from wasmig.cli.common import ENGINE_METAVAR, ENGINES, check_listen_address, open_listener, parse_dirs, pick_engine
 from wasmig.cli.output import UserError, fail, out
 from wasmig.cli.parser import Number, Parser, PathOption, command
 from wasmig.errors import WasmError
@@ -48,7 +48,7 @@ def serve(listen: str, trust_peers: tuple[str, ...], key_dir: str | None, token_
 
     try:
         host, port = parse_address(listen, "--listen")
-        mapping = {guest: host_dir for host_dir, guest in map(parse_dir, dirs)}
+        mapping = {guest: host_dir for host_dir, guest in parse_dirs(dirs)}
         for spec in listens:
             check_listen_address(spec)
         engine = pick_engine(engine, interp_only=False)

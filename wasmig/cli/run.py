@@ -17,7 +17,7 @@ from wasmig.cli.common import (
     make_policy,
     module_problem,
     open_listener,
-    parse_dir,
+    parse_dirs,
     parse_env,
     peer_identity,
     pick_engine,
@@ -257,7 +257,7 @@ def run(engine: str | None, invoke: str | None, dirs: tuple[str, ...], envs: tup
     try:
         if os.path.isdir(program):
             raise UserError(f"{program}: is a directory, not a WebAssembly module")
-        preopens = [parse_dir(d) for d in dirs]
+        preopens = parse_dirs(dirs)
         env = parse_env(envs)
         runs_on = engines.get(pick_engine(engine, interp_only=checkpoint_at_instruction is not None))
         if plain:
@@ -370,10 +370,7 @@ def restore(engine: str | None, dirs: tuple[str, ...], listens: tuple[str, ...],
 
     wasi = None
     try:
-        mapping = {}
-        for d in dirs:
-            host, guest = parse_dir(d)
-            mapping[guest] = host
+        mapping = {guest: host for host, guest in parse_dirs(dirs)}
         for spec in listens:
             check_listen_address(spec)
         policy = make_policy(checkpoint_dir, checkpoint_at_step, checkpoint_at_instruction, checkpoint_every,

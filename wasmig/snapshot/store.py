@@ -319,18 +319,21 @@ class StagedWrite:
     def commit(self) -> Path:
         """Pack (fsync, rename), the directories that must be durable, then the snapshot file; its path."""
         store = self._store
+        pack: Path | None = None
         try:
-            pack = self._writer.commit()
-            store._make_reused_durable(self._reused, pack is not None)
-            path = store._install(self._chunks)
-        except OSError as e:
+            try:
+                pack = self._writer.commit()
+                store._make_reused_durable(self._reused, pack is not None)
+                path = store._install(self._chunks)
+            finally:
+                self._lock.close()  # releases the lock
+        except BaseException as e:
             self._writer.abort()
-            raise SnapshotError(f"{store.path}: cannot write snapshot: {_describe(e)}") from None
-        except BaseException:
-            self._writer.abort()
+            if pack is not None:  # published, and no snapshot names it (a full disk): taken back
+                store.discard_pack(pack, {h.hex() for h, _, _ in self._writer.entries})
+            if isinstance(e, OSError):
+                raise SnapshotError(f"{store.path}: cannot write snapshot: {_describe(e)}") from None
             raise
-        finally:
-            self._lock.close()  # releases the lock
         if pack is not None:
             store._durable_packs.add(pack.name)
             self.stats.page_bytes_written = self._writer.offset  # the pack file: pages, index, checksum
@@ -520,6 +523,22 @@ class CheckpointDir:
             os.replace(tmp, final)
             _fsync_dir(self.snapshots_dir)
             return final
+
+    def discard_pack(self, pack: Path, hashes: set[str]) -> bool:
+        """Remove ``pack`` (holding pages ``hashes``), published by a write that then failed, unless
+        a snapshot names one of its pages; whether it was removed. Another writer may have found
+        pages in it meanwhile and named them, so this is gc's decision for one pack, under gc's
+        exclusive lock: taken without waiting (the caller must hold none), and when a writer holds
+        it, or a snapshot cannot be read, the pack is left for gc."""
+        try:
+            with self._gc_lock(fcntl.LOCK_EX | fcntl.LOCK_NB):
+                if any(hashes & named for named in self.referenced_pages().values()):
+                    return False
+                os.unlink(pack)
+                _fsync_dir(self.pages_dir)
+                return True
+        except (OSError, SnapshotError):
+            return False
 
     # collecting
     def referenced_pages(self) -> dict[Path, set[str]]:

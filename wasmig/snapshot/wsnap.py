@@ -500,12 +500,18 @@ def import_wsnap(source: str | Path, directory: str | Path) -> Path | str:
         if not_dir:
             raise SnapshotError(f"{directory}: not a directory")
         store = CheckpointDir(directory)
+        written: list[tuple[Path, set[str]]] = []  # the pack _store_pages published, if any
         try:
             _mkdirs_durable(directory)
-            with store._gc_lock(fcntl.LOCK_SH):
-                _store_pages(store, w)
-                _store_module(directory, w.manifest["module_sha256"], module_bytes)
-                return store._install([w.snapshot_bytes])
+            try:
+                with store._gc_lock(fcntl.LOCK_SH):
+                    _store_pages(store, w, written)
+                    _store_module(directory, w.manifest["module_sha256"], module_bytes)
+                    return store._install([w.snapshot_bytes])
+            except BaseException:
+                for pack, hashes in written:  # no snapshot names it (a full disk left it for gc to find)
+                    store.discard_pack(pack, hashes)
+                raise
         except OSError as e:
             raise SnapshotError(f"{directory}: cannot import: {_describe(e)}") from None
         except (SnapshotError, *_READ_ERRORS) as e:  # the file changed since it was verified
@@ -519,9 +525,10 @@ def _verify_all(f: BinaryIO) -> tuple[_Wsnap, bytes]:
     return w, w.read_module()
 
 
-def _store_pages(store: CheckpointDir, w: _Wsnap) -> None:
-    """The pages the store lacks, as one new pack; then ``pages/`` fsynced (also for pages found in
-    packs another writer may not have made durable)."""
+def _store_pages(store: CheckpointDir, w: _Wsnap, written: list[tuple[Path, set[str]]]) -> None:
+    """The pages the store lacks, as one new pack (added to ``written`` with its pages once it is
+    published, for the caller to take back should the import fail later); then ``pages/`` fsynced
+    (also for pages found in packs another writer may not have made durable)."""
     _mkdirs_durable(store.pages_dir)
     _mkdirs_durable(store.snapshots_dir)
     present = packs.PackStore(store.pages_dir)
@@ -531,10 +538,12 @@ def _store_pages(store: CheckpointDir, w: _Wsnap) -> None:
         for h in sorted(w.pages):
             if not present.has(h):
                 writer.append(h, w.read_page(h)[0])  # verified again: the file could have changed
-        writer.commit()
+        pack = writer.commit()
     except BaseException:
         writer.abort()
         raise
+    if pack is not None:
+        written.append((pack, {h.hex() for h, _, _ in writer.entries}))
     for d in sorted({h[:2] for h in w.pages if h not in present.locations and present.has(h)}):
         _fsync_dir(store.pages_dir / d)  # layout-1 pages it names
     _fsync_dir(store.pages_dir)

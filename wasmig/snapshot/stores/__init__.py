@@ -83,8 +83,15 @@ class SnapshotStore(ABC):
             return which
         latest = self.latest()
         if latest is None:
+            self.check_root()  # a root that is not there says so, rather than 'has no snapshots'
             raise SnapshotError(f"{self.url}: checkpoint store has no snapshots")
         return latest
+
+    @abstractmethod
+    def check_root(self) -> None:
+        """A one-line SnapshotError when the store is not there (a bucket, a file:// root, a
+        checkpoint directory without ``snapshots/``), so that a mistyped name does not read as an
+        empty store: asked by gc and by a read of the latest snapshot that finds none."""
 
     @abstractmethod
     def read_sealed(self, which: str | None = None) -> tuple[str, Container]:

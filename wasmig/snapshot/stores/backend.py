@@ -65,5 +65,9 @@ class ObjectBackend(Protocol):
     def check(self) -> None:
         """Contact the backend now: the bucket (or root directory) exists and objects can be written."""
 
+    def check_root(self) -> None:
+        """The bucket (or root directory) exists, else a SnapshotError saying so: a mistyped root
+        must not read as an empty store (gc 'collecting' nothing with success, 'no snapshots')."""
+
     def stale_temporaries(self, older_than_s: float) -> int:
         """Remove temporary objects left by killed writers (a filesystem's temp files); how many."""

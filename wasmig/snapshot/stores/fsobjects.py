@@ -168,6 +168,10 @@ class FsObjects:
         self.put(key, b"")
         self.delete(key)
 
+    def check_root(self) -> None:
+        if not self.root.is_dir():
+            raise SnapshotError(f"{self.url}: no such directory")
+
     def stale_temporaries(self, older_than_s: float) -> int:
         cutoff = time.time() - older_than_s
         removed = 0

@@ -123,6 +123,10 @@ class LocalStore(SnapshotStore):
     def prepare_writes(self) -> None:
         self.dir.prepare()
 
+    def check_root(self) -> None:
+        if not os.path.isdir(self.dir.snapshots_dir):
+            raise SnapshotError(f"{self.url}: not a checkpoint directory (no snapshots/ in it)")
+
     def check_writable(self) -> None:
         import time
 
@@ -136,6 +140,5 @@ class LocalStore(SnapshotStore):
 
     def gc(self, *, dry_run: bool = False, grace_s: float | None = None) -> dict[str, int]:
         """The checkpoint directory's gc (its flock excludes writers: no grace period needed)."""
-        if not os.path.isdir(self.dir.snapshots_dir):
-            raise SnapshotError(f"{self.url}: not a checkpoint directory (no snapshots/ in it)")
+        self.check_root()
         return self.dir.gc(dry_run=dry_run)

@@ -234,6 +234,9 @@ class ObjectStore(SnapshotStore):
                 found.append((int(m.group(1)), info.key))
         return [self.backend.location(k) for _, k in sorted(found)]
 
+    def check_root(self) -> None:
+        self.backend.check_root()
+
     def _key(self, which: str | None) -> tuple[str, str]:
         location = self._which(which)
         key = self.backend.key_of(location)
@@ -519,6 +522,7 @@ class ObjectStore(SnapshotStore):
         grace = DEFAULT_GC_GRACE_S if grace_s is None else grace_s
         if grace < 0:
             raise SnapshotError("the gc grace period cannot be negative")
+        self.check_root()
         started = time.time()
         referenced = self.referenced_pages()
         stats = {"snapshots": len(self.all_manifests()), "pages_kept": 0, "pages_removed": 0, "bytes_removed": 0,

@@ -191,6 +191,9 @@ class S3Objects:
         self.put(key, b"")
         self.delete(key)
 
+    def check_root(self) -> None:
+        self._call("reach the bucket", "", self._client.head_bucket)
+
     def stale_temporaries(self, older_than_s: float) -> int:
         return 0  # an S3 put is atomic: a killed writer leaves no partial object
 
