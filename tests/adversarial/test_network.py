@@ -11,6 +11,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -454,6 +455,84 @@ def test_a_gateway_serves_the_program_only_to_its_owner(tmp_path: Path, keys: Ke
             guest_side._key = None
             proc.kill()
             proc.wait()
+
+
+#: ``wasmig gateway`` holding ``backend_ok`` back until a client's announcement is under way (sent, or
+#: waiting for the gateway's one-writer lock ``announcing``): an order a loaded machine gives by chance
+HELD_BACKEND_OK = """
+import sys, threading
+from wasmig import wire
+from wasmig.migrate import gateway
+
+under_way = threading.Event()
+
+
+class Announcing:
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __enter__(self):
+        if not self.lock.acquire(blocking=False):
+            under_way.set()  # a writer waits for the lock
+            self.lock.acquire()
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+make = gateway.Gateway.__init__
+def made(self, *args, **kwargs):
+    make(self, *args, **kwargs)
+    self.announcing = Announcing()
+gateway.Gateway.__init__ = made
+
+send = wire.Channel.send
+def held(self, t, **fields):
+    if t == "backend_ok":
+        gateway.log("holding backend_ok")
+        under_way.wait(30)
+    send(self, t, **fields)
+    if t == "conn":
+        under_way.set()
+wire.Channel.send = held
+
+from wasmig.cli import main
+main()
+"""
+
+
+def test_a_client_that_comes_while_the_program_connects_is_announced_after_backend_ok(tmp_path: Path,
+                                                                                       keys: Keys) -> None:
+    """A client accepted between the gateway taking the program's listener connection and its
+    ``backend_ok`` is announced after it: its ``conn`` went first on a loaded machine once, and the
+    program's start failed ("expected backend_ok, got 'conn'"; its owner's client then waited in vain)."""
+    from wasmig.keys import load_key_pair
+    from wasmig.wasi import gateway as guest_side
+    from wasmig.wire import WireError
+
+    with gateway(tmp_path, keys, [sys.executable, "-c", HELD_BACKEND_OK]) as (public, control, gw_log):
+        guest_side.use_key(load_key_pair(keys.dir("source")))
+        try:
+            key = guest_side.register(control, keys.fingerprint("gateway"))
+            listener: list[object] = []
+
+            def connect() -> None:
+                try:
+                    listener.append(guest_side.connect_listener(control, key))
+                except WireError as e:
+                    listener.append(e)
+
+            connecting = threading.Thread(target=connect, daemon=True)
+            connecting.start()
+            wait_for(lambda: "holding backend_ok" in gw_log.read_text(), gw_log.read_text(), 30)
+            host, port = public.rsplit(":", 1)
+            with socket.create_connection((host, int(port))):
+                connecting.join(60)
+                assert listener and isinstance(listener[0], socket.socket), listener
+                assert guest_side.next_connection(listener[0], control) == 1
+                listener[0].close()
+        finally:
+            guest_side._key = None
 
 
 def test_an_untrusted_key_cannot_even_reach_the_gateway(tmp_path: Path, keys: Keys) -> None:
