@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,19 +43,60 @@ def attacker_python() -> str:
 
 
 # --- a man in the middle ------------------------------------------------------------------------
-class Proxy(threading.Thread):
-    """A TCP proxy between a source and a daemon that records both directions; ``flip_at``: the
-    offset in the source-to-daemon stream of a byte it inverts (a rewrite), if any."""
+#: where a man in the middle rewrites one byte of the source-to-daemon stream, found from what went
+#: so far (an offset ahead of it), and how (the byte's new value, from its old one)
+Rewrite = Callable[[bytes], tuple[int, Callable[[int], int]] | None]
 
-    def __init__(self, upstream: str, flip_at: int | None = None) -> None:
+
+def invert(byte: int) -> int:
+    return byte ^ 0xFF
+
+
+def at_offset(offset: int) -> Rewrite:
+    return lambda _so_far: (offset, invert)
+
+
+def record_starts(stream: bytes) -> Iterator[tuple[int, int | None]]:
+    """(offset, body length) of each TLS record of a source-to-daemon stream so far (after its
+    plaintext hello frame), and last the offset where the next one starts (its length unknown yet)."""
+    if len(stream) < 4:
+        return
+    pos = 4 + struct.unpack(">I", stream[:4])[0]
+    while pos + 5 <= len(stream):
+        length = struct.unpack(">H", stream[pos + 3:pos + 5])[0]
+        yield pos, length
+        pos += 5 + length
+    yield pos, None
+
+
+def at_module_end(k: int, change: Callable[[int], int]) -> Rewrite:
+    """Byte ``k`` (0-4: its header, type, version, length; then its body) of the record that ends
+    the module's frame -- the first record after the first full one (16 KiB of plaintext): the
+    last of a burst, after which the source waits for ``module_ok``."""
+    def locate(so_far: bytes) -> tuple[int, Callable[[int], int]] | None:
+        full = False
+        for pos, length in record_starts(so_far):
+            if full:
+                return pos + k, change
+            full = length is not None and length > 1 << 14
+        return None
+    return locate
+
+
+class Proxy(threading.Thread):
+    """A TCP proxy between a source and a daemon that records both directions and, if given a
+    ``rewrite``, rewrites one byte of the source-to-daemon stream (``rewritten``: (offset, old, new))."""
+
+    def __init__(self, upstream: str, rewrite: Rewrite | None = None) -> None:
         super().__init__(daemon=True)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.upstream = upstream
-        self.flip_at = flip_at
+        self.rewrite = rewrite
+        self.target: tuple[int, Callable[[int], int]] | None = None
         self.to_daemon = bytearray()
         self.to_source = bytearray()
-        self.flipped = False
+        self.rewritten: tuple[int, int, int] | None = None
 
     def run(self) -> None:
         while True:
@@ -81,16 +122,23 @@ class Proxy(threading.Thread):
                     except OSError:
                         pass
                 return
-            if rewrite and self.flip_at is not None and not self.flipped and \
-                    len(record) <= self.flip_at < len(record) + len(data):
-                k = self.flip_at - len(record)
-                data = data[:k] + bytes([data[k] ^ 0xFF]) + data[k + 1:]
-                self.flipped = True
+            if rewrite and self.rewrite is not None and self.rewritten is None:
+                data = self._rewritten(record, data)
             record += data
             try:
                 dst.sendall(data)
             except OSError:
                 return
+
+    def _rewritten(self, record: bytearray, data: bytes) -> bytes:
+        if self.target is None:
+            self.target = self.rewrite(bytes(record) + data)  # type: ignore[misc]
+        if self.target is None or not len(record) <= self.target[0] < len(record) + len(data):
+            return data
+        offset, change = self.target
+        k = offset - len(record)
+        self.rewritten = (offset, data[k], change(data[k]) & 0xFF)
+        return data[:k] + bytes([self.rewritten[2]]) + data[k + 1:]
 
     def close(self) -> None:
         self.listener.close()
@@ -157,21 +205,38 @@ def test_the_recorded_migration_stream_holds_no_plaintext(tmp_path: Path, keys: 
         assert secret not in recorded, secret
 
 
-def test_a_rewritten_byte_fails_the_migration_and_the_program_goes_on(tmp_path: Path, keys: Keys) -> None:
-    """An active man in the middle inverts a byte in the middle of the module or the pages: TLS
-    refuses the record, the migration fails with a clear error, nothing runs on the daemon, and the
-    program goes on at the source -- and moves afterwards, untouched, over a clean path."""
+@pytest.mark.parametrize("rewrite, longer", [
+    pytest.param(at_offset(200_000), False, id="a byte of page data"),
+    pytest.param(at_module_end(0, invert), False, id="a record's type"),
+    pytest.param(at_module_end(3, lambda b: b - 1), False, id="a record's length, 256 shorter"),
+    pytest.param(at_module_end(3, lambda b: b + 1), True, id="the last record of a burst, 256 longer"),
+])
+def test_a_rewritten_byte_fails_the_migration_and_the_program_goes_on(tmp_path: Path, keys: Keys, rewrite: Rewrite,
+                                                                      longer: bool) -> None:
+    """An active man in the middle rewrites a byte of the module or the pages, or of a TLS record's
+    header: TLS refuses the record, the migration fails promptly with a clear error, nothing runs
+    on the daemon, and the program goes on at the source -- and moves afterwards, untouched, over
+    a clean path. A record made longer at the end of a burst used to leave both sides waiting on
+    their 60 s receive timeouts; now the daemon gives up on it after RECORD_STALL seconds."""
+    from wasmig.wire import _TLS_MAX_RECORD, RECORD_STALL
+
     with daemon(tmp_path, "target", "wasmtime", keys) as d, dirtier(tmp_path) as proc:
-        proxy = Proxy(d.address, flip_at=200_000)
+        proxy = Proxy(d.address, rewrite)
         proxy.start()
+        started = time.monotonic()
         try:
             failed = subprocess.run(wasmig("migrate", str(proc.pid), "--to", proxy.address, "--peer-fingerprint",
                                            d.fingerprint, "--quiet"), capture_output=True, text=True, timeout=120)
         finally:
             proxy.close()
-        assert proxy.flipped
+        took = time.monotonic() - started
+        assert proxy.rewritten is not None
+        if longer:  # still a length TLS allows: the record waits for its rest (a longer one is refused at once)
+            offset = proxy.rewritten[0]
+            assert proxy.rewritten[2] << 8 | proxy.to_daemon[offset + 1] <= _TLS_MAX_RECORD, proxy.rewritten
         assert failed.returncode == 1 and "migration failed, the program goes on" in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
+        assert took < RECORD_STALL + 30, f"the migration failed only after {took:.1f} s: {failed.stderr}"
         wait_for(lambda: "aborted, nothing runs" in d.log() or "rejected" in d.log(), f"daemon: {d.log()}")
         assert "committed" not in d.log()
         assert proc.poll() is None  # still running at the source
