@@ -24,6 +24,7 @@ _LENGTH = struct.Struct(">I")
 #: seconds a TLS record may stay half-arrived: a peer writes each record whole, so its rest follows
 #: at once unless the network broke, or a man in the middle lengthened the record (see _whole_record)
 RECORD_STALL = 10.0
+ERROR_TIMEOUT = 2.0  # seconds an ``error`` frame, a courtesy to a peer we give up on, may take to go
 _TLS_HEADER = 5  # a TLS record: type, version (2 bytes), length (2 bytes), then that many bytes
 _TLS_MAX_RECORD = (1 << 14) + 256  # the largest record body TLS 1.3 allows (RFC 8446, 5.2)
 _MAP_STARTS = {bytes([b]) for b in (*range(0x80, 0x90), 0xDE, 0xDF)}  # a msgpack map's first byte
@@ -202,10 +203,14 @@ class Channel:
                 return  # the end of the connection, or an error: the TLS read reports it
 
     def error(self, message: str) -> None:
-        """Tell the peer why, as far as it still listens."""
+        """Tell the peer why, as far as it still listens -- for at most :data:`ERROR_TIMEOUT`
+        seconds: a peer that stopped reading (a send to it has just timed out) held a failed
+        migration up for a second full timeout (60 s) with its ``error`` frame."""
         try:
+            timeout = self.sock.gettimeout()
+            self.sock.settimeout(ERROR_TIMEOUT if timeout is None else min(timeout, ERROR_TIMEOUT))
             self.send("error", message=message)
-        except WireError:
+        except (WireError, OSError):
             pass
 
     def close(self) -> None:

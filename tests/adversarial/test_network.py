@@ -116,19 +116,22 @@ class Proxy(threading.Thread):
             except OSError:
                 data = b""
             if not data:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                return
+                break
             if rewrite and self.rewrite is not None and self.rewritten is None:
                 data = self._rewritten(record, data)
             record += data
             try:
                 dst.sendall(data)
             except OSError:
-                return
+                break
+        # one way ended: the connection ends, as through any relay (closed, not only shut down: a
+        # source still sending gets a reset, not a zero window that held it until its send timed out)
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
 
     def _rewritten(self, record: bytearray, data: bytes) -> bytes:
         if self.target is None:
@@ -243,6 +246,26 @@ def test_a_rewritten_byte_fails_the_migration_and_the_program_goes_on(tmp_path: 
         moved = migrate(proc.pid, d)
         assert moved.returncode == 0, moved.stderr
         assert proc.wait(30) == 0
+
+
+def test_an_error_frame_to_a_peer_that_stopped_reading_gives_up_soon() -> None:
+    """Once a send to a peer that stopped reading has timed out, the ``error`` frame that tells it
+    why waits at most ERROR_TIMEOUT seconds, not the socket's whole timeout again: a migration
+    through a proxy that stopped reading failed only after 2 x 60 s (reproduced under load)."""
+    from wasmig.wire import ERROR_TIMEOUT, Channel
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        try:
+            while True:  # the peer reads nothing: fill what the kernel holds for it
+                ours.send(bytes(1 << 16))
+        except BlockingIOError:
+            pass
+        ours.settimeout(30)
+        started = time.monotonic()
+        Channel(ours, "peer").error("the source aborted")
+        assert time.monotonic() - started < ERROR_TIMEOUT + 3
 
 
 # --- a squatted runtime directory ---------------------------------------------------------------
