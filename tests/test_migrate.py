@@ -430,13 +430,14 @@ def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, keys: 
 
 # --- connections through the gateway ------------------------------------------------------------
 @contextmanager
-def gateway(tmp_path: Path, keys: Keys) -> Iterator[tuple[str, str, Path]]:
-    """(client address, control address, its log)."""
+def gateway(tmp_path: Path, keys: Keys, command: list[str] | None = None) -> Iterator[tuple[str, str, Path]]:
+    """(client address, control address, its log); ``command``: what runs ``wasmig gateway ...``
+    (default ``python -m wasmig``)."""
     public, control = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     err = tmp_path / "gateway.err"
     with open(err, "wb") as e:
-        proc = subprocess.Popen(wasmig("gateway", "--listen", public, "--control", control, "--key",
-                                       str(keys.dir("gateway")), *trust_all(keys)),
+        proc = subprocess.Popen([*(command or wasmig()), "gateway", "--listen", public, "--control", control, "--key",
+                                 str(keys.dir("gateway")), *trust_all(keys)],
                                 stdout=subprocess.DEVNULL, stderr=e, start_new_session=True)
     try:
         wait_for(lambda: "programs on" in err.read_text(), f"the gateway did not start: {err.read_text()}")

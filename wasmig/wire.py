@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from typing import Any
 
 from wasmig import fdwait
@@ -20,6 +21,12 @@ MAX_FRAME = 32 << 20
 #: stranger cannot make a daemon or a gateway allocate more than this
 PREAUTH_FRAME = 4 << 10
 _LENGTH = struct.Struct(">I")
+#: seconds a TLS record may stay half-arrived: a peer writes each record whole, so its rest follows
+#: at once unless the network broke, or a man in the middle lengthened the record (see _whole_record)
+RECORD_STALL = 10.0
+ERROR_TIMEOUT = 2.0  # seconds an ``error`` frame, a courtesy to a peer we give up on, may take to go
+_TLS_HEADER = 5  # a TLS record: type, version (2 bytes), length (2 bytes), then that many bytes
+_TLS_MAX_RECORD = (1 << 14) + 256  # the largest record body TLS 1.3 allows (RFC 8446, 5.2)
 _MAP_STARTS = {bytes([b]) for b in (*range(0x80, 0x90), 0xDE, 0xDF)}  # a msgpack map's first byte
 
 
@@ -54,6 +61,7 @@ class Channel:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.max_frame = MAX_FRAME  # PREAUTH_FRAME until the peer authenticated
+        self._whole_records = 0  # TLS records known to be whole in the socket, beyond the next (_whole_record)
 
     def send(self, t: str, **fields: Any) -> None:
         import msgpack  # here, not at the top: every WASI program imports this module, few send frames
@@ -137,6 +145,7 @@ class Channel:
         pos = 0
         while pos < n:
             try:
+                self._whole_record()
                 got = self.sock.recv_into(view[pos:], n - pos)
             except TimeoutError:
                 raise PeerGone(f"{self.peer}: timed out") from None
@@ -148,11 +157,60 @@ class Channel:
         view.release()
         return buf
 
+    def _whole_record(self) -> None:
+        """On TLS, before a read that needs a new record: wait until the whole record is in the
+        socket, so that the TLS library, which would wait inside it, never does. A man in the
+        middle who made the last record of a burst longer (its length field) would otherwise leave
+        this side waiting for bytes that never come while the peer waits for its answer -- until
+        a 60 s receive timeout, each way. A record that has stopped arriving half-way for
+        :data:`RECORD_STALL` seconds is an error here; a wait for a record to start keeps the
+        socket's timeout. (Each such read takes one record: the records seen whole in one look
+        are counted down, not looked at again.)"""
+        pending = getattr(self.sock, "pending", None)
+        if pending is None or pending():  # not TLS, or decrypted bytes are waiting already
+            return
+        if self._whole_records:
+            self._whole_records -= 1
+            return
+        sock = self.sock
+        timeout = sock.gettimeout()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen, stall_at = 0, 0.0
+        while True:
+            have = _unread(sock)
+            whole, need = _whole_records(socket.socket.recv(sock, min(have, 1 << 16), socket.MSG_PEEK)
+                                         if have else b"")  # a look at the TCP bytes under TLS
+            if whole:
+                self._whole_records = whole - 1
+                return
+            now = time.monotonic()
+            if have != seen:
+                seen, stall_at = have, now + RECORD_STALL
+            if have and now >= stall_at:
+                raise PeerGone(f"{self.peer}: a TLS record stopped arriving half-way ({have} of its {need} bytes "
+                               f"for {RECORD_STALL:g} s): the connection was tampered with, or broke")
+            if deadline is not None and now >= deadline:
+                raise PeerGone(f"{self.peer}: timed out")
+            left = None if deadline is None else deadline - now
+            if have:  # a look every second: the rest arriving slowly is progress (poll tells only of ``need``)
+                left = min(1.0, stall_at - now) if left is None else min(left, 1.0, stall_at - now)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)  # readable: ``need`` bytes there
+            try:
+                ready = fdwait.wait([sock], [], left)[0]
+            finally:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            if ready and _unread(sock) == have:
+                return  # the end of the connection, or an error: the TLS read reports it
+
     def error(self, message: str) -> None:
-        """Tell the peer why, as far as it still listens."""
+        """Tell the peer why, as far as it still listens -- for at most :data:`ERROR_TIMEOUT`
+        seconds: a peer that stopped reading (a send to it has just timed out) held a failed
+        migration up for a second full timeout (60 s) with its ``error`` frame."""
         try:
+            timeout = self.sock.gettimeout()
+            self.sock.settimeout(ERROR_TIMEOUT if timeout is None else min(timeout, ERROR_TIMEOUT))
             self.send("error", message=message)
-        except WireError:
+        except (WireError, OSError):
             pass
 
     def close(self) -> None:
@@ -160,6 +218,31 @@ class Channel:
             self.sock.close()
         except OSError:  # pragma: no cover
             pass
+
+
+def _whole_records(data: bytes) -> tuple[int, int]:
+    """How many whole TLS records ``data`` (the start of what the socket holds) begins with, and
+    when none, how many bytes the first one needs (its header, or its header and body). A record
+    longer than TLS allows counts as whole: the TLS read refuses it at once."""
+    pos = count = 0
+    while len(data) - pos >= _TLS_HEADER:
+        length = int.from_bytes(data[pos + 3:pos + 5], "big")
+        if length > _TLS_MAX_RECORD:
+            return count + 1, 0
+        if len(data) - pos < _TLS_HEADER + length:
+            return count, _TLS_HEADER + length
+        pos += _TLS_HEADER + length
+        count += 1
+    return count, _TLS_HEADER if data else 1
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes received on ``sock`` and not read yet (FIONREAD)."""
+    import fcntl
+    import termios
+
+    (count,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)))
+    return int(count)
 
 
 def parse_address(spec: str, what: str = "address", *, any_port: bool = False) -> tuple[str, int]:

@@ -11,10 +11,11 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,19 +43,60 @@ def attacker_python() -> str:
 
 
 # --- a man in the middle ------------------------------------------------------------------------
-class Proxy(threading.Thread):
-    """A TCP proxy between a source and a daemon that records both directions; ``flip_at``: the
-    offset in the source-to-daemon stream of a byte it inverts (a rewrite), if any."""
+#: where a man in the middle rewrites one byte of the source-to-daemon stream, found from what went
+#: so far (an offset ahead of it), and how (the byte's new value, from its old one)
+Rewrite = Callable[[bytes], tuple[int, Callable[[int], int]] | None]
 
-    def __init__(self, upstream: str, flip_at: int | None = None) -> None:
+
+def invert(byte: int) -> int:
+    return byte ^ 0xFF
+
+
+def at_offset(offset: int) -> Rewrite:
+    return lambda _so_far: (offset, invert)
+
+
+def record_starts(stream: bytes) -> Iterator[tuple[int, int | None]]:
+    """(offset, body length) of each TLS record of a source-to-daemon stream so far (after its
+    plaintext hello frame), and last the offset where the next one starts (its length unknown yet)."""
+    if len(stream) < 4:
+        return
+    pos = 4 + struct.unpack(">I", stream[:4])[0]
+    while pos + 5 <= len(stream):
+        length = struct.unpack(">H", stream[pos + 3:pos + 5])[0]
+        yield pos, length
+        pos += 5 + length
+    yield pos, None
+
+
+def at_module_end(k: int, change: Callable[[int], int]) -> Rewrite:
+    """Byte ``k`` (0-4: its header, type, version, length; then its body) of the record that ends
+    the module's frame -- the first record after the first full one (16 KiB of plaintext): the
+    last of a burst, after which the source waits for ``module_ok``."""
+    def locate(so_far: bytes) -> tuple[int, Callable[[int], int]] | None:
+        full = False
+        for pos, length in record_starts(so_far):
+            if full:
+                return pos + k, change
+            full = length is not None and length > 1 << 14
+        return None
+    return locate
+
+
+class Proxy(threading.Thread):
+    """A TCP proxy between a source and a daemon that records both directions and, if given a
+    ``rewrite``, rewrites one byte of the source-to-daemon stream (``rewritten``: (offset, old, new))."""
+
+    def __init__(self, upstream: str, rewrite: Rewrite | None = None) -> None:
         super().__init__(daemon=True)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.upstream = upstream
-        self.flip_at = flip_at
+        self.rewrite = rewrite
+        self.target: tuple[int, Callable[[int], int]] | None = None
         self.to_daemon = bytearray()
         self.to_source = bytearray()
-        self.flipped = False
+        self.rewritten: tuple[int, int, int] | None = None
 
     def run(self) -> None:
         while True:
@@ -74,22 +116,32 @@ class Proxy(threading.Thread):
             except OSError:
                 data = b""
             if not data:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                return
-            if rewrite and self.flip_at is not None and not self.flipped and \
-                    len(record) <= self.flip_at < len(record) + len(data):
-                k = self.flip_at - len(record)
-                data = data[:k] + bytes([data[k] ^ 0xFF]) + data[k + 1:]
-                self.flipped = True
+                break
+            if rewrite and self.rewrite is not None and self.rewritten is None:
+                data = self._rewritten(record, data)
             record += data
             try:
                 dst.sendall(data)
             except OSError:
-                return
+                break
+        # one way ended: the connection ends, as through any relay (closed, not only shut down: a
+        # source still sending gets a reset, not a zero window that held it until its send timed out)
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _rewritten(self, record: bytearray, data: bytes) -> bytes:
+        if self.target is None:
+            self.target = self.rewrite(bytes(record) + data)  # type: ignore[misc]
+        if self.target is None or not len(record) <= self.target[0] < len(record) + len(data):
+            return data
+        offset, change = self.target
+        k = offset - len(record)
+        self.rewritten = (offset, data[k], change(data[k]) & 0xFF)
+        return data[:k] + bytes([self.rewritten[2]]) + data[k + 1:]
 
     def close(self) -> None:
         self.listener.close()
@@ -156,27 +208,64 @@ def test_the_recorded_migration_stream_holds_no_plaintext(tmp_path: Path, keys: 
         assert secret not in recorded, secret
 
 
-def test_a_rewritten_byte_fails_the_migration_and_the_program_goes_on(tmp_path: Path, keys: Keys) -> None:
-    """An active man in the middle inverts a byte in the middle of the module or the pages: TLS
-    refuses the record, the migration fails with a clear error, nothing runs on the daemon, and the
-    program goes on at the source -- and moves afterwards, untouched, over a clean path."""
+@pytest.mark.parametrize("rewrite, longer", [
+    pytest.param(at_offset(200_000), False, id="a byte of page data"),
+    pytest.param(at_module_end(0, invert), False, id="a record's type"),
+    pytest.param(at_module_end(3, lambda b: b - 1), False, id="a record's length, 256 shorter"),
+    pytest.param(at_module_end(3, lambda b: b + 1), True, id="the last record of a burst, 256 longer"),
+])
+def test_a_rewritten_byte_fails_the_migration_and_the_program_goes_on(tmp_path: Path, keys: Keys, rewrite: Rewrite,
+                                                                      longer: bool) -> None:
+    """An active man in the middle rewrites a byte of the module or the pages, or of a TLS record's
+    header: TLS refuses the record, the migration fails promptly with a clear error, nothing runs
+    on the daemon, and the program goes on at the source -- and moves afterwards, untouched, over
+    a clean path. A record made longer at the end of a burst used to leave both sides waiting on
+    their 60 s receive timeouts; now the daemon gives up on it after RECORD_STALL seconds."""
+    from wasmig.wire import _TLS_MAX_RECORD, RECORD_STALL
+
     with daemon(tmp_path, "target", "wasmtime", keys) as d, dirtier(tmp_path) as proc:
-        proxy = Proxy(d.address, flip_at=200_000)
+        proxy = Proxy(d.address, rewrite)
         proxy.start()
+        started = time.monotonic()
         try:
             failed = subprocess.run(wasmig("migrate", str(proc.pid), "--to", proxy.address, "--peer-fingerprint",
                                            d.fingerprint, "--quiet"), capture_output=True, text=True, timeout=120)
         finally:
             proxy.close()
-        assert proxy.flipped
+        took = time.monotonic() - started
+        assert proxy.rewritten is not None
+        if longer:  # still a length TLS allows: the record waits for its rest (a longer one is refused at once)
+            offset = proxy.rewritten[0]
+            assert proxy.rewritten[2] << 8 | proxy.to_daemon[offset + 1] <= _TLS_MAX_RECORD, proxy.rewritten
         assert failed.returncode == 1 and "migration failed, the program goes on" in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
+        assert took < RECORD_STALL + 30, f"the migration failed only after {took:.1f} s: {failed.stderr}"
         wait_for(lambda: "aborted, nothing runs" in d.log() or "rejected" in d.log(), f"daemon: {d.log()}")
         assert "committed" not in d.log()
         assert proc.poll() is None  # still running at the source
         moved = migrate(proc.pid, d)
         assert moved.returncode == 0, moved.stderr
         assert proc.wait(30) == 0
+
+
+def test_an_error_frame_to_a_peer_that_stopped_reading_gives_up_soon() -> None:
+    """Once a send to a peer that stopped reading has timed out, the ``error`` frame that tells it
+    why waits at most ERROR_TIMEOUT seconds, not the socket's whole timeout again: a migration
+    through a proxy that stopped reading failed only after 2 x 60 s (reproduced under load)."""
+    from wasmig.wire import ERROR_TIMEOUT, Channel
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        try:
+            while True:  # the peer reads nothing: fill what the kernel holds for it
+                ours.send(bytes(1 << 16))
+        except BlockingIOError:
+            pass
+        ours.settimeout(30)
+        started = time.monotonic()
+        Channel(ours, "peer").error("the source aborted")
+        assert time.monotonic() - started < ERROR_TIMEOUT + 3
 
 
 # --- a squatted runtime directory ---------------------------------------------------------------
@@ -454,6 +543,84 @@ def test_a_gateway_serves_the_program_only_to_its_owner(tmp_path: Path, keys: Ke
             guest_side._key = None
             proc.kill()
             proc.wait()
+
+
+#: ``wasmig gateway`` holding ``backend_ok`` back until a client's announcement is under way (sent, or
+#: waiting for the gateway's one-writer lock ``announcing``): an order a loaded machine gives by chance
+HELD_BACKEND_OK = """
+import sys, threading
+from wasmig import wire
+from wasmig.migrate import gateway
+
+under_way = threading.Event()
+
+
+class Announcing:
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __enter__(self):
+        if not self.lock.acquire(blocking=False):
+            under_way.set()  # a writer waits for the lock
+            self.lock.acquire()
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+make = gateway.Gateway.__init__
+def made(self, *args, **kwargs):
+    make(self, *args, **kwargs)
+    self.announcing = Announcing()
+gateway.Gateway.__init__ = made
+
+send = wire.Channel.send
+def held(self, t, **fields):
+    if t == "backend_ok":
+        gateway.log("holding backend_ok")
+        under_way.wait(30)
+    send(self, t, **fields)
+    if t == "conn":
+        under_way.set()
+wire.Channel.send = held
+
+from wasmig.cli import main
+main()
+"""
+
+
+def test_a_client_that_comes_while_the_program_connects_is_announced_after_backend_ok(tmp_path: Path,
+                                                                                       keys: Keys) -> None:
+    """A client accepted between the gateway taking the program's listener connection and its
+    ``backend_ok`` is announced after it: its ``conn`` went first on a loaded machine once, and the
+    program's start failed ("expected backend_ok, got 'conn'"; its owner's client then waited in vain)."""
+    from wasmig.keys import load_key_pair
+    from wasmig.wasi import gateway as guest_side
+    from wasmig.wire import WireError
+
+    with gateway(tmp_path, keys, [sys.executable, "-c", HELD_BACKEND_OK]) as (public, control, gw_log):
+        guest_side.use_key(load_key_pair(keys.dir("source")))
+        try:
+            key = guest_side.register(control, keys.fingerprint("gateway"))
+            listener: list[object] = []
+
+            def connect() -> None:
+                try:
+                    listener.append(guest_side.connect_listener(control, key))
+                except WireError as e:
+                    listener.append(e)
+
+            connecting = threading.Thread(target=connect, daemon=True)
+            connecting.start()
+            wait_for(lambda: "holding backend_ok" in gw_log.read_text(), gw_log.read_text(), 30)
+            host, port = public.rsplit(":", 1)
+            with socket.create_connection((host, int(port))):
+                connecting.join(60)
+                assert listener and isinstance(listener[0], socket.socket), listener
+                assert guest_side.next_connection(listener[0], control) == 1
+                listener[0].close()
+        finally:
+            guest_side._key = None
 
 
 def test_an_untrusted_key_cannot_even_reach_the_gateway(tmp_path: Path, keys: Keys) -> None:

@@ -219,20 +219,27 @@ class Gateway:
             return False
 
     def _backend(self, ch: Channel) -> None:
-        with self.lock:
-            self.backend = ch
-            waiting = [c for c in self.conns.values() if c.state == "new"]
-        ch.send("backend_ok")
-        self._announce(ch, sorted(waiting, key=lambda c: c.id))
-        # nothing is expected from it: readable means it went away (its TLS close, or the TCP end);
-        # never a TLS read here, which would race the announcements' writes on the same TLS state
         try:
-            fdwait.wait([ch.sock], [], None)
-        except (OSError, ValueError):
-            pass
-        with self.lock:
-            if self.backend is ch:
-                self.backend = None
+            # ``backend_ok`` goes first, then the clients that waited: a client accepted meanwhile
+            # sees the new backend at once, and its announcement waits for ``announcing`` -- sent
+            # before ``backend_ok``, it failed the program's start ("expected backend_ok, got 'conn'")
+            with self.announcing:
+                with self.lock:
+                    self.backend = ch
+                    waiting = [c for c in self.conns.values() if c.state == "new"]
+                ch.send("backend_ok")
+                for c in sorted(waiting, key=lambda c: c.id):
+                    ch.send("conn", id=c.id)
+            # nothing is expected from it: readable means it went away (its TLS close, or the TCP end);
+            # never a TLS read here, which would race the announcements' writes on the same TLS state
+            try:
+                fdwait.wait([ch.sock], [], None)
+            except (OSError, ValueError):
+                pass
+        finally:
+            with self.lock:
+                if self.backend is ch:
+                    self.backend = None
 
     def _attach(self, ch: Channel, msg: dict[str, Any], peer: str) -> None:
         with self.lock:
