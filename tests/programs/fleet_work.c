@@ -1,5 +1,7 @@
 /* A fleet job (tests/test_ray_fleet.py, benchmarks/fleet.py): computes, prints and writes a file.
  *   fleet_work NAME [STEPS [MS]]   (defaults 40 steps, 50 ms apart)
+ * STEPS 0: steps until the file NAME.stop appears in "data" (looked for before each step), so that
+ * a test can move the job as many times as it needs without racing the program's end.
  * Each step mixes a checksum, prints "NAME step I CHECKSUM" on stdout and appends the same line to
  * the file NAME.out in the preopened directory "data" (when there is one); "NAME start" and
  * "NAME end" go to stderr. Deterministic: the same arguments give the same bytes, wherever it
@@ -18,7 +20,9 @@ int main(int argc, char **argv) {
     FILE *out = fopen(path, "w");
     fprintf(stderr, "%s start\n", name);
     unsigned h = 2166136261u;
-    for (int i = 0; i < steps; i++) {
+    char stop[256];
+    snprintf(stop, sizeof stop, "data/%s.stop", name);
+    for (int i = 0; steps ? i < steps : access(stop, F_OK) != 0; i++) {
         for (int k = 0; k < 20000; k++) h = (h ^ (unsigned)(i * 31 + k)) * 16777619u;
         printf("%s step %d %08x\n", name, i, h);
         fflush(stdout);
