@@ -105,12 +105,8 @@ class Gateway:
                 self._announce(backend, [c])
 
     def _announce(self, backend: Channel, conns: list[_Conn]) -> None:
-        try:
-            with self.announcing:  # one TLS writer at a time
-                for c in conns:
-                    backend.send("conn", id=c.id)
-        except WireError:
-            pass  # the backend is gone: the next one gets them
+        with self.announcing:  # one TLS writer at a time
+            _send_conns(backend, conns)
 
     def _client_to_program(self, c: _Conn) -> None:
         while True:
@@ -228,8 +224,7 @@ class Gateway:
                     self.backend = ch
                     waiting = [c for c in self.conns.values() if c.state == "new"]
                 ch.send("backend_ok")
-                for c in sorted(waiting, key=lambda c: c.id):
-                    ch.send("conn", id=c.id)
+                _send_conns(ch, sorted(waiting, key=lambda c: c.id))
             # nothing is expected from it: readable means it went away (its TLS close, or the TCP end);
             # never a TLS read here, which would race the announcements' writes on the same TLS state
             try:
@@ -297,3 +292,12 @@ def _shutdown(sock: socket.socket, how: int) -> None:
         sock.shutdown(how)
     except OSError:
         pass
+
+
+def _send_conns(backend: Channel, conns: list[_Conn]) -> None:
+    """Announce ``conns`` to the program (the caller holds ``Gateway.announcing``)."""
+    try:
+        for c in conns:
+            backend.send("conn", id=c.id)
+    except WireError:
+        pass  # the backend is gone: the next one gets them
