@@ -291,6 +291,10 @@ class PackWriter:
         """Bytes of the pack so far (after :meth:`commit`: its size)."""
         return self._out.offset
 
+    def page_hashes(self) -> set[str]:
+        """The pages written so far (hex hashes): what a failed write takes back with its pack."""
+        return {h.hex() for h, _, _ in self.entries}
+
     def append(self, h: str, comp: bytes) -> None:
         """Add page ``h`` (hex BLAKE3 of the page) as the zstd frame ``comp``."""
         self.entries.append((bytes.fromhex(h), self.offset, len(comp)))

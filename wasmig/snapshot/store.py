@@ -330,7 +330,7 @@ class StagedWrite:
         except BaseException as e:
             self._writer.abort()
             if pack is not None:  # published, and no snapshot names it (a full disk): taken back
-                store.discard_pack(pack, {h.hex() for h, _, _ in self._writer.entries})
+                store.discard_pack(pack, self._writer.page_hashes())
             if isinstance(e, OSError):
                 raise SnapshotError(f"{store.path}: cannot write snapshot: {_describe(e)}") from None
             raise

@@ -543,7 +543,7 @@ def _store_pages(store: CheckpointDir, w: _Wsnap, written: list[tuple[Path, set[
         writer.abort()
         raise
     if pack is not None:
-        written.append((pack, {h.hex() for h, _, _ in writer.entries}))
+        written.append((pack, writer.page_hashes()))
     for d in sorted({h[:2] for h in w.pages if h not in present.locations and present.has(h)}):
         _fsync_dir(store.pages_dir / d)  # layout-1 pages it names
     _fsync_dir(store.pages_dir)
