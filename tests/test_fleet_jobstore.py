@@ -16,6 +16,10 @@ from wasmig.ray.spec import JobSpec
 from wasmig.snapshot.stores.fsobjects import FsObjects
 
 PERIOD = 0.6  # a short lease: these tests wait out a few of them
+# A lease that must *not* be taken: its holder's beats (an fsynced file each, every period / 4)
+# may stall for most of a second on a CI disk busy with other tests' snapshots, and a 0.6 s
+# lease then looks dead to its contender (CI, 2026-12-06). Two seconds is four missed beats.
+HELD_PERIOD = 2.0
 
 
 def backend(tmp_path: Path) -> FsObjects:
@@ -25,18 +29,18 @@ def backend(tmp_path: Path) -> FsObjects:
 
 def test_a_lease_is_held_by_one_runner_and_passed_on_release(tmp_path: Path) -> None:
     b = backend(tmp_path)
-    first = Lease(b, "j/lease/", "first", PERIOD)
+    first = Lease(b, "j/lease/", "first", HELD_PERIOD)
     first.acquire(5.0)
     first.check()
-    second = Lease(b, "j/lease/", "second", PERIOD)
+    second = Lease(b, "j/lease/", "second", HELD_PERIOD)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="another runner still holds it"):
-        second.acquire(3 * PERIOD)  # first renews all along: never taken
-    assert time.monotonic() - t0 >= 3 * PERIOD
+        second.acquire(1.5 * HELD_PERIOD)  # past the period: first renews all along, never taken
+    assert time.monotonic() - t0 >= 1.5 * HELD_PERIOD
     first.release()
     t0 = time.monotonic()
     second.acquire(5.0)
-    assert time.monotonic() - t0 < PERIOD, "a released lease is taken at once"
+    assert time.monotonic() - t0 < HELD_PERIOD, "a released lease is taken at once"
     assert second.generation == 2
     second.release()
 
