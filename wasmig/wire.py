@@ -8,9 +8,12 @@ side allocate without limit, and every read has a deadline, so a silent peer can
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
+import sys
 import time
+from functools import cache
 from typing import Any
 
 from wasmig import fdwait
@@ -24,9 +27,18 @@ _LENGTH = struct.Struct(">I")
 #: seconds a TLS record may stay half-arrived: a peer writes each record whole, so its rest follows
 #: at once unless the network broke, or a man in the middle lengthened the record (see _whole_record)
 RECORD_STALL = 10.0
+#: seconds a send may go on without the peer taking a byte (nothing acknowledged, nothing more
+#: accepted: a zero window) before it gives up -- a peer, or a proxy, that stopped reading without
+#: closing held a send for its whole timeout (60 s). A slow link that still moves is not cut off:
+#: any byte it takes starts the count again. A peer that hung up (its FIN) fails a blocked send at once.
+SEND_STALL = 15.0
 ERROR_TIMEOUT = 2.0  # seconds an ``error`` frame, a courtesy to a peer we give up on, may take to go
 _TLS_HEADER = 5  # a TLS record: type, version (2 bytes), length (2 bytes), then that many bytes
 _TLS_MAX_RECORD = (1 << 14) + 256  # the largest record body TLS 1.3 allows (RFC 8446, 5.2)
+#: the most bytes a record TLS reads can take: ``k`` times this many bytes in the socket hold ``k``
+#: whole records, whatever their lengths (a longer one is refused as soon as its header is read)
+_TLS_RECORD_SPAN = _TLS_HEADER + _TLS_MAX_RECORD
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # the peer's FIN (Linux), even with its bytes still unread
 _MAP_STARTS = {bytes([b]) for b in (*range(0x80, 0x90), 0xDE, 0xDF)}  # a msgpack map's first byte
 
 
@@ -62,6 +74,7 @@ class Channel:
         self.bytes_received = 0
         self.max_frame = MAX_FRAME  # PREAUTH_FRAME until the peer authenticated
         self._whole_records = 0  # TLS records known to be whole in the socket, beyond the next (_whole_record)
+        self._queues = _queues()
 
     def send(self, t: str, **fields: Any) -> None:
         import msgpack  # here, not at the top: every WASI program imports this module, few send frames
@@ -70,10 +83,64 @@ class Channel:
         if len(body) > MAX_FRAME:  # pragma: no cover - callers batch below the limit
             raise WireError(f"internal error: a {t} frame of {len(body)} bytes")
         try:
-            self.sock.sendall(_LENGTH.pack(len(body)) + body)
+            self._send_all(_LENGTH.pack(len(body)) + body)
         except OSError as e:
             raise PeerGone(f"{self.peer}: connection lost while sending ({e.strerror or e})") from None
         self.bytes_sent += _LENGTH.size + len(body)
+
+    def _send_all(self, data: bytes) -> None:
+        """Send all of ``data`` within the socket's timeout, as ``sendall`` would, but watching
+        the peer while the kernel holds the rest back: a peer that hung up (its FIN: TCP goes on
+        taking bytes it will never read, up to a full window) fails the send at once, and one that
+        takes no byte for :data:`SEND_STALL` seconds -- nothing acknowledged, no room for more:
+        it stopped reading, or the path broke -- fails it then, not after the whole timeout.
+        Progress is room for more in the socket, or the kernel's count of bytes sent and not yet
+        acknowledged (SIOCOUTQ) changing, looked at every second while the send waits."""
+        sock = self.sock
+        timeout = sock.gettimeout()
+        blocked, must_read = _would_block(sock)
+        view = memoryview(data)
+        sent = moved = 0
+        poller, deadline, ended, ready = None, None, False, 0
+        unsent, moved_at = -1, 0.0
+        sock.settimeout(0.0)  # each try takes what fits (TLS: records, in its own retry), then we wait
+        try:
+            while sent < len(view):
+                want = select.POLLOUT
+                try:
+                    sent += sock.send(view[sent:])
+                    continue
+                except blocked as e:  # TLS: the same write is tried again, as OpenSSL requires
+                    if isinstance(e, must_read):  # a TLS write that must read first
+                        want = select.POLLIN
+                    if ended:  # the socket reported its end, yet the send did not fail
+                        raise PeerGone(f"{self.peer}: connection lost while sending") from None
+                now = time.monotonic()
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(sock, want | _POLLRDHUP)
+                    deadline = None if timeout is None else now + timeout
+                else:
+                    poller.modify(sock, want | _POLLRDHUP)
+                queued = self._queues.unsent(sock.fileno())
+                # progress: there was room for more (the kernel refills to the same length: not enough
+                # alone), the peer acknowledged bytes, or the kernel took more from us
+                if ready or queued != unsent or sent != moved:
+                    unsent, moved, moved_at = queued, sent, now
+                elif now - moved_at >= SEND_STALL:
+                    raise PeerGone(f"{self.peer}: took no byte for {SEND_STALL:g} s while we were sending (it "
+                                   f"stopped reading, or the connection broke)")
+                if deadline is not None and now >= deadline:
+                    raise PeerGone(f"{self.peer}: timed out while sending")
+                left = min(1.0, moved_at + SEND_STALL - now) if deadline is None else min(
+                    1.0, moved_at + SEND_STALL - now, deadline - now)
+                events = poller.poll(max(0, int(left * 1000) + 1))
+                ready = events[0][1] if events else 0
+                ended = bool(ready & (select.POLLHUP | select.POLLERR))  # the next send reports why
+                if ready & _POLLRDHUP and not ended:
+                    raise PeerGone(f"{self.peer}: hung up while we were sending (it closed the connection)")
+        finally:
+            sock.settimeout(timeout)
 
     def recv(self, timeout: float | None = 60.0, expect: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The next message; an ``error`` message from the peer is raised as MigrationError."""
@@ -143,10 +210,13 @@ class Channel:
         buf = bytearray(n)
         view = memoryview(buf)
         pos = 0
+        sock = self.sock
+        pending = getattr(sock, "pending", None)  # TLS: decrypted bytes it holds
         while pos < n:
             try:
-                self._whole_record()
-                got = self.sock.recv_into(view[pos:], n - pos)
+                if pending is not None and not pending():  # this read takes a new record
+                    self._whole_record()
+                got = sock.recv_into(view[pos:], n - pos)
             except TimeoutError:
                 raise PeerGone(f"{self.peer}: timed out") from None
             except OSError as e:
@@ -164,25 +234,33 @@ class Channel:
         this side waiting for bytes that never come while the peer waits for its answer -- until
         a 60 s receive timeout, each way. A record that has stopped arriving half-way for
         :data:`RECORD_STALL` seconds is an error here; a wait for a record to start keeps the
-        socket's timeout. (Each such read takes one record: the records seen whole in one look
-        are counted down, not looked at again.)"""
-        pending = getattr(self.sock, "pending", None)
-        if pending is None or pending():  # not TLS, or decrypted bytes are waiting already
-            return
+        socket's timeout.
+
+        Cheap in a stream (session 10): ``k`` records' largest size in the socket holds ``k``
+        whole records whatever their lengths, so one count of the unread bytes (FIONREAD) lets
+        that many reads go without a look; only a record at the end of a burst (less than a
+        largest record's size left) has its header peeked (5 bytes, not the 64 KiB that counted
+        records before: a copy of a third more than the data)."""
         if self._whole_records:
             self._whole_records -= 1
             return
+        sock = self.sock
+        have = self._queues.unread(sock.fileno())
+        if have >= _TLS_RECORD_SPAN:
+            self._whole_records = have // _TLS_RECORD_SPAN - 1
+            return
+        need = _record_size(socket.socket.recv(sock, _TLS_HEADER, socket.MSG_PEEK) if have else b"")
+        if have >= need:
+            return
+        self._await_record(have, need)
+
+    def _await_record(self, have: int, need: int) -> None:
+        """Wait until the ``need`` bytes of the next record are in the socket (``have`` are)."""
         sock = self.sock
         timeout = sock.gettimeout()
         deadline = None if timeout is None else time.monotonic() + timeout
         seen, stall_at = 0, 0.0
         while True:
-            have = _unread(sock)
-            whole, need = _whole_records(socket.socket.recv(sock, min(have, 1 << 16), socket.MSG_PEEK)
-                                         if have else b"")  # a look at the TCP bytes under TLS
-            if whole:
-                self._whole_records = whole - 1
-                return
             now = time.monotonic()
             if have != seen:
                 seen, stall_at = have, now + RECORD_STALL
@@ -199,8 +277,14 @@ class Channel:
                 ready = fdwait.wait([sock], [], left)[0]
             finally:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-            if ready and _unread(sock) == have:
+            unread = self._queues.unread(sock.fileno())
+            if ready and unread == have:
                 return  # the end of the connection, or an error: the TLS read reports it
+            have = unread
+            if have >= _TLS_HEADER and need == _TLS_HEADER:  # the header arrived: now its body
+                need = _record_size(socket.socket.recv(sock, _TLS_HEADER, socket.MSG_PEEK))
+            if have >= need:
+                return
 
     def error(self, message: str) -> None:
         """Tell the peer why, as far as it still listens -- for at most :data:`ERROR_TIMEOUT`
@@ -220,29 +304,48 @@ class Channel:
             pass
 
 
-def _whole_records(data: bytes) -> tuple[int, int]:
-    """How many whole TLS records ``data`` (the start of what the socket holds) begins with, and
-    when none, how many bytes the first one needs (its header, or its header and body). A record
-    longer than TLS allows counts as whole: the TLS read refuses it at once."""
-    pos = count = 0
-    while len(data) - pos >= _TLS_HEADER:
-        length = int.from_bytes(data[pos + 3:pos + 5], "big")
-        if length > _TLS_MAX_RECORD:
-            return count + 1, 0
-        if len(data) - pos < _TLS_HEADER + length:
-            return count, _TLS_HEADER + length
-        pos += _TLS_HEADER + length
-        count += 1
-    return count, _TLS_HEADER if data else 1
+def _would_block(sock: socket.socket) -> tuple[tuple[type[OSError], ...], tuple[type[OSError], ...]]:
+    """What a send on ``sock`` with no timeout raises when the kernel takes nothing more, and
+    which of those mean it must wait to read first: TLS has its own want-write and want-read
+    (``ssl`` is loaded if ``sock`` is TLS; never imported here, for start-up's sake)."""
+    ssl = sys.modules.get("ssl")
+    if ssl is None or not isinstance(sock, ssl.SSLSocket):
+        return (BlockingIOError,), ()
+    return (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError), (ssl.SSLWantReadError,)
 
 
-def _unread(sock: socket.socket) -> int:
-    """Bytes received on ``sock`` and not read yet (FIONREAD)."""
-    import fcntl
-    import termios
+def _record_size(header: bytes) -> int:
+    """The bytes the TLS record ``header`` (the first up to 5 bytes the socket holds) starts
+    need in the socket to be whole: its header and body; only its header while that is not all
+    there. A record longer than TLS allows needs no more: the TLS read refuses it at once."""
+    if len(header) < _TLS_HEADER:
+        return _TLS_HEADER
+    length = int.from_bytes(header[3:5], "big")
+    return 0 if length > _TLS_MAX_RECORD else _TLS_HEADER + length
 
-    (count,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)))
-    return int(count)
+
+class _Queues:
+    """The lengths of a socket's queues, from the kernel (ioctl): what was received and not read
+    yet (FIONREAD), and what was sent and not acknowledged yet (SIOCOUTQ, which is TIOCOUTQ).
+    Made with the first channel, not at import: every WASI program imports this module and few
+    open a channel, and fcntl and termios cost 0.5 ms to import."""
+
+    def __init__(self) -> None:
+        import fcntl
+        import termios
+
+        self._ioctl = fcntl.ioctl
+        self._unread = termios.FIONREAD
+        self._unsent = termios.TIOCOUTQ
+
+    def unread(self, fd: int) -> int:
+        return int.from_bytes(self._ioctl(fd, self._unread, b"\0\0\0\0"), sys.byteorder, signed=True)
+
+    def unsent(self, fd: int) -> int:
+        return int.from_bytes(self._ioctl(fd, self._unsent, b"\0\0\0\0"), sys.byteorder, signed=True)
+
+
+_queues = cache(_Queues)
 
 
 def parse_address(spec: str, what: str = "address", *, any_port: bool = False) -> tuple[str, int]:

@@ -85,11 +85,21 @@ def at_module_end(k: int, change: Callable[[int], int]) -> Rewrite:
 
 class Proxy(threading.Thread):
     """A TCP proxy between a source and a daemon that records both directions and, if given a
-    ``rewrite``, rewrites one byte of the source-to-daemon stream (``rewritten``: (offset, old, new))."""
+    ``rewrite``, rewrites one byte of the source-to-daemon stream (``rewritten``: (offset, old, new)).
+    With ``stop_after``, it stops reading the source once it passed that many bytes on (and if
+    ``hang_up``, it closes its end towards the source -- a FIN -- but still reads nothing) and
+    holds the source's connection so until it is closed itself, whatever the daemon does: its
+    receive buffer fills and the source's sends block."""
 
-    def __init__(self, upstream: str, rewrite: Rewrite | None = None) -> None:
+    def __init__(self, upstream: str, rewrite: Rewrite | None = None, stop_after: int | None = None,
+                 hang_up: bool = False) -> None:
         super().__init__(daemon=True)
         self.listener = socket.create_server(("127.0.0.1", 0))
+        if stop_after is not None:  # a small window: what the proxy holds unread is little
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        self.stop_after, self.hang_up = stop_after, hang_up
+        self.stopped = threading.Event()  # it stopped reading the source
+        self.closed = threading.Event()
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.upstream = upstream
         self.rewrite = rewrite
@@ -124,6 +134,14 @@ class Proxy(threading.Thread):
                 dst.sendall(data)
             except OSError:
                 break
+            if rewrite and self.stop_after is not None and len(record) >= self.stop_after:
+                if self.hang_up:
+                    src.shutdown(socket.SHUT_WR)
+                self.stopped.set()
+                self.closed.wait()
+                break
+        if self.stopped.is_set():  # a proxy that stopped reading holds the source's connection until closed
+            self.closed.wait()
         # one way ended: the connection ends, as through any relay (closed, not only shut down: a
         # source still sending gets a reset, not a zero window that held it until its send timed out)
         for s in (src, dst):
@@ -144,6 +162,7 @@ class Proxy(threading.Thread):
         return data[:k] + bytes([self.rewritten[2]]) + data[k + 1:]
 
     def close(self) -> None:
+        self.closed.set()
         self.listener.close()
 
 
@@ -240,6 +259,43 @@ def test_a_rewritten_byte_fails_the_migration_and_the_program_goes_on(tmp_path: 
         assert failed.returncode == 1 and "migration failed, the program goes on" in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
         assert took < RECORD_STALL + 30, f"the migration failed only after {took:.1f} s: {failed.stderr}"
+        wait_for(lambda: "aborted, nothing runs" in d.log() or "rejected" in d.log(), f"daemon: {d.log()}")
+        assert "committed" not in d.log()
+        assert proc.poll() is None  # still running at the source
+        moved = migrate(proc.pid, d)
+        assert moved.returncode == 0, moved.stderr
+        assert proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("hang_up", [False, True], ids=["stops reading", "hangs up"])
+def test_a_proxy_that_stops_reading_fails_the_send_soon(tmp_path: Path, keys: Keys, hang_up: bool) -> None:
+    """A man in the middle passes the first 2 MiB of a 16 MiB guest's pages on, then reads no
+    more -- without closing (a zero window: SEND_STALL ends the source's send), or after closing
+    its end towards the source (its FIN: the send fails at once). Either used to hold the source
+    for its send's whole timeout (60 s). The migration fails with the reason, the program goes on
+    at the source and moves afterwards over a clean path."""
+    from wasmig.wire import ERROR_TIMEOUT, SEND_STALL
+
+    with daemon(tmp_path, "target", "wasmtime", keys) as d, dirtier(tmp_path, mib=16) as proc:
+        proxy = Proxy(d.address, stop_after=2 << 20, hang_up=hang_up)
+        proxy.start()
+        try:
+            run = subprocess.Popen(wasmig("migrate", str(proc.pid), "--to", proxy.address, "--peer-fingerprint",
+                                          d.fingerprint, "--quiet"), stderr=subprocess.PIPE, text=True)
+            assert proxy.stopped.wait(60), "the migration did not start"
+            stopped = time.monotonic()
+            _, stderr = run.communicate(timeout=120)
+            took = time.monotonic() - stopped
+        finally:
+            proxy.close()
+        assert run.returncode == 1 and "migration failed, the program goes on" in stderr, stderr
+        assert "Traceback" not in stderr
+        if hang_up:
+            assert "hung up while we were sending" in stderr, stderr
+            assert took < ERROR_TIMEOUT + 5, f"the migration failed only {took:.1f} s after the hang-up: {stderr}"
+        else:
+            assert f"took no byte for {SEND_STALL:g} s" in stderr, stderr
+            assert took < SEND_STALL + ERROR_TIMEOUT + 10, f"the migration failed only after {took:.1f} s: {stderr}"
         wait_for(lambda: "aborted, nothing runs" in d.log() or "rejected" in d.log(), f"daemon: {d.log()}")
         assert "committed" not in d.log()
         assert proc.poll() is None  # still running at the source
