@@ -273,3 +273,67 @@ def test_a_slow_reader_that_keeps_taking_bytes_is_not_cut_off(contexts, monkeypa
     assert took > 1.0, took  # it did wait on the reader, longer than SEND_STALL
     (length,) = struct.unpack(">I", received[:4])
     assert msgpack.unpackb(received[4:4 + length]) == {"t": "page_data", "data": blob}
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_send_cut_short_by_a_peer_that_gave_up_says_why(contexts, tls: bool) -> None:
+    """The peer sends its ``error`` frame and closes while a large frame is still coming its way
+    (its unread bytes make the close a reset): the send fails with the peer's reason, not only
+    "connection reset"."""
+    with sender_to(contexts, tls) as (ch, peer):
+        ch.sock.settimeout(30)
+
+        def give_up() -> None:
+            time.sleep(0.3)
+            Channel(peer, "source").error("a page does not match its id")
+            peer.close()
+
+        t = threading.Thread(target=give_up)
+        t.start()
+        try:
+            with pytest.raises(wire.PeerError, match=r"^target: a page does not match its id$"):
+                ch.send("page_data", data=bytes(8 << 20))
+        finally:
+            t.join()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_peer_that_says_why_without_closing_fails_a_blocked_send_at_once(contexts, tls: bool) -> None:
+    """The peer sends its ``error`` and neither reads nor closes (a relay that holds the
+    connection): the blocked send reads it and fails at once with the reason, not after SEND_STALL."""
+    with sender_to(contexts, tls) as (ch, peer):
+        ch.sock.settimeout(30)
+        threading.Timer(0.3, lambda: Channel(peer, "source").send("error", message="no space left")).start()
+        started = time.monotonic()
+        with pytest.raises(wire.PeerError, match=r"^target: no space left$"):
+            ch.send("page_data", data=bytes(8 << 20))
+        assert time.monotonic() - started < min(wire.SEND_STALL, 3)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_frame_the_peer_sends_while_we_send_waits_for_recv(contexts, tls: bool) -> None:
+    """The peer sends a small frame of its own while our large one waits for room, then reads
+    ours: the send reads the peer's frame, goes on, and the next recv returns it."""
+    blob = bytes(range(256)) * (8 << 12)
+    with sender_to(contexts, tls) as (ch, peer):
+        ch.sock.settimeout(30)
+        other = Channel(peer, "source")
+        got: dict[str, object] = {}
+
+        def peer_side() -> None:
+            time.sleep(0.3)  # our send is blocked by now: the buffers hold 64 KiB
+            try:
+                other.send("progress", n=1)
+                got["msg"] = other.recv(30)
+            except Exception as e:  # noqa: BLE001 - reported below
+                got["msg"] = e
+
+        t = threading.Thread(target=peer_side)
+        t.start()
+        try:
+            ch.send("page_data", data=blob)
+            assert ch.readable(0)
+            assert ch.recv(30, expect=("progress",)) == {"t": "progress", "n": 1}
+        finally:
+            t.join()
+        assert got["msg"] == {"t": "page_data", "data": blob}

@@ -33,6 +33,7 @@ RECORD_STALL = 10.0
 #: any byte it takes starts the count again. A peer that hung up (its FIN) fails a blocked send at once.
 SEND_STALL = 15.0
 ERROR_TIMEOUT = 2.0  # seconds an ``error`` frame, a courtesy to a peer we give up on, may take to go
+LAST_WORD_TIMEOUT = 0.5  # seconds the rest of a peer's last frame, partly here already, may take to come
 _TLS_HEADER = 5  # a TLS record: type, version (2 bytes), length (2 bytes), then that many bytes
 _TLS_MAX_RECORD = (1 << 14) + 256  # the largest record body TLS 1.3 allows (RFC 8446, 5.2)
 #: the most bytes a record TLS reads can take: ``k`` times this many bytes in the socket hold ``k``
@@ -48,6 +49,10 @@ class WireError(WasmError):
 
 class PeerGone(WireError):
     """The connection closed or timed out."""
+
+
+class PeerError(WireError):
+    """The peer gave up, and said why (its ``error`` frame)."""
 
 
 #: what a first byte of a frame can be: a length's high byte (frames are at most MAX_FRAME bytes)
@@ -75,6 +80,7 @@ class Channel:
         self.max_frame = MAX_FRAME  # PREAUTH_FRAME until the peer authenticated
         self._whole_records = 0  # TLS records known to be whole in the socket, beyond the next (_whole_record)
         self._queues = _queues()
+        self._early: list[dict[str, Any]] = []  # frames the peer sent while a send of ours waited (_send_all)
 
     def send(self, t: str, **fields: Any) -> None:
         import msgpack  # here, not at the top: every WASI program imports this module, few send frames
@@ -85,8 +91,29 @@ class Channel:
         try:
             self._send_all(_LENGTH.pack(len(body)) + body)
         except OSError as e:
-            raise PeerGone(f"{self.peer}: connection lost while sending ({e.strerror or e})") from None
-        self.bytes_sent += _LENGTH.size + len(body)
+            gone = PeerGone(f"{self.peer}: connection lost while sending ({e.strerror or e})")
+        except PeerGone as e:
+            gone = e
+        else:
+            self.bytes_sent += _LENGTH.size + len(body)
+            return
+        raise self._last_word() or gone from None
+
+    def _last_word(self) -> PeerError | None:
+        """Why the peer went, if it said so before: a side that gives up sends an ``error`` frame
+        and closes while the other may still be sending (its reset fails the send), and that frame
+        is still there to read -- the reason ("a page does not match its id"), not only "connection
+        reset"."""
+        try:
+            pending = getattr(self.sock, "pending", None)
+            if not (pending is not None and pending()) and not self._queues.unread(self.sock.fileno()):
+                return None
+            self.recv(LAST_WORD_TIMEOUT)
+        except PeerError as e:
+            return e
+        except (WireError, OSError):
+            pass
+        return None
 
     def _send_all(self, data: bytes) -> None:
         """Send all of ``data`` within the socket's timeout, as ``sendall`` would, but watching
@@ -95,7 +122,9 @@ class Channel:
         takes no byte for :data:`SEND_STALL` seconds -- nothing acknowledged, no room for more:
         it stopped reading, or the path broke -- fails it then, not after the whole timeout.
         Progress is room for more in the socket, or the kernel's count of bytes sent and not yet
-        acknowledged (SIOCOUTQ) changing, looked at every second while the send waits."""
+        acknowledged (SIOCOUTQ) changing, looked at every second while the send waits. What the
+        peer says meanwhile is read: its ``error`` fails the send at once with its reason, a TLS
+        alert with the alert, and any other frame waits for the next :meth:`recv`."""
         sock = self.sock
         timeout = sock.gettimeout()
         blocked, must_read = _would_block(sock)
@@ -116,16 +145,19 @@ class Channel:
                     if ended:  # the socket reported its end, yet the send did not fail
                         raise PeerGone(f"{self.peer}: connection lost while sending") from None
                 now = time.monotonic()
+                # while we wait to write, the peer's words too: a peer talks mid-frame when it gave up
+                # (its ``error``, a TLS alert) or, rarely, sends a frame of its own (kept for recv)
+                mask = want | _POLLRDHUP | (select.POLLIN if want == select.POLLOUT else 0)
                 if poller is None:
                     poller = select.poll()
-                    poller.register(sock, want | _POLLRDHUP)
+                    poller.register(sock, mask)
                     deadline = None if timeout is None else now + timeout
                 else:
-                    poller.modify(sock, want | _POLLRDHUP)
+                    poller.modify(sock, mask)
                 queued = self._queues.unsent(sock.fileno())
                 # progress: there was room for more (the kernel refills to the same length: not enough
                 # alone), the peer acknowledged bytes, or the kernel took more from us
-                if ready or queued != unsent or sent != moved:
+                if ready & want or queued != unsent or sent != moved:
                     unsent, moved, moved_at = queued, sent, now
                 elif now - moved_at >= SEND_STALL:
                     raise PeerGone(f"{self.peer}: took no byte for {SEND_STALL:g} s while we were sending (it "
@@ -139,11 +171,22 @@ class Channel:
                 ended = bool(ready & (select.POLLHUP | select.POLLERR))  # the next send reports why
                 if ready & _POLLRDHUP and not ended:
                     raise PeerGone(f"{self.peer}: hung up while we were sending (it closed the connection)")
+                if ready & mask & select.POLLIN and want == select.POLLOUT and not ended:
+                    # its error is raised (PeerError), a TLS alert fails the read (PeerGone)
+                    self._early.append(self._read(None if deadline is None else max(0.001, deadline - now)))
+                    sock.settimeout(0.0)
         finally:
             sock.settimeout(timeout)
 
     def recv(self, timeout: float | None = 60.0, expect: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The next message; an ``error`` message from the peer is raised as MigrationError."""
+        msg = self._early.pop(0) if self._early else self._read(timeout)
+        if expect is not None and msg["t"] not in expect:
+            raise WireError(f"{self.peer}: expected {' or '.join(expect)}, got {msg['t']!r}")
+        return msg
+
+    def _read(self, timeout: float | None) -> dict[str, Any]:
+        """The next frame off the socket, decoded; the peer's ``error`` raised as PeerError."""
         self.sock.settimeout(timeout)
         first = self.bytes_received == 0 and self.role is not None
         try:
@@ -171,16 +214,14 @@ class Channel:
         if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
             raise WireError(f"{self.peer}: malformed frame (no message type)")
         if msg["t"] == "error":
-            raise WireError(f"{self.peer}: {msg.get('message', 'error')}")
-        if expect is not None and msg["t"] not in expect:
-            raise WireError(f"{self.peer}: expected {' or '.join(expect)}, got {msg['t']!r}")
+            raise PeerError(f"{self.peer}: {msg.get('message', 'error')}")
         return msg
 
     def readable(self, timeout: float) -> bool:
         """Whether a frame (or its start) can be read now, waiting up to ``timeout``; TLS may hold
         decrypted bytes the socket no longer shows."""
         pending = getattr(self.sock, "pending", None)
-        if pending is not None and pending():
+        if self._early or pending is not None and pending():
             return True
         return bool(fdwait.wait([self.sock], [], timeout)[0])
 

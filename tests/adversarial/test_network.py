@@ -88,8 +88,8 @@ class Proxy(threading.Thread):
     ``rewrite``, rewrites one byte of the source-to-daemon stream (``rewritten``: (offset, old, new)).
     With ``stop_after``, it stops reading the source once it passed that many bytes on (and if
     ``hang_up``, it closes its end towards the source -- a FIN -- but still reads nothing) and
-    holds the source's connection so until it is closed itself, whatever the daemon does: its
-    receive buffer fills and the source's sends block."""
+    holds the source's connection so until it is closed itself, passing nothing on either way
+    (not even the daemon's error): its receive buffer fills and the source's sends block."""
 
     def __init__(self, upstream: str, rewrite: Rewrite | None = None, stop_after: int | None = None,
                  hang_up: bool = False) -> None:
@@ -125,7 +125,7 @@ class Proxy(threading.Thread):
                 data = src.recv(1 << 16)
             except OSError:
                 data = b""
-            if not data:
+            if not data or self.stopped.is_set():  # stopped: it passes nothing on either way
                 break
             if rewrite and self.rewrite is not None and self.rewritten is None:
                 data = self._rewritten(record, data)
