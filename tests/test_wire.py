@@ -337,3 +337,50 @@ def test_a_frame_the_peer_sends_while_we_send_waits_for_recv(contexts, tls: bool
         finally:
             t.join()
         assert got["msg"] == {"t": "page_data", "data": blob}
+
+
+def test_a_tls_alert_while_we_send_fails_it_at_once(contexts) -> None:
+    """The peer's TLS refuses a record of ours (a byte changed on the way: bad record MAC) and
+    sends its alert, then neither reads nor closes: the blocked send reads the alert and fails
+    at once, naming it, not after SEND_STALL."""
+    server_ctx, client_ctx = contexts
+    client, server = tcp_pair(rcvbuf=1 << 16, sndbuf=1 << 16)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    theirs = server_ctx.wrap_bio(incoming, outgoing, server_side=True)
+
+    def handshake() -> None:
+        while True:
+            try:
+                theirs.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                server.sendall(outgoing.read())
+                incoming.write(server.recv(1 << 16))
+        server.sendall(outgoing.read())
+
+    t = threading.Thread(target=handshake)
+    t.start()
+    ch = Channel(client_ctx.wrap_socket(client), "target")
+    t.join()
+
+    def refuse() -> None:
+        time.sleep(0.3)
+        data = bytearray(server.recv(1 << 16))
+        data[100] ^= 0xFF  # in the first record's body
+        incoming.write(bytes(data))
+        with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC|bad record mac|DECRYPTION_FAILED"):
+            theirs.read(1 << 16)
+        server.sendall(outgoing.read())  # the alert
+
+    t = threading.Thread(target=refuse)
+    t.start()
+    try:
+        ch.sock.settimeout(30)
+        started = time.monotonic()
+        with pytest.raises(PeerGone, match=r"(?i)target: connection lost \(.*alert bad record mac"):
+            ch.send("page_data", data=bytes(8 << 20))
+        assert time.monotonic() - started < min(wire.SEND_STALL, 3)
+    finally:
+        t.join()
+        ch.close()
+        server.close()
