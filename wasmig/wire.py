@@ -152,16 +152,21 @@ class Channel:
                     poller = select.poll()
                     poller.register(sock, mask)
                     deadline = None if timeout is None else now + timeout
+                    moved_at = now
                 else:
                     poller.modify(sock, mask)
-                queued = self._queues.unsent(sock.fileno())
-                # progress: there was room for more (the kernel refills to the same length: not enough
-                # alone), the peer acknowledged bytes, or the kernel took more from us
-                if ready & want or queued != unsent or sent != moved:
-                    unsent, moved, moved_at = queued, sent, now
-                elif now - moved_at >= SEND_STALL:
-                    raise PeerGone(f"{self.peer}: took no byte for {SEND_STALL:g} s while we were sending (it "
-                                   f"stopped reading, or the connection broke)")
+                if ready & want or sent != moved:  # progress: there was room for more, or the kernel took more
+                    unsent, moved, moved_at = -1, sent, now
+                else:  # a wait that ended without room: has the peer acknowledged bytes since the last look?
+                    # (looked at only here: the kernel refills to the same length, so no look says "room"; and
+                    # an ioctl lets other threads take the GIL, then it must be waited for)
+                    queued = self._queues.unsent(sock.fileno())
+                    if unsent >= 0 and queued != unsent:
+                        moved_at = now
+                    unsent = queued
+                    if now - moved_at >= SEND_STALL:
+                        raise PeerGone(f"{self.peer}: took no byte for {SEND_STALL:g} s while we were sending (it "
+                                       f"stopped reading, or the connection broke)")
                 if deadline is not None and now >= deadline:
                     raise PeerGone(f"{self.peer}: timed out while sending")
                 left = min(1.0, moved_at + SEND_STALL - now) if deadline is None else min(
