@@ -129,9 +129,8 @@ class Channel:
         timeout = sock.gettimeout()
         blocked, must_read = _would_block(sock)
         view = memoryview(data)
-        sent = moved = 0
-        poller, deadline, ended, ready = None, None, False, 0
-        unsent, moved_at = -1, 0.0
+        sent = 0
+        watch: _SendWatch | None = None
         sock.settimeout(0.0)  # each try takes what fits (TLS: records, in its own retry), then we wait
         try:
             while sent < len(view):
@@ -142,43 +141,17 @@ class Channel:
                 except blocked as e:  # TLS: the same write is tried again, as OpenSSL requires
                     if isinstance(e, must_read):  # a TLS write that must read first
                         want = select.POLLIN
-                    if ended:  # the socket reported its end, yet the send did not fail
+                    if watch is not None and watch.ended:  # the socket reported its end, yet the send did not fail
                         raise PeerGone(f"{self.peer}: connection lost while sending") from None
-                now = time.monotonic()
-                # while we wait to write, the peer's words too: a peer talks mid-frame when it gave up
-                # (its ``error``, a TLS alert) or, rarely, sends a frame of its own (kept for recv)
-                mask = want | _POLLRDHUP | (select.POLLIN if want == select.POLLOUT else 0)
-                if poller is None:
-                    poller = select.poll()
-                    poller.register(sock, mask)
-                    deadline = None if timeout is None else now + timeout
-                    moved_at = now
-                else:
-                    poller.modify(sock, mask)
-                if ready & want or sent != moved:  # progress: there was room for more, or the kernel took more
-                    unsent, moved, moved_at = -1, sent, now
-                else:  # a wait that ended without room: has the peer acknowledged bytes since the last look?
-                    # (looked at only here: the kernel refills to the same length, so no look says "room"; and
-                    # an ioctl lets other threads take the GIL, then it must be waited for)
-                    queued = self._queues.unsent(sock.fileno())
-                    if unsent >= 0 and queued != unsent:
-                        moved_at = now
-                    unsent = queued
-                    if now - moved_at >= SEND_STALL:
-                        raise PeerGone(f"{self.peer}: took no byte for {SEND_STALL:g} s while we were sending (it "
-                                       f"stopped reading, or the connection broke)")
-                if deadline is not None and now >= deadline:
-                    raise PeerGone(f"{self.peer}: timed out while sending")
-                left = min(1.0, moved_at + SEND_STALL - now) if deadline is None else min(
-                    1.0, moved_at + SEND_STALL - now, deadline - now)
-                events = poller.poll(max(0, int(left * 1000) + 1))
-                ready = events[0][1] if events else 0
-                ended = bool(ready & (select.POLLHUP | select.POLLERR))  # the next send reports why
-                if ready & _POLLRDHUP and not ended:
+                if watch is None:
+                    watch = _SendWatch(sock, timeout, self._queues, self.peer)
+                ready = watch.wait(want, sent)
+                if ready & _POLLRDHUP and not watch.ended:
                     raise PeerGone(f"{self.peer}: hung up while we were sending (it closed the connection)")
-                if ready & mask & select.POLLIN and want == select.POLLOUT and not ended:
-                    # its error is raised (PeerError), a TLS alert fails the read (PeerGone)
-                    self._early.append(self._read(None if deadline is None else max(0.001, deadline - now)))
+                if ready & select.POLLIN and want == select.POLLOUT and not watch.ended:
+                    # the peer talks mid-frame: it gave up (its error: PeerError; a TLS alert fails the
+                    # read: PeerGone) or, rarely, sends a frame of its own, kept for recv
+                    self._early.append(self._read(watch.left()))
                     sock.settimeout(0.0)
         finally:
             sock.settimeout(timeout)
@@ -348,6 +321,50 @@ class Channel:
             self.sock.close()
         except OSError:  # pragma: no cover
             pass
+
+
+class _SendWatch:
+    """The waits of one send the kernel held back: for room, for the peer's end or its words,
+    and whether the send still moves -- :data:`SEND_STALL` seconds without is an error, as is
+    the socket's timeout over the whole send."""
+
+    def __init__(self, sock: socket.socket, timeout: float | None, queues: _Queues, peer: str) -> None:
+        self.sock, self.queues, self.peer = sock, queues, peer
+        self.poller = select.poll()
+        self.poller.register(sock, 0)
+        now = time.monotonic()
+        self.deadline = None if timeout is None else now + timeout
+        self.moved_at, self.sent, self.unsent = now, 0, -1
+        self.ready, self.ended = 0, False
+
+    def wait(self, want: int, sent: int) -> int:
+        """Wait (a second at most) for ``want`` (room to write, or to read for TLS), the peer's
+        end or words; the poll events. ``sent``: the bytes of the send the kernel took so far."""
+        now = time.monotonic()
+        if self.ready & want or sent != self.sent:  # progress: there was room for more, or the kernel took more
+            self.sent, self.moved_at, self.unsent = sent, now, -1
+        else:  # a wait that ended without room: has the peer acknowledged bytes since the last look?
+            # (looked at only here: the kernel refills to the same length, so no look says "room"; and an
+            # ioctl lets other threads take the GIL, which must then be waited for)
+            queued = self.queues.unsent(self.sock.fileno())
+            if self.unsent >= 0 and queued != self.unsent:
+                self.moved_at = now
+            self.unsent = queued
+            if now - self.moved_at >= SEND_STALL:
+                raise PeerGone(f"{self.peer}: took no byte for {SEND_STALL:g} s while we were sending (it "
+                               f"stopped reading, or the connection broke)")
+        if self.deadline is not None and now >= self.deadline:
+            raise PeerGone(f"{self.peer}: timed out while sending")
+        left = min(1.0, self.moved_at + SEND_STALL - now, self.left() or 1.0)
+        self.poller.modify(self.sock, want | _POLLRDHUP | (select.POLLIN if want == select.POLLOUT else 0))
+        events = self.poller.poll(max(0, int(left * 1000) + 1))
+        self.ready = events[0][1] if events else 0
+        self.ended = bool(self.ready & (select.POLLHUP | select.POLLERR))  # the next send reports why
+        return self.ready
+
+    def left(self) -> float | None:
+        """Seconds left of the send's timeout (None: none)."""
+        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
 
 
 def _would_block(sock: socket.socket) -> tuple[tuple[type[OSError], ...], tuple[type[OSError], ...]]:
