@@ -159,7 +159,7 @@ def test_a_lengthened_last_record_of_a_burst_fails_after_the_stall(contexts, mon
 def test_a_record_trickling_in_is_waited_for(contexts, monkeypatch) -> None:
     """Records sent in pieces (a header split in two among them), each a while after the last but
     sooner than RECORD_STALL: progress, read whole."""
-    monkeypatch.setattr(wire, "RECORD_STALL", 0.6)
+    monkeypatch.setattr(wire, "RECORD_STALL", 1.5)
     with raw_to_channel(contexts) as (raw, ch):
         blob = bytes(range(200)) * 100
         data = b"".join(raw.records(frame("module", data=blob)))
@@ -247,10 +247,10 @@ def test_a_send_to_a_peer_that_hung_up_fails_at_once(contexts, tls: bool) -> Non
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_a_slow_reader_that_keeps_taking_bytes_is_not_cut_off(contexts, monkeypatch, tls: bool) -> None:
-    """A peer that reads 16 KiB every 20 ms, pausing 0.3 s now and then: the 1 MiB send takes
+    """A peer that reads 16 KiB every 20 ms, pausing 0.6 s now and then: the 1 MiB send takes
     longer than SEND_STALL and goes through, whole. (Progress comes a window update at a time:
     on loopback, whose segments are 64 KiB, one per four reads here.)"""
-    monkeypatch.setattr(wire, "SEND_STALL", 1.0)
+    monkeypatch.setattr(wire, "SEND_STALL", 2.0)
     blob = bytes(range(256)) * 4096
     with sender_to(contexts, tls) as (ch, peer):
         received = bytearray()
@@ -261,7 +261,7 @@ def test_a_slow_reader_that_keeps_taking_bytes_is_not_cut_off(contexts, monkeypa
             while chunk := peer.recv(16384):
                 received.extend(chunk)
                 n += 1
-                time.sleep(0.3 if n % 16 == 0 else 0.02)
+                time.sleep(0.6 if n % 16 == 0 else 0.02)
 
         t = threading.Thread(target=read)
         t.start()
@@ -272,7 +272,7 @@ def test_a_slow_reader_that_keeps_taking_bytes_is_not_cut_off(contexts, monkeypa
             ch.sock.shutdown(socket.SHUT_WR)
         finally:
             t.join()
-    assert took > 1.0, took  # it did wait on the reader, longer than SEND_STALL
+    assert took > 2.0, took  # it did wait on the reader, longer than SEND_STALL
     (length,) = struct.unpack(">I", received[:4])
     assert msgpack.unpackb(received[4:4 + length]) == {"t": "page_data", "data": blob}
 
