@@ -11,8 +11,6 @@ use the same rule, on every engine, so they stay equal (see docs/instrument.md).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from itertools import compress
-from operator import attrgetter
 from typing import Any
 
 from wasmig.binary.blocks import match_blocks
@@ -37,7 +35,6 @@ def dead_value(t: str) -> tuple[str, int | None]:
 _CONTROL = frozenset((0x00, 0x02, 0x03, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F))
 _GET, _SET, _TEE = 0x20, 0x21, 0x22
 _LOOKED_AT = _CONTROL | {_GET, _SET, _TEE}
-_OP = attrgetter("op")
 # how a control instruction's live set follows from the others' (see live_locals)
 _NEXT, _NEXT_OR_LIVE, _NEXT_OR_NEXT, _LIVE, _NONE, _TABLE = range(6)
 
@@ -134,9 +131,8 @@ class _Solved:
 
 def _solve(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | None) -> _Solved:
     """:func:`live_locals`'s fixpoint over the control instructions (:class:`_Solved`)."""
-    n = len(body)
     end_of, else_of = blocks if blocks is not None else match_blocks(body)
-    looked_at = list(compress(range(n), map(_LOOKED_AT.__contains__, map(_OP, body))))  # in C
+    looked_at = [k for k, ins in enumerate(body) if ins.op in _LOOKED_AT]  # (faster than compress() + map)
     ctrl: list[int] = []  # positions of the control instructions, ascending
     run_start: list[int] = []  # the index in looked_at of each
     # each run after a control instruction as gen | (x & ~kill), composed as it is scanned:

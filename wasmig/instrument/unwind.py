@@ -266,7 +266,9 @@ class _FunctionRewriter:
         self.stack_before = info.stack_before  # type: ignore[attr-defined]
         self.unreachable = info.unreachable  # type: ignore[attr-defined]
         #: the instructions the emitters look at, ascending; those between are copied as runs
-        self.walked_at = list(compress(range(len(body)), map(_WALKED.__contains__, map(_OP, body))))  # in C
+        # (a comprehension: on CPython 3.11 its specialised attribute loads beat compress() over
+        # map(attrgetter), 0.10 s against 0.15 s for CPython's 2.7 million instructions)
+        self.walked_at = [k for k, ins in enumerate(body) if ins.op in _WALKED]
         self.special_at = [k for k in self.walked_at if body[k].op in _SPECIAL]
         blocks = self.end_of, self.else_of = match_blocks(body, self.walked_at)
         #: the locals live before an instruction (a bit set), asked at the sites only: the
@@ -1868,7 +1870,7 @@ _PER_INSTANCE = frozenset((0xFC08, 0xFC09, 0xFC0C, 0xFC0D, 0xD2))
 
 def _uses_instance_segments(ir: IRModule) -> bool:
     """Whether a function of ``ir`` uses an instruction of :data:`_PER_INSTANCE`."""
-    return any(not _PER_INSTANCE.isdisjoint(map(_OP, f.body)) for f in ir.funcs)
+    return any(not _PER_INSTANCE.isdisjoint({ins.op for ins in f.body}) for f in ir.funcs)
 
 
 def _link_exports(ir: IRModule) -> list[Export]:
