@@ -84,3 +84,66 @@ def test_entry_loops_planned_from_the_walked_instructions_alone() -> None:
         assert plan == plan_entries(body, end_of, unreachable, walked)
         planned.append(bool(plan))
     assert planned == [False, True]
+
+
+def test_loop_facts_from_the_walked_instructions_equal_a_scan_of_every_instruction() -> None:
+    """Whether a loop lies in another (``_nested``), has no loop or call inside
+    (``_innermost_without_calls``) and must poll at its header despite its calls
+    (``_scan_for_polling_call``) are found from the constructs, branches and calls alone (session
+    10): the same answers as the scans of every instruction they replaced, on the benchmark
+    kernels' loops."""
+    from pathlib import Path
+
+    from wasmig.instrument.unwind import _FunctionRewriter, _Pass
+    from wasmig.toolchain import compile_c
+
+    kernels = Path(__file__).parent.parent / "benchmarks" / "kernels"
+    seen: set[tuple[str, bool]] = set()
+    for name in ("lz77", "sieve", "pb_lu", "qsort", "nbody", "fib"):
+        module = Module.from_file(compile_c(kernels / f"{name}.c", opt="-O2"))
+        p = _Pass(module.ir, data=module.data)
+        p.count_steps = False
+        for k, func in enumerate(module.ir.funcs):
+            rw = _FunctionRewriter(p, p.n_imported + k, func, module.validation.functions[k])
+            body, end_of = func.body, rw.end_of
+            for i in (j for j in end_of if body[j].op == 0x03):
+                inside = range(i + 1, end_of[i])
+                assert rw._nested(i) == any(body[j].op == 0x03 and end_of[j] > i for j in end_of if j < i)
+                assert rw._innermost_without_calls(i) == (not any(body[j].op in (0x03, 0x10, 0x11) for j in inside))
+                assert rw._scan_for_polling_call(i) == _polling_call_every_instruction(rw, i)
+                seen |= {("nested", rw._nested(i)), ("innermost", rw._innermost_without_calls(i)),
+                         ("polling call", rw._scan_for_polling_call(i))}
+    assert len(seen) == 6, f"each answer both ways: {sorted(seen)}"
+
+
+def _polling_call_every_instruction(rw, i: int) -> bool:  # type: ignore[no-untyped-def]
+    """``_scan_for_polling_call`` as it was: every instruction of the loop's body."""
+    body = rw.func.body
+    depth = 0
+    for k in range(i + 1, rw.end_of[i]):
+        op = body[k].op
+        if op in (0x02, 0x03, 0x04):
+            depth += 1
+        elif op == 0x0B:
+            depth -= 1
+        elif op in (0x0C, 0x0D) and body[k].imm == depth:
+            return False
+        elif op == 0x0E and depth in (*body[k].imm[0], body[k].imm[1]):
+            return False
+        elif op in (0x10, 0x11) and depth == 0 and not rw.unreachable[k] and rw.p.polls_after(body[k]):
+            return True
+    return False
+
+
+def test_origin_tags_of_a_big_body_and_of_offsets_out_of_order() -> None:
+    """``OriginalCode`` looks the tags of offsets below 2**14 - 1 up and makes the rest (a body
+    over 16 KB) one by one; offsets out of order (IR made by hand) fall back to one by one for
+    all: the same tags as :func:`origin_tag` of each offset, in both cases."""
+    from wasmig.binary.ir import Instr
+    from wasmig.instrument.emit import OriginalCode, origin_tag
+
+    for offsets in (list(range(0, 40_000, 3)), [5, 20_000, 7, 126, 127, 16_383, 16_382, 0]):
+        body = [Instr(0x01, None, o) for o in offsets]
+        code = OriginalCode(body)
+        assert code.tags == b"".join(origin_tag(o) for o in offsets)
+        assert code.tag_pos[-1] == len(code.tags) and len(code.tag_pos) == len(offsets) + 1
