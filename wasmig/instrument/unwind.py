@@ -1291,11 +1291,16 @@ class _FunctionRewriter:
         scratch = {self.site_local, self.addr_local, self.skip_local}
         get_a = encoded_instr(0x20, a)
         loads: list[bytes] = []  # local.get $a  T.load $ctl (8 + 8j)  local.set j, for each j
+        reloads = self.p.reloads  # (type, j) -> its load and local.set: the same in every function
         for j, t in enumerate(self.local_types):
             if j not in scratch:
-                op, align = _LOAD[t]
-                loads += (get_a, encoded_instr(op, self.ctl_memarg(align, 8 + 8 * j)), encoded_instr(0x21, j))
-        self.out.add_encoded(b"".join(loads), len(loads))
+                reload = reloads.get((t, j))
+                if reload is None:
+                    op, align = _LOAD[t]
+                    reload = reloads[(t, j)] = (encoded_instr(op, self.ctl_memarg(align, 8 + 8 * j))
+                                                + encoded_instr(0x21, j))
+                loads += (get_a, reload)
+        self.out.add_encoded(b"".join(loads), len(loads) // 2 * 3)
         self.emit(0x41, 0)
         self.emit(0x20, a)
         self.emit(0x41, 8 + 8 * len(self.local_types))
@@ -1576,6 +1581,9 @@ class _Pass:
         #: (parameters, results) -> a rewind copy's guarded segment's `if` and `else` arm
         #: (:meth:`_FunctionRewriter._segment_end`)
         self.segment_ends: dict[tuple[tuple[str | None, ...], tuple[str | None, ...]], tuple[bytes, bytes, int]] = {}
+        #: (type, j) -> ``T.load $ctl (8 + 8j)  local.set j``: a rewind copy's prologue reloads
+        #: every local (:meth:`_FunctionRewriter._rewind_prologue`)
+        self.reloads: dict[tuple[str, int], bytes] = {}
         #: (*parameters, None, *results) -> the rest of a construct's skip guard after its test
         #: (:meth:`_FunctionRewriter.skip_guard`)
         self.guard_tails: dict[tuple[str | None, ...], bytes] = {}
