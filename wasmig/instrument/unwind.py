@@ -457,20 +457,20 @@ class _FunctionRewriter:
         call site when the callee unwound (``$state`` 1), the ``after_call`` site on a request
         with the call done (``$state`` 0; a normal body never runs while rewinding)."""
         out = self.out
-        out.add_encoded(_i32_const(site_id), 1)
+        head, n = _i32_const(site_id), 1  # emitted with what follows it: one add_encoded
         if call_site is not None:
-            out.add_encoded(self.p.minus_state, 2)
+            head, n = head + self.p.minus_state, 3
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
-            out.add_encoded(self.set_site, 1)
+            out.add_encoded(head + self.set_site, n + 1)
             self.emit(0x0C, self.unwind_depth())
             return
         site = self.p.sites[site_id]
         if compact and self.compact:
-            out.add_encoded(self.set_site, 1)
+            out.add_encoded(head + self.set_site, n + 1)
             self._save_compact(site)
             self.emit(0x0C, len(self.labels) - 1 - _UNWIND_LABEL)
             return
-        out.add_encoded(self.set_site_and_record, 4)  # $site = K; a = the write pointer
+        out.add_encoded(head + self.set_site_and_record, n + 4)  # $site = K; a = the write pointer
         chunks, stores, stash = out.chunks, self.slot_stores, self.stash
         slots = sorted({*site.live, *site.spills, *site.arg_spills})
         stashed = 0
