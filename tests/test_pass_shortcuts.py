@@ -88,10 +88,10 @@ def test_entry_loops_planned_from_the_walked_instructions_alone() -> None:
 
 def test_loop_facts_from_the_walked_instructions_equal_a_scan_of_every_instruction() -> None:
     """Whether a loop lies in another (``_nested``), has no loop or call inside
-    (``_innermost_without_calls``) and must poll at its header despite its calls
+    (``_innermost_without_calls``) and need not poll at its header thanks to its calls
     (``_scan_for_polling_call``) are found from the constructs, branches and calls alone (session
-    10): the same answers as the scans of every instruction they replaced, on the benchmark
-    kernels' loops."""
+    10): the same answers as from every instruction (a rewriter whose ``special_at`` lists them
+    all: the scans as they were), on the loops of six kernels, each answer seen both ways."""
     from pathlib import Path
 
     from wasmig.instrument.unwind import _FunctionRewriter, _Pass
@@ -104,35 +104,17 @@ def test_loop_facts_from_the_walked_instructions_equal_a_scan_of_every_instructi
         p = _Pass(module.ir, data=module.data)
         p.count_steps = False
         for k, func in enumerate(module.ir.funcs):
-            rw = _FunctionRewriter(p, p.n_imported + k, func, module.validation.functions[k])
+            info = module.validation.functions[k]
+            rw = _FunctionRewriter(p, p.n_imported + k, func, info)
+            every = _FunctionRewriter(p, p.n_imported + k, func, info)
+            every.special_at = list(range(len(func.body)))
             body, end_of = func.body, rw.end_of
             for i in (j for j in end_of if body[j].op == 0x03):
-                inside = range(i + 1, end_of[i])
-                assert rw._nested(i) == any(body[j].op == 0x03 and end_of[j] > i for j in end_of if j < i)
-                assert rw._innermost_without_calls(i) == (not any(body[j].op in (0x03, 0x10, 0x11) for j in inside))
-                assert rw._scan_for_polling_call(i) == _polling_call_every_instruction(rw, i)
-                seen |= {("nested", rw._nested(i)), ("innermost", rw._innermost_without_calls(i)),
-                         ("polling call", rw._scan_for_polling_call(i))}
+                facts = (rw._nested(i), rw._innermost_without_calls(i), rw._scan_for_polling_call(i))
+                assert facts == (every._nested(i), every._innermost_without_calls(i), every._scan_for_polling_call(i))
+                assert facts[0] == any(body[j].op == 0x03 and end_of[j] > i for j in end_of if j < i)
+                seen |= set(zip(("nested", "innermost", "polling call"), facts, strict=True))
     assert len(seen) == 6, f"each answer both ways: {sorted(seen)}"
-
-
-def _polling_call_every_instruction(rw, i: int) -> bool:  # type: ignore[no-untyped-def]
-    """``_scan_for_polling_call`` as it was: every instruction of the loop's body."""
-    body = rw.func.body
-    depth = 0
-    for k in range(i + 1, rw.end_of[i]):
-        op = body[k].op
-        if op in (0x02, 0x03, 0x04):
-            depth += 1
-        elif op == 0x0B:
-            depth -= 1
-        elif op in (0x0C, 0x0D) and body[k].imm == depth:
-            return False
-        elif op == 0x0E and depth in (*body[k].imm[0], body[k].imm[1]):
-            return False
-        elif op in (0x10, 0x11) and depth == 0 and not rw.unreachable[k] and rw.p.polls_after(body[k]):
-            return True
-    return False
 
 
 def test_origin_tags_of_a_big_body_and_of_offsets_out_of_order() -> None:
