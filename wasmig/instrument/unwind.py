@@ -37,7 +37,13 @@ from operator import attrgetter
 
 from wasmig.binary.blocks import match_blocks
 from wasmig.binary.collector import collector_paused
-from wasmig.binary.encoder import encode_code_entry, encode_code_entry_raw, encode_module, encoded_instr
+from wasmig.binary.encoder import (
+    cached_instr,
+    encode_code_entry,
+    encode_code_entry_raw,
+    encode_module,
+    encoded_instr,
+)
 from wasmig.binary.ir import (
     CustomSection,
     Data,
@@ -331,7 +337,7 @@ class _FunctionRewriter:
         self.labels.append(original)
         out = self.out
         chunks = out.chunks
-        chunks.append(encoded_instr(op, imm))
+        chunks.append(cached_instr((op, imm)) or encoded_instr(op, imm))
         if origin < 0:
             out.tags.append(0)
         else:
