@@ -599,16 +599,20 @@ class _FunctionRewriter:
         :meth:`_Pass.entry_polled`)."""
         carried = level + results
         p = self.p
+        key = tuple(carried)
+        test_if = p.check_ifs.get(key)  # `if (carried -> carried)`, encoded once per shape
+        if test_if is None:
+            test_if = p.check_ifs[key] = encoded_instr(0x04, p.block_type(carried, carried))
         if after is not None:
-            self.out.add_encoded(p.poll_load, 2)  # i32.atomic.load8_u $poll
-            self.open(0x04, p.block_type(carried, carried), False)
+            self.labels.append(False)  # the `if`, added with its test in one piece
+            self.out.add_encoded(p.poll_load + test_if, 3)  # i32.atomic.load8_u $poll, if
             if self._shares_arm(site_id, after):
                 self.pop_into(carried, base)
                 self.unwind_branch(after, compact=True, call_site=site_id)
                 self.close()
                 return
-        self.out.add_encoded(p.is_unwinding, 3)  # $state == 1
-        self.open(0x04, p.block_type(carried, carried), False)
+        self.labels.append(False)
+        self.out.add_encoded(p.is_unwinding + test_if, 4)  # $state == 1, if
         self.drop(len(results))
         self.pop_into(level, base)
         self.unwind_branch(site_id, compact=True)
@@ -1587,6 +1591,8 @@ class _Pass:
         #: (parameters, results) -> a rewind copy's guarded segment's `if` and `else` arm
         #: (:meth:`_FunctionRewriter._segment_end`)
         self.segment_ends: dict[tuple[tuple[str | None, ...], tuple[str | None, ...]], tuple[bytes, bytes, int]] = {}
+        #: the types a post-call check carries -> its `if` (:meth:`_FunctionRewriter.post_call_check`)
+        self.check_ifs: dict[tuple[str, ...], bytes] = {}
         #: (type, j) -> ``T.load $ctl (8 + 8j)  local.set j``: a rewind copy's prologue reloads
         #: every local (:meth:`_FunctionRewriter._rewind_prologue`)
         self.reloads: dict[tuple[str, int], bytes] = {}
