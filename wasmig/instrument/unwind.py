@@ -1588,6 +1588,7 @@ class _Pass:
         self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
         self.header_func = 0  # index of the function that writes a record's header (:func:`_record_header_function`)
         self._entry_polled: dict[int, bool] = {}
+        self._arity: dict[object, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}
         #: (parameters, results) -> a rewind copy's guarded segment's `if` and `else` arm
         #: (:meth:`_FunctionRewriter._segment_end`)
         self.segment_ends: dict[tuple[tuple[str | None, ...], tuple[str | None, ...]], tuple[bytes, bytes, int]] = {}
@@ -1603,7 +1604,6 @@ class _Pass:
         #: 530,000 and 210,000 times on CPython, of 6,446 callees)
         self._may_unwind: dict[tuple[int, object], bool] = {}
         self._polls_after: dict[tuple[int, object], bool] = {}
-        self._arity: dict[object, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}
 
     def saver(self, t: str, k: int) -> int:
         """The function index of ``$save_<t>_<k>`` (:func:`_saver_function`)."""
