@@ -3,12 +3,13 @@
 
 Work on the pass's own speed and memory must not change what it emits (other work depends on the
 instrumented code's shape). This script instruments a fixed corpus with the pass of the tree it
-runs from, both variants (``fast``, ``steps``), and records the sha256 of every output (or the
-pass's refusal message): CPython for WASI and QuickJS-ng (``tests/real_programs.py``, cached), the
-benchmark kernels (``benchmarks/kernels/*.c``) and the test programs (``tests/programs/*.c``),
-compiled at ``-O2``, and every module of the spec testsuite's non-SIMD scripts (converted by
-``wast2json``, cached), which holds the odd constructs (values buried beneath blocks, deep
-``br_table``s, multi-value blocks) real programs hardly have.
+runs from, both variants (``fast``, ``steps``), and records the sha256 of every output (the run
+module with its site index, and the rewind module; or the pass's refusal message): CPython for
+WASI and QuickJS-ng (``tests/real_programs.py``, cached), the benchmark kernels
+(``benchmarks/kernels/*.c``) and the test programs (``tests/programs/*.c``), compiled at
+``-O2``, and every module of the spec testsuite's non-SIMD scripts (converted by ``wast2json``,
+cached), which holds the odd constructs (values buried beneath blocks, deep ``br_table``s,
+multi-value blocks) real programs hardly have.
 
 ``--write FILE`` records the digests (run it on the tree before the change); ``--check FILE``
 compares against such a record and exits 1 on any difference, naming the modules that differ.
@@ -69,16 +70,21 @@ def corpus(skip_big: bool) -> list[tuple[str, Path]]:
 
 
 def digest(path: Path, count_steps: bool) -> str:
-    """The sha256 of the instrumented module, or why there is none (the pass's refusal, an
-    invalid module): a refusal that changes is a difference too."""
+    """The sha256 of the instrumented run module and, when there is one, the rewind module, or
+    why there is none (the pass's refusal, an invalid module): a refusal that changes is a
+    difference too."""
     try:
         module = Module.from_file(path)
     except WasmError as e:
         return f"unloadable: {type(e).__name__}"
     try:
-        return hashlib.sha256(instrument(module, count_steps=count_steps).data).hexdigest()
+        done = instrument(module, count_steps=count_steps)
     except InstrumentError as e:
         return f"refused: {e}"
+    h = hashlib.sha256(done.data)  # the run module, its site index included (a custom section)
+    if done.rewind is not None:  # the rewind module, when the copies went into one of their own
+        h.update(b"\0rewind\0" + done.rewind)
+    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

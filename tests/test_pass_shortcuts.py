@@ -84,3 +84,48 @@ def test_entry_loops_planned_from_the_walked_instructions_alone() -> None:
         assert plan == plan_entries(body, end_of, unreachable, walked)
         planned.append(bool(plan))
     assert planned == [False, True]
+
+
+def test_loop_facts_from_the_walked_instructions_equal_a_scan_of_every_instruction() -> None:
+    """Whether a loop lies in another (``_nested``), has no loop or call inside
+    (``_innermost_without_calls``) and need not poll at its header thanks to its calls
+    (``_scan_for_polling_call``) are found from the constructs, branches and calls alone (session
+    10): the same answers as from every instruction (a rewriter whose ``special_at`` lists them
+    all: the scans as they were), on the loops of six kernels, each answer seen both ways."""
+    from pathlib import Path
+
+    from wasmig.instrument.unwind import _FunctionRewriter, _Pass
+    from wasmig.toolchain import compile_c
+
+    kernels = Path(__file__).parent.parent / "benchmarks" / "kernels"
+    seen: set[tuple[str, bool]] = set()
+    for name in ("lz77", "sieve", "pb_lu", "qsort", "nbody", "fib"):
+        module = Module.from_file(compile_c(kernels / f"{name}.c", opt="-O2"))
+        p = _Pass(module.ir, data=module.data)
+        p.count_steps = False
+        for k, func in enumerate(module.ir.funcs):
+            info = module.validation.functions[k]
+            rw = _FunctionRewriter(p, p.n_imported + k, func, info)
+            every = _FunctionRewriter(p, p.n_imported + k, func, info)
+            every.special_at = list(range(len(func.body)))
+            body, end_of = func.body, rw.end_of
+            for i in (j for j in end_of if body[j].op == 0x03):
+                facts = (rw._nested(i), rw._innermost_without_calls(i), rw._scan_for_polling_call(i))
+                assert facts == (every._nested(i), every._innermost_without_calls(i), every._scan_for_polling_call(i))
+                assert facts[0] == any(body[j].op == 0x03 and end_of[j] > i for j in end_of if j < i)
+                seen |= set(zip(("nested", "innermost", "polling call"), facts, strict=True))
+    assert len(seen) == 6, f"each answer both ways: {sorted(seen)}"
+
+
+def test_origin_tags_of_a_big_body_and_of_offsets_out_of_order() -> None:
+    """``OriginalCode`` looks the tags of offsets below 2**14 - 1 up and makes the rest (a body
+    over 16 KB) one by one; offsets out of order (IR made by hand) fall back to one by one for
+    all: the same tags as :func:`origin_tag` of each offset, in both cases."""
+    from wasmig.binary.ir import Instr
+    from wasmig.instrument.emit import OriginalCode, origin_tag
+
+    for offsets in (list(range(0, 40_000, 3)), [5, 20_000, 7, 126, 127, 16_383, 16_382, 0]):
+        body = [Instr(0x01, None, o) for o in offsets]
+        code = OriginalCode(body)
+        assert code.tags == b"".join(origin_tag(o) for o in offsets)
+        assert code.tag_pos[-1] == len(code.tags) and len(code.tag_pos) == len(offsets) + 1

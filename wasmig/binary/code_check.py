@@ -282,6 +282,8 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
     ctrls: list[ControlFrame] = [ControlFrame(BLOCK, (), ftype.results, 0, False)]
     stack_before: list[tuple[str | None, ...]] = []
     unreachable: list[bool] = []
+    body = func.body
+    last = len(body) - 1
     snap: tuple[str | None, ...] = ()
     dirty = False
     max_stack = 0
@@ -289,12 +291,10 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
     i = -1
     # the innermost frame and whether its code is unreachable, kept in locals: they change only
     # at the instructions after the fixed-signature ones (2.7 million instructions in CPython)
-    frame: ControlFrame | None = ctrls[0]
+    frame: ControlFrame = ctrls[0]
     dead = False
     try:
-        for i, ins in enumerate(func.body):  # noqa: B007 -- i is read by the except clause
-            if frame is None:
-                raise Invalid("operators remaining after the end of the function")
+        for i, ins in enumerate(body):  # noqa: B007 -- i is read by the except clause
             if dirty:
                 snap = tuple(vals)
                 if len(snap) > max_stack:
@@ -309,6 +309,11 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
             op = ins.op
             imm = ins.imm
 
+            if op == LOCAL_GET:  # a quarter of all instructions: first
+                dirty = True
+                vals.append(local_types[imm if imm.__class__ is int and 0 <= imm < nlocals
+                                        else _index(imm, nlocals, "local")])
+                continue
             sig = plain.get(op)
             if sig is None and op in memory_ops:  # a load or store: its memarg checked once per module
                 try:
@@ -339,10 +344,6 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
 
             dirty = True
             # the variables and calls first, each ending in `continue`: they leave the frame as it is
-            if op == LOCAL_GET:
-                vals.append(local_types[imm if imm.__class__ is int and 0 <= imm < nlocals
-                                        else _index(imm, nlocals, "local")])
-                continue
             if op == LOCAL_SET:
                 t = local_types[imm if imm.__class__ is int and 0 <= imm < nlocals else _index(imm, nlocals, "local")]
                 if len(vals) > frame.height and vals[-1] == t:
@@ -552,8 +553,9 @@ def check_function(ctx: CodeContext, func: Function) -> FunctionInfo:
             if ctrls:
                 frame = ctrls[-1]
                 dead = frame.unreachable or frame.dead
-            else:
-                frame = None
+            elif i < last:  # the function's own `end` was not the last instruction
+                i += 1
+                raise Invalid("operators remaining after the end of the function")
     except Invalid as e:
         raise Invalid(e.args[0], i) from None
     if ctrls:

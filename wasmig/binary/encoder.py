@@ -394,6 +394,11 @@ def encode_ops(out: bytearray, ops: Iterable[Sequence]) -> None:
         out += one
 
 
+#: the memo's lookup alone: the encoding of ``(op, imm)`` if memoised, else None -- a call in C,
+#: for the instrumentation pass's million constructs per big module (``encoded_instr`` on a miss)
+cached_instr = _ENCODED.get
+
+
 def encoded_instr(op: int, imm: object) -> bytes:
     """The encoding of one instruction, memoised like :func:`encode_ops`'s."""
     key = (op, imm)

@@ -11,8 +11,6 @@ use the same rule, on every engine, so they stay equal (see docs/instrument.md).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from itertools import compress
-from operator import attrgetter
 from typing import Any
 
 from wasmig.binary.blocks import match_blocks
@@ -37,7 +35,6 @@ def dead_value(t: str) -> tuple[str, int | None]:
 _CONTROL = frozenset((0x00, 0x02, 0x03, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F))
 _GET, _SET, _TEE = 0x20, 0x21, 0x22
 _LOOKED_AT = _CONTROL | {_GET, _SET, _TEE}
-_OP = attrgetter("op")
 # how a control instruction's live set follows from the others' (see live_locals)
 _NEXT, _NEXT_OR_LIVE, _NEXT_OR_NEXT, _LIVE, _NONE, _TABLE = range(6)
 
@@ -53,7 +50,8 @@ def live_locals(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]]
     has millions of instructions); the per-instruction sets are filled in at the end.
     ``blocks``: :func:`match_blocks` of ``body``, when the caller has it."""
     n = len(body)
-    ctrl, runs, lead, live_at = _solve(body, blocks)
+    solved = _solve(body, blocks)
+    ctrl, live_at = solved.ctrl, solved.live_at
     m = len(ctrl)
     # every instruction: a control instruction's own set, a run's from its end backwards
     live = [0] * n
@@ -63,10 +61,11 @@ def live_locals(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]]
         start, end = (ctrl[k] + 1 if k >= 0 else 0), ctrl[k + 1]
         cur = live_at[k + 1]
         below = end  # live[below:end] are filled with cur
-        for pos, bit, is_get in reversed(runs[k] if k >= 0 else lead):
+        for pos in reversed(solved.accesses(k)):
             if below - pos > 1:
                 live[pos + 1:below] = [cur] * (below - pos - 1)
-            cur = cur | bit if is_get else cur & ~bit
+            ins = body[pos]
+            cur = cur | 1 << ins.imm if ins.op == _GET else cur & ~(1 << ins.imm)
             live[pos] = cur
             below = pos
         if below > start:
@@ -80,7 +79,9 @@ class LiveAt:
     straight run's sets are worked out when one of its instructions is first asked about."""
 
     def __init__(self, body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | None = None) -> None:
-        self.ctrl, self.runs, self.lead, self.live_at = _solve(body, blocks)
+        self.body = body
+        self.solved = _solve(body, blocks)
+        self.ctrl, self.live_at = self.solved.ctrl, self.solved.live_at
         #: run k (-1: the lead) -> (its accesses' positions, the set live before each)
         self._filled: dict[int, tuple[list[int], list[int]]] = {}
 
@@ -91,42 +92,74 @@ class LiveAt:
             return self.live_at[k]
         filled = self._filled.get(k)
         if filled is None:
-            accesses = self.runs[k] if k >= 0 else self.lead
-            before = [0] * len(accesses)
+            body = self.body
+            positions = self.solved.accesses(k)
+            before = [0] * len(positions)
             cur = self.live_at[k + 1]
-            for j in range(len(accesses) - 1, -1, -1):
-                _pos, bit, is_get = accesses[j]
-                cur = cur | bit if is_get else cur & ~bit
+            for j in range(len(positions) - 1, -1, -1):
+                ins = body[positions[j]]
+                cur = cur | 1 << ins.imm if ins.op == _GET else cur & ~(1 << ins.imm)
                 before[j] = cur
-            filled = self._filled[k] = ([a[0] for a in accesses], before)
+            filled = self._filled[k] = (positions, before)
         positions, before = filled
         j = bisect_left(positions, pos)  # the first access at pos or after it
         return before[j] if j < len(before) else self.live_at[k + 1]
 
 
-def _solve(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | None
-           ) -> tuple[list[int], list[list[tuple[int, int, bool]]], list[tuple[int, int, bool]], list[int]]:
-    """:func:`live_locals`'s fixpoint: (the control instructions' positions, the local accesses
-    of the run after each, those of the run before the first, the set live before each control
-    instruction)."""
-    n = len(body)
+class _Solved:
+    """:func:`_solve`'s result: the control instructions' positions (ascending), the set live
+    before each, and where the local accesses of each straight run are found."""
+
+    __slots__ = ("ctrl", "live_at", "looked_at", "run_start")
+
+    def __init__(self, ctrl: list[int], live_at: list[int], looked_at: list[int], run_start: list[int]) -> None:
+        self.ctrl = ctrl
+        self.live_at = live_at
+        #: the positions of the control instructions and local accesses, ascending
+        self.looked_at = looked_at
+        #: control instruction k's index in looked_at (its run's accesses follow it)
+        self.run_start = run_start
+
+    def accesses(self, k: int) -> list[int]:
+        """The positions of the local accesses in the run after control instruction ``k`` (-1:
+        the run before the first), ascending."""
+        run_start = self.run_start
+        lo = run_start[k] + 1 if k >= 0 else 0
+        hi = run_start[k + 1] if k + 1 < len(run_start) else len(self.looked_at)
+        return self.looked_at[lo:hi]
+
+
+def _solve(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | None) -> _Solved:
+    """:func:`live_locals`'s fixpoint over the control instructions (:class:`_Solved`)."""
     end_of, else_of = blocks if blocks is not None else match_blocks(body)
-    looked_at = list(compress(range(n), map(_LOOKED_AT.__contains__, map(_OP, body))))  # in C
+    looked_at = [k for k, ins in enumerate(body) if ins.op in _LOOKED_AT]  # (faster than compress() + map)
     ctrl: list[int] = []  # positions of the control instructions, ascending
-    #: per control instruction k: the local accesses of the run after it, ascending (the run
-    #: before the first control instruction is runs[-1]'s: it is kept apart as `lead`)
-    runs: list[list[tuple[int, int, bool]]] = []
-    lead: list[tuple[int, int, bool]] = []
-    current = lead
-    for k in looked_at:
+    run_start: list[int] = []  # the index in looked_at of each
+    # each run after a control instruction as gen | (x & ~kill), composed as it is scanned:
+    # a local read before the run writes it is generated, one written is killed (the run before
+    # the first control instruction needs no summary)
+    gen: list[int] = []
+    kill: list[int] = []
+    g = c = 0
+    for a, k in enumerate(looked_at):
         ins = body[k]
         op = ins.op
-        if op in _CONTROL:
-            ctrl.append(k)
-            current = []
-            runs.append(current)
+        if op == _GET:
+            bit = 1 << ins.imm
+            if not c & bit:
+                g |= bit
+        elif op == _SET or op == _TEE:
+            c |= 1 << ins.imm
         else:
-            current.append((k, 1 << ins.imm, op == _GET))
+            if ctrl:
+                gen.append(g)
+                kill.append(c)
+            g = c = 0
+            ctrl.append(k)
+            run_start.append(a)
+    if ctrl:
+        gen.append(g)
+        kill.append(c)
     index_of = {pos: k for k, pos in enumerate(ctrl)}
     m = len(ctrl)
 
@@ -175,19 +208,6 @@ def _solve(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | No
             targets = tuple(t for t in {label(d) for d in (*labels, default)} if t >= 0)
             kind[k], target[k] = _TABLE, targets
 
-    # each run as gen | (x & ~kill), composed backwards from its last access
-    gen = [0] * m
-    kill = [0] * m
-    for k, accesses in enumerate(runs):
-        g = c = 0
-        for _pos, bit, is_get in reversed(accesses):
-            if is_get:
-                g |= bit
-            else:
-                g &= ~bit
-                c |= bit
-        gen[k], kill[k] = g, c
-
     live_at = [0] * m  # live before control instruction k
     after = [0] * m  # live before the run after it (its first instruction)
     changed = True
@@ -216,4 +236,4 @@ def _solve(body: list[Instr], blocks: tuple[dict[int, int], dict[int, int]] | No
                 changed = True
         if not loops:
             break
-    return ctrl, runs, lead, live_at
+    return _Solved(ctrl, live_at, looked_at, run_start)

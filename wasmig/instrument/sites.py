@@ -73,7 +73,9 @@ class SiteMap:
                 # vars(), not asdict(): the fields are flat, and asdict's deep copy cost seconds on big modules
                 "sites": [vars(s) for s in self.sites],
                 "functions": {str(k): vars(v) for k, v in self.functions.items()}}
-        return json.dumps(data, separators=(",", ":")).encode()
+        # no check for circular references: the lists are flat (it kept a set of every
+        # container's id, a quarter of a million sites on CPython)
+        return json.dumps(data, separators=(",", ":"), check_circular=False).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SiteMap:
