@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
-from wasmig.engines.under_way import POLL_S, UnderWay
+from wasmig.engines.under_way import UnderWay
 from wasmig.engines.wasmtime.capture import capture_wasmtime, memory_export, static_tables
 from wasmig.engines.wasmtime.instrumented import Instrumented, instrumented
 from wasmig.errors import SnapshotError
@@ -130,6 +130,9 @@ class Checkpointable:
         #: set by :meth:`ready_on_request`: what the first request makes ready before the guest stops
         self._on_request: tuple[Callable[[], None] | None] | None = None
         self._wanted = False  # a request waits for that (see _call)
+        #: held by the thread in _call while it waits for such a request: released by the request or
+        #: the guest's end (a plain lock: a signal handler in that very thread may release it)
+        self._wake = threading.Lock()
 
     # --- the rewind module ----------------------------------------------------------------------
     def compile_rewind_ahead(self) -> None:
@@ -188,12 +191,14 @@ class Checkpointable:
         paid 50-60 ms of CPU for that code beside every program that ran 0.1 s (docs/design.md,
         "Start-up"); the first stop comes that much later, its pause is as short."""
         self._on_request = (prepare,)
+        self._wake.acquire(blocking=False)
 
     def request(self) -> None:
         """Stop at the next stable point, or now if blocked in a WASI call (any thread; after
         :meth:`ready_on_request`, the first request only once the stop's code is ready)."""
         if self._on_request is not None:  # the waiting thread makes it ready, then stops the guest
             self._wanted = True
+            self._nudge()
             return
         self._poll.value = 1
         if self.wasi is not None:
@@ -352,6 +357,8 @@ class Checkpointable:
                 self.instance.invoke(name, *args)
             except BaseException as e:  # noqa: BLE001 - handed to the caller as itself
                 outcome.append(e)
+            finally:
+                self._nudge()
 
         old_size = threading.stack_size(WORKER_STACK)  # room for wasmtime's max_wasm_stack and the host calls
         try:
@@ -373,12 +380,21 @@ class Checkpointable:
                     self.on_under_way = None
                     hook()
         while worker.is_alive():
-            if self._wanted and self._on_request is not None:
+            if self._on_request is None:
+                worker.join(0.25)  # signal handlers run between the waits
+            elif self._wanted:
                 self._get_ready()
-            # signal handlers run between the waits; a request waiting for _get_ready is seen within POLL_S
-            worker.join(POLL_S if self._on_request is not None else 0.25)
+            else:  # until a request (or the guest's end) releases it: no polling
+                self._wake.acquire(timeout=0.25)
         if outcome:
             raise outcome[0]
+
+    def _nudge(self) -> None:
+        """Wake the thread in :meth:`_call` if it waits on :attr:`_wake` (any thread, a signal handler too)."""
+        try:
+            self._wake.release()
+        except RuntimeError:  # not held: that thread does not wait, or was woken already
+            pass
 
     def _get_ready(self) -> None:
         """The first request after :meth:`ready_on_request`: import the checkpoint code and call
