@@ -32,13 +32,19 @@ from wasmig.session import loop
 
 under_way.CPU_S = under_way.WALL_S = float(os.environ["PROBE_UNDER_WAY"])
 seen = {}
-if os.environ.get("PROBE_REQUEST_AFTER"):  # `wasmig checkpoint PID`'s signal, that many seconds into the run
-    import signal, threading
+sessions = []
+if os.environ.get("PROBE_REQUEST_AFTER"):  # a request that many seconds into the run: `wasmig checkpoint
+    import signal, threading                # PID`'s signal, or from another thread, as a migration's
 
-    threading.Timer(float(os.environ["PROBE_REQUEST_AFTER"]), os.kill, (os.getpid(), signal.SIGUSR1)).start()
+    after = float(os.environ["PROBE_REQUEST_AFTER"])
+    if os.environ.get("PROBE_REQUEST_FROM") == "thread":
+        threading.Timer(after, lambda: sessions[0].request()).start()
+    else:
+        threading.Timer(after, os.kill, (os.getpid(), signal.SIGUSR1)).start()
 arm = loop.Session._arm
 
 def spy(self):
+    sessions.append(self)
     seen.setdefault("at_start", sorted(sys.modules))
     seen["active"] = self.policy.active
     arm(self)
@@ -125,9 +131,11 @@ def test_a_run_stopped_only_on_request_prepares_nothing_ahead(tmp_path: Path, fl
     assert [m for m in (*DEFERRED, *CHECKPOINT_CODE) if m in seen["at_end"]] == []
 
 
-@pytest.mark.parametrize("flags", [[], ["--checkpoint-dir", "{ck}"]], ids=["default", "ck"])
-def test_a_request_makes_ready_before_the_guest_stops(tmp_path: Path, flags: list[str]) -> None:
-    """The first request to such a run (``wasmig checkpoint PID``'s SIGUSR1) has the checkpoint code
+@pytest.mark.parametrize(("flags", "source"), [([], "signal"), (["--checkpoint-dir", "{ck}"], "signal"),
+                                              ([], "thread")], ids=["default", "ck", "from-a-thread"])
+def test_a_request_makes_ready_before_the_guest_stops(tmp_path: Path, flags: list[str], source: str) -> None:
+    """The first request to such a run (``wasmig checkpoint PID``'s SIGUSR1, or another thread's, as a
+    migration's: it wakes the thread that waits for the guest) has the checkpoint code
     imported and the store and the key made ready while the guest runs on, and only then stops it:
     the store is ready when the checkpoint starts (never under way here), and the snapshot is signed
     and restorable."""
@@ -136,7 +144,7 @@ def test_a_request_makes_ready_before_the_guest_stops(tmp_path: Path, flags: lis
     flags = [f.format(ck=ck) for f in flags]
     state = tmp_path / "state"
     seen, p = probe(tmp_path, ["run", *flags, str(program("ticker")), "8", "150"],
-                    env={"PROBE_REQUEST_AFTER": "0.5", "XDG_STATE_HOME": str(state)})
+                    env={"PROBE_REQUEST_AFTER": "0.5", "PROBE_REQUEST_FROM": source, "XDG_STATE_HOME": str(state)})
     assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
     assert seen["store_ready_at_first_checkpoint"] is True
     if not flags:
