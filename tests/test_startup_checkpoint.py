@@ -32,9 +32,19 @@ from wasmig.session import loop
 
 under_way.CPU_S = under_way.WALL_S = float(os.environ["PROBE_UNDER_WAY"])
 seen = {}
+sessions = []
+if os.environ.get("PROBE_REQUEST_AFTER"):  # a request that many seconds into the run: `wasmig checkpoint
+    import signal, threading                # PID`'s signal, or from another thread, as a migration's
+
+    after = float(os.environ["PROBE_REQUEST_AFTER"])
+    if os.environ.get("PROBE_REQUEST_FROM") == "thread":
+        threading.Timer(after, lambda: sessions[0].request()).start()
+    else:
+        threading.Timer(after, os.kill, (os.getpid(), signal.SIGUSR1)).start()
 arm = loop.Session._arm
 
 def spy(self):
+    sessions.append(self)
     seen.setdefault("at_start", sorted(sys.modules))
     seen["active"] = self.policy.active
     arm(self)
@@ -91,15 +101,57 @@ def test_a_checkpointing_start_leaves_the_store_and_the_key_for_later(tmp_path: 
     assert ck.is_dir() and p.stderr == "this goes to stderr\n"  # the directory is made (checked writable) at the start
 
 
+#: the checkpoint code a capture runs (imported once the program is under way, or at the first request)
+CHECKPOINT_CODE = ("wasmig.engines.wasmtime.records", "wasmig.instrument.unwind", "wasmig.snapshot.state")
+
+
 def test_the_preparation_runs_beside_a_longer_program(tmp_path: Path) -> None:
+    """A run with a checkpoint planned (here one every 100 s, after the program's end): what it
+    needs is made ready once the program is under way."""
     ck = tmp_path / "ck"
-    seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), str(program("ticker")), "6", "100"],
+    seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), "--checkpoint-every", "100",
+                               str(program("ticker")), "6", "100"],
                     under_way=0.0)  # long enough for the imports to end first on a loaded machine
     assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
     assert [m for m in DEFERRED if m in seen["at_start"]] == []
     assert [m for m in DEFERRED if m not in seen["at_end"]] == [], "the store and the key were not prepared"
     # its directories too, so that the first checkpoint's pause does not make them
     assert (ck / "pages").is_dir() and (ck / "snapshots").is_dir() and not list((ck / "snapshots").iterdir())
+
+
+@pytest.mark.parametrize("flags", [[], ["--checkpoint-dir", "{ck}"]], ids=["default", "ck"])
+def test_a_run_stopped_only_on_request_prepares_nothing_ahead(tmp_path: Path, flags: list[str]) -> None:
+    """No checkpoint planned (``wasmig run`` alone, or ``--checkpoint-dir`` without a trigger): a
+    program under way at once that is never asked to stop imports neither the store and the key
+    nor the checkpoint code (50-60 ms of CPU beside every longer program, before)."""
+    pytest.importorskip("wasmtime")
+    flags = [f.format(ck=tmp_path / "ck") for f in flags]
+    seen, p = probe(tmp_path, ["run", *flags, str(program("ticker")), "6", "100"], under_way=0.0)
+    assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
+    assert [m for m in (*DEFERRED, *CHECKPOINT_CODE) if m in seen["at_end"]] == []
+
+
+@pytest.mark.parametrize(("flags", "source"), [([], "signal"), (["--checkpoint-dir", "{ck}"], "signal"),
+                                              ([], "thread")], ids=["default", "ck", "from-a-thread"])
+def test_a_request_makes_ready_before_the_guest_stops(tmp_path: Path, flags: list[str], source: str) -> None:
+    """The first request to such a run (``wasmig checkpoint PID``'s SIGUSR1, or another thread's, as a
+    migration's: it wakes the thread that waits for the guest) has the checkpoint code
+    imported and the store and the key made ready while the guest runs on, and only then stops it:
+    the store is ready when the checkpoint starts (never under way here), and the snapshot is signed
+    and restorable."""
+    pytest.importorskip("wasmtime")
+    ck = tmp_path / "ck"
+    flags = [f.format(ck=ck) for f in flags]
+    state = tmp_path / "state"
+    seen, p = probe(tmp_path, ["run", *flags, str(program("ticker")), "8", "150"],
+                    env={"PROBE_REQUEST_AFTER": "0.5", "PROBE_REQUEST_FROM": source, "XDG_STATE_HOME": str(state)})
+    assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
+    assert seen["store_ready_at_first_checkpoint"] is True
+    if not flags:
+        ck = next((state / "wasmig" / "checkpoints").iterdir())
+    assert list((ck / "snapshots").glob("*.snap")), p.stderr
+    r = restore(tmp_path, ck)
+    assert r.returncode == 0 and r.stdout.endswith("done\n"), r.stderr
 
 
 @pytest.mark.parametrize(("under_way", "trigger"), [(0.0, ["--checkpoint-every", "0.7"]),

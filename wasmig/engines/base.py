@@ -93,6 +93,16 @@ class Program(ABC):
         overlapping modules at once may see a partially initialised one.)"""
         return False
 
+    def ready_on_request(self, prepare: Callable[[], None] | None) -> bool:
+        """For a run whose stops come only on request (:meth:`request`: ``wasmig checkpoint PID``,
+        a migration): make nothing ready ahead, not even the engine's own checkpoint code, and
+        have the first request make it ready -- and call ``prepare``, if any -- in the thread that
+        called :meth:`start` (or :meth:`resume`), while the guest runs, before the guest is asked
+        to stop: a run never stopped pays nothing, the first stop's pause is as short as with
+        :meth:`when_under_way`. False when this engine cannot (its guest runs in that thread):
+        the caller then does it at the first checkpoint."""
+        return False
+
     @abstractmethod
     def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
         """The canonical state of the stopped program. ``with_memory=False`` leaves the memories'

@@ -227,9 +227,12 @@ class Session:
 
             self._status_file = status_path(os.getpid())
             self._write_status()
-        if self.policy.active:
+        prepare = self._prepare if self.policy.active else None
+        if (self.policy.active or self.policy.migratable) and not self.policy.planned:
+            self.program.ready_on_request(prepare)  # else (the interpreter) at the first checkpoint
+        elif prepare is not None:
             # else (the interpreter) at the first checkpoint; a periodic one is prepared for by half its period
-            self.program.when_under_way(self._prepare, by=self.policy.every / 2 if self.policy.every else None)
+            self.program.when_under_way(prepare, by=self.policy.every / 2 if self.policy.every else None)
 
     def _uninstall(self) -> None:
         self._wait_for_commit()  # before the status file goes: the commit would write it again
@@ -295,7 +298,8 @@ class Session:
 
     def _prepare(self) -> None:
         """What writing a snapshot needs besides the capture, made ready while the program runs
-        (:attr:`CheckpointPolicy.active`: :meth:`Program.when_under_way`) rather than at its
+        (:attr:`CheckpointPolicy.active`: :meth:`Program.when_under_way`, or at the first request
+        of a run stopped only on request: :meth:`Program.ready_on_request`) rather than at its
         start: the store opened and the user's signing key loaded (the snapshot writer's modules and
         the cryptography package, 40-50 ms of imports). A failure here is left for the checkpoint to
         meet and report; a key that cannot be used is reported here (once, as at any checkpoint)."""

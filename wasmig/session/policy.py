@@ -48,6 +48,16 @@ class CheckpointPolicy:
         waits for it. A run that is only migratable writes none, and prepares nothing."""
         return self.directory is not None
 
+    @property
+    def planned(self) -> bool:
+        """A stop fires by itself (``--checkpoint-every``, ``--checkpoint-at-step``,
+        ``--checkpoint-at-instruction``, ``--migrate-to``), not only on request (``wasmig checkpoint
+        PID``, ``wasmig migrate PID``): what it needs is made ready once the program is under way.
+        A run stopped only on request makes it ready when the first request comes, before the
+        guest stops (:meth:`wasmig.engines.base.Program.ready_on_request`): most are never stopped."""
+        return (self.every is not None or self.at_step is not None or self.at_instruction is not None
+                or self.migrate_to is not None)
+
     def __repr__(self) -> str:
         return f"CheckpointPolicy({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if k != 'migrate_to')})"
 

@@ -127,6 +127,12 @@ class Checkpointable:
         #: called once the guest is under way, after the checkpoint code's import (Program.when_under_way)
         self.on_under_way: Callable[[], None] | None = None
         self.under_way_by: float | None = None  # ... at the latest after that many seconds
+        #: set by :meth:`ready_on_request`: what the first request makes ready before the guest stops
+        self._on_request: tuple[Callable[[], None] | None] | None = None
+        self._wanted = False  # a request waits for that (see _call)
+        #: held by the thread in _call while it waits for such a request: released by the request or
+        #: the guest's end (a plain lock: a signal handler in that very thread may release it)
+        self._wake = threading.Lock()
 
     # --- the rewind module ----------------------------------------------------------------------
     def compile_rewind_ahead(self) -> None:
@@ -176,8 +182,24 @@ class Checkpointable:
     def unwound(self) -> bool:
         return self._state.value(self.store) == self.sitemap.state_unwinding
 
+    def ready_on_request(self, prepare: Callable[[], None] | None) -> None:
+        """Make nothing ready while the guest runs (no checkpoint code imported once it is under
+        way): the first :meth:`request` has the thread that waits for the guest (:meth:`_call`)
+        import the checkpoint code and call ``prepare``, the guest running on meanwhile, and only
+        then asks it to stop. For a run whose checkpoints and migrations come only on request
+        (``wasmig checkpoint PID``, ``wasmig migrate PID``): most such runs are never stopped, and
+        paid 50-60 ms of CPU for that code beside every program that ran 0.1 s (docs/design.md,
+        "Start-up"); the first stop comes that much later, its pause is as short."""
+        self._on_request = (prepare,)
+        self._wake.acquire(blocking=False)
+
     def request(self) -> None:
-        """Stop at the next stable point, or now if blocked in a WASI call (any thread)."""
+        """Stop at the next stable point, or now if blocked in a WASI call (any thread; after
+        :meth:`ready_on_request`, the first request only once the stop's code is ready)."""
+        if self._on_request is not None:  # the waiting thread makes it ready, then stops the guest
+            self._wanted = True
+            self._nudge()
+            return
         self._poll.value = 1
         if self.wasi is not None:
             self.wasi.waiter.request()
@@ -186,6 +208,7 @@ class Checkpointable:
         """Clear any pending request; stop at stable point ``at_step`` if it is still ahead (the
         deterministic variant only)."""
         self._poll.value = 0
+        self._wanted = False
         if self.wasi is not None:
             self.wasi.waiter.clear()
         if not self.count_steps:
@@ -334,6 +357,8 @@ class Checkpointable:
                 self.instance.invoke(name, *args)
             except BaseException as e:  # noqa: BLE001 - handed to the caller as itself
                 outcome.append(e)
+            finally:
+                self._nudge()
 
         old_size = threading.stack_size(WORKER_STACK)  # room for wasmtime's max_wasm_stack and the host calls
         try:
@@ -342,7 +367,7 @@ class Checkpointable:
         finally:
             threading.stack_size(old_size)
         hook = self.on_under_way
-        if not _CHECKPOINT_CODE_IMPORTED or hook is not None:
+        if self._on_request is None and (not _CHECKPOINT_CODE_IMPORTED or hook is not None):
             def running(timeout: float) -> bool:
                 worker.join(timeout)
                 return worker.is_alive()
@@ -355,9 +380,33 @@ class Checkpointable:
                     self.on_under_way = None
                     hook()
         while worker.is_alive():
-            worker.join(0.25)  # signal handlers run between the waits
+            if self._on_request is None:
+                worker.join(0.25)  # signal handlers run between the waits
+            elif self._wanted:
+                self._get_ready()
+            else:  # until a request (or the guest's end) releases it: no polling
+                self._wake.acquire(timeout=0.25)
         if outcome:
             raise outcome[0]
+
+    def _nudge(self) -> None:
+        """Wake the thread in :meth:`_call` if it waits on :attr:`_wake` (any thread, a signal handler too)."""
+        try:
+            self._wake.release()
+        except RuntimeError:  # not held: that thread does not wait, or was woken already
+            pass
+
+    def _get_ready(self) -> None:
+        """The first request after :meth:`ready_on_request`: import the checkpoint code and call
+        its ``prepare`` (in :meth:`_call`'s thread, the guest running), then stop the guest."""
+        assert self._on_request is not None
+        (prepare,) = self._on_request
+        _import_checkpoint_code()
+        if prepare is not None:
+            prepare()
+        self._on_request = None
+        self._wanted = False
+        self.request()
 
     # --- state -----------------------------------------------------------------------------------
     def frames(self) -> tuple[list[FrameState], str]:

@@ -58,6 +58,10 @@ class CheckpointableProgram(Program):
         self.runner.on_under_way, self.runner.under_way_by = prepare, by
         return True
 
+    def ready_on_request(self, prepare: Callable[[], None] | None) -> bool:
+        self.runner.ready_on_request(prepare)
+        return True
+
     def capture(self, *, with_memory: bool = True, memory_in_place: bool = False) -> Snapshot:
         return self.runner.capture(with_memory=with_memory, memory_in_place=memory_in_place)
 
