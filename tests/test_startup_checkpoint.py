@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ from wasmig.engines import under_way
 from wasmig.session import loop
 
 under_way.CPU_S = under_way.WALL_S = float(os.environ["PROBE_UNDER_WAY"])
+if os.environ.get("PROBE_REQUEST_WAIT"):  # the waiting thread's fallback look (the wake makes it moot)
+    from wasmig.engines.wasmtime import checkpointable
+
+    checkpointable.REQUEST_WAIT = float(os.environ["PROBE_REQUEST_WAIT"])
 seen = {}
 sessions = []
 if os.environ.get("PROBE_REQUEST_AFTER"):  # a request that many seconds into the run: `wasmig checkpoint
@@ -152,6 +157,25 @@ def test_a_request_makes_ready_before_the_guest_stops(tmp_path: Path, flags: lis
     assert list((ck / "snapshots").glob("*.snap")), p.stderr
     r = restore(tmp_path, ck)
     assert r.returncode == 0 and r.stdout.endswith("done\n"), r.stderr
+
+
+@pytest.mark.parametrize("source", ["signal", "thread", None], ids=["signal", "thread", "no-request"])
+def test_a_request_and_the_guests_end_wake_the_waiting_thread_at_once(tmp_path: Path, source: str | None) -> None:
+    """The thread that waits for a guest stopped only on request sleeps on a lock that the request
+    (a signal handler in that thread, or another thread) and the guest's end release. With its
+    fallback look pushed out to 120 s: a request 0.5 s into a 1.2 s program still checkpoints it
+    (a lost wake: the guest ends first, and no snapshot), and a run never asked ends with its guest
+    (a lost wake at the end: two minutes more)."""
+    pytest.importorskip("wasmtime")
+    ck = tmp_path / "ck"
+    request = {"PROBE_REQUEST_AFTER": "0.5", "PROBE_REQUEST_FROM": source} if source else {}
+    started = time.monotonic()
+    seen, p = probe(tmp_path, ["run", "--checkpoint-dir", str(ck), str(program("ticker")), "8", "150"],
+                    env={**request, "PROBE_REQUEST_WAIT": "120"})
+    assert seen["code"] == 0 and p.stdout.endswith("done\n"), p.stderr
+    assert time.monotonic() - started < 60, "the run outlived its guest: its end did not wake the waiting thread"
+    snapshots = list((ck / "snapshots").glob("*.snap")) if (ck / "snapshots").is_dir() else []
+    assert bool(snapshots) == bool(source), "the request did not wake the waiting thread: " + p.stderr
 
 
 @pytest.mark.parametrize(("under_way", "trigger"), [(0.0, ["--checkpoint-every", "0.7"]),

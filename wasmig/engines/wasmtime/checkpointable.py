@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 #: the guest thread's stack: room for wasmtime's max_wasm_stack and the host calls
 WORKER_STACK = 64 << 20
 _CHECKPOINT_CODE_IMPORTED = False
+#: seconds the thread waiting for a guest stopped only on request sleeps between looks at it: a
+#: fallback only, since the request and the guest's end wake it at once (Checkpointable._nudge)
+REQUEST_WAIT = 0.25
 
 
 def _import_checkpoint_code() -> None:
@@ -385,7 +388,7 @@ class Checkpointable:
             elif self._wanted:
                 self._get_ready()
             else:  # until a request (or the guest's end) releases it: no polling
-                self._wake.acquire(timeout=0.25)
+                self._wake.acquire(timeout=REQUEST_WAIT)
         if outcome:
             raise outcome[0]
 
