@@ -105,8 +105,7 @@ class Channel:
         is still there to read -- the reason ("a page does not match its id"), not only "connection
         reset"."""
         try:
-            pending = getattr(self.sock, "pending", None)
-            if not (pending is not None and pending()) and not self._queues.unread(self.sock.fileno()):
+            if not self.readable(0):  # nothing there: TLS holds no bytes, the socket none either
                 return None
             self.recv(LAST_WORD_TIMEOUT)
         except PeerError as e:
