@@ -47,7 +47,7 @@ from real_programs import SCRIPTS, WASMTIME_PY  # noqa: E402
 
 from tests.real_programs import ProgramUnavailable, obtain  # noqa: E402
 
-#: argv of the guest per program (the script is written to the preopened /app)
+#: argv of the guest per program (the script is written to the preopened /app; ``--size`` replaces the last)
 GUEST_ARGS = {"quickjs": ["qjs", "/app/bench.js", "1"], "cpython": ["python", "/app/bench.py", "1"]}
 
 #: One timed run: real_programs.py's reference (wasmtime-py, wasmtime's WASI, a serialized module; argv =
@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the fast variant of git revision REV's pass (repeatable)")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=FILE.wasm",
                     help="also this module (repeatable)")
+    ap.add_argument("--size", type=int, default=1, metavar="N",
+                    help="the script's size argument (default 1; real_programs.py's steady state runs "
+                    "QuickJS at 5 and CPython at 6)")
     ap.add_argument("--only", default="", help="comma-separated variants to time (default: all)")
     ap.add_argument("--placements", type=int, default=len(PLACEMENTS), choices=range(1, len(PLACEMENTS) + 1),
                     metavar="K", help=f"code placements each variant is timed at, 1-{len(PLACEMENTS)} (default "
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             for at in range(args.placements):
                 cwasm[name, at] = tmp / f"{name}.{at}.cwasm"
                 cwasm[name, at].write_bytes(wasmtime.Module(engine, placed(blob, PLACEMENTS[at])).serialize())
-        guest = GUEST_ARGS[args.program]
+        guest = [*GUEST_ARGS[args.program][:-1], str(args.size)]
         expected = run_once(cwasm["plain", 0], str(app), guest)[1]  # untimed warm-up; the reference output
         print(f"{args.program}: {len(blobs)} variants, {args.rounds} rounds at {args.placements} code placements; "
               f"load average at the start {os.getloadavg()[0]:.1f}", flush=True)
