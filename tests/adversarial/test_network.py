@@ -292,10 +292,11 @@ def test_a_proxy_that_stops_reading_fails_the_send_soon(tmp_path: Path, keys: Ke
         assert "Traceback" not in stderr
         if hang_up:
             assert "hung up while we were sending" in stderr, stderr
-            assert took < ERROR_TIMEOUT + 5, f"the migration failed only {took:.1f} s after the hang-up: {stderr}"
+            # the promise: soon, not the send's 60 s timeout; the rest is a loaded machine's scheduling
+            assert took < ERROR_TIMEOUT + 20, f"the migration failed only {took:.1f} s after the hang-up: {stderr}"
         else:
             assert f"took no byte for {SEND_STALL:g} s" in stderr, stderr
-            assert took < SEND_STALL + ERROR_TIMEOUT + 10, f"the migration failed only after {took:.1f} s: {stderr}"
+            assert took < SEND_STALL + ERROR_TIMEOUT + 20, f"the migration failed only after {took:.1f} s: {stderr}"
         wait_for(lambda: "aborted, nothing runs" in d.log() or "rejected" in d.log(), f"daemon: {d.log()}")
         assert "committed" not in d.log()
         assert proc.poll() is None  # still running at the source
@@ -321,7 +322,7 @@ def test_an_error_frame_to_a_peer_that_stopped_reading_gives_up_soon() -> None:
         ours.settimeout(30)
         started = time.monotonic()
         Channel(ours, "peer").error("the source aborted")
-        assert time.monotonic() - started < ERROR_TIMEOUT + 3
+        assert time.monotonic() - started < ERROR_TIMEOUT + 10  # not the socket's 30 s
 
 
 # --- a squatted runtime directory ---------------------------------------------------------------
