@@ -190,7 +190,8 @@ def test_the_handshake_deadline_is_for_the_whole_handshake(monkeypatch: pytest.M
     started = time.monotonic()
     with pytest.raises(MigrationError, match="did not authenticate within 0.6 s"):
         accept(b, ids()[1], "b")
-    assert time.monotonic() - started < 2.0
+    # the 0.6 s deadline and a loaded machine's slack: well before the trickle's end (0.2 s a byte)
+    assert time.monotonic() - started < min(5.0, 0.2 * len(frame) / 2), len(frame)
     stop.set()
 
 
