@@ -571,6 +571,7 @@ def test_checkpoint_says_at_once_why_the_run_could_not_write_it(tmp_path: Path, 
     import time
 
     from tests.wasi_harness import program
+    from wasmig.session.status import status_path
 
     ck = tmp_path / "ck"
     ck.mkdir()
@@ -580,7 +581,14 @@ def test_checkpoint_says_at_once_why_the_run_could_not_write_it(tmp_path: Path, 
                             str(program("ticker")), "600", "100"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True, env=env)
     try:
-        time.sleep(2)
+        # until the run answers requests (its status file): a fixed 2 s pause was shorter than a
+        # loaded machine's start-up (a fresh HOME: the module instrumented and compiled anew), and
+        # `wasmig checkpoint` then said "not a checkpointable wasmig run"
+        status = status_path(run.pid, create=False)
+        deadline = time.monotonic() + 60
+        while not status.exists():
+            assert run.poll() is None and time.monotonic() < deadline, "the run never wrote its status file"
+            time.sleep(0.02)
         started = time.monotonic()
         err = one_line_error(wasmig("checkpoint", "--timeout", "60", str(run.pid), env={"HOME": str(tmp_path)}))
         assert time.monotonic() - started < 30

@@ -510,6 +510,26 @@ def test_unrunnable_module_is_a_one_line_error_on_wasmtime(content: bytes, needl
     assert err == _wasmig("run", "--engine", "interp", str(mod)).stderr.decode()
 
 
+#: WAT of ``$go``, which prints ``go`` (fd_write; memory 0's bytes 0-19): a guest that calls it
+#: right before it spins tells the test so. A fixed 2 s pause stood for it: a loaded machine may
+#: take longer to start Python and compile the module, and a SIGINT then hit the start-up instead.
+SAYS_GO = """(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (func $go
+    (i32.store (i32.const 16) (i32.const 0x0a6f67))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 3))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))"""
+
+
+def wait_for_go(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Until ``proc`` (its stdout a pipe) printed SAYS_GO's line."""
+    import select
+
+    assert proc.stdout is not None
+    assert select.select([proc.stdout], [], [], timeout)[0], f"the guest did not start within {timeout:g} s"
+    assert proc.stdout.readline() == b"go\n"
+
+
 @pytest.mark.parametrize("plain", [True, False])
 def test_ctrl_c_ends_a_guest_that_never_calls_the_host(tmp_path: Path, plain: bool) -> None:
     """Python only sees SIGINT when it runs again; a guest spinning in compiled code never lets it,
@@ -521,7 +541,8 @@ def test_ctrl_c_ends_a_guest_that_never_calls_the_host(tmp_path: Path, plain: bo
     import wasmtime
 
     spin = tmp_path / "spin.wasm"
-    spin.write_bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start") loop br 0 end))'))
+    spin.write_bytes(wasmtime.wat2wasm(f'(module {SAYS_GO} (memory (export "memory") 1) '
+                                       '(func (export "_start") (call $go) loop br 0 end))'))
     def as_from_a_terminal() -> None:
         # a shell starts a foreground command with SIGINT at its default and unblocked; the test
         # process may have inherited it otherwise (a fresh-clone suite run once timed out here,
@@ -533,7 +554,7 @@ def test_ctrl_c_ends_a_guest_that_never_calls_the_host(tmp_path: Path, plain: bo
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=as_from_a_terminal)
     try:
-        time.sleep(2)  # started and spinning
+        wait_for_go(proc)  # started, and spinning from the next instruction on
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)

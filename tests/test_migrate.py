@@ -87,14 +87,16 @@ class Daemon:
 
 @contextmanager
 def daemon(tmp_path: Path, name: str, engine: str, keys: Keys, fault: str | None = None,
-           extra: list[str] | None = None, trust: list[str] | None = None) -> Iterator[Daemon]:
+           extra: list[str] | None = None, trust: list[str] | None = None,
+           command: list[str] | None = None) -> Iterator[Daemon]:
+    """``wasmig serve`` (``command``: what runs ``wasmig serve ...``, default ``python -m wasmig``)."""
     address = f"127.0.0.1:{free_port()}"
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     env = {**os.environ, **({FAULT_ENV: fault} if fault else {})}
     with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(wasmig("serve", "--listen", address, "--key", str(keys.dir(name)),
-                                       *(trust if trust is not None else trust_all(keys)), "--engine", engine,
-                                       "--state-dir", str(tmp_path / f"{name}-state"), *(extra or [])),
+        proc = subprocess.Popen([*(command or wasmig()), "serve", "--listen", address, "--key", str(keys.dir(name)),
+                                 *(trust if trust is not None else trust_all(keys)), "--engine", engine,
+                                 "--state-dir", str(tmp_path / f"{name}-state"), *(extra or [])],
                                 stdout=o, stderr=e, env=env, start_new_session=True)
     d = Daemon(address, keys.fingerprint(name), out, err, proc)
     try:
@@ -186,11 +188,15 @@ def test_run_migrate_to_moves_the_program_after_a_while(tmp_path: Path, program:
 
 
 def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, keys: Keys) -> None:
-    """wasmtime -> interp -> wasmtime -> interp: each target's program is itself migratable."""
-    args = ["100", "256", "40"]
-    reference = reference_of(program, args)
-    with daemon(tmp_path, "a", "interp", keys) as a, daemon(tmp_path, "b", "wasmtime", keys) as b, \
-            source(tmp_path, program, "wasmtime", args) as (proc, out):
+    """wasmtime -> interp -> wasmtime -> interp: each target's program is itself migratable. The
+    program goes on until the test opens its gate (a file in a directory the source and both
+    daemons map): a fixed 4 s run ended before the second hop once on a loaded CI machine."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    mapped = ["--dir", f"{gate}::/g"]
+    with daemon(tmp_path, "a", "interp", keys, extra=mapped) as a, \
+            daemon(tmp_path, "b", "wasmtime", keys, extra=mapped) as b, \
+            source(tmp_path, program, "wasmtime", ["10", "256", "40", "/g/open"], options=mapped) as (proc, out):
         assert migrate(proc.pid, a).returncode == 0
         first = a.pid_of(1)
         wait_for(lambda: len(lines_of(a.out)) >= 3, "no progress on a")
@@ -204,9 +210,51 @@ def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, keys: Key
         known = re.search(r"(\d+) pages sent, (\d+) already on the target", hop.stdout)
         assert known and int(known.group(2)) > 0, hop.stdout
         a.pid_of(2)
+        (gate / "open").touch()
         wait_for(lambda: a.log().count("program exited with code 0") == 1, f"not finished: {a.log()}")
         assert a.log().count("program migrated away") == 1 and b.log().count("program migrated away") == 1
-        assert_ran_exactly_once(reference, out, a.out, b.out)
+        rounds = 1 + max(int(line.split()[1]) for line in lines_of(out, a.out, b.out) if line.startswith("round"))
+        assert_ran_exactly_once(reference_of(program, [str(rounds), "256"]), out, a.out, b.out)
+
+
+#: ``wasmig serve`` whose program's process is slow once it has answered the source's commit (as
+#: a loaded machine may be): what the daemon does after that answer is not yet done when
+#: `wasmig migrate` returns
+SLOW_AFTER_THE_ANSWER = """
+import time
+from wasmig.migrate import target
+
+mark = target._mark
+def slow(state_dir, mid, what, *rest):
+    if what == "started":
+        time.sleep(3)
+    mark(state_dir, mid, what, *rest)
+target._mark = slow
+
+from wasmig.cli import main
+main()
+"""
+
+
+def test_the_moved_program_is_logged_and_migratable_when_migrate_returns(tmp_path: Path, program: Path,
+                                                                          keys: Keys) -> None:
+    """The daemon logs the commit (with the pid) and serves the program's control socket before
+    it answers the source: a script that reads the log or moves the program on as soon as
+    `wasmig migrate` returns (the demo did) found neither there on a loaded machine."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    mapped = ["--dir", f"{gate}::/g"]
+    slow = [sys.executable, "-c", SLOW_AFTER_THE_ANSWER]
+    with daemon(tmp_path, "a", "wasmtime", keys, extra=mapped, command=slow) as d, \
+            source(tmp_path, program, "wasmtime", ["10", "256", "40", "/g/open"], options=mapped) as (proc, _):
+        assert migrate(proc.pid, d).returncode == 0
+        pids = re.findall(r"committed: running as pid (\d+)", d.log())  # at once: no waiting
+        assert len(pids) == 1, d.log()
+        from wasmig.migrate.control import socket_path
+
+        assert socket_path(int(pids[0])).is_socket()
+        (gate / "open").touch()
+        wait_for(lambda: "program exited with code 0" in d.log(), f"not finished: {d.log()}")
 
 
 def test_an_untrusted_source_key_is_rejected_and_the_program_goes_on(tmp_path: Path, program: Path,

@@ -190,7 +190,8 @@ def test_the_handshake_deadline_is_for_the_whole_handshake(monkeypatch: pytest.M
     started = time.monotonic()
     with pytest.raises(MigrationError, match="did not authenticate within 0.6 s"):
         accept(b, ids()[1], "b")
-    assert time.monotonic() - started < 2.0
+    # the 0.6 s deadline and a loaded machine's slack: well before the trickle's end (0.2 s a byte)
+    assert time.monotonic() - started < min(5.0, 0.2 * len(frame) / 2), len(frame)
     stop.set()
 
 
@@ -267,3 +268,36 @@ def test_a_run_whose_control_connection_breaks_is_a_one_line_error(when: str) ->
         threading.Timer(0.2, run.close).start()
     with pytest.raises(MigrationError, match="ended the request without an answer"):
         list(_messages(4242, ours, {"to": "127.0.0.1:1"}))
+
+
+def test_the_control_socket_file_appears_only_once_it_listens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wasmig migrate PID`` started the moment ``<pid>.sock`` exists (a script, the README test
+    waiting for that file) was refused -- "not a migratable wasmig run" -- when the run was
+    descheduled between bind() and listen(): the file existed before anything listened on it.
+    It is now bound under another name and renamed once it listens; a stale one is replaced."""
+    from wasmig.migrate.control import ControlServer, socket_path
+
+    monkeypatch.setenv("WASMIG_RUNTIME_DIR", str(tmp_path / "run"))
+    path = socket_path(os.getpid(), create=True)
+    path.write_text("stale")
+    seen: list[bool] = []
+
+    class Spy(socket.socket):
+        def listen(self, *args: int) -> None:
+            seen.append(path.is_socket())  # what a client looking for the file would find now
+            super().listen(*args)
+
+    monkeypatch.setattr(socket, "socket", Spy)
+    server = ControlServer(None)  # type: ignore[arg-type]  # only a request would need the session
+    try:
+        assert seen == [False]
+        assert path.is_socket() and path.stat().st_mode & 0o777 == 0o600
+        assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary name left
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(60)
+            client.connect(str(path))
+            client.sendall(b"hello\n")
+            assert client.makefile("rb").readline() == b'{"error": "malformed request"}\n'  # it listens
+    finally:
+        server.close()
+    assert not path.exists()

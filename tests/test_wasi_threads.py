@@ -331,22 +331,26 @@ def test_ctrl_c_ends_a_threaded_run_on_wasmtime(tmp_path: Path) -> None:
     import signal
     import sys
 
+    from tests.test_engine_wasmtime import SAYS_GO, wait_for_go
+
     spin = tmp_path / "spin.wasm"
     spin.write_bytes(threads_module("""
     (module
       (memory (import "env" "memory") 1 1 shared)
       (func $spawn (import "wasi" "thread-spawn") (param i32) (result i32))
+      """ + SAYS_GO + """
       (func (export "wasi_thread_start") (param i32 i32) (loop $spin (br $spin)))
       (func (export "_start")
         (drop (call $spawn (i32.const 0)))
+        (call $go)
         (loop $spin (br $spin))))""").data or b"")
     # SIGINT's default restored in the child: a pytest started as a background job of a
     # non-interactive shell ignores SIGINT, and a child that inherits that never sees the Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "wasmig", "run", "--engine", "wasmtime", str(spin)],
-                            cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE,
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        time.sleep(2)
+        wait_for_go(proc)  # both threads spin (the main one from its next instruction on)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
     finally:
@@ -355,6 +359,8 @@ def test_ctrl_c_ends_a_threaded_run_on_wasmtime(tmp_path: Path) -> None:
         assert proc.stderr is not None
         assert b"Traceback" not in proc.stderr.read()
         proc.stderr.close()
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def test_wasmtime_wakes_threads_waiting_forever_when_the_program_ends() -> None:

@@ -153,7 +153,7 @@ def test_a_lengthened_last_record_of_a_burst_fails_after_the_stall(contexts, mon
         started = time.monotonic()
         with pytest.raises(PeerGone, match=r"a TLS record stopped arriving half-way \(\d+ of its \d+ bytes"):
             ch.recv(30)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 15  # RECORD_STALL and a loaded machine's slack, not the 30 s timeout
 
 
 def test_a_record_trickling_in_is_waited_for(contexts, monkeypatch) -> None:
@@ -190,7 +190,7 @@ def test_a_wait_for_a_record_to_start_keeps_the_timeout(contexts, monkeypatch) -
         started = time.monotonic()
         with pytest.raises(PeerGone, match="timed out"):
             ch.recv(1.0)
-        assert 0.9 < time.monotonic() - started < 3
+        assert 0.9 < time.monotonic() - started < 15  # the 1 s timeout, not RECORD_STALL (nor the 30 s to come)
         raw.sock.sendall(raw.records(frame("x"))[0][:3])
         with pytest.raises(PeerGone, match=r"stopped arriving half-way \(3 of its 5 bytes"):
             ch.recv(30)
@@ -228,7 +228,7 @@ def test_a_send_to_a_peer_that_stopped_reading_gives_up_after_the_stall(contexts
         started = time.monotonic()
         with pytest.raises(PeerGone, match=r"target: took no byte for 0.5 s while we were sending"):
             ch.send("page_data", data=bytes(8 << 20))
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started < 15  # SEND_STALL and a loaded machine's slack, not the 30 s timeout
         assert ch.sock.gettimeout() == 30  # the socket's timeout is back
 
 
@@ -242,7 +242,7 @@ def test_a_send_to_a_peer_that_hung_up_fails_at_once(contexts, tls: bool) -> Non
         started = time.monotonic()
         with pytest.raises(PeerGone, match="target: hung up while we were sending"):
             ch.send("page_data", data=bytes(8 << 20))
-        assert time.monotonic() - started < min(wire.SEND_STALL, 3)
+        assert time.monotonic() - started < wire.SEND_STALL / 2  # at once: not after SEND_STALL
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
@@ -305,11 +305,17 @@ def test_a_peer_that_says_why_without_closing_fails_a_blocked_send_at_once(conte
     connection): the blocked send reads it and fails at once with the reason, not after SEND_STALL."""
     with sender_to(contexts, tls) as (ch, peer):
         ch.sock.settimeout(30)
-        threading.Timer(0.3, lambda: Channel(peer, "source").send("error", message="no space left")).start()
+        says = threading.Timer(0.3, lambda: Channel(peer, "source").send("error", message="no space left"))
+        says.start()
         started = time.monotonic()
-        with pytest.raises(wire.PeerError, match=r"^target: no space left$"):
-            ch.send("page_data", data=bytes(8 << 20))
-        assert time.monotonic() - started < min(wire.SEND_STALL, 3)
+        try:
+            with pytest.raises(wire.PeerError, match=r"^target: no space left$"):
+                ch.send("page_data", data=bytes(8 << 20))
+            assert time.monotonic() - started < wire.SEND_STALL / 2  # at once: not after SEND_STALL
+        finally:
+            # before the sockets close: a loaded machine may still hold the timer's thread in its
+            # send once ours has read the frame (it then failed on a closed socket: fd -1)
+            says.join()
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
@@ -381,7 +387,7 @@ def test_a_tls_alert_while_we_send_fails_it_at_once(contexts) -> None:
         started = time.monotonic()
         with pytest.raises(PeerGone, match=r"(?i)target: connection lost \(.*alert bad record mac"):
             ch.send("page_data", data=bytes(8 << 20))
-        assert time.monotonic() - started < min(wire.SEND_STALL, 3)
+        assert time.monotonic() - started < wire.SEND_STALL / 2  # at once: not after SEND_STALL
     finally:
         t.join()
         ch.close()

@@ -292,10 +292,11 @@ def test_a_proxy_that_stops_reading_fails_the_send_soon(tmp_path: Path, keys: Ke
         assert "Traceback" not in stderr
         if hang_up:
             assert "hung up while we were sending" in stderr, stderr
-            assert took < ERROR_TIMEOUT + 5, f"the migration failed only {took:.1f} s after the hang-up: {stderr}"
+            # the promise: soon, not the send's 60 s timeout; the rest is a loaded machine's scheduling
+            assert took < ERROR_TIMEOUT + 20, f"the migration failed only {took:.1f} s after the hang-up: {stderr}"
         else:
             assert f"took no byte for {SEND_STALL:g} s" in stderr, stderr
-            assert took < SEND_STALL + ERROR_TIMEOUT + 10, f"the migration failed only after {took:.1f} s: {stderr}"
+            assert took < SEND_STALL + ERROR_TIMEOUT + 20, f"the migration failed only after {took:.1f} s: {stderr}"
         wait_for(lambda: "aborted, nothing runs" in d.log() or "rejected" in d.log(), f"daemon: {d.log()}")
         assert "committed" not in d.log()
         assert proc.poll() is None  # still running at the source
@@ -321,7 +322,7 @@ def test_an_error_frame_to_a_peer_that_stopped_reading_gives_up_soon() -> None:
         ours.settimeout(30)
         started = time.monotonic()
         Channel(ours, "peer").error("the source aborted")
-        assert time.monotonic() - started < ERROR_TIMEOUT + 3
+        assert time.monotonic() - started < ERROR_TIMEOUT + 10  # not the socket's 30 s
 
 
 # --- a squatted runtime directory ---------------------------------------------------------------
@@ -423,7 +424,7 @@ def test_control_sockets_check_the_peer_user_both_ways(tmp_path: Path, shared_tm
         request = ("import json, socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
                    "try:\n"
                    "    s.sendall(json.dumps({'migrate': {'to': '127.0.0.1:9', 'peer': 'sha256:' + 'ab' * 32}})"
-                   ".encode() + b'\\n'); s.settimeout(5); print(repr(s.recv(1000)))\n"
+                   ".encode() + b'\\n'); s.settimeout(30); print(repr(s.recv(1000)))\n"
                    "except (ConnectionResetError, BrokenPipeError):\n    print('reset')")
         attempt = as_user(user, attacker_python(), "-c", request, str(sock))
         assert attempt.stdout.strip() in ("b''", "reset"), attempt  # closed without a word
@@ -463,12 +464,12 @@ def test_a_slowloris_cannot_hold_the_daemon(tmp_path: Path, keys: Keys) -> None:
         host, port = d.address.rsplit(":", 1)
         big = socket.create_connection((host, int(port)))
         big.sendall(struct.pack(">I", 32 << 20))
-        big.settimeout(5)
+        big.settimeout(30)  # a loaded machine's scheduling; the refusal itself comes at once
         answer = big.recv(4096)  # nothing but, at most, the one error frame; then the end
         assert answer == b"" or b"before authentication" in answer, answer
         assert big.recv(4096) == b""
         big.close()
-        wait_for(lambda: "at most 4096 before authentication" in d.log(), f"daemon: {d.log()}", 10)
+        wait_for(lambda: "at most 4096 before authentication" in d.log(), f"daemon: {d.log()}", 60)
         slow = [socket.create_connection((host, int(port))) for _ in range(20)]
         started = time.monotonic()
         stop = threading.Event()
@@ -495,13 +496,15 @@ def test_a_slowloris_cannot_hold_the_daemon(tmp_path: Path, keys: Keys) -> None:
         threads = [threading.Thread(target=trickle, args=(k, s), daemon=True) for k, s in enumerate(slow)]
         for t in threads:
             t.start()
-        wait_for(lambda: len(closed) >= 4, "the connections beyond the limit were not refused", 5)
+        # "at once": before any 10 s handshake deadline could have closed them (a closed socket is seen
+        # within a 2 s trickle cycle; a loaded machine forks the 16 accepted ones' children first)
+        wait_for(lambda: len(closed) >= 4, "the connections beyond the limit were not refused", 9)
         assert "connections are still authenticating" in d.log()
         wait_for(lambda: len(closed) == 20, f"slow connections outlived the deadline: {sorted(closed.values())}", 16)
         stop.set()
         assert max(closed.values()) < 14, sorted(closed.values())
         # the deadline shuts the socket down before the child logs why: the line may trail the close
-        wait_for(lambda: d.log().count("did not authenticate within 10 s") >= 14, f"daemon: {d.log()}", 5)
+        wait_for(lambda: d.log().count("did not authenticate within 10 s") >= 14, f"daemon: {d.log()}", 60)
         with dirtier(tmp_path) as proc:
             moved = migrate(proc.pid, d)
             assert moved.returncode == 0, moved.stderr
@@ -553,7 +556,7 @@ def test_a_gateway_flood_is_bounded_and_the_gateway_still_serves(tmp_path: Path,
         assert grew < 48 * 1024, f"the gateway grew by {grew} KiB while clients pushed {sum(pushed) >> 20} MiB"
         assert sum(pushed) < 16 * (16 << 20), sum(pushed)  # each blocked once the socket buffers were full
         wait_for(lambda: "too many control connections are still authenticating" in gw_log.read_text(),
-                 f"gateway: {gw_log.read_text()}", 10)
+                 f"gateway: {gw_log.read_text()}", 60)
         for s in idle:
             s.close()
         server = compile_c(PROGRAMS / "kv_server.c")
@@ -692,5 +695,5 @@ def test_an_untrusted_key_cannot_even_reach_the_gateway(tmp_path: Path, keys: Ke
                 guest_side.register(control, keys.fingerprint("gateway"))
         finally:
             guest_side._key = None
-        wait_for(lambda: "none of the trusted keys" in gw_log.read_text(), gw_log.read_text(), 10)
+        wait_for(lambda: "none of the trusted keys" in gw_log.read_text(), gw_log.read_text(), 60)
 

@@ -1,12 +1,13 @@
 /* README.md's prog.wasm (tests/test_readme.py): a program to checkpoint, restore or migrate by
- * hand. Prints "tick I CHECKSUM" every 100 ms, 30 times (about 3 s), then "done".
- *   ticker [TICKS [MS]]   (defaults 30, 100) */
+ * hand. Prints "tick I CHECKSUM" every 100 ms, 100 times (about 10 s: long enough for a README
+ * block's `wasmig checkpoint PID` or `wasmig migrate $!` on a loaded machine), then "done".
+ *   ticker [TICKS [MS]]   (defaults 100, 100) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-    int ticks = argc > 1 ? atoi(argv[1]) : 30;
+    int ticks = argc > 1 ? atoi(argv[1]) : 100;
     int ms = argc > 2 ? atoi(argv[2]) : 100;
     unsigned h = 2166136261u;
     for (int i = 0; i < ticks; i++) {

@@ -54,6 +54,10 @@ from pathlib import Path
 PI_C = Path(__file__).resolve().with_name("pi.c")
 DIGITS = 1000  # 50 rounds of 20 digits
 SLEEP_MS = 80  # per round: about 4 s on wasmtime, so that there is a middle to catch
+# per round in the live migration, whose two hops and the rounds between them must fit in the run
+# (the output does not depend on it): at 80 ms the second hop came at round 23 of 50 at load 4,
+# so a machine 2-3x slower could see the program end first; 160 ms leaves about 2.5x that
+LIVE_SLEEP_MS = 160
 GUEST_DIR = "/out"
 STEPS = 7
 PROOF_LINE = "identical: every interrupted run printed and wrote exactly what the uninterrupted run did"
@@ -252,9 +256,9 @@ class Demo:
         say(f"    pi.wasm: {wasm.stat().st_size:,} bytes ({time.monotonic() - t0:.1f} s; cache: {wasm})")
         return self.work / "pi.wasm"
 
-    def program(self, out_dir: str) -> list[str]:
+    def program(self, out_dir: str, sleep_ms: int = SLEEP_MS) -> list[str]:
         (self.work / out_dir).mkdir()
-        return ["--dir", f"{out_dir}::{GUEST_DIR}", "pi.wasm", GUEST_DIR, str(DIGITS), str(SLEEP_MS)]
+        return ["--dir", f"{out_dir}::{GUEST_DIR}", "pi.wasm", GUEST_DIR, str(DIGITS), str(sleep_ms)]
 
     def reference(self) -> tuple[bytes, bytes]:
         header(2, "Reference: one uninterrupted run")
@@ -339,7 +343,7 @@ class Demo:
                 write_key_pair(KeyPair.generate(name), self.work / "keys" / name)
         say("  keys: an Ed25519 key pair each in ./keys/{source,A,B} (0600); each daemon trusts the others'")
         say("  wasmig.pub, and `wasmig migrate` pins the target's: TLS 1.3, both sides authenticated")
-        program = self.program("live")
+        program = self.program("live", LIVE_SLEEP_MS)
         dir_option = ["--dir", f"live::{GUEST_DIR}"]  # shared storage: both daemons map /out to ./live
         a, a_address = self.daemon("A", "interp", dir_option)
         b, b_address = self.daemon("B", "wasmtime", dir_option)

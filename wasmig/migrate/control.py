@@ -55,14 +55,7 @@ class ControlServer:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.path = socket_path(os.getpid(), create=True)
-        self.path.unlink(missing_ok=True)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            self.sock.bind(str(self.path))
-        finally:
-            os.umask(old)
-        self.sock.listen(4)
+        self.sock = listening_unix_socket(self.path)
         self._busy = threading.Lock()
         threading.Thread(target=self._accept, name="wasmig-control", daemon=True).start()
 
@@ -128,6 +121,29 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
         if self._busy.acquire(timeout=5.0):
             self._busy.release()
+
+
+def listening_unix_socket(path: Path) -> socket.socket:
+    """A Unix socket (mode 0600) that already listens when ``path`` appears: bound under a
+    temporary name, then renamed. Bound at ``path`` itself, the file would exist before
+    ``listen()``, and a ``wasmig migrate PID`` started as soon as it sees the file (a script, a
+    test) could be refused in between -- ECONNREFUSED, "not a migratable wasmig run" -- whenever
+    the run is descheduled there on a loaded machine. A stale file at ``path`` is replaced."""
+    pending = path.with_name(f".{path.stem}.new")  # no longer than ``path``: AF_UNIX paths are short
+    pending.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(pending))
+        sock.listen(4)
+        os.replace(pending, path)
+    except OSError:
+        sock.close()
+        pending.unlink(missing_ok=True)
+        raise
+    finally:
+        os.umask(old)
+    return sock
 
 
 def serve_control(session: Session) -> ControlServer:

@@ -315,7 +315,12 @@ class Target:
         except BaseException as e:  # noqa: BLE001 - a bug: still never a half-started program
             self._give_up(f"internal error on the target: {e!r}")
         _fault("decided")
-        # committed: from here on the program runs here, whatever happens to the connection
+        # committed: from here on the program runs here, whatever happens to the connection. Its
+        # control socket and the log line come before the answer: the source's `wasmig migrate`
+        # returns on it, and whoever acts next (`wasmig migrate PID` on to another daemon, the
+        # demo reading the pid from this log) found neither there yet on a loaded machine
+        self._before_start(program)
+        log(f"migration {self.id} committed: running as pid {os.getpid()}")
         try:
             if os.environ.get(FAULT_ENV) != "started":  # that fault loses the answer, then dies
                 ch.send("committed", pid=os.getpid())
@@ -325,8 +330,6 @@ class Target:
         ch.close()
         _mark(self.state_dir, self.id, "started")
         _fault("started")
-        self._before_start(program)
-        log(f"migration {self.id} committed: running as pid {os.getpid()}")
         program.started.set()
         try:
             program.wasi.gate.open()  # re-attaches its gateway connections, then lets its host calls go
@@ -335,7 +338,7 @@ class Target:
         self.opened_at = time.perf_counter()
 
     def _before_start(self, program: HeldProgram) -> None:
-        """Committed, the gate about to open: what this daemon's program needs to move on (its
+        """Committed, the source not yet told: what this daemon's program needs to move on (its
         control socket, for ``wasmig migrate PID``)."""
         try:
             program.control = _serve_control(program.session)
