@@ -84,3 +84,25 @@ def test_main_with_arguments_raises_system_exit() -> None:
     with pytest.raises(SystemExit) as e:
         main(["--no-such-option"])
     assert e.value.code == 2
+
+
+#: the console script's own start (``from wasmig.cli import main``) with a Ctrl-C arriving while the
+#: command modules load (simulated: the import of one of them raises KeyboardInterrupt)
+INTERRUPTED_IMPORT = r"""
+import builtins
+real = builtins.__import__
+
+def interrupted(name, *args, **kwargs):
+    if name == "wasmig.cli" and args[2] and "snapshots" in args[2]:
+        raise KeyboardInterrupt
+    return real(name, *args, **kwargs)
+
+builtins.__import__ = interrupted
+from wasmig.cli import main
+"""
+
+
+def test_a_ctrl_c_while_the_command_loads_exits_130_without_a_traceback() -> None:
+    p = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert (p.returncode, p.stderr) == (130, ""), p.stderr

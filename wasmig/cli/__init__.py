@@ -19,10 +19,13 @@ from __future__ import annotations
 import os
 import sys
 
-from wasmig.cli import cluster, migration, run, snapshots  # noqa: F401 - each registers its commands
-from wasmig.cli.common import show_version
-from wasmig.cli.output import err
-from wasmig.cli.parser import COMMANDS, CommandLineError, Group, suggest
+try:
+    from wasmig.cli import cluster, migration, run, snapshots  # noqa: F401 - each registers its commands
+    from wasmig.cli.common import show_version
+    from wasmig.cli.output import err
+    from wasmig.cli.parser import COMMANDS, CommandLineError, Group, suggest
+except KeyboardInterrupt:  # Ctrl-C while the command's modules load: the shell's 130, not a traceback
+    os._exit(130)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up)
 if TYPE_CHECKING:
