@@ -392,3 +392,21 @@ def test_a_tls_alert_while_we_send_fails_it_at_once(contexts) -> None:
         t.join()
         ch.close()
         server.close()
+
+
+def test_a_channel_closed_by_another_thread_mid_send_fails_the_send_as_lost() -> None:
+    """A migration given up elsewhere (its abort, a deadline) closes the channel while this thread
+    is blocked in a send: the send fails with PeerGone, not a ValueError from looking for the
+    peer's last word on a socket that is no longer there (fd -1)."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+    a.settimeout(30)
+    ch = Channel(a, "target")
+    closer = threading.Timer(0.3, ch.close)
+    closer.start()
+    try:
+        with pytest.raises(PeerGone, match="target: connection lost while sending"):
+            ch.send("page_data", data=bytes(8 << 20))
+    finally:
+        closer.join()
+        b.close()

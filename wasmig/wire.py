@@ -110,7 +110,7 @@ class Channel:
             self.recv(LAST_WORD_TIMEOUT)
         except PeerError as e:
             return e
-        except (WireError, OSError):
+        except (WireError, OSError, ValueError):  # ValueError: closed meanwhile by another thread (fd -1)
             pass
         return None
 
