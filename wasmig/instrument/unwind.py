@@ -537,6 +537,12 @@ class _FunctionRewriter:
         if on and self.wide_original is None:
             self.wide_original = widen.WidenedCode(self.func.body, self.wide, self.shadow)
 
+    def _wide_reads(self) -> dict[int, tuple[bytes, int]]:
+        """Widened parameter -> how a cold arm reads it as an i32 (encoded) and the instructions
+        that adds: its shadow (none), or the parameter and a wrap (one)."""
+        return {j: (encoded_instr(0x20, self.shadow[j]), 0) if j in self.shadow
+                else (encoded_instr(0x20, j) + widen.WRAP_CODE, 1) for j in self.wide}
+
     def _save_compact(self, site: Site) -> None:
         """The normal body's cold arm: the site's values to their compact record positions
         (:func:`~wasmig.instrument.sites.compact_slots`) by calls of the pass's savers, each
@@ -548,9 +554,9 @@ class _FunctionRewriter:
         types = self.local_types
         p = self.p
         parts: list[bytes] = []  # the arm's code, added at once (two instructions a call, one a value)
-        wrap = self.wrap_now  # a widened parameter (an i64 here) goes to an i32 saver wrapped
-        shadow = self.shadow if wrap else {}  # ... or as its shadow
-        wraps = sum(j in wrap and j not in shadow for j in order) if wrap else 0
+        # a widened parameter (an i64 here) goes to an i32 saver wrapped, or as its shadow
+        reads = self._wide_reads() if self.wrap_now else None
+        wraps = sum(reads[j][1] for j in order if j in reads) if reads else 0
         calls = 0
         pos = 0
         i = 0
@@ -562,9 +568,10 @@ class _FunctionRewriter:
             for k in SAVE_COUNTS:
                 while run >= k:
                     parts.append(_i32_const(pos))
-                    parts += [encoded_instr(0x20, shadow[j]) if j in shadow
-                              else encoded_instr(0x20, j) + widen.WRAP_CODE if j in wrap else encoded_instr(0x20, j)
-                              for j in order[i : i + k]]
+                    if reads is None:
+                        parts += [encoded_instr(0x20, j) for j in order[i : i + k]]
+                    else:
+                        parts += [reads[j][0] if j in reads else encoded_instr(0x20, j) for j in order[i : i + k]]
                     parts.append(encoded_instr(0x10, p.saver(t, k)))
                     calls += 1
                     pos += k
@@ -1188,7 +1195,8 @@ class _FunctionRewriter:
         self.emit(0x41, 0)
         self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
         self.emit(0x21, a)
-        slots = [j for j in range(len(self.local_types)) if j != a and j not in self.shadow.values()]
+        shadows = set(self.shadow.values())
+        slots = [j for j in range(len(self.local_types)) if j != a and j not in shadows]
         self.out.add_encoded(b"".join([self.slot_store(j) for j in slots]), 3 * len(slots))
 
     def _rewind_body(self) -> Code:
