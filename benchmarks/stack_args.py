@@ -13,7 +13,8 @@ against the same function on i64 parameters; interleaved rounds in one process, 
 calling thread; prints the median nanoseconds a call of each.
 
 ``widen IN OUT``: writes IN with every i32 parameter at integer position 4 or more widened to i64,
-in every defined function that no table, ``ref.func`` or export names: its body wraps the parameter
+in the functions the pass itself widens (``wasmig.instrument.widen.widen_plan``: not those a table,
+``ref.func``, an export, the start or a ``return_call`` names, nor the biggest): its body wraps the parameter
 at each ``local.get`` and extends it at each ``local.set``/``local.tee``; each direct call
 (``call``, ``return_call``) extends the argument, through fresh locals when later arguments sit
 above it. The result computes what IN computes. ``--ignore-pass-exports`` also widens functions
@@ -24,6 +25,7 @@ exported only to the pass's rewind module (``wasmig:`` names): for timing a run 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -35,13 +37,12 @@ sys.path.insert(0, str(HERE.parent))
 from wasmig.binary.encoder import encode_module  # noqa: E402
 from wasmig.binary.ir import Function, FuncType, Instr  # noqa: E402
 from wasmig.binary.ir import Module as IRModule  # noqa: E402
+from wasmig.instrument.widen import widen_plan  # noqa: E402
 
-#: the integer parameters Cranelift passes in registers on x86-64 (rdx, rcx, r8, r9)
-REGISTER_INTS = 4
 #: decoding an instrumented module needs these proposals
 FEATURES = frozenset({"multi-memory", "threads", "tail-call"})
 _GET, _SET, _TEE, _CALL, _RETURN_CALL = 0x20, 0x21, 0x22, 0x10, 0x12
-_WRAP, _EXTEND_U, _REF_FUNC = 0xA7, 0xAD, 0xD2
+_WRAP, _EXTEND_U = 0xA7, 0xAD
 
 
 def micro_wat(t: str) -> str:
@@ -79,32 +80,15 @@ def micro(calls: int, rounds: int) -> dict[str, float]:
     return {t: statistics.median(xs) / calls * 1e9 for t, xs in times.items()}
 
 
-def _named(ir: IRModule, pass_exports_too: bool) -> set[int]:
-    """Functions whose type must stay: in a table, taken by ``ref.func``, or exported."""
-    named = {e.index for e in ir.exports
-             if e.kind == "func" and not (pass_exports_too and e.name.startswith("wasmig:"))}
-    for expr in (x for el in ir.elems for x in el.init):
-        named.update(ins.imm for ins in expr if ins.op == _REF_FUNC)
-    for f in ir.funcs:
-        named.update(ins.imm for ins in f.body if ins.op == _REF_FUNC)
-    return named
+def plan_of(ir: IRModule, pass_exports_too: bool = False) -> dict[int, tuple[int, ...]]:
+    """The pass's widening plan (:func:`wasmig.instrument.widen.widen_plan`) of ``ir``; with
+    ``pass_exports_too``, functions exported only under ``wasmig:`` names are not spared."""
+    if pass_exports_too:
+        ir = dataclasses.replace(ir, exports=[e for e in ir.exports if not e.name.startswith("wasmig:")])
+    return widen_plan(ir)
 
 
-def widen_plan(ir: IRModule, pass_exports_too: bool = False) -> dict[int, set[int]]:
-    """Function index -> its i32 parameters passed on the stack, for every function that may change type."""
-    n = ir.num_imported_funcs()
-    named = _named(ir, pass_exports_too)
-    plan = {}
-    for k, f in enumerate(ir.funcs):
-        params = ir.types[f.type_idx].params
-        ints = [i for i, t in enumerate(params) if t in ("i32", "i64")]
-        wide = {i for i in ints[REGISTER_INTS:] if params[i] == "i32"}
-        if wide and n + k not in named:
-            plan[n + k] = wide
-    return plan
-
-
-def _rewrite(ir: IRModule, f: Function, wide: set[int], plan: dict[int, set[int]]) -> int:
+def _rewrite(ir: IRModule, f: Function, wide: tuple[int, ...], plan: dict[int, tuple[int, ...]]) -> int:
     """Rewrites ``f``'s body in place for ``plan``; returns the number of calls extended."""
     n = ir.num_imported_funcs()
     first_new = len(ir.types[f.type_idx].params) + sum(count for count, _ in f.locals)
@@ -143,8 +127,8 @@ def widen(data: bytes, pass_exports_too: bool = False) -> tuple[bytes, int, int]
 
     ir = Module.from_bytes(data, validate=False, features=FEATURES).ir
     n = ir.num_imported_funcs()
-    plan = widen_plan(ir, pass_exports_too)
-    calls = sum(_rewrite(ir, f, plan.get(n + k, set()), plan) for k, f in enumerate(ir.funcs))
+    plan = plan_of(ir, pass_exports_too)
+    calls = sum(_rewrite(ir, f, plan.get(n + k, ()), plan) for k, f in enumerate(ir.funcs))
     types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
     for fi, wide in plan.items():
         f = ir.funcs[fi - n]

@@ -193,13 +193,17 @@ def record_loads(rw: _FunctionRewriter) -> Code:
 
     rw._start_code()
     emit = rw.emit
-    scratch = {rw.site_local, rw.addr_local, rw.skip_local}
+    scratch = rw.scratch
     for j, t in enumerate(rw.local_types):
         if j in scratch:
             continue
         op, align = _LOAD[t]
         emit(0x41, 0)
         emit(op, rw.ctl_memarg(align, RECORDS_BASE + 8 + 8 * j))
+        if j in rw.wrap_now:  # a widened parameter, in the normal body (wasmig.instrument.widen)
+            if j in rw.shadow:
+                emit(0x22, rw.shadow[j])  # local.tee: its shadow too
+            emit(0xAD)  # i64.extend_i32_u
         emit(0x21, j)
     emit(0x41, 0)
     emit(0x28, rw.ctl_memarg(2, RECORDS_BASE))
@@ -370,18 +374,18 @@ def transfer_tail(rw: _FunctionRewriter, stored: set[int] | None = None) -> None
     rw.emit(0x41, 0)
     rw.emit(0x20, rw.site_local)
     rw.emit(0x36, rw.ctl_memarg(2, RECORDS_BASE))
-    scratch = {rw.site_local, rw.addr_local, rw.skip_local}
+    scratch = rw.scratch
     for j, t in enumerate(rw.local_types):
         if j in scratch or (stored is not None and j not in stored):
             continue
-        op, align = _STORE[t]
+        op, align = _STORE["i64" if j in rw.wrap_now else t]  # a widened parameter: as slot_store
         rw.emit(0x41, 0)
         rw.emit(0x20, j)
         rw.emit(op, rw.ctl_memarg(align, RECORDS_BASE + 8 + 8 * j))
     if rw.chain is not None:
         rw.emit(0x41, STATE_REWINDING)
         rw.emit(0x24, rw.p.globals_base)
-        rw.zeros(list(rw.ftype.params))
+        rw.zeros(rw.call_params())  # its type in the run module (wasmig.instrument.widen)
         rw.emit(0x12, rw.func_idx)  # return_call
     else:
         rw.emit(0x12, rw.entry_func)

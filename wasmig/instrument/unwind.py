@@ -65,7 +65,7 @@ from wasmig.binary.leb128 import encode_s
 from wasmig.binary.opcodes import memarg
 from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
-from wasmig.instrument import entry_arm, transfer
+from wasmig.instrument import entry_arm, transfer, widen
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.counted import EntryBound, counted_trips, entry_bound, entry_guard
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq, origin_tag
@@ -102,8 +102,9 @@ STASH_MOST = 2
 RECORDS_BASE = 32768
 NEVER = 1 << 62
 #: opcodes :meth:`_FunctionRewriter.plain` does not copy unchanged: constructs, branches (their
-#: depths are renumbered), memory.grow (publishes the new size), data.drop and elem.drop (noted)
-_NOT_VERBATIM = frozenset((0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0x0E, 0x40, 0xFC09, 0xFC0D))
+#: depths are renumbered), calls (of a widened function: dead code, see there), memory.grow
+#: (publishes the new size), data.drop and elem.drop (noted)
+_NOT_VERBATIM = frozenset((0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0x0E, 0x10, 0x40, 0xFC09, 0xFC0D))
 #: opcodes the normal body's emitter (:meth:`_FunctionRewriter._emit_range`) looks at: those and calls
 _SPECIAL = _NOT_VERBATIM | {0x10, 0x11}
 #: opcodes the rewind copy's walk (:meth:`_FunctionRewriter._rewind_body`) looks at: those, `else`,
@@ -235,9 +236,20 @@ class _FunctionRewriter:
                 raise InstrumentError(f"function {ir.func_name(func_idx)} has a {t} local: reference-typed locals "
                                       "cannot be checkpointed on the compiled engine")
         self.num_locals = len(self.local_types)
+        #: the parameters widened to i64 in the run module (:mod:`wasmig.instrument.widen`), and
+        #: those the code being emitted must wrap and extend: ``wide`` in the normal body (where
+        #: they are i64 parameters), none in the rewind copy and entry function (where they are
+        #: i32 locals)
+        self.wide: tuple[int, ...] = pass_.widened.get(func_idx, ())
+        self.wrap_now: frozenset[int] = frozenset()
+        #: a big widened function's shadow locals (parameter -> its i32 shadow, read by the cold
+        #: arms: ``widen.SHADOW_BODY``), first of the pass's locals to keep their indices small
+        self.shadow: dict[int, int] = {j: self._new_local("i32") for j in widen.shadowed(func.body, self.wide)}
         self.site_local = self._new_local("i32")
         self.addr_local = self._new_local("i32")
         self.skip_local = self._new_local("i32")  # rewind copy: 1 while skipping to the resume site
+        #: the pass's locals no record holds (their slots are neither loaded nor stored)
+        self.scratch = frozenset((self.site_local, self.addr_local, self.skip_local, *self.shadow.values()))
         # sequences every function emits many times, encoded once
         self.set_site = encode_seq((0x21, self.site_local))
         self.set_site_and_record = encode_seq((0x21, self.site_local), (0x41, 0),
@@ -253,6 +265,7 @@ class _FunctionRewriter:
         self.moves: dict[tuple[int, tuple[str, ...], int], bytes] = {}
         #: local j -> the three instructions storing it into its record slot, encoded
         self.slot_stores: dict[int, bytes] = {}
+        self.slot_caches = (self.slot_stores, {})  # i32 locals, widened parameters (set_widening)
         self.temps: dict[str, list[int]] = {}
         #: the code being emitted, encoded as it is emitted (:mod:`wasmig.instrument.emit`)
         self.out = Code()
@@ -284,6 +297,8 @@ class _FunctionRewriter:
         # the encoder would make the same bytes of
         self.original = (OriginalCode(body, pass_.data, func.body_offset, func.body_size)
                          if func.canonical and pass_.data is not None else OriginalCode(body))
+        #: the normal body's runs of a widened function (made when it is emitted)
+        self.wide_original: OriginalCode | None = None
         self.has_site: dict[int, bool] = {}  # construct start -> whether it holds a site
         self.live_lists: dict[int, list[int]] = {}  # a live set's bits -> its locals, ascending
         self.spill_lists: dict[tuple[int | str, ...], list[int]] = {}  # (depth, *types) -> _spills_of
@@ -500,13 +515,33 @@ class _FunctionRewriter:
 
     def slot_store(self, j: int) -> bytes:
         """``local.get $a  local.get j  T.store $ctl (8 + 8j)``: local j into its record slot,
-        encoded once per slot (most of a big function's sites store the same locals)."""
+        encoded once per slot (most of a big function's sites store the same locals; the normal
+        body of a widened function has a cache of its own, :meth:`set_widening`). A widened
+        parameter (i64 here) is stored with ``i64.store``: its slot's low four bytes are the i32,
+        all the host and the copy read, and the upper four are zero -- a byte less than a wrap."""
         code = self.slot_stores.get(j)
         if code is None:
-            op, align = _STORE[self.local_types[j]]
+            op, align = _STORE["i64" if j in self.wrap_now else self.local_types[j]]
             code = self.slot_stores[j] = (encoded_instr(0x20, self.addr_local) + encoded_instr(0x20, j)
                                           + encoded_instr(op, self.ctl_memarg(align, 8 + 8 * j)))
         return code
+
+    def set_widening(self, on: bool) -> None:
+        """Emit code where the widened parameters are i64 (``on``: the normal body) or i32 locals
+        (the rewind copy, the entry function): reads of them wrap, writes extend
+        (:mod:`wasmig.instrument.widen`)."""
+        if not self.wide:
+            return
+        self.wrap_now = frozenset(self.wide) if on else frozenset()
+        self.slot_stores = self.slot_caches[on]
+        if on and self.wide_original is None:
+            self.wide_original = widen.WidenedCode(self.func.body, self.wide, self.shadow)
+
+    def _wide_reads(self) -> dict[int, tuple[bytes, int]]:
+        """Widened parameter -> how a cold arm reads it as an i32 (encoded) and the instructions
+        that adds: its shadow (none), or the parameter and a wrap (one)."""
+        return {j: (encoded_instr(0x20, self.shadow[j]), 0) if j in self.shadow
+                else (encoded_instr(0x20, j) + widen.WRAP_CODE, 1) for j in self.wide}
 
     def _save_compact(self, site: Site) -> None:
         """The normal body's cold arm: the site's values to their compact record positions
@@ -519,6 +554,9 @@ class _FunctionRewriter:
         types = self.local_types
         p = self.p
         parts: list[bytes] = []  # the arm's code, added at once (two instructions a call, one a value)
+        # a widened parameter (an i64 here) goes to an i32 saver wrapped, or as its shadow
+        reads = self._wide_reads() if self.wrap_now else None
+        wraps = sum(reads[j][1] for j in order if j in reads) if reads else 0
         calls = 0
         pos = 0
         i = 0
@@ -530,13 +568,16 @@ class _FunctionRewriter:
             for k in SAVE_COUNTS:
                 while run >= k:
                     parts.append(_i32_const(pos))
-                    parts += [encoded_instr(0x20, j) for j in order[i : i + k]]
+                    if reads is None:
+                        parts += [encoded_instr(0x20, j) for j in order[i : i + k]]
+                    else:
+                        parts += [reads[j][0] if j in reads else encoded_instr(0x20, j) for j in order[i : i + k]]
                     parts.append(encoded_instr(0x10, p.saver(t, k)))
                     calls += 1
                     pos += k
                     i += k
                     run -= k
-        self.out.add_encoded(b"".join(parts), 2 * calls + len(order))
+        self.out.add_encoded(b"".join(parts), 2 * calls + len(order) + wraps)
 
     def _framed(self, inner: Code, results: list[str], after_body: Callable[[], None]) -> Code:
         """A function's code around ``inner`` (the code inside its own label) and the header
@@ -671,6 +712,10 @@ class _FunctionRewriter:
             self.emit(0x41, 0)
             self.emit(0x3F, imm)
             self.emit(0x36, memarg(2, MEMORY_PAGES, self.p.poll_mem))
+        elif op == 0x10:  # a call in dead code: of a widened function, its i32 arguments would not validate
+            if imm in self.p.widened:
+                self.emit(0x00)
+            self.emit(op, imm, origin)
         elif op in (0xFC09, 0xFC0D):
             self.emit(op, imm, ins.offset)
             seg = (self.p.ir.datas if op == 0xFC09 else self.p.ir.elems)[imm]
@@ -706,7 +751,10 @@ class _FunctionRewriter:
         rewind = self._rewind_body()
         self.compact = True
         if self.arm_head is not None:  # the entry arm's loads, now that every local is known
-            normal = entry_arm.with_arm_loads(self, self.arm_head, normal, transfer.record_loads(self))
+            self.set_widening(True)  # in the normal body
+            loads = transfer.record_loads(self)
+            self.set_widening(False)
+            normal = entry_arm.with_arm_loads(self, self.arm_head, normal, loads)
         body = self._framed(normal, results, lambda: self.emit(0x0C, 1))  # to $done
         if entry is not None:  # its loads, now that every local is known
             entry = self._framed(transfer.with_entry_loads(self, entry), results, lambda: self.emit(0x0C, 1))
@@ -729,7 +777,7 @@ class _FunctionRewriter:
         copy_body = self._framed(self.out, results, lambda: self.emit(0x0C, 1))  # the results to $done
 
         added = [(1, t) for t in self.local_types[self.num_locals:]]
-        new = _Rewritten(self.func.type_idx, encode_code_entry_raw(list(self.func.locals) + added, body.body()),
+        new = _Rewritten(self.type_idx(), encode_code_entry_raw(list(self.func.locals) + added, body.body()),
                          body.origin_entry())
         # the copy has no parameters (it reloads every local): the function's are its first locals
         rewind_copy = _Rewritten(p.func_type_index([], results),
@@ -743,6 +791,17 @@ class _FunctionRewriter:
                                                   8 + 8 * len(self.local_types))
         return new, rewind_copy, entry_fn
 
+    def type_idx(self) -> int:
+        """The function's type in the run module: its parameters at :attr:`wide` i64."""
+        if not self.wide:
+            return self.func.type_idx
+        ft = widen.widened_type(self.ftype, self.wide)
+        return self.p.func_type_index(list(ft.params), list(ft.results))
+
+    def call_params(self) -> list[str]:
+        """The parameters a call of this function passes in the run module (:meth:`type_idx`)."""
+        return list(widen.widened_type(self.ftype, self.wide).params)
+
     def _normal_body(self) -> Code:
         """The original body with polls, post-call checks and spills (allocates the sites)."""
         self._start_code()
@@ -752,31 +811,39 @@ class _FunctionRewriter:
         self.has_site = self._constructs_with_sites(body)
         entry = self.entry_site = self.add_site((-1, "entry"), "entry", body[0].offset, [])
         self.arm_head = None
+        self.set_widening(True)
+        for j, q in self.shadow.items():  # before the entry arm's loads, which set them again
+            self.out.add_encoded(encode_seq((0x20, j), (widen.WRAP,), (0x21, q)), 3)
         if self.chain is not None:  # a transfer lands in an arm of its own (entry_arm.py)
             self.arm_head = entry_arm.arms(self, self.chain)
-            return self.out
-        if self.p.entry_polled(self.func_idx):
-            self.stable_point(entry, [], 0)
-        self._emit_range(0, len(body) - 1, [])
+        else:
+            if self.p.entry_polled(self.func_idx):
+                self.stable_point(entry, [], 0)
+            self._emit_range(0, len(body) - 1, [])
+        self.set_widening(False)
         return self.out
 
     def _emit_range(self, start: int, end: int, ctl: list[_Ctl]) -> None:
         """body[start:end] as the normal body has it; ``ctl``: the constructs open around it."""
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
-        has_site = self.has_site
-        special_at, copy = self.special_at, self.original.copy
+        has_site, widened = self.has_site, self.p.widened
+        special_at = self.special_at
+        copy = (self.original if not self.wrap_now else self.wide_original).copy  # type: ignore[union-attr]
         k = bisect_left(special_at, start)
         copied_to = start  # body[start:copied_to] is emitted
         while k < len(special_at) and special_at[k] < end:
             i = special_at[k]
             k += 1
-            if i > copied_to:  # the plain instructions before it, copied unchanged in one run
-                copy(self.out, copied_to, i)
-            copied_to = i + 1
             ins = body[i]
             op = ins.op
             live = not unreachable[i]
+            # a live call of a widened function copies the run before it itself (widen.extend_args)
+            wide = widened.get(ins.imm) if op == 0x10 and live else None
+            if i > copied_to and wide is None:  # the plain instructions before it, copied unchanged in one run
+                copy(self.out, copied_to, i)
+            run_start = copied_to
+            copied_to = i + 1
             base = ctl[-1].base if ctl else 0
             if op in (0x02, 0x03, 0x04):
                 nparams, result_types, _ = self.p.block_arity(ins.imm)
@@ -814,6 +881,8 @@ class _FunctionRewriter:
                 if args:
                     self.pop_into(args, len(below))
                     self.push_from(args, len(below))
+                if wide is not None:
+                    widen.extend_args(self, i, wide, run_start, copy)
                 self.emit(ins.op, ins.imm, ins.offset)
                 site, after = self.call_sites(i, ins, kind, below, args, list(callee.results))
                 if self.p.call_may_unwind(ins):
@@ -878,7 +947,7 @@ class _FunctionRewriter:
         stash = self.stash = dict(stash)
         for j in new:
             n = stash[j] = len(stash)
-            op, align = _STORE[self.local_types[j]]
+            op, align = _STORE["i64" if j in self.wrap_now else self.local_types[j]]  # as slot_store
             self.out.add_encoded(encode_seq((0x41, 0), (0x20, j), (op, self.ctl_memarg(align, STASH_BASE + 8 * n))), 3)
 
     def _every_iteration_calls(self, i: int) -> bool:
@@ -983,6 +1052,8 @@ class _FunctionRewriter:
         # guard's verdict instead cost lz77 1.24x plain against main's 1.10x)
         for op, imm in entry_guard(bound):
             self.emit(op, imm)
+            if op == 0x20 and imm in self.wrap_now:
+                self.emit(widen.WRAP)
         self.open(0x04, ins.imm, False)
         self._copies(i, ins, params, entry_height, ctl, None)
         self.out.add_encoded(_ELSE, 1)
@@ -1124,7 +1195,8 @@ class _FunctionRewriter:
         self.emit(0x41, 0)
         self.emit(0x28, self.ctl_memarg(2, WRITE_PTR))
         self.emit(0x21, a)
-        slots = [j for j in range(len(self.local_types)) if j != a]
+        shadows = set(self.shadow.values())
+        slots = [j for j in range(len(self.local_types)) if j != a and j not in shadows]
         self.out.add_encoded(b"".join([self.slot_store(j) for j in slots]), 3 * len(slots))
 
     def _rewind_body(self) -> Code:
@@ -1298,7 +1370,7 @@ class _FunctionRewriter:
         self.emit(0x20, a)
         self.emit(0x28, self.ctl_memarg(2, 0))
         self.emit(0x21, self.site_local)
-        scratch = {self.site_local, self.addr_local, self.skip_local}
+        scratch = self.scratch
         get_a = encoded_instr(0x20, a)
         loads: list[bytes] = []  # local.get $a  T.load $ctl (8 + 8j)  local.set j, for each j
         reloads = self.p.reloads  # (type, j) -> its load and local.set: the same in every function
@@ -1483,6 +1555,9 @@ class _FunctionRewriter:
             self.zeros(results)
         self.close()
         self.out.add_encoded(_ELSE, 1)
+        wide = self.p.widened.get(ins.imm) if ins.op == 0x10 else None
+        if wide is not None:  # the operands are on the stack: no run to copy
+            widen.extend_args(self, i, wide, i, self.original.copy)
         self.emit(ins.op, ins.imm, ins.offset)
         self.close()
         if self.p.call_may_unwind(ins):
@@ -1588,6 +1663,8 @@ class _Pass:
         self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
         self.header_func = 0  # index of the function that writes a record's header (:func:`_record_header_function`)
         self._entry_polled: dict[int, bool] = {}
+        #: function -> its parameters widened to i64 in the run module (:mod:`wasmig.instrument.widen`)
+        self.widened: dict[int, tuple[int, ...]] = widen.widen_plan(ir)
         self._arity: dict[object, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}
         #: (parameters, results) -> a rewind copy's guarded segment's `if` and `else` arm
         #: (:meth:`_FunctionRewriter._segment_end`)
