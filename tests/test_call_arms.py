@@ -107,29 +107,6 @@ def test_records_of_a_shared_arm_at_both_sites_are_the_interpreters_state() -> N
         assert finish(engine, module, snap) == (code, expected), engine
 
 
-def test_an_arms_savers_take_no_position() -> None:
-    """Each saver stores after what the one before it stored (``$saved``, which the record's
-    header resets): an arm pushes only the values, k ``local.get`` and the call, no ``i32.const``
-    of a position (78 KB of QuickJS's run module). The records this makes are the interpreter's
-    state (test_records_of_a_shared_arm_at_both_sites_are_the_interpreters_state: $rec's arm
-    makes two calls, at six frames)."""
-    from wasmig.instrument.linking import HELPERS, SAVE_COUNTS, SAVE_TYPES
-
-    module = wat_module(WAT)
-    run = decode_module(instrument(module, count_steps=False).data, features=INSTRUMENTED)
-    first = run.num_imported_funcs() + len(module.ir.funcs) + HELPERS - len(SAVE_TYPES) * len(SAVE_COUNTS)
-    savers = {first + i * len(SAVE_COUNTS) + j: (t, k) for i, t in enumerate(SAVE_TYPES)
-              for j, k in enumerate(SAVE_COUNTS)}
-    for index, (t, k) in savers.items():
-        assert run.types[run.funcs[index - run.num_imported_funcs()].type_idx].params == (t,) * k
-    body = run.funcs[0].body  # $rec
-    calls = [n for n, ins in enumerate(body) if ins.op == 0x10 and ins.imm in savers]
-    assert len(calls) == 2, "x (f64; n is dead), then the i64 beneath the call and the result"
-    for n in calls:
-        k = savers[body[n].imm][1]
-        assert all(ins.op == 0x20 for ins in body[n - k : n]) and body[n - k - 1].op != 0x41, body[n - k - 1 : n + 1]
-
-
 def test_the_declared_locals_are_runs_of_one_type() -> None:
     """The run module declares its locals (the original ones, then the pass's) a run of one type
     at a time: one declaration per local the pass added took 14 KB of QuickJS's run module."""

@@ -15,9 +15,9 @@ LINK_PREFIX = "wasmig:x:"
 RUN_MODULE_NAME = "wasmig:run"
 #: the module name (name section) of a rewind module: a trap's frames in it are told apart by it
 REWIND_MODULE_NAME = "wasmig:rewind"
-#: the value types and counts of the pass's *savers*: ``$save_<t>_<k>(v1..vk)`` stores k values
-#: of type t into a frame record at its next compact positions (docs/instrument.md, "Compact
-#: records"); a site's values are saved by a few calls of these
+#: the value types and counts of the pass's *savers*: ``$save_<t>_<k>(pos, v1..vk)`` stores k
+#: values of type t into a frame record at its compact positions pos.. (docs/instrument.md,
+#: "Compact records"); a site's values are saved by a few calls of these
 SAVE_TYPES = ("i32", "i64", "f32", "f64")
 SAVE_COUNTS = (8, 4, 2, 1)
 #: the functions the pass adds between the instrumented functions and the rewind copies

@@ -111,9 +111,8 @@ _SPECIAL = _NOT_VERBATIM | {0x10, 0x11}
 #: these and at constructs); runs of other instructions are copied whole
 _WALKED = _SPECIAL | {0x00, 0x05, 0x0F}
 #: the globals the pass adds, from ``globals_base``: $state, $steps, $stop_at, then the largest
-#: record's size in bytes and in pages + 1 (immutable), then ``$saved``: the bytes the savers have
-#: stored into the record being written (:func:`_saver_function`; 0 between records)
-MAX_RECORD_GLOBAL, MAX_RECORD_PAGES_GLOBAL, SAVED_GLOBAL = 3, 4, 5
+#: record's size in bytes and in pages + 1 (immutable)
+MAX_RECORD_GLOBAL, MAX_RECORD_PAGES_GLOBAL = 3, 4
 #: the fast variant copies a small loop without calls this many times, one poll per round
 UNROLL = 4
 UNROLL_MAX_BODY = 96  # instructions: larger loops are not unrolled (their poll weighs less)
@@ -515,15 +514,13 @@ class _FunctionRewriter:
         taking up to 8 values of one type -- two bytes a value, where a store of its own took
         eight (a record-slot store per value was 60% of libc's ``printf_core`` instrumented).
         The arm ends in ``br $unwind`` and never returns to the hot path, so nothing is live
-        across these calls (docs/instrument.md, "Compact records"). The calls take no position:
-        each saver stores after the values the one before it stored (the global ``$saved``,
-        which the record's header resets), so an arm's calls fill positions 0.. in their order --
-        the ``i32.const`` of a position before every call was 78 KB of QuickJS's run module."""
+        across these calls (docs/instrument.md, "Compact records")."""
         order = compact_slots(site, self.local_types)
         types = self.local_types
         p = self.p
-        parts: list[bytes] = []  # the arm's code, added at once (a call, and one instruction a value)
+        parts: list[bytes] = []  # the arm's code, added at once (two instructions a call, one a value)
         calls = 0
+        pos = 0
         i = 0
         while i < len(order):
             t = types[order[i]]
@@ -532,12 +529,14 @@ class _FunctionRewriter:
                 run += 1
             for k in SAVE_COUNTS:
                 while run >= k:
+                    parts.append(_i32_const(pos))
                     parts += [encoded_instr(0x20, j) for j in order[i : i + k]]
                     parts.append(encoded_instr(0x10, p.saver(t, k)))
                     calls += 1
+                    pos += k
                     i += k
                     run -= k
-        self.out.add_encoded(b"".join(parts), calls + len(order))
+        self.out.add_encoded(b"".join(parts), 2 * calls + len(order))
 
     def _framed(self, inner: Code, results: list[str], after_body: Callable[[], None]) -> Code:
         """A function's code around ``inner`` (the code inside its own label) and the header
@@ -731,7 +730,7 @@ class _FunctionRewriter:
 
         # the declared locals (the original ones, then the pass's) as runs of one type: a
         # declaration a local took 14 KB of QuickJS's run module (its spill locals are mostly
-        # i32s, allocated one after another)
+        # i32s, allocated one after another); Cranelift makes byte for byte the same machine code
         params = len(self.ftype.params)
         new = _Rewritten(self.func.type_idx, encode_code_entry_raw(_grouped(self.local_types[params:]), body.body()),
                          body.origin_entry())
@@ -1841,8 +1840,7 @@ def _instrument(module: object, count_steps: bool, split: bool, progress: Callab
                    # the largest record, in bytes and in pages (+1): an unwind grows $ctl so that
                    # one more fits; known only once every function is rewritten (and encoded)
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record()), Instr(0x0B)]),
-                   Global(GlobalType("i32"), [Instr(0x41, p.max_record() // 65536 + 1), Instr(0x0B)]),
-                   Global(GlobalType("i32", True), [Instr(0x41, 0), Instr(0x0B)])]  # $saved
+                   Global(GlobalType("i32"), [Instr(0x41, p.max_record() // 65536 + 1), Instr(0x0B)])]
     taken = {e.name for e in ir.exports}
     extra = [Export("wasmig:dump", "func", helper_base), Export("wasmig:load", "func", helper_base + 1),
              Export("wasmig:ctl", "memory", p.ctl), Export("wasmig:poll", "memory", p.poll_mem),
@@ -1990,20 +1988,17 @@ def _finish_rewind_function(ir: IRModule, p: _Pass) -> Function:
 
 
 def _saver_function(p: _Pass, t: str, k: int) -> Function:
-    """``$save_<t>_<k>(v1..vk)``: the k values into the frame record at the write pointer, after
-    the ``$saved`` bytes the savers stored into it already (at compact positions ``$saved / 8``..:
-    slot offsets ``8 + $saved + 8 * i``), and ``$saved`` advanced past them; called by the normal
-    body's cold arms (:meth:`_FunctionRewriter._save_compact`), in the order of the positions.
-    ``$saved`` is 0 when an arm starts: the record's header resets it
-    (:func:`_record_header_function`), and every arm that saves ends in a header's call."""
+    """``$save_<t>_<k>(pos, v1..vk)``: the k values into the frame record at the write pointer, at
+    compact positions ``pos``.. (slot offsets ``8 + 8 * (pos + i)``); called by the normal body's
+    cold arms (:meth:`_FunctionRewriter._save_compact`)."""
     op, align = _STORE[t]
-    a = k  # the record's address plus $saved
-    saved = p.globals_base + SAVED_GLOBAL
-    body = [Instr(0x41, 0), Instr(0x28, memarg(2, WRITE_PTR, p.ctl)), Instr(0x23, saved), Instr(0x6A), Instr(0x21, a)]
+    a = k + 1
+    body = [Instr(0x41, 0), Instr(0x28, memarg(2, WRITE_PTR, p.ctl)), Instr(0x20, 0), Instr(0x41, 3), Instr(0x74),
+            Instr(0x6A), Instr(0x21, a)]
     for i in range(k):
-        body += [Instr(0x20, a), Instr(0x20, i), Instr(op, memarg(align, 8 + 8 * i, p.ctl))]
-    body += [Instr(0x23, saved), Instr(0x41, 8 * k), Instr(0x6A), Instr(0x24, saved), Instr(0x0B)]
-    return Function(p.func_type_index([t] * k, []), [(1, "i32")], body)
+        body += [Instr(0x20, a), Instr(0x20, 1 + i), Instr(op, memarg(align, 8 + 8 * i, p.ctl))]
+    body.append(Instr(0x0B))
+    return Function(p.func_type_index(["i32"] + [t] * k, []), [(1, "i32")], body)
 
 
 def _record_header_function(p: _Pass) -> Function:
@@ -2012,15 +2007,14 @@ def _record_header_function(p: _Pass) -> Function:
     fast variant the poll byte is set as well, since post-call checks test it first), the
     header (site, function) at the write pointer, the write pointer advanced by ``size``, and
     ``$ctl`` grown so that a record of the largest size still fits after this one (the slot
-    stores do not check; the control memory's initial size fits the first record), and the
-    savers' ``$saved`` back to 0 for the next record (:func:`_saver_function`)."""
+    stores do not check; the control memory's initial size fits the first record)."""
     site, func, size, a = 0, 1, 2, 3
     g = p.globals_base
 
     def i(op: int, imm: object = None) -> Instr:
         return Instr(op, imm)
 
-    body = [i(0x41, STATE_UNWINDING), i(0x24, g), i(0x41, 0), i(0x24, g + SAVED_GLOBAL)]
+    body = [i(0x41, STATE_UNWINDING), i(0x24, g)]
     if not p.count_steps:
         body += [i(0x41, 0), i(0x41, 1), i(0x3A, memarg(0, POLL, p.poll_mem))]
     body += [i(0x41, 0), i(0x28, memarg(2, WRITE_PTR, p.ctl)), i(0x22, a),
