@@ -15,6 +15,7 @@ import pytest
 from tests.wat import wat_module
 from wasmig.binary.decoder import decode_module
 from wasmig.binary.features import INSTRUMENTED
+from wasmig.instrument.linking import SITE_BIAS
 from wasmig.instrument.sites import compact_slots
 from wasmig.instrument.unwind import instrument
 
@@ -57,8 +58,10 @@ WAT = """
 def test_a_polling_call_has_one_cold_arm_that_picks_its_site_by_state() -> None:
     """$rec's `if`s: its entry poll (it calls an import, whose check does not poll), the
     original `if`, the import call's `$state == 1` check, and for the recursive call one poll
-    `if` around one arm, which computes its site as ``after - $state`` (no second arm behind a
-    `$state == 1` test)."""
+    `if` around one arm (no second arm behind a `$state == 1` test). That arm sets ``$site`` to
+    its after_call site's number, and the record's header subtracts ``$state`` (1: the callee
+    unwound, the call site) -- no arm subtracts it itself; the import call's arm, behind its
+    ``$state == 1`` test, sets its site's number + 1."""
     module = wat_module(WAT)
     ins = instrument(module, count_steps=False)
     run = decode_module(ins.data, features=INSTRUMENTED)
@@ -66,10 +69,22 @@ def test_a_polling_call_has_one_cold_arm_that_picks_its_site_by_state() -> None:
     state = ins.sitemap.globals_base
     ifs = sum(1 for i in body if i.op == 0x04)
     assert ifs == 4, f"{ifs} ifs"
+    pairs = list(zip(body, body[1:], strict=False))
+    assert not any((a.op, a.imm, b.op) == (0x23, state, 0x6B) for a, b in pairs), "no arm subtracts $state"
     triples = list(zip(body, body[1:], body[2:], strict=False))
-    assert sum(1 for a, b, _ in triples if (a.op, a.imm, b.op) == (0x23, state, 0x6B)) == 1  # $state  i32.sub
     state_is_1 = [(a.op, a.imm, b.op, b.imm, c.op) for a, b, c in triples].count((0x23, state, 0x41, 1, 0x46))
     assert state_is_1 == 1, "only the import call's check tests $state == 1"
+    sites = [s for s in ins.sitemap.sites if s.func == run.num_imported_funcs()]
+    first = ins.sitemap.first_site(sites[0].func)
+    site_local = ins.sitemap.functions[sites[0].func].num_locals  # the first local the pass adds
+    numbers = {_signed(a.imm) - SITE_BIAS for a, b in pairs if a.op == 0x41 and (b.op, b.imm) == (0x21, site_local)}
+    by_kind = {s.kind: s.id - first for s in sites}
+    assert by_kind["after_call"] in numbers, "the shared arm: its after_call site's number"
+    assert by_kind["import_call"] + 1 in numbers, "the import call's arm: its number + $state (1)"
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 def test_a_call_sites_compact_order_is_a_prefix_of_its_after_call_sites() -> None:
@@ -114,3 +129,38 @@ def test_the_declared_locals_are_runs_of_one_type() -> None:
     for f in run.funcs:
         assert all(a[1] != b[1] for a, b in zip(f.locals, f.locals[1:], strict=False)), f.locals
     assert any(count > 1 for count, _ in run.funcs[0].locals)
+
+
+#: WAT with 140 functions of 60 import calls each before $rec: $rec's sites have ids past 8,192
+FAR_WAT = WAT.replace("  (func $rec", "".join(
+    f"  (func $fill{k}{' (drop (call $mark))' * 60})\n" for k in range(140)) + "  (func $rec", 1)
+
+
+def test_code_and_records_name_a_site_from_its_functions_first() -> None:
+    """Sites are numbered within their function (id less the function's first site's, plus
+    SITE_BIAS): each ``$site`` constant of $rec takes two LEB128 bytes although its ids are past
+    8,192 (three bytes). A stop there (the recursion's shared arm at both its sites) is the
+    interpreter's state, and it finishes on every engine as the uninterrupted run: the host
+    reads and writes those numbers with the record's function."""
+    module = wat_module(FAR_WAT)
+    ins = instrument(module, count_steps=False)
+    rec = module.ir.num_imported_funcs() + 140
+    assert ins.sitemap.first_site(rec) > 8192
+    run = decode_module(ins.data, features=INSTRUMENTED)
+    body = run.funcs[rec - run.num_imported_funcs()].body
+    site_local = ins.sitemap.functions[rec].num_locals
+    consts = [(a, b) for a, b in zip(body, body[1:], strict=False)
+              if a.op == 0x41 and (b.op, b.imm) == (0x21, site_local)]
+    assert len(consts) >= 2 and all(b.offset - a.offset == 3 for a, b in consts), "i32.const and 2 LEB128 bytes"
+    code, expected, _ = reference(module, ["call-arms-far"])
+
+    def request(runner: object) -> None:
+        runner.request()  # type: ignore[attr-defined]
+
+    snap, printed = _stop_on_mark(module, request, "no stop")
+    assert snap.point == "after_call" and {f.func for f in snap.frames[1:]} == {rec}
+    same = [s for s in after_call_states(module, ["call-arms-far"], 1, 100_000)
+            if s.stdout == printed and _same_state(s.snapshot, snap)]
+    assert len(same) == 1
+    for engine in ENGINES:
+        assert finish(engine, module, snap) == (code, expected), engine
