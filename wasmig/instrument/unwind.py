@@ -148,8 +148,10 @@ _UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the fu
 _COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the copy's function label, $copy_unwind
 
 
-#: ``i32.const n`` for the small n (two bytes of signed LEB128 hold n < 2**13)
+#: ``i32.const n`` for the small n (two bytes of signed LEB128 hold n < 2**13), and for -2**13
+#: <= n < 0 (a function's site numbers, SITE_BIAS + k) at ``n + 2**13``
 _SMALL_I32_CONST = [b"\x41" + encode_s(n) for n in range(1 << 13)]
+_NEGATIVE_I32_CONST = [b"\x41" + encode_s(n) for n in range(-(1 << 13), 0)]
 
 
 def _i32_const(n: int) -> bytes:
@@ -157,7 +159,7 @@ def _i32_const(n: int) -> bytes:
     once or twice, and 240,000 of them (CPython) would only fill it. Three signed LEB128 bytes
     hold 0 <= n < 2**20, built directly (600,000 calls on CPython)."""
     if n < 0:
-        return b"\x41" + encode_s(n)
+        return _NEGATIVE_I32_CONST[n + (1 << 13)] if n >= -(1 << 13) else b"\x41" + encode_s(n)
     if n < 1 << 13:
         return _SMALL_I32_CONST[n]
     if n < 1 << 20:
