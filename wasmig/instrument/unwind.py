@@ -452,8 +452,7 @@ class _FunctionRewriter:
             found = self.spill_lists[key] = [self.spill(depth + k, t) for k, t in enumerate(types)]
         return found
 
-    def unwind_branch(self, site_id: int, *, compact: bool = False, call_site: int | None = None,
-                      unwinding: bool = False) -> None:
+    def unwind_branch(self, site_id: int, *, compact: bool = False, call_site: int | None = None) -> None:
         """Inside a cold `if`: write this site's slots of the frame record, set $site and branch
         to $unwind (which writes the record's header).
 
@@ -474,20 +473,15 @@ class _FunctionRewriter:
         store per value: with saver calls in every poll's arm, the triangular loop nests ran
         1.14-1.31x plain against 0.94-1.04x (pb_cholesky, pb_lu, pb_ludcmp, pb_trisolv).
 
-        ``$site`` is set to the site's number plus the ``$state`` the arm runs with, which the
-        record's header subtracts (:func:`_record_header_function`): an arm behind a ``$state ==
-        1`` test (``unwinding``: a callee unwound) sets the number + 1, a poll's arm (``$state``
-        0: a normal body, or a rewind copy's normal loop, never polls while rewinding) the number.
-
         ``call_site`` (its id is ``site_id - 1``): the one arm of a polling call's two sites
         (:meth:`_shares_arm`). It saves the ``after_call`` site ``site_id``'s values, a superset
-        of the call site's at the same positions, and sets ``$site`` to the ``after_call`` site's
-        number: the header records the call site when the callee unwound (``$state`` 1), the
-        ``after_call`` site on a request with the call done (``$state`` 0). (Until session 11
-        each such arm subtracted ``$state`` itself: 3 bytes an arm, 30 KB of QuickJS's run
-        module.)"""
+        of the call site's at the same positions, and records the site ``site_id - $state``: the
+        call site when the callee unwound (``$state`` 1), the ``after_call`` site on a request
+        with the call done (``$state`` 0; a normal body never runs while rewinding)."""
         out = self.out
-        head, n = _i32_const(self.rel(site_id) + unwinding), 1  # emitted with what follows it: one add_encoded
+        head, n = _i32_const(self.rel(site_id)), 1  # emitted with what follows it: one add_encoded
+        if call_site is not None:
+            head, n = head + self.p.minus_state, 3
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
             out.add_encoded(head + self.set_site, n + 1)
             self.emit(0x0C, self.unwind_depth())
@@ -637,7 +631,7 @@ class _FunctionRewriter:
         self.out.add_encoded(p.is_unwinding + test_if, 4)  # $state == 1, if
         self.drop(len(results))
         self.pop_into(level, base)
-        self.unwind_branch(site_id, compact=True, unwinding=True)
+        self.unwind_branch(site_id, compact=True)
         self.close()
         if after is None:
             return
@@ -1599,6 +1593,8 @@ class _Pass:
         #: the poll (i32.atomic.load8_u $poll 0) and the test $state == unwinding, encoded once
         self.poll_load = encode_seq((0x41, 0), (0xFE12, memarg(0, POLL, self.poll_mem)))
         self.is_unwinding = encode_seq((0x23, self.globals_base), (0x41, STATE_UNWINDING), (0x46,))
+        #: ``- $state``: a shared call arm's site (:meth:`_FunctionRewriter.unwind_branch`)
+        self.minus_state = encode_seq((0x23, self.globals_base), (0x6B,))
         self._block_types: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}  # type indices
         self.count_steps = True
         self.unroll = 1  # copies of a small call-free loop's body per poll (fast variant: UNROLL)
@@ -2023,25 +2019,23 @@ def _saver_function(p: _Pass, t: str, k: int) -> Function:
 
 def _record_header_function(p: _Pass) -> Function:
     """``(site, func, size)``, called by an unwinding frame after its record's slots are stored:
-    the header (``site - $state``: the arm's number less the ``$state`` it ran with,
-    :meth:`_FunctionRewriter.unwind_branch`; and the function) at the write pointer, ``$state``
-    = unwinding (its caller sees it when the call returns, and unwinds too; in the fast variant
-    the poll byte is set as well, since post-call checks test it first), the write pointer
-    advanced by ``size``, and ``$ctl`` grown so that a record of the largest size still fits
-    after this one (the slot stores do not check; the control memory's initial size fits the
-    first record)."""
+    ``$state`` = unwinding (its caller sees it when the call returns, and unwinds too; in the
+    fast variant the poll byte is set as well, since post-call checks test it first), the
+    header (site, function) at the write pointer, the write pointer advanced by ``size``, and
+    ``$ctl`` grown so that a record of the largest size still fits after this one (the slot
+    stores do not check; the control memory's initial size fits the first record)."""
     site, func, size, a = 0, 1, 2, 3
     g = p.globals_base
 
     def i(op: int, imm: object = None) -> Instr:
         return Instr(op, imm)
 
-    body = [i(0x41, 0), i(0x28, memarg(2, WRITE_PTR, p.ctl)), i(0x22, a),
-            i(0x20, site), i(0x23, g), i(0x6B), i(0x36, memarg(2, 0, p.ctl)),
-            i(0x41, STATE_UNWINDING), i(0x24, g)]
+    body = [i(0x41, STATE_UNWINDING), i(0x24, g)]
     if not p.count_steps:
         body += [i(0x41, 0), i(0x41, 1), i(0x3A, memarg(0, POLL, p.poll_mem))]
-    body += [i(0x20, a), i(0x20, func), i(0x36, memarg(2, 4, p.ctl)),
+    body += [i(0x41, 0), i(0x28, memarg(2, WRITE_PTR, p.ctl)), i(0x22, a),
+             i(0x20, site), i(0x36, memarg(2, 0, p.ctl)),
+             i(0x20, a), i(0x20, func), i(0x36, memarg(2, 4, p.ctl)),
              i(0x41, 0), i(0x20, a), i(0x20, size), i(0x6A), i(0x22, a), i(0x36, memarg(2, WRITE_PTR, p.ctl)),
              i(0x20, a), i(0x23, g + MAX_RECORD_GLOBAL), i(0x6A), i(0x3F, p.ctl), i(0x41, 16), i(0x74),
              i(0x4B),  # i32.gt_u
