@@ -105,3 +105,47 @@ def test_records_of_a_shared_arm_at_both_sites_are_the_interpreters_state() -> N
     assert len(same) == 1
     for engine in ENGINES:
         assert finish(engine, module, snap) == (code, expected), engine
+
+
+def test_the_declared_locals_are_runs_of_one_type() -> None:
+    """The run module declares its locals (the original ones, then the pass's) a run of one type
+    at a time: one declaration per local the pass added took 14 KB of QuickJS's run module."""
+    run = decode_module(instrument(wat_module(WAT), count_steps=False).data, features=INSTRUMENTED)
+    for f in run.funcs:
+        assert all(a[1] != b[1] for a, b in zip(f.locals, f.locals[1:], strict=False)), f.locals
+    assert any(count > 1 for count, _ in run.funcs[0].locals)
+
+
+#: WAT with 140 functions of 60 import calls each before $rec: $rec's sites have ids past 8,192
+FAR_WAT = WAT.replace("  (func $rec", "".join(
+    f"  (func $fill{k}{' (drop (call $mark))' * 60})\n" for k in range(140)) + "  (func $rec", 1)
+
+
+def test_code_and_records_name_a_site_from_its_functions_first() -> None:
+    """Sites are numbered within their function (id less the function's first site's, plus
+    SITE_BIAS): each ``$site`` constant of $rec takes two LEB128 bytes although its ids are past
+    8,192 (three bytes). A stop there (the recursion's shared arm at both its sites) is the
+    interpreter's state, and it finishes on every engine as the uninterrupted run: the host
+    reads and writes those numbers with the record's function."""
+    module = wat_module(FAR_WAT)
+    ins = instrument(module, count_steps=False)
+    rec = module.ir.num_imported_funcs() + 140
+    assert ins.sitemap.first_site(rec) > 8192
+    run = decode_module(ins.data, features=INSTRUMENTED)
+    body = run.funcs[rec - run.num_imported_funcs()].body
+    site_local = ins.sitemap.functions[rec].num_locals
+    consts = [(a, b) for a, b in zip(body, body[1:], strict=False)
+              if a.op == 0x41 and (b.op, b.imm) == (0x21, site_local)]
+    assert len(consts) >= 2 and all(b.offset - a.offset == 3 for a, b in consts), "i32.const and 2 LEB128 bytes"
+    code, expected, _ = reference(module, ["call-arms-far"])
+
+    def request(runner: object) -> None:
+        runner.request()  # type: ignore[attr-defined]
+
+    snap, printed = _stop_on_mark(module, request, "no stop")
+    assert snap.point == "after_call" and {f.func for f in snap.frames[1:]} == {rec}
+    same = [s for s in after_call_states(module, ["call-arms-far"], 1, 100_000)
+            if s.stdout == printed and _same_state(s.snapshot, snap)]
+    assert len(same) == 1
+    for engine in ENGINES:
+        assert finish(engine, module, snap) == (code, expected), engine

@@ -155,7 +155,9 @@ def test_the_site_index_holds_the_site_map(cache: Path) -> None:
         assert dict(index.functions) == sitemap.functions
         for func in sitemap.functions:
             assert index.sites_of(func) == [s for s in sitemap.sites if s.func == func]
+            assert index.first_site(func) == sitemap.first_site(func) == index.sites_of(func)[0].id
         assert index.sites_of(1 << 30) == [] and index.functions.get(1 << 30) is None
+        assert index.first_site(1 << 30) is None and sitemap.first_site(1 << 30) is None
         for cut in (0, 50, len(raw) // 2):
             with pytest.raises(ValueError):
                 index = site_index.SiteIndex(raw[:cut])

@@ -67,6 +67,18 @@ class SiteMap:
     functions: dict[int, FunctionLayout] = field(default_factory=dict)
     #: the deterministic variant: ``$steps`` counts stable points (the canonical step count)
     counts_steps: bool = True
+    _firsts: dict[int, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def first_site(self, func: int) -> int | None:
+        """The id of function ``func``'s first site (None if it has none): a frame record names
+        its site by the id less this (docs/instrument.md, "Compact records"). A function's sites
+        are a range of ids: the pass makes them while it rewrites the function, one function at
+        a time."""
+        if self._firsts is None:  # worked out once, on the first record read or written
+            self._firsts = {}
+            for site in reversed(self.sites):
+                self._firsts[site.func] = site.id
+        return self._firsts.get(func)
 
     def to_bytes(self) -> bytes:
         data = {"ctl_memory": self.ctl_memory, "globals_base": self.globals_base, "counts_steps": self.counts_steps,

@@ -78,6 +78,7 @@ from wasmig.instrument.linking import (
     RUN_MODULE_NAME,
     SAVE_COUNTS,
     SAVE_TYPES,
+    SITE_BIAS,
 )
 from wasmig.instrument.liveness import LiveAt
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
@@ -148,14 +149,18 @@ _UNWIND_LABEL = 1  # index of $unwind in the label stack ($done, $unwind, the fu
 _COPY_UNWIND_LABEL = 3  # in the rewind copy: $done, $unwind, the copy's function label, $copy_unwind
 
 
-#: ``i32.const n`` for the small n (two bytes of signed LEB128 hold n < 2**13)
+#: ``i32.const n`` for the small n (two bytes of signed LEB128 hold n < 2**13), and for -2**13
+#: <= n < 0 (a function's site numbers, SITE_BIAS + k) at ``n + 2**13``
 _SMALL_I32_CONST = [b"\x41" + encode_s(n) for n in range(1 << 13)]
+_NEGATIVE_I32_CONST = [b"\x41" + encode_s(n) for n in range(-(1 << 13), 0)]
 
 
 def _i32_const(n: int) -> bytes:
-    """``i32.const n`` for 0 <= n < 2**31, encoded without the memo: site ids are each used once
-    or twice, and 240,000 of them (CPython) would only fill it. Three signed LEB128 bytes hold
-    n < 2**20, built directly (600,000 calls on CPython)."""
+    """``i32.const n`` for -2**31 <= n < 2**31, encoded without the memo: site ids are each used
+    once or twice, and 240,000 of them (CPython) would only fill it. Three signed LEB128 bytes
+    hold 0 <= n < 2**20, built directly (600,000 calls on CPython)."""
+    if n < 0:
+        return _NEGATIVE_I32_CONST[n + (1 << 13)] if n >= -(1 << 13) else b"\x41" + encode_s(n)
     if n < 1 << 13:
         return _SMALL_I32_CONST[n]
     if n < 1 << 20:
@@ -274,6 +279,9 @@ class _FunctionRewriter:
         #: body (branches are renumbered through it), False for one the pass added
         self.labels: list[bool] = []
         self.site_at: dict[tuple[int, str], int] = {}  # (instruction index, kind) -> site id
+        #: the id of this function's first site: its sites are ids site_base.. (made while it is
+        #: rewritten), and its code and records name a site by its id less this (:meth:`rel`)
+        self.site_base = len(pass_.sites)
         self.unwind_label = _UNWIND_LABEL  # index in self.labels of the block unwind branches leave
         #: the normal body's cold arms save their values compactly (:meth:`_save_compact`); the
         #: rewind copy's (in the rewind module, compiled only to rewind) store each in its slot
@@ -441,6 +449,14 @@ class _FunctionRewriter:
         self.site_at[key] = site_id
         return site_id
 
+    def rel(self, site_id: int) -> int:
+        """How this function's code and frame records name site ``site_id``: its id less the
+        function's first site's, plus :data:`~wasmig.instrument.linking.SITE_BIAS` (the host
+        reads it back with the record's function, :func:`wasmig.engines.wasmtime.records`).
+        Two LEB128 bytes for a function's first 8,128 sites, where an id of a big module took
+        three."""
+        return site_id - self.site_base + SITE_BIAS
+
     def _spills_of(self, depth: int, types: list[str]) -> list[int]:
         """The spill locals of values of ``types`` from canonical depth ``depth`` up (allocated
         the first time, in this order): a list per shape, shared by the sites of that shape
@@ -478,7 +494,7 @@ class _FunctionRewriter:
         call site when the callee unwound (``$state`` 1), the ``after_call`` site on a request
         with the call done (``$state`` 0; a normal body never runs while rewinding)."""
         out = self.out
-        head, n = _i32_const(site_id), 1  # emitted with what follows it: one add_encoded
+        head, n = _i32_const(self.rel(site_id)), 1  # emitted with what follows it: one add_encoded
         if call_site is not None:
             head, n = head + self.p.minus_state, 3
         if self.unwind_label == _COPY_UNWIND_LABEL:  # the rewind copy has one shared (cold) writer
@@ -776,8 +792,11 @@ class _FunctionRewriter:
         self.emit(0x0C, 1)  # to $unwind (the record's header)
         copy_body = self._framed(self.out, results, lambda: self.emit(0x0C, 1))  # the results to $done
 
-        added = [(1, t) for t in self.local_types[self.num_locals:]]
-        new = _Rewritten(self.type_idx(), encode_code_entry_raw(list(self.func.locals) + added, body.body()),
+        # the declared locals (the original ones, then the pass's) as runs of one type: a
+        # declaration a local took 14 KB of QuickJS's run module (its spill locals are mostly
+        # i32s, allocated one after another); Cranelift makes byte for byte the same machine code
+        params = len(self.ftype.params)
+        new = _Rewritten(self.type_idx(), encode_code_entry_raw(_grouped(self.local_types[params:]), body.body()),
                          body.origin_entry())
         # the copy has no parameters (it reloads every local): the function's are its first locals
         rewind_copy = _Rewritten(p.func_type_index([], results),
@@ -1210,7 +1229,7 @@ class _FunctionRewriter:
         self.unwind_label = _COPY_UNWIND_LABEL
         body = self.func.body
         stack_before, unreachable = self.stack_before, self.unreachable
-        sites = sorted((i, sid) for (i, _kind), sid in self.site_at.items() if i >= 0)
+        sites = sorted((i, self.rel(sid)) for (i, _kind), sid in self.site_at.items() if i >= 0)
         positions = [i for i, _ in sites]
 
         def site_range(start: int, end: int) -> tuple[int, int] | None:
@@ -1336,7 +1355,7 @@ class _FunctionRewriter:
         walked = self._start_code()  # the prologue last: it reloads every local the walk may have added
         self._rewind_prologue()
         self.emit(0x20, self.site_local)
-        self.emit(0x41, self.site_at[(-1, "entry")])
+        self.emit(0x41, self.rel(self.site_at[(-1, "entry")]))
         self.emit(0x46)
         self.open(0x04, None, False)
         self._finish_rewind()
@@ -1465,7 +1484,7 @@ class _FunctionRewriter:
             self.open(0x04, self.p.block_type(params, params), False)
             self.open(0x02, self.p.block_type(params, params), True)  # the loop's label
             self.emit(0x20, self.site_local)
-            self.out.add_encoded(_i32_const(site), 1)
+            self.out.add_encoded(_i32_const(self.rel(site)), 1)
             self.emit(0x46)
             self.open(0x04, self.p.block_type(params, params), False)
             self.drop(len(params))
@@ -1489,7 +1508,7 @@ class _FunctionRewriter:
 
     def _site_is(self, site: int) -> None:
         """Push whether $site is ``site``."""
-        self.out.add_encoded(self.get_site + _i32_const(site) + _I32_EQ, 3)
+        self.out.add_encoded(self.get_site + _i32_const(self.rel(site)) + _I32_EQ, 3)
 
     def _rewind_call(self, i: int, ins: Instr, base: int) -> None:
         """A call site in the copy: skipped (zeros for its results) when skipping past it; when it

@@ -2,12 +2,14 @@
 canonical frames (engine-independent: works on the raw bytes of ``$ctl``).
 
 A record is ``u32 site, u32 func, then 8 bytes per local`` of the instrumented function, in the
-layout the site map gives; records are appended innermost frame first. Only the slots the site
-needs are written (its live original locals, its stack and argument spill locals); the others
-hold garbage and are not read: a dead local is zero in the canonical frame. A record a normal
-body wrote (``func`` has :data:`~wasmig.instrument.linking.COMPACT_RECORD` set) holds those values
-at their *compact* positions instead if its site is a call (:func:`~wasmig.instrument.sites.compact_slots`:
-the i-th in slot i); a loop's or an entry's, a rewind copy's, and every record the host writes,
+layout the site map gives (the site as its id less the id of the function's first site: a
+function's code names its sites so, in one or two LEB128 bytes); records are appended innermost
+frame first. Only the slots the site needs are written (its live original locals, its stack and
+argument spill locals); the others hold garbage and are not read: a dead local is zero in the
+canonical frame. A record a normal body wrote (``func`` has
+:data:`~wasmig.instrument.linking.COMPACT_RECORD` set) holds those values at their *compact*
+positions instead if its site is a call (:func:`~wasmig.instrument.sites.compact_slots`: the
+i-th in slot i); a loop's or an entry's, a rewind copy's, and every record the host writes,
 hold local j in slot j.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from wasmig.instrument.linking import COMPACT_ALL, COMPACT_RECORD
+from wasmig.instrument.linking import COMPACT_ALL, COMPACT_RECORD, SITE_BIAS
 from wasmig.instrument.liveness import dead_value
 from wasmig.instrument.sites import Site, SiteMap, compact_slots
 from wasmig.instrument.unwind import RECORDS_BASE, WRITE_PTR
@@ -56,7 +58,7 @@ def frames_from_records(ctl: bytes, sitemap: SiteMap) -> tuple[list[FrameState],
     pos = RECORDS_BASE
     sites = sitemap.sites
     while pos < end:
-        site_id, func = struct.unpack_from("<II", ctl, pos)
+        site_id, func = _record_site(ctl, pos, sitemap)
         # a normal body's record: compact at a call site, or at any site of a big function
         compact = bool(func & COMPACT_RECORD)
         compact_all = bool(func & COMPACT_ALL)
@@ -84,10 +86,20 @@ def frames_from_records(ctl: bytes, sitemap: SiteMap) -> tuple[list[FrameState],
     innermost = kinds[0]
     if any(kind not in ("call", "import_call") for kind in kinds[1:]):
         raise SnapshotError("an outer frame record is not at a call site")
-    if innermost == "call" and not sites[struct.unpack_from("<I", ctl, RECORDS_BASE)[0]].args:
+    if innermost == "call" and not sites[_record_site(ctl, RECORDS_BASE, sitemap)[0]].args:
         raise SnapshotError("the innermost frame record is at a call to a wasm function that wrote no record")
     frames.reverse()
     return frames, "import_call" if innermost == "call" else innermost
+
+
+def _record_site(ctl: bytes, pos: int, sitemap: SiteMap) -> tuple[int, int]:
+    """(site id, function field with its flags) of the record at ``pos``: the record names its
+    site relative to its function's first, plus :data:`~wasmig.instrument.linking.SITE_BIAS`
+    (docs/instrument.md, "Compact records"). An id that fits no function is out of range (the
+    caller refuses it)."""
+    rel, func = struct.unpack_from("<iI", ctl, pos)
+    first = sitemap.first_site(func & ~(COMPACT_RECORD | COMPACT_ALL))
+    return (rel - SITE_BIAS + first if first is not None else len(sitemap.sites)), func
 
 
 def records_from_frames(frames: list[FrameState], point: str, sitemap: SiteMap,
@@ -132,7 +144,8 @@ def records_from_frames(frames: list[FrameState], point: str, sitemap: SiteMap,
             if indirect_slot is None:
                 raise SnapshotError("internal error: no table lookup for an indirect call")
             values[site.arg_spills[-1]] = indirect_slot(frame.func, frame.pc, frames[depth + 1].func)
-        out += struct.pack("<II", site.id, frame.func)
+        first = sitemap.first_site(frame.func) or 0  # the frame's function has a site (found above)
+        out += struct.pack("<iI", site.id - first + SITE_BIAS, frame.func)
         out += struct.pack(f"<{len(values)}Q", *values)
     return bytes(out)
 

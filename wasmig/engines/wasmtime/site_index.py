@@ -8,7 +8,8 @@ So the host keeps, beside each cached instrumented module, its *site index*
 (``instrumented-KEY.sites``): the same map as fixed-layout records with offset tables, read in
 one piece and decoded a site or a function at a time when a capture or a rewind asks.
 A :class:`SiteIndex` is a drop-in for :class:`~wasmig.instrument.sites.SiteMap` where the snapshot
-code reads one (``sites[i]``, ``functions[f]``, ``sites_of(f)``, the three header fields).
+code reads one (``sites[i]``, ``functions[f]``, ``sites_of(f)``, ``first_site(f)``, the three header
+fields).
 
 It also records the :func:`~wasmig.hashing.fast_digest` and size of the instrumented (run) module it
 describes and of its rewind module (zeros when the run module holds its rewind copies itself),
@@ -178,6 +179,11 @@ class SiteIndex:
             raise ValueError(f"site index: function {func} is malformed") from None
         found = self._layout_cache[func] = (FunctionLayout(func, num_locals, types, record_size), ids)
         return found
+
+    def first_site(self, func: int) -> int | None:
+        """The id of function ``func``'s first site (:meth:`SiteMap.first_site`), None if none."""
+        found = self._function(func)
+        return found[1][0] if found is not None and found[1] else None
 
     def sites_of(self, func: int) -> list[Site]:
         """The sites of function ``func`` (none for a function the map does not know)."""
