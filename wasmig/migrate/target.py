@@ -319,7 +319,7 @@ class Target:
         # control socket and the log line come before the answer: the source's `wasmig migrate`
         # returns on it, and whoever acts next (`wasmig migrate PID` on to another daemon, the
         # demo reading the pid from this log) found neither there yet on a loaded machine
-        self._before_start(program)
+        self._before_answer(program)
         log(f"migration {self.id} committed: running as pid {os.getpid()}")
         try:
             if os.environ.get(FAULT_ENV) != "started":  # that fault loses the answer, then dies
@@ -330,6 +330,7 @@ class Target:
         ch.close()
         _mark(self.state_dir, self.id, "started")
         _fault("started")
+        self._before_start(program)
         program.started.set()
         try:
             program.wasi.gate.open()  # re-attaches its gateway connections, then lets its host calls go
@@ -338,8 +339,14 @@ class Target:
         self.opened_at = time.perf_counter()
 
     def _before_start(self, program: HeldProgram) -> None:
+        """Committed and the source told (it may wait for nothing of this): what must hold
+        before the gate opens. Nothing here; a fleet's runner takes the job's fence
+        (:class:`wasmig.ray.live.LiveTarget`), which the source releases once it has the answer."""
+
+    def _before_answer(self, program: HeldProgram) -> None:
         """Committed, the source not yet told: what this daemon's program needs to move on (its
-        control socket, for ``wasmig migrate PID``)."""
+        control socket, for ``wasmig migrate PID``) -- before the answer, on which the source's
+        ``wasmig migrate`` returns and whoever acts next may look for it."""
         try:
             program.control = _serve_control(program.session)
         except OSError as e:  # the program runs all the same, only it cannot move on

@@ -109,6 +109,9 @@ class FleetTarget(Target):
         self.runner.arrived(program.session, {"gate_s": self.opened_at - self.committed_at,
                                               "fence_wait_s": self.fence_wait_s})
 
+    def _before_answer(self, program: HeldProgram) -> None:
+        """No control socket: a fleet's job moves through its controller (docs/fleet.md)."""
+
     def _before_start(self, program: HeldProgram) -> None:
         """The commit is recorded and the source told: wait until the source's run released the
         job (its last writes are on disk), then this runner holds it and the gate may open."""
