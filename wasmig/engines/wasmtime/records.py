@@ -54,7 +54,7 @@ def frames_from_records(ctl: bytes, sitemap: SiteMap) -> tuple[list[FrameState],
     if not RECORDS_BASE <= end <= len(ctl):
         raise SnapshotError("control memory holds no valid frame records")
     frames: list[FrameState] = []
-    kinds: list[str] = []
+    at_sites: list[Site] = []  # each record's site, innermost first
     pos = RECORDS_BASE
     sites = sitemap.sites
     while pos < end:
@@ -63,7 +63,7 @@ def frames_from_records(ctl: bytes, sitemap: SiteMap) -> tuple[list[FrameState],
         compact = bool(func & COMPACT_RECORD)
         compact_all = bool(func & COMPACT_ALL)
         func &= ~(COMPACT_RECORD | COMPACT_ALL)
-        if site_id >= len(sites) or sites[site_id].func != func or func not in sitemap.functions:
+        if not 0 <= site_id < len(sites) or sites[site_id].func != func or func not in sitemap.functions:
             raise SnapshotError(f"corrupt frame record at {pos:#x} (site {site_id}, function {func})")
         site = sites[site_id]
         layout = sitemap.functions[func]
@@ -79,14 +79,14 @@ def frames_from_records(ctl: bytes, sitemap: SiteMap) -> tuple[list[FrameState],
         if not frames and site.args:  # innermost at a call site: a host call was interrupted
             stack += [_value(t, ctl, at[local]) for t, local in zip(site.args, site.arg_spills, strict=True)]
         frames.append(FrameState(func, site.pc, locals_, stack))
-        kinds.append(site.kind)
+        at_sites.append(site)
         pos += layout.record_size
     if pos != end or not frames:
         raise SnapshotError("frame records do not end where the control memory says")
-    innermost = kinds[0]
-    if any(kind not in ("call", "import_call") for kind in kinds[1:]):
+    innermost = at_sites[0].kind
+    if any(site.kind not in ("call", "import_call") for site in at_sites[1:]):
         raise SnapshotError("an outer frame record is not at a call site")
-    if innermost == "call" and not sites[_record_site(ctl, RECORDS_BASE, sitemap)[0]].args:
+    if innermost == "call" and not at_sites[0].args:
         raise SnapshotError("the innermost frame record is at a call to a wasm function that wrote no record")
     frames.reverse()
     return frames, "import_call" if innermost == "call" else innermost
