@@ -113,7 +113,7 @@ def widen_plan(ir: IRModule) -> dict[int, tuple[int, ...]]:
 def shadowed(body: Sequence[Instr], wide: Sequence[int]) -> list[int]:
     """The parameters of ``wide`` that get a shadow local (:data:`SHADOW_BODY`,
     :data:`SHADOW_WRITES`), ascending."""
-    if len(body) < SHADOW_BODY:
+    if not wide or len(body) < SHADOW_BODY:  # every unwidened function: no scan of its body
         return []
     writes = dict.fromkeys(wide, 0)
     for ins in body:
