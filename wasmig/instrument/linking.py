@@ -34,3 +34,15 @@ COMPACT_ALL = 1 << 30
 #: ones of the hot code, and a site's small constant so kept QuickJS's JS_CallInternal running 7%
 #: more instructions
 SITE_BIAS = -8192
+
+
+def site_number(site_id: int, first: int) -> int:
+    """How code and frame records name site ``site_id`` of a function whose first site is
+    ``first`` (:data:`SITE_BIAS`): the pass writes it, the host writes it into a rewind's records."""
+    return site_id - first + SITE_BIAS
+
+
+def site_id_of(number: int, first: int) -> int:
+    """The site id a record's ``number`` names in a function whose first site is ``first``: the
+    inverse of :func:`site_number`."""
+    return number - SITE_BIAS + first

@@ -78,7 +78,7 @@ from wasmig.instrument.linking import (
     RUN_MODULE_NAME,
     SAVE_COUNTS,
     SAVE_TYPES,
-    SITE_BIAS,
+    site_number,
 )
 from wasmig.instrument.liveness import LiveAt
 from wasmig.instrument.origins import SECTION_NAME as ORIGINS_SECTION
@@ -455,7 +455,7 @@ class _FunctionRewriter:
         reads it back with the record's function, :func:`wasmig.engines.wasmtime.records`).
         Two LEB128 bytes for a function's first 8,128 sites, where an id of a big module took
         three."""
-        return site_id - self.site_base + SITE_BIAS
+        return site_number(site_id, self.site_base)
 
     def _spills_of(self, depth: int, types: list[str]) -> list[int]:
         """The spill locals of values of ``types`` from canonical depth ``depth`` up (allocated

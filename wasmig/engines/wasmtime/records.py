@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from wasmig.instrument.linking import COMPACT_ALL, COMPACT_RECORD, SITE_BIAS
+from wasmig.instrument.linking import COMPACT_ALL, COMPACT_RECORD, site_id_of, site_number
 from wasmig.instrument.liveness import dead_value
 from wasmig.instrument.sites import Site, SiteMap, compact_slots
 from wasmig.instrument.unwind import RECORDS_BASE, WRITE_PTR
@@ -99,7 +99,7 @@ def _record_site(ctl: bytes, pos: int, sitemap: SiteMap) -> tuple[int, int]:
     caller refuses it)."""
     rel, func = struct.unpack_from("<iI", ctl, pos)
     first = sitemap.first_site(func & ~(COMPACT_RECORD | COMPACT_ALL))
-    return (rel - SITE_BIAS + first if first is not None else len(sitemap.sites)), func
+    return (site_id_of(rel, first) if first is not None else len(sitemap.sites)), func
 
 
 def records_from_frames(frames: list[FrameState], point: str, sitemap: SiteMap,
@@ -145,7 +145,7 @@ def records_from_frames(frames: list[FrameState], point: str, sitemap: SiteMap,
                 raise SnapshotError("internal error: no table lookup for an indirect call")
             values[site.arg_spills[-1]] = indirect_slot(frame.func, frame.pc, frames[depth + 1].func)
         first = sitemap.first_site(frame.func) or 0  # the frame's function has a site (found above)
-        out += struct.pack("<iI", site.id - first + SITE_BIAS, frame.func)
+        out += struct.pack("<iI", site_number(site.id, first), frame.func)
         out += struct.pack(f"<{len(values)}Q", *values)
     return bytes(out)
 
