@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgpack
 import pytest
@@ -22,6 +23,10 @@ import pytest
 from tests.migration_keys import Keys
 from tests.test_migrate import Daemon, assert_ran_exactly_once, daemon, lines_of, migrate, source, wait_for, wasmig
 from tests.threaded_programs import compile_threaded
+
+if TYPE_CHECKING:
+    from wasmig.interp.threads import ThreadScheduler
+    from wasmig.session.loop import Session, StopHandoff
 
 #: rounds, ms the main thread sleeps before each (the workers wait on a condition variable
 #: meanwhile), KiB of the shared buffer the workers rewrite
@@ -251,6 +256,21 @@ def test_a_daemon_gone_after_the_commit_leaves_every_thread_stopped_and_saved(
         assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
 
 
+def _asked_to_stop_in_the_sleep(scheduler: ThreadScheduler, session: Session, handoff: StopHandoff) -> bool:
+    """Whether the main thread is in a blocking host call (its sleep between rounds) and the eight
+    workers wait (on the condition variable): if so, the stop is asked at once, the scheduler's
+    lock held, so no thread moves on before the pause (a fixed 0.1 s pause into a 300 ms sleep
+    missed it when the test thread stalled 0.2 s: the stop found the workers computing)."""
+    with scheduler.cond:
+        main, workers = scheduler.main, [t for t in scheduler.threads if t is not scheduler.main]
+        if main is None or main.state != "host" or len(workers) != 8 or \
+                any(t.state != "waiting" for t in workers):
+            return False
+        handoff.want_stop = True  # as StopHandoff.stop does, before the request the run loop answers
+        session.request()  # flags only (the scheduler's request)
+        return True
+
+
 @pytest.mark.parametrize("target_engine", ["interp", "wasmtime"])
 def test_the_landed_program_is_the_stopped_one_wait_queues_in_order(target_engine: str) -> None:
     """In process: the eight-thread program stopped for a migration (the session's StopHandoff),
@@ -261,7 +281,6 @@ def test_the_landed_program_is_the_stopped_one_wait_queues_in_order(target_engin
     pages written in place)."""
     import io
     import threading
-    import time
 
     from tests.threaded_programs import threaded_module
     from wasmig import engines
@@ -280,7 +299,8 @@ def test_the_landed_program_is_the_stopped_one_wait_queues_in_order(target_engin
     session.handoff = handoff = StopHandoff()
     threading.Thread(target=lambda: session.run(resume=False), daemon=True).start()
     wait_for(lambda: b"round 1 " in out.getvalue(), "the program did not start")
-    time.sleep(0.1)  # into the main thread's sleep: the workers wait on their condition variable
+    wait_for(lambda: _asked_to_stop_in_the_sleep(program.scheduler, session, handoff),
+             "the main thread never slept with its eight workers waiting")
     stopped = handoff.stop(session.request)
     try:
         memories = session.guest_memories()
