@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.migration_gate import Gate
 from tests.migration_keys import Keys, trust_all
 from tests.tcp_clients import Client
 from wasmig.migrate.target import FAULT_ENV, FAULT_STEPS
@@ -53,33 +54,15 @@ def reference_on(engine: str, program: Path, args: list[str]) -> list[str]:
     return out.splitlines()
 
 
-@dataclass
-class Gate:
-    """A directory the source, the daemons and a restore map at /g: the program run with ARGS goes
-    on, round after round, until the test opens the gate, once its migration is over. A fixed run
-    (80 rounds, 3.2 s) had to outlast the migration: at load 3-4 it moved at round 18-19, and a
-    stall of the test's process beyond the run's end failed the test."""
-
-    dir: Path
-
-    @property
-    def mapped(self) -> list[str]:
-        return ["--dir", f"{self.dir}::/g"]
-
-    def open(self) -> None:
-        (self.dir / "open").touch()
-
-
-@pytest.fixture
-def gate(tmp_path: Path) -> Gate:
-    (tmp_path / "gate").mkdir()
-    return Gate(tmp_path / "gate")
+def rounds_in(*outputs: Path) -> int:
+    """How many rounds a gated run made, in all the processes that ran it ("round N ..." lines)."""
+    return 1 + max(int(line.split()[1]) for line in lines_of(*outputs) if line.startswith("round"))
 
 
 def reference_for(program: Path, *outputs: Path) -> list[str]:
-    """The uninterrupted run of as many rounds as the gated run made, in all the processes that
-    ran it: the same lines, its last one the checksum of the whole heap after that many rounds."""
-    rounds = 1 + max(int(line.split()[1]) for line in lines_of(*outputs) if line.startswith("round"))
+    """The uninterrupted run of as many rounds as the gated run made: the same lines, its last one
+    the checksum of the whole heap after that many rounds."""
+    rounds = rounds_in(*outputs)
     assert rounds >= int(ARGS[0]), f"only {rounds} rounds"
     return reference_of(program, [str(rounds), ARGS[1]])
 

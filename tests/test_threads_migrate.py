@@ -12,7 +12,7 @@ import re
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,8 +20,19 @@ from typing import TYPE_CHECKING
 import msgpack
 import pytest
 
+from tests.migration_gate import Gate
 from tests.migration_keys import Keys
-from tests.test_migrate import Daemon, assert_ran_exactly_once, daemon, lines_of, migrate, source, wait_for, wasmig
+from tests.test_migrate import (
+    Daemon,
+    assert_ran_exactly_once,
+    daemon,
+    lines_of,
+    migrate,
+    rounds_in,
+    source,
+    wait_for,
+    wasmig,
+)
 from tests.threaded_programs import compile_threaded
 
 if TYPE_CHECKING:
@@ -111,19 +122,23 @@ def test_a_threaded_program_moves_while_its_workers_wait_on_a_condition_variable
     with daemon(tmp_path, "target", target_engine, keys) as d, \
             threaded_source(tmp_path, program, args, started="round 1 ",
                             options=["--engine", source_engine]) as (proc, out):
-        _moves_and_finishes_there(proc, out, d, reference)
+        _moves_and_finishes_there(proc, out, d, lambda: reference)
     threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call", d.log())
     assert threads and threads.groups() == ("9", "8", "1"), d.log()
 
 
-def _moves_and_finishes_there(proc: subprocess.Popen[bytes], out: Path, d: Daemon, reference: list[str]) -> None:
-    """Migrate the running source to daemon ``d``: the source exits 0 and the program ends there,
-    its output the uninterrupted run's exactly once, some of it printed at the target."""
+def _moves_and_finishes_there(proc: subprocess.Popen[bytes], out: Path, d: Daemon,
+                              reference: Callable[[], list[str]], gate: Gate | None = None) -> None:
+    """Migrate the running source to daemon ``d`` (then open ``gate``, if the program has one): the
+    source exits 0 and the program ends there, its output the uninterrupted run's exactly once
+    (``reference()``, asked once the program ended), some of it printed at the target."""
     done = migrate(proc.pid, d)
     assert done.returncode == 0, done.stderr
     assert proc.wait(30) == 0
+    if gate is not None:
+        gate.open()
     wait_for(lambda: "program exited with code 0" in d.log(), f"not finished: {d.log()}")
-    assert_ran_exactly_once(reference, out, d.out)
+    assert_ran_exactly_once(reference(), out, d.out)
     assert lines_of(d.out), "it moved only after the end"
 
 
@@ -200,15 +215,17 @@ def test_killing_the_target_mid_migration_leaves_the_threads_running_at_the_sour
 
 
 @pytest.mark.parametrize("target_engine", ["interp", "wasmtime"])
-def test_a_threaded_program_moves_while_its_workers_compute(tmp_path: Path, program: Path, keys: Keys,
+def test_a_threaded_program_moves_while_its_workers_compute(tmp_path: Path, program: Path, gate: Gate, keys: Keys,
                                                             target_engine: str) -> None:
     """No sleeping: the stop finds the workers computing and taking turns (no thread in a host
-    call); pre-copy resends the pages the workers rewrite while it runs."""
-    args = ["40", "0", "1024"]
-    reference = reference_of(program, args)
-    with daemon(tmp_path, "target", target_engine, keys) as d, \
-            threaded_source(tmp_path, program, args, options=["--engine", "interp"]) as (proc, out):
-        _moves_and_finishes_there(proc, out, d, reference)
+    call); pre-copy resends the pages the workers rewrite while it runs. The program goes on
+    until the migration is over (its gate): 40 rounds ended before it, twice of two at load 2."""
+    kib = "1024"
+    with daemon(tmp_path, "target", target_engine, keys, extra=gate.mapped) as d, \
+            threaded_source(tmp_path, program, ["10", "0", kib, "/g/open"],
+                            options=["--engine", "interp", *gate.mapped]) as (proc, out):
+        _moves_and_finishes_there(proc, out, d, lambda: reference_of(program, [str(rounds_in(out, d.out)), "0", kib]),
+                                  gate)
     threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call, (\d+) runnable", d.log())
     assert threads and threads.group(1) == "9" and threads.group(3) == "0" and int(threads.group(4)) >= 1, d.log()
 
