@@ -39,9 +39,10 @@ if TYPE_CHECKING:
     from wasmig.interp.threads import ThreadScheduler
     from wasmig.session.loop import Session, StopHandoff
 
-#: rounds, ms the main thread sleeps before each (the workers wait on a condition variable
-#: meanwhile), KiB of the shared buffer the workers rewrite
-ARGS = ["40", "100", "64"]
+#: rounds (at least), ms the main thread sleeps before each (the workers wait on a condition
+#: variable meanwhile), KiB of the shared buffer the workers rewrite, the gate (it goes on until the
+#: test opens it: tests/migration_gate.py)
+ARGS = ["10", "100", "64", "/g/open"]
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +57,12 @@ def reference_of(program: Path, args: list[str]) -> list[str]:
     return out.splitlines()
 
 
-@pytest.fixture(scope="module")
-def reference(program: Path) -> list[str]:
-    lines = reference_of(program, ARGS)
-    assert len(lines) == int(ARGS[0]) + 1 and lines[-1].startswith("done ")
+def reference_for(program: Path, *outputs: Path) -> list[str]:
+    """The uninterrupted run (ARGS, no gate) of as many rounds as the gated run made in ``outputs``."""
+    rounds = rounds_in(*outputs)
+    assert rounds >= int(ARGS[0]), f"only {rounds} rounds"
+    lines = reference_of(program, [str(rounds), "0", ARGS[2]])
+    assert len(lines) == rounds + 1 and lines[-1].startswith("done ")
     return lines
 
 
@@ -143,14 +146,15 @@ def _moves_and_finishes_there(proc: subprocess.Popen[bytes], out: Path, d: Daemo
 
 
 def _stays_at_the_source(failed: subprocess.CompletedProcess[str], proc: subprocess.Popen[bytes], out: Path,
-                         reference: list[str], why: str) -> None:
-    """The migration failed in one line naming ``why``; the program went on at the source and
-    finished there with the uninterrupted output."""
+                         program: Path, gate: Gate, why: str) -> None:
+    """The migration failed in one line naming ``why``; the program went on at the source and,
+    its gate opened, finished there with the uninterrupted output."""
     assert failed.returncode == 1, failed.stdout
     assert "the program goes on" in failed.stderr and why in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stderr
+    gate.open()
     assert proc.wait(60) == 0
-    assert_ran_exactly_once(reference, out)
+    assert_ran_exactly_once(reference_for(program, out), out)
 
 
 def test_a_daemon_whose_engine_cannot_take_threads_refuses_the_module_in_one_line(
@@ -170,16 +174,16 @@ def test_a_daemon_whose_engine_cannot_take_threads_refuses_the_module_in_one_lin
         target._decoded(program.read_bytes())
 
 
-def test_an_untrusted_source_is_refused_and_the_program_goes_on(tmp_path: Path, program: Path,
-                                                                reference: list[str], keys: Keys) -> None:
-    with daemon(tmp_path, "target", "interp", keys, trust=["--trust-peer", keys.pub("a")]) as d, \
-            threaded_source(tmp_path, program) as (proc, out):
-        _stays_at_the_source(migrate(proc.pid, d), proc, out, reference, "migration failed")
+def test_an_untrusted_source_is_refused_and_the_program_goes_on(tmp_path: Path, program: Path, gate: Gate,
+                                                                keys: Keys) -> None:
+    with daemon(tmp_path, "target", "interp", keys, trust=["--trust-peer", keys.pub("a")], extra=gate.mapped) as d, \
+            threaded_source(tmp_path, program, options=gate.mapped) as (proc, out):
+        _stays_at_the_source(migrate(proc.pid, d), proc, out, program, gate, "migration failed")
         assert "none of the trusted keys" in d.log() and d.out.read_text() == ""
 
 
 def test_a_peer_of_another_protocol_version_is_refused_and_the_program_goes_on(
-        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
+        tmp_path: Path, program: Path, gate: Gate, keys: Keys) -> None:
     """A daemon of an older wasmig (protocol 2) answers ``hello`` with its version: refused at once."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -196,21 +200,21 @@ def test_a_peer_of_another_protocol_version_is_refused_and_the_program_goes_on(
 
         answering = threading.Thread(target=old_daemon, daemon=True)
         answering.start()
-        with threaded_source(tmp_path, program) as (proc, out):
+        with threaded_source(tmp_path, program, options=gate.mapped) as (proc, out):
             failed = subprocess.run(wasmig("migrate", str(proc.pid), "--to", f"127.0.0.1:{port}", "--peer-fingerprint",
                                            keys.fingerprint("target"), "--quiet"),
                                     capture_output=True, text=True, timeout=120)
-            _stays_at_the_source(failed, proc, out, reference, "version")
+            _stays_at_the_source(failed, proc, out, program, gate, "version")
 
 
 @pytest.mark.parametrize("step", ["state", "prepared"])
 def test_killing_the_target_mid_migration_leaves_the_threads_running_at_the_source(
-        tmp_path: Path, program: Path, reference: list[str], keys: Keys, step: str) -> None:
+        tmp_path: Path, program: Path, gate: Gate, keys: Keys, step: str) -> None:
     """After the state went (every thread stopped at the source) and after the target said
     ``prepared``: the source's threads go on from where they stopped, nothing ran on the target."""
-    with daemon(tmp_path, "target", "interp", keys, fault=step) as d, \
-            threaded_source(tmp_path, program) as (proc, out):
-        _stays_at_the_source(migrate(proc.pid, d), proc, out, reference, "")
+    with daemon(tmp_path, "target", "interp", keys, fault=step, extra=gate.mapped) as d, \
+            threaded_source(tmp_path, program, options=gate.mapped) as (proc, out):
+        _stays_at_the_source(migrate(proc.pid, d), proc, out, program, gate, "")
         assert f"killed after {step}" in d.log() and d.out.read_text() == ""
 
 
@@ -252,12 +256,12 @@ def test_the_landing_refuses_pages_beyond_the_shared_memory_before_making_room(e
 
 
 def test_a_daemon_gone_after_the_commit_leaves_every_thread_stopped_and_saved(
-        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
+        tmp_path: Path, program: Path, gate: Gate, keys: Keys) -> None:
     """In doubt (the commit sent, never confirmed, nobody left to ask): the source keeps every
     thread stopped, saves the program (a format-version-2 single file) and exits 75; `wasmig
     restore` of that file finishes it, the output the uninterrupted run's."""
-    with daemon(tmp_path, "target", "interp", keys, fault="daemon") as d, \
-            threaded_source(tmp_path, program) as (proc, out):
+    with daemon(tmp_path, "target", "interp", keys, fault="daemon", extra=gate.mapped) as d, \
+            threaded_source(tmp_path, program, options=gate.mapped) as (proc, out):
         failed = migrate(proc.pid, d)
         assert failed.returncode == 1 and "did not confirm" in failed.stderr, failed.stderr
         assert proc.wait(60) == 75
@@ -265,12 +269,13 @@ def test_a_daemon_gone_after_the_commit_leaves_every_thread_stopped_and_saved(
         saved = re.search(r"its state is in (\S+\.snap)", err)
         assert saved, err
         assert "whole daemon killed" in d.log() and d.out.read_text() == ""
-        restored = subprocess.run(wasmig("restore", "--module", str(program), saved.group(1)), capture_output=True,
-                                  text=True, timeout=120)
+        gate.open()  # the restore finishes the round it stopped in, and ends
+        restored = subprocess.run(wasmig("restore", "--module", str(program), *gate.mapped, saved.group(1)),
+                                  capture_output=True, text=True, timeout=120)
         Path(saved.group(1)).unlink()
         assert restored.returncode == 0, restored.stderr
         (tmp_path / "restored.out").write_text(restored.stdout)
-        assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
+        assert_ran_exactly_once(reference_for(program, out, tmp_path / "restored.out"), out, tmp_path / "restored.out")
 
 
 def _asked_to_stop_in_the_sleep(scheduler: ThreadScheduler, session: Session, handoff: StopHandoff) -> bool:
@@ -348,18 +353,23 @@ def test_the_landed_program_is_the_stopped_one_wait_queues_in_order(target_engin
         handoff.decide(False)
 
 
-def test_run_migrate_to_moves_a_threaded_program_by_itself(tmp_path: Path, program: Path, reference: list[str],
+def test_run_migrate_to_moves_a_threaded_program_by_itself(tmp_path: Path, program: Path, gate: Gate,
                                                           keys: Keys) -> None:
     """``wasmig run --migrate-to`` of a threaded program (on the default engine): it moves after
     the given time, the summary on the source's stderr."""
-    with daemon(tmp_path, "target", "interp", keys) as d:
+    with daemon(tmp_path, "target", "interp", keys, extra=gate.mapped) as d:
         out, err = tmp_path / "source.out", tmp_path / "source.err"
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen(wasmig("run", "--migrate-to", d.address, "--migrate-peer-fingerprint",
-                                           d.fingerprint, "--migrate-after", "1", str(program), *ARGS),
+                                           d.fingerprint, "--migrate-after", "1", *gate.mapped, str(program), *ARGS),
                                     stdout=o, stderr=e)
-        assert proc.wait(120) == 0, err.read_text()
+        try:
+            assert proc.wait(120) == 0, err.read_text()
+        finally:
+            if proc.poll() is None:  # not moved: it would go on until the gate opens
+                proc.kill()
         _summary(err.read_text())
+        gate.open()
         wait_for(lambda: "program exited with code 0" in d.log(), f"the program did not finish: {d.log()}")
-        assert_ran_exactly_once(reference, out, d.out)
+        assert_ran_exactly_once(reference_for(program, out, d.out), out, d.out)
         assert lines_of(out) and lines_of(d.out), "it did not move mid-run"
