@@ -459,35 +459,50 @@ def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, keys: 
     ref_dir, src_dir = tmp_path / "ref", tmp_path / "src"
     for d in (ref_dir, src_dir):
         d.mkdir()
-    args = ["/d", "60", "30"]  # 60 rounds, 30 ms apart
-    reference = subprocess.run(wasmig("run", "--engine", "wasmtime", "--dir", f"{ref_dir}::/d", str(journal),
-                                      *args[:2]), capture_output=True, check=True).stdout.decode().splitlines()
-    def start(engine: str, out: Path) -> subprocess.Popen[bytes]:
+    # 10 rounds at least, 30 ms apart, then on until /d/open exists: the test opens it once the
+    # migration is over (a fixed 60 rounds, 1.8 s, had to outlast it)
+    args = ["/d", "10", "30", "open"]
+
+    def reference(*outputs: Path) -> list[str]:
+        """The uninterrupted run of as many rounds as the gated one made (its files in ref_dir)."""
+        return subprocess.run(wasmig("run", "--engine", "wasmtime", "--dir", f"{ref_dir}::/d", str(journal), "/d",
+                                     str(rounds_in(*outputs))),
+                              capture_output=True, check=True).stdout.decode().splitlines()
+
+    @contextmanager
+    def start(engine: str, out: Path) -> Iterator[subprocess.Popen[bytes]]:
         with open(out, "wb") as o:
             proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", engine, "--dir", f"{src_dir}::/d",
                                            str(journal), *args), stdout=o, stderr=subprocess.DEVNULL)
-        wait_for(lambda: "round 3 " in out.read_text(), "the program did not start")
-        return proc
+        try:
+            wait_for(lambda: "round 3 " in out.read_text(), "the program did not start")
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
 
     with daemon(tmp_path, "plain", "interp", keys) as unmapped:
         out = tmp_path / "first.out"
-        proc = start("wasmtime", out)
-        refused = migrate(proc.pid, unmapped)
-        assert refused.returncode == 1 and "does not map" in refused.stderr and "'/d'" in refused.stderr, \
-            refused.stderr
-        assert proc.wait(60) == 0
+        with start("wasmtime", out) as proc:
+            refused = migrate(proc.pid, unmapped)
+            assert refused.returncode == 1 and "does not map" in refused.stderr and "'/d'" in refused.stderr, \
+                refused.stderr
+            (src_dir / "open").touch()
+            assert proc.wait(60) == 0
         assert "does not map" in unmapped.log()
-        assert_ran_exactly_once(reference, out)
+        assert_ran_exactly_once(reference(out), out)
     for f in src_dir.iterdir():
         f.unlink()
     daemon_dirs = ["--dir", f"{src_dir}::/d"]
     with daemon(tmp_path, "mapped", "wasmtime", keys, extra=daemon_dirs) as mapped:
         out = tmp_path / "second.out"
-        proc = start("interp", out)
-        moved = migrate(proc.pid, mapped)
-        assert moved.returncode == 0, moved.stderr
-        wait_for(lambda: "program exited with code 0" in mapped.log(), f"not finished: {mapped.log()}")
-        assert_ran_exactly_once(reference, out, mapped.out)
+        with start("interp", out) as proc:
+            moved = migrate(proc.pid, mapped)
+            assert moved.returncode == 0, moved.stderr
+            (src_dir / "open").touch()
+            wait_for(lambda: "program exited with code 0" in mapped.log(), f"not finished: {mapped.log()}")
+        assert_ran_exactly_once(reference(out, mapped.out), out, mapped.out)
     for name in ("journal.dat", "log.txt"):  # open, half written, when the program moved
         assert (src_dir / name).read_bytes() == (ref_dir / name).read_bytes(), name
 
