@@ -82,15 +82,15 @@ def _summary(stdout: str) -> re.Match[str]:
     return found
 
 
-def test_an_eight_thread_program_moves_between_two_daemons_and_back(tmp_path: Path, program: Path,
+def test_an_eight_thread_program_moves_between_two_daemons_and_back(tmp_path: Path, program: Path, gate: Gate,
                                                                     keys: Keys) -> None:
     """Three hops (a wasmtime source -> a -> b -> a, interpreter daemons), each while the workers
     wait on their condition variable or compute: every round's log comes out once, in order, as in
     an uninterrupted run; the pages a kept from the first hop are not resent on the third."""
-    args = ["40", "300", "64"]  # 12 s of sleeping in all: time for three hops on a loaded machine
-    reference = reference_of(program, args)
-    with daemon(tmp_path, "a", "interp", keys) as a, daemon(tmp_path, "b", "interp", keys) as b, \
-            threaded_source(tmp_path, program, args) as (proc, out):
+    args = ["10", "300", "64", "/g/open"]  # on until the three hops are done (not 40 rounds, 12 s)
+    with daemon(tmp_path, "a", "interp", keys, extra=gate.mapped) as a, \
+            daemon(tmp_path, "b", "interp", keys, extra=gate.mapped) as b, \
+            threaded_source(tmp_path, program, args, options=gate.mapped) as (proc, out):
         done = migrate(proc.pid, a)
         assert done.returncode == 0, done.stderr
         _summary(done.stdout)
@@ -106,26 +106,29 @@ def test_an_eight_thread_program_moves_between_two_daemons_and_back(tmp_path: Pa
         known = re.search(r"(\d+) pages sent, (\d+) already on the target", hop.stdout)
         assert known and int(known.group(2)) > 0, hop.stdout
         a.pid_of(2)
+        gate.open()
         wait_for(lambda: "program exited with code 0" in a.log(), f"not finished: {a.log()}")
         assert a.log().count("program migrated away") == 1 and b.log().count("program migrated away") == 1
-        assert_ran_exactly_once(reference, out, a.out, b.out)
+        assert_ran_exactly_once(reference_for(program, out, a.out, b.out), out, a.out, b.out)
 
 
 @pytest.mark.parametrize(("source_engine", "target_engine"),
                          [("interp", "interp"), ("wasmtime", "interp"), ("interp", "wasmtime"),
                           ("wasmtime", "wasmtime")])
 def test_a_threaded_program_moves_while_its_workers_wait_on_a_condition_variable(
-        tmp_path: Path, program: Path, keys: Keys, source_engine: str, target_engine: str) -> None:
+        tmp_path: Path, program: Path, gate: Gate, keys: Keys, source_engine: str, target_engine: str) -> None:
     """A long sleep between rounds: the stop finds the main thread in its sleep (a blocking host
     call, re-issued at the target) and all eight workers waiting on the condition variable. The
     state the target kept says so; the program finishes there with the uninterrupted output --
     on a wasmtime daemon too, each thread rewinding its frames and the waiters queued in order."""
-    args = ["6", "1500", "8"]  # rounds of little work: the stop finds them in the sleep, not computing
-    reference = reference_of(program, args)
-    with daemon(tmp_path, "target", target_engine, keys) as d, \
+    # rounds of little work (the stop finds them in the sleep, not computing), on until the move is
+    # over (not 6 rounds, 9 s)
+    args = ["3", "1500", "8", "/g/open"]
+    with daemon(tmp_path, "target", target_engine, keys, extra=gate.mapped) as d, \
             threaded_source(tmp_path, program, args, started="round 1 ",
-                            options=["--engine", source_engine]) as (proc, out):
-        _moves_and_finishes_there(proc, out, d, lambda: reference)
+                            options=["--engine", source_engine, *gate.mapped]) as (proc, out):
+        _moves_and_finishes_there(proc, out, d, lambda: reference_of(program, [str(rounds_in(out, d.out)), "0", "8"]),
+                                  gate)
     threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call", d.log())
     assert threads and threads.groups() == ("9", "8", "1"), d.log()
 
