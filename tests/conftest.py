@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.migration_gate import Gate
 from tests.migration_keys import Keys, make_keys
 
 _key_dir: str | None = None
@@ -66,6 +67,13 @@ def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Keys:
     k = make_keys(tmp_path / "keys")
     monkeypatch.setenv("WASMIG_KEY_DIR", str(k.dir("source")))
     return k
+
+
+@pytest.fixture()
+def gate(tmp_path: Path) -> Gate:
+    """A closed gate in ``tmp_path / "gate"`` (tests/migration_gate.py)."""
+    (tmp_path / "gate").mkdir()
+    return Gate(tmp_path / "gate")
 
 
 @pytest.fixture(autouse=True)

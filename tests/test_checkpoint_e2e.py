@@ -48,6 +48,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
+from tests.proc_waits import wait_blocked
 from tests.test_wasi_programs import FILTER_INPUT, SANDBOX, data_tree, empty_sandbox, escape_tree
 from tests.wasi_harness import REPO, DirSpec, program, snapshot
 from wasmig import toolchain
@@ -537,35 +538,6 @@ def _wait_for_status(pid: int, runtime_dir: Path, timeout: float = 60.0) -> None
         time.sleep(0.05)
 
 
-#: x86-64 and aarch64 numbers of poll/ppoll: where the WASI layer waits (wasmig.wasi.blocking)
-_POLL_SYSCALLS = {"x86_64": {"7", "271"}, "aarch64": {"73"}}
-
-
-def _wait_blocked(pid: int, timeout: float = 60.0) -> None:
-    """Until a thread of ``pid`` waits in ``poll`` (a blocked WASI call: a read, a sleep, an
-    accept; the guest's thread on wasmtime, the main one on the interpreter), read from
-    ``/proc/PID/task/*/syscall``. A fixed pause after the program's last output ("well inside the
-    read by now") let a request that a loaded machine delivered first find the guest still on its
-    way to the call. Where ``/proc`` cannot say, the old pause."""
-    calls = _POLL_SYSCALLS.get(os.uname().machine)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            states = [(task / "syscall").read_text().split()[:1] for task in Path(f"/proc/{pid}/task").iterdir()]
-        except PermissionError:
-            states = None
-        except OSError:  # gone, or a thread ended while we looked
-            states = [] if Path(f"/proc/{pid}").exists() else None
-            assert states is not None, f"process {pid} ended before it blocked in a host call"
-        if calls is None or states is None:
-            time.sleep(0.3)
-            return
-        if any(state and state[0] in calls for state in states):
-            return
-        assert time.monotonic() < deadline, f"process {pid} never blocked in a host call ({states})"
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize(("engine_a", "engine_b"), CROSS_PAIRS)
 def test_checkpoint_while_blocked_reading_stdin(tmp_path: Path, runtime_dir: Path, engine_a: str,
                                                 engine_b: str) -> None:
@@ -579,7 +551,7 @@ def test_checkpoint_while_blocked_reading_stdin(tmp_path: Path, runtime_dir: Pat
     with background(["run", "--engine", engine_a, "--count-steps", "--checkpoint-dir", ck, wasm],
                     runtime_dir) as proc:
         proc.wait_for_output(b"name? ")
-        _wait_blocked(proc.p.pid)  # well inside the read by now
+        wait_blocked(proc.p.pid)  # well inside the read by now
         path = checkpoint_pid(proc.p.pid, runtime_dir)
         assert proc.p.poll() is None, "the checkpointed program did not keep running"
         # the original carries on after its snapshot (--checkpoint-then continue): feed it a line
@@ -591,7 +563,7 @@ def test_checkpoint_while_blocked_reading_stdin(tmp_path: Path, runtime_dir: Pat
     with background(["restore", "--engine", engine_b, "--count-steps", "--checkpoint-dir", ck, ck],
                     runtime_dir) as again:
         _wait_for_status(again.p.pid, runtime_dir)
-        _wait_blocked(again.p.pid)
+        wait_blocked(again.p.pid)
         path2 = checkpoint_pid(again.p.pid, runtime_dir)
         assert path2 != path and again.p.poll() is None
     assert snap.steps is not None
@@ -629,7 +601,7 @@ def test_checkpoint_between_pieces_of_a_line_of_stdin(tmp_path: Path, runtime_di
         proc.p.stdin.write(first)
         proc.p.stdin.flush()
         _wait_until_pipe_drained(proc.p.stdin.fileno())
-        _wait_blocked(proc.p.pid)  # and blocked again, waiting for the newline
+        wait_blocked(proc.p.pid)  # and blocked again, waiting for the newline
         path = checkpoint_pid(proc.p.pid, runtime_dir)
     snap = _load(path)
     assert snap.point == "import_call" and first in snap.memories[0].data, "the half line was not read yet"
@@ -663,7 +635,7 @@ def test_open_file_is_reopened_at_its_offset(tmp_path: Path, runtime_dir: Path) 
     ck = tmp_path / "ck"
     with background(["run", "--dir", f"{pristine}::/box", "--checkpoint-dir", ck, *args], runtime_dir) as proc:
         proc.wait_for_output(b"name? ")
-        _wait_blocked(proc.p.pid)
+        wait_blocked(proc.p.pid)
         path = checkpoint_pid(proc.p.pid, runtime_dir)
         prefix = proc.out
     [entry] = [fd for fd in _load(path).wasi.fds if fd.kind == "file"]
@@ -728,7 +700,7 @@ def test_checkpoint_pid_of_a_run_without_checkpoint_options(tmp_path: Path, runt
     assert full.returncode == 0, full.stderr
     with background(["run", "--engine", engine, wasm], runtime_dir) as proc:
         proc.wait_for_output(b"name? ")
-        _wait_blocked(proc.p.pid)
+        wait_blocked(proc.p.pid)
         path = checkpoint_pid(proc.p.pid, runtime_dir)
         assert (runtime_dir / f"{proc.p.pid}.sock").exists()  # wasmig migrate PID's control socket
         code, out, err = proc.finish(b"world\n")
@@ -747,7 +719,7 @@ def test_checkpoint_pid_of_a_run_that_exits_after_it(tmp_path: Path, runtime_dir
     ck = tmp_path / "ck"
     with background(["run", "--checkpoint-dir", ck, "--checkpoint-then", "exit", wasm], runtime_dir) as proc:
         proc.wait_for_output(b"name? ")
-        _wait_blocked(proc.p.pid)
+        wait_blocked(proc.p.pid)
         cp = wasmig(["checkpoint", "--timeout", "60", str(proc.p.pid)], runtime_dir=runtime_dir, timeout=90)
         code, _, err = proc.finish()
     assert code == 0 and b"checkpoint written to" in err, err  # the run did write one, and exited
@@ -834,7 +806,7 @@ def test_checkpoint_while_sleeping(tmp_path: Path, runtime_dir: Path, engine_a: 
     expected = b"sleeping 2 s\nwoke up, 0 s left\n"
     with background(["run", "--engine", engine_a, "--checkpoint-dir", ck, wasm, "sleep", "2"], runtime_dir) as proc:
         proc.wait_for_output(b"sleeping 2 s\n")
-        _wait_blocked(proc.p.pid)
+        wait_blocked(proc.p.pid)
         path = checkpoint_pid(proc.p.pid, runtime_dir)
         proc.kill()  # the original dies; the snapshot is all that is left of it
     # in the call, not after it: the sleep was cut short, to be slept again after the restore
@@ -851,7 +823,7 @@ def test_checkpoint_while_blocked_in_a_host_call_made_through_a_function_pointer
     ck = tmp_path / "ck"
     with background(["run", "--checkpoint-dir", ck, wasm, "isleep", "2"], runtime_dir) as proc:
         proc.wait_for_output(b"sleeping 2 s (indirect)\n")
-        _wait_blocked(proc.p.pid)
+        wait_blocked(proc.p.pid)
         cp = wasmig(["checkpoint", "--timeout", "60", str(proc.p.pid)], runtime_dir=runtime_dir, timeout=90)
         code, out, err = proc.finish()
     # the checkpointed run itself must not suffer, whatever happened to the snapshot
@@ -870,7 +842,7 @@ def test_a_failed_checkpoint_does_not_end_the_program(tmp_path: Path, runtime_di
     with background(["run", "--dir", f"{box}::/box", "--checkpoint-dir", tmp_path / "ck", wasm, "unlinked",
                      "/box/tmp.txt"], runtime_dir) as proc:
         proc.wait_for_output(b"name? ")
-        _wait_blocked(proc.p.pid)
+        wait_blocked(proc.p.pid)
         cp = wasmig(["checkpoint", "--timeout", "60", str(proc.p.pid)], runtime_dir=runtime_dir, timeout=90)
         time.sleep(0.2)
         alive = proc.p.poll() is None
@@ -904,7 +876,7 @@ def test_tcp_server_checkpointed_in_accept_serves_on_after_restore(tmp_path: Pat
     with background(["run", "--engine", engine_a, "--tcplisten", f"127.0.0.1:{port}", "--checkpoint-dir", ck, wasm,
                      "2"], runtime_dir) as proc:
         _echo_client(port, b"first client\n", deadline)
-        _wait_blocked(proc.p.pid)  # back in accept (or its poll) for the second client
+        wait_blocked(proc.p.pid)  # back in accept (or its poll) for the second client
         path = checkpoint_pid(proc.p.pid, runtime_dir)
         proc.kill()  # frees the port
     assert _load(path).point == "import_call"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.migration_gate import Gate
 from tests.migration_keys import Keys, trust_all
 from tests.tcp_clients import Client
 from wasmig.migrate.target import FAULT_ENV, FAULT_STEPS
@@ -29,7 +30,8 @@ from wasmig.toolchain import compile_c
 pytest.importorskip("wasmtime")
 
 PROGRAMS = Path(__file__).parent / "programs"
-ARGS = ["80", "256", "40"]  # rounds, KiB of heap, ms of sleep per round: 3.2 s, moved mid-run even at load 30
+#: rounds (at least), KiB of heap, ms of sleep per round, the gate (see Gate): moved mid-run at any load
+ARGS = ["10", "256", "40", "/g/open"]
 
 
 def wasmig(*args: str) -> list[str]:
@@ -52,9 +54,17 @@ def reference_on(engine: str, program: Path, args: list[str]) -> list[str]:
     return out.splitlines()
 
 
-@pytest.fixture(scope="module")
-def reference(program: Path) -> list[str]:
-    return reference_of(program, ARGS)
+def rounds_in(*outputs: Path) -> int:
+    """How many rounds a gated run made, in all the processes that ran it ("round N ..." lines)."""
+    return 1 + max(int(line.split()[1]) for line in lines_of(*outputs) if line.startswith("round"))
+
+
+def reference_for(program: Path, *outputs: Path) -> list[str]:
+    """The uninterrupted run of as many rounds as the gated run made: the same lines, its last one
+    the checksum of the whole heap after that many rounds."""
+    rounds = rounds_in(*outputs)
+    assert rounds >= int(ARGS[0]), f"only {rounds} rounds"
+    return reference_of(program, [str(rounds), ARGS[1]])
 
 
 def free_port() -> int:
@@ -156,47 +166,51 @@ def assert_ran_exactly_once(reference: list[str], *outputs: Path) -> None:
 
 
 @pytest.mark.parametrize("engines", [("wasmtime", "interp"), ("interp", "wasmtime")], ids=lambda e: "->".join(e))
-def test_live_migration_across_engines(tmp_path: Path, program: Path, reference: list[str], keys: Keys,
+def test_live_migration_across_engines(tmp_path: Path, program: Path, gate: Gate, keys: Keys,
                                        engines: tuple[str, str]) -> None:
     src, dst = engines
-    with daemon(tmp_path, "target", dst, keys) as d, source(tmp_path, program, src) as (proc, out):
+    with daemon(tmp_path, "target", dst, keys, extra=gate.mapped) as d, \
+            source(tmp_path, program, src, options=gate.mapped) as (proc, out):
         done = migrate(proc.pid, d)
         assert done.returncode == 0, done.stderr
         assert re.search(r"migrated to 127\.0\.0\.1:\d+ in [\d.]+ s: downtime [\d.]+ ms, [\d.]+ MB sent", done.stdout)
         assert proc.wait(30) == 0
         pid = d.pid_of()
+        gate.open()
         wait_for(lambda: "program exited with code 0" in d.log(), f"the program did not finish: {d.log()}")
         assert "moved to another machine" in (tmp_path / "source.err").read_text()
-        assert_ran_exactly_once(reference, out, d.out)
+        assert_ran_exactly_once(reference_for(program, out, d.out), out, d.out)
         assert f"running as pid {pid}" in d.log()
 
 
-def test_run_migrate_to_moves_the_program_after_a_while(tmp_path: Path, program: Path, reference: list[str],
+def test_run_migrate_to_moves_the_program_after_a_while(tmp_path: Path, program: Path, gate: Gate,
                                                         keys: Keys) -> None:
     """``wasmig run --migrate-to`` (no `wasmig migrate` needed): the program moves after the
     given time, the summary goes to the source's stderr."""
-    with daemon(tmp_path, "target", "interp", keys) as d:
+    with daemon(tmp_path, "target", "interp", keys, extra=gate.mapped) as d:
         out, err = tmp_path / "source.out", tmp_path / "source.err"
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen(wasmig("run", "--engine", "wasmtime", "--migrate-to", d.address,
                                            "--migrate-peer-fingerprint", d.fingerprint, "--migrate-after", "0.3",
-                                           str(program), *ARGS), stdout=o, stderr=e)
-        assert proc.wait(60) == 0, err.read_text()
+                                           *gate.mapped, str(program), *ARGS), stdout=o, stderr=e)
+        try:
+            assert proc.wait(60) == 0, err.read_text()
+        finally:
+            if proc.poll() is None:  # not moved: it would go on until the gate opens
+                proc.kill()
         assert re.search(r"migrated to 127\.0\.0\.1:\d+ in [\d.]+ s: downtime", err.read_text())
+        gate.open()
         wait_for(lambda: "program exited with code 0" in d.log(), f"the program did not finish: {d.log()}")
-        assert_ran_exactly_once(reference, out, d.out)
+        assert_ran_exactly_once(reference_for(program, out, d.out), out, d.out)
 
 
-def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, keys: Keys) -> None:
+def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, gate: Gate, keys: Keys) -> None:
     """wasmtime -> interp -> wasmtime -> interp: each target's program is itself migratable. The
     program goes on until the test opens its gate (a file in a directory the source and both
     daemons map): a fixed 4 s run ended before the second hop once on a loaded CI machine."""
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    mapped = ["--dir", f"{gate}::/g"]
-    with daemon(tmp_path, "a", "interp", keys, extra=mapped) as a, \
-            daemon(tmp_path, "b", "wasmtime", keys, extra=mapped) as b, \
-            source(tmp_path, program, "wasmtime", ["10", "256", "40", "/g/open"], options=mapped) as (proc, out):
+    with daemon(tmp_path, "a", "interp", keys, extra=gate.mapped) as a, \
+            daemon(tmp_path, "b", "wasmtime", keys, extra=gate.mapped) as b, \
+            source(tmp_path, program, "wasmtime", options=gate.mapped) as (proc, out):
         assert migrate(proc.pid, a).returncode == 0
         first = a.pid_of(1)
         wait_for(lambda: len(lines_of(a.out)) >= 3, "no progress on a")
@@ -210,11 +224,10 @@ def test_three_hops_between_two_daemons(tmp_path: Path, program: Path, keys: Key
         known = re.search(r"(\d+) pages sent, (\d+) already on the target", hop.stdout)
         assert known and int(known.group(2)) > 0, hop.stdout
         a.pid_of(2)
-        (gate / "open").touch()
+        gate.open()
         wait_for(lambda: a.log().count("program exited with code 0") == 1, f"not finished: {a.log()}")
         assert a.log().count("program migrated away") == 1 and b.log().count("program migrated away") == 1
-        rounds = 1 + max(int(line.split()[1]) for line in lines_of(out, a.out, b.out) if line.startswith("round"))
-        assert_ran_exactly_once(reference_of(program, [str(rounds), "256"]), out, a.out, b.out)
+        assert_ran_exactly_once(reference_for(program, out, a.out, b.out), out, a.out, b.out)
 
 
 #: ``wasmig serve`` whose program's process is slow once it has answered the source's commit (as
@@ -237,55 +250,54 @@ main()
 
 
 def test_the_moved_program_is_logged_and_migratable_when_migrate_returns(tmp_path: Path, program: Path,
-                                                                          keys: Keys) -> None:
+                                                                          gate: Gate, keys: Keys) -> None:
     """The daemon logs the commit (with the pid) and serves the program's control socket before
     it answers the source: a script that reads the log or moves the program on as soon as
     `wasmig migrate` returns (the demo did) found neither there on a loaded machine."""
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    mapped = ["--dir", f"{gate}::/g"]
     slow = [sys.executable, "-c", SLOW_AFTER_THE_ANSWER]
-    with daemon(tmp_path, "a", "wasmtime", keys, extra=mapped, command=slow) as d, \
-            source(tmp_path, program, "wasmtime", ["10", "256", "40", "/g/open"], options=mapped) as (proc, _):
+    with daemon(tmp_path, "a", "wasmtime", keys, extra=gate.mapped, command=slow) as d, \
+            source(tmp_path, program, "wasmtime", options=gate.mapped) as (proc, _):
         assert migrate(proc.pid, d).returncode == 0
         pids = re.findall(r"committed: running as pid (\d+)", d.log())  # at once: no waiting
         assert len(pids) == 1, d.log()
         from wasmig.migrate.control import socket_path
 
         assert socket_path(int(pids[0])).is_socket()
-        (gate / "open").touch()
+        gate.open()
         wait_for(lambda: "program exited with code 0" in d.log(), f"not finished: {d.log()}")
 
 
 def test_an_untrusted_source_key_is_rejected_and_the_program_goes_on(tmp_path: Path, program: Path,
-                                                                     reference: list[str], keys: Keys) -> None:
+                                                                     gate: Gate, keys: Keys) -> None:
     trust_other = ["--trust-peer", keys.pub("a")]  # not the source's key
-    with daemon(tmp_path, "target", "wasmtime", keys, trust=trust_other) as d, \
-            source(tmp_path, program, "wasmtime") as (proc, out):
+    with daemon(tmp_path, "target", "wasmtime", keys, trust=trust_other, extra=gate.mapped) as d, \
+            source(tmp_path, program, "wasmtime", options=gate.mapped) as (proc, out):
         failed = migrate(proc.pid, d)
         assert failed.returncode == 1 and "migration failed, the program goes on" in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
+        gate.open()
         assert proc.wait(60) == 0
         assert f"the client's key is {keys.fingerprint('source')}, none of the trusted keys" in d.log(), d.log()
         assert "committed" not in d.log()
-        assert_ran_exactly_once(reference, out)
+        assert_ran_exactly_once(reference_for(program, out), out)
         assert d.out.read_text() == ""
 
 
 @pytest.mark.parametrize("step", FAULT_STEPS)
-def test_killing_the_target_at_a_step_leaves_the_source_running(tmp_path: Path, program: Path,
-                                                                reference: list[str], keys: Keys, step: str) -> None:
+def test_killing_the_target_at_a_step_leaves_the_source_running(tmp_path: Path, program: Path, gate: Gate,
+                                                                keys: Keys, step: str) -> None:
     """Up to and including the commit's arrival (before the daemon records it): the source goes
     on (after "prepared" and "commit" it learns so by asking the daemon, whose asking aborts the
     migration for good), and the program never runs on the target. "resumed": the program had
     resumed there, held before its first host call. "decided": the daemon recorded the commit,
     then the process holding the program died before it started it; asked, the daemon says so,
     and the source goes on (nothing can start it there any more)."""
-    with daemon(tmp_path, "target", "wasmtime", keys, fault=step) as d, \
-            source(tmp_path, program, "wasmtime") as (proc, out):
+    with daemon(tmp_path, "target", "wasmtime", keys, fault=step, extra=gate.mapped) as d, \
+            source(tmp_path, program, "wasmtime", options=gate.mapped) as (proc, out):
         failed = migrate(proc.pid, d)
         assert failed.returncode == 1, failed.stdout
         assert "the program goes on" in failed.stderr and "Traceback" not in failed.stderr
+        gate.open()
         assert proc.wait(60) == 0  # it finished here
         assert f"killed after {step}" in d.log()
         if step in ("prepared", "commit"):
@@ -293,17 +305,17 @@ def test_killing_the_target_at_a_step_leaves_the_source_running(tmp_path: Path, 
         if step == "decided":
             assert "asked after it" in d.log() and ": committed, program lost" in d.log(), d.log()
             assert "never run there" in failed.stderr
-        assert_ran_exactly_once(reference, out)
+        assert_ran_exactly_once(reference_for(program, out), out)
         assert d.out.read_text() == ""  # never ran there
 
 
 def test_a_daemon_gone_after_the_commit_leaves_the_program_stopped_and_saved(
-        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
+        tmp_path: Path, program: Path, gate: Gate, keys: Keys) -> None:
     """In doubt (commit sent, never confirmed, nobody left to ask): the program may run on the
     target, so the source must not resume it; it exits with 75 and keeps its state for a manual
     restore, which then finishes the program."""
-    with daemon(tmp_path, "target", "wasmtime", keys, fault="daemon") as d, \
-            source(tmp_path, program, "wasmtime") as (proc, out):
+    with daemon(tmp_path, "target", "wasmtime", keys, fault="daemon", extra=gate.mapped) as d, \
+            source(tmp_path, program, "wasmtime", options=gate.mapped) as (proc, out):
         failed = migrate(proc.pid, d)
         assert failed.returncode == 1 and "did not confirm" in failed.stderr, failed.stderr
         assert proc.wait(60) == 75
@@ -311,22 +323,24 @@ def test_a_daemon_gone_after_the_commit_leaves_the_program_stopped_and_saved(
         saved = re.search(r"its state is in (\S+\.snap)", err)
         assert saved, err
         assert "whole daemon killed" in d.log()
-        restored = subprocess.run(wasmig("restore", "--module", str(program), saved.group(1)), capture_output=True,
-                                  text=True, timeout=120)
+        gate.open()  # the restore finishes the round it stopped in, and ends
+        restored = subprocess.run(wasmig("restore", "--module", str(program), *gate.mapped, saved.group(1)),
+                                  capture_output=True, text=True, timeout=120)
         Path(saved.group(1)).unlink()
         assert restored.returncode == 0, restored.stderr
         (tmp_path / "restored.out").write_text(restored.stdout)
-        assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
+        assert_ran_exactly_once(reference_for(program, out, tmp_path / "restored.out"), out,
+                                tmp_path / "restored.out")
 
 
 def test_a_daemon_that_started_the_program_then_died_leaves_it_saved(
-        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
+        tmp_path: Path, program: Path, gate: Gate, keys: Keys) -> None:
     """The commit recorded, the answer lost, and the process holding the program dies once the
     program counts as started: asked, the daemon says so ("died"), so the program may have acted
     there and must not go on at the source either: it is saved (exit 75, and `wasmig migrate`
     says it stopped). Here it really never ran, so the saved state finishes it exactly once."""
-    with daemon(tmp_path, "target", "wasmtime", keys, fault="started") as d, \
-            source(tmp_path, program, "wasmtime") as (proc, out):
+    with daemon(tmp_path, "target", "wasmtime", keys, fault="started", extra=gate.mapped) as d, \
+            source(tmp_path, program, "wasmtime", options=gate.mapped) as (proc, out):
         failed = migrate(proc.pid, d)
         assert failed.returncode == 1 and "migration in doubt, the program stopped" in failed.stderr, failed.stderr
         assert "its process died" in failed.stderr and "Traceback" not in failed.stderr
@@ -335,12 +349,14 @@ def test_a_daemon_that_started_the_program_then_died_leaves_it_saved(
         err = (tmp_path / "source.err").read_text()
         saved = re.search(r"its state is in (\S+\.snap)", err)
         assert saved and "the target started the program, then its process died" in err, err
-        restored = subprocess.run(wasmig("restore", "--module", str(program), saved.group(1)), capture_output=True,
-                                  text=True, timeout=120)
+        gate.open()  # the restore finishes the round it stopped in, and ends
+        restored = subprocess.run(wasmig("restore", "--module", str(program), *gate.mapped, saved.group(1)),
+                                  capture_output=True, text=True, timeout=120)
         Path(saved.group(1)).unlink()
         assert restored.returncode == 0, restored.stderr
         (tmp_path / "restored.out").write_text(restored.stdout)
-        assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
+        assert_ran_exactly_once(reference_for(program, out, tmp_path / "restored.out"), out,
+                                tmp_path / "restored.out")
         assert d.out.read_text() == ""
 
 
@@ -443,35 +459,50 @@ def test_files_move_only_into_directories_the_daemon_maps(tmp_path: Path, keys: 
     ref_dir, src_dir = tmp_path / "ref", tmp_path / "src"
     for d in (ref_dir, src_dir):
         d.mkdir()
-    args = ["/d", "60", "30"]  # 60 rounds, 30 ms apart
-    reference = subprocess.run(wasmig("run", "--engine", "wasmtime", "--dir", f"{ref_dir}::/d", str(journal),
-                                      *args[:2]), capture_output=True, check=True).stdout.decode().splitlines()
-    def start(engine: str, out: Path) -> subprocess.Popen[bytes]:
+    # 10 rounds at least, 30 ms apart, then on until /d/open exists: the test opens it once the
+    # migration is over (a fixed 60 rounds, 1.8 s, had to outlast it)
+    args = ["/d", "10", "30", "open"]
+
+    def reference(*outputs: Path) -> list[str]:
+        """The uninterrupted run of as many rounds as the gated one made (its files in ref_dir)."""
+        return subprocess.run(wasmig("run", "--engine", "wasmtime", "--dir", f"{ref_dir}::/d", str(journal), "/d",
+                                     str(rounds_in(*outputs))),
+                              capture_output=True, check=True).stdout.decode().splitlines()
+
+    @contextmanager
+    def start(engine: str, out: Path) -> Iterator[subprocess.Popen[bytes]]:
         with open(out, "wb") as o:
             proc = subprocess.Popen(wasmig("run", "--migratable", "--engine", engine, "--dir", f"{src_dir}::/d",
                                            str(journal), *args), stdout=o, stderr=subprocess.DEVNULL)
-        wait_for(lambda: "round 3 " in out.read_text(), "the program did not start")
-        return proc
+        try:
+            wait_for(lambda: "round 3 " in out.read_text(), "the program did not start")
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
 
     with daemon(tmp_path, "plain", "interp", keys) as unmapped:
         out = tmp_path / "first.out"
-        proc = start("wasmtime", out)
-        refused = migrate(proc.pid, unmapped)
-        assert refused.returncode == 1 and "does not map" in refused.stderr and "'/d'" in refused.stderr, \
-            refused.stderr
-        assert proc.wait(60) == 0
+        with start("wasmtime", out) as proc:
+            refused = migrate(proc.pid, unmapped)
+            assert refused.returncode == 1 and "does not map" in refused.stderr and "'/d'" in refused.stderr, \
+                refused.stderr
+            (src_dir / "open").touch()
+            assert proc.wait(60) == 0
         assert "does not map" in unmapped.log()
-        assert_ran_exactly_once(reference, out)
+        assert_ran_exactly_once(reference(out), out)
     for f in src_dir.iterdir():
         f.unlink()
     daemon_dirs = ["--dir", f"{src_dir}::/d"]
     with daemon(tmp_path, "mapped", "wasmtime", keys, extra=daemon_dirs) as mapped:
         out = tmp_path / "second.out"
-        proc = start("interp", out)
-        moved = migrate(proc.pid, mapped)
-        assert moved.returncode == 0, moved.stderr
-        wait_for(lambda: "program exited with code 0" in mapped.log(), f"not finished: {mapped.log()}")
-        assert_ran_exactly_once(reference, out, mapped.out)
+        with start("interp", out) as proc:
+            moved = migrate(proc.pid, mapped)
+            assert moved.returncode == 0, moved.stderr
+            (src_dir / "open").touch()
+            wait_for(lambda: "program exited with code 0" in mapped.log(), f"not finished: {mapped.log()}")
+        assert_ran_exactly_once(reference(out, mapped.out), out, mapped.out)
     for name in ("journal.dat", "log.txt"):  # open, half written, when the program moved
         assert (src_dir / name).read_bytes() == (ref_dir / name).read_bytes(), name
 

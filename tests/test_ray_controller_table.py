@@ -22,7 +22,15 @@ from tests.test_ray_fleet import cluster, expected_run  # noqa: F401 - cluster: 
 
 PROGRAMS = Path(__file__).parent / "programs"
 REPO = Path(__file__).resolve().parent.parent
-STEPS, MS = 120, 60  # ~7 s of sleeping and more: alive while the controller is killed and made again
+#: steps until the test creates data/NAME.stop (fleet_work's STEPS 0): alive however long the
+#: controller takes to be killed and made again, or a move to come (a fixed 120 steps, ~7 s, had to
+#: outlast those), 60 ms apart
+STEPS, MS = 0, 60
+
+
+def steps_in(stdout: bytes) -> int:
+    """How many steps a job made, from its whole stdout: the uninterrupted run to compare with."""
+    return stdout.count(b"\n")
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +95,12 @@ def test_the_job_table_survives_the_controller(cluster: Any, tmp_path: Path) -> 
     row = client.call(ctl.job, jobs["a"])
     move = client.call(ctl.migrate, jobs["a"])
     assert move["to"] != row["node"] and move.get("source_outcome") in ("moved", "stopped", "exited"), move
+    for name in jobs:
+        (data / f"{name}.stop").touch()
     for name, job in jobs.items():
         end = client.call(ctl.wait, job, 300.0)
         assert end["state"] == "exited" and end["code"] == 0, end
-        out, err = expected_run(name, STEPS)
+        out, err = expected_run(name, steps_in(read_stream(store / job / "log", "stdout")))
         assert read_stream(store / job / "log", "stdout") == out
         assert read_stream(store / job / "log", "stderr") == err
 
@@ -126,13 +136,20 @@ def test_a_job_in_s3_keeps_snapshots_log_and_fence_there(
     # lease the source released after the commit
     move = client.call(ctl.migrate, job)
     assert move.get("mode") == "pre-copy" and move.get("source_outcome") == "moved", move
+
+    def segments() -> list[str]:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"fleet/{job}/log/stdout/")
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+    # sent at checkpoints, not once at the end: a second segment comes while the job still runs
+    wait_for("a second log segment, from a checkpoint", lambda: len(segments()) >= 2)
+    (data / "s3job.stop").touch()
     end = client.call(ctl.wait, job, 300.0)
     assert end["state"] == "exited" and end["code"] == 0, end
-    out, err = expected_run("s3job", STEPS)
+    out, err = expected_run("s3job", steps_in(client.call(ctl.logs, job)))
     assert client.call(ctl.logs, job) == out
     assert client.call(ctl.logs, job, "stderr") == err
-    segments = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"fleet/{job}/log/stdout/")["Contents"]]
-    assert len(segments) >= 2, "sent at checkpoints, not once at the end"
+    assert len(segments()) >= 2, "sent at checkpoints, not once at the end"
     assert not any(tmp_path.glob(f"**/{job}")), "no job directory on a filesystem"
 
 

@@ -22,6 +22,7 @@ import msgpack
 import pytest
 
 import wasmig
+from tests.proc_waits import wait_blocked
 from tests.threaded_programs import compile_threaded, threaded_module
 from wasmig.engines.base import Program
 from wasmig.engines.interp.threaded import restore_threaded, threaded_program
@@ -310,7 +311,7 @@ def test_a_thread_blocked_reading_stdin_is_re_issued_on_restore(tmp_path: Path, 
         started = time.monotonic()  # the run's loop is up (on wasmtime, after its instrumented module is ready)
         while not status_path(run.pid, create=False).exists() and time.monotonic() - started < 120:
             time.sleep(0.05)
-        time.sleep(1.5)  # the main thread sums and joins the reader, which blocks reading
+        wait_blocked(run.pid)  # the reader in its read (main sums first, then joins it: not a fixed pause)
         asked = _wasmig("checkpoint", str(run.pid))
         assert asked.returncode == 0, asked.stderr
         snapshots = sorted((ck / "snapshots").iterdir())

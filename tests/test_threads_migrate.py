@@ -12,20 +12,37 @@ import re
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgpack
 import pytest
 
+from tests.migration_gate import Gate
 from tests.migration_keys import Keys
-from tests.test_migrate import Daemon, assert_ran_exactly_once, daemon, lines_of, migrate, source, wait_for, wasmig
+from tests.test_migrate import (
+    Daemon,
+    assert_ran_exactly_once,
+    daemon,
+    lines_of,
+    migrate,
+    rounds_in,
+    source,
+    wait_for,
+    wasmig,
+)
 from tests.threaded_programs import compile_threaded
 
-#: rounds, ms the main thread sleeps before each (the workers wait on a condition variable
-#: meanwhile), KiB of the shared buffer the workers rewrite
-ARGS = ["40", "100", "64"]
+if TYPE_CHECKING:
+    from wasmig.interp.threads import ThreadScheduler
+    from wasmig.session.loop import Session, StopHandoff
+
+#: rounds (at least), ms the main thread sleeps before each (the workers wait on a condition
+#: variable meanwhile), KiB of the shared buffer the workers rewrite, the gate (it goes on until the
+#: test opens it: tests/migration_gate.py)
+ARGS = ["10", "100", "64", "/g/open"]
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +57,12 @@ def reference_of(program: Path, args: list[str]) -> list[str]:
     return out.splitlines()
 
 
-@pytest.fixture(scope="module")
-def reference(program: Path) -> list[str]:
-    lines = reference_of(program, ARGS)
-    assert len(lines) == int(ARGS[0]) + 1 and lines[-1].startswith("done ")
+def reference_for(program: Path, *outputs: Path) -> list[str]:
+    """The uninterrupted run (ARGS, no gate) of as many rounds as the gated run made in ``outputs``."""
+    rounds = rounds_in(*outputs)
+    assert rounds >= int(ARGS[0]), f"only {rounds} rounds"
+    lines = reference_of(program, [str(rounds), "0", ARGS[2]])
+    assert len(lines) == rounds + 1 and lines[-1].startswith("done ")
     return lines
 
 
@@ -63,15 +82,15 @@ def _summary(stdout: str) -> re.Match[str]:
     return found
 
 
-def test_an_eight_thread_program_moves_between_two_daemons_and_back(tmp_path: Path, program: Path,
+def test_an_eight_thread_program_moves_between_two_daemons_and_back(tmp_path: Path, program: Path, gate: Gate,
                                                                     keys: Keys) -> None:
     """Three hops (a wasmtime source -> a -> b -> a, interpreter daemons), each while the workers
     wait on their condition variable or compute: every round's log comes out once, in order, as in
     an uninterrupted run; the pages a kept from the first hop are not resent on the third."""
-    args = ["40", "300", "64"]  # 12 s of sleeping in all: time for three hops on a loaded machine
-    reference = reference_of(program, args)
-    with daemon(tmp_path, "a", "interp", keys) as a, daemon(tmp_path, "b", "interp", keys) as b, \
-            threaded_source(tmp_path, program, args) as (proc, out):
+    args = ["10", "300", "64", "/g/open"]  # on until the three hops are done (not 40 rounds, 12 s)
+    with daemon(tmp_path, "a", "interp", keys, extra=gate.mapped) as a, \
+            daemon(tmp_path, "b", "interp", keys, extra=gate.mapped) as b, \
+            threaded_source(tmp_path, program, args, options=gate.mapped) as (proc, out):
         done = migrate(proc.pid, a)
         assert done.returncode == 0, done.stderr
         _summary(done.stdout)
@@ -87,50 +106,58 @@ def test_an_eight_thread_program_moves_between_two_daemons_and_back(tmp_path: Pa
         known = re.search(r"(\d+) pages sent, (\d+) already on the target", hop.stdout)
         assert known and int(known.group(2)) > 0, hop.stdout
         a.pid_of(2)
+        gate.open()
         wait_for(lambda: "program exited with code 0" in a.log(), f"not finished: {a.log()}")
         assert a.log().count("program migrated away") == 1 and b.log().count("program migrated away") == 1
-        assert_ran_exactly_once(reference, out, a.out, b.out)
+        assert_ran_exactly_once(reference_for(program, out, a.out, b.out), out, a.out, b.out)
 
 
 @pytest.mark.parametrize(("source_engine", "target_engine"),
                          [("interp", "interp"), ("wasmtime", "interp"), ("interp", "wasmtime"),
                           ("wasmtime", "wasmtime")])
 def test_a_threaded_program_moves_while_its_workers_wait_on_a_condition_variable(
-        tmp_path: Path, program: Path, keys: Keys, source_engine: str, target_engine: str) -> None:
+        tmp_path: Path, program: Path, gate: Gate, keys: Keys, source_engine: str, target_engine: str) -> None:
     """A long sleep between rounds: the stop finds the main thread in its sleep (a blocking host
     call, re-issued at the target) and all eight workers waiting on the condition variable. The
     state the target kept says so; the program finishes there with the uninterrupted output --
     on a wasmtime daemon too, each thread rewinding its frames and the waiters queued in order."""
-    args = ["6", "1500", "8"]  # rounds of little work: the stop finds them in the sleep, not computing
-    reference = reference_of(program, args)
-    with daemon(tmp_path, "target", target_engine, keys) as d, \
+    # rounds of little work (the stop finds them in the sleep, not computing), on until the move is
+    # over (not 6 rounds, 9 s)
+    args = ["3", "1500", "8", "/g/open"]
+    with daemon(tmp_path, "target", target_engine, keys, extra=gate.mapped) as d, \
             threaded_source(tmp_path, program, args, started="round 1 ",
-                            options=["--engine", source_engine]) as (proc, out):
-        _moves_and_finishes_there(proc, out, d, reference)
+                            options=["--engine", source_engine, *gate.mapped]) as (proc, out):
+        _moves_and_finishes_there(proc, out, d, lambda: reference_of(program, [str(rounds_in(out, d.out)), "0", "8"]),
+                                  gate)
     threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call", d.log())
     assert threads and threads.groups() == ("9", "8", "1"), d.log()
 
 
-def _moves_and_finishes_there(proc: subprocess.Popen[bytes], out: Path, d: Daemon, reference: list[str]) -> None:
-    """Migrate the running source to daemon ``d``: the source exits 0 and the program ends there,
-    its output the uninterrupted run's exactly once, some of it printed at the target."""
+def _moves_and_finishes_there(proc: subprocess.Popen[bytes], out: Path, d: Daemon,
+                              reference: Callable[[], list[str]], gate: Gate | None = None) -> None:
+    """Migrate the running source to daemon ``d`` (then open ``gate``, if the program has one): the
+    source exits 0 and the program ends there, its output the uninterrupted run's exactly once
+    (``reference()``, asked once the program ended), some of it printed at the target."""
     done = migrate(proc.pid, d)
     assert done.returncode == 0, done.stderr
     assert proc.wait(30) == 0
+    if gate is not None:
+        gate.open()
     wait_for(lambda: "program exited with code 0" in d.log(), f"not finished: {d.log()}")
-    assert_ran_exactly_once(reference, out, d.out)
+    assert_ran_exactly_once(reference(), out, d.out)
     assert lines_of(d.out), "it moved only after the end"
 
 
 def _stays_at_the_source(failed: subprocess.CompletedProcess[str], proc: subprocess.Popen[bytes], out: Path,
-                         reference: list[str], why: str) -> None:
-    """The migration failed in one line naming ``why``; the program went on at the source and
-    finished there with the uninterrupted output."""
+                         program: Path, gate: Gate, why: str) -> None:
+    """The migration failed in one line naming ``why``; the program went on at the source and,
+    its gate opened, finished there with the uninterrupted output."""
     assert failed.returncode == 1, failed.stdout
     assert "the program goes on" in failed.stderr and why in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stderr
+    gate.open()
     assert proc.wait(60) == 0
-    assert_ran_exactly_once(reference, out)
+    assert_ran_exactly_once(reference_for(program, out), out)
 
 
 def test_a_daemon_whose_engine_cannot_take_threads_refuses_the_module_in_one_line(
@@ -150,16 +177,16 @@ def test_a_daemon_whose_engine_cannot_take_threads_refuses_the_module_in_one_lin
         target._decoded(program.read_bytes())
 
 
-def test_an_untrusted_source_is_refused_and_the_program_goes_on(tmp_path: Path, program: Path,
-                                                                reference: list[str], keys: Keys) -> None:
-    with daemon(tmp_path, "target", "interp", keys, trust=["--trust-peer", keys.pub("a")]) as d, \
-            threaded_source(tmp_path, program) as (proc, out):
-        _stays_at_the_source(migrate(proc.pid, d), proc, out, reference, "migration failed")
+def test_an_untrusted_source_is_refused_and_the_program_goes_on(tmp_path: Path, program: Path, gate: Gate,
+                                                                keys: Keys) -> None:
+    with daemon(tmp_path, "target", "interp", keys, trust=["--trust-peer", keys.pub("a")], extra=gate.mapped) as d, \
+            threaded_source(tmp_path, program, options=gate.mapped) as (proc, out):
+        _stays_at_the_source(migrate(proc.pid, d), proc, out, program, gate, "migration failed")
         assert "none of the trusted keys" in d.log() and d.out.read_text() == ""
 
 
 def test_a_peer_of_another_protocol_version_is_refused_and_the_program_goes_on(
-        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
+        tmp_path: Path, program: Path, gate: Gate, keys: Keys) -> None:
     """A daemon of an older wasmig (protocol 2) answers ``hello`` with its version: refused at once."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -176,34 +203,36 @@ def test_a_peer_of_another_protocol_version_is_refused_and_the_program_goes_on(
 
         answering = threading.Thread(target=old_daemon, daemon=True)
         answering.start()
-        with threaded_source(tmp_path, program) as (proc, out):
+        with threaded_source(tmp_path, program, options=gate.mapped) as (proc, out):
             failed = subprocess.run(wasmig("migrate", str(proc.pid), "--to", f"127.0.0.1:{port}", "--peer-fingerprint",
                                            keys.fingerprint("target"), "--quiet"),
                                     capture_output=True, text=True, timeout=120)
-            _stays_at_the_source(failed, proc, out, reference, "version")
+            _stays_at_the_source(failed, proc, out, program, gate, "version")
 
 
 @pytest.mark.parametrize("step", ["state", "prepared"])
 def test_killing_the_target_mid_migration_leaves_the_threads_running_at_the_source(
-        tmp_path: Path, program: Path, reference: list[str], keys: Keys, step: str) -> None:
+        tmp_path: Path, program: Path, gate: Gate, keys: Keys, step: str) -> None:
     """After the state went (every thread stopped at the source) and after the target said
     ``prepared``: the source's threads go on from where they stopped, nothing ran on the target."""
-    with daemon(tmp_path, "target", "interp", keys, fault=step) as d, \
-            threaded_source(tmp_path, program) as (proc, out):
-        _stays_at_the_source(migrate(proc.pid, d), proc, out, reference, "")
+    with daemon(tmp_path, "target", "interp", keys, fault=step, extra=gate.mapped) as d, \
+            threaded_source(tmp_path, program, options=gate.mapped) as (proc, out):
+        _stays_at_the_source(migrate(proc.pid, d), proc, out, program, gate, "")
         assert f"killed after {step}" in d.log() and d.out.read_text() == ""
 
 
 @pytest.mark.parametrize("target_engine", ["interp", "wasmtime"])
-def test_a_threaded_program_moves_while_its_workers_compute(tmp_path: Path, program: Path, keys: Keys,
+def test_a_threaded_program_moves_while_its_workers_compute(tmp_path: Path, program: Path, gate: Gate, keys: Keys,
                                                             target_engine: str) -> None:
     """No sleeping: the stop finds the workers computing and taking turns (no thread in a host
-    call); pre-copy resends the pages the workers rewrite while it runs."""
-    args = ["40", "0", "1024"]
-    reference = reference_of(program, args)
-    with daemon(tmp_path, "target", target_engine, keys) as d, \
-            threaded_source(tmp_path, program, args, options=["--engine", "interp"]) as (proc, out):
-        _moves_and_finishes_there(proc, out, d, reference)
+    call); pre-copy resends the pages the workers rewrite while it runs. The program goes on
+    until the migration is over (its gate): 40 rounds ended before it, twice of two at load 2."""
+    kib = "1024"
+    with daemon(tmp_path, "target", target_engine, keys, extra=gate.mapped) as d, \
+            threaded_source(tmp_path, program, ["10", "0", kib, "/g/open"],
+                            options=["--engine", "interp", *gate.mapped]) as (proc, out):
+        _moves_and_finishes_there(proc, out, d, lambda: reference_of(program, [str(rounds_in(out, d.out)), "0", kib]),
+                                  gate)
     threads = re.search(r"restored (\d+) threads: (\d+) waiting, (\d+) in a host call, (\d+) runnable", d.log())
     assert threads and threads.group(1) == "9" and threads.group(3) == "0" and int(threads.group(4)) >= 1, d.log()
 
@@ -230,12 +259,12 @@ def test_the_landing_refuses_pages_beyond_the_shared_memory_before_making_room(e
 
 
 def test_a_daemon_gone_after_the_commit_leaves_every_thread_stopped_and_saved(
-        tmp_path: Path, program: Path, reference: list[str], keys: Keys) -> None:
+        tmp_path: Path, program: Path, gate: Gate, keys: Keys) -> None:
     """In doubt (the commit sent, never confirmed, nobody left to ask): the source keeps every
     thread stopped, saves the program (a format-version-2 single file) and exits 75; `wasmig
     restore` of that file finishes it, the output the uninterrupted run's."""
-    with daemon(tmp_path, "target", "interp", keys, fault="daemon") as d, \
-            threaded_source(tmp_path, program) as (proc, out):
+    with daemon(tmp_path, "target", "interp", keys, fault="daemon", extra=gate.mapped) as d, \
+            threaded_source(tmp_path, program, options=gate.mapped) as (proc, out):
         failed = migrate(proc.pid, d)
         assert failed.returncode == 1 and "did not confirm" in failed.stderr, failed.stderr
         assert proc.wait(60) == 75
@@ -243,12 +272,28 @@ def test_a_daemon_gone_after_the_commit_leaves_every_thread_stopped_and_saved(
         saved = re.search(r"its state is in (\S+\.snap)", err)
         assert saved, err
         assert "whole daemon killed" in d.log() and d.out.read_text() == ""
-        restored = subprocess.run(wasmig("restore", "--module", str(program), saved.group(1)), capture_output=True,
-                                  text=True, timeout=120)
+        gate.open()  # the restore finishes the round it stopped in, and ends
+        restored = subprocess.run(wasmig("restore", "--module", str(program), *gate.mapped, saved.group(1)),
+                                  capture_output=True, text=True, timeout=120)
         Path(saved.group(1)).unlink()
         assert restored.returncode == 0, restored.stderr
         (tmp_path / "restored.out").write_text(restored.stdout)
-        assert_ran_exactly_once(reference, out, tmp_path / "restored.out")
+        assert_ran_exactly_once(reference_for(program, out, tmp_path / "restored.out"), out, tmp_path / "restored.out")
+
+
+def _asked_to_stop_in_the_sleep(scheduler: ThreadScheduler, session: Session, handoff: StopHandoff) -> bool:
+    """Whether the main thread is in a blocking host call (its sleep between rounds) and the eight
+    workers wait (on the condition variable): if so, the stop is asked at once, the scheduler's
+    lock held, so no thread moves on before the pause (a fixed 0.1 s pause into a 300 ms sleep
+    missed it when the test thread stalled 0.2 s: the stop found the workers computing)."""
+    with scheduler.cond:
+        main, workers = scheduler.main, [t for t in scheduler.threads if t is not scheduler.main]
+        if main is None or main.state != "host" or len(workers) != 8 or \
+                any(t.state != "waiting" for t in workers):
+            return False
+        handoff.want_stop = True  # as StopHandoff.stop does, before the request the run loop answers
+        session.request()  # flags only (the scheduler's request)
+        return True
 
 
 @pytest.mark.parametrize("target_engine", ["interp", "wasmtime"])
@@ -261,7 +306,6 @@ def test_the_landed_program_is_the_stopped_one_wait_queues_in_order(target_engin
     pages written in place)."""
     import io
     import threading
-    import time
 
     from tests.threaded_programs import threaded_module
     from wasmig import engines
@@ -280,7 +324,8 @@ def test_the_landed_program_is_the_stopped_one_wait_queues_in_order(target_engin
     session.handoff = handoff = StopHandoff()
     threading.Thread(target=lambda: session.run(resume=False), daemon=True).start()
     wait_for(lambda: b"round 1 " in out.getvalue(), "the program did not start")
-    time.sleep(0.1)  # into the main thread's sleep: the workers wait on their condition variable
+    wait_for(lambda: _asked_to_stop_in_the_sleep(program.scheduler, session, handoff),
+             "the main thread never slept with its eight workers waiting")
     stopped = handoff.stop(session.request)
     try:
         memories = session.guest_memories()
@@ -311,18 +356,23 @@ def test_the_landed_program_is_the_stopped_one_wait_queues_in_order(target_engin
         handoff.decide(False)
 
 
-def test_run_migrate_to_moves_a_threaded_program_by_itself(tmp_path: Path, program: Path, reference: list[str],
+def test_run_migrate_to_moves_a_threaded_program_by_itself(tmp_path: Path, program: Path, gate: Gate,
                                                           keys: Keys) -> None:
     """``wasmig run --migrate-to`` of a threaded program (on the default engine): it moves after
     the given time, the summary on the source's stderr."""
-    with daemon(tmp_path, "target", "interp", keys) as d:
+    with daemon(tmp_path, "target", "interp", keys, extra=gate.mapped) as d:
         out, err = tmp_path / "source.out", tmp_path / "source.err"
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen(wasmig("run", "--migrate-to", d.address, "--migrate-peer-fingerprint",
-                                           d.fingerprint, "--migrate-after", "1", str(program), *ARGS),
+                                           d.fingerprint, "--migrate-after", "1", *gate.mapped, str(program), *ARGS),
                                     stdout=o, stderr=e)
-        assert proc.wait(120) == 0, err.read_text()
+        try:
+            assert proc.wait(120) == 0, err.read_text()
+        finally:
+            if proc.poll() is None:  # not moved: it would go on until the gate opens
+                proc.kill()
         _summary(err.read_text())
+        gate.open()
         wait_for(lambda: "program exited with code 0" in d.log(), f"the program did not finish: {d.log()}")
-        assert_ran_exactly_once(reference, out, d.out)
+        assert_ran_exactly_once(reference_for(program, out, d.out), out, d.out)
         assert lines_of(out) and lines_of(d.out), "it did not move mid-run"

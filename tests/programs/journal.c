@@ -3,7 +3,10 @@
  * journal from an earlier offset with lseek + read, rewrites one earlier record in place
  * (pwrite) and keeps a second file's offset moving (a log it only appends to). Prints a line per
  * round; the files left behind are compared too. An open fd's offset must survive every move.
- * argv[3]: milliseconds to sleep after each round (default 0), to give a migration time. */
+ * argv[3]: milliseconds to sleep after each round (default 0), to give a migration time.
+ * argv[4]: a gate, a file name in argv[1]: with it the program goes on past ROUNDS, round after
+ * round, until that file exists (a test opens it once its migration is over); N rounds leave the
+ * same lines and files whether or not a gate made it N. */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -15,7 +18,8 @@ int main(int argc, char **argv) {
     if (argc < 2) return 2;
     int rounds = argc > 2 ? atoi(argv[2]) : 40;
     int sleep_ms = argc > 3 ? atoi(argv[3]) : 0;
-    char path[256];
+    char path[256], gate[256] = "";
+    if (argc > 4) snprintf(gate, sizeof gate, "%s/%s", argv[1], argv[4]);
     snprintf(path, sizeof path, "%s/journal.dat", argv[1]);
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
     snprintf(path, sizeof path, "%s/log.txt", argv[1]);
@@ -23,7 +27,7 @@ int main(int argc, char **argv) {
     if (fd < 0 || log < 0) return 3;
     uint32_t h = 2166136261u;
     char rec[64], back[64];
-    for (int r = 0; r < rounds; r++) {
+    for (int r = 0; r < rounds || (gate[0] && access(gate, F_OK) != 0); r++) {
         int n = snprintf(rec, sizeof rec, "record %04d %08x\n", r, h);
         if (write(fd, rec, (size_t)n) != n) return 4;
         off_t end = lseek(fd, 0, SEEK_CUR);

@@ -1,5 +1,5 @@
 /* An eight-thread program to migrate while it runs (issue 20; tests/test_threads_migrate.py).
- *   threads_migrate [ROUNDS [SLEEP_MS [KIB]]]   (defaults 20, 20, 64)
+ *   threads_migrate [ROUNDS [SLEEP_MS [KIB [GATE]]]]   (defaults 20, 20, 64, none)
  * Each round the main thread sleeps SLEEP_MS (a blocking poll_oneoff a migration interrupts and
  * the target re-issues) while the eight workers wait on a condition variable; then it opens the
  * round under the mutex and broadcasts. Each worker rewrites its slice of a shared KIB-KiB buffer
@@ -7,7 +7,10 @@
  * condition variable) to append its checksum to the round's log, and meets the others at a
  * barrier; the barrier's serial thread tells the main thread the round is done. The main thread
  * alone prints: the round's log, in worker order, and at the end a checksum of the whole buffer.
- * Every line depends on the data only, never on the interleaving. */
+ * Every line depends on the data only, never on the interleaving. With GATE (a path in a
+ * preopened directory) it goes on past ROUNDS, round after round, until the file GATE exists
+ * (as migrate_work does): a test ends it once its migration is over, however slowly a loaded
+ * machine ran it; N rounds print the same lines whether or not a gate made it N. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +62,7 @@ int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 20;
     int sleep_ms = argc > 2 ? atoi(argv[2]) : 20;
     size_t words = (size_t)(argc > 3 ? atoi(argv[3]) : 64) * 1024 / 4;
+    const char *gate = argc > 4 ? argv[4] : NULL;
     slice = words / WORKERS;
     buf = malloc(words * 4);
     if (!buf || slice == 0) return 2;
@@ -66,7 +70,7 @@ int main(int argc, char **argv) {
     pthread_barrier_init(&all_written, NULL, WORKERS);
     pthread_t threads[WORKERS];
     for (int w = 0; w < WORKERS; w++) pthread_create(&threads[w], NULL, worker, (void *)(intptr_t)w);
-    for (int r = 0; r < rounds; r++) {
+    for (int r = 0; r < rounds || (gate && access(gate, F_OK) != 0); r++) {
         if (sleep_ms) usleep((useconds_t)sleep_ms * 1000);
         pthread_mutex_lock(&lock);
         turn = 0;
