@@ -369,16 +369,16 @@ def transfer_tail(rw: _FunctionRewriter, stored: set[int] | None = None) -> None
     function itself, with dummy arguments. ``stored``: only these locals (the arm's own transfer,
     :func:`wasmig.instrument.entry_arm._reentered`: those live at the loop's header; storing every
     local kept each live across the dispatch loop, whose exits reach the tail)."""
-    from wasmig.instrument.unwind import _STORE, RECORDS_BASE, STATE_REWINDING
+    from wasmig.instrument.unwind import RECORDS_BASE, STATE_REWINDING
 
     rw.emit(0x41, 0)
     rw.emit(0x20, rw.site_local)
     rw.emit(0x36, rw.ctl_memarg(2, RECORDS_BASE))
     scratch = rw.scratch
-    for j, t in enumerate(rw.local_types):
+    for j in range(len(rw.local_types)):
         if j in scratch or (stored is not None and j not in stored):
             continue
-        op, align = _STORE["i64" if j in rw.wrap_now else t]  # a widened parameter: as slot_store
+        op, align = rw.slot_store_op(j)
         rw.emit(0x41, 0)
         rw.emit(0x20, j)
         rw.emit(op, rw.ctl_memarg(align, RECORDS_BASE + 8 + 8 * j))

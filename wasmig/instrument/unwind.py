@@ -537,10 +537,15 @@ class _FunctionRewriter:
         all the host and the copy read, and the upper four are zero -- a byte less than a wrap."""
         code = self.slot_stores.get(j)
         if code is None:
-            op, align = _STORE["i64" if j in self.wrap_now else self.local_types[j]]
+            op, align = self.slot_store_op(j)
             code = self.slot_stores[j] = (encoded_instr(0x20, self.addr_local) + encoded_instr(0x20, j)
                                           + encoded_instr(op, self.ctl_memarg(align, 8 + 8 * j)))
         return code
+
+    def slot_store_op(self, j: int) -> tuple[int, int]:
+        """(store opcode, alignment) of local j into a control-memory slot: its type's, but
+        ``i64.store`` for a widened parameter where it is an i64 (:meth:`slot_store`)."""
+        return _STORE["i64" if j in self.wrap_now else self.local_types[j]]
 
     def set_widening(self, on: bool) -> None:
         """Emit code where the widened parameters are i64 (``on``: the normal body) or i32 locals
@@ -966,7 +971,7 @@ class _FunctionRewriter:
         stash = self.stash = dict(stash)
         for j in new:
             n = stash[j] = len(stash)
-            op, align = _STORE["i64" if j in self.wrap_now else self.local_types[j]]  # as slot_store
+            op, align = self.slot_store_op(j)
             self.out.add_encoded(encode_seq((0x41, 0), (0x20, j), (op, self.ctl_memarg(align, STASH_BASE + 8 * n))), 3)
 
     def _every_iteration_calls(self, i: int) -> bool:
