@@ -32,13 +32,15 @@ full memory traps where it would not. Neither is reachable below 4 GiB.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from wasmig.binary.ir import Data, Instr, Limits, MemType
-from wasmig.binary.ir import Module as IRModule
 from wasmig.binary.opcodes import IMM
+
+if TYPE_CHECKING:
+    from wasmig.binary.ir import Instr
+    from wasmig.binary.ir import Module as IRModule
 
 #: the hidden page's size: the program's memory starts this many bytes into memory 0
 HIDDEN = 65536
@@ -91,6 +93,8 @@ def _const_offset(expr: Sequence[Instr] | None) -> bool:
 def hide(ir: IRModule) -> None:
     """Give ``ir``'s memory 0 the hidden page: its limits and its active data segments (``ir``'s
     lists are the pass's copies; the bodies move one at a time, :func:`shifted_body`)."""
+    from wasmig.binary.ir import Data, Instr, Limits, MemType  # the host's start (constants only) stays light
+
     limits = ir.mems[0].limits
     most = None if limits.max is None or limits.max + PAGES > 65536 else limits.max + PAGES
     ir.mems[0] = MemType(Limits(limits.min + PAGES, most))
@@ -107,6 +111,8 @@ def shifted_body(body: list[Instr]) -> list[Instr]:
     """``body`` with every memory-0 access's static offset moved up by the hidden page (the same
     list if it has none). Each instruction keeps its original offset, which the site map and
     the origin tags record."""
+    from wasmig.binary.ir import Instr
+
     at = [k for k, ins in enumerate(body) if ins.op in MEMARG_OPS]
     if not at:
         return body
@@ -122,5 +128,7 @@ def shifted_body(body: list[Instr]) -> list[Instr]:
 def hidden_function(f: object) -> object:
     """Function ``f`` with its body's accesses moved (:func:`shifted_body`); ``f`` itself if it
     has none. A new Function is not ``canonical``: its bytes are no longer the module's."""
+    import dataclasses
+
     body = shifted_body(f.body)  # type: ignore[attr-defined]
     return f if body is f.body else dataclasses.replace(f, body=body)  # type: ignore[attr-defined, type-var]
