@@ -5,10 +5,12 @@
 * the program cannot reach that page, and sees the very sizes, growth, bulk operations, data
   and traps it sees uninstrumented, at the edges of its memory too (each call compared with the
   original on wasmtime; the host's view, :class:`ProgramMemory`, compared byte for byte);
-* a module that cannot have the page (an imported memory, a data offset that is not a constant,
+* by default only a module with an interpreter's giant function gets it; a module that cannot
+  have the page (an imported memory, a data offset that is not a constant,
   a static offset within a page of 4 GiB) or is asked not to polls a memory of its own, as before;
-* the host's request reaches the program through the hidden page: a checkpoint of a running
-  program unwinds (the end-to-end tests run every C program this way).
+* the host's request reaches the program through the hidden page: the program unwinds
+  (tests/test_real_programs.py checkpoints QuickJS and CPython, which get the page by default, at
+  many points and restores every snapshot on both engines).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tests.wat import wat_module
 from wasmig.binary.decoder import decode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.opcodes import IMM, memarg_memidx
-from wasmig.instrument.hidden_page import EXPORT, HIDDEN, fits
+from wasmig.instrument.hidden_page import EXPORT, HIDDEN, MIN_FUNCTION, fits
 from wasmig.instrument.unwind import POLL, instrument
 
 wasmtime = pytest.importorskip("wasmtime")
@@ -81,7 +83,7 @@ def _outcomes(data: bytes) -> tuple[list[object], bytes]:
 def test_the_program_sees_its_own_memory_and_never_the_page(limits: str, count_steps: bool) -> None:
     module = wat_module(f'(module (memory (export "memory") {limits}) {MEMORY_FUNCS})')
     assert fits(module.ir)
-    done = instrument(module, count_steps=count_steps)
+    done = instrument(module, count_steps=count_steps, hidden_page=True)
     want, want_memory = _outcomes(module.data)
     got, got_memory = _outcomes(done.data)
     assert got == want
@@ -91,7 +93,7 @@ def test_the_program_sees_its_own_memory_and_never_the_page(limits: str, count_s
 
 def test_the_polls_read_memory_0s_hidden_page_and_the_host_writes_it() -> None:
     module = wat_module(f'(module (memory (export "memory") 1) {MEMORY_FUNCS})')
-    done = instrument(module, count_steps=False)
+    done = instrument(module, count_steps=False, hidden_page=True)
     run = decode_module(done.data, features=INSTRUMENTED)
     assert run.mems[0].limits.min == 2  # the page in front
     polls = [ins for f in run.funcs for ins in f.body if ins.op == 0xFE12]
@@ -126,10 +128,23 @@ def test_the_polls_read_memory_0s_hidden_page_and_the_host_writes_it() -> None:
 def test_a_module_that_cannot_have_the_page_polls_a_memory_of_its_own(wat: str) -> None:
     module = wat_module(wat.replace("(result i32)", "(result i32) (loop $l (br_if $l (i32.const 0)))", 1))
     assert not fits(module.ir)
-    run = decode_module(instrument(module, count_steps=False).data, features=INSTRUMENTED)
+    run = decode_module(instrument(module, count_steps=False, hidden_page=True).data, features=INSTRUMENTED)
     polls = [ins for f in run.funcs for ins in f.body if ins.op == 0xFE12]
     assert polls and all(memarg_memidx(ins.imm) == len(run.all_mems()) - 1 for ins in polls)
     assert EXPORT not in {e.name for e in run.exports}
+
+
+def test_by_default_only_a_module_with_an_interpreters_giant_function_gets_the_page() -> None:
+    """The page costs loops of array arithmetic an instruction per merged load (hidden_page.py):
+    by default only a module with a function of MIN_FUNCTION instructions or more gets it."""
+    small = wat_module(f'(module (memory (export "memory") 1) {MEMORY_FUNCS})')
+    assert EXPORT not in {e.name for e in decode_module(instrument(small).data, features=INSTRUMENTED).exports}
+    big_body = "(drop (i32.const 1)) " * ((MIN_FUNCTION + 1) // 2)
+    big = wat_module(f'(module (memory (export "memory") 1) {MEMORY_FUNCS} (func (export "big") {big_body}))')
+    assert max(len(f.body) for f in big.ir.funcs) >= MIN_FUNCTION
+    done = instrument(big)
+    assert EXPORT in {e.name for e in decode_module(done.data, features=INSTRUMENTED).exports}
+    assert _outcomes(done.data) == _outcomes(big.data)
 
 
 def test_the_page_can_be_refused() -> None:

@@ -375,6 +375,8 @@ class ScriptCheck:
             st.skipped[f"wasmig cannot load it ({type(exc).__name__})"] += 1
             return standin
         try:
+            # the hidden page wherever it fits (small modules would not get it by default), but
+            # for a module other modules link to
             data2 = self.instrument(module, hidden_page=self.index not in self.registered).data
         except InstrumentError as exc:
             st.refusals.append(f"{self.name}.wast:{self.line}: {exc}")

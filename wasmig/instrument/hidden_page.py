@@ -25,6 +25,19 @@ The host sees the program's memory from byte ``HIDDEN`` on
 and the snapshots are unchanged. A module gets the hidden page only when all of this is possible
 (:func:`fits`); otherwise the pass polls a memory of its own, as before.
 
+Which modules get it (:func:`chosen`): the page is not free. Cranelift folds an access's base,
+index and displacement into one x86 operand for a plain load or store, but a load it merges into
+an arithmetic instruction (``vmulsd 0x10000(%r15)``) gets a ``lea`` of its own for base + index
+once the displacement is not zero: a loop of array arithmetic pays an instruction per access
+(``overhead.py``, session 13: matmul 1.26x plain against 0.95x, pb_syrk 1.42x against 1.00x,
+geomean of 27 kernels 1.05x against 1.00x). A register is worth more than that in the giant
+functions of an interpreter, where the poll memory's base held one across the whole dispatch loop
+(QuickJS's guest 1.024x and 1.034x plain against 1.089x and 1.068x, two runs; CPython 0.852x
+either way). So by default a module gets the page when one of its functions has
+``MIN_FUNCTION`` instructions or more (the size at which :mod:`~wasmig.instrument.widen` too
+treats a function as an interpreter's loop); ``instrument(hidden_page=True)`` asks for it
+wherever it fits (the spec and unit tests), ``False`` never.
+
 Limit: a memory that may grow to all 65,536 pages gives the program 65,535 (a page is the
 hidden one), and a bulk operation of zero bytes at an address past 2**32 - 65,537 in such a
 full memory traps where it would not. Neither is reachable below 4 GiB.
@@ -48,6 +61,8 @@ PAGES = 1
 #: the export (an immutable i32 global: ``HIDDEN``) that tells the host memory 0 has the page
 EXPORT = "wasmig:base"
 _U32 = 0xFFFFFFFF
+#: a module with a function of this many instructions gets the page by default (:func:`chosen`)
+MIN_FUNCTION = 5000
 #: the opcodes with a ``memarg`` (loads, stores, atomics): their offset moves
 MEMARG_OPS = frozenset(op for op, kind in IMM.items() if kind == "memarg")
 #: the opcodes emitted after them: memory.size, memory.grow, memory.init, memory.copy, memory.fill
@@ -84,6 +99,15 @@ def fits(ir: IRModule) -> bool:
             if ins.op in MEMARG_OPS and ins.imm[1] > _U32 - HIDDEN:
                 return False
     return True
+
+
+def chosen(ir: IRModule, asked: bool | None) -> bool:
+    """Whether the pass gives ``ir`` the hidden page: ``asked`` True (wherever it fits), False
+    (never) or None (by default: where it fits and a function has ``MIN_FUNCTION``
+    instructions or more; see the module's docstring)."""
+    if asked is False or not fits(ir):
+        return False
+    return asked is True or any(len(f.body) >= MIN_FUNCTION for f in ir.funcs)
 
 
 def _const_offset(expr: Sequence[Instr] | None) -> bool:

@@ -1852,7 +1852,7 @@ class _Pass:
 
 def instrument(module: object, *, count_steps: bool = True, split: bool = True,
                progress: Callable[[int, int], None] | None = None,
-               host_tables: frozenset[int] = frozenset(), hidden_page: bool = True) -> Instrumented:
+               host_tables: frozenset[int] = frozenset(), hidden_page: bool | None = None) -> Instrumented:
     """Instrument a validated :class:`wasmig.Module` for checkpointing on a compiled engine.
 
     ``count_steps=True`` builds the deterministic variant: every stable point also counts a step
@@ -1877,10 +1877,12 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     checkpoint unwinds from and a rewind re-issues), as the wasi-threads runner's rerouted
     waits are (:mod:`wasmig.engines.wasmtime.host_waits`).
 
-    ``hidden_page`` (the default): the poll byte goes in a page in front of memory 0 when the
-    module allows it (:mod:`wasmig.instrument.hidden_page`); the host then sees the program's
-    memory from that page on (:mod:`wasmig.engines.wasmtime.program_memory`). Off for a module
-    whose memory other modules link to: they would see the page.
+    ``hidden_page``: whether the poll byte goes in a page in front of memory 0
+    (:mod:`wasmig.instrument.hidden_page`; the host then sees the program's memory from that page
+    on, :mod:`wasmig.engines.wasmtime.program_memory`): None (the default) where it fits and pays
+    (:func:`~wasmig.instrument.hidden_page.chosen`: an interpreter's giant functions), True
+    wherever it fits, False never (a module whose memory other modules link to: they would see
+    the page).
 
     The cyclic garbage collector is paused while the pass runs (:func:`collector_paused`): the
     pass allocates tens of millions of short-lived objects, none in a cycle, and every collection
@@ -1891,7 +1893,7 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
 
 
 def _instrument(module: object, count_steps: bool, split: bool, progress: Callable[[int, int], None] | None,
-                host_tables: frozenset[int], hidden_page_wanted: bool) -> Instrumented:
+                host_tables: frozenset[int], hidden_page_wanted: bool | None) -> Instrumented:
     """:func:`instrument`, with the collector paused."""
     # the pass builds every function anew and only adds to the module's lists: copies of the
     # lists are enough to leave the caller's IR untouched (a deep copy cost a third of the pass)
@@ -1913,7 +1915,7 @@ def _instrument(module: object, count_steps: bool, split: bool, progress: Callab
                               f"control memory's {GLOBALS_BASE - DROPS_BASE} drop flags")
     # a Module's IR is its bytes decoded (or the bytes are its IR encoded): a decoded function's
     # offsets point into them
-    hidden = hidden_page_wanted and hidden_page.fits(ir)
+    hidden = hidden_page.chosen(ir, hidden_page_wanted)
     if hidden:
         hidden_page.hide(ir)
     p = _Pass(ir, host_tables, module.data if getattr(module, "has_bytes", False) else None,  # type: ignore[attr-defined]
