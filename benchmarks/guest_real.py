@@ -3,8 +3,9 @@
 
 ``benchmarks/real_programs.py`` times whole ``wasmig run`` processes, start-up, Python WASI and all;
 this one times only the guest: QuickJS-ng (or CPython) from ``tests/real_programs.py`` running
-``real_programs.py``'s steady-state script, on wasmtime-py with wasmtime's *own* WASI, so that only the
-module's code differs between variants. Variants:
+``real_programs.py``'s steady-state script, on wasmtime-py with wasmig's WASI for every variant
+(``wasmig_host.py``; wasmtime's own WASI until session 13, which cannot run a module with the hidden page),
+so that only the module's code differs between variants. Variants:
 
 - ``plain``: the module as shipped;
 - ``fast``: this tree's fast variant (``instrument(..., count_steps=False).data``, the run module every
@@ -14,8 +15,8 @@ module's code differs between variants. Variants:
 - ``NAME`` (``--extra NAME=FILE.wasm``, repeatable): any other module, e.g. an experiment's output.
 
 Method: every module is compiled once per code placement (untimed) and serialized; each run is a fresh
-process that deserializes it on an engine with the instrumented module's features (multi-memory, threads,
-tail calls: the same for every variant), instantiates it with wasmtime's WASI and runs ``_start``; the
+process that deserializes it on ``wasmig run``'s engine (the same for every variant), instantiates it with
+wasmig's WASI and runs ``_start``; the
 time is the CPU time of that thread during ``_start`` (``time.thread_time``), so neither start-up nor
 another tenant's load is charged. Each variant is timed at ``--placements K`` code placements (default 4;
 ``benchmarks/overhead.py``'s :func:`~overhead.placed`: padding stores in the first function move every
@@ -43,33 +44,35 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from overhead import PLACEMENTS, baseline_fast, baseline_tree, make_engine, placed  # noqa: E402
-from real_programs import SCRIPTS, WASMTIME_PY  # noqa: E402
+from real_programs import SCRIPTS  # noqa: E402
 
 from tests.real_programs import ProgramUnavailable, obtain  # noqa: E402
 
 #: argv of the guest per program (the script is written to the preopened /app; ``--size`` replaces the last)
 GUEST_ARGS = {"quickjs": ["qjs", "/app/bench.js", "1"], "cpython": ["python", "/app/bench.py", "1"]}
 
-#: One timed run: real_programs.py's reference (wasmtime-py, wasmtime's WASI, a serialized module; argv =
-#: the module, the host dir preopened as /app, the guest's argv) on the instrumented module's engine, with
-#: the CPU time of ``_start``'s thread printed as stderr's last line.
-CHILD = WASMTIME_PY
-for _old, _new in (
-        ("import sys, wasmtime",
-         f"import sys, time, wasmtime\nsys.path.insert(0, {str(HERE)!r})\nfrom overhead import make_engine"),
-        ("engine = wasmtime.Engine()", "engine = make_engine()"),
-        ('    linker.instantiate(store, module).exports(store)["_start"](store)',
-         '    start = linker.instantiate(store, module).exports(store)["_start"]\n    t0 = time.thread_time()\n'
-         '    start(store)'),
-        ("    sys.exit(e.code)", "    if e.code:\n        sys.exit(e.code)")):
-    if _old not in CHILD:
-        raise SystemExit(f"guest_real: real_programs.WASMTIME_PY changed: no {_old!r}")
-    CHILD = CHILD.replace(_old, _new)
-CHILD += "print(time.thread_time() - t0, file=sys.stderr)\n"
+#: One timed run: a fresh process that deserializes the variant's compiled module (argv: the serialized
+#: module, the original module it is a variant of, the host dir to preopen as /app, then the guest's argv)
+#: on ``wasmig run``'s engine, runs its ``_start`` with wasmig's WASI (wasmig_host.py) and prints the CPU
+#: time of ``_start``'s thread as stderr's last line.
+CHILD = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+from wasmig_host import bench_engine, timed_start
+import wasmtime
+from wasmig import Module
+engine = bench_engine()
+compiled = wasmtime.Module.deserialize_file(engine, sys.argv[1])
+host = Module.from_file(sys.argv[2])
+t = timed_start(host, compiled, sys.argv[4:], preopens=[(sys.argv[3], "/app")], wasm_engine=engine)
+sys.stdout.flush()
+print(t, file=sys.stderr)
+"""
 
 
-def run_once(cwasm: Path, app: str, argv: list[str]) -> tuple[float, bytes]:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(cwasm), app, *argv], capture_output=True)
+def run_once(cwasm: Path, program: Path, app: str, argv: list[str]) -> tuple[float, bytes]:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(cwasm), str(program), app, *argv], capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(HERE.parent)})
     if proc.returncode != 0:
         raise SystemExit(f"guest_real: {cwasm.name} failed: {proc.stderr.decode(errors='replace')[-1500:]}")
     return float(proc.stderr.decode().strip().splitlines()[-1]), proc.stdout
@@ -168,13 +171,13 @@ def main(argv: list[str] | None = None) -> int:
                 cwasm[name, at] = tmp / f"{name}.{at}.cwasm"
                 cwasm[name, at].write_bytes(wasmtime.Module(engine, placed(blob, PLACEMENTS[at])).serialize())
         guest = [*GUEST_ARGS[args.program][:-1], str(args.size)]
-        expected = run_once(cwasm["plain", 0], str(app), guest)[1]  # untimed warm-up; the reference output
+        expected = run_once(cwasm["plain", 0], program, str(app), guest)[1]  # untimed warm-up; the reference output
         print(f"{args.program}: {len(blobs)} variants, {args.rounds} rounds at {args.placements} code placements; "
               f"load average at the start {os.getloadavg()[0]:.1f}", flush=True)
         names = list(blobs)
         times: dict[str, dict[int, list[float]]] = {n: {at: [] for at in range(args.placements)} for n in names}
         for at, name in schedule(names, args.rounds, args.placements):
-            t, out = run_once(cwasm[name, at], str(app), guest)
+            t, out = run_once(cwasm[name, at], program, str(app), guest)
             if out != expected:
                 raise SystemExit(f"guest_real: {name} printed {out[-200:]!r}, plain {expected[-200:]!r}")
             times[name][at].append(t)

@@ -44,10 +44,11 @@ Variants of each kernel:
 
 Times are the CPU time of the thread that runs the guest (``time.thread_time``: a run descheduled
 by other load on a shared machine is not charged for the wait; ``--wall`` for wall time).
-Every variant runs on wasmtime (wasmtime-py) with wasmtime's *own* WASI (``Linker.define_wasi``,
-stdout to a temp file), not wasmig's host layer, so only the guest code differs. Each module is
-compiled once per variant (``wasm_multi_memory`` on, as the instrumented module needs a second
-memory); every run makes a fresh store and instance and times only the ``_start`` call. After
+Every variant runs on wasmtime (wasmtime-py) with wasmig's own WASI (``wasmig_host.py``, stdout to a
+temp file; until session 13 it was wasmtime's own WASI, which cannot run a module with the hidden
+page), the same host layer for all, so only the guest code differs. Each module is compiled once per
+variant, on ``wasmig run``'s engine; every run makes a fresh store and instance and times only the
+``_start`` call. After
 one untimed warm-up run of the plain module, runs are interleaved (plain, fast, steps, asyncify,
 then fast, steps, asyncify, plain, ...: the order rotates each round) so drift in machine load and cache
 warmth hit all variants alike. Every variant is timed at four *code placements* (:func:`placed`:
@@ -94,6 +95,9 @@ from wasmig.binary.ir import Global, GlobalType, Instr  # noqa: E402
 from wasmig.instrument.unwind import instrument  # noqa: E402
 from wasmig.toolchain import compile_c  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from wasmig_host import bench_engine, timed_start  # noqa: E402
+
 KERNELS_DIR = HERE / "kernels"
 #: code placements: never-executed global stores padding the first defined function (always
 #: __wasm_call_ctors, run once), which moves all later functions' machine code: Cranelift places
@@ -120,13 +124,8 @@ class Variant:
 
 
 def make_engine() -> wasmtime.Engine:
-    config = wasmtime.Config()
-    config.wasm_multi_memory = True
-    config.wasm_threads = True
-    config.wasm_tail_call = True  # transfers (wasmig/instrument/transfer.py) use return_call
-    # benchmarks/unwind_exceptions.py's pricing modules use the exception-handling proposal
-    config.wasm_exceptions = os.environ.get("WASMIG_BENCH_EXCEPTIONS") == "1"
-    return wasmtime.Engine(config)
+    """``wasmig run``'s engine (wasmig_host.py), for every variant."""
+    return bench_engine()
 
 
 #: what a run's time is: ``time.thread_time`` (the CPU time of the thread that runs the guest: on a
@@ -135,28 +134,13 @@ def make_engine() -> wasmtime.Engine:
 CLOCK = {"clock": time.thread_time}
 
 
-def run_once(engine: wasmtime.Engine, module: wasmtime.Module, argv: list[str], tmp: Path) -> tuple[float, str]:
-    """Instantiate *module* with wasmtime's WASI, time its ``_start``; return (seconds, stdout)."""
+def run_once(engine: wasmtime.Engine, module: wasmtime.Module, argv: list[str], tmp: Path,
+             host: Module) -> tuple[float, str]:
+    """Instantiate *module* (a variant of *host*'s code) with wasmig's WASI, time its ``_start``;
+    return (seconds, stdout)."""
     out = tmp / "stdout.txt"
-    out.unlink(missing_ok=True)
-    wasi = wasmtime.WasiConfig()
-    wasi.argv = argv
-    wasi.stdout_file = str(out)
-    store = wasmtime.Store(engine)
-    store.set_wasi(wasi)
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    instance = linker.instantiate(store, module)
-    start = instance.exports(store)["_start"]
-    clock = CLOCK["clock"]
-    t0 = clock()
-    try:
-        start(store)
-    except wasmtime.ExitTrap as e:
-        if e.code != 0:
-            raise
-    elapsed = clock() - t0
-    del instance, store  # closes the stdout file
+    with out.open("wb") as f:
+        elapsed = timed_start(host, module, argv, stdout=f, clock=CLOCK["clock"], wasm_engine=engine)
     return elapsed, out.read_text()
 
 
@@ -236,12 +220,12 @@ def measure_kernel(engine: wasmtime.Engine, src: Path, runs: int, use_asyncify: 
     variants = [Variant(name, blob, [wasmtime.Module(engine, placed(blob, p)) for p in PLACEMENTS])
                 for name, blob in blobs]
     argv = [src.stem]
-    expected = run_once(engine, variants[0].modules[0], argv, tmp)[1]  # untimed warm-up; the reference
+    expected = run_once(engine, variants[0].modules[0], argv, tmp, module)[1]  # untimed warm-up; the reference
     for k in range(runs):
         for at in range(len(PLACEMENTS)):
             turn = k * len(PLACEMENTS) + at
             for v in variants[turn % len(variants):] + variants[:turn % len(variants)]:  # rotate who goes first
-                elapsed, stdout = run_once(engine, v.modules[at], argv, tmp)
+                elapsed, stdout = run_once(engine, v.modules[at], argv, tmp, module)
                 if stdout != expected:
                     raise SystemExit(f"{src.stem}: {v.name} printed {stdout!r}, plain printed {expected!r}")
                 v.times.append(elapsed)

@@ -6,6 +6,8 @@ polls."""
 
 from __future__ import annotations
 
+import ctypes
+
 import pytest
 
 from tests.test_unroll_shape import _instance as _unrolled_instance
@@ -15,9 +17,10 @@ from wasmig.binary.decoder import decode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.ir import FuncType, Instr
 from wasmig.instrument.counted import EntryBound, entry_bound, entry_guard
-from wasmig.instrument.unwind import ENTRY_BOUND_MAX_BODY, UNROLL_MAX_BODY, UNROLL_MAX_FUNCTION, instrument
+from wasmig.instrument.unwind import ENTRY_BOUND_MAX_BODY, POLL, UNROLL_MAX_BODY, UNROLL_MAX_FUNCTION, instrument
 
 wasmtime = pytest.importorskip("wasmtime")
+from wasmig.engines.wasmtime.program_memory import poll_address  # noqa: E402
 
 
 def _loop(body: str, tail: str, init: str = "(local.set $k (i32.const 0))", block_type: str = "") -> str:
@@ -134,7 +137,7 @@ def test_an_entry_bounded_loop_runs_unpolled_only_when_its_count_is_small() -> N
     store, ex = _instance(fast.data)
     for n in (1, 2, 3, 5, 8, 200, 5000, 70000):
         assert ex["f"](store, n) == plain["f"](plain_store, n), n
-    ex["wasmig:poll"].write(store, b"\x01", 0)
+    ctypes.c_uint8.from_address(poll_address(ex, store, POLL)).value = 1  # the host's request
     ex["f"](store, 200)
     assert ex["wasmig:state"].value(store) == 0, "the small count ran unpolled"
     ex["f"](store, 70000)

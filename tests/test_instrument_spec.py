@@ -51,6 +51,7 @@ from tests.spec.runner import results_match
 from wasmig.binary.encoder import encode_module
 from wasmig.binary.features import INSTRUMENTED
 from wasmig.binary.ir import Instr
+from wasmig.engines.wasmtime.program_memory import program_exports
 from wasmig.instrument.unwind import Instrumented, InstrumentError, instrument
 
 wasmtime = pytest.importorskip("wasmtime")
@@ -238,7 +239,8 @@ class World:
                 raise Unsatisfiable(f"{imp.module}.{imp.name}")
             externs.append(provider[imp.name])
         inst = wasmtime.Instance(self.store, module, externs)
-        exports = dict(inst.exports(self.store))
+        # as the host sees them: memory 0 from the program's first byte (hidden_page.py)
+        exports = program_exports(dict(inst.exports(self.store)))
         start = exports.get("wasmig:start")
         if isinstance(start, wasmtime.Func):  # the pass turns a start section into this export:
             start(self.store)  # the host runs it on a fresh instantiation (never on a restore)
@@ -305,6 +307,22 @@ class Prepared:
     is_instrumented: bool
 
 
+def registered_modules(commands: list[dict[str, Any]]) -> set[int]:
+    """The indices of the ``module`` commands whose instance a later ``register`` names (by
+    name, or the latest module)."""
+    out: set[int] = set()
+    named: dict[str, int] = {}
+    latest = -1
+    for k, cmd in enumerate(commands):
+        if cmd["type"] == "module":
+            latest = k
+            if cmd.get("name"):
+                named[cmd["name"]] = k
+        elif cmd["type"] == "register":
+            out.add(named.get(cmd["name"], -1) if cmd.get("name") else latest)
+    return out
+
+
 class ScriptCheck:
     """Replays one converted script in the two worlds and compares every outcome."""
 
@@ -313,6 +331,10 @@ class ScriptCheck:
         self.name = json_path.stem
         self.commands: list[dict[str, Any]] = json.loads(json_path.read_text(encoding="utf-8"))["commands"]
         self.instrument = instrument_fn
+        #: the module commands (by index) whose instance is ``register``-ed: other modules link
+        #: to its memory, so it cannot have the hidden page (the importer would see the page)
+        self.registered = registered_modules(self.commands)
+        self.index = -1
         self.stats = FileStats(self.name)
         self.orig = World()
         self.inst = World()
@@ -322,7 +344,8 @@ class ScriptCheck:
         self.stats.problems.append(f"{self.name}.wast:{self.line}: {text}")
 
     def run(self) -> FileStats:
-        for cmd in self.commands:
+        for index, cmd in enumerate(self.commands):
+            self.index = index
             self.line = int(cmd.get("line", 0))
             handler = getattr(self, "_cmd_" + cmd["type"], None)
             if handler is not None:  # assert_invalid/malformed/unlinkable: nothing to compare
@@ -352,7 +375,9 @@ class ScriptCheck:
             st.skipped[f"wasmig cannot load it ({type(exc).__name__})"] += 1
             return standin
         try:
-            data2 = self.instrument(module).data
+            # the hidden page wherever it fits (small modules would not get it by default), but
+            # for a module other modules link to
+            data2 = self.instrument(module, hidden_page=self.index not in self.registered).data
         except InstrumentError as exc:
             st.refusals.append(f"{self.name}.wast:{self.line}: {exc}")
             reason = refusal_reason(str(exc))
@@ -594,8 +619,8 @@ def test_raw_calls_keep_signalling_nan_bits() -> None:
 def test_the_harness_sees_a_pass_that_changes_behaviour() -> None:
     """A deliberately broken pass (i32.add -> i32.sub after instrumenting) must be caught."""
 
-    def broken(module: Any) -> Any:
-        out = instrument(module)
+    def broken(module: Any, **options: Any) -> Any:
+        out = instrument(module, **options)
         ir = out.ir
         for func in ir.funcs:
             func.body = [Instr(0x6B) if ins.op == 0x6A else ins for ins in func.body]

@@ -65,7 +65,7 @@ from wasmig.binary.leb128 import encode_s
 from wasmig.binary.opcodes import memarg
 from wasmig.binary.validator import validate_declarations
 from wasmig.errors import WasmError
-from wasmig.instrument import entry_arm, transfer, widen
+from wasmig.instrument import entry_arm, hidden_page, transfer, widen
 from wasmig.instrument.callgraph import call_graph
 from wasmig.instrument.counted import EntryBound, counted_trips, entry_bound, entry_guard
 from wasmig.instrument.emit import Code, OriginalCode, encode_seq, origin_tag
@@ -104,8 +104,10 @@ RECORDS_BASE = 32768
 NEVER = 1 << 62
 #: opcodes :meth:`_FunctionRewriter.plain` does not copy unchanged: constructs, branches (their
 #: depths are renumbered), calls (of a widened function: dead code, see there), memory.grow
-#: (publishes the new size), data.drop and elem.drop (noted)
-_NOT_VERBATIM = frozenset((0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0x0E, 0x10, 0x40, 0xFC09, 0xFC0D))
+#: (publishes the new size), data.drop and elem.drop (noted), and memory.size and the bulk memory
+#: operations (with the hidden page, :mod:`~wasmig.instrument.hidden_page`, they move)
+_NOT_VERBATIM = frozenset((0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0x0E, 0x10, 0x3F, 0x40, 0xFC08, 0xFC09, 0xFC0A,
+                           0xFC0B, 0xFC0D))
 #: opcodes the normal body's emitter (:meth:`_FunctionRewriter._emit_range`) looks at: those and calls
 _SPECIAL = _NOT_VERBATIM | {0x10, 0x11}
 #: opcodes the rewind copy's walk (:meth:`_FunctionRewriter._rewind_body`) looks at: those, `else`,
@@ -325,6 +327,8 @@ class _FunctionRewriter:
         #: a chain of entry loops around a huge target: an entry arm instead (entry_arm.py)
         self.entries, self.chain = entry_arm.chain_of(self.entries, body, self.end_of, self.unreachable)
         self.arm_head: Code | None = None  # the normal body up to the entry arm
+        #: two i32 locals for a bulk memory operation's moved operands (:meth:`moved_bulk`)
+        self.bulk_locals: tuple[int, int] | None = None
 
     # --- locals -----------------------------------------------------------------------------
     def _new_local(self, t: str) -> int:
@@ -642,7 +646,7 @@ class _FunctionRewriter:
         # i32.atomic.load8_u $ctl: the request. Atomic, so that the compiler never merges it
         # with an earlier poll's load: with a plain load, Cranelift reused the entry poll's
         # value in every loop without stores, which then never saw a request
-        self.emit(0xFE12, memarg(0, POLL, self.p.poll_mem))
+        self.emit(0xFE12, self.p.poll_memarg)
         if self.p.count_steps:
             self.emit(0x72)  # i32.or
         self.open(0x04, self.p.block_type(params, params), False)
@@ -730,9 +734,20 @@ class _FunctionRewriter:
             self.emit(op, (tuple(self.label(x) for x in labels), self.label(default)), origin)
         elif op == 0x40:  # memory.grow: publish the new size (the old one stays the result)
             self.emit(op, imm, ins.offset)
+            hidden = self.p.hidden
+            if hidden:
+                self.emit_seq(hidden_page.GROW_FIX)
             self.emit(0x41, 0)
             self.emit(0x3F, imm)
+            if hidden:
+                self.emit_seq(hidden_page.SIZE_FIX)
             self.emit(0x36, memarg(2, MEMORY_PAGES, self.p.poll_mem))
+        elif op == 0x3F:  # memory.size
+            self.emit(op, imm, origin)
+            if self.p.hidden:
+                self.emit_seq(hidden_page.SIZE_FIX)
+        elif op in (0xFC08, 0xFC0A, 0xFC0B) and self.p.hidden:
+            self.moved_bulk(op, imm, origin)
         elif op == 0x10:  # a call in dead code: of a widened function, its i32 arguments would not validate
             if imm in self.p.widened:
                 self.emit(0x00)
@@ -747,6 +762,28 @@ class _FunctionRewriter:
                 self.emit(0x3A, self.ctl_memarg(0, slot))  # i32.store8 $ctl
         else:
             self.emit(op, imm, origin)
+
+    def emit_seq(self, seq: Sequence[tuple[int, object]]) -> None:
+        for op, imm in seq:
+            self.emit(op, imm)
+
+    def moved_bulk(self, op: int, imm: object, origin: int) -> None:
+        """memory.init, memory.copy or memory.fill with its memory-0 addresses moved past the
+        hidden page (:mod:`~wasmig.instrument.hidden_page`): the operands ``[d, s|v, n]`` go
+        through two i32 locals of the function's own (never live at a site: the three
+        instructions around them are not sites)."""
+        if self.bulk_locals is None:
+            self.bulk_locals = (self._new_local("i32"), self._new_local("i32"))
+        n, s = self.bulk_locals
+        fix = hidden_page.ADDRESS_FIX
+        self.emit(0x21, n)
+        if op == 0xFC0A:  # memory.copy: the source is an address as well
+            self.emit_seq(fix)
+        self.emit(0x21, s)
+        self.emit_seq(fix)
+        self.emit(0x20, s)
+        self.emit(0x20, n)
+        self.emit(op, imm, origin)
 
     # --- the function -------------------------------------------------------------------------
     def rewrite(self) -> tuple[_Rewritten, _Rewritten, _Rewritten | None]:
@@ -1656,8 +1693,12 @@ def _grouped(types: list[str]) -> list[tuple[int, str]]:
 
 
 class _Pass:
-    def __init__(self, ir: IRModule, host_tables: frozenset[int] = frozenset(), data: bytes | None = None) -> None:
+    def __init__(self, ir: IRModule, host_tables: frozenset[int] = frozenset(), data: bytes | None = None,
+                 hidden: bool = False) -> None:
         self.ir = ir
+        #: the poll byte is in memory 0's hidden page (:mod:`~wasmig.instrument.hidden_page`),
+        #: not in the poll memory, which then keeps only memory 0's published size
+        self.hidden = hidden
         #: the bytes ``ir`` was decoded from, if known: the pass copies a canonical body's
         #: instructions from them (:class:`~wasmig.instrument.emit.OriginalCode`)
         self.data = data
@@ -1670,8 +1711,10 @@ class _Pass:
         self.ctl = len(ir.all_mems())
         self.poll_mem = self.ctl + 1  # a memory of its own: see instrument()
         self.globals_base = len(ir.all_globals())
+        #: where a poll reads the poll byte: memory 0's hidden page, or the poll memory
+        self.poll_memarg = memarg(0, POLL, 0 if hidden else self.poll_mem)
         #: the poll (i32.atomic.load8_u $poll 0) and the test $state == unwinding, encoded once
-        self.poll_load = encode_seq((0x41, 0), (0xFE12, memarg(0, POLL, self.poll_mem)))
+        self.poll_load = encode_seq((0x41, 0), (0xFE12, self.poll_memarg))
         self.is_unwinding = encode_seq((0x23, self.globals_base), (0x41, STATE_UNWINDING), (0x46,))
         #: ``- $state``: a shared call arm's site (:meth:`_FunctionRewriter.unwind_branch`)
         self.minus_state = encode_seq((0x23, self.globals_base), (0x6B,))
@@ -1809,7 +1852,7 @@ class _Pass:
 
 def instrument(module: object, *, count_steps: bool = True, split: bool = True,
                progress: Callable[[int, int], None] | None = None,
-               host_tables: frozenset[int] = frozenset()) -> Instrumented:
+               host_tables: frozenset[int] = frozenset(), hidden_page: bool | None = None) -> Instrumented:
     """Instrument a validated :class:`wasmig.Module` for checkpointing on a compiled engine.
 
     ``count_steps=True`` builds the deterministic variant: every stable point also counts a step
@@ -1834,16 +1877,23 @@ def instrument(module: object, *, count_steps: bool = True, split: bool = True,
     checkpoint unwinds from and a rewind re-issues), as the wasi-threads runner's rerouted
     waits are (:mod:`wasmig.engines.wasmtime.host_waits`).
 
+    ``hidden_page``: whether the poll byte goes in a page in front of memory 0
+    (:mod:`wasmig.instrument.hidden_page`; the host then sees the program's memory from that page
+    on, :mod:`wasmig.engines.wasmtime.program_memory`): None (the default) where it fits and pays
+    (:func:`~wasmig.instrument.hidden_page.chosen`: an interpreter's giant functions), True
+    wherever it fits, False never (a module whose memory other modules link to: they would see
+    the page).
+
     The cyclic garbage collector is paused while the pass runs (:func:`collector_paused`): the
     pass allocates tens of millions of short-lived objects, none in a cycle, and every collection
     also walked the decoded module (3,500 collections, 1.1 s of CPython's pass).
     """
     with collector_paused():
-        return _instrument(module, count_steps, split, progress, host_tables)
+        return _instrument(module, count_steps, split, progress, host_tables, hidden_page)
 
 
 def _instrument(module: object, count_steps: bool, split: bool, progress: Callable[[int, int], None] | None,
-                host_tables: frozenset[int]) -> Instrumented:
+                host_tables: frozenset[int], hidden_page_wanted: bool | None) -> Instrumented:
     """:func:`instrument`, with the collector paused."""
     # the pass builds every function anew and only adds to the module's lists: copies of the
     # lists are enough to leave the caller's IR untouched (a deep copy cost a third of the pass)
@@ -1865,7 +1915,11 @@ def _instrument(module: object, count_steps: bool, split: bool, progress: Callab
                               f"control memory's {GLOBALS_BASE - DROPS_BASE} drop flags")
     # a Module's IR is its bytes decoded (or the bytes are its IR encoded): a decoded function's
     # offsets point into them
-    p = _Pass(ir, host_tables, module.data if getattr(module, "has_bytes", False) else None)  # type: ignore[attr-defined]
+    hidden = hidden_page.chosen(ir, hidden_page_wanted)
+    if hidden:
+        hidden_page.hide(ir)
+    p = _Pass(ir, host_tables, module.data if getattr(module, "has_bytes", False) else None,  # type: ignore[attr-defined]
+              hidden)
     p.count_steps = count_steps
     p.unroll = 1 if count_steps else UNROLL  # the deterministic variant counts every iteration
     n_imported = p.n_imported
@@ -1895,7 +1949,8 @@ def _instrument(module: object, count_steps: bool, split: bool, progress: Callab
     for k, f in enumerate(ir.funcs):
         if progress is not None:
             progress(k, n_defined)
-        new, copy, entry = _FunctionRewriter(p, n_imported + k, f, check(k)).rewrite()
+        new, copy, entry = _FunctionRewriter(p, n_imported + k, hidden_page.hidden_function(f) if hidden else f,
+                                             check(k)).rewrite()
         code.append(new.code)
         copies.append(copy.code)
         origins.append(new.origins)
@@ -1939,11 +1994,15 @@ def _instrument(module: object, count_steps: bool, split: bool, progress: Callab
                    # one more fits; known only once every function is rewritten (and encoded)
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record()), Instr(0x0B)]),
                    Global(GlobalType("i32"), [Instr(0x41, p.max_record() // 65536 + 1), Instr(0x0B)])]
+    if hidden:  # where the program's memory starts in memory 0: the host's view starts there
+        ir.globals.append(Global(GlobalType("i32"), [Instr(0x41, hidden_page.HIDDEN), Instr(0x0B)]))
     taken = {e.name for e in ir.exports}
     extra = [Export("wasmig:dump", "func", helper_base), Export("wasmig:load", "func", helper_base + 1),
              Export("wasmig:ctl", "memory", p.ctl), Export("wasmig:poll", "memory", p.poll_mem),
              Export("wasmig:state", "global", g),
              Export("wasmig:steps", "global", g + 1), Export("wasmig:stop_at", "global", g + 2)]
+    if hidden:
+        extra.append(Export(hidden_page.EXPORT, "global", g + 5))
     extra += [Export(f"wasmig:g{i}", "global", i) for i in range(g)]
     if p.ctl > 0:
         extra.append(Export("wasmig:mem0", "memory", 0))
@@ -2114,7 +2173,7 @@ def _record_header_function(p: _Pass) -> Function:
 
     body = [i(0x41, STATE_UNWINDING), i(0x24, g)]
     if not p.count_steps:
-        body += [i(0x41, 0), i(0x41, 1), i(0x3A, memarg(0, POLL, p.poll_mem))]
+        body += [i(0x41, 0), i(0x41, 1), i(0x3A, p.poll_memarg)]
     body += [i(0x41, 0), i(0x28, memarg(2, WRITE_PTR, p.ctl)), i(0x22, a),
              i(0x20, site), i(0x36, memarg(2, 0, p.ctl)),
              i(0x20, a), i(0x20, func), i(0x36, memarg(2, 4, p.ctl)),

@@ -30,6 +30,7 @@ import wasmtime
 from wasmig.engines.under_way import UnderWay
 from wasmig.engines.wasmtime.capture import capture_wasmtime, memory_export, static_tables
 from wasmig.engines.wasmtime.instrumented import Instrumented, instrumented
+from wasmig.engines.wasmtime.program_memory import poll_address
 from wasmig.errors import SnapshotError
 from wasmig.module import Module
 from wasmig.wasi.preview1 import Wasi
@@ -110,7 +111,7 @@ class Checkpointable:
         # the control memory never moves (memory_may_move is off): a plain address, writable
         # from any thread
         poll_base = ctypes.addressof(ex["wasmig:poll"].data_ptr(self.store).contents)
-        self._poll = ctypes.c_uint8.from_address(poll_base + self.sitemap.poll)
+        self._poll = ctypes.c_uint8.from_address(poll_address(ex, self.store, self.sitemap.poll))
         self.instance.interrupt_flag = self._poll
         # memory 0's size, which the module itself keeps up to date after every memory.grow, and
         # its address (it never moves): another thread reads the live memory through these two

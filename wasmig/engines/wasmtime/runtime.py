@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - another wasmtime-py layout
 
 from wasmig import checked, log
 from wasmig.engines import trap_signals as signals
+from wasmig.engines.wasmtime.program_memory import program_exports
 from wasmig.engines.wasmtime.traps import _Code, _one_line, convert_trap
 from wasmig.errors import HostCallInterrupted, LinkError, ValidationError, WasmError
 from wasmig.hashing import fast_digest, fast_hash
@@ -464,7 +465,8 @@ class WasmtimeInstance:
             links.define(self, linker)
         signals.restore()  # a trap in wasm must stay a trap, whatever library was loaded since
         self._instance = self._guard(lambda: linker.instantiate(self.store, compiled), instantiating=True)
-        self.exports = Exports(_own_exports(self.store, self._instance))
+        # memory 0 as the program sees it (an instrumented module's may have a hidden page first)
+        self.exports = Exports(program_exports(_own_exports(self.store, self._instance)))
         memory = self.exports.get("memory")
         self.memory_view = LinearMemoryView(self.store, memory) if isinstance(memory, wasmtime.Memory) else None
         if wasi is not None and self.memory_view is not None:
