@@ -65,8 +65,7 @@ _U32 = 0xFFFFFFFF
 MIN_FUNCTION = 5000
 #: the opcodes with a ``memarg`` (loads, stores, atomics): their offset moves
 MEMARG_OPS = frozenset(op for op, kind in IMM.items() if kind == "memarg")
-#: the opcodes emitted after them: memory.size, memory.grow, memory.init, memory.copy, memory.fill
-SIZE, GROW, INIT, COPY, FILL = 0x3F, 0x40, 0xFC08, 0xFC0A, 0xFC0B
+
 
 def _f64(x: float) -> int:
     """The bits of ``f64.const x`` (the IR's immediate)."""
