@@ -67,17 +67,13 @@ class Watch:
         self.files = files
         self.samples: list[tuple[float, str, dict[int, int]]] = []
         self._done = threading.Event()
-        self._sample()  # the holders as they are before the test acts
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _sample(self) -> None:
-        for name, path in self.files.items():
-            self.samples.append((time.monotonic(), name, holders(path)))
-
     def _run(self) -> None:
         while not self._done.is_set():
-            self._sample()
+            for name, path in self.files.items():
+                self.samples.append((time.monotonic(), name, holders(path)))
 
     def stop(self) -> None:
         self._done.set()
