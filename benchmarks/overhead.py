@@ -88,14 +88,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from wasmig import Module  # noqa: E402
-from wasmig.binary.decoder import decode_module  # noqa: E402
-from wasmig.binary.encoder import encode_module  # noqa: E402
-from wasmig.binary.features import INSTRUMENTED  # noqa: E402
-from wasmig.binary.ir import Global, GlobalType, Instr  # noqa: E402
 from wasmig.instrument.unwind import instrument  # noqa: E402
 from wasmig.toolchain import compile_c  # noqa: E402
 
 sys.path.insert(0, str(HERE))
+import placement  # noqa: E402
 from wasmig_host import bench_engine, timed_start  # noqa: E402
 
 KERNELS_DIR = HERE / "kernels"
@@ -160,19 +157,11 @@ def placed(wasm: bytes, stores: int) -> bytes:
     global (never true), at the start of the first defined function. Where a hot loop lands
     relative to cache-line and fetch boundaries moves a kernel by up to 15% on its own (fib: 0.177
     s at one placement, 0.160-0.164 s at five others, the code unchanged), so every variant is
-    timed at the same few placements and the median taken over all of them."""
-    if stores == 0:
-        return wasm
-    ir = decode_module(wasm, features=INSTRUMENTED)
-    g = len(ir.all_globals())
-    # a global of its own per store: Cranelift keeps only the last of several stores to one
-    # global, so with one global every count of stores moved the code by the same 32 bytes
-    ir.globals += [Global(GlobalType("i32", True), [Instr(0x41, 0), Instr(0x0B)]) for _ in range(stores)]
-    pad = [Instr(0x23, g), Instr(0x04, None)]
-    for k in range(stores):
-        pad += [Instr(0x41, k + 1), Instr(0x24, g + k)]
-    ir.funcs[0].body = [*pad, Instr(0x0B), *ir.funcs[0].body]
-    return encode_module(ir)
+    timed at the same few placements and the median taken over all of them. Written into the
+    binary by ``placement.placed`` (a global of its own per store: Cranelift keeps only the last
+    of several stores to one global, so with one global every count of stores moved the code by
+    the same 32 bytes)."""
+    return placement.placed(wasm, stores)
 
 
 #: Run in a child process with a baseline revision's tree first on sys.path: writes that tree's

@@ -27,11 +27,22 @@ Workloads: start-up is ``python -c pass`` / ``qjs -e 0``; steady state is a scri
 (``--dir TMP::/app``): an n-body integration plus a loop that allocates dicts/lists and raises and catches
 exceptions, a few seconds on wasmtime. Every run's stdout is checked against the reference's.
 
+Code placements: where a hot loop's machine code lands relative to cache-line and fetch boundaries moves a program
+by several percent with its code unchanged, and every process that loads one compiled module runs at the same
+placement (it is mapped at a page boundary), so a median over any number of whole-process rounds still reports one
+placement's luck as the variant's cost (session 12: the same cached module and code gave 1.05x and 1.10x as two
+variants). So every variant is timed at ``--placements K`` placements (default 4; 1: the module as is), each the
+program padded by ``benchmarks/placement.py`` (never-executed stores in its first function, as ``overhead.py`` and
+``guest_real.py`` place the guest), the reference and the wasmig variants running the same padded module; each round
+visits the placements in turn, the variants' order rotating at every turn, and a variant's median is over all its
+runs. The CPU lines also give the ratio at each placement.
+
 It prints, per program, workload and variant, the median (and quartiles) of wall time and of CPU time (user +
 system: much less disturbed by other load on a shared machine), and the ratio of medians against wasmtime-py;
 for steady state also the ratio once each variant's own start-up median is taken out ("net"); then one table
 with every ratio side by side, start-up against issue 15's bound (1.5x wasmtime-py's time + 30 ms).
-``--rounds N`` (default 7 for start-up, 5 for steady state), ``--quick`` (one round of each),
+``--rounds N`` (default 7 for start-up, 5 for steady state; each round runs every placement), ``--quick`` (one
+round of each, one placement),
 ``--programs cpython,quickjs``, ``--workloads start-up,steady``. ``--baseline COMMIT`` adds the three wasmig
 variants of that commit (its files extracted into a temporary directory; prefixed ``base:``), alternating with this
 checkout's in every round: an A/B comparison on a shared machine. Every wasmig variant runs the console script with
@@ -56,7 +67,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from overhead import baseline_tree  # noqa: E402
+from overhead import PLACEMENTS, baseline_tree  # noqa: E402
+from placement import placed  # noqa: E402
 
 from tests import real_programs  # noqa: E402  (the shared download cache of the big programs)
 
@@ -236,18 +248,35 @@ def obtain(spec: dict) -> Path:
         sys.exit(f"real_programs: {e}")
 
 
-def compiled_artifact(wasm: Path, spec: dict) -> Path:
-    """wasmtime-py's compiled module for the reference runs, made once per wasmtime version (untimed)."""
+def compiled_artifact(wasm: Path, spec: dict, cache: Path, stores: int = 0) -> Path:
+    """wasmtime-py's compiled module for the reference runs (of ``wasm``, the program at the placement of
+    ``stores`` padding stores), made once per wasmtime version and placement and kept in ``cache`` (untimed)."""
     import wasmtime
 
-    cwasm = wasm.parent / f"{wasm.stem}-{spec['sha256'][:16]}-wasmtime-{metadata.version('wasmtime')}.cwasm"
+    at = f"-p{stores}" if stores else ""
+    cwasm = cache / f"{wasm.stem}-{spec['sha256'][:16]}{at}-wasmtime-{metadata.version('wasmtime')}.cwasm"
     if not cwasm.exists():
-        print(f"compiling {wasm.name} with wasmtime-py for the reference runs ...", file=sys.stderr, flush=True)
+        print(f"compiling {wasm.name}{at} with wasmtime-py for the reference runs ...", file=sys.stderr, flush=True)
         engine = wasmtime.Engine()
         part = cwasm.with_suffix(".part")
         part.write_bytes(wasmtime.Module.from_file(engine, str(wasm)).serialize())
         part.replace(cwasm)
     return cwasm
+
+
+def placed_programs(wasm: Path, spec: dict, placements: int, tmp: str) -> list[tuple[Path, Path]]:
+    """(module, reference's compiled module) at each of the first ``placements`` code placements: the module as it
+    is, then written padded (``placement.placed``) into ``tmp`` under its own name (wasmig caches what it makes of
+    each by the module's hash)."""
+    out = []
+    for stores in PLACEMENTS[:placements]:
+        path = wasm
+        if stores:
+            path = Path(tmp, f"p{stores}", wasm.name)
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(placed(wasm.read_bytes(), stores))
+        out.append((path, compiled_artifact(path, spec, wasm.parent, stores)))
+    return out
 
 
 def _children_cpu() -> float:
@@ -301,6 +330,9 @@ def main() -> None:
     parser.add_argument("--run-timeout", type=float, default=300, help="seconds one timed run may take (default 300)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
     parser.add_argument("--baseline", metavar="COMMIT", help="also run the wasmig variants of this commit, alternating")
+    parser.add_argument("--placements", type=int, default=len(PLACEMENTS), choices=range(1, len(PLACEMENTS) + 1),
+                        metavar="K", help=f"code placements every variant is timed at, 1-{len(PLACEMENTS)} (default "
+                        f"{len(PLACEMENTS)}; 1: the module as is)")
     args = parser.parse_args()
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in workloads:
@@ -308,6 +340,8 @@ def main() -> None:
             parser.error(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
     rounds = {"start-up": 1, "steady": 1} if args.quick else \
         {"start-up": args.rounds or 7, "steady": args.rounds or 5}
+    if args.quick:
+        args.placements = 1
     names = [n.strip() for n in args.programs.split(",") if n.strip()]
     for n in names:
         if n not in PROGRAMS:
@@ -331,7 +365,8 @@ def main() -> None:
         run_programs(args, names, workloads, rounds, wasmig, variants, trees, tmp, summary)
     print_summary(summary, variants)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; rounds: "
-          f"{rounds['start-up']} start-up, {rounds['steady']} steady state")
+          f"{rounds['start-up']} start-up, {rounds['steady']} steady state, each at {args.placements} code "
+          f"placement{'s' if args.placements > 1 else ''}")
 
 
 def run_programs(args: argparse.Namespace, names: list[str], workloads: list[str], rounds: dict[str, int],
@@ -348,11 +383,12 @@ def run_programs(args: argparse.Namespace, names: list[str], workloads: list[str
         size = wasm.stat().st_size
         print(f"\n== {name}: {spec['title']}, {spec['package']}=={spec['version']}:{spec['member']}, "
               f"{size} bytes, sha256 {spec['sha256']}", flush=True)
-        cwasm = compiled_artifact(wasm, spec)
-        prog = str(wasm)
+        at_placement = placed_programs(wasm, spec, args.placements, tmp)
 
-        def command(variant: str, guest_args: list[str], cwasm: Path = cwasm, prog: str = prog) -> list[str]:
+        def command(variant: str, guest_args: list[str], at: int, at_placement: list = at_placement) -> list[str]:
             variant = variant.removeprefix(BASE)
+            module, cwasm = at_placement[at]
+            prog = str(module)
             if variant == "wasmtime-py (cached)":
                 return [sys.executable, "-c", WASMTIME_PY, str(cwasm), app, prog, *guest_args]
             if variant in ("wasmig run", "wasmig run --plain"):
@@ -369,22 +405,22 @@ def run_programs(args: argparse.Namespace, names: list[str], workloads: list[str
         alive = list(variants)
         failed: dict[str, str] = {}
         expected: dict[str, bytes] = {}
-        for workload in workloads:
+        for workload, at in ((w, at) for w in workloads for at in range(args.placements)):
             for variant in variants:
                 if variant not in alive:
                     continue
                 limit = args.instrument_timeout if variant.endswith("--checkpoint-dir") else args.run_timeout
                 limit = max(limit, args.run_timeout)
                 try:
-                    w, c, out, missed = timed(command(variant, spec[workload]), tmp, limit, timing=False,
+                    w, c, out, missed = timed(command(variant, spec[workload], at), tmp, limit, timing=False,
                                               env=env_of(variant))
                 except Failed as e:
-                    failed[variant] = f"first {workload} run: {e}"
+                    failed[variant] = f"first {workload} run at placement {at}: {e}"
                     alive.remove(variant)
                     continue
                 note = " (instrumented the module: a cache miss)" if missed else ""
-                print(f"   first run, untimed: {workload:8} {variant:28} {w:8.2f} s wall {c:8.2f} s cpu{note}",
-                      flush=True)
+                print(f"   first run, untimed: {workload:8} {variant:28} placement {at} {w:8.2f} s wall {c:8.2f} s "
+                      f"cpu{note}", flush=True)
                 key = workload
                 if key not in expected:
                     expected[key] = out
@@ -397,25 +433,29 @@ def run_programs(args: argparse.Namespace, names: list[str], workloads: list[str
             continue
         wall: dict[tuple[str, str], list[float]] = {}
         cpu: dict[tuple[str, str], list[float]] = {}
+        cpu_at: dict[tuple[str, str, int], list[float]] = {}  # CPU times at each placement
         for workload in workloads:
             guest_args = spec[workload]
-            for r in range(rounds[workload]):
-                order = alive[r % len(alive):] + alive[:r % len(alive)]
+            for r, at in ((r, at) for r in range(rounds[workload]) for at in range(args.placements)):
+                turn = r * args.placements + at
+                order = alive[turn % len(alive):] + alive[:turn % len(alive)]
                 for variant in order:
                     if variant not in alive:
                         continue
                     try:
-                        w, c, out, _ = timed(command(variant, guest_args), tmp, args.run_timeout, env=env_of(variant))
+                        w, c, out, _ = timed(command(variant, guest_args, at), tmp, args.run_timeout,
+                                             env=env_of(variant))
                     except Failed as e:
-                        failed[variant] = f"{workload} round {r + 1}: {e}"
+                        failed[variant] = f"{workload} round {r + 1}, placement {at}: {e}"
                         alive.remove(variant)
                         continue
                     if out != expected[workload]:
-                        failed[variant] = f"{workload} round {r + 1}: stdout {out[-200:]!r} differs"
+                        failed[variant] = f"{workload} round {r + 1}, placement {at}: stdout {out[-200:]!r} differs"
                         alive.remove(variant)
                         continue
                     wall.setdefault((workload, variant), []).append(w)
                     cpu.setdefault((workload, variant), []).append(c)
+                    cpu_at.setdefault((workload, variant, at), []).append(c)
                 if "wasmtime-py (cached)" not in alive:
                     break
         # The report for this program.
@@ -438,6 +478,8 @@ def run_programs(args: argparse.Namespace, names: list[str], workloads: list[str
                                 ref_net = statistics.median(ref) - statistics.median(ref_base)
                                 if ref_net > 0:
                                     line += f"  (net of start-up: {net / ref_net:.2f}x)"
+                        if label == "cpu" and args.placements > 1:
+                            line += "  by placement " + " ".join(by_placement(cpu_at, workload, variant))
                     print(line)
         for variant, why in failed.items():
             line = f"{name:8} FAILED   {variant:28} {why}"
@@ -447,6 +489,17 @@ def run_programs(args: argparse.Namespace, names: list[str], workloads: list[str
 
 
 Times = dict[tuple[str, str], list[float]]
+
+
+def by_placement(cpu_at: dict[tuple[str, str, int], list[float]], workload: str, variant: str) -> list[str]:
+    """The ratio of ``variant``'s median CPU time to the reference's at each code placement."""
+    out = []
+    at = 0
+    while (workload, "wasmtime-py (cached)", at) in cpu_at:
+        xs, ref = cpu_at.get((workload, variant, at)), cpu_at[workload, "wasmtime-py (cached)", at]
+        out.append(f"{statistics.median(xs) / statistics.median(ref):.2f}x" if xs else "-")
+        at += 1
+    return out
 
 
 def print_summary(summary: list[tuple[str, Times, Times]], variants: list[str]) -> None:
