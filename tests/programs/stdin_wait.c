@@ -1,8 +1,9 @@
 /* Blocks in a host call, so a checkpoint can be taken while the program waits in it:
  *   stdin_wait             prints a prompt, blocks reading one line from stdin, echoes it;
  *   stdin_wait sleep N     prints a line, sleeps N seconds (poll_oneoff), prints another;
- *   stdin_wait isleep N    the same, calling the poll_oneoff import through a function pointer
- *                          (a call_indirect straight to the host function);
+ *   stdin_wait iwait       blocks in poll_oneoff until stdin is readable, calling the import through
+ *                          a function pointer (a call_indirect straight to the host function),
+ *                          then prompts and reads a line like the first form;
  *   stdin_wait file PATH   opens PATH, reads its first 11 bytes with read(2), prompts and blocks
  *                          on stdin like the first form, then reads the rest of PATH from where
  *                          it was and appends a line to it: an open file across a checkpoint;
@@ -43,20 +44,20 @@ int main(int argc, char **argv) {
         printf("woke up, %u s left\n", left);
         return 0;
     }
-    if (argc > 2 && strcmp(argv[1], "isleep") == 0) {
-        int seconds = atoi(argv[2]);
-        printf("sleeping %d s (indirect)\n", seconds);
+    if (argc > 1 && strcmp(argv[1], "iwait") == 0) {
+        printf("waiting for stdin (indirect)\n");
         fflush(stdout);
         __wasi_subscription_t sub;
         memset(&sub, 0, sizeof sub);
         sub.userdata = 42;
-        sub.u.tag = __WASI_EVENTTYPE_CLOCK;
-        sub.u.u.clock.id = __WASI_CLOCKID_MONOTONIC;
-        sub.u.u.clock.timeout = (uint64_t)seconds * 1000000000ull;
+        sub.u.tag = __WASI_EVENTTYPE_FD_READ;
+        sub.u.u.fd_read.file_descriptor = 0;
         __wasi_event_t ev;
         int32_t n = 0;
         int32_t err = poll_fn(&sub, &ev, 1, &n);
-        printf("woke up, errno %d, %d event(s), userdata %llu\n", err, n, (unsigned long long)ev.userdata);
+        printf("woke up, errno %d, %d event(s), userdata %llu, type %d\n", err, n, (unsigned long long)ev.userdata,
+               (int)ev.type);
+        ask(line, sizeof line);
         return 0;
     }
     if (argc > 2 && strcmp(argv[1], "unlinked") == 0) {
