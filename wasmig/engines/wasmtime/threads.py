@@ -63,6 +63,9 @@ NO_THREAD_CHECKPOINTS = ("this run cannot checkpoint: it was started without che
 _INSTRUMENTED_START = "wasmig:start"
 #: how long the end of a run waits for its threads to stop (see ThreadedRun._settle)
 _SETTLE_S = 10.0
+#: seconds the main thread waits at most between looks at a running program: a signal's Python
+#: handler runs only in the main thread, once its wait returns
+_SIGNAL_WAIT = 0.25
 #: what ``thread-spawn`` returns when no thread can be made: EAGAIN, negated (wasi-threads' convention)
 _SPAWN_FAILED = -6
 
@@ -190,7 +193,9 @@ class ThreadedRun:
         try:
             with self._cond:
                 while self._outcome is None:
-                    self._cond.wait()
+                    # timed, so that a signal landing on a wasm thread (Ctrl-C, SIGTERM) has its
+                    # Python handler run here soon (see CheckpointableThreadedRun.go)
+                    self._cond.wait(_SIGNAL_WAIT)
         except BaseException as e:
             self._end(("raise", e))
             raise
