@@ -1,0 +1,237 @@
+"""One runner per job through a node's loss (docs/fleet.md, "One runner at a time"): the runner on
+a lost node must be gone, or fenced, before the job's restarted runner writes anything.
+
+Seen by /proc: the processes holding the job's data file (data/NAME.out) open, and their file
+positions, polled while the node's raylet is killed and the job restarts elsewhere.
+
+The cluster of tests/test_ray_fleet.py (every address 127.0.0.1) and moto's S3 server on
+127.0.0.1, started for this module."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ray_cluster import wait_for
+from tests.test_ray_fleet import cluster, expected_run, s3_bucket  # noqa: F401 - cluster: the fixture
+
+PROGRAMS = Path(__file__).parent / "programs"
+#: gated: the jobs step until the test creates data/NAME.stop (fleet_work's STEPS 0), 60 ms apart
+STEPS, MS = 0, 60
+
+
+def holders(path: Path) -> dict[int, int]:
+    """pid -> file position, for every process that has ``path`` open (a zombie has no fds)."""
+    target = str(path)
+    found: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == target:
+                    found[int(proc.name)] = int((proc / "fdinfo" / fd.name).read_text().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Watch:
+    """A thread polling who holds each data file open, until stopped: every sample kept."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+        self.samples: list[tuple[float, str, dict[int, int]]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            for name, path in self.files.items():
+                self.samples.append((time.monotonic(), name, holders(path)))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def pids(self, name: str) -> list[int]:
+        """Every process seen holding ``name``'s file, in the order first seen."""
+        seen: list[int] = []
+        for _, n, held in self.samples:
+            for pid in held:
+                if n == name and pid not in seen:
+                    seen.append(pid)
+        return seen
+
+    def together(self, name: str) -> list[dict[int, int]]:
+        """Samples where two processes held ``name``'s file at once."""
+        return [held for _, n, held in self.samples if n == name and len(held) > 1]
+
+    def moved(self, name: str, pid: int, after: float) -> list[tuple[float, int]]:
+        """(time, position) samples after ``after`` where ``pid``'s position differed from its
+        position at ``after``: ``pid`` wrote then."""
+        positions = [(t, held[pid]) for t, n, held in self.samples if n == name and pid in held]
+        before = [p for t, p in positions if t <= after]
+        if not before:
+            return []
+        return [(t, p) for t, p in positions if t > after and p != before[-1]]
+
+
+def lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_a_lost_nodes_runner_is_gone_before_the_restarted_one_writes(cluster: Any, tmp_path: Path) -> None:  # noqa: F811
+    import ray
+
+    from wasmig.ray import client
+    from wasmig.ray.spec import JobSpec, Placement
+    from wasmig.toolchain import compile_c
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    head = cluster.head_node.node_id
+    interp = next(n["NodeID"] for n in nodes if n["Labels"].get("wasmig-engine") == "interp")
+    plain = next(n["NodeID"] for n in nodes if n["NodeID"] not in (head, interp))
+    wasm = compile_c(PROGRAMS / "fleet_work.c").read_bytes()
+    data = tmp_path / "data"
+    data.mkdir()
+    store = tmp_path / "store"
+    bucket = s3_bucket()
+    ctl = client.controller()
+
+    def submit(name: str, node: str, s3: bool) -> str:
+        spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=(name, str(STEPS), str(MS)),
+                       dirs=((str(data), "data"),), store=f"s3://{bucket}/fleet" if s3 else str(store),
+                       checkpoint_every=1.0 if s3 else 0.3, placement=Placement(node=node[:12]), num_cpus=0.25)
+        return client.call(ctl.submit, spec)
+
+    # on the plain worker: one job fenced by flock (a path store), one by a lease (S3)
+    jobs = {"flocked": submit("flocked", plain, s3=False), "leased": submit("leased", plain, s3=True)}
+    files = {name: data / f"{name}.out" for name in jobs}
+    wait_for("a checkpoint of each job and its runner writing", lambda: all(
+        client.call(ctl.job, job)["checkpoint_age_s"] is not None and len(holders(files[name])) == 1
+        for name, job in jobs.items()))
+    old = {name: next(iter(holders(files[name]))) for name in jobs}
+    watch = Watch(files)
+    raylet = next(n for n in cluster.worker_nodes if n.node_id == plain)
+    killed_at = time.monotonic()
+    os.kill(raylet.all_processes["raylet"][0].process.pid, signal.SIGKILL)
+    gone_at = {}
+    for name in jobs:
+        wait_for(f"{name}'s old runner gone", lambda name=name: not alive(old[name]), timeout=90)
+        gone_at[name] = time.monotonic()
+    for name, job in jobs.items():
+        wait_for(f"{name} restarted and writing", lambda name=name, job=job: (
+            client.call(ctl.job, job)["restarts"] >= 1 and set(holders(files[name])) - {old[name]}), timeout=120)
+    for name in jobs:
+        (data / f"{name}.stop").touch()
+    ends = {name: client.call(ctl.wait, job, 180.0) for name, job in jobs.items()}
+    watch.stop()
+    for name, job in jobs.items():
+        print(name, "old runner gone", round(gone_at[name] - killed_at, 2), "s after the raylet's kill;",
+              "pids", watch.pids(name), "data lines", lines(files[name]), "log lines",
+              client.call(ctl.logs, job).count(b"\n"))
+        assert ends[name]["state"] == "exited" and ends[name]["code"] == 0, ends[name]
+        assert not watch.together(name), f"{name}: two runners held its file at once: {watch.together(name)[:3]}"
+        pids = watch.pids(name)
+        assert pids[0] == old[name] and len(pids) >= 2, pids
+        # the old runner wrote nothing once the new one had the file open
+        first_new = min(t for t, n, held in watch.samples if n == name and set(held) - {old[name]})
+        assert not watch.moved(name, old[name], first_new), name
+        # every step once, in order: the data file is the steps of the run that went furthest
+        # (not rolled back: the lost run's lines after the checkpoint stay where the restarted run
+        # stopped before them), the log the steps of the restarted run
+        log = client.call(ctl.logs, job)
+        assert log == expected_run(name, log.count(b"\n"))[0], name
+        assert files[name].read_bytes() == expected_run(name, lines(files[name]))[0], name
+        assert lines(files[name]) >= log.count(b"\n"), name
+
+
+@pytest.mark.slow
+def test_a_paused_runner_of_a_lost_node_writes_nothing_after_the_restart(cluster: Any, tmp_path: Path) -> None:  # noqa: F811
+    """The runner's worker stopped (SIGSTOP: a stalled machine, a long pause) when its node is lost,
+    then resumed after the job restarted elsewhere. A path store's lock stays with the paused
+    process: the restart waits. An S3 lease lapses (10 s without a beat): the restarted runner
+    takes the job, and the old one, resumed, must not write the job's files any more."""
+    import ray
+
+    from wasmig.ray import client
+    from wasmig.ray.spec import JobSpec, Placement
+    from wasmig.toolchain import compile_c
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    interp = next(n["NodeID"] for n in nodes if n["Labels"].get("wasmig-engine") == "interp")
+    wasm = compile_c(PROGRAMS / "fleet_work.c").read_bytes()
+    data = tmp_path / "data"
+    data.mkdir()
+    store = tmp_path / "store"
+    bucket = s3_bucket()
+    ctl = client.controller()
+
+    def submit(name: str, s3: bool) -> str:
+        spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=(name, str(STEPS), "20"),
+                       dirs=((str(data), "data"),), store=f"s3://{bucket}/fleet" if s3 else str(store),
+                       checkpoint_every=1.0 if s3 else 0.3, placement=Placement(node=interp[:12]), num_cpus=0.25)
+        return client.call(ctl.submit, spec)
+
+    jobs = {"pflocked": submit("pflocked", s3=False), "pleased": submit("pleased", s3=True)}
+    files = {name: data / f"{name}.out" for name in jobs}
+    wait_for("a checkpoint of each job and its runner writing", lambda: all(
+        client.call(ctl.job, job)["checkpoint_age_s"] is not None and len(holders(files[name])) == 1
+        for name, job in jobs.items()), timeout=180)
+    old = {name: next(iter(holders(files[name]))) for name in jobs}
+    watch = Watch(files)
+    for pid in old.values():
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        raylet = next(n for n in cluster.worker_nodes if n.node_id == interp)
+        os.kill(raylet.all_processes["raylet"][0].process.pid, signal.SIGKILL)
+        wait_for("pleased restarted and writing", lambda: (
+            client.call(ctl.job, jobs["pleased"])["restarts"] >= 1
+            and any(pos > 0 for pid, pos in holders(files["pleased"]).items() if pid != old["pleased"])), timeout=120)
+        new_writing = time.monotonic()
+        # the lock is the paused process's still: pflocked's restart waits for it
+        assert client.call(ctl.job, jobs["pflocked"])["restarts"] >= 1
+        assert set(holders(files["pflocked"])) == {old["pflocked"]}
+    finally:
+        for pid in old.values():
+            os.kill(pid, signal.SIGCONT)
+    for name in jobs:
+        wait_for(f"{name}'s old runner gone", lambda name=name: not alive(old[name]), timeout=90)
+    for name, job in jobs.items():
+        wait_for(f"{name} restarted and writing", lambda name=name, job=job: (
+            set(holders(files[name])) - {old[name]}), timeout=120)
+    for name in jobs:
+        (data / f"{name}.stop").touch()
+    ends = {name: client.call(ctl.wait, job, 180.0) for name, job in jobs.items()}
+    watch.stop()
+    for name, job in jobs.items():
+        print(name, "pids", watch.pids(name), "old runner's writes after the new one wrote:",
+              watch.moved(name, old[name], new_writing)[:5])
+        assert ends[name]["state"] == "exited" and ends[name]["code"] == 0, ends[name]
+    assert not watch.together("pflocked")
+    assert not watch.moved("pleased", old["pleased"], new_writing), "the paused runner wrote after the restart"
+    for name, job in jobs.items():
+        log = client.call(ctl.logs, job)
+        assert log == expected_run(name, log.count(b"\n"))[0], name
+        assert files[name].read_bytes() == expected_run(name, lines(files[name]))[0], name
