@@ -175,3 +175,148 @@ def test_a_live_targets_log_is_fenced_only_once_it_holds_the_job(tmp_path: Path,
             target.annotation()
     target.close()
     assert read_log(spec, "j", "stdout") == (b"before the move\n" if kind == "object" else b"before the move\nafter\n")
+
+
+# --- one runner at a time: a runner that lost the job stops acting (wasmig/ray/actor.py) -----------
+PROGRAMS = Path(__file__).parent / "programs"
+
+
+def fleet_work_spec(tmp_path: Path, name: str, store: str, **more: object) -> JobSpec:
+    """A job of fleet_work.c stepping (20 ms apart) until data/NAME.stop appears."""
+    from wasmig.toolchain import compile_c
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return JobSpec(module=compile_c(PROGRAMS / "fleet_work.c").read_bytes(), module_name="fleet_work.wasm",
+                   args=(name, "0", "20"), dirs=((str(tmp_path / "data"), "data"),), store=store, prewarm=False,
+                   **more)  # type: ignore[arg-type]
+
+
+def expected_steps(name: str, steps: int) -> bytes:
+    """fleet_work.c's stdout (and data file) for ``steps`` steps, computed here."""
+    h, out = 2166136261, []
+    for i in range(steps):
+        for k in range(20000):
+            h = ((h ^ ((i * 31 + k) & 0xFFFFFFFF)) * 16777619) & 0xFFFFFFFF
+        out.append(f"{name} step {i} {h:08x}\n")
+    return "".join(out).encode()
+
+
+@pytest.mark.parametrize("engine", ["interp", "wasmtime"])
+def test_a_runner_whose_lease_lapsed_stops_its_program_before_the_job_is_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
+    """A runner that cannot renew its lease (its beats fail: the store unreachable from it, or the
+    process paused) lets its program make no more host calls once it is fenced (half the period),
+    and its run ends ``fenced`` -- before a contender may take the job (a whole period). It used to
+    refuse only its checkpoints and log segments: the program ran on, writing the job's files beside
+    the runner that took the job."""
+    import threading
+
+    from wasmig.ray import jobstore
+    from wasmig.ray.actor import JobRunner
+
+    if engine == "wasmtime":
+        pytest.importorskip("wasmtime")
+    monkeypatch.setattr(jobstore, "LEASE_S", HELD_PERIOD)
+    cut = threading.Event()
+    beat = Lease._beat
+
+    def failing_beat(self: Lease, n: int) -> None:
+        if cut.is_set() and self.generation == 1:
+            raise OSError("the store is unreachable from this runner")
+        beat(self, n)
+
+    monkeypatch.setattr(Lease, "_beat", failing_beat)
+    backend(tmp_path)
+    spec = fleet_work_spec(tmp_path, "lapse", f"file://{tmp_path}/store", checkpoint_every=0.3)
+    out = tmp_path / "data" / "lapse.out"
+    results: dict[str, dict[str, object]] = {}
+    first = JobRunner("j-lapse", spec, engine)
+    a = threading.Thread(target=lambda: results.update(first=first.run(restore=False)))
+    a.start()
+    deadline = time.monotonic() + 60
+    while not (first.status()["checkpoints"] >= 1 and out.exists() and out.read_bytes().count(b"\n") >= 3):
+        assert time.monotonic() < deadline and a.is_alive(), results
+        time.sleep(0.02)
+    cut.set()
+    second = JobRunner("j-lapse", spec, engine)
+    b = threading.Thread(target=lambda: results.update(second=second.run(restore=True, on_file_change="ignore")))
+    b.start()
+    try:
+        resumed, _ = second.resumed_at(60.0)
+        assert resumed is not None, results
+        # the second runner holds the job and its program runs: the first's had ended already
+        assert not a.is_alive(), "the runner that lost the lease still runs its program"
+        assert results["first"]["outcome"] == "fenced", results
+        assert "lost the job's lease" in str(results["first"]["error"])
+        assert first.fenced and not second.fenced
+    finally:
+        (tmp_path / "data" / "lapse.stop").touch()
+        a.join(60)
+        b.join(120)
+    assert results["second"] == {"outcome": "exited", "code": 0}, results
+    log = read_log(spec, "j-lapse", "stdout")
+    assert log == expected_steps("lapse", log.count(b"\n"))
+    assert out.read_bytes() == expected_steps("lapse", out.read_bytes().count(b"\n"))
+
+
+ORPHAN_SCRIPT = """
+import os, subprocess, sys
+if sys.argv[1] == "raylet":  # stands for the raylet: starts the worker, with Ray's environment variable
+    worker = subprocess.Popen([sys.executable, "-c", sys.argv[2], "worker", *sys.argv[3:]],
+                              env={**os.environ, "RAY_RAYLET_PID": str(os.getpid())})
+    print(worker.pid, flush=True)
+    worker.wait()
+    sys.exit(0)
+from wasmig.ray.actor import JobRunner
+from wasmig.ray.spec import JobSpec
+spec = JobSpec(module=open(sys.argv[2], "rb").read(), module_name="fleet_work.wasm", args=("orphan", "0", "20"),
+               dirs=((sys.argv[3], "data"),), store=sys.argv[4], checkpoint_every=0.3, prewarm=False)
+print(JobRunner("j-orphan", spec, "interp").run(restore=False), flush=True)
+"""
+
+
+def test_a_runner_whose_raylet_died_ends_its_process(tmp_path: Path) -> None:
+    """A Ray worker outlives its raylet (reparented, it went on running the job's program for as
+    long as it lived: tests/test_ray_node_loss.py), while Ray counts its actor dead and the
+    controller restarts the job elsewhere. A runner started by a raylet (RAY_RAYLET_PID its parent)
+    ends its own process once that parent is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from wasmig.toolchain import compile_c
+
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "data" / "orphan.out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    raylet = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, "raylet", ORPHAN_SCRIPT,
+                               str(compile_c(PROGRAMS / "fleet_work.c")), str(tmp_path / "data"),
+                               str(tmp_path / "store")], stdout=subprocess.PIPE, text=True, env=env)
+    assert raylet.stdout is not None
+    worker = int(raylet.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and out.read_bytes().count(b"\n") >= 3):
+            assert time.monotonic() < deadline and raylet.poll() is None, "the job did not start"
+            time.sleep(0.02)
+        raylet.kill()
+        raylet.wait()
+        deadline = time.monotonic() + 10
+        while _running(worker):
+            assert time.monotonic() < deadline, "the worker runs on without its raylet"
+            time.sleep(0.02)
+        written = out.read_bytes()
+        assert written == expected_steps("orphan", written.count(b"\n"))
+    finally:
+        if _running(worker):
+            os.kill(worker, signal.SIGKILL)
+        raylet.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

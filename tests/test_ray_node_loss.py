@@ -169,10 +169,12 @@ def test_a_lost_nodes_runner_is_gone_before_the_restarted_one_writes(cluster: An
 
 @pytest.mark.slow
 def test_a_paused_runner_of_a_lost_node_writes_nothing_after_the_restart(cluster: Any, tmp_path: Path) -> None:  # noqa: F811
-    """The runner's worker stopped (SIGSTOP: a stalled machine, a long pause) when its node is lost,
-    then resumed after the job restarted elsewhere. A path store's lock stays with the paused
-    process: the restart waits. An S3 lease lapses (10 s without a beat): the restarted runner
-    takes the job, and the old one, resumed, must not write the job's files any more."""
+    """The lost node's runner paused (SIGSTOP, just after its raylet's death: a stalled machine,
+    a long pause) and resumed once the job restarted elsewhere. A path store's lock stays with the
+    paused process: the restart waits for it. An S3 lease lapses (10 s without a beat): the
+    restarted runner takes the job, and the old one, resumed, must not write the job's files.
+    (Paused *before* the raylet's death, the kernel ends it: its process group is orphaned with a
+    stopped member, which gets SIGHUP.)"""
     import ray
 
     from wasmig.ray import client
@@ -201,23 +203,34 @@ def test_a_paused_runner_of_a_lost_node_writes_nothing_after_the_restart(cluster
         for name, job in jobs.items()), timeout=180)
     old = {name: next(iter(holders(files[name]))) for name in jobs}
     watch = Watch(files)
-    for pid in old.values():
-        os.kill(pid, signal.SIGSTOP)
+    raylet = next(n for n in cluster.worker_nodes if n.node_id == interp)
+    os.kill(raylet.all_processes["raylet"][0].process.pid, signal.SIGKILL)
+    paused = []
+    for name, pid in old.items():
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            paused.append(name)
+        except ProcessLookupError:
+            pass  # already gone: nothing of it can write
     try:
-        raylet = next(n for n in cluster.worker_nodes if n.node_id == interp)
-        os.kill(raylet.all_processes["raylet"][0].process.pid, signal.SIGKILL)
         wait_for("pleased restarted and writing", lambda: (
             client.call(ctl.job, jobs["pleased"])["restarts"] >= 1
             and any(pos > 0 for pid, pos in holders(files["pleased"]).items() if pid != old["pleased"])), timeout=120)
         new_writing = time.monotonic()
-        # the lock is the paused process's still: pflocked's restart waits for it
-        assert client.call(ctl.job, jobs["pflocked"])["restarts"] >= 1
-        assert set(holders(files["pflocked"])) == {old["pflocked"]}
+        if "pflocked" in paused and alive(old["pflocked"]):  # the lock is the paused process's: the restart waits
+            assert set(holders(files["pflocked"])) == {old["pflocked"]}
     finally:
-        for pid in old.values():
-            os.kill(pid, signal.SIGCONT)
+        for name in paused:
+            try:
+                os.kill(old[name], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    # resumed: it writes (the bug), or it is gone without writing
+    wait_for("pleased's old runner gone or writing", lambda: (
+        not alive(old["pleased"]) or watch.moved("pleased", old["pleased"], new_writing)), timeout=60)
+    assert not watch.moved("pleased", old["pleased"], new_writing), "the paused runner wrote after the restart"
     for name in jobs:
-        wait_for(f"{name}'s old runner gone", lambda name=name: not alive(old[name]), timeout=90)
+        wait_for(f"{name}'s old runner gone", lambda name=name: not alive(old[name]), timeout=60)
     for name, job in jobs.items():
         wait_for(f"{name} restarted and writing", lambda name=name, job=job: (
             set(holders(files[name])) - {old[name]}), timeout=120)
@@ -226,12 +239,9 @@ def test_a_paused_runner_of_a_lost_node_writes_nothing_after_the_restart(cluster
     ends = {name: client.call(ctl.wait, job, 180.0) for name, job in jobs.items()}
     watch.stop()
     for name, job in jobs.items():
-        print(name, "pids", watch.pids(name), "old runner's writes after the new one wrote:",
-              watch.moved(name, old[name], new_writing)[:5])
+        print(name, "paused" if name in paused else "gone before the pause", "pids", watch.pids(name))
         assert ends[name]["state"] == "exited" and ends[name]["code"] == 0, ends[name]
-    assert not watch.together("pflocked")
-    assert not watch.moved("pleased", old["pleased"], new_writing), "the paused runner wrote after the restart"
-    for name, job in jobs.items():
+        assert not watch.together(name), f"{name}: two runners held its file at once: {watch.together(name)[:3]}"
         log = client.call(ctl.logs, job)
         assert log == expected_run(name, log.count(b"\n"))[0], name
         assert files[name].read_bytes() == expected_run(name, lines(files[name]))[0], name

@@ -132,13 +132,22 @@ def log_counts(spec: JobSpec, job_id: str) -> dict[str, int]:
     return {name: len(read_log(spec, job_id, name)) for name in STREAMS}
 
 
+class FenceLost(SnapshotError):
+    """This runner no longer holds its job (a lease it could not renew): it must not act any more."""
+
+
 class Fence:
-    """What :func:`take_fence` holds: :meth:`check` before writing (raises once the hold is lost),
-    :meth:`release` at the end of the run."""
+    """What :func:`take_fence` holds: :meth:`check` before writing (raises :class:`FenceLost` once
+    the hold is lost), :meth:`release` at the end of the run. ``can_lapse``: the hold can be lost
+    while this process lives (a lease; a lock file is held until the process ends)."""
 
     def __init__(self, release: Callable[[], None], check: Callable[[], None] | None = None) -> None:
         self.release = release
         self._check = check
+
+    @property
+    def can_lapse(self) -> bool:
+        return self._check is not None
 
     def check(self) -> None:
         if self._check is not None:
@@ -151,7 +160,7 @@ def take_fence(spec: JobSpec, job_id: str, timeout: float) -> Fence:
     A TimeoutError after ``timeout`` seconds."""
     if is_object_store(spec):
         backend, prefix = _objects(spec, job_id)
-        lease = Lease(backend, f"{prefix}lease/", f"{os.uname().nodename}:{os.getpid()}")
+        lease = Lease(backend, f"{prefix}lease/", f"{os.uname().nodename}:{os.getpid()}", LEASE_S)
         lease.acquire(timeout, what=f"job {job_id}")
         return Fence(lease.release, lease.check)
     return _flock(job_directory(spec, job_id), job_id, timeout)
@@ -276,13 +285,17 @@ class Lease:
     ``NNNNNNNN.beat`` (a counter) every ``period / 4`` and writes ``NNNNNNNN.released`` when done.
     A contender takes the next generation at once if the highest is released, or once it has
     watched the highest's beat stay unchanged for ``period`` of its own clock. A holder that could
-    not renew for ``period / 2`` is *fenced* (:meth:`check` raises): it sends no more log and
-    publishes no more snapshots, so it has stopped writing well before anyone else may start."""
+    not renew for ``period / 2`` is *fenced* (:meth:`check` raises :class:`FenceLost`): it sends no
+    more log, publishes no more snapshots, and its program makes no more host calls (the runner
+    checks before each: :attr:`wasmig.wasi.preview1.Wasi.fence`), so it has stopped writing well
+    before anyone else may start. Once fenced it stays so (a late beat does not undo it: the job
+    may have been taken meanwhile)."""
 
     def __init__(self, backend: ObjectBackend, prefix: str, holder: str, period: float = LEASE_S) -> None:
         self._backend, self._prefix, self._holder, self.period = backend, prefix, holder, period
         self.generation: int | None = None
         self._renewed = 0.0  # monotonic time of the last successful beat
+        self._lost = False  # once fenced, for good
         self._done = threading.Event()
         self._beats: threading.Thread | None = None
 
@@ -343,10 +356,11 @@ class Lease:
             n += 1
 
     def check(self) -> None:
-        """Raise a one-line SnapshotError if this holder may no longer write (see the class)."""
-        if self.generation is None or time.monotonic() - self._renewed > self.period / 2:
-            raise SnapshotError(f"{self._backend.location(self._prefix)}: this runner lost the job's lease "
-                                "(could not renew it): not writing")
+        """Raise a one-line FenceLost if this holder may no longer write (see the class)."""
+        if self._lost or self.generation is None or time.monotonic() - self._renewed > self.period / 2:
+            self._lost = True
+            raise FenceLost(f"{self._backend.location(self._prefix)}: this runner lost the job's lease "
+                            "(could not renew it): not writing")
 
     def release(self) -> None:
         self._done.set()
