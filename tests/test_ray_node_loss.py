@@ -67,13 +67,17 @@ class Watch:
         self.files = files
         self.samples: list[tuple[float, str, dict[int, int]]] = []
         self._done = threading.Event()
+        self._sample()  # the holders as they are before the test acts
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _sample(self) -> None:
+        for name, path in self.files.items():
+            self.samples.append((time.monotonic(), name, holders(path)))
+
     def _run(self) -> None:
         while not self._done.is_set():
-            for name, path in self.files.items():
-                self.samples.append((time.monotonic(), name, holders(path)))
+            self._sample()
 
     def stop(self) -> None:
         self._done.set()
