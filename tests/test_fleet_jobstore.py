@@ -4,13 +4,14 @@ runs it on S3 in a cluster)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from wasmig.errors import SnapshotError
-from wasmig.ray.joblog import META_KEY
+from wasmig.ray.joblog import META_KEY, JobLog
 from wasmig.ray.jobstore import Lease, SegmentLog, read_log
 from wasmig.ray.spec import JobSpec
 from wasmig.snapshot.stores.fsobjects import FsObjects
@@ -145,6 +146,139 @@ def test_a_restore_merges_the_segments_it_read_into_one(tmp_path: Path) -> None:
     third.open(counts)
     assert (third.directory / "stdout").read_bytes() == b"a\nbb\nccc\n"
     third.close()
+
+
+def test_a_restore_below_a_live_moves_counts_cuts_back_the_segment_that_reaches_past_them(tmp_path: Path) -> None:
+    """A live move's target opens the log at the move's counts (beyond the job's last snapshot) and
+    merges the segments up to them into one; it dies before its first checkpoint (its node lost),
+    and the job restarts from the source's last snapshot, below those counts. The merged segment
+    must not keep the lost run's bytes past the snapshot: the restarted run's first segment would
+    start inside it, and a reader stops there (tests/test_ray_fleet.py saw the pinned job's log end
+    at the move's counts, 3,965 of 9,890 bytes, the restarted run's segments unread)."""
+    b = backend(tmp_path)
+    spec = JobSpec(module=b"", module_name="x", store=f"file://{tmp_path}/store")
+    source = SegmentLog(b, "j/log/", "j")
+    source.open(None)
+    for line in (b"one\n", b"two\n"):
+        source.streams["stdout"].write(line)
+        snapshot = source.annotation()[META_KEY]  # the last one the job's store holds
+    source.streams["stdout"].write(b"three (lost)\n")
+    moved = source.annotation()[META_KEY]  # the live move's state, sent while the program is stopped
+    source.close()
+    target = SegmentLog(b, "j/log/", "j")
+    target.open(moved)  # merged: one segment of the three lines
+    assert [i.key for i in b.listing("j/log/stdout/")] == ["j/log/stdout/0000000000000000"]
+    target.streams["stdout"].write(b"four (lost)\n")
+    JobLog.close(target)  # its node dies: no segment sent, no snapshot
+    again = SegmentLog(b, "j/log/", "j")
+    again.open(snapshot)
+    assert read_log(spec, "j", "stdout") == b"one\ntwo\n"
+    again.streams["stdout"].write(b"three\n")
+    again.annotation()
+    again.streams["stdout"].write(b"four\n")
+    again.close()
+    assert read_log(spec, "j", "stdout") == b"one\ntwo\nthree\nfour\n"
+
+
+class Killed(BaseException):
+    """The runner's process ends here (SIGKILL, its machine lost): nothing after it runs."""
+
+
+class Mortal:
+    """A backend whose runner dies at its ``kill_at``-th write (put, put_new or delete: the store
+    calls where a runner's death leaves something behind); the writes before it are done."""
+
+    def __init__(self, backend: FsObjects, kill_at: int | None) -> None:
+        self._backend, self.kill_at, self.writes = backend, kill_at, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._backend, name)
+
+    def _write(self) -> None:
+        if self.writes == self.kill_at:
+            raise Killed()
+        self.writes += 1
+
+    def put(self, key: str, data: bytes) -> None:
+        self._write()
+        self._backend.put(key, data)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        self._write()
+        return self._backend.put_new(key, data)
+
+    def delete(self, key: str) -> None:
+        self._write()
+        self._backend.delete(key)
+
+
+STEPS, EVERY, MOVE = 9, 2, 5  # the model job's steps, a checkpoint every EVERY steps, a live move at MOVE
+
+
+def run_model_job(b: FsObjects, kill_at: list[int]) -> int:
+    """A fleet job's log through the runner's order of store calls: each step prints a line; a
+    checkpoint sends the log's segments (the snapshot's annotation) and then publishes the snapshot
+    (``snap/NNNNNN``, its counts and step, through the same store); the first run moves live at
+    step MOVE (the source sends up to the state's counts, its run ends; the target opens the log at
+    them and runs on); the end sends the rest. Runner *i* dies at its ``kill_at[i]``-th write
+    (every runner after the list lives), and the next restores the job's latest snapshot, as the
+    controller's restart does. Returns how many writes the first runner made."""
+    import json
+
+    life, first_writes = 0, 0
+    while True:
+        store = Mortal(b, kill_at[life] if life < len(kill_at) else None)
+        logs: list[SegmentLog] = []
+        try:
+            snaps = sorted(i.key for i in b.listing("j/snap/"))
+            latest = json.loads(b.get(snaps[-1], 1 << 10) or b"{}") if snaps else None
+            step = latest["step"] if latest else 0
+            log = SegmentLog(store, "j/log/", "j")  # type: ignore[arg-type]
+            logs.append(log)
+            log.open(latest["counts"] if latest else None)
+            while step < STEPS:
+                if life == 0 and step == MOVE:
+                    moved = log.annotation()[META_KEY]
+                    log.close()
+                    log = SegmentLog(store, "j/log/", "j")  # type: ignore[arg-type]
+                    logs.append(log)
+                    log.open(moved)
+                log.streams["stdout"].write(f"step {step}\n".encode())
+                step += 1
+                if step % EVERY == 0:
+                    counts = log.annotation()[META_KEY]
+                    store.put(f"j/snap/{len(snaps) + step:06d}", json.dumps({"counts": counts, "step": step}).encode())
+            log.close()
+            return first_writes if life else store.writes
+        except Killed:
+            for dead in logs:  # its node's spool and files go with it
+                JobLog.close(dead)
+                shutil.rmtree(dead.directory, ignore_errors=True)
+            if life == 0:
+                first_writes = store.writes
+            life += 1
+
+
+def test_the_log_is_one_runs_whatever_write_a_runner_dies_at(tmp_path: Path) -> None:
+    """The job's log after restarts holds exactly the output of one uninterrupted run, wherever
+    its runners die: the first runner (the source and the target of a live move) at each of its
+    writes to the store in turn, and the runner restarted after it at each of its own."""
+    expected = "".join(f"step {i}\n" for i in range(STEPS)).encode()
+    spec = JobSpec(module=b"", module_name="x", store=f"file://{tmp_path}/store")
+    whole = run_model_job(backend(tmp_path / "whole"), [])
+    assert read_log(JobSpec(module=b"", module_name="x", store=f"file://{tmp_path}/whole/store"), "j",
+                    "stdout") == expected
+    cases = 0
+    for first in range(whole):
+        shutil.rmtree(tmp_path / "store", ignore_errors=True)
+        assert run_model_job(backend(tmp_path), [first]) == first
+        assert read_log(spec, "j", "stdout") == expected, f"the first runner died at its write {first}"
+        for second in range(8):  # the restarted runner dies too, at one of its first writes
+            shutil.rmtree(tmp_path / "store", ignore_errors=True)
+            run_model_job(backend(tmp_path), [first, second])
+            assert read_log(spec, "j", "stdout") == expected, f"died at writes {first} and {second}"
+            cases += 1
+    assert whole >= 12 and cases == 8 * whole
 
 
 @pytest.mark.parametrize("kind", ["path", "object"])
