@@ -25,9 +25,8 @@ from typing import Any
 import pytest
 
 from tests.ray_cluster import wait_for
-from tests.test_ray_fleet import cluster, expected_run, s3_bucket  # noqa: F401 - cluster: the fixture
+from tests.test_ray_fleet import FleetJobs, cluster, expected_run  # noqa: F401 - cluster: the fixture
 
-PROGRAMS = Path(__file__).parent / "programs"
 #: gated: the jobs step until the test creates data/NAME.stop (fleet_work's STEPS 0), 60 ms apart
 STEPS, MS = 0, 60
 
@@ -117,31 +116,14 @@ def lines(path: Path) -> int:
 
 @pytest.mark.slow
 def test_a_lost_nodes_runner_is_gone_before_the_restarted_one_writes(cluster: Any, tmp_path: Path) -> None:  # noqa: F811
-    import ray
-
     from wasmig.ray import client
-    from wasmig.ray.spec import JobSpec, Placement
-    from wasmig.toolchain import compile_c
+    from wasmig.ray.spec import Placement
 
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    head = cluster.head_node.node_id
-    interp = next(n["NodeID"] for n in nodes if n["Labels"].get("wasmig-engine") == "interp")
-    plain = next(n["NodeID"] for n in nodes if n["NodeID"] not in (head, interp))
-    wasm = compile_c(PROGRAMS / "fleet_work.c").read_bytes()
-    data = tmp_path / "data"
-    data.mkdir()
-    store = tmp_path / "store"
-    bucket = s3_bucket()
-    ctl = client.controller()
-
-    def submit(name: str, node: str, s3: bool) -> str:
-        spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=(name, str(STEPS), str(MS)),
-                       dirs=((str(data), "data"),), store=f"s3://{bucket}/fleet" if s3 else str(store),
-                       checkpoint_every=1.0 if s3 else 0.3, placement=Placement(node=node[:12]), num_cpus=0.25)
-        return client.call(ctl.submit, spec)
-
+    fleet = FleetJobs(cluster, tmp_path)
+    data, plain, ctl = fleet.data, fleet.plain, fleet.ctl
     # on the plain worker: one job fenced by flock (a path store), one by a lease (S3)
-    jobs = {"flocked": submit("flocked", plain, s3=False), "leased": submit("leased", plain, s3=True)}
+    jobs = {name: fleet.submit(name, STEPS, MS, s3, placement=Placement(node=plain[:12]))
+            for name, s3 in (("flocked", False), ("leased", True))}
     files = {name: data / f"{name}.out" for name in jobs}
     wait_for("a checkpoint of each job and its runner writing", lambda: all(
         client.call(ctl.job, job)["checkpoint_age_s"] is not None and len(holders(files[name])) == 1
@@ -190,28 +172,13 @@ def test_a_paused_runner_of_a_lost_node_writes_nothing_after_the_restart(cluster
     restarted runner takes the job, and the old one, resumed, must not write the job's files.
     (Paused *before* the raylet's death, the kernel ends it: its process group is orphaned with a
     stopped member, which gets SIGHUP.)"""
-    import ray
-
     from wasmig.ray import client
-    from wasmig.ray.spec import JobSpec, Placement
-    from wasmig.toolchain import compile_c
+    from wasmig.ray.spec import Placement
 
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    interp = next(n["NodeID"] for n in nodes if n["Labels"].get("wasmig-engine") == "interp")
-    wasm = compile_c(PROGRAMS / "fleet_work.c").read_bytes()
-    data = tmp_path / "data"
-    data.mkdir()
-    store = tmp_path / "store"
-    bucket = s3_bucket()
-    ctl = client.controller()
-
-    def submit(name: str, s3: bool) -> str:
-        spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=(name, str(STEPS), "20"),
-                       dirs=((str(data), "data"),), store=f"s3://{bucket}/fleet" if s3 else str(store),
-                       checkpoint_every=1.0 if s3 else 0.3, placement=Placement(node=interp[:12]), num_cpus=0.25)
-        return client.call(ctl.submit, spec)
-
-    jobs = {"pflocked": submit("pflocked", s3=False), "pleased": submit("pleased", s3=True)}
+    fleet = FleetJobs(cluster, tmp_path)
+    data, interp, ctl = fleet.data, fleet.interp, fleet.ctl
+    jobs = {name: fleet.submit(name, STEPS, 20, s3, placement=Placement(node=interp[:12]))
+            for name, s3 in (("pflocked", False), ("pleased", True))}
     files = {name: data / f"{name}.out" for name in jobs}
     wait_for("a checkpoint of each job and its runner writing", lambda: all(
         client.call(ctl.job, job)["checkpoint_age_s"] is not None and len(holders(files[name])) == 1
