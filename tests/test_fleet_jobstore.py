@@ -4,13 +4,14 @@ runs it on S3 in a cluster)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from wasmig.errors import SnapshotError
-from wasmig.ray.joblog import META_KEY
+from wasmig.ray.joblog import META_KEY, JobLog
 from wasmig.ray.jobstore import Lease, SegmentLog, read_log
 from wasmig.ray.spec import JobSpec
 from wasmig.snapshot.stores.fsobjects import FsObjects
@@ -147,6 +148,139 @@ def test_a_restore_merges_the_segments_it_read_into_one(tmp_path: Path) -> None:
     third.close()
 
 
+def test_a_restore_below_a_live_moves_counts_cuts_back_the_segment_that_reaches_past_them(tmp_path: Path) -> None:
+    """A live move's target opens the log at the move's counts (beyond the job's last snapshot) and
+    merges the segments up to them into one; it dies before its first checkpoint (its node lost),
+    and the job restarts from the source's last snapshot, below those counts. The merged segment
+    must not keep the lost run's bytes past the snapshot: the restarted run's first segment would
+    start inside it, and a reader stops there (tests/test_ray_fleet.py saw the pinned job's log end
+    at the move's counts, 3,965 of 9,890 bytes, the restarted run's segments unread)."""
+    b = backend(tmp_path)
+    spec = JobSpec(module=b"", module_name="x", store=f"file://{tmp_path}/store")
+    source = SegmentLog(b, "j/log/", "j")
+    source.open(None)
+    for line in (b"one\n", b"two\n"):
+        source.streams["stdout"].write(line)
+        snapshot = source.annotation()[META_KEY]  # the last one the job's store holds
+    source.streams["stdout"].write(b"three (lost)\n")
+    moved = source.annotation()[META_KEY]  # the live move's state, sent while the program is stopped
+    source.close()
+    target = SegmentLog(b, "j/log/", "j")
+    target.open(moved)  # merged: one segment of the three lines
+    assert [i.key for i in b.listing("j/log/stdout/")] == ["j/log/stdout/0000000000000000"]
+    target.streams["stdout"].write(b"four (lost)\n")
+    JobLog.close(target)  # its node dies: no segment sent, no snapshot
+    again = SegmentLog(b, "j/log/", "j")
+    again.open(snapshot)
+    assert read_log(spec, "j", "stdout") == b"one\ntwo\n"
+    again.streams["stdout"].write(b"three\n")
+    again.annotation()
+    again.streams["stdout"].write(b"four\n")
+    again.close()
+    assert read_log(spec, "j", "stdout") == b"one\ntwo\nthree\nfour\n"
+
+
+class Killed(BaseException):
+    """The runner's process ends here (SIGKILL, its machine lost): nothing after it runs."""
+
+
+class Mortal:
+    """A backend whose runner dies at its ``kill_at``-th write (put, put_new or delete: the store
+    calls where a runner's death leaves something behind); the writes before it are done."""
+
+    def __init__(self, backend: FsObjects, kill_at: int | None) -> None:
+        self._backend, self.kill_at, self.writes = backend, kill_at, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._backend, name)
+
+    def _write(self) -> None:
+        if self.writes == self.kill_at:
+            raise Killed()
+        self.writes += 1
+
+    def put(self, key: str, data: bytes) -> None:
+        self._write()
+        self._backend.put(key, data)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        self._write()
+        return self._backend.put_new(key, data)
+
+    def delete(self, key: str) -> None:
+        self._write()
+        self._backend.delete(key)
+
+
+STEPS, EVERY, MOVE = 9, 2, 5  # the model job's steps, a checkpoint every EVERY steps, a live move at MOVE
+
+
+def run_model_job(b: FsObjects, kill_at: list[int]) -> int:
+    """A fleet job's log through the runner's order of store calls: each step prints a line; a
+    checkpoint sends the log's segments (the snapshot's annotation) and then publishes the snapshot
+    (``snap/NNNNNN``, its counts and step, through the same store); the first run moves live at
+    step MOVE (the source sends up to the state's counts, its run ends; the target opens the log at
+    them and runs on); the end sends the rest. Runner *i* dies at its ``kill_at[i]``-th write
+    (every runner after the list lives), and the next restores the job's latest snapshot, as the
+    controller's restart does. Returns how many writes the first runner made."""
+    import json
+
+    life, first_writes = 0, 0
+    while True:
+        store = Mortal(b, kill_at[life] if life < len(kill_at) else None)
+        logs: list[SegmentLog] = []
+        try:
+            snaps = sorted(i.key for i in b.listing("j/snap/"))
+            latest = json.loads(b.get(snaps[-1], 1 << 10) or b"{}") if snaps else None
+            step = latest["step"] if latest else 0
+            log = SegmentLog(store, "j/log/", "j")  # type: ignore[arg-type]
+            logs.append(log)
+            log.open(latest["counts"] if latest else None)
+            while step < STEPS:
+                if life == 0 and step == MOVE:
+                    moved = log.annotation()[META_KEY]
+                    log.close()
+                    log = SegmentLog(store, "j/log/", "j")  # type: ignore[arg-type]
+                    logs.append(log)
+                    log.open(moved)
+                log.streams["stdout"].write(f"step {step}\n".encode())
+                step += 1
+                if step % EVERY == 0:
+                    counts = log.annotation()[META_KEY]
+                    store.put(f"j/snap/{len(snaps) + step:06d}", json.dumps({"counts": counts, "step": step}).encode())
+            log.close()
+            return first_writes if life else store.writes
+        except Killed:
+            for dead in logs:  # its node's spool and files go with it
+                JobLog.close(dead)
+                shutil.rmtree(dead.directory, ignore_errors=True)
+            if life == 0:
+                first_writes = store.writes
+            life += 1
+
+
+def test_the_log_is_one_runs_whatever_write_a_runner_dies_at(tmp_path: Path) -> None:
+    """The job's log after restarts holds exactly the output of one uninterrupted run, wherever
+    its runners die: the first runner (the source and the target of a live move) at each of its
+    writes to the store in turn, and the runner restarted after it at each of its own."""
+    expected = "".join(f"step {i}\n" for i in range(STEPS)).encode()
+    spec = JobSpec(module=b"", module_name="x", store=f"file://{tmp_path}/store")
+    whole = run_model_job(backend(tmp_path / "whole"), [])
+    assert read_log(JobSpec(module=b"", module_name="x", store=f"file://{tmp_path}/whole/store"), "j",
+                    "stdout") == expected
+    cases = 0
+    for first in range(whole):
+        shutil.rmtree(tmp_path / "store", ignore_errors=True)
+        assert run_model_job(backend(tmp_path), [first]) == first
+        assert read_log(spec, "j", "stdout") == expected, f"the first runner died at its write {first}"
+        for second in range(8):  # the restarted runner dies too, at one of its first writes
+            shutil.rmtree(tmp_path / "store", ignore_errors=True)
+            run_model_job(backend(tmp_path), [first, second])
+            assert read_log(spec, "j", "stdout") == expected, f"died at writes {first} and {second}"
+            cases += 1
+    assert whole >= 12 and cases == 8 * whole
+
+
 @pytest.mark.parametrize("kind", ["path", "object"])
 def test_a_live_targets_log_is_fenced_only_once_it_holds_the_job(tmp_path: Path, kind: str) -> None:
     """A live move's target opens the log before the commit (no fence yet) at the source's counts,
@@ -175,3 +309,148 @@ def test_a_live_targets_log_is_fenced_only_once_it_holds_the_job(tmp_path: Path,
             target.annotation()
     target.close()
     assert read_log(spec, "j", "stdout") == (b"before the move\n" if kind == "object" else b"before the move\nafter\n")
+
+
+# --- one runner at a time: a runner that lost the job stops acting (wasmig/ray/actor.py) -----------
+PROGRAMS = Path(__file__).parent / "programs"
+
+
+def fleet_work_spec(tmp_path: Path, name: str, store: str, **more: object) -> JobSpec:
+    """A job of fleet_work.c stepping (20 ms apart) until data/NAME.stop appears."""
+    from wasmig.toolchain import compile_c
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return JobSpec(module=compile_c(PROGRAMS / "fleet_work.c").read_bytes(), module_name="fleet_work.wasm",
+                   args=(name, "0", "20"), dirs=((str(tmp_path / "data"), "data"),), store=store, prewarm=False,
+                   **more)  # type: ignore[arg-type]
+
+
+def expected_steps(name: str, steps: int) -> bytes:
+    """fleet_work.c's stdout (and data file) for ``steps`` steps, computed here."""
+    h, out = 2166136261, []
+    for i in range(steps):
+        for k in range(20000):
+            h = ((h ^ ((i * 31 + k) & 0xFFFFFFFF)) * 16777619) & 0xFFFFFFFF
+        out.append(f"{name} step {i} {h:08x}\n")
+    return "".join(out).encode()
+
+
+@pytest.mark.parametrize("engine", ["interp", "wasmtime"])
+def test_a_runner_whose_lease_lapsed_stops_its_program_before_the_job_is_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
+    """A runner that cannot renew its lease (its beats fail: the store unreachable from it, or the
+    process paused) lets its program make no more host calls once it is fenced (half the period),
+    and its run ends ``fenced`` -- before a contender may take the job (a whole period). It used to
+    refuse only its checkpoints and log segments: the program ran on, writing the job's files beside
+    the runner that took the job."""
+    import threading
+
+    from wasmig.ray import jobstore
+    from wasmig.ray.actor import JobRunner
+
+    if engine == "wasmtime":
+        pytest.importorskip("wasmtime")
+    monkeypatch.setattr(jobstore, "LEASE_S", HELD_PERIOD)
+    cut = threading.Event()
+    beat = Lease._beat
+
+    def failing_beat(self: Lease, n: int) -> None:
+        if cut.is_set() and self.generation == 1:
+            raise OSError("the store is unreachable from this runner")
+        beat(self, n)
+
+    monkeypatch.setattr(Lease, "_beat", failing_beat)
+    backend(tmp_path)
+    spec = fleet_work_spec(tmp_path, "lapse", f"file://{tmp_path}/store", checkpoint_every=0.3)
+    out = tmp_path / "data" / "lapse.out"
+    results: dict[str, dict[str, object]] = {}
+    first = JobRunner("j-lapse", spec, engine)
+    a = threading.Thread(target=lambda: results.update(first=first.run(restore=False)))
+    a.start()
+    deadline = time.monotonic() + 60
+    while not (first.status()["checkpoints"] >= 1 and out.exists() and out.read_bytes().count(b"\n") >= 3):
+        assert time.monotonic() < deadline and a.is_alive(), results
+        time.sleep(0.02)
+    cut.set()
+    second = JobRunner("j-lapse", spec, engine)
+    b = threading.Thread(target=lambda: results.update(second=second.run(restore=True, on_file_change="ignore")))
+    b.start()
+    try:
+        resumed, _ = second.resumed_at(60.0)
+        assert resumed is not None, results
+        # the second runner holds the job and its program runs: the first's had ended already
+        assert not a.is_alive(), "the runner that lost the lease still runs its program"
+        assert results["first"]["outcome"] == "fenced", results
+        assert "lost the job's lease" in str(results["first"]["error"])
+        assert first.fenced and not second.fenced
+    finally:
+        (tmp_path / "data" / "lapse.stop").touch()
+        a.join(60)
+        b.join(120)
+    assert results["second"] == {"outcome": "exited", "code": 0}, results
+    log = read_log(spec, "j-lapse", "stdout")
+    assert log == expected_steps("lapse", log.count(b"\n"))
+    assert out.read_bytes() == expected_steps("lapse", out.read_bytes().count(b"\n"))
+
+
+ORPHAN_SCRIPT = """
+import os, subprocess, sys
+if sys.argv[1] == "raylet":  # stands for the raylet: starts the worker, with Ray's environment variable
+    worker = subprocess.Popen([sys.executable, "-c", sys.argv[2], "worker", *sys.argv[3:]],
+                              env={**os.environ, "RAY_RAYLET_PID": str(os.getpid())})
+    print(worker.pid, flush=True)
+    worker.wait()
+    sys.exit(0)
+from wasmig.ray.actor import JobRunner
+from wasmig.ray.spec import JobSpec
+spec = JobSpec(module=open(sys.argv[2], "rb").read(), module_name="fleet_work.wasm", args=("orphan", "0", "20"),
+               dirs=((sys.argv[3], "data"),), store=sys.argv[4], checkpoint_every=0.3, prewarm=False)
+print(JobRunner("j-orphan", spec, "interp").run(restore=False), flush=True)
+"""
+
+
+def test_a_runner_whose_raylet_died_ends_its_process(tmp_path: Path) -> None:
+    """A Ray worker outlives its raylet (reparented, it went on running the job's program for as
+    long as it lived: tests/test_ray_node_loss.py), while Ray counts its actor dead and the
+    controller restarts the job elsewhere. A runner started by a raylet (RAY_RAYLET_PID its parent)
+    ends its own process once that parent is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from wasmig.toolchain import compile_c
+
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "data" / "orphan.out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    raylet = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, "raylet", ORPHAN_SCRIPT,
+                               str(compile_c(PROGRAMS / "fleet_work.c")), str(tmp_path / "data"),
+                               str(tmp_path / "store")], stdout=subprocess.PIPE, text=True, env=env)
+    assert raylet.stdout is not None
+    worker = int(raylet.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and out.read_bytes().count(b"\n") >= 3):
+            assert time.monotonic() < deadline and raylet.poll() is None, "the job did not start"
+            time.sleep(0.02)
+        raylet.kill()
+        raylet.wait()
+        deadline = time.monotonic() + 10
+        while _running(worker):
+            assert time.monotonic() < deadline, "the worker runs on without its raylet"
+            time.sleep(0.02)
+        written = out.read_bytes()
+        assert written == expected_steps("orphan", written.count(b"\n"))
+    finally:
+        if _running(worker):
+            os.kill(worker, signal.SIGKILL)
+        raylet.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -257,36 +257,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.mark.slow
 def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None:
-    import ray
-
     from wasmig.ray import client
-    from wasmig.ray.spec import JobSpec
-    from wasmig.toolchain import compile_c
 
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    assert len(nodes) == 3
-    assert {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}
+    fleet = FleetJobs(cluster, tmp_path)
+    assert len(fleet.nodes) == 3
+    assert {n["NodeManagerAddress"] for n in fleet.nodes} == {"127.0.0.1"}
     cluster_pids = {proc.process.pid for node in [cluster.head_node, *cluster.worker_nodes]
                     for procs in node.all_processes.values() for proc in procs}
     listening = listening_addresses(cluster_pids)
     assert listening and listening <= {"127.0.0.1", "::1"}, f"a cluster process listens beyond loopback: {listening}"
-    head = cluster.head_node.node_id
-    interp = next(n["NodeID"] for n in nodes if n["Labels"].get("wasmig-engine") == "interp")
-    plain = next(n["NodeID"] for n in nodes if n["NodeID"] not in (head, interp))
-    wasm = compile_c(PROGRAMS / "fleet_work.c").read_bytes()
-    data = tmp_path / "data"
-    data.mkdir()
-    store = tmp_path / "store"
-    bucket = s3_bucket()
-    ctl = client.controller()
+    head, interp, plain, wasm, data, store, ctl = (fleet.head, fleet.interp, fleet.plain, fleet.wasm, fleet.data,
+                                                   fleet.store, fleet.ctl)
+    bucket = fleet.bucket
     assert client.call(ctl.home) == head  # so losing a worker never loses the job table
 
     def submit(name: str, steps: int = STEPS, live: bool = True, s3: bool = False, **placement: Any) -> str:
-        spec = JobSpec(module=wasm, module_name="fleet_work.wasm", args=(name, str(steps), str(MS)),
-                       dirs=((str(data), "data"),), store=f"s3://{bucket}/fleet" if s3 else str(store),
-                       checkpoint_every=1.0 if s3 else 0.3,  # moto is one Python process on loaded cores
-                       placement=Placement(**placement), num_cpus=0.25, live=live)
-        return client.call(ctl.submit, spec)
+        return fleet.submit(name, steps, MS, s3, placement=Placement(**placement), live=live)
 
     names = [f"job{i}" for i in range(JOBS)]
     # odd jobs move by checkpoint-stop-restore, even ones live (pre-copy); every third job's store is S3
@@ -386,6 +372,42 @@ def test_fleet_drain_migrate_and_node_loss(cluster: Any, tmp_path: Path) -> None
     cancelled = subprocess.run([sys.executable, "-m", "wasmig", "cluster", "cancel", cli_job], capture_output=True,
                                text=True, env=env, timeout=120)
     assert cancelled.returncode == 1 and "already exited" in cancelled.stderr
+
+
+class FleetJobs:
+    """The cluster's live nodes (``head``, the ``plain`` worker, the ``interp`` one) and jobs of
+    fleet_work.c submitted to its controller, each writing ``data``/NAME.out, with its store the
+    shared path ``store`` or a bucket of its own on the test's S3 server."""
+
+    def __init__(self, cluster: Any, tmp_path: Path) -> None:
+        import ray
+
+        from wasmig.ray import client
+        from wasmig.toolchain import compile_c
+
+        self.nodes = [n for n in ray.nodes() if n["Alive"]]
+        self.head = cluster.head_node.node_id
+        self.interp = next(n["NodeID"] for n in self.nodes if n["Labels"].get("wasmig-engine") == "interp")
+        # None once it is lost (tests/test_ray_node_loss.py kills it first)
+        self.plain = next((n["NodeID"] for n in self.nodes if n["NodeID"] not in (self.head, self.interp)), None)
+        self.wasm = compile_c(PROGRAMS / "fleet_work.c").read_bytes()
+        self.data = tmp_path / "data"
+        self.data.mkdir()
+        self.store = tmp_path / "store"
+        self.bucket = s3_bucket()
+        self.ctl = client.controller()
+
+    def submit(self, name: str, steps: int, ms: int, s3: bool, **more: Any) -> str:
+        """The job's id: ``steps`` steps ``ms`` apart (0 steps: until data/NAME.stop appears); in
+        S3 it checkpoints every second, not every 0.3 s (moto is one Python process on loaded cores)."""
+        from wasmig.ray import client
+        from wasmig.ray.spec import JobSpec
+
+        spec = JobSpec(module=self.wasm, module_name="fleet_work.wasm", args=(name, str(steps), str(ms)),
+                       dirs=((str(self.data), "data"),),
+                       store=f"s3://{self.bucket}/fleet" if s3 else str(self.store),
+                       checkpoint_every=1.0 if s3 else 0.3, num_cpus=0.25, **more)
+        return client.call(self.ctl.submit, spec)
 
 
 def s3_bucket() -> str:

@@ -9,6 +9,12 @@ records. Checkpoints go to the job's store (:mod:`wasmig.ray.jobstore`: a path, 
 :meth:`checkpoint`, and on :meth:`stop` (then the run ends: what a move and a drain use), and on
 SIGTERM when the worker gets one (Ray's notice before it ends a worker), in the actor's main thread.
 
+One runner at a time (docs/fleet.md): a runner holds the job's fence for its run; a runner whose
+lease lapsed (an object store's fence) lets its program make no more host calls (the run ends
+``fenced``: the controller restarts the job), and a runner whose node's raylet is gone ends its
+own process at once (Ray counts its actor dead and restarts the job elsewhere; a Ray worker
+outlives its raylet, and its program would go on running and writing unseen).
+
 A live move (:mod:`wasmig.ray.live`) runs between two runners: the source's :meth:`migrate_to`
 streams the running program to a target runner's :meth:`receive`, which then runs it as
 :meth:`run` would. Each runner holds the key pair the controller made for it (its migration
@@ -24,11 +30,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from wasmig.ray.joblog import JobLog, recorded_counts
-from wasmig.ray.jobstore import latest_checkpoint, open_log, snapshots_location, take_fence, warm_store
+from wasmig.ray.jobstore import FenceLost, latest_checkpoint, open_log, snapshots_location, take_fence, warm_store
 from wasmig.ray.spec import JobSpec
 
 #: how long a runner waits for an earlier runner of its job to be gone (see jobstore.take_fence)
 FENCE_TIMEOUT_S = 60.0
+#: how often a runner in a Ray worker looks whether its node's raylet (the worker's parent) is still there
+NODE_WATCH_S = 0.1
 #: after SIGTERM stopped the program, how long the process lives on before the signal ends it (if
 #: the answer of run() has not reached the controller by then, it sees the actor die: the same restart)
 SIGTERM_GRACE_S = 1.0
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
     from wasmig.keys import KeyPair
     from wasmig.migrate.target import HeldProgram
     from wasmig.module import Module
+    from wasmig.ray.jobstore import Fence
     from wasmig.session.loop import Session
 
 
@@ -75,7 +84,10 @@ class JobRunner:
         self._shelf: Any = None  # a live move's source: pages waiting for the target (live.PageShelf)
         self._held: HeldProgram | None = None  # a live move's target: the program that arrived
         self.arrival: dict[str, float] | None = None  # a live move's target: its part of the downtime
+        #: set once this runner's program was refused a host call because its fence lapsed
+        self.fenced = False
         self._install_sigterm()
+        self._watch_node()
         if spec.prewarm:
             self._warm_up()
 
@@ -89,7 +101,9 @@ class JobRunner:
         """Run the program to its end, or until :meth:`stop`; ``restore``: from the job's latest
         snapshot (if it has none yet, from the start). The outcome: ``exited`` (``code``),
         ``stopped`` (checkpointed for a move), ``trapped`` or ``failed`` (``error``), ``busy``
-        (an earlier runner of the job still holds it: try again)."""
+        (an earlier runner of the job still holds it: try again), ``fenced`` (this runner lost the
+        job's lease: its program stopped at its next host call; the job goes on from its latest
+        checkpoint, elsewhere)."""
         from wasmig.errors import Trap, WasmError
         from wasmig.session.loop import Session
         from wasmig.session.policy import CheckpointExit, CheckpointPolicy, MigratedAway, MigrationInDoubt
@@ -110,6 +124,7 @@ class JobRunner:
                 program, wasi = self._restored(latest, log, on_file_change)
             else:
                 program, wasi = self._fresh(log)
+            wasi.fence = self.guard(fence)
             policy = CheckpointPolicy(directory=snapshots_location(self.spec, self.job_id))
             session = Session(program, policy, self.spec.module_name)
             session.annotate = log.annotation
@@ -136,6 +151,8 @@ class JobRunner:
             except MigratedAway:
                 return {"outcome": "moved"}
             return {"outcome": "exited", "code": code}
+        except FenceLost as e:  # raised in a host call: the program did nothing after it
+            return {"outcome": "fenced", "error": str(e)}
         except Trap as e:
             return {"outcome": "trapped", "error": str(e)}
         except (WasmError, OSError, ValueError) as e:
@@ -252,6 +269,8 @@ class JobRunner:
             if target is None or self._held is None:
                 return {"outcome": "failed", "arrived": False, "error": why}
             kind, detail = self._held.outcome
+            if self.fenced:
+                return {"outcome": "fenced", "error": str(detail)}
             if kind == "exit":
                 return {"outcome": "exited", "code": detail}
             if kind == "stopped":
@@ -268,6 +287,22 @@ class JobRunner:
             if target is not None and target.fence is not None:
                 target.fence.release()  # the next runner of this job may start
             shutil.rmtree(state_dir, ignore_errors=True)
+
+    def guard(self, fence: Fence) -> Any:
+        """What the program's WASI layer calls before each host call (:attr:`Wasi.fence`): nothing
+        for a fence that holds as long as this process (a lock file); for a lease, its check,
+        which raises FenceLost once this runner may no longer act (and records it)."""
+        if not fence.can_lapse:
+            return None
+
+        def check() -> None:
+            try:
+                fence.check()
+            except FenceLost:
+                self.fenced = True
+                raise
+
+        return check
 
     def adopt_arrival(self, program: HeldProgram, log: JobLog) -> None:
         """The program that arrived, before it runs: its checkpoints go to the job's store and
@@ -396,6 +431,25 @@ class JobRunner:
         """The periodic checkpoint (the session's own timer needs the main thread, which Ray keeps)."""
         while not self._ended.wait(every):
             session.request()
+
+    def _watch_node(self) -> None:
+        """In a Ray worker (its parent the raylet that started it): end this process as soon as the
+        raylet is gone. Its node is then lost to Ray, which restarts the job elsewhere; the worker
+        itself lives on (reparented), and so would the program, running and writing the job's files
+        unseen, holding the job's fence (the restarted runner waiting for it) or, paused past a
+        lease, beside the restarted one. SIGKILL: no more writes, no cleanup that could write; the
+        kernel lets go of a lock file."""
+        raylet = os.environ.get("RAY_RAYLET_PID", "")
+        parent = os.getppid()
+        if not raylet.isdigit() or int(raylet) != parent:
+            return  # not a worker of a raylet (a test, a plain process)
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(NODE_WATCH_S)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, name="wasmig-fleet-node-watch", daemon=True).start()
 
     def _install_sigterm(self) -> None:
         """On SIGTERM (a node being drained or shut down), checkpoint and stop before the worker

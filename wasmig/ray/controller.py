@@ -501,11 +501,11 @@ class Controller:
         with self._lock:
             if job.run_ref is not ref or job.state != "running":
                 return  # a move or a cancel owns it now
-            if result is not None and result["outcome"] not in ("stopped", "busy"):
+            if result is not None and result["outcome"] not in ("stopped", "busy", "fenced"):
                 self._finish(job, result)
                 return
-            # lost with its node or worker (or stopped by SIGTERM, or its old runner was still there):
-            # again from its latest checkpoint
+            # lost with its node or worker (or stopped by SIGTERM, or its old runner was still there,
+            # or it lost the job's lease): again from its latest checkpoint
             job.restarts += 1
             if job.node is not None and not any(n["NodeID"] == job.node and n.get("Alive") for n in ray.nodes()):
                 job.avoid.add(job.node)

@@ -121,6 +121,7 @@ class FleetTarget(Target):
         try:
             self.fence = take_fence(self.runner.spec, self.runner.job_id, FENCE_TIMEOUT_S)
             fence_log(self.log, self.fence)  # its log goes to an object store only while it holds the job
+            program.wasi.fence = self.runner.guard(self.fence)  # and its program acts only while it does
         except TimeoutError as e:  # committed: the program runs here all the same (the source's is stopped)
             log(f"migration {self.id}: {e}; the program goes on without the job's fence")
         self.fence_wait_s = time.perf_counter() - started

@@ -120,6 +120,9 @@ class Wasi(PathCalls, SocketCalls):
         self.waiter = Waiter()  # every blocking wait goes through it, so a checkpoint can end it
         #: every host call passes it: closed, it holds the guest's effects (a migration's target, before the commit)
         self.gate = Gate()
+        #: called before every host call (after the gate), when set: raises once the program may no
+        #: longer act, which ends the run there (a fleet job whose runner lost the job's lease)
+        self.fence: Callable[[], None] | None = None
         #: a migration's target key (fingerprint), named to the gateways when their connections are
         #: quiesced for it: the gateway lets that key take them over (wasmig/wasi/gateway.py)
         self.gateway_handover: str | None = None
@@ -203,6 +206,8 @@ class Wasi(PathCalls, SocketCalls):
         def call(*args: int) -> int | None:
             if gate.closed:
                 gate.wait()
+            if self.fence is not None:
+                self.fence()
             calls[name] = calls.get(name, 0) + 1
             try:
                 result = method(*args)
