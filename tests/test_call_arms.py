@@ -149,3 +149,80 @@ def test_code_and_records_name_a_site_from_its_functions_first() -> None:
     assert len(same) == 1
     for engine in ENGINES:
         assert finish(engine, module, snap) == (code, expected), engine
+
+
+def _many_values_wat(runs: dict[str, int]) -> str:
+    """$deep keeps ``runs[t]`` locals of each type t live across its recursive call (each set from
+    $n, all summed after the call), so its arm saves runs of those lengths."""
+    make = {"i32": "(i32.add (local.get $n) (i32.const {k}))",
+            "i64": "(i64.extend_i32_u (i32.add (local.get $n) (i32.const {k})))",
+            "f32": "(f32.convert_i32_u (i32.add (local.get $n) (i32.const {k})))",
+            "f64": "(f64.convert_i32_u (i32.add (local.get $n) (i32.const {k})))"}
+    widen = {"i32": "(i64.extend_i32_u {v})", "i64": "{v}", "f32": "(i64.trunc_f32_s {v})",
+             "f64": "(i64.trunc_f64_s {v})"}
+    names = [(t, f"${t}_{k}", 3 * k + 1) for t, count in runs.items() for k in range(count)]
+    decls = " ".join(f"(local {name} {t})" for t, name, _ in names)
+    sets = " ".join(f"(local.set {name} {make[t].format(k=k)})" for t, name, k in names)
+    total = "(local.get $r)"
+    for t, name, _ in names:
+        total = f"(i64.add {total} {widen[t].format(v=f'(local.get {name})')})"
+    return f"""
+(module
+  (import "wasi_snapshot_preview1" "sched_yield" (func $mark (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $deep (param $n i32) (result i64) (local $r i64) {decls}
+    {sets}
+    (if (i32.eqz (local.get $n))
+      (then (drop (call $mark)) (return (i64.const 1))))
+    (local.set $r (call $deep (i32.sub (local.get $n) (i32.const 1))))
+    {total})
+  (func (export "_start")
+    (i64.store (i32.const 0) (call $deep (i32.const 4)))
+    (i32.store (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 8))
+    (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24)))))
+"""
+
+
+def test_long_runs_of_one_type_are_saved_by_one_call_each_up_to_sixteen() -> None:
+    """A saver takes 1 to 16 values of one type (linking.SAVE_COUNTS): $deep's arm saves its 13
+    i32s, 9 f64s, 2 f32s and 19 i64s (16 + 3) in five calls (and the call's result in a sixth), and
+    the records those savers
+    write are the interpreter's state at each frame, finishing on every engine."""
+    from wasmig.instrument.linking import HELPERS, SAVE_COUNTS, SAVE_TYPES
+
+    runs = {"i32": 13, "f64": 9, "f32": 2, "i64": 19}
+    module = wat_module(_many_values_wat(runs))
+    ir = decode_module(instrument(module, count_steps=False).data, features=INSTRUMENTED)
+    n_imported = ir.num_imported_funcs()
+    first_saver = n_imported + len(module.ir.funcs) + HELPERS - len(SAVE_TYPES) * len(SAVE_COUNTS)
+    savers = range(first_saver, first_saver + len(SAVE_TYPES) * len(SAVE_COUNTS))
+    called = [ins.imm for ins in ir.funcs[0].body if ins.op == 0x10 and ins.imm in savers]
+
+    def which(index: int) -> tuple[str, int]:
+        t, k = divmod(index - first_saver, len(SAVE_COUNTS))
+        return SAVE_TYPES[t], SAVE_COUNTS[k]
+
+    assert sorted(which(i) for i in called) == [("f32", 2), ("f64", 9), ("i32", 13), ("i64", 1), ("i64", 3),
+                                                 ("i64", 16)], "one call a run of up to 16"
+    # ^ the 19 i64 locals are 16 + 3; after the call ($n dead, $r set from it) the call's i64
+    # result is on the stack, saved after the locals (compact order: locals by type, then the stack)
+    unused = ir.funcs[first_saver - n_imported + SAVE_COUNTS.index(5)]  # $save_i32_5: no arm calls it
+    assert [ins.op for ins in unused.body] == [0x00, 0x0B], "a saver no arm calls is an empty slot"
+
+    code, expected, _ = reference(module, ["many-values"])
+
+    def request(runner: object) -> None:
+        runner.request()  # type: ignore[attr-defined]
+
+    snap, printed = _stop_on_mark(module, request, "no stop")
+    assert len(snap.frames) == 5 and snap.point == "after_call"  # _start, $deep(4) .. $deep(1)
+    for depth, frame in enumerate(snap.frames[1:-1]):  # $deep(4) .. $deep(2) at their call sites
+        n = 4 - depth  # ($n itself is dead there: saved as 0)
+        assert frame.locals[2:2 + runs["i32"]] == [("i32", n + 3 * k + 1) for k in range(runs["i32"])]
+    same = [s for s in after_call_states(module, ["many-values"], 1, 100_000)
+            if s.stdout == printed and _same_state(s.snapshot, snap)]
+    assert len(same) == 1
+    for engine in ENGINES:
+        assert finish(engine, module, snap) == (code, expected), engine

@@ -571,7 +571,7 @@ class _FunctionRewriter:
     def _save_compact(self, site: Site) -> None:
         """The normal body's cold arm: the site's values to their compact record positions
         (:func:`~wasmig.instrument.sites.compact_slots`) by calls of the pass's savers, each
-        taking up to 8 values of one type -- two bytes a value, where a store of its own took
+        taking up to 16 values of one type -- two bytes a value, where a store of its own took
         eight (a record-slot store per value was 60% of libc's ``printf_core`` instrumented).
         The arm ends in ``br $unwind`` and never returns to the hot path, so nothing is live
         across these calls (docs/instrument.md, "Compact records")."""
@@ -1729,6 +1729,8 @@ class _Pass:
         self.rewinds_table = 0  # index of the table $rewinds
         self.finish_func = 0  # index of the function that ends a rewind (:func:`_finish_rewind_function`)
         self.header_func = 0  # index of the function that writes a record's header (:func:`_record_header_function`)
+        #: the savers some arm calls (:meth:`saver`): the others' slots get an empty body
+        self.savers_called: set[tuple[str, int]] = set()
         self._entry_polled: dict[int, bool] = {}
         #: function -> its parameters widened to i64 in the run module (:mod:`wasmig.instrument.widen`)
         self.widened: dict[int, tuple[int, ...]] = widen.widen_plan(ir)
@@ -1750,7 +1752,9 @@ class _Pass:
         self._polls_after: dict[tuple[int, object], bool] = {}
 
     def saver(self, t: str, k: int) -> int:
-        """The function index of ``$save_<t>_<k>`` (:func:`_saver_function`)."""
+        """The function index of ``$save_<t>_<k>`` (:func:`_saver_function`), which the module then
+        holds (:attr:`savers_called`)."""
+        self.savers_called.add((t, k))
         return self.header_func + 1 + SAVE_TYPES.index(t) * len(SAVE_COUNTS) + SAVE_COUNTS.index(k)
 
     def add_entry(self, func: int) -> int:
@@ -1979,7 +1983,8 @@ def _instrument(module: object, count_steps: bool, split: bool, progress: Callab
     g = p.globals_base
     if g * 8 > RECORDS_BASE - GLOBALS_BASE:
         raise InstrumentError(f"too many globals ({g}) for the control memory layout")
-    savers = [_saver_function(p, t, k) for t in SAVE_TYPES for k in SAVE_COUNTS]
+    savers = [_saver_function(p, t, k) if (t, k) in p.savers_called else _unused_saver(p)
+              for t in SAVE_TYPES for k in SAVE_COUNTS]
     for extra_func in (_dump_globals(ir, p), _load_state(ir, p), _finish_rewind_function(ir, p),
                        _record_header_function(p), *savers):
         ir.funcs.append(extra_func)
@@ -2147,7 +2152,9 @@ def _finish_rewind_function(ir: IRModule, p: _Pass) -> Function:
 def _saver_function(p: _Pass, t: str, k: int) -> Function:
     """``$save_<t>_<k>(pos, v1..vk)``: the k values into the frame record at the write pointer, at
     compact positions ``pos``.. (slot offsets ``8 + 8 * (pos + i)``); called by the normal body's
-    cold arms (:meth:`_FunctionRewriter._save_compact`)."""
+    cold arms (:meth:`_FunctionRewriter._save_compact`). k runs from 1 to 16, so that an arm saves
+    a run of up to 16 values of one type in one call: five bytes a call (its ``call`` and
+    position), where 8/4/2/1 took up to four calls a run (QuickJS's run module -65 KB)."""
     op, align = _STORE[t]
     a = k + 1
     body = [Instr(0x41, 0), Instr(0x28, memarg(2, WRITE_PTR, p.ctl)), Instr(0x20, 0), Instr(0x41, 3), Instr(0x74),
@@ -2156,6 +2163,13 @@ def _saver_function(p: _Pass, t: str, k: int) -> Function:
         body += [Instr(0x20, a), Instr(0x20, 1 + i), Instr(op, memarg(align, 8 + 8 * i, p.ctl))]
     body.append(Instr(0x0B))
     return Function(p.func_type_index(["i32"] + [t] * k, []), [(1, "i32")], body)
+
+
+def _unused_saver(p: _Pass) -> Function:
+    """The function in the slot of a saver no arm calls (most modules use a few of the 64): its
+    index is fixed before the functions are rewritten, its body and type need not be its own
+    (``unreachable``, 4 bytes)."""
+    return Function(p.func_type_index([], []), [], [Instr(0x00), Instr(0x0B)])
 
 
 def _record_header_function(p: _Pass) -> Function:

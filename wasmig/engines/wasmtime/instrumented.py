@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - 3.12 renamed it; other implementations
         from hashlib import sha256 as _sha256  # type: ignore[assignment]
 
 #: Bumped whenever the pass changes what it emits: part of the instrumented-module cache key.
-PASS_VERSION = "wasmig-instrument-26"
+PASS_VERSION = "wasmig-instrument-27"
 
 
 def _pass_fingerprint() -> bytes:
