@@ -30,12 +30,12 @@ exceptions, a few seconds on wasmtime. Every run's stdout is checked against the
 Code placements: where a hot loop's machine code lands relative to cache-line and fetch boundaries moves a program
 by several percent with its code unchanged, and every process that loads one compiled module runs at the same
 placement (it is mapped at a page boundary), so a median over any number of whole-process rounds still reports one
-placement's luck as the variant's cost (session 12: the same cached module and code gave 1.05x and 1.10x as two
-variants). So every variant is timed at ``--placements K`` placements (default 4; 1: the module as is), each the
-program padded by ``benchmarks/placement.py`` (never-executed stores in its first function, as ``overhead.py`` and
-``guest_real.py`` place the guest), the reference and the wasmig variants running the same padded module; each round
-visits the placements in turn, the variants' order rotating at every turn, and a variant's median is over all its
-runs. The CPU lines also give the ratio at each placement.
+placement's luck as the variant's cost (QuickJS's fast variant read 1.04x, 1.18x, 1.07x and 1.13x wasmtime-py at
+four placements, 5 rounds each, on a quiet machine). So every variant is timed at ``--placements K`` placements
+(default 4; 1: the module as is), each the program padded by ``benchmarks/placement.py`` (never-executed stores in
+its first function, as ``overhead.py`` and ``guest_real.py`` place the guest), the reference and the wasmig
+variants running the same padded module; each round visits the placements in turn, the variants' order rotating
+at every turn, and a variant's median is over all its runs. The CPU lines also give the ratio at each placement.
 
 It prints, per program, workload and variant, the median (and quartiles) of wall time and of CPU time (user +
 system: much less disturbed by other load on a shared machine), and the ratio of medians against wasmtime-py;
