@@ -63,9 +63,10 @@ NO_THREAD_CHECKPOINTS = ("this run cannot checkpoint: it was started without che
 _INSTRUMENTED_START = "wasmig:start"
 #: how long the end of a run waits for its threads to stop (see ThreadedRun._settle)
 _SETTLE_S = 10.0
-#: seconds the main thread waits at most between looks at a running program: a signal's Python
-#: handler runs only in the main thread, once its wait returns
-_SIGNAL_WAIT = 0.25
+#: seconds the main thread waits at most between looks at a running program (here and in
+#: CheckpointableThreadedRun.go): a signal's Python handler runs only in the main thread, once its
+#: wait returns, and a process-directed signal may land on a wasm thread
+SIGNAL_WAIT = 0.25
 #: what ``thread-spawn`` returns when no thread can be made: EAGAIN, negated (wasi-threads' convention)
 _SPAWN_FAILED = -6
 
@@ -195,7 +196,7 @@ class ThreadedRun:
                 while self._outcome is None:
                     # timed, so that a signal landing on a wasm thread (Ctrl-C, SIGTERM) has its
                     # Python handler run here soon (see CheckpointableThreadedRun.go)
-                    self._cond.wait(_SIGNAL_WAIT)
+                    self._cond.wait(SIGNAL_WAIT)
         except BaseException as e:
             self._end(("raise", e))
             raise

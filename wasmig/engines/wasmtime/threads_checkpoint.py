@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from wasmig.engines.base import MemoryReader, Program
 from wasmig.engines.wasmtime.capture import capture_instance_parts, static_tables
-from wasmig.engines.wasmtime.checkpointable import REQUEST_WAIT, Checkpointable
+from wasmig.engines.wasmtime.checkpointable import Checkpointable
 from wasmig.engines.wasmtime.host_waits import SLOTS, route_waits_to_host
 from wasmig.engines.wasmtime.instrumented import instrumented
-from wasmig.engines.wasmtime.threads import ThreadedRun
+from wasmig.engines.wasmtime.threads import SIGNAL_WAIT, ThreadedRun
 from wasmig.errors import SnapshotError
 from wasmig.module import Module
 from wasmig.wasi.threads_abi import THREAD_START
@@ -183,7 +183,7 @@ class CheckpointableThreadedRun(ThreadedRun):
                     # a wasm thread, and Python runs its handler here, in the main thread, only once
                     # this wait returns; threads that compute never notify, and a request landing so
                     # (after SIGSTOP/SIGCONT, say) waited for the program's end
-                    self._cond.wait(REQUEST_WAIT)
+                    self._cond.wait(SIGNAL_WAIT)
                 if self._outcome is None:
                     return True
         except BaseException as e:
