@@ -147,6 +147,14 @@ def test_by_default_only_a_module_with_an_interpreters_giant_function_gets_the_p
     assert _outcomes(done.data) == _outcomes(big.data)
 
 
+def test_the_giant_function_size_is_widens() -> None:
+    """One size makes a function an interpreter's loop for the page and for widening (written in
+    both modules: hidden_page.py is read at every start, widen.py is not)."""
+    from wasmig.instrument.widen import MIN_BIG
+
+    assert MIN_FUNCTION == MIN_BIG
+
+
 def test_the_page_can_be_refused() -> None:
     module = wat_module(f'(module (memory (export "memory") 1) {MEMORY_FUNCS})')
     run = decode_module(instrument(module, count_steps=False, hidden_page=False).data, features=INSTRUMENTED)

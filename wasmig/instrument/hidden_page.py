@@ -61,7 +61,9 @@ PAGES = 1
 #: the export (an immutable i32 global: ``HIDDEN``) that tells the host memory 0 has the page
 EXPORT = "wasmig:base"
 _U32 = 0xFFFFFFFF
-#: a module with a function of this many instructions gets the page by default (:func:`chosen`)
+#: a module with a function of this many instructions gets the page by default (:func:`chosen`):
+#: widen.MIN_BIG's size of an interpreter's loop, written again because every start reads this
+#: module and importing widen.py would add its imports (dataclasses among them) to each
 MIN_FUNCTION = 5000
 #: the opcodes with a ``memarg`` (loads, stores, atomics): their offset moves
 MEMARG_OPS = frozenset(op for op, kind in IMM.items() if kind == "memarg")
