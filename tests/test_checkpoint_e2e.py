@@ -1363,8 +1363,10 @@ def test_crafted_call_indirect_callee_of_another_type_is_refused(tmp_path: Path,
 def test_kill_9_during_checkpoints_leaves_loadable_snapshots(tmp_path: Path, engine: str) -> None:
     wasm = program("bigmem")
     # long enough to outlast the first snapshot plus the kill's delay (up to 0.8 s) on either engine:
-    # with pack files a checkpoint of its 64 MiB is fast, and 8 rounds on the interpreter ended first
-    args = _bigmem_args(64, 48, 4096) if engine == "interp" else _bigmem_args(64, 100000, 4096)
+    # with pack files a checkpoint of its 64 MiB is fast, and 8 rounds on the interpreter ended first.
+    # On wasmtime 30,000 rounds are ~7 s uninterrupted, more with steps counted and checkpoints every
+    # 50 ms (100,000 took 22 s here, and as long again to finish the restore)
+    args = _bigmem_args(64, 48, 4096) if engine == "interp" else _bigmem_args(64, 30000, 4096)
     full = wasmig(["run", wasm, *args])
     assert full.returncode == 0 and full.stdout.endswith(b"done\n")
     ck = tmp_path / "ck"
