@@ -154,8 +154,7 @@ def load_address(entries: list[int], syms: list[tuple[int, str]]) -> int:
 
 def short(symbol: str) -> str:
     """``wasm[0]::function[262]::JS_CallInternal`` -> ``JS_CallInternal`` (or ``function[N]``)."""
-    parts = symbol.split("::")
-    return parts[-1] if len(parts) > 2 else parts[-1] if len(parts) == 1 else parts[1]
+    return symbol.split("::")[-1]
 
 
 class Profile:
