@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.mortal import Killed, Mortal
 from wasmig.errors import SnapshotError
 from wasmig.ray.joblog import META_KEY, JobLog
 from wasmig.ray.jobstore import Lease, SegmentLog, read_log
@@ -178,38 +179,6 @@ def test_a_restore_below_a_live_moves_counts_cuts_back_the_segment_that_reaches_
     again.streams["stdout"].write(b"four\n")
     again.close()
     assert read_log(spec, "j", "stdout") == b"one\ntwo\nthree\nfour\n"
-
-
-class Killed(BaseException):
-    """The runner's process ends here (SIGKILL, its machine lost): nothing after it runs."""
-
-
-class Mortal:
-    """A backend whose runner dies at its ``kill_at``-th write (put, put_new or delete: the store
-    calls where a runner's death leaves something behind); the writes before it are done."""
-
-    def __init__(self, backend: FsObjects, kill_at: int | None) -> None:
-        self._backend, self.kill_at, self.writes = backend, kill_at, 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._backend, name)
-
-    def _write(self) -> None:
-        if self.writes == self.kill_at:
-            raise Killed()
-        self.writes += 1
-
-    def put(self, key: str, data: bytes) -> None:
-        self._write()
-        self._backend.put(key, data)
-
-    def put_new(self, key: str, data: bytes) -> bool:
-        self._write()
-        return self._backend.put_new(key, data)
-
-    def delete(self, key: str) -> None:
-        self._write()
-        self._backend.delete(key)
 
 
 STEPS, EVERY, MOVE = 9, 2, 5  # the model job's steps, a checkpoint every EVERY steps, a live move at MOVE
