@@ -166,8 +166,9 @@ def test_a_restore_below_a_live_moves_counts_cuts_back_the_segment_that_reaches_
     source.streams["stdout"].write(b"three (lost)\n")
     moved = source.annotation()[META_KEY]  # the live move's state, sent while the program is stopped
     source.close()
-    target = SegmentLog(b, "j/log/", "j")
-    target.open(moved)  # merged: one segment of the three lines
+    target = SegmentLog(b, "j/log/", "j", held=False)
+    target.open(moved)
+    target.tidy_held()  # it holds the job: merged, one segment of the three lines
     assert [i.key for i in b.listing("j/log/stdout/")] == ["j/log/stdout/0000000000000000"]
     target.streams["stdout"].write(b"four (lost)\n")
     JobLog.close(target)  # its node dies: no segment sent, no snapshot
@@ -209,9 +210,10 @@ def run_model_job(b: FsObjects, kill_at: list[int]) -> int:
                 if life == 0 and step == MOVE:
                     moved = log.annotation()[META_KEY]
                     log.close()
-                    log = SegmentLog(store, "j/log/", "j")  # type: ignore[arg-type]
+                    log = SegmentLog(store, "j/log/", "j", held=False)  # type: ignore[arg-type]
                     logs.append(log)
-                    log.open(moved)
+                    log.open(moved)  # before the commit: it only reads the store
+                    log.tidy_held()  # it holds the job (fence_log): the store tidied, then it sends
                 log.streams["stdout"].write(f"step {step}\n".encode())
                 step += 1
                 if step % EVERY == 0:
@@ -250,10 +252,14 @@ def test_the_log_is_one_runs_whatever_write_a_runner_dies_at(tmp_path: Path) -> 
     assert whole >= 12 and cases == 8 * whole
 
 
+@pytest.mark.parametrize("fence", ["held", "lost"])
 @pytest.mark.parametrize("kind", ["path", "object"])
-def test_a_live_targets_log_is_fenced_only_once_it_holds_the_job(tmp_path: Path, kind: str) -> None:
+def test_a_live_targets_log_is_fenced_only_once_it_holds_the_job(tmp_path: Path, kind: str, fence: str) -> None:
     """A live move's target opens the log before the commit (no fence yet) at the source's counts,
-    and writes to the store only under the fence it takes after the commit (live.FleetTarget)."""
+    and writes to the store only under the fence it takes after the commit (live.FleetTarget): its
+    open only reads the store (the source's two segments stay as they are, where a restore merges
+    them), and the merge happens under the fence, before it sends anything -- or, the fence lost
+    already, neither the merge nor any segment."""
     from wasmig.ray.jobstore import Fence, fence_log, log_counts, open_log
 
     if kind == "object":
@@ -262,22 +268,42 @@ def test_a_live_targets_log_is_fenced_only_once_it_holds_the_job(tmp_path: Path,
                    store=f"file://{tmp_path}/store" if kind == "object" else str(tmp_path / "store"))
     source = open_log(spec, "j", Fence(lambda: None))
     source.open(None)
-    source.streams["stdout"].write(b"before the move\n")
-    counts = source.annotation()[META_KEY]  # the migrated state's counts (sent while stopped)
+    source.streams["stdout"].write(b"before ")
+    source.annotation()  # a checkpoint: one segment
+    source.streams["stdout"].write(b"the move\n")
+    counts = source.annotation()[META_KEY]  # the migrated state's counts (sent while stopped): a second
     source.close()
     assert log_counts(spec, "j") == counts == {"stdout": 16, "stderr": 0}
+
+    def segments() -> list[str]:
+        return sorted(i.key for i in FsObjects(tmp_path / "store").listing("j/log/")) if kind == "object" else []
+
+    before = segments()
+    assert kind == "path" or len(before) == 2
     target = open_log(spec, "j", None)
     target.open(counts)
+    assert segments() == before, "the target wrote to the store before it held the job"
+
     def lost() -> None:
         raise SnapshotError("lost the job's lease")
 
-    fence_log(target, Fence(lambda: None, lost))
+    if fence == "held":
+        fence_log(target, Fence(lambda: None, lambda: None))
+        assert kind == "path" or segments() == ["j/log/stdout/0000000000000000"], "merged under the fence"
+    else:
+        if kind == "object":
+            with pytest.raises(SnapshotError, match="lost the job's lease"):
+                fence_log(target, Fence(lambda: None, lost))
+            assert segments() == before, "nothing tidied once the fence was lost"
+        else:
+            fence_log(target, Fence(lambda: None, lost))
     target.streams["stdout"].write(b"after\n")
-    if kind == "object":  # the fence now guards what the target sends
+    if kind == "object" and fence == "lost":  # the fence guards what the target sends
         with pytest.raises(SnapshotError, match="lost the job's lease"):
             target.annotation()
     target.close()
-    assert read_log(spec, "j", "stdout") == (b"before the move\n" if kind == "object" else b"before the move\nafter\n")
+    sent = kind == "path" or fence == "held"
+    assert read_log(spec, "j", "stdout") == b"before the move\n" + (b"after\n" if sent else b"")
 
 
 # --- one runner at a time: a runner that lost the job stops acting (wasmig/ray/actor.py) -----------

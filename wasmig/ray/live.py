@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wasmig.errors import SnapshotError
 from wasmig.keys import KeyPair, PublicKey
 from wasmig.migrate.page_cache import PAGE_CACHE_DAYS, PAGE_CACHE_MB, PageCache
 from wasmig.migrate.protocol import Identity, MigrationError, accept
@@ -120,8 +121,11 @@ class FleetTarget(Target):
         started = time.perf_counter()
         try:
             self.fence = take_fence(self.runner.spec, self.runner.job_id, FENCE_TIMEOUT_S)
-            fence_log(self.log, self.fence)  # its log goes to an object store only while it holds the job
-            program.wasi.fence = self.runner.guard(self.fence)  # and its program acts only while it does
+            program.wasi.fence = self.runner.guard(self.fence)  # its program acts only while it holds the job
+            try:  # and its log goes to an object store only while it does (tidied there first)
+                fence_log(self.log, self.fence)
+            except (SnapshotError, OSError) as e:  # each tidying step is safe cut short: a restore redoes it
+                log(f"migration {self.id}: the job's log was not tidied in its store ({e}); the program goes on")
         except TimeoutError as e:  # committed: the program runs here all the same (the source's is stopped)
             log(f"migration {self.id}: {e}; the program goes on without the job's fence")
         self.fence_wait_s = time.perf_counter() - started
