@@ -449,3 +449,46 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_a_live_target_tidies_the_log_once_it_holds_the_job_or_gives_up_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken: bool) -> None:
+    """live.FleetTarget, after the commit: with the job's fence taken, the log is tidied under it
+    (fence_log) and the program guarded; if the fence cannot be taken in time, the program goes on
+    without it (committed: the source's is stopped) and its log is tidied all the same, as before
+    a target only read the store, so that its segments go after the move's counts."""
+    from types import SimpleNamespace
+
+    from wasmig.ray import live
+    from wasmig.ray.jobstore import Fence
+
+    b = backend(tmp_path)
+    source = SegmentLog(b, "j/log/", "j")
+    source.open(None)
+    for part in (b"before ", b"the move\n"):
+        source.streams["stdout"].write(part)
+        counts = source.annotation()[META_KEY]
+    source.close()
+    target = SegmentLog(b, "j/log/", "j", held=False)
+    target.open(counts)
+    assert len(list(b.listing("j/log/stdout/"))) == 2
+    fence = Fence(lambda: None, lambda: None)
+
+    def take(spec: object, job_id: str, timeout: float) -> Fence:
+        if not taken:
+            raise TimeoutError("another runner still holds it")
+        return fence
+
+    monkeypatch.setattr(live, "take_fence", take)
+    guarded = []
+    me = SimpleNamespace(runner=SimpleNamespace(spec=None, job_id="j", guard=lambda f: guarded.append(f) or f),
+                         log=target, id="m1", fence=None)
+    program = SimpleNamespace(wasi=SimpleNamespace(fence=None))
+    live.FleetTarget._before_start(me, program)  # type: ignore[arg-type]
+    assert [i.key for i in b.listing("j/log/stdout/")] == ["j/log/stdout/0000000000000000"], "tidied"
+    assert target.held and (guarded == [fence]) is taken and (target.check == fence.check) is taken
+    target.streams["stdout"].write(b"after\n")
+    target.close()
+    spec = JobSpec(module=b"", module_name="x", store=f"file://{tmp_path}/store")
+    assert read_log(spec, "j", "stdout") == b"before the move\nafter\n"
