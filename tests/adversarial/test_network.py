@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -371,6 +372,24 @@ while True:
 """
 
 
+@contextmanager
+def recording_server(user: str, sock: Path, got: Path) -> Iterator[None]:
+    """RECORDER run by ``user`` listening on ``sock`` (what it hears appended to ``got``), until the
+    block ends: then killed with its whole process group. Killing ``runuser`` alone left the server
+    running, an orphan, after the suite (two per run)."""
+    recorder = subprocess.Popen(["runuser", "-u", user, "--", attacker_python(), "-c", RECORDER, str(sock), str(got)],
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert recorder.stdout is not None and recorder.stdout.readline() == "listening\n"
+        yield
+    finally:
+        try:
+            os.killpg(recorder.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        recorder.wait()
+
+
 def test_a_runtime_directory_squatted_by_another_user_is_refused(tmp_path: Path, shared_tmp: Path,
                                                                  keys: Keys) -> None:
     """Another user creates the runtime directory first (``<tmp>/wasmig-run-<uid>``, mode 777) and
@@ -380,10 +399,7 @@ def test_a_runtime_directory_squatted_by_another_user_is_refused(tmp_path: Path,
     squatted = shared_tmp / f"wasmig-run-{os.getuid()}"
     assert as_user(user, "mkdir", "-m", "777", str(squatted)).returncode == 0
     got = shared_tmp / "captured"
-    recorder = subprocess.Popen(["runuser", "-u", user, "--", attacker_python(), "-c", RECORDER,
-                                 str(squatted / "4242.sock"), str(got)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert recorder.stdout is not None and recorder.stdout.readline() == "listening\n"
+    with recording_server(user, squatted / "4242.sock", got):
         env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "WASMIG_RUNTIME_DIR")}
         env["TMPDIR"] = str(shared_tmp)
         uid = int(as_user(user, "id", "-u").stdout)
@@ -397,9 +413,6 @@ def test_a_runtime_directory_squatted_by_another_user_is_refused(tmp_path: Path,
         assert ran.returncode == 1 and f"runtime directory {squatted} belongs to uid {uid}" in ran.stderr, ran.stderr
         assert ran.stderr.count("\n") == 1 and "Traceback" not in ran.stderr
         assert not got.exists() or got.read_bytes().strip(b"|") == b""  # the attacker heard nothing
-    finally:
-        recorder.kill()
-        recorder.wait()
 
 
 def test_control_sockets_check_the_peer_user_both_ways(tmp_path: Path, shared_tmp: Path, keys: Keys) -> None:
@@ -434,10 +447,7 @@ def test_control_sockets_check_the_peer_user_both_ways(tmp_path: Path, shared_tm
         theirs.mkdir()
         theirs.chmod(0o777)
         got = shared_tmp / "captured"
-        recorder = subprocess.Popen(["runuser", "-u", user, "--", attacker_python(), "-c", RECORDER,
-                                     str(theirs / "4242.sock"), str(got)], stdout=subprocess.PIPE, text=True)
-        try:
-            assert recorder.stdout is not None and recorder.stdout.readline() == "listening\n"
+        with recording_server(user, theirs / "4242.sock", got):
             os.rename(theirs / "4242.sock", runtime / "4242.sock")
             os.chown(runtime / "4242.sock", os.getuid(), os.getgid())
             asked = subprocess.run(wasmig("migrate", "4242", "--to", "127.0.0.1:9", "--peer-fingerprint",
@@ -447,9 +457,6 @@ def test_control_sockets_check_the_peer_user_both_ways(tmp_path: Path, shared_tm
             assert re.search(r"is served by uid \d+, not by you: refusing to talk to it", asked.stderr), asked.stderr
             time.sleep(0.3)
             assert not got.exists() or got.read_bytes().strip(b"|") == b""
-        finally:
-            recorder.kill()
-            recorder.wait()
     finally:
         proc.kill()
         proc.wait()
