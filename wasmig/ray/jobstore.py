@@ -117,11 +117,14 @@ def open_log(spec: JobSpec, job_id: str, fence: Fence | None) -> JobLog:
                       held=fence is not None)
 
 
-def fence_log(log: JobLog, fence: Fence) -> None:
-    """From now on ``log`` writes to the store only while ``fence`` holds (a path store's log
-    needs nothing: the lock file keeps other runners out)."""
+def fence_log(log: JobLog, fence: Fence | None) -> None:
+    """From now on ``log`` writes to the store only while ``fence`` holds, the store tidied first
+    (:meth:`SegmentLog.tidy_held`; a path store's log needs nothing: the lock file keeps other
+    runners out). None: a live move's target that gave up waiting for the job's fence, whose
+    program goes on after the commit all the same, and so does its log, tidied first unfenced."""
     if isinstance(log, SegmentLog):
-        log.check = fence.check
+        if fence is not None:
+            log.check = fence.check
         log.tidy_held()
 
 

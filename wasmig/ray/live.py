@@ -35,7 +35,7 @@ from wasmig.migrate.page_cache import PAGE_CACHE_DAYS, PAGE_CACHE_MB, PageCache
 from wasmig.migrate.protocol import Identity, MigrationError, accept
 from wasmig.migrate.target import HeldProgram, Target, log
 from wasmig.ray.joblog import JobLog, recorded_counts
-from wasmig.ray.jobstore import Fence, SegmentLog, fence_log, log_counts, take_fence
+from wasmig.ray.jobstore import Fence, fence_log, log_counts, take_fence
 
 if TYPE_CHECKING:
     from wasmig.ray.actor import JobRunner
@@ -122,17 +122,12 @@ class FleetTarget(Target):
         try:
             self.fence = take_fence(self.runner.spec, self.runner.job_id, FENCE_TIMEOUT_S)
             program.wasi.fence = self.runner.guard(self.fence)  # its program acts only while it holds the job
-            try:  # and its log goes to an object store only while it does (tidied there first)
-                fence_log(self.log, self.fence)
-            except (SnapshotError, OSError) as e:  # each tidying step is safe cut short: a restore redoes it
-                log(f"migration {self.id}: the job's log was not tidied in its store ({e}); the program goes on")
         except TimeoutError as e:  # committed: the program runs here all the same (the source's is stopped)
             log(f"migration {self.id}: {e}; the program goes on without the job's fence")
-            if isinstance(self.log, SegmentLog):  # and its log goes on in the store, tidied first as before
-                try:
-                    self.log.tidy_held()
-                except (SnapshotError, OSError) as e2:
-                    log(f"migration {self.id}: the job's log was not tidied in its store ({e2})")
+        try:  # its log goes to an object store only while it holds the job (if it does), tidied there first
+            fence_log(self.log, self.fence)
+        except (SnapshotError, OSError) as e:  # each tidying step is safe cut short: a restore redoes it
+            log(f"migration {self.id}: the job's log was not tidied in its store ({e}); the program goes on")
         self.fence_wait_s = time.perf_counter() - started
 
 
