@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from guest_real import GUEST_ARGS, parse_extra  # noqa: E402
+from guest_real import build as guest_real_build  # noqa: E402
 from real_programs import SCRIPTS  # noqa: E402
 
 from tests.real_programs import ProgramUnavailable, obtain  # noqa: E402
@@ -77,15 +78,12 @@ timed_start(Module.from_file(sys.argv[3]), compiled, sys.argv[5:], preopens=[(sy
 
 
 def build(program: Path, extras: list[tuple[str, Path]], out: Path) -> list[str]:
-    """Write every variant's module into ``out`` (``NAME.wasm``); their names, plain first."""
-    from wasmig import Module
-    from wasmig.instrument.unwind import instrument
-
-    (out / "plain.wasm").write_bytes(program.read_bytes())
-    (out / "fast.wasm").write_bytes(instrument(Module.from_file(program), count_steps=False).data)
-    for name, path in extras:
-        shutil.copyfile(path, out / f"{name}.wasm")
-    return ["plain", "fast", *(name for name, _ in extras)]
+    """Write every variant's module (guest_real.py's: plain, fast, the extras) into ``out``
+    (``NAME.wasm``); their names, plain first."""
+    blobs = guest_real_build(program, [], extras, out)
+    for name, blob in blobs.items():
+        (out / f"{name}.wasm").write_bytes(blob)
+    return list(blobs)
 
 
 def run_variant(name: str, program: Path, guest: list[str], app: Path, out: Path) -> bytes:
