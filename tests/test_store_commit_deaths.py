@@ -43,6 +43,13 @@ def assert_whole(root: Path, allowed: list[list[int]]) -> list[int]:
     return seeds
 
 
+def collect(store: ObjectStore) -> None:
+    """A whole gc with no grace period: its first pass sets aside what no snapshot names, the
+    second removes it."""
+    for _ in range(2):
+        store.gc(grace_s=0)
+
+
 #: the snapshots' seeds, and their sizes in pages
 PAGES = {5: 12, 6: 40, 7: 8}
 
@@ -76,8 +83,7 @@ def test_a_writer_dying_at_any_write_of_its_commit_leaves_the_store_whole(tmp_pa
         nxt, _ = store_at(case)
         nxt.write(make_snapshot(7, pages=PAGES[7]))
         assert bytes(nxt.load().memories[0].data) == memory_of(7, PAGES[7])
-        for _ in range(2):  # gc sets aside, then removes, what no snapshot names
-            nxt.gc(grace_s=0)
+        collect(nxt)
         assert_whole(case, [seeds + [7]])
     assert outcomes == {1, 2}, "deaths before and after the snapshot's publication were both swept"
 
@@ -93,8 +99,7 @@ def test_a_gc_dying_at_any_write_leaves_every_snapshot_whole(tmp_path: Path, sma
     counted = tmp_path / "counted"
     shutil.copytree(base, counted)
     collector, backend = store_at(counted)
-    for _ in range(2):
-        collector.gc(grace_s=0)
+    collect(collector)
     writes = backend.writes
     assert writes >= 2, f"only {writes} writes: gc should set aside and remove the dead snapshot's packs"
     for k in range(writes):
@@ -102,10 +107,8 @@ def test_a_gc_dying_at_any_write_leaves_every_snapshot_whole(tmp_path: Path, sma
         shutil.copytree(base, case)
         dying, _ = store_at(case, kill_at=k)
         with pytest.raises(Killed):
-            for _ in range(2):
-                dying.gc(grace_s=0)
+            collect(dying)
         assert_whole(case, [[5, 7]])
         again, _ = store_at(case)
-        for _ in range(2):
-            again.gc(grace_s=0)
+        collect(again)
         assert_whole(case, [[5, 7]])
